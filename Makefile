@@ -1,0 +1,57 @@
+# strata: build, test, demo, install. `make test` installs everything it needs.
+SHELL := /bin/bash
+NODE ?= $(shell command -v node)
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+ROOT := $(abspath .)
+ADDON := native-bindings/build/Release/strata_native.node
+APT_PACKAGES := attr fuse3 python3 kmod
+
+.PHONY: all deps system-deps build native ts demo test install uninstall clean
+
+all: build
+
+# npm packages (lockfile-exact when a lockfile exists).
+node_modules/.package-lock.json: package.json
+	npm install --no-audit --no-fund
+	@touch $@
+deps: node_modules/.package-lock.json
+
+# Debian packages the tests use (setfattr/getfattr for fixtures, fusermount3, python3 for readdir checks).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; fi
+	@modprobe fuse 2>/dev/null || true; modprobe overlay 2>/dev/null || true
+
+$(ADDON): native-bindings/strata_native.c native-bindings/binding.gyp | deps
+	cd native-bindings && ../node_modules/.bin/node-gyp rebuild >/dev/null
+native: $(ADDON)
+
+ts: deps
+	./node_modules/.bin/tsc -p tsconfig.json
+
+bin/strata bin/mount.fuse.strata: scripts/launcher.sh scripts/mount.fuse.strata.sh
+	@mkdir -p bin
+	sed -e 's|@NODE@|$(NODE)|' -e 's|@ROOT@|$(ROOT)|' scripts/launcher.sh > bin/strata
+	sed -e 's|@ROOT@|$(ROOT)|' scripts/mount.fuse.strata.sh > bin/mount.fuse.strata
+	chmod 755 bin/strata bin/mount.fuse.strata
+
+build: native ts bin/strata bin/mount.fuse.strata
+
+demo: build
+	bash scripts/demo.sh
+
+test: system-deps build
+	./node_modules/.bin/ava
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
+	ln -sf $(ROOT)/bin/strata $(DESTDIR)$(PREFIX)/bin/strata
+	ln -sf $(ROOT)/bin/mount.fuse.strata $(DESTDIR)$(SBINDIR)/mount.fuse.strata
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/strata $(DESTDIR)$(SBINDIR)/mount.fuse.strata
+
+clean:
+	rm -rf dist native-bindings/build bin

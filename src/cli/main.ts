@@ -1,0 +1,208 @@
+#!/usr/bin/env node
+// The strata command line: mount (in the background by default), umount, and the
+// fuse-overlayfs / mount(8) argument forms.
+
+import { spawn } from 'node:child_process';
+import { realpathSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { makeLogger, reopenLog, startMount, type DaemonConfig, type DaemonOptions } from '../daemon/daemon.js';
+import { processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
+import { mountedPaths, validateLayout } from '../daemon/validate.js';
+import * as N from '../native/index.js';
+import { parseMountOptions, UsageError } from '../union/params.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const CONFIG_ENV = 'STRATA_DAEMON_CONFIG';
+
+function fail(message: string, code: number): never {
+  process.stderr.write(`strata: ${message}\n`);
+  process.exit(code);
+}
+
+function exitCodeOf(e: unknown): number {
+  return e instanceof UsageError ? 2 : 1;
+}
+
+function describe(e: unknown): string {
+  const err = e as { code?: string; syscall?: string; message?: string };
+  if (err.code === 'EPERM' && err.syscall === 'mount') return 'mount(2) was refused: strata must run as root (or with CAP_SYS_ADMIN)';
+  if (err.code === 'ENOENT' && err.syscall === 'open') return 'cannot open /dev/fuse: is the fuse module loaded?';
+  return err.message ?? String(e);
+}
+
+interface MountArgs {
+  mountpoint: string;
+  o?: string | string[];
+  foreground: boolean;
+  passthrough: string;
+  logLevel: string;
+  logFile?: string;
+}
+
+function buildConfig(args: MountArgs): DaemonConfig {
+  const params = parseMountOptions(([] as string[]).concat(args.o ?? []));
+  const layout = validateLayout(params, args.mountpoint);
+  if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
+  const options: DaemonOptions = {
+    passthrough: args.passthrough as DaemonOptions['passthrough'],
+    logLevel: args.logLevel,
+    logFile: args.logFile ?? null,
+    cacheTimeout: 86400,
+  };
+  return { layout, params, options };
+}
+
+/** Runs the daemon in this process; `notify` reports readiness to a waiting parent. */
+async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) | null): Promise<never> {
+  const logger = makeLogger(config.options);
+  let m;
+  try {
+    m = await startMount(config, logger);
+  } catch (e) {
+    logger.error({ err: e }, 'mount failed');
+    const msg = describe(e);
+    if (notify) notify(`error ${msg}`);
+    else process.stderr.write(`strata: ${msg}\n`);
+    process.exit(1);
+  }
+  const mountpoint = config.layout.mountpoint;
+  writeRecord({ pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
+    workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile });
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      logger.info({ signal: sig }, 'unmounting on signal');
+      m.unmount();
+    });
+  }
+  process.on('SIGHUP', reopenLog);
+  if (notify) notify('ok');
+  await m.done;
+  removeRecord(mountpoint, process.pid);
+  logger.flush?.();
+  process.exit(0);
+}
+
+/** Starts the daemon as a detached child and waits until its mount is live. */
+async function mountInBackground(config: DaemonConfig): Promise<never> {
+  const script = fileURLToPath(import.meta.url);
+  const child = spawn(process.execPath, [script, '__daemon'], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let text = '';
+  pipe.setEncoding?.('utf8');
+  const message = await new Promise<string>((resolve) => {
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolve(text.split('\n')[0]!);
+    });
+    pipe.on('end', () => resolve(text.split('\n')[0] ?? ''));
+    child.on('exit', () => setTimeout(() => resolve(text.split('\n')[0] ?? ''), 50));
+  });
+  if (message !== 'ok') {
+    fail(message.startsWith('error ') ? message.slice(6) : 'the daemon exited before the mount was live', 1);
+  }
+  // The mount answers: one request through the kernel to be sure.
+  statSync(config.layout.mountpoint);
+  child.unref();
+  (pipe as unknown as { destroy(): void }).destroy();
+  process.exit(0);
+}
+
+async function mountCommand(args: MountArgs): Promise<never> {
+  let config: DaemonConfig;
+  try {
+    config = buildConfig(args);
+  } catch (e) {
+    fail(describe(e), exitCodeOf(e));
+  }
+  if (args.foreground) return runDaemon(config, null);
+  return mountInBackground(config);
+}
+
+async function umountCommand(mountpointArg: string): Promise<never> {
+  let mountpoint: string;
+  try {
+    mountpoint = realpathSync(mountpointArg);
+  } catch {
+    mountpoint = mountpointArg; // a dead FUSE mount cannot be resolved (ENOTCONN): use the path as given
+  }
+  const rec = readRecord(mountpoint);
+  if (!mountedPaths().has(mountpoint)) {
+    if (rec && !processAlive(rec.pid)) removeRecord(mountpoint, rec.pid);
+    fail(`"${mountpointArg}" is not mounted`, 1);
+  }
+  try {
+    N.umount2(mountpoint, 0);
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'EBUSY') fail(`cannot unmount "${mountpointArg}": ${describe(e)}`, 1);
+    N.umount2(mountpoint, N.C.MNT_DETACH);
+    process.stderr.write(`strata: "${mountpointArg}" was busy: detached lazily\n`);
+  }
+  if (rec) {
+    for (let i = 0; i < 100 && processAlive(rec.pid); i++) await sleep(50);
+    if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGTERM');
+  }
+  process.exit(0);
+}
+
+const mountOptions = {
+  o: { type: 'string', requiresArg: true, describe: 'mount options: lowerdir=A:B:C,upperdir=U,workdir=W,...' },
+  foreground: { alias: 'f', type: 'boolean', default: false, describe: 'stay in the foreground' },
+  passthrough: { type: 'string', default: 'auto', describe: 'kernel passthrough for file I/O: auto, on or off' },
+  'log-level': { type: 'string', default: 'info', describe: 'trace, debug, info, warn, error' },
+  'log-file': { type: 'string', describe: 'write JSON logs to this file (default: stderr)' },
+} as const;
+
+async function main(): Promise<void> {
+  const argv = hideBin(process.argv);
+  if (argv[0] === '__daemon') {
+    const config = JSON.parse(process.env[CONFIG_ENV] ?? '{}') as DaemonConfig;
+    delete process.env[CONFIG_ENV];
+    const out = createWriteStreamForFd3();
+    await runDaemon(config, (msg) => {
+      out(msg + '\n');
+    });
+    return;
+  }
+  await yargs(argv)
+    .scriptName('strata')
+    .usage('$0 <command> [options]')
+    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
+      (a) => mountCommand(a as unknown as MountArgs))
+    .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
+      (a) => umountCommand(a.mountpoint as string))
+    .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
+      y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
+    (a) => mountCommand(a as unknown as MountArgs))
+    .strict()
+    .help()
+    .version(false)
+    .fail((msg, err) => {
+      if (err) fail(describe(err), exitCodeOf(err));
+      fail(msg, 2);
+    })
+    .parseAsync();
+}
+
+function createWriteStreamForFd3(): (s: string) => void {
+  let open = true;
+  return (s: string) => {
+    if (!open) return;
+    try {
+      N.writeReply(3, Buffer.from(s));
+    } catch {
+      // the parent went away
+    }
+    if (s.startsWith('ok') || s.startsWith('error')) {
+      N.close(3);
+      open = false;
+    }
+  };
+}
+
+main().catch((e: unknown) => fail(describe(e), exitCodeOf(e)));

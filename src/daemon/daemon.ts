@@ -1,0 +1,125 @@
+// The daemon: opens the layers, mounts the union through a FUSE session, serves until the
+// mount goes away (umount, `strata umount`, SIGTERM/SIGINT), then exits cleanly.
+
+import { mkdirSync, rmSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import pino, { type Logger } from 'pino';
+import { FuseSession, type PassthroughMode } from '../fuse/session.js';
+import * as N from '../native/index.js';
+import { LayerStack } from '../union/layers.js';
+import type { MountParams } from '../union/params.js';
+import { UnionFs } from '../union/super.js';
+import type { ResolvedLayout } from './validate.js';
+
+export interface DaemonOptions {
+  passthrough: PassthroughMode;
+  logLevel: string;
+  logFile: string | null;
+  /** Seconds the kernel caches names and attributes. */
+  cacheTimeout: number;
+}
+
+export interface DaemonConfig {
+  layout: ResolvedLayout;
+  params: MountParams;
+  options: DaemonOptions;
+}
+
+let logDestination: ReturnType<typeof pino.destination> | null = null;
+
+export function makeLogger(options: DaemonOptions): Logger {
+  logDestination = options.logFile ? pino.destination({ dest: options.logFile, sync: true, mkdir: true }) : pino.destination(2);
+  return pino({ level: options.logLevel, base: { pid: process.pid } }, logDestination);
+}
+
+/** SIGHUP: reopen the log file (after logrotate moved it). */
+export function reopenLog(): void {
+  logDestination?.reopen();
+}
+
+/** Where copy-ups are staged: <workdir>/work, emptied at mount (as the kernel does). */
+function prepareWorkDir(workdir: string): string {
+  const work = join(workdir, 'work');
+  mkdirSync(work, { recursive: true, mode: 0o700 });
+  for (const name of readdirSync(work)) rmSync(join(work, name), { recursive: true, force: true });
+  return work;
+}
+
+export interface RunningMount {
+  session: FuseSession;
+  fs: UnionFs;
+  logger: Logger;
+  /** Resolves when the mount is gone and everything is closed. */
+  done: Promise<void>;
+  /** Unmounts (lazily if busy); the session then ends. */
+  unmount(): void;
+}
+
+export async function startMount(config: DaemonConfig, logger: Logger): Promise<RunningMount> {
+  const { layout, params, options } = config;
+  N.setNofileLimit(1 << 20);
+  if (layout.workdir) prepareWorkDir(layout.workdir);
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
+  const readOnly = params.readOnly || layout.upperdir === null;
+  let session: FuseSession | null = null;
+  const fs = new UnionFs(stack, {
+    readOnly,
+    cacheTimeout: options.cacheTimeout,
+    passthrough: options.passthrough !== 'off',
+    logger,
+    deviceFd: () => session?.deviceFd ?? -1,
+  });
+  let flags = 0;
+  if (readOnly) flags |= N.C.MS_RDONLY;
+  if (params.nodev) flags |= N.C.MS_NODEV;
+  if (params.nosuid) flags |= N.C.MS_NOSUID;
+  if (params.noexec) flags |= N.C.MS_NOEXEC;
+  if (params.noatime) flags |= N.C.MS_NOATIME;
+  session = new FuseSession(fs, layout.mountpoint, {
+    passthrough: options.passthrough,
+    mountOptions: N.getuid() === 0 ? ['allow_other', 'default_permissions'] : ['default_permissions'],
+    mountFlags: flags,
+    source: 'strata',
+    subtype: 'strata',
+    logger,
+  });
+  try {
+    await session.mount();
+  } catch (e) {
+    stack.close();
+    throw e;
+  }
+  const s = session;
+  logger.info({ mountpoint: layout.mountpoint, lowerdirs: layout.lowerdirs, upperdir: layout.upperdir,
+    readOnly, passthrough: s.passthrough }, 'mounted');
+  let unmounting = false;
+  const unmount = (): void => {
+    if (unmounting) return;
+    unmounting = true;
+    // umount2 of a fuse (not fuseblk) mount does not wait for the daemon, so it is safe to call
+    // from the thread that serves requests. A busy mount is detached lazily.
+    try {
+      N.umount2(layout.mountpoint, 0);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'EBUSY') {
+        try {
+          N.umount2(layout.mountpoint, N.C.MNT_DETACH);
+        } catch (e2) {
+          logger.error({ err: e2 }, 'lazy unmount failed');
+        }
+      } else if (code !== 'EINVAL' && code !== 'ENOENT') {
+        logger.error({ err: e }, 'unmount failed');
+      }
+    }
+    // A lazily detached mount may keep the connection open; stop serving now.
+    s.stop();
+  };
+  const done = s.ended.then((err) => {
+    if (err) logger.error({ err }, 'session ended with an error');
+    stack.close();
+    const st = s.stats;
+    logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors }, 'unmounted');
+  });
+  return { session: s, fs, logger, done, unmount };
+}

@@ -1,0 +1,66 @@
+// A small record per live mount under /run/strata, so `strata umount` and `strata status` can
+// find the daemon of a mount point.
+
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export const RUN_DIR = process.env.STRATA_RUN_DIR ?? '/run/strata';
+
+export interface MountRecord {
+  pid: number;
+  mountpoint: string;
+  lowerdirs: string[];
+  upperdir: string | null;
+  workdir: string | null;
+  started: string;
+  logFile: string | null;
+}
+
+function recordPath(mountpoint: string): string {
+  return join(RUN_DIR, Buffer.from(mountpoint).toString('base64url') + '.json');
+}
+
+export function writeRecord(rec: MountRecord): void {
+  mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
+  writeFileSync(recordPath(rec.mountpoint), JSON.stringify(rec));
+}
+
+export function removeRecord(mountpoint: string, pid: number): void {
+  const rec = readRecord(mountpoint);
+  if (rec && rec.pid === pid) rmSync(recordPath(mountpoint), { force: true });
+}
+
+export function readRecord(mountpoint: string): MountRecord | null {
+  try {
+    return JSON.parse(readFileSync(recordPath(mountpoint), 'utf8')) as MountRecord;
+  } catch {
+    return null;
+  }
+}
+
+export function allRecords(): MountRecord[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(RUN_DIR);
+  } catch {
+    return [];
+  }
+  const out: MountRecord[] = [];
+  for (const n of names) {
+    try {
+      out.push(JSON.parse(readFileSync(join(RUN_DIR, n), 'utf8')) as MountRecord);
+    } catch {
+      // a record being written or removed
+    }
+  }
+  return out;
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code === 'EPERM';
+  }
+}

@@ -1,0 +1,83 @@
+// Checks made before anything is created or mounted (the kernel's ovl_get_layers and friends):
+// every layer is an existing directory, no layer is given twice, the mount point is neither a
+// layer nor inside one, the work directory shares the upper's filesystem and subtree rules.
+
+import { realpathSync, statSync, readFileSync, type Stats } from 'node:fs';
+import { UsageError, type MountParams } from '../union/params.js';
+
+export class SetupError extends Error {
+  readonly exitCode = 1;
+}
+
+export interface ResolvedLayout {
+  mountpoint: string;
+  lowerdirs: string[];
+  upperdir: string | null;
+  workdir: string | null;
+}
+
+function resolveDir(what: string, path: string): [string, Stats] {
+  let real: string;
+  try {
+    real = realpathSync(path);
+  } catch {
+    throw new UsageError(`${what} "${path}" does not exist`);
+  }
+  const st = statSync(real);
+  if (!st.isDirectory()) throw new UsageError(`${what} "${path}" is not a directory`);
+  return [real, st];
+}
+
+function inside(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent.endsWith('/') ? parent : parent + '/');
+}
+
+/** Decodes the octal escapes of /proc/self/mountinfo fields. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points currently mounted (from /proc/self/mountinfo). */
+export function mountedPaths(): Set<string> {
+  const out = new Set<string>();
+  for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
+    const f = line.split(' ');
+    if (f.length > 4) out.add(unescapeMountinfo(f[4]!));
+  }
+  return out;
+}
+
+export function validateLayout(params: MountParams, mountpointArg: string): ResolvedLayout {
+  const [mountpoint] = resolveDir('mount point', mountpointArg);
+  const lowers = params.lowerdirs.map((d) => resolveDir('lower directory', d));
+  const upper = params.upperdir ? resolveDir('upper directory', params.upperdir) : null;
+  const work = params.workdir ? resolveDir('work directory', params.workdir) : null;
+
+  const layers: [string, string, Stats][] = lowers.map(([p, st], i) => [`lower directory ${i + 1} "${params.lowerdirs[i]}"`, p, st]);
+  if (upper) layers.unshift([`upper directory "${params.upperdir}"`, upper[0], upper[1]]);
+
+  for (let i = 0; i < layers.length; i++) {
+    for (let j = i + 1; j < layers.length; j++) {
+      const [na, pa, sa] = layers[i]!;
+      const [nb, pb, sb] = layers[j]!;
+      if (pa === pb || (sa.dev === sb.dev && sa.ino === sb.ino)) throw new UsageError(`${na} and ${nb} are the same directory`);
+    }
+  }
+  for (const [name, path] of layers) {
+    if (inside(mountpoint, path)) throw new UsageError(`the mount point "${mountpointArg}" is inside ${name}`);
+    if (inside(path, mountpoint)) throw new UsageError(`${name} is inside the mount point "${mountpointArg}"`);
+  }
+  if (upper && work) {
+    if (upper[1].dev !== work[1].dev) {
+      throw new UsageError(`work directory "${params.workdir}" is on another filesystem than upper directory "${params.upperdir}"`);
+    }
+    if (inside(work[0], upper[0]) || inside(upper[0], work[0])) {
+      throw new UsageError('the work directory and the upper directory must be separate subtrees');
+    }
+    for (const [name, path] of layers.slice(1)) {
+      if (inside(work[0], path)) throw new UsageError(`the work directory is inside ${name}`);
+    }
+  }
+  if (mountedPaths().has(mountpoint)) throw new SetupError(`"${mountpointArg}" is already a mount point`);
+  return { mountpoint, lowerdirs: lowers.map(([p]) => p), upperdir: upper?.[0] ?? null, workdir: work?.[0] ?? null };
+}

@@ -1,0 +1,36 @@
+import { constants } from 'node:os';
+
+const errnos = constants.errno as Record<string, number>;
+
+/** An error carrying the errno the kernel should see. */
+export class FsError extends Error {
+  readonly errno: number;
+  readonly code: string;
+  constructor(code: keyof typeof constants.errno, message?: string) {
+    super(message ?? code);
+    this.code = code;
+    this.errno = errnos[code] ?? errnos.EIO!;
+  }
+}
+
+export function fsError(code: keyof typeof constants.errno, message?: string): FsError {
+  return new FsError(code, message);
+}
+
+/**
+ * The positive errno for anything thrown by a handler: our FsError, a native-binding error
+ * ({code, errno > 0}) or a Node fs error ({code, errno < 0}). Anything else is EIO.
+ */
+export function errnoOf(err: unknown): number {
+  if (err && typeof err === 'object') {
+    const e = err as { code?: unknown; errno?: unknown };
+    if (typeof e.code === 'string' && e.code in errnos) return errnos[e.code]!;
+    if (typeof e.errno === 'number' && e.errno !== 0) return Math.abs(e.errno);
+  }
+  return errnos.EIO!;
+}
+
+/** True when the error is one a filesystem answers routinely (not worth an error log line). */
+export function isExpectedErrno(errno: number): boolean {
+  return errno !== errnos.EIO;
+}

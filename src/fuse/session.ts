@@ -1,0 +1,596 @@
+// The FUSE session: owns /dev/fuse, the mount(2) call, the INIT handshake, the request loop,
+// request decoding and reply encoding. It dispatches decoded requests to a FileSystem and knows
+// nothing about what that filesystem is.
+
+import type { Logger } from 'pino';
+import * as N from '../native/index.js';
+import { errnoOf, isExpectedErrno } from './errors.js';
+import {
+  ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC,
+  FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
+  IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
+  WRITE_OUT_SIZE, opName,
+} from './protocol.js';
+import type {
+  AttrReply, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
+} from './types.js';
+
+export const MAX_WRITE = 1 << 20;
+const MAX_PAGES = MAX_WRITE / 4096;
+const BUFFER_SIZE = MAX_WRITE + 4096 + 4096;
+const TWO32 = 4294967296;
+
+const errno = N.C.errno;
+
+export type PassthroughMode = 'auto' | 'on' | 'off';
+
+export interface SessionOptions {
+  passthrough: PassthroughMode;
+  /** mount(2) data options beyond fd/rootmode/user_id/group_id (e.g. allow_other,default_permissions). */
+  mountOptions: string[];
+  /** Mount flags (MS_*). */
+  mountFlags: number;
+  /** What /proc/mounts shows as the source, and the subtype: type becomes fuse.<subtype>. */
+  source: string;
+  subtype: string;
+  logger: Logger;
+}
+
+export interface SessionStats {
+  requests: number;
+  errors: number;
+  byOp: Map<number, number>;
+}
+
+function u64(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * TWO32;
+}
+function i64(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) + buf.readInt32LE(off + 4) * TWO32;
+}
+function putU64(buf: Buffer, off: number, v: number): void {
+  buf.writeUInt32LE(v >>> 0, off);
+  buf.writeUInt32LE(Math.floor(v / TWO32) >>> 0, off + 4);
+}
+function putI64(buf: Buffer, off: number, v: number): void {
+  const hi = Math.floor(v / TWO32);
+  buf.writeUInt32LE((v - hi * TWO32) >>> 0, off);
+  buf.writeInt32LE(hi | 0, off + 4);
+}
+function cstr(buf: Buffer, start: number, end: number): [string, number] {
+  let nul = buf.indexOf(0, start);
+  if (nul < 0 || nul > end) nul = end;
+  return [buf.toString('latin1', start, nul), nul + 1];
+}
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+function encodeAttr(buf: Buffer, o: number, a: AttrReply['attr']): void {
+  putU64(buf, o, a.ino);
+  putU64(buf, o + 8, a.size);
+  putU64(buf, o + 16, a.blocks);
+  putI64(buf, o + 24, a.atimeSec);
+  putI64(buf, o + 32, a.mtimeSec);
+  putI64(buf, o + 40, a.ctimeSec);
+  buf.writeUInt32LE(a.atimeNsec, o + 48);
+  buf.writeUInt32LE(a.mtimeNsec, o + 52);
+  buf.writeUInt32LE(a.ctimeNsec, o + 56);
+  buf.writeUInt32LE(a.mode >>> 0, o + 60);
+  buf.writeUInt32LE(a.nlink >>> 0, o + 64);
+  buf.writeUInt32LE(a.uid >>> 0, o + 68);
+  buf.writeUInt32LE(a.gid >>> 0, o + 72);
+  buf.writeUInt32LE(a.rdev >>> 0, o + 76);
+  buf.writeUInt32LE(a.blksize >>> 0, o + 80);
+  buf.writeUInt32LE(0, o + 84);
+}
+
+function splitTimeout(t: number): [number, number] {
+  const s = Math.floor(t);
+  return [s, Math.floor((t - s) * 1e9)];
+}
+
+function encodeEntry(buf: Buffer, o: number, e: EntryReply): void {
+  putU64(buf, o, e.nodeid);
+  putU64(buf, o + 8, e.generation);
+  const [es, ens] = splitTimeout(e.entryTimeout);
+  const [as, ans] = splitTimeout(e.attrTimeout);
+  putU64(buf, o + 16, es);
+  putU64(buf, o + 24, as);
+  buf.writeUInt32LE(ens, o + 32);
+  buf.writeUInt32LE(ans, o + 36);
+  encodeAttr(buf, o + 40, e.attr);
+}
+
+/** Packs dirent / direntplus records into the reply buffer. */
+class DirBuffer implements DirSink {
+  pos: number;
+  readonly end: number;
+  readonly nodeids: number[] = [];
+  constructor(readonly buf: Buffer, start: number, size: number) {
+    this.pos = start;
+    this.end = start + size;
+  }
+  fits(name: string): boolean {
+    return this.pos + align8(DIRENTPLUS_BASE + name.length) <= this.end;
+  }
+  add(name: string, ino: number, type: number, nextOffset: number): boolean {
+    const len = align8(DIRENT_BASE + name.length);
+    if (this.pos + len > this.end) return false;
+    this.writeDirent(this.pos, name, ino, type, nextOffset, len);
+    this.pos += len;
+    return true;
+  }
+  addPlus(name: string, entry: EntryReply | null, ino: number, type: number, nextOffset: number): boolean {
+    const len = align8(DIRENTPLUS_BASE + name.length);
+    if (this.pos + len > this.end) return false;
+    if (entry) {
+      encodeEntry(this.buf, this.pos, entry);
+      if (entry.nodeid !== 0) this.nodeids.push(entry.nodeid);
+    } else {
+      this.buf.fill(0, this.pos, this.pos + ENTRY_OUT_SIZE);
+    }
+    this.writeDirent(this.pos + ENTRY_OUT_SIZE, name, ino, type, nextOffset, len - ENTRY_OUT_SIZE);
+    this.pos += len;
+    return true;
+  }
+  private writeDirent(o: number, name: string, ino: number, type: number, off: number, len: number): void {
+    const b = this.buf;
+    putU64(b, o, ino);
+    putU64(b, o + 8, off);
+    b.writeUInt32LE(name.length, o + 16);
+    b.writeUInt32LE(type, o + 20);
+    b.write(name, o + DIRENT_BASE, 'latin1');
+    const padStart = o + DIRENT_BASE + name.length;
+    if (padStart < o + len) b.fill(0, padStart, o + len);
+  }
+}
+
+export class FuseSession {
+  readonly stats: SessionStats = { requests: 0, errors: 0, byOp: new Map() };
+  passthrough = false;
+  private devFd = -1;
+  private reader: object | null = null;
+  private readonly inBuf = Buffer.allocUnsafe(BUFFER_SIZE);
+  private readonly outBuf = Buffer.allocUnsafe(BUFFER_SIZE);
+  private readonly trace: boolean;
+  private readyResolve!: () => void;
+  private readyReject!: (e: Error) => void;
+  /** Resolves after the INIT handshake. */
+  readonly ready: Promise<void>;
+  private endResolve!: (err: Error | null) => void;
+  /** Resolves when the kernel ends the session (unmount, abort) or stop() is called. */
+  readonly ended: Promise<Error | null>;
+  private initialized = false;
+
+  constructor(private readonly fs: FileSystem, readonly mountpoint: string, private readonly opts: SessionOptions) {
+    this.trace = opts.logger.isLevelEnabled('trace');
+    this.ready = new Promise((res, rej) => {
+      this.readyResolve = res;
+      this.readyReject = rej;
+    });
+    this.ended = new Promise((res) => {
+      this.endResolve = res;
+    });
+  }
+
+  get deviceFd(): number {
+    return this.devFd;
+  }
+
+  /** Opens /dev/fuse, mounts, and starts serving. Resolves once INIT is answered. */
+  async mount(): Promise<void> {
+    this.devFd = N.openFuseDevice();
+    const data = [`fd=${this.devFd}`, 'rootmode=40000', `user_id=${N.getuid()}`, `group_id=${N.getgid()}`,
+      ...this.opts.mountOptions].join(',');
+    try {
+      N.mount(this.opts.source, this.mountpoint, `fuse.${this.opts.subtype}`, this.opts.mountFlags, data);
+    } catch (e) {
+      N.close(this.devFd);
+      this.devFd = -1;
+      throw e;
+    }
+    this.reader = N.startReader(this.devFd, this.inBuf, (len) => this.onRequest(len), (err) => this.onEnd(err));
+    await this.ready;
+  }
+
+  /** Stops reading and closes the device (the kernel then fails pending requests with ENOTCONN). */
+  stop(): void {
+    if (this.reader) {
+      N.stopReader(this.reader);
+      this.reader = null;
+    }
+    if (this.devFd >= 0) {
+      N.close(this.devFd);
+      this.devFd = -1;
+    }
+    this.endResolve(null);
+  }
+
+  private onEnd(err: Error | null): void {
+    this.reader = null;
+    if (err) this.opts.logger.error({ err }, 'fuse device read failed');
+    if (!this.initialized) this.readyReject(err ?? new Error('the kernel ended the session before INIT'));
+    if (this.devFd >= 0) {
+      N.close(this.devFd);
+      this.devFd = -1;
+    }
+    this.endResolve(err);
+  }
+
+  // ---- replies -------------------------------------------------------------------------------
+
+  private send(unique: number, error: number, bodyLen: number): boolean {
+    const b = this.outBuf;
+    b.writeUInt32LE(OUT_HEADER_SIZE + bodyLen, 0);
+    b.writeInt32LE(-error, 4);
+    putU64(b, 8, unique);
+    try {
+      N.writeReply(this.devFd, b.subarray(0, OUT_HEADER_SIZE + bodyLen));
+      return true;
+    } catch (e) {
+      this.replyFailed(unique, e);
+      return false;
+    }
+  }
+
+  private sendData(unique: number, data: Buffer): void {
+    const b = this.outBuf;
+    b.writeUInt32LE(OUT_HEADER_SIZE + data.length, 0);
+    b.writeInt32LE(0, 4);
+    putU64(b, 8, unique);
+    try {
+      N.writeReply(this.devFd, [b.subarray(0, OUT_HEADER_SIZE), data]);
+    } catch (e) {
+      this.replyFailed(unique, e);
+    }
+  }
+
+  private replyFailed(unique: number, e: unknown): void {
+    // ENOENT: the request was interrupted and the kernel no longer waits for it.
+    if ((e as { code?: string }).code !== 'ENOENT' && this.devFd >= 0) {
+      this.opts.logger.error({ err: e, unique }, 'fuse reply failed');
+    }
+  }
+
+  private replyError(unique: number, errnoValue: number): void {
+    this.send(unique, errnoValue, 0);
+  }
+
+  private replyOk(unique: number): void {
+    this.send(unique, 0, 0);
+  }
+
+  private replyEntry(unique: number, e: EntryReply): void {
+    encodeEntry(this.outBuf, OUT_HEADER_SIZE, e);
+    if (!this.send(unique, 0, ENTRY_OUT_SIZE) && e.nodeid !== 0) this.fs.forget(e.nodeid, 1);
+  }
+
+  private replyAttr(unique: number, a: AttrReply): void {
+    const b = this.outBuf;
+    const [s, ns] = splitTimeout(a.attrTimeout);
+    putU64(b, OUT_HEADER_SIZE, s);
+    b.writeUInt32LE(ns, OUT_HEADER_SIZE + 8);
+    b.writeUInt32LE(0, OUT_HEADER_SIZE + 12);
+    encodeAttr(b, OUT_HEADER_SIZE + 16, a.attr);
+    this.send(unique, 0, ATTR_OUT_SIZE);
+  }
+
+  private encodeOpen(o: number, r: OpenReply): void {
+    const b = this.outBuf;
+    putU64(b, o, r.fh);
+    b.writeUInt32LE(r.openFlags >>> 0, o + 8);
+    b.writeInt32LE((r.openFlags & FOPEN_PASSTHROUGH) !== 0 ? (r.backingId ?? 0) : 0, o + 12);
+  }
+
+  private replyOpen(unique: number, r: OpenReply, onFail: () => void): void {
+    this.encodeOpen(OUT_HEADER_SIZE, r);
+    if (!this.send(unique, 0, OPEN_OUT_SIZE)) onFail();
+  }
+
+  private replyCreate(unique: number, r: CreateReply, onFail: () => void): void {
+    encodeEntry(this.outBuf, OUT_HEADER_SIZE, r.entry);
+    this.encodeOpen(OUT_HEADER_SIZE + ENTRY_OUT_SIZE, r.open);
+    if (!this.send(unique, 0, ENTRY_OUT_SIZE + OPEN_OUT_SIZE)) {
+      onFail();
+      if (r.entry.nodeid !== 0) this.fs.forget(r.entry.nodeid, 1);
+    }
+  }
+
+  private replyStatfs(unique: number, s: StatfsReply): void {
+    const b = this.outBuf;
+    const o = OUT_HEADER_SIZE;
+    putU64(b, o, s.blocks);
+    putU64(b, o + 8, s.bfree);
+    putU64(b, o + 16, s.bavail);
+    putU64(b, o + 24, s.files);
+    putU64(b, o + 32, s.ffree);
+    b.writeUInt32LE(s.bsize >>> 0, o + 40);
+    b.writeUInt32LE(s.namelen >>> 0, o + 44);
+    b.writeUInt32LE(s.frsize >>> 0, o + 48);
+    b.fill(0, o + 52, o + STATFS_OUT_SIZE);
+    this.send(unique, 0, STATFS_OUT_SIZE);
+  }
+
+  private replyU32(unique: number, v: number, size: number): void {
+    this.outBuf.writeUInt32LE(v >>> 0, OUT_HEADER_SIZE);
+    this.outBuf.writeUInt32LE(0, OUT_HEADER_SIZE + 4);
+    this.send(unique, 0, size);
+  }
+
+  /** Answers an xattr get/list: a size probe (size 0), ERANGE when too small, or the bytes. */
+  private replyXattr(unique: number, value: Buffer, size: number): void {
+    if (size === 0) this.replyU32(unique, value.length, GETXATTR_OUT_SIZE);
+    else if (value.length > size) this.replyError(unique, errno.ERANGE);
+    else this.sendData(unique, value);
+  }
+
+  // ---- dispatch ------------------------------------------------------------------------------
+
+  private onRequest(len: number): void {
+    const b = this.inBuf;
+    const opcode = b.readUInt32LE(4);
+    const unique = u64(b, 8);
+    const nodeid = u64(b, 16);
+    const ctx: RequestContext = { unique, uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) };
+    const extlen = b.readUInt16LE(36) * 8;
+    const end = len - extlen;
+    this.stats.requests++;
+    this.stats.byOp.set(opcode, (this.stats.byOp.get(opcode) ?? 0) + 1);
+    if (this.trace) this.opts.logger.trace({ op: opName(opcode), unique, nodeid, uid: ctx.uid, pid: ctx.pid }, 'request');
+    try {
+      this.dispatch(opcode, ctx, nodeid, IN_HEADER_SIZE, end);
+    } catch (err) {
+      this.fail(opcode, unique, err);
+    }
+  }
+
+  private fail(opcode: number, unique: number, err: unknown): void {
+    const e = errnoOf(err);
+    this.stats.errors++;
+    if (!isExpectedErrno(e)) this.opts.logger.error({ err, op: opName(opcode) }, 'request failed');
+    else if (this.trace) this.opts.logger.trace({ op: opName(opcode), errno: e }, 'request error');
+    this.replyError(unique, e);
+  }
+
+  /** Runs a handler result through to a reply, whether it is a value or a promise. */
+  private settle<T>(opcode: number, unique: number, r: T | Promise<T>, ok: (v: T) => void): void {
+    if (r instanceof Promise) {
+      r.then(ok, (err) => this.fail(opcode, unique, err)).catch((err) => this.fail(opcode, unique, err));
+    } else {
+      ok(r);
+    }
+  }
+
+  private dispatch(op: number, ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const fs = this.fs;
+    const u = ctx.unique;
+    switch (op) {
+      case Op.INIT:
+        return this.init(u, p);
+      case Op.LOOKUP: {
+        const [name] = cstr(b, p, end);
+        return this.settle(op, u, fs.lookup(ctx, nodeid, name), (e) => this.replyEntry(u, e));
+      }
+      case Op.FORGET:
+        fs.forget(nodeid, u64(b, p));
+        return;
+      case Op.BATCH_FORGET: {
+        const count = b.readUInt32LE(p);
+        for (let i = 0, o = p + 8; i < count && o + 16 <= end; i++, o += 16) fs.forget(u64(b, o), u64(b, o + 8));
+        return;
+      }
+      case Op.GETATTR: {
+        const flags = b.readUInt32LE(p);
+        const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
+        return this.settle(op, u, fs.getattr(ctx, nodeid, fh), (a) => this.replyAttr(u, a));
+      }
+      case Op.SETATTR: {
+        const req: SetattrRequest = {
+          valid: b.readUInt32LE(p),
+          fh: u64(b, p + 8),
+          size: u64(b, p + 16),
+          atimeSec: i64(b, p + 32),
+          mtimeSec: i64(b, p + 40),
+          atimeNsec: b.readUInt32LE(p + 56),
+          mtimeNsec: b.readUInt32LE(p + 60),
+          mode: b.readUInt32LE(p + 68),
+          uid: b.readUInt32LE(p + 76),
+          gid: b.readUInt32LE(p + 80),
+        };
+        return this.settle(op, u, fs.setattr(ctx, nodeid, req), (a) => this.replyAttr(u, a));
+      }
+      case Op.READLINK:
+        return this.settle(op, u, fs.readlink(ctx, nodeid), (t) => this.sendData(u, Buffer.from(t, 'latin1')));
+      case Op.SYMLINK: {
+        const [name, next] = cstr(b, p, end);
+        const [target] = cstr(b, next, end);
+        return this.settle(op, u, fs.symlink(ctx, nodeid, name, target), (e) => this.replyEntry(u, e));
+      }
+      case Op.MKNOD: {
+        const mode = b.readUInt32LE(p);
+        const rdev = b.readUInt32LE(p + 4);
+        const umask = b.readUInt32LE(p + 8);
+        const [name] = cstr(b, p + 16, end);
+        return this.settle(op, u, fs.mknod(ctx, nodeid, name, mode, rdev, umask), (e) => this.replyEntry(u, e));
+      }
+      case Op.MKDIR: {
+        const mode = b.readUInt32LE(p);
+        const umask = b.readUInt32LE(p + 4);
+        const [name] = cstr(b, p + 8, end);
+        return this.settle(op, u, fs.mkdir(ctx, nodeid, name, mode, umask), (e) => this.replyEntry(u, e));
+      }
+      case Op.UNLINK: {
+        const [name] = cstr(b, p, end);
+        return this.settle(op, u, fs.unlink(ctx, nodeid, name), () => this.replyOk(u));
+      }
+      case Op.RMDIR: {
+        const [name] = cstr(b, p, end);
+        return this.settle(op, u, fs.rmdir(ctx, nodeid, name), () => this.replyOk(u));
+      }
+      case Op.RENAME:
+      case Op.RENAME2: {
+        const newDir = u64(b, p);
+        const flags = op === Op.RENAME2 ? b.readUInt32LE(p + 8) : 0;
+        const [name, next] = cstr(b, p + (op === Op.RENAME2 ? 16 : 8), end);
+        const [newName] = cstr(b, next, end);
+        return this.settle(op, u, fs.rename(ctx, nodeid, name, newDir, newName, flags), () => this.replyOk(u));
+      }
+      case Op.LINK: {
+        const oldNode = u64(b, p);
+        const [newName] = cstr(b, p + 8, end);
+        return this.settle(op, u, fs.link(ctx, oldNode, nodeid, newName), (e) => this.replyEntry(u, e));
+      }
+      case Op.OPEN: {
+        const flags = b.readUInt32LE(p);
+        return this.settle(op, u, fs.open(ctx, nodeid, flags), (r) =>
+          this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
+      }
+      case Op.CREATE: {
+        const flags = b.readUInt32LE(p);
+        const mode = b.readUInt32LE(p + 4);
+        const umask = b.readUInt32LE(p + 8);
+        const [name] = cstr(b, p + 16, end);
+        return this.settle(op, u, fs.create(ctx, nodeid, name, mode, flags, umask), (r) =>
+          this.replyCreate(u, r, () => void fs.release(ctx, r.entry.nodeid, r.open.fh, flags)));
+      }
+      case Op.READ: {
+        const fh = u64(b, p);
+        const offset = u64(b, p + 8);
+        const size = b.readUInt32LE(p + 16);
+        return this.settle(op, u, fs.read(ctx, nodeid, fh, offset, size), (data) => this.sendData(u, data));
+      }
+      case Op.WRITE: {
+        const fh = u64(b, p);
+        const offset = u64(b, p + 8);
+        const size = b.readUInt32LE(p + 16);
+        const writeFlags = b.readUInt32LE(p + 20);
+        const data = b.subarray(p + 40, p + 40 + size);
+        return this.settle(op, u, fs.write(ctx, nodeid, fh, offset, data, writeFlags), (n) =>
+          this.replyU32(u, n, WRITE_OUT_SIZE));
+      }
+      case Op.STATFS:
+        return this.settle(op, u, fs.statfs(ctx, nodeid), (s) => this.replyStatfs(u, s));
+      case Op.RELEASE:
+        return this.settle(op, u, fs.release(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 8)), () => this.replyOk(u));
+      case Op.FSYNC:
+        return this.settle(op, u, fs.fsync(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
+          () => this.replyOk(u));
+      case Op.FSYNCDIR:
+        return this.settle(op, u, fs.fsyncdir(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
+          () => this.replyOk(u));
+      case Op.SETXATTR: {
+        // Without FUSE_SETXATTR_EXT the request carries the 8-byte compat header.
+        const size = b.readUInt32LE(p);
+        const flags = b.readUInt32LE(p + 4);
+        const [name, next] = cstr(b, p + 8, end);
+        const value = Buffer.from(b.subarray(next, next + size));
+        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags), () => this.replyOk(u));
+      }
+      case Op.GETXATTR: {
+        const size = b.readUInt32LE(p);
+        const [name] = cstr(b, p + 8, end);
+        return this.settle(op, u, fs.getxattr(ctx, nodeid, name), (v) => this.replyXattr(u, v, size));
+      }
+      case Op.LISTXATTR: {
+        const size = b.readUInt32LE(p);
+        return this.settle(op, u, fs.listxattr(ctx, nodeid), (names) =>
+          this.replyXattr(u, Buffer.from(names.map((n) => n + '\0').join(''), 'latin1'), size));
+      }
+      case Op.REMOVEXATTR: {
+        const [name] = cstr(b, p, end);
+        return this.settle(op, u, fs.removexattr(ctx, nodeid, name), () => this.replyOk(u));
+      }
+      case Op.FLUSH:
+        return this.settle(op, u, fs.flush(ctx, nodeid, u64(b, p)), () => this.replyOk(u));
+      case Op.OPENDIR: {
+        const flags = b.readUInt32LE(p);
+        return this.settle(op, u, fs.opendir(ctx, nodeid, flags), (r) =>
+          this.replyOpen(u, r, () => void fs.releasedir(ctx, nodeid, r.fh)));
+      }
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        const fh = u64(b, p);
+        const offset = u64(b, p + 8);
+        const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
+        const sink = new DirBuffer(this.outBuf, OUT_HEADER_SIZE, size);
+        return this.settle(op, u, fs.readdir(ctx, nodeid, fh, offset, sink, op === Op.READDIRPLUS), () => {
+          if (!this.send(u, 0, sink.pos - OUT_HEADER_SIZE)) for (const id of sink.nodeids) fs.forget(id, 1);
+        });
+      }
+      case Op.RELEASEDIR:
+        return this.settle(op, u, fs.releasedir(ctx, nodeid, u64(b, p)), () => this.replyOk(u));
+      case Op.ACCESS:
+        return this.settle(op, u, fs.access(ctx, nodeid, b.readUInt32LE(p)), () => this.replyOk(u));
+      case Op.INTERRUPT:
+        // Every handler answers promptly; an interrupted request still gets its reply.
+        return;
+      case Op.DESTROY:
+        this.replyOk(u);
+        fs.destroy?.();
+        return;
+      case Op.FALLOCATE:
+        return this.settle(op, u, fs.fallocate(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), b.readUInt32LE(p + 24)),
+          () => this.replyOk(u));
+      case Op.LSEEK:
+        return this.settle(op, u, fs.lseek(ctx, nodeid, u64(b, p), i64(b, p + 8), b.readUInt32LE(p + 16)), (off) => {
+          putU64(this.outBuf, OUT_HEADER_SIZE, off);
+          this.send(u, 0, LSEEK_OUT_SIZE);
+        });
+      case Op.COPY_FILE_RANGE:
+        return this.settle(op, u,
+          fs.copyFileRange(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), u64(b, p + 24), u64(b, p + 32),
+            u64(b, p + 40), u64(b, p + 48)),
+          (n) => this.replyU32(u, n, WRITE_OUT_SIZE));
+      default:
+        return this.replyError(u, errno.ENOSYS);
+    }
+  }
+
+  private init(unique: number, p: number): void {
+    const b = this.inBuf;
+    const major = b.readUInt32LE(p);
+    const minor = b.readUInt32LE(p + 4);
+    const maxReadahead = b.readUInt32LE(p + 8);
+    let kflags = b.readUInt32LE(p + 12);
+    if (kflags & InitFlag.INIT_EXT) kflags += b.readUInt32LE(p + 16) * TWO32;
+    const has = (f: number) => Math.floor(kflags / f) % 2 === 1;
+    if (major !== FUSE_KERNEL_VERSION || minor < 31) {
+      this.opts.logger.error({ major, minor }, 'unsupported FUSE protocol version');
+      this.replyError(unique, errno.EIO);
+      this.readyReject(new Error(`kernel FUSE protocol ${major}.${minor} is too old (need 7.31+)`));
+      return;
+    }
+    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
+      InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
+      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.HANDLE_KILLPRIV_V2];
+    const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;
+    if (wantPassthrough) wanted.push(InitFlag.PASSTHROUGH);
+    let flags = 0;
+    for (const f of wanted) if (has(f)) flags += f;
+    this.passthrough = wantPassthrough && has(InitFlag.PASSTHROUGH);
+    if (this.opts.passthrough === 'on' && !this.passthrough) {
+      this.opts.logger.warn({ minor }, 'passthrough requested but the kernel does not offer it; serving reads through the daemon');
+    }
+    const o = OUT_HEADER_SIZE;
+    const out = this.outBuf;
+    out.fill(0, o, o + INIT_OUT_SIZE);
+    out.writeUInt32LE(FUSE_KERNEL_VERSION, o);
+    out.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), o + 4);
+    out.writeUInt32LE(maxReadahead, o + 8);
+    out.writeUInt32LE(flags % TWO32 >>> 0, o + 12);
+    out.writeUInt16LE(64, o + 16); // max_background
+    out.writeUInt16LE(48, o + 18); // congestion_threshold
+    out.writeUInt32LE(MAX_WRITE, o + 20);
+    out.writeUInt32LE(1, o + 24); // time_gran: nanoseconds
+    out.writeUInt16LE(MAX_PAGES, o + 28);
+    out.writeUInt32LE(Math.floor(flags / TWO32), o + 32);
+    out.writeUInt32LE(this.passthrough ? 1 : 0, o + 36); // max_stack_depth
+    this.send(unique, 0, INIT_OUT_SIZE);
+    this.initialized = true;
+    this.fs.init?.({ minor, passthrough: this.passthrough });
+    this.opts.logger.debug({ minor, passthrough: this.passthrough }, 'FUSE session initialised');
+    this.readyResolve();
+  }
+}

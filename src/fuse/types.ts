@@ -1,0 +1,139 @@
+// The interface between the FUSE protocol layer and a filesystem implementation.
+// The protocol layer (session.ts) decodes requests, calls these methods and encodes the
+// results; it knows nothing of layers. Methods may return a value or a Promise; errors are
+// thrown (see errors.ts). Names and paths are latin1 strings: one char per byte.
+
+export interface RequestContext {
+  readonly unique: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly pid: number;
+}
+
+export interface Attr {
+  ino: number;
+  size: number;
+  blocks: number;
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  /** Device number in the kernel's new_encode_dev form (low 32 bits of a glibc dev_t). */
+  rdev: number;
+  blksize: number;
+}
+
+export interface AttrReply {
+  attr: Attr;
+  /** Seconds the kernel may cache the attributes. */
+  attrTimeout: number;
+}
+
+export interface EntryReply extends AttrReply {
+  /** 0 means a cached negative entry (the name does not exist). */
+  nodeid: number;
+  generation: number;
+  /** Seconds the kernel may cache the name. */
+  entryTimeout: number;
+}
+
+export interface OpenReply {
+  fh: number;
+  /** FOPEN_* flags. */
+  openFlags: number;
+  /** Backing id from FUSE_DEV_IOC_BACKING_OPEN when openFlags has FOPEN_PASSTHROUGH. */
+  backingId?: number;
+}
+
+export interface CreateReply {
+  entry: EntryReply;
+  open: OpenReply;
+}
+
+export interface StatfsReply {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  namelen: number;
+  frsize: number;
+}
+
+export interface SetattrRequest {
+  /** FATTR_* bits saying which fields are set. */
+  valid: number;
+  fh: number;
+  size: number;
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Filled by readdir; add* return false when the reply buffer is full. */
+export interface DirSink {
+  /** Would an entry with this name still fit? (check before taking a lookup reference) */
+  fits(name: string): boolean;
+  add(name: string, ino: number, type: number, nextOffset: number): boolean;
+  addPlus(name: string, entry: EntryReply | null, ino: number, type: number, nextOffset: number): boolean;
+}
+
+export interface InitInfo {
+  /** The kernel's protocol minor version. */
+  minor: number;
+  /** Whether passthrough was negotiated (backing ids may be used). */
+  passthrough: boolean;
+}
+
+type R<T> = T | Promise<T>;
+
+export interface FileSystem {
+  init?(info: InitInfo): void;
+  destroy?(): void;
+  lookup(ctx: RequestContext, parent: number, name: string): R<EntryReply>;
+  forget(nodeid: number, nlookup: number): void;
+  getattr(ctx: RequestContext, nodeid: number, fh: number | undefined): R<AttrReply>;
+  setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): R<AttrReply>;
+  readlink(ctx: RequestContext, nodeid: number): R<string>;
+  symlink(ctx: RequestContext, parent: number, name: string, target: string): R<EntryReply>;
+  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask: number): R<EntryReply>;
+  mkdir(ctx: RequestContext, parent: number, name: string, mode: number, umask: number): R<EntryReply>;
+  unlink(ctx: RequestContext, parent: number, name: string): R<void>;
+  rmdir(ctx: RequestContext, parent: number, name: string): R<void>;
+  rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): R<void>;
+  link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): R<EntryReply>;
+  open(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask: number): R<CreateReply>;
+  /** Returns the data read (may be shorter than size at end of file). */
+  read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;
+  /** `data` is a view of the request buffer: valid only until the synchronous part returns. */
+  write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags: number): R<number>;
+  flush(ctx: RequestContext, nodeid: number, fh: number): R<void>;
+  release(ctx: RequestContext, nodeid: number, fh: number, flags: number): R<void>;
+  fsync(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
+  opendir(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
+  readdir(ctx: RequestContext, nodeid: number, fh: number, offset: number, sink: DirSink, plus: boolean): R<void>;
+  releasedir(ctx: RequestContext, nodeid: number, fh: number): R<void>;
+  fsyncdir(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
+  statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;
+  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): R<void>;
+  /** The whole value; the protocol layer answers size probes and ERANGE. */
+  getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer>;
+  listxattr(ctx: RequestContext, nodeid: number): R<string[]>;
+  removexattr(ctx: RequestContext, nodeid: number, name: string): R<void>;
+  access(ctx: RequestContext, nodeid: number, mask: number): R<void>;
+  fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): R<void>;
+  lseek(ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): R<number>;
+  copyFileRange(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number): R<number>;
+}

@@ -1,0 +1,204 @@
+// Union inodes: one UnionNode per object the kernel knows (its nodeid), the table that maps
+// nodeids to nodes, exact lookup counts, st_ino assignment and getattr of the merged object.
+//
+// A node records where its visible object lives: the topmost layer holding it and, for a
+// directory, the stack of layer directories merged into it (top first, ended by an opaque
+// directory, a whiteout or a non-directory). Layer objects are reached as (parent's directory
+// descriptor in that layer, name), never by path strings.
+
+import type { Attr } from '../fuse/types.js';
+import * as N from '../native/index.js';
+import type { Layer, LayerStack } from './layers.js';
+
+const { C, ST } = N;
+
+export const ROOT_NODEID = 1;
+
+export class UnionNode {
+  /** Kernel lookup count. */
+  lookups = 0;
+  /** Nodes in `children` (they keep this node alive: their layer objects are reached through it). */
+  childCount = 0;
+  /** Open file or directory handles on this node. */
+  openCount = 0;
+  /** Children the kernel currently knows, by name. Changes made through the mount keep it exact. */
+  readonly children = new Map<string, UnionNode>();
+  /** Descriptors of this directory in each layer of `dirLayers` (O_PATH), opened on demand. */
+  private dirFds: number[] | null = null;
+  /** Set when the object was removed while still open or known (st_nlink then reads 0). */
+  unlinked = false;
+
+  constructor(
+    readonly nodeid: number,
+    /** st_ino shown for this object; unchanged by copy-up. */
+    readonly ino: number,
+    public parent: UnionNode | null,
+    public name: string,
+    /** S_IFMT bits of the object. */
+    readonly type: number,
+    /** The topmost layer holding the object. */
+    public layer: Layer,
+    /** For directories: the layers merged into it, top first. */
+    public dirLayers: Layer[] | null,
+  ) {}
+
+  get isDir(): boolean {
+    return this.type === C.S_IFDIR;
+  }
+
+  /** A directory with more than one layer below the mount point (st_nlink is then 1, as in the kernel). */
+  get isMerged(): boolean {
+    return this.dirLayers !== null && this.dirLayers.length > 1;
+  }
+
+  /** (dirfd, name) addressing this node's visible object for *at() system calls. */
+  location(): [number, string] {
+    if (!this.parent) return [this.layer.fd, ''];
+    return [this.parent.dirFd(this.layer), this.name];
+  }
+
+  /** O_PATH descriptor of this directory in `layer` (which must be one of dirLayers). */
+  dirFd(layer: Layer): number {
+    const layers = this.dirLayers;
+    if (!layers) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    const i = layers.indexOf(layer);
+    if (i < 0) throw new Error(`layer ${layer.index} is not part of directory ${this.name}`);
+    if (!this.parent) return layer.fd;
+    if (!this.dirFds) this.dirFds = new Array<number>(layers.length).fill(-1);
+    let fd = this.dirFds[i]!;
+    if (fd < 0) {
+      fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+      this.dirFds[i] = fd;
+    }
+    return fd;
+  }
+
+  /** Replaces the directory's layer stack (after copy-up or when it becomes opaque). */
+  setDirLayers(layers: Layer[]): void {
+    this.closeFds();
+    this.dirLayers = layers;
+    this.layer = layers[0]!;
+  }
+
+  /** Closes the directory descriptors (they are reopened on demand). */
+  closeFds(): void {
+    if (this.dirFds) {
+      for (const fd of this.dirFds) if (fd >= 0) N.close(fd);
+      this.dirFds = null;
+    }
+  }
+}
+
+export class InodeTable {
+  readonly root: UnionNode;
+  private readonly nodes = new Map<number, UnionNode>();
+  private nextId = ROOT_NODEID + 1;
+  private readonly st = new Float64Array(16);
+
+  constructor(readonly stack: LayerStack) {
+    const top = stack.layers[0]!;
+    N.fstat(top.fd, this.st);
+    this.root = new UnionNode(ROOT_NODEID, stack.inoOf(top, this.st[ST.ino]!), null, '', C.S_IFDIR, top, [...stack.layers]);
+    this.root.lookups = 1;
+    this.nodes.set(ROOT_NODEID, this.root);
+  }
+
+  get size(): number {
+    return this.nodes.size;
+  }
+
+  get(nodeid: number): UnionNode {
+    const n = this.nodes.get(nodeid);
+    if (!n) throw Object.assign(new Error(`unknown nodeid ${nodeid}`), { code: 'ESTALE' });
+    return n;
+  }
+
+  /** The node for `name` in `parent`, created for a fresh lookup result. */
+  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number): UnionNode {
+    const node = new UnionNode(this.nextId++, this.stack.inoOf(layer, realIno), parent, name, type, layer, dirLayers);
+    this.attach(parent, name, node);
+    this.nodes.set(node.nodeid, node);
+    return node;
+  }
+
+  /** Makes `node` the child `name` of `parent` (replacing any other node there). */
+  attach(parent: UnionNode, name: string, node: UnionNode): void {
+    const old = parent.children.get(name);
+    if (old === node) return;
+    node.parent = parent;
+    node.name = name;
+    parent.children.set(name, node);
+    if (old) this.maybeDrop(old);
+    else parent.childCount++;
+  }
+
+  /** Takes `node` out of its parent's children (it stays reachable by nodeid while referenced). */
+  detach(node: UnionNode): void {
+    const parent = node.parent;
+    if (!parent || parent.children.get(node.name) !== node) return;
+    parent.children.delete(node.name);
+    parent.childCount--;
+    // The node keeps its parent pointer so its layer object stays addressable while open.
+    this.maybeDrop(parent);
+  }
+
+  /** Counts one more kernel reference (a successful LOOKUP/CREATE/... reply). */
+  ref(node: UnionNode): void {
+    node.lookups++;
+  }
+
+  forget(nodeid: number, n: number): void {
+    const node = this.nodes.get(nodeid);
+    if (!node || node === this.root) return;
+    node.lookups = Math.max(0, node.lookups - n);
+    this.maybeDrop(node);
+  }
+
+  /** Drops a node nobody references any more, then its parent if that was the last reason to keep it. */
+  maybeDrop(node: UnionNode): void {
+    let n: UnionNode | null = node;
+    while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0) {
+      this.nodes.delete(n.nodeid);
+      n.closeFds();
+      const parent: UnionNode | null = n.parent;
+      if (parent && parent.children.get(n.name) === n) {
+        parent.children.delete(n.name);
+        parent.childCount--;
+        n = parent;
+      } else {
+        n = null;
+      }
+    }
+  }
+
+  /** Attributes of the merged object, read from its topmost layer. */
+  attr(node: UnionNode, st: Float64Array = this.st): Attr {
+    const [dirfd, name] = node.location();
+    N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, st);
+    return attrFrom(node, st);
+  }
+}
+
+/** Builds the merged attributes from a layer object's stat. */
+export function attrFrom(node: UnionNode, st: Float64Array): Attr {
+  let nlink = st[ST.nlink]!;
+  if (node.isMerged) nlink = 1;
+  else if (node.unlinked) nlink = 0;
+  return {
+    ino: node.ino,
+    size: st[ST.size]!,
+    blocks: st[ST.blocks]!,
+    atimeSec: st[ST.atimeSec]!,
+    atimeNsec: st[ST.atimeNsec]!,
+    mtimeSec: st[ST.mtimeSec]!,
+    mtimeNsec: st[ST.mtimeNsec]!,
+    ctimeSec: st[ST.ctimeSec]!,
+    ctimeNsec: st[ST.ctimeNsec]!,
+    mode: st[ST.mode]!,
+    nlink,
+    uid: st[ST.uid]!,
+    gid: st[ST.gid]!,
+    rdev: st[ST.rdev]! % 4294967296,
+    blksize: st[ST.blksize]!,
+  };
+}

@@ -1,0 +1,64 @@
+// Lookup through layers (the kernel's fs/overlayfs/namei.c).
+//
+// A name is searched in each layer directory merged into its parent, top first:
+// - a whiteout (char 0/0) ends the search: the name does not exist below it;
+// - a non-directory wins if nothing was found above it, and ends the search;
+// - a directory joins the merge; an opaque directory ends it;
+// - an OCI ".wh.<name>" in a layer hides <name> in the layers below that layer only.
+
+import { fsError } from '../fuse/errors.js';
+import * as N from '../native/index.js';
+import type { Layer } from './layers.js';
+import type { UnionNode } from './inode.js';
+import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir } from './whiteout.js';
+
+const { C, ST } = N;
+
+/** The longest name any layer accepts (what overlayfs reports as its namelen). */
+export const NAME_MAX = 255;
+
+export interface LayerHit {
+  /** The topmost layer holding the name. */
+  layer: Layer;
+  /** Its stat (mode, ino, ...). */
+  st: Float64Array;
+  /** For a directory: the layers merged into it, top first. */
+  dirLayers: Layer[] | null;
+}
+
+export function checkName(name: string): void {
+  if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG');
+}
+
+/**
+ * Finds `name` in the layers of directory `parent`. Returns null when no layer shows it
+ * (absent, whited out, or an OCI meta name, which is never visible).
+ */
+export function lookupLayers(parent: UnionNode, name: string): LayerHit | null {
+  if (isOciMetaName(name)) return null;
+  const layers = parent.dirLayers;
+  if (!layers) throw fsError('ENOTDIR');
+  let hit: LayerHit | null = null;
+  let st = new Float64Array(16);
+  for (let i = 0; i < layers.length; i++) {
+    const layer = layers[i]!;
+    const dirfd = parent.dirFd(layer);
+    if (N.lstatMaybe(dirfd, name, st)) {
+      if (isKernelWhiteout(st)) break;
+      const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
+      if (!hit) {
+        hit = { layer, st, dirLayers: isDir ? [layer] : null };
+        if (!isDir) break;
+        st = new Float64Array(16);
+      } else {
+        // Below a directory, only directories merge; anything else ends the merge.
+        if (!isDir) break;
+        hit.dirLayers!.push(layer);
+      }
+      // Opaque: the layers below are hidden. Only worth asking when there is a layer below.
+      if (i + 1 < layers.length && isOpaqueDir(dirfd, name)) break;
+    }
+    if (i + 1 < layers.length && hasOciWhiteout(dirfd, name)) break;
+  }
+  return hit;
+}

@@ -1,0 +1,131 @@
+// Mount options (the kernel's fs/overlayfs/params.c), in the forms that overlayfs,
+// fuse-overlayfs and mount(8) use: "-o lowerdir=A:B,upperdir=U,workdir=W,..." possibly repeated,
+// with "\:" and "\," escapes, empty items, and generic mount options that we accept.
+
+export class UsageError extends Error {
+  readonly exitCode = 2;
+}
+
+export interface MountParams {
+  lowerdirs: string[];
+  upperdir: string | null;
+  workdir: string | null;
+  readOnly: boolean;
+  /** Use user.overlay.* instead of trusted.overlay.* for what we write. */
+  userxattr: boolean;
+  /** Skip fsync (overlayfs "volatile", fuse-overlayfs "fsync=0"). */
+  volatile: boolean;
+  nodev: boolean;
+  nosuid: boolean;
+  noexec: boolean;
+  noatime: boolean;
+  /** Options accepted for compatibility but without effect here. */
+  ignored: string[];
+}
+
+/** Splits on unescaped `sep`, removing the escaping backslashes. */
+export function splitEscaped(s: string, sep: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === '\\' && i + 1 < s.length) {
+      cur += s[++i];
+    } else if (c === sep) {
+      out.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  return out;
+}
+
+/** Splits an -o string on commas that are neither escaped nor inside double quotes (context="a,b"). */
+function splitOptions(s: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let quoted = false;
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (c === '\\' && i + 1 < s.length) {
+      cur += c + s[++i];
+    } else if (c === '"') {
+      quoted = !quoted;
+      cur += c;
+    } else if (c === ',' && !quoted) {
+      out.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  return out.filter((x) => x.length > 0);
+}
+
+const GENERIC_FLAGS = new Set(['rw', 'dev', 'suid', 'exec', 'atime', 'relatime', 'strictatime', 'lazytime', 'nolazytime',
+  'diratime', 'nodiratime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
+  'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
+  'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
+const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'uidmapping', 'gidmapping',
+  'squash_to_uid', 'squash_to_gid', 'squash_to_root', 'redirect_dir', 'index', 'xino', 'metacopy', 'nfs_export',
+  'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
+  'x-systemd.automount', 'comment', 'source', 'subtype', 'fsname', 'max_read', 'blksize']);
+
+export function parseMountOptions(optionStrings: string[]): MountParams {
+  const p: MountParams = {
+    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, volatile: false,
+    nodev: false, nosuid: false, noexec: false, noatime: false, ignored: [],
+  };
+  for (const item of optionStrings.flatMap(splitOptions)) {
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? item : item.slice(0, eq);
+    const value = eq < 0 ? '' : item.slice(eq + 1);
+    switch (key) {
+      case 'lowerdir': {
+        if (value === '') throw new UsageError('lowerdir= needs at least one directory');
+        const dirs = splitEscaped(value, ':');
+        if (dirs.some((d) => d === '')) throw new UsageError(`lowerdir has an empty layer: "${value}"`);
+        p.lowerdirs = dirs;
+        break;
+      }
+      case 'lowerdir+':
+        p.lowerdirs.push(splitEscaped(value, ',').join(','));
+        break;
+      case 'upperdir':
+        p.upperdir = splitEscaped(value, ',').join(',');
+        break;
+      case 'workdir':
+        p.workdir = splitEscaped(value, ',').join(',');
+        break;
+      case 'ro':
+        p.readOnly = true;
+        break;
+      case 'userxattr':
+        p.userxattr = true;
+        break;
+      case 'volatile':
+        p.volatile = true;
+        break;
+      case 'fsync':
+        p.volatile = value === '0';
+        break;
+      case 'nodev':
+      case 'nosuid':
+      case 'noexec':
+      case 'noatime':
+        p[key] = true;
+        break;
+      default:
+        if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
+        else throw new UsageError(`unknown mount option "${item}"`);
+    }
+  }
+  if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
+  if ((p.upperdir === null) !== (p.workdir === null)) {
+    throw new UsageError('upperdir= and workdir= go together: give both or neither');
+  }
+  return p;
+}

@@ -1,0 +1,64 @@
+// Merged directory listings (the kernel's fs/overlayfs/readdir.c).
+//
+// The layers of a directory are listed top first; a name shows once, from the topmost layer
+// that has it; whiteouts (char 0/0, and OCI ".wh.<name>" for the layers below) hide names;
+// OCI meta files never show. A listing is taken once per open handle (at offset 0), so offsets
+// stay stable while it is read, and a rewind takes a fresh one.
+
+import * as N from '../native/index.js';
+import type { UnionNode } from './inode.js';
+import type { LayerStack } from './layers.js';
+import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
+
+const { C } = N;
+
+export interface DirEntry {
+  name: string;
+  /** DT_* type. */
+  type: number;
+  /** st_ino the mount shows for it. */
+  ino: number;
+}
+
+const st = new Float64Array(16);
+
+function dtFromMode(mode: number): number {
+  return (mode & C.S_IFMT) >> 12;
+}
+
+/** The merged listing of directory `dir`, without "." and "..". */
+export function mergedListing(stack: LayerStack, dir: UnionNode): DirEntry[] {
+  const layers = dir.dirLayers!;
+  const out: DirEntry[] = [];
+  const seen = new Set<string>();
+  // Names hidden from the layers still to be read.
+  const hidden = new Set<string>();
+  for (const layer of layers) {
+    const dirfd = dir.dirFd(layer);
+    const ociHidden: string[] = [];
+    for (const [name, dtype, realIno] of N.readdir(dirfd)) {
+      if (name.startsWith('.wh.')) {
+        if (name !== OCI_OPAQUE) {
+          const target = ociWhiteoutTarget(name);
+          if (target !== undefined) ociHidden.push(target);
+        }
+        continue;
+      }
+      if (seen.has(name) || hidden.has(name)) continue;
+      let type = dtype;
+      if (type === C.DT_CHR || type === C.DT_UNKNOWN) {
+        if (!N.lstatMaybe(dirfd, name, st)) continue;
+        if (isKernelWhiteout(st)) {
+          hidden.add(name);
+          continue;
+        }
+        type = dtFromMode(st[N.ST.mode]!);
+      }
+      seen.add(name);
+      const known = dir.children.get(name);
+      out.push({ name, type, ino: known ? known.ino : stack.inoOf(layer, realIno) });
+    }
+    for (const name of ociHidden) hidden.add(name);
+  }
+  return out;
+}
