@@ -39,17 +39,22 @@ interface MountArgs {
   passthrough: string;
   logLevel: string;
   logFile?: string;
+  writeFormat: string;
+  force: boolean;
 }
 
 function buildConfig(args: MountArgs): DaemonConfig {
   const params = parseMountOptions(([] as string[]).concat(args.o ?? []));
   const layout = validateLayout(params, args.mountpoint);
   if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
+  if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
   const options: DaemonOptions = {
     passthrough: args.passthrough as DaemonOptions['passthrough'],
     logLevel: args.logLevel,
     logFile: args.logFile ?? null,
     cacheTimeout: 86400,
+    writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
+    force: args.force,
   };
   return { layout, params, options };
 }
@@ -156,6 +161,8 @@ const mountOptions = {
   passthrough: { type: 'string', default: 'auto', describe: 'kernel passthrough for file I/O: auto, on or off' },
   'log-level': { type: 'string', default: 'info', describe: 'trace, debug, info, warn, error' },
   'log-file': { type: 'string', describe: 'write JSON logs to this file (default: stderr)' },
+  'write-format': { type: 'string', default: 'kernel', describe: 'whiteouts in the upper: kernel (char 0/0) or oci (.wh. files)' },
+  force: { type: 'boolean', default: false, describe: 'mount an upper that a volatile mount left behind' },
 } as const;
 
 async function main(): Promise<void> {

@@ -1,7 +1,7 @@
 // The daemon: opens the layers, mounts the union through a FUSE session, serves until the
 // mount goes away (umount, `strata umount`, SIGTERM/SIGINT), then exits cleanly.
 
-import { mkdirSync, rmSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { FuseSession, type PassthroughMode } from '../fuse/session.js';
@@ -9,7 +9,8 @@ import * as N from '../native/index.js';
 import { LayerStack } from '../union/layers.js';
 import type { MountParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
-import type { ResolvedLayout } from './validate.js';
+import type { WriteFormat } from '../union/dir.js';
+import { SetupError, type ResolvedLayout } from './validate.js';
 
 export interface DaemonOptions {
   passthrough: PassthroughMode;
@@ -17,6 +18,10 @@ export interface DaemonOptions {
   logFile: string | null;
   /** Seconds the kernel caches names and attributes. */
   cacheTimeout: number;
+  /** Whiteouts as char 0/0 devices (the kernel's) or OCI ".wh." files. */
+  writeFormat: WriteFormat;
+  /** Mount even when a volatile mount left its marker (the upper may be incomplete). */
+  force: boolean;
 }
 
 export interface DaemonConfig {
@@ -37,11 +42,20 @@ export function reopenLog(): void {
   logDestination?.reopen();
 }
 
-/** Where copy-ups are staged: <workdir>/work, emptied at mount (as the kernel does). */
-function prepareWorkDir(workdir: string): string {
+/**
+ * Where copy-ups are staged: <workdir>/work (the kernel's place too), emptied at mount. A volatile
+ * mount leaves work/incompat/volatile behind, as the kernel does; the next mount refuses it
+ * unless forced, because the upper may have lost writes.
+ */
+function prepareWorkDir(workdir: string, volatile: boolean, force: boolean): string {
   const work = join(workdir, 'work');
+  const marker = join(work, 'incompat', 'volatile');
+  if (existsSync(marker) && !force) {
+    throw new SetupError(`the upper was last mounted volatile and may be incomplete (${marker}); check it, then mount with --force`);
+  }
   mkdirSync(work, { recursive: true, mode: 0o700 });
   for (const name of readdirSync(work)) rmSync(join(work, name), { recursive: true, force: true });
+  if (volatile) mkdirSync(marker, { recursive: true, mode: 0o700 });
   return work;
 }
 
@@ -58,8 +72,10 @@ export interface RunningMount {
 export async function startMount(config: DaemonConfig, logger: Logger): Promise<RunningMount> {
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
-  if (layout.workdir) prepareWorkDir(layout.workdir);
+  N.umask(0); // modes of new objects are the caller's, already masked by the kernel
+  const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
+  const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
   const fs = new UnionFs(stack, {
@@ -68,6 +84,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     passthrough: options.passthrough !== 'off',
     logger,
     deviceFd: () => session?.deviceFd ?? -1,
+    upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
   });
   let flags = 0;
   if (readOnly) flags |= N.C.MS_RDONLY;
@@ -87,6 +104,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     await session.mount();
   } catch (e) {
     stack.close();
+    if (workFd >= 0) N.close(workFd);
     throw e;
   }
   const s = session;
@@ -118,6 +136,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const done = s.ended.then((err) => {
     if (err) logger.error({ err }, 'session ended with an error');
     stack.close();
+    if (workFd >= 0) N.close(workFd);
     const st = s.stats;
     logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors }, 'unmounted');
   });

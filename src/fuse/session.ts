@@ -209,6 +209,8 @@ export class FuseSession {
 
   private onEnd(err: Error | null): void {
     this.reader = null;
+    // After an unmount the device may report an error on poll instead of ENODEV on read.
+    if (err && this.initialized && ['EBADF', 'ENODEV', 'ECONNABORTED'].includes((err as { code?: string }).code ?? '')) err = null;
     if (err) this.opts.logger.error({ err }, 'fuse device read failed');
     if (!this.initialized) this.readyReject(err ?? new Error('the kernel ended the session before INIT'));
     if (this.devFd >= 0) {
@@ -564,7 +566,7 @@ export class FuseSession {
     }
     const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
-      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.HANDLE_KILLPRIV_V2];
+      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP];
     const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;
     if (wantPassthrough) wanted.push(InitFlag.PASSTHROUGH);
     let flags = 0;

@@ -27,6 +27,8 @@ export class UnionNode {
   private dirFds: number[] | null = null;
   /** Set when the object was removed while still open or known (st_nlink then reads 0). */
   unlinked = false;
+  /** Further names of an upper hard link made through the mount (the primary is parent/name). */
+  aliases: [UnionNode, string][] | null = null;
 
   constructor(
     readonly nodeid: number,
@@ -94,6 +96,8 @@ export class InodeTable {
   private readonly nodes = new Map<number, UnionNode>();
   private nextId = ROOT_NODEID + 1;
   private readonly st = new Float64Array(16);
+  /** st_ino kept by copied-up objects: upper real inode number -> the st_ino shown before copy-up. */
+  private readonly origins = new Map<number, number>();
 
   constructor(readonly stack: LayerStack) {
     const top = stack.layers[0]!;
@@ -115,10 +119,29 @@ export class InodeTable {
 
   /** The node for `name` in `parent`, created for a fresh lookup result. */
   create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number): UnionNode {
-    const node = new UnionNode(this.nextId++, this.stack.inoOf(layer, realIno), parent, name, type, layer, dirLayers);
+    const node = new UnionNode(this.nextId++, this.inoFor(layer, realIno), parent, name, type, layer, dirLayers);
     this.attach(parent, name, node);
     this.nodes.set(node.nodeid, node);
     return node;
+  }
+
+  /** The st_ino shown for the object with real inode `realIno` in `layer`. */
+  inoFor(layer: Layer, realIno: number): number {
+    if (layer.isUpper) {
+      const origin = this.origins.get(realIno);
+      if (origin !== undefined) return origin;
+    }
+    return this.stack.inoOf(layer, realIno);
+  }
+
+  /** A copy-up keeps the object's st_ino: remember it for the upper copy. */
+  recordOrigin(upperIno: number, ino: number): void {
+    if (upperIno !== ino) this.origins.set(upperIno, ino);
+  }
+
+  /** The upper object with this inode number is gone (its number may be reused). */
+  forgetOrigin(upperIno: number): void {
+    this.origins.delete(upperIno);
   }
 
   /** Makes `node` the child `name` of `parent` (replacing any other node there). */
@@ -140,6 +163,65 @@ export class InodeTable {
     parent.childCount--;
     // The node keeps its parent pointer so its layer object stays addressable while open.
     this.maybeDrop(parent);
+  }
+
+  /** One more name for `node` (link(2) through the mount): the kernel sees one inode. */
+  addAlias(node: UnionNode, parent: UnionNode, name: string): void {
+    const old = parent.children.get(name);
+    parent.children.set(name, node);
+    if (old) this.maybeDrop(old);
+    else parent.childCount++;
+    (node.aliases ??= []).push([parent, name]);
+  }
+
+  /** The name parent/name of `node` is gone (unlink, rmdir, or replaced by a rename). */
+  removeName(node: UnionNode, parent: UnionNode, name: string): void {
+    if (parent.children.get(name) === node) {
+      parent.children.delete(name);
+      parent.childCount--;
+    }
+    if (node.parent === parent && node.name === name) {
+      const next = node.aliases?.shift();
+      if (next) {
+        node.parent = next[0];
+        node.name = next[1];
+      } else {
+        node.unlinked = true;
+      }
+    } else if (node.aliases) {
+      node.aliases = node.aliases.filter(([p, n]) => p !== parent || n !== name);
+    }
+    if (node.aliases?.length === 0) node.aliases = null;
+    this.maybeDrop(node);
+    this.maybeDrop(parent);
+  }
+
+  /** rename(2) of a known node. */
+  move(node: UnionNode, oldParent: UnionNode, oldName: string, newParent: UnionNode, newName: string): void {
+    if (oldParent.children.get(oldName) === node) {
+      oldParent.children.delete(oldName);
+      oldParent.childCount--;
+    }
+    const old = newParent.children.get(newName);
+    newParent.children.set(newName, node);
+    if (old && old !== node) this.maybeDrop(old);
+    else if (!old) newParent.childCount++;
+    if (node.parent === oldParent && node.name === oldName) {
+      node.parent = newParent;
+      node.name = newName;
+    } else if (node.aliases) {
+      for (const a of node.aliases) if (a[0] === oldParent && a[1] === oldName) [a[0], a[1]] = [newParent, newName];
+    }
+    this.maybeDrop(oldParent);
+  }
+
+  /** rename(2) with RENAME_EXCHANGE: the two names swap objects. */
+  exchange(p1: UnionNode, n1: string, p2: UnionNode, n2: string): void {
+    const a = p1.children.get(n1);
+    const b = p2.children.get(n2);
+    if (a) this.move(a, p1, n1, p2, `\0swap`);
+    if (b) this.move(b, p2, n2, p1, n1);
+    if (a) this.move(a, p2, `\0swap`, p2, n2);
   }
 
   /** Counts one more kernel reference (a successful LOOKUP/CREATE/... reply). */

@@ -30,17 +30,24 @@ export function checkName(name: string): void {
   if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG');
 }
 
+/** Does a layer below the upper show `name` in `parent`? (Then removing it needs a whiteout.) */
+export function lowerShows(parent: UnionNode, name: string): boolean {
+  const layers = parent.dirLayers!;
+  const from = layers[0]!.isUpper ? 1 : 0;
+  return from < layers.length && lookupLayers(parent, name, from) !== null;
+}
+
 /**
  * Finds `name` in the layers of directory `parent`. Returns null when no layer shows it
  * (absent, whited out, or an OCI meta name, which is never visible).
  */
-export function lookupLayers(parent: UnionNode, name: string): LayerHit | null {
+export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHit | null {
   if (isOciMetaName(name)) return null;
   const layers = parent.dirLayers;
   if (!layers) throw fsError('ENOTDIR');
   let hit: LayerHit | null = null;
   let st = new Float64Array(16);
-  for (let i = 0; i < layers.length; i++) {
+  for (let i = from; i < layers.length; i++) {
     const layer = layers[i]!;
     const dirfd = parent.dirFd(layer);
     if (N.lstatMaybe(dirfd, name, st)) {

@@ -6,8 +6,7 @@
 // stay stable while it is read, and a rewind takes a fresh one.
 
 import * as N from '../native/index.js';
-import type { UnionNode } from './inode.js';
-import type { LayerStack } from './layers.js';
+import type { InodeTable, UnionNode } from './inode.js';
 import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
 
 const { C } = N;
@@ -27,7 +26,7 @@ function dtFromMode(mode: number): number {
 }
 
 /** The merged listing of directory `dir`, without "." and "..". */
-export function mergedListing(stack: LayerStack, dir: UnionNode): DirEntry[] {
+export function mergedListing(inodes: InodeTable, dir: UnionNode): DirEntry[] {
   const layers = dir.dirLayers!;
   const out: DirEntry[] = [];
   const seen = new Set<string>();
@@ -56,7 +55,7 @@ export function mergedListing(stack: LayerStack, dir: UnionNode): DirEntry[] {
       }
       seen.add(name);
       const known = dir.children.get(name);
-      out.push({ name, type, ino: known ? known.ino : stack.inoOf(layer, realIno) });
+      out.push({ name, type, ino: known ? known.ino : inodes.inoFor(layer, realIno) });
     }
     for (const name of ociHidden) hidden.add(name);
   }

@@ -5,12 +5,17 @@
 
 import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
-import { FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH } from '../fuse/protocol.js';
+import {
+  FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
+  FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH,
+} from '../fuse/protocol.js';
 import type {
   AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
+import { CopyUp, type UpperDir } from './copy_up.js';
+import { DirOps, type DirOptions, type NewObject } from './dir.js';
 import { HandleTable, type FileHandle } from './file.js';
 import { attrFrom, InodeTable, type UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
@@ -30,6 +35,14 @@ export interface UnionOptions {
   logger: Logger;
   /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
   deviceFd: () => number;
+  /** The work directory and write rules, when there is an upper layer. */
+  upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
+}
+
+interface Writable {
+  upper: UpperDir;
+  copyUp: CopyUp;
+  dirs: DirOps;
 }
 
 export class UnionFs implements FileSystem {
@@ -38,8 +51,17 @@ export class UnionFs implements FileSystem {
   private passthrough = false;
   private readonly st = new Float64Array(16);
 
+  private readonly writable: Writable | null;
+
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack);
+    if (stack.upper && opts.upper) {
+      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
+      const copyUp = new CopyUp(upper, this.inodes);
+      this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
+    } else {
+      this.writable = null;
+    }
   }
 
   init(info: InitInfo): void {
@@ -145,10 +167,18 @@ export class UnionFs implements FileSystem {
 
   open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply {
     const node = this.inodes.get(nodeid);
-    const wantsWrite = (flags & 3) !== C.O_RDONLY || (flags & C.O_TRUNC) !== 0;
-    if (wantsWrite) this.refuseIfReadOnly();
-    const [dirfd, name] = node.location();
-    const fd = N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    const truncate = (flags & C.O_TRUNC) !== 0;
+    if ((flags & 3) !== C.O_RDONLY || truncate) {
+      // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
+      this.copyUp(node, !truncate);
+    }
+    let fd: number;
+    if (node.layer.isUpper && node.type === C.S_IFREG) {
+      fd = this.openUpperFile(node, truncate ? C.O_TRUNC : 0);
+    } else {
+      const [dirfd, name] = node.location();
+      fd = N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    }
     return this.openReply(node, fd, flags);
   }
 
@@ -215,7 +245,7 @@ export class UnionFs implements FileSystem {
     if (offset === 0 || !h.entries) {
       const parent = dir.parent ?? dir;
       h.entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino },
-        ...mergedListing(this.stack, dir)];
+        ...mergedListing(this.inodes, dir)];
     }
     const entries = h.entries;
     for (let i = offset; i < entries.length; i++) {
@@ -242,71 +272,212 @@ export class UnionFs implements FileSystem {
     if (h) this.inodes.maybeDrop(h.node);
   }
 
-  fsyncdir(): void {}
-
   // ---- changes (the writable upper) ----------------------------------------------------------
 
-  protected refuseIfReadOnly(): void {
-    if (this.opts.readOnly) throw fsError('EROFS');
+  /** The write machinery, or EROFS on a read-only mount. */
+  private get w(): Writable {
+    if (!this.writable || this.opts.readOnly) throw fsError('EROFS');
+    return this.writable;
   }
 
-  setattr(_ctx: RequestContext, _nodeid: number, _req: SetattrRequest): AttrReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  symlink(): EntryReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  mknod(): EntryReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  mkdir(): EntryReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  unlink(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  rmdir(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  rename(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  link(): EntryReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  create(): CreateReply {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  write(): number {
-    throw fsError('EBADF');
-  }
-  fsync(): void {}
-  setxattr(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  removexattr(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  fallocate(): void {
-    this.refuseIfReadOnly();
-    throw fsError('EROFS');
-  }
-  copyFileRange(): number {
-    throw fsError('ENOSYS');
+  /** Copies `node` up (if needed) and re-points open handles that read the lower file. */
+  private copyUp(node: UnionNode, data = true): void {
+    const w = this.w;
+    if (node.layer.isUpper) return;
+    w.copyUp.ensure(node, { data });
+    if (node.type !== C.S_IFREG) return;
+    for (const h of this.handles.filesOf(node)) {
+      if (h.backing) continue; // the kernel reads its backing (the lower file) directly: kept as it is
+      const fd = this.openUpperFile(node, 0);
+      N.close(h.fd);
+      h.fd = fd;
+    }
   }
 
-  /** Closes every descriptor (after the session ended). */
+  /** Opens the upper file of `node` read-write (the daemon serves any access mode through it). */
+  private openUpperFile(node: UnionNode, extra: number): number {
+    const [dirfd, name] = node.location();
+    try {
+      return N.openat(dirfd, name, C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC | extra, 0);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ETXTBSY') throw e;
+      return N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC | extra, 0);
+    }
+  }
+
+  setattr(_ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply {
+    const node = this.inodes.get(nodeid);
+    const v = req.valid;
+    const truncatingToZero = (v & FATTR_SIZE) !== 0 && req.size === 0;
+    this.copyUp(node, !truncatingToZero);
+    const [dirfd, name] = node.location();
+    const handle = (v & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
+    if (v & (FATTR_UID | FATTR_GID)) {
+      N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1, C.AT_SYMLINK_NOFOLLOW);
+    }
+    if (v & FATTR_MODE) {
+      if (node.type === C.S_IFLNK) throw fsError('EOPNOTSUPP');
+      N.fchmodat(dirfd, name, req.mode & 0o7777, 0);
+    }
+    if (v & FATTR_SIZE) {
+      if (node.type === C.S_IFDIR) throw fsError('EISDIR');
+      if (handle && !handle.backing) {
+        N.ftruncate(handle.fd, req.size);
+      } else {
+        const fd = N.openat(dirfd, name, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+        try {
+          N.ftruncate(fd, req.size);
+        } finally {
+          N.close(fd);
+        }
+      }
+    }
+    if (v & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)) {
+      const aNs = v & FATTR_ATIME_NOW ? C.UTIME_NOW : v & FATTR_ATIME ? req.atimeNsec : C.UTIME_OMIT;
+      const mNs = v & FATTR_MTIME_NOW ? C.UTIME_NOW : v & FATTR_MTIME ? req.mtimeNsec : C.UTIME_OMIT;
+      N.utimensat(dirfd, name, req.atimeSec, aNs, req.mtimeSec, mNs, C.AT_SYMLINK_NOFOLLOW | (name === '' ? C.AT_EMPTY_PATH : 0));
+    }
+    return this.getattr(_ctx, nodeid, handle ? req.fh : undefined);
+  }
+
+  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject): EntryReply {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    checkName(name);
+    if (this.child(p, name)) throw fsError('EEXIST');
+    const { node } = w.dirs.create(ctx, p, name, obj);
+    return this.entry(node);
+  }
+
+  symlink(ctx: RequestContext, parent: number, name: string, target: string): EntryReply {
+    return this.newEntry(ctx, parent, name, { kind: 'symlink', target });
+  }
+
+  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number): EntryReply {
+    if ((mode & C.S_IFMT) === C.S_IFREG || (mode & C.S_IFMT) === 0) {
+      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY);
+      this.release(ctx, r.entry.nodeid, r.open.fh);
+      return r.entry;
+    }
+    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev });
+  }
+
+  mkdir(ctx: RequestContext, parent: number, name: string, mode: number): EntryReply {
+    return this.newEntry(ctx, parent, name, { kind: 'dir', mode });
+  }
+
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): CreateReply {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    checkName(name);
+    if (this.child(p, name)) throw fsError('EEXIST');
+    const { node, fd } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
+    const entry = this.entry(node);
+    return { entry, open: this.openReply(node, fd, flags) };
+  }
+
+  private existing(parent: UnionNode, name: string): UnionNode {
+    checkName(name);
+    const found = this.child(parent, name);
+    if (!found) throw fsError('ENOENT');
+    return found[0];
+  }
+
+  unlink(_ctx: RequestContext, parent: number, name: string): void {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    const node = this.existing(p, name);
+    if (node.isDir) throw fsError('EISDIR');
+    w.dirs.unlink(p, node);
+  }
+
+  rmdir(_ctx: RequestContext, parent: number, name: string): void {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    const node = this.existing(p, name);
+    if (!node.isDir) throw fsError('ENOTDIR');
+    w.dirs.rmdir(p, node);
+  }
+
+  rename(_ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    const np = this.dirNode(newParent);
+    const node = this.existing(p, name);
+    checkName(newName);
+    const target = this.child(np, newName)?.[0] ?? null;
+    if (target === node) return;
+    if (target && (flags & C.RENAME_EXCHANGE) === 0) {
+      if (node.isDir && !target.isDir) throw fsError('ENOTDIR');
+      if (!node.isDir && target.isDir) throw fsError('EISDIR');
+    }
+    if (node.type === C.S_IFREG) this.copyUp(node);
+    if (target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG) this.copyUp(target);
+    w.dirs.rename(p, node, np, newName, target, flags);
+  }
+
+  link(_ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply {
+    const w = this.w;
+    const node = this.inodes.get(nodeid);
+    const p = this.dirNode(newParent);
+    checkName(newName);
+    if (this.child(p, newName)) throw fsError('EEXIST');
+    if (node.type === C.S_IFREG) this.copyUp(node);
+    w.dirs.link(node, p, newName);
+    return this.entry(node);
+  }
+
+  write(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, data: Buffer): number {
+    const h = this.handles.file(fh);
+    let done = 0;
+    while (done < data.length) done += N.pwrite(h.fd, data, done, data.length - done, offset + done);
+    return done;
+  }
+
+  fsync(_ctx: RequestContext, _nodeid: number, fh: number, datasync: boolean): void {
+    if (this.writable?.upper.volatile) return;
+    const h = this.handles.file(fh);
+    if (datasync) N.fdatasync(h.fd);
+    else N.fsync(h.fd);
+  }
+
+  fsyncdir(_ctx: RequestContext, nodeid: number): void {
+    const node = this.inodes.get(nodeid);
+    if (!node.layer.isUpper || this.writable?.upper.volatile) return;
+    const fd = N.openat(node.dirFd(node.layer), '.', C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    try {
+      N.fsync(fd);
+    } finally {
+      N.close(fd);
+    }
+  }
+
+  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void {
+    if (isPrivateXattr(name)) throw fsError('EPERM');
+    const node = this.inodes.get(nodeid);
+    this.copyUp(node);
+    const [dirfd, fname] = node.location();
+    N.lsetxattr(dirfd, fname, name, value, flags);
+  }
+
+  removexattr(_ctx: RequestContext, nodeid: number, name: string): void {
+    if (isPrivateXattr(name)) throw fsError('EPERM');
+    const node = this.inodes.get(nodeid);
+    this.copyUp(node);
+    const [dirfd, fname] = node.location();
+    N.lremovexattr(dirfd, fname, name);
+  }
+
+  fallocate(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    N.fallocate(this.handles.file(fh).fd, mode, offset, length);
+  }
+
+  copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
+    offOut: number, len: number, flags: number): number {
+    return N.copyFileRange(this.handles.file(fhIn).fd, offIn, this.handles.file(fhOut).fd, offOut, len, flags);
+  }
+
   destroy(): void {}
 }
 
