@@ -10,7 +10,7 @@ import {
   FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH,
 } from '../fuse/protocol.js';
 import type {
-  AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
+  Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
@@ -77,7 +77,16 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: t, attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
+  }
+
+  /**
+   * How long the kernel may keep these attributes. Hard-linked files found under several names
+   * may be separate kernel inodes: they are not cached, so a change through one name shows
+   * through the others at once.
+   */
+  private attrTimeout(attr: Attr): number {
+    return attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR ? 0 : this.opts.cacheTimeout;
   }
 
   private negativeEntry(): EntryReply {
@@ -128,7 +137,7 @@ export class UnionFs implements FileSystem {
     } else {
       attr = this.inodes.attr(node);
     }
-    return { attr, attrTimeout: this.opts.cacheTimeout };
+    return { attr, attrTimeout: this.attrTimeout(attr) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
