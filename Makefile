@@ -5,6 +5,8 @@ PREFIX ?= /usr/local
 SBINDIR ?= /sbin
 ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
+# Node's own headers (installed with node): node-gyp then needs no download.
+NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 kmod
 
 .PHONY: all deps system-deps build native ts demo test install uninstall clean
@@ -25,7 +27,7 @@ system-deps:
 	@modprobe fuse 2>/dev/null || true; modprobe overlay 2>/dev/null || true
 
 $(ADDON): native-bindings/strata_native.c native-bindings/binding.gyp | deps
-	cd native-bindings && ../node_modules/.bin/node-gyp rebuild >/dev/null
+	cd native-bindings && ../node_modules/.bin/node-gyp rebuild --nodedir=$(NODE_PREFIX) >/dev/null
 native: $(ADDON)
 
 ts: deps
