@@ -1,0 +1,164 @@
+// Mount table inspection and the two mounts every comparison needs: the kernel's overlayfs
+// (the oracle) and strata. Each mount helper registers its own unmount in t.teardown.
+import type { ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run } from './exec.js';
+import { strataBin } from './paths.js';
+
+export interface MountEntry {
+  source: string;
+  target: string;
+  fstype: string;
+  options: string[];
+}
+
+/** /proc/self/mounts escapes space, tab, newline and backslash as octal. */
+function unescapeMountField(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+export function readMounts(): MountEntry[] {
+  return fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [source, target, fstype, options] = line.split(' ');
+      return {
+        source: unescapeMountField(source!),
+        target: unescapeMountField(target!),
+        fstype: fstype!,
+        options: options!.split(','),
+      };
+    });
+}
+
+/** Mount entries whose target is `dir` or lies below it, in mount-table order. */
+export function mountsUnder(dir: string): string[] {
+  const root = path.resolve(dir);
+  return readMounts()
+    .map((m) => m.target)
+    .filter((target) => target === root || target.startsWith(root + '/'));
+}
+
+/** The last (topmost) mount at exactly `target`, if any. */
+export function mountAt(target: string): MountEntry | undefined {
+  const p = path.resolve(target);
+  return readMounts()
+    .filter((m) => m.target === p)
+    .at(-1);
+}
+
+/** umount, then a lazy umount as last resort. Never throws. */
+export function unmountQuietly(target: string): void {
+  if (!mountAt(target)) return;
+  if (run('umount', [target], { timeoutMs: 20_000 }).status === 0 && !mountAt(target)) return;
+  run('umount', ['-l', target], { timeoutMs: 20_000 });
+}
+
+/** Fresh empty directory next to the layers, used as a mountpoint. */
+function newMountpoint(parent: string, name: string): string {
+  let p = path.join(parent, name);
+  for (let i = 1; fs.existsSync(p); i++) p = path.join(parent, `${name}${i}`);
+  fs.mkdirSync(p);
+  return p;
+}
+
+function commonParent(paths: readonly string[]): string {
+  let parent = path.dirname(paths[0]!);
+  while (!paths.every((p) => p.startsWith(parent + '/'))) parent = path.dirname(parent);
+  return parent;
+}
+
+export interface OverlaySpec {
+  /** Lower layers, top first (as in lowerdir=). */
+  lowers: readonly string[];
+  upper?: string;
+  work?: string;
+  /** Where to mount; default: a new directory next to the first lower. */
+  mountpoint?: string;
+  /** Extra -o options, e.g. 'userxattr'. */
+  options?: readonly string[];
+}
+
+/** Options must not contain separators that would need escaping. */
+function checkLayerPath(p: string): void {
+  if (/[,:\\\s]/.test(p)) throw new Error(`layer path needs escaping, use a simpler one: ${p}`);
+}
+
+/** Mounts the kernel's overlayfs over the layers and returns the mountpoint. */
+export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
+  const all = [...spec.lowers, ...(spec.upper ? [spec.upper] : []), ...(spec.work ? [spec.work] : [])];
+  all.forEach(checkLayerPath);
+  const mnt = spec.mountpoint ?? newMountpoint(path.dirname(spec.lowers[0]!), 'k');
+  // One page of mount data: if absolute paths do not fit, pass them relative to a common parent
+  // (the kernel resolves them against the caller's working directory, as podman relies on).
+  let cwd: string | undefined;
+  let lowers = spec.lowers;
+  let opts = mkOptions(lowers, spec);
+  if (opts.length > 3500) {
+    cwd = commonParent(all);
+    lowers = spec.lowers.map((l) => path.relative(cwd!, l));
+    opts = mkOptions(lowers, {
+      ...spec,
+      upper: spec.upper && path.relative(cwd, spec.upper),
+      work: spec.work && path.relative(cwd, spec.work),
+    });
+  }
+  const r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt], { cwd });
+  if (r.status !== 0) throw new Error(`kernel overlay mount failed: ${r.command}: ${r.stderr.trim()}`);
+  t.teardown(() => unmountQuietly(mnt));
+  return mnt;
+}
+
+function mkOptions(lowers: readonly string[], spec: OverlaySpec): string {
+  const o = [`lowerdir=${lowers.join(':')}`];
+  if (spec.upper) o.push(`upperdir=${spec.upper}`);
+  if (spec.work) o.push(`workdir=${spec.work}`);
+  o.push(...(spec.options ?? []));
+  return o.join(',');
+}
+
+export interface StrataSpec extends OverlaySpec {
+  /** Extra command-line arguments for `strata mount`, e.g. ['--passthrough=off']. */
+  extraArgs?: readonly string[];
+}
+
+/**
+ * The program under test. STRATA_TEST_PEER=fuse-overlayfs runs the same tests against the peer
+ * implementation instead (a development aid to check that the tests catch its known bugs).
+ */
+export function underTest(): { name: string; fstype: string; command(spec: StrataSpec, opts: string, mnt: string): [string, string[]] } {
+  if (process.env.STRATA_TEST_PEER === 'fuse-overlayfs') {
+    return { name: 'fuse-overlayfs', fstype: 'fuse.fuse-overlayfs', command: (_s, o, m) => ['fuse-overlayfs', ['-o', o, m]] };
+  }
+  return {
+    name: 'strata',
+    fstype: 'fuse.strata',
+    command: (s, o, m) => [strataBin, ['mount', ...(s.extraArgs ?? []), '-o', o, m]],
+  };
+}
+
+/** Mounts strata over the layers with `bin/strata mount` and returns the mountpoint. */
+export function strataMount(t: ExecutionContext, spec: StrataSpec): string {
+  [...spec.lowers, ...(spec.upper ? [spec.upper] : []), ...(spec.work ? [spec.work] : [])].forEach(checkLayerPath);
+  const mnt = spec.mountpoint ?? newMountpoint(path.dirname(spec.lowers[0]!), 'm');
+  const prog = underTest();
+  const [cmd, args] = prog.command(spec, mkOptions(spec.lowers, spec), mnt);
+  const r = run(cmd, args, { timeoutMs: 30_000 });
+  t.teardown(() => strataUnmount(mnt));
+  if (r.status !== 0) throw new Error(`${prog.name} mount failed: ${r.command}: status ${r.status}: ${r.stderr.trim()}`);
+  const m = mountAt(mnt);
+  if (!m || m.fstype !== prog.fstype) {
+    throw new Error(`${r.command} exited 0 but ${mnt} is ${m ? `a ${m.fstype} mount` : 'not mounted'}`);
+  }
+  return mnt;
+}
+
+/** `strata umount`, then plain umount, then a lazy one. Never throws. */
+export function strataUnmount(mnt: string): void {
+  if (!mountAt(mnt)) return;
+  if (underTest().name === 'strata') run(strataBin, ['umount', mnt], { timeoutMs: 20_000 });
+  unmountQuietly(mnt);
+}

@@ -1,0 +1,146 @@
+// A differential pair: the same layers built twice, one copy under a kernel overlay (the oracle),
+// one under strata, each with a fresh upper and work dir. Steps run on both and their results are
+// compared step by step; `finishPair` then compares the merged trees, the two uppers, proves the
+// lowers untouched and mounts strata's upper with the kernel's overlayfs (the on-disk format).
+import type { ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
+import { tempDir } from './tmp.js';
+import { buildLayer, type LayerSpec } from './ops-layers.js';
+import { Runner, showOp, type Op, type Result } from './ops-runner.js';
+import { diffSnapshots, snapshot, type Snapshot } from './ops-tree.js';
+
+export interface Side {
+  name: string;
+  base: string;
+  /** Top first. */
+  lowers: string[];
+  upper: string;
+  work: string;
+  mnt: string;
+  runner: Runner;
+  lowerBefore: Snapshot[];
+}
+
+export interface Pair {
+  base: string;
+  kernel: Side;
+  strata: Side;
+}
+
+export interface PairOptions {
+  /** Pre-populated upper layer (kernel format), built into both uppers before mounting. */
+  upper?: LayerSpec;
+  /** Extra mount options for both (e.g. none by default). */
+  options?: string[];
+}
+
+function mkdir(p: string): string {
+  fs.mkdirSync(p, { mode: 0o755 });
+  fs.chmodSync(p, 0o755);
+  return p;
+}
+
+function buildSide(base: string, name: string, layers: readonly LayerSpec[], opts: PairOptions): Omit<Side, 'mnt' | 'runner'> {
+  const dir = mkdir(path.join(base, name));
+  const lowers = layers.map((spec, i) => {
+    const l = mkdir(path.join(dir, `l${i}`));
+    buildLayer(l, spec, i + 1);
+    return l;
+  });
+  const upper = mkdir(path.join(dir, 'u'));
+  if (opts.upper) buildLayer(upper, opts.upper, 0);
+  const work = mkdir(path.join(dir, 'w'));
+  mkdir(path.join(dir, 'm'));
+  return { name, base: dir, lowers, upper, work, lowerBefore: lowers.map((l) => snapshot(l, 'lower')) };
+}
+
+/** Builds `layers` (top first) twice and mounts the kernel overlay and strata over them. */
+export function setupPair(t: ExecutionContext, layers: readonly LayerSpec[], opts: PairOptions = {}): Pair {
+  const base = tempDir(t, 'w');
+  fs.chmodSync(base, 0o755); // unprivileged test users must reach the mounts
+  const k = buildSide(base, 'k', layers, opts);
+  const s = buildSide(base, 's', layers, opts);
+  const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options: opts.options });
+  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: opts.options });
+  return {
+    base,
+    kernel: { ...k, mnt: kmnt, runner: new Runner(kmnt) },
+    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt) },
+  };
+}
+
+export interface StepLog {
+  step: number;
+  op: string;
+  kernel: Result;
+  strata: Result;
+}
+
+/**
+ * Runs each op on the kernel side, then on strata; asserts the two result logs equal and
+ * returns the kernel's results (for assertions that the scenario does what it claims).
+ */
+export function runBoth(t: ExecutionContext, pair: Pair, ops: readonly Op[]): Result[] {
+  const logK: Result[] = [];
+  const mismatches: StepLog[] = [];
+  ops.forEach((op, step) => {
+    const k = pair.kernel.runner.run(op);
+    const s = pair.strata.runner.run(op);
+    logK.push(k);
+    if (JSON.stringify(k) !== JSON.stringify(s)) mismatches.push({ step, op: showOp(op), kernel: k, strata: s });
+  });
+  t.deepEqual(mismatches, [], `step results differ from the kernel's (${mismatches.length} of ${ops.length} steps)`);
+  return logK;
+}
+
+/** Unmounts strata and checks that the mount is gone. */
+export function unmountStrata(t: ExecutionContext, side: Side): void {
+  strataUnmount(side.mnt);
+  t.is(mountAt(side.mnt), undefined, `${side.name} still mounted at ${side.mnt}`);
+}
+
+export interface FinishOptions {
+  /** Paths to leave out of the merged/upper comparisons (e.g. a file whose blocks are checked apart). */
+  exclude?: string[];
+}
+
+/**
+ * The common end of every differential test: merged trees equal, uppers equal (kernel format),
+ * lowers untouched, and the kernel mounting strata's upper sees the kernel's own merged tree.
+ */
+export function finishPair(t: ExecutionContext, pair: Pair, opts: FinishOptions = {}): void {
+  const { kernel: k, strata: s } = pair;
+  const mk = snapshot(k.mnt, 'merged', opts);
+  const ms = snapshot(s.mnt, 'merged', opts);
+  t.deepEqual(diffSnapshots(mk, ms, ['kernel', s.name]), [], 'merged trees differ');
+
+  unmountStrata(t, s);
+  unmountQuietly(k.mnt);
+
+  const uk = snapshot(k.upper, 'upper', opts);
+  const us = snapshot(s.upper, 'upper', opts);
+  t.deepEqual(diffSnapshots(uk, us, ['kernel', s.name]), [], 'upper dirs differ');
+
+  for (const side of [k, s]) {
+    side.lowers.forEach((l, i) => {
+      t.deepEqual(diffSnapshots(side.lowerBefore[i]!, snapshot(l, 'lower'), ['before', 'after']), [],
+        `${side.name}: lower layer ${i} changed`);
+    });
+  }
+
+  // strata's upper read by the kernel: proves the on-disk format.
+  const xdir = mkdir(path.join(pair.base, 'x'));
+  const xwork = mkdir(path.join(xdir, 'w'));
+  const xmnt = mkdir(path.join(xdir, 'm'));
+  let mx: Snapshot;
+  try {
+    kernelOverlay(t, { lowers: s.lowers, upper: s.upper, work: xwork, mountpoint: xmnt });
+    mx = snapshot(xmnt, 'merged', opts);
+  } finally {
+    unmountQuietly(xmnt);
+  }
+  t.deepEqual(diffSnapshots(mk, mx, ['kernel', `kernel on ${s.name}'s upper`]), [],
+    `the kernel reads ${s.name}'s upper differently`);
+}
