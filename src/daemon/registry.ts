@@ -56,11 +56,14 @@ export function allRecords(): MountRecord[] {
   return out;
 }
 
+/** Is the process running? (A zombie waiting to be reaped by its new parent counts as gone.) */
 export function processAlive(pid: number): boolean {
+  let stat: string;
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as { code?: string }).code === 'EPERM';
+    stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return false;
   }
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state !== 'Z' && state !== 'X';
 }
