@@ -38,3 +38,46 @@ export function processesServing(mountpoint: string): ProcessInfo[] {
   }
   return out;
 }
+
+/** Environment variable the tests put on commands they start, to find the processes later. */
+export const TAG_VARIABLE = 'STRATA_TEST_TAG';
+
+/** A fresh tag and an environment carrying it (children inherit it unless they scrub their environment). */
+export function taggedEnv(extra: NodeJS.ProcessEnv = {}): { tag: string; env: NodeJS.ProcessEnv } {
+  const tag = `t${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+  return { tag, env: { ...process.env, ...extra, [TAG_VARIABLE]: tag } };
+}
+
+/** Live processes whose initial environment carries `tag` (see taggedEnv). */
+export function processesTagged(tag: string): ProcessInfo[] {
+  const needle = Buffer.from(`${TAG_VARIABLE}=${tag}\0`);
+  const out: ProcessInfo[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    let environ: Buffer;
+    try {
+      environ = fs.readFileSync(`/proc/${d}/environ`);
+    } catch {
+      continue;
+    }
+    if (!environ.includes(needle)) continue;
+    const p = processInfo(Number(d));
+    if (p && p.state !== 'Z' && p.state !== 'X') out.push(p);
+  }
+  return out;
+}
+
+/** Does the process hold /dev/fuse open (a FUSE daemon)? */
+export function holdsDevFuse(pid: number): boolean {
+  try {
+    return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === '/dev/fuse';
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
+  }
+}
