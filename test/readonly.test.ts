@@ -14,6 +14,7 @@ import { materializeLayer, materializeLayers, toFormat, type Layer } from './hel
 import { kernelOverlay, strataMount, strataUnmount, underTest, unmountQuietly } from './helpers/mounts.js';
 import { ociToKernel } from './helpers/oci.js';
 import { compareWithKernel, lookup } from './helpers/oracle.js';
+import { examplesDir } from './helpers/paths.js';
 import { AT, SEEK, python } from './helpers/python.js';
 import { snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
@@ -350,6 +351,31 @@ test('user.overlay.* markers (oracle: the kernel with userxattr)', (t) => {
   const { strata } = compareWithKernel(t, { lowers: materializeLayers(tempDir(t), layers), kernelOptions: ['userxattr'] });
   t.deepEqual(strata.listings.get('opq'), ['top file']);
   t.deepEqual(Object.keys(strata.nodes.get('f')!.xattrs), ['user.shown']);
+});
+
+test('the examples/ layers merge as examples/README.md describes', (t) => {
+  const root = tempDir(t);
+  const oci = ['patch', 'app', 'base'].map((l) => {
+    runOk('cp', ['-a', '--', path.join(examplesDir, 'layers', l), path.join(root, l)]);
+    return path.join(root, l);
+  });
+  const { strata } = compareWithKernel(t, { lowers: oci, kernelLowers: ociToKernel(oci, path.join(root, 'k')) });
+  const files = [...strata.nodes].filter(([, i]) => i.type === 'file').map(([p]) => p).sort();
+  t.deepEqual(files, [
+    'bin/app',
+    'bin/hello',
+    'etc/app.conf',
+    'etc/app.d/defaults.conf',
+    'etc/hostname',
+    'etc/motd',
+    'etc/os-release',
+    'usr/share/doc/app/README',
+    'usr/share/doc/base/CHANGES',
+    'usr/share/doc/base/README',
+    'var/www/index.html',
+  ]);
+  const patched = fs.readFileSync(path.join(examplesDir, 'layers/patch/etc/app.conf'));
+  t.is(strata.nodes.get('etc/app.conf')?.sha256, crypto.createHash('sha256').update(patched).digest('hex'), 'the patch layer wins');
 });
 
 // ---------------------------------------------------------------------------------------------
