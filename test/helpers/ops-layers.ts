@@ -20,8 +20,11 @@ export type LayerSpec = readonly Entry[];
 
 /** 2001-09-09T01:46:40Z plus the entry's index: old enough to be told from anything made by a test. */
 export const FIXTURE_EPOCH = 1_000_000_000n;
-/** Times at or after this (2015) count as "made during the test" when snapshots normalise times. */
-export const RECENT_NS = 1_420_070_400n * 1_000_000_000n;
+/**
+ * Times at or after this (an hour before the test process started) count as "made during the
+ * test" when snapshots normalise times; fixtures (here and in generators.ts) are years older.
+ */
+export const RECENT_NS = BigInt(Date.now() - 3_600_000) * 1_000_000n;
 
 /** setfattr-style value: "0x..." hex, "0s..." base64, else the UTF-8 text. */
 export function xattrValue(v: string): Buffer {
@@ -93,7 +96,8 @@ export function buildLayer(dir: string, spec: LayerSpec, layerIndex = 0): void {
     if ('xattrs' in e && e.xattrs) {
       for (const [k, v] of Object.entries(e.xattrs)) cmds.push(['setxattr', full, k, xattrValue(v), 0]);
     }
-    if ('uid' in e && (e.uid !== undefined || e.gid !== undefined)) cmds.push(['lchown', full, e.uid ?? 0, e.gid ?? 0]);
+    const own = e as { uid?: number; gid?: number };
+    if (own.uid !== undefined || own.gid !== undefined) cmds.push(['lchown', full, own.uid ?? 0, own.gid ?? 0]);
     // chmod after chown: chown clears setuid/setgid.
     if ((e.t === 'file' || e.t === 'dir' || e.t === 'fifo') && e.mode !== undefined) cmds.push(['chmod', full, e.mode]);
   }
