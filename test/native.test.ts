@@ -433,7 +433,9 @@ test('ftruncate / fsync / fdatasync / syncfs / fallocate / lseek SEEK_DATA+SEEK_
   N.fallocate(fd, C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE, 0, 2 * bs);
   s = st(dfd, 'f');
   t.is(s[ST.size], 8 * bs);
-  t.is(s[ST.blocks], blocksBefore - (2 * bs) / 512);
+  // The 2 MiB hole frees its data blocks; the filesystem may keep or free a few metadata blocks.
+  const freed = (blocksBefore - s[ST.blocks]!) * 512;
+  t.true(freed >= 2 * bs - 64 * 1024 && freed <= 2 * bs + 64 * 1024, `freed ${freed} bytes`);
   t.is(N.lseek(fd, 0, C.SEEK_HOLE), 0);
   N.pwrite(fd, Buffer.alloc(16, 9), 0, 16, 3 * bs);
   N.fallocate(fd, C.FALLOC_FL_ZERO_RANGE, 3 * bs, 8);
