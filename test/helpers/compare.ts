@@ -17,7 +17,7 @@ export interface CompareOptions {
   label?: string;
 }
 
-const FIELDS: Field[] = ['type', 'mode', 'uid', 'gid', 'size', 'nlink', 'rdev', 'sha256', 'target', 'xattrs', 'mtimeNs'];
+const FIELDS: Field[] = ['type', 'mode', 'uid', 'gid', 'size', 'nlink', 'rdev', 'sha256', 'target', 'xattrs', 'mtimeNs', 'ctimeNs', 'blocks'];
 
 function show(v: unknown): string {
   if (v === undefined) return '(none)';

@@ -65,12 +65,6 @@ function newMountpoint(parent: string, name: string): string {
   return p;
 }
 
-function commonParent(paths: readonly string[]): string {
-  let parent = path.dirname(paths[0]!);
-  while (!paths.every((p) => p.startsWith(parent + '/'))) parent = path.dirname(parent);
-  return parent;
-}
-
 export interface OverlaySpec {
   /** Lower layers, top first (as in lowerdir=). */
   lowers: readonly string[];
@@ -92,21 +86,20 @@ export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
   const all = [...spec.lowers, ...(spec.upper ? [spec.upper] : []), ...(spec.work ? [spec.work] : [])];
   all.forEach(checkLayerPath);
   const mnt = spec.mountpoint ?? newMountpoint(path.dirname(spec.lowers[0]!), 'k');
-  // One page of mount data: if absolute paths do not fit, pass them relative to a common parent
-  // (the kernel resolves them against the caller's working directory, as podman relies on).
-  let cwd: string | undefined;
+  // Mount data is limited to one page: if the paths do not fit, mount through short symlinks
+  // (the kernel resolves each layer path once, at mount time).
   let lowers = spec.lowers;
   let opts = mkOptions(lowers, spec);
   if (opts.length > 3500) {
-    cwd = commonParent(all);
-    lowers = spec.lowers.map((l) => path.relative(cwd!, l));
-    opts = mkOptions(lowers, {
-      ...spec,
-      upper: spec.upper && path.relative(cwd, spec.upper),
-      work: spec.work && path.relative(cwd, spec.work),
+    const short = fs.mkdtempSync('/tmp/o');
+    t.teardown(() => fs.rmSync(short, { recursive: true, force: true }));
+    lowers = spec.lowers.map((l, i) => {
+      fs.symlinkSync(path.resolve(l), path.join(short, String(i)));
+      return path.join(short, String(i));
     });
+    opts = mkOptions(lowers, spec);
   }
-  const r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt], { cwd });
+  const r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
   if (r.status !== 0) throw new Error(`kernel overlay mount failed: ${r.command}: ${r.stderr.trim()}`);
   t.teardown(() => unmountQuietly(mnt));
   return mnt;

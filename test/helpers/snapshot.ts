@@ -26,6 +26,10 @@ export interface NodeInfo {
   /** name → hex value, sorted by name */
   xattrs: Record<string, string>;
   mtimeNs: string;
+  /** Only comparable when both sides read the very same files (not copies). */
+  ctimeNs: string;
+  /** st_blocks (512-byte units): holes, and what du shows */
+  blocks: string;
 }
 
 export interface Snapshot {
@@ -175,6 +179,8 @@ export function snapshot(root: string, opts: SnapshotOptions = {}): Snapshot {
       size: st.size.toString(),
       xattrs: Object.fromEntries(Object.entries(xattrs.get(rel) ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
       mtimeNs: st.mtimeNs.toString(),
+      ctimeNs: st.ctimeNs.toString(),
+      blocks: st.blocks.toString(),
     };
     if (type !== 'dir') info.nlink = Number(st.nlink);
     if (type === 'chardev' || type === 'blockdev') info.rdev = `${major(st.rdev)}:${minor(st.rdev)}`;

@@ -1,0 +1,266 @@
+// Seeded random operations, strata against the kernel: random lower layers (files, dirs, symlinks,
+// hardlinks, FIFOs, xattrs, whiteouts, opaque dirs) are built twice, a kernel overlay and strata
+// are mounted over the copies, and N random operations chosen from the kernel's current merged
+// listing run on both. Each step's result (value or errno) and a look at the paths it touched
+// must agree; the first mismatch stops the run and prints the seed, the ops so far and a
+// one-line repro. Then the merged trees, the uppers and the lowers are compared, and the kernel
+// mounts strata's upper.
+//
+// STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
+// seed. scripts/soak.sh runs many more.
+import test, { type ExecutionContext } from 'ava';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomLayers, rng } from './helpers/generators.js';
+import { materializeLayer, type Layer } from './helpers/layers.js';
+import { Checks } from './helpers/ops-checks.js';
+import { finishPair, setupPair, type Pair } from './helpers/ops-pair.js';
+import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
+import { walk } from './helpers/ops-tree.js';
+
+function parseSeeds(spec: string): number[] {
+  const out: number[] = [];
+  for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new Error(`STRATA_SEEDS: cannot read "${part}" (use e.g. 1-4 or 3,7,10-12)`);
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    for (let s = a; s <= b; s++) out.push(s);
+  }
+  return out;
+}
+
+const SEEDS = parseSeeds(process.env.STRATA_SEEDS ?? '1-4');
+const OPS = Number(process.env.STRATA_OPS ?? 300);
+if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
+
+type Rand = () => number;
+const int = (r: Rand, n: number): number => Math.floor(r() * n);
+const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]!;
+
+const FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o2755, 0o000, 0o444, 0o666];
+const DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555, 0o777];
+const OWNERS: [number, number][] = [[0, 0], [1000, 1000], [1234, 2345], [0, 1000]];
+const POOL = ['a', 'b', 'c', 'x', 'y', 'z'];
+const USER: [number, number] = [1000, 1000];
+
+interface Listing {
+  /** Every path of the merged view but the root, with its lstat type. */
+  entries: Array<[string, string]>;
+  /** '' (the root) and every directory. */
+  dirs: string[];
+}
+
+function list(root: string): Listing {
+  const entries: Array<[string, string]> = [];
+  for (const rel of walk(root)) {
+    if (rel === '') continue;
+    const st = fs.lstatSync(path.join(root, rel));
+    const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isFile() ? 'file' : 'other';
+    entries.push([rel, type]);
+  }
+  return { entries, dirs: ['', ...entries.filter(([, t]) => t === 'dir').map(([p]) => p)] };
+}
+
+/** The basenames used anywhere in the layers (including whited-out and hidden ones), to make collisions likely. */
+function layerNames(layers: readonly Layer[]): string[] {
+  return [...new Set(layers.flat().map((e) => e.path.split('/').at(-1)!))].sort();
+}
+
+class OpGenerator {
+  constructor(private readonly r: Rand, private readonly names: readonly string[]) {}
+
+  private name(): string {
+    return this.r() < 0.55 && this.names.length ? pick(this.r, this.names) : pick(this.r, POOL);
+  }
+
+  private newPath(l: Listing): string {
+    const d = pick(this.r, l.dirs);
+    return d === '' ? this.name() : `${d}/${this.name()}`;
+  }
+
+  /** Any existing path (not the root). */
+  private any(l: Listing): string | undefined {
+    return l.entries.length ? pick(this.r, l.entries)[0] : undefined;
+  }
+
+  /** A path whose use follows symlinks: never a symlink (targets may point outside the mount), never a FIFO (open would block). */
+  private plain(l: Listing, types = ['file', 'dir']): string | undefined {
+    const xs = l.entries.filter(([, t]) => types.includes(t));
+    return xs.length ? pick(this.r, xs)[0] : undefined;
+  }
+
+  private existingOrNew(l: Listing): string {
+    return this.r() < 0.5 ? (this.any(l) ?? this.newPath(l)) : this.newPath(l);
+  }
+
+  private data(): string {
+    const n = 1 + int(this.r, this.r() < 0.1 ? 5000 : 60);
+    let s = '';
+    for (let i = 0; i < n; i++) s += String.fromCharCode(32 + int(this.r, 95));
+    return s;
+  }
+
+  private time(): string {
+    return (BigInt(1_000_000_000 + int(this.r, 500_000_000)) * 1_000_000_000n + BigInt(int(this.r, 1_000_000_000))).toString();
+  }
+
+  next(l: Listing): Op {
+    const r = this.r;
+    for (;;) {
+      const op = this.candidate(l);
+      if (!op) continue;
+      // Now and then as an unprivileged user, for the permission checks.
+      if (r() < 0.12 && ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'chmod', 'truncate'].includes(op[0])) {
+        return ['as', ...USER, op];
+      }
+      return op;
+    }
+  }
+
+  private candidate(l: Listing): Op | undefined {
+    const r = this.r;
+    const x = int(r, 100);
+    if (x < 10) return ['create', this.newPath(l), pick(r, FILE_MODES), this.data()];
+    if (x < 20) {
+      const p = this.plain(l);
+      return p === undefined ? undefined : ['write', p, r() < 0.3 ? int(r, 200_000) : int(r, 100), this.data()];
+    }
+    if (x < 25) {
+      const p = this.plain(l);
+      return p === undefined ? undefined : ['truncate', p, pick(r, [0, 1, 10, 4096, 70_000])];
+    }
+    if (x < 27) {
+      const p = this.plain(l);
+      return p === undefined ? undefined : ['open', p, pick(r, ['O_WRONLY|O_TRUNC', 'O_RDWR', 'O_RDONLY'])];
+    }
+    if (x < 32) {
+      const p = this.plain(l, ['file', 'dir', 'fifo']);
+      return p === undefined ? undefined : ['chmod', p, pick(r, l.dirs.includes(p) ? DIR_MODES : FILE_MODES)];
+    }
+    if (x < 36) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['lchown', p, ...pick(r, OWNERS)];
+    }
+    if (x < 40) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['utimens', p, this.time(), this.time()];
+    }
+    if (x < 44) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['setxattr', p, pick(r, ['user.x', 'user.y']), this.data().slice(0, 20)];
+    }
+    if (x < 46) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['removexattr', p, pick(r, ['user.x', 'user.y'])];
+    }
+    if (x < 54) return ['mkdir', this.newPath(l), pick(r, DIR_MODES)];
+    if (x < 60) {
+      const p = r() < 0.8 ? this.plain(l, ['dir']) : this.any(l);
+      return p === undefined ? undefined : ['rmdir', p];
+    }
+    if (x < 68) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['unlink', p];
+    }
+    if (x < 82) {
+      // rename files and dirs, onto new names and over existing targets
+      const dirsOnly = r() < 0.3;
+      const src = dirsOnly ? this.plain(l, ['dir']) : this.any(l);
+      if (src === undefined) return undefined;
+      const dst = this.existingOrNew(l);
+      const f = r();
+      return f < 0.8 ? ['rename', src, dst] : ['rename', src, dst, f < 0.9 ? RENAME_NOREPLACE : RENAME_EXCHANGE];
+    }
+    if (x < 88) {
+      const p = this.any(l);
+      return p === undefined ? undefined : ['link', p, this.existingOrNew(l)];
+    }
+    if (x < 93) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
+    if (x < 96) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    const p = this.plain(l, ['file']);
+    return p === undefined ? undefined : ['fsync', p, this.data()];
+  }
+}
+
+/** The paths an op names (for the look after it). */
+function pathsOf(op: Op): string[] {
+  switch (op[0]) {
+    case 'as':
+      return pathsOf(op[3]);
+    case 'rename':
+    case 'link':
+      return [op[1], op[2]];
+    case 'symlink':
+      return [op[2]];
+    default:
+      return [op[1] as string];
+  }
+}
+
+function parentOf(p: string): string {
+  const i = p.lastIndexOf('/');
+  return i < 0 ? '' : p.slice(0, i);
+}
+
+/** What a step left behind at the paths it names and in their parents, as the runner sees it. */
+function look(runner: Runner, op: Op): unknown {
+  const out: Record<string, unknown> = {};
+  for (const p of pathsOf(op)) {
+    const st = runner.run(['stat', p]);
+    const o: Record<string, unknown> = { st };
+    if ((st as { type?: string }).type === 'file') {
+      o.sha = crypto.createHash('sha256').update(fs.readFileSync(runner.p(p))).digest('hex').slice(0, 12);
+    }
+    if ((st as { type?: string }).type !== 'symlink') o.xattrs = runner.run(['listxattr', p]);
+    const parent = parentOf(p);
+    const pst = runner.run(['stat', parent]) as { type?: string };
+    o.parent = pst.type === 'dir' ? { st: pst, names: runner.run(['readdir', parent]) } : pst;
+    out[p] = o;
+  }
+  return out;
+}
+
+function reproCommand(seed: number, ops: number): string {
+  return `make build && STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
+}
+
+function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
+  const layers = randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
+  const c = new Checks(t);
+  const pair: Pair = setupPair(t, layers.map((layer) => (dir: string, i: number) => materializeLayer(dir, layer, i)));
+  const gen = new OpGenerator(rng(seed ^ 0x5eed5eed), layerNames(layers));
+  const done: Op[] = [];
+  for (let i = 0; i < nOps; i++) {
+    const op = gen.next(list(pair.kernel.mnt));
+    done.push(op);
+    const k = { result: pair.kernel.runner.run(op), after: look(pair.kernel.runner, op) };
+    const s = { result: pair.strata.runner.run(op), after: look(pair.strata.runner, op) };
+    if (JSON.stringify(k) !== JSON.stringify(s)) {
+      const listing = done.map((o, j) => `  ${String(j).padStart(4)} ${showOp(o)}`).join('\n');
+      t.log(`seed ${seed}: ops up to the first mismatch:\n${listing}`);
+      c.eq(s, k, `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} differs from the kernel (actual: ${pair.strata.name}, expected: kernel)\n` +
+        `    repro: ${reproCommand(seed, i + 1)}`);
+      c.done();
+      return;
+    }
+  }
+  t.log(`seed ${seed}: ${nOps} steps agree; ops by kind: ${summary(done)}`);
+  finishPair(c, pair);
+  if (c.failures.length) c.t.log(`repro: ${reproCommand(seed, nOps)}`);
+  c.done();
+}
+
+function summary(ops: readonly Op[]): string {
+  const n = new Map<string, number>();
+  for (const op of ops) {
+    const k = op[0] === 'as' ? `as:${op[3][0]}` : op[0];
+    n.set(k, (n.get(k) ?? 0) + 1);
+  }
+  return [...n].sort().map(([k, v]) => `${k} ${v}`).join(', ');
+}
+
+for (const seed of SEEDS) {
+  test(`seed ${seed}: ${OPS} random operations agree with the kernel`, (t) => runSeed(t, seed, OPS));
+}
