@@ -101,10 +101,11 @@ export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstN
   }
 }
 
-/** Sets owner, mode (after chown, which clears setuid bits) and times from a stat. */
-export function copyAttrs(dirfd: number, name: string, st: Float64Array, isLink: boolean): void {
+/** Sets owner, mode (after chown, which clears setuid bits), then anything else, then times from a stat. */
+export function copyAttrs(dirfd: number, name: string, st: Float64Array, isLink: boolean, beforeTimes?: () => void): void {
   N.fchownat(dirfd, name, st[ST.uid]!, st[ST.gid]!, C.AT_SYMLINK_NOFOLLOW);
   if (!isLink) N.fchmodat(dirfd, name, st[ST.mode]! & 0o7777, 0);
+  beforeTimes?.();
   N.utimensat(dirfd, name, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!, C.AT_SYMLINK_NOFOLLOW);
 }
 
@@ -116,6 +117,7 @@ export function restoreTimes(dirfd: number, st: Float64Array): void {
 export class CopyUp {
   private readonly st = new Float64Array(16);
   private readonly pst = new Float64Array(16);
+  private lowerNlink = 1;
 
   constructor(private readonly upper: UpperDir, private readonly inodes: InodeTable) {}
 
@@ -135,6 +137,7 @@ export class CopyUp {
     const st = this.st;
     N.fstatat(srcDir, srcName, C.AT_SYMLINK_NOFOLLOW, st);
     const type = st[ST.mode]! & C.S_IFMT;
+    this.lowerNlink = st[ST.nlink]!;
     const upperParent = parent.dirFd(upper);
     N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
     const tmp = workName();
@@ -161,8 +164,8 @@ export class CopyUp {
       } else {
         N.mknodat(work, tmp, type | 0o600, st[ST.rdev]!);
       }
-      copyXattrs(srcDir, srcName, work, tmp);
-      copyAttrs(work, tmp, st, type === C.S_IFLNK);
+      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
+      copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
     } catch (e) {
       removeWorkEntry(work, tmp);
@@ -171,7 +174,9 @@ export class CopyUp {
     // Linking the copy into the parent moved the parent's times: put them back.
     restoreTimes(upperParent, this.pst);
     N.fstatat(upperParent, node.name, C.AT_SYMLINK_NOFOLLOW, st);
-    this.inodes.recordOrigin(st[ST.ino]!, node.ino);
+    // A lower hard link is broken by copy-up (the kernel without index=on does the same): the
+    // copy gets its own st_ino so the names that stay below do not share it.
+    if (type === C.S_IFDIR || this.lowerNlink === 1) this.inodes.recordOrigin(st[ST.ino]!, node.ino);
     if (type === C.S_IFDIR) node.setDirLayers([upper, ...node.dirLayers!]);
     else node.layer = upper;
   }

@@ -93,9 +93,8 @@ export class DirOps {
           N.mkdirat(dirfd, tmp, 0o700);
           N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           N.fchmodat(dirfd, tmp, (obj.mode & 0o7777) | (setgid ? 0o2000 : 0), 0);
-          // Over a whiteout it must hide the lower directory; in a merged parent the kernel marks
-          // it opaque too, which spares later lookups in the lower layers.
-          if (overWhiteout || parent.isMerged) this.markOpaque(dirfd, tmp);
+          // Over a whiteout it must hide the lower directory.
+          if (overWhiteout) this.markOpaque(dirfd, tmp);
           break;
         }
         case 'symlink':
@@ -147,6 +146,8 @@ export class DirOps {
     } else {
       N.linkat(srcDir, srcName, upperParent, name, 0);
     }
+    N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+    this.inodes.forgetOrigin(st[ST.ino]!);
     this.inodes.addAlias(node, parent, name);
   }
 
@@ -217,8 +218,10 @@ export class DirOps {
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
       // A directory now standing where a lower layer shows the name must not merge with it.
-      if (node.isDir && dstLower) this.markOpaque(to, newName);
-      if (target!.isDir && lowerShows(parent, oldName)) this.markOpaque(from, oldName);
+      // A directory moved into a merged parent is made opaque, as the kernel does: it must not
+      // merge with whatever a lower layer shows (or will show) under its new name.
+      if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
+      if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
       this.inodes.exchange(parent, oldName, newParent, newName);
       return;
     }
@@ -231,7 +234,7 @@ export class DirOps {
     } else if (dstUpper && isKernelWhiteout(st) && node.isDir) {
       this.moveToWorkAndDelete(to, newName, 0);
     }
-    if (node.isDir && dstLower) this.markOpaque(from, oldName);
+    if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (dstUpper && !(st[ST.mode]! & C.S_IFDIR) && !isKernelWhiteout(st) && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
     if (this.opts.writeFormat === 'oci') {
       N.renameat2(from, oldName, to, newName, 0);

@@ -32,8 +32,8 @@ export class UnionNode {
 
   constructor(
     readonly nodeid: number,
-    /** st_ino shown for this object; unchanged by copy-up. */
-    readonly ino: number,
+    /** st_ino last shown for this object (unchanged by copy-up, except of a lower hard link). */
+    public ino: number,
     public parent: UnionNode | null,
     public name: string,
     /** S_IFMT bits of the object. */
@@ -257,17 +257,23 @@ export class InodeTable {
   attr(node: UnionNode, st: Float64Array = this.st): Attr {
     const [dirfd, name] = node.location();
     N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, st);
-    return attrFrom(node, st);
+    return this.attrFrom(node, st);
+  }
+
+  /** Builds the merged attributes from a layer object's stat. */
+  attrFrom(node: UnionNode, st: Float64Array): Attr {
+    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!);
+    node.ino = ino;
+    return attrOf(node, st, ino);
   }
 }
 
-/** Builds the merged attributes from a layer object's stat. */
-export function attrFrom(node: UnionNode, st: Float64Array): Attr {
+function attrOf(node: UnionNode, st: Float64Array, ino: number): Attr {
   let nlink = st[ST.nlink]!;
   if (node.isMerged) nlink = 1;
   else if (node.unlinked) nlink = 0;
   return {
-    ino: node.ino,
+    ino,
     size: st[ST.size]!,
     blocks: st[ST.blocks]!,
     atimeSec: st[ST.atimeSec]!,

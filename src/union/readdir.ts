@@ -54,8 +54,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode): DirEntry[] {
         type = dtFromMode(st[N.ST.mode]!);
       }
       seen.add(name);
-      const known = dir.children.get(name);
-      out.push({ name, type, ino: known ? known.ino : inodes.inoFor(layer, realIno) });
+      out.push({ name, type, ino: inodes.inoFor(layer, realIno) });
     }
     for (const name of ociHidden) hidden.add(name);
   }

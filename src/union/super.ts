@@ -17,7 +17,7 @@ import * as N from '../native/index.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewObject } from './dir.js';
 import { HandleTable, type FileHandle } from './file.js';
-import { attrFrom, InodeTable, type UnionNode } from './inode.js';
+import { InodeTable, type UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
@@ -116,7 +116,7 @@ export class UnionFs implements FileSystem {
     const found = this.child(this.dirNode(parent), name);
     if (!found) return this.negativeEntry();
     const [node, st] = found;
-    return this.entry(node, st ? attrFrom(node, st) : undefined);
+    return this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
   }
 
   forget(nodeid: number, nlookup: number): void {
@@ -133,7 +133,7 @@ export class UnionFs implements FileSystem {
       const h = handle ?? this.handles.filesOf(node)[Symbol.iterator]().next().value as FileHandle | undefined;
       if (!h) throw fsError('ENOENT');
       N.fstat(h.fd, this.st);
-      attr = attrFrom(node, this.st);
+      attr = this.inodes.attrFrom(node, this.st);
     } else {
       attr = this.inodes.attr(node);
     }
@@ -271,7 +271,7 @@ export class UnionFs implements FileSystem {
       const found = this.child(dir, e.name);
       if (!found) continue; // removed since the listing was taken
       const [node, st] = found;
-      const entry = this.entry(node, st ? attrFrom(node, st) : undefined);
+      const entry = this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
       sink.addPlus(e.name, entry, node.ino, e.type, i + 1);
     }
   }
