@@ -146,8 +146,6 @@ export class DirOps {
     } else {
       N.linkat(srcDir, srcName, upperParent, name, 0);
     }
-    N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
-    this.inodes.forgetOrigin(st[ST.ino]!);
     this.inodes.addAlias(node, parent, name);
   }
 
