@@ -139,6 +139,34 @@ test('SIGTERM to the daemon unmounts and it exits', async (t) => {
   t.false(isAlive(daemons[0]!));
 });
 
+test('after a lazy umount the daemon serves open files until they are closed, then exits', async (t) => {
+  const f = fixture(t);
+  const { tag } = await mountFixture(t, f);
+  const fd = fs.openSync(path.join(f.mnt, 'shared'), 'r');
+  t.is(run('umount', ['-l', f.mnt]).status, 0);
+  t.is(mountAt(f.mnt), undefined, 'detached at once');
+  const buf = Buffer.alloc(100);
+  t.is(buf.subarray(0, fs.readSync(fd, buf, 0, 100, 0)).toString(), 'from a\n', 'the open file still reads');
+  t.true(daemonsOf(tag).length === 1, 'the daemon still serves the open file');
+  fs.closeSync(fd);
+  await assertDaemonGone(t, f, tag);
+});
+
+test('after the daemon is killed (SIGKILL), strata umount removes the dead mount and the mountpoint can be used again', async (t) => {
+  const f = fixture(t);
+  const { tag, daemons } = await mountFixture(t, f);
+  process.kill(daemons[0]!, 'SIGKILL');
+  t.true(await waitFor(() => processesTagged(tag).length === 0, 5_000));
+  t.throws(() => fs.readdirSync(f.mnt), { code: 'ENOTCONN' });
+  const r = run(strataBin, ['umount', f.mnt]);
+  t.is(r.status, 0, r.stderr);
+  t.is(mountAt(f.mnt), undefined);
+  const again = await mountFixture(t, f);
+  t.is(view(f.mnt), EXPECTED_VIEW);
+  t.is(run(strataBin, ['umount', f.mnt]).status, 0);
+  await assertDaemonGone(t, f, again.tag);
+});
+
 test('the fuse-overlayfs form: strata -o lowerdir=... MOUNTPOINT', async (t) => {
   const f = fixture(t);
   const { tag, env } = tagged(t, f.mnt);

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { diffSnapshots, sharedInodes } from './helpers/compare.js';
-import { run, runOk } from './helpers/exec.js';
+import { run, runOk, runWithPipes } from './helpers/exec.js';
 import { bigDirectory, deepStack, randomLayers, rng } from './helpers/generators.js';
 import { materializeLayer, materializeLayers, toFormat, type Layer } from './helpers/layers.js';
 import { kernelOverlay, strataMount, strataUnmount, underTest, unmountQuietly } from './helpers/mounts.js';
@@ -600,6 +600,30 @@ test('file contents read identically, including large, sparse and empty files at
     if (!fs.readFileSync(path.join(mnt, 'big')).equals(big)) mismatches.push(`${mnt}: whole-file read of big differs`);
   }
   t.deepEqual(mismatches, []);
+});
+
+test('parallel readers while the kernel keeps evicting its caches read what the kernel reads', async (t) => {
+  const root = tempDir(t);
+  const lowers = materializeLayers(root, [...bigDirectory(), ...randomLayers(31, { layers: 2 })]);
+  // sha256 of every regular file, 8 readers at a time, in a stable order
+  const script = 'find . -type f -print0 | xargs -0 -P 8 -n 100 sha256sum | sort -k2';
+  const sums = async (mnt: string, evict: boolean): Promise<string> => {
+    const timer = evict ? setInterval(() => fs.writeFileSync('/proc/sys/vm/drop_caches', '3'), 100) : undefined;
+    try {
+      const r = await runWithPipes('bash', ['-c', script], { cwd: mnt, timeoutMs: 120_000 });
+      t.is(r.status, 0, r.stderr);
+      return r.stdout;
+    } finally {
+      clearInterval(timer);
+    }
+  };
+  const expected = await sums(kernelOverlay(t, { lowers }), false);
+  const got = await sums(strataMount(t, { lowers, extraArgs: ['--passthrough=off'] }), true);
+  const lines = (s: string): string[] => s.split('\n').filter(Boolean);
+  t.true(lines(expected).length > 10_000);
+  const e = new Set(lines(expected));
+  t.deepEqual(lines(got).filter((l) => !e.has(l)).slice(0, 10), [], 'files whose content differs');
+  t.is(lines(got).length, lines(expected).length);
 });
 
 test('lookup and readdir agree on names that only a layer knows about', (t) => {
