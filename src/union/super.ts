@@ -77,7 +77,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
   }
 
   /**
@@ -85,8 +85,12 @@ export class UnionFs implements FileSystem {
    * may be separate kernel inodes: they are not cached, so a change through one name shows
    * through the others at once.
    */
-  private attrTimeout(attr: Attr): number {
-    return attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR ? 0 : this.opts.cacheTimeout;
+  private attrTimeout(attr: Attr, node: UnionNode): number {
+    if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
+    // A directory of a single lower layer becomes merged when copied up (as a parent of a
+    // change below it) and its st_nlink then reads 1, as in the kernel: do not cache it until then.
+    if (this.writable && node.dirLayers?.length === 1 && !node.layer.isUpper) return 0;
+    return this.opts.cacheTimeout;
   }
 
   private negativeEntry(): EntryReply {
@@ -137,7 +141,7 @@ export class UnionFs implements FileSystem {
     } else {
       attr = this.inodes.attr(node);
     }
-    return { attr, attrTimeout: this.attrTimeout(attr) };
+    return { attr, attrTimeout: this.attrTimeout(attr, node) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
