@@ -199,6 +199,38 @@ test('symlinks are served as links, never followed inside the layers', (t) => {
   t.false(strata.nodes.has('was-dir/inside'));
 });
 
+test('names and symlink targets that are not UTF-8 (Latin-1 bytes, broken sequences)', (t) => {
+  const layers: Layer[] = [
+    [
+      { path: 'names/caf\\xe9', kind: 'file', content: 'latin-1 e acute\n' },
+      { path: 'names/\\xff\\xfe/inside', kind: 'file', content: 'in a directory named ff fe\n' },
+      { path: 'names/utf8-é', kind: 'file', content: 'valid UTF-8\n' },
+      { path: 'names/\\xc3', kind: 'symlink', target: 'target-\\xff\\x80' },
+      { path: 'names/gone-\\xe9', kind: 'whiteout' },
+      { path: 'names/dir-\\xe9', kind: 'opaque' },
+      { path: 'names/dir-\\xe9/top', kind: 'file', content: '' },
+      { path: `names/${'\\xe9'.repeat(255)}`, kind: 'file', content: '255 bytes of 0xe9\n' },
+    ],
+    [
+      { path: 'names/gone-\\xe9', kind: 'file', content: 'whited out\n' },
+      { path: 'names/dir-\\xe9/low', kind: 'file', content: 'hidden by opaque\n' },
+      { path: 'names/low-\\x80\\x81', kind: 'file', content: 'low\n' },
+    ],
+  ];
+  const { strata } = compareWithKernel(t, { lowers: materializeLayers(tempDir(t), layers) });
+  t.deepEqual(strata.listings.get('names'), [
+    'caf\\xe9 file',
+    'dir-\\xe9 dir',
+    'low-\\x80\\x81 file',
+    '\\xc3 symlink',
+    `${'\\xe9'.repeat(255)} file`,
+    'utf8-é file',
+    '\\xff\\xfe dir',
+  ].sort());
+  t.is(strata.nodes.get('names/\\xc3')?.target, 'target-\\xff\\x80');
+  t.deepEqual(strata.listings.get('names/dir-\\xe9'), ['top file']);
+});
+
 test('hardlinks, FIFOs, sockets, devices, special modes and owners', (t) => {
   const layers: Layer[] = [
     [

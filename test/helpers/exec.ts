@@ -12,10 +12,14 @@ export interface RunResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  /** with RunOptions.binary */
+  stdoutBytes?: Buffer;
 }
 
 export interface RunOptions {
   input?: string;
+  /** Also return stdout as bytes (stdoutBytes). */
+  binary?: boolean;
   cwd?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
@@ -50,10 +54,17 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       timeout: opts.timeoutMs ?? 60_000,
       killSignal: 'SIGKILL',
     });
-    const stdout = fs.readFileSync(outPath, 'utf8');
+    const stdoutBytes = fs.readFileSync(outPath);
     let stderr = fs.readFileSync(errPath, 'utf8');
     if (r.error) stderr += `\n[spawn error: ${r.error.message}]`;
-    return { command: describeCommand(cmd, args), status: r.status, signal: r.signal, stdout, stderr };
+    return {
+      command: describeCommand(cmd, args),
+      status: r.status,
+      signal: r.signal,
+      stdout: stdoutBytes.toString('utf8'),
+      stderr,
+      ...(opts.binary ? { stdoutBytes } : {}),
+    };
   } finally {
     fs.closeSync(out);
     fs.closeSync(err);
@@ -94,6 +105,7 @@ export function runWithPipes(
     let status: number | null = null;
     let signal: NodeJS.Signals | null = null;
     let done = false;
+    let grace: NodeJS.Timeout | undefined;
     const timeout = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
     const finish = (closed: boolean): void => {
       if (done) return;
@@ -111,7 +123,6 @@ export function runWithPipes(
         pipesClosedAfterMs: closed && exitedAt !== undefined ? Date.now() - exitedAt : null,
       });
     };
-    let grace: NodeJS.Timeout | undefined;
     const onEnd = (): void => {
       open -= 1;
       if (open === 0 && exitedAt !== undefined) finish(true);

@@ -2,6 +2,7 @@
 // modes, owners, xattrs and nanosecond mtimes, in either whiteout format.
 import fs from 'node:fs';
 import path from 'node:path';
+import { absBytes, bytesOf, pyPath } from './names.js';
 import { OPS, python } from './python.js';
 
 export type EntryKind =
@@ -22,7 +23,10 @@ export type EntryKind =
   | 'ociOpaque';
 
 export interface Entry {
-  /** Relative to the layer root, '/'-separated. Parents are created as needed (0755). */
+  /**
+   * Relative to the layer root, '/'-separated. Parents are created as needed (0755). A name
+   * that is not UTF-8 is written with \xNN escapes (see names.ts).
+   */
   path: string;
   kind: EntryKind;
   content?: string | Buffer;
@@ -33,7 +37,7 @@ export interface Entry {
   /** Seconds (number) or nanoseconds (bigint) since the epoch; default: per-layer constant. */
   mtime?: number | bigint;
   xattrs?: Record<string, string | Buffer>;
-  /** symlink target */
+  /** symlink target (\xNN escapes as in path) */
   target?: string;
   /** hardlink: path (in the same layer) of the existing entry to link to */
   linkTo?: string;
@@ -95,7 +99,7 @@ class LayerPlan {
     this.mtimes = new Map([['', this.stamp]]);
     for (const e of entries) {
       const mode = e.mode ?? 0o644;
-      const p = this.abs(e.path);
+      const p = pyPath(this.abs(e.path));
       if (e.kind === 'fifo') this.specialOps.push(['mkfifo', p, mode]);
       else if (e.kind === 'socket') this.specialOps.push(['socket', p]);
       else if (e.kind === 'chardev') this.specialOps.push(['mknod', p, fs.constants.S_IFCHR | mode, ...(e.rdev ?? [1, 3])]);
@@ -105,8 +109,8 @@ class LayerPlan {
     }
   }
 
-  private abs(rel: string): string {
-    return rel === '' ? this.dir : path.join(this.dir, rel);
+  private abs(rel: string): Buffer {
+    return absBytes(this.dir, rel);
   }
 
   private ensureParents(rel: string): void {
@@ -118,7 +122,7 @@ class LayerPlan {
         fs.mkdirSync(this.abs(p), { recursive: true });
         this.kinds.set(p, 'dir');
         this.mtimes.set(p, this.stamp);
-        this.metaOps.push(['chmod', this.abs(p), 0o755]);
+        this.metaOps.push(['chmod', pyPath(this.abs(p)), 0o755]);
       } else if (!isDirKind(k)) {
         throw new Error(`layer entry ${rel}: parent ${p} is a ${k}`);
       }
@@ -136,7 +140,7 @@ class LayerPlan {
       }
       if (rel !== '') this.ensureParents(rel);
       const p = this.abs(rel);
-      const metaPath = this.abs(key); // what mode/owner/xattrs/mtime apply to
+      const metaPath = pyPath(this.abs(key)); // what mode/owner/xattrs/mtime apply to
       switch (e.kind) {
         case 'file':
           fs.writeFileSync(p, e.content ?? '');
@@ -145,24 +149,24 @@ class LayerPlan {
         case 'opaque':
         case 'ociOpaque':
           fs.mkdirSync(p, { recursive: true });
-          if (e.kind === 'opaque') metaOps.push(['setxattr', p, OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
+          if (e.kind === 'opaque') metaOps.push(['setxattr', metaPath, OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
           if (e.kind === 'ociOpaque') {
-            const marker = path.join(p, OCI_OPAQUE_NAME);
-            fs.writeFileSync(marker, '');
-            metaOps.push(['chmod', marker, 0o644]);
-            mtimes.set(rel === '' ? OCI_OPAQUE_NAME : `${rel}/${OCI_OPAQUE_NAME}`, e.mtime === undefined ? stamp : toNs(e.mtime));
+            const marker = rel === '' ? OCI_OPAQUE_NAME : `${rel}/${OCI_OPAQUE_NAME}`;
+            fs.writeFileSync(this.abs(marker), '');
+            metaOps.push(['chmod', pyPath(this.abs(marker)), 0o644]);
+            mtimes.set(marker, e.mtime === undefined ? stamp : toNs(e.mtime));
           }
           break;
         case 'symlink':
           if (e.target === undefined) throw new Error(`symlink ${rel} needs a target`);
-          fs.symlinkSync(e.target, p);
+          fs.symlinkSync(bytesOf(e.target), p);
           break;
         case 'hardlink':
           if (e.linkTo === undefined) throw new Error(`hardlink ${rel} needs linkTo`);
           fs.linkSync(this.abs(e.linkTo), p);
           break;
         case 'ociWhiteout':
-          fs.writeFileSync(metaPath, '');
+          fs.writeFileSync(this.abs(key), '');
           break;
         case 'fifo':
         case 'socket':
@@ -188,7 +192,7 @@ class LayerPlan {
     }
     // Deepest first, so creating children no longer disturbs a parent's time.
     const byDepth = [...mtimes.entries()].sort((a, b) => depth(b[0]) - depth(a[0]));
-    for (const [rel, ns] of byDepth) metaOps.push(['utime', this.abs(rel), ns.toString(), ns.toString()]);
+    for (const [rel, ns] of byDepth) metaOps.push(['utime', pyPath(this.abs(rel)), ns.toString(), ns.toString()]);
   }
 }
 

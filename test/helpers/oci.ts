@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { runOk } from './exec.js';
 import { OCI_OPAQUE_NAME, OCI_WHITEOUT_PREFIX, OPAQUE_XATTR } from './layers.js';
+import { absBytes, keyOf, pyPath } from './names.js';
 import { OPS, python } from './python.js';
 
 /**
@@ -23,44 +24,48 @@ export function ociToKernel(layers: readonly string[], destRoot: string): string
     runOk('cp', ['-a', '--', src, dest]);
     const ops: (string | number)[][] = [];
     const touchedDirs = new Set<string>();
+    const join = (dir: string, name: string): string => (dir === '' ? name : `${dir}/${name}`);
     walkDirs(dest, (dir, names) => {
       const present = new Set(names);
       for (const name of names) {
         if (!name.startsWith(OCI_WHITEOUT_PREFIX)) continue;
-        const meta = path.join(dir, name);
-        ops.push(['rm', meta]);
+        ops.push(['rm', pyPath(absBytes(dest, join(dir, name)))]);
         touchedDirs.add(dir);
         if (name === OCI_OPAQUE_NAME) {
-          ops.push(['setxattr', dir, OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
+          ops.push(['setxattr', pyPath(absBytes(dest, dir)), OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
           continue;
         }
         if (name.startsWith(OCI_WHITEOUT_PREFIX + OCI_WHITEOUT_PREFIX)) continue;
-        const hidden = name.slice(OCI_WHITEOUT_PREFIX.length);
-        const target = path.join(dir, hidden);
-        if (!present.has(hidden)) {
-          ops.push(['mknod', target, fs.constants.S_IFCHR, 0, 0]);
-        } else if (fs.lstatSync(target).isDirectory()) {
-          ops.push(['setxattr', target, OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
+        const hidden = join(dir, name.slice(OCI_WHITEOUT_PREFIX.length));
+        if (!present.has(name.slice(OCI_WHITEOUT_PREFIX.length))) {
+          ops.push(['mknod', pyPath(absBytes(dest, hidden)), fs.constants.S_IFCHR, 0, 0]);
+        } else if (fs.lstatSync(absBytes(dest, hidden)).isDirectory()) {
+          ops.push(['setxattr', pyPath(absBytes(dest, hidden)), OPAQUE_XATTR, Buffer.from('y').toString('hex')]);
         }
       }
     });
     for (const dir of touchedDirs) {
-      const rel = path.relative(dest, dir);
-      const st = fs.lstatSync(rel === '' ? src : path.join(src, rel), { bigint: true });
-      ops.push(['utime', dir, st.atimeNs.toString(), st.mtimeNs.toString()]);
+      const st = fs.lstatSync(absBytes(src, dir), { bigint: true });
+      ops.push(['utime', pyPath(absBytes(dest, dir)), st.atimeNs.toString(), st.mtimeNs.toString()]);
     }
     if (ops.length) python<boolean>(OPS, ops);
     return dest;
   });
 }
 
-/** Calls `visit(dir, names)` for `root` and every directory below it (symlinks not followed). */
+/**
+ * Calls `visit(dir, names)` for `root` and every directory below it (symlinks not followed);
+ * `dir` is relative ('' for the root), and it and the names are keys (see names.ts).
+ */
 export function walkDirs(root: string, visit: (dir: string, names: string[]) => void): void {
-  const stack = [root];
+  const stack = [''];
   while (stack.length) {
     const dir = stack.pop()!;
-    const ents = fs.readdirSync(dir, { withFileTypes: true });
-    visit(dir, ents.map((e) => e.name));
-    for (const e of ents) if (e.isDirectory()) stack.push(path.join(dir, e.name));
+    const ents = fs.readdirSync(absBytes(root, dir), { withFileTypes: true, encoding: 'buffer' });
+    const names = ents.map((e) => keyOf(e.name));
+    visit(dir, names);
+    ents.forEach((e, i) => {
+      if (e.isDirectory()) stack.push(dir === '' ? names[i]! : `${dir}/${names[i]}`);
+    });
   }
 }

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { runOk } from './exec.js';
 import { assertUniqueInodes, compareTrees, inodeProblems, type CompareOptions } from './compare.js';
 import { OCI_WHITEOUT_PREFIX } from './layers.js';
+import { absBytes } from './names.js';
 import { kernelOverlay, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
 import { walkDirs } from './oci.js';
 import { snapshot, typeOf, type Snapshot } from './snapshot.js';
@@ -30,10 +31,10 @@ export interface UnionResult {
   kernel: Snapshot;
 }
 
-/** Outcome of lstat: the type, or the error code. */
+/** Outcome of lstat of `rel` (a key, see names.ts): the type, or the error code. */
 export function lookup(root: string, rel: string): string {
   try {
-    return typeOf(fs.lstatSync(path.join(root, rel)));
+    return typeOf(fs.lstatSync(absBytes(root, rel)));
   } catch (e) {
     return (e as NodeJS.ErrnoException).code ?? String(e);
   }
@@ -43,8 +44,7 @@ export function lookup(root: string, rel: string): string {
 export function layerPaths(layers: readonly string[]): string[] {
   const out = new Set<string>();
   for (const layer of layers) {
-    walkDirs(layer, (dir, names) => {
-      const rel = path.relative(layer, dir);
+    walkDirs(layer, (rel, names) => {
       for (const n of names) {
         out.add(rel ? `${rel}/${n}` : n);
         if (n.startsWith(OCI_WHITEOUT_PREFIX)) {

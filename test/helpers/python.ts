@@ -24,11 +24,15 @@ def unhx(s): return bytes.fromhex(s)
 def err_name(e): return errno.errorcode.get(e.errno, str(e.errno))
 `;
 
-/** Batch of metadata operations; each op is [name, path, ...args]; stops at the first failure. */
+/**
+ * Batch of operations; each op is [name, path, ...args], path either a string or 'hex:' and the
+ * bytes in hex; stops at the first failure.
+ */
 export const OPS = PRELUDE + String.raw`
 ops = json.load(sys.stdin)
 for op in ops:
-    kind, p = op[0], op[1].encode('utf-8', 'surrogateescape')
+    kind = op[0]
+    p = unhx(op[1][4:]) if op[1].startswith('hex:') else op[1].encode('utf-8', 'surrogateescape')
     try:
         if kind == 'mknod':
             os.mknod(p, op[2], os.makedev(op[3], op[4]))
@@ -46,10 +50,12 @@ for op in ops:
             os.utime(p, ns=(int(op[2]), int(op[3])), follow_symlinks=False)
         elif kind == 'rm':
             os.unlink(p)
+        elif kind == 'symlink':
+            os.symlink(unhx(op[2]), p)
         else:
             raise ValueError('unknown op ' + kind)
     except OSError as e:
-        sys.stderr.write('%s %r: %s\n' % (kind, op[1], e)); sys.exit(1)
+        sys.stderr.write('%s %r: %s\n' % (kind, p, e)); sys.exit(1)
 print('true')
 `;
 
@@ -186,6 +192,8 @@ for op in req['ops']:
             os.mkfifo(rel, 0o644, dir_fd=fd); out.append('ok')
         elif kind == 'open':
             f = os.open(rel, op[2], 0o644, dir_fd=fd); os.close(f); out.append('ok')
+        elif kind == 'symlink':
+            os.symlink(unhx(op[2]), rel, dir_fd=fd); out.append('ok')
         elif kind == 'readlink':
             out.append(hx(os.readlink(rel, dir_fd=fd)))
         else:

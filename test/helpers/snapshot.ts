@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run } from './exec.js';
+import { absBytes, keyOf } from './names.js';
 import { WALK, python } from './python.js';
 
 export type NodeType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'chardev' | 'blockdev';
@@ -21,7 +22,7 @@ export interface NodeInfo {
   rdev?: string;
   /** sha256 of the content, regular files only */
   sha256?: string;
-  /** symlinks only */
+  /** symlinks only (a key, see names.ts) */
   target?: string;
   /** name → hex value, sorted by name */
   xattrs: Record<string, string>;
@@ -34,7 +35,7 @@ export interface NodeInfo {
 
 export interface Snapshot {
   root: string;
-  /** '.' for the root, 'a/b' below it */
+  /** '.' for the root, 'a/b' below it (keys: see names.ts for names that are not UTF-8) */
   nodes: Map<string, NodeInfo>;
   /** directory → sorted 'name type' lines from raw readdir (d_type spelled out) */
   listings: Map<string, string[]>;
@@ -62,7 +63,7 @@ export function typeOf(st: fs.BigIntStats | fs.Stats): NodeType {
   return 'blockdev';
 }
 
-export function sha256File(p: string): string {
+export function sha256File(p: fs.PathLike): string {
   const h = crypto.createHash('sha256');
   const fd = fs.openSync(p, 'r');
   try {
@@ -81,40 +82,53 @@ function minor(dev: bigint): bigint {
   return (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
 }
 
-/** Parses `getfattr -R -d -m - -e hex --absolute-names` output: path → {name: hex}. */
+/** Parses `getfattr -R -d -m - -e hex --absolute-names` output: path key → {name: hex}. */
 function readAllXattrs(root: string): Map<string, Record<string, string>> {
-  const r = run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', root], { timeoutMs: 120_000 });
+  const r = run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', root], { timeoutMs: 120_000, binary: true });
   const out = new Map<string, Record<string, string>>();
+  const prefix = Buffer.from(path.join(root, '/'));
   let cur: Record<string, string> | undefined;
-  for (const line of r.stdout.split('\n')) {
-    if (line.startsWith('# file: ')) {
-      const abs = unescapeGetfattr(line.slice('# file: '.length));
-      const rel = path.relative(root, abs) || '.';
+  for (const line of splitLines(r.stdoutBytes!)) {
+    const header = Buffer.from('# file: ');
+    if (line.subarray(0, header.length).equals(header)) {
+      const abs = unescapeGetfattr(line.subarray(header.length));
+      const rel = abs.equals(Buffer.from(root)) ? '.' : keyOf(abs.subarray(prefix.length));
       cur = {};
       out.set(rel, cur);
-    } else if (line && cur) {
-      const eq = line.indexOf('=');
-      const name = eq < 0 ? line : line.slice(0, eq);
-      const value = eq < 0 ? '' : line.slice(eq + 1).replace(/^0x/, '');
-      cur[name] = value;
+    } else if (line.length && cur) {
+      const text = line.toString('latin1');
+      const eq = text.indexOf('=');
+      const name = eq < 0 ? text : text.slice(0, eq);
+      cur[name] = eq < 0 ? '' : text.slice(eq + 1).replace(/^0x/, '');
     }
   }
   return out;
 }
 
-/** getfattr escapes unprintable bytes, '\\' and '=' in names as \\ooo (octal). */
-function unescapeGetfattr(s: string): string {
+function splitLines(b: Buffer): Buffer[] {
+  const lines: Buffer[] = [];
+  for (let start = 0; start < b.length; ) {
+    let nl = b.indexOf(0x0a, start);
+    if (nl < 0) nl = b.length;
+    lines.push(b.subarray(start, nl));
+    start = nl + 1;
+  }
+  return lines;
+}
+
+/** getfattr writes unprintable bytes and backslashes of file names as a backslash and 3 octal digits. */
+function unescapeGetfattr(raw: Buffer): Buffer {
   const bytes: number[] = [];
-  const raw = Buffer.from(s, 'utf8');
   for (let i = 0; i < raw.length; i++) {
-    if (raw[i] === 0x5c && i + 3 < raw.length + 0 && /^[0-7]{3}$/.test(raw.subarray(i + 1, i + 4).toString('latin1'))) {
-      bytes.push(parseInt(raw.subarray(i + 1, i + 4).toString('latin1'), 8));
+    const octal = raw[i] === 0x5c ? raw.subarray(i + 1, i + 4).toString('latin1') : '';
+    if (/^[0-7]{3}$/.test(octal)) {
+      bytes.push(parseInt(octal, 8));
       i += 3;
     } else {
       bytes.push(raw[i]!);
     }
   }
-  return Buffer.from(bytes).toString('utf8');
+  return Buffer.from(bytes);
 }
 
 export interface SnapshotOptions {
@@ -138,7 +152,7 @@ export function snapshot(root: string, opts: SnapshotOptions = {}): Snapshot {
   const xattrs = readAllXattrs(root);
   const paths = ['.'];
   for (const [dirHex, err, ents] of walked) {
-    const dir = Buffer.from(dirHex, 'hex').toString('utf8') || '.';
+    const dir = dirHex === '' ? '.' : keyOf(Buffer.from(dirHex, 'hex'));
     if (err) {
       snap.errors.push(`${dir}: ${err}`);
       continue;
@@ -149,7 +163,7 @@ export function snapshot(root: string, opts: SnapshotOptions = {}): Snapshot {
         snap.errors.push(`${dir}: readdir ${stIno.slice(8)}`);
         continue;
       }
-      const name = Buffer.from(nameHex, 'hex').toString('utf8');
+      const name = keyOf(Buffer.from(nameHex, 'hex'));
       const rel = dir === '.' ? name : `${dir}/${name}`;
       if (!/^\d+$/.test(stIno)) {
         snap.phantoms.push(`${rel}: ${stIno}`);
@@ -162,7 +176,7 @@ export function snapshot(root: string, opts: SnapshotOptions = {}): Snapshot {
     snap.listings.set(dir, lines.sort());
   }
   for (const rel of paths) {
-    const abs = rel === '.' ? root : path.join(root, rel);
+    const abs = absBytes(root, rel);
     let st: fs.BigIntStats;
     try {
       st = fs.lstatSync(abs, { bigint: true });
@@ -184,7 +198,7 @@ export function snapshot(root: string, opts: SnapshotOptions = {}): Snapshot {
     };
     if (type !== 'dir') info.nlink = Number(st.nlink);
     if (type === 'chardev' || type === 'blockdev') info.rdev = `${major(st.rdev)}:${minor(st.rdev)}`;
-    if (type === 'symlink') info.target = fs.readlinkSync(abs, 'buffer').toString('utf8');
+    if (type === 'symlink') info.target = keyOf(fs.readlinkSync(abs, 'buffer'));
     if (type === 'file' && !opts.noContent) {
       try {
         info.sha256 = sha256File(abs);
