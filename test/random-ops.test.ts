@@ -7,7 +7,9 @@
 // mounts strata's upper.
 //
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
-// seed. scripts/soak.sh runs many more.
+// seed. scripts/soak.sh runs many more. Debugging a failure: STRATA_SHRINK=1 replays ever smaller
+// subsets of the ops on fresh mounts and writes the smallest still-failing list to
+// .cache/random-ops-seed<N>.json; STRATA_REPLAY=<that file> runs exactly those ops.
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -15,7 +17,10 @@ import path from 'node:path';
 import { randomLayers, rng } from './helpers/generators.js';
 import { materializeLayer, type Layer } from './helpers/layers.js';
 import { Checks } from './helpers/ops-checks.js';
-import { finishPair, setupPair, type Pair } from './helpers/ops-pair.js';
+import { finishPair, setupPair, type LowerSource, type Pair } from './helpers/ops-pair.js';
+import { strataUnmount } from './helpers/mounts.js';
+import { repoRoot } from './helpers/paths.js';
+import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
 import { walk } from './helpers/ops-tree.js';
 
@@ -204,7 +209,7 @@ function parentOf(p: string): string {
   return i < 0 ? '' : p.slice(0, i);
 }
 
-/** What a step left behind at the paths it names and in their parents, as the runner sees it. */
+/** What the paths an op names and their parents look like, as the runner sees them. */
 function look(runner: Runner, op: Op): unknown {
   const out: Record<string, unknown> = {};
   for (const p of pathsOf(op)) {
@@ -222,33 +227,110 @@ function look(runner: Runner, op: Op): unknown {
   return out;
 }
 
+/**
+ * One step on one side: a look before, the op, a look after. Inode numbers are labelled per
+ * step (a freed number may come back for a new object), so the labels say "same object as
+ * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
+ */
+function step(runner: Runner, op: Op): unknown {
+  runner.resetLabels();
+  const before = look(runner, op);
+  const result = runner.run(op);
+  return { result, before, after: look(runner, op) };
+}
+
+interface Mismatch {
+  index: number;
+  kernel: unknown;
+  strata: unknown;
+}
+
+function runStep(pair: Pair, op: Op, index: number): Mismatch | undefined {
+  const kernel = step(pair.kernel.runner, op);
+  const strata = step(pair.strata.runner, op);
+  return JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata };
+}
+
+function lowerSources(layers: readonly Layer[]): LowerSource[] {
+  return layers.map((layer) => (dir: string, i: number) => materializeLayer(dir, layer, i));
+}
+
+function seedLayers(seed: number): Layer[] {
+  return randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
+}
+
+/** Replays `ops` on a fresh pair; the first mismatch, if any. Unmounts and removes everything before returning. */
+function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[]): Mismatch | undefined {
+  const pair = setupPair(t, lowerSources(layers));
+  try {
+    for (let i = 0; i < ops.length; i++) {
+      const m = runStep(pair, ops[i]!, i);
+      if (m) return m;
+    }
+    return undefined;
+  } finally {
+    strataUnmount(pair.strata.mnt);
+    removeTree(pair.base);
+  }
+}
+
+/** Greedy delta debugging: drops chunks of ops as long as some step still differs. */
+function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], budgetMs: number): { ops: Op[]; trials: number } {
+  const end = Date.now() + budgetMs;
+  let cur = ops;
+  let trials = 0;
+  for (let chunk = Math.max(1, Math.floor(cur.length / 2)); chunk >= 1 && Date.now() < end; chunk = Math.floor(chunk / 2)) {
+    for (let at = 0; at < cur.length && Date.now() < end; ) {
+      const cand = [...cur.slice(0, at), ...cur.slice(at + chunk)];
+      trials++;
+      const m = cand.length ? trial(t, layers, cand) : undefined;
+      if (m) cur = cand.slice(0, m.index + 1);
+      else at += chunk;
+    }
+    if (chunk === 1) break;
+  }
+  return { ops: cur, trials };
+}
+
 function reproCommand(seed: number, ops: number): string {
   return `make build && STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
 }
 
+function listing(ops: readonly Op[]): string {
+  return ops.map((o, j) => `  ${String(j).padStart(4)} ${showOp(o)}`).join('\n');
+}
+
 function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
-  const layers = randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
+  const layers = seedLayers(seed);
   const c = new Checks(t);
-  const pair: Pair = setupPair(t, layers.map((layer) => (dir: string, i: number) => materializeLayer(dir, layer, i)));
+  const pair: Pair = setupPair(t, lowerSources(layers));
+  const replay = process.env.STRATA_REPLAY ? (JSON.parse(fs.readFileSync(process.env.STRATA_REPLAY, 'utf8')) as Op[]) : undefined;
   const gen = new OpGenerator(rng(seed ^ 0x5eed5eed), layerNames(layers));
   const done: Op[] = [];
-  for (let i = 0; i < nOps; i++) {
-    const op = gen.next(list(pair.kernel.mnt));
+  const total = replay?.length ?? nOps;
+  for (let i = 0; i < total; i++) {
+    const op = replay ? replay[i]! : gen.next(list(pair.kernel.mnt));
     done.push(op);
-    const k = { result: pair.kernel.runner.run(op), after: look(pair.kernel.runner, op) };
-    const s = { result: pair.strata.runner.run(op), after: look(pair.strata.runner, op) };
-    if (JSON.stringify(k) !== JSON.stringify(s)) {
-      const listing = done.map((o, j) => `  ${String(j).padStart(4)} ${showOp(o)}`).join('\n');
-      t.log(`seed ${seed}: ops up to the first mismatch:\n${listing}`);
-      c.eq(s, k, `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} differs from the kernel (actual: ${pair.strata.name}, expected: kernel)\n` +
-        `    repro: ${reproCommand(seed, i + 1)}`);
-      c.done();
-      return;
+    const m = runStep(pair, op, i);
+    if (!m) continue;
+    t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
+    let note = `    repro: ${replay ? `STRATA_REPLAY=${process.env.STRATA_REPLAY} ` : ''}${reproCommand(seed, i + 1)}`;
+    if (process.env.STRATA_SHRINK) {
+      strataUnmount(pair.strata.mnt);
+      const small = shrink(t, layers, done, Number(process.env.STRATA_SHRINK_MS ?? 300_000));
+      const file = path.join(repoRoot, `.cache/random-ops-seed${seed}.json`);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, JSON.stringify(small.ops, null, 1) + '\n');
+      t.log(`seed ${seed}: shrunk to ${small.ops.length} ops in ${small.trials} trials:\n${listing(small.ops)}`);
+      note += `\n    shrunk: STRATA_REPLAY=${file} ${reproCommand(seed, small.ops.length)}`;
     }
+    c.eq(m.strata, m.kernel, `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
+    c.done();
+    return;
   }
-  t.log(`seed ${seed}: ${nOps} steps agree; ops by kind: ${summary(done)}`);
+  t.log(`seed ${seed}: ${total} steps agree; ops by kind: ${summary(done)}`);
   finishPair(c, pair);
-  if (c.failures.length) c.t.log(`repro: ${reproCommand(seed, nOps)}`);
+  if (c.failures.length) c.t.log(`repro: ${reproCommand(seed, total)}`);
   c.done();
 }
 

@@ -519,6 +519,34 @@ scenario('link of a lower file: st_nlink 2 at once on both names, same st_ino', 
   },
 });
 
+scenario('hard links made through the mount: unlink and rename act on the name given', {
+  steps: [
+    ['create', 'p', 0o644, 'data'],
+    ['link', 'p', 'q'],
+    ['rename', 'q', 'r'],
+    ['readdir', '.'],
+    ['stat', 'p'],
+    ['stat', 'r'],
+    ['unlink', 'r'],
+    ['readdir', '.'],
+    ['link', 'p', 's'],
+    ['unlink', 'p'],
+    ['readdir', '.'],
+    ['read', 's'],
+    ['link', 'f', 'dm/f2'],
+    ['rename', 'dm/f2', 'ld/f3'],
+    ['unlink', 'f'],
+    ['read', 'ld/f3'],
+    ['stat', 'ld/f3'],
+    ['readdir', 'dm'],
+    ['readdir', 'ld'],
+  ],
+  check: (c, _p, k) => {
+    c.eq(k[3], ['d', 'dm', 'f', 'fifo', 'full', 'hl1', 'hl2', 'ld', 'odir', 'owned', 'p', 'r', 'ro', 'rodir', 'shadow', 'sgdir', 'sgid',
+      'sticky', 'suid', 'sym', 't1777', 'wdir', 'cap'].sort(), 'kernel: rename q r leaves p and r');
+  },
+});
+
 scenario('a copied-up object keeps its st_ino', {
   steps: [
     ['stat', 'f'],

@@ -5,14 +5,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { normTime, kindOf } from './ops-tree.js';
 import { xattrValue } from './ops-layers.js';
-import { xop, type XCmd, type XResult } from './ops-xop.js';
+import { errnoName, xop, type XCmd, type XResult } from './ops-xop.js';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
 const FLAG_BITS: Record<string, number> = {
   O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, O_NOFOLLOW, O_DIRECTORY,
 };
-/** TEMPORARY exploration aid: fields to leave out (not for CI). */
-export const DEV_IGNORE = new Set((process.env.STRATA_DEV_IGNORE ?? '').split(',').filter(Boolean));
 export const RENAME_NOREPLACE = 1;
 export const RENAME_EXCHANGE = 2;
 
@@ -99,8 +97,6 @@ export class Runner {
       mtime: normTime(st.mtimeNs),
     };
     if (type !== 'dir') r.size = Number(st.size);
-    if (DEV_IGNORE.has('dirnlink') && type === 'dir') delete r.nlink;
-    if (DEV_IGNORE.has('ino')) delete r.ino;
     if (type === 'chr' || type === 'blk') r.rdev = st.rdev.toString();
     if (opts.atime) r.atime = normTime(st.atimeNs);
     if (opts.blocks) r.allocatedMiB = Math.ceil(Number(st.blocks * 512n) / (1 << 20));
@@ -111,8 +107,10 @@ export class Runner {
     try {
       return this.exec(op);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (typeof code === 'string' && code.startsWith('E')) return { err: code };
+      const err = e as NodeJS.ErrnoException;
+      // Node leaves some codes unnamed ("Unknown system error -116"): name them from the number.
+      if (typeof err.errno === 'number' && err.syscall) return { err: errnoName(-err.errno) };
+      if (typeof err.code === 'string' && /^E[A-Z0-9]+$/.test(err.code)) return { err: err.code };
       throw e;
     }
   }

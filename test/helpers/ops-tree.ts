@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { RECENT_NS } from './ops-layers.js';
-import { xop } from './ops-xop.js';
+import { errnoName, xop } from './ops-xop.js';
 
 export type Kind = 'file' | 'dir' | 'symlink' | 'fifo' | 'chr' | 'blk' | 'sock' | 'whiteout';
 
@@ -76,11 +76,22 @@ function hashFile(p: string): string {
 export function walk(root: string): string[] {
   const out: string[] = [''];
   const rec = (rel: string): void => {
-    const names = fs.readdirSync(path.join(root, rel)).sort();
+    let names: string[];
+    try {
+      names = fs.readdirSync(path.join(root, rel)).sort();
+    } catch {
+      return; // snapshot() records the error for this directory
+    }
     for (const n of names) {
       const r = rel ? `${rel}/${n}` : n;
       out.push(r);
-      if (fs.lstatSync(path.join(root, r)).isDirectory()) rec(r);
+      let isDir = false;
+      try {
+        isDir = fs.lstatSync(path.join(root, r)).isDirectory();
+      } catch {
+        // recorded by snapshot()
+      }
+      if (isDir) rec(r);
     }
   };
   rec('');
@@ -101,9 +112,22 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
   const firstByIno = new Map<bigint, string>();
   rels.forEach((rel, i) => {
     const p = full[i]!;
-    const st = fs.lstatSync(p, { bigint: true });
-    const type = kindOf(st);
     const name = rel === '' ? '.' : rel;
+    let st: fs.BigIntStats;
+    try {
+      st = fs.lstatSync(p, { bigint: true });
+    } catch (e) {
+      snap[name] = { type: `lstat error ${errCode(e)}` as Kind, perm: '', uid: -1, gid: -1, xattrs: {} };
+      return;
+    }
+    const type = kindOf(st);
+    if (type === 'dir') {
+      try {
+        fs.readdirSync(p);
+      } catch (e) {
+        snap[name + '/'] = { type: `readdir error ${errCode(e)}` as Kind, perm: '', uid: -1, gid: -1, xattrs: {} };
+      }
+    }
     if (mode === 'upper' && type === 'whiteout') {
       // The kernel shares one whiteout inode between many names; only the type counts.
       snap[name] = { type, perm: '', uid: 0, gid: 0, xattrs: {} };
@@ -117,10 +141,21 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       xattrs: {},
     };
     if (type !== 'dir' || mode !== 'upper') info.nlink = Number(st.nlink);
-    if (process.env.STRATA_DEV_IGNORE?.includes('dirnlink') && type === 'dir' && mode === 'merged') delete info.nlink;
     if (type === 'file' || type === 'symlink' || mode === 'lower') info.size = Number(st.size);
-    if (type === 'file') info.sha = hashFile(p);
-    if (type === 'symlink') info.target = fs.readlinkSync(p);
+    if (type === 'file') {
+      try {
+        info.sha = hashFile(p);
+      } catch (e) {
+        info.sha = `read error ${errCode(e)}`;
+      }
+    }
+    if (type === 'symlink') {
+      try {
+        info.target = fs.readlinkSync(p);
+      } catch (e) {
+        info.target = `readlink error ${errCode(e)}`;
+      }
+    }
     if (type === 'chr' || type === 'blk') info.rdev = st.rdev.toString();
     if (mode === 'lower') {
       info.mtime = st.mtimeNs.toString();
@@ -146,6 +181,11 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
     snap[name] = info;
   });
   return snap;
+}
+
+function errCode(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  return typeof err.errno === 'number' ? errnoName(-err.errno) : String(err.code ?? e);
 }
 
 /** Text values as text, others as 0x-hex. */
