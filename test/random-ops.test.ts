@@ -232,11 +232,21 @@ function look(runner: Runner, op: Op): unknown {
  * step (a freed number may come back for a new object), so the labels say "same object as
  * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
  */
-function step(runner: Runner, op: Op): unknown {
+function step(runner: Runner, upper: string, op: Op): unknown {
   runner.resetLabels();
   const before = look(runner, op);
   const result = runner.run(op);
-  return { result, before, after: look(runner, op) };
+  return { result, before, after: look(runner, op), upper: upperNames(upper) };
+}
+
+/** The names in an upper dir with their types: what was copied up, whited out or made opaque so far. */
+function upperNames(upper: string): string[] {
+  return walk(upper).slice(1).map((rel) => {
+    const p = path.join(upper, rel);
+    const st = fs.lstatSync(p);
+    const t = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isCharacterDevice() ? `chr${st.rdev}` : 'file';
+    return `${rel} ${t}`;
+  });
 }
 
 interface Mismatch {
@@ -246,8 +256,8 @@ interface Mismatch {
 }
 
 function runStep(pair: Pair, op: Op, index: number): Mismatch | undefined {
-  const kernel = step(pair.kernel.runner, op);
-  const strata = step(pair.strata.runner, op);
+  const kernel = step(pair.kernel.runner, pair.kernel.upper, op);
+  const strata = step(pair.strata.runner, pair.strata.upper, op);
   return JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata };
 }
 
@@ -292,6 +302,27 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], budget
   return { ops: cur, trials };
 }
 
+/** The parts of step record `a` that differ from `b` (upper listings as the names only one side has). */
+function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
+  const x = a as Record<string, unknown>;
+  const y = b as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(x)) {
+    if (JSON.stringify(x[k]) === JSON.stringify(y[k])) continue;
+    if (k === 'upper') {
+      const other = new Set(y[k] as string[]);
+      out['upper, only here'] = (x[k] as string[]).filter((n) => !other.has(n));
+    } else if (k === 'before' || k === 'after') {
+      const xs = x[k] as Record<string, unknown>;
+      const ys = y[k] as Record<string, unknown>;
+      out[k] = Object.fromEntries(Object.keys(xs).filter((p) => JSON.stringify(xs[p]) !== JSON.stringify(ys[p])).map((p) => [p, xs[p]]));
+    } else {
+      out[k] = x[k];
+    }
+  }
+  return out;
+}
+
 function reproCommand(seed: number, ops: number): string {
   return `make build && STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
 }
@@ -324,7 +355,8 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
       t.log(`seed ${seed}: shrunk to ${small.ops.length} ops in ${small.trials} trials:\n${listing(small.ops)}`);
       note += `\n    shrunk: STRATA_REPLAY=${file} ${reproCommand(seed, small.ops.length)}`;
     }
-    c.eq(m.strata, m.kernel, `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
+    c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
+      `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
     c.done();
     return;
   }

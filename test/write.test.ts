@@ -127,13 +127,15 @@ for (const [name, target, ops] of triggers) {
   });
 }
 
-scenario('no copy-up: read-only open, reads, and a FIFO opened for write with O_NONBLOCK', {
+scenario('no copy-up: read-only open, reads, removing a missing xattr, a FIFO opened for write with O_NONBLOCK', {
   steps: [
     ['open', 'f', 'O_RDONLY'],
     ['read', 'f'],
     ['read', 'd/sub/deep'],
     ['readdir', 'dm'],
     ['getxattr', 'cap', 'user.foo'],
+    ['removexattr', 'f', 'user.none'],
+    ['removexattr', 'd/sub/deep', 'user.none'],
     ['open', 'fifo', 'O_RDWR|O_NONBLOCK'],
     ['open', 'fifo', 'O_WRONLY|O_NONBLOCK'],
     ['open', 'fifo', 'O_RDONLY|O_NONBLOCK'],
@@ -141,7 +143,8 @@ scenario('no copy-up: read-only open, reads, and a FIFO opened for write with O_
     ['stat', 'f', { atime: true }],
   ],
   check: (c, pair, k) => {
-    c.eq(k[6], { err: 'ENXIO' }, 'kernel: a FIFO without reader opened O_WRONLY|O_NONBLOCK');
+    c.eq(k[8], { err: 'ENXIO' }, 'kernel: a FIFO without reader opened O_WRONLY|O_NONBLOCK');
+    c.eq(k[5], { err: 'ENODATA' }, 'kernel: removing a missing xattr');
     c.eq(fs.readdirSync(pair.kernel.upper), [], 'kernel upper stays empty');
     c.eq(fs.readdirSync(pair.strata.upper), [], 'strata upper stays empty');
   },

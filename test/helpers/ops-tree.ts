@@ -177,6 +177,8 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
         if (mode === 'upper' && KERNEL_INTERNAL.test(key)) continue;
         info.xattrs[key] = v.startsWith('ERR') ? v : printable(Buffer.from(v, 'hex'));
       }
+      // listxattr order is the filesystem's business
+      info.xattrs = Object.fromEntries(Object.entries(info.xattrs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
     }
     snap[name] = info;
   });
