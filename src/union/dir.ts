@@ -174,10 +174,11 @@ export class DirOps {
     removeWorkEntry(this.upper.workFd, tmp);
   }
 
-  unlink(parent: UnionNode, node: UnionNode): void {
+  /** Removes the name `name` of `node` (a hard-linked node has several). */
+  unlink(parent: UnionNode, node: UnionNode, name: string): void {
     this.copyUp.ensure(parent);
-    this.removeEntry(parent, node.name, false);
-    this.inodes.removeName(node, parent, node.name);
+    this.removeEntry(parent, name, false);
+    this.inodes.removeName(node, parent, name);
   }
 
   /** Merged emptiness (what rmdir and rename-over-a-directory require). */
@@ -185,29 +186,39 @@ export class DirOps {
     if (mergedListing(this.inodes, dir).length > 0) throw fsError('ENOTEMPTY');
   }
 
-  rmdir(parent: UnionNode, node: UnionNode): void {
+  rmdir(parent: UnionNode, node: UnionNode, name: string): void {
     this.checkEmpty(node);
     this.copyUp.ensure(parent);
     // The upper directory may still hold whiteouts: it goes to the work dir whole.
-    this.removeEntry(parent, node.name, true);
-    this.inodes.removeName(node, parent, node.name);
+    this.removeEntry(parent, name, true);
+    this.inodes.removeName(node, parent, name);
     node.closeFds();
   }
 
-  rename(parent: UnionNode, node: UnionNode, newParent: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
+  /** Everything that can refuse a rename, checked before anything is copied up. */
+  checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
     checkName(newName);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     if ((flags & C.RENAME_NOREPLACE) && target) throw fsError('EEXIST');
     if (exchange && !target) throw fsError('ENOENT');
+    if (target && !exchange) {
+      if (node.isDir && !target.isDir) throw fsError('ENOTDIR');
+      if (!node.isDir && target.isDir) throw fsError('EISDIR');
+    }
     // Without redirect_dir, a directory with lower layers cannot be renamed: EXDEV makes mv copy.
     if (node.isDir && node.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
     if (exchange && target!.isDir && target!.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
     if (target && !exchange && target.isDir) this.checkEmpty(target);
+  }
+
+  /** rename(2) of parent/oldName (the node `node`) to newParent/newName (now `target`, if any). */
+  rename(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
+    this.checkRename(node, newName, target, flags);
+    const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     this.copyUp.ensure(parent);
     this.copyUp.ensure(newParent);
     this.copyUp.ensure(node);
     if (target && exchange) this.copyUp.ensure(target);
-    const oldName = node.name;
     const from = parent.dirFd(this.up);
     const to = newParent.dirFd(this.up);
     const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);

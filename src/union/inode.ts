@@ -242,6 +242,17 @@ export class InodeTable {
     while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0) {
       this.nodes.delete(n.nodeid);
       n.closeFds();
+      // Other names of a hard-linked node must not hand out the dropped node again.
+      if (n.aliases) {
+        const aliases: [UnionNode, string][] = n.aliases;
+        n.aliases = null;
+        for (const [p, name] of aliases as [UnionNode, string][]) {
+          if (p.children.get(name) !== n) continue;
+          p.children.delete(name);
+          p.childCount--;
+          this.maybeDrop(p);
+        }
+      }
       const parent: UnionNode | null = n.parent;
       if (parent && parent.children.get(n.name) === n) {
         parent.children.delete(n.name);

@@ -402,7 +402,7 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (node.isDir) throw fsError('EISDIR');
-    w.dirs.unlink(p, node);
+    w.dirs.unlink(p, node, name);
   }
 
   rmdir(_ctx: RequestContext, parent: number, name: string): void {
@@ -410,7 +410,7 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
-    w.dirs.rmdir(p, node);
+    w.dirs.rmdir(p, node, name);
   }
 
   rename(_ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void {
@@ -421,13 +421,10 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
-    if (target && (flags & C.RENAME_EXCHANGE) === 0) {
-      if (node.isDir && !target.isDir) throw fsError('ENOTDIR');
-      if (!node.isDir && target.isDir) throw fsError('EISDIR');
-    }
+    w.dirs.checkRename(node, newName, target, flags);
     if (node.type === C.S_IFREG) this.copyUp(node);
     if (target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG) this.copyUp(target);
-    w.dirs.rename(p, node, np, newName, target, flags);
+    w.dirs.rename(p, name, node, np, newName, target, flags);
   }
 
   link(_ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply {
@@ -477,6 +474,11 @@ export class UnionFs implements FileSystem {
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
+    if (!node.layer.isUpper) {
+      // Removing what is not there changes nothing: no copy-up (as the kernel).
+      const [dirfd, fname] = node.location();
+      if (N.lgetxattr(dirfd, fname, name) === null) throw fsError('ENODATA');
+    }
     this.copyUp(node);
     const [dirfd, fname] = node.location();
     N.lremovexattr(dirfd, fname, name);
