@@ -10,7 +10,7 @@ import path from 'node:path';
 import { diffSnapshots, sharedInodes } from './helpers/compare.js';
 import { run, runOk, runWithPipes } from './helpers/exec.js';
 import { bigDirectory, deepStack, randomLayers, rng } from './helpers/generators.js';
-import { materializeLayer, materializeLayers, toFormat, type Layer } from './helpers/layers.js';
+import { materializeLayers, toFormat, type Layer } from './helpers/layers.js';
 import { kernelOverlay, strataMount, strataUnmount, underTest, unmountQuietly } from './helpers/mounts.js';
 import { ociToKernel } from './helpers/oci.js';
 import { compareWithKernel, lookup } from './helpers/oracle.js';
