@@ -483,7 +483,7 @@ test('readdir offsets are stable: seekdir to a telldir position resumes there; r
 
 // ---------------------------------------------------------------------------------------------
 
-test('statfs reports the top lower layer filesystem', (t) => {
+test('statfs reports the top lower layer filesystem, or the upper one when there is an upper', (t) => {
   const root = tempDir(t);
   const fast = tmpfsDir(t, root, 't');
   const [top] = materializeLayers(fast, [[{ path: 'a', kind: 'file', content: 'top on tmpfs\n' }]]);
@@ -498,6 +498,16 @@ test('statfs reports the top lower layer filesystem', (t) => {
   t.not(statfs(low!), statfs(top!), 'the two layers are on filesystems that differ');
   t.is(statfs(smnt), statfs(top!));
   t.is(fsType(smnt), '65735546', 'f_type of a FUSE mount is FUSE_SUPER_MAGIC (the kernel sets it)');
+
+  // with an upper directory (on a third filesystem), the upper's filesystem is reported
+  const up = tmpfsDir(t, root, 'u', 32);
+  fs.mkdirSync(path.join(up, 'upper'));
+  fs.mkdirSync(path.join(up, 'ku'));
+  for (const w of ['w', 'kw']) fs.mkdirSync(path.join(up, w));
+  const kup = kernelOverlay(t, { lowers, upper: path.join(up, 'ku'), work: path.join(up, 'kw') });
+  const sup = strataMount(t, { lowers, upper: path.join(up, 'upper'), work: path.join(up, 'w') });
+  t.is(statfs(kup), statfs(up), 'the kernel oracle reports the upper');
+  t.is(statfs(sup), statfs(up), 'strata with an upper reports the upper filesystem');
 });
 
 test('ENAMETOOLONG for 256-byte names; 255-byte names and 4095-byte paths work as in the kernel', (t) => {
