@@ -92,7 +92,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
 /** Starts the daemon as a detached child and waits until its mount is live. */
 async function mountInBackground(config: DaemonConfig): Promise<never> {
   const script = fileURLToPath(import.meta.url);
-  const child = spawn(process.execPath, [script, '__daemon'], {
+  const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
     detached: true,
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
