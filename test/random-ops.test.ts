@@ -17,12 +17,13 @@ import path from 'node:path';
 import { randomLayers, rng } from './helpers/generators.js';
 import { materializeLayer, type Layer } from './helpers/layers.js';
 import { Checks } from './helpers/ops-checks.js';
-import { finishPair, setupPair, type LowerSource, type Pair } from './helpers/ops-pair.js';
+import { finishPair, setupPair, type LowerSource, type Pair, type Side } from './helpers/ops-pair.js';
 import { strataUnmount } from './helpers/mounts.js';
 import { repoRoot } from './helpers/paths.js';
 import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
-import { walk } from './helpers/ops-tree.js';
+import { dirInLayers, walk } from './helpers/ops-tree.js';
+import { xop } from './helpers/ops-xop.js';
 
 function parseSeeds(spec: string): number[] {
   const out: number[] = [];
@@ -232,20 +233,26 @@ function look(runner: Runner, op: Op): unknown {
  * step (a freed number may come back for a new object), so the labels say "same object as
  * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
  */
-function step(runner: Runner, upper: string, op: Op): unknown {
+function step(runner: Runner, side: Side, op: Op): unknown {
   runner.resetLabels();
   const before = look(runner, op);
   const result = runner.run(op);
-  return { result, before, after: look(runner, op), upper: upperNames(upper) };
+  return { result, before, after: look(runner, op), upper: upperNames(side.upper, side.lowers) };
 }
 
 /** The names in an upper dir with their types: what was copied up, whited out or made opaque so far. */
-function upperNames(upper: string): string[] {
-  return walk(upper).slice(1).map((rel) => {
-    const p = path.join(upper, rel);
-    const st = fs.lstatSync(p);
-    const t = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isCharacterDevice() ? `chr${st.rdev}` : 'file';
-    return `${rel} ${t}`;
+function upperNames(upper: string, lowers: readonly string[]): string[] {
+  const rels = walk(upper).slice(1);
+  const types = rels.map((rel) => {
+    const st = fs.lstatSync(path.join(upper, rel));
+    return st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isCharacterDevice() ? `chr${st.rdev}` : 'file';
+  });
+  // opaque markers count where a lower layer has a directory (see SnapshotOptions.lowers)
+  const dirs = rels.filter((rel, i) => types[i] === 'dir' && dirInLayers(lowers, rel));
+  const opaque = new Map(xop(dirs.map((d) => ['getxattr', path.join(upper, d), 'trusted.overlay.opaque'])).map((r, i) => [dirs[i], r]));
+  return rels.map((rel, i) => {
+    const o = opaque.get(rel);
+    return `${rel} ${types[i]}${o && 'ok' in o ? ` opaque=${Buffer.from(o.ok[0] ?? '', 'hex').toString()}` : ''}`;
   });
 }
 
@@ -256,8 +263,8 @@ interface Mismatch {
 }
 
 function runStep(pair: Pair, op: Op, index: number): Mismatch | undefined {
-  const kernel = step(pair.kernel.runner, pair.kernel.upper, op);
-  const strata = step(pair.strata.runner, pair.strata.upper, op);
+  const kernel = step(pair.kernel.runner, pair.kernel, op);
+  const strata = step(pair.strata.runner, pair.strata, op);
   return JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata };
 }
 
