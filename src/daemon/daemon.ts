@@ -84,6 +84,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     passthrough: options.passthrough !== 'off',
     logger,
     deviceFd: () => session?.deviceFd ?? -1,
+    invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
   });
   let flags = 0;

@@ -8,7 +8,7 @@ import { errnoOf, isExpectedErrno } from './errors.js';
 import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
-  IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
+  FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
   WRITE_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
@@ -218,6 +218,32 @@ export class FuseSession {
       this.devFd = -1;
     }
     this.endResolve(err);
+  }
+
+  // ---- notifications -------------------------------------------------------------------------
+
+  private readonly notifyBuf = Buffer.alloc(OUT_HEADER_SIZE + 24);
+
+  /**
+   * Tells the kernel that the attributes of `nodeid` changed behind its back (FUSE_NOTIFY_INVAL_INODE
+   * with a negative offset: attributes only, no page-cache work, so no inode lock is taken and it is
+   * safe from inside a request handler).
+   */
+  invalidateAttributes(nodeid: number): void {
+    if (this.devFd < 0 || !this.initialized) return;
+    const b = this.notifyBuf;
+    b.writeUInt32LE(b.length, 0);
+    b.writeInt32LE(FUSE_NOTIFY_INVAL_INODE, 4);
+    putU64(b, 8, 0);
+    putU64(b, OUT_HEADER_SIZE, nodeid);
+    putI64(b, OUT_HEADER_SIZE + 8, -1);
+    putI64(b, OUT_HEADER_SIZE + 16, 0);
+    try {
+      N.writeReply(this.devFd, b);
+    } catch (e) {
+      // ENOENT: the kernel no longer knows the inode; nothing to invalidate.
+      if ((e as { code?: string }).code !== 'ENOENT') this.opts.logger.warn({ err: e, nodeid }, 'attribute invalidation failed');
+    }
   }
 
   // ---- replies -------------------------------------------------------------------------------

@@ -119,7 +119,12 @@ export class CopyUp {
   private readonly pst = new Float64Array(16);
   private lowerNlink = 1;
 
-  constructor(private readonly upper: UpperDir, private readonly inodes: InodeTable) {}
+  constructor(
+    private readonly upper: UpperDir,
+    private readonly inodes: InodeTable,
+    /** Called after a directory was copied up: its st_nlink now reads 1 (it became merged). */
+    private readonly dirCopiedUp: (node: UnionNode) => void,
+  ) {}
 
   /** Makes sure `node` (and its ancestors) exist in the upper layer. */
   ensure(node: UnionNode, opts: { data?: boolean } = {}): void {
@@ -177,8 +182,12 @@ export class CopyUp {
     // A lower hard link is broken by copy-up (the kernel without index=on does the same): the
     // copy gets its own st_ino so the names that stay below do not share it.
     if (type === C.S_IFDIR || this.lowerNlink === 1) this.inodes.recordOrigin(st[ST.ino]!, node.ino);
-    if (type === C.S_IFDIR) node.setDirLayers([upper, ...node.dirLayers!]);
-    else node.layer = upper;
+    if (type === C.S_IFDIR) {
+      node.setDirLayers([upper, ...node.dirLayers!]);
+      this.dirCopiedUp(node);
+    } else {
+      node.layer = upper;
+    }
   }
 }
 

@@ -35,6 +35,8 @@ export interface UnionOptions {
   logger: Logger;
   /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
   deviceFd: () => number;
+  /** Tells the kernel an inode's attributes changed behind its back (a copied-up directory). */
+  invalidateAttributes: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
 }
@@ -57,7 +59,7 @@ export class UnionFs implements FileSystem {
     this.inodes = new InodeTable(stack);
     if (stack.upper && opts.upper) {
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
-      const copyUp = new CopyUp(upper, this.inodes);
+      const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
     } else {
       this.writable = null;
@@ -77,7 +79,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
   }
 
   /**
@@ -85,11 +87,8 @@ export class UnionFs implements FileSystem {
    * may be separate kernel inodes: they are not cached, so a change through one name shows
    * through the others at once.
    */
-  private attrTimeout(attr: Attr, node: UnionNode): number {
+  private attrTimeout(attr: Attr): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
-    // A directory of a single lower layer becomes merged when copied up (as a parent of a
-    // change below it) and its st_nlink then reads 1, as in the kernel: do not cache it until then.
-    if (this.writable && node.dirLayers?.length === 1 && !node.layer.isUpper) return 0;
     return this.opts.cacheTimeout;
   }
 
@@ -141,7 +140,7 @@ export class UnionFs implements FileSystem {
     } else {
       attr = this.inodes.attr(node);
     }
-    return { attr, attrTimeout: this.attrTimeout(attr, node) };
+    return { attr, attrTimeout: this.attrTimeout(attr) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
