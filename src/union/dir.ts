@@ -237,14 +237,14 @@ export class DirOps {
 
     // Clear what occupies the destination in the upper: a whiteout, or an (empty) directory
     // that may still hold whiteouts, so the rename below can replace it.
+    // The source takes the name, so no whiteout is needed there: a directory over a directory
+    // or over a whiteout needs the old entry out of the way first (rename(2) cannot replace them).
     const dstUpper = N.lstatMaybe(to, newName, st);
-    if (dstUpper && (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR) {
-      this.moveToWorkAndDelete(to, newName, dstLower ? C.RENAME_WHITEOUT : 0);
-    } else if (dstUpper && isKernelWhiteout(st) && node.isDir) {
-      this.moveToWorkAndDelete(to, newName, 0);
-    }
+    const dstType = st[ST.mode]! & C.S_IFMT;
+    const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
+    if (dstUpper && !dstIsWhiteout && dstType !== C.S_IFDIR && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
-    if (dstUpper && !(st[ST.mode]! & C.S_IFDIR) && !isKernelWhiteout(st) && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
     if (this.opts.writeFormat === 'oci') {
       N.renameat2(from, oldName, to, newName, 0);
       if (srcNeedsWhiteout) N.close(N.openat(from, OCI_WHITEOUT_PREFIX + oldName, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
