@@ -41,6 +41,8 @@ interface MountArgs {
   logFile?: string;
   writeFormat: string;
   force: boolean;
+  cache: boolean;
+  cacheDir?: string;
 }
 
 function buildConfig(args: MountArgs): DaemonConfig {
@@ -55,6 +57,8 @@ function buildConfig(args: MountArgs): DaemonConfig {
     cacheTimeout: 86400,
     writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
     force: args.force,
+    cache: args.cache,
+    cacheDir: args.cacheDir ?? null,
   };
   return { layout, params, options };
 }
@@ -163,6 +167,8 @@ const mountOptions = {
   'log-file': { type: 'string', describe: 'write JSON logs to this file (default: stderr)' },
   'write-format': { type: 'string', default: 'kernel', describe: 'whiteouts in the upper: kernel (char 0/0) or oci (.wh. files)' },
   force: { type: 'boolean', default: false, describe: 'mount an upper that a volatile mount left behind' },
+  cache: { type: 'boolean', default: true, describe: 'keep inode numbers in a LevelDB cache (--no-cache: without it)' },
+  'cache-dir': { type: 'string', describe: 'where the cache lives (default: WORKDIR/strata-cache)' },
 } as const;
 
 async function main(): Promise<void> {

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { FuseSession, type PassthroughMode } from '../fuse/session.js';
 import * as N from '../native/index.js';
+import { MetadataCache } from '../union/cache.js';
 import { LayerStack } from '../union/layers.js';
 import type { MountParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
@@ -22,6 +23,10 @@ export interface DaemonOptions {
   writeFormat: WriteFormat;
   /** Mount even when a volatile mount left its marker (the upper may be incomplete). */
   force: boolean;
+  /** Use the LevelDB metadata cache (with an upper layer). */
+  cache: boolean;
+  /** Where it lives (default: <workdir>/strata-cache). */
+  cacheDir: string | null;
 }
 
 export interface DaemonConfig {
@@ -76,6 +81,8 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
   const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
+  const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
+  const cache = options.cache && layout.upperdir && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
   const fs = new UnionFs(stack, {
@@ -85,6 +92,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     logger,
     deviceFd: () => session?.deviceFd ?? -1,
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
+    cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
   });
   let flags = 0;
@@ -106,6 +114,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   } catch (e) {
     stack.close();
     if (workFd >= 0) N.close(workFd);
+    await cache?.close();
     throw e;
   }
   const s = session;
@@ -134,8 +143,9 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     // A lazily detached mount may keep the connection open; stop serving now.
     s.stop();
   };
-  const done = s.ended.then((err) => {
+  const done = s.ended.then(async (err) => {
     if (err) logger.error({ err }, 'session ended with an error');
+    await cache?.close();
     stack.close();
     if (workFd >= 0) N.close(workFd);
     const st = s.stats;

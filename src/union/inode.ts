@@ -8,6 +8,7 @@
 
 import type { Attr } from '../fuse/types.js';
 import * as N from '../native/index.js';
+import type { OriginStore } from './cache.js';
 import type { Layer, LayerStack } from './layers.js';
 
 const { C, ST } = N;
@@ -97,9 +98,10 @@ export class InodeTable {
   private nextId = ROOT_NODEID + 1;
   private readonly st = new Float64Array(16);
   /** st_ino kept by copied-up objects: upper real inode number -> the st_ino shown before copy-up. */
-  private readonly origins = new Map<number, number>();
+  private readonly origins: Map<number, number>;
 
-  constructor(readonly stack: LayerStack) {
+  constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<number, number>) {
+    this.origins = origins ?? new Map();
     const top = stack.layers[0]!;
     N.fstat(top.fd, this.st);
     this.root = new UnionNode(ROOT_NODEID, stack.inoOf(top, this.st[ST.ino]!), null, '', C.S_IFDIR, top, [...stack.layers]);
@@ -136,12 +138,14 @@ export class InodeTable {
 
   /** A copy-up keeps the object's st_ino: remember it for the upper copy. */
   recordOrigin(upperIno: number, ino: number): void {
-    if (upperIno !== ino) this.origins.set(upperIno, ino);
+    if (upperIno === ino) return;
+    this.origins.set(upperIno, ino);
+    this.originStore?.set(upperIno, ino);
   }
 
   /** The upper object with this inode number is gone (its number may be reused). */
   forgetOrigin(upperIno: number): void {
-    this.origins.delete(upperIno);
+    if (this.origins.delete(upperIno)) this.originStore?.delete(upperIno);
   }
 
   /** Makes `node` the child `name` of `parent` (replacing any other node there). */

@@ -14,6 +14,7 @@ import type {
   StatfsReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
+import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewObject } from './dir.js';
 import { HandleTable, type FileHandle } from './file.js';
@@ -35,6 +36,8 @@ export interface UnionOptions {
   logger: Logger;
   /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
   deviceFd: () => number;
+  /** The LevelDB metadata cache (inode identity across remounts), if enabled. */
+  cache: MetadataCache | null;
   /** Tells the kernel an inode's attributes changed behind its back (a copied-up directory). */
   invalidateAttributes: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
@@ -56,7 +59,7 @@ export class UnionFs implements FileSystem {
   private readonly writable: Writable | null;
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
-    this.inodes = new InodeTable(stack);
+    this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     if (stack.upper && opts.upper) {
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid));

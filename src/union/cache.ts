@@ -1,0 +1,116 @@
+// The LevelDB metadata cache (per mount, by default <workdir>/strata-cache).
+//
+// What it keeps so far: inode identity across remounts. A copied-up object keeps the st_ino it
+// had in the lower layer; the mapping "upper inode number -> st_ino" is kept here, so a remount
+// shows the same numbers. Writes are batched off the request path: a crash loses at most cached
+// knowledge. The cache records the identity of the layers it describes; when they differ (another
+// upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
+// be opened is set aside and rebuilt, never trusted and never fatal.
+
+import { renameSync, rmSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { Level } from 'level';
+import type { LayerStack } from './layers.js';
+
+const ORIGIN = 'origin:';
+const LAYERS_KEY = 'meta:layers';
+
+type Db = Level<string, string>;
+
+/** Where copied-up objects keep their st_ino; the inode table reads and updates it. */
+export interface OriginStore {
+  set(upperIno: number, ino: number): void;
+  delete(upperIno: number): void;
+}
+
+export class MetadataCache implements OriginStore {
+  private pending: { type: 'put' | 'del'; key: string; value?: string }[] = [];
+  private flushing: Promise<void> | null = null;
+  private scheduled = false;
+
+  private constructor(
+    private readonly db: Db,
+    private readonly logger: Logger,
+    /** Origins loaded at open. */
+    readonly origins: Map<number, number>,
+  ) {}
+
+  static async open(dir: string, stack: LayerStack, logger: Logger): Promise<MetadataCache> {
+    let db: Db;
+    try {
+      db = new Level<string, string>(dir);
+      await db.open();
+    } catch (err) {
+      const aside = `${dir}.broken-${Date.now()}`;
+      logger.warn({ err, dir, aside }, 'metadata cache unreadable: set aside and rebuilt');
+      try {
+        renameSync(dir, aside);
+      } catch {
+        rmSync(dir, { recursive: true, force: true });
+      }
+      db = new Level<string, string>(dir);
+      await db.open();
+    }
+    const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper })));
+    const origins = new Map<number, number>();
+    try {
+      const recorded = await db.get(LAYERS_KEY);
+      if (recorded !== undefined && recorded !== identity) {
+        logger.info({ dir }, 'metadata cache describes other layers: dropped and rebuilt');
+        await db.clear();
+      } else {
+        for await (const [key, value] of db.iterator({ gte: ORIGIN, lt: ORIGIN + '\xff' })) {
+          const upperIno = Number(key.slice(ORIGIN.length));
+          const ino = Number(value);
+          if (Number.isFinite(upperIno) && Number.isFinite(ino)) origins.set(upperIno, ino);
+        }
+      }
+      await db.put(LAYERS_KEY, identity);
+    } catch (err) {
+      logger.warn({ err, dir }, 'metadata cache unreadable: cleared');
+      origins.clear();
+      await db.clear();
+      await db.put(LAYERS_KEY, identity);
+    }
+    return new MetadataCache(db, logger, origins);
+  }
+
+  set(upperIno: number, ino: number): void {
+    this.queue({ type: 'put', key: ORIGIN + upperIno, value: String(ino) });
+  }
+
+  delete(upperIno: number): void {
+    this.queue({ type: 'del', key: ORIGIN + upperIno });
+  }
+
+  private queue(op: { type: 'put' | 'del'; key: string; value?: string }): void {
+    this.pending.push(op);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        void this.flush();
+      });
+    }
+  }
+
+  /** Writes what is queued (one batch). */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.pending.length === 0) return;
+    const ops = this.pending;
+    this.pending = [];
+    this.flushing = this.db
+      .batch(ops.map((o) => (o.type === 'put' ? { type: 'put' as const, key: o.key, value: o.value! } : { type: 'del' as const, key: o.key })))
+      .catch((err: unknown) => this.logger.warn({ err }, 'metadata cache write failed (cached knowledge only)'))
+      .finally(() => {
+        this.flushing = null;
+      });
+    await this.flushing;
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.db.close();
+  }
+}
