@@ -382,6 +382,7 @@ function summary(ops: readonly Op[]): string {
   return [...n].sort().map(([k, v]) => `${k} ${v}`).join(', ');
 }
 
+// Serial: each seed's mounts and temp dirs go away (teardown) before the next seed starts.
 for (const seed of SEEDS) {
-  test(`seed ${seed}: ${OPS} random operations agree with the kernel`, (t) => runSeed(t, seed, OPS));
+  test.serial(`seed ${seed}: ${OPS} random operations agree with the kernel`, (t) => runSeed(t, seed, OPS));
 }

@@ -73,8 +73,9 @@ interface Scenario {
   exclude?: string[];
 }
 
+/** Serial: a scenario's mounts and temp dirs go away (teardown) before the next one starts. */
 function scenario(title: string, sc: Scenario): void {
-  test(title, (t) => {
+  test.serial(title, (t) => {
     const c = new Checks(t);
     const pair = setupPair(t, sc.layers ?? LAYERS, sc.pair);
     const klog = runBoth(c, pair, sc.steps);

@@ -83,7 +83,8 @@ export interface StepLog {
   step: number;
   op: string;
   kernel: Result;
-  strata: Result;
+  /** Keyed by the name of the program under test (strata, or the peer). */
+  [underTest: string]: Result;
 }
 
 /**
@@ -97,7 +98,7 @@ export function runBoth(c: Checks, pair: Pair, ops: readonly Op[]): Result[] {
     const k = pair.kernel.runner.run(op);
     const s = pair.strata.runner.run(op);
     logK.push(k);
-    if (JSON.stringify(k) !== JSON.stringify(s)) mismatches.push({ step, op: showOp(op), kernel: k, strata: s });
+    if (JSON.stringify(k) !== JSON.stringify(s)) mismatches.push({ step, op: showOp(op), kernel: k, [pair.strata.name]: s });
   });
   c.none(mismatches, `step results differ from the kernel's (of ${ops.length} steps)`);
   return logK;
