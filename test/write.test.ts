@@ -458,6 +458,45 @@ scenario('renaming an upper dir that hides lower content leaves a whiteout', {
   },
 });
 
+scenario('rename over existing targets: files over lower files, dirs over emptied merged dirs', {
+  steps: [
+    ['rename', 'f', 'shadow'],
+    ['read', 'shadow'],
+    ['stat', 'f'],
+    ['rename', 'dm/a', 'dm/b'],
+    ['read', 'dm/b'],
+    ['readdir', 'dm'],
+    ['mkdir', 'pu', 0o755],
+    ['create', 'pu/inside', 0o644, 'in'],
+    ['rename', 'pu', 'full'],
+    ['unlink', 'full/x'],
+    ['rename', 'pu', 'full'],
+    ['unlink', 'full/y'],
+    ['readdir', 'full'],
+    ['rename', 'pu', 'full'],
+    ['readdir', 'full'],
+    ['stat', 'full/x'],
+    ['stat', 'full/y'],
+    ['listxattr', 'full'],
+    ['rename', 'ro', 'full'],
+    ['rename', 'full', 'ro'],
+    ['mkdir', 'e', 0o755],
+    ['rename', 'e', 'ld'],
+    ['rename', 'ld', 'e'],
+    ['rename', 'e', 'full/inside'],
+    ['rename', 'sym', 'hl1'],
+    ['readlink', 'hl1'],
+    ['stat', 'hl2'],
+    ['readdir', '.'],
+  ],
+  check: (c, pair, k) => {
+    c.eq(k[8], { err: 'ENOTEMPTY' }, 'kernel: rename onto a merged dir with lower entries');
+    c.eq(k[13], ok, 'kernel: rename onto a merged dir whose lower entries are all whited out');
+    c.eq(k[14], ['inside'], 'kernel: the renamed dir shows only its own entries');
+    c.eq(k[15], { err: 'ENOENT' }, 'kernel: the lower entries stay hidden');
+  },
+});
+
 scenario('RENAME_NOREPLACE and RENAME_EXCHANGE', {
   steps: [
     ['rename', 'f', 'shadow', RENAME_NOREPLACE],
