@@ -2,7 +2,9 @@
 // cache it does not (so the test can fail); a cache of other layers or a corrupt one is rebuilt.
 
 import test from 'ava';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { Level } from 'level';
 import path from 'node:path';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
 import { tempDir } from './helpers/tmp.js';
@@ -65,11 +67,11 @@ test('a corrupt cache is set aside and rebuilt; the mount works', (t) => {
   strataUnmount(s.mountpoint);
   const cache = path.join(s.work, 'strata-cache');
   for (const name of fs.readdirSync(cache)) fs.writeFileSync(path.join(cache, name), 'garbage '.repeat(100));
+  fs.writeFileSync(path.join(s.lower, 'h'), 'h\n'); // (layers change only between mounts)
   const mnt = mount(t, s);
   t.is(fs.readFileSync(path.join(mnt, 'f'), 'utf8'), 'lower file\n');
   t.is(fs.readFileSync(path.join(mnt, 'd', 'g'), 'utf8'), 'another\nmore\n');
   // It works again from here on: a new copy-up is remembered across the next remount.
-  fs.writeFileSync(path.join(s.lower, 'h'), 'h\n');
   const ino = fs.statSync(path.join(mnt, 'h')).ino;
   fs.chmodSync(path.join(mnt, 'h'), 0o600);
   strataUnmount(s.mountpoint);
@@ -89,4 +91,101 @@ test('a cache recorded for another upper is dropped', (t) => {
   const now = ['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino);
   t.deepEqual(now, ['f', 'd/g'].map((n) => fs.statSync(path.join(s.upper, n)).ino));
   t.notDeepEqual(now, before);
+});
+
+// ---- the lower-directory index ---------------------------------------------------------------
+
+const strataBin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../bin/strata');
+
+function cacheCli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(strataBin, ['cache', ...args], { encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Three lowers sharing directories, with a whiteout and an opaque directory in the top one. */
+function deepSetup(t: Parameters<typeof tempDir>[0]): Setup & { lowers: string[] } {
+  const dir = tempDir(t, 'idx');
+  const lowers = ['l1', 'l2', 'l3'].map((l) => path.join(dir, l));
+  const s = { lower: lowers[0]!, lowers, upper: path.join(dir, 'u'), work: path.join(dir, 'w'), mountpoint: path.join(dir, 'm') };
+  for (const d of [...lowers, s.upper, s.work, s.mountpoint]) fs.mkdirSync(d);
+  lowers.forEach((l, i) => {
+    fs.mkdirSync(path.join(l, 'd', 'sub'), { recursive: true });
+    fs.mkdirSync(path.join(l, 'o'));
+    fs.writeFileSync(path.join(l, 'd', `f${i}`), `layer ${i}\n`);
+    fs.writeFileSync(path.join(l, 'd', 'sub', `x${i}`), `x ${i}\n`);
+    fs.writeFileSync(path.join(l, 'o', `o${i}`), `o ${i}\n`);
+  });
+  execFileSync('mknod', [path.join(lowers[0]!, 'd', 'f2'), 'c', '0', '0']); // whiteout of l3's d/f2
+  execFileSync('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(lowers[1]!, 'o')]); // hides l3's o
+  return s;
+}
+
+function deepMount(t: Parameters<typeof tempDir>[0], s: Setup & { lowers: string[] }, extraArgs: string[] = []): string {
+  return strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: s.mountpoint, extraArgs });
+}
+
+function tree(root: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string): void => {
+    for (const e of fs.readdirSync(path.join(root, rel), { withFileTypes: true })) {
+      const p = path.join(rel, e.name);
+      const st = fs.lstatSync(path.join(root, p));
+      out.push(`${p} ${st.mode.toString(8)} ${st.ino} ${e.isFile() ? fs.readFileSync(path.join(root, p), 'utf8').trim() : ''}`);
+      if (e.isDirectory()) walk(p);
+    }
+  };
+  walk('');
+  return out.sort();
+}
+
+test('lower listings are kept in the cache: a remount reads them instead of searching the layers', (t) => {
+  const s = deepSetup(t);
+  const first = tree(deepMount(t, s));
+  strataUnmount(s.mountpoint);
+  let stats = JSON.parse(cacheCli(['stats', '--workdir', s.work, '--json']).stdout) as { entries: { listings: number }; lastMount: Record<string, number> };
+  t.true(stats.entries.listings >= 2, 'listings of the merged directories are stored');
+  t.true(stats.lastMount.builds! >= 2);
+  const second = tree(deepMount(t, s));
+  t.deepEqual(second, first, 'the view through the cache is the same');
+  t.false(second.some((l) => l.startsWith('d/f2 ')), 'the whiteout still hides d/f2');
+  t.false(second.some((l) => l.startsWith('o/o2 ')), 'the opaque directory still hides o/o2');
+  strataUnmount(s.mountpoint);
+  stats = JSON.parse(cacheCli(['stats', '--workdir', s.work, '--json']).stdout) as typeof stats;
+  t.true(stats.lastMount.loads! >= 2, 'the second mount read listings from LevelDB');
+  t.is(stats.lastMount.builds, 0, 'and built none');
+  t.is(cacheCli(['verify', '--workdir', s.work]).status, 0);
+});
+
+test('a layer changed between mounts: the cache is dropped and the new content shows', (t) => {
+  const s = deepSetup(t);
+  tree(deepMount(t, s));
+  strataUnmount(s.mountpoint);
+  // Rebuild the middle layer in place (as an image tool would): new root, new content.
+  fs.rmSync(s.lowers[1]!, { recursive: true });
+  fs.mkdirSync(path.join(s.lowers[1]!, 'd'), { recursive: true });
+  fs.writeFileSync(path.join(s.lowers[1]!, 'd', 'new'), 'new\n');
+  const view = tree(deepMount(t, s));
+  t.true(view.some((l) => l.startsWith('d/new ')));
+  t.false(view.some((l) => l.startsWith('d/f1 ')));
+  t.true(view.some((l) => l.startsWith('o/o2 ')), 'without the opaque o in l2, l3 shows through');
+});
+
+test('strata cache verify reports a planted wrong entry; clear empties the cache', async (t) => {
+  const s = deepSetup(t);
+  tree(deepMount(t, s));
+  strataUnmount(s.mountpoint);
+  const dir = path.join(s.work, 'strata-cache');
+  const db = new Level<string, string>(dir);
+  await db.open();
+  const listing = JSON.parse((await db.get('lower:/d'))!) as [string, { l: number; m: number; i: number; d: number[] | null }][];
+  listing.push(['planted', { l: 1, m: 0o100000, i: 12345, d: null }]);
+  await db.put('lower:/d', JSON.stringify(listing));
+  await db.close();
+  const r = cacheCli(['verify', '--cache-dir', dir]);
+  t.is(r.status, 1);
+  t.regex(r.stdout, /\/d: the cached lower listing differs/);
+  t.is(cacheCli(['clear', '--cache-dir', dir]).status, 0);
+  const after = JSON.parse(cacheCli(['stats', '--cache-dir', dir, '--json']).stdout) as { entries: { listings: number; origins: number; other: number } };
+  t.deepEqual(after.entries, { listings: 0, origins: 0, other: 0 });
+  t.is(cacheCli(['stats', '--cache-dir', path.join(s.work, 'nothing')]).status, 1);
 });

@@ -12,6 +12,8 @@ import { processAlive, readRecord, removeRecord, writeRecord } from '../daemon/r
 import { mountedPaths, validateLayout } from '../daemon/validate.js';
 import * as N from '../native/index.js';
 import { parseMountOptions, UsageError } from '../union/params.js';
+import { cacheStats, clearCache, verifyCache } from '../union/cache_check.js';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const CONFIG_ENV = 'STRATA_DAEMON_CONFIG';
@@ -159,6 +161,44 @@ async function umountCommand(mountpointArg: string): Promise<never> {
   process.exit(0);
 }
 
+async function cacheCommand(action: 'stats' | 'verify' | 'clear', dir: string | undefined, json: boolean): Promise<never> {
+  if (!dir) fail('give --cache-dir DIR or --workdir W', 2);
+  try {
+    if (action === 'clear') {
+      await clearCache(dir);
+      process.stdout.write(`cleared ${dir}\n`);
+    } else if (action === 'verify') {
+      const problems = await verifyCache(dir);
+      if (json) process.stdout.write(JSON.stringify({ problems }) + '\n');
+      else for (const p of problems) process.stdout.write(p + '\n');
+      if (problems.length > 0) {
+        process.stderr.write(`strata: ${problems.length} cache entr${problems.length === 1 ? 'y disagrees' : 'ies disagree'} with the layers\n`);
+        process.exit(1);
+      }
+      if (!json) process.stdout.write('the cache agrees with the layers\n');
+    } else {
+      const s = await cacheStats(dir);
+      if (json) {
+        process.stdout.write(JSON.stringify(s) + '\n');
+      } else {
+        const last = s.lastMount;
+        process.stdout.write([
+          `cache:      ${dir} (${(s.bytes / 1024).toFixed(0)} KiB)`,
+          `entries:    ${s.entries.listings} lower listings, ${s.entries.origins} inode numbers, ${s.entries.other} other`,
+          `layers:     ${s.layers.map((l) => (l.upper ? `upper ${l.path}` : l.path)).join(', ')}`,
+          last ? `last mount: ${String(last.at)}: ${String(last.hits)} lookups from the index, ${String(last.misses)} without, ` +
+            `hit rate ${s.hitRate === null ? '-' : (100 * s.hitRate).toFixed(1) + '%'}; ${String(last.loads)} listings read, ` +
+            `${String(last.builds)} built, ${String(last.stale)} found stale` : 'last mount: none recorded',
+        ].join('\n') + '\n');
+      }
+    }
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    fail(code === 'ENOENT' ? `no cache at "${dir}"` : describe(e), 1);
+  }
+  process.exit(0);
+}
+
 const mountOptions = {
   o: { type: 'string', requiresArg: true, describe: 'mount options: lowerdir=A:B:C,upperdir=U,workdir=W,...' },
   foreground: { alias: 'f', type: 'boolean', default: false, describe: 'stay in the foreground' },
@@ -189,6 +229,12 @@ async function main(): Promise<void> {
       (a) => mountCommand(a as unknown as MountArgs))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
       (a) => umountCommand(a.mountpoint as string))
+    .command('cache <action>', 'inspect the metadata cache of a mount: stats, verify or clear', (y) =>
+      y.positional('action', { choices: ['stats', 'verify', 'clear'] as const, demandOption: true })
+        .option('cache-dir', { type: 'string', describe: 'the cache directory (WORKDIR/strata-cache by default)' })
+        .option('workdir', { type: 'string', describe: 'the work directory of the mount whose cache to use' })
+        .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+    (a) => cacheCommand(a.action as 'stats' | 'verify' | 'clear', a.cacheDir ?? (a.workdir ? join(a.workdir, 'strata-cache') : undefined), a.json))
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     (a) => mountCommand(a as unknown as MountArgs))

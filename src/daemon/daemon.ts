@@ -82,7 +82,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
   const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
-  const cache = options.cache && layout.upperdir && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
+  const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
   const fs = new UnionFs(stack, {
@@ -93,6 +93,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     deviceFd: () => session?.deviceFd ?? -1,
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     cache,
+    lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
   });
   let flags = 0;
@@ -145,6 +146,9 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   };
   const done = s.ended.then(async (err) => {
     if (err) logger.error({ err }, 'session ended with an error');
+    const cacheStats = fs.cacheStats();
+    if (cacheStats) logger.info({ cache: cacheStats }, 'metadata cache');
+    if (cache && cacheStats) cache.putStats(cacheStats);
     await cache?.close();
     stack.close();
     if (workFd >= 0) N.close(workFd);

@@ -7,12 +7,14 @@
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { renameSync, rmSync } from 'node:fs';
+import { renameSync, rmSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { Level } from 'level';
 import type { LayerStack } from './layers.js';
 
 const ORIGIN = 'origin:';
+const LOWER = 'lower:';
+const STATS_KEY = 'meta:stats';
 const LAYERS_KEY = 'meta:layers';
 
 type Db = Level<string, string>;
@@ -51,7 +53,9 @@ export class MetadataCache implements OriginStore {
       db = new Level<string, string>(dir);
       await db.open();
     }
-    const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper })));
+    // The layers it describes; a lower's root change time is part of it (a layer rebuilt in place).
+    const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
+      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs })));
     const origins = new Map<number, number>();
     try {
       const recorded = await db.get(LAYERS_KEY);
@@ -73,6 +77,24 @@ export class MetadataCache implements OriginStore {
       await db.put(LAYERS_KEY, identity);
     }
     return new MetadataCache(db, logger, origins);
+  }
+
+  /** The stored listing of a lower directory (see lower_index.ts). */
+  async getListing(dirKey: string): Promise<string | undefined> {
+    return this.db.get(LOWER + dirKey);
+  }
+
+  putListing(dirKey: string, json: string): void {
+    this.queue({ type: 'put', key: LOWER + dirKey, value: json });
+  }
+
+  deleteListing(dirKey: string): void {
+    this.queue({ type: 'del', key: LOWER + dirKey });
+  }
+
+  /** Counters of the mount, kept for `strata cache stats`. */
+  putStats(stats: object): void {
+    this.queue({ type: 'put', key: STATS_KEY, value: JSON.stringify({ ...stats, at: new Date().toISOString() }) });
   }
 
   set(upperIno: number, ino: number): void {

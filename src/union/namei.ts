@@ -42,30 +42,39 @@ export function lowerShows(parent: UnionNode, name: string): boolean {
  * (absent, whited out, or an OCI meta name, which is never visible).
  */
 export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHit | null {
-  if (isOciMetaName(name)) return null;
+  return searchLayers(parent, name, from, parent.dirLayers?.length ?? 0).hit;
+}
+
+/**
+ * The search of lookupLayers over the layers [from, to) of `parent`; `stopped` says whether
+ * something in that range ends the search (a whiteout, a non-directory, an opaque directory, an
+ * OCI whiteout), so that the layers from `to` on do not matter.
+ */
+export function searchLayers(parent: UnionNode, name: string, from: number, to: number): { hit: LayerHit | null; stopped: boolean } {
+  if (isOciMetaName(name)) return { hit: null, stopped: true };
   const layers = parent.dirLayers;
   if (!layers) throw fsError('ENOTDIR');
   let hit: LayerHit | null = null;
   let st = new Float64Array(16);
-  for (let i = from; i < layers.length; i++) {
+  for (let i = from; i < to; i++) {
     const layer = layers[i]!;
     const dirfd = parent.dirFd(layer);
     if (N.lstatMaybe(dirfd, name, st)) {
-      if (isKernelWhiteout(st)) break;
+      if (isKernelWhiteout(st)) return { hit, stopped: true };
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
         hit = { layer, st, dirLayers: isDir ? [layer] : null };
-        if (!isDir) break;
+        if (!isDir) return { hit, stopped: true };
         st = new Float64Array(16);
       } else {
         // Below a directory, only directories merge; anything else ends the merge.
-        if (!isDir) break;
+        if (!isDir) return { hit, stopped: true };
         hit.dirLayers!.push(layer);
       }
       // Opaque: the layers below are hidden. Only worth asking when there is a layer below.
-      if (i + 1 < layers.length && isOpaqueDir(dirfd, name)) break;
+      if (i + 1 < layers.length && isOpaqueDir(dirfd, name)) return { hit, stopped: true };
     }
-    if (i + 1 < layers.length && hasOciWhiteout(dirfd, name)) break;
+    if (i + 1 < layers.length && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
-  return hit;
+  return { hit, stopped: false };
 }

@@ -7,6 +7,7 @@
 
 import * as N from '../native/index.js';
 import type { InodeTable, UnionNode } from './inode.js';
+import type { LowerListing } from './lower_index.js';
 import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
 
 const { C } = N;
@@ -25,9 +26,12 @@ function dtFromMode(mode: number): number {
   return (mode & C.S_IFMT) >> 12;
 }
 
-/** The merged listing of directory `dir`, without "." and "..". */
-export function mergedListing(inodes: InodeTable, dir: UnionNode): DirEntry[] {
-  const layers = dir.dirLayers!;
+/**
+ * The merged listing of directory `dir`, without "." and "..". With `lower`, the layers from
+ * position `lower.from` on are not read: their merged listing comes from the lower index.
+ */
+export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from: number; listing: LowerListing }): DirEntry[] {
+  const layers = lower ? dir.dirLayers!.slice(0, lower.from) : dir.dirLayers!;
   const out: DirEntry[] = [];
   const seen = new Set<string>();
   // Names hidden from the layers still to be read.
@@ -57,6 +61,13 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode): DirEntry[] {
       out.push({ name, type, ino: inodes.inoFor(layer, realIno) });
     }
     for (const name of ociHidden) hidden.add(name);
+  }
+  if (lower) {
+    const all = inodes.stack.layers;
+    for (const [name, e] of lower.listing) {
+      if (seen.has(name) || hidden.has(name)) continue;
+      out.push({ name, type: e.m >> 12, ino: inodes.inoFor(all[e.l]!, e.i) });
+    }
   }
   return out;
 }

@@ -23,6 +23,7 @@ import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
+import { LowerIndex } from './lower_index.js';
 
 const { C, ST } = N;
 
@@ -36,8 +37,10 @@ export interface UnionOptions {
   logger: Logger;
   /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
   deviceFd: () => number;
-  /** The LevelDB metadata cache (inode identity across remounts), if enabled. */
+  /** The LevelDB metadata cache (inode identity across remounts, lower listings), if enabled. */
   cache: MetadataCache | null;
+  /** Index lower directories (kept in the cache when there is one, else in memory for this mount). */
+  lowerIndex: boolean;
   /** Tells the kernel an inode's attributes changed behind its back (a copied-up directory). */
   invalidateAttributes: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
@@ -57,9 +60,12 @@ export class UnionFs implements FileSystem {
   private readonly st = new Float64Array(16);
 
   private readonly writable: Writable | null;
+  /** The lower-directory index of the metadata cache. */
+  readonly index: LowerIndex | null;
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     if (stack.upper && opts.upper) {
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid));
@@ -104,7 +110,8 @@ export class UnionFs implements FileSystem {
   child(parent: UnionNode, name: string): [UnionNode, Float64Array | null] | null {
     const known = parent.children.get(name);
     if (known) return [known, null];
-    const hit = lookupLayers(parent, name);
+    let hit = this.index ? this.index.lookup(parent, name) : undefined;
+    if (hit === undefined) hit = lookupLayers(parent, name);
     if (!hit) return null;
     const type = hit.st[ST.mode]! & C.S_IFMT;
     const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!);
@@ -117,9 +124,16 @@ export class UnionFs implements FileSystem {
     return node;
   }
 
-  lookup(_ctx: RequestContext, parent: number, name: string): EntryReply {
+  lookup(_ctx: RequestContext, parent: number, name: string): EntryReply | Promise<EntryReply> {
     checkName(name);
-    const found = this.child(this.dirNode(parent), name);
+    const p = this.dirNode(parent);
+    // First lookup in a deep directory since the mount: read its lower listing from LevelDB first.
+    if (this.index?.wantsLoad(p) && !p.children.has(name)) return this.index.load(p).then(() => this.lookupIn(p, name));
+    return this.lookupIn(p, name);
+  }
+
+  private lookupIn(p: UnionNode, name: string): EntryReply {
+    const found = this.child(p, name);
     if (!found) return this.negativeEntry();
     const [node, st] = found;
     return this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
@@ -248,10 +262,15 @@ export class UnionFs implements FileSystem {
 
   // ---- directories ---------------------------------------------------------------------------
 
-  opendir(_ctx: RequestContext, nodeid: number): OpenReply {
+  opendir(_ctx: RequestContext, nodeid: number): OpenReply | Promise<OpenReply> {
     const node = this.dirNode(nodeid);
-    const fh = this.handles.add({ kind: 'dir', node, entries: null });
-    return { fh, openFlags: FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR };
+    const open = (): OpenReply => {
+      const fh = this.handles.add({ kind: 'dir', node, entries: null });
+      return { fh, openFlags: FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR };
+    };
+    // Listing a deep directory: its lower listing may be in LevelDB (readdir itself stays synchronous).
+    if (this.index?.wantsLoad(node)) return this.index.load(node).then(open);
+    return open();
   }
 
   readdir(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, sink: DirSink, plus: boolean): void {
@@ -260,7 +279,7 @@ export class UnionFs implements FileSystem {
     if (offset === 0 || !h.entries) {
       const parent = dir.parent ?? dir;
       h.entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino },
-        ...mergedListing(this.inodes, dir)];
+        ...this.listing(dir)];
     }
     const entries = h.entries;
     for (let i = offset; i < entries.length; i++) {
@@ -280,6 +299,18 @@ export class UnionFs implements FileSystem {
       const entry = this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
       sink.addPlus(e.name, entry, node.ino, e.type, i + 1);
     }
+  }
+
+  /** The merged listing, with the lower part from the index when it applies. */
+  private listing(dir: UnionNode): DirEntry[] {
+    const from = this.index ? this.index.lowerFrom(dir) : -1;
+    if (from < 0) return mergedListing(this.inodes, dir);
+    return mergedListing(this.inodes, dir, { from, listing: this.index!.listing(dir) });
+  }
+
+  /** Counters for the cache's record of this mount. */
+  cacheStats(): object | null {
+    return this.index ? { ...this.index.stats } : null;
   }
 
   releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {

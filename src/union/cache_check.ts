@@ -1,0 +1,141 @@
+// `strata cache stats|verify|clear`: reading a metadata cache outside a mount.
+
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Level } from 'level';
+import * as N from '../native/index.js';
+import { InodeTable, type UnionNode } from './inode.js';
+import { LayerStack } from './layers.js';
+import { LowerIndex, type LowerEntry } from './lower_index.js';
+import { lookupLayers } from './namei.js';
+
+const { C, ST } = N;
+
+export interface CacheStats {
+  entries: { origins: number; listings: number; other: number };
+  bytes: number;
+  lastMount: Record<string, unknown> | null;
+  hitRate: number | null;
+  layers: { path: string; upper: boolean }[];
+}
+
+function duBytes(dir: string): number {
+  let total = 0;
+  for (const name of readdirSync(dir)) {
+    const st = statSync(join(dir, name));
+    total += st.isDirectory() ? duBytes(join(dir, name)) : st.size;
+  }
+  return total;
+}
+
+async function openExisting(dir: string): Promise<Level<string, string>> {
+  statSync(join(dir, 'CURRENT')); // not a LevelDB directory: ENOENT
+  const db = new Level<string, string>(dir, { createIfMissing: false });
+  try {
+    await db.open();
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    if (/lock/i.test(String(cause?.message ?? ''))) throw new Error(`the cache "${dir}" is in use by a mounted strata`);
+    throw e;
+  }
+  return db;
+}
+
+export async function cacheStats(dir: string): Promise<CacheStats> {
+  const db = await openExisting(dir);
+  try {
+    const entries = { origins: 0, listings: 0, other: 0 };
+    for await (const key of db.keys()) {
+      if (key.startsWith('origin:')) entries.origins++;
+      else if (key.startsWith('lower:')) entries.listings++;
+      else entries.other++;
+    }
+    const statsJson = await db.get('meta:stats');
+    const lastMount = statsJson ? (JSON.parse(statsJson) as Record<string, unknown>) : null;
+    const hits = Number(lastMount?.hits ?? 0);
+    const misses = Number(lastMount?.misses ?? 0);
+    const layersJson = await db.get('meta:layers');
+    const layers = layersJson ? (JSON.parse(layersJson) as { path: string; upper: boolean }[]).map((l) => ({ path: l.path, upper: l.upper })) : [];
+    return { entries, bytes: duBytes(dir), lastMount, hitRate: hits + misses > 0 ? hits / (hits + misses) : null, layers };
+  } finally {
+    await db.close();
+  }
+}
+
+export async function clearCache(dir: string): Promise<void> {
+  const db = await openExisting(dir);
+  try {
+    await db.clear();
+  } finally {
+    await db.close();
+  }
+}
+
+/** Walks from the root to the directory `key` ("/a/b") through the layers, without any cache. */
+function walk(inodes: InodeTable, key: string): UnionNode | null {
+  let node = inodes.root;
+  for (const name of key.split('/').filter((x) => x.length > 0)) {
+    const hit = lookupLayers(node, name);
+    if (!hit || !hit.dirLayers) return null;
+    node = inodes.create(node, name, C.S_IFDIR, hit.layer, hit.dirLayers, hit.st[ST.ino]!);
+  }
+  return node;
+}
+
+function canonical(entries: Iterable<[string, LowerEntry]>): string {
+  return JSON.stringify([...entries].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+}
+
+/** Rescans the layers and lists every cache entry that disagrees with them. */
+export async function verifyCache(dir: string): Promise<string[]> {
+  const db = await openExisting(dir);
+  const problems: string[] = [];
+  try {
+    const layersJson = await db.get('meta:layers');
+    if (!layersJson) return ['no layer record: the cache was never used by a mount'];
+    const layers = JSON.parse(layersJson) as { path: string; upper: boolean }[];
+    const upper = layers.find((l) => l.upper)?.path ?? null;
+    const stack = LayerStack.open(upper, layers.filter((l) => !l.upper).map((l) => l.path));
+    try {
+      const inodes = new InodeTable(stack);
+      const fresh = new LowerIndex(stack, null);
+      for await (const [key, value] of db.iterator({ gte: 'lower:', lt: 'lower:\xff' })) {
+        const path = key.slice('lower:'.length);
+        const node = walk(inodes, path);
+        if (!node || fresh.lowerFrom(node) < 0) {
+          problems.push(`${path}: the cache lists a lower directory that the layers do not merge`);
+          continue;
+        }
+        const stored = canonical(JSON.parse(value) as [string, LowerEntry][]);
+        if (stored !== canonical(fresh.build(node))) problems.push(`${path}: the cached lower listing differs from the layers`);
+      }
+      if (stack.upper) {
+        const upperInos = new Set<number>();
+        const st = new Float64Array(16);
+        const scan = (fd: number): void => {
+          for (const [name, type, ino] of N.readdir(fd)) {
+            upperInos.add(ino);
+            if (type === C.DT_DIR && N.lstatMaybe(fd, name, st)) {
+              const sub = N.openat(fd, name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+              try {
+                scan(sub);
+              } finally {
+                N.close(sub);
+              }
+            }
+          }
+        };
+        scan(stack.upper.fd);
+        for await (const key of db.keys({ gte: 'origin:', lt: 'origin:\xff' })) {
+          const ino = Number(key.slice('origin:'.length));
+          if (!upperInos.has(ino)) problems.push(`inode ${ino}: the cache keeps a number for an upper object that does not exist`);
+        }
+      }
+    } finally {
+      stack.close();
+    }
+  } finally {
+    await db.close();
+  }
+  return problems;
+}

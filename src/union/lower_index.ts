@@ -1,0 +1,174 @@
+// The index of lower directories (part of the metadata cache): for a directory of the union,
+// what its lower layers show, name by name: the topmost lower layer holding the name, its type
+// and inode number, and for a directory the lower layers merged into it. Lowers never change
+// under a mount, so a listing stays valid as long as the layers are the same; a lookup in a deep
+// stack then costs one map access (after one LevelDB read per directory) instead of a search of
+// every layer. The upper layer is always read live. Data and attributes always come from the
+// real files: the index only says where a name is and what is hidden.
+
+import * as N from '../native/index.js';
+import type { MetadataCache } from './cache.js';
+import type { UnionNode } from './inode.js';
+import type { LayerStack } from './layers.js';
+import { lookupLayers, searchLayers, type LayerHit } from './namei.js';
+import { OCI_WHITEOUT_PREFIX } from './whiteout.js';
+
+const { C, ST } = N;
+
+/** One name as the lower layers show it (short keys: it is stored as JSON). */
+export interface LowerEntry {
+  /** Layer index (in LayerStack.layers) of the topmost object. */
+  l: number;
+  /** S_IFMT bits. */
+  m: number;
+  /** Real inode number in that layer. */
+  i: number;
+  /** For a directory: the layer indices merged into it. */
+  d: number[] | null;
+}
+
+export type LowerListing = Map<string, LowerEntry>;
+
+export interface IndexStats {
+  hits: number;
+  misses: number;
+  builds: number;
+  loads: number;
+  stale: number;
+}
+
+/** Directories with fewer lower layers than this are searched directly (the index would not pay). */
+const MIN_LOWER_LAYERS = 2;
+/** Listings kept in memory (the rest stay in LevelDB). */
+const MEMORY_LISTINGS = 4096;
+
+export class LowerIndex {
+  readonly stats: IndexStats = { hits: 0, misses: 0, builds: 0, loads: 0, stale: 0 };
+  private readonly memory = new Map<string, LowerListing>();
+  private readonly loading = new Map<string, Promise<void>>();
+  /** Directories already looked up in LevelDB (found or not): not asked again. */
+  private readonly asked = new Set<string>();
+
+  constructor(private readonly stack: LayerStack, private readonly store: MetadataCache | null) {}
+
+  /** Position of the first lower layer in the directory's stack, or -1 when the index does not apply. */
+  lowerFrom(dir: UnionNode): number {
+    const layers = dir.dirLayers;
+    if (!layers) return -1;
+    const from = layers[0]!.isUpper ? 1 : 0;
+    return layers.length - from >= MIN_LOWER_LAYERS ? from : -1;
+  }
+
+  /** The directory's path from the root: its key (directories with a lower part are never renamed). */
+  private key(dir: UnionNode): string {
+    const parts: string[] = [];
+    for (let n: UnionNode | null = dir; n && n.parent; n = n.parent) parts.push(n.name);
+    return '/' + parts.reverse().join('/');
+  }
+
+  cached(dir: UnionNode): LowerListing | undefined {
+    return this.memory.get(this.key(dir));
+  }
+
+  /** Should a lookup in `dir` first wait for a LevelDB read of its listing? */
+  wantsLoad(dir: UnionNode): boolean {
+    if (!this.store || this.lowerFrom(dir) < 0) return false;
+    const key = this.key(dir);
+    return !this.memory.has(key) && !this.asked.has(key);
+  }
+
+  /** Reads the directory's listing from LevelDB into memory, if it is there. */
+  load(dir: UnionNode): Promise<void> {
+    const key = this.key(dir);
+    let p = this.loading.get(key);
+    if (!p) {
+      p = (async () => {
+        try {
+          const json = await this.store!.getListing(key);
+          if (json !== undefined && !this.memory.has(key)) {
+            this.remember(key, new Map(JSON.parse(json) as [string, LowerEntry][]));
+            this.stats.loads++;
+          }
+        } catch {
+          // an unreadable entry is rebuilt when needed
+        } finally {
+          this.asked.add(key);
+          this.loading.delete(key);
+        }
+      })();
+      this.loading.set(key, p);
+    }
+    return p;
+  }
+
+  private remember(key: string, listing: LowerListing): void {
+    if (this.memory.size >= MEMORY_LISTINGS) this.memory.delete(this.memory.keys().next().value!);
+    this.memory.set(key, listing);
+  }
+
+  /** Searches every lower layer of `dir` once and records what they show. */
+  build(dir: UnionNode): LowerListing {
+    const from = this.lowerFrom(dir);
+    const layers = dir.dirLayers!;
+    const names = new Set<string>();
+    for (let i = from; i < layers.length; i++) {
+      for (const [name] of N.readdir(dir.dirFd(layers[i]!))) if (!name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
+    }
+    const listing: LowerListing = new Map();
+    for (const name of names) {
+      const { hit } = searchLayers(dir, name, from, layers.length);
+      if (hit) listing.set(name, { l: hit.layer.index, m: hit.st[ST.mode]! & C.S_IFMT, i: hit.st[ST.ino]!, d: hit.dirLayers?.map((l) => l.index) ?? null });
+    }
+    const key = this.key(dir);
+    this.remember(key, listing);
+    this.asked.add(key);
+    this.stats.builds++;
+    this.store?.putListing(key, JSON.stringify([...listing]));
+    return listing;
+  }
+
+  /** The listing of `dir`'s lower part: from memory, else built now. */
+  listing(dir: UnionNode): LowerListing {
+    return this.cached(dir) ?? this.build(dir);
+  }
+
+  /**
+   * lookupLayers through the index: the upper is searched live, the lower part comes from the
+   * listing. Undefined when the directory has no listing in memory (the caller searches directly).
+   */
+  lookup(dir: UnionNode, name: string): LayerHit | null | undefined {
+    const from = this.lowerFrom(dir);
+    if (from < 0) return undefined;
+    const listing = this.cached(dir);
+    if (!listing) {
+      this.stats.misses++;
+      return undefined;
+    }
+    this.stats.hits++;
+    const up = from > 0 ? searchLayers(dir, name, 0, from) : { hit: null, stopped: false };
+    if (up.stopped) return up.hit;
+    const e = listing.get(name);
+    if (!e) return up.hit;
+    const layers = this.stack.layers;
+    if (up.hit) {
+      // A directory in the upper merges with the lower directory (anything else below ends the merge).
+      if (e.d) up.hit.dirLayers!.push(...e.d.map((i) => layers[i]!));
+      return up.hit;
+    }
+    const layer = layers[e.l]!;
+    const st = new Float64Array(16);
+    if (!N.lstatMaybe(dir.dirFd(layer), name, st) || (st[ST.mode]! & C.S_IFMT) !== e.m) {
+      // The layer changed under the cache: drop what it said about this directory.
+      this.stats.stale++;
+      this.drop(dir);
+      return lookupLayers(dir, name);
+    }
+    return { layer, st, dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
+  }
+
+  drop(dir: UnionNode): void {
+    const key = this.key(dir);
+    this.memory.delete(key);
+    this.store?.deleteListing(key);
+  }
+}
