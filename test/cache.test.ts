@@ -189,3 +189,36 @@ test('strata cache verify reports a planted wrong entry; clear empties the cache
   t.deepEqual(after.entries, { listings: 0, origins: 0, other: 0 });
   t.is(cacheCli(['stats', '--cache-dir', path.join(s.work, 'nothing')]).status, 1);
 });
+
+test('st_ino stays across remounts after copy-up then rename and link', (t) => {
+  const s = setup(t);
+  const mnt = mount(t, s);
+  const ino = fs.statSync(path.join(mnt, 'f')).ino;
+  fs.renameSync(path.join(mnt, 'f'), path.join(mnt, 'renamed'));
+  fs.linkSync(path.join(mnt, 'renamed'), path.join(mnt, 'd', 'linked'));
+  t.is(fs.statSync(path.join(mnt, 'renamed')).ino, ino);
+  t.is(fs.statSync(path.join(mnt, 'd', 'linked')).ino, ino);
+  strataUnmount(s.mountpoint);
+  mount(t, s);
+  t.is(fs.statSync(path.join(s.mountpoint, 'renamed')).ino, ino);
+  t.is(fs.statSync(path.join(s.mountpoint, 'd', 'linked')).ino, ino);
+  t.is(fs.statSync(path.join(s.mountpoint, 'd', 'linked')).nlink, 2);
+});
+
+test('an upper reused as a lower (same --cache-dir) keeps the numbers of its copied-up files', (t) => {
+  const s = setup(t);
+  const cacheDir = path.join(path.dirname(s.upper), 'shared-cache');
+  const mnt = strataMount(t, { lowers: [s.lower], upper: s.upper, work: s.work, mountpoint: s.mountpoint, extraArgs: ['--cache-dir', cacheDir] });
+  const ino = fs.statSync(path.join(mnt, 'd', 'g')).ino;
+  fs.appendFileSync(path.join(mnt, 'd', 'g'), 'changed\n');
+  strataUnmount(s.mountpoint);
+  t.not(fs.statSync(path.join(s.upper, 'd', 'g')).ino, ino, 'the upper copy has an inode number of its own');
+  // The old upper becomes the top lower of a new stack with a fresh upper.
+  const up2 = path.join(path.dirname(s.upper), 'u2');
+  const work2 = path.join(path.dirname(s.upper), 'w2');
+  fs.mkdirSync(up2);
+  fs.mkdirSync(work2);
+  const mnt2 = strataMount(t, { lowers: [s.upper, s.lower], upper: up2, work: work2, mountpoint: s.mountpoint, extraArgs: ['--cache-dir', cacheDir] });
+  t.is(fs.readFileSync(path.join(mnt2, 'd', 'g'), 'utf8'), 'another\nchanged\n');
+  t.is(fs.statSync(path.join(mnt2, 'd', 'g')).ino, ino);
+});

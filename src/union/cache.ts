@@ -10,7 +10,7 @@
 import { renameSync, rmSync, statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { Level } from 'level';
-import type { LayerStack } from './layers.js';
+import type { Layer, LayerStack } from './layers.js';
 
 const ORIGIN = 'origin:';
 const LOWER = 'lower:';
@@ -21,8 +21,16 @@ type Db = Level<string, string>;
 
 /** Where copied-up objects keep their st_ino; the inode table reads and updates it. */
 export interface OriginStore {
-  set(upperIno: number, ino: number): void;
-  delete(upperIno: number): void;
+  set(layer: Layer, realIno: number, ino: number): void;
+  delete(layer: Layer, realIno: number): void;
+}
+
+/**
+ * Origins are kept per layer directory (its device and root inode), not per mount: they stay
+ * valid when the stack changes, e.g. when an upper is reused as a lower with the same cache.
+ */
+function originPrefix(layer: { dev: number; ino: number }): string {
+  return `${ORIGIN}${layer.dev}.${layer.ino}:`;
 }
 
 export class MetadataCache implements OriginStore {
@@ -34,7 +42,7 @@ export class MetadataCache implements OriginStore {
     private readonly db: Db,
     private readonly logger: Logger,
     /** Origins loaded at open. */
-    readonly origins: Map<number, number>,
+    readonly origins: Map<string, number>,
   ) {}
 
   static async open(dir: string, stack: LayerStack, logger: Logger): Promise<MetadataCache> {
@@ -56,17 +64,20 @@ export class MetadataCache implements OriginStore {
     // The layers it describes; a lower's root change time is part of it (a layer rebuilt in place).
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
       ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs })));
-    const origins = new Map<number, number>();
+    const origins = new Map<string, number>();
     try {
       const recorded = await db.get(LAYERS_KEY);
       if (recorded !== undefined && recorded !== identity) {
-        logger.info({ dir }, 'metadata cache describes other layers: dropped and rebuilt');
-        await db.clear();
-      } else {
-        for await (const [key, value] of db.iterator({ gte: ORIGIN, lt: ORIGIN + '\xff' })) {
-          const upperIno = Number(key.slice(ORIGIN.length));
+        logger.info({ dir }, 'metadata cache describes other layers: its lower listings are dropped and rebuilt');
+        await db.clear({ gte: LOWER, lt: LOWER + '\xff' });
+        await db.del(STATS_KEY);
+      }
+      for (const layer of stack.layers) {
+        const prefix = originPrefix(layer);
+        for await (const [key, value] of db.iterator({ gte: prefix, lt: prefix + '\xff' })) {
+          const realIno = Number(key.slice(prefix.length));
           const ino = Number(value);
-          if (Number.isFinite(upperIno) && Number.isFinite(ino)) origins.set(upperIno, ino);
+          if (Number.isFinite(realIno) && Number.isFinite(ino)) origins.set(`${layer.index}:${realIno}`, ino);
         }
       }
       await db.put(LAYERS_KEY, identity);
@@ -97,12 +108,12 @@ export class MetadataCache implements OriginStore {
     this.queue({ type: 'put', key: STATS_KEY, value: JSON.stringify({ ...stats, at: new Date().toISOString() }) });
   }
 
-  set(upperIno: number, ino: number): void {
-    this.queue({ type: 'put', key: ORIGIN + upperIno, value: String(ino) });
+  set(layer: Layer, realIno: number, ino: number): void {
+    this.queue({ type: 'put', key: originPrefix(layer) + realIno, value: String(ino) });
   }
 
-  delete(upperIno: number): void {
-    this.queue({ type: 'del', key: ORIGIN + upperIno });
+  delete(layer: Layer, realIno: number): void {
+    this.queue({ type: 'del', key: originPrefix(layer) + realIno });
   }
 
   private queue(op: { type: 'put' | 'del'; key: string; value?: string }): void {

@@ -126,8 +126,9 @@ export async function verifyCache(dir: string): Promise<string[]> {
           }
         };
         scan(stack.upper.fd);
-        for await (const key of db.keys({ gte: 'origin:', lt: 'origin:\xff' })) {
-          const ino = Number(key.slice('origin:'.length));
+        const prefix = `origin:${stack.upper.dev}.${stack.upper.ino}:`;
+        for await (const key of db.keys({ gte: prefix, lt: prefix + '\xff' })) {
+          const ino = Number(key.slice(prefix.length));
           if (!upperInos.has(ino)) problems.push(`inode ${ino}: the cache keeps a number for an upper object that does not exist`);
         }
       }

@@ -97,10 +97,13 @@ export class InodeTable {
   private readonly nodes = new Map<number, UnionNode>();
   private nextId = ROOT_NODEID + 1;
   private readonly st = new Float64Array(16);
-  /** st_ino kept by copied-up objects: upper real inode number -> the st_ino shown before copy-up. */
-  private readonly origins: Map<number, number>;
+  /**
+   * st_ino kept by copied-up objects: "layer index:real inode number" -> the st_ino shown before
+   * copy-up. Recorded for the upper; read for any layer (an upper reused as a lower keeps them).
+   */
+  private readonly origins: Map<string, number>;
 
-  constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<number, number>) {
+  constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<string, number>) {
     this.origins = origins ?? new Map();
     const top = stack.layers[0]!;
     N.fstat(top.fd, this.st);
@@ -129,8 +132,8 @@ export class InodeTable {
 
   /** The st_ino shown for the object with real inode `realIno` in `layer`. */
   inoFor(layer: Layer, realIno: number): number {
-    if (layer.isUpper) {
-      const origin = this.origins.get(realIno);
+    if (this.origins.size > 0) {
+      const origin = this.origins.get(`${layer.index}:${realIno}`);
       if (origin !== undefined) return origin;
     }
     return this.stack.inoOf(layer, realIno);
@@ -138,14 +141,16 @@ export class InodeTable {
 
   /** A copy-up keeps the object's st_ino: remember it for the upper copy. */
   recordOrigin(upperIno: number, ino: number): void {
+    const upper = this.stack.upper!;
     if (upperIno === ino) return;
-    this.origins.set(upperIno, ino);
-    this.originStore?.set(upperIno, ino);
+    this.origins.set(`${upper.index}:${upperIno}`, ino);
+    this.originStore?.set(upper, upperIno, ino);
   }
 
   /** The upper object with this inode number is gone (its number may be reused). */
   forgetOrigin(upperIno: number): void {
-    if (this.origins.delete(upperIno)) this.originStore?.delete(upperIno);
+    const upper = this.stack.upper!;
+    if (this.origins.delete(`${upper.index}:${upperIno}`)) this.originStore?.delete(upper, upperIno);
   }
 
   /** Makes `node` the child `name` of `parent` (replacing any other node there). */
