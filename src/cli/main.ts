@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { makeLogger, reopenLog, startMount, type DaemonConfig, type DaemonOptions } from '../daemon/daemon.js';
-import { processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
+import { allRecords, processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
 import { mountedPaths, validateLayout } from '../daemon/validate.js';
 import * as N from '../native/index.js';
 import { parseMountOptions, UsageError } from '../union/params.js';
@@ -79,8 +79,15 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     process.exit(1);
   }
   const mountpoint = config.layout.mountpoint;
-  writeRecord({ pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
-    workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile });
+  const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
+    workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
+  writeRecord(record);
+  // Request counts for `strata status`, refreshed off the request path.
+  const refresh = setInterval(() => {
+    const { requests, errors } = m.session.stats;
+    writeRecord({ ...record, requests, errors, updated: new Date().toISOString() });
+  }, 2000);
+  refresh.unref();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.on(sig, () => {
       logger.info({ signal: sig }, 'unmounting on signal');
@@ -90,6 +97,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   process.on('SIGHUP', reopenLog);
   if (notify) notify('ok');
   await m.done;
+  clearInterval(refresh);
   removeRecord(mountpoint, process.pid);
   logger.flush?.();
   process.exit(0);
@@ -133,6 +141,49 @@ async function mountCommand(args: MountArgs): Promise<never> {
   }
   if (args.foreground) return runDaemon(config, null);
   return mountInBackground(config);
+}
+
+function statusCommand(mountpointArg: string | undefined, json: boolean): never {
+  const mounted = mountedPaths();
+  let records = allRecords();
+  if (mountpointArg) {
+    let mp = mountpointArg;
+    try {
+      mp = realpathSync(mountpointArg);
+    } catch {
+      // a dead mount cannot be resolved: use the path as given
+    }
+    records = records.filter((r) => r.mountpoint === mp);
+    if (records.length === 0) fail(`"${mountpointArg}" is not a strata mount`, 1);
+  }
+  // Records of daemons that died after their mount went away are stale: drop them.
+  records = records.filter((r) => {
+    if (processAlive(r.pid) || mounted.has(r.mountpoint)) return true;
+    removeRecord(r.mountpoint, r.pid);
+    return false;
+  });
+  const rows = records.map((r) => ({
+    ...r,
+    alive: processAlive(r.pid),
+    mounted: mounted.has(r.mountpoint),
+    uptimeSeconds: Math.round((Date.now() - Date.parse(r.started)) / 1000),
+  }));
+  if (json) {
+    process.stdout.write(JSON.stringify(rows) + '\n');
+  } else if (rows.length === 0) {
+    process.stdout.write('no strata mounts\n');
+  } else {
+    for (const r of rows) {
+      const state = r.alive && r.mounted ? 'running' : r.mounted ? 'daemon gone (strata umount clears it)' : 'not mounted';
+      process.stdout.write([
+        `${r.mountpoint}: ${state}`,
+        `  pid ${r.pid}, up ${r.uptimeSeconds}s, ${r.requests ?? 0} requests (${r.errors ?? 0} answered with an error)`,
+        `  lower: ${r.lowerdirs.join(':')}`,
+        ...(r.upperdir ? [`  upper: ${r.upperdir}  work: ${r.workdir}`] : []),
+      ].join('\n') + '\n');
+    }
+  }
+  process.exit(0);
 }
 
 async function umountCommand(mountpointArg: string): Promise<never> {
@@ -229,6 +280,9 @@ async function main(): Promise<void> {
       (a) => mountCommand(a as unknown as MountArgs))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
       (a) => umountCommand(a.mountpoint as string))
+    .command('status [mountpoint]', 'list strata mounts: pid, layers, uptime, requests', (y) =>
+      y.positional('mountpoint', { type: 'string' }).option('json', { type: 'boolean', default: false }),
+    (a) => statusCommand(a.mountpoint, a.json))
     .command('cache <action>', 'inspect the metadata cache of a mount: stats, verify or clear', (y) =>
       y.positional('action', { choices: ['stats', 'verify', 'clear'] as const, demandOption: true })
         .option('cache-dir', { type: 'string', describe: 'the cache directory (WORKDIR/strata-cache by default)' })

@@ -14,6 +14,10 @@ export interface MountRecord {
   workdir: string | null;
   started: string;
   logFile: string | null;
+  /** Refreshed every few seconds by the daemon. */
+  requests?: number;
+  errors?: number;
+  updated?: string;
 }
 
 function recordPath(mountpoint: string): string {
