@@ -21,6 +21,7 @@ test('strata status lists a mount while it is live, with its daemon and counters
   const lower = path.join(dir, 'l');
   fs.mkdirSync(lower);
   fs.writeFileSync(path.join(lower, 'f'), 'x');
+  fs.mkdirSync(path.join(dir, 'm'));
   const mnt = strataMount(t, { lowers: [lower], mountpoint: path.join(dir, 'm') });
   fs.readFileSync(path.join(mnt, 'f'));
   await new Promise((r) => setTimeout(r, 2500)); // the daemon refreshes its counters every 2 s
