@@ -331,7 +331,8 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 }
 
 function reproCommand(seed: number, ops: number): string {
-  return `make build && STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
+  const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
+  return `make build && ${peer}STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
 }
 
 function listing(ops: readonly Op[]): string {
