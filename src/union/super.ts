@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-  FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH,
+  FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
 } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
@@ -233,7 +233,8 @@ export class UnionFs implements FileSystem {
       }
     }
     const fh = this.handles.add(h);
-    return { fh, openFlags, backingId };
+    // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
+    return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
   }
 
   read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, size: number): Buffer {
