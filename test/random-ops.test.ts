@@ -62,7 +62,8 @@ function list(root: string): Listing {
   const entries: Array<[string, string]> = [];
   for (const rel of walk(root)) {
     if (rel === '') continue;
-    const st = fs.lstatSync(path.join(root, rel));
+    const st = fs.lstatSync(path.join(root, rel), { throwIfNoEntry: false });
+    if (!st) continue; // listed by readdir but not found by lookup: the step comparison reports it
     const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isFile() ? 'file' : 'other';
     entries.push([rel, type]);
   }
@@ -211,7 +212,7 @@ function parentOf(p: string): string {
 }
 
 /** What the paths an op names and their parents look like, as the runner sees them. */
-function look(runner: Runner, op: Op): unknown {
+function look(runner: Runner, op: Op, isKernel: boolean): unknown {
   const out: Record<string, unknown> = {};
   for (const p of pathsOf(op)) {
     const st = runner.run(['stat', p]);
@@ -222,10 +223,32 @@ function look(runner: Runner, op: Op): unknown {
     if ((st as { type?: string }).type !== 'symlink') o.xattrs = runner.run(['listxattr', p]);
     const parent = parentOf(p);
     const pst = runner.run(['stat', parent]) as { type?: string };
-    o.parent = pst.type === 'dir' ? { st: pst, names: runner.run(['readdir', parent]) } : pst;
+    o.parent = pst.type === 'dir' ? { st: pst, ...listDir(runner, parent, isKernel) } : pst;
     out[p] = o;
   }
   return out;
+}
+
+/**
+ * readdir of a directory. Names that lookup cannot find are left out on the kernel side: the
+ * kernel lists the whiteouts of a directory that only one layer has (its readdir passes through),
+ * where rule 3 says a whiteout never shows. Elsewhere they are reported as `phantoms`.
+ */
+function listDir(runner: Runner, dir: string, isKernel: boolean): Record<string, unknown> {
+  const names = runner.run(['readdir', dir]);
+  if (!Array.isArray(names)) return { names };
+  const found = (n: string): boolean => {
+    try {
+      fs.lstatSync(runner.p(dir ? `${dir}/${n}` : n));
+      return true;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+    }
+  };
+  const phantoms = (names as string[]).filter((n) => !found(n));
+  if (phantoms.length === 0) return { names };
+  const real = (names as string[]).filter((n) => !phantoms.includes(n));
+  return isKernel ? { names: real } : { names: real, phantoms };
 }
 
 /**
@@ -233,11 +256,11 @@ function look(runner: Runner, op: Op): unknown {
  * step (a freed number may come back for a new object), so the labels say "same object as
  * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
  */
-function step(runner: Runner, side: Side, op: Op): unknown {
+function step(runner: Runner, side: Side, op: Op, isKernel: boolean): unknown {
   runner.resetLabels();
-  const before = look(runner, op);
+  const before = look(runner, op, isKernel);
   const result = runner.run(op);
-  return { result, before, after: look(runner, op), upper: upperNames(side.upper, side.lowers) };
+  return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper, side.lowers) };
 }
 
 /** The names in an upper dir with their types: what was copied up, whited out or made opaque so far. */
@@ -263,8 +286,8 @@ interface Mismatch {
 }
 
 function runStep(pair: Pair, op: Op, index: number): Mismatch | undefined {
-  const kernel = step(pair.kernel.runner, pair.kernel, op);
-  const strata = step(pair.strata.runner, pair.strata, op);
+  const kernel = step(pair.kernel.runner, pair.kernel, op, true);
+  const strata = step(pair.strata.runner, pair.strata, op, false);
   return JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata };
 }
 

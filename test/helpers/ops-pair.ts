@@ -74,7 +74,7 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: opts.options });
   return {
     base,
-    kernel: { ...k, mnt: kmnt, runner: new Runner(kmnt) },
+    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt) },
     strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt) },
   };
 }
