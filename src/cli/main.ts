@@ -8,13 +8,13 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { makeLogger, reopenLog, startMount, type DaemonConfig, type DaemonOptions } from '../daemon/daemon.js';
-import { allRecords, processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
+import { allRecords, processAlive, removeRecord, writeRecord } from '../daemon/registry.js';
 import { mountedPaths, validateLayout } from '../daemon/validate.js';
 import * as N from '../native/index.js';
 import { parseMountOptions, UsageError } from '../union/params.js';
 import { cacheStats, clearCache, verifyCache } from '../union/cache_check.js';
-import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { join, resolve } from 'node:path';
+import { unmountStrata } from '../daemon/unmount.js';
 
 const CONFIG_ENV = 'STRATA_DAEMON_CONFIG';
 
@@ -191,23 +191,14 @@ async function umountCommand(mountpointArg: string): Promise<never> {
   try {
     mountpoint = realpathSync(mountpointArg);
   } catch {
-    mountpoint = mountpointArg; // a dead FUSE mount cannot be resolved (ENOTCONN): use the path as given
-  }
-  const rec = readRecord(mountpoint);
-  if (!mountedPaths().has(mountpoint)) {
-    if (rec && !processAlive(rec.pid)) removeRecord(mountpoint, rec.pid);
-    fail(`"${mountpointArg}" is not mounted`, 1);
+    mountpoint = resolve(mountpointArg); // a dead FUSE mount cannot be resolved (ENOTCONN)
   }
   try {
-    N.umount2(mountpoint, 0);
+    const how = await unmountStrata(mountpoint);
+    process.stdout.write(`strata: ${mountpointArg}: ${how}\n`);
   } catch (e) {
-    if ((e as { code?: string }).code !== 'EBUSY') fail(`cannot unmount "${mountpointArg}": ${describe(e)}`, 1);
-    N.umount2(mountpoint, N.C.MNT_DETACH);
-    process.stderr.write(`strata: "${mountpointArg}" was busy: detached lazily\n`);
-  }
-  if (rec) {
-    for (let i = 0; i < 100 && processAlive(rec.pid); i++) await sleep(50);
-    if (processAlive(rec.pid)) process.kill(rec.pid, 'SIGTERM');
+    if ((e as { code?: string }).code === 'ENOTMOUNTED') fail(`"${mountpointArg}" is not mounted`, 1);
+    fail(`cannot unmount "${mountpointArg}": ${describe(e)}`, 1);
   }
   process.exit(0);
 }

@@ -1,0 +1,88 @@
+// `strata umount`: ends a mount whatever state its daemon is in.
+// - daemon running and answering: umount(2), lazily if busy; the daemon then exits;
+// - daemon gone (killed): abort the FUSE connection, detach the mount;
+// - daemon hung (not answering within a timeout): abort the connection (blocked callers get
+//   ENOTCONN), kill the daemon, detach the mount.
+
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as N from '../native/index.js';
+import { processAlive, readRecord, removeRecord } from './registry.js';
+
+const FUSECTL = '/sys/fs/fuse/connections';
+
+/** The device ("major:minor") and type of the mount at `mountpoint`, from /proc/self/mountinfo. */
+export function mountEntry(mountpoint: string): { dev: string; fstype: string } | null {
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  let found: { dev: string; fstype: string } | null = null;
+  for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10 || unescape(f[4]!) !== mountpoint) continue;
+    const sep = f.indexOf('-');
+    found = { dev: f[2]!, fstype: f[sep + 1] ?? '' }; // the last one mounted there is on top
+  }
+  return found;
+}
+
+/** Does the daemon answer within `ms`? statfs is never cached by the kernel: it always reaches the daemon. */
+function answers(mountpoint: string, ms: number): boolean {
+  const r = spawnSync('stat', ['-f', '-c', '%b', '--', mountpoint], { timeout: ms, killSignal: 'SIGKILL', stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/** Aborts the FUSE connection of the mount (its device minor names it in fusectl). */
+function abortConnection(dev: string): boolean {
+  if (!existsSync(FUSECTL + '/')) return false;
+  try {
+    if (!existsSync(`${FUSECTL}/${dev.split(':')[1]}`)) N.mount('fusectl', FUSECTL, 'fusectl', 0, null);
+  } catch {
+    // already mounted, or not possible here
+  }
+  const abort = `${FUSECTL}/${dev.split(':')[1]}/abort`;
+  try {
+    writeFileSync(abort, '1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function detach(mountpoint: string): void {
+  N.umount2(mountpoint, N.C.MNT_DETACH);
+}
+
+/** Unmounts; returns what was done, in one line. Throws when it is not a mount or cannot be undone. */
+export async function unmountStrata(mountpoint: string): Promise<string> {
+  const entry = mountEntry(mountpoint);
+  const rec = readRecord(mountpoint);
+  if (!entry) {
+    if (rec && !processAlive(rec.pid)) removeRecord(mountpoint, rec.pid);
+    throw Object.assign(new Error(`"${mountpoint}" is not mounted`), { code: 'ENOTMOUNTED' });
+  }
+  const alive = rec !== null && processAlive(rec.pid);
+  if (!alive || !answers(mountpoint, 3000)) {
+    const aborted = entry.fstype.startsWith('fuse') && abortConnection(entry.dev);
+    if (alive) process.kill(rec!.pid, 'SIGKILL');
+    detach(mountpoint);
+    if (rec) removeRecord(mountpoint, rec.pid);
+    const what = alive ? 'the daemon did not answer: killed it' : 'the daemon was gone';
+    return `${what}, ${aborted ? 'aborted the FUSE connection and ' : ''}detached the mount`;
+  }
+  let how = 'unmounted';
+  try {
+    N.umount2(mountpoint, 0);
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'EBUSY') throw e;
+    detach(mountpoint);
+    how = 'busy: detached lazily (the daemon exits when the last user is gone)';
+  }
+  if (how === 'unmounted') {
+    for (let i = 0; i < 100 && processAlive(rec!.pid); i++) await sleep(50);
+    if (processAlive(rec!.pid)) {
+      process.kill(rec!.pid, 'SIGTERM');
+      how += '; the daemon had to be stopped with SIGTERM';
+    }
+  }
+  return how;
+}

@@ -1,0 +1,48 @@
+// strata umount when the daemon is hung: the connection is aborted (blocked callers get an
+// error instead of waiting forever), the daemon is killed and the mount goes away.
+
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { mountAt, strataMount } from './helpers/mounts.js';
+import { tempDir } from './helpers/tmp.js';
+
+const strataBin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../bin/strata');
+
+function daemonPid(mnt: string): number {
+  const r = spawnSync('pgrep', ['-f', `__daemon ${mnt}$`], { encoding: 'utf8' });
+  const pids = r.stdout.trim().split('\n').filter((x) => x.length > 0).map(Number);
+  if (pids.length !== 1) throw new Error(`expected one daemon for ${mnt}, found ${pids.length}`);
+  return pids[0]!;
+}
+
+test('strata umount of a mount whose daemon hangs aborts the connection and kills the daemon', async (t) => {
+  const dir = tempDir(t, 'hung');
+  const lower = path.join(dir, 'l');
+  fs.mkdirSync(lower);
+  fs.writeFileSync(path.join(lower, 'f'), 'data\n');
+  fs.mkdirSync(path.join(dir, 'm'));
+  const mnt = strataMount(t, { lowers: [lower], mountpoint: path.join(dir, 'm') });
+  const pid = daemonPid(mnt);
+  t.teardown(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  });
+  process.kill(pid, 'SIGSTOP');
+  // A reader now blocks in the kernel, waiting for the daemon.
+  const reader = spawn('cat', [path.join(mnt, 'f')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const readerDone = new Promise<number | null>((res) => reader.on('exit', (code) => res(code)));
+  await new Promise((r) => setTimeout(r, 300));
+  t.is(reader.exitCode, null, 'the reader is blocked while the daemon is stopped');
+  const u = spawnSync(strataBin, ['umount', mnt], { encoding: 'utf8', timeout: 30_000 });
+  t.is(u.status, 0, u.stderr);
+  t.regex(u.stdout, /did not answer.*aborted the FUSE connection/);
+  t.is(mountAt(mnt), undefined);
+  const code = await Promise.race([readerDone, new Promise((r) => setTimeout(() => r('still blocked'), 5000))]);
+  t.not(code, 'still blocked', 'the blocked reader was released');
+  t.not(code, 0, 'with an error');
+});
