@@ -7,9 +7,10 @@
 // mounts strata's upper.
 //
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
-// seed. scripts/soak.sh runs many more. Debugging a failure: STRATA_SHRINK=1 replays ever smaller
-// subsets of the ops on fresh mounts and writes the smallest still-failing list to
-// .cache/random-ops-seed<N>.json; STRATA_REPLAY=<that file> runs exactly those ops.
+// seed. scripts/soak.sh runs many more. A failing seed writes its ops to
+// .cache/random-ops-seed<N>.json, and STRATA_REPLAY=<that file> runs exactly those ops; with
+// STRATA_SHRINK=1 the list is first shrunk by replaying ever smaller subsets on fresh mounts
+// until the failure (a step mismatch, or the final comparisons) would go away.
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -299,23 +300,29 @@ function seedLayers(seed: number): Layer[] {
   return randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
 }
 
-/** Replays `ops` on a fresh pair; the first mismatch, if any. Unmounts and removes everything before returning. */
-function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[]): Mismatch | undefined {
+/**
+ * Replays `ops` on a fresh pair: the first step mismatch, or with `final`, the failures of the
+ * final comparisons (finishPair) as a mismatch at the last step. Unmounts and removes everything.
+ */
+function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[], final: boolean): Mismatch | undefined {
   const pair = setupPair(t, lowerSources(layers));
   try {
     for (let i = 0; i < ops.length; i++) {
       const m = runStep(pair, ops[i]!, i);
       if (m) return m;
     }
-    return undefined;
+    if (!final) return undefined;
+    const c = new Checks(t); // records only: this trial asserts nothing
+    finishPair(c, pair);
+    return c.failures.length ? { index: ops.length - 1, kernel: 'final comparisons pass', strata: c.failures } : undefined;
   } finally {
     strataUnmount(pair.strata.mnt);
     removeTree(pair.base);
   }
 }
 
-/** Greedy delta debugging: drops chunks of ops as long as some step still differs. */
-function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], budgetMs: number): { ops: Op[]; trials: number } {
+/** Greedy delta debugging: drops chunks of ops as long as the failure stays (see trial). */
+function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final: boolean, budgetMs: number): { ops: Op[]; trials: number } {
   const end = Date.now() + budgetMs;
   let cur = ops;
   let trials = 0;
@@ -323,13 +330,30 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], budget
     for (let at = 0; at < cur.length && Date.now() < end; ) {
       const cand = [...cur.slice(0, at), ...cur.slice(at + chunk)];
       trials++;
-      const m = cand.length ? trial(t, layers, cand) : undefined;
+      const m = cand.length ? trial(t, layers, cand, final) : undefined;
       if (m) cur = cand.slice(0, m.index + 1);
       else at += chunk;
     }
     if (chunk === 1) break;
   }
   return { ops: cur, trials };
+}
+
+/** Writes the ops of a failing seed for STRATA_REPLAY (shrunk first with STRATA_SHRINK=1); returns the note to print. */
+function saveFailure(t: ExecutionContext, seed: number, layers: readonly Layer[], ops: Op[], final: boolean): string {
+  const replayed = process.env.STRATA_REPLAY ? `STRATA_REPLAY=${process.env.STRATA_REPLAY} ` : '';
+  let note = `    repro: ${replayed}${reproCommand(seed, ops.length)}`;
+  const file = path.join(repoRoot, `.cache/random-ops-seed${seed}.json`);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  let saved = ops;
+  if (process.env.STRATA_SHRINK) {
+    const small = shrink(t, layers, ops, final, Number(process.env.STRATA_SHRINK_MS ?? 300_000));
+    t.log(`seed ${seed}: shrunk to ${small.ops.length} ops in ${small.trials} trials:\n${listing(small.ops)}`);
+    saved = small.ops;
+  }
+  fs.writeFileSync(file, JSON.stringify(saved, null, 1) + '\n');
+  note += `\n    ${process.env.STRATA_SHRINK ? 'shrunk' : 'these ops'}: STRATA_REPLAY=${file} ${reproCommand(seed, saved.length)}`;
+  return note;
 }
 
 /** The parts of step record `a` that differ from `b` (upper listings as the names only one side has). */
@@ -376,16 +400,8 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
     const m = runStep(pair, op, i);
     if (!m) continue;
     t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
-    let note = `    repro: ${replay ? `STRATA_REPLAY=${process.env.STRATA_REPLAY} ` : ''}${reproCommand(seed, i + 1)}`;
-    if (process.env.STRATA_SHRINK) {
-      strataUnmount(pair.strata.mnt);
-      const small = shrink(t, layers, done, Number(process.env.STRATA_SHRINK_MS ?? 300_000));
-      const file = path.join(repoRoot, `.cache/random-ops-seed${seed}.json`);
-      fs.mkdirSync(path.dirname(file), { recursive: true });
-      fs.writeFileSync(file, JSON.stringify(small.ops, null, 1) + '\n');
-      t.log(`seed ${seed}: shrunk to ${small.ops.length} ops in ${small.trials} trials:\n${listing(small.ops)}`);
-      note += `\n    shrunk: STRATA_REPLAY=${file} ${reproCommand(seed, small.ops.length)}`;
-    }
+    strataUnmount(pair.strata.mnt);
+    const note = saveFailure(t, seed, layers, done, false);
     c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
       `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
     c.done();
@@ -393,7 +409,7 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
   }
   t.log(`seed ${seed}: ${total} steps agree; ops by kind: ${summary(done)}`);
   finishPair(c, pair);
-  if (c.failures.length) c.t.log(`repro: ${reproCommand(seed, total)}`);
+  if (c.failures.length) c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true)}`);
   c.done();
 }
 
