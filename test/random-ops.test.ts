@@ -23,8 +23,8 @@ import { strataUnmount } from './helpers/mounts.js';
 import { repoRoot } from './helpers/paths.js';
 import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
-import { dirInLayers, walk } from './helpers/ops-tree.js';
-import { xop } from './helpers/ops-xop.js';
+import { dirInLayers, kindOf, walk } from './helpers/ops-tree.js';
+import { xop, type XCmd, type XResult } from './helpers/ops-xop.js';
 
 function parseSeeds(spec: string): number[] {
   const out: number[] = [];
@@ -212,44 +212,71 @@ function parentOf(p: string): string {
   return i < 0 ? '' : p.slice(0, i);
 }
 
-/** What the paths an op names and their parents look like, as the runner sees them. */
+/**
+ * What the paths an op names and their parents look like, as the runner sees them: lstat, data
+ * hash, xattrs, and the parent's listing (one xop run for the xattrs and raw dirents).
+ */
 function look(runner: Runner, op: Op, isKernel: boolean): unknown {
+  const paths = pathsOf(op);
+  const stats = paths.map((p) => runner.run(['stat', p]) as { type?: string; err?: string });
+  const parents = paths.map((p) => parentOf(p));
+  const pstats = parents.map((d) => runner.run(['stat', d]) as { type?: string });
+  const cmds: XCmd[] = [];
+  const xattrAt = paths.map((p, i) => (stats[i]!.type !== undefined && stats[i]!.type !== 'symlink' ? cmds.push(['xattrs', runner.p(p)]) - 1 : -1));
+  const direntsAt = parents.map((d, i) => (pstats[i]!.type === 'dir' ? cmds.push(['dirents', runner.p(d)]) - 1 : -1));
+  const res = xop(cmds);
   const out: Record<string, unknown> = {};
-  for (const p of pathsOf(op)) {
-    const st = runner.run(['stat', p]);
+  paths.forEach((p, i) => {
+    const st = stats[i]!;
     const o: Record<string, unknown> = { st };
-    if ((st as { type?: string }).type === 'file') {
-      o.sha = crypto.createHash('sha256').update(fs.readFileSync(runner.p(p))).digest('hex').slice(0, 12);
-    }
-    if ((st as { type?: string }).type !== 'symlink') o.xattrs = runner.run(['listxattr', p]);
-    const parent = parentOf(p);
-    const pst = runner.run(['stat', parent]) as { type?: string };
-    o.parent = pst.type === 'dir' ? { st: pst, ...listDir(runner, parent, isKernel) } : pst;
+    if (st.type === 'file') o.sha = crypto.createHash('sha256').update(fs.readFileSync(runner.p(p))).digest('hex').slice(0, 12);
+    if (st.err) o.xattrs = st; // as listxattr would fail
+    else if (xattrAt[i]! >= 0) o.xattrs = xattrNames(res[xattrAt[i]!]!);
+    o.parent = direntsAt[i]! >= 0 ? { st: pstats[i], ...listDir(runner, parents[i]!, res[direntsAt[i]!]!, isKernel) } : pstats[i];
     out[p] = o;
-  }
+  });
   return out;
 }
 
+function xattrNames(r: XResult): unknown {
+  return 'err' in r ? { err: r.err } : r.ok.map((kv) => Buffer.from(kv.split(':')[0]!, 'hex').toString()).sort();
+}
+
+const DT: Record<number, string> = { 1: 'fifo', 2: 'chr', 4: 'dir', 6: 'blk', 8: 'file', 10: 'symlink', 12: 'sock' };
+
 /**
- * readdir of a directory. Names that lookup cannot find are left out on the kernel side: the
- * kernel lists the whiteouts of a directory that only one layer has (its readdir passes through),
- * where rule 3 says a whiteout never shows. Elsewhere they are reported as `phantoms`.
+ * A directory's listing from raw dirents, each name checked against lstat: d_ino must equal
+ * st_ino and d_type the type (rule 16-17); problems are reported on strata's side. Names that
+ * lookup cannot find are left out on the kernel's side: the kernel lists the whiteouts of a
+ * directory that only one layer has (its readdir passes through), where rule 3 says a whiteout
+ * never shows; on strata's side they are reported as `phantoms`.
  */
-function listDir(runner: Runner, dir: string, isKernel: boolean): Record<string, unknown> {
-  const names = runner.run(['readdir', dir]);
-  if (!Array.isArray(names)) return { names };
-  const found = (n: string): boolean => {
-    try {
-      fs.lstatSync(runner.p(dir ? `${dir}/${n}` : n));
-      return true;
-    } catch (e) {
-      return (e as NodeJS.ErrnoException).code !== 'ENOENT';
+function listDir(runner: Runner, dir: string, r: XResult, isKernel: boolean): Record<string, unknown> {
+  if ('err' in r) return { names: { err: r.err } };
+  const names: string[] = [];
+  const problems: string[] = [];
+  for (const ent of r.ok) {
+    if (ent.startsWith('ERR')) {
+      problems.push(`readdir ${ent}`);
+      continue;
     }
-  };
-  const phantoms = (names as string[]).filter((n) => !found(n));
-  if (phantoms.length === 0) return { names };
-  const real = (names as string[]).filter((n) => !phantoms.includes(n));
-  return isKernel ? { names: real } : { names: real, phantoms };
+    const [hex, dino, dtype] = ent.split(':') as [string, string, string];
+    const name = Buffer.from(hex, 'hex').toString();
+    let st: fs.BigIntStats | undefined;
+    try {
+      st = fs.lstatSync(runner.p(dir ? `${dir}/${name}` : name), { bigint: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') names.push(name);
+      else problems.push(`phantom ${name}`);
+      continue;
+    }
+    names.push(name);
+    if (BigInt(dino) !== st.ino) problems.push(`${name}: d_ino ${dino}, st_ino ${st.ino}`);
+    const t = kindOf(st) === 'whiteout' ? 'chr' : kindOf(st);
+    if ((DT[Number(dtype)] ?? `dtype${dtype}`) !== t) problems.push(`${name}: d_type ${DT[Number(dtype)] ?? dtype}, lstat ${t}`);
+  }
+  names.sort();
+  return isKernel || problems.length === 0 ? { names } : { names, problems };
 }
 
 /**

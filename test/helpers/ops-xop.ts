@@ -12,6 +12,7 @@ import { run } from './exec.js';
 
 const SOURCE = String.raw`
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -139,6 +140,21 @@ static void one(int ac, char **av) {
     if (link(ARG(1), ARG(2)) < 0) FAIL(); OK();
   } else if (!strcmp(c, "symlink") && ac == 3) {
     if (symlink(ARG(1), ARG(2)) < 0) FAIL(); OK();
+  } else if (!strcmp(c, "dirents") && ac == 2) {
+    /* raw readdir: ok <namehex>:<d_ino>:<d_type> ... ('.' and '..' left out) */
+    DIR *d = opendir(ARG(1));
+    if (!d) FAIL();
+    printf("ok");
+    struct dirent *e;
+    errno = 0;
+    while ((e = readdir(d))) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      printf(" "); puthex(e->d_name, strlen(e->d_name));
+      printf(":%llu:%u", (unsigned long long)e->d_ino, (unsigned)e->d_type);
+    }
+    if (errno) printf(" ERR%d", errno);
+    printf("\n");
+    closedir(d);
   } else if (!strcmp(c, "stat") && ac == 2) {
     do_stat(ARG(1));
   } else {
