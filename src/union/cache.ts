@@ -7,7 +7,8 @@
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { renameSync, rmSync, statSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Level } from 'level';
 import type { Layer, LayerStack } from './layers.js';
@@ -33,6 +34,30 @@ function originPrefix(layer: { dev: number; ino: number }): string {
   return `${ORIGIN}${layer.dev}.${layer.ino}:`;
 }
 
+/**
+ * Inode origins are identity, not just cached knowledge: each one is also appended to a small
+ * journal with a synchronous write before the copy-up is answered, so a daemon killed before
+ * LevelDB got the batch loses none. The journal is replayed into LevelDB at the next open.
+ */
+const JOURNAL = 'origins.journal';
+
+function replayJournal(path: string): { type: 'put' | 'del'; key: string; value?: string }[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'latin1');
+  } catch {
+    return [];
+  }
+  const ops: { type: 'put' | 'del'; key: string; value?: string }[] = [];
+  for (const line of text.split('\n')) {
+    const [op, key, value] = line.split(' ');
+    if (op === 'P' && key && value) ops.push({ type: 'put', key, value });
+    else if (op === 'D' && key) ops.push({ type: 'del', key });
+    // a torn last line (killed mid-write) is ignored
+  }
+  return ops;
+}
+
 export class MetadataCache implements OriginStore {
   private pending: { type: 'put' | 'del'; key: string; value?: string }[] = [];
   private flushing: Promise<void> | null = null;
@@ -43,6 +68,8 @@ export class MetadataCache implements OriginStore {
     private readonly logger: Logger,
     /** Origins loaded at open. */
     readonly origins: Map<string, number>,
+    private readonly journalPath: string,
+    private journalFd: number,
   ) {}
 
   static async open(dir: string, stack: LayerStack, logger: Logger): Promise<MetadataCache> {
@@ -65,7 +92,13 @@ export class MetadataCache implements OriginStore {
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
       ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs })));
     const origins = new Map<string, number>();
+    const journalPath = join(dir, JOURNAL);
     try {
+      const replay = replayJournal(journalPath);
+      if (replay.length > 0) {
+        await db.batch(replay.map((o) => (o.type === 'put' ? { type: 'put' as const, key: o.key, value: o.value! } : { type: 'del' as const, key: o.key })));
+        logger.info({ entries: replay.length }, 'metadata cache: replayed the inode journal of an interrupted mount');
+      }
       const recorded = await db.get(LAYERS_KEY);
       if (recorded !== undefined && recorded !== identity) {
         logger.info({ dir }, 'metadata cache describes other layers: its lower listings are dropped and rebuilt');
@@ -87,7 +120,8 @@ export class MetadataCache implements OriginStore {
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
-    return new MetadataCache(db, logger, origins);
+    const journalFd = openSync(journalPath, 'w'); // replayed above: start it empty
+    return new MetadataCache(db, logger, origins, journalPath, journalFd);
   }
 
   /** The stored listing of a lower directory (see lower_index.ts). */
@@ -109,11 +143,24 @@ export class MetadataCache implements OriginStore {
   }
 
   set(layer: Layer, realIno: number, ino: number): void {
-    this.queue({ type: 'put', key: originPrefix(layer) + realIno, value: String(ino) });
+    const key = originPrefix(layer) + realIno;
+    this.journal(`P ${key} ${ino}\n`);
+    this.queue({ type: 'put', key, value: String(ino) });
   }
 
   delete(layer: Layer, realIno: number): void {
-    this.queue({ type: 'del', key: originPrefix(layer) + realIno });
+    const key = originPrefix(layer) + realIno;
+    this.journal(`D ${key}\n`);
+    this.queue({ type: 'del', key });
+  }
+
+  private journal(line: string): void {
+    if (this.journalFd < 0) return;
+    try {
+      writeSync(this.journalFd, line);
+    } catch (err) {
+      this.logger.warn({ err }, 'inode journal write failed');
+    }
   }
 
   private queue(op: { type: 'put' | 'del'; key: string; value?: string }): void {
@@ -145,5 +192,11 @@ export class MetadataCache implements OriginStore {
   async close(): Promise<void> {
     await this.flush();
     await this.db.close();
+    // Everything is in LevelDB now: the journal is not needed.
+    if (this.journalFd >= 0) {
+      closeSync(this.journalFd);
+      this.journalFd = -1;
+      rmSync(this.journalPath, { force: true });
+    }
   }
 }

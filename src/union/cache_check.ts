@@ -1,6 +1,6 @@
 // `strata cache stats|verify|clear`: reading a metadata cache outside a mount.
 
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import * as N from '../native/index.js';
@@ -69,6 +69,7 @@ export async function clearCache(dir: string): Promise<void> {
   } finally {
     await db.close();
   }
+  rmSync(join(dir, 'origins.journal'), { force: true });
 }
 
 /** Walks from the root to the directory `key` ("/a/b") through the layers, without any cache. */
