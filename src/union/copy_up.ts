@@ -122,8 +122,11 @@ export class CopyUp {
   constructor(
     private readonly upper: UpperDir,
     private readonly inodes: InodeTable,
-    /** Called after a directory was copied up: its st_nlink now reads 1 (it became merged). */
-    private readonly dirCopiedUp: (node: UnionNode) => void,
+    /**
+     * Called for objects whose attributes a copy-up changed behind the kernel's back: a copied-up
+     * directory (merged now: st_nlink 1) and the parent the copy was linked into (its ctime).
+     */
+    private readonly attributesChanged: (node: UnionNode) => void,
   ) {}
 
   /** Makes sure `node` (and its ancestors) exist in the upper layer. */
@@ -176,15 +179,16 @@ export class CopyUp {
       removeWorkEntry(work, tmp);
       throw e;
     }
-    // Linking the copy into the parent moved the parent's times: put them back.
+    // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
     restoreTimes(upperParent, this.pst);
+    this.attributesChanged(parent);
     N.fstatat(upperParent, node.name, C.AT_SYMLINK_NOFOLLOW, st);
     // A lower hard link is broken by copy-up (the kernel without index=on does the same): the
     // copy gets its own st_ino so the names that stay below do not share it.
     if (type === C.S_IFDIR || this.lowerNlink === 1) this.inodes.recordOrigin(st[ST.ino]!, node.ino);
     if (type === C.S_IFDIR) {
       node.setDirLayers([upper, ...node.dirLayers!]);
-      this.dirCopiedUp(node);
+      this.attributesChanged(node);
     } else {
       node.layer = upper;
     }
