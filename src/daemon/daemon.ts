@@ -92,6 +92,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     logger,
     deviceFd: () => session?.deviceFd ?? -1,
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
+    invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,

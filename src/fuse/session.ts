@@ -230,13 +230,25 @@ export class FuseSession {
    * safe from inside a request handler).
    */
   invalidateAttributes(nodeid: number): void {
+    this.invalidateInode(nodeid, -1);
+  }
+
+  /**
+   * Attributes and cached contents (for a directory: the kernel's readdir cache). This takes page
+   * locks in the kernel, so it is sent after the current request is answered, never from inside one.
+   */
+  invalidateContents(nodeid: number): void {
+    setImmediate(() => this.invalidateInode(nodeid, 0));
+  }
+
+  private invalidateInode(nodeid: number, offset: number): void {
     if (this.devFd < 0 || !this.initialized) return;
     const b = this.notifyBuf;
     b.writeUInt32LE(b.length, 0);
     b.writeInt32LE(FUSE_NOTIFY_INVAL_INODE, 4);
     putU64(b, 8, 0);
     putU64(b, OUT_HEADER_SIZE, nodeid);
-    putI64(b, OUT_HEADER_SIZE + 8, -1);
+    putI64(b, OUT_HEADER_SIZE + 8, offset);
     putI64(b, OUT_HEADER_SIZE + 16, 0);
     try {
       N.writeReply(this.devFd, b);

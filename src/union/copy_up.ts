@@ -127,6 +127,8 @@ export class CopyUp {
      * directory (merged now: st_nlink 1) and the parent the copy was linked into (its ctime).
      */
     private readonly attributesChanged: (node: UnionNode) => void,
+    /** Called when a directory's entries changed in what readdir reports (a d_ino). */
+    private readonly entriesChanged: (dir: UnionNode) => void,
   ) {}
 
   /** Makes sure `node` (and its ancestors) exist in the upper layer. */
@@ -186,6 +188,7 @@ export class CopyUp {
     // A lower hard link is broken by copy-up (the kernel without index=on does the same): the
     // copy gets its own st_ino so the names that stay below do not share it.
     if (type === C.S_IFDIR || this.lowerNlink === 1) this.inodes.recordOrigin(st[ST.ino]!, node.ino);
+    else this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
     if (type === C.S_IFDIR) {
       node.setDirLayers([upper, ...node.dirLayers!]);
       this.attributesChanged(node);

@@ -43,6 +43,8 @@ export interface UnionOptions {
   lowerIndex: boolean;
   /** Tells the kernel an inode's attributes changed behind its back (a copied-up directory). */
   invalidateAttributes: (nodeid: number) => void;
+  /** Tells the kernel a directory's listing changed behind its back (after the current reply). */
+  invalidateContents: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
 }
@@ -68,7 +70,8 @@ export class UnionFs implements FileSystem {
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     if (stack.upper && opts.upper) {
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
-      const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid));
+      const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
+        (dir) => opts.invalidateContents(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
     } else {
       this.writable = null;
