@@ -286,12 +286,15 @@ test.serial('copy-up leaves no partial file when the daemon is SIGKILLed at rand
       kernelOverlay(t, { lowers: [L], upper: U, work: fs.mkdtempSync(path.join(base, 'kw')), mountpoint: K });
       problems.push(...checkMerged('kernel on the final upper', inspect(K, 'all'), lower, files));
       unmountQuietly(K);
+      // The metadata cache (LevelDB and its inode journal) went through every crash too.
+      const verify = run(strataBin, ['cache', 'verify', '--workdir', W], { timeoutMs: 60_000 });
+      if (verify.status !== 0) problems.push(`strata cache verify after the crashes: status ${verify.status}: ${(verify.stdout + verify.stderr).trim()}`);
       const lowerNow = inspect(L, 'all');
       for (const f of lower.files) {
         const e = lowerNow.get(f.rel);
         if (e?.sha256 !== f.sha256) problems.push(`lower ${f.rel}: sha256 ${short(e?.sha256)}, generated ${short(f.sha256)}`);
       }
-      t.deepEqual(problems, [], 'final mount: strata and the kernel read the model; lower contents as generated');
+      t.deepEqual(problems, [], 'final mount: strata and the kernel read the model; the cache verifies; lower contents as generated');
       break;
     }
 
