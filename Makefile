@@ -7,7 +7,7 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr fuse3 python3 kmod
+APT_PACKAGES := attr fuse3 python3 python3-venv git kmod
 
 .PHONY: all deps system-deps build native ts demo test install uninstall clean
 
@@ -19,7 +19,8 @@ node_modules/.package-lock.json: package.json
 	@touch $@
 deps: node_modules/.package-lock.json
 
-# Debian packages the tests use (setfattr/getfattr for fixtures, fusermount3, python3 for readdir checks).
+# Debian packages the tests use (setfattr/getfattr for fixtures, fusermount3, python3 for readdir checks,
+# git and python3-venv for the real-program tests).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \

@@ -222,3 +222,23 @@ test('an upper reused as a lower (same --cache-dir) keeps the numbers of its cop
   t.is(fs.readFileSync(path.join(mnt2, 'd', 'g'), 'utf8'), 'another\nchanged\n');
   t.is(fs.statSync(path.join(mnt2, 'd', 'g')).ino, ino);
 });
+
+test('the cache is root-only: mode 0700, and a planted journal symlink is not followed', (t) => {
+  const s = setup(t);
+  copyUp(mount(t, s));
+  strataUnmount(s.mountpoint);
+  const cache = path.join(s.work, 'strata-cache');
+  t.is(fs.statSync(cache).mode & 0o777, 0o700);
+  // Someone made the directory writable and planted a symlink where the journal goes.
+  fs.chmodSync(cache, 0o777);
+  const victim = path.join(path.dirname(s.work), 'victim');
+  fs.writeFileSync(victim, 'precious\n', { mode: 0o600 });
+  fs.rmSync(path.join(cache, 'origins.journal'), { force: true });
+  fs.symlinkSync(victim, path.join(cache, 'origins.journal'));
+  const r = spawnSync(strataBin, ['mount', '-o', `lowerdir=${s.lower},upperdir=${s.upper},workdir=${s.work}`, s.mountpoint], { encoding: 'utf8' });
+  t.teardown(() => strataUnmount(s.mountpoint));
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target was not touched');
+  t.is(r.status, 0, r.stderr);
+  strataUnmount(s.mountpoint);
+  t.is(fs.statSync(cache).mode & 0o777, 0o700, 'the mode is put back');
+});

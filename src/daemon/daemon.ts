@@ -77,7 +77,6 @@ export interface RunningMount {
 export async function startMount(config: DaemonConfig, logger: Logger): Promise<RunningMount> {
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
-  N.umask(0); // modes of new objects are the caller's, already masked by the kernel
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
   const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;

@@ -7,7 +7,7 @@
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { closeSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Level } from 'level';
@@ -44,7 +44,14 @@ const JOURNAL = 'origins.journal';
 function replayJournal(path: string): { type: 'put' | 'del'; key: string; value?: string }[] {
   let text: string;
   try {
-    text = readFileSync(path, 'latin1');
+    // Only a regular file of ours: never through a symlink, never blocking on a FIFO.
+    const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    try {
+      if (!fstatSync(fd).isFile()) return [];
+      text = readFileSync(fd, 'latin1');
+    } finally {
+      closeSync(fd);
+    }
   } catch {
     return [];
   }
@@ -73,8 +80,21 @@ export class MetadataCache implements OriginStore {
   ) {}
 
   static async open(dir: string, stack: LayerStack, logger: Logger): Promise<MetadataCache> {
+    // The cache belongs to root alone: a directory others could write into would let them plant
+    // entries or symlinks that the root daemon then follows.
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || st.uid !== process.getuid!()) {
+      const aside = `${dir}.untrusted-${Date.now()}`;
+      logger.warn({ dir, aside }, 'metadata cache not a directory owned by the daemon: set aside and rebuilt');
+      renameSync(dir, aside);
+      mkdirSync(dir, { mode: 0o700 });
+    } else if ((st.mode & 0o077) !== 0) {
+      chmodSync(dir, 0o700);
+    }
     let db: Db;
     try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
       db = new Level<string, string>(dir);
       await db.open();
     } catch (err) {
@@ -85,6 +105,7 @@ export class MetadataCache implements OriginStore {
       } catch {
         rmSync(dir, { recursive: true, force: true });
       }
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
       db = new Level<string, string>(dir);
       await db.open();
     }
@@ -120,7 +141,9 @@ export class MetadataCache implements OriginStore {
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
-    const journalFd = openSync(journalPath, 'w'); // replayed above: start it empty
+    // Replayed above: start it empty. Never through a symlink, never readable by others.
+    rmSync(journalPath, { force: true });
+    const journalFd = openSync(journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     return new MetadataCache(db, logger, origins, journalPath, journalFd);
   }
 
