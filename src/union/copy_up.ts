@@ -117,6 +117,7 @@ export function restoreTimes(dirfd: number, st: Float64Array): void {
 export class CopyUp {
   private readonly st = new Float64Array(16);
   private readonly pst = new Float64Array(16);
+  private readonly ust = new Float64Array(16);
   private lowerNlink = 1;
 
   constructor(
@@ -176,19 +177,28 @@ export class CopyUp {
       }
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
       copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
+    } catch (e) {
+      removeWorkEntry(work, tmp);
+      throw e;
+    }
+    // The copy keeps the object's st_ino: recorded before it becomes visible, so that no crash
+    // can show the copy without it. A lower hard link is broken by copy-up (as by the kernel
+    // without index=on): the copy gets its own st_ino so the names that stay below do not share it.
+    N.fstatat(work, tmp, C.AT_SYMLINK_NOFOLLOW, this.ust);
+    const upperIno = this.ust[ST.ino]!;
+    const keepsIno = type === C.S_IFDIR || this.lowerNlink === 1;
+    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
+    try {
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
     } catch (e) {
+      if (keepsIno) this.inodes.forgetOrigin(upperIno);
       removeWorkEntry(work, tmp);
       throw e;
     }
     // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
     restoreTimes(upperParent, this.pst);
     this.attributesChanged(parent);
-    N.fstatat(upperParent, node.name, C.AT_SYMLINK_NOFOLLOW, st);
-    // A lower hard link is broken by copy-up (the kernel without index=on does the same): the
-    // copy gets its own st_ino so the names that stay below do not share it.
-    if (type === C.S_IFDIR || this.lowerNlink === 1) this.inodes.recordOrigin(st[ST.ino]!, node.ino);
-    else this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
+    if (!keepsIno) this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
     if (type === C.S_IFDIR) {
       node.setDirLayers([upper, ...node.dirLayers!]);
       this.attributesChanged(node);
