@@ -9,7 +9,7 @@ ADDON := native-bindings/build/Release/strata_native.node
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 python3-venv git kmod
 
-.PHONY: all deps system-deps build native ts demo test install uninstall clean
+.PHONY: all deps system-deps build native ts demo test bench-walk install uninstall clean
 
 all: build
 
@@ -47,6 +47,10 @@ demo: build
 
 test: system-deps build
 	./node_modules/.bin/ava
+
+# The metadata cache against the kernel on a 40-layer stack (a benchmark, not a test).
+bench-walk: build
+	bash scripts/bench-walk.sh
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
