@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { Level } from 'level';
 import path from 'node:path';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
 interface Setup {
@@ -95,7 +96,6 @@ test('a cache recorded for another upper is dropped', (t) => {
 
 // ---- the lower-directory index ---------------------------------------------------------------
 
-const strataBin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../bin/strata');
 
 function cacheCli(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(strataBin, ['cache', ...args], { encoding: 'utf8' });

@@ -5,9 +5,9 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
-const strataBin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../bin/strata');
 
 interface Row { mountpoint: string; pid: number; alive: boolean; mounted: boolean; lowerdirs: string[]; requests?: number }
 

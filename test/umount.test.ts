@@ -6,9 +6,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { mountAt, strataMount } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
-const strataBin = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../bin/strata');
 
 function daemonPid(mnt: string): number {
   const r = spawnSync('pgrep', ['-f', `__daemon ${mnt}$`], { encoding: 'utf8' });
