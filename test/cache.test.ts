@@ -102,10 +102,10 @@ function cacheCli(args: string[]): { status: number | null; stdout: string; stde
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** Three lowers sharing directories, with a whiteout and an opaque directory in the top one. */
+/** Five lowers sharing directories (the index serves directories of 4+ lower layers), with a whiteout and an opaque directory near the top. */
 function deepSetup(t: Parameters<typeof tempDir>[0]): Setup & { lowers: string[] } {
   const dir = tempDir(t, 'idx');
-  const lowers = ['l1', 'l2', 'l3'].map((l) => path.join(dir, l));
+  const lowers = ['l1', 'l2', 'l3', 'l4', 'l5'].map((l) => path.join(dir, l));
   const s = { lower: lowers[0]!, lowers, upper: path.join(dir, 'u'), work: path.join(dir, 'w'), mountpoint: path.join(dir, 'm') };
   for (const d of [...lowers, s.upper, s.work, s.mountpoint]) fs.mkdirSync(d);
   lowers.forEach((l, i) => {

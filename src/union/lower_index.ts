@@ -37,8 +37,12 @@ export interface IndexStats {
   stale: number;
 }
 
-/** Directories with fewer lower layers than this are searched directly (the index would not pay). */
-const MIN_LOWER_LAYERS = 2;
+/**
+ * Directories with fewer lower layers than this are searched directly: measured on a 3-layer Debian
+ * rootfs, a LevelDB read per directory costs more than searching 2-3 layers per name, while on a
+ * 40-layer stack the index makes the first walk 2.4x faster.
+ */
+const MIN_LOWER_LAYERS = 4;
 /** Listings kept in memory (the rest stay in LevelDB). */
 const MEMORY_LISTINGS = 4096;
 
