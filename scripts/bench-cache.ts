@@ -506,7 +506,9 @@ function report(title: string, samples: Map<Variant, Sample[]>, runs: number): v
     ]);
   }
   const entries = kernel?.[0]?.entries ?? [...samples.values()][0]?.[0]?.entries ?? 0;
-  process.stdout.write(`\n${title}\n${entries} entries in the merged tree; medians of ${runs} run${runs === 1 ? '' : 's'} (min-max)\n\n`);
+  const load = readFileSync('/proc/loadavg', 'latin1').split(' ').slice(0, 3).join(' ');
+  process.stdout.write(`\n${title}\n${entries} entries in the merged tree; medians of ${runs} run${runs === 1 ? '' : 's'} (min-max); ` +
+    `load average now ${load}\n\n`);
   process.stdout.write(table(
     ['', 'first walk, cold', 'vs kernel', 'second walk', 'vs kernel', 'mount', 'RSS / HWM MiB'],
     rows,
@@ -536,9 +538,10 @@ function report(title: string, samples: Map<Variant, Sample[]>, runs: number): v
           ` (e.g. ${[...missing.slice(0, 2).map((l) => '-' + l), ...extra.slice(0, 2).map((l) => '+' + l)].join(', ')})\n`);
       }
       const inoDiff: string[] = [];
-      for (const [p, ino] of s.inodes) if (ref.inodes.has(p) && ref.inodes.get(p) !== ino) inoDiff.push(`/${p} ${ino} vs ${ref.inodes.get(p)!}`);
+      // the root is left out: it shows the upper's root, a fresh directory for every mount here
+      for (const [p, ino] of s.inodes) if (p && ref.inodes.has(p) && ref.inodes.get(p) !== ino) inoDiff.push(`/${p} ${ino} vs ${ref.inodes.get(p)!}`);
       if (inoDiff.length > 0) {
-        process.stdout.write(`  (${LABEL[variant]}: st_ino differs from the kernel's for ${inoDiff.length} of ${s.inodes.size} entries, ` +
+        process.stdout.write(`  (${LABEL[variant]}: st_ino differs from the kernel's for ${inoDiff.length} of ${s.inodes.size} entries below the root, ` +
           `e.g. ${inoDiff.slice(0, 2).join(', ')})\n`);
       }
     }
@@ -607,7 +610,7 @@ async function main(): Promise<void> {
   const kernelRelease = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
   const cpus = readFileSync('/proc/cpuinfo', 'utf8').split('\n').filter((l) => l.startsWith('processor')).length;
   const fsType = sh('stat', ['-f', '-c', '%T', ROOT]).out.trim();
-  process.stdout.write(`bench-cache: Linux ${kernelRelease}, ${cpus} CPUs, node ${process.version}, temp ${ROOT} (${fsType})` +
+  process.stdout.write(`bench-cache: Linux ${kernelRelease}, ${cpus} CPUs, node ${process.version}, temp ${ROOT} (${fsType}), load average ${readFileSync('/proc/loadavg', 'latin1').split(' ').slice(0, 3).join(' ')}` +
     `${haveFuseOverlayfs ? ', ' + (sh('fuse-overlayfs', ['--version']).out.split('\n').find((l) => l.startsWith('fuse-overlayfs')) ?? 'fuse-overlayfs') : ', no fuse-overlayfs'}\n` +
     'first walk: find -printf after mount + drop_caches; second walk: the same again on that mount; RSS/HWM of the daemon after both\n');
 
