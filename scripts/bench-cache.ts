@@ -2,6 +2,7 @@
 // bench-cache: what the LevelDB metadata cache buys on a cold walk of a deep stack.
 //
 //   node dist/scripts/bench-cache.js [--runs N] [--layers 40] [--files N] [--seed S] [--rootfs L2:L1:L0]
+//                                    [--tmp DIR] [--no-fuse-overlayfs]
 //
 // For each stack (a generated, seeded stack of --layers layers; and a layered root filesystem when
 // --rootfs gives its lower directories, top first), each run mounts every variant with a fresh
@@ -44,11 +45,13 @@ function usage(code: number): never {
     'usage: node dist/scripts/bench-cache.js [--runs N] [--layers 40] [--files N] [--seed S] [--rootfs L2:L1:L0]\n' +
       '         [--tmp DIR] [--no-fuse-overlayfs]\n' +
       '  --runs N        runs per variant (default 5); medians and min-max are printed\n' +
-      '  --layers N      layers of the generated stack (default 40)\n' +
+      '  --layers N      layers of the generated stack (default 40; 0: no generated stack, only --rootfs)\n' +
       '  --files N       files spread over them (default 20000)\n' +
       '  --seed S        seed of the generated stack (default 1)\n' +
       '  --rootfs A:B:C  also a stack of these lower directories (top first), e.g. from scripts/build-rootfs.sh\n' +
-      '  --tmp DIR       where the short temp directory is made (default /tmp; keep it short)\n',
+      '  --tmp DIR       where the short temp directory is made (default /tmp; keep it short). On tmpfs\n' +
+      '                  (/dev/shm) drop_caches drops nothing of the layers: the walks measure CPU only\n' +
+      '  --no-fuse-overlayfs  leave fuse-overlayfs out (it is measured when installed)\n',
   );
   process.exit(code);
 }
@@ -69,7 +72,7 @@ function parseArgs(argv: string[]): Options {
     const value = (): string | undefined => inline ?? argv[++i];
     switch (flag) {
       case '--runs': o.runs = int(flag, value(), 1); break;
-      case '--layers': o.layers = int(flag, value(), 2); break;
+      case '--layers': o.layers = int(flag, value(), 0); break;
       case '--files': o.files = int(flag, value(), 1); break;
       case '--seed': o.seed = int(flag, value(), 0); break;
       case '--rootfs': o.rootfs = (value() ?? '').split(':').filter(Boolean).map((p) => resolve(p)); break;
@@ -80,6 +83,14 @@ function parseArgs(argv: string[]): Options {
         process.stderr.write(`bench-cache: unknown argument ${a}\n`);
         usage(2);
     }
+  }
+  if (o.layers === 1) {
+    process.stderr.write('bench-cache: --layers takes 0 (none) or 2 or more\n');
+    usage(2);
+  }
+  if (o.layers === 0 && !o.rootfs) {
+    process.stderr.write('bench-cache: --layers 0 leaves nothing to measure without --rootfs\n');
+    usage(2);
   }
   if (o.rootfs) {
     if (o.rootfs.length === 0) usage(2);
@@ -614,15 +625,17 @@ async function main(): Promise<void> {
     `${haveFuseOverlayfs ? ', ' + (sh('fuse-overlayfs', ['--version']).out.split('\n').find((l) => l.startsWith('fuse-overlayfs')) ?? 'fuse-overlayfs') : ', no fuse-overlayfs'}\n` +
     'first walk: find -printf after mount + drop_caches; second walk: the same again on that mount; RSS/HWM of the daemon after both\n');
 
-  const t0 = Date.now();
-  const gen = generateStack(join(ROOT), o.layers, o.files, o.seed);
-  const g = gen.stats;
-  process.stderr.write(`generated ${o.layers} layers in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-  await benchStack(
-    `== generated stack: ${o.layers} layers (seed ${o.seed}): ${g.files} files (${g.overrides} overridden higher up), ${g.symlinks} symlinks, ` +
-      `${g.dirs} dirs in ~60% of the layers each, ${g.whiteouts} file and ${g.dirWhiteouts} dir whiteouts, ${g.opaque} opaque dirs; ` +
-      `${g.layerEntries} entries over the layers`,
-    gen.lowers, o, haveFuseOverlayfs);
+  if (o.layers > 0) {
+    const t0 = Date.now();
+    const gen = generateStack(join(ROOT), o.layers, o.files, o.seed);
+    const g = gen.stats;
+    process.stderr.write(`generated ${o.layers} layers in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    await benchStack(
+      `== generated stack: ${o.layers} layers (seed ${o.seed}): ${g.files} files (${g.overrides} overridden higher up), ${g.symlinks} symlinks, ` +
+        `${g.dirs} dirs in ~60% of the layers each, ${g.whiteouts} file and ${g.dirWhiteouts} dir whiteouts, ${g.opaque} opaque dirs; ` +
+        `${g.layerEntries} entries over the layers`,
+      gen.lowers, o, haveFuseOverlayfs);
+  }
 
   if (o.rootfs) {
     await benchStack(`== rootfs: ${o.rootfs.join(':')}`, o.rootfs, o, haveFuseOverlayfs);
