@@ -9,7 +9,7 @@ ADDON := native-bindings/build/Release/strata_native.node
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 python3-venv git kmod
 
-.PHONY: all deps system-deps build native ts demo test bench-walk install uninstall clean
+.PHONY: all deps system-deps build native ts demo test bench-walk bench-cache rootfs install uninstall clean
 
 all: build
 
@@ -51,6 +51,15 @@ test: system-deps build
 # The metadata cache against the kernel on a 40-layer stack (a benchmark, not a test).
 bench-walk: build
 	bash scripts/bench-walk.sh
+
+# The metadata cache against the kernel and fuse-overlayfs, medians and spreads, e.g.
+# make bench-cache BENCH_ARGS="--runs 3 --rootfs .cache/rootfs/l2:.cache/rootfs/l1:.cache/rootfs/l0"
+bench-cache: build
+	node dist/scripts/bench-cache.js $(BENCH_ARGS)
+
+# A three-layer Debian bookworm rootfs for benchmarks, cached in .cache/rootfs.
+rootfs:
+	bash scripts/build-rootfs.sh
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
