@@ -5,24 +5,17 @@
 //   ENOTCONN), kill the daemon, detach the mount.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as N from '../native/index.js';
 import { processAlive, readRecord, removeRecord } from './registry.js';
+import { mountinfo, type MountinfoEntry } from './validate.js';
 
 const FUSECTL = '/sys/fs/fuse/connections';
 
-/** The device ("major:minor") and type of the mount at `mountpoint`, from /proc/self/mountinfo. */
-export function mountEntry(mountpoint: string): { dev: string; fstype: string } | null {
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  let found: { dev: string; fstype: string } | null = null;
-  for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 10 || unescape(f[4]!) !== mountpoint) continue;
-    const sep = f.indexOf('-');
-    found = { dev: f[2]!, fstype: f[sep + 1] ?? '' }; // the last one mounted there is on top
-  }
-  return found;
+/** The topmost mount at `mountpoint` (its device and type), or null. */
+function mountEntry(mountpoint: string): MountinfoEntry | null {
+  return mountinfo().filter((m) => m.mountpoint === mountpoint).pop() ?? null;
 }
 
 /** Does the daemon answer within `ms`? statfs is never cached by the kernel: it always reaches the daemon. */

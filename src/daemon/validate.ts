@@ -37,14 +37,27 @@ function unescapeMountinfo(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
-/** Mount points currently mounted (from /proc/self/mountinfo). */
-export function mountedPaths(): Set<string> {
-  const out = new Set<string>();
+export interface MountinfoEntry {
+  mountpoint: string;
+  /** "major:minor" of the mounted filesystem. */
+  dev: string;
+  fstype: string;
+}
+
+/** Every mount of this namespace, in mount order (from /proc/self/mountinfo). */
+export function mountinfo(): MountinfoEntry[] {
+  const out: MountinfoEntry[] = [];
   for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
     const f = line.split(' ');
-    if (f.length > 4) out.add(unescapeMountinfo(f[4]!));
+    if (f.length < 10) continue;
+    out.push({ mountpoint: unescapeMountinfo(f[4]!), dev: f[2]!, fstype: f[f.indexOf('-') + 1] ?? '' });
   }
   return out;
+}
+
+/** Mount points currently mounted. */
+export function mountedPaths(): Set<string> {
+  return new Set(mountinfo().map((m) => m.mountpoint));
 }
 
 export function validateLayout(params: MountParams, mountpointArg: string): ResolvedLayout {

@@ -6,7 +6,7 @@
 import { fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
-import { removeWorkEntry, restoreTimes, workName, type CopyUp, type UpperDir } from './copy_up.js';
+import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
 import type { InodeTable, UnionNode } from './inode.js';
 import { checkName, lowerShows } from './namei.js';
 import { mergedListing } from './readdir.js';
@@ -265,4 +265,3 @@ function tryUnlink(dirfd: number, name: string, flags: number): void {
   }
 }
 
-export { restoreTimes };

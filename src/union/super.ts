@@ -153,7 +153,7 @@ export class UnionFs implements FileSystem {
     let attr;
     const handle = fh !== undefined ? this.handles.file(fh) : null;
     if (handle || node.unlinked) {
-      const h = handle ?? this.handles.filesOf(node)[Symbol.iterator]().next().value as FileHandle | undefined;
+      const h = handle ?? [...this.handles.filesOf(node)][0];
       if (!h) throw fsError('ENOENT');
       N.fstat(h.fd, this.st);
       attr = this.inodes.attrFrom(node, this.st);
