@@ -393,10 +393,31 @@ export class FuseSession {
     this.replyError(unique, e);
   }
 
+  /** Requests whose handler returned a promise that has not settled yet. */
+  private pending = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  /** Resolves once no request is being worked on (or after `timeoutMs`). */
+  idle(timeoutMs: number): Promise<void> {
+    if (this.pending === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   /** Runs a handler result through to a reply, whether it is a value or a promise. */
   private settle<T>(opcode: number, unique: number, r: T | Promise<T>, ok: (v: T) => void): void {
     if (r instanceof Promise) {
-      r.then(ok, (err) => this.fail(opcode, unique, err)).catch((err) => this.fail(opcode, unique, err));
+      this.pending++;
+      r.then(ok, (err) => this.fail(opcode, unique, err))
+        .catch((err) => this.fail(opcode, unique, err))
+        .finally(() => {
+          if (--this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+        });
     } else {
       ok(r);
     }

@@ -27,9 +27,16 @@ export function workName(): string {
 }
 
 const COPY_CHUNK = 1 << 20;
+/** Data copied per step of an asynchronous copy-up; other requests are served between steps. */
+const ASYNC_STEP = 16 * COPY_CHUNK;
+/** Files with more data than this are copied up asynchronously. */
+export const ASYNC_COPY_THRESHOLD = 4 * COPY_CHUNK;
 
-/** Copies the data of `src` into `dst`: reflink, else copy_file_range over data extents, else read/write. */
-export function copyData(src: number, dst: number, size: number): void {
+/**
+ * The steps of copying the data of `src` into `dst`: reflink, else copy_file_range over data
+ * extents (holes stay holes), else read/write. Yields after each `step` bytes.
+ */
+function* copySteps(src: number, dst: number, size: number, step: number): Generator<void, void, void> {
   if (size === 0) return;
   try {
     N.ficlone(dst, src);
@@ -39,6 +46,8 @@ export function copyData(src: number, dst: number, size: number): void {
   }
   let pos = 0;
   let sparse = true;
+  let useCfr = true;
+  let buf: Buffer | null = null;
   while (pos < size) {
     let start = pos;
     let end = size;
@@ -53,36 +62,51 @@ export function copyData(src: number, dst: number, size: number): void {
         end = size;
       }
     }
-    copyRange(src, dst, start, end);
+    // One data extent, at most `step` bytes of it per turn.
+    let off = start;
+    while (off < end) {
+      const stepEnd = Math.min(end, off + step);
+      while (off < stepEnd) {
+        let n = 0;
+        if (useCfr) {
+          try {
+            n = N.copyFileRange(src, off, dst, off, Math.min(stepEnd - off, 64 * COPY_CHUNK), 0);
+          } catch {
+            useCfr = false;
+            continue;
+          }
+        } else {
+          buf ??= Buffer.allocUnsafe(COPY_CHUNK);
+          n = N.pread(src, buf, 0, Math.min(stepEnd - off, COPY_CHUNK), off);
+          let w = 0;
+          while (w < n) w += N.pwrite(dst, buf, w, n - w, off + w);
+        }
+        if (n === 0) {
+          // the source is shorter than its stat said
+          N.ftruncate(dst, size);
+          return;
+        }
+        off += n;
+      }
+      if (off < size) yield;
+    }
     pos = end;
   }
   // A trailing hole: set the size without writing.
   N.ftruncate(dst, size);
 }
 
-function copyRange(src: number, dst: number, start: number, end: number): void {
-  let off = start;
-  let useCfr = true;
-  let buf: Buffer | null = null;
-  while (off < end) {
-    const len = Math.min(end - off, 64 * COPY_CHUNK);
-    let n = 0;
-    if (useCfr) {
-      try {
-        n = N.copyFileRange(src, off, dst, off, len, 0);
-      } catch {
-        useCfr = false;
-        continue;
-      }
-    } else {
-      buf ??= Buffer.allocUnsafe(COPY_CHUNK);
-      const want = Math.min(end - off, COPY_CHUNK);
-      n = N.pread(src, buf, 0, want, off);
-      let w = 0;
-      while (w < n) w += N.pwrite(dst, buf, w, n - w, off + w);
-    }
-    if (n === 0) break; // the source is shorter than its stat said
-    off += n;
+/** Copies the data of `src` into `dst` in one go. */
+export function copyData(src: number, dst: number, size: number): void {
+  for (const _ of copySteps(src, dst, size, Number.MAX_SAFE_INTEGER)) {
+    // no pauses
+  }
+}
+
+/** Copies the data of `src` into `dst`, letting other work run between steps. */
+async function copyDataAsync(src: number, dst: number, size: number): Promise<void> {
+  for (const _ of copySteps(src, dst, size, ASYNC_STEP)) {
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 }
 
@@ -114,11 +138,22 @@ export function restoreTimes(dirfd: number, st: Float64Array): void {
   N.utimensat(dirfd, '', st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!, C.AT_EMPTY_PATH);
 }
 
+/** One object being copied up: built in the work directory under `tmp`, then renamed into place. */
+interface CopyJob {
+  parent: UnionNode;
+  node: UnionNode;
+  /** The lower object's stat. */
+  st: Float64Array;
+  type: number;
+  tmp: string;
+  /** For a regular file: the new file, and the source when its data is copied (else -1). */
+  out: number;
+  src: number;
+}
+
 export class CopyUp {
-  private readonly st = new Float64Array(16);
   private readonly pst = new Float64Array(16);
   private readonly ust = new Float64Array(16);
-  private lowerNlink = 1;
 
   constructor(
     private readonly upper: UpperDir,
@@ -132,53 +167,116 @@ export class CopyUp {
     private readonly entriesChanged: (dir: UnionNode) => void,
   ) {}
 
-  /** Makes sure `node` (and its ancestors) exist in the upper layer. */
+  /**
+   * Makes sure `node` (and its ancestors) exist in the upper layer, in one go. Callers wait for a
+   * copy-up already in progress on the node first (`node.copying`).
+   */
   ensure(node: UnionNode, opts: { data?: boolean } = {}): void {
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
+    if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
     this.ensure(parent);
-    this.copyOne(parent, node, opts.data !== false);
+    const job = this.begin(parent, node, opts.data !== false);
+    try {
+      if (job.src >= 0) copyData(job.src, job.out, job.st[ST.size]!);
+    } catch (e) {
+      this.abort(job);
+      throw e;
+    }
+    this.finish(job);
   }
 
-  private copyOne(parent: UnionNode, node: UnionNode, withData: boolean): void {
-    const upper = this.upper.layer;
+  /**
+   * As `ensure`, but a regular file with more than ASYNC_COPY_THRESHOLD bytes of data is copied in
+   * steps between other requests: the result is then a promise, kept in `node.copying` until the copy
+   * is in place, so that every other change to the node waits for it.
+   */
+  ensureAsync(node: UnionNode, opts: { data?: boolean } = {}): void | Promise<void> {
+    if (node.copying) {
+      const again = (): void | Promise<void> => this.ensureAsync(node, opts);
+      return node.copying.then(again, again);
+    }
+    if (node.layer === this.upper.layer) return;
+    const parent = node.parent;
+    if (!parent) return;
+    this.ensure(parent);
+    const job = this.begin(parent, node, opts.data !== false);
+    const size = job.st[ST.size]!;
+    if (job.src < 0 || size <= ASYNC_COPY_THRESHOLD) {
+      try {
+        if (job.src >= 0) copyData(job.src, job.out, size);
+      } catch (e) {
+        this.abort(job);
+        throw e;
+      }
+      this.finish(job);
+      return;
+    }
+    const copying = copyDataAsync(job.src, job.out, size).then(
+      () => this.finish(job),
+      (e: unknown) => {
+        this.abort(job);
+        throw e;
+      },
+    ).finally(() => {
+      node.copying = null;
+    });
+    node.copying = copying;
+    return copying;
+  }
+
+  /** Creates the copy in the work directory (for a regular file: empty, open, with its source open). */
+  private begin(parent: UnionNode, node: UnionNode, withData: boolean): CopyJob {
     const work = this.upper.workFd;
     const [srcDir, srcName] = node.location();
-    const st = this.st;
+    const st = new Float64Array(16);
     N.fstatat(srcDir, srcName, C.AT_SYMLINK_NOFOLLOW, st);
     const type = st[ST.mode]! & C.S_IFMT;
-    this.lowerNlink = st[ST.nlink]!;
-    const upperParent = parent.dirFd(upper);
-    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
-    const tmp = workName();
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1 };
     try {
       if (type === C.S_IFREG) {
-        const out = N.openat(work, tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_CLOEXEC, 0o600);
-        try {
-          if (withData && st[ST.size]! > 0) {
-            const src = N.openat(srcDir, srcName, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-            try {
-              copyData(src, out, st[ST.size]!);
-            } finally {
-              N.close(src);
-            }
-          }
-          if (!this.upper.volatile) N.fsync(out);
-        } finally {
-          N.close(out);
-        }
+        job.out = N.openat(work, job.tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_CLOEXEC, 0o600);
+        if (withData && st[ST.size]! > 0) job.src = N.openat(srcDir, srcName, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       } else if (type === C.S_IFDIR) {
-        N.mkdirat(work, tmp, 0o700);
+        N.mkdirat(work, job.tmp, 0o700);
       } else if (type === C.S_IFLNK) {
-        N.symlinkat(N.readlinkat(srcDir, srcName), work, tmp);
+        N.symlinkat(N.readlinkat(srcDir, srcName), work, job.tmp);
       } else {
-        N.mknodat(work, tmp, type | 0o600, st[ST.rdev]!);
+        N.mknodat(work, job.tmp, type | 0o600, st[ST.rdev]!);
       }
+    } catch (e) {
+      this.abort(job);
+      throw e;
+    }
+    return job;
+  }
+
+  private closeFiles(job: CopyJob): void {
+    if (job.src >= 0) N.close(job.src);
+    if (job.out >= 0) N.close(job.out);
+    job.src = job.out = -1;
+  }
+
+  private abort(job: CopyJob): void {
+    this.closeFiles(job);
+    removeWorkEntry(this.upper.workFd, job.tmp);
+  }
+
+  /** Attributes, then the rename into the upper parent that makes the copy visible. */
+  private finish(job: CopyJob): void {
+    const { parent, node, st, type, tmp } = job;
+    const upper = this.upper.layer;
+    const work = this.upper.workFd;
+    try {
+      if (job.out >= 0 && !this.upper.volatile) N.fsync(job.out);
+      this.closeFiles(job);
+      // The lower location again: a copy in steps must not keep a directory descriptor across turns.
+      const [srcDir, srcName] = node.location();
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
       copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
     } catch (e) {
-      removeWorkEntry(work, tmp);
+      this.abort(job);
       throw e;
     }
     // The copy keeps the object's st_ino: recorded before it becomes visible, so that no crash
@@ -186,8 +284,10 @@ export class CopyUp {
     // without index=on): the copy gets its own st_ino so the names that stay below do not share it.
     N.fstatat(work, tmp, C.AT_SYMLINK_NOFOLLOW, this.ust);
     const upperIno = this.ust[ST.ino]!;
-    const keepsIno = type === C.S_IFDIR || this.lowerNlink === 1;
+    const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
+    const upperParent = parent.dirFd(upper);
+    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
     try {
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
     } catch (e) {

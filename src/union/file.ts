@@ -14,6 +14,8 @@ export interface FileHandle {
   flags: number;
   /** Set when this open uses the node's passthrough backing. */
   backing: Backing | null;
+  /** `fd` is the lower file (re-pointed to the upper one after a copy-up unless `backing`). */
+  onLower: boolean;
 }
 
 export interface DirHandle {

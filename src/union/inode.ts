@@ -30,6 +30,8 @@ export class UnionNode {
   unlinked = false;
   /** Further names of an upper hard link made through the mount (the primary is parent/name). */
   aliases: [UnionNode, string][] | null = null;
+  /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
+  copying: Promise<void> | null = null;
 
   constructor(
     readonly nodeid: number,

@@ -197,13 +197,18 @@ export class UnionFs implements FileSystem {
 
   // ---- files ---------------------------------------------------------------------------------
 
-  open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply {
+  open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      this.copyUp(node, !truncate);
+      return this.afterCopyUp(node, !truncate, () => this.openFile(node, flags));
     }
+    return this.openFile(node, flags);
+  }
+
+  private openFile(node: UnionNode, flags: number): OpenReply {
+    const truncate = (flags & C.O_TRUNC) !== 0;
     let fd: number;
     if (node.layer.isUpper && node.type === C.S_IFREG) {
       fd = this.openUpperFile(node, truncate ? C.O_TRUNC : 0);
@@ -216,7 +221,7 @@ export class UnionFs implements FileSystem {
 
   /** Registers an open layer file and decides how the kernel does its I/O. */
   private openReply(node: UnionNode, fd: number, flags: number): OpenReply {
-    const h: FileHandle = { kind: 'file', node, fd, flags, backing: null };
+    const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper };
     let openFlags = FOPEN_KEEP_CACHE;
     let backingId: number | undefined;
     if (this.passthrough && node.type === C.S_IFREG) {
@@ -330,18 +335,47 @@ export class UnionFs implements FileSystem {
     return this.writable;
   }
 
-  /** Copies `node` up (if needed) and re-points open handles that read the lower file. */
-  private copyUp(node: UnionNode, data = true): void {
+  /**
+   * Copies `node` up (if needed), re-points open handles that read the lower file, then runs `then`.
+   * A large file is copied in steps between other requests: the result is then a promise.
+   */
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: () => T): T | Promise<T> {
     const w = this.w;
-    if (node.layer.isUpper) return;
-    w.copyUp.ensure(node, { data });
+    if (node.layer.isUpper && !node.copying) return then();
+    const copied = w.copyUp.ensureAsync(node, { data });
+    if (copied) {
+      return copied.then(() => {
+        this.reopenHandles(node);
+        return then();
+      });
+    }
+    this.reopenHandles(node);
+    return then();
+  }
+
+  /** Copies `node` up if needed; a promise while a large file is copied. */
+  private copyUpNode(node: UnionNode): void | Promise<void> {
+    return this.afterCopyUp<void>(node, true, () => undefined);
+  }
+
+  /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
+  private reopenHandles(node: UnionNode): void {
     if (node.type !== C.S_IFREG) return;
     for (const h of this.handles.filesOf(node)) {
-      if (h.backing) continue; // the kernel reads its backing (the lower file) directly: kept as it is
+      // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
+      if (h.backing || !h.onLower) continue;
       const fd = this.openUpperFile(node, 0);
       N.close(h.fd);
       h.fd = fd;
+      h.onLower = false;
     }
+  }
+
+  /** Runs `then` once no copy-up is in progress on any of `nodes` (changes to a node wait for it). */
+  private afterCopies<T>(nodes: (UnionNode | null)[], then: () => T | Promise<T>): T | Promise<T> {
+    const busy = nodes.filter((n): n is UnionNode => n !== null && n.copying !== null).map((n) => n.copying!.catch(() => undefined));
+    if (busy.length === 0) return then();
+    return Promise.all(busy).then(() => this.afterCopies(nodes, then));
   }
 
   /** Opens the upper file of `node` read-write (the daemon serves any access mode through it). */
@@ -356,11 +390,14 @@ export class UnionFs implements FileSystem {
     }
   }
 
-  setattr(_ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply {
+  setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
     const node = this.inodes.get(nodeid);
+    const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
+    return this.afterCopyUp(node, !truncatingToZero, () => this.setattrUpper(ctx, node, req));
+  }
+
+  private setattrUpper(ctx: RequestContext, node: UnionNode, req: SetattrRequest): AttrReply {
     const v = req.valid;
-    const truncatingToZero = (v & FATTR_SIZE) !== 0 && req.size === 0;
-    this.copyUp(node, !truncatingToZero);
     const [dirfd, name] = node.location();
     const handle = (v & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     if (v & (FATTR_UID | FATTR_GID)) {
@@ -388,7 +425,7 @@ export class UnionFs implements FileSystem {
       const mNs = v & FATTR_MTIME_NOW ? C.UTIME_NOW : v & FATTR_MTIME ? req.mtimeNsec : C.UTIME_OMIT;
       N.utimensat(dirfd, name, req.atimeSec, aNs, req.mtimeSec, mNs, C.AT_SYMLINK_NOFOLLOW | (name === '' ? C.AT_EMPTY_PATH : 0));
     }
-    return this.getattr(_ctx, nodeid, handle ? req.fh : undefined);
+    return this.getattr(ctx, node.nodeid, handle ? req.fh : undefined);
   }
 
   private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject): EntryReply {
@@ -434,11 +471,12 @@ export class UnionFs implements FileSystem {
     return found[0];
   }
 
-  unlink(_ctx: RequestContext, parent: number, name: string): void {
+  unlink(_ctx: RequestContext, parent: number, name: string): void | Promise<void> {
     const w = this.w;
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (node.isDir) throw fsError('EISDIR');
+    if (node.copying) return this.afterCopies<void>([node], () => this.unlink(_ctx, parent, name));
     w.dirs.unlink(p, node, name);
   }
 
@@ -450,7 +488,7 @@ export class UnionFs implements FileSystem {
     w.dirs.rmdir(p, node, name);
   }
 
-  rename(_ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void {
+  rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
     const w = this.w;
     const p = this.dirNode(parent);
     const np = this.dirNode(newParent);
@@ -458,19 +496,29 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
+    // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
+    if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
     w.dirs.checkRename(node, newName, target, flags);
-    if (node.type === C.S_IFREG) this.copyUp(node);
-    if (target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG) this.copyUp(target);
+    const exchangeFile = target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG ? target : null;
+    for (const n of [node.type === C.S_IFREG ? node : null, exchangeFile]) {
+      if (!n || n.layer.isUpper) continue;
+      const copied = this.copyUpNode(n);
+      if (copied) return copied.then(() => this.rename(ctx, parent, name, newParent, newName, flags));
+    }
     w.dirs.rename(p, name, node, np, newName, target, flags);
   }
 
-  link(_ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply {
+  link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply | Promise<EntryReply> {
     const w = this.w;
     const node = this.inodes.get(nodeid);
     const p = this.dirNode(newParent);
     checkName(newName);
     if (this.child(p, newName)) throw fsError('EEXIST');
-    if (node.type === C.S_IFREG) this.copyUp(node);
+    if (node.copying || (node.type === C.S_IFREG && !node.layer.isUpper)) {
+      const copied = this.copyUpNode(node);
+      // The new name is checked again: it may have been taken while the copy ran.
+      if (copied) return copied.then(() => this.link(ctx, nodeid, newParent, newName));
+    }
     w.dirs.link(node, p, newName);
     return this.entry(node);
   }
@@ -500,15 +548,16 @@ export class UnionFs implements FileSystem {
     }
   }
 
-  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void {
+  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void | Promise<void> {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
-    this.copyUp(node);
-    const [dirfd, fname] = node.location();
-    N.lsetxattr(dirfd, fname, name, value, flags);
+    return this.afterCopyUp(node, true, () => {
+      const [dirfd, fname] = node.location();
+      N.lsetxattr(dirfd, fname, name, value, flags);
+    });
   }
 
-  removexattr(_ctx: RequestContext, nodeid: number, name: string): void {
+  removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
     if (!node.layer.isUpper) {
@@ -516,9 +565,10 @@ export class UnionFs implements FileSystem {
       const [dirfd, fname] = node.location();
       if (N.lgetxattr(dirfd, fname, name) === null) throw fsError('ENODATA');
     }
-    this.copyUp(node);
-    const [dirfd, fname] = node.location();
-    N.lremovexattr(dirfd, fname, name);
+    return this.afterCopyUp(node, true, () => {
+      const [dirfd, fname] = node.location();
+      N.lremovexattr(dirfd, fname, name);
+    });
   }
 
   fallocate(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, length: number, mode: number): void {
