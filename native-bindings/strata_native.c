@@ -512,6 +512,15 @@ static napi_value fn_dup(napi_env env, napi_callback_info info) {
   return ret_count(env, fcntl(fd, F_DUPFD_CLOEXEC, 0), "dup", NULL);
 }
 
+/* dup2(oldfd, newfd): newfd  (newfd is replaced; it does not get O_CLOEXEC) */
+static napi_value fn_dup2(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t oldfd, newfd;
+  TRY(arg_i32(env, argv[0], &oldfd));
+  TRY(arg_i32(env, argv[1], &newfd));
+  return ret_count(env, dup2(oldfd, newfd), "dup2", NULL);
+}
+
 /* readlinkat(dirfd, path): string */
 static napi_value fn_readlinkat(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -1675,7 +1684,7 @@ static const struct {
   napi_callback cb;
 } k_functions[] = {
     FN(fstatat), FN(fstat), FN(statx), FN(lstatMaybe),
-    FN(openat), FN(openat2), FN(close), FN(dup), FN(readlinkat), FN(readdir),
+    FN(openat), FN(openat2), FN(close), FN(dup), FN(dup2), FN(readlinkat), FN(readdir),
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),

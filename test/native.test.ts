@@ -184,6 +184,13 @@ test('openat / close / dup / pread / pwrite', (t) => {
   t.is(buf.subarray(0, 2).toString(), '34');
   t.is(N.lseek(fd, 0, C.SEEK_CUR), 3);
 
+  // dup2 replaces a given descriptor number
+  const fd3 = N.dup(fd2);
+  t.teardown(() => N.close(fd3));
+  t.is(N.dup2(open(t, dfd, 'f', C.O_WRONLY), fd3), fd3);
+  t.is(errOf(() => N.pread(fd3, buf, 0, 1, 0)).code, 'EBADF'); // now the write-only file
+  t.is(errOf(() => N.dup2(-1, fd3)).code, 'EBADF');
+
   const wr = open(t, dfd, 'f', C.O_WRONLY);
   const rdErr = errOf(() => N.pread(wr, buf, 0, 1, 0));
   t.is(rdErr.code, 'EBADF');

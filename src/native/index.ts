@@ -87,6 +87,7 @@ interface NativeBinding {
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
   close(fd: number): void;
   dup(fd: number): number;
+  dup2(oldfd: number, newfd: number): number;
   readlinkat(dirfd: number, path: string): string;
   readdir(dirfd: number): DirEntry[];
   mkdirat(dirfd: number, path: string, mode: number): void;
@@ -234,6 +235,8 @@ export const openat2: (dirfd: number, path: string, flags: number, mode: number,
 export const close: (fd: number) => void = native.close;
 /** dup(2) with O_CLOEXEC on the new fd. */
 export const dup: (fd: number) => number = native.dup;
+/** dup2(2): makes `newfd` a copy of `oldfd`. */
+export const dup2: (oldfd: number, newfd: number) => number = native.dup2;
 export const readlinkat: (dirfd: number, path: string) => string = native.readlinkat;
 /** All entries of the directory dirfd (may be an O_PATH fd), without "." and "..". */
 export const readdir: (dirfd: number) => DirEntry[] = native.readdir;
