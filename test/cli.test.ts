@@ -139,6 +139,25 @@ test('SIGTERM to the daemon unmounts and it exits', async (t) => {
   t.false(isAlive(daemons[0]!));
 });
 
+for (const c of [
+  { name: 'throws', code: 'throw new Error("injected daemon failure");', expect: /daemon exited before the mount was live \(exit status 1\): Error: injected daemon failure$/ },
+  { name: 'is killed', code: 'process.kill(process.pid, "SIGKILL");', expect: /daemon exited before the mount was live \(killed by SIGKILL\)$/ },
+]) {
+  test(`a daemon that ${c.name} before its mount is live: one line says why, exit 1, nothing mounted or running`, async (t) => {
+    const f = fixture(t);
+    // Code loaded into every node process of the command; it acts only in the daemon.
+    const inject = path.join(f.root, 'inject.mjs');
+    fs.writeFileSync(inject, `if (process.argv.includes('__daemon')) { ${c.code} }\n`);
+    const { tag, env } = tagged(t, f.mnt, { NODE_OPTIONS: `--import=${inject}` });
+    const r = await runWithPipes(strataBin, ['mount', '-o', `lowerdir=${f.a}:${f.b}`, f.mnt], { env });
+    t.is(r.status, 1);
+    t.deepEqual(stderrLines(r).length, 1, r.stderr);
+    t.regex(r.stderr.trim(), c.expect);
+    t.is(mountAt(f.mnt), undefined);
+    t.true(await waitFor(() => processesTagged(tag).length === 0, 5_000));
+  });
+}
+
 test('after a lazy umount the daemon serves open files until they are closed, then exits', async (t) => {
   const f = fixture(t);
   const { tag } = await mountFixture(t, f);

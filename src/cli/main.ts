@@ -3,7 +3,7 @@
 // fuse-overlayfs / mount(8) argument forms.
 
 import { spawn } from 'node:child_process';
-import { realpathSync, statSync } from 'node:fs';
+import { realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -41,6 +41,7 @@ interface MountArgs {
   passthrough: string;
   logLevel: string;
   logFile?: string;
+  pidFile?: string;
   writeFormat: string;
   force: boolean;
   cache: boolean;
@@ -56,6 +57,7 @@ function buildConfig(args: MountArgs): DaemonConfig {
     passthrough: args.passthrough as DaemonOptions['passthrough'],
     logLevel: args.logLevel,
     logFile: args.logFile ?? null,
+    pidFile: args.pidFile ? resolve(args.pidFile) : null,
     cacheTimeout: 86400,
     writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
     force: args.force,
@@ -82,6 +84,9 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
     workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
   writeRecord(record);
+  // Written before the parent returns, as a service manager expects of a forking service.
+  const pidFile = config.options.pidFile;
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
   // Request counts for `strata status`, refreshed off the request path.
   const refresh = setInterval(() => {
     const { requests, errors } = m.session.stats;
@@ -95,10 +100,19 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     });
   }
   process.on('SIGHUP', reopenLog);
-  if (notify) notify('ok');
+  if (notify) {
+    notify('ok');
+    // The parent stops reading our stderr once the mount is live: from now on it goes nowhere
+    // (logs go to --log-file when one is given).
+    const devNull = N.openat(N.C.AT_FDCWD, '/dev/null', N.C.O_WRONLY | N.C.O_CLOEXEC, 0);
+    N.dup2(devNull, 1);
+    N.dup2(devNull, 2);
+    N.close(devNull);
+  }
   await m.done;
   clearInterval(refresh);
   removeRecord(mountpoint, process.pid);
+  if (pidFile) rmSync(pidFile, { force: true });
   logger.flush?.();
   process.exit(0);
 }
@@ -108,28 +122,61 @@ async function mountInBackground(config: DaemonConfig): Promise<never> {
   const script = fileURLToPath(import.meta.url);
   const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
     detached: true,
-    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
     env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
+  });
+  // What the daemon says on stderr before it is ready, to explain a crash (kept short).
+  let stderr = '';
+  const errPipe = child.stderr!;
+  errPipe.setEncoding('utf8');
+  errPipe.on('data', (d: string) => {
+    if (stderr.length < 65536) stderr += d;
   });
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
   let text = '';
   pipe.setEncoding?.('utf8');
+  let exit: string | null = null;
   const message = await new Promise<string>((resolve) => {
     pipe.on('data', (d: string) => {
       text += d;
       if (text.includes('\n')) resolve(text.split('\n')[0]!);
     });
     pipe.on('end', () => resolve(text.split('\n')[0] ?? ''));
-    child.on('exit', () => setTimeout(() => resolve(text.split('\n')[0] ?? ''), 50));
+    child.on('exit', (code, signal) => {
+      exit = signal ? `killed by ${signal}` : `exit status ${code}`;
+      setTimeout(() => resolve(text.split('\n')[0] ?? ''), 50);
+    });
   });
   if (message !== 'ok') {
-    fail(message.startsWith('error ') ? message.slice(6) : 'the daemon exited before the mount was live', 1);
+    if (message.startsWith('error ')) fail(message.slice(6), 1);
+    // No reason given: the daemon crashed. Its last words on stderr say why.
+    await new Promise((r) => setTimeout(r, 50));
+    const why = lastErrorLine(stderr);
+    fail(`the daemon exited before the mount was live (${exit ?? 'no reply'})${why ? `: ${why}` : ''}`, 1);
   }
+  errPipe.destroy();
   // The mount answers: one request through the kernel to be sure.
   statSync(config.layout.mountpoint);
   child.unref();
   (pipe as unknown as { destroy(): void }).destroy();
   process.exit(0);
+}
+
+/** The most telling line of a crashed daemon's stderr: the error message, not the stack. */
+function lastErrorLine(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  for (const l of lines) {
+    if (l.startsWith('{')) {
+      try {
+        const j = JSON.parse(l) as { level?: number; msg?: string; err?: { message?: string } };
+        if ((j.level ?? 0) >= 50) return [j.msg, j.err?.message].filter(Boolean).join(': ');
+      } catch {
+        // not a log line
+      }
+    }
+  }
+  const errLine = lines.find((l) => /^[A-Za-z]*Error\b|^Error:|^\w+Error:/.test(l));
+  return (errLine ?? lines.at(-1) ?? '').slice(0, 500);
 }
 
 async function mountCommand(args: MountArgs): Promise<never> {
@@ -247,6 +294,7 @@ const mountOptions = {
   passthrough: { type: 'string', default: 'auto', describe: 'kernel passthrough for file I/O: auto, on or off' },
   'log-level': { type: 'string', default: 'info', describe: 'trace, debug, info, warn, error' },
   'log-file': { type: 'string', describe: 'write JSON logs to this file (default: stderr)' },
+  'pid-file': { type: 'string', describe: 'write the daemon\'s pid to this file once the mount is live (removed at exit)' },
   'write-format': { type: 'string', default: 'kernel', describe: 'whiteouts in the upper: kernel (char 0/0) or oci (.wh. files)' },
   force: { type: 'boolean', default: false, describe: 'mount an upper that a volatile mount left behind' },
   cache: { type: 'boolean', default: true, describe: 'keep inode numbers in a LevelDB cache (--no-cache: without it)' },

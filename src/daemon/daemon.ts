@@ -17,6 +17,8 @@ export interface DaemonOptions {
   passthrough: PassthroughMode;
   logLevel: string;
   logFile: string | null;
+  /** Where the CLI writes the daemon's pid once the mount is live (for service managers). */
+  pidFile: string | null;
   /** Seconds the kernel caches names and attributes. */
   cacheTimeout: number;
   /** Whiteouts as char 0/0 devices (the kernel's) or OCI ".wh." files. */
@@ -63,6 +65,9 @@ function prepareWorkDir(workdir: string, volatile: boolean, force: boolean): str
   if (volatile) mkdirSync(marker, { recursive: true, mode: 0o700 });
   return work;
 }
+
+/** How long an unmount waits for requests in progress before the daemon stops serving. */
+const STOP_GRACE_MS = 30_000;
 
 export interface RunningMount {
   session: FuseSession;
@@ -141,11 +146,22 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
         logger.error({ err: e }, 'unmount failed');
       }
     }
-    // A lazily detached mount may keep the connection open; stop serving now.
-    s.stop();
+    // Requests already being worked on (a copy-up in steps) are finished and answered first; a
+    // lazily detached mount may keep the connection open, so the session is then ended here.
+    void s.idle(STOP_GRACE_MS).then(() => s.stop());
   };
   const done = s.ended.then(async (err) => {
     if (err) logger.error({ err }, 'session ended with an error');
+    // The kernel may end the session (umount) while a request is still being worked on: let it
+    // finish, so a copy-up completes (its reply has nowhere to go) before the layers are closed.
+    await s.idle(STOP_GRACE_MS);
+    if (stack.upper && !params.volatile) {
+      try {
+        N.syncfs(stack.upper.fd);
+      } catch (e) {
+        logger.warn({ err: e }, 'syncfs of the upper layer failed');
+      }
+    }
     const cacheStats = fs.cacheStats();
     if (cacheStats) logger.info({ cache: cacheStats }, 'metadata cache');
     if (cache && cacheStats) cache.putStats(cacheStats);
