@@ -9,7 +9,7 @@ ADDON := native-bindings/build/Release/strata_native.node
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 python3-venv git kmod
 
-.PHONY: all deps system-deps build native ts demo test bench-walk bench-cache rootfs install uninstall clean
+.PHONY: all deps system-deps build native ts demo test bench-walk bench-cache longrun rootfs install uninstall clean
 
 all: build
 
@@ -56,6 +56,10 @@ bench-walk: build
 # make bench-cache BENCH_ARGS="--runs 3 --rootfs .cache/rootfs/l2:.cache/rootfs/l1:.cache/rootfs/l0"
 bench-cache: build
 	node dist/scripts/bench-cache.js $(BENCH_ARGS)
+
+# Daemon memory and descriptors over a long run of parallel clients (a measurement, not a test).
+longrun: build
+	node dist/scripts/longrun.js $(LONGRUN_ARGS)
 
 # A three-layer Debian bookworm rootfs for benchmarks, cached in .cache/rootfs.
 rootfs:
