@@ -30,6 +30,12 @@ export class UnionNode {
   unlinked = false;
   /** Further names of an upper hard link made through the mount (the primary is parent/name). */
   aliases: [UnionNode, string][] | null = null;
+  /**
+   * For a directory: the names each of its lower layer directories holds, as the first full
+   * listing read them (lower layers do not change). A lookup skips the layers that do not hold a
+   * name instead of asking each one, as the kernel's negative dentries spare it the same work.
+   */
+  lowerNames: Map<Layer, Set<string>> | null = null;
   /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
   copying: Promise<void> | null = null;
 

@@ -10,7 +10,7 @@ import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
-import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir } from './whiteout.js';
+import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir, OCI_WHITEOUT_PREFIX } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -58,8 +58,11 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
   let st = new Float64Array(16);
   for (let i = from; i < to; i++) {
     const layer = layers[i]!;
+    // A lower layer whose listing is known and holds neither the name nor its OCI whiteout: nothing to ask.
+    const known = parent.lowerNames?.get(layer);
+    if (known && !known.has(name) && !known.has(OCI_WHITEOUT_PREFIX + name)) continue;
     const dirfd = parent.dirFd(layer);
-    if (N.lstatMaybe(dirfd, name, st)) {
+    if ((!known || known.has(name)) && N.lstatMaybe(dirfd, name, st)) {
       if (isKernelWhiteout(st)) return { hit, stopped: true };
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
@@ -74,7 +77,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       // Opaque: the layers below are hidden. Only worth asking when there is a layer below.
       if (i + 1 < layers.length && isOpaqueDir(dirfd, name)) return { hit, stopped: true };
     }
-    if (i + 1 < layers.length && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
+    if (i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
   return { hit, stopped: false };
 }

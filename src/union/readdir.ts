@@ -7,6 +7,7 @@
 
 import * as N from '../native/index.js';
 import type { InodeTable, UnionNode } from './inode.js';
+import type { Layer } from './layers.js';
 import type { LowerListing } from './lower_index.js';
 import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
 
@@ -26,6 +27,15 @@ function dtFromMode(mode: number): number {
   return (mode & C.S_IFMT) >> 12;
 }
 
+/** Keeps the names of a lower layer directory for lookups (see UnionNode.lowerNames). */
+function rememberNames(dir: UnionNode, layer: Layer, entries: [string, number, number][]): void {
+  dir.lowerNames ??= new Map();
+  if (dir.lowerNames.has(layer)) return;
+  const names = new Set<string>();
+  for (const e of entries) names.add(e[0]);
+  dir.lowerNames.set(layer, names);
+}
+
 /**
  * The merged listing of directory `dir`, without "." and "..". With `lower`, the layers from
  * position `lower.from` on are not read: their merged listing comes from the lower index.
@@ -39,7 +49,9 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
   for (const layer of layers) {
     const dirfd = dir.dirFd(layer);
     const ociHidden: string[] = [];
-    for (const [name, dtype, realIno] of N.readdir(dirfd)) {
+    const entries = N.readdir(dirfd);
+    if (!layer.isUpper) rememberNames(dir, layer, entries);
+    for (const [name, dtype, realIno] of entries) {
       if (name.startsWith('.wh.')) {
         if (name !== OCI_OPAQUE) {
           const target = ociWhiteoutTarget(name);
