@@ -575,10 +575,15 @@ export class FuseSession {
         const fh = u64(b, p);
         const offset = u64(b, p + 8);
         const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
-        const sink = new DirBuffer(this.outBuf, OUT_HEADER_SIZE, size);
-        return this.settle(op, u, fs.readdir(ctx, nodeid, fh, offset, sink, op === Op.READDIRPLUS), () => {
+        const plus = op === Op.READDIRPLUS;
+        // Filled and sent in one synchronous step: the sink writes into the shared reply buffer.
+        const fill = (): void => {
+          const sink = new DirBuffer(this.outBuf, OUT_HEADER_SIZE, size);
+          fs.readdir(ctx, nodeid, fh, offset, sink, plus);
           if (!this.send(u, 0, sink.pos - OUT_HEADER_SIZE)) for (const id of sink.nodeids) fs.forget(id, 1);
-        });
+        };
+        const prepared = fs.readdirPrepare?.(ctx, nodeid);
+        return this.settle(op, u, prepared instanceof Promise ? prepared.then(fill) : fill(), () => undefined);
       }
       case Op.RELEASEDIR:
         return this.settle(op, u, fs.releasedir(ctx, nodeid, u64(b, p)), () => this.replyOk(u));

@@ -122,8 +122,15 @@ export interface FileSystem {
   flush(ctx: RequestContext, nodeid: number, fh: number): R<void>;
   release(ctx: RequestContext, nodeid: number, fh: number, flags: number): R<void>;
   fsync(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
+  /**
+   * May throw ENOSYS: the kernel then opens directories without asking (and never sends OPENDIR or
+   * RELEASEDIR again on this connection); readdir gets fh 0.
+   */
   opendir(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
-  readdir(ctx: RequestContext, nodeid: number, fh: number, offset: number, sink: DirSink, plus: boolean): R<void>;
+  /** Work a readdir needs done first that may wait (the sink itself is filled synchronously). */
+  readdirPrepare?(ctx: RequestContext, nodeid: number): void | Promise<void>;
+  /** Fills `sink` synchronously (it writes into the shared reply buffer). */
+  readdir(ctx: RequestContext, nodeid: number, fh: number, offset: number, sink: DirSink, plus: boolean): void;
   releasedir(ctx: RequestContext, nodeid: number, fh: number): R<void>;
   fsyncdir(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
   statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;

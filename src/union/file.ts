@@ -3,7 +3,6 @@
 
 import type { UnionNode } from './inode.js';
 import type { Layer } from './layers.js';
-import type { DirEntry } from './readdir.js';
 import * as N from '../native/index.js';
 
 export interface FileHandle {
@@ -18,14 +17,7 @@ export interface FileHandle {
   onLower: boolean;
 }
 
-export interface DirHandle {
-  readonly kind: 'dir';
-  node: UnionNode;
-  /** The listing taken at offset 0 (entries 0 and 1 are "." and ".."). */
-  entries: DirEntry[] | null;
-}
-
-export type Handle = FileHandle | DirHandle;
+export type Handle = FileHandle;
 
 /** A passthrough backing registered with the kernel; every open of one inode must share it. */
 export interface Backing {
@@ -52,12 +44,6 @@ export class HandleTable {
   file(fh: number): FileHandle {
     const h = this.handles.get(fh);
     if (!h || h.kind !== 'file') throw Object.assign(new Error(`bad file handle ${fh}`), { code: 'EBADF' });
-    return h;
-  }
-
-  dir(fh: number): DirHandle {
-    const h = this.handles.get(fh);
-    if (!h || h.kind !== 'dir') throw Object.assign(new Error(`bad dir handle ${fh}`), { code: 'EBADF' });
     return h;
   }
 

@@ -9,6 +9,7 @@
 import type { Attr } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { OriginStore } from './cache.js';
+import type { DirEntry } from './readdir.js';
 import type { Layer, LayerStack } from './layers.js';
 
 const { C, ST } = N;
@@ -36,6 +37,8 @@ export class UnionNode {
    * name instead of asking each one, as the kernel's negative dentries spare it the same work.
    */
   lowerNames: Map<Layer, Set<string>> | null = null;
+  /** For a directory: listings being read, by generation (see UnionFs.readdir). */
+  listings: Map<number, DirEntry[]> | null = null;
   /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
   copying: Promise<void> | null = null;
 

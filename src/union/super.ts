@@ -55,6 +55,17 @@ interface Writable {
   dirs: DirOps;
 }
 
+/** Offsets of a directory listing: generation * LISTING_SPAN + position (up to 16M entries). */
+const LISTING_SPAN = 2 ** 24;
+/** Listings kept per directory for readers that have not reached the end. */
+const MAX_LISTINGS = 8;
+let listingGeneration = 0;
+/** Generations stay below 2^29, so offsets stay exact doubles (< 2^53). */
+function nextListingGeneration(): number {
+  listingGeneration = (listingGeneration % (2 ** 29 - 1)) + 1;
+  return listingGeneration;
+}
+
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles = new HandleTable();
@@ -271,34 +282,52 @@ export class UnionFs implements FileSystem {
 
   // ---- directories ---------------------------------------------------------------------------
 
-  opendir(_ctx: RequestContext, nodeid: number): OpenReply | Promise<OpenReply> {
-    const node = this.dirNode(nodeid);
-    const open = (): OpenReply => {
-      const fh = this.handles.add({ kind: 'dir', node, entries: null });
-      return { fh, openFlags: FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR };
-    };
-    // Listing a deep directory: its lower listing may be in LevelDB (readdir itself stays synchronous).
-    if (this.index?.wantsLoad(node)) return this.index.load(node).then(open);
-    return open();
+  /**
+   * Directories need no open handle: ENOSYS makes the kernel open them without asking (and cache
+   * their listings, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR), which spares two round trips per directory
+   * read. The listing a reader sees stays stable through the offsets it was given (see readdir).
+   */
+  opendir(): never {
+    throw fsError('ENOSYS');
   }
 
-  readdir(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, sink: DirSink, plus: boolean): void {
-    const h = this.handles.dir(fh);
-    const dir = h.node;
-    if (offset === 0 || !h.entries) {
+  /** Listing a deep directory: its lower listing may be read from LevelDB first. */
+  readdirPrepare(_ctx: RequestContext, nodeid: number): void | Promise<void> {
+    const node = this.dirNode(nodeid);
+    if (this.index?.wantsLoad(node)) return this.index.load(node);
+  }
+
+  /**
+   * A listing is taken when a reader starts (offset 0) and kept on the directory's node under a
+   * generation number that the offsets it hands out carry (offset = generation * 2^24 + position),
+   * so a reader continues in the listing it started, whatever other readers start meanwhile; the
+   * listing is dropped when its reader reaches the end.
+   */
+  readdir(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, sink: DirSink, plus: boolean): void {
+    const dir = this.dirNode(nodeid);
+    let gen = Math.floor(offset / LISTING_SPAN);
+    let start = offset % LISTING_SPAN;
+    let entries = offset === 0 ? undefined : dir.listings?.get(gen);
+    if (!entries) {
+      // A fresh reader, or one whose listing is gone (then it goes on by position in a new one).
       const parent = dir.parent ?? dir;
-      h.entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino },
-        ...this.listing(dir)];
+      entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino }, ...this.listing(dir)];
+      gen = nextListingGeneration();
+      dir.listings ??= new Map();
+      dir.listings.set(gen, entries);
+      if (dir.listings.size > MAX_LISTINGS) dir.listings.delete(dir.listings.keys().next().value!);
+      if (offset === 0) start = 0;
     }
-    const entries = h.entries;
-    for (let i = offset; i < entries.length; i++) {
+    const base = gen * LISTING_SPAN;
+    let i = start;
+    for (; i < entries.length; i++) {
       const e: DirEntry = entries[i]!;
       if (!plus) {
-        if (!sink.add(e.name, e.ino, e.type, i + 1)) break;
+        if (!sink.add(e.name, e.ino, e.type, base + i + 1)) break;
         continue;
       }
       if (i < 2) {
-        if (!sink.addPlus(e.name, null, e.ino, e.type, i + 1)) break;
+        if (!sink.addPlus(e.name, null, e.ino, e.type, base + i + 1)) break;
         continue;
       }
       if (!sink.fits(e.name)) break;
@@ -306,7 +335,12 @@ export class UnionFs implements FileSystem {
       if (!found) continue; // removed since the listing was taken
       const [node, st] = found;
       const entry = this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
-      sink.addPlus(e.name, entry, node.ino, e.type, i + 1);
+      sink.addPlus(e.name, entry, node.ino, e.type, base + i + 1);
+    }
+    // The end, with nothing more to send: this reader is done with its listing.
+    if (i >= entries.length && i === start) {
+      dir.listings!.delete(gen);
+      if (dir.listings!.size === 0) dir.listings = null;
     }
   }
 
@@ -322,10 +356,8 @@ export class UnionFs implements FileSystem {
     return this.index ? { ...this.index.stats } : null;
   }
 
-  releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {
-    const h = this.handles.remove(fh);
-    if (h) this.inodes.maybeDrop(h.node);
-  }
+  /** Never called: opendir hands out no handles. */
+  releasedir(): void {}
 
   // ---- changes (the writable upper) ----------------------------------------------------------
 
