@@ -152,8 +152,9 @@ test.serial('changes to a file wait for its copy-up in progress, and end as on t
 });
 
 test.serial('SIGTERM during a large copy-up: the copy completes, the daemon unmounts and exits 0', async (t) => {
-  const { lower, upper, work } = layout(t);
-  const mnt = strataMount(t, { lowers: [lower], upper, work });
+  const { dir, lower, upper, work } = layout(t);
+  const log = path.join(dir, 'daemon.log');
+  const mnt = strataMount(t, { lowers: [lower], upper, work, extraArgs: ['--log-file', log] });
   const pid = Number(run('sh', ['-c', `pgrep -f "__daemon ${mnt}$"`]).stdout.trim().split('\n')[0]);
   t.true(pid > 0, 'daemon pid');
   // The writer opens the big file for writing (a copy-up) and appends once the open returns.
@@ -184,6 +185,11 @@ except OSError as e:
   const lowerHead = fs.readFileSync(path.join(lower, 'big')).subarray(0, BIG_MIB << 20);
   const upperData = fs.readFileSync(path.join(upper, 'big')).subarray(0, BIG_MIB << 20);
   t.true(lowerHead.equals(upperData), 'the upper copy holds the lower data');
+  // The daemon stopped cleanly: nothing in its log at warning level or above (a failed syncfs would be).
+  const problems = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string })
+    .filter((l) => l.level >= 40);
+  t.deepEqual(problems, []);
+  t.true(fs.readFileSync(log, 'utf8').includes('"msg":"unmounted"'));
   // The next mount finds a clean work directory and the copied file.
   const mnt2 = strataMount(t, { lowers: [lower], upper, work, mountpoint: mnt });
   t.is(fs.statSync(path.join(mnt2, 'big')).size, st.size);

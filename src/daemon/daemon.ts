@@ -157,7 +157,13 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     await s.idle(STOP_GRACE_MS);
     if (stack.upper && !params.volatile) {
       try {
-        N.syncfs(stack.upper.fd);
+        // The layer's own descriptor is O_PATH, which syncfs refuses.
+        const fd = N.openat(stack.upper.fd, '.', N.C.O_RDONLY | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+        try {
+          N.syncfs(fd);
+        } finally {
+          N.close(fd);
+        }
       } catch (e) {
         logger.warn({ err: e }, 'syncfs of the upper layer failed');
       }
