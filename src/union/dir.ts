@@ -68,9 +68,9 @@ export class DirOps {
   /**
    * Creates a new object `name` in `parent` owned by the caller. Over a whiteout, it is built in
    * the work directory and swapped in, and a new directory there is opaque. Returns the open
-   * descriptor for files (else -1).
+   * descriptor for files (else -1), and the new object's stat (valid until the next call).
    */
-  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject): { node: UnionNode; fd: number } {
+  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject): { node: UnionNode; fd: number; st: Float64Array } {
     checkName(name);
     this.copyUp.ensure(parent);
     const upperParent = parent.dirFd(this.up);
@@ -123,7 +123,7 @@ export class DirOps {
     }
     N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
     const node = this.inodes.create(parent, name, type!, this.up, type! === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
-    return { node, fd };
+    return { node, fd, st };
   }
 
   /** link(2): the source is copied up, then linked in the upper. */

@@ -465,8 +465,8 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
-    const { node } = w.dirs.create(ctx, p, name, obj);
-    return this.entry(node);
+    const { node, st } = w.dirs.create(ctx, p, name, obj);
+    return this.entry(node, this.inodes.attrFrom(node, st));
   }
 
   symlink(ctx: RequestContext, parent: number, name: string, target: string): EntryReply {
@@ -491,8 +491,8 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
-    const { node, fd } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
-    const entry = this.entry(node);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
+    const entry = this.entry(node, this.inodes.attrFrom(node, st));
     return { entry, open: this.openReply(node, fd, flags) };
   }
 
