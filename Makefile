@@ -53,7 +53,7 @@ bench-walk: build
 	bash scripts/bench-walk.sh
 
 # The metadata cache against the kernel and fuse-overlayfs, medians and spreads, e.g.
-# make bench-cache BENCH_ARGS="--runs 3 --rootfs .cache/rootfs/l2:.cache/rootfs/l1:.cache/rootfs/l0"
+# make bench-cache BENCH_ARGS="--runs 3 --rootfs L2:L1:L0" (the lowerdir string that `make rootfs` prints)
 bench-cache: build
 	node dist/scripts/bench-cache.js $(BENCH_ARGS)
 
@@ -61,7 +61,8 @@ bench-cache: build
 longrun: build
 	node dist/scripts/longrun.js $(LONGRUN_ARGS)
 
-# A three-layer Debian bookworm rootfs for benchmarks, cached in .cache/rootfs.
+# A three-layer Debian bookworm rootfs for tests and benchmarks, cached in /var/cache/strata/rootfs
+# (STRATA_ROOTFS_DIR); prints its lowerdir string.
 rootfs:
 	bash scripts/build-rootfs.sh
 
