@@ -7,7 +7,7 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr fuse3 python3 python3-venv git kmod
+APT_PACKAGES := attr fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap
 
 .PHONY: all deps system-deps build native ts demo test bench-walk bench-cache longrun rootfs install uninstall clean
 
@@ -20,11 +20,12 @@ node_modules/.package-lock.json: package.json
 deps: node_modules/.package-lock.json
 
 # Debian packages the tests use (setfattr/getfattr for fixtures, fusermount3, python3 for readdir checks,
-# git and python3-venv for the real-program tests).
+# git and python3-venv for the real-program tests, podman/runc/busybox-static for the podman test,
+# debootstrap for the Debian rootfs).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; fi
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; fi
 	@modprobe fuse 2>/dev/null || true; modprobe overlay 2>/dev/null || true
 
 $(ADDON): native-bindings/strata_native.c native-bindings/binding.gyp | deps

@@ -384,6 +384,12 @@ const REFUSALS: Refusal[] = [
     status: 2,
   },
   {
+    name: 'owner mapping (uidmapping=, as fuse-overlayfs takes for user namespaces): not silently ignored',
+    args: (f) => ['-o', `lowerdir=${f.a},uidmapping=0:100000:65536,gidmapping=0:100000:65536`, f.mnt],
+    mentions: () => ['uidmapping', 'not supported'],
+    status: 2,
+  },
+  {
     name: 'an unknown --passthrough value (usage error)',
     args: (f) => ['mount', '--passthrough=sometimes', '-o', `lowerdir=${f.a}`, f.mnt],
     mentions: () => ['--passthrough', 'sometimes'],

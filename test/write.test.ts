@@ -181,6 +181,21 @@ scenario('copy-up preserves setuid/setgid/sticky, owner, ns times and xattrs inc
   },
 });
 
+scenario('the mount root: chmod, chown, times and xattrs of "." (container runtimes chown the root)', {
+  steps: [
+    ['lchown', '.', 0, 0],
+    ['chmod', '.', 0o750],
+    ['lchown', '.', 1234, 2345],
+    ['utimens', '.', '1600000000500000000', '1600000001250000000'],
+    ['setxattr', '.', 'user.root', 'v'],
+    ['getxattr', '.', 'user.root'],
+    ['stat', '.'],
+    ['removexattr', '.', 'user.root'],
+    ['chmod', '.', 0o755],
+    ['stat', '.'],
+  ],
+});
+
 scenario('files created in a copied-up setgid dir take its group', {
   steps: [
     ['open', 'sgdir/x', 'O_WRONLY'],

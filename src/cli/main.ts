@@ -3,7 +3,7 @@
 // fuse-overlayfs / mount(8) argument forms.
 
 import { spawn } from 'node:child_process';
-import { realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
 import { allRecords, processAlive, removeRecord, writeRecord } from '../daemon/registry.js';
@@ -336,12 +336,22 @@ async function main(): Promise<void> {
     (a) => mountCommand(a as unknown as MountArgs))
     .strict()
     .help()
-    .version(false)
+    .version(packageVersion())
     .fail((msg, err) => {
       if (err) fail(describe(err), exitCodeOf(err));
       fail(msg, 2);
     })
     .parseAsync();
+}
+
+/** `strata --version` (podman asks its mount program for one). */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../../package.json', import.meta.url)), 'utf8')) as { version: string };
+    return `strata version ${pkg.version}`;
+  } catch {
+    return 'strata version unknown';
+  }
 }
 
 function createWriteStreamForFd3(): (s: string) => void {

@@ -69,8 +69,7 @@ const GENERIC_FLAGS = new Set(['rw', 'dev', 'suid', 'exec', 'atime', 'relatime',
   'diratime', 'nodiratime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
-const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'uidmapping', 'gidmapping',
-  'squash_to_uid', 'squash_to_gid', 'squash_to_root', 'redirect_dir', 'index', 'xino', 'metacopy', 'nfs_export',
+const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'redirect_dir', 'index', 'xino', 'metacopy', 'nfs_export',
   'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'fsname', 'max_read', 'blksize']);
 
@@ -118,6 +117,14 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'noatime':
         p[key] = true;
         break;
+      case 'uidmapping':
+      case 'gidmapping':
+      case 'squash_to_uid':
+      case 'squash_to_gid':
+      case 'squash_to_root':
+        // fuse-overlayfs maps owners for user namespaces with these; mounting without the mapping
+        // would show wrong owners, so it is refused rather than ignored.
+        throw new UsageError(`${key}= (owner mapping for user namespaces) is not supported by strata; use podman without --uidmap/--userns, or the kernel's idmapped mounts`);
       default:
         if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
         else throw new UsageError(`unknown mount option "${item}"`);

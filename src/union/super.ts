@@ -432,12 +432,17 @@ export class UnionFs implements FileSystem {
     const v = req.valid;
     const [dirfd, name] = node.location();
     const handle = (v & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
+    // The mount root is the upper layer's root itself: no name, only its descriptor.
+    const isRoot = name === '';
     if (v & (FATTR_UID | FATTR_GID)) {
-      N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1, C.AT_SYMLINK_NOFOLLOW);
+      N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1,
+        C.AT_SYMLINK_NOFOLLOW | (isRoot ? C.AT_EMPTY_PATH : 0));
     }
     if (v & FATTR_MODE) {
       if (node.type === C.S_IFLNK) throw fsError('EOPNOTSUPP');
-      N.fchmodat(dirfd, name, req.mode & 0o7777, 0);
+      // fchmodat takes no empty name; the descriptor's /proc link reaches the directory itself.
+      if (isRoot) N.fchmodat(C.AT_FDCWD, `/proc/self/fd/${dirfd}`, req.mode & 0o7777, 0);
+      else N.fchmodat(dirfd, name, req.mode & 0o7777, 0);
     }
     if (v & FATTR_SIZE) {
       if (node.type === C.S_IFDIR) throw fsError('EISDIR');
