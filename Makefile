@@ -9,7 +9,7 @@ ADDON := native-bindings/build/Release/strata_native.node
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap
 
-.PHONY: all deps system-deps build native ts demo test bench-walk bench-cache longrun rootfs install uninstall clean
+.PHONY: all deps system-deps build native ts demo test bench bench-cache longrun rootfs install uninstall clean
 
 all: build
 
@@ -49,9 +49,10 @@ demo: build
 test: system-deps build
 	./node_modules/.bin/ava
 
-# The metadata cache against the kernel on a 40-layer stack (a benchmark, not a test).
-bench-walk: build
-	bash scripts/bench-walk.sh
+# strata against the kernel's overlayfs and fuse-overlayfs: `strata bench` (see README), e.g.
+# make bench BENCH_ARGS="--runs 5 --out docs/bench"
+bench: build
+	node dist/src/cli/main.js bench $(BENCH_ARGS)
 
 # The metadata cache against the kernel and fuse-overlayfs, medians and spreads, e.g.
 # make bench-cache BENCH_ARGS="--runs 3 --rootfs L2:L1:L0" (the lowerdir string that `make rootfs` prints)

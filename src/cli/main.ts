@@ -251,6 +251,16 @@ async function umountCommand(mountpointArg: string): Promise<never> {
   process.exit(0);
 }
 
+async function benchCommand(a: { lowerdir?: string; rootfs?: string; systems?: string; workloads?: string; runs?: number;
+  out?: string; tmp?: string; quick?: boolean; seed?: number }): Promise<never> {
+  const { benchOptions, runBench, BenchUsageError } = await import('../bench/runner.js');
+  try {
+    process.exit(await runBench(benchOptions(a)));
+  } catch (e) {
+    fail(`bench: ${describe(e)}`, e instanceof BenchUsageError ? 2 : 1);
+  }
+}
+
 async function cacheCommand(action: 'stats' | 'verify' | 'clear', dir: string | undefined, json: boolean): Promise<never> {
   if (!dir) fail('give --cache-dir DIR or --workdir W', 2);
   const { cacheStats, clearCache, verifyCache } = await import('../union/cache_check.js');
@@ -331,6 +341,17 @@ async function main(): Promise<void> {
         .option('workdir', { type: 'string', describe: 'the work directory of the mount whose cache to use' })
         .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
     (a) => cacheCommand(a.action as 'stats' | 'verify' | 'clear', a.cacheDir ?? (a.workdir ? join(a.workdir, 'strata-cache') : undefined), a.json))
+    .command('bench', 'measure copy-on-write and more against the kernel\'s overlayfs and fuse-overlayfs', (y) => y
+      .option('lowerdir', { type: 'string', describe: 'lower layers to use (A:B:C, top first) instead of generated ones' })
+      .option('rootfs', { type: 'string', describe: 'a layered root filesystem (A:B:C) for the chroot workloads' })
+      .option('systems', { type: 'string', describe: 'strata,kernel,fuse-overlayfs (default: all; those missing are left out)' })
+      .option('workloads', { type: 'string', describe: 'comma-separated workload names (default: all that apply)' })
+      .option('runs', { type: 'number', describe: 'runs per workload and system (default 3; 1 with --quick)' })
+      .option('out', { type: 'string', describe: 'where results.json, report.md and the charts go (default ./bench-results)' })
+      .option('tmp', { type: 'string', describe: 'where layers and mounts are made (default /var/tmp)' })
+      .option('quick', { type: 'boolean', default: false, describe: 'tiny sizes: a smoke run' })
+      .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
+    (a) => benchCommand(a))
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     (a) => mountCommand(a as unknown as MountArgs))

@@ -1,0 +1,129 @@
+// `strata bench`: its statistics, its argument checks, the reproducibility of the layers it
+// generates, a smoke run of the real command (tiny sizes, one run) checking every file it writes,
+// and Ctrl-C leaving no mount and no temp directory behind.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, waitFor } from './helpers/exec.js';
+import { readMounts } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+import { formatRatio, formatSeconds, formatSize, median, ratio, summarize } from '../src/bench/stats.js';
+import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
+import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
+import type { Results } from '../src/bench/report.js';
+
+test('statistics: medians, spreads, ratios, formats', (t) => {
+  t.is(median([3, 1, 2]), 2);
+  t.is(median([4, 1, 3, 2]), 2.5);
+  t.true(Number.isNaN(median([])));
+  t.deepEqual(summarize([0.3, 0.1, 0.2]), { median: 0.2, min: 0.1, max: 0.3, n: 3 });
+  t.is(ratio(3, 1.5), 2);
+  t.true(Number.isNaN(ratio(1, 0)));
+  t.true(Number.isNaN(ratio(NaN, 1)));
+  t.is(formatSeconds(1.234), '1.23 s');
+  t.is(formatSeconds(0.0456), '45.6 ms');
+  t.is(formatSeconds(0.000789), '789 µs');
+  t.is(formatRatio(2.345), '2.35×');
+  t.is(formatRatio(NaN), '-');
+  t.is(formatSize(4096), '4 KiB');
+  t.is(formatSize(1 << 30), '1 GiB');
+});
+
+/** Every entry of a tree: path, type, mode, size, content hash, rdev, xattrs (not times). */
+function treeDigest(root: string): string {
+  const h = crypto.createHash('sha256');
+  const walk = (rel: string): void => {
+    const full = path.join(root, rel);
+    const st = fs.lstatSync(full);
+    h.update(`${rel} ${st.mode} ${st.size} ${st.rdev}\n`);
+    if (st.isFile()) h.update(fs.readFileSync(full));
+    if (st.isDirectory()) {
+      h.update(run('getfattr', ['-d', '-m', 'trusted.overlay', '--absolute-names', full]).stdout.split('\n').slice(1).join());
+      for (const n of fs.readdirSync(full).sort()) walk(path.join(rel, n));
+    }
+  };
+  walk('.');
+  return h.digest('hex');
+}
+
+test('the generated layers are the same for the same seed, different for another', (t) => {
+  const dir = tempDir(t, 'bgen');
+  const a = generateImage(path.join(dir, 'a'), QUICK, 7);
+  const b = generateImage(path.join(dir, 'b'), QUICK, 7);
+  const c = generateImage(path.join(dir, 'c'), QUICK, 8);
+  const digest = (layers: string[]): string => layers.map(treeDigest).join(' ');
+  t.is(digest(a), digest(b));
+  t.not(digest(a), digest(c));
+  t.is(generateDeepStack(path.join(dir, 'd'), QUICK, 7).length, QUICK.deepLayers);
+  // The image has what the workloads name: whiteouts, an opaque directory, the copy-up files.
+  t.true(fs.lstatSync(path.join(a[0]!, 'tree', 'd01')).isCharacterDevice(), 'a directory whiteout in the top layer');
+  t.is(run('getfattr', ['-n', 'trusted.overlay.opaque', '--only-values', path.join(a[1]!, 'tree', 'd00')]).stdout, 'y');
+  for (const size of QUICK.copyUpSizes) t.is(fs.statSync(path.join(a[2]!, 'cu', String(size))).size, size);
+});
+
+for (const c of [
+  { args: ['--systems', 'strata,zfs'], says: /unknown system "zfs"/ },
+  { args: ['--workloads', 'walk-cold,nope'], says: /unknown workload "nope"/ },
+  { args: ['--runs', '0'], says: /--runs takes a positive whole number/ },
+  { args: ['--lowerdir', '/nonexistent/layer'], says: /--lowerdir: "\/nonexistent\/layer" is not a directory/ },
+  { args: ['--workloads', 'chroot-dpkg'], says: /no workload applies/ },
+]) {
+  test(`bench refuses ${c.args.join(' ')} with one line and exit 2`, (t) => {
+    const r = run(strataBin, ['bench', '--quick', ...c.args, '--out', '/nonexistent-out']);
+    t.is(r.status, 2, r.stderr);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, c.says);
+    t.false(fs.existsSync('/nonexistent-out'));
+  });
+}
+
+test.serial('smoke run: every workload, tiny sizes, one run; results.json, report.md and the charts', (t) => {
+  const dir = tempDir(t, 'bsm');
+  const out = path.join(dir, 'out');
+  const r = run(strataBin, ['bench', '--quick', '--out', out, '--tmp', dir], { timeoutMs: 240_000 });
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  const res = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as Results;
+  const systems = res.systems.map((s) => s.name);
+  t.true(systems.includes('strata') && systems.includes('kernel'));
+  const haveFo = run('sh', ['-c', 'command -v fuse-overlayfs']).status === 0;
+  t.is(systems.includes('fuse-overlayfs'), haveFo, 'fuse-overlayfs is measured exactly when installed');
+  if (!haveFo) t.true(res.skipped.some((s) => s.what === 'fuse-overlayfs'), 'and the report says it is missing');
+  t.deepEqual(res.failures, []);
+  // Every workload that applies without a rootfs has a sample per system.
+  for (const w of WORKLOAD_NAMES.filter((n) => !n.startsWith('chroot-'))) {
+    for (const s of systems) t.true(res.samples.some((x) => x.workload === w && x.system === s && x.seconds > 0), `${w} on ${s}`);
+  }
+  t.deepEqual([...new Set(res.samples.filter((x) => x.workload === 'copy-up').map((x) => x.point))].sort((a, b) => a! - b!), QUICK.copyUpSizes);
+  t.true(typeof res.machine.kernel === 'string' && typeof res.machine.cpus === 'number');
+  const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+  t.regex(md, /\| workload \| strata median/);
+  t.regex(md, /copy-up latency, 4 KiB/);
+  for (const chart of ['copy-up', 'ratios']) {
+    t.regex(fs.readFileSync(path.join(out, `${chart}.svg`), 'utf8'), /^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>$/);
+    t.deepEqual([...fs.readFileSync(path.join(out, `${chart}.png`)).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    t.regex(md, new RegExp(`\\]\\(${chart}\\.svg\\)`));
+  }
+  // It cleaned up after itself.
+  t.deepEqual(readMounts().filter((m) => m.target.startsWith(dir + '/')).map((m) => m.target), []);
+  t.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('stb')), []);
+});
+
+test.serial('Ctrl-C: the bench unmounts everything, removes its temp directory and exits 130', async (t) => {
+  const dir = tempDir(t, 'bint');
+  const child = spawn(strataBin, ['bench', '--quick', '--out', path.join(dir, 'out'), '--tmp', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  // Interrupt once a mount of its own is up.
+  const mounted = await waitFor(() => readMounts().some((m) => m.target.startsWith(dir + '/')), 120_000, 20);
+  t.true(mounted, `the bench mounted something: ${output}`);
+  child.kill('SIGINT');
+  t.is(await exited, 130, output);
+  t.deepEqual(readMounts().filter((m) => m.target.startsWith(dir + '/')).map((m) => m.target), []);
+  t.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('stb')), [], 'the temp directory is gone');
+  t.false(fs.existsSync(path.join(dir, 'out', 'results.json')), 'no results from an interrupted run');
+});
