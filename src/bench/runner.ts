@@ -151,6 +151,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     spawnSync('tar', ['-cf', tarball, '-C', join(root, 'tarsrc'), '.']);
     results.layers = o.lowerdir ? `--lowerdir ${o.lowerdir.join(':')}` : `generated (seed ${o.seed}): ${describeImage(sizes)}`;
     if (o.rootfs) results.layers += `; --rootfs ${o.rootfs.join(':')}`;
+    await new Promise((r) => setImmediate(r)); // a Ctrl-C during the generation is handled here
     const lowersOf = (w: Workload): string[] => (w.layers === 'deep' ? deep : w.layers === 'rootfs' ? o.rootfs! : image);
 
     const total = workloads.length * o.runs * systems.length;
@@ -190,6 +191,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
             rmSync(dir, { recursive: true, force: true });
           }
           if (!tty && done % Math.max(1, Math.round(total / 10)) === 0) log(`${status}\n`);
+          // The steps are synchronous: let a pending Ctrl-C (SIGINT/SIGTERM) be handled between them.
+          await new Promise((r) => setImmediate(r));
         }
       }
     }
