@@ -58,7 +58,8 @@ function same(t: import('ava').ExecutionContext, script: string, user?: string):
   return s!;
 }
 
-test.before(() => {
+test.before((t) => {
+  t.timeout(45 * 60_000); // the first build on a fresh machine: debootstrap, then apt in a chroot
   const b = run('bash', [path.join(repoRoot, 'scripts', 'build-rootfs.sh')], { timeoutMs: 40 * 60_000 });
   if (b.status !== 0) throw new Error(`building the Debian rootfs failed:\n${b.stderr.trim().split('\n').slice(-8).join('\n')}`);
   lowers = b.stdout.trim().split('\n').at(-1)!.split(':');
