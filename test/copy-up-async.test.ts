@@ -169,8 +169,21 @@ try:
 except OSError as e:
     print('write failed', e.errno)
 `, path.join(mnt, 'big')], { timeoutMs: 120_000 });
-  // Signal once the copy is under way: its file appears in the work directory.
-  const started = await waitFor(() => fs.readdirSync(path.join(work, 'work')).some((n) => n.startsWith('#strata.')), 30_000, 5);
+  // Signal once the copy is under way: the daemon holds its unnamed file in the work directory open.
+  const copying = (): boolean => {
+    try {
+      return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(path.join(work, 'work') + '/');
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return false;
+    }
+  };
+  const started = await waitFor(copying, 30_000, 5);
   if (!started) t.fail(`the copy-up did not start: ${JSON.stringify(await writer)}; work: ${fs.readdirSync(path.join(work, 'work')).join(' ')}`);
   process.kill(pid, 'SIGTERM');
   const w = await writer;

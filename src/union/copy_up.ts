@@ -125,6 +125,20 @@ export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstN
   }
 }
 
+/** As copyXattrs, onto an open file. */
+export function copyXattrsToFd(srcDir: number, srcName: string, fd: number): void {
+  for (const name of N.llistxattr(srcDir, srcName)) {
+    if (isPrivateXattr(name)) continue;
+    const v = N.lgetxattr(srcDir, srcName, name);
+    if (v === null) continue;
+    try {
+      N.fsetxattr(fd, name, v, 0);
+    } catch (e) {
+      if (!name.startsWith('security.') || name === 'security.capability') throw e;
+    }
+  }
+}
+
 /** Sets owner, mode (after chown, which clears setuid bits), then anything else, then times from a stat. */
 export function copyAttrs(dirfd: number, name: string, st: Float64Array, isLink: boolean, beforeTimes?: () => void): void {
   N.fchownat(dirfd, name, st[ST.uid]!, st[ST.gid]!, C.AT_SYMLINK_NOFOLLOW);
@@ -236,7 +250,10 @@ export class CopyUp {
     const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1 };
     try {
       if (type === C.S_IFREG) {
-        job.out = N.openat(work, job.tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_CLOEXEC, 0o600);
+        // An unnamed file in the work directory: nothing to clean up if anything fails or the daemon
+        // dies, and it is linked into place only when complete (the kernel's way too).
+        job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, 0o600);
+        job.tmp = '';
         if (withData && st[ST.size]! > 0) job.src = N.openat(srcDir, srcName, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       } else if (type === C.S_IFDIR) {
         N.mkdirat(work, job.tmp, 0o700);
@@ -260,17 +277,71 @@ export class CopyUp {
 
   private abort(job: CopyJob): void {
     this.closeFiles(job);
-    removeWorkEntry(this.upper.workFd, job.tmp);
+    if (job.tmp !== '') removeWorkEntry(this.upper.workFd, job.tmp);
+  }
+
+  /** A regular file: attributes set on the unnamed copy, which is then linked into the upper parent. */
+  private finishFile(job: CopyJob): void {
+    const { parent, node, st } = job;
+    const out = job.out;
+    try {
+      if (!this.upper.volatile) N.fsync(out);
+      if (job.src >= 0) N.close(job.src);
+      job.src = -1;
+      const [srcDir, srcName] = node.location();
+      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
+      N.fchown(out, st[ST.uid]!, st[ST.gid]!);
+      N.fchmod(out, st[ST.mode]! & 0o7777);
+      copyXattrsToFd(srcDir, srcName, out);
+      N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
+    } catch (e) {
+      this.abort(job);
+      throw e;
+    }
+    N.fstat(out, this.ust);
+    const upperIno = this.ust[ST.ino]!;
+    const keepsIno = st[ST.nlink] === 1;
+    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
+    const upperParent = parent.dirFd(this.upper.layer);
+    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    try {
+      // linkat fails with EEXIST if the name exists: as RENAME_NOREPLACE.
+      N.linkat(out, '', upperParent, node.name, C.AT_EMPTY_PATH);
+    } catch (e) {
+      if (keepsIno) this.inodes.forgetOrigin(upperIno);
+      throw e;
+    } finally {
+      this.closeFiles(job);
+    }
+    this.linked(parent, node, keepsIno, C.S_IFREG);
+  }
+
+  /** The copy is in place: the parent's times are put back, the kernel told what changed. */
+  private linked(parent: UnionNode, node: UnionNode, keepsIno: boolean, type: number): void {
+    const upper = this.upper.layer;
+    const upperParent = parent.dirFd(upper);
+    // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
+    restoreTimes(upperParent, this.pst);
+    this.attributesChanged(parent);
+    if (!keepsIno) this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
+    if (type === C.S_IFDIR) {
+      node.setDirLayers([upper, ...node.dirLayers!]);
+      this.attributesChanged(node);
+    } else {
+      node.layer = upper;
+    }
   }
 
   /** Attributes, then the rename into the upper parent that makes the copy visible. */
   private finish(job: CopyJob): void {
+    if (job.type === C.S_IFREG) {
+      this.finishFile(job);
+      return;
+    }
     const { parent, node, st, type, tmp } = job;
     const upper = this.upper.layer;
     const work = this.upper.workFd;
     try {
-      if (job.out >= 0 && !this.upper.volatile) N.fsync(job.out);
-      this.closeFiles(job);
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
       const [srcDir, srcName] = node.location();
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
@@ -295,16 +366,7 @@ export class CopyUp {
       removeWorkEntry(work, tmp);
       throw e;
     }
-    // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
-    restoreTimes(upperParent, this.pst);
-    this.attributesChanged(parent);
-    if (!keepsIno) this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
-    if (type === C.S_IFDIR) {
-      node.setDirLayers([upper, ...node.dirLayers!]);
-      this.attributesChanged(node);
-    } else {
-      node.layer = upper;
-    }
+    this.linked(parent, node, keepsIno, type);
   }
 }
 
