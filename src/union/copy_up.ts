@@ -1,7 +1,8 @@
 // Copy-up (the kernel's fs/overlayfs/copy_up.c): before the first change to an object that
 // lives in a lower layer, copy it into the upper layer, parents first, keeping its mode
 // (setuid/setgid/sticky), owner, nanosecond times, xattrs, symlink target and sparse holes.
-// The copy is built in the work directory and renamed into place, so a crash leaves either the
+// The copy is built in the work directory (a regular file as an unnamed O_TMPFILE, linked into
+// place; anything else under a temporary name, renamed into place), so a crash leaves either the
 // lower version or a complete upper object, never a partial one.
 
 import * as N from '../native/index.js';
@@ -152,7 +153,7 @@ export function restoreTimes(dirfd: number, st: Float64Array): void {
   N.utimensat(dirfd, '', st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!, C.AT_EMPTY_PATH);
 }
 
-/** One object being copied up: built in the work directory under `tmp`, then renamed into place. */
+/** One object being copied up: built in the work directory (unnamed, or under `tmp`), then put in place. */
 interface CopyJob {
   parent: UnionNode;
   node: UnionNode;
