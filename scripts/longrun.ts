@@ -238,7 +238,7 @@ async function main(): Promise<void> {
   try {
     const lowers = makeLowers(root, o.files);
     for (const d of ['u', 'w', 'm']) mkdirSync(join(root, d));
-    must(STRATA, ['mount', '-o', `lowerdir=${lowers.join(':')},upperdir=${join(root, 'u')},workdir=${join(root, 'w')}`, mnt]);
+    must(STRATA, ['mount', ...(process.env.STRATA_LONGRUN_LOG ? ['--log-file', process.env.STRATA_LONGRUN_LOG] : []), '-o', `lowerdir=${lowers.join(':')},upperdir=${join(root, 'u')},workdir=${join(root, 'w')}`, mnt]);
     const pid = daemonPid(mnt);
     const base = { rssMiB: rssMiB(pid), fds: fdCount(pid) };
     process.stdout.write(`longrun: ${o.clients} clients x ${o.ops} operations in ${o.rounds} rounds over ${o.files} lower files; daemon ${pid}\n`);

@@ -2,6 +2,7 @@
 // clients while it copies, changes to the file being copied wait for the copy, and an unmount
 // (SIGTERM) lets a copy in progress finish before the daemon exits.
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -208,4 +209,33 @@ except OSError as e:
   t.is(fs.statSync(path.join(mnt2, 'big')).size, st.size);
   t.deepEqual(fs.readdirSync(path.join(work, 'work')).filter((n) => n !== 'incompat'), []);
   strataUnmount(mnt2);
+});
+
+// The kernel binds all opens of an inode to one passthrough backing: after a copy-up, an open must
+// wait until the opens that read the lower file by passthrough are closed (a reader usually holds
+// a file briefly). Before this waited, such an open failed with EIO.
+test.serial('an open after a copy-up waits for a reader of the lower file to close, then works', async (t) => {
+  const { lower, upper, work } = layout(t);
+  const mnt = strataMount(t, { lowers: [lower], upper, work });
+  const f = path.join(mnt, 'small', '3');
+  const reader = spawn(PYTHON, ['-c', String.raw`
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print(os.read(fd, 100).decode(), end='', flush=True)
+time.sleep(0.5)
+os.close(fd)
+`, f], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let read = '';
+  reader.stdout.on('data', (d: Buffer) => (read += d.toString()));
+  const readerDone = new Promise<number | null>((resolve) => reader.on('exit', resolve));
+  // Once the reader has the file open and has read it: chmod copies it up, then an append opens it again.
+  t.true(await waitFor(() => read.length > 0, 10_000, 5), 'the reader opened the file');
+  t.is(run('chmod', ['0640', f]).status, 0);
+  const append = run('sh', ['-c', `printf appended >> ${f}`], { timeoutMs: 30_000 });
+  t.is(append.status, 0, append.stderr);
+  t.is(await readerDone, 0);
+  t.is(read, 'small 3\n', 'the reader read the lower file');
+  t.is(fs.readFileSync(f, 'utf8'), 'small 3\nappended');
+  t.is(fs.readFileSync(path.join(upper, 'small', '3'), 'utf8'), 'small 3\nappended');
+  t.is(fs.statSync(f).mode & 0o7777, 0o640);
 });

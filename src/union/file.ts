@@ -26,6 +26,8 @@ export interface Backing {
   /** The layer of the file it was made from (a copy-up makes it stale for new opens). */
   layer: Layer;
   refs: number;
+  /** Called when the last open using it is released. */
+  waiters?: (() => void)[];
 }
 
 export class HandleTable {
@@ -83,8 +85,21 @@ export class HandleTable {
     return b;
   }
 
+  /** Resolves true once no open uses `b` any more, false after `ms`. */
+  released(b: Backing, ms: number): Promise<boolean> {
+    if (b.refs <= 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      (b.waiters ??= []).push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
   releaseBacking(devFd: number, node: UnionNode, b: Backing): void {
     if (--b.refs > 0) return;
+    for (const w of b.waiters?.splice(0) ?? []) w();
     if (this.backings.get(node) === b) this.backings.delete(node);
     try {
       if (devFd >= 0) N.backingClose(devFd, b.id);

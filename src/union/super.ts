@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-  FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
+  FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
 } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
@@ -57,6 +57,8 @@ interface Writable {
 
 /** Offsets of a directory listing: generation * LISTING_SPAN + position (up to 16M entries). */
 const LISTING_SPAN = 2 ** 24;
+/** How long an open waits for the passthrough opens of a copied-up file's lower version to close. */
+const RELEASE_WAIT_MS = 2000;
 /** Listings kept per directory for readers that have not reached the end. */
 const MAX_LISTINGS = 8;
 let listingGeneration = 0;
@@ -218,7 +220,7 @@ export class UnionFs implements FileSystem {
     return this.openFile(node, flags);
   }
 
-  private openFile(node: UnionNode, flags: number): OpenReply {
+  private openFile(node: UnionNode, flags: number): OpenReply | Promise<OpenReply> {
     const truncate = (flags & C.O_TRUNC) !== 0;
     let fd: number;
     if (node.layer.isUpper && node.type === C.S_IFREG) {
@@ -230,25 +232,39 @@ export class UnionFs implements FileSystem {
     return this.openReply(node, fd, flags);
   }
 
-  /** Registers an open layer file and decides how the kernel does its I/O. */
-  private openReply(node: UnionNode, fd: number, flags: number): OpenReply {
+  /**
+   * Registers an open layer file and decides how the kernel does its I/O. The kernel binds all the
+   * opens of an inode to one passthrough backing at a time (an open with another backing, or
+   * without one, fails with EIO). After a copy-up, opens that read the lower file by passthrough
+   * may still be open: a new open waits for them to close (readers usually hold a file briefly),
+   * and gives up with ETXTBSY after RELEASE_WAIT_MS.
+   */
+  private openReply(node: UnionNode, fd: number, flags: number): OpenReply | Promise<OpenReply> {
+    const existing = this.passthrough && node.type === C.S_IFREG ? this.handles.backings.get(node) : undefined;
+    if (existing && existing.layer !== node.layer) {
+      return this.handles.released(existing, RELEASE_WAIT_MS).then((released) => {
+        if (!released) {
+          N.close(fd);
+          this.opts.logger.warn({ file: node.name }, 'open refused with ETXTBSY: the lower file is still open by passthrough since its copy-up');
+          throw fsError('ETXTBSY');
+        }
+        return this.openReply(node, fd, flags);
+      });
+    }
+    return this.openReplyNow(node, fd, flags);
+  }
+
+  private openReplyNow(node: UnionNode, fd: number, flags: number): OpenReply {
     const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper };
     let openFlags = FOPEN_KEEP_CACHE;
     let backingId: number | undefined;
     if (this.passthrough && node.type === C.S_IFREG) {
-      const existing = this.handles.backings.get(node);
-      if (!existing || existing.layer === node.layer) {
-        try {
-          h.backing = this.handles.backingFor(this.opts.deviceFd(), node, fd);
-          openFlags = FOPEN_PASSTHROUGH;
-          backingId = h.backing.id;
-        } catch (err) {
-          this.opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon');
-        }
-      } else {
-        // The kernel holds a backing on the lower file from before copy-up; until it is released,
-        // this open goes through the daemon uncached so it cannot conflict with it.
-        openFlags = FOPEN_DIRECT_IO;
+      try {
+        h.backing = this.handles.backingFor(this.opts.deviceFd(), node, fd);
+        openFlags = FOPEN_PASSTHROUGH;
+        backingId = h.backing.id;
+      } catch (err) {
+        this.opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon');
       }
     }
     const fh = this.handles.add(h);
@@ -371,7 +387,7 @@ export class UnionFs implements FileSystem {
    * Copies `node` up (if needed), re-points open handles that read the lower file, then runs `then`.
    * A large file is copied in steps between other requests: the result is then a promise.
    */
-  private afterCopyUp<T>(node: UnionNode, data: boolean, then: () => T): T | Promise<T> {
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: () => T | Promise<T>): T | Promise<T> {
     const w = this.w;
     if (node.layer.isUpper && !node.copying) return then();
     const copied = w.copyUp.ensureAsync(node, { data });
@@ -498,7 +514,7 @@ export class UnionFs implements FileSystem {
     if (this.child(p, name)) throw fsError('EEXIST');
     const { node, fd, st } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
     const entry = this.entry(node, this.inodes.attrFrom(node, st));
-    return { entry, open: this.openReply(node, fd, flags) };
+    return { entry, open: this.openReplyNow(node, fd, flags) };
   }
 
   private existing(parent: UnionNode, name: string): UnionNode {
