@@ -19,6 +19,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mountedPaths } from '../src/daemon/validate.js';
 
 const STRATA = resolve(dirname(fileURLToPath(import.meta.url)), '../../bin/strata');
 
@@ -150,7 +151,7 @@ function must(cmd: string, args: string[]): string {
 }
 
 function isMounted(mp: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mp);
+  return mountedPaths().has(mp);
 }
 
 function daemonPid(mp: string): number {

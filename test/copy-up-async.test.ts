@@ -10,7 +10,7 @@ import { run, runWithPipes, waitFor } from './helpers/exec.js';
 import { kernelOverlay, mountAt, strataMount, strataUnmount } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
-import { snapshot, type Snapshot } from './helpers/snapshot.js';
+import { sha256File, snapshot, type Snapshot } from './helpers/snapshot.js';
 import { compareTrees } from './helpers/compare.js';
 
 const BIG_MIB = 384;
@@ -39,21 +39,6 @@ function withoutPrivateXattrs(snap: Snapshot): Snapshot {
   return snap;
 }
 
-function hashFile(p: string): string {
-  const h = crypto.createHash('sha256');
-  const fd = fs.openSync(p, 'r');
-  const buf = Buffer.alloc(1 << 22);
-  try {
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return h.digest('hex');
-}
 
 function layout(t: ExecutionContext): { dir: string; lower: string; upper: string; work: string } {
   const dir = tempDir(t, 'cua');
@@ -148,7 +133,7 @@ test.serial('changes to a file wait for its copy-up in progress, and end as on t
   const ignoreTimes = (p: string, field: string): boolean => field === 'ctimeNs' || field === 'blocks' || (field === 'mtimeNs' && (p === '.' || p === 'big' || p === 'big-link'));
   compareTrees(t, snapshot(mnt), snapshot(kmnt), { ignore: ignoreTimes, label: 'strata vs kernel' });
   compareTrees(t, withoutPrivateXattrs(snapshot(upper)), withoutPrivateXattrs(snapshot(kUpper)), { ignore: ignoreTimes, label: 'uppers' });
-  t.is(hashFile(path.join(mnt, 'big')), hashFile(path.join(kmnt, 'big')));
+  t.is(sha256File(path.join(mnt, 'big')), sha256File(path.join(kmnt, 'big')));
   t.deepEqual(fs.readdirSync(path.join(work, 'work')), []);
 });
 
@@ -195,7 +180,7 @@ except OSError as e:
   t.regex(w.stdout, /^opened/, `writer: ${w.stdout} ${w.stderr}`);
   const st = fs.statSync(path.join(upper, 'big'));
   t.true(st.size === BIG_MIB << 20 || st.size === (BIG_MIB << 20) + 4, `upper copy has ${st.size} bytes`);
-  t.is(hashFile(path.join(upper, 'big')).length, 64);
+  t.is(sha256File(path.join(upper, 'big')).length, 64);
   const lowerHead = fs.readFileSync(path.join(lower, 'big')).subarray(0, BIG_MIB << 20);
   const upperData = fs.readFileSync(path.join(upper, 'big')).subarray(0, BIG_MIB << 20);
   t.true(lowerHead.equals(upperData), 'the upper copy holds the lower data');

@@ -140,7 +140,7 @@ test.serial('apt-get installs a package from the Debian archive; the kernel, mou
   t.is(before.status, 0, before.stderr);
   // Trees are compared without /proc (unmounted first: a walk must not enter it).
   unmountQuietly(path.join(strata.mnt, 'proc'));
-  const view = snapshot(strata.mnt, { noContent: false });
+  const view = snapshot(strata.mnt);
   // Unmount strata; the kernel mounts strata's upper over the same layers.
   unmountSide(strata);
   const kernel: Side = { name: 'kernel', mnt: strata.mnt, upper: strata.upper, work: path.join(root, 'strata-work-k') };
@@ -155,7 +155,7 @@ test.serial('apt-get installs a package from the Debian archive; the kernel, mou
   // The whole tree, every file's content included. /proc is a mount; atime and ctime are not kept
   // by a remount through another implementation; a directory's size and blocks are the upper
   // filesystem's business (the kernel adds xattrs, strata does not).
-  const diffs = diffSnapshots(snapshot(kernel.mnt, { noContent: false }), view, {
+  const diffs = diffSnapshots(snapshot(kernel.mnt), view, {
     skipPaths: ['proc'],
     ignore: (_p, field, info) => field === 'ctimeNs' || (info.type === 'dir' && (field === 'size' || field === 'blocks')),
     label: 'kernel over strata\'s upper vs strata',

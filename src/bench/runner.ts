@@ -2,7 +2,7 @@
 // work directory per run, runs each workload, and writes what it measured. Every mount and temp
 // directory it makes is removed at the end, also on Ctrl-C (SIGINT/SIGTERM: exit 130).
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, type Sizes } from './gen.js';
@@ -215,9 +215,4 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   for (const f of results.failures) log(`failed: ${f.workload} on ${f.system} (run ${f.run}): ${f.error}\n`);
   log(`strata bench: results.json, report.md and ${made.map((c) => `${c}.svg/.png`).join(', ')} in ${o.out}\n`);
   return results.failures.length > 0 ? 1 : 0;
-}
-
-/** For tests: the summary rows of a results.json. */
-export function readResults(path: string): Results {
-  return JSON.parse(readFileSync(path, 'utf8')) as Results;
 }

@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { mountedPaths } from '../daemon/validate.js';
 
 export type SystemName = 'strata' | 'kernel' | 'fuse-overlayfs';
 export const SYSTEM_NAMES: readonly SystemName[] = ['strata', 'kernel', 'fuse-overlayfs'];
@@ -38,7 +39,7 @@ function must(cmd: string, args: string[]): string {
 }
 
 export function isMounted(mnt: string): boolean {
-  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === mnt);
+  return mountedPaths().has(mnt);
 }
 
 /** umount, else a lazy one; never throws. */
@@ -66,9 +67,9 @@ const kernel: System = {
   name: 'kernel',
   unavailable: () => {
     if (process.getuid?.() !== 0) return 'the kernel overlay needs root';
-    const fs = readFileSync('/proc/filesystems', 'utf8');
-    if (!/\toverlay$/m.test(fs)) sh('modprobe', ['overlay']);
-    return /\toverlay$/m.test(readFileSync('/proc/filesystems', 'utf8')) ? null : 'the kernel has no overlay filesystem';
+    const known = (): boolean => /\toverlay$/m.test(readFileSync('/proc/filesystems', 'utf8'));
+    if (!known()) sh('modprobe', ['overlay']);
+    return known() ? null : 'the kernel has no overlay filesystem';
   },
   version: () => `overlayfs, Linux ${must('uname', ['-r']).trim()}`,
   mount: (l) => void must('mount', ['-t', 'overlay', 'overlay', '-o', options(l), l.mnt]),

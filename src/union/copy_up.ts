@@ -113,28 +113,23 @@ async function copyDataAsync(src: number, dst: number, size: number): Promise<vo
 
 /** Copies every xattr of (srcDir, srcName) onto (dstDir, dstName), except overlay-private ones. */
 export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstName: string): void {
-  for (const name of N.llistxattr(srcDir, srcName)) {
-    if (isPrivateXattr(name)) continue;
-    const v = N.lgetxattr(srcDir, srcName, name);
-    if (v === null) continue;
-    try {
-      N.lsetxattr(dstDir, dstName, name, v, 0);
-    } catch (e) {
-      // security.* may be refused by an LSM; everything else must copy.
-      if (!name.startsWith('security.') || name === 'security.capability') throw e;
-    }
-  }
+  copyXattrsWith(srcDir, srcName, (name, v) => N.lsetxattr(dstDir, dstName, name, v, 0));
 }
 
 /** As copyXattrs, onto an open file. */
 export function copyXattrsToFd(srcDir: number, srcName: string, fd: number): void {
+  copyXattrsWith(srcDir, srcName, (name, v) => N.fsetxattr(fd, name, v, 0));
+}
+
+function copyXattrsWith(srcDir: number, srcName: string, set: (name: string, value: Buffer) => void): void {
   for (const name of N.llistxattr(srcDir, srcName)) {
     if (isPrivateXattr(name)) continue;
     const v = N.lgetxattr(srcDir, srcName, name);
     if (v === null) continue;
     try {
-      N.fsetxattr(fd, name, v, 0);
+      set(name, v);
     } catch (e) {
+      // security.* may be refused by an LSM; everything else must copy.
       if (!name.startsWith('security.') || name === 'security.capability') throw e;
     }
   }
@@ -192,7 +187,11 @@ export class CopyUp {
     if (!parent) return; // the root of the upper always exists
     if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
     this.ensure(parent);
-    const job = this.begin(parent, node, opts.data !== false);
+    this.copyNow(this.begin(parent, node, opts.data !== false));
+  }
+
+  /** Copies the job's data (if any) in one go and puts the copy in place. */
+  private copyNow(job: CopyJob): void {
     try {
       if (job.src >= 0) copyData(job.src, job.out, job.st[ST.size]!);
     } catch (e) {
@@ -219,13 +218,7 @@ export class CopyUp {
     const job = this.begin(parent, node, opts.data !== false);
     const size = job.st[ST.size]!;
     if (job.src < 0 || size <= ASYNC_COPY_THRESHOLD) {
-      try {
-        if (job.src >= 0) copyData(job.src, job.out, size);
-      } catch (e) {
-        this.abort(job);
-        throw e;
-      }
-      this.finish(job);
+      this.copyNow(job);
       return;
     }
     const copying = copyDataAsync(job.src, job.out, size).then(

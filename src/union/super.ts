@@ -322,7 +322,7 @@ export class UnionFs implements FileSystem {
   readdir(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, sink: DirSink, plus: boolean): void {
     const dir = this.dirNode(nodeid);
     let gen = Math.floor(offset / LISTING_SPAN);
-    let start = offset % LISTING_SPAN;
+    const start = offset % LISTING_SPAN;
     let entries = offset === 0 ? undefined : dir.listings?.get(gen);
     if (!entries) {
       // A fresh reader, or one whose listing is gone (then it goes on by position in a new one).
@@ -332,7 +332,6 @@ export class UnionFs implements FileSystem {
       dir.listings ??= new Map();
       dir.listings.set(gen, entries);
       if (dir.listings.size > MAX_LISTINGS) dir.listings.delete(dir.listings.keys().next().value!);
-      if (offset === 0) start = 0;
     }
     const base = gen * LISTING_SPAN;
     let i = start;
