@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import * as N from '../native/index.js';
 import { errnoOf, isExpectedErrno } from './errors.js';
 import {
-  ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC,
+  ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
   FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
   WRITE_OUT_SIZE, opName,
@@ -505,7 +505,8 @@ export class FuseSession {
       }
       case Op.OPEN: {
         const flags = b.readUInt32LE(p);
-        return this.settle(op, u, fs.open(ctx, nodeid, flags), (r) =>
+        const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
+        return this.settle(op, u, fs.open(ctx, nodeid, flags, killSuidgid), (r) =>
           this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
       }
       case Op.CREATE: {
@@ -630,7 +631,8 @@ export class FuseSession {
     }
     const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
-      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP];
+      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
+      InitFlag.HANDLE_KILLPRIV_V2];
     const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;
     if (wantPassthrough) wanted.push(InitFlag.PASSTHROUGH);
     let flags = 0;

@@ -113,7 +113,8 @@ export interface FileSystem {
   rmdir(ctx: RequestContext, parent: number, name: string): R<void>;
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): R<void>;
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): R<EntryReply>;
-  open(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
+  /** `killSuidgid`: an O_TRUNC open by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID). */
+  open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid?: boolean): R<OpenReply>;
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask: number): R<CreateReply>;
   /** Returns the data read (may be shorter than size at end of file). */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-  FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
+  FUSE_WRITE_KILL_SUIDGID, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
 } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
@@ -24,6 +24,7 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
 import { LowerIndex } from './lower_index.js';
+import { killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
 
 const { C, ST } = N;
 
@@ -210,21 +211,22 @@ export class UnionFs implements FileSystem {
 
   // ---- files ---------------------------------------------------------------------------------
 
-  open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply | Promise<OpenReply> {
+  open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid = false): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      return this.afterCopyUp(node, !truncate, () => this.openFile(node, flags));
+      return this.afterCopyUp(node, !truncate, () => this.openFile(node, flags, killSuidgid ? ctx : null));
     }
-    return this.openFile(node, flags);
+    return this.openFile(node, flags, null);
   }
 
-  private openFile(node: UnionNode, flags: number): OpenReply | Promise<OpenReply> {
+  private openFile(node: UnionNode, flags: number, killFor: RequestContext | null): OpenReply | Promise<OpenReply> {
     const truncate = (flags & C.O_TRUNC) !== 0;
     let fd: number;
     if (node.layer.isUpper && node.type === C.S_IFREG) {
       fd = this.openUpperFile(node, truncate ? C.O_TRUNC : 0);
+      if (killFor && truncate && killSuidSgid(killFor, fd)) this.opts.invalidateAttributes(node.nodeid);
     } else {
       const [dirfd, name] = node.location();
       fd = N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
@@ -449,6 +451,7 @@ export class UnionFs implements FileSystem {
     const handle = (v & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     // The mount root is the upper layer's root itself: no name, only its descriptor.
     const isRoot = name === '';
+    if (node.type === C.S_IFREG && setattrKillsPrivs(v)) killSuidSgidAt(ctx, dirfd, name);
     if (v & (FATTR_UID | FATTR_GID)) {
       N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1,
         C.AT_SYMLINK_NOFOLLOW | (isRoot ? C.AT_EMPTY_PATH : 0));
@@ -575,8 +578,9 @@ export class UnionFs implements FileSystem {
     return this.entry(node);
   }
 
-  write(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, data: Buffer): number {
+  write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags: number): number {
     const h = this.handles.file(fh);
+    if (writeFlags & FUSE_WRITE_KILL_SUIDGID && killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
     let done = 0;
     while (done < data.length) done += N.pwrite(h.fd, data, done, data.length - done, offset + done);
     return done;
@@ -623,8 +627,11 @@ export class UnionFs implements FileSystem {
     });
   }
 
-  fallocate(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, length: number, mode: number): void {
-    N.fallocate(this.handles.file(fh).fd, mode, offset, length);
+  fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    const fd = this.handles.file(fh).fd;
+    // The kernel clears nothing before FALLOCATE (overlayfs does, for every mode): the daemon does.
+    if (killSuidSgid(ctx, fd)) this.opts.invalidateAttributes(nodeid);
+    N.fallocate(fd, mode, offset, length);
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
