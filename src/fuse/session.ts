@@ -34,6 +34,8 @@ export interface SessionOptions {
   source: string;
   subtype: string;
   logger: Logger;
+  /** Ask for FUSE_POSIX_ACL (the kernel enforces ACLs read through GETXATTR). */
+  posixAcl?: boolean;
 }
 
 export interface SessionStats {
@@ -149,6 +151,8 @@ class DirBuffer implements DirSink {
 export class FuseSession {
   readonly stats: SessionStats = { requests: 0, errors: 0, byOp: new Map() };
   passthrough = false;
+  /** SETXATTR requests carry the extended header (FUSE_SETXATTR_EXT). */
+  private setxattrExt = false;
   private devFd = -1;
   private reader: object | null = null;
   private readonly inBuf = Buffer.allocUnsafe(BUFFER_SIZE);
@@ -543,12 +547,13 @@ export class FuseSession {
         return this.settle(op, u, fs.fsyncdir(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
           () => this.replyOk(u));
       case Op.SETXATTR: {
-        // Without FUSE_SETXATTR_EXT the request carries the 8-byte compat header.
+        // With FUSE_SETXATTR_EXT the header has setxattr_flags (16 bytes), else the 8-byte compat one.
         const size = b.readUInt32LE(p);
         const flags = b.readUInt32LE(p + 4);
-        const [name, next] = cstr(b, p + 8, end);
+        const setxattrFlags = this.setxattrExt ? b.readUInt32LE(p + 8) : 0;
+        const [name, next] = cstr(b, p + (this.setxattrExt ? 16 : 8), end);
         const value = Buffer.from(b.subarray(next, next + size));
-        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags), () => this.replyOk(u));
+        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags, setxattrFlags), () => this.replyOk(u));
       }
       case Op.GETXATTR: {
         const size = b.readUInt32LE(p);
@@ -632,12 +637,15 @@ export class FuseSession {
     const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
       InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
-      InitFlag.HANDLE_KILLPRIV_V2];
+      InitFlag.HANDLE_KILLPRIV_V2, InitFlag.SETXATTR_EXT];
+    // POSIX ACLs enforced by the kernel; it then leaves the umask to the daemon (DONT_MASK).
+    if (this.opts.posixAcl) wanted.push(InitFlag.POSIX_ACL, InitFlag.DONT_MASK);
     const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;
     if (wantPassthrough) wanted.push(InitFlag.PASSTHROUGH);
     let flags = 0;
     for (const f of wanted) if (has(f)) flags += f;
     this.passthrough = wantPassthrough && has(InitFlag.PASSTHROUGH);
+    this.setxattrExt = has(InitFlag.SETXATTR_EXT);
     if (this.opts.passthrough === 'on' && !this.passthrough) {
       this.opts.logger.warn({ minor }, 'passthrough requested but the kernel does not offer it; serving reads through the daemon');
     }
@@ -657,7 +665,7 @@ export class FuseSession {
     out.writeUInt32LE(this.passthrough ? 1 : 0, o + 36); // max_stack_depth
     this.send(unique, 0, INIT_OUT_SIZE);
     this.initialized = true;
-    this.fs.init?.({ minor, passthrough: this.passthrough });
+    this.fs.init?.({ minor, passthrough: this.passthrough, posixAcl: this.opts.posixAcl === true && has(InitFlag.POSIX_ACL) });
     this.opts.logger.debug({ minor, passthrough: this.passthrough }, 'FUSE session initialised');
     this.readyResolve();
   }

@@ -94,6 +94,8 @@ export interface InitInfo {
   minor: number;
   /** Whether passthrough was negotiated (backing ids may be used). */
   passthrough: boolean;
+  /** FUSE_POSIX_ACL was negotiated: the kernel enforces ACLs and leaves the umask to the daemon. */
+  posixAcl?: boolean;
 }
 
 type R<T> = T | Promise<T>;
@@ -135,7 +137,8 @@ export interface FileSystem {
   releasedir(ctx: RequestContext, nodeid: number, fh: number): R<void>;
   fsyncdir(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
   statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;
-  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): R<void>;
+  /** `setxattrFlags`: FUSE_SETXATTR_ACL_KILL_SGID and such (with FUSE_SETXATTR_EXT). */
+  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags: number): R<void>;
   /** The whole value; the protocol layer answers size probes and ERANGE. */
   getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer>;
   listxattr(ctx: RequestContext, nodeid: number): R<string[]>;

@@ -84,3 +84,13 @@ export function killSuidSgidAt(ctx: RequestContext, dirfd: number, name: string)
 export function setattrKillsPrivs(valid: number): boolean {
   return (valid & FATTR_KILL_SUIDGID) !== 0 || (valid & ~(FATTR_FH | FATTR_LOCKOWNER)) === 0;
 }
+
+/** Clears S_ISGID of (dirfd, name): a setfacl by a caller outside the file's group (FUSE_SETXATTR_ACL_KILL_SGID). */
+export function dropSgidAt(dirfd: number, name: string): void {
+  N.fstatat(dirfd, name, N.C.AT_SYMLINK_NOFOLLOW | (name === '' ? N.C.AT_EMPTY_PATH : 0), st);
+  const mode = st[ST.mode]!;
+  if ((mode & S_ISGID) === 0) return;
+  // fchmodat takes no empty name; the descriptor's /proc link reaches the directory itself.
+  if (name === '') N.fchmodat(N.C.AT_FDCWD, `/proc/self/fd/${dirfd}`, mode & 0o7777 & ~S_ISGID, 0);
+  else N.fchmodat(dirfd, name, mode & 0o7777 & ~S_ISGID, 0);
+}

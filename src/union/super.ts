@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-  FUSE_WRITE_KILL_SUIDGID, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
+  FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID, FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
 } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
@@ -24,7 +24,8 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
 import { LowerIndex } from './lower_index.js';
-import { killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
+import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
+import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
 
 const { C, ST } = N;
 
@@ -73,6 +74,9 @@ export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles = new HandleTable();
   private passthrough = false;
+  /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
+  private posixAcl = false;
+  readonly acls = new AclCache();
   private readonly st = new Float64Array(16);
 
   private readonly writable: Writable | null;
@@ -94,6 +98,7 @@ export class UnionFs implements FileSystem {
 
   init(info: InitInfo): void {
     this.passthrough = this.opts.passthrough && info.passthrough;
+    this.posixAcl = info.posixAcl === true;
   }
 
   get usesPassthrough(): boolean {
@@ -198,8 +203,9 @@ export class UnionFs implements FileSystem {
 
   getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer {
     if (isPrivateXattr(name)) throw fsError('ENODATA');
-    const [dirfd, fname] = this.inodes.get(nodeid).location();
-    const v = N.lgetxattr(dirfd, fname, name);
+    const node = this.inodes.get(nodeid);
+    const [dirfd, fname] = node.location();
+    const v = isAclName(name) ? this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name)) : N.lgetxattr(dirfd, fname, name);
     if (v === null) throw fsError('ENODATA');
     return v;
   }
@@ -452,6 +458,7 @@ export class UnionFs implements FileSystem {
     // The mount root is the upper layer's root itself: no name, only its descriptor.
     const isRoot = name === '';
     if (node.type === C.S_IFREG && setattrKillsPrivs(v)) killSuidSgidAt(ctx, dirfd, name);
+    if (v & FATTR_MODE) this.acls.forget(node.ino); // chmod rewrites the ACL's owner, mask and other entries
     if (v & (FATTR_UID | FATTR_GID)) {
       N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1,
         C.AT_SYMLINK_NOFOLLOW | (isRoot ? C.AT_EMPTY_PATH : 0));
@@ -483,38 +490,60 @@ export class UnionFs implements FileSystem {
     return this.getattr(ctx, node.nodeid, handle ? req.fh : undefined);
   }
 
-  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject): EntryReply {
+  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
+    const acl = this.newAcl(p, obj, umask);
     const { node, st } = w.dirs.create(ctx, p, name, obj);
+    this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
+  }
+
+  /** The mode (umask or default ACL applied) and ACLs of a new object; sets obj.mode. */
+  private newAcl(p: UnionNode, obj: NewObject, umask: number): NewAcl | null {
+    if (!this.posixAcl || obj.kind === 'symlink') return null;
+    const [dirfd, name] = p.location();
+    const def = this.acls.get(p.ino, ACL_DEFAULT, () => readAcl(dirfd, name, ACL_DEFAULT));
+    const acl = newObjectAcl(def, obj.kind === 'dir' ? C.S_IFDIR : C.S_IFREG, obj.mode, umask);
+    obj.mode = acl.mode;
+    return acl;
+  }
+
+  private setNewAcl(node: UnionNode, acl: NewAcl | null): void {
+    if (!acl) return;
+    const [dirfd, name] = node.location();
+    writeNewAcl(dirfd, name, acl);
+    this.acls.set(node.ino, acl.access, acl.default);
   }
 
   symlink(ctx: RequestContext, parent: number, name: string, target: string): EntryReply {
     return this.newEntry(ctx, parent, name, { kind: 'symlink', target });
   }
 
-  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number): EntryReply {
+  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask = 0): EntryReply {
     if ((mode & C.S_IFMT) === C.S_IFREG || (mode & C.S_IFMT) === 0) {
-      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY);
+      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY, umask);
       this.release(ctx, r.entry.nodeid, r.open.fh);
       return r.entry;
     }
-    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev });
+    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev }, umask);
   }
 
-  mkdir(ctx: RequestContext, parent: number, name: string, mode: number): EntryReply {
-    return this.newEntry(ctx, parent, name, { kind: 'dir', mode });
+  mkdir(ctx: RequestContext, parent: number, name: string, mode: number, umask = 0): EntryReply {
+    return this.newEntry(ctx, parent, name, { kind: 'dir', mode }, umask);
   }
 
-  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): CreateReply {
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask = 0): CreateReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
-    const { node, fd, st } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
+    const obj: NewObject = { kind: 'file', mode, flags };
+    const acl = this.newAcl(p, obj, umask);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    this.setNewAcl(node, acl);
     const entry = this.entry(node, this.inodes.attrFrom(node, st));
     return { entry, open: this.openReplyNow(node, fd, flags) };
   }
@@ -533,6 +562,7 @@ export class UnionFs implements FileSystem {
     if (node.isDir) throw fsError('EISDIR');
     if (node.copying) return this.afterCopies<void>([node], () => this.unlink(_ctx, parent, name));
     w.dirs.unlink(p, node, name);
+    this.acls.forget(node.ino); // its inode number may be reused
   }
 
   rmdir(_ctx: RequestContext, parent: number, name: string): void {
@@ -541,6 +571,7 @@ export class UnionFs implements FileSystem {
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
     w.dirs.rmdir(p, node, name);
+    this.acls.forget(node.ino);
   }
 
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
@@ -561,6 +592,7 @@ export class UnionFs implements FileSystem {
       if (copied) return copied.then(() => this.rename(ctx, parent, name, newParent, newName, flags));
     }
     w.dirs.rename(p, name, node, np, newName, target, flags);
+    if (target) this.acls.forget(target.ino);
   }
 
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply | Promise<EntryReply> {
@@ -604,12 +636,16 @@ export class UnionFs implements FileSystem {
     }
   }
 
-  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void | Promise<void> {
+  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags = 0): void | Promise<void> {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
     return this.afterCopyUp(node, true, () => {
       const [dirfd, fname] = node.location();
       N.lsetxattr(dirfd, fname, name, value, flags);
+      if (!isAclName(name)) return;
+      // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
+      this.acls.forget(node.ino);
+      if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(dirfd, fname);
     });
   }
 
@@ -624,6 +660,7 @@ export class UnionFs implements FileSystem {
     return this.afterCopyUp(node, true, () => {
       const [dirfd, fname] = node.location();
       N.lremovexattr(dirfd, fname, name);
+      if (isAclName(name)) this.acls.forget(node.ino);
     });
   }
 
