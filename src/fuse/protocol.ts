@@ -146,6 +146,7 @@ export const DIRENTPLUS_BASE = ENTRY_OUT_SIZE + DIRENT_BASE;
 export const WRITE_OUT_SIZE = 8;
 export const GETXATTR_OUT_SIZE = 8;
 export const LSEEK_OUT_SIZE = 8;
+export const IOCTL_OUT_SIZE = 16;
 
 export function opName(op: number): string {
   const names: Record<number, string> = {

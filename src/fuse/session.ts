@@ -9,7 +9,7 @@ import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
   FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
-  WRITE_OUT_SIZE, opName,
+  WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
   AttrReply, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
@@ -341,6 +341,14 @@ export class FuseSession {
     }
   }
 
+  /** fuse_ioctl_out (result 0, no retry) and the output bytes. */
+  private replyIoctl(unique: number, data: Buffer): void {
+    const b = this.outBuf;
+    b.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + IOCTL_OUT_SIZE);
+    data.copy(b, OUT_HEADER_SIZE + IOCTL_OUT_SIZE);
+    this.send(unique, 0, IOCTL_OUT_SIZE + data.length);
+  }
+
   private replyStatfs(unique: number, s: StatfsReply): void {
     const b = this.outBuf;
     const o = OUT_HEADER_SIZE;
@@ -605,6 +613,15 @@ export class FuseSession {
       case Op.FALLOCATE:
         return this.settle(op, u, fs.fallocate(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), b.readUInt32LE(p + 24)),
           () => this.replyOk(u));
+      case Op.IOCTL: {
+        if (!fs.ioctl) return this.replyError(u, errno.ENOTTY);
+        // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size; then in_size bytes of input.
+        const inSize = b.readUInt32LE(p + 24);
+        const input = Buffer.from(b.subarray(p + 32, Math.min(end, p + 32 + inSize)));
+        const outSize = b.readUInt32LE(p + 28);
+        return this.settle(op, u, fs.ioctl(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 12), input, outSize),
+          (out) => this.replyIoctl(u, out.subarray(0, outSize)));
+      }
       case Op.LSEEK:
         return this.settle(op, u, fs.lseek(ctx, nodeid, u64(b, p), i64(b, p + 8), b.readUInt32LE(p + 16)), (off) => {
           putU64(this.outBuf, OUT_HEADER_SIZE, off);

@@ -145,6 +145,11 @@ export interface FileSystem {
   removexattr(ctx: RequestContext, nodeid: number, name: string): R<void>;
   access(ctx: RequestContext, nodeid: number, mask: number): R<void>;
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): R<void>;
+  /**
+   * FUSE_IOCTL (the kernel sends the file attribute ioctls, FS_IOC_GETFLAGS & co, for chattr and
+   * lsattr): the output bytes (at most `outSize`). Without it, every ioctl answers ENOTTY.
+   */
+  ioctl?(ctx: RequestContext, nodeid: number, fh: number, cmd: number, input: Buffer, outSize: number): R<Buffer>;
   lseek(ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): R<number>;
   copyFileRange(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number): R<number>;
 }

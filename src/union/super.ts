@@ -25,6 +25,7 @@ import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
 import { LowerIndex } from './lower_index.js';
 import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
+import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
 import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
 
 const { C, ST } = N;
@@ -77,6 +78,8 @@ export class UnionFs implements FileSystem {
   /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
   private posixAcl = false;
   readonly acls = new AclCache();
+  /** chattr flags; immutable and append-only are kept in overlay.protattr and enforced here. */
+  readonly fsflags: FileFlags;
   private readonly st = new Float64Array(16);
 
   private readonly writable: Writable | null;
@@ -85,6 +88,7 @@ export class UnionFs implements FileSystem {
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     if (stack.upper && opts.upper) {
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
@@ -219,6 +223,7 @@ export class UnionFs implements FileSystem {
 
   open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid = false): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseOpen(node, flags);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
@@ -447,6 +452,7 @@ export class UnionFs implements FileSystem {
 
   setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseSetattr(node, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
     return this.afterCopyUp(node, !truncatingToZero, () => this.setattrUpper(ctx, node, req));
   }
@@ -495,8 +501,10 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
     const acl = this.newAcl(p, obj, umask);
     const { node, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
     this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
   }
@@ -540,9 +548,11 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
     const obj: NewObject = { kind: 'file', mode, flags };
     const acl = this.newAcl(p, obj, umask);
     const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
     this.setNewAcl(node, acl);
     const entry = this.entry(node, this.inodes.attrFrom(node, st));
     return { entry, open: this.openReplyNow(node, fd, flags) };
@@ -560,6 +570,8 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (node.isDir) throw fsError('EISDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying) return this.afterCopies<void>([node], () => this.unlink(_ctx, parent, name));
     w.dirs.unlink(p, node, name);
     this.acls.forget(node.ino); // its inode number may be reused
@@ -570,6 +582,8 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     w.dirs.rmdir(p, node, name);
     this.acls.forget(node.ino);
   }
@@ -582,6 +596,14 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
+    if (target) {
+      this.fsflags.refuseRemoveEntry(np);
+      this.fsflags.refuseChange(target);
+    } else {
+      this.fsflags.refuseNewEntry(np);
+    }
     // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
     if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
     w.dirs.checkRename(node, newName, target, flags);
@@ -601,6 +623,8 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(newParent);
     checkName(newName);
     if (this.child(p, newName)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying || (node.type === C.S_IFREG && !node.layer.isUpper)) {
       const copied = this.copyUpNode(node);
       // The new name is checked again: it may have been taken while the copy ran.
@@ -639,6 +663,7 @@ export class UnionFs implements FileSystem {
   setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags = 0): void | Promise<void> {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseChange(node);
     return this.afterCopyUp(node, true, () => {
       const [dirfd, fname] = node.location();
       N.lsetxattr(dirfd, fname, name, value, flags);
@@ -652,6 +677,7 @@ export class UnionFs implements FileSystem {
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
     if (isPrivateXattr(name)) throw fsError('EPERM');
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseChange(node);
     if (!node.layer.isUpper) {
       // Removing what is not there changes nothing: no copy-up (as the kernel).
       const [dirfd, fname] = node.location();
@@ -666,9 +692,22 @@ export class UnionFs implements FileSystem {
 
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
     const fd = this.handles.file(fh).fd;
+    this.fsflags.refuseFallocate(this.inodes.get(nodeid), mode);
     // The kernel clears nothing before FALLOCATE (overlayfs does, for every mode): the daemon does.
     if (killSuidSgid(ctx, fd)) this.opts.invalidateAttributes(nodeid);
     N.fallocate(fd, mode, offset, length);
+  }
+
+  /** chattr / lsattr: the file attribute ioctls; setting flags copies the object up. */
+  ioctl(_ctx: RequestContext, nodeid: number, _fh: number, cmd: number, input: Buffer): Buffer | Promise<Buffer> {
+    if (!isFileAttrIoctl(cmd)) throw fsError('ENOTTY');
+    const node = this.inodes.get(nodeid);
+    if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_FSGETXATTR) return this.fsflags.get(node, cmd);
+    return this.afterCopyUp(node, true, () => {
+      this.fsflags.set(node, cmd, input);
+      this.opts.invalidateAttributes(nodeid); // its ctime
+      return Buffer.alloc(0);
+    });
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
