@@ -81,6 +81,12 @@ export class UnionFs implements FileSystem {
   /** chattr flags; immutable and append-only are kept in overlay.protattr and enforced here. */
   readonly fsflags: FileFlags;
   private readonly st = new Float64Array(16);
+  /**
+   * Files open for writing by passthrough, with their count of such opens. A shared mapping of
+   * one writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
+   * exist, their attributes are not cached (stat after msync shows the new mtime and ctime).
+   */
+  private readonly passthroughWriters = new Map<UnionNode, number>();
 
   private readonly writable: Writable | null;
   /** The lower-directory index of the metadata cache. */
@@ -114,7 +120,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
   }
 
   /**
@@ -122,8 +128,9 @@ export class UnionFs implements FileSystem {
    * may be separate kernel inodes: they are not cached, so a change through one name shows
    * through the others at once.
    */
-  private attrTimeout(attr: Attr): number {
+  private attrTimeout(attr: Attr, node: UnionNode): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
+    if (this.passthroughWriters.has(node)) return 0;
     return this.opts.cacheTimeout;
   }
 
@@ -183,7 +190,7 @@ export class UnionFs implements FileSystem {
     } else {
       attr = this.inodes.attr(node);
     }
-    return { attr, attrTimeout: this.attrTimeout(attr) };
+    return { attr, attrTimeout: this.attrTimeout(attr, node) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
@@ -280,6 +287,7 @@ export class UnionFs implements FileSystem {
         this.opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon');
       }
     }
+    if (h.backing && (flags & 3) !== C.O_RDONLY) this.writerOpened(node);
     const fh = this.handles.add(h);
     // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
     return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
@@ -298,11 +306,25 @@ export class UnionFs implements FileSystem {
     const h = this.handles.remove(fh);
     if (!h || h.kind !== 'file') return;
     try {
+      if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerClosed(h.node);
       if (h.backing) this.handles.releaseBacking(this.opts.deviceFd(), h.node, h.backing);
     } finally {
       N.close(h.fd);
       this.inodes.maybeDrop(h.node);
     }
+  }
+
+  /** A passthrough open for writing: the kernel drops the attributes it holds (see passthroughWriters). */
+  private writerOpened(node: UnionNode): void {
+    this.passthroughWriters.set(node, (this.passthroughWriters.get(node) ?? 0) + 1);
+    // A node being created has no kernel reference yet: its entry reply carries timeout 0 itself.
+    if (node.lookups > 0) this.opts.invalidateAttributes(node.nodeid);
+  }
+
+  private writerClosed(node: UnionNode): void {
+    const n = (this.passthroughWriters.get(node) ?? 1) - 1;
+    if (n > 0) this.passthroughWriters.set(node, n);
+    else this.passthroughWriters.delete(node);
   }
 
   lseek(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, whence: number): number {
@@ -554,8 +576,9 @@ export class UnionFs implements FileSystem {
     const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
     this.fsflags.created(node);
     this.setNewAcl(node, acl);
-    const entry = this.entry(node, this.inodes.attrFrom(node, st));
-    return { entry, open: this.openReplyNow(node, fd, flags) };
+    const attr = this.inodes.attrFrom(node, st);
+    const open = this.openReplyNow(node, fd, flags); // first: a passthrough writer's entry is not cached
+    return { entry: this.entry(node, attr), open };
   }
 
   private existing(parent: UnionNode, name: string): UnionNode {
