@@ -12,8 +12,13 @@ import type { FdStep } from './helpers/fd-side.js';
 import type { Entry } from './helpers/ops-layers.js';
 import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
 import { walk } from './helpers/ops-tree.js';
-import { unmountQuietly } from './helpers/mounts.js';
-import { unmountStrata } from './helpers/ops-pair.js';
+import { finishPair, unmountStrata } from './helpers/ops-pair.js';
+import { Checks } from './helpers/ops-checks.js';
+import { buildLayer } from './helpers/ops-layers.js';
+import { FdDriver } from './helpers/fd-driver.js';
+import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
+import { tempDir } from './helpers/tmp.js';
+import { compareUpperRemounts, inodeView, layerInodes, type InodeView } from './helpers/upper-remount.js';
 
 const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
 const XATTR_CREATE = 1;
@@ -397,4 +402,109 @@ for (const holder of ['running', 'open read-only'] as const) {
       });
     });
   }
+}
+
+// 8: the kernel mounting strata's upper (after strata copied up directories and files, some through
+// descriptors) keeps st_ino and readdir d_ino consistent, as over an upper the kernel wrote itself:
+// that takes trusted.overlay.origin (and impure on their parents) written on copy-up.
+test.serial("8: the kernel over strata's upper: st_ino from the same layer objects as over its own upper, d_ino = st_ino", (t) => {
+  fdScenario(t, {
+    lowers: [[file('d/e/f'), file('d/g'), file('h/i'), file('top'), dir('j/k'), file('moved')], [file('d/e/under'), file('h/below')]],
+    steps: [
+      expect(['chmod', 'd/e', 0o750], OK),
+      expect(['open', 'A', 'd/e/new', 'O_WRONLY|O_CREAT'], OK),
+      expect(['utime', 'h/i', T1, T2], OK),
+      expect(['rename', 'd/g', 'd/g2'], OK),
+      expect(['chmod', 'top', 0o600], OK),
+      expect(['setxattr', 'd/e/under', 'user.u', hex('u'), 0], OK),
+      expect(['open', 'D', 'j/k', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['fchmod', 'D', 0o700], OK),
+      expect(['open', 'B', 'h/below', 'O_WRONLY|O_APPEND'], OK),
+      ['write', 'B', hex('more')],
+      // copied-up files moved into a directory made on the mount (the kernel marks it impure)
+      expect(['mkdir', 'new', 0o755], OK),
+      expect(['rename', 'moved', 'new/moved'], OK),
+      expect(['rename', 'd/e/f', 'new/f'], OK),
+    ],
+    finish: (c, pair) => {
+      finishPair(c, pair);
+      compareUpperRemounts(c, pair.kernel, pair.strata, path.join(pair.base, 'r'));
+    },
+  });
+});
+
+function layerView(mnt: string, lowers: string[], upper: string, names: string[], round: number): InodeView {
+  return inodeView(mnt, layerInodes({ lowers, upper, names: [...names, `u${round}`] }));
+}
+
+// 9: a stack where each remount rotates the previous upper into the lowers, 10 deep; hard-linked
+// lower files (and one without links) renamed one place around a circle at each mount. st_ino of
+// every name must come from the same layer object as on the kernel, at every mount.
+for (const keepWork of [false, true]) {
+  test.serial(`9: st_ino across 10 remounts that rotate the upper into the lowers, hard-linked files renamed in a circle (${keepWork ? 'one work dir for all' : 'a new work dir each time'})`, (t) => {
+    const c = new Checks(t);
+    const base = tempDir(t, 'rot');
+    fs.chmodSync(base, 0o755);
+    const CIRCLE = ['a', 'b', 'c', 'd', 'p'];
+    const spec: Entry[] = [
+      ...CIRCLE.map((n) => file(n, `${n} first\n`)),
+      ...['a', 'b', 'c', 'd'].map((n): Entry => ({ t: 'link', p: `keep/${n}`, to: n })),
+    ];
+    const sides = ['kernel', 'strata'].map((name) => {
+      const dir = path.join(base, name);
+      fs.mkdirSync(path.join(dir, 'l0'), { recursive: true });
+      buildLayer(path.join(dir, 'l0'), spec, 1);
+      return { name, dir, layers: [path.join(dir, 'l0')] as string[] };
+    });
+    const views: Record<string, Array<{ round: string; answers: unknown[]; view: InodeView }>> = { kernel: [], strata: [] };
+    for (let round = 1; round <= 10; round++) {
+      for (const side of sides) {
+        const upper = path.join(side.dir, `u${round}`);
+        // strata keeps its cache in the work dir: kept, it remembers the objects of earlier mounts
+        const work = path.join(side.dir, keepWork ? 'w' : `w${round}`);
+        const mnt = path.join(side.dir, `m${round}`);
+        for (const d of [upper, work, mnt]) fs.mkdirSync(d, { recursive: true });
+        const lowers = [...side.layers].reverse(); // top first
+        const names = side.layers.map((_, i) => (i === 0 ? 'l0' : `u${i}`)).reverse();
+        const spec2 = { lowers, upper, work, mountpoint: mnt };
+        if (side.name === 'kernel') kernelOverlay(t, spec2);
+        else strataMount(t, spec2);
+        views[side.name]!.push({ round: `${round}, after mounting`, answers: [], view: layerView(mnt, lowers, upper, names, round) });
+        const d = new FdDriver(mnt);
+        const answers: unknown[] = [];
+        try {
+          const last = CIRCLE.at(-1)!;
+          answers.push(d.call(['rename', last, '.tmp']));
+          for (let i = CIRCLE.length - 2; i >= 0; i--) answers.push(d.call(['rename', CIRCLE[i]!, CIRCLE[i + 1]!]));
+          answers.push(d.call(['rename', '.tmp', CIRCLE[0]!]));
+          // the link in keep/ of the file now named "a" gets a new name as well
+          answers.push(d.call(['rename', `keep/${'abcd'[round % 4]}`, `keep/${'abcd'[round % 4]}${round}`]));
+          // a new hard link in this upper: a hard-linked lower file with an origin at the next mounts
+          answers.push(d.call(['link', CIRCLE[round % CIRCLE.length]!, `keep/l${round}`]));
+        } finally {
+          d.close();
+        }
+        views[side.name]!.push({ round: `${round}, after the renames`, answers, view: layerView(mnt, lowers, upper, names, round) });
+        if (side.name === 'kernel') unmountQuietly(mnt);
+        else strataUnmount(mnt);
+        side.layers.push(upper);
+      }
+    }
+    const k = views.kernel!;
+    const s = views.strata!;
+    c.none(k.flatMap((r) => r.view.dinoProblems.map((p) => `round ${r.round}: ${p}`)), 'kernel: d_ino differs from st_ino (the oracle itself)');
+    c.none(s.flatMap((r) => r.view.dinoProblems.map((p) => `round ${r.round}: ${p}`)), 'strata: d_ino differs from st_ino');
+    const diffs: string[] = [];
+    k.forEach((kr, i) => {
+      const sr = s[i]!;
+      for (const p of [...new Set([...Object.keys(kr.view.objects), ...Object.keys(sr.view.objects)])].sort()) {
+        if (kr.view.objects[p] !== sr.view.objects[p]) {
+          diffs.push(`round ${kr.round}: ${p}: st_ino is ${sr.view.objects[p] ?? 'missing'}, kernel ${kr.view.objects[p] ?? 'missing'}`);
+        }
+      }
+    });
+    c.none(diffs, 'st_ino from other layer objects than on the kernel');
+    c.eq(s.map((r) => r.answers), k.map((r) => r.answers), 'rename answers');
+    c.done();
+  });
 }

@@ -30,11 +30,18 @@ function isStat(v: unknown): v is RawStat {
   return typeof v === 'object' && v !== null && 'mode' in v && 'ino' in v;
 }
 
+/** Commands that act through a descriptor label (cmd[1]), and open, which makes one. */
+const FD_COMMANDS = new Set(['open', 'fstat', 'fchmod', 'fchown', 'futimens', 'ftruncate', 'fallocate', 'fsetxattr', 'fgetxattr',
+  'fremovexattr', 'flistxattr', 'read', 'pread', 'write', 'pwrite', 'lseek', 'fsync', 'fdatasync', 'getdents']);
+
 export class FdSide {
   private readonly drivers = new Map<string, FdDriver>();
   private labels = new Map<string, string>();
+  /** Raw st_ino of each open descriptor when it was opened. */
+  private readonly openIno = new Map<string, string>();
 
-  constructor(readonly side: Side, users: readonly FdUser[] = [ROOT]) {
+  /** `label` names inode numbers (default: labels of this side, in order of first sight). */
+  constructor(readonly side: Side, users: readonly FdUser[] = [ROOT], private readonly label?: (ino: bigint) => string) {
     for (const u of users) this.drivers.set(u.name, new FdDriver(side.mnt, u));
   }
 
@@ -54,6 +61,7 @@ export class FdSide {
   }
 
   inoLabel(ino: string): string {
+    if (this.label) return this.label(BigInt(ino));
     let l = this.labels.get(ino);
     if (!l) this.labels.set(ino, (l = `ino${this.labels.size + 1}`));
     return l;
@@ -67,6 +75,22 @@ export class FdSide {
   /** One step, its answer normalised for comparison. */
   run(step: FdStep): unknown {
     return this.norm(this.raw(step));
+  }
+
+  /**
+   * One command of a random sequence: its answer, then (while the descriptor it names is open)
+   * fstat through that descriptor and whether st_ino is still the one it had when opened.
+   */
+  fdOp(who: string, cmd: FdStep['cmd']): unknown {
+    const d = this.driver(who);
+    const a = d.call(cmd);
+    const label = typeof cmd[1] === 'string' ? cmd[1] : '';
+    if (cmd[0] === 'close') this.openIno.delete(label);
+    if (!FD_COMMANDS.has(cmd[0]) || ('err' in a && cmd[0] === 'open')) return this.norm(a);
+    const st = d.call(['fstat', label]);
+    if (cmd[0] === 'open' && 'ok' in st && isStat(st.ok)) this.openIno.set(label, st.ok.ino);
+    const sameIno = 'ok' in st && isStat(st.ok) ? st.ok.ino === this.openIno.get(label) : undefined;
+    return { r: this.norm(a), fstat: this.norm(st), sameIno };
   }
 
   norm(a: FdAnswer): unknown {
