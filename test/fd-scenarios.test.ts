@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fdScenario } from './helpers/fd-scenario.js';
-import type { FdCmd } from './helpers/fd-driver.js';
+import { ROOT, USER1, USER2, type FdCmd } from './helpers/fd-driver.js';
 import type { FdStep } from './helpers/fd-side.js';
 import type { Entry } from './helpers/ops-layers.js';
 import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
@@ -286,6 +286,40 @@ test.serial('5f: directory descriptors: changes reach the directory after a rena
       expect(['mkdir', 'low/sub', 0o711], OK),
       ['stat', 'low/sub'],
       ['getdents', 'L'],
+    ],
+  });
+});
+
+test.serial('5g: two unprivileged users (own groups and umasks) act through descriptors of unlinked and replaced files', (t) => {
+  const u1 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u1', cmd, expect: answer });
+  const u2 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u2', cmd, expect: answer });
+  fdScenario(t, {
+    lowers: [[{ t: 'dir', p: 'shared', mode: 0o1777 }, { t: 'file', p: 'shared/low', data: 'lower', mode: 0o666, uid: 1234, gid: 2345 }]],
+    users: [ROOT, USER1, USER2],
+    steps: [
+      u1(['open', 'A', 'shared/f', 'O_RDWR|O_CREAT', 0o666], OK),
+      u1(['fstat', 'A']),
+      u1(['unlink', 'shared/f'], OK),
+      u1(['open', 'B', 'shared/f', 'O_RDWR|O_CREAT|O_EXCL', 0o666], OK),
+      u1(['fchmod', 'A', 0o640], OK),
+      u1(['fchown', 'A', -1, 2345], OK),
+      u1(['fchown', 'A', -1, 100], { err: 'EPERM' }),
+      u1(['fsetxattr', 'A', 'user.x', hex('u1'), XATTR_CREATE], OK),
+      u1(['fstat', 'A']),
+      u1(['fstat', 'B']),
+      u2(['open', 'C', 'shared/low', 'O_RDWR'], OK),
+      u2(['rename', 'shared/low', 'shared/moved'], OK),
+      u2(['fchown', 'C', -1, 100], OK),
+      u2(['fchmod', 'C', 0o2770], OK),
+      u2(['ftruncate', 'C', 2], OK),
+      u2(['fstat', 'C']),
+      u1(['open', 'D', 'shared/moved', 'O_RDONLY'], { err: 'EACCES' }),
+      u2(['open', 'E', 'shared/new', 'O_WRONLY|O_CREAT', 0o666], OK),
+      u2(['fstat', 'E']),
+      u1(['unlink', 'shared/new'], { err: 'EPERM' }),
+      u2(['fchmod', 'A', 0o600], { err: 'EBADF' }),
+      ['stat', 'shared/moved'],
+      ['stat', 'shared/f'],
     ],
   });
 });
