@@ -324,6 +324,48 @@ test.serial('5g: two unprivileged users (own groups and umasks) act through desc
   });
 });
 
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
+
+test.serial('5h: fallocate, lseek SEEK_DATA/SEEK_HOLE, fsync, copy_file_range, O_APPEND writes through descriptors of replaced files', (t) => {
+  const MiB = 1 << 20;
+  fdScenario(t, {
+    // the sparse file is made on the mount: copy-up may lay out holes its own way (the kernel copies 1 MiB chunks)
+    lowers: [[file('other')]],
+    steps: [
+      expect(['open', 'S', 'sparse', 'O_WRONLY|O_CREAT'], OK),
+      ['pwrite', 'S', hex('data at 1 MiB'), MiB],
+      expect(['ftruncate', 'S', 2 * MiB], OK),
+      expect(['close', 'S'], OK),
+      expect(['open', 'A', 'sparse', 'O_RDWR|O_APPEND'], OK),
+      expect(['open', 'B', 'other', 'O_RDWR'], OK),
+      expect(['rename', 'other', 'sparse'], OK),
+      ['lseek', 'A', 0, SEEK_DATA],
+      ['lseek', 'A', MiB, SEEK_HOLE],
+      expect(['fallocate', 'A', 0, 0, 8192], OK),
+      expect(['fallocate', 'A', FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, MiB, 4096], OK),
+      ['lseek', 'A', 4096, SEEK_DATA],
+      ['pread', 'A', 16, MiB],
+      expect(['write', 'A', hex('appended')], { ok: 8 }),
+      expect(['fsync', 'A'], OK),
+      expect(['fdatasync', 'B'], OK),
+      ['fstat', 'A'],
+      ['pread', 'A', 8, 2 * MiB],
+      expect(['copy_file_range', 'A', 'B', 8, 2 * MiB, 0], { ok: 8 }),
+      ['pread', 'B', 30, 0],
+      expect(['unlink', 'sparse'], OK),
+      expect(['fallocate', 'B', FALLOC_FL_KEEP_SIZE, 0, 65536], OK),
+      expect(['copy_file_range', 'B', 'A', 8, 0, 0], { err: 'EBADF' }), // into an O_APPEND descriptor
+      expect(['copy_file_range', 'A', 'B', 8, 0, 100], { ok: 8 }),
+      ['fstat', 'A'],
+      ['fstat', 'B'],
+      ['pread', 'A', 8, 2 * MiB + 8],
+    ],
+  });
+});
+
 /** 100 bytes of a lower file. */
 const DATA100 = 'x'.repeat(100);
 
