@@ -369,55 +369,61 @@ test.serial('5h: fallocate, lseek SEEK_DATA/SEEK_HOLE, fsync, copy_file_range, O
 /** 100 bytes of a lower file. */
 const DATA100 = 'x'.repeat(100);
 
-test.serial('6: a read past the new end through another descriptor after ftruncate returns 0 bytes (upper file)', (t) => {
-  fdScenario(t, {
-    lowers: [[dir('d')]],
-    steps: [
-      expect(['open', 'W', 'f', 'O_RDWR|O_CREAT'], OK),
-      ['pwrite', 'W', hex(DATA100), 0],
-      expect(['open', 'R', 'f', 'O_RDONLY'], OK),
-      ['pread', 'R', 200, 0],
-      expect(['ftruncate', 'W', 10], OK),
-      expect(['pread', 'R', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
-      ['fstat', 'R'],
-      ['read', 'R', 100],
-      // truncate by name from another process, then a read through R
-      expect(['pwrite', 'W', hex(DATA100), 0], { ok: 100 }),
-      ['pread', 'R', 200, 0],
-      expect(['truncate', 'f', 5], OK),
-      ['pread', 'R', 50, 20],
-      ['fstat', 'R'],
-      // a write past the end through W shows through R
-      ['pwrite', 'W', hex('after the hole'), 300],
-      ['pread', 'R', 20, 298],
-      ['fstat', 'R'],
-    ],
+// With passthrough the kernel reads the backing file; without it, through the daemon and its page cache.
+for (const passthrough of ['auto', 'off']) {
+  const pair = { strataArgs: ['--passthrough', passthrough] };
+  test.serial(`6: a read past the new end through another descriptor after ftruncate returns 0 bytes (upper file, passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[dir('d')]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR|O_CREAT'], OK),
+        ['pwrite', 'W', hex(DATA100), 0],
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        expect(['pread', 'R', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
+        ['fstat', 'R'],
+        ['read', 'R', 100],
+        // truncate by name from another process, then a read through R
+        expect(['pwrite', 'W', hex(DATA100), 0], { ok: 100 }),
+        ['pread', 'R', 200, 0],
+        expect(['truncate', 'f', 5], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        // a write past the end through W shows through R
+        ['pwrite', 'W', hex('after the hole'), 300],
+        ['pread', 'R', 20, 298],
+        ['fstat', 'R'],
+      ],
+    });
   });
-});
 
-test.serial('6: the same on a lower file opened after its copy-up, and on one opened before it', (t) => {
-  fdScenario(t, {
-    lowers: [[file('f', DATA100), file('g', DATA100)]],
-    steps: [
-      expect(['open', 'W', 'f', 'O_RDWR'], OK),
-      expect(['open', 'R', 'f', 'O_RDONLY'], OK),
-      ['pread', 'R', 200, 0],
-      expect(['ftruncate', 'W', 10], OK),
-      ['pread', 'R', 50, 20],
-      ['fstat', 'R'],
-      // R2 opened read-only before the copy-up (the kernel keeps it on the lower file)
-      expect(['open', 'R2', 'g', 'O_RDONLY'], OK),
-      ['pread', 'R2', 200, 0],
-      expect(['open', 'W2', 'g', 'O_RDWR'], OK),
-      expect(['ftruncate', 'W2', 10], OK),
-      ['pread', 'R2', 50, 20],
-      ['fstat', 'R2'],
-      ['fstat', 'W2'],
-      expect(['open', 'R3', 'g', 'O_RDONLY'], OK),
-      expect(['pread', 'R3', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
-    ],
+  test.serial(`6: the same on a lower file opened after its copy-up, and on one opened before it (passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[file('f', DATA100), file('g', DATA100)]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR'], OK),
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        // R2 opened read-only before the copy-up (the kernel keeps it on the lower file)
+        expect(['open', 'R2', 'g', 'O_RDONLY'], OK),
+        ['pread', 'R2', 200, 0],
+        expect(['open', 'W2', 'g', 'O_RDWR'], OK),
+        expect(['ftruncate', 'W2', 10], OK),
+        ['pread', 'R2', 50, 20],
+        ['fstat', 'R2'],
+        ['fstat', 'W2'],
+        expect(['open', 'R3', 'g', 'O_RDONLY'], OK),
+        expect(['pread', 'R3', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
+      ],
+    });
   });
-});
+}
 
 // 7: a lower executable kept running (or open read-only) while another process copies it up.
 const PROG = 'bin/prog';
