@@ -37,7 +37,8 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Se
   const workFd = N.openat(C.AT_FDCWD, path.join(work, 'work'), C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
   const invalidatedEntries: [number, string][] = [];
   const union = new UnionFs(stack, {
-    readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), deviceFd: () => -1,
+    readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
+    backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
     cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateContents: () => {},
     invalidateEntry: (p, n) => invalidatedEntries.push([p, n]),
     upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },

@@ -94,7 +94,10 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     cacheTimeout: options.cacheTimeout,
     passthrough: options.passthrough !== 'off',
     logger,
-    deviceFd: () => session?.deviceFd ?? -1,
+    backings: {
+      open: (fd) => session!.backings.open(fd),
+      close: (id) => session?.backings.close(id),
+    },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
     invalidateEntry: (parent, name) => session?.invalidateEntry(parent, name),

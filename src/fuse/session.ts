@@ -12,7 +12,7 @@ import {
   WRITE_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
-  AttrReply, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
+  AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
 } from './types.js';
 
 export const MAX_WRITE = 1 << 20;
@@ -219,6 +219,16 @@ export class FuseSession {
     }
     this.endResolve(err);
   }
+
+  // ---- passthrough backings -----------------------------------------------------------------
+
+  /** The registry of passthrough backing files on this connection. */
+  readonly backings: BackingRegistry = {
+    open: (fd) => N.backingOpen(this.devFd, fd),
+    close: (id) => {
+      if (this.devFd >= 0) N.backingClose(this.devFd, id);
+    },
+  };
 
   // ---- notifications -------------------------------------------------------------------------
 

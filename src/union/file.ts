@@ -9,7 +9,7 @@
 
 import { fsError } from '../fuse/errors.js';
 import { FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH } from '../fuse/protocol.js';
-import type { OpenReply } from '../fuse/types.js';
+import type { BackingRegistry, OpenReply } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import { openObject, type UnionNode } from './node.js';
@@ -47,6 +47,8 @@ export class HandleTable {
   /** Per node: the passthrough backing its opens share. */
   readonly backings = new Map<UnionNode, Backing>();
 
+  constructor(private readonly registry: BackingRegistry) {}
+
   add(h: Handle): number {
     const fh = this.next++;
     this.handles.set(fh, h);
@@ -83,12 +85,12 @@ export class HandleTable {
   }
 
   /** Registers (or shares) the node's passthrough backing for `fd`. */
-  backingFor(devFd: number, node: UnionNode, fd: number): Backing {
+  backingFor(node: UnionNode, fd: number): Backing {
     let b = this.backings.get(node);
     if (!b) {
       const own = N.dup(fd);
       try {
-        b = { id: N.backingOpen(devFd, own), fd: own, layer: node.layer, refs: 0 };
+        b = { id: this.registry.open(own), fd: own, layer: node.layer, refs: 0 };
       } catch (e) {
         N.close(own);
         throw e;
@@ -99,11 +101,11 @@ export class HandleTable {
     return b;
   }
 
-  releaseBacking(devFd: number, node: UnionNode, b: Backing): void {
+  releaseBacking(node: UnionNode, b: Backing): void {
     if (--b.refs > 0) return;
     if (this.backings.get(node) === b) this.backings.delete(node);
     try {
-      if (devFd >= 0) N.backingClose(devFd, b.id);
+      this.registry.close(b.id);
     } finally {
       N.close(b.fd);
     }
@@ -114,7 +116,6 @@ export class HandleTable {
 export interface FileEnv {
   handles: HandleTable;
   passthrough: boolean;
-  deviceFd: () => number;
   /** Reports a passthrough backing the kernel refused (I/O then goes through the daemon). */
   onBackingRefused: (err: unknown) => void;
 }
@@ -164,7 +165,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
       throw fsError('ESTALE');
     }
     try {
-      h.backing = env.handles.backingFor(env.deviceFd(), node, fd);
+      h.backing = env.handles.backingFor(node, fd);
       openFlags = FOPEN_PASSTHROUGH;
       backingId = h.backing.id;
     } catch (err) {

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
 import { FATTR_FH, FATTR_SIZE } from '../fuse/protocol.js';
 import type {
-  Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
+  Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
@@ -32,8 +32,8 @@ export interface UnionOptions {
   /** Allow passthrough when the kernel negotiated it. */
   passthrough: boolean;
   logger: Logger;
-  /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
-  deviceFd: () => number;
+  /** Passthrough backing files of the FUSE connection. */
+  backings: BackingRegistry;
   /** The LevelDB metadata cache (inode identity across remounts, lower listings), if enabled. */
   cache: MetadataCache | null;
   /** Index lower directories (kept in the cache when there is one, else in memory for this mount). */
@@ -67,7 +67,7 @@ function nextListingGeneration(): number {
 
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
-  readonly handles = new HandleTable();
+  readonly handles: HandleTable;
   private passthrough = false;
   private readonly st = new Float64Array(16);
 
@@ -79,8 +79,9 @@ export class UnionFs implements FileSystem {
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
+    this.handles = new HandleTable(opts.backings);
     this.fileEnv = {
-      handles: this.handles, passthrough: false, deviceFd: opts.deviceFd,
+      handles: this.handles, passthrough: false,
       onBackingRefused: (err) => opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon'),
     };
     if (stack.upper && opts.upper) {
@@ -230,7 +231,7 @@ export class UnionFs implements FileSystem {
     const h = this.handles.remove(fh);
     if (!h || h.kind !== 'file') return;
     try {
-      if (h.backing) this.handles.releaseBacking(this.opts.deviceFd(), h.node, h.backing);
+      if (h.backing) this.handles.releaseBacking(h.node, h.backing);
     } finally {
       N.close(h.fd);
       this.inodes.maybeDrop(h.node);
