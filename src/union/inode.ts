@@ -240,8 +240,9 @@ export class InodeTable {
 
 function attrOf(node: UnionNode, st: Float64Array, ino: number): Attr {
   let nlink = st[ST.nlink]!;
+  // An unlinked node shows its object's own count, as the kernel: 0 for an upper file, the lower
+  // file's count for one whose name was removed over a lower layer (the lower file stays).
   if (node.isMerged) nlink = 1;
-  else if (node.unlinked) nlink = 0;
   return {
     ino,
     size: st[ST.size]!,

@@ -27,7 +27,7 @@ export class UnionNode {
   readonly children = new Map<string, UnionNode>();
   /** Descriptors of this directory in each layer of `dirLayers` (O_PATH), opened on demand. */
   private dirFds: number[] | null = null;
-  /** Set when the object was removed while still open or known (st_nlink then reads 0). */
+  /** Set when the name was removed while the object is still open or known (st_ino is then kept as it is). */
   unlinked = false;
   /** Further names of an upper hard link made through the mount (the primary is parent/name). */
   aliases: [UnionNode, string][] | null = null;
