@@ -82,7 +82,8 @@ export class UnionFs implements FileSystem {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     if (stack.upper && opts.upper) {
-      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
+      const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
+      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateContents(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
