@@ -73,6 +73,7 @@ function overlayXattrs(upper: string): Record<string, Record<string, string>> {
   const root = dump['.'];
   if (root) {
     delete root['trusted.overlay.uuid'];
+    delete root['user.overlay.uuid'];
     if (Object.keys(root).length === 0) delete dump['.'];
   }
   return dump;
@@ -113,27 +114,30 @@ function inoKinds(view: Snapshot, upper: string, dirs: boolean): Map<string, str
   return out;
 }
 
-function kernelReadsStrataUpper(t: ExecutionContext, lowerRoot: string, base: string, sameFs: boolean): void {
+function kernelReadsStrataUpper(t: ExecutionContext, lowerRoot: string, base: string, sameFs: boolean, options: string[] = []): void {
   const lower = path.join(lowerRoot, 'l');
   materializeLayer(lower, LOWER);
   const s = upperDirs(base, 's');
   const k = upperDirs(base, 'k');
 
-  const smnt = strataMount(t, { lowers: [lower], upper: s.upper, work: s.work });
+  const smnt = strataMount(t, { lowers: [lower], upper: s.upper, work: s.work, options });
   changes(smnt);
   strataUnmount(smnt);
-  const kmnt = kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work });
+  const kmnt = kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work, options });
   changes(kmnt);
-  const kernelOwn = snapshot(kmnt, { noContent: true });
   unmountQuietly(kmnt);
+  // The kernel's view of its own upper at a fresh mount (not the numbers its inode cache still holds).
+  const kernelOwn = snapshot(kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work, options }), { noContent: true });
+  unmountQuietly(kernelOwn.root);
 
   const strataXattrs = overlayXattrs(s.upper);
   t.deepEqual(strataXattrs, overlayXattrs(k.upper), 'overlay.origin and overlay.impure as the kernel writes them');
-  t.truthy(strataXattrs['d/f']?.['trusted.overlay.origin'], 'a copied-up file has an origin');
+  const ns = options.includes('userxattr') ? 'user' : 'trusted';
+  t.truthy(strataXattrs['d/f']?.[`${ns}.overlay.origin`], 'a copied-up file has an origin');
   t.false('h1' in strataXattrs, 'a lower hard link gets no origin');
 
   // The kernel mounts strata's upper: st_ino and d_ino as on the upper it wrote itself.
-  const onStrata = snapshot(kernelOverlay(t, { lowers: [lower], upper: s.upper, work: path.join(base, 'kw2') }), { noContent: true });
+  const onStrata = snapshot(kernelOverlay(t, { lowers: [lower], upper: s.upper, work: path.join(base, 'kw2'), options }), { noContent: true });
   t.deepEqual(dinoMismatches(onStrata), dinoMismatches(kernelOwn), 'readdir d_ino == st_ino as on the kernel\'s own upper');
   const kinds = inoKinds(kernelOwn, k.upper, sameFs);
   t.deepEqual(inoKinds(onStrata, s.upper, sameFs), kinds);
@@ -155,6 +159,12 @@ test('the same with the lower layer on a tmpfs (its random UUID in the handle)',
   // The handle names the tmpfs: its UUID, as FS_IOC_GETFSUUID reports it, is in every origin.
   const origin = overlayXattrs(path.join(base, 'su'))['d/f']!['trusted.overlay.origin']!;
   t.not(origin.slice(10, 42), '0'.repeat(32), 'a tmpfs UUID is not null');
+});
+
+test('the same with userxattr: user.overlay.origin and user.overlay.impure', (t) => {
+  const base = tempDir(t, 'ogu');
+  fs.mkdirSync(path.join(base, 'kw2'));
+  kernelReadsStrataUpper(t, base, base, true, ['userxattr']);
 });
 
 test('strata mounting an upper the kernel wrote keeps the kernel\'s st_ino and d_ino, with no cache', (t) => {

@@ -248,7 +248,7 @@ export class DirOps {
     const dstUpper = N.lstatMaybe(to, newName, st);
     const dstType = st[ST.mode]! & C.S_IFMT;
     const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
-    if (dstUpper && !dstIsWhiteout && dstType !== C.S_IFDIR && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
