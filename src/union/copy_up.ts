@@ -10,6 +10,7 @@ import * as N from '../native/index.js';
 import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
 import { openObject, statObject, type UnionNode } from './node.js';
+import { markImpure, originXattrFor, setOrigin } from './origin.js';
 import { isPrivateXattr } from './whiteout.js';
 
 const { C, ST } = N;
@@ -21,6 +22,11 @@ export interface UpperDir {
   workFd: number;
   /** Writes skip fsync (volatile mounts). */
   volatile: boolean;
+  /**
+   * Where the kernel's overlay.origin and overlay.impure markers go: trusted.overlay.*, or
+   * user.overlay.* (overlayfs "userxattr"); none for an upper in the OCI format.
+   */
+  markers?: 'trusted' | 'user';
 }
 
 let tmpCounter = 0;
@@ -161,6 +167,8 @@ interface CopyJob {
   /** For a regular file: the new file, and the source when its data is copied (else -1). */
   out: number;
   src: number;
+  /** The overlay.origin value for the copy (null: none, as for a lower hard link). */
+  origin: Buffer | null;
 }
 
 export class CopyUp {
@@ -252,8 +260,9 @@ export class CopyUp {
     const st = new Float64Array(16);
     statObject(src, st);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1 };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
     try {
+      if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName);
       if (type === C.S_IFREG) {
         // An unnamed file in the work directory: nothing to clean up if anything fails or the daemon
         // dies, and it is linked into place only when complete (the kernel's way too).
@@ -298,6 +307,7 @@ export class CopyUp {
       N.fchown(out, st[ST.uid]!, st[ST.gid]!);
       N.fchmod(out, st[ST.mode]! & 0o7777);
       copyXattrsToFd(srcDir, srcName, out);
+      if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
     } catch (e) {
       this.abort(job);
@@ -314,8 +324,7 @@ export class CopyUp {
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
-    const upperParent = parent.dirFd(this.upper.layer);
-    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    const upperParent = this.prepareParent(parent);
     try {
       // linkat fails with EEXIST if the name exists: as RENAME_NOREPLACE.
       N.linkat(out, '', upperParent, node.name, C.AT_EMPTY_PATH);
@@ -326,6 +335,17 @@ export class CopyUp {
       this.closeFiles(job);
     }
     this.linked(parent, node, keepsIno, C.S_IFREG);
+  }
+
+  /**
+   * The upper parent's descriptor, its times kept in `pst` (to put back once the copy is linked in),
+   * marked impure as the kernel does: it now holds a copied-up entry, whose d_ino readdir must look up.
+   */
+  private prepareParent(parent: UnionNode): number {
+    const upperParent = parent.dirFd(this.upper.layer);
+    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    if (this.upper.markers) markImpure(upperParent, this.upper.markers === 'user');
+    return upperParent;
   }
 
   /** The copy is in place: the parent's times are put back, the kernel told what changed. */
@@ -351,13 +371,13 @@ export class CopyUp {
       return;
     }
     const { parent, node, st, type, tmp } = job;
-    const upper = this.upper.layer;
     const work = this.upper.workFd;
     try {
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
       const [srcDir, srcName] = node.location();
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
       copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
+      if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
     } catch (e) {
       this.abort(job);
       throw e;
@@ -369,8 +389,7 @@ export class CopyUp {
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
-    const upperParent = parent.dirFd(upper);
-    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    const upperParent = this.prepareParent(parent);
     try {
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
     } catch (e) {

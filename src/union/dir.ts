@@ -10,6 +10,7 @@ import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up
 import type { InodeTable } from './inode.js';
 import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
+import { hasOrigin, markImpure } from './origin.js';
 import { mergedListing } from './readdir.js';
 import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER } from './whiteout.js';
 
@@ -149,6 +150,7 @@ export class DirOps {
     } else {
       N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
+    this.markImpureFor(upperParent, name);
     this.inodes.addAlias(node, parent, name);
   }
 
@@ -157,7 +159,7 @@ export class DirOps {
     const upperParent = parent.dirFd(this.up);
     const needWhiteout = lowerShows(parent, name);
     const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
-    if (inUpper && !isDir && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (inUpper && (isDir || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (this.opts.writeFormat === 'oci') {
       if (needWhiteout) N.close(N.openat(upperParent, OCI_WHITEOUT_PREFIX + name, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (inUpper) this.moveToWorkAndDelete(upperParent, name, 0);
@@ -238,6 +240,10 @@ export class DirOps {
       // merge with whatever a lower layer shows (or will show) under its new name.
       if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
       if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
+      if (parent !== newParent) {
+        this.markImpureFor(from, oldName);
+        this.markImpureFor(to, newName);
+      }
       this.inodes.exchange(parent, oldName, newParent, newName);
       return;
     }
@@ -249,7 +255,7 @@ export class DirOps {
     const dstUpper = N.lstatMaybe(to, newName, st);
     const dstType = st[ST.mode]! & C.S_IFMT;
     const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
-    if (dstUpper && !dstIsWhiteout && dstType !== C.S_IFDIR && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
@@ -259,8 +265,17 @@ export class DirOps {
     } else {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
+    if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * An object with a copy-up origin moved or linked into a directory (dirfd) makes it impure, as the
+   * kernel's rename and link do: readdir there must look its entries up for their d_ino.
+   */
+  private markImpureFor(dirfd: number, name: string): void {
+    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name)) markImpure(dirfd, this.opts.userxattr);
   }
 }
 

@@ -11,6 +11,7 @@ import type { OriginStore } from './cache.js';
 import type { FileHandle } from './file.js';
 import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
+import { originIno, readOrigin } from './origin.js';
 
 export { ROOT_NODEID, UnionNode };
 
@@ -23,9 +24,15 @@ export class InodeTable {
   private readonly st = new Float64Array(16);
   /**
    * st_ino kept by copied-up objects: "layer index:real inode number" -> the st_ino shown before
-   * copy-up. Recorded for the upper; read for any layer (an upper reused as a lower keeps them).
+   * copy-up. Recorded and read for the upper only: once an upper is reused as a lower, the kernel
+   * shows its objects' own inode numbers, and so does strata.
    */
   private readonly origins: Map<string, number>;
+  /**
+   * Upper objects without such a record, by real inode number: the st_ino their overlay.origin
+   * xattr gives (written by the kernel, or by strata without the cache), or null for their own.
+   */
+  private readonly upperOrigins = new Map<number, number | null>();
 
   constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<string, number>) {
     this.origins = origins ?? new Map();
@@ -48,17 +55,31 @@ export class InodeTable {
 
   /** The node for `name` in `parent`, created for a fresh lookup result. */
   create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number): UnionNode {
-    const node = new UnionNode(this.nextId++, this.inoFor(layer, realIno), parent, name, type, layer, dirLayers);
+    const ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
+    const node = new UnionNode(this.nextId++, ino, parent, name, type, layer, dirLayers);
     this.attach(parent, name, node);
     this.nodes.set(node.nodeid, node);
     return node;
   }
 
-  /** The st_ino shown for the object with real inode `realIno` in `layer`. */
-  inoFor(layer: Layer, realIno: number): number {
-    if (this.origins.size > 0) {
+  /**
+   * The st_ino shown for the object with real inode `realIno` in `layer`. `at` locates it: an
+   * upper object without a record keeps the st_ino of its origin, as on the kernel (see origin.ts).
+   */
+  inoFor(layer: Layer, realIno: number, at?: () => [number, string]): number {
+    if (layer.isUpper && this.origins.size > 0) {
       const origin = this.origins.get(`${layer.index}:${realIno}`);
       if (origin !== undefined) return origin;
+    }
+    if (at && layer.isUpper) {
+      let ino = this.upperOrigins.get(realIno);
+      if (ino === undefined) {
+        const [dirfd, name] = at();
+        const o = readOrigin(this.stack, dirfd, name);
+        ino = o ? originIno(this.stack, o) : null;
+        this.upperOrigins.set(realIno, ino);
+      }
+      if (ino !== null) return ino;
     }
     return this.stack.inoOf(layer, realIno);
   }
@@ -74,6 +95,7 @@ export class InodeTable {
   /** The upper object with this inode number is gone (its number may be reused). */
   forgetOrigin(upperIno: number): void {
     const upper = this.stack.upper!;
+    this.upperOrigins.delete(upperIno);
     if (this.origins.delete(`${upper.index}:${upperIno}`)) this.originStore?.delete(upper, upperIno);
   }
 
@@ -232,7 +254,7 @@ export class InodeTable {
 
   /** Builds the merged attributes from a layer object's stat. */
   attrFrom(node: UnionNode, st: Float64Array): Attr {
-    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!);
+    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!, () => node.location());
     node.ino = ino;
     return attrOf(node, st, ino);
   }

@@ -85,7 +85,8 @@ export class UnionFs implements FileSystem {
       onBackingRefused: (err) => opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon'),
     };
     if (stack.upper && opts.upper) {
-      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
+      const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
+      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateContents(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
