@@ -89,6 +89,15 @@ export interface DirSink {
   addPlus(name: string, entry: EntryReply | null, ino: number, type: number, nextOffset: number): boolean;
 }
 
+/**
+ * Passthrough backing files, registered with the kernel on /dev/fuse (FUSE_DEV_IOC_BACKING_OPEN/CLOSE);
+ * the id goes into an OPEN or CREATE reply with FOPEN_PASSTHROUGH.
+ */
+export interface BackingRegistry {
+  open(fd: number): number;
+  close(id: number): void;
+}
+
 export interface InitInfo {
   /** The kernel's protocol minor version. */
   minor: number;
@@ -138,7 +147,7 @@ export interface FileSystem {
   fsyncdir(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
   statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;
   /** `setxattrFlags`: FUSE_SETXATTR_ACL_KILL_SGID and such (with FUSE_SETXATTR_EXT). */
-  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags: number): R<void>;
+  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags?: number): R<void>;
   /** The whole value; the protocol layer answers size probes and ERANGE. */
   getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer>;
   listxattr(ctx: RequestContext, nodeid: number): R<string[]>;

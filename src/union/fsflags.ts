@@ -13,7 +13,7 @@ import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
 } from '../fuse/protocol.js';
 import * as N from '../native/index.js';
-import type { UnionNode } from './inode.js';
+import { openObject, type UnionNode } from './node.js';
 
 const { C } = N;
 
@@ -38,10 +38,8 @@ export function isFileAttrIoctl(cmd: number): boolean {
 
 /** Opens the real object for an ioctl (not O_PATH: ioctls need a real open). */
 function openForIoctl(node: UnionNode): number {
-  const [dirfd, name] = node.location();
   const dir = node.isDir ? C.O_DIRECTORY : 0;
-  if (name === '') return N.openat(dirfd, '.', C.O_RDONLY | C.O_CLOEXEC | dir, 0);
-  return N.openat(dirfd, name, C.O_RDONLY | C.O_NONBLOCK | C.O_NOFOLLOW | C.O_CLOEXEC | dir, 0);
+  return openObject(node.location(), C.O_RDONLY | C.O_NONBLOCK | C.O_NOFOLLOW | C.O_CLOEXEC | dir);
 }
 
 export class FileFlags {

@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import type { RequestContext } from '../fuse/types.js';
 import { FATTR_FH, FATTR_KILL_SUIDGID, FATTR_LOCKOWNER } from '../fuse/protocol.js';
 import * as N from '../native/index.js';
+import { chmodObject, statObject } from './node.js';
 
 const { ST } = N;
 
@@ -66,13 +67,13 @@ export function killSuidSgid(ctx: RequestContext, fd: number): boolean {
   return true;
 }
 
-/** As killSuidSgid, for a file reached by (dirfd, name) (no open descriptor at hand). */
-export function killSuidSgidAt(ctx: RequestContext, dirfd: number, name: string): boolean {
-  N.fstatat(dirfd, name, N.C.AT_SYMLINK_NOFOLLOW | (name === '' ? N.C.AT_EMPTY_PATH : 0), st);
+/** As killSuidSgid, for a file at a location (no open descriptor at hand). */
+export function killSuidSgidAt(ctx: RequestContext, loc: [number, string]): boolean {
+  statObject(loc, st);
   const mode = st[ST.mode]!;
   const drop = privBitsToDrop(ctx, mode, st[ST.gid]!);
   if (drop === 0) return false;
-  N.fchmodat(dirfd, name, mode & 0o7777 & ~drop, 0);
+  chmodObject(loc, mode & 0o7777 & ~drop);
   return true;
 }
 
@@ -85,12 +86,9 @@ export function setattrKillsPrivs(valid: number): boolean {
   return (valid & FATTR_KILL_SUIDGID) !== 0 || (valid & ~(FATTR_FH | FATTR_LOCKOWNER)) === 0;
 }
 
-/** Clears S_ISGID of (dirfd, name): a setfacl by a caller outside the file's group (FUSE_SETXATTR_ACL_KILL_SGID). */
-export function dropSgidAt(dirfd: number, name: string): void {
-  N.fstatat(dirfd, name, N.C.AT_SYMLINK_NOFOLLOW | (name === '' ? N.C.AT_EMPTY_PATH : 0), st);
+/** Clears S_ISGID of the object at `loc`: a setfacl by a caller outside the file's group (FUSE_SETXATTR_ACL_KILL_SGID). */
+export function dropSgidAt(loc: [number, string]): void {
+  statObject(loc, st);
   const mode = st[ST.mode]!;
-  if ((mode & S_ISGID) === 0) return;
-  // fchmodat takes no empty name; the descriptor's /proc link reaches the directory itself.
-  if (name === '') N.fchmodat(N.C.AT_FDCWD, `/proc/self/fd/${dirfd}`, mode & 0o7777 & ~S_ISGID, 0);
-  else N.fchmodat(dirfd, name, mode & 0o7777 & ~S_ISGID, 0);
+  if (mode & S_ISGID) chmodObject(loc, mode & 0o7777 & ~S_ISGID);
 }

@@ -13,6 +13,7 @@ const STRERROR_CODES: Record<string, string> = {
   'Inappropriate ioctl for device': 'ENOTTY', 'Operation not supported': 'EOPNOTSUPP', 'Not a directory': 'ENOTDIR',
   'Text file busy': 'ETXTBSY', 'Read-only file system': 'EROFS',
 };
+import type { FdCmd } from './fd-driver.js';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
 const FLAG_BITS: Record<string, number> = {
@@ -70,7 +71,9 @@ export type Op =
   /** chattr with one change ("+i", "-a", "+A", ...), as root. */
   | ['chattr', string, string]
   /** One op run as uid/gid (supplementary groups cleared), through the xop helper. */
-  | ['as', number, number, Op];
+  | ['as', number, number, Op]
+  /** A command of the descriptor driver of one user (fd-driver.ts), run through an FdSide. */
+  | ['fd', string, FdCmd];
 
 export type Result = unknown;
 
@@ -248,6 +251,8 @@ export class Runner {
       }
       case 'as':
         return this.asUser(op[1], op[2], op[3]);
+      case 'fd':
+        throw new Error('descriptor ops run through an FdSide (fd-side.ts), not the Runner');
     }
   }
 
