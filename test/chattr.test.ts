@@ -70,9 +70,8 @@ test.serial('chattr +i / +a: the flags show, copy up, and hold for every operati
 test.serial('FS_IOC_FSGETXATTR / FSSETXATTR: the flags and the project ID as the upper filesystem takes them', (t) => {
   const c = new Checks(t);
   const pair = setupPair(t, [LAYER]);
-  // xfs_io is not installed everywhere: python's fcntl.ioctl speaks the struct itself. Each ioctl
-  // has its own open: a descriptor of the lower file kept across the copy-up would make the next
-  // open of the file wait for it (README: passthrough opens of a copied-up lower file).
+  // xfs_io is not installed everywhere: python's fcntl.ioctl speaks the struct itself, one open
+  // per ioctl (as chattr and lsattr do).
   const fsx = (rel: string, set?: [number, number]): string =>
     `/usr/bin/python3 -c 'import fcntl,os,struct,sys
 def io(req, b):
