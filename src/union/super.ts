@@ -79,9 +79,10 @@ export class UnionFs implements FileSystem {
   readonly fsflags: FileFlags;
   private readonly st = new Float64Array(16);
   /**
-   * Files open for writing by passthrough, with their count of such opens. A shared mapping of
-   * one writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
-   * exist, their attributes are not cached (stat after msync shows the new mtime and ctime).
+   * Files open read-write by passthrough, with their count of such opens. A shared mapping of one
+   * writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
+   * exist, their attributes are not cached (stat after msync shows the new mtime and ctime). An
+   * O_WRONLY open cannot be mapped, and the kernel drops the attributes after each write(2) itself.
    */
   private readonly passthroughWriters = new Map<UnionNode, number>();
 
@@ -244,16 +245,16 @@ export class UnionFs implements FileSystem {
 
   /**
    * After an open: an O_TRUNC open by a caller without CAP_FSETID clears setuid/setgid
-   * (FUSE_OPEN_KILL_SUIDGID), and a passthrough open for writing stops attribute caching.
+   * (FUSE_OPEN_KILL_SUIDGID), and a passthrough open read-write stops attribute caching.
    */
   private opened(reply: OpenReply, killFor: RequestContext | null): OpenReply {
     const h = this.handles.file(reply.fh);
     if (killFor && killSuidSgid(killFor, h.fd)) this.opts.invalidateAttributes(h.node.nodeid);
-    if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerOpened(h.node);
+    if (h.backing && (h.flags & 3) === C.O_RDWR) this.writerOpened(h.node);
     return reply;
   }
 
-  /** A passthrough open for writing: the kernel drops the attributes it holds (see passthroughWriters). */
+  /** A passthrough open read-write: the kernel drops the attributes it holds (see passthroughWriters). */
   private writerOpened(node: UnionNode): void {
     this.passthroughWriters.set(node, (this.passthroughWriters.get(node) ?? 0) + 1);
     // A node being created has no kernel reference yet: its entry reply carries timeout 0 itself.
@@ -279,7 +280,7 @@ export class UnionFs implements FileSystem {
     const h = this.handles.remove(fh);
     if (!h || h.kind !== 'file') return;
     try {
-      if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerClosed(h.node);
+      if (h.backing && (h.flags & 3) === C.O_RDWR) this.writerClosed(h.node);
       if (h.backing) this.handles.releaseBacking(h.node, h.backing);
     } finally {
       N.close(h.fd);
