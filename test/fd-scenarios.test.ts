@@ -324,6 +324,58 @@ test.serial('5g: two unprivileged users (own groups and umasks) act through desc
   });
 });
 
+// Found by the random test (seed 5): a descriptor opened read-only on a lower file, the file copied
+// up through its name, then a change through the old descriptor: the kernel applies it to the copy.
+test.serial('5i: fchmod, fchown, futimens, fsetxattr through a read-only descriptor opened before the copy-up by name reach the copy', (t) => {
+  fdScenario(t, {
+    lowers: [[file('f'), file('g')]],
+    steps: [
+      expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+      expect(['chmod', 'f', 0o666], OK),
+      expect(['fchmod', 'R', 0o644], OK),
+      ['stat', 'f'],
+      ['fstat', 'R'],
+      expect(['fchown', 'R', 1000, 1000], OK),
+      expect(['futimens', 'R', T1, T2], OK),
+      expect(['fsetxattr', 'R', 'user.r', hex('through R'), 0], OK),
+      ['stat', 'f'],
+      ['listxattr', 'f'],
+      // the same when the copy-up came from a write open of the name
+      expect(['open', 'S', 'g', 'O_RDONLY'], OK),
+      expect(['open', 'W', 'g', 'O_WRONLY|O_APPEND'], OK),
+      ['write', 'W', hex('more')],
+      expect(['fchmod', 'S', 0o600], OK),
+      ['stat', 'g'],
+      ['fstat', 'S'],
+      // (no read through S: under passthrough it keeps reading the lower file, README)
+    ],
+  });
+});
+
+// Found by the random test (seed 1): fsync of a directory descriptor after the directory and its
+// parent were renamed.
+test.serial('5j: fsync and fdatasync through descriptors of a directory and a file whose parents were renamed', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['mkdir', 'p', 0o755], OK),
+      expect(['mkdir', 'p/q', 0o755], OK),
+      expect(['open', 'D', 'p/q', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['open', 'F', 'p/q/f', 'O_WRONLY|O_CREAT'], OK),
+      expect(['rename', 'p/q', 'r'], OK),
+      expect(['rename', 'p', 's'], OK),
+      expect(['fsync', 'D'], OK),
+      expect(['fdatasync', 'D'], OK),
+      expect(['fsync', 'F'], OK),
+      expect(['rmdir', 's'], OK),
+      expect(['mkdir', 'p', 0o700], OK),
+      expect(['fsync', 'D'], OK),
+      ['fstat', 'D'],
+      ['getdents', 'D'],
+    ],
+  });
+});
+
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const FALLOC_FL_KEEP_SIZE = 1;
