@@ -43,7 +43,7 @@ echo "soak: $((first))..$((last)) in $(($(date +%s) - start)) s, logs in $logdir
 if ((${#failed[@]})); then
   echo "soak: failing seeds: ${failed[*]}"
   for s in "${failed[@]}"; do
-    echo "  repro: STRATA_SEEDS=$s STRATA_OPS=$STRATA_OPS ./node_modules/.bin/ava dist/test/random-ops.test.js"
+    echo "  repro: STRATA_SEEDS=$s STRATA_OPS=$STRATA_OPS ./node_modules/.bin/ava --timeout=60m dist/test/random-ops.test.js"
   done
   exit 1
 fi
