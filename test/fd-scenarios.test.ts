@@ -3,19 +3,19 @@
 // descriptors. The same steps run on a kernel overlay mount and on strata (same layers, separate
 // uppers), from long-lived processes that hold the descriptors; every answer, fstat through the
 // descriptors, the merged trees and the uppers (whiteouts, nothing resurrected) must agree.
+// Cases 8 and 9 compare inode numbers: the kernel over strata's upper, and 10 rotating remounts.
+// STRATA_TEST_PEER=kernel runs all of it against a second kernel overlay (all but the
+// --write-format oci case must pass: proves the scenarios deterministic).
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fdScenario } from './helpers/fd-scenario.js';
-import { ROOT, USER1, USER2, type FdCmd } from './helpers/fd-driver.js';
+import { FdDriver, ROOT, USER1, USER2, type FdCmd } from './helpers/fd-driver.js';
 import type { FdStep } from './helpers/fd-side.js';
-import type { Entry } from './helpers/ops-layers.js';
-import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
-import { walk } from './helpers/ops-tree.js';
+import { buildLayer, type Entry } from './helpers/ops-layers.js';
+import { diffSnapshots, snapshot, walk } from './helpers/ops-tree.js';
 import { finishPair, unmountStrata } from './helpers/ops-pair.js';
 import { Checks } from './helpers/ops-checks.js';
-import { buildLayer } from './helpers/ops-layers.js';
-import { FdDriver } from './helpers/fd-driver.js';
 import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { tempDir } from './helpers/tmp.js';
 import { compareUpperRemounts, inodeView, layerInodes, type InodeView } from './helpers/upper-remount.js';
