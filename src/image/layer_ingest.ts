@@ -115,7 +115,12 @@ export async function ingestLayer(store: Store, parent: string | null, input: Re
         stages.push(unpacker.sink);
         await runPipeline(stages);
         unpacker.finish();
-        N.syncfs(rootFd);
+        const syncFd = N.openat(rootFd, '.', N.C.O_RDONLY | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+        try {
+          N.syncfs(syncFd);
+        } finally {
+          N.close(syncFd);
+        }
       } finally {
         N.close(rootFd);
       }
