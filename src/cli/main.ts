@@ -12,6 +12,8 @@ import * as N from '../native/index.js';
 import { parseMountOptions, UsageError } from '../union/params.js';
 import { join, resolve } from 'node:path';
 import { unmountStrata } from '../daemon/unmount.js';
+import { imageCommand } from './image.js';
+import { usageMessage } from './usage.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
 // used: each costs tens of milliseconds at start-up, paid twice by a mount (command, then daemon).
@@ -352,6 +354,7 @@ async function main(): Promise<void> {
       .option('quick', { type: 'boolean', default: false, describe: 'tiny sizes: a smoke run' })
       .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
     (a) => benchCommand(a))
+    .command(imageCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     (a) => mountCommand(a as unknown as MountArgs))
@@ -360,7 +363,7 @@ async function main(): Promise<void> {
     .version(packageVersion())
     .fail((msg, err) => {
       if (err) fail(describe(err), exitCodeOf(err));
-      fail(msg, 2);
+      fail(usageMessage(msg, argv), 2);
     })
     .parseAsync();
 }

@@ -535,6 +535,11 @@ export class Store {
     return rec;
   }
 
+  /** Deletes those of `chains` that nothing references (layers a failed load added). */
+  async discardLayers(chains: readonly string[]): Promise<string[]> {
+    return this.deleteUnreferencedLayers(chains);
+  }
+
   // --- internals ------------------------------------------------------------------------------
 
   private async mustLayer(chain: string): Promise<LayerRecord> {
