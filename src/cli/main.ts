@@ -55,6 +55,7 @@ function buildConfig(args: MountArgs): DaemonConfig {
   const layout = validateLayout(params, args.mountpoint);
   if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
   if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
+  if (args.writeFormat === 'oci' && !params.ociWhiteouts) throw new UsageError('--write-format oci writes .wh. whiteouts that oci_whiteouts=off would not read back');
   const options: DaemonOptions = {
     passthrough: args.passthrough as DaemonOptions['passthrough'],
     logLevel: args.logLevel,
