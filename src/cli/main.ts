@@ -13,6 +13,7 @@ import { parseMountOptions, UsageError } from '../union/params.js';
 import { join, resolve } from 'node:path';
 import { unmountStrata } from '../daemon/unmount.js';
 import { imageCommand } from './image.js';
+import { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownContainerOption } from './container.js';
 import { usageMessage } from './usage.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
@@ -327,12 +328,17 @@ async function main(): Promise<void> {
     });
     return;
   }
+  const unknown = unknownContainerOption(argv);
+  if (unknown) fail(`unknown option ${unknown}`, 2);
+  // `strata run IMAGE CMD...`: CMD is the container's, options and all.
+  const { head, command } = splitRunArgv(argv);
   const { default: yargs } = await import('yargs');
-  await yargs(argv)
+  await yargs(head)
     .scriptName('strata')
     .usage('$0 <command> [options]')
-    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
-      (a) => mountCommand(a as unknown as MountArgs))
+    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions)
+      .options(imageMountOptions),
+    async (a) => mountCommand(await imageMountArgs(a as unknown as MountArgs)))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
       (a) => umountCommand(a.mountpoint as string))
     .command('status [mountpoint]', 'list strata mounts: pid, layers, uptime, requests', (y) =>
@@ -356,6 +362,10 @@ async function main(): Promise<void> {
       .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
     (a) => benchCommand(a))
     .command(imageCommand)
+    .command(runCommand(() => command))
+    .command(commitCommand)
+    .command(exportCommand)
+    .command(containerCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     (a) => mountCommand(a as unknown as MountArgs))

@@ -195,3 +195,31 @@ export async function packTree(root: string, dest: Writable, opts: PackOptions):
   }
   return { ...(await tar.finish()), entries: packer.entries };
 }
+
+/** The bytes of regular files below `root` (what a tar of it roughly holds): the total of a progress bar. */
+export function treeBytes(root: string): number {
+  const st = N.newStatBuf();
+  let total = 0;
+  const walk = (dirfd: number): void => {
+    for (const [name, type] of N.readdir(dirfd)) {
+      if (name === '.' || name === '..') continue;
+      if (type === C.DT_DIR) {
+        const fd = N.openat(dirfd, name, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+        try {
+          walk(fd);
+        } finally {
+          N.close(fd);
+        }
+      } else if (type === C.DT_REG && N.lstatMaybe(dirfd, name, st)) {
+        total += st[ST.size]! + 512;
+      }
+    }
+  };
+  const fd = N.openat(C.AT_FDCWD, root, C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  try {
+    walk(fd);
+  } finally {
+    N.close(fd);
+  }
+  return total;
+}
