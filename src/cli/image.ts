@@ -175,11 +175,12 @@ function imageVerbs(y: Argv): Argv {
           log.info({ diffId, stored }, stored ? 'layer already stored' : 'unpacking layer');
         },
       }).finally(() => bar.stop());
-      if (a.json) return void printJson({ format: r.format, images: r.images.map((i) => ({ id: i.id, tags: i.tags })) });
-      for (const i of r.images) {
-        if (i.tags.length === 0) out(`Loaded image ID: ${i.id}`);
-        for (const t of i.tags) out(`Loaded image: ${t}`);
-      }
+      if (a.json) return void printJson({ format: r.format, images: r.images.map((i, n) => ({ id: i.id, tags: r.loadedTags[n] })) });
+      r.images.forEach((i, n) => {
+        const tags = r.loadedTags[n] ?? [];
+        if (tags.length === 0) out(`Loaded image ID: ${i.id}`);
+        for (const t of tags) out(`Loaded image: ${t}`);
+      });
     }))
     .command('import <file> <reference>', 'make a one-layer image from a root filesystem tar (plain or gzip)', (c) => c
       .positional('file', { type: 'string', demandOption: true })

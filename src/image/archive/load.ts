@@ -22,6 +22,8 @@ export interface LoadProgress {
 export interface LoadResult {
   format: ArchiveFormat;
   images: ImageRecord[];
+  /** Per image (same order): the tags this archive gave it. */
+  loadedTags: string[][];
 }
 
 function readImages(files: ArchiveFiles, isDir: boolean): { format: ArchiveFormat; images: SourceImage[] } {
@@ -54,7 +56,7 @@ export async function loadImages(store: Store, path: string, progress: LoadProgr
     const { format, images } = readImages(files, st.isDirectory());
     if (images.length === 0) throw new ImageError(`${path}: the archive holds no image`);
     checkTags(images);
-    return { format, images: await storeImages(store, images, progress) };
+    return { format, images: await storeImages(store, images, progress), loadedTags: images.map((i) => i.tags) };
   } finally {
     rmSync(temp, { recursive: true, force: true });
   }
