@@ -76,6 +76,18 @@ export function splitRunArgv(argv: readonly string[]): { head: string[]; command
   return { head: [...argv], command: [] };
 }
 
+/** A command handler whose errors end the process with one line (ImageError's own exit code, else 1). */
+function guarded<A>(fn: (a: A) => Promise<void>): (a: A) => Promise<void> {
+  return async (a: A) => {
+    try {
+      await fn(a);
+    } catch (e) {
+      const err = e as { message?: string; exitCode?: unknown };
+      fail(err.message ?? String(e), typeof err.exitCode === 'number' ? err.exitCode : 1);
+    }
+  };
+}
+
 function storeDirOf(a: StoreArgs): Promise<string> {
   return import('../image/store.js').then((m) => m.storeDir(a.store));
 }
@@ -94,12 +106,12 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .option('name', { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' })
       .option('rm', { type: 'boolean', default: false, describe: 'remove the container when the command ends' })
       .option('store', storeOption),
-    handler: async (a) => {
+    handler: guarded(async (a) => {
       const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean };
       const { runContainer } = await import('../image/run.js');
       const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm });
       process.exit(status);
-    },
+    }),
   };
 }
 
@@ -112,7 +124,7 @@ export const commitCommand: CommandModule = {
     .option('message', { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' })
     .option('author', { alias: 'a', type: 'string', describe: 'author (e.g. "Name <mail>")' })
     .option('store', storeOption),
-  handler: async (a) => {
+  handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
     const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
     const r = await withStore(await storeDirOf(args), (s) => commitChanges(s, args.container, args.tag, {
@@ -120,7 +132,7 @@ export const commitCommand: CommandModule = {
     }));
     out(r.image.id);
     process.exit(0);
-  },
+  }),
 };
 
 export const exportCommand: CommandModule = {
@@ -130,13 +142,13 @@ export const exportCommand: CommandModule = {
     .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or a strata mount point' })
     .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the tar file to write ("-": standard output)' })
     .option('store', storeOption),
-  handler: async (a) => {
+  handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { container: string; output: string };
     if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
     const { exportView } = await import('../image/export.js');
     await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress: (total) => byteProgress('export', total) });
     process.exit(0);
-  },
+  }),
 };
 
 export const containerCommand: CommandModule = {
@@ -146,7 +158,7 @@ export const containerCommand: CommandModule = {
   builder: (y: Argv) => y
     .option('store', storeOption)
     .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
-      async (a) => {
+      guarded(async (a) => {
         const args = a as unknown as StoreArgs;
         const { withStore } = await import('../image/store.js');
         const list = await withStore(await storeDirOf(args), (s) => s.listContainers());
@@ -163,11 +175,11 @@ export const containerCommand: CommandModule = {
           out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
         }
         process.exit(0);
-      })
+      }))
     .command('rm <containers..>', 'remove containers (their upper layers); --force unmounts a mounted one first', (c) => c
       .positional('containers', { type: 'string', array: true, demandOption: true })
       .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' }),
-    async (a) => {
+    guarded(async (a) => {
       const args = a as unknown as StoreArgs & { containers: string[]; force: boolean };
       const [{ withStore }, { unmountIfMounted }] = await Promise.all([import('../image/store.js'), import('../image/container.js')]);
       await withStore(await storeDirOf(args), async (s) => {
@@ -177,7 +189,7 @@ export const containerCommand: CommandModule = {
         }
       });
       process.exit(0);
-    })
+    }))
     .demandCommand(1, 'give a subcommand: ls or rm'),
 };
 

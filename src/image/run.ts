@@ -13,7 +13,7 @@
 //    container, record its exit status (or remove it with --rm), and exit with the command's status.
 
 import { spawn } from 'node:child_process';
-import { closeSync, lstatSync, openSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { mountLayers, unmountIfMounted } from './container.js';
@@ -112,6 +112,18 @@ function prepareResolvConf(merged: string): boolean | null {
   }
 }
 
+/** How long a command may take to end after strata run was told to stop (docker stop's default). */
+const STOP_GRACE_MS = 10_000;
+
+/** The children of a process (from /proc). */
+function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null): Promise<number> {
   const hostname = rec.name.slice(0, 63);
@@ -122,9 +134,23 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     // then searches the container's PATH.
     env: { ...env, PATH: `${env.PATH ?? DEFAULT_PATH}:${DEFAULT_PATH}` },
   });
-  // Ctrl-C reaches the whole foreground process group; a kill of strata run alone is passed on.
+  // A signal to strata run goes to the command (pid 1 of the namespace: unshare itself blocks
+  // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
+  // STOP_GRACE_MS later, or at a second signal, is killed: SIGKILL to unshare, whose --kill-child
+  // then kills pid 1 and with it the whole PID namespace.
+  let killer: NodeJS.Timeout | null = null;
   const forward = (sig: NodeJS.Signals): void => {
-    child.kill(sig);
+    const init = child.pid ? childPids(child.pid)[0] : undefined;
+    try {
+      if (init) process.kill(init, sig);
+    } catch {
+      // already gone
+    }
+    if (killer) {
+      child.kill('SIGKILL');
+      return;
+    }
+    killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
   };
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
@@ -136,6 +162,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     });
     child.on('exit', (code, signal) => {
       for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(s, forward);
+      if (killer) clearTimeout(killer);
       resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0));
     });
   });
