@@ -1,15 +1,19 @@
+// A private image store per test and a small image to run: examples/layers/base plus a static
+// busybox as /bin/sh, with the objects a layer must keep (hard links, a symlink, a FIFO, a device,
+// setuid, xattrs incl. security.capability, nanosecond mtimes).
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk, type RunResult } from './exec.js';
-import { mountsUnder } from './mounts.js';
 import { examplesDir, strataBin } from './paths.js';
 import { tempDir } from './tmp.js';
 
 export interface TestStore {
   dir: string;
   env: NodeJS.ProcessEnv;
+  /** Runs bin/strata with STRATA_STORE set to this store. */
   strata: (args: readonly string[], timeoutMs?: number) => RunResult;
+  /** Like strata(), failing with its stderr unless it exits 0; returns stdout. */
   ok: (args: readonly string[], timeoutMs?: number) => string;
 }
 
@@ -58,9 +62,4 @@ export function rootfsTar(t: ExecutionContext, base: string): string {
   runOk('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', root, '-cf', tar, '.']);
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   return tar;
-}
-
-/** Mount points below `dir` that are still there (there should be none after a command). */
-export function leftoverMounts(dir: string): string[] {
-  return mountsUnder(dir);
 }
