@@ -36,6 +36,7 @@ function createdBy(command: string[] | null): string {
 
 export async function commitChanges(store: Store, ref: string, tag: string, opts: CommitOptions = {}): Promise<CommitResult> {
   const target = await resolveTarget(store, ref);
+  if (!target.upper) throw new ImageError(`${ref} is a read-only mount: it has no changes to commit`);
   if (!target.chain) throw new ImageError(`${ref} is not a mount of store layers: its lower directories are not an image's layers`);
   let parent: ImageRecord | undefined;
   if (target.container) parent = await store.findImage(target.container.image);

@@ -62,8 +62,8 @@ export async function unmountIfMounted(mountpoint: string): Promise<void> {
 
 /** What `commit` and `export` work on. */
 export interface Target {
-  /** The writable layer. */
-  upper: string;
+  /** The writable layer (null: a read-only mount). */
+  upper: string | null;
   /** The layers below it, top first. */
   lowerdirs: string[];
   /** Chain IDs of those layers, bottom first, when all of them are store layers. */
@@ -122,7 +122,6 @@ export async function resolveTarget(store: Store, ref: string): Promise<Target> 
   }
   const rec = readRecord(mnt);
   if (!rec || !mountedPaths().has(mnt)) throw new ImageError(`no such container, and ${ref} is not a strata mount`);
-  if (!rec.upperdir) throw new ImageError(`${ref} is a read-only mount: it has no changes`);
   return { upper: rec.upperdir, lowerdirs: rec.lowerdirs, chain: chainOfLayerDirs(store, rec.lowerdirs), container: null, mountpoint: mnt, command: null };
 }
 

@@ -48,9 +48,11 @@ async function writeTarTo(root: string, output: string, onBytes?: (n: number) =>
 export async function exportView(opts: ExportOptions): Promise<PackStats> {
   const target = await withStore(opts.store, (s) => resolveTarget(s, opts.ref));
   if (target.mountpoint) return writeTar(target.mountpoint, opts.output, opts.progress);
-  const mnt = mkdtempSync(join(dirname(target.upper), 'export-'));
+  // Not mounted: a container (only containers have no live mount), which always has an upper.
+  const upper = target.upper!;
+  const mnt = mkdtempSync(join(dirname(upper), 'export-'));
   try {
-    mountLayers({ lowerdirs: [target.upper, ...target.lowerdirs], mountpoint: mnt });
+    mountLayers({ lowerdirs: [upper, ...target.lowerdirs], mountpoint: mnt });
     return await writeTar(mnt, opts.output, opts.progress);
   } finally {
     await unmountIfMounted(mnt);
