@@ -444,13 +444,16 @@ export class Store {
   async prune(): Promise<PruneResult> {
     const containers = await this.listContainers();
     const images: string[] = [];
+    const layers: string[] = [];
+    const before = dirBytes(join(this.root, 'layers'));
     for (const img of await this.listImages()) {
       if (img.tags.length === 0 && !containers.some((c) => c.image === img.id)) {
-        images.push(...(await this.removeImage(img.id)).deleted);
+        const r = await this.removeImage(img.id);
+        images.push(...r.deleted);
+        layers.push(...r.layers);
       }
     }
-    const before = dirBytes(join(this.root, 'layers'));
-    const layers = await this.deleteUnreferencedLayers((await this.listLayers()).map((l) => l.chainId));
+    layers.push(...(await this.deleteUnreferencedLayers((await this.listLayers()).map((l) => l.chainId))));
     // Directories without a record: a load interrupted between rename and record.
     const known = new Set((await this.listLayers()).map((l) => digestHex(l.chainId)));
     for (const hex of readdirSync(join(this.root, 'layers'))) {

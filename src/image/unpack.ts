@@ -229,6 +229,8 @@ export class LayerUnpacker {
         if (target === '' || target === '.' || target === '..') throw new ImageError('invalid whiteout name');
         this.clear(dirFd, target, false);
         N.mknodat(dirFd, target, C.S_IFCHR, 0);
+        // The whiteout takes the .wh. entry's owner and times, so that unpacking is reproducible.
+        this.setAttrs(dirFd, target, { ...h, mode: 0, type: 'character-device' } as TarHeader, false);
       }
       return;
     }
