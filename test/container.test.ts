@@ -96,10 +96,10 @@ test('strata run told to stop (SIGTERM): the command gets it, or is killed 10 s 
   assertClean(t, s);
 });
 
-test('unknown options are named, for run, commit, export, container', (t) => {
+test('unknown options are named, for run, commit, export, container, mount', (t) => {
   const { s } = storeWithImage(t);
   for (const args of [['run', '--bogus', 'base:1', 'true'], ['commit', '--bogus', 'c', 'x:1'], ['export', 'c', '--bogus', '-o', 'f'],
-    ['container', 'ls', '--bogus'], ['container', 'rm', '--bogus', 'c']]) {
+    ['container', 'ls', '--bogus'], ['container', 'rm', '--bogus', 'c'], ['mount', '--image', 'base:1', '--bogus', '/mnt']]) {
     const r = s.strata(args);
     t.is(r.status, 2, args.join(' '));
     t.is(r.stderr, 'strata: unknown option --bogus\n', args.join(' '));

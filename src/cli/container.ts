@@ -14,23 +14,51 @@ interface StoreArgs {
 
 const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
 
-/** Options that take a value, per command (to find where `run`'s own options end). */
-const VALUE_OPTIONS: Record<string, string[]> = {
-  run: ['name', 'store'],
-  commit: ['message', 'm', 'author', 'a', 'store'],
-  export: ['output', 'o', 'store'],
-  container: ['store'],
-};
-const FLAG_OPTIONS: Record<string, string[]> = {
-  run: ['rm'],
-  commit: [],
-  export: [],
-  container: ['json', 'force', 'f'],
-};
-const ALWAYS = ['help', 'h'];
+interface OptionDef {
+  type: 'string' | 'boolean';
+  alias?: string;
+  describe?: string;
+  default?: unknown;
+  demandOption?: boolean;
+}
+type Options = Readonly<Record<string, OptionDef>>;
 
-/** The first option in `args` (before "--") that is not in `known`, as written ("--bogus", "-x"). */
-export function firstUnknownOption(args: readonly string[], known: ReadonlySet<string>, stopAtFirstWord = false): string | null {
+const RUN_OPTIONS = {
+  name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
+  rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  store: storeOption,
+} as const;
+const COMMIT_OPTIONS = {
+  message: { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' },
+  author: { alias: 'a', type: 'string', describe: 'author (e.g. "Name <mail>")' },
+  store: storeOption,
+} as const;
+const EXPORT_OPTIONS = {
+  output: { alias: 'o', type: 'string', demandOption: true, describe: 'the tar file to write ("-": standard output)' },
+  store: storeOption,
+} as const;
+const CONTAINER_OPTIONS = {
+  store: storeOption,
+  json: { type: 'boolean', default: false, describe: 'print JSON' },
+  force: { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' },
+} as const;
+
+/** The options of each command that unknownOption() checks (others: see main.ts). */
+const COMMAND_OPTIONS: Record<string, Options> = { run: RUN_OPTIONS, commit: COMMIT_OPTIONS, export: EXPORT_OPTIONS, container: CONTAINER_OPTIONS };
+
+/**
+ * The first option in `args` (before "--") that `options` does not define, as written ("--bogus",
+ * "-x"). With `stopAtFirstWord`, the scan ends at the first argument that is not an option.
+ */
+export function firstUnknownOption(args: readonly string[], options: Options, stopAtFirstWord = false): string | null {
+  const known = new Set(['help', 'h']);
+  const takesValue = new Set<string>();
+  for (const [k, d] of Object.entries(options)) {
+    for (const n of d.alias ? [k, d.alias] : [k]) {
+      known.add(n);
+      if (d.type === 'string') takesValue.add(n);
+    }
+  }
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === '--') break;
@@ -43,18 +71,21 @@ export function firstUnknownOption(args: readonly string[], known: ReadonlySet<s
     for (const n of long ? [name] : [...name]) {
       if (!known.has(n) && !(long && n.startsWith('no-') && known.has(n.slice(3)))) return long ? `--${n}` : `-${n}`;
     }
-    if (!a.includes('=') && (long ? [name] : [name.slice(-1)]).some((n) => VALUE_OPTIONS_ALL.has(n))) i++;
+    if (!a.includes('=') && takesValue.has(long ? name : name.slice(-1))) i++;
   }
   return null;
 }
-const VALUE_OPTIONS_ALL = new Set(Object.values(VALUE_OPTIONS).flat());
 
-/** For the container commands: the first unknown option on the command line, or null. */
-export function unknownContainerOption(argv: readonly string[]): string | null {
+/**
+ * The first unknown option on a command line of the container commands, or of the commands given
+ * in `more` (name → its options), or null. yargs would report a missing argument first when the
+ * unknown option swallowed it (`strata commit --bogus C T`).
+ */
+export function unknownOption(argv: readonly string[], more: Record<string, Options> = {}): string | null {
   const cmd = argv[0] ?? '';
-  if (!(cmd in VALUE_OPTIONS)) return null;
-  const known = new Set([...VALUE_OPTIONS[cmd]!, ...FLAG_OPTIONS[cmd]!, ...ALWAYS]);
-  return firstUnknownOption(argv.slice(1), known, cmd === 'run');
+  const options = COMMAND_OPTIONS[cmd] ?? more[cmd];
+  if (!options) return null;
+  return firstUnknownOption(argv.slice(1), options, cmd === 'run');
 }
 
 /**
@@ -63,7 +94,7 @@ export function unknownContainerOption(argv: readonly string[]): string | null {
  */
 export function splitRunArgv(argv: readonly string[]): { head: string[]; command: string[] } {
   if (argv[0] !== 'run') return { head: [...argv], command: [] };
-  const takesValue = new Set(VALUE_OPTIONS.run);
+  const takesValue = new Set(Object.entries(RUN_OPTIONS).filter(([, d]) => d.type === 'string').map(([k]) => k));
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') return { head: [...argv.slice(0, i), ...argv.slice(i + 1, i + 2)], command: argv.slice(i + 2) };
@@ -103,9 +134,7 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
     describe: 'run a command in a new container of an image (chroot + namespaces); strata\'s options end at the image name',
     builder: (y: Argv) => y
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
-      .option('name', { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' })
-      .option('rm', { type: 'boolean', default: false, describe: 'remove the container when the command ends' })
-      .option('store', storeOption),
+      .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
       const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean };
       const { runContainer } = await import('../image/run.js');
@@ -121,9 +150,7 @@ export const commitCommand: CommandModule = {
   builder: (y: Argv) => y
     .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or the mount point of a strata mount --image' })
     .positional('tag', { type: 'string', demandOption: true, describe: 'NAME:TAG of the new image' })
-    .option('message', { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' })
-    .option('author', { alias: 'a', type: 'string', describe: 'author (e.g. "Name <mail>")' })
-    .option('store', storeOption),
+    .options(COMMIT_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
     const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
@@ -140,8 +167,7 @@ export const exportCommand: CommandModule = {
   describe: 'write the merged view of a container or mount as one tar (docker export)',
   builder: (y: Argv) => y
     .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or a strata mount point' })
-    .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the tar file to write ("-": standard output)' })
-    .option('store', storeOption),
+    .options(EXPORT_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { container: string; output: string };
     if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
@@ -157,7 +183,7 @@ export const containerCommand: CommandModule = {
   handler: () => {},
   builder: (y: Argv) => y
     .option('store', storeOption)
-    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json),
       guarded(async (a) => {
         const args = a as unknown as StoreArgs;
         const { withStore } = await import('../image/store.js');
@@ -178,7 +204,7 @@ export const containerCommand: CommandModule = {
       }))
     .command('rm <containers..>', 'remove containers (their upper layers); --force unmounts a mounted one first', (c) => c
       .positional('containers', { type: 'string', array: true, demandOption: true })
-      .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' }),
+      .option('force', CONTAINER_OPTIONS.force),
     guarded(async (a) => {
       const args = a as unknown as StoreArgs & { containers: string[]; force: boolean };
       const [{ withStore }, { unmountIfMounted }] = await Promise.all([import('../image/store.js'), import('../image/container.js')]);

@@ -13,7 +13,7 @@ import { parseMountOptions, UsageError } from '../union/params.js';
 import { join, resolve } from 'node:path';
 import { unmountStrata } from '../daemon/unmount.js';
 import { imageCommand } from './image.js';
-import { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownContainerOption } from './container.js';
+import { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } from './container.js';
 import { usageMessage } from './usage.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
@@ -328,7 +328,7 @@ async function main(): Promise<void> {
     });
     return;
   }
-  const unknown = unknownContainerOption(argv);
+  const unknown = unknownOption(argv, { mount: { ...mountOptions, ...imageMountOptions } });
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...`: CMD is the container's, options and all.
   const { head, command } = splitRunArgv(argv);

@@ -98,13 +98,18 @@ function hostResolvConf(): string | null {
 function prepareResolvConf(merged: string): boolean | null {
   const target = join(merged, 'etc/resolv.conf');
   try {
+    // Not through a symlinked /etc: the mount would resolve it on the host.
+    if (!lstatSync(join(merged, 'etc')).isDirectory()) return null;
+  } catch {
+    return null;
+  }
+  try {
     const st = lstatSync(target);
     return st.isFile() ? false : null;
   } catch {
     // absent
   }
   try {
-    if (!lstatSync(join(merged, 'etc')).isDirectory()) return null;
     closeSync(openSync(target, 'wx', 0o644));
     return true;
   } catch {
