@@ -106,6 +106,8 @@ export function dockerArchive(workDir: string, images: readonly ArchiveImage[], 
 
 /** Everything a user or a later command could see of a store: files below it (not LevelDB's own) and its images. */
 export function storeState(store: string): string {
+  // First, as it may create the store.
+  const ls = image(store, ['ls', '--json']);
   const lines: string[] = [];
   const walk = (dir: string, rel: string): void => {
     let ents: fs.Dirent[];
@@ -123,8 +125,7 @@ export function storeState(store: string): string {
     }
   };
   walk(store, '');
-  const ls = image(store, ['ls', '--json']);
-  return [...lines, `ls: ${ls.status} ${ls.stdout}`].join('\n');
+  return [...lines, `ls: ${ls.status} ${ls.stdout} ${ls.stderr}`].join('\n');
 }
 
 /** Layer directories in a store. */
