@@ -13,9 +13,10 @@
 //    container, record its exit status (or remove it with --rm), and exit with the command's status.
 
 import { spawn } from 'node:child_process';
-import { closeSync, lstatSync, openSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
+import * as N from '../native/index.js';
 import { mountLayers, unmountIfMounted } from './container.js';
 import { withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
@@ -90,35 +91,63 @@ function hostResolvConf(): string | null {
   }
 }
 
+/** What we made in the container for the bind mount of resolv.conf, to take it out again. */
+interface ResolvStub {
+  /** The upper had no etc/ before: the file's creation copied it up. */
+  copiedUpEtc: boolean;
+  /** /etc's mode and owner before (a later chmod/chown by the command must not be undone). */
+  etc: { mode: number; uid: number; gid: number };
+}
+
 /**
- * Prepares /etc/resolv.conf in the merged view for the bind mount. Returns whether we created it
- * (it is then removed from the upper afterwards, so a commit does not pick it up); null when it
- * cannot be provided (no /etc, or a symlink that would lead the bind mount elsewhere).
+ * Prepares /etc/resolv.conf in the merged view for the bind mount. Returns `exists` when the image
+ * has one, a stub description when we created an empty one (removed afterwards with the copy-up of
+ * /etc it caused, so a commit does not pick them up), or null when it cannot be provided (no /etc,
+ * or a symlink that would lead the bind mount elsewhere).
  */
-function prepareResolvConf(merged: string): boolean | null {
+function prepareResolvConf(merged: string, upper: string): 'exists' | ResolvStub | null {
   const target = join(merged, 'etc/resolv.conf');
+  let etc;
   try {
     // Not through a symlinked /etc: the mount would resolve it on the host.
-    if (!lstatSync(join(merged, 'etc')).isDirectory()) return null;
+    etc = lstatSync(join(merged, 'etc'));
+    if (!etc.isDirectory()) return null;
   } catch {
     return null;
   }
   try {
-    const st = lstatSync(target);
-    return st.isFile() ? false : null;
+    return lstatSync(target).isFile() ? 'exists' : null;
   } catch {
     // absent
   }
+  const copiedUpEtc = !existsSync(join(upper, 'etc'));
   try {
     closeSync(openSync(target, 'wx', 0o644));
-    return true;
+    return { copiedUpEtc, etc: { mode: etc.mode, uid: etc.uid, gid: etc.gid } };
   } catch {
     return null;
   }
 }
 
+/** Takes out what prepareResolvConf made, unless the command changed it. */
+function removeResolvStub(upper: string, stub: ResolvStub): void {
+  const etc = join(upper, 'etc');
+  try {
+    const f = lstatSync(join(etc, 'resolv.conf'));
+    if (!f.isFile() || f.size !== 0) return;
+    rmSync(join(etc, 'resolv.conf'));
+    if (!stub.copiedUpEtc) return;
+    const st = lstatSync(etc);
+    const same = st.mode === stub.etc.mode && st.uid === stub.etc.uid && st.gid === stub.etc.gid;
+    if (same && readdirSync(etc).length === 0 && N.llistxattr(N.C.AT_FDCWD, etc).length === 0) rmdirSync(etc);
+  } catch {
+    // the command removed or replaced them: theirs now
+  }
+}
+
 /** How long a command may take to end after strata run was told to stop (docker stop's default). */
 const STOP_GRACE_MS = 10_000;
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** The children of a process (from /proc). */
 function childPids(pid: number): number[] {
@@ -157,16 +186,14 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     }
     killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
   };
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
-  process.on('SIGHUP', forward);
+  for (const sig of STOP_SIGNALS) process.on(sig, forward);
   return new Promise((resolve) => {
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start unshare: ${e.message}\n`);
       resolve(127);
     });
     child.on('exit', (code, signal) => {
-      for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(s, forward);
+      for (const sig of STOP_SIGNALS) process.off(sig, forward);
       if (killer) clearTimeout(killer);
       resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0));
     });
@@ -182,34 +209,36 @@ export async function runContainer(opts: RunOptions): Promise<number> {
     return { rec, lowerdirs: s.lowerDirs(image), config: image.config };
   });
   let status = 125;
-  let created: boolean | null = null;
+  let stub: ResolvStub | null = null;
+  // A stop signal before the command runs (while mounting): do not start it, clean up.
+  let stopped = false;
+  const early = (): void => {
+    stopped = true;
+  };
+  for (const sig of STOP_SIGNALS) process.on(sig, early);
   try {
     mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
     const resolv = hostResolvConf();
-    created = resolv ? prepareResolvConf(rec.merged) : null;
+    const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
+    if (prepared !== null && prepared !== 'exists') stub = prepared;
     const wd = config.config?.WorkingDir || '/';
-    status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name), wd, created === null ? null : resolv);
+    for (const sig of STOP_SIGNALS) process.off(sig, early);
+    if (stopped) status = 130;
+    else status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name), wd, prepared === null ? null : resolv);
   } finally {
-    await finishRun(opts, rec, status, created);
+    for (const sig of STOP_SIGNALS) process.off(sig, early);
+    await finishRun(opts, rec, status, stub);
   }
   return status;
 }
 
-async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, createdResolv: boolean | null): Promise<void> {
+async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, stub: ResolvStub | null): Promise<void> {
   try {
     await unmountIfMounted(rec.merged);
   } catch (e) {
     process.stderr.write(`strata: cannot unmount ${rec.merged}: ${(e as Error).message}\n`);
   }
-  if (createdResolv) {
-    // Ours, not the command's: an empty file we made for the bind mount.
-    const p = join(rec.upper, 'etc/resolv.conf');
-    try {
-      if (lstatSync(p).isFile() && lstatSync(p).size === 0) rmSync(p);
-    } catch {
-      // the command removed it
-    }
-  }
+  if (stub) removeResolvStub(rec.upper, stub);
   await withStore(opts.store, async (s) => {
     if (opts.rm) await s.removeContainer(rec.id);
     else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString() });
