@@ -9,6 +9,7 @@ import path from 'node:path';
 import tar from 'tar-stream';
 import { run, runOk, type RunResult } from './exec.js';
 import { strataBin } from './paths.js';
+import { tempDir } from './tmp.js';
 
 /** `strata image ARGS --store STORE`. */
 export function image(store: string, args: readonly string[], timeoutMs = 300_000): RunResult {
@@ -159,3 +160,52 @@ export function resetPodman(p: Podman): void {
 }
 
 export const PODMAN_RUN = ['--network', 'none', '--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=32768:32768'];
+
+/** A tree with every kind of file and attribute a layer must keep. */
+export function fixtureTree(root: string): void {
+  fs.mkdirSync(root);
+  const sh = (script: string): void => void runOk('sh', ['-euc', script], { cwd: root });
+  sh(`
+    mkdir -p d/sub tmp sgid etc
+    chmod 1777 tmp; chmod 2755 sgid
+    echo data > d/f; ln d/f d/hard; ln -s ../d/f etc/sym; ln -s /nonexistent dangling
+    printf '#!/bin/sh\\n' > d/suid; chown 1234:5678 d/suid; chmod 4755 d/suid
+    setfattr -n security.capability -v 0sAQAAAgAgAAAAAAAAAAAAAAAAAAA= d/suid
+    setfattr -n user.note -v 'kept' d/f
+    setfattr -n trusted.note -v 'also' d/sub
+    mknod cdev c 1 3; mknod bdev b 7 0; mkfifo fifo
+    head -c 300000 /dev/urandom > big; chmod 600 big; chown 7:8 big
+    touch -h -d '2021-02-03 04:05:06.123456789' etc/sym d/f big
+    touch -d '2020-01-01 00:00:00.5' d/sub d sgid tmp etc .
+  `);
+  fs.writeFileSync(path.join(root, Buffer.concat([Buffer.from('latin1-'), Buffer.from([0xe9, 0xff])]).toString('latin1')), 'odd name\n');
+  runOk('touch', ['-d', '2020-01-01 00:00:00.5', root]);
+}
+
+export interface Built {
+  base: string;
+  store: string;
+  /** docker-archive with image "test/two:1": the fixture, then a layer with whiteouts. */
+  archive: string;
+}
+
+/** The fixture as a base layer, and a layer on top that deletes, replaces and makes opaque. */
+export async function twoLayerImage(t: ExecutionContext): Promise<Built> {
+  const base = tempDir(t, 'im');
+  fixtureTree(path.join(base, 'tree'));
+  const l0 = tarDir(path.join(base, 'tree'), path.join(base, 'l0.tar'));
+  const l1 = path.join(base, 'l1.tar');
+  fs.writeFileSync(l1, await makeTar([
+    { name: 'd/', type: 'directory' },
+    { name: '.wh.big' },
+    { name: 'd/.wh..wh..opq' },
+    { name: 'd/new', data: 'new in the top layer\n' },
+    { name: '.wh.fifo' },
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/added', data: 'added\n' },
+  ]));
+  const archive = path.join(base, 'two.tar');
+  dockerArchive(base, [{ tags: ['test/two:1'], layers: [l0, l1] }], archive);
+  return { base, store: path.join(base, 'store'), archive };
+}
+
