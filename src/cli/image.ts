@@ -242,7 +242,10 @@ function imageVerbs(y: Argv): Argv {
       .option('format', { type: 'string', choices: FORMATS, default: 'docker-archive' as const }),
     (a) => withImageStore(a as CommonArgs, async (store) => {
       const { saveImages } = await import('../image/archive/save.js');
-      await saveImages(store, a.names as string[], a.format as ArchiveFormat, a.output);
+      let total = 0;
+      for (const n of a.names as string[]) total += (await store.resolveImage(n)).size;
+      const bar = await byteProgress('saving', total, a.json);
+      await saveImages(store, a.names as string[], a.format as ArchiveFormat, a.output, bar.tick).finally(() => bar.stop());
     }))
     .command(['rm <names..>', 'remove <names..>'], 'untag and delete images (refused while a container uses one, unless --force)', (c) => c
       .positional('names', { type: 'string', array: true, demandOption: true })

@@ -2,13 +2,13 @@
 // directory. A file is written under a temporary name and renamed when complete, so a save that
 // fails or is interrupted leaves no half-written archive under the name asked for.
 
-import { closeSync, createWriteStream, fsyncSync, openSync, renameSync, rmSync } from 'node:fs';
+import { createWriteStream, renameSync, rmSync } from 'node:fs';
 import { type ImageRecord, normalizeTag, type Store } from '../store.js';
 import { ImageError } from '../types.js';
 import { writeDockerArchive } from './docker.js';
 import type { ArchiveFormat } from './model.js';
 import { writeOciLayout } from './oci.js';
-import { type ArchiveSink, dirSink, tarSink } from './sink.js';
+import { type ArchiveSink, dirSink, fsyncPath, tarSink } from './sink.js';
 
 /** The images named by `refs`, each with the tags to write (the tag it was named by, if any). */
 export async function imagesToSave(store: Store, refs: readonly string[]): Promise<{ image: ImageRecord; tags: string[] }[]> {
@@ -32,7 +32,9 @@ export async function imagesToSave(store: Store, refs: readonly string[]): Promi
   return out;
 }
 
-export async function saveImages(store: Store, refs: readonly string[], format: ArchiveFormat, output: string): Promise<void> {
+/** Writes the images named by `refs` to `output`; `onBytes` counts what is written (progress bars). */
+export async function saveImages(store: Store, refs: readonly string[], format: ArchiveFormat, output: string,
+  onBytes?: (n: number) => void): Promise<void> {
   const images = await imagesToSave(store, refs);
   if (images.length === 0) throw new ImageError('no image to save', 2);
   if (format === 'oci-dir') {
@@ -42,15 +44,10 @@ export async function saveImages(store: Store, refs: readonly string[], format: 
   const tmp = `${output}.tmp-${process.pid}`;
   try {
     const out = createWriteStream(tmp, { flags: 'wx', mode: 0o644 });
-    const sink: ArchiveSink = tarSink(out);
+    const sink: ArchiveSink = tarSink(out, onBytes);
     if (format === 'docker-archive') await writeDockerArchive(store, images, sink);
     else await writeOciLayout(store, images, sink);
-    const fd = openSync(tmp, 'r');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
+    fsyncPath(tmp);
     renameSync(tmp, output);
   } finally {
     rmSync(tmp, { force: true });

@@ -3,7 +3,7 @@
 
 import { closeSync, createWriteStream, fsyncSync, mkdirSync, openSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import { type Readable, Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 
@@ -17,10 +17,26 @@ export interface ArchiveSink {
 
 const EPOCH = new Date(0);
 
+/** fsync(2) of a file by its path (its data reaches the disk before it is renamed into place). */
+export function fsyncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** A tar written to `out`: entries owned by root, mode 0644, time 0, so saves are reproducible. */
-export function tarSink(out: Writable): ArchiveSink {
+export function tarSink(out: Writable, onBytes?: (n: number) => void): ArchiveSink {
   const pack = tar.pack();
-  const done = pipeline(pack, out);
+  const count = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      onBytes?.(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  const done = pipeline(pack, count, out);
   const dirs = new Set<string>();
   const ensureDirs = (name: string): void => {
     const parts = name.split('/').slice(0, -1);
@@ -66,12 +82,7 @@ export function dirSink(root: string): ArchiveSink {
     addStream: async (name, _size, data) => {
       const { tmp, final } = place(name);
       await pipeline(data, createWriteStream(tmp));
-      const fd = openSync(tmp, 'r');
-      try {
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
+      fsyncPath(tmp);
       renameSync(tmp, final);
     },
     finish: async () => {},
