@@ -49,16 +49,19 @@ function isOpaqueMarker(v: Buffer | null): boolean {
   return v !== null && v.length === 1 && v[0] === 0x79;
 }
 
-/** The bytes of `fd` from offset 0, in chunks. */
-async function* readFd(fd: number): AsyncGenerator<Buffer> {
+/**
+ * The bytes of `fd` from offset 0, in chunks of at most 1 MiB sized to what is left of `size`
+ * (most files are small: one exact buffer each). Read synchronously: the walk is all this process
+ * does, and an event-loop round trip per chunk cost more than the read.
+ */
+function* readFd(fd: number, size: number): Generator<Buffer> {
   let pos = 0;
-  for (;;) {
-    const buf = Buffer.allocUnsafe(1 << 20);
-    const n = await new Promise<number>((resolve, reject) =>
-      fs.read(fd, buf, 0, buf.length, pos, (err, bytes) => (err ? reject(err) : resolve(bytes))));
+  while (pos < size) {
+    const buf = Buffer.allocUnsafe(Math.min(size - pos, 1 << 20));
+    const n = fs.readSync(fd, buf, 0, buf.length, pos);
     if (n === 0) return;
     pos += n;
-    yield buf.subarray(0, n);
+    yield n === buf.length ? buf : buf.subarray(0, n);
   }
 }
 
@@ -163,7 +166,7 @@ class TreePacker {
         }
         const fd = N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
         try {
-          await this.add(e, readFd(fd));
+          await this.add(e, readFd(fd, size));
         } finally {
           N.close(fd);
         }
@@ -171,7 +174,7 @@ class TreePacker {
     }
   }
 
-  private async add(e: TarEntry, data?: AsyncIterable<Buffer>): Promise<void> {
+  private async add(e: TarEntry, data?: Iterable<Buffer>): Promise<void> {
     this.entries++;
     await this.tar.add(e, data);
   }

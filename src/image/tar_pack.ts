@@ -43,6 +43,8 @@ const USTAR_SIZE_MAX = 0o77777777777;
 const USTAR_NAME_MAX = 100;
 const USTAR_PREFIX_MAX = 155;
 const BLOCK = 512;
+/** Bytes gathered before a write to the stream: fewer, larger writes downstream. */
+const COALESCE_BYTES = 256 * 1024;
 
 /** One PAX record: "<len> <key>=<value>\n", where len counts the whole record in bytes. */
 function paxRecord(key: string, value: Buffer | string): Buffer {
@@ -193,10 +195,32 @@ export class TarWriter {
     });
   }
 
+  /** Small pieces (headers, small files, padding) gathered into one chunk for the stream. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+
   private async write(b: Buffer): Promise<void> {
     if (this.failed) throw this.failed;
     if (b.length === 0) return;
-    if (!this.src.write(b)) {
+    if (b.length >= COALESCE_BYTES) {
+      // Large enough on its own: no copy.
+      await this.flush();
+      this.pending.push(b);
+      this.pendingBytes = b.length;
+      await this.flush();
+      return;
+    }
+    this.pending.push(b);
+    this.pendingBytes += b.length;
+    if (this.pendingBytes >= COALESCE_BYTES) await this.flush();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.pendingBytes === 0) return;
+    const chunk = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (!this.src.write(chunk)) {
       await new Promise<void>((resolve) => {
         const go = (): void => {
           this.src.off('drain', go);
@@ -207,10 +231,11 @@ export class TarWriter {
         this.src.on('close', go);
       });
     }
+    if (this.failed) throw this.failed;
   }
 
   /** Adds an entry; for a regular file, `data` yields its bytes (exactly `entry.size` are stored). */
-  async add(e: TarEntry, data?: AsyncIterable<Buffer>): Promise<void> {
+  async add(e: TarEntry, data?: Iterable<Buffer> | AsyncIterable<Buffer>): Promise<void> {
     const pax = paxRecords(e);
     const base = { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtimeSec, devmajor: e.devmajor ?? 0, devminor: e.devminor ?? 0 };
     if (pax.length > 0) {
@@ -225,11 +250,16 @@ export class TarWriter {
     await this.write(ustarHeader({ ...base, ...n, size, typeflag: TYPEFLAG[e.type], linkname }));
     if (size === 0) return;
     let left = size;
-    for await (const chunk of data ?? []) {
-      if (left === 0) break;
+    const take = async (chunk: Buffer): Promise<boolean> => {
       const part = chunk.length > left ? chunk.subarray(0, left) : chunk;
       left -= part.length;
       await this.write(part);
+      return left > 0;
+    };
+    if (data && Symbol.iterator in data) {
+      for (const chunk of data) if (!(await take(chunk))) break;
+    } else if (data) {
+      for await (const chunk of data) if (!(await take(chunk))) break;
     }
     // A file that shrank while it was read is padded with zeros: the header already gave its size.
     while (left > 0) {
@@ -243,6 +273,7 @@ export class TarWriter {
   /** Ends the tar (two zero blocks) and waits until everything reached the destination. */
   async finish(): Promise<TarDigests> {
     await this.write(Buffer.alloc(2 * BLOCK));
+    await this.flush();
     this.src.end();
     await this.done;
     return {
