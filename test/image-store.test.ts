@@ -158,7 +158,8 @@ test('two loads of the same archive at once: both succeed, one copy of each laye
   t.is((JSON.parse(imageOk(t, store, ['ls', '--json'])) as unknown[]).length, 1);
 });
 
-test('a load killed while unpacking leaves no image and no layer; the next load works and clears what was left', async (t) => {
+// Serial: the other tests' synchronous work would stall this one's polling while the unpack runs.
+test.serial('a load killed while unpacking leaves no image and no layer; the next load works and clears what was left', async (t) => {
   const base = tempDir(t, 'kl');
   const big = path.join(base, 'big.tar');
   // Many files, so that the unpack takes long enough to be caught in the middle.
@@ -175,7 +176,11 @@ test('a load killed while unpacking leaves no image and no layer; the next load 
   const child = spawn(strataBin, ['image', 'load', '-i', archive, '--store', store], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let exitedEarly = '';
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code, sig) => {
+    exitedEarly = `exit ${code} ${sig}`;
+    resolve(code);
+  }));
   t.teardown(() => child.kill('SIGKILL'));
   const caught = await waitFor(() => {
     try {
@@ -185,7 +190,7 @@ test('a load killed while unpacking leaves no image and no layer; the next load 
       return false;
     }
   }, 60_000, 5);
-  t.true(caught, `the load was caught unpacking ${stderr}`);
+  t.true(caught, `the load was caught unpacking (${exitedEarly}) ${stderr} ${fs.existsSync(path.join(store, 'tmp')) ? fs.readdirSync(path.join(store, 'tmp')).join(' ') : ''}`);
   child.kill('SIGKILL');
   t.is(await exited, null, 'killed');
   t.deepEqual(layerDirs(store), [], 'no layer directory became visible');
