@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as N from '../native/index.js';
 import type { AddLayerOptions, Store } from './store.js';
-import { chainId, digestHex, ImageError, MEDIA } from './types.js';
+import { chainId, ImageError, MEDIA } from './types.js';
 import { LayerUnpacker } from './unpack.js';
 
 export interface IngestResult {
@@ -53,9 +53,10 @@ export class HashTap extends Transform {
   }
 }
 
-/** Passes the stream on, calling `onFirst` with the first chunk before any data flows. */
+/** The stream's first chunk (to tell gzip from tar) and a stream that still yields every byte. */
 async function peek(input: Readable): Promise<{ first: Buffer; stream: Readable }> {
   const out = new PassThrough({ highWaterMark: 1 << 20 });
+  let ended = false;
   const first = await new Promise<Buffer>((resolve, reject) => {
     const onData = (b: Buffer): void => {
       input.off('error', reject);
@@ -63,12 +64,19 @@ async function peek(input: Readable): Promise<{ first: Buffer; stream: Readable 
       input.pause();
       resolve(b);
     };
-    const onEnd = (): void => resolve(Buffer.alloc(0));
+    const onEnd = (): void => {
+      ended = true;
+      resolve(Buffer.alloc(0));
+    };
     input.once('data', onData);
     input.once('end', onEnd);
     input.once('error', reject);
   });
   out.write(first);
+  if (ended) {
+    out.end();
+    return { first, stream: out };
+  }
   input.on('error', (e) => out.destroy(e));
   input.pipe(out);
   input.resume();
@@ -149,7 +157,6 @@ export async function ingestLayer(store: Store, parent: string | null, input: Re
 
 /** Renames the unpacked layer into place; if another load put the same chain there first, keeps that one. */
 function placeLayer(workDir: string, finalDir: string): void {
-  digestHex(`sha256:${finalDir.split('/').at(-1) ?? ''}`);
   try {
     N.renameat2(N.C.AT_FDCWD, workDir, N.C.AT_FDCWD, finalDir, N.C.RENAME_NOREPLACE);
   } catch (e) {

@@ -271,7 +271,8 @@ export class Store {
       diffSize: r.diffSize, refs: existing?.refs ?? 0, created: existing?.created ?? now(),
     };
     if (existing && existing.digest !== r.digest && this.hasBlob(existing.digest)) {
-      // Same content, another compression: keep the record (and blob) we have.
+      // Same content, another compression: keep the record (and blob) we have, not a second blob.
+      if (!(await this.blobInUse(r.digest))) this.removeBlobs([r.digest]);
       return existing;
     }
     await this.db.put(K.layer(chain), record);
