@@ -200,6 +200,20 @@ test.serial('a load killed while unpacking leaves no image and no layer; the nex
   t.is(layerDirs(store).length, 1);
 });
 
+test('an xattr the filesystem cannot hold (user.* on a symlink) is left out, as Docker does; the others are kept', async (t) => {
+  const base = tempDir(t, 'xa');
+  const layer = path.join(base, 'l.tar');
+  fs.writeFileSync(layer, await makeTar([
+    { name: 'f', data: 'x\n', pax: { 'SCHILY.xattr.user.note': 'kept' } },
+    { name: 'link', type: 'symlink', linkname: 'f', pax: { 'SCHILY.xattr.user.note': 'not on a symlink' } },
+  ]));
+  const store = path.join(base, 'store');
+  imageOk(t, store, ['import', layer, 'xattrs:1']);
+  const dir = imageOk(t, store, ['lowerdir', 'xattrs:1']).trim();
+  t.is(runOk('getfattr', ['--only-values', '-n', 'user.note', path.join(dir, 'f')]), 'kept');
+  t.true(fs.lstatSync(path.join(dir, 'link')).isSymbolicLink());
+});
+
 test('image commands refuse unknown options by name; bad references and missing images are one line', (t) => {
   const store = path.join(tempDir(t, 'op'), 'store');
   for (const args of [['load', '--bogus'], ['ls', '--bogus'], ['tag', '--bogus'], ['save', 'x', '-o', 'y', '--bogus=1']]) {

@@ -227,7 +227,10 @@ export class Store {
     return join(this.root, 'blobs', 'sha256', digestHex(digest));
   }
 
-  /** A fresh private path in tmp/ (removed at the next open if left behind). */
+  /**
+   * A fresh private path in tmp/, for use while this Store is open only: the next open() removes
+   * everything in tmp/ (after a close, another command may open the store).
+   */
   tempPath(what: string): string {
     return join(this.root, 'tmp', `${what}-${process.pid}-${randomBytes(6).toString('hex')}`);
   }

@@ -135,6 +135,8 @@ export class LayerUnpacker {
   readonly sink: Writable;
   private readonly dirTimes = new Map<string, Times>();
   entries = 0;
+  /** Xattrs the filesystem refused (EPERM, ENOTSUP) and that were left out. */
+  skippedXattrs = 0;
 
   constructor(private readonly rootFd: number) {
     const extract = tar.extract({ filenameEncoding: 'latin1' } as Parameters<typeof tar.extract>[0]);
@@ -320,8 +322,15 @@ export class LayerUnpacker {
     if (isOpenFile) N.fchown(fd, uid, gid);
     else N.fchownat(fd, path, uid, gid, path === '' ? C.AT_EMPTY_PATH : C.AT_SYMLINK_NOFOLLOW);
     for (const [name, value] of entryXattrs(h)) {
-      if (isOpenFile) N.fsetxattr(fd, name, value, 0);
-      else N.lsetxattr(fd, path, name, value, 0);
+      try {
+        if (isOpenFile) N.fsetxattr(fd, name, value, 0);
+        else N.lsetxattr(fd, path, name, value, 0);
+      } catch (e) {
+        // As Docker: an attribute this filesystem cannot hold (user.* on a symlink, a namespace it
+        // does not support) is left out rather than failing the layer.
+        if (!N.isErrnoError(e, 'EPERM') && !N.isErrnoError(e, 'ENOTSUP') && !N.isErrnoError(e, 'EOPNOTSUPP')) throw e;
+        this.skippedXattrs++;
+      }
     }
     if (!symlink) {
       const mode = (h.mode ?? (isDir ? 0o755 : 0o644)) & 0o7777;

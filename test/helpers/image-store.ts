@@ -43,6 +43,8 @@ export interface TarEntry {
   data?: string | Buffer;
   linkname?: string;
   mode?: number;
+  /** PAX records, e.g. { 'SCHILY.xattr.user.note': 'v' }. */
+  pax?: Record<string, string>;
 }
 
 /** A tar (ustar/pax by tar-stream) with exactly these entries, in this order. */
@@ -58,7 +60,7 @@ export async function makeTar(entries: readonly TarEntry[]): Promise<Buffer> {
     const data = e.data === undefined ? undefined : Buffer.from(e.data);
     await new Promise<void>((resolve, reject) => {
       const header = { name: e.name, type: e.type ?? 'file', mode: e.mode ?? (e.type === 'directory' ? 0o755 : 0o644),
-        ...(e.linkname ? { linkname: e.linkname } : {}), size: data?.length ?? 0 } as const;
+        ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.pax ? { pax: e.pax } : {}), size: data?.length ?? 0 } as const;
       pack.entry(header, data ?? Buffer.alloc(0), (err) => (err ? reject(err) : resolve()));
     });
   }
