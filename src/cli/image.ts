@@ -6,6 +6,7 @@ import type { Argv, CommandModule } from 'yargs';
 import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
 import type { ArchiveFormat } from '../image/archive/model.js';
+import { ImageError } from '../image/types.js';
 import { byteProgress } from './progress.js';
 
 interface CommonArgs {
@@ -160,12 +161,13 @@ function imageVerbs(y: Argv): Argv {
   return y
     .options(common)
     .command('load', 'load a docker-archive, an OCI archive or an OCI layout directory', (c) => c
-      .option('input', { alias: 'i', type: 'string', demandOption: true, describe: 'the archive file or OCI layout directory' })
+      .option('input', { alias: 'i', type: 'string', default: '-', describe: 'the archive file or OCI layout directory (default: standard input)' })
       .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print only the loaded references' }),
     (a) => withImageStore(a as CommonArgs, async (store, log) => {
       const { loadImages } = await import('../image/archive/load.js');
       const { statSync } = await import('node:fs');
       const input = a.input as string;
+      if (input === '-' && process.stdin.isTTY) throw new ImageError('give the archive with -i FILE, or on standard input (not a terminal)', 2);
       const size = statSync(input, { throwIfNoEntry: false })?.isFile() ? statSync(input).size : 0;
       const bar = await byteProgress('reading', size, a.quiet || a.json);
       const r = await loadImages(store, input, {

@@ -46,14 +46,16 @@ function checkTags(images: readonly SourceImage[]): void {
   }
 }
 
-/** Loads `path` (an archive file, or an OCI layout or unpacked docker-archive directory). */
+/** Loads `path` (an archive file, "-" for standard input, or an OCI layout or unpacked docker-archive directory). */
 export async function loadImages(store: Store, path: string, progress: LoadProgress = {}): Promise<LoadResult> {
-  const st = statSync(path, { throwIfNoEntry: false });
-  if (!st) throw new ImageError(`${path}: no such file or directory`);
+  const st = path === '-' ? null : statSync(path, { throwIfNoEntry: false });
+  if (st === undefined) throw new ImageError(`${path}: no such file or directory`);
+  const isDir = st?.isDirectory() ?? false;
   const temp = store.tempPath('load');
   try {
-    const files = st.isDirectory() ? directoryFiles(path) : await extractArchive(createReadStream(path), temp, progress.onBytes);
-    const { format, images } = readImages(files, st.isDirectory());
+    const input = path === '-' ? process.stdin : createReadStream(path);
+    const files = isDir ? directoryFiles(path) : await extractArchive(input, temp, progress.onBytes);
+    const { format, images } = readImages(files, isDir);
     if (images.length === 0) throw new ImageError(`${path}: the archive holds no image`);
     checkTags(images);
     return { format, images: await storeImages(store, images, progress), loadedTags: images.map((i) => i.tags) };
