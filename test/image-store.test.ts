@@ -104,6 +104,14 @@ test('shared layers: two images on one base store it once; rm of one keeps it; p
   const baseDir = imageOk(t, store, ['lowerdir', 'shared/a:1']).trim().split(':')[1]!;
   t.is(imageOk(t, store, ['lowerdir', 'shared/b:1']).trim().split(':')[1], baseDir, 'both images use the same base directory');
 
+  // An image with two tags: removing it by ID is refused; by one tag, only that tag goes.
+  imageOk(t, store, ['tag', 'shared/a:1', 'shared/a:extra']);
+  const aId = (JSON.parse(imageOk(t, store, ['inspect', 'shared/a:1'])) as { Id: string }[])[0]!.Id;
+  const byId = image(store, ['rm', aId.slice(7, 19)]);
+  t.is(byId.status, 1);
+  t.regex(byId.stderr, /has several tags \(shared\/a:1, shared\/a:extra\)/);
+  t.is(imageOk(t, store, ['rm', 'shared/a:extra']), 'Untagged: shared/a:extra\n');
+  t.is(layerDirs(store).length, 3);
   t.regex(imageOk(t, store, ['rm', 'shared/a:1']), /Untagged: shared\/a:1\nDeleted: sha256:/);
   t.is(layerDirs(store).length, 2, 'a\'s top layer went, the base stays');
   t.true(fs.existsSync(baseDir));

@@ -430,6 +430,9 @@ export class Store {
       result.untagged.push(byTag);
       return result;
     }
+    if (!byTag && image.tags.length > 1 && !opts.force) {
+      throw new ImageError(`image ${ref} has several tags (${image.tags.join(', ')}): remove them one by one, or use --force`);
+    }
     const users = (await this.listContainers()).filter((c) => c.image === image.id);
     if (users.length > 0 && !opts.force) {
       throw new ImageError(`image ${ref} is in use by container ${users.map((c) => c.name).join(', ')} (use --force)`);

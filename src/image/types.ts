@@ -106,7 +106,7 @@ export class ImageError extends Error {
   }
 }
 
-/** Whether a layer media type (or a file's first bytes) means gzip. */
+/** Whether a layer media type means gzip. */
 export function isGzipMediaType(mediaType: string): boolean {
   return mediaType.endsWith('+gzip') || mediaType.endsWith('.gzip');
 }
