@@ -72,7 +72,12 @@ async function withImageStore(a: CommonArgs, fn: (s: Store, log: Logger) => Prom
   let store: Store | undefined;
   let failure: unknown = null;
   try {
-    store = await Store.open(storeDir(a.store));
+    store = await Store.open(storeDir(a.store), {
+      onWait: () => {
+        if (process.stderr.isTTY) process.stderr.write('strata: waiting for the store (another strata command is using it)\n');
+        log.info('waiting for the store lock');
+      },
+    });
     await fn(store, log);
   } catch (e) {
     failure = e;

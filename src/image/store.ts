@@ -178,9 +178,10 @@ function now(): string {
 }
 
 /** Opens LevelDB, waiting while another process holds its lock. */
-async function openDb(path: string, waitMs: number): Promise<Db> {
+async function openDb(path: string, waitMs: number, onWait?: () => void): Promise<Db> {
   const { Level } = await import('level');
   const deadline = Date.now() + waitMs;
+  let waited = false;
   for (;;) {
     const db = new Level<string, unknown>(path, { valueEncoding: 'json' });
     try {
@@ -192,6 +193,8 @@ async function openDb(path: string, waitMs: number): Promise<Db> {
         if (cause?.code === 'LEVEL_LOCKED') throw new ImageError(`the store ${path} is in use by another strata command`);
         throw e;
       }
+      if (!waited) onWait?.();
+      waited = true;
       await new Promise((r) => setTimeout(r, 100));
     }
   }
@@ -202,11 +205,12 @@ export class Store {
 
   /**
    * Opens (creating if needed) the store at `root`. Waits up to `waitMs` (10 min) for another
-   * strata command to close it. Removes what an interrupted command left in tmp/.
+   * strata command to close it (calling `onWait` once if it has to). Removes what an interrupted
+   * command left in tmp/.
    */
-  static async open(root: string, opts: { waitMs?: number } = {}): Promise<Store> {
+  static async open(root: string, opts: { waitMs?: number; onWait?: () => void } = {}): Promise<Store> {
     for (const d of ['layers', 'blobs/sha256', 'containers', 'tmp']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
-    const db = await openDb(join(root, 'db'), opts.waitMs ?? 600_000);
+    const db = await openDb(join(root, 'db'), opts.waitMs ?? 600_000, opts.onWait);
     // We hold the lock: anything in tmp/ belongs to a command that died.
     for (const e of readdirSync(join(root, 'tmp'))) rmSync(join(root, 'tmp', e), { recursive: true, force: true });
     return new Store(root, db);
