@@ -70,7 +70,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         type = dtFromMode(st[N.ST.mode]!);
       }
       seen.add(name);
-      out.push({ name, type, ino: inodes.inoFor(layer, realIno) });
+      out.push({ name, type, ino: inodes.inoFor(layer, realIno, () => [dirfd, name]) });
     }
     for (const name of ociHidden) hidden.add(name);
   }
