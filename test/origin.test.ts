@@ -167,6 +167,30 @@ test.serial('the same with userxattr: user.overlay.origin and user.overlay.impur
   kernelReadsStrataUpper(t, base, base, true, ['userxattr']);
 });
 
+test.serial('a lower whose filesystem cannot encode file handles (a kernel overlay): an empty origin, as the kernel writes', (t) => {
+  const base = tempDir(t, 'ogn');
+  const [a, lower] = [path.join(base, 'a'), path.join(base, 'lo')];
+  materializeLayer(a, [{ path: 'd/f', kind: 'file', content: 'f' }, { path: 'g', kind: 'file', content: 'g' }]);
+  fs.mkdirSync(path.join(base, 'b'));
+  fs.mkdirSync(lower);
+  kernelOverlay(t, { lowers: [a, path.join(base, 'b')], mountpoint: lower });
+  const s = upperDirs(base, 's');
+  const k = upperDirs(base, 'k');
+  const change = (mnt: string): void => {
+    fs.chmodSync(path.join(mnt, 'd/f'), 0o600);
+    fs.chmodSync(path.join(mnt, 'g'), 0o600);
+  };
+  const smnt = strataMount(t, { lowers: [lower], upper: s.upper, work: s.work });
+  change(smnt);
+  strataUnmount(smnt);
+  const kmnt = kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work });
+  change(kmnt);
+  unmountQuietly(kmnt);
+  const x = overlayXattrs(s.upper);
+  t.deepEqual(x, overlayXattrs(k.upper));
+  t.is(x['d/f']?.['trusted.overlay.origin'], '', '"copied up, origin unknown"');
+});
+
 test.serial('strata mounting an upper the kernel wrote keeps the kernel\'s st_ino and d_ino, with no cache', (t) => {
   const base = tempDir(t, 'ogk');
   const lower = path.join(base, 'l');
