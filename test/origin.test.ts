@@ -10,6 +10,9 @@ import { PYTHON } from './helpers/python.js';
 import { runOk } from './helpers/exec.js';
 import { snapshot, type Snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
+import * as N from '../src/native/index.js';
+import { LayerStack, type Layer as UnionLayer } from '../src/union/layers.js';
+import { decodeOrigin, encodeOrigin, layerUuid, originIno, originXattrFor, readOrigin } from '../src/union/origin.js';
 
 const LOWER: Layer = [
   { path: 'd', kind: 'dir' },
@@ -144,6 +147,63 @@ function kernelReadsStrataUpper(t: ExecutionContext, lowerRoot: string, base: st
   t.true([...kinds.values()].filter((v) => v.startsWith('kept')).length >= 8, 'most copied-up objects keep their st_ino');
   t.deepEqual([...onStrata.listings], [...kernelOwn.listings]);
 }
+
+test('the ovl_fb format: encode, then decode as the kernel checks it (version, magic, length, flags, byte order)', (t) => {
+  const uuid = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+  const fid = Buffer.from('0102030405060708', 'hex');
+  const fb = encodeOrigin(uuid, 1, fid);
+  t.is(fb.toString('hex'), '00fb1d0001' + uuid.toString('hex') + fid.toString('hex'));
+  t.deepEqual(decodeOrigin(fb), { flags: 0, type: 1, uuid, fid });
+  const patched = (i: number, v: number): Buffer => Buffer.from(fb.map((b, j) => (j === i ? v : b)));
+  t.is(decodeOrigin(Buffer.alloc(0)), null, 'empty: copied up, origin unknown');
+  t.is(decodeOrigin(fb.subarray(0, 20)), null, 'shorter than the header');
+  t.is(decodeOrigin(patched(1, 0xfa)), null, 'bad magic');
+  t.is(decodeOrigin(patched(0, 1)), null, 'a newer version');
+  t.is(decodeOrigin(patched(3, 8)), null, 'unknown flags');
+  t.is(decodeOrigin(patched(3, 1)), null, 'big endian on a little-endian CPU');
+  t.is(decodeOrigin(patched(3, 2))?.fid.toString('hex'), fid.toString('hex'), 'ANY_ENDIAN');
+  t.is(decodeOrigin(patched(2, 40)), null, 'len beyond the value');
+  t.is(decodeOrigin(Buffer.concat([fb, Buffer.from([0, 0])]))?.fid.length, 8, 'bytes past len are ignored');
+});
+
+test.serial('readOrigin finds the lower object of a handle; stale, foreign, empty and wrong-type origins give none', (t) => {
+  const base = tempDir(t, 'ogu');
+  for (const d of ['u', 'l1', 'l2']) fs.mkdirSync(path.join(base, d));
+  fs.writeFileSync(path.join(base, 'l2', 'f'), 'f');
+  fs.writeFileSync(path.join(base, 'l2', 'h'), 'h');
+  fs.linkSync(path.join(base, 'l2', 'h'), path.join(base, 'l2', 'h2'));
+  fs.mkdirSync(path.join(base, 'l2', 'd'));
+  fs.writeFileSync(path.join(base, 'l2', 'gone'), 'g');
+  const stack = LayerStack.open(path.join(base, 'u'), [path.join(base, 'l1'), path.join(base, 'l2')]);
+  t.teardown(() => stack.close());
+  const [upper, l1, l2] = stack.layers as [UnionLayer, UnionLayer, UnionLayer];
+  const put = (name: string, value: Buffer | null, dir = false): void => {
+    const p = path.join(base, 'u', name);
+    if (dir) fs.mkdirSync(p);
+    else fs.writeFileSync(p, '');
+    if (value) N.lsetxattr(N.C.AT_FDCWD, p, 'trusted.overlay.origin', value, 0);
+  };
+  const ino = (rel: string): number => fs.lstatSync(path.join(base, rel)).ino;
+  put('f', originXattrFor(l2, l2.fd, 'f'));
+  put('d', originXattrFor(l2, l2.fd, 'd'), true);
+  t.is(originXattrFor(l2, l2.fd, 'h'), null, 'a lower hard link gets no origin');
+  const gone = originXattrFor(l2, l2.fd, 'gone')!;
+  fs.rmSync(path.join(base, 'l2', 'gone'));
+  put('gone', gone);
+  put('wrongtype', originXattrFor(l2, l2.fd, 'd'));
+  const foreign = Buffer.from(originXattrFor(l2, l2.fd, 'f')!);
+  foreign[5] = foreign[5]! ^ 0xff;
+  put('foreign', foreign);
+  put('empty', Buffer.alloc(0));
+  put('none', null);
+  // Both lowers share one filesystem: the first of them is the origin's layer, as in the kernel.
+  const f = readOrigin(stack, upper.fd, 'f');
+  t.like(f, { layer: l1, ino: ino('l2/f'), nlink: 1, type: N.C.S_IFREG });
+  t.is(originIno(stack, f!), ino('l2/f'));
+  t.like(readOrigin(stack, upper.fd, 'd'), { ino: ino('l2/d'), type: N.C.S_IFDIR });
+  for (const n of ['gone', 'wrongtype', 'foreign', 'empty', 'none']) t.is(readOrigin(stack, upper.fd, n), null, n);
+  t.is(layerUuid(l1).length, 16);
+});
 
 test.serial('the kernel mounting strata\'s upper: same origin/impure xattrs as its own, d_ino == st_ino, st_ino kept', (t) => {
   const base = tempDir(t, 'og');
