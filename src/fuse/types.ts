@@ -89,6 +89,15 @@ export interface DirSink {
   addPlus(name: string, entry: EntryReply | null, ino: number, type: number, nextOffset: number): boolean;
 }
 
+/**
+ * Passthrough backing files, registered with the kernel on /dev/fuse (FUSE_DEV_IOC_BACKING_OPEN/CLOSE);
+ * the id goes into an OPEN or CREATE reply with FOPEN_PASSTHROUGH.
+ */
+export interface BackingRegistry {
+  open(fd: number): number;
+  close(id: number): void;
+}
+
 export interface InitInfo {
   /** The kernel's protocol minor version. */
   minor: number;

@@ -5,9 +5,11 @@
 // place; anything else under a temporary name, renamed into place), so a crash leaves either the
 // lower version or a complete upper object, never a partial one.
 
+import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
-import type { InodeTable, UnionNode } from './inode.js';
+import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
+import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
 import { isPrivateXattr } from './whiteout.js';
 
@@ -194,6 +196,10 @@ export class CopyUp {
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
     if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
+    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
+    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
+    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
+    if (node.unlinked) throw fsError('EEXIST');
     this.ensure(parent);
     this.copyNow(this.begin(parent, node, opts.data !== false));
   }
@@ -222,6 +228,10 @@ export class CopyUp {
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return;
+    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
+    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
+    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
+    if (node.unlinked) throw fsError('EEXIST');
     this.ensure(parent);
     const job = this.begin(parent, node, opts.data !== false);
     const size = job.st[ST.size]!;
@@ -245,9 +255,10 @@ export class CopyUp {
   /** Creates the copy in the work directory (for a regular file: empty, open, with its source open). */
   private begin(parent: UnionNode, node: UnionNode, withData: boolean): CopyJob {
     const work = this.upper.workFd;
-    const [srcDir, srcName] = node.location();
+    const src = node.location();
+    const [srcDir, srcName] = src;
     const st = new Float64Array(16);
-    N.fstatat(srcDir, srcName, C.AT_SYMLINK_NOFOLLOW, st);
+    statObject(src, st);
     const type = st[ST.mode]! & C.S_IFMT;
     const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
     try {
@@ -257,7 +268,7 @@ export class CopyUp {
         // dies, and it is linked into place only when complete (the kernel's way too).
         job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, 0o600);
         job.tmp = '';
-        if (withData && st[ST.size]! > 0) job.src = N.openat(srcDir, srcName, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+        if (withData && st[ST.size]! > 0) job.src = openObject(src, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
       } else if (type === C.S_IFDIR) {
         N.mkdirat(work, job.tmp, 0o700);
       } else if (type === C.S_IFLNK) {
@@ -283,9 +294,9 @@ export class CopyUp {
     if (job.tmp !== '') removeWorkEntry(this.upper.workFd, job.tmp);
   }
 
-  /** A regular file: attributes set on the unnamed copy, which is then linked into the upper parent. */
-  private finishFile(job: CopyJob): void {
-    const { parent, node, st } = job;
+  /** A regular file's copy (unnamed, open): data synced, then owner, mode, xattrs and times. */
+  private setFileAttrs(job: CopyJob): void {
+    const { node, st } = job;
     const out = job.out;
     try {
       if (!this.upper.volatile) N.fsync(out);
@@ -302,6 +313,13 @@ export class CopyUp {
       this.abort(job);
       throw e;
     }
+  }
+
+  /** A regular file: attributes set on the unnamed copy, which is then linked into the upper parent. */
+  private finishFile(job: CopyJob): void {
+    const { parent, node, st } = job;
+    const out = job.out;
+    this.setFileAttrs(job);
     N.fstat(out, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = st[ST.nlink] === 1;

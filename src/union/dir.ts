@@ -7,7 +7,8 @@ import { fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
-import type { InodeTable, UnionNode } from './inode.js';
+import type { InodeTable } from './inode.js';
+import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
 import { hasOrigin, markImpure } from './origin.js';
 import { mergedListing } from './readdir.js';
@@ -133,11 +134,13 @@ export class DirOps {
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
-    const [srcDir, srcName] = node.location();
+    const src = node.location();
+    const [srcDir, srcName] = src;
+    const linkFlags = atFlags(src, 0);
     const upperParent = parent.dirFd(this.up);
     if (this.upperWhiteout(parent, name)) {
       const tmp = workName();
-      N.linkat(srcDir, srcName, this.upper.workFd, tmp, 0);
+      N.linkat(srcDir, srcName, this.upper.workFd, tmp, linkFlags);
       try {
         N.renameat2(this.upper.workFd, tmp, upperParent, name, 0);
       } catch (e) {
@@ -145,7 +148,7 @@ export class DirOps {
         throw e;
       }
     } else {
-      N.linkat(srcDir, srcName, upperParent, name, 0);
+      N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
     this.markImpureFor(upperParent, name);
     this.inodes.addAlias(node, parent, name);
@@ -179,6 +182,7 @@ export class DirOps {
   /** Removes the name `name` of `node` (a hard-linked node has several). */
   unlink(parent: UnionNode, node: UnionNode, name: string): void {
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     this.removeEntry(parent, name, false);
     this.inodes.removeName(node, parent, name);
   }
@@ -191,10 +195,11 @@ export class DirOps {
   rmdir(parent: UnionNode, node: UnionNode, name: string): void {
     this.checkEmpty(node);
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     // The upper directory may still hold whiteouts: it goes to the work dir whole.
     this.removeEntry(parent, name, true);
     this.inodes.removeName(node, parent, name);
-    node.closeFds();
+    node.closeDirFds();
   }
 
   /** Everything that can refuse a rename, checked before anything is copied up. */
@@ -225,6 +230,8 @@ export class DirOps {
     const to = newParent.dirFd(this.up);
     const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);
     const dstLower = lowerShows(newParent, newName);
+    // The object the rename replaces stays reachable through descriptors open on it.
+    if (target && !exchange) target.pinAnchor();
 
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { normTime, kindOf } from './ops-tree.js';
 import { xattrValue } from './ops-layers.js';
 import { errnoName, xop, type XCmd, type XResult } from './ops-xop.js';
+import type { FdCmd } from './fd-driver.js';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
 const FLAG_BITS: Record<string, number> = {
@@ -61,7 +62,9 @@ export type Op =
   /** Opens read-only, unlinks, then fstat (nlink, size) and reads through the descriptor. */
   | ['openUnlink', string]
   /** One op run as uid/gid (supplementary groups cleared), through the xop helper. */
-  | ['as', number, number, Op];
+  | ['as', number, number, Op]
+  /** A command of the descriptor driver of one user (fd-driver.ts), run through an FdSide. */
+  | ['fd', string, FdCmd];
 
 export type Result = unknown;
 
@@ -232,6 +235,8 @@ export class Runner {
       }
       case 'as':
         return this.asUser(op[1], op[2], op[3]);
+      case 'fd':
+        throw new Error('descriptor ops run through an FdSide (fd-side.ts), not the Runner');
     }
   }
 
