@@ -155,6 +155,17 @@ export function markImpure(dirfd: number, userxattr: boolean): void {
   }
 }
 
+/** Is the upper directory `dirfd` marked impure (in either namespace)? */
+export function isImpureDir(dirfd: number): boolean {
+  try {
+    const v = N.lgetxattr(dirfd, '', IMPURE_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, '', IMPURE_XATTR_USER);
+    return v !== null && v.length === 1 && v[0] === 0x79;
+  } catch (e) {
+    if (isNoXattrs(e)) return false;
+    throw e;
+  }
+}
+
 /** The origin xattr of (dirfd, name), in either namespace (trusted first); null without one or without xattrs. */
 function originValue(dirfd: number, name: string): Buffer | null {
   try {
