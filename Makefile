@@ -9,7 +9,7 @@ ADDON := native-bindings/build/Release/strata_native.node
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
 APT_PACKAGES := attr fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap
 
-.PHONY: all deps system-deps build native ts demo test bench bench-cache longrun rootfs install uninstall clean
+.PHONY: all deps system-deps build native ts demo test soak bench bench-cache longrun rootfs install uninstall clean
 
 all: build
 
@@ -48,6 +48,15 @@ demo: build
 
 test: system-deps build
 	./node_modules/.bin/ava
+
+# The seeded random-operation test (with descriptors, users, the kernel over strata's upper) over many
+# seeds: 200 seeds x 1000 ops by default (hours), e.g. make soak SOAK_LAST=20 SOAK_OPS=300.
+# Failing seeds and their repro commands are listed at the end (logs in .cache/soak).
+SOAK_FIRST ?= 1
+SOAK_LAST ?= 200
+SOAK_OPS ?= 1000
+soak: system-deps build
+	NO_BUILD=1 STRATA_OPS=$(SOAK_OPS) bash scripts/soak.sh $(SOAK_FIRST) $(SOAK_LAST)
 
 # strata against the kernel's overlayfs and fuse-overlayfs: `strata bench` (see README), e.g.
 # make bench BENCH_ARGS="--runs 5 --out docs/bench"

@@ -7,7 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fdScenario } from './helpers/fd-scenario.js';
-import type { FdCmd } from './helpers/fd-driver.js';
+import { ROOT, USER1, USER2, type FdCmd } from './helpers/fd-driver.js';
 import type { FdStep } from './helpers/fd-side.js';
 import type { Entry } from './helpers/ops-layers.js';
 import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
@@ -290,34 +290,84 @@ test.serial('5f: directory descriptors: changes reach the directory after a rena
   });
 });
 
-/** 100 bytes of a lower file. */
-const DATA100 = 'x'.repeat(100);
-
-test.serial('6: a read past the new end through another descriptor after ftruncate returns 0 bytes (upper file)', (t) => {
+test.serial('5g: two unprivileged users (own groups and umasks) act through descriptors of unlinked and replaced files', (t) => {
+  const u1 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u1', cmd, expect: answer });
+  const u2 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u2', cmd, expect: answer });
   fdScenario(t, {
-    lowers: [[dir('d')]],
+    lowers: [[{ t: 'dir', p: 'shared', mode: 0o1777 }, { t: 'file', p: 'shared/low', data: 'lower', mode: 0o666, uid: 1234, gid: 2345 }]],
+    users: [ROOT, USER1, USER2],
     steps: [
-      expect(['open', 'W', 'f', 'O_RDWR|O_CREAT'], OK),
-      ['pwrite', 'W', hex(DATA100), 0],
-      expect(['open', 'R', 'f', 'O_RDONLY'], OK),
-      ['pread', 'R', 200, 0],
-      expect(['ftruncate', 'W', 10], OK),
-      expect(['pread', 'R', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
-      ['fstat', 'R'],
-      ['read', 'R', 100],
-      // truncate by name from another process, then a read through R
-      expect(['pwrite', 'W', hex(DATA100), 0], { ok: 100 }),
-      ['pread', 'R', 200, 0],
-      expect(['truncate', 'f', 5], OK),
-      ['pread', 'R', 50, 20],
-      ['fstat', 'R'],
-      // a write past the end through W shows through R
-      ['pwrite', 'W', hex('after the hole'), 300],
-      ['pread', 'R', 20, 298],
-      ['fstat', 'R'],
+      u1(['open', 'A', 'shared/f', 'O_RDWR|O_CREAT', 0o666], OK),
+      u1(['fstat', 'A']),
+      u1(['unlink', 'shared/f'], OK),
+      u1(['open', 'B', 'shared/f', 'O_RDWR|O_CREAT|O_EXCL', 0o666], OK),
+      u1(['fchmod', 'A', 0o640], OK),
+      u1(['fchown', 'A', -1, 2345], OK),
+      u1(['fchown', 'A', -1, 100], { err: 'EPERM' }),
+      u1(['fsetxattr', 'A', 'user.x', hex('u1'), XATTR_CREATE], OK),
+      u1(['fstat', 'A']),
+      u1(['fstat', 'B']),
+      u2(['open', 'C', 'shared/low', 'O_RDWR'], OK),
+      u2(['rename', 'shared/low', 'shared/moved'], OK),
+      u2(['fchown', 'C', -1, 100], OK),
+      u2(['fchmod', 'C', 0o2770], OK),
+      u2(['ftruncate', 'C', 2], OK),
+      u2(['fstat', 'C']),
+      u1(['open', 'D', 'shared/moved', 'O_RDONLY'], { err: 'EACCES' }),
+      u2(['open', 'E', 'shared/new', 'O_WRONLY|O_CREAT', 0o666], OK),
+      u2(['fstat', 'E']),
+      u1(['unlink', 'shared/new'], { err: 'EPERM' }),
+      u2(['fchmod', 'A', 0o600], { err: 'EBADF' }),
+      ['stat', 'shared/moved'],
+      ['stat', 'shared/f'],
     ],
   });
 });
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
+
+test.serial('5h: fallocate, lseek SEEK_DATA/SEEK_HOLE, fsync, copy_file_range, O_APPEND writes through descriptors of replaced files', (t) => {
+  const MiB = 1 << 20;
+  fdScenario(t, {
+    // the sparse file is made on the mount: copy-up may lay out holes its own way (the kernel copies 1 MiB chunks)
+    lowers: [[file('other')]],
+    steps: [
+      expect(['open', 'S', 'sparse', 'O_WRONLY|O_CREAT'], OK),
+      ['pwrite', 'S', hex('data at 1 MiB'), MiB],
+      expect(['ftruncate', 'S', 2 * MiB], OK),
+      expect(['close', 'S'], OK),
+      expect(['open', 'A', 'sparse', 'O_RDWR|O_APPEND'], OK),
+      expect(['open', 'B', 'other', 'O_RDWR'], OK),
+      expect(['rename', 'other', 'sparse'], OK),
+      ['lseek', 'A', 0, SEEK_DATA],
+      ['lseek', 'A', MiB, SEEK_HOLE],
+      expect(['fallocate', 'A', 0, 0, 8192], OK),
+      expect(['fallocate', 'A', FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, MiB, 4096], OK),
+      ['lseek', 'A', 4096, SEEK_DATA],
+      ['pread', 'A', 16, MiB],
+      expect(['write', 'A', hex('appended')], { ok: 8 }),
+      expect(['fsync', 'A'], OK),
+      expect(['fdatasync', 'B'], OK),
+      ['fstat', 'A'],
+      ['pread', 'A', 8, 2 * MiB],
+      expect(['copy_file_range', 'A', 'B', 8, 2 * MiB, 0], { ok: 8 }),
+      ['pread', 'B', 30, 0],
+      expect(['unlink', 'sparse'], OK),
+      expect(['fallocate', 'B', FALLOC_FL_KEEP_SIZE, 0, 65536], OK),
+      expect(['copy_file_range', 'B', 'A', 8, 0, 0], { err: 'EBADF' }), // into an O_APPEND descriptor
+      expect(['copy_file_range', 'A', 'B', 8, 0, 100], { ok: 8 }),
+      ['fstat', 'A'],
+      ['fstat', 'B'],
+      ['pread', 'A', 8, 2 * MiB + 8],
+    ],
+  });
+});
+
+/** 100 bytes of a lower file. */
+const DATA100 = 'x'.repeat(100);
 
 const CASE6_BEFORE: Array<FdStep | FdCmd> = [
   // R2 opened read-only before the copy-up that W2's open makes
@@ -331,20 +381,52 @@ const CASE6_BEFORE: Array<FdStep | FdCmd> = [
   expect(['pread', 'R3', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
 ];
 
-test.serial('6: the same on a lower file opened after its copy-up', (t) => {
-  fdScenario(t, {
-    lowers: [[file('f', DATA100), file('g', DATA100)]],
-    steps: [
-      expect(['open', 'W', 'f', 'O_RDWR'], OK),
-      expect(['open', 'R', 'f', 'O_RDONLY'], OK),
-      ['pread', 'R', 200, 0],
-      expect(['ftruncate', 'W', 10], OK),
-      ['pread', 'R', 50, 20],
-      ['fstat', 'R'],
-      ...CASE6_BEFORE,
-    ],
+// With passthrough the kernel reads the backing file; without it, through the daemon and its page cache.
+for (const passthrough of ['auto', 'off']) {
+  const pair = { strataArgs: ['--passthrough', passthrough] };
+  test.serial(`6: a read past the new end through another descriptor after ftruncate returns 0 bytes (upper file, passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[dir('d')]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR|O_CREAT'], OK),
+        ['pwrite', 'W', hex(DATA100), 0],
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        expect(['pread', 'R', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
+        ['fstat', 'R'],
+        ['read', 'R', 100],
+        // truncate by name from another process, then a read through R
+        expect(['pwrite', 'W', hex(DATA100), 0], { ok: 100 }),
+        ['pread', 'R', 200, 0],
+        expect(['truncate', 'f', 5], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        // a write past the end through W shows through R
+        ['pwrite', 'W', hex('after the hole'), 300],
+        ['pread', 'R', 20, 298],
+        ['fstat', 'R'],
+      ],
+    });
   });
-});
+
+  test.serial(`6: the same on a lower file opened after its copy-up (passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[file('f', DATA100), file('g', DATA100)]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR'], OK),
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        ...CASE6_BEFORE,
+      ],
+    });
+  });
+}
 
 // A descriptor opened read-only on a lower file before its copy-up: the kernel re-points its reads
 // to the upper copy (ovl_real_fdget). So does strata when the daemon serves the reads; under

@@ -13,7 +13,7 @@
 // through the old descriptors; each answer comes with fstat through the descriptor.
 //
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
-// seed. scripts/soak.sh runs many more. A failing seed writes its ops to
+// seed. `make soak` (scripts/soak.sh) runs 200 seeds x 1000 ops. A failing seed writes its ops to
 // .cache/random-ops-seed<N>.json, and STRATA_REPLAY=<that file> runs exactly those ops; with
 // STRATA_SHRINK=1 the list is first shrunk by replaying ever smaller subsets on fresh mounts
 // until the failure (a step mismatch, or the final comparisons) would go away.

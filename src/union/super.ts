@@ -16,6 +16,7 @@ import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewObject } from './dir.js';
 import { HandleTable, openFile, openReply, reopenHandles, type FileEnv } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
+import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
@@ -504,7 +505,8 @@ export class UnionFs implements FileSystem {
   fsyncdir(_ctx: RequestContext, nodeid: number): void {
     const node = this.inodes.get(nodeid);
     if (!node.layer.isUpper || this.writable?.upper.volatile) return;
-    const fd = N.openat(node.dirFd(node.layer), '.', C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    // Through its anchor once the directory was removed or its name taken.
+    const fd = openObject(node.location(), C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC);
     try {
       N.fsync(fd);
     } finally {

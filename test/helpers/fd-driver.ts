@@ -107,6 +107,10 @@ def one(c):
     if k == 'fsync': os.fsync(fd); return 'ok'
     if k == 'fdatasync': os.fdatasync(fd); return 'ok'
     if k == 'getdents': return sorted(os.listdir(fd))
+    if k == 'copy_file_range':
+        dst = fds.get(c[2])
+        if dst is None: raise OSError(errno.EBADF, 'no such label')
+        return os.copy_file_range(fd, dst, c[3], c[4], c[5])
     raise ValueError('unknown command ' + k)
 
 def path_op(k, c):

@@ -26,17 +26,25 @@ export interface FdStepLog {
   strata: unknown;
 }
 
+/** A kernel answer other than the one the scenario states. */
+export interface FdUnexpected {
+  step: number;
+  cmd: string;
+  kernel: unknown;
+  stated: unknown;
+}
+
 /** Runs the steps on both sides; returns the mismatching steps and the kernel answers that broke an `expect`. */
-export function runFdSteps(k: FdSide, s: FdSide, steps: FdScenario['steps']): { mismatches: FdStepLog[]; unexpected: FdStepLog[] } {
+export function runFdSteps(k: FdSide, s: FdSide, steps: FdScenario['steps']): { mismatches: FdStepLog[]; unexpected: FdUnexpected[] } {
   const mismatches: FdStepLog[] = [];
-  const unexpected: FdStepLog[] = [];
+  const unexpected: FdUnexpected[] = [];
   steps.forEach((raw, i) => {
     const st: FdStep = Array.isArray(raw) ? { cmd: raw } : (raw as FdStep);
     const rk = k.run(st);
     const rs = s.run(st);
     const cmd = `${st.who ? `${st.who}: ` : ''}${JSON.stringify(st.cmd)}`;
     if (!isDeepStrictEqual(rk, rs)) mismatches.push({ step: i, cmd, kernel: rk, strata: rs });
-    if (st.expect !== undefined && !isDeepStrictEqual(rk, st.expect)) unexpected.push({ step: i, cmd, kernel: rk, strata: st.expect });
+    if (st.expect !== undefined && !isDeepStrictEqual(rk, st.expect)) unexpected.push({ step: i, cmd, kernel: rk, stated: st.expect });
   });
   return { mismatches, unexpected };
 }
@@ -51,7 +59,7 @@ export function fdScenario(t: ExecutionContext, sc: FdScenario): void {
     s.close();
   });
   const { mismatches, unexpected } = runFdSteps(k, s, sc.steps);
-  c.none(unexpected, 'the kernel does not answer as this scenario states (the scenario is wrong; "strata" shows the stated answer)');
+  c.none(unexpected, 'the kernel does not answer as this scenario states (the scenario is wrong)');
   c.none(mismatches, `step answers differ from the kernel's (of ${sc.steps.length} steps)`);
   k.close();
   s.close();

@@ -32,7 +32,7 @@ function isStat(v: unknown): v is RawStat {
 
 /** Commands that act through a descriptor label (cmd[1]), and open, which makes one. */
 const FD_COMMANDS = new Set(['open', 'fstat', 'fchmod', 'fchown', 'futimens', 'ftruncate', 'fallocate', 'fsetxattr', 'fgetxattr',
-  'fremovexattr', 'flistxattr', 'read', 'pread', 'write', 'pwrite', 'lseek', 'fsync', 'fdatasync', 'getdents']);
+  'fremovexattr', 'flistxattr', 'read', 'pread', 'write', 'pwrite', 'lseek', 'fsync', 'fdatasync', 'getdents', 'copy_file_range']);
 
 export class FdSide {
   private readonly drivers = new Map<string, FdDriver>();

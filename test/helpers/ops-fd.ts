@@ -3,7 +3,8 @@
 // umasks) stay open while the names change under them (rename with and without NOREPLACE and
 // EXCHANGE, unlink, rmdir, re-creation, copy-up), and act through the old descriptors: fchmod,
 // fchown, futimens, ftruncate, fallocate, fsetxattr/fgetxattr/fremovexattr/flistxattr, fstat,
-// read/pread past the end, write with and without O_APPEND, lseek SEEK_DATA/SEEK_HOLE, fsync.
+// read/pread past the end, write with and without O_APPEND, lseek SEEK_DATA/SEEK_HOLE, fsync,
+// copy_file_range between two of them.
 import { ROOT, USER1, USER2, type FdCmd, type FdUser } from './fd-driver.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, type Op } from './ops-runner.js';
 
@@ -167,9 +168,13 @@ export class FdOpGenerator {
       const c = this.common(label, fd);
       if (c) return c;
     }
-    switch (int(r, 8)) {
+    switch (int(r, 9)) {
       case 0:
         return ['ftruncate', label, pick(r, SIZES)];
+      case 7: {
+        const files = [...this.open].filter(([, f]) => !f.dir && f.who === fd.who).map(([l]) => l);
+        return ['copy_file_range', label, pick(r, files), pick(r, [1, 100, 70_000]), pick(r, [0, 10, 5000]), pick(r, [0, 3, 100_000])];
+      }
       case 1:
         return ['fallocate', label, pick(r, FALLOC_MODES), pick(r, [0, 10, 4096, 65_536]), pick(r, [1, 100, 4096, 100_000])];
       case 2:
