@@ -56,7 +56,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
     const withOrigins = layer.isUpper && isImpureDir(dirfd);
     for (const [name, dtype, realIno] of entries) {
-      if (name.startsWith('.wh.')) {
+      if (layer.ociWhiteouts && name.startsWith('.wh.')) {
         if (name !== OCI_OPAQUE) {
           const target = ociWhiteoutTarget(name);
           if (target !== undefined) ociHidden.push(target);
