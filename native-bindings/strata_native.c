@@ -901,6 +901,22 @@ static napi_value fn_ficlone(napi_env env, napi_callback_info info) {
   return ret_void(env, NOINTR(ioctl(dst, FICLONE, src)), "ioctl(FICLONE)", NULL);
 }
 
+/* ioctlBuf(fd, request, buf): ioctl(2) with a pointer to buf (in and out), for the
+ * file attribute requests (FS_IOC_GETFLAGS, FS_IOC_FSSETXATTR, ...). The request's encoded
+ * size must fit in buf. Returns ioctl's result. */
+static napi_value fn_ioctlBuf(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  uint32_t req;
+  char *data;
+  size_t len;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_u32(env, argv[1], &req));
+  TRY(arg_buffer(env, argv[2], &data, &len));
+  if (_IOC_SIZE(req) > len) return throw_sys(env, EINVAL, "ioctl", NULL);
+  return ret_count(env, NOINTR(ioctl(fd, (unsigned long)req, data)), "ioctl", NULL);
+}
+
 /* ------------------------------------------------------------------ */
 /* extended attributes                                                 */
 /* ------------------------------------------------------------------ */
@@ -1764,7 +1780,7 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(pwrite), FN(copyFileRange), FN(ficlone),
+    FN(pread), FN(pwrite), FN(copyFileRange), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},

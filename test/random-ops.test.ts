@@ -61,6 +61,27 @@ const OWNERS: [number, number][] = [[0, 0], [1000, 1000], [1234, 2345], [0, 1000
 const POOL = ['a', 'b', 'c', 'x', 'y', 'z'];
 const USER: [number, number] = [1000, 1000];
 
+/** An ACL in its xattr form ("0x" hex): entries of tag (1 user::, 2 user:id, 4 group::, 8 group:id, 16 mask, 32 other), perms, id. */
+function acl(...entries: [number, number, number?][]): string {
+  const b = Buffer.alloc(4 + 8 * entries.length);
+  b.writeUInt32LE(2, 0);
+  entries.forEach(([tag, perm, id], i) => {
+    b.writeUInt16LE(tag, 4 + 8 * i);
+    b.writeUInt16LE(perm, 6 + 8 * i);
+    b.writeUInt32LE(id ?? 0xffffffff, 8 + 8 * i);
+  });
+  return '0x' + b.toString('hex');
+}
+const ACCESS_ACLS = [
+  acl([1, 7], [2, 6, 1000], [4, 5], [16, 7], [32, 0]),
+  acl([1, 6], [4, 4], [8, 6, 1000], [16, 6], [32, 4]),
+  acl([1, 7], [4, 7], [32, 5]), // the mode bits only
+];
+const DEFAULT_ACLS = [
+  acl([1, 7], [2, 7, 1000], [4, 5], [16, 7], [32, 0]),
+  acl([1, 6], [4, 4], [32, 0]),
+];
+
 interface Listing {
   /** Every path of the merged view but the root, with its lstat type. */
   entries: Array<[string, string]>;
@@ -205,7 +226,19 @@ class OpGenerator {
       return p === undefined ? undefined : ['link', p, this.existingOrNew(l)];
     }
     if (x < 93) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
-    if (x < 96) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 95) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 97) {
+      // ACLs (access on anything, default on directories) and chattr flags
+      const p = this.plain(l);
+      if (p === undefined) return undefined;
+      const y = r();
+      if (y < 0.4) return ['setxattr', p, 'system.posix_acl_access', pick(r, ACCESS_ACLS)];
+      if (y < 0.55) return l.dirs.includes(p) ? ['setxattr', p, 'system.posix_acl_default', pick(r, DEFAULT_ACLS)] : undefined;
+      if (y < 0.6) return ['removexattr', p, pick(r, ['system.posix_acl_access', 'system.posix_acl_default'])];
+      // Not +i/+a: the kernel refuses rmdir of a file (ENOTDIR) and unlink of a directory (EISDIR)
+      // before asking a FUSE filesystem, where the kernel's overlay says EPERM first (README).
+      return ['chattr', p, pick(r, ['+A', '-A', '+d', '-d'])];
+    }
     const p = this.plain(l, ['file']);
     return p === undefined ? undefined : ['fsync', p, this.data()];
   }

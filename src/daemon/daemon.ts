@@ -118,6 +118,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     source: 'strata',
     subtype: 'strata',
     logger,
+    posixAcl: true,
   });
   try {
     await session.mount();

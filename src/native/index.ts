@@ -124,6 +124,7 @@ interface NativeBinding {
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
     len: number, flags: number): number;
   ficlone(destFd: number, srcFd: number): void;
+  ioctlBuf(fd: number, request: number, buf: Buffer): number;
   lgetxattr(dirfd: number, path: string, name: string): Buffer | null;
   lsetxattr(dirfd: number, path: string, name: string, value: Uint8Array, flags: number): void;
   llistxattr(dirfd: number, path: string): string[];
@@ -296,6 +297,8 @@ export const copyFileRange: (fdIn: number, offIn: number | null, fdOut: number, 
   len: number, flags: number) => number = native.copyFileRange;
 /** ioctl(destFd, FICLONE, srcFd): reflink the whole file. */
 export const ficlone: (destFd: number, srcFd: number) => void = native.ficlone;
+/** ioctl(fd, request, buf) for requests that take a pointer (buf is read and written); the request's size must fit. */
+export const ioctlBuf: (fd: number, request: number, buf: Buffer) => number = native.ioctlBuf;
 
 // --- extended attributes ---------------------------------------------------
 /**

@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
-import { FATTR_FH, FATTR_SIZE } from '../fuse/protocol.js';
+import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply,
@@ -22,6 +22,9 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { checkRemovable, checkSettable, getXattr, listXattrs, removeXattr, setXattr } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
+import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
+import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
+import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
 
 const { C, ST } = N;
 
@@ -70,7 +73,18 @@ export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles: HandleTable;
   private passthrough = false;
+  /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
+  private posixAcl = false;
+  readonly acls = new AclCache();
+  /** chattr flags; immutable and append-only are kept in overlay.protattr and enforced here. */
+  readonly fsflags: FileFlags;
   private readonly st = new Float64Array(16);
+  /**
+   * Files open for writing by passthrough, with their count of such opens. A shared mapping of
+   * one writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
+   * exist, their attributes are not cached (stat after msync shows the new mtime and ctime).
+   */
+  private readonly passthroughWriters = new Map<UnionNode, number>();
 
   private readonly writable: Writable | null;
   private readonly fileEnv: FileEnv;
@@ -79,6 +93,7 @@ export class UnionFs implements FileSystem {
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
     this.fileEnv = {
@@ -99,6 +114,7 @@ export class UnionFs implements FileSystem {
   init(info: InitInfo): void {
     this.passthrough = this.opts.passthrough && info.passthrough;
     this.fileEnv.passthrough = this.passthrough;
+    this.posixAcl = info.posixAcl === true;
   }
 
   get usesPassthrough(): boolean {
@@ -110,7 +126,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
   }
 
   /**
@@ -118,8 +134,9 @@ export class UnionFs implements FileSystem {
    * may be separate kernel inodes: they are not cached, so a change through one name shows
    * through the others at once.
    */
-  private attrTimeout(attr: Attr): number {
+  private attrTimeout(attr: Attr, node: UnionNode): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
+    if (this.passthroughWriters.has(node)) return 0;
     return this.opts.cacheTimeout;
   }
 
@@ -172,7 +189,7 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid);
     const attr = this.inodes.attr(node.live);
     // A superseded node's attributes change through its successor, which the kernel does not link to it.
-    return { attr, attrTimeout: node.successor ? 0 : this.attrTimeout(attr) };
+    return { attr, attrTimeout: node.successor ? 0 : this.attrTimeout(attr, node) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
@@ -195,7 +212,12 @@ export class UnionFs implements FileSystem {
   // ---- xattrs --------------------------------------------------------------------------------
 
   getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer {
-    return getXattr(this.inodes.get(nodeid).live, name);
+    const node = this.inodes.get(nodeid).live;
+    if (!isAclName(name)) return getXattr(node, name);
+    const [dirfd, fname] = node.location();
+    const v = this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
+    if (v === null) throw fsError('ENODATA');
+    return v;
   }
 
   listxattr(_ctx: RequestContext, nodeid: number): string[] {
@@ -208,16 +230,41 @@ export class UnionFs implements FileSystem {
     return this.fileEnv;
   }
 
-  open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply | Promise<OpenReply> {
+  open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid = false): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
     // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one.
     if (node.successor) throw fsError('ESTALE');
+    this.fsflags.refuseOpen(node, flags);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      return this.afterCopyUp(node, !truncate, () => openFile(this.files, node, flags));
+      return this.afterCopyUp(node, !truncate, () => this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null));
     }
-    return openFile(this.files, node, flags);
+    return this.opened(openFile(this.files, node, flags), null);
+  }
+
+  /**
+   * After an open: an O_TRUNC open by a caller without CAP_FSETID clears setuid/setgid
+   * (FUSE_OPEN_KILL_SUIDGID), and a passthrough open for writing stops attribute caching.
+   */
+  private opened(reply: OpenReply, killFor: RequestContext | null): OpenReply {
+    const h = this.handles.file(reply.fh);
+    if (killFor && killSuidSgid(killFor, h.fd)) this.opts.invalidateAttributes(h.node.nodeid);
+    if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerOpened(h.node);
+    return reply;
+  }
+
+  /** A passthrough open for writing: the kernel drops the attributes it holds (see passthroughWriters). */
+  private writerOpened(node: UnionNode): void {
+    this.passthroughWriters.set(node, (this.passthroughWriters.get(node) ?? 0) + 1);
+    // A node being created has no kernel reference yet: its entry reply carries timeout 0 itself.
+    if (node.lookups > 0) this.opts.invalidateAttributes(node.nodeid);
+  }
+
+  private writerClosed(node: UnionNode): void {
+    const n = (this.passthroughWriters.get(node) ?? 1) - 1;
+    if (n > 0) this.passthroughWriters.set(node, n);
+    else this.passthroughWriters.delete(node);
   }
 
   read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, size: number): Buffer {
@@ -233,6 +280,7 @@ export class UnionFs implements FileSystem {
     const h = this.handles.remove(fh);
     if (!h || h.kind !== 'file') return;
     try {
+      if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerClosed(h.node);
       if (h.backing) this.handles.releaseBacking(h.node, h.backing);
     } finally {
       N.close(h.fd);
@@ -377,51 +425,82 @@ export class UnionFs implements FileSystem {
     return Promise.all(busy).then(() => this.afterCopies(nodes, then));
   }
 
-  setattr(_ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
+  setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseSetattr(node.live, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
     const handle = (req.valid & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     return this.afterCopyUp(node, !truncatingToZero, (live) => {
+      if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
       setAttributes(live, req, handle);
+      if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       const attr = this.inodes.attr(live);
-      return { attr, attrTimeout: this.attrTimeout(attr) };
+      return { attr, attrTimeout: this.attrTimeout(attr, live) };
     });
   }
 
-  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject): EntryReply {
+  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
+    const acl = this.newAcl(p, obj, umask);
     const { node, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
+    this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
+  }
+
+  /** The mode (umask or default ACL applied) and ACLs of a new object; sets obj.mode. */
+  private newAcl(p: UnionNode, obj: NewObject, umask: number): NewAcl | null {
+    if (!this.posixAcl || obj.kind === 'symlink') return null;
+    const [dirfd, name] = p.location();
+    const def = this.acls.get(p.ino, ACL_DEFAULT, () => readAcl(dirfd, name, ACL_DEFAULT));
+    const acl = newObjectAcl(def, obj.kind === 'dir' ? C.S_IFDIR : C.S_IFREG, obj.mode, umask);
+    obj.mode = acl.mode;
+    return acl;
+  }
+
+  private setNewAcl(node: UnionNode, acl: NewAcl | null): void {
+    if (!acl) return;
+    const [dirfd, name] = node.location();
+    writeNewAcl(dirfd, name, acl);
+    this.acls.set(node.ino, acl.access, acl.default);
   }
 
   symlink(ctx: RequestContext, parent: number, name: string, target: string): EntryReply {
     return this.newEntry(ctx, parent, name, { kind: 'symlink', target });
   }
 
-  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number): EntryReply {
+  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask = 0): EntryReply {
     if ((mode & C.S_IFMT) === C.S_IFREG || (mode & C.S_IFMT) === 0) {
-      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY);
+      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY, umask);
       this.release(ctx, r.entry.nodeid, r.open.fh);
       return r.entry;
     }
-    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev });
+    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev }, umask);
   }
 
-  mkdir(ctx: RequestContext, parent: number, name: string, mode: number): EntryReply {
-    return this.newEntry(ctx, parent, name, { kind: 'dir', mode });
+  mkdir(ctx: RequestContext, parent: number, name: string, mode: number, umask = 0): EntryReply {
+    return this.newEntry(ctx, parent, name, { kind: 'dir', mode }, umask);
   }
 
-  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): CreateReply {
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask = 0): CreateReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
-    const { node, fd, st } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
-    const entry = this.entry(node, this.inodes.attrFrom(node, st));
-    return { entry, open: openReply(this.files, node, fd, flags, true) };
+    this.fsflags.refuseNewEntry(p);
+    const obj: NewObject = { kind: 'file', mode, flags };
+    const acl = this.newAcl(p, obj, umask);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
+    this.setNewAcl(node, acl);
+    const attr = this.inodes.attrFrom(node, st);
+    // The open first: a passthrough writer's entry is not cached.
+    const open = this.opened(openReply(this.files, node, fd, flags, true), null);
+    return { entry: this.entry(node, attr), open };
   }
 
   private existing(parent: UnionNode, name: string): UnionNode {
@@ -436,8 +515,11 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (node.isDir) throw fsError('EISDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying) return this.afterCopies<void>([node], () => this.unlink(_ctx, parent, name));
     w.dirs.unlink(p, node, name);
+    this.acls.forget(node.ino); // its inode number may be reused
   }
 
   rmdir(_ctx: RequestContext, parent: number, name: string): void {
@@ -445,7 +527,10 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     w.dirs.rmdir(p, node, name);
+    this.acls.forget(node.ino);
   }
 
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
@@ -456,6 +541,14 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
+    if (target) {
+      this.fsflags.refuseRemoveEntry(np);
+      this.fsflags.refuseChange(target);
+    } else {
+      this.fsflags.refuseNewEntry(np);
+    }
     // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
     if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
     w.dirs.checkRename(node, newName, target, flags);
@@ -468,6 +561,7 @@ export class UnionFs implements FileSystem {
       return this.rename(ctx, parent, name, newParent, newName, flags);
     }
     w.dirs.rename(p, name, node, np, newName, target, flags);
+    if (target) this.acls.forget(target.ino);
   }
 
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply | Promise<EntryReply> {
@@ -478,6 +572,8 @@ export class UnionFs implements FileSystem {
     // An unlinked file cannot get a name again (the kernel refuses before asking, as for nlink 0).
     if (node.unlinked) throw fsError('ENOENT');
     if (this.child(p, newName)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying || (node.type === C.S_IFREG && !node.layer.isUpper)) {
       const copied = this.copyUpNode(node);
       // The new name is checked again: it may have been taken while the copy ran.
@@ -488,8 +584,9 @@ export class UnionFs implements FileSystem {
     return this.entry(live);
   }
 
-  write(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, data: Buffer): number {
+  write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags = 0): number {
     const h = this.handles.file(fh);
+    if (writeFlags & FUSE_WRITE_KILL_SUIDGID && killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
     let done = 0;
     while (done < data.length) done += N.pwrite(h.fd, data, done, data.length - done, offset + done);
     return done;
@@ -514,20 +611,48 @@ export class UnionFs implements FileSystem {
     }
   }
 
-  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void | Promise<void> {
+  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags = 0): void | Promise<void> {
     checkSettable(name);
-    return this.afterCopyUp(this.inodes.get(nodeid), true, (live) => setXattr(live, name, value, flags));
+    const node = this.inodes.get(nodeid);
+    this.fsflags.refuseChange(node.live);
+    return this.afterCopyUp(node, true, (live) => {
+      setXattr(live, name, value, flags);
+      if (!isAclName(name)) return;
+      // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
+      this.acls.forget(live.ino);
+      if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
+    });
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
     checkSettable(name);
     const node = this.inodes.get(nodeid).live;
+    this.fsflags.refuseChange(node);
     if (!node.layer.isUpper) checkRemovable(node, name);
-    return this.afterCopyUp(node, true, (live) => removeXattr(live, name));
+    return this.afterCopyUp(node, true, (live) => {
+      removeXattr(live, name);
+      if (isAclName(name)) this.acls.forget(live.ino);
+    });
   }
 
-  fallocate(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, length: number, mode: number): void {
-    N.fallocate(this.handles.file(fh).fd, mode, offset, length);
+  fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    const h = this.handles.file(fh);
+    this.fsflags.refuseFallocate(h.node, mode);
+    // The kernel clears nothing before FALLOCATE (overlayfs does, for every mode): the daemon does.
+    if (killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
+    N.fallocate(h.fd, mode, offset, length);
+  }
+
+  /** chattr / lsattr: the file attribute ioctls; setting flags copies the object up. */
+  ioctl(_ctx: RequestContext, nodeid: number, _fh: number, cmd: number, input: Buffer): Buffer | Promise<Buffer> {
+    if (!isFileAttrIoctl(cmd)) throw fsError('ENOTTY');
+    const node = this.inodes.get(nodeid);
+    if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_FSGETXATTR) return this.fsflags.get(node.live, cmd);
+    return this.afterCopyUp(node, true, (live) => {
+      this.fsflags.set(live, cmd, input);
+      this.opts.invalidateAttributes(live.nodeid); // its ctime
+      return Buffer.alloc(0);
+    });
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
