@@ -7,9 +7,9 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap
+APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci
 
-.PHONY: all deps system-deps build native ts demo test soak bench bench-cache longrun rootfs install uninstall clean
+.PHONY: all deps system-deps build native ts demo test soak bench bench-cache bench-images longrun rootfs install uninstall clean
 
 all: build
 
@@ -67,6 +67,11 @@ bench: build
 # make bench-cache BENCH_ARGS="--runs 3 --rootfs L2:L1:L0" (the lowerdir string that `make rootfs` prints)
 bench-cache: build
 	node dist/scripts/bench-cache.js $(BENCH_ARGS)
+
+# strata image load / commit (100 MiB) / save / export against podman's, same image, same run (needs
+# make rootfs and podman), e.g. make bench-images BENCH_ARGS="--runs 5"
+bench-images: build
+	node dist/scripts/bench-images.js $(BENCH_ARGS)
 
 # Daemon memory and descriptors over a long run of parallel clients (a measurement, not a test).
 longrun: build

@@ -83,7 +83,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
