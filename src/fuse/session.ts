@@ -628,7 +628,9 @@ export class FuseSession {
       this.readyReject(new Error(`kernel FUSE protocol ${major}.${minor} is too old (need 7.31+)`));
       return;
     }
-    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
+    // No file handles (name_to_handle_at answers EOPNOTSUPP), as the kernel's overlay without
+    // nfs_export: FUSE_NO_EXPORT_SUPPORT leaves the kernel able to encode fanotify ids only.
+    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.NO_EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
       InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP];
     const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;

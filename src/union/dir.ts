@@ -197,6 +197,8 @@ export class DirOps {
 
   /** Everything that can refuse a rename, checked before anything is copied up. */
   checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
+    // RENAME_WHITEOUT (and any flag but these two) is refused, as by the kernel's ovl_rename.
+    if (flags & ~(C.RENAME_EXCHANGE | C.RENAME_NOREPLACE)) throw fsError('EINVAL');
     checkName(newName);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     if ((flags & C.RENAME_NOREPLACE) && target) throw fsError('EEXIST');

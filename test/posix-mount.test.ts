@@ -1,0 +1,196 @@
+// Mount-level POSIX behaviour, each scenario run with the same steps on the kernel's overlayfs
+// and on strata (mounted and remounted through mount(8) and the mount.fuse.strata helper):
+// remount ro/rw and flags, the mount's source name, renameat2(RENAME_WHITEOUT), file handles.
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run } from './helpers/exec.js';
+import { installHelper } from './helpers/mount-helper.js';
+import { kernelOverlay, mountAt, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
+import { Checks } from './helpers/ops-checks.js';
+import { runBoth, setupPair } from './helpers/ops-pair.js';
+import { strataBin } from './helpers/paths.js';
+import { python } from './helpers/python.js';
+import { tempDir } from './helpers/tmp.js';
+
+/** What a program sees: 'ok' or the errno code. */
+function attempt(f: () => unknown): string {
+  try {
+    f();
+    return 'ok';
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
+
+/** The per-mount flags of the mount at `mnt` (mountinfo's sixth field), without the atime default. */
+function mountFlags(mnt: string): string {
+  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === mnt).at(-1);
+  return line ? line.split(' ')[5]! : 'not mounted';
+}
+
+function remount(mnt: string, opts: string): string {
+  const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 30_000 });
+  return r.status === 0 ? 'ok' : 'refused';
+}
+
+/** Writes, remounts read-only and back, as a program and an administrator would; returns what they saw. */
+function remountScenario(mnt: string): unknown[] {
+  const p = (rel: string): string => path.join(mnt, rel);
+  const changes = (): Record<string, string> => ({
+    create: attempt(() => fs.writeFileSync(p(`new${Math.random()}`), 'x')),
+    writeLower: attempt(() => fs.appendFileSync(p('lower'), 'more')),
+    mkdir: attempt(() => fs.mkdirSync(p('dir'))),
+    rmdir: attempt(() => fs.rmdirSync(p('dir'))),
+    chmod: attempt(() => fs.chmodSync(p('lower2'), 0o600)),
+    unlink: attempt(() => fs.unlinkSync(p('gone'))),
+    read: attempt(() => fs.readFileSync(p('lower2'))),
+  });
+  const log: unknown[] = [];
+  fs.writeFileSync(p('gone'), 'g');
+  log.push(['rw', mountFlags(mnt), changes()]);
+  fs.writeFileSync(p('gone'), 'g');
+  log.push(['remount,ro', remount(mnt, 'ro'), mountFlags(mnt)]);
+  log.push(['ro', changes()]);
+  log.push(['remount,rw', remount(mnt, 'rw'), mountFlags(mnt)]);
+  log.push(['rw again', changes()]);
+  // A file open for writing keeps the mount read-write (the kernel answers EBUSY).
+  const fd = fs.openSync(p('lower'), 'r+');
+  log.push(['remount,ro while a file is open for writing', remount(mnt, 'ro'), mountFlags(mnt)]);
+  fs.closeSync(fd);
+  log.push(['remount,nosuid,nodev,noexec,noatime', remount(mnt, 'nosuid,nodev,noexec,noatime'), mountFlags(mnt)]);
+  log.push(['remount,suid,dev,exec,strictatime,nodiratime', remount(mnt, 'suid,dev,exec,strictatime,nodiratime'), mountFlags(mnt)]);
+  log.push(['remount,relatime,diratime,ro', remount(mnt, 'relatime,diratime,ro'), mountFlags(mnt), changes()]);
+  return log;
+}
+
+function lowerLayer(dir: string): void {
+  fs.writeFileSync(path.join(dir, 'lower'), 'l');
+  fs.writeFileSync(path.join(dir, 'lower2'), 'l2');
+}
+
+test('mount -o remount,ro and remount,rw through mount(8): EROFS while read-only, flags as the kernel', (t) => {
+  installHelper(t);
+  const pair = setupPair(t, [lowerLayer]);
+  const k = remountScenario(pair.kernel.mnt);
+  const s = remountScenario(pair.strata.mnt);
+  t.deepEqual(s, k);
+  // The scenario does what it claims: writes were refused while read-only, and allowed after.
+  t.is((k[2] as [string, Record<string, string>])[1].create, 'EROFS');
+  t.is((k[4] as [string, Record<string, string>])[1].create, 'ok');
+  t.is(fs.readFileSync(path.join(pair.strata.upper, 'lower'), 'utf8'), fs.readFileSync(path.join(pair.kernel.upper, 'lower'), 'utf8'));
+});
+
+test('remount,rw of a mount without an upper layer is refused, as the kernel refuses it', (t) => {
+  installHelper(t);
+  const base = tempDir(t, 'rr');
+  const lower = path.join(base, 'l');
+  fs.mkdirSync(lower);
+  lowerLayer(lower);
+  // The kernel's mount of lower layers only is read-only in its superblock (statvfs ST_RDONLY), not in its mount flags.
+  const readOnly = (mnt: string): boolean => python<boolean>('import os, sys, json; print(json.dumps(bool(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)))', null, [mnt]);
+  const seen = (mnt: string): unknown[] => [readOnly(mnt), remount(mnt, 'rw'), readOnly(mnt),
+    attempt(() => fs.writeFileSync(path.join(mnt, 'x'), 'x')), remount(mnt, 'ro,noexec'), readOnly(mnt), mountFlags(mnt).includes('noexec')];
+  const k = seen(kernelOverlay(t, { lowers: [lower, mkLower(base)] }));
+  const s = seen(strataMount(t, { lowers: [lower, mkLower(base)] }));
+  t.deepEqual(s, k);
+  t.is(k[1], 'refused');
+});
+
+/** A second lower layer (the kernel needs two lowers for a mount without an upper). */
+function mkLower(base: string): string {
+  const d = path.join(base, `l${Math.random().toString(36).slice(2, 8)}`);
+  fs.mkdirSync(d);
+  return d;
+}
+
+/** Lowers, upper and work directories for a mount through mount(8). */
+function layersFor(t: ExecutionContext, prefix: string): { opts: string; mnt: string } {
+  const base = tempDir(t, prefix);
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
+  lowerLayer(path.join(base, 'l'));
+  return { opts: `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w`, mnt: path.join(base, 'm') };
+}
+
+/** Mounts with mount(8) under `source`, then looks the mount up by that name as the tools do. */
+function sourceScenario(t: ExecutionContext, type: string, source: string, extra = '', shownAs = source): unknown {
+  const { opts, mnt } = layersFor(t, 'src');
+  t.teardown(() => (type === 'overlay' ? unmountQuietly(mnt) : strataUnmount(mnt)));
+  const r = run('mount', ['-t', type, source, mnt, '-o', opts + extra], { timeoutMs: 30_000 });
+  if (r.status !== 0) return `mount failed: ${r.stderr}`;
+  const shown = mountAt(mnt)?.source ?? null;
+  const found = run('findmnt', ['-n', '-o', 'TARGET', '-S', shownAs]).stdout.trim();
+  const df = run('df', ['--output=source', mnt]).stdout.trim().split('\n').at(-1);
+  const umount = run('umount', [shownAs], { timeoutMs: 30_000 }).status;
+  return { source: shown, findmnt: found === mnt, df, umount, mountedAfter: mountAt(mnt) !== undefined };
+}
+
+test('the mount source given to mount(8) shows in mountinfo: findmnt -S, df and umount NAME find it', (t) => {
+  installHelper(t);
+  const name = `strata-src-${process.pid}`;
+  const k = sourceScenario(t, 'overlay', `${name}-k`);
+  const s = sourceScenario(t, 'fuse.strata', `${name}-s`);
+  t.deepEqual(s, { ...(k as object), source: `${name}-s`, df: `${name}-s` });
+  t.deepEqual(k, { source: `${name}-k`, findmnt: true, df: `${name}-k`, umount: 0, mountedAfter: false });
+  // -o fsname= names it too (and wins over the source argument); commas survive.
+  const f = sourceScenario(t, 'fuse.strata', `${name}-arg`, `,fsname=${name}\\,fs`, `${name},fs`);
+  t.like(f as object, { source: `${name},fs`, findmnt: true, umount: 0, mountedAfter: false });
+});
+
+test('without a source the mount is named strata; the fuse-overlayfs form takes one', (t) => {
+  const { opts, mnt } = layersFor(t, 'src');
+  strataMount(t, { lowers: opts.split(',')[0]!.slice('lowerdir='.length).split(':'), mountpoint: mnt });
+  t.is(mountAt(mnt)?.source, 'strata');
+  strataUnmount(mnt);
+  const r = run(strataBin, [`strata-form-${process.pid}`, mnt, '-o', opts], { timeoutMs: 30_000 });
+  t.teardown(() => strataUnmount(mnt));
+  t.is(r.status, 0, r.stderr);
+  t.is(mountAt(mnt)?.source, `strata-form-${process.pid}`);
+});
+
+const RENAME_WHITEOUT = 4;
+
+test('renameat2(RENAME_WHITEOUT) is refused with EINVAL as by the kernel, for root and for another user', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', mode: 0o666, data: 'l' }, { t: 'dir', p: 'pub', mode: 0o777 }]]);
+  const k = runBoth(c, pair, [
+    ['create', 'up', 0o644, 'u'],
+    ['rename', 'up', 'up2', RENAME_WHITEOUT],
+    ['rename', 'lower', 'lower2', RENAME_WHITEOUT],
+    ['rename', 'lower', 'up', RENAME_WHITEOUT | 1],
+    ['as', 1000, 1000, ['create', 'pub/mine', 0o644, 'm']],
+    ['as', 1000, 1000, ['rename', 'pub/mine', 'pub/mine2', RENAME_WHITEOUT]],
+    ['readdir', ''],
+    ['readdir', 'pub'],
+  ]);
+  c.ok(JSON.stringify(k[1]) === '{"err":"EINVAL"}', `the kernel refuses with EINVAL: ${JSON.stringify(k[1])}`);
+  c.ok(JSON.stringify(k[5]) === '{"err":"EINVAL"}', `also for a user without CAP_MKNOD: ${JSON.stringify(k[5])}`);
+  c.done();
+});
+
+const HANDLES = String.raw`
+import ctypes, errno, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class FH(ctypes.Structure):
+    _fields_ = [('handle_bytes', ctypes.c_uint), ('handle_type', ctypes.c_int), ('f_handle', ctypes.c_ubyte * 128)]
+AT_HANDLE_FID = 0x200
+out = {}
+for name in sys.argv[1:]:
+    for flags, what in ((0, 'handle'), (AT_HANDLE_FID, 'fid')):
+        fh = FH(); fh.handle_bytes = 128; mnt_id = ctypes.c_int()
+        r = libc.name_to_handle_at(-100, name.encode(), ctypes.byref(fh), ctypes.byref(mnt_id), flags)
+        out[name.rsplit('/', 1)[-1] + ' ' + what] = errno.errorcode.get(ctypes.get_errno(), '?') if r < 0 else 'ok'
+print(json.dumps(out))
+`;
+
+test('name_to_handle_at is refused (EOPNOTSUPP) as on the kernel overlay without nfs_export; fanotify ids work', (t) => {
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', data: 'l' }, { t: 'dir', p: 'd' }]]);
+  const probe = (mnt: string): Record<string, string> => {
+    fs.writeFileSync(path.join(mnt, 'upper'), 'u');
+    return python(HANDLES, null, ['lower', 'd', 'upper'].map((n) => path.join(mnt, n)));
+  };
+  const k = probe(pair.kernel.mnt);
+  t.deepEqual(probe(pair.strata.mnt), k);
+  t.is(k['lower handle'], 'ENOTSUP'); // EOPNOTSUPP: the same number on Linux
+  t.is(k['lower fid'], 'ok');
+});
