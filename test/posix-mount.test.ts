@@ -34,6 +34,13 @@ function remount(mnt: string, opts: string): string {
   return r.status === 0 ? 'ok' : 'refused';
 }
 
+/** Sets an atime older than mtime (relatime updates it at the next read), reads: was it updated? */
+function readUpdatesAtime(file: string): boolean {
+  fs.utimesSync(file, 1_500_000_000, 1_600_000_000);
+  fs.readFileSync(file);
+  return fs.statSync(file).atimeMs !== 1_500_000_000_000;
+}
+
 /** Writes, remounts read-only and back, as a program and an administrator would; returns what they saw. */
 function remountScenario(mnt: string): unknown[] {
   const p = (rel: string): string => path.join(mnt, rel);
@@ -58,9 +65,10 @@ function remountScenario(mnt: string): unknown[] {
   const fd = fs.openSync(p('lower'), 'r+');
   log.push(['remount,ro while a file is open for writing', remount(mnt, 'ro'), mountFlags(mnt)]);
   fs.closeSync(fd);
-  log.push(['remount,nosuid,nodev,noexec,noatime', remount(mnt, 'nosuid,nodev,noexec,noatime'), mountFlags(mnt)]);
+  log.push(['remount,nosuid,nodev,noexec,noatime', remount(mnt, 'nosuid,nodev,noexec,noatime'), mountFlags(mnt), readUpdatesAtime(p('lower'))]);
   log.push(['remount,suid,dev,exec,strictatime,nodiratime', remount(mnt, 'suid,dev,exec,strictatime,nodiratime'), mountFlags(mnt)]);
   log.push(['remount,relatime,diratime,ro', remount(mnt, 'relatime,diratime,ro'), mountFlags(mnt), changes()]);
+  log.push(['remount,rw', remount(mnt, 'rw'), readUpdatesAtime(p('lower'))]);
   return log;
 }
 
@@ -194,3 +202,62 @@ test('name_to_handle_at is refused (EOPNOTSUPP) as on the kernel overlay without
   t.is(k['lower handle'], 'ENOTSUP'); // EOPNOTSUPP: the same number on Linux
   t.is(k['lower fid'], 'ok');
 });
+
+const DAY_NS = 86_400_000_000_000n;
+
+/**
+ * Reads, executes and lists files and directories of the upper and lower layers, recording the
+ * atime each shows afterwards (recent times as "new"; "same" when a second access left it alone).
+ */
+function atimeScenario(mnt: string, now: bigint): unknown[] {
+  const p = (rel: string): string => path.join(mnt, rel);
+  const atime = (rel: string): bigint => fs.statSync(p(rel), { bigint: true }).atimeNs;
+  const show = (ns: bigint): string => (ns >= now - DAY_NS / 24n ? 'new' : String(ns));
+  const old = (rel: string): void => {
+    // atime older than mtime: relatime updates it at the next access
+    fs.utimesSync(p(rel), Number((now - 3n * DAY_NS) / 1_000_000n) / 1000, Number((now - 2n * DAY_NS) / 1_000_000n) / 1000);
+  };
+  const log: unknown[] = [];
+  const access = (what: string, rel: string, f: () => void): void => {
+    f();
+    const first = atime(rel);
+    f();
+    log.push([what, show(first), atime(rel) === first ? 'same' : 'changed']);
+  };
+  fs.writeFileSync(p('uf'), 'upper file');
+  fs.copyFileSync('/bin/true', p('ubin'));
+  fs.chmodSync(p('ubin'), 0o755);
+  fs.mkdirSync(p('ud'));
+  fs.writeFileSync(p('ud/x'), 'x');
+  for (const rel of ['uf', 'ubin', 'ud', 'lf', 'ld']) if (rel.startsWith('u')) old(rel);
+  access('read upper file', 'uf', () => fs.readFileSync(p('uf')));
+  access('read lower file', 'lf', () => fs.readFileSync(p('lf')));
+  access('exec upper file', 'ubin', () => run(p('ubin'), []));
+  access('list upper dir', 'ud', () => fs.readdirSync(p('ud')));
+  access('list lower dir', 'ld', () => fs.readdirSync(p('ld')));
+  access('list root', '', () => fs.readdirSync(mnt));
+  // After a write (mtime newer than atime) relatime updates at the next read, also by another user.
+  fs.appendFileSync(p('uf'), 'more');
+  access('read after a write, as another user', 'uf', () => run('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', 'cat', p('uf')]));
+  old('uf');
+  access('read after utimes with O_NOATIME', 'uf', () => {
+    const fd = fs.openSync(p('uf'), fs.constants.O_RDONLY | fs.constants.O_NOATIME);
+    fs.readSync(fd, Buffer.alloc(4), 0, 4, 0);
+    fs.closeSync(fd);
+  });
+  return log;
+}
+
+for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
+  test(`atime with -o ${option}: reads, exec and listings update it as on the kernel overlay`, (t) => {
+    const layer = [{ t: 'file', p: 'lf', data: 'lower', mode: 0o644 }, { t: 'dir', p: 'ld' }, { t: 'file', p: 'ld/y', data: 'y' }] as const;
+    const pair = setupPair(t, [layer], { options: option === 'relatime' ? [] : [option] });
+    const now = BigInt(Date.now()) * 1_000_000n;
+    // Lower atimes older than their mtimes, set in the layers themselves: a read would update them.
+    for (const side of [pair.kernel, pair.strata]) for (const rel of ['lf', 'ld']) fs.utimesSync(path.join(side.lowers[0]!, rel), 1_500_000_000, 1_600_000_000);
+    const k = atimeScenario(pair.kernel.mnt, now);
+    t.deepEqual(atimeScenario(pair.strata.mnt, now), k);
+    if (option === 'relatime') t.deepEqual(k[0], ['read upper file', 'new', 'same'], 'the scenario sees relatime at work');
+    if (option === 'noatime') t.not((k[0] as string[])[1], 'new', 'noatime: no update');
+  });
+}

@@ -102,8 +102,8 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
-  const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work });
+  const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
@@ -194,6 +194,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
       throw e;
     }
     fs.opts.readOnly = ro;
+    stack.setUpperAtime(vfs);
     if (ro && !before && !params.volatile) syncUpper(stack, logger);
     logger.info({ mountpoint: layout.mountpoint, readOnly: ro, flags: vfs }, 'remounted');
   };

@@ -60,6 +60,8 @@ const CONSTANT_NAMES = [
   'FALLOC_FL_KEEP_SIZE', 'FALLOC_FL_PUNCH_HOLE', 'FALLOC_FL_ZERO_RANGE',
   'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_NOATIME', 'MS_BIND',
   'MS_REMOUNT', 'MS_RELATIME', 'MS_STRICTATIME', 'MS_NODIRATIME',
+  'OPEN_TREE_CLONE', 'OPEN_TREE_CLOEXEC', 'MOUNT_ATTR__ATIME', 'MOUNT_ATTR_RELATIME', 'MOUNT_ATTR_NOATIME',
+  'MOUNT_ATTR_STRICTATIME', 'MOUNT_ATTR_NODIRATIME',
   'MNT_DETACH', 'MNT_FORCE', 'UMOUNT_NOFOLLOW',
   'DT_UNKNOWN', 'DT_FIFO', 'DT_CHR', 'DT_DIR', 'DT_BLK', 'DT_REG', 'DT_LNK', 'DT_SOCK',
   'STATX_BASIC_STATS',
@@ -127,6 +129,8 @@ interface NativeBinding {
   fstatfs(fd: number): StatFs;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
+  openTree(dirfd: number, path: string, flags: number): number;
+  mountSetattr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number): void;
   openFuseDevice(): number;
   ioctlClone(newFd: number, oldFd: number): void;
   backingOpen(devFd: number, fd: number): number;
@@ -311,6 +315,11 @@ export const fstatfs: (fd: number) => StatFs = native.fstatfs;
 export const mount: (source: string | null, target: string, fstype: string | null, flags: number,
   data: string | null) => void = native.mount;
 export const umount2: (target: string, flags: number) => void = native.umount2;
+/** open_tree(2): with OPEN_TREE_CLONE, an O_PATH fd of a detached copy of the mount at path (CAP_SYS_ADMIN). */
+export const openTree: (dirfd: number, path: string, flags: number) => number = native.openTree;
+/** mount_setattr(2) of the mount whose root `path` (or dirfd with AT_EMPTY_PATH) is: MOUNT_ATTR_* set and cleared. */
+export const mountSetattr: (dirfd: number, path: string, flags: number, attrSet: number, attrClr: number) => void =
+  native.mountSetattr;
 
 // --- /dev/fuse ---------------------------------------------------------------
 /** open("/dev/fuse", O_RDWR | O_CLOEXEC) */
