@@ -24,6 +24,7 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
 import { LowerIndex } from './lower_index.js';
+import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
 
 const { C, ST } = N;
 
@@ -55,22 +56,14 @@ interface Writable {
   dirs: DirOps;
 }
 
-/** Offsets of a directory listing: generation * LISTING_SPAN + position (up to 16M entries). */
-const LISTING_SPAN = 2 ** 24;
 /** How long an open waits for the passthrough opens of a copied-up file's lower version to close. */
 const RELEASE_WAIT_MS = 2000;
-/** Listings kept per directory for readers that have not reached the end. */
-const MAX_LISTINGS = 8;
-let listingGeneration = 0;
-/** Generations stay below 2^29, so offsets stay exact doubles (< 2^53). */
-function nextListingGeneration(): number {
-  listingGeneration = (listingGeneration % (2 ** 29 - 1)) + 1;
-  return listingGeneration;
-}
 
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles = new HandleTable();
+  /** The listings directory readers are in (see readdir). */
+  readonly listings = new ListingStore();
   private passthrough = false;
   private readonly st = new Float64Array(16);
 
@@ -314,28 +307,24 @@ export class UnionFs implements FileSystem {
   }
 
   /**
-   * A listing is taken when a reader starts (offset 0) and kept on the directory's node under a
-   * generation number that the offsets it hands out carry (offset = generation * 2^24 + position),
-   * so a reader continues in the listing it started, whatever other readers start meanwhile; the
-   * listing is dropped when its reader reaches the end.
+   * A listing is taken when a reader starts (offset 0) and kept under a generation number that the
+   * offsets it hands out carry (offset = generation * 2^24 + position), so a reader continues in
+   * the listing it started, whatever changes and other readers come meanwhile, and a telldir
+   * offset stays valid after the end is reached (see listing_store.ts).
    */
   readdir(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, sink: DirSink, plus: boolean): void {
     const dir = this.dirNode(nodeid);
     let gen = Math.floor(offset / LISTING_SPAN);
     const start = offset % LISTING_SPAN;
-    let entries = offset === 0 ? undefined : dir.listings?.get(gen);
+    let entries = offset === 0 ? undefined : this.listings.get(nodeid, gen);
     if (!entries) {
       // A fresh reader, or one whose listing is gone (then it goes on by position in a new one).
       const parent = dir.parent ?? dir;
       entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino }, ...this.listing(dir)];
-      gen = nextListingGeneration();
-      dir.listings ??= new Map();
-      dir.listings.set(gen, entries);
-      if (dir.listings.size > MAX_LISTINGS) dir.listings.delete(dir.listings.keys().next().value!);
+      gen = this.listings.add(nodeid, entries);
     }
     const base = gen * LISTING_SPAN;
-    let i = start;
-    for (; i < entries.length; i++) {
+    for (let i = start; i < entries.length; i++) {
       const e: DirEntry = entries[i]!;
       if (!plus) {
         if (!sink.add(e.name, e.ino, e.type, base + i + 1)) break;
@@ -347,15 +336,9 @@ export class UnionFs implements FileSystem {
       }
       if (!sink.fits(e.name)) break;
       const found = this.child(dir, e.name);
-      if (!found) continue; // removed since the listing was taken
-      const [node, st] = found;
-      const entry = this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
-      sink.addPlus(e.name, entry, node.ino, e.type, base + i + 1);
-    }
-    // The end, with nothing more to send: this reader is done with its listing.
-    if (i >= entries.length && i === start) {
-      dir.listings!.delete(gen);
-      if (dir.listings!.size === 0) dir.listings = null;
+      // Removed since the listing was taken: still listed (as the kernel's cached listing does), without attributes.
+      const entry = found ? this.entry(found[0], found[1] ? this.inodes.attrFrom(found[0], found[1]) : undefined) : null;
+      sink.addPlus(e.name, entry, found ? found[0].ino : e.ino, e.type, base + i + 1);
     }
   }
 
