@@ -10,7 +10,7 @@ import { kernelOverlay, mountAt, strataMount, strataUnmount, unmountQuietly } fr
 import { Checks } from './helpers/ops-checks.js';
 import { runBoth, setupPair } from './helpers/ops-pair.js';
 import { strataBin } from './helpers/paths.js';
-import { python } from './helpers/python.js';
+import { DIRS, python } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
 
 /** What a program sees: 'ok' or the errno code. */
@@ -264,17 +264,7 @@ for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
 
 // telldir positions taken while reading a merged directory stay valid while names are removed
 // and added and after the end was reached: seekdir back resumes the listing the reader started.
-const SEEKDIR = String.raw`
-import ctypes, json, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-class Dirent(ctypes.Structure):
-    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64), ('d_reclen', ctypes.c_ushort),
-                ('d_type', ctypes.c_ubyte), ('d_name', ctypes.c_char * 256)]
-libc.opendir.restype = ctypes.c_void_p; libc.opendir.argtypes = [ctypes.c_char_p]
-libc.readdir.restype = ctypes.POINTER(Dirent); libc.readdir.argtypes = [ctypes.c_void_p]
-libc.telldir.restype = ctypes.c_long; libc.telldir.argtypes = [ctypes.c_void_p]
-libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
-libc.rewinddir.argtypes = [ctypes.c_void_p]; libc.closedir.argtypes = [ctypes.c_void_p]
+const SEEKDIR = DIRS + String.raw`
 d = sys.argv[1]
 dp = libc.opendir(d.encode())
 def read(n=None):
