@@ -439,6 +439,28 @@ static napi_value fn_statx(napi_env env, napi_callback_info info) {
   return ret_undef(env);
 }
 
+/* statxBtime(dirfd, path, flags): creation time as seconds (with nanoseconds), or null when the
+   filesystem keeps none */
+static napi_value fn_statxBtime(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "statx"));
+  TRY(arg_i32(env, argv[2], &flags));
+  struct statx sx;
+  if (NOINTR(statx(dirfd, path, flags, STATX_BTIME, &sx)) < 0)
+    return throw_sys(env, errno, "statx", path);
+  if (!(sx.stx_mask & STATX_BTIME)) return ret_null(env);
+  napi_value arr, sec, nsec;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_create_double(env, (double)sx.stx_btime.tv_sec, &sec);
+  napi_create_uint32(env, sx.stx_btime.tv_nsec, &nsec);
+  napi_set_element(env, arr, 0, sec);
+  napi_set_element(env, arr, 1, nsec);
+  return arr;
+}
+
 /* lstatMaybe(dirfd, path, out): boolean (false on ENOENT / ENOTDIR) */
 static napi_value fn_lstatMaybe(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -1722,7 +1744,7 @@ static const struct {
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},
-    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr),
+    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),
     FN(setNofileLimit), FN(getuid), FN(getgid), FN(geteuid), FN(umask),

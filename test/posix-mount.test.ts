@@ -313,3 +313,22 @@ test('seekdir to telldir offsets of a merged directory resumes its listing while
   t.deepEqual(probe(pair.strata.mnt), k);
   t.like(k, { snapshot: 2003, unique: true, seek10: true, 'seek250 after more changes': true, rewind: true });
 });
+
+test('statx reports the creation time (STATX_BTIME) of the layer object, as the kernel overlay', (t) => {
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', data: 'l' }, { t: 'file', p: 'copied', data: 'c' }, { t: 'dir', p: 'dir' }]]);
+  const btime = (p: string): string => run('stat', ['-c', '%w', p]).stdout.trim();
+  const probe = (side: typeof pair.kernel): Record<string, unknown> => {
+    const m = (rel: string): string => path.join(side.mnt, rel);
+    fs.writeFileSync(m('new'), 'n');
+    fs.appendFileSync(m('copied'), 'more');
+    const out: Record<string, unknown> = {};
+    for (const [rel, layer] of [['lower', side.lowers[0]!], ['dir', side.lowers[0]!], ['new', side.upper], ['copied', side.upper]] as const) {
+      const shown = btime(m(rel));
+      out[rel] = { known: shown !== '-', sameAsLayer: shown === btime(path.join(layer, rel)) };
+    }
+    return out;
+  };
+  const k = probe(pair.kernel);
+  t.deepEqual(probe(pair.strata), k);
+  t.deepEqual(k.new, { known: true, sameAsLayer: true });
+});

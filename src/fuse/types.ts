@@ -35,6 +35,11 @@ export interface AttrReply {
   attrTimeout: number;
 }
 
+export interface StatxReply extends AttrReply {
+  /** Creation time, when the filesystem keeps one. */
+  btime: { sec: number; nsec: number } | null;
+}
+
 export interface EntryReply extends AttrReply {
   /** 0 means a cached negative entry (the name does not exist). */
   nodeid: number;
@@ -105,6 +110,8 @@ export interface FileSystem {
   forget(nodeid: number, nlookup: number): void;
   getattr(ctx: RequestContext, nodeid: number, fh: number | undefined): R<AttrReply>;
   setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): R<AttrReply>;
+  /** FUSE_STATX (7.39): getattr plus the creation time; without it the kernel reports no btime. */
+  statx?(ctx: RequestContext, nodeid: number, fh: number | undefined): R<StatxReply>;
   readlink(ctx: RequestContext, nodeid: number): R<string>;
   symlink(ctx: RequestContext, parent: number, name: string, target: string): R<EntryReply>;
   mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask: number): R<EntryReply>;

@@ -130,6 +130,7 @@ interface NativeBinding {
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   openTree(dirfd: number, path: string, flags: number): number;
+  statxBtime(dirfd: number, path: string, flags: number): [number, number] | null;
   mountSetattr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number): void;
   openFuseDevice(): number;
   ioctlClone(newFd: number, oldFd: number): void;
@@ -229,6 +230,8 @@ export const fstat: (fd: number, out: Float64Array) => void = native.fstat;
 /** statx(2) into the same layout as {@link fstatat}. */
 export const statx: (dirfd: number, path: string, flags: number, mask: number, out: Float64Array) => void =
   native.statx;
+/** statx(2) creation time [seconds, nanoseconds], or null when the filesystem keeps none. */
+export const statxBtime: (dirfd: number, path: string, flags: number) => [number, number] | null = native.statxBtime;
 /** lstat relative to dirfd; false (instead of throwing) on ENOENT / ENOTDIR. */
 export const lstatMaybe: (dirfd: number, path: string, out: Float64Array) => boolean = native.lstatMaybe;
 

@@ -11,7 +11,7 @@ import {
 } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
-  StatfsReply,
+  StatfsReply, StatxReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
@@ -25,6 +25,7 @@ import { mergedListing, type DirEntry } from './readdir.js';
 import { isPrivateXattr } from './whiteout.js';
 import { LowerIndex } from './lower_index.js';
 import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
+import { creationTime } from './btime.js';
 
 const { C, ST } = N;
 
@@ -167,6 +168,12 @@ export class UnionFs implements FileSystem {
       attr = this.inodes.attr(node);
     }
     return { attr, attrTimeout: this.attrTimeout(attr) };
+  }
+
+  statx(ctx: RequestContext, nodeid: number, fh: number | undefined): StatxReply {
+    const node = this.inodes.get(nodeid);
+    const fd = fh !== undefined ? this.handles.file(fh).fd : node.unlinked ? ([...this.handles.filesOf(node)][0]?.fd ?? null) : null;
+    return { ...this.getattr(ctx, nodeid, fh), btime: creationTime(node, fd) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
