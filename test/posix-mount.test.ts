@@ -332,3 +332,62 @@ test('statx reports the creation time (STATX_BTIME) of the layer object, as the 
   t.deepEqual(probe(pair.strata), k);
   t.deepEqual(k.new, { known: true, sameAsLayer: true });
 });
+
+const FALLOCATE = String.raw`
+import ctypes, errno, hashlib, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+modes = {'plain': 0, 'keep-size': 1, 'punch-hole': 3, 'zero-range': 0x10, 'zero-range keep-size': 0x11,
+         'collapse-range': 0x08, 'insert-range': 0x20, 'unshare-range': 0x40}
+out = {}
+for path in sys.argv[1:]:
+    for name, mode in modes.items():
+        with open(path, 'wb') as f: f.write(bytes(range(256)) * 4096)  # 1 MiB
+        fd = os.open(path, os.O_RDWR)
+        r = libc.fallocate(fd, mode, 65536, 131072)
+        res = errno.errorcode.get(ctypes.get_errno(), '?') if r < 0 else 'ok'
+        os.fsync(fd); os.close(fd)
+        st = os.stat(path)
+        data = open(path, 'rb').read()
+        out[os.path.basename(path) + ' ' + name] = [res, st.st_size, st.st_blocks * 512 // 4096, hashlib.sha256(data).hexdigest()[:16]]
+print(json.dumps(out))
+`;
+
+/** FUSE's fallocate takes only these modes (fs/fuse/file.c); the kernel refuses the others with EOPNOTSUPP. */
+const THROUGH_FUSE = ['plain', 'keep-size', 'punch-hole', 'zero-range', 'zero-range keep-size'];
+
+test('fallocate modes: allocate, keep-size, punch-hole and zero-range as on the kernel; collapse and insert refused by FUSE', (t) => {
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', data: 'l', mode: 0o666 }]]);
+  const probe = (mnt: string): Record<string, [string, number, number, string]> => {
+    fs.writeFileSync(path.join(mnt, 'upper'), '');
+    return python(FALLOCATE, null, [path.join(mnt, 'upper'), path.join(mnt, 'lower')]);
+  };
+  const k = probe(pair.kernel.mnt);
+  const s = probe(pair.strata.mnt);
+  for (const [key, kr] of Object.entries(k)) {
+    const mode = key.slice(key.indexOf(' ') + 1);
+    if (THROUGH_FUSE.includes(mode) || kr[0] !== 'ok') t.deepEqual(s[key], kr, key);
+    else t.is(s[key]![0], 'ENOTSUP', `${key}: the kernel does it, FUSE cannot (README)`);
+  }
+  t.is(k['upper punch-hole']![0], 'ok');
+  t.is(k['upper collapse-range']![0], 'ok', 'the kernel overlay collapses ranges on ext4');
+});
+
+test('timestamps at the edges of the upper filesystem range read back as on the kernel overlay', (t) => {
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', data: 'l' }]]);
+  const G = 1_000_000_000n;
+  const times = [0n, -1n, 2n ** 31n, 2n ** 32n * G + 5n, 16725225600n * G + 999_999_999n, -(10n ** 10n) * G, 2n ** 34n * G, (2n ** 34n + 2n ** 33n) * G, 2n ** 62n];
+  const probe = (mnt: string): unknown[] => times.map((ns) => {
+    const p = path.join(mnt, 'lower');
+    const r = python<string>(String.raw`
+import json, os, sys
+try:
+    os.utime(sys.argv[1], ns=(int(sys.argv[2]), int(sys.argv[2])), follow_symlinks=False)
+    st = os.stat(sys.argv[1], follow_symlinks=False)
+    print(json.dumps('%d %d' % (st.st_mtime_ns, st.st_atime_ns)))
+except OSError as e:
+    print(json.dumps(e.strerror))`, null, [p, ns.toString()]);
+    return [ns.toString(), r];
+  });
+  t.deepEqual(probe(pair.strata.mnt), probe(pair.kernel.mnt));
+});
