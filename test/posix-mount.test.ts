@@ -391,3 +391,17 @@ except OSError as e:
   });
   t.deepEqual(probe(pair.strata.mnt), probe(pair.kernel.mnt));
 });
+
+test('FIEMAP maps extents on the kernel overlay; through FUSE it never reaches the daemon (EOPNOTSUPP, README)', (t) => {
+  const pair = setupPair(t, [[{ t: 'file', p: 'lower', data: 'x'.repeat(100_000) }]]);
+  const fiemap = (mnt: string): string => python<string>(String.raw`
+import errno, fcntl, json, struct, sys
+buf = bytearray(struct.pack('=QQLLLL', 0, 2**64 - 1, 0, 0, 0, 0))
+try:
+    with open(sys.argv[1], 'rb') as f: fcntl.ioctl(f, 0xC020660B, buf)  # FS_IOC_FIEMAP, count only
+    print(json.dumps('%d extents' % struct.unpack('=QQLLLL', buf)[3]))
+except OSError as e:
+    print(json.dumps(errno.errorcode[e.errno]))`, null, [path.join(mnt, 'lower')]);
+  t.regex(fiemap(pair.kernel.mnt), /^[1-9]\d* extents$/);
+  t.is(fiemap(pair.strata.mnt), 'ENOTSUP');
+});
