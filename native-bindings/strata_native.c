@@ -1689,7 +1689,7 @@ typedef struct {
 #define K(x) {#x, (double)(x)}
 
 static const constant k_constants[] = {
-    K(AT_FDCWD), K(AT_SYMLINK_NOFOLLOW), K(AT_REMOVEDIR), K(AT_EMPTY_PATH),
+    K(AT_FDCWD), K(AT_SYMLINK_NOFOLLOW), K(AT_REMOVEDIR), K(AT_EMPTY_PATH), K(AT_SYMLINK_FOLLOW),
     K(O_RDONLY), K(O_WRONLY), K(O_RDWR), K(O_CREAT), K(O_EXCL), K(O_TRUNC),
     K(O_APPEND), K(O_NONBLOCK), K(O_DIRECTORY), K(O_NOFOLLOW), K(O_CLOEXEC),
     K(O_PATH), K(O_NOATIME), K(O_TMPFILE), K(O_DSYNC), K(O_SYNC),

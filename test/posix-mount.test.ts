@@ -10,7 +10,7 @@ import { kernelOverlay, mountAt, strataMount, strataUnmount, unmountQuietly } fr
 import { Checks } from './helpers/ops-checks.js';
 import { runBoth, setupPair } from './helpers/ops-pair.js';
 import { strataBin } from './helpers/paths.js';
-import { DIRS, python } from './helpers/python.js';
+import { DIRS, PYTHON, python } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
 
 /** What a program sees: 'ok' or the errno code. */
@@ -404,4 +404,46 @@ except OSError as e:
     print(json.dumps(errno.errorcode[e.errno]))`, null, [path.join(mnt, 'lower')]);
   t.regex(fiemap(pair.kernel.mnt), /^[1-9]\d* extents$/);
   t.is(fiemap(pair.strata.mnt), 'ENOTSUP');
+});
+
+const TMPFILE = String.raw`
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+def probe(label, d, flags=0, name='linked'):
+    try:
+        fd = os.open(d, os.O_TMPFILE | os.O_RDWR | flags, 0o640)
+    except OSError as e:
+        out[label] = errno.errorcode[e.errno]; return
+    os.write(fd, b'tmpdata')
+    st = os.fstat(fd)
+    r = {'nlink': st.st_nlink, 'mode': oct(st.st_mode), 'uid': st.st_uid, 'size': st.st_size}
+    dst = os.path.join(d, name)
+    if libc.linkat(-100, b'/proc/self/fd/%d' % fd, -100, dst.encode(), 0x400) < 0:  # AT_SYMLINK_FOLLOW
+        r['link'] = errno.errorcode[ctypes.get_errno()]
+    else:
+        st2, st3 = os.stat(dst), os.fstat(fd)
+        r['link'] = [st2.st_nlink, oct(st2.st_mode), st2.st_uid, st2.st_size, st2.st_ino == st3.st_ino, st3.st_nlink, open(dst).read()]
+    os.close(fd)
+    out[label] = r
+d = sys.argv[1]
+probe('in the root', d)
+probe('in a lower directory', os.path.join(d, 'ld'))
+probe('O_EXCL cannot be linked', d, os.O_EXCL, 'excl')
+probe('in a shared directory', os.path.join(d, 'pub'), 0, 'mine-%d' % os.getuid())
+probe('over an existing name', d, 0, 'linked')
+print(json.dumps(out))
+`;
+
+test('O_TMPFILE through the mount, then linkat of the result (FUSE_TMPFILE), as root and as another user', (t) => {
+  const pair = setupPair(t, [[{ t: 'dir', p: 'ld' }, { t: 'file', p: 'ld/a', data: 'a' }, { t: 'dir', p: 'pub', mode: 0o777 }]]);
+  const probe = (side: typeof pair.kernel): unknown => {
+    const asRoot = python<unknown>(TMPFILE, null, [side.mnt]);
+    const r = run('setpriv', ['--reuid=1000', '--regid=1000', '--clear-groups', PYTHON, '-c', TMPFILE, side.mnt]);
+    const upper = ['linked', 'ld/linked', 'pub/mine-0', 'pub/mine-1000', 'excl'].map((n) => fs.existsSync(path.join(side.upper, n)));
+    return { asRoot, asUser: r.status === 0 ? JSON.parse(r.stdout) as unknown : r.stderr, upper };
+  };
+  const k = probe(pair.kernel);
+  t.deepEqual(probe(pair.strata), k);
+  t.like(k as object, { upper: [true, true, true, true, false] });
 });

@@ -548,13 +548,17 @@ export class FuseSession {
         return this.settle(op, u, fs.open(ctx, nodeid, flags), (r) =>
           this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
       }
-      case Op.CREATE: {
+      case Op.CREATE:
+      case Op.TMPFILE: {
         const flags = b.readUInt32LE(p);
         const mode = b.readUInt32LE(p + 4);
         const umask = b.readUInt32LE(p + 8);
         const [name] = cstr(b, p + 16, end);
-        return this.settle(op, u, fs.create(ctx, nodeid, name, mode, flags, umask), (r) =>
-          this.replyCreate(u, r, () => void fs.release(ctx, r.entry.nodeid, r.open.fh, flags)));
+        // Without a tmpfile method, ENOSYS: the kernel then answers O_TMPFILE with EOPNOTSUPP.
+        if (op === Op.TMPFILE && !fs.tmpfile) return this.replyError(u, errno.ENOSYS);
+        const r = op === Op.TMPFILE ? fs.tmpfile!(ctx, nodeid, mode, flags, umask) : fs.create(ctx, nodeid, name, mode, flags, umask);
+        return this.settle(op, u, r, (c) =>
+          this.replyCreate(u, c, () => void fs.release(ctx, c.entry.nodeid, c.open.fh, flags)));
       }
       case Op.READ: {
         const fh = u64(b, p);

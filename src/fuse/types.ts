@@ -122,6 +122,8 @@ export interface FileSystem {
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): R<EntryReply>;
   open(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask: number): R<CreateReply>;
+  /** open(O_TMPFILE) in directory `parent` (FUSE_TMPFILE, 7.37): an open file without a name. */
+  tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): R<CreateReply>;
   /** Returns the data read (may be shorter than size at end of file). */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;
   /** `data` is a view of the request buffer: valid only until the synchronous part returns. */

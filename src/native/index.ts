@@ -46,7 +46,7 @@ export interface StatFs {
 export type DirEntry = [name: string, type: number, ino: number];
 
 const CONSTANT_NAMES = [
-  'AT_FDCWD', 'AT_SYMLINK_NOFOLLOW', 'AT_REMOVEDIR', 'AT_EMPTY_PATH',
+  'AT_FDCWD', 'AT_SYMLINK_NOFOLLOW', 'AT_REMOVEDIR', 'AT_EMPTY_PATH', 'AT_SYMLINK_FOLLOW',
   'O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_CREAT', 'O_EXCL', 'O_TRUNC', 'O_APPEND',
   'O_NONBLOCK', 'O_DIRECTORY', 'O_NOFOLLOW', 'O_CLOEXEC', 'O_PATH', 'O_NOATIME',
   'O_TMPFILE', 'O_DSYNC', 'O_SYNC', 'O_LARGEFILE',

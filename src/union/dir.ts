@@ -133,10 +133,16 @@ export class DirOps {
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
     const [srcDir, srcName] = node.location();
+    this.linkInto(srcDir, srcName, 0, parent, name);
+    this.inodes.addAlias(node, parent, name);
+  }
+
+  /** Links srcDir/srcName into the upper directory of `parent` as `name` (in place of a whiteout there). */
+  private linkInto(srcDir: number, srcName: string, flags: number, parent: UnionNode, name: string): void {
     const upperParent = parent.dirFd(this.up);
     if (this.upperWhiteout(parent, name)) {
       const tmp = workName();
-      N.linkat(srcDir, srcName, this.upper.workFd, tmp, 0);
+      N.linkat(srcDir, srcName, this.upper.workFd, tmp, flags);
       try {
         N.renameat2(this.upper.workFd, tmp, upperParent, name, 0);
       } catch (e) {
@@ -144,9 +150,39 @@ export class DirOps {
         throw e;
       }
     } else {
-      N.linkat(srcDir, srcName, upperParent, name, 0);
+      N.linkat(srcDir, srcName, upperParent, name, flags);
     }
-    this.inodes.addAlias(node, parent, name);
+  }
+
+  /**
+   * open(O_TMPFILE) in `parent` (FUSE_TMPFILE): an unnamed file in the parent's upper directory,
+   * owned by the caller. Its node has no name until linkat gives it one ({@link linkOpen}).
+   */
+  tmpfile(ctx: RequestContext, parent: UnionNode, mode: number): { node: UnionNode; fd: number; st: Float64Array } {
+    this.copyUp.ensure(parent);
+    const { gid } = this.ownership(ctx, parent);
+    const fd = N.openat(parent.dirFd(this.up), '.', C.O_TMPFILE | C.O_RDWR | C.O_CLOEXEC, 0o600);
+    try {
+      N.fchown(fd, ctx.uid, gid);
+      N.fchmod(fd, mode & 0o7777);
+      N.fstat(fd, st);
+    } catch (e) {
+      N.close(fd);
+      throw e;
+    }
+    const node = this.inodes.create(parent, `#tmpfile-${fd}-${st[ST.ino]}`, C.S_IFREG, this.up, null, st[ST.ino]!);
+    this.inodes.detach(node);
+    node.unlinked = true;
+    return { node, fd, st };
+  }
+
+  /** linkat of a file that has no name yet (an O_TMPFILE), through its open descriptor `fd`. */
+  linkOpen(fd: number, node: UnionNode, parent: UnionNode, name: string): void {
+    checkName(name);
+    this.copyUp.ensure(parent);
+    this.linkInto(C.AT_FDCWD, `/proc/self/fd/${fd}`, C.AT_SYMLINK_FOLLOW, parent, name);
+    node.unlinked = false;
+    this.inodes.attach(parent, name, node);
   }
 
   /** Removes the upper entry `name` of `parent` (if any), leaving a whiteout when a lower layer shows it. */

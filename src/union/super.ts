@@ -506,6 +506,11 @@ export class UnionFs implements FileSystem {
     return { entry, open: this.openReplyNow(node, fd, flags) };
   }
 
+  tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number): CreateReply {
+    const { node, fd, st } = this.w.dirs.tmpfile(ctx, this.dirNode(parent), mode);
+    return { entry: this.entry(node, this.inodes.attrFrom(node, st)), open: this.openReplyNow(node, fd, flags) };
+  }
+
   private existing(parent: UnionNode, name: string): UnionNode {
     checkName(name);
     const found = this.child(parent, name);
@@ -561,7 +566,10 @@ export class UnionFs implements FileSystem {
       // The new name is checked again: it may have been taken while the copy ran.
       if (copied) return copied.then(() => this.link(ctx, nodeid, newParent, newName));
     }
-    w.dirs.link(node, p, newName);
+    // An O_TMPFILE gets its first name through the descriptor it was opened with.
+    const open = node.unlinked ? [...this.handles.filesOf(node)][0] : undefined;
+    if (open) w.dirs.linkOpen(open.fd, node, p, newName);
+    else w.dirs.link(node, p, newName);
     return this.entry(node);
   }
 
