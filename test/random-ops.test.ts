@@ -120,7 +120,7 @@ class OpGenerator {
       const op = this.candidate(l);
       if (!op) continue;
       // Now and then as an unprivileged user, for the permission checks.
-      if (r() < 0.12 && ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'chmod', 'truncate'].includes(op[0])) {
+      if (r() < 0.12 && ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'chmod', 'truncate', 'tmpfile'].includes(op[0])) {
         return ['as', ...USER, op];
       }
       return op;
@@ -185,8 +185,15 @@ class OpGenerator {
       const p = this.any(l);
       return p === undefined ? undefined : ['link', p, this.existingOrNew(l)];
     }
-    if (x < 93) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
-    if (x < 96) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 92) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
+    if (x < 94) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 96) {
+      // the modes FUSE passes on: allocate, keep-size, punch-hole (with keep-size), zero-range
+      const p = this.plain(l);
+      return p === undefined ? undefined : ['fallocate', p, pick(r, [0, 1, 3, 0x10, 0x11]), int(r, 70_000), 1 + int(r, 70_000)];
+    }
+    if (x < 97) return ['tmpfile', pick(r, l.dirs), pick(r, FILE_MODES), this.newPath(l), this.data()];
+    if (x < 98) return ['seekdir', pick(r, l.dirs), int(r, 1000)];
     const p = this.plain(l, ['file']);
     return p === undefined ? undefined : ['fsync', p, this.data()];
   }
@@ -202,6 +209,8 @@ function pathsOf(op: Op): string[] {
       return [op[1], op[2]];
     case 'symlink':
       return [op[2]];
+    case 'tmpfile':
+      return [op[3]];
     default:
       return [op[1] as string];
   }
