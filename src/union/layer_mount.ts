@@ -37,7 +37,7 @@ export function setAtime(m: PrivateMount, p: AtimePolicy): void {
   N.mountSetattr(m.fd, '', C.AT_EMPTY_PATH, attrOf(p), C.MOUNT_ATTR__ATIME | C.MOUNT_ATTR_NODIRATIME);
 }
 
-/** Clones the mount at `root` with `policy`; null when the kernel does not allow it (no CAP_SYS_ADMIN). */
+/** Clones the mount at `root` with `policy`; null when the kernel does not allow it (no CAP_SYS_ADMIN, a locked mount). */
 export function clonePrivate(root: string, policy: AtimePolicy): PrivateMount | null {
   let fd: number;
   try {
@@ -50,9 +50,10 @@ export function clonePrivate(root: string, policy: AtimePolicy): PrivateMount | 
   const m = { fd, root };
   try {
     setAtime(m, policy);
-  } catch (e) {
+  } catch {
+    // A mount whose flags cannot change here (locked in a user namespace): use the directory's own.
     N.close(fd);
-    throw e;
+    return null;
   }
   return m;
 }
