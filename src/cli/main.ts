@@ -13,6 +13,9 @@ import { parseMountOptions, UsageError, type MountParams } from '../union/params
 import { askDaemon, serveControl } from '../daemon/control.js';
 import { join, resolve } from 'node:path';
 import { unmountStrata } from '../daemon/unmount.js';
+import { imageCommand } from './image.js';
+import { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } from './container.js';
+import { usageMessage } from './usage.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
 // used: each costs tens of milliseconds at start-up, paid twice by a mount (command, then daemon).
@@ -56,6 +59,7 @@ function buildConfig(args: MountArgs, params: MountParams): DaemonConfig {
   const layout = validateLayout(params, args.mountpoint);
   if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
   if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
+  if (args.writeFormat === 'oci' && !params.ociWhiteouts) throw new UsageError('--write-format oci writes .wh. whiteouts that oci_whiteouts=off would not read back');
   const options: DaemonOptions = {
     passthrough: args.passthrough as DaemonOptions['passthrough'],
     logLevel: args.logLevel,
@@ -352,12 +356,17 @@ async function main(): Promise<void> {
     });
     return;
   }
+  const unknown = unknownOption(argv, { mount: { ...mountOptions, ...imageMountOptions } });
+  if (unknown) fail(`unknown option ${unknown}`, 2);
+  // `strata run IMAGE CMD...`: CMD is the container's, options and all.
+  const { head, command } = splitRunArgv(argv);
   const { default: yargs } = await import('yargs');
-  await yargs(argv)
+  await yargs(head)
     .scriptName('strata')
     .usage('$0 <command> [options]')
-    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
-      (a) => mountCommand(a as unknown as MountArgs))
+    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions)
+      .options(imageMountOptions),
+    async (a) => mountCommand(await imageMountArgs(a as unknown as MountArgs)))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
       (a) => umountCommand(a.mountpoint as string))
     .command('status [mountpoint]', 'list strata mounts: pid, layers, uptime, requests', (y) =>
@@ -380,6 +389,11 @@ async function main(): Promise<void> {
       .option('quick', { type: 'boolean', default: false, describe: 'tiny sizes: a smoke run' })
       .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
     (a) => benchCommand(a))
+    .command(imageCommand)
+    .command(runCommand(() => command))
+    .command(commitCommand)
+    .command(exportCommand)
+    .command(containerCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.
@@ -389,7 +403,7 @@ async function main(): Promise<void> {
     .version(packageVersion())
     .fail((msg, err) => {
       if (err) fail(describe(err), exitCodeOf(err));
-      fail(msg, 2);
+      fail(usageMessage(msg, argv), 2);
     })
     .parseAsync();
 }

@@ -102,7 +102,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work });
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
@@ -113,9 +113,13 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     cacheTimeout: options.cacheTimeout,
     passthrough: options.passthrough !== 'off',
     logger,
-    deviceFd: () => session?.deviceFd ?? -1,
+    backings: {
+      open: (fd) => session!.backings.open(fd),
+      close: (id) => session?.backings.close(id),
+    },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
+    invalidateEntry: (parent, name) => session?.invalidateEntry(parent, name),
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
@@ -128,6 +132,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     source: params.fsname ?? 'strata',
     subtype: 'strata',
     logger,
+    posixAcl: true,
   });
   try {
     await session.mount();

@@ -118,6 +118,12 @@ export const FATTR_CTIME = 1 << 10;
 export const FATTR_KILL_SUIDGID = 1 << 11;
 
 export const FUSE_GETATTR_FH = 1 << 0;
+/** fuse_write_in.write_flags: the caller lacks CAP_FSETID, clear setuid/setgid (HANDLE_KILLPRIV_V2). */
+export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+/** fuse_open_in.open_flags: an O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2). */
+export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
+/** fuse_setxattr_in.setxattr_flags: an ACL set by a caller outside the file's group (clear setgid). */
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 export const FUSE_RELEASE_FLUSH = 1 << 0;
 
@@ -145,6 +151,7 @@ export const STATX_OUT_SIZE = 32 + 256;
 /** statx masks (include/uapi/linux/stat.h). */
 export const STATX_BASIC_STATS = 0x7ff;
 export const STATX_BTIME = 0x800;
+export const IOCTL_OUT_SIZE = 16;
 
 export function opName(op: number): string {
   const names: Record<number, string> = {

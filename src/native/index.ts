@@ -42,6 +42,16 @@ export interface StatFs {
   flags: number;
 }
 
+/** Result of {@link nameToHandleAt}: what the kernel's exportfs encodes for an object. */
+export interface FileHandle {
+  /** The handle type (FILEID_*, e.g. 1 = FILEID_INO32_GEN). */
+  type: number;
+  /** The opaque handle bytes (struct file_handle's f_handle). */
+  handle: Buffer;
+  /** The mount the handle was taken through. */
+  mountId: number;
+}
+
 /** One directory entry from {@link readdir}: name (latin1), DT_* type, inode number. */
 export type DirEntry = [name: string, type: number, ino: number];
 
@@ -64,7 +74,7 @@ const CONSTANT_NAMES = [
   'MOUNT_ATTR_STRICTATIME', 'MOUNT_ATTR_NODIRATIME',
   'MNT_DETACH', 'MNT_FORCE', 'UMOUNT_NOFOLLOW',
   'DT_UNKNOWN', 'DT_FIFO', 'DT_CHR', 'DT_DIR', 'DT_BLK', 'DT_REG', 'DT_LNK', 'DT_SOCK',
-  'STATX_BASIC_STATS',
+  'STATX_BASIC_STATS', 'MAX_HANDLE_SZ',
 ] as const;
 
 const ERRNO_NAMES = [
@@ -117,6 +127,7 @@ interface NativeBinding {
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
     len: number, flags: number): number;
   ficlone(destFd: number, srcFd: number): void;
+  ioctlBuf(fd: number, request: number, buf: Buffer): number;
   lgetxattr(dirfd: number, path: string, name: string): Buffer | null;
   lsetxattr(dirfd: number, path: string, name: string, value: Uint8Array, flags: number): void;
   llistxattr(dirfd: number, path: string): string[];
@@ -127,6 +138,9 @@ interface NativeBinding {
   fremovexattr(fd: number, name: string): void;
   _forceXattrFallback(on: boolean): void;
   fstatfs(fd: number): StatFs;
+  nameToHandleAt(dirfd: number, path: string, flags: number): FileHandle;
+  openByHandleAt(mountFd: number, type: number, handle: Uint8Array, flags: number): number;
+  fsUuid(fd: number): Buffer | null;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   openTree(dirfd: number, path: string, flags: number): number;
@@ -291,6 +305,8 @@ export const copyFileRange: (fdIn: number, offIn: number | null, fdOut: number, 
   len: number, flags: number) => number = native.copyFileRange;
 /** ioctl(destFd, FICLONE, srcFd): reflink the whole file. */
 export const ficlone: (destFd: number, srcFd: number) => void = native.ficlone;
+/** ioctl(fd, request, buf) for requests that take a pointer (buf is read and written); the request's size must fit. */
+export const ioctlBuf: (fd: number, request: number, buf: Buffer) => number = native.ioctlBuf;
 
 // --- extended attributes ---------------------------------------------------
 /**
@@ -323,6 +339,24 @@ export const openTree: (dirfd: number, path: string, flags: number) => number = 
 /** mount_setattr(2) of the mount whose root `path` (or dirfd with AT_EMPTY_PATH) is: MOUNT_ATTR_* set and cleared. */
 export const mountSetattr: (dirfd: number, path: string, flags: number, attrSet: number, attrClr: number) => void =
   native.mountSetattr;
+/**
+ * name_to_handle_at(2) with flags (AT_EMPTY_PATH for the object of `dirfd` itself,
+ * AT_SYMLINK_FOLLOW): the non-connectable file handle of an object. EOPNOTSUPP when its
+ * filesystem cannot encode handles.
+ */
+export const nameToHandleAt: (dirfd: number, path: string, flags: number) => FileHandle = native.nameToHandleAt;
+/**
+ * open_by_handle_at(2): opens the object a handle names on the filesystem of `mountFd` (any
+ * open descriptor on it; not O_PATH: EBADF). Needs CAP_DAC_READ_SEARCH; ESTALE when the object is gone.
+ */
+export const openByHandleAt: (mountFd: number, type: number, handle: Uint8Array, flags: number) => number =
+  native.openByHandleAt;
+/**
+ * The UUID of the filesystem holding the open (not O_PATH) descriptor `fd`, as the kernel keeps it
+ * in its superblock (ioctl FS_IOC_GETFSUUID, Linux 6.8+); null when the filesystem reports none
+ * (ENOTTY: its UUID is all zeros, or the kernel is older).
+ */
+export const fsUuid: (fd: number) => Buffer | null = native.fsUuid;
 
 // --- /dev/fuse ---------------------------------------------------------------
 /** open("/dev/fuse", O_RDWR | O_CLOEXEC) */

@@ -7,8 +7,10 @@ import { fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
-import type { InodeTable, UnionNode } from './inode.js';
+import type { InodeTable } from './inode.js';
+import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
+import { hasOrigin, markImpure } from './origin.js';
 import { mergedListing } from './readdir.js';
 import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER } from './whiteout.js';
 
@@ -132,17 +134,13 @@ export class DirOps {
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
-    const [srcDir, srcName] = node.location();
-    this.linkInto(srcDir, srcName, 0, parent, name);
-    this.inodes.addAlias(node, parent, name);
-  }
-
-  /** Links srcDir/srcName into the upper directory of `parent` as `name` (in place of a whiteout there). */
-  private linkInto(srcDir: number, srcName: string, flags: number, parent: UnionNode, name: string): void {
+    const src = node.location();
+    const [srcDir, srcName] = src;
+    const linkFlags = atFlags(src, 0);
     const upperParent = parent.dirFd(this.up);
     if (this.upperWhiteout(parent, name)) {
       const tmp = workName();
-      N.linkat(srcDir, srcName, this.upper.workFd, tmp, flags);
+      N.linkat(srcDir, srcName, this.upper.workFd, tmp, linkFlags);
       try {
         N.renameat2(this.upper.workFd, tmp, upperParent, name, 0);
       } catch (e) {
@@ -150,39 +148,42 @@ export class DirOps {
         throw e;
       }
     } else {
-      N.linkat(srcDir, srcName, upperParent, name, flags);
+      N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
+    this.markImpureFor(upperParent, name);
+    this.inodes.addAlias(node, parent, name);
+    // An O_TMPFILE now has a name (it was linked through its anchor).
+    if (this.tmpfiles.delete(node)) node.unlinked = false;
+  }
+
+  /** Nodes of O_TMPFILE files not linked yet: linkat may name them (other unlinked files not). */
+  private readonly tmpfiles = new WeakSet<UnionNode>();
+
+  isUnnamedTmpfile(node: UnionNode): boolean {
+    return this.tmpfiles.has(node);
   }
 
   /**
    * open(O_TMPFILE) in `parent` (FUSE_TMPFILE): an unnamed file in the parent's upper directory,
-   * owned by the caller. Its node has no name until linkat gives it one ({@link linkOpen}).
+   * owned by the caller. Its node is anchored on the open file, so that linkat can name it.
    */
   tmpfile(ctx: RequestContext, parent: UnionNode, mode: number): { node: UnionNode; fd: number; st: Float64Array } {
     this.copyUp.ensure(parent);
     const { gid } = this.ownership(ctx, parent);
     const fd = N.openat(parent.dirFd(this.up), '.', C.O_TMPFILE | C.O_RDWR | C.O_CLOEXEC, 0o600);
+    let anchor = -1;
     try {
       N.fchown(fd, ctx.uid, gid);
       N.fchmod(fd, mode & 0o7777);
       N.fstat(fd, st);
+      anchor = N.dup(fd);
     } catch (e) {
       N.close(fd);
       throw e;
     }
-    const node = this.inodes.create(parent, `#tmpfile-${fd}-${st[ST.ino]}`, C.S_IFREG, this.up, null, st[ST.ino]!);
-    this.inodes.detach(node);
-    node.unlinked = true;
+    const node = this.inodes.createUnnamed(parent, C.S_IFREG, this.up, st[ST.ino]!, anchor);
+    this.tmpfiles.add(node);
     return { node, fd, st };
-  }
-
-  /** linkat of a file that has no name yet (an O_TMPFILE), through its open descriptor `fd`. */
-  linkOpen(fd: number, node: UnionNode, parent: UnionNode, name: string): void {
-    checkName(name);
-    this.copyUp.ensure(parent);
-    this.linkInto(C.AT_FDCWD, `/proc/self/fd/${fd}`, C.AT_SYMLINK_FOLLOW, parent, name);
-    node.unlinked = false;
-    this.inodes.attach(parent, name, node);
   }
 
   /** Removes the upper entry `name` of `parent` (if any), leaving a whiteout when a lower layer shows it. */
@@ -190,7 +191,7 @@ export class DirOps {
     const upperParent = parent.dirFd(this.up);
     const needWhiteout = lowerShows(parent, name);
     const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
-    if (inUpper && !isDir && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (inUpper && (isDir || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (this.opts.writeFormat === 'oci') {
       if (needWhiteout) N.close(N.openat(upperParent, OCI_WHITEOUT_PREFIX + name, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (inUpper) this.moveToWorkAndDelete(upperParent, name, 0);
@@ -213,6 +214,7 @@ export class DirOps {
   /** Removes the name `name` of `node` (a hard-linked node has several). */
   unlink(parent: UnionNode, node: UnionNode, name: string): void {
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     this.removeEntry(parent, name, false);
     this.inodes.removeName(node, parent, name);
   }
@@ -225,10 +227,11 @@ export class DirOps {
   rmdir(parent: UnionNode, node: UnionNode, name: string): void {
     this.checkEmpty(node);
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     // The upper directory may still hold whiteouts: it goes to the work dir whole.
     this.removeEntry(parent, name, true);
     this.inodes.removeName(node, parent, name);
-    node.closeFds();
+    node.closeDirFds();
   }
 
   /** Everything that can refuse a rename, checked before anything is copied up. */
@@ -261,6 +264,8 @@ export class DirOps {
     const to = newParent.dirFd(this.up);
     const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);
     const dstLower = lowerShows(newParent, newName);
+    // The object the rename replaces stays reachable through descriptors open on it.
+    if (target && !exchange) target.pinAnchor();
 
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
@@ -269,6 +274,10 @@ export class DirOps {
       // merge with whatever a lower layer shows (or will show) under its new name.
       if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
       if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
+      if (parent !== newParent) {
+        this.markImpureFor(from, oldName);
+        this.markImpureFor(to, newName);
+      }
       this.inodes.exchange(parent, oldName, newParent, newName);
       return;
     }
@@ -280,7 +289,7 @@ export class DirOps {
     const dstUpper = N.lstatMaybe(to, newName, st);
     const dstType = st[ST.mode]! & C.S_IFMT;
     const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
-    if (dstUpper && !dstIsWhiteout && dstType !== C.S_IFDIR && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
@@ -290,8 +299,17 @@ export class DirOps {
     } else {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
+    if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * An object with a copy-up origin moved or linked into a directory (dirfd) makes it impure, as the
+   * kernel's rename and link do: readdir there must look its entries up for their d_ino.
+   */
+  private markImpureFor(dirfd: number, name: string): void {
+    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name)) markImpure(dirfd, this.opts.userxattr);
   }
 }
 

@@ -21,6 +21,8 @@ export interface Layer {
   readonly isUpper: boolean;
   /** Index of this layer's filesystem among the distinct filesystems of the stack. */
   readonly fsIndex: number;
+  /** Whether `.wh.` files in it are read as OCI whiteouts (mount option oci_whiteouts, on by default). */
+  readonly ociWhiteouts: boolean;
 }
 
 const XINO_SHIFT = 2 ** 44;
@@ -48,7 +50,8 @@ export class LayerStack {
    * Opens the layer roots on private mounts (see layer_mount.ts), the upper with the mount's atime
    * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
    */
-  static open(upper: string | null, lowers: string[], opts: { atime: AtimePolicy; workdir: string | null } = { atime: LOWER_ATIME, workdir: null }): LayerStack {
+  static open(upper: string | null, lowers: string[],
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
     const devs: number[] = [];
     const st = new Float64Array(16);
@@ -70,11 +73,11 @@ export class LayerStack {
       paths.forEach((path, index) => {
         const isUpper = upper !== null && index === 0;
         const fd = openRoot(path, isUpper);
-        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0 });
+        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0, ociWhiteouts: opts.ociWhiteouts });
         N.fstat(fd, st);
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
-        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev) };
+        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

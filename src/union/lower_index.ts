@@ -116,7 +116,8 @@ export class LowerIndex {
     const layers = dir.dirLayers!;
     const names = new Set<string>();
     for (let i = from; i < layers.length; i++) {
-      for (const [name] of N.readdir(dir.dirFd(layers[i]!))) if (!name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
+      const oci = layers[i]!.ociWhiteouts;
+      for (const [name] of N.readdir(dir.dirFd(layers[i]!))) if (!oci || !name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
     }
     const listing: LowerListing = new Map();
     for (const name of names) {
