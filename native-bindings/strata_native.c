@@ -439,6 +439,28 @@ static napi_value fn_statx(napi_env env, napi_callback_info info) {
   return ret_undef(env);
 }
 
+/* statxBtime(dirfd, path, flags): creation time as seconds (with nanoseconds), or null when the
+   filesystem keeps none */
+static napi_value fn_statxBtime(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "statx"));
+  TRY(arg_i32(env, argv[2], &flags));
+  struct statx sx;
+  if (NOINTR(statx(dirfd, path, flags, STATX_BTIME, &sx)) < 0)
+    return throw_sys(env, errno, "statx", path);
+  if (!(sx.stx_mask & STATX_BTIME)) return ret_null(env);
+  napi_value arr, sec, nsec;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_create_double(env, (double)sx.stx_btime.tv_sec, &sec);
+  napi_create_uint32(env, sx.stx_btime.tv_nsec, &nsec);
+  napi_set_element(env, arr, 0, sec);
+  napi_set_element(env, arr, 1, nsec);
+  return arr;
+}
+
 /* lstatMaybe(dirfd, path, out): boolean (false on ENOENT / ENOTDIR) */
 static napi_value fn_lstatMaybe(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -1247,6 +1269,33 @@ static napi_value fn_umount2(napi_env env, napi_callback_info info) {
   return ret_void(env, NOINTR(umount2(target, flags)), "umount2", target);
 }
 
+/* openTree(dirfd, path, flags): fd of a detached copy of the mount tree at path (OPEN_TREE_CLONE) */
+static napi_value fn_openTree(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "open_tree"));
+  TRY(arg_i32(env, argv[2], &flags));
+  return ret_count(env, NOINTR(syscall(SYS_open_tree, dirfd, path, (unsigned)flags)), "open_tree", path);
+}
+
+/* mountSetattr(dirfd, path, flags, attrSet, attrClr): mount_setattr(2) without idmapping */
+static napi_value fn_mountSetattr(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t dirfd, flags;
+  int64_t set, clr;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "mount_setattr"));
+  TRY(arg_i32(env, argv[2], &flags));
+  TRY(arg_i64(env, argv[3], &set));
+  TRY(arg_i64(env, argv[4], &clr));
+  struct mount_attr attr = {.attr_set = (uint64_t)set, .attr_clr = (uint64_t)clr};
+  return ret_void(env, NOINTR(syscall(SYS_mount_setattr, dirfd, path, (unsigned)flags, &attr, sizeof attr)),
+                  "mount_setattr", path);
+}
+
 /* ------------------------------------------------------------------ */
 /* file handles and filesystem identity (overlayfs' origin xattr)      */
 /* ------------------------------------------------------------------ */
@@ -1732,7 +1781,7 @@ typedef struct {
 #define K(x) {#x, (double)(x)}
 
 static const constant k_constants[] = {
-    K(AT_FDCWD), K(AT_SYMLINK_NOFOLLOW), K(AT_REMOVEDIR), K(AT_EMPTY_PATH),
+    K(AT_FDCWD), K(AT_SYMLINK_NOFOLLOW), K(AT_REMOVEDIR), K(AT_EMPTY_PATH), K(AT_SYMLINK_FOLLOW),
     K(O_RDONLY), K(O_WRONLY), K(O_RDWR), K(O_CREAT), K(O_EXCL), K(O_TRUNC),
     K(O_APPEND), K(O_NONBLOCK), K(O_DIRECTORY), K(O_NOFOLLOW), K(O_CLOEXEC),
     K(O_PATH), K(O_NOATIME), K(O_TMPFILE), K(O_DSYNC), K(O_SYNC),
@@ -1747,6 +1796,9 @@ static const constant k_constants[] = {
     K(SEEK_SET), K(SEEK_CUR), K(SEEK_END), K(SEEK_DATA), K(SEEK_HOLE),
     K(FALLOC_FL_KEEP_SIZE), K(FALLOC_FL_PUNCH_HOLE), K(FALLOC_FL_ZERO_RANGE),
     K(MS_RDONLY), K(MS_NOSUID), K(MS_NODEV), K(MS_NOEXEC), K(MS_NOATIME), K(MS_BIND),
+    K(MS_REMOUNT), K(MS_RELATIME), K(MS_STRICTATIME), K(MS_NODIRATIME),
+    K(OPEN_TREE_CLONE), K(OPEN_TREE_CLOEXEC), K(MOUNT_ATTR__ATIME), K(MOUNT_ATTR_RELATIME),
+    K(MOUNT_ATTR_NOATIME), K(MOUNT_ATTR_STRICTATIME), K(MOUNT_ATTR_NODIRATIME),
     K(MNT_DETACH), K(MNT_FORCE), K(UMOUNT_NOFOLLOW),
     K(DT_UNKNOWN), K(DT_FIFO), K(DT_CHR), K(DT_DIR), K(DT_BLK), K(DT_REG),
     K(DT_LNK), K(DT_SOCK),
@@ -1784,7 +1836,7 @@ static const struct {
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},
-    FN(fstatfs), FN(mount), FN(umount2),
+    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime),
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),

@@ -3,7 +3,10 @@
 # mount(8) runs: mount.fuse.strata SOURCE MOUNTPOINT [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]
 set -e
 [ $# -ge 2 ] || { echo "usage: mount.fuse.strata SOURCE MOUNTPOINT -o OPTIONS" >&2; exit 2; }
-shift # the source ("strata") carries nothing
+# The source is the mount's name in /proc/self/mountinfo (findmnt -S, umount NAME); an -o fsname=
+# given too comes later and wins. Commas and backslashes in it are escaped for the option list.
+source=$(printf '%s' "$1" | sed 's/[\\,]/\\&/g')
+shift
 mountpoint=$1
 shift
 opts=""
@@ -16,4 +19,5 @@ while [ $# -gt 0 ]; do
     *) echo "mount.fuse.strata: unexpected argument $1" >&2; exit 2 ;;
   esac
 done
-exec "@ROOT@/bin/strata" mount "$mountpoint" -o "$opts"
+# A remount (mount -o remount,...) goes to the running daemon of the mount.
+exec "@ROOT@/bin/strata" mount "$mountpoint" -o "fsname=$source${opts:+,$opts}"

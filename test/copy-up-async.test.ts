@@ -156,11 +156,14 @@ except OSError as e:
     print('write failed', e.errno)
 `, path.join(mnt, 'big')], { timeoutMs: 120_000 });
   // Signal once the copy is under way: the daemon holds its unnamed file in the work directory open.
+  // It reaches the work directory through a private mount of the directory holding upper and work,
+  // so the link names the file from that mount's root.
+  const inWork = '/' + path.basename(work) + '/work/';
   const copying = (): boolean => {
     try {
       return fs.readdirSync(`/proc/${pid}/fd`).some((fd) => {
         try {
-          return fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(path.join(work, 'work') + '/');
+          return fs.readlinkSync(`/proc/${pid}/fd/${fd}`).includes(inWork);
         } catch {
           return false;
         }

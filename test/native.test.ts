@@ -664,6 +664,25 @@ test('mount / umount2 of a tmpfs', (t) => {
   t.is(errOf(() => N.mount(null, path.join(dir, 'nope'), null, C.MS_BIND, null)).code, 'ENOENT');
 });
 
+test('openTree clones a mount privately; mountSetattr sets its atime flags; statxBtime', (t) => {
+  if (!isRoot) return t.pass('needs root');
+  const { dir } = tmp(t);
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  const m = N.openTree(C.AT_FDCWD, dir, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC);
+  t.teardown(() => N.close(m));
+  // The copy is the same directory, on a mount of its own whose flags can change without touching the original.
+  t.is(st(m, '', C.AT_EMPTY_PATH)[ST.ino], fs.statSync(dir).ino);
+  N.mountSetattr(m, '', C.AT_EMPTY_PATH, C.MOUNT_ATTR_NOATIME, C.MOUNT_ATTR__ATIME);
+  const f = N.openat(m, 'f', C.O_RDONLY | C.O_CLOEXEC, 0);
+  t.teardown(() => N.close(f));
+  t.true((N.fstatfs(f).flags & 0x400) !== 0, 'ST_NOATIME on the copy');
+  t.is(N.fstatfs(open(t, C.AT_FDCWD, dir, C.O_PATH)).flags & 0x400, 0, 'the original mount is left alone');
+  t.is(errOf(() => N.mountSetattr(f, '', C.AT_EMPTY_PATH, C.MOUNT_ATTR_NOATIME, C.MOUNT_ATTR__ATIME)).code, 'EINVAL', 'not a mount root');
+  t.is(errOf(() => N.openTree(C.AT_FDCWD, path.join(dir, 'nope'), C.OPEN_TREE_CLONE)).code, 'ENOENT');
+  const b = N.statxBtime(m, 'f', C.AT_SYMLINK_NOFOLLOW);
+  t.true(b === null || (b.length === 2 && Math.abs(b[0] - Date.now() / 1000) < 3600), `btime ${String(b)}`);
+});
+
 test('openFuseDevice returns an fd; FUSE ioctls fail cleanly when unmounted', (t) => {
   let fd: number;
   try {

@@ -162,7 +162,7 @@ class OpGenerator {
       const op = this.candidate(l);
       if (!op) continue;
       // Now and then as an unprivileged user, for the permission checks.
-      if (r() < 0.12 && ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'chmod', 'truncate'].includes(op[0])) {
+      if (r() < 0.12 && ['create', 'write', 'mkdir', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'chmod', 'truncate', 'tmpfile'].includes(op[0])) {
         return ['as', ...USER, op];
       }
       return op;
@@ -227,9 +227,9 @@ class OpGenerator {
       const p = this.any(l);
       return p === undefined ? undefined : ['link', p, this.existingOrNew(l)];
     }
-    if (x < 93) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
-    if (x < 95) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
-    if (x < 97) {
+    if (x < 92) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
+    if (x < 93) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 95) {
       // ACLs (access on anything, default on directories) and chattr flags
       const p = this.plain(l);
       if (p === undefined) return undefined;
@@ -241,6 +241,13 @@ class OpGenerator {
       // before asking a FUSE filesystem, where the kernel's overlay says EPERM first (README).
       return ['chattr', p, pick(r, ['+A', '-A', '+d', '-d'])];
     }
+    if (x < 96) {
+      // the modes FUSE passes on: allocate, keep-size, punch-hole (with keep-size), zero-range
+      const p = this.plain(l);
+      return p === undefined ? undefined : ['fallocate', p, pick(r, [0, 1, 3, 0x10, 0x11]), int(r, 70_000), 1 + int(r, 70_000)];
+    }
+    if (x < 97) return ['tmpfile', pick(r, l.dirs), pick(r, FILE_MODES), this.newPath(l), this.data()];
+    if (x < 98) return ['seekdir', pick(r, l.dirs), int(r, 1000)];
     const p = this.plain(l, ['file']);
     return p === undefined ? undefined : ['fsync', p, this.data()];
   }
@@ -256,6 +263,8 @@ function pathsOf(op: Op): string[] {
       return [op[1], op[2]];
     case 'symlink':
       return [op[2]];
+    case 'tmpfile':
+      return [op[3]];
     case 'fd': {
       const c = op[2];
       if (c[0] === 'open') return [String(c[2])];

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { run, waitFor } from './helpers/exec.js';
 import { materializeLayers } from './helpers/layers.js';
 import { mountAt, strataUnmount } from './helpers/mounts.js';
-import { mountHelper, repoRoot, strataBin } from './helpers/paths.js';
+import { installHelper } from './helpers/mount-helper.js';
+import { repoRoot, strataBin } from './helpers/paths.js';
 import { isAlive, processesServing } from './helpers/processes.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -95,27 +96,6 @@ test('the systemd unit: start, reload and stop, run as systemd runs them', async
   t.is(fs.readFileSync(path.join(merged, 'etc', 'hostname'), 'utf8'), 'changed\n');
   t.is(run(stop[0]!, stop.slice(1), { timeoutMs: 30_000 }).status, 0);
 });
-
-/**
- * mount(8) runs /sbin/mount.fuse.strata (put there by `make install`); without an install, the
- * test puts a link to this checkout's helper there for its duration.
- */
-function installHelper(t: ExecutionContext): void {
-  const target = '/sbin/mount.fuse.strata';
-  let previous: string | null = null;
-  try {
-    previous = fs.readlinkSync(target);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EINVAL') throw new Error(`${target} is not a link: leaving it alone`);
-  }
-  if (previous === mountHelper) return;
-  fs.rmSync(target, { force: true });
-  fs.symlinkSync(mountHelper, target);
-  t.teardown(() => {
-    fs.rmSync(target, { force: true });
-    if (previous) fs.symlinkSync(previous, target);
-  });
-}
 
 test('the /etc/fstab line: mount(8) mounts it through the helper, umount ends it', async (t) => {
   const line = fs.readFileSync(FSTAB, 'utf8').split('\n').find((l) => l.trim() !== '' && !l.startsWith('#'))!;

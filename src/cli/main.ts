@@ -6,10 +6,11 @@ import { spawn } from 'node:child_process';
 import { readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
-import { allRecords, processAlive, removeRecord, writeRecord } from '../daemon/registry.js';
+import { allRecords, processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
 import { mountedPaths, validateLayout } from '../daemon/validate.js';
 import * as N from '../native/index.js';
-import { parseMountOptions, UsageError } from '../union/params.js';
+import { parseMountOptions, UsageError, type MountParams } from '../union/params.js';
+import { askDaemon, serveControl } from '../daemon/control.js';
 import { join, resolve } from 'node:path';
 import { unmountStrata } from '../daemon/unmount.js';
 import { imageCommand } from './image.js';
@@ -39,6 +40,8 @@ function describe(e: unknown): string {
 
 interface MountArgs {
   mountpoint: string;
+  /** The fuse-overlayfs / mount(8) form's first argument: the mount's source name. */
+  source?: string;
   o?: string | string[];
   foreground: boolean;
   passthrough: string;
@@ -51,8 +54,8 @@ interface MountArgs {
   cacheDir?: string;
 }
 
-function buildConfig(args: MountArgs): DaemonConfig {
-  const params = parseMountOptions(([] as string[]).concat(args.o ?? []));
+function buildConfig(args: MountArgs, params: MountParams): DaemonConfig {
+  params.fsname ??= args.source ?? null;
   const layout = validateLayout(params, args.mountpoint);
   if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
   if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
@@ -89,6 +92,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
     workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
   writeRecord(record);
+  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   // Written before the parent returns, as a service manager expects of a forking service.
   const pidFile = config.options.pidFile;
   if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
@@ -116,6 +120,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   }
   await m.done;
   clearInterval(refresh);
+  control.close();
   removeRecord(mountpoint, process.pid);
   if (pidFile) rmSync(pidFile, { force: true });
   logger.flush?.();
@@ -187,12 +192,35 @@ function lastErrorLine(stderr: string): string {
 async function mountCommand(args: MountArgs): Promise<never> {
   let config: DaemonConfig;
   try {
-    config = buildConfig(args);
+    const params = parseMountOptions(([] as string[]).concat(args.o ?? []));
+    if (params.remount) return await remountCommand(args.mountpoint, params);
+    config = buildConfig(args, params);
   } catch (e) {
     fail(describe(e), exitCodeOf(e));
   }
   if (args.foreground) return runDaemon(config, null);
   return mountInBackground(config);
+}
+
+/** `mount -o remount,ro|rw,...`: the daemon of the mount applies the new flags. */
+async function remountCommand(mountpointArg: string, params: MountParams): Promise<never> {
+  let mountpoint: string;
+  try {
+    mountpoint = realpathSync(mountpointArg);
+  } catch {
+    fail(`cannot remount "${mountpointArg}": it does not exist`, 1);
+  }
+  const rec = readRecord(mountpoint);
+  if (!rec || !processAlive(rec.pid) || !mountedPaths().has(mountpoint)) fail(`cannot remount "${mountpointArg}": not a running strata mount`, 1);
+  const { nodev, nosuid, noexec, atime, nodiratime } = params;
+  let reply;
+  try {
+    reply = await askDaemon(rec.pid, { op: 'remount', readOnly: params.readOnly, flags: { nodev, nosuid, noexec, atime, nodiratime } });
+  } catch (e) {
+    fail(`cannot remount "${mountpointArg}": ${describe(e)}`, 1);
+  }
+  if (!reply.ok) fail(`cannot remount "${mountpointArg}": ${reply.error}`, 1);
+  process.exit(0);
 }
 
 function statusCommand(mountpointArg: string | undefined, json: boolean): never {
@@ -368,7 +396,8 @@ async function main(): Promise<void> {
     .command(containerCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
-    (a) => mountCommand(a as unknown as MountArgs))
+    // yargs fills the demanded positional first: with two arguments they arrive swapped.
+    (a) => mountCommand({ ...(a as unknown as MountArgs), ...(a.source !== undefined ? { source: a.mountpoint, mountpoint: a.source } : {}) }))
     .strict()
     .help()
     .version(packageVersion())

@@ -12,6 +12,7 @@ import type { MountParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
 import { SetupError, type ResolvedLayout } from './validate.js';
+import { mountFlags, type VfsFlagParams } from './mount_flags.js';
 
 export interface DaemonOptions {
   passthrough: PassthroughMode;
@@ -77,14 +78,32 @@ export interface RunningMount {
   done: Promise<void>;
   /** Unmounts (lazily if busy); the session then ends. */
   unmount(): void;
+  /** `mount -o remount,...`: new flags for the mount (read-only makes every change answer EROFS). */
+  remount(readOnly: boolean, flags: VfsFlagParams): void;
+}
+
+/** Flushes the upper layer's filesystem (at unmount, and when a remount makes the mount read-only). */
+function syncUpper(stack: LayerStack, logger: Logger): void {
+  if (!stack.upper) return;
+  try {
+    // The layer's own descriptor is O_PATH, which syncfs refuses.
+    const fd = N.openat(stack.upper.fd, '.', N.C.O_RDONLY | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+    try {
+      N.syncfs(fd);
+    } finally {
+      N.close(fd);
+    }
+  } catch (e) {
+    logger.warn({ err: e }, 'syncfs of the upper layer failed');
+  }
 }
 
 export async function startMount(config: DaemonConfig, logger: Logger): Promise<RunningMount> {
   const { layout, params, options } = config;
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { ociWhiteouts: params.ociWhiteouts });
-  const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
+  const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
@@ -105,17 +124,12 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
   });
-  let flags = 0;
-  if (readOnly) flags |= N.C.MS_RDONLY;
-  if (params.nodev) flags |= N.C.MS_NODEV;
-  if (params.nosuid) flags |= N.C.MS_NOSUID;
-  if (params.noexec) flags |= N.C.MS_NOEXEC;
-  if (params.noatime) flags |= N.C.MS_NOATIME;
+  const flags = mountFlags(params, readOnly);
   session = new FuseSession(fs, layout.mountpoint, {
     passthrough: options.passthrough,
     mountOptions: N.getuid() === 0 ? ['allow_other', 'default_permissions'] : ['default_permissions'],
     mountFlags: flags,
-    source: 'strata',
+    source: params.fsname ?? 'strata',
     subtype: 'strata',
     logger,
     posixAcl: true,
@@ -160,19 +174,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     // The kernel may end the session (umount) while a request is still being worked on: let it
     // finish, so a copy-up completes (its reply has nowhere to go) before the layers are closed.
     await s.idle(STOP_GRACE_MS);
-    if (stack.upper && !params.volatile) {
-      try {
-        // The layer's own descriptor is O_PATH, which syncfs refuses.
-        const fd = N.openat(stack.upper.fd, '.', N.C.O_RDONLY | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
-        try {
-          N.syncfs(fd);
-        } finally {
-          N.close(fd);
-        }
-      } catch (e) {
-        logger.warn({ err: e }, 'syncfs of the upper layer failed');
-      }
-    }
+    if (!params.volatile) syncUpper(stack, logger);
     const cacheStats = fs.cacheStats();
     if (cacheStats) logger.info({ cache: cacheStats }, 'metadata cache');
     if (cache && cacheStats) cache.putStats(cacheStats);
@@ -182,5 +184,24 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     const st = s.stats;
     logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors }, 'unmounted');
   });
-  return { session: s, fs, logger, done, unmount };
+  const remount = (ro: boolean, vfs: VfsFlagParams): void => {
+    // As the kernel's ovl_reconfigure: read-write needs a writable upper layer.
+    if (!ro && !work) throw Object.assign(new Error('cannot remount read-write: the mount has no upper layer'), { code: 'EROFS' });
+    const newFlags = N.C.MS_REMOUNT | mountFlags(vfs, ro);
+    const before = fs.opts.readOnly;
+    // Going read-write, the daemon accepts changes before the kernel lets them through; going
+    // read-only, the kernel stops them first (it refuses with EBUSY while a file is open for writing).
+    if (!ro) fs.opts.readOnly = false;
+    try {
+      N.mount(null, layout.mountpoint, null, newFlags, null);
+    } catch (e) {
+      fs.opts.readOnly = before;
+      throw e;
+    }
+    fs.opts.readOnly = ro;
+    stack.setUpperAtime(vfs);
+    if (ro && !before && !params.volatile) syncUpper(stack, logger);
+    logger.info({ mountpoint: layout.mountpoint, readOnly: ro, flags: vfs }, 'remounted');
+  };
+  return { session: s, fs, logger, done, unmount, remount };
 }

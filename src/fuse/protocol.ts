@@ -146,6 +146,11 @@ export const DIRENTPLUS_BASE = ENTRY_OUT_SIZE + DIRENT_BASE;
 export const WRITE_OUT_SIZE = 8;
 export const GETXATTR_OUT_SIZE = 8;
 export const LSEEK_OUT_SIZE = 8;
+/** fuse_statx_out: attr_valid, its nanoseconds, flags, spare[2], then struct fuse_statx (256 bytes). */
+export const STATX_OUT_SIZE = 32 + 256;
+/** statx masks (include/uapi/linux/stat.h). */
+export const STATX_BASIC_STATS = 0x7ff;
+export const STATX_BTIME = 0x800;
 export const IOCTL_OUT_SIZE = 16;
 
 export function opName(op: number): string {

@@ -9,10 +9,11 @@ import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
   FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
-  WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
+  STATX_BASIC_STATS, STATX_BTIME, STATX_OUT_SIZE, WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
   AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
+  StatxReply,
 } from './types.js';
 
 export const MAX_WRITE = 1 << 20;
@@ -355,6 +356,39 @@ export class FuseSession {
     this.send(unique, 0, ATTR_OUT_SIZE);
   }
 
+  /** fuse_statx_out: the attributes as struct fuse_statx, with the creation time when known. */
+  private replyStatx(unique: number, r: StatxReply): void {
+    const b = this.outBuf;
+    const o = OUT_HEADER_SIZE;
+    const a = r.attr;
+    b.fill(0, o, o + STATX_OUT_SIZE);
+    const [s, ns] = splitTimeout(r.attrTimeout);
+    putU64(b, o, s);
+    b.writeUInt32LE(ns, o + 8);
+    const x = o + 32;
+    b.writeUInt32LE(STATX_BASIC_STATS | (r.btime ? STATX_BTIME : 0), x);
+    b.writeUInt32LE(a.blksize >>> 0, x + 4);
+    b.writeUInt32LE(a.nlink >>> 0, x + 16);
+    b.writeUInt32LE(a.uid >>> 0, x + 20);
+    b.writeUInt32LE(a.gid >>> 0, x + 24);
+    b.writeUInt16LE(a.mode & 0xffff, x + 28);
+    putU64(b, x + 32, a.ino);
+    putU64(b, x + 40, a.size);
+    putU64(b, x + 48, a.blocks);
+    const time = (off: number, sec: number, nsec: number): void => {
+      putI64(b, x + off, sec);
+      b.writeUInt32LE(nsec >>> 0, x + off + 8);
+    };
+    time(64, a.atimeSec, a.atimeNsec);
+    if (r.btime) time(80, r.btime.sec, r.btime.nsec);
+    time(96, a.ctimeSec, a.ctimeNsec);
+    time(112, a.mtimeSec, a.mtimeNsec);
+    // rdev in the kernel's new_encode_dev form: major in bits 8-19, minor in bits 0-7 and 20-31
+    b.writeUInt32LE((a.rdev >>> 8) & 0xfff, x + 128);
+    b.writeUInt32LE(((a.rdev & 0xff) | ((a.rdev >>> 12) & 0xfff00)) >>> 0, x + 132);
+    this.send(unique, 0, STATX_OUT_SIZE);
+  }
+
   private encodeOpen(o: number, r: OpenReply): void {
     const b = this.outBuf;
     putU64(b, o, r.fh);
@@ -494,6 +528,12 @@ export class FuseSession {
         const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
         return this.settle(op, u, fs.getattr(ctx, nodeid, fh), (a) => this.replyAttr(u, a));
       }
+      case Op.STATX: {
+        if (!fs.statx) return this.replyError(u, errno.ENOSYS);
+        const flags = b.readUInt32LE(p);
+        const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
+        return this.settle(op, u, fs.statx(ctx, nodeid, fh), (r) => this.replyStatx(u, r));
+      }
       case Op.SETATTR: {
         const req: SetattrRequest = {
           valid: b.readUInt32LE(p),
@@ -556,13 +596,17 @@ export class FuseSession {
         return this.settle(op, u, fs.open(ctx, nodeid, flags, killSuidgid), (r) =>
           this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
       }
-      case Op.CREATE: {
+      case Op.CREATE:
+      case Op.TMPFILE: {
         const flags = b.readUInt32LE(p);
         const mode = b.readUInt32LE(p + 4);
         const umask = b.readUInt32LE(p + 8);
         const [name] = cstr(b, p + 16, end);
-        return this.settle(op, u, fs.create(ctx, nodeid, name, mode, flags, umask), (r) =>
-          this.replyCreate(u, r, () => void fs.release(ctx, r.entry.nodeid, r.open.fh, flags)));
+        // Without a tmpfile method, ENOSYS: the kernel then answers O_TMPFILE with EOPNOTSUPP.
+        if (op === Op.TMPFILE && !fs.tmpfile) return this.replyError(u, errno.ENOSYS);
+        const r = op === Op.TMPFILE ? fs.tmpfile!(ctx, nodeid, mode, flags, umask) : fs.create(ctx, nodeid, name, mode, flags, umask);
+        return this.settle(op, u, r, (c) =>
+          this.replyCreate(u, c, () => void fs.release(ctx, c.entry.nodeid, c.open.fh, flags)));
       }
       case Op.READ: {
         const fh = u64(b, p);
@@ -686,7 +730,9 @@ export class FuseSession {
       this.readyReject(new Error(`kernel FUSE protocol ${major}.${minor} is too old (need 7.31+)`));
       return;
     }
-    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
+    // No file handles (name_to_handle_at answers EOPNOTSUPP), as the kernel's overlay without
+    // nfs_export: FUSE_NO_EXPORT_SUPPORT leaves the kernel able to encode fanotify ids only.
+    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.NO_EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
       InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
       InitFlag.HANDLE_KILLPRIV_V2, InitFlag.SETXATTR_EXT];

@@ -35,6 +35,11 @@ export interface AttrReply {
   attrTimeout: number;
 }
 
+export interface StatxReply extends AttrReply {
+  /** Creation time, when the filesystem keeps one. */
+  btime: { sec: number; nsec: number } | null;
+}
+
 export interface EntryReply extends AttrReply {
   /** 0 means a cached negative entry (the name does not exist). */
   nodeid: number;
@@ -116,6 +121,8 @@ export interface FileSystem {
   forget(nodeid: number, nlookup: number): void;
   getattr(ctx: RequestContext, nodeid: number, fh: number | undefined): R<AttrReply>;
   setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): R<AttrReply>;
+  /** FUSE_STATX (7.39): getattr plus the creation time; without it the kernel reports no btime. */
+  statx?(ctx: RequestContext, nodeid: number, fh: number | undefined): R<StatxReply>;
   readlink(ctx: RequestContext, nodeid: number): R<string>;
   symlink(ctx: RequestContext, parent: number, name: string, target: string): R<EntryReply>;
   mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask: number): R<EntryReply>;
@@ -127,6 +134,8 @@ export interface FileSystem {
   /** `killSuidgid`: an O_TRUNC open by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID). */
   open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid?: boolean): R<OpenReply>;
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask: number): R<CreateReply>;
+  /** open(O_TMPFILE) in directory `parent` (FUSE_TMPFILE, 7.37): an open file without a name. */
+  tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): R<CreateReply>;
   /** Returns the data read (may be shorter than size at end of file). */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;
   /** `data` is a view of the request buffer: valid only until the synchronous part returns. */

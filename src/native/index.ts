@@ -56,7 +56,7 @@ export interface FileHandle {
 export type DirEntry = [name: string, type: number, ino: number];
 
 const CONSTANT_NAMES = [
-  'AT_FDCWD', 'AT_SYMLINK_NOFOLLOW', 'AT_REMOVEDIR', 'AT_EMPTY_PATH',
+  'AT_FDCWD', 'AT_SYMLINK_NOFOLLOW', 'AT_REMOVEDIR', 'AT_EMPTY_PATH', 'AT_SYMLINK_FOLLOW',
   'O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_CREAT', 'O_EXCL', 'O_TRUNC', 'O_APPEND',
   'O_NONBLOCK', 'O_DIRECTORY', 'O_NOFOLLOW', 'O_CLOEXEC', 'O_PATH', 'O_NOATIME',
   'O_TMPFILE', 'O_DSYNC', 'O_SYNC', 'O_LARGEFILE',
@@ -69,6 +69,9 @@ const CONSTANT_NAMES = [
   'SEEK_SET', 'SEEK_CUR', 'SEEK_END', 'SEEK_DATA', 'SEEK_HOLE',
   'FALLOC_FL_KEEP_SIZE', 'FALLOC_FL_PUNCH_HOLE', 'FALLOC_FL_ZERO_RANGE',
   'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_NOATIME', 'MS_BIND',
+  'MS_REMOUNT', 'MS_RELATIME', 'MS_STRICTATIME', 'MS_NODIRATIME',
+  'OPEN_TREE_CLONE', 'OPEN_TREE_CLOEXEC', 'MOUNT_ATTR__ATIME', 'MOUNT_ATTR_RELATIME', 'MOUNT_ATTR_NOATIME',
+  'MOUNT_ATTR_STRICTATIME', 'MOUNT_ATTR_NODIRATIME',
   'MNT_DETACH', 'MNT_FORCE', 'UMOUNT_NOFOLLOW',
   'DT_UNKNOWN', 'DT_FIFO', 'DT_CHR', 'DT_DIR', 'DT_BLK', 'DT_REG', 'DT_LNK', 'DT_SOCK',
   'STATX_BASIC_STATS', 'MAX_HANDLE_SZ',
@@ -140,6 +143,9 @@ interface NativeBinding {
   fsUuid(fd: number): Buffer | null;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
+  openTree(dirfd: number, path: string, flags: number): number;
+  statxBtime(dirfd: number, path: string, flags: number): [number, number] | null;
+  mountSetattr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number): void;
   openFuseDevice(): number;
   ioctlClone(newFd: number, oldFd: number): void;
   backingOpen(devFd: number, fd: number): number;
@@ -238,6 +244,8 @@ export const fstat: (fd: number, out: Float64Array) => void = native.fstat;
 /** statx(2) into the same layout as {@link fstatat}. */
 export const statx: (dirfd: number, path: string, flags: number, mask: number, out: Float64Array) => void =
   native.statx;
+/** statx(2) creation time [seconds, nanoseconds], or null when the filesystem keeps none. */
+export const statxBtime: (dirfd: number, path: string, flags: number) => [number, number] | null = native.statxBtime;
 /** lstat relative to dirfd; false (instead of throwing) on ENOENT / ENOTDIR. */
 export const lstatMaybe: (dirfd: number, path: string, out: Float64Array) => boolean = native.lstatMaybe;
 
@@ -326,6 +334,11 @@ export const fstatfs: (fd: number) => StatFs = native.fstatfs;
 export const mount: (source: string | null, target: string, fstype: string | null, flags: number,
   data: string | null) => void = native.mount;
 export const umount2: (target: string, flags: number) => void = native.umount2;
+/** open_tree(2): with OPEN_TREE_CLONE, an O_PATH fd of a detached copy of the mount at path (CAP_SYS_ADMIN). */
+export const openTree: (dirfd: number, path: string, flags: number) => number = native.openTree;
+/** mount_setattr(2) of the mount whose root `path` (or dirfd with AT_EMPTY_PATH) is: MOUNT_ATTR_* set and cleared. */
+export const mountSetattr: (dirfd: number, path: string, flags: number, attrSet: number, attrClr: number) => void =
+  native.mountSetattr;
 /**
  * name_to_handle_at(2) with flags (AT_EMPTY_PATH for the object of `dirfd` itself,
  * AT_SYMLINK_FOLLOW): the non-connectable file handle of an object. EOPNOTSUPP when its

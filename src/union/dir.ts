@@ -152,6 +152,38 @@ export class DirOps {
     }
     this.markImpureFor(upperParent, name);
     this.inodes.addAlias(node, parent, name);
+    // An O_TMPFILE now has a name (it was linked through its anchor).
+    if (this.tmpfiles.delete(node)) node.unlinked = false;
+  }
+
+  /** Nodes of O_TMPFILE files not linked yet: linkat may name them (other unlinked files not). */
+  private readonly tmpfiles = new WeakSet<UnionNode>();
+
+  isUnnamedTmpfile(node: UnionNode): boolean {
+    return this.tmpfiles.has(node);
+  }
+
+  /**
+   * open(O_TMPFILE) in `parent` (FUSE_TMPFILE): an unnamed file in the parent's upper directory,
+   * owned by the caller. Its node is anchored on the open file, so that linkat can name it.
+   */
+  tmpfile(ctx: RequestContext, parent: UnionNode, mode: number): { node: UnionNode; fd: number; st: Float64Array } {
+    this.copyUp.ensure(parent);
+    const { gid } = this.ownership(ctx, parent);
+    const fd = N.openat(parent.dirFd(this.up), '.', C.O_TMPFILE | C.O_RDWR | C.O_CLOEXEC, 0o600);
+    let anchor = -1;
+    try {
+      N.fchown(fd, ctx.uid, gid);
+      N.fchmod(fd, mode & 0o7777);
+      N.fstat(fd, st);
+      anchor = N.dup(fd);
+    } catch (e) {
+      N.close(fd);
+      throw e;
+    }
+    const node = this.inodes.createUnnamed(parent, C.S_IFREG, this.up, st[ST.ino]!, anchor);
+    this.tmpfiles.add(node);
+    return { node, fd, st };
   }
 
   /** Removes the upper entry `name` of `parent` (if any), leaving a whiteout when a lower layer shows it. */
@@ -204,6 +236,8 @@ export class DirOps {
 
   /** Everything that can refuse a rename, checked before anything is copied up. */
   checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
+    // RENAME_WHITEOUT (and any flag but these two) is refused, as by the kernel's ovl_rename.
+    if (flags & ~(C.RENAME_EXCHANGE | C.RENAME_NOREPLACE)) throw fsError('EINVAL');
     checkName(newName);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     if ((flags & C.RENAME_NOREPLACE) && target) throw fsError('EEXIST');

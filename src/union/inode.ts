@@ -62,6 +62,15 @@ export class InodeTable {
     return node;
   }
 
+  /** A node for an object without a name (an O_TMPFILE), reached through its descriptor `anchor`. */
+  createUnnamed(parent: UnionNode, type: number, layer: Layer, realIno: number, anchor: number): UnionNode {
+    const node = new UnionNode(this.nextId++, this.stack.inoOf(layer, realIno), parent, '', type, layer, null);
+    node.anchor = anchor;
+    node.unlinked = true;
+    this.nodes.set(node.nodeid, node);
+    return node;
+  }
+
   /**
    * The st_ino shown for the object with real inode `realIno` in `layer`. `at` locates it: an
    * upper object without a record keeps the st_ino of its origin, as on the kernel (see origin.ts).

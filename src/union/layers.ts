@@ -6,6 +6,7 @@
 // the real st_ino is unique already; otherwise the layer's filesystem index goes into the high bits.
 
 import * as N from '../native/index.js';
+import { clonePrivate, commonDir, LOWER_ATIME, openOnPrivate, setAtime, type AtimePolicy, type PrivateMount } from './layer_mount.js';
 
 const { C } = N;
 
@@ -33,6 +34,11 @@ export class LayerStack {
   /** True when every layer is on one filesystem: real inode numbers are used as they are. */
   readonly sameFs: boolean;
 
+  /** The private mount the upper (and the work directory) are reached through, if any. */
+  private upperMount: PrivateMount | null = null;
+  /** Private mounts to release at close (their descriptors). */
+  private readonly mountFds: number[] = [];
+
   private constructor(layers: Layer[]) {
     this.layers = layers;
     this.upper = layers[0]?.isUpper ? layers[0] : null;
@@ -40,31 +46,64 @@ export class LayerStack {
     this.sameFs = new Set(layers.map((l) => l.dev)).size === 1;
   }
 
-  /** Opens the layer roots. Paths must already be resolved (realpath) and validated. */
-  static open(upper: string | null, lowers: string[], opts: { ociWhiteouts: boolean } = { ociWhiteouts: true }): LayerStack {
+  /**
+   * Opens the layer roots on private mounts (see layer_mount.ts), the upper with the mount's atime
+   * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
+   */
+  static open(upper: string | null, lowers: string[],
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
     const devs: number[] = [];
     const st = new Float64Array(16);
     const layers: Layer[] = [];
+    const mountFds: number[] = [];
+    let upperMount: PrivateMount | null = null;
+    const openRoot = (path: string, isUpper: boolean): number => {
+      const m = clonePrivate(isUpper && opts.workdir ? commonDir([path, opts.workdir]) : path, isUpper ? opts.atime : LOWER_ATIME);
+      const fd = m ? openOnPrivate(m, path) : null;
+      if (m && fd !== null) {
+        mountFds.push(m.fd);
+        if (isUpper) upperMount = m;
+        return fd;
+      }
+      if (m) N.close(m.fd);
+      return N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    };
     try {
       paths.forEach((path, index) => {
-        const fd = N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+        const isUpper = upper !== null && index === 0;
+        const fd = openRoot(path, isUpper);
         layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0, ociWhiteouts: opts.ociWhiteouts });
         N.fstat(fd, st);
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
-        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper: upper !== null && index === 0, fsIndex: devs.indexOf(dev),
-          ociWhiteouts: opts.ociWhiteouts };
+        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);
+      for (const fd of mountFds) N.close(fd);
       throw e;
     }
-    return new LayerStack(layers);
+    const stack = new LayerStack(layers);
+    stack.upperMount = upperMount;
+    stack.mountFds.push(...mountFds);
+    return stack;
+  }
+
+  /** An O_PATH descriptor of a directory on the upper's filesystem (the work directory), on the upper's mount. */
+  openBesideUpper(path: string): number {
+    const fd = this.upperMount ? openOnPrivate(this.upperMount, path) : null;
+    return fd ?? N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  }
+
+  /** A remount's new atime flags for the upper. */
+  setUpperAtime(p: AtimePolicy): void {
+    if (this.upperMount) setAtime(this.upperMount, p);
   }
 
   close(): void {
     for (const l of this.layers) N.close(l.fd);
+    for (const fd of this.mountFds.splice(0)) N.close(fd);
   }
 
   /** The st_ino the mount shows for an object whose real inode number is `ino` in `layer`. */

@@ -2,6 +2,8 @@
 // fuse-overlayfs and mount(8) use: "-o lowerdir=A:B,upperdir=U,workdir=W,..." possibly repeated,
 // with "\:" and "\," escapes, empty items, and generic mount options that we accept.
 
+export type AtimeMode = 'relatime' | 'noatime' | 'strictatime';
+
 export class UsageError extends Error {
   readonly exitCode = 2;
 }
@@ -20,7 +22,14 @@ export interface MountParams {
   nodev: boolean;
   nosuid: boolean;
   noexec: boolean;
-  noatime: boolean;
+  /** When reads update atime (relatime by default, as mount(8) and the kernel do). */
+  atime: AtimeMode;
+  /** Directories never get atime updates. */
+  nodiratime: boolean;
+  /** The mount's source, as /proc/self/mountinfo shows it (mount(8)'s first argument or -o fsname=). */
+  fsname: string | null;
+  /** `-o remount`: change the flags of an existing mount (mount(8) passes it to the helper). */
+  remount: boolean;
   /** Options accepted for compatibility but without effect here. */
   ignored: string[];
 }
@@ -67,18 +76,23 @@ function splitOptions(s: string): string[] {
   return out.filter((x) => x.length > 0);
 }
 
-const GENERIC_FLAGS = new Set(['rw', 'dev', 'suid', 'exec', 'atime', 'relatime', 'strictatime', 'lazytime', 'nolazytime',
-  'diratime', 'nodiratime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
+const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
 const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'redirect_dir', 'index', 'xino', 'metacopy', 'nfs_export',
   'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
-  'x-systemd.automount', 'comment', 'source', 'subtype', 'fsname', 'max_read', 'blksize']);
+  'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
+  // FUSE's own mount data, which mount(8) passes back on a remount
+  'user_id', 'group_id', 'rootmode', 'fd']);
 
+/**
+ * Parses -o option strings; a later option overrides an earlier one (ro,...,rw is read-write), as
+ * mount(8) merges them. With `remount` in them the layers may be left out: only flags change.
+ */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
     lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false,
-    nodev: false, nosuid: false, noexec: false, noatime: false, ignored: [],
+    nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
   };
   for (const item of optionStrings.flatMap(splitOptions)) {
     const eq = item.indexOf('=');
@@ -102,7 +116,15 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         p.workdir = splitEscaped(value, ',').join(',');
         break;
       case 'ro':
-        p.readOnly = true;
+      case 'rw':
+        p.readOnly = key === 'ro';
+        break;
+      case 'remount':
+        p.remount = true;
+        break;
+      case 'fsname':
+        if (value === '') throw new UsageError('fsname= needs a name');
+        p.fsname = splitEscaped(value, ',').join(',');
         break;
       case 'userxattr':
         p.userxattr = true;
@@ -120,8 +142,25 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'nodev':
       case 'nosuid':
       case 'noexec':
-      case 'noatime':
         p[key] = true;
+        break;
+      case 'dev':
+      case 'suid':
+      case 'exec':
+        p[`no${key}`] = false;
+        break;
+      case 'noatime':
+      case 'relatime':
+      case 'strictatime':
+        p.atime = key;
+        break;
+      case 'atime':
+        // mount(8)'s "atime" clears noatime; the kernel's default, relatime, stays
+        if (p.atime === 'noatime') p.atime = 'relatime';
+        break;
+      case 'nodiratime':
+      case 'diratime':
+        p.nodiratime = key === 'nodiratime';
         break;
       case 'uidmapping':
       case 'gidmapping':
@@ -136,6 +175,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         else throw new UsageError(`unknown mount option "${item}"`);
     }
   }
+  if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {
     throw new UsageError('upperdir= and workdir= go together: give both or neither');

@@ -8,7 +8,7 @@ import { fsError } from '../fuse/errors.js';
 import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
-  StatfsReply,
+  StatfsReply, StatxReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
@@ -22,6 +22,8 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { checkRemovable, checkSettable, getXattr, listXattrs, removeXattr, setXattr } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
+import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
+import { creationTime } from './btime.js';
 import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
 import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
 import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
@@ -58,20 +60,11 @@ interface Writable {
   dirs: DirOps;
 }
 
-/** Offsets of a directory listing: generation * LISTING_SPAN + position (up to 16M entries). */
-const LISTING_SPAN = 2 ** 24;
-/** Listings kept per directory for readers that have not reached the end. */
-const MAX_LISTINGS = 8;
-let listingGeneration = 0;
-/** Generations stay below 2^29, so offsets stay exact doubles (< 2^53). */
-function nextListingGeneration(): number {
-  listingGeneration = (listingGeneration % (2 ** 29 - 1)) + 1;
-  return listingGeneration;
-}
-
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles: HandleTable;
+  /** The listings directory readers are in (see readdir). */
+  readonly listings = new ListingStore();
   private passthrough = false;
   /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
   private posixAcl = false;
@@ -194,6 +187,11 @@ export class UnionFs implements FileSystem {
     return { attr, attrTimeout: this.attrTimeout(attr, node) };
   }
 
+  statx(ctx: RequestContext, nodeid: number, fh: number | undefined): StatxReply {
+    const node = this.inodes.get(nodeid).live;
+    return { ...this.getattr(ctx, nodeid, fh), btime: creationTime(node, fh !== undefined ? this.handles.file(fh).fd : null) };
+  }
+
   readlink(_ctx: RequestContext, nodeid: number): string {
     const node = this.inodes.get(nodeid).live;
     if (node.type !== C.S_IFLNK) throw fsError('EINVAL');
@@ -312,28 +310,24 @@ export class UnionFs implements FileSystem {
   }
 
   /**
-   * A listing is taken when a reader starts (offset 0) and kept on the directory's node under a
-   * generation number that the offsets it hands out carry (offset = generation * 2^24 + position),
-   * so a reader continues in the listing it started, whatever other readers start meanwhile; the
-   * listing is dropped when its reader reaches the end.
+   * A listing is taken when a reader starts (offset 0) and kept under a generation number that the
+   * offsets it hands out carry (offset = generation * 2^24 + position), so a reader continues in
+   * the listing it started, whatever changes and other readers come meanwhile, and a telldir
+   * offset stays valid after the end is reached (see listing_store.ts).
    */
   readdir(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, sink: DirSink, plus: boolean): void {
     const dir = this.dirNode(nodeid);
     let gen = Math.floor(offset / LISTING_SPAN);
     const start = offset % LISTING_SPAN;
-    let entries = offset === 0 ? undefined : dir.listings?.get(gen);
+    let entries = offset === 0 ? undefined : this.listings.get(nodeid, gen);
     if (!entries) {
       // A fresh reader, or one whose listing is gone (then it goes on by position in a new one).
       const parent = dir.parent ?? dir;
       entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino }, ...this.listing(dir)];
-      gen = nextListingGeneration();
-      dir.listings ??= new Map();
-      dir.listings.set(gen, entries);
-      if (dir.listings.size > MAX_LISTINGS) dir.listings.delete(dir.listings.keys().next().value!);
+      gen = this.listings.add(nodeid, entries);
     }
     const base = gen * LISTING_SPAN;
-    let i = start;
-    for (; i < entries.length; i++) {
+    for (let i = start; i < entries.length; i++) {
       const e: DirEntry = entries[i]!;
       if (!plus) {
         if (!sink.add(e.name, e.ino, e.type, base + i + 1)) break;
@@ -345,15 +339,9 @@ export class UnionFs implements FileSystem {
       }
       if (!sink.fits(e.name)) break;
       const found = this.child(dir, e.name);
-      if (!found) continue; // removed since the listing was taken
-      const [node, st] = found;
-      const entry = this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
-      sink.addPlus(e.name, entry, node.ino, e.type, base + i + 1);
-    }
-    // The end, with nothing more to send: this reader is done with its listing.
-    if (i >= entries.length && i === start) {
-      dir.listings!.delete(gen);
-      if (dir.listings!.size === 0) dir.listings = null;
+      // Removed since the listing was taken: still listed (as the kernel's cached listing does), without attributes.
+      const entry = found ? this.entry(found[0], found[1] ? this.inodes.attrFrom(found[0], found[1]) : undefined) : null;
+      sink.addPlus(e.name, entry, found ? found[0].ino : e.ino, e.type, base + i + 1);
     }
   }
 
@@ -520,6 +508,21 @@ export class UnionFs implements FileSystem {
     return { entry: this.entry(node, attr), open };
   }
 
+  /** open(O_TMPFILE): as create, without a name (linkat gives it one through the anchored node). */
+  tmpfile(ctx: RequestContext, parent: number, mode: number, flags: number, umask = 0): CreateReply {
+    const w = this.w;
+    const p = this.dirNode(parent);
+    this.fsflags.refuseNewEntry(p);
+    const obj: NewObject = { kind: 'file', mode, flags };
+    const acl = this.newAcl(p, obj, umask);
+    const { node, fd, st } = w.dirs.tmpfile(ctx, p, obj.mode);
+    this.fsflags.created(node);
+    this.setNewAcl(node, acl);
+    const attr = this.inodes.attrFrom(node, st);
+    const open = this.opened(openReply(this.files, node, fd, flags, true), null);
+    return { entry: this.entry(node, attr), open };
+  }
+
   private existing(parent: UnionNode, name: string): UnionNode {
     checkName(name);
     const found = this.child(parent, name);
@@ -587,7 +590,7 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(newParent);
     checkName(newName);
     // An unlinked file cannot get a name again (the kernel refuses before asking, as for nlink 0).
-    if (node.unlinked) throw fsError('ENOENT');
+    if (node.unlinked && !w.dirs.isUnnamedTmpfile(node)) throw fsError('ENOENT');
     if (this.child(p, newName)) throw fsError('EEXIST');
     this.fsflags.refuseNewEntry(p);
     this.fsflags.refuseChange(node);

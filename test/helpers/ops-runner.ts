@@ -68,6 +68,12 @@ export type Op =
   | ['fsync', string, string]
   /** Opens read-only, unlinks, then fstat (nlink, size) and reads through the descriptor. */
   | ['openUnlink', string]
+  /** fallocate(2) with `mode` (FALLOC_FL_* bits) at offset, length. */
+  | ['fallocate', string, number, number, number]
+  /** open(O_TMPFILE) in a directory with `mode`, write `data`, linkat it to a new path. */
+  | ['tmpfile', string, number, string, string]
+  /** Reads a directory, seekdir back to entry k (mod the count), reads on: [entries, resumed exactly]. */
+  | ['seekdir', string, number]
   /** chattr with one change ("+i", "-a", "+A", ...), as root. */
   | ['chattr', string, string]
   /** One op run as uid/gid (supplementary groups cleared), through the xop helper. */
@@ -242,6 +248,12 @@ export class Runner {
         const [nlink, size, data] = r.ok;
         return { nlink: Number(nlink), size: Number(size), data: Buffer.from(data ?? '', 'hex').toString('latin1') };
       }
+      case 'fallocate':
+        return this.xres(this.x(['fallocate', P(op[1]), op[2], op[3], op[4]]));
+      case 'tmpfile':
+        return this.xres(this.x(['tmpfile', P(op[1]), op[2], P(op[3]), Buffer.from(op[4], 'latin1')]));
+      case 'seekdir':
+        return this.xres(this.x(['seekdir', P(op[1]), op[2]]));
       case 'chattr': {
         const r = run('chattr', [op[2], P(op[1])]);
         if (r.status === 0) return 'ok';
@@ -285,6 +297,8 @@ export class Runner {
       case 'link': cmd = ['link', P(op[1]), P(op[2])]; break;
       case 'symlink': cmd = ['symlink', op[1], P(op[2])]; break;
       case 'mkfifo': cmd = ['mknod', P(op[1]), 0o010000 | op[2], 0, 0]; break;
+      case 'fallocate': cmd = ['fallocate', P(op[1]), op[2], op[3], op[4]]; break;
+      case 'tmpfile': cmd = ['tmpfile', P(op[1]), op[2], P(op[3]), Buffer.from(op[4], 'latin1')]; break;
       default:
         throw new Error(`op ${op[0]} cannot run as another user`);
     }

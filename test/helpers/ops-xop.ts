@@ -157,6 +157,40 @@ static void one(int ac, char **av) {
     closedir(d);
   } else if (!strcmp(c, "stat") && ac == 2) {
     do_stat(ARG(1));
+  } else if (!strcmp(c, "fallocate") && ac == 5) {
+    int fd = open(ARG(1), O_RDWR);
+    if (fd < 0) FAIL();
+    if (fallocate(fd, (int)num(av[2]), (off_t)num(av[3]), (off_t)num(av[4])) < 0) { int e = errno; close(fd); errno = e; FAIL(); }
+    if (close(fd) < 0) FAIL(); OK();
+  } else if (!strcmp(c, "tmpfile") && ac == 5) {
+    /* O_TMPFILE in a directory, data written, then linked to a new path through /proc/self/fd */
+    size_t n; char *d = unhex(av[4], &n);
+    int fd = open(ARG(1), O_TMPFILE | O_RDWR, (mode_t)num(av[2]));
+    if (fd < 0) FAIL();
+    char proc[64]; snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if ((n && write(fd, d, n) != (ssize_t)n) || linkat(AT_FDCWD, proc, AT_FDCWD, ARG(3), AT_SYMLINK_FOLLOW) < 0) {
+      int e = errno; close(fd); errno = e; FAIL();
+    }
+    if (close(fd) < 0) FAIL(); OK();
+  } else if (!strcmp(c, "seekdir") && ac == 3) {
+    /* read a directory noting telldir before each entry, seekdir back to entry k, read on:
+       ok <entries> <1 when the names after the seek are the ones first read from k on> */
+    DIR *d = opendir(ARG(1));
+    if (!d) FAIL();
+    static long pos[1 << 16]; static char *names[1 << 16]; int cnt = 0;
+    for (;;) {
+      long p = telldir(d); struct dirent *e = readdir(d);
+      if (!e || cnt == (1 << 16)) break;
+      pos[cnt] = p; names[cnt++] = strdup(e->d_name);
+    }
+    int k = cnt ? (int)(num(av[2]) % cnt) : 0, same = 1, i = k;
+    if (cnt) seekdir(d, pos[k]);
+    struct dirent *e;
+    while (cnt && (e = readdir(d))) if (i >= cnt || strcmp(e->d_name, names[i++])) same = 0;
+    if (i != cnt) same = 0;
+    printf("ok %d %d\n", cnt, same);
+    for (int j = 0; j < cnt; j++) free(names[j]);
+    closedir(d);
   } else {
     printf("err %d\n", EINVAL);
   }

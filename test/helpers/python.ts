@@ -24,6 +24,19 @@ def unhx(s): return bytes.fromhex(s)
 def err_name(e): return errno.errorcode.get(e.errno, str(e.errno))
 `;
 
+/** libc's opendir/readdir/telldir/seekdir/rewinddir/closedir through ctypes, as libc. */
+export const DIRS = PRELUDE + String.raw`
+libc = ctypes.CDLL(None, use_errno=True)
+class Dirent(ctypes.Structure):
+    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64), ('d_reclen', ctypes.c_ushort),
+                ('d_type', ctypes.c_ubyte), ('d_name', ctypes.c_char * 256)]
+libc.opendir.restype = ctypes.c_void_p; libc.opendir.argtypes = [ctypes.c_char_p]
+libc.readdir.restype = ctypes.POINTER(Dirent); libc.readdir.argtypes = [ctypes.c_void_p]
+libc.telldir.restype = ctypes.c_long; libc.telldir.argtypes = [ctypes.c_void_p]
+libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+libc.rewinddir.argtypes = [ctypes.c_void_p]; libc.closedir.argtypes = [ctypes.c_void_p]
+`;
+
 /**
  * Batch of operations; each op is [name, path, ...args], path either a string or 'hex:' and the
  * bytes in hex; stops at the first failure.
@@ -63,14 +76,7 @@ print('true')
  * Walks a tree with raw libc readdir (no stat fallback for d_type) and lstat.
  * Output: [[dirRelHex, error|null, [[nameHex, d_ino, d_type, st_ino|errno-name]...]]...]
  */
-export const WALK = PRELUDE + String.raw`
-libc = ctypes.CDLL(None, use_errno=True)
-class Dirent(ctypes.Structure):
-    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64), ('d_reclen', ctypes.c_ushort),
-                ('d_type', ctypes.c_ubyte), ('d_name', ctypes.c_char * 256)]
-libc.opendir.restype = ctypes.c_void_p; libc.opendir.argtypes = [ctypes.c_char_p]
-libc.readdir.restype = ctypes.POINTER(Dirent); libc.readdir.argtypes = [ctypes.c_void_p]
-libc.closedir.argtypes = [ctypes.c_void_p]
+export const WALK = DIRS + String.raw`
 root = sys.argv[1].encode()
 out = []
 stack = [b'']
@@ -106,16 +112,7 @@ print(json.dumps(out))
  * Reads a directory recording telldir() before each readdir(), then for each requested index
  * seekdir()s there and reads up to 'count' names; finally rewinddir() and reads everything again.
  */
-export const SEEK = PRELUDE + String.raw`
-libc = ctypes.CDLL(None, use_errno=True)
-class Dirent(ctypes.Structure):
-    _fields_ = [('d_ino', ctypes.c_uint64), ('d_off', ctypes.c_int64), ('d_reclen', ctypes.c_ushort),
-                ('d_type', ctypes.c_ubyte), ('d_name', ctypes.c_char * 256)]
-libc.opendir.restype = ctypes.c_void_p; libc.opendir.argtypes = [ctypes.c_char_p]
-libc.readdir.restype = ctypes.POINTER(Dirent); libc.readdir.argtypes = [ctypes.c_void_p]
-libc.telldir.restype = ctypes.c_long; libc.telldir.argtypes = [ctypes.c_void_p]
-libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
-libc.rewinddir.argtypes = [ctypes.c_void_p]; libc.closedir.argtypes = [ctypes.c_void_p]
+export const SEEK = DIRS + String.raw`
 req = json.load(sys.stdin)
 d = libc.opendir(sys.argv[1].encode())
 if not d: raise SystemExit('opendir failed: ' + errno.errorcode.get(ctypes.get_errno(), '?'))
