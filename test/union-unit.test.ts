@@ -20,7 +20,6 @@ interface Setup {
   fs: UnionFs;
   upper: string;
   lower: string;
-  invalidatedEntries: [number, string][];
 }
 
 function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Setup {
@@ -35,19 +34,17 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Se
   }
   const stack = LayerStack.open(upper, [lower]);
   const workFd = N.openat(C.AT_FDCWD, path.join(work, 'work'), C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
-  const invalidatedEntries: [number, string][] = [];
   const union = new UnionFs(stack, {
     readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
     backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
     cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateContents: () => {},
-    invalidateEntry: (p, n) => invalidatedEntries.push([p, n]),
     upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },
   });
   t.teardown(() => {
     N.close(workFd);
     stack.close();
   });
-  return { fs: union, upper, lower, invalidatedEntries };
+  return { fs: union, upper, lower };
 }
 
 function setattr(valid: number, fields: Partial<SetattrRequest>): SetattrRequest {

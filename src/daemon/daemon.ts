@@ -119,7 +119,6 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
-    invalidateEntry: (parent, name) => session?.invalidateEntry(parent, name),
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,

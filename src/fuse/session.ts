@@ -8,7 +8,7 @@ import { errnoOf, isExpectedErrno } from './errors.js';
 import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
-  FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
+  FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
   STATX_BASIC_STATS, STATX_BTIME, STATX_OUT_SIZE, WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
@@ -254,31 +254,6 @@ export class FuseSession {
    */
   invalidateContents(nodeid: number): void {
     setImmediate(() => this.invalidateInode(nodeid, 0));
-  }
-
-  /**
-   * Tells the kernel to drop its cached entry `name` in directory `parent` (FUSE_NOTIFY_INVAL_ENTRY),
-   * so that the next use of the name looks it up again. It takes the directory's lock in the kernel:
-   * sent after the current request is answered.
-   */
-  invalidateEntry(parent: number, name: string): void {
-    setImmediate(() => {
-      if (this.devFd < 0 || !this.initialized) return;
-      const nameBuf = Buffer.from(name);
-      const b = Buffer.alloc(OUT_HEADER_SIZE + 16 + nameBuf.length + 1);
-      b.writeUInt32LE(b.length, 0);
-      b.writeInt32LE(FUSE_NOTIFY_INVAL_ENTRY, 4);
-      putU64(b, 8, 0);
-      putU64(b, OUT_HEADER_SIZE, parent);
-      b.writeUInt32LE(nameBuf.length, OUT_HEADER_SIZE + 8);
-      nameBuf.copy(b, OUT_HEADER_SIZE + 16);
-      try {
-        N.writeReply(this.devFd, b);
-      } catch (e) {
-        // ENOENT: the kernel holds no such entry; nothing to drop.
-        if ((e as { code?: string }).code !== 'ENOENT') this.opts.logger.warn({ err: e, parent, name }, 'entry invalidation failed');
-      }
-    });
   }
 
   private invalidateInode(nodeid: number, offset: number): void {

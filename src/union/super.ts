@@ -48,8 +48,6 @@ export interface UnionOptions {
   invalidateAttributes: (nodeid: number) => void;
   /** Tells the kernel a directory's listing changed behind its back (after the current reply). */
   invalidateContents: (nodeid: number) => void;
-  /** Tells the kernel to look the name up again (after the current reply). */
-  invalidateEntry: (parent: number, name: string) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
 }
@@ -405,14 +403,16 @@ export class UnionFs implements FileSystem {
   /**
    * After a copy-up of `node`: handles the daemon serves from the lower file use the upper one. Opens
    * the kernel reads by passthrough stay bound to the lower file, and every open of one FUSE inode
-   * must share its backing: the name then gets a new node (same st_ino) for the upper copy, the
-   * kernel is told to look the name up again, and the old node forwards everything else to it.
+   * must share its backing: the name then gets a new node (same st_ino) for the upper copy, and the
+   * old node forwards everything else to it. The kernel is not told to drop its entry for the name
+   * (FUSE_NOTIFY_INVAL_ENTRY takes the directory's lock, which a request waiting on this single-threaded
+   * daemon may hold): an open of the old node answers ESTALE, and the kernel then looks the name up
+   * again; lookups, readdirplus and name operations already lead to the new node.
    */
   private afterCopied(node: UnionNode): void {
     if (node.type !== C.S_IFREG || !node.layer.isUpper) return;
     if (!node.unlinked && node.parent && !node.successor && this.handles.boundToLower(node)) {
       this.inodes.supersede(node);
-      this.opts.invalidateEntry(node.parent.nodeid, node.name);
       this.opts.invalidateAttributes(node.nodeid);
     }
     reopenHandles(node);
