@@ -127,7 +127,7 @@ export class LowerIndex {
     this.remember(key, listing);
     this.asked.add(key);
     this.stats.builds++;
-    this.store?.putListing(key, JSON.stringify([...listing]));
+    this.store?.putListing(key, () => JSON.stringify([...listing]));
     return listing;
   }
 
