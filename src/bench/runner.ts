@@ -93,8 +93,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   if (systems.length === 0) throw new Error('none of the systems can run here');
   const workloads = WORKLOADS.filter((w) => o.workloads.includes(w.name)).filter((w) => {
     const why = w.layers === 'rootfs' && !o.rootfs ? 'needs --rootfs'
-      : w.layers === 'image' && o.lowerdir ? 'needs the generated layers (not --lowerdir)'
-        : w.layers === 'deep' && o.lowerdir ? 'needs the generated deep stack (not --lowerdir)' : null;
+      : w.layers === 'image' && o.lowerdir ? 'needs the generated layers (not --lowerdir)' : null;
     if (why && o.workloads.length < WORKLOAD_NAMES.length) skipped.push({ what: w.name, why });
     return why === null;
   });
