@@ -7,9 +7,9 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap
+APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci
 
-.PHONY: all deps system-deps build native ts demo test bench bench-cache longrun rootfs install uninstall clean
+.PHONY: all deps system-deps build native ts demo test soak bench bench-cache bench-images longrun rootfs install uninstall clean
 
 all: build
 
@@ -55,6 +55,15 @@ demo: build
 test: system-deps build
 	./node_modules/.bin/ava
 
+# The seeded random-operation test (with descriptors, users, the kernel over strata's upper) over many
+# seeds: 200 seeds x 1000 ops by default (hours), e.g. make soak SOAK_LAST=20 SOAK_OPS=300.
+# Failing seeds and their repro commands are listed at the end (logs in .cache/soak).
+SOAK_FIRST ?= 1
+SOAK_LAST ?= 200
+SOAK_OPS ?= 1000
+soak: system-deps build
+	NO_BUILD=1 STRATA_OPS=$(SOAK_OPS) bash scripts/soak.sh $(SOAK_FIRST) $(SOAK_LAST)
+
 # strata against the kernel's overlayfs and fuse-overlayfs: `strata bench` (see README), e.g.
 # make bench BENCH_ARGS="--runs 5 --out docs/bench"
 bench: build
@@ -64,6 +73,11 @@ bench: build
 # make bench-cache BENCH_ARGS="--runs 3 --rootfs L2:L1:L0" (the lowerdir string that `make rootfs` prints)
 bench-cache: build
 	node dist/scripts/bench-cache.js $(BENCH_ARGS)
+
+# strata image load / commit (100 MiB) / save / export against podman's, same image, same run (needs
+# make rootfs and podman), e.g. make bench-images BENCH_ARGS="--runs 5"
+bench-images: build
+	node dist/scripts/bench-images.js $(BENCH_ARGS)
 
 # Daemon memory and descriptors over a long run of parallel clients (a measurement, not a test).
 longrun: build

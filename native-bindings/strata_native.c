@@ -902,6 +902,22 @@ static napi_value fn_ficlone(napi_env env, napi_callback_info info) {
   return ret_void(env, NOINTR(ioctl(dst, FICLONE, src)), "ioctl(FICLONE)", NULL);
 }
 
+/* ioctlBuf(fd, request, buf): ioctl(2) with a pointer to buf (in and out), for the
+ * file attribute requests (FS_IOC_GETFLAGS, FS_IOC_FSSETXATTR, ...). The request's encoded
+ * size must fit in buf. Returns ioctl's result. */
+static napi_value fn_ioctlBuf(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd;
+  uint32_t req;
+  char *data;
+  size_t len;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_u32(env, argv[1], &req));
+  TRY(arg_buffer(env, argv[2], &data, &len));
+  if (_IOC_SIZE(req) > len) return throw_sys(env, EINVAL, "ioctl", NULL);
+  return ret_count(env, NOINTR(ioctl(fd, (unsigned long)req, data)), "ioctl", NULL);
+}
+
 /* ------------------------------------------------------------------ */
 /* extended attributes                                                 */
 /* ------------------------------------------------------------------ */
@@ -1230,6 +1246,82 @@ static napi_value fn_umount2(napi_env env, napi_callback_info info) {
   TRY(arg_path(env, argv[0], target, "umount2"));
   TRY(arg_i32(env, argv[1], &flags));
   return ret_void(env, NOINTR(umount2(target, flags)), "umount2", target);
+}
+
+/* ------------------------------------------------------------------ */
+/* file handles and filesystem identity (overlayfs' origin xattr)      */
+/* ------------------------------------------------------------------ */
+
+#ifndef FS_IOC_GETFSUUID
+struct fsuuid2 {
+  uint8_t len;
+  uint8_t uuid[16];
+};
+#define FS_IOC_GETFSUUID _IOR(0x15, 0, struct fsuuid2)
+#endif
+
+/* nameToHandleAt(dirfd, path, flags): {type, handle: Buffer, mountId} */
+static napi_value fn_nameToHandleAt(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "name_to_handle_at"));
+  TRY(arg_i32(env, argv[2], &flags));
+  union {
+    struct file_handle fh;
+    char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  } h;
+  h.fh.handle_bytes = MAX_HANDLE_SZ;
+  int mount_id;
+  if (NOINTR(name_to_handle_at(dirfd, path, &h.fh, &mount_id, flags)) < 0)
+    return throw_sys(env, errno, "name_to_handle_at", path);
+  napi_value o, buf;
+  napi_create_object(env, &o);
+  set_num(env, o, "type", h.fh.handle_type);
+  napi_create_buffer_copy(env, h.fh.handle_bytes, h.fh.f_handle, NULL, &buf);
+  napi_set_named_property(env, o, "handle", buf);
+  set_num(env, o, "mountId", mount_id);
+  return o;
+}
+
+/* openByHandleAt(mountFd, type, handle, flags): fd (needs CAP_DAC_READ_SEARCH) */
+static napi_value fn_openByHandleAt(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t mountfd, type, flags;
+  char *data;
+  size_t len;
+  TRY(arg_i32(env, argv[0], &mountfd));
+  TRY(arg_i32(env, argv[1], &type));
+  TRY(arg_buffer(env, argv[2], &data, &len));
+  TRY(arg_i32(env, argv[3], &flags));
+  if (len > MAX_HANDLE_SZ) return throw_sys(env, EINVAL, "open_by_handle_at", NULL);
+  union {
+    struct file_handle fh;
+    char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  } h;
+  h.fh.handle_bytes = (unsigned int)len;
+  h.fh.handle_type = type;
+  memcpy(h.fh.f_handle, data, len);
+  return ret_count(env, NOINTR(open_by_handle_at(mountfd, &h.fh, flags)), "open_by_handle_at", NULL);
+}
+
+/* fsUuid(fd): the filesystem's s_uuid (FS_IOC_GETFSUUID), or null when it has none to report */
+static napi_value fn_fsUuid(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t fd;
+  TRY(arg_i32(env, argv[0], &fd));
+  struct fsuuid2 u;
+  memset(&u, 0, sizeof u);
+  u.len = sizeof u.uuid;
+  if (NOINTR(ioctl(fd, FS_IOC_GETFSUUID, &u)) < 0) {
+    if (errno == ENOTTY || errno == EINVAL || errno == EOPNOTSUPP) return ret_null(env);
+    return throw_sys(env, errno, "ioctl(FS_IOC_GETFSUUID)", NULL);
+  }
+  if (u.len > sizeof u.uuid) u.len = sizeof u.uuid;
+  napi_value buf;
+  napi_create_buffer_copy(env, u.len, u.uuid, NULL, &buf);
+  return buf;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1696,7 +1788,7 @@ static const constant k_constants[] = {
     K(MNT_DETACH), K(MNT_FORCE), K(UMOUNT_NOFOLLOW),
     K(DT_UNKNOWN), K(DT_FIFO), K(DT_CHR), K(DT_DIR), K(DT_BLK), K(DT_REG),
     K(DT_LNK), K(DT_SOCK),
-    K(STATX_BASIC_STATS),
+    K(STATX_BASIC_STATS), K(MAX_HANDLE_SZ),
 };
 
 static const constant k_errnos[] = {
@@ -1726,11 +1818,12 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(pwrite), FN(copyFileRange), FN(ficlone),
+    FN(pread), FN(pwrite), FN(copyFileRange), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},
     FN(fstatfs), FN(mount), FN(umount2),
+    FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),
     FN(setNofileLimit), FN(getuid), FN(getgid), FN(geteuid), FN(umask),

@@ -50,7 +50,8 @@ static bool takes_value(const char *a) {
 /* Could these arguments be a mount that goes to the background? Then its mount point (the last
  * plain argument, which the daemon's command line ends with), else NULL. */
 static const char *background_mountpoint(int argc, char **argv) {
-  static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", NULL};
+  static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
+                                       "commit", "export", "container", NULL};
   if (argc < 2) return NULL;
   for (int i = 0; others[i]; i++)
     if (strcmp(argv[1], others[i]) == 0) return NULL;
@@ -60,6 +61,7 @@ static const char *background_mountpoint(int argc, char **argv) {
     if (strcmp(a, "-f") == 0 || strncmp(a, "--foreground", 12) == 0 || strcmp(a, "--help") == 0 ||
         strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0 || strcmp(a, "__daemon") == 0)
       return NULL;
+    if (strncmp(a, "--image", 7) == 0) return NULL; /* a mount of a stored image: the full parser */
     if (takes_value(a)) i++;
     else if (a[0] != '-') last = a;
   }

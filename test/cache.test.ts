@@ -6,9 +6,10 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { Level } from 'level';
 import path from 'node:path';
-import { strataMount, strataUnmount } from './helpers/mounts.js';
+import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
+import * as N from '../src/native/index.js';
 
 interface Setup {
   lower: string;
@@ -49,17 +50,18 @@ test('st_ino of copied-up files is kept across a remount', (t) => {
   t.true(fs.existsSync(path.join(s.work, 'strata-cache')), 'the cache lives in the work directory');
   mount(t, s);
   t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
-  // The upper files have other inode numbers: the cache is what keeps them.
+  // The upper files have other inode numbers: the cache (or, without it, overlay.origin) keeps them.
   t.notDeepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.upper, n)).ino), before);
 });
 
-test('--no-cache: st_ino of copied-up files changes at the next mount (what the cache prevents)', (t) => {
+test('--no-cache: st_ino of copied-up files is kept at the next mount by their overlay.origin alone, as on the kernel', (t) => {
   const s = setup(t);
   const { before } = copyUp(mount(t, s, ['--no-cache']));
   strataUnmount(s.mountpoint);
   t.false(fs.existsSync(path.join(s.work, 'strata-cache')));
+  for (const n of ['f', 'd/g']) t.truthy(N.lgetxattr(N.C.AT_FDCWD, path.join(s.upper, n), 'trusted.overlay.origin')?.length, n);
   mount(t, s, ['--no-cache']);
-  t.notDeepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
+  t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
 });
 
 test('a corrupt cache is set aside and rebuilt; the mount works', (t) => {
@@ -205,7 +207,7 @@ test('st_ino stays across remounts after copy-up then rename and link', (t) => {
   t.is(fs.statSync(path.join(s.mountpoint, 'd', 'linked')).nlink, 2);
 });
 
-test('an upper reused as a lower (same --cache-dir) keeps the numbers of its copied-up files', (t) => {
+test('an upper reused as a lower (same --cache-dir): its copied-up files show their own numbers, as on the kernel', (t) => {
   const s = setup(t);
   const cacheDir = path.join(path.dirname(s.upper), 'shared-cache');
   const mnt = strataMount(t, { lowers: [s.lower], upper: s.upper, work: s.work, mountpoint: s.mountpoint, extraArgs: ['--cache-dir', cacheDir] });
@@ -220,7 +222,14 @@ test('an upper reused as a lower (same --cache-dir) keeps the numbers of its cop
   fs.mkdirSync(work2);
   const mnt2 = strataMount(t, { lowers: [s.upper, s.lower], upper: up2, work: work2, mountpoint: s.mountpoint, extraArgs: ['--cache-dir', cacheDir] });
   t.is(fs.readFileSync(path.join(mnt2, 'd', 'g'), 'utf8'), 'another\nchanged\n');
-  t.is(fs.statSync(path.join(mnt2, 'd', 'g')).ino, ino);
+  // The kernel shows a lower object's real inode number (ovl_getattr reads no origin for lowers).
+  const own = fs.statSync(path.join(s.upper, 'd', 'g')).ino;
+  t.is(fs.statSync(path.join(mnt2, 'd', 'g')).ino, own);
+  strataUnmount(s.mountpoint);
+  const kw = path.join(path.dirname(s.upper), 'kw');
+  fs.mkdirSync(kw);
+  const kmnt = kernelOverlay(t, { lowers: [s.upper, s.lower], upper: up2, work: kw });
+  t.is(fs.statSync(path.join(kmnt, 'd', 'g')).ino, own, 'the kernel on the same stack');
 });
 
 test('the cache is root-only: mode 0700, and a planted journal symlink is not followed', (t) => {

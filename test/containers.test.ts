@@ -102,7 +102,7 @@ function layerState(dir: string): string {
   return out.join('\n');
 }
 
-/** The kernel adds trusted.overlay.* bookkeeping to what it copies up; strata does not. */
+/** Private trusted.overlay.* bookkeeping is left out (the kernel's uuid stamp; origins are compared in origin.test.ts). */
 function publicXattrs(snap: Snapshot): Snapshot {
   for (const info of snap.nodes.values()) {
     info.xattrs = Object.fromEntries(Object.entries(info.xattrs).filter(([n]) => !n.startsWith('trusted.overlay.') || n === 'trusted.overlay.opaque'));

@@ -31,7 +31,7 @@ function makeLower(dir: string): string {
   return lower;
 }
 
-/** The kernel adds trusted.overlay.* bookkeeping (origin, impure) to what it copies up; strata does not. */
+/** Private trusted.overlay.* bookkeeping is left out (the kernel's uuid stamp; origins are compared in origin.test.ts). */
 function withoutPrivateXattrs(snap: Snapshot): Snapshot {
   for (const info of snap.nodes.values()) {
     info.xattrs = Object.fromEntries(Object.entries(info.xattrs).filter(([n]) => !n.startsWith('trusted.overlay.')));

@@ -907,3 +907,67 @@ test('process helpers: ids, umask, setfsuid/setfsgid, setNofileLimit', (t) => {
     t.is(s[ST.gid], 8765);
   }
 });
+
+test('nameToHandleAt / openByHandleAt: a handle opens the same object; AT_EMPTY_PATH for a descriptor', (t) => {
+  const { dir, dfd } = tmp(t);
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  fs.mkdirSync(path.join(dir, 'd'));
+  fs.symlinkSync('f', path.join(dir, 'l'));
+  const byName = N.nameToHandleAt(dfd, 'f', 0);
+  t.true(Buffer.isBuffer(byName.handle) && byName.handle.length > 0 && byName.handle.length <= C.MAX_HANDLE_SZ);
+  t.true(Number.isInteger(byName.type) && byName.type > 0);
+  t.true(Number.isInteger(byName.mountId));
+  const fd = open(t, dfd, 'f', C.O_PATH);
+  const byFd = N.nameToHandleAt(fd, '', C.AT_EMPTY_PATH);
+  t.deepEqual([byFd.type, byFd.handle.toString('hex')], [byName.type, byName.handle.toString('hex')]);
+  // Without AT_SYMLINK_FOLLOW a symlink's own handle; with it, its target's.
+  t.not(N.nameToHandleAt(dfd, 'l', 0).handle.toString('hex'), byName.handle.toString('hex'));
+  t.is(N.nameToHandleAt(dfd, 'l', 0x400 /* AT_SYMLINK_FOLLOW */).handle.toString('hex'), byName.handle.toString('hex'));
+  t.is(errOf(() => N.nameToHandleAt(dfd, 'missing', 0)).code, 'ENOENT');
+  if (!isRoot) return t.pass('open_by_handle_at needs CAP_DAC_READ_SEARCH');
+  // The mount descriptor must be an open one: O_PATH is refused.
+  t.is(errOf(() => N.openByHandleAt(dfd, byName.type, byName.handle, C.O_RDONLY)).code, 'EBADF');
+  const root = open(t, dfd, '.', C.O_RDONLY | C.O_DIRECTORY);
+  for (const name of ['f', 'd']) {
+    const h = N.nameToHandleAt(dfd, name, 0);
+    const o = N.openByHandleAt(root, h.type, h.handle, C.O_PATH | C.O_CLOEXEC);
+    const got = N.newStatBuf();
+    N.fstat(o, got);
+    N.close(o);
+    t.is(got[ST.ino], st(dfd, name)[ST.ino], name);
+  }
+  // A removed object's handle is stale.
+  const gone = N.nameToHandleAt(dfd, 'd', 0);
+  fs.rmdirSync(path.join(dir, 'd'));
+  t.is(errOf(() => N.openByHandleAt(root, gone.type, gone.handle, C.O_PATH)).code, 'ESTALE');
+  t.is(errOf(() => N.openByHandleAt(root, 1, Buffer.alloc(C.MAX_HANDLE_SZ + 1), C.O_PATH)).code, 'EINVAL');
+});
+
+test('nameToHandleAt: EOPNOTSUPP where the filesystem cannot encode handles (procfs)', (t) => {
+  const proc = N.openat(C.AT_FDCWD, '/proc', C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  t.teardown(() => N.close(proc));
+  t.is(errOf(() => N.nameToHandleAt(proc, 'self', 0)).code, 'EOPNOTSUPP');
+});
+
+test('fsUuid: the superblock UUID (tmpfs has a random one), null where none is reported, EBADF on O_PATH', (t) => {
+  const proc = open(t, C.AT_FDCWD, '/proc', C.O_RDONLY | C.O_DIRECTORY);
+  t.is(N.fsUuid(proc), null);
+  const { dfd } = tmp(t);
+  t.is(errOf(() => N.fsUuid(dfd)).code, 'EBADF');
+  if (!isRoot) return t.pass('mounting a tmpfs needs root');
+  const a = tmp(t);
+  const b = tmp(t);
+  N.mount('tmpfs', a.dir, 'tmpfs', 0, 'size=1m');
+  t.teardown(() => N.umount2(a.dir, C.MNT_DETACH));
+  N.mount('tmpfs', b.dir, 'tmpfs', 0, 'size=1m');
+  t.teardown(() => N.umount2(b.dir, C.MNT_DETACH));
+  const ua = N.fsUuid(open(t, C.AT_FDCWD, a.dir, C.O_RDONLY | C.O_DIRECTORY));
+  const ub = N.fsUuid(open(t, C.AT_FDCWD, b.dir, C.O_RDONLY | C.O_DIRECTORY));
+  if (ua === null || ub === null) return t.pass('kernel without FS_IOC_GETFSUUID (Linux < 6.8)');
+  t.is(ua.length, 16);
+  t.false(ua.equals(Buffer.alloc(16)), 'a tmpfs gets a random UUID');
+  t.false(ua.equals(ub), 'two tmpfs mounts differ');
+  // The same filesystem answers the same through any descriptor on it.
+  fs.mkdirSync(path.join(a.dir, 'sub'));
+  t.deepEqual(N.fsUuid(open(t, C.AT_FDCWD, path.join(a.dir, 'sub'), C.O_RDONLY | C.O_DIRECTORY)), ua);
+});

@@ -6,8 +6,14 @@
 // one-line repro. Then the merged trees, the uppers and the lowers are compared, and the kernel
 // mounts strata's upper.
 //
+// 40% of the ops act through descriptors (helpers/ops-fd.ts): files and directories opened by
+// root and by two unprivileged users (other uids, supplementary groups, umasks) stay open in one
+// long-lived process per user and side while their names are renamed, unlinked, re-created or
+// copied up, and fchmod/fchown/futimens/ftruncate/fallocate/f*xattr/read/write/lseek/fsync act
+// through the old descriptors; each answer comes with fstat through the descriptor.
+//
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
-// seed. scripts/soak.sh runs many more. A failing seed writes its ops to
+// seed. `make soak` (scripts/soak.sh) runs 200 seeds x 1000 ops. A failing seed writes its ops to
 // .cache/random-ops-seed<N>.json, and STRATA_REPLAY=<that file> runs exactly those ops; with
 // STRATA_SHRINK=1 the list is first shrunk by replaying ever smaller subsets on fresh mounts
 // until the failure (a step mismatch, or the final comparisons) would go away.
@@ -25,6 +31,9 @@ import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
 import { dirInLayers, kindOf, walk } from './helpers/ops-tree.js';
 import { xop, type XCmd, type XResult } from './helpers/ops-xop.js';
+import { FdSide } from './helpers/fd-side.js';
+import { FD_USERS, FdOpGenerator } from './helpers/ops-fd.js';
+import { compareUpperRemounts } from './helpers/upper-remount.js';
 
 function parseSeeds(spec: string): number[] {
   const out: number[] = [];
@@ -52,6 +61,27 @@ const OWNERS: [number, number][] = [[0, 0], [1000, 1000], [1234, 2345], [0, 1000
 const POOL = ['a', 'b', 'c', 'x', 'y', 'z'];
 const USER: [number, number] = [1000, 1000];
 
+/** An ACL in its xattr form ("0x" hex): entries of tag (1 user::, 2 user:id, 4 group::, 8 group:id, 16 mask, 32 other), perms, id. */
+function acl(...entries: [number, number, number?][]): string {
+  const b = Buffer.alloc(4 + 8 * entries.length);
+  b.writeUInt32LE(2, 0);
+  entries.forEach(([tag, perm, id], i) => {
+    b.writeUInt16LE(tag, 4 + 8 * i);
+    b.writeUInt16LE(perm, 6 + 8 * i);
+    b.writeUInt32LE(id ?? 0xffffffff, 8 + 8 * i);
+  });
+  return '0x' + b.toString('hex');
+}
+const ACCESS_ACLS = [
+  acl([1, 7], [2, 6, 1000], [4, 5], [16, 7], [32, 0]),
+  acl([1, 6], [4, 4], [8, 6, 1000], [16, 6], [32, 4]),
+  acl([1, 7], [4, 7], [32, 5]), // the mode bits only
+];
+const DEFAULT_ACLS = [
+  acl([1, 7], [2, 7, 1000], [4, 5], [16, 7], [32, 0]),
+  acl([1, 6], [4, 4], [32, 0]),
+];
+
 interface Listing {
   /** Every path of the merged view but the root, with its lstat type. */
   entries: Array<[string, string]>;
@@ -76,8 +106,14 @@ function layerNames(layers: readonly Layer[]): string[] {
   return [...new Set(layers.flat().map((e) => e.path.split('/').at(-1)!))].sort();
 }
 
+/** The share of ops that open descriptors, act through them or change the names they were opened by. */
+const FD_SHARE = 0.4;
+
 class OpGenerator {
-  constructor(private readonly r: Rand, private readonly names: readonly string[]) {}
+  readonly fd: FdOpGenerator;
+  constructor(private readonly r: Rand, private readonly names: readonly string[]) {
+    this.fd = new FdOpGenerator(r, (l) => this.newPath(l));
+  }
 
   private name(): string {
     return this.r() < 0.55 && this.names.length ? pick(this.r, this.names) : pick(this.r, POOL);
@@ -116,6 +152,10 @@ class OpGenerator {
 
   next(l: Listing): Op {
     const r = this.r;
+    if (r() < FD_SHARE) {
+      const op = this.fd.next(l);
+      if (op) return op;
+    }
     for (;;) {
       const op = this.candidate(l);
       if (!op) continue;
@@ -186,7 +226,19 @@ class OpGenerator {
       return p === undefined ? undefined : ['link', p, this.existingOrNew(l)];
     }
     if (x < 93) return ['symlink', pick(r, [this.name(), `${this.name()}/${this.name()}`, 'nowhere']), this.newPath(l)];
-    if (x < 96) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 95) return ['mkfifo', this.newPath(l), pick(r, [0o644, 0o600])];
+    if (x < 97) {
+      // ACLs (access on anything, default on directories) and chattr flags
+      const p = this.plain(l);
+      if (p === undefined) return undefined;
+      const y = r();
+      if (y < 0.4) return ['setxattr', p, 'system.posix_acl_access', pick(r, ACCESS_ACLS)];
+      if (y < 0.55) return l.dirs.includes(p) ? ['setxattr', p, 'system.posix_acl_default', pick(r, DEFAULT_ACLS)] : undefined;
+      if (y < 0.6) return ['removexattr', p, pick(r, ['system.posix_acl_access', 'system.posix_acl_default'])];
+      // Not +i/+a: the kernel refuses rmdir of a file (ENOTDIR) and unlink of a directory (EISDIR)
+      // before asking a FUSE filesystem, where the kernel's overlay says EPERM first (README).
+      return ['chattr', p, pick(r, ['+A', '-A', '+d', '-d'])];
+    }
     const p = this.plain(l, ['file']);
     return p === undefined ? undefined : ['fsync', p, this.data()];
   }
@@ -202,6 +254,12 @@ function pathsOf(op: Op): string[] {
       return [op[1], op[2]];
     case 'symlink':
       return [op[2]];
+    case 'fd': {
+      const c = op[2];
+      if (c[0] === 'open') return [String(c[2])];
+      if (c[0] === 'rename') return [String(c[1]), String(c[2])];
+      return ['mkdir', 'unlink', 'rmdir', 'chmod', 'setxattr'].includes(c[0]) ? [String(c[1])] : [];
+    }
     default:
       return [op[1] as string];
   }
@@ -284,10 +342,10 @@ function listDir(runner: Runner, dir: string, r: XResult, isKernel: boolean): Re
  * step (a freed number may come back for a new object), so the labels say "same object as
  * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
  */
-function step(runner: Runner, side: Side, op: Op, isKernel: boolean): unknown {
+function step(runner: Runner, side: Side, fds: FdSide, op: Op, isKernel: boolean): Record<string, unknown> {
   runner.resetLabels();
   const before = look(runner, op, isKernel);
-  const result = runner.run(op);
+  const result = op[0] === 'fd' ? fds.fdOp(op[1], op[2]) : runner.run(op);
   return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper, side.lowers) };
 }
 
@@ -313,10 +371,41 @@ interface Mismatch {
   strata: unknown;
 }
 
-function runStep(pair: Pair, op: Op, index: number): Mismatch | undefined {
-  const kernel = step(pair.kernel.runner, pair.kernel, op, true);
-  const strata = step(pair.strata.runner, pair.strata, op, false);
-  return JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata };
+/** Both sides of a run: the mounts and a descriptor driver per user on each. */
+interface Run {
+  pair: Pair;
+  k: FdSide;
+  s: FdSide;
+}
+
+function setupRun(t: ExecutionContext, layers: readonly Layer[]): Run {
+  const pair = setupPair(t, lowerSources(layers));
+  const side = (x: Side): FdSide => new FdSide(x, FD_USERS, (ino) => x.runner.inoLabel(ino));
+  const run: Run = { pair, k: side(pair.kernel), s: side(pair.strata) };
+  t.teardown(() => closeDrivers(run));
+  return run;
+}
+
+/** Ends the descriptor drivers (before unmounting: they hold files open). */
+function closeDrivers(run: Run): void {
+  run.k.close();
+  run.s.close();
+}
+
+/** One step on both sides: the kernel's record, and the mismatch if strata's differs. */
+function runStep(run: Run, op: Op, index: number): { kernel: Record<string, unknown>; mismatch?: Mismatch } {
+  const kernel = step(run.pair.kernel.runner, run.pair.kernel, run.k, op, true);
+  const strata = step(run.pair.strata.runner, run.pair.strata, run.s, op, false);
+  return { kernel, mismatch: JSON.stringify(kernel) === JSON.stringify(strata) ? undefined : { index, kernel, strata } };
+}
+
+/**
+ * The final comparisons (finishPair), then the kernel over strata's upper against the kernel over
+ * its own (st_ino from the same layer objects, readdir d_ino = st_ino: issue 10, case 8).
+ */
+function finishRun(c: Checks, pair: Pair): void {
+  finishPair(c, pair);
+  compareUpperRemounts(c, pair.kernel, pair.strata, path.join(pair.base, 'r'), pair.strata.name);
 }
 
 function lowerSources(layers: readonly Layer[]): LowerSource[] {
@@ -332,17 +421,20 @@ function seedLayers(seed: number): Layer[] {
  * final comparisons (finishPair) as a mismatch at the last step. Unmounts and removes everything.
  */
 function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[], final: boolean): Mismatch | undefined {
-  const pair = setupPair(t, lowerSources(layers));
+  const run = setupRun(t, layers);
+  const { pair } = run;
   try {
     for (let i = 0; i < ops.length; i++) {
-      const m = runStep(pair, ops[i]!, i);
+      const m = runStep(run, ops[i]!, i).mismatch;
       if (m) return m;
     }
     if (!final) return undefined;
     const c = new Checks(t); // records only: this trial asserts nothing
-    finishPair(c, pair);
+    closeDrivers(run);
+    finishRun(c, pair);
     return c.failures.length ? { index: ops.length - 1, kernel: 'final comparisons pass', strata: c.failures } : undefined;
   } finally {
+    closeDrivers(run);
     strataUnmount(pair.strata.mnt);
     removeTree(pair.base);
   }
@@ -416,17 +508,21 @@ function listing(ops: readonly Op[]): string {
 function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
   const layers = seedLayers(seed);
   const c = new Checks(t);
-  const pair: Pair = setupPair(t, lowerSources(layers));
+  const run = setupRun(t, layers);
+  const { pair } = run;
   const replay = process.env.STRATA_REPLAY ? (JSON.parse(fs.readFileSync(process.env.STRATA_REPLAY, 'utf8')) as Op[]) : undefined;
   const gen = new OpGenerator(rng(seed ^ 0x5eed5eed), layerNames(layers));
   const done: Op[] = [];
   const total = replay?.length ?? nOps;
-  for (let i = 0; i < total; i++) {
-    const op = replay ? replay[i]! : gen.next(list(pair.kernel.mnt));
+  let closing: Op[] | undefined;
+  for (let i = 0; i < total || (!replay && (closing ??= gen.fd.closeAll()).length); i++) {
+    const op = replay ? replay[i]! : i < total ? gen.next(list(pair.kernel.mnt)) : closing!.shift()!;
     done.push(op);
-    const m = runStep(pair, op, i);
+    const { kernel, mismatch: m } = runStep(run, op, i);
+    gen.fd.observe(op, kernel.result);
     if (!m) continue;
     t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
+    closeDrivers(run);
     strataUnmount(pair.strata.mnt);
     const note = saveFailure(t, seed, layers, done, false);
     c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
@@ -434,8 +530,9 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
     c.done();
     return;
   }
-  t.log(`seed ${seed}: ${total} steps agree; ops by kind: ${summary(done)}`);
-  finishPair(c, pair);
+  t.log(`seed ${seed}: ${done.length} steps agree; ops by kind: ${summary(done)}`);
+  closeDrivers(run);
+  finishRun(c, pair);
   if (c.failures.length) c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true)}`);
   c.done();
 }
@@ -443,7 +540,7 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
 function summary(ops: readonly Op[]): string {
   const n = new Map<string, number>();
   for (const op of ops) {
-    const k = op[0] === 'as' ? `as:${op[3][0]}` : op[0];
+    const k = op[0] === 'as' ? `as:${op[3][0]}` : op[0] === 'fd' ? `fd:${op[2][0]}` : op[0];
     n.set(k, (n.get(k) ?? 0) + 1);
   }
   return [...n].sort().map(([k, v]) => `${k} ${v}`).join(', ');

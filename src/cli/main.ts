@@ -148,12 +148,21 @@ async function main(): Promise<void> {
     const args = parseMountArgv(argv);
     if (args) return void (await mountCommand(args));
   }
+  const { imageCommand } = await import('./image.js');
+  const { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } =
+    await import('./container.js');
+  const { usageMessage } = await import('./usage.js');
+  const unknown = unknownOption(argv, { mount: { ...mountOptions, ...imageMountOptions } });
+  if (unknown) fail(`unknown option ${unknown}`, 2);
+  // `strata run IMAGE CMD...`: CMD is the container's, options and all.
+  const { head, command } = splitRunArgv(argv);
   const { default: yargs } = await import('yargs');
-  await yargs(argv)
+  await yargs(head)
     .scriptName('strata')
     .usage('$0 <command> [options]')
-    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
-      (a) => mountCommand(a as unknown as MountArgs))
+    .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions)
+      .options(imageMountOptions),
+    async (a) => mountCommand(await imageMountArgs(a as unknown as MountArgs)))
     .command(['umount <mountpoint>', 'unmount <mountpoint>'], 'unmount and stop the daemon', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }),
       (a) => umountCommand(a.mountpoint as string))
     .command('status [mountpoint]', 'list strata mounts: pid, layers, uptime, requests', (y) =>
@@ -176,6 +185,11 @@ async function main(): Promise<void> {
       .option('quick', { type: 'boolean', default: false, describe: 'tiny sizes: a smoke run' })
       .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
     (a) => benchCommand(a))
+    .command(imageCommand)
+    .command(runCommand(() => command))
+    .command(commitCommand)
+    .command(exportCommand)
+    .command(containerCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     (a) => mountCommand(a as unknown as MountArgs))
@@ -184,7 +198,7 @@ async function main(): Promise<void> {
     .version(packageVersion())
     .fail((msg, err) => {
       if (err) fail(describe(err), exitCodeOf(err));
-      fail(msg, 2);
+      fail(usageMessage(msg, argv), 2);
     })
     .parseAsync();
 }

@@ -62,7 +62,8 @@ const VALUE_OPTIONS: Record<string, keyof MountArgs> = {
   'cache-dir': 'cacheDir', cacheDir: 'cacheDir',
 };
 const BOOLEAN_OPTIONS: Record<string, 'foreground' | 'force' | 'cache'> = { foreground: 'foreground', force: 'force', cache: 'cache' };
-const COMMANDS = new Set(['mount', 'umount', 'unmount', 'status', 'cache', 'bench']);
+/** The other commands (main.ts): never a mount's source or mount point here. */
+const COMMANDS = new Set(['mount', 'umount', 'unmount', 'status', 'cache', 'bench', 'image', 'run', 'commit', 'export', 'container', 'help']);
 
 /**
  * The arguments of `mount MOUNTPOINT [options]` or `[SOURCE] MOUNTPOINT -o ... [options]` in
@@ -106,7 +107,8 @@ export function parseMountArgv(argv: readonly string[]): MountArgs | null {
     if (positional.length !== 2) return null;
     mountpoint = positional[1];
   } else {
-    if (positional.length < 1 || positional.length > 2 || COMMANDS.has(positional[0]!)) return null;
+    // The fuse-overlayfs form always has -o.
+    if (o.length === 0 || positional.length < 1 || positional.length > 2 || COMMANDS.has(positional[0]!)) return null;
     mountpoint = positional.at(-1);
   }
   if (!mountpoint) return null;
@@ -121,6 +123,7 @@ async function buildConfig(args: MountArgs): Promise<DaemonConfig> {
   const layout = validateLayout(params, args.mountpoint);
   if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
   if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
+  if (args.writeFormat === 'oci' && !params.ociWhiteouts) throw new UsageError('--write-format oci writes .wh. whiteouts that oci_whiteouts=off would not read back');
   const { checkLevel } = await import('../daemon/log.js');
   checkLevel(args.logLevel);
   const { resolve } = await import('node:path');

@@ -77,7 +77,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const logger = log.asLogger();
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs);
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? N.openat(N.C.AT_FDCWD, work, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   // LevelDB opens while the kernel's first requests wait (they are served once it is open).
@@ -89,9 +89,13 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     cacheTimeout: options.cacheTimeout,
     passthrough: options.passthrough !== 'off',
     logger,
-    deviceFd: () => session?.deviceFd ?? -1,
+    backings: {
+      open: (fd) => session!.backings.open(fd),
+      close: (id) => session?.backings.close(id),
+    },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
+    invalidateEntry: (parent, name) => session?.invalidateEntry(parent, name),
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
@@ -109,6 +113,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     source: 'strata',
     subtype: 'strata',
     logger,
+    posixAcl: true,
   });
   try {
     await session.mount(cache?.ready);

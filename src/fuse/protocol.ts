@@ -118,6 +118,12 @@ export const FATTR_CTIME = 1 << 10;
 export const FATTR_KILL_SUIDGID = 1 << 11;
 
 export const FUSE_GETATTR_FH = 1 << 0;
+/** fuse_write_in.write_flags: the caller lacks CAP_FSETID, clear setuid/setgid (HANDLE_KILLPRIV_V2). */
+export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+/** fuse_open_in.open_flags: an O_TRUNC open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2). */
+export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
+/** fuse_setxattr_in.setxattr_flags: an ACL set by a caller outside the file's group (clear setgid). */
+export const FUSE_SETXATTR_ACL_KILL_SGID = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 export const FUSE_RELEASE_FLUSH = 1 << 0;
 
@@ -140,6 +146,7 @@ export const DIRENTPLUS_BASE = ENTRY_OUT_SIZE + DIRENT_BASE;
 export const WRITE_OUT_SIZE = 8;
 export const GETXATTR_OUT_SIZE = 8;
 export const LSEEK_OUT_SIZE = 8;
+export const IOCTL_OUT_SIZE = 16;
 
 const OP_NAMES: Readonly<Record<number, string>> = {
   1: 'LOOKUP', 2: 'FORGET', 3: 'GETATTR', 4: 'SETATTR', 5: 'READLINK', 6: 'SYMLINK', 8: 'MKNOD',

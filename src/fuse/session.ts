@@ -6,13 +6,13 @@ import type { Logger } from 'pino';
 import * as N from '../native/index.js';
 import { errnoOf, isExpectedErrno } from './errors.js';
 import {
-  ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC,
+  ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
-  FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
-  WRITE_OUT_SIZE, opName,
+  FUSE_NOTIFY_INVAL_ENTRY, FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
+  WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
-  AttrReply, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
+  AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
 } from './types.js';
 
 export const MAX_WRITE = 1 << 20;
@@ -34,6 +34,8 @@ export interface SessionOptions {
   source: string;
   subtype: string;
   logger: Logger;
+  /** Ask for FUSE_POSIX_ACL (the kernel enforces ACLs read through GETXATTR). */
+  posixAcl?: boolean;
 }
 
 export interface SessionStats {
@@ -152,6 +154,8 @@ class DirBuffer implements DirSink {
 export class FuseSession {
   readonly stats: SessionStats = { requests: 0, errors: 0, byOp: new Float64Array(OPCODE_SLOTS) };
   passthrough = false;
+  /** SETXATTR requests carry the extended header (FUSE_SETXATTR_EXT). */
+  private setxattrExt = false;
   private devFd = -1;
   private reader: object | null = null;
   private readonly inBuf = Buffer.allocUnsafe(BUFFER_SIZE);
@@ -243,6 +247,16 @@ export class FuseSession {
     this.endResolve(err);
   }
 
+  // ---- passthrough backings -----------------------------------------------------------------
+
+  /** The registry of passthrough backing files on this connection. */
+  readonly backings: BackingRegistry = {
+    open: (fd) => N.backingOpen(this.devFd, fd),
+    close: (id) => {
+      if (this.devFd >= 0) N.backingClose(this.devFd, id);
+    },
+  };
+
   // ---- notifications -------------------------------------------------------------------------
 
   private readonly notifyBuf = Buffer.alloc(OUT_HEADER_SIZE + 24);
@@ -262,6 +276,31 @@ export class FuseSession {
    */
   invalidateContents(nodeid: number): void {
     setImmediate(() => this.invalidateInode(nodeid, 0));
+  }
+
+  /**
+   * Tells the kernel to drop its cached entry `name` in directory `parent` (FUSE_NOTIFY_INVAL_ENTRY),
+   * so that the next use of the name looks it up again. It takes the directory's lock in the kernel:
+   * sent after the current request is answered.
+   */
+  invalidateEntry(parent: number, name: string): void {
+    setImmediate(() => {
+      if (this.devFd < 0 || !this.initialized) return;
+      const nameBuf = Buffer.from(name);
+      const b = Buffer.alloc(OUT_HEADER_SIZE + 16 + nameBuf.length + 1);
+      b.writeUInt32LE(b.length, 0);
+      b.writeInt32LE(FUSE_NOTIFY_INVAL_ENTRY, 4);
+      putU64(b, 8, 0);
+      putU64(b, OUT_HEADER_SIZE, parent);
+      b.writeUInt32LE(nameBuf.length, OUT_HEADER_SIZE + 8);
+      nameBuf.copy(b, OUT_HEADER_SIZE + 16);
+      try {
+        N.writeReply(this.devFd, b);
+      } catch (e) {
+        // ENOENT: the kernel holds no such entry; nothing to drop.
+        if ((e as { code?: string }).code !== 'ENOENT') this.opts.logger.warn({ err: e, parent, name }, 'entry invalidation failed');
+      }
+    });
   }
 
   private invalidateInode(nodeid: number, offset: number): void {
@@ -358,6 +397,14 @@ export class FuseSession {
       onFail();
       if (r.entry.nodeid !== 0) this.fs.forget(r.entry.nodeid, 1);
     }
+  }
+
+  /** fuse_ioctl_out (result 0, no retry) and the output bytes. */
+  private replyIoctl(unique: number, data: Buffer): void {
+    const b = this.outBuf;
+    b.fill(0, OUT_HEADER_SIZE, OUT_HEADER_SIZE + IOCTL_OUT_SIZE);
+    data.copy(b, OUT_HEADER_SIZE + IOCTL_OUT_SIZE);
+    this.send(unique, 0, IOCTL_OUT_SIZE + data.length);
   }
 
   private replyStatfs(unique: number, s: StatfsReply): void {
@@ -541,7 +588,8 @@ export class FuseSession {
       }
       case Op.OPEN: {
         const flags = b.readUInt32LE(p);
-        return this.settle(op, u, fs.open(ctx, nodeid, flags), (r) =>
+        const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
+        return this.settle(op, u, fs.open(ctx, nodeid, flags, killSuidgid), (r) =>
           this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
       }
       case Op.CREATE: {
@@ -578,12 +626,13 @@ export class FuseSession {
         return this.settle(op, u, fs.fsyncdir(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
           () => this.replyOk(u));
       case Op.SETXATTR: {
-        // Without FUSE_SETXATTR_EXT the request carries the 8-byte compat header.
+        // With FUSE_SETXATTR_EXT the header has setxattr_flags (16 bytes), else the 8-byte compat one.
         const size = b.readUInt32LE(p);
         const flags = b.readUInt32LE(p + 4);
-        const [name, next] = cstr(b, p + 8, end);
+        const setxattrFlags = this.setxattrExt ? b.readUInt32LE(p + 8) : 0;
+        const [name, next] = cstr(b, p + (this.setxattrExt ? 16 : 8), end);
         const value = Buffer.from(b.subarray(next, next + size));
-        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags), () => this.replyOk(u));
+        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags, setxattrFlags), () => this.replyOk(u));
       }
       case Op.GETXATTR: {
         const size = b.readUInt32LE(p);
@@ -635,6 +684,15 @@ export class FuseSession {
       case Op.FALLOCATE:
         return this.settle(op, u, fs.fallocate(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), b.readUInt32LE(p + 24)),
           () => this.replyOk(u));
+      case Op.IOCTL: {
+        if (!fs.ioctl) return this.replyError(u, errno.ENOTTY);
+        // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size; then in_size bytes of input.
+        const inSize = b.readUInt32LE(p + 24);
+        const input = Buffer.from(b.subarray(p + 32, Math.min(end, p + 32 + inSize)));
+        const outSize = b.readUInt32LE(p + 28);
+        return this.settle(op, u, fs.ioctl(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 12), input, outSize),
+          (out) => this.replyIoctl(u, out.subarray(0, outSize)));
+      }
       case Op.LSEEK:
         return this.settle(op, u, fs.lseek(ctx, nodeid, u64(b, p), i64(b, p + 8), b.readUInt32LE(p + 16)), (off) => {
           putU64(this.outBuf, OUT_HEADER_SIZE, off);
@@ -666,12 +724,16 @@ export class FuseSession {
     }
     const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.EXPORT_SUPPORT, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
-      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP];
+      InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
+      InitFlag.HANDLE_KILLPRIV_V2, InitFlag.SETXATTR_EXT];
+    // POSIX ACLs enforced by the kernel; it then leaves the umask to the daemon (DONT_MASK).
+    if (this.opts.posixAcl) wanted.push(InitFlag.POSIX_ACL, InitFlag.DONT_MASK);
     const wantPassthrough = this.opts.passthrough !== 'off' && minor >= 40;
     if (wantPassthrough) wanted.push(InitFlag.PASSTHROUGH);
     let flags = 0;
     for (const f of wanted) if (has(f)) flags += f;
     this.passthrough = wantPassthrough && has(InitFlag.PASSTHROUGH);
+    this.setxattrExt = has(InitFlag.SETXATTR_EXT);
     if (this.opts.passthrough === 'on' && !this.passthrough) {
       this.opts.logger.warn({ minor }, 'passthrough requested but the kernel does not offer it; serving reads through the daemon');
     }
@@ -691,7 +753,7 @@ export class FuseSession {
     out.writeUInt32LE(this.passthrough ? 1 : 0, o + 36); // max_stack_depth
     this.send(unique, 0, INIT_OUT_SIZE);
     this.initialized = true;
-    this.fs.init?.({ minor, passthrough: this.passthrough });
+    this.fs.init?.({ minor, passthrough: this.passthrough, posixAcl: this.opts.posixAcl === true && has(InitFlag.POSIX_ACL) });
     this.opts.logger.debug({ minor, passthrough: this.passthrough }, 'FUSE session initialised');
     this.readyResolve();
   }

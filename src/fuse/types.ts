@@ -89,11 +89,22 @@ export interface DirSink {
   addPlus(name: string, entry: EntryReply | null, ino: number, type: number, nextOffset: number): boolean;
 }
 
+/**
+ * Passthrough backing files, registered with the kernel on /dev/fuse (FUSE_DEV_IOC_BACKING_OPEN/CLOSE);
+ * the id goes into an OPEN or CREATE reply with FOPEN_PASSTHROUGH.
+ */
+export interface BackingRegistry {
+  open(fd: number): number;
+  close(id: number): void;
+}
+
 export interface InitInfo {
   /** The kernel's protocol minor version. */
   minor: number;
   /** Whether passthrough was negotiated (backing ids may be used). */
   passthrough: boolean;
+  /** FUSE_POSIX_ACL was negotiated: the kernel enforces ACLs and leaves the umask to the daemon. */
+  posixAcl?: boolean;
 }
 
 type R<T> = T | Promise<T>;
@@ -113,7 +124,8 @@ export interface FileSystem {
   rmdir(ctx: RequestContext, parent: number, name: string): R<void>;
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): R<void>;
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): R<EntryReply>;
-  open(ctx: RequestContext, nodeid: number, flags: number): R<OpenReply>;
+  /** `killSuidgid`: an O_TRUNC open by a caller without CAP_FSETID (FUSE_OPEN_KILL_SUIDGID). */
+  open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid?: boolean): R<OpenReply>;
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask: number): R<CreateReply>;
   /** Returns the data read (may be shorter than size at end of file). */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;
@@ -134,13 +146,19 @@ export interface FileSystem {
   releasedir(ctx: RequestContext, nodeid: number, fh: number): R<void>;
   fsyncdir(ctx: RequestContext, nodeid: number, fh: number, datasync: boolean): R<void>;
   statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;
-  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): R<void>;
+  /** `setxattrFlags`: FUSE_SETXATTR_ACL_KILL_SGID and such (with FUSE_SETXATTR_EXT). */
+  setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags?: number): R<void>;
   /** The whole value; the protocol layer answers size probes and ERANGE. */
   getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer>;
   listxattr(ctx: RequestContext, nodeid: number): R<string[]>;
   removexattr(ctx: RequestContext, nodeid: number, name: string): R<void>;
   access(ctx: RequestContext, nodeid: number, mask: number): R<void>;
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): R<void>;
+  /**
+   * FUSE_IOCTL (the kernel sends the file attribute ioctls, FS_IOC_GETFLAGS & co, for chattr and
+   * lsattr): the output bytes (at most `outSize`). Without it, every ioctl answers ENOTTY.
+   */
+  ioctl?(ctx: RequestContext, nodeid: number, fh: number, cmd: number, input: Buffer, outSize: number): R<Buffer>;
   lseek(ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): R<number>;
   copyFileRange(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number): R<number>;
 }

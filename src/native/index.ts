@@ -42,6 +42,16 @@ export interface StatFs {
   flags: number;
 }
 
+/** Result of {@link nameToHandleAt}: what the kernel's exportfs encodes for an object. */
+export interface FileHandle {
+  /** The handle type (FILEID_*, e.g. 1 = FILEID_INO32_GEN). */
+  type: number;
+  /** The opaque handle bytes (struct file_handle's f_handle). */
+  handle: Buffer;
+  /** The mount the handle was taken through. */
+  mountId: number;
+}
+
 /** One directory entry from {@link readdir}: name (latin1), DT_* type, inode number. */
 export type DirEntry = [name: string, type: number, ino: number];
 
@@ -61,7 +71,7 @@ const CONSTANT_NAMES = [
   'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_NOATIME', 'MS_BIND',
   'MNT_DETACH', 'MNT_FORCE', 'UMOUNT_NOFOLLOW',
   'DT_UNKNOWN', 'DT_FIFO', 'DT_CHR', 'DT_DIR', 'DT_BLK', 'DT_REG', 'DT_LNK', 'DT_SOCK',
-  'STATX_BASIC_STATS',
+  'STATX_BASIC_STATS', 'MAX_HANDLE_SZ',
 ] as const;
 
 const ERRNO_NAMES = [
@@ -114,6 +124,7 @@ interface NativeBinding {
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
     len: number, flags: number): number;
   ficlone(destFd: number, srcFd: number): void;
+  ioctlBuf(fd: number, request: number, buf: Buffer): number;
   lgetxattr(dirfd: number, path: string, name: string): Buffer | null;
   lsetxattr(dirfd: number, path: string, name: string, value: Uint8Array, flags: number): void;
   llistxattr(dirfd: number, path: string): string[];
@@ -124,6 +135,9 @@ interface NativeBinding {
   fremovexattr(fd: number, name: string): void;
   _forceXattrFallback(on: boolean): void;
   fstatfs(fd: number): StatFs;
+  nameToHandleAt(dirfd: number, path: string, flags: number): FileHandle;
+  openByHandleAt(mountFd: number, type: number, handle: Uint8Array, flags: number): number;
+  fsUuid(fd: number): Buffer | null;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   openFuseDevice(): number;
@@ -283,6 +297,8 @@ export const copyFileRange: (fdIn: number, offIn: number | null, fdOut: number, 
   len: number, flags: number) => number = native.copyFileRange;
 /** ioctl(destFd, FICLONE, srcFd): reflink the whole file. */
 export const ficlone: (destFd: number, srcFd: number) => void = native.ficlone;
+/** ioctl(fd, request, buf) for requests that take a pointer (buf is read and written); the request's size must fit. */
+export const ioctlBuf: (fd: number, request: number, buf: Buffer) => number = native.ioctlBuf;
 
 // --- extended attributes ---------------------------------------------------
 /**
@@ -310,6 +326,24 @@ export const fstatfs: (fd: number) => StatFs = native.fstatfs;
 export const mount: (source: string | null, target: string, fstype: string | null, flags: number,
   data: string | null) => void = native.mount;
 export const umount2: (target: string, flags: number) => void = native.umount2;
+/**
+ * name_to_handle_at(2) with flags (AT_EMPTY_PATH for the object of `dirfd` itself,
+ * AT_SYMLINK_FOLLOW): the non-connectable file handle of an object. EOPNOTSUPP when its
+ * filesystem cannot encode handles.
+ */
+export const nameToHandleAt: (dirfd: number, path: string, flags: number) => FileHandle = native.nameToHandleAt;
+/**
+ * open_by_handle_at(2): opens the object a handle names on the filesystem of `mountFd` (any
+ * open descriptor on it; not O_PATH: EBADF). Needs CAP_DAC_READ_SEARCH; ESTALE when the object is gone.
+ */
+export const openByHandleAt: (mountFd: number, type: number, handle: Uint8Array, flags: number) => number =
+  native.openByHandleAt;
+/**
+ * The UUID of the filesystem holding the open (not O_PATH) descriptor `fd`, as the kernel keeps it
+ * in its superblock (ioctl FS_IOC_GETFSUUID, Linux 6.8+); null when the filesystem reports none
+ * (ENOTTY: its UUID is all zeros, or the kernel is older).
+ */
+export const fsUuid: (fd: number) => Buffer | null = native.fsUuid;
 
 // --- /dev/fuse ---------------------------------------------------------------
 /** open("/dev/fuse", O_RDWR | O_CLOEXEC) */

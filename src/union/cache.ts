@@ -138,8 +138,9 @@ export class MetadataCache implements OriginStore {
       await db.open();
     }
     // The layers it describes; a lower's root change time is part of it (a layer rebuilt in place).
+    // Listings built with oci_whiteouts=off differ (`.wh.` files are names then): that is part of it too.
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
-      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs })));
+      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }) })));
     const origins = this.origins;
     const journalPath = this.journalPath;
     try {

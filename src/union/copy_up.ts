@@ -5,9 +5,12 @@
 // place; anything else under a temporary name, renamed into place), so a crash leaves either the
 // lower version or a complete upper object, never a partial one.
 
+import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
-import type { InodeTable, UnionNode } from './inode.js';
+import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
+import { openObject, statObject, type UnionNode } from './node.js';
+import { markImpure, originXattrFor, setOrigin } from './origin.js';
 import { isPrivateXattr } from './whiteout.js';
 
 const { C, ST } = N;
@@ -19,6 +22,11 @@ export interface UpperDir {
   workFd: number;
   /** Writes skip fsync (volatile mounts). */
   volatile: boolean;
+  /**
+   * Where the kernel's overlay.origin and overlay.impure markers go: trusted.overlay.*, or
+   * user.overlay.* (overlayfs "userxattr"); none for an upper in the OCI format.
+   */
+  markers?: 'trusted' | 'user';
 }
 
 let tmpCounter = 0;
@@ -167,6 +175,8 @@ interface CopyJob {
   /** For a regular file: the new file, and the source when its data is copied (else -1). */
   out: number;
   src: number;
+  /** The overlay.origin value for the copy (null: none, as for a lower hard link). */
+  origin: Buffer | null;
 }
 
 export class CopyUp {
@@ -194,6 +204,10 @@ export class CopyUp {
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
     if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
+    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
+    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
+    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
+    if (node.unlinked) throw fsError('EEXIST');
     this.ensure(parent);
     this.copyNow(this.begin(parent, node, opts.data !== false));
   }
@@ -222,6 +236,10 @@ export class CopyUp {
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return;
+    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
+    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
+    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
+    if (node.unlinked) throw fsError('EEXIST');
     this.ensure(parent);
     const job = this.begin(parent, node, opts.data !== false);
     const size = job.st[ST.size]!;
@@ -245,18 +263,20 @@ export class CopyUp {
   /** Creates the copy in the work directory (for a regular file: empty, open, with its source open). */
   private begin(parent: UnionNode, node: UnionNode, withData: boolean): CopyJob {
     const work = this.upper.workFd;
-    const [srcDir, srcName] = node.location();
+    const src = node.location();
+    const [srcDir, srcName] = src;
     const st = new Float64Array(16);
-    N.fstatat(srcDir, srcName, C.AT_SYMLINK_NOFOLLOW, st);
+    statObject(src, st);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1 };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
     try {
+      if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName);
       if (type === C.S_IFREG) {
         // An unnamed file in the work directory: nothing to clean up if anything fails or the daemon
         // dies, and it is linked into place only when complete (the kernel's way too).
         job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, 0o600);
         job.tmp = '';
-        if (withData && st[ST.size]! > 0) job.src = N.openat(srcDir, srcName, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+        if (withData && st[ST.size]! > 0) job.src = openObject(src, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
       } else if (type === C.S_IFDIR) {
         N.mkdirat(work, job.tmp, 0o700);
       } else if (type === C.S_IFLNK) {
@@ -282,9 +302,9 @@ export class CopyUp {
     if (job.tmp !== '') removeWorkEntry(this.upper.workFd, job.tmp);
   }
 
-  /** A regular file: attributes set on the unnamed copy, which is then linked into the upper parent. */
-  private finishFile(job: CopyJob): void {
-    const { parent, node, st } = job;
+  /** A regular file's copy (unnamed, open): data synced, then owner, mode, xattrs and times. */
+  private setFileAttrs(job: CopyJob): void {
+    const { node, st } = job;
     const out = job.out;
     try {
       if (!this.upper.volatile) N.fsync(out);
@@ -295,17 +315,24 @@ export class CopyUp {
       N.fchown(out, st[ST.uid]!, st[ST.gid]!);
       N.fchmod(out, st[ST.mode]! & 0o7777);
       copyXattrsToFd(srcDir, srcName, out);
+      if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
     } catch (e) {
       this.abort(job);
       throw e;
     }
+  }
+
+  /** A regular file: attributes set on the unnamed copy, which is then linked into the upper parent. */
+  private finishFile(job: CopyJob): void {
+    const { parent, node, st } = job;
+    const out = job.out;
+    this.setFileAttrs(job);
     N.fstat(out, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
-    const upperParent = parent.dirFd(this.upper.layer);
-    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    const upperParent = this.prepareParent(parent);
     try {
       // linkat fails with EEXIST if the name exists: as RENAME_NOREPLACE.
       N.linkat(out, '', upperParent, node.name, C.AT_EMPTY_PATH);
@@ -316,6 +343,17 @@ export class CopyUp {
       this.closeFiles(job);
     }
     this.linked(parent, node, keepsIno, C.S_IFREG);
+  }
+
+  /**
+   * The upper parent's descriptor, its times kept in `pst` (to put back once the copy is linked in),
+   * marked impure as the kernel does: it now holds a copied-up entry, whose d_ino readdir must look up.
+   */
+  private prepareParent(parent: UnionNode): number {
+    const upperParent = parent.dirFd(this.upper.layer);
+    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    if (this.upper.markers) markImpure(upperParent, this.upper.markers === 'user');
+    return upperParent;
   }
 
   /** The copy is in place: the parent's times are put back, the kernel told what changed. */
@@ -341,13 +379,13 @@ export class CopyUp {
       return;
     }
     const { parent, node, st, type, tmp } = job;
-    const upper = this.upper.layer;
     const work = this.upper.workFd;
     try {
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
       const [srcDir, srcName] = node.location();
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
       copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
+      if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
     } catch (e) {
       this.abort(job);
       throw e;
@@ -359,8 +397,7 @@ export class CopyUp {
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
-    const upperParent = parent.dirFd(upper);
-    N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
+    const upperParent = this.prepareParent(parent);
     try {
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
     } catch (e) {

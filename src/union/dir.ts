@@ -7,8 +7,10 @@ import { fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
-import type { InodeTable, UnionNode } from './inode.js';
+import type { InodeTable } from './inode.js';
+import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
+import { hasOrigin, markImpure } from './origin.js';
 import { mergedListing } from './readdir.js';
 import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER } from './whiteout.js';
 
@@ -132,11 +134,13 @@ export class DirOps {
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
-    const [srcDir, srcName] = node.location();
+    const src = node.location();
+    const [srcDir, srcName] = src;
+    const linkFlags = atFlags(src, 0);
     const upperParent = parent.dirFd(this.up);
     if (this.upperWhiteout(parent, name)) {
       const tmp = workName();
-      N.linkat(srcDir, srcName, this.upper.workFd, tmp, 0);
+      N.linkat(srcDir, srcName, this.upper.workFd, tmp, linkFlags);
       try {
         N.renameat2(this.upper.workFd, tmp, upperParent, name, 0);
       } catch (e) {
@@ -144,8 +148,9 @@ export class DirOps {
         throw e;
       }
     } else {
-      N.linkat(srcDir, srcName, upperParent, name, 0);
+      N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
+    this.markImpureFor(upperParent, name);
     this.inodes.addAlias(node, parent, name);
   }
 
@@ -154,7 +159,7 @@ export class DirOps {
     const upperParent = parent.dirFd(this.up);
     const needWhiteout = lowerShows(parent, name);
     const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
-    if (inUpper && !isDir && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (inUpper && (isDir || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (this.opts.writeFormat === 'oci') {
       if (needWhiteout) N.close(N.openat(upperParent, OCI_WHITEOUT_PREFIX + name, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (inUpper) this.moveToWorkAndDelete(upperParent, name, 0);
@@ -177,6 +182,7 @@ export class DirOps {
   /** Removes the name `name` of `node` (a hard-linked node has several). */
   unlink(parent: UnionNode, node: UnionNode, name: string): void {
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     this.removeEntry(parent, name, false);
     this.inodes.removeName(node, parent, name);
   }
@@ -189,10 +195,11 @@ export class DirOps {
   rmdir(parent: UnionNode, node: UnionNode, name: string): void {
     this.checkEmpty(node);
     this.copyUp.ensure(parent);
+    node.pinAnchor();
     // The upper directory may still hold whiteouts: it goes to the work dir whole.
     this.removeEntry(parent, name, true);
     this.inodes.removeName(node, parent, name);
-    node.closeFds();
+    node.closeDirFds();
   }
 
   /** Everything that can refuse a rename, checked before anything is copied up. */
@@ -223,6 +230,8 @@ export class DirOps {
     const to = newParent.dirFd(this.up);
     const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);
     const dstLower = lowerShows(newParent, newName);
+    // The object the rename replaces stays reachable through descriptors open on it.
+    if (target && !exchange) target.pinAnchor();
 
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
@@ -231,6 +240,10 @@ export class DirOps {
       // merge with whatever a lower layer shows (or will show) under its new name.
       if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
       if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
+      if (parent !== newParent) {
+        this.markImpureFor(from, oldName);
+        this.markImpureFor(to, newName);
+      }
       this.inodes.exchange(parent, oldName, newParent, newName);
       return;
     }
@@ -242,7 +255,7 @@ export class DirOps {
     const dstUpper = N.lstatMaybe(to, newName, st);
     const dstType = st[ST.mode]! & C.S_IFMT;
     const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
-    if (dstUpper && !dstIsWhiteout && dstType !== C.S_IFDIR && st[ST.nlink]! <= 1) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
@@ -252,8 +265,17 @@ export class DirOps {
     } else {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
+    if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * An object with a copy-up origin moved or linked into a directory (dirfd) makes it impure, as the
+   * kernel's rename and link do: readdir there must look its entries up for their d_ino.
+   */
+  private markImpureFor(dirfd: number, name: string): void {
+    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name)) markImpure(dirfd, this.opts.userxattr);
   }
 }
 

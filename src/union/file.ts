@@ -1,9 +1,20 @@
-// Open files and directories (the kernel's fs/overlayfs/file.c): handles, reads through the
-// daemon, and passthrough backing ids (the kernel then reads the layer file itself).
+// Open files (the kernel's fs/overlayfs/file.c): handles, I/O through the daemon, and passthrough
+// backing ids (the kernel then reads and writes the layer file itself).
+//
+// A handle holds a descriptor of the object it was opened on, so everything done through it reaches
+// that object whatever happens to its name. A handle opened on a lower file is re-pointed to the
+// upper copy after a copy-up, unless the kernel reads the lower file through a passthrough backing:
+// every open of one FUSE inode shares one backing, so such a node keeps its lower backing and its
+// name is given a new node for the upper copy (see UnionFs.afterCopied).
 
-import type { UnionNode } from './inode.js';
-import type { Layer } from './layers.js';
+import { fsError } from '../fuse/errors.js';
+import { FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH } from '../fuse/protocol.js';
+import type { BackingRegistry, OpenReply } from '../fuse/types.js';
 import * as N from '../native/index.js';
+import type { Layer } from './layers.js';
+import { openObject, type UnionNode } from './node.js';
+
+const { C } = N;
 
 export interface FileHandle {
   readonly kind: 'file';
@@ -15,6 +26,8 @@ export interface FileHandle {
   backing: Backing | null;
   /** `fd` is the lower file (re-pointed to the upper one after a copy-up unless `backing`). */
   onLower: boolean;
+  /** `fd` was opened for writing (it can be truncated). */
+  writable: boolean;
 }
 
 export type Handle = FileHandle;
@@ -26,8 +39,6 @@ export interface Backing {
   /** The layer of the file it was made from (a copy-up makes it stale for new opens). */
   layer: Layer;
   refs: number;
-  /** Called when the last open using it is released. */
-  waiters?: (() => void)[];
 }
 
 export class HandleTable {
@@ -36,10 +47,13 @@ export class HandleTable {
   /** Per node: the passthrough backing its opens share. */
   readonly backings = new Map<UnionNode, Backing>();
 
+  constructor(private readonly registry: BackingRegistry) {}
+
   add(h: Handle): number {
     const fh = this.next++;
     this.handles.set(fh, h);
     h.node.openCount++;
+    h.node.handles.add(h);
     return fh;
   }
 
@@ -55,26 +69,28 @@ export class HandleTable {
     if (h) {
       this.handles.delete(fh);
       h.node.openCount--;
+      h.node.handles.delete(h);
     }
     return h;
-  }
-
-  /** Every open file handle of a node (to re-point them after copy-up). */
-  *filesOf(node: UnionNode): Iterable<FileHandle> {
-    for (const h of this.handles.values()) if (h.kind === 'file' && h.node === node) yield h;
   }
 
   get size(): number {
     return this.handles.size;
   }
 
+  /** Is `node` bound to a passthrough backing of a lower file (opens the kernel reads the lower file for)? */
+  boundToLower(node: UnionNode): boolean {
+    const b = this.backings.get(node);
+    return b !== undefined && !b.layer.isUpper;
+  }
+
   /** Registers (or shares) the node's passthrough backing for `fd`. */
-  backingFor(devFd: number, node: UnionNode, fd: number): Backing {
+  backingFor(node: UnionNode, fd: number): Backing {
     let b = this.backings.get(node);
     if (!b) {
       const own = N.dup(fd);
       try {
-        b = { id: N.backingOpen(devFd, own), fd: own, layer: node.layer, refs: 0 };
+        b = { id: this.registry.open(own), fd: own, layer: node.layer, refs: 0 };
       } catch (e) {
         N.close(own);
         throw e;
@@ -85,26 +101,91 @@ export class HandleTable {
     return b;
   }
 
-  /** Resolves true once no open uses `b` any more, false after `ms`. */
-  released(b: Backing, ms: number): Promise<boolean> {
-    if (b.refs <= 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), ms);
-      (b.waiters ??= []).push(() => {
-        clearTimeout(timer);
-        resolve(true);
-      });
-    });
-  }
-
-  releaseBacking(devFd: number, node: UnionNode, b: Backing): void {
+  releaseBacking(node: UnionNode, b: Backing): void {
     if (--b.refs > 0) return;
-    for (const w of b.waiters?.splice(0) ?? []) w();
     if (this.backings.get(node) === b) this.backings.delete(node);
     try {
-      if (devFd >= 0) N.backingClose(devFd, b.id);
+      this.registry.close(b.id);
     } finally {
       N.close(b.fd);
     }
+  }
+}
+
+/** How files are opened: the handle table, and passthrough when the kernel negotiated it. */
+export interface FileEnv {
+  handles: HandleTable;
+  passthrough: boolean;
+  /** Reports a passthrough backing the kernel refused (I/O then goes through the daemon). */
+  onBackingRefused: (err: unknown) => void;
+}
+
+/**
+ * Opens the upper file of `node` read-write (the daemon serves any access mode through it), or
+ * read-only when the upper filesystem refuses writing (an immutable file, ETXTBSY).
+ */
+export function openUpperFile(node: UnionNode, extra: number): { fd: number; writable: boolean } {
+  const loc = node.location();
+  try {
+    return { fd: openObject(loc, C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC | extra), writable: true };
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ETXTBSY') throw e;
+    return { fd: openObject(loc, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC | extra), writable: false };
+  }
+}
+
+/**
+ * Opens `node` for the kernel. An upper regular file is opened read-write; anything else is read
+ * from its layer. The open is answered with a passthrough backing where possible. A node that a
+ * copy-up superseded answers ESTALE: the kernel then looks the name up again and opens the new node.
+ */
+export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenReply {
+  if (node.successor) throw fsError('ESTALE');
+  let fd: number;
+  let writable = false;
+  if (node.layer.isUpper && node.type === C.S_IFREG) {
+    ({ fd, writable } = openUpperFile(node, flags & C.O_TRUNC));
+  } else {
+    fd = openObject(node.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+  }
+  return openReply(env, node, fd, flags, writable);
+}
+
+/** Registers an open layer file and decides how the kernel does its I/O. */
+export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: number, writable: boolean): OpenReply {
+  const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper, writable };
+  let openFlags = FOPEN_KEEP_CACHE;
+  let backingId: number | undefined;
+  if (env.passthrough && node.type === C.S_IFREG) {
+    const existing = env.handles.backings.get(node);
+    // Every open of an inode shares its backing: one of another layer cannot serve this open.
+    if (existing && existing.layer !== node.layer) {
+      N.close(fd);
+      throw fsError('ESTALE');
+    }
+    try {
+      h.backing = env.handles.backingFor(node, fd);
+      openFlags = FOPEN_PASSTHROUGH;
+      backingId = h.backing.id;
+    } catch (err) {
+      env.onBackingRefused(err);
+    }
+  }
+  const fh = env.handles.add(h);
+  // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
+  return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
+}
+
+/** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
+export function reopenHandles(node: UnionNode): void {
+  for (const h of node.handles) {
+    // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
+    if (h.backing || !h.onLower) continue;
+    const { fd, writable } = openUpperFile(node.live, 0);
+    N.close(h.fd);
+    h.fd = fd;
+    h.writable = writable;
+    h.onLower = false;
   }
 }

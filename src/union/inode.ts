@@ -1,107 +1,21 @@
-// Union inodes: one UnionNode per object the kernel knows (its nodeid), the table that maps
-// nodeids to nodes, exact lookup counts, st_ino assignment and getattr of the merged object.
-//
-// A node records where its visible object lives: the topmost layer holding it and, for a
-// directory, the stack of layer directories merged into it (top first, ended by an opaque
-// directory, a whiteout or a non-directory). Layer objects are reached as (parent's directory
-// descriptor in that layer, name), never by path strings.
+// Union inodes (the kernel's fs/overlayfs/inode.c): the table that maps nodeids to nodes, exact
+// lookup counts, st_ino assignment, and the attributes of the merged object (getattr, setattr).
 
-import type { Attr } from '../fuse/types.js';
+import { fsError } from '../fuse/errors.js';
+import {
+  FATTR_ATIME, FATTR_ATIME_NOW, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
+} from '../fuse/protocol.js';
+import type { Attr, SetattrRequest } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { OriginStore } from './cache.js';
-import type { DirEntry } from './readdir.js';
+import type { FileHandle } from './file.js';
+import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
+import { originIno, readOrigin } from './origin.js';
+
+export { ROOT_NODEID, UnionNode };
 
 const { C, ST } = N;
-
-export const ROOT_NODEID = 1;
-
-export class UnionNode {
-  /** Kernel lookup count. */
-  lookups = 0;
-  /** Nodes in `children` (they keep this node alive: their layer objects are reached through it). */
-  childCount = 0;
-  /** Open file or directory handles on this node. */
-  openCount = 0;
-  /** Children the kernel currently knows, by name. Changes made through the mount keep it exact. */
-  readonly children = new Map<string, UnionNode>();
-  /** Descriptors of this directory in each layer of `dirLayers` (O_PATH), opened on demand. */
-  private dirFds: number[] | null = null;
-  /** Set when the object was removed while still open or known (st_nlink then reads 0). */
-  unlinked = false;
-  /** Further names of an upper hard link made through the mount (the primary is parent/name). */
-  aliases: [UnionNode, string][] | null = null;
-  /**
-   * For a directory: the names each of its lower layer directories holds, as the first full
-   * listing read them (lower layers do not change). A lookup skips the layers that do not hold a
-   * name instead of asking each one, as the kernel's negative dentries spare it the same work.
-   */
-  lowerNames: Map<Layer, Set<string>> | null = null;
-  /** For a directory: listings being read, by generation (see UnionFs.readdir). */
-  listings: Map<number, DirEntry[]> | null = null;
-  /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
-  copying: Promise<void> | null = null;
-
-  constructor(
-    readonly nodeid: number,
-    /** st_ino last shown for this object (unchanged by copy-up, except of a lower hard link). */
-    public ino: number,
-    public parent: UnionNode | null,
-    public name: string,
-    /** S_IFMT bits of the object. */
-    readonly type: number,
-    /** The topmost layer holding the object. */
-    public layer: Layer,
-    /** For directories: the layers merged into it, top first. */
-    public dirLayers: Layer[] | null,
-  ) {}
-
-  get isDir(): boolean {
-    return this.type === C.S_IFDIR;
-  }
-
-  /** A directory with more than one layer below the mount point (st_nlink is then 1, as in the kernel). */
-  get isMerged(): boolean {
-    return this.dirLayers !== null && this.dirLayers.length > 1;
-  }
-
-  /** (dirfd, name) addressing this node's visible object for *at() system calls. */
-  location(): [number, string] {
-    if (!this.parent) return [this.layer.fd, ''];
-    return [this.parent.dirFd(this.layer), this.name];
-  }
-
-  /** O_PATH descriptor of this directory in `layer` (which must be one of dirLayers). */
-  dirFd(layer: Layer): number {
-    const layers = this.dirLayers;
-    if (!layers) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
-    const i = layers.indexOf(layer);
-    if (i < 0) throw new Error(`layer ${layer.index} is not part of directory ${this.name}`);
-    if (!this.parent) return layer.fd;
-    if (!this.dirFds) this.dirFds = new Array<number>(layers.length).fill(-1);
-    let fd = this.dirFds[i]!;
-    if (fd < 0) {
-      fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-      this.dirFds[i] = fd;
-    }
-    return fd;
-  }
-
-  /** Replaces the directory's layer stack (after copy-up or when it becomes opaque). */
-  setDirLayers(layers: Layer[]): void {
-    this.closeFds();
-    this.dirLayers = layers;
-    this.layer = layers[0]!;
-  }
-
-  /** Closes the directory descriptors (they are reopened on demand). */
-  closeFds(): void {
-    if (this.dirFds) {
-      for (const fd of this.dirFds) if (fd >= 0) N.close(fd);
-      this.dirFds = null;
-    }
-  }
-}
 
 export class InodeTable {
   readonly root: UnionNode;
@@ -110,9 +24,15 @@ export class InodeTable {
   private readonly st = new Float64Array(16);
   /**
    * st_ino kept by copied-up objects: "layer index:real inode number" -> the st_ino shown before
-   * copy-up. Recorded for the upper; read for any layer (an upper reused as a lower keeps them).
+   * copy-up. Recorded and read for the upper only: once an upper is reused as a lower, the kernel
+   * shows its objects' own inode numbers, and so does strata.
    */
   private readonly origins: Map<string, number>;
+  /**
+   * Upper objects without such a record, by real inode number: the st_ino their overlay.origin
+   * xattr gives (written by the kernel, or by strata without the cache), or null for their own.
+   */
+  private readonly upperOrigins = new Map<number, number | null>();
 
   constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<string, number>) {
     this.origins = origins ?? new Map();
@@ -135,17 +55,31 @@ export class InodeTable {
 
   /** The node for `name` in `parent`, created for a fresh lookup result. */
   create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number): UnionNode {
-    const node = new UnionNode(this.nextId++, this.inoFor(layer, realIno), parent, name, type, layer, dirLayers);
+    const ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
+    const node = new UnionNode(this.nextId++, ino, parent, name, type, layer, dirLayers);
     this.attach(parent, name, node);
     this.nodes.set(node.nodeid, node);
     return node;
   }
 
-  /** The st_ino shown for the object with real inode `realIno` in `layer`. */
-  inoFor(layer: Layer, realIno: number): number {
-    if (this.origins.size > 0) {
+  /**
+   * The st_ino shown for the object with real inode `realIno` in `layer`. `at` locates it: an
+   * upper object without a record keeps the st_ino of its origin, as on the kernel (see origin.ts).
+   */
+  inoFor(layer: Layer, realIno: number, at?: () => [number, string]): number {
+    if (layer.isUpper && this.origins.size > 0) {
       const origin = this.origins.get(`${layer.index}:${realIno}`);
       if (origin !== undefined) return origin;
+    }
+    if (at && layer.isUpper) {
+      let ino = this.upperOrigins.get(realIno);
+      if (ino === undefined) {
+        const [dirfd, name] = at();
+        const o = readOrigin(this.stack, dirfd, name);
+        ino = o ? originIno(this.stack, o) : null;
+        this.upperOrigins.set(realIno, ino);
+      }
+      if (ino !== null) return ino;
     }
     return this.stack.inoOf(layer, realIno);
   }
@@ -161,6 +95,7 @@ export class InodeTable {
   /** The upper object with this inode number is gone (its number may be reused). */
   forgetOrigin(upperIno: number): void {
     const upper = this.stack.upper!;
+    this.upperOrigins.delete(upperIno);
     if (this.origins.delete(`${upper.index}:${upperIno}`)) this.originStore?.delete(upper, upperIno);
   }
 
@@ -173,6 +108,26 @@ export class InodeTable {
     parent.children.set(name, node);
     if (old) this.maybeDrop(old);
     else parent.childCount++;
+  }
+
+  /**
+   * Gives the name of `node` a new node for the same object, with the same st_ino, after a copy-up:
+   * `node` keeps its open handles (bound to the lower file) and forwards everything else to the new
+   * node, which the name leads to from now on.
+   */
+  supersede(node: UnionNode): UnionNode {
+    const parent = node.parent!;
+    const next = new UnionNode(this.nextId++, node.ino, parent, node.name, node.type, node.layer, node.dirLayers);
+    this.nodes.set(next.nodeid, next);
+    node.successor = next;
+    next.pins++;
+    if (parent.children.get(node.name) === node) {
+      parent.children.set(node.name, next);
+    } else {
+      parent.children.set(node.name, next);
+      parent.childCount++;
+    }
+    return next;
   }
 
   /** Takes `node` out of its parent's children (it stays reachable by nodeid while referenced). */
@@ -259,9 +214,15 @@ export class InodeTable {
   /** Drops a node nobody references any more, then its parent if that was the last reason to keep it. */
   maybeDrop(node: UnionNode): void {
     let n: UnionNode | null = node;
-    while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0) {
+    while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0 && n.pins === 0) {
       this.nodes.delete(n.nodeid);
       n.closeFds();
+      const successor = n.successor;
+      if (successor) {
+        n.successor = null;
+        successor.pins--;
+        this.maybeDrop(successor);
+      }
       // Other names of a hard-linked node must not hand out the dropped node again.
       if (n.aliases) {
         const aliases: [UnionNode, string][] = n.aliases;
@@ -293,7 +254,7 @@ export class InodeTable {
 
   /** Builds the merged attributes from a layer object's stat. */
   attrFrom(node: UnionNode, st: Float64Array): Attr {
-    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!);
+    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!, () => node.location());
     node.ino = ino;
     return attrOf(node, st, ino);
   }
@@ -301,8 +262,9 @@ export class InodeTable {
 
 function attrOf(node: UnionNode, st: Float64Array, ino: number): Attr {
   let nlink = st[ST.nlink]!;
+  // An unlinked node shows its object's own count, as the kernel: 0 for an upper file, the lower
+  // file's count for one whose name was removed over a lower layer (the lower file stays).
   if (node.isMerged) nlink = 1;
-  else if (node.unlinked) nlink = 0;
   return {
     ino,
     size: st[ST.size]!,
@@ -320,4 +282,40 @@ function attrOf(node: UnionNode, st: Float64Array, ino: number): Attr {
     rdev: st[ST.rdev]! % 4294967296,
     blksize: st[ST.blksize]!,
   };
+}
+
+/**
+ * setattr of the node's (upper) object: owner, mode, size, times. The object is reached by its
+ * name or its anchor, never by a name looked up again; a truncate through an open handle (FATTR_FH)
+ * acts on that handle's descriptor when it is the upper file open for writing.
+ */
+export function setAttributes(node: UnionNode, req: SetattrRequest, handle: FileHandle | null): void {
+  const v = req.valid;
+  const loc = node.location();
+  const [dirfd, name] = loc;
+  if (v & (FATTR_UID | FATTR_GID)) {
+    N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1, atFlags(loc, C.AT_SYMLINK_NOFOLLOW));
+  }
+  if (v & FATTR_MODE) {
+    if (node.type === C.S_IFLNK) throw fsError('EOPNOTSUPP');
+    chmodObject(loc, req.mode & 0o7777);
+  }
+  if (v & FATTR_SIZE) {
+    if (node.type === C.S_IFDIR) throw fsError('EISDIR');
+    if (handle && handle.writable && !handle.onLower && handle.node.live === node) {
+      N.ftruncate(handle.fd, req.size);
+    } else {
+      const fd = openObject(loc, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+      try {
+        N.ftruncate(fd, req.size);
+      } finally {
+        N.close(fd);
+      }
+    }
+  }
+  if (v & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)) {
+    const aNs = v & FATTR_ATIME_NOW ? C.UTIME_NOW : v & FATTR_ATIME ? req.atimeNsec : C.UTIME_OMIT;
+    const mNs = v & FATTR_MTIME_NOW ? C.UTIME_NOW : v & FATTR_MTIME ? req.mtimeNsec : C.UTIME_OMIT;
+    N.utimensat(dirfd, name, req.atimeSec, aNs, req.mtimeSec, mNs, atFlags(loc, C.AT_SYMLINK_NOFOLLOW));
+  }
 }

@@ -20,6 +20,8 @@ export interface Layer {
   readonly isUpper: boolean;
   /** Index of this layer's filesystem among the distinct filesystems of the stack. */
   readonly fsIndex: number;
+  /** Whether `.wh.` files in it are read as OCI whiteouts (mount option oci_whiteouts, on by default). */
+  readonly ociWhiteouts: boolean;
 }
 
 const XINO_SHIFT = 2 ** 44;
@@ -39,7 +41,7 @@ export class LayerStack {
   }
 
   /** Opens the layer roots. Paths must already be resolved (realpath) and validated. */
-  static open(upper: string | null, lowers: string[]): LayerStack {
+  static open(upper: string | null, lowers: string[], opts: { ociWhiteouts: boolean } = { ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
     const devs: number[] = [];
     const st = new Float64Array(16);
@@ -47,11 +49,12 @@ export class LayerStack {
     try {
       paths.forEach((path, index) => {
         const fd = N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
-        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0 });
+        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0, ociWhiteouts: opts.ociWhiteouts });
         N.fstat(fd, st);
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
-        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper: upper !== null && index === 0, fsIndex: devs.indexOf(dev) };
+        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper: upper !== null && index === 0, fsIndex: devs.indexOf(dev),
+          ociWhiteouts: opts.ociWhiteouts };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

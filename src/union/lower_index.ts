@@ -128,10 +128,11 @@ export class LowerIndex {
     // the search of each name below then asks only the layers that hold it or its OCI whiteout.
     dir.lowerNames ??= new Map();
     for (let i = from; i < layers.length; i++) {
+      const oci = layers[i]!.ociWhiteouts;
       const layerNames = new Set<string>();
       for (const [name] of N.readdir(dir.dirFd(layers[i]!))) {
         layerNames.add(name);
-        if (!name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
+        if (!oci || !name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
       }
       if (!dir.lowerNames.has(layers[i]!)) dir.lowerNames.set(layers[i]!, layerNames);
     }

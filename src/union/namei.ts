@@ -4,7 +4,8 @@
 // - a whiteout (char 0/0) ends the search: the name does not exist below it;
 // - a non-directory wins if nothing was found above it, and ends the search;
 // - a directory joins the merge; an opaque directory ends it;
-// - an OCI ".wh.<name>" in a layer hides <name> in the layers below that layer only.
+// - an OCI ".wh.<name>" in a layer hides <name> in the layers below that layer only (unless the
+//   mount reads `.wh.` files as plain data: oci_whiteouts=off).
 
 import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
@@ -51,9 +52,10 @@ export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHi
  * OCI whiteout), so that the layers from `to` on do not matter.
  */
 export function searchLayers(parent: UnionNode, name: string, from: number, to: number): { hit: LayerHit | null; stopped: boolean } {
-  if (isOciMetaName(name)) return { hit: null, stopped: true };
   const layers = parent.dirLayers;
   if (!layers) throw fsError('ENOTDIR');
+  const oci = layers[0]?.ociWhiteouts ?? true;
+  if (oci && isOciMetaName(name)) return { hit: null, stopped: true };
   let hit: LayerHit | null = null;
   let st = new Float64Array(16);
   for (let i = from; i < to; i++) {
@@ -75,9 +77,9 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
         hit.dirLayers!.push(layer);
       }
       // Opaque: the layers below are hidden. Only worth asking when there is a layer below.
-      if (i + 1 < layers.length && isOpaqueDir(dirfd, name)) return { hit, stopped: true };
+      if (i + 1 < layers.length && isOpaqueDir(dirfd, name, oci)) return { hit, stopped: true };
     }
-    if (i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
+    if (oci && i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
   return { hit, stopped: false };
 }

@@ -13,6 +13,8 @@ export interface MountParams {
   readOnly: boolean;
   /** Use user.overlay.* instead of trusted.overlay.* for what we write. */
   userxattr: boolean;
+  /** Read `.wh.` files as OCI whiteouts (default); off: they are ordinary files. */
+  ociWhiteouts: boolean;
   /** Skip fsync (overlayfs "volatile", fuse-overlayfs "fsync=0"). */
   volatile: boolean;
   nodev: boolean;
@@ -75,7 +77,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
 
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, volatile: false,
+    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false,
     nodev: false, nosuid: false, noexec: false, noatime: false, ignored: [],
   };
   for (const item of optionStrings.flatMap(splitOptions)) {
@@ -107,6 +109,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         break;
       case 'volatile':
         p.volatile = true;
+        break;
+      case 'oci_whiteouts':
+        if (value !== 'on' && value !== 'off') throw new UsageError(`oci_whiteouts takes on or off, not "${value}"`);
+        p.ociWhiteouts = value === 'on';
         break;
       case 'fsync':
         p.volatile = value === '0';

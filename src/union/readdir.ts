@@ -52,7 +52,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     const entries = N.readdir(dirfd);
     if (!layer.isUpper) rememberNames(dir, layer, entries);
     for (const [name, dtype, realIno] of entries) {
-      if (name.startsWith('.wh.')) {
+      if (layer.ociWhiteouts && name.startsWith('.wh.')) {
         if (name !== OCI_OPAQUE) {
           const target = ociWhiteoutTarget(name);
           if (target !== undefined) ociHidden.push(target);
@@ -70,7 +70,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         type = dtFromMode(st[N.ST.mode]!);
       }
       seen.add(name);
-      out.push({ name, type, ino: inodes.inoFor(layer, realIno) });
+      out.push({ name, type, ino: inodes.inoFor(layer, realIno, () => [dirfd, name]) });
     }
     for (const name of ociHidden) hidden.add(name);
   }

@@ -5,25 +5,26 @@
 
 import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
-import {
-  FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
-  FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH,
-} from '../fuse/protocol.js';
+import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
-  Attr, AttrReply, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
+  Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewObject } from './dir.js';
-import { HandleTable, type FileHandle } from './file.js';
-import { InodeTable, type UnionNode } from './inode.js';
+import { HandleTable, openFile, openReply, reopenHandles, type FileEnv } from './file.js';
+import { InodeTable, setAttributes, type UnionNode } from './inode.js';
+import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
-import { isPrivateXattr } from './whiteout.js';
+import { checkRemovable, checkSettable, getXattr, listXattrs, removeXattr, setXattr } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
+import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
+import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
+import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
 
 const { C, ST } = N;
 
@@ -35,8 +36,8 @@ export interface UnionOptions {
   /** Allow passthrough when the kernel negotiated it. */
   passthrough: boolean;
   logger: Logger;
-  /** The /dev/fuse descriptor (for passthrough backing ids); -1 until mounted. */
-  deviceFd: () => number;
+  /** Passthrough backing files of the FUSE connection. */
+  backings: BackingRegistry;
   /** The LevelDB metadata cache (inode identity across remounts, lower listings), if enabled. */
   cache: MetadataCache | null;
   /** Index lower directories (kept in the cache when there is one, else in memory for this mount). */
@@ -45,6 +46,8 @@ export interface UnionOptions {
   invalidateAttributes: (nodeid: number) => void;
   /** Tells the kernel a directory's listing changed behind its back (after the current reply). */
   invalidateContents: (nodeid: number) => void;
+  /** Tells the kernel to look the name up again (after the current reply). */
+  invalidateEntry: (parent: number, name: string) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
 }
@@ -57,8 +60,6 @@ interface Writable {
 
 /** Offsets of a directory listing: generation * LISTING_SPAN + position (up to 16M entries). */
 const LISTING_SPAN = 2 ** 24;
-/** How long an open waits for the passthrough opens of a copied-up file's lower version to close. */
-const RELEASE_WAIT_MS = 2000;
 /** Listings kept per directory for readers that have not reached the end. */
 const MAX_LISTINGS = 8;
 let listingGeneration = 0;
@@ -70,19 +71,38 @@ function nextListingGeneration(): number {
 
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
-  readonly handles = new HandleTable();
+  readonly handles: HandleTable;
   private passthrough = false;
+  /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
+  private posixAcl = false;
+  readonly acls = new AclCache();
+  /** chattr flags; immutable and append-only are kept in overlay.protattr and enforced here. */
+  readonly fsflags: FileFlags;
   private readonly st = new Float64Array(16);
+  /**
+   * Files open for writing by passthrough, with their count of such opens. A shared mapping of
+   * one writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
+   * exist, their attributes are not cached (stat after msync shows the new mtime and ctime).
+   */
+  private readonly passthroughWriters = new Map<UnionNode, number>();
 
   private readonly writable: Writable | null;
+  private readonly fileEnv: FileEnv;
   /** The lower-directory index of the metadata cache. */
   readonly index: LowerIndex | null;
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
+    this.handles = new HandleTable(opts.backings);
+    this.fileEnv = {
+      handles: this.handles, passthrough: false,
+      onBackingRefused: (err) => opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon'),
+    };
     if (stack.upper && opts.upper) {
-      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile };
+      const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
+      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateContents(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
@@ -93,6 +113,8 @@ export class UnionFs implements FileSystem {
 
   init(info: InitInfo): void {
     this.passthrough = this.opts.passthrough && info.passthrough;
+    this.fileEnv.passthrough = this.passthrough;
+    this.posixAcl = info.posixAcl === true;
   }
 
   get usesPassthrough(): boolean {
@@ -104,7 +126,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr), attr };
+    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
   }
 
   /**
@@ -112,8 +134,9 @@ export class UnionFs implements FileSystem {
    * may be separate kernel inodes: they are not cached, so a change through one name shows
    * through the others at once.
    */
-  private attrTimeout(attr: Attr): number {
+  private attrTimeout(attr: Attr, node: UnionNode): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
+    if (this.passthroughWriters.has(node)) return 0;
     return this.opts.cacheTimeout;
   }
 
@@ -161,23 +184,16 @@ export class UnionFs implements FileSystem {
 
   // ---- attributes ----------------------------------------------------------------------------
 
-  getattr(_ctx: RequestContext, nodeid: number, fh: number | undefined): AttrReply {
+  /** Attributes of the node's object (through its anchor once the name is gone); `fh` adds nothing. */
+  getattr(_ctx: RequestContext, nodeid: number, _fh: number | undefined): AttrReply {
     const node = this.inodes.get(nodeid);
-    let attr;
-    const handle = fh !== undefined ? this.handles.file(fh) : null;
-    if (handle || node.unlinked) {
-      const h = handle ?? [...this.handles.filesOf(node)][0];
-      if (!h) throw fsError('ENOENT');
-      N.fstat(h.fd, this.st);
-      attr = this.inodes.attrFrom(node, this.st);
-    } else {
-      attr = this.inodes.attr(node);
-    }
-    return { attr, attrTimeout: this.attrTimeout(attr) };
+    const attr = this.inodes.attr(node.live);
+    // A superseded node's attributes change through its successor, which the kernel does not link to it.
+    return { attr, attrTimeout: node.successor ? 0 : this.attrTimeout(attr, node) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
-    const node = this.inodes.get(nodeid);
+    const node = this.inodes.get(nodeid).live;
     if (node.type !== C.S_IFLNK) throw fsError('EINVAL');
     const [dirfd, name] = node.location();
     return N.readlinkat(dirfd, name);
@@ -196,80 +212,59 @@ export class UnionFs implements FileSystem {
   // ---- xattrs --------------------------------------------------------------------------------
 
   getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer {
-    if (isPrivateXattr(name)) throw fsError('ENODATA');
-    const [dirfd, fname] = this.inodes.get(nodeid).location();
-    const v = N.lgetxattr(dirfd, fname, name);
+    const node = this.inodes.get(nodeid).live;
+    if (!isAclName(name)) return getXattr(node, name);
+    const [dirfd, fname] = node.location();
+    const v = this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
     if (v === null) throw fsError('ENODATA');
     return v;
   }
 
   listxattr(_ctx: RequestContext, nodeid: number): string[] {
-    const [dirfd, fname] = this.inodes.get(nodeid).location();
-    return N.llistxattr(dirfd, fname).filter((n) => !isPrivateXattr(n));
+    return listXattrs(this.inodes.get(nodeid).live);
   }
 
   // ---- files ---------------------------------------------------------------------------------
 
-  open(_ctx: RequestContext, nodeid: number, flags: number): OpenReply | Promise<OpenReply> {
+  private get files(): FileEnv {
+    return this.fileEnv;
+  }
+
+  open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid = false): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
+    // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one.
+    if (node.successor) throw fsError('ESTALE');
+    this.fsflags.refuseOpen(node, flags);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      return this.afterCopyUp(node, !truncate, () => this.openFile(node, flags));
+      return this.afterCopyUp(node, !truncate, () => this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null));
     }
-    return this.openFile(node, flags);
-  }
-
-  private openFile(node: UnionNode, flags: number): OpenReply | Promise<OpenReply> {
-    const truncate = (flags & C.O_TRUNC) !== 0;
-    let fd: number;
-    if (node.layer.isUpper && node.type === C.S_IFREG) {
-      fd = this.openUpperFile(node, truncate ? C.O_TRUNC : 0);
-    } else {
-      const [dirfd, name] = node.location();
-      fd = N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-    }
-    return this.openReply(node, fd, flags);
+    return this.opened(openFile(this.files, node, flags), null);
   }
 
   /**
-   * Registers an open layer file and decides how the kernel does its I/O. The kernel binds all the
-   * opens of an inode to one passthrough backing at a time (an open with another backing, or
-   * without one, fails with EIO). After a copy-up, opens that read the lower file by passthrough
-   * may still be open: a new open waits for them to close (readers usually hold a file briefly),
-   * and gives up with ETXTBSY after RELEASE_WAIT_MS.
+   * After an open: an O_TRUNC open by a caller without CAP_FSETID clears setuid/setgid
+   * (FUSE_OPEN_KILL_SUIDGID), and a passthrough open for writing stops attribute caching.
    */
-  private openReply(node: UnionNode, fd: number, flags: number): OpenReply | Promise<OpenReply> {
-    const existing = this.passthrough && node.type === C.S_IFREG ? this.handles.backings.get(node) : undefined;
-    if (existing && existing.layer !== node.layer) {
-      return this.handles.released(existing, RELEASE_WAIT_MS).then((released) => {
-        if (!released) {
-          N.close(fd);
-          this.opts.logger.warn({ file: node.name }, 'open refused with ETXTBSY: the lower file is still open by passthrough since its copy-up');
-          throw fsError('ETXTBSY');
-        }
-        return this.openReply(node, fd, flags);
-      });
-    }
-    return this.openReplyNow(node, fd, flags);
+  private opened(reply: OpenReply, killFor: RequestContext | null): OpenReply {
+    const h = this.handles.file(reply.fh);
+    if (killFor && killSuidSgid(killFor, h.fd)) this.opts.invalidateAttributes(h.node.nodeid);
+    if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerOpened(h.node);
+    return reply;
   }
 
-  private openReplyNow(node: UnionNode, fd: number, flags: number): OpenReply {
-    const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper };
-    let openFlags = FOPEN_KEEP_CACHE;
-    let backingId: number | undefined;
-    if (this.passthrough && node.type === C.S_IFREG) {
-      try {
-        h.backing = this.handles.backingFor(this.opts.deviceFd(), node, fd);
-        openFlags = FOPEN_PASSTHROUGH;
-        backingId = h.backing.id;
-      } catch (err) {
-        this.opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon');
-      }
-    }
-    const fh = this.handles.add(h);
-    // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
-    return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
+  /** A passthrough open for writing: the kernel drops the attributes it holds (see passthroughWriters). */
+  private writerOpened(node: UnionNode): void {
+    this.passthroughWriters.set(node, (this.passthroughWriters.get(node) ?? 0) + 1);
+    // A node being created has no kernel reference yet: its entry reply carries timeout 0 itself.
+    if (node.lookups > 0) this.opts.invalidateAttributes(node.nodeid);
+  }
+
+  private writerClosed(node: UnionNode): void {
+    const n = (this.passthroughWriters.get(node) ?? 1) - 1;
+    if (n > 0) this.passthroughWriters.set(node, n);
+    else this.passthroughWriters.delete(node);
   }
 
   read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, size: number): Buffer {
@@ -285,7 +280,8 @@ export class UnionFs implements FileSystem {
     const h = this.handles.remove(fh);
     if (!h || h.kind !== 'file') return;
     try {
-      if (h.backing) this.handles.releaseBacking(this.opts.deviceFd(), h.node, h.backing);
+      if (h.backing && (h.flags & 3) !== C.O_RDONLY) this.writerClosed(h.node);
+      if (h.backing) this.handles.releaseBacking(h.node, h.backing);
     } finally {
       N.close(h.fd);
       this.inodes.maybeDrop(h.node);
@@ -383,39 +379,43 @@ export class UnionFs implements FileSystem {
   }
 
   /**
-   * Copies `node` up (if needed), re-points open handles that read the lower file, then runs `then`.
-   * A large file is copied in steps between other requests: the result is then a promise.
+   * Copies `node` up (if needed), then runs `then` on the node that now holds the object (see
+   * afterCopied). A large file is copied in steps between other requests: the result is then a promise.
    */
-  private afterCopyUp<T>(node: UnionNode, data: boolean, then: () => T | Promise<T>): T | Promise<T> {
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>): T | Promise<T> {
     const w = this.w;
-    if (node.layer.isUpper && !node.copying) return then();
-    const copied = w.copyUp.ensureAsync(node, { data });
+    const n = node.live;
+    if (n.layer.isUpper && !n.copying) return then(n);
+    const copied = w.copyUp.ensureAsync(n, { data });
     if (copied) {
       return copied.then(() => {
-        this.reopenHandles(node);
-        return then();
+        this.afterCopied(n);
+        return then(n.live);
       });
     }
-    this.reopenHandles(node);
-    return then();
+    this.afterCopied(n);
+    return then(n.live);
+  }
+
+  /**
+   * After a copy-up of `node`: handles the daemon serves from the lower file use the upper one. Opens
+   * the kernel reads by passthrough stay bound to the lower file, and every open of one FUSE inode
+   * must share its backing: the name then gets a new node (same st_ino) for the upper copy, the
+   * kernel is told to look the name up again, and the old node forwards everything else to it.
+   */
+  private afterCopied(node: UnionNode): void {
+    if (node.type !== C.S_IFREG || !node.layer.isUpper) return;
+    if (!node.unlinked && node.parent && !node.successor && this.handles.boundToLower(node)) {
+      this.inodes.supersede(node);
+      this.opts.invalidateEntry(node.parent.nodeid, node.name);
+      this.opts.invalidateAttributes(node.nodeid);
+    }
+    reopenHandles(node);
   }
 
   /** Copies `node` up if needed; a promise while a large file is copied. */
   private copyUpNode(node: UnionNode): void | Promise<void> {
     return this.afterCopyUp<void>(node, true, () => undefined);
-  }
-
-  /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
-  private reopenHandles(node: UnionNode): void {
-    if (node.type !== C.S_IFREG) return;
-    for (const h of this.handles.filesOf(node)) {
-      // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
-      if (h.backing || !h.onLower) continue;
-      const fd = this.openUpperFile(node, 0);
-      N.close(h.fd);
-      h.fd = fd;
-      h.onLower = false;
-    }
   }
 
   /** Runs `then` once no copy-up is in progress on any of `nodes` (changes to a node wait for it). */
@@ -425,95 +425,82 @@ export class UnionFs implements FileSystem {
     return Promise.all(busy).then(() => this.afterCopies(nodes, then));
   }
 
-  /** Opens the upper file of `node` read-write (the daemon serves any access mode through it). */
-  private openUpperFile(node: UnionNode, extra: number): number {
-    const [dirfd, name] = node.location();
-    try {
-      return N.openat(dirfd, name, C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC | extra, 0);
-    } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ETXTBSY') throw e;
-      return N.openat(dirfd, name, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC | extra, 0);
-    }
-  }
-
   setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
     const node = this.inodes.get(nodeid);
+    this.fsflags.refuseSetattr(node.live, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
-    return this.afterCopyUp(node, !truncatingToZero, () => this.setattrUpper(ctx, node, req));
+    const handle = (req.valid & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
+    return this.afterCopyUp(node, !truncatingToZero, (live) => {
+      if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
+      setAttributes(live, req, handle);
+      if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
+      const attr = this.inodes.attr(live);
+      return { attr, attrTimeout: this.attrTimeout(attr, live) };
+    });
   }
 
-  private setattrUpper(ctx: RequestContext, node: UnionNode, req: SetattrRequest): AttrReply {
-    const v = req.valid;
-    const [dirfd, name] = node.location();
-    const handle = (v & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
-    // The mount root is the upper layer's root itself: no name, only its descriptor.
-    const isRoot = name === '';
-    if (v & (FATTR_UID | FATTR_GID)) {
-      N.fchownat(dirfd, name, v & FATTR_UID ? req.uid : -1, v & FATTR_GID ? req.gid : -1,
-        C.AT_SYMLINK_NOFOLLOW | (isRoot ? C.AT_EMPTY_PATH : 0));
-    }
-    if (v & FATTR_MODE) {
-      if (node.type === C.S_IFLNK) throw fsError('EOPNOTSUPP');
-      // fchmodat takes no empty name; the descriptor's /proc link reaches the directory itself.
-      if (isRoot) N.fchmodat(C.AT_FDCWD, `/proc/self/fd/${dirfd}`, req.mode & 0o7777, 0);
-      else N.fchmodat(dirfd, name, req.mode & 0o7777, 0);
-    }
-    if (v & FATTR_SIZE) {
-      if (node.type === C.S_IFDIR) throw fsError('EISDIR');
-      if (handle && !handle.backing) {
-        N.ftruncate(handle.fd, req.size);
-      } else {
-        const fd = N.openat(dirfd, name, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-        try {
-          N.ftruncate(fd, req.size);
-        } finally {
-          N.close(fd);
-        }
-      }
-    }
-    if (v & (FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW)) {
-      const aNs = v & FATTR_ATIME_NOW ? C.UTIME_NOW : v & FATTR_ATIME ? req.atimeNsec : C.UTIME_OMIT;
-      const mNs = v & FATTR_MTIME_NOW ? C.UTIME_NOW : v & FATTR_MTIME ? req.mtimeNsec : C.UTIME_OMIT;
-      N.utimensat(dirfd, name, req.atimeSec, aNs, req.mtimeSec, mNs, C.AT_SYMLINK_NOFOLLOW | (name === '' ? C.AT_EMPTY_PATH : 0));
-    }
-    return this.getattr(ctx, node.nodeid, handle ? req.fh : undefined);
-  }
-
-  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject): EntryReply {
+  private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
+    const acl = this.newAcl(p, obj, umask);
     const { node, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
+    this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
+  }
+
+  /** The mode (umask or default ACL applied) and ACLs of a new object; sets obj.mode. */
+  private newAcl(p: UnionNode, obj: NewObject, umask: number): NewAcl | null {
+    if (!this.posixAcl || obj.kind === 'symlink') return null;
+    const [dirfd, name] = p.location();
+    const def = this.acls.get(p.ino, ACL_DEFAULT, () => readAcl(dirfd, name, ACL_DEFAULT));
+    const acl = newObjectAcl(def, obj.kind === 'dir' ? C.S_IFDIR : C.S_IFREG, obj.mode, umask);
+    obj.mode = acl.mode;
+    return acl;
+  }
+
+  private setNewAcl(node: UnionNode, acl: NewAcl | null): void {
+    if (!acl) return;
+    const [dirfd, name] = node.location();
+    writeNewAcl(dirfd, name, acl);
+    this.acls.set(node.ino, acl.access, acl.default);
   }
 
   symlink(ctx: RequestContext, parent: number, name: string, target: string): EntryReply {
     return this.newEntry(ctx, parent, name, { kind: 'symlink', target });
   }
 
-  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number): EntryReply {
+  mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask = 0): EntryReply {
     if ((mode & C.S_IFMT) === C.S_IFREG || (mode & C.S_IFMT) === 0) {
-      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY);
+      const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY, umask);
       this.release(ctx, r.entry.nodeid, r.open.fh);
       return r.entry;
     }
-    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev });
+    return this.newEntry(ctx, parent, name, { kind: 'node', mode, rdev }, umask);
   }
 
-  mkdir(ctx: RequestContext, parent: number, name: string, mode: number): EntryReply {
-    return this.newEntry(ctx, parent, name, { kind: 'dir', mode });
+  mkdir(ctx: RequestContext, parent: number, name: string, mode: number, umask = 0): EntryReply {
+    return this.newEntry(ctx, parent, name, { kind: 'dir', mode }, umask);
   }
 
-  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number): CreateReply {
+  create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask = 0): CreateReply {
     const w = this.w;
     const p = this.dirNode(parent);
     checkName(name);
     if (this.child(p, name)) throw fsError('EEXIST');
-    const { node, fd, st } = w.dirs.create(ctx, p, name, { kind: 'file', mode, flags });
-    const entry = this.entry(node, this.inodes.attrFrom(node, st));
-    return { entry, open: this.openReplyNow(node, fd, flags) };
+    this.fsflags.refuseNewEntry(p);
+    const obj: NewObject = { kind: 'file', mode, flags };
+    const acl = this.newAcl(p, obj, umask);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    this.fsflags.created(node);
+    this.setNewAcl(node, acl);
+    const attr = this.inodes.attrFrom(node, st);
+    // The open first: a passthrough writer's entry is not cached.
+    const open = this.opened(openReply(this.files, node, fd, flags, true), null);
+    return { entry: this.entry(node, attr), open };
   }
 
   private existing(parent: UnionNode, name: string): UnionNode {
@@ -528,8 +515,11 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (node.isDir) throw fsError('EISDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying) return this.afterCopies<void>([node], () => this.unlink(_ctx, parent, name));
     w.dirs.unlink(p, node, name);
+    this.acls.forget(node.ino); // its inode number may be reused
   }
 
   rmdir(_ctx: RequestContext, parent: number, name: string): void {
@@ -537,7 +527,10 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
     w.dirs.rmdir(p, node, name);
+    this.acls.forget(node.ino);
   }
 
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
@@ -548,35 +541,52 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
+    this.fsflags.refuseRemoveEntry(p);
+    this.fsflags.refuseChange(node);
+    if (target) {
+      this.fsflags.refuseRemoveEntry(np);
+      this.fsflags.refuseChange(target);
+    } else {
+      this.fsflags.refuseNewEntry(np);
+    }
     // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
     if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
     w.dirs.checkRename(node, newName, target, flags);
     const exchangeFile = target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG ? target : null;
     for (const n of [node.type === C.S_IFREG ? node : null, exchangeFile]) {
       if (!n || n.layer.isUpper) continue;
+      // Names are looked up again after the copy: it may have given a name a new node.
       const copied = this.copyUpNode(n);
       if (copied) return copied.then(() => this.rename(ctx, parent, name, newParent, newName, flags));
+      return this.rename(ctx, parent, name, newParent, newName, flags);
     }
     w.dirs.rename(p, name, node, np, newName, target, flags);
+    if (target) this.acls.forget(target.ino);
   }
 
   link(ctx: RequestContext, nodeid: number, newParent: number, newName: string): EntryReply | Promise<EntryReply> {
     const w = this.w;
-    const node = this.inodes.get(nodeid);
+    const node = this.inodes.get(nodeid).live;
     const p = this.dirNode(newParent);
     checkName(newName);
+    // An unlinked file cannot get a name again (the kernel refuses before asking, as for nlink 0).
+    if (node.unlinked) throw fsError('ENOENT');
     if (this.child(p, newName)) throw fsError('EEXIST');
+    this.fsflags.refuseNewEntry(p);
+    this.fsflags.refuseChange(node);
     if (node.copying || (node.type === C.S_IFREG && !node.layer.isUpper)) {
       const copied = this.copyUpNode(node);
       // The new name is checked again: it may have been taken while the copy ran.
       if (copied) return copied.then(() => this.link(ctx, nodeid, newParent, newName));
     }
-    w.dirs.link(node, p, newName);
-    return this.entry(node);
+    const live = node.live;
+    w.dirs.link(live, p, newName);
+    return this.entry(live);
   }
 
-  write(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, data: Buffer): number {
+  write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags = 0): number {
     const h = this.handles.file(fh);
+    if (writeFlags & FUSE_WRITE_KILL_SUIDGID && killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
     let done = 0;
     while (done < data.length) done += N.pwrite(h.fd, data, done, data.length - done, offset + done);
     return done;
@@ -592,7 +602,8 @@ export class UnionFs implements FileSystem {
   fsyncdir(_ctx: RequestContext, nodeid: number): void {
     const node = this.inodes.get(nodeid);
     if (!node.layer.isUpper || this.writable?.upper.volatile) return;
-    const fd = N.openat(node.dirFd(node.layer), '.', C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    // Through its anchor once the directory was removed or its name taken.
+    const fd = openObject(node.location(), C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC);
     try {
       N.fsync(fd);
     } finally {
@@ -600,31 +611,48 @@ export class UnionFs implements FileSystem {
     }
   }
 
-  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number): void | Promise<void> {
-    if (isPrivateXattr(name)) throw fsError('EPERM');
+  setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags = 0): void | Promise<void> {
+    checkSettable(name);
     const node = this.inodes.get(nodeid);
-    return this.afterCopyUp(node, true, () => {
-      const [dirfd, fname] = node.location();
-      N.lsetxattr(dirfd, fname, name, value, flags);
+    this.fsflags.refuseChange(node.live);
+    return this.afterCopyUp(node, true, (live) => {
+      setXattr(live, name, value, flags);
+      if (!isAclName(name)) return;
+      // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
+      this.acls.forget(live.ino);
+      if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
     });
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
-    if (isPrivateXattr(name)) throw fsError('EPERM');
-    const node = this.inodes.get(nodeid);
-    if (!node.layer.isUpper) {
-      // Removing what is not there changes nothing: no copy-up (as the kernel).
-      const [dirfd, fname] = node.location();
-      if (N.lgetxattr(dirfd, fname, name) === null) throw fsError('ENODATA');
-    }
-    return this.afterCopyUp(node, true, () => {
-      const [dirfd, fname] = node.location();
-      N.lremovexattr(dirfd, fname, name);
+    checkSettable(name);
+    const node = this.inodes.get(nodeid).live;
+    this.fsflags.refuseChange(node);
+    if (!node.layer.isUpper) checkRemovable(node, name);
+    return this.afterCopyUp(node, true, (live) => {
+      removeXattr(live, name);
+      if (isAclName(name)) this.acls.forget(live.ino);
     });
   }
 
-  fallocate(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, length: number, mode: number): void {
-    N.fallocate(this.handles.file(fh).fd, mode, offset, length);
+  fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
+    const h = this.handles.file(fh);
+    this.fsflags.refuseFallocate(h.node, mode);
+    // The kernel clears nothing before FALLOCATE (overlayfs does, for every mode): the daemon does.
+    if (killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
+    N.fallocate(h.fd, mode, offset, length);
+  }
+
+  /** chattr / lsattr: the file attribute ioctls; setting flags copies the object up. */
+  ioctl(_ctx: RequestContext, nodeid: number, _fh: number, cmd: number, input: Buffer): Buffer | Promise<Buffer> {
+    if (!isFileAttrIoctl(cmd)) throw fsError('ENOTTY');
+    const node = this.inodes.get(nodeid);
+    if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_FSGETXATTR) return this.fsflags.get(node.live, cmd);
+    return this.afterCopyUp(node, true, (live) => {
+      this.fsflags.set(live, cmd, input);
+      this.opts.invalidateAttributes(live.nodeid); // its ctime
+      return Buffer.alloc(0);
+    });
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,

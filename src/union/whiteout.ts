@@ -45,12 +45,12 @@ function opaqueValue(v: Buffer | null): boolean {
 
 /**
  * Is the directory `name` inside `dirfd` opaque (hiding the layers below it)? Reads both xattr
- * namespaces and the OCI marker file. `name` may be "" for `dirfd` itself.
+ * namespaces and, with `oci`, the OCI marker file. `name` may be "" for `dirfd` itself.
  */
-export function isOpaqueDir(dirfd: number, name: string): boolean {
+export function isOpaqueDir(dirfd: number, name: string, oci = true): boolean {
   if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED))) return true;
   if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER))) return true;
-  return N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch);
+  return oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch);
 }
 
 /** Private xattrs of overlayfs: never shown, never settable through the mount. */

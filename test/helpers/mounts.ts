@@ -120,9 +120,14 @@ export interface StrataSpec extends OverlaySpec {
 
 /**
  * The program under test. STRATA_TEST_PEER=fuse-overlayfs runs the same tests against the peer
- * implementation instead (a development aid to check that the tests catch its known bugs).
+ * implementation instead (a development aid to check that the tests catch its known bugs);
+ * STRATA_TEST_PEER=kernel against a second kernel overlay (to check a test is deterministic).
  */
 export function underTest(): { name: string; fstype: string; command(spec: StrataSpec, opts: string, mnt: string): [string, string[]] } {
+  if (process.env.STRATA_TEST_PEER === 'kernel') {
+    // the oracle against itself: proves a differential test deterministic (no false differences)
+    return { name: 'kernel2', fstype: 'overlay', command: (_s, o, m) => ['mount', ['-t', 'overlay', 'overlay', '-o', o, m]] };
+  }
   if (process.env.STRATA_TEST_PEER === 'fuse-overlayfs') {
     return { name: 'fuse-overlayfs', fstype: 'fuse.fuse-overlayfs', command: (_s, o, m) => ['fuse-overlayfs', ['-o', o, m]] };
   }

@@ -38,6 +38,8 @@ export interface PairOptions {
   upper?: LayerSpec;
   /** Extra mount options for both (e.g. none by default). */
   options?: string[];
+  /** Extra command-line arguments for strata only (e.g. ['--write-format', 'oci']). */
+  strataArgs?: string[];
 }
 
 function mkdir(p: string): string {
@@ -71,7 +73,7 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const k = buildSide(base, 'k', layers, opts);
   const s = buildSide(base, 's', layers, opts);
   const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options: opts.options });
-  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: opts.options });
+  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: opts.options, extraArgs: opts.strataArgs });
   return {
     base,
     kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt) },

@@ -6,6 +6,14 @@ import path from 'node:path';
 import { normTime, kindOf } from './ops-tree.js';
 import { xattrValue } from './ops-layers.js';
 import { errnoName, xop, type XCmd, type XResult } from './ops-xop.js';
+import { run } from './exec.js';
+
+const STRERROR_CODES: Record<string, string> = {
+  'Operation not permitted': 'EPERM', 'No such file or directory': 'ENOENT', 'Permission denied': 'EACCES',
+  'Inappropriate ioctl for device': 'ENOTTY', 'Operation not supported': 'EOPNOTSUPP', 'Not a directory': 'ENOTDIR',
+  'Text file busy': 'ETXTBSY', 'Read-only file system': 'EROFS',
+};
+import type { FdCmd } from './fd-driver.js';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, O_NOFOLLOW, O_DIRECTORY } = fs.constants;
 const FLAG_BITS: Record<string, number> = {
@@ -60,8 +68,12 @@ export type Op =
   | ['fsync', string, string]
   /** Opens read-only, unlinks, then fstat (nlink, size) and reads through the descriptor. */
   | ['openUnlink', string]
+  /** chattr with one change ("+i", "-a", "+A", ...), as root. */
+  | ['chattr', string, string]
   /** One op run as uid/gid (supplementary groups cleared), through the xop helper. */
-  | ['as', number, number, Op];
+  | ['as', number, number, Op]
+  /** A command of the descriptor driver of one user (fd-driver.ts), run through an FdSide. */
+  | ['fd', string, FdCmd];
 
 export type Result = unknown;
 
@@ -230,8 +242,17 @@ export class Runner {
         const [nlink, size, data] = r.ok;
         return { nlink: Number(nlink), size: Number(size), data: Buffer.from(data ?? '', 'hex').toString('latin1') };
       }
+      case 'chattr': {
+        const r = run('chattr', [op[2], P(op[1])]);
+        if (r.status === 0) return 'ok';
+        // chattr prints strerror: the errno name back from the text
+        const text = r.stderr.trim().split(': ').pop() ?? '';
+        return { err: STRERROR_CODES[text] ?? text };
+      }
       case 'as':
         return this.asUser(op[1], op[2], op[3]);
+      case 'fd':
+        throw new Error('descriptor ops run through an FdSide (fd-side.ts), not the Runner');
     }
   }
 

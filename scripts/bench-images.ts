@@ -1,0 +1,150 @@
+// make bench-images: strata's image commands against podman's on the same image, in the same run.
+// The image is the Debian rootfs of `make rootfs` (flattened through a kernel overlay), imported and
+// saved by podman (docker-archive). Each run, on fresh stores:
+//   load    strata image load -i IMG.tar          podman load -i IMG.tar
+//   commit  of a container that wrote 100 MiB     strata commit C T / podman commit C T
+//   save    strata image save T -o F              podman save -o F T
+//   export  strata export C -o F                  podman export -o F C
+// Medians and min–max of --runs N (default 3), and the ratio strata/podman per step.
+// Usage: node dist/scripts/bench-images.js [--runs N] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const STRATA = path.join(ROOT, 'bin', 'strata');
+const STEPS = ['load', 'commit', 'save', 'export'] as const;
+type Step = (typeof STEPS)[number];
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1]! : fallback;
+}
+
+const runs = Number(arg('runs', '3'));
+const tmpBase = arg('tmp', '/var/tmp');
+const outDir = arg('out', 'bench-results');
+const rootfs = arg('rootfs', '/var/cache/strata/rootfs/l2:/var/cache/strata/rootfs/l1:/var/cache/strata/rootfs/l0');
+
+function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): void {
+  const r = spawnSync(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 3_600_000 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: status ${r.status}: ${(r.stderr ?? '').trim().slice(-1000)}`);
+}
+
+/** Seconds a command takes (the page cache is dropped before, so each side starts cold). */
+function timed(cmd: string, args: string[], env?: NodeJS.ProcessEnv): number {
+  spawnSync('sync');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  const t0 = process.hrtime.bigint();
+  sh(cmd, args, env);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+interface Podman {
+  env: NodeJS.ProcessEnv;
+  args: string[];
+}
+
+function podmanIn(root: string): Podman {
+  for (const d of ['graph', 'run', 'tmp']) fs.mkdirSync(path.join(root, d), { recursive: true });
+  fs.writeFileSync(path.join(root, 'registries.conf'), '');
+  fs.writeFileSync(path.join(root, 'storage.conf'), `[storage]\ndriver = "overlay"\ngraphroot = "${root}/graph"\nrunroot = "${root}/run"\n`);
+  return {
+    env: { ...process.env, CONTAINERS_STORAGE_CONF: path.join(root, 'storage.conf'), CONTAINERS_REGISTRIES_CONF: path.join(root, 'registries.conf') },
+    args: ['--runtime', 'runc', '--cgroup-manager', 'cgroupfs', '--events-backend', 'file', '--tmpdir', path.join(root, 'tmp')],
+  };
+}
+
+function podman(p: Podman, args: string[]): void {
+  sh('podman', [...p.args, ...args], p.env);
+}
+
+function podmanTimed(p: Podman, args: string[]): number {
+  return timed('podman', [...p.args, ...args], p.env);
+}
+
+const WRITE_100M = 'head -c 104857600 /dev/urandom > /var/tmp/big && sync';
+const LIMITS = ['--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=32768:32768', '--network', 'none'];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function cleanup(dir: string): void {
+  const mounts = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '')
+    .filter((m) => m.startsWith(dir + '/')).reverse();
+  for (const m of mounts) spawnSync('umount', ['-l', m]);
+  spawnSync('rm', ['-rf', '--one-file-system', dir]);
+}
+
+function main(): void {
+  const base = fs.mkdtempSync(path.join(tmpBase, 'bench-images-'));
+  process.on('SIGINT', () => {
+    cleanup(base);
+    process.exit(130);
+  });
+  const results: Record<'strata' | 'podman', Record<Step, number[]>> = {
+    strata: { load: [], commit: [], save: [], export: [] },
+    podman: { load: [], commit: [], save: [], export: [] },
+  };
+  try {
+    // The input image, once.
+    const kmnt = path.join(base, 'k');
+    fs.mkdirSync(kmnt);
+    sh('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${rootfs}`, kmnt]);
+    const rootfsTar = path.join(base, 'rootfs.tar');
+    try {
+      sh('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', kmnt, '-cf', rootfsTar, '.']);
+    } finally {
+      sh('umount', [kmnt]);
+    }
+    const seed = podmanIn(path.join(base, 'seed'));
+    podman(seed, ['import', '-q', rootfsTar, 'localhost/bench:base']);
+    const image = path.join(base, 'image.tar');
+    podman(seed, ['save', '-o', image, 'localhost/bench:base']);
+    podman(seed, ['system', 'reset', '-f']);
+    fs.rmSync(rootfsTar);
+    const mib = fs.statSync(image).size / 2 ** 20;
+    process.stderr.write(`image: ${mib.toFixed(0)} MiB docker-archive; ${runs} runs\n`);
+
+    for (let r = 0; r < runs; r++) {
+      const dir = path.join(base, `run${r}`);
+      fs.mkdirSync(dir);
+      // strata
+      const env = { ...process.env, STRATA_STORE: path.join(dir, 'store') };
+      results.strata.load.push(timed(STRATA, ['image', 'load', '-q', '-i', image], env));
+      sh(STRATA, ['run', '--name', 'c', 'localhost/bench:base', 'sh', '-c', WRITE_100M], env);
+      results.strata.commit.push(timed(STRATA, ['commit', 'c', 'localhost/bench:c'], env));
+      results.strata.save.push(timed(STRATA, ['image', 'save', 'localhost/bench:c', '-o', path.join(dir, 's-save.tar')], env));
+      results.strata.export.push(timed(STRATA, ['export', 'c', '-o', path.join(dir, 's-export.tar')], env));
+      // podman
+      const p = podmanIn(path.join(dir, 'podman'));
+      results.podman.load.push(podmanTimed(p, ['load', '-q', '-i', image]));
+      podman(p, ['run', '--name', 'c', ...LIMITS, 'localhost/bench:base', 'sh', '-c', WRITE_100M]);
+      results.podman.commit.push(podmanTimed(p, ['commit', '-q', 'c', 'localhost/bench:c']));
+      results.podman.save.push(podmanTimed(p, ['save', '-o', path.join(dir, 'p-save.tar'), 'localhost/bench:c']));
+      results.podman.export.push(podmanTimed(p, ['export', '-o', path.join(dir, 'p-export.tar'), 'c']));
+      podman(p, ['rm', '-af']);
+      podman(p, ['system', 'reset', '-f']);
+      cleanup(dir);
+      process.stderr.write(`run ${r + 1}/${runs}: ${STEPS.map((st) => `${st} ${results.strata[st][r]!.toFixed(2)} s vs ${results.podman[st][r]!.toFixed(2)} s`).join(', ')}\n`);
+    }
+  } finally {
+    cleanup(base);
+  }
+  const fmt = (xs: number[]): string => `${median(xs).toFixed(2)} s (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
+  const lines = ['| step | strata | podman | strata / podman |', '|---|---|---|---|'];
+  for (const step of STEPS) {
+    const s = results.strata[step];
+    const p = results.podman[step];
+    lines.push(`| ${step} | ${fmt(s)} | ${fmt(p)} | ${(median(s) / median(p)).toFixed(2)}× |`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, 'bench-images.json'), JSON.stringify({ runs, results }, null, 2));
+}
+
+main();

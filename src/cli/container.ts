@@ -1,0 +1,252 @@
+// The container commands: `strata run`, `strata commit`, `strata export`, `strata container ls|rm`.
+// Docker's verbs and flags. As with `docker run`, strata's options end at the image name: what
+// follows is the container's command line, options included (`strata run IMG sh -c 'echo hi'`),
+// so `run` is split before yargs sees it. The store and the container code are imported when a
+// command runs.
+
+import type { Argv, CommandModule } from 'yargs';
+import { byteProgress } from './progress.js';
+
+interface StoreArgs {
+  store?: string;
+  json?: boolean;
+}
+
+const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
+
+interface OptionDef {
+  type: 'string' | 'boolean';
+  alias?: string;
+  describe?: string;
+  default?: unknown;
+  demandOption?: boolean;
+}
+type Options = Readonly<Record<string, OptionDef>>;
+
+const RUN_OPTIONS = {
+  name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
+  rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  store: storeOption,
+} as const;
+const COMMIT_OPTIONS = {
+  message: { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' },
+  author: { alias: 'a', type: 'string', describe: 'author (e.g. "Name <mail>")' },
+  store: storeOption,
+} as const;
+const EXPORT_OPTIONS = {
+  output: { alias: 'o', type: 'string', demandOption: true, describe: 'the tar file to write ("-": standard output)' },
+  store: storeOption,
+} as const;
+const CONTAINER_OPTIONS = {
+  store: storeOption,
+  json: { type: 'boolean', default: false, describe: 'print JSON' },
+  force: { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' },
+} as const;
+
+/** The options of each command that unknownOption() checks (others: see main.ts). */
+const COMMAND_OPTIONS: Record<string, Options> = { run: RUN_OPTIONS, commit: COMMIT_OPTIONS, export: EXPORT_OPTIONS, container: CONTAINER_OPTIONS };
+
+/**
+ * The first option in `args` (before "--") that `options` does not define, as written ("--bogus",
+ * "-x"). With `stopAtFirstWord`, the scan ends at the first argument that is not an option.
+ */
+export function firstUnknownOption(args: readonly string[], options: Options, stopAtFirstWord = false): string | null {
+  const known = new Set(['help', 'h']);
+  const takesValue = new Set<string>();
+  for (const [k, d] of Object.entries(options)) {
+    for (const n of d.alias ? [k, d.alias] : [k]) {
+      known.add(n);
+      if (d.type === 'string') takesValue.add(n);
+    }
+  }
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') break;
+    if (!a.startsWith('-') || a === '-') {
+      if (stopAtFirstWord) break;
+      continue;
+    }
+    const long = a.startsWith('--');
+    const name = a.replace(/^-+/, '').split('=')[0]!;
+    for (const n of long ? [name] : [...name]) {
+      if (!known.has(n) && !(long && n.startsWith('no-') && known.has(n.slice(3)))) return long ? `--${n}` : `-${n}`;
+    }
+    if (!a.includes('=') && takesValue.has(long ? name : name.slice(-1))) i++;
+  }
+  return null;
+}
+
+/**
+ * The first unknown option on a command line of the container commands, or of the commands given
+ * in `more` (name → its options), or null. yargs would report a missing argument first when the
+ * unknown option swallowed it (`strata commit --bogus C T`).
+ */
+export function unknownOption(argv: readonly string[], more: Record<string, Options> = {}): string | null {
+  const cmd = argv[0] ?? '';
+  const options = COMMAND_OPTIONS[cmd] ?? more[cmd];
+  if (!options) return null;
+  return firstUnknownOption(argv.slice(1), options, cmd === 'run');
+}
+
+/**
+ * `strata run [OPTIONS] IMAGE [COMMAND [ARG...]]`: the part for yargs (up to the image) and the
+ * container's command line (everything after the image, untouched).
+ */
+export function splitRunArgv(argv: readonly string[]): { head: string[]; command: string[] } {
+  if (argv[0] !== 'run') return { head: [...argv], command: [] };
+  const takesValue = new Set(Object.entries(RUN_OPTIONS).filter(([, d]) => d.type === 'string').map(([k]) => k));
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') return { head: [...argv.slice(0, i), ...argv.slice(i + 1, i + 2)], command: argv.slice(i + 2) };
+    if (a.startsWith('-') && a !== '-') {
+      if (!a.includes('=') && takesValue.has(a.replace(/^-+/, ''))) i++;
+      continue;
+    }
+    return { head: argv.slice(0, i + 1), command: argv.slice(i + 1) };
+  }
+  return { head: [...argv], command: [] };
+}
+
+/** A command handler whose errors end the process with one line (ImageError's own exit code, else 1). */
+function guarded<A>(fn: (a: A) => Promise<void>): (a: A) => Promise<void> {
+  return async (a: A) => {
+    try {
+      await fn(a);
+    } catch (e) {
+      const err = e as { message?: string; exitCode?: unknown };
+      fail(err.message ?? String(e), typeof err.exitCode === 'number' ? err.exitCode : 1);
+    }
+  };
+}
+
+function storeDirOf(a: StoreArgs): Promise<string> {
+  return import('../image/store.js').then((m) => m.storeDir(a.store));
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+/** `strata run`, with the container's command line split off beforehand (splitRunArgv). */
+export function runCommand(containerArgs: () => string[]): CommandModule {
+  return {
+    command: 'run <image>',
+    describe: 'run a command in a new container of an image (chroot + namespaces); strata\'s options end at the image name',
+    builder: (y: Argv) => y
+      .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
+      .options(RUN_OPTIONS),
+    handler: guarded(async (a) => {
+      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean };
+      const { runContainer } = await import('../image/run.js');
+      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm });
+      process.exit(status);
+    }),
+  };
+}
+
+export const commitCommand: CommandModule = {
+  command: 'commit <container> <tag>',
+  describe: 'make a new image of a container\'s (or a mount\'s) changes on top of its image',
+  builder: (y: Argv) => y
+    .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or the mount point of a strata mount --image' })
+    .positional('tag', { type: 'string', demandOption: true, describe: 'NAME:TAG of the new image' })
+    .options(COMMIT_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
+    const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
+    const r = await withStore(await storeDirOf(args), (s) => commitChanges(s, args.container, args.tag, {
+      message: args.message, author: args.author, progress: (total) => byteProgress('commit', total),
+    }));
+    out(r.image.id);
+    process.exit(0);
+  }),
+};
+
+export const exportCommand: CommandModule = {
+  command: 'export <container>',
+  describe: 'write the merged view of a container or mount as one tar (docker export)',
+  builder: (y: Argv) => y
+    .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or a strata mount point' })
+    .options(EXPORT_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { container: string; output: string };
+    if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
+    const { exportView } = await import('../image/export.js');
+    await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress: (total) => byteProgress('export', total) });
+    process.exit(0);
+  }),
+};
+
+export const containerCommand: CommandModule = {
+  command: 'container',
+  describe: 'list and remove containers',
+  handler: () => {},
+  builder: (y: Argv) => y
+    .option('store', storeOption)
+    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json),
+      guarded(async (a) => {
+        const args = a as unknown as StoreArgs;
+        const { withStore } = await import('../image/store.js');
+        const list = await withStore(await storeDirOf(args), (s) => s.listContainers());
+        list.sort((x, y2) => x.created.localeCompare(y2.created));
+        if (args.json) {
+          out(JSON.stringify(list, null, 2));
+        } else {
+          const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
+          for (const c of list) {
+            const status = c.state === 'exited' ? `Exited (${String(c.exitCode)})` : (c.state ?? 'created');
+            rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify((c.command ?? []).join(' ')).slice(0, 40), c.created, status]);
+          }
+          const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+          out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
+        }
+        process.exit(0);
+      }))
+    .command('rm <containers..>', 'remove containers (their upper layers); --force unmounts a mounted one first', (c) => c
+      .positional('containers', { type: 'string', array: true, demandOption: true })
+      .option('force', CONTAINER_OPTIONS.force),
+    guarded(async (a) => {
+      const args = a as unknown as StoreArgs & { containers: string[]; force: boolean };
+      const [{ withStore }, { unmountIfMounted }] = await Promise.all([import('../image/store.js'), import('../image/container.js')]);
+      await withStore(await storeDirOf(args), async (s) => {
+        for (const ref of args.containers) {
+          if (args.force) await unmountIfMounted((await s.getContainer(ref)).merged);
+          out((await s.removeContainer(ref)).name);
+        }
+      });
+      process.exit(0);
+    }))
+    .demandCommand(1, 'give a subcommand: ls or rm'),
+};
+
+/** `strata mount --image NAME:TAG [--upper U --work W] MNT`: the options it adds to `mount`. */
+export const imageMountOptions = {
+  image: { type: 'string', describe: 'mount the layers of this image from the store (instead of -o lowerdir=)' },
+  upper: { type: 'string', describe: 'with --image: the upper directory (default: read-only)' },
+  work: { type: 'string', describe: 'with --image: the work directory (with --upper)' },
+  store: storeOption,
+} as const;
+
+/** With --image: the mount's arguments with lowerdir= (and upperdir=, workdir=) from the store. */
+export async function imageMountArgs<T extends { o?: string | string[]; image?: string; upper?: string; work?: string; store?: string }>(a: T): Promise<T> {
+  const o = ([] as string[]).concat(a.o ?? []);
+  if (!a.image) {
+    if (a.upper || a.work) fail('--upper and --work go with --image (else: -o upperdir=,workdir=)');
+    return a;
+  }
+  if (o.some((x) => /(^|,)(lowerdir|upperdir|workdir)\+?=/.test(x))) fail('--image gives the layers: leave lowerdir=, upperdir= and workdir= out of -o');
+  if (!a.upper !== !a.work) fail('--upper and --work go together: give both or neither');
+  const [{ withStore }, { imageLowerdirs, mountOptionString }] = await Promise.all([import('../image/store.js'), import('../image/container.js')]);
+  let lowerdirs: string[];
+  try {
+    lowerdirs = await withStore(await storeDirOf(a), (s) => imageLowerdirs(s, a.image!));
+  } catch (e) {
+    fail((e as Error).message, 1);
+  }
+  return { ...a, o: [mountOptionString({ lowerdirs, upper: a.upper, work: a.work }), ...o] };
+}
+
+function fail(message: string, code = 2): never {
+  process.stderr.write(`strata: ${message}\n`);
+  process.exit(code);
+}

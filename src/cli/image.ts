@@ -1,0 +1,287 @@
+// `strata image ...`: load, import, ls, tag, inspect, history, save, rm, prune, lowerdir.
+// Docker's verbs and flags; `--json` for scripts; one line on stderr and a non-zero exit on error.
+// The store and the archive code are imported when a command runs (strata mount does not pay them).
+
+import type { Argv, CommandModule } from 'yargs';
+import type { Logger } from 'pino';
+import type { ImageRecord, Store } from '../image/store.js';
+import type { ArchiveFormat } from '../image/archive/model.js';
+import { ImageError } from '../image/types.js';
+import { byteProgress } from './progress.js';
+
+interface CommonArgs {
+  store?: string;
+  json: boolean;
+  logLevel: string;
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+function printJson(v: unknown): void {
+  out(JSON.stringify(v, null, 2));
+}
+
+/** Docker's sizes: decimal units, three significant digits. */
+export function humanSize(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${u === 0 ? v : v.toPrecision(3)}${units[u]}`;
+}
+
+/** "5 minutes ago", as docker prints times. */
+export function ago(iso: string | undefined): string {
+  if (!iso) return 'N/A';
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  const steps: [number, string][] = [[60, 'second'], [60, 'minute'], [24, 'hour'], [7, 'day'], [4.35, 'week'], [12, 'month'], [Infinity, 'year']];
+  let v = s;
+  for (const [size, name] of steps) {
+    if (v < size) {
+      const r = Math.floor(v);
+      return r <= 1 && name === 'second' ? 'Less than a second ago' : `${r} ${name}${r === 1 ? '' : 's'} ago`;
+    }
+    v /= size;
+  }
+  return iso;
+}
+
+function shortId(id: string): string {
+  return id.slice(7, 19);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
+}
+
+async function logger(a: CommonArgs): Promise<Logger> {
+  const { pino } = await import('pino');
+  return pino({ level: a.logLevel, base: { pid: process.pid } }, pino.destination(2));
+}
+
+/** Opens the store for one command, closes it, and turns failures into one line and an exit code. */
+async function withImageStore(a: CommonArgs, fn: (s: Store, log: Logger) => Promise<void>): Promise<void> {
+  const { Store, storeDir } = await import('../image/store.js');
+  const log = await logger(a);
+  let store: Store | undefined;
+  let failure: unknown = null;
+  try {
+    store = await Store.open(storeDir(a.store), {
+      onWait: () => {
+        if (process.stderr.isTTY) process.stderr.write('strata: waiting for the store (another strata command is using it)\n');
+        log.info('waiting for the store lock');
+      },
+    });
+    await fn(store, log);
+  } catch (e) {
+    failure = e;
+  }
+  await store?.close().catch(() => {});
+  if (failure !== null) {
+    log.debug({ err: failure }, 'image command failed');
+    const err = failure as { message?: string; exitCode?: number };
+    process.stderr.write(`strata: ${(err.message ?? String(failure)).split('\n')[0]}\n`);
+    process.exit(typeof err.exitCode === 'number' ? err.exitCode : 1);
+  }
+}
+
+function inspectView(store: Store, img: ImageRecord): Record<string, unknown> {
+  const c = img.config;
+  return {
+    Id: img.id,
+    RepoTags: img.tags,
+    RepoDigests: [],
+    Created: c.created ?? null,
+    Author: c.author ?? '',
+    Architecture: c.architecture,
+    Os: c.os,
+    Config: c.config ?? {},
+    RootFS: { Type: 'layers', Layers: c.rootfs.diff_ids },
+    Size: img.size,
+    GraphDriver: { Name: 'overlay', Data: { LowerDir: store.lowerdir(img) } },
+    Metadata: { Stored: img.stored, ManifestDigest: img.manifestDigest },
+  };
+}
+
+async function historyRows(store: Store, img: ImageRecord): Promise<{ id: string; created: string; createdBy: string; size: number; comment: string }[]> {
+  const layers = await Promise.all(img.layers.map(async (c) => store.layer(c)));
+  const entries = img.config.history ?? [];
+  const rows = [];
+  let li = 0;
+  for (const h of entries) {
+    const size = h.empty_layer ? 0 : layers[li++]?.diffSize ?? 0;
+    rows.push({ id: '<missing>', created: h.created ?? '', createdBy: h.created_by ?? '', size, comment: h.comment ?? '' });
+  }
+  if (rows.length > 0) rows[rows.length - 1]!.id = img.id;
+  return rows.reverse();
+}
+
+const common = {
+  store: { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' },
+  json: { type: 'boolean', default: false, describe: 'print JSON' },
+  'log-level': { type: 'string', default: 'warn', describe: 'trace, debug, info, warn, error (JSON logs on stderr)' },
+} as const;
+
+const FORMATS = ['docker-archive', 'oci-archive', 'oci-dir'] as const;
+
+/** Every option of each verb with its aliases (yargs checks missing arguments before unknown options). */
+const VERB_OPTIONS: Record<string, readonly string[]> = {
+  load: ['input', 'i', 'quiet', 'q'], import: ['message', 'm'], ls: ['quiet', 'q'], list: ['quiet', 'q'], tag: [], inspect: [],
+  history: ['trunc'], save: ['output', 'o', 'format'], rm: ['force', 'f'], remove: ['force', 'f'],
+  prune: ['all', 'a', 'force', 'f'], lowerdir: [],
+};
+const COMMON_OPTIONS = ['store', 'json', 'log-level', 'logLevel', 'help', 'h', 'version'];
+
+/** The first option on an `image` command line that its verb does not have, as written ("--bogus"). */
+export function unknownImageOption(argv: readonly string[]): string | null {
+  const verb = argv.slice(1).find((a) => !a.startsWith('-'));
+  const known = new Set([...COMMON_OPTIONS, ...(verb ? VERB_OPTIONS[verb] ?? [] : [])]);
+  for (const a of argv.slice(1)) {
+    if (a === '--') break;
+    if (!a.startsWith('-') || a === '-') continue;
+    const name = a.replace(/^-+/, '').split('=')[0]!;
+    const names = a.startsWith('--') ? [name] : [...name];
+    for (const n of names) {
+      if (!known.has(n) && !(n.startsWith('no-') && known.has(n.slice(3)))) return a.startsWith('--') ? `--${n}` : `-${n}`;
+    }
+  }
+  return null;
+}
+
+/** `strata image <verb>`, for yargs' .command(). */
+export const imageCommand: CommandModule = {
+  command: 'image',
+  describe: 'load, save and manage images in the layer store',
+  handler: () => {},
+  builder: (y: Argv) => imageVerbs(y),
+};
+
+function imageVerbs(y: Argv): Argv {
+  return y
+    .options(common)
+    .command('load', 'load a docker-archive, an OCI archive or an OCI layout directory', (c) => c
+      .option('input', { alias: 'i', type: 'string', default: '-', describe: 'the archive file or OCI layout directory (default: standard input)' })
+      .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print only the loaded references' }),
+    (a) => withImageStore(a as CommonArgs, async (store, log) => {
+      const { loadImages } = await import('../image/archive/load.js');
+      const { statSync } = await import('node:fs');
+      const input = a.input as string;
+      if (input === '-' && process.stdin.isTTY) throw new ImageError('give the archive with -i FILE, or on standard input (not a terminal)', 2);
+      const size = statSync(input, { throwIfNoEntry: false })?.isFile() ? statSync(input).size : 0;
+      const bar = await byteProgress('reading', size, a.quiet || a.json);
+      const r = await loadImages(store, input, {
+        onBytes: bar.tick,
+        onLayer: (i, n, diffId, stored) => {
+          bar.label(`layer ${i + 1}/${n}`);
+          log.info({ diffId, stored }, stored ? 'layer already stored' : 'unpacking layer');
+        },
+      }).finally(() => bar.stop());
+      if (a.json) return void printJson({ format: r.format, images: r.images.map((i, n) => ({ id: i.id, tags: r.loadedTags[n] })) });
+      r.images.forEach((i, n) => {
+        const tags = r.loadedTags[n] ?? [];
+        if (tags.length === 0) out(`Loaded image ID: ${i.id}`);
+        for (const t of tags) out(`Loaded image: ${t}`);
+      });
+    }))
+    .command('import <file> <reference>', 'make a one-layer image from a root filesystem tar (plain or gzip)', (c) => c
+      .positional('file', { type: 'string', demandOption: true })
+      .positional('reference', { type: 'string', demandOption: true, describe: 'NAME[:TAG]' })
+      .option('message', { alias: 'm', type: 'string', describe: 'comment of the history entry' }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const { importRootfs } = await import('../image/import.js');
+      const { statSync } = await import('node:fs');
+      const bar = await byteProgress('importing', statSync(a.file).size, a.json);
+      const img = await importRootfs(store, a.file, a.reference, { ...(a.message ? { message: a.message } : {}), onBytes: bar.tick })
+        .finally(() => bar.stop());
+      if (a.json) printJson({ id: img.id, tags: img.tags });
+      else out(img.id);
+    }))
+    .command(['ls', 'list'], 'list images', (c) => c
+      .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print image IDs only' }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const images = (await store.listImages()).sort((x, y) => (y.config.created ?? '').localeCompare(x.config.created ?? ''));
+      if (a.json) {
+        return printJson(images.map((i) => ({ id: i.id, tags: i.tags, created: i.config.created ?? null, size: i.size, layers: i.layers.length })));
+      }
+      if (a.quiet) return void images.forEach((i) => out(shortId(i.id)));
+      const rows = [['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE']];
+      for (const i of images) {
+        const refs = i.tags.length > 0 ? i.tags : ['<none>:<none>'];
+        for (const t of refs) {
+          const colon = t.lastIndexOf(':');
+          rows.push([t.slice(0, colon), t.slice(colon + 1), shortId(i.id), ago(i.config.created), humanSize(i.size)]);
+        }
+      }
+      out(table(rows));
+    }))
+    .command('tag <source> <target>', 'give an image another NAME:TAG', (c) => c
+      .positional('source', { type: 'string', demandOption: true })
+      .positional('target', { type: 'string', demandOption: true }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      await store.tag(await store.resolveImage(a.source), a.target);
+    }))
+    .command('inspect <names..>', 'print the images\' configs and layers as JSON (RootFS.Layers: the diff IDs)', (c) => c
+      .positional('names', { type: 'string', array: true, demandOption: true }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const images = [];
+      for (const n of a.names as string[]) images.push(inspectView(store, await store.resolveImage(n)));
+      printJson(images);
+    }))
+    .command('history <name>', 'one line per history entry, newest first: created, created by, size, comment', (c) => c
+      .positional('name', { type: 'string', demandOption: true })
+      .option('trunc', { type: 'boolean', default: true, describe: 'shorten the CREATED BY column (--no-trunc: do not)' }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const rows = await historyRows(store, await store.resolveImage(a.name));
+      if (a.json) return void printJson(rows);
+      const trunc = (s: string): string => (!a.trunc || s.length <= 45 ? s : `${s.slice(0, 44)}…`);
+      out(table([['IMAGE', 'CREATED', 'CREATED BY', 'SIZE', 'COMMENT'],
+        ...rows.map((r) => [r.id === '<missing>' ? r.id : shortId(r.id), ago(r.created), trunc(r.createdBy), humanSize(r.size), r.comment])]));
+    }))
+    .command('save <names..>', 'write images to an archive (docker-archive by default)', (c) => c
+      .positional('names', { type: 'string', array: true, demandOption: true })
+      .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the archive file (a directory for oci-dir)' })
+      .option('format', { type: 'string', choices: FORMATS, default: 'docker-archive' as const }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const { saveImages } = await import('../image/archive/save.js');
+      let total = 0;
+      for (const n of a.names as string[]) total += (await store.resolveImage(n)).size;
+      const bar = await byteProgress('saving', total, a.json);
+      await saveImages(store, a.names as string[], a.format as ArchiveFormat, a.output, bar.tick).finally(() => bar.stop());
+    }))
+    .command(['rm <names..>', 'remove <names..>'], 'untag and delete images (refused while a container uses one, unless --force)', (c) => c
+      .positional('names', { type: 'string', array: true, demandOption: true })
+      .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'delete even if a container uses it' }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const results = [];
+      for (const n of a.names as string[]) results.push(await store.removeImage(n, { force: a.force }));
+      if (a.json) return void printJson(results);
+      for (const r of results) {
+        for (const t of r.untagged) out(`Untagged: ${t}`);
+        for (const d of r.deleted) out(`Deleted: ${d}`);
+      }
+    }))
+    .command('prune', 'delete untagged images no container uses and every unreferenced layer', (c) => c
+      .option('all', { alias: 'a', type: 'boolean', default: false, hidden: true })
+      .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'accepted for docker compatibility (strata does not ask)' }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const r = await store.prune();
+      if (a.json) return void printJson(r);
+      for (const i of r.images) out(`Deleted image: ${i}`);
+      for (const l of r.layers) out(`Deleted layer: ${l}`);
+      out(`Total reclaimed space: ${humanSize(r.bytes)}`);
+    }))
+    .command('lowerdir <name>', 'print the image\'s layers as an overlay lowerdir= value (top first)', (c) => c
+      .positional('name', { type: 'string', demandOption: true }),
+    (a) => withImageStore(a as CommonArgs, async (store) => {
+      const img = await store.resolveImage(a.name);
+      if (a.json) printJson({ id: img.id, lowerdir: store.lowerDirs(img) });
+      else out(store.lowerdir(img));
+    }))
+    .demandCommand(1, 'give an image command: load, import, ls, tag, inspect, history, save, rm, prune, lowerdir');
+}

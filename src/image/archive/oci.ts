@@ -1,0 +1,124 @@
+// OCI image layout (a directory) and OCI archive (the same in a tar): oci-layout, index.json and
+// content-addressed blobs. Every blob read is checked against the digest and size that name it.
+
+import { createReadStream } from 'node:fs';
+import type { ImageRecord, Store } from '../store.js';
+import { type Descriptor, digestHex, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, sha256Digest } from '../types.js';
+import { parseJson } from './docker.js';
+import type { SourceImage } from './model.js';
+import type { ArchiveFiles } from './outer_tar.js';
+import type { ArchiveSink } from './sink.js';
+
+const REF_NAME = 'org.opencontainers.image.ref.name';
+const CONTAINERD_NAME = 'io.containerd.image.name';
+const DOCKER_MANIFEST_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
+
+export function isOciLayout(files: ArchiveFiles): boolean {
+  return files.has('oci-layout') && files.has('index.json');
+}
+
+function blobPath(d: Descriptor): string {
+  return `blobs/sha256/${digestHex(d.digest)}`;
+}
+
+/** A small blob (index, manifest, config), verified against its descriptor. */
+function readBlob(files: ArchiveFiles, d: Descriptor, what: string): Buffer {
+  const path = blobPath(d);
+  if (!files.has(path)) throw new ImageError(`the ${what} names a missing blob: ${d.digest}`);
+  const data = files.read(path);
+  const got = sha256Digest(data);
+  if (got !== d.digest) throw new ImageError(`digest mismatch: blob ${d.digest} hashes to ${got}`);
+  if (typeof d.size === 'number' && d.size !== data.length) throw new ImageError(`size mismatch: blob ${d.digest} has ${data.length} bytes, not ${d.size}`);
+  return data;
+}
+
+/** The reference an index entry names: a full "name:tag" as given, a bare ref.name as its tag. */
+function tagOf(d: Descriptor): string[] {
+  const full = d.annotations?.[CONTAINERD_NAME];
+  if (full) return [full];
+  const ref = d.annotations?.[REF_NAME];
+  if (!ref) return [];
+  return [ref.includes(':') || ref.includes('/') ? ref : `${ref}:latest`];
+}
+
+function hostPlatform(): { os: string; architecture: string } {
+  const arch: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
+  return { os: 'linux', architecture: arch[process.arch] ?? process.arch };
+}
+
+/** The images of an OCI layout: one per manifest reachable from index.json (nested indexes: this platform's). */
+export function readOciLayout(files: ArchiveFiles): SourceImage[] {
+  const index = parseJson<Index>(files.read('index.json'), 'index.json');
+  if (!Array.isArray(index.manifests)) throw new ImageError('index.json has no manifests');
+  const out: SourceImage[] = [];
+  const visit = (d: Descriptor, tags: string[], depth: number): void => {
+    if (d.mediaType === MEDIA.ociIndex || d.mediaType === DOCKER_MANIFEST_LIST) {
+      if (depth > 4) throw new ImageError('image indexes nested too deep');
+      const nested = parseJson<Index>(readBlob(files, d, 'index'), d.digest);
+      const host = hostPlatform();
+      const pick = nested.manifests.filter((m) => !m.platform || (m.platform.os === host.os && m.platform.architecture === host.architecture));
+      for (const m of pick.slice(0, 1)) visit(m, tags, depth + 1);
+      return;
+    }
+    const manifestBytes = readBlob(files, d, 'index');
+    const manifest = parseJson<Manifest>(manifestBytes, d.digest);
+    if (!manifest.config || !Array.isArray(manifest.layers)) throw new ImageError(`manifest ${d.digest} lacks a config or layers`);
+    const configBytes = readBlob(files, manifest.config, 'manifest');
+    const config = parseJson<ImageConfig>(configBytes, manifest.config.digest);
+    const diffIds = config.rootfs?.diff_ids;
+    if (!Array.isArray(diffIds) || diffIds.length !== manifest.layers.length) {
+      throw new ImageError(`config ${manifest.config.digest}: rootfs.diff_ids does not list one diff ID per layer`);
+    }
+    for (const l of manifest.layers) {
+      if (!files.has(blobPath(l))) throw new ImageError(`the manifest names a missing blob: ${l.digest}`);
+    }
+    out.push({
+      tags,
+      configBytes,
+      config,
+      manifestBytes,
+      layers: manifest.layers.map((l, i) => ({
+        diffId: diffIds[i]!, digest: l.digest, size: l.size, mediaType: l.mediaType, open: () => files.open(blobPath(l)),
+      })),
+    });
+  };
+  for (const d of index.manifests) visit(d, tagOf(d), 0);
+  // Several index entries for one manifest (one per tag) are one image with several tags.
+  const byConfig = new Map<string, SourceImage>();
+  for (const img of out) {
+    const key = sha256Digest(img.configBytes);
+    const seen = byConfig.get(key);
+    if (seen) seen.tags.push(...img.tags.filter((t) => !seen.tags.includes(t)));
+    else byConfig.set(key, img);
+  }
+  return [...byConfig.values()];
+}
+
+/**
+ * Writes stored images as an OCI layout (to a tar or a directory): the blobs as stored (so every
+ * digest is the one loaded), one index.json entry per tag naming it in org.opencontainers.image.ref.name.
+ */
+export async function writeOciLayout(store: Store, images: readonly { image: ImageRecord; tags: string[] }[],
+  sink: ArchiveSink): Promise<void> {
+  await sink.addFile('oci-layout', Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' })));
+  const written = new Set<string>();
+  const index: Index = { schemaVersion: 2, mediaType: MEDIA.ociIndex, manifests: [] };
+  for (const { image, tags } of images) {
+    const manifestBytes = store.readBlob(image.manifestDigest);
+    const manifest = parseJson<Manifest>(manifestBytes, image.manifestDigest);
+    for (const d of [...manifest.layers, manifest.config]) {
+      if (written.has(d.digest)) continue;
+      written.add(d.digest);
+      await sink.addStream(blobPath(d), d.size, createReadStream(store.blobPath(d.digest)));
+    }
+    if (!written.has(image.manifestDigest)) {
+      written.add(image.manifestDigest);
+      await sink.addFile(blobPath({ digest: image.manifestDigest, mediaType: '', size: 0 }), manifestBytes);
+    }
+    const desc: Descriptor = { mediaType: manifest.mediaType ?? MEDIA.ociManifest, digest: image.manifestDigest, size: manifestBytes.length };
+    if (tags.length === 0) index.manifests.push(desc);
+    for (const t of tags) index.manifests.push({ ...desc, annotations: { [CONTAINERD_NAME]: t, [REF_NAME]: t } });
+  }
+  await sink.addFile('index.json', Buffer.from(JSON.stringify(index)));
+  await sink.finish();
+}

@@ -1,0 +1,246 @@
+// `strata run`: a container from an image, its command run chrooted into the merged view.
+//
+// 1. With the store open: resolve the image, create the container record (new upper and work
+//    directories in the store). The store is closed again: LevelDB admits one process, and the
+//    command may run for hours while other strata commands need the store.
+// 2. Mount the image's layers and the upper with strata at the container's merged directory.
+// 3. Run the command in new mount, PID and UTS namespaces (util-linux unshare): a host shell
+//    mounts /proc, /sys (read-only), a small /dev (tmpfs with the usual nodes, its own devpts) and
+//    binds the host's resolv.conf over the container's, all inside the new mount namespace (they
+//    vanish with it); then `unshare --root --wd` chroots into the merged view and execs the command
+//    with the image's environment.
+// 4. Whatever happens (the command fails, is killed, strata run gets SIGINT/SIGTERM), unmount the
+//    container, record its exit status (or remove it with --rm), and exit with the command's status.
+
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync } from 'node:fs';
+import { constants } from 'node:os';
+import { join } from 'node:path';
+import * as N from '../native/index.js';
+import { mountLayers, unmountIfMounted } from './container.js';
+import { withStore, type ContainerRecord } from './store.js';
+import { ImageError, type ImageConfig } from './types.js';
+
+const osSignals = constants.signals as Record<string, number>;
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface RunOptions {
+  store: string;
+  image: string;
+  /** Command and arguments given after the image name (empty: the image's Cmd). */
+  command: string[];
+  name?: string;
+  rm: boolean;
+}
+
+/** The command line to run: Entrypoint + (the given command, else Cmd), as Docker builds it. */
+export function containerArgv(config: ImageConfig, command: readonly string[]): string[] {
+  const entry = config.config?.Entrypoint ?? [];
+  const cmd = command.length > 0 ? [...command] : (config.config?.Cmd ?? []);
+  const argv = [...entry, ...cmd];
+  if (argv.length === 0) throw new ImageError('no command given and the image has no default command (Cmd or Entrypoint)', 2);
+  return argv;
+}
+
+/** The environment of the command: the image's Env, PATH, HOSTNAME, HOME and the host's TERM. */
+export function containerEnv(config: ImageConfig, hostname: string): Record<string, string> {
+  const env: Record<string, string> = { PATH: DEFAULT_PATH, HOSTNAME: hostname, HOME: '/root' };
+  if (process.env.TERM) env.TERM = process.env.TERM;
+  for (const kv of config.config?.Env ?? []) {
+    const i = kv.indexOf('=');
+    if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return env;
+}
+
+// Runs as pid 1 of the new PID namespace, in the new mount namespace, before the chroot.
+// $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir; then the command.
+const SETUP = String.raw`
+set -e
+root=$1 host=$2 resolv=$3 wd=$4
+shift 4
+mount --make-rprivate /
+if [ -d "$root/proc" ] && [ ! -L "$root/proc" ]; then mount -t proc -o nosuid,nodev,noexec proc "$root/proc"; fi
+if [ -d "$root/sys" ] && [ ! -L "$root/sys" ]; then mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"; fi
+if [ -d "$root/dev" ] && [ ! -L "$root/dev" ]; then
+  d=$root/dev
+  mount -t tmpfs -o nosuid,noexec,mode=755,size=65536k tmpfs "$d"
+  for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+    IFS=: read -r name maj min <<EOF
+$n
+EOF
+    mknod -m 666 "$d/$name" c "$maj" "$min"
+  done
+  mkdir -m 755 "$d/pts" && mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts "$d/pts"
+  ln -s pts/ptmx "$d/ptmx"
+  mkdir -m 1777 "$d/shm" && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777 shm "$d/shm"
+  ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"; ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
+fi
+if [ -n "$resolv" ]; then mount --bind "$resolv" "$root/etc/resolv.conf"; fi
+if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
+exec unshare --root="$root" --wd="$wd" -- "$@"
+`;
+
+/** The host's resolv.conf (resolved), if there is a regular file to give the container. */
+function hostResolvConf(): string | null {
+  try {
+    const p = realpathSync('/etc/resolv.conf');
+    return lstatSync(p).isFile() ? p : null;
+  } catch {
+    return null;
+  }
+}
+
+/** What we made in the container for the bind mount of resolv.conf, to take it out again. */
+interface ResolvStub {
+  /** The upper had no etc/ before: the file's creation copied it up. */
+  copiedUpEtc: boolean;
+  /** /etc's mode and owner before (a later chmod/chown by the command must not be undone). */
+  etc: { mode: number; uid: number; gid: number };
+}
+
+/**
+ * Prepares /etc/resolv.conf in the merged view for the bind mount. Returns `exists` when the image
+ * has one, a stub description when we created an empty one (removed afterwards with the copy-up of
+ * /etc it caused, so a commit does not pick them up), or null when it cannot be provided (no /etc,
+ * or a symlink that would lead the bind mount elsewhere).
+ */
+function prepareResolvConf(merged: string, upper: string): 'exists' | ResolvStub | null {
+  const target = join(merged, 'etc/resolv.conf');
+  let etc;
+  try {
+    // Not through a symlinked /etc: the mount would resolve it on the host.
+    etc = lstatSync(join(merged, 'etc'));
+    if (!etc.isDirectory()) return null;
+  } catch {
+    return null;
+  }
+  try {
+    return lstatSync(target).isFile() ? 'exists' : null;
+  } catch {
+    // absent
+  }
+  const copiedUpEtc = !existsSync(join(upper, 'etc'));
+  try {
+    closeSync(openSync(target, 'wx', 0o644));
+    return { copiedUpEtc, etc: { mode: etc.mode, uid: etc.uid, gid: etc.gid } };
+  } catch {
+    return null;
+  }
+}
+
+/** Takes out what prepareResolvConf made, unless the command changed it. */
+function removeResolvStub(upper: string, stub: ResolvStub): void {
+  const etc = join(upper, 'etc');
+  try {
+    const f = lstatSync(join(etc, 'resolv.conf'));
+    if (!f.isFile() || f.size !== 0) return;
+    rmSync(join(etc, 'resolv.conf'));
+    if (!stub.copiedUpEtc) return;
+    const st = lstatSync(etc);
+    const same = st.mode === stub.etc.mode && st.uid === stub.etc.uid && st.gid === stub.etc.gid;
+    if (same && readdirSync(etc).length === 0 && N.llistxattr(N.C.AT_FDCWD, etc).length === 0) rmdirSync(etc);
+  } catch {
+    // the command removed or replaced them: theirs now
+  }
+}
+
+/** How long a command may take to end after strata run was told to stop (docker stop's default). */
+const STOP_GRACE_MS = 10_000;
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/** The children of a process (from /proc). */
+function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
+function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null): Promise<number> {
+  const hostname = rec.name.slice(0, 63);
+  const child = spawn('unshare', ['--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
+    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, ...argv], {
+    stdio: 'inherit',
+    // The host tools (mount, mknod, unshare) are found on the host's PATH; the chroot's exec
+    // then searches the container's PATH.
+    env: { ...env, PATH: `${env.PATH ?? DEFAULT_PATH}:${DEFAULT_PATH}` },
+  });
+  // A signal to strata run goes to the command (pid 1 of the namespace: unshare itself blocks
+  // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
+  // STOP_GRACE_MS later, or at a second signal, is killed: SIGKILL to unshare, whose --kill-child
+  // then kills pid 1 and with it the whole PID namespace.
+  let killer: NodeJS.Timeout | null = null;
+  const forward = (sig: NodeJS.Signals): void => {
+    const init = child.pid ? childPids(child.pid)[0] : undefined;
+    try {
+      if (init) process.kill(init, sig);
+    } catch {
+      // already gone
+    }
+    if (killer) {
+      child.kill('SIGKILL');
+      return;
+    }
+    killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
+  };
+  for (const sig of STOP_SIGNALS) process.on(sig, forward);
+  return new Promise((resolve) => {
+    child.on('error', (e) => {
+      process.stderr.write(`strata: cannot start unshare: ${e.message}\n`);
+      resolve(127);
+    });
+    child.on('exit', (code, signal) => {
+      for (const sig of STOP_SIGNALS) process.off(sig, forward);
+      if (killer) clearTimeout(killer);
+      resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0));
+    });
+  });
+}
+
+/** `strata run`: returns the exit status to pass on. */
+export async function runContainer(opts: RunOptions): Promise<number> {
+  const { rec, lowerdirs, config } = await withStore(opts.store, async (s) => {
+    const image = await s.resolveImage(opts.image);
+    const argvCheck = containerArgv(image.config, opts.command);
+    const rec = await s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argvCheck });
+    return { rec, lowerdirs: s.lowerDirs(image), config: image.config };
+  });
+  let status = 125;
+  let stub: ResolvStub | null = null;
+  // A stop signal before the command runs (while mounting): do not start it, clean up.
+  let stopped = false;
+  const early = (): void => {
+    stopped = true;
+  };
+  for (const sig of STOP_SIGNALS) process.on(sig, early);
+  try {
+    mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
+    const resolv = hostResolvConf();
+    const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
+    if (prepared !== null && prepared !== 'exists') stub = prepared;
+    const wd = config.config?.WorkingDir || '/';
+    for (const sig of STOP_SIGNALS) process.off(sig, early);
+    if (stopped) status = 130;
+    else status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name), wd, prepared === null ? null : resolv);
+  } finally {
+    for (const sig of STOP_SIGNALS) process.off(sig, early);
+    await finishRun(opts, rec, status, stub);
+  }
+  return status;
+}
+
+async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, stub: ResolvStub | null): Promise<void> {
+  try {
+    await unmountIfMounted(rec.merged);
+  } catch (e) {
+    process.stderr.write(`strata: cannot unmount ${rec.merged}: ${(e as Error).message}\n`);
+  }
+  if (stub) removeResolvStub(rec.upper, stub);
+  await withStore(opts.store, async (s) => {
+    if (opts.rm) await s.removeContainer(rec.id);
+    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString() });
+  });
+}

@@ -1,0 +1,606 @@
+// Open files belong to their object, not their name (issue 10): each case opens descriptors, then
+// changes the names under them (unlink, rename over, re-create, copy-up) and acts through the old
+// descriptors. The same steps run on a kernel overlay mount and on strata (same layers, separate
+// uppers), from long-lived processes that hold the descriptors; every answer, fstat through the
+// descriptors, the merged trees and the uppers (whiteouts, nothing resurrected) must agree.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fdScenario } from './helpers/fd-scenario.js';
+import { ROOT, USER1, USER2, type FdCmd } from './helpers/fd-driver.js';
+import type { FdStep } from './helpers/fd-side.js';
+import type { Entry } from './helpers/ops-layers.js';
+import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
+import { walk } from './helpers/ops-tree.js';
+import { finishPair, unmountStrata } from './helpers/ops-pair.js';
+import { Checks } from './helpers/ops-checks.js';
+import { buildLayer } from './helpers/ops-layers.js';
+import { FdDriver } from './helpers/fd-driver.js';
+import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
+import { tempDir } from './helpers/tmp.js';
+import { compareUpperRemounts, inodeView, layerInodes, type InodeView } from './helpers/upper-remount.js';
+
+const hex = (s: string): string => Buffer.from(s, 'latin1').toString('hex');
+const XATTR_CREATE = 1;
+const XATTR_REPLACE = 2;
+const OK = { ok: 'ok' };
+/** Fixed times (nanoseconds), years before the test. */
+const T1 = '1100000000123456789';
+const T2 = '1200000000987654321';
+const file = (p: string, data = `${p} in the lower layer\n`): Entry => ({ t: 'file', p, data });
+const dir = (p: string): Entry => ({ t: 'dir', p });
+const expect = (cmd: FdCmd, answer: unknown): FdStep => ({ cmd, expect: answer });
+
+test.serial('1: fchmod, futimens, fchown, ftruncate through a second descriptor of an unlinked new file', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDWR|O_CREAT|O_TRUNC', 0o644], OK),
+      expect(['open', 'B', 'f', 'O_RDWR'], OK),
+      ['pwrite', 'A', hex('some data'), 0],
+      expect(['unlink', 'f'], OK),
+      expect(['fchmod', 'B', 0o1444], OK),
+      expect(['futimens', 'B', T1, T2], OK),
+      ['fstat', 'B'],
+      ['fstat', 'A'],
+      expect(['fchown', 'B', 1000, 1000], OK),
+      expect(['ftruncate', 'A', 100], OK),
+      ['fstat', 'B'],
+      ['pread', 'B', 200, 0],
+      ['stat', 'f'],
+    ],
+  });
+});
+
+test.serial('2: ftruncate through a descriptor of an unlinked lower file', (t) => {
+  fdScenario(t, {
+    lowers: [[file('d/f'), file('d/g')]],
+    steps: [
+      expect(['open', 'A', 'd/f', 'O_WRONLY'], OK),
+      expect(['unlink', 'd/f'], OK),
+      expect(['ftruncate', 'A', 16948], OK),
+      ['fstat', 'A'],
+      ['pwrite', 'A', hex('tail'), 20000],
+      ['fstat', 'A'],
+      ['stat', 'd/f'],
+      ['stat', 'd/g'],
+    ],
+  });
+});
+
+test.serial('3: fsetxattr XATTR_REPLACE through a descriptor of an unlinked file answers ENODATA', (t) => {
+  fdScenario(t, {
+    lowers: [[file('g/other')]],
+    steps: [
+      expect(['open', 'A', 'g/x', 'O_WRONLY|O_CREAT'], OK),
+      expect(['unlink', 'g/x'], OK),
+      expect(['fsetxattr', 'A', 'user.k1', hex('v'), XATTR_REPLACE], { err: 'ENODATA' }),
+      expect(['fsetxattr', 'A', 'user.k1', hex('v1'), XATTR_CREATE], OK),
+      ['fgetxattr', 'A', 'user.k1'],
+      ['flistxattr', 'A'],
+      ['fstat', 'A'],
+      ['stat', 'g/x'],
+    ],
+  });
+});
+
+test.serial('4: fsetxattr XATTR_CREATE of an existing name through a descriptor of an unlinked file answers EEXIST', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['open', 'A', 'file', 'O_WRONLY|O_CREAT'], OK),
+      expect(['setxattr', 'file', 'user.k0', hex('v0'), 0], OK),
+      expect(['unlink', 'file'], OK),
+      expect(['fsetxattr', 'A', 'user.k0', hex('v1'), XATTR_CREATE], { err: 'EEXIST' }),
+      ['fgetxattr', 'A', 'user.k0'],
+      expect(['fremovexattr', 'A', 'user.k0'], OK),
+      expect(['fgetxattr', 'A', 'user.k0'], { err: 'ENODATA' }),
+      ['flistxattr', 'A'],
+    ],
+  });
+});
+
+/** Changes through descriptor A, then what A and the name `p` show. */
+const changeThroughA = (p: string): Array<FdStep | FdCmd> => [
+  expect(['fchmod', 'A', 0o755], OK),
+  expect(['futimens', 'A', T1, T2], OK),
+  expect(['fsetxattr', 'A', 'user.tag', hex('old file'), 0], OK),
+  ['fstat', 'A'],
+  ['flistxattr', 'A'],
+  ['stat', p],
+  ['listxattr', p],
+  ['readfile', p],
+];
+
+test.serial('5a: fchmod, futimens, fsetxattr through a descriptor whose name was unlinked and created again', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDWR|O_CREAT', 0o600], OK),
+      ['write', 'A', hex('old')],
+      expect(['unlink', 'f'], OK),
+      expect(['open', 'B', 'f', 'O_WRONLY|O_CREAT|O_EXCL', 0o644], OK),
+      ['write', 'B', hex('new file')],
+      ...changeThroughA('f'),
+      ['fstat', 'B'],
+    ],
+  });
+});
+
+test.serial('5a: the same through a descriptor of a file another was renamed over', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDWR|O_CREAT', 0o600], OK),
+      ['write', 'A', hex('old')],
+      expect(['open', 'B', 'g', 'O_WRONLY|O_CREAT|O_EXCL', 0o644], OK),
+      ['write', 'B', hex('renamed over')],
+      expect(['rename', 'g', 'f'], OK),
+      ...changeThroughA('f'),
+      expect(['ftruncate', 'A', 1], OK),
+      ['fstat', 'A'],
+      ['stat', 'f'],
+    ],
+  });
+});
+
+test.serial('5a: the same through a read-write descriptor of a lower file another lower file was renamed over', (t) => {
+  fdScenario(t, {
+    lowers: [[file('f'), file('g')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDWR'], OK),
+      expect(['rename', 'g', 'f'], OK),
+      ...changeThroughA('f'),
+      ['pwrite', 'A', hex('through A'), 0],
+      ['pread', 'A', 100, 0],
+      ['stat', 'g'],
+    ],
+  });
+});
+
+test.serial('5b: ftruncate through an older descriptor after renames truncates its own file', (t) => {
+  const MiB3 = 3 << 20;
+  fdScenario(t, {
+    lowers: [[file('a', 'small'), { t: 'file', p: 'b', data: 'end', sparse: { size: MiB3, at: MiB3 - 3 } }, file('up')]],
+    steps: [
+      expect(['open', 'A', 'a', 'O_RDWR'], OK),
+      expect(['rename', 'a', 'c'], OK),
+      expect(['rename', 'b', 'a'], OK),
+      expect(['ftruncate', 'A', 0], OK),
+      ['fstat', 'A'],
+      ['stat', 'a'],
+      ['stat', 'c'],
+      ['readfile', 'a'],
+      // the same on upper files
+      expect(['open', 'U', 'u1', 'O_RDWR|O_CREAT'], OK),
+      ['write', 'U', hex('upper one')],
+      expect(['open', 'V', 'u2', 'O_RDWR|O_CREAT'], OK),
+      ['pwrite', 'V', hex('far'), MiB3],
+      expect(['rename', 'u1', 'u3'], OK),
+      expect(['rename', 'u2', 'u1'], OK),
+      expect(['ftruncate', 'U', 2], OK),
+      ['fstat', 'U'],
+      ['stat', 'u1'],
+      ['stat', 'u3'],
+    ],
+  });
+});
+
+const unlinkedLowerFchmod: Array<FdStep | FdCmd> = [
+  expect(['open', 'A', 'f', 'O_RDONLY'], OK),
+  expect(['unlink', 'f'], OK),
+  ['fchmod', 'A', 0o600],
+  ['fstat', 'A'],
+  ['pread', 'A', 100, 0],
+  expect(['stat', 'f'], { err: 'ENOENT' }),
+];
+
+test.serial('5c: fchmod through a read-only descriptor of an unlinked lower file does not bring the name back', (t) => {
+  fdScenario(t, { lowers: [[file('f'), file('g')]], steps: unlinkedLowerFchmod });
+});
+
+test.serial('5c: the same with --write-format oci (merged view as the kernel, a .wh. whiteout, no resurrected file)', (t) => {
+  fdScenario(t, {
+    lowers: [[file('f'), file('g')]],
+    steps: unlinkedLowerFchmod,
+    pair: { strataArgs: ['--write-format', 'oci'] },
+    finish: (c, pair) => {
+      c.none(diffSnapshots(snapshot(pair.kernel.mnt, 'merged'), snapshot(pair.strata.mnt, 'merged'), ['kernel', 'strata']), 'merged trees differ');
+      unmountStrata(c, pair.strata);
+      unmountQuietly(pair.kernel.mnt);
+      c.eq(walk(pair.strata.upper).slice(1).sort(), ['.wh.f'], "strata's oci upper: only the whiteout of f");
+    },
+  });
+});
+
+test.serial('5d: fchmod, fchown, ftruncate through a descriptor whose parent was renamed and replaced by a file (no ENOTDIR)', (t) => {
+  fdScenario(t, {
+    lowers: [[file('d/f')]],
+    steps: [
+      expect(['mkdir', 'p', 0o755], OK),
+      expect(['open', 'A', 'p/f', 'O_RDWR|O_CREAT'], OK),
+      expect(['open', 'L', 'd/f', 'O_RDWR'], OK),
+      expect(['rename', 'p', 'q'], OK),
+      expect(['open', 'P', 'p', 'O_WRONLY|O_CREAT'], OK),
+      expect(['fchmod', 'A', 0o640], OK),
+      expect(['fchown', 'A', 1000, 1000], OK),
+      expect(['ftruncate', 'A', 5], OK),
+      ['fstat', 'A'],
+      ['stat', 'q/f'],
+      ['stat', 'p'],
+      // a lower directory: its file was opened, the file is renamed away and a symlink takes its name
+      expect(['rename', 'd/f', 'g'], OK),
+      expect(['symlink', 'nowhere', 'd/f'], OK),
+      expect(['fchmod', 'L', 0o600], OK),
+      expect(['ftruncate', 'L', 3], OK),
+      expect(['futimens', 'L', T1, T2], OK),
+      ['fstat', 'L'],
+      ['stat', 'g'],
+    ],
+  });
+});
+
+test.serial('5e: fchmod, ftruncate, futimens through a descriptor whose name became a symlink (no ELOOP)', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDWR|O_CREAT'], OK),
+      expect(['unlink', 'f'], OK),
+      expect(['symlink', 'nowhere', 'f'], OK),
+      expect(['fchmod', 'A', 0o604], OK),
+      expect(['ftruncate', 'A', 7], OK),
+      expect(['futimens', 'A', T1, T2], OK),
+      expect(['fchown', 'A', 1234, 2345], OK),
+      ['fstat', 'A'],
+      ['stat', 'f'],
+    ],
+  });
+});
+
+test.serial('5f: directory descriptors: changes reach the directory after a rename and a new directory of that name', (t) => {
+  fdScenario(t, {
+    lowers: [[file('low/f'), dir('low/sub')]],
+    steps: [
+      expect(['mkdir', 'u', 0o755], OK),
+      expect(['open', 'D', 'u', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['rename', 'u', 'v'], OK),
+      expect(['mkdir', 'u', 0o755], OK),
+      expect(['fchmod', 'D', 0o700], OK),
+      expect(['fsetxattr', 'D', 'user.d', hex('old dir'), 0], OK),
+      expect(['fchown', 'D', 1000, 1000], OK),
+      ['fstat', 'D'],
+      ['stat', 'u'],
+      ['stat', 'v'],
+      ['listxattr', 'u'],
+      ['listxattr', 'v'],
+      // a lower directory changed through its descriptor (copy-up), then removed
+      expect(['open', 'L', 'low/sub', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['fchmod', 'L', 0o750], OK),
+      ['fstat', 'L'],
+      ['stat', 'low/sub'],
+      expect(['rmdir', 'low/sub'], OK),
+      ['fchmod', 'L', 0o700],
+      ['fsetxattr', 'L', 'user.gone', hex('x'), 0],
+      ['fstat', 'L'],
+      ['stat', 'low/sub'],
+      expect(['mkdir', 'low/sub', 0o711], OK),
+      ['stat', 'low/sub'],
+      ['getdents', 'L'],
+    ],
+  });
+});
+
+test.serial('5g: two unprivileged users (own groups and umasks) act through descriptors of unlinked and replaced files', (t) => {
+  const u1 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u1', cmd, expect: answer });
+  const u2 = (cmd: FdCmd, answer?: unknown): FdStep => ({ who: 'u2', cmd, expect: answer });
+  fdScenario(t, {
+    lowers: [[{ t: 'dir', p: 'shared', mode: 0o1777 }, { t: 'file', p: 'shared/low', data: 'lower', mode: 0o666, uid: 1234, gid: 2345 }]],
+    users: [ROOT, USER1, USER2],
+    steps: [
+      u1(['open', 'A', 'shared/f', 'O_RDWR|O_CREAT', 0o666], OK),
+      u1(['fstat', 'A']),
+      u1(['unlink', 'shared/f'], OK),
+      u1(['open', 'B', 'shared/f', 'O_RDWR|O_CREAT|O_EXCL', 0o666], OK),
+      u1(['fchmod', 'A', 0o640], OK),
+      u1(['fchown', 'A', -1, 2345], OK),
+      u1(['fchown', 'A', -1, 100], { err: 'EPERM' }),
+      u1(['fsetxattr', 'A', 'user.x', hex('u1'), XATTR_CREATE], OK),
+      u1(['fstat', 'A']),
+      u1(['fstat', 'B']),
+      u2(['open', 'C', 'shared/low', 'O_RDWR'], OK),
+      u2(['rename', 'shared/low', 'shared/moved'], OK),
+      u2(['fchown', 'C', -1, 100], OK),
+      u2(['fchmod', 'C', 0o2770], OK),
+      u2(['ftruncate', 'C', 2], OK),
+      u2(['fstat', 'C']),
+      u1(['open', 'D', 'shared/moved', 'O_RDONLY'], { err: 'EACCES' }),
+      u2(['open', 'E', 'shared/new', 'O_WRONLY|O_CREAT', 0o666], OK),
+      u2(['fstat', 'E']),
+      u1(['unlink', 'shared/new'], { err: 'EPERM' }),
+      u2(['fchmod', 'A', 0o600], { err: 'EBADF' }),
+      ['stat', 'shared/moved'],
+      ['stat', 'shared/f'],
+    ],
+  });
+});
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
+
+test.serial('5h: fallocate, lseek SEEK_DATA/SEEK_HOLE, fsync, copy_file_range, O_APPEND writes through descriptors of replaced files', (t) => {
+  const MiB = 1 << 20;
+  fdScenario(t, {
+    // the sparse file is made on the mount: copy-up may lay out holes its own way (the kernel copies 1 MiB chunks)
+    lowers: [[file('other')]],
+    steps: [
+      expect(['open', 'S', 'sparse', 'O_WRONLY|O_CREAT'], OK),
+      ['pwrite', 'S', hex('data at 1 MiB'), MiB],
+      expect(['ftruncate', 'S', 2 * MiB], OK),
+      expect(['close', 'S'], OK),
+      expect(['open', 'A', 'sparse', 'O_RDWR|O_APPEND'], OK),
+      expect(['open', 'B', 'other', 'O_RDWR'], OK),
+      expect(['rename', 'other', 'sparse'], OK),
+      ['lseek', 'A', 0, SEEK_DATA],
+      ['lseek', 'A', MiB, SEEK_HOLE],
+      expect(['fallocate', 'A', 0, 0, 8192], OK),
+      expect(['fallocate', 'A', FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, MiB, 4096], OK),
+      ['lseek', 'A', 4096, SEEK_DATA],
+      ['pread', 'A', 16, MiB],
+      expect(['write', 'A', hex('appended')], { ok: 8 }),
+      expect(['fsync', 'A'], OK),
+      expect(['fdatasync', 'B'], OK),
+      ['fstat', 'A'],
+      ['pread', 'A', 8, 2 * MiB],
+      expect(['copy_file_range', 'A', 'B', 8, 2 * MiB, 0], { ok: 8 }),
+      ['pread', 'B', 30, 0],
+      expect(['unlink', 'sparse'], OK),
+      expect(['fallocate', 'B', FALLOC_FL_KEEP_SIZE, 0, 65536], OK),
+      expect(['copy_file_range', 'B', 'A', 8, 0, 0], { err: 'EBADF' }), // into an O_APPEND descriptor
+      expect(['copy_file_range', 'A', 'B', 8, 0, 100], { ok: 8 }),
+      ['fstat', 'A'],
+      ['fstat', 'B'],
+      ['pread', 'A', 8, 2 * MiB + 8],
+    ],
+  });
+});
+
+/** 100 bytes of a lower file. */
+const DATA100 = 'x'.repeat(100);
+
+const CASE6_BEFORE: Array<FdStep | FdCmd> = [
+  // R2 opened read-only before the copy-up that W2's open makes
+  expect(['open', 'R2', 'g', 'O_RDONLY'], OK),
+  ['pread', 'R2', 200, 0],
+  expect(['open', 'W2', 'g', 'O_RDWR'], OK),
+  expect(['ftruncate', 'W2', 10], OK),
+  ['fstat', 'R2'],
+  ['fstat', 'W2'],
+  expect(['open', 'R3', 'g', 'O_RDONLY'], OK),
+  expect(['pread', 'R3', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
+];
+
+// With passthrough the kernel reads the backing file; without it, through the daemon and its page cache.
+for (const passthrough of ['auto', 'off']) {
+  const pair = { strataArgs: ['--passthrough', passthrough] };
+  test.serial(`6: a read past the new end through another descriptor after ftruncate returns 0 bytes (upper file, passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[dir('d')]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR|O_CREAT'], OK),
+        ['pwrite', 'W', hex(DATA100), 0],
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        expect(['pread', 'R', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } }),
+        ['fstat', 'R'],
+        ['read', 'R', 100],
+        // truncate by name from another process, then a read through R
+        expect(['pwrite', 'W', hex(DATA100), 0], { ok: 100 }),
+        ['pread', 'R', 200, 0],
+        expect(['truncate', 'f', 5], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        // a write past the end through W shows through R
+        ['pwrite', 'W', hex('after the hole'), 300],
+        ['pread', 'R', 20, 298],
+        ['fstat', 'R'],
+      ],
+    });
+  });
+
+  test.serial(`6: the same on a lower file opened after its copy-up (passthrough ${passthrough})`, (t) => {
+    fdScenario(t, {
+      pair,
+      lowers: [[file('f', DATA100), file('g', DATA100)]],
+      steps: [
+        expect(['open', 'W', 'f', 'O_RDWR'], OK),
+        expect(['open', 'R', 'f', 'O_RDONLY'], OK),
+        ['pread', 'R', 200, 0],
+        expect(['ftruncate', 'W', 10], OK),
+        ['pread', 'R', 50, 20],
+        ['fstat', 'R'],
+        ...CASE6_BEFORE,
+      ],
+    });
+  });
+}
+
+// A descriptor opened read-only on a lower file before its copy-up: the kernel re-points its reads
+// to the upper copy (ovl_real_fdget). So does strata when the daemon serves the reads; under
+// passthrough the kernel reads the lower file it was opened on (README: what differs).
+test.serial('6: a read through a descriptor opened before the copy-up, with the daemon serving reads (--passthrough off)', (t) => {
+  fdScenario(t, {
+    lowers: [[file('g', DATA100)]],
+    pair: { strataArgs: ['--passthrough', 'off'] },
+    steps: [...CASE6_BEFORE, expect(['pread', 'R2', 50, 20], { ok: { len: 0, sha: 'e3b0c44298fc', head: '' } })],
+  });
+});
+
+// 7: a lower executable kept running (or open read-only) while another process copies it up.
+const PROG = 'bin/prog';
+function programLayer(dir: string): void {
+  fs.mkdirSync(path.join(dir, 'bin'));
+  const p = path.join(dir, PROG);
+  fs.copyFileSync(fs.realpathSync('/bin/sleep'), p);
+  fs.chmodSync(p, 0o755);
+  fs.utimesSync(p, 1_000_000_000, 1_000_000_000);
+  fs.utimesSync(path.join(dir, 'bin'), 1_000_000_000, 1_000_000_000);
+}
+
+const COPY_UPS: Record<string, Array<FdStep | FdCmd>> = {
+  chmod: [expect(['chmod', PROG, 0o750], OK)],
+  touch: [expect(['utime', PROG], OK)],
+  'open for writing': [expect(['open', 'W', PROG, 'O_WRONLY|O_APPEND'], OK), ['write', 'W', hex('appended')], ['close', 'W']],
+};
+
+// On the kernel (6.x) a descriptor opened before the copy-up is re-pointed at the upper file at its
+// next use (ovl_real_fdget), while FUSE passthrough binds the lower file at open: reads through the
+// old descriptor are compared only where upper and lower bytes agree (the head of the file).
+// Opening a running lower binary for writing answers ETXTBSY on the kernel (strata: README), so
+// a running binary is copied up by chmod and touch only.
+for (const holder of ['running', 'open read-only'] as const) {
+  for (const [how, copyUp] of Object.entries(COPY_UPS)) {
+    if (holder === 'running' && how === 'open for writing') continue;
+    test.serial(`7: a lower binary kept ${holder} and copied up (${how}): new opens and a new exec work at once, st_ino kept`, (t) => {
+      fdScenario(t, {
+        lowers: [programLayer],
+        steps: [
+          holder === 'running' ? expect(['spawn', 'P', `./${PROG}`, '1000'], OK) : expect(['open', 'H', PROG, 'O_RDONLY'], OK),
+          expect(['open', 'R', PROG, 'O_RDONLY'], OK),
+          ['pread', 'R', 64, 0],
+          ['fstat', 'R'],
+          ...copyUp,
+          expect(['open', 'N', PROG, 'O_RDONLY'], OK),
+          ['fstat', 'N'],
+          ['pread', 'N', 1 << 20, 0],
+          expect(['exec', `./${PROG}`, '0'], { ok: { status: 0, out: 'e3b0c44298fc', err: '' } }),
+          ['stat', PROG],
+          ['readfile', PROG],
+          ['pread', 'R', 64, 0],
+          ['fstat', 'R'],
+          ...(holder === 'running'
+            ? [expect(['kill', 'P'], OK)]
+            : [
+                expect(['open', 'W2', PROG, 'O_WRONLY|O_APPEND'], OK),
+                ['write', 'W2', hex('more')] as FdCmd,
+                ['pread', 'N', 1 << 20, 0] as FdCmd,
+                ['fstat', 'H'] as FdCmd,
+                expect(['close', 'H'], OK),
+                ['close', 'W2'] as FdCmd,
+              ]),
+          ['close', 'R'],
+          ['close', 'N'],
+          expect(['exec', `./${PROG}`, '0'], { ok: { status: 0, out: 'e3b0c44298fc', err: '' } }),
+        ],
+      });
+    });
+  }
+}
+
+// 8: the kernel mounting strata's upper (after strata copied up directories and files, some through
+// descriptors) keeps st_ino and readdir d_ino consistent, as over an upper the kernel wrote itself:
+// that takes trusted.overlay.origin (and impure on their parents) written on copy-up.
+test.serial("8: the kernel over strata's upper: st_ino from the same layer objects as over its own upper, d_ino = st_ino", (t) => {
+  fdScenario(t, {
+    lowers: [[file('d/e/f'), file('d/g'), file('h/i'), file('top'), dir('j/k'), file('moved')], [file('d/e/under'), file('h/below')]],
+    steps: [
+      expect(['chmod', 'd/e', 0o750], OK),
+      expect(['open', 'A', 'd/e/new', 'O_WRONLY|O_CREAT'], OK),
+      expect(['utime', 'h/i', T1, T2], OK),
+      expect(['rename', 'd/g', 'd/g2'], OK),
+      expect(['chmod', 'top', 0o600], OK),
+      expect(['setxattr', 'd/e/under', 'user.u', hex('u'), 0], OK),
+      expect(['open', 'D', 'j/k', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['fchmod', 'D', 0o700], OK),
+      expect(['open', 'B', 'h/below', 'O_WRONLY|O_APPEND'], OK),
+      ['write', 'B', hex('more')],
+      // copied-up files moved into a directory made on the mount (the kernel marks it impure)
+      expect(['mkdir', 'new', 0o755], OK),
+      expect(['rename', 'moved', 'new/moved'], OK),
+      expect(['rename', 'd/e/f', 'new/f'], OK),
+    ],
+    finish: (c, pair) => {
+      finishPair(c, pair);
+      compareUpperRemounts(c, pair.kernel, pair.strata, path.join(pair.base, 'r'));
+    },
+  });
+});
+
+function layerView(mnt: string, lowers: string[], upper: string, names: string[], round: number): InodeView {
+  return inodeView(mnt, layerInodes({ lowers, upper, names: [...names, `u${round}`] }));
+}
+
+// 9: a stack where each remount rotates the previous upper into the lowers, 10 deep; hard-linked
+// lower files (and one without links) renamed one place around a circle at each mount. st_ino of
+// every name must come from the same layer object as on the kernel, at every mount.
+for (const keepWork of [false, true]) {
+  test.serial(`9: st_ino across 10 remounts that rotate the upper into the lowers, hard-linked files renamed in a circle (${keepWork ? 'one work dir for all' : 'a new work dir each time'})`, (t) => {
+    const c = new Checks(t);
+    const base = tempDir(t, 'rot');
+    fs.chmodSync(base, 0o755);
+    const CIRCLE = ['a', 'b', 'c', 'd', 'p'];
+    const spec: Entry[] = [
+      ...CIRCLE.map((n) => file(n, `${n} first\n`)),
+      ...['a', 'b', 'c', 'd'].map((n): Entry => ({ t: 'link', p: `keep/${n}`, to: n })),
+    ];
+    const sides = ['kernel', 'strata'].map((name) => {
+      const dir = path.join(base, name);
+      fs.mkdirSync(path.join(dir, 'l0'), { recursive: true });
+      buildLayer(path.join(dir, 'l0'), spec, 1);
+      return { name, dir, layers: [path.join(dir, 'l0')] as string[] };
+    });
+    const views: Record<string, Array<{ round: string; answers: unknown[]; view: InodeView }>> = { kernel: [], strata: [] };
+    for (let round = 1; round <= 10; round++) {
+      for (const side of sides) {
+        const upper = path.join(side.dir, `u${round}`);
+        // strata keeps its cache in the work dir: kept, it remembers the objects of earlier mounts
+        const work = path.join(side.dir, keepWork ? 'w' : `w${round}`);
+        const mnt = path.join(side.dir, `m${round}`);
+        for (const d of [upper, work, mnt]) fs.mkdirSync(d, { recursive: true });
+        const lowers = [...side.layers].reverse(); // top first
+        const names = side.layers.map((_, i) => (i === 0 ? 'l0' : `u${i}`)).reverse();
+        const spec2 = { lowers, upper, work, mountpoint: mnt };
+        if (side.name === 'kernel') kernelOverlay(t, spec2);
+        else strataMount(t, spec2);
+        views[side.name]!.push({ round: `${round}, after mounting`, answers: [], view: layerView(mnt, lowers, upper, names, round) });
+        const d = new FdDriver(mnt);
+        const answers: unknown[] = [];
+        try {
+          const last = CIRCLE.at(-1)!;
+          answers.push(d.call(['rename', last, '.tmp']));
+          for (let i = CIRCLE.length - 2; i >= 0; i--) answers.push(d.call(['rename', CIRCLE[i]!, CIRCLE[i + 1]!]));
+          answers.push(d.call(['rename', '.tmp', CIRCLE[0]!]));
+          // the link in keep/ of the file now named "a" gets a new name as well
+          answers.push(d.call(['rename', `keep/${'abcd'[round % 4]}`, `keep/${'abcd'[round % 4]}${round}`]));
+          // a new hard link in this upper: a hard-linked lower file with an origin at the next mounts
+          answers.push(d.call(['link', CIRCLE[round % CIRCLE.length]!, `keep/l${round}`]));
+        } finally {
+          d.close();
+        }
+        views[side.name]!.push({ round: `${round}, after the renames`, answers, view: layerView(mnt, lowers, upper, names, round) });
+        if (side.name === 'kernel') unmountQuietly(mnt);
+        else strataUnmount(mnt);
+        side.layers.push(upper);
+      }
+    }
+    const k = views.kernel!;
+    const s = views.strata!;
+    c.none(k.flatMap((r) => r.view.dinoProblems.map((p) => `round ${r.round}: ${p}`)), 'kernel: d_ino differs from st_ino (the oracle itself)');
+    c.none(s.flatMap((r) => r.view.dinoProblems.map((p) => `round ${r.round}: ${p}`)), 'strata: d_ino differs from st_ino');
+    const diffs: string[] = [];
+    k.forEach((kr, i) => {
+      const sr = s[i]!;
+      for (const p of [...new Set([...Object.keys(kr.view.objects), ...Object.keys(sr.view.objects)])].sort()) {
+        if (kr.view.objects[p] !== sr.view.objects[p]) {
+          diffs.push(`round ${kr.round}: ${p}: st_ino is ${sr.view.objects[p] ?? 'missing'}, kernel ${kr.view.objects[p] ?? 'missing'}`);
+        }
+      }
+    });
+    c.none(diffs, 'st_ino from other layer objects than on the kernel');
+    c.eq(s.map((r) => r.answers), k.map((r) => r.answers), 'rename answers');
+    c.done();
+  });
+}

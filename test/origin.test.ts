@@ -1,0 +1,274 @@
+// The kernel's copy-up origin (overlay.origin, overlay.impure; see src/union/origin.ts), checked
+// against the kernel's overlayfs both ways: the kernel mounting an upper strata wrote, strata
+// mounting an upper the kernel wrote, and st_ino through a stack whose uppers rotate into the lowers.
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { materializeLayer, type Layer } from './helpers/layers.js';
+import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
+import { PYTHON } from './helpers/python.js';
+import { runOk } from './helpers/exec.js';
+import { snapshot, type Snapshot } from './helpers/snapshot.js';
+import { tempDir, tmpfsDir } from './helpers/tmp.js';
+
+const LOWER: Layer = [
+  { path: 'd', kind: 'dir' },
+  { path: 'd/f', kind: 'file', content: 'f' },
+  { path: 'd/sub', kind: 'dir' },
+  { path: 'd/sub/g', kind: 'file', content: 'g' },
+  { path: 'd2', kind: 'dir' },
+  { path: 'd2/g', kind: 'file', content: 'g2' },
+  { path: 'keep', kind: 'dir' },
+  { path: 'keep/k', kind: 'file', content: 'k' },
+  { path: 'top', kind: 'file', content: 'top' },
+  { path: 'h1', kind: 'file', content: 'h' },
+  { path: 'h2', kind: 'hardlink', linkTo: 'h1' },
+  { path: 'sym', kind: 'symlink', target: 'top' },
+  { path: 'fifo', kind: 'fifo' },
+  { path: 'dev', kind: 'chardev', rdev: [1, 3] },
+  { path: 'x', kind: 'file', content: 'x', xattrs: { 'user.k': 'v' } },
+];
+
+/** Copy-ups of every type, a rename into another directory, links of copied-up and lower files, new objects. */
+function changes(mnt: string): void {
+  const p = (rel: string): string => path.join(mnt, rel);
+  fs.chmodSync(p('d/f'), 0o600);
+  fs.chmodSync(p('h1'), 0o600);
+  fs.lchownSync(p('sym'), 1, 1);
+  fs.chmodSync(p('fifo'), 0o600);
+  fs.chmodSync(p('dev'), 0o600);
+  fs.chmodSync(p('d2'), 0o700);
+  fs.writeFileSync(p('d/sub/new'), 'new');
+  fs.renameSync(p('top'), p('d2/top2'));
+  fs.linkSync(p('d/sub/g'), p('d/g2'));
+  fs.mkdirSync(p('newdir'));
+  fs.renameSync(p('x'), p('newdir/x'));
+  fs.mkdirSync(p('linkdir'));
+  fs.linkSync(p('keep/k'), p('linkdir/k2'));
+}
+
+const XATTR_DUMP = String.raw`
+import json, os, sys
+root = sys.argv[1]
+out = {}
+for d, dirs, files in os.walk(root):
+    for n in [''] + dirs + files:
+        p = os.path.join(d, n) if n else d
+        if n == '' and d != root: continue
+        rel = os.path.relpath(p, root)
+        got = {}
+        for x in os.listxattr(p, follow_symlinks=False):
+            if '.overlay.' in x:
+                got[x] = os.getxattr(p, x, follow_symlinks=False).hex()
+        if got: out[rel] = got
+print(json.dumps(out, sort_keys=True))
+`;
+
+/**
+ * The overlay.* xattrs of every object of an upper, hex. Without the upper root's overlay.uuid: the
+ * kernel (uuid=auto) stamps every upper it mounts with one, strata does not (no NFS export).
+ */
+function overlayXattrs(upper: string): Record<string, Record<string, string>> {
+  const dump = JSON.parse(runOk(PYTHON, ['-c', XATTR_DUMP, upper])) as Record<string, Record<string, string>>;
+  const root = dump['.'];
+  if (root) {
+    delete root['trusted.overlay.uuid'];
+    delete root['user.overlay.uuid'];
+    if (Object.keys(root).length === 0) delete dump['.'];
+  }
+  return dump;
+}
+
+/** Paths whose readdir d_ino differs from their st_ino. */
+function dinoMismatches(s: Snapshot): string[] {
+  return [...s.dinos].filter(([rel, dino]) => s.inodes.get(rel) !== dino).map(([rel]) => rel);
+}
+
+/** Directories for one run: an upper and a work directory on the same filesystem. */
+function upperDirs(base: string, name: string): { upper: string; work: string } {
+  const upper = path.join(base, `${name}u`);
+  const work = path.join(base, `${name}w`);
+  fs.mkdirSync(upper);
+  fs.mkdirSync(work);
+  return { upper, work };
+}
+
+/**
+ * For each path of a kernel view: the st_ino kept from a lower object ("kept"), or the real inode of
+ * the upper object itself ("own"): comparable between two uppers, whose own inode numbers differ.
+ * With `dirs` false, directories are left out: with layers on several filesystems (and no xino) the
+ * kernel numbers them from a counter of its own.
+ */
+function inoKinds(view: Snapshot, upper: string, dirs: boolean): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [rel, ino] of view.inodes) {
+    if (rel === '.' || (!dirs && view.nodes.get(rel)?.type === 'dir')) continue;
+    let own: bigint | null = null;
+    try {
+      own = fs.lstatSync(path.join(upper, rel), { bigint: true }).ino;
+    } catch {
+      // only in a lower layer
+    }
+    out.set(rel, own === null ? 'lower' : own === ino ? 'own' : `kept ${ino}`);
+  }
+  return out;
+}
+
+function kernelReadsStrataUpper(t: ExecutionContext, lowerRoot: string, base: string, sameFs: boolean, options: string[] = []): void {
+  const lower = path.join(lowerRoot, 'l');
+  materializeLayer(lower, LOWER);
+  const s = upperDirs(base, 's');
+  const k = upperDirs(base, 'k');
+
+  const smnt = strataMount(t, { lowers: [lower], upper: s.upper, work: s.work, options });
+  changes(smnt);
+  strataUnmount(smnt);
+  const kmnt = kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work, options });
+  changes(kmnt);
+  unmountQuietly(kmnt);
+  // The kernel's view of its own upper at a fresh mount (not the numbers its inode cache still holds).
+  const kernelOwn = snapshot(kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work, options }), { noContent: true });
+  unmountQuietly(kernelOwn.root);
+
+  const strataXattrs = overlayXattrs(s.upper);
+  t.deepEqual(strataXattrs, overlayXattrs(k.upper), 'overlay.origin and overlay.impure as the kernel writes them');
+  const ns = options.includes('userxattr') ? 'user' : 'trusted';
+  t.truthy(strataXattrs['d/f']?.[`${ns}.overlay.origin`], 'a copied-up file has an origin');
+  t.false('h1' in strataXattrs, 'a lower hard link gets no origin');
+
+  // The kernel mounts strata's upper: st_ino and d_ino as on the upper it wrote itself.
+  const onStrata = snapshot(kernelOverlay(t, { lowers: [lower], upper: s.upper, work: path.join(base, 'kw2'), options }), { noContent: true });
+  t.deepEqual(dinoMismatches(onStrata), dinoMismatches(kernelOwn), 'readdir d_ino == st_ino as on the kernel\'s own upper');
+  const kinds = inoKinds(kernelOwn, k.upper, sameFs);
+  t.deepEqual(inoKinds(onStrata, s.upper, sameFs), kinds);
+  t.true([...kinds.values()].filter((v) => v.startsWith('kept')).length >= 8, 'most copied-up objects keep their st_ino');
+  t.deepEqual([...onStrata.listings], [...kernelOwn.listings]);
+}
+
+test('the kernel mounting strata\'s upper: same origin/impure xattrs as its own, d_ino == st_ino, st_ino kept', (t) => {
+  const base = tempDir(t, 'og');
+  fs.mkdirSync(path.join(base, 'kw2'));
+  kernelReadsStrataUpper(t, base, base, true);
+});
+
+test('the same with the lower layer on a tmpfs (its random UUID in the handle)', (t) => {
+  const base = tempDir(t, 'ogt');
+  fs.mkdirSync(path.join(base, 'kw2'));
+  const lowerFs = tmpfsDir(t, base, 'lfs', 16);
+  kernelReadsStrataUpper(t, lowerFs, base, false);
+  // The handle names the tmpfs: its UUID, as FS_IOC_GETFSUUID reports it, is in every origin.
+  const origin = overlayXattrs(path.join(base, 'su'))['d/f']!['trusted.overlay.origin']!;
+  t.not(origin.slice(10, 42), '0'.repeat(32), 'a tmpfs UUID is not null');
+});
+
+test('the same with userxattr: user.overlay.origin and user.overlay.impure', (t) => {
+  const base = tempDir(t, 'ogu');
+  fs.mkdirSync(path.join(base, 'kw2'));
+  kernelReadsStrataUpper(t, base, base, true, ['userxattr']);
+});
+
+test('strata mounting an upper the kernel wrote keeps the kernel\'s st_ino and d_ino, with no cache', (t) => {
+  const base = tempDir(t, 'ogk');
+  const lower = path.join(base, 'l');
+  materializeLayer(lower, LOWER);
+  const k = upperDirs(base, 'k');
+  const kmnt = kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work });
+  changes(kmnt);
+  unmountQuietly(kmnt);
+  const kernel = snapshot(kernelOverlay(t, { lowers: [lower], upper: k.upper, work: k.work }), { noContent: true });
+  unmountQuietly(kernel.root);
+  const sw = path.join(base, 'sw');
+  fs.mkdirSync(sw);
+  const strata = snapshot(strataMount(t, { lowers: [lower], upper: k.upper, work: sw, extraArgs: ['--no-cache'] }), { noContent: true });
+  strataUnmount(strata.root);
+  const kept = [...kernel.inodes].filter(([rel, ino]) => rel !== '.' && ino !== fs.lstatSync(path.join(k.upper, rel), { throwIfNoEntry: false, bigint: true })?.ino);
+  t.true(kept.length >= 8, `objects that keep a lower st_ino under the kernel: ${kept.map(([r]) => r).join(' ')}`);
+  const sorted = (m: Map<string, bigint>): [string, bigint][] => [...m].filter(([rel]) => rel !== '.').sort(([a], [b]) => (a < b ? -1 : 1));
+  t.deepEqual(sorted(strata.inodes), sorted(kernel.inodes), 'st_ino of every path');
+  t.deepEqual(sorted(strata.dinos), sorted(kernel.dinos), 'd_ino of every entry');
+  t.deepEqual(dinoMismatches(strata), []);
+});
+
+/** A circle of renames through names a..e and tmp: each step is one rename, on its own mount. */
+const CIRCLE: [string, string][] = [['e', 'tmp'], ['d', 'e'], ['c', 'd'], ['b', 'c'], ['a', 'b'], ['tmp', 'a'], ['e', 'tmp'], ['d', 'e'], ['c', 'd'], ['b', 'c']];
+const NAMES = ['a', 'b', 'c', 'd', 'e', 'tmp', 'hb', 'solo', 'solo2'];
+
+interface Rotation {
+  /** After each step: name -> label of the object whose inode number the mount shows. */
+  steps: Record<string, string>[];
+  /** d_ino != st_ino found along the way. */
+  dinoProblems: string[];
+}
+
+/**
+ * Runs the rotating stack: step i mounts U(i-1):...:U0:L0 with the new upper Ui, makes one change
+ * and unmounts. The st_ino shown for each name is labelled with the layer object that has it as its
+ * real inode number ("L0:a", "U3:c"), so the kernel's and strata's runs (separate uppers) compare.
+ */
+function rotate(t: ExecutionContext, base: string, lower: string, tag: string, mount: (lowers: string[], upper: string, work: string) => string, unmount: (mnt: string) => void): Rotation {
+  const uppers: string[] = [];
+  const out: Rotation = { steps: [], dinoProblems: [] };
+  const label = (ino: bigint): string => {
+    for (const [i, dir] of [lower, ...uppers].entries()) {
+      for (const n of [...NAMES, 'links/a', 'links/b']) {
+        const st = fs.lstatSync(path.join(dir, n), { throwIfNoEntry: false, bigint: true });
+        if (st?.ino === ino && !st.isCharacterDevice()) return `${i === 0 ? 'L0' : `U${i - 1}`}:${n}`;
+      }
+    }
+    return 'unknown';
+  };
+  const step = (i: number, change: (mnt: string) => void): void => {
+    const upper = path.join(base, `${tag}U${i}`);
+    const work = path.join(base, `${tag}W${i}`);
+    fs.mkdirSync(upper);
+    fs.mkdirSync(work);
+    const mnt = mount([...uppers].reverse().concat(lower), upper, work);
+    change(mnt);
+    const s = snapshot(mnt, { noContent: true });
+    unmount(mnt);
+    uppers.push(upper);
+    out.dinoProblems.push(...dinoMismatches(s).map((m) => `step ${i}: ${m}`));
+    out.steps.push(Object.fromEntries(NAMES.filter((n) => s.inodes.has(n)).map((n) => [n, label(s.inodes.get(n)!)])));
+  };
+  CIRCLE.forEach(([from, to], i) => {
+    step(i, (mnt) => {
+      // The first step also makes hard links through the mount: of a lower hard link (b, whose
+      // copy gets no origin) and of a single-link file (solo, whose copy has one).
+      if (i === 0) {
+        fs.linkSync(path.join(mnt, 'b'), path.join(mnt, 'hb'));
+        fs.linkSync(path.join(mnt, 'solo'), path.join(mnt, 'solo2'));
+      }
+      fs.renameSync(path.join(mnt, from), path.join(mnt, to));
+    });
+  });
+  // Last, a copy-up of every name: each keeps the st_ino it had before, or not, as on the kernel.
+  let before: Record<string, string> = {};
+  step(CIRCLE.length, (mnt) => {
+    const s = snapshot(mnt, { noContent: true });
+    before = Object.fromEntries(NAMES.filter((n) => s.inodes.has(n)).map((n) => [n, label(s.inodes.get(n)!)]));
+    for (const n of NAMES) if (s.inodes.has(n)) fs.chmodSync(path.join(mnt, n), 0o600);
+  });
+  out.steps.splice(CIRCLE.length, 0, before);
+  t.log(`${tag}: before the last copy-up ${JSON.stringify(before)}, after ${JSON.stringify(out.steps.at(-1))}`);
+  return out;
+}
+
+const rotationTest = test.macro((t, cache: 'fresh' | 'shared' | 'none') => {
+  const base = tempDir(t, 'ogr');
+  const lower = path.join(base, 'L0');
+  const entries: Layer = [{ path: 'links', kind: 'dir' }, { path: 'solo', kind: 'file', content: 'solo' }];
+  for (const n of ['a', 'b', 'c', 'd', 'e']) entries.push({ path: n, kind: 'file', content: n }, { path: `links/${n}`, kind: 'hardlink', linkTo: n });
+  materializeLayer(lower, entries);
+  const kernel = rotate(t, base, lower, 'k', (lowers, upper, work) => kernelOverlay(t, { lowers, upper, work }), unmountQuietly);
+  const cacheDir = path.join(base, 'cache');
+  const extraArgs = cache === 'none' ? ['--no-cache'] : cache === 'shared' ? ['--cache-dir', cacheDir] : [];
+  const strata = rotate(t, base, lower, 's', (lowers, upper, work) => strataMount(t, { lowers, upper, work, extraArgs }), strataUnmount);
+  t.is(strata.steps.length, CIRCLE.length + 2);
+  strata.steps.forEach((s, i) => t.deepEqual(s, kernel.steps[i], `step ${i}`));
+  t.deepEqual(strata.dinoProblems, kernel.dinoProblems);
+  t.false(JSON.stringify(kernel.steps).includes('unknown'), 'every st_ino is a layer object\'s inode number');
+});
+
+test('st_ino through 11 remounts that rotate each upper into the lowers, hard links renamed in a circle, then a copy-up: as the kernel', rotationTest, 'fresh');
+test('the same with one metadata cache kept across the remounts', rotationTest, 'shared');
+test('the same with no cache', rotationTest, 'none');

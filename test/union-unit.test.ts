@@ -1,0 +1,138 @@
+// The union core driven without a mount: UnionFs called as the FUSE session would call it, on
+// temporary layers. Fast checks that operations on a node reach its object after its name changed
+// (open, then unlink / rename over / re-create the name), as the kernel's overlay does.
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID } from '../src/fuse/protocol.js';
+import type { RequestContext, SetattrRequest } from '../src/fuse/types.js';
+import * as N from '../src/native/index.js';
+import { LayerStack } from '../src/union/layers.js';
+import { UnionFs } from '../src/union/super.js';
+import { ROOT_NODEID } from '../src/union/node.js';
+import { tempDir } from './helpers/tmp.js';
+
+const { C } = N;
+const ctx: RequestContext = { unique: 1, uid: 0, gid: 0, pid: process.pid };
+
+interface Setup {
+  fs: UnionFs;
+  upper: string;
+  lower: string;
+  invalidatedEntries: [number, string][];
+}
+
+function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Setup {
+  const root = tempDir(t, 'uu');
+  const lower = path.join(root, 'lower');
+  const upper = path.join(root, 'upper');
+  const work = path.join(root, 'work');
+  for (const d of [lower, upper, path.join(work, 'work')]) fs.mkdirSync(d, { recursive: true });
+  for (const [name, data] of Object.entries(lowerFiles)) {
+    fs.mkdirSync(path.dirname(path.join(lower, name)), { recursive: true });
+    fs.writeFileSync(path.join(lower, name), data);
+  }
+  const stack = LayerStack.open(upper, [lower]);
+  const workFd = N.openat(C.AT_FDCWD, path.join(work, 'work'), C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  const invalidatedEntries: [number, string][] = [];
+  const union = new UnionFs(stack, {
+    readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
+    backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
+    cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateContents: () => {},
+    invalidateEntry: (p, n) => invalidatedEntries.push([p, n]),
+    upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },
+  });
+  t.teardown(() => {
+    N.close(workFd);
+    stack.close();
+  });
+  return { fs: union, upper, lower, invalidatedEntries };
+}
+
+function setattr(valid: number, fields: Partial<SetattrRequest>): SetattrRequest {
+  return { valid, fh: 0, size: 0, atimeSec: 0, atimeNsec: 0, mtimeSec: 0, mtimeNsec: 0, mode: 0, uid: 0, gid: 0, ...fields };
+}
+
+async function errno(f: () => unknown): Promise<string> {
+  try {
+    await f();
+    return 'ok';
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
+}
+
+test('fchmod and ftruncate of an open, unlinked file reach it, not the name', async (t) => {
+  const { fs: u, upper } = setup(t);
+  const c = await u.create(ctx, ROOT_NODEID, 'f', 0o644, C.O_RDWR);
+  const node = c.entry.nodeid;
+  await u.unlink(ctx, ROOT_NODEID, 'f');
+  const again = await u.create(ctx, ROOT_NODEID, 'f', 0o600, C.O_RDWR);
+  t.not(again.entry.nodeid, node);
+  const r = await u.setattr(ctx, node, setattr(FATTR_MODE, { mode: 0o1444 }));
+  t.is(r.attr.mode & 0o7777, 0o1444);
+  t.is(r.attr.nlink, 0);
+  await u.setattr(ctx, node, setattr(FATTR_SIZE | FATTR_FH, { size: 12345, fh: c.open.fh }));
+  t.is((await u.getattr(ctx, node, undefined)).attr.size, 12345);
+  // The new file kept its own mode and size.
+  const st = fs.statSync(path.join(upper, 'f'));
+  t.is(st.mode & 0o7777, 0o600);
+  t.is(st.size, 0);
+  u.release(ctx, node, c.open.fh);
+  u.release(ctx, again.entry.nodeid, again.open.fh);
+});
+
+test('xattrs of an open, unlinked file: ENODATA on replace, EEXIST on create, as the kernel', async (t) => {
+  const { fs: u } = setup(t);
+  const c = await u.create(ctx, ROOT_NODEID, 'x', 0o644, C.O_RDWR);
+  const node = c.entry.nodeid;
+  await u.setxattr(ctx, node, 'user.k0', Buffer.from('a'), 0);
+  await u.unlink(ctx, ROOT_NODEID, 'x');
+  t.is(await errno(() => u.setxattr(ctx, node, 'user.k1', Buffer.from('v'), 2 /* XATTR_REPLACE */)), 'ENODATA');
+  t.is(await errno(() => u.setxattr(ctx, node, 'user.k0', Buffer.from('v'), 1 /* XATTR_CREATE */)), 'EEXIST');
+  t.deepEqual(u.getxattr(ctx, node, 'user.k0'), Buffer.from('a'));
+  t.deepEqual(u.listxattr(ctx, node), ['user.k0']);
+  u.release(ctx, node, c.open.fh);
+});
+
+test('a rename over an open file leaves its changes on it; the new file at the name is untouched', async (t) => {
+  const { fs: u, upper } = setup(t);
+  const a = await u.create(ctx, ROOT_NODEID, 'a', 0o644, C.O_RDWR);
+  u.write(ctx, a.entry.nodeid, a.open.fh, 0, Buffer.from('aaaa'));
+  const b = await u.create(ctx, ROOT_NODEID, 'b', 0o644, C.O_RDWR);
+  u.write(ctx, b.entry.nodeid, b.open.fh, 0, Buffer.from('bbbbbbbb'));
+  await u.rename(ctx, ROOT_NODEID, 'b', ROOT_NODEID, 'a', 0);
+  await u.setattr(ctx, a.entry.nodeid, setattr(FATTR_SIZE | FATTR_FH, { size: 0, fh: a.open.fh }));
+  await u.setattr(ctx, a.entry.nodeid, setattr(FATTR_UID | FATTR_GID, { uid: 123, gid: 456 }));
+  const st = fs.statSync(path.join(upper, 'a'));
+  t.is(fs.readFileSync(path.join(upper, 'a'), 'utf8'), 'bbbbbbbb');
+  t.is(st.uid, 0);
+  const old = (await u.getattr(ctx, a.entry.nodeid, undefined)).attr;
+  t.is(old.size, 0);
+  t.is(old.uid, 123);
+  u.release(ctx, a.entry.nodeid, a.open.fh);
+  u.release(ctx, b.entry.nodeid, b.open.fh);
+});
+
+test('copy-up of an open, unlinked lower file answers EEXIST (the kernel copies up to the name) and resurrects nothing', async (t) => {
+  const { fs: u, upper } = setup(t, { 'd/f': 'lower data' });
+  const d = await u.lookup(ctx, ROOT_NODEID, 'd');
+  const f = await u.lookup(ctx, d.nodeid, 'f');
+  const o = await u.open(ctx, f.nodeid, C.O_RDONLY);
+  await u.unlink(ctx, d.nodeid, 'f');
+  t.is(await errno(() => u.setattr(ctx, f.nodeid, setattr(FATTR_MODE, { mode: 0o600 }))), 'EEXIST');
+  // Still readable through the handle, and the name stays deleted (a whiteout in the upper).
+  t.is(u.read(ctx, f.nodeid, o.fh, 0, 64).toString(), 'lower data');
+  t.true(fs.lstatSync(path.join(upper, 'd', 'f')).isCharacterDevice());
+  t.is((await u.lookup(ctx, d.nodeid, 'f')).nodeid, 0);
+  u.release(ctx, f.nodeid, o.fh);
+});
+
+test('link of an unlinked file is ENOENT', async (t) => {
+  const { fs: u } = setup(t);
+  const c = await u.create(ctx, ROOT_NODEID, 'l', 0o644, C.O_RDWR);
+  await u.unlink(ctx, ROOT_NODEID, 'l');
+  t.is(await errno(() => u.link(ctx, c.entry.nodeid, ROOT_NODEID, 'l2')), 'ENOENT');
+  u.release(ctx, c.entry.nodeid, c.open.fh);
+});
