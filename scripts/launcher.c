@@ -187,6 +187,8 @@ int main(int argc, char **argv) {
     if (nul >= 0) dup2(nul, 0);
     dup2(st[1], 3);
     dup2(er[1], 2);
+    /* Nothing else the caller left open (a daemon must not hold its callers' pipes). */
+    close_range(4, ~0U, 0);
     execv(STRATA_NODE, nargv);
     dprintf(2, "cannot run %s: %s\n", STRATA_NODE, strerror(errno));
     _exit(127);

@@ -182,15 +182,17 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     N.dup2(devNull, 2);
     N.close(devNull);
   }
-  // What the mount did not need to start: the logger, then the registry's request counts for
-  // `strata status`, refreshed off the request path.
-  await logger.ready();
+  // What the mount did not need to start: the logger (none at all when its lines would go to the
+  // /dev/null that stderr now is), and the registry's request counts for `strata status`,
+  // refreshed off the request path.
+  const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
   const refresh = setInterval(() => {
     const { requests, errors } = m.session.stats;
     writeRecord({ ...record, requests, errors, byOp: m.session.requestsByOp(), updated: new Date().toISOString() });
   }, 2000);
   refresh.unref();
   await m.done;
+  await logged;
   clearInterval(refresh);
   removeRecord(mountpoint, process.pid);
   if (pidFile) rmSync(pidFile, { force: true });

@@ -29,7 +29,7 @@ export class DaemonLogger {
   private loading: Promise<void> | null = null;
   /** The time of the line being replayed (pino's timestamp reads it). */
   private replayTime: number | null = null;
-  private readonly threshold: number;
+  private threshold: number;
 
   constructor(private readonly options: LogOptions) {
     checkLevel(options.logLevel);
@@ -88,6 +88,13 @@ export class DaemonLogger {
       this.real = real;
     })();
     return this.loading;
+  }
+
+  /** Lines go nowhere (stderr is /dev/null and there is no log file): pino is never loaded. */
+  discard(): Promise<void> {
+    this.pending = [];
+    this.threshold = Infinity;
+    return Promise.resolve();
   }
 
   /** SIGHUP: reopen the log file (after logrotate moved it). */
