@@ -28,7 +28,8 @@ for ((a = first; a <= last; a += batch)); do
   b=$((a + batch - 1 < last ? a + batch - 1 : last))
   log="$logdir/seeds-$a-$b.log"
   printf 'soak: seeds %d-%d (%d ops each) ... ' "$a" "$b" "$STRATA_OPS"
-  if STRATA_SEEDS="$a-$b" ./node_modules/.bin/ava dist/test/random-ops.test.js >"$log" 2>&1; then
+  # a seed of 1000 ops can take minutes: more than ava's default of 5 without a result
+  if STRATA_SEEDS="$a-$b" ./node_modules/.bin/ava --timeout=60m dist/test/random-ops.test.js >"$log" 2>&1; then
     echo ok
   else
     bad=$(grep -oE '\[fail\]: seed [0-9]+' "$log" | grep -oE '[0-9]+$' | sort -n | tr '\n' ' ' || true)
@@ -42,7 +43,7 @@ echo "soak: $((first))..$((last)) in $(($(date +%s) - start)) s, logs in $logdir
 if ((${#failed[@]})); then
   echo "soak: failing seeds: ${failed[*]}"
   for s in "${failed[@]}"; do
-    echo "  repro: STRATA_SEEDS=$s STRATA_OPS=$STRATA_OPS ./node_modules/.bin/ava dist/test/random-ops.test.js"
+    echo "  repro: STRATA_SEEDS=$s STRATA_OPS=$STRATA_OPS ./node_modules/.bin/ava --timeout=60m dist/test/random-ops.test.js"
   done
   exit 1
 fi

@@ -101,6 +101,11 @@ test('shared layers: two images on one base store it once; rm of one keeps it; p
   // The second from standard input, as `docker load < FILE`.
   t.regex(runOk('sh', ['-c', `"$0" image load --store "$1" < "$2"`, strataBin, store, archives[1]!]), /Loaded image: shared\/b:1/);
   t.is(layerDirs(store).length, 3, 'base + two tops');
+  // save to standard output, load from standard input: `strata image save X | strata image load`.
+  const piped = path.join(path.dirname(store), 'piped');
+  t.regex(runOk('sh', ['-c', `"$0" image save shared/a:1 --store "$1" | "$0" image load --store "$2"`, strataBin, store, piped]), /Loaded image: shared\/a:1/);
+  t.deepEqual(layerDirs(piped), layerDirs(store).filter((d) => fs.existsSync(path.join(piped, 'layers', d))));
+  t.is(layerDirs(piped).length, 2);
   const baseDir = imageOk(t, store, ['lowerdir', 'shared/a:1']).trim().split(':')[1]!;
   t.is(imageOk(t, store, ['lowerdir', 'shared/b:1']).trim().split(':')[1], baseDir, 'both images use the same base directory');
 

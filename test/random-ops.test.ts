@@ -16,7 +16,9 @@
 // seed. `make soak` (scripts/soak.sh) runs 200 seeds x 1000 ops. A failing seed writes its ops to
 // .cache/random-ops-seed<N>.json, and STRATA_REPLAY=<that file> runs exactly those ops; with
 // STRATA_SHRINK=1 the list is first shrunk by replaying ever smaller subsets on fresh mounts
-// until the failure (a step mismatch, or the final comparisons) would go away.
+// until the failure (a step mismatch, or the final comparisons) would go away. ava stops a test
+// file that gives no result for 5 minutes (killing it, mounts left behind): for long seeds or
+// shrinking, add --timeout=60m (make soak does).
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -498,7 +500,7 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 
 function reproCommand(seed: number, ops: number): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
-  return `make build && ${peer}STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava dist/test/random-ops.test.js`;
+  return `make build && ${peer}STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
 }
 
 function listing(ops: readonly Op[]): string {

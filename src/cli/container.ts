@@ -5,6 +5,7 @@
 // command runs.
 
 import type { Argv, CommandModule } from 'yargs';
+import { ago } from './image.js';
 import { byteProgress } from './progress.js';
 
 interface StoreArgs {
@@ -195,7 +196,8 @@ export const containerCommand: CommandModule = {
           const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
           for (const c of list) {
             const status = c.state === 'exited' ? `Exited (${String(c.exitCode)})` : (c.state ?? 'created');
-            rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify((c.command ?? []).join(' ')).slice(0, 40), c.created, status]);
+            const cmd = (c.command ?? []).join(' ');
+            rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify(cmd.length > 30 ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), status]);
           }
           const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
           out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));

@@ -245,13 +245,16 @@ function imageVerbs(y: Argv): Argv {
     }))
     .command('save <names..>', 'write images to an archive (docker-archive by default)', (c) => c
       .positional('names', { type: 'string', array: true, demandOption: true })
-      .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the archive file (a directory for oci-dir)' })
+      .option('output', { alias: 'o', type: 'string', default: '-', describe: 'the archive file (a directory for oci-dir); default: standard output' })
       .option('format', { type: 'string', choices: FORMATS, default: 'docker-archive' as const }),
     (a) => withImageStore(a as CommonArgs, async (store) => {
       const { saveImages } = await import('../image/archive/save.js');
+      if (a.output === '-' && (process.stdout.isTTY || a.format === 'oci-dir')) {
+        throw new ImageError(a.format === 'oci-dir' ? 'oci-dir needs -o DIR' : 'give -o FILE, or send standard output to a file or a pipe', 2);
+      }
       let total = 0;
       for (const n of a.names as string[]) total += (await store.resolveImage(n)).size;
-      const bar = await byteProgress('saving', total, a.json);
+      const bar = await byteProgress('saving', total, a.json || a.output === '-');
       await saveImages(store, a.names as string[], a.format as ArchiveFormat, a.output, bar.tick).finally(() => bar.stop());
     }))
     .command(['rm <names..>', 'remove <names..>'], 'untag and delete images (refused while a container uses one, unless --force)', (c) => c

@@ -4,13 +4,14 @@
 // afterwards. The tar is written to a temporary file next to FILE and renamed into place once
 // complete, so an interrupted export leaves no half-written FILE.
 
-import { createWriteStream, mkdtempSync, renameSync, rmdirSync, rmSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, renameSync, rmdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { packTree, treeBytes, type PackStats } from './changes.js';
 import type { Progress } from './commit.js';
 import { mountLayers, resolveTarget, unmountIfMounted } from './container.js';
 import { withStore } from './store.js';
+import { ImageError } from './types.js';
 
 export interface ExportOptions {
   store: string;
@@ -46,6 +47,10 @@ async function writeTarTo(root: string, output: string, onBytes?: (n: number) =>
 }
 
 export async function exportView(opts: ExportOptions): Promise<PackStats> {
+  if (opts.output !== '-') {
+    const dir = dirname(resolve(opts.output));
+    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new ImageError(`cannot write ${opts.output}: ${dir} is not a directory`);
+  }
   const target = await withStore(opts.store, (s) => resolveTarget(s, opts.ref));
   if (target.mountpoint) return writeTar(target.mountpoint, opts.output, opts.progress);
   // Not mounted: a container (only containers have no live mount), which always has an upper.

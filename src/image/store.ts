@@ -27,7 +27,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Level } from 'level';
 import { ingestLayer } from './layer_ingest.js';
@@ -37,9 +37,9 @@ import {
 
 export const DEFAULT_STORE = '/var/lib/strata';
 
-/** The store directory: --store, else $STRATA_STORE, else /var/lib/strata. */
+/** The store directory, absolute: --store, else $STRATA_STORE, else /var/lib/strata. */
 export function storeDir(option?: string): string {
-  return option ?? process.env.STRATA_STORE ?? DEFAULT_STORE;
+  return resolve(option ?? process.env.STRATA_STORE ?? DEFAULT_STORE);
 }
 
 /** A layer in the store. Digests are "sha256:<hex>". */

@@ -126,26 +126,59 @@ export function originXattrFor(layer: Layer, dirfd: number, name = ''): Buffer |
   return encodeOrigin(layerUuid(layer), h.type, h.handle);
 }
 
-/** Sets the origin value on an upper object being built; "user." is refused on symlinks and devices (EPERM), as the kernel ignores. */
+function isNoXattrs(e: unknown): boolean {
+  const code = (e as N.ErrnoError).code;
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP';
+}
+
+/**
+ * Sets the origin value on an upper object being built. As the kernel, ignores an upper without
+ * xattrs, and "user." refused on symlinks and devices (EPERM).
+ */
 export function setOrigin(set: (name: string, v: Buffer) => void, value: Buffer, userxattr: boolean): void {
   try {
     set(originXattrName(userxattr), value);
   } catch (e) {
-    if ((e as N.ErrnoError).code !== 'EPERM' || !userxattr) throw e;
+    if (!isNoXattrs(e) && ((e as N.ErrnoError).code !== 'EPERM' || !userxattr)) throw e;
   }
 }
 
 /** Marks an upper directory impure (it holds copied-up entries) unless it is already. */
 export function markImpure(dirfd: number, userxattr: boolean): void {
   const name = impureXattrName(userxattr);
-  const v = N.lgetxattr(dirfd, '', name);
-  if (v !== null && v.length === 1 && v[0] === 0x79) return;
-  N.lsetxattr(dirfd, '', name, Buffer.from('y'), 0);
+  try {
+    const v = N.lgetxattr(dirfd, '', name);
+    if (v !== null && v.length === 1 && v[0] === 0x79) return;
+    N.lsetxattr(dirfd, '', name, Buffer.from('y'), 0);
+  } catch (e) {
+    if (!isNoXattrs(e)) throw e;
+  }
+}
+
+/** Is the upper directory `dirfd` marked impure (in either namespace)? */
+export function isImpureDir(dirfd: number): boolean {
+  try {
+    const v = N.lgetxattr(dirfd, '', IMPURE_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, '', IMPURE_XATTR_USER);
+    return v !== null && v.length === 1 && v[0] === 0x79;
+  } catch (e) {
+    if (isNoXattrs(e)) return false;
+    throw e;
+  }
+}
+
+/** The origin xattr of (dirfd, name), in either namespace (trusted first); null without one or without xattrs. */
+function originValue(dirfd: number, name: string): Buffer | null {
+  try {
+    return N.lgetxattr(dirfd, name, ORIGIN_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, name, ORIGIN_XATTR_USER);
+  } catch (e) {
+    if (isNoXattrs(e)) return null;
+    throw e;
+  }
 }
 
 /** Does the upper object (dirfd, name) carry a (known) origin? */
 export function hasOrigin(dirfd: number, name: string): boolean {
-  const v = N.lgetxattr(dirfd, name, ORIGIN_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, name, ORIGIN_XATTR_USER);
+  const v = originValue(dirfd, name);
   return v !== null && v.length > 0;
 }
 
@@ -177,7 +210,7 @@ function ambiguousUuid(stack: LayerStack, layer: Layer): boolean {
  * it names an object of another type. Both xattr namespaces are read (trusted first).
  */
 export function readOrigin(stack: LayerStack, dirfd: number, name = ''): Origin | null {
-  const v = N.lgetxattr(dirfd, name, ORIGIN_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, name, ORIGIN_XATTR_USER);
+  const v = originValue(dirfd, name);
   if (v === null || v.length === 0) return null;
   const fh = decodeOrigin(v);
   if (!fh) return null;

@@ -9,6 +9,7 @@ import * as N from '../native/index.js';
 import type { InodeTable, UnionNode } from './inode.js';
 import type { Layer } from './layers.js';
 import type { LowerListing } from './lower_index.js';
+import { isImpureDir } from './origin.js';
 import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
 
 const { C } = N;
@@ -51,6 +52,9 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     const ociHidden: string[] = [];
     const entries = N.readdir(dirfd);
     if (!layer.isUpper) rememberNames(dir, layer, entries);
+    // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
+    // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
+    const withOrigins = layer.isUpper && isImpureDir(dirfd);
     for (const [name, dtype, realIno] of entries) {
       if (layer.ociWhiteouts && name.startsWith('.wh.')) {
         if (name !== OCI_OPAQUE) {
@@ -70,7 +74,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         type = dtFromMode(st[N.ST.mode]!);
       }
       seen.add(name);
-      out.push({ name, type, ino: inodes.inoFor(layer, realIno, () => [dirfd, name]) });
+      out.push({ name, type, ino: inodes.inoFor(layer, realIno, withOrigins ? () => [dirfd, name] : undefined) });
     }
     for (const name of ociHidden) hidden.add(name);
   }

@@ -14,7 +14,7 @@ import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewObject } from './dir.js';
-import { HandleTable, openFile, openReply, reopenHandles, type FileEnv } from './file.js';
+import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
@@ -136,6 +136,8 @@ export class UnionFs implements FileSystem {
    */
   private attrTimeout(attr: Attr, node: UnionNode): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
+    // A superseded node's object changes through its successor, a FUSE inode the kernel does not link to it.
+    if (node.successor) return 0;
     if (this.passthroughWriters.has(node)) return 0;
     return this.opts.cacheTimeout;
   }
@@ -188,8 +190,7 @@ export class UnionFs implements FileSystem {
   getattr(_ctx: RequestContext, nodeid: number, _fh: number | undefined): AttrReply {
     const node = this.inodes.get(nodeid);
     const attr = this.inodes.attr(node.live);
-    // A superseded node's attributes change through its successor, which the kernel does not link to it.
-    return { attr, attrTimeout: node.successor ? 0 : this.attrTimeout(attr, node) };
+    return { attr, attrTimeout: this.attrTimeout(attr, node) };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): string {
@@ -385,16 +386,31 @@ export class UnionFs implements FileSystem {
   private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>): T | Promise<T> {
     const w = this.w;
     const n = node.live;
-    if (n.layer.isUpper && !n.copying) return then(n);
+    if (n.layer.isUpper && !n.copying) return this.through(node, n, then);
     const copied = w.copyUp.ensureAsync(n, { data });
     if (copied) {
       return copied.then(() => {
         this.afterCopied(n);
-        return then(n.live);
+        return this.through(node, n.live, then);
       });
     }
     this.afterCopied(n);
-    return then(n.live);
+    return this.through(node, n.live, then);
+  }
+
+  /**
+   * Runs a change on `live` for a request that came for `node`. A change that came through a
+   * superseded node leaves the attributes the kernel caches for the successor stale: they are dropped.
+   */
+  private through<T>(node: UnionNode, live: UnionNode, then: (live: UnionNode) => T): T {
+    const r = then(live);
+    if (node !== live) this.opts.invalidateAttributes(live.nodeid);
+    return r;
+  }
+
+  /** A write through a handle of a superseded node changed its successor's size and times. */
+  private changedThrough(h: FileHandle): void {
+    if (h.node.successor) this.opts.invalidateAttributes(h.node.live.nodeid);
   }
 
   /**
@@ -435,7 +451,7 @@ export class UnionFs implements FileSystem {
       setAttributes(live, req, handle);
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       const attr = this.inodes.attr(live);
-      return { attr, attrTimeout: this.attrTimeout(attr, live) };
+      return { attr, attrTimeout: this.attrTimeout(attr, node) };
     });
   }
 
@@ -589,6 +605,7 @@ export class UnionFs implements FileSystem {
     if (writeFlags & FUSE_WRITE_KILL_SUIDGID && killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
     let done = 0;
     while (done < data.length) done += N.pwrite(h.fd, data, done, data.length - done, offset + done);
+    this.changedThrough(h);
     return done;
   }
 
@@ -641,6 +658,7 @@ export class UnionFs implements FileSystem {
     // The kernel clears nothing before FALLOCATE (overlayfs does, for every mode): the daemon does.
     if (killSuidSgid(ctx, h.fd)) this.opts.invalidateAttributes(nodeid);
     N.fallocate(h.fd, mode, offset, length);
+    this.changedThrough(h);
   }
 
   /** chattr / lsattr: the file attribute ioctls; setting flags copies the object up. */
@@ -657,7 +675,10 @@ export class UnionFs implements FileSystem {
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
     offOut: number, len: number, flags: number): number {
-    return N.copyFileRange(this.handles.file(fhIn).fd, offIn, this.handles.file(fhOut).fd, offOut, len, flags);
+    const out = this.handles.file(fhOut);
+    const n = N.copyFileRange(this.handles.file(fhIn).fd, offIn, out.fd, offOut, len, flags);
+    this.changedThrough(out);
+    return n;
   }
 
   destroy(): void {}

@@ -32,7 +32,7 @@ export async function imagesToSave(store: Store, refs: readonly string[]): Promi
   return out;
 }
 
-/** Writes the images named by `refs` to `output`; `onBytes` counts what is written (progress bars). */
+/** Writes the images named by `refs` to `output` ("-": standard output); `onBytes` counts what is written (progress bars). */
 export async function saveImages(store: Store, refs: readonly string[], format: ArchiveFormat, output: string,
   onBytes?: (n: number) => void): Promise<void> {
   const images = await imagesToSave(store, refs);
@@ -41,12 +41,16 @@ export async function saveImages(store: Store, refs: readonly string[], format: 
     await writeOciLayout(store, images, dirSink(output));
     return;
   }
+  const write = (sink: ArchiveSink): Promise<void> =>
+    format === 'docker-archive' ? writeDockerArchive(store, images, sink) : writeOciLayout(store, images, sink);
+  if (output === '-') {
+    await write(tarSink(process.stdout, onBytes));
+    return;
+  }
   const tmp = `${output}.tmp-${process.pid}`;
   try {
     const out = createWriteStream(tmp, { flags: 'wx', mode: 0o644 });
-    const sink: ArchiveSink = tarSink(out, onBytes);
-    if (format === 'docker-archive') await writeDockerArchive(store, images, sink);
-    else await writeOciLayout(store, images, sink);
+    await write(tarSink(out, onBytes));
     fsyncPath(tmp);
     renameSync(tmp, output);
   } finally {
