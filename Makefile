@@ -35,11 +35,17 @@ native: $(ADDON)
 ts: deps
 	./node_modules/.bin/tsc -p tsconfig.json
 
-bin/strata bin/mount.fuse.strata: scripts/launcher.sh scripts/mount.fuse.strata.sh
+# The command: a small C launcher that runs node on the compiled CLI (one Node.js process for a
+# background mount: see scripts/launcher.c).
+CC ?= cc
+bin/strata: scripts/launcher.c
 	@mkdir -p bin
-	sed -e 's|@NODE@|$(NODE)|' -e 's|@ROOT@|$(ROOT)|' scripts/launcher.sh > bin/strata
-	sed -e 's|@ROOT@|$(ROOT)|' scripts/mount.fuse.strata.sh > bin/mount.fuse.strata
-	chmod 755 bin/strata bin/mount.fuse.strata
+	$(CC) -O2 -Wall -o $@ -DSTRATA_NODE='"$(NODE)"' -DSTRATA_MAIN='"$(ROOT)/dist/src/cli/main.js"' $<
+
+bin/mount.fuse.strata: scripts/mount.fuse.strata.sh
+	@mkdir -p bin
+	sed -e 's|@ROOT@|$(ROOT)|' scripts/mount.fuse.strata.sh > $@
+	chmod 755 $@
 
 build: native ts bin/strata bin/mount.fuse.strata
 

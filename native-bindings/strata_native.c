@@ -34,6 +34,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <linux/openat2.h>
@@ -1457,8 +1458,6 @@ static napi_value fn_writeReply(napi_env env, napi_callback_info info) {
 /* Reader: uv_poll on a /dev/fuse fd, calling back into JS per request */
 /* ------------------------------------------------------------------ */
 
-#define READER_BATCH 64
-
 typedef struct reader reader_t;
 
 /* Owned by the JS handle (napi external); points at the reader while live. */
@@ -1565,6 +1564,39 @@ static void call_js(napi_env env, napi_value fn, size_t argc, napi_value *args,
   }
 }
 
+/* How long the reader keeps reading /dev/fuse without blocking after the last request (the
+ * caller's next request usually arrives within a few tens of microseconds: catching it here saves
+ * the cross-CPU wakeup of a sleeping thread), and how long one poll callback may serve before it
+ * lets the event loop run timers, I/O completions and immediates. */
+#define READER_SPIN_NS 50000L
+#define READER_SLICE_NS 2000000L
+
+static long long mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* One request into JS. */
+static void reader_deliver(reader_t *r, napi_value on_req, ssize_t n) {
+  napi_env env = r->env;
+  napi_handle_scope inner;
+  napi_value arg;
+  napi_open_handle_scope(env, &inner);
+  napi_create_int32(env, (int32_t)n, &arg);
+  call_js(env, on_req, 1, &arg, "onRequest");
+  napi_close_handle_scope(env, inner);
+}
+
+/* Ends a callback scope (running nextTicks and microtasks: replies of handlers that returned a
+ * promise settled synchronously go out here) and reports what they threw. */
+static void reader_close_scope(reader_t *r, napi_callback_scope cs) {
+  napi_close_callback_scope(r->env, cs);
+  bool pending = false;
+  napi_is_exception_pending(r->env, &pending);
+  if (pending) report_exception(r->env, "reader tick processing");
+}
+
 static void reader_on_poll(uv_poll_t *h, int status, int events) {
   reader_t *r = h->data;
   if (r->stopped) return;
@@ -1581,33 +1613,44 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
   bool ended = false;
   int end_errno = 0;
   const char *end_syscall = "read";
+  long long start = mono_ns(), spin_until = 0;
+  int served = 0;
   /* Even on a poll error (libuv has then stopped the handle) drain with
    * read(): a disconnected /dev/fuse reports EPOLLERR, and only read()
-   * tells an unmount (ENODEV) from a real failure. */
-  for (int i = 0; i < READER_BATCH && !r->stopped; i++) {
+   * tells an unmount (ENODEV) from a real failure.
+   * Drain until EAGAIN; then, if requests were served, run the microtasks (their replies go
+   * out) and keep reading for READER_SPIN_NS before going back to the poll. */
+  while (!r->stopped) {
     ssize_t n = read(r->fd, r->data, r->size);
     if (n > 0) {
-      napi_handle_scope inner;
-      napi_value arg;
-      napi_open_handle_scope(env, &inner);
-      napi_create_int32(env, (int32_t)n, &arg);
-      call_js(env, on_req, 1, &arg, "onRequest");
-      napi_close_handle_scope(env, inner);
+      reader_deliver(r, on_req, n);
+      spin_until = 0;
+      if ((++served & 63) == 0 && mono_ns() - start > READER_SLICE_NS) break;
       continue;
     }
     if (n == 0) { /* EOF: not expected from /dev/fuse, treat as end */
       ended = true;
       break;
     }
-    if (errno == EINTR) {
-      i--;
-      continue;
+    if (errno == EINTR || errno == ENOENT) continue; /* ENOENT: aborted before we read it */
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ended = true;
+      if (errno != ENODEV) end_errno = errno; /* ENODEV: unmounted */
+      break;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-    if (errno == ENOENT) continue; /* request aborted before we read it */
-    ended = true;
-    if (errno != ENODEV) end_errno = errno; /* ENODEV: unmounted */
-    break;
+    if (served == 0 || status < 0) break;
+    long long now = mono_ns();
+    if (spin_until == 0) {
+      if (now - start > READER_SLICE_NS) break;
+      /* The replies of this batch first, then spin (in_poll stays set: a stopReader from a
+       * microtask defers the teardown, so the async context stays valid). */
+      reader_close_scope(r, cs);
+      napi_open_callback_scope(env, resource, r->actx, &cs);
+      if (r->stopped) break;
+      spin_until = now + READER_SPIN_NS;
+    } else if (now >= spin_until) {
+      break;
+    }
   }
   if (!ended && status < 0) {
     ended = true;
@@ -1625,12 +1668,7 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
   }
 
   r->in_poll = false;
-  napi_close_callback_scope(env, cs); /* runs nextTicks / microtasks */
-  {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) report_exception(env, "reader tick processing");
-  }
+  reader_close_scope(r, cs); /* runs nextTicks / microtasks */
   if (r->stopped) reader_teardown(r, false);
   napi_close_handle_scope(env, hs);
 }

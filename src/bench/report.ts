@@ -14,6 +14,8 @@ export interface Sample {
   /** For a series: the point (copy-up: file size in bytes). */
   point?: number;
   seconds: number;
+  /** CPU time the daemon used during the measurement (FUSE systems; not for the mount rows). */
+  daemonCpu?: number;
 }
 
 export interface Failure {
@@ -84,6 +86,27 @@ export function table(rows: Row[], systems: SystemName[]): string[][] {
   return [header, ...body];
 }
 
+/** Daemon CPU time per workload (FUSE systems): medians, and strata's over fuse-overlayfs's. */
+export function cpuTable(r: Results, rows: Row[]): string[][] {
+  const daemons = r.systems.map((s) => s.name).filter((s) => r.samples.some((x) => x.system === s && x.daemonCpu !== undefined));
+  if (daemons.length === 0) return [];
+  const both = daemons.includes('strata') && daemons.includes('fuse-overlayfs');
+  const header = ['workload', ...daemons.map((s) => `${s} daemon CPU`), ...(both ? ['strata / fuse-overlayfs'] : [])];
+  const body: string[][] = [];
+  for (const row of rows) {
+    if (row.point !== undefined) continue;
+    const med = (sys: SystemName): number => {
+      const xs = r.samples.filter((x) => x.workload === row.workload.name && x.system === sys && x.daemonCpu !== undefined).map((x) => x.daemonCpu!);
+      return xs.length ? summarize(xs).median : NaN;
+    };
+    const cpus = daemons.map(med);
+    if (cpus.every((c) => Number.isNaN(c))) continue;
+    body.push([label(row), ...cpus.map((c) => (Number.isNaN(c) ? '-' : formatSeconds(c))),
+      ...(both ? [formatRatio(ratio(med('strata'), med('fuse-overlayfs')))] : [])]);
+  }
+  return body.length ? [header, ...body] : [];
+}
+
 export function formatTable(t: string[][]): string {
   const widths = t[0]!.map((_, i) => Math.max(...t.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
@@ -115,6 +138,8 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
     '',
     markdownTable(table(rows, systems)),
     '',
+    ...(cpuTable(r, rows).length ? ['CPU time of the daemon during each measurement (from /proc/PID/stat, 10 ms ticks), medians:', '',
+      markdownTable(cpuTable(r, rows)), ''] : []),
     ...charts.map((c) => `![${c}](${c}.svg)`),
     '',
     '## What each workload times',

@@ -6,8 +6,8 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, type Sizes } from './gen.js';
-import { charts, formatTable, markdown, summaries, table, type Results } from './report.js';
-import { forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
+import { charts, cpuTable, formatTable, markdown, summaries, table, type Results } from './report.js';
+import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
 export class BenchUsageError extends Error {}
@@ -93,8 +93,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   if (systems.length === 0) throw new Error('none of the systems can run here');
   const workloads = WORKLOADS.filter((w) => o.workloads.includes(w.name)).filter((w) => {
     const why = w.layers === 'rootfs' && !o.rootfs ? 'needs --rootfs'
-      : w.layers === 'image' && o.lowerdir ? 'needs the generated layers (not --lowerdir)'
-        : w.layers === 'deep' && o.lowerdir ? 'needs the generated deep stack (not --lowerdir)' : null;
+      : w.layers === 'image' && o.lowerdir ? 'needs the generated layers (not --lowerdir)' : null;
     if (why && o.workloads.length < WORKLOAD_NAMES.length) skipped.push({ what: w.name, why });
     return why === null;
   });
@@ -178,8 +177,12 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
               results.samples.push({ workload: w.name, system: sys.name, run, seconds: mountSeconds });
             } else {
               w.setup?.(ctx);
+              const pid = sys.daemonPid(l.mnt);
+              const cpu0 = pid === null ? NaN : cpuSeconds(pid);
               const v = w.measure(ctx);
-              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v });
+              const cpu = pid === null ? undefined : cpuSeconds(pid) - cpu0;
+              const daemonCpu = cpu !== undefined && Number.isFinite(cpu) ? cpu : undefined;
+              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu });
               else for (const [point, seconds] of Object.entries(v)) results.samples.push({ workload: w.name, system: sys.name, run, point: Number(point), seconds });
             }
           } catch (e) {
@@ -212,6 +215,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   const made = await charts(o.out, rows);
   writeFileSync(join(o.out, 'report.md'), markdown(results, rows, workloads, made));
   log(formatTable(table(rows, results.systems.map((s) => s.name))) + '\n');
+  const cpu = cpuTable(results, rows);
+  if (cpu.length) log('\n' + formatTable(cpu) + '\n');
   for (const f of results.failures) log(`failed: ${f.workload} on ${f.system} (run ${f.run}): ${f.error}\n`);
   log(`strata bench: results.json, report.md and ${made.map((c) => `${c}.svg/.png`).join(', ')} in ${o.out}\n`);
   return results.failures.length > 0 ? 1 : 0;

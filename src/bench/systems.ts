@@ -1,8 +1,9 @@
 // The union filesystems a benchmark compares: strata (through its own command line, as a user runs
 // it), the kernel's overlayfs (what Docker's overlay2 uses) and fuse-overlayfs when installed.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { readRecord } from '../daemon/registry.js';
 import { mountedPaths } from '../daemon/validate.js';
 
 export type SystemName = 'strata' | 'kernel' | 'fuse-overlayfs';
@@ -23,9 +24,41 @@ export interface System {
   version(): string;
   mount(l: Layout): void;
   unmount(mnt: string): void;
+  /** The process serving the mount (null for the kernel). */
+  daemonPid(mnt: string): number | null;
+}
+
+/** CPU time (user + system, seconds) a process has used so far, from /proc/PID/stat; NaN when gone. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+/** USER_HZ: 100 on every Linux architecture that strata runs on. */
+const CLOCK_TICKS = 100;
+
+/** The live process whose command line starts with `program` and names `mnt`. */
+function processServing(program: string, mnt: string): number | null {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const args = readFileSync(`/proc/${d}/cmdline`, 'latin1').split('\0');
+      if (args[0]!.endsWith(program) && args.includes(mnt)) return Number(d);
+    } catch {
+      // gone
+    }
+  }
+  return null;
 }
 
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+/** The command as users run it (`make build` makes it); the compiled CLI run by node without it. */
+const BIN = fileURLToPath(new URL('../../../bin/strata', import.meta.url));
+const strataCommand = (args: string[]): [string, string[]] => (existsSync(BIN) ? [BIN, args] : [process.execPath, [CLI, ...args]]);
 
 function sh(cmd: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
@@ -55,12 +88,13 @@ function options(l: Layout): string {
 const strata: System = {
   name: 'strata',
   unavailable: () => null,
-  version: () => sh(process.execPath, [CLI, '--version']).stdout.trim(),
-  mount: (l) => void must(process.execPath, [CLI, 'mount', '-o', options(l), l.mnt]),
+  version: () => sh(...strataCommand(['--version'])).stdout.trim(),
+  mount: (l) => void must(...strataCommand(['mount', '-o', options(l), l.mnt])),
   unmount: (mnt) => {
-    if (isMounted(mnt)) sh(process.execPath, [CLI, 'umount', mnt]);
+    if (isMounted(mnt)) sh(...strataCommand(['umount', mnt]));
     forceUnmount(mnt);
   },
+  daemonPid: (mnt) => readRecord(mnt)?.pid ?? null,
 };
 
 const kernel: System = {
@@ -74,6 +108,7 @@ const kernel: System = {
   version: () => `overlayfs, Linux ${must('uname', ['-r']).trim()}`,
   mount: (l) => void must('mount', ['-t', 'overlay', 'overlay', '-o', options(l), l.mnt]),
   unmount: forceUnmount,
+  daemonPid: () => null,
 };
 
 const fuseOverlayfs: System = {
@@ -85,6 +120,7 @@ const fuseOverlayfs: System = {
   },
   mount: (l) => void must('fuse-overlayfs', ['-o', options(l), l.mnt]),
   unmount: forceUnmount,
+  daemonPid: (mnt) => processServing('fuse-overlayfs', mnt),
 };
 
 export const SYSTEMS: Record<SystemName, System> = { strata, kernel, 'fuse-overlayfs': fuseOverlayfs };

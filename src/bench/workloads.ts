@@ -72,6 +72,14 @@ export const WORKLOADS: Workload[] = [
     measure: () => NaN, // timed by the runner around the mount
   },
   {
+    name: 'mount-deep',
+    title: 'mount of the deep stack',
+    what: 'the mount command, as above, with the 40 layers of the deep stack',
+    layers: 'deep',
+    isMount: true,
+    measure: () => NaN, // timed by the runner around the mount
+  },
+  {
     name: 'walk-cold',
     title: 'cold walk',
     what: '`find MNT -printf ...` (an lstat of every entry) right after the mount, page cache dropped',
@@ -172,6 +180,28 @@ print(time.perf_counter() - t)`, c.mnt),
 d = os.path.join(sys.argv[1], 'deep'); t = time.perf_counter()
 for i in range(int(sys.argv[2])): os.stat(os.path.join(d, 'target%04d' % i))
 print(time.perf_counter() - t)`, c.mnt, String(c.sizes.deepTargets)),
+  },
+  {
+    name: 'deep-readdir',
+    title: 'first readdir at the bottom of a deep stack',
+    what: 'the first listing (os.listdir) of the directory merged from all layers of the deep stack, right after the mount',
+    layers: 'deep',
+    measure: (c) => py<number>(`
+d = os.path.join(sys.argv[1], 'deep'); t = time.perf_counter()
+n = len(os.listdir(d))
+print(time.perf_counter() - t)`, c.mnt),
+  },
+  {
+    name: 'seq-write',
+    title: 'sequential write',
+    what: 'write(2) of a new file as big as the sequential-read file in 1 MiB blocks, then fsync',
+    layers: 'any',
+    measure: (c) => py<number>(`
+f = os.open(os.path.join(sys.argv[1], 'seq-write'), os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644); b = b'w' * (1 << 20)
+t = time.perf_counter()
+for i in range(int(sys.argv[2]) >> 20): os.write(f, b)
+os.fsync(f); os.close(f)
+print(time.perf_counter() - t)`, c.mnt, String(c.sizes.seqBytes)),
   },
   {
     name: 'untar',

@@ -2,226 +2,16 @@
 // The strata command line: mount (in the background by default), umount, and the
 // fuse-overlayfs / mount(8) argument forms.
 
-import { spawn } from 'node:child_process';
-import { readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
-import { allRecords, processAlive, readRecord, removeRecord, writeRecord } from '../daemon/registry.js';
-import { mountedPaths, validateLayout } from '../daemon/validate.js';
-import * as N from '../native/index.js';
-import { parseMountOptions, UsageError, type MountParams } from '../union/params.js';
-import { askDaemon, serveControl } from '../daemon/control.js';
 import { join, resolve } from 'node:path';
-import { unmountStrata } from '../daemon/unmount.js';
-import { imageCommand } from './image.js';
-import { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } from './container.js';
-import { usageMessage } from './usage.js';
+import { allRecords, processAlive, removeRecord } from '../daemon/registry.js';
+import { mountedPaths } from '../daemon/validate.js';
+import { describe, exitCodeOf, fail, mountCommand, parseMountArgv, daemonMain, type MountArgs } from './mount.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
-// used: each costs tens of milliseconds at start-up, paid twice by a mount (command, then daemon).
-
-const CONFIG_ENV = 'STRATA_DAEMON_CONFIG';
-
-function fail(message: string, code: number): never {
-  process.stderr.write(`strata: ${message}\n`);
-  process.exit(code);
-}
-
-function exitCodeOf(e: unknown): number {
-  return e instanceof UsageError ? 2 : 1;
-}
-
-function describe(e: unknown): string {
-  const err = e as { code?: string; syscall?: string; message?: string };
-  if (err.code === 'EPERM' && err.syscall === 'mount') return 'mount(2) was refused: strata must run as root (or with CAP_SYS_ADMIN)';
-  if (err.code === 'ENOENT' && err.syscall === 'open') return 'cannot open /dev/fuse: is the fuse module loaded?';
-  return err.message ?? String(e);
-}
-
-interface MountArgs {
-  mountpoint: string;
-  /** The fuse-overlayfs / mount(8) form's first argument: the mount's source name. */
-  source?: string;
-  o?: string | string[];
-  foreground: boolean;
-  passthrough: string;
-  logLevel: string;
-  logFile?: string;
-  pidFile?: string;
-  writeFormat: string;
-  force: boolean;
-  cache: boolean;
-  cacheDir?: string;
-}
-
-function buildConfig(args: MountArgs, params: MountParams): DaemonConfig {
-  params.fsname ??= args.source ?? null;
-  const layout = validateLayout(params, args.mountpoint);
-  if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
-  if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
-  if (args.writeFormat === 'oci' && !params.ociWhiteouts) throw new UsageError('--write-format oci writes .wh. whiteouts that oci_whiteouts=off would not read back');
-  const options: DaemonOptions = {
-    passthrough: args.passthrough as DaemonOptions['passthrough'],
-    logLevel: args.logLevel,
-    logFile: args.logFile ?? null,
-    pidFile: args.pidFile ? resolve(args.pidFile) : null,
-    cacheTimeout: 86400,
-    writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
-    force: args.force,
-    cache: args.cache,
-    cacheDir: args.cacheDir ?? null,
-  };
-  return { layout, params, options };
-}
-
-/** Runs the daemon in this process; `notify` reports readiness to a waiting parent. */
-async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) | null): Promise<never> {
-  const { makeLogger, reopenLog, startMount } = await import('../daemon/daemon.js');
-  const logger = makeLogger(config.options);
-  let m;
-  try {
-    m = await startMount(config, logger);
-  } catch (e) {
-    logger.error({ err: e }, 'mount failed');
-    const msg = describe(e);
-    if (notify) notify(`error ${msg}`);
-    else process.stderr.write(`strata: ${msg}\n`);
-    process.exit(1);
-  }
-  const mountpoint = config.layout.mountpoint;
-  const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
-    workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
-  writeRecord(record);
-  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
-  // Written before the parent returns, as a service manager expects of a forking service.
-  const pidFile = config.options.pidFile;
-  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
-  // Request counts for `strata status`, refreshed off the request path.
-  const refresh = setInterval(() => {
-    const { requests, errors } = m.session.stats;
-    writeRecord({ ...record, requests, errors, updated: new Date().toISOString() });
-  }, 2000);
-  refresh.unref();
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(sig, () => {
-      logger.info({ signal: sig }, 'unmounting on signal');
-      m.unmount();
-    });
-  }
-  process.on('SIGHUP', reopenLog);
-  if (notify) {
-    notify('ok');
-    // The parent stops reading our stderr once the mount is live: from now on it goes nowhere
-    // (logs go to --log-file when one is given).
-    const devNull = N.openat(N.C.AT_FDCWD, '/dev/null', N.C.O_WRONLY | N.C.O_CLOEXEC, 0);
-    N.dup2(devNull, 1);
-    N.dup2(devNull, 2);
-    N.close(devNull);
-  }
-  await m.done;
-  clearInterval(refresh);
-  control.close();
-  removeRecord(mountpoint, process.pid);
-  if (pidFile) rmSync(pidFile, { force: true });
-  logger.flush?.();
-  process.exit(0);
-}
-
-/** Starts the daemon as a detached child and waits until its mount is live. */
-async function mountInBackground(config: DaemonConfig): Promise<never> {
-  const script = fileURLToPath(import.meta.url);
-  const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
-    detached: true,
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
-    env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
-  });
-  // What the daemon says on stderr before it is ready, to explain a crash (kept short).
-  let stderr = '';
-  const errPipe = child.stderr!;
-  errPipe.setEncoding('utf8');
-  errPipe.on('data', (d: string) => {
-    if (stderr.length < 65536) stderr += d;
-  });
-  const pipe = child.stdio[3] as NodeJS.ReadableStream;
-  let text = '';
-  pipe.setEncoding?.('utf8');
-  let exit: string | null = null;
-  const message = await new Promise<string>((resolve) => {
-    pipe.on('data', (d: string) => {
-      text += d;
-      if (text.includes('\n')) resolve(text.split('\n')[0]!);
-    });
-    pipe.on('end', () => resolve(text.split('\n')[0] ?? ''));
-    child.on('exit', (code, signal) => {
-      exit = signal ? `killed by ${signal}` : `exit status ${code}`;
-      setTimeout(() => resolve(text.split('\n')[0] ?? ''), 50);
-    });
-  });
-  if (message !== 'ok') {
-    if (message.startsWith('error ')) fail(message.slice(6), 1);
-    // No reason given: the daemon crashed. Its last words on stderr say why.
-    await new Promise((r) => setTimeout(r, 50));
-    const why = lastErrorLine(stderr);
-    fail(`the daemon exited before the mount was live (${exit ?? 'no reply'})${why ? `: ${why}` : ''}`, 1);
-  }
-  errPipe.destroy();
-  // The mount answers: one request through the kernel to be sure.
-  statSync(config.layout.mountpoint);
-  child.unref();
-  (pipe as unknown as { destroy(): void }).destroy();
-  process.exit(0);
-}
-
-/** The most telling line of a crashed daemon's stderr: the error message, not the stack. */
-function lastErrorLine(stderr: string): string {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-  for (const l of lines) {
-    if (l.startsWith('{')) {
-      try {
-        const j = JSON.parse(l) as { level?: number; msg?: string; err?: { message?: string } };
-        if ((j.level ?? 0) >= 50) return [j.msg, j.err?.message].filter(Boolean).join(': ');
-      } catch {
-        // not a log line
-      }
-    }
-  }
-  const errLine = lines.find((l) => /^[A-Za-z]*Error\b|^Error:|^\w+Error:/.test(l));
-  return (errLine ?? lines.at(-1) ?? '').slice(0, 500);
-}
-
-async function mountCommand(args: MountArgs): Promise<never> {
-  let config: DaemonConfig;
-  try {
-    const params = parseMountOptions(([] as string[]).concat(args.o ?? []));
-    if (params.remount) return await remountCommand(args.mountpoint, params);
-    config = buildConfig(args, params);
-  } catch (e) {
-    fail(describe(e), exitCodeOf(e));
-  }
-  if (args.foreground) return runDaemon(config, null);
-  return mountInBackground(config);
-}
-
-/** `mount -o remount,ro|rw,...`: the daemon of the mount applies the new flags. */
-async function remountCommand(mountpointArg: string, params: MountParams): Promise<never> {
-  let mountpoint: string;
-  try {
-    mountpoint = realpathSync(mountpointArg);
-  } catch {
-    fail(`cannot remount "${mountpointArg}": it does not exist`, 1);
-  }
-  const rec = readRecord(mountpoint);
-  if (!rec || !processAlive(rec.pid) || !mountedPaths().has(mountpoint)) fail(`cannot remount "${mountpointArg}": not a running strata mount`, 1);
-  const { nodev, nosuid, noexec, atime, nodiratime } = params;
-  let reply;
-  try {
-    reply = await askDaemon(rec.pid, { op: 'remount', readOnly: params.readOnly, flags: { nodev, nosuid, noexec, atime, nodiratime } });
-  } catch (e) {
-    fail(`cannot remount "${mountpointArg}": ${describe(e)}`, 1);
-  }
-  if (!reply.ok) fail(`cannot remount "${mountpointArg}": ${reply.error}`, 1);
-  process.exit(0);
-}
+// used: each costs tens of milliseconds at start-up. A mount in its plain spellings needs none of
+// yargs (see mount.ts).
 
 function statusCommand(mountpointArg: string | undefined, json: boolean): never {
   const mounted = mountedPaths();
@@ -273,6 +63,7 @@ async function umountCommand(mountpointArg: string): Promise<never> {
   } catch {
     mountpoint = resolve(mountpointArg); // a dead FUSE mount cannot be resolved (ENOTCONN)
   }
+  const { unmountStrata } = await import('../daemon/unmount.js');
   try {
     const how = await unmountStrata(mountpoint);
     process.stdout.write(`strata: ${mountpointArg}: ${how}\n`);
@@ -346,16 +137,21 @@ const mountOptions = {
 } as const;
 
 async function main(): Promise<void> {
-  const argv = process.argv.slice(2);
-  if (argv[0] === '__daemon') {
-    const config = JSON.parse(process.env[CONFIG_ENV] ?? '{}') as DaemonConfig;
-    delete process.env[CONFIG_ENV];
-    const out = createWriteStreamForFd3();
-    await runDaemon(config, (msg) => {
-      out(msg + '\n');
-    });
-    return;
+  let argv = process.argv.slice(2);
+  // A daemon's command line ends with `__daemon MOUNTPOINT` (see scripts/launcher.c).
+  if (argv.at(-2) === '__daemon') {
+    argv = argv.slice(0, -2);
+    // Returns only when this is not a plain background mount after all: the launcher then passes
+    // our output through, and the full parser below takes the arguments.
+    await daemonMain(argv);
+  } else {
+    const args = parseMountArgv(argv);
+    if (args) return void (await mountCommand(args));
   }
+  const { imageCommand } = await import('./image.js');
+  const { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } =
+    await import('./container.js');
+  const { usageMessage } = await import('./usage.js');
   const unknown = unknownOption(argv, { mount: { ...mountOptions, ...imageMountOptions } });
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...`: CMD is the container's, options and all.
@@ -416,22 +212,6 @@ function packageVersion(): string {
   } catch {
     return 'strata version unknown';
   }
-}
-
-function createWriteStreamForFd3(): (s: string) => void {
-  let open = true;
-  return (s: string) => {
-    if (!open) return;
-    try {
-      N.writeReply(3, Buffer.from(s));
-    } catch {
-      // the parent went away
-    }
-    if (s.startsWith('ok') || s.startsWith('error')) {
-      N.close(3);
-      open = false;
-    }
-  };
 }
 
 main().catch((e: unknown) => fail(describe(e), exitCodeOf(e)));

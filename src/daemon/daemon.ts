@@ -3,7 +3,7 @@
 
 import { existsSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { FuseSession, type PassthroughMode } from '../fuse/session.js';
 import * as N from '../native/index.js';
 import { MetadataCache } from '../union/cache.js';
@@ -13,6 +13,7 @@ import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
 import { SetupError, type ResolvedLayout } from './validate.js';
 import { mountFlags, type VfsFlagParams } from './mount_flags.js';
+import { DaemonLogger } from './log.js';
 
 export interface DaemonOptions {
   passthrough: PassthroughMode;
@@ -38,16 +39,8 @@ export interface DaemonConfig {
   options: DaemonOptions;
 }
 
-let logDestination: ReturnType<typeof pino.destination> | null = null;
-
-export function makeLogger(options: DaemonOptions): Logger {
-  logDestination = options.logFile ? pino.destination({ dest: options.logFile, sync: true, mkdir: true }) : pino.destination(2);
-  return pino({ level: options.logLevel, base: { pid: process.pid } }, logDestination);
-}
-
-/** SIGHUP: reopen the log file (after logrotate moved it). */
-export function reopenLog(): void {
-  logDestination?.reopen();
+export function makeLogger(options: DaemonOptions): DaemonLogger {
+  return new DaemonLogger(options);
 }
 
 /**
@@ -98,14 +91,16 @@ function syncUpper(stack: LayerStack, logger: Logger): void {
   }
 }
 
-export async function startMount(config: DaemonConfig, logger: Logger): Promise<RunningMount> {
+export async function startMount(config: DaemonConfig, log: DaemonLogger): Promise<RunningMount> {
   const { layout, params, options } = config;
+  const logger = log.asLogger();
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
-  const cache = options.cache && cacheDir ? await MetadataCache.open(cacheDir, stack, logger) : null;
+  // LevelDB opens while the kernel's first requests wait (they are served once it is open).
+  const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
   const fs = new UnionFs(stack, {
@@ -134,7 +129,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     posixAcl: true,
   });
   try {
-    await session.mount();
+    await session.mount(cache?.ready);
   } catch (e) {
     stack.close();
     if (workFd >= 0) N.close(workFd);
@@ -181,7 +176,7 @@ export async function startMount(config: DaemonConfig, logger: Logger): Promise<
     stack.close();
     if (workFd >= 0) N.close(workFd);
     const st = s.stats;
-    logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors }, 'unmounted');
+    logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors, byOp: s.requestsByOp() }, 'unmounted');
   });
   const remount = (ro: boolean, vfs: VfsFlagParams): void => {
     // As the kernel's ovl_reconfigure: read-write needs a writable upper layer.

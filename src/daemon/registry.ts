@@ -17,6 +17,8 @@ export interface MountRecord {
   /** Refreshed every few seconds by the daemon. */
   requests?: number;
   errors?: number;
+  /** Requests by opcode name. */
+  byOp?: Record<string, number>;
   updated?: string;
 }
 

@@ -2,12 +2,18 @@ import { constants } from 'node:os';
 
 const errnos = constants.errno as Record<string, number>;
 
-/** An error carrying the errno the kernel should see. */
+/**
+ * An error carrying the errno the kernel should see. It is an answer, not a fault: it carries no
+ * stack trace (capturing one cost more than the rest of a request that ends in ENOENT or ENODATA).
+ */
 export class FsError extends Error {
   readonly errno: number;
   readonly code: string;
   constructor(code: keyof typeof constants.errno, message?: string) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message ?? code);
+    Error.stackTraceLimit = limit;
     this.code = code;
     this.errno = errnos[code] ?? errnos.EIO!;
   }

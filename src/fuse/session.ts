@@ -42,8 +42,11 @@ export interface SessionOptions {
 export interface SessionStats {
   requests: number;
   errors: number;
-  byOp: Map<number, number>;
+  /** Requests by opcode (index); opcodes beyond the table are counted at index 0. */
+  byOp: Float64Array;
 }
+
+const OPCODE_SLOTS = 128;
 
 function u64(buf: Buffer, off: number): number {
   return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * TWO32;
@@ -150,7 +153,7 @@ class DirBuffer implements DirSink {
 }
 
 export class FuseSession {
-  readonly stats: SessionStats = { requests: 0, errors: 0, byOp: new Map() };
+  readonly stats: SessionStats = { requests: 0, errors: 0, byOp: new Float64Array(OPCODE_SLOTS) };
   passthrough = false;
   /** SETXATTR requests carry the extended header (FUSE_SETXATTR_EXT). */
   private setxattrExt = false;
@@ -179,12 +182,32 @@ export class FuseSession {
     });
   }
 
+  /** Request counts by opcode name (for logs and `strata status`). */
+  requestsByOp(): Record<string, number> {
+    const out: Record<string, number> = {};
+    this.stats.byOp.forEach((n, op) => {
+      if (n > 0) out[op === 0 ? 'OTHER' : opName(op)] = n;
+    });
+    return out;
+  }
+
   get deviceFd(): number {
     return this.devFd;
   }
 
-  /** Opens /dev/fuse, mounts, and starts serving. Resolves once INIT is answered. */
-  async mount(): Promise<void> {
+  /** Requests that arrived after INIT while the filesystem was not ready yet (see mount). */
+  private held: Buffer[] | null = null;
+
+  /**
+   * Opens /dev/fuse, mounts, and starts serving. Resolves once INIT is answered: the mount is then
+   * live. Requests after INIT wait (in memory, in order) until `ready` resolves, so what the
+   * filesystem needs only for answering (a database) can be opened after the mount is live.
+   */
+  async mount(ready?: Promise<void>): Promise<void> {
+    if (ready) {
+      this.held = [];
+      void ready.then(() => this.releaseHeld(), () => this.releaseHeld());
+    }
     this.devFd = N.openFuseDevice();
     const data = [`fd=${this.devFd}`, 'rootmode=40000', `user_id=${N.getuid()}`, `group_id=${N.getgid()}`,
       ...this.opts.mountOptions].join(',');
@@ -423,8 +446,21 @@ export class FuseSession {
 
   // ---- dispatch ------------------------------------------------------------------------------
 
+  private releaseHeld(): void {
+    const held = this.held ?? [];
+    this.held = null;
+    for (const req of held) {
+      req.copy(this.inBuf);
+      this.onRequest(req.length);
+    }
+  }
+
   private onRequest(len: number): void {
     const b = this.inBuf;
+    if (this.held !== null && this.initialized) {
+      this.held.push(Buffer.from(b.subarray(0, len)));
+      return;
+    }
     const opcode = b.readUInt32LE(4);
     const unique = u64(b, 8);
     const nodeid = u64(b, 16);
@@ -432,7 +468,7 @@ export class FuseSession {
     const extlen = b.readUInt16LE(36) * 8;
     const end = len - extlen;
     this.stats.requests++;
-    this.stats.byOp.set(opcode, (this.stats.byOp.get(opcode) ?? 0) + 1);
+    this.stats.byOp[opcode < OPCODE_SLOTS ? opcode : 0]!++;
     if (this.trace) this.opts.logger.trace({ op: opName(opcode), unique, nodeid, uid: ctx.uid, pid: ctx.pid }, 'request');
     try {
       this.dispatch(opcode, ctx, nodeid, IN_HEADER_SIZE, end);

@@ -10,7 +10,7 @@
 import { chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { Level } from 'level';
+import type { Level } from 'level';
 import type { Layer, LayerStack } from './layers.js';
 
 const ORIGIN = 'origin:';
@@ -65,21 +65,43 @@ function replayJournal(path: string): { type: 'put' | 'del'; key: string; value?
   return ops;
 }
 
+/** A value may be computed when the batch is written (a listing's JSON: not on the request path). */
+type Op = { type: 'put' | 'del'; key: string; value?: string | (() => string) };
+
+/**
+ * Opened in the background (importing and opening LevelDB costs more than the rest of a mount):
+ * `start` returns at once, `ready` resolves when the database is open and the origins are loaded.
+ * The FUSE session serves no request before that (see FuseSession.mount), so nothing reads an
+ * origin too early; listing reads wait for it, writes are queued.
+ */
 export class MetadataCache implements OriginStore {
-  private pending: { type: 'put' | 'del'; key: string; value?: string }[] = [];
+  private pending: Op[] = [];
   private flushing: Promise<void> | null = null;
   private scheduled = false;
+  private db: Db | null = null;
+  private journalFd = -1;
+  /** Journal lines written before the journal was open (none while requests wait for ready). */
+  private journalBacklog = '';
+  /** The background open has finished (or failed). */
+  private settled = false;
+  /** Origins loaded at open (the inode table holds this map from the start). */
+  readonly origins = new Map<string, number>();
+  readonly ready: Promise<void>;
+  private readonly journalPath: string;
 
-  private constructor(
-    private readonly db: Db,
-    private readonly logger: Logger,
-    /** Origins loaded at open. */
-    readonly origins: Map<string, number>,
-    private readonly journalPath: string,
-    private journalFd: number,
-  ) {}
+  private constructor(private readonly dir: string, stack: LayerStack, private readonly logger: Logger) {
+    this.journalPath = join(dir, JOURNAL);
+    this.ready = this.open(stack).catch((err: unknown) => {
+      // Not fatal: the mount runs without a cache (inode numbers of copied-up files then come
+      // from the upper, as with --no-cache).
+      logger.error({ err, dir }, 'metadata cache cannot be opened: running without it');
+      this.db = null;
+      this.settled = true;
+      this.journalBacklog = '';
+    });
+  }
 
-  static async open(dir: string, stack: LayerStack, logger: Logger): Promise<MetadataCache> {
+  static start(dir: string, stack: LayerStack, logger: Logger): MetadataCache {
     // The cache belongs to root alone: a directory others could write into would let them plant
     // entries or symlinks that the root daemon then follows.
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -92,6 +114,12 @@ export class MetadataCache implements OriginStore {
     } else if ((st.mode & 0o077) !== 0) {
       chmodSync(dir, 0o700);
     }
+    return new MetadataCache(dir, stack, logger);
+  }
+
+  private async open(stack: LayerStack): Promise<void> {
+    const { dir, logger } = this;
+    const { Level } = await import('level');
     let db: Db;
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -113,8 +141,8 @@ export class MetadataCache implements OriginStore {
     // Listings built with oci_whiteouts=off differ (`.wh.` files are names then): that is part of it too.
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
       ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }) })));
-    const origins = new Map<string, number>();
-    const journalPath = join(dir, JOURNAL);
+    const origins = this.origins;
+    const journalPath = this.journalPath;
     try {
       const replay = replayJournal(journalPath);
       if (replay.length > 0) {
@@ -144,16 +172,23 @@ export class MetadataCache implements OriginStore {
     }
     // Replayed above: start it empty. Never through a symlink, never readable by others.
     rmSync(journalPath, { force: true });
-    const journalFd = openSync(journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    return new MetadataCache(db, logger, origins, journalPath, journalFd);
+    this.journalFd = openSync(journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    this.db = db;
+    this.settled = true;
+    if (this.journalBacklog) {
+      this.journal(this.journalBacklog);
+      this.journalBacklog = '';
+    }
+    if (this.pending.length > 0) void this.flush();
   }
 
   /** The stored listing of a lower directory (see lower_index.ts). */
   async getListing(dirKey: string): Promise<string | undefined> {
-    return this.db.get(LOWER + dirKey);
+    await this.ready;
+    return this.db?.get(LOWER + dirKey);
   }
 
-  putListing(dirKey: string, json: string): void {
+  putListing(dirKey: string, json: () => string): void {
     this.queue({ type: 'put', key: LOWER + dirKey, value: json });
   }
 
@@ -179,7 +214,10 @@ export class MetadataCache implements OriginStore {
   }
 
   private journal(line: string): void {
-    if (this.journalFd < 0) return;
+    if (this.journalFd < 0) {
+      if (!this.settled) this.journalBacklog += line;
+      return;
+    }
     try {
       writeSync(this.journalFd, line);
     } catch (err) {
@@ -187,7 +225,7 @@ export class MetadataCache implements OriginStore {
     }
   }
 
-  private queue(op: { type: 'put' | 'del'; key: string; value?: string }): void {
+  private queue(op: Op): void {
     this.pending.push(op);
     if (!this.scheduled) {
       this.scheduled = true;
@@ -200,12 +238,16 @@ export class MetadataCache implements OriginStore {
 
   /** Writes what is queued (one batch). */
   async flush(): Promise<void> {
+    await this.ready;
     while (this.flushing) await this.flushing;
-    if (this.pending.length === 0) return;
+    const db = this.db;
+    if (this.pending.length === 0 || !db) return;
     const ops = this.pending;
     this.pending = [];
-    this.flushing = this.db
-      .batch(ops.map((o) => (o.type === 'put' ? { type: 'put' as const, key: o.key, value: o.value! } : { type: 'del' as const, key: o.key })))
+    this.flushing = db
+      .batch(ops.map((o) => (o.type === 'put'
+        ? { type: 'put' as const, key: o.key, value: typeof o.value === 'function' ? o.value() : o.value! }
+        : { type: 'del' as const, key: o.key })))
       .catch((err: unknown) => this.logger.warn({ err }, 'metadata cache write failed (cached knowledge only)'))
       .finally(() => {
         this.flushing = null;
@@ -215,7 +257,7 @@ export class MetadataCache implements OriginStore {
 
   async close(): Promise<void> {
     await this.flush();
-    await this.db.close();
+    await this.db?.close();
     // Everything is in LevelDB now: the journal is not needed.
     if (this.journalFd >= 0) {
       closeSync(this.journalFd);

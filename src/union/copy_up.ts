@@ -41,17 +41,25 @@ const ASYNC_STEP = 16 * COPY_CHUNK;
 /** Files with more data than this are copied up asynchronously. */
 export const ASYNC_COPY_THRESHOLD = 4 * COPY_CHUNK;
 
+/** Whether the upper's filesystem may share extents (FICLONE); false after it said it cannot. */
+let reflinks = true;
+
 /**
  * The steps of copying the data of `src` into `dst`: reflink, else copy_file_range over data
  * extents (holes stay holes), else read/write. Yields after each `step` bytes.
  */
 function* copySteps(src: number, dst: number, size: number, step: number): Generator<void, void, void> {
   if (size === 0) return;
-  try {
-    N.ficlone(dst, src);
-    return;
-  } catch {
-    // not supported between these files: fall through
+  if (reflinks) {
+    try {
+      N.ficlone(dst, src);
+      return;
+    } catch (e) {
+      // Not between these files (EXDEV: another filesystem), or never on the upper's filesystem
+      // (EOPNOTSUPP, EINVAL: not asked again, a failed call costs more than a small copy).
+      const code = (e as { code?: string }).code;
+      if (code === 'EOPNOTSUPP' || code === 'ENOTTY' || code === 'EINVAL') reflinks = false;
+    }
   }
   let pos = 0;
   let sparse = true;

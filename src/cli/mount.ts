@@ -1,0 +1,369 @@
+// `strata mount` (and the fuse-overlayfs form `strata -o OPTS MOUNTPOINT`): from the command line
+// to a live mount served by a daemon in the background, in as little time as possible.
+//
+// One Node.js process does the work. bin/strata (scripts/launcher.c) forks it as
+// `node main.js ARGS... __daemon MOUNTPOINT` with a status pipe on fd 3 and waits for one line:
+//   ok MNT        the mount is live; the launcher stats MNT (as a check, and so the kernel caches
+//                 the root's attributes) and exits 0; the daemon serves on;
+//   error MSG     it failed before the mount was live (the exit status says 1 or 2);
+//   pass          not a background mount after all: the launcher passes the output through.
+// No line at all means the daemon died: the launcher explains it from the daemon's stderr. When
+// the command is run without the launcher (`node dist/src/cli/main.js mount ...`), this module
+// plays the launcher's part itself with a second process.
+//
+// Only what mounting needs is loaded before the mount is live: no yargs (the arguments are
+// parsed here; anything unusual goes to the full parser in main.ts), no pino (log lines wait in
+// memory), no LevelDB (the metadata cache opens while the first requests wait).
+
+import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
+import * as N from '../native/index.js';
+import { parseMountOptions, UsageError, type MountParams } from '../union/params.js';
+
+export interface MountArgs {
+  mountpoint: string;
+  /** The fuse-overlayfs / mount(8) form's first argument: the mount's source name. */
+  source?: string;
+  o?: string | string[];
+  foreground: boolean;
+  passthrough: string;
+  logLevel: string;
+  logFile?: string;
+  pidFile?: string;
+  writeFormat: string;
+  force: boolean;
+  cache: boolean;
+  cacheDir?: string;
+}
+
+/** The status pipe of a daemon started by the launcher (or by mountInBackground). */
+const STATUS_FD = 3;
+/** The configuration mountInBackground hands to its daemon (already checked). */
+const CONFIG_ENV = 'STRATA_DAEMON_CONFIG';
+
+export function fail(message: string, code: number): never {
+  process.stderr.write(`strata: ${message}\n`);
+  process.exit(code);
+}
+
+export function exitCodeOf(e: unknown): number {
+  return e instanceof UsageError ? 2 : 1;
+}
+
+export function describe(e: unknown): string {
+  const err = e as { code?: string; syscall?: string; message?: string };
+  if (err.code === 'EPERM' && err.syscall === 'mount') return 'mount(2) was refused: strata must run as root (or with CAP_SYS_ADMIN)';
+  if (err.code === 'ENOENT' && err.syscall === 'open') return 'cannot open /dev/fuse: is the fuse module loaded?';
+  return err.message ?? String(e);
+}
+
+// ---- the arguments of the two mount forms, without yargs ----------------------------------------
+
+const VALUE_OPTIONS: Record<string, keyof MountArgs> = {
+  passthrough: 'passthrough', 'log-level': 'logLevel', logLevel: 'logLevel', 'log-file': 'logFile', logFile: 'logFile',
+  'pid-file': 'pidFile', pidFile: 'pidFile', 'write-format': 'writeFormat', writeFormat: 'writeFormat',
+  'cache-dir': 'cacheDir', cacheDir: 'cacheDir',
+};
+const BOOLEAN_OPTIONS: Record<string, 'foreground' | 'force' | 'cache'> = { foreground: 'foreground', force: 'force', cache: 'cache' };
+/** The other commands (main.ts): never a mount's source or mount point here. */
+const COMMANDS = new Set(['mount', 'umount', 'unmount', 'status', 'cache', 'bench', 'image', 'run', 'commit', 'export', 'container', 'help']);
+
+/**
+ * The arguments of `mount MOUNTPOINT [options]` or `[SOURCE] MOUNTPOINT -o ... [options]` in
+ * their plain spellings; null for anything else (help, other commands, unusual spellings), which
+ * the full parser in main.ts then handles with its messages.
+ */
+export function parseMountArgv(argv: readonly string[]): MountArgs | null {
+  const args: MountArgs = { mountpoint: '', foreground: false, passthrough: 'auto', logLevel: 'info', writeFormat: 'kernel', force: false, cache: true };
+  const o: string[] = [];
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-o' || a === '--o') {
+      const v = argv[++i];
+      if (v === undefined || v.startsWith('-')) return null;
+      o.push(v);
+    } else if (a === '-f') {
+      args.foreground = true;
+    } else if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = a.slice(2, eq < 0 ? undefined : eq);
+      if (name === 'no-cache' && eq < 0) {
+        args.cache = false;
+      } else if (BOOLEAN_OPTIONS[name] && eq < 0) {
+        args[BOOLEAN_OPTIONS[name]] = true;
+      } else if (VALUE_OPTIONS[name]) {
+        const v = eq < 0 ? argv[++i] : a.slice(eq + 1);
+        if (v === undefined || (eq < 0 && v.startsWith('-')) || v === '') return null;
+        (args as unknown as Record<string, string>)[VALUE_OPTIONS[name]] = v;
+      } else {
+        return null;
+      }
+    } else if (a.startsWith('-')) {
+      return null;
+    } else {
+      positional.push(a);
+    }
+  }
+  let mountpoint: string | undefined;
+  if (positional[0] === 'mount') {
+    if (positional.length !== 2) return null;
+    mountpoint = positional[1];
+  } else {
+    // The fuse-overlayfs form always has -o.
+    if (o.length === 0 || positional.length < 1 || positional.length > 2 || COMMANDS.has(positional[0]!)) return null;
+    mountpoint = positional.at(-1);
+  }
+  if (!mountpoint) return null;
+  args.mountpoint = mountpoint;
+  if (positional[0] !== 'mount' && positional.length === 2) args.source = positional[0];
+  if (o.length > 0) args.o = o.length === 1 ? o[0] : o;
+  return args;
+}
+
+function mountParams(args: MountArgs): MountParams {
+  return parseMountOptions(([] as string[]).concat(args.o ?? []));
+}
+
+async function buildConfig(args: MountArgs, params: MountParams): Promise<DaemonConfig> {
+  const { validateLayout } = await import('../daemon/validate.js');
+  params.fsname ??= args.source ?? null;
+  const layout = validateLayout(params, args.mountpoint);
+  if (!['auto', 'on', 'off'].includes(args.passthrough)) throw new UsageError('--passthrough takes auto, on or off');
+  if (!['kernel', 'oci'].includes(args.writeFormat)) throw new UsageError('--write-format takes kernel or oci');
+  if (args.writeFormat === 'oci' && !params.ociWhiteouts) throw new UsageError('--write-format oci writes .wh. whiteouts that oci_whiteouts=off would not read back');
+  const { checkLevel } = await import('../daemon/log.js');
+  checkLevel(args.logLevel);
+  const { resolve } = await import('node:path');
+  const options: DaemonOptions = {
+    passthrough: args.passthrough as DaemonOptions['passthrough'],
+    logLevel: args.logLevel,
+    logFile: args.logFile ?? null,
+    pidFile: args.pidFile ? resolve(args.pidFile) : null,
+    cacheTimeout: 86400,
+    writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
+    force: args.force,
+    cache: args.cache,
+    cacheDir: args.cacheDir ?? null,
+  };
+  return { layout, params, options };
+}
+
+/** Runs the daemon in this process; `notify` reports to the waiting launcher. */
+async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) | null): Promise<never> {
+  const { makeLogger, startMount } = await import('../daemon/daemon.js');
+  const logger = makeLogger(config.options);
+  let m;
+  try {
+    m = await startMount(config, logger);
+  } catch (e) {
+    logger.error({ err: e }, 'mount failed');
+    await logger.ready();
+    const msg = describe(e);
+    if (notify) notify(`error ${msg}`);
+    else process.stderr.write(`strata: ${msg}\n`);
+    process.exit(1);
+  }
+  const { writeFileSync, rmSync } = await import('node:fs');
+  const { removeRecord, writeRecord } = await import('../daemon/registry.js');
+  const mountpoint = config.layout.mountpoint;
+  const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
+    workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
+  writeRecord(record);
+  // `mount -o remount,...` asks this daemon (see remountCommand).
+  const { serveControl } = await import('../daemon/control.js');
+  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
+  // Written before the launcher returns, as a service manager expects of a forking service.
+  const pidFile = config.options.pidFile;
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(sig, () => {
+      logger.info({ signal: sig }, 'unmounting on signal');
+      m.unmount();
+    });
+  }
+  process.on('SIGHUP', () => logger.reopen());
+  if (notify) {
+    notify(`ok ${mountpoint}`);
+    // The launcher stops reading our output once the mount is live: from now on it goes nowhere
+    // (logs go to --log-file when one is given).
+    const devNull = N.openat(N.C.AT_FDCWD, '/dev/null', N.C.O_RDWR | N.C.O_CLOEXEC, 0);
+    N.dup2(devNull, 0);
+    N.dup2(devNull, 1);
+    N.dup2(devNull, 2);
+    N.close(devNull);
+  }
+  // What the mount did not need to start: the logger (none at all when its lines would go to the
+  // /dev/null that stderr now is), and the registry's request counts for `strata status`,
+  // refreshed off the request path.
+  const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
+  const refresh = setInterval(() => {
+    const { requests, errors } = m.session.stats;
+    writeRecord({ ...record, requests, errors, byOp: m.session.requestsByOp(), updated: new Date().toISOString() });
+  }, 2000);
+  refresh.unref();
+  await m.done;
+  await logged;
+  clearInterval(refresh);
+  control.close();
+  removeRecord(mountpoint, process.pid);
+  if (pidFile) rmSync(pidFile, { force: true });
+  logger.flush();
+  process.exit(0);
+}
+
+/** Writes one status line to the launcher (once: the pipe is closed after ok or error). */
+function statusWriter(): (s: string) => void {
+  let open = true;
+  return (s: string) => {
+    if (!open) return;
+    try {
+      N.writeReply(STATUS_FD, Buffer.from(s + '\n'));
+    } catch {
+      // the launcher went away
+    }
+    N.close(STATUS_FD);
+    open = false;
+  };
+}
+
+/**
+ * `node main.js ARGS... __daemon MOUNTPOINT`: a background mount run by the launcher (or, with the
+ * checked configuration in the environment, by mountInBackground). Returns false (after
+ * telling the launcher "pass") when the arguments are not a plain background mount.
+ */
+export async function daemonMain(argv: readonly string[]): Promise<boolean> {
+  const notify = statusWriter();
+  const given = process.env[CONFIG_ENV];
+  if (given !== undefined) {
+    delete process.env[CONFIG_ENV];
+    return runDaemon(JSON.parse(given) as DaemonConfig, notify);
+  }
+  const args = parseMountArgv(argv);
+  if (!args || args.foreground) {
+    notify('pass');
+    return false;
+  }
+  let config: DaemonConfig;
+  try {
+    const params = mountParams(args);
+    // A remount starts no daemon: the command asks the mount's daemon in the foreground.
+    if (params.remount) {
+      notify('pass');
+      return false;
+    }
+    config = await buildConfig(args, params);
+  } catch (e) {
+    notify(`error ${describe(e)}`);
+    process.exit(exitCodeOf(e));
+  }
+  return runDaemon(config, notify);
+}
+
+/** `strata mount` once its arguments are known. */
+export async function mountCommand(args: MountArgs): Promise<never> {
+  let config: DaemonConfig;
+  try {
+    const params = mountParams(args);
+    if (params.remount) return await remountCommand(args.mountpoint, params);
+    config = await buildConfig(args, params);
+  } catch (e) {
+    fail(describe(e), exitCodeOf(e));
+  }
+  if (args.foreground) return runDaemon(config, null);
+  return mountInBackground(config);
+}
+
+/** `mount -o remount,ro|rw,...`: the daemon of the mount applies the new flags. */
+async function remountCommand(mountpointArg: string, params: MountParams): Promise<never> {
+  const { realpathSync } = await import('node:fs');
+  const { processAlive, readRecord } = await import('../daemon/registry.js');
+  const { mountedPaths } = await import('../daemon/validate.js');
+  const { askDaemon } = await import('../daemon/control.js');
+  let mountpoint: string;
+  try {
+    mountpoint = realpathSync(mountpointArg);
+  } catch {
+    fail(`cannot remount "${mountpointArg}": it does not exist`, 1);
+  }
+  const rec = readRecord(mountpoint);
+  if (!rec || !processAlive(rec.pid) || !mountedPaths().has(mountpoint)) fail(`cannot remount "${mountpointArg}": not a running strata mount`, 1);
+  const { nodev, nosuid, noexec, atime, nodiratime } = params;
+  let reply;
+  try {
+    reply = await askDaemon(rec.pid, { op: 'remount', readOnly: params.readOnly, flags: { nodev, nosuid, noexec, atime, nodiratime } });
+  } catch (e) {
+    fail(`cannot remount "${mountpointArg}": ${describe(e)}`, 1);
+  }
+  if (!reply.ok) fail(`cannot remount "${mountpointArg}": ${reply.error}`, 1);
+  process.exit(0);
+}
+
+/** Without the launcher: starts the daemon as a detached child and waits until its mount is live. */
+async function mountInBackground(config: DaemonConfig): Promise<never> {
+  const { spawn } = await import('node:child_process');
+  const { statSync } = await import('node:fs');
+  const { fileURLToPath } = await import('node:url');
+  const script = fileURLToPath(new URL('./main.js', import.meta.url));
+  const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
+  });
+  // What the daemon says on stderr before it is ready, to explain a crash (kept short).
+  let stderr = '';
+  const errPipe = child.stderr!;
+  errPipe.setEncoding('utf8');
+  errPipe.on('data', (d: string) => {
+    if (stderr.length < 65536) stderr += d;
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let text = '';
+  pipe.setEncoding?.('utf8');
+  let exit: string | null = null;
+  let exitCode: number | null = null;
+  const message = await new Promise<string>((resolve) => {
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolve(text.split('\n')[0]!);
+    });
+    pipe.on('end', () => resolve(text.split('\n')[0] ?? ''));
+    child.on('exit', (code, signal) => {
+      exit = signal ? `killed by ${signal}` : `exit status ${code}`;
+      exitCode = code;
+      setTimeout(() => resolve(text.split('\n')[0] ?? ''), 50);
+    });
+  });
+  if (message !== 'ok' && !message.startsWith('ok ')) {
+    if (message.startsWith('error ')) {
+      if (exitCode === null) await new Promise((r) => child.once('exit', r));
+      fail(message.slice(6), exitCode ?? child.exitCode ?? 1);
+    }
+    // No reason given: the daemon crashed. Its last words on stderr say why.
+    await new Promise((r) => setTimeout(r, 50));
+    const why = lastErrorLine(stderr);
+    fail(`the daemon exited before the mount was live (${exit ?? 'no reply'})${why ? `: ${why}` : ''}`, 1);
+  }
+  errPipe.destroy();
+  // The mount answers: one request through the kernel to be sure.
+  statSync(config.layout.mountpoint);
+  child.unref();
+  (pipe as unknown as { destroy(): void }).destroy();
+  process.exit(0);
+}
+
+/** The most telling line of a crashed daemon's stderr: the error message, not the stack (as scripts/launcher.c). */
+function lastErrorLine(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  for (const l of lines) {
+    if (l.startsWith('{')) {
+      try {
+        const j = JSON.parse(l) as { level?: number; msg?: string; err?: { message?: string } };
+        if ((j.level ?? 0) >= 50) return [j.msg, j.err?.message].filter(Boolean).join(': ');
+      } catch {
+        // not a log line
+      }
+    }
+  }
+  const errLine = lines.find((l) => /^[A-Za-z]*Error\b|^Error:|^\w+Error:/.test(l));
+  return (errLine ?? lines.at(-1) ?? '').slice(0, 500);
+}

@@ -1,0 +1,116 @@
+// The daemon's logger: pino, loaded once the mount is live (loading it costs more than the rest of
+// a mount). Lines logged before that wait in memory with their time and are written, in order,
+// when it is loaded; a daemon that fails to mount loads it before it exits.
+
+import type { Logger } from 'pino';
+import { UsageError } from '../union/params.js';
+
+const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity };
+type Method = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
+
+export function checkLevel(level: string): void {
+  if (!Object.hasOwn(LEVELS, level)) throw new UsageError(`--log-level takes ${Object.keys(LEVELS).join(', ')} (not "${level}")`);
+}
+
+export interface LogOptions {
+  logLevel: string;
+  /** JSON lines go to this file (default: stderr). */
+  logFile: string | null;
+}
+
+interface Destination {
+  reopen(): void;
+}
+
+export class DaemonLogger {
+  private real: Logger | null = null;
+  private destination: Destination | null = null;
+  private pending: { method: Method; time: number; args: unknown[] }[] = [];
+  private loading: Promise<void> | null = null;
+  /** The time of the line being replayed (pino's timestamp reads it). */
+  private replayTime: number | null = null;
+  private threshold: number;
+
+  constructor(private readonly options: LogOptions) {
+    checkLevel(options.logLevel);
+    this.threshold = LEVELS[options.logLevel]!;
+  }
+
+  isLevelEnabled(level: string): boolean {
+    return (LEVELS[level] ?? Infinity) >= this.threshold;
+  }
+
+  trace(...args: unknown[]): void {
+    this.log('trace', args);
+  }
+  debug(...args: unknown[]): void {
+    this.log('debug', args);
+  }
+  info(...args: unknown[]): void {
+    this.log('info', args);
+  }
+  warn(...args: unknown[]): void {
+    this.log('warn', args);
+  }
+  error(...args: unknown[]): void {
+    this.log('error', args);
+  }
+  fatal(...args: unknown[]): void {
+    this.log('fatal', args);
+  }
+
+  private log(method: Method, args: unknown[]): void {
+    if (this.real) {
+      (this.real[method] as (...a: unknown[]) => void).apply(this.real, args);
+    } else if (LEVELS[method]! >= this.threshold) {
+      this.pending.push({ method, time: Date.now(), args });
+    }
+  }
+
+  /** Loads pino and writes what waited. */
+  ready(): Promise<void> {
+    this.loading ??= (async () => {
+      const { default: pino } = await import('pino');
+      const o = this.options;
+      const destination = o.logFile ? pino.destination({ dest: o.logFile, sync: true, mkdir: true }) : pino.destination(2);
+      this.destination = destination;
+      const real = pino({
+        level: o.logLevel,
+        base: { pid: process.pid },
+        timestamp: () => `,"time":${this.replayTime ?? Date.now()}`,
+      }, destination);
+      for (const p of this.pending) {
+        this.replayTime = p.time;
+        (real[p.method] as (...a: unknown[]) => void).apply(real, p.args);
+      }
+      this.replayTime = null;
+      this.pending = [];
+      this.real = real;
+    })();
+    return this.loading;
+  }
+
+  /** Lines go nowhere (stderr is /dev/null and there is no log file): pino is never loaded. */
+  discard(): Promise<void> {
+    this.pending = [];
+    this.threshold = Infinity;
+    return Promise.resolve();
+  }
+
+  /** SIGHUP: reopen the log file (after logrotate moved it). */
+  reopen(): void {
+    this.destination?.reopen();
+  }
+
+  flush(): void {
+    this.real?.flush();
+  }
+
+  /**
+   * As the pino Logger type that the session and the union core take: they use only the level
+   * methods and isLevelEnabled, which this class has.
+   */
+  asLogger(): Logger {
+    return this as unknown as Logger;
+  }
+}
