@@ -9,6 +9,7 @@ import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID } from '../src/f
 import type { RequestContext, SetattrRequest } from '../src/fuse/types.js';
 import * as N from '../src/native/index.js';
 import { LayerStack } from '../src/union/layers.js';
+import { LOWER_ATIME } from '../src/union/layer_mount.js';
 import { UnionFs } from '../src/union/super.js';
 import { ROOT_NODEID } from '../src/union/node.js';
 import { tempDir } from './helpers/tmp.js';
@@ -32,8 +33,9 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Se
     fs.mkdirSync(path.dirname(path.join(lower, name)), { recursive: true });
     fs.writeFileSync(path.join(lower, name), data);
   }
-  const stack = LayerStack.open(upper, [lower]);
-  const workFd = N.openat(C.AT_FDCWD, path.join(work, 'work'), C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  // The upper and the work directory are reached through one private mount (see layer_mount.ts).
+  const stack = LayerStack.open(upper, [lower], { atime: LOWER_ATIME, workdir: work, ociWhiteouts: true });
+  const workFd = stack.openBesideUpper(path.join(work, 'work'));
   const union = new UnionFs(stack, {
     readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
     backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
