@@ -191,6 +191,10 @@ test('mount --image with an upper of your choice, then commit the mount point', 
     fs.writeFileSync(path.join(m, 'etc/added'), 'through the mount\n');
     fs.rmSync(path.join(m, 'etc/motd'));
     t.true(fs.lstatSync(path.join(u, 'etc/motd')).isCharacterDevice(), 'a kernel-format whiteout in the upper');
+    // The mounted image cannot be removed while the mount is live.
+    const rm = s.strata(['image', 'rm', 'base:1']);
+    t.is(rm.status, 1);
+    t.is(rm.stderr, `strata: image base:1 is in use by the mount at ${m} (use --force)\n`);
     s.ok(['commit', m, 'mnt:1']);
   } finally {
     strataUnmount(m);

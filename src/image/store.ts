@@ -30,6 +30,7 @@ import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, read
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Level } from 'level';
+import { allRecords, processAlive } from '../daemon/registry.js';
 import { ingestLayer } from './layer_ingest.js';
 import {
   chainId, digestHex, type HistoryEntry, type ImageConfig, ImageError, type Manifest, MEDIA, sha256Digest,
@@ -440,6 +441,12 @@ export class Store {
     const users = (await this.listContainers()).filter((c) => c.image === image.id);
     if (users.length > 0 && !opts.force) {
       throw new ImageError(`image ${ref} is in use by container ${users.map((c) => c.name).join(', ')} (use --force)`);
+    }
+    // `strata mount --image` mounts: a live strata mount whose top lower layer is this image's.
+    const top = this.lowerDirs(image)[0];
+    const mounts = allRecords().filter((r) => r.lowerdirs[0] === top && processAlive(r.pid));
+    if (mounts.length > 0 && !opts.force) {
+      throw new ImageError(`image ${ref} is in use by the mount at ${mounts.map((r) => r.mountpoint).join(', ')} (use --force)`);
     }
     const ops: BatchOp[] = image.tags.map((t): BatchOp => ({ type: 'del', key: K.tag(t) }));
     ops.push({ type: 'del', key: K.image(image.id) }, ...(await this.refOps(image.layers, -1)));
