@@ -207,7 +207,7 @@ test.serial('an open for writing after a copy-up works at once while a reader ho
   const mnt = strataMount(t, { lowers: [lower], upper, work });
   const f = path.join(mnt, 'small', '3');
   const reader = spawn(PYTHON, ['-c', String.raw`
-import os, sys, time
+import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 print(os.read(fd, 100).decode(), end='', flush=True)
 sys.stdin.read(1)  # holds the lower file open until the append is done

@@ -130,12 +130,9 @@ export class InodeTable {
     this.nodes.set(next.nodeid, next);
     node.successor = next;
     next.pins++;
-    if (parent.children.get(node.name) === node) {
-      parent.children.set(node.name, next);
-    } else {
-      parent.children.set(node.name, next);
-      parent.childCount++;
-    }
+    // The name leads to the new node (counted once as a child, whether the old node still held it or not).
+    if (parent.children.get(node.name) !== node) parent.childCount++;
+    parent.children.set(node.name, next);
     return next;
   }
 

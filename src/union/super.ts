@@ -69,7 +69,6 @@ export class UnionFs implements FileSystem {
   readonly acls = new AclCache();
   /** chattr flags; immutable and append-only are kept in overlay.protattr and enforced here. */
   readonly fsflags: FileFlags;
-  private readonly st = new Float64Array(16);
   /**
    * Files open read-write by passthrough, with their count of such opens. A shared mapping of one
    * writes the layer file without the daemon or the kernel's FUSE inode knowing: while it may
