@@ -8,7 +8,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { run } from './exec.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { run, runOk } from './exec.js';
+import { isAlive } from './processes.js';
 
 const SOURCE = String.raw`
 #define _GNU_SOURCE
@@ -252,17 +254,126 @@ export interface XopOptions {
   as?: [number, number];
 }
 
-/** Runs commands in one xop process; one result per command. */
+/**
+ * One long-lived xop process per user (spawning one per call cost most of a random-ops seed's
+ * time): commands go through a FIFO to its stdin, answers come back through another FIFO, read
+ * without blocking the event loop's thread for longer than the answer takes. It holds no
+ * descriptor between commands (each command closes what it opened), so it never keeps a mount busy.
+ */
+class XopServer {
+  private readonly dir: string;
+  private readonly child: ChildProcess;
+  private readonly cmdFd: number;
+  private readonly resFd: number;
+  private pending = '';
+
+  constructor(args: string[]) {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xops-'));
+    const cmd = path.join(this.dir, 'cmd');
+    const res = path.join(this.dir, 'res');
+    runOk('mkfifo', ['-m', '0600', cmd, res]);
+    this.cmdFd = fs.openSync(cmd, fs.constants.O_RDWR);
+    this.resFd = fs.openSync(res, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    const out = fs.openSync(res, fs.constants.O_WRONLY);
+    // (neither open blocks: each FIFO has its other end open already)
+    const inp = fs.openSync(cmd, fs.constants.O_RDONLY);
+    this.child = spawn(xopBinary(), args, { stdio: [inp, out, 'inherit'], cwd: '/' });
+    fs.closeSync(out);
+    fs.closeSync(inp);
+    this.child.unref();
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined && isAlive(this.child.pid);
+  }
+
+  /** Sends `input` (lines) and returns `count` answer lines. */
+  call(input: string, count: number, timeoutMs: number): string[] {
+    fs.writeSync(this.cmdFd, input);
+    const lines: string[] = [];
+    const end = Date.now() + timeoutMs;
+    const buf = Buffer.alloc(1 << 16);
+    let wait = 0.01;
+    while (lines.length < count) {
+      const nl = this.pending.indexOf('\n');
+      if (nl >= 0) {
+        const line = this.pending.slice(0, nl);
+        this.pending = this.pending.slice(nl + 1);
+        if (line !== '') lines.push(line);
+        continue;
+      }
+      let n = 0;
+      try {
+        n = fs.readSync(this.resFd, buf, 0, buf.length, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+        n = -1;
+      }
+      if (n > 0) {
+        this.pending += buf.subarray(0, n).toString('latin1');
+        wait = 0.01;
+        continue;
+      }
+      if (n === 0 || !this.alive) throw new Error(`xop ended after ${lines.length} of ${count} answers`);
+      if (Date.now() > end) throw new Error(`xop gave ${lines.length} of ${count} answers within ${timeoutMs} ms`);
+      sleepMs(wait);
+      wait = Math.min(wait * 2, 2);
+    }
+    return lines;
+  }
+
+  close(): void {
+    try {
+      this.child.kill('SIGKILL');
+    } catch {
+      // gone already
+    }
+    for (const fd of [this.cmdFd, this.resFd]) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // closed already
+      }
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+function sleepMs(ms: number): void {
+  Atomics.wait(sleeper, 0, 0, ms);
+}
+
+const servers = new Map<string, XopServer>();
+process.on('exit', () => {
+  for (const s of servers.values()) s.close();
+});
+
+function server(args: string[]): XopServer {
+  const key = args.join(' ');
+  let s = servers.get(key);
+  if (s && !s.alive) {
+    s.close();
+    s = undefined;
+  }
+  if (!s) servers.set(key, (s = new XopServer(args)));
+  return s;
+}
+
+/** Runs commands in the xop process of the user (one per user, kept); one result per command. */
 export function xop(cmds: readonly XCmd[], opts: XopOptions = {}): XResult[] {
   if (cmds.length === 0) return [];
   // An empty string is sent as '-' (an empty token would vanish between the separators).
   const input = cmds.map((c) => [c[0], ...c.slice(1).map(encode)].join(' ')).join('\n') + '\n';
   const args = opts.as ? ['--as', `${opts.as[0]}:${opts.as[1]}`] : [];
-  const r = run(xopBinary(), args, { input, timeoutMs: 120_000 });
-  if (r.status !== 0) throw new Error(`xop failed (status ${r.status}, signal ${r.signal}): ${r.stderr.trim()}`);
-  const lines = r.stdout.split('\n').filter((l) => l !== '');
-  if (lines.length !== cmds.length) {
-    throw new Error(`xop answered ${lines.length} of ${cmds.length} commands: ${r.stdout.slice(0, 500)} ${r.stderr}`);
+  const s = server(args);
+  let lines: string[];
+  try {
+    lines = s.call(input, cmds.length, 120_000);
+  } catch (e) {
+    s.close();
+    servers.delete(args.join(' '));
+    throw e;
   }
   return lines.map((l) => {
     const f = l.split(' ');
