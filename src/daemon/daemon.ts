@@ -100,7 +100,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   // LevelDB opens while the kernel's first requests wait (they are served once it is open).
-  const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger) : null;
+  const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger, { handles: params.nfsExport }) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
   const fs = new UnionFs(stack, {
@@ -117,6 +117,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
+    nfsExport: params.nfsExport,
   });
   const flags = mountFlags(params, readOnly);
   session = new FuseSession(fs, layout.mountpoint, {
@@ -127,6 +128,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     subtype: 'strata',
     logger,
     posixAcl: true,
+    exportSupport: params.nfsExport,
   });
   try {
     await session.mount(cache?.ready);

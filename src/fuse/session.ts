@@ -37,6 +37,8 @@ export interface SessionOptions {
   logger: Logger;
   /** Ask for FUSE_POSIX_ACL (the kernel enforces ACLs read through GETXATTR). */
   posixAcl?: boolean;
+  /** FUSE_EXPORT_SUPPORT: file handles the daemon resolves with LOOKUP "." and ".." (nfs_export=on). */
+  exportSupport?: boolean;
 }
 
 export interface SessionStats {
@@ -743,7 +745,9 @@ export class FuseSession {
     }
     // No file handles (name_to_handle_at answers EOPNOTSUPP), as the kernel's overlay without
     // nfs_export: FUSE_NO_EXPORT_SUPPORT leaves the kernel able to encode fanotify ids only.
-    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, InitFlag.NO_EXPORT_SUPPORT, InitFlag.BIG_WRITES,
+    // With it, FUSE_EXPORT_SUPPORT: handles are resolved by the daemon's LOOKUP "." and "..".
+    const exportFlag = this.opts.exportSupport ? InitFlag.EXPORT_SUPPORT : InitFlag.NO_EXPORT_SUPPORT;
+    const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, exportFlag, InitFlag.BIG_WRITES,
       InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
       InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
       InitFlag.HANDLE_KILLPRIV_V2, InitFlag.SETXATTR_EXT];

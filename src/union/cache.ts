@@ -12,8 +12,10 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Level } from 'level';
 import type { Layer, LayerStack } from './layers.js';
+import type { HandleRecord, HandleStore } from './export.js';
 
 const ORIGIN = 'origin:';
+const HANDLE = 'handle:';
 const LOWER = 'lower:';
 const STATS_KEY = 'meta:stats';
 const LAYERS_KEY = 'meta:layers';
@@ -74,7 +76,7 @@ type Op = { type: 'put' | 'del'; key: string; value?: string | (() => string) };
  * The FUSE session serves no request before that (see FuseSession.mount), so nothing reads an
  * origin too early; listing reads wait for it, writes are queued.
  */
-export class MetadataCache implements OriginStore {
+export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
   private flushing: Promise<void> | null = null;
   private scheduled = false;
@@ -86,10 +88,12 @@ export class MetadataCache implements OriginStore {
   private settled = false;
   /** Origins loaded at open (the inode table holds this map from the start). */
   readonly origins = new Map<string, number>();
+  /** File handle records (nfs_export=on), loaded at open when asked for; see export.ts. */
+  readonly handles = new Map<number, HandleRecord>();
   readonly ready: Promise<void>;
   private readonly journalPath: string;
 
-  private constructor(private readonly dir: string, stack: LayerStack, private readonly logger: Logger) {
+  private constructor(private readonly dir: string, stack: LayerStack, private readonly logger: Logger, private readonly withHandles: boolean) {
     this.journalPath = join(dir, JOURNAL);
     this.ready = this.open(stack).catch((err: unknown) => {
       // Not fatal: the mount runs without a cache (inode numbers of copied-up files then come
@@ -101,7 +105,7 @@ export class MetadataCache implements OriginStore {
     });
   }
 
-  static start(dir: string, stack: LayerStack, logger: Logger): MetadataCache {
+  static start(dir: string, stack: LayerStack, logger: Logger, opts: { handles?: boolean } = {}): MetadataCache {
     // The cache belongs to root alone: a directory others could write into would let them plant
     // entries or symlinks that the root daemon then follows.
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -114,7 +118,7 @@ export class MetadataCache implements OriginStore {
     } else if ((st.mode & 0o077) !== 0) {
       chmodSync(dir, 0o700);
     }
-    return new MetadataCache(dir, stack, logger);
+    return new MetadataCache(dir, stack, logger, opts.handles === true);
   }
 
   private async open(stack: LayerStack): Promise<void> {
@@ -153,6 +157,8 @@ export class MetadataCache implements OriginStore {
       if (recorded !== undefined && recorded !== identity) {
         logger.info({ dir }, 'metadata cache describes other layers: its lower listings are dropped and rebuilt');
         await db.clear({ gte: LOWER, lt: LOWER + '\xff' });
+        // file handles name objects of those layers
+        await db.clear({ gte: HANDLE, lt: HANDLE + '\xff' });
         await db.del(STATS_KEY);
       }
       for (const layer of stack.layers) {
@@ -163,10 +169,18 @@ export class MetadataCache implements OriginStore {
           if (Number.isFinite(realIno) && Number.isFinite(ino)) origins.set(`${layer.index}:${realIno}`, ino);
         }
       }
+      if (this.withHandles) {
+        for await (const [key, value] of db.iterator({ gte: HANDLE, lt: HANDLE + '\xff' })) {
+          const r = parseHandle(value);
+          const id = Number(key.slice(HANDLE.length));
+          if (r && Number.isSafeInteger(id)) this.handles.set(id, r);
+        }
+      }
       await db.put(LAYERS_KEY, identity);
     } catch (err) {
       logger.warn({ err, dir }, 'metadata cache unreadable: cleared');
       origins.clear();
+      this.handles.clear();
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
@@ -199,6 +213,14 @@ export class MetadataCache implements OriginStore {
   /** Counters of the mount, kept for `strata cache stats`. */
   putStats(stats: object): void {
     this.queue({ type: 'put', key: STATS_KEY, value: JSON.stringify({ ...stats, at: new Date().toISOString() }) });
+  }
+
+  putHandle(id: number, r: HandleRecord): void {
+    this.queue({ type: 'put', key: HANDLE + id, value: `${r.ino} ${r.gen} ${r.parent} ${r.name}` });
+  }
+
+  deleteHandle(id: number): void {
+    this.queue({ type: 'del', key: HANDLE + id });
   }
 
   set(layer: Layer, realIno: number, ino: number): void {
@@ -265,4 +287,12 @@ export class MetadataCache implements OriginStore {
       rmSync(this.journalPath, { force: true });
     }
   }
+}
+
+/** "ino gen parent name" (the name last: it may hold spaces). */
+function parseHandle(v: string): HandleRecord | null {
+  const m = /^(\d+) (\d+) (\d+) ([^]+)$/.exec(v);
+  if (!m) return null;
+  const r = { ino: Number(m[1]), gen: Number(m[2]), parent: Number(m[3]), name: m[4]! };
+  return Number.isSafeInteger(r.ino) && Number.isSafeInteger(r.parent) ? r : null;
 }

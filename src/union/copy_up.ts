@@ -342,7 +342,7 @@ export class CopyUp {
     } finally {
       this.closeFiles(job);
     }
-    this.linked(parent, node, keepsIno, C.S_IFREG);
+    this.linked(parent, node, keepsIno ? null : upperIno, C.S_IFREG);
   }
 
   /**
@@ -357,13 +357,17 @@ export class CopyUp {
   }
 
   /** The copy is in place: the parent's times are put back, the kernel told what changed. */
-  private linked(parent: UnionNode, node: UnionNode, keepsIno: boolean, type: number): void {
+  /** The copy is in place; `newIno`: its own inode number when it does not keep st_ino (a lower hard link). */
+  private linked(parent: UnionNode, node: UnionNode, newIno: number | null, type: number): void {
     const upper = this.upper.layer;
     const upperParent = parent.dirFd(upper);
     // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
     restoreTimes(upperParent, this.pst);
     this.attributesChanged(parent);
-    if (!keepsIno) this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
+    if (newIno !== null) {
+      this.entriesChanged(parent); // its st_ino, so readdir's d_ino, changed
+      this.inodes.reidentify(node, this.inodes.inoFor(upper, newIno));
+    }
     if (type === C.S_IFDIR) {
       node.setDirLayers([upper, ...node.dirLayers!]);
       this.attributesChanged(node);
@@ -405,7 +409,7 @@ export class CopyUp {
       removeWorkEntry(work, tmp);
       throw e;
     }
-    this.linked(parent, node, keepsIno, type);
+    this.linked(parent, node, keepsIno ? null : upperIno, type);
   }
 }
 

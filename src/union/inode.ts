@@ -1,6 +1,7 @@
 // Union inodes (the kernel's fs/overlayfs/inode.c): the table that maps nodeids to nodes, exact
 // lookup counts, st_ino assignment, and the attributes of the merged object (getattr, setattr).
 
+import type { ExportTable } from './export.js';
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
@@ -33,6 +34,9 @@ export class InodeTable {
    * xattr gives (written by the kernel, or by strata without the cache), or null for their own.
    */
   private readonly upperOrigins = new Map<number, number | null>();
+  /** nfs_export=on: nodeids that name one object for good, and where each was last seen (export.ts). */
+  exports: ExportTable | null = null;
+  private readonly taken = (id: number): boolean => this.nodes.has(id);
 
   constructor(readonly stack: LayerStack, private readonly originStore: OriginStore | null = null, origins?: Map<string, number>) {
     this.origins = origins ?? new Map();
@@ -47,6 +51,24 @@ export class InodeTable {
     return this.nodes.size;
   }
 
+  /** The node with this nodeid, if the daemon holds it. */
+  find(nodeid: number): UnionNode | undefined {
+    return this.nodes.get(nodeid);
+  }
+
+  /** A nodeid for a new node of the object with st_ino `ino` (`want`: the one a file handle names). */
+  private newId(ino: number, want?: number, parent?: UnionNode, name?: string): number {
+    if (want !== undefined) return want;
+    return this.exports ? this.exports.idFor(ino, this.taken, parent?.nodeid, name) : this.nextId++;
+  }
+
+  private born(node: UnionNode): void {
+    const x = this.exports;
+    if (!x) return;
+    node.generation = x.generationFor(node.nodeid, node.ino);
+    x.note(node);
+  }
+
   get(nodeid: number): UnionNode {
     const n = this.nodes.get(nodeid);
     if (!n) throw Object.assign(new Error(`unknown nodeid ${nodeid}`), { code: 'ESTALE' });
@@ -54,9 +76,10 @@ export class InodeTable {
   }
 
   /** The node for `name` in `parent`, created for a fresh lookup result. */
-  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number): UnionNode {
+  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number): UnionNode {
     const ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
-    const node = new UnionNode(this.nextId++, ino, parent, name, type, layer, dirLayers);
+    const node = new UnionNode(this.newId(ino, want, parent, name), ino, parent, name, type, layer, dirLayers);
+    this.born(node);
     this.attach(parent, name, node);
     this.nodes.set(node.nodeid, node);
     return node;
@@ -64,7 +87,9 @@ export class InodeTable {
 
   /** A node for an object without a name (an O_TMPFILE), reached through its descriptor `anchor`. */
   createUnnamed(parent: UnionNode, type: number, layer: Layer, realIno: number, anchor: number): UnionNode {
-    const node = new UnionNode(this.nextId++, this.stack.inoOf(layer, realIno), parent, '', type, layer, null);
+    const ino = this.stack.inoOf(layer, realIno);
+    const node = new UnionNode(this.newId(ino), ino, parent, '', type, layer, null);
+    if (this.exports) node.generation = this.exports.generationFor(node.nodeid, ino);
     node.anchor = anchor;
     node.unlinked = true;
     this.nodes.set(node.nodeid, node);
@@ -101,6 +126,13 @@ export class InodeTable {
     this.originStore?.set(upper, upperIno, ino);
   }
 
+  /** The object now shows st_ino `ino` (a lower hard link copied up gets its own). */
+  reidentify(node: UnionNode, ino: number): void {
+    if (node.ino === ino) return;
+    node.ino = ino;
+    this.exports?.note(node);
+  }
+
   /** The upper object with this inode number is gone (its number may be reused). */
   forgetOrigin(upperIno: number): void {
     const upper = this.stack.upper!;
@@ -117,6 +149,7 @@ export class InodeTable {
     parent.children.set(name, node);
     if (old) this.maybeDrop(old);
     else parent.childCount++;
+    this.exports?.note(node);
   }
 
   /**
@@ -126,8 +159,9 @@ export class InodeTable {
    */
   supersede(node: UnionNode): UnionNode {
     const parent = node.parent!;
-    const next = new UnionNode(this.nextId++, node.ino, parent, node.name, node.type, node.layer, node.dirLayers);
+    const next = new UnionNode(this.newId(node.ino), node.ino, parent, node.name, node.type, node.layer, node.dirLayers);
     this.nodes.set(next.nodeid, next);
+    this.born(next);
     node.successor = next;
     next.pins++;
     // The name leads to the new node (counted once as a child, whether the old node still held it or not).
@@ -166,8 +200,10 @@ export class InodeTable {
       if (next) {
         node.parent = next[0];
         node.name = next[1];
+        this.exports?.note(node);
       } else {
         node.unlinked = true;
+        this.exports?.drop(node);
       }
     } else if (node.aliases) {
       node.aliases = node.aliases.filter(([p, n]) => p !== parent || n !== name);
@@ -190,6 +226,7 @@ export class InodeTable {
     if (node.parent === oldParent && node.name === oldName) {
       node.parent = newParent;
       node.name = newName;
+      if (!newName.startsWith('\0')) this.exports?.note(node);
     } else if (node.aliases) {
       for (const a of node.aliases) if (a[0] === oldParent && a[1] === oldName) [a[0], a[1]] = [newParent, newName];
     }
@@ -261,7 +298,10 @@ export class InodeTable {
   /** Builds the merged attributes from a layer object's stat. */
   attrFrom(node: UnionNode, st: Float64Array): Attr {
     const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!, () => node.location());
-    node.ino = ino;
+    if (node.ino !== ino) {
+      node.ino = ino;
+      this.exports?.note(node);
+    }
     return attrOf(node, st, ino);
   }
 }

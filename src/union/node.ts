@@ -57,6 +57,8 @@ export class UnionNode {
   pins = 0;
   /** The open file handles of this node. */
   readonly handles = new Set<FileHandle>();
+  /** FUSE generation (with nfs_export=on, see export.ts; 0 otherwise). Fixed for the node's life. */
+  generation = 0;
 
   constructor(
     readonly nodeid: number,

@@ -19,6 +19,8 @@ export interface MountParams {
   ociWhiteouts: boolean;
   /** Skip fsync (overlayfs "volatile", fuse-overlayfs "fsync=0"). */
   volatile: boolean;
+  /** File handles (name_to_handle_at/open_by_handle_at, NFS export) that survive FORGET and remount. */
+  nfsExport: boolean;
   nodev: boolean;
   nosuid: boolean;
   noexec: boolean;
@@ -79,7 +81,7 @@ function splitOptions(s: string): string[] {
 const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
-const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'redirect_dir', 'index', 'xino', 'metacopy', 'nfs_export',
+const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'redirect_dir', 'index', 'xino', 'metacopy',
   'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
   // FUSE's own mount data, which mount(8) passes back on a remount
@@ -91,7 +93,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false,
+    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
   };
   for (const item of optionStrings.flatMap(splitOptions)) {
@@ -135,6 +137,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'oci_whiteouts':
         if (value !== 'on' && value !== 'off') throw new UsageError(`oci_whiteouts takes on or off, not "${value}"`);
         p.ociWhiteouts = value === 'on';
+        break;
+      case 'nfs_export':
+        if (value !== 'on' && value !== 'off') throw new UsageError(`nfs_export takes on or off, not "${value}"`);
+        p.nfsExport = value === 'on';
         break;
       case 'fsync':
         p.volatile = value === '0';

@@ -22,6 +22,7 @@ import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
 import { checkRemovable, checkSettable, getXattr, listXattrs, removeXattr, setXattr } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
+import { ExportTable } from './export.js';
 import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
 import { creationTime } from './btime.js';
 import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
@@ -50,6 +51,8 @@ export interface UnionOptions {
   invalidateContents: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
+  /** nfs_export=on: nodeids that file handles can name after FORGET and remount (export.ts). */
+  nfsExport?: boolean;
 }
 
 interface Writable {
@@ -84,6 +87,7 @@ export class UnionFs implements FileSystem {
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    if (opts.nfsExport) this.inodes.exports = new ExportTable(opts.cache);
     this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
@@ -117,7 +121,7 @@ export class UnionFs implements FileSystem {
   private entry(node: UnionNode, attr = this.inodes.attr(node)): EntryReply {
     this.inodes.ref(node);
     const t = this.opts.cacheTimeout;
-    return { nodeid: node.nodeid, generation: 0, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
+    return { nodeid: node.nodeid, generation: node.generation, entryTimeout: t, attrTimeout: this.attrTimeout(attr, node), attr };
   }
 
   /**
@@ -138,15 +142,18 @@ export class UnionFs implements FileSystem {
     return { nodeid: 0, generation: 0, entryTimeout: t, attrTimeout: 0, attr: ZERO_ATTR };
   }
 
-  /** The child node `name` of `parent`, looked up through the layers if not known yet. */
-  child(parent: UnionNode, name: string): [UnionNode, Float64Array | null] | null {
+  /**
+   * The child node `name` of `parent`, looked up through the layers if not known yet (a new node
+   * gets the nodeid `want` when a file handle names it).
+   */
+  child(parent: UnionNode, name: string, want?: number): [UnionNode, Float64Array | null] | null {
     const known = parent.children.get(name);
     if (known) return [known, null];
     let hit = this.index ? this.index.lookup(parent, name) : undefined;
     if (hit === undefined) hit = lookupLayers(parent, name);
     if (!hit) return null;
     const type = hit.st[ST.mode]! & C.S_IFMT;
-    const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!);
+    const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!, want);
     return [node, hit.st];
   }
 
@@ -157,6 +164,8 @@ export class UnionFs implements FileSystem {
   }
 
   lookup(_ctx: RequestContext, parent: number, name: string): EntryReply | Promise<EntryReply> {
+    // Only the kernel's file handle code asks for "." and ".." (FUSE_EXPORT_SUPPORT, nfs_export=on).
+    if ((name === '.' || name === '..') && this.inodes.exports) return this.handleLookup(parent, name);
     checkName(name);
     const p = this.dirNode(parent);
     // First lookup in a deep directory since the mount: read its lower listing from LevelDB first.
@@ -169,6 +178,57 @@ export class UnionFs implements FileSystem {
     if (!found) return this.negativeEntry();
     const [node, st] = found;
     return this.entry(node, st ? this.inodes.attrFrom(node, st) : undefined);
+  }
+
+  /**
+   * LOOKUP(nodeid, ".") for a file handle whose inode the kernel no longer holds, and
+   * LOOKUP(nodeid, "..") to reconnect a directory found that way (see export.ts). The reply is
+   * built in the same turn as the node is found: a FORGET read in between could drop it.
+   */
+  private handleLookup(nodeid: number, name: '.' | '..'): EntryReply | Promise<EntryReply> {
+    if (name === '..') {
+      const node = this.inodes.get(nodeid);
+      if (!node.isDir) throw fsError('ENOTDIR');
+      if (node === this.inodes.root) return this.entry(node);
+      if (!node.parent || node.unlinked) throw fsError('ESTALE');
+      return this.entry(node.parent);
+    }
+    const found = this.resolveHandle(nodeid, 0);
+    if (found instanceof Promise) return found.then(() => this.handleLookup(nodeid, name));
+    if (!found) throw fsError('ESTALE');
+    return this.entry(found);
+  }
+
+  /**
+   * The node a file handle's nodeid names, found again through its record's names; null if gone,
+   * or a promise to wait for (a lower listing being loaded) before trying again.
+   */
+  private resolveHandle(id: number, depth: number): UnionNode | null | Promise<void> {
+    const live = this.inodes.find(id);
+    if (live) return live;
+    const rec = this.inodes.exports!.records.get(id);
+    if (!rec || depth > 4096) return null;
+    const parent = this.resolveHandle(rec.parent, depth + 1);
+    if (parent === null || parent instanceof Promise) return parent;
+    if (!parent.isDir || parent.unlinked) return null;
+    if (this.index?.wantsLoad(parent) && !parent.children.has(rec.name)) return this.index.load(parent);
+    let found: [UnionNode, Float64Array | null] | null;
+    try {
+      found = this.child(parent, rec.name, id);
+    } catch {
+      found = null;
+    }
+    if (!found) {
+      this.inodes.maybeDrop(parent);
+      return null;
+    }
+    const [node, st] = found;
+    if (node.nodeid !== id || node.ino !== rec.ino) {
+      // another object has the name now (or the same one under another nodeid): the handle is stale
+      if (st) this.inodes.maybeDrop(node);
+      return null;
+    }
+    return node;
   }
 
   forget(nodeid: number, nlookup: number): void {
