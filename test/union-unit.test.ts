@@ -39,7 +39,7 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Se
   const union = new UnionFs(stack, {
     readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
     backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
-    cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateContents: () => {},
+    cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateListing: () => {},
     upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },
   });
   t.teardown(() => {

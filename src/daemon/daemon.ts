@@ -113,7 +113,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
       close: (id) => session?.backings.close(id),
     },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
-    invalidateContents: (nodeid) => session?.invalidateContents(nodeid),
+    invalidateListing: (nodeid) => session?.invalidateListing(nodeid),
     cache,
     lowerIndex: options.cache,
     upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,

@@ -274,11 +274,15 @@ export class FuseSession {
   }
 
   /**
-   * Attributes and cached contents (for a directory: the kernel's readdir cache). This takes page
-   * locks in the kernel, so it is sent after the current request is answered, never from inside one.
+   * Attributes and the kernel's readdir cache of a directory. Sent at once, before the current
+   * request is answered: a program that sees the answer and lists the directory must get the new
+   * listing (a deferred notice lost that race under load). The kernel locks the cache's pages only
+   * while it copies entries in or out, never while it waits for the daemon, so this cannot wait on
+   * a request the daemon has yet to answer (a regular file's pages can be locked across a READ:
+   * never invalidate those from inside a request).
    */
-  invalidateContents(nodeid: number): void {
-    setImmediate(() => this.invalidateInode(nodeid, 0));
+  invalidateListing(nodeid: number): void {
+    this.invalidateInode(nodeid, 0);
   }
 
   private invalidateInode(nodeid: number, offset: number): void {

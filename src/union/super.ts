@@ -47,8 +47,8 @@ export interface UnionOptions {
   lowerIndex: boolean;
   /** Tells the kernel an inode's attributes changed behind its back (a copied-up directory). */
   invalidateAttributes: (nodeid: number) => void;
-  /** Tells the kernel a directory's listing changed behind its back (after the current reply). */
-  invalidateContents: (nodeid: number) => void;
+  /** Tells the kernel a directory's listing changed behind its back (before the current reply). */
+  invalidateListing: (nodeid: number) => void;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
   /** nfs_export=on: nodeids that file handles can name after FORGET and remount (export.ts). */
@@ -99,7 +99,7 @@ export class UnionFs implements FileSystem {
       const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
       const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
-        (dir) => opts.invalidateContents(dir.nodeid));
+        (dir) => opts.invalidateListing(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
     } else {
       this.writable = null;
