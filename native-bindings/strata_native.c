@@ -462,6 +462,21 @@ static napi_value fn_statxBtime(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+/* statxAttributes(dirfd, path, flags): the STATX_ATTR_* bits the filesystem reports (stx_attributes,
+   limited to stx_attributes_mask; the low 32 bits: immutable, append, nodump, ...) */
+static napi_value fn_statxAttributes(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "statx"));
+  TRY(arg_i32(env, argv[2], &flags));
+  struct statx sx;
+  if (NOINTR(statx(dirfd, path, flags, 0, &sx)) < 0)
+    return throw_sys(env, errno, "statx", path);
+  return ret_num(env, (double)(uint32_t)(sx.stx_attributes & sx.stx_attributes_mask));
+}
+
 /* lstatMaybe(dirfd, path, out): boolean (false on ENOENT / ENOTDIR) */
 static napi_value fn_lstatMaybe(napi_env env, napi_callback_info info) {
   ARGS(3);
@@ -1874,7 +1889,7 @@ static const struct {
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},
-    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime),
+    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime), FN(statxAttributes),
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),

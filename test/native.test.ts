@@ -1,4 +1,5 @@
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -989,4 +990,31 @@ test('fsUuid: the superblock UUID (tmpfs has a random one), null where none is r
   // The same filesystem answers the same through any descriptor on it.
   fs.mkdirSync(path.join(a.dir, 'sub'));
   t.deepEqual(N.fsUuid(open(t, C.AT_FDCWD, path.join(a.dir, 'sub'), C.O_RDONLY | C.O_DIRECTORY)), ua);
+});
+
+test('statxAttributes: immutable and append-only as the filesystem reports them', (t) => {
+  if (!isRoot) return t.pass('needs root (chattr +i / +a)');
+  const { dir, dfd } = tmp(t);
+  for (const f of ['plain', 'imm', 'app']) fs.writeFileSync(path.join(dir, f), 'x');
+  fs.mkdirSync(path.join(dir, 'd'));
+  fs.symlinkSync('imm', path.join(dir, 'link'));
+  const flagged = ['imm', 'app', 'd'].map((f) => path.join(dir, f));
+  // runs before tmp()'s removal (teardowns run last registered first): lift the flags, else nothing can remove the files
+  t.teardown(() => {
+    spawnSync('chattr', ['-i', '-a', ...flagged]);
+  });
+  for (const [f, flag] of [['imm', '+i'], ['app', '+a'], ['d', '+i']] as const) {
+    const r = spawnSync('chattr', [flag, path.join(dir, f)], { encoding: 'utf8' });
+    if (r.status !== 0) return t.pass(`chattr not possible here: ${r.stderr}`);
+  }
+  const attrs = (name: string, flags = C.AT_SYMLINK_NOFOLLOW): number => N.statxAttributes(dfd, name, flags) & 0x30;
+  t.is(attrs('plain'), 0);
+  t.is(attrs('imm'), 0x10);
+  t.is(attrs('app'), 0x20);
+  t.is(attrs('d'), 0x10);
+  t.is(attrs('link'), 0, 'the link itself');
+  t.is(attrs('link', 0), 0x10, 'followed');
+  const fd = open(t, dfd, 'imm', C.O_PATH);
+  t.is(N.statxAttributes(fd, '', C.AT_EMPTY_PATH) & 0x30, 0x10, 'through a descriptor');
+  t.is(errOf(() => N.statxAttributes(dfd, 'nope', 0)).code, 'ENOENT');
 });

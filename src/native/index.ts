@@ -145,6 +145,7 @@ interface NativeBinding {
   umount2(target: string, flags: number): void;
   openTree(dirfd: number, path: string, flags: number): number;
   statxBtime(dirfd: number, path: string, flags: number): [number, number] | null;
+  statxAttributes(dirfd: number, path: string, flags: number): number;
   mountSetattr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number): void;
   openFuseDevice(): number;
   ioctlClone(newFd: number, oldFd: number): void;
@@ -246,6 +247,11 @@ export const statx: (dirfd: number, path: string, flags: number, mask: number, o
   native.statx;
 /** statx(2) creation time [seconds, nanoseconds], or null when the filesystem keeps none. */
 export const statxBtime: (dirfd: number, path: string, flags: number) => [number, number] | null = native.statxBtime;
+/**
+ * statx(2) stx_attributes as far as the filesystem reports them (stx_attributes_mask), low 32 bits:
+ * STATX_ATTR_IMMUTABLE 0x10, STATX_ATTR_APPEND 0x20, STATX_ATTR_NODUMP 0x40, ...
+ */
+export const statxAttributes: (dirfd: number, path: string, flags: number) => number = native.statxAttributes;
 /** lstat relative to dirfd; false (instead of throwing) on ENOENT / ENOTDIR. */
 export const lstatMaybe: (dirfd: number, path: string, out: Float64Array) => boolean = native.lstatMaybe;
 

@@ -12,6 +12,7 @@ import type { Layer } from './layers.js';
 import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
 import { isPrivateXattr } from './whiteout.js';
+import { copyFileFlags } from './fsflags.js';
 
 const { C, ST } = N;
 
@@ -27,6 +28,8 @@ export interface UpperDir {
    * user.overlay.* (overlayfs "userxattr"); none for an upper in the OCI format.
    */
   markers?: 'trusted' | 'user';
+  /** The xattr that holds immutable and append-only of upper objects (overlay.protattr). */
+  protattr: string;
 }
 
 let tmpCounter = 0;
@@ -308,13 +311,15 @@ export class CopyUp {
     const out = job.out;
     try {
       if (!this.upper.volatile) N.fsync(out);
-      if (job.src >= 0) N.close(job.src);
-      job.src = -1;
-      const [srcDir, srcName] = node.location();
-      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
+      const src = node.location();
+      const [srcDir, srcName] = src;
+      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, flags, times.
       N.fchown(out, st[ST.uid]!, st[ST.gid]!);
       N.fchmod(out, st[ST.mode]! & 0o7777);
       copyXattrsToFd(srcDir, srcName, out);
+      copyFileFlags(src, C.S_IFREG, job.src, { fd: out }, this.upper.protattr);
+      if (job.src >= 0) N.close(job.src);
+      job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
     } catch (e) {
@@ -386,9 +391,13 @@ export class CopyUp {
     const work = this.upper.workFd;
     try {
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
-      const [srcDir, srcName] = node.location();
-      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, times.
-      copyAttrs(work, tmp, st, type === C.S_IFLNK, () => copyXattrs(srcDir, srcName, work, tmp));
+      const src = node.location();
+      const [srcDir, srcName] = src;
+      // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, flags, times.
+      copyAttrs(work, tmp, st, type === C.S_IFLNK, () => {
+        copyXattrs(srcDir, srcName, work, tmp);
+        copyFileFlags(src, type, -1, { dirfd: work, name: tmp }, this.upper.protattr);
+      });
       if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
     } catch (e) {
       this.abort(job);

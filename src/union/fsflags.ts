@@ -7,13 +7,21 @@
 // them for every operation through the mount, as the VFS does for an inode with S_IMMUTABLE /
 // S_APPEND (EPERM). Other flags (noatime, nodump, sync, ...) and the project ID go to the
 // upper inode.
+//
+// Lower objects carry their flags on the lower inode itself (chattr on the lower filesystem): the
+// kernel copies S_IMMUTABLE / S_APPEND into the overlay inode (ovl_copyflags), so they hold through
+// the mount as for an upper object, and lsattr shows them (the real object's flags). The daemon
+// reads them from statx's stx_attributes, once per node, when a check needs them. A copy-up
+// carries them over as ovl_copy_fileattr does: immutable and append-only into overlay.protattr of
+// the copy, sync and noatime onto the copy's inode; nodump and the rest stay behind.
 
 import { fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
 } from '../fuse/protocol.js';
 import * as N from '../native/index.js';
-import { openObject, type UnionNode } from './node.js';
+import type { Layer } from './layers.js';
+import { atFlags, openObject, type UnionNode } from './node.js';
 
 const { C } = N;
 
@@ -21,8 +29,14 @@ export const FS_IOC_GETFLAGS = 0x80086601;
 export const FS_IOC_SETFLAGS = 0x40086602;
 export const FS_IOC_FSGETXATTR = 0x801c581f;
 export const FS_IOC_FSSETXATTR = 0x401c5820;
+const FS_SYNC_FL = 0x08;
 const FS_IMMUTABLE_FL = 0x10;
 const FS_APPEND_FL = 0x20;
+const FS_NOATIME_FL = 0x80;
+/** The flags a copy-up puts on the copy's inode (the kernel's OVL_COPY_FS_FLAGS_MASK). */
+const COPIED_FLAGS = FS_SYNC_FL | FS_NOATIME_FL;
+const STATX_ATTR_IMMUTABLE = 0x10;
+const STATX_ATTR_APPEND = 0x20;
 const FS_XFLAG_IMMUTABLE = 0x08;
 const FS_XFLAG_APPEND = 0x10;
 const FSXATTR_SIZE = 28;
@@ -42,27 +56,111 @@ function openForIoctl(node: UnionNode): number {
   return openObject(node.location(), C.O_RDONLY | C.O_NONBLOCK | C.O_NOFOLLOW | C.O_CLOEXEC | dir);
 }
 
-export class FileFlags {
-  /** Protection flags of upper objects as read or written: "", "a", "i" or "ai". */
-  private readonly prot = new WeakMap<UnionNode, string>();
+/** "", "a", "i" or "ai" (the order overlay.protattr uses). */
+function protString(append: boolean, immutable: boolean): string {
+  return `${append ? 'a' : ''}${immutable ? 'i' : ''}`;
+}
 
-  constructor(private readonly protattrName: string) {}
+/** Immutable and append-only of a lower object, as its filesystem reports them to statx. */
+function lowerProtection(loc: [number, string]): string {
+  const a = N.statxAttributes(loc[0], loc[1], atFlags(loc, C.AT_SYMLINK_NOFOLLOW));
+  return protString((a & STATX_ATTR_APPEND) !== 0, (a & STATX_ATTR_IMMUTABLE) !== 0);
+}
 
-  /** The protection flags of `node` (only the upper carries them). */
-  protection(node: UnionNode): string {
-    if (!node.layer.isUpper) return '';
-    let p = this.prot.get(node);
-    if (p === undefined) {
-      const [dirfd, name] = node.location();
-      p = N.lgetxattr(dirfd, name, this.protattrName)?.toString('latin1') ?? '';
-      this.prot.set(node, p);
+/** An errno that says the filesystem has no file attribute flags (the kernel ignores them at copy-up). */
+function noFlagSupport(e: unknown): boolean {
+  const code = (e as { code?: string }).code;
+  return code === 'ENOTTY' || code === 'EINVAL' || code === 'EOPNOTSUPP';
+}
+
+/**
+ * FS_IOC_GETFLAGS of an open file; 0 where the filesystem has none. `anyError`: 0 on any failure
+ * (a lower object: the kernel asks only when the inode has flags, so a filesystem that cannot
+ * answer must not make the copy-up fail).
+ */
+function getFlags(fd: number, anyError = false): number {
+  const b = Buffer.alloc(8);
+  try {
+    N.ioctlBuf(fd, FS_IOC_GETFLAGS, b);
+  } catch (e) {
+    if (anyError || noFlagSupport(e)) return 0;
+    throw e;
+  }
+  return b.readUInt32LE(0);
+}
+
+/** Where a copy-up's object is while it is built: an open file, or a name in the work directory. */
+export type CopyTarget = { fd: number } | { dirfd: number; name: string };
+
+/**
+ * The flags of a lower object carried over to its copy (ovl_copy_fileattr): immutable and
+ * append-only into `protattrName` of the copy, sync and noatime onto the copy's inode. `srcFd` is
+ * the lower file open for reading, if the copy-up has it open anyway.
+ */
+export function copyFileFlags(src: [number, string], type: number, srcFd: number, to: CopyTarget, protattrName: string): void {
+  let flags: number;
+  if (type === C.S_IFREG || type === C.S_IFDIR) {
+    // Only files and directories are opened for the ioctl (which reads sync and noatime too).
+    const fd = srcFd >= 0 ? srcFd : openObject(src, C.O_RDONLY | C.O_NONBLOCK | C.O_NOFOLLOW | C.O_CLOEXEC | (type === C.S_IFDIR ? C.O_DIRECTORY : 0));
+    try {
+      flags = getFlags(fd, true);
+    } finally {
+      if (fd !== srcFd) N.close(fd);
     }
+  } else {
+    const p = lowerProtection(src);
+    flags = (p.includes('a') ? FS_APPEND_FL : 0) | (p.includes('i') ? FS_IMMUTABLE_FL : 0);
+  }
+  const p = protString((flags & FS_APPEND_FL) !== 0, (flags & FS_IMMUTABLE_FL) !== 0);
+  if (p !== '') {
+    const v = Buffer.from(p, 'latin1');
+    try {
+      if ('fd' in to) N.fsetxattr(to.fd, protattrName, v, 0);
+      else N.lsetxattr(to.dirfd, to.name, protattrName, v, 0);
+    } catch (e) {
+      // No such xattr on the upper (user.* on a symlink or a device): the kernel goes on without it.
+      if ((e as { code?: string }).code !== 'EPERM') throw e;
+    }
+  }
+  if ((flags & COPIED_FLAGS) === 0 || !(type === C.S_IFREG || type === C.S_IFDIR)) return;
+  const fd = 'fd' in to ? to.fd : N.openat(to.dirfd, to.name, C.O_RDONLY | C.O_NONBLOCK | C.O_NOFOLLOW | C.O_CLOEXEC | C.O_DIRECTORY, 0);
+  try {
+    const now = getFlags(fd);
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(((now & ~COPIED_FLAGS) | (flags & COPIED_FLAGS)) >>> 0, 0);
+    try {
+      N.ioctlBuf(fd, FS_IOC_SETFLAGS, b);
+    } catch (e) {
+      if (!noFlagSupport(e)) throw e;
+    }
+  } finally {
+    if (!('fd' in to)) N.close(fd);
+  }
+}
+
+export class FileFlags {
+  /**
+   * Protection flags ("", "a", "i" or "ai") of nodes, with the layer they were read in: from
+   * overlay.protattr for an upper object, from the inode for a lower one (read again once the
+   * node is copied up).
+   */
+  private readonly prot = new WeakMap<UnionNode, { layer: Layer; p: string }>();
+
+  constructor(readonly protattrName: string) {}
+
+  /** The protection flags of `node`'s object. */
+  protection(node: UnionNode): string {
+    const known = this.prot.get(node);
+    if (known?.layer === node.layer) return known.p;
+    const loc = node.location();
+    const p = node.layer.isUpper ? N.lgetxattr(loc[0], loc[1], this.protattrName)?.toString('latin1') ?? '' : lowerProtection(loc);
+    this.prot.set(node, { layer: node.layer, p });
     return p;
   }
 
   /** A new object carries none (spares the read). */
   created(node: UnionNode): void {
-    this.prot.set(node, '');
+    this.prot.set(node, { layer: node.layer, p: '' });
   }
 
   // ---- what the VFS refuses for S_IMMUTABLE / S_APPEND inodes --------------------------------
@@ -84,10 +182,11 @@ export class FileFlags {
 
   /** may_open: no writing an immutable file; an append-only one only with O_APPEND, never O_TRUNC. */
   refuseOpen(node: UnionNode, flags: number): void {
-    const p = this.protection(node);
-    if (p === '') return;
     const write = (flags & 3) !== C.O_RDONLY;
     const trunc = (flags & C.O_TRUNC) !== 0;
+    if (!write && !trunc) return; // reading is always allowed (spares the read of the flags)
+    const p = this.protection(node);
+    if (p === '') return;
     if (p.includes('i') && (write || trunc)) throw fsError('EPERM');
     if (p.includes('a') && ((write && (flags & C.O_APPEND) === 0) || trunc)) throw fsError('EPERM');
   }
@@ -135,14 +234,14 @@ export class FileFlags {
     const arg = Buffer.alloc(cmd === FS_IOC_SETFLAGS ? 8 : FSXATTR_SIZE);
     input.copy(arg, 0, 0, Math.min(input.length, arg.length));
     const flags = arg.readUInt32LE(0);
-    const p = `${flags & a ? 'a' : ''}${flags & i ? 'i' : ''}`;
+    const p = protString((flags & a) !== 0, (flags & i) !== 0);
     const [dirfd, name] = node.location();
     if (p !== '') {
       N.lsetxattr(dirfd, name, this.protattrName, Buffer.from(p, 'latin1'), 0);
     } else if (this.protection(node) !== '') {
       N.lremovexattr(dirfd, name, this.protattrName);
     }
-    this.prot.set(node, p);
+    this.prot.set(node, { layer: node.layer, p });
     arg.writeUInt32LE((flags & ~(a | i)) >>> 0, 0);
     const fd = openForIoctl(node);
     try {

@@ -97,7 +97,9 @@ export class UnionFs implements FileSystem {
     };
     if (stack.upper && opts.upper) {
       const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
-      const upper: UpperDir = { layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers };
+      const upper: UpperDir = {
+        layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers, protattr: this.fsflags.protattrName,
+      };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateListing(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
