@@ -66,7 +66,9 @@ soak: system-deps build
 
 # strata against the kernel's overlayfs and fuse-overlayfs: `strata bench` (see README), e.g.
 # make bench BENCH_ARGS="--runs 5 --out docs/bench"
+# (fuse-overlayfs, the peer, is installed for it)
 bench: build
+	@dpkg -s fuse-overlayfs >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse-overlayfs) >/dev/null
 	node dist/src/cli/main.js bench $(BENCH_ARGS)
 
 # The metadata cache against the kernel and fuse-overlayfs, medians and spreads, e.g.
