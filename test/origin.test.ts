@@ -358,3 +358,38 @@ const rotationTest = test.macro((t, cache: 'shared' | 'none') => {
 
 test.serial('st_ino through 12 remounts that rotate each upper into the lowers, hard links renamed in a circle, then a copy-up: as the kernel (no cache)', rotationTest, 'none');
 test.serial('the same with one metadata cache kept across the remounts (its records apply to the upper only)', rotationTest, 'shared');
+
+/**
+ * A copy-up that gives an object a new st_ino (a lower hard link) changes its directory's
+ * listing: a program that lists the directory right after the change is answered must see the new
+ * d_ino (the kernel keeps listings it read in its cache until strata says otherwise).
+ */
+const DINO = String.raw`
+import json, os, sys
+d = sys.argv[1]
+bad = []
+names = sorted(n for n in os.listdir(d) if n.startswith('h'))
+for n in names:
+    os.listdir(d)                      # the kernel caches the listing
+    os.chmod(os.path.join(d, n), 0o600) # copy-up: a new st_ino
+    ents = {e.name: e.inode() for e in os.scandir(d)}
+    st = os.lstat(os.path.join(d, n)).st_ino
+    if ents.get(n) != st: bad.append('%s: d_ino %s, st_ino %s' % (n, ents.get(n), st))
+print(json.dumps(bad))
+`;
+
+test('after a copy-up that changes st_ino, the next listing shows the new d_ino at once', (t) => {
+  const base = tempDir(t, 'dino');
+  const lower = path.join(base, 'l');
+  const pairs: Layer = [];
+  for (let i = 0; i < 40; i++) {
+    pairs.push({ path: `h${i}a`, kind: 'file', content: `${i}` }, { path: `h${i}b`, kind: 'hardlink', linkTo: `h${i}a` });
+  }
+  fs.mkdirSync(lower);
+  materializeLayer(lower, pairs, 1);
+  for (const d of ['u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
+  const mnt = strataMount(t, { lowers: [lower], upper: path.join(base, 'u'), work: path.join(base, 'w'), mountpoint: path.join(base, 'm') });
+  const bad = JSON.parse(runOk(PYTHON, ["-c", DINO, mnt])) as string[];
+  strataUnmount(mnt);
+  t.deepEqual(bad, []);
+});
