@@ -24,7 +24,8 @@ type Db = Level<string, string>;
 
 /** Where copied-up objects keep their st_ino; the inode table reads and updates it. */
 export interface OriginStore {
-  set(layer: Layer, realIno: number, ino: number): void;
+  /** `journal`: false when the copy carries overlay.origin, which gives the same st_ino after a crash. */
+  set(layer: Layer, realIno: number, ino: number, journal?: boolean): void;
   delete(layer: Layer, realIno: number): void;
 }
 
@@ -223,9 +224,9 @@ export class MetadataCache implements OriginStore, HandleStore {
     this.queue({ type: 'del', key: HANDLE + id });
   }
 
-  set(layer: Layer, realIno: number, ino: number): void {
+  set(layer: Layer, realIno: number, ino: number, journal = true): void {
     const key = originPrefix(layer) + realIno;
-    this.journal(`P ${key} ${ino}\n`);
+    if (journal) this.journal(`P ${key} ${ino}\n`);
     this.queue({ type: 'put', key, value: String(ino) });
   }
 

@@ -336,7 +336,7 @@ export class CopyUp {
     N.fstat(out, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = st[ST.nlink] === 1;
-    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
+    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
     const upperParent = this.prepareParent(parent);
     try {
       // linkat fails with EEXIST if the name exists: as RENAME_NOREPLACE.
@@ -409,7 +409,7 @@ export class CopyUp {
     N.fstatat(work, tmp, C.AT_SYMLINK_NOFOLLOW, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
-    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino);
+    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
     const upperParent = this.prepareParent(parent);
     try {
       N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);

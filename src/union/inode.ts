@@ -119,11 +119,12 @@ export class InodeTable {
   }
 
   /** A copy-up keeps the object's st_ino: remember it for the upper copy. */
-  recordOrigin(upperIno: number, ino: number): void {
+  /** `hasOriginXattr`: the copy carries overlay.origin (no journal line needed to survive a crash). */
+  recordOrigin(upperIno: number, ino: number, hasOriginXattr = false): void {
     const upper = this.stack.upper!;
     if (upperIno === ino) return;
     this.origins.set(`${upper.index}:${upperIno}`, ino);
-    this.originStore?.set(upper, upperIno, ino);
+    this.originStore?.set(upper, upperIno, ino, !hasOriginXattr);
   }
 
   /** The object now shows st_ino `ino` (a lower hard link copied up gets its own). */
