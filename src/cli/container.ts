@@ -27,6 +27,7 @@ type Options = Readonly<Record<string, OptionDef>>;
 const RUN_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
   rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User: name, uid, name:group or uid:gid (names from the container\'s /etc/passwd and /etc/group)' },
   store: storeOption,
 } as const;
 const COMMIT_OPTIONS = {
@@ -95,7 +96,7 @@ export function unknownOption(argv: readonly string[], more: Record<string, Opti
  */
 export function splitRunArgv(argv: readonly string[]): { head: string[]; command: string[] } {
   if (argv[0] !== 'run') return { head: [...argv], command: [] };
-  const takesValue = new Set(Object.entries(RUN_OPTIONS).filter(([, d]) => d.type === 'string').map(([k]) => k));
+  const takesValue = new Set(Object.entries(RUN_OPTIONS as Options).filter(([, d]) => d.type === 'string').flatMap(([k, d]) => (d.alias ? [k, d.alias] : [k])));
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') return { head: [...argv.slice(0, i), ...argv.slice(i + 1, i + 2)], command: argv.slice(i + 2) };
@@ -137,9 +138,11 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean };
+      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean; user?: string | string[] };
+      // Given twice: the last one counts (as with docker run).
+      const user = Array.isArray(args.user) ? args.user.at(-1) : args.user;
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm });
+      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
       process.exit(status);
     }),
   };
