@@ -40,8 +40,11 @@ test('run passes the exit status on, options after the image belong to the comma
   const r = s.strata(['run', '--name', 'c1', 'base:1', 'sh', '-c', 'echo hi from $(hostname) pid $$; cat /etc/motd; exit 7']);
   t.is(r.status, 7, r.stderr);
   t.regex(r.stdout, /^hi from c1 pid 1\nWelcome/);
-  const ls = JSON.parse(s.ok(['container', 'ls', '--json'])) as { name: string; exitCode: number; state: string }[];
+  const ls = JSON.parse(s.ok(['container', 'ls', '--json'])) as { name: string; exitCode: number; state: string; upper: string }[];
   t.deepEqual(ls.map((c) => [c.name, c.state, c.exitCode]), [['c1', 'exited', 7]]);
+  // The command changed nothing: the resolv.conf made for the bind mount, and the copy-up of /etc
+  // it caused (overlay.origin xattr and all), are gone from the upper.
+  t.deepEqual(fs.readdirSync(ls[0]!.upper), []);
   // The command sees /proc of its own PID namespace, /sys, a /dev with the usual nodes, resolv.conf.
   const seen = s.ok(['run', '--rm', 'base:1', 'sh', '-c', 'ls /proc | grep -c "^[0-9]"; test -r /sys/kernel/uevent_seqnum && echo sys; ls /dev; test -f /etc/resolv.conf && echo resolv']);
   const lines = seen.trim().split('\n');

@@ -22,6 +22,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as N from '../native/index.js';
+import { isPrivateXattr } from '../union/whiteout.js';
 import { mountLayers, unmountIfMounted } from './container.js';
 import { withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
@@ -155,7 +156,10 @@ function removeResolvStub(upper: string, stub: ResolvStub): void {
     if (!stub.copiedUpEtc) return;
     const st = lstatSync(etc);
     const same = st.mode === stub.etc.mode && st.uid === stub.etc.uid && st.gid === stub.etc.gid;
-    if (same && readdirSync(etc).length === 0 && N.llistxattr(N.C.AT_FDCWD, etc).length === 0) rmdirSync(etc);
+    // The copy-up gave it overlay's own xattrs (overlay.origin): they describe the copy-up, not the
+    // directory, and a commit leaves them out; any other xattr is the command's.
+    const own = N.llistxattr(N.C.AT_FDCWD, etc).filter((x) => !isPrivateXattr(x));
+    if (same && readdirSync(etc).length === 0 && own.length === 0) rmdirSync(etc);
   } catch {
     // the command removed or replaced them: theirs now
   }
