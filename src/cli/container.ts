@@ -159,12 +159,23 @@ export const commitCommand: CommandModule = {
     const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
     const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
     const r = await withStore(await storeDirOf(args), (s) => commitChanges(s, args.container, args.tag, {
-      message: args.message, author: args.author, progress: (total) => byteProgress('commit', total),
+      message: args.message, author: args.author, progress: process.stderr.isTTY ? (total) => byteProgress('commit', total) : undefined,
     }));
     out(r.image.id);
     process.exit(0);
   }),
 };
+
+type ExportArgs = StoreArgs & { container: string; output: string };
+
+const exportHandler = guarded(async (args: ExportArgs) => {
+  if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
+  const { exportView } = await import('../image/export.js');
+  // The bar's total costs a walk of the whole view: only on a terminal, where a bar is drawn.
+  const progress = process.stderr.isTTY ? (total: number) => byteProgress('export', total) : undefined;
+  await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress });
+  process.exit(0);
+});
 
 export const exportCommand: CommandModule = {
   command: 'export <container>',
@@ -172,14 +183,38 @@ export const exportCommand: CommandModule = {
   builder: (y: Argv) => y
     .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or a strata mount point' })
     .options(EXPORT_OPTIONS),
-  handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; output: string };
-    if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
-    const { exportView } = await import('../image/export.js');
-    await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress: (total) => byteProgress('export', total) });
-    process.exit(0);
-  }),
+  handler: (a) => exportHandler(a as unknown as ExportArgs),
 };
+
+/**
+ * `strata export` in its plain spellings (one container, -o/--output FILE, --store DIR, each once;
+ * `--opt=value` too) without yargs, whose loading is a good part of a short export's time; anything
+ * else (help, a missing or unknown option, more arguments) goes to the full parser. Returns
+ * whether it handled the command.
+ */
+export async function plainExport(argv: readonly string[]): Promise<boolean> {
+  if (argv[0] !== 'export') return false;
+  const args: Partial<ExportArgs> = {};
+  const positional: string[] = [];
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    const [flag, inline] = a.startsWith('--') && eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
+    const key = flag === '-o' || flag === '--output' ? 'output' : flag === '--store' ? 'store' : null;
+    if (key) {
+      const value = inline ?? argv[++i];
+      if (value === undefined || args[key] !== undefined) return false;
+      args[key] = value;
+    } else if (a.startsWith('-') && a !== '-') {
+      return false;
+    } else {
+      positional.push(a);
+    }
+  }
+  if (positional.length !== 1 || args.output === undefined) return false;
+  await exportHandler({ ...args, container: positional[0]!, output: args.output });
+  return true;
+}
 
 export const containerCommand: CommandModule = {
   command: 'container',
