@@ -42,12 +42,18 @@ bin/strata: scripts/launcher.c
 	@mkdir -p bin
 	$(CC) -O2 -Wall -o $@ -DSTRATA_NODE='"$(NODE)"' -DSTRATA_MAIN='"$(ROOT)/dist/src/cli/main.js"' $<
 
+# What `strata run` execs as the container's pid 1: chroot, working directory, groups, gid, uid,
+# then the command (see scripts/run-exec.c).
+bin/strata-run-exec: scripts/run-exec.c
+	@mkdir -p bin
+	$(CC) -O2 -Wall -o $@ $<
+
 bin/mount.fuse.strata: scripts/mount.fuse.strata.sh
 	@mkdir -p bin
 	sed -e 's|@ROOT@|$(ROOT)|' scripts/mount.fuse.strata.sh > $@
 	chmod 755 $@
 
-build: native ts bin/strata bin/mount.fuse.strata
+build: native ts bin/strata bin/strata-run-exec bin/mount.fuse.strata
 
 demo: build
 	bash scripts/demo.sh

@@ -930,6 +930,24 @@ static napi_value fn_copyFileRange(napi_env env, napi_callback_info info) {
                    "copy_file_range", NULL);
 }
 
+/* fadvise(fd, offset, len, advice): posix_fadvise(2) (it returns the error number itself). */
+static napi_value fn_fadvise(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd;
+  int64_t off, len;
+  uint32_t advice;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_i64(env, argv[1], &off));
+  TRY(arg_i64(env, argv[2], &len));
+  TRY(arg_u32(env, argv[3], &advice));
+  int r = posix_fadvise(fd, (off_t)off, (off_t)len, (int)advice);
+  if (r != 0) {
+    errno = r;
+    return ret_void(env, -1, "posix_fadvise", NULL);
+  }
+  return ret_undef(env);
+}
+
 /* ficlone(destFd, srcFd) */
 static napi_value fn_ficlone(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -1842,6 +1860,7 @@ static const constant k_constants[] = {
     K(RESOLVE_BENEATH), K(RESOLVE_NO_MAGICLINKS), K(RESOLVE_NO_SYMLINKS),
     K(RESOLVE_NO_XDEV), K(RESOLVE_IN_ROOT),
     K(RENAME_NOREPLACE), K(RENAME_EXCHANGE), K(RENAME_WHITEOUT),
+    K(POSIX_FADV_WILLNEED), K(POSIX_FADV_SEQUENTIAL), K(POSIX_FADV_DONTNEED),
     K(UTIME_NOW), K(UTIME_OMIT),
     K(S_IFMT), K(S_IFREG), K(S_IFDIR), K(S_IFLNK), K(S_IFCHR), K(S_IFBLK),
     K(S_IFIFO), K(S_IFSOCK),
@@ -1885,7 +1904,7 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(pwrite), FN(copyFileRange), FN(ficlone), FN(ioctlBuf),
+    FN(pread), FN(pwrite), FN(copyFileRange), FN(fadvise), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},

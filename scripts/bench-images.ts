@@ -5,8 +5,10 @@
 //   commit  of a container that wrote 100 MiB     strata commit C T / podman commit C T
 //   save    strata image save T -o F              podman save -o F T
 //   export  strata export C -o F                  podman export -o F C
-// Medians and min–max of --runs N (default 3), and the ratio strata/podman per step.
-// Usage: node dist/scripts/bench-images.js [--runs N] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
+// Medians and min–max of --runs N (default 3), and the ratio strata/podman per step. --steps picks
+// the rows (e.g. --steps export): the others are then done untimed where a row needs them (the
+// container for commit and export, the commit for save) or skipped.
+// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,6 +28,9 @@ const runs = Number(arg('runs', '3'));
 const tmpBase = arg('tmp', '/var/tmp');
 const outDir = arg('out', 'bench-results');
 const rootfs = arg('rootfs', '/var/cache/strata/rootfs/l2:/var/cache/strata/rootfs/l1:/var/cache/strata/rootfs/l0');
+const steps = arg('steps', STEPS.join(',')).split(',') as Step[];
+for (const st of steps) if (!STEPS.includes(st)) throw new Error(`--steps: no step "${st}" (${STEPS.join(', ')})`);
+const want = (st: Step): boolean => steps.includes(st);
 
 function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): void {
   const r = spawnSync(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 3_600_000 });
@@ -58,6 +63,11 @@ function podmanIn(root: string): Podman {
 
 function podman(p: Podman, args: string[]): void {
   sh('podman', [...p.args, ...args], p.env);
+}
+
+/** `podman system reset`, whose failure (it sometimes cannot empty its own --tmpdir) cleanup() makes up for. */
+function podmanReset(p: Podman): void {
+  spawnSync('podman', [...p.args, 'system', 'reset', '-f'], { env: p.env, stdio: 'ignore', timeout: 600_000 });
 }
 
 function podmanTimed(p: Podman, args: string[]): number {
@@ -105,7 +115,7 @@ function main(): void {
     podman(seed, ['import', '-q', rootfsTar, 'localhost/bench:base']);
     const image = path.join(base, 'image.tar');
     podman(seed, ['save', '-o', image, 'localhost/bench:base']);
-    podman(seed, ['system', 'reset', '-f']);
+    podmanReset(seed);
     fs.rmSync(rootfsTar);
     const mib = fs.statSync(image).size / 2 ** 20;
     process.stderr.write(`image: ${mib.toFixed(0)} MiB docker-archive; ${runs} runs\n`);
@@ -114,30 +124,39 @@ function main(): void {
       const dir = path.join(base, `run${r}`);
       fs.mkdirSync(dir);
       // strata
+      /** Runs a step, timed when it is one of --steps. */
+      const step = (st: Step, side: 'strata' | 'podman', fn: (timedRun: boolean) => number | void): void => {
+        const t = fn(want(st));
+        if (want(st)) results[side][st].push(t as number);
+      };
+      const needContainer = want('commit') || want('save') || want('export');
+      const needCommit = want('commit') || want('save');
       const env = { ...process.env, STRATA_STORE: path.join(dir, 'store') };
-      results.strata.load.push(timed(STRATA, ['image', 'load', '-q', '-i', image], env));
-      sh(STRATA, ['run', '--name', 'c', 'localhost/bench:base', 'sh', '-c', WRITE_100M], env);
-      results.strata.commit.push(timed(STRATA, ['commit', 'c', 'localhost/bench:c'], env));
-      results.strata.save.push(timed(STRATA, ['image', 'save', 'localhost/bench:c', '-o', path.join(dir, 's-save.tar')], env));
-      results.strata.export.push(timed(STRATA, ['export', 'c', '-o', path.join(dir, 's-export.tar')], env));
+      const strata = (timedRun: boolean, args: string[]): number | void => (timedRun ? timed(STRATA, args, env) : sh(STRATA, args, env));
+      step('load', 'strata', (tr) => strata(tr, ['image', 'load', '-q', '-i', image]));
+      if (needContainer) sh(STRATA, ['run', '--name', 'c', 'localhost/bench:base', 'sh', '-c', WRITE_100M], env);
+      if (needCommit) step('commit', 'strata', (tr) => strata(tr, ['commit', 'c', 'localhost/bench:c']));
+      if (want('save')) step('save', 'strata', (tr) => strata(tr, ['image', 'save', 'localhost/bench:c', '-o', path.join(dir, 's-save.tar')]));
+      if (want('export')) step('export', 'strata', (tr) => strata(tr, ['export', 'c', '-o', path.join(dir, 's-export.tar')]));
       // podman
       const p = podmanIn(path.join(dir, 'podman'));
-      results.podman.load.push(podmanTimed(p, ['load', '-q', '-i', image]));
-      podman(p, ['run', '--name', 'c', ...LIMITS, 'localhost/bench:base', 'sh', '-c', WRITE_100M]);
-      results.podman.commit.push(podmanTimed(p, ['commit', '-q', 'c', 'localhost/bench:c']));
-      results.podman.save.push(podmanTimed(p, ['save', '-o', path.join(dir, 'p-save.tar'), 'localhost/bench:c']));
-      results.podman.export.push(podmanTimed(p, ['export', '-o', path.join(dir, 'p-export.tar'), 'c']));
+      const pod = (timedRun: boolean, args: string[]): number | void => (timedRun ? podmanTimed(p, args) : podman(p, args));
+      step('load', 'podman', (tr) => pod(tr, ['load', '-q', '-i', image]));
+      if (needContainer) podman(p, ['run', '--name', 'c', ...LIMITS, 'localhost/bench:base', 'sh', '-c', WRITE_100M]);
+      if (needCommit) step('commit', 'podman', (tr) => pod(tr, ['commit', '-q', 'c', 'localhost/bench:c']));
+      if (want('save')) step('save', 'podman', (tr) => pod(tr, ['save', '-o', path.join(dir, 'p-save.tar'), 'localhost/bench:c']));
+      if (want('export')) step('export', 'podman', (tr) => pod(tr, ['export', '-o', path.join(dir, 'p-export.tar'), 'c']));
       podman(p, ['rm', '-af']);
-      podman(p, ['system', 'reset', '-f']);
+      podmanReset(p);
       cleanup(dir);
-      process.stderr.write(`run ${r + 1}/${runs}: ${STEPS.map((st) => `${st} ${results.strata[st][r]!.toFixed(2)} s vs ${results.podman[st][r]!.toFixed(2)} s`).join(', ')}\n`);
+      process.stderr.write(`run ${r + 1}/${runs}: ${steps.map((st) => `${st} ${results.strata[st][r]!.toFixed(2)} s vs ${results.podman[st][r]!.toFixed(2)} s`).join(', ')}\n`);
     }
   } finally {
     cleanup(base);
   }
   const fmt = (xs: number[]): string => `${median(xs).toFixed(2)} s (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
   const lines = ['| step | strata | podman | strata / podman |', '|---|---|---|---|'];
-  for (const step of STEPS) {
+  for (const step of steps) {
     const s = results.strata[step];
     const p = results.podman[step];
     lines.push(`| ${step} | ${fmt(s)} | ${fmt(p)} | ${(median(s) / median(p)).toFixed(2)}× |`);

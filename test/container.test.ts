@@ -6,9 +6,10 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { compareTrees } from './helpers/compare.js';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { runOk, sleep } from './helpers/exec.js';
 import { strataBin } from './helpers/paths.js';
+import { dockerArchive, makeTar } from './helpers/image-store.js';
 import { rootfsTar, testStore, type TestStore } from './helpers/images.js';
 import { kernelOverlay, mountsUnder, strataUnmount } from './helpers/mounts.js';
 import { processesTagged, taggedEnv } from './helpers/processes.js';
@@ -40,8 +41,11 @@ test('run passes the exit status on, options after the image belong to the comma
   const r = s.strata(['run', '--name', 'c1', 'base:1', 'sh', '-c', 'echo hi from $(hostname) pid $$; cat /etc/motd; exit 7']);
   t.is(r.status, 7, r.stderr);
   t.regex(r.stdout, /^hi from c1 pid 1\nWelcome/);
-  const ls = JSON.parse(s.ok(['container', 'ls', '--json'])) as { name: string; exitCode: number; state: string }[];
+  const ls = JSON.parse(s.ok(['container', 'ls', '--json'])) as { name: string; exitCode: number; state: string; upper: string }[];
   t.deepEqual(ls.map((c) => [c.name, c.state, c.exitCode]), [['c1', 'exited', 7]]);
+  // The command changed nothing: the resolv.conf made for the bind mount, and the copy-up of /etc
+  // it caused (overlay.origin xattr and all), are gone from the upper.
+  t.deepEqual(fs.readdirSync(ls[0]!.upper), []);
   // The command sees /proc of its own PID namespace, /sys, a /dev with the usual nodes, resolv.conf.
   const seen = s.ok(['run', '--rm', 'base:1', 'sh', '-c', 'ls /proc | grep -c "^[0-9]"; test -r /sys/kernel/uevent_seqnum && echo sys; ls /dev; test -f /etc/resolv.conf && echo resolv']);
   const lines = seen.trim().split('\n');
@@ -152,6 +156,59 @@ test('export equals a tar of the kernel overlay of the same layers', async (t) =
   t.deepEqual(mine.get('data/suid2')!.links, ['data/suid', 'data/suid2']);
   t.false(mine.has('data/a-link'));
   // A running mount is exported as it is; an unmounted container was mounted and unmounted again.
+  assertClean(t, s);
+});
+
+test('export of a container that is not mounted (its layers merged directly) is byte for byte the export of a strata mount of them', async (t) => {
+  const base = tempDir(t, 'ex');
+  // A layer over the base with whiteouts and an opaque directory (kernel format once stored).
+  const l1 = path.join(base, 'l1.tar');
+  fs.writeFileSync(l1, await makeTar([
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/.wh.hostname' },
+    { name: 'etc/l1.conf', data: 'from l1\n' },
+    { name: 'var/', type: 'directory' },
+    { name: 'var/www/', type: 'directory' },
+    { name: 'var/www/.wh..wh..opq' },
+    { name: 'var/www/l1-only', data: 'l1\n' },
+  ]));
+  const archive = path.join(base, 'img.tar');
+  dockerArchive(base, [{ tags: ['two:1'], layers: [rootfsTar(t, base), l1] }], archive);
+  const s = testStore(t, base);
+  s.ok(['image', 'load', '-i', archive]);
+  s.ok(['run', '--name', 'e', 'two:1', 'sh', '-c', [
+    'rm /etc/motd /var/www/l1-only', 'rm -r /usr/share/doc/legacy', 'mkdir /usr/share/doc/legacy', 'echo x > /usr/share/doc/legacy/new',
+    'echo changed > /data/a', 'echo new > /etc/new.conf', 'ln /etc/new.conf /etc/new-link', 'mkdir -p /srv/x', 'echo f > /srv/x/f',
+    'mknod /data/zero c 1 5', 'chmod 600 /data/suid', 'head -c 300000 /bin/busybox > /srv/big',
+  ].join('; ')]);
+  const direct = path.join(base, 'direct.tar');
+  s.ok(['export', 'e', '-o', direct]);
+  t.deepEqual(mountsUnder(s.dir), [], 'nothing was mounted for it');
+  const rec = (JSON.parse(s.ok(['container', 'ls', '--json'])) as { upper: string }[])[0]!;
+  const lowers = [rec.upper, ...s.ok(['image', 'lowerdir', 'two:1']).trim().split(':')];
+  const m = fs.mkdtempSync(path.join(base, 'm'));
+  s.ok(['mount', '-o', `lowerdir=${lowers.join(':')}`, m]);
+  const mounted = path.join(base, 'mounted.tar');
+  try {
+    s.ok(['export', m, '-o', mounted]);
+  } finally {
+    strataUnmount(m);
+  }
+  t.true(fs.readFileSync(direct).equals(fs.readFileSync(mounted)), 'the same bytes');
+  // And what they hold: the kernel's overlay of the same layers.
+  const kmnt = kernelOverlay(t, { lowers, mountpoint: fs.mkdtempSync(path.join(base, 'k')) });
+  const ktar = path.join(base, 'kernel.tar');
+  runOk('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', kmnt, '-cf', ktar, '.']);
+  const [mine, kernel] = await Promise.all([tarEntries(direct), tarEntries(ktar)]);
+  t.deepEqual(diffTarEntries(mine, kernel), []);
+  for (const gone of ['etc/motd', 'etc/hostname', 'var/www/old.html', 'var/www/l1-only', 'usr/share/doc/legacy/NOTES']) t.false(mine.has(gone), gone);
+  t.deepEqual(mine.get('etc/new-link')!.links, ['etc/new-link', 'etc/new.conf']);
+  t.is(mine.get('data/a')!.xattrs['user.note'], Buffer.from('kept').toString('hex'), 'xattrs of a copied-up file');
+  t.is(mine.get('srv/big')!.size, 300000);
+  // Standard output: the same tar.
+  const r = spawnSync(strataBin, ['export', 'e', '-o', '-'], { env: s.env, maxBuffer: 1 << 30 });
+  t.is(r.status, 0);
+  t.true(r.stdout.equals(fs.readFileSync(direct)), '-o - writes the same bytes');
   assertClean(t, s);
 });
 

@@ -456,7 +456,7 @@ test('ftruncate / fsync / fdatasync / syncfs / fallocate / lseek SEEK_DATA+SEEK_
   t.is(errOf(() => N.ftruncate(fd, -1)).code, 'EINVAL');
 });
 
-test('copyFileRange copies; ficlone reflinks or reports an errno error', (t) => {
+test('copyFileRange copies; fadvise takes advice; ficlone reflinks or reports an errno error', (t) => {
   const { dfd } = tmp(t);
   const src = open(t, dfd, 'src', C.O_RDWR | C.O_CREAT);
   const dst = open(t, dfd, 'dst', C.O_RDWR | C.O_CREAT);
@@ -480,6 +480,14 @@ test('copyFileRange copies; ficlone reflinks or reports an errno error', (t) => 
   t.is(N.lseek(src, 0, C.SEEK_CUR), 15);
   t.is(N.lseek(dst, 0, C.SEEK_CUR), 5);
   t.is(errOf(() => N.copyFileRange(src, 0, dst, 0, 1, 1)).code, 'EINVAL');
+
+  // posix_fadvise returns its error number instead of setting errno: still an errno error here.
+  N.fadvise(src, 0, 0, C.POSIX_FADV_WILLNEED);
+  N.fadvise(src, 0, 4096, C.POSIX_FADV_DONTNEED);
+  const bad = errOf(() => N.fadvise(src, 0, 0, 12345));
+  t.is(bad.code, 'EINVAL');
+  t.is(bad.syscall, 'posix_fadvise');
+  t.is(errOf(() => N.fadvise(-1, 0, 0, C.POSIX_FADV_WILLNEED)).code, 'EBADF');
 
   const clone = open(t, dfd, 'clone', C.O_RDWR | C.O_CREAT);
   try {

@@ -27,6 +27,7 @@ type Options = Readonly<Record<string, OptionDef>>;
 const RUN_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
   rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User: name, uid, name:group or uid:gid (names from the container\'s /etc/passwd and /etc/group)' },
   store: storeOption,
 } as const;
 const COMMIT_OPTIONS = {
@@ -95,7 +96,7 @@ export function unknownOption(argv: readonly string[], more: Record<string, Opti
  */
 export function splitRunArgv(argv: readonly string[]): { head: string[]; command: string[] } {
   if (argv[0] !== 'run') return { head: [...argv], command: [] };
-  const takesValue = new Set(Object.entries(RUN_OPTIONS).filter(([, d]) => d.type === 'string').map(([k]) => k));
+  const takesValue = new Set(Object.entries(RUN_OPTIONS as Options).filter(([, d]) => d.type === 'string').flatMap(([k, d]) => (d.alias ? [k, d.alias] : [k])));
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') return { head: [...argv.slice(0, i), ...argv.slice(i + 1, i + 2)], command: argv.slice(i + 2) };
@@ -137,9 +138,11 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean };
+      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean; user?: string | string[] };
+      // Given twice: the last one counts (as with docker run).
+      const user = Array.isArray(args.user) ? args.user.at(-1) : args.user;
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm });
+      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
       process.exit(status);
     }),
   };
@@ -156,12 +159,23 @@ export const commitCommand: CommandModule = {
     const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
     const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
     const r = await withStore(await storeDirOf(args), (s) => commitChanges(s, args.container, args.tag, {
-      message: args.message, author: args.author, progress: (total) => byteProgress('commit', total),
+      message: args.message, author: args.author, progress: process.stderr.isTTY ? (total) => byteProgress('commit', total) : undefined,
     }));
     out(r.image.id);
     process.exit(0);
   }),
 };
+
+type ExportArgs = StoreArgs & { container: string; output: string };
+
+const exportHandler = guarded(async (args: ExportArgs) => {
+  if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
+  const { exportView } = await import('../image/export.js');
+  // The bar's total costs a walk of the whole view: only on a terminal, where a bar is drawn.
+  const progress = process.stderr.isTTY ? (total: number) => byteProgress('export', total) : undefined;
+  await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress });
+  process.exit(0);
+});
 
 export const exportCommand: CommandModule = {
   command: 'export <container>',
@@ -169,14 +183,38 @@ export const exportCommand: CommandModule = {
   builder: (y: Argv) => y
     .positional('container', { type: 'string', demandOption: true, describe: 'container name or ID, or a strata mount point' })
     .options(EXPORT_OPTIONS),
-  handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; output: string };
-    if (args.output === '-' && process.stdout.isTTY) throw new Error('refusing to write a tar to a terminal: give -o FILE');
-    const { exportView } = await import('../image/export.js');
-    await exportView({ store: await storeDirOf(args), ref: args.container, output: args.output, progress: (total) => byteProgress('export', total) });
-    process.exit(0);
-  }),
+  handler: (a) => exportHandler(a as unknown as ExportArgs),
 };
+
+/**
+ * `strata export` in its plain spellings (one container, -o/--output FILE, --store DIR, each once;
+ * `--opt=value` too) without yargs, whose loading is a good part of a short export's time; anything
+ * else (help, a missing or unknown option, more arguments) goes to the full parser. Returns
+ * whether it handled the command.
+ */
+export async function plainExport(argv: readonly string[]): Promise<boolean> {
+  if (argv[0] !== 'export') return false;
+  const args: Partial<ExportArgs> = {};
+  const positional: string[] = [];
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    const [flag, inline] = a.startsWith('--') && eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
+    const key = flag === '-o' || flag === '--output' ? 'output' : flag === '--store' ? 'store' : null;
+    if (key) {
+      const value = inline ?? argv[++i];
+      if (value === undefined || args[key] !== undefined) return false;
+      args[key] = value;
+    } else if (a.startsWith('-') && a !== '-') {
+      return false;
+    } else {
+      positional.push(a);
+    }
+  }
+  if (positional.length !== 1 || args.output === undefined) return false;
+  await exportHandler({ ...args, container: positional[0]!, output: args.output });
+  return true;
+}
 
 export const containerCommand: CommandModule = {
   command: 'container',

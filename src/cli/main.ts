@@ -147,6 +147,8 @@ async function main(): Promise<void> {
   } else {
     const args = parseMountArgv(argv);
     if (args) return void (await mountCommand(args));
+    // `strata export C -o F` needs none of yargs either.
+    if (argv[0] === 'export' && (await (await import('./container.js')).plainExport(argv))) return;
   }
   const { imageCommand } = await import('./image.js');
   const { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } =

@@ -4,22 +4,29 @@
 //    directories in the store). The store is closed again: LevelDB admits one process, and the
 //    command may run for hours while other strata commands need the store.
 // 2. Mount the image's layers and the upper with strata at the container's merged directory.
-// 3. Run the command in new mount, PID and UTS namespaces (util-linux unshare): a host shell
+// 3. Resolve the user (the image's User or --user) in the container's /etc/passwd and /etc/group
+//    (src/image/user.ts): uid, gid, supplementary groups, HOME unless the image's Env sets it.
+// 4. Run the command in new mount, PID and UTS namespaces (util-linux unshare): a host shell
 //    mounts /proc, /sys (read-only), a small /dev (tmpfs with the usual nodes, its own devpts) and
 //    binds the host's resolv.conf over the container's, all inside the new mount namespace (they
-//    vanish with it); then `unshare --root --wd` chroots into the merged view and execs the command
-//    with the image's environment.
-// 4. Whatever happens (the command fails, is killed, strata run gets SIGINT/SIGTERM), unmount the
+//    vanish with it); then bin/strata-run-exec (scripts/run-exec.c) chroots into the merged view,
+//    enters the image's WorkingDir (made if missing, as podman does), takes the user's groups,
+//    gid and uid, and execs the command with the image's environment.
+// 5. Whatever happens (the command fails, is killed, strata run gets SIGINT/SIGTERM), unmount the
 //    container, record its exit status (or remove it with --rm), and exit with the command's status.
+//    A user that cannot be resolved is refused before anything runs: the container is removed.
 
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import * as N from '../native/index.js';
+import { isPrivateXattr } from '../union/whiteout.js';
 import { mountLayers, unmountIfMounted } from './container.js';
 import { withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
+import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -31,7 +38,12 @@ export interface RunOptions {
   command: string[];
   name?: string;
   rm: boolean;
+  /** --user: overrides the image's User (same syntax: user, uid, user:group, uid:gid). */
+  user?: string;
 }
+
+/** The program that enters the container and execs the command (scripts/run-exec.c, built by make). */
+const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
 
 /** The command line to run: Entrypoint + (the given command, else Cmd), as Docker builds it. */
 export function containerArgv(config: ImageConfig, command: readonly string[]): string[] {
@@ -42,9 +54,12 @@ export function containerArgv(config: ImageConfig, command: readonly string[]): 
   return argv;
 }
 
-/** The environment of the command: the image's Env, PATH, HOSTNAME, HOME and the host's TERM. */
-export function containerEnv(config: ImageConfig, hostname: string): Record<string, string> {
-  const env: Record<string, string> = { PATH: DEFAULT_PATH, HOSTNAME: hostname, HOME: '/root' };
+/**
+ * The environment of the command: the image's Env, PATH, HOSTNAME, HOME (the user's home directory
+ * from /etc/passwd unless Env sets it) and the host's TERM.
+ */
+export function containerEnv(config: ImageConfig, hostname: string, home = '/root'): Record<string, string> {
+  const env: Record<string, string> = { PATH: DEFAULT_PATH, HOSTNAME: hostname, HOME: home };
   if (process.env.TERM) env.TERM = process.env.TERM;
   for (const kv of config.config?.Env ?? []) {
     const i = kv.indexOf('=');
@@ -54,11 +69,12 @@ export function containerEnv(config: ImageConfig, hostname: string): Record<stri
 }
 
 // Runs as pid 1 of the new PID namespace, in the new mount namespace, before the chroot.
-// $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir; then the command.
+// $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir,
+// $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups; then the command.
 const SETUP = String.raw`
 set -e
-root=$1 host=$2 resolv=$3 wd=$4
-shift 4
+root=$1 host=$2 resolv=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
+shift 9
 mount --make-rprivate /
 if [ -d "$root/proc" ] && [ ! -L "$root/proc" ]; then mount -t proc -o nosuid,nodev,noexec proc "$root/proc"; fi
 if [ -d "$root/sys" ] && [ ! -L "$root/sys" ]; then mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"; fi
@@ -78,7 +94,8 @@ EOF
 fi
 if [ -n "$resolv" ]; then mount --bind "$resolv" "$root/etc/resolv.conf"; fi
 if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
-exec unshare --root="$root" --wd="$wd" -- "$@"
+export PATH="$cpath"
+exec "$runexec" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
 `;
 
 /** The host's resolv.conf (resolved), if there is a regular file to give the container. */
@@ -139,7 +156,10 @@ function removeResolvStub(upper: string, stub: ResolvStub): void {
     if (!stub.copiedUpEtc) return;
     const st = lstatSync(etc);
     const same = st.mode === stub.etc.mode && st.uid === stub.etc.uid && st.gid === stub.etc.gid;
-    if (same && readdirSync(etc).length === 0 && N.llistxattr(N.C.AT_FDCWD, etc).length === 0) rmdirSync(etc);
+    // The copy-up gave it overlay's own xattrs (overlay.origin): they describe the copy-up, not the
+    // directory, and a commit leaves them out; any other xattr is the command's.
+    const own = N.llistxattr(N.C.AT_FDCWD, etc).filter((x) => !isPrivateXattr(x));
+    if (same && readdirSync(etc).length === 0 && own.length === 0) rmdirSync(etc);
   } catch {
     // the command removed or replaced them: theirs now
   }
@@ -159,14 +179,16 @@ function childPids(pid: number): number[] {
 }
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
-function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null): Promise<number> {
+function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
+  user: ExecUser): Promise<number> {
   const hostname = rec.name.slice(0, 63);
   const child = spawn('unshare', ['--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
-    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, ...argv], {
+    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
+    String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: 'inherit',
-    // The host tools (mount, mknod, unshare) are found on the host's PATH; the chroot's exec
-    // then searches the container's PATH.
-    env: { ...env, PATH: `${env.PATH ?? DEFAULT_PATH}:${DEFAULT_PATH}` },
+    // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
+    // container's, on which strata-run-exec searches the command after the chroot.
+    env: { ...env, PATH: DEFAULT_PATH },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: unshare itself blocks
   // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
@@ -202,14 +224,19 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
 
 /** `strata run`: returns the exit status to pass on. */
 export async function runContainer(opts: RunOptions): Promise<number> {
-  const { rec, lowerdirs, config } = await withStore(opts.store, async (s) => {
+  if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
+  const { rec, lowerdirs, config, userSpec } = await withStore(opts.store, async (s) => {
     const image = await s.resolveImage(opts.image);
     const argvCheck = containerArgv(image.config, opts.command);
+    const userSpec = opts.user ?? image.config.config?.User ?? '';
+    parseUserSpec(userSpec);
     const rec = await s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argvCheck });
-    return { rec, lowerdirs: s.lowerDirs(image), config: image.config };
+    return { rec, lowerdirs: s.lowerDirs(image), config: image.config, userSpec };
   });
   let status = 125;
   let stub: ResolvStub | null = null;
+  // Nothing ran (the user could not be resolved): the container goes, as if it had never been made.
+  let refused = false;
   // A stop signal before the command runs (while mounting): do not start it, clean up.
   let stopped = false;
   const early = (): void => {
@@ -218,21 +245,28 @@ export async function runContainer(opts: RunOptions): Promise<number> {
   for (const sig of STOP_SIGNALS) process.on(sig, early);
   try {
     mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
+    let user: ExecUser;
+    try {
+      user = containerUser(rec.merged, userSpec);
+    } catch (e) {
+      refused = true;
+      throw e;
+    }
     const resolv = hostResolvConf();
     const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
     if (prepared !== null && prepared !== 'exists') stub = prepared;
     const wd = config.config?.WorkingDir || '/';
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (stopped) status = 130;
-    else status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name), wd, prepared === null ? null : resolv);
+    else status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name, user.home), wd, prepared === null ? null : resolv, user);
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
-    await finishRun(opts, rec, status, stub);
+    await finishRun(opts, rec, status, stub, refused);
   }
   return status;
 }
 
-async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, stub: ResolvStub | null): Promise<void> {
+async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, stub: ResolvStub | null, refused: boolean): Promise<void> {
   try {
     await unmountIfMounted(rec.merged);
   } catch (e) {
@@ -240,7 +274,7 @@ async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number,
   }
   if (stub) removeResolvStub(rec.upper, stub);
   await withStore(opts.store, async (s) => {
-    if (opts.rm) await s.removeContainer(rec.id);
+    if (opts.rm || refused) await s.removeContainer(rec.id);
     else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString() });
   });
 }

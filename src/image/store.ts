@@ -31,7 +31,6 @@ import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Level } from 'level';
 import { allRecords, processAlive } from '../daemon/registry.js';
-import { ingestLayer } from './layer_ingest.js';
 import {
   chainId, digestHex, type HistoryEntry, type ImageConfig, ImageError, type Manifest, MEDIA, sha256Digest,
 } from './types.js';
@@ -271,6 +270,8 @@ export class Store {
   async addLayer(parent: string | null, input: Readable, opts: AddLayerOptions = {}): Promise<LayerRecord> {
     if (parent !== null && !(await this.layer(parent))) throw new ImageError(`parent layer ${parent} is not in the store`);
     const known = opts.expectDiffId ? await this.layer(chainId(parent, opts.expectDiffId)) : undefined;
+    // Imported here: the tar reader is not needed by the commands that only read the store.
+    const { ingestLayer } = await import('./layer_ingest.js');
     const r = await ingestLayer(this, parent, input, opts, known !== undefined && this.hasBlob(known.digest));
     const chain = chainId(parent, r.diffId);
     const existing = await this.layer(chain);

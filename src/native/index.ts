@@ -63,6 +63,7 @@ const CONSTANT_NAMES = [
   'RESOLVE_BENEATH', 'RESOLVE_NO_MAGICLINKS', 'RESOLVE_NO_SYMLINKS', 'RESOLVE_NO_XDEV',
   'RESOLVE_IN_ROOT',
   'RENAME_NOREPLACE', 'RENAME_EXCHANGE', 'RENAME_WHITEOUT',
+  'POSIX_FADV_WILLNEED', 'POSIX_FADV_SEQUENTIAL', 'POSIX_FADV_DONTNEED',
   'UTIME_NOW', 'UTIME_OMIT',
   'S_IFMT', 'S_IFREG', 'S_IFDIR', 'S_IFLNK', 'S_IFCHR', 'S_IFBLK', 'S_IFIFO', 'S_IFSOCK',
   'XATTR_CREATE', 'XATTR_REPLACE',
@@ -124,6 +125,7 @@ interface NativeBinding {
   lseek(fd: number, offset: number, whence: number): number;
   pread(fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number): number;
   pwrite(fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number): number;
+  fadvise(fd: number, offset: number, len: number, advice: number): void;
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
     len: number, flags: number): number;
   ficlone(destFd: number, srcFd: number): void;
@@ -309,6 +311,8 @@ export const pwrite: (fd: number, buf: Uint8Array, bufOffset: number, length: nu
 /** copy_file_range(2); a null offset uses (and advances) that fd's file offset. */
 export const copyFileRange: (fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
   len: number, flags: number) => number = native.copyFileRange;
+/** posix_fadvise(2), e.g. POSIX_FADV_WILLNEED: start reading [offset, offset+len) into the page cache (len 0: to the end). */
+export const fadvise: (fd: number, offset: number, len: number, advice: number) => void = native.fadvise;
 /** ioctl(destFd, FICLONE, srcFd): reflink the whole file. */
 export const ficlone: (destFd: number, srcFd: number) => void = native.ficlone;
 /** ioctl(fd, request, buf) for requests that take a pointer (buf is read and written); the request's size must fit. */

@@ -1,0 +1,117 @@
+/* bin/strata-run-exec: the last step of `strata run` (see src/image/run.ts), run as pid 1 of the
+ * container's namespaces once /proc, /sys and /dev are mounted:
+ *
+ *   strata-run-exec ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *
+ * chroot(ROOT); chdir(WORKDIR) inside it, creating it when it is missing (parents root:root 0755,
+ * the directory itself UID:GID 0755, as podman does for an image's WorkingDir); then the
+ * supplementary groups (GROUPS: comma-separated gids, may be empty), the gid and the uid; then
+ * exec COMMAND, searched on the container's PATH (the environment is the container's). The ids
+ * are numbers, resolved beforehand from the container's /etc/passwd and /etc/group.
+ *
+ * Neither util-linux's unshare --root (its --setuid/--setgid drop every supplementary group) nor
+ * coreutils' chroot (no working directory) can do this, and after the chroot no host tool can
+ * run. Exit status when COMMAND cannot run: 127 when it is not found, 126 otherwise (as a shell,
+ * unshare and docker report it); 125 when the container cannot be entered. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *prog = "strata";
+
+static int fail(int status, const char *what, const char *arg) {
+  fprintf(stderr, "%s: %s%s%s: %s\n", prog, what, arg ? " " : "", arg ? arg : "", strerror(errno));
+  return status;
+}
+
+static int parse_id(const char *s, unsigned long *out) {
+  char *end;
+  if (*s < '0' || *s > '9') return -1;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno || *end || v > 0x7fffffffUL) return -1;
+  *out = v;
+  return 0;
+}
+
+/* mkdir -p of an absolute path (inside the chroot); the last component gets uid:gid. */
+static int make_workdir(const char *wd, uid_t uid, gid_t gid) {
+  char *p = strdup(wd);
+  if (!p) return -1;
+  for (char *s = p + 1;; s++) {
+    if (*s != '/' && *s != '\0') continue;
+    char c = *s;
+    *s = '\0';
+    int last = c == '\0' || s[1] == '\0';
+    if (mkdir(p, 0755) == 0) {
+      if (chmod(p, 0755) != 0 || (last && chown(p, uid, gid) != 0)) {
+        free(p);
+        return -1;
+      }
+    } else if (errno != EEXIST) {
+      free(p);
+      return -1;
+    }
+    if (c == '\0' || last) break;
+    *s = c;
+  }
+  free(p);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 7) {
+    fprintf(stderr, "usage: %s ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    return 125;
+  }
+  const char *root = argv[1], *wd = argv[2], *groups = argv[5];
+  unsigned long uid, gid;
+  if (parse_id(argv[3], &uid) || parse_id(argv[4], &gid)) {
+    fprintf(stderr, "%s: bad uid or gid: %s:%s\n", prog, argv[3], argv[4]);
+    return 125;
+  }
+  size_t ngroups = 0;
+  gid_t *gids = calloc(strlen(groups) / 2 + 1, sizeof(gid_t));
+  if (!gids) return 125;
+  for (const char *g = groups; *g;) {
+    const char *comma = strchr(g, ',');
+    size_t n = comma ? (size_t)(comma - g) : strlen(g);
+    char buf[16];
+    unsigned long v;
+    if (n == 0 || n >= sizeof buf) {
+      fprintf(stderr, "%s: bad group list: %s\n", prog, groups);
+      return 125;
+    }
+    memcpy(buf, g, n);
+    buf[n] = '\0';
+    if (parse_id(buf, &v)) {
+      fprintf(stderr, "%s: bad group list: %s\n", prog, groups);
+      return 125;
+    }
+    gids[ngroups++] = (gid_t)v;
+    g += n + (comma ? 1 : 0);
+  }
+
+  if (chroot(root) != 0) return fail(125, "cannot chroot to", root);
+  if (chdir("/") != 0) return fail(125, "cannot enter", root);
+  if (wd[0] != '/') {
+    fprintf(stderr, "%s: the working directory must be absolute: %s\n", prog, wd);
+    return 125;
+  }
+  /* As root, before the ids change (runc does the same): a working directory the user may not
+   * search is still entered. */
+  if (chdir(wd) != 0) {
+    if (errno != ENOENT || make_workdir(wd, (uid_t)uid, (gid_t)gid) != 0 || chdir(wd) != 0)
+      return fail(125, "cannot enter the working directory", wd);
+  }
+  if (setgroups(ngroups, gids) != 0) return fail(125, "cannot set the supplementary groups", groups);
+  if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) return fail(125, "cannot set gid", argv[4]);
+  if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return fail(125, "cannot set uid", argv[3]);
+  execvp(argv[6], argv + 6);
+  return fail(errno == ENOENT ? 127 : 126, "cannot run", argv[6]);
+}

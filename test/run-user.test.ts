@@ -1,0 +1,138 @@
+// strata run as the image's User, or as --user/-u: uid, gid, supplementary groups and HOME from the
+// container's /etc/passwd and /etc/group, as podman gives them for the same image (podman import
+// --change USER=...,WORKDIR=...,ENV=..., saved and loaded into strata); the image's WorkingDir
+// (made when missing, owned by the user, as podman makes it) and Env; an unknown user or group is
+// one line, exit 125, and no container left; the files are read inside the container's root.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, runOk } from './helpers/exec.js';
+import { PODMAN_RUN, type Podman, privatePodman, resetPodman, tarDir } from './helpers/image-store.js';
+import { buildRootfs, testStore, type TestStore } from './helpers/images.js';
+import { mountsUnder } from './helpers/mounts.js';
+import { tempDir } from './helpers/tmp.js';
+
+const PASSWD = `root:x:0:0:root:/root:/bin/sh
+alice:x:1000:1001:Alice:/home/alice:/bin/sh
+bob:x:1002:1002::/home/bob:/bin/sh
+`;
+const GROUP = `root:x:0:
+wheel:x:10:root,alice
+staff:x:50:alice,bob
+alicegrp:x:1001:
+bob:x:1002:
+devs:x:2000:alice
+`;
+
+/** What the command prints: ids (groups sorted), HOME and FOO, the working directory and its owners. */
+const PROBE = 'id -u; id -g; echo $(id -G | tr " " "\\n" | sort -n); echo "HOME=$HOME FOO=$FOO"; pwd; stat -c "%u:%g %a" /srv/work /srv/work/deep';
+
+function rootfs(root: string): void {
+  buildRootfs(root);
+  for (const a of ['id', 'tr', 'sort']) fs.symlinkSync('busybox', path.join(root, 'bin', a));
+  fs.writeFileSync(path.join(root, 'etc/passwd'), PASSWD);
+  fs.writeFileSync(path.join(root, 'etc/group'), GROUP);
+  fs.mkdirSync(path.join(root, 'home/alice'), { recursive: true });
+  fs.chmodSync(path.join(root, 'tmp'), 0o1777);
+}
+
+interface Fixture {
+  s: TestStore;
+  podman: Podman;
+}
+
+/** The image localhost/users:1 (User alice, WorkingDir /srv/work/deep, Env FOO=bar) in podman and in a strata store. */
+function fixture(t: ExecutionContext): Fixture {
+  const base = tempDir(t, 'ru');
+  rootfs(path.join(base, 'rootfs'));
+  const podman = privatePodman(base);
+  t.teardown(() => resetPodman(podman));
+  const ok = (args: readonly string[]): string => {
+    const r = podman(args);
+    if (r.status !== 0) throw new Error(`podman ${args.join(' ')}: ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  ok(['import', '--change', 'USER=alice', '--change', 'WORKDIR=/srv/work/deep', '--change', 'ENV FOO=bar',
+    tarDir(path.join(base, 'rootfs'), path.join(base, 'rootfs.tar')), 'localhost/users:1']);
+  const archive = path.join(base, 'users.tar');
+  ok(['save', '-o', archive, 'localhost/users:1']);
+  const s = testStore(t, base);
+  s.ok(['image', 'load', '-i', archive]);
+  const config = (JSON.parse(s.ok(['image', 'inspect', 'users:1'])) as { Config: { User: string; WorkingDir: string } }[])[0]!.Config;
+  t.is(config.User, 'alice');
+  t.is(config.WorkingDir, '/srv/work/deep');
+  return { s, podman };
+}
+
+test.before(() => {
+  if (run('sh', ['-c', 'command -v podman']).status !== 0) throw new Error('podman is not installed (make system-deps installs it)');
+});
+
+test('the image\'s User and --user/-u give the ids, groups, HOME and working directory podman gives', (t) => {
+  const { s, podman } = fixture(t);
+  const mine = (spec: string | null): string => s.ok(['run', '--rm', ...(spec === null ? [] : ['--user', spec]), 'users:1', 'sh', '-c', PROBE]);
+  // What we expect, written out: the image's User (alice, in 4 groups by /etc/group), and an
+  // explicit group (no supplementary groups).
+  t.is(mine(null), '1000\n1001\n10 50 1001 2000\nHOME=/home/alice FOO=bar\n/srv/work/deep\n0:0 755\n1000:1001 755\n');
+  t.is(mine('bob:staff'), '1002\n50\n50\nHOME=/home/bob FOO=bar\n/srv/work/deep\n0:0 755\n1002:50 755\n');
+  // A uid without a passwd entry: gid 0, HOME /.
+  t.is(mine('4242'), '4242\n0\n0\nHOME=/ FOO=bar\n/srv/work/deep\n0:0 755\n4242:0 755\n');
+  for (const spec of [null, '0', 'root', 'alice', '1000', '1000:1000', 'alice:staff', 'bob', '1002', '4242', '4242:50', 'root:devs', ':50', 'bob:2000']) {
+    const theirs = podman(['run', '--rm', ...PODMAN_RUN, ...(spec === null ? [] : ['--user', spec]), 'localhost/users:1', 'sh', '-c', PROBE]);
+    t.is(theirs.status, 0, `podman --user ${String(spec)}: ${theirs.stderr}`);
+    // One difference, kept on purpose: for a uid that /etc/passwd lacks, podman writes an entry
+    // into the container's /etc/passwd with the working directory as its home, and HOME follows;
+    // strata, like Docker, changes no file and sets HOME=/.
+    const expected = spec?.startsWith('4242') ? theirs.stdout.replace('HOME=/srv/work/deep ', 'HOME=/ ') : theirs.stdout;
+    t.is(mine(spec), expected, `--user ${String(spec)}`);
+  }
+  // -u is --user; the last one given counts; after the image name, -u is the command's.
+  t.is(s.ok(['run', '--rm', '-u', 'bob', 'users:1', 'id', '-u']), '1002\n');
+  t.is(s.ok(['run', '--rm', '-u', 'bob', '--user', '4242:50', 'users:1', 'id', '-u']), '4242\n');
+  t.is(s.ok(['run', '--rm', 'users:1', 'id', '-u']), '1000\n');
+  // Files the user makes are theirs, in the container's upper.
+  s.ok(['run', '--name', 'w', '-u', 'bob', 'users:1', 'sh', '-c', 'echo x > /tmp/by-bob']);
+  const rec = (JSON.parse(s.ok(['container', 'ls', '--json'])) as { upper: string }[])[0]!;
+  const st = fs.lstatSync(path.join(rec.upper, 'tmp/by-bob'));
+  t.deepEqual([st.uid, st.gid], [1002, 1002]);
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
+test('an unknown user or group: one line, exit 125, no container left, as podman refuses it', (t) => {
+  const { s, podman } = fixture(t);
+  for (const [spec, message] of [['nobody', 'unable to find user nobody: no matching entries in passwd file'],
+    ['alice:nogroup', 'unable to find group nogroup: no matching entries in group file']] as const) {
+    const r = s.strata(['run', '--name', 'x', '--user', spec, 'users:1', 'true']);
+    t.is(r.status, 125, spec);
+    t.is(r.stderr, `strata: ${message}\n`);
+    t.is(r.stdout, '');
+    const theirs = podman(['run', '--rm', ...PODMAN_RUN, '--user', spec, 'localhost/users:1', 'true']);
+    t.not(theirs.status, 0);
+    t.true(theirs.stderr.includes(message), theirs.stderr);
+  }
+  const bad = s.strata(['run', '--user', '99999999999', 'users:1', 'true']);
+  t.is(bad.status, 125);
+  t.is(bad.stderr, 'strata: invalid user in "99999999999": ids must be in the range 0-2147483647\n');
+  t.deepEqual(JSON.parse(s.ok(['container', 'ls', '--json'])), []);
+  t.deepEqual(fs.readdirSync(path.join(s.dir, 'containers')), []);
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
+test('/etc/passwd is read inside the container: an absolute symlink resolves in its root; no User: root, HOME /root', (t) => {
+  const base = tempDir(t, 'rp');
+  const root = path.join(base, 'rootfs');
+  rootfs(root);
+  // The host has no /etc/passwd.strata-test: only a lookup inside the container finds carol.
+  fs.renameSync(path.join(root, 'etc/passwd'), path.join(root, 'etc/passwd.strata-test'));
+  // (A comment and a blank line are skipped, as by runc; podman's working-directory code trips on them.)
+  fs.appendFileSync(path.join(root, 'etc/passwd.strata-test'), '# a comment, and a blank line\n\ncarol:x:3000:3000::/home/carol:/bin/sh\n');
+  fs.symlinkSync('/etc/passwd.strata-test', path.join(root, 'etc/passwd'));
+  t.false(fs.existsSync('/etc/passwd.strata-test'));
+  const tar = path.join(base, 'rootfs.tar');
+  runOk('tar', ['--numeric-owner', '-C', root, '-cf', tar, '.']);
+  const s = testStore(t, base);
+  s.ok(['image', 'import', tar, 'plain:1']);
+  t.is(s.ok(['run', '--rm', '-u', 'carol', 'plain:1', 'sh', '-c', 'id -u; id -g; echo $HOME; pwd']), '3000\n3000\n/home/carol\n/\n');
+  t.is(s.ok(['run', '--rm', 'plain:1', 'sh', '-c', 'echo $(id -u) $(id -G) $HOME']), '0 0 10 /root\n');
+});
