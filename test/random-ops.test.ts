@@ -10,7 +10,10 @@
 // root and by two unprivileged users (other uids, supplementary groups, umasks) stay open in one
 // long-lived process per user and side while their names are renamed, unlinked, re-created or
 // copied up, and fchmod/fchown/futimens/ftruncate/fallocate/f*xattr/read/write/lseek/fsync act
-// through the old descriptors; each answer comes with fstat through the descriptor.
+// through the old descriptors; each answer comes with fstat through the descriptor. One designed
+// difference is accepted, and only where it applies (lowerReads): under passthrough a read-only
+// descriptor of a lower file keeps reading the lower data after the file is copied up (the README's
+// passthrough note), checked byte for byte against that data.
 //
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
 // seed. `make soak` (scripts/soak.sh) runs 200 seeds x 1000 ops. A failing seed writes its ops to
