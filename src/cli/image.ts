@@ -2,6 +2,7 @@
 // Docker's verbs and flags; `--json` for scripts; one line on stderr and a non-zero exit on error.
 // The store and the archive code are imported when a command runs (strata mount does not pay them).
 
+import { createRequire } from 'node:module';
 import type { Argv, CommandModule } from 'yargs';
 import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
@@ -60,7 +61,28 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
 }
 
+const QUIET_LEVELS = new Set(['warn', 'error', 'fatal', 'silent']);
+
 async function logger(a: CommonArgs): Promise<Logger> {
+  // The image commands log only info and below: at the default level (warn) pino, whose loading
+  // costs tens of milliseconds at start-up, is loaded only if something logs a warning or worse.
+  if (QUIET_LEVELS.has(a.logLevel)) {
+    let real: Logger | null = null;
+    const load = (): Logger => {
+      if (!real) {
+        const { pino } = createRequire(import.meta.url)('pino') as typeof import('pino');
+        real = pino({ level: a.logLevel, base: { pid: process.pid } }, pino.destination(2));
+      }
+      return real;
+    };
+    const none = (): void => {};
+    return {
+      level: a.logLevel, trace: none, debug: none, info: none,
+      warn: (...args: unknown[]) => (load().warn as (...x: unknown[]) => void)(...args),
+      error: (...args: unknown[]) => (load().error as (...x: unknown[]) => void)(...args),
+      fatal: (...args: unknown[]) => (load().fatal as (...x: unknown[]) => void)(...args),
+    } as unknown as Logger;
+  }
   const { pino } = await import('pino');
   return pino({ level: a.logLevel, base: { pid: process.pid } }, pino.destination(2));
 }
