@@ -3,6 +3,7 @@
 // nothing outside the store changed (a sentinel directory that the tricks aim at).
 
 import test, { type ExecutionContext } from 'ava';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -186,4 +187,39 @@ test('not an archive at all, and a missing file, are one line', async (t) => {
   refused(t, env, ['load', '-i', junk], /not an image archive/);
   refused(t, env, ['load', '-i', path.join(env.base, 'nothere.tar')], /no such file/);
   refused(t, env, ['import', junk, 'junk:1'], /not a tar/);
+});
+
+test('an archive file read in place: a layer named by a digest it does not hash to is refused (docker-archive, OCI archive)', async (t) => {
+  const env = await setup(t);
+  const l = await layerFile(env, 'l.tar', [{ name: 'f', data: 'content\n' }]);
+  const data = fs.readFileSync(l);
+  const named = createHash('sha256').update(data).digest('hex');
+  data[512] = data[512]! ^ 1; // the first byte of f's content: the tar still parses
+  // docker-archive (newer docker save layout): the layer at blobs/sha256/<hex>, and the config's
+  // diff ID is the sha256 of the bytes there, so only the name can tell.
+  const stage = path.join(env.base, 'stage');
+  fs.mkdirSync(path.join(stage, 'blobs/sha256'), { recursive: true });
+  fs.writeFileSync(path.join(stage, 'blobs/sha256', named), data);
+  const config = JSON.stringify({
+    architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(data).digest('hex')}`] },
+  });
+  const id = createHash('sha256').update(config).digest('hex');
+  fs.writeFileSync(path.join(stage, 'blobs/sha256', id), config);
+  fs.writeFileSync(path.join(stage, 'manifest.json'), JSON.stringify([{ Config: `blobs/sha256/${id}`, RepoTags: ['w:3'], Layers: [`blobs/sha256/${named}`] }]));
+  const archive = path.join(env.base, 'blob-named.tar');
+  runOk('tar', ['-C', stage, '-cf', archive, '.']);
+  refused(t, env, ['load', '-i', archive], /layer digest mismatch/);
+
+  // OCI archive: a layer blob whose content is not what its name says.
+  const oci = path.join(env.base, 'oci');
+  imageOk(t, env.store, ['save', 'good:1', '--format', 'oci-dir', '-o', oci]);
+  const index = JSON.parse(fs.readFileSync(path.join(oci, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+  const manifest = JSON.parse(fs.readFileSync(path.join(oci, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+  const blob = path.join(oci, 'blobs/sha256', manifest.layers[0]!.digest.slice(7));
+  const bytes = fs.readFileSync(blob);
+  bytes[1024] = bytes[1024]! ^ 1;
+  fs.writeFileSync(blob, bytes);
+  const ociTar = path.join(env.base, 'oci.tar');
+  runOk('tar', ['-C', oci, '-cf', ociTar, '.']);
+  refused(t, { ...env, store: path.join(env.base, 'fresh') }, ['load', '-i', ociTar], /digest mismatch/);
 });

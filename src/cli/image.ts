@@ -2,6 +2,7 @@
 // Docker's verbs and flags; `--json` for scripts; one line on stderr and a non-zero exit on error.
 // The store and the archive code are imported when a command runs (strata mount does not pay them).
 
+import { createRequire } from 'node:module';
 import type { Argv, CommandModule } from 'yargs';
 import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
@@ -60,7 +61,28 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
 }
 
+const QUIET_LEVELS = new Set(['warn', 'error', 'fatal', 'silent']);
+
 async function logger(a: CommonArgs): Promise<Logger> {
+  // The image commands log only info and below: at the default level (warn) pino, whose loading
+  // costs tens of milliseconds at start-up, is loaded only if something logs a warning or worse.
+  if (QUIET_LEVELS.has(a.logLevel)) {
+    let real: Logger | null = null;
+    const load = (): Logger => {
+      if (!real) {
+        const { pino } = createRequire(import.meta.url)('pino') as typeof import('pino');
+        real = pino({ level: a.logLevel, base: { pid: process.pid } }, pino.destination(2));
+      }
+      return real;
+    };
+    const none = (): void => {};
+    return {
+      level: a.logLevel, trace: none, debug: none, info: none,
+      warn: (...args: unknown[]) => (load().warn as (...x: unknown[]) => void)(...args),
+      error: (...args: unknown[]) => (load().error as (...x: unknown[]) => void)(...args),
+      fatal: (...args: unknown[]) => (load().fatal as (...x: unknown[]) => void)(...args),
+    } as unknown as Logger;
+  }
   const { pino } = await import('pino');
   return pino({ level: a.logLevel, base: { pid: process.pid } }, pino.destination(2));
 }
@@ -154,6 +176,66 @@ export function unknownImageOption(argv: readonly string[]): string | null {
   return null;
 }
 
+interface LoadArgs extends CommonArgs {
+  input: string;
+  quiet: boolean;
+}
+
+function loadHandler(a: LoadArgs): Promise<void> {
+  return withImageStore(a, async (store, log) => {
+    const { loadImages } = await import('../image/archive/load.js');
+    const { statSync } = await import('node:fs');
+    const input = a.input;
+    if (input === '-' && process.stdin.isTTY) throw new ImageError('give the archive with -i FILE, or on standard input (not a terminal)', 2);
+    const size = statSync(input, { throwIfNoEntry: false })?.isFile() ? statSync(input).size : 0;
+    const bar = await byteProgress('reading', size, a.quiet || a.json);
+    const r = await loadImages(store, input, {
+      onBytes: bar.tick,
+      onLayer: (i, n, diffId, stored) => {
+        bar.label(`layer ${i + 1}/${n}`);
+        log.info({ diffId, stored }, stored ? 'layer already stored' : 'unpacking layer');
+      },
+    }).finally(() => bar.stop());
+    if (a.json) return void printJson({ format: r.format, images: r.images.map((i, n) => ({ id: i.id, tags: r.loadedTags[n] })) });
+    r.images.forEach((i, n) => {
+      const tags = r.loadedTags[n] ?? [];
+      if (tags.length === 0) out(`Loaded image ID: ${i.id}`);
+      for (const t of tags) out(`Loaded image: ${t}`);
+    });
+  });
+}
+
+/**
+ * `strata image load` in its plain spellings (-i/--input FILE, -q/--quiet, --json, --store DIR,
+ * --log-level L, each once; `--opt=value` too) without yargs, whose loading is a good part of a
+ * load's start-up; anything else (help, an unknown option, an argument) goes to the full parser.
+ * Returns whether it handled the command.
+ */
+export async function plainLoad(argv: readonly string[]): Promise<boolean> {
+  if (argv[0] !== 'image' || argv[1] !== 'load') return false;
+  const a: LoadArgs = { input: '-', quiet: false, json: false, logLevel: 'warn' };
+  const seen = new Set<string>();
+  for (let i = 2; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf('=');
+    const [flag, inline] = arg.startsWith('--') && eq > 0 ? [arg.slice(0, eq), arg.slice(eq + 1)] : [arg, undefined];
+    const key = ({ '-i': 'input', '--input': 'input', '--store': 'store', '--log-level': 'logLevel', '-q': 'quiet', '--quiet': 'quiet',
+      '--json': 'json' } as const)[flag];
+    if (key === undefined || seen.has(key)) return false;
+    seen.add(key);
+    if (key === 'quiet' || key === 'json') {
+      if (inline !== undefined) return false;
+      a[key] = true;
+    } else {
+      const value = inline ?? argv[++i];
+      if (value === undefined || (inline === undefined && value.startsWith('-') && value !== '-')) return false;
+      a[key] = value;
+    }
+  }
+  await loadHandler(a);
+  return true;
+}
+
 /** `strata image <verb>`, for yargs' .command(). */
 export const imageCommand: CommandModule = {
   command: 'image',
@@ -168,27 +250,7 @@ function imageVerbs(y: Argv): Argv {
     .command('load', 'load a docker-archive, an OCI archive or an OCI layout directory', (c) => c
       .option('input', { alias: 'i', type: 'string', default: '-', describe: 'the archive file or OCI layout directory (default: standard input)' })
       .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print only the loaded references' }),
-    (a) => withImageStore(a as CommonArgs, async (store, log) => {
-      const { loadImages } = await import('../image/archive/load.js');
-      const { statSync } = await import('node:fs');
-      const input = a.input as string;
-      if (input === '-' && process.stdin.isTTY) throw new ImageError('give the archive with -i FILE, or on standard input (not a terminal)', 2);
-      const size = statSync(input, { throwIfNoEntry: false })?.isFile() ? statSync(input).size : 0;
-      const bar = await byteProgress('reading', size, a.quiet || a.json);
-      const r = await loadImages(store, input, {
-        onBytes: bar.tick,
-        onLayer: (i, n, diffId, stored) => {
-          bar.label(`layer ${i + 1}/${n}`);
-          log.info({ diffId, stored }, stored ? 'layer already stored' : 'unpacking layer');
-        },
-      }).finally(() => bar.stop());
-      if (a.json) return void printJson({ format: r.format, images: r.images.map((i, n) => ({ id: i.id, tags: r.loadedTags[n] })) });
-      r.images.forEach((i, n) => {
-        const tags = r.loadedTags[n] ?? [];
-        if (tags.length === 0) out(`Loaded image ID: ${i.id}`);
-        for (const t of tags) out(`Loaded image: ${t}`);
-      });
-    }))
+    (a) => loadHandler(a as unknown as LoadArgs))
     .command('import <file> <reference>', 'make a one-layer image from a root filesystem tar (plain or gzip)', (c) => c
       .positional('file', { type: 'string', demandOption: true })
       .positional('reference', { type: 'string', demandOption: true, describe: 'NAME[:TAG]' })

@@ -149,6 +149,8 @@ async function main(): Promise<void> {
     if (args) return void (await mountCommand(args));
     // `strata export C -o F` needs none of yargs either.
     if (argv[0] === 'export' && (await (await import('./container.js')).plainExport(argv))) return;
+    // Nor does `strata image load -i F`.
+    if (argv[0] === 'image' && argv[1] === 'load' && (await (await import('./image.js')).plainLoad(argv))) return;
   }
   const { imageCommand } = await import('./image.js');
   const { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } =

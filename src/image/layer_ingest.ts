@@ -23,27 +23,31 @@ export interface IngestResult {
 
 /** Hashes and counts what flows through; optionally copies it to a file descriptor. */
 export class HashTap extends Transform {
-  readonly hash: Hash = createHash('sha256');
+  readonly hash: Hash | null;
   bytes = 0;
   /** The last 1024 bytes seen (a tar ends with two zero blocks). */
-  private tail = Buffer.alloc(0);
+  private tail: Buffer = Buffer.alloc(0);
 
-  constructor(private readonly fd: number | null = null, private readonly onBytes?: (n: number) => void, private readonly keepTail = false) {
-    super();
+  /** `hashing` false: only counts (and copies, keeps the tail); digest() is then not available. */
+  constructor(private readonly fd: number | null = null, private readonly onBytes?: (n: number) => void, private readonly keepTail = false,
+    hashing = true) {
+    super({ highWaterMark: 1 << 20 });
+    this.hash = hashing ? createHash('sha256') : null;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.bytes += chunk.length;
     if (this.fd !== null) {
       for (let off = 0; off < chunk.length;) off += writeSync(this.fd, chunk, off, chunk.length - off);
     }
-    if (this.keepTail) this.tail = Buffer.concat([this.tail, chunk]).subarray(-1024);
+    if (this.keepTail) this.tail = chunk.length >= 1024 ? chunk.subarray(-1024) : Buffer.concat([this.tail, chunk]).subarray(-1024);
     this.onBytes?.(chunk.length);
     cb(null, chunk);
   }
 
   digest(): string {
+    if (!this.hash) throw new Error('HashTap: not hashing');
     return `sha256:${this.hash.digest('hex')}`;
   }
 
@@ -108,7 +112,8 @@ export async function ingestLayer(store: Store, parent: string | null, input: Re
   let fdOpen = true;
   try {
     const blobTap = new HashTap(fd, opts.onBytes);
-    const diffTap = new HashTap(null, undefined, true);
+    // An uncompressed blob is its own tar: its digest is the diff ID, hashed once.
+    const diffTap = new HashTap(null, undefined, true, gz);
     const stages: (NodeJS.ReadableStream | NodeJS.WritableStream | NodeJS.ReadWriteStream)[] = [stream, blobTap];
     if (gz) stages.push(createGunzip());
     stages.push(diffTap);
@@ -121,8 +126,12 @@ export async function ingestLayer(store: Store, parent: string | null, input: Re
       try {
         const unpacker = new LayerUnpacker(rootFd);
         stages.push(unpacker.sink);
-        await runPipeline(stages);
-        unpacker.finish();
+        try {
+          await runPipeline(stages);
+          unpacker.finish();
+        } finally {
+          unpacker.release();
+        }
         const syncFd = N.openat(rootFd, '.', N.C.O_RDONLY | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
         try {
           N.syncfs(syncFd);
@@ -134,8 +143,9 @@ export async function ingestLayer(store: Store, parent: string | null, input: Re
       }
     }
     if (!diffTap.endsLikeTar()) throw new ImageError('truncated tar: the layer ends without the end-of-archive marker');
+    const digest = blobTap.digest();
     const result: IngestResult = {
-      digest: blobTap.digest(), diffId: diffTap.digest(), mediaType, size: blobTap.bytes, diffSize: diffTap.bytes,
+      digest, diffId: gz ? diffTap.digest() : digest, mediaType, size: blobTap.bytes, diffSize: diffTap.bytes,
     };
     verify('layer digest', opts.expectDigest, result.digest);
     verify('layer diff ID', opts.expectDiffId, result.diffId);

@@ -152,6 +152,7 @@ export class LayerUnpacker {
 
   /** Sets the times of every directory the tar named, now that nothing more goes into them. */
   finish(): void {
+    this.release();
     for (const [path, t] of [...this.dirTimes].reverse()) {
       const fd = this.resolve(path, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC);
       try {
@@ -164,6 +165,38 @@ export class LayerUnpacker {
 
   private resolve(path: string, flags: number): number {
     return N.openat2(this.rootFd, path, flags, 0, RESOLVE);
+  }
+
+  /**
+   * The last parent directory opened, kept open for the next entries (a tar lists a directory's
+   * entries together). Dropped whenever anything is removed, since a removal can make the same
+   * path name another directory.
+   */
+  private parentPath: string | null = null;
+  private parentFd = -1;
+  /** Parents the cache forgot while an entry still used them: closed when that entry is done. */
+  private readonly pendingClose: number[] = [];
+
+  private dropParent(): void {
+    if (this.parentFd >= 0) N.close(this.parentFd);
+    this.parentFd = -1;
+    this.parentPath = null;
+  }
+
+  /** Closes the descriptors the unpacker holds (finish() does too); for a failed unpack. */
+  release(): void {
+    this.dropParent();
+    for (const fd of this.pendingClose.splice(0)) N.close(fd);
+  }
+
+  /** The parent directory of an entry (cached: not to be closed by the caller). */
+  private parentOf(parent: string): number {
+    if (this.parentPath !== parent) {
+      this.dropParent();
+      this.parentFd = this.openParent(parent);
+      this.parentPath = parent;
+    }
+    return this.parentFd;
   }
 
   /** The parent directory of an entry, created (0755, root) when the tar did not name it first. */
@@ -208,16 +241,17 @@ export class LayerUnpacker {
     }
     let dirFd: number;
     try {
-      dirFd = this.openParent(parent);
+      dirFd = this.parentOf(parent);
     } catch (e) {
       throw entryError(h.name, e);
     }
     try {
       await this.create(dirFd, parent, base, h, stream);
     } catch (e) {
+      this.dropParent();
       throw entryError(h.name, e, h.type === 'link' ? 'hard link target' : 'path');
     } finally {
-      N.close(dirFd);
+      for (const fd of this.pendingClose.splice(0)) N.close(fd);
     }
   }
 
@@ -240,8 +274,16 @@ export class LayerUnpacker {
     switch (h.type) {
       case 'file':
       case 'contiguous-file': {
-        this.clear(dirFd, base, false);
-        const fd = N.openat(dirFd, base, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW | C.O_CLOEXEC, 0o600);
+        const flags = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW | C.O_CLOEXEC;
+        let fd: number;
+        try {
+          fd = N.openat(dirFd, base, flags, 0o600);
+        } catch (e) {
+          // A later entry replaces an earlier one of the same name.
+          if (!N.isErrnoError(e, 'EEXIST')) throw e;
+          this.clear(dirFd, base, false);
+          fd = N.openat(dirFd, base, flags, 0o600);
+        }
         try {
           let pos = 0;
           for await (const chunk of stream as AsyncIterable<Buffer>) {
@@ -259,7 +301,12 @@ export class LayerUnpacker {
       }
       case 'directory': {
         stream.resume();
-        if (!this.clear(dirFd, base, true)) N.mkdirat(dirFd, base, 0o700);
+        try {
+          N.mkdirat(dirFd, base, 0o700);
+        } catch (e) {
+          if (!N.isErrnoError(e, 'EEXIST')) throw e;
+          if (!this.clear(dirFd, base, true)) N.mkdirat(dirFd, base, 0o700);
+        }
         this.setAttrs(dirFd, base, h, true);
         this.dirTimes.set(path, entryTimes(h));
         return;
@@ -307,6 +354,12 @@ export class LayerUnpacker {
     if (!N.lstatMaybe(dirFd, base, st)) return false;
     const isDir = (st[N.ST.mode]! & C.S_IFMT) === C.S_IFDIR;
     if (isDir && wantDir) return true;
+    // dirFd stays open for this entry (the cache only forgets it); the next entry resolves again.
+    if (dirFd === this.parentFd) {
+      this.parentFd = -1;
+      this.parentPath = null;
+      this.pendingClose.push(dirFd);
+    }
     removeAt(dirFd, base);
     return false;
   }

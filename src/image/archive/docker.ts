@@ -53,7 +53,12 @@ export function readDockerArchive(files: ArchiveFiles): SourceImage[] {
       tags: e.RepoTags ?? [],
       configBytes,
       config,
-      layers: e.Layers.map((path, i) => ({ diffId: diffIds[i]!, open: () => files.open(path) })),
+      // A layer named by its digest (blobs/sha256/<hex>, newer saves) must hash to it; the store
+      // checks that while it unpacks the layer.
+      layers: e.Layers.map((path, i) => {
+        const named = /^(?:\.?\/)*blobs\/sha256\/([0-9a-f]{64})$/.exec(path)?.[1];
+        return { diffId: diffIds[i]!, ...(named ? { digest: `sha256:${named}` } : {}), open: () => files.open(path) };
+      }),
     };
   });
 }

@@ -10,13 +10,15 @@ import { chainId, ImageError, sha256Digest } from '../types.js';
 import { isDockerArchive, readDockerArchive } from './docker.js';
 import type { ArchiveFormat, SourceImage } from './model.js';
 import { isOciLayout, readOciLayout } from './oci.js';
-import { type ArchiveFiles, directoryFiles, extractArchive } from './outer_tar.js';
+import { type ArchiveFiles, directoryFiles, extractArchive, indexArchive } from './outer_tar.js';
 
 export interface LoadProgress {
   /** Bytes of the input read so far (for a bar over the input's size). */
   onBytes?: (n: number) => void;
   /** Called once per layer as it starts: index, count, diff ID, whether it was already stored. */
   onLayer?: (i: number, n: number, diffId: string, stored: boolean) => void;
+  /** Whether onBytes counts the layers' bytes as they are read (false when it counted the input already). */
+  layerBytes?: boolean;
 }
 
 export interface LoadResult {
@@ -53,12 +55,14 @@ export async function loadImages(store: Store, path: string, progress: LoadProgr
   const isDir = st?.isDirectory() ?? false;
   const temp = store.tempPath('load');
   try {
-    const input = path === '-' ? process.stdin : createReadStream(path);
-    const files = isDir ? directoryFiles(path) : await extractArchive(input, temp, progress.onBytes);
+    // An archive file is read in place; standard input is copied out first (it cannot seek).
+    const inPlace = st?.isFile() ?? false;
+    const files = isDir ? directoryFiles(path) : inPlace ? indexArchive(path) :
+      await extractArchive(path === '-' ? process.stdin : createReadStream(path), temp, progress.onBytes);
     const { format, images } = readImages(files, isDir);
     if (images.length === 0) throw new ImageError(`${path}: the archive holds no image`);
     checkTags(images);
-    return { format, images: await storeImages(store, images, progress), loadedTags: images.map((i) => i.tags) };
+    return { format, images: await storeImages(store, images, inPlace ? progress : { ...progress, layerBytes: false }), loadedTags: images.map((i) => i.tags) };
   } finally {
     rmSync(temp, { recursive: true, force: true });
   }
@@ -77,6 +81,7 @@ export async function storeImages(store: Store, images: readonly SourceImage[], 
         progress.onLayer?.(i, img.layers.length, l.diffId, before !== undefined);
         const rec: LayerRecord = await store.addLayer(parent, l.open() as Readable, {
           expectDiffId: l.diffId, expectDigest: l.digest, expectSize: l.size, mediaType: l.mediaType,
+          ...(progress.onBytes && progress.layerBytes !== false ? { onBytes: progress.onBytes } : {}),
         });
         if (!before) added.push(rec.chainId);
         layers.push(rec);
