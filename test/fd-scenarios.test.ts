@@ -199,6 +199,35 @@ test.serial('5c: fchmod through a read-only descriptor of an unlinked lower file
   fdScenario(t, { lowers: [[file('f'), file('g')]], steps: unlinkedLowerFchmod });
 });
 
+const removedLowerDir: Array<FdStep | FdCmd> = [
+  expect(['open', 'D', 'd', 'O_RDONLY|O_DIRECTORY'], OK),
+  expect(['rmdir', 'd'], OK),
+  // a copy-up of the removed directory would rename it onto the whiteout: ENOTDIR on the kernel
+  expect(['futimens', 'D', T1, T2], { err: 'ENOTDIR' }),
+  ['fchmod', 'D', 0o700],
+  ['fsetxattr', 'D', 'user.k', hex('v'), 0],
+  ['fstat', 'D'],
+  expect(['stat', 'd'], { err: 'ENOENT' }),
+];
+
+test.serial('5c: changes through a descriptor of a removed lower directory fail as on the kernel (ENOTDIR), the name stays gone', (t) => {
+  fdScenario(t, { lowers: [[dir('d'), file('g')]], steps: removedLowerDir });
+});
+
+test.serial('5c: the same for a removed lower directory with --write-format oci', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d'), file('g')]],
+    steps: removedLowerDir,
+    pair: { strataArgs: ['--write-format', 'oci'] },
+    finish: (c, pair) => {
+      c.none(diffSnapshots(snapshot(pair.kernel.mnt, 'merged'), snapshot(pair.strata.mnt, 'merged'), ['kernel', 'strata']), 'merged trees differ');
+      unmountStrata(c, pair.strata);
+      unmountQuietly(pair.kernel.mnt);
+      c.eq(walk(pair.strata.upper).slice(1).sort(), ['.wh.d'], "strata's oci upper: only the whiteout of d");
+    },
+  });
+});
+
 test.serial('5c: the same with --write-format oci (merged view as the kernel, a .wh. whiteout, no resurrected file)', (t) => {
   fdScenario(t, {
     lowers: [[file('f'), file('g')]],

@@ -207,12 +207,26 @@ export class CopyUp {
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
     if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
-    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
-    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
-    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
-    if (node.unlinked) throw fsError('EEXIST');
+    if (node.unlinked) throw this.nameGone(parent, node);
     this.ensure(parent);
     this.copyNow(this.begin(parent, node, opts.data !== false));
+  }
+
+  /**
+   * The error for a copy-up of a lower object whose name is gone (changed through a descriptor after
+   * an unlink, rmdir or a rename over it). The kernel copies up to the name, which a whiteout or
+   * another object now holds: a file's link fails with EEXIST, a directory's rename onto a
+   * non-directory with ENOTDIR. strata answers the same and never resurrects the name, whatever the
+   * whiteout format.
+   */
+  private nameGone(parent: UnionNode, node: UnionNode): Error {
+    if (!node.isDir) return fsError('EEXIST');
+    let holdsDir = false;
+    if (parent.layer === this.upper.layer) {
+      const st = new Float64Array(16);
+      holdsDir = N.lstatMaybe(parent.dirFd(this.upper.layer), node.name, st) && (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
+    }
+    return fsError(holdsDir ? 'EEXIST' : 'ENOTDIR');
   }
 
   /** Copies the job's data (if any) in one go and puts the copy in place. */
@@ -239,10 +253,7 @@ export class CopyUp {
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return;
-    // A lower object whose name is gone (changed through a descriptor after an unlink or a rename
-    // over it): the kernel copies up to the name, which a whiteout or another object now holds, and
-    // fails with EEXIST. So does strata (never resurrecting the name, whatever the whiteout format).
-    if (node.unlinked) throw fsError('EEXIST');
+    if (node.unlinked) throw this.nameGone(parent, node);
     this.ensure(parent);
     const job = this.begin(parent, node, opts.data !== false);
     const size = job.st[ST.size]!;
