@@ -422,20 +422,29 @@ static napi_value fn_fstat(napi_env env, napi_callback_info info) {
 }
 
 /* statx(dirfd, path, flags, mask, out) */
+/* statx(2) of (argv[0] dirfd, argv[1] path, argv[2] flags) with `mask`; false once an exception is
+   pending (bad argument or the call failed). */
+static bool statx_args(napi_env env, napi_value *argv, uint32_t mask, struct statx *sx) {
+  int32_t dirfd, flags;
+  char path[PATHBUF];
+  TRYB(arg_i32(env, argv[0], &dirfd));
+  TRYB(arg_path(env, argv[1], path, "statx"));
+  TRYB(arg_i32(env, argv[2], &flags));
+  if (NOINTR(statx(dirfd, path, flags, mask, sx)) < 0) {
+    throw_sys(env, errno, "statx", path);
+    return false;
+  }
+  return true;
+}
+
 static napi_value fn_statx(napi_env env, napi_callback_info info) {
   ARGS(5);
-  int32_t dirfd, flags;
   uint32_t mask;
-  char path[PATHBUF];
   double *out;
-  TRY(arg_i32(env, argv[0], &dirfd));
-  TRY(arg_path(env, argv[1], path, "statx"));
-  TRY(arg_i32(env, argv[2], &flags));
   TRY(arg_u32(env, argv[3], &mask));
   TRY(arg_stat_out(env, argv[4], &out));
   struct statx sx;
-  if (NOINTR(statx(dirfd, path, flags, mask, &sx)) < 0)
-    return throw_sys(env, errno, "statx", path);
+  TRY(statx_args(env, argv, mask, &sx));
   fill_statx(out, &sx);
   return ret_undef(env);
 }
@@ -444,14 +453,8 @@ static napi_value fn_statx(napi_env env, napi_callback_info info) {
    filesystem keeps none */
 static napi_value fn_statxBtime(napi_env env, napi_callback_info info) {
   ARGS(3);
-  int32_t dirfd, flags;
-  char path[PATHBUF];
-  TRY(arg_i32(env, argv[0], &dirfd));
-  TRY(arg_path(env, argv[1], path, "statx"));
-  TRY(arg_i32(env, argv[2], &flags));
   struct statx sx;
-  if (NOINTR(statx(dirfd, path, flags, STATX_BTIME, &sx)) < 0)
-    return throw_sys(env, errno, "statx", path);
+  TRY(statx_args(env, argv, STATX_BTIME, &sx));
   if (!(sx.stx_mask & STATX_BTIME)) return ret_null(env);
   napi_value arr, sec, nsec;
   napi_create_array_with_length(env, 2, &arr);
@@ -466,14 +469,8 @@ static napi_value fn_statxBtime(napi_env env, napi_callback_info info) {
    limited to stx_attributes_mask; the low 32 bits: immutable, append, nodump, ...) */
 static napi_value fn_statxAttributes(napi_env env, napi_callback_info info) {
   ARGS(3);
-  int32_t dirfd, flags;
-  char path[PATHBUF];
-  TRY(arg_i32(env, argv[0], &dirfd));
-  TRY(arg_path(env, argv[1], path, "statx"));
-  TRY(arg_i32(env, argv[2], &flags));
   struct statx sx;
-  if (NOINTR(statx(dirfd, path, flags, 0, &sx)) < 0)
-    return throw_sys(env, errno, "statx", path);
+  TRY(statx_args(env, argv, 0, &sx));
   return ret_num(env, (double)(uint32_t)(sx.stx_attributes & sx.stx_attributes_mask));
 }
 

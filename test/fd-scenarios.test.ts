@@ -186,6 +186,16 @@ test.serial('5b: ftruncate through an older descriptor after renames truncates i
   });
 });
 
+/** With --write-format oci: the merged view as the kernel's, and strata's upper holding only `whiteout` (no resurrected name). */
+function ociUpperHoldsOnly(whiteout: string): NonNullable<Parameters<typeof fdScenario>[1]['finish']> {
+  return (c, pair) => {
+    c.none(diffSnapshots(snapshot(pair.kernel.mnt, 'merged'), snapshot(pair.strata.mnt, 'merged'), ['kernel', 'strata']), 'merged trees differ');
+    unmountStrata(c, pair.strata);
+    unmountQuietly(pair.kernel.mnt);
+    c.eq(walk(pair.strata.upper).slice(1).sort(), [whiteout], `strata's oci upper: only ${whiteout}`);
+  };
+}
+
 const unlinkedLowerFchmod: Array<FdStep | FdCmd> = [
   expect(['open', 'A', 'f', 'O_RDONLY'], OK),
   expect(['unlink', 'f'], OK),
@@ -219,12 +229,7 @@ test.serial('5c: the same for a removed lower directory with --write-format oci'
     lowers: [[dir('d'), file('g')]],
     steps: removedLowerDir,
     pair: { strataArgs: ['--write-format', 'oci'] },
-    finish: (c, pair) => {
-      c.none(diffSnapshots(snapshot(pair.kernel.mnt, 'merged'), snapshot(pair.strata.mnt, 'merged'), ['kernel', 'strata']), 'merged trees differ');
-      unmountStrata(c, pair.strata);
-      unmountQuietly(pair.kernel.mnt);
-      c.eq(walk(pair.strata.upper).slice(1).sort(), ['.wh.d'], "strata's oci upper: only the whiteout of d");
-    },
+    finish: ociUpperHoldsOnly('.wh.d'),
   });
 });
 
@@ -233,12 +238,7 @@ test.serial('5c: the same with --write-format oci (merged view as the kernel, a 
     lowers: [[file('f'), file('g')]],
     steps: unlinkedLowerFchmod,
     pair: { strataArgs: ['--write-format', 'oci'] },
-    finish: (c, pair) => {
-      c.none(diffSnapshots(snapshot(pair.kernel.mnt, 'merged'), snapshot(pair.strata.mnt, 'merged'), ['kernel', 'strata']), 'merged trees differ');
-      unmountStrata(c, pair.strata);
-      unmountQuietly(pair.kernel.mnt);
-      c.eq(walk(pair.strata.upper).slice(1).sort(), ['.wh.f'], "strata's oci upper: only the whiteout of f");
-    },
+    finish: ociUpperHoldsOnly('.wh.f'),
   });
 });
 

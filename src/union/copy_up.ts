@@ -221,11 +221,9 @@ export class CopyUp {
    */
   private nameGone(parent: UnionNode, node: UnionNode): Error {
     if (!node.isDir) return fsError('EEXIST');
-    let holdsDir = false;
-    if (parent.layer === this.upper.layer) {
-      const st = new Float64Array(16);
-      holdsDir = N.lstatMaybe(parent.dirFd(this.upper.layer), node.name, st) && (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
-    }
+    const st = this.ust;
+    const holdsDir = parent.layer === this.upper.layer && N.lstatMaybe(parent.dirFd(this.upper.layer), node.name, st) &&
+      (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
     return fsError(holdsDir ? 'EEXIST' : 'ENOTDIR');
   }
 
@@ -372,8 +370,10 @@ export class CopyUp {
     return upperParent;
   }
 
-  /** The copy is in place: the parent's times are put back, the kernel told what changed. */
-  /** The copy is in place; `newIno`: its own inode number when it does not keep st_ino (a lower hard link). */
+  /**
+   * The copy is in place: the parent's times are put back, the kernel told what changed. `newIno`:
+   * the copy's own inode number when it does not keep st_ino (a lower hard link), else null.
+   */
   private linked(parent: UnionNode, node: UnionNode, newIno: number | null, type: number): void {
     const upper = this.upper.layer;
     const upperParent = parent.dirFd(upper);

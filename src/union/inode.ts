@@ -62,6 +62,7 @@ export class InodeTable {
     return this.exports ? this.exports.idFor(ino, this.taken, parent?.nodeid, name) : this.nextId++;
   }
 
+  /** A new node's generation (its record's, if any, when nodeids name objects for good), and its record. */
   private born(node: UnionNode): void {
     const x = this.exports;
     if (!x) return;
@@ -89,9 +90,9 @@ export class InodeTable {
   createUnnamed(parent: UnionNode, type: number, layer: Layer, realIno: number, anchor: number): UnionNode {
     const ino = this.stack.inoOf(layer, realIno);
     const node = new UnionNode(this.newId(ino), ino, parent, '', type, layer, null);
-    if (this.exports) node.generation = this.exports.generationFor(node.nodeid, ino);
     node.anchor = anchor;
     node.unlinked = true;
+    this.born(node); // (no record: an unnamed object has no handle to find again)
     this.nodes.set(node.nodeid, node);
     return node;
   }
@@ -118,8 +119,10 @@ export class InodeTable {
     return this.stack.inoOf(layer, realIno);
   }
 
-  /** A copy-up keeps the object's st_ino: remember it for the upper copy. */
-  /** `hasOriginXattr`: the copy carries overlay.origin (no journal line needed to survive a crash). */
+  /**
+   * A copy-up keeps the object's st_ino: remember it for the upper copy. `hasOriginXattr`: the copy
+   * carries overlay.origin, which gives the same st_ino after a crash (no journal line needed).
+   */
   recordOrigin(upperIno: number, ino: number, hasOriginXattr = false): void {
     const upper = this.stack.upper!;
     if (upperIno === ino) return;

@@ -167,7 +167,7 @@ export class UnionFs implements FileSystem {
 
   lookup(_ctx: RequestContext, parent: number, name: string): EntryReply | Promise<EntryReply> {
     // Only the kernel's file handle code asks for "." and ".." (FUSE_EXPORT_SUPPORT, nfs_export=on).
-    if ((name === '.' || name === '..') && this.inodes.exports) return this.handleLookup(parent, name);
+    if (this.inodes.exports && (name === '.' || name === '..')) return this.handleLookup(parent, name);
     checkName(name);
     const p = this.dirNode(parent);
     // First lookup in a deep directory since the mount: read its lower listing from LevelDB first.
@@ -217,7 +217,9 @@ export class UnionFs implements FileSystem {
     let found: [UnionNode, Float64Array | null] | null;
     try {
       found = this.child(parent, rec.name, id);
-    } catch {
+    } catch (e) {
+      // the name cannot be looked up any more (EACCES, ENOTDIR, ...): the handle is stale
+      if (typeof (e as { code?: unknown }).code !== 'string') throw e;
       found = null;
     }
     if (!found) {

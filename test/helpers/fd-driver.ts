@@ -4,14 +4,11 @@
 // a small Python 3 program that drops to its uid/gids/umask, then reads JSON commands line by line
 // and answers one JSON line each ({"ok": value} or {"err": "ENOENT"}).
 //
-// The test talks to it synchronously through two FIFOs (Node has no blocking read on a child's
-// pipe): commands go in through one opened read-write (never blocks, never SIGPIPE), answers come
-// back through one read without blocking, polled with short sleeps while the child lives.
+// The test talks to it synchronously through two FIFOs (fifo-channel.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { runOk } from './exec.js';
+import { FifoChannel, sleepMs } from './fifo-channel.js';
 import { isAlive } from './processes.js';
 import { PYTHON } from './python.js';
 
@@ -158,65 +155,33 @@ for p in procs.values():
     p.kill(); p.wait()
 `;
 
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-function sleepMs(ms: number): void {
-  Atomics.wait(sleeper, 0, 0, ms);
-}
-
 /** One driver process, rooted at a directory (relative paths in commands resolve from there). */
 export class FdDriver {
-  private readonly dir: string;
+  private readonly channel: FifoChannel;
   private readonly child: ChildProcess;
-  private readonly cmdFd: number;
-  private readonly resFd: number;
   private readonly errFile: string;
-  private pending = '';
   private closed = false;
 
   constructor(readonly root: string, readonly user: FdUser = ROOT) {
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fdd-'));
-    const cmd = path.join(this.dir, 'cmd');
-    const res = path.join(this.dir, 'res');
-    runOk('mkfifo', ['-m', '0600', cmd, res]);
-    this.errFile = path.join(this.dir, 'stderr');
+    this.channel = new FifoChannel('fdd-');
+    this.errFile = path.join(this.channel.dir, 'stderr');
     const err = fs.openSync(this.errFile, 'w');
-    // Opened before the child: read-write never blocks, and a non-blocking reader lets the child's open for writing return.
-    this.cmdFd = fs.openSync(cmd, fs.constants.O_RDWR);
-    this.resFd = fs.openSync(res, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-    this.child = spawn(PYTHON, ['-c', DRIVER, cmd, res, root, JSON.stringify(user)], { stdio: ['ignore', 'ignore', err], cwd: '/' });
+    const { cmdPath, resPath } = this.channel;
+    this.child = spawn(PYTHON, ['-c', DRIVER, cmdPath, resPath, root, JSON.stringify(user)], { stdio: ['ignore', 'ignore', err], cwd: '/' });
     fs.closeSync(err);
   }
 
   /** Runs one command and returns its answer; throws if the driver died or stays silent for `timeoutMs`. */
   call(cmd: FdCmd, timeoutMs = 60_000): FdAnswer {
     if (this.closed) throw new Error('fd driver already closed');
-    fs.writeSync(this.cmdFd, JSON.stringify(cmd) + '\n');
-    const end = Date.now() + timeoutMs;
-    const buf = Buffer.alloc(65536);
-    let wait = 0.02;
-    for (;;) {
-      const nl = this.pending.indexOf('\n');
-      if (nl >= 0) {
-        const line = this.pending.slice(0, nl);
-        this.pending = this.pending.slice(nl + 1);
-        return JSON.parse(line) as FdAnswer;
-      }
-      let n = 0;
-      try {
-        n = fs.readSync(this.resFd, buf, 0, buf.length, null);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-      }
-      if (n > 0) {
-        this.pending += buf.subarray(0, n).toString('utf8');
-        wait = 0.02;
-        continue;
-      }
-      if (this.child.pid === undefined || !isAlive(this.child.pid)) throw new Error(`fd driver (${this.user.name}) died: ${this.stderr()}`);
-      if (Date.now() > end) throw new Error(`fd driver (${this.user.name}) did not answer ${JSON.stringify(cmd)} within ${timeoutMs} ms`);
-      sleepMs(wait);
-      wait = Math.min(wait * 2, 2);
-    }
+    this.channel.send(JSON.stringify(cmd) + '\n');
+    const line = this.channel.readLine(
+      timeoutMs,
+      () => this.child.pid !== undefined && isAlive(this.child.pid),
+      () => new Error(`fd driver (${this.user.name}) died: ${this.stderr()}`),
+      () => new Error(`fd driver (${this.user.name}) did not answer ${JSON.stringify(cmd)} within ${timeoutMs} ms`),
+    );
+    return JSON.parse(line) as FdAnswer;
   }
 
   stderr(): string {
@@ -232,7 +197,7 @@ export class FdDriver {
     if (this.closed) return;
     this.closed = true;
     try {
-      fs.writeSync(this.cmdFd, '["quit"]\n');
+      this.channel.send('["quit"]\n');
     } catch {
       // the driver is gone already
     }
@@ -241,8 +206,6 @@ export class FdDriver {
     while (pid !== undefined && isAlive(pid) && Date.now() < end) sleepMs(5);
     if (pid !== undefined && isAlive(pid)) this.child.kill('SIGKILL');
     while (pid !== undefined && isAlive(pid) && Date.now() < end + 5_000) sleepMs(5);
-    fs.closeSync(this.cmdFd);
-    fs.closeSync(this.resFd);
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    this.channel.close();
   }
 }

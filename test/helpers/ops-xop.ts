@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { run, runOk } from './exec.js';
+import { run } from './exec.js';
+import { FifoChannel } from './fifo-channel.js';
 import { isAlive } from './processes.js';
 
 const SOURCE = String.raw`
@@ -261,22 +262,11 @@ export interface XopOptions {
  * descriptor between commands (each command closes what it opened), so it never keeps a mount busy.
  */
 class XopServer {
-  private readonly dir: string;
+  private readonly channel = new FifoChannel('xops-');
   private readonly child: ChildProcess;
-  private readonly cmdFd: number;
-  private readonly resFd: number;
-  private pending = '';
 
   constructor(args: string[]) {
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xops-'));
-    const cmd = path.join(this.dir, 'cmd');
-    const res = path.join(this.dir, 'res');
-    runOk('mkfifo', ['-m', '0600', cmd, res]);
-    this.cmdFd = fs.openSync(cmd, fs.constants.O_RDWR);
-    this.resFd = fs.openSync(res, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-    const out = fs.openSync(res, fs.constants.O_WRONLY);
-    // (neither open blocks: each FIFO has its other end open already)
-    const inp = fs.openSync(cmd, fs.constants.O_RDONLY);
+    const [inp, out] = this.channel.childStdio();
     this.child = spawn(xopBinary(), args, { stdio: [inp, out, 'inherit'], cwd: '/' });
     fs.closeSync(out);
     fs.closeSync(inp);
@@ -289,35 +279,17 @@ class XopServer {
 
   /** Sends `input` (lines) and returns `count` answer lines. */
   call(input: string, count: number, timeoutMs: number): string[] {
-    fs.writeSync(this.cmdFd, input);
+    this.channel.send(input);
     const lines: string[] = [];
     const end = Date.now() + timeoutMs;
-    const buf = Buffer.alloc(1 << 16);
-    let wait = 0.01;
     while (lines.length < count) {
-      const nl = this.pending.indexOf('\n');
-      if (nl >= 0) {
-        const line = this.pending.slice(0, nl);
-        this.pending = this.pending.slice(nl + 1);
-        if (line !== '') lines.push(line);
-        continue;
-      }
-      let n = 0;
-      try {
-        n = fs.readSync(this.resFd, buf, 0, buf.length, null);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-        n = -1;
-      }
-      if (n > 0) {
-        this.pending += buf.subarray(0, n).toString('latin1');
-        wait = 0.01;
-        continue;
-      }
-      if (n === 0 || !this.alive) throw new Error(`xop ended after ${lines.length} of ${count} answers`);
-      if (Date.now() > end) throw new Error(`xop gave ${lines.length} of ${count} answers within ${timeoutMs} ms`);
-      sleepMs(wait);
-      wait = Math.min(wait * 2, 2);
+      const line = this.channel.readLine(
+        Math.max(0, end - Date.now()),
+        () => this.alive,
+        () => new Error(`xop ended after ${lines.length} of ${count} answers`),
+        () => new Error(`xop gave ${lines.length} of ${count} answers within ${timeoutMs} ms`),
+      );
+      if (line !== '') lines.push(line);
     }
     return lines;
   }
@@ -328,20 +300,8 @@ class XopServer {
     } catch {
       // gone already
     }
-    for (const fd of [this.cmdFd, this.resFd]) {
-      try {
-        fs.closeSync(fd);
-      } catch {
-        // closed already
-      }
-    }
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    this.channel.close();
   }
-}
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-function sleepMs(ms: number): void {
-  Atomics.wait(sleeper, 0, 0, ms);
 }
 
 const servers = new Map<string, XopServer>();
