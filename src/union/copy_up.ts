@@ -51,7 +51,7 @@ let reflinks = true;
  * The steps of copying the data of `src` into `dst`: reflink, else copy_file_range over data
  * extents (holes stay holes), else read/write. Yields after each `step` bytes.
  */
-function* copySteps(src: number, dst: number, size: number, step: number): Generator<void, void, void> {
+function* copySteps(src: number, dst: number, size: number, step: number, dense = false): Generator<void, void, void> {
   if (size === 0) return;
   if (reflinks) {
     try {
@@ -65,7 +65,9 @@ function* copySteps(src: number, dst: number, size: number, step: number): Gener
     }
   }
   let pos = 0;
-  let sparse = true;
+  // A file whose blocks cover its size has no hole to keep: copied as one data extent, as the kernel
+  // does from a data offset (its SEEK_DATA finds 0 and it copies whole chunks).
+  let sparse = !dense;
   let useCfr = true;
   let buf: Buffer | null = null;
   while (pos < size) {
@@ -113,14 +115,19 @@ function* copySteps(src: number, dst: number, size: number, step: number): Gener
     pos = end;
   }
   // A trailing hole: set the size without writing.
-  N.ftruncate(dst, size);
+  if (pos < size) N.ftruncate(dst, size);
 }
 
-/** Copies the data of `src` into `dst` in one go. */
-export function copyData(src: number, dst: number, size: number): void {
-  for (const _ of copySteps(src, dst, size, Number.MAX_SAFE_INTEGER)) {
+/** Copies the data of `src` into `dst` in one go (`dense`: its stat says it has no holes). */
+export function copyData(src: number, dst: number, size: number, dense = false): void {
+  for (const _ of copySteps(src, dst, size, Number.MAX_SAFE_INTEGER, dense)) {
     // no pauses
   }
+}
+
+/** Does the stat say every byte of the file is allocated (no hole to keep)? */
+function isDense(st: Float64Array): boolean {
+  return st[ST.blocks]! * 512 >= st[ST.size]!;
 }
 
 /** Copies the data of `src` into `dst`, letting other work run between steps. */
@@ -185,6 +192,11 @@ interface CopyJob {
 export class CopyUp {
   private readonly pst = new Float64Array(16);
   private readonly ust = new Float64Array(16);
+  /**
+   * Upper directories this mount marked impure (or found marked): not asked again. The mark stays
+   * with the directory (nothing removes it while it is mounted); a directory made anew is a new node.
+   */
+  private readonly impure = new WeakSet<UnionNode>();
 
   constructor(
     private readonly upper: UpperDir,
@@ -230,7 +242,7 @@ export class CopyUp {
   /** Copies the job's data (if any) in one go and puts the copy in place. */
   private copyNow(job: CopyJob): void {
     try {
-      if (job.src >= 0) copyData(job.src, job.out, job.st[ST.size]!);
+      if (job.src >= 0) copyData(job.src, job.out, job.st[ST.size]!, isDense(job.st));
     } catch (e) {
       this.abort(job);
       throw e;
@@ -282,7 +294,7 @@ export class CopyUp {
     const type = st[ST.mode]! & C.S_IFMT;
     const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
     try {
-      if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName);
+      if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName, st);
       if (type === C.S_IFREG) {
         // An unnamed file in the work directory: nothing to clean up if anything fails or the daemon
         // dies, and it is linked into place only when complete (the kernel's way too).
@@ -366,7 +378,10 @@ export class CopyUp {
   private prepareParent(parent: UnionNode): number {
     const upperParent = parent.dirFd(this.upper.layer);
     N.fstatat(upperParent, '', C.AT_EMPTY_PATH, this.pst);
-    if (this.upper.markers) markImpure(upperParent, this.upper.markers === 'user');
+    if (this.upper.markers && !this.impure.has(parent)) {
+      markImpure(upperParent, this.upper.markers === 'user');
+      this.impure.add(parent);
+    }
     return upperParent;
   }
 

@@ -111,10 +111,12 @@ const st = new Float64Array(16);
  * The overlay.origin value the kernel writes on the upper copy of the lower object (dirfd, name) of
  * `layer` (name "" for dirfd itself): its handle, or an empty value when its filesystem cannot
  * encode handles. null when the kernel writes none: a non-directory with more than one link.
+ * `known`: the object's stat when the caller just took it.
  */
-export function originXattrFor(layer: Layer, dirfd: number, name = ''): Buffer | null {
-  N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, st);
-  if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR && st[ST.nlink]! > 1) return null;
+export function originXattrFor(layer: Layer, dirfd: number, name = '', known?: Float64Array): Buffer | null {
+  const s = known ?? st;
+  if (!known) N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, s);
+  if ((s[ST.mode]! & C.S_IFMT) !== C.S_IFDIR && s[ST.nlink]! > 1) return null;
   let h: N.FileHandle;
   try {
     h = N.nameToHandleAt(dirfd, name, name === '' ? C.AT_EMPTY_PATH : 0);
