@@ -168,6 +168,37 @@ test('OCI .wh. files hide only the layers below their own; opaque markers do not
   t.false([...strata.nodes.keys()].some((p) => path.basename(p).startsWith('.wh.')), 'no .wh. file is visible');
 });
 
+/**
+ * The layers with `n` layers added below, holding every directory any of them names (with a file
+ * of their own): each merged directory then has four or more lower layers, so its names come from
+ * the lower index (lower_index.ts), which reads each layer's listing once instead of searching by name.
+ */
+function overFillers(layers: Layer[], n = 3): Layer[] {
+  const dirs = new Set<string>(['']);
+  for (const e of layers.flat()) {
+    for (let p = path.posix.dirname(e.path); p !== '.' && p !== ''; p = path.posix.dirname(p)) dirs.add(p);
+    if (e.kind === 'dir' || e.kind === 'opaque' || e.kind === 'ociOpaque') dirs.add(e.path);
+  }
+  const fillers: Layer[] = Array.from({ length: n }, (_, k) =>
+    [...dirs].map((d) => ({ path: d === '' ? `filler${k}` : `${d}/filler${k}`, kind: 'file' as const, content: `filler ${k}\n` })));
+  return [...layers, ...fillers];
+}
+
+test('the lower index (4+ lower layers per directory) applies the same rules: kernel format', (t) => {
+  const { strata } = compareWithKernel(t, { lowers: materializeLayers(tempDir(t), overFillers(KERNEL_FORMAT)) });
+  t.deepEqual(strata.listings.get('opq'), ['top-only file']);
+  t.deepEqual(strata.listings.get('merged'), ['filler0 file', 'filler1 file', 'filler2 file', 'low file', 'mid file', 'top file']);
+});
+
+test('the lower index applies the same rules: OCI format', (t) => {
+  compareOciLayers(t, overFillers(toFormat(KERNEL_FORMAT, 'oci')));
+  const root = tempDir(t);
+  const oci = materializeLayers(path.join(root, 'o'), overFillers(OCI_ONLY));
+  const { strata } = compareWithKernel(t, { lowers: oci, kernelLowers: ociToKernel(oci, path.join(root, 'k')) });
+  t.deepEqual(strata.listings.get('samedir'), ['new file']);
+  t.deepEqual(strata.listings.get('nested/deeper'), ['filler0 file', 'filler1 file', 'filler2 file', 'here file', 'stays file'], 'gone is whited out');
+});
+
 test('symlinks are served as links, never followed inside the layers', (t) => {
   const longTarget = 'seg/'.repeat(1000) + 'end'; // 4003 bytes
   const layers: Layer[] = [

@@ -11,7 +11,7 @@ import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
 import { lookupLayers, searchLayers, type LayerHit } from './namei.js';
-import { OCI_WHITEOUT_PREFIX } from './whiteout.js';
+import { isKernelWhiteout, isOpaqueDir, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -119,27 +119,69 @@ export class LowerIndex {
     this.memory.set(key, listing);
   }
 
-  /** Searches every lower layer of `dir` once and records what they show. */
+  /**
+   * Reads every lower layer of `dir` once and records what they show, by the rules of searchLayers
+   * applied to all names in one pass, top layer first: the entries' types and inode numbers come
+   * from the listings, so only what a listing cannot tell costs a system call (a character device
+   * or an unknown type may be a whiteout: stat; a directory with a layer below may be opaque: its
+   * xattrs).
+   */
   build(dir: UnionNode): LowerListing {
     const from = this.lowerFrom(dir);
     const layers = dir.dirLayers!;
-    const names = new Set<string>();
+    const oci = layers[0]?.ociWhiteouts ?? true;
+    const listing: LowerListing = new Map();
+    /** Names whose search has ended (found a non-directory, a whiteout, an opaque directory). */
+    const done = new Set<string>();
+    const st = new Float64Array(16);
     // Each layer's names also go to the directory's node (as a full listing leaves them there):
-    // the search of each name below then asks only the layers that hold it or its OCI whiteout.
+    // lookups of names the index does not cover ask only the layers that hold them.
     dir.lowerNames ??= new Map();
     for (let i = from; i < layers.length; i++) {
-      const oci = layers[i]!.ociWhiteouts;
+      const layer = layers[i]!;
+      const below = i + 1 < layers.length;
+      const dirfd = dir.dirFd(layer);
+      const entries = N.readdir(dirfd);
       const layerNames = new Set<string>();
-      for (const [name] of N.readdir(dir.dirFd(layers[i]!))) {
+      const ociHidden: string[] = [];
+      for (const [name, dtype, realIno] of entries) {
         layerNames.add(name);
-        if (!oci || !name.startsWith(OCI_WHITEOUT_PREFIX)) names.add(name);
+        if (oci && name.startsWith(OCI_WHITEOUT_PREFIX)) {
+          const target = ociWhiteoutTarget(name);
+          if (target !== undefined && below) ociHidden.push(target);
+          continue;
+        }
+        if (done.has(name)) continue;
+        let type = dtype << 12;
+        let ino = realIno;
+        if (dtype === C.DT_CHR || dtype === C.DT_UNKNOWN) {
+          if (!N.lstatMaybe(dirfd, name, st)) continue; // gone since the listing
+          if (isKernelWhiteout(st)) {
+            done.add(name);
+            continue;
+          }
+          type = st[ST.mode]! & C.S_IFMT;
+          ino = st[ST.ino]!;
+        }
+        const isDir = type === C.S_IFDIR;
+        const cur = listing.get(name);
+        if (!cur) {
+          listing.set(name, { l: layer.index, m: type, i: ino, d: isDir ? [layer.index] : null });
+          if (!isDir) {
+            done.add(name);
+            continue;
+          }
+        } else if (!isDir) {
+          // Below a directory, only directories merge; anything else ends the merge.
+          done.add(name);
+          continue;
+        } else {
+          cur.d!.push(layer.index);
+        }
+        if (below && isOpaqueDir(dirfd, name, oci)) done.add(name);
       }
-      if (!dir.lowerNames.has(layers[i]!)) dir.lowerNames.set(layers[i]!, layerNames);
-    }
-    const listing: LowerListing = new Map();
-    for (const name of names) {
-      const { hit } = searchLayers(dir, name, from, layers.length);
-      if (hit) listing.set(name, { l: hit.layer.index, m: hit.st[ST.mode]! & C.S_IFMT, i: hit.st[ST.ino]!, d: hit.dirLayers?.map((l) => l.index) ?? null });
+      for (const name of ociHidden) done.add(name);
+      if (!dir.lowerNames.has(layer)) dir.lowerNames.set(layer, layerNames);
     }
     const key = this.key(dir);
     this.remember(key, listing);
