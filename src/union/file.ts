@@ -32,10 +32,13 @@ export interface FileHandle {
 
 export type Handle = FileHandle;
 
-/** A passthrough backing registered with the kernel; every open of one inode must share it. */
+/**
+ * A passthrough backing registered with the kernel; every open of one inode must share it. The
+ * kernel holds its own reference to the file from FUSE_DEV_IOC_BACKING_OPEN until the id is closed,
+ * so the daemon keeps no descriptor for it.
+ */
 export interface Backing {
   id: number;
-  fd: number;
   /** The layer of the file it was made from (a copy-up makes it stale for new opens). */
   layer: Layer;
   refs: number;
@@ -84,17 +87,11 @@ export class HandleTable {
     return b !== undefined && !b.layer.isUpper;
   }
 
-  /** Registers (or shares) the node's passthrough backing for `fd`. */
+  /** Registers (or shares) the node's passthrough backing for `fd` (which stays the caller's). */
   backingFor(node: UnionNode, fd: number): Backing {
     let b = this.backings.get(node);
     if (!b) {
-      const own = N.dup(fd);
-      try {
-        b = { id: this.registry.open(own), fd: own, layer: node.layer, refs: 0 };
-      } catch (e) {
-        N.close(own);
-        throw e;
-      }
+      b = { id: this.registry.open(fd), layer: node.layer, refs: 0 };
       this.backings.set(node, b);
     }
     b.refs++;
@@ -104,11 +101,7 @@ export class HandleTable {
   releaseBacking(node: UnionNode, b: Backing): void {
     if (--b.refs > 0) return;
     if (this.backings.get(node) === b) this.backings.delete(node);
-    try {
-      this.registry.close(b.id);
-    } finally {
-      N.close(b.fd);
-    }
+    this.registry.close(b.id);
   }
 }
 
