@@ -56,7 +56,7 @@ export class HandleTable {
     const fh = this.next++;
     this.handles.set(fh, h);
     h.node.openCount++;
-    h.node.handles.add(h);
+    (h.node.handles ??= new Set()).add(h);
     return fh;
   }
 
@@ -72,7 +72,7 @@ export class HandleTable {
     if (h) {
       this.handles.delete(fh);
       h.node.openCount--;
-      h.node.handles.delete(h);
+      h.node.handles?.delete(h);
     }
     return h;
   }
@@ -172,7 +172,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
 
 /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
 export function reopenHandles(node: UnionNode): void {
-  for (const h of node.handles) {
+  for (const h of node.handles ?? []) {
     // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
     if (h.backing || !h.onLower) continue;
     const { fd, writable } = openUpperFile(node.live, 0);
