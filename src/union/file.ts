@@ -72,7 +72,8 @@ export class HandleTable {
     if (h) {
       this.handles.delete(fh);
       h.node.openCount--;
-      h.node.handles?.delete(h);
+      const set = h.node.handles;
+      if (set && set.delete(h) && set.size === 0) h.node.handles = null;
     }
     return h;
   }
