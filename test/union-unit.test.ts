@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID } from '../src/fuse/protocol.js';
-import type { RequestContext, SetattrRequest } from '../src/fuse/types.js';
+import type { BackingRegistry, RequestContext, SetattrRequest } from '../src/fuse/types.js';
 import * as N from '../src/native/index.js';
 import { LayerStack } from '../src/union/layers.js';
 import { LOWER_ATIME } from '../src/union/layer_mount.js';
@@ -23,7 +23,7 @@ interface Setup {
   lower: string;
 }
 
-function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Setup {
+function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}, backings?: BackingRegistry): Setup {
   const root = tempDir(t, 'uu');
   const lower = path.join(root, 'lower');
   const upper = path.join(root, 'upper');
@@ -37,11 +37,12 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}): Se
   const stack = LayerStack.open(upper, [lower], { atime: LOWER_ATIME, workdir: work, ociWhiteouts: true });
   const workFd = stack.openBesideUpper(path.join(work, 'work'));
   const union = new UnionFs(stack, {
-    readOnly: false, cacheTimeout: 1, passthrough: false, logger: pino({ level: 'silent' }), 
-    backings: { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
+    readOnly: false, cacheTimeout: 1, passthrough: backings !== undefined, logger: pino({ level: 'silent' }),
+    backings: backings ?? { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
     cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateListing: () => {},
     upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },
   });
+  if (backings) union.init({ minor: 45, passthrough: true });
   t.teardown(() => {
     N.close(workFd);
     stack.close();
@@ -134,4 +135,44 @@ test('link of an unlinked file is ENOENT', async (t) => {
   await u.unlink(ctx, ROOT_NODEID, 'l');
   t.is(await errno(() => u.link(ctx, c.entry.nodeid, ROOT_NODEID, 'l2')), 'ENOENT');
   u.release(ctx, c.entry.nodeid, c.open.fh);
+});
+
+test.serial('a passthrough backing is registered with the first open\'s own descriptor and shared; the daemon holds no other', async (t) => {
+  const registered: number[] = [];
+  const closed: number[] = [];
+  const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+  const { fs: u } = setup(t, { f: 'data' }, {
+    open: (fd) => {
+      registered.push(fd);
+      return 7;
+    },
+    close: (id) => void closed.push(id),
+  });
+  const node = (await u.lookup(ctx, ROOT_NODEID, 'f')).nodeid;
+  const before = openFds();
+  const a = await u.open(ctx, node, C.O_RDONLY);
+  const b = await u.open(ctx, node, C.O_RDONLY);
+  t.is(a.backingId, 7);
+  t.is(b.backingId, 7);
+  t.deepEqual(registered, [u.handles.file(a.fh).fd]);
+  // one descriptor per open, none for the backing (the kernel holds the file itself)
+  t.is(openFds(), before + 2);
+  await u.release(ctx, node, a.fh);
+  t.deepEqual(closed, []);
+  await u.release(ctx, node, b.fh);
+  t.deepEqual(closed, [7]);
+  t.is(openFds(), before);
+});
+
+test('readInto reads into the caller\'s buffer at its offset (the READ reply buffer); read still returns a buffer', async (t) => {
+  const { fs: u } = setup(t, { f: '0123456789' });
+  const node = (await u.lookup(ctx, ROOT_NODEID, 'f')).nodeid;
+  const o = await u.open(ctx, node, C.O_RDONLY);
+  const out = Buffer.alloc(64, 0xee);
+  t.is(u.readInto(ctx, node, o.fh, 3, 20, out, 16), 7);
+  t.is(out.toString('latin1', 16, 23), '3456789');
+  t.is(out[15], 0xee);
+  t.is(out[23], 0xee);
+  t.is(u.read(ctx, node, o.fh, 8, 4).toString(), '89');
+  await u.release(ctx, node, o.fh);
 });

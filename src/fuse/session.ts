@@ -70,54 +70,81 @@ function cstr(buf: Buffer, start: number, end: number): [string, number] {
   if (nul < 0 || nul > end) nul = end;
   return [buf.toString('latin1', start, nul), nul + 1];
 }
+/** The NUL-terminated name at `start` (the single name of LOOKUP, UNLINK, ...). */
+function cname(buf: Buffer, start: number, end: number): string {
+  let nul = buf.indexOf(0, start);
+  if (nul < 0 || nul > end) nul = end;
+  return buf.toString('latin1', start, nul);
+}
 function align8(n: number): number {
   return (n + 7) & ~7;
 }
 
-function encodeAttr(buf: Buffer, o: number, a: AttrReply['attr']): void {
-  putU64(buf, o, a.ino);
-  putU64(buf, o + 8, a.size);
-  putU64(buf, o + 16, a.blocks);
-  putI64(buf, o + 24, a.atimeSec);
-  putI64(buf, o + 32, a.mtimeSec);
-  putI64(buf, o + 40, a.ctimeSec);
-  buf.writeUInt32LE(a.atimeNsec, o + 48);
-  buf.writeUInt32LE(a.mtimeNsec, o + 52);
-  buf.writeUInt32LE(a.ctimeNsec, o + 56);
-  buf.writeUInt32LE(a.mode >>> 0, o + 60);
-  buf.writeUInt32LE(a.nlink >>> 0, o + 64);
-  buf.writeUInt32LE(a.uid >>> 0, o + 68);
-  buf.writeUInt32LE(a.gid >>> 0, o + 72);
-  buf.writeUInt32LE(a.rdev >>> 0, o + 76);
-  buf.writeUInt32LE(a.blksize >>> 0, o + 80);
-  buf.writeUInt32LE(0, o + 84);
+// Replies are encoded through a 32-bit view of the reply buffer: every field of the structures
+// below sits at a multiple of 4 bytes from the start of the buffer (headers and records are 8-byte
+// aligned), and FUSE uses the host's byte order. A typed-array store is one instruction once
+// optimised, where Buffer.writeUInt32LE checks its range and offset on every call.
+
+/** Stores an unsigned 64-bit value (a safe integer) at word index `w`. */
+function setU64(w32: Uint32Array, w: number, v: number): void {
+  w32[w] = v >>> 0;
+  w32[w + 1] = (v / TWO32) >>> 0;
+}
+/** Stores a signed 64-bit value (a safe integer) at word index `w`. */
+function setI64(w32: Uint32Array, w: number, v: number): void {
+  const hi = Math.floor(v / TWO32);
+  w32[w] = (v - hi * TWO32) >>> 0;
+  w32[w + 1] = hi >>> 0;
 }
 
-function splitTimeout(t: number): [number, number] {
+/** struct fuse_attr at word index `w`. */
+function encodeAttr(w32: Uint32Array, w: number, a: AttrReply['attr']): void {
+  setU64(w32, w, a.ino);
+  setU64(w32, w + 2, a.size);
+  setU64(w32, w + 4, a.blocks);
+  setI64(w32, w + 6, a.atimeSec);
+  setI64(w32, w + 8, a.mtimeSec);
+  setI64(w32, w + 10, a.ctimeSec);
+  w32[w + 12] = a.atimeNsec;
+  w32[w + 13] = a.mtimeNsec;
+  w32[w + 14] = a.ctimeNsec;
+  w32[w + 15] = a.mode;
+  w32[w + 16] = a.nlink;
+  w32[w + 17] = a.uid;
+  w32[w + 18] = a.gid;
+  w32[w + 19] = a.rdev;
+  w32[w + 20] = a.blksize;
+  w32[w + 21] = 0;
+}
+
+/** A timeout in seconds as (whole seconds, nanoseconds) at word indexes `ws` (64-bit) and `wn`. */
+function setTimeout64(w32: Uint32Array, ws: number, wn: number, t: number): void {
   const s = Math.floor(t);
-  return [s, Math.floor((t - s) * 1e9)];
+  setU64(w32, ws, s);
+  w32[wn] = Math.floor((t - s) * 1e9);
 }
 
-function encodeEntry(buf: Buffer, o: number, e: EntryReply): void {
-  putU64(buf, o, e.nodeid);
-  putU64(buf, o + 8, e.generation);
-  const [es, ens] = splitTimeout(e.entryTimeout);
-  const [as, ans] = splitTimeout(e.attrTimeout);
-  putU64(buf, o + 16, es);
-  putU64(buf, o + 24, as);
-  buf.writeUInt32LE(ens, o + 32);
-  buf.writeUInt32LE(ans, o + 36);
-  encodeAttr(buf, o + 40, e.attr);
+/** struct fuse_entry_out at word index `w`. */
+function encodeEntry(w32: Uint32Array, w: number, e: EntryReply): void {
+  setU64(w32, w, e.nodeid);
+  setU64(w32, w + 2, e.generation);
+  setTimeout64(w32, w + 4, w + 8, e.entryTimeout);
+  setTimeout64(w32, w + 6, w + 9, e.attrTimeout);
+  encodeAttr(w32, w + 10, e.attr);
 }
 
-/** Packs dirent / direntplus records into the reply buffer. */
+/** Packs dirent / direntplus records into the reply buffer (one per session, reset per request). */
 class DirBuffer implements DirSink {
-  pos: number;
-  readonly end: number;
+  pos = 0;
+  end = 0;
+  /** Nodeids given a lookup reference by this reply (dropped again if it cannot be sent). */
   readonly nodeids: number[] = [];
-  constructor(readonly buf: Buffer, start: number, size: number) {
+  constructor(readonly buf: Buffer, private readonly w32: Uint32Array) {}
+  reset(start: number, size: number): this {
     this.pos = start;
     this.end = start + size;
+    this.nodeids.length = 0;
+    return this;
   }
   fits(name: string): boolean {
     return this.pos + align8(DIRENTPLUS_BASE + name.length) <= this.end;
@@ -133,24 +160,29 @@ class DirBuffer implements DirSink {
     const len = align8(DIRENTPLUS_BASE + name.length);
     if (this.pos + len > this.end) return false;
     if (entry) {
-      encodeEntry(this.buf, this.pos, entry);
+      encodeEntry(this.w32, this.pos >> 2, entry);
       if (entry.nodeid !== 0) this.nodeids.push(entry.nodeid);
     } else {
-      this.buf.fill(0, this.pos, this.pos + ENTRY_OUT_SIZE);
+      this.w32.fill(0, this.pos >> 2, (this.pos + ENTRY_OUT_SIZE) >> 2);
     }
     this.writeDirent(this.pos + ENTRY_OUT_SIZE, name, ino, type, nextOffset, len - ENTRY_OUT_SIZE);
     this.pos += len;
     return true;
   }
   private writeDirent(o: number, name: string, ino: number, type: number, off: number, len: number): void {
+    const w32 = this.w32;
+    const w = o >> 2;
+    setU64(w32, w, ino);
+    setU64(w32, w + 2, off);
+    w32[w + 4] = name.length;
+    w32[w + 5] = type;
+    // Names are latin1 strings (one char per byte): copied byte by byte, then 0-7 bytes of padding.
     const b = this.buf;
-    putU64(b, o, ino);
-    putU64(b, o + 8, off);
-    b.writeUInt32LE(name.length, o + 16);
-    b.writeUInt32LE(type, o + 20);
-    b.write(name, o + DIRENT_BASE, 'latin1');
-    const padStart = o + DIRENT_BASE + name.length;
-    if (padStart < o + len) b.fill(0, padStart, o + len);
+    const n = name.length;
+    let p = o + DIRENT_BASE;
+    for (let i = 0; i < n; i++) b[p++] = name.charCodeAt(i);
+    const stop = o + len;
+    while (p < stop) b[p++] = 0;
   }
 }
 
@@ -162,7 +194,10 @@ export class FuseSession {
   private devFd = -1;
   private reader: object | null = null;
   private readonly inBuf = Buffer.allocUnsafe(BUFFER_SIZE);
-  private readonly outBuf = Buffer.allocUnsafe(BUFFER_SIZE);
+  /** The reply buffer, and a 32-bit view of it for encoding (see setU64). */
+  private readonly outBuf = Buffer.from(new ArrayBuffer(BUFFER_SIZE));
+  private readonly out32 = new Uint32Array(this.outBuf.buffer, this.outBuf.byteOffset, BUFFER_SIZE >> 2);
+  private readonly dirBuf = new DirBuffer(this.outBuf, this.out32);
   private readonly trace: boolean;
   private readyResolve!: () => void;
   private readyReject!: (e: Error) => void;
@@ -305,10 +340,11 @@ export class FuseSession {
   // ---- replies -------------------------------------------------------------------------------
 
   private send(unique: number, error: number, bodyLen: number): boolean {
+    const w32 = this.out32;
+    w32[0] = OUT_HEADER_SIZE + bodyLen;
+    w32[1] = -error;
+    setU64(w32, 2, unique);
     const b = this.outBuf;
-    b.writeUInt32LE(OUT_HEADER_SIZE + bodyLen, 0);
-    b.writeInt32LE(-error, 4);
-    putU64(b, 8, unique);
     try {
       N.writeReply(this.devFd, b.subarray(0, OUT_HEADER_SIZE + bodyLen));
       return true;
@@ -346,17 +382,16 @@ export class FuseSession {
   }
 
   private replyEntry(unique: number, e: EntryReply): void {
-    encodeEntry(this.outBuf, OUT_HEADER_SIZE, e);
+    encodeEntry(this.out32, OUT_HEADER_SIZE >> 2, e);
     if (!this.send(unique, 0, ENTRY_OUT_SIZE) && e.nodeid !== 0) this.fs.forget(e.nodeid, 1);
   }
 
   private replyAttr(unique: number, a: AttrReply): void {
-    const b = this.outBuf;
-    const [s, ns] = splitTimeout(a.attrTimeout);
-    putU64(b, OUT_HEADER_SIZE, s);
-    b.writeUInt32LE(ns, OUT_HEADER_SIZE + 8);
-    b.writeUInt32LE(0, OUT_HEADER_SIZE + 12);
-    encodeAttr(b, OUT_HEADER_SIZE + 16, a.attr);
+    const w32 = this.out32;
+    const w = OUT_HEADER_SIZE >> 2;
+    setTimeout64(w32, w, w + 2, a.attrTimeout);
+    w32[w + 3] = 0;
+    encodeAttr(w32, w + 4, a.attr);
     this.send(unique, 0, ATTR_OUT_SIZE);
   }
 
@@ -366,9 +401,7 @@ export class FuseSession {
     const o = OUT_HEADER_SIZE;
     const a = r.attr;
     b.fill(0, o, o + STATX_OUT_SIZE);
-    const [s, ns] = splitTimeout(r.attrTimeout);
-    putU64(b, o, s);
-    b.writeUInt32LE(ns, o + 8);
+    setTimeout64(this.out32, o >> 2, (o >> 2) + 2, r.attrTimeout);
     const x = o + 32;
     b.writeUInt32LE(STATX_BASIC_STATS | (r.btime ? STATX_BTIME : 0), x);
     b.writeUInt32LE(a.blksize >>> 0, x + 4);
@@ -394,19 +427,26 @@ export class FuseSession {
   }
 
   private encodeOpen(o: number, r: OpenReply): void {
-    const b = this.outBuf;
-    putU64(b, o, r.fh);
-    b.writeUInt32LE(r.openFlags >>> 0, o + 8);
-    b.writeInt32LE((r.openFlags & FOPEN_PASSTHROUGH) !== 0 ? (r.backingId ?? 0) : 0, o + 12);
+    const w32 = this.out32;
+    const w = o >> 2;
+    setU64(w32, w, r.fh);
+    w32[w + 2] = r.openFlags;
+    w32[w + 3] = (r.openFlags & FOPEN_PASSTHROUGH) !== 0 ? (r.backingId ?? 0) : 0;
   }
 
-  private replyOpen(unique: number, r: OpenReply, onFail: () => void): void {
+  /** Answers an OPEN; a reply the kernel no longer waits for releases the handle again. */
+  private replyOpen(ctx: RequestContext, nodeid: number, flags: number, r: OpenReply): void {
+    this.encodeOpen(OUT_HEADER_SIZE, r);
+    if (!this.send(ctx.unique, 0, OPEN_OUT_SIZE)) void this.fs.release(ctx, nodeid, r.fh, flags);
+  }
+
+  private replyOpendir(unique: number, r: OpenReply, onFail: () => void): void {
     this.encodeOpen(OUT_HEADER_SIZE, r);
     if (!this.send(unique, 0, OPEN_OUT_SIZE)) onFail();
   }
 
   private replyCreate(unique: number, r: CreateReply, onFail: () => void): void {
-    encodeEntry(this.outBuf, OUT_HEADER_SIZE, r.entry);
+    encodeEntry(this.out32, OUT_HEADER_SIZE >> 2, r.entry);
     this.encodeOpen(OUT_HEADER_SIZE + ENTRY_OUT_SIZE, r.open);
     if (!this.send(unique, 0, ENTRY_OUT_SIZE + OPEN_OUT_SIZE)) {
       onFail();
@@ -509,28 +549,36 @@ export class FuseSession {
 
   /** Runs a handler result through to a reply, whether it is a value or a promise. */
   private settle<T>(opcode: number, unique: number, r: T | Promise<T>, ok: (v: T) => void): void {
-    if (r instanceof Promise) {
-      this.pending++;
-      r.then(ok, (err) => this.fail(opcode, unique, err))
-        .catch((err) => this.fail(opcode, unique, err))
-        .finally(() => {
-          if (--this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
-        });
-    } else {
-      ok(r);
-    }
+    if (r instanceof Promise) this.later(opcode, unique, r, ok);
+    else ok(r);
   }
 
+  /**
+   * Replies once a handler's promise settles. The hot requests (LOOKUP, GETATTR, OPEN, READ, FLUSH,
+   * RELEASE, READDIR) call this only for a promise and reply at once otherwise: no closure per request.
+   */
+  private later<T>(opcode: number, unique: number, r: Promise<T>, ok: (v: T) => void): void {
+    this.pending++;
+    r.then(ok, (err) => this.fail(opcode, unique, err))
+      .catch((err) => this.fail(opcode, unique, err))
+      .finally(() => {
+        if (--this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+      });
+  }
+
+  /**
+   * The requests of the read side (lookups, attributes, opens, reads, listings) in a small function
+   * that the JIT compiles cheaply, and every other request in dispatchOther.
+   */
   private dispatch(op: number, ctx: RequestContext, nodeid: number, p: number, end: number): void {
     const b = this.inBuf;
     const fs = this.fs;
     const u = ctx.unique;
     switch (op) {
-      case Op.INIT:
-        return this.init(u, p);
       case Op.LOOKUP: {
-        const [name] = cstr(b, p, end);
-        return this.settle(op, u, fs.lookup(ctx, nodeid, name), (e) => this.replyEntry(u, e));
+        const r = fs.lookup(ctx, nodeid, cname(b, p, end));
+        if (r instanceof Promise) return this.later(op, u, r, (e) => this.replyEntry(u, e));
+        return this.replyEntry(u, r);
       }
       case Op.FORGET:
         fs.forget(nodeid, u64(b, p));
@@ -543,8 +591,63 @@ export class FuseSession {
       case Op.GETATTR: {
         const flags = b.readUInt32LE(p);
         const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
-        return this.settle(op, u, fs.getattr(ctx, nodeid, fh), (a) => this.replyAttr(u, a));
+        const r = fs.getattr(ctx, nodeid, fh);
+        if (r instanceof Promise) return this.later(op, u, r, (a) => this.replyAttr(u, a));
+        return this.replyAttr(u, r);
       }
+      case Op.OPEN: {
+        const flags = b.readUInt32LE(p);
+        const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
+        const r = fs.open(ctx, nodeid, flags, killSuidgid);
+        if (r instanceof Promise) return this.later(op, u, r, (o) => this.replyOpen(ctx, nodeid, flags, o));
+        return this.replyOpen(ctx, nodeid, flags, r);
+      }
+      case Op.READ: {
+        const fh = u64(b, p);
+        const offset = u64(b, p + 8);
+        const size = b.readUInt32LE(p + 16);
+        // Read straight into the reply buffer after the header: one write, no buffer per READ.
+        if (fs.readInto && size <= BUFFER_SIZE - OUT_HEADER_SIZE) {
+          return void this.send(u, 0, fs.readInto(ctx, nodeid, fh, offset, size, this.outBuf, OUT_HEADER_SIZE));
+        }
+        const r = fs.read(ctx, nodeid, fh, offset, size);
+        if (r instanceof Promise) return this.later(op, u, r, (data) => this.sendData(u, data));
+        return this.sendData(u, r);
+      }
+      case Op.RELEASE: {
+        const r = fs.release(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 8));
+        if (r instanceof Promise) return this.later(op, u, r, () => this.replyOk(u));
+        return this.replyOk(u);
+      }
+      case Op.FLUSH: {
+        const r = fs.flush(ctx, nodeid, u64(b, p));
+        if (r instanceof Promise) return this.later(op, u, r, () => this.replyOk(u));
+        return this.replyOk(u);
+      }
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        const fh = u64(b, p);
+        const offset = u64(b, p + 8);
+        const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
+        const plus = op === Op.READDIRPLUS;
+        const prepared = fs.readdirPrepare?.(ctx, nodeid);
+        if (prepared instanceof Promise) {
+          return this.later(op, u, prepared.then(() => this.fillDir(ctx, nodeid, fh, offset, size, plus)), () => undefined);
+        }
+        return this.fillDir(ctx, nodeid, fh, offset, size, plus);
+      }
+      default:
+        return this.dispatchOther(op, ctx, nodeid, p, end);
+    }
+  }
+
+  private dispatchOther(op: number, ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const fs = this.fs;
+    const u = ctx.unique;
+    switch (op) {
+      case Op.INIT:
+        return this.init(u, p);
       case Op.STATX: {
         if (!fs.statx) return this.replyError(u, errno.ENOSYS);
         const flags = b.readUInt32LE(p);
@@ -587,11 +690,11 @@ export class FuseSession {
         return this.settle(op, u, fs.mkdir(ctx, nodeid, name, mode, umask), (e) => this.replyEntry(u, e));
       }
       case Op.UNLINK: {
-        const [name] = cstr(b, p, end);
+        const name = cname(b, p, end);
         return this.settle(op, u, fs.unlink(ctx, nodeid, name), () => this.replyOk(u));
       }
       case Op.RMDIR: {
-        const [name] = cstr(b, p, end);
+        const name = cname(b, p, end);
         return this.settle(op, u, fs.rmdir(ctx, nodeid, name), () => this.replyOk(u));
       }
       case Op.RENAME:
@@ -607,12 +710,6 @@ export class FuseSession {
         const [newName] = cstr(b, p + 8, end);
         return this.settle(op, u, fs.link(ctx, oldNode, nodeid, newName), (e) => this.replyEntry(u, e));
       }
-      case Op.OPEN: {
-        const flags = b.readUInt32LE(p);
-        const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
-        return this.settle(op, u, fs.open(ctx, nodeid, flags, killSuidgid), (r) =>
-          this.replyOpen(u, r, () => void fs.release(ctx, nodeid, r.fh, flags)));
-      }
       case Op.CREATE:
       case Op.TMPFILE: {
         const flags = b.readUInt32LE(p);
@@ -625,12 +722,6 @@ export class FuseSession {
         return this.settle(op, u, r, (c) =>
           this.replyCreate(u, c, () => void fs.release(ctx, c.entry.nodeid, c.open.fh, flags)));
       }
-      case Op.READ: {
-        const fh = u64(b, p);
-        const offset = u64(b, p + 8);
-        const size = b.readUInt32LE(p + 16);
-        return this.settle(op, u, fs.read(ctx, nodeid, fh, offset, size), (data) => this.sendData(u, data));
-      }
       case Op.WRITE: {
         const fh = u64(b, p);
         const offset = u64(b, p + 8);
@@ -642,8 +733,6 @@ export class FuseSession {
       }
       case Op.STATFS:
         return this.settle(op, u, fs.statfs(ctx, nodeid), (s) => this.replyStatfs(u, s));
-      case Op.RELEASE:
-        return this.settle(op, u, fs.release(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 8)), () => this.replyOk(u));
       case Op.FSYNC:
         return this.settle(op, u, fs.fsync(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
           () => this.replyOk(u));
@@ -673,27 +762,10 @@ export class FuseSession {
         const [name] = cstr(b, p, end);
         return this.settle(op, u, fs.removexattr(ctx, nodeid, name), () => this.replyOk(u));
       }
-      case Op.FLUSH:
-        return this.settle(op, u, fs.flush(ctx, nodeid, u64(b, p)), () => this.replyOk(u));
       case Op.OPENDIR: {
         const flags = b.readUInt32LE(p);
         return this.settle(op, u, fs.opendir(ctx, nodeid, flags), (r) =>
-          this.replyOpen(u, r, () => void fs.releasedir(ctx, nodeid, r.fh)));
-      }
-      case Op.READDIR:
-      case Op.READDIRPLUS: {
-        const fh = u64(b, p);
-        const offset = u64(b, p + 8);
-        const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
-        const plus = op === Op.READDIRPLUS;
-        // Filled and sent in one synchronous step: the sink writes into the shared reply buffer.
-        const fill = (): void => {
-          const sink = new DirBuffer(this.outBuf, OUT_HEADER_SIZE, size);
-          fs.readdir(ctx, nodeid, fh, offset, sink, plus);
-          if (!this.send(u, 0, sink.pos - OUT_HEADER_SIZE)) for (const id of sink.nodeids) fs.forget(id, 1);
-        };
-        const prepared = fs.readdirPrepare?.(ctx, nodeid);
-        return this.settle(op, u, prepared instanceof Promise ? prepared.then(fill) : fill(), () => undefined);
+          this.replyOpendir(u, r, () => void fs.releasedir(ctx, nodeid, r.fh)));
       }
       case Op.RELEASEDIR:
         return this.settle(op, u, fs.releasedir(ctx, nodeid, u64(b, p)), () => this.replyOk(u));
@@ -733,6 +805,13 @@ export class FuseSession {
     }
   }
 
+  /** Fills and sends a READDIR(PLUS) reply in one synchronous step (the sink is the shared reply buffer). */
+  private fillDir(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, plus: boolean): void {
+    const sink = this.dirBuf.reset(OUT_HEADER_SIZE, size);
+    this.fs.readdir(ctx, nodeid, fh, offset, sink, plus);
+    if (!this.send(ctx.unique, 0, sink.pos - OUT_HEADER_SIZE)) for (const id of sink.nodeids) this.fs.forget(id, 1);
+  }
+
   private init(unique: number, p: number): void {
     const b = this.inBuf;
     const major = b.readUInt32LE(p);
@@ -751,8 +830,11 @@ export class FuseSession {
     // nfs_export: FUSE_NO_EXPORT_SUPPORT leaves the kernel able to encode fanotify ids only.
     // With it, FUSE_EXPORT_SUPPORT: handles are resolved by the daemon's LOOKUP "." and "..".
     const exportFlag = this.opts.exportSupport ? InitFlag.EXPORT_SUPPORT : InitFlag.NO_EXPORT_SUPPORT;
+    // READDIRPLUS for every chunk of a listing, not READDIRPLUS_AUTO: with AUTO only the chunk at
+    // offset 0 is "plus", and a walk that stats what it lists (find, ls -l, rm -rf) then costs one
+    // LOOKUP round trip per name of every further chunk (1856 of them in a walk of 11k names).
     const wanted = [InitFlag.ASYNC_READ, InitFlag.ATOMIC_O_TRUNC, exportFlag, InitFlag.BIG_WRITES,
-      InitFlag.DO_READDIRPLUS, InitFlag.READDIRPLUS_AUTO, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
+      InitFlag.DO_READDIRPLUS, InitFlag.PARALLEL_DIROPS, InitFlag.MAX_PAGES,
       InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_DIO, InitFlag.INIT_EXT, InitFlag.DIRECT_IO_ALLOW_MMAP,
       InitFlag.HANDLE_KILLPRIV_V2, InitFlag.SETXATTR_EXT];
     // POSIX ACLs enforced by the kernel; it then leaves the umask to the daemon (DONT_MASK).

@@ -138,6 +138,11 @@ export interface FileSystem {
   tmpfile?(ctx: RequestContext, parent: number, mode: number, flags: number, umask: number): R<CreateReply>;
   /** Returns the data read (may be shorter than size at end of file). */
   read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): R<Buffer>;
+  /**
+   * Optional, synchronous: reads up to `size` bytes into `out` at `outOffset` (the reply buffer) and
+   * returns how many were read. Used instead of `read` when present.
+   */
+  readInto?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, out: Buffer, outOffset: number): number;
   /** `data` is a view of the request buffer: valid only until the synchronous part returns. */
   write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags: number): R<number>;
   flush(ctx: RequestContext, nodeid: number, fh: number): R<void>;

@@ -32,10 +32,13 @@ export interface FileHandle {
 
 export type Handle = FileHandle;
 
-/** A passthrough backing registered with the kernel; every open of one inode must share it. */
+/**
+ * A passthrough backing registered with the kernel; every open of one inode must share it. The
+ * kernel holds its own reference to the file from FUSE_DEV_IOC_BACKING_OPEN until the id is closed,
+ * so the daemon keeps no descriptor for it.
+ */
 export interface Backing {
   id: number;
-  fd: number;
   /** The layer of the file it was made from (a copy-up makes it stale for new opens). */
   layer: Layer;
   refs: number;
@@ -53,7 +56,7 @@ export class HandleTable {
     const fh = this.next++;
     this.handles.set(fh, h);
     h.node.openCount++;
-    h.node.handles.add(h);
+    (h.node.handles ??= new Set()).add(h);
     return fh;
   }
 
@@ -69,7 +72,8 @@ export class HandleTable {
     if (h) {
       this.handles.delete(fh);
       h.node.openCount--;
-      h.node.handles.delete(h);
+      const set = h.node.handles;
+      if (set && set.delete(h) && set.size === 0) h.node.handles = null;
     }
     return h;
   }
@@ -84,17 +88,11 @@ export class HandleTable {
     return b !== undefined && !b.layer.isUpper;
   }
 
-  /** Registers (or shares) the node's passthrough backing for `fd`. */
+  /** Registers (or shares) the node's passthrough backing for `fd` (which stays the caller's). */
   backingFor(node: UnionNode, fd: number): Backing {
     let b = this.backings.get(node);
     if (!b) {
-      const own = N.dup(fd);
-      try {
-        b = { id: this.registry.open(own), fd: own, layer: node.layer, refs: 0 };
-      } catch (e) {
-        N.close(own);
-        throw e;
-      }
+      b = { id: this.registry.open(fd), layer: node.layer, refs: 0 };
       this.backings.set(node, b);
     }
     b.refs++;
@@ -104,11 +102,7 @@ export class HandleTable {
   releaseBacking(node: UnionNode, b: Backing): void {
     if (--b.refs > 0) return;
     if (this.backings.get(node) === b) this.backings.delete(node);
-    try {
-      this.registry.close(b.id);
-    } finally {
-      N.close(b.fd);
-    }
+    this.registry.close(b.id);
   }
 }
 
@@ -179,7 +173,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
 
 /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
 export function reopenHandles(node: UnionNode): void {
-  for (const h of node.handles) {
+  for (const h of node.handles ?? []) {
     // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
     if (h.backing || !h.onLower) continue;
     const { fd, writable } = openUpperFile(node.live, 0);

@@ -78,7 +78,8 @@ export class InodeTable {
 
   /** The node for `name` in `parent`, created for a fresh lookup result. */
   create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number): UnionNode {
-    const ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
+    // (the locator is only ever asked for an upper object: no closure for a lower one)
+    const ino = layer.isUpper ? this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]) : this.stack.inoOf(layer, realIno);
     const node = new UnionNode(this.newId(ino, want, parent, name), ino, parent, name, type, layer, dirLayers);
     this.born(node);
     this.attach(parent, name, node);
@@ -301,7 +302,9 @@ export class InodeTable {
 
   /** Builds the merged attributes from a layer object's stat. */
   attrFrom(node: UnionNode, st: Float64Array): Attr {
-    const ino = node.unlinked || !node.parent ? node.ino : this.inoFor(node.layer, st[ST.ino]!, () => node.location());
+    const layer = node.layer;
+    const ino = node.unlinked || !node.parent ? node.ino
+      : layer.isUpper ? this.inoFor(layer, st[ST.ino]!, () => node.location()) : this.stack.inoOf(layer, st[ST.ino]!);
     if (node.ino !== ino) {
       node.ino = ino;
       this.exports?.note(node);

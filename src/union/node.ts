@@ -23,8 +23,8 @@ export class UnionNode {
   childCount = 0;
   /** Open file or directory handles on this node. */
   openCount = 0;
-  /** Children the kernel currently knows, by name. Changes made through the mount keep it exact. */
-  readonly children = new Map<string, UnionNode>();
+  /** See `children` (made on first use: most nodes are not directories). */
+  private kids: Map<string, UnionNode> | null = null;
   /** Descriptors of this directory in each layer of `dirLayers` (O_PATH), opened on demand. */
   private dirFds: number[] | null = null;
   /** Set when the name was removed while the object is still open or known (st_ino is then kept as it is). */
@@ -55,8 +55,8 @@ export class UnionNode {
   successor: UnionNode | null = null;
   /** Superseded nodes that forward to this one (they keep it in the table). */
   pins = 0;
-  /** The open file handles of this node. */
-  readonly handles = new Set<FileHandle>();
+  /** The open file handles of this node (null until its first open). */
+  handles: Set<FileHandle> | null = null;
   /** FUSE generation (with nfs_export=on, see export.ts; 0 otherwise). Fixed for the node's life. */
   generation = 0;
 
@@ -73,6 +73,11 @@ export class UnionNode {
     /** For directories: the layers merged into it, top first. */
     public dirLayers: Layer[] | null,
   ) {}
+
+  /** Children the kernel currently knows, by name. Changes made through the mount keep it exact. */
+  get children(): Map<string, UnionNode> {
+    return (this.kids ??= new Map());
+  }
 
   get isDir(): boolean {
     return this.type === C.S_IFDIR;

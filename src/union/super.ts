@@ -328,11 +328,15 @@ export class UnionFs implements FileSystem {
     else this.passthroughWriters.delete(node);
   }
 
-  read(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, size: number): Buffer {
-    const h = this.handles.file(fh);
+  read(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): Buffer {
     const buf = Buffer.allocUnsafe(size);
-    const n = N.pread(h.fd, buf, 0, size, offset);
+    const n = this.readInto(ctx, nodeid, fh, offset, size, buf, 0);
     return n === size ? buf : buf.subarray(0, n);
+  }
+
+  /** A read the daemon serves (no passthrough), into the reply buffer. */
+  readInto(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, size: number, out: Buffer, outOffset: number): number {
+    return N.pread(this.handles.file(fh).fd, out, outOffset, size, offset);
   }
 
   flush(): void {}
