@@ -507,14 +507,36 @@ export class UnionFs implements FileSystem {
     });
   }
 
+  /**
+   * A new entry `name` of `p` must be a name the union does not show (else EEXIST): says whether the
+   * upper holds a whiteout there (true), nothing (false), or null when the create finds out (a
+   * directory only in the upper shows just what that holds, so an in-place create answers EEXIST for
+   * anything there; see DirOps.create). The refusal of an immutable directory comes after EEXIST.
+   */
+  private newName(w: Writable, p: UnionNode, name: string): boolean | null {
+    checkName(name);
+    if (p.children.has(name)) throw fsError('EEXIST');
+    const layers = p.dirLayers!;
+    let over: boolean | null = null;
+    if (layers.length === 1 && layers[0]!.isUpper) {
+      // Only an immutable directory's EPERM must wait for the name's EEXIST.
+      if (this.fsflags.protection(p).includes('i') && this.child(p, name)) throw fsError('EEXIST');
+    } else if (!layers[0]!.isUpper || (this.index !== null && this.index.lowerFrom(p) >= 0)) {
+      if (this.child(p, name)) throw fsError('EEXIST');
+    } else {
+      over = w.dirs.upperAt(p, name);
+      if (over === null ? this.child(p, name) : !over && w.dirs.shownBelowEmptyUpper(p, name)) throw fsError('EEXIST');
+    }
+    this.fsflags.refuseNewEntry(p);
+    return over;
+  }
+
   private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
     const w = this.w;
     const p = this.dirNode(parent);
-    checkName(name);
-    if (this.child(p, name)) throw fsError('EEXIST');
-    this.fsflags.refuseNewEntry(p);
+    const over = this.newName(w, p, name);
     const acl = this.newAcl(p, obj, umask);
-    const { node, st } = w.dirs.create(ctx, p, name, obj);
+    const { node, st } = w.dirs.create(ctx, p, name, obj, over);
     this.fsflags.created(node);
     this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
@@ -557,12 +579,10 @@ export class UnionFs implements FileSystem {
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask = 0): CreateReply {
     const w = this.w;
     const p = this.dirNode(parent);
-    checkName(name);
-    if (this.child(p, name)) throw fsError('EEXIST');
-    this.fsflags.refuseNewEntry(p);
+    const over = this.newName(w, p, name);
     const obj: NewObject = { kind: 'file', mode, flags };
     const acl = this.newAcl(p, obj, umask);
-    const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, obj, over);
     this.fsflags.created(node);
     this.setNewAcl(node, acl);
     const attr = this.inodes.attrFrom(node, st);
