@@ -20,6 +20,13 @@ const { C, ST } = N;
 
 export type WriteFormat = 'kernel' | 'oci';
 
+/**
+ * Where a new entry goes, as far as the checks before its create know: over a whiteout in the upper;
+ * where the upper holds nothing and no lower layer shows the name ('free'); or 'unknown' (an
+ * in-place create finds out: EEXIST leads to a look at what holds the name).
+ */
+export type NewAt = 'whiteout' | 'free' | 'unknown';
+
 export interface DirOptions {
   /** Whiteouts and opaque markers as the kernel writes them, or as OCI layer files. */
   writeFormat: WriteFormat;
@@ -43,6 +50,11 @@ function errCode(e: unknown): string | undefined {
 export class DirOps {
   /** Kernel-format whiteouts: links of one whiteout in the work directory, as the kernel makes them. */
   private readonly whiteouts: WhiteoutMaker;
+  /**
+   * Where nodes were created with no lower layer showing their name (lowers never change, and a
+   * directory's lower layers never grow): removing or renaming that name needs no search for a whiteout.
+   */
+  private readonly freeNames = new WeakMap<UnionNode, { parent: UnionNode; name: string }>();
 
   constructor(
     private readonly upper: UpperDir,
@@ -79,48 +91,49 @@ export class DirOps {
   }
 
   /**
-   * What the upper directory of `parent` holds at `name`, for a new entry there: a whiteout (true),
-   * nothing (false), or something else (null: the caller looks the name up).
+   * For a new entry `name` of `parent`, a merged directory with an upper: EEXIST (thrown) when the
+   * union shows the name, else where the entry goes; null when the upper holds something there other
+   * than a whiteout (the caller looks the name up).
    */
-  upperAt(parent: UnionNode, name: string): boolean | null {
-    if (!N.lstatMaybe(parent.dirFd(this.up), name, st)) return false;
-    if (isKernelWhiteout(st)) return true;
-    return null;
+  newEntryAt(parent: UnionNode, name: string): NewAt | null {
+    const upperParent = parent.dirFd(this.up);
+    if (N.lstatMaybe(upperParent, name, st)) return isKernelWhiteout(st) ? 'whiteout' : null;
+    // Nothing in the upper: an OCI whiteout there hides the layers below, else they decide.
+    if (parent.dirLayers![0]!.ociWhiteouts && hasOciWhiteout(upperParent, name)) return 'unknown';
+    if (lowerShows(parent, name)) throw fsError('EEXIST');
+    return 'free';
   }
 
-  /**
-   * Does the union show `name` in `parent`, whose upper directory holds nothing under that name
-   * (upperAt said false)? The upper's OCI whiteout, then the lower layers decide.
-   */
-  shownBelowEmptyUpper(parent: UnionNode, name: string): boolean {
-    const layers = parent.dirLayers!;
-    if (layers.length < 2) return false;
-    if ((layers[0]!.ociWhiteouts) && hasOciWhiteout(parent.dirFd(this.up), name)) return false;
-    return lowerShows(parent, name);
+  /** Was `node` created as parent/name where no lower layer shows that name (its removal then needs no whiteout)? */
+  private createdFree(node: UnionNode, parent: UnionNode, name: string): boolean {
+    const at = this.freeNames.get(node);
+    return at !== undefined && at.parent === parent && at.name === name;
   }
 
   /**
    * Creates a new object `name` in `parent` owned by the caller, where the union shows nothing.
    * Over a whiteout, it is built in the work directory and renamed over it (a new directory there is
-   * opaque and swapped with it), as the kernel's ovl_create_over_whiteout. `overWhiteout`: whether
-   * the upper holds a whiteout at the name, or null to find out from an in-place create's EEXIST.
+   * opaque and swapped with it), as the kernel's ovl_create_over_whiteout. `at`: what the checks
+   * before knew of the name (an in-place create that meets EEXIST looks at what holds the name).
    * Returns the open descriptor for files (else -1), and the new object's stat (valid until the
    * next call).
    */
-  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject, overWhiteout: boolean | null = null):
+  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject, at: NewAt = 'unknown'):
   { node: UnionNode; fd: number; st: Float64Array } {
     checkName(name);
     this.copyUp.ensure(parent);
     const upperParent = parent.dirFd(this.up);
     const { gid, setgid } = this.ownership(ctx, parent);
     let made: { fd: number; type: number } | null = null;
-    if (overWhiteout !== true) {
+    let free = at === 'free';
+    if (at !== 'whiteout') {
       try {
         made = this.build(ctx, upperParent, name, obj, gid, setgid, false);
       } catch (e) {
         // Something holds the name: a whiteout (the kernel's negative entry over it) or a name the
         // union never shows (EEXIST stays the answer).
-        if (overWhiteout !== null || errCode(e) !== 'EEXIST' || !this.upperWhiteout(parent, name)) throw e;
+        if (errCode(e) !== 'EEXIST' || !this.upperWhiteout(parent, name)) throw e;
+        free = false;
       }
     }
     if (!made) {
@@ -144,6 +157,7 @@ export class DirOps {
     const { fd, type } = made;
     N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
     const node = this.inodes.create(parent, name, type, this.up, type === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
+    if (free) this.freeNames.set(node, { parent, name });
     return { node, fd, st };
   }
 
@@ -278,7 +292,7 @@ export class DirOps {
         if (errCode(e) !== 'EEXIST') throw e; // something else holds the name: the general way
       }
     }
-    const needWhiteout = node.dirLayers?.some((l) => !l.isUpper) || lowerShows(parent, name);
+    const needWhiteout = node.dirLayers?.some((l) => !l.isUpper) || (!this.createdFree(node, parent, name) && lowerShows(parent, name));
     const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
     const type = st[ST.mode]! & C.S_IFMT;
     if (inUpper && (type === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
@@ -448,7 +462,7 @@ export class DirOps {
     if (target && exchange) this.copyUp.ensure(target);
     const from = parent.dirFd(this.up);
     const to = newParent.dirFd(this.up);
-    const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);
+    const srcNeedsWhiteout = !exchange && !this.createdFree(node, parent, oldName) && lowerShows(parent, oldName);
     // The object the rename replaces stays reachable through descriptors open on it.
     if (target && !exchange) target.pinAnchor();
 

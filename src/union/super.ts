@@ -13,7 +13,7 @@ import type {
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
-import { DirOps, type DirOptions, type NewObject } from './dir.js';
+import { DirOps, type DirOptions, type NewAt, type NewObject } from './dir.js';
 import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
@@ -508,27 +508,29 @@ export class UnionFs implements FileSystem {
   }
 
   /**
-   * A new entry `name` of `p` must be a name the union does not show (else EEXIST): says whether the
-   * upper holds a whiteout there (true), nothing (false), or null when the create finds out (a
-   * directory only in the upper shows just what that holds, so an in-place create answers EEXIST for
-   * anything there; see DirOps.create). The refusal of an immutable directory comes after EEXIST.
+   * A new entry `name` of `p` must be a name the union does not show (else EEXIST): says where it goes
+   * (see NewAt). A directory only in the upper shows just what that holds: an in-place create answers
+   * EEXIST for anything there, so it is not looked up. An immutable directory's EPERM comes after EEXIST.
    */
-  private newName(w: Writable, p: UnionNode, name: string): boolean | null {
+  private newName(w: Writable, p: UnionNode, name: string): NewAt {
     checkName(name);
     if (p.children.has(name)) throw fsError('EEXIST');
     const layers = p.dirLayers!;
-    let over: boolean | null = null;
+    let at: NewAt = 'unknown';
     if (layers.length === 1 && layers[0]!.isUpper) {
-      // Only an immutable directory's EPERM must wait for the name's EEXIST.
       if (this.fsflags.protection(p).includes('i') && this.child(p, name)) throw fsError('EEXIST');
-    } else if (!layers[0]!.isUpper || (this.index !== null && this.index.lowerFrom(p) >= 0)) {
+    } else if (!layers[0]!.isUpper) {
+      if (this.child(p, name)) throw fsError('EEXIST');
+      at = 'free'; // the lower layers do not show it, and the parent's upper copy is made empty
+    } else if (this.index !== null && this.index.lowerFrom(p) >= 0) {
       if (this.child(p, name)) throw fsError('EEXIST');
     } else {
-      over = w.dirs.upperAt(p, name);
-      if (over === null ? this.child(p, name) : !over && w.dirs.shownBelowEmptyUpper(p, name)) throw fsError('EEXIST');
+      const found = w.dirs.newEntryAt(p, name);
+      if (found === null && this.child(p, name)) throw fsError('EEXIST');
+      at = found ?? 'unknown';
     }
     this.fsflags.refuseNewEntry(p);
-    return over;
+    return at;
   }
 
   private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
