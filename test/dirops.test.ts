@@ -29,6 +29,7 @@ function makeLower(root: string): void {
   w('c/gone');
   w('e/f');
   w('m/old');
+  for (const n of ['a', 'b', 'c', 'd']) w(`r/${n}`);
 }
 
 /** What the upper holds before the mount: a whiteout of its own (as an older mount left it) and a real device. */
@@ -76,6 +77,15 @@ function change(m: string): string[] {
     fs.writeFileSync(p('m/new'), 'new\n');
     fs.renameSync(p('m/old'), p('m/new'));
     fs.rmSync(p('m/new'));
+  });
+  step('rm r/b, rename r/a over its whiteout', () => {
+    fs.rmSync(p('r/b'));
+    fs.renameSync(p('r/a'), p('r/b'));
+  });
+  step('rename r/c to a new name and back, r/d to a new name', () => {
+    fs.renameSync(p('r/c'), p('r/z'));
+    fs.renameSync(p('r/z'), p('r/c'));
+    fs.renameSync(p('r/d'), p('r/y'));
   });
   step('rm d/f0 d/f2', () => {
     fs.rmSync(p('d/f0'));
@@ -134,7 +144,7 @@ test('whiteouts, rmdir, creates and renames over whiteouts: the view and the err
   compareTrees(t, snapshot(ms), snapshot(mkk), { ignore: ['mtimeNs', 'ctimeNs', 'blocks'], label: 'strata vs kernel' });
   // Whiteouts made by unlink and rmdir (not the one the upper came with, nor a rename's) are links of one inode.
   for (const [label, root] of [['strata', us], ['kernel', uk]] as const) {
-    const made = whiteouts(root).filter((w) => w.rel !== 'g/x' && w.rel !== 'm/old');
+    const made = whiteouts(root).filter((w) => w.rel !== 'g/x' && w.rel !== 'm/old' && !w.rel.startsWith('r/'));
     t.true(made.length >= 3, `${label}: ${JSON.stringify(made.map((w) => w.rel))}`);
     t.is(new Set(made.map((w) => w.ino)).size, 1, `${label}: whiteouts of several inodes: ${made.map((w) => `${w.rel}:${w.ino}`).join(' ')}`);
     t.true(made.every((w) => w.nlink > 1n), label);

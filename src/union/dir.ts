@@ -508,12 +508,36 @@ export class DirOps {
       N.renameat2(from, oldName, to, newName, 0);
       if (srcNeedsWhiteout) N.close(N.openat(from, OCI_WHITEOUT_PREFIX + oldName, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (dstLower) tryUnlink(to, OCI_WHITEOUT_PREFIX + newName, 0);
-    } else {
+    } else if (!(srcNeedsWhiteout && !node.isDir && !dstUpper && newParent.isMerged && this.swapWithWhiteout(from, oldName, to, newName))) {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
     if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * rename(2) of a non-directory that leaves a whiteout at its old name, where the upper holds nothing
+   * or a whiteout at the new name: a link of the shared whiteout put at the new name (hidden in a
+   * merged directory, as any whiteout there), then swapped with the source in one step. RENAME_WHITEOUT
+   * (what the kernel uses) makes a whiteout inode of its own each time: 1.3-2.5x the time on ext4 with
+   * cold caches. False (nothing done) when something else holds the new name.
+   */
+  private swapWithWhiteout(from: number, oldName: string, to: number, newName: string): boolean {
+    let made = true;
+    try {
+      this.whiteouts.make(to, newName);
+    } catch (e) {
+      if (errCode(e) !== 'EEXIST' || !N.lstatMaybe(to, newName, st) || !isKernelWhiteout(st)) return false;
+      made = false; // a whiteout there already
+    }
+    try {
+      N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
+    } catch (e) {
+      if (made) tryUnlink(to, newName, 0);
+      throw e;
+    }
+    return true;
   }
 
   /**
