@@ -30,6 +30,8 @@ function makeLower(root: string): void {
   w('e/f');
   w('m/old');
   for (const n of ['a', 'b', 'c', 'd']) w(`r/${n}`);
+  w('sg/w');
+  w('sg/v');
 }
 
 /** What the upper holds before the mount: a whiteout of its own (as an older mount left it) and a real device. */
@@ -86,6 +88,17 @@ function change(m: string): string[] {
     fs.renameSync(p('r/c'), p('r/z'));
     fs.renameSync(p('r/z'), p('r/c'));
     fs.renameSync(p('r/d'), p('r/y'));
+  });
+  step('in a setgid directory of group 123: create and mkdir over whiteouts and where nothing was', () => {
+    fs.chownSync(p('sg'), 0, 123);
+    fs.chmodSync(p('sg'), 0o2775);
+    fs.rmSync(p('sg/w'));
+    fs.rmSync(p('sg/v'));
+    fs.writeFileSync(p('sg/w'), 'w\n', { mode: 0o2755 });
+    fs.mkdirSync(p('sg/v'), 0o755);
+    fs.writeFileSync(p('sg/n'), 'n\n');
+    fs.mkdirSync(p('sg/nd'));
+    fs.symlinkSync('w', p('sg/l'));
   });
   step('rm d/f0 d/f2', () => {
     fs.rmSync(p('d/f0'));

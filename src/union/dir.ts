@@ -55,6 +55,9 @@ export class DirOps {
    * directory's lower layers never grow): removing or renaming that name needs no search for a whiteout.
    */
   private readonly freeNames = new WeakMap<UnionNode, { parent: UnionNode; name: string }>();
+  /** Who owns what the daemon creates (its fsuid and fsgid are its user and group). */
+  private readonly daemonUid = N.geteuid();
+  private readonly daemonGid = N.getgid();
 
   constructor(
     private readonly upper: UpperDir,
@@ -124,11 +127,14 @@ export class DirOps {
     this.copyUp.ensure(parent);
     const upperParent = parent.dirFd(this.up);
     const { gid, setgid } = this.ownership(ctx, parent);
+    // The owner is set at once unless the create itself gives it: a caller with the daemon's user,
+    // and its group or a setgid parent's (checked on the stat below: a filesystem mounted with grpid).
+    const chown = ctx.uid !== this.daemonUid || (!setgid && gid !== this.daemonGid);
     let made: { fd: number; type: number } | null = null;
     let free = at === 'free';
     if (at !== 'whiteout') {
       try {
-        made = this.build(ctx, upperParent, name, obj, gid, setgid, false);
+        made = this.build(ctx, upperParent, name, obj, gid, setgid, chown, false);
       } catch (e) {
         // Something holds the name: a whiteout (the kernel's negative entry over it) or a name the
         // union never shows (EEXIST stays the answer).
@@ -139,7 +145,7 @@ export class DirOps {
     if (!made) {
       const work = this.upper.workFd;
       const tmp = workName();
-      made = this.build(ctx, work, tmp, obj, gid, setgid, true);
+      made = this.build(ctx, work, tmp, obj, gid, setgid, chown, true);
       try {
         if (made.type === C.S_IFDIR) {
           // A directory cannot replace a whiteout: swap them, then drop the whiteout (now in the work dir).
@@ -156,6 +162,12 @@ export class DirOps {
     }
     const { fd, type } = made;
     N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+    if (!chown && (st[ST.uid] !== ctx.uid || st[ST.gid] !== gid)) {
+      N.fchownat(upperParent, name, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+      // chown cleared setuid and setgid of a non-directory
+      if (obj.kind === 'file' || obj.kind === 'node') N.fchmodat(upperParent, name, obj.mode & 0o7777, 0);
+      N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+    }
     const node = this.inodes.create(parent, name, type, this.up, type === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
     if (free) this.freeNames.set(node, { parent, name });
     return { node, fd, st };
@@ -166,7 +178,7 @@ export class DirOps {
    * directory hides the lower layers). On failure, nothing it made is left behind (an object that was
    * there already is not touched: EEXIST).
    */
-  private build(ctx: RequestContext, dirfd: number, tmp: string, obj: NewObject, gid: number, setgid: boolean, opaque: boolean):
+  private build(ctx: RequestContext, dirfd: number, tmp: string, obj: NewObject, gid: number, setgid: boolean, chown: boolean, opaque: boolean):
   { fd: number; type: number } {
     let fd = -1;
     let made = false;
@@ -175,13 +187,13 @@ export class DirOps {
         case 'file':
           fd = N.openat(dirfd, tmp, C.O_CREAT | C.O_EXCL | C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC, 0o600);
           made = true;
-          N.fchown(fd, ctx.uid, gid);
+          if (chown) N.fchown(fd, ctx.uid, gid);
           N.fchmod(fd, obj.mode & 0o7777);
           return { fd, type: C.S_IFREG };
         case 'dir':
           N.mkdirat(dirfd, tmp, 0o700);
           made = true;
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           N.fchmodat(dirfd, tmp, (obj.mode & 0o7777) | (setgid ? 0o2000 : 0), 0);
           // Over a whiteout it must hide the lower directory.
           if (opaque) this.markOpaque(dirfd, tmp);
@@ -189,13 +201,13 @@ export class DirOps {
         case 'symlink':
           N.symlinkat(obj.target, dirfd, tmp);
           made = true;
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           return { fd, type: C.S_IFLNK };
         case 'node': {
           const type = obj.mode & C.S_IFMT;
           N.mknodat(dirfd, tmp, type | 0o600, obj.rdev);
           made = true;
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           N.fchmodat(dirfd, tmp, obj.mode & 0o7777, 0);
           return { fd, type };
         }
