@@ -11,12 +11,21 @@ import type { InodeTable } from './inode.js';
 import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
 import { hasOrigin, markImpure } from './origin.js';
-import { mergedListing } from './readdir.js';
-import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER } from './whiteout.js';
+import {
+  hasOciWhiteout, isKernelWhiteout, isOciMetaName, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER,
+  WhiteoutMaker,
+} from './whiteout.js';
 
 const { C, ST } = N;
 
 export type WriteFormat = 'kernel' | 'oci';
+
+/**
+ * Where a new entry goes, as far as the checks before its create know: over a whiteout in the upper;
+ * where the upper holds nothing and no lower layer shows the name ('free'); or 'unknown' (an
+ * in-place create finds out: EEXIST leads to a look at what holds the name).
+ */
+export type NewAt = 'whiteout' | 'free' | 'unknown';
 
 export interface DirOptions {
   /** Whiteouts and opaque markers as the kernel writes them, or as OCI layer files. */
@@ -34,13 +43,30 @@ export type NewObject =
 
 const st = new Float64Array(16);
 
+function errCode(e: unknown): string | undefined {
+  return (e as { code?: string }).code;
+}
+
 export class DirOps {
+  /** Kernel-format whiteouts: links of one whiteout in the work directory, as the kernel makes them. */
+  private readonly whiteouts: WhiteoutMaker;
+  /**
+   * Where nodes were created with no lower layer showing their name (lowers never change, and a
+   * directory's lower layers never grow): removing or renaming that name needs no search for a whiteout.
+   */
+  private readonly freeNames = new WeakMap<UnionNode, { parent: UnionNode; name: string }>();
+  /** Who owns what the daemon creates (its fsuid and fsgid are its user and group). */
+  private readonly daemonUid = N.geteuid();
+  private readonly daemonGid = N.getgid();
+
   constructor(
     private readonly upper: UpperDir,
     private readonly inodes: InodeTable,
     private readonly copyUp: CopyUp,
     private readonly opts: DirOptions,
-  ) {}
+  ) {
+    this.whiteouts = new WhiteoutMaker(upper.workFd, workName);
+  }
 
   private get up() {
     return this.upper.layer;
@@ -68,64 +94,132 @@ export class DirOps {
   }
 
   /**
-   * Creates a new object `name` in `parent` owned by the caller. Over a whiteout, it is built in
-   * the work directory and swapped in, and a new directory there is opaque. Returns the open
-   * descriptor for files (else -1), and the new object's stat (valid until the next call).
+   * For a new entry `name` of `parent`, a merged directory with an upper: EEXIST (thrown) when the
+   * union shows the name, else where the entry goes; null when the upper holds something there other
+   * than a whiteout (the caller looks the name up).
    */
-  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject): { node: UnionNode; fd: number; st: Float64Array } {
+  newEntryAt(parent: UnionNode, name: string): NewAt | null {
+    const upperParent = parent.dirFd(this.up);
+    if (N.lstatMaybe(upperParent, name, st)) return isKernelWhiteout(st) ? 'whiteout' : null;
+    // Nothing in the upper: an OCI whiteout there hides the layers below, else they decide.
+    if (parent.dirLayers![0]!.ociWhiteouts && hasOciWhiteout(upperParent, name)) return 'unknown';
+    if (lowerShows(parent, name)) throw fsError('EEXIST');
+    return 'free';
+  }
+
+  /** Was `node` created as parent/name where no lower layer shows that name (its removal then needs no whiteout)? */
+  private createdFree(node: UnionNode, parent: UnionNode, name: string): boolean {
+    const at = this.freeNames.get(node);
+    return at !== undefined && at.parent === parent && at.name === name;
+  }
+
+  /**
+   * Creates a new object `name` in `parent` owned by the caller, where the union shows nothing.
+   * Over a whiteout, it is built in the work directory and renamed over it (a new directory there is
+   * opaque and swapped with it), as the kernel's ovl_create_over_whiteout. `at`: what the checks
+   * before knew of the name (an in-place create that meets EEXIST looks at what holds the name).
+   * Returns the open descriptor for files (else -1), and the new object's stat (valid until the
+   * next call).
+   */
+  create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject, at: NewAt = 'unknown'):
+  { node: UnionNode; fd: number; st: Float64Array } {
     checkName(name);
     this.copyUp.ensure(parent);
     const upperParent = parent.dirFd(this.up);
-    const overWhiteout = this.upperWhiteout(parent, name);
     const { gid, setgid } = this.ownership(ctx, parent);
-    // Over a whiteout, build in the work dir; otherwise create in place (already atomic).
-    const [dirfd, tmp] = overWhiteout ? [this.upper.workFd, workName()] : [upperParent, name];
+    // The owner is set at once unless the create itself gives it: a caller with the daemon's user,
+    // and its group or a setgid parent's (checked on the stat below: a filesystem mounted with grpid).
+    const chown = ctx.uid !== this.daemonUid || (!setgid && gid !== this.daemonGid);
+    let made: { fd: number; type: number } | null = null;
+    let free = at === 'free';
+    if (at !== 'whiteout') {
+      try {
+        made = this.build(ctx, upperParent, name, obj, gid, setgid, chown, false);
+      } catch (e) {
+        // Something holds the name: a whiteout (the kernel's negative entry over it) or a name the
+        // union never shows (EEXIST stays the answer).
+        if (errCode(e) !== 'EEXIST' || !this.upperWhiteout(parent, name)) throw e;
+        free = false;
+      }
+    }
+    if (!made) {
+      const work = this.upper.workFd;
+      const tmp = workName();
+      made = this.build(ctx, work, tmp, obj, gid, setgid, chown, true);
+      try {
+        if (made.type === C.S_IFDIR) {
+          // A directory cannot replace a whiteout: swap them, then drop the whiteout (now in the work dir).
+          N.renameat2(work, tmp, upperParent, name, C.RENAME_EXCHANGE);
+          tryUnlink(work, tmp, 0);
+        } else {
+          N.renameat2(work, tmp, upperParent, name, 0);
+        }
+      } catch (e) {
+        if (made.fd >= 0) N.close(made.fd);
+        removeWorkEntry(work, tmp);
+        throw e;
+      }
+    }
+    const { fd, type } = made;
+    N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+    if (!chown && (st[ST.uid] !== ctx.uid || st[ST.gid] !== gid)) {
+      N.fchownat(upperParent, name, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+      // chown cleared setuid and setgid of a non-directory
+      if (obj.kind === 'file' || obj.kind === 'node') N.fchmodat(upperParent, name, obj.mode & 0o7777, 0);
+      N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+    }
+    const node = this.inodes.create(parent, name, type, this.up, type === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
+    if (free) this.freeNames.set(node, { parent, name });
+    return { node, fd, st };
+  }
+
+  /**
+   * Makes the object `tmp` in `dirfd` with the caller's owner and the mode asked (`opaque`: a new
+   * directory hides the lower layers). On failure, nothing it made is left behind (an object that was
+   * there already is not touched: EEXIST).
+   */
+  private build(ctx: RequestContext, dirfd: number, tmp: string, obj: NewObject, gid: number, setgid: boolean, chown: boolean, opaque: boolean):
+  { fd: number; type: number } {
     let fd = -1;
-    let type: number;
+    let made = false;
     try {
       switch (obj.kind) {
         case 'file':
-          type = C.S_IFREG;
           fd = N.openat(dirfd, tmp, C.O_CREAT | C.O_EXCL | C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC, 0o600);
-          N.fchown(fd, ctx.uid, gid);
+          made = true;
+          if (chown) N.fchown(fd, ctx.uid, gid);
           N.fchmod(fd, obj.mode & 0o7777);
-          break;
-        case 'dir': {
-          type = C.S_IFDIR;
+          return { fd, type: C.S_IFREG };
+        case 'dir':
           N.mkdirat(dirfd, tmp, 0o700);
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          made = true;
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           N.fchmodat(dirfd, tmp, (obj.mode & 0o7777) | (setgid ? 0o2000 : 0), 0);
           // Over a whiteout it must hide the lower directory.
-          if (overWhiteout) this.markOpaque(dirfd, tmp);
-          break;
-        }
+          if (opaque) this.markOpaque(dirfd, tmp);
+          return { fd, type: C.S_IFDIR };
         case 'symlink':
-          type = C.S_IFLNK;
           N.symlinkat(obj.target, dirfd, tmp);
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
-          break;
-        case 'node':
-          type = obj.mode & C.S_IFMT;
+          made = true;
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          return { fd, type: C.S_IFLNK };
+        case 'node': {
+          const type = obj.mode & C.S_IFMT;
           N.mknodat(dirfd, tmp, type | 0o600, obj.rdev);
-          N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
+          made = true;
+          if (chown) N.fchownat(dirfd, tmp, ctx.uid, gid, C.AT_SYMLINK_NOFOLLOW);
           N.fchmodat(dirfd, tmp, obj.mode & 0o7777, 0);
-          break;
-      }
-      if (overWhiteout) {
-        // Swap the new object with the whiteout, then drop the whiteout (now in the work dir).
-        N.renameat2(dirfd, tmp, upperParent, name, C.RENAME_EXCHANGE);
-        removeWorkEntry(dirfd, tmp);
+          return { fd, type };
+        }
       }
     } catch (e) {
       if (fd >= 0) N.close(fd);
-      if (overWhiteout) removeWorkEntry(dirfd, tmp);
-      else if (obj.kind === 'dir') tryUnlink(upperParent, name, C.AT_REMOVEDIR);
-      else tryUnlink(upperParent, name, 0);
+      if (made) {
+        if (dirfd === this.upper.workFd) removeWorkEntry(dirfd, tmp);
+        else tryUnlink(dirfd, tmp, obj.kind === 'dir' ? C.AT_REMOVEDIR : 0);
+      }
       throw e;
     }
-    N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
-    const node = this.inodes.create(parent, name, type!, this.up, type! === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
-    return { node, fd, st };
   }
 
   /** link(2): the source is copied up, then linked in the upper. */
@@ -186,56 +280,174 @@ export class DirOps {
     return { node, fd, st };
   }
 
-  /** Removes the upper entry `name` of `parent` (if any), leaving a whiteout when a lower layer shows it. */
-  private removeEntry(parent: UnionNode, name: string, isDir: boolean): void {
+  /** An OCI-format whiteout: the file ".wh.<name>" beside the name. */
+  private ociWhiteout(upperParent: number, name: string): void {
+    N.close(N.openat(upperParent, OCI_WHITEOUT_PREFIX + name, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
+  }
+
+  /**
+   * Removes the name `name` of `node` from `parent`'s upper directory, leaving a whiteout where a
+   * lower layer shows the name. `clear`: for a directory, the entries its upper directory holds
+   * (whiteouts and OCI markers only: see checkEmpty), which go with it.
+   */
+  private removeEntry(parent: UnionNode, name: string, node: UnionNode, clear: string[]): void {
     const upperParent = parent.dirFd(this.up);
-    const needWhiteout = lowerShows(parent, name);
-    const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
-    if (inUpper && (isDir || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
-    if (this.opts.writeFormat === 'oci') {
-      if (needWhiteout) N.close(N.openat(upperParent, OCI_WHITEOUT_PREFIX + name, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
-      if (inUpper) this.moveToWorkAndDelete(upperParent, name, 0);
-      return;
+    const oci = this.opts.writeFormat === 'oci';
+    if (!node.layer.isUpper) {
+      // The name shows a lower object: the upper holds nothing there (a lookup finds the upper first),
+      // and the lower layer still shows it. A whiteout is all it takes.
+      try {
+        if (oci) this.ociWhiteout(upperParent, name);
+        else this.whiteouts.make(upperParent, name);
+        return;
+      } catch (e) {
+        if (errCode(e) !== 'EEXIST') throw e; // something else holds the name: the general way
+      }
     }
-    if (inUpper) {
-      this.moveToWorkAndDelete(upperParent, name, needWhiteout ? C.RENAME_WHITEOUT : 0);
+    const needWhiteout = node.dirLayers?.some((l) => !l.isUpper) || (!this.createdFree(node, parent, name) && lowerShows(parent, name));
+    const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
+    const type = st[ST.mode]! & C.S_IFMT;
+    if (inUpper && (type === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
+    if (oci) {
+      if (needWhiteout) this.ociWhiteout(upperParent, name);
+      if (inUpper) this.deleteUpper(upperParent, name, type, clear, false);
+    } else if (inUpper) {
+      this.deleteUpper(upperParent, name, type, clear, needWhiteout);
     } else if (needWhiteout) {
-      N.mknodat(upperParent, name, C.S_IFCHR, 0);
+      this.whiteouts.make(upperParent, name);
     }
   }
 
-  /** Renames the upper entry into the work dir (leaving a whiteout with RENAME_WHITEOUT) and deletes it there. */
-  private moveToWorkAndDelete(upperParent: number, name: string, flags: number): void {
+  /**
+   * Deletes the upper object `name` (of type `type`) in `upperParent`, atomically replaced by a
+   * whiteout if `whiteout` (as the kernel's ovl_cleanup_and_whiteout: a link of the shared whiteout
+   * renamed over a non-directory, or swapped with a directory that is then deleted in the work dir).
+   */
+  private deleteUpper(upperParent: number, name: string, type: number, clear: string[], whiteout: boolean): void {
+    const work = this.upper.workFd;
+    if (type !== C.S_IFDIR && !whiteout) {
+      N.unlinkat(upperParent, name, 0);
+      return;
+    }
+    if (type === C.S_IFDIR && !whiteout && clear.length === 0) {
+      // Nothing in it: removed where it is.
+      try {
+        N.unlinkat(upperParent, name, C.AT_REMOVEDIR);
+        return;
+      } catch (e) {
+        const code = errCode(e);
+        if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      }
+    }
     const tmp = workName();
-    N.renameat2(upperParent, name, this.upper.workFd, tmp, flags);
-    removeWorkEntry(this.upper.workFd, tmp);
+    if (whiteout) {
+      this.whiteouts.make(work, tmp);
+      try {
+        N.renameat2(work, tmp, upperParent, name, type === C.S_IFDIR ? C.RENAME_EXCHANGE : 0);
+      } catch (e) {
+        tryUnlink(work, tmp, 0);
+        throw e;
+      }
+      if (type === C.S_IFDIR) this.deleteWorkDir(tmp, clear);
+      return;
+    }
+    N.renameat2(upperParent, name, work, tmp, 0);
+    this.deleteWorkDir(tmp, clear);
+  }
+
+  /**
+   * Deletes the directory `tmp` of the work dir, which holds just the names `clear` (whiteouts and OCI
+   * markers: no stat of each); anything else found in it is deleted as found.
+   */
+  private deleteWorkDir(tmp: string, clear: string[]): void {
+    const work = this.upper.workFd;
+    try {
+      if (clear.length > 0) {
+        const fd = N.openat(work, tmp, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+        try {
+          for (const name of clear) N.unlinkat(fd, name, 0);
+        } finally {
+          N.close(fd);
+        }
+      }
+      N.unlinkat(work, tmp, C.AT_REMOVEDIR);
+    } catch {
+      removeWorkEntry(work, tmp);
+    }
   }
 
   /** Removes the name `name` of `node` (a hard-linked node has several). */
   unlink(parent: UnionNode, node: UnionNode, name: string): void {
     this.copyUp.ensure(parent);
     node.pinAnchor();
-    this.removeEntry(parent, name, false);
+    this.removeEntry(parent, name, node, NO_ENTRIES);
     this.inodes.removeName(node, parent, name);
   }
 
-  /** Merged emptiness (what rmdir and rename-over-a-directory require). */
-  private checkEmpty(dir: UnionNode): void {
-    if (mergedListing(this.inodes, dir).length > 0) throw fsError('ENOTEMPTY');
+  /**
+   * Merged emptiness (what rmdir and rename over a directory require, the kernel's
+   * ovl_check_empty_dir): ENOTEMPTY at the first name the merged listing (readdir.ts) would show.
+   * Returns the entries of the directory's upper layer, all whiteouts or OCI markers then, for the
+   * removal to clear. A directory entry that d_type and d_ino prove to be a link of the shared
+   * whiteout is one without a stat.
+   */
+  private checkEmpty(dir: UnionNode): string[] {
+    const layers = dir.dirLayers!;
+    const upperEntries: string[] = [];
+    let hidden: Set<string> | null = null;
+    for (let i = 0; i < layers.length; i++) {
+      const layer = layers[i]!;
+      const dirfd = dir.dirFd(layer);
+      const entries = N.readdir(dirfd);
+      if (entries.length === 0) continue;
+      const more = i + 1 < layers.length;
+      let dev = -1;
+      let ociHidden: string[] | null = null;
+      for (const [name, dtype, ino] of entries) {
+        if (layer.ociWhiteouts && name.startsWith(OCI_WHITEOUT_PREFIX)) {
+          if (layer.isUpper) upperEntries.push(name);
+          const target = name === OCI_OPAQUE ? undefined : ociWhiteoutTarget(name);
+          if (target !== undefined && more) (ociHidden ??= []).push(target);
+          continue;
+        }
+        if (hidden?.has(name)) continue;
+        if (dtype !== C.DT_CHR && dtype !== C.DT_UNKNOWN) throw fsError('ENOTEMPTY');
+        if (dtype === C.DT_CHR && layer.isUpper) {
+          if (dev < 0) {
+            N.fstatat(dirfd, '', C.AT_EMPTY_PATH, st);
+            dev = st[ST.dev]!;
+          }
+          if (this.whiteouts.isShared(dev, dtype, ino)) {
+            upperEntries.push(name);
+            if (more) (hidden ??= new Set()).add(name);
+            continue;
+          }
+        }
+        if (!N.lstatMaybe(dirfd, name, st)) continue; // gone meanwhile
+        if (!isKernelWhiteout(st)) throw fsError('ENOTEMPTY');
+        if (layer.isUpper) upperEntries.push(name);
+        if (more) (hidden ??= new Set()).add(name);
+      }
+      if (ociHidden) for (const name of ociHidden) (hidden ??= new Set()).add(name);
+    }
+    return upperEntries;
   }
 
   rmdir(parent: UnionNode, node: UnionNode, name: string): void {
-    this.checkEmpty(node);
+    const clear = this.checkEmpty(node);
     this.copyUp.ensure(parent);
     node.pinAnchor();
-    // The upper directory may still hold whiteouts: it goes to the work dir whole.
-    this.removeEntry(parent, name, true);
+    // The upper directory may still hold whiteouts: they go with it.
+    this.removeEntry(parent, name, node, clear);
     this.inodes.removeName(node, parent, name);
     node.closeDirFds();
   }
 
-  /** Everything that can refuse a rename, checked before anything is copied up. */
-  checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
+  /**
+   * Everything that can refuse a rename, checked before anything is copied up. Returns what
+   * checkEmpty returns for a directory the rename replaces (else nothing).
+   */
+  checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): string[] {
     // RENAME_WHITEOUT (and any flag but these two) is refused, as by the kernel's ovl_rename.
     if (flags & ~(C.RENAME_EXCHANGE | C.RENAME_NOREPLACE)) throw fsError('EINVAL');
     checkName(newName);
@@ -249,12 +461,12 @@ export class DirOps {
     // Without redirect_dir, a directory with lower layers cannot be renamed: EXDEV makes mv copy.
     if (node.isDir && node.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
     if (exchange && target!.isDir && target!.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
-    if (target && !exchange && target.isDir) this.checkEmpty(target);
+    return target && !exchange && target.isDir ? this.checkEmpty(target) : NO_ENTRIES;
   }
 
   /** rename(2) of parent/oldName (the node `node`) to newParent/newName (now `target`, if any). */
   rename(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
-    this.checkRename(node, newName, target, flags);
+    const clear = this.checkRename(node, newName, target, flags);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     this.copyUp.ensure(parent);
     this.copyUp.ensure(newParent);
@@ -262,8 +474,7 @@ export class DirOps {
     if (target && exchange) this.copyUp.ensure(target);
     const from = parent.dirFd(this.up);
     const to = newParent.dirFd(this.up);
-    const srcNeedsWhiteout = !exchange && lowerShows(parent, oldName);
-    const dstLower = lowerShows(newParent, newName);
+    const srcNeedsWhiteout = !exchange && !this.createdFree(node, parent, oldName) && lowerShows(parent, oldName);
     // The object the rename replaces stays reachable through descriptors open on it.
     if (target && !exchange) target.pinAnchor();
 
@@ -286,22 +497,59 @@ export class DirOps {
     // that may still hold whiteouts, so the rename below can replace it.
     // The source takes the name, so no whiteout is needed there: a directory over a directory
     // or over a whiteout needs the old entry out of the way first (rename(2) cannot replace them).
-    const dstUpper = N.lstatMaybe(to, newName, st);
-    const dstType = st[ST.mode]! & C.S_IFMT;
-    const dstIsWhiteout = dstUpper && isKernelWhiteout(st);
-    if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
-    if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) this.moveToWorkAndDelete(to, newName, 0);
+    // A non-directory replaces a whiteout or nothing alike: where the union shows nothing at the new
+    // name, or a lower object (the upper then holds nothing), what the upper holds does not matter.
+    let dstUpper = false;
+    let dstType = 0;
+    let dstIsWhiteout = false;
+    if (node.isDir || isOciMetaName(newName) || (target !== null && (target.isDir || target.layer.isUpper))) {
+      dstUpper = N.lstatMaybe(to, newName, st);
+      dstType = st[ST.mode]! & C.S_IFMT;
+      dstIsWhiteout = dstUpper && isKernelWhiteout(st);
+      if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
+    }
+    if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) {
+      const tmp = workName();
+      N.renameat2(to, newName, this.upper.workFd, tmp, 0);
+      if (dstType === C.S_IFDIR) this.deleteWorkDir(tmp, clear);
+      else tryUnlink(this.upper.workFd, tmp, 0);
+    }
     if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
+      const dstLower = lowerShows(newParent, newName);
       N.renameat2(from, oldName, to, newName, 0);
       if (srcNeedsWhiteout) N.close(N.openat(from, OCI_WHITEOUT_PREFIX + oldName, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (dstLower) tryUnlink(to, OCI_WHITEOUT_PREFIX + newName, 0);
-    } else {
+    } else if (!(srcNeedsWhiteout && !node.isDir && !dstUpper && newParent.isMerged && this.swapWithWhiteout(from, oldName, to, newName))) {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
     if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * rename(2) of a non-directory that leaves a whiteout at its old name, where the upper holds nothing
+   * or a whiteout at the new name: a link of the shared whiteout put at the new name (hidden in a
+   * merged directory, as any whiteout there), then swapped with the source in one step. RENAME_WHITEOUT
+   * (what the kernel uses) makes a whiteout inode of its own each time: 1.3-2.5x the time on ext4 with
+   * cold caches. False (nothing done) when something else holds the new name.
+   */
+  private swapWithWhiteout(from: number, oldName: string, to: number, newName: string): boolean {
+    let made = true;
+    try {
+      this.whiteouts.make(to, newName);
+    } catch (e) {
+      if (errCode(e) !== 'EEXIST' || !N.lstatMaybe(to, newName, st) || !isKernelWhiteout(st)) return false;
+      made = false; // a whiteout there already
+    }
+    try {
+      N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
+    } catch (e) {
+      if (made) tryUnlink(to, newName, 0);
+      throw e;
+    }
+    return true;
   }
 
   /**
@@ -312,6 +560,8 @@ export class DirOps {
     if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name)) markImpure(dirfd, this.opts.userxattr);
   }
 }
+
+const NO_ENTRIES: string[] = [];
 
 function tryUnlink(dirfd: number, name: string, flags: number): void {
   try {

@@ -13,7 +13,7 @@ import type {
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
-import { DirOps, type DirOptions, type NewObject } from './dir.js';
+import { DirOps, type DirOptions, type NewAt, type NewObject } from './dir.js';
 import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
@@ -511,14 +511,38 @@ export class UnionFs implements FileSystem {
     });
   }
 
+  /**
+   * A new entry `name` of `p` must be a name the union does not show (else EEXIST): says where it goes
+   * (see NewAt). A directory only in the upper shows just what that holds: an in-place create answers
+   * EEXIST for anything there, so it is not looked up. An immutable directory's EPERM comes after EEXIST.
+   */
+  private newName(w: Writable, p: UnionNode, name: string): NewAt {
+    checkName(name);
+    if (p.children.has(name)) throw fsError('EEXIST');
+    const layers = p.dirLayers!;
+    let at: NewAt = 'unknown';
+    if (layers.length === 1 && layers[0]!.isUpper) {
+      if (this.fsflags.protection(p).includes('i') && this.child(p, name)) throw fsError('EEXIST');
+    } else if (!layers[0]!.isUpper) {
+      if (this.child(p, name)) throw fsError('EEXIST');
+      at = 'free'; // the lower layers do not show it, and the parent's upper copy is made empty
+    } else if (this.index !== null && this.index.lowerFrom(p) >= 0) {
+      if (this.child(p, name)) throw fsError('EEXIST');
+    } else {
+      const found = w.dirs.newEntryAt(p, name);
+      if (found === null && this.child(p, name)) throw fsError('EEXIST');
+      at = found ?? 'unknown';
+    }
+    this.fsflags.refuseNewEntry(p);
+    return at;
+  }
+
   private newEntry(ctx: RequestContext, parent: number, name: string, obj: NewObject, umask = 0): EntryReply {
     const w = this.w;
     const p = this.dirNode(parent);
-    checkName(name);
-    if (this.child(p, name)) throw fsError('EEXIST');
-    this.fsflags.refuseNewEntry(p);
+    const over = this.newName(w, p, name);
     const acl = this.newAcl(p, obj, umask);
-    const { node, st } = w.dirs.create(ctx, p, name, obj);
+    const { node, st } = w.dirs.create(ctx, p, name, obj, over);
     this.fsflags.created(node);
     this.setNewAcl(node, acl);
     return this.entry(node, this.inodes.attrFrom(node, st));
@@ -561,12 +585,10 @@ export class UnionFs implements FileSystem {
   create(ctx: RequestContext, parent: number, name: string, mode: number, flags: number, umask = 0): CreateReply {
     const w = this.w;
     const p = this.dirNode(parent);
-    checkName(name);
-    if (this.child(p, name)) throw fsError('EEXIST');
-    this.fsflags.refuseNewEntry(p);
+    const over = this.newName(w, p, name);
     const obj: NewObject = { kind: 'file', mode, flags };
     const acl = this.newAcl(p, obj, umask);
-    const { node, fd, st } = w.dirs.create(ctx, p, name, obj);
+    const { node, fd, st } = w.dirs.create(ctx, p, name, obj, over);
     this.fsflags.created(node);
     this.setNewAcl(node, acl);
     const attr = this.inodes.attrFrom(node, st);
