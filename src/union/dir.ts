@@ -168,7 +168,7 @@ export class DirOps {
       if (obj.kind === 'file' || obj.kind === 'node') N.fchmodat(upperParent, name, obj.mode & 0o7777, 0);
       N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
     }
-    const node = this.inodes.create(parent, name, type, this.up, type === C.S_IFDIR ? [this.up] : null, st[ST.ino]!);
+    const node = this.inodes.create(parent, name, type, this.up, type === C.S_IFDIR ? [this.up] : null, st[ST.ino]!, undefined, true);
     if (free) this.freeNames.set(node, { parent, name });
     return { node, fd, st };
   }

@@ -76,10 +76,20 @@ export class InodeTable {
     return n;
   }
 
-  /** The node for `name` in `parent`, created for a fresh lookup result. */
-  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number): UnionNode {
-    // (the locator is only ever asked for an upper object: no closure for a lower one)
-    const ino = layer.isUpper ? this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]) : this.stack.inoOf(layer, realIno);
+  /**
+   * The node for `name` in `parent`, created for a fresh lookup result. `made`: the daemon has just
+   * made the object in the upper, so it carries no overlay.origin to read.
+   */
+  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number, made = false): UnionNode {
+    let ino: number;
+    if (!layer.isUpper) ino = this.stack.inoOf(layer, realIno);
+    else if (made) {
+      this.upperOrigins.set(realIno, null);
+      ino = this.inoFor(layer, realIno);
+    } else {
+      // (the locator is only ever asked for an upper object: no closure for a lower one)
+      ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
+    }
     const node = new UnionNode(this.newId(ino, want, parent, name), ino, parent, name, type, layer, dirLayers);
     this.born(node);
     this.attach(parent, name, node);

@@ -51,13 +51,16 @@ export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHi
  * something in that range ends the search (a whiteout, a non-directory, an opaque directory, an
  * OCI whiteout), so that the layers from `to` on do not matter.
  */
+/** The stat buffer of searchLayers' probes (a miss allocates nothing). */
+const probe = new Float64Array(16);
+
 export function searchLayers(parent: UnionNode, name: string, from: number, to: number): { hit: LayerHit | null; stopped: boolean } {
   const layers = parent.dirLayers;
   if (!layers) throw fsError('ENOTDIR');
   const oci = layers[0]?.ociWhiteouts ?? true;
   if (oci && isOciMetaName(name)) return { hit: null, stopped: true };
   let hit: LayerHit | null = null;
-  let st = new Float64Array(16);
+  const st = probe;
   for (let i = from; i < to; i++) {
     const layer = layers[i]!;
     // A lower layer whose listing is known and holds neither the name nor its OCI whiteout: nothing to ask.
@@ -68,9 +71,9 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       if (isKernelWhiteout(st)) return { hit, stopped: true };
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
-        hit = { layer, st, dirLayers: isDir ? [layer] : null };
+        // (the hit keeps its own copy of the stat: the probe buffer is reused)
+        hit = { layer, st: st.slice(), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
-        st = new Float64Array(16);
       } else {
         // Below a directory, only directories merge; anything else ends the merge.
         if (!isDir) return { hit, stopped: true };
