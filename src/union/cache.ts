@@ -77,10 +77,15 @@ type Op = { type: 'put' | 'del'; key: string; value?: string | (() => string) };
  * The FUSE session serves no request before that (see FuseSession.mount), so nothing reads an
  * origin too early; listing reads wait for it, writes are queued.
  */
+/** How long a lazy write may wait for others, and how many may wait. */
+const LAZY_FLUSH_MS = 100;
+const LAZY_FLUSH_OPS = 512;
+
 export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
   private flushing: Promise<void> | null = null;
-  private scheduled = false;
+  /** The flush to come: right after this turn, on a timer (lazy writes only), or none. */
+  private scheduled: 'now' | NodeJS.Timeout | null = null;
   private db: Db | null = null;
   private journalFd = -1;
   /** Journal lines written before the journal was open (none while requests wait for ready). */
@@ -227,7 +232,9 @@ export class MetadataCache implements OriginStore, HandleStore {
   set(layer: Layer, realIno: number, ino: number, journal = true): void {
     const key = originPrefix(layer) + realIno;
     if (journal) this.journal(`P ${key} ${ino}\n`);
-    this.queue({ type: 'put', key, value: String(ino) });
+    // Without a journal line the copy's overlay.origin xattr holds the same knowledge: the record
+    // may wait for others to share its batch (a loop of copy-ups then writes one batch, not one each).
+    this.queue({ type: 'put', key, value: String(ino) }, !journal);
   }
 
   delete(layer: Layer, realIno: number): void {
@@ -248,14 +255,25 @@ export class MetadataCache implements OriginStore, HandleStore {
     }
   }
 
-  private queue(op: Op): void {
+  /**
+   * Queues a write: written with the others queued, right after the current turn, or within
+   * LAZY_FLUSH_MS when `lazy` (nothing is lost if it never is) and nothing else is pending.
+   */
+  private queue(op: Op, lazy = false): void {
     this.pending.push(op);
-    if (!this.scheduled) {
-      this.scheduled = true;
+    if (this.scheduled === 'now') return;
+    if (!lazy || this.pending.length >= LAZY_FLUSH_OPS) {
+      if (this.scheduled) clearTimeout(this.scheduled);
+      this.scheduled = 'now';
       setImmediate(() => {
-        this.scheduled = false;
+        this.scheduled = null;
         void this.flush();
       });
+    } else if (!this.scheduled) {
+      this.scheduled = setTimeout(() => {
+        this.scheduled = null;
+        void this.flush();
+      }, LAZY_FLUSH_MS);
     }
   }
 
@@ -279,6 +297,8 @@ export class MetadataCache implements OriginStore, HandleStore {
   }
 
   async close(): Promise<void> {
+    if (this.scheduled && this.scheduled !== 'now') clearTimeout(this.scheduled);
+    this.scheduled = null;
     await this.flush();
     await this.db?.close();
     // Everything is in LevelDB now: the journal is not needed.
