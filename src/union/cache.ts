@@ -209,7 +209,8 @@ export class MetadataCache implements OriginStore, HandleStore {
   }
 
   putListing(dirKey: string, json: () => string): void {
-    this.queue({ type: 'put', key: LOWER + dirKey, value: json });
+    // (a listing can always be built again: it may wait for others to share its batch)
+    this.queue({ type: 'put', key: LOWER + dirKey, value: json }, true);
   }
 
   deleteListing(dirKey: string): void {
