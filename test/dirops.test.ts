@@ -9,7 +9,7 @@ import path from 'node:path';
 import * as N from '../src/native/index.js';
 import { isKernelWhiteout, WhiteoutMaker } from '../src/union/whiteout.js';
 import { compareTrees } from './helpers/compare.js';
-import { kernelOverlay, strataMount } from './helpers/mounts.js';
+import { sideBySide } from './helpers/mounts.js';
 import { snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 
@@ -138,19 +138,8 @@ function whiteouts(root: string): { ino: bigint; nlink: bigint; rel: string }[] 
 }
 
 test('whiteouts, rmdir, creates and renames over whiteouts: the view and the errors of the kernel; whiteouts share an inode as the kernel\'s', (t) => {
-  const dir = tempDir(t, 'dops');
-  const mk = (n: string): string => {
-    const p = path.join(dir, n);
-    fs.mkdirSync(p);
-    return p;
-  };
-  const [ls, lk, us, ws, uk, wk] = ['ls', 'lk', 'us', 'ws', 'uk', 'wk'].map(mk) as [string, string, string, string, string, string];
-  makeLower(ls);
-  makeLower(lk);
-  makeUpper(us);
-  makeUpper(uk);
-  const ms = strataMount(t, { lowers: [ls], upper: us, work: ws, mountpoint: mk('ms') });
-  const mkk = kernelOverlay(t, { lowers: [lk], upper: uk, work: wk, mountpoint: mk('mk') });
+  const { strata: ms, kernel: mkk, strataDirs, kernelDirs } = sideBySide(t, tempDir(t, 'dops'), makeLower, { fillUpper: makeUpper });
+  const [us, uk] = [strataDirs.upper, kernelDirs.upper];
   const es = change(ms);
   const ek = change(mkk);
   t.deepEqual(es, ek);

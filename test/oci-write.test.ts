@@ -6,7 +6,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { compareTrees } from './helpers/compare.js';
-import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { kernelOverlay, sideBySide, strataMount, strataUnmount } from './helpers/mounts.js';
 import { ociToKernel } from './helpers/oci.js';
 import { snapshot } from './helpers/snapshot.js';
 import { tempDir } from './helpers/tmp.js';
@@ -37,16 +37,13 @@ const ignore = ['mtimeNs', 'ctimeNs', 'blocks', 'nlink'] as const;
 
 test('--write-format oci writes .wh. files; the view matches the kernel, and so does the converted upper', (t) => {
   const dir = tempDir(t, 'ociw');
+  const { strata: ms, kernel: mkk, strataDirs, kernelDirs } = sideBySide(t, dir, makeLower, { strataArgs: ['--write-format', 'oci'] });
+  const [ls, us, lk] = [strataDirs.lower, strataDirs.upper, kernelDirs.lower];
   const mk = (n: string): string => {
     const p = path.join(dir, n);
     fs.mkdirSync(p);
     return p;
   };
-  const [ls, lk, us, ws, uk, wk] = ['ls', 'lk', 'us', 'ws', 'uk', 'wk'].map(mk) as [string, string, string, string, string, string];
-  makeLower(ls);
-  makeLower(lk);
-  const ms = strataMount(t, { lowers: [ls], upper: us, work: ws, mountpoint: mk('ms'), extraArgs: ['--write-format', 'oci'] });
-  const mkk = kernelOverlay(t, { lowers: [lk], upper: uk, work: wk, mountpoint: mk('mk') });
   change(ms);
   change(mkk);
   compareTrees(t, snapshot(ms), snapshot(mkk), { ignore: [...ignore], label: 'strata (oci upper) vs kernel' });

@@ -160,3 +160,40 @@ export function strataUnmount(mnt: string): void {
   if (underTest().name === 'strata') run(strataBin, ['umount', mnt], { timeoutMs: 20_000 });
   unmountQuietly(mnt);
 }
+
+/** A writable strata mount and a kernel overlay of the same content, each over its own copies. */
+export interface SideBySide {
+  /** Mountpoints. */
+  strata: string;
+  kernel: string;
+  /** Each side's lower, upper and work directories. */
+  strataDirs: { lower: string; upper: string; work: string };
+  kernelDirs: { lower: string; upper: string; work: string };
+}
+
+/**
+ * Makes a lower, an upper and a work directory per side under `dir`, fills each lower with
+ * `fillLower` (and each upper with `fillUpper`), then mounts strata (with `strataArgs`) on one side
+ * and the kernel's overlayfs on the other.
+ */
+export function sideBySide(t: ExecutionContext, dir: string, fillLower: (lower: string) => void,
+  opts: { fillUpper?: (upper: string) => void; strataArgs?: readonly string[] } = {}): SideBySide {
+  const side = (s: 's' | 'k'): { lower: string; upper: string; work: string } => {
+    const [lower, upper, work] = ['l', 'u', 'w'].map((n) => {
+      const p = path.join(dir, n + s);
+      fs.mkdirSync(p);
+      return p;
+    }) as [string, string, string];
+    fillLower(lower);
+    opts.fillUpper?.(upper);
+    return { lower, upper, work };
+  };
+  const strataDirs = side('s');
+  const kernelDirs = side('k');
+  const strata = strataMount(t, {
+    lowers: [strataDirs.lower], upper: strataDirs.upper, work: strataDirs.work,
+    mountpoint: newMountpoint(dir, 'ms'), extraArgs: opts.strataArgs,
+  });
+  const kernel = kernelOverlay(t, { lowers: [kernelDirs.lower], upper: kernelDirs.upper, work: kernelDirs.work, mountpoint: newMountpoint(dir, 'mk') });
+  return { strata, kernel, strataDirs, kernelDirs };
+}
