@@ -36,6 +36,11 @@ export function errnoOf(err: unknown): number {
   return errnos.EIO!;
 }
 
+/** The `code` of a thrown error (a native-binding or Node error: 'EEXIST', ...), if it has one. */
+export function errCode(e: unknown): string | undefined {
+  return (e as { code?: string } | null)?.code;
+}
+
 /** True when the error is one a filesystem answers routinely (not worth an error log line). */
 export function isExpectedErrno(errno: number): boolean {
   return errno !== errnos.EIO;

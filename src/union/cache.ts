@@ -71,16 +71,16 @@ function replayJournal(path: string): { type: 'put' | 'del'; key: string; value?
 /** A value may be computed when the batch is written (a listing's JSON: not on the request path). */
 type Op = { type: 'put' | 'del'; key: string; value?: string | (() => string) };
 
+/** How long a lazy write may wait for others, and how many may wait. */
+const LAZY_FLUSH_MS = 100;
+const LAZY_FLUSH_OPS = 512;
+
 /**
  * Opened in the background (importing and opening LevelDB costs more than the rest of a mount):
  * `start` returns at once, `ready` resolves when the database is open and the origins are loaded.
  * The FUSE session serves no request before that (see FuseSession.mount), so nothing reads an
  * origin too early; listing reads wait for it, writes are queued.
  */
-/** How long a lazy write may wait for others, and how many may wait. */
-const LAZY_FLUSH_MS = 100;
-const LAZY_FLUSH_OPS = 512;
-
 export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
   private flushing: Promise<void> | null = null;

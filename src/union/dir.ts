@@ -3,7 +3,7 @@
 // lower or merged directories, whiteouts at the old name, opaque directories at the new one)
 // and link.
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
@@ -42,10 +42,6 @@ export type NewObject =
   | { kind: 'node'; mode: number; rdev: number };
 
 const st = new Float64Array(16);
-
-function errCode(e: unknown): string | undefined {
-  return (e as { code?: string }).code;
-}
 
 export class DirOps {
   /** Kernel-format whiteouts: links of one whiteout in the work directory, as the kernel makes them. */

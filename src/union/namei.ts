@@ -46,14 +46,14 @@ export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHi
   return searchLayers(parent, name, from, parent.dirLayers?.length ?? 0).hit;
 }
 
+/** The stat buffer of searchLayers' probes (a miss allocates nothing). */
+const probe = new Float64Array(16);
+
 /**
  * The search of lookupLayers over the layers [from, to) of `parent`; `stopped` says whether
  * something in that range ends the search (a whiteout, a non-directory, an opaque directory, an
  * OCI whiteout), so that the layers from `to` on do not matter.
  */
-/** The stat buffer of searchLayers' probes (a miss allocates nothing). */
-const probe = new Float64Array(16);
-
 export function searchLayers(parent: UnionNode, name: string, from: number, to: number): { hit: LayerHit | null; stopped: boolean } {
   const layers = parent.dirLayers;
   if (!layers) throw fsError('ENOTDIR');

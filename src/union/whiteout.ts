@@ -5,6 +5,7 @@
 //   layer); a file ".wh..wh..opq" makes its directory opaque.
 // And the private xattr namespaces that the merged view never shows.
 
+import { errCode } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 
 const { C } = N;
@@ -51,10 +52,6 @@ export function isOpaqueDir(dirfd: number, name: string, oci = true): boolean {
   if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED))) return true;
   if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER))) return true;
   return oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch);
-}
-
-function errCode(e: unknown): string | undefined {
-  return (e as { code?: string }).code;
 }
 
 /**
