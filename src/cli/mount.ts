@@ -169,9 +169,6 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
     workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
   writeRecord(record);
-  // `mount -o remount,...` asks this daemon (see remountCommand).
-  const { serveControl } = await import('../daemon/control.js');
-  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   // Written before the launcher returns, as a service manager expects of a forking service.
   const pidFile = config.options.pidFile;
   if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
@@ -192,9 +189,12 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     N.dup2(devNull, 2);
     N.close(devNull);
   }
-  // What the mount did not need to start: the logger (none at all when its lines would go to the
-  // /dev/null that stderr now is), and the registry's request counts for `strata status`,
-  // refreshed off the request path.
+  // What the mount did not need to start: the control socket for `mount -o remount,...` (see
+  // remountCommand, which waits for it; node:net alone takes about 20 ms to load), the logger
+  // (none at all when its lines would go to the /dev/null that stderr now is), and the
+  // registry's request counts for `strata status`, refreshed off the request path.
+  const { serveControl } = await import('../daemon/control.js');
+  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
   const refresh = setInterval(() => {
     const { requests, errors } = m.session.stats;

@@ -1,13 +1,13 @@
 // The daemon's control socket (RUN_DIR/<pid>.sock, root only): `strata remount` (which mount(8)
 // runs for `mount -o remount,...`) asks the daemon of a mount to change the mount's flags. The
 // daemon makes the mount(2) call itself, so its own idea of read-only and the kernel's never
-// disagree for longer than that call. One JSON line each way.
+// disagree for longer than that call. One JSON line each way. A daemon that starts serving sweeps
+// away the sockets of daemons that were killed.
 
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
-import { join } from 'node:path';
 import type { VfsFlagParams } from './mount_flags.js';
-import { RUN_DIR } from './registry.js';
+import { controlPath, RUN_DIR, sweepSockets } from './registry.js';
 
 export interface RemountRequest {
   op: 'remount';
@@ -17,9 +17,6 @@ export interface RemountRequest {
 
 export type ControlReply = { ok: true } | { ok: false; error: string; code?: string };
 
-export function controlPath(pid: number): string {
-  return join(RUN_DIR, `${pid}.sock`);
-}
 
 export interface ControlServer {
   close(): void;
@@ -30,6 +27,7 @@ export function serveControl(pid: number, handle: (req: RemountRequest) => void)
   const path = controlPath(pid);
   mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
   rmSync(path, { force: true });
+  sweepSockets();
   const server = net.createServer((sock) => {
     let text = '';
     sock.setEncoding('utf8');
@@ -64,8 +62,28 @@ export function serveControl(pid: number, handle: (req: RemountRequest) => void)
   };
 }
 
-/** Sends one request to the daemon `pid` and waits for its answer. */
-export function askDaemon(pid: number, req: RemountRequest, timeoutMs = 30_000): Promise<ControlReply> {
+/** How long askDaemon waits for the socket of a daemon whose mount has only just gone live. */
+const SOCKET_WAIT_MS = 5_000;
+
+/**
+ * Sends one request to the daemon `pid` and waits for its answer. A daemon serves its socket only
+ * after its mount is live (see runDaemon): a missing or not yet listening socket is retried for a
+ * few seconds.
+ */
+export async function askDaemon(pid: number, req: RemountRequest, timeoutMs = 30_000): Promise<ControlReply> {
+  const deadline = Date.now() + SOCKET_WAIT_MS;
+  for (;;) {
+    try {
+      return await askOnce(pid, req, timeoutMs);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() >= deadline) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+function askOnce(pid: number, req: RemountRequest, timeoutMs: number): Promise<ControlReply> {
   return new Promise((resolve, reject) => {
     const sock = net.connect(controlPath(pid));
     let text = '';

@@ -31,9 +31,32 @@ export function writeRecord(rec: MountRecord): void {
   writeFileSync(recordPath(rec.mountpoint), JSON.stringify(rec));
 }
 
+/** The control socket of the daemon `pid` (see control.ts). */
+export function controlPath(pid: number): string {
+  return join(RUN_DIR, `${pid}.sock`);
+}
+
+/** Removes the mount's record, and the socket of its daemon when that daemon is gone (killed). */
 export function removeRecord(mountpoint: string, pid: number): void {
   const rec = readRecord(mountpoint);
   if (rec && rec.pid === pid) rmSync(recordPath(mountpoint), { force: true });
+  if (pid !== process.pid && !processAlive(pid)) rmSync(controlPath(pid), { force: true });
+}
+
+/** Removes the sockets that daemons killed before they could close them left behind. */
+export function sweepSockets(): void {
+  let names: string[];
+  try {
+    names = readdirSync(RUN_DIR);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = /^(\d+)\.sock$/.exec(n);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid !== process.pid && !processAlive(pid)) rmSync(join(RUN_DIR, n), { force: true });
+  }
 }
 
 export function readRecord(mountpoint: string): MountRecord | null {
@@ -53,6 +76,7 @@ export function allRecords(): MountRecord[] {
   }
   const out: MountRecord[] = [];
   for (const n of names) {
+    if (!n.endsWith('.json')) continue;
     try {
       out.push(JSON.parse(readFileSync(join(RUN_DIR, n), 'utf8')) as MountRecord);
     } catch {
