@@ -1,5 +1,6 @@
-// The LevelDB metadata cache: st_ino of copied-up objects survives a remount; without the
-// cache it does not (so the test can fail); a cache of other layers or a corrupt one is rebuilt.
+// The metadata cache: st_ino of copied-up objects survives a remount (from the origin files,
+// read at mount) and a killed daemon (from their journal); a cache of an older strata keeps its
+// numbers; a cache of other layers or a corrupt one is rebuilt.
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -7,6 +8,7 @@ import fs from 'node:fs';
 import { Level } from 'level';
 import path from 'node:path';
 import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { killDaemon } from './helpers/crash-daemon.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 import * as N from '../src/native/index.js';
@@ -190,6 +192,50 @@ test('strata cache verify reports a planted wrong entry; clear empties the cache
   const after = JSON.parse(cacheCli(['stats', '--cache-dir', dir, '--json']).stdout) as { entries: { listings: number; origins: number; other: number } };
   t.deepEqual(after.entries, { listings: 0, origins: 0, other: 0 });
   t.is(cacheCli(['stats', '--cache-dir', path.join(s.work, 'nothing')]).status, 1);
+});
+
+test('a cache of an older strata (origins in LevelDB): its inode numbers are kept and move to the origin files', async (t) => {
+  const s = setup(t);
+  const { before } = copyUp(mount(t, s));
+  strataUnmount(s.mountpoint);
+  const dir = path.join(s.work, 'strata-cache');
+  const snapshot = path.join(dir, 'origins');
+  const lines = fs.readFileSync(snapshot, 'latin1').split('\n').filter((l) => l.startsWith('P '));
+  t.is(lines.length, 3, 'one record per copied-up object: f, d/g and its directory d');
+  // The old layout: the records as LevelDB entries, no origin files.
+  const db = new Level<string, string>(dir);
+  await db.open();
+  for (const l of lines) await db.put(l.split(' ')[1]!, l.split(' ')[2]!);
+  await db.close();
+  fs.rmSync(snapshot);
+  // Only the records can give the old numbers now: the copies lose their overlay.origin.
+  for (const n of ['f', 'd/g']) N.lremovexattr(N.C.AT_FDCWD, path.join(s.upper, n), 'trusted.overlay.origin');
+  mount(t, s);
+  t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
+  strataUnmount(s.mountpoint);
+  t.deepEqual(fs.readFileSync(snapshot, 'latin1').split('\n').filter((l) => l.startsWith('P ')).sort(), lines.sort());
+  const db2 = new Level<string, string>(dir);
+  await db2.open();
+  t.deepEqual(await db2.keys({ gte: 'origin:', lt: 'origin:\xff' }).all(), [], 'the records left LevelDB');
+  await db2.close();
+  // And from the files alone the next mount shows them too.
+  mount(t, s);
+  t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
+});
+
+test('the inode journal of a killed daemon is read at the next mount, and folded into the snapshot', async (t) => {
+  const s = setup(t);
+  // Copies written in the OCI format carry no overlay.origin: each copy-up adds a journal line.
+  const { before } = copyUp(mount(t, s, ['--write-format', 'oci']));
+  const dir = path.join(s.work, 'strata-cache');
+  t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1').split('\n').filter((l) => l.startsWith('P ')).length, 3);
+  const status = JSON.parse(execFileSync(strataBin, ['status', '--json', s.mountpoint], { encoding: 'utf8' })) as { pid: number }[];
+  t.true(await killDaemon(status[0]!.pid));
+  strataUnmount(s.mountpoint);
+  mount(t, s, ['--write-format', 'oci']);
+  t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
+  t.is(fs.readFileSync(path.join(dir, 'origins'), 'latin1').split('\n').filter((l) => l.startsWith('P ')).length, 3, 'the journal went into the snapshot');
+  t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1'), '', 'and a new journal was started');
 });
 
 test('st_ino stays across remounts after copy-up then rename and link', (t) => {

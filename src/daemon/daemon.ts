@@ -99,7 +99,8 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
-  // LevelDB opens while the kernel's first requests wait (they are served once it is open).
+  // The inode origins are read now; LevelDB opens in the background (requests wait for it only
+  // when identity is still there: see MetadataCache.identityReady).
   const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger, { handles: params.nfsExport }) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
@@ -131,7 +132,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     exportSupport: params.nfsExport,
   });
   try {
-    await session.mount(cache?.ready);
+    await session.mount(cache?.identityReady);
   } catch (e) {
     stack.close();
     if (workFd >= 0) N.close(workFd);

@@ -1,18 +1,21 @@
-// The LevelDB metadata cache (per mount, by default <workdir>/strata-cache).
+// The metadata cache (per mount, by default <workdir>/strata-cache).
 //
-// What it keeps so far: inode identity across remounts. A copied-up object keeps the st_ino it
-// had in the lower layer; the mapping "upper inode number -> st_ino" is kept here, so a remount
-// shows the same numbers. Writes are batched off the request path: a crash loses at most cached
+// What it keeps: inode identity across remounts, and the listings of deep lower directories. A
+// copied-up object keeps the st_ino it had in the lower layer; the mapping "upper inode number ->
+// st_ino" is identity, kept in two plain files read when the mount starts (origin_file.ts). What
+// can be rebuilt (listings, counters, file handle records) lives in LevelDB, opened in the
+// background; its writes are batched off the request path, so a crash loses at most cached
 // knowledge. The cache records the identity of the layers it describes; when they differ (another
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Level } from 'level';
 import type { Layer, LayerStack } from './layers.js';
 import type { HandleRecord, HandleStore } from './export.js';
+import { applyLines, JOURNAL, readRecords, SNAPSHOT, writeSnapshot, type OriginRecords } from './origin_file.js';
 
 const ORIGIN = 'origin:';
 const HANDLE = 'handle:';
@@ -37,37 +40,6 @@ function originPrefix(layer: { dev: number; ino: number }): string {
   return `${ORIGIN}${layer.dev}.${layer.ino}:`;
 }
 
-/**
- * Inode origins are identity, not just cached knowledge: each one is also appended to a small
- * journal with a synchronous write before the copy-up is answered, so a daemon killed before
- * LevelDB got the batch loses none. The journal is replayed into LevelDB at the next open.
- */
-const JOURNAL = 'origins.journal';
-
-function replayJournal(path: string): { type: 'put' | 'del'; key: string; value?: string }[] {
-  let text: string;
-  try {
-    // Only a regular file of ours: never through a symlink, never blocking on a FIFO.
-    const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      if (!fstatSync(fd).isFile()) return [];
-      text = readFileSync(fd, 'latin1');
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    return [];
-  }
-  const ops: { type: 'put' | 'del'; key: string; value?: string }[] = [];
-  for (const line of text.split('\n')) {
-    const [op, key, value] = line.split(' ');
-    if (op === 'P' && key && value) ops.push({ type: 'put', key, value });
-    else if (op === 'D' && key) ops.push({ type: 'del', key });
-    // a torn last line (killed mid-write) is ignored
-  }
-  return ops;
-}
-
 /** A value may be computed when the batch is written (a listing's JSON: not on the request path). */
 type Op = { type: 'put' | 'del'; key: string; value?: string | (() => string) };
 
@@ -76,10 +48,11 @@ const LAZY_FLUSH_MS = 100;
 const LAZY_FLUSH_OPS = 512;
 
 /**
- * Opened in the background (importing and opening LevelDB costs more than the rest of a mount):
- * `start` returns at once, `ready` resolves when the database is open and the origins are loaded.
- * The FUSE session serves no request before that (see FuseSession.mount), so nothing reads an
- * origin too early; listing reads wait for it, writes are queued.
+ * `start` reads the inode origins (synchronously: a mount needs them before its first answer) and
+ * opens LevelDB in the background; `ready` resolves when LevelDB is open. Requests wait only for
+ * `identityReady`, set when identity still has to come from LevelDB: a cache written before the
+ * origins had files of their own (read once, then moved to them), or file handle records
+ * (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
  */
 export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
@@ -88,27 +61,43 @@ export class MetadataCache implements OriginStore, HandleStore {
   private scheduled: 'now' | NodeJS.Timeout | null = null;
   private db: Db | null = null;
   private journalFd = -1;
-  /** Journal lines written before the journal was open (none while requests wait for ready). */
+  /** Journal lines written before the journal was open (none while requests wait for identityReady). */
   private journalBacklog = '';
   /** The background open has finished (or failed). */
   private settled = false;
-  /** Origins loaded at open (the inode table holds this map from the start). */
+  /** Every origin record, of all layer directories the cache has seen (what the snapshot holds). */
+  private records: OriginRecords = new Map();
+  /** Records changed since the snapshot was written. */
+  private dirty = false;
+  /** The origins are still in LevelDB (a cache of an older strata): moved to the files at open. */
+  private readonly legacy: boolean;
+  /** Origins of this mount's layers (the inode table holds this map from the start). */
   readonly origins = new Map<string, number>();
   /** File handle records (nfs_export=on), loaded at open when asked for; see export.ts. */
   readonly handles = new Map<number, HandleRecord>();
   readonly ready: Promise<void>;
+  /** What requests must wait for before their first answer, if anything. */
+  readonly identityReady: Promise<void> | undefined;
   private readonly journalPath: string;
 
-  private constructor(private readonly dir: string, stack: LayerStack, private readonly logger: Logger, private readonly withHandles: boolean) {
+  private constructor(private readonly dir: string, private readonly stack: LayerStack, private readonly logger: Logger, private readonly withHandles: boolean) {
     this.journalPath = join(dir, JOURNAL);
-    this.ready = this.open(stack).catch((err: unknown) => {
-      // Not fatal: the mount runs without a cache (inode numbers of copied-up files then come
-      // from the upper, as with --no-cache).
+    const { records, snapshot, journal } = readRecords(dir);
+    this.legacy = !snapshot && existsSync(join(dir, 'CURRENT'));
+    if (!this.legacy) {
+      this.records = records;
+      this.fillOrigins();
+      this.startJournal(journal);
+    }
+    this.ready = this.open().catch((err: unknown) => {
+      // Not fatal: the mount runs without LevelDB (inode numbers of copied-up files then come from
+      // the origin files, or from the upper as with --no-cache when those were in LevelDB).
       logger.error({ err, dir }, 'metadata cache cannot be opened: running without it');
       this.db = null;
       this.settled = true;
       this.journalBacklog = '';
     });
+    this.identityReady = this.legacy || withHandles ? this.ready : undefined;
   }
 
   static start(dir: string, stack: LayerStack, logger: Logger, opts: { handles?: boolean } = {}): MetadataCache {
@@ -127,8 +116,32 @@ export class MetadataCache implements OriginStore, HandleStore {
     return new MetadataCache(dir, stack, logger, opts.handles === true);
   }
 
-  private async open(stack: LayerStack): Promise<void> {
-    const { dir, logger } = this;
+  /** this.origins from the records of this mount's layers. */
+  private fillOrigins(): void {
+    const byPrefix = new Map(this.stack.layers.map((l) => [originPrefix(l), l.index]));
+    for (const [key, value] of this.records) {
+      const cut = key.lastIndexOf(':') + 1;
+      const index = byPrefix.get(key.slice(0, cut));
+      if (index === undefined) continue;
+      const realIno = Number(key.slice(cut));
+      const ino = Number(value);
+      if (Number.isFinite(realIno) && Number.isFinite(ino)) this.origins.set(`${index}:${realIno}`, ino);
+    }
+  }
+
+  /**
+   * Starts an empty journal; `compact`: the last mount ended without writing its snapshot (it was
+   * killed), so the records read from its journal go into a new snapshot first.
+   */
+  private startJournal(compact: boolean): void {
+    if (compact) writeSnapshot(this.dir, this.records);
+    // Never through a symlink, never readable by others.
+    rmSync(this.journalPath, { force: true });
+    this.journalFd = openSync(this.journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  }
+
+  private async open(): Promise<void> {
+    const { dir, logger, stack } = this;
     const { Level } = await import('level');
     let db: Db;
     try {
@@ -144,6 +157,13 @@ export class MetadataCache implements OriginStore, HandleStore {
         rmSync(dir, { recursive: true, force: true });
       }
       mkdirSync(dir, { recursive: true, mode: 0o700 });
+      // The origins go on in the new directory (the journal went aside with the old one).
+      if (this.journalFd >= 0) {
+        closeSync(this.journalFd);
+        this.journalFd = -1;
+        writeSnapshot(dir, this.records);
+        this.startJournal(false);
+      }
       db = new Level<string, string>(dir);
       await db.open();
     }
@@ -151,29 +171,15 @@ export class MetadataCache implements OriginStore, HandleStore {
     // Listings built with oci_whiteouts=off differ (`.wh.` files are names then): that is part of it too.
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
       ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }) })));
-    const origins = this.origins;
-    const journalPath = this.journalPath;
     try {
-      const replay = replayJournal(journalPath);
-      if (replay.length > 0) {
-        await db.batch(replay.map((o) => (o.type === 'put' ? { type: 'put' as const, key: o.key, value: o.value! } : { type: 'del' as const, key: o.key })));
-        logger.info({ entries: replay.length }, 'metadata cache: replayed the inode journal of an interrupted mount');
-      }
+      if (this.legacy) await this.moveLegacyOrigins(db);
       const recorded = await db.get(LAYERS_KEY);
       if (recorded !== undefined && recorded !== identity) {
         logger.info({ dir }, 'metadata cache describes other layers: its lower listings are dropped and rebuilt');
         await db.clear({ gte: LOWER, lt: LOWER + '\xff' });
-        // file handles name objects of those layers
+        // file handle records name objects of those layers
         await db.clear({ gte: HANDLE, lt: HANDLE + '\xff' });
         await db.del(STATS_KEY);
-      }
-      for (const layer of stack.layers) {
-        const prefix = originPrefix(layer);
-        for await (const [key, value] of db.iterator({ gte: prefix, lt: prefix + '\xff' })) {
-          const realIno = Number(key.slice(prefix.length));
-          const ino = Number(value);
-          if (Number.isFinite(realIno) && Number.isFinite(ino)) origins.set(`${layer.index}:${realIno}`, ino);
-        }
       }
       if (this.withHandles) {
         for await (const [key, value] of db.iterator({ gte: HANDLE, lt: HANDLE + '\xff' })) {
@@ -185,14 +191,16 @@ export class MetadataCache implements OriginStore, HandleStore {
       await db.put(LAYERS_KEY, identity);
     } catch (err) {
       logger.warn({ err, dir }, 'metadata cache unreadable: cleared');
-      origins.clear();
       this.handles.clear();
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
-    // Replayed above: start it empty. Never through a symlink, never readable by others.
-    rmSync(journalPath, { force: true });
-    this.journalFd = openSync(journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    if (this.legacy && this.journalFd < 0) {
+      // Moving the origins failed: what the journal holds is kept, the rest is lost (as with --no-cache).
+      applyLines(this.journalPath, this.records);
+      this.fillOrigins();
+      this.startJournal(true);
+    }
     this.db = db;
     this.settled = true;
     if (this.journalBacklog) {
@@ -200,6 +208,21 @@ export class MetadataCache implements OriginStore, HandleStore {
       this.journalBacklog = '';
     }
     if (this.pending.length > 0) void this.flush();
+  }
+
+  /**
+   * A cache written by an older strata: its origins, and the journal lines of a mount killed before
+   * they reached LevelDB, go to the origin files, and out of LevelDB.
+   */
+  private async moveLegacyOrigins(db: Db): Promise<void> {
+    const records: OriginRecords = new Map();
+    for await (const [key, value] of db.iterator({ gte: ORIGIN, lt: ORIGIN + '\xff' })) records.set(key, value);
+    applyLines(this.journalPath, records);
+    this.records = records;
+    this.fillOrigins();
+    this.startJournal(true);
+    await db.clear({ gte: ORIGIN, lt: ORIGIN + '\xff' });
+    this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
   }
 
   /** The stored listing of a lower directory (see lower_index.ts). */
@@ -232,16 +255,18 @@ export class MetadataCache implements OriginStore, HandleStore {
 
   set(layer: Layer, realIno: number, ino: number, journal = true): void {
     const key = originPrefix(layer) + realIno;
-    if (journal) this.journal(`P ${key} ${ino}\n`);
+    this.records.set(key, String(ino));
+    this.dirty = true;
     // Without a journal line the copy's overlay.origin xattr holds the same knowledge: the record
-    // may wait for others to share its batch (a loop of copy-ups then writes one batch, not one each).
-    this.queue({ type: 'put', key, value: String(ino) }, !journal);
+    // waits for the snapshot written at unmount.
+    if (journal) this.journal(`P ${key} ${ino}\n`);
   }
 
   delete(layer: Layer, realIno: number): void {
     const key = originPrefix(layer) + realIno;
+    if (!this.records.delete(key)) return;
+    this.dirty = true;
     this.journal(`D ${key}\n`);
-    this.queue({ type: 'del', key });
   }
 
   private journal(line: string): void {
@@ -302,11 +327,16 @@ export class MetadataCache implements OriginStore, HandleStore {
     this.scheduled = null;
     await this.flush();
     await this.db?.close();
-    // Everything is in LevelDB now: the journal is not needed.
-    if (this.journalFd >= 0) {
-      closeSync(this.journalFd);
-      this.journalFd = -1;
+    if (this.journalFd < 0) return;
+    closeSync(this.journalFd);
+    this.journalFd = -1;
+    // The snapshot takes in what the journal holds; the journal is then not needed.
+    try {
+      // (a fresh cache gets one in any case: a cache with LevelDB files and no snapshot is an old one)
+      if (this.dirty || !existsSync(join(this.dir, SNAPSHOT))) writeSnapshot(this.dir, this.records);
       rmSync(this.journalPath, { force: true });
+    } catch (err) {
+      this.logger.warn({ err }, 'inode origin snapshot not written: the journal is kept for the next mount');
     }
   }
 }

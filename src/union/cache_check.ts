@@ -8,6 +8,7 @@ import { InodeTable, type UnionNode } from './inode.js';
 import { LayerStack } from './layers.js';
 import { LowerIndex, type LowerEntry } from './lower_index.js';
 import { lookupLayers } from './namei.js';
+import { JOURNAL, readRecords, SNAPSHOT } from './origin_file.js';
 
 const { C, ST } = N;
 
@@ -44,9 +45,11 @@ async function openExisting(dir: string): Promise<Level<string, string>> {
 export async function cacheStats(dir: string): Promise<CacheStats> {
   const db = await openExisting(dir);
   try {
-    const entries = { origins: 0, listings: 0, other: 0 };
+    // (a cache of an older strata keeps its origins in LevelDB until its next mount)
+    const { records, snapshot } = readRecords(dir);
+    const entries = { origins: snapshot ? records.size : 0, listings: 0, other: 0 };
     for await (const key of db.keys()) {
-      if (key.startsWith('origin:')) entries.origins++;
+      if (key.startsWith('origin:')) entries.origins += snapshot ? 0 : 1;
       else if (key.startsWith('lower:')) entries.listings++;
       else entries.other++;
     }
@@ -69,7 +72,7 @@ export async function clearCache(dir: string): Promise<void> {
   } finally {
     await db.close();
   }
-  rmSync(join(dir, 'origins.journal'), { force: true });
+  for (const f of [SNAPSHOT, JOURNAL]) rmSync(join(dir, f), { force: true });
 }
 
 /** Walks from the root to the directory `key` ("/a/b") through the layers, without any cache. */
@@ -128,7 +131,10 @@ export async function verifyCache(dir: string): Promise<string[]> {
         };
         scan(stack.upper.fd);
         const prefix = `origin:${stack.upper.dev}.${stack.upper.ino}:`;
-        for await (const key of db.keys({ gte: prefix, lt: prefix + '\xff' })) {
+        const { records, snapshot } = readRecords(dir);
+        const keys: string[] = [...records.keys()].filter((k) => k.startsWith(prefix));
+        if (!snapshot) for await (const key of db.keys({ gte: prefix, lt: prefix + '\xff' })) keys.push(key);
+        for (const key of keys) {
           const ino = Number(key.slice(prefix.length));
           if (!upperInos.has(ino)) problems.push(`inode ${ino}: the cache keeps a number for an upper object that does not exist`);
         }
