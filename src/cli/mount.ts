@@ -189,10 +189,12 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     N.dup2(devNull, 2);
     N.close(devNull);
   }
-  // What the mount did not need to start: the control socket for `mount -o remount,...` (see
-  // remountCommand, which waits for it; node:net alone takes about 20 ms to load), the logger
-  // (none at all when its lines would go to the /dev/null that stderr now is), and the
-  // registry's request counts for `strata status`, refreshed off the request path.
+  // What the mount did not need to start: the metadata cache's LevelDB (importing it takes about
+  // 20 ms), the control socket for `mount -o remount,...` (see remountCommand, which waits for it;
+  // node:net alone takes about 20 ms to load), the logger (none at all when its lines would go to
+  // the /dev/null that stderr now is), and the registry's request counts for `strata status`,
+  // refreshed off the request path.
+  m.live();
   const { serveControl } = await import('../daemon/control.js');
   const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();

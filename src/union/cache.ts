@@ -48,8 +48,8 @@ const LAZY_FLUSH_MS = 100;
 const LAZY_FLUSH_OPS = 512;
 
 /**
- * `start` reads the inode origins (synchronously: a mount needs them before its first answer) and
- * opens LevelDB in the background; `ready` resolves when LevelDB is open. Requests wait only for
+ * `start` reads the inode origins (synchronously: a mount needs them before its first answer);
+ * LevelDB is opened in the background after `begin`; `ready` resolves when it is open. Requests wait only for
  * `identityReady`, set when identity still has to come from LevelDB: a cache written before the
  * origins had files of their own (read once, then moved to them), or file handle records
  * (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
@@ -89,7 +89,9 @@ export class MetadataCache implements OriginStore, HandleStore {
       this.fillOrigins();
       this.startJournal(journal);
     }
-    this.ready = this.open().catch((err: unknown) => {
+    this.ready = new Promise<void>((resolve) => {
+      this.begin = resolve;
+    }).then(() => this.open()).catch((err: unknown) => {
       // Not fatal: the mount runs without LevelDB (inode numbers of copied-up files then come from
       // the origin files, or from the upper as with --no-cache when those were in LevelDB).
       logger.error({ err, dir }, 'metadata cache cannot be opened: running without it');
@@ -98,7 +100,14 @@ export class MetadataCache implements OriginStore, HandleStore {
       this.journalBacklog = '';
     });
     this.identityReady = this.legacy || withHandles ? this.ready : undefined;
+    if (this.identityReady) this.begin();
   }
+
+  /**
+   * Starts opening LevelDB (at once when requests wait for it; else the daemon calls this once the
+   * mount is live, so that loading LevelDB does not delay the mount).
+   */
+  begin: () => void = () => {};
 
   static start(dir: string, stack: LayerStack, logger: Logger, opts: { handles?: boolean } = {}): MetadataCache {
     // The cache belongs to root alone: a directory others could write into would let them plant
