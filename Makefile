@@ -32,15 +32,21 @@ $(ADDON): native-bindings/strata_native.c native-bindings/binding.gyp | deps
 	cd native-bindings && ../node_modules/.bin/node-gyp rebuild --nodedir=$(NODE_PREFIX) >/dev/null
 native: $(ADDON)
 
+# The compiled modules (dist/src, dist/test: the tests import them), then the command bundled from
+# them (dist/src/bundle: the daemon's start-up reads a few files instead of some forty modules; the
+# rest of the CLI comes in chunks loaded when a command needs them).
 ts: deps
 	./node_modules/.bin/tsc -p tsconfig.json
+	rm -rf dist/src/bundle
+	./node_modules/.bin/esbuild dist/src/cli/main.js --bundle --splitting --format=esm --platform=node \
+	  --packages=external --outdir=dist/src/bundle --log-level=warning
 
 # The command: a small C launcher that runs node on the compiled CLI (one Node.js process for a
 # background mount: see scripts/launcher.c).
 CC ?= cc
-bin/strata: scripts/launcher.c
+bin/strata: scripts/launcher.c Makefile
 	@mkdir -p bin
-	$(CC) -O2 -Wall -o $@ -DSTRATA_NODE='"$(NODE)"' -DSTRATA_MAIN='"$(ROOT)/dist/src/cli/main.js"' $<
+	$(CC) -O2 -Wall -o $@ -DSTRATA_NODE='"$(NODE)"' -DSTRATA_MAIN='"$(ROOT)/dist/src/bundle/main.js"' $<
 
 # What `strata run` execs as the container's pid 1: chroot, working directory, groups, gid, uid,
 # then the command (see scripts/run-exec.c).

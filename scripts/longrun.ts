@@ -189,6 +189,22 @@ function fdCount(pid: number): number {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * The daemon's descriptors once it has finished starting: it opens its metadata cache's LevelDB
+ * and its control socket after the mount is live, so the count is read when it has not changed
+ * for 300 ms (at most 5 s).
+ */
+async function settledFdCount(pid: number): Promise<number> {
+  let n = fdCount(pid);
+  for (let stable = 0, waited = 0; stable < 300 && waited < 5000; waited += 50) {
+    await sleep(50);
+    const m = fdCount(pid);
+    stable = m === n ? stable + 50 : 0;
+    n = m;
+  }
+  return n;
+}
+
 function runClient(mnt: string, me: string, ops: number, seed: number): Promise<{ ops: number }> {
   return new Promise((resolvePromise, reject) => {
     const child = spawn('python3', ['-c', CLIENT, mnt, me, String(ops), String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -241,7 +257,7 @@ async function main(): Promise<void> {
     for (const d of ['u', 'w', 'm']) mkdirSync(join(root, d));
     must(STRATA, ['mount', ...(process.env.STRATA_LONGRUN_LOG ? ['--log-file', process.env.STRATA_LONGRUN_LOG] : []), '-o', `lowerdir=${lowers.join(':')},upperdir=${join(root, 'u')},workdir=${join(root, 'w')}`, mnt]);
     const pid = daemonPid(mnt);
-    const base = { rssMiB: rssMiB(pid), fds: fdCount(pid) };
+    const base = { fds: await settledFdCount(pid), rssMiB: rssMiB(pid) };
     process.stdout.write(`longrun: ${o.clients} clients x ${o.ops} operations in ${o.rounds} rounds over ${o.files} lower files; daemon ${pid}\n`);
     process.stdout.write(`after mount: RSS ${base.rssMiB.toFixed(1)} MiB, ${base.fds} fds\n`);
     process.stdout.write('round   ops total   RSS MiB   fds   | after forget: RSS MiB   fds   seconds\n');

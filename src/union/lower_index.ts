@@ -59,6 +59,8 @@ export class LowerIndex {
   private readonly loading = new Map<string, Promise<void>>();
   /** Directories already looked up in LevelDB (found or not): not asked again. */
   private readonly asked = new Set<string>();
+  /** Keys of directory nodes (see key). */
+  private readonly keys = new WeakMap<UnionNode, string>();
   /** Lookups searched layer by layer, per directory without a listing (see BUILD_AFTER_SEARCHES). */
   private readonly searches = new WeakMap<UnionNode, number>();
 
@@ -72,11 +74,19 @@ export class LowerIndex {
     return layers.length - from >= MIN_LOWER_LAYERS ? from : -1;
   }
 
-  /** The directory's path from the root: its key (directories with a lower part are never renamed). */
+  /**
+   * The directory's path from the root: its key, kept with the node (a directory with a lower part
+   * is never renamed, nor is any directory above it: they all have a lower part).
+   */
   private key(dir: UnionNode): string {
-    const parts: string[] = [];
-    for (let n: UnionNode | null = dir; n && n.parent; n = n.parent) parts.push(n.name);
-    return '/' + parts.reverse().join('/');
+    let key = this.keys.get(dir);
+    if (key === undefined) {
+      const parts: string[] = [];
+      for (let n: UnionNode | null = dir; n && n.parent; n = n.parent) parts.push(n.name);
+      key = '/' + parts.reverse().join('/');
+      this.keys.set(dir, key);
+    }
+    return key;
   }
 
   cached(dir: UnionNode): LowerListing | undefined {
