@@ -189,14 +189,21 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     N.dup2(devNull, 2);
     N.close(devNull);
   }
-  // What the mount did not need to start: the metadata cache's LevelDB (importing it takes about
-  // 20 ms), the control socket for `mount -o remount,...` (see remountCommand, which waits for it;
-  // node:net alone takes about 20 ms to load), the logger (none at all when its lines would go to
-  // the /dev/null that stderr now is), and the registry's request counts for `strata status`,
-  // refreshed off the request path.
-  m.live();
-  const { serveControl } = await import('../daemon/control.js');
-  const control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
+  // What the mount did not need to start waits until the daemon is first idle (so that neither the
+  // mount nor the first programs on it wait for it): the metadata cache's LevelDB (importing it takes
+  // about 20 ms of this thread; a lookup that wants a stored listing opens it at once), the control
+  // socket for `mount -o remount,...` (see remountCommand, which waits for it; node:net alone takes
+  // about 20 ms to load). The logger is loaded now, unless its lines would go to the /dev/null that
+  // stderr now is. The registry's request counts for `strata status` are refreshed off the request path.
+  let ended = false;
+  let control = null as { close(): void } | null;
+  const started = whenIdle(m.session.stats).then(async () => {
+    if (ended) return;
+    m.live();
+    const { serveControl } = await import('../daemon/control.js');
+    if (!ended) control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
+  });
+  // (a log file, or the terminal of a foreground mount, gets its lines at once)
   const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
   const refresh = setInterval(() => {
     const { requests, errors } = m.session.stats;
@@ -204,13 +211,33 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   }, 2000);
   refresh.unref();
   await m.done;
+  ended = true;
+  await started;
   await logged;
   clearInterval(refresh);
-  control.close();
+  control?.close();
   removeRecord(mountpoint, process.pid);
   if (pidFile) rmSync(pidFile, { force: true });
   logger.flush();
   process.exit(0);
+}
+
+/** How long without a request counts as idle, and the longest wait for it. */
+const IDLE_MS = 50;
+const IDLE_WAIT_MAX_MS = 2000;
+
+/** Resolves once no request came for IDLE_MS, or after IDLE_WAIT_MAX_MS at the latest. */
+function whenIdle(stats: { requests: number }): Promise<void> {
+  const start = Date.now();
+  return new Promise((resolve) => {
+    let seen = stats.requests;
+    const check = (): void => {
+      if (stats.requests === seen || Date.now() - start >= IDLE_WAIT_MAX_MS) return resolve();
+      seen = stats.requests;
+      setTimeout(check, IDLE_MS);
+    };
+    setTimeout(check, IDLE_MS);
+  });
 }
 
 /** Writes one status line to the launcher (once: the pipe is closed after ok or error). */

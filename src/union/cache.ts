@@ -83,7 +83,8 @@ export class MetadataCache implements OriginStore, HandleStore {
   private constructor(private readonly dir: string, private readonly stack: LayerStack, private readonly logger: Logger, private readonly withHandles: boolean) {
     this.journalPath = join(dir, JOURNAL);
     const { records, snapshot, journal } = readRecords(dir);
-    this.legacy = !snapshot && existsSync(join(dir, 'CURRENT'));
+    this.mayHoldListings = existsSync(join(dir, 'CURRENT'));
+    this.legacy = !snapshot && this.mayHoldListings;
     if (!this.legacy) {
       this.records = records;
       this.fillOrigins();
@@ -104,8 +105,10 @@ export class MetadataCache implements OriginStore, HandleStore {
   }
 
   /**
-   * Starts opening LevelDB (at once when requests wait for it; else the daemon calls this once the
-   * mount is live, so that loading LevelDB does not delay the mount).
+   * Starts opening LevelDB: at once when requests wait for it; else when the daemon is first idle
+   * after the mount went live (importing LevelDB takes about 20 ms of the JavaScript thread, which
+   * neither the mount nor its first users should wait for), or when a listing is asked for.
+   * Writes queue until then.
    */
   begin: () => void = () => {};
 
@@ -234,8 +237,15 @@ export class MetadataCache implements OriginStore, HandleStore {
     this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
   }
 
-  /** The stored listing of a lower directory (see lower_index.ts). */
+  /**
+   * Whether LevelDB may hold listings: it was there when the mount started (a fresh cache has none
+   * to read, and lookups then never wait for it).
+   */
+  readonly mayHoldListings: boolean;
+
+  /** The stored listing of a lower directory (see lower_index.ts); opens LevelDB if not yet begun. */
   async getListing(dirKey: string): Promise<string | undefined> {
+    this.begin();
     await this.ready;
     return this.db?.get(LOWER + dirKey);
   }
@@ -334,6 +344,8 @@ export class MetadataCache implements OriginStore, HandleStore {
   async close(): Promise<void> {
     if (this.scheduled && this.scheduled !== 'now') clearTimeout(this.scheduled);
     this.scheduled = null;
+    // (a mount that ends before the daemon was ever idle opens it now, for what is queued)
+    this.begin();
     await this.flush();
     await this.db?.close();
     if (this.journalFd < 0) return;

@@ -95,7 +95,7 @@ export class LowerIndex {
 
   /** Should a lookup in `dir` first wait for a LevelDB read of its listing? */
   wantsLoad(dir: UnionNode): boolean {
-    if (!this.store || this.lowerFrom(dir) < 0) return false;
+    if (!this.store?.mayHoldListings || this.lowerFrom(dir) < 0) return false;
     const key = this.key(dir);
     return !this.memory.has(key) && !this.asked.has(key);
   }
