@@ -18,6 +18,9 @@ export { ROOT_NODEID, UnionNode };
 
 const { C, ST } = N;
 
+/** Entries of InodeTable.upperOrigins (a daemon that creates millions of files does not keep them all). */
+const UPPER_ORIGINS_MAX = 65536;
+
 export class InodeTable {
   readonly root: UnionNode;
   private readonly nodes = new Map<number, UnionNode>();
@@ -32,6 +35,7 @@ export class InodeTable {
   /**
    * Upper objects without such a record, by real inode number: the st_ino their overlay.origin
    * xattr gives (written by the kernel, or by strata without the cache), or null for their own.
+   * Only what reading the xattr again would give: emptied when it reaches UPPER_ORIGINS_MAX.
    */
   private readonly upperOrigins = new Map<number, number | null>();
   /** nfs_export=on: nodeids that name one object for good, and where each was last seen (export.ts). */
@@ -84,7 +88,7 @@ export class InodeTable {
     let ino: number;
     if (!layer.isUpper) ino = this.stack.inoOf(layer, realIno);
     else if (made) {
-      this.upperOrigins.set(realIno, null);
+      this.noteUpperOrigin(realIno, null);
       ino = this.inoFor(layer, realIno);
     } else {
       // (the locator is only ever asked for an upper object: no closure for a lower one)
@@ -123,11 +127,16 @@ export class InodeTable {
         const [dirfd, name] = at();
         const o = readOrigin(this.stack, dirfd, name);
         ino = o ? originIno(this.stack, o) : null;
-        this.upperOrigins.set(realIno, ino);
+        this.noteUpperOrigin(realIno, ino);
       }
       if (ino !== null) return ino;
     }
     return this.stack.inoOf(layer, realIno);
+  }
+
+  private noteUpperOrigin(realIno: number, ino: number | null): void {
+    if (this.upperOrigins.size >= UPPER_ORIGINS_MAX) this.upperOrigins.clear();
+    this.upperOrigins.set(realIno, ino);
   }
 
   /**
