@@ -191,12 +191,12 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /**
  * The daemon's descriptors once it has finished starting: it opens its metadata cache's LevelDB
- * and its control socket after the mount is live, so the count is read when it has not changed
- * for 300 ms (at most 5 s).
+ * and its control socket once it is first idle after the mount (250 ms without a request), so the
+ * count is read when it has not changed for 1 s (at most 8 s).
  */
 async function settledFdCount(pid: number): Promise<number> {
   let n = fdCount(pid);
-  for (let stable = 0, waited = 0; stable < 300 && waited < 5000; waited += 50) {
+  for (let stable = 0, waited = 0; stable < 1000 && waited < 8000; waited += 50) {
     await sleep(50);
     const m = fdCount(pid);
     stable = m === n ? stable + 50 : 0;

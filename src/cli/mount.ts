@@ -189,12 +189,13 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     N.dup2(devNull, 2);
     N.close(devNull);
   }
-  // What the mount did not need to start waits until the daemon is first idle (so that neither the
-  // mount nor the first programs on it wait for it): the metadata cache's LevelDB (importing it takes
-  // about 20 ms of this thread; a lookup that wants a stored listing opens it at once), the control
-  // socket for `mount -o remount,...` (see remountCommand, which waits for it; node:net alone takes
-  // about 20 ms to load). The logger is loaded now, unless its lines would go to the /dev/null that
-  // stderr now is. The registry's request counts for `strata status` are refreshed off the request path.
+  // What the mount did not need to start waits until the daemon is first idle (no request for
+  // 250 ms, at most 3 s), so that neither the mount nor the first programs on it wait for it: the
+  // metadata cache's LevelDB (importing it takes about 20 ms of this thread; a lookup that wants a
+  // stored listing opens it at once), and the control socket for `mount -o remount,...` (see
+  // remountCommand, which waits for it; node:net alone takes about 20 ms to load). The logger is
+  // loaded now, unless its lines would go to the /dev/null that stderr now is. The registry's request
+  // counts for `strata status` are refreshed off the request path.
   let ended = false;
   let control = null as { close(): void } | null;
   const started = whenIdle(m.session.stats).then(async () => {
@@ -223,8 +224,8 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
 }
 
 /** How long without a request counts as idle, and the longest wait for it. */
-const IDLE_MS = 50;
-const IDLE_WAIT_MAX_MS = 2000;
+const IDLE_MS = 250;
+const IDLE_WAIT_MAX_MS = 3000;
 
 /** Resolves once no request came for IDLE_MS, or after IDLE_WAIT_MAX_MS at the latest. */
 function whenIdle(stats: { requests: number }): Promise<void> {
