@@ -198,7 +198,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   // counts for `strata status` are refreshed off the request path.
   let ended = false;
   let control = null as { close(): void } | null;
-  const started = whenIdle(m.session.stats).then(async () => {
+  void whenIdle(m.session.stats).then(async () => {
     if (ended) return;
     m.live();
     const { serveControl } = await import('../daemon/control.js');
@@ -212,8 +212,8 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   }, 2000);
   refresh.unref();
   await m.done;
+  // (what waited for idleness and has not started never will: the process exits below)
   ended = true;
-  await started;
   await logged;
   clearInterval(refresh);
   control?.close();

@@ -17,7 +17,6 @@ export interface RemountRequest {
 
 export type ControlReply = { ok: true } | { ok: false; error: string; code?: string };
 
-
 export interface ControlServer {
   close(): void;
 }
@@ -66,9 +65,9 @@ export function serveControl(pid: number, handle: (req: RemountRequest) => void)
 const SOCKET_WAIT_MS = 5_000;
 
 /**
- * Sends one request to the daemon `pid` and waits for its answer. A daemon serves its socket only
- * after its mount is live (see runDaemon): a missing or not yet listening socket is retried for a
- * few seconds.
+ * Sends one request to the daemon `pid` and waits for its answer. A daemon serves its socket once
+ * it is first idle after its mount went live, within 3 s (see runDaemon): a missing or not yet
+ * listening socket is retried for a few seconds.
  */
 export async function askDaemon(pid: number, req: RemountRequest, timeoutMs = 30_000): Promise<ControlReply> {
   const deadline = Date.now() + SOCKET_WAIT_MS;

@@ -73,7 +73,7 @@ export interface RunningMount {
   unmount(): void;
   /** `mount -o remount,...`: new flags for the mount (read-only makes every change answer EROFS). */
   remount(readOnly: boolean, flags: VfsFlagParams): void;
-  /** Called once the mount is reported live: starts what the mount did not wait for (LevelDB). */
+  /** Called once the daemon is first idle after the mount went live: opens the cache's LevelDB. */
   live(): void;
 }
 
@@ -101,8 +101,8 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
-  // The inode origins are read now; LevelDB opens in the background once the mount is live
-  // (requests wait for it only when identity is still there: see MetadataCache.identityReady).
+  // The inode origins are read now; LevelDB opens in the background later (see live(); requests
+  // wait for it only when identity is still there: see MetadataCache.identityReady).
   const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger, { handles: params.nfsExport }) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;

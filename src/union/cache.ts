@@ -49,10 +49,10 @@ const LAZY_FLUSH_OPS = 512;
 
 /**
  * `start` reads the inode origins (synchronously: a mount needs them before its first answer);
- * LevelDB is opened in the background after `begin`; `ready` resolves when it is open. Requests wait only for
- * `identityReady`, set when identity still has to come from LevelDB: a cache written before the
- * origins had files of their own (read once, then moved to them), or file handle records
- * (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
+ * LevelDB is opened in the background after `begin`, and `ready` resolves when it is open.
+ * Requests wait only for `identityReady`, set when identity still has to come from LevelDB: a
+ * cache written before the origins had files of their own (read once, then moved to them), or
+ * file handle records (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
  */
 export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
@@ -78,6 +78,11 @@ export class MetadataCache implements OriginStore, HandleStore {
   readonly ready: Promise<void>;
   /** What requests must wait for before their first answer, if anything. */
   readonly identityReady: Promise<void> | undefined;
+  /**
+   * Whether LevelDB may hold listings: it was there when the mount started (a fresh cache has none
+   * to read, and lookups then never wait for it).
+   */
+  readonly mayHoldListings: boolean;
   private readonly journalPath: string;
 
   private constructor(private readonly dir: string, private readonly stack: LayerStack, private readonly logger: Logger, private readonly withHandles: boolean) {
@@ -236,12 +241,6 @@ export class MetadataCache implements OriginStore, HandleStore {
     await db.clear({ gte: ORIGIN, lt: ORIGIN + '\xff' });
     this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
   }
-
-  /**
-   * Whether LevelDB may hold listings: it was there when the mount started (a fresh cache has none
-   * to read, and lookups then never wait for it).
-   */
-  readonly mayHoldListings: boolean;
 
   /** The stored listing of a lower directory (see lower_index.ts); opens LevelDB if not yet begun. */
   async getListing(dirKey: string): Promise<string | undefined> {
