@@ -278,7 +278,7 @@ test('an upper reused as a lower (same --cache-dir): its copied-up files show th
   t.is(fs.statSync(path.join(kmnt, 'd', 'g')).ino, own, 'the kernel on the same stack');
 });
 
-test('the cache is root-only: mode 0700, and a planted journal symlink is not followed', (t) => {
+test('the cache is root-only: mode 0700, and symlinks planted as its journal or snapshot are not followed', (t) => {
   const s = setup(t);
   copyUp(mount(t, s));
   strataUnmount(s.mountpoint);
@@ -288,12 +288,17 @@ test('the cache is root-only: mode 0700, and a planted journal symlink is not fo
   fs.chmodSync(cache, 0o777);
   const victim = path.join(path.dirname(s.work), 'victim');
   fs.writeFileSync(victim, 'precious\n', { mode: 0o600 });
-  fs.rmSync(path.join(cache, 'origins.journal'), { force: true });
-  fs.symlinkSync(victim, path.join(cache, 'origins.journal'));
+  for (const name of ['origins.journal', 'origins', 'origins.tmp']) {
+    fs.rmSync(path.join(cache, name), { force: true });
+    fs.symlinkSync(victim, path.join(cache, name));
+  }
   const r = spawnSync(strataBin, ['mount', '-o', `lowerdir=${s.lower},upperdir=${s.upper},workdir=${s.work}`, s.mountpoint], { encoding: 'utf8' });
   t.teardown(() => strataUnmount(s.mountpoint));
   t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target was not touched');
   t.is(r.status, 0, r.stderr);
+  fs.chmodSync(path.join(s.mountpoint, 'd', 'g'), 0o600);
   strataUnmount(s.mountpoint);
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'nor by the snapshot written at unmount');
+  t.false(fs.lstatSync(path.join(cache, 'origins')).isSymbolicLink(), 'the snapshot replaced the planted link');
   t.is(fs.statSync(cache).mode & 0o777, 0o700, 'the mode is put back');
 });

@@ -71,6 +71,8 @@ export class MetadataCache implements OriginStore, HandleStore {
   private dirty = false;
   /** The origins are still in LevelDB (a cache of an older strata): moved to the files at open. */
   private readonly legacy: boolean;
+  /** ... and they were (or, that failing, the records of its journal went to a snapshot). */
+  private moved = false;
   /** Origins of this mount's layers (the inode table holds this map from the start). */
   readonly origins = new Map<string, number>();
   /** File handle records (nfs_export=on), loaded at open when asked for; see export.ts. */
@@ -93,7 +95,13 @@ export class MetadataCache implements OriginStore, HandleStore {
     if (!this.legacy) {
       this.records = records;
       this.fillOrigins();
-      this.startJournal(journal);
+      try {
+        this.startJournal(journal);
+      } catch (err) {
+        // Not fatal: the records read stay in use; new ones are kept for this mount only.
+        logger.error({ err, dir }, 'inode origin journal cannot be written: running without it');
+        this.journalFd = -1;
+      }
     }
     this.ready = new Promise<void>((resolve) => {
       this.begin = resolve;
@@ -212,11 +220,12 @@ export class MetadataCache implements OriginStore, HandleStore {
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
-    if (this.legacy && this.journalFd < 0) {
+    if (this.legacy && !this.moved) {
       // Moving the origins failed: what the journal holds is kept, the rest is lost (as with --no-cache).
       applyLines(this.journalPath, this.records);
       this.fillOrigins();
       this.startJournal(true);
+      this.moved = true;
     }
     this.db = db;
     this.settled = true;
@@ -238,6 +247,7 @@ export class MetadataCache implements OriginStore, HandleStore {
     this.records = records;
     this.fillOrigins();
     this.startJournal(true);
+    this.moved = true;
     await db.clear({ gte: ORIGIN, lt: ORIGIN + '\xff' });
     this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
   }
@@ -347,9 +357,12 @@ export class MetadataCache implements OriginStore, HandleStore {
     this.begin();
     await this.flush();
     await this.db?.close();
-    if (this.journalFd < 0) return;
-    closeSync(this.journalFd);
-    this.journalFd = -1;
+    if (this.journalFd >= 0) {
+      closeSync(this.journalFd);
+      this.journalFd = -1;
+    }
+    // (a cache of an older strata whose origins could not be moved out of LevelDB keeps them there)
+    if (this.legacy && !this.moved) return;
     // The snapshot takes in what the journal holds; the journal is then not needed.
     try {
       // (a fresh cache gets one in any case: a cache with LevelDB files and no snapshot is an old one)

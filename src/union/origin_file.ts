@@ -6,7 +6,7 @@
 // known before the first request, without waiting for LevelDB (whose import alone costs about
 // 20 ms), which keeps only what can be rebuilt (listings, counters, file handle records).
 
-import { closeSync, constants, fstatSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 export const SNAPSHOT = 'origins';
@@ -49,10 +49,14 @@ export function readRecords(dir: string): { records: OriginRecords; snapshot: bo
   return { records, snapshot, journal };
 }
 
-/** Replaces the snapshot with `records`: written beside it, flushed, renamed over it. */
+/**
+ * Replaces the snapshot with `records`: written beside it (a new file: whatever had that name, a
+ * planted symlink included, is removed, never followed), flushed, renamed over it.
+ */
 export function writeSnapshot(dir: string, records: OriginRecords): void {
   const tmp = join(dir, `${SNAPSHOT}.tmp`);
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o600);
+  rmSync(tmp, { force: true });
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     let text = '';
     for (const [key, value] of records) text += `P ${key} ${value}\n`;
