@@ -34,6 +34,11 @@ function mount(t: Parameters<typeof tempDir>[0], s: Setup, extraArgs: string[] =
   return strataMount(t, { lowers: [s.lower], upper: s.upper, work: s.work, mountpoint: s.mountpoint, extraArgs });
 }
 
+/** The record lines ("P key st_ino") of an origin file of the cache. */
+function originLines(file: string): string[] {
+  return fs.readFileSync(file, 'latin1').split('\n').filter((l) => l.startsWith('P '));
+}
+
 /** Copies up f and d/g through the mount and returns their st_ino before and after. */
 function copyUp(mnt: string): { before: number[]; after: number[] } {
   const names = ['f', 'd/g'].map((n) => path.join(mnt, n));
@@ -200,7 +205,7 @@ test('a cache of an older strata (origins in LevelDB): its inode numbers are kep
   strataUnmount(s.mountpoint);
   const dir = path.join(s.work, 'strata-cache');
   const snapshot = path.join(dir, 'origins');
-  const lines = fs.readFileSync(snapshot, 'latin1').split('\n').filter((l) => l.startsWith('P '));
+  const lines = originLines(snapshot);
   t.is(lines.length, 3, 'one record per copied-up object: f, d/g and its directory d');
   // The old layout: the records as LevelDB entries, no origin files.
   const db = new Level<string, string>(dir);
@@ -213,7 +218,7 @@ test('a cache of an older strata (origins in LevelDB): its inode numbers are kep
   mount(t, s);
   t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
   strataUnmount(s.mountpoint);
-  t.deepEqual(fs.readFileSync(snapshot, 'latin1').split('\n').filter((l) => l.startsWith('P ')).sort(), lines.sort());
+  t.deepEqual(originLines(snapshot).sort(), lines.sort());
   const db2 = new Level<string, string>(dir);
   await db2.open();
   t.deepEqual(await db2.keys({ gte: 'origin:', lt: 'origin:\xff' }).all(), [], 'the records left LevelDB');
@@ -228,13 +233,13 @@ test('the inode journal of a killed daemon is read at the next mount, and folded
   // Copies written in the OCI format carry no overlay.origin: each copy-up adds a journal line.
   const { before } = copyUp(mount(t, s, ['--write-format', 'oci']));
   const dir = path.join(s.work, 'strata-cache');
-  t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1').split('\n').filter((l) => l.startsWith('P ')).length, 3);
+  t.is(originLines(path.join(dir, 'origins.journal')).length, 3);
   const status = JSON.parse(execFileSync(strataBin, ['status', '--json', s.mountpoint], { encoding: 'utf8' })) as { pid: number }[];
   t.true(await killDaemon(status[0]!.pid));
   strataUnmount(s.mountpoint);
   mount(t, s, ['--write-format', 'oci']);
   t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
-  t.is(fs.readFileSync(path.join(dir, 'origins'), 'latin1').split('\n').filter((l) => l.startsWith('P ')).length, 3, 'the journal went into the snapshot');
+  t.is(originLines(path.join(dir, 'origins')).length, 3, 'the journal went into the snapshot');
   t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1'), '', 'and a new journal was started');
 });
 

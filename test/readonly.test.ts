@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { diffSnapshots, sharedInodes } from './helpers/compare.js';
-import { run, runOk, runWithPipes } from './helpers/exec.js';
+import { run, runOk, runWithPipes, sleep } from './helpers/exec.js';
 import { bigDirectory, deepStack, randomLayers, rng } from './helpers/generators.js';
 import { materializeLayers, toFormat, type Layer } from './helpers/layers.js';
 import { kernelOverlay, strataMount, strataUnmount, underTest, unmountQuietly } from './helpers/mounts.js';
@@ -514,7 +514,7 @@ test('readdir offsets are stable: seekdir to a telldir position resumes there; r
 
 // ---------------------------------------------------------------------------------------------
 
-test('statfs reports the top lower layer filesystem, or the upper one when there is an upper', (t) => {
+test('statfs reports the top lower layer filesystem, or the upper one when there is an upper', async (t) => {
   const root = tempDir(t);
   const fast = tmpfsDir(t, root, 't');
   const [top] = materializeLayers(fast, [[{ path: 'a', kind: 'file', content: 'top on tmpfs\n' }]]);
@@ -546,7 +546,7 @@ test('statfs reports the top lower layer filesystem, or the upper one when there
     before = statfs(up);
     seen = statfs(sup);
     if (statfs(up) === before) break;
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    await sleep(100);
   }
   t.is(seen, before, 'strata with an upper reports the upper filesystem');
 });

@@ -6,6 +6,7 @@
 
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { errCode } from '../fuse/errors.js';
 import type { VfsFlagParams } from './mount_flags.js';
 import { controlPath, RUN_DIR, sweepSockets } from './registry.js';
 
@@ -75,7 +76,7 @@ export async function askDaemon(pid: number, req: RemountRequest, timeoutMs = 30
     try {
       return await askOnce(pid, req, timeoutMs);
     } catch (e) {
-      const code = (e as { code?: string }).code;
+      const code = errCode(e);
       if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() >= deadline) throw e;
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -155,8 +155,9 @@ export class MetadataCache implements OriginStore, HandleStore {
   }
 
   /**
-   * Starts an empty journal; `compact`: the last mount ended without writing its snapshot (it was
-   * killed), so the records read from its journal go into a new snapshot first.
+   * Starts an empty journal; `compact`: the records in memory go into a new snapshot first (they
+   * hold what no snapshot has yet: a killed mount's journal, a legacy cache's records, or a cache
+   * directory just set aside).
    */
   private startJournal(compact: boolean): void {
     if (compact) writeSnapshot(this.dir, this.records);
@@ -186,8 +187,7 @@ export class MetadataCache implements OriginStore, HandleStore {
       if (this.journalFd >= 0) {
         closeSync(this.journalFd);
         this.journalFd = -1;
-        writeSnapshot(dir, this.records);
-        this.startJournal(false);
+        this.startJournal(true);
       }
       db = new Level<string, string>(dir);
       await db.open();
@@ -220,13 +220,8 @@ export class MetadataCache implements OriginStore, HandleStore {
       await db.clear();
       await db.put(LAYERS_KEY, identity);
     }
-    if (this.legacy && !this.moved) {
-      // Moving the origins failed: what the journal holds is kept, the rest is lost (as with --no-cache).
-      applyLines(this.journalPath, this.records);
-      this.fillOrigins();
-      this.startJournal(true);
-      this.moved = true;
-    }
+    // Moving the origins failed: what the journal holds is kept, the rest is lost (as with --no-cache).
+    if (this.legacy && !this.moved) this.adopt(new Map());
     this.db = db;
     this.settled = true;
     if (this.journalBacklog) {
@@ -243,13 +238,18 @@ export class MetadataCache implements OriginStore, HandleStore {
   private async moveLegacyOrigins(db: Db): Promise<void> {
     const records: OriginRecords = new Map();
     for await (const [key, value] of db.iterator({ gte: ORIGIN, lt: ORIGIN + '\xff' })) records.set(key, value);
+    this.adopt(records);
+    await db.clear({ gte: ORIGIN, lt: ORIGIN + '\xff' });
+    this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
+  }
+
+  /** A legacy cache's records (with its journal's lines on top) become the origin files' content. */
+  private adopt(records: OriginRecords): void {
     applyLines(this.journalPath, records);
     this.records = records;
     this.fillOrigins();
     this.startJournal(true);
     this.moved = true;
-    await db.clear({ gte: ORIGIN, lt: ORIGIN + '\xff' });
-    this.logger.info({ dir: this.dir, origins: records.size }, 'metadata cache: inode origins moved to their own files');
   }
 
   /** The stored listing of a lower directory (see lower_index.ts); opens LevelDB if not yet begun. */
