@@ -9,9 +9,11 @@ import { Level } from 'level';
 import path from 'node:path';
 import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
 import { killDaemon } from './helpers/crash-daemon.js';
+import { waitFor } from './helpers/exec.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 import * as N from '../src/native/index.js';
+import { readRecord } from '../src/daemon/registry.js';
 
 interface Setup {
   lower: string;
@@ -37,6 +39,25 @@ function mount(t: Parameters<typeof tempDir>[0], s: Setup, extraArgs: string[] =
 /** The record lines ("P key st_ino") of an origin file of the cache. */
 function originLines(file: string): string[] {
   return fs.readFileSync(file, 'latin1').split('\n').filter((l) => l.startsWith('P '));
+}
+
+/** The record lines of the snapshot (if any) and the journal. */
+function allOriginLines(dir: string): string[] {
+  return ['origins', 'origins.journal'].flatMap((n) => (fs.existsSync(path.join(dir, n)) ? originLines(path.join(dir, n)) : []));
+}
+
+/** The pid of the daemon serving `mnt` (from its record: quicker than `strata status`, no request to the mount). */
+function daemonPid(mnt: string): number {
+  return readRecord(mnt)!.pid;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Copies up f and d/g through the mount and returns their st_ino before and after. */
@@ -147,9 +168,11 @@ function tree(root: string): string[] {
   return out.sort();
 }
 
-test('lower listings are kept in the cache: a remount reads them instead of searching the layers', (t) => {
+test('lower listings are kept in the cache: a remount reads them instead of searching the layers', async (t) => {
   const s = deepSetup(t);
   const first = tree(deepMount(t, s));
+  // (listings reach LevelDB once it is open: when the daemon is first idle)
+  t.true(await waitFor(() => fs.existsSync(path.join(s.work, 'strata-cache', 'CURRENT'))));
   strataUnmount(s.mountpoint);
   let stats = JSON.parse(cacheCli(['stats', '--workdir', s.work, '--json']).stdout) as { entries: { listings: number }; lastMount: Record<string, number> };
   t.true(stats.entries.listings >= 2, 'listings of the merged directories are stored');
@@ -182,8 +205,10 @@ test('a layer changed between mounts: the cache is dropped and the new content s
 test('strata cache verify reports a planted wrong entry; clear empties the cache', async (t) => {
   const s = deepSetup(t);
   tree(deepMount(t, s));
-  strataUnmount(s.mountpoint);
   const dir = path.join(s.work, 'strata-cache');
+  // (listings reach LevelDB once it is open: when the daemon is first idle)
+  t.true(await waitFor(() => fs.existsSync(path.join(dir, 'CURRENT'))));
+  strataUnmount(s.mountpoint);
   const db = new Level<string, string>(dir);
   await db.open();
   const listing = JSON.parse((await db.get('lower:/d'))!) as [string, { l: number; m: number; i: number; d: number[] | null }][];
@@ -205,14 +230,15 @@ test('a cache of an older strata (origins in LevelDB): its inode numbers are kep
   strataUnmount(s.mountpoint);
   const dir = path.join(s.work, 'strata-cache');
   const snapshot = path.join(dir, 'origins');
-  const lines = originLines(snapshot);
+  const lines = allOriginLines(dir);
   t.is(lines.length, 3, 'one record per copied-up object: f, d/g and its directory d');
   // The old layout: the records as LevelDB entries, no origin files.
   const db = new Level<string, string>(dir);
   await db.open();
   for (const l of lines) await db.put(l.split(' ')[1]!, l.split(' ')[2]!);
   await db.close();
-  fs.rmSync(snapshot);
+  fs.rmSync(snapshot, { force: true });
+  fs.rmSync(path.join(dir, 'origins.journal'), { force: true });
   // Only the records can give the old numbers now: the copies lose their overlay.origin.
   for (const n of ['f', 'd/g']) N.lremovexattr(N.C.AT_FDCWD, path.join(s.upper, n), 'trusted.overlay.origin');
   mount(t, s);
@@ -239,8 +265,10 @@ test('the inode journal of a killed daemon is read at the next mount, and folded
   strataUnmount(s.mountpoint);
   mount(t, s, ['--write-format', 'oci']);
   t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(s.mountpoint, n)).ino), before);
-  t.is(originLines(path.join(dir, 'origins')).length, 3, 'the journal went into the snapshot');
-  t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1'), '', 'and a new journal was started');
+  // (once the daemon is idle: LevelDB is opened then, and the snapshot written first)
+  t.true(await waitFor(() => fs.existsSync(path.join(dir, 'origins')) && originLines(path.join(dir, 'origins')).length === 3),
+    'the journal went into the snapshot');
+  t.is(fs.readFileSync(path.join(dir, 'origins.journal'), 'latin1'), '', 'and the journal starts again empty');
 });
 
 test('st_ino stays across remounts after copy-up then rename and link', (t) => {
@@ -283,7 +311,7 @@ test('an upper reused as a lower (same --cache-dir): its copied-up files show th
   t.is(fs.statSync(path.join(kmnt, 'd', 'g')).ino, own, 'the kernel on the same stack');
 });
 
-test('the cache is root-only: mode 0700, and symlinks planted as its journal or snapshot are not followed', (t) => {
+test('the cache is root-only: mode 0700, and symlinks planted as its journal or snapshot are not followed', async (t) => {
   const s = setup(t);
   copyUp(mount(t, s));
   strataUnmount(s.mountpoint);
@@ -302,8 +330,32 @@ test('the cache is root-only: mode 0700, and symlinks planted as its journal or 
   t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target was not touched');
   t.is(r.status, 0, r.stderr);
   fs.chmodSync(path.join(s.mountpoint, 'd', 'g'), 0o600);
+  // (the snapshot is written when the daemon is first idle)
+  t.true(await waitFor(() => !fs.lstatSync(path.join(cache, 'origins')).isSymbolicLink()), 'the snapshot replaced the planted link');
   strataUnmount(s.mountpoint);
-  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'nor by the snapshot written at unmount');
-  t.false(fs.lstatSync(path.join(cache, 'origins')).isSymbolicLink(), 'the snapshot replaced the planted link');
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n', 'nor by the journal written at unmount');
+  t.false(fs.lstatSync(path.join(cache, 'origins.journal')).isSymbolicLink());
   t.is(fs.statSync(cache).mode & 0o777, 0o700, 'the mode is put back');
 });
+
+for (const idle of [false, true]) {
+  test(`after umount(8) the daemon creates nothing in the cache directory (${idle ? 'once idle' : 'never idle'}), as podman removes it at once`, async (t) => {
+    const s = setup(t);
+    const mnt = mount(t, s);
+    const dir = path.join(s.work, 'strata-cache');
+    const pid = daemonPid(mnt);
+    // (idle: LevelDB is open and holds a listing and counters to write)
+    if (idle) t.true(await waitFor(() => fs.existsSync(path.join(dir, 'CURRENT'))), 'LevelDB opened once idle');
+    copyUp(mnt);
+    fs.readdirSync(path.join(mnt, 'd'));
+    execFileSync('umount', [mnt]);
+    const atUnmount = fs.readdirSync(dir).sort();
+    t.true(await waitFor(() => !alive(pid)), 'the daemon exits');
+    t.deepEqual(fs.readdirSync(dir).sort(), atUnmount);
+    if (!idle) t.false(atUnmount.includes('CURRENT'), 'LevelDB never opened');
+    // Nothing was lost: the copies keep their st_ino at the next mount, and their records are in the files.
+    t.is(allOriginLines(dir).length, 3);
+    const again = mount(t, s);
+    t.deepEqual(['f', 'd/g'].map((n) => fs.statSync(path.join(again, n)).ino), ['f', 'd/g'].map((n) => fs.statSync(path.join(s.lower, n)).ino));
+  });
+}

@@ -29,8 +29,12 @@ function mountFlags(mnt: string): string {
   return line ? line.split(' ')[5]! : 'not mounted';
 }
 
+/** Why remounts were refused (logged by the test, to tell an expected refusal from a broken one). */
+const refusals: string[] = [];
+
 function remount(mnt: string, opts: string): string {
   const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 30_000 });
+  if (r.status !== 0) refusals.push(`remount,${opts} of ${mnt}: ${r.stderr.trim()}`);
   return r.status === 0 ? 'ok' : 'refused';
 }
 
@@ -82,6 +86,7 @@ test('mount -o remount,ro and remount,rw through mount(8): EROFS while read-only
   const pair = setupPair(t, [lowerLayer]);
   const k = remountScenario(pair.kernel.mnt);
   const s = remountScenario(pair.strata.mnt);
+  for (const r of refusals) t.log(r);
   t.deepEqual(s, k);
   // The scenario does what it claims: writes were refused while read-only, and allowed after.
   t.is((k[2] as [string, Record<string, string>])[1].create, 'EROFS');

@@ -9,13 +9,13 @@
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { chmodSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Level } from 'level';
 import type { Layer, LayerStack } from './layers.js';
 import type { HandleRecord, HandleStore } from './export.js';
-import { applyLines, JOURNAL, readRecords, SNAPSHOT, writeSnapshot, type OriginRecords } from './origin_file.js';
+import { applyLines, JOURNAL, readRecords, writeSnapshot, type OriginRecords } from './origin_file.js';
 
 const ORIGIN = 'origin:';
 const HANDLE = 'handle:';
@@ -67,8 +67,16 @@ export class MetadataCache implements OriginStore, HandleStore {
   private settled = false;
   /** Every origin record, of all layer directories the cache has seen (what the snapshot holds). */
   private records: OriginRecords = new Map();
-  /** Records changed since the snapshot was written. */
-  private dirty = false;
+  /**
+   * Records that are in no file yet (their copies carry overlay.origin, which gives the same st_ino
+   * after a crash): appended to the journal at unmount unless a snapshot took them in before.
+   */
+  private readonly unjournaled = new Set<string>();
+  /** The snapshot is missing or a journal holds lines: a new snapshot is written when LevelDB is opened. */
+  private compactAtOpen: boolean;
+  private begun = false;
+  /** The mount has ended: nothing new is created in the directory any more (see close). */
+  private closed = false;
   /** The origins are still in LevelDB (a cache of an older strata): moved to the files at open. */
   private readonly legacy: boolean;
   /** ... and they were (or, that failing, the records of its journal went to a snapshot). */
@@ -92,11 +100,12 @@ export class MetadataCache implements OriginStore, HandleStore {
     const { records, snapshot, journal } = readRecords(dir);
     this.mayHoldListings = existsSync(join(dir, 'CURRENT'));
     this.legacy = !snapshot && this.mayHoldListings;
+    this.compactAtOpen = !snapshot || journal;
     if (!this.legacy) {
       this.records = records;
       this.fillOrigins();
       try {
-        this.startJournal(journal);
+        this.openJournal();
       } catch (err) {
         // Not fatal: the records read stay in use; new ones are kept for this mount only.
         logger.error({ err, dir }, 'inode origin journal cannot be written: running without it');
@@ -104,7 +113,11 @@ export class MetadataCache implements OriginStore, HandleStore {
       }
     }
     this.ready = new Promise<void>((resolve) => {
-      this.begin = resolve;
+      this.begin = () => {
+        if (this.begun || this.closed) return;
+        this.begun = true;
+        resolve();
+      };
     }).then(() => this.open()).catch((err: unknown) => {
       // Not fatal: the mount runs without LevelDB (inode numbers of copied-up files then come from
       // the origin files, or from the upper as with --no-cache when those were in LevelDB).
@@ -121,7 +134,7 @@ export class MetadataCache implements OriginStore, HandleStore {
    * Starts opening LevelDB: at once when requests wait for it; else when the daemon is first idle
    * after the mount went live (importing LevelDB takes about 20 ms of the JavaScript thread, which
    * neither the mount nor its first users should wait for), or when a listing is asked for.
-   * Writes queue until then.
+   * Writes queue until then; a mount that ends first never opens it (see close).
    */
   begin: () => void = () => {};
 
@@ -155,19 +168,61 @@ export class MetadataCache implements OriginStore, HandleStore {
   }
 
   /**
+   * Opens the journal to append to it: the one there if it is a plain file of ours with one link
+   * (its lines were read at start), else a new one.
+   */
+  private openJournal(): void {
+    try {
+      const fd = openSync(this.journalPath, constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      const st = fstatSync(fd);
+      if (st.isFile() && st.nlink === 1 && st.uid === process.getuid!()) {
+        this.journalFd = fd;
+        return;
+      }
+      closeSync(fd);
+    } catch {
+      // none, or not one to write to (a symlink): a new one
+    }
+    this.startJournal(false);
+  }
+
+  /**
    * Starts an empty journal; `compact`: the records in memory go into a new snapshot first (they
    * hold what no snapshot has yet: a killed mount's journal, a legacy cache's records, or a cache
    * directory just set aside).
    */
   private startJournal(compact: boolean): void {
-    if (compact) writeSnapshot(this.dir, this.records);
+    if (compact) this.writeSnapshot();
     // Never through a symlink, never readable by others.
     rmSync(this.journalPath, { force: true });
-    this.journalFd = openSync(this.journalPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    this.journalFd = openSync(this.journalPath, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  }
+
+  /** Every record to a new snapshot: the journal's lines and the unjournaled records are then in it. */
+  private writeSnapshot(): void {
+    writeSnapshot(this.dir, this.records);
+    this.unjournaled.clear();
+    this.compactAtOpen = false;
+  }
+
+  /**
+   * The snapshot takes in the journal, which starts again empty (a crash in between leaves lines
+   * the snapshot already has: read again, they change nothing). A fresh cache gets its snapshot
+   * before LevelDB's files: a cache with those and no snapshot is one of an older strata.
+   */
+  private compact(): void {
+    if (!this.compactAtOpen || this.legacy) return;
+    try {
+      this.writeSnapshot();
+      if (this.journalFd >= 0) ftruncateSync(this.journalFd, 0);
+    } catch (err) {
+      this.logger.warn({ err }, 'inode origin snapshot not written: the journal is kept');
+    }
   }
 
   private async open(): Promise<void> {
     const { dir, logger, stack } = this;
+    this.compact();
     const { Level } = await import('level');
     let db: Db;
     try {
@@ -284,16 +339,20 @@ export class MetadataCache implements OriginStore, HandleStore {
   set(layer: Layer, realIno: number, ino: number, journal = true): void {
     const key = originPrefix(layer) + realIno;
     this.records.set(key, String(ino));
-    this.dirty = true;
     // Without a journal line the copy's overlay.origin xattr holds the same knowledge: the record
-    // waits for the snapshot written at unmount.
-    if (journal) this.journal(`P ${key} ${ino}\n`);
+    // waits for the next snapshot, or the journal at unmount.
+    if (journal) {
+      this.unjournaled.delete(key);
+      this.journal(`P ${key} ${ino}\n`);
+    } else {
+      this.unjournaled.add(key);
+    }
   }
 
   delete(layer: Layer, realIno: number): void {
     const key = originPrefix(layer) + realIno;
     if (!this.records.delete(key)) return;
-    this.dirty = true;
+    this.unjournaled.delete(key);
     this.journal(`D ${key}\n`);
   }
 
@@ -350,28 +409,36 @@ export class MetadataCache implements OriginStore, HandleStore {
     await this.flushing;
   }
 
+  /**
+   * Once the mount has ended, whoever unmounted it may be removing its directories already (podman
+   * removes a build container's work directory right after its umount2): nothing new is created in
+   * the cache directory from here on. LevelDB, if it was opened, gets what is queued (appended to
+   * its log); if it was not, nothing queued is worth creating it for (listings are rebuilt, the
+   * counters are this mount's). The records not yet in any file are appended to the journal, open
+   * since the start; the snapshot takes them in when the next mount opens LevelDB.
+   */
   async close(): Promise<void> {
+    this.closed = true;
     if (this.scheduled && this.scheduled !== 'now') clearTimeout(this.scheduled);
     this.scheduled = null;
-    // (a mount that ends before the daemon was ever idle opens it now, for what is queued)
-    this.begin();
-    await this.flush();
-    await this.db?.close();
+    if (this.begun) {
+      await this.flush();
+      await this.db?.close();
+    }
+    this.pending = [];
     if (this.journalFd >= 0) {
+      let lines = '';
+      for (const key of this.unjournaled) {
+        const value = this.records.get(key);
+        if (value !== undefined) lines += `P ${key} ${value}\n`;
+      }
+      this.unjournaled.clear();
+      if (lines) this.journal(lines);
       closeSync(this.journalFd);
       this.journalFd = -1;
     }
-    // (a cache of an older strata whose origins could not be moved out of LevelDB keeps them there)
-    if (this.legacy && !this.moved) return;
-    // The snapshot takes in what the journal holds; the journal is then not needed.
-    try {
-      // (a fresh cache gets one in any case: a cache with LevelDB files and no snapshot is an old one)
-      if (this.dirty || !existsSync(join(this.dir, SNAPSHOT))) writeSnapshot(this.dir, this.records);
-      rmSync(this.journalPath, { force: true });
-    } catch (err) {
-      this.logger.warn({ err }, 'inode origin snapshot not written: the journal is kept for the next mount');
-    }
   }
+
 }
 
 /** "ino gen parent name" (the name last: it may hold spaces). */

@@ -1,7 +1,8 @@
 // The inode origins of the metadata cache, in two plain files of the cache directory:
 // - `origins`, a snapshot: one "P <key> <st_ino>" line per record, replaced atomically;
 // - `origins.journal`: the records added ("P") and removed ("D") since that snapshot, appended
-//   with a synchronous write before the copy-up that made one is answered.
+//   with a synchronous write before the copy-up that made one is answered (or, for a copy that
+//   carries overlay.origin, at unmount). A mount folds it into a new snapshot when it opens LevelDB.
 // Both are read with one system call each when a mount starts: st_ino of copied-up objects is
 // known before the first request, without waiting for LevelDB (whose import alone costs about
 // 20 ms), which keeps only what can be rebuilt (listings, counters, file handle records).
@@ -17,35 +18,36 @@ export type OriginRecords = Map<string, string>;
 
 /**
  * Applies the lines of `path` to `records`. Only a regular file of ours is read: never through a
- * symlink, never blocking on a FIFO. Returns false when there is no such file.
+ * symlink, never blocking on a FIFO. Returns how many lines it held, or -1 when there is no such file.
  */
-export function applyLines(path: string, records: OriginRecords): boolean {
+export function applyLines(path: string, records: OriginRecords): number {
   let text: string;
   try {
     const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
-      if (!fstatSync(fd).isFile()) return false;
+      if (!fstatSync(fd).isFile()) return -1;
       text = readFileSync(fd, 'latin1');
     } finally {
       closeSync(fd);
     }
   } catch {
-    return false;
+    return -1;
   }
-  for (const line of text.split('\n')) {
+  const lines = text.split('\n');
+  for (const line of lines) {
     const [op, key, value] = line.split(' ');
     if (op === 'P' && key && value) records.set(key, value);
     else if (op === 'D' && key) records.delete(key);
     // anything else (a torn last line, garbage) is skipped
   }
-  return true;
+  return text === '' ? 0 : lines.length;
 }
 
-/** The records of a cache directory (snapshot, then journal), and which of the two files were there. */
+/** The records of a cache directory (snapshot, then journal): whether there was a snapshot, whether the journal held lines. */
 export function readRecords(dir: string): { records: OriginRecords; snapshot: boolean; journal: boolean } {
   const records: OriginRecords = new Map();
-  const snapshot = applyLines(join(dir, SNAPSHOT), records);
-  const journal = applyLines(join(dir, JOURNAL), records);
+  const snapshot = applyLines(join(dir, SNAPSHOT), records) >= 0;
+  const journal = applyLines(join(dir, JOURNAL), records) > 0;
   return { records, snapshot, journal };
 }
 
