@@ -1,5 +1,5 @@
 /* The strata command (bin/strata), built by `make build` with the absolute paths of node and of
- * the bundled CLI, dist/src/bundle/main.js (so it works under mount(8)'s minimal PATH).
+ * the bundled CLI's loader, dist/src/bundle/load.cjs (so it works under mount(8)'s minimal PATH).
  *
  * Every command runs as `node main.js ARGS...` in this process (exec). A background mount would
  * need two Node.js processes (the command, which must return, and the daemon, which stays), and
@@ -32,7 +32,7 @@
 #error "build with -DSTRATA_NODE=\"/path/to/node\""
 #endif
 #ifndef STRATA_MAIN
-#error "build with -DSTRATA_MAIN=\"/path/to/dist/src/bundle/main.js\""
+#error "build with -DSTRATA_MAIN=\"/path/to/dist/src/bundle/load.cjs\""
 #endif
 
 #define ERR_CAP 65536

@@ -150,10 +150,19 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
   ].join('\n');
 }
 
+/**
+ * import() of a package that is an ES module only: through the bundled command's loader when it runs
+ * (scripts/load.cjs: the bundle itself cannot import()), else directly.
+ */
+function importEsm<T>(specifier: string, direct: () => Promise<T>): Promise<T> {
+  const viaLoader = (globalThis as { __strataImport?: (s: string) => Promise<unknown> }).__strataImport;
+  return viaLoader ? (viaLoader(specifier) as Promise<T>) : direct();
+}
+
 /** Renders a Vega-Lite spec to SVG and PNG files `name.svg`, `name.png` in `dir`. */
 async function render(dir: string, name: string, spec: object): Promise<void> {
-  const vega = await import('vega');
-  const vl = await import('vega-lite');
+  const vega = await importEsm('vega', () => import('vega'));
+  const vl = await importEsm('vega-lite', () => import('vega-lite'));
   const { Resvg } = await import('@resvg/resvg-js');
   const view = new vega.View(vega.parse(vl.compile(spec as never).spec), { renderer: 'none' });
   const svg = await view.toSVG();

@@ -201,6 +201,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   void whenIdle(m.session.stats).then(async () => {
     if (ended) return;
     m.live();
+    writeCodeCache(false);
     const { serveControl } = await import('../daemon/control.js');
     if (!ended) control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   });
@@ -214,6 +215,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   await m.done;
   // (what waited for idleness and has not started never will: the process exits below)
   ended = true;
+  writeCodeCache(true);
   await logged;
   clearInterval(refresh);
   control?.close();
@@ -221,6 +223,15 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   if (pidFile) rmSync(pidFile, { force: true });
   logger.flush();
   process.exit(0);
+}
+
+/**
+ * Asks the loader of the bundled command (scripts/load.cjs) to write V8's code cache: when first idle
+ * if there is none usable, at exit if this daemon's is larger. A daemon run from the modules (tests
+ * that import them, node dist/src/cli/main.js) has no loader.
+ */
+function writeCodeCache(atExit: boolean): void {
+  (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(atExit);
 }
 
 /** How long without a request counts as idle, and the longest wait for it. */
@@ -332,8 +343,8 @@ async function remountCommand(mountpointArg: string, params: MountParams): Promi
 async function mountInBackground(config: DaemonConfig): Promise<never> {
   const { spawn } = await import('node:child_process');
   const { statSync } = await import('node:fs');
-  const { fileURLToPath } = await import('node:url');
-  const script = fileURLToPath(new URL('./main.js', import.meta.url));
+  // (the script this process runs: the modules' main.js, or the bundle's loader)
+  const script = process.argv[1]!;
   const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
