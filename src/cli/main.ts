@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { allRecords, processAlive, removeRecord } from '../daemon/registry.js';
 import { mountedPaths } from '../daemon/validate.js';
 import { describe, exitCodeOf, fail, mountCommand, parseMountArgv, daemonMain, type MountArgs } from './mount.js';
+import { errCode } from '../fuse/errors.js';
 
 // Modules that only some commands need (yargs, pino, level and the union core) are imported when
 // used: each costs tens of milliseconds at start-up. A mount in its plain spellings needs none of
@@ -68,7 +69,7 @@ async function umountCommand(mountpointArg: string): Promise<never> {
     const how = await unmountStrata(mountpoint);
     process.stdout.write(`strata: ${mountpointArg}: ${how}\n`);
   } catch (e) {
-    if ((e as { code?: string }).code === 'ENOTMOUNTED') fail(`"${mountpointArg}" is not mounted`, 1);
+    if (errCode(e) === 'ENOTMOUNTED') fail(`"${mountpointArg}" is not mounted`, 1);
     fail(`cannot unmount "${mountpointArg}": ${describe(e)}`, 1);
   }
   process.exit(0);
@@ -117,7 +118,7 @@ async function cacheCommand(action: 'stats' | 'verify' | 'clear', dir: string | 
       }
     }
   } catch (e) {
-    const code = (e as { code?: string }).code;
+    const code = errCode(e);
     fail(code === 'ENOENT' ? `no cache at "${dir}"` : describe(e), 1);
   }
   process.exit(0);

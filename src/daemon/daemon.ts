@@ -14,6 +14,7 @@ import type { WriteFormat } from '../union/dir.js';
 import { SetupError, type ResolvedLayout } from './validate.js';
 import { mountFlags, type VfsFlagParams } from './mount_flags.js';
 import { DaemonLogger } from './log.js';
+import { errCode } from '../fuse/errors.js';
 
 export interface DaemonOptions {
   passthrough: PassthroughMode;
@@ -153,7 +154,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     try {
       N.umount2(layout.mountpoint, 0);
     } catch (e) {
-      const code = (e as { code?: string }).code;
+      const code = errCode(e);
       if (code === 'EBUSY') {
         try {
           N.umount2(layout.mountpoint, N.C.MNT_DETACH);

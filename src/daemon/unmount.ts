@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as N from '../native/index.js';
 import { processAlive, readRecord, removeRecord } from './registry.js';
 import { mountinfo, type MountinfoEntry } from './validate.js';
+import { errCode } from '../fuse/errors.js';
 
 const FUSECTL = '/sys/fs/fuse/connections';
 
@@ -66,7 +67,7 @@ export async function unmountStrata(mountpoint: string): Promise<string> {
   try {
     N.umount2(mountpoint, 0);
   } catch (e) {
-    if ((e as { code?: string }).code !== 'EBUSY') throw e;
+    if (errCode(e) !== 'EBUSY') throw e;
     detach(mountpoint);
     how = 'busy: detached lazily (the daemon exits when the last user is gone)';
   }

@@ -4,7 +4,7 @@
 
 import type { Logger } from 'pino';
 import * as N from '../native/index.js';
-import { errnoOf, isExpectedErrno } from './errors.js';
+import { errCode, errnoOf, isExpectedErrno } from './errors.js';
 import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
@@ -275,7 +275,7 @@ export class FuseSession {
   private onEnd(err: Error | null): void {
     this.reader = null;
     // After an unmount the device may report an error on poll instead of ENODEV on read.
-    if (err && this.initialized && ['EBADF', 'ENODEV', 'ECONNABORTED'].includes((err as { code?: string }).code ?? '')) err = null;
+    if (err && this.initialized && ['EBADF', 'ENODEV', 'ECONNABORTED'].includes(errCode(err) ?? '')) err = null;
     if (err) this.opts.logger.error({ err }, 'fuse device read failed');
     if (!this.initialized) this.readyReject(err ?? new Error('the kernel ended the session before INIT'));
     if (this.devFd >= 0) {
@@ -333,7 +333,7 @@ export class FuseSession {
       N.writeReply(this.devFd, b);
     } catch (e) {
       // ENOENT: the kernel no longer knows the inode; nothing to invalidate.
-      if ((e as { code?: string }).code !== 'ENOENT') this.opts.logger.warn({ err: e, nodeid }, 'attribute invalidation failed');
+      if (errCode(e) !== 'ENOENT') this.opts.logger.warn({ err: e, nodeid }, 'attribute invalidation failed');
     }
   }
 
@@ -368,7 +368,7 @@ export class FuseSession {
 
   private replyFailed(unique: number, e: unknown): void {
     // ENOENT: the request was interrupted and the kernel no longer waits for it.
-    if ((e as { code?: string }).code !== 'ENOENT' && this.devFd >= 0) {
+    if (errCode(e) !== 'ENOENT' && this.devFd >= 0) {
       this.opts.logger.error({ err: e, unique }, 'fuse reply failed');
     }
   }

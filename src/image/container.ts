@@ -11,6 +11,7 @@ import { unmountStrata } from '../daemon/unmount.js';
 import { mountedPaths } from '../daemon/validate.js';
 import type { ContainerRecord, ImageRecord, Store } from './store.js';
 import { digestHex, ImageError } from './types.js';
+import { errCode } from '../fuse/errors.js';
 
 /** The strata command line of this installation: node and the CLI script. */
 export function strataCommand(): [string, string[]] {
@@ -56,7 +57,7 @@ export async function unmountIfMounted(mountpoint: string): Promise<void> {
   try {
     await unmountStrata(mountpoint);
   } catch (e) {
-    if ((e as { code?: string }).code !== 'ENOTMOUNTED') throw e;
+    if (errCode(e) !== 'ENOTMOUNTED') throw e;
   }
 }
 

@@ -6,7 +6,7 @@
 // copies them. Answers come from a per-inode cache: with FUSE_POSIX_ACL the kernel asks again
 // after each change of a directory (one GETXATTR per unlink by a caller who does not own it).
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 
 export const ACL_ACCESS = 'system.posix_acl_access';
@@ -82,7 +82,7 @@ export function readAcl(dirfd: number, name: string, which: string): Buffer | nu
   try {
     return N.lgetxattr(dirfd, name, which);
   } catch (e) {
-    const code = (e as { code?: string }).code;
+    const code = errCode(e);
     // A lower filesystem without ACLs: the kernel must see "no ACL", not an error to refuse access with.
     if (code === 'EOPNOTSUPP' || code === 'ENOTSUP') return null;
     throw e;

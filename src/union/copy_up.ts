@@ -5,7 +5,7 @@
 // place; anything else under a temporary name, renamed into place), so a crash leaves either the
 // lower version or a complete upper object, never a partial one.
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
@@ -60,7 +60,7 @@ function* copySteps(src: number, dst: number, size: number, step: number, dense 
     } catch (e) {
       // Not between these files (EXDEV: another filesystem), or never on the upper's filesystem
       // (EOPNOTSUPP, EINVAL: not asked again, a failed call costs more than a small copy).
-      const code = (e as { code?: string }).code;
+      const code = errCode(e);
       if (code === 'EOPNOTSUPP' || code === 'ENOTTY' || code === 'EINVAL') reflinks = false;
     }
   }
@@ -78,7 +78,7 @@ function* copySteps(src: number, dst: number, size: number, step: number, dense 
         start = N.lseek(src, pos, C.SEEK_DATA);
         end = Math.min(N.lseek(src, start, C.SEEK_HOLE), size);
       } catch (e) {
-        if ((e as { code?: string }).code === 'ENXIO') break; // only a hole remains
+        if (errCode(e) === 'ENXIO') break; // only a hole remains
         sparse = false;
         start = pos;
         end = size;

@@ -7,7 +7,7 @@
 // every open of one FUSE inode shares one backing, so such a node keeps its lower backing and its
 // name is given a new node for the upper copy (see UnionFs.afterCopied).
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import { FOPEN_KEEP_CACHE, FOPEN_NOFLUSH, FOPEN_PASSTHROUGH } from '../fuse/protocol.js';
 import type { BackingRegistry, OpenReply } from '../fuse/types.js';
 import * as N from '../native/index.js';
@@ -123,7 +123,7 @@ export function openUpperFile(node: UnionNode, extra: number): { fd: number; wri
   try {
     return { fd: openObject(loc, C.O_RDWR | C.O_NOFOLLOW | C.O_CLOEXEC | extra), writable: true };
   } catch (e) {
-    const code = (e as { code?: string }).code;
+    const code = errCode(e);
     if (code !== 'EACCES' && code !== 'EPERM' && code !== 'ETXTBSY') throw e;
     return { fd: openObject(loc, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC | extra), writable: false };
   }

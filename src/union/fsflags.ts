@@ -15,7 +15,7 @@
 // carries them over as ovl_copy_fileattr does: immutable and append-only into overlay.protattr of
 // the copy, sync and noatime onto the copy's inode; nodump and the rest stay behind.
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
 } from '../fuse/protocol.js';
@@ -69,7 +69,7 @@ function lowerProtection(loc: [number, string]): string {
 
 /** An errno that says the filesystem has no file attribute flags (the kernel ignores them at copy-up). */
 function noFlagSupport(e: unknown): boolean {
-  const code = (e as { code?: string }).code;
+  const code = errCode(e);
   return code === 'ENOTTY' || code === 'EINVAL' || code === 'EOPNOTSUPP';
 }
 
@@ -119,7 +119,7 @@ export function copyFileFlags(src: [number, string], type: number, srcFd: number
       else N.lsetxattr(to.dirfd, to.name, protattrName, v, 0);
     } catch (e) {
       // No such xattr on the upper (user.* on a symlink or a device): the kernel goes on without it.
-      if ((e as { code?: string }).code !== 'EPERM') throw e;
+      if (errCode(e) !== 'EPERM') throw e;
     }
   }
   if ((flags & COPIED_FLAGS) === 0 || !(type === C.S_IFREG || type === C.S_IFDIR)) return;

@@ -10,6 +10,7 @@
 import { dirname, relative } from 'node:path';
 import * as N from '../native/index.js';
 import type { AtimeMode } from './params.js';
+import { errCode } from '../fuse/errors.js';
 
 const { C, ST } = N;
 
@@ -43,7 +44,7 @@ export function clonePrivate(root: string, policy: AtimePolicy): PrivateMount | 
   try {
     fd = N.openTree(C.AT_FDCWD, root, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC);
   } catch (e) {
-    const code = (e as { code?: string }).code;
+    const code = errCode(e);
     if (code === 'EPERM' || code === 'ENOSYS' || code === 'EINVAL') return null;
     throw e;
   }
