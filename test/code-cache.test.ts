@@ -1,0 +1,56 @@
+// The bundled command's code cache (scripts/load.cjs): a daemon writes one V8 accepts for the
+// bundle; a cache V8 refuses (garbage, another build) costs nothing but the compile; short commands
+// never write one.
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import Module from 'node:module';
+import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { waitFor } from './helpers/exec.js';
+import { strataMount, strataUnmount } from './helpers/mounts.js';
+import { repoRoot } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+
+const bundleDir = path.join(repoRoot, 'dist', 'src', 'bundle');
+const bundle = path.join(bundleDir, 'strata.cjs');
+
+/** Does V8 accept `cache` for the bundle, compiled as the loader compiles it? */
+function accepted(cache: Buffer): boolean {
+  v8.setFlagsFromString('--no-flush-bytecode');
+  let source = fs.readFileSync(bundle, 'utf8');
+  if (source.startsWith('#!')) source = `//${source.slice(2)}`;
+  return !new vm.Script(Module.wrap(source), { filename: bundle, cachedData: cache }).cachedDataRejected;
+}
+
+test('a daemon leaves a code cache that V8 accepts for the bundle', async (t) => {
+  const dir = tempDir(t, 'codecache');
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(dir, d));
+  fs.writeFileSync(path.join(dir, 'l', 'f'), 'f\n');
+  const mnt = strataMount(t, { lowers: [path.join(dir, 'l')], upper: path.join(dir, 'u'), work: path.join(dir, 'w'), mountpoint: path.join(dir, 'm') });
+  t.is(fs.readFileSync(path.join(mnt, 'f'), 'utf8'), 'f\n');
+  // (written when the daemon is first idle, if the one there is not usable; other tests' daemons may write it too)
+  const cacheFile = `${bundle}.v8cache`;
+  t.true(await waitFor(() => fs.existsSync(cacheFile) && accepted(fs.readFileSync(cacheFile))), 'an accepted cache is there');
+  strataUnmount(mnt);
+  t.false(accepted(Buffer.from('not a code cache '.repeat(64))), 'garbage is refused (so the check above can fail)');
+});
+
+test('a cache V8 refuses changes nothing but the compile, and a short command writes none', (t) => {
+  // A copy of the bundle and its loader at the same depth (native-bindings/ and node_modules/ are
+  // found above it as from the real one).
+  const copy = fs.mkdtempSync(path.join(repoRoot, 'dist', 'src', 'bundle-test-'));
+  t.teardown(() => fs.rmSync(copy, { recursive: true, force: true }));
+  for (const f of ['load.cjs', 'strata.cjs']) fs.copyFileSync(path.join(bundleDir, f), path.join(copy, f));
+  const version = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [path.join(copy, 'load.cjs'), '--version'], { encoding: 'utf8' });
+  const plain = version();
+  t.is(plain.status, 0, String(plain.stderr));
+  t.regex(String(plain.stdout), /^strata version /);
+  t.false(fs.existsSync(path.join(copy, 'strata.cjs.v8cache')), 'a short command writes no cache');
+  fs.writeFileSync(path.join(copy, 'strata.cjs.v8cache'), Buffer.from('garbage '.repeat(1000)));
+  const withGarbage = version();
+  t.is(withGarbage.status, 0, String(withGarbage.stderr));
+  t.is(withGarbage.stdout, plain.stdout);
+  t.is(withGarbage.stderr, '');
+});
