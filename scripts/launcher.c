@@ -153,10 +153,13 @@ static int fail_crashed(int status, char *errbuf) {
 int main(int argc, char **argv) {
   const char *mountpoint = background_mountpoint(argc, argv);
   bool fork_mount = mountpoint != NULL;
-  char **nargv = calloc((size_t)argc + 4, sizeof *nargv);
+  char **nargv = calloc((size_t)argc + 5, sizeof *nargv);
   if (!nargv) return 127;
   int n = 0;
   nargv[n++] = STRATA_NODE;
+  /* V8 keeps bytecode that has not run lately: the code cache a daemon writes at its exit then still
+   * holds the start-up code (see scripts/load.cjs, which sets it itself when run otherwise). */
+  nargv[n++] = "--no-flush-bytecode";
   nargv[n++] = STRATA_MAIN;
   for (int i = 1; i < argc; i++) nargv[n++] = argv[i];
   if (fork_mount) {

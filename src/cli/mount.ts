@@ -345,7 +345,7 @@ async function mountInBackground(config: DaemonConfig): Promise<never> {
   const { statSync } = await import('node:fs');
   // (the script this process runs: the modules' main.js, or the bundle's loader)
   const script = process.argv[1]!;
-  const child = spawn(process.execPath, [script, '__daemon', config.layout.mountpoint], {
+  const child = spawn(process.execPath, [...process.execArgv, script, '__daemon', config.layout.mountpoint], {
     detached: true,
     stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
     env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
