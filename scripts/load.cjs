@@ -9,7 +9,8 @@
 // code): when it is first idle if there is no usable cache, and at its exit if its own cache came
 // out larger. A process that started from the cache holds the cache's functions as well as those it
 // compiled, so the cache grows towards all the code that daemons use. V8 refuses a cache made for
-// another source or another V8; the command then runs as without one. make build starts without one.
+// another V8, and the loader one made for another bundle file; the command then runs as without one.
+// make build starts without one.
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
@@ -22,17 +23,26 @@ const cacheFile = `${file}.v8cache`;
 // (loading node:v8 to set it costs 2-4 ms); V8 accepts a cache only under the flags it was made with.
 if (!process.execArgv.includes('--no-flush-bytecode')) require('node:v8').setFlagsFromString('--no-flush-bytecode');
 
-let source = fs.readFileSync(file, 'utf8');
+const fd = fs.openSync(file, 'r');
+const st = fs.fstatSync(fd);
+let source = fs.readFileSync(fd, 'utf8');
+fs.closeSync(fd);
 // (a "#!" line is no JavaScript inside the module wrapper; same length, so V8's source check holds)
 if (source.startsWith('#!')) source = `//${source.slice(2)}`;
+// V8 checks only the source's length: the cache starts with a line naming the bundle file it was
+// made for (inode, size, change time), and one for another file is not given to V8.
+const key = Buffer.from(`strata ${st.ino} ${st.size} ${st.mtimeMs}\n`);
 let cachedData;
 try {
-  cachedData = fs.readFileSync(cacheFile);
+  const stored = fs.readFileSync(cacheFile);
+  if (stored.length > key.length && stored.subarray(0, key.length).equals(key)) cachedData = stored.subarray(key.length);
 } catch {
   // none yet
 }
 const script = new vm.Script(Module.wrap(source), { filename: file, cachedData });
 const accepted = cachedData !== undefined && !script.cachedDataRejected;
+// (for the tests: what became of the cache)
+if (process.env.STRATA_DEBUG_CODE_CACHE) process.stderr.write(`strata code cache: ${cachedData === undefined ? 'none' : accepted ? 'accepted' : 'refused'}\n`);
 /**
  * Called by the daemon (src/cli/mount.ts): `atExit` false when it is first idle (written if there is
  * no usable cache), true at its exit (written if larger than the one there). Never fails the caller.
@@ -47,9 +57,9 @@ globalThis.__strataWriteCodeCache = (atExit) => {
     } catch {
       // none
     }
-    if (accepted && data.length <= size) return;
+    if (accepted && key.length + data.length <= size) return;
     const tmp = `${cacheFile}.${process.pid}`;
-    fs.writeFileSync(tmp, data, { mode: 0o644 });
+    fs.writeFileSync(tmp, Buffer.concat([key, data]), { mode: 0o644 });
     fs.renameSync(tmp, cacheFile);
   } catch {
     // a read-only install: every start compiles, as without a cache

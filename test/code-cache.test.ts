@@ -24,7 +24,7 @@ function accepted(cache: Buffer): boolean {
   return !new vm.Script(Module.wrap(source), { filename: bundle, cachedData: cache }).cachedDataRejected;
 }
 
-test('a daemon leaves a code cache that V8 accepts for the bundle', async (t) => {
+test.serial('a daemon leaves a code cache that V8 accepts for the bundle', async (t) => {
   const dir = tempDir(t, 'codecache');
   for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(dir, d));
   fs.writeFileSync(path.join(dir, 'l', 'f'), 'f\n');
@@ -32,25 +32,41 @@ test('a daemon leaves a code cache that V8 accepts for the bundle', async (t) =>
   t.is(fs.readFileSync(path.join(mnt, 'f'), 'utf8'), 'f\n');
   // (written when the daemon is first idle, if the one there is not usable; other tests' daemons may write it too)
   const cacheFile = `${bundle}.v8cache`;
-  t.true(await waitFor(() => fs.existsSync(cacheFile) && accepted(fs.readFileSync(cacheFile))), 'an accepted cache is there');
+  // (its first line names the bundle file it was made for)
+  const st = fs.statSync(bundle);
+  const key = `strata ${st.ino} ${st.size} ${st.mtimeMs}\n`;
+  const usable = (): boolean => {
+    const stored = fs.readFileSync(cacheFile);
+    return stored.subarray(0, key.length).toString('latin1') === key && accepted(stored.subarray(key.length));
+  };
+  t.true(await waitFor(() => fs.existsSync(cacheFile) && usable()), 'an accepted cache is there');
   strataUnmount(mnt);
   t.false(accepted(Buffer.from('not a code cache '.repeat(64))), 'garbage is refused (so the check above can fail)');
 });
 
-test('a cache V8 refuses changes nothing but the compile, and a short command writes none', (t) => {
+test.serial('a cache made for another bundle file or garbage is not used, and changes nothing but the compile; a short command writes none', (t) => {
+  const run = (dir: string): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--no-flush-bytecode', path.join(dir, 'load.cjs'), '--version'],
+    { encoding: 'utf8', env: { ...process.env, STRATA_DEBUG_CODE_CACHE: '1' } });
+  // The real one, left by the test above: used.
+  const real = run(bundleDir);
+  t.is(real.status, 0, String(real.stderr));
+  t.is(real.stderr, 'strata code cache: accepted\n');
   // A copy of the bundle and its loader at the same depth (native-bindings/ and node_modules/ are
   // found above it as from the real one).
   const copy = fs.mkdtempSync(path.join(repoRoot, 'dist', 'src', 'bundle-test-'));
   t.teardown(() => fs.rmSync(copy, { recursive: true, force: true }));
   for (const f of ['load.cjs', 'strata.cjs']) fs.copyFileSync(path.join(bundleDir, f), path.join(copy, f));
-  const version = (): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [path.join(copy, 'load.cjs'), '--version'], { encoding: 'utf8' });
-  const plain = version();
+  const plain = run(copy);
   t.is(plain.status, 0, String(plain.stderr));
   t.regex(String(plain.stdout), /^strata version /);
+  t.is(plain.stderr, 'strata code cache: none\n');
   t.false(fs.existsSync(path.join(copy, 'strata.cjs.v8cache')), 'a short command writes no cache');
-  fs.writeFileSync(path.join(copy, 'strata.cjs.v8cache'), Buffer.from('garbage '.repeat(1000)));
-  const withGarbage = version();
-  t.is(withGarbage.status, 0, String(withGarbage.stderr));
-  t.is(withGarbage.stdout, plain.stdout);
-  t.is(withGarbage.stderr, '');
+  // Garbage, and the real cache, made for the other file (same content and length: V8 alone would take it).
+  for (const stored of [Buffer.from('garbage '.repeat(1000)), fs.readFileSync(path.join(bundleDir, 'strata.cjs.v8cache'))]) {
+    fs.writeFileSync(path.join(copy, 'strata.cjs.v8cache'), stored);
+    const r = run(copy);
+    t.is(r.status, 0, String(r.stderr));
+    t.is(r.stdout, plain.stdout);
+    t.is(r.stderr, 'strata code cache: none\n');
+  }
 });
