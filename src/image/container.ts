@@ -3,7 +3,7 @@
 // upper and its layers.
 
 import { spawnSync } from 'node:child_process';
-import { realpathSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readRecord } from '../daemon/registry.js';
@@ -13,8 +13,13 @@ import type { ContainerRecord, ImageRecord, Store } from './store.js';
 import { digestHex, ImageError } from './types.js';
 import { errCode } from '../fuse/errors.js';
 
-/** The strata command line of this installation: node and the CLI script. */
+/**
+ * The strata command line of this installation: bin/strata (one process for a background mount, and
+ * the bundle with its code cache), else node and the CLI script (a build without `make`).
+ */
 export function strataCommand(): [string, string[]] {
+  const bin = fileURLToPath(new URL('../../../bin/strata', import.meta.url));
+  if (existsSync(bin)) return [bin, []];
   return [process.execPath, [fileURLToPath(new URL('../cli/main.js', import.meta.url))]];
 }
 
