@@ -5,10 +5,10 @@
 // A function's first call costs a compile (parse and bytecode), then runs in the interpreter:
 // right after a mount, the first lookups, listings and copy-ups paid that on every path they took.
 // The code cache holds the bytecode of the functions compiled when it was made, so a later process
-// skips those compiles. Only a daemon writes it (a short command's cache would lack the daemon's
-// code): when it is first idle if there is no usable cache, and at its exit if its own cache came
-// out larger. A process that started from the cache holds the cache's functions as well as those it
-// compiled, so the cache grows towards all the code that daemons use. V8 refuses a cache made for
+// skips those compiles. A daemon writes it when it is first idle if there is no usable one; every
+// process (a daemon, `strata run`, `strata status`, ...) writes it at its exit if its own came out
+// larger. A process that started from the cache holds the cache's functions as well as those it
+// compiled, so the cache grows towards all the code the commands use. V8 refuses a cache made for
 // another V8, and the loader one made for another bundle file; the command then runs as without one.
 // make build starts without one.
 const fs = require('node:fs');
@@ -44,10 +44,11 @@ const accepted = cachedData !== undefined && !script.cachedDataRejected;
 // (for the tests: what became of the cache)
 if (process.env.STRATA_DEBUG_CODE_CACHE) process.stderr.write(`strata code cache: ${cachedData === undefined ? 'none' : accepted ? 'accepted' : 'refused'}\n`);
 /**
- * Called by the daemon (src/cli/mount.ts): `atExit` false when it is first idle (written if there is
- * no usable cache), true at its exit (written if larger than the one there). Never fails the caller.
+ * `atExit` false: called by the daemon when it is first idle (src/cli/mount.ts), written if there is
+ * no usable cache; true: at the exit of any process, written if larger than the one there. Never
+ * fails the caller.
  */
-globalThis.__strataWriteCodeCache = (atExit) => {
+const writeCodeCache = (atExit) => {
   if (accepted && !atExit) return;
   try {
     const data = script.createCachedData();
@@ -65,6 +66,9 @@ globalThis.__strataWriteCodeCache = (atExit) => {
     // a read-only install: every start compiles, as without a cache
   }
 };
+
+globalThis.__strataWriteCodeCache = writeCodeCache;
+process.on('exit', () => writeCodeCache(true));
 
 // The ES-module-only packages (the bench's chart renderer) are imported from here: a script run
 // through vm cannot import() without an experimental flag.

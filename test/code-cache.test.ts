@@ -1,6 +1,6 @@
 // The bundled command's code cache (scripts/load.cjs): a daemon writes one V8 accepts for the
-// bundle; a cache V8 refuses (garbage, another build) costs nothing but the compile; short commands
-// never write one.
+// bundle; a cache made for another bundle file, or garbage, is not used and costs nothing but the
+// compile; every command leaves one (or a larger one) at its exit.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -44,10 +44,10 @@ test.serial('a daemon leaves a code cache that V8 accepts for the bundle', async
   t.false(accepted(Buffer.from('not a code cache '.repeat(64))), 'garbage is refused (so the check above can fail)');
 });
 
-test.serial('a cache made for another bundle file or garbage is not used, and changes nothing but the compile; a short command writes none', (t) => {
+test.serial('a cache made for another bundle file or garbage is not used and changes nothing but the compile; a command leaves one for the next', (t) => {
   const run = (dir: string): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--no-flush-bytecode', path.join(dir, 'load.cjs'), '--version'],
     { encoding: 'utf8', env: { ...process.env, STRATA_DEBUG_CODE_CACHE: '1' } });
-  // The real one, left by the test above: used.
+  // The real one, left by the test above (or grown since by other commands): used.
   const real = run(bundleDir);
   t.is(real.status, 0, String(real.stderr));
   t.is(real.stderr, 'strata code cache: accepted\n');
@@ -56,17 +56,22 @@ test.serial('a cache made for another bundle file or garbage is not used, and ch
   const copy = fs.mkdtempSync(path.join(repoRoot, 'dist', 'src', 'bundle-test-'));
   t.teardown(() => fs.rmSync(copy, { recursive: true, force: true }));
   for (const f of ['load.cjs', 'strata.cjs']) fs.copyFileSync(path.join(bundleDir, f), path.join(copy, f));
+  const cacheFile = path.join(copy, 'strata.cjs.v8cache');
   const plain = run(copy);
   t.is(plain.status, 0, String(plain.stderr));
   t.regex(String(plain.stdout), /^strata version /);
   t.is(plain.stderr, 'strata code cache: none\n');
-  t.false(fs.existsSync(path.join(copy, 'strata.cjs.v8cache')), 'a short command writes no cache');
+  t.true(fs.existsSync(cacheFile), 'the command left a cache at its exit');
+  const again = run(copy);
+  t.is(again.stderr, 'strata code cache: accepted\n', 'and the next one used it');
+  t.is(again.stdout, plain.stdout);
   // Garbage, and the real cache, made for the other file (same content and length: V8 alone would take it).
   for (const stored of [Buffer.from('garbage '.repeat(1000)), fs.readFileSync(path.join(bundleDir, 'strata.cjs.v8cache'))]) {
-    fs.writeFileSync(path.join(copy, 'strata.cjs.v8cache'), stored);
+    fs.writeFileSync(cacheFile, stored);
     const r = run(copy);
     t.is(r.status, 0, String(r.stderr));
     t.is(r.stdout, plain.stdout);
     t.is(r.stderr, 'strata code cache: none\n');
+    t.not(Buffer.compare(fs.readFileSync(cacheFile), stored), 0, 'replaced by one of its own');
   }
 });

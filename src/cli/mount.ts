@@ -215,7 +215,6 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   await m.done;
   // (what waited for idleness and has not started never will: the process exits below)
   ended = true;
-  writeCodeCache(true);
   await logged;
   clearInterval(refresh);
   control?.close();
@@ -226,9 +225,9 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
 }
 
 /**
- * Asks the loader of the bundled command (scripts/load.cjs) to write V8's code cache: when first idle
- * if there is none usable, at exit if this daemon's is larger. A daemon run from the modules (tests
- * that import them, node dist/src/cli/main.js) has no loader.
+ * Asks the loader of the bundled command (scripts/load.cjs) to write V8's code cache when there is
+ * none usable (it also writes one at every exit when it came out larger). A daemon run from the
+ * modules (tests that import them, node dist/src/cli/main.js) has no loader.
  */
 function writeCodeCache(atExit: boolean): void {
   (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(atExit);
