@@ -352,7 +352,14 @@ for (const idle of [false, true]) {
     const atUnmount = fs.readdirSync(dir).sort();
     t.true(await waitFor(() => !alive(pid)), 'the daemon exits');
     t.deepEqual(fs.readdirSync(dir).sort(), atUnmount);
-    if (!idle) t.false(atUnmount.includes('CURRENT'), 'LevelDB never opened');
+    if (!idle) {
+      t.false(atUnmount.includes('CURRENT'), 'LevelDB never opened');
+      // A cache of origin files alone: strata cache reads it.
+      const stats = JSON.parse(cacheCli(['stats', '--cache-dir', dir, '--json']).stdout) as { entries: { origins: number; listings: number } };
+      t.deepEqual([stats.entries.origins, stats.entries.listings], [3, 0]);
+      const verify = cacheCli(['verify', '--cache-dir', dir]);
+      t.is(verify.status, 0, verify.stderr);
+    }
     // Nothing was lost: the copies keep their st_ino at the next mount, and their records are in the files.
     t.is(allOriginLines(dir).length, 3);
     const again = mount(t, s);

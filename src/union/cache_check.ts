@@ -1,6 +1,6 @@
 // `strata cache stats|verify|clear`: reading a metadata cache outside a mount.
 
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import * as N from '../native/index.js';
@@ -29,8 +29,15 @@ function duBytes(dir: string): number {
   return total;
 }
 
-async function openExisting(dir: string): Promise<Level<string, string>> {
-  statSync(join(dir, 'CURRENT')); // not a LevelDB directory: ENOENT
+/**
+ * The cache's LevelDB; null for a cache that has only its origin files (its mounts all ended before
+ * the daemon was first idle, which is when LevelDB is made). Neither: ENOENT.
+ */
+async function openExisting(dir: string): Promise<Level<string, string> | null> {
+  if (!existsSync(join(dir, 'CURRENT'))) {
+    if (existsSync(join(dir, SNAPSHOT)) || existsSync(join(dir, JOURNAL))) return null;
+    statSync(join(dir, 'CURRENT')); // ENOENT: no cache there
+  }
   const db = new Level<string, string>(dir, { createIfMissing: false });
   try {
     await db.open();
@@ -44,6 +51,10 @@ async function openExisting(dir: string): Promise<Level<string, string>> {
 
 export async function cacheStats(dir: string): Promise<CacheStats> {
   const db = await openExisting(dir);
+  if (!db) {
+    const { records } = readRecords(dir);
+    return { entries: { origins: records.size, listings: 0, other: 0 }, bytes: duBytes(dir), lastMount: null, hitRate: null, layers: [] };
+  }
   try {
     // (a cache of an older strata keeps its origins in LevelDB until its next mount)
     const { records, snapshot } = readRecords(dir);
@@ -67,10 +78,12 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
 
 export async function clearCache(dir: string): Promise<void> {
   const db = await openExisting(dir);
-  try {
-    await db.clear();
-  } finally {
-    await db.close();
+  if (db) {
+    try {
+      await db.clear();
+    } finally {
+      await db.close();
+    }
   }
   for (const f of [SNAPSHOT, JOURNAL]) rmSync(join(dir, f), { force: true });
 }
@@ -93,6 +106,8 @@ function canonical(entries: Iterable<[string, LowerEntry]>): string {
 /** Rescans the layers and lists every cache entry that disagrees with them. */
 export async function verifyCache(dir: string): Promise<string[]> {
   const db = await openExisting(dir);
+  // Only inode records: there are no listings to check, and no record of the layers to check them against.
+  if (!db) return [];
   const problems: string[] = [];
   try {
     const layersJson = await db.get('meta:layers');
