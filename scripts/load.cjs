@@ -30,7 +30,7 @@ fs.closeSync(fd);
 // (a "#!" line is no JavaScript inside the module wrapper; same length, so V8's source check holds)
 if (source.startsWith('#!')) source = `//${source.slice(2)}`;
 // V8 checks only the source's length: the cache starts with a line naming the bundle file it was
-// made for (inode, size, change time), and one for another file is not given to V8.
+// made for (inode, size, modification time), and one for another file is not given to V8.
 const key = Buffer.from(`strata ${st.ino} ${st.size} ${st.mtimeMs}\n`);
 let cachedData;
 try {
@@ -43,13 +43,15 @@ const script = new vm.Script(Module.wrap(source), { filename: file, cachedData }
 const accepted = cachedData !== undefined && !script.cachedDataRejected;
 // (for the tests: what became of the cache)
 if (process.env.STRATA_DEBUG_CODE_CACHE) process.stderr.write(`strata code cache: ${cachedData === undefined ? 'none' : accepted ? 'accepted' : 'refused'}\n`);
+/** A usable cache is there: V8 took it, or this process wrote one. */
+let usable = accepted;
 /**
  * `atExit` false: called by the daemon when it is first idle (src/cli/mount.ts), written if there is
  * no usable cache; true: at the exit of any process, written if larger than the one there. Never
  * fails the caller.
  */
 const writeCodeCache = (atExit) => {
-  if (accepted && !atExit) return;
+  if (usable && !atExit) return;
   try {
     const data = script.createCachedData();
     let size = 0;
@@ -58,10 +60,11 @@ const writeCodeCache = (atExit) => {
     } catch {
       // none
     }
-    if (accepted && key.length + data.length <= size) return;
+    if (usable && key.length + data.length <= size) return;
     const tmp = `${cacheFile}.${process.pid}`;
     fs.writeFileSync(tmp, Buffer.concat([key, data]), { mode: 0o644 });
     fs.renameSync(tmp, cacheFile);
+    usable = true;
   } catch {
     // a read-only install: every start compiles, as without a cache
   }

@@ -13,7 +13,7 @@ import { waitFor } from './helpers/exec.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 import * as N from '../src/native/index.js';
-import { readRecord } from '../src/daemon/registry.js';
+import { processAlive, readRecord } from '../src/daemon/registry.js';
 
 interface Setup {
   lower: string;
@@ -49,15 +49,6 @@ function allOriginLines(dir: string): string[] {
 /** The pid of the daemon serving `mnt` (from its record: quicker than `strata status`, no request to the mount). */
 function daemonPid(mnt: string): number {
   return readRecord(mnt)!.pid;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Copies up f and d/g through the mount and returns their st_ino before and after. */
@@ -350,7 +341,7 @@ for (const idle of [false, true]) {
     fs.readdirSync(path.join(mnt, 'd'));
     execFileSync('umount', [mnt]);
     const atUnmount = fs.readdirSync(dir).sort();
-    t.true(await waitFor(() => !alive(pid)), 'the daemon exits');
+    t.true(await waitFor(() => !processAlive(pid)), 'the daemon exits');
     t.deepEqual(fs.readdirSync(dir).sort(), atUnmount);
     if (!idle) {
       t.false(atUnmount.includes('CURRENT'), 'LevelDB never opened');

@@ -201,7 +201,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   void whenIdle(m.session.stats).then(async () => {
     if (ended) return;
     m.live();
-    writeCodeCache(false);
+    writeCodeCache();
     const { serveControl } = await import('../daemon/control.js');
     if (!ended) control = serveControl(process.pid, (req) => m.remount(req.readOnly, req.flags));
   });
@@ -229,8 +229,8 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
  * none usable (it also writes one at every exit when it came out larger). A daemon run from the
  * modules (tests that import them, node dist/src/cli/main.js) has no loader.
  */
-function writeCodeCache(atExit: boolean): void {
-  (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(atExit);
+function writeCodeCache(): void {
+  (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(false);
 }
 
 /** How long without a request counts as idle, and the longest wait for it. */

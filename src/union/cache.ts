@@ -438,7 +438,6 @@ export class MetadataCache implements OriginStore, HandleStore {
       this.journalFd = -1;
     }
   }
-
 }
 
 /** "ino gen parent name" (the name last: it may hold spaces). */

@@ -18,7 +18,7 @@ export type OriginRecords = Map<string, string>;
 
 /**
  * Applies the lines of `path` to `records`. Only a regular file of ours is read: never through a
- * symlink, never blocking on a FIFO. Returns how many lines it held, or -1 when there is no such file.
+ * symlink, never blocking on a FIFO. Returns the length of its text, or -1 when there is no such file.
  */
 export function applyLines(path: string, records: OriginRecords): number {
   let text: string;
@@ -33,14 +33,13 @@ export function applyLines(path: string, records: OriginRecords): number {
   } catch {
     return -1;
   }
-  const lines = text.split('\n');
-  for (const line of lines) {
+  for (const line of text.split('\n')) {
     const [op, key, value] = line.split(' ');
     if (op === 'P' && key && value) records.set(key, value);
     else if (op === 'D' && key) records.delete(key);
     // anything else (a torn last line, garbage) is skipped
   }
-  return text === '' ? 0 : lines.length;
+  return text.length;
 }
 
 /** The records of a cache directory (snapshot, then journal): whether there was a snapshot, whether the journal held lines. */
