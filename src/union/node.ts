@@ -9,56 +9,39 @@
 
 import * as N from '../native/index.js';
 import type { FileHandle } from './file.js';
-import type { DirEntry } from './readdir.js';
 import type { Layer } from './layers.js';
 
 const { C } = N;
 
 export const ROOT_NODEID = 1;
 
+/**
+ * The fields most nodes never set (most nodes are files nobody opened, renamed or unlinked), kept
+ * apart so that a node costs about half the memory: a walk of 100k files keeps 100k nodes.
+ */
+class NodeRare {
+  dirLayers: Layer[] | null = null;
+  childCount = 0;
+  kids: Map<string, UnionNode> | null = null;
+  dirFds: number[] | null = null;
+  unlinked = false;
+  aliases: [UnionNode, string][] | null = null;
+  lowerNames: Map<Layer, Set<string>> | null = null;
+  copying: Promise<void> | null = null;
+  anchor = -1;
+  successor: UnionNode | null = null;
+  pins = 0;
+  handles: Set<FileHandle> | null = null;
+  generation = 0;
+}
+
 export class UnionNode {
   /** Kernel lookup count. */
   lookups = 0;
-  /** Nodes in `children` (they keep this node alive: their layer objects are reached through it). */
-  childCount = 0;
   /** Open file or directory handles on this node. */
   openCount = 0;
-  /** See `children` (made on first use: most nodes are not directories). */
-  private kids: Map<string, UnionNode> | null = null;
-  /** Descriptors of this directory in each layer of `dirLayers` (O_PATH), opened on demand. */
-  private dirFds: number[] | null = null;
-  /** Set when the name was removed while the object is still open or known (st_ino is then kept as it is). */
-  unlinked = false;
-  /** Further names of an upper hard link made through the mount (the primary is parent/name). */
-  aliases: [UnionNode, string][] | null = null;
-  /**
-   * For a directory: the names each of its lower layer directories holds, as the first full
-   * listing read them (lower layers do not change). A lookup skips the layers that do not hold a
-   * name instead of asking each one, as the kernel's negative dentries spare it the same work.
-   */
-  lowerNames: Map<Layer, Set<string>> | null = null;
-  /** For a directory: listings being read, by generation (see UnionFs.readdir). */
-  listings: Map<number, DirEntry[]> | null = null;
-  /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
-  copying: Promise<void> | null = null;
-  /**
-   * A descriptor of the object itself (O_PATH, or the open copy of an unnamed copy-up), pinned when
-   * its name stops reaching it: before an unlink, rmdir or rename takes the name away from an object
-   * the kernel still references. -1 while the name is enough.
-   */
-  anchor = -1;
-  /**
-   * Set when a copy-up gave this node's name a new node because opens of this one are bound to the
-   * lower file by passthrough (the kernel binds every open of an inode to one backing file): those
-   * opens keep reading the lower file, and every other operation on this node acts on the successor.
-   */
-  successor: UnionNode | null = null;
-  /** Superseded nodes that forward to this one (they keep it in the table). */
-  pins = 0;
-  /** The open file handles of this node (null until its first open). */
-  handles: Set<FileHandle> | null = null;
-  /** FUSE generation (with nfs_export=on, see export.ts; 0 otherwise). Fixed for the node's life. */
-  generation = 0;
+  /** The rarely set fields, made when one is first set to other than its default. */
+  private rare: NodeRare | null = null;
 
   constructor(
     readonly nodeid: number,
@@ -71,12 +54,118 @@ export class UnionNode {
     /** The topmost layer holding the object. */
     public layer: Layer,
     /** For directories: the layers merged into it, top first. */
-    public dirLayers: Layer[] | null,
-  ) {}
+    dirLayers: Layer[] | null,
+  ) {
+    if (dirLayers !== null) this.r().dirLayers = dirLayers;
+  }
+
+  private r(): NodeRare {
+    return (this.rare ??= new NodeRare());
+  }
+
+  /** For directories: the layers merged into it, top first (null for anything else). */
+  get dirLayers(): Layer[] | null {
+    return this.rare === null ? null : this.rare.dirLayers;
+  }
+  set dirLayers(v: Layer[] | null) {
+    if (this.rare !== null || v !== null) this.r().dirLayers = v;
+  }
+
+  /** Nodes in `children` (they keep this node alive: their layer objects are reached through it). */
+  get childCount(): number {
+    return this.rare === null ? 0 : this.rare.childCount;
+  }
+  set childCount(v: number) {
+    if (this.rare !== null || v !== 0) this.r().childCount = v;
+  }
+
+  /** Set when the name was removed while the object is still open or known (st_ino is then kept as it is). */
+  get unlinked(): boolean {
+    return this.rare === null ? false : this.rare.unlinked;
+  }
+  set unlinked(v: boolean) {
+    if (this.rare !== null || v) this.r().unlinked = v;
+  }
+
+  /** Further names of an upper hard link made through the mount (the primary is parent/name). */
+  get aliases(): [UnionNode, string][] | null {
+    return this.rare === null ? null : this.rare.aliases;
+  }
+  set aliases(v: [UnionNode, string][] | null) {
+    if (this.rare !== null || v !== null) this.r().aliases = v;
+  }
+
+  /**
+   * For a directory: the names each of its lower layer directories holds, as the first full
+   * listing read them (lower layers do not change). A lookup skips the layers that do not hold a
+   * name instead of asking each one, as the kernel's negative dentries spare it the same work.
+   */
+  get lowerNames(): Map<Layer, Set<string>> | null {
+    return this.rare === null ? null : this.rare.lowerNames;
+  }
+  set lowerNames(v: Map<Layer, Set<string>> | null) {
+    if (this.rare !== null || v !== null) this.r().lowerNames = v;
+  }
+
+  /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
+  get copying(): Promise<void> | null {
+    return this.rare === null ? null : this.rare.copying;
+  }
+  set copying(v: Promise<void> | null) {
+    if (this.rare !== null || v !== null) this.r().copying = v;
+  }
+
+  /**
+   * A descriptor of the object itself (O_PATH, or the open copy of an unnamed copy-up), pinned when
+   * its name stops reaching it: before an unlink, rmdir or rename takes the name away from an object
+   * the kernel still references. -1 while the name is enough.
+   */
+  get anchor(): number {
+    return this.rare === null ? -1 : this.rare.anchor;
+  }
+  set anchor(v: number) {
+    if (this.rare !== null || v !== -1) this.r().anchor = v;
+  }
+
+  /**
+   * Set when a copy-up gave this node's name a new node because opens of this one are bound to the
+   * lower file by passthrough (the kernel binds every open of an inode to one backing file): those
+   * opens keep reading the lower file, and every other operation on this node acts on the successor.
+   */
+  get successor(): UnionNode | null {
+    return this.rare === null ? null : this.rare.successor;
+  }
+  set successor(v: UnionNode | null) {
+    if (this.rare !== null || v !== null) this.r().successor = v;
+  }
+
+  /** Superseded nodes that forward to this one (they keep it in the table). */
+  get pins(): number {
+    return this.rare === null ? 0 : this.rare.pins;
+  }
+  set pins(v: number) {
+    if (this.rare !== null || v !== 0) this.r().pins = v;
+  }
+
+  /** The open file handles of this node (null until its first open). */
+  get handles(): Set<FileHandle> | null {
+    return this.rare === null ? null : this.rare.handles;
+  }
+  set handles(v: Set<FileHandle> | null) {
+    if (this.rare !== null || v !== null) this.r().handles = v;
+  }
+
+  /** FUSE generation (with nfs_export=on, see export.ts; 0 otherwise). Fixed for the node's life. */
+  get generation(): number {
+    return this.rare === null ? 0 : this.rare.generation;
+  }
+  set generation(v: number) {
+    if (this.rare !== null || v !== 0) this.r().generation = v;
+  }
 
   /** Children the kernel currently knows, by name. Changes made through the mount keep it exact. */
   get children(): Map<string, UnionNode> {
-    return (this.kids ??= new Map());
+    return (this.r().kids ??= new Map());
   }
 
   get isDir(): boolean {
@@ -128,11 +217,12 @@ export class UnionNode {
     const i = layers.indexOf(layer);
     if (i < 0) throw new Error(`layer ${layer.index} is not part of directory ${this.name}`);
     if (!this.parent) return layer.fd;
-    if (!this.dirFds) this.dirFds = new Array<number>(layers.length).fill(-1);
-    let fd = this.dirFds[i]!;
+    const rare = this.r();
+    const fds = (rare.dirFds ??= new Array<number>(layers.length).fill(-1));
+    let fd = fds[i]!;
     if (fd < 0) {
       fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-      this.dirFds[i] = fd;
+      fds[i] = fd;
     }
     return fd;
   }
@@ -146,9 +236,10 @@ export class UnionNode {
 
   /** Closes the directory descriptors (they are reopened on demand). */
   closeDirFds(): void {
-    if (this.dirFds) {
-      for (const fd of this.dirFds) if (fd >= 0) N.close(fd);
-      this.dirFds = null;
+    const fds = this.rare?.dirFds;
+    if (fds) {
+      for (const fd of fds) if (fd >= 0) N.close(fd);
+      this.rare!.dirFds = null;
     }
   }
 
