@@ -176,3 +176,32 @@ test('readInto reads into the caller\'s buffer at its offset (the READ reply buf
   t.is(u.read(ctx, node, o.fh, 8, 4).toString(), '89');
   await u.release(ctx, node, o.fh);
 });
+
+test('a nodeid the kernel forgot is given out again, and then names only the new object', async (t) => {
+  const { fs: u } = setup(t, { a: 'aaa', b: 'bbbbbb', 'd/c': 'c' });
+  const a = u.lookup(ctx, ROOT_NODEID, 'a') as Awaited<ReturnType<UnionFs['lookup']>>;
+  const d = u.lookup(ctx, ROOT_NODEID, 'd') as Awaited<ReturnType<UnionFs['lookup']>>;
+  t.not(a.nodeid, d.nodeid);
+  // A second lookup of a known name keeps its nodeid: only a forget down to 0 frees it.
+  t.is((u.lookup(ctx, ROOT_NODEID, 'a') as typeof a).nodeid, a.nodeid);
+  u.forget(a.nodeid, 1);
+  t.is(u.getattr(ctx, a.nodeid, undefined).attr.size, 3, 'still held: one lookup is left');
+  u.forget(a.nodeid, 1);
+  t.is(await errno(() => u.getattr(ctx, a.nodeid, undefined)), 'ESTALE');
+  const b = u.lookup(ctx, ROOT_NODEID, 'b') as typeof a;
+  t.is(b.nodeid, a.nodeid, 'the freed nodeid is reused');
+  t.is(u.getattr(ctx, b.nodeid, undefined).attr.size, 6);
+  // The name whose node was dropped gets a fresh node, not the one that now has its old nodeid.
+  const a2 = u.lookup(ctx, ROOT_NODEID, 'a') as typeof a;
+  t.not(a2.nodeid, b.nodeid);
+  t.is(u.getattr(ctx, a2.nodeid, undefined).attr.size, 3);
+  // A directory is dropped only once its children are: then its nodeid is free too.
+  const c = u.lookup(ctx, d.nodeid, 'c') as typeof a;
+  u.forget(d.nodeid, 1);
+  t.is(u.getattr(ctx, d.nodeid, undefined).attr.mode & C.S_IFMT, C.S_IFDIR, 'a child keeps its directory');
+  u.forget(c.nodeid, 1);
+  t.is(await errno(() => u.getattr(ctx, d.nodeid, undefined)), 'ESTALE');
+  const again = [u.lookup(ctx, ROOT_NODEID, 'd') as typeof a, u.lookup(ctx, ROOT_NODEID, 'b') as typeof a];
+  t.true([c.nodeid, d.nodeid].includes(again[0].nodeid));
+  t.is(again[1].nodeid, b.nodeid);
+});

@@ -87,7 +87,7 @@ export class UnionFs implements FileSystem {
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
-    if (opts.nfsExport) this.inodes.exports = new ExportTable(opts.cache);
+    if (opts.nfsExport) this.inodes.useExports(new ExportTable(opts.cache));
     this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
