@@ -12,8 +12,8 @@ import type { DirEntry } from './readdir.js';
 export const SPAN = 2 ** 24;
 /** Listings kept per directory (readers that started last). */
 const PER_DIR = 8;
-/** Entries kept in all listings together (about 100 bytes each). */
-const BUDGET = 1 << 18;
+/** Entries kept in all listings together (about 70 bytes each: a walk must not keep every listing it read). */
+const BUDGET = 1 << 14;
 
 interface Listing {
   dir: number;
