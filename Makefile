@@ -28,7 +28,7 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; fi
 	@modprobe fuse 2>/dev/null || true; modprobe overlay 2>/dev/null || true
 
-$(ADDON): native-bindings/strata_native.c native-bindings/binding.gyp | deps
+$(ADDON): native-bindings/strata_native.c native-bindings/low_memory.cc native-bindings/binding.gyp | deps
 	cd native-bindings && ../node_modules/.bin/node-gyp rebuild --nodedir=$(NODE_PREFIX) >/dev/null
 native: $(ADDON)
 

@@ -1894,6 +1894,16 @@ static napi_value make_constants(napi_env env, const constant *k, size_t n) {
   return o;
 }
 
+/* lowMemory(): a full collection that gives the freed memory back (low_memory.cc). */
+void strata_low_memory_notification(void);
+static napi_value fn_lowMemory(napi_env env, napi_callback_info info) {
+  (void)info;
+  strata_low_memory_notification();
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
 #define FN(name) {#name, fn_##name}
 
 static const struct {
@@ -1914,7 +1924,7 @@ static const struct {
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),
     FN(setNofileLimit), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
-    FN(setfsuid), FN(setfsgid),
+    FN(setfsuid), FN(setfsgid), FN(lowMemory),
 };
 
 static napi_value init(napi_env env, napi_value exports) {

@@ -19,9 +19,12 @@ const Module = require('node:module');
 const file = path.join(__dirname, 'strata.cjs');
 const cacheFile = `${file}.v8cache`;
 // Bytecode that has not run for a while is normally dropped by the garbage collector: kept, the
-// cache written at exit still holds the mount's start-up code. bin/strata passes the flag to node
-// (loading node:v8 to set it costs 2-4 ms); V8 accepts a cache only under the flags it was made with.
-if (!process.execArgv.includes('--no-flush-bytecode')) require('node:v8').setFlagsFromString('--no-flush-bytecode');
+// cache written at exit still holds the mount's start-up code. bin/strata passes its flags to node
+// (loading node:v8 to set them costs 2-4 ms); V8 accepts a cache only under the flags it was made
+// with, so a process started otherwise sets them too (the semi-space size then only for the key:
+// the heap is already made).
+const FLAGS = ['--no-flush-bytecode', '--max-semi-space-size=2'];
+for (const flag of FLAGS) if (!process.execArgv.includes(flag)) require('node:v8').setFlagsFromString(flag);
 
 const fd = fs.openSync(file, 'r');
 const st = fs.fstatSync(fd);

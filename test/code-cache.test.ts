@@ -16,9 +16,12 @@ import { tempDir } from './helpers/tmp.js';
 const bundleDir = path.join(repoRoot, 'dist', 'src', 'bundle');
 const bundle = path.join(bundleDir, 'strata.cjs');
 
+/** The V8 flags the loader runs under (V8 accepts a cache only under the flags it was made with). */
+const loaderFlags = JSON.parse(/^const FLAGS = (\[[^\]]*\]);$/m.exec(fs.readFileSync(path.join(bundleDir, 'load.cjs'), 'utf8'))![1]!.replace(/'/g, '"')) as string[];
+
 /** Does V8 accept `cache` for the bundle, compiled as the loader compiles it? */
 function accepted(cache: Buffer): boolean {
-  v8.setFlagsFromString('--no-flush-bytecode');
+  for (const flag of loaderFlags) v8.setFlagsFromString(flag);
   let source = fs.readFileSync(bundle, 'utf8');
   if (source.startsWith('#!')) source = `//${source.slice(2)}`;
   return !new vm.Script(Module.wrap(source), { filename: bundle, cachedData: cache }).cachedDataRejected;

@@ -207,9 +207,11 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   });
   // (a log file, or the terminal of a foreground mount, gets its lines at once)
   const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
+  const collect = idleCollector();
   const refresh = setInterval(() => {
     const { requests, errors } = m.session.stats;
     writeRecord({ ...record, requests, errors, byOp: m.session.requestsByOp(), updated: new Date().toISOString() });
+    collect(requests);
   }, 2000);
   refresh.unref();
   await m.done;
@@ -231,6 +233,33 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
  */
 function writeCodeCache(): void {
   (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(false);
+}
+
+/** Growth of the resident memory since the last collection that makes an idle daemon collect. */
+const COLLECT_GROWTH = 16 << 20;
+
+/**
+ * Gives back, once the daemon is idle, the memory a burst of requests left: called every 2 s with
+ * the request count, it runs a full garbage collection that returns the freed pages (N.lowMemory)
+ * when no request came since the last call and the resident memory grew by COLLECT_GROWTH since
+ * the last collection. V8's own memory reducer does the same 8 s or more after a burst, and not
+ * always: a walk of 100k files left 93 MiB resident, 80 MiB after the collection. It takes 20-70 ms
+ * of this thread, while nothing asks for it.
+ */
+export function idleCollector(collect: () => void = N.lowMemory, resident: () => number = process.memoryUsage.rss): (requests: number) => void {
+  let seen = -1;
+  let base = resident();
+  return (requests) => {
+    const idle = requests === seen;
+    seen = requests;
+    const rss = resident();
+    if (idle && rss - base >= COLLECT_GROWTH) {
+      collect();
+      base = resident();
+    } else if (rss < base) {
+      base = rss;
+    }
+  };
 }
 
 /** How long without a request counts as idle, and the longest wait for it. */

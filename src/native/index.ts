@@ -119,6 +119,7 @@ interface NativeBinding {
   futimens(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   ftruncate(fd: number, len: number): void;
   fsync(fd: number): void;
+  lowMemory(): void;
   fdatasync(fd: number): void;
   syncfs(fd: number): void;
   fallocate(fd: number, mode: number, offset: number, len: number): void;
@@ -297,6 +298,8 @@ export const futimens: (fd: number, atimeSec: number, atimeNsec: number, mtimeSe
 // --- file data ------------------------------------------------------------
 export const ftruncate: (fd: number, len: number) => void = native.ftruncate;
 export const fsync: (fd: number) => void = native.fsync;
+/** A full garbage collection that gives the freed memory back to the system (V8's LowMemoryNotification). */
+export const lowMemory: () => void = native.lowMemory;
 export const fdatasync: (fd: number) => void = native.fdatasync;
 export const syncfs: (fd: number) => void = native.syncfs;
 export const fallocate: (fd: number, mode: number, offset: number, len: number) => void = native.fallocate;
