@@ -98,9 +98,16 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   }
   t.deepEqual([...new Set(res.samples.filter((x) => x.workload === 'copy-up').map((x) => x.point))].sort((a, b) => a! - b!), QUICK.copyUpSizes);
   t.true(typeof res.machine.kernel === 'string' && typeof res.machine.cpus === 'number');
+  // The daemons' memory after the walk of the wide layer (not the kernel's: it has no daemon).
+  for (const s of systems) {
+    const mem = res.samples.filter((x) => x.workload === 'walk-memory' && x.system === s);
+    if (s === 'kernel') t.true(mem.every((x) => x.daemonRss === undefined), 'no memory for the kernel');
+    else t.true(mem.length > 0 && mem.every((x) => x.daemonRss! > 1 << 20 && x.daemonRssIdle! > 1 << 20), `memory of ${s}: ${JSON.stringify(mem)}`);
+  }
   const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
   t.regex(md, /\| workload \| strata median/);
   t.regex(md, /copy-up latency, 4 KiB/);
+  t.regex(md, /\| walk of 100k files \| [\d.]+ MiB \| [\d.]+ MiB \|/);
   for (const chart of ['copy-up', 'ratios']) {
     t.regex(fs.readFileSync(path.join(out, `${chart}.svg`), 'utf8'), /^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>$/);
     t.deepEqual([...fs.readFileSync(path.join(out, `${chart}.png`)).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);

@@ -9,6 +9,7 @@
 //              ren/rNNNN        files to rename
 //   l1         overrides of some tree files, whiteouts of others, an opaque directory
 //   l0 (top)   a whiteout of a whole directory, a few new files
+// The wide layer: 100k empty files in directories of 1000 (the daemon's memory after a walk).
 // The deep stack: 40 layers with a directory `deep` in each, filler files in every layer, the
 // target files only in the bottom one (a lookup searches all 40).
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
@@ -35,6 +36,10 @@ export interface Sizes {
   deepTargets: number;
   /** Files in the tarball untarred into the mount. */
   tarFiles: number;
+  /** Empty files (1000 per directory) of the wide layer walked for the daemon's memory. */
+  wideFiles: number;
+  /** How long a memory workload waits without requests before it reads the daemon's memory again. */
+  settleMs: number;
 }
 
 const KiB = 1024;
@@ -52,6 +57,8 @@ export const FULL: Sizes = {
   deepLayers: 40,
   deepTargets: 200,
   tarFiles: 2000,
+  wideFiles: 100_000,
+  settleMs: 6000,
 };
 
 /** For a smoke run: every workload, tiny. */
@@ -66,6 +73,8 @@ export const QUICK: Sizes = {
   deepLayers: 8,
   deepTargets: 10,
   tarFiles: 50,
+  wideFiles: 2000,
+  settleMs: 1000,
 };
 
 export function mulberry32(seed: number): () => number {
@@ -167,6 +176,16 @@ export function generateDeepStack(root: string, s: Sizes, seed: number): string[
   });
   for (let i = 0; i < s.deepTargets; i++) writeFile(join(layers.at(-1)!, 'deep', `target${pad(i)}`), `target ${i}\n`);
   return layers;
+}
+
+/** The wide layer: empty files, 1000 per directory (the daemon's memory after a walk of them all). */
+export function generateWide(root: string, s: Sizes): string[] {
+  for (let d = 0; d * 1000 < s.wideFiles; d++) {
+    const dir = join(root, 'wide', `d${pad(d, 3)}`);
+    mkdirSync(dir, { recursive: true });
+    for (let f = d * 1000; f < Math.min(s.wideFiles, (d + 1) * 1000); f++) closeSync(openSync(join(dir, `f${pad(f, 6)}`), 'w', 0o644));
+  }
+  return [root];
 }
 
 /** A tree to tar up for the untar workload. */

@@ -5,6 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatRatio, formatSeconds, formatSize, ratio, summarize, type Summary } from './stats.js';
 import type { SystemName } from './systems.js';
+import type { Sizes } from './gen.js';
 import type { Workload } from './workloads.js';
 
 export interface Sample {
@@ -16,6 +17,9 @@ export interface Sample {
   seconds: number;
   /** CPU time the daemon used during the measurement (FUSE systems; not for the mount rows). */
   daemonCpu?: number;
+  /** Memory workloads: the daemon's VmRSS (bytes) right after the measurement, and after a while idle. */
+  daemonRss?: number;
+  daemonRssIdle?: number;
 }
 
 export interface Failure {
@@ -107,6 +111,26 @@ export function cpuTable(r: Results, rows: Row[]): string[][] {
   return body.length ? [header, ...body] : [];
 }
 
+/** Daemon resident memory for the memory workloads (FUSE systems): medians after the measurement and idle. */
+export function memoryTable(r: Results, rows: Row[]): string[][] {
+  const daemons = r.systems.map((s) => s.name).filter((s) => r.samples.some((x) => x.system === s && x.daemonRss !== undefined));
+  if (daemons.length === 0) return [];
+  const both = daemons.includes('strata') && daemons.includes('fuse-overlayfs');
+  const header = ['workload', ...daemons.flatMap((s) => [`${s} RSS after`, `${s} RSS idle`]), ...(both ? ['strata / fuse-overlayfs (idle)'] : [])];
+  const body: string[][] = [];
+  for (const row of rows) {
+    const med = (sys: SystemName, key: 'daemonRss' | 'daemonRssIdle'): number => {
+      const xs = r.samples.filter((x) => x.workload === row.workload.name && x.system === sys && x[key] !== undefined).map((x) => x[key]!);
+      return xs.length ? summarize(xs).median : NaN;
+    };
+    if (daemons.every((d) => Number.isNaN(med(d, 'daemonRss')))) continue;
+    const mib = (b: number): string => (Number.isNaN(b) ? '-' : `${(b / 2 ** 20).toFixed(1)} MiB`);
+    body.push([label(row), ...daemons.flatMap((d) => [mib(med(d, 'daemonRss')), mib(med(d, 'daemonRssIdle'))]),
+      ...(both ? [formatRatio(ratio(med('strata', 'daemonRssIdle'), med('fuse-overlayfs', 'daemonRssIdle')))] : [])]);
+  }
+  return body.length ? [header, ...body] : [];
+}
+
 export function formatTable(t: string[][]): string {
   const widths = t[0]!.map((_, i) => Math.max(...t.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
@@ -140,6 +164,8 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
     '',
     ...(cpuTable(r, rows).length ? ['CPU time of the daemon during each measurement (from /proc/PID/stat, 10 ms ticks), medians:', '',
       markdownTable(cpuTable(r, rows)), ''] : []),
+    ...(memoryTable(r, rows).length ? [`Resident memory of the daemon (VmRSS), right after the measurement and after ${(r.options.sizes as Sizes).settleMs / 1000} s without requests, medians:`, '',
+      markdownTable(memoryTable(r, rows)), ''] : []),
     ...charts.map((c) => `![${c}](${c}.svg)`),
     '',
     '## What each workload times',

@@ -5,9 +5,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
-import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, type Sizes } from './gen.js';
-import { charts, cpuTable, formatTable, markdown, summaries, table, type Results } from './report.js';
-import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
+import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, generateWide, type Sizes } from './gen.js';
+import { charts, cpuTable, formatTable, markdown, memoryTable, summaries, table, type Results } from './report.js';
+import { cpuSeconds, forceUnmount, residentBytes, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
 export class BenchUsageError extends Error {}
@@ -75,6 +75,17 @@ function machine(tmp: string): Record<string, unknown> {
     tmpFs: df,
     loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
   };
+}
+
+/**
+ * The daemon's resident memory right after a measurement, and again once it has had `settleMs`
+ * without requests (what it keeps, after what it gives back when idle).
+ */
+function settledMemory(pid: number, settleMs: number): { daemonRss?: number; daemonRssIdle?: number } {
+  const busy = residentBytes(pid);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, settleMs);
+  const idle = residentBytes(pid);
+  return { ...(Number.isFinite(busy) ? { daemonRss: busy } : {}), ...(Number.isFinite(idle) ? { daemonRssIdle: idle } : {}) };
 }
 
 export async function runBench(o: BenchOptions, log: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
@@ -145,13 +156,14 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     log(`strata bench: generating layers in ${root} ...\n`);
     const image = o.lowerdir ?? generateImage(join(root, 'img'), sizes, o.seed);
     const deep = generateDeepStack(join(root, 'deep'), sizes, o.seed);
+    const wide = workloads.some((w) => w.layers === 'wide') ? generateWide(join(root, 'wide'), sizes) : [];
     generateTarSource(join(root, 'tarsrc'), sizes, o.seed);
     const tarball = join(root, 'src.tar');
     spawnSync('tar', ['-cf', tarball, '-C', join(root, 'tarsrc'), '.']);
     results.layers = o.lowerdir ? `--lowerdir ${o.lowerdir.join(':')}` : `generated (seed ${o.seed}): ${describeImage(sizes)}`;
     if (o.rootfs) results.layers += `; --rootfs ${o.rootfs.join(':')}`;
     await new Promise((r) => setImmediate(r)); // a Ctrl-C during the generation is handled here
-    const lowersOf = (w: Workload): string[] => (w.layers === 'deep' ? deep : w.layers === 'rootfs' ? o.rootfs! : image);
+    const lowersOf = (w: Workload): string[] => (w.layers === 'deep' ? deep : w.layers === 'wide' ? wide : w.layers === 'rootfs' ? o.rootfs! : image);
 
     const total = workloads.length * o.runs * systems.length;
     let done = 0;
@@ -182,7 +194,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
               const v = w.measure(ctx);
               const cpu = pid === null ? undefined : cpuSeconds(pid) - cpu0;
               const daemonCpu = cpu !== undefined && Number.isFinite(cpu) ? cpu : undefined;
-              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu });
+              const memory = w.memory && pid !== null ? settledMemory(pid, sizes.settleMs) : {};
+              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu, ...memory });
               else for (const [point, seconds] of Object.entries(v)) results.samples.push({ workload: w.name, system: sys.name, run, point: Number(point), seconds });
             }
           } catch (e) {
@@ -217,6 +230,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   log(formatTable(table(rows, results.systems.map((s) => s.name))) + '\n');
   const cpu = cpuTable(results, rows);
   if (cpu.length) log('\n' + formatTable(cpu) + '\n');
+  const memory = memoryTable(results, rows);
+  if (memory.length) log('\n' + formatTable(memory) + '\n');
   for (const f of results.failures) log(`failed: ${f.workload} on ${f.system} (run ${f.run}): ${f.error}\n`);
   log(`strata bench: results.json, report.md and ${made.map((c) => `${c}.svg/.png`).join(', ')} in ${o.out}\n`);
   return results.failures.length > 0 ? 1 : 0;

@@ -10,9 +10,10 @@ import { treeDirs } from './gen.js';
 
 /**
  * Which layers a workload mounts: the generated image (its files by name), any layers (the image,
- * or those given with --lowerdir), the generated deep stack, or the Debian rootfs (--rootfs).
+ * or those given with --lowerdir), the generated deep stack, the generated wide layer, or the
+ * Debian rootfs (--rootfs).
  */
-export type LayerSet = 'image' | 'any' | 'deep' | 'rootfs';
+export type LayerSet = 'image' | 'any' | 'deep' | 'wide' | 'rootfs';
 
 export interface Context {
   mnt: string;
@@ -35,6 +36,11 @@ export interface Workload {
   series?: boolean;
   /** The mount itself is the measurement. */
   isMount?: boolean;
+  /**
+   * The daemon's resident memory is part of the result: read from /proc/PID/status right after the
+   * measurement and again after Sizes.settleMs without requests.
+   */
+  memory?: boolean;
   setup?(c: Context): void;
   measure(c: Context): number | Record<string, number>;
 }
@@ -94,6 +100,15 @@ export const WORKLOADS: Workload[] = [
     layers: 'any',
     setup: (c) => void run('find', [c.mnt, '-printf', '%s %m\\n']),
     measure: (c) => timed('find', [c.mnt, '-printf', '%s %m\\n']),
+  },
+  {
+    name: 'walk-memory',
+    title: 'walk of 100k files',
+    what: '`find MNT -printf ...` of the wide layer (100k empty files, 1000 per directory) right after the mount; the daemon\'s ' +
+      'resident memory (VmRSS) is read right after the walk and again after some seconds without requests',
+    layers: 'wide',
+    memory: true,
+    measure: (c) => timed('find', [c.mnt, '-printf', '%s %m\n']),
   },
   {
     name: 'read-all',
@@ -233,5 +248,6 @@ export const WORKLOAD_NAMES = WORKLOADS.map((w) => w.name);
 export function describeImage(s: Sizes): string {
   return `${s.smallFiles} small files in ${treeDirs(s)} directories, copy-up files of ${s.copyUpSizes.length} sizes, ` +
     `a ${s.seqBytes >> 20} MiB file, ${s.metaFiles} + ${s.deleteFiles} + ${s.renameFiles} more files in three layers; ` +
-    `a ${s.deepLayers}-layer stack with ${s.deepTargets} files at its bottom; a tarball of ${s.tarFiles} files`;
+    `a ${s.deepLayers}-layer stack with ${s.deepTargets} files at its bottom; a tarball of ${s.tarFiles} files; ` +
+    `a layer of ${s.wideFiles} empty files`;
 }
