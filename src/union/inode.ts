@@ -332,7 +332,8 @@ export class InodeTable {
   maybeDrop(node: UnionNode): void {
     let n: UnionNode | null = node;
     while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0 && n.pins === 0) {
-      this.nodes.delete(n.nodeid);
+      // (only if it is still the node there: a dropped node's nodeid may name a new node by now)
+      if (this.nodes.get(n.nodeid) === n) this.nodes.delete(n.nodeid);
       n.closeFds();
       const successor = n.successor;
       if (successor) {

@@ -22,7 +22,9 @@ export const ROOT_NODEID = 1;
 class NodeRare {
   dirLayers: Layer[] | null = null;
   childCount = 0;
+  /** See UnionNode.children. */
   kids: Map<string, UnionNode> | null = null;
+  /** Descriptors of the directory in each layer of dirLayers (O_PATH), opened on demand. */
   dirFds: number[] | null = null;
   unlinked = false;
   aliases: [UnionNode, string][] | null = null;
