@@ -9,7 +9,7 @@ import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
 
-interface Row { mountpoint: string; pid: number; alive: boolean; mounted: boolean; lowerdirs: string[]; requests?: number }
+interface Row { mountpoint: string; pid: number; alive: boolean; mounted: boolean; lowerdirs: string[]; requests?: number; residentBytes?: number }
 
 function status(args: string[] = []): { status: number | null; rows: Row[]; stderr: string } {
   const r = spawnSync(strataBin, ['status', ...args, '--json'], { encoding: 'utf8' });
@@ -33,6 +33,10 @@ test('strata status lists a mount while it is live, with its daemon and counters
   t.true(row.alive && row.mounted);
   t.deepEqual(row.lowerdirs, [lower]);
   t.true((row.requests ?? 0) > 0);
+  // The daemon's resident memory, as /proc says (a Node process takes tens of MiB).
+  t.true(row.residentBytes! > 10 * 2 ** 20 && row.residentBytes! < 2 ** 30, String(row.residentBytes));
+  const text = spawnSync(strataBin, ['status', mnt], { encoding: 'utf8' }).stdout;
+  t.regex(text, new RegExp(`pid ${row.pid}, up \\d+s, \\d+\\.\\d MiB resident, \\d+ requests`));
   t.true(status().rows.some((r) => r.mountpoint === mnt));
   strataUnmount(mnt);
   t.false(status().rows.some((r) => r.mountpoint === mnt));

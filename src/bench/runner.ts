@@ -7,7 +7,8 @@ import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, generateWide, type Sizes } from './gen.js';
 import { charts, cpuTable, formatTable, markdown, memoryTable, summaries, table, type Results } from './report.js';
-import { cpuSeconds, forceUnmount, residentBytes, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
+import { residentBytes } from '../daemon/registry.js';
+import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
 export class BenchUsageError extends Error {}

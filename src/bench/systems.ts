@@ -28,16 +28,6 @@ export interface System {
   daemonPid(mnt: string): number | null;
 }
 
-/** Resident memory of a process (VmRSS, bytes); NaN when gone. */
-export function residentBytes(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
-    return m ? Number(m[1]) * 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
 /** CPU time (user + system, seconds) a process has used so far, from /proc/PID/stat; NaN when gone. */
 export function cpuSeconds(pid: number): number {
   try {

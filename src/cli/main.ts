@@ -5,7 +5,7 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
-import { allRecords, processAlive, removeRecord } from '../daemon/registry.js';
+import { allRecords, processAlive, removeRecord, residentBytes } from '../daemon/registry.js';
 import { mountedPaths } from '../daemon/validate.js';
 import { describe, exitCodeOf, fail, mountCommand, parseMountArgv, daemonMain, type MountArgs } from './mount.js';
 import { errCode } from '../fuse/errors.js';
@@ -38,6 +38,7 @@ function statusCommand(mountpointArg: string | undefined, json: boolean): never 
     alive: processAlive(r.pid),
     mounted: mounted.has(r.mountpoint),
     uptimeSeconds: Math.round((Date.now() - Date.parse(r.started)) / 1000),
+    residentBytes: processAlive(r.pid) ? residentBytes(r.pid) : undefined,
   }));
   if (json) {
     process.stdout.write(JSON.stringify(rows) + '\n');
@@ -48,7 +49,8 @@ function statusCommand(mountpointArg: string | undefined, json: boolean): never 
       const state = r.alive && r.mounted ? 'running' : r.mounted ? 'daemon gone (strata umount clears it)' : 'not mounted';
       process.stdout.write([
         `${r.mountpoint}: ${state}`,
-        `  pid ${r.pid}, up ${r.uptimeSeconds}s, ${r.requests ?? 0} requests (${r.errors ?? 0} answered with an error)`,
+        `  pid ${r.pid}, up ${r.uptimeSeconds}s, ${r.residentBytes ? `${(r.residentBytes / 2 ** 20).toFixed(1)} MiB resident, ` : ''}` +
+          `${r.requests ?? 0} requests (${r.errors ?? 0} answered with an error)`,
         `  lower: ${r.lowerdirs.join(':')}`,
         ...(r.upperdir ? [`  upper: ${r.upperdir}  work: ${r.workdir}`] : []),
       ].join('\n') + '\n');

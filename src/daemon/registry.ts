@@ -86,6 +86,16 @@ export function allRecords(): MountRecord[] {
   return out;
 }
 
+/** Resident memory of a process (VmRSS, bytes); NaN when it is gone. */
+export function residentBytes(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 /** Is the process running? (A zombie waiting to be reaped by its new parent counts as gone.) */
 export function processAlive(pid: number): boolean {
   let stat: string;
