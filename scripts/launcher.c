@@ -49,19 +49,12 @@ static bool takes_value(const char *a) {
 
 /* Could these arguments be a mount that goes to the background? Then its mount point (the last
  * plain argument, which the daemon's command line ends with), else NULL. */
-static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
-                                     "commit", "export", "container", NULL};
-
-/* The command mounts (the default command): its process becomes a daemon. */
-static bool is_mount(int argc, char **argv) {
-  if (argc < 2) return false;
-  for (int i = 0; others[i]; i++)
-    if (strcmp(argv[1], others[i]) == 0) return false;
-  return true;
-}
-
 static const char *background_mountpoint(int argc, char **argv) {
-  if (!is_mount(argc, argv)) return NULL;
+  static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
+                                       "commit", "export", "container", NULL};
+  if (argc < 2) return NULL;
+  for (int i = 0; others[i]; i++)
+    if (strcmp(argv[1], others[i]) == 0) return NULL;
   const char *last = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
