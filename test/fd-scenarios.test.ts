@@ -224,6 +224,23 @@ test.serial('5c: changes through a descriptor of a removed lower directory fail 
   fdScenario(t, { lowers: [[dir('d'), file('g')]], steps: removedLowerDir });
 });
 
+test.serial('5c: a removed lower directory whose name holds a new directory with entries: ENOTEMPTY, as the kernel\'s rename onto it', (t) => {
+  fdScenario(t, {
+    lowers: [[dir('d'), file('g')]],
+    steps: [
+      expect(['open', 'D', 'd', 'O_RDONLY|O_DIRECTORY'], OK),
+      expect(['rmdir', 'd'], OK),
+      expect(['mkdir', 'd', 0o755], OK),
+      expect(['open', 'F', 'd/new', 'O_WRONLY|O_CREAT', 0o644], OK),
+      expect(['futimens', 'D', T1, T2], { err: 'ENOTEMPTY' }),
+      expect(['fchown', 'D', 1000, 1000], { err: 'ENOTEMPTY' }),
+      ['fstat', 'D'],
+      ['stat', 'd'],
+      ['stat', 'd/new'],
+    ],
+  });
+});
+
 test.serial('5c: the same for a removed lower directory with --write-format oci', (t) => {
   fdScenario(t, {
     lowers: [[dir('d'), file('g')]],

@@ -227,16 +227,23 @@ export class CopyUp {
   /**
    * The error for a copy-up of a lower object whose name is gone (changed through a descriptor after
    * an unlink, rmdir or a rename over it). The kernel copies up to the name, which a whiteout or
-   * another object now holds: a file's link fails with EEXIST, a directory's rename onto a
-   * non-directory with ENOTDIR. strata answers the same and never resurrects the name, whatever the
-   * whiteout format.
+   * another object now holds: a file's link fails with EEXIST; a directory's rename onto a
+   * non-directory fails with ENOTDIR, onto a directory with entries (whiteouts count) with ENOTEMPTY.
+   * strata answers the same and never resurrects the name, whatever the whiteout format: where the
+   * kernel's rename replaces an empty directory now at the name with the copy, strata answers EEXIST.
    */
   private nameGone(parent: UnionNode, node: UnionNode): Error {
     if (!node.isDir) return fsError('EEXIST');
     const st = this.ust;
-    const holdsDir = parent.layer === this.upper.layer && N.lstatMaybe(parent.dirFd(this.upper.layer), node.name, st) &&
-      (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
-    return fsError(holdsDir ? 'EEXIST' : 'ENOTDIR');
+    if (parent.layer !== this.upper.layer) return fsError('ENOTDIR');
+    const dirfd = parent.dirFd(this.upper.layer);
+    if (!N.lstatMaybe(dirfd, node.name, st) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return fsError('ENOTDIR');
+    const fd = N.openat(dirfd, node.name, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    try {
+      return fsError(N.readdir(fd).some(([name]) => name !== '.' && name !== '..') ? 'ENOTEMPTY' : 'EEXIST');
+    } finally {
+      N.close(fd);
+    }
   }
 
   /** Copies the job's data (if any) in one go and puts the copy in place. */
