@@ -532,6 +532,22 @@ for (const passthrough of ['auto', 'off']) {
 // A descriptor opened read-only on a lower file before its copy-up: the kernel re-points its reads
 // to the upper copy (ovl_real_fdget). So does strata when the daemon serves the reads; under
 // passthrough the kernel reads the lower file it was opened on (README: what differs).
+test.serial('5k: SEEK_DATA and SEEK_HOLE through a read-only descriptor opened before the copy-up seek in the copy, as on the kernel', (t) => {
+  fdScenario(t, {
+    lowers: [[file('f', 'short lower data\n'), file('g')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDONLY'], OK),
+      expect(['open', 'B', 'f', 'O_WRONLY'], OK),
+      ['pwrite', 'B', hex('far away'), 70_000],
+      ['fstat', 'B'],
+      ['lseek', 'A', 4096, 4 /* SEEK_HOLE */],
+      ['lseek', 'A', 4096, 3 /* SEEK_DATA */],
+      ['lseek', 'A', 0, 4 /* SEEK_HOLE */],
+      ['lseek', 'A', 80_000, 3 /* SEEK_DATA */],
+    ],
+  });
+});
+
 test.serial('6: a read through a descriptor opened before the copy-up, with the daemon serving reads (--passthrough off)', (t) => {
   fdScenario(t, {
     lowers: [[file('g', DATA100)]],

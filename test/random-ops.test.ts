@@ -433,10 +433,12 @@ function lowerReads(run: Run, op: Op, kernel: Record<string, unknown>, strata: R
   const lr = run.lowerRO.get(key);
   if (!lr) return;
   if (cmd[0] === 'lseek') {
-    // SEEK_DATA/SEEK_HOLE/SEEK_END answer from the file the descriptor reads: strata's own offset counts
+    // SEEK_DATA/SEEK_HOLE seek in the copy, as on the kernel (strata answers them from it); SEEK_END is
+    // the kernel's own, from the size of the FUSE inode the descriptor was opened on (the lower file's):
+    // strata's own offset counts
     const to = sr?.r?.ok;
     lr.pos = typeof to === 'number' ? to : lr.pos;
-    if (JSON.stringify(kr?.r) !== JSON.stringify(sr?.r) && typeof to === 'number' && to <= lr.data.length) sr!.r = kr!.r;
+    if (cmd[3] === 2 && JSON.stringify(kr?.r) !== JSON.stringify(sr?.r) && typeof to === 'number' && to <= lr.data.length) sr!.r = kr!.r;
     return;
   }
   if (cmd[0] !== 'read' && cmd[0] !== 'pread') return;

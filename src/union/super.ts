@@ -353,8 +353,20 @@ export class UnionFs implements FileSystem {
     }
   }
 
+  /**
+   * SEEK_DATA and SEEK_HOLE (the kernel answers the others). An open that passthrough keeps on the lower
+   * file after a copy-up (its node has a successor) still reads the lower data, but seeks in the copy,
+   * as the kernel's overlay does: its descriptor follows the copy-up.
+   */
   lseek(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, whence: number): number {
-    return N.lseek(this.handles.file(fh).fd, offset, whence);
+    const h = this.handles.file(fh);
+    if (!h.node.successor) return N.lseek(h.fd, offset, whence);
+    const fd = openObject(h.node.live.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+    try {
+      return N.lseek(fd, offset, whence);
+    } finally {
+      N.close(fd);
+    }
   }
 
   // ---- directories ---------------------------------------------------------------------------
