@@ -48,19 +48,19 @@ const LAZY_FLUSH_MS = 100;
 const LAZY_FLUSH_OPS = 512;
 
 /**
- * `start` reads the inode origins (synchronously: a mount needs them before its first answer);
- * LevelDB is opened in the background after `begin`, and `ready` resolves when it is open.
- * Requests wait only for `identityReady`, set when identity still has to come from LevelDB: a
- * cache written before the origins had files of their own (read once, then moved to them), or
- * file handle records (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
- */
-/**
  * LevelDB's write buffer and block cache, which stay in the daemon's memory for the mount's life:
  * 1 MiB each instead of 4 and 8. Records are read once per directory and mount, so the block cache
  * has little to keep; a smaller write buffer makes more, smaller tables, written in the background.
  */
 const LEVEL_OPTIONS = { writeBufferSize: 1 << 20, cacheSize: 1 << 20 };
 
+/**
+ * `start` reads the inode origins (synchronously: a mount needs them before its first answer);
+ * LevelDB is opened in the background after `begin`, and `ready` resolves when it is open.
+ * Requests wait only for `identityReady`, set when identity still has to come from LevelDB: a
+ * cache written before the origins had files of their own (read once, then moved to them), or
+ * file handle records (nfs_export=on). Listing reads wait for LevelDB; writes are queued.
+ */
 export class MetadataCache implements OriginStore, HandleStore {
   private pending: Op[] = [];
   private flushing: Promise<void> | null = null;
