@@ -1,8 +1,8 @@
 // The union filesystems a benchmark compares: strata (through its own command line, as a user runs
 // it), the kernel's overlayfs (what Docker's overlay2 uses) and fuse-overlayfs when installed.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { readdirSync, readFileSync } from 'node:fs';
+import { strataCommand } from '../daemon/command.js';
 import { readRecord } from '../daemon/registry.js';
 import { mountedPaths } from '../daemon/validate.js';
 
@@ -54,11 +54,6 @@ function processServing(program: string, mnt: string): number | null {
   }
   return null;
 }
-
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
-/** The command as users run it (`make build` makes it); the compiled CLI run by node without it. */
-const BIN = fileURLToPath(new URL('../../../bin/strata', import.meta.url));
-const strataCommand = (args: string[]): [string, string[]] => (existsSync(BIN) ? [BIN, args] : [process.execPath, [CLI, ...args]]);
 
 function sh(cmd: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });

@@ -3,25 +3,15 @@
 // upper and its layers.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, realpathSync, statSync } from 'node:fs';
+import { realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { strataCommand } from '../daemon/command.js';
 import { readRecord } from '../daemon/registry.js';
 import { unmountStrata } from '../daemon/unmount.js';
 import { mountedPaths } from '../daemon/validate.js';
 import type { ContainerRecord, ImageRecord, Store } from './store.js';
 import { digestHex, ImageError } from './types.js';
 import { errCode } from '../fuse/errors.js';
-
-/**
- * The strata command line of this installation: bin/strata (one process for a background mount, and
- * the bundle with its code cache), else node and the CLI script (a build without `make`).
- */
-export function strataCommand(): [string, string[]] {
-  const bin = fileURLToPath(new URL('../../../bin/strata', import.meta.url));
-  if (existsSync(bin)) return [bin, []];
-  return [process.execPath, [fileURLToPath(new URL('../cli/main.js', import.meta.url))]];
-}
 
 /** Escapes a path for a value of -o (commas always; colons too inside lowerdir=). */
 function escapeOption(p: string, colon: boolean): string {
@@ -46,8 +36,8 @@ export function mountOptionString(spec: Omit<MountSpec, 'mountpoint'>): string {
 
 /** Mounts with `strata mount` (a daemon in the background); throws with strata's own message. */
 export function mountLayers(spec: MountSpec): void {
-  const [node, args] = strataCommand();
-  const r = spawnSync(node, [...args, 'mount', '-o', mountOptionString(spec), spec.mountpoint], {
+  const [program, args] = strataCommand(['mount', '-o', mountOptionString(spec), spec.mountpoint]);
+  const r = spawnSync(program, args, {
     stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 120_000,
   });
   if (r.status !== 0) {
