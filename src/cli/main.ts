@@ -33,13 +33,16 @@ function statusCommand(mountpointArg: string | undefined, json: boolean): never 
     removeRecord(r.mountpoint, r.pid);
     return false;
   });
-  const rows = records.map((r) => ({
-    ...r,
-    alive: processAlive(r.pid),
-    mounted: mounted.has(r.mountpoint),
-    uptimeSeconds: Math.round((Date.now() - Date.parse(r.started)) / 1000),
-    residentBytes: processAlive(r.pid) ? residentBytes(r.pid) : undefined,
-  }));
+  const rows = records.map((r) => {
+    const alive = processAlive(r.pid);
+    return {
+      ...r,
+      alive,
+      mounted: mounted.has(r.mountpoint),
+      uptimeSeconds: Math.round((Date.now() - Date.parse(r.started)) / 1000),
+      residentBytes: alive ? residentBytes(r.pid) : undefined,
+    };
+  });
   if (json) {
     process.stdout.write(JSON.stringify(rows) + '\n');
   } else if (rows.length === 0) {

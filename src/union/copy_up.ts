@@ -234,13 +234,17 @@ export class CopyUp {
    */
   private nameGone(parent: UnionNode, node: UnionNode): Error {
     if (!node.isDir) return fsError('EEXIST');
-    const st = this.ust;
     if (parent.layer !== this.upper.layer) return fsError('ENOTDIR');
-    const dirfd = parent.dirFd(this.upper.layer);
-    if (!N.lstatMaybe(dirfd, node.name, st) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return fsError('ENOTDIR');
-    const fd = N.openat(dirfd, node.name, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    let fd: number;
     try {
-      return fsError(N.readdir(fd).some(([name]) => name !== '.' && name !== '..') ? 'ENOTEMPTY' : 'EEXIST');
+      fd = N.openat(parent.dirFd(this.upper.layer), node.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    } catch (e) {
+      const code = errCode(e);
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return fsError('ENOTDIR'); // not a directory there
+      throw e;
+    }
+    try {
+      return fsError(N.readdir(fd).length > 0 ? 'ENOTEMPTY' : 'EEXIST');
     } finally {
       N.close(fd);
     }
