@@ -150,7 +150,20 @@ static int fail_crashed(int status, char *errbuf) {
   return 1;
 }
 
+/* Node 20 reads NODE_EXTRA_CA_CERTS as it starts and builds its whole store of root certificates
+ * there and then: with the variable set, as on our machine type, `node -e 0` took 100-120 ms instead
+ * of 30 ms, and that was most of a mount's time. No strata command checks a TLS peer today, so node
+ * gets the value under another name, and scripts/load.cjs puts it back into process.env before the
+ * command runs: what strata starts sees the variable as the user set it (a TLS client in strata
+ * must add those certificates itself, see load.cjs). */
+static void defer_extra_ca_certs(void) {
+  const char *certs = getenv("NODE_EXTRA_CA_CERTS");
+  if (!certs) return;
+  if (setenv("STRATA_NODE_EXTRA_CA_CERTS", certs, 1) == 0) unsetenv("NODE_EXTRA_CA_CERTS");
+}
+
 int main(int argc, char **argv) {
+  defer_extra_ca_certs();
   const char *mountpoint = background_mountpoint(argc, argv);
   bool fork_mount = mountpoint != NULL;
   char **nargv = calloc((size_t)argc + 6, sizeof *nargv);

@@ -11,6 +11,14 @@
 // compiled, so the cache grows towards all the code the commands use. V8 refuses a cache made for
 // another V8, and the loader one made for another bundle file; the command then runs as without one.
 // make build starts without one.
+// bin/strata hands NODE_EXTRA_CA_CERTS over as STRATA_NODE_EXTRA_CA_CERTS (node would build its
+// certificate store at start-up for it, 70-90 ms): back under its name, for the processes strata
+// starts. This process's TLS does not use those certificates; a TLS client in strata passes them
+// itself (tls.rootCertificates plus the file's, as the `ca` option).
+if (process.env.STRATA_NODE_EXTRA_CA_CERTS !== undefined) {
+  process.env.NODE_EXTRA_CA_CERTS = process.env.STRATA_NODE_EXTRA_CA_CERTS;
+  delete process.env.STRATA_NODE_EXTRA_CA_CERTS;
+}
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
