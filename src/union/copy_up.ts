@@ -337,12 +337,16 @@ export class CopyUp {
     if (job.tmp !== '') removeWorkEntry(this.upper.workFd, job.tmp);
   }
 
-  /** A regular file's copy (unnamed, open): data synced, then owner, mode, xattrs and times. */
+  /**
+   * A regular file's copy (unnamed, open): owner, mode, xattrs and times, then one fsync for its data
+   * and all of these, before it is linked in. The kernel syncs there too (since 6.11, with metacopy
+   * off): on a filesystem that does not persist metadata changes in order, a copy synced before its
+   * attributes could show up after a crash with the data but not the owner or mode.
+   */
   private setFileAttrs(job: CopyJob): void {
     const { node, st } = job;
     const out = job.out;
     try {
-      if (!this.upper.volatile) N.fsync(out);
       const src = node.location();
       const [srcDir, srcName] = src;
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, flags, times.
@@ -354,6 +358,7 @@ export class CopyUp {
       job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
+      if (!this.upper.volatile) N.fsync(out);
     } catch (e) {
       this.abort(job);
       throw e;
@@ -436,6 +441,8 @@ export class CopyUp {
         copyFileFlags(src, type, -1, { dirfd: work, name: tmp }, this.upper.protattr);
       });
       if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
+      // A directory's copy is synced before it is renamed into place, as a file's (see setFileAttrs).
+      if (type === C.S_IFDIR && !this.upper.volatile) syncEntry(work, tmp);
     } catch (e) {
       this.abort(job);
       throw e;
@@ -456,6 +463,16 @@ export class CopyUp {
       throw e;
     }
     this.linked(parent, node, keepsIno ? null : upperIno, type);
+  }
+}
+
+/** fsync of the directory `name` in `dirfd`. */
+function syncEntry(dirfd: number, name: string): void {
+  const fd = N.openat(dirfd, name, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+  try {
+    N.fsync(fd);
+  } finally {
+    N.close(fd);
   }
 }
 

@@ -1,0 +1,75 @@
+// When a copy-up syncs: as the kernel's overlay since 6.11 (metacopy off), a regular file's copy is
+// synced after its owner, mode, xattrs and times are set and before it is linked in, and a
+// directory's copy is synced before it is renamed into place. The daemon's system calls are read
+// with strace: the ordering cannot be seen from the files without cutting the power.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, waitFor } from './helpers/exec.js';
+import { strataMount, strataUnmount } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+
+/** Is `pid` traced (by strace attached to it)? */
+function traced(pid: number): boolean {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/^TracerPid:\s+(\d+)/m.exec(status)?.[1] ?? '0') !== 0;
+}
+
+test.serial('a copy-up is synced after its attributes and before it becomes visible, files and directories', async (t) => {
+  const dir = tempDir(t, 'cusync');
+  const [L, U, W, M] = ['l', 'u', 'w', 'm'].map((d) => path.join(dir, d)) as [string, string, string, string];
+  for (const d of [L, U, W, M]) fs.mkdirSync(d);
+  fs.writeFileSync(path.join(L, 'f'), 'data\n');
+  fs.chownSync(path.join(L, 'f'), 1000, 1000);
+  fs.mkdirSync(path.join(L, 'd'));
+  fs.writeFileSync(path.join(L, 'd', 'g'), 'g\n');
+  const mnt = strataMount(t, { lowers: [L], upper: U, work: W, mountpoint: M });
+  const pid = (JSON.parse(run(strataBin, ['status', '--json', mnt]).stdout) as { pid: number }[])[0]!.pid;
+
+  const log = path.join(dir, 'strace.out');
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fchown,fchmod,utimensat,linkat,renameat2', '-o', log, '-p', String(pid)],
+    { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => strace.on('exit', () => resolve()));
+  t.teardown(() => {
+    strace.kill('SIGKILL');
+  });
+  t.true(await waitFor(() => traced(pid)), 'strace attached');
+
+  fs.chmodSync(path.join(mnt, 'f'), 0o600); // a regular file's copy-up
+  fs.chmodSync(path.join(mnt, 'd'), 0o750); // a directory's
+  t.is(fs.readFileSync(path.join(U, 'f'), 'utf8'), 'data\n');
+  t.is(fs.statSync(path.join(U, 'd')).mode & 0o7777, 0o750);
+  strace.kill('SIGINT');
+  await exited;
+  strataUnmount(mnt);
+
+  const lines = fs.readFileSync(log, 'utf8').split('\n').map((l) => l.replace(/^\d+\s+/, ''));
+  const at = (re: RegExp, from = 0, to = lines.length): number => {
+    for (let i = from; i < to; i++) if (re.test(lines[i]!)) return i;
+    return -1;
+  };
+
+  // The file: linkat(fd, "", parent, "f", AT_EMPTY_PATH) after fchown, futimens and fsync of that fd, in that order.
+  const link = at(/^linkat\(\d+, "", \d+, "f", AT_EMPTY_PATH\)/);
+  t.true(link >= 0, `no linkat of f:\n${lines.join('\n')}`);
+  const fd = /^linkat\((\d+),/.exec(lines[link]!)![1]!;
+  let chown = -1, times = -1, sync = -1;
+  for (let i = 0; i < link; i++) {
+    if (lines[i]!.startsWith(`fchown(${fd}, 1000, 1000)`)) chown = i;
+    if (lines[i]!.startsWith(`utimensat(${fd}, NULL,`)) times = i;
+    if (lines[i]!.startsWith(`fsync(${fd})`)) sync = i;
+  }
+  t.true(chown >= 0 && times >= 0 && sync >= 0, `fchown ${chown}, futimens ${times}, fsync ${sync} before the link:\n${lines.join('\n')}`);
+  t.true(chown < times && times < sync, `fchown ${chown}, futimens ${times}, fsync ${sync}: the sync must come last`);
+
+  // The directory: renameat2(work, tmp, parent, "d", RENAME_NOREPLACE) after an fsync of tmp, opened in work.
+  const rename = at(/^renameat2\(\d+, "[^"]+", \d+, "d", RENAME_NOREPLACE\)/);
+  t.true(rename >= 0, `no rename of d into place:\n${lines.join('\n')}`);
+  const [, work, tmp] = /^renameat2\((\d+), "([^"]+)"/.exec(lines[rename]!)!;
+  const open = at(new RegExp(`^openat\\(${work}, "${tmp!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}", O_RDONLY\\|O_NOFOLLOW\\|O_CLOEXEC\\|O_DIRECTORY\\) = (\\d+)`), 0, rename);
+  t.true(open >= 0, `the directory's copy was not opened before its rename:\n${lines.join('\n')}`);
+  const dfd = /= (\d+)$/.exec(lines[open]!)![1]!;
+  t.true(at(new RegExp(`^fsync\\(${dfd}\\)`), open, rename) >= 0, `no fsync of the directory's copy before its rename:\n${lines.join('\n')}`);
+});
