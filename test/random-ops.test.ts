@@ -357,10 +357,37 @@ function listDir(runner: Runner, dir: string, r: XResult, isKernel: boolean): Re
  * before the op" (copy-up and rename keep st_ino) and "same object as the other name".
  */
 function step(runner: Runner, side: Side, fds: FdSide, op: Op, isKernel: boolean): Record<string, unknown> {
+  const outside = leavesMount(runner.root, op);
+  if (outside) throw new Error(`refused to run ${JSON.stringify(op)}: ${outside} (a generator bug: the layers' symlinks point outside the mount)`);
   runner.resetLabels();
   const before = look(runner, op, isKernel);
   const result = op[0] === 'fd' ? fds.fdOp(op[1], op[2]) : runner.run(op);
   return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper, side.lowers) };
+}
+
+/** Ops that follow a symlink at the end of their path. */
+const FOLLOWS_LAST = new Set(['chmod', 'write', 'truncate', 'open', 'fallocate', 'fsync', 'chattr']);
+
+/**
+ * Why `op` would act outside the mount at `root`, or null. The layers hold symlinks to "/", "/etc/passwd"
+ * and "/tmp/../etc": an op through one would change the host (a soak once chmodded "/"). Checked on
+ * each side before the op runs, so that a generator bug fails the test instead.
+ */
+function leavesMount(root: string, op: Op): string | null {
+  const inner = op[0] === 'as' ? op[3] : op;
+  let follows = FOLLOWS_LAST.has(inner[0]);
+  if (inner[0] === 'fd' && inner[2][0] === 'open') follows = !String(inner[2][3]).includes('O_EXCL');
+  for (const q of pathsOf(op)) {
+    let dir: string;
+    try {
+      dir = fs.realpathSync(path.join(root, parentOf(q)));
+    } catch {
+      continue; // no such directory: the op fails inside
+    }
+    if (dir !== root && !dir.startsWith(`${root}/`)) return `${q} is in ${dir}`;
+    if (follows && fs.lstatSync(path.join(root, q), { throwIfNoEntry: false })?.isSymbolicLink()) return `${q} is a symlink it would follow`;
+  }
+  return null;
 }
 
 /** The names in an upper dir with their types: what was copied up, whited out or made opaque so far. */

@@ -74,7 +74,10 @@ export class FdOpGenerator {
     const label = pick(r, labels);
     const fd = this.open.get(label)!;
     const x = r();
-    if (x < 0.3) return this.nameOp(l, fd);
+    if (x < 0.3) {
+      const op = this.nameOp(l, fd);
+      if (op) return op;
+    }
     if (x < 0.36) return ['fd', fd.who, ['close', label]];
     return ['fd', fd.who, fd.dir ? this.dirCmd(label, fd) : this.fileCmd(label, fd)];
   }
@@ -92,14 +95,27 @@ export class FdOpGenerator {
     const files = l.entries.filter(([, t]) => t === 'file');
     const flags = pick(r, FILE_FLAGS);
     const p = flags.includes('O_CREAT') && (r() < 0.6 || !files.length) ? this.newPath(l) : files.length ? pick(r, files)[0] : undefined;
-    return p === undefined ? undefined : ['fd', who, ['open', label, p, flags, pick(r, FILE_MODES)]];
+    // A new name may be an existing symlink: O_CREAT without O_EXCL would open (and O_TRUNC empty) its target, anywhere.
+    if (p === undefined || l.entries.some(([q, t]) => q === p && t === 'symlink')) return undefined;
+    return ['fd', who, ['open', label, p, flags, pick(r, FILE_MODES)]];
   }
 
-  /** A change of the name an open descriptor was opened by: the object moves away, goes, or is copied up. */
-  private nameOp(l: FdListing, fd: OpenFd): Op {
+  /**
+   * A change of the name an open descriptor was opened by: the object moves away, goes, or is copied up.
+   * That name may be a symlink by now, or sit below one, and the layers' symlinks point anywhere
+   * ("/", "/tmp/../etc"): undefined when the path leads through a symlink, and no op that follows a
+   * symlink at its end (chmod, an open, a mkdir below it) when it is one. A soak once chmodded the
+   * host's "/" and made a directory in its /etc that way.
+   */
+  private nameOp(l: FdListing, fd: OpenFd): Op | undefined {
     const r = this.r;
     const p = fd.path;
+    const types = new Map(l.entries);
+    const parts = p.split('/');
+    for (let i = 1; i < parts.length; i++) if (types.get(parts.slice(0, i).join('/')) !== 'dir') return undefined;
+    const followable = types.get(p) !== 'symlink';
     const x = int(r, 10);
+    if (!followable && (x === 6 || x >= 8)) return undefined;
     const other = (): string => (r() < 0.5 && l.entries.length ? pick(r, l.entries)[0] : this.newPath(l));
     switch (x) {
       case 0:
