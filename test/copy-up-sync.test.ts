@@ -29,7 +29,7 @@ test.serial('a copy-up is synced after its attributes and before it becomes visi
   const pid = (JSON.parse(run(strataBin, ['status', '--json', mnt]).stdout) as { pid: number }[])[0]!.pid;
 
   const log = path.join(dir, 'strace.out');
-  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fchown,fchmod,utimensat,linkat,renameat2', '-o', log, '-p', String(pid)],
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fchown,fchmod,fchownat,fchmodat,utimensat,linkat,renameat2', '-o', log, '-p', String(pid)],
     { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => strace.on('exit', () => resolve()));
   t.teardown(() => {
@@ -71,5 +71,9 @@ test.serial('a copy-up is synced after its attributes and before it becomes visi
   const open = at(new RegExp(`^openat\\(${work}, "${tmp!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}", O_RDONLY\\|O_NOFOLLOW\\|O_CLOEXEC\\|O_DIRECTORY\\) = (\\d+)`), 0, rename);
   t.true(open >= 0, `the directory's copy was not opened before its rename:\n${lines.join('\n')}`);
   const dfd = /= (\d+)$/.exec(lines[open]!)![1]!;
-  t.true(at(new RegExp(`^fsync\\(${dfd}\\)`), open, rename) >= 0, `no fsync of the directory's copy before its rename:\n${lines.join('\n')}`);
+  const dsync = at(new RegExp(`^fsync\\(${dfd}\\)`), open, rename);
+  t.true(dsync >= 0, `no fsync of the directory's copy before its rename:\n${lines.join('\n')}`);
+  // ...and after its times, the last of its attributes
+  const dtimes = at(new RegExp(`^utimensat\\(${work}, "${tmp!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`), open, rename);
+  t.true(dtimes >= 0 && dtimes < dsync, `the directory's times at ${dtimes}, its fsync at ${dsync}:\n${lines.join('\n')}`);
 });

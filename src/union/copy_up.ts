@@ -431,7 +431,11 @@ export class CopyUp {
     }
     const { parent, node, st, type, tmp } = job;
     const work = this.upper.workFd;
+    // A directory's copy is synced before it is renamed into place, as a file's (see setFileAttrs):
+    // opened while its mode is still the 0700 it was made with.
+    let syncFd = -1;
     try {
+      if (type === C.S_IFDIR && !this.upper.volatile) syncFd = N.openat(work, tmp, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
       const src = node.location();
       const [srcDir, srcName] = src;
@@ -441,11 +445,12 @@ export class CopyUp {
         copyFileFlags(src, type, -1, { dirfd: work, name: tmp }, this.upper.protattr);
       });
       if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
-      // A directory's copy is synced before it is renamed into place, as a file's (see setFileAttrs).
-      if (type === C.S_IFDIR && !this.upper.volatile) syncEntry(work, tmp);
+      if (syncFd >= 0) N.fsync(syncFd);
     } catch (e) {
       this.abort(job);
       throw e;
+    } finally {
+      if (syncFd >= 0) N.close(syncFd);
     }
     // The copy keeps the object's st_ino: recorded before it becomes visible, so that no crash
     // can show the copy without it. A lower hard link is broken by copy-up (as by the kernel
@@ -463,16 +468,6 @@ export class CopyUp {
       throw e;
     }
     this.linked(parent, node, keepsIno ? null : upperIno, type);
-  }
-}
-
-/** fsync of the directory `name` in `dirfd`. */
-function syncEntry(dirfd: number, name: string): void {
-  const fd = N.openat(dirfd, name, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-  try {
-    N.fsync(fd);
-  } finally {
-    N.close(fd);
   }
 }
 
