@@ -107,7 +107,7 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
   t.regex(md, /\| workload \| strata median/);
   t.regex(md, /copy-up latency, 4 KiB/);
-  t.regex(md, /\| walk of 100k files \| [\d.]+ MiB \| [\d.]+ MiB \|/);
+  t.regex(md, /\| walk of the wide layer \| [\d.]+ MiB \| [\d.]+ MiB \|/);
   for (const chart of ['copy-up', 'ratios']) {
     t.regex(fs.readFileSync(path.join(out, `${chart}.svg`), 'utf8'), /^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"[\s\S]*<\/svg>$/);
     t.deepEqual([...fs.readFileSync(path.join(out, `${chart}.png`)).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
