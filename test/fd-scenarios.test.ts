@@ -548,6 +548,25 @@ test.serial('5k: SEEK_DATA and SEEK_HOLE through a read-only descriptor opened b
   });
 });
 
+// (The kernel bounds copy_file_range by the size it holds for the source's inode: through a descriptor
+// that passthrough keeps on the lower file, the size last seen for it. Here the copy keeps that size.)
+test.serial('5l: copy_file_range from a read-only descriptor opened before the copy-up copies the copy\'s data, as on the kernel', (t) => {
+  fdScenario(t, {
+    lowers: [[file('f', 'short lower data\n'), file('g')]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDONLY'], OK),
+      expect(['open', 'B', 'f', 'O_WRONLY'], OK),
+      expect(['pwrite', 'B', hex('UPPER'), 6], { ok: 5 }),
+      expect(['open', 'C', 'g', 'O_RDWR'], OK),
+      // (the driver's arguments: source, destination, length, source offset, destination offset)
+      expect(['copy_file_range', 'A', 'C', 1000, 0, 0], { ok: 17 }),
+      ['pread', 'C', 1000, 0],
+      ['copy_file_range', 'A', 'C', 8, 4, 100],
+      ['pread', 'C', 1000, 0],
+    ],
+  });
+});
+
 test.serial('6: a read through a descriptor opened before the copy-up, with the daemon serving reads (--passthrough off)', (t) => {
   fdScenario(t, {
     lowers: [[file('g', DATA100)]],

@@ -359,11 +359,19 @@ export class UnionFs implements FileSystem {
    * as the kernel's overlay does: its descriptor follows the copy-up.
    */
   lseek(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, whence: number): number {
-    const h = this.handles.file(fh);
-    if (!h.node.successor) return N.lseek(h.fd, offset, whence);
+    return this.withCurrentData(this.handles.file(fh), (fd) => N.lseek(fd, offset, whence));
+  }
+
+  /**
+   * Runs `use` on a descriptor of the data `h` reads as the kernel's overlay would: its own, or the
+   * copy's when passthrough keeps it on the lower file after a copy-up (its node has a successor).
+   * For what the daemon serves (lseek, copy_file_range); reads by passthrough stay on the lower file.
+   */
+  private withCurrentData<T>(h: FileHandle, use: (fd: number) => T): T {
+    if (!h.node.successor) return use(h.fd);
     const fd = openObject(h.node.live.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
     try {
-      return N.lseek(fd, offset, whence);
+      return use(fd);
     } finally {
       N.close(fd);
     }
@@ -781,7 +789,8 @@ export class UnionFs implements FileSystem {
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
     offOut: number, len: number, flags: number): number {
     const out = this.handles.file(fhOut);
-    const n = N.copyFileRange(this.handles.file(fhIn).fd, offIn, out.fd, offOut, len, flags);
+    // The source is read as the kernel's overlay reads it: from the copy after a copy-up (withCurrentData).
+    const n = this.withCurrentData(this.handles.file(fhIn), (fd) => N.copyFileRange(fd, offIn, out.fd, offOut, len, flags));
     this.changedThrough(out);
     return n;
   }
