@@ -359,21 +359,12 @@ export class UnionFs implements FileSystem {
    * as the kernel's overlay does: its descriptor follows the copy-up.
    */
   lseek(_ctx: RequestContext, _nodeid: number, fh: number, offset: number, whence: number): number {
-    return this.withCurrentData(this.handles.file(fh), (fd) => N.lseek(fd, offset, whence));
-  }
-
-  /**
-   * Runs `use` on a descriptor of the data `h` reads as the kernel's overlay would: its own, or the
-   * copy's when passthrough keeps it on the lower file after a copy-up (its node has a successor).
-   * For what the daemon serves (lseek, copy_file_range); reads by passthrough stay on the lower file.
-   */
-  private withCurrentData<T>(h: FileHandle, use: (fd: number) => T): T {
-    if (!h.node.successor) return use(h.fd);
-    const fd = openObject(h.node.live.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+    const h = this.handles.file(fh);
+    const fd = currentDataFd(h);
     try {
-      return use(fd);
+      return N.lseek(fd, offset, whence);
     } finally {
-      N.close(fd);
+      if (fd !== h.fd) N.close(fd);
     }
   }
 
@@ -789,13 +780,27 @@ export class UnionFs implements FileSystem {
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
     offOut: number, len: number, flags: number): number {
     const out = this.handles.file(fhOut);
-    // The source is read as the kernel's overlay reads it: from the copy after a copy-up (withCurrentData).
-    const n = this.withCurrentData(this.handles.file(fhIn), (fd) => N.copyFileRange(fd, offIn, out.fd, offOut, len, flags));
-    this.changedThrough(out);
-    return n;
+    const src = this.handles.file(fhIn);
+    const fd = currentDataFd(src);
+    try {
+      const n = N.copyFileRange(fd, offIn, out.fd, offOut, len, flags);
+      this.changedThrough(out);
+      return n;
+    } finally {
+      if (fd !== src.fd) N.close(fd);
+    }
   }
 
   destroy(): void {}
+}
+
+/**
+ * A descriptor of the data `h` reads as the kernel's overlay would: its own, or (to be closed by the
+ * caller) one of the copy, when passthrough keeps the open on the lower file after a copy-up (its node
+ * has a successor). For what the daemon serves (lseek, copy_file_range); passthrough reads stay below.
+ */
+function currentDataFd(h: FileHandle): number {
+  return h.node.successor ? openObject(h.node.live.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC) : h.fd;
 }
 
 const ZERO_ATTR = {
