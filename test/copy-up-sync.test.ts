@@ -6,10 +6,10 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run, waitFor } from './helpers/exec.js';
+import { waitFor } from './helpers/exec.js';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
-import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
+import { readRecord } from '../src/daemon/registry.js';
 
 /** Is `pid` traced (by strace attached to it)? */
 function traced(pid: number): boolean {
@@ -26,7 +26,7 @@ test.serial('a copy-up is synced after its attributes and before it becomes visi
   fs.mkdirSync(path.join(L, 'd'));
   fs.writeFileSync(path.join(L, 'd', 'g'), 'g\n');
   const mnt = strataMount(t, { lowers: [L], upper: U, work: W, mountpoint: M });
-  const pid = (JSON.parse(run(strataBin, ['status', '--json', mnt]).stdout) as { pid: number }[])[0]!.pid;
+  const pid = readRecord(mnt)!.pid;
 
   const log = path.join(dir, 'strace.out');
   const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fchown,fchmod,fchownat,fchmodat,utimensat,linkat,renameat2', '-o', log, '-p', String(pid)],

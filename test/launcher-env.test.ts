@@ -8,6 +8,7 @@ import { run } from './helpers/exec.js';
 import { mountAt, strataUnmount } from './helpers/mounts.js';
 import { repoRoot, strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
+import { readRecord } from '../src/daemon/registry.js';
 
 const loader = path.join(repoRoot, 'dist', 'src', 'bundle', 'load.cjs');
 
@@ -45,8 +46,7 @@ test('a background mount\'s daemon starts without NODE_EXTRA_CA_CERTS and mounts
   t.is(r.stderr, '');
   t.is(mountAt(mnt)?.fstype, 'fuse.strata');
   t.is(fs.readFileSync(path.join(mnt, 'f'), 'utf8'), 'f\n');
-  const status = JSON.parse(run(strataBin, ['status', '--json', mnt]).stdout) as { pid: number }[];
-  const env = startEnv(status[0]!.pid);
+  const env = startEnv(readRecord(mnt)!.pid);
   t.false(env.has('NODE_EXTRA_CA_CERTS'));
   t.is(env.get('STRATA_NODE_EXTRA_CA_CERTS'), certs);
 });

@@ -365,6 +365,11 @@ function step(runner: Runner, side: Side, fds: FdSide, op: Op, isKernel: boolean
   return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper, side.lowers) };
 }
 
+/** The op itself, without an "as user" around it. */
+function unwrapAs(op: Op): Op {
+  return op[0] === 'as' ? op[3] : op;
+}
+
 /** Ops that follow a symlink at the end of their path. */
 const FOLLOWS_LAST = new Set(['chmod', 'write', 'truncate', 'open', 'fallocate', 'fsync', 'chattr']);
 
@@ -374,7 +379,7 @@ const FOLLOWS_LAST = new Set(['chmod', 'write', 'truncate', 'open', 'fallocate',
  * each side before the op runs, so that a generator bug fails the test instead.
  */
 function leavesMount(root: string, op: Op): string | null {
-  const inner = op[0] === 'as' ? op[3] : op;
+  const inner = unwrapAs(op);
   let follows = FOLLOWS_LAST.has(inner[0]);
   if (inner[0] === 'fd' && inner[2][0] === 'open') follows = !String(inner[2][3]).includes('O_EXCL');
   for (const q of pathsOf(op)) {
@@ -484,7 +489,7 @@ function lowerReads(run: Run, op: Op, kernel: Record<string, unknown>, strata: R
  * the kernel's listings; seekdir's entry count is accepted when it differs by exactly them.
  */
 function phantomWhiteouts(run: Run, op: Op, kernel: Record<string, unknown>, strata: Record<string, unknown>): void {
-  const inner = op[0] === 'as' ? op[3] : op;
+  const inner = unwrapAs(op);
   if (inner[0] !== 'seekdir') return;
   const kr = kernel.result;
   const sr = strata.result;
