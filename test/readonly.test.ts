@@ -48,12 +48,17 @@ const KERNEL_FORMAT: Layer[] = [
     { path: 'merged', kind: 'dir', mode: 0o711, uid: 1000, gid: 1000 },
     { path: 'solo/y', kind: 'file', content: 'only layer with solo/\n' },
     { path: 'solo/x', kind: 'whiteout' },
+    // an opaque directory over one below, holding a whiteout of a name below (the kernel lists it: a phantom)
+    { path: 'opqwh', kind: 'opaque' },
+    { path: 'opqwh/x', kind: 'whiteout' },
+    { path: 'opqwh/keep', kind: 'file', content: 'keep\n' },
     { path: 'wh-over-wh', kind: 'file', content: 'back again\n' },
     { path: 'opq2/top', kind: 'file', content: 'top\n' },
     { path: 'shadowed', kind: 'file', content: 'top version\n', mode: 0o600 },
   ],
   [
     { path: 'opq/mid', kind: 'file', content: 'hidden by opaque above\n' },
+    { path: 'opqwh/x', kind: 'file', content: 'hidden twice\n' },
     { path: 'dirgone/a', kind: 'file', content: 'a\n' },
     { path: 'merged/mid', kind: 'file', content: 'mid\n' },
     { path: 'merged/gone', kind: 'file', content: 'whited out above\n' },
@@ -148,6 +153,7 @@ test('kernel-format whiteouts, opaque directories and type changes', (t) => {
   t.deepEqual(strata.listings.get('opq'), ['top-only file']);
   t.deepEqual(strata.listings.get('notopq'), ['low file', 'mid file', 'top file']);
   t.deepEqual(strata.listings.get('solo'), ['y file'], 'a whiteout is never listed, even in a directory of one layer');
+  t.deepEqual(strata.listings.get('opqwh'), ['keep file'], 'nor in an opaque directory (where the kernel lists it, and lookup finds nothing)');
   t.false(strata.nodes.has('etc/removed'));
   t.is(strata.nodes.get('realdev')?.rdev, '1:3');
 });
