@@ -46,29 +46,39 @@ export const ASYNC_COPY_THRESHOLD = 4 * COPY_CHUNK;
 
 /** Whether the upper's filesystem may share extents (FICLONE); false after it said it cannot. */
 let reflinks = true;
+/**
+ * Source filesystems (st_dev) that FICLONE or copy_file_range refused to copy from into the upper
+ * (EXDEV: another filesystem, such as ext4 lowers under a tmpfs upper). Not tried again for them: a
+ * refused call costs an exception, more than the copy of a small file.
+ */
+const noCloneFrom = new Set<number>();
+const noRangeCopyFrom = new Set<number>();
+/** The read/write buffer of copies of small files (kept: a fresh 1 MiB buffer per copy cost more than the copy). */
+let smallBuf: Buffer | null = null;
 
 /**
- * The steps of copying the data of `src` into `dst`: reflink, else copy_file_range over data
- * extents (holes stay holes), else read/write. Yields after each `step` bytes.
+ * The steps of copying the data of `src` (on filesystem `srcDev`) into `dst`: reflink, else
+ * copy_file_range over data extents (holes stay holes), else read/write. Yields after each `step` bytes.
  */
-function* copySteps(src: number, dst: number, size: number, step: number, dense = false): Generator<void, void, void> {
+function* copySteps(src: number, srcDev: number, dst: number, size: number, step: number, dense = false): Generator<void, void, void> {
   if (size === 0) return;
-  if (reflinks) {
+  if (reflinks && !noCloneFrom.has(srcDev)) {
     try {
       N.ficlone(dst, src);
       return;
     } catch (e) {
-      // Not between these files (EXDEV: another filesystem), or never on the upper's filesystem
-      // (EOPNOTSUPP, EINVAL: not asked again, a failed call costs more than a small copy).
+      // Not between these files (EXDEV: another filesystem: not from this one again), or never on
+      // the upper's filesystem (EOPNOTSUPP, EINVAL: not asked again).
       const code = errCode(e);
       if (code === 'EOPNOTSUPP' || code === 'ENOTTY' || code === 'EINVAL') reflinks = false;
+      else if (code === 'EXDEV') noCloneFrom.add(srcDev);
     }
   }
   let pos = 0;
   // A file whose blocks cover its size has no hole to keep: copied as one data extent, as the kernel
   // does from a data offset (its SEEK_DATA finds 0 and it copies whole chunks).
   let sparse = !dense;
-  let useCfr = true;
+  let useCfr = !noRangeCopyFrom.has(srcDev);
   let buf: Buffer | null = null;
   while (pos < size) {
     let start = pos;
@@ -93,13 +103,16 @@ function* copySteps(src: number, dst: number, size: number, step: number, dense 
         if (useCfr) {
           try {
             n = N.copyFileRange(src, off, dst, off, Math.min(stepEnd - off, 64 * COPY_CHUNK), 0);
-          } catch {
+          } catch (e) {
+            const code = errCode(e);
+            if (code === 'EXDEV' || code === 'EOPNOTSUPP' || code === 'ENOSYS') noRangeCopyFrom.add(srcDev);
             useCfr = false;
             continue;
           }
         } else {
-          buf ??= Buffer.allocUnsafe(COPY_CHUNK);
-          n = N.pread(src, buf, 0, Math.min(stepEnd - off, COPY_CHUNK), off);
+          // (the buffer is filled and written out before any yield, so one buffer serves every copy)
+          buf ??= size <= SMALL_COPY ? (smallBuf ??= Buffer.allocUnsafeSlow(SMALL_COPY)) : Buffer.allocUnsafe(COPY_CHUNK);
+          n = N.pread(src, buf, 0, Math.min(stepEnd - off, buf.length), off);
           let w = 0;
           while (w < n) w += N.pwrite(dst, buf, w, n - w, off + w);
         }
@@ -118,9 +131,12 @@ function* copySteps(src: number, dst: number, size: number, step: number, dense 
   if (pos < size) N.ftruncate(dst, size);
 }
 
+/** Files up to this size are copied through the shared small buffer when read/write is needed. */
+const SMALL_COPY = 64 * 1024;
+
 /** Copies the data of `src` into `dst` in one go (`dense`: its stat says it has no holes). */
-export function copyData(src: number, dst: number, size: number, dense = false): void {
-  for (const _ of copySteps(src, dst, size, Number.MAX_SAFE_INTEGER, dense)) {
+export function copyData(src: number, srcDev: number, dst: number, size: number, dense = false): void {
+  for (const _ of copySteps(src, srcDev, dst, size, Number.MAX_SAFE_INTEGER, dense)) {
     // no pauses
   }
 }
@@ -131,8 +147,8 @@ function isDense(st: Float64Array): boolean {
 }
 
 /** Copies the data of `src` into `dst`, letting other work run between steps. */
-async function copyDataAsync(src: number, dst: number, size: number): Promise<void> {
-  for (const _ of copySteps(src, dst, size, ASYNC_STEP)) {
+async function copyDataAsync(src: number, srcDev: number, dst: number, size: number): Promise<void> {
+  for (const _ of copySteps(src, srcDev, dst, size, ASYNC_STEP)) {
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
 }
@@ -253,7 +269,7 @@ export class CopyUp {
   /** Copies the job's data (if any) in one go and puts the copy in place. */
   private copyNow(job: CopyJob): void {
     try {
-      if (job.src >= 0) copyData(job.src, job.out, job.st[ST.size]!, isDense(job.st));
+      if (job.src >= 0) copyData(job.src, job.st[ST.dev]!, job.out, job.st[ST.size]!, isDense(job.st));
     } catch (e) {
       this.abort(job);
       throw e;
@@ -282,7 +298,7 @@ export class CopyUp {
       this.copyNow(job);
       return;
     }
-    const copying = copyDataAsync(job.src, job.out, size).then(
+    const copying = copyDataAsync(job.src, job.st[ST.dev]!, job.out, size).then(
       () => this.finish(job),
       (e: unknown) => {
         this.abort(job);
