@@ -9,7 +9,7 @@ import path from 'node:path';
 import { run, waitFor } from './helpers/exec.js';
 import { readMounts } from './helpers/mounts.js';
 import { strataBin } from './helpers/paths.js';
-import { tempDir } from './helpers/tmp.js';
+import { tempDir, tmpfsDir } from './helpers/tmp.js';
 import { formatRatio, formatSeconds, formatSize, median, ratio, summarize } from '../src/bench/stats.js';
 import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
 import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
@@ -70,6 +70,7 @@ for (const c of [
   { args: ['--runs', '0'], says: /--runs takes a positive whole number/ },
   { args: ['--lowerdir', '/nonexistent/layer'], says: /--lowerdir: "\/nonexistent\/layer" is not a directory/ },
   { args: ['--workloads', 'chroot-dpkg'], says: /no workload applies/ },
+  { args: ['--upper-tmp', '/nonexistent/up'], says: /--upper-tmp: "\/nonexistent\/up" is not a directory/ },
 ]) {
   test(`bench refuses ${c.args.join(' ')} with one line and exit 2`, (t) => {
     const r = run(strataBin, ['bench', '--quick', ...c.args, '--out', '/nonexistent-out']);
@@ -115,6 +116,21 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   }
   // It cleaned up after itself.
   t.deepEqual(readMounts().filter((m) => m.target.startsWith(dir + '/')).map((m) => m.target), []);
+  t.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('stb')), []);
+});
+
+test.serial('--upper-tmp: uppers and work directories on another filesystem (a tmpfs under ext4 lowers), removed after', (t) => {
+  const dir = tempDir(t, 'bup');
+  const upper = tmpfsDir(t, dir, 'ufs', 64);
+  const out = path.join(dir, 'out');
+  const r = run(strataBin, ['bench', '--quick', '--workloads', 'copy-up,chmod-meta', '--out', out, '--tmp', dir, '--upper-tmp', upper], { timeoutMs: 120_000 });
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  const res = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as Results;
+  t.deepEqual(res.failures, []);
+  t.is(res.machine.upperFs, 'tmpfs');
+  t.true(res.samples.some((x) => x.workload === 'chmod-meta' && x.system === 'strata' && x.seconds > 0));
+  t.regex(fs.readFileSync(path.join(out, 'report.md'), 'utf8'), new RegExp(`uppers and work directories on tmpfs \\(${upper}\\)`));
+  t.deepEqual(fs.readdirSync(upper), [], 'nothing left on the upper filesystem');
   t.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('stb')), []);
 });
 

@@ -152,7 +152,8 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
     `${r.started} – ${r.finished}${r.interrupted ? ' (interrupted: partial results)' : ''}`,
     '',
     `Machine: ${String(m.cpus)} × ${String(m.cpuModel)}, ${String(m.memGiB)} GiB, Linux ${String(m.kernel)}, Node ${String(m.node)}; ` +
-      `load average ${String(m.loadStart)} at the start, ${String(m.loadEnd)} at the end. Layers and runs on ${String(m.tmpFs)} (${String(r.options.tmp)}).`,
+      `load average ${String(m.loadStart)} at the start, ${String(m.loadEnd)} at the end. Layers and runs on ${String(m.tmpFs)} (${String(r.options.tmp)})` +
+        (r.options.upperTmp ? `, uppers and work directories on ${String(m.upperFs)} (${String(r.options.upperTmp)}).` : '.'),
     '',
     `Systems: ${r.systems.map((s) => `${s.name} (${s.version})`).join(', ')}.` +
       (r.skipped.length ? ` Left out: ${r.skipped.map((s) => `${s.what}: ${s.why}`).join('; ')}.` : ''),

@@ -23,11 +23,14 @@ export interface BenchOptions {
   tmp: string;
   quick: boolean;
   seed: number;
+  /** Where each run's upper and work directories go, when not in `tmp` (e.g. a tmpfs under ext4 lowers). */
+  upperTmp: string | null;
 }
 
 /** Checks and completes options given as strings (the command line). */
 export function benchOptions(a: {
   lowerdir?: string; rootfs?: string; systems?: string; workloads?: string; runs?: number; out?: string; tmp?: string; quick?: boolean; seed?: number;
+  upperTmp?: string;
 }): BenchOptions {
   const list = (s: string | undefined): string[] | null => (s === undefined ? null : s.split(',').map((x) => x.trim()).filter(Boolean));
   const systems = (list(a.systems) ?? [...SYSTEM_NAMES]) as SystemName[];
@@ -62,11 +65,17 @@ export function benchOptions(a: {
     tmp: resolve(a.tmp ?? '/var/tmp'),
     quick: a.quick ?? false,
     seed: a.seed ?? 1,
+    upperTmp: a.upperTmp === undefined ? null : dirs(a.upperTmp, '--upper-tmp')![0]!,
   };
 }
 
-function machine(tmp: string): Record<string, unknown> {
-  const df = spawnSync('df', ['-T', tmp], { encoding: 'utf8' }).stdout.trim().split('\n')[1]?.split(/\s+/)[1] ?? '?';
+/** The type of the filesystem holding `dir` (df -T). */
+function fsType(dir: string): string {
+  return spawnSync('df', ['-T', dir], { encoding: 'utf8' }).stdout.trim().split('\n')[1]?.split(/\s+/)[1] ?? '?';
+}
+
+function machine(tmp: string, upperTmp: string | null): Record<string, unknown> {
+  const df = fsType(tmp);
   return {
     cpus: os.cpus().length,
     cpuModel: os.cpus()[0]?.model.trim() ?? '?',
@@ -74,6 +83,7 @@ function machine(tmp: string): Record<string, unknown> {
     kernel: os.release(),
     node: process.version,
     tmpFs: df,
+    upperFs: upperTmp === null ? df : fsType(upperTmp),
     loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
   };
 }
@@ -113,6 +123,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
 
   mkdirSync(o.tmp, { recursive: true });
   const root = mkdtempSync(join(o.tmp, 'stb'));
+  const upperRoot = o.upperTmp === null ? root : mkdtempSync(join(o.upperTmp, 'stbu'));
   const mounted = new Set<{ sys: System; mnt: string }>();
   let cleaned = false;
   const cleanup = (): void => {
@@ -127,6 +138,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     }
     mounted.clear();
     spawnSync('rm', ['-rf', '--one-file-system', root]);
+    if (upperRoot !== root) spawnSync('rm', ['-rf', '--one-file-system', upperRoot]);
   };
   let interrupted = false;
   const onSignal = (): void => {
@@ -143,7 +155,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
     version: 1,
     started: new Date().toISOString(),
     finished: '',
-    machine: machine(o.tmp),
+    machine: machine(o.tmp, o.upperTmp),
     options: { ...o, sizes },
     systems: systems.map((s) => ({ name: s.name, version: s.version() })),
     skipped,
@@ -177,7 +189,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
           const status = `[${done}/${total}] ${w.name} · ${sys.name} · run ${run}/${o.runs}`;
           if (tty) log(`\r\x1b[K${status}`);
           const dir = join(root, 'run');
-          const l = { lowers: lowersOf(w), upper: join(dir, 'upper'), work: join(dir, 'work'), mnt: join(dir, 'mnt') };
+          const upDir = join(upperRoot, 'run');
+          const l = { lowers: lowersOf(w), upper: join(upDir, 'upper'), work: join(upDir, 'work'), mnt: join(dir, 'mnt') };
           for (const d of [l.upper, l.work, l.mnt]) mkdirSync(d, { recursive: true });
           const entry = { sys, mnt: l.mnt };
           try {
@@ -206,6 +219,7 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
             sys.unmount(l.mnt);
             mounted.delete(entry);
             rmSync(dir, { recursive: true, force: true });
+            if (upDir !== dir) rmSync(upDir, { recursive: true, force: true });
           }
           if (!tty && done % Math.max(1, Math.round(total / 10)) === 0) log(`${status}\n`);
           // The steps are synchronous: let a pending Ctrl-C (SIGINT/SIGTERM) be handled between them.

@@ -81,7 +81,7 @@ async function umountCommand(mountpointArg: string): Promise<never> {
 }
 
 async function benchCommand(a: { lowerdir?: string; rootfs?: string; systems?: string; workloads?: string; runs?: number;
-  out?: string; tmp?: string; quick?: boolean; seed?: number }): Promise<never> {
+  out?: string; tmp?: string; upperTmp?: string; quick?: boolean; seed?: number }): Promise<never> {
   const { benchOptions, runBench, BenchUsageError } = await import('../bench/runner.js');
   try {
     process.exit(await runBench(benchOptions(a)));
@@ -192,6 +192,7 @@ async function main(): Promise<void> {
       .option('runs', { type: 'number', describe: 'runs per workload and system (default 3; 1 with --quick)' })
       .option('out', { type: 'string', describe: 'where results.json, report.md and the charts go (default ./bench-results)' })
       .option('tmp', { type: 'string', describe: 'where layers and mounts are made (default /var/tmp)' })
+      .option('upper-tmp', { type: 'string', describe: 'where the upper and work directories are made instead (e.g. a tmpfs; default --tmp)' })
       .option('quick', { type: 'boolean', default: false, describe: 'tiny sizes: a smoke run' })
       .option('seed', { type: 'number', describe: 'seed of the generated layers (default 1)' }),
     (a) => benchCommand(a))
