@@ -29,7 +29,7 @@ import path from 'node:path';
 import { randomLayers, rng } from './helpers/generators.js';
 import { materializeLayer, type Layer } from './helpers/layers.js';
 import { Checks } from './helpers/ops-checks.js';
-import { finishPair, setupPair, type LowerSource, type Pair, type Side } from './helpers/ops-pair.js';
+import { finishPair, setupPair, type LowerSource, type Pair, type PairOptions, type Side } from './helpers/ops-pair.js';
 import { strataUnmount } from './helpers/mounts.js';
 import { repoRoot } from './helpers/paths.js';
 import { removeTree } from './helpers/tmp.js';
@@ -53,6 +53,8 @@ function parseSeeds(spec: string): number[] {
 }
 
 const SEEDS = parseSeeds(process.env.STRATA_SEEDS ?? '1-4');
+/** Seeds run with the uppers on a tmpfs (see the end of this file). */
+const TMPFS_SEEDS = parseSeeds(process.env.STRATA_TMPFS_SEEDS ?? '5-6');
 const OPS = Number(process.env.STRATA_OPS ?? 300);
 if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
 
@@ -504,8 +506,8 @@ function phantomWhiteouts(run: Run, op: Op, kernel: Record<string, unknown>, str
   if (phantoms > 0 && Number(kr[0]) - phantoms === Number(sr[0]) && kr[1] === sr[1]) strata.result = kr;
 }
 
-function setupRun(t: ExecutionContext, layers: readonly Layer[]): Run {
-  const pair = setupPair(t, lowerSources(layers));
+function setupRun(t: ExecutionContext, layers: readonly Layer[], po: PairOptions): Run {
+  const pair = setupPair(t, lowerSources(layers), po);
   const side = (x: Side): FdSide => new FdSide(x, FD_USERS, (ino) => x.runner.inoLabel(ino));
   const run: Run = { pair, k: side(pair.kernel), s: side(pair.strata), lowerRO: new Map() };
   t.teardown(() => closeDrivers(run));
@@ -552,8 +554,8 @@ function seedLayers(seed: number): Layer[] {
  * Replays `ops` on a fresh pair: the first step mismatch, or with `final`, the failures of the
  * final comparisons (finishPair) as a mismatch at the last step. Unmounts and removes everything.
  */
-function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[], final: boolean): Mismatch | undefined {
-  const run = setupRun(t, layers);
+function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[], final: boolean, po: PairOptions): Mismatch | undefined {
+  const run = setupRun(t, layers, po);
   const { pair } = run;
   try {
     for (let i = 0; i < ops.length; i++) {
@@ -573,7 +575,7 @@ function trial(t: ExecutionContext, layers: readonly Layer[], ops: readonly Op[]
 }
 
 /** Greedy delta debugging: drops chunks of ops as long as the failure stays (see trial). */
-function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final: boolean, budgetMs: number): { ops: Op[]; trials: number } {
+function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final: boolean, budgetMs: number, po: PairOptions): { ops: Op[]; trials: number } {
   const end = Date.now() + budgetMs;
   let cur = ops;
   let trials = 0;
@@ -581,7 +583,7 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final:
     for (let at = 0; at < cur.length && Date.now() < end; ) {
       const cand = [...cur.slice(0, at), ...cur.slice(at + chunk)];
       trials++;
-      const m = cand.length ? trial(t, layers, cand, final) : undefined;
+      const m = cand.length ? trial(t, layers, cand, final, po) : undefined;
       if (m) cur = cand.slice(0, m.index + 1);
       else at += chunk;
     }
@@ -591,19 +593,19 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final:
 }
 
 /** Writes the ops of a failing seed for STRATA_REPLAY (shrunk first with STRATA_SHRINK=1); returns the note to print. */
-function saveFailure(t: ExecutionContext, seed: number, layers: readonly Layer[], ops: Op[], final: boolean): string {
+function saveFailure(t: ExecutionContext, seed: number, layers: readonly Layer[], ops: Op[], final: boolean, po: PairOptions): string {
   const replayed = process.env.STRATA_REPLAY ? `STRATA_REPLAY=${process.env.STRATA_REPLAY} ` : '';
-  let note = `    repro: ${replayed}${reproCommand(seed, ops.length)}`;
+  let note = `    repro: ${replayed}${reproCommand(seed, ops.length, po)}`;
   const file = path.join(repoRoot, `.cache/random-ops-seed${seed}.json`);
   fs.mkdirSync(path.dirname(file), { recursive: true });
   let saved = ops;
   if (process.env.STRATA_SHRINK) {
-    const small = shrink(t, layers, ops, final, Number(process.env.STRATA_SHRINK_MS ?? 300_000));
+    const small = shrink(t, layers, ops, final, Number(process.env.STRATA_SHRINK_MS ?? 300_000), po);
     t.log(`seed ${seed}: shrunk to ${small.ops.length} ops in ${small.trials} trials:\n${listing(small.ops)}`);
     saved = small.ops;
   }
   fs.writeFileSync(file, JSON.stringify(saved, null, 1) + '\n');
-  note += `\n    ${process.env.STRATA_SHRINK ? 'shrunk' : 'these ops'}: STRATA_REPLAY=${file} ${reproCommand(seed, saved.length)}`;
+  note += `\n    ${process.env.STRATA_SHRINK ? 'shrunk' : 'these ops'}: STRATA_REPLAY=${file} ${reproCommand(seed, saved.length, po)}`;
   return note;
 }
 
@@ -628,19 +630,20 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
   return out;
 }
 
-function reproCommand(seed: number, ops: number): string {
+function reproCommand(seed: number, ops: number, po: PairOptions): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
-  return `make build && ${peer}STRATA_SEEDS=${seed} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
+  const seeds = po.upperOnTmpfs ? `STRATA_SEEDS= STRATA_TMPFS_SEEDS=${seed}` : `STRATA_SEEDS=${seed} STRATA_TMPFS_SEEDS=`;
+  return `make build && ${peer}${seeds} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
 }
 
 function listing(ops: readonly Op[]): string {
   return ops.map((o, j) => `  ${String(j).padStart(4)} ${showOp(o)}`).join('\n');
 }
 
-function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
+function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOptions = {}): void {
   const layers = seedLayers(seed);
   const c = new Checks(t);
-  const run = setupRun(t, layers);
+  const run = setupRun(t, layers, po);
   const { pair } = run;
   const replay = process.env.STRATA_REPLAY ? (JSON.parse(fs.readFileSync(process.env.STRATA_REPLAY, 'utf8')) as Op[]) : undefined;
   const gen = new OpGenerator(rng(seed ^ 0x5eed5eed), layerNames(layers));
@@ -656,7 +659,7 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
     t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
     closeDrivers(run);
     strataUnmount(pair.strata.mnt);
-    const note = saveFailure(t, seed, layers, done, false);
+    const note = saveFailure(t, seed, layers, done, false, po);
     c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
       `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
     c.done();
@@ -665,7 +668,7 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number): void {
   t.log(`seed ${seed}: ${done.length} steps agree; ops by kind: ${summary(done)}`);
   closeDrivers(run);
   finishRun(c, pair);
-  if (c.failures.length) c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true)}`);
+  if (c.failures.length) c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true, po)}`);
   c.done();
 }
 
@@ -681,4 +684,12 @@ function summary(ops: readonly Op[]): string {
 // Serial: each seed's mounts and temp dirs go away (teardown) before the next seed starts.
 for (const seed of SEEDS) {
   test.serial(`seed ${seed}: ${OPS} random operations agree with the kernel`, (t) => runSeed(t, seed, OPS));
+}
+// The same with each side's upper and work directory on a tmpfs of its own, over lowers on the temp
+// directory's filesystem: copy-ups cross filesystems (no reflink, no copy_file_range), and the kernel's
+// remounts of the uppers use xino=on. Inode numbers are not compared: on such a stack the kernel numbers
+// some hard links otherwise than strata (README, "Inode numbers").
+for (const seed of TMPFS_SEEDS) {
+  test.serial(`seed ${seed}, uppers on a tmpfs: ${OPS} random operations agree with the kernel`,
+    (t) => runSeed(t, seed, OPS, { upperOnTmpfs: true, ignoreIno: true }));
 }

@@ -6,7 +6,7 @@ import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
-import { tempDir } from './tmp.js';
+import { tempDir, tmpfsDir } from './tmp.js';
 import { buildLayer, type LayerSpec } from './ops-layers.js';
 import { Runner, showOp, type Op, type Result } from './ops-runner.js';
 import { diffSnapshots, snapshot, type Snapshot } from './ops-tree.js';
@@ -40,6 +40,14 @@ export interface PairOptions {
   options?: string[];
   /** Extra command-line arguments for strata only (e.g. ['--write-format', 'oci']). */
   strataArgs?: string[];
+  /**
+   * Each side's upper and work directories on a tmpfs of their own, the lowers staying on the temp
+   * directory's filesystem (copy-ups then cross filesystems, as under a container's tmpfs upper).
+   * Default: the environment's STRATA_UPPER_TMPFS=1.
+   */
+  upperOnTmpfs?: boolean;
+  /** Inode numbers are not compared (see Runner); default: STRATA_IGNORE_INO=1. */
+  ignoreIno?: boolean;
 }
 
 function mkdir(p: string): string {
@@ -51,7 +59,11 @@ function mkdir(p: string): string {
 /** A lower layer: a spec for ops-layers, or a function that fills the (empty) layer directory. */
 export type LowerSource = LayerSpec | ((dir: string, layerIndex: number) => void);
 
-function buildSide(base: string, name: string, layers: readonly LowerSource[], opts: PairOptions): Omit<Side, 'mnt' | 'runner'> {
+function upperOnTmpfs(opts: PairOptions): boolean {
+  return opts.upperOnTmpfs ?? process.env.STRATA_UPPER_TMPFS === '1';
+}
+
+function buildSide(t: ExecutionContext, base: string, name: string, layers: readonly LowerSource[], opts: PairOptions): Omit<Side, 'mnt' | 'runner'> {
   const dir = mkdir(path.join(base, name));
   const lowers = layers.map((spec, i) => {
     const l = mkdir(path.join(dir, `l${i}`));
@@ -59,9 +71,10 @@ function buildSide(base: string, name: string, layers: readonly LowerSource[], o
     else buildLayer(l, spec, i + 1);
     return l;
   });
-  const upper = mkdir(path.join(dir, 'u'));
+  const upperFs = upperOnTmpfs(opts) ? tmpfsDir(t, dir, 'ufs', 1024) : dir;
+  const upper = mkdir(path.join(upperFs, 'u'));
   if (opts.upper) buildLayer(upper, opts.upper, 0);
-  const work = mkdir(path.join(dir, 'w'));
+  const work = mkdir(path.join(upperFs, 'w'));
   mkdir(path.join(dir, 'm'));
   return { name, base: dir, lowers, upper, work, lowerBefore: lowers.map((l) => snapshot(l, 'lower')) };
 }
@@ -70,14 +83,17 @@ function buildSide(base: string, name: string, layers: readonly LowerSource[], o
 export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], opts: PairOptions = {}): Pair {
   const base = tempDir(t, 'w');
   fs.chmodSync(base, 0o755); // unprivileged test users must reach the mounts
-  const k = buildSide(base, 'k', layers, opts);
-  const s = buildSide(base, 's', layers, opts);
-  const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options: opts.options });
-  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: opts.options, extraArgs: opts.strataArgs });
+  const k = buildSide(t, base, 'k', layers, opts);
+  const s = buildSide(t, base, 's', layers, opts);
+  // Layers on two filesystems: the kernel maps inode numbers into one space only with xino (strata
+  // always does, README "Inode numbers").
+  const options = upperOnTmpfs(opts) ? [...(opts.options ?? []), 'xino=on'] : opts.options;
+  const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options });
+  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs });
   return {
     base,
-    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt) },
-    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt) },
+    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt, opts.ignoreIno) },
+    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt, opts.ignoreIno) },
   };
 }
 
@@ -163,11 +179,13 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
 
   // strata's upper read by the kernel: proves the on-disk format.
   const xdir = mkdir(path.join(pair.base, 'x'));
-  const xwork = mkdir(path.join(xdir, 'w'));
+  // (the work directory on the upper's filesystem, which may be a tmpfs of its own: upperOnTmpfs)
+  const xwork = mkdir(path.join(path.dirname(s.upper), 'xw'));
   const xmnt = mkdir(path.join(xdir, 'm'));
+  const crossFs = fs.statSync(s.upper).dev !== fs.statSync(s.lowers[0]!).dev;
   let mx: Snapshot;
   try {
-    kernelOverlay(c.t, { lowers: s.lowers, upper: s.upper, work: xwork, mountpoint: xmnt });
+    kernelOverlay(c.t, { lowers: s.lowers, upper: s.upper, work: xwork, mountpoint: xmnt, options: crossFs ? ['xino=on'] : undefined });
     mx = snapshot(xmnt, 'merged', opts);
   } finally {
     unmountQuietly(xmnt);

@@ -86,7 +86,12 @@ export type Result = unknown;
 /** Per-tree state: inode numbers are reported as labels in order of first sight. */
 export class Runner {
   private labels = new Map<bigint, string>();
-  constructor(readonly root: string) {}
+  /**
+   * `ignoreIno`: inode numbers are not compared, every one is labelled "ino" (layers on two
+   * filesystems, where the kernel numbers some hard links otherwise than strata: README, "Inode
+   * numbers"). Default: the environment's STRATA_IGNORE_INO=1.
+   */
+  constructor(readonly root: string, private readonly ignoreIno = process.env.STRATA_IGNORE_INO === '1') {}
 
   p(rel: string): string {
     return rel === '' || rel === '.' ? this.root : path.join(this.root, rel);
@@ -98,6 +103,7 @@ export class Runner {
   }
 
   inoLabel(ino: bigint): string {
+    if (this.ignoreIno) return 'ino';
     let l = this.labels.get(ino);
     if (!l) this.labels.set(ino, (l = `ino${this.labels.size + 1}`));
     return l;
@@ -257,8 +263,10 @@ export class Runner {
       case 'chattr': {
         const r = run('chattr', [op[2], P(op[1])]);
         if (r.status === 0) return 'ok';
-        // chattr prints strerror: the errno name back from the text
-        const text = r.stderr.trim().split(': ').pop() ?? '';
+        // chattr prints strerror: the errno name back from the text ("chattr: <strerror> while setting
+        // flags on <path>" when the filesystem refuses, else "<path>: <strerror>")
+        const line = r.stderr.trim().split('\n').pop() ?? '';
+        const text = /: (.+?) while (?:setting|reading) flags on /.exec(line)?.[1] ?? line.split(': ').pop() ?? '';
         return { err: STRERROR_CODES[text] ?? text };
       }
       case 'as':

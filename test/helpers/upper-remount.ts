@@ -78,10 +78,12 @@ export function inodeView(mnt: string, inodes: Map<string, string>): InodeView {
  */
 export function kernelInodeView(t: ExecutionContext, stack: LayerStack, scratch: string, inodes = layerInodes(stack)): InodeView {
   fs.mkdirSync(scratch, { recursive: true });
-  const work = fs.mkdtempSync(path.join(scratch, 'w'));
+  // The work directory goes on the upper's filesystem (a tmpfs of its own with upperOnTmpfs, ops-pair.ts).
+  const crossFs = fs.statSync(stack.upper).dev !== fs.statSync(scratch).dev;
+  const work = fs.mkdtempSync(crossFs ? path.join(path.dirname(stack.upper), 'rw') : path.join(scratch, 'w'));
   const mnt = fs.mkdtempSync(path.join(scratch, 'm'));
   try {
-    kernelOverlay(t, { lowers: stack.lowers, upper: stack.upper, work, mountpoint: mnt });
+    kernelOverlay(t, { lowers: stack.lowers, upper: stack.upper, work, mountpoint: mnt, options: crossFs ? ['xino=on'] : undefined });
     return inodeView(mnt, inodes);
   } finally {
     unmountQuietly(mnt);
