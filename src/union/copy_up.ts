@@ -53,8 +53,11 @@ let reflinks = true;
  */
 const noCloneFrom = new Set<number>();
 const noRangeCopyFrom = new Set<number>();
-/** The read/write buffer of copies of small files (kept: a fresh 1 MiB buffer per copy cost more than the copy). */
-let smallBuf: Buffer | null = null;
+/**
+ * The buffer of copies by read/write, kept from one to the next: a fresh 1 MiB buffer per copy cost
+ * more than the copy of a small file (its pages are touched only as far as copies use them).
+ */
+let copyBuf: Buffer | null = null;
 
 /**
  * The steps of copying the data of `src` (on filesystem `srcDev`) into `dst`: reflink, else
@@ -79,7 +82,6 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
   // does from a data offset (its SEEK_DATA finds 0 and it copies whole chunks).
   let sparse = !dense;
   let useCfr = !noRangeCopyFrom.has(srcDev);
-  let buf: Buffer | null = null;
   while (pos < size) {
     let start = pos;
     let end = size;
@@ -111,8 +113,8 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
           }
         } else {
           // (the buffer is filled and written out before any yield, so one buffer serves every copy)
-          buf ??= size <= SMALL_COPY ? (smallBuf ??= Buffer.allocUnsafeSlow(SMALL_COPY)) : Buffer.allocUnsafe(COPY_CHUNK);
-          n = N.pread(src, buf, 0, Math.min(stepEnd - off, buf.length), off);
+          const buf = (copyBuf ??= Buffer.allocUnsafeSlow(COPY_CHUNK));
+          n = N.pread(src, buf, 0, Math.min(stepEnd - off, COPY_CHUNK), off);
           let w = 0;
           while (w < n) w += N.pwrite(dst, buf, w, n - w, off + w);
         }
@@ -130,9 +132,6 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
   // A trailing hole: set the size without writing.
   if (pos < size) N.ftruncate(dst, size);
 }
-
-/** Files up to this size are copied through the shared small buffer when read/write is needed. */
-const SMALL_COPY = 64 * 1024;
 
 /** Copies the data of `src` into `dst` in one go (`dense`: its stat says it has no holes). */
 export function copyData(src: number, srcDev: number, dst: number, size: number, dense = false): void {
