@@ -46,8 +46,6 @@ export interface PairOptions {
    * Default: the environment's STRATA_UPPER_TMPFS=1.
    */
   upperOnTmpfs?: boolean;
-  /** Inode numbers are not compared (see Runner); default: STRATA_IGNORE_INO=1. */
-  ignoreIno?: boolean;
 }
 
 function mkdir(p: string): string {
@@ -92,8 +90,8 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs });
   return {
     base,
-    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt, opts.ignoreIno) },
-    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt, opts.ignoreIno) },
+    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt) },
+    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt) },
   };
 }
 

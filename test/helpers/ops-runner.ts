@@ -86,12 +86,7 @@ export type Result = unknown;
 /** Per-tree state: inode numbers are reported as labels in order of first sight. */
 export class Runner {
   private labels = new Map<bigint, string>();
-  /**
-   * `ignoreIno`: inode numbers are not compared, every one is labelled "ino" (layers on two
-   * filesystems, where the kernel numbers some hard links otherwise than strata: README, "Inode
-   * numbers"). Default: the environment's STRATA_IGNORE_INO=1.
-   */
-  constructor(readonly root: string, private readonly ignoreIno = process.env.STRATA_IGNORE_INO === '1') {}
+  constructor(readonly root: string) {}
 
   p(rel: string): string {
     return rel === '' || rel === '.' ? this.root : path.join(this.root, rel);
@@ -103,7 +98,9 @@ export class Runner {
   }
 
   inoLabel(ino: bigint): string {
-    if (this.ignoreIno) return 'ino';
+    // (Node's bigint stat reads st_ino as signed: numbers from 2^63 on, as the kernel's xino gives lower
+    // objects, come back negative, and from the descriptor driver as unsigned strings)
+    ino = BigInt.asUintN(64, ino);
     let l = this.labels.get(ino);
     if (!l) this.labels.set(ino, (l = `ino${this.labels.size + 1}`));
     return l;
