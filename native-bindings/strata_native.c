@@ -836,6 +836,20 @@ static napi_value fn_ftruncate(napi_env env, napi_callback_info info) {
   return ret_void(env, NOINTR(ftruncate(fd, len)), "ftruncate", NULL);
 }
 
+/* truncateFile(fd, len): truncate(2) of the file open as fd, by its /proc/self/fd link. Only the
+ * size is asked to change (ATTR_SIZE): the filesystem decides whether its times move, as for a
+ * truncate(2) by name. ftruncate(2) always moves them. */
+static napi_value fn_truncateFile(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  int64_t len;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_i64(env, argv[1], &len));
+  char p[40];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  return ret_void(env, NOINTR(truncate(p, len)), "truncate", NULL);
+}
+
 #define FD_ONLY_FN(jsname, call)                                 \
   static napi_value fn_##jsname(napi_env env, napi_callback_info info) { \
     ARGS(1);                                                     \
@@ -1914,7 +1928,7 @@ static const struct {
     FN(openat), FN(openat2), FN(close), FN(dup), FN(dup2), FN(readlinkat), FN(readdir),
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
-    FN(ftruncate), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
+    FN(ftruncate), FN(truncateFile), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
     FN(pread), FN(pwrite), FN(copyFileRange), FN(fadvise), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),

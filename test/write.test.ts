@@ -128,6 +128,28 @@ for (const [name, target, ops] of triggers) {
   });
 }
 
+// truncate(2) asks the upper filesystem for the size alone, as the kernel's overlay does: whether the
+// times move is that filesystem's call. tmpfs keeps them when a file without data stays at its size and
+// moves them otherwise; ext4 moves them whenever the file does not shrink. (strata used ftruncate, which
+// always moves them.)
+for (const upperOnTmpfs of [true, false]) {
+  scenario(`truncate to the same size or another, the upper on ${upperOnTmpfs ? 'a tmpfs' : 'the lowers\' filesystem'}: times as on the kernel`, {
+    layers: [[{ t: 'file', p: 'empty', data: '' }, { t: 'file', p: 'five', data: '12345' }, { t: 'file', p: 'other', data: '12345' }]],
+    pair: { upperOnTmpfs },
+    steps: [
+      ['stat', 'empty'], ['truncate', 'empty', 0], ['stat', 'empty'],
+      ['truncate', 'five', 5], ['stat', 'five'],
+      ['truncate', 'other', 2], ['stat', 'other'],
+      ['truncate', 'empty', 0], ['stat', 'empty'],
+    ],
+    check: (c, _pair, k) => {
+      const mtime = (r: Result): unknown => (r as { mtime?: unknown }).mtime;
+      if (upperOnTmpfs) c.eq(mtime(k[2]!), mtime(k[0]!), 'kernel on tmpfs: an empty file truncated to 0 keeps its mtime');
+      c.eq(mtime(k[6]!), 'new', 'kernel: a truncate that changes the size moves mtime');
+    },
+  });
+}
+
 scenario('no copy-up: read-only open, reads, removing a missing xattr, a FIFO opened for write with O_NONBLOCK', {
   steps: [
     ['open', 'f', 'O_RDONLY'],

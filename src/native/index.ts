@@ -118,6 +118,7 @@ interface NativeBinding {
     mtimeSec: number, mtimeNsec: number, flags: number): void;
   futimens(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   ftruncate(fd: number, len: number): void;
+  truncateFile(fd: number, len: number): void;
   fsync(fd: number): void;
   lowMemory(): void;
   fdatasync(fd: number): void;
@@ -297,6 +298,8 @@ export const futimens: (fd: number, atimeSec: number, atimeNsec: number, mtimeSe
 
 // --- file data ------------------------------------------------------------
 export const ftruncate: (fd: number, len: number) => void = native.ftruncate;
+/** truncate(2) of the file open as `fd` (by /proc/self/fd): unlike ftruncate, the size alone is asked to change. */
+export const truncateFile: (fd: number, len: number) => void = native.truncateFile;
 export const fsync: (fd: number) => void = native.fsync;
 /** A full garbage collection that gives the freed memory back to the system (V8's LowMemoryNotification). */
 export const lowMemory: () => void = native.lowMemory;

@@ -425,12 +425,15 @@ export function setAttributes(node: UnionNode, req: SetattrRequest, handle: File
   }
   if (v & FATTR_SIZE) {
     if (node.type === C.S_IFDIR) throw fsError('EISDIR');
+    // As the kernel's overlay, the size alone goes to the upper file: whether its times move is the
+    // upper filesystem's call (tmpfs keeps them when an empty file stays empty; ext4 moves them).
+    // ftruncate would move them always; a caller's ftruncate or O_TRUNC brings FATTR_MTIME with it.
     if (handle && handle.writable && !handle.onLower && handle.node.live === node) {
-      N.ftruncate(handle.fd, req.size);
+      N.truncateFile(handle.fd, req.size);
     } else {
       const fd = openObject(loc, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
       try {
-        N.ftruncate(fd, req.size);
+        N.truncateFile(fd, req.size);
       } finally {
         N.close(fd);
       }
