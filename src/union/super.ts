@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { fsError } from '../fuse/errors.js';
-import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
+import { FATTR_FH, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply, StatxReply,
@@ -512,10 +512,15 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseSetattr(node.live, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
+    // A lower file truncated to zero is copied up without its data: its copy is empty already, and the
+    // upper filesystem would see no change of size. The kernel's overlay copies the data and truncates
+    // it, so the times move whatever the upper filesystem (tmpfs keeps them for an empty file's truncate).
+    const emptied = truncatingToZero && !node.live.layer.isUpper && (req.valid & (FATTR_MTIME | FATTR_MTIME_NOW)) === 0 &&
+      this.inodes.attr(node.live).size > 0;
     const handle = (req.valid & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     return this.afterCopyUp(node, !truncatingToZero, (live) => {
       if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
-      setAttributes(live, req, handle);
+      setAttributes(live, emptied ? { ...req, valid: req.valid | FATTR_MTIME_NOW } : req, handle);
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       const attr = this.inodes.attr(live);
       return { attr, attrTimeout: this.attrTimeout(attr, node) };
