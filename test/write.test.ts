@@ -6,6 +6,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { LayerSpec } from './helpers/ops-layers.js';
+import { run } from './helpers/exec.js';
 import { Checks } from './helpers/ops-checks.js';
 import { finishPair, runBoth, setupPair, type LowerSource, type Pair, type PairOptions } from './helpers/ops-pair.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, type Op, type Result } from './helpers/ops-runner.js';
@@ -149,6 +150,24 @@ for (const upperOnTmpfs of [true, false]) {
       if (upperOnTmpfs) c.eq(mtime(k[2]!), mtime(k[0]!), 'kernel on tmpfs: an empty file truncated to 0 keeps its mtime');
       c.eq(mtime(k[6]!), 'new', 'kernel: a truncate that changes the size moves mtime');
       c.eq(mtime(k[10]!), 'new', 'kernel: a file with data truncated to 0 moves mtime');
+    },
+  });
+}
+
+// With index, metacopy, redirect_dir or xino on, the kernel's overlay allows no offline changes to the
+// layers and makes every directory it creates in a merged directory opaque; strata accepts the options
+// (without their features) and writes the same upper.
+for (const options of [['xino=on'], ['index=on'], ['xino=on', 'xino=off'], []]) {
+  scenario(`mkdir in a merged directory and in the root, options [${options.join(',')}]: opaque or not as on the kernel`, {
+    pair: { options },
+    steps: [['mkdir', 'dm/new', 0o755], ['mkdir', 'top', 0o755], ['mkdir', 'd/sub/new2', 0o700], ['readdir', 'dm']],
+    check: (c, pair) => {
+      const opaque = (p: string): string => run('getfattr', ['-n', 'trusted.overlay.opaque', '--only-values', '--absolute-names', p]).stdout;
+      const want = options.at(-1)?.endsWith('=on') ? 'y' : '';
+      for (const side of [pair.kernel, pair.strata]) {
+        c.eq(opaque(path.join(side.upper, 'dm/new')), want, `${side.name}: dm/new opaque`);
+        c.eq(opaque(path.join(side.upper, 'top')), want, `${side.name}: a new directory in the root (merged too)`);
+      }
     },
   });
 }

@@ -120,7 +120,9 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     invalidateListing: (nodeid) => session?.invalidateListing(nodeid),
     cache,
     lowerIndex: options.cache,
-    upper: work ? { workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr } : null,
+    upper: work ? {
+      workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr, newDirsOpaque: params.newDirsOpaque,
+    } : null,
     nfsExport: params.nfsExport,
   });
   const flags = mountFlags(params, readOnly);

@@ -32,6 +32,12 @@ export interface DirOptions {
   writeFormat: WriteFormat;
   /** Opaque xattr in the user.overlay namespace (overlayfs "userxattr"). */
   userxattr: boolean;
+  /**
+   * Every directory created in a merged directory is made opaque (the kernel's overlay does so when it
+   * does not allow offline changes to the layers: MountParams.newDirsOpaque). Without it, only one made
+   * where a whiteout was.
+   */
+  newDirsOpaque?: boolean;
 }
 
 /** What to create: a regular file, directory, symlink or special file. */
@@ -130,7 +136,9 @@ export class DirOps {
     let free = at === 'free';
     if (at !== 'whiteout') {
       try {
-        made = this.build(ctx, upperParent, name, obj, gid, setgid, chown, false);
+        const layers = parent.dirLayers!;
+        const opaque = obj.kind === 'dir' && this.opts.newDirsOpaque === true && layers.length > 1 && layers[0]!.isUpper;
+        made = this.build(ctx, upperParent, name, obj, gid, setgid, chown, opaque);
       } catch (e) {
         // Something holds the name: a whiteout (the kernel's negative entry over it) or a name the
         // union never shows (EEXIST stays the answer).

@@ -34,6 +34,12 @@ export interface MountParams {
   remount: boolean;
   /** Options accepted for compatibility but without effect here. */
   ignored: string[];
+  /**
+   * index, metacopy, redirect_dir or xino is on: strata implements none of them, but with any of them
+   * the kernel's overlay stops allowing changes to the layers while unmounted, and then marks every
+   * directory it creates in a merged directory opaque. strata does the same (see DirOptions).
+   */
+  newDirsOpaque: boolean;
 }
 
 /** Splits on unescaped `sep`, removing the escaping backslashes. */
@@ -81,7 +87,7 @@ function splitOptions(s: string): string[] {
 const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
-const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext', 'redirect_dir', 'index', 'xino', 'metacopy',
+const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext',
   'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
   // FUSE's own mount data, which mount(8) passes back on a remount
@@ -95,7 +101,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
     lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
+    newDirsOpaque: false,
   };
+  /** The last value of each of index, metacopy, redirect_dir and xino. */
+  const features = new Map<string, string>();
   for (const item of optionStrings.flatMap(splitOptions)) {
     const eq = item.indexOf('=');
     const key = eq < 0 ? item : item.slice(0, eq);
@@ -176,11 +185,20 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         // fuse-overlayfs maps owners for user namespaces with these; mounting without the mapping
         // would show wrong owners, so it is refused rather than ignored.
         throw new UsageError(`${key}= (owner mapping for user namespaces) is not supported by strata; use podman without --uidmap/--userns, or the kernel's idmapped mounts`);
+      case 'index':
+      case 'metacopy':
+      case 'redirect_dir':
+      case 'xino':
+        features.set(key, value);
+        p.ignored.push(item);
+        break;
       default:
         if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
         else throw new UsageError(`unknown mount option "${item}"`);
     }
   }
+  // (the kernel's ovl_allow_offline_changes: redirect_dir=follow or nofollow and xino=auto still allow them)
+  p.newDirsOpaque = [...features.values()].includes('on');
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {
