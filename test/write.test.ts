@@ -157,7 +157,7 @@ for (const upperOnTmpfs of [true, false]) {
 // With index, metacopy, redirect_dir or xino on, the kernel's overlay allows no offline changes to the
 // layers and makes every directory it creates in a merged directory opaque; strata accepts the options
 // (without their features) and writes the same upper.
-for (const options of [['xino=on'], ['index=on'], ['xino=on', 'xino=off'], []]) {
+for (const options of [['xino=on'], ['index=on'], ['xino=on', 'xino=off'], ['xino=auto'], ['redirect_dir=follow'], []]) {
   scenario(`mkdir in a merged directory and in the root, options [${options.join(',')}]: opaque or not as on the kernel`, {
     pair: { options },
     steps: [['mkdir', 'dm/new', 0o755], ['mkdir', 'top', 0o755], ['mkdir', 'd/sub/new2', 0o700], ['readdir', 'dm']],
