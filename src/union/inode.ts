@@ -425,15 +425,17 @@ export function setAttributes(node: UnionNode, req: SetattrRequest, handle: File
   }
   if (v & FATTR_SIZE) {
     if (node.type === C.S_IFDIR) throw fsError('EISDIR');
-    // As the kernel's overlay, the size alone goes to the upper file: whether its times move is the
-    // upper filesystem's call (tmpfs keeps them when an empty file stays empty; ext4 moves them).
-    // ftruncate would move them always; a caller's ftruncate or O_TRUNC brings FATTR_MTIME with it.
+    // A caller's ftruncate (FATTR_FH) moves the times whatever the size was: the kernel leaves that to
+    // the daemon (FUSE sends no FATTR_MTIME with it), so ftruncate it is. A truncate(2) by name asks the
+    // upper file for the size alone, as the kernel's overlay does: whether its times move is the upper
+    // filesystem's call (tmpfs keeps them when an empty file stays empty; ext4 moves them).
+    const truncate = handle ? N.ftruncate : N.truncateFile;
     if (handle && handle.writable && !handle.onLower && handle.node.live === node) {
-      N.truncateFile(handle.fd, req.size);
+      truncate(handle.fd, req.size);
     } else {
       const fd = openObject(loc, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
       try {
-        N.truncateFile(fd, req.size);
+        truncate(fd, req.size);
       } finally {
         N.close(fd);
       }
