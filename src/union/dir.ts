@@ -136,8 +136,7 @@ export class DirOps {
     let free = at === 'free';
     if (at !== 'whiteout') {
       try {
-        const layers = parent.dirLayers!;
-        const opaque = obj.kind === 'dir' && this.opts.newDirsOpaque === true && layers.length > 1 && layers[0]!.isUpper;
+        const opaque = obj.kind === 'dir' && this.opts.newDirsOpaque === true && parent.isMerged;
         made = this.build(ctx, upperParent, name, obj, gid, setgid, chown, opaque);
       } catch (e) {
         // Something holds the name: a whiteout (the kernel's negative entry over it) or a name the

@@ -512,12 +512,13 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseSetattr(node.live, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
+    const handle = (req.valid & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     // A lower file truncated to zero is copied up without its data: its copy is empty already, and the
     // upper filesystem would see no change of size. The kernel's overlay copies the data and truncates
-    // it, so the times move whatever the upper filesystem (tmpfs keeps them for an empty file's truncate).
-    const emptied = truncatingToZero && !node.live.layer.isUpper && (req.valid & (FATTR_MTIME | FATTR_MTIME_NOW)) === 0 &&
+    // it, so the times move whatever the upper filesystem (tmpfs keeps them for an empty file's
+    // truncate). Through a descriptor, ftruncate moves them anyway (setAttributes).
+    const emptied = truncatingToZero && !handle && !node.live.layer.isUpper && (req.valid & (FATTR_MTIME | FATTR_MTIME_NOW)) === 0 &&
       this.inodes.attr(node.live).size > 0;
-    const handle = (req.valid & FATTR_FH) !== 0 ? this.handles.file(req.fh) : null;
     return this.afterCopyUp(node, !truncatingToZero, (live) => {
       if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
       setAttributes(live, emptied ? { ...req, valid: req.valid | FATTR_MTIME_NOW } : req, handle);
