@@ -4,22 +4,16 @@
 // and the refused calls are not made again for that lower filesystem (each refusal cost an exception,
 // more than the copy of a small file). The daemon's system calls are read with strace.
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { waitFor } from './helpers/exec.js';
+import { attachStrace } from './helpers/strace.js';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 import { readRecord } from '../src/daemon/registry.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-function traced(pid: number): boolean {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/^TracerPid:\s+(\d+)/m.exec(status)?.[1] ?? '0') !== 0;
-}
 
 test.serial('copy-up from a lower on another filesystem: all data, holes kept, FICLONE and copy_file_range tried once', async (t) => {
   const dir = tempDir(t, 'cux');
@@ -43,13 +37,8 @@ test.serial('copy-up from a lower on another filesystem: all data, holes kept, F
 
   const mnt = strataMount(t, { lowers: [L], upper: U, work: W });
   const pid = readRecord(mnt)!.pid;
-  const log = path.join(dir, 'strace.out');
-  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=ioctl,copy_file_range', '-o', log, '-p', String(pid)], { stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => strace.on('exit', () => resolve()));
-  t.teardown(() => {
-    strace.kill('SIGKILL');
-  });
-  t.true(await waitFor(() => traced(pid)), 'strace attached');
+  const strace = await attachStrace(t, pid, ['ioctl', 'copy_file_range'], path.join(dir, 'strace.out'));
+  t.true(strace.attached, 'strace attached');
 
   for (const name of names) fs.chmodSync(path.join(mnt, name), 0o600); // a copy-up each, with the data
   for (const name of names) {
@@ -60,10 +49,8 @@ test.serial('copy-up from a lower on another filesystem: all data, holes kept, F
   t.is(copied.size, 3 * MiB);
   t.true(copied.blocks * 512 < MiB, `the hole stayed a hole (${copied.blocks} blocks)`);
 
-  strace.kill('SIGINT');
-  await exited;
+  const lines = await strace.stop();
   strataUnmount(mnt);
-  const lines = fs.readFileSync(log, 'utf8').split('\n');
   const clones = lines.filter((l) => /ioctl\(\d+, .*FICLONE/.test(l));
   const ranges = lines.filter((l) => /copy_file_range\(/.test(l));
   t.is(clones.length, 1, `FICLONE calls:\n${clones.join('\n')}`);

@@ -3,19 +3,12 @@
 // directory's copy is synced before it is renamed into place. The daemon's system calls are read
 // with strace: the ordering cannot be seen from the files without cutting the power.
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { waitFor } from './helpers/exec.js';
+import { attachStrace } from './helpers/strace.js';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
 import { tempDir } from './helpers/tmp.js';
 import { readRecord } from '../src/daemon/registry.js';
-
-/** Is `pid` traced (by strace attached to it)? */
-function traced(pid: number): boolean {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/^TracerPid:\s+(\d+)/m.exec(status)?.[1] ?? '0') !== 0;
-}
 
 test.serial('a copy-up is synced after its attributes and before it becomes visible, files and directories', async (t) => {
   const dir = tempDir(t, 'cusync');
@@ -28,24 +21,17 @@ test.serial('a copy-up is synced after its attributes and before it becomes visi
   const mnt = strataMount(t, { lowers: [L], upper: U, work: W, mountpoint: M });
   const pid = readRecord(mnt)!.pid;
 
-  const log = path.join(dir, 'strace.out');
-  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=openat,fsync,fchown,fchmod,fchownat,fchmodat,utimensat,linkat,renameat2', '-o', log, '-p', String(pid)],
-    { stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => strace.on('exit', () => resolve()));
-  t.teardown(() => {
-    strace.kill('SIGKILL');
-  });
-  t.true(await waitFor(() => traced(pid)), 'strace attached');
+  const strace = await attachStrace(t, pid, ['openat', 'fsync', 'fchown', 'fchmod', 'fchownat', 'fchmodat', 'utimensat', 'linkat', 'renameat2'],
+    path.join(dir, 'strace.out'));
+  t.true(strace.attached, 'strace attached');
 
   fs.chmodSync(path.join(mnt, 'f'), 0o600); // a regular file's copy-up
   fs.chmodSync(path.join(mnt, 'd'), 0o750); // a directory's
   t.is(fs.readFileSync(path.join(U, 'f'), 'utf8'), 'data\n');
   t.is(fs.statSync(path.join(U, 'd')).mode & 0o7777, 0o750);
-  strace.kill('SIGINT');
-  await exited;
+  const lines = await strace.stop();
   strataUnmount(mnt);
 
-  const lines = fs.readFileSync(log, 'utf8').split('\n').map((l) => l.replace(/^\d+\s+/, ''));
   const at = (re: RegExp, from = 0, to = lines.length): number => {
     for (let i = from; i < to; i++) if (re.test(lines[i]!)) return i;
     return -1;

@@ -81,6 +81,14 @@ function checkLayerPath(p: string): void {
   if (/[,:\\\s]/.test(p)) throw new Error(`layer path needs escaping, use a simpler one: ${p}`);
 }
 
+/**
+ * Kernel mount options for `upper` over layers on `lower`'s filesystem: where they are two filesystems,
+ * xino=on, so that the kernel maps their inode numbers into one space as strata always does.
+ */
+export function crossFsOptions(upper: string, lower: string): string[] | undefined {
+  return fs.statSync(upper).dev !== fs.statSync(lower).dev ? ['xino=on'] : undefined;
+}
+
 /** Mounts the kernel's overlayfs over the layers and returns the mountpoint. */
 export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
   const all = [...spec.lowers, ...(spec.upper ? [spec.upper] : []), ...(spec.work ? [spec.work] : [])];

@@ -5,7 +5,7 @@
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
+import { crossFsOptions, kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
 import { tempDir, tmpfsDir } from './tmp.js';
 import { buildLayer, type LayerSpec } from './ops-layers.js';
 import { Runner, showOp, type Op, type Result } from './ops-runner.js';
@@ -85,7 +85,8 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const s = buildSide(t, base, 's', layers, opts);
   // Layers on two filesystems: the kernel maps inode numbers into one space only with xino (strata
   // always does, README "Inode numbers").
-  const options = upperOnTmpfs(opts) ? [...(opts.options ?? []), 'xino=on'] : opts.options;
+  const xino = crossFsOptions(k.upper, k.lowers[0]!);
+  const options = xino ? [...(opts.options ?? []), ...xino] : opts.options;
   const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options });
   const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs });
   return {
@@ -180,10 +181,9 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
   // (the work directory on the upper's filesystem, which may be a tmpfs of its own: upperOnTmpfs)
   const xwork = mkdir(path.join(path.dirname(s.upper), 'xw'));
   const xmnt = mkdir(path.join(xdir, 'm'));
-  const crossFs = fs.statSync(s.upper).dev !== fs.statSync(s.lowers[0]!).dev;
   let mx: Snapshot;
   try {
-    kernelOverlay(c.t, { lowers: s.lowers, upper: s.upper, work: xwork, mountpoint: xmnt, options: crossFs ? ['xino=on'] : undefined });
+    kernelOverlay(c.t, { lowers: s.lowers, upper: s.upper, work: xwork, mountpoint: xmnt, options: crossFsOptions(s.upper, s.lowers[0]!) });
     mx = snapshot(xmnt, 'merged', opts);
   } finally {
     unmountQuietly(xmnt);

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { kernelOverlay, unmountQuietly } from './mounts.js';
+import { crossFsOptions, kernelOverlay, unmountQuietly } from './mounts.js';
 import { python, WALK } from './python.js';
 import type { Checks } from './ops-checks.js';
 
@@ -79,11 +79,11 @@ export function inodeView(mnt: string, inodes: Map<string, string>): InodeView {
 export function kernelInodeView(t: ExecutionContext, stack: LayerStack, scratch: string, inodes = layerInodes(stack)): InodeView {
   fs.mkdirSync(scratch, { recursive: true });
   // The work directory goes on the upper's filesystem (a tmpfs of its own with upperOnTmpfs, ops-pair.ts).
-  const crossFs = fs.statSync(stack.upper).dev !== fs.statSync(scratch).dev;
-  const work = fs.mkdtempSync(crossFs ? path.join(path.dirname(stack.upper), 'rw') : path.join(scratch, 'w'));
+  const options = crossFsOptions(stack.upper, stack.lowers[0]!);
+  const work = fs.mkdtempSync(options ? path.join(path.dirname(stack.upper), 'rw') : path.join(scratch, 'w'));
   const mnt = fs.mkdtempSync(path.join(scratch, 'm'));
   try {
-    kernelOverlay(t, { lowers: stack.lowers, upper: stack.upper, work, mountpoint: mnt, options: crossFs ? ['xino=on'] : undefined });
+    kernelOverlay(t, { lowers: stack.lowers, upper: stack.upper, work, mountpoint: mnt, options });
     return inodeView(mnt, inodes);
   } finally {
     unmountQuietly(mnt);
