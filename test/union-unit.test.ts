@@ -5,11 +5,12 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID } from '../src/fuse/protocol.js';
+import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH } from '../src/fuse/protocol.js';
 import type { BackingRegistry, RequestContext, SetattrRequest } from '../src/fuse/types.js';
 import * as N from '../src/native/index.js';
 import { LayerStack } from '../src/union/layers.js';
 import { LOWER_ATIME } from '../src/union/layer_mount.js';
+import { SMALL_READ_ONLY } from '../src/union/file.js';
 import { UnionFs } from '../src/union/super.js';
 import { ROOT_NODEID } from '../src/union/node.js';
 import { tempDir } from './helpers/tmp.js';
@@ -141,7 +142,8 @@ test.serial('a passthrough backing is registered with the first open\'s own desc
   const registered: number[] = [];
   const closed: number[] = [];
   const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
-  const { fs: u } = setup(t, { f: 'data' }, {
+  // (more than SMALL_READ_ONLY: a smaller lower file opened read-only is served by the daemon)
+  const { fs: u } = setup(t, { f: 'x'.repeat(SMALL_READ_ONLY + 1) }, {
     open: (fd) => {
       registered.push(fd);
       return 7;
@@ -162,6 +164,51 @@ test.serial('a passthrough backing is registered with the first open\'s own desc
   await u.release(ctx, node, b.fh);
   t.deepEqual(closed, [7]);
   t.is(openFds(), before);
+});
+
+test.serial('a small lower file opened read-only is served by the daemon with its page cache kept; an inode never mixes the two kinds of open', async (t) => {
+  let next = 10;
+  const live = new Set<number>();
+  const { fs: u, upper } = setup(t, { small: 'small data', big: 'b'.repeat(SMALL_READ_ONLY + 1), edge: 'e'.repeat(SMALL_READ_ONLY) }, {
+    open: () => {
+      live.add(next);
+      return next++;
+    },
+    close: (id) => void live.delete(id),
+  });
+  const look = async (name: string): Promise<number> => (await u.lookup(ctx, ROOT_NODEID, name)).nodeid;
+  const passthrough = (o: { openFlags: number; backingId?: number }): boolean =>
+    (o.openFlags & FOPEN_PASSTHROUGH) !== 0 && o.backingId !== undefined;
+  const small = await look('small');
+  const r1 = await u.open(ctx, small, C.O_RDONLY);
+  t.false(passthrough(r1));
+  t.truthy(r1.openFlags & FOPEN_KEEP_CACHE, 'a lower file never changes: its pages are kept');
+  t.is(u.read(ctx, small, r1.fh, 0, 64).toString(), 'small data');
+  // 64 KiB exactly is still small; one byte more is not.
+  const edge = await u.open(ctx, await look('edge'), C.O_RDONLY);
+  t.false(passthrough(edge));
+  const big = await u.open(ctx, await look('big'), C.O_RDONLY);
+  t.true(passthrough(big));
+  // A write open while the daemon serves the inode: copied up, and served by the daemon too (a
+  // passthrough open now would fail in the kernel with EIO); the read-only open reads the copy.
+  const w = await u.open(ctx, small, C.O_WRONLY);
+  t.false(passthrough(w));
+  t.is(w.openFlags & FOPEN_KEEP_CACHE, 0, 'an upper file while passthrough is on: pages dropped at open');
+  u.write(ctx, small, w.fh, 0, Buffer.from('SMALL'));
+  t.is(u.read(ctx, small, r1.fh, 0, 64).toString(), 'SMALL data');
+  t.true(fs.statSync(path.join(upper, 'small')).isFile());
+  await u.release(ctx, small, r1.fh);
+  await u.release(ctx, small, w.fh);
+  // With no open left, the upper file is opened by passthrough again, read-only too.
+  const r2 = await u.open(ctx, small, C.O_RDONLY);
+  t.true(passthrough(r2));
+  // ... and a read-only open of it meanwhile shares that backing.
+  const r3 = await u.open(ctx, small, C.O_RDONLY);
+  t.is(r3.backingId, r2.backingId);
+  for (const [n, o] of [[small, r2], [small, r3]] as const) await u.release(ctx, n, o.fh);
+  await u.release(ctx, await look('big'), big.fh);
+  await u.release(ctx, await look('edge'), edge.fh);
+  t.is(live.size, 0, 'every backing closed');
 });
 
 test('readInto reads into the caller\'s buffer at its offset (the READ reply buffer); read still returns a buffer', async (t) => {

@@ -146,12 +146,48 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
   return openReply(env, node, fd, flags, writable);
 }
 
+/**
+ * Lower files up to this size opened read-only are read through the daemon rather than by
+ * passthrough when nothing else holds the inode open by passthrough. A passthrough open costs the
+ * kernel a second open of the layer file (FUSE_DEV_IOC_BACKING_OPEN) and its close: more than the
+ * one READ a small file needs, and a lower file's data, which never changes, then stays in the FUSE
+ * inode's page cache (FOPEN_KEEP_CACHE), so reading it again takes no request at all.
+ */
+export const SMALL_READ_ONLY = 64 * 1024;
+
+/** Does the node have opens the daemon serves (the kernel's cached I/O mode for its inode)? */
+function hasDaemonOpens(node: UnionNode): boolean {
+  for (const h of node.handles ?? []) if (h.backing === null) return true;
+  return false;
+}
+
+const openStat = new Float64Array(N.ST_LENGTH);
+
+/**
+ * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
+ * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
+ * other mode fails with EIO. So the node's current opens decide; with none, passthrough, except for
+ * a small lower file opened read-only.
+ */
+function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: number): boolean {
+  if (!env.passthrough || node.type !== C.S_IFREG) return false;
+  if (env.handles.backings.has(node)) return true;
+  if (hasDaemonOpens(node)) return false;
+  if (node.layer.isUpper || (flags & 3) !== C.O_RDONLY) return true;
+  N.fstat(fd, openStat);
+  return openStat[N.ST.size]! > SMALL_READ_ONLY;
+}
+
 /** Registers an open layer file and decides how the kernel does its I/O. */
 export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: number, writable: boolean): OpenReply {
   const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper, writable };
-  let openFlags = FOPEN_KEEP_CACHE;
+  // The page cache of the inode is kept from one open to the next when every write to the file
+  // reaches it: without passthrough, or for a lower file (which nothing writes). An upper file
+  // served by the daemon while passthrough is on (its backing refused) may have been written by
+  // passthrough since: the kernel drops its pages at this open.
+  let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
-  if (env.passthrough && node.type === C.S_IFREG) {
+  if (wantsPassthrough(env, node, fd, flags)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
     if (existing && existing.layer !== node.layer) {
