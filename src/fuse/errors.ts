@@ -19,8 +19,22 @@ export class FsError extends Error {
   }
 }
 
+/** One frozen FsError per errno, thrown for every answer with that errno and no message of its own. */
+const shared = new Map<string, FsError>();
+
+/**
+ * The error for an errno answer. Without a message it is a shared frozen instance: an ENOENT or
+ * ENODATA is answered thousands of times a second, and building an Error each time cost about a
+ * microsecond of the request.
+ */
 export function fsError(code: keyof typeof constants.errno, message?: string): FsError {
-  return new FsError(code, message);
+  if (message !== undefined) return new FsError(code, message);
+  let e = shared.get(code);
+  if (e === undefined) {
+    e = Object.freeze(new FsError(code));
+    shared.set(code, e);
+  }
+  return e;
 }
 
 /**
