@@ -24,7 +24,8 @@ interface Setup {
   lower: string;
 }
 
-function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}, backings?: BackingRegistry): Setup {
+function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}, backings?: BackingRegistry,
+  storeData?: (nodeid: number, offset: number, data: Uint8Array) => boolean): Setup {
   const root = tempDir(t, 'uu');
   const lower = path.join(root, 'lower');
   const upper = path.join(root, 'upper');
@@ -40,7 +41,7 @@ function setup(t: ExecutionContext, lowerFiles: Record<string, string> = {}, bac
   const union = new UnionFs(stack, {
     readOnly: false, cacheTimeout: 1, passthrough: backings !== undefined, logger: pino({ level: 'silent' }),
     backings: backings ?? { open: () => { throw new Error('no passthrough here'); }, close: () => {} },
-    cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateListing: () => {},
+    cache: null, lowerIndex: false, invalidateAttributes: () => {}, invalidateListing: () => {}, storeData,
     upper: { workFd, volatile: true, writeFormat: 'kernel', userxattr: false },
   });
   if (backings) union.init({ minor: 45, passthrough: true });
@@ -209,6 +210,47 @@ test.serial('a small lower file opened read-only is served by the daemon with it
   await u.release(ctx, await look('big'), big.fh);
   await u.release(ctx, await look('edge'), edge.fh);
   t.is(live.size, 0, 'every backing closed');
+});
+
+test.serial('the first open of a small lower file puts its data into the kernel\'s page cache, once, while no other open exists', async (t) => {
+  const stored: Array<[number, number, string]> = [];
+  let accept = true;
+  const { fs: u } = setup(t, { small: 'small data', empty: '', edge: 'e'.repeat(SMALL_READ_ONLY), big: 'b'.repeat(SMALL_READ_ONLY + 1) },
+    { open: () => 5, close: () => {} },
+    (nodeid, offset, data) => {
+      if (accept) stored.push([nodeid, offset, Buffer.from(data).toString('latin1')]);
+      return accept;
+    });
+  const look = async (name: string): Promise<number> => (await u.lookup(ctx, ROOT_NODEID, name)).nodeid;
+  const small = await look('small');
+  // refused by the kernel (it no longer knows the inode): tried again at the next first open
+  accept = false;
+  const r0 = await u.open(ctx, small, C.O_RDONLY);
+  accept = true;
+  // an open while another one exists (a READ of that one may be waiting): never stored
+  const r1 = await u.open(ctx, small, C.O_RDONLY);
+  t.deepEqual(stored, []);
+  await u.release(ctx, small, r0.fh);
+  await u.release(ctx, small, r1.fh);
+  const r2 = await u.open(ctx, small, C.O_RDONLY);
+  t.deepEqual(stored, [[small, 0, 'small data']]);
+  await u.release(ctx, small, r2.fh);
+  // once stored, not again
+  const r3 = await u.open(ctx, small, C.O_RDONLY);
+  await u.release(ctx, small, r3.fh);
+  t.is(stored.length, 1);
+  // 64 KiB exactly is stored whole; an empty file, a bigger one (passthrough) and writes are not
+  const edge = await look('edge');
+  const e = await u.open(ctx, edge, C.O_RDONLY);
+  t.is(stored.length, 2);
+  t.deepEqual(stored[1], [edge, 0, 'e'.repeat(SMALL_READ_ONLY)]);
+  for (const name of ['empty', 'big']) {
+    const n = await look(name);
+    await u.release(ctx, n, (await u.open(ctx, n, C.O_RDONLY)).fh);
+  }
+  const w = await u.open(ctx, edge, C.O_RDWR);
+  for (const [n, o] of [[edge, e], [edge, w]] as const) await u.release(ctx, n, o.fh);
+  t.is(stored.length, 2);
 });
 
 test('readInto reads into the caller\'s buffer at its offset (the READ reply buffer); read still returns a buffer', async (t) => {

@@ -130,6 +130,7 @@ export const FUSE_RELEASE_FLUSH = 1 << 0;
 /** Notification codes (written with unique = 0, error = code). */
 export const FUSE_NOTIFY_INVAL_INODE = 2;
 export const FUSE_NOTIFY_INVAL_ENTRY = 3;
+export const FUSE_NOTIFY_STORE = 4;
 export const FUSE_NOTIFY_DELETE = 6;
 
 // Sizes of the fixed parts of structures.

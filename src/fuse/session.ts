@@ -8,7 +8,7 @@ import { errCode, errnoOf, isExpectedErrno } from './errors.js';
 import {
   ATTR_OUT_SIZE, DIRENT_BASE, DIRENTPLUS_BASE, ENTRY_OUT_SIZE, FOPEN_PASSTHROUGH, FUSE_FSYNC_FDATASYNC, FUSE_OPEN_KILL_SUIDGID,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, GETXATTR_OUT_SIZE, INIT_OUT_SIZE,
-  FUSE_NOTIFY_INVAL_INODE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
+  FUSE_NOTIFY_INVAL_INODE, FUSE_NOTIFY_STORE, IN_HEADER_SIZE, InitFlag, LSEEK_OUT_SIZE, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Op, STATFS_OUT_SIZE,
   STATX_BASIC_STATS, STATX_BTIME, STATX_OUT_SIZE, WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
@@ -334,6 +334,33 @@ export class FuseSession {
     } catch (e) {
       // ENOENT: the kernel no longer knows the inode; nothing to invalidate.
       if (errCode(e) !== 'ENOENT') this.opts.logger.warn({ err: e, nodeid }, 'attribute invalidation failed');
+    }
+  }
+
+  private readonly storeHead = Buffer.alloc(OUT_HEADER_SIZE + 24);
+
+  /**
+   * Puts `data` into the kernel's page cache of regular file `nodeid` at `offset` (FUSE_NOTIFY_STORE),
+   * so that reading it takes no READ. The kernel locks each page it fills: only call this for a file
+   * no open of which can be waiting for a READ the daemon has yet to answer. False if it was not stored.
+   */
+  storeData(nodeid: number, offset: number, data: Uint8Array): boolean {
+    if (this.devFd < 0 || !this.initialized) return false;
+    const b = this.storeHead;
+    b.writeUInt32LE(b.length + data.length, 0);
+    b.writeInt32LE(FUSE_NOTIFY_STORE, 4);
+    putU64(b, 8, 0);
+    putU64(b, OUT_HEADER_SIZE, nodeid);
+    putU64(b, OUT_HEADER_SIZE + 8, offset);
+    b.writeUInt32LE(data.length, OUT_HEADER_SIZE + 16);
+    b.writeUInt32LE(0, OUT_HEADER_SIZE + 20);
+    try {
+      N.writeReply(this.devFd, [b, data]);
+      return true;
+    } catch (e) {
+      // ENOENT: the kernel no longer knows the inode.
+      if (errCode(e) !== 'ENOENT') this.opts.logger.warn({ err: e, nodeid }, 'page cache store failed');
+      return false;
     }
   }
 

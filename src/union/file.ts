@@ -112,6 +112,8 @@ export interface FileEnv {
   passthrough: boolean;
   /** Reports a passthrough backing the kernel refused (I/O then goes through the daemon). */
   onBackingRefused: (err: unknown) => void;
+  /** Puts a file's data into the kernel's page cache of its inode (see storeSmallFile). */
+  storeData?: (nodeid: number, offset: number, data: Uint8Array) => boolean;
 }
 
 /**
@@ -149,11 +151,28 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
 /**
  * Lower files up to this size opened read-only are read through the daemon rather than by
  * passthrough when nothing else holds the inode open by passthrough. A passthrough open costs the
- * kernel a second open of the layer file (FUSE_DEV_IOC_BACKING_OPEN) and its close: more than the
- * one READ a small file needs, and a lower file's data, which never changes, then stays in the FUSE
- * inode's page cache (FOPEN_KEEP_CACHE), so reading it again takes no request at all.
+ * kernel a second open of the layer file (FUSE_DEV_IOC_BACKING_OPEN) and its close. A lower file's
+ * data never changes: at its first open the daemon puts it into the FUSE inode's page cache, where
+ * it stays (FOPEN_KEEP_CACHE), so reading it takes no request at all (see storeSmallFile).
  */
 export const SMALL_READ_ONLY = 64 * 1024;
+
+/** The data of a small file on its way into the kernel's page cache. */
+const storeBuf = Buffer.allocUnsafeSlow(SMALL_READ_ONLY);
+
+/**
+ * At the first open of a small lower file the daemon serves, its data goes into the kernel's page
+ * cache of the inode before the open is answered (FUSE_NOTIFY_STORE): the reads that follow find it
+ * there, with no READ round trip (nor the attribute refresh that a READ's atime change costs the
+ * next stat). The kernel locks the pages it fills: this is safe only while no open of the inode can be
+ * waiting for a READ, so only when the node has no other open. Pages the kernel drops later are read
+ * again by READ.
+ */
+function storeSmallFile(env: FileEnv, node: UnionNode, fd: number, size: number): void {
+  if (!env.storeData || node.dataStored || size === 0 || size > SMALL_READ_ONLY || (node.handles?.size ?? 0) > 0) return;
+  const n = N.pread(fd, storeBuf, 0, size, 0);
+  if (n === size && env.storeData(node.nodeid, 0, storeBuf.subarray(0, n))) node.dataStored = true;
+}
 
 /** Does the node have opens the daemon serves (the kernel's cached I/O mode for its inode)? */
 function hasDaemonOpens(node: UnionNode): boolean {
@@ -167,15 +186,21 @@ const openStat = new Float64Array(N.ST_LENGTH);
  * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
  * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
  * other mode fails with EIO. So the node's current opens decide; with none, passthrough, except for
- * a small lower file opened read-only.
+ * a small lower file opened read-only (`smallSize` >= 0).
  */
-function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: number): boolean {
+function wantsPassthrough(env: FileEnv, node: UnionNode, smallSize: number): boolean {
   if (!env.passthrough || node.type !== C.S_IFREG) return false;
   if (env.handles.backings.has(node)) return true;
   if (hasDaemonOpens(node)) return false;
-  if (node.layer.isUpper || (flags & 3) !== C.O_RDONLY) return true;
+  return smallSize < 0;
+}
+
+/** The size of a lower regular file of at most SMALL_READ_ONLY bytes open at `fd`, else -1. */
+function smallLowerSize(node: UnionNode, fd: number): number {
+  if (node.layer.isUpper || node.type !== C.S_IFREG) return -1;
   N.fstat(fd, openStat);
-  return openStat[N.ST.size]! > SMALL_READ_ONLY;
+  const size = openStat[N.ST.size]!;
+  return size <= SMALL_READ_ONLY ? size : -1;
 }
 
 /** Registers an open layer file and decides how the kernel does its I/O. */
@@ -187,7 +212,9 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   // passthrough since: the kernel drops its pages at this open.
   let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
-  if (wantsPassthrough(env, node, fd, flags)) {
+  // (a small lower file opened read-only: its size; else -1)
+  const small = (flags & 3) === C.O_RDONLY && (env.passthrough || env.storeData) ? smallLowerSize(node, fd) : -1;
+  if (wantsPassthrough(env, node, small)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
     if (existing && existing.layer !== node.layer) {
@@ -202,6 +229,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
       env.onBackingRefused(err);
     }
   }
+  if (h.backing === null && small > 0) storeSmallFile(env, node, fd, small);
   const fh = env.handles.add(h);
   // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
   return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };

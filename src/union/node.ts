@@ -35,6 +35,7 @@ class NodeRare {
   pins = 0;
   handles: Set<FileHandle> | null = null;
   generation = 0;
+  stored = false;
 }
 
 export class UnionNode {
@@ -155,6 +156,14 @@ export class UnionNode {
   }
   set handles(v: Set<FileHandle> | null) {
     if (this.rare !== null || v !== null) this.r().handles = v;
+  }
+
+  /** The daemon put the (lower) file's data into the kernel's page cache of this inode at an open. */
+  get dataStored(): boolean {
+    return this.rare !== null && this.rare.stored;
+  }
+  set dataStored(v: boolean) {
+    if (this.rare !== null || v) this.r().stored = v;
   }
 
   /** FUSE generation (with nfs_export=on, see export.ts; 0 otherwise). Fixed for the node's life. */

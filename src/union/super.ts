@@ -49,6 +49,11 @@ export interface UnionOptions {
   invalidateAttributes: (nodeid: number) => void;
   /** Tells the kernel a directory's listing changed behind its back (before the current reply). */
   invalidateListing: (nodeid: number) => void;
+  /**
+   * Puts a regular file's data into the kernel's page cache of its inode (FUSE_NOTIFY_STORE); false
+   * where it could not. Absent: never.
+   */
+  storeData?: (nodeid: number, offset: number, data: Uint8Array) => boolean;
   /** The work directory and write rules, when there is an upper layer. */
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
   /** nfs_export=on: nodeids that file handles can name after FORGET and remount (export.ts). */
@@ -92,7 +97,7 @@ export class UnionFs implements FileSystem {
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
     this.fileEnv = {
-      handles: this.handles, passthrough: false,
+      handles: this.handles, passthrough: false, storeData: opts.storeData,
       onBackingRefused: (err) => opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon'),
     };
     if (stack.upper && opts.upper) {
