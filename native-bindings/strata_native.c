@@ -900,6 +900,23 @@ static napi_value fn_pread(napi_env env, napi_callback_info info) {
   return ret_count(env, n, pos < 0 ? "read" : "pread", NULL);
 }
 
+/* preadCached(fd, buf, bufOffset, length, position): bytes read, or -1 where the data is not all in
+ * the page cache (preadv2 with RWF_NOWAIT answered EAGAIN): nothing waits for the disk. */
+static napi_value fn_preadCached(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t fd;
+  char *p;
+  size_t len;
+  int64_t pos;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_slice(env, argv[1], argv[2], argv[3], &p, &len));
+  TRY(arg_i64(env, argv[4], &pos));
+  struct iovec iov = {p, len};
+  ssize_t n = NOINTR(preadv2(fd, &iov, 1, pos, RWF_NOWAIT));
+  if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return ret_num(env, -1);
+  return ret_count(env, n, "preadv2", NULL);
+}
+
 /* pwrite(fd, buf, bufOffset, length, position): bytes written.
  * A negative position writes at (and advances) the current file offset. */
 static napi_value fn_pwrite(napi_env env, napi_callback_info info) {
@@ -1929,7 +1946,7 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(truncateFile), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(pwrite), FN(copyFileRange), FN(fadvise), FN(ficlone), FN(ioctlBuf),
+    FN(pread), FN(preadCached), FN(pwrite), FN(copyFileRange), FN(fadvise), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},

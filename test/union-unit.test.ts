@@ -253,6 +253,29 @@ test.serial('the first open of a small lower file puts its data into the kernel\
   t.is(stored.length, 2);
 });
 
+test.serial('a small lower file whose data is not in the page cache is opened by passthrough (the kernel reads it from disk), else stored', async (t) => {
+  const stored: number[] = [];
+  const { fs: u, lower } = setup(t, { cold: 'cold data'.repeat(100) }, { open: () => 9, close: () => {} }, (nodeid) => {
+    stored.push(nodeid);
+    return true;
+  });
+  // drop the lower file's pages (clean after the fsync)
+  const fd = fs.openSync(path.join(lower, 'cold'), 'r');
+  fs.fsyncSync(fd);
+  N.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+  const node = (await u.lookup(ctx, ROOT_NODEID, 'cold')).nodeid;
+  const o1 = await u.open(ctx, node, C.O_RDONLY);
+  t.is(o1.backingId, 9, 'not cached: passthrough');
+  t.deepEqual(stored, []);
+  await u.release(ctx, node, o1.fh);
+  fs.readFileSync(path.join(lower, 'cold'));
+  fs.closeSync(fd);
+  const o2 = await u.open(ctx, node, C.O_RDONLY);
+  t.is(o2.backingId, undefined, 'cached now: served by the daemon, its data stored');
+  t.deepEqual(stored, [node]);
+  await u.release(ctx, node, o2.fh);
+});
+
 test('readInto reads into the caller\'s buffer at its offset (the READ reply buffer); read still returns a buffer', async (t) => {
   const { fs: u } = setup(t, { f: '0123456789' });
   const node = (await u.lookup(ctx, ROOT_NODEID, 'f')).nodeid;

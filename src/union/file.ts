@@ -112,7 +112,7 @@ export interface FileEnv {
   passthrough: boolean;
   /** Reports a passthrough backing the kernel refused (I/O then goes through the daemon). */
   onBackingRefused: (err: unknown) => void;
-  /** Puts a file's data into the kernel's page cache of its inode (see storeSmallFile). */
+  /** Puts a file's data into the kernel's page cache of its inode (see fillPageCache). */
   storeData?: (nodeid: number, offset: number, data: Uint8Array) => boolean;
 }
 
@@ -153,26 +153,12 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
  * passthrough when nothing else holds the inode open by passthrough. A passthrough open costs the
  * kernel a second open of the layer file (FUSE_DEV_IOC_BACKING_OPEN) and its close. A lower file's
  * data never changes: at its first open the daemon puts it into the FUSE inode's page cache, where
- * it stays (FOPEN_KEEP_CACHE), so reading it takes no request at all (see storeSmallFile).
+ * it stays (FOPEN_KEEP_CACHE), so reading it takes no request at all (see fillPageCache).
  */
 export const SMALL_READ_ONLY = 64 * 1024;
 
 /** The data of a small file on its way into the kernel's page cache. */
 const storeBuf = Buffer.allocUnsafeSlow(SMALL_READ_ONLY);
-
-/**
- * At the first open of a small lower file the daemon serves, its data goes into the kernel's page
- * cache of the inode before the open is answered (FUSE_NOTIFY_STORE): the reads that follow find it
- * there, with no READ round trip (nor the attribute refresh that a READ's atime change costs the
- * next stat). The kernel locks the pages it fills: this is safe only while no open of the inode can be
- * waiting for a READ, so only when the node has no other open. Pages the kernel drops later are read
- * again by READ.
- */
-function storeSmallFile(env: FileEnv, node: UnionNode, fd: number, size: number): void {
-  if (!env.storeData || node.dataStored || size === 0 || size > SMALL_READ_ONLY || (node.handles?.size ?? 0) > 0) return;
-  const n = N.pread(fd, storeBuf, 0, size, 0);
-  if (n === size && env.storeData(node.nodeid, 0, storeBuf.subarray(0, n))) node.dataStored = true;
-}
 
 /** Does the node have opens the daemon serves (the kernel's cached I/O mode for its inode)? */
 function hasDaemonOpens(node: UnionNode): boolean {
@@ -182,25 +168,46 @@ function hasDaemonOpens(node: UnionNode): boolean {
 
 const openStat = new Float64Array(N.ST_LENGTH);
 
-/**
- * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
- * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
- * other mode fails with EIO. So the node's current opens decide; with none, passthrough, except for
- * a small lower file opened read-only (`smallSize` >= 0).
- */
-function wantsPassthrough(env: FileEnv, node: UnionNode, smallSize: number): boolean {
-  if (!env.passthrough || node.type !== C.S_IFREG) return false;
-  if (env.handles.backings.has(node)) return true;
-  if (hasDaemonOpens(node)) return false;
-  return smallSize < 0;
-}
-
 /** The size of a lower regular file of at most SMALL_READ_ONLY bytes open at `fd`, else -1. */
 function smallLowerSize(node: UnionNode, fd: number): number {
   if (node.layer.isUpper || node.type !== C.S_IFREG) return -1;
   N.fstat(fd, openStat);
   const size = openStat[N.ST.size]!;
   return size <= SMALL_READ_ONLY ? size : -1;
+}
+
+/**
+ * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
+ * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
+ * other mode fails with EIO. So the node's current opens decide. With none, passthrough, except for
+ * a small lower file opened read-only (`smallSize` >= 0) whose data the kernel's page cache of the
+ * inode holds or is given now (fillPageCache).
+ */
+function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, smallSize: number): boolean {
+  if (node.type !== C.S_IFREG) return false;
+  if (env.handles.backings.has(node)) return env.passthrough;
+  if (hasDaemonOpens(node)) return false;
+  if (smallSize >= 0 && fillPageCache(env, node, fd, smallSize)) return false;
+  return env.passthrough;
+}
+
+/**
+ * At the first open of a small lower file, while the node has no other open, the daemon puts the
+ * file's data into the kernel's page cache of the inode before the open is answered
+ * (FUSE_NOTIFY_STORE): reads then find it there, with no READ round trip (nor the attribute refresh
+ * that a READ's atime change costs the next stat), and FOPEN_KEEP_CACHE keeps it for later opens.
+ * The kernel locks the pages it fills: safe only while no open of the inode can be waiting for a READ,
+ * hence only with no other open. Only data already in the lower filesystem's page cache is taken
+ * (RWF_NOWAIT): a file that must come from disk is read by passthrough instead, by the kernel in the
+ * reader's own context. True when the daemon is to serve the open (its data stored now or before);
+ * pages the kernel drops later are read again by READ.
+ */
+function fillPageCache(env: FileEnv, node: UnionNode, fd: number, size: number): boolean {
+  if (node.dataStored || size === 0) return true;
+  const n = N.preadCached(fd, storeBuf, 0, size, 0);
+  if (n !== size) return false;
+  if (env.storeData?.(node.nodeid, 0, storeBuf.subarray(0, n)) === true) node.dataStored = true;
+  return true;
 }
 
 /** Registers an open layer file and decides how the kernel does its I/O. */
@@ -213,8 +220,8 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
   // (a small lower file opened read-only: its size; else -1)
-  const small = (flags & 3) === C.O_RDONLY && (env.passthrough || env.storeData) ? smallLowerSize(node, fd) : -1;
-  if (wantsPassthrough(env, node, small)) {
+  const small = (flags & 3) === C.O_RDONLY ? smallLowerSize(node, fd) : -1;
+  if (wantsPassthrough(env, node, fd, small)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
     if (existing && existing.layer !== node.layer) {
@@ -229,7 +236,6 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
       env.onBackingRefused(err);
     }
   }
-  if (h.backing === null && small > 0) storeSmallFile(env, node, fd, small);
   const fh = env.handles.add(h);
   // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
   return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
