@@ -241,6 +241,20 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
 }
 
+/**
+ * Must the opens of `node`, a lower file being copied up, stay on the lower file? Those the kernel
+ * reads by passthrough must (the inode's backing file is fixed while it is open). With passthrough on,
+ * so must the small files the daemon serves (its page cache holds the lower data, which programs may
+ * have mapped): the copy then gets a new node, as for passthrough, and a program running from the
+ * lower file, or mapping it, is not changed by writes to the copy, as on the kernel's overlay.
+ */
+export function keepsLowerOpens(env: FileEnv, node: UnionNode): boolean {
+  if (env.handles.boundToLower(node)) return true;
+  if (!env.passthrough) return false;
+  for (const h of node.handles ?? []) if (h.onLower) return true;
+  return false;
+}
+
 /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */
 export function reopenHandles(node: UnionNode): void {
   for (const h of node.handles ?? []) {
