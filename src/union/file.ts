@@ -171,7 +171,11 @@ const openStat = new Float64Array(N.ST_LENGTH);
 /** The size of a lower regular file of at most SMALL_READ_ONLY bytes open at `fd`, else -1. */
 function smallLowerSize(node: UnionNode, fd: number): number {
   if (node.layer.isUpper || node.type !== C.S_IFREG) return -1;
-  N.fstat(fd, openStat);
+  try {
+    N.fstat(fd, openStat);
+  } catch {
+    return -1; // (the open goes on as for any file; its descriptor stays the caller's)
+  }
   const size = openStat[N.ST.size]!;
   return size <= SMALL_READ_ONLY ? size : -1;
 }
@@ -204,7 +208,12 @@ function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, smallSize: 
  */
 function fillPageCache(env: FileEnv, node: UnionNode, fd: number, size: number): boolean {
   if (node.dataStored || size === 0) return true;
-  const n = N.preadCached(fd, storeBuf, 0, size, 0);
+  let n: number;
+  try {
+    n = N.preadCached(fd, storeBuf, 0, size, 0);
+  } catch {
+    return false; // an error reading the layer: the kernel meets it by passthrough, or at its READ
+  }
   if (n !== size) return false;
   if (env.storeData?.(node.nodeid, 0, storeBuf.subarray(0, n)) === true) node.dataStored = true;
   return true;
