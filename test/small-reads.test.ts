@@ -62,36 +62,3 @@ print('\\n'.join(out))
   // The files over 64 KiB are read by passthrough: no READ either.
   t.is(line!.byOp!.READ ?? 0, 0, `READs: ${JSON.stringify(line!.byOp)}`);
 });
-
-// A small lower file mapped by a program (a library, a script) and then written through another
-// descriptor: the copy-up leaves the mapping on the lower data, as on the kernel's overlay, where the
-// mapping holds the lower file itself; new opens read the copy.
-test('a mapping of a small lower file keeps the lower data when the file is written through another descriptor', (t) => {
-  const root = tempDir(t, 'srm');
-  const lower = path.join(root, 'lower');
-  fs.mkdirSync(path.join(lower, 'd'), { recursive: true });
-  fs.writeFileSync(path.join(lower, 'd', 'lib'), Buffer.from('lower library bytes '.repeat(200)));
-  const script = `
-import mmap, os
-p = 'd/lib'
-f = os.open(p, os.O_RDONLY)
-m = mmap.mmap(f, 0, access=mmap.ACCESS_READ)
-before = m[:20]
-w = os.open(p, os.O_WRONLY)
-os.pwrite(w, b'WRITTEN!', 0)
-os.close(w)
-print(before, m[:20], open(p, 'rb').read(20))
-`;
-  const results: Record<string, string> = {};
-  for (const [name, mountFn] of [['kernel', kernelOverlay], ['strata', strataMount]] as const) {
-    const upper = path.join(root, `${name}-u`);
-    const work = path.join(root, `${name}-w`);
-    fs.mkdirSync(upper);
-    fs.mkdirSync(work);
-    const mnt = mountFn(t, { lowers: [lower], upper, work, mountpoint: fs.mkdtempSync(path.join(root, `${name}-m`)) });
-    results[name] = runOk('python3', ['-c', script], { cwd: mnt }).trim();
-    if (name === 'strata') strataUnmount(mnt);
-  }
-  t.is(results.kernel, "b'lower library bytes ' b'lower library bytes ' b'WRITTEN!brary bytes '");
-  t.is(results.strata, results.kernel);
-});

@@ -10,7 +10,7 @@ import type { BackingRegistry, RequestContext, SetattrRequest } from '../src/fus
 import * as N from '../src/native/index.js';
 import { LayerStack } from '../src/union/layers.js';
 import { LOWER_ATIME } from '../src/union/layer_mount.js';
-import { SMALL_READ_ONLY } from '../src/union/file.js';
+import { FMODE_EXEC, SMALL_READ_ONLY } from '../src/union/file.js';
 import { UnionFs } from '../src/union/super.js';
 import { ROOT_NODEID } from '../src/union/node.js';
 import { tempDir } from './helpers/tmp.js';
@@ -167,7 +167,7 @@ test.serial('a passthrough backing is registered with the first open\'s own desc
   t.is(openFds(), before);
 });
 
-test.serial('a small lower file opened read-only is served by the daemon with its page cache kept; an inode never mixes the two kinds of open; a copy-up leaves its opens on the lower file', async (t) => {
+test.serial('a small lower file opened read-only is served by the daemon with its page cache kept; an inode never mixes the two kinds of open', async (t) => {
   let next = 10;
   const live = new Set<number>();
   const { fs: u, upper } = setup(t, { small: 'small data', big: 'b'.repeat(SMALL_READ_ONLY + 1), edge: 'e'.repeat(SMALL_READ_ONLY) }, {
@@ -190,26 +190,23 @@ test.serial('a small lower file opened read-only is served by the daemon with it
   t.false(passthrough(edge));
   const big = await u.open(ctx, await look('big'), C.O_RDONLY);
   t.true(passthrough(big));
-  // A write open while the daemon serves the inode from the lower file: the copy-up gives the name a
-  // new node, as for a passthrough open, and the old open keeps the lower data (the kernel's page cache
-  // of the old inode, which programs may have mapped, is not changed by writes to the copy).
-  t.is(await errno(() => u.open(ctx, small, C.O_WRONLY)), 'ESTALE');
+  // A write open while the daemon serves the inode: copied up, and served by the daemon too (a
+  // passthrough open now would fail in the kernel with EIO); the read-only open reads the copy.
+  const w = await u.open(ctx, small, C.O_WRONLY);
+  t.false(passthrough(w));
+  t.is(w.openFlags & FOPEN_KEEP_CACHE, 0, 'an upper file while passthrough is on: pages dropped at open');
+  u.write(ctx, small, w.fh, 0, Buffer.from('SMALL'));
+  t.is(u.read(ctx, small, r1.fh, 0, 64).toString(), 'SMALL data');
   t.true(fs.statSync(path.join(upper, 'small')).isFile());
-  const copy = await look('small');
-  t.not(copy, small);
-  const w = await u.open(ctx, copy, C.O_WRONLY);
-  t.true(passthrough(w), 'the copy\'s node has no open: passthrough');
-  u.write(ctx, copy, w.fh, 0, Buffer.from('SMALL'));
-  t.is(u.read(ctx, small, r1.fh, 0, 64).toString(), 'small data');
-  // A read-only open of the copy meanwhile shares the writer's backing.
-  const r2 = await u.open(ctx, copy, C.O_RDONLY);
-  t.is(r2.backingId, w.backingId);
   await u.release(ctx, small, r1.fh);
-  for (const o of [w, r2]) await u.release(ctx, copy, o.fh);
-  // With no open left, the upper file is opened by passthrough, read-only too.
-  const r3 = await u.open(ctx, copy, C.O_RDONLY);
-  t.true(passthrough(r3));
-  await u.release(ctx, copy, r3.fh);
+  await u.release(ctx, small, w.fh);
+  // With no open left, the upper file is opened by passthrough again, read-only too.
+  const r2 = await u.open(ctx, small, C.O_RDONLY);
+  t.true(passthrough(r2));
+  // ... and a read-only open of it meanwhile shares that backing.
+  const r3 = await u.open(ctx, small, C.O_RDONLY);
+  t.is(r3.backingId, r2.backingId);
+  for (const [n, o] of [[small, r2], [small, r3]] as const) await u.release(ctx, n, o.fh);
   await u.release(ctx, await look('big'), big.fh);
   await u.release(ctx, await look('edge'), edge.fh);
   t.is(live.size, 0, 'every backing closed');
@@ -251,9 +248,8 @@ test.serial('the first open of a small lower file puts its data into the kernel\
     const n = await look(name);
     await u.release(ctx, n, (await u.open(ctx, n, C.O_RDONLY)).fh);
   }
-  await u.release(ctx, edge, e.fh);
   const w = await u.open(ctx, edge, C.O_RDWR);
-  await u.release(ctx, edge, w.fh);
+  for (const [n, o] of [[edge, e], [edge, w]] as const) await u.release(ctx, n, o.fh);
   t.is(stored.length, 2);
 });
 
@@ -296,6 +292,18 @@ test.serial('an open while the daemon serves a node is served by the daemon too,
   const o3 = await u.open(ctx, node, C.O_RDONLY);
   t.is(o3.backingId, 4, 'alone and not cached: passthrough');
   await u.release(ctx, node, o3.fh);
+});
+
+test.serial('a small lower program opened for exec is opened by passthrough: a copy-up then leaves the running program on the lower file', async (t) => {
+  const { fs: u } = setup(t, { prog: '#!/bin/sh\necho lower\n' }, { open: () => 6, close: () => {} }, () => true);
+  const node = (await u.lookup(ctx, ROOT_NODEID, 'prog')).nodeid;
+  const x = await u.open(ctx, node, C.O_RDONLY | FMODE_EXEC);
+  t.is(x.backingId, 6);
+  // its copy-up gives the name a new node; the running program's open stays on the lower file
+  t.is(await errno(() => u.open(ctx, node, C.O_WRONLY)), 'ESTALE');
+  const copy = (await u.lookup(ctx, ROOT_NODEID, 'prog')).nodeid;
+  t.not(copy, node);
+  await u.release(ctx, node, x.fh);
 });
 
 test('readInto reads into the caller\'s buffer at its offset (the READ reply buffer); read still returns a buffer', async (t) => {

@@ -157,6 +157,14 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
  */
 export const SMALL_READ_ONLY = 64 * 1024;
 
+/**
+ * The open flag of an exec (the kernel's __FMODE_EXEC, passed in FUSE_OPEN's flags). A program's file
+ * is opened by passthrough whatever its size: a copy-up then leaves the running program on the lower
+ * file (see UnionFs.afterCopied), where writes to the copy through a daemon-served open would reach the
+ * pages it runs from.
+ */
+export const FMODE_EXEC = 0x20;
+
 /** The data of a small file on its way into the kernel's page cache. */
 const storeBuf = Buffer.allocUnsafeSlow(SMALL_READ_ONLY);
 
@@ -229,7 +237,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
   // (a small lower file opened read-only: its size; else -1)
-  const small = (flags & 3) === C.O_RDONLY ? smallLowerSize(node, fd) : -1;
+  const small = (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0 ? smallLowerSize(node, fd) : -1;
   if (wantsPassthrough(env, node, fd, small)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
@@ -248,20 +256,6 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   const fh = env.handles.add(h);
   // Writes reach the layer file at once (no writeback cache): close needs no FLUSH round trip.
   return { fh, openFlags: openFlags | FOPEN_NOFLUSH, backingId };
-}
-
-/**
- * Must the opens of `node`, a lower file being copied up, stay on the lower file? Those the kernel
- * reads by passthrough must (the inode's backing file is fixed while it is open). With passthrough on,
- * so must the small files the daemon serves (its page cache holds the lower data, which programs may
- * have mapped): the copy then gets a new node, as for passthrough, and a program running from the
- * lower file, or mapping it, is not changed by writes to the copy, as on the kernel's overlay.
- */
-export function keepsLowerOpens(env: FileEnv, node: UnionNode): boolean {
-  if (env.handles.boundToLower(node)) return true;
-  if (!env.passthrough) return false;
-  for (const h of node.handles ?? []) if (h.onLower) return true;
-  return false;
 }
 
 /** After a copy-up: handles the daemon serves from the lower file now use the upper one. */

@@ -14,7 +14,7 @@ import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewAt, type NewObject } from './dir.js';
-import { HandleTable, keepsLowerOpens, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
+import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
@@ -486,8 +486,7 @@ export class UnionFs implements FileSystem {
   /**
    * After a copy-up of `node`: handles the daemon serves from the lower file use the upper one. Opens
    * the kernel reads by passthrough stay bound to the lower file, and every open of one FUSE inode
-   * must share its backing; with passthrough on, so do the small lower files the daemon serves
-   * (keepsLowerOpens): the name then gets a new node (same st_ino) for the upper copy, and the
+   * must share its backing: the name then gets a new node (same st_ino) for the upper copy, and the
    * old node forwards everything else to it. The kernel is not told to drop its entry for the name
    * (FUSE_NOTIFY_INVAL_ENTRY takes the directory's lock, which a request waiting on this single-threaded
    * daemon may hold): an open of the old node answers ESTALE, and the kernel then looks the name up
@@ -495,10 +494,9 @@ export class UnionFs implements FileSystem {
    */
   private afterCopied(node: UnionNode): void {
     if (node.type !== C.S_IFREG || !node.layer.isUpper) return;
-    if (!node.unlinked && node.parent && !node.successor && keepsLowerOpens(this.files, node)) {
+    if (!node.unlinked && node.parent && !node.successor && this.handles.boundToLower(node)) {
       this.inodes.supersede(node);
       this.opts.invalidateAttributes(node.nodeid);
-      return;
     }
     reopenHandles(node);
   }
