@@ -885,34 +885,37 @@ static napi_value fn_lseek(napi_env env, napi_callback_info info) {
   return ret_count(env, lseek(fd, off, whence), "lseek", NULL);
 }
 
-/* pread(fd, buf, bufOffset, length, position): bytes read.
- * A negative position reads at (and advances) the current file offset. */
-static napi_value fn_pread(napi_env env, napi_callback_info info) {
-  ARGS(5);
+/* The arguments of pread, preadCached and pwrite: (fd, buf, bufOffset, length, position). */
+typedef struct {
   int32_t fd;
   char *p;
   size_t len;
   int64_t pos;
-  TRY(arg_i32(env, argv[0], &fd));
-  TRY(arg_slice(env, argv[1], argv[2], argv[3], &p, &len));
-  TRY(arg_i64(env, argv[4], &pos));
-  ssize_t n = pos < 0 ? NOINTR(read(fd, p, len)) : NOINTR(pread(fd, p, len, pos));
-  return ret_count(env, n, pos < 0 ? "read" : "pread", NULL);
+} io_args;
+
+static bool arg_io(napi_env env, napi_value *argv, io_args *a) {
+  return arg_i32(env, argv[0], &a->fd) && arg_slice(env, argv[1], argv[2], argv[3], &a->p, &a->len) &&
+         arg_i64(env, argv[4], &a->pos);
+}
+
+/* pread(fd, buf, bufOffset, length, position): bytes read.
+ * A negative position reads at (and advances) the current file offset. */
+static napi_value fn_pread(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  io_args a;
+  TRY(arg_io(env, argv, &a));
+  ssize_t n = a.pos < 0 ? NOINTR(read(a.fd, a.p, a.len)) : NOINTR(pread(a.fd, a.p, a.len, a.pos));
+  return ret_count(env, n, a.pos < 0 ? "read" : "pread", NULL);
 }
 
 /* preadCached(fd, buf, bufOffset, length, position): bytes read, or -1 where the data is not all in
  * the page cache (preadv2 with RWF_NOWAIT answered EAGAIN): nothing waits for the disk. */
 static napi_value fn_preadCached(napi_env env, napi_callback_info info) {
   ARGS(5);
-  int32_t fd;
-  char *p;
-  size_t len;
-  int64_t pos;
-  TRY(arg_i32(env, argv[0], &fd));
-  TRY(arg_slice(env, argv[1], argv[2], argv[3], &p, &len));
-  TRY(arg_i64(env, argv[4], &pos));
-  struct iovec iov = {p, len};
-  ssize_t n = NOINTR(preadv2(fd, &iov, 1, pos, RWF_NOWAIT));
+  io_args a;
+  TRY(arg_io(env, argv, &a));
+  struct iovec iov = {a.p, a.len};
+  ssize_t n = NOINTR(preadv2(a.fd, &iov, 1, a.pos, RWF_NOWAIT));
   if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return ret_num(env, -1);
   return ret_count(env, n, "preadv2", NULL);
 }
@@ -921,15 +924,10 @@ static napi_value fn_preadCached(napi_env env, napi_callback_info info) {
  * A negative position writes at (and advances) the current file offset. */
 static napi_value fn_pwrite(napi_env env, napi_callback_info info) {
   ARGS(5);
-  int32_t fd;
-  char *p;
-  size_t len;
-  int64_t pos;
-  TRY(arg_i32(env, argv[0], &fd));
-  TRY(arg_slice(env, argv[1], argv[2], argv[3], &p, &len));
-  TRY(arg_i64(env, argv[4], &pos));
-  ssize_t n = pos < 0 ? NOINTR(write(fd, p, len)) : NOINTR(pwrite(fd, p, len, pos));
-  return ret_count(env, n, pos < 0 ? "write" : "pwrite", NULL);
+  io_args a;
+  TRY(arg_io(env, argv, &a));
+  ssize_t n = a.pos < 0 ? NOINTR(write(a.fd, a.p, a.len)) : NOINTR(pwrite(a.fd, a.p, a.len, a.pos));
+  return ret_count(env, n, a.pos < 0 ? "write" : "pwrite", NULL);
 }
 
 /* copyFileRange(fdIn, offIn, fdOut, offOut, len, flags): bytes copied.

@@ -4,7 +4,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { onKernelAndStrata } from './helpers/mounts.js';
 import { runOk } from './helpers/exec.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -16,18 +16,10 @@ test('a walk of a directory of many getdents64 chunks sends no LOOKUP per name a
   for (let i = 0; i < 1500; i++) fs.writeFileSync(path.join(lower, 'big', `file-${String(i).padStart(4, '0')}`), 'x'.repeat(i % 7));
   const walk = (mnt: string): string =>
     runOk('find', ['.', '-printf', '%p %s %m %n %U %G %T@ %y\n'], { cwd: mnt }).split('\n').sort().join('\n');
-  const results: Record<string, string> = {};
   const log = path.join(root, 'strata.log');
-  for (const [name, mountFn, extra] of [['kernel', kernelOverlay, []], ['strata', strataMount, ['--log-file', log, '--log-level', 'info']]] as const) {
-    const upper = path.join(root, `${name}-u`);
-    const work = path.join(root, `${name}-w`);
-    fs.mkdirSync(upper);
-    fs.mkdirSync(work);
-    const mnt = mountFn(t, { lowers: [lower], upper, work, mountpoint: fs.mkdtempSync(path.join(root, `${name}-m`)), extraArgs: extra });
-    // the root's own times come from each system's fresh upper directory
-    results[name] = walk(mnt).split('\n').filter((l) => !l.startsWith('. ')).join('\n');
-    if (name === 'strata') strataUnmount(mnt);
-  }
+  // (the root's own times come from each system's fresh upper directory)
+  const results = onKernelAndStrata(t, root, [lower], ['--log-file', log, '--log-level', 'info'],
+    (mnt) => walk(mnt).split('\n').filter((l) => !l.startsWith('. ')).join('\n'));
   t.is(results.strata, results.kernel);
   const line = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg?: string; byOp?: Record<string, number> })
     .find((l) => l.msg === 'unmounted');

@@ -5,7 +5,7 @@ import test from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { onKernelAndStrata } from './helpers/mounts.js';
 import { runOk } from './helpers/exec.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -41,17 +41,9 @@ for n in sorted(os.listdir('d')):
     out.append('%s %d %s %s %s' % (n, len(a), hashlib.sha256(a).hexdigest()[:16], a == b, a == c))
 print('\\n'.join(out))
 `;
-  const results: Record<string, string> = {};
   const log = path.join(root, 'strata.log');
-  for (const [name, mountFn, extra] of [['kernel', kernelOverlay, []], ['strata', strataMount, ['--log-file', log, '--log-level', 'info']]] as const) {
-    const upper = path.join(root, `${name}-u`);
-    const work = path.join(root, `${name}-w`);
-    fs.mkdirSync(upper);
-    fs.mkdirSync(work);
-    const mnt = mountFn(t, { lowers: [lower], upper, work, mountpoint: fs.mkdtempSync(path.join(root, `${name}-m`)), extraArgs: extra });
-    results[name] = runOk('python3', ['-c', script], { cwd: mnt });
-    if (name === 'strata') strataUnmount(mnt);
-  }
+  const results = onKernelAndStrata(t, root, [lower], ['--log-file', log, '--log-level', 'info'],
+    (mnt) => runOk('python3', ['-c', script], { cwd: mnt }));
   t.is(results.strata, results.kernel);
   t.false(results.strata.includes('False'), results.strata);
   const line = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg?: string; byOp?: Record<string, number> })

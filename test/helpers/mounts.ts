@@ -205,3 +205,23 @@ export function sideBySide(t: ExecutionContext, dir: string, fillLower: (lower: 
   const kernel = kernelOverlay(t, { lowers: [kernelDirs.lower], upper: kernelDirs.upper, work: kernelDirs.work, mountpoint: newMountpoint(dir, 'mk') });
   return { strata, kernel, strataDirs, kernelDirs };
 }
+
+/**
+ * Mounts `lowers` once on the kernel's overlay and once on strata (each with a fresh upper and work
+ * directory under `root`), runs `look` on each mount, and returns both answers; strata is unmounted
+ * after its look (its log, with `--log-file` among `strataArgs`, then holds the request counts).
+ */
+export function onKernelAndStrata(t: ExecutionContext, root: string, lowers: string[], strataArgs: string[],
+  look: (mnt: string) => string): { kernel: string; strata: string } {
+  const out: Record<string, string> = {};
+  for (const [name, mountFn, extra] of [['kernel', kernelOverlay, []], ['strata', strataMount, strataArgs]] as const) {
+    const upper = path.join(root, `${name}-u`);
+    const work = path.join(root, `${name}-w`);
+    fs.mkdirSync(upper);
+    fs.mkdirSync(work);
+    const mnt = mountFn(t, { lowers, upper, work, mountpoint: fs.mkdtempSync(path.join(root, `${name}-m`)), extraArgs: extra });
+    out[name] = look(mnt);
+    if (name === 'strata') strataUnmount(mnt);
+  }
+  return { kernel: out.kernel!, strata: out.strata! };
+}
