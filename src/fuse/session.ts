@@ -76,6 +76,12 @@ function cname(buf: Buffer, start: number, end: number): string {
   if (nul < 0 || nul > end) nul = end;
   return buf.toString('latin1', start, nul);
 }
+/** The out header of a notification: its whole length, the code where a reply has its error, unique 0. */
+function notifyHeader(buf: Buffer, code: number, length: number): void {
+  buf.writeUInt32LE(length, 0);
+  buf.writeInt32LE(code, 4);
+  putU64(buf, 8, 0);
+}
 function align8(n: number): number {
   return (n + 7) & ~7;
 }
@@ -323,9 +329,7 @@ export class FuseSession {
   private invalidateInode(nodeid: number, offset: number): void {
     if (this.devFd < 0 || !this.initialized) return;
     const b = this.notifyBuf;
-    b.writeUInt32LE(b.length, 0);
-    b.writeInt32LE(FUSE_NOTIFY_INVAL_INODE, 4);
-    putU64(b, 8, 0);
+    notifyHeader(b, FUSE_NOTIFY_INVAL_INODE, b.length);
     putU64(b, OUT_HEADER_SIZE, nodeid);
     putI64(b, OUT_HEADER_SIZE + 8, offset);
     putI64(b, OUT_HEADER_SIZE + 16, 0);
@@ -347,9 +351,7 @@ export class FuseSession {
   storeData(nodeid: number, offset: number, data: Uint8Array): boolean {
     if (this.devFd < 0 || !this.initialized) return false;
     const b = this.storeHead;
-    b.writeUInt32LE(b.length + data.length, 0);
-    b.writeInt32LE(FUSE_NOTIFY_STORE, 4);
-    putU64(b, 8, 0);
+    notifyHeader(b, FUSE_NOTIFY_STORE, b.length + data.length);
     putU64(b, OUT_HEADER_SIZE, nodeid);
     putU64(b, OUT_HEADER_SIZE + 8, offset);
     b.writeUInt32LE(data.length, OUT_HEADER_SIZE + 16);

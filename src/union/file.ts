@@ -176,9 +176,8 @@ function hasDaemonOpens(node: UnionNode): boolean {
 
 const openStat = new Float64Array(N.ST_LENGTH);
 
-/** The size of a lower regular file of at most SMALL_READ_ONLY bytes open at `fd`, else -1. */
-function smallLowerSize(node: UnionNode, fd: number): number {
-  if (node.layer.isUpper || node.type !== C.S_IFREG) return -1;
+/** The size of the regular file open at `fd` if it is at most SMALL_READ_ONLY bytes, else -1. */
+function smallSize(fd: number): number {
   try {
     N.fstat(fd, openStat);
   } catch {
@@ -192,14 +191,15 @@ function smallLowerSize(node: UnionNode, fd: number): number {
  * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
  * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
  * other mode fails with EIO. So the node's current opens decide. With none, passthrough, except for
- * a small lower file opened read-only (`smallSize` >= 0) whose data the kernel's page cache of the
- * inode holds or is given now (fillPageCache).
+ * a small lower file opened read-only, not for exec, whose data the kernel's page cache of the inode
+ * holds or is given now (fillPageCache).
  */
-function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, smallSize: number): boolean {
+function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: number): boolean {
   if (node.type !== C.S_IFREG) return false;
   if (env.handles.backings.has(node)) return env.passthrough;
   if (hasDaemonOpens(node)) return false;
-  if (smallSize >= 0 && fillPageCache(env, node, fd, smallSize)) return false;
+  const lowerRead = !node.layer.isUpper && (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0;
+  if (lowerRead && fillPageCache(env, node, fd)) return false;
   return env.passthrough;
 }
 
@@ -207,15 +207,22 @@ function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, smallSize: 
  * At the first open of a small lower file, while the node has no other open, the daemon puts the
  * file's data into the kernel's page cache of the inode before the open is answered
  * (FUSE_NOTIFY_STORE): reads then find it there, with no READ round trip (nor the attribute refresh
- * that a READ's atime change costs the next stat), and FOPEN_KEEP_CACHE keeps it for later opens.
- * The kernel locks the pages it fills: safe only while no open of the inode can be waiting for a READ,
- * hence only with no other open. Only data already in the lower filesystem's page cache is taken
- * (RWF_NOWAIT): a file that must come from disk is read by passthrough instead, by the kernel in the
- * reader's own context. True when the daemon is to serve the open (its data stored now or before);
- * pages the kernel drops later are read again by READ.
+ * that a READ's atime change costs the next stat), and FOPEN_KEEP_CACHE keeps it for later opens,
+ * which need not look at the file again (a lower file never changes). The kernel locks the pages it
+ * fills: safe only while no open of the inode can be waiting for a READ, hence only with no other
+ * open. Only data already in the lower filesystem's page cache is taken (RWF_NOWAIT): a file that
+ * must come from disk is read by passthrough instead, by the kernel in the reader's own context.
+ * True when the daemon is to serve the open (a small file, its data stored now or before); pages the
+ * kernel drops later are read again by READ.
  */
-function fillPageCache(env: FileEnv, node: UnionNode, fd: number, size: number): boolean {
-  if (node.dataStored || size === 0) return true;
+function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
+  if (node.dataStored) return true;
+  const size = smallSize(fd);
+  if (size < 0) return false;
+  if (size === 0) {
+    node.dataStored = true; // nothing to store
+    return true;
+  }
   let n: number;
   try {
     n = N.preadCached(fd, storeBuf, 0, size, 0);
@@ -236,9 +243,7 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
   // passthrough since: the kernel drops its pages at this open.
   let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
-  // (a small lower file opened read-only: its size; else -1)
-  const small = (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0 ? smallLowerSize(node, fd) : -1;
-  if (wantsPassthrough(env, node, fd, small)) {
+  if (wantsPassthrough(env, node, fd, flags)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
     if (existing && existing.layer !== node.layer) {

@@ -158,7 +158,7 @@ export class UnionNode {
     if (this.rare !== null || v !== null) this.r().handles = v;
   }
 
-  /** The daemon put the (lower) file's data into the kernel's page cache of this inode at an open. */
+  /** The daemon put the (small, lower) file's data into the kernel's page cache of this inode at an open (or it has none). */
   get dataStored(): boolean {
     return this.rare !== null && this.rare.stored;
   }
