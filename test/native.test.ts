@@ -284,6 +284,41 @@ test('readdir returns names, DT types and inode numbers matching lstat', (t) => 
   t.is(errOf(() => N.readdir(open(t, dfd, 'file', C.O_PATH))).code, 'ENOTDIR');
 });
 
+test('listDir gives the entries as parallel arrays, also for an empty and a huge directory', (t) => {
+  const { dir, dfd } = tmp(t);
+  const empty = open(t, dfd, (N.mkdirat(dfd, 'empty', 0o755), 'empty'), C.O_PATH | C.O_DIRECTORY);
+  const none = N.listDir(empty);
+  t.deepEqual(none.names, []);
+  t.is(none.types.length, 0);
+  t.is(none.inos.length, 0);
+  // More than 1 MiB of names (the addon then drops its buffers), and names with any byte but '/' and NUL.
+  N.mkdirat(dfd, 'big', 0o755);
+  const big = open(t, dfd, 'big', C.O_RDONLY | C.O_DIRECTORY);
+  const want = new Map<string, number>();
+  for (let i = 0; i < 4500; i++) {
+    const name = `${i}-${'\xe9\x01 .'.repeat(60)}`;
+    if (i % 3 === 0) N.mkdirat(big, name, 0o755);
+    else N.close(N.openat(big, name, C.O_CREAT | C.O_WRONLY | C.O_CLOEXEC, 0o644));
+    want.set(name, i % 3 === 0 ? C.DT_DIR : C.DT_REG);
+  }
+  const small = open(t, dfd, (N.mkdirat(dfd, 'd1', 0o755), 'd1'), C.O_PATH | C.O_DIRECTORY);
+  fs.writeFileSync(path.join(dir, 'd1', 'x'), '');
+  for (let round = 0; round < 2; round++) {
+    const l = N.listDir(big);
+    t.is(l.names.length, want.size);
+    t.is(l.types.length, want.size);
+    t.is(l.inos.length, want.size);
+    for (let i = 0; i < l.names.length; i++) {
+      t.is(l.types[i], want.get(l.names[i]!), l.names[i]);
+      if (i % 500 === 0) t.is(l.inos[i], st(big, l.names[i]!)[ST.ino]!);
+    }
+    const s = N.listDir(small);
+    t.deepEqual(s.names, ['x']);
+    t.deepEqual([...s.types], [C.DT_REG]);
+    t.deepEqual([...s.inos], [st(small, 'x')[ST.ino]!]);
+  }
+});
+
 test('mkdirat / mknodat / linkat / unlinkat', (t) => {
   const { dfd } = tmp(t);
   N.mkdirat(dfd, 'd', 0o710);

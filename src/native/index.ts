@@ -103,7 +103,7 @@ interface NativeBinding {
   dup(fd: number): number;
   dup2(oldfd: number, newfd: number): number;
   readlinkat(dirfd: number, path: string): string;
-  readdir(dirfd: number): DirEntry[];
+  readdir(dirfd: number): [names: string, types: Uint8Array, inos: Float64Array];
   mkdirat(dirfd: number, path: string, mode: number): void;
   mknodat(dirfd: number, path: string, mode: number, dev: number): void;
   symlinkat(target: string, dirfd: number, path: string): void;
@@ -271,8 +271,33 @@ export const dup: (fd: number) => number = native.dup;
 /** dup2(2): makes `newfd` a copy of `oldfd`. */
 export const dup2: (oldfd: number, newfd: number) => number = native.dup2;
 export const readlinkat: (dirfd: number, path: string) => string = native.readlinkat;
-/** All entries of the directory dirfd (may be an O_PATH fd), without "." and "..". */
-export const readdir: (dirfd: number) => DirEntry[] = native.readdir;
+/** A directory's entries in three parallel arrays (see {@link listDir}). */
+export interface DirListing {
+  /** Names (latin1). */
+  names: string[];
+  /** DT_* types. */
+  types: Uint8Array;
+  /** Inode numbers. */
+  inos: Float64Array;
+}
+
+/**
+ * All entries of the directory dirfd (may be an O_PATH fd), without "." and "..", as parallel
+ * arrays: the addon hands them over in one string and two typed arrays, where an array per entry
+ * cost more than the system calls (2-3 us per entry).
+ */
+export function listDir(dirfd: number): DirListing {
+  const [joined, types, inos] = native.readdir(dirfd);
+  const names = joined.split('/');
+  names.pop(); // (each name ends with '/')
+  return { names, types, inos };
+}
+
+/** All entries of the directory dirfd (may be an O_PATH fd), without "." and "..", one tuple each. */
+export function readdir(dirfd: number): DirEntry[] {
+  const { names, types, inos } = listDir(dirfd);
+  return names.map((name, i) => [name, types[i]!, inos[i]!]);
+}
 export const mkdirat: (dirfd: number, path: string, mode: number) => void = native.mkdirat;
 /** mknodat(2); `dev` is a raw dev_t (see {@link makedev}). */
 export const mknodat: (dirfd: number, path: string, mode: number, dev: number) => void = native.mknodat;

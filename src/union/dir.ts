@@ -401,12 +401,14 @@ export class DirOps {
     for (let i = 0; i < layers.length; i++) {
       const layer = layers[i]!;
       const dirfd = dir.dirFd(layer);
-      const entries = N.readdir(dirfd);
-      if (entries.length === 0) continue;
+      const { names, types, inos } = N.listDir(dirfd);
+      if (names.length === 0) continue;
       const more = i + 1 < layers.length;
       let dev = -1;
       let ociHidden: string[] | null = null;
-      for (const [name, dtype, ino] of entries) {
+      for (let k = 0; k < names.length; k++) {
+        const name = names[k]!;
+        const dtype = types[k]!;
         if (layer.ociWhiteouts && name.startsWith(OCI_WHITEOUT_PREFIX)) {
           if (layer.isUpper) upperEntries.push(name);
           const target = name === OCI_OPAQUE ? undefined : ociWhiteoutTarget(name);
@@ -420,7 +422,7 @@ export class DirOps {
             N.fstatat(dirfd, '', C.AT_EMPTY_PATH, st);
             dev = st[ST.dev]!;
           }
-          if (this.whiteouts.isShared(dev, dtype, ino)) {
+          if (this.whiteouts.isShared(dev, dtype, inos[k]!)) {
             upperEntries.push(name);
             if (more) (hidden ??= new Set()).add(name);
             continue;

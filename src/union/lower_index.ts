@@ -151,19 +151,19 @@ export class LowerIndex {
       const layer = layers[i]!;
       const below = i + 1 < layers.length;
       const dirfd = dir.dirFd(layer);
-      const entries = N.readdir(dirfd);
-      const layerNames = new Set<string>();
+      const { names, types, inos } = N.listDir(dirfd);
       const ociHidden: string[] = [];
-      for (const [name, dtype, realIno] of entries) {
-        layerNames.add(name);
+      for (let k = 0; k < names.length; k++) {
+        const name = names[k]!;
         if (oci && name.startsWith(OCI_WHITEOUT_PREFIX)) {
           const target = ociWhiteoutTarget(name);
           if (target !== undefined && below) ociHidden.push(target);
           continue;
         }
         if (done.has(name)) continue;
+        const dtype = types[k]!;
         let type = dtype << 12;
-        let ino = realIno;
+        let ino = inos[k]!;
         if (dtype === C.DT_CHR || dtype === C.DT_UNKNOWN) {
           if (!N.lstatMaybe(dirfd, name, st)) continue; // gone since the listing
           if (isKernelWhiteout(st)) {
@@ -191,7 +191,7 @@ export class LowerIndex {
         if (below && isOpaqueDir(dirfd, name, oci)) done.add(name);
       }
       for (const name of ociHidden) done.add(name);
-      if (!dir.lowerNames.has(layer)) dir.lowerNames.set(layer, layerNames);
+      if (!dir.lowerNames.has(layer)) dir.lowerNames.set(layer, new Set(names));
     }
     const key = this.key(dir);
     this.remember(key, listing);

@@ -34,13 +34,10 @@ function dtFromMode(mode: number): number {
  * lstat per name: a set of its names would save no more than that, and a walk of 100k files in
  * such directories would keep 2 MiB of sets.
  */
-function rememberNames(dir: UnionNode, layer: Layer, entries: [string, number, number][]): void {
+function rememberNames(dir: UnionNode, layer: Layer, names: string[]): void {
   if (dir.dirLayers!.length < 2) return;
   dir.lowerNames ??= new Map();
-  if (dir.lowerNames.has(layer)) return;
-  const names = new Set<string>();
-  for (const e of entries) names.add(e[0]);
-  dir.lowerNames.set(layer, names);
+  if (!dir.lowerNames.has(layer)) dir.lowerNames.set(layer, new Set(names));
 }
 
 /**
@@ -56,12 +53,13 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
   for (const layer of layers) {
     const dirfd = dir.dirFd(layer);
     const ociHidden: string[] = [];
-    const entries = N.readdir(dirfd);
-    if (!layer.isUpper) rememberNames(dir, layer, entries);
+    const { names, types, inos } = N.listDir(dirfd);
+    if (!layer.isUpper) rememberNames(dir, layer, names);
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
     const withOrigins = layer.isUpper && isImpureDir(dirfd);
-    for (const [name, dtype, realIno] of entries) {
+    for (let k = 0; k < names.length; k++) {
+      const name = names[k]!;
       if (layer.ociWhiteouts && name.startsWith('.wh.')) {
         if (name !== OCI_OPAQUE) {
           const target = ociWhiteoutTarget(name);
@@ -70,7 +68,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         continue;
       }
       if (seen.has(name) || hidden.has(name)) continue;
-      let type = dtype;
+      let type = types[k]!;
       if (type === C.DT_CHR || type === C.DT_UNKNOWN) {
         if (!N.lstatMaybe(dirfd, name, st)) continue;
         if (isKernelWhiteout(st)) {
@@ -80,7 +78,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         type = dtFromMode(st[N.ST.mode]!);
       }
       seen.add(name);
-      out.push({ name, type, ino: inodes.inoFor(layer, realIno, withOrigins ? () => [dirfd, name] : undefined) });
+      out.push({ name, type, ino: inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined) });
     }
     for (const name of ociHidden) hidden.add(name);
   }
