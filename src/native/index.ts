@@ -220,6 +220,20 @@ export function newStatBuf(): Float64Array {
   return new Float64Array(ST_LENGTH);
 }
 
+/** Stat values to read (a stat buffer, or a copy made by {@link statCopy}). */
+export type StatValues = ArrayLike<number>;
+
+/**
+ * A copy of a stat buffer to keep, as a plain array: a Float64Array of 16 values lives outside
+ * V8's heap, and making one (new or by slice()) cost 1.5-2.5 us against 0.1-0.2 us for an array,
+ * on every lookup that found something.
+ */
+export function statCopy(st: Float64Array): number[] {
+  const out = new Array<number>(ST_LENGTH);
+  for (let i = 0; i < ST_LENGTH; i++) out[i] = st[i]!;
+  return out;
+}
+
 const TWO32 = 0x1_0000_0000;
 
 /** glibc `major()` of a raw dev_t (given as a number, exact up to 2^53). */

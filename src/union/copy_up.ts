@@ -141,7 +141,7 @@ export function copyData(src: number, srcDev: number, dst: number, size: number,
 }
 
 /** Does the stat say every byte of the file is allocated (no hole to keep)? */
-function isDense(st: Float64Array): boolean {
+function isDense(st: N.StatValues): boolean {
   return st[ST.blocks]! * 512 >= st[ST.size]!;
 }
 
@@ -177,7 +177,7 @@ function copyXattrsWith(srcDir: number, srcName: string, set: (name: string, val
 }
 
 /** Sets owner, mode (after chown, which clears setuid bits), then anything else, then times from a stat. */
-export function copyAttrs(dirfd: number, name: string, st: Float64Array, isLink: boolean, beforeTimes?: () => void): void {
+export function copyAttrs(dirfd: number, name: string, st: N.StatValues, isLink: boolean, beforeTimes?: () => void): void {
   N.fchownat(dirfd, name, st[ST.uid]!, st[ST.gid]!, C.AT_SYMLINK_NOFOLLOW);
   if (!isLink) N.fchmodat(dirfd, name, st[ST.mode]! & 0o7777, 0);
   beforeTimes?.();
@@ -185,7 +185,7 @@ export function copyAttrs(dirfd: number, name: string, st: Float64Array, isLink:
 }
 
 /** Restores a directory's atime/mtime (changing its entries moved them). */
-export function restoreTimes(dirfd: number, st: Float64Array): void {
+export function restoreTimes(dirfd: number, st: N.StatValues): void {
   N.utimensat(dirfd, '', st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!, C.AT_EMPTY_PATH);
 }
 
@@ -194,7 +194,7 @@ interface CopyJob {
   parent: UnionNode;
   node: UnionNode;
   /** The lower object's stat. */
-  st: Float64Array;
+  st: N.StatValues;
   type: number;
   tmp: string;
   /** For a regular file: the new file, and the source when its data is copied (else -1). */
@@ -207,6 +207,8 @@ interface CopyJob {
 export class CopyUp {
   private readonly pst = new Float64Array(16);
   private readonly ust = new Float64Array(16);
+  /** The source's stat, taken as a copy-up begins (the job keeps a copy). */
+  private readonly sst = new Float64Array(16);
   /**
    * Upper directories this mount marked impure (or found marked): not asked again. The mark stays
    * with the directory (nothing removes it while it is mounted); a directory made anew is a new node.
@@ -315,8 +317,8 @@ export class CopyUp {
     const work = this.upper.workFd;
     const src = node.location();
     const [srcDir, srcName] = src;
-    const st = new Float64Array(16);
-    statObject(src, st);
+    statObject(src, this.sst);
+    const st = N.statCopy(this.sst);
     const type = st[ST.mode]! & C.S_IFMT;
     const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
     try {

@@ -371,7 +371,7 @@ export class InodeTable {
   }
 
   /** Builds the merged attributes from a layer object's stat. */
-  attrFrom(node: UnionNode, st: Float64Array): Attr {
+  attrFrom(node: UnionNode, st: N.StatValues): Attr {
     const layer = node.layer;
     const ino = node.unlinked || !node.parent ? node.ino
       : layer.isUpper ? this.inoFor(layer, st[ST.ino]!, () => node.location()) : this.stack.inoOf(layer, st[ST.ino]!);
@@ -383,7 +383,7 @@ export class InodeTable {
   }
 }
 
-function attrOf(node: UnionNode, st: Float64Array, ino: number): Attr {
+function attrOf(node: UnionNode, st: N.StatValues, ino: number): Attr {
   let nlink = st[ST.nlink]!;
   // An unlinked node shows its object's own count, as the kernel: 0 for an upper file, the lower
   // file's count for one whose name was removed over a lower layer (the lower file stays).

@@ -52,6 +52,8 @@ const MEMORY_LISTINGS = 4096;
  * fewer system calls, a single lookup costs what it did.
  */
 const BUILD_AFTER_SEARCHES = 8;
+/** The stat buffer of lookups (a hit keeps a copy). */
+const probe = new Float64Array(16);
 
 export class LowerIndex {
   readonly stats: IndexStats = { hits: 0, misses: 0, builds: 0, loads: 0, stale: 0 };
@@ -236,14 +238,14 @@ export class LowerIndex {
       return up.hit;
     }
     const layer = layers[e.l]!;
-    const st = new Float64Array(16);
+    const st = probe;
     if (!N.lstatMaybe(dir.dirFd(layer), name, st) || (st[ST.mode]! & C.S_IFMT) !== e.m) {
       // The layer changed under the cache: drop what it said about this directory.
       this.stats.stale++;
       this.drop(dir);
       return lookupLayers(dir, name);
     }
-    return { layer, st, dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
+    return { layer, st: N.statCopy(st), dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
   }
 
   drop(dir: UnionNode): void {

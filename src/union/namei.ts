@@ -22,7 +22,7 @@ export interface LayerHit {
   /** The topmost layer holding the name. */
   layer: Layer;
   /** Its stat (mode, ino, ...). */
-  st: Float64Array;
+  st: N.StatValues;
   /** For a directory: the layers merged into it, top first. */
   dirLayers: Layer[] | null;
 }
@@ -72,7 +72,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
-        hit = { layer, st: st.slice(), dirLayers: isDir ? [layer] : null };
+        hit = { layer, st: N.statCopy(st), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
       } else {
         // Below a directory, only directories merge; anything else ends the merge.

@@ -113,9 +113,14 @@ const st = new Float64Array(16);
  * encode handles. null when the kernel writes none: a non-directory with more than one link.
  * `known`: the object's stat when the caller just took it.
  */
-export function originXattrFor(layer: Layer, dirfd: number, name = '', known?: Float64Array): Buffer | null {
-  const s = known ?? st;
-  if (!known) N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, s);
+export function originXattrFor(layer: Layer, dirfd: number, name = '', known?: N.StatValues): Buffer | null {
+  let s: N.StatValues;
+  if (known) {
+    s = known;
+  } else {
+    N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, st);
+    s = st;
+  }
   if ((s[ST.mode]! & C.S_IFMT) !== C.S_IFDIR && s[ST.nlink]! > 1) return null;
   let h: N.FileHandle;
   try {

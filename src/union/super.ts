@@ -153,7 +153,7 @@ export class UnionFs implements FileSystem {
    * The child node `name` of `parent`, looked up through the layers if not known yet (a new node
    * gets the nodeid `want` when a file handle names it).
    */
-  child(parent: UnionNode, name: string, want?: number): [UnionNode, Float64Array | null] | null {
+  child(parent: UnionNode, name: string, want?: number): [UnionNode, N.StatValues | null] | null {
     const known = parent.children.get(name);
     if (known) return [known, null];
     let hit = this.index ? this.index.lookup(parent, name) : undefined;
@@ -219,7 +219,7 @@ export class UnionFs implements FileSystem {
     if (parent === null || parent instanceof Promise) return parent;
     if (!parent.isDir || parent.unlinked) return null;
     if (this.index?.wantsLoad(parent) && !parent.children.has(rec.name)) return this.index.load(parent);
-    let found: [UnionNode, Float64Array | null] | null;
+    let found: [UnionNode, N.StatValues | null] | null;
     try {
       found = this.child(parent, rec.name, id);
     } catch (e) {
