@@ -13,7 +13,8 @@ import { tempDir, tmpfsDir } from './helpers/tmp.js';
 import { formatRatio, formatSeconds, formatSize, median, ratio, summarize } from '../src/bench/stats.js';
 import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
 import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
-import type { Results } from '../src/bench/report.js';
+import { hostLine, stealShares, type Results } from '../src/bench/report.js';
+import { damonPageout, hostTicks, parseProcStat } from '../src/bench/host.js';
 
 test('statistics: medians, spreads, ratios, formats', (t) => {
   t.is(median([3, 1, 2]), 2);
@@ -99,6 +100,10 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   }
   t.deepEqual([...new Set(res.samples.filter((x) => x.workload === 'copy-up').map((x) => x.point))].sort((a, b) => a! - b!), QUICK.copyUpSizes);
   t.true(typeof res.machine.kernel === 'string' && typeof res.machine.cpus === 'number');
+  // The host's share of the CPU time is counted around every measurement (not the mount rows).
+  const timed = res.samples.filter((x) => !x.workload.startsWith('mount'));
+  t.true(timed.length > 0 && timed.every((x) => x.hostTicks! >= 0 && x.stealTicks! >= 0 && x.stealTicks! <= x.hostTicks!), 'steal and total ticks');
+  t.true(Array.isArray(res.machine.damon));
   // The daemons' memory after the walk of the wide layer (not the kernel's: it has no daemon).
   for (const s of systems) {
     const mem = res.samples.filter((x) => x.workload === 'walk-memory' && x.system === s);
@@ -107,6 +112,7 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   }
   const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
   t.regex(md, /\| workload \| strata median/);
+  t.regex(md, /The host took [\d.]+% of the CPU time during the measurements/);
   t.regex(md, /copy-up latency, 4 KiB/);
   t.regex(md, /\| walk of the wide layer \| [\d.]+ MiB \| [\d.]+ MiB \|/);
   for (const chart of ['copy-up', 'ratios']) {
@@ -149,4 +155,42 @@ test.serial('Ctrl-C: the bench unmounts everything, removes its temp directory a
   t.deepEqual(readMounts().filter((m) => m.target.startsWith(dir + '/')).map((m) => m.target), []);
   t.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('stb')), [], 'the temp directory is gone');
   t.false(fs.existsSync(path.join(dir, 'out', 'results.json')), 'no results from an interrupted run');
+});
+
+test('host facts: /proc/stat parsed, DAMON pageout schemes found, steal shares per workload', (t) => {
+  t.deepEqual(parseProcStat('cpu  100 5 50 1000 10 1 2 30 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n'), { total: 1198, steal: 30 });
+  t.is(parseProcStat('intr 1 2 3\n'), null);
+  t.is(parseProcStat('cpu  1 2 x 4 5 6 7 8\n'), null);
+  const live = hostTicks();
+  t.true(live !== null && live.total > 0 && live.steal >= 0 && live.steal <= live.total);
+
+  const root = tempDir(t, 'damon');
+  const put = (p: string, v: string): void => {
+    fs.mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+    fs.writeFileSync(path.join(root, p), `${v}\n`);
+  };
+  t.deepEqual(damonPageout(root), [], 'no kdamonds');
+  put('kdamonds/nr_kdamonds', '2');
+  put('kdamonds/0/state', 'on');
+  put('kdamonds/0/contexts/0/monitoring_attrs/intervals/aggr_us', '5000000');
+  put('kdamonds/0/contexts/0/schemes/0/action', 'pageout');
+  put('kdamonds/0/contexts/0/schemes/0/access_pattern/age/min', '12');
+  put('kdamonds/0/contexts/0/schemes/1/action', 'stat');
+  put('kdamonds/1/state', 'off');
+  put('kdamonds/1/contexts/0/schemes/0/action', 'pageout');
+  t.deepEqual(damonPageout(root), ['pageout of memory (nearly) untouched for 60 s or more']);
+
+  const sample = (workload: string, system: 'strata' | 'kernel', run: number, hostTicks: number, stealTicks: number, point?: number) =>
+    ({ workload, system, run, seconds: 1, hostTicks, stealTicks, ...(point === undefined ? {} : { point }) });
+  const res = {
+    workloads: [{ name: 'a', title: 'a', what: '', series: false }, { name: 'cu', title: 'cu', what: '', series: true }, { name: 'm', title: 'm', what: '', series: false }],
+    samples: [sample('a', 'strata', 1, 100, 10), sample('a', 'kernel', 1, 100, 0),
+      // a series: both points come from one measurement, counted once
+      sample('cu', 'strata', 1, 50, 25, 4096), sample('cu', 'strata', 1, 50, 25, 65536),
+      { workload: 'm', system: 'strata', run: 1, seconds: 1 }],
+    machine: { damon: ['pageout of memory (nearly) untouched for 60 s or more'] },
+  } as unknown as Results;
+  t.deepEqual(stealShares(res), [{ workload: 'a', share: 0.05 }, { workload: 'cu', share: 0.5 }]);
+  t.is(hostLine(res), 'The host took 27.5% of the CPU time during the measurements (steal, mean over the workloads; most during cu 50.0%, a 5.0%). ' +
+    'DAMON runs here (pageout of memory (nearly) untouched for 60 s or more): page cache left alone that long may be read from disk again.');
 });

@@ -20,6 +20,12 @@ export interface Sample {
   /** Memory workloads: the daemon's VmRSS (bytes) right after the measurement, and after a while idle. */
   daemonRss?: number;
   daemonRssIdle?: number;
+  /**
+   * CPU time of all CPUs that passed during the measurement (USER_HZ ticks), and how much of it the
+   * hypervisor took (steal). A series' points share their measurement's counts.
+   */
+  hostTicks?: number;
+  stealTicks?: number;
 }
 
 export interface Failure {
@@ -131,6 +137,43 @@ export function memoryTable(r: Results, rows: Row[]): string[][] {
   return body.length ? [header, ...body] : [];
 }
 
+/** CPU time the host took (steal), per workload over all its measurements, as a share of the time that passed. */
+export function stealShares(r: Results): { workload: string; share: number }[] {
+  const out: { workload: string; share: number }[] = [];
+  for (const w of r.workloads) {
+    const seen = new Set<string>();
+    let total = 0;
+    let steal = 0;
+    for (const s of r.samples) {
+      if (s.workload !== w.name || s.hostTicks === undefined || s.stealTicks === undefined) continue;
+      const key = `${s.system}/${s.run}`; // (a series' points are one measurement)
+      if (seen.has(key)) continue;
+      seen.add(key);
+      total += s.hostTicks;
+      steal += s.stealTicks;
+    }
+    if (total > 0) out.push({ workload: w.name, share: steal / total });
+  }
+  return out;
+}
+
+/** One line on what the machine did to the numbers: the host's steal, DAMON paging out. */
+export function hostLine(r: Results): string {
+  const shares = stealShares(r);
+  const parts: string[] = [];
+  if (shares.length) {
+    const pct = (x: number): string => `${(x * 100).toFixed(1)}%`;
+    const worst = [...shares].sort((a, b) => b.share - a.share).filter((s) => s.share >= 0.02).slice(0, 5);
+    parts.push(`The host took ${pct(shares.reduce((a, s) => a + s.share, 0) / shares.length)} of the CPU time during the measurements ` +
+      `(steal, mean over the workloads${worst.length ? `; most during ${worst.map((s) => `${s.workload} ${pct(s.share)}`).join(', ')}` : ''}).`);
+  }
+  const damon = r.machine.damon;
+  if (Array.isArray(damon) && damon.length) {
+    parts.push(`DAMON runs here (${damon.join('; ')}): page cache left alone that long may be read from disk again.`);
+  }
+  return parts.join(' ');
+}
+
 export function formatTable(t: string[][]): string {
   const widths = t[0]!.map((_, i) => Math.max(...t.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
@@ -155,6 +198,7 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
       `load average ${String(m.loadStart)} at the start, ${String(m.loadEnd)} at the end. Layers and runs on ${String(m.tmpFs)} (${String(r.options.tmp)})` +
         (r.options.upperTmp ? `, uppers and work directories on ${String(m.upperFs)} (${String(r.options.upperTmp)}).` : '.'),
     '',
+    ...(hostLine(r) ? [hostLine(r), ''] : []),
     `Systems: ${r.systems.map((s) => `${s.name} (${s.version})`).join(', ')}.` +
       (r.skipped.length ? ` Left out: ${r.skipped.map((s) => `${s.what}: ${s.why}`).join('; ')}.` : ''),
     '',

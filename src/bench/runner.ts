@@ -6,8 +6,9 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, generateWide, type Sizes } from './gen.js';
-import { charts, cpuTable, formatTable, markdown, memoryTable, summaries, table, type Results } from './report.js';
+import { charts, cpuTable, formatTable, hostLine, markdown, memoryTable, summaries, table, type Results } from './report.js';
 import { residentBytes } from '../daemon/registry.js';
+import { damonPageout, hostTicks } from './host.js';
 import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
@@ -85,6 +86,7 @@ function machine(tmp: string, upperTmp: string | null): Record<string, unknown> 
     tmpFs: df,
     upperFs: upperTmp === null ? df : fsType(upperTmp),
     loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    damon: damonPageout(),
   };
 }
 
@@ -205,12 +207,15 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
               w.setup?.(ctx);
               const pid = sys.daemonPid(l.mnt);
               const cpu0 = pid === null ? NaN : cpuSeconds(pid);
+              const host0 = hostTicks();
               const v = w.measure(ctx);
+              const host1 = hostTicks();
+              const host = host0 && host1 ? { hostTicks: host1.total - host0.total, stealTicks: host1.steal - host0.steal } : {};
               const cpu = pid === null ? undefined : cpuSeconds(pid) - cpu0;
               const daemonCpu = cpu !== undefined && Number.isFinite(cpu) ? cpu : undefined;
               const memory = w.memory && pid !== null ? settledMemory(pid, sizes.settleMs) : {};
-              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu, ...memory });
-              else for (const [point, seconds] of Object.entries(v)) results.samples.push({ workload: w.name, system: sys.name, run, point: Number(point), seconds });
+              if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu, ...memory, ...host });
+              else for (const [point, seconds] of Object.entries(v)) results.samples.push({ workload: w.name, system: sys.name, run, point: Number(point), seconds, ...host });
             }
           } catch (e) {
             results.failures.push({ workload: w.name, system: sys.name, run, error: (e as Error).message.split('\n')[0]!.slice(0, 300) });
@@ -247,6 +252,8 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
   if (cpu.length) log('\n' + formatTable(cpu) + '\n');
   const memory = memoryTable(results, rows);
   if (memory.length) log('\n' + formatTable(memory) + '\n');
+  const host = hostLine(results);
+  if (host) log(`\n${host}\n`);
   for (const f of results.failures) log(`failed: ${f.workload} on ${f.system} (run ${f.run}): ${f.error}\n`);
   log(`strata bench: results.json, report.md and ${made.map((c) => `${c}.svg/.png`).join(', ')} in ${o.out}\n`);
   return results.failures.length > 0 ? 1 : 0;

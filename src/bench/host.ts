@@ -1,0 +1,71 @@
+// What the machine itself does to a benchmark's numbers: CPU time the hypervisor takes from this
+// VM (steal), and a DAMON scheme that pages out memory nobody touched for a while (the page cache
+// of the layers with it, so that a "warm" row may read from disk).
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** CPU time of all CPUs since boot, in USER_HZ ticks: the total, and what the host took (steal). */
+export interface HostTicks {
+  total: number;
+  steal: number;
+}
+
+/** Parses the first line of /proc/stat ("cpu  user nice system idle iowait irq softirq steal guest guest_nice"). */
+export function parseProcStat(text: string): HostTicks | null {
+  const line = text.split('\n', 1)[0] ?? '';
+  const f = line.trim().split(/\s+/);
+  if (f[0] !== 'cpu' || f.length < 9) return null;
+  const v = f.slice(1, 9).map(Number);
+  if (v.some((x) => !Number.isFinite(x))) return null;
+  // (guest time is counted in user time already)
+  return { total: v.reduce((a, b) => a + b, 0), steal: v[7]! };
+}
+
+export function hostTicks(): HostTicks | null {
+  try {
+    return parseProcStat(readFileSync('/proc/stat', 'latin1'));
+  } catch {
+    return null;
+  }
+}
+
+const read = (p: string): string | null => {
+  try {
+    return readFileSync(p, 'latin1').trim();
+  } catch {
+    return null;
+  }
+};
+
+const entries = (p: string): string[] => {
+  try {
+    return readdirSync(p).filter((n) => /^\d+$/.test(n));
+  } catch {
+    return [];
+  }
+};
+
+/**
+ * The DAMON schemes running here that page memory out, described in one line each (e.g. "pageout of
+ * memory (nearly) untouched for 60 s or more"); empty when there is none. `root`: the DAMON sysfs
+ * directory.
+ */
+export function damonPageout(root = '/sys/kernel/mm/damon/admin'): string[] {
+  const out: string[] = [];
+  for (const k of entries(join(root, 'kdamonds'))) {
+    const kd = join(root, 'kdamonds', k);
+    if (read(join(kd, 'state')) !== 'on') continue;
+    for (const c of entries(join(kd, 'contexts'))) {
+      const ctx = join(kd, 'contexts', c);
+      const aggrUs = Number(read(join(ctx, 'monitoring_attrs', 'intervals', 'aggr_us')));
+      for (const s of entries(join(ctx, 'schemes'))) {
+        const scheme = join(ctx, 'schemes', s);
+        if (read(join(scheme, 'action')) !== 'pageout') continue;
+        const minAge = Number(read(join(scheme, 'access_pattern', 'age', 'min')));
+        const idle = Number.isFinite(aggrUs) && Number.isFinite(minAge) ? (aggrUs * minAge) / 1e6 : NaN;
+        out.push(Number.isFinite(idle) ? `pageout of memory (nearly) untouched for ${idle} s or more` : 'pageout of (nearly) untouched memory');
+      }
+    }
+  }
+  return out;
+}
