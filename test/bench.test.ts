@@ -14,7 +14,7 @@ import { formatRatio, formatSeconds, formatSize, median, ratio, summarize } from
 import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
 import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
 import { hostLine, stealShares, type Results } from '../src/bench/report.js';
-import { damonPageout, hostTicks, parseProcStat } from '../src/bench/host.js';
+import { damonPageout, hostTicks, pageFaultMicros, parseProcStat } from '../src/bench/host.js';
 
 test('statistics: medians, spreads, ratios, formats', (t) => {
   t.is(median([3, 1, 2]), 2);
@@ -104,6 +104,7 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   const timed = res.samples.filter((x) => !x.workload.startsWith('mount'));
   t.true(timed.length > 0 && timed.every((x) => x.hostTicks! >= 0 && x.stealTicks! >= 0 && x.stealTicks! <= x.hostTicks!), 'steal and total ticks');
   t.true(Array.isArray(res.machine.damon));
+  for (const k of ['pageFaultUsStart', 'pageFaultUsEnd'] as const) t.true(typeof res.machine[k] === 'number' && (res.machine[k] as number) > 0, k);
   // The daemons' memory after the walk of the wide layer (not the kernel's: it has no daemon).
   for (const s of systems) {
     const mem = res.samples.filter((x) => x.workload === 'walk-memory' && x.system === s);
@@ -161,6 +162,8 @@ test('host facts: /proc/stat parsed, DAMON pageout schemes found, steal shares p
   t.deepEqual(parseProcStat('cpu  100 5 50 1000 10 1 2 30 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n'), { total: 1198, steal: 30 });
   t.is(parseProcStat('intr 1 2 3\n'), null);
   t.is(parseProcStat('cpu  1 2 x 4 5 6 7 8\n'), null);
+  const f = pageFaultMicros();
+  t.true(f > 0 && f < 1e4, `a page fault: ${f} us`);
   const live = hostTicks();
   t.true(live !== null && live.total > 0 && live.steal >= 0 && live.steal <= live.total);
 
@@ -188,9 +191,9 @@ test('host facts: /proc/stat parsed, DAMON pageout schemes found, steal shares p
       // a series: both points come from one measurement, counted once
       sample('cu', 'strata', 1, 50, 25, 4096), sample('cu', 'strata', 1, 50, 25, 65536),
       { workload: 'm', system: 'strata', run: 1, seconds: 1 }],
-    machine: { damon: ['pageout of memory (nearly) untouched for 60 s or more'] },
+    machine: { damon: ['pageout of memory (nearly) untouched for 60 s or more'], pageFaultUsStart: 3.5, pageFaultUsEnd: 12.25 },
   } as unknown as Results;
   t.deepEqual(stealShares(res), [{ workload: 'a', share: 0.05 }, { workload: 'cu', share: 0.5 }]);
   t.is(hostLine(res), 'The host took 27.5% of the CPU time during the measurements (steal, mean over the workloads; most during cu 50.0%, a 5.0%). ' +
-    'DAMON runs here (pageout of memory (nearly) untouched for 60 s or more): page cache left alone that long may be read from disk again.');
+    'A fresh page of memory took 3.5 µs to fault in at the start and 12.25 µs at the end (a process start touches thousands). DAMON runs here (pageout of memory (nearly) untouched for 60 s or more): page cache left alone that long may be read from disk again.');
 });

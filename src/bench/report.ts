@@ -167,6 +167,10 @@ export function hostLine(r: Results): string {
     parts.push(`The host took ${pct(shares.reduce((a, s) => a + s.share, 0) / shares.length)} of the CPU time during the measurements ` +
       `(steal, mean over the workloads${worst.length ? `; most during ${worst.map((s) => `${s.workload} ${pct(s.share)}`).join(', ')}` : ''}).`);
   }
+  const { pageFaultUsStart: f0, pageFaultUsEnd: f1 } = r.machine;
+  if (typeof f0 === 'number' && typeof f1 === 'number') {
+    parts.push(`A fresh page of memory took ${f0} µs to fault in at the start and ${f1} µs at the end (a process start touches thousands).`);
+  }
   const damon = r.machine.damon;
   if (Array.isArray(damon) && damon.length) {
     parts.push(`DAMON runs here (${damon.join('; ')}): page cache left alone that long may be read from disk again.`);
