@@ -67,6 +67,12 @@ function lowerProtection(loc: [number, string]): string {
   return protString((a & STATX_ATTR_APPEND) !== 0, (a & STATX_ATTR_IMMUTABLE) !== 0);
 }
 
+/**
+ * getFlags' ioctl buffer, read before the next call (a Buffer made per call and handed to the addon
+ * costs about 1 us more: V8 moves it out of its heap).
+ */
+const flagsBuf = Buffer.alloc(8);
+
 /** An errno that says the filesystem has no file attribute flags (the kernel ignores them at copy-up). */
 function noFlagSupport(e: unknown): boolean {
   const code = errCode(e);
@@ -79,7 +85,7 @@ function noFlagSupport(e: unknown): boolean {
  * answer must not make the copy-up fail).
  */
 function getFlags(fd: number, anyError = false): number {
-  const b = Buffer.alloc(8);
+  const b = flagsBuf;
   try {
     N.ioctlBuf(fd, FS_IOC_GETFLAGS, b);
   } catch (e) {

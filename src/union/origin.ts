@@ -57,12 +57,15 @@ export interface OriginHandle {
 
 /** The ovl_fb bytes for a lower object's handle on a filesystem with UUID `uuid`. */
 export function encodeOrigin(uuid: Buffer, type: number, fid: Buffer): Buffer {
-  const fb = Buffer.alloc(FB_HEADER + fid.length);
+  // (every byte is set below; allocUnsafe takes a slice of Node's pool, which the addon reads
+  // without V8 first moving a small on-heap buffer out of its heap)
+  const fb = Buffer.allocUnsafe(FB_HEADER + fid.length);
   fb[0] = OVL_FH_VERSION;
   fb[1] = OVL_FH_MAGIC;
   fb[2] = fb.length;
   fb[3] = FLAG_CPU_ENDIAN;
   fb[4] = type;
+  fb.fill(0, 5, FB_HEADER); // (a shorter UUID is padded with zeros)
   uuid.copy(fb, 5, 0, 16);
   fid.copy(fb, FB_HEADER);
   return fb;
