@@ -937,14 +937,20 @@ static bool arg_io(napi_env env, napi_value *argv, io_args *a) {
          arg_i64(env, argv[4], &a->pos);
 }
 
-/* pread(fd, buf, bufOffset, length, position): bytes read.
- * A negative position reads at (and advances) the current file offset. */
-static napi_value fn_pread(napi_env env, napi_callback_info info) {
+/* pread or pwrite with io_args; a negative position reads or writes at (and advances) the file offset. */
+static napi_value rw_call(napi_env env, napi_callback_info info, bool write_) {
   ARGS(5);
   io_args a;
   TRY(arg_io(env, argv, &a));
-  ssize_t n = a.pos < 0 ? NOINTR(read(a.fd, a.p, a.len)) : NOINTR(pread(a.fd, a.p, a.len, a.pos));
-  return ret_count(env, n, a.pos < 0 ? "read" : "pread", NULL);
+  ssize_t n;
+  if (write_) n = a.pos < 0 ? NOINTR(write(a.fd, a.p, a.len)) : NOINTR(pwrite(a.fd, a.p, a.len, a.pos));
+  else n = a.pos < 0 ? NOINTR(read(a.fd, a.p, a.len)) : NOINTR(pread(a.fd, a.p, a.len, a.pos));
+  return ret_count(env, n, write_ ? (a.pos < 0 ? "write" : "pwrite") : (a.pos < 0 ? "read" : "pread"), NULL);
+}
+
+/* pread(fd, buf, bufOffset, length, position): bytes read. */
+static napi_value fn_pread(napi_env env, napi_callback_info info) {
+  return rw_call(env, info, false);
 }
 
 /* preadCached(fd, buf, bufOffset, length, position): bytes read, or -1 where the data is not all in
@@ -959,14 +965,9 @@ static napi_value fn_preadCached(napi_env env, napi_callback_info info) {
   return ret_count(env, n, "preadv2", NULL);
 }
 
-/* pwrite(fd, buf, bufOffset, length, position): bytes written.
- * A negative position writes at (and advances) the current file offset. */
+/* pwrite(fd, buf, bufOffset, length, position): bytes written. */
 static napi_value fn_pwrite(napi_env env, napi_callback_info info) {
-  ARGS(5);
-  io_args a;
-  TRY(arg_io(env, argv, &a));
-  ssize_t n = a.pos < 0 ? NOINTR(write(a.fd, a.p, a.len)) : NOINTR(pwrite(a.fd, a.p, a.len, a.pos));
-  return ret_count(env, n, a.pos < 0 ? "write" : "pwrite", NULL);
+  return rw_call(env, info, true);
 }
 
 /* copyFileRange(fdIn, offIn, fdOut, offOut, len, flags): bytes copied.

@@ -261,7 +261,7 @@ export class CopyUp {
       throw e;
     }
     try {
-      return fsError(N.readdir(fd).length > 0 ? 'ENOTEMPTY' : 'EEXIST');
+      return fsError(N.listDir(fd).names.length > 0 ? 'ENOTEMPTY' : 'EEXIST');
     } finally {
       N.close(fd);
     }
