@@ -54,3 +54,28 @@ print('\\n'.join(out))
   // The files over 64 KiB are read by passthrough: no READ either.
   t.is(line!.byOp!.READ ?? 0, 0, `READs: ${JSON.stringify(line!.byOp)}`);
 });
+
+// README, "what differs": a small lower file is served by the daemon, so a read-only mapping of it made
+// before a copy-up shows what is written to the copy afterwards; the kernel's overlay keeps such a
+// mapping on the lower file. (A program opened for exec stays on passthrough and keeps its lower file.)
+test('a mapping of a small lower file made before its copy-up: strata shows the copy, the kernel the lower file', (t) => {
+  const root = tempDir(t, 'srm');
+  const lower = path.join(root, 'lower');
+  fs.mkdirSync(lower);
+  fs.writeFileSync(path.join(lower, 'f'), 'old-data\n');
+  const script = `
+import mmap, os
+fd = os.open('f', os.O_RDONLY)
+m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+before = m[:3]
+w = os.open('f', os.O_WRONLY)
+os.write(w, b'NEW')
+os.close(w)
+print(before.decode(), m[:3].decode(), os.pread(fd, 3, 0).decode(), open('f', 'rb').read(3).decode())
+`;
+  const r = onKernelAndStrata(t, root, [lower], [], (mnt) => runOk('python3', ['-c', script], { cwd: mnt }).trim());
+  // (mapping before, mapping after, read through the old descriptor, a new open)
+  t.is(r.kernel, 'old old NEW NEW');
+  t.is(r.strata, 'old NEW NEW NEW');
+  t.is(fs.readFileSync(path.join(lower, 'f'), 'utf8'), 'old-data\n', 'the lower file is untouched');
+});
