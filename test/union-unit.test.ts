@@ -13,6 +13,7 @@ import { LOWER_ATIME } from '../src/union/layer_mount.js';
 import { FMODE_EXEC, SMALL_READ_ONLY } from '../src/union/file.js';
 import { UnionFs } from '../src/union/super.js';
 import { ROOT_NODEID } from '../src/union/node.js';
+import { dropCachedPages } from './helpers/page-cache.js';
 import { tempDir } from './helpers/tmp.js';
 
 const { C } = N;
@@ -259,17 +260,13 @@ test.serial('a small lower file whose data is not in the page cache is opened by
     stored.push(nodeid);
     return true;
   });
-  // drop the lower file's pages (clean after the fsync)
-  const fd = fs.openSync(path.join(lower, 'cold'), 'r');
-  fs.fsyncSync(fd);
-  N.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+  dropCachedPages(path.join(lower, 'cold'));
   const node = (await u.lookup(ctx, ROOT_NODEID, 'cold')).nodeid;
   const o1 = await u.open(ctx, node, C.O_RDONLY);
   t.is(o1.backingId, 9, 'not cached: passthrough');
   t.deepEqual(stored, []);
   await u.release(ctx, node, o1.fh);
   fs.readFileSync(path.join(lower, 'cold'));
-  fs.closeSync(fd);
   const o2 = await u.open(ctx, node, C.O_RDONLY);
   t.is(o2.backingId, undefined, 'cached now: served by the daemon, its data stored');
   t.deepEqual(stored, [node]);
@@ -281,10 +278,7 @@ test.serial('an open while the daemon serves a node is served by the daemon too,
   const node = (await u.lookup(ctx, ROOT_NODEID, 'f')).nodeid;
   const o1 = await u.open(ctx, node, C.O_RDONLY);
   t.is(o1.backingId, undefined, 'cached data: the daemon serves it (its store refused)');
-  const fd = fs.openSync(path.join(lower, 'f'), 'r');
-  fs.fsyncSync(fd);
-  N.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-  fs.closeSync(fd);
+  dropCachedPages(path.join(lower, 'f'));
   const o2 = await u.open(ctx, node, C.O_RDONLY);
   t.is(o2.backingId, undefined, 'not by passthrough beside a daemon-served open');
   await u.release(ctx, node, o1.fh);

@@ -1,0 +1,35 @@
+// Dropping a file's clean pages from the page cache, and checking that they are gone. One
+// posix_fadvise(POSIX_FADV_DONTNEED) may leave a page that someone else holds at that moment (the
+// drop_caches loop of another test file, a DAMON scan of the host): it is repeated until fincore(1)
+// counts no resident byte.
+import fs from 'node:fs';
+import * as N from '../../src/native/index.js';
+import { run } from './exec.js';
+
+const { C } = N;
+
+/** Bytes of `file` in the page cache (fincore(1), which looks without reading). */
+export function residentBytes(file: string): number {
+  const r = run('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]);
+  const n = Number(r.stdout.trim());
+  if (r.status !== 0 || !Number.isInteger(n)) throw new Error(`fincore ${file}: ${r.stderr.trim() || r.stdout.trim()}`);
+  return n;
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/** Writes back and drops every page of `file`; throws if some stay after many tries. */
+export function dropCachedPages(file: string): void {
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.fsyncSync(fd);
+    for (let attempt = 0; attempt < 100; attempt++) {
+      N.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
+      if (residentBytes(file) === 0) return;
+      Atomics.wait(pause, 0, 0, 10);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  throw new Error(`${file}: its pages stay in the page cache after 100 POSIX_FADV_DONTNEED`);
+}
