@@ -1538,9 +1538,14 @@ static napi_value fn_backingClose(napi_env env, napi_callback_info info) {
                   "ioctl(FUSE_DEV_IOC_BACKING_CLOSE)", NULL);
 }
 
-/* writeReply(fd, Buffer | Buffer[]): bytes written (one write/writev) */
+/* writeReply(fd, Buffer | Buffer[], length?): bytes written (one write/writev). With a Buffer and a
+ * length, its first `length` bytes (a reply in a reused buffer, without a view made per reply). */
 static napi_value fn_writeReply(napi_env env, napi_callback_info info) {
-  ARGS(2);
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 2) return type_error(env, "expected 2 or 3 arguments"), NULL;
+  if (argc < 3) napi_get_undefined(env, &argv[2]);
   int32_t fd;
   TRY(arg_i32(env, argv[0], &fd));
   bool isbuf = false, isarr = false;
@@ -1549,6 +1554,15 @@ static napi_value fn_writeReply(napi_env env, napi_callback_info info) {
     char *data;
     size_t len;
     TRY(arg_buffer(env, argv[1], &data, &len));
+    if (!is_nullish(env, argv[2])) {
+      uint32_t want;
+      TRY(arg_u32(env, argv[2], &want));
+      if (want > len) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "length beyond the buffer");
+        return NULL;
+      }
+      len = want;
+    }
     return ret_count(env, NOINTR(write(fd, data, len)), "write", NULL);
   }
   napi_is_array(env, argv[1], &isarr);

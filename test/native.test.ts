@@ -772,14 +772,18 @@ test('openFuseDevice returns an fd; FUSE ioctls fail cleanly when unmounted', (t
   t.true(N.isErrnoError(errOf(() => N.writeReply(fd, Buffer.alloc(16)))));
 });
 
-test('writeReply: single write and writev', (t) => {
+test('writeReply: single write, a buffer\'s first bytes, and writev', (t) => {
   const { dir, dfd } = tmp(t);
   const fd = open(t, dfd, 'out', C.O_WRONLY | C.O_CREAT | C.O_APPEND);
   t.is(N.writeReply(fd, Buffer.from('head')), 4);
   t.is(N.writeReply(fd, [Buffer.from('-a'), Buffer.alloc(0), new Uint8Array([0x2d, 0x62])]), 4);
   const many = Array.from({ length: 40 }, (_, i) => Buffer.from(String(i % 10)));
   t.is(N.writeReply(fd, many), 40);
-  t.is(fs.readFileSync(path.join(dir, 'out'), 'latin1'), 'head-a-b' + many.join(''));
+  // a length: the buffer's first bytes only (0 writes nothing)
+  t.is(N.writeReply(fd, Buffer.from('+cut-away'), 2), 2);
+  t.is(N.writeReply(fd, Buffer.from('never'), 0), 0);
+  t.throws(() => N.writeReply(fd, Buffer.from('ab'), 3), { instanceOf: RangeError });
+  t.is(fs.readFileSync(path.join(dir, 'out'), 'latin1'), 'head-a-b' + many.join('') + '+c');
   t.throws(() => N.writeReply(fd, ['x' as unknown as Buffer]), { instanceOf: TypeError });
   t.throws(() => N.writeReply(fd, 'x' as unknown as Buffer), { instanceOf: TypeError });
   t.is(errOf(() => N.writeReply(-1, Buffer.alloc(1))).code, 'EBADF');

@@ -203,6 +203,8 @@ export class FuseSession {
   /** The reply buffer, and a 32-bit view of it for encoding (see setU64). */
   private readonly outBuf = Buffer.from(new ArrayBuffer(BUFFER_SIZE));
   private readonly out32 = new Uint32Array(this.outBuf.buffer, this.outBuf.byteOffset, BUFFER_SIZE >> 2);
+  /** The reply header, as a view of its own (sendData's first piece). */
+  private readonly outHead = this.outBuf.subarray(0, OUT_HEADER_SIZE);
   private readonly dirBuf = new DirBuffer(this.outBuf, this.out32);
   private readonly trace: boolean;
   private readyResolve!: () => void;
@@ -373,9 +375,8 @@ export class FuseSession {
     w32[0] = OUT_HEADER_SIZE + bodyLen;
     w32[1] = -error;
     setU64(w32, 2, unique);
-    const b = this.outBuf;
     try {
-      N.writeReply(this.devFd, b.subarray(0, OUT_HEADER_SIZE + bodyLen));
+      N.writeReply(this.devFd, this.outBuf, OUT_HEADER_SIZE + bodyLen);
       return true;
     } catch (e) {
       this.replyFailed(unique, e);
@@ -389,7 +390,7 @@ export class FuseSession {
     b.writeInt32LE(0, 4);
     putU64(b, 8, unique);
     try {
-      N.writeReply(this.devFd, [b.subarray(0, OUT_HEADER_SIZE), data]);
+      N.writeReply(this.devFd, [this.outHead, data]);
     } catch (e) {
       this.replyFailed(unique, e);
     }

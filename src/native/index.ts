@@ -156,7 +156,7 @@ interface NativeBinding {
   ioctlClone(newFd: number, oldFd: number): void;
   backingOpen(devFd: number, fd: number): number;
   backingClose(devFd: number, id: number): void;
-  writeReply(fd: number, bufs: readonly Uint8Array[] | Uint8Array): number;
+  writeReply(fd: number, bufs: readonly Uint8Array[] | Uint8Array, length?: number): number;
   startReader(fd: number, buf: Buffer, onRequest: (len: number) => void,
     onEnd: (err: Error | null) => void): ReaderHandle;
   stopReader(handle: ReaderHandle): void;
@@ -430,7 +430,7 @@ export const backingOpen: (devFd: number, fd: number) => number = native.backing
 /** FUSE_DEV_IOC_BACKING_CLOSE */
 export const backingClose: (devFd: number, id: number) => void = native.backingClose;
 /** One write(2) / writev(2) of the reply; ENOENT means the request was interrupted. */
-export const writeReply: (fd: number, bufs: readonly Uint8Array[] | Uint8Array) => number = native.writeReply;
+export const writeReply: (fd: number, bufs: readonly Uint8Array[] | Uint8Array, length?: number) => number = native.writeReply;
 /**
  * Poll fd (made O_NONBLOCK) on the main loop; each request read into `buf`
  * (reused) is passed as onRequest(len), synchronously, up to 64 per wakeup.
