@@ -21,7 +21,10 @@ export interface UpperDir {
   layer: Layer;
   /** O_PATH descriptor of <workdir>/work, on the upper's filesystem. */
   workFd: number;
-  /** Writes skip fsync (volatile mounts). */
+  /**
+   * Copies are not synced before they are put in place: a volatile mount, or an upper held in memory
+   * (tmpfs, ramfs: nothing to write, and nothing of it outlives a crash).
+   */
   volatile: boolean;
   /**
    * Where the kernel's overlay.origin and overlay.impure markers go: trusted.overlay.*, or
@@ -326,7 +329,9 @@ export class CopyUp {
       if (type === C.S_IFREG) {
         // An unnamed file in the work directory: nothing to clean up if anything fails or the daemon
         // dies, and it is linked into place only when complete (the kernel's way too).
-        job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, 0o600);
+        // Made with the object's permission bits (unnamed, it is out of reach meanwhile): then, where
+        // it also has the object's owner, neither chown nor chmod is needed (setFileAttrs).
+        job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, st[ST.mode]! & 0o777);
         job.tmp = '';
         if (withData && st[ST.size]! > 0) job.src = openObject(src, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
       } else if (type === C.S_IFDIR) {
@@ -367,8 +372,13 @@ export class CopyUp {
       const src = node.location();
       const [srcDir, srcName] = src;
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, flags, times.
-      N.fchown(out, st[ST.uid]!, st[ST.gid]!);
-      N.fchmod(out, st[ST.mode]! & 0o7777);
+      // The new file is empty, with no xattr: where it already has the owner and the mode (its
+      // creator's ids, permission bits not narrowed by a umask or a default ACL), neither call
+      // would change a thing.
+      N.fstat(out, this.ust);
+      const chown = this.ust[ST.uid] !== st[ST.uid] || this.ust[ST.gid] !== st[ST.gid];
+      if (chown) N.fchown(out, st[ST.uid]!, st[ST.gid]!);
+      if (chown || (this.ust[ST.mode]! & 0o7777) !== (st[ST.mode]! & 0o7777)) N.fchmod(out, st[ST.mode]! & 0o7777);
       copyXattrsToFd(srcDir, srcName, out);
       copyFileFlags(src, C.S_IFREG, job.src, { fd: out }, this.upper.protattr);
       if (job.src >= 0) N.close(job.src);
@@ -386,8 +396,7 @@ export class CopyUp {
   private finishFile(job: CopyJob): void {
     const { parent, node, st } = job;
     const out = job.out;
-    this.setFileAttrs(job);
-    N.fstat(out, this.ust);
+    this.setFileAttrs(job); // (its fstat of the copy left the copy's st_ino in `ust`)
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);

@@ -66,6 +66,14 @@ interface Writable {
   dirs: DirOps;
 }
 
+/** Is the filesystem of `fd` held in memory (tmpfs, ramfs), where fsync has nothing to write? */
+function inMemory(fd: number): boolean {
+  const type = N.fstatfs(fd).type;
+  return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
+}
+const TMPFS_MAGIC = 0x01021994;
+const RAMFS_MAGIC = 0x858458f6;
+
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles: HandleTable;
@@ -103,7 +111,8 @@ export class UnionFs implements FileSystem {
     if (stack.upper && opts.upper) {
       const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
       const upper: UpperDir = {
-        layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile, markers, protattr: this.fsflags.protattrName,
+        layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile || inMemory(stack.upper.fd), markers,
+        protattr: this.fsflags.protattrName,
       };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateListing(dir.nodeid));
