@@ -132,6 +132,36 @@ test('copy-up of an open, unlinked lower file answers EEXIST (the kernel copies 
   u.release(ctx, f.nodeid, o.fh);
 });
 
+test('a copy-up keeps mode, setuid/setgid/sticky, owner, times and data, whatever the daemon\'s umask and ids', async (t) => {
+  const cases: [string, number, number, number][] = [
+    ['none', 0o000, 0, 0], ['root', 0o644, 0, 0], ['suid', 0o4755, 0, 0], ['sgid', 0o2750, 0, 1000],
+    ['user', 0o640, 1000, 1000], ['all', 0o6777, 1000, 0], ['sticky', 0o1644, 0, 1000], ['group', 0o664, 0, 1000],
+  ];
+  const files: Record<string, string> = {};
+  for (const [name] of cases) files[name] = `data of ${name}`;
+  const { fs: u, lower, upper } = setup(t, files);
+  for (const [name, mode, uid, gid] of cases) {
+    fs.chownSync(path.join(lower, name), uid, gid);
+    fs.chmodSync(path.join(lower, name), mode);
+    fs.utimesSync(path.join(lower, name), new Date(1_500_000_000_123), new Date(1_400_000_000_456));
+  }
+  const old = process.umask(0o077); // a umask would narrow a mode given at creation
+  try {
+    for (const [name] of cases) {
+      const before = fs.lstatSync(path.join(lower, name), { bigint: true });
+      const node = (await u.lookup(ctx, ROOT_NODEID, name)).nodeid;
+      const o = await u.open(ctx, node, C.O_WRONLY); // copied up with its data
+      await u.release(ctx, node, o.fh);
+      const after = fs.lstatSync(path.join(upper, name), { bigint: true });
+      const got = [after.mode, after.uid, after.gid, after.mtimeNs, after.atimeNs, after.size];
+      t.deepEqual(got, [before.mode, before.uid, before.gid, before.mtimeNs, before.atimeNs, before.size], name);
+      t.is(fs.readFileSync(path.join(upper, name), 'latin1'), files[name], name);
+    }
+  } finally {
+    process.umask(old);
+  }
+});
+
 test('link of an unlinked file is ENOENT', async (t) => {
   const { fs: u } = setup(t);
   const c = await u.create(ctx, ROOT_NODEID, 'l', 0o644, C.O_RDWR);
