@@ -430,9 +430,26 @@ export class UnionFs implements FileSystem {
       if (!sink.fits(e.name)) break;
       const found = this.child(dir, e.name);
       // Removed since the listing was taken: still listed (as the kernel's cached listing does), without attributes.
-      const entry = found ? this.entry(found[0], found[1] ? this.inodes.attrFrom(found[0], found[1]) : undefined) : null;
+      let entry: EntryReply | null = null;
+      if (found) {
+        const [node, st] = found;
+        if (st) entry = this.entry(node, this.inodes.attrFrom(node, st));
+        else if (!this.kernelHolds(node)) entry = this.entry(node);
+      }
       sink.addPlus(e.name, entry, found ? found[0].ino : e.ino, e.type, base + i + 1);
     }
+  }
+
+  /**
+   * Does the kernel hold this known node with attributes it keeps? A listing then gives its name
+   * without them (a plus entry with nodeid 0, which the kernel leaves alone): they would cost a stat
+   * of the layer object, a lookup reference and its FORGET, to tell the kernel what it has, since
+   * every change strata makes behind its back is notified. A second listing from offset 0 (`rm -rf`
+   * reads each directory twice, `ls -l` again, a walk of the same tree) then costs no stat per entry.
+   * Attributes the kernel would not keep (see attrTimeout) are never worth sending again.
+   */
+  private kernelHolds(node: UnionNode): boolean {
+    return node.lookups > 0 && !node.successor && !node.unlinked;
   }
 
   /** The merged listing, with the lower part from the index when it applies. */
