@@ -126,13 +126,13 @@ test.serial('podman with strata as mount_program: build, run, diff, commit, seve
 
   // A container that changes files, then waits: diff and exec while it runs.
   for (const s of stores) {
-    ok(t, s, ['run', '-d', '--name', 'c1', ...LIMITS, 'localhost/bb:app', 'sh', '-c',
+    ok(t, s, ['run', '-d', '--name', 'box1', ...LIMITS, 'localhost/bb:app', 'sh', '-c',
       'echo x > /data/new && rm /data/keep && echo more >> /data/one && rm -rf /data/dir && mkdir -p /var/log && echo l > /var/log/app.log && touch /tmp/ready && sleep 300']);
   }
   for (const s of stores) {
     let ready = false;
     for (let i = 0; i < 100 && !ready; i++) {
-      ready = podman(s, ['exec', 'c1', 'test', '-e', '/tmp/ready']).status === 0;
+      ready = podman(s, ['exec', 'box1', 'test', '-e', '/tmp/ready']).status === 0;
       if (!ready) run('sleep', ['0.1']);
     }
     t.true(ready, `${s.name}: the container made its changes`);
@@ -142,12 +142,12 @@ test.serial('podman with strata as mount_program: build, run, diff, commit, seve
   t.true(merged.length >= 1, 'the running container\'s root is a strata mount');
   t.true(merged.every((m) => processesServing(m.target).length === 1), 'each served by a daemon');
   // (in the order the upper directories list their names, which is the upper filesystem's business)
-  const diff = both(t, stores, ['diff', 'c1'], 'podman diff (names from readdir and lstat of both mounts) agrees', true);
+  const diff = both(t, stores, ['diff', 'box1'], 'podman diff (names from readdir and lstat of both mounts) agrees', true);
   t.regex(diff, /^D \/data\/keep$/m);
   t.regex(diff, /^A \/data\/new$/m);
-  both(t, stores, ['exec', 'c1', 'sh', '-c', 'cat /data/one; ls /data'], 'exec sees the changes');
-  for (const s of stores) ok(t, s, ['commit', '-q', 'c1', 'localhost/bb:committed']);
-  for (const s of stores) ok(t, s, ['rm', '-f', '-t', '0', 'c1']);
+  both(t, stores, ['exec', 'box1', 'sh', '-c', 'cat /data/one; ls /data'], 'exec sees the changes');
+  for (const s of stores) ok(t, s, ['commit', '-q', 'box1', 'localhost/bb:committed']);
+  for (const s of stores) ok(t, s, ['rm', '-f', '-t', '0', 'box1']);
   both(t, stores, ['run', '--rm', ...LIMITS, 'localhost/bb:committed', 'sh', '-c', 'ls -R /data /var; cat /data/one /var/log/app.log'],
     'the committed image carries the changes');
 
