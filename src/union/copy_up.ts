@@ -22,8 +22,9 @@ export interface UpperDir {
   /** O_PATH descriptor of <workdir>/work, on the upper's filesystem. */
   workFd: number;
   /**
-   * Copies are not synced before they are put in place: a volatile mount, or an upper held in memory
-   * (tmpfs, ramfs: nothing to write, and nothing of it outlives a crash).
+   * No fsync, neither of copy-ups before they are put in place nor for FSYNC and FSYNCDIR: a
+   * volatile mount, or an upper held in memory (tmpfs, ramfs: nothing to write, and nothing of it
+   * outlives a crash).
    */
   volatile: boolean;
   /**
