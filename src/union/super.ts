@@ -691,12 +691,23 @@ export class UnionFs implements FileSystem {
   }
 
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
+    return this.renameKnowing(ctx, parent, name, newParent, newName, flags, undefined);
+  }
+
+  /**
+   * rename, with the target already looked up in this turn (`known`, null: no target) or not
+   * (undefined). After a copy-up made at once, only the source is looked up again: a copy-up gives
+   * no other name an object (the directories it makes in the upper existed in the union already), so
+   * a target it did not copy is still what it was; a missing one costs a probe of every layer.
+   */
+  private renameKnowing(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number,
+    known: UnionNode | null | undefined): void | Promise<void> {
     const w = this.w;
     const p = this.dirNode(parent);
     const np = this.dirNode(newParent);
     const node = this.existing(p, name);
     checkName(newName);
-    const target = this.child(np, newName)?.[0] ?? null;
+    const target = known !== undefined ? known : this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
     this.fsflags.refuseRemoveEntry(p);
     this.fsflags.refuseChange(node);
@@ -715,7 +726,7 @@ export class UnionFs implements FileSystem {
       // Names are looked up again after the copy: it may have given a name a new node.
       const copied = this.copyUpNode(n);
       if (copied) return copied.then(() => this.rename(ctx, parent, name, newParent, newName, flags));
-      return this.rename(ctx, parent, name, newParent, newName, flags);
+      return this.renameKnowing(ctx, parent, name, newParent, newName, flags, n === target ? undefined : target);
     }
     w.dirs.rename(p, name, node, np, newName, target, flags);
     if (target) this.acls.forget(target.ino);
