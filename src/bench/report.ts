@@ -193,6 +193,7 @@ function markdownTable(t: string[][]): string {
 export function markdown(r: Results, rows: Row[], workloads: Workload[], charts: string[]): string {
   const systems = r.systems.map((s) => s.name);
   const m = r.machine;
+  const host = hostLine(r);
   return [
     '# strata bench',
     '',
@@ -202,7 +203,7 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
       `load average ${String(m.loadStart)} at the start, ${String(m.loadEnd)} at the end. Layers and runs on ${String(m.tmpFs)} (${String(r.options.tmp)})` +
         (r.options.upperTmp ? `, uppers and work directories on ${String(m.upperFs)} (${String(r.options.upperTmp)}).` : '.'),
     '',
-    ...(hostLine(r) ? [hostLine(r), ''] : []),
+    ...(host ? [host, ''] : []),
     `Systems: ${r.systems.map((s) => `${s.name} (${s.version})`).join(', ')}.` +
       (r.skipped.length ? ` Left out: ${r.skipped.map((s) => `${s.what}: ${s.why}`).join('; ')}.` : ''),
     '',

@@ -26,7 +26,7 @@ export interface UpperDir {
    * volatile mount, or an upper held in memory (tmpfs, ramfs: nothing to write, and nothing of it
    * outlives a crash).
    */
-  volatile: boolean;
+  skipFsync: boolean;
   /**
    * Where the kernel's overlay.origin and overlay.impure markers go: trusted.overlay.*, or
    * user.overlay.* (overlayfs "userxattr"); none for an upper in the OCI format.
@@ -386,7 +386,7 @@ export class CopyUp {
       job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
-      if (!this.upper.volatile) N.fsync(out);
+      if (!this.upper.skipFsync) N.fsync(out);
     } catch (e) {
       this.abort(job);
       throw e;
@@ -462,7 +462,7 @@ export class CopyUp {
     // opened while its mode is still the 0700 it was made with.
     let syncFd = -1;
     try {
-      if (type === C.S_IFDIR && !this.upper.volatile) syncFd = N.openat(work, tmp, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+      if (type === C.S_IFDIR && !this.upper.skipFsync) syncFd = N.openat(work, tmp, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
       const src = node.location();
       const [srcDir, srcName] = src;

@@ -111,7 +111,7 @@ export class UnionFs implements FileSystem {
     if (stack.upper && opts.upper) {
       const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
       const upper: UpperDir = {
-        layer: stack.upper, workFd: opts.upper.workFd, volatile: opts.upper.volatile || inMemory(stack.upper.fd), markers,
+        layer: stack.upper, workFd: opts.upper.workFd, skipFsync: opts.upper.volatile || inMemory(stack.upper.fd), markers,
         protattr: this.fsflags.protattrName,
       };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
@@ -762,7 +762,7 @@ export class UnionFs implements FileSystem {
   }
 
   fsync(_ctx: RequestContext, _nodeid: number, fh: number, datasync: boolean): void {
-    if (this.writable?.upper.volatile) return;
+    if (this.writable?.upper.skipFsync) return;
     const h = this.handles.file(fh);
     if (datasync) N.fdatasync(h.fd);
     else N.fsync(h.fd);
@@ -770,7 +770,7 @@ export class UnionFs implements FileSystem {
 
   fsyncdir(_ctx: RequestContext, nodeid: number): void {
     const node = this.inodes.get(nodeid);
-    if (!node.layer.isUpper || this.writable?.upper.volatile) return;
+    if (!node.layer.isUpper || this.writable?.upper.skipFsync) return;
     // Through its anchor once the directory was removed or its name taken.
     const fd = openObject(node.location(), C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC);
     try {
