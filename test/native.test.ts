@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import v8 from 'node:v8';
 import * as N from '../src/native/index.js';
-import { dropCachedPages, residentBytes } from './helpers/page-cache.js';
+import { cachedBytes, dropCachedPages } from './helpers/page-cache.js';
 
 const { C, ST } = N;
 const E = C.errno;
@@ -171,7 +171,7 @@ test('preadCached reads what the page cache holds and answers -1 where the data 
   if (N.fstatfs(fd).type !== 0x01021994) {
     dropCachedPages(path.join(dir, 'f'));
     t.is(N.preadCached(fd, buf, 0, data.length, 0), -1);
-    t.is(residentBytes(path.join(dir, 'f')), 0, 'no readahead started');
+    t.is(cachedBytes(path.join(dir, 'f')), 0, 'no readahead started');
   }
   t.is(N.pread(fd, buf, 0, data.length, 0), data.length);
   t.is(N.preadCached(fd, buf, 0, data.length, 0), data.length);

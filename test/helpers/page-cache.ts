@@ -5,18 +5,17 @@
 import fs from 'node:fs';
 import * as N from '../../src/native/index.js';
 import { run } from './exec.js';
+import { sleepMs } from './fifo-channel.js';
 
 const { C } = N;
 
 /** Bytes of `file` in the page cache (fincore(1), which looks without reading). */
-export function residentBytes(file: string): number {
+export function cachedBytes(file: string): number {
   const r = run('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]);
   const n = Number(r.stdout.trim());
   if (r.status !== 0 || !Number.isInteger(n)) throw new Error(`fincore ${file}: ${r.stderr.trim() || r.stdout.trim()}`);
   return n;
 }
-
-const pause = new Int32Array(new SharedArrayBuffer(4));
 
 /** Writes back and drops every page of `file`; throws if some stay after many tries. */
 export function dropCachedPages(file: string): void {
@@ -25,8 +24,8 @@ export function dropCachedPages(file: string): void {
     fs.fsyncSync(fd);
     for (let attempt = 0; attempt < 100; attempt++) {
       N.fadvise(fd, 0, 0, C.POSIX_FADV_DONTNEED);
-      if (residentBytes(file) === 0) return;
-      Atomics.wait(pause, 0, 0, 10);
+      if (cachedBytes(file) === 0) return;
+      sleepMs(10);
     }
   } finally {
     fs.closeSync(fd);
