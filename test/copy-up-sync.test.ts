@@ -2,12 +2,12 @@
 // synced after its owner, mode, xattrs and times are set and before it is linked in, and a
 // directory's copy is synced before it is renamed into place. The daemon's system calls are read
 // with strace: the ordering cannot be seen from the files without cutting the power.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { attachStrace } from './helpers/strace.js';
 import { strataMount, strataUnmount } from './helpers/mounts.js';
-import { tempDir } from './helpers/tmp.js';
+import { tempDir, tmpfsDir } from './helpers/tmp.js';
 import { readRecord } from '../src/daemon/registry.js';
 
 test.serial('a copy-up is synced after its attributes and before it becomes visible, files and directories', async (t) => {
@@ -62,4 +62,38 @@ test.serial('a copy-up is synced after its attributes and before it becomes visi
   // ...and after its times, the last of its attributes
   const dtimes = at(new RegExp(`^utimensat\\(${work}, "${tmp!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`), open, rename);
   t.true(dtimes >= 0 && dtimes < dsync, `the directory's times at ${dtimes}, its fsync at ${dsync}:\n${lines.join('\n')}`);
+});
+
+/** fsync(2) of a file written through the mount, and a chmod of a lower file (a copy-up), traced in the daemon. */
+async function traceSyncs(t: ExecutionContext, dir: string, upperParent: string): Promise<string[]> {
+  const L = path.join(dir, 'l');
+  fs.mkdirSync(L);
+  fs.writeFileSync(path.join(L, 'f'), 'data\n');
+  const [U, W] = ['u', 'w'].map((d) => path.join(upperParent, d)) as [string, string];
+  for (const d of [U, W]) fs.mkdirSync(d);
+  const M = path.join(dir, 'm');
+  fs.mkdirSync(M);
+  const mnt = strataMount(t, { lowers: [L], upper: U, work: W, mountpoint: M });
+  const strace = await attachStrace(t, readRecord(mnt)!.pid, ['fsync', 'fdatasync', 'linkat'], path.join(dir, 'strace.out'));
+  t.true(strace.attached, 'strace attached');
+  const fd = fs.openSync(path.join(mnt, 'new'), 'w');
+  fs.writeSync(fd, 'new data\n');
+  fs.fsyncSync(fd);
+  fs.fdatasyncSync(fd);
+  fs.closeSync(fd);
+  fs.chmodSync(path.join(mnt, 'f'), 0o600);
+  const lines = await strace.stop();
+  strataUnmount(mnt);
+  t.is(fs.readFileSync(path.join(U, 'new'), 'utf8'), 'new data\n');
+  t.true(lines.some((l) => /^linkat\(\d+, "", \d+, "f", AT_EMPTY_PATH\)/.test(l)), `the copy-up was traced:\n${lines.join('\n')}`);
+  return lines.filter((l) => /^f(data)?sync\(/.test(l));
+}
+
+test.serial('fsync reaches the upper file on a disk; on an upper held in memory (tmpfs) neither it nor a copy-up calls fsync', async (t) => {
+  const disk = tempDir(t, 'fsdisk');
+  const onDisk = await traceSyncs(t, disk, disk);
+  t.true(onDisk.some((l) => l.startsWith('fsync(')) && onDisk.some((l) => l.startsWith('fdatasync(')), `on ext4: ${onDisk.join(', ')}`);
+  t.true(onDisk.length >= 3, `fsync, fdatasync and the copy-up's fsync: ${onDisk.join(', ')}`);
+  const mem = tempDir(t, 'fsmem');
+  t.deepEqual(await traceSyncs(t, mem, tmpfsDir(t, mem)), [], 'nothing to write on a tmpfs');
 });

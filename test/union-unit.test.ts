@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { FATTR_FH, FATTR_MODE, FATTR_SIZE, FATTR_UID, FATTR_GID, FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH } from '../src/fuse/protocol.js';
-import type { BackingRegistry, RequestContext, SetattrRequest } from '../src/fuse/types.js';
+import type { BackingRegistry, EntryReply, RequestContext, SetattrRequest } from '../src/fuse/types.js';
 import * as N from '../src/native/index.js';
 import { LayerStack } from '../src/union/layers.js';
 import { LOWER_ATIME } from '../src/union/layer_mount.js';
@@ -160,6 +160,33 @@ test('a copy-up keeps mode, setuid/setgid/sticky, owner, times and data, whateve
   } finally {
     process.umask(old);
   }
+});
+
+test('a listing gives a node the kernel holds by name only (nodeid 0); one it does not hold, or a new one, with its attributes', async (t) => {
+  const { fs: u } = setup(t, { 'd/held': 'h', 'd/forgotten': 'f', 'd/fresh': 'n' });
+  const d = (await u.lookup(ctx, ROOT_NODEID, 'd')).nodeid;
+  const list = (): Map<string, EntryReply | null> => {
+    const got = new Map<string, EntryReply | null>();
+    u.readdir(ctx, d, 0, 0, {
+      fits: () => true,
+      add: () => true,
+      addPlus: (name, entry) => {
+        got.set(name, entry);
+        return true;
+      },
+    }, true);
+    return got;
+  };
+  const held = (await u.lookup(ctx, d, 'held')).nodeid;
+  const forgotten = (await u.lookup(ctx, d, 'forgotten')).nodeid;
+  u.forget(forgotten, 1);
+  const before = list();
+  t.is(before.get('held'), null, 'held: the kernel keeps its attributes');
+  t.is(before.get('fresh')?.attr.size, 1, 'new to the daemon: with attributes');
+  t.not(before.get('forgotten') ?? null, null, 'forgotten by the kernel: with attributes');
+  // every name listed with attributes is now held by the kernel too: a second listing names them only
+  t.deepEqual([...list().values()].slice(2), [null, null, null]);
+  u.forget(held, 1);
 });
 
 test('link of an unlinked file is ENOENT', async (t) => {
