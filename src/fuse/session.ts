@@ -50,6 +50,11 @@ export interface SessionStats {
 
 const OPCODE_SLOTS = 128;
 
+/** A request's handler (a FuseSession method): the body is at p..end of the input buffer. */
+type OpHandler = (this: FuseSession, ctx: RequestContext, nodeid: number, p: number, end: number) => void;
+/** The handlers by opcode (set in FuseSession's static block); an opcode without one is answered ENOSYS. */
+const OPS: (OpHandler | undefined)[] = new Array<OpHandler | undefined>(OPCODE_SLOTS).fill(undefined);
+
 function u64(buf: Buffer, off: number): number {
   return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * TWO32;
 }
@@ -470,16 +475,18 @@ export class FuseSession {
     if (!this.send(ctx.unique, 0, OPEN_OUT_SIZE)) void this.fs.release(ctx, nodeid, r.fh, flags);
   }
 
-  private replyOpendir(unique: number, r: OpenReply, onFail: () => void): void {
+  /** Answers an OPENDIR; a reply the kernel no longer waits for releases the handle again. */
+  private replyOpendir(ctx: RequestContext, nodeid: number, r: OpenReply): void {
     this.encodeOpen(OUT_HEADER_SIZE, r);
-    if (!this.send(unique, 0, OPEN_OUT_SIZE)) onFail();
+    if (!this.send(ctx.unique, 0, OPEN_OUT_SIZE)) void this.fs.releasedir(ctx, nodeid, r.fh);
   }
 
-  private replyCreate(unique: number, r: CreateReply, onFail: () => void): void {
+  /** Answers a CREATE or TMPFILE; a reply the kernel no longer waits for releases the file again. */
+  private replyCreate(ctx: RequestContext, r: CreateReply, flags: number): void {
     encodeEntry(this.out32, OUT_HEADER_SIZE >> 2, r.entry);
     this.encodeOpen(OUT_HEADER_SIZE + ENTRY_OUT_SIZE, r.open);
-    if (!this.send(unique, 0, ENTRY_OUT_SIZE + OPEN_OUT_SIZE)) {
-      onFail();
+    if (!this.send(ctx.unique, 0, ENTRY_OUT_SIZE + OPEN_OUT_SIZE)) {
+      void this.fs.release(ctx, r.entry.nodeid, r.open.fh, flags);
       if (r.entry.nodeid !== 0) this.fs.forget(r.entry.nodeid, 1);
     }
   }
@@ -514,13 +521,17 @@ export class FuseSession {
   }
 
   /** Answers an xattr get/list: a size probe (size 0), ERANGE when too small, or the bytes. */
-  private replyXattr(unique: number, value: Buffer, size: number): void {
-    if (size === 0) this.replyU32(unique, value.length, GETXATTR_OUT_SIZE);
+  /** A value (null: none, ENODATA), its size for a probe (`size` 0), or ERANGE. */
+  private replyXattr(unique: number, value: Buffer | null, size: number): void {
+    if (value === null) {
+      this.stats.errors++;
+      this.replyError(unique, errno.ENODATA);
+    } else if (size === 0) this.replyU32(unique, value.length, GETXATTR_OUT_SIZE);
     else if (value.length > size) this.replyError(unique, errno.ERANGE);
     else this.sendData(unique, value);
   }
 
-  // ---- dispatch ------------------------------------------------------------------------------
+  // ---- requests ------------------------------------------------------------------------------
 
   private releaseHeld(): void {
     const held = this.held ?? [];
@@ -546,8 +557,10 @@ export class FuseSession {
     this.stats.requests++;
     this.stats.byOp[opcode < OPCODE_SLOTS ? opcode : 0]!++;
     if (this.trace) this.opts.logger.trace({ op: opName(opcode), unique, nodeid, uid: ctx.uid, pid: ctx.pid }, 'request');
+    const handler = opcode < OPCODE_SLOTS ? OPS[opcode] : undefined;
     try {
-      this.dispatch(opcode, ctx, nodeid, IN_HEADER_SIZE, end);
+      if (handler === undefined) this.replyError(unique, errno.ENOSYS);
+      else handler.call(this, ctx, nodeid, IN_HEADER_SIZE, end);
     } catch (err) {
       this.fail(opcode, unique, err);
     }
@@ -597,242 +610,349 @@ export class FuseSession {
   }
 
   /**
-   * The requests of the read side (lookups, attributes, opens, reads, listings) in a small function
-   * that the JIT compiles cheaply, and every other request in dispatchOther.
+   * The requests' handlers, one small method per opcode (the table OPS, filled below, maps opcodes to
+   * them). Each decodes its request's body at `p`..`end` of the input buffer, calls the filesystem and
+   * replies: at once for a value, or when a promise settles. V8 optimizes a function after it has run
+   * for a while in proportion to its size: one switch over every opcode ran interpreted through whole
+   * benchmarks (a create of 5000 files never tiered it up); small handlers are optimized early.
    */
-  private dispatch(op: number, ctx: RequestContext, nodeid: number, p: number, end: number): void {
-    const b = this.inBuf;
-    const fs = this.fs;
-    const u = ctx.unique;
-    switch (op) {
-      case Op.LOOKUP: {
-        const r = fs.lookup(ctx, nodeid, cname(b, p, end));
-        if (r instanceof Promise) return this.later(op, u, r, (e) => this.replyEntry(u, e));
-        return this.replyEntry(u, r);
-      }
-      case Op.FORGET:
-        fs.forget(nodeid, u64(b, p));
-        return;
-      case Op.BATCH_FORGET: {
-        const count = b.readUInt32LE(p);
-        for (let i = 0, o = p + 8; i < count && o + 16 <= end; i++, o += 16) fs.forget(u64(b, o), u64(b, o + 8));
-        return;
-      }
-      case Op.GETATTR: {
-        const flags = b.readUInt32LE(p);
-        const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
-        const r = fs.getattr(ctx, nodeid, fh);
-        if (r instanceof Promise) return this.later(op, u, r, (a) => this.replyAttr(u, a));
-        return this.replyAttr(u, r);
-      }
-      case Op.OPEN: {
-        const flags = b.readUInt32LE(p);
-        const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
-        const r = fs.open(ctx, nodeid, flags, killSuidgid);
-        if (r instanceof Promise) return this.later(op, u, r, (o) => this.replyOpen(ctx, nodeid, flags, o));
-        return this.replyOpen(ctx, nodeid, flags, r);
-      }
-      case Op.READ: {
-        const fh = u64(b, p);
-        const offset = u64(b, p + 8);
-        const size = b.readUInt32LE(p + 16);
-        // Read straight into the reply buffer after the header: one write, no buffer per READ.
-        if (fs.readInto && size <= BUFFER_SIZE - OUT_HEADER_SIZE) {
-          return void this.send(u, 0, fs.readInto(ctx, nodeid, fh, offset, size, this.outBuf, OUT_HEADER_SIZE));
-        }
-        const r = fs.read(ctx, nodeid, fh, offset, size);
-        if (r instanceof Promise) return this.later(op, u, r, (data) => this.sendData(u, data));
-        return this.sendData(u, r);
-      }
-      case Op.RELEASE: {
-        const r = fs.release(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 8));
-        if (r instanceof Promise) return this.later(op, u, r, () => this.replyOk(u));
-        return this.replyOk(u);
-      }
-      case Op.FLUSH: {
-        const r = fs.flush(ctx, nodeid, u64(b, p));
-        if (r instanceof Promise) return this.later(op, u, r, () => this.replyOk(u));
-        return this.replyOk(u);
-      }
-      case Op.READDIR:
-      case Op.READDIRPLUS: {
-        const fh = u64(b, p);
-        const offset = u64(b, p + 8);
-        const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
-        const plus = op === Op.READDIRPLUS;
-        const prepared = fs.readdirPrepare?.(ctx, nodeid);
-        if (prepared instanceof Promise) {
-          return this.later(op, u, prepared.then(() => this.fillDir(ctx, nodeid, fh, offset, size, plus)), () => undefined);
-        }
-        return this.fillDir(ctx, nodeid, fh, offset, size, plus);
-      }
-      default:
-        return this.dispatchOther(op, ctx, nodeid, p, end);
-    }
+  private opLookup(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    this.entryReply(Op.LOOKUP, ctx.unique, this.fs.lookup(ctx, nodeid, cname(this.inBuf, p, end)));
   }
 
-  private dispatchOther(op: number, ctx: RequestContext, nodeid: number, p: number, end: number): void {
+  private opForget(_ctx: RequestContext, nodeid: number, p: number): void {
+    this.fs.forget(nodeid, u64(this.inBuf, p));
+  }
+
+  private opBatchForget(_ctx: RequestContext, _nodeid: number, p: number, end: number): void {
     const b = this.inBuf;
+    const count = b.readUInt32LE(p);
+    for (let i = 0, o = p + 8; i < count && o + 16 <= end; i++, o += 16) this.fs.forget(u64(b, o), u64(b, o + 8));
+  }
+
+  private opGetattr(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const fh = (b.readUInt32LE(p) & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
+    this.attrReply(Op.GETATTR, ctx.unique, this.fs.getattr(ctx, nodeid, fh));
+  }
+
+  private opOpen(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const flags = b.readUInt32LE(p);
+    const killSuidgid = (b.readUInt32LE(p + 4) & FUSE_OPEN_KILL_SUIDGID) !== 0;
+    const r = this.fs.open(ctx, nodeid, flags, killSuidgid);
+    if (r instanceof Promise) return this.later(Op.OPEN, ctx.unique, r, (o) => this.replyOpen(ctx, nodeid, flags, o));
+    this.replyOpen(ctx, nodeid, flags, r);
+  }
+
+  private opRead(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const fh = u64(b, p);
+    const offset = u64(b, p + 8);
+    const size = b.readUInt32LE(p + 16);
     const fs = this.fs;
-    const u = ctx.unique;
-    switch (op) {
-      case Op.INIT:
-        return this.init(u, p);
-      case Op.STATX: {
-        if (!fs.statx) return this.replyError(u, errno.ENOSYS);
-        const flags = b.readUInt32LE(p);
-        const fh = (flags & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
-        return this.settle(op, u, fs.statx(ctx, nodeid, fh), (r) => this.replyStatx(u, r));
-      }
-      case Op.SETATTR: {
-        const req: SetattrRequest = {
-          valid: b.readUInt32LE(p),
-          fh: u64(b, p + 8),
-          size: u64(b, p + 16),
-          atimeSec: i64(b, p + 32),
-          mtimeSec: i64(b, p + 40),
-          atimeNsec: b.readUInt32LE(p + 56),
-          mtimeNsec: b.readUInt32LE(p + 60),
-          mode: b.readUInt32LE(p + 68),
-          uid: b.readUInt32LE(p + 76),
-          gid: b.readUInt32LE(p + 80),
-        };
-        return this.settle(op, u, fs.setattr(ctx, nodeid, req), (a) => this.replyAttr(u, a));
-      }
-      case Op.READLINK:
-        return this.settle(op, u, fs.readlink(ctx, nodeid), (t) => this.sendData(u, Buffer.from(t, 'latin1')));
-      case Op.SYMLINK: {
-        const [name, next] = cstr(b, p, end);
-        const [target] = cstr(b, next, end);
-        return this.settle(op, u, fs.symlink(ctx, nodeid, name, target), (e) => this.replyEntry(u, e));
-      }
-      case Op.MKNOD: {
-        const mode = b.readUInt32LE(p);
-        const rdev = b.readUInt32LE(p + 4);
-        const umask = b.readUInt32LE(p + 8);
-        const [name] = cstr(b, p + 16, end);
-        return this.settle(op, u, fs.mknod(ctx, nodeid, name, mode, rdev, umask), (e) => this.replyEntry(u, e));
-      }
-      case Op.MKDIR: {
-        const mode = b.readUInt32LE(p);
-        const umask = b.readUInt32LE(p + 4);
-        const [name] = cstr(b, p + 8, end);
-        return this.settle(op, u, fs.mkdir(ctx, nodeid, name, mode, umask), (e) => this.replyEntry(u, e));
-      }
-      case Op.UNLINK: {
-        const name = cname(b, p, end);
-        return this.settle(op, u, fs.unlink(ctx, nodeid, name), () => this.replyOk(u));
-      }
-      case Op.RMDIR: {
-        const name = cname(b, p, end);
-        return this.settle(op, u, fs.rmdir(ctx, nodeid, name), () => this.replyOk(u));
-      }
-      case Op.RENAME:
-      case Op.RENAME2: {
-        const newDir = u64(b, p);
-        const flags = op === Op.RENAME2 ? b.readUInt32LE(p + 8) : 0;
-        const [name, next] = cstr(b, p + (op === Op.RENAME2 ? 16 : 8), end);
-        const [newName] = cstr(b, next, end);
-        return this.settle(op, u, fs.rename(ctx, nodeid, name, newDir, newName, flags), () => this.replyOk(u));
-      }
-      case Op.LINK: {
-        const oldNode = u64(b, p);
-        const [newName] = cstr(b, p + 8, end);
-        return this.settle(op, u, fs.link(ctx, oldNode, nodeid, newName), (e) => this.replyEntry(u, e));
-      }
-      case Op.CREATE:
-      case Op.TMPFILE: {
-        const flags = b.readUInt32LE(p);
-        const mode = b.readUInt32LE(p + 4);
-        const umask = b.readUInt32LE(p + 8);
-        const [name] = cstr(b, p + 16, end);
-        // Without a tmpfile method, ENOSYS: the kernel then answers O_TMPFILE with EOPNOTSUPP.
-        if (op === Op.TMPFILE && !fs.tmpfile) return this.replyError(u, errno.ENOSYS);
-        const r = op === Op.TMPFILE ? fs.tmpfile!(ctx, nodeid, mode, flags, umask) : fs.create(ctx, nodeid, name, mode, flags, umask);
-        return this.settle(op, u, r, (c) =>
-          this.replyCreate(u, c, () => void fs.release(ctx, c.entry.nodeid, c.open.fh, flags)));
-      }
-      case Op.WRITE: {
-        const fh = u64(b, p);
-        const offset = u64(b, p + 8);
-        const size = b.readUInt32LE(p + 16);
-        const writeFlags = b.readUInt32LE(p + 20);
-        const data = b.subarray(p + 40, p + 40 + size);
-        return this.settle(op, u, fs.write(ctx, nodeid, fh, offset, data, writeFlags), (n) =>
-          this.replyU32(u, n, WRITE_OUT_SIZE));
-      }
-      case Op.STATFS:
-        return this.settle(op, u, fs.statfs(ctx, nodeid), (s) => this.replyStatfs(u, s));
-      case Op.FSYNC:
-        return this.settle(op, u, fs.fsync(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
-          () => this.replyOk(u));
-      case Op.FSYNCDIR:
-        return this.settle(op, u, fs.fsyncdir(ctx, nodeid, u64(b, p), (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0),
-          () => this.replyOk(u));
-      case Op.SETXATTR: {
-        // With FUSE_SETXATTR_EXT the header has setxattr_flags (16 bytes), else the 8-byte compat one.
-        const size = b.readUInt32LE(p);
-        const flags = b.readUInt32LE(p + 4);
-        const setxattrFlags = this.setxattrExt ? b.readUInt32LE(p + 8) : 0;
-        const [name, next] = cstr(b, p + (this.setxattrExt ? 16 : 8), end);
-        const value = Buffer.from(b.subarray(next, next + size));
-        return this.settle(op, u, fs.setxattr(ctx, nodeid, name, value, flags, setxattrFlags), () => this.replyOk(u));
-      }
-      case Op.GETXATTR: {
-        const size = b.readUInt32LE(p);
-        const [name] = cstr(b, p + 8, end);
-        return this.settle(op, u, fs.getxattr(ctx, nodeid, name), (v) => this.replyXattr(u, v, size));
-      }
-      case Op.LISTXATTR: {
-        const size = b.readUInt32LE(p);
-        return this.settle(op, u, fs.listxattr(ctx, nodeid), (names) =>
-          this.replyXattr(u, Buffer.from(names.map((n) => n + '\0').join(''), 'latin1'), size));
-      }
-      case Op.REMOVEXATTR: {
-        const [name] = cstr(b, p, end);
-        return this.settle(op, u, fs.removexattr(ctx, nodeid, name), () => this.replyOk(u));
-      }
-      case Op.OPENDIR: {
-        const flags = b.readUInt32LE(p);
-        return this.settle(op, u, fs.opendir(ctx, nodeid, flags), (r) =>
-          this.replyOpendir(u, r, () => void fs.releasedir(ctx, nodeid, r.fh)));
-      }
-      case Op.RELEASEDIR:
-        return this.settle(op, u, fs.releasedir(ctx, nodeid, u64(b, p)), () => this.replyOk(u));
-      case Op.ACCESS:
-        return this.settle(op, u, fs.access(ctx, nodeid, b.readUInt32LE(p)), () => this.replyOk(u));
-      case Op.INTERRUPT:
-        // Every handler answers promptly; an interrupted request still gets its reply.
-        return;
-      case Op.DESTROY:
-        this.replyOk(u);
-        fs.destroy?.();
-        return;
-      case Op.FALLOCATE:
-        return this.settle(op, u, fs.fallocate(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), b.readUInt32LE(p + 24)),
-          () => this.replyOk(u));
-      case Op.IOCTL: {
-        if (!fs.ioctl) return this.replyError(u, errno.ENOTTY);
-        // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size; then in_size bytes of input.
-        const inSize = b.readUInt32LE(p + 24);
-        const input = Buffer.from(b.subarray(p + 32, Math.min(end, p + 32 + inSize)));
-        const outSize = b.readUInt32LE(p + 28);
-        return this.settle(op, u, fs.ioctl(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 12), input, outSize),
-          (out) => this.replyIoctl(u, out.subarray(0, outSize)));
-      }
-      case Op.LSEEK:
-        return this.settle(op, u, fs.lseek(ctx, nodeid, u64(b, p), i64(b, p + 8), b.readUInt32LE(p + 16)), (off) => {
-          putU64(this.outBuf, OUT_HEADER_SIZE, off);
-          this.send(u, 0, LSEEK_OUT_SIZE);
-        });
-      case Op.COPY_FILE_RANGE:
-        return this.settle(op, u,
-          fs.copyFileRange(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), u64(b, p + 24), u64(b, p + 32),
-            u64(b, p + 40), u64(b, p + 48)),
-          (n) => this.replyU32(u, n, WRITE_OUT_SIZE));
-      default:
-        return this.replyError(u, errno.ENOSYS);
+    // Read straight into the reply buffer after the header: one write, no buffer per READ.
+    if (fs.readInto && size <= BUFFER_SIZE - OUT_HEADER_SIZE) {
+      this.send(ctx.unique, 0, fs.readInto(ctx, nodeid, fh, offset, size, this.outBuf, OUT_HEADER_SIZE));
+      return;
     }
+    const u = ctx.unique;
+    this.settle(Op.READ, u, fs.read(ctx, nodeid, fh, offset, size), (data) => this.sendData(u, data));
+  }
+
+  private opRelease(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    this.okReply(Op.RELEASE, ctx.unique, this.fs.release(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 8)));
+  }
+
+  private opFlush(ctx: RequestContext, nodeid: number, p: number): void {
+    this.okReply(Op.FLUSH, ctx.unique, this.fs.flush(ctx, nodeid, u64(this.inBuf, p)));
+  }
+
+  private opReaddir(ctx: RequestContext, nodeid: number, p: number): void {
+    this.readdir(ctx, nodeid, p, false);
+  }
+
+  private opReaddirplus(ctx: RequestContext, nodeid: number, p: number): void {
+    this.readdir(ctx, nodeid, p, true);
+  }
+
+  private readdir(ctx: RequestContext, nodeid: number, p: number, plus: boolean): void {
+    const b = this.inBuf;
+    const fh = u64(b, p);
+    const offset = u64(b, p + 8);
+    const size = Math.min(b.readUInt32LE(p + 16), BUFFER_SIZE - OUT_HEADER_SIZE);
+    const prepared = this.fs.readdirPrepare?.(ctx, nodeid);
+    if (prepared instanceof Promise) {
+      const op = plus ? Op.READDIRPLUS : Op.READDIR;
+      return this.later(op, ctx.unique, prepared.then(() => this.fillDir(ctx, nodeid, fh, offset, size, plus)), () => undefined);
+    }
+    this.fillDir(ctx, nodeid, fh, offset, size, plus);
+  }
+
+  private opInit(ctx: RequestContext, _nodeid: number, p: number): void {
+    this.init(ctx.unique, p);
+  }
+
+  private opStatx(ctx: RequestContext, nodeid: number, p: number): void {
+    const u = ctx.unique;
+    const fs = this.fs;
+    if (!fs.statx) return this.replyError(u, errno.ENOSYS);
+    const b = this.inBuf;
+    const fh = (b.readUInt32LE(p) & FUSE_GETATTR_FH) !== 0 ? u64(b, p + 8) : undefined;
+    this.settle(Op.STATX, u, fs.statx(ctx, nodeid, fh), (r) => this.replyStatx(u, r));
+  }
+
+  private opSetattr(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const req: SetattrRequest = {
+      valid: b.readUInt32LE(p),
+      fh: u64(b, p + 8),
+      size: u64(b, p + 16),
+      atimeSec: i64(b, p + 32),
+      mtimeSec: i64(b, p + 40),
+      atimeNsec: b.readUInt32LE(p + 56),
+      mtimeNsec: b.readUInt32LE(p + 60),
+      mode: b.readUInt32LE(p + 68),
+      uid: b.readUInt32LE(p + 76),
+      gid: b.readUInt32LE(p + 80),
+    };
+    this.attrReply(Op.SETATTR, ctx.unique, this.fs.setattr(ctx, nodeid, req));
+  }
+
+  private opReadlink(ctx: RequestContext, nodeid: number): void {
+    const u = ctx.unique;
+    this.settle(Op.READLINK, u, this.fs.readlink(ctx, nodeid), (t) => this.sendData(u, Buffer.from(t, 'latin1')));
+  }
+
+  private opSymlink(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const [name, next] = cstr(this.inBuf, p, end);
+    const [target] = cstr(this.inBuf, next, end);
+    this.entryReply(Op.SYMLINK, ctx.unique, this.fs.symlink(ctx, nodeid, name, target));
+  }
+
+  private opMknod(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const [name] = cstr(b, p + 16, end);
+    const r = this.fs.mknod(ctx, nodeid, name, b.readUInt32LE(p), b.readUInt32LE(p + 4), b.readUInt32LE(p + 8));
+    this.entryReply(Op.MKNOD, ctx.unique, r);
+  }
+
+  private opMkdir(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const [name] = cstr(b, p + 8, end);
+    this.entryReply(Op.MKDIR, ctx.unique, this.fs.mkdir(ctx, nodeid, name, b.readUInt32LE(p), b.readUInt32LE(p + 4)));
+  }
+
+  private opUnlink(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    this.okReply(Op.UNLINK, ctx.unique, this.fs.unlink(ctx, nodeid, cname(this.inBuf, p, end)));
+  }
+
+  private opRmdir(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    this.okReply(Op.RMDIR, ctx.unique, this.fs.rmdir(ctx, nodeid, cname(this.inBuf, p, end)));
+  }
+
+  private opRename(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    this.rename(Op.RENAME, ctx, nodeid, u64(this.inBuf, p), 0, p + 8, end);
+  }
+
+  private opRename2(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    this.rename(Op.RENAME2, ctx, nodeid, u64(this.inBuf, p), this.inBuf.readUInt32LE(p + 8), p + 16, end);
+  }
+
+  private rename(op: Op, ctx: RequestContext, nodeid: number, newDir: number, flags: number, p: number, end: number): void {
+    const [name, next] = cstr(this.inBuf, p, end);
+    const [newName] = cstr(this.inBuf, next, end);
+    this.okReply(op, ctx.unique, this.fs.rename(ctx, nodeid, name, newDir, newName, flags));
+  }
+
+  private opLink(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const [newName] = cstr(this.inBuf, p + 8, end);
+    this.entryReply(Op.LINK, ctx.unique, this.fs.link(ctx, u64(this.inBuf, p), nodeid, newName));
+  }
+
+  private opCreate(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const flags = b.readUInt32LE(p);
+    const [name] = cstr(b, p + 16, end);
+    const r = this.fs.create(ctx, nodeid, name, b.readUInt32LE(p + 4), flags, b.readUInt32LE(p + 8));
+    if (r instanceof Promise) return this.later(Op.CREATE, ctx.unique, r, (c) => this.replyCreate(ctx, c, flags));
+    this.replyCreate(ctx, r, flags);
+  }
+
+  private opTmpfile(ctx: RequestContext, nodeid: number, p: number): void {
+    const fs = this.fs;
+    // Without a tmpfile method, ENOSYS: the kernel then answers O_TMPFILE with EOPNOTSUPP.
+    if (!fs.tmpfile) return this.replyError(ctx.unique, errno.ENOSYS);
+    const b = this.inBuf;
+    const flags = b.readUInt32LE(p);
+    const r = fs.tmpfile(ctx, nodeid, b.readUInt32LE(p + 4), flags, b.readUInt32LE(p + 8));
+    this.settle(Op.TMPFILE, ctx.unique, r, (c) => this.replyCreate(ctx, c, flags));
+  }
+
+  private opWrite(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const size = b.readUInt32LE(p + 16);
+    const data = b.subarray(p + 40, p + 40 + size);
+    const r = this.fs.write(ctx, nodeid, u64(b, p), u64(b, p + 8), data, b.readUInt32LE(p + 20));
+    const u = ctx.unique;
+    if (r instanceof Promise) return this.later(Op.WRITE, u, r, (n) => this.replyU32(u, n, WRITE_OUT_SIZE));
+    this.replyU32(u, r, WRITE_OUT_SIZE);
+  }
+
+  private opStatfs(ctx: RequestContext, nodeid: number): void {
+    const u = ctx.unique;
+    this.settle(Op.STATFS, u, this.fs.statfs(ctx, nodeid), (s) => this.replyStatfs(u, s));
+  }
+
+  private opFsync(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const datasync = (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0;
+    this.okReply(Op.FSYNC, ctx.unique, this.fs.fsync(ctx, nodeid, u64(b, p), datasync));
+  }
+
+  private opFsyncdir(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const datasync = (b.readUInt32LE(p + 8) & FUSE_FSYNC_FDATASYNC) !== 0;
+    this.okReply(Op.FSYNCDIR, ctx.unique, this.fs.fsyncdir(ctx, nodeid, u64(b, p), datasync));
+  }
+
+  private opSetxattr(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    // With FUSE_SETXATTR_EXT the header has setxattr_flags (16 bytes), else the 8-byte compat one.
+    const b = this.inBuf;
+    const size = b.readUInt32LE(p);
+    const flags = b.readUInt32LE(p + 4);
+    const setxattrFlags = this.setxattrExt ? b.readUInt32LE(p + 8) : 0;
+    const [name, next] = cstr(b, p + (this.setxattrExt ? 16 : 8), end);
+    const value = Buffer.from(b.subarray(next, next + size));
+    this.okReply(Op.SETXATTR, ctx.unique, this.fs.setxattr(ctx, nodeid, name, value, flags, setxattrFlags));
+  }
+
+  private opGetxattr(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const b = this.inBuf;
+    const size = b.readUInt32LE(p);
+    const [name] = cstr(b, p + 8, end);
+    const r = this.fs.getxattr(ctx, nodeid, name);
+    const u = ctx.unique;
+    if (r instanceof Promise) return this.later(Op.GETXATTR, u, r, (v) => this.replyXattr(u, v, size));
+    this.replyXattr(u, r, size);
+  }
+
+  private opListxattr(ctx: RequestContext, nodeid: number, p: number): void {
+    const size = this.inBuf.readUInt32LE(p);
+    const u = ctx.unique;
+    this.settle(Op.LISTXATTR, u, this.fs.listxattr(ctx, nodeid), (names) =>
+      this.replyXattr(u, Buffer.from(names.map((n) => n + '\0').join(''), 'latin1'), size));
+  }
+
+  private opRemovexattr(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const [name] = cstr(this.inBuf, p, end);
+    this.okReply(Op.REMOVEXATTR, ctx.unique, this.fs.removexattr(ctx, nodeid, name));
+  }
+
+  private opOpendir(ctx: RequestContext, nodeid: number, p: number): void {
+    const r = this.fs.opendir(ctx, nodeid, this.inBuf.readUInt32LE(p));
+    this.settle(Op.OPENDIR, ctx.unique, r, (o) => this.replyOpendir(ctx, nodeid, o));
+  }
+
+  private opReleasedir(ctx: RequestContext, nodeid: number, p: number): void {
+    this.okReply(Op.RELEASEDIR, ctx.unique, this.fs.releasedir(ctx, nodeid, u64(this.inBuf, p)));
+  }
+
+  private opAccess(ctx: RequestContext, nodeid: number, p: number): void {
+    this.okReply(Op.ACCESS, ctx.unique, this.fs.access(ctx, nodeid, this.inBuf.readUInt32LE(p)));
+  }
+
+  private opInterrupt(): void {
+    // Every handler answers promptly; an interrupted request still gets its reply.
+  }
+
+  private opDestroy(ctx: RequestContext): void {
+    this.replyOk(ctx.unique);
+    this.fs.destroy?.();
+  }
+
+  private opFallocate(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const r = this.fs.fallocate(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), b.readUInt32LE(p + 24));
+    this.okReply(Op.FALLOCATE, ctx.unique, r);
+  }
+
+  private opIoctl(ctx: RequestContext, nodeid: number, p: number, end: number): void {
+    const u = ctx.unique;
+    const fs = this.fs;
+    if (!fs.ioctl) return this.replyError(u, errno.ENOTTY);
+    // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size; then in_size bytes of input.
+    const b = this.inBuf;
+    const inSize = b.readUInt32LE(p + 24);
+    const input = Buffer.from(b.subarray(p + 32, Math.min(end, p + 32 + inSize)));
+    const outSize = b.readUInt32LE(p + 28);
+    this.settle(Op.IOCTL, u, fs.ioctl(ctx, nodeid, u64(b, p), b.readUInt32LE(p + 12), input, outSize),
+      (out) => this.replyIoctl(u, out.subarray(0, outSize)));
+  }
+
+  private opLseek(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const u = ctx.unique;
+    this.settle(Op.LSEEK, u, this.fs.lseek(ctx, nodeid, u64(b, p), i64(b, p + 8), b.readUInt32LE(p + 16)), (off) => {
+      putU64(this.outBuf, OUT_HEADER_SIZE, off);
+      this.send(u, 0, LSEEK_OUT_SIZE);
+    });
+  }
+
+  private opCopyFileRange(ctx: RequestContext, nodeid: number, p: number): void {
+    const b = this.inBuf;
+    const u = ctx.unique;
+    const r = this.fs.copyFileRange(ctx, nodeid, u64(b, p), u64(b, p + 8), u64(b, p + 16), u64(b, p + 24), u64(b, p + 32),
+      u64(b, p + 40), u64(b, p + 48));
+    this.settle(Op.COPY_FILE_RANGE, u, r, (n) => this.replyU32(u, n, WRITE_OUT_SIZE));
+  }
+
+  // Replies now for a value, later for a promise. The promise's closure is made in a function of its
+  // own: a function that makes a closure over its variables allocates their context at every call.
+  private okReply(op: Op, u: number, r: void | Promise<void>): void {
+    if (r instanceof Promise) return this.okLater(op, u, r);
+    this.replyOk(u);
+  }
+
+  private okLater(op: Op, u: number, r: Promise<void>): void {
+    this.later(op, u, r, () => this.replyOk(u));
+  }
+
+  private entryReply(op: Op, u: number, r: EntryReply | Promise<EntryReply>): void {
+    if (r instanceof Promise) return this.entryLater(op, u, r);
+    this.replyEntry(u, r);
+  }
+
+  private entryLater(op: Op, u: number, r: Promise<EntryReply>): void {
+    this.later(op, u, r, (e) => this.replyEntry(u, e));
+  }
+
+  private attrReply(op: Op, u: number, r: AttrReply | Promise<AttrReply>): void {
+    if (r instanceof Promise) return this.attrLater(op, u, r);
+    this.replyAttr(u, r);
+  }
+
+  private attrLater(op: Op, u: number, r: Promise<AttrReply>): void {
+    this.later(op, u, r, (a) => this.replyAttr(u, a));
+  }
+
+  static {
+    const s = FuseSession.prototype;
+    const table: [Op, OpHandler][] = [
+      [Op.LOOKUP, s.opLookup], [Op.FORGET, s.opForget], [Op.BATCH_FORGET, s.opBatchForget], [Op.GETATTR, s.opGetattr],
+      [Op.OPEN, s.opOpen], [Op.READ, s.opRead], [Op.RELEASE, s.opRelease], [Op.FLUSH, s.opFlush],
+      [Op.READDIR, s.opReaddir], [Op.READDIRPLUS, s.opReaddirplus], [Op.INIT, s.opInit], [Op.STATX, s.opStatx],
+      [Op.SETATTR, s.opSetattr], [Op.READLINK, s.opReadlink], [Op.SYMLINK, s.opSymlink], [Op.MKNOD, s.opMknod],
+      [Op.MKDIR, s.opMkdir], [Op.UNLINK, s.opUnlink], [Op.RMDIR, s.opRmdir], [Op.RENAME, s.opRename],
+      [Op.RENAME2, s.opRename2], [Op.LINK, s.opLink], [Op.CREATE, s.opCreate], [Op.TMPFILE, s.opTmpfile],
+      [Op.WRITE, s.opWrite], [Op.STATFS, s.opStatfs], [Op.FSYNC, s.opFsync], [Op.FSYNCDIR, s.opFsyncdir],
+      [Op.SETXATTR, s.opSetxattr], [Op.GETXATTR, s.opGetxattr], [Op.LISTXATTR, s.opListxattr],
+      [Op.REMOVEXATTR, s.opRemovexattr], [Op.OPENDIR, s.opOpendir], [Op.RELEASEDIR, s.opReleasedir],
+      [Op.ACCESS, s.opAccess], [Op.INTERRUPT, s.opInterrupt], [Op.DESTROY, s.opDestroy], [Op.FALLOCATE, s.opFallocate],
+      [Op.IOCTL, s.opIoctl], [Op.LSEEK, s.opLseek], [Op.COPY_FILE_RANGE, s.opCopyFileRange],
+    ];
+    for (const [op, h] of table) OPS[op] = h;
   }
 
   /** Fills and sends a READDIR(PLUS) reply in one synchronous step (the sink is the shared reply buffer). */

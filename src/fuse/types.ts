@@ -162,8 +162,12 @@ export interface FileSystem {
   statfs(ctx: RequestContext, nodeid: number): R<StatfsReply>;
   /** `setxattrFlags`: FUSE_SETXATTR_ACL_KILL_SGID and such (with FUSE_SETXATTR_EXT). */
   setxattr(ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags?: number): R<void>;
-  /** The whole value; the protocol layer answers size probes and ERANGE. */
-  getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer>;
+  /**
+   * The whole value, or null for none (answered ENODATA: the kernel asks for security.capability before
+   * a file's first write and at every chown, and nearly every file has none); the protocol layer
+   * answers size probes and ERANGE.
+   */
+  getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer | null>;
   listxattr(ctx: RequestContext, nodeid: number): R<string[]>;
   removexattr(ctx: RequestContext, nodeid: number, name: string): R<void>;
   access(ctx: RequestContext, nodeid: number, mask: number): R<void>;

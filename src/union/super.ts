@@ -286,13 +286,11 @@ export class UnionFs implements FileSystem {
 
   // ---- xattrs --------------------------------------------------------------------------------
 
-  getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer {
+  getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer | null {
     const node = this.inodes.get(nodeid).live;
     if (!isAclName(name)) return getXattr(node, name);
     const [dirfd, fname] = node.location();
-    const v = this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
-    if (v === null) throw fsError('ENODATA');
-    return v;
+    return this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
   }
 
   listxattr(_ctx: RequestContext, nodeid: number): string[] {

@@ -8,12 +8,11 @@ import * as N from '../native/index.js';
 import type { UnionNode } from './node.js';
 import { isPrivateXattr } from './whiteout.js';
 
-export function getXattr(node: UnionNode, name: string): Buffer {
-  if (isPrivateXattr(name)) throw fsError('ENODATA');
+/** The value, or null where the object has no such attribute (ENODATA). */
+export function getXattr(node: UnionNode, name: string): Buffer | null {
+  if (isPrivateXattr(name)) return null;
   const [dirfd, fname] = node.location();
-  const v = N.lgetxattr(dirfd, fname, name);
-  if (v === null) throw fsError('ENODATA');
-  return v;
+  return N.lgetxattr(dirfd, fname, name);
 }
 
 export function listXattrs(node: UnionNode): string[] {
