@@ -95,6 +95,9 @@ test('xattrs of an open, unlinked file: ENODATA on replace, EEXIST on create, as
   t.is(await errno(() => u.setxattr(ctx, node, 'user.k1', Buffer.from('v'), 2 /* XATTR_REPLACE */)), 'ENODATA');
   t.is(await errno(() => u.setxattr(ctx, node, 'user.k0', Buffer.from('v'), 1 /* XATTR_CREATE */)), 'EEXIST');
   t.deepEqual(u.getxattr(ctx, node, 'user.k0'), Buffer.from('a'));
+  // None: null (the session answers ENODATA), for a missing name and for an overlay-private one.
+  t.is(u.getxattr(ctx, node, 'user.k1'), null);
+  t.is(u.getxattr(ctx, node, 'trusted.overlay.origin'), null);
   t.deepEqual(u.listxattr(ctx, node), ['user.k0']);
   u.release(ctx, node, c.open.fh);
 });
