@@ -520,8 +520,7 @@ export class FuseSession {
     this.send(unique, 0, size);
   }
 
-  /** Answers an xattr get/list: a size probe (size 0), ERANGE when too small, or the bytes. */
-  /** A value (null: none, ENODATA), its size for a probe (`size` 0), or ERANGE. */
+  /** Answers an xattr get/list: ENODATA for no value (null), a size probe (size 0), ERANGE when too small, or the bytes. */
   private replyXattr(unique: number, value: Buffer | null, size: number): void {
     if (value === null) {
       this.stats.errors++;
@@ -908,8 +907,10 @@ export class FuseSession {
     this.settle(Op.COPY_FILE_RANGE, u, r, (n) => this.replyU32(u, n, WRITE_OUT_SIZE));
   }
 
-  // Replies now for a value, later for a promise. The promise's closure is made in a function of its
-  // own: a function that makes a closure over its variables allocates their context at every call.
+  // Replies now for a value, later for a promise, for the many handlers that answer OK, an entry or
+  // attributes. The promise's closure is made in a function of its own: a function that makes a
+  // closure over its variables allocates their context at every call (the few handlers with other
+  // replies keep their closure inline, in the promise's branch, and pay that).
   private okReply(op: Op, u: number, r: void | Promise<void>): void {
     if (r instanceof Promise) return this.okLater(op, u, r);
     this.replyOk(u);
