@@ -2,6 +2,7 @@
 // modes, owners, xattrs and nanosecond mtimes, in either whiteout format.
 import fs from 'node:fs';
 import path from 'node:path';
+import * as N from '../../src/native/index.js';
 import { absBytes, bytesOf, pyPath } from './names.js';
 import { OPS, python } from './python.js';
 
@@ -217,6 +218,15 @@ export function materializeLayers(root: string, layers: readonly Layer[], names?
   python<boolean>(OPS, plans.flatMap((p) => p.specialOps));
   for (const p of plans) p.create();
   python<boolean>(OPS, plans.flatMap((p) => p.metaOps));
+  // Written back before any mount looks: ext4 counts a file's delayed-allocation blocks in st_blocks
+  // apart from i_blocks, and a stat racing with their writeback can see 0 (a cached stat on one
+  // side, a later one on the other: a difference neither overlay made).
+  const fd = fs.openSync(root, 'r');
+  try {
+    N.syncfs(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
   return dirs;
 }
 
