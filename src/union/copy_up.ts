@@ -206,6 +206,8 @@ interface CopyJob {
   src: number;
   /** The overlay.origin value for the copy (null: none, as for a lower hard link). */
   origin: Buffer | null;
+  /** The copy of a removed directory replaces the empty directory now at its name (see nameGone). */
+  replace: boolean;
 }
 
 export class CopyUp {
@@ -240,20 +242,34 @@ export class CopyUp {
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
     if (node.copying) throw new Error(`copy-up of "${node.name}" already in progress`);
-    if (node.unlinked) throw this.nameGone(parent, node);
+    if (node.unlinked) {
+      this.replaceName(parent, node);
+      return;
+    }
     this.ensure(parent);
     this.copyNow(this.begin(parent, node, opts.data !== false));
   }
 
   /**
-   * The error for a copy-up of a lower object whose name is gone (changed through a descriptor after
-   * an unlink, rmdir or a rename over it). The kernel copies up to the name, which a whiteout or
-   * another object now holds: a file's link fails with EEXIST; a directory's rename onto a
-   * non-directory fails with ENOTDIR, onto a directory with entries (whiteouts count) with ENOTEMPTY.
-   * strata answers the same and never resurrects the name, whatever the whiteout format: where the
-   * kernel's rename replaces an empty directory now at the name with the copy, strata answers EEXIST.
+   * The copy-up of a lower object whose name is gone (changed through a descriptor after an unlink,
+   * rmdir or a rename over it). The kernel copies up to the name, which a whiteout or another object
+   * now holds: a file's link fails with EEXIST; a directory's rename onto a non-directory fails with
+   * ENOTDIR, onto a directory with entries (whiteouts count) with ENOTEMPTY. Onto an empty directory
+   * it succeeds: the copy replaces that directory, and the name leads to the removed directory again.
+   * strata does the same, and never resurrects a name held by a whiteout, whatever its format.
    */
-  private nameGone(parent: UnionNode, node: UnionNode): Error {
+  private replaceName(parent: UnionNode, node: UnionNode): void {
+    const err = this.nameGone(parent, node);
+    if (err) throw err;
+    const job = this.begin(parent, node, false);
+    job.replace = true;
+    this.finish(job);
+  }
+
+  /** Why the copy-up of `node`, whose name is gone, fails (null: an empty directory holds the name). */
+  private nameGone(parent: UnionNode, node: UnionNode): Error | null {
+    // (the kernel's answers where the parent was removed too)
+    if (parent.unlinked) return fsError(node.isDir ? 'EIO' : 'ENOENT');
     if (!node.isDir) return fsError('EEXIST');
     if (parent.layer !== this.upper.layer) return fsError('ENOTDIR');
     let fd: number;
@@ -265,10 +281,28 @@ export class CopyUp {
       throw e;
     }
     try {
-      return fsError(N.listDir(fd).names.length > 0 ? 'ENOTEMPTY' : 'EEXIST');
+      return N.listDir(fd).names.length > 0 ? fsError('ENOTEMPTY') : null;
     } finally {
       N.close(fd);
     }
+  }
+
+  /**
+   * The copy of removed directory `node` took its old name from `replaced` (the empty directory there,
+   * if the kernel knows it). As on the kernel's overlay, whose dentry for the name stays with the
+   * replaced directory: that one keeps the name, removed now (st_nlink 0, nothing can be made in it,
+   * rmdir ENOENT, rename ESTALE). The kernel's overlay keeps that dentry until memory runs short or
+   * caches are dropped, which strata cannot see: strata keeps the name with it (pinned) for the rest
+   * of the mount, as the kernel with memory to spare. The removed directory's descriptors reach the copy.
+   */
+  private replaced(parent: UnionNode, node: UnionNode, replaced: UnionNode | null): void {
+    if (replaced) {
+      this.inodes.removedInPlace(replaced);
+      this.attributesChanged(replaced);
+    }
+    node.releaseAnchor();
+    node.anchor = N.openat(parent.dirFd(this.upper.layer), node.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+    this.entriesChanged(parent); // the name's d_ino is the copy's now
   }
 
   /** Copies the job's data (if any) in one go and puts the copy in place. */
@@ -295,7 +329,10 @@ export class CopyUp {
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return;
-    if (node.unlinked) throw this.nameGone(parent, node);
+    if (node.unlinked) {
+      this.replaceName(parent, node);
+      return;
+    }
     this.ensure(parent);
     const job = this.begin(parent, node, opts.data !== false);
     const size = job.st[ST.size]!;
@@ -324,7 +361,7 @@ export class CopyUp {
     statObject(src, this.sst);
     const st = N.statCopy(this.sst);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false };
     try {
       if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName, st);
       if (type === C.S_IFREG) {
@@ -487,13 +524,22 @@ export class CopyUp {
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
     const upperParent = this.prepareParent(parent);
+    // The directory a replacing copy takes the name from: operations through the kernel's references
+    // to it reach it where it goes (removed, as on the kernel, whose dentries for it stay too).
+    const replaced = job.replace ? parent.children.get(node.name) ?? null : null;
+    if (replaced) {
+      replaced.pins++; // (see replaced())
+      replaced.pinAnchor();
+    }
     try {
-      N.renameat2(work, tmp, upperParent, node.name, C.RENAME_NOREPLACE);
+      N.renameat2(work, tmp, upperParent, node.name, job.replace ? 0 : C.RENAME_NOREPLACE);
     } catch (e) {
+      if (replaced) replaced.pins--;
       if (keepsIno) this.inodes.forgetOrigin(upperIno);
       removeWorkEntry(work, tmp);
       throw e;
     }
+    if (job.replace) this.replaced(parent, node, replaced);
     this.linked(parent, node, keepsIno ? null : upperIno, type);
   }
 }

@@ -227,6 +227,16 @@ export class InodeTable {
   }
 
   /**
+   * `node`'s object was removed behind the kernel's back, which keeps its name: the name stays with
+   * the node (operations on it reach the removed object; name changes refuse it) until the kernel
+   * forgets it.
+   */
+  removedInPlace(node: UnionNode): void {
+    node.unlinked = true;
+    this.exports?.drop(node);
+  }
+
+  /**
    * Gives the name of `node` a new node for the same object, with the same st_ino, after a copy-up:
    * `node` keeps its open handles (bound to the lower file) and forwards everything else to the new
    * node, which the name leads to from now on.

@@ -228,6 +228,8 @@ export class UnionNode {
     const i = layers.indexOf(layer);
     if (i < 0) throw new Error(`layer ${layer.index} is not part of directory ${this.name}`);
     if (!this.parent) return layer.fd;
+    // (a removed directory's topmost layer: its name may lead to another object now)
+    if (i === 0 && this.anchor >= 0) return this.anchor;
     const rare = this.r();
     const fds = (rare.dirFds ??= new Array<number>(layers.length).fill(-1));
     let fd = fds[i]!;
@@ -257,6 +259,11 @@ export class UnionNode {
   /** Closes every descriptor the node holds (it is dropped). */
   closeFds(): void {
     this.closeDirFds();
+    this.releaseAnchor();
+  }
+
+  /** Closes the anchor (the name reaches the object again, or the node is dropped). */
+  releaseAnchor(): void {
     if (this.anchor >= 0) {
       N.close(this.anchor);
       this.anchor = -1;

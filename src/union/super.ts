@@ -682,6 +682,7 @@ export class UnionFs implements FileSystem {
     const p = this.dirNode(parent);
     const node = this.existing(p, name);
     if (!node.isDir) throw fsError('ENOTDIR');
+    if (node.unlinked) throw fsError('ENOENT'); // removed behind the kernel's back (see CopyUp.replaced)
     this.fsflags.refuseRemoveEntry(p);
     this.fsflags.refuseChange(node);
     w.dirs.rmdir(p, node, name);
@@ -707,6 +708,7 @@ export class UnionFs implements FileSystem {
     checkName(newName);
     const target = known !== undefined ? known : this.child(np, newName)?.[0] ?? null;
     if (target === node) return;
+    if (node.unlinked || target?.unlinked) throw fsError('ESTALE'); // a name the kernel keeps for a removed object
     this.fsflags.refuseRemoveEntry(p);
     this.fsflags.refuseChange(node);
     if (target) {
