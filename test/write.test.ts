@@ -10,6 +10,7 @@ import { run } from './helpers/exec.js';
 import { Checks } from './helpers/ops-checks.js';
 import { finishPair, runBoth, setupPair, type LowerSource, type Pair, type PairOptions } from './helpers/ops-pair.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, type Op, type Result } from './helpers/ops-runner.js';
+import * as N from '../src/native/index.js';
 
 const CAP = '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=';
 
@@ -564,6 +565,41 @@ scenario('rename over existing targets: files over lower files, dirs over emptie
     c.eq(k[13], ok, 'kernel: rename onto a merged dir whose lower entries are all whited out');
     c.eq(k[14], ['inside'], 'kernel: the renamed dir shows only its own entries');
     c.eq(k[15], { err: 'ENOENT' }, 'kernel: the lower entries stay hidden');
+  },
+});
+
+scenario('a directory renamed onto one with entries: ENOTEMPTY, and the opaque mark the kernel leaves behind', {
+  steps: [
+    // targets without lower layers: the kernel marks the source opaque (merged new parent), then fails
+    ['mkdir', 'a', 0o755],
+    ['mkdir', 'b', 0o755],
+    ['create', 'b/x', 0o644, 'x'],
+    ['rename', 'a', 'b'],
+    ['mkdir', 'b/sub', 0o755],
+    ['mkdir', 'b/sub2', 0o755],
+    ['create', 'b/sub2/y', 0o644, 'y'],
+    ['rename', 'b/sub', 'b/sub2'],
+    ['unlink', 'd/sub/deep'],
+    ['unlink', 'd/sub/deep2'],
+    ['rmdir', 'd/sub'],
+    ['rmdir', 'd'],
+    ['mkdir', 'd', 0o755],
+    ['create', 'd/z', 0o644, 'z'],
+    ['rename', 'b', 'd'],
+    // a target with lower entries: refused before anything is marked
+    ['mkdir', 'c', 0o755],
+    ['rename', 'c', 'full'],
+    ['listxattr', 'a'],
+    ['listxattr', 'b/sub'],
+    ['listxattr', 'c'],
+  ],
+  check: (c, pair, k) => {
+    for (const i of [3, 7, 14, 16]) c.eq(k[i], { err: 'ENOTEMPTY' }, `kernel: step ${i} answers ENOTEMPTY`);
+    // (the upper comparison leaves out markers on directories no lower layer has: compared here)
+    const opaque = (upper: string, rel: string): string | undefined => N.lgetxattr(N.C.AT_FDCWD, path.join(upper, rel), 'trusted.overlay.opaque')?.toString();
+    const marks = (upper: string): Array<string | undefined> => ['a', 'b', 'b/sub', 'c', 'd'].map((rel) => opaque(upper, rel));
+    c.eq(marks(pair.kernel.upper), ['y', 'y', undefined, undefined, 'y'], 'kernel: which sources it marked');
+    c.eq(marks(pair.strata.upper), marks(pair.kernel.upper), 'strata: the same opaque markers as the kernel');
   },
 });
 

@@ -12,7 +12,7 @@ import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
 import { hasOrigin, markImpure } from './origin.js';
 import {
-  hasOciWhiteout, isKernelWhiteout, isOciMetaName, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER,
+  hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER,
   WhiteoutMaker,
 } from './whiteout.js';
 
@@ -452,7 +452,8 @@ export class DirOps {
    * Everything that can refuse a rename, checked before anything is copied up. Returns what
    * checkEmpty returns for a directory the rename replaces (else nothing).
    */
-  checkRename(node: UnionNode, newName: string, target: UnionNode | null, flags: number): string[] {
+  checkRename(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, newName: string, target: UnionNode | null,
+    flags: number): string[] {
     // RENAME_WHITEOUT (and any flag but these two) is refused, as by the kernel's ovl_rename.
     if (flags & ~(C.RENAME_EXCHANGE | C.RENAME_NOREPLACE)) throw fsError('EINVAL');
     checkName(newName);
@@ -466,12 +467,18 @@ export class DirOps {
     // Without redirect_dir, a directory with lower layers cannot be renamed: EXDEV makes mv copy.
     if (node.isDir && node.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
     if (exchange && target!.isDir && target!.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
-    return target && !exchange && target.isDir ? this.checkEmpty(target) : NO_ENTRIES;
+    if (!target || exchange || !target.isDir) return NO_ENTRIES;
+    try {
+      return this.checkEmpty(target);
+    } catch (e) {
+      if (errCode(e) === 'ENOTEMPTY') this.markedBeforeFailing(parent, oldName, node, newParent, target);
+      throw e;
+    }
   }
 
   /** rename(2) of parent/oldName (the node `node`) to newParent/newName (now `target`, if any). */
   rename(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, newName: string, target: UnionNode | null, flags: number): void {
-    const clear = this.checkRename(node, newName, target, flags);
+    const clear = this.checkRename(parent, oldName, node, newParent, newName, target, flags);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     this.copyUp.ensure(parent);
     this.copyUp.ensure(newParent);
@@ -531,6 +538,20 @@ export class DirOps {
     if (parent !== newParent) this.markImpureFor(to, newName);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
+  }
+
+  /**
+   * A directory renamed over `target`, a directory with entries, gets ENOTEMPTY. The kernel checks a
+   * target with lower layers first; for one without (upper only, or opaque) the rename of the upper
+   * directories fails, after the source was marked opaque for a merged new parent. That mark stays:
+   * so here too, for the same upper as the kernel's.
+   */
+  private markedBeforeFailing(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, target: UnionNode): void {
+    if (this.opts.writeFormat === 'oci' || !node.isDir || !node.layer.isUpper || !newParent.isMerged) return;
+    const layers = target.dirLayers!;
+    if (layers.length !== 1 || !layers[0]!.isUpper) return;
+    const from = parent.dirFd(this.up);
+    if (!isOpaqueDir(from, oldName, false)) this.markOpaque(from, oldName);
   }
 
   /**

@@ -719,7 +719,7 @@ export class UnionFs implements FileSystem {
     }
     // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
     if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
-    w.dirs.checkRename(node, newName, target, flags);
+    w.dirs.checkRename(p, name, node, np, newName, target, flags);
     const exchangeFile = target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG ? target : null;
     for (const n of [node.type === C.S_IFREG ? node : null, exchangeFile]) {
       if (!n || n.layer.isUpper) continue;
