@@ -34,7 +34,7 @@ import { strataUnmount } from './helpers/mounts.js';
 import { repoRoot } from './helpers/paths.js';
 import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
-import { dirInLayers, kindOf, walk } from './helpers/ops-tree.js';
+import { kindOf, walk } from './helpers/ops-tree.js';
 import { xop, type XCmd, type XResult } from './helpers/ops-xop.js';
 import { FdSide } from './helpers/fd-side.js';
 import { FD_USERS, FdOpGenerator } from './helpers/ops-fd.js';
@@ -364,7 +364,7 @@ function step(runner: Runner, side: Side, fds: FdSide, op: Op, isKernel: boolean
   runner.resetLabels();
   const before = look(runner, op, isKernel);
   const result = op[0] === 'fd' ? fds.fdOp(op[1], op[2]) : runner.run(op);
-  return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper, side.lowers) };
+  return { result, before, after: look(runner, op, isKernel), upper: upperNames(side.upper) };
 }
 
 /** The op itself, without an "as user" around it. */
@@ -398,14 +398,14 @@ function leavesMount(root: string, op: Op): string | null {
 }
 
 /** The names in an upper dir with their types: what was copied up, whited out or made opaque so far. */
-function upperNames(upper: string, lowers: readonly string[]): string[] {
+function upperNames(upper: string): string[] {
   const rels = walk(upper).slice(1);
   const types = rels.map((rel) => {
     const st = fs.lstatSync(path.join(upper, rel));
     return st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isCharacterDevice() ? `chr${st.rdev}` : 'file';
   });
-  // opaque markers count where a lower layer has a directory (see SnapshotOptions.lowers)
-  const dirs = rels.filter((rel, i) => types[i] === 'dir' && dirInLayers(lowers, rel));
+  // (opaque markers on every directory, also where no lower layer has one: the kernel's upper has them there too)
+  const dirs = rels.filter((_rel, i) => types[i] === 'dir');
   const opaque = new Map(xop(dirs.map((d) => ['getxattr', path.join(upper, d), 'trusted.overlay.opaque'])).map((r, i) => [dirs[i], r]));
   return rels.map((rel, i) => {
     const o = opaque.get(rel);

@@ -166,8 +166,8 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
   unmountStrata(c, s);
   unmountQuietly(k.mnt);
 
-  const uk = snapshot(k.upper, 'upper', { ...opts, lowers: k.lowers });
-  const us = snapshot(s.upper, 'upper', { ...opts, lowers: s.lowers });
+  const uk = snapshot(k.upper, 'upper', opts);
+  const us = snapshot(s.upper, 'upper', opts);
   c.none(diffSnapshots(uk, us, ['kernel', s.name]), 'upper dirs differ');
 
   for (const side of [k, s]) {

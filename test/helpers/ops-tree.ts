@@ -101,32 +101,6 @@ export function walk(root: string): string[] {
 export interface SnapshotOptions {
   /** Relative paths (and everything below) to leave out. */
   exclude?: readonly string[];
-  /**
-   * Upper mode: the lower layer roots. An opaque marker on a directory that no lower layer has a
-   * directory for changes nothing, and the kernel is not consistent about it (it sets one on a
-   * directory it fails to rename into a merged parent), so such markers are left out.
-   */
-  lowers?: readonly string[];
-}
-
-const OPAQUE = /^(trusted|user)\.overlay\.opaque$/;
-
-/** Whether some layer has a directory at `rel`. */
-export function dirInLayers(layers: readonly string[], rel: string): boolean {
-  // component by component, never through a symlink or a non-directory
-  const isDir = (layer: string): boolean => {
-    let p = layer;
-    for (const part of rel.split('/')) {
-      p = path.join(p, part);
-      try {
-        if (!fs.lstatSync(p).isDirectory()) return false;
-      } catch {
-        return false;
-      }
-    }
-    return true;
-  };
-  return layers.some(isDir);
 }
 
 export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions = {}): Snapshot {
@@ -204,7 +178,6 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
         const [k, v] = kv.split(':') as [string, string];
         const key = Buffer.from(k, 'hex').toString('utf8');
         if (mode === 'upper' && KERNEL_INTERNAL.test(key)) continue;
-        if (mode === 'upper' && opts.lowers && OPAQUE.test(key) && !dirInLayers(opts.lowers, rel)) continue;
         info.xattrs[key] = v.startsWith('ERR') ? v : printable(Buffer.from(v, 'hex'));
       }
       // listxattr order is the filesystem's business
