@@ -116,8 +116,13 @@ function layerNames(layers: readonly Layer[]): string[] {
 /** The share of ops that open descriptors, act through them or change the names they were opened by. */
 const FD_SHARE = 0.4;
 
+/** The share of ops that unmount and mount both sides again (after closing every descriptor). */
+const REMOUNT_SHARE = 0.01;
+
 class OpGenerator {
   readonly fd: FdOpGenerator;
+  /** Ops decided together (the closes before a remount), handed out one by one. */
+  private queued: Op[] = [];
   constructor(private readonly r: Rand, private readonly names: readonly string[]) {
     this.fd = new FdOpGenerator(r, (l) => this.newPath(l));
   }
@@ -159,6 +164,12 @@ class OpGenerator {
 
   next(l: Listing): Op {
     const r = this.r;
+    if (this.queued.length) return this.queued.shift()!;
+    if (r() < REMOUNT_SHARE) {
+      // every descriptor closed first (the mounts must be able to go)
+      this.queued = [...this.fd.closeAll(), ['remount']];
+      return this.queued.shift()!;
+    }
     if (r() < FD_SHARE) {
       const op = this.fd.next(l);
       if (op) return op;
@@ -422,6 +433,7 @@ interface Mismatch {
 /** Both sides of a run: the mounts and a descriptor driver per user on each. */
 interface Run {
   pair: Pair;
+  /** The descriptor drivers (new ones after a remount). */
   k: FdSide;
   s: FdSide;
   /** Read-only descriptors opened on a lower file ("who label"): see lowerReads. */
@@ -506,12 +518,41 @@ function phantomWhiteouts(run: Run, op: Op, kernel: Record<string, unknown>, str
   if (phantoms > 0 && Number(kr[0]) - phantoms === Number(sr[0]) && kr[1] === sr[1]) strata.result = kr;
 }
 
+function fdSide(x: Side): FdSide {
+  return new FdSide(x, FD_USERS, (ino) => x.runner.inoLabel(ino));
+}
+
 function setupRun(t: ExecutionContext, layers: readonly Layer[], po: PairOptions): Run {
   const pair = setupPair(t, lowerSources(layers), po);
-  const side = (x: Side): FdSide => new FdSide(x, FD_USERS, (ino) => x.runner.inoLabel(ino));
-  const run: Run = { pair, k: side(pair.kernel), s: side(pair.strata), lowerRO: new Map() };
+  const run: Run = { pair, k: fdSide(pair.kernel), s: fdSide(pair.strata), lowerRO: new Map() };
   t.teardown(() => closeDrivers(run));
   return run;
+}
+
+/** Every path of the merged tree with its type, inode label, permission bits and link count. */
+function treeIds(x: Side): string[] {
+  return walk(x.mnt).slice(1).map((rel) => {
+    const st = fs.lstatSync(path.join(x.mnt, rel), { bigint: true, throwIfNoEntry: false });
+    return st ? `${rel} ${kindOf(st)} ${x.runner.inoLabel(st.ino)} ${(Number(st.mode) & 0o7777).toString(8)} ${st.nlink}` : `${rel} (gone)`;
+  });
+}
+
+/**
+ * ['remount'] on both sides (the generator closed every descriptor before): the merged tree before and
+ * after, with inode labels shared by both walks, so that an object whose st_ino changed shows.
+ */
+function remountStep(run: Run): Record<string, unknown>[] {
+  closeDrivers(run);
+  const records = [run.pair.kernel, run.pair.strata].map((x) => {
+    x.runner.resetLabels();
+    const before = treeIds(x);
+    x.remount();
+    return { result: 'remounted', before, after: treeIds(x), upper: upperNames(x.upper) };
+  });
+  run.k = fdSide(run.pair.kernel);
+  run.s = fdSide(run.pair.strata);
+  run.lowerRO.clear();
+  return records;
 }
 
 /** Ends the descriptor drivers (before unmounting: they hold files open). */
@@ -526,6 +567,10 @@ function runStep(run: Run, op: Op, index: number): { kernel: Record<string, unkn
   // the size it last saw through that descriptor (README), and the destination would then differ for
   // good. Both sides run an fstat of the source instead.
   if (op[0] === 'fd' && op[2][0] === 'copy_file_range' && run.lowerRO.has(`${op[1]} ${String(op[2][1])}`)) op = ['fd', op[1], ['fstat', op[2][1]]];
+  if (op[0] === 'remount') {
+    const [k, s] = remountStep(run) as [Record<string, unknown>, Record<string, unknown>];
+    return { kernel: k, mismatch: JSON.stringify(k) === JSON.stringify(s) ? undefined : { index, kernel: k, strata: s } };
+  }
   const kernel = step(run.pair.kernel.runner, run.pair.kernel, run.k, op, true);
   const strata = step(run.pair.strata.runner, run.pair.strata, run.s, op, false);
   lowerReads(run, op, kernel, strata);

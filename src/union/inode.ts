@@ -78,6 +78,8 @@ export class InodeTable {
    * Only what reading the xattr again would give: emptied when it reaches UPPER_ORIGINS_MAX.
    */
   private readonly upperOrigins = new Map<number, number | null>();
+  /** Nodes of upper non-directories with more than one name, by st_ino (see linkedNode). */
+  private readonly links = new Map<number, UnionNode>();
   /** nfs_export=on: nodeids that name one object for good, and where each was last seen (export.ts). */
   exports: ExportTable | null = null;
   private readonly taken = (id: number): boolean => this.nodes.has(id);
@@ -134,7 +136,8 @@ export class InodeTable {
    * The node for `name` in `parent`, created for a fresh lookup result. `made`: the daemon has just
    * made the object in the upper, so it carries no overlay.origin to read.
    */
-  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number, made = false): UnionNode {
+  create(parent: UnionNode, name: string, type: number, layer: Layer, dirLayers: Layer[] | null, realIno: number, want?: number, made = false,
+    nlink = 1): UnionNode {
     let ino: number;
     if (!layer.isUpper) ino = this.stack.inoOf(layer, realIno);
     else if (made) {
@@ -144,11 +147,55 @@ export class InodeTable {
       // (the locator is only ever asked for an upper object: no closure for a lower one)
       ino = this.inoFor(layer, realIno, () => [parent.dirFd(layer), name]);
     }
+    // (not for a file handle's nodeid: the handle names the node it was made for)
+    const upperFile = layer.isUpper && type !== C.S_IFDIR && want === undefined;
+    const known = upperFile ? this.linkedNode(ino, type, layer, realIno) : null;
+    if (known?.unlinked) {
+      // its other names are gone, this one leads to it still (a descriptor holds it)
+      known.unlinked = false;
+      known.releaseAnchor();
+      this.attach(parent, name, known);
+      return known;
+    }
+    if (known && nlink > 1) {
+      this.addAlias(known, parent, name);
+      return known;
+    }
+    const linked = upperFile && nlink > 1;
     const node = new UnionNode(this.newId(ino, want, parent, name), ino, parent, name, type, layer, dirLayers);
     this.born(node);
     this.attach(parent, name, node);
     this.nodes.set(node.nodeid, node);
+    if (linked) this.links.set(ino, node);
     return node;
+  }
+
+  /**
+   * The node of the upper object with st_ino `ino` that had several names, if the table holds one:
+   * every name of a hard-linked upper object leads to one node (one inode for the kernel, as the
+   * kernel's overlay hashes its inodes by the upper inode), also for names looked up after a FORGET
+   * or a remount, and after the names the node knew were removed while a descriptor held it.
+   */
+  private linkedNode(ino: number, type: number, layer: Layer, realIno: number): UnionNode | null {
+    const n = this.links.get(ino);
+    if (!n) return null;
+    // (distinct objects never show one st_ino: a node still named, of that type, in the upper, is the
+    // object; one whose names are all gone, only if its descriptor still reaches that inode)
+    let same = this.nodes.get(n.nodeid) === n && !n.successor && n.layer === layer && n.type === type;
+    if (same && n.unlinked) {
+      const [dirfd, name] = n.location();
+      try {
+        N.fstatat(dirfd, name, C.AT_SYMLINK_NOFOLLOW | C.AT_EMPTY_PATH, this.st);
+        same = this.st[ST.ino] === realIno && this.st[ST.nlink]! > 0;
+      } catch {
+        same = false;
+      }
+    }
+    if (!same) {
+      this.links.delete(ino);
+      return null;
+    }
+    return n;
   }
 
   /** A node for an object without a name (an O_TMPFILE), reached through its descriptor `anchor`. */
@@ -264,13 +311,14 @@ export class InodeTable {
     this.maybeDrop(parent);
   }
 
-  /** One more name for `node` (link(2) through the mount): the kernel sees one inode. */
+  /** One more name for `node` (link(2) through the mount, or a lookup of another name): the kernel sees one inode. */
   addAlias(node: UnionNode, parent: UnionNode, name: string): void {
     const old = parent.children.get(name);
     parent.children.set(name, node);
     if (old) this.maybeDrop(old);
     else parent.childCount++;
     (node.aliases ??= []).push([parent, name]);
+    if (node.layer.isUpper && !node.isDir) this.links.set(node.ino, node);
   }
 
   /** The name parent/name of `node` is gone (unlink, rmdir, or replaced by a rename). */
@@ -344,6 +392,7 @@ export class InodeTable {
     while (n && n !== this.root && n.lookups === 0 && n.childCount === 0 && n.openCount === 0 && n.pins === 0) {
       // (only if it is still the node there: a dropped node's nodeid may name a new node by now)
       if (this.nodes.get(n.nodeid) === n) this.nodes.delete(n.nodeid);
+      if (this.links.get(n.ino) === n) this.links.delete(n.ino);
       n.closeFds();
       const successor = n.successor;
       if (successor) {

@@ -169,7 +169,7 @@ export class UnionFs implements FileSystem {
     if (hit === undefined) hit = lookupLayers(parent, name);
     if (!hit) return null;
     const type = hit.st[ST.mode]! & C.S_IFMT;
-    const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!, want);
+    const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!, want, false, hit.st[ST.nlink]!);
     return [node, hit.st];
   }
 

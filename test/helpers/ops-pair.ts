@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { crossFsOptions, kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
 import { tempDir, tmpfsDir } from './tmp.js';
+import { run } from './exec.js';
+import { strataBin } from './paths.js';
 import { buildLayer, type LayerSpec } from './ops-layers.js';
 import { Runner, showOp, type Op, type Result } from './ops-runner.js';
 import { diffSnapshots, snapshot, type Snapshot } from './ops-tree.js';
@@ -25,6 +27,8 @@ export interface Side {
   mnt: string;
   runner: Runner;
   lowerBefore: Snapshot[];
+  /** Unmounts this side and mounts the same layers, upper and work directory at the same place again. */
+  remount(): void;
 }
 
 export interface Pair {
@@ -61,7 +65,7 @@ function upperOnTmpfs(opts: PairOptions): boolean {
   return opts.upperOnTmpfs ?? process.env.STRATA_UPPER_TMPFS === '1';
 }
 
-function buildSide(t: ExecutionContext, base: string, name: string, layers: readonly LowerSource[], opts: PairOptions): Omit<Side, 'mnt' | 'runner'> {
+function buildSide(t: ExecutionContext, base: string, name: string, layers: readonly LowerSource[], opts: PairOptions): Omit<Side, 'mnt' | 'runner' | 'remount'> {
   const dir = mkdir(path.join(base, name));
   const lowers = layers.map((spec, i) => {
     const l = mkdir(path.join(dir, `l${i}`));
@@ -87,12 +91,25 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   // always does, README "Inode numbers").
   const xino = crossFsOptions(k.upper, k.lowers[0]!);
   const options = xino ? [...(opts.options ?? []), ...xino] : opts.options;
-  const kmnt = kernelOverlay(t, { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options });
-  const smnt = strataMount(t, { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs });
+  const kspec = { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options };
+  const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs };
+  const kmnt = kernelOverlay(t, kspec);
+  const smnt = strataMount(t, sspec);
+  // (no lazy unmount here: a second mount of the same upper and work directory must not meet the first)
+  const remountKernel = (): void => {
+    const r = run('umount', [kmnt], { timeoutMs: 20_000 });
+    if (r.status !== 0 || mountAt(kmnt)) throw new Error(`remount: ${r.command} failed: ${r.stderr.trim()}`);
+    kernelOverlay(t, kspec);
+  };
+  const remountStrata = (): void => {
+    const r = underTest().name === 'strata' ? run(strataBin, ['umount', smnt], { timeoutMs: 20_000 }) : run('umount', [smnt], { timeoutMs: 20_000 });
+    if (r.status !== 0 || mountAt(smnt)) throw new Error(`remount: ${r.command} failed: ${r.stderr.trim()}`);
+    strataMount(t, sspec);
+  };
   return {
     base,
-    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt) },
-    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt) },
+    kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt), remount: remountKernel },
+    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt), remount: remountStrata },
   };
 }
 

@@ -79,7 +79,9 @@ export type Op =
   /** One op run as uid/gid (supplementary groups cleared), through the xop helper. */
   | ['as', number, number, Op]
   /** A command of the descriptor driver of one user (fd-driver.ts), run through an FdSide. */
-  | ['fd', string, FdCmd];
+  | ['fd', string, FdCmd]
+  /** Unmount, then mount the same layers again (random-ops: every descriptor closed first). */
+  | ['remount'];
 
 export type Result = unknown;
 
