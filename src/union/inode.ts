@@ -275,8 +275,8 @@ export class InodeTable {
 
   /**
    * `node`'s object was removed behind the kernel's back, which keeps its name: the name stays with
-   * the node (operations on it reach the removed object; name changes refuse it) until the kernel
-   * forgets it.
+   * the node (operations on it reach the removed object; name changes refuse it) while it is
+   * referenced (CopyUp.replaced pins it for the rest of the mount).
    */
   removedInPlace(node: UnionNode): void {
     node.unlinked = true;

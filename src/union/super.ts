@@ -142,8 +142,9 @@ export class UnionFs implements FileSystem {
 
   /**
    * How long the kernel may keep these attributes. Hard-linked files found under several names
-   * may be separate kernel inodes: they are not cached, so a change through one name shows
-   * through the others at once.
+   * may be separate kernel inodes (a lower file's names; a node a file handle named; an upper file's
+   * names are one node, see InodeTable.linkedNode): they are not cached, so a change through one
+   * name shows through the others at once.
    */
   private attrTimeout(attr: Attr, node: UnionNode): number {
     if (attr.nlink > 1 && (attr.mode & C.S_IFMT) !== C.S_IFDIR) return 0;
