@@ -6,7 +6,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { mountSide, strataUnmount } from './helpers/mounts.js';
 import { tempDir } from './helpers/tmp.js';
 
 /**
@@ -58,14 +58,7 @@ print([[m for _, m in r] for r in masks], open('other').read().strip())
   const log = path.join(root, 'strata.log');
   const results: Record<string, string> = {};
   for (const name of ['kernel', 'strata'] as const) {
-    const upper = path.join(root, `${name}-u`);
-    const work = path.join(root, `${name}-w`);
-    fs.mkdirSync(upper);
-    fs.mkdirSync(work);
-    const mountpoint = fs.mkdtempSync(path.join(root, `${name}-m`));
-    const mnt = name === 'kernel'
-      ? kernelOverlay(t, { lowers: [lower], upper, work, mountpoint })
-      : strataMount(t, { lowers: [lower], upper, work, mountpoint, extraArgs: ['--log-file', log, '--log-level', 'info'] });
+    const mnt = mountSide(t, root, name, [lower], ['--log-file', log, '--log-level', 'info']);
     const r = await python(mnt, script, 20_000);
     t.false(r.aborted, `${name}: poll got no answer`);
     results[name] = r.out;

@@ -214,14 +214,25 @@ export function sideBySide(t: ExecutionContext, dir: string, fillLower: (lower: 
 export function onKernelAndStrata(t: ExecutionContext, root: string, lowers: string[], strataArgs: string[],
   look: (mnt: string) => string): { kernel: string; strata: string } {
   const out: Record<string, string> = {};
-  for (const [name, mountFn, extra] of [['kernel', kernelOverlay, []], ['strata', strataMount, strataArgs]] as const) {
-    const upper = path.join(root, `${name}-u`);
-    const work = path.join(root, `${name}-w`);
-    fs.mkdirSync(upper);
-    fs.mkdirSync(work);
-    const mnt = mountFn(t, { lowers, upper, work, mountpoint: fs.mkdtempSync(path.join(root, `${name}-m`)), extraArgs: extra });
+  for (const name of ['kernel', 'strata'] as const) {
+    const mnt = mountSide(t, root, name, lowers, strataArgs);
     out[name] = look(mnt);
     if (name === 'strata') strataUnmount(mnt);
   }
   return { kernel: out.kernel!, strata: out.strata! };
+}
+
+/**
+ * One side of onKernelAndStrata: the kernel's overlay or strata (with `strataArgs`) over `lowers`, with
+ * an upper, a work directory and a mountpoint of its own under `root`. Returns the mountpoint.
+ */
+export function mountSide(t: ExecutionContext, root: string, name: 'kernel' | 'strata', lowers: string[], strataArgs: readonly string[] = []): string {
+  const upper = path.join(root, `${name}-u`);
+  const work = path.join(root, `${name}-w`);
+  fs.mkdirSync(upper);
+  fs.mkdirSync(work);
+  const mountpoint = fs.mkdtempSync(path.join(root, `${name}-m`));
+  return name === 'kernel'
+    ? kernelOverlay(t, { lowers, upper, work, mountpoint })
+    : strataMount(t, { lowers, upper, work, mountpoint, extraArgs: strataArgs });
 }
