@@ -38,15 +38,14 @@ native: $(ADDON)
 # code cache (the daemon's start reads two files instead of some forty modules, and a later start
 # skips compiling what earlier commands compiled). External dynamic imports become require();
 # import.meta.url becomes the bundle's URL. A new build starts without a code cache.
-# Packages left out of the bundle (native addons, worker files, ES-module-only ones). yargs is bundled:
-# required from node_modules it is an ES module graph that took 90-130 ms to load on every command.
-BUNDLE_EXTERNAL = level classic-level pino tar-stream cli-progress vega vega-lite @resvg/resvg-js
+# Packages left out of the bundle (worker files, ES-module-only ones, those loaded only by other
+# commands). yargs is bundled: required from node_modules it is an ES module graph that took 90-130 ms
+# to load on every command; so is LevelDB's JavaScript (scripts/bundle.mjs).
+BUNDLE_EXTERNAL = pino tar-stream cli-progress vega vega-lite @resvg/resvg-js
 ts: deps
 	./node_modules/.bin/tsc -p tsconfig.json
 	rm -rf dist/src/bundle
-	./node_modules/.bin/esbuild dist/src/cli/main.js --bundle --format=cjs --platform=node \
-	  $(addprefix --external:,$(BUNDLE_EXTERNAL)) --supported:dynamic-import=false --inject:scripts/import-meta-url.js \
-	  --define:import.meta.url=import_meta_url --outfile=dist/src/bundle/strata.cjs --log-level=warning
+	node scripts/bundle.mjs $(BUNDLE_EXTERNAL)
 	cp scripts/load.cjs dist/src/bundle/load.cjs
 
 # The command: a small C launcher that runs node on the compiled CLI (one Node.js process for a
