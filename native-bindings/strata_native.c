@@ -1597,6 +1597,9 @@ static napi_value fn_writeReply(napi_env env, napi_callback_info info) {
 
 typedef struct reader reader_t;
 
+/* Opcodes whose spins are tracked one by one (FUSE's are below 64; others share slot 0). */
+#define READER_SPIN_OPS 64
+
 /* Owned by the JS handle (napi external); points at the reader while live. */
 typedef struct {
   reader_t *r;
@@ -1614,6 +1617,10 @@ struct reader {
   bool stopped;   /* no more reads / callbacks */
   bool torn_down; /* refs released, uv_close issued */
   bool in_poll;   /* inside on_poll: defer teardown */
+  /* Per opcode of the last request of a batch: whether the last 16 spins after it caught a request
+   * (bit set), and how many times in a row it was not spun after (see reader_should_spin). */
+  uint16_t spin_hist[READER_SPIN_OPS];
+  uint8_t spin_skipped[READER_SPIN_OPS];
 };
 
 static void reader_cleanup_hook(void *arg);
@@ -1712,6 +1719,27 @@ static void call_js(napi_env env, napi_value fn, size_t argc, napi_value *args,
 #define READER_SPIN_NS 15000L
 #define READER_SLICE_NS 2000000L
 
+/* A spin after a batch pays when the caller's next request comes within it; when it does not, it
+ * is CPU for nothing (a `cat` of cold small files: after each OPEN the caller waits for the disk).
+ * What follows a request depends mostly on what the request was: after the opcode that ended the
+ * batch, the reader spins while at least READER_SPIN_MIN_HITS of the last 16 spins after that
+ * opcode caught a request, and otherwise only every READER_SPIN_PROBE-th time, to notice when the
+ * caller's pattern changes. */
+#define READER_SPIN_MIN_HITS 4
+#define READER_SPIN_PROBE 16
+
+static bool reader_should_spin(reader_t *r, unsigned op) {
+  if (__builtin_popcount(r->spin_hist[op]) >= READER_SPIN_MIN_HITS) return true;
+  if (++r->spin_skipped[op] < READER_SPIN_PROBE) return false;
+  r->spin_skipped[op] = 0;
+  return true;
+}
+
+static void reader_spun(reader_t *r, unsigned op, bool caught) {
+  r->spin_hist[op] = (uint16_t)((r->spin_hist[op] << 1) | (caught ? 1 : 0));
+  if (caught) r->spin_skipped[op] = 0;
+}
+
 static long long mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1756,6 +1784,7 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
   const char *end_syscall = "read";
   long long start = mono_ns(), spin_until = 0;
   int served = 0;
+  unsigned last_op = 0; /* opcode of the last request read (its spin slot) */
   /* Even on a poll error (libuv has then stopped the handle) drain with
    * read(): a disconnected /dev/fuse reports EPOLLERR, and only read()
    * tells an unmount (ENODEV) from a real failure.
@@ -1764,6 +1793,9 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
   while (!r->stopped) {
     ssize_t n = read(r->fd, r->data, r->size);
     if (n > 0) {
+      if (spin_until != 0) reader_spun(r, last_op, true);
+      uint32_t op = n >= 8 ? *(uint32_t *)(r->data + 4) : 0;
+      last_op = op < READER_SPIN_OPS ? op : 0;
       reader_deliver(r, on_req, n);
       spin_until = 0;
       if ((++served & 63) == 0 && mono_ns() - start > READER_SLICE_NS) break;
@@ -1787,9 +1819,10 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
        * microtask defers the teardown, so the async context stays valid). */
       reader_close_scope(r, cs);
       napi_open_callback_scope(env, resource, r->actx, &cs);
-      if (r->stopped) break;
+      if (r->stopped || !reader_should_spin(r, last_op)) break;
       spin_until = now + READER_SPIN_NS;
     } else if (now >= spin_until) {
+      reader_spun(r, last_op, false);
       break;
     }
   }
@@ -1838,6 +1871,7 @@ static napi_value fn_startReader(napi_env env, napi_callback_info info) {
     return NULL;
   }
   reader_t *r = calloc(1, sizeof *r);
+  if (r) for (int i = 0; i < READER_SPIN_OPS; i++) r->spin_hist[i] = 0xffff; /* spin until shown useless */
   reader_box *box = calloc(1, sizeof *box);
   if (!r || !box) {
     free(r);
