@@ -67,6 +67,8 @@ const DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555, 0o777];
 const OWNERS: [number, number][] = [[0, 0], [1000, 1000], [1234, 2345], [0, 1000]];
 const POOL = ['a', 'b', 'c', 'x', 'y', 'z'];
 const USER: [number, number] = [1000, 1000];
+/** xattr names of setxattr/removexattr (trusted.overlay.* is escaped by the mount: trusted.overlay.overlay.* below). */
+const XATTR_NAMES = ['user.x', 'user.y', 'trusted.overlay.x'];
 
 /** An ACL in its xattr form ("0x" hex): entries of tag (1 user::, 2 user:id, 4 group::, 8 group:id, 16 mask, 32 other), perms, id. */
 function acl(...entries: [number, number, number?][]): string {
@@ -215,11 +217,11 @@ class OpGenerator {
     }
     if (x < 44) {
       const p = this.any(l);
-      return p === undefined ? undefined : ['setxattr', p, pick(r, ['user.x', 'user.y']), this.data().slice(0, 20)];
+      return p === undefined ? undefined : ['setxattr', p, pick(r, XATTR_NAMES), this.data().slice(0, 20)];
     }
     if (x < 46) {
       const p = this.any(l);
-      return p === undefined ? undefined : ['removexattr', p, pick(r, ['user.x', 'user.y'])];
+      return p === undefined ? undefined : ['removexattr', p, pick(r, XATTR_NAMES)];
     }
     if (x < 54) return ['mkdir', this.newPath(l), pick(r, DIR_MODES)];
     if (x < 60) {

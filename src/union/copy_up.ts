@@ -11,7 +11,7 @@ import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
 import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
-import { isPrivateXattr } from './whiteout.js';
+import { isCopiedXattr } from './whiteout.js';
 import { copyFileFlags } from './fsflags.js';
 
 const { C, ST } = N;
@@ -156,7 +156,7 @@ async function copyDataAsync(src: number, srcDev: number, dst: number, size: num
   }
 }
 
-/** Copies every xattr of (srcDir, srcName) onto (dstDir, dstName), except overlay-private ones. */
+/** Copies every xattr of (srcDir, srcName) onto (dstDir, dstName), except the overlay's own markers. */
 export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstName: string): void {
   copyXattrsWith(srcDir, srcName, (name, v) => N.lsetxattr(dstDir, dstName, name, v, 0));
 }
@@ -168,7 +168,7 @@ export function copyXattrsToFd(srcDir: number, srcName: string, fd: number): voi
 
 function copyXattrsWith(srcDir: number, srcName: string, set: (name: string, value: Buffer) => void): void {
   for (const name of N.llistxattr(srcDir, srcName)) {
-    if (isPrivateXattr(name)) continue;
+    if (!isCopiedXattr(name)) continue;
     const v = N.lgetxattr(srcDir, srcName, name);
     if (v === null) continue;
     try {

@@ -18,11 +18,13 @@ const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 const S_IXGRP = 0o010;
 const CAP_FSETID = 4;
+const CAP_SYS_ADMIN = 21;
 
-/** What the kernel knows of a caller beyond the request header: supplementary groups, CAP_FSETID. */
+/** What the kernel knows of a caller beyond the request header: supplementary groups, CAP_FSETID, CAP_SYS_ADMIN. */
 export interface CallerCreds {
   groups: number[];
   fsetid: boolean;
+  sysAdmin: boolean;
 }
 
 /** Reads the caller's groups and effective capabilities from /proc (the request names its thread). */
@@ -31,11 +33,11 @@ export function callerCreds(ctx: RequestContext): CallerCreds {
     const status = fs.readFileSync(`/proc/${ctx.pid}/status`, 'latin1');
     const groups = /^Groups:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).filter(Boolean).map(Number) ?? [];
     const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
-    const fsetid = capEff !== undefined && (parseInt(capEff.slice(-8), 16) & (1 << CAP_FSETID)) !== 0;
-    return { groups, fsetid };
+    const caps = capEff === undefined ? 0 : parseInt(capEff.slice(-8), 16);
+    return { groups, fsetid: (caps & (1 << CAP_FSETID)) !== 0, sysAdmin: (caps & (1 << CAP_SYS_ADMIN)) !== 0 };
   } catch {
     // The caller is gone (or in another pid namespace): judge by the header alone.
-    return { groups: [], fsetid: ctx.uid === 0 };
+    return { groups: [], fsetid: ctx.uid === 0, sysAdmin: ctx.uid === 0 };
   }
 }
 

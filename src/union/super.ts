@@ -20,7 +20,7 @@ import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
 import { mergedListing, type DirEntry } from './readdir.js';
-import { checkRemovable, checkSettable, getXattr, listXattrs, removeXattr, setXattr } from './xattr.js';
+import { checkRemovable, getXattr, listXattrs, OverlayXattrs, removeXattr, setXattr, settableName } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
 import { ExportTable } from './export.js';
 import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
@@ -97,11 +97,14 @@ export class UnionFs implements FileSystem {
   private readonly fileEnv: FileEnv;
   /** The lower-directory index of the metadata cache. */
   readonly index: LowerIndex | null;
+  /** The overlay's own xattr namespace and its escaping. */
+  private readonly xattrNames: OverlayXattrs;
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     if (opts.nfsExport) this.inodes.useExports(new ExportTable(opts.cache));
     this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
+    this.xattrNames = new OverlayXattrs(opts.upper?.userxattr === true);
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
     this.fileEnv = {
@@ -289,13 +292,13 @@ export class UnionFs implements FileSystem {
 
   getxattr(_ctx: RequestContext, nodeid: number, name: string): Buffer | null {
     const node = this.inodes.get(nodeid).live;
-    if (!isAclName(name)) return getXattr(node, name);
+    if (!isAclName(name)) return getXattr(this.xattrNames, node, name);
     const [dirfd, fname] = node.location();
     return this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
   }
 
-  listxattr(_ctx: RequestContext, nodeid: number): string[] {
-    return listXattrs(this.inodes.get(nodeid).live);
+  listxattr(ctx: RequestContext, nodeid: number): string[] {
+    return listXattrs(this.xattrNames, this.inodes.get(nodeid).live, ctx);
   }
 
   // ---- files ---------------------------------------------------------------------------------
@@ -617,6 +620,8 @@ export class UnionFs implements FileSystem {
   }
 
   mknod(ctx: RequestContext, parent: number, name: string, mode: number, rdev: number, umask = 0): EntryReply {
+    // A whiteout's shape is not made through the mount (ovl_mknod): it would hide the name at once.
+    if ((mode & C.S_IFMT) === C.S_IFCHR && rdev === 0) throw fsError('EPERM');
     if ((mode & C.S_IFMT) === C.S_IFREG || (mode & C.S_IFMT) === 0) {
       const r = this.create(ctx, parent, name, mode & 0o7777, C.O_WRONLY, umask);
       this.release(ctx, r.entry.nodeid, r.open.fh);
@@ -782,11 +787,11 @@ export class UnionFs implements FileSystem {
   }
 
   setxattr(_ctx: RequestContext, nodeid: number, name: string, value: Buffer, flags: number, setxattrFlags = 0): void | Promise<void> {
-    checkSettable(name);
+    const real = settableName(this.xattrNames, name);
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseChange(node.live);
     return this.afterCopyUp(node, true, (live) => {
-      setXattr(live, name, value, flags);
+      setXattr(live, real, value, flags);
       if (!isAclName(name)) return;
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
@@ -795,12 +800,12 @@ export class UnionFs implements FileSystem {
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
-    checkSettable(name);
+    const real = settableName(this.xattrNames, name);
     const node = this.inodes.get(nodeid).live;
     this.fsflags.refuseChange(node);
-    if (!node.layer.isUpper) checkRemovable(node, name);
+    if (!node.layer.isUpper) checkRemovable(node, real);
     return this.afterCopyUp(node, true, (live) => {
-      removeXattr(live, name);
+      removeXattr(live, real);
       if (isAclName(name)) this.acls.forget(live.ino);
     });
   }

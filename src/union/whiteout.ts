@@ -160,7 +160,16 @@ export class WhiteoutMaker {
   }
 }
 
-/** Private xattrs of overlayfs: never shown, never settable through the mount. */
+/** Private xattrs of overlayfs: never shown, never settable through the mount (see xattr.ts for escaped names). */
 export function isPrivateXattr(name: string): boolean {
   return name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.');
+}
+
+/**
+ * Does copy-up carry this xattr of the lower object? Everything but the overlay's own markers: names
+ * escaped for a nested overlay ("trusted.overlay.overlay.X", set through a mount as "trusted.overlay.X")
+ * are the user's, and the kernel copies them up too.
+ */
+export function isCopiedXattr(name: string): boolean {
+  return !isPrivateXattr(name) || name.startsWith('trusted.overlay.overlay.') || name.startsWith('user.overlay.overlay.');
 }

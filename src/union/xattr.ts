@@ -1,44 +1,103 @@
-// Extended attributes of merged objects (the kernel's fs/overlayfs/xattrs.c). Overlay-private
-// names (trusted.overlay.*, user.overlay.*) are neither shown nor settable. Each call acts on the
+// Extended attributes of merged objects (the kernel's fs/overlayfs/xattrs.c). Each call acts on the
 // node's object (by name, or through its anchor once the name is gone); changes are made on the
 // upper copy, after a copy-up.
+//
+// The overlay's own namespace (trusted.overlay.*, or user.overlay.* with userxattr) is escaped as on
+// Linux 6.7 and later, so that an overlay can live inside another (a container running podman on a
+// strata mount): "trusted.overlay.X" set through the mount is "trusted.overlay.overlay.X" on the
+// layer object, and such escaped names are shown unescaped; the unescaped private names (opaque,
+// origin, impure, ...) are never shown. The other overlay namespace (user.overlay.* on a trusted
+// mount, and the reverse) stays out of reach: strata reads opaque markers from both namespaces, so a
+// value set there would change the merge (the kernel passes it through as a plain attribute).
 
 import { fsError } from '../fuse/errors.js';
+import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
+import { callerCreds } from './killpriv.js';
 import type { UnionNode } from './node.js';
 import { isPrivateXattr } from './whiteout.js';
 
+/** What the kernel adds after the own prefix to escape a name (OVL_XATTR_ESCAPE_PREFIX). */
+const ESCAPE = 'overlay.';
+/** XATTR_NAME_MAX. */
+const NAME_MAX = 255;
+
+/** The names of one mount's overlay xattrs: which namespace is its own, how names are escaped. */
+export class OverlayXattrs {
+  /** "trusted.overlay." or "user.overlay.". */
+  readonly own: string;
+  /** The own prefix followed by the escape: names under it are the user's, escaped. */
+  readonly escaped: string;
+
+  constructor(userxattr: boolean) {
+    this.own = userxattr ? 'user.overlay.' : 'trusted.overlay.';
+    this.escaped = this.own + ESCAPE;
+  }
+
+  /**
+   * The name on the layer object for `name` as used through the mount: the own namespace escaped
+   * (EOPNOTSUPP when that is longer than an xattr name may be), null for the other overlay namespace.
+   */
+  real(name: string): string | null {
+    if (name.startsWith(this.own)) {
+      const real = this.escaped + name.slice(this.own.length);
+      if (Buffer.byteLength(real) > NAME_MAX) throw fsError('EOPNOTSUPP');
+      return real;
+    }
+    return isPrivateXattr(name) ? null : name;
+  }
+
+  /** The name `real` (on a layer object) shows through the mount: unescaped, or null (never shown). */
+  shown(real: string): string | null {
+    if (real.startsWith(this.escaped)) return this.own + real.slice(this.escaped.length);
+    return isPrivateXattr(real) ? null : real;
+  }
+}
+
 /** The value, or null where the object has no such attribute (ENODATA). */
-export function getXattr(node: UnionNode, name: string): Buffer | null {
-  if (isPrivateXattr(name)) return null;
+export function getXattr(names: OverlayXattrs, node: UnionNode, name: string): Buffer | null {
+  const real = names.real(name);
+  if (real === null) return null;
   const [dirfd, fname] = node.location();
-  return N.lgetxattr(dirfd, fname, name);
+  return N.lgetxattr(dirfd, fname, real);
 }
 
-export function listXattrs(node: UnionNode): string[] {
+/** The names as the mount shows them: trusted.* only to callers with CAP_SYS_ADMIN (ovl_can_list). */
+export function listXattrs(names: OverlayXattrs, node: UnionNode, ctx: RequestContext): string[] {
   const [dirfd, fname] = node.location();
-  return N.llistxattr(dirfd, fname).filter((n) => !isPrivateXattr(n));
+  const shown: string[] = [];
+  let trusted = false;
+  for (const real of N.llistxattr(dirfd, fname)) {
+    const name = names.shown(real);
+    if (name === null) continue;
+    shown.push(name);
+    if (name.startsWith('trusted.')) trusted = true;
+  }
+  if (!trusted || callerCreds(ctx).sysAdmin) return shown;
+  return shown.filter((n) => !n.startsWith('trusted.'));
 }
 
-/** Refuses the overlay's own names before anything is copied up. */
-export function checkSettable(name: string): void {
-  if (isPrivateXattr(name)) throw fsError('EPERM');
+/** The name to set or remove on the layer object; the other overlay namespace is refused before any copy-up. */
+export function settableName(names: OverlayXattrs, name: string): string {
+  const real = names.real(name);
+  if (real === null) throw fsError('EPERM');
+  return real;
 }
 
 /** Removing an attribute the object does not have changes nothing: no copy-up (as the kernel). */
-export function checkRemovable(node: UnionNode, name: string): void {
+export function checkRemovable(node: UnionNode, real: string): void {
   const [dirfd, fname] = node.location();
-  if (N.lgetxattr(dirfd, fname, name) === null) throw fsError('ENODATA');
+  if (N.lgetxattr(dirfd, fname, real) === null) throw fsError('ENODATA');
 }
 
 /** setxattr on the node's (upper) object. */
-export function setXattr(node: UnionNode, name: string, value: Buffer, flags: number): void {
+export function setXattr(node: UnionNode, real: string, value: Buffer, flags: number): void {
   const [dirfd, fname] = node.location();
-  N.lsetxattr(dirfd, fname, name, value, flags);
+  N.lsetxattr(dirfd, fname, real, value, flags);
 }
 
 /** removexattr on the node's (upper) object. */
-export function removeXattr(node: UnionNode, name: string): void {
+export function removeXattr(node: UnionNode, real: string): void {
   const [dirfd, fname] = node.location();
-  N.lremovexattr(dirfd, fname, name);
+  N.lremovexattr(dirfd, fname, real);
 }

@@ -19,7 +19,8 @@ const FILE_FLAGS = ['O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_RDWR|O_APPEND', 'O_WRON
 const FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o2755, 0o444, 0o666, 0o1444];
 const DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555];
 const SIZES = [0, 1, 10, 100, 4096, 70_000, 1 << 20];
-const XATTRS = ['user.x', 'user.y', 'user.fd'];
+/** (trusted.overlay.* is escaped by the mount: trusted.overlay.overlay.* on the layer object) */
+const XATTRS = ['user.x', 'user.y', 'user.fd', 'trusted.overlay.fd'];
 const SEEK_SET = 0;
 const SEEK_END = 2;
 const SEEK_DATA = 3;

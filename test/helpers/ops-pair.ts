@@ -35,6 +35,8 @@ export interface Pair {
   base: string;
   kernel: Side;
   strata: Side;
+  /** The mount options both sides were given (the kernel's remounts of the uppers get them too). */
+  options?: string[];
 }
 
 export interface PairOptions {
@@ -108,6 +110,7 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   };
   return {
     base,
+    options: opts.options,
     kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt), remount: remountKernel },
     strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt), remount: remountStrata },
   };
@@ -209,7 +212,8 @@ function kernelRemount(c: Checks, pair: Pair, side: Side, name: string, opts: Fi
   const xwork = mkdir(path.join(path.dirname(side.upper), `${name}w`));
   const xmnt = mkdir(path.join(xdir, 'm'));
   try {
-    kernelOverlay(c.t, { lowers: side.lowers, upper: side.upper, work: xwork, mountpoint: xmnt, options: crossFsOptions(side.upper, side.lowers[0]!) });
+    const options = [...(pair.options ?? []), ...(crossFsOptions(side.upper, side.lowers[0]!) ?? [])];
+    kernelOverlay(c.t, { lowers: side.lowers, upper: side.upper, work: xwork, mountpoint: xmnt, options });
     return snapshot(xmnt, 'merged', opts);
   } finally {
     unmountQuietly(xmnt);
