@@ -23,6 +23,11 @@ export interface Layer {
   readonly fsIndex: number;
   /** Whether `.wh.` files in it are read as OCI whiteouts (mount option oci_whiteouts, on by default). */
   readonly ociWhiteouts: boolean;
+  /**
+   * A directory marked as holding xattr whiteouts (opaque "x") was seen in this lower layer: listings
+   * of its directories look for them (as the kernel's per-layer has_xwhiteouts). Set by lookups.
+   */
+  xwhiteouts?: boolean;
 }
 
 const XINO_SHIFT = 2 ** 44;

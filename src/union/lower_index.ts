@@ -11,7 +11,7 @@ import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
 import { lookupLayers, searchLayers, type LayerHit } from './namei.js';
-import { isKernelWhiteout, isOpaqueDir, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX } from './whiteout.js';
+import { isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, opaqueState, xwhiteoutsIn } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -155,6 +155,7 @@ export class LowerIndex {
       const dirfd = dir.dirFd(layer);
       const { names, types, inos } = N.listDir(dirfd);
       const ociHidden: string[] = [];
+      const xw = xwhiteoutsIn(dir, layer, dirfd);
       for (let k = 0; k < names.length; k++) {
         const name = names[k]!;
         if (oci && name.startsWith(OCI_WHITEOUT_PREFIX)) {
@@ -166,6 +167,7 @@ export class LowerIndex {
         const dtype = types[k]!;
         let type = dtype << 12;
         let ino = inos[k]!;
+        let statted = false;
         if (dtype === C.DT_CHR || dtype === C.DT_UNKNOWN) {
           if (!N.lstatMaybe(dirfd, name, st)) continue; // gone since the listing
           if (isKernelWhiteout(st)) {
@@ -174,6 +176,11 @@ export class LowerIndex {
           }
           type = st[ST.mode]! & C.S_IFMT;
           ino = st[ST.ino]!;
+          statted = true;
+        }
+        if (xw && type === C.S_IFREG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st)) {
+          done.add(name);
+          continue;
         }
         const isDir = type === C.S_IFDIR;
         const cur = listing.get(name);
@@ -190,7 +197,11 @@ export class LowerIndex {
         } else {
           cur.d!.push(layer.index);
         }
-        if (below && isOpaqueDir(dirfd, name, oci)) done.add(name);
+        if (below) {
+          const marker = opaqueState(dirfd, name, oci);
+          if (marker === 'y') done.add(name);
+          else if (marker === 'x') layer.xwhiteouts = true;
+        }
       }
       for (const name of ociHidden) done.add(name);
       if (!dir.lowerNames.has(layer)) dir.lowerNames.set(layer, new Set(names));

@@ -11,7 +11,7 @@ import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
-import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir, OCI_WHITEOUT_PREFIX } from './whiteout.js';
+import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, opaqueState } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -68,7 +68,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
     if (known && !known.has(name) && !known.has(OCI_WHITEOUT_PREFIX + name)) continue;
     const dirfd = parent.dirFd(layer);
     if ((!known || known.has(name)) && N.lstatMaybe(dirfd, name, st)) {
-      if (isKernelWhiteout(st)) return { hit, stopped: true };
+      if (isKernelWhiteout(st) || (!layer.isUpper && isXattrWhiteout(dirfd, name, st))) return { hit, stopped: true };
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
@@ -79,8 +79,13 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
         if (!isDir) return { hit, stopped: true };
         hit.dirLayers!.push(layer);
       }
-      // Opaque: the layers below are hidden. Only worth asking when there is a layer below.
-      if (i + 1 < layers.length && isOpaqueDir(dirfd, name, oci)) return { hit, stopped: true };
+      // Opaque: the layers below are hidden. Only worth asking when there is a layer below (as the
+      // kernel, which reads no marker in the last layer either).
+      if (i + 1 < layers.length) {
+        const marker = opaqueState(dirfd, name, oci);
+        if (marker === 'y') return { hit, stopped: true };
+        if (marker === 'x' && !layer.isUpper) layer.xwhiteouts = true;
+      }
     }
     if (oci && i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }

@@ -10,7 +10,7 @@ import type { InodeTable, UnionNode } from './inode.js';
 import type { Layer } from './layers.js';
 import type { LowerListing } from './lower_index.js';
 import { isImpureDir } from './origin.js';
-import { isKernelWhiteout, ociWhiteoutTarget, OCI_OPAQUE } from './whiteout.js';
+import { isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_OPAQUE, xwhiteoutsIn } from './whiteout.js';
 
 const { C } = N;
 
@@ -58,6 +58,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
     const withOrigins = layer.isUpper && isImpureDir(dirfd);
+    const xw = xwhiteoutsIn(dir, layer, dirfd);
     for (let k = 0; k < names.length; k++) {
       const name = names[k]!;
       if (layer.ociWhiteouts && name.startsWith('.wh.')) {
@@ -69,6 +70,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
       }
       if (seen.has(name) || hidden.has(name)) continue;
       let type = types[k]!;
+      let statted = false;
       if (type === C.DT_CHR || type === C.DT_UNKNOWN) {
         if (!N.lstatMaybe(dirfd, name, st)) continue;
         if (isKernelWhiteout(st)) {
@@ -76,6 +78,11 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
           continue;
         }
         type = dtFromMode(st[N.ST.mode]!);
+        statted = true;
+      }
+      if (xw && type === C.DT_REG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st)) {
+        hidden.add(name);
+        continue;
       }
       seen.add(name);
       out.push({ name, type, ino: inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined) });

@@ -1,12 +1,16 @@
 // Whiteouts and opaque directories, in both formats we read:
 // - the kernel's: a whiteout is a character device 0/0; an opaque directory carries the xattr
-//   trusted.overlay.opaque (or user.overlay.opaque) = "y". The value "x" is not opaque.
+//   trusted.overlay.opaque (or user.overlay.opaque) = "y". The value "x" is not opaque: it marks a
+//   directory that holds xattr whiteouts (Linux 6.7+, made by tools such as mkcomposefs, never by
+//   overlayfs itself): in a lower layer, an empty regular file with the xattr
+//   trusted.overlay.whiteout (or user.overlay.whiteout) is a whiteout too.
 // - OCI image layers: a file ".wh.<name>" hides <name> in the layers below (never in its own
 //   layer); a file ".wh..wh..opq" makes its directory opaque.
 // And the private xattr namespaces that the merged view never shows.
 
 import { errCode } from '../fuse/errors.js';
 import * as N from '../native/index.js';
+import type { Layer } from './layers.js';
 
 const { C } = N;
 
@@ -14,6 +18,8 @@ export const OCI_WHITEOUT_PREFIX = '.wh.';
 export const OCI_OPAQUE = '.wh..wh..opq';
 export const OPAQUE_XATTR_TRUSTED = 'trusted.overlay.opaque';
 export const OPAQUE_XATTR_USER = 'user.overlay.opaque';
+export const XWHITEOUT_XATTR_TRUSTED = 'trusted.overlay.whiteout';
+export const XWHITEOUT_XATTR_USER = 'user.overlay.whiteout';
 
 /** A kernel-format whiteout: a character device with device number 0/0. */
 export function isKernelWhiteout(st: Float64Array): boolean {
@@ -40,18 +46,48 @@ export function hasOciWhiteout(dirfd: number, name: string): boolean {
   return N.lstatMaybe(dirfd, OCI_WHITEOUT_PREFIX + name, scratch);
 }
 
-function opaqueValue(v: Buffer | null): boolean {
-  return v !== null && v.length === 1 && v[0] === 0x79; // "y"
+/** The one-byte value of an opaque xattr (the kernel's ovl_get_dir_xattr_val): "y", "x", or null. */
+function markerValue(v: Buffer | null): 'y' | 'x' | null {
+  if (v === null || v.length !== 1) return null;
+  return v[0] === 0x79 ? 'y' : v[0] === 0x78 ? 'x' : null;
 }
 
 /**
- * Is the directory `name` inside `dirfd` opaque (hiding the layers below it)? Reads both xattr
- * namespaces and, with `oci`, the OCI marker file. `name` may be "" for `dirfd` itself.
+ * The opaque marker of the directory `name` inside `dirfd` ("" for `dirfd` itself): "y" when it is
+ * opaque (hiding the layers below it), "x" when it holds xattr whiteouts, else null. Reads both xattr
+ * namespaces and, with `oci`, the OCI marker file.
  */
+export function opaqueState(dirfd: number, name: string, oci = true): 'y' | 'x' | null {
+  const trusted = markerValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED));
+  if (trusted === 'y') return 'y';
+  const user = markerValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER));
+  if (user === 'y') return 'y';
+  if (oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch)) return 'y';
+  return trusted ?? user;
+}
+
+/** Is the directory `name` inside `dirfd` opaque (see opaqueState)? */
 export function isOpaqueDir(dirfd: number, name: string, oci = true): boolean {
-  if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED))) return true;
-  if (opaqueValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER))) return true;
-  return oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch);
+  return opaqueState(dirfd, name, oci) === 'y';
+}
+
+/**
+ * Does the listing of `dir`'s copy in `layer` (open as `dirfd`) look for xattr whiteouts? Where the
+ * copy is marked "x", in a lower layer where lookups have met such a marker (the kernel's
+ * has_xwhiteouts: layers without one cost nothing), and not at the root (the kernel marks no root).
+ */
+export function xwhiteoutsIn(dir: { parent: unknown }, layer: Layer, dirfd: number): boolean {
+  return layer.xwhiteouts === true && !layer.isUpper && dir.parent !== null && opaqueState(dirfd, '', false) === 'x';
+}
+
+/**
+ * Is the object at (dirfd, name), whose stat is `st`, an xattr whiteout: an empty regular file with
+ * overlay.whiteout (in either namespace)? As the kernel's lookup (ovl_path_is_whiteout), whatever its
+ * directory's marker; readdir looks for them only in directories marked "x".
+ */
+export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array): boolean {
+  if ((st[N.ST.mode]! & C.S_IFMT) !== C.S_IFREG || st[N.ST.size] !== 0) return false;
+  return N.lgetxattr(dirfd, name, XWHITEOUT_XATTR_TRUSTED) !== null || N.lgetxattr(dirfd, name, XWHITEOUT_XATTR_USER) !== null;
 }
 
 /**
