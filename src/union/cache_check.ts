@@ -95,6 +95,7 @@ function walk(inodes: InodeTable, key: string): UnionNode | null {
     const hit = lookupLayers(node, name);
     if (!hit || !hit.dirLayers) return null;
     node = inodes.create(node, name, C.S_IFDIR, hit.layer, hit.dirLayers, hit.st[ST.ino]!);
+    if (hit.redirects) node.redirects = hit.redirects;
   }
   return node;
 }

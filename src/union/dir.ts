@@ -307,7 +307,9 @@ export class DirOps {
         if (errCode(e) !== 'EEXIST') throw e; // something else holds the name: the general way
       }
     }
-    const needWhiteout = node.dirLayers?.some((l) => !l.isUpper) || (!this.createdFree(node, parent, name) && lowerShows(parent, name));
+    // (a lower layer reached through a redirect holds the directory under another name: not this one)
+    const needWhiteout = node.dirLayers?.some((l) => !l.isUpper && !node.redirects?.has(l)) ||
+      (!this.createdFree(node, parent, name) && lowerShows(parent, name));
     const inUpper = N.lstatMaybe(upperParent, name, st) && !isKernelWhiteout(st);
     const type = st[ST.mode]! & C.S_IFMT;
     if (inUpper && (type === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);

@@ -28,6 +28,8 @@ export interface Layer {
    * of its directories look for them (as the kernel's per-layer has_xwhiteouts). Set by lookups.
    */
   xwhiteouts?: boolean;
+  /** The bottom layer of the stack (no redirect is read there: nothing is below it). */
+  last?: boolean;
 }
 
 const XINO_SHIFT = 2 ** 44;
@@ -89,6 +91,7 @@ export class LayerStack {
       for (const fd of mountFds) N.close(fd);
       throw e;
     }
+    if (layers.length > 0) layers[layers.length - 1]!.last = true;
     const stack = new LayerStack(layers);
     stack.upperMount = upperMount;
     stack.mountFds.push(...mountFds);

@@ -11,7 +11,7 @@ import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
 import { lookupLayers, searchLayers, type LayerHit } from './namei.js';
-import { isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, opaqueState, xwhiteoutsIn } from './whiteout.js';
+import { dirMarkers, isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, xwhiteoutsIn } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -25,6 +25,8 @@ export interface LowerEntry {
   i: number;
   /** For a directory: the layer indices merged into it. */
   d: number[] | null;
+  /** 1: a layer's copy of this directory carries a redirect (lookups then search the layers themselves). */
+  r?: 1;
 }
 
 export type LowerListing = Map<string, LowerEntry>;
@@ -198,9 +200,14 @@ export class LowerIndex {
           cur.d!.push(layer.index);
         }
         if (below) {
-          const marker = opaqueState(dirfd, name, oci);
-          if (marker === 'y') done.add(name);
-          else if (marker === 'x') layer.xwhiteouts = true;
+          const m = dirMarkers(dirfd, name, oci);
+          if (m.opaque === 'y') done.add(name);
+          else if (m.opaque === 'x') layer.xwhiteouts = true;
+          if (m.redirect !== null) {
+            // (the layers below hold it elsewhere: its lookups follow the redirect themselves)
+            listing.get(name)!.r = 1;
+            done.add(name);
+          }
         }
       }
       for (const name of ociHidden) done.add(name);
@@ -242,6 +249,7 @@ export class LowerIndex {
     if (up.stopped) return up.hit;
     const e = listing.get(name);
     if (!e) return up.hit;
+    if (e.r) return lookupLayers(dir, name);
     const layers = this.stack.layers;
     if (up.hit) {
       // A directory in the upper merges with the lower directory (anything else below ends the merge).

@@ -11,7 +11,9 @@ import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
-import { hasOciWhiteout, isKernelWhiteout, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, opaqueState } from './whiteout.js';
+import { errCode } from '../fuse/errors.js';
+import { openBeneath } from './node.js';
+import { dirMarkers, hasOciWhiteout, isKernelWhiteout, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -25,6 +27,8 @@ export interface LayerHit {
   st: N.StatValues;
   /** For a directory: the layers merged into it, top first. */
   dirLayers: Layer[] | null;
+  /** For a directory reached below a redirect: where each of those layers holds it (see UnionNode.redirects). */
+  redirects?: Map<Layer, string>;
 }
 
 export function checkName(name: string): void {
@@ -82,12 +86,107 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       // Opaque: the layers below are hidden. Only worth asking when there is a layer below (as the
       // kernel, which reads no marker in the last layer either).
       if (i + 1 < layers.length) {
-        const marker = opaqueState(dirfd, name, oci);
-        if (marker === 'y') return { hit, stopped: true };
-        if (marker === 'x' && !layer.isUpper) layer.xwhiteouts = true;
+        const m = dirMarkers(dirfd, name, oci);
+        if (m.opaque === 'y') return { hit, stopped: true };
+        if (m.opaque === 'x' && !layer.isUpper) layer.xwhiteouts = true;
+        if (m.redirect !== null) {
+          if (oci && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
+          return { hit: followRedirect(parent, hit, layer, m.redirect, oci), stopped: true };
+        }
+      } else if (!layer.last && isDir) {
+        // The directory's own last layer, with layers below in the stack: only an absolute redirect
+        // can lead further down (the kernel, which follows redirects, reads it in every layer but the last).
+        const r = redirectOf(dirfd, name);
+        if (r !== null) return { hit: followRedirect(parent, hit!, layer, r, oci), stopped: true };
       }
     }
     if (oci && i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
   return { hit, stopped: false };
+}
+
+/**
+ * The kernel's redirect syntax (ovl_get_redirect_xattr): a name without "/", or an absolute path
+ * without empty components. Anything else is an invalid redirect: EINVAL for the lookup, as there.
+ */
+function checkRedirect(r: string): void {
+  const ok = r.startsWith('/') ? r.length > 1 && !r.slice(1).split('/').some((c) => c === '') : r !== '' && !r.includes('/');
+  if (!ok) throw fsError('EINVAL');
+}
+
+/** The layers of the whole stack, top first (the root directory is in every layer). */
+function stackLayers(node: UnionNode): Layer[] {
+  let n = node;
+  while (n.parent) n = n.parent;
+  return n.dirLayers!;
+}
+
+/**
+ * The rest of a lookup below a directory whose copy in `at` carries a redirect (the kernel renamed
+ * it with redirect_dir=on; ovl_check_redirect): the layers below hold it under the redirect's name in
+ * the parent's copies, or, for an absolute redirect, at that path from each lower layer's root (then
+ * in every lower layer below, as the kernel goes on from its root). Whiteouts, non-directories and
+ * opaque markers end it as in searchLayers; a redirect found further down replaces the name (a
+ * relative one the last component of an absolute path). `hit` gets the layers and their places.
+ */
+function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: string, oci: boolean): LayerHit {
+  checkRedirect(redirect);
+  const st = probe;
+  const redirects = (hit.redirects ??= new Map());
+  let cur = redirect;
+  let layers = cur.startsWith('/') ? stackLayers(parent) : parent.dirLayers!;
+  let k = layers.indexOf(at) + 1;
+  for (; k < layers.length; k++) {
+    const layer = layers[k]!;
+    const abs = cur.startsWith('/');
+    let dirfd: number;
+    let leaf = cur;
+    let tmp = -1;
+    if (!abs) {
+      dirfd = parent.dirFd(layer);
+    } else {
+      const slash = cur.lastIndexOf('/');
+      leaf = cur.slice(slash + 1);
+      try {
+        dirfd = tmp = openBeneath(layer.fd, cur.slice(1, slash));
+      } catch (e) {
+        // (not in this layer, or not reachable inside it: the kernel's lookup finds nothing there either)
+        const code = errCode(e);
+        if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP' || code === 'EXDEV') continue;
+        throw e;
+      }
+    }
+    try {
+      const last = k + 1 === layers.length;
+      if (!N.lstatMaybe(dirfd, leaf, st)) {
+        if (oci && !last && hasOciWhiteout(dirfd, leaf)) return hit;
+        continue;
+      }
+      if (isKernelWhiteout(st) || isXattrWhiteout(dirfd, leaf, st)) return hit;
+      // Below a directory, only directories merge.
+      if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return hit;
+      hit.dirLayers!.push(layer);
+      redirects.set(layer, cur);
+      if (last) return hit;
+      const m = dirMarkers(dirfd, leaf, oci);
+      if (m.opaque === 'y') return hit;
+      if (m.opaque === 'x') layer.xwhiteouts = true;
+      if (oci && hasOciWhiteout(dirfd, leaf)) return hit;
+      if (m.redirect !== null) {
+        checkRedirect(m.redirect);
+        if (m.redirect.startsWith('/')) {
+          cur = m.redirect;
+          if (!abs) {
+            layers = stackLayers(parent);
+            k = layers.indexOf(layer);
+          }
+        } else {
+          cur = abs ? cur.slice(0, cur.lastIndexOf('/') + 1) + m.redirect : m.redirect;
+        }
+      }
+    } finally {
+      if (tmp >= 0) N.close(tmp);
+    }
+  }
+  return hit;
 }

@@ -29,6 +29,7 @@ class NodeRare {
   unlinked = false;
   aliases: [UnionNode, string][] | null = null;
   lowerNames: Map<Layer, Set<string>> | null = null;
+  redirects: Map<Layer, string> | null = null;
   copying: Promise<void> | null = null;
   anchor = -1;
   successor: UnionNode | null = null;
@@ -108,6 +109,18 @@ export class UnionNode {
   }
   set lowerNames(v: Map<Layer, Set<string>> | null) {
     if (this.rare !== null || v !== null) this.r().lowerNames = v;
+  }
+
+  /**
+   * For a directory the kernel renamed with redirect_dir=on: where its copy in a layer below the
+   * redirect is, by layer: a name in the parent's copy ("a"), or a path from the layer's root ("/x/a").
+   * Layers not in the map hold it under its own name in the parent's copy.
+   */
+  get redirects(): Map<Layer, string> | null {
+    return this.rare === null ? null : this.rare.redirects;
+  }
+  set redirects(v: Map<Layer, string> | null) {
+    if (this.rare !== null || v !== null) this.r().redirects = v;
   }
 
   /** A copy-up of this object in progress (its data is copied in chunks between other requests). */
@@ -234,7 +247,10 @@ export class UnionNode {
     const fds = (rare.dirFds ??= new Array<number>(layers.length).fill(-1));
     let fd = fds[i]!;
     if (fd < 0) {
-      fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+      const r = rare.redirects?.get(layer);
+      if (r === undefined) fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+      else if (r.startsWith('/')) fd = openBeneath(layer.fd, r.slice(1));
+      else fd = N.openat(this.parent.dirFd(layer), r, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       fds[i] = fd;
     }
     return fd;
@@ -295,4 +311,14 @@ export function statObject(loc: [number, string], st: Float64Array): void {
 export function chmodObject(loc: [number, string], mode: number): void {
   if (loc[1] === '') N.fchmodat(C.AT_FDCWD, `/proc/self/fd/${loc[0]}`, mode, 0);
   else N.fchmodat(loc[0], loc[1], mode, 0);
+}
+
+/**
+ * An O_PATH descriptor of the directory at `path` (relative) under the layer root `root`, never
+ * leaving the layer (no symlinks, no "..", no other mount): how a redirect's path is followed.
+ */
+export function openBeneath(root: number, path: string): number {
+  if (path === '') return N.dup(root);
+  return N.openat2(root, path, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0,
+    C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS | C.RESOLVE_NO_XDEV);
 }

@@ -174,6 +174,7 @@ export class UnionFs implements FileSystem {
     if (!hit) return null;
     const type = hit.st[ST.mode]! & C.S_IFMT;
     const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!, want, false, hit.st[ST.nlink]!);
+    if (hit.redirects) node.redirects = hit.redirects;
     return [node, hit.st];
   }
 

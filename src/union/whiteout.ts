@@ -18,6 +18,8 @@ export const OCI_WHITEOUT_PREFIX = '.wh.';
 export const OCI_OPAQUE = '.wh..wh..opq';
 export const OPAQUE_XATTR_TRUSTED = 'trusted.overlay.opaque';
 export const OPAQUE_XATTR_USER = 'user.overlay.opaque';
+export const REDIRECT_XATTR_TRUSTED = 'trusted.overlay.redirect';
+export const REDIRECT_XATTR_USER = 'user.overlay.redirect';
 export const XWHITEOUT_XATTR_TRUSTED = 'trusted.overlay.whiteout';
 export const XWHITEOUT_XATTR_USER = 'user.overlay.whiteout';
 
@@ -64,6 +66,54 @@ export function opaqueState(dirfd: number, name: string, oci = true): 'y' | 'x' 
   if (user === 'y') return 'y';
   if (oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch)) return 'y';
   return trusted ?? user;
+}
+
+/** What a directory's xattrs say about the layers below it (see dirMarkers). */
+export interface DirMarkers {
+  /** "y": opaque; "x": holds xattr whiteouts; null: neither. */
+  opaque: 'y' | 'x' | null;
+  /** overlay.redirect (latin1, as names are): where the layers below hold this directory; null: none. */
+  redirect: string | null;
+}
+
+/**
+ * The markers of the directory `name` inside `dirfd`, as a lookup reads them: the opaque marker as
+ * opaqueState (both namespaces, then the OCI marker file) and the redirect the kernel writes when
+ * it renames a merged directory with redirect_dir=on. One listxattr, then only the values present.
+ */
+export function dirMarkers(dirfd: number, name: string, oci = true): DirMarkers {
+  let opaque: 'y' | 'x' | null = null;
+  let redirect: string | null = null;
+  const names = N.llistxattr(dirfd, name);
+  if (names.length > 0) {
+    for (const x of [OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER]) {
+      if (!names.includes(x)) continue;
+      const v = markerValue(N.lgetxattr(dirfd, name, x));
+      if (v === 'y') return { opaque: 'y', redirect: null };
+      opaque ??= v;
+    }
+    for (const x of [REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER]) {
+      if (!names.includes(x)) continue;
+      const v = N.lgetxattr(dirfd, name, x);
+      if (v !== null) {
+        redirect = v.toString('latin1');
+        break;
+      }
+    }
+  }
+  if (oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch)) return { opaque: 'y', redirect: null };
+  return { opaque, redirect };
+}
+
+/** The redirect of the directory `name` inside `dirfd` alone (see dirMarkers), or null. */
+export function redirectOf(dirfd: number, name: string): string | null {
+  const names = N.llistxattr(dirfd, name);
+  for (const x of [REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER]) {
+    if (!names.includes(x)) continue;
+    const v = N.lgetxattr(dirfd, name, x);
+    if (v !== null) return v.toString('latin1');
+  }
+  return null;
 }
 
 /** Is the directory `name` inside `dirfd` opaque (see opaqueState)? */

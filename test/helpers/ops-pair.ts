@@ -42,6 +42,8 @@ export interface Pair {
 export interface PairOptions {
   /** Pre-populated upper layer (kernel format), built into both uppers before mounting. */
   upper?: LayerSpec;
+  /** Fills each side's (empty) upper before mounting, given that side's lowers (e.g. a kernel overlay writes it). */
+  upperFrom?: (upper: string, lowers: string[]) => void;
   /** Extra mount options for both (e.g. none by default). */
   options?: string[];
   /** Extra command-line arguments for strata only (e.g. ['--write-format', 'oci']). */
@@ -78,6 +80,7 @@ function buildSide(t: ExecutionContext, base: string, name: string, layers: read
   const upperFs = upperOnTmpfs(opts) ? tmpfsDir(t, dir, 'ufs', 1024) : dir;
   const upper = mkdir(path.join(upperFs, 'u'));
   if (opts.upper) buildLayer(upper, opts.upper, 0);
+  if (opts.upperFrom) opts.upperFrom(upper, lowers);
   const work = mkdir(path.join(upperFs, 'w'));
   mkdir(path.join(dir, 'm'));
   return { name, base: dir, lowers, upper, work, lowerBefore: lowers.map((l) => snapshot(l, 'lower')) };

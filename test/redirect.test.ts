@@ -1,0 +1,89 @@
+// Directories the kernel renamed with redirect_dir=on: their upper copy carries trusted.overlay.redirect
+// (a name in the same parent, or an absolute path after a move to another directory), and the kernel,
+// which follows redirects by default, merges the lower directory they came from. A kernel overlay
+// with redirect_dir=on writes such a layer (renames within a directory, into another one, of a renamed
+// directory again, of a directory inside a renamed one); then strata and the kernel (default options)
+// mount it, as the upper and as a lower layer, and must show the same trees, and take the same changes.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run } from './helpers/exec.js';
+import { buildLayer, type LayerSpec } from './helpers/ops-layers.js';
+import { Checks } from './helpers/ops-checks.js';
+import { finishPair, setupPair } from './helpers/ops-pair.js';
+import { shellBoth, type ShellStep } from './helpers/shell-pair.js';
+
+const LOWER: LayerSpec = [
+  { t: 'dir', p: 'a', mode: 0o755 },
+  { t: 'file', p: 'a/f1', data: 'a1\n' },
+  { t: 'dir', p: 'a/sub', mode: 0o755 },
+  { t: 'file', p: 'a/sub/g', data: 'g\n' },
+  { t: 'dir', p: 'c', mode: 0o755 },
+  { t: 'file', p: 'c/f', data: 'c\n' },
+  { t: 'dir', p: 'p', mode: 0o755 },
+  { t: 'dir', p: 'p/q', mode: 0o755 },
+  { t: 'file', p: 'p/q/h', data: 'h\n' },
+  { t: 'dir', p: 'd', mode: 0o755 },
+  { t: 'file', p: 'd/f', data: 'd\n' },
+  { t: 'dir', p: 'keep', mode: 0o755 },
+  { t: 'file', p: 'keep/k', data: 'k\n' },
+];
+
+/** Renames through a kernel overlay with redirect_dir=on (each leaves a redirect on the upper copy). */
+const RENAMES = 'mv a b && mkdir x && mv c x/c2 && mv p/q p/r && mv d x/d2 && mv x/d2 e && mv b/sub b/sub2 && echo new > b/added';
+
+/** Lets a kernel overlay with redirect_dir=on write `upper` over `lowers` (RENAMES in its mount). */
+function kernelRenames(upper: string, lowers: string[]): void {
+  const gen = fs.mkdtempSync(path.join(path.dirname(upper), 'gen'));
+  const work = path.join(gen, 'w');
+  const mnt = path.join(gen, 'm');
+  fs.mkdirSync(work);
+  fs.mkdirSync(mnt);
+  const m = run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${work},redirect_dir=on`, mnt]);
+  if (m.status !== 0) throw new Error(`kernel overlay with redirect_dir=on: ${m.stderr.trim()}`);
+  try {
+    const r = run('sh', ['-c', RENAMES], { cwd: mnt });
+    if (r.status !== 0) throw new Error(`renames: ${r.stderr.trim()}`);
+  } finally {
+    run('umount', [mnt]);
+  }
+  const x = run('getfattr', ['-n', 'trusted.overlay.redirect', '--only-values', path.join(upper, 'x', 'c2')]);
+  if (x.stdout !== '/c') throw new Error(`the kernel wrote no absolute redirect (${JSON.stringify(x.stdout)} ${x.stderr.trim()})`);
+  fs.rmSync(gen, { recursive: true, force: true });
+}
+
+/** A lower layer written as the upper of a kernel overlay (with redirect_dir=on) over a copy of LOWER. */
+function redirectedLayer(dir: string, layerIndex: number): void {
+  const below = fs.mkdtempSync(path.join(path.dirname(dir), 'below'));
+  buildLayer(below, LOWER, layerIndex + 1); // (the times of the layer under it in the stack)
+  kernelRenames(dir, [below]);
+  fs.rmSync(below, { recursive: true, force: true });
+}
+
+const STEPS: ShellStep[] = [
+  { sh: 'find . | sort; cat b/f1 b/added b/sub2/g x/c2/f p/r/h e/f keep/k' },
+  { sh: 'ls -la b x x/c2 e p/r | awk "{print \\$1, \\$NF}"; ls a c d p/q 2>&1; true' },
+  // changes inside the redirected directories: new names, a copy-up, removals (whiteouts), a rename back
+  { sh: 'echo more > x/c2/more && chmod 600 e/f && rm b/f1 && rm -r b/sub2 && ls -a b e x/c2; stat -c "%n %a" e/f' },
+  { sh: 'rm -r p/r && ls -a p; mkdir p/q && ls -a p/q; rmdir x 2>&1; true' },
+  { sh: 'find . | sort' },
+];
+
+test.serial('directories the kernel renamed with redirect_dir=on (in the upper): strata follows their redirects as the kernel', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames });
+  shellBoth(c, pair, STEPS);
+  finishPair(c, pair);
+  c.done();
+});
+
+test.serial('the same with that layer below a fresh upper (a lower layer with redirects), and with three more lower layers', (t) => {
+  for (const pad of [0, 3]) {
+    const c = new Checks(t);
+    const padding: LayerSpec[] = Array.from({ length: pad }, () => [{ t: 'dir', p: 'keep', mode: 0o755 }]);
+    const pair = setupPair(t, [redirectedLayer, ...padding, LOWER]);
+    shellBoth(c, pair, STEPS);
+    finishPair(c, pair);
+    c.done();
+  }
+});
