@@ -10,7 +10,9 @@ import path from 'node:path';
 import { run } from './helpers/exec.js';
 import { buildLayer, type LayerSpec } from './helpers/ops-layers.js';
 import { Checks } from './helpers/ops-checks.js';
-import { finishPair, setupPair } from './helpers/ops-pair.js';
+import { finishPair, setupPair, unmountStrata } from './helpers/ops-pair.js';
+import { unmountQuietly } from './helpers/mounts.js';
+import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
 import { shellBoth, type ShellStep } from './helpers/shell-pair.js';
 
 const LOWER: LayerSpec = [
@@ -86,4 +88,34 @@ test.serial('the same with that layer below a fresh upper (a lower layer with re
     finishPair(c, pair);
     c.done();
   }
+});
+
+/** Redirects a layer may carry that lead nowhere good: relative to a sibling, "..", out of the layer, malformed. */
+function oddRedirects(upper: string): void {
+  const set = (dir: string, value: string): void => {
+    fs.mkdirSync(path.join(upper, dir));
+    const r = run('setfattr', ['-n', 'trusted.overlay.redirect', '-v', value, path.join(upper, dir)]);
+    if (r.status !== 0) throw new Error(`setfattr: ${r.stderr.trim()}`);
+  };
+  set('sibling', 'keep');
+  set('dotdot', '/a/..');
+  set('escape', '/../../etc');
+  set('relative-dotdot', '..');
+  set('double-slash', '/a//sub');
+  set('trailing-slash', 'a/');
+  set('absent', '/no/such/dir');
+}
+
+test.serial('redirects to a sibling, with "..", out of the layer, malformed or to nowhere: as the kernel (EACCES, EINVAL, or nothing below)', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER], { upperFrom: oddRedirects });
+  const dirs = ['sibling', 'dotdot', 'escape', 'relative-dotdot', 'double-slash', 'trailing-slash', 'absent'];
+  shellBoth(c, pair, dirs.map((d) => ({ sh: `ls -a ${d} 2>&1; stat -c "%n %F" ${d} 2>&1; true` })));
+  // (the root's listing is left out: the kernel's stops at the first entry whose lookup fails, strata
+  // lists every name, without attributes where the lookup fails)
+  shellBoth(c, pair, [{ sh: 'echo x > sibling/new && ls sibling; rm -r absent; stat absent 2>&1; true' }]);
+  unmountStrata(c, pair.strata);
+  unmountQuietly(pair.kernel.mnt);
+  c.none(diffSnapshots(snapshot(pair.kernel.upper, 'upper'), snapshot(pair.strata.upper, 'upper'), ['kernel', 'strata']), 'upper dirs differ');
+  c.done();
 });

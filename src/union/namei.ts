@@ -110,8 +110,11 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
  * without empty components. Anything else is an invalid redirect: EINVAL for the lookup, as there.
  */
 function checkRedirect(r: string): void {
-  const ok = r.startsWith('/') ? r.length > 1 && !r.slice(1).split('/').some((c) => c === '') : r !== '' && !r.includes('/');
-  if (!ok) throw fsError('EINVAL');
+  const parts = r.startsWith('/') ? r.slice(1).split('/') : [r];
+  const ok = r.startsWith('/') ? r.length > 1 && !parts.some((c) => c === '') : r !== '' && !r.includes('/');
+  if (!ok || r.includes('\0')) throw fsError('EINVAL');
+  // (the kernel's lookup_one refuses these names: EACCES)
+  if (parts.some((c) => c === '.' || c === '..')) throw fsError('EACCES');
 }
 
 /** The layers of the whole stack, top first (the root directory is in every layer). */

@@ -4,7 +4,7 @@
 // whiteout.ts, copy-up in copy_up.ts, namespace changes in dir.ts, attributes in inode.ts.
 
 import type { Logger } from 'pino';
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import { FATTR_FH, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
@@ -431,7 +431,15 @@ export class UnionFs implements FileSystem {
         continue;
       }
       if (!sink.fits(e.name)) break;
-      const found = this.child(dir, e.name);
+      let found: ReturnType<UnionFs['child']>;
+      try {
+        found = this.child(dir, e.name);
+      } catch (err) {
+        // A name whose lookup fails (a layer's redirect the kernel would refuse too): listed, as getdents
+        // lists it on the kernel's overlay, without attributes; a lookup of it then gets the error.
+        if (errCode(err) === undefined) throw err;
+        found = null;
+      }
       // Removed since the listing was taken: still listed (as the kernel's cached listing does), without attributes.
       let entry: EntryReply | null = null;
       if (found) {
