@@ -119,3 +119,34 @@ test.serial('redirects to a sibling, with "..", out of the layer, malformed or t
   c.none(diffSnapshots(snapshot(pair.kernel.upper, 'upper'), snapshot(pair.strata.upper, 'upper'), ['kernel', 'strata']), 'upper dirs differ');
   c.done();
 });
+
+/** A kernel overlay with metacopy=on writes `upper`: metadata-only copy-ups, one of them renamed (a file redirect). */
+function kernelMetacopy(upper: string, lowers: string[]): void {
+  const gen = fs.mkdtempSync(path.join(path.dirname(upper), 'gen'));
+  fs.mkdirSync(path.join(gen, 'w'));
+  fs.mkdirSync(path.join(gen, 'm'));
+  const m = run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${gen}/w,metacopy=on`, `${gen}/m`]);
+  if (m.status !== 0) throw new Error(`kernel overlay with metacopy=on: ${m.stderr.trim()}`);
+  try {
+    const r = run('sh', ['-c', 'chmod 600 a/f1 && mv c/f c/g && echo data > keep/new'], { cwd: `${gen}/m` });
+    if (r.status !== 0) throw new Error(`metacopy changes: ${r.stderr.trim()}`);
+  } finally {
+    run('umount', [`${gen}/m`]);
+  }
+  const x = run('getfattr', ['-d', '-m', 'trusted.overlay.metacopy', path.join(upper, 'a', 'f1')]);
+  if (!x.stdout.includes('metacopy')) throw new Error('the kernel wrote no metacopy file');
+  fs.rmSync(gen, { recursive: true, force: true });
+}
+
+test.serial('files the kernel copied up with metacopy=on are refused with EPERM, as the kernel refuses them without metacopy=on', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER], { upperFrom: kernelMetacopy });
+  shellBoth(c, pair, [
+    { sh: 'stat -c "%n %a" a/f1 c/g 2>&1; cat a/f1 c/g 2>&1; cat keep/new a/sub/g d/f; true' },
+    { sh: 'rm a/f1 2>&1; echo x >> c/g 2>&1; echo more >> keep/new && cat keep/new; true' },
+  ]);
+  unmountStrata(c, pair.strata);
+  unmountQuietly(pair.kernel.mnt);
+  c.none(diffSnapshots(snapshot(pair.kernel.upper, 'upper'), snapshot(pair.strata.upper, 'upper'), ['kernel', 'strata']), 'upper dirs differ');
+  c.done();
+});

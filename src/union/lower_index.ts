@@ -10,7 +10,7 @@ import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
-import { lookupLayers, searchLayers, type LayerHit } from './namei.js';
+import { lookupLayers, refuseMetacopy, searchLayers, type LayerHit } from './namei.js';
 import { dirMarkers, isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, xwhiteoutsIn } from './whiteout.js';
 
 const { C, ST } = N;
@@ -258,12 +258,14 @@ export class LowerIndex {
     }
     const layer = layers[e.l]!;
     const st = probe;
-    if (!N.lstatMaybe(dir.dirFd(layer), name, st) || (st[ST.mode]! & C.S_IFMT) !== e.m) {
+    const dirfd = dir.dirFd(layer);
+    if (!N.lstatMaybe(dirfd, name, st) || (st[ST.mode]! & C.S_IFMT) !== e.m) {
       // The layer changed under the cache: drop what it said about this directory.
       this.stats.stale++;
       this.drop(dir);
       return lookupLayers(dir, name);
     }
+    if (e.m === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name);
     return { layer, st: N.statCopy(st), dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
   }
 

@@ -13,7 +13,7 @@ import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
 import { errCode } from '../fuse/errors.js';
 import { openBeneath } from './node.js';
-import { dirMarkers, hasOciWhiteout, isKernelWhiteout, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
+import { dirMarkers, hasOciWhiteout, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -75,6 +75,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       if (isKernelWhiteout(st) || (!layer.isUpper && isXattrWhiteout(dirfd, name, st))) return { hit, stopped: true };
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
       if (!hit) {
+        if (!isDir && !layer.last && (st[ST.mode]! & C.S_IFMT) === C.S_IFREG) refuseMetacopy(dirfd, name);
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
         hit = { layer, st: N.statCopy(st), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
@@ -103,6 +104,15 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
     if (oci && i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
   return { hit, stopped: false };
+}
+
+/**
+ * A metacopy file (written by the kernel with metacopy=on) is refused with EPERM, as the kernel
+ * refuses it without metacopy=on ("refusing to follow metacopy origin"): strata does not read the
+ * data it leaves below, and the file's own (empty) data would show in its place.
+ */
+export function refuseMetacopy(dirfd: number, name: string): void {
+  if (isMetacopy(dirfd, name)) throw fsError('EPERM');
 }
 
 /**

@@ -105,6 +105,18 @@ export function dirMarkers(dirfd: number, name: string, oci = true): DirMarkers 
   return { opaque, redirect };
 }
 
+export const METACOPY_XATTR_TRUSTED = 'trusted.overlay.metacopy';
+export const METACOPY_XATTR_USER = 'user.overlay.metacopy';
+
+/**
+ * Is the regular file `name` inside `dirfd` a metacopy (the kernel's metacopy=on copy-up: the
+ * attributes only, its data left in a layer below)? One listxattr.
+ */
+export function isMetacopy(dirfd: number, name: string): boolean {
+  const names = N.llistxattr(dirfd, name);
+  return names.length > 0 && (names.includes(METACOPY_XATTR_TRUSTED) || names.includes(METACOPY_XATTR_USER));
+}
+
 /** The redirect of the directory `name` inside `dirfd` alone (see dirMarkers), or null. */
 export function redirectOf(dirfd: number, name: string): string | null {
   const names = N.llistxattr(dirfd, name);
