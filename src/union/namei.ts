@@ -7,11 +7,10 @@
 // - an OCI ".wh.<name>" in a layer hides <name> in the layers below that layer only (unless the
 //   mount reads `.wh.` files as plain data: oci_whiteouts=off).
 
-import { fsError } from '../fuse/errors.js';
+import { errCode, fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
-import { errCode } from '../fuse/errors.js';
 import { openBeneath } from './node.js';
 import { dirMarkers, hasOciWhiteout, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
@@ -170,9 +169,9 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
       }
     }
     try {
-      const last = k + 1 === layers.length;
+      const lastHere = k + 1 === layers.length;
       if (!N.lstatMaybe(dirfd, leaf, st)) {
-        if (oci && !last && hasOciWhiteout(dirfd, leaf)) return hit;
+        if (oci && !lastHere && hasOciWhiteout(dirfd, leaf)) return hit;
         continue;
       }
       if (isKernelWhiteout(st) || isXattrWhiteout(dirfd, leaf, st)) return hit;
@@ -180,21 +179,29 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
       if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return hit;
       hit.dirLayers!.push(layer);
       redirects.set(layer, cur);
-      if (last) return hit;
-      const m = dirMarkers(dirfd, leaf, oci);
-      if (m.opaque === 'y') return hit;
-      if (m.opaque === 'x') layer.xwhiteouts = true;
-      if (oci && hasOciWhiteout(dirfd, leaf)) return hit;
-      if (m.redirect !== null) {
-        checkRedirect(m.redirect);
-        if (m.redirect.startsWith('/')) {
-          cur = m.redirect;
+      if (layer.last) return hit;
+      let next: string | null;
+      if (!lastHere) {
+        const m = dirMarkers(dirfd, leaf, oci);
+        if (m.opaque === 'y') return hit;
+        if (m.opaque === 'x') layer.xwhiteouts = true;
+        if (oci && hasOciWhiteout(dirfd, leaf)) return hit;
+        next = m.redirect;
+      } else {
+        // (the parent's last layer: only an absolute redirect leads further down)
+        next = redirectOf(dirfd, leaf);
+        if (next === null || !next.startsWith('/')) return hit;
+      }
+      if (next !== null) {
+        checkRedirect(next);
+        if (next.startsWith('/')) {
+          cur = next;
           if (!abs) {
             layers = stackLayers(parent);
             k = layers.indexOf(layer);
           }
         } else {
-          cur = abs ? cur.slice(0, cur.lastIndexOf('/') + 1) + m.redirect : m.redirect;
+          cur = abs ? cur.slice(0, cur.lastIndexOf('/') + 1) + next : next;
         }
       }
     } finally {
