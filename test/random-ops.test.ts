@@ -531,12 +531,19 @@ function setupRun(t: ExecutionContext, layers: readonly Layer[], po: PairOptions
   return run;
 }
 
-/** Every path of the merged tree with its type, inode label, permission bits and link count. */
-function treeIds(x: Side): string[] {
-  return walk(x.mnt).slice(1).map((rel) => {
+/**
+ * Every path of the merged tree with its type, inode label, permission bits and link count. A name
+ * the kernel lists but cannot look up is one of its phantom whiteouts (see phantomWhiteouts): left
+ * out of the kernel's record; strata must never list such a name.
+ */
+function treeIds(x: Side, kernel: boolean): string[] {
+  const ids: string[] = [];
+  for (const rel of walk(x.mnt).slice(1)) {
     const st = fs.lstatSync(path.join(x.mnt, rel), { bigint: true, throwIfNoEntry: false });
-    return st ? `${rel} ${kindOf(st)} ${x.runner.inoLabel(st.ino)} ${(Number(st.mode) & 0o7777).toString(8)} ${st.nlink}` : `${rel} (gone)`;
-  });
+    if (st) ids.push(`${rel} ${kindOf(st)} ${x.runner.inoLabel(st.ino)} ${(Number(st.mode) & 0o7777).toString(8)} ${st.nlink}`);
+    else if (!kernel) ids.push(`${rel} (gone)`);
+  }
+  return ids;
 }
 
 /**
@@ -546,10 +553,11 @@ function treeIds(x: Side): string[] {
 function remountStep(run: Run): Record<string, unknown>[] {
   closeDrivers(run);
   const records = [run.pair.kernel, run.pair.strata].map((x) => {
+    const kernel = x === run.pair.kernel;
     x.runner.resetLabels();
-    const before = treeIds(x);
+    const before = treeIds(x, kernel);
     x.remount();
-    return { result: 'remounted', before, after: treeIds(x), upper: upperNames(x.upper) };
+    return { result: 'remounted', before, after: treeIds(x, kernel), upper: upperNames(x.upper) };
   });
   run.k = fdSide(run.pair.kernel);
   run.s = fdSide(run.pair.strata);
