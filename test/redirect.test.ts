@@ -150,3 +150,16 @@ test.serial('files the kernel copied up with metacopy=on are refused with EPERM,
   c.none(diffSnapshots(snapshot(pair.kernel.upper, 'upper'), snapshot(pair.strata.upper, 'upper'), ['kernel', 'strata']), 'upper dirs differ');
   c.done();
 });
+
+test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames, options: ['redirect_dir=nofollow'] });
+  shellBoth(c, pair, [
+    { sh: 'for d in b e p/r b/sub2 x x/c2 keep; do stat -c "%n %F" $d 2>&1; done; cat keep/k b/added 2>&1; true' },
+    { sh: 'echo n > keep/n && ls keep; rm -r b 2>&1; true' },
+  ]);
+  unmountStrata(c, pair.strata);
+  unmountQuietly(pair.kernel.mnt);
+  c.none(diffSnapshots(snapshot(pair.kernel.upper, 'upper'), snapshot(pair.strata.upper, 'upper'), ['kernel', 'strata']), 'upper dirs differ');
+  c.done();
+});

@@ -99,7 +99,9 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const logger = log.asLogger();
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, { atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts });
+  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, {
+    atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects,
+  });
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   // The inode origins are read now; LevelDB opens in the background later (see live(); requests

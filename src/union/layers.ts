@@ -30,6 +30,8 @@ export interface Layer {
   xwhiteouts?: boolean;
   /** The bottom layer of the stack (no redirect is read there: nothing is below it). */
   last?: boolean;
+  /** redirect_dir=nofollow: a redirect in this stack fails the lookup with EPERM (the kernel's way). */
+  readonly noFollowRedirects?: boolean;
 }
 
 const XINO_SHIFT = 2 ** 44;
@@ -58,7 +60,8 @@ export class LayerStack {
    * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
    */
   static open(upper: string | null, lowers: string[],
-    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean } =
+      { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
     const devs: number[] = [];
     const st = new Float64Array(16);
@@ -84,7 +87,8 @@ export class LayerStack {
         N.fstat(fd, st);
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
-        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts };
+        layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
+          noFollowRedirects: opts.noFollowRedirects === true };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

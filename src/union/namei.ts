@@ -93,7 +93,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
           if (oci && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
           return { hit: followRedirect(parent, hit, layer, m.redirect, oci), stopped: true };
         }
-      } else if (!layer.last && isDir) {
+      } else if (!layer.last && isDir && !layer.noFollowRedirects) {
         // The directory's own last layer, with layers below in the stack: only an absolute redirect
         // can lead further down (the kernel, which follows redirects, reads it in every layer but the last).
         const r = redirectOf(dirfd, name);
@@ -142,6 +142,8 @@ function stackLayers(node: UnionNode): Layer[] {
  * relative one the last component of an absolute path). `hit` gets the layers and their places.
  */
 function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: string, oci: boolean): LayerHit {
+  // (redirect_dir=nofollow: "refusing to follow redirect", as the kernel)
+  if (at.noFollowRedirects) throw fsError('EPERM');
   checkRedirect(redirect);
   const st = probe;
   const redirects = (hit.redirects ??= new Map());

@@ -40,6 +40,8 @@ export interface MountParams {
    * directory it creates in a merged directory opaque. strata does the same (see DirOptions).
    */
   newDirsOpaque: boolean;
+  /** redirect_dir=nofollow: a redirect found in a layer fails the lookup (EPERM) instead of being followed. */
+  noFollowRedirects: boolean;
 }
 
 /** Splits on unescaped `sep`, removing the escaping backslashes. */
@@ -101,7 +103,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
     lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
-    newDirsOpaque: false,
+    newDirsOpaque: false, noFollowRedirects: false,
   };
   /** The last value of each of index, metacopy, redirect_dir and xino. */
   const features = new Map<string, string>();
@@ -199,6 +201,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   }
   // (the kernel's ovl_allow_offline_changes: redirect_dir=follow or nofollow and xino=auto still allow them)
   p.newDirsOpaque = [...features.values()].includes('on');
+  p.noFollowRedirects = features.get('redirect_dir') === 'nofollow';
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {
