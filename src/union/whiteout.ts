@@ -149,7 +149,8 @@ export function xwhiteoutsIn(dir: { parent: unknown }, layer: Layer, dirfd: numb
  */
 export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array): boolean {
   if ((st[N.ST.mode]! & C.S_IFMT) !== C.S_IFREG || st[N.ST.size] !== 0) return false;
-  return N.lgetxattr(dirfd, name, XWHITEOUT_XATTR_TRUSTED) !== null || N.lgetxattr(dirfd, name, XWHITEOUT_XATTR_USER) !== null;
+  const names = N.llistxattr(dirfd, name);
+  return names.length > 0 && (names.includes(XWHITEOUT_XATTR_TRUSTED) || names.includes(XWHITEOUT_XATTR_USER));
 }
 
 /**
