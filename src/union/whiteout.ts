@@ -60,12 +60,7 @@ function markerValue(v: Buffer | null): 'y' | 'x' | null {
  * namespaces and, with `oci`, the OCI marker file.
  */
 export function opaqueState(dirfd: number, name: string, oci = true): 'y' | 'x' | null {
-  const trusted = markerValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED));
-  if (trusted === 'y') return 'y';
-  const user = markerValue(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER));
-  if (user === 'y') return 'y';
-  if (oci && N.lstatMaybe(dirfd, name === '' ? OCI_OPAQUE : `${name}/${OCI_OPAQUE}`, scratch)) return 'y';
-  return trusted ?? user;
+  return dirMarkers(dirfd, name, oci).opaque;
 }
 
 /** What a directory's xattrs say about the layers below it (see dirMarkers). */
