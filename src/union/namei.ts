@@ -12,7 +12,7 @@ import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
 import { openBeneath } from './node.js';
-import { dirMarkers, hasOciWhiteout, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
+import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -71,10 +71,16 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
     if (known && !known.has(name) && !known.has(OCI_WHITEOUT_PREFIX + name)) continue;
     const dirfd = parent.dirFd(layer);
     if ((!known || known.has(name)) && N.lstatMaybe(dirfd, name, st)) {
-      if (isKernelWhiteout(st) || (!layer.isUpper && isXattrWhiteout(dirfd, name, st))) return { hit, stopped: true };
-      const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
+      if (isKernelWhiteout(st)) return { hit, stopped: true };
+      const type = st[ST.mode]! & C.S_IFMT;
+      const isDir = type === C.S_IFDIR;
+      // (one listxattr serves an empty lower file's whiteout check and the metacopy check below)
+      let xnames: string[] | undefined;
+      if (type === C.S_IFREG && !layer.isUpper && st[ST.size] === 0 && hasXwhiteoutXattr((xnames = N.llistxattr(dirfd, name)))) {
+        return { hit, stopped: true };
+      }
       if (!hit) {
-        if (!isDir && !layer.last && (st[ST.mode]! & C.S_IFMT) === C.S_IFREG) refuseMetacopy(dirfd, name);
+        if (type === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name, xnames);
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
         hit = { layer, st: N.statCopy(st), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
@@ -110,8 +116,8 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
  * refuses it without metacopy=on ("refusing to follow metacopy origin"): strata does not read the
  * data it leaves below, and the file's own (empty) data would show in its place.
  */
-export function refuseMetacopy(dirfd: number, name: string): void {
-  if (isMetacopy(dirfd, name)) throw fsError('EPERM');
+export function refuseMetacopy(dirfd: number, name: string, names?: string[]): void {
+  if (isMetacopy(dirfd, name, names)) throw fsError('EPERM');
 }
 
 /**

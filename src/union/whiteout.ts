@@ -107,8 +107,7 @@ export const METACOPY_XATTR_USER = 'user.overlay.metacopy';
  * Is the regular file `name` inside `dirfd` a metacopy (the kernel's metacopy=on copy-up: the
  * attributes only, its data left in a layer below)? One listxattr.
  */
-export function isMetacopy(dirfd: number, name: string): boolean {
-  const names = N.llistxattr(dirfd, name);
+export function isMetacopy(dirfd: number, name: string, names = N.llistxattr(dirfd, name)): boolean {
   return names.length > 0 && (names.includes(METACOPY_XATTR_TRUSTED) || names.includes(METACOPY_XATTR_USER));
 }
 
@@ -144,7 +143,11 @@ export function xwhiteoutsIn(dir: { parent: unknown }, layer: Layer, dirfd: numb
  */
 export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array): boolean {
   if ((st[N.ST.mode]! & C.S_IFMT) !== C.S_IFREG || st[N.ST.size] !== 0) return false;
-  const names = N.llistxattr(dirfd, name);
+  return hasXwhiteoutXattr(N.llistxattr(dirfd, name));
+}
+
+/** Do these xattr names hold overlay.whiteout (either namespace)? */
+export function hasXwhiteoutXattr(names: string[]): boolean {
   return names.length > 0 && (names.includes(XWHITEOUT_XATTR_TRUSTED) || names.includes(XWHITEOUT_XATTR_USER));
 }
 
