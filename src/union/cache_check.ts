@@ -10,7 +10,7 @@ import { LowerIndex, type LowerEntry } from './lower_index.js';
 import { lookupLayers } from './namei.js';
 import { JOURNAL, readRecords, SNAPSHOT } from './origin_file.js';
 
-const { C, ST } = N;
+const { C } = N;
 
 export interface CacheStats {
   entries: { origins: number; listings: number; other: number };
@@ -94,8 +94,7 @@ function walk(inodes: InodeTable, key: string): UnionNode | null {
   for (const name of key.split('/').filter((x) => x.length > 0)) {
     const hit = lookupLayers(node, name);
     if (!hit || !hit.dirLayers) return null;
-    node = inodes.create(node, name, C.S_IFDIR, hit.layer, hit.dirLayers, hit.st[ST.ino]!);
-    if (hit.redirects) node.redirects = hit.redirects;
+    node = inodes.fromHit(node, name, hit);
   }
   return node;
 }

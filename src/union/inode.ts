@@ -12,6 +12,7 @@ import type { OriginStore } from './cache.js';
 import type { FileHandle } from './file.js';
 import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
+import type { LayerHit } from './namei.js';
 import { originIno, readOrigin } from './origin.js';
 
 export { ROOT_NODEID, UnionNode };
@@ -130,6 +131,14 @@ export class InodeTable {
     const n = this.nodes.get(nodeid);
     if (!n) throw Object.assign(new Error(`unknown nodeid ${nodeid}`), { code: 'ESTALE' });
     return n;
+  }
+
+  /** The node for a lookup's result (see create), with the places a redirect gave its layers. */
+  fromHit(parent: UnionNode, name: string, hit: LayerHit, want?: number): UnionNode {
+    const type = hit.st[N.ST.mode]! & C.S_IFMT;
+    const node = this.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[N.ST.ino]!, want, false, hit.st[N.ST.nlink]!);
+    if (hit.redirects) node.redirects = hit.redirects;
+    return node;
   }
 
   /**

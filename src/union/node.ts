@@ -248,9 +248,8 @@ export class UnionNode {
     let fd = fds[i]!;
     if (fd < 0) {
       const r = rare.redirects?.get(layer);
-      if (r === undefined) fd = N.openat(this.parent.dirFd(layer), this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
-      else if (r.startsWith('/')) fd = openBeneath(layer.fd, r.slice(1));
-      else fd = N.openat(this.parent.dirFd(layer), r, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+      fd = r?.startsWith('/') ? openBeneath(layer.fd, r.slice(1))
+        : N.openat(this.parent.dirFd(layer), r ?? this.name, C.O_PATH | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       fds[i] = fd;
     }
     return fd;

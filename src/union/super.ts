@@ -172,10 +172,7 @@ export class UnionFs implements FileSystem {
     let hit = this.index ? this.index.lookup(parent, name) : undefined;
     if (hit === undefined) hit = lookupLayers(parent, name);
     if (!hit) return null;
-    const type = hit.st[ST.mode]! & C.S_IFMT;
-    const node = this.inodes.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[ST.ino]!, want, false, hit.st[ST.nlink]!);
-    if (hit.redirects) node.redirects = hit.redirects;
-    return [node, hit.st];
+    return [this.inodes.fromHit(parent, name, hit, want), hit.st];
   }
 
   private dirNode(nodeid: number): UnionNode {
