@@ -62,12 +62,14 @@ function kernelRenames(upper: string, lowers: string[]): void {
   throughKernel(upper, lowers, 'redirect_dir=on', RENAMES, ['x/c2', 'trusted.overlay.redirect', '/c']);
 }
 
-/** A lower layer written as the upper of a kernel overlay (with redirect_dir=on) over a copy of LOWER. */
-function redirectedLayer(dir: string, layerIndex: number): void {
-  const below = fs.mkdtempSync(path.join(path.dirname(dir), 'below'));
-  buildLayer(below, LOWER, layerIndex + 1); // (the times of the layer under it in the stack)
-  kernelRenames(dir, [below]);
-  fs.rmSync(below, { recursive: true, force: true });
+/** A lower layer written as the upper of a kernel overlay (by `write`) over a copy of LOWER. */
+function kernelLayer(write: (upper: string, lowers: string[]) => void): (dir: string, layerIndex: number) => void {
+  return (dir, layerIndex) => {
+    const below = fs.mkdtempSync(path.join(path.dirname(dir), 'below'));
+    buildLayer(below, LOWER, layerIndex + 1); // (the times of the layer under it in the stack)
+    write(dir, [below]);
+    fs.rmSync(below, { recursive: true, force: true });
+  };
 }
 
 const STEPS: ShellStep[] = [
@@ -91,7 +93,7 @@ test.serial('the same with that layer below a fresh upper (a lower layer with re
   for (const pad of [0, 3]) {
     const c = new Checks(t);
     const padding: LayerSpec[] = Array.from({ length: pad }, () => [{ t: 'dir', p: 'keep', mode: 0o755 }]);
-    const pair = setupPair(t, [redirectedLayer, ...padding, LOWER]);
+    const pair = setupPair(t, [kernelLayer(kernelRenames), ...padding, LOWER]);
     shellBoth(c, pair, STEPS);
     finishPair(c, pair);
     c.done();
@@ -141,13 +143,26 @@ function kernelMetacopy(upper: string, lowers: string[]): void {
   throughKernel(upper, lowers, 'metacopy=on', 'chmod 600 a/f1 && mv c/f c/g && echo data > keep/new', ['a/f1', 'trusted.overlay.metacopy', null]);
 }
 
+const METACOPY_STEPS: ShellStep[] = [
+  { sh: 'stat -c "%n %a" a/f1 c/g 2>&1; cat a/f1 c/g 2>&1; cat keep/new a/sub/g d/f; true' },
+  { sh: 'rm a/f1 2>&1; echo x >> c/g 2>&1; echo more >> keep/new && cat keep/new; true' },
+];
+
 test.serial('files the kernel copied up with metacopy=on are refused with EPERM, as the kernel refuses them without metacopy=on', (t) => {
   const c = new Checks(t);
   const pair = setupPair(t, [LOWER], { upperFrom: kernelMetacopy });
-  shellBoth(c, pair, [
-    { sh: 'stat -c "%n %a" a/f1 c/g 2>&1; cat a/f1 c/g 2>&1; cat keep/new a/sub/g d/f; true' },
-    { sh: 'rm a/f1 2>&1; echo x >> c/g 2>&1; echo more >> keep/new && cat keep/new; true' },
-  ]);
+  shellBoth(c, pair, METACOPY_STEPS);
+  unmountAndCompareUppers(c, pair);
+  c.done();
+});
+
+test.serial('the same with those files in a lower layer above three more (lookups through the lower index)', (t) => {
+  const c = new Checks(t);
+  // (the directories in five lower layers: the index keeps listings of four or more)
+  const padding: LayerSpec[] = Array.from({ length: 3 }, () => ['a', 'c', 'keep'].map((p) => ({ t: 'dir' as const, p, mode: 0o755 })));
+  const pair = setupPair(t, [kernelLayer(kernelMetacopy), ...padding, LOWER]);
+  // (listing the directories builds their lower-index listings: the lookups after it go through them)
+  shellBoth(c, pair, [...METACOPY_STEPS, { sh: 'ls a c >/dev/null 2>&1; stat -c "%n %a" a/f1 c/g a/sub 2>&1; cat c/g 2>&1; true' }]);
   unmountAndCompareUppers(c, pair);
   c.done();
 });
