@@ -10,17 +10,17 @@ import type { ArchiveFormat } from '../image/archive/model.js';
 import { ImageError } from '../image/types.js';
 import { byteProgress } from './progress.js';
 
-interface CommonArgs {
+export interface CommonArgs {
   store?: string;
   json: boolean;
   logLevel: string;
 }
 
-function out(text: string): void {
+export function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
-function printJson(v: unknown): void {
+export function printJson(v: unknown): void {
   out(JSON.stringify(v, null, 2));
 }
 
@@ -88,7 +88,7 @@ async function logger(a: CommonArgs): Promise<Logger> {
 }
 
 /** Opens the store for one command, closes it, and turns failures into one line and an exit code. */
-async function withImageStore(a: CommonArgs, fn: (s: Store, log: Logger) => Promise<void>): Promise<void> {
+export async function withImageStore(a: CommonArgs, fn: (s: Store, log: Logger) => Promise<void>): Promise<void> {
   const { Store, storeDir } = await import('../image/store.js');
   const log = await logger(a);
   let store: Store | undefined;
@@ -118,7 +118,7 @@ function inspectView(store: Store, img: ImageRecord): Record<string, unknown> {
   return {
     Id: img.id,
     RepoTags: img.tags,
-    RepoDigests: [],
+    RepoDigests: img.repoDigests ?? [],
     Created: c.created ?? null,
     Author: c.author ?? '',
     Architecture: c.architecture,

@@ -78,6 +78,11 @@ export interface ImageRecord {
   size: number;
   /** When the image entered this store. */
   stored: string;
+  /**
+   * "registry/repository@sha256:..." for each repository the image was pulled from or pushed to:
+   * the digest of the manifest (or index) there, as Docker's RepoDigests.
+   */
+  repoDigests?: string[];
 }
 
 /** A container: an image's layers plus a writable upper, each in <store>/containers/<id>. */
@@ -343,6 +348,17 @@ export class Store {
       if (matches.length > 1) throw new ImageError(`ambiguous image ID prefix: ${ref}`);
       if (matches.length === 1) return matches[0];
     }
+    const at = ref.indexOf('@sha256:');
+    if (at > 0) {
+      // NAME[:TAG]@DIGEST: an image pulled or pushed as that (the tag is not looked at, as in Docker).
+      let name = ref.slice(0, at);
+      if (name.lastIndexOf(':') > name.lastIndexOf('/')) name = name.slice(0, name.lastIndexOf(':'));
+      const wanted = [name, `localhost/${name}`, `docker.io/library/${name}`, `docker.io/${name}`].map((n) => `${n}${ref.slice(at)}`);
+      for (const image of await this.listImages()) {
+        if (image.repoDigests?.some((r) => wanted.includes(r))) return image;
+      }
+      return undefined;
+    }
     let tag: string;
     try {
       tag = normalizeTag(ref);
@@ -407,6 +423,19 @@ export class Store {
       history: [...(base.history ?? []), { ...spec.history, created }],
     };
     return this.writeImage({ config, layers: [...parentLayers, spec.layer], tags: spec.tags });
+  }
+
+  /**
+   * Records that the image is `repo@digest` in a registry (a pull or a push): replaces what was
+   * recorded for that repository.
+   */
+  async addRepoDigest(id: string, repoDigest: string): Promise<ImageRecord> {
+    const image = (await this.db.get(K.image(id))) as ImageRecord | undefined;
+    if (!image) throw new ImageError(`no such image: ${id}`);
+    const repo = repoDigest.slice(0, repoDigest.lastIndexOf('@'));
+    image.repoDigests = [...(image.repoDigests ?? []).filter((r) => r.slice(0, r.lastIndexOf('@')) !== repo), repoDigest];
+    await this.db.put(K.image(id), image);
+    return image;
   }
 
   /** Points `tag` at the image (moving it from another image if needed). */

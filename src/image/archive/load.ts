@@ -79,6 +79,11 @@ export async function storeImages(store: Store, images: readonly SourceImage[], 
       for (const [i, l] of img.layers.entries()) {
         const before = await store.layer(chainId(parent, l.diffId));
         progress.onLayer?.(i, img.layers.length, l.diffId, before !== undefined);
+        if (before && l.trustStored && before.digest === l.digest && store.hasBlob(before.digest)) {
+          layers.push(before);
+          parent = before.chainId;
+          continue;
+        }
         const rec: LayerRecord = await store.addLayer(parent, l.open() as Readable, {
           expectDiffId: l.diffId, expectDigest: l.digest, expectSize: l.size, mediaType: l.mediaType,
           ...(progress.onBytes && progress.layerBytes !== false ? { onBytes: progress.onBytes } : {}),

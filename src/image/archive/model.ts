@@ -13,6 +13,11 @@ export interface SourceLayer {
   digest?: string;
   size?: number;
   mediaType?: string;
+  /**
+   * The blob need not be read when the store holds this layer's chain with this very blob (a
+   * registry's: reading it would be a download); an archive's layers are read and checked anyway.
+   */
+  trustStored?: boolean;
   /** A fresh stream of the blob's bytes. */
   open(): Readable;
 }

@@ -11,7 +11,6 @@ import type { ArchiveSink } from './sink.js';
 
 const REF_NAME = 'org.opencontainers.image.ref.name';
 const CONTAINERD_NAME = 'io.containerd.image.name';
-const DOCKER_MANIFEST_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
 
 export function isOciLayout(files: ArchiveFiles): boolean {
   return files.has('oci-layout') && files.has('index.json');
@@ -52,7 +51,7 @@ export function readOciLayout(files: ArchiveFiles): SourceImage[] {
   if (!Array.isArray(index.manifests)) throw new ImageError('index.json has no manifests');
   const out: SourceImage[] = [];
   const visit = (d: Descriptor, tags: string[], depth: number): void => {
-    if (d.mediaType === MEDIA.ociIndex || d.mediaType === DOCKER_MANIFEST_LIST) {
+    if (d.mediaType === MEDIA.ociIndex || d.mediaType === MEDIA.dockerManifestList) {
       if (depth > 4) throw new ImageError('image indexes nested too deep');
       const nested = parseJson<Index>(readBlob(files, d, 'index'), d.digest);
       const host = hostPlatform();
