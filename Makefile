@@ -7,7 +7,7 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci strace util-linux-extra
+APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci strace util-linux-extra docker-registry apache2-utils
 
 .PHONY: all deps system-deps build native ts demo test soak bench bench-cache bench-images longrun rootfs install uninstall clean
 

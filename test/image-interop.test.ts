@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { compareTrees } from './helpers/compare.js';
 import { run, runOk } from './helpers/exec.js';
-import { imageOk, layerDirs, type Podman, PODMAN_RUN, privatePodman, resetPodman, tarDir, twoLayerImage } from './helpers/image-store.js';
+import { imageOk, layerDirs, PODMAN_RUN, podmanImport, testPodman, twoLayerImage } from './helpers/image-store.js';
 import { kernelOverlay } from './helpers/mounts.js';
 import { type NodeInfo, snapshot } from './helpers/snapshot.js';
 import { tempDir } from './helpers/tmp.js';
@@ -38,22 +38,14 @@ test.before(() => {
 
 test.serial('podman: import + save -> strata load (same tree as the rootfs); strata save -> podman load, run, image mount; podman oci-archive -> strata', (t) => {
   const base = tempDir(t, 'pi');
-  const podman: Podman = privatePodman(base);
-  t.teardown(() => resetPodman(podman));
-  const ok = (args: readonly string[]): string => {
-    const r = podman(args);
-    if (r.status !== 0) t.fail(`podman ${args.join(' ')}: ${r.status}: ${r.stderr.trim()}`);
-    return r.stdout;
-  };
-  ok(['import', tarDir(ROOTFS_L0, path.join(base, 'l0.tar')), 'localhost/deb:l0']);
-  fs.rmSync(path.join(base, 'l0.tar'));
+  const { podman, ok } = testPodman(t, base);
+  const podmanId = podmanImport(ok, base, ROOTFS_L0, 'localhost/deb:l0');
   const pdArchive = path.join(base, 'podman-save.tar');
   ok(['save', '-o', pdArchive, 'localhost/deb:l0']);
   const store = path.join(base, 'store');
   t.regex(imageOk(t, store, ['load', '-i', pdArchive]), /Loaded image: localhost\/deb:l0/);
   const lower = imageOk(t, store, ['lowerdir', 'deb:l0']).trim();
   t.is(compareTrees(t, snapshot(lower), snapshot(ROOTFS_L0), { ignore: ignoreUnportable, label: 'the stored layer vs the rootfs podman imported' }), 0);
-  const podmanId = ok(['image', 'inspect', '--format', '{{.Id}}', 'localhost/deb:l0']).trim();
   t.is(inspectId(t, store, 'deb:l0').Id, `sha256:${podmanId}`, 'same image ID as podman');
 
   // strata's save, read by podman: load, run, and the mounted image equals the kernel's mount of the store.

@@ -6,6 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
+import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
 interface StoreArgs {
@@ -29,6 +30,7 @@ const RUN_OPTIONS = {
   rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
   user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User: name, uid, name:group or uid:gid (names from the container\'s /etc/passwd and /etc/group)' },
   store: storeOption,
+  ...RUN_PULL_OPTIONS,
 } as const;
 const COMMIT_OPTIONS = {
   message: { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' },
@@ -138,11 +140,13 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { image: string; name?: string; rm: boolean; user?: string | string[] };
+      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; rm: boolean; user?: string | string[] };
       // Given twice: the last one counts (as with docker run).
       const user = Array.isArray(args.user) ? args.user.at(-1) : args.user;
+      const store = await storeDirOf(args);
+      await (await import('./registry.js')).ensureImage(store, args.image, args);
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store: await storeDirOf(args), image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
+      const status = await runContainer({ store, image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
       process.exit(status);
     }),
   };

@@ -162,7 +162,10 @@ async function main(): Promise<void> {
   const { commitCommand, containerCommand, exportCommand, imageMountArgs, imageMountOptions, runCommand, splitRunArgv, unknownOption } =
     await import('./container.js');
   const { usageMessage } = await import('./usage.js');
-  const unknown = unknownOption(argv, { mount: { ...mountOptions, ...imageMountOptions } });
+  const { LOGIN_OPTIONS, LOGOUT_OPTIONS, PULL_OPTIONS, PUSH_OPTIONS, loginCommand, logoutCommand, pullCommand, pushCommand } = await import('./registry.js');
+  const unknown = unknownOption(argv, {
+    mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
+  });
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...`: CMD is the container's, options and all.
   const { head, command } = splitRunArgv(argv);
@@ -201,6 +204,10 @@ async function main(): Promise<void> {
     .command(commitCommand)
     .command(exportCommand)
     .command(containerCommand)
+    .command(pullCommand)
+    .command(pushCommand)
+    .command(loginCommand)
+    .command(logoutCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.

@@ -75,6 +75,8 @@ export interface ArchiveImage {
   layers: string[];
   /** Overrides the diff IDs written into the config (for a wrong-digest case). */
   diffIds?: string[];
+  /** The config's architecture (default amd64). */
+  architecture?: string;
 }
 
 /**
@@ -92,7 +94,7 @@ export function dockerArchive(workDir: string, images: readonly ArchiveImage[], 
       return `${hex}.tar`;
     });
     const config = JSON.stringify({
-      architecture: 'amd64', os: 'linux', created: '2024-01-01T00:00:00Z', config: { Cmd: ['/bin/sh'] },
+      architecture: img.architecture ?? 'amd64', os: 'linux', created: '2024-01-01T00:00:00Z', config: { Cmd: ['/bin/sh'] },
       rootfs: { type: 'layers', diff_ids: img.diffIds ?? img.layers.map((l) => `sha256:${fileSha256(l)}`) },
       history: img.layers.map((l, i) => ({ created: '2024-01-01T00:00:00Z', created_by: `layer ${i} ${path.basename(l)}` })),
     });
@@ -159,6 +161,25 @@ export function privatePodman(base: string): Podman {
 export function resetPodman(p: Podman): void {
   p(['rm', '-af', '-t', '0']);
   p(['system', 'reset', '-f']);
+}
+
+/** A private podman for one test (reset at its end), and a runner failing the test on a non-zero exit. */
+export function testPodman(t: ExecutionContext, base: string): { podman: Podman; ok: (args: readonly string[]) => string } {
+  const podman = privatePodman(base);
+  t.teardown(() => resetPodman(podman));
+  const ok = (args: readonly string[]): string => {
+    const r = podman(args);
+    if (r.status !== 0) t.fail(`podman ${args.join(' ')}: ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  return { podman, ok };
+}
+
+/** The test podman's image of a root filesystem directory: `podman import` of its tar, tagged `tag`; returns podman's image ID. */
+export function podmanImport(ok: (args: readonly string[]) => string, base: string, rootfs: string, tag: string): string {
+  ok(['import', tarDir(rootfs, path.join(base, 'import.tar')), tag]);
+  fs.rmSync(path.join(base, 'import.tar'));
+  return ok(['image', 'inspect', '--format', '{{.Id}}', tag]).trim();
 }
 
 export const PODMAN_RUN = ['--network', 'none', '--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=32768:32768'];

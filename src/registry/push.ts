@@ -1,0 +1,78 @@
+// `strata push`: an image of the store to a registry, as it is stored: the same layer blobs,
+// config and manifest bytes, so the registry's digest is the store's manifest digest (a pull gives
+// back the same image ID and manifest). Blobs the repository has already are not sent again; the
+// manifest goes last, so the tag never names an image whose blobs are missing.
+
+import { createReadStream, statSync } from 'node:fs';
+import type { Store } from '../image/store.js';
+import { type Descriptor, ImageError, type Manifest, MEDIA } from '../image/types.js';
+import { type ClientOptions, RegistryClient } from './client.js';
+import { formatReference, parseReference, repoName } from './reference.js';
+
+export interface PushProgress {
+  onStatus?: (line: string) => void;
+  onBytes?: (n: number) => void;
+  onPlan?: (bytes: number) => void;
+}
+
+export interface PushResult {
+  reference: string;
+  digest: string;
+  size: number;
+  /** Blobs sent, and those the registry had. */
+  uploaded: number;
+  skipped: number;
+}
+
+/** Pushes the image `source` (a store reference or ID) to `destination` (default: `source` itself). */
+export async function pushImage(store: Store, source: string, destination: string | undefined, opts: ClientOptions = {}, progress: PushProgress = {}):
+  Promise<PushResult> {
+  const image = await store.resolveImage(source);
+  const dest = parseReference(destination ?? source);
+  if (dest.digest !== undefined) throw new ImageError(`push to a tag, not a digest: ${destination ?? source}`, 2);
+  const status = progress.onStatus ?? ((): void => {});
+  const manifestBytes = store.readBlob(image.manifestDigest);
+  const manifest = JSON.parse(manifestBytes.toString('utf8')) as Manifest;
+  const mediaType = manifest.mediaType ?? (manifest.config.mediaType === MEDIA.dockerConfig ? MEDIA.dockerManifest : MEDIA.ociManifest);
+  const blobs: Descriptor[] = [...manifest.layers, manifest.config];
+  for (const b of blobs) {
+    if (!store.hasBlob(b.digest)) throw new ImageError(`the store lacks blob ${b.digest} of ${source} (run image prune? load the image again)`);
+  }
+  const client = new RegistryClient(dest, 'pull,push', opts);
+  status(`Pushing ${formatReference(dest)}...`);
+  progress.onPlan?.(blobs.reduce((n, b) => n + b.size, 0));
+  let uploaded = 0;
+  let skipped = 0;
+  const seen = new Set<string>();
+  for (const b of blobs) {
+    if (seen.has(b.digest)) continue;
+    seen.add(b.digest);
+    const short = b.digest.slice(7, 19);
+    if (await client.hasBlob(b.digest)) {
+      status(`Blob ${short} already in the registry`);
+      progress.onBytes?.(b.size);
+      skipped++;
+      continue;
+    }
+    const path = store.blobPath(b.digest);
+    const size = statSync(path).size;
+    if (size !== b.size) throw new ImageError(`blob ${b.digest} in the store is ${size} bytes, the manifest says ${b.size}`);
+    status(`Copying blob ${short} (${size} bytes)`);
+    await client.putBlob(b.digest, {
+      length: size,
+      open: () => {
+        const s = createReadStream(path, { highWaterMark: 1 << 20 });
+        if (progress.onBytes) s.on('data', (c) => progress.onBytes!((c as Buffer).length));
+        return s;
+      },
+    });
+    uploaded++;
+  }
+  status('Writing manifest');
+  const given = await client.putManifest(dest.tag!, manifestBytes, mediaType);
+  if (given !== undefined && given !== image.manifestDigest) {
+    throw new ImageError(`the registry stored the manifest as ${given}, not ${image.manifestDigest}`);
+  }
+  await store.addRepoDigest(image.id, `${repoName(dest)}@${image.manifestDigest}`);
+  return { reference: formatReference(dest), digest: image.manifestDigest, size: manifestBytes.length, uploaded, skipped };
+}

@@ -1,0 +1,349 @@
+// `strata pull` and `strata push` against a real registry (Docker's distribution, started on
+// 127.0.0.1 by each test): round trips that keep image IDs, manifest digests and every file;
+// skopeo and podman reading what strata pushed and writing what strata pulls; multi-platform
+// indexes; layers the store holds not downloaded again; Basic and Bearer-token authentication
+// with redirected blob downloads; and bad input refused in one line without touching the store.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { compareTrees } from './helpers/compare.js';
+import { run, runWithPipes, type RunResult } from './helpers/exec.js';
+import {
+  dockerArchive, imageOk, makeTar, PODMAN_RUN, podmanImport, sha256Hex, storeState, testPodman, twoLayerImage,
+} from './helpers/image-store.js';
+import { strataBin } from './helpers/paths.js';
+import { startRegistry, startTokenFront } from './helpers/registry.js';
+import { type NodeInfo, snapshot } from './helpers/snapshot.js';
+import { tempDir } from './helpers/tmp.js';
+
+const ROOTFS_L0 = '/var/cache/strata/rootfs/l0';
+const HOST_ARCH = ({ x64: 'amd64', arm64: 'arm64' } as Record<string, string>)[process.arch] ?? process.arch;
+
+function strata(args: readonly string[], env?: NodeJS.ProcessEnv): RunResult {
+  return run(strataBin, args, { timeoutMs: 300_000, ...(env ? { env: { ...process.env, ...env } } : {}) });
+}
+
+function strataOk(t: ExecutionContext, args: readonly string[], env?: NodeJS.ProcessEnv): string {
+  const r = strata(args, env);
+  if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** A failed command: exit status, and its error as one line starting "strata: ". */
+function refused(t: ExecutionContext, r: RunResult, status: number, pattern: RegExp): void {
+  t.is(r.status, status, `${r.command}: ${r.stderr}`);
+  const lines = r.stderr.trim().split('\n');
+  t.is(lines.length, 1, `one line: ${r.stderr}`);
+  t.regex(lines[0]!, /^strata: /);
+  t.regex(lines[0]!, pattern);
+}
+
+interface PullJson { id: string; reference: string; digest: string; downloaded: number; reused: number }
+interface PushJson { reference: string; digest: string; size: number; uploaded: number; skipped: number }
+
+function pull(t: ExecutionContext, store: string, ref: string, more: readonly string[] = []): PullJson {
+  return JSON.parse(strataOk(t, ['pull', ref, '--store', store, '--json', ...more])) as PullJson;
+}
+
+function push(t: ExecutionContext, store: string, image: string, dest: string, more: readonly string[] = []): PushJson {
+  return JSON.parse(strataOk(t, ['push', image, dest, '--store', store, '--json', ...more])) as PushJson;
+}
+
+function inspect(t: ExecutionContext, store: string, ref: string): { Id: string; RepoTags: string[]; RepoDigests: string[]; Metadata: { ManifestDigest: string } } {
+  return (JSON.parse(imageOk(t, store, ['inspect', ref])) as ReturnType<typeof inspect>[])[0]!;
+}
+
+function skopeo(t: ExecutionContext, args: readonly string[]): string {
+  const r = run('skopeo', args, { timeoutMs: 300_000 });
+  if (r.status !== 0) t.fail(`skopeo ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** ctime cannot be carried; directory sizes depend on how entries were written. */
+function ignoreUnportable(p: string, f: keyof NodeInfo, info: NodeInfo): boolean {
+  return f === 'ctimeNs' || f === 'blocks' || (info.type === 'dir' && f === 'size') || (p === '.' && f === 'mtimeNs');
+}
+
+/** Every layer directory of an image in one store against the other's (the kernel-format trees, whiteouts included). */
+function sameLayers(t: ExecutionContext, storeA: string, refA: string, storeB: string, refB: string): void {
+  const a = imageOk(t, storeA, ['lowerdir', refA, '--json']);
+  const b = imageOk(t, storeB, ['lowerdir', refB, '--json']);
+  const la = (JSON.parse(a) as { lowerdir: string[] }).lowerdir;
+  const lb = (JSON.parse(b) as { lowerdir: string[] }).lowerdir;
+  t.is(la.length, lb.length);
+  la.forEach((d, i) => t.is(compareTrees(t, snapshot(lb[i]!), snapshot(d), { ignore: (p, f) => f === 'ctimeNs' || (p === '.' && f === 'mtimeNs'), label: `layer ${i}` }), 0));
+}
+
+test.before(() => {
+  for (const cmd of ['docker-registry', 'htpasswd', 'skopeo', 'podman']) {
+    if (run('sh', ['-c', `command -v ${cmd}`]).status !== 0) throw new Error(`${cmd} is not installed (make system-deps installs it)`);
+  }
+});
+
+test.serial('push, then pull into an empty store: same image ID, manifest digest and layers; skopeo reads the push; a second pull downloads nothing', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const src = inspect(t, built.store, 'test/two:1');
+  const ref = `${reg.host}/t/two:1`;
+  const pushed = push(t, built.store, 'test/two:1', ref);
+  t.is(pushed.digest, src.Metadata.ManifestDigest, 'the registry holds the stored manifest');
+  t.is(pushed.uploaded, 3);
+  t.deepEqual(inspect(t, built.store, 'test/two:1').RepoDigests, [`${reg.host}/t/two@${pushed.digest}`]);
+  // skopeo: the raw manifest hashes to that digest, and the image it describes has the same layers
+  const raw = skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`]);
+  t.is(`sha256:${sha256Hex(raw)}`, pushed.digest);
+  const sk = JSON.parse(skopeo(t, ['inspect', '--config', '--tls-verify=false', `docker://${ref}`])) as { rootfs: { diff_ids: string[] } };
+  t.is(sk.rootfs.diff_ids.length, 2);
+  // A second push sends nothing again.
+  const again = push(t, built.store, 'test/two:1', ref);
+  t.deepEqual([again.uploaded, again.skipped, again.digest], [0, 3, pushed.digest]);
+
+  const other = path.join(tempDir(t, 'st'), 'store');
+  const pulled = pull(t, other, ref);
+  t.deepEqual([pulled.id, pulled.digest, pulled.downloaded, pulled.reused], [src.Id, pushed.digest, 2, 0]);
+  const got = inspect(t, other, ref);
+  t.is(got.Metadata.ManifestDigest, pushed.digest);
+  t.deepEqual(got.RepoTags, [ref]);
+  t.deepEqual(got.RepoDigests, [`${reg.host}/t/two@${pushed.digest}`]);
+  sameLayers(t, built.store, 'test/two:1', other, ref);
+  // Pulled again: nothing downloaded; by digest: the same image, no new tag.
+  const second = pull(t, other, ref);
+  t.deepEqual([second.id, second.downloaded, second.reused], [src.Id, 0, 2]);
+  const byDigest = pull(t, other, `${reg.host}/t/two@${pushed.digest}`);
+  t.is(byDigest.id, src.Id);
+  t.deepEqual(inspect(t, other, src.Id).RepoTags, [ref]);
+  // The plain output: the image ID on stdout; steps only on a terminal.
+  const plain = strata(['pull', ref, '--store', other]);
+  t.is(plain.status, 0);
+  t.is(plain.stdout, `${src.Id}\n`);
+  t.is(plain.stderr, '');
+  const shown = run('script', ['-qec', `${strataBin} pull ${ref} --store ${other}`, '/dev/null'], { timeoutMs: 60_000 });
+  t.regex(shown.stdout, /Trying to pull [^\n]*\n[\s\S]*Layer already stored [0-9a-f]{12}/);
+});
+
+test.serial('podman pushes what strata pulls (same ID and tree as the rootfs); strata pushes what podman pulls and runs', async (t) => {
+  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
+  const reg = await startRegistry(t);
+  const base = tempDir(t, 'pp');
+  const { podman, ok } = testPodman(t, base);
+  const podmanId = podmanImport(ok, base, ROOTFS_L0, 'localhost/deb:l0');
+  ok(['push', '--tls-verify=false', 'localhost/deb:l0', `${reg.host}/pd/deb:1`]);
+
+  const store = path.join(base, 'store');
+  const pulled = pull(t, store, `${reg.host}/pd/deb:1`);
+  t.is(pulled.id, `sha256:${podmanId}`, 'the image ID podman has');
+  const lower = imageOk(t, store, ['lowerdir', pulled.id]).trim();
+  t.is(compareTrees(t, snapshot(lower), snapshot(ROOTFS_L0), { ignore: ignoreUnportable, label: 'the pulled layer vs the rootfs podman imported' }), 0);
+
+  // strata run pulls an image the store lacks (--pull missing), or refuses (--pull never).
+  const runStore = path.join(base, 'run-store');
+  refused(t, strata(['run', '--rm', '--pull', 'never', '--store', runStore, `${reg.host}/pd/deb:1`, 'true']), 1, /no such image/);
+  t.is(strataOk(t, ['run', '--rm', '--store', runStore, `${reg.host}/pd/deb:1`, 'cat', '/etc/debian_version']),
+    fs.readFileSync(path.join(ROOTFS_L0, 'etc/debian_version'), 'utf8'));
+  t.is((JSON.parse(imageOk(t, runStore, ['ls', '--json'])) as { id: string }[])[0]!.id, pulled.id);
+  refused(t, strata(['run', '--rm', '--store', runStore, `${reg.host}/pd/none:1`, 'true']), 125,
+    /no such image: .*pd\/none:1 \(not in the store, and pulling it failed: .*not found in the registry/);
+
+  // strata's push of what it pulled (podman's gzip blob and manifest, as they were) under a new name
+  const pushed = push(t, store, pulled.id, `${reg.host}/st/deb:2`);
+  t.is(pushed.digest, pulled.digest, 'the same manifest');
+  // and an image strata made itself (a commit: an uncompressed layer, an OCI manifest)
+  const ctr = strataOk(t, ['run', '--name', 'mk', '--store', store, pulled.id, 'sh', '-c', 'echo from-strata > /etc/strata-mark; cat /etc/debian_version']);
+  t.regex(ctr, /^\d+/);
+  strataOk(t, ['commit', 'mk', 'local/committed:1', '--store', store]);
+  push(t, store, 'local/committed:1', `${reg.host}/st/committed:1`);
+  for (const [name, expect] of [[`${reg.host}/st/deb:2`, /^cat: .*No such file/], [`${reg.host}/st/committed:1`, /^from-strata$/]] as const) {
+    ok(['pull', '--tls-verify=false', name]);
+    const r = podman(['run', '--rm', ...PODMAN_RUN, name, 'sh', '-c', 'cat /etc/strata-mark 2>&1; true']);
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stdout.trim(), expect, name);
+  }
+});
+
+/** PUT of a manifest or index document straight to the registry. */
+function putDocument(host: string, repo: string, tag: string, mediaType: string, body: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`http://${host}/v2/${repo}/manifests/${tag}`, { method: 'PUT', headers: { 'content-type': mediaType, 'content-length': body.length } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+test.serial('an index: the host\'s platform by default, --platform picks another, a platform it lacks is refused naming those it has', async (t) => {
+  const reg = await startRegistry(t);
+  const base = tempDir(t, 'ix');
+  const store = path.join(base, 'store');
+  const ids: Record<string, string> = {};
+  const descs = [];
+  for (const arch of ['amd64', 'arm64']) {
+    const layer = path.join(base, `${arch}.tar`);
+    fs.writeFileSync(layer, await makeTar([{ name: 'arch', data: `${arch}\n` }]));
+    const archive = path.join(base, `${arch}-img.tar`);
+    [ids[arch]] = dockerArchive(base, [{ tags: [`multi/${arch}:1`], layers: [layer], architecture: arch }], archive);
+    imageOk(t, store, ['load', '-i', archive]);
+    const pushed = push(t, store, `multi/${arch}:1`, `${reg.host}/multi:${arch}`);
+    descs.push({
+      mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: pushed.digest, size: pushed.size,
+      platform: { os: 'linux', architecture: arch, ...(arch === 'arm64' ? { variant: 'v8' } : {}) },
+    });
+  }
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: descs }));
+  t.is(await putDocument(reg.host, 'multi', '1', 'application/vnd.oci.image.index.v1+json', index), 201);
+  const indexDigest = `sha256:${sha256Hex(index)}`;
+
+  const fresh = (): string => path.join(tempDir(t, 'st'), 'store');
+  const host = pull(t, fresh(), `${reg.host}/multi:1`);
+  if (HOST_ARCH === 'amd64' || HOST_ARCH === 'arm64') t.is(host.id, ids[HOST_ARCH]);
+  t.is(host.digest, indexDigest, 'the reference names the index');
+  const s2 = fresh();
+  const arm = pull(t, s2, `${reg.host}/multi:1`, ['--platform', 'linux/arm64']);
+  t.is(arm.id, ids.arm64);
+  t.deepEqual(inspect(t, s2, arm.id).RepoDigests, [`${reg.host}/multi@${indexDigest}`]);
+  t.is(pull(t, fresh(), `${reg.host}/multi@${indexDigest}`, ['--platform', 'linux/amd64']).id, ids.amd64);
+  t.is(pull(t, fresh(), `${reg.host}/multi:1`, ['--platform', 'linux/arm64/v8']).id, ids.arm64);
+  const s3 = fresh();
+  const before = storeState(s3);
+  refused(t, strata(['pull', `${reg.host}/multi:1`, '--store', s3, '--platform', 'linux/s390x']), 1, /no image for linux\/s390x in the index \(it has: linux\/amd64, linux\/arm64\/v8\)/);
+  refused(t, strata(['pull', `${reg.host}/multi:1`, '--store', s3, '--platform', 'linux']), 2, /--platform takes OS\/ARCH/);
+  t.is(storeState(s3), before);
+});
+
+test.serial('layers the store holds are not downloaded: a pull of an image on a stored base fetches only its top layer', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  const baseArchive = path.join(built.base, 'base.tar');
+  dockerArchive(built.base, [{ tags: ['test/base:1'], layers: [path.join(built.base, 'l0.tar')] }], baseArchive);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  imageOk(t, built.store, ['load', '-i', baseArchive]);
+  push(t, built.store, 'test/base:1', `${reg.host}/t/base:1`);
+  // The second image's base layer is in the repository already (another one: a new upload).
+  const two = push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
+  t.is(two.uploaded, 3);
+
+  const store = path.join(tempDir(t, 'st'), 'store');
+  pull(t, store, `${reg.host}/t/base:1`);
+  // Gone from the registry: a pull that asked for it would fail.
+  const baseBlob = JSON.parse(skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/t/base:1`])) as { layers: { digest: string }[] };
+  fs.rmSync(reg.blobFile(baseBlob.layers[0]!.digest));
+  const r = pull(t, store, `${reg.host}/t/two:1`);
+  t.deepEqual([r.downloaded, r.reused], [1, 1]);
+  sameLayers(t, built.store, 'test/two:1', store, `${reg.host}/t/two:1`);
+  const fresh = path.join(tempDir(t, 'st'), 'store');
+  const before = storeState(fresh);
+  refused(t, strata(['pull', `${reg.host}/t/two:1`, '--store', fresh]), 1, /blob sha256:[0-9a-f]{64} is missing from the registry/);
+  t.is(storeState(fresh), before, 'a failed pull leaves the store as it was');
+  // Two pulls of the same image into one store at once: both succeed, one copy of each layer.
+  const both = await Promise.all([0, 1].map(() => runWithPipes(strataBin, ['pull', `${reg.host}/t/two:1`, '--store', store, '-q'], { timeoutMs: 120_000 })));
+  for (const b of both) t.is(b.status, 0, b.stderr);
+  t.is(fs.readdirSync(path.join(store, 'layers')).length, 2);
+});
+
+test.serial('bad input is one line and leaves the store as it was: a tampered blob, a missing tag or digest, no registry, bad references', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const pushed = push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
+  const store = path.join(tempDir(t, 'st'), 'store');
+  const before = storeState(store);
+  const tries: [string[], number, RegExp][] = [
+    [['pull', `${reg.host}/t/two:nope`], 1, /t\/two:nope: not found in the registry \(MANIFEST_UNKNOWN/],
+    [['pull', `${reg.host}/t/none:1`], 1, /not found in the registry/],
+    [['pull', `${reg.host}/t/two@sha256:${'0'.repeat(64)}`], 1, /not found in the registry/],
+    [['pull', `${reg.host}/t/two@sha256:abc`], 2, /invalid reference .*sha256: and 64 lowercase hex/],
+    [['pull', `${reg.host}/T/Two:1`], 2, /invalid reference/],
+    [['pull', 'bad ref'], 2, /invalid reference/],
+    [['pull', '127.0.0.1:1/x:1'], 1, /cannot reach the registry 127\.0\.0\.1:1: connection refused/],
+    [['pull', `${reg.host}/t/two:1`, '--creds', 'nocolon'], 2, /--creds takes USER:PASSWORD/],
+    [['pull', `${reg.host}/t/two:1`, '--authfile', '/nonexistent/auth.json'], 2, /cannot read the auth file/],
+    [['pull', `${reg.host}/t/two:1`, '--bogus'], 2, /unknown option --bogus/],
+    [['push', 'no/such:image', `${reg.host}/x:1`], 1, /no such image: no\/such:image/],
+    [['push', 'test/two:1', `${reg.host}/x@${pushed.digest}`], 2, /push to a tag, not a digest/],
+  ];
+  for (const [args, status, pattern] of tries) refused(t, strata([...args, '--store', args[0] === 'push' ? built.store : store]), status, pattern);
+  t.is(storeState(store), before);
+
+  // A layer blob changed in the registry's storage (same length): the pull stops at the digest.
+  const manifest = JSON.parse(skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/t/two:1`])) as { layers: { digest: string }[] };
+  const file = reg.blobFile(manifest.layers[1]!.digest);
+  const bytes = fs.readFileSync(file);
+  bytes[bytes.length - 2000] = bytes[bytes.length - 2000]! ^ 0xff;
+  fs.writeFileSync(file, bytes);
+  refused(t, strata(['pull', `${reg.host}/t/two:1`, '--store', store]), 1, /layer (digest|diff ID) mismatch/);
+  t.is(storeState(store), before, 'no layer, no image, no temp file');
+  // The config changed: refused before any layer is fetched.
+  const cfg = reg.blobFile(inspect(t, built.store, 'test/two:1').Id);
+  const c = fs.readFileSync(cfg);
+  fs.writeFileSync(cfg, Buffer.from(c.toString('latin1').replace('"linux"', '"Linux"'), 'latin1'));
+  refused(t, strata(['pull', `${reg.host}/t/two:1`, '--store', store]), 1, /config digest mismatch/);
+  t.is(storeState(store), before);
+});
+
+test.serial('Basic authentication: refused without credentials and with wrong ones; --creds, an --authfile and $REGISTRY_AUTH_FILE work; login and logout, read and written by podman too', async (t) => {
+  const password = 'pa:ss word';
+  const reg = await startRegistry(t, { users: { alice: password } });
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${reg.host}/a/two:1`;
+  refused(t, strata(['push', 'test/two:1', ref, '--store', built.store]), 1, /authentication required/);
+  refused(t, strata(['push', 'test/two:1', ref, '--store', built.store, '--creds', 'alice:wrong']), 1, /the credentials were refused/);
+  push(t, built.store, 'test/two:1', ref, ['--creds', `alice:${password}`]);
+  const dir = tempDir(t, 'au');
+  const docker = path.join(dir, 'config.json');
+  fs.writeFileSync(docker, JSON.stringify({ auths: { [reg.host]: { auth: Buffer.from(`alice:${password}`).toString('base64') } } }));
+  const podmanStyle = path.join(dir, 'auth.json');
+  fs.writeFileSync(podmanStyle, JSON.stringify({ auths: { [`${reg.host}/a`]: { auth: Buffer.from(`alice:${password}`).toString('base64') } } }));
+  const s1 = path.join(dir, 's1');
+  refused(t, strata(['pull', ref, '--store', s1, '--json']), 1, /authentication required/);
+  t.is(pull(t, s1, ref, ['--authfile', docker]).downloaded, 2);
+  const s2 = path.join(dir, 's2');
+  t.is((JSON.parse(strataOk(t, ['pull', ref, '--store', s2, '--json'], { REGISTRY_AUTH_FILE: podmanStyle })) as PullJson).downloaded, 2);
+  sameLayers(t, built.store, 'test/two:1', s2, ref);
+
+  // strata login writes what podman reads; podman login writes what strata reads; logout removes it.
+  const mine = path.join(dir, 'strata-auth.json');
+  const login = (pw: string, file: string): RunResult => run(strataBin, ['login', reg.host, '-u', 'alice', '--password-stdin', '--authfile', file], { input: `${pw}\n` });
+  refused(t, login('wrong', mine), 1, /the credentials were refused/);
+  t.false(fs.existsSync(mine), 'nothing written for refused credentials');
+  const good = login(password, mine);
+  t.is(good.status, 0, good.stderr);
+  t.is(fs.statSync(mine).mode & 0o777, 0o600);
+  t.is(run('podman', ['login', '--get-login', '--authfile', mine, reg.host]).stdout.trim(), 'alice');
+  const theirs = path.join(dir, 'podman-auth.json');
+  const pl = run('podman', ['login', '--tls-verify=false', '--authfile', theirs, '-u', 'alice', '--password-stdin', reg.host], { input: password });
+  t.is(pl.status, 0, pl.stderr);
+  t.is(pull(t, path.join(dir, 's3'), ref, ['--authfile', theirs]).downloaded, 2);
+  t.is(strataOk(t, ['logout', reg.host, '--authfile', mine]), `Removed login credentials for ${reg.host}\n`);
+  refused(t, strata(['logout', reg.host, '--authfile', mine]), 1, /not logged into/);
+  refused(t, strata(['pull', ref, '--store', path.join(dir, 's4'), '--authfile', mine]), 1, /authentication required/);
+});
+
+test.serial('Bearer tokens from the registry\'s token service, blob downloads redirected to a storage host that gets no credentials', async (t) => {
+  const reg = await startRegistry(t);
+  const creds = { user: 'bob', password: 'hunter2' };
+  const front = await startTokenFront(t, reg.host, creds);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${front.host}/b/two:1`;
+  const async = (args: readonly string[]): Promise<RunResult> => runWithPipes(strataBin, args, { timeoutMs: 120_000 });
+  const noCreds = await async(['push', 'test/two:1', ref, '--store', built.store]);
+  refused(t, noCreds, 1, /authentication required/);
+  const wrong = await async(['push', 'test/two:1', ref, '--store', built.store, '--creds', 'bob:nope']);
+  refused(t, wrong, 1, /the credentials were refused/);
+  const ok = await async(['push', 'test/two:1', ref, '--store', built.store, '--creds', 'bob:hunter2', '--json']);
+  t.is(ok.status, 0, ok.stderr);
+  front.seen.length = 0;
+  const store = path.join(tempDir(t, 'st'), 'store');
+  const pulled = await async(['pull', ref, '--store', store, '--creds', 'bob:hunter2', '--json']);
+  t.is(pulled.status, 0, pulled.stderr);
+  t.is((JSON.parse(pulled.stdout) as PullJson).downloaded, 2);
+  t.true(front.seen.includes('GET /token basic'), front.seen.join('\n'));
+  t.is(front.seen.filter((s) => s.startsWith('storage GET /v2/b/two/blobs/') && s.endsWith(' none')).length, 3, 'config and two layers from the storage host');
+  t.false(front.seen.some((s) => s.includes('with credentials')));
+  sameLayers(t, built.store, 'test/two:1', store, ref);
+});
