@@ -5,18 +5,23 @@
 //   commit  of a container that wrote 100 MiB     strata commit C T / podman commit C T
 //   save    strata image save T -o F              podman save -o F T
 //   export  strata export C -o F                  podman export -o F C
+//   push    strata push IMG REG/s/bench:1          podman push IMG REG/p/bench:1   (a new registry each run)
+//   pull    strata pull REG/seed/bench:1           podman pull REG/seed/bench:1    (into empty stores)
+// push and pull go to a registry the bench starts on 127.0.0.1 (docker-registry, storage under --tmp);
+// the pulled image is podman's push of the input image (gzip layers), made once before the runs.
 // Medians and min–max of --runs N (default 3), and the ratio strata/podman per step. --steps picks
 // the rows (e.g. --steps export): the others are then done untimed where a row needs them (the
 // container for commit and export, the commit for save) or skipped.
-// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
-import { spawnSync } from 'node:child_process';
+// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export,push,pull] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const STRATA = path.join(ROOT, 'bin', 'strata');
-const STEPS = ['load', 'commit', 'save', 'export'] as const;
+const STEPS = ['load', 'commit', 'save', 'export', 'push', 'pull'] as const;
 type Step = (typeof STEPS)[number];
 
 function arg(name: string, fallback: string): string {
@@ -77,6 +82,27 @@ function podmanTimed(p: Podman, args: string[]): number {
 const WRITE_100M = 'head -c 104857600 /dev/urandom > /var/tmp/big && sync';
 const LIMITS = ['--ulimit', 'nofile=20000:20000', '--ulimit', 'nproc=32768:32768', '--network', 'none'];
 
+/** docker-registry on a free 127.0.0.1 port, storing under `dir`; its address and process. */
+async function startRegistry(dir: string): Promise<{ host: string; proc: ChildProcess }> {
+  const port = await new Promise<number>((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
+  fs.mkdirSync(dir, { recursive: true });
+  const config = path.join(dir, 'config.yml');
+  fs.writeFileSync(config, `version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\n` +
+    `http:\n  addr: 127.0.0.1:${port}\n`);
+  const proc = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
+  for (let i = 0; i < 200; i++) {
+    if (spawnSync('curl', ['-sf', '-o', '/dev/null', `http://127.0.0.1:${port}/v2/`]).status === 0) return { host: `127.0.0.1:${port}`, proc };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  proc.kill();
+  throw new Error('docker-registry did not start');
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
@@ -90,15 +116,16 @@ function cleanup(dir: string): void {
   spawnSync('rm', ['-rf', '--one-file-system', dir]);
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const base = fs.mkdtempSync(path.join(tmpBase, 'bench-images-'));
+  let registry: { host: string; proc: ChildProcess } | null = null;
   process.on('SIGINT', () => {
     cleanup(base);
     process.exit(130);
   });
   const results: Record<'strata' | 'podman', Record<Step, number[]>> = {
-    strata: { load: [], commit: [], save: [], export: [] },
-    podman: { load: [], commit: [], save: [], export: [] },
+    strata: { load: [], commit: [], save: [], export: [], push: [], pull: [] },
+    podman: { load: [], commit: [], save: [], export: [], push: [], pull: [] },
   };
   try {
     // The input image, once.
@@ -115,6 +142,10 @@ function main(): void {
     podman(seed, ['import', '-q', rootfsTar, 'localhost/bench:base']);
     const image = path.join(base, 'image.tar');
     podman(seed, ['save', '-o', image, 'localhost/bench:base']);
+    if (want('push') || want('pull')) {
+      registry = await startRegistry(path.join(base, 'registry'));
+      podman(seed, ['push', '-q', '--tls-verify=false', 'localhost/bench:base', `${registry.host}/seed/bench:1`]);
+    }
     podmanReset(seed);
     fs.rmSync(rootfsTar);
     const mib = fs.statSync(image).size / 2 ** 20;
@@ -146,12 +177,31 @@ function main(): void {
       if (needCommit) step('commit', 'podman', (tr) => pod(tr, ['commit', '-q', 'c', 'localhost/bench:c']));
       if (want('save')) step('save', 'podman', (tr) => pod(tr, ['save', '-o', path.join(dir, 'p-save.tar'), 'localhost/bench:c']));
       if (want('export')) step('export', 'podman', (tr) => pod(tr, ['export', '-o', path.join(dir, 'p-export.tar'), 'c']));
+      if (want('push')) {
+        // A registry of its own for each run: neither side knows of blobs there (podman keeps a cache
+        // of where it saw blobs, and mounts them from there instead of sending them).
+        const fresh = await startRegistry(path.join(dir, 'push-registry'));
+        try {
+          step('push', 'strata', () => timed(STRATA, ['push', '-q', 'localhost/bench:base', `${fresh.host}/s/bench:1`], env));
+          step('push', 'podman', () => podmanTimed(p, ['push', '-q', '--tls-verify=false', 'localhost/bench:base', `${fresh.host}/p/bench:1`]));
+        } finally {
+          fresh.proc.kill();
+        }
+      }
+      if (want('pull')) {
+        const pullEnv = { ...process.env, STRATA_STORE: path.join(dir, 'pull-store') };
+        step('pull', 'strata', () => timed(STRATA, ['pull', '-q', `${registry!.host}/seed/bench:1`], pullEnv));
+        const pp = podmanIn(path.join(dir, 'podman-pull'));
+        step('pull', 'podman', () => podmanTimed(pp, ['pull', '-q', '--tls-verify=false', `${registry!.host}/seed/bench:1`]));
+        podmanReset(pp);
+      }
       podman(p, ['rm', '-af']);
       podmanReset(p);
       cleanup(dir);
       process.stderr.write(`run ${r + 1}/${runs}: ${steps.map((st) => `${st} ${results.strata[st][r]!.toFixed(2)} s vs ${results.podman[st][r]!.toFixed(2)} s`).join(', ')}\n`);
     }
   } finally {
+    registry?.proc.kill();
     cleanup(base);
   }
   const fmt = (xs: number[]): string => `${median(xs).toFixed(2)} s (${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)})`;
@@ -166,4 +216,4 @@ function main(): void {
   fs.writeFileSync(path.join(outDir, 'bench-images.json'), JSON.stringify({ runs, results }, null, 2));
 }
 
-main();
+await main();

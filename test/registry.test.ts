@@ -41,7 +41,7 @@ function refused(t: ExecutionContext, r: RunResult, status: number, pattern: Reg
 }
 
 interface PullJson { id: string; reference: string; digest: string; downloaded: number; reused: number }
-interface PushJson { reference: string; digest: string; size: number; uploaded: number; skipped: number }
+interface PushJson { reference: string; digest: string; size: number; uploaded: number; skipped: number; mounted: number }
 
 function pull(t: ExecutionContext, store: string, ref: string, more: readonly string[] = []): PullJson {
   return JSON.parse(strataOk(t, ['pull', ref, '--store', store, '--json', ...more])) as PullJson;
@@ -97,9 +97,12 @@ test.serial('push, then pull into an empty store: same image ID, manifest digest
   t.is(`sha256:${sha256Hex(raw)}`, pushed.digest);
   const sk = JSON.parse(skopeo(t, ['inspect', '--config', '--tls-verify=false', `docker://${ref}`])) as { rootfs: { diff_ids: string[] } };
   t.is(sk.rootfs.diff_ids.length, 2);
-  // A second push sends nothing again.
+  // A second push sends nothing again; a push to another repository of the registry mounts the blobs from the first.
   const again = push(t, built.store, 'test/two:1', ref);
-  t.deepEqual([again.uploaded, again.skipped, again.digest], [0, 3, pushed.digest]);
+  t.deepEqual([again.uploaded, again.skipped, again.mounted, again.digest], [0, 3, 0, pushed.digest]);
+  const copy = push(t, built.store, 'test/two:1', `${reg.host}/t/copy:1`);
+  t.deepEqual([copy.uploaded, copy.skipped, copy.mounted, copy.digest], [0, 0, 3, pushed.digest]);
+  t.is(`sha256:${sha256Hex(skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/t/copy:1`]))}`, pushed.digest);
 
   const other = path.join(tempDir(t, 'st'), 'store');
   const pulled = pull(t, other, ref);
@@ -222,9 +225,9 @@ test.serial('layers the store holds are not downloaded: a pull of an image on a 
   imageOk(t, built.store, ['load', '-i', built.archive]);
   imageOk(t, built.store, ['load', '-i', baseArchive]);
   push(t, built.store, 'test/base:1', `${reg.host}/t/base:1`);
-  // The second image's base layer is in the repository already (another one: a new upload).
+  // The second image's base layer is in another repository of the registry: mounted from there.
   const two = push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
-  t.is(two.uploaded, 3);
+  t.deepEqual([two.uploaded, two.mounted], [2, 1]);
 
   const store = path.join(tempDir(t, 'st'), 'store');
   pull(t, store, `${reg.host}/t/base:1`);

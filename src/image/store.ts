@@ -116,6 +116,11 @@ export interface AddLayerOptions {
   expectSize?: number;
   /** Called with each chunk's length as the blob is read (progress bars). */
   onBytes?: (n: number) => void;
+  /**
+   * The input is this file in the store's tmp/, already checked against `expectDigest` and
+   * `expectSize` (a pull's download): it is not hashed or copied again, but renamed into blobs/.
+   */
+  verifiedBlobFile?: string;
 }
 
 export interface WriteImageSpec {

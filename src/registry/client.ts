@@ -273,6 +273,18 @@ export class RegistryClient {
     return false;
   }
 
+  /**
+   * Asks the registry to link a blob that repository `from` (of the same registry) holds into this
+   * one, without sending it (a cross-repository mount); false if it did not (the caller uploads).
+   */
+  async mountBlob(digest: string, from: string): Promise<boolean> {
+    const path = `/v2/${this.ref.repository}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`;
+    const r = await this.request({ method: 'POST', path });
+    if (r.status === 201) return true;
+    // 202: an upload session instead (left to expire); anything else: the plain upload will say
+    return false;
+  }
+
   /** Uploads a blob in one PUT (POST for a session, then PUT ?digest=). */
   async putBlob(digest: string, body: Buffer | { length: number; open: () => Readable }): Promise<void> {
     const start = await this.request({ method: 'POST', path: `/v2/${this.ref.repository}/blobs/uploads/` });

@@ -144,6 +144,7 @@ async function download(client: RegistryClient, d: Descriptor, file: string, onB
       for (let off = 0; off < c.length;) off += writeSync(fd, c, off, c.length - off);
       onBytes?.(c.length);
     }
+    // (no fsync: the ingest's syncfs of the store's filesystem covers this file before it is renamed into blobs/)
   } finally {
     closeSync(fd);
   }
@@ -279,6 +280,7 @@ export async function pullImage(store: Store, reference: string, opts: PullOptio
     const tags = ref.tag !== undefined ? [`${repoName(ref)}:${ref.tag}`] : [];
     const layers: SourceLayer[] = layerDescs.map((l, i) => ({
       diffId: diffIds[i]!, digest: l.digest, size: l.size, ...(l.mediaType !== undefined ? { mediaType: l.mediaType } : {}), trustStored: true,
+      ...(files.has(l.digest) && layerDescs.findIndex((x) => x.digest === l.digest) === i ? { verifiedFile: files.get(l.digest)! } : {}),
       open: () => {
         const file = files.get(l.digest);
         if (file === undefined) throw new ImageError(`layer ${l.digest.slice(7, 19)} was not downloaded`);

@@ -1,6 +1,7 @@
 // `strata push`: an image of the store to a registry, as it is stored: the same layer blobs,
 // config and manifest bytes, so the registry's digest is the store's manifest digest (a pull gives
-// back the same image ID and manifest). Blobs the repository has already are not sent again; the
+// back the same image ID and manifest). Blobs the repository has already are not sent again, nor
+// those another repository of the registry holds as far as the store knows (mounted from there); the
 // manifest goes last, so the tag never names an image whose blobs are missing.
 
 import { createReadStream, statSync } from 'node:fs';
@@ -19,9 +20,10 @@ export interface PushResult {
   reference: string;
   digest: string;
   size: number;
-  /** Blobs sent, and those the registry had. */
+  /** Blobs sent, those the repository had, and those linked from another repository of the registry. */
   uploaded: number;
   skipped: number;
+  mounted: number;
 }
 
 /** Pushes the image `source` (a store reference or ID) to `destination` (default: `source` itself). */
@@ -38,11 +40,23 @@ export async function pushImage(store: Store, source: string, destination: strin
   for (const b of blobs) {
     if (!store.hasBlob(b.digest)) throw new ImageError(`the store lacks blob ${b.digest} of ${source} (run image prune? load the image again)`);
   }
+  // Repositories of the same registry that hold a blob: those images of the store were pulled from or
+  // pushed to (their RepoDigests). Such blobs are mounted from there, not sent.
+  const holders = new Map<string, string>();
+  for (const other of await store.listImages()) {
+    for (const rd of other.repoDigests ?? []) {
+      const repo = rd.slice(0, rd.lastIndexOf('@'));
+      if (!repo.startsWith(`${dest.registry}/`) || repo === repoName(dest) || !store.hasBlob(other.manifestDigest)) continue;
+      const m = JSON.parse(store.readBlob(other.manifestDigest).toString('utf8')) as Manifest;
+      for (const b of [...m.layers, m.config]) if (!holders.has(b.digest)) holders.set(b.digest, repo.slice(dest.registry.length + 1));
+    }
+  }
   const client = new RegistryClient(dest, 'pull,push', opts);
   status(`Pushing ${formatReference(dest)}...`);
   progress.onPlan?.(blobs.reduce((n, b) => n + b.size, 0));
   let uploaded = 0;
   let skipped = 0;
+  let mounted = 0;
   const seen = new Set<string>();
   for (const b of blobs) {
     if (seen.has(b.digest)) continue;
@@ -52,6 +66,13 @@ export async function pushImage(store: Store, source: string, destination: strin
       status(`Blob ${short} already in the registry`);
       progress.onBytes?.(b.size);
       skipped++;
+      continue;
+    }
+    const from = holders.get(b.digest);
+    if (from !== undefined && (await client.mountBlob(b.digest, from))) {
+      status(`Blob ${short} mounted from ${from}`);
+      progress.onBytes?.(b.size);
+      mounted++;
       continue;
     }
     const path = store.blobPath(b.digest);
@@ -74,5 +95,5 @@ export async function pushImage(store: Store, source: string, destination: strin
     throw new ImageError(`the registry stored the manifest as ${given}, not ${image.manifestDigest}`);
   }
   await store.addRepoDigest(image.id, `${repoName(dest)}@${image.manifestDigest}`);
-  return { reference: formatReference(dest), digest: image.manifestDigest, size: manifestBytes.length, uploaded, skipped };
+  return { reference: formatReference(dest), digest: image.manifestDigest, size: manifestBytes.length, uploaded, skipped, mounted };
 }

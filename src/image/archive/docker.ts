@@ -86,7 +86,7 @@ export async function writeDockerArchive(store: Store, images: readonly { image:
       if (written.has(name)) continue;
       written.add(name);
       const blob = createReadStream(store.blobPath(l.digest));
-      await sink.addStream(name, l.diffSize, isGzipMediaType(l.mediaType) ? blob.pipe(createGunzip()) : blob);
+      await sink.addStream(name, l.diffSize, isGzipMediaType(l.mediaType) ? blob.pipe(createGunzip({ chunkSize: 256 << 10 })) : blob);
     }
     manifest.push({ Config: configName, RepoTags: tags, Layers: layers });
   }

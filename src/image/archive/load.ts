@@ -86,6 +86,7 @@ export async function storeImages(store: Store, images: readonly SourceImage[], 
         }
         const rec: LayerRecord = await store.addLayer(parent, l.open() as Readable, {
           expectDiffId: l.diffId, expectDigest: l.digest, expectSize: l.size, mediaType: l.mediaType,
+          ...(l.verifiedFile !== undefined ? { verifiedBlobFile: l.verifiedFile } : {}),
           ...(progress.onBytes && progress.layerBytes !== false ? { onBytes: progress.onBytes } : {}),
         });
         if (!before) added.push(rec.chainId);

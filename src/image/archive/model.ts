@@ -18,6 +18,8 @@ export interface SourceLayer {
    * registry's: reading it would be a download); an archive's layers are read and checked anyway.
    */
   trustStored?: boolean;
+  /** The blob is this file in the store's tmp/, checked against `digest` and `size` already (store.addLayer's verifiedBlobFile). */
+  verifiedFile?: string;
   /** A fresh stream of the blob's bytes. */
   open(): Readable;
 }
