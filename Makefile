@@ -97,7 +97,7 @@ bench-cache: build
 
 # strata image load / commit (100 MiB) / save / export against podman's, same image, same run (needs
 # make rootfs and podman), e.g. make bench-images BENCH_ARGS="--runs 5"
-bench-images: build
+bench-images: system-deps build
 	node dist/scripts/bench-images.js $(BENCH_ARGS)
 
 # Daemon memory and descriptors over a long run of parallel clients (a measurement, not a test).
