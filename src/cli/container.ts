@@ -23,7 +23,7 @@ interface OptionDef {
   default?: unknown;
   demandOption?: boolean;
 }
-type Options = Readonly<Record<string, OptionDef>>;
+export type Options = Readonly<Record<string, OptionDef>>;
 
 const RUN_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
@@ -85,20 +85,21 @@ export function firstUnknownOption(args: readonly string[], options: Options, st
  * in `more` (name → its options), or null. yargs would report a missing argument first when the
  * unknown option swallowed it (`strata commit --bogus C T`).
  */
-export function unknownOption(argv: readonly string[], more: Record<string, Options> = {}): string | null {
+export function unknownOption(argv: readonly string[], more: Record<string, Options> = {}, commandAfter: readonly string[] = []): string | null {
   const cmd = argv[0] ?? '';
   const options = COMMAND_OPTIONS[cmd] ?? more[cmd];
   if (!options) return null;
-  return firstUnknownOption(argv.slice(1), options, cmd === 'run');
+  return firstUnknownOption(argv.slice(1), options, cmd === 'run' || commandAfter.includes(cmd));
 }
 
 /**
  * `strata run [OPTIONS] IMAGE [COMMAND [ARG...]]`: the part for yargs (up to the image) and the
  * container's command line (everything after the image, untouched).
  */
-export function splitRunArgv(argv: readonly string[]): { head: string[]; command: string[] } {
-  if (argv[0] !== 'run') return { head: [...argv], command: [] };
-  const takesValue = new Set(Object.entries(RUN_OPTIONS as Options).filter(([, d]) => d.type === 'string').flatMap(([k, d]) => (d.alias ? [k, d.alias] : [k])));
+export function splitRunArgv(argv: readonly string[], more: Record<string, Options> = {}): { head: string[]; command: string[] } {
+  const options = argv[0] === 'run' ? (RUN_OPTIONS as Options) : more[argv[0] ?? ''];
+  if (!options) return { head: [...argv], command: [] };
+  const takesValue = new Set(Object.entries(options).filter(([, d]) => d.type === 'string').flatMap(([k, d]) => (d.alias ? [k, d.alias] : [k])));
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--') return { head: [...argv.slice(0, i), ...argv.slice(i + 1, i + 2)], command: argv.slice(i + 2) };
@@ -229,7 +230,7 @@ export const containerCommand: CommandModule = {
     .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json),
       guarded(async (a) => {
         const args = a as unknown as StoreArgs;
-        const { withStore } = await import('../image/store.js');
+        const [{ withStore }, { isActive }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
         const list = await withStore(await storeDirOf(args), (s) => s.listContainers());
         list.sort((x, y2) => x.created.localeCompare(y2.created));
         if (args.json) {
@@ -237,7 +238,8 @@ export const containerCommand: CommandModule = {
         } else {
           const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
           for (const c of list) {
-            const status = c.state === 'exited' ? `Exited (${String(c.exitCode)})` : (c.state ?? 'created');
+            const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
+            const status = c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : (c.state ?? 'created');
             const cmd = (c.command ?? []).join(' ');
             rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify(cmd.length > 30 ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), status]);
           }
@@ -246,18 +248,26 @@ export const containerCommand: CommandModule = {
         }
         process.exit(0);
       }))
-    .command('rm <containers..>', 'remove containers (their upper layers); --force unmounts a mounted one first', (c) => c
+    .command('rm <containers..>', 'remove containers (their upper layers); --force stops a running one (SIGKILL) and unmounts a mounted one first', (c) => c
       .positional('containers', { type: 'string', array: true, demandOption: true })
       .option('force', CONTAINER_OPTIONS.force),
     guarded(async (a) => {
       const args = a as unknown as StoreArgs & { containers: string[]; force: boolean };
-      const [{ withStore }, { unmountIfMounted }] = await Promise.all([import('../image/store.js'), import('../image/container.js')]);
-      await withStore(await storeDirOf(args), async (s) => {
-        for (const ref of args.containers) {
-          if (args.force) await unmountIfMounted((await s.getContainer(ref)).merged);
-          out((await s.removeContainer(ref)).name);
+      const [{ withStore }, { unmountIfMounted }, { isActive, stopContainer }, { ImageError }] = await Promise.all([
+        import('../image/store.js'), import('../image/container.js'), import('../image/lifecycle.js'), import('../image/types.js')]);
+      const store = await storeDirOf(args);
+      for (const ref of args.containers) {
+        const rec = await withStore(store, (s) => s.getContainer(ref));
+        if (isActive(rec)) {
+          if (!args.force) throw new ImageError(`container ${rec.name} is running: stop it first, or rm -f`);
+          // (the store is closed meanwhile: the monitor records the end)
+          await stopContainer(rec, 'SIGKILL', 0);
         }
-      });
+        await withStore(store, async (s) => {
+          if (args.force) await unmountIfMounted(rec.merged);
+          out((await s.removeContainer(rec.id)).name);
+        });
+      }
       process.exit(0);
     }))
     .demandCommand(1, 'give a subcommand: ls or rm'),

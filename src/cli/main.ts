@@ -163,12 +163,15 @@ async function main(): Promise<void> {
     await import('./container.js');
   const { usageMessage } = await import('./usage.js');
   const { LOGIN_OPTIONS, LOGOUT_OPTIONS, PULL_OPTIONS, PUSH_OPTIONS, loginCommand, logoutCommand, pullCommand, pushCommand } = await import('./registry.js');
+  const L = await import('./lifecycle.js');
+  const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
-  });
+    ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS,
+  }, Object.keys(withCommand));
   if (unknown) fail(`unknown option ${unknown}`, 2);
-  // `strata run IMAGE CMD...`: CMD is the container's, options and all.
-  const { head, command } = splitRunArgv(argv);
+  // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
+  const { head, command } = splitRunArgv(argv, withCommand);
   const { default: yargs } = await import('yargs');
   await yargs(head)
     .scriptName('strata')
@@ -204,6 +207,12 @@ async function main(): Promise<void> {
     .command(commitCommand)
     .command(exportCommand)
     .command(containerCommand)
+    .command(L.createCommand(() => command))
+    .command(L.startCommand)
+    .command(L.stopCommand)
+    .command(L.execCommand(() => command))
+    .command(L.diffCommand)
+    .command(L.logsCommand)
     .command(pullCommand)
     .command(pushCommand)
     .command(loginCommand)

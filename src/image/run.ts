@@ -24,7 +24,8 @@ import { fileURLToPath } from 'node:url';
 import * as N from '../native/index.js';
 import { isPrivateXattr } from '../union/whiteout.js';
 import { mountLayers, unmountIfMounted } from './container.js';
-import { withStore, type ContainerRecord } from './store.js';
+import { processAlive } from '../daemon/registry.js';
+import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 
@@ -180,9 +181,12 @@ function childPids(pid: number): number[] {
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
-  user: ExecUser): Promise<number> {
+  user: ExecUser, onStarted?: (unsharePid: number) => void): Promise<number> {
   const hostname = rec.name.slice(0, 63);
-  const child = spawn('unshare', ['--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
+  // setpriv --pdeathsig: unshare (and with it, by --kill-child, the whole PID namespace) dies with
+  // this process, if it is killed: no container is left running without the process that records
+  // its end and unmounts it.
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
     '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
     String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: 'inherit',
@@ -209,6 +213,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     killer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
   };
   for (const sig of STOP_SIGNALS) process.on(sig, forward);
+  if (child.pid !== undefined) onStarted?.(child.pid);
   return new Promise((resolve) => {
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start unshare: ${e.message}\n`);
@@ -225,17 +230,54 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
 /** `strata run`: returns the exit status to pass on. */
 export async function runContainer(opts: RunOptions): Promise<number> {
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
-  const { rec, lowerdirs, config, userSpec } = await withStore(opts.store, async (s) => {
-    const image = await s.resolveImage(opts.image);
-    const argvCheck = containerArgv(image.config, opts.command);
-    const userSpec = opts.user ?? image.config.config?.User ?? '';
-    parseUserSpec(userSpec);
-    const rec = await s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argvCheck });
-    return { rec, lowerdirs: s.lowerDirs(image), config: image.config, userSpec };
+  const rec = await withStore(opts.store, (s) => newContainer(s, opts));
+  return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true });
+}
+
+/**
+ * `strata create` (and run's first step): a container record for the image, with the command line
+ * it will run (Entrypoint + the given command or Cmd) and its user, both checked.
+ */
+export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'rm'>): Promise<ContainerRecord> {
+  const image = await s.resolveImage(opts.image);
+  const argv = containerArgv(image.config, opts.command);
+  const userSpec = opts.user ?? image.config.config?.User ?? '';
+  parseUserSpec(userSpec);
+  const rec = await s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argv });
+  return opts.user !== undefined ? s.updateContainer(rec.id, { user: opts.user }) : rec;
+}
+
+export interface StartOptions {
+  /** Remove the container when its command ends (run --rm). */
+  rm?: boolean;
+  /** Remove it if its user cannot be resolved, before anything ran (run: as if it had never been made). */
+  removeIfRefused?: boolean;
+  /** Called once the command runs (the container is then recorded as running). */
+  onRunning?: () => void;
+}
+
+/**
+ * Runs a created or exited container's command in the foreground (`strata run`, `strata start -a`,
+ * and the monitor process of a detached `strata start`): mounts it, records it as running (with
+ * this process and its namespaces' unshare as monitor), waits for the command, then unmounts and
+ * records the exit status. Returns the exit status.
+ */
+export async function startContainer(store: string, rec: ContainerRecord, opts: StartOptions = {}): Promise<number> {
+  if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
+  const { config, lowerdirs } = await withStore(store, async (s) => {
+    const image = await s.findImage(rec.image);
+    if (!image) throw new ImageError(`the image of container ${rec.name} is gone from the store`, 125);
+    if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
+      throw new ImageError(`container ${rec.name} is already running`, 125);
+    }
+    await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid });
+    return { config: image.config, lowerdirs: rec.layers.map((l) => s.layerDir(l)).reverse() };
   });
+  const userSpec = (rec.user as string | undefined) ?? config.config?.User ?? '';
+  const argv = rec.command ?? containerArgv(config, []);
   let status = 125;
   let stub: ResolvStub | null = null;
-  // Nothing ran (the user could not be resolved): the container goes, as if it had never been made.
+  // Nothing ran: the user could not be resolved.
   let refused = false;
   // A stop signal before the command runs (while mounting): do not start it, clean up.
   let stopped = false;
@@ -244,6 +286,8 @@ export async function runContainer(opts: RunOptions): Promise<number> {
   };
   for (const sig of STOP_SIGNALS) process.on(sig, early);
   try {
+    // (a monitor that was killed left its mount behind)
+    if (rec.state === 'running' || rec.state === 'starting') await unmountIfMounted(rec.merged);
     mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
     let user: ExecUser;
     try {
@@ -257,24 +301,32 @@ export async function runContainer(opts: RunOptions): Promise<number> {
     if (prepared !== null && prepared !== 'exists') stub = prepared;
     const wd = config.config?.WorkingDir || '/';
     for (const sig of STOP_SIGNALS) process.off(sig, early);
-    if (stopped) status = 130;
-    else status = await runInNamespaces(rec, containerArgv(config, opts.command), containerEnv(config, rec.name, user.home), wd, prepared === null ? null : resolv, user);
+    if (stopped) {
+      status = 130;
+    } else {
+      let recorded: Promise<unknown> = Promise.resolve();
+      status = await runInNamespaces(rec, argv, containerEnv(config, rec.name, user.home), wd, prepared === null ? null : resolv, user, (unsharePid) => {
+        recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
+          .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
+      });
+      await recorded;
+    }
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
-    await finishRun(opts, rec, status, stub, refused);
+    await finishRun(store, rec, status, stub, (opts.rm ?? false) || (refused && (opts.removeIfRefused ?? false)));
   }
   return status;
 }
 
-async function finishRun(opts: RunOptions, rec: ContainerRecord, status: number, stub: ResolvStub | null, refused: boolean): Promise<void> {
+async function finishRun(store: string, rec: ContainerRecord, status: number, stub: ResolvStub | null, remove: boolean): Promise<void> {
   try {
     await unmountIfMounted(rec.merged);
   } catch (e) {
     process.stderr.write(`strata: cannot unmount ${rec.merged}: ${(e as Error).message}\n`);
   }
   if (stub) removeResolvStub(rec.upper, stub);
-  await withStore(opts.store, async (s) => {
-    if (opts.rm || refused) await s.removeContainer(rec.id);
-    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString() });
+  await withStore(store, async (s) => {
+    if (remove) await s.removeContainer(rec.id);
+    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined });
   });
 }

@@ -1,0 +1,217 @@
+// `strata create`, `start`, `stop`, `exec`, `diff`, `logs`: docker's and podman's verbs and flags.
+// As with `run`, strata's options end at the image (create) or container (exec) name: what follows
+// is the command line, options included. The engine is src/image/run.ts and lifecycle.ts.
+
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import type { Argv, CommandModule } from 'yargs';
+import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
+
+const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
+
+export const CREATE_OPTIONS = {
+  name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
+  user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User (name, uid, name:group or uid:gid)' },
+  store: storeOption,
+  ...RUN_PULL_OPTIONS,
+} as const;
+export const START_OPTIONS = {
+  attach: { alias: 'a', type: 'boolean', default: false, describe: 'run in the foreground: its output here, its exit status passed on' },
+  store: storeOption,
+} as const;
+export const STOP_OPTIONS = {
+  time: { alias: 't', type: 'string', describe: 'seconds to wait for the command to end before killing it (default 10)' },
+  store: storeOption,
+} as const;
+export const EXEC_OPTIONS = {
+  user: { alias: 'u', type: 'string', describe: 'run as this user (default: the container\'s)' },
+  workdir: { alias: 'w', type: 'string', describe: 'working directory inside the container (default: the image\'s WorkingDir)' },
+  env: { alias: 'e', type: 'string', describe: 'KEY=VALUE added to the environment (repeatable; KEY alone: the host\'s value)' },
+  store: storeOption,
+} as const;
+export const DIFF_OPTIONS = {
+  json: { type: 'boolean', default: false, describe: 'print JSON' },
+  store: storeOption,
+} as const;
+export const LOGS_OPTIONS = { store: storeOption } as const;
+
+interface StoreArgs {
+  store?: string;
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+}
+
+function fail(e: unknown): never {
+  const err = e as { message?: string; exitCode?: number };
+  process.stderr.write(`strata: ${(err.message ?? String(e)).split('\n')[0]}\n`);
+  process.exit(typeof err.exitCode === 'number' ? err.exitCode : 1);
+}
+
+function guarded<A>(fn: (a: A) => Promise<void>): (a: A) => Promise<void> {
+  return async (a: A) => {
+    try {
+      await fn(a);
+    } catch (e) {
+      fail(e);
+    }
+  };
+}
+
+async function storeDirOf(a: StoreArgs): Promise<string> {
+  return (await import('../image/store.js')).storeDir(a.store);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function createCommand(containerArgs: () => string[]): CommandModule {
+  return {
+    command: 'create <image>',
+    describe: 'create a container of an image without starting it (prints its ID); strata\'s options end at the image name',
+    builder: (y: Argv) => y.positional('image', { type: 'string', demandOption: true }).options(CREATE_OPTIONS),
+    handler: guarded(async (a) => {
+      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; user?: string };
+      const store = await storeDirOf(args);
+      await (await import('./registry.js')).ensureImage(store, args.image, args);
+      const [{ withStore }, { newContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
+      const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user: args.user }));
+      out(rec.id);
+      process.exit(0);
+    }),
+  };
+}
+
+/**
+ * Starts a container in the background: a detached `strata start -a` (its monitor, in a session of
+ * its own, output to the container's log), then waits until it is recorded as running (or already
+ * ended). Returns the container's name.
+ */
+async function startDetached(store: string, ref: string): Promise<string> {
+  const [{ withStore }, { isActive, logPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+  const { ImageError } = await import('../image/types.js');
+  const rec = await withStore(store, (s) => s.getContainer(ref));
+  if (isActive(rec)) return rec.name; // as docker start: already running is fine
+  const log = openSync(logPath(rec), 'a', 0o640);
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'start', '--attach', '--store', store, rec.id], {
+    detached: true, stdio: ['ignore', log, log],
+  });
+  closeSync(log);
+  let exited = false;
+  child.once('exit', () => void (exited = true));
+  child.unref();
+  for (let i = 0; i < 1500; i++) {
+    await sleep(20);
+    const now = await withStore(store, (s) => s.getContainer(rec.id));
+    const ours = now.monitorPid === child.pid;
+    if ((now.state === 'running' && ours) || (now.state === 'exited' && now.finished !== rec.finished)) return rec.name;
+    if (exited && !(now.state === 'running' && ours)) {
+      const { readLog } = await import('../image/lifecycle.js');
+      const tail = readLog(now).toString('utf8').trim().split('\n').filter((l) => l.startsWith('strata: ')).at(-1);
+      throw new ImageError(tail ? tail.slice('strata: '.length) : `container ${rec.name} did not start`, 125);
+    }
+  }
+  throw new ImageError(`container ${rec.name} did not start within 30 s`, 125);
+}
+
+export const startCommand: CommandModule = {
+  command: 'start <containers..>',
+  describe: 'start created or stopped containers in the background (-a: one, in the foreground)',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(START_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { containers: string[]; attach: boolean };
+    const store = await storeDirOf(args);
+    if (args.attach) {
+      const { ImageError } = await import('../image/types.js');
+      if (args.containers.length !== 1) throw new ImageError('start --attach takes one container', 125);
+      const [{ withStore }, { startContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
+      const rec = await withStore(store, (s) => s.getContainer(args.containers[0]!));
+      process.exit(await startContainer(store, rec));
+    }
+    for (const ref of args.containers) out(await startDetached(store, ref));
+    process.exit(0);
+  }),
+};
+
+export const stopCommand: CommandModule = {
+  command: 'stop <containers..>',
+  describe: 'stop running containers: their stop signal (StopSignal, else SIGTERM), SIGKILL after -t seconds',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(STOP_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { containers: string[]; time?: string };
+    const { ImageError } = await import('../image/types.js');
+    const grace = args.time === undefined ? 10 : Number(args.time);
+    if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
+    const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    for (const ref of args.containers) {
+      const { rec, signal } = await withStore(store, async (s) => {
+        const r = await s.getContainer(ref);
+        return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
+      });
+      await stopContainer(rec, signal, grace);
+      out(rec.name);
+    }
+    process.exit(0);
+  }),
+};
+
+export function execCommand(containerArgs: () => string[]): CommandModule {
+  return {
+    command: 'exec <container>',
+    describe: 'run a command in a running container; strata\'s options end at the container name',
+    builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(EXEC_OPTIONS),
+    handler: guarded(async (a) => {
+      const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[] };
+      const last = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.at(-1) : v);
+      const [{ withStore }, { execInContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+      const store = await storeDirOf(args);
+      const { ImageError } = await import('../image/types.js');
+      // (the store is closed while the command runs)
+      const { rec, config } = await withStore(store, async (s) => {
+        const r = await s.getContainer(args.container);
+        const image = await s.findImage(r.image);
+        if (!image) throw new ImageError(`the image of container ${r.name} is gone from the store`, 125);
+        return { rec: r, config: image.config };
+      });
+      const opts = {
+        ...(last(args.user) !== undefined ? { user: last(args.user)! } : {}),
+        ...(last(args.workdir) !== undefined ? { workdir: last(args.workdir)! } : {}),
+        env: ([] as string[]).concat(args.env ?? []),
+      };
+      process.exit(await execInContainer(config, rec, containerArgs(), opts));
+    }),
+  };
+}
+
+export const diffCommand: CommandModule = {
+  command: 'diff <container>',
+  describe: 'list the files a container added (A), changed (C) and deleted (D) against its image',
+  builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(DIFF_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { container: string; json: boolean };
+    const [{ withStore }, { containerChanges }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const changes = await withStore(await storeDirOf(args), async (s) => {
+      const rec = await s.getContainer(args.container);
+      return containerChanges(rec.upper, rec.layers.map((l) => s.layerDir(l)).reverse());
+    });
+    if (args.json) out(JSON.stringify(changes, null, 2));
+    else if (changes.length > 0) out(changes.map((c) => `${c.kind} ${c.path}`).join('\n'));
+    process.exit(0);
+  }),
+};
+
+export const logsCommand: CommandModule = {
+  command: 'logs <container>',
+  describe: 'print the output (stdout and stderr) of a container started in the background',
+  builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(LOGS_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { container: string };
+    const [{ withStore }, { readLog }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const rec = await withStore(await storeDirOf(args), (s) => s.getContainer(args.container));
+    process.stdout.write(readLog(rec));
+    process.exit(0);
+  }),
+};

@@ -1,0 +1,232 @@
+// The container life cycle around `strata run`'s engine (run.ts): stop, exec, diff, logs.
+//
+// A started container has a monitor: the process that mounted it and waits for its command (a
+// `strata start -a` or `strata run` in the foreground, or the detached `start -a` that `strata start`
+// leaves behind, writing the command's output to the container's log). The record names the monitor
+// and the unshare(1) whose child is pid 1 of the container's namespaces:
+//   stop  sends the stop signal (the image's StopSignal, else SIGTERM) to that pid 1, and SIGKILL to
+//         unshare after the grace period (its --kill-child then ends the whole PID namespace); the
+//         monitor records the exit status and unmounts;
+//   exec  enters pid 1's mount, PID and UTS namespaces (nsenter) and runs bin/strata-run-exec there:
+//         chroot into the merged view, working directory, groups, gid, uid, then the command;
+//   diff  walks the upper against the image's layers, as podman diff reports a container's changes.
+
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { constants } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { processAlive } from '../daemon/registry.js';
+import * as N from '../native/index.js';
+import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '../union/whiteout.js';
+import { containerEnv } from './run.js';
+import type { ContainerRecord } from './store.js';
+import { type ImageConfig, ImageError } from './types.js';
+import { containerUser, parseUserSpec } from './user.js';
+
+const { C, ST } = N;
+const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
+const osSignals = constants.signals as Record<string, number>;
+
+/** The log of a detached container's command (stdout and stderr). */
+export function logPath(rec: ContainerRecord): string {
+  return join(rec.dir, 'log');
+}
+
+/** Pid 1 of a running container's namespaces (the child of its unshare), or null if it is not running. */
+export function containerInit(rec: ContainerRecord): number | null {
+  if (rec.state !== 'running' || typeof rec.monitorPid !== 'number' || !processAlive(rec.monitorPid)) return null;
+  const unshare = rec.unsharePid;
+  if (typeof unshare !== 'number') return null;
+  try {
+    const kids = readFileSync(`/proc/${unshare}/task/${unshare}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    return kids[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether the container has a live monitor (starting or running). */
+export function isActive(rec: ContainerRecord): boolean {
+  return (rec.state === 'running' || rec.state === 'starting') && typeof rec.monitorPid === 'number' && processAlive(rec.monitorPid);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Stops a running container: its stop signal to pid 1, SIGKILL after `graceSeconds`; waits until
+ * the monitor has recorded the end. A container that is not running is left as it is.
+ */
+export async function stopContainer(rec: ContainerRecord, stopSignal: string | undefined, graceSeconds: number): Promise<void> {
+  if (!isActive(rec)) return;
+  const monitor = rec.monitorPid as number;
+  // A container still starting gets its pid 1 soon; a stop before it exists goes to the monitor, which ends the start.
+  let init = containerInit(rec);
+  for (let i = 0; init === null && rec.state === 'starting' && i < 100 && processAlive(monitor); i++) {
+    await sleep(20);
+    init = containerInit({ ...rec, state: 'running' });
+  }
+  const sig = normalizeSignal(stopSignal);
+  try {
+    process.kill(init ?? monitor, sig);
+  } catch {
+    // gone already
+  }
+  const deadline = Date.now() + graceSeconds * 1000;
+  while (processAlive(monitor) && Date.now() < deadline) await sleep(20);
+  if (processAlive(monitor)) {
+    try {
+      if (typeof rec.unsharePid === 'number') process.kill(rec.unsharePid, 'SIGKILL');
+      else process.kill(monitor, 'SIGKILL');
+    } catch {
+      // gone
+    }
+    const hard = Date.now() + 30_000;
+    while (processAlive(monitor) && Date.now() < hard) await sleep(20);
+  }
+}
+
+/** "SIGTERM", "TERM", "15" → a signal name Node knows; SIGTERM by default. */
+export function normalizeSignal(s: string | undefined): NodeJS.Signals {
+  if (s === undefined || s === '') return 'SIGTERM';
+  if (/^[0-9]+$/.test(s)) {
+    const name = Object.entries(osSignals).find(([, n]) => n === Number(s))?.[0];
+    if (name) return name as NodeJS.Signals;
+  } else {
+    const name = s.toUpperCase().startsWith('SIG') ? s.toUpperCase() : `SIG${s.toUpperCase()}`;
+    if (name in osSignals) return name as NodeJS.Signals;
+  }
+  throw new ImageError(`unknown signal "${s}"`, 125);
+}
+
+export interface ExecOptions {
+  user?: string;
+  workdir?: string;
+  env?: string[];
+}
+
+/** Runs argv inside a running container (its image's config: `config`); resolves with its exit status. */
+export async function execInContainer(config: ImageConfig, rec: ContainerRecord, argv: readonly string[], opts: ExecOptions = {}): Promise<number> {
+  if (argv.length === 0) throw new ImageError('give the command to run in the container', 125);
+  const init = containerInit(rec);
+  if (init === null) throw new ImageError(`container ${rec.name} is not running`, 125);
+  const userSpec = opts.user ?? (rec.user as string | undefined) ?? config.config?.User ?? '';
+  parseUserSpec(userSpec);
+  const user = containerUser(rec.merged, userSpec);
+  const env = containerEnv(config, rec.name, user.home);
+  for (const kv of opts.env ?? []) {
+    const i = kv.indexOf('=');
+    if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
+    else if (process.env[kv] !== undefined) env[kv] = process.env[kv]!;
+  }
+  const wd = opts.workdir ?? (config.config?.WorkingDir || '/');
+  if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
+  // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
+  const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--',
+    RUN_EXEC, rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: 'inherit', env });
+  return new Promise((resolve) => {
+    child.on('error', (e) => {
+      process.stderr.write(`strata: cannot start nsenter: ${e.message}\n`);
+      resolve(125);
+    });
+    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0)));
+  });
+}
+
+export interface Change {
+  kind: 'A' | 'C' | 'D';
+  path: string;
+}
+
+const st = new Float64Array(16);
+
+/** Whether `rel` (no leading slash) exists in the merged view of `layers` (top first; the kernel's format). */
+function inLayers(layers: readonly string[], rel: string): boolean {
+  const parts = rel.split('/');
+  let active = [...layers];
+  let prefix = '';
+  for (const [i, part] of parts.entries()) {
+    const next: string[] = [];
+    for (const layer of active) {
+      const dir = join(layer, prefix);
+      if (!N.lstatMaybe(C.AT_FDCWD, join(dir, part), st)) {
+        if (N.lstatMaybe(C.AT_FDCWD, join(dir, `${OCI_WHITEOUT_PREFIX}${part}`), st)) break;
+        continue;
+      }
+      if (isKernelWhiteout(st)) break;
+      if (i === parts.length - 1) return true;
+      if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) break;
+      next.push(layer);
+      if (isOpaque(join(dir, part))) break;
+    }
+    if (next.length === 0) return false;
+    active = next;
+    prefix = prefix === '' ? part : `${prefix}/${part}`;
+  }
+  return true;
+}
+
+function isOpaque(path: string): boolean {
+  for (const name of ['trusted.overlay.opaque', 'user.overlay.opaque']) {
+    const v = N.lgetxattr(C.AT_FDCWD, path, name);
+    if (v !== null && v.length === 1 && v[0] === 0x79) return true;
+  }
+  return existsSync(join(path, OCI_OPAQUE));
+}
+
+/**
+ * The container's changes against its image, as podman diff reports them: a whiteout is "D"; a
+ * directory made opaque (rm -rf d; mkdir d) is "D" and what it now holds "A"; any other object in
+ * the upper is "C" when the image has that path, else "A". Sorted by path.
+ */
+export function containerChanges(upper: string, layerDirs: readonly string[]): Change[] {
+  const out: Change[] = [];
+  // (an explicit stack: no recursion limit, one directory descriptor at a time)
+  const stack: { rel: string; opaque: boolean }[] = [{ rel: '', opaque: false }];
+  while (stack.length > 0) {
+    const { rel, opaque } = stack.pop()!;
+    const fd = N.openat(C.AT_FDCWD, join(upper, rel), C.O_RDONLY | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    let names: string[];
+    try {
+      names = N.readdir(fd).map(([n]) => n).filter((n) => n !== '.' && n !== '..');
+    } finally {
+      N.close(fd);
+    }
+    for (const name of names) {
+      const childRel = rel === '' ? name : `${rel}/${name}`;
+      if (name === OCI_OPAQUE) continue;
+      if (name.startsWith(OCI_WHITEOUT_PREFIX)) {
+        out.push({ kind: 'D', path: `/${rel === '' ? '' : `${rel}/`}${name.slice(OCI_WHITEOUT_PREFIX.length)}` });
+        continue;
+      }
+      if (!N.lstatMaybe(C.AT_FDCWD, join(upper, childRel), st)) continue;
+      if (isKernelWhiteout(st)) {
+        out.push({ kind: 'D', path: `/${childRel}` });
+        continue;
+      }
+      const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
+      if (isDir && !opaque && isOpaque(join(upper, childRel))) {
+        if (inLayers(layerDirs, childRel)) out.push({ kind: 'D', path: `/${childRel}` });
+        else out.push({ kind: 'A', path: `/${childRel}` });
+        stack.push({ rel: childRel, opaque: true });
+        continue;
+      }
+      out.push({ kind: !opaque && inLayers(layerDirs, childRel) ? 'C' : 'A', path: `/${childRel}` });
+      if (isDir) stack.push({ rel: childRel, opaque });
+    }
+  }
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** The log's bytes, if the container was started detached. */
+export function readLog(rec: ContainerRecord): Buffer {
+  const p = logPath(rec);
+  try {
+    statSync(p);
+  } catch {
+    return Buffer.alloc(0);
+  }
+  return readFileSync(p);
+}

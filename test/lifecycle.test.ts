@@ -1,0 +1,181 @@
+// The container life cycle: create, start (in the background, with a monitor and a log), exec in
+// the running container's namespaces, stop (the stop signal, then SIGKILL), start again, diff
+// against podman diff of the same changes, rm of a running container; and nothing left running
+// or mounted afterwards, even when a test fails.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, type RunResult, waitFor } from './helpers/exec.js';
+import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
+import { rootfsTar, testStore, type TestStore } from './helpers/images.js';
+import { mountsUnder } from './helpers/mounts.js';
+import { processesTagged, taggedEnv } from './helpers/processes.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+
+const ROOTFS_L0 = '/var/cache/strata/rootfs/l0';
+
+interface Ctx {
+  s: TestStore;
+  strata: (args: readonly string[], input?: string) => RunResult;
+  ok: (args: readonly string[]) => string;
+  tag: string;
+}
+
+/** A store with the busybox test image as base:1; every process the test starts is tagged and killed at its end. */
+function setup(t: ExecutionContext): Ctx {
+  const base = tempDir(t, 'lc');
+  const s = testStore(t, base);
+  const { tag, env } = taggedEnv({ STRATA_STORE: s.dir });
+  t.teardown(() => {
+    for (const p of processesTagged(tag)) {
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  });
+  const strata = (args: readonly string[], input?: string): RunResult => run(strataBin, args, { env, timeoutMs: 120_000, ...(input !== undefined ? { input } : {}) });
+  const ok = (args: readonly string[]): string => {
+    const r = strata(args);
+    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  return { s, strata, ok, tag };
+}
+
+interface Rec { id: string; name: string; state: string; exitCode: number | null }
+
+function record(c: Ctx, name: string): Rec | undefined {
+  return (JSON.parse(c.ok(['container', 'ls', '--json'])) as Rec[]).find((r) => r.name === name)!;
+}
+
+function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern: RegExp): void {
+  t.is(r.status, status, r.stderr);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.regex(r.stderr, pattern);
+}
+
+test('create, start, exec, stop, logs, start again: states, namespaces, signals, exit codes, the upper kept', async (t) => {
+  const c = setup(t);
+  const script = 'echo started; trap "echo got-term; exit 3" TERM; while true; do sleep 0.1; done';
+  const id = c.ok(['create', '--name', 'web', 'base:1', 'sh', '-c', script]).trim();
+  t.regex(id, /^[0-9a-f]{64}$/);
+  t.is(record(c, 'web')!.state, 'created');
+  oneLineError(t, c.strata(['exec', 'web', 'true']), 125, /container web is not running/);
+  t.is(c.ok(['start', 'web']), 'web\n');
+  t.is(record(c, 'web')!.state, 'running');
+  t.is(c.ok(['start', 'web']), 'web\n', 'start of a running container: nothing to do');
+
+  // exec: the container's namespaces (pid 1 is its command, its hostname), users, working directory, environment, status
+  t.is(c.ok(['exec', 'web', 'cat', '/proc/1/cmdline']), `sh\0-c\0${script}\0`);
+  t.is(c.ok(['exec', 'web', 'cat', '/proc/sys/kernel/hostname']), 'web\n');
+  t.regex(c.ok(['exec', '-u', '1234:5678', 'web', 'sh', '-c', 'grep -E "^(Uid|Gid)" /proc/self/status']), /Uid:\s+1234\s.*\nGid:\s+5678\s/);
+  t.is(c.ok(['exec', '-w', '/etc', '-e', 'FOO=bar baz', 'web', 'sh', '-c', 'echo "$PWD $FOO"']), '/etc bar baz\n');
+  t.is(c.strata(['exec', 'web', 'sh', '-c', 'exit 7']).status, 7, 'the command\'s status');
+  t.is(c.strata(['exec', 'web', 'no-such-command']).status, 127);
+  c.ok(['exec', 'web', 'sh', '-c', 'echo from-exec > /data/made; rm /etc/motd']);
+  // The writes are in the running container's view and in its upper.
+  t.is(c.ok(['exec', 'web', 'cat', '/data/made']), 'from-exec\n');
+
+  t.is(c.ok(['stop', 'web']), 'web\n');
+  const stopped = record(c, 'web')!;
+  t.deepEqual([stopped.state, stopped.exitCode], ['exited', 3]);
+  t.is(c.ok(['logs', 'web']), 'started\ngot-term\n');
+  t.is(c.ok(['stop', 'web']), 'web\n', 'stop of a stopped container: nothing to do');
+  t.deepEqual(mountsUnder(c.s.dir), [], 'unmounted once stopped');
+
+  // Started again: the same upper (the file made by exec is there), the log goes on.
+  c.ok(['start', 'web']);
+  t.is(c.ok(['exec', 'web', 'cat', '/data/made']), 'from-exec\n');
+  t.true(c.strata(['exec', 'web', 'test', '-e', '/etc/motd']).status !== 0, 'still deleted');
+  c.ok(['stop', '-t', '5', 'web']);
+  t.is(c.ok(['logs', 'web']), 'started\ngot-term\nstarted\ngot-term\n');
+  t.deepEqual(c.ok(['diff', 'web']).trim().split('\n'), ['C /data', 'A /data/made', 'C /etc', 'D /etc/motd'], 'sorted by path');
+
+  // A command that ignores the stop signal is killed after -t seconds.
+  c.ok(['create', '--name', 'stubborn', 'base:1', 'sh', '-c', 'trap "" TERM; while true; do sleep 0.1; done']);
+  c.ok(['start', 'stubborn']);
+  c.ok(['stop', '-t', '1', 'stubborn']);
+  t.deepEqual([record(c, 'stubborn')!.state, record(c, 'stubborn')!.exitCode], ['exited', 137]);
+
+  // rm of a running container: refused, or with -f killed first.
+  c.ok(['start', 'web']);
+  oneLineError(t, c.strata(['container', 'rm', 'web']), 1, /container web is running: stop it first, or rm -f/);
+  t.is(c.ok(['container', 'rm', '-f', 'web']), 'web\n');
+  t.is(record(c, 'web'), undefined);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000), 'no monitor or container process left');
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});
+
+/** Live processes whose command line is exactly `argv`. */
+function processesRunning(argv: readonly string[]): number[] {
+  const want = `${argv.join('\0')}\0`;
+  return fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+    try {
+      return fs.readFileSync(`/proc/${d}/cmdline`, 'latin1') === want;
+    } catch {
+      return false;
+    }
+  }).map(Number);
+}
+
+test('start -a runs in the foreground and passes the status on; create refuses what run refuses; bad references are one line; a killed monitor takes its container along', async (t) => {
+  const c = setup(t);
+  c.ok(['create', '--name', 'fg', 'base:1', 'sh', '-c', 'echo out; echo err >&2; exit 4']);
+  const r = c.strata(['start', '-a', 'fg']);
+  t.deepEqual([r.status, r.stdout, r.stderr], [4, 'out\n', 'err\n']);
+  t.deepEqual([record(c, 'fg')!.state, record(c, 'fg')!.exitCode], ['exited', 4]);
+  t.is(c.ok(['logs', 'fg']), '', 'a foreground start writes no log');
+  oneLineError(t, c.strata(['create', '--pull', 'never', 'nothere:1', 'true']), 1, /no such image: nothere:1/);
+  oneLineError(t, c.strata(['create', '--name', 'fg', 'base:1', 'true']), 1, /the container name "fg" is already in use/);
+  oneLineError(t, c.strata(['start', 'nobody']), 1, /no such container: nobody/);
+  oneLineError(t, c.strata(['stop', '-t', 'soon', 'fg']), 125, /-t takes seconds/);
+  oneLineError(t, c.strata(['exec', '--bogus', 'fg', 'true']), 2, /unknown option --bogus/);
+  // options after the container name belong to the command
+  c.ok(['create', '--name', 'bg', 'base:1', 'sleep', '60']);
+  c.ok(['start', 'bg']);
+  t.is(c.ok(['exec', 'bg', 'echo', '-u', '--bogus']), '-u --bogus\n');
+  c.ok(['stop', '-t', '0', 'bg']);
+  t.is(record(c, 'bg')!.exitCode, 137);
+
+  // The monitor killed: the container's processes end with it; listed as such; it starts again (one mount).
+  c.ok(['create', '--name', 'orphan', 'base:1', 'sleep', '6161']);
+  c.ok(['start', 'orphan']);
+  t.true(await waitFor(() => processesRunning(['sleep', '6161']).length === 1, 10_000), 'the command runs (running is recorded as it starts)');
+  const monitor = (JSON.parse(c.ok(['container', 'ls', '--json'])) as { name: string; monitorPid?: number }[]).find((r) => r.name === 'orphan')!.monitorPid!;
+  process.kill(monitor, 'SIGKILL');
+  t.true(await waitFor(() => processesRunning(['sleep', '6161']).length === 0, 10_000), 'the container died with its monitor');
+  t.regex(c.ok(['container', 'ls']), /orphan .*Exited \(its monitor is gone\)/);
+  c.ok(['start', 'orphan']);
+  t.is(mountsUnder(c.s.dir).length, 1);
+  c.ok(['stop', '-t', '0', 'orphan']);
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});
+
+test('diff lists what podman diff lists for the same changes to the same image', (t) => {
+  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
+  const base = tempDir(t, 'df');
+  const { ok: pod } = testPodman(t, base);
+  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
+  const s = testStore(t, base);
+  const tar = path.join(base, 'deb.tar');
+  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
+  s.ok(['image', 'import', tar, 'deb:l0']);
+  const script = [
+    'echo x > /etc/newfile', 'echo z >> /etc/debian_version', 'rm /etc/issue', 'rm -rf /usr/share/doc/bash', 'mkdir /usr/share/doc/bash',
+    'touch /usr/share/doc/bash/new', 'chmod 700 /opt', 'mkdir -p /new/a/b', 'ln -s x /new/l', 'rm -rf /var/lib/dpkg/info',
+    'mkdir -p /var/lib/dpkg/info/x', 'mv /etc/motd /etc/motd.moved', 'touch /bin/ls', 'rm -rf /srv', 'mkdir /srv',
+  ].join('; ');
+  s.ok(['run', '--name', 'd', 'deb:l0', 'sh', '-c', script]);
+  pod(['run', '--name', 'd', ...PODMAN_RUN, 'localhost/deb:l0', 'sh', '-c', script]);
+  const sorted = (text: string): string[] => text.trim().split('\n').filter(Boolean).sort();
+  const mine = sorted(s.ok(['diff', 'd']));
+  t.deepEqual(mine, sorted(pod(['diff', 'd'])));
+  t.true(mine.includes('D /usr/share/doc/bash') && mine.includes('A /usr/share/doc/bash/new'), mine.join('\n'));
+  const json = JSON.parse(s.ok(['diff', '--json', 'd'])) as { kind: string; path: string }[];
+  t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
+});
