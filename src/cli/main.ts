@@ -164,10 +164,11 @@ async function main(): Promise<void> {
   const { usageMessage } = await import('./usage.js');
   const { LOGIN_OPTIONS, LOGOUT_OPTIONS, PULL_OPTIONS, PUSH_OPTIONS, loginCommand, logoutCommand, pullCommand, pushCommand } = await import('./registry.js');
   const L = await import('./lifecycle.js');
+  const { BUILD_OPTIONS, buildCommand } = await import('./build.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
-    ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS,
+    ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS, build: BUILD_OPTIONS,
   }, Object.keys(withCommand));
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
@@ -207,6 +208,7 @@ async function main(): Promise<void> {
     .command(commitCommand)
     .command(exportCommand)
     .command(containerCommand)
+    .command(buildCommand)
     .command(L.createCommand(() => command))
     .command(L.startCommand)
     .command(L.stopCommand)

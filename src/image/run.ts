@@ -265,7 +265,8 @@ export interface StartOptions {
 export async function startContainer(store: string, rec: ContainerRecord, opts: StartOptions = {}): Promise<number> {
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
   const { config, lowerdirs } = await withStore(store, async (s) => {
-    const image = await s.findImage(rec.image);
+    // (a build's container carries the config of the step it runs: no image record for it)
+    const image = rec.config !== undefined ? { config: rec.config as ImageConfig } : await s.findImage(rec.image);
     if (!image) throw new ImageError(`the image of container ${rec.name} is gone from the store`, 125);
     if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
       throw new ImageError(`container ${rec.name} is already running`, 125);
@@ -305,7 +306,13 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       status = 130;
     } else {
       let recorded: Promise<unknown> = Promise.resolve();
-      status = await runInNamespaces(rec, argv, containerEnv(config, rec.name, user.home), wd, prepared === null ? null : resolv, user, (unsharePid) => {
+      const env = containerEnv(config, rec.name, user.home);
+      // (a build's RUN: its build arguments, in the environment only)
+      for (const kv of (rec.env as string[] | undefined) ?? []) {
+        const i = kv.indexOf('=');
+        if (i > 0 && !(config.config?.Env ?? []).some((e) => e.startsWith(`${kv.slice(0, i)}=`))) env[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, (unsharePid) => {
         recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
           .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
       });

@@ -443,6 +443,17 @@ export class Store {
     return image;
   }
 
+  /** A small record of another part of strata (the build cache: "buildcache:<key>"). */
+  async getMeta<T>(key: string): Promise<T | undefined> {
+    if (!key.startsWith('buildcache:')) throw new Error(`not a meta key: ${key}`);
+    return (await this.db.get(key)) as T | undefined;
+  }
+
+  async putMeta(key: string, value: unknown): Promise<void> {
+    if (!key.startsWith('buildcache:')) throw new Error(`not a meta key: ${key}`);
+    await this.db.put(key, value);
+  }
+
   /** Points `tag` at the image (moving it from another image if needed). */
   async tag(image: ImageRecord, tag: string): Promise<void> {
     const ops = await this.tagOps(image, [normalizeTag(tag)]);

@@ -1,0 +1,537 @@
+// `strata build`: an image from a Dockerfile and a context directory, step by step, with a build
+// cache.
+//
+// Each stage starts from its FROM image (or scratch) and carries a config (the base's, changed by
+// ENV, WORKDIR, USER, CMD ...) and a chain of layers. Instructions that change only the config add a
+// history entry with empty_layer. RUN runs the command in a container of the current chain and
+// config (as `strata run` does: mount, namespaces, chroot, the config's user, working directory and
+// environment plus the build arguments), and its upper becomes a new layer (as `strata commit`
+// makes one). COPY and ADD mount such a container and write the sources into it, every path
+// resolved inside its root (context.ts), so directories the image has keep their attributes; its
+// upper becomes the layer. Containers and mounts of a step are removed when it ends, whatever
+// happens; only the final image of the target stage is recorded (with the tags of -t).
+//
+// The cache: each step has a key, the hash of the previous step's key and the instruction (with the
+// build arguments a RUN sees, and the checksum of the sources of a COPY or ADD); the base's key is its
+// image ID. A layer step records key -> the layer's chain ID and the time it was built; a later build
+// with the same key takes that layer if the store still has it, without running anything. Config
+// steps are recomputed (they are cheap), with the time of the step before them, so a build whose
+// every step is cached gives the same image ID again.
+
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
+import { PassThrough } from 'node:stream';
+import * as N from '../../native/index.js';
+import { packTree } from '../changes.js';
+import { mountLayers, unmountIfMounted } from '../container.js';
+import { startContainer } from '../run.js';
+import { type ImageRecord, type LayerRecord, type Store, withStore } from '../store.js';
+import { type HistoryEntry, type ImageConfig, ImageError } from '../types.js';
+import { containerUser } from '../user.js';
+import { BuildContext, copyInto, ensureDir, isDirIn, sourceChecksum } from './context.js';
+import { expand, type Instruction, keyValues, parseDockerfile, words } from './dockerfile.js';
+
+export interface BuildOptions {
+  store: string;
+  /** The context directory. */
+  context: string;
+  /** The Dockerfile (default CONTEXT/Dockerfile). */
+  dockerfile?: string;
+  tags: string[];
+  buildArgs: Record<string, string>;
+  noCache?: boolean;
+  /** The stage to build (default: the last). */
+  target?: string;
+  /** A line per step (Docker's "STEP n/m: ..."). */
+  log?: (line: string) => void;
+  /** Pulls an image the store lacks (FROM). */
+  ensureImage?: (ref: string) => Promise<void>;
+}
+
+export interface BuildResult {
+  id: string;
+  /** Steps taken from the cache, and run. */
+  cached: number;
+  built: number;
+}
+
+interface Stage {
+  name: string | null;
+  config: ImageConfig;
+  /** Chain IDs, bottom first. */
+  layers: string[];
+  key: string;
+  /** When the last layer step of this stage (or its base) was made. */
+  created: string;
+  /** ARG names declared in the stage, with their values. */
+  args: Map<string, string>;
+  shell: string[];
+  /** CMD set in this stage (an ENTRYPOINT then keeps it; else it drops the base's). */
+  cmdSet?: boolean;
+}
+
+const SCRATCH_CONFIG = (): ImageConfig => ({
+  architecture: ({ x64: 'amd64', arm64: 'arm64' } as Record<string, string>)[process.arch] ?? process.arch,
+  os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] }, history: [],
+});
+
+const DEFAULT_SHELL = ['/bin/sh', '-c'];
+
+function sha(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+function clone<T>(v: T): T {
+  return JSON.parse(JSON.stringify(v)) as T;
+}
+
+/** The variables an instruction's words see: the stage's ARGs, then its ENV (ENV wins, as in Docker). */
+function varsOf(stage: Stage): Map<string, string> {
+  const vars = new Map(stage.args);
+  for (const kv of stage.config.config?.Env ?? []) {
+    const i = kv.indexOf('=');
+    if (i > 0) vars.set(kv.slice(0, i), kv.slice(i + 1));
+  }
+  return vars;
+}
+
+function setEnv(config: ImageConfig, key: string, value: string): void {
+  const env = (config.config ??= {}).Env ?? [];
+  const i = env.findIndex((e) => e.startsWith(`${key}=`));
+  if (i >= 0) env[i] = `${key}=${value}`;
+  else env.push(`${key}=${value}`);
+  config.config.Env = env;
+}
+
+/** The exec form as given, or the shell form run by the stage's SHELL. */
+function commandOf(ins: Instruction, shell: string[]): string[] {
+  return ins.json ?? [...shell, ins.rest];
+}
+
+export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
+  const log = opts.log ?? ((): void => {});
+  const dockerfile = opts.dockerfile ?? join(opts.context, 'Dockerfile');
+  let text: string;
+  try {
+    text = readFileSync(dockerfile, 'utf8');
+  } catch (e) {
+    throw new ImageError(`cannot read the Dockerfile ${dockerfile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!lstatSync(opts.context, { throwIfNoEntry: false })?.isDirectory()) throw new ImageError(`the build context ${opts.context} is not a directory`);
+  const df = parseDockerfile(text);
+  const esc = df.escape;
+  if (df.instructions.length === 0) throw new ImageError(`${dockerfile} has no instructions`);
+  const ctx = BuildContext.open(opts.context);
+
+  // Global ARGs (before the first FROM) are seen by FROM lines only.
+  const globalArgs = new Map<string, string>();
+  let i = 0;
+  for (; i < df.instructions.length && df.instructions[i]!.cmd === 'ARG'; i++) {
+    for (const [k, v] of keyValues(df.instructions[i]!.rest, globalArgs, esc, false)) {
+      globalArgs.set(k, opts.buildArgs[k] ?? (df.instructions[i]!.rest.includes('=') ? v : ''));
+    }
+  }
+  if (i >= df.instructions.length || df.instructions[i]!.cmd !== 'FROM') throw new ImageError('the Dockerfile must begin with FROM (after ARGs)');
+  // Stages: instruction ranges.
+  const ranges: { from: Instruction; body: Instruction[]; name: string | null }[] = [];
+  for (; i < df.instructions.length; i++) {
+    const ins = df.instructions[i]!;
+    if (ins.cmd === 'FROM') {
+      const m = /^(\S+)(?:\s+AS\s+(\S+))?\s*$/i.exec(ins.rest);
+      if (!m) throw new ImageError(`Dockerfile line ${ins.line}: FROM takes IMAGE [AS NAME]`);
+      ranges.push({ from: ins, body: [], name: m[2]?.toLowerCase() ?? null });
+    } else {
+      ranges.at(-1)!.body.push(ins);
+    }
+  }
+  let last = ranges.length - 1;
+  if (opts.target !== undefined) {
+    last = ranges.findIndex((r) => r.name === opts.target!.toLowerCase());
+    if (last < 0) throw new ImageError(`no stage named "${opts.target}" in the Dockerfile`);
+  }
+  const total = ranges.slice(0, last + 1).reduce((n, r) => n + 1 + r.body.length, 0);
+  let step = 0;
+  let cached = 0;
+  let built = 0;
+  const done: Stage[] = [];
+  const stageByName = (name: string): Stage | undefined => {
+    const byName = done.find((s) => s.name === name.toLowerCase());
+    if (byName) return byName;
+    return /^[0-9]+$/.test(name) ? done[Number(name)] : undefined;
+  };
+
+  for (const range of ranges.slice(0, last + 1)) {
+    const fromRef = expand(/^(\S+)/.exec(range.from.rest)![1]!, globalArgs, esc);
+    log(`STEP ${++step}/${total}: FROM ${fromRef}${range.name ? ` AS ${range.name}` : ''}`);
+    let stage: Stage;
+    const prior = stageByName(fromRef);
+    if (fromRef === 'scratch') {
+      stage = { name: range.name, config: SCRATCH_CONFIG(), layers: [], key: 'scratch', created: new Date(0).toISOString(), args: new Map(), shell: DEFAULT_SHELL };
+    } else if (prior) {
+      stage = { ...clone({ config: prior.config, layers: prior.layers, key: prior.key, created: prior.created }), name: range.name, args: new Map(), shell: [...prior.shell] };
+    } else {
+      await opts.ensureImage?.(fromRef);
+      const base = await withStore(opts.store, (s) => s.resolveImage(fromRef));
+      stage = {
+        name: range.name, config: clone(base.config), layers: [...base.layers], key: base.id,
+        created: base.config.created ?? new Date(0).toISOString(), args: new Map(), shell: DEFAULT_SHELL,
+      };
+      delete stage.config.config?.Healthcheck;
+      if ((base.config.config?.OnBuild as unknown[] | undefined)?.length) log('WARNING: the base image\'s ONBUILD triggers are not run');
+    }
+    for (const ins of range.body) {
+      log(`STEP ${++step}/${total}: ${ins.original}`);
+      const r = await runStep(opts, ctx, esc, stage, ins, stageByName, log);
+      if (r === 'cached') cached++;
+      else if (r === 'built') built++;
+    }
+    done.push(stage);
+  }
+
+  const final = done[last]!;
+  const config = final.config;
+  config.created = final.created;
+  const image = await withStore(opts.store, async (s) => {
+    const layers: LayerRecord[] = [];
+    for (const c of final.layers) {
+      const l = await s.layer(c);
+      if (!l) throw new ImageError(`layer ${c} vanished from the store during the build`);
+      layers.push(l);
+    }
+    config.rootfs = { type: 'layers', diff_ids: layers.map((l) => l.diffId) };
+    return s.writeImage({ config, layers, tags: opts.tags });
+  });
+  log(`COMMIT ${opts.tags.join(', ') || image.id}`);
+  return { id: image.id, cached, built };
+}
+
+function history(stage: Stage, ins: Instruction, empty: boolean): void {
+  const h: HistoryEntry = { created: stage.created, created_by: ins.original, comment: 'strata build' };
+  if (empty) h.empty_layer = true;
+  (stage.config.history ??= []).push(h);
+}
+
+/** One instruction; returns whether it took a cached layer, built one, or only changed the config. */
+async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage: Stage, ins: Instruction,
+  stageByName: (n: string) => Stage | undefined, log: (l: string) => void): Promise<'cached' | 'built' | 'config'> {
+  const cfg = (stage.config.config ??= {});
+  const vars = varsOf(stage);
+  const configStep = (): 'config' => {
+    stage.key = sha(`${stage.key}\n${ins.original}`);
+    history(stage, ins, true);
+    return 'config';
+  };
+  switch (ins.cmd) {
+    case 'ENV':
+      for (const [k, v] of keyValues(ins.rest, vars, esc, true)) setEnv(stage.config, k, v);
+      return configStep();
+    case 'ARG': {
+      for (const [k, v] of keyValues(ins.rest, vars, esc, false)) {
+        stage.args.set(k, opts.buildArgs[k] ?? (ins.rest.includes('=') ? v : stage.args.get(k) ?? ''));
+      }
+      stage.key = sha(`${stage.key}\n${ins.original}`);
+      return 'config';
+    }
+    case 'LABEL': {
+      const labels = (cfg.Labels ??= {}) as Record<string, string>;
+      for (const [k, v] of keyValues(ins.rest, vars, esc, false)) labels[k] = v;
+      return configStep();
+    }
+    case 'MAINTAINER':
+      stage.config.author = ins.rest;
+      return configStep();
+    case 'WORKDIR': {
+      const dir = expand(ins.rest, vars, esc);
+      cfg.WorkingDir = posix.normalize(posix.isAbsolute(dir) ? dir : posix.join(cfg.WorkingDir || '/', dir));
+      return configStep();
+    }
+    case 'USER':
+      cfg.User = expand(ins.rest, vars, esc);
+      return configStep();
+    case 'CMD':
+      cfg.Cmd = commandOf(ins, stage.shell);
+      stage.cmdSet = true;
+      return configStep();
+    case 'ENTRYPOINT':
+      cfg.Entrypoint = commandOf(ins, stage.shell);
+      // (as Docker: a new ENTRYPOINT drops the base's CMD)
+      if (!stage.cmdSet) cfg.Cmd = null;
+      return configStep();
+    case 'EXPOSE': {
+      const ports = (cfg.ExposedPorts ??= {}) as Record<string, object>;
+      for (const p of words(ins.rest, vars, esc)) ports[p.includes('/') ? p : `${p}/tcp`] = {};
+      return configStep();
+    }
+    case 'VOLUME': {
+      const vols = (cfg.Volumes ??= {}) as Record<string, object>;
+      for (const v of ins.json ?? words(ins.rest, vars, esc)) vols[v] = {};
+      return configStep();
+    }
+    case 'STOPSIGNAL':
+      cfg.StopSignal = expand(ins.rest, vars, esc);
+      return configStep();
+    case 'SHELL':
+      if (!ins.json || ins.json.length === 0) throw new ImageError(`Dockerfile line ${ins.line}: SHELL takes a JSON array`);
+      stage.shell = ins.json;
+      cfg.Shell = ins.json;
+      return configStep();
+    case 'ONBUILD':
+      ((cfg.OnBuild ??= []) as string[]).push(ins.rest);
+      return configStep();
+    case 'HEALTHCHECK':
+      throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK is not supported`);
+    case 'RUN':
+      return layerStep(opts, stage, ins, runKey(stage, ins), log, (rec) => runInBuild(opts, stage, ins, rec));
+    case 'COPY':
+    case 'ADD':
+      return copyStep(opts, ctx, esc, stage, ins, vars, stageByName, log);
+    default:
+      throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} is not supported`);
+  }
+}
+
+/** A RUN's key: the instruction and the build arguments it sees. */
+function runKey(stage: Stage, ins: Instruction): string {
+  if (Object.keys(ins.flags).length > 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN --${Object.keys(ins.flags)[0]} is not supported`);
+  const args = [...stage.args].map(([k, v]) => `${k}=${v}`).sort().join('\n');
+  return sha(`${stage.key}\n${ins.original}\n${args}`);
+}
+
+interface BuildContainer {
+  id: string;
+  upper: string;
+  merged: string;
+  work: string;
+}
+
+/**
+ * A layer step: from the cache, else in a fresh container of the current chain and config, whose
+ * upper becomes the layer. The container goes whatever happens.
+ */
+async function layerStep(opts: BuildOptions, stage: Stage, ins: Instruction, key: string, log: (l: string) => void,
+  work: (rec: BuildContainer) => Promise<void>): Promise<'cached' | 'built'> {
+  const cacheKey = `buildcache:${key}`;
+  if (!opts.noCache) {
+    const hit = await withStore(opts.store, async (s) => {
+      const entry = await s.getMeta<{ chain: string; created: string }>(cacheKey);
+      if (!entry) return null;
+      const layer = await s.layer(entry.chain);
+      if (!layer || layer.parent !== (stage.layers.at(-1) ?? null) || !existsSync(s.layerDir(entry.chain))) return null;
+      return entry;
+    });
+    if (hit) {
+      log('--> Using cache');
+      stage.layers.push(hit.chain);
+      stage.created = hit.created;
+      stage.key = key;
+      history(stage, ins, false);
+      return 'cached';
+    }
+  }
+  const created = new Date().toISOString();
+  const rec = await withStore(opts.store, async (s) => {
+    const pseudo = { id: `sha256:${sha(JSON.stringify(stage.config))}`, layers: stage.layers, tags: [] } as unknown as ImageRecord;
+    const c = await s.createContainer({ image: pseudo, imageRef: 'strata-build', command: ins.json ?? [...stage.shell, ins.rest] });
+    return s.updateContainer(c.id, { config: stage.config, build: true });
+  });
+  try {
+    await work(rec);
+    const layer = await withStore(opts.store, async (s) => {
+      const pipe = new PassThrough({ highWaterMark: 1 << 20 });
+      const packing = packTree(rec.upper, pipe, { layer: true, gzip: false });
+      const [l] = await Promise.all([s.addLayer(stage.layers.at(-1) ?? null, pipe).catch((e: unknown) => {
+        pipe.destroy(e as Error);
+        throw e;
+      }), packing]);
+      await s.putMeta(cacheKey, { chain: l.chainId, created });
+      return l;
+    });
+    stage.layers.push(layer.chainId);
+    stage.created = created;
+    stage.key = key;
+    history(stage, ins, false);
+    return 'built';
+  } finally {
+    await unmountIfMounted(rec.merged).catch(() => {});
+    await withStore(opts.store, (s) => s.removeContainer(rec.id)).catch(() => {});
+  }
+}
+
+/** RUN: the command in the container, as strata run runs it, with the build arguments in its environment. */
+async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, rec: BuildContainer): Promise<void> {
+  const env = [...stage.args].map(([k, v]) => `${k}=${v}`);
+  const full = await withStore(opts.store, (s) => s.updateContainer(rec.id, { env }));
+  const status = await startContainer(opts.store, full);
+  if (status !== 0) throw new ImageError(`${ins.original.slice(0, 200)}: the command returned a non-zero code: ${status}`);
+}
+
+/** COPY and ADD (local sources; ADD also unpacks local tar archives). */
+async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage: Stage, ins: Instruction, vars: Map<string, string>,
+  stageByName: (n: string) => Stage | undefined, log: (l: string) => void): Promise<'cached' | 'built'> {
+  for (const f of Object.keys(ins.flags)) {
+    if (f !== 'chown' && f !== 'chmod' && f !== 'from') throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} --${f} is not supported`);
+  }
+  const list = ins.json ? ins.json.map((w) => expand(w, vars, esc)) : words(ins.rest, vars, esc);
+  if (list.length < 2) throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} takes at least one source and a destination`);
+  const dest = list.at(-1)!;
+  const srcs = list.slice(0, -1);
+  if (ins.cmd === 'ADD' && srcs.some((s) => /^[a-z]+:\/\//i.test(s))) throw new ImageError(`Dockerfile line ${ins.line}: ADD of a URL is not supported`);
+  const from = ins.flags.from !== undefined ? expand(ins.flags.from, vars, esc) : undefined;
+  if (from !== undefined && ins.cmd === 'ADD') throw new ImageError(`Dockerfile line ${ins.line}: ADD --from is not supported`);
+  const chmod = ins.flags.chmod !== undefined ? parseInt(ins.flags.chmod, 8) : undefined;
+  if (chmod !== undefined && (!/^[0-7]{3,4}$/.test(ins.flags.chmod!) || Number.isNaN(chmod))) throw new ImageError(`Dockerfile line ${ins.line}: --chmod takes octal permission bits`);
+  const workdir = stage.config.config?.WorkingDir || '/';
+  // (cleaned as Docker cleans it, before anything is resolved in the image)
+  const destAbs = posix.normalize(posix.isAbsolute(dest) ? dest : posix.join(workdir, dest));
+
+  // Where the sources are: the context, or the root of another stage (or image) mounted read-only.
+  let fromRoot: { root: string; cleanup: () => Promise<void>; key: string } | null = null;
+  if (from !== undefined) {
+    const s = stageByName(from);
+    let layers: string[];
+    let key: string;
+    if (s) {
+      layers = s.layers;
+      key = s.key;
+    } else {
+      await opts.ensureImage?.(from);
+      const img = await withStore(opts.store, (st) => st.resolveImage(from));
+      layers = img.layers;
+      key = img.id;
+    }
+    const dirs = await withStore(opts.store, async (st) => layers.map((l) => st.layerDir(l)).reverse());
+    // (not in the store's tmp/, which every open of the store empties)
+    const mnt = mkdtempSync(join(tmpdir(), 'strata-from-'));
+    if (dirs.length > 0) mountLayers({ lowerdirs: dirs, mountpoint: mnt });
+    fromRoot = {
+      root: mnt, key,
+      cleanup: async () => {
+        await unmountIfMounted(mnt).catch(() => {});
+        rmSync(mnt, { recursive: true, force: true });
+      },
+    };
+  }
+  try {
+    const root = fromRoot?.root ?? ctx.root;
+    const srcCtx = fromRoot ? new BuildContext(root, null) : ctx;
+    const rels = srcs.flatMap((s) => srcCtx.resolveSource(fromRoot ? s.replace(/^\/+/, '') : s));
+    const checksum = sourceChecksum(root, rels, (r) => srcCtx.listTree(r));
+    const key = sha(`${stage.key}\n${ins.original}\n${fromRoot?.key ?? ''}\n${checksum}`);
+    return await layerStep(opts, stage, ins, key, log, async (rec) => {
+      const lowerdirs = await withStore(opts.store, async (st) => stage.layers.map((l) => st.layerDir(l)).reverse());
+      if (lowerdirs.length === 0) {
+        // scratch: an empty lower layer
+        lowerdirs.push(join(rec.upper, '..', 'empty'));
+        N.mkdirat(N.C.AT_FDCWD, lowerdirs[0]!, 0o755);
+      }
+      mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
+      const rootFd = N.openat(N.C.AT_FDCWD, rec.merged, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+      try {
+        const owner = ins.flags.chown !== undefined ? chownOf(rec.merged, expand(ins.flags.chown, vars, esc)) : { uid: 0, gid: 0 };
+        const spec = { ...owner, ...(chmod !== undefined ? { mode: chmod } : {}) };
+        const rel = destAbs.replace(/^\/+/, '');
+        const single = rels.length === 1 && !lstatSync(join(root, rels[0]!)).isDirectory();
+        const intoDir = dest.endsWith('/') || rels.length > 1 || !single || isDirIn(rootFd, rel);
+        if (!single && rels.length > 1 && !dest.endsWith('/')) {
+          throw new ImageError(`Dockerfile line ${ins.line}: with several sources the destination must be a directory (end it with /)`);
+        }
+        const listChildren = (abs: string): string[] => readdirSync(abs).sort().filter((n) => {
+          const r = posix.relative(root, abs);
+          return !srcCtx.excluded(r === '' ? n : `${r}/${n}`);
+        });
+        for (const r of rels) {
+          const abs = join(root, r);
+          const st = lstatSync(abs);
+          if (ins.cmd === 'ADD' && st.isFile() && isArchive(abs)) {
+            await addArchive(abs, rec.merged, rel);
+            continue;
+          }
+          if (st.isDirectory()) {
+            // a directory's contents go into the destination directory
+            const dfd = ensureDir(rootFd, rel);
+            try {
+              for (const child of listChildren(abs)) copyInto(join(abs, child), dfd, child, spec, listChildren);
+            } finally {
+              N.close(dfd);
+            }
+          } else {
+            const [dirRel, name] = intoDir ? [rel, posix.basename(r)] : [posix.dirname(rel), posix.basename(rel)];
+            const dfd = ensureDir(rootFd, dirRel);
+            try {
+              copyInto(abs, dfd, name, spec, listChildren);
+            } finally {
+              N.close(dfd);
+            }
+          }
+        }
+      } finally {
+        N.close(rootFd);
+        await unmountIfMounted(rec.merged);
+      }
+    });
+  } finally {
+    await fromRoot?.cleanup();
+  }
+}
+
+/** --chown=USER[:GROUP], names looked up in the container's /etc/passwd and /etc/group. */
+function chownOf(root: string, spec: string): { uid: number; gid: number } {
+  const u = containerUser(root, spec);
+  return { uid: u.uid, gid: u.gid };
+}
+
+function isArchive(path: string): boolean {
+  const head = Buffer.alloc(512);
+  const fd = N.openat(N.C.AT_FDCWD, path, N.C.O_RDONLY | N.C.O_CLOEXEC, 0);
+  let n = 0;
+  try {
+    n = N.pread(fd, head, 0, 512, 0);
+  } finally {
+    N.close(fd);
+  }
+  if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
+  return n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
+}
+
+/**
+ * ADD of a local tar (plain or gzip): unpacked into the destination inside the container by the
+ * store's layer unpacker, every entry resolved beneath the destination without following symlinks
+ * (neither the archive's nor the image's lead out); owners, modes and times as the archive has them.
+ */
+async function addArchive(archive: string, merged: string, rel: string): Promise<void> {
+  const { LayerUnpacker } = await import('../unpack.js');
+  const { createReadStream } = await import('node:fs');
+  const { createGunzip } = await import('node:zlib');
+  const { pipeline } = await import('node:stream/promises');
+  const rootFd = N.openat(N.C.AT_FDCWD, merged, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+  let dfd: number;
+  try {
+    dfd = ensureDir(rootFd, rel);
+  } finally {
+    N.close(rootFd);
+  }
+  try {
+    const head = Buffer.alloc(2);
+    const fd = N.openat(N.C.AT_FDCWD, archive, N.C.O_RDONLY | N.C.O_CLOEXEC, 0);
+    try {
+      N.pread(fd, head, 0, 2, 0);
+    } finally {
+      N.close(fd);
+    }
+    const unpacker = new LayerUnpacker(dfd);
+    try {
+      const input = createReadStream(archive);
+      if (head[0] === 0x1f && head[1] === 0x8b) await pipeline(input, createGunzip({ chunkSize: 256 << 10 }), unpacker.sink);
+      else await pipeline(input, unpacker.sink);
+      unpacker.finish();
+    } finally {
+      unpacker.release();
+    }
+  } catch (e) {
+    throw e instanceof ImageError ? e : new ImageError(`ADD: cannot unpack ${archive}: ${(e as Error).message}`);
+  } finally {
+    N.close(dfd);
+  }
+}

@@ -1,0 +1,195 @@
+// strata build against podman build (buildah) on the same Dockerfile and base image: the image
+// config and the files' owners, modes and contents; the build cache (a rebuild takes every step
+// from it and gives the same image ID; a changed source or build argument rebuilds from its step);
+// multi-stage builds, scratch, ADD of a local archive; and refusals: sources outside the context,
+// a failing RUN (no container or mount left), a destination through a symlink of the image that
+// points at the host (the write stays in the image), malformed Dockerfiles.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, type RunResult } from './helpers/exec.js';
+import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
+import { mountsUnder } from './helpers/mounts.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+
+const ROOTFS_L0 = '/var/cache/strata/rootfs/l0';
+
+interface Ctx {
+  base: string;
+  store: string;
+  strata: (args: readonly string[]) => RunResult;
+  ok: (args: readonly string[]) => string;
+}
+
+/** A store with the Debian rootfs imported as deb:l0. */
+function setup(t: ExecutionContext): Ctx {
+  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
+  const base = tempDir(t, 'bd');
+  const store = path.join(base, 'store');
+  const env = { ...process.env, STRATA_STORE: store };
+  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 300_000 });
+  const ok = (args: readonly string[]): string => {
+    const r = strata(args);
+    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  const tar = path.join(base, 'deb.tar');
+  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
+  ok(['image', 'import', tar, 'deb:l0']);
+  fs.rmSync(tar);
+  return { base, store, strata, ok };
+}
+
+function writeTree(root: string, files: Record<string, string>): void {
+  for (const [rel, content] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
+    fs.writeFileSync(path.join(root, rel), content);
+  }
+}
+
+function lastLine(out: string): string {
+  return out.trim().split('\n').at(-1)!;
+}
+
+function oneLineError(t: ExecutionContext, r: RunResult, pattern: RegExp): void {
+  t.not(r.status, 0);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.regex(r.stderr, pattern);
+}
+
+const DOCKERFILE = `# escape=\\
+ARG BASE=deb:l0
+FROM \${BASE}
+ARG GREETING=hello
+ENV APP_HOME=/srv/app \\
+    MODE="prod mode" \\
+    ESCAPED=\\$HOME
+WORKDIR $APP_HOME
+COPY file.txt sub/ ./
+COPY --chown=1234:5678 --chmod=640 file.txt /etc/owned.txt
+COPY ["later.txt", "sub/inner.txt", "/opt/with space/"]
+RUN echo "$GREETING from run in $(pwd) as $(id -u)" > run.txt && chmod 604 run.txt
+WORKDIR rel/dir
+USER 1234:5678
+EXPOSE 8080 53/udp
+LABEL org.example.a="b c" x=y
+STOPSIGNAL SIGINT
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /srv/app/run.txt"]
+`;
+
+const PATHS = ['/srv/app', '/srv/app/file.txt', '/srv/app/inner.txt', '/srv/app/run.txt', '/etc/owned.txt', '/opt/with space', '/opt/with space/inner.txt'];
+const PROBE = `for p in ${PATHS.map((p) => `'${p}'`).join(' ')}; do stat -c '%n %F %a %u %g %s' "$p"; done; cat /srv/app/run.txt /srv/app/file.txt; ls -A /srv/app; ls /srv/app/secret.txt 2>&1 | wc -l`;
+
+test.serial('a Dockerfile gives the image podman build gives (config, files, owners, modes); a rebuild is all cached, same ID; changes rebuild from their step', (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.base, 'ctx');
+  writeTree(ctx, { Dockerfile: DOCKERFILE, 'file.txt': 'file contents\n', 'sub/inner.txt': 'inner\n', 'later.txt': 'later\n', 'secret.txt': 'no\n', '.dockerignore': '# comment\nsecret.txt\n' });
+  const out = c.ok(['build', '-t', 'built:1', ctx]);
+  const id = lastLine(out);
+  t.regex(id, /^sha256:[0-9a-f]{64}$/);
+  t.regex(out, /STEP 1\/15: FROM deb:l0/);
+
+  const { ok: pod } = testPodman(t, c.base);
+  podmanImport(pod, c.base, ROOTFS_L0, 'localhost/deb:l0');
+  pod(['build', '-q', ...PODMAN_RUN, '--build-arg', 'BASE=localhost/deb:l0', '-t', 'localhost/built:1', ctx]);
+  const theirs = JSON.parse(pod(['image', 'inspect', 'localhost/built:1', '--format', '{{json .Config}}'])) as Record<string, unknown>;
+  delete (theirs.Labels as Record<string, string>)['io.buildah.version'];
+  const mine = (JSON.parse(c.ok(['image', 'inspect', 'built:1'])) as { Config: Record<string, unknown> }[])[0]!.Config;
+  for (const k of ['Env', 'WorkingDir', 'User', 'ExposedPorts', 'Labels', 'Entrypoint', 'Cmd', 'StopSignal']) t.deepEqual(mine[k], theirs[k], k);
+  const strataView = c.ok(['run', '--rm', '-u', '0', 'built:1', PROBE]);
+  const podmanView = pod(['run', '--rm', ...PODMAN_RUN, '-u', '0', 'localhost/built:1', PROBE]);
+  t.is(strataView, podmanView);
+  t.regex(strataView, /hello from run in \/srv\/app as 0\n/);
+  t.is(c.ok(['run', '--rm', 'built:1']), pod(['run', '--rm', ...PODMAN_RUN, 'localhost/built:1']));
+  // ENV with an escaped $ keeps it
+  t.true((mine.Env as string[]).includes('ESCAPED=$HOME'));
+
+  // Rebuilt: every layer step from the cache, the same image.
+  const again = c.ok(['build', '-t', 'built:1', ctx]);
+  t.is(lastLine(again), id);
+  t.is(again.match(/--> Using cache/g)?.length, 4);
+  // A changed build argument: the RUN (and what follows) again.
+  const arg = c.ok(['build', '--build-arg', 'GREETING=bye', '-t', 'built:2', ctx]);
+  t.is(arg.match(/--> Using cache/g)?.length, 3);
+  t.not(lastLine(arg), id);
+  t.regex(c.ok(['run', '--rm', 'built:2']), /^bye from run/);
+  // A changed source: from its COPY on.
+  fs.writeFileSync(path.join(ctx, 'later.txt'), 'later, changed\n');
+  const changed = c.ok(['build', '-t', 'built:3', ctx]);
+  t.is(changed.match(/--> Using cache/g)?.length, 2, 'the two COPYs before it');
+  t.is(c.ok(['run', '--rm', 'built:3', 'cat /opt/with\\ space/later.txt']), 'later, changed\n');
+  // A file .dockerignore excludes changes nothing.
+  fs.writeFileSync(path.join(ctx, 'secret.txt'), 'still no\n');
+  t.is(lastLine(c.ok(['build', '-t', 'built:3', ctx])), lastLine(changed));
+  // --no-cache runs everything again.
+  const fresh = c.ok(['build', '--no-cache', '-q', ctx]);
+  t.is(fresh.match(/Using cache|STEP/g), null);
+});
+
+test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL', (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.base, 'ctx');
+  fs.mkdirSync(path.join(c.base, 'arc/d'), { recursive: true });
+  fs.writeFileSync(path.join(c.base, 'arc/d/f'), 'from the archive\n');
+  fs.mkdirSync(ctx);
+  run('tar', ['-C', path.join(c.base, 'arc'), '-czf', path.join(ctx, 'a.tgz'), 'd']);
+  writeTree(ctx, {
+    Dockerfile: [
+      'FROM deb:l0 AS builder', 'SHELL ["/bin/bash", "-c"]', 'RUN echo "built by $BASH_VERSION" | cut -c1-8 > /out.txt', 'ADD a.tgz /opt/',
+      'FROM scratch', 'COPY --from=builder /out.txt /opt/d/f /', 'COPY --from=0 /etc/debian_version /etc/', 'CMD ["/nothing"]', '',
+    ].join('\n'),
+  });
+  const id = lastLine(c.ok(['build', '-t', 'small:1', ctx]));
+  const layers = (JSON.parse(c.ok(['image', 'lowerdir', '--json', 'small:1'])) as { lowerdir: string[] }).lowerdir;
+  t.is(layers.length, 2, 'scratch plus two COPY layers');
+  const top = layers[0]!;
+  const bottom = layers[1]!;
+  t.is(fs.readFileSync(path.join(bottom, 'out.txt'), 'utf8'), 'built by\n');
+  t.is(fs.readFileSync(path.join(bottom, 'f'), 'utf8'), 'from the archive\n');
+  t.is(fs.readFileSync(path.join(top, 'etc/debian_version'), 'utf8'), fs.readFileSync(path.join(ROOTFS_L0, 'etc/debian_version'), 'utf8'));
+  t.deepEqual(fs.readdirSync(bottom).sort(), ['f', 'out.txt']);
+  t.regex(id, /^sha256:/);
+  const stage = lastLine(c.ok(['build', '--target', 'builder', '-t', 'builder:1', ctx]));
+  t.is(c.ok(['run', '--rm', 'builder:1', 'cat', '/opt/d/f']), 'from the archive\n');
+  t.not(stage, id);
+  const cfg = (JSON.parse(c.ok(['image', 'inspect', 'builder:1'])) as { Config: { Shell?: string[] } }[])[0]!.Config;
+  t.deepEqual(cfg.Shell, ['/bin/bash', '-c']);
+});
+
+test.serial('refused: sources outside the context, a failing RUN (nothing left behind), malformed Dockerfiles; a symlink of the image to a host path keeps the copy in the image', (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.base, 'ctx');
+  const hostDir = path.join(c.base, 'host-target');
+  fs.mkdirSync(hostDir);
+  writeTree(ctx, { 'file.txt': 'payload\n' });
+  const build = (dockerfile: string): RunResult => {
+    fs.writeFileSync(path.join(ctx, 'Dockerfile'), dockerfile);
+    return c.strata(['build', '-q', ctx]);
+  };
+  // The image's /danger points at a host directory: COPY through it writes inside the image.
+  const r = build(`FROM deb:l0\nRUN ln -s ${hostDir} /danger && mkdir -p ${hostDir}\nCOPY file.txt /danger/\nCOPY file.txt /danger/../escape.txt\n`);
+  t.is(r.status, 0, r.stderr);
+  t.deepEqual(fs.readdirSync(hostDir), [], 'nothing written on the host');
+  const id = lastLine(r.stdout);
+  t.is(c.ok(['run', '--rm', id, 'cat', `${hostDir}/file.txt`]), 'payload\n');
+  t.is(c.ok(['run', '--rm', id, 'cat', '/escape.txt']), 'payload\n', '/danger/../escape.txt is /escape.txt, as Docker cleans it');
+  t.false(fs.existsSync(path.join(c.base, 'escape.txt')));
+
+  oneLineError(t, build('FROM deb:l0\nCOPY ../outside /x\n'), /COPY\/ADD source "\.\.\/outside" is outside the build context/);
+  oneLineError(t, build('FROM deb:l0\nCOPY missing.txt /x\n'), /not found in the build context/);
+  oneLineError(t, build('FROM deb:l0\nFOO bar\n'), /Dockerfile line 2: unknown instruction: FOO/);
+  oneLineError(t, build('RUN true\n'), /must begin with FROM/);
+  oneLineError(t, build('FROM deb:l0\nADD https://example.com/x /x\n'), /ADD of a URL is not supported/);
+  oneLineError(t, build('FROM deb:l0\nRUN --mount=type=cache,target=/x true\n'), /RUN --mount is not supported/);
+  oneLineError(t, build('FROM nothere:1\n'), /no such image: nothere:1/);
+  oneLineError(t, c.strata(['build', path.join(c.base, 'nope')]), /cannot read the Dockerfile/);
+  const failing = build('FROM deb:l0\nRUN echo about to fail; exit 3\n');
+  t.not(failing.status, 0);
+  t.regex(failing.stderr, /RUN echo about to fail; exit 3: the command returned a non-zero code: 3/);
+  t.regex(failing.stdout, /about to fail/);
+  t.deepEqual(JSON.parse(c.ok(['container', 'ls', '--json'])), [], 'no container left');
+  t.deepEqual(mountsUnder(c.store), [], 'nothing mounted');
+});
