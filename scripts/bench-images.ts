@@ -7,12 +7,14 @@
 //   export  strata export C -o F                  podman export -o F C
 //   push    strata push IMG REG/s/bench:1          podman push IMG REG/p/bench:1   (a new registry each run)
 //   pull    strata pull REG/seed/bench:1           podman pull REG/seed/bench:1    (into empty stores)
+//   build   strata build --no-cache CTX            podman build --no-cache CTX     (RUN writing 50 MiB, COPY of a
+//           500-file context, ENV/WORKDIR/CMD; the input image as base)
 // push and pull go to a registry the bench starts on 127.0.0.1 (docker-registry, storage under --tmp);
 // the pulled image is podman's push of the input image (gzip layers), made once before the runs.
 // Medians and min–max of --runs N (default 3), and the ratio strata/podman per step. --steps picks
 // the rows (e.g. --steps export): the others are then done untimed where a row needs them (the
 // container for commit and export, the commit for save) or skipped.
-// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export,push,pull] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
+// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export,push,pull,build] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import fs from 'node:fs';
@@ -21,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const STRATA = path.join(ROOT, 'bin', 'strata');
-const STEPS = ['load', 'commit', 'save', 'export', 'push', 'pull'] as const;
+const STEPS = ['load', 'commit', 'save', 'export', 'push', 'pull', 'build'] as const;
 type Step = (typeof STEPS)[number];
 
 function arg(name: string, fallback: string): string {
@@ -124,8 +126,8 @@ async function main(): Promise<void> {
     process.exit(130);
   });
   const results: Record<'strata' | 'podman', Record<Step, number[]>> = {
-    strata: { load: [], commit: [], save: [], export: [], push: [], pull: [] },
-    podman: { load: [], commit: [], save: [], export: [], push: [], pull: [] },
+    strata: { load: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
+    podman: { load: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
   };
   try {
     // The input image, once.
@@ -148,6 +150,12 @@ async function main(): Promise<void> {
     }
     podmanReset(seed);
     fs.rmSync(rootfsTar);
+    // The build's context: a Dockerfile and 500 small files.
+    const buildCtx = path.join(base, 'build-ctx');
+    fs.mkdirSync(path.join(buildCtx, 'files'), { recursive: true });
+    for (let i = 0; i < 500; i++) fs.writeFileSync(path.join(buildCtx, 'files', `f${i}`), `file ${i}\n`.repeat(50));
+    fs.writeFileSync(path.join(buildCtx, 'Dockerfile'), 'FROM localhost/bench:base\nENV APP=/srv/app\nWORKDIR /srv/app\n' +
+      'RUN head -c 52428800 /dev/urandom > /srv/big && sync\nCOPY files/ /srv/app/files/\nCMD ["ls", "/srv/app"]\n');
     const mib = fs.statSync(image).size / 2 ** 20;
     process.stderr.write(`image: ${mib.toFixed(0)} MiB docker-archive; ${runs} runs\n`);
 
@@ -194,6 +202,10 @@ async function main(): Promise<void> {
         const pp = podmanIn(path.join(dir, 'podman-pull'));
         step('pull', 'podman', () => podmanTimed(pp, ['pull', '-q', '--tls-verify=false', `${registry!.host}/seed/bench:1`]));
         podmanReset(pp);
+      }
+      if (want('build')) {
+        step('build', 'strata', () => timed(STRATA, ['build', '-q', '--no-cache', '-t', 'localhost/bench:built', buildCtx], env));
+        step('build', 'podman', () => podmanTimed(p, ['build', '-q', '--no-cache', ...LIMITS, '-t', 'localhost/bench:built', buildCtx]));
       }
       podman(p, ['rm', '-af']);
       podmanReset(p);

@@ -185,6 +185,7 @@ test.serial('refused: sources outside the context, a failing RUN (nothing left b
   oneLineError(t, build('FROM deb:l0\nADD https://example.com/x /x\n'), /ADD of a URL is not supported/);
   oneLineError(t, build('FROM deb:l0\nRUN --mount=type=cache,target=/x true\n'), /RUN --mount is not supported/);
   oneLineError(t, build('FROM nothere:1\n'), /no such image: nothere:1/);
+  oneLineError(t, build('FROM scratch\nRUN true\n'), /Dockerfile line 2: RUN in an empty image/);
   oneLineError(t, c.strata(['build', path.join(c.base, 'nope')]), /cannot read the Dockerfile/);
   const failing = build('FROM deb:l0\nRUN echo about to fail; exit 3\n');
   t.not(failing.status, 0);

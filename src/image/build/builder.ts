@@ -283,6 +283,7 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
     case 'HEALTHCHECK':
       throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK is not supported`);
     case 'RUN':
+      if (stage.layers.length === 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN in an empty image (FROM scratch, nothing copied yet): there is nothing to run`);
       return layerStep(opts, stage, ins, runKey(stage, ins), log, (rec) => runInBuild(opts, stage, ins, rec));
     case 'COPY':
     case 'ADD':
