@@ -138,7 +138,8 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   run('tar', ['-C', path.join(c.base, 'arc'), '-czf', path.join(ctx, 'a.tgz'), 'd']);
   writeTree(ctx, {
     Dockerfile: [
-      'FROM deb:l0 AS builder', 'SHELL ["/bin/bash", "-c"]', 'RUN echo "built by $BASH_VERSION" | cut -c1-8 > /out.txt', 'ADD a.tgz /opt/',
+      'ARG WHO=global', 'FROM deb:l0 AS builder', 'ARG WHO', 'SHELL ["/bin/bash", "-c"]', 'RUN echo "built by $BASH_VERSION" | cut -c1-8 > /out.txt',
+      'RUN echo "$WHO" > /who.txt', 'ADD a.tgz /opt/',
       'FROM scratch', 'COPY --from=builder /out.txt /opt/d/f /', 'COPY --from=0 /etc/debian_version /etc/', 'CMD ["/nothing"]', '',
     ].join('\n'),
   });
@@ -154,6 +155,7 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   t.regex(id, /^sha256:/);
   const stage = lastLine(c.ok(['build', '--target', 'builder', '-t', 'builder:1', ctx]));
   t.is(c.ok(['run', '--rm', 'builder:1', 'cat', '/opt/d/f']), 'from the archive\n');
+  t.is(c.ok(['run', '--rm', 'builder:1', 'cat', '/who.txt']), 'global\n', 'a stage\'s ARG without a default takes the global one');
   t.not(stage, id);
   const cfg = (JSON.parse(c.ok(['image', 'inspect', 'builder:1'])) as { Config: { Shell?: string[] } }[])[0]!.Config;
   t.deepEqual(cfg.Shell, ['/bin/bash', '-c']);

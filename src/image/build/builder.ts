@@ -67,6 +67,8 @@ interface Stage {
   created: string;
   /** ARG names declared in the stage, with their values. */
   args: Map<string, string>;
+  /** The global ARGs (before the first FROM): a stage's `ARG NAME` without a default takes their value. */
+  globals?: Map<string, string>;
   shell: string[];
   /** CMD set in this stage (an ENTRYPOINT then keeps it; else it drops the base's). */
   cmdSet?: boolean;
@@ -178,9 +180,9 @@ export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
         name: range.name, config: clone(base.config), layers: [...base.layers], key: base.id,
         created: base.config.created ?? new Date(0).toISOString(), args: new Map(), shell: DEFAULT_SHELL,
       };
-      delete stage.config.config?.Healthcheck;
       if ((base.config.config?.OnBuild as unknown[] | undefined)?.length) log('WARNING: the base image\'s ONBUILD triggers are not run');
     }
+    stage.globals = globalArgs;
     for (const ins of range.body) {
       log(`STEP ${++step}/${total}: ${ins.original}`);
       const r = await runStep(opts, ctx, esc, stage, ins, stageByName, log);
@@ -229,7 +231,8 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
       return configStep();
     case 'ARG': {
       for (const [k, v] of keyValues(ins.rest, vars, esc, false)) {
-        stage.args.set(k, opts.buildArgs[k] ?? (ins.rest.includes('=') ? v : stage.args.get(k) ?? ''));
+        const hasDefault = new RegExp(`(^|\\s)${k}=`).test(ins.rest);
+        stage.args.set(k, opts.buildArgs[k] ?? (hasDefault ? v : stage.globals?.get(k) ?? ''));
       }
       stage.key = sha(`${stage.key}\n${ins.original}`);
       return 'config';
