@@ -52,7 +52,8 @@ static bool takes_value(const char *a) {
 static const char *background_mountpoint(int argc, char **argv) {
   static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
                                        "commit", "export", "container", "pull", "push", "login", "logout",
-                                       "create", "start", "stop", "exec", "diff", "logs", "build", NULL};
+                                       "create", "start", "stop", "exec", "diff", "logs", "build", "ps", "rm",
+                                       "images", "rmi", NULL};
   if (argc < 2) return NULL;
   for (int i = 0; others[i]; i++)
     if (strcmp(argv[1], others[i]) == 0) return NULL;

@@ -142,6 +142,20 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   c.ok(['stop', '-t', '0', 'bg']);
   t.is(record(c, 'bg')!.exitCode, 137);
 
+  // docker's spellings: run -d (in the background, its ID), -i/-t accepted, ps, rm, images, rmi.
+  const did = c.ok(['run', '-d', '--name', 'det', 'base:1', 'sh', '-c', 'echo detached; sleep 60']).trim();
+  t.regex(did, /^[0-9a-f]{64}$/);
+  t.is(record(c, 'det')!.state, 'running');
+  t.is(c.ok(['exec', '-it', 'det', 'echo', 'tty-ok']), 'tty-ok\n');
+  t.is(c.ok(['run', '-it', '--rm', 'base:1', 'echo', 'run-it-ok']), 'run-it-ok\n');
+  t.regex(c.ok(['ps', '-a']), /det .*running/);
+  oneLineError(t, c.strata(['run', '-d', '--rm', 'base:1', 'true']), 125, /--rm with --detach is not supported/);
+  t.is(c.ok(['rm', '-f', 'det']), 'det\n');
+  t.regex(c.ok(['logs', 'fg']), /^$/);
+  c.ok(['image', 'tag', 'base:1', 'other:2']);
+  t.regex(c.ok(['images']), /other +2 /);
+  t.is(c.ok(['rmi', 'other:2']), 'Untagged: other:2\n');
+
   // The monitor killed: the container's processes end with it; listed as such; it starts again (one mount).
   c.ok(['create', '--name', 'orphan', 'base:1', 'sleep', '6161']);
   c.ok(['start', 'orphan']);

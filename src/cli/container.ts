@@ -6,6 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
+import { TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
@@ -28,6 +29,8 @@ export type Options = Readonly<Record<string, OptionDef>>;
 const RUN_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
   rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  detach: { alias: 'd', type: 'boolean', default: false, describe: 'start it in the background and print its ID (strata start: output to its log)' },
+  ...TERMINAL_OPTIONS,
   user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User: name, uid, name:group or uid:gid (names from the container\'s /etc/passwd and /etc/group)' },
   store: storeOption,
   ...RUN_PULL_OPTIONS,
@@ -141,11 +144,21 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; rm: boolean; user?: string | string[] };
+      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; rm: boolean; detach: boolean; user?: string | string[] };
       // Given twice: the last one counts (as with docker run).
       const user = Array.isArray(args.user) ? args.user.at(-1) : args.user;
       const store = await storeDirOf(args);
       await (await import('./registry.js')).ensureImage(store, args.image, args);
+      if (args.detach) {
+        const { ImageError } = await import('../image/types.js');
+        if (args.rm) throw new ImageError('--rm with --detach is not supported: remove the container with strata container rm once it has ended', 125);
+        const [{ withStore }, { newContainer }, { startDetached }] = await Promise.all([
+          import('../image/store.js'), import('../image/run.js'), import('./lifecycle.js')]);
+        const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user }));
+        await startDetached(store, rec.id);
+        out(rec.id);
+        process.exit(0);
+      }
       const { runContainer } = await import('../image/run.js');
       const status = await runContainer({ store, image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
       process.exit(status);

@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
+import { TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 
 const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
@@ -14,6 +15,7 @@ export const CREATE_OPTIONS = {
   user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User (name, uid, name:group or uid:gid)' },
   store: storeOption,
   ...RUN_PULL_OPTIONS,
+  ...TERMINAL_OPTIONS,
 } as const;
 export const START_OPTIONS = {
   attach: { alias: 'a', type: 'boolean', default: false, describe: 'run in the foreground: its output here, its exit status passed on' },
@@ -28,6 +30,7 @@ export const EXEC_OPTIONS = {
   workdir: { alias: 'w', type: 'string', describe: 'working directory inside the container (default: the image\'s WorkingDir)' },
   env: { alias: 'e', type: 'string', describe: 'KEY=VALUE added to the environment (repeatable; KEY alone: the host\'s value)' },
   store: storeOption,
+  ...TERMINAL_OPTIONS,
 } as const;
 export const DIFF_OPTIONS = {
   json: { type: 'boolean', default: false, describe: 'print JSON' },
@@ -89,7 +92,7 @@ export function createCommand(containerArgs: () => string[]): CommandModule {
  * its own, output to the container's log), then waits until it is recorded as running (or already
  * ended). Returns the container's name.
  */
-async function startDetached(store: string, ref: string): Promise<string> {
+export async function startDetached(store: string, ref: string): Promise<string> {
   const [{ withStore }, { isActive, logPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
   const { ImageError } = await import('../image/types.js');
   const rec = await withStore(store, (s) => s.getContainer(ref));

@@ -142,8 +142,20 @@ const mountOptions = {
   'cache-dir': { type: 'string', describe: 'where the cache lives (default: WORKDIR/strata-cache)' },
 } as const;
 
+/** docker's short verbs: `ps [-a]`, `rm`, `images`, `rmi`, as the commands they stand for. */
+function dockerAliases(argv: string[]): string[] {
+  const [verb, ...rest] = argv;
+  switch (verb) {
+    case 'ps': return ['container', 'ls', ...rest.filter((a) => a !== '-a' && a !== '--all')];
+    case 'rm': return ['container', 'rm', ...rest];
+    case 'images': return ['image', 'ls', ...rest];
+    case 'rmi': return ['image', 'rm', ...rest];
+    default: return argv;
+  }
+}
+
 async function main(): Promise<void> {
-  let argv = process.argv.slice(2);
+  let argv = dockerAliases(process.argv.slice(2));
   // A daemon's command line ends with `__daemon MOUNTPOINT` (see scripts/launcher.c).
   if (argv.at(-2) === '__daemon') {
     argv = argv.slice(0, -2);
