@@ -181,6 +181,14 @@ test.serial('refused: sources outside the context, a failing RUN (nothing left b
   t.false(fs.existsSync(path.join(c.base, 'escape.txt')));
 
   oneLineError(t, build('FROM deb:l0\nCOPY ../outside /x\n'), /COPY\/ADD source "\.\.\/outside" is outside the build context/);
+  // Symlinks do not lead sources out: not the context's, not those of a stage's image.
+  const secretDir = path.join(c.base, 'host-secret');
+  fs.mkdirSync(secretDir);
+  fs.writeFileSync(path.join(secretDir, 'secret'), 'HOST SECRET\n');
+  fs.symlinkSync(secretDir, path.join(ctx, 'hostlink'));
+  oneLineError(t, build('FROM deb:l0\nCOPY hostlink/secret /x\n'), /COPY\/ADD source "hostlink\/secret" goes through a symlink of the build context/);
+  oneLineError(t, build(`FROM deb:l0 AS s\nRUN ln -s ${secretDir} /leak\nFROM deb:l0\nCOPY --from=s /leak/secret /x\n`), /COPY\/ADD source "leak\/secret" not found/);
+  fs.rmSync(path.join(ctx, 'hostlink'));
   oneLineError(t, build('FROM deb:l0\nCOPY missing.txt /x\n'), /not found in the build context/);
   oneLineError(t, build('FROM deb:l0\nFOO bar\n'), /Dockerfile line 2: unknown instruction: FOO/);
   oneLineError(t, build('RUN true\n'), /must begin with FROM/);

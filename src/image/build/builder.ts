@@ -419,7 +419,7 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   }
   try {
     const root = fromRoot?.root ?? ctx.root;
-    const srcCtx = fromRoot ? new BuildContext(root, null) : ctx;
+    const srcCtx = fromRoot ? new BuildContext(root, null, true) : ctx;
     const rels = srcs.flatMap((s) => srcCtx.resolveSource(fromRoot ? s.replace(/^\/+/, '') : s));
     const checksum = sourceChecksum(root, rels, (r) => srcCtx.listTree(r));
     const key = sha(`${stage.key}\n${ins.original}\n${fromRoot?.key ?? ''}\n${checksum}`);

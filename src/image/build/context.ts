@@ -4,7 +4,7 @@
 // image, absolute or not, never leads out of it, as it would if the path were walked on the host).
 
 import { createHash } from 'node:crypto';
-import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, readSync, realpathSync, writeSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import * as N from '../../native/index.js';
 import { ImageError } from '../types.js';
@@ -63,7 +63,12 @@ export function cleanRel(p: string): string | null {
 export class BuildContext {
   private readonly rules: Rule[];
 
-  constructor(readonly root: string, ignoreText: string | null) {
+  /**
+   * `inRoot`: the root of an image (COPY --from), where symlinks are followed as a chrooted process
+   * follows them (inside the root); else a context directory, where a source path may not go through
+   * a symlink at all (Docker sends the context as a tar: its symlinks are entries, not ways out).
+   */
+  constructor(readonly root: string, ignoreText: string | null, private readonly inRoot = false) {
     this.rules = [];
     for (const line of (ignoreText ?? '').split('\n')) {
       let p = line.trim();
@@ -110,13 +115,9 @@ export class BuildContext {
     const rel = cleanRel(src);
     if (rel === null) throw new ImageError(`COPY/ADD source "${src}" is outside the build context`);
     if (!/[*?[]/.test(rel)) {
-      try {
-        lstatSync(join(this.root, rel));
-      } catch {
-        throw new ImageError(`COPY/ADD source "${src}" not found in the build context`);
-      }
-      if (this.excluded(rel)) throw new ImageError(`COPY/ADD source "${src}" is excluded by .dockerignore`);
-      return [rel];
+      const real = this.resolveInside(rel, src);
+      if (this.excluded(real)) throw new ImageError(`COPY/ADD source "${src}" is excluded by .dockerignore`);
+      return [real];
     }
     const re = patternToRegExp(rel);
     const depth = rel.split('/').length;
@@ -140,6 +141,34 @@ export class BuildContext {
     walk('', 1);
     if (out.length === 0) throw new ImageError(`COPY/ADD source "${src}" matches no file in the build context`);
     return out;
+  }
+
+  /**
+   * The path `rel` names below the root, with no symlink left in it: resolved by the kernel from a
+   * descriptor of the root (openat2), never outside it. The last component is not followed.
+   */
+  private resolveInside(rel: string, src: string): string {
+    const rootFd = N.openat(C.AT_FDCWD, this.root, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+    let fd: number;
+    try {
+      const how = this.inRoot ? C.RESOLVE_IN_ROOT | C.RESOLVE_NO_MAGICLINKS : C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS;
+      fd = N.openat2(rootFd, rel === '' ? '.' : rel, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0, how);
+    } catch (e) {
+      if (N.isErrnoError(e, 'ENOENT') || N.isErrnoError(e, 'ENOTDIR')) throw new ImageError(`COPY/ADD source "${src}" not found in the build context`);
+      if (N.isErrnoError(e, 'ELOOP') || N.isErrnoError(e, 'EXDEV')) throw new ImageError(`COPY/ADD source "${src}" goes through a symlink of the build context`);
+      throw e;
+    } finally {
+      N.close(rootFd);
+    }
+    try {
+      const real = readlinkSync(`/proc/self/fd/${fd}`);
+      const root = realpathSync(this.root);
+      if (real === root) return '';
+      if (!real.startsWith(`${root}/`)) throw new ImageError(`COPY/ADD source "${src}" is outside the build context`);
+      return real.slice(root.length + 1);
+    } finally {
+      N.close(fd);
+    }
   }
 
   /** Every path below `rel` (itself first), minus excluded ones, in byte order. */
