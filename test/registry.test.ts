@@ -118,6 +118,19 @@ test.serial('push, then pull into an empty store: same image ID, manifest digest
   const byDigest = pull(t, other, `${reg.host}/t/two@${pushed.digest}`);
   t.is(byDigest.id, src.Id);
   t.deepEqual(inspect(t, other, src.Id).RepoTags, [ref]);
+  // A Docker schema 2 manifest (skopeo --format v2s2): pulled as it is; saved as an OCI layout with
+  // OCI media types (as skopeo and podman write them), which umoci reads.
+  skopeo(t, ['copy', '-q', '--format', 'v2s2', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${ref}`, `docker://${reg.host}/t/v2s2:1`]);
+  const v2 = pull(t, other, `${reg.host}/t/v2s2:1`);
+  t.is(v2.id, src.Id);
+  t.is(v2.digest, `sha256:${sha256Hex(skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/t/v2s2:1`]))}`);
+  const layout = path.join(tempDir(t, 'ol'), 'layout');
+  imageOk(t, other, ['save', `${reg.host}/t/v2s2:1`, '--format', 'oci-dir', '-o', layout]);
+  const bundle = path.join(path.dirname(layout), 'bundle');
+  const um = run('umoci', ['unpack', '--image', `${layout}:${reg.host}/t/v2s2:1`, bundle], { timeoutMs: 120_000 });
+  t.is(um.status, 0, um.stderr);
+  t.true(fs.existsSync(path.join(bundle, 'rootfs', 'd', 'new')), 'umoci unpacked the image');
+
   // The plain output: the image ID on stdout; steps only on a terminal.
   const plain = strata(['pull', ref, '--store', other]);
   t.is(plain.status, 0);

@@ -93,9 +93,37 @@ export function readOciLayout(files: ArchiveFiles): SourceImage[] {
   return [...byConfig.values()];
 }
 
+/** Docker's media types and OCI's for the same things (a schema 2 manifest's config and layers). */
+const TO_OCI: Record<string, string> = {
+  [MEDIA.dockerConfig]: MEDIA.ociConfig,
+  [MEDIA.dockerLayer]: MEDIA.ociLayer,
+  [MEDIA.dockerLayerGzip]: MEDIA.ociLayerGzip,
+  'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+};
+
+/**
+ * The manifest as an OCI one. A Docker schema 2 manifest (an image pulled from a registry as Docker
+ * pushed it) is rewritten with OCI media types, as skopeo and podman write OCI layouts: the same
+ * config and layer blobs, a new manifest digest. An OCI manifest stays as it is (its digest kept).
+ */
+function asOciManifest(bytes: Buffer, digest: string): { bytes: Buffer; digest: string } {
+  const m = parseJson<Manifest>(bytes, digest);
+  if (m.mediaType !== MEDIA.dockerManifest && m.config?.mediaType !== MEDIA.dockerConfig) return { bytes, digest };
+  const oci: Manifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA.ociManifest,
+    config: { ...m.config, mediaType: MEDIA.ociConfig },
+    layers: m.layers.map((l) => ({ ...l, mediaType: TO_OCI[l.mediaType] ?? l.mediaType })),
+    ...(m.annotations ? { annotations: m.annotations } : {}),
+  };
+  const out = Buffer.from(JSON.stringify(oci));
+  return { bytes: out, digest: sha256Digest(out) };
+}
+
 /**
  * Writes stored images as an OCI layout (to a tar or a directory): the blobs as stored (so every
- * digest is the one loaded), one index.json entry per tag naming it in org.opencontainers.image.ref.name.
+ * digest is the one loaded; a Docker manifest becomes an OCI one, see asOciManifest), one index.json
+ * entry per tag naming it in org.opencontainers.image.ref.name.
  */
 export async function writeOciLayout(store: Store, images: readonly { image: ImageRecord; tags: string[] }[],
   sink: ArchiveSink): Promise<void> {
@@ -103,18 +131,19 @@ export async function writeOciLayout(store: Store, images: readonly { image: Ima
   const written = new Set<string>();
   const index: Index = { schemaVersion: 2, mediaType: MEDIA.ociIndex, manifests: [] };
   for (const { image, tags } of images) {
-    const manifestBytes = store.readBlob(image.manifestDigest);
-    const manifest = parseJson<Manifest>(manifestBytes, image.manifestDigest);
+    const stored = store.readBlob(image.manifestDigest);
+    const { bytes: manifestBytes, digest: manifestDigest } = asOciManifest(stored, image.manifestDigest);
+    const manifest = parseJson<Manifest>(manifestBytes, manifestDigest);
     for (const d of [...manifest.layers, manifest.config]) {
       if (written.has(d.digest)) continue;
       written.add(d.digest);
       await sink.addStream(blobPath(d), d.size, createReadStream(store.blobPath(d.digest)));
     }
-    if (!written.has(image.manifestDigest)) {
-      written.add(image.manifestDigest);
-      await sink.addFile(blobPath({ digest: image.manifestDigest, mediaType: '', size: 0 }), manifestBytes);
+    if (!written.has(manifestDigest)) {
+      written.add(manifestDigest);
+      await sink.addFile(blobPath({ digest: manifestDigest, mediaType: '', size: 0 }), manifestBytes);
     }
-    const desc: Descriptor = { mediaType: manifest.mediaType ?? MEDIA.ociManifest, digest: image.manifestDigest, size: manifestBytes.length };
+    const desc: Descriptor = { mediaType: MEDIA.ociManifest, digest: manifestDigest, size: manifestBytes.length };
     if (tags.length === 0) index.manifests.push(desc);
     for (const t of tags) index.manifests.push({ ...desc, annotations: { [CONTAINERD_NAME]: t, [REF_NAME]: t } });
   }
