@@ -254,6 +254,17 @@ test.serial('layers the store holds are not downloaded: a pull of an image on a 
   const before = storeState(fresh);
   refused(t, strata(['pull', `${reg.host}/t/two:1`, '--store', fresh]), 1, /blob sha256:[0-9a-f]{64} is missing from the registry/);
   t.is(storeState(fresh), before, 'a failed pull leaves the store as it was');
+  // An image with the same layer blob twice (as images with several empty layers have it).
+  const emptyTar = path.join(built.base, 'empty.tar');
+  fs.writeFileSync(emptyTar, await makeTar([]));
+  const twiceArchive = path.join(built.base, 'twice.tar');
+  dockerArchive(built.base, [{ tags: ['test/twice:1'], layers: [emptyTar, path.join(built.base, 'l1.tar'), emptyTar] }], twiceArchive);
+  imageOk(t, built.store, ['load', '-i', twiceArchive]);
+  push(t, built.store, 'test/twice:1', `${reg.host}/t/twice:1`);
+  const twiceStore = path.join(tempDir(t, 'st'), 'store');
+  const tw = pull(t, twiceStore, `${reg.host}/t/twice:1`);
+  t.deepEqual([tw.downloaded, tw.reused], [3, 0]);
+  sameLayers(t, built.store, 'test/twice:1', twiceStore, `${reg.host}/t/twice:1`);
   // Two pulls of the same image into one store at once: both succeed, one copy of each layer.
   const both = await Promise.all([0, 1].map(() => runWithPipes(strataBin, ['pull', `${reg.host}/t/two:1`, '--store', store, '-q'], { timeoutMs: 120_000 })));
   for (const b of both) t.is(b.status, 0, b.stderr);

@@ -6,12 +6,12 @@
 // digest (or the registry's Docker-Content-Digest), the config and each layer against the
 // manifest, each layer's tar against the config's diff ID. Layers whose chain the store holds with
 // the same blob are not downloaded. The rest are downloaded into tmp/ (three at a time), each
-// checked against its digest before anything of it is unpacked; then they go through the store's
-// layer ingest (diff ID checked, unpacked in tmp/, renamed into place). A failure removes the layers
+// checked against its digest before anything of it is unpacked; each then goes through the store's
+// layer ingest (diff ID checked, unpacked in tmp/, renamed into place) while later ones download. A failure removes the layers
 // this pull added, and the image is recorded only once every layer is in place.
 
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { storeImages } from '../image/archive/load.js';
 import type { SourceImage, SourceLayer } from '../image/archive/model.js';
@@ -128,13 +128,18 @@ const PARALLEL_DOWNLOADS = 3;
  * Downloads a blob into `file`, checking its size and digest on the way: nothing is unpacked from
  * bytes that did not come out as the manifest says.
  */
-async function download(client: RegistryClient, d: Descriptor, file: string, onBytes?: (n: number) => void): Promise<void> {
+async function download(client: RegistryClient, d: Descriptor, file: string, onBytes: ((n: number) => void) | undefined,
+  abort: { aborted: boolean }): Promise<void> {
   const res = await client.getBlob(d.digest);
   const hash = createHash('sha256');
   let n = 0;
   const fd = openSync(file, 'wx', 0o600);
   try {
     for await (const c of res as AsyncIterable<Buffer>) {
+      if (abort.aborted) {
+        res.destroy();
+        throw new ImageError('pull stopped');
+      }
       n += c.length;
       if (n > d.size) {
         res.destroy();
@@ -153,22 +158,25 @@ async function download(client: RegistryClient, d: Descriptor, file: string, onB
   if (got !== d.digest) throw new ImageError(`layer digest mismatch: expected ${d.digest}, got ${got}`);
 }
 
-/** Runs `fn` over `items`, at most `limit` at a time; the first failure ends it (others finish first). */
-async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failure: unknown = null;
-  const worker = async (): Promise<void> => {
-    while (failure === null && next < items.length) {
-      const item = items[next++]!;
-      try {
-        await fn(item);
-      } catch (e) {
-        failure ??= e;
-      }
-    }
+/** A function that runs tasks at most `n` at a time, in the order given. */
+function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const queue: (() => void)[] = [];
+  const next = (): void => {
+    if (running >= n) return;
+    const start = queue.shift();
+    if (start) start();
   };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failure !== null) throw failure;
+  return <T>(task: () => Promise<T>): Promise<T> => new Promise<T>((resolve, reject) => {
+    queue.push(() => {
+      running++;
+      task().then(resolve, reject).finally(() => {
+        running--;
+        next();
+      });
+    });
+    next();
+  });
 }
 
 async function readBlob(client: RegistryClient, d: Descriptor, limit: number, what: string): Promise<Buffer> {
@@ -263,33 +271,44 @@ export async function pullImage(store: Store, reference: string, opts: PullOptio
   }
   progress.onPlan?.(layerDescs.length, toFetch);
 
-  // The blobs to fetch, into tmp/ (verified there), then unpacked bottom first.
-  const files = new Map<string, string>();
+  // The blobs to fetch, into tmp/ (verified there), three at a time; each layer is unpacked, bottom
+  // first, as soon as its blob is in (while the next ones download).
   const temp = store.tempPath('pull');
   mkdirSync(temp, { mode: 0o700 });
+  const fileOf = (l: Descriptor): string => join(temp, l.digest.slice(7));
+  const abort = { aborted: false };
+  const downloads = new Map<string, Promise<void>>();
   let image: ImageRecord | undefined;
   try {
-    const wanted = layerDescs.filter((l, i) => !stored[i] && layerDescs.findIndex((x) => x.digest === l.digest) === i);
     for (const [i, l] of layerDescs.entries()) if (stored[i]) status(`Layer already stored ${l.digest.slice(7, 19)}`);
-    await eachLimited(wanted, PARALLEL_DOWNLOADS, async (l) => {
-      status(`Copying blob ${l.digest.slice(7, 19)} (${l.size} bytes)`);
-      const file = join(temp, l.digest.slice(7));
-      await download(client, l, file, progress.onBytes);
-      files.set(l.digest, file);
-    });
+    const limit = limiter(PARALLEL_DOWNLOADS);
+    for (const [i, l] of layerDescs.entries()) {
+      if (stored[i] || downloads.has(l.digest)) continue;
+      const p = limit(async () => {
+        if (abort.aborted) throw new ImageError('pull stopped');
+        status(`Copying blob ${l.digest.slice(7, 19)} (${l.size} bytes)`);
+        await download(client, l, fileOf(l), progress.onBytes, abort);
+      });
+      p.catch(() => {}); // (awaited through `ready`, or when the pull ends)
+      downloads.set(l.digest, p);
+    }
     const tags = ref.tag !== undefined ? [`${repoName(ref)}:${ref.tag}`] : [];
-    const layers: SourceLayer[] = layerDescs.map((l, i) => ({
-      diffId: diffIds[i]!, digest: l.digest, size: l.size, ...(l.mediaType !== undefined ? { mediaType: l.mediaType } : {}), trustStored: true,
-      ...(files.has(l.digest) && layerDescs.findIndex((x) => x.digest === l.digest) === i ? { verifiedFile: files.get(l.digest)! } : {}),
-      open: () => {
-        const file = files.get(l.digest);
-        if (file === undefined) throw new ImageError(`layer ${l.digest.slice(7, 19)} was not downloaded`);
-        return createReadStream(file, { highWaterMark: 1 << 20 });
-      },
-    }));
+    const layers: SourceLayer[] = layerDescs.map((l, i) => {
+      // A blob the image has once is renamed into blobs/ by its ingest; one it has several times (an
+      // empty layer, often) is read from tmp/ each time, or from blobs/ once an ingest kept it there.
+      const once = layerDescs.filter((x) => x.digest === l.digest).length === 1;
+      return {
+        diffId: diffIds[i]!, digest: l.digest, size: l.size, ...(l.mediaType !== undefined ? { mediaType: l.mediaType } : {}), trustStored: true,
+        ...(!stored[i] && once ? { verifiedFile: fileOf(l) } : {}),
+        ready: () => downloads.get(l.digest) ?? Promise.resolve(),
+        open: () => createReadStream(existsSync(fileOf(l)) ? fileOf(l) : store.blobPath(l.digest), { highWaterMark: 1 << 20 }),
+      };
+    });
     const source: SourceImage = { tags, configBytes, config, manifestBytes, layers };
     [image] = await storeImages(store, [source]);
   } finally {
+    abort.aborted = true;
+    await Promise.allSettled(downloads.values());
     rmSync(temp, { recursive: true, force: true });
   }
   const recorded = await store.addRepoDigest(image!.id, `${repoName(ref)}@${topDigest}`);

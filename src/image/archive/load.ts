@@ -84,6 +84,7 @@ export async function storeImages(store: Store, images: readonly SourceImage[], 
           parent = before.chainId;
           continue;
         }
+        await l.ready?.();
         const rec: LayerRecord = await store.addLayer(parent, l.open() as Readable, {
           expectDiffId: l.diffId, expectDigest: l.digest, expectSize: l.size, mediaType: l.mediaType,
           ...(l.verifiedFile !== undefined ? { verifiedBlobFile: l.verifiedFile } : {}),

@@ -20,6 +20,8 @@ export interface SourceLayer {
   trustStored?: boolean;
   /** The blob is this file in the store's tmp/, checked against `digest` and `size` already (store.addLayer's verifiedBlobFile). */
   verifiedFile?: string;
+  /** Resolves when the blob can be opened (a download still under way); rejects if it cannot be. */
+  ready?: () => Promise<void>;
   /** A fresh stream of the blob's bytes. */
   open(): Readable;
 }
