@@ -8,7 +8,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run, type RunResult } from './helpers/exec.js';
+import { run, runWithPipes, type RunResult, waitFor } from './helpers/exec.js';
 import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
 import { mountsUnder } from './helpers/mounts.js';
 import { strataBin } from './helpers/paths.js';
@@ -203,4 +203,31 @@ test.serial('refused: sources outside the context, a failing RUN (nothing left b
   t.regex(failing.stdout, /about to fail/);
   t.deepEqual(JSON.parse(c.ok(['container', 'ls', '--json'])), [], 'no container left');
   t.deepEqual(mountsUnder(c.store), [], 'nothing mounted');
+});
+
+test.serial('image prune while a build runs keeps the layers the build made so far (an earlier stage\'s, used by nothing else)', async (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.base, 'ctx');
+  writeTree(ctx, {
+    'file.txt': 'copied before the prune\n',
+    // the RUN waits for /tmp/go, which the test makes through the container's mount once it has pruned
+    // (stage a's layer is used by nothing but the build while the second stage's RUN runs)
+    Dockerfile: 'FROM deb:l0 AS a\nCOPY file.txt /a.txt\nFROM deb:l0\nRUN for i in $(seq 1 1200); do [ -e /tmp/go ] && break; sleep 0.05; done; rm -f /tmp/go\n' +
+      'COPY --from=a /a.txt /b.txt\n',
+  });
+  const env = { ...process.env, STRATA_STORE: c.store };
+  const building = runWithPipes(strataBin, ['build', '-q', '-t', 'pruned:1', ctx], { env, timeoutMs: 120_000 });
+  // Wait until the RUN's container runs: the COPY layer exists, referenced by nothing but the build.
+  t.true(await waitFor(() => {
+    const r = run(strataBin, ['container', 'ls', '--json'], { env });
+    return r.status === 0 && (JSON.parse(r.stdout) as { state: string }[]).some((x) => x.state === 'running');
+  }, 60_000, 100), 'the RUN started');
+  const pruned = c.ok(['image', 'prune']);
+  t.notRegex(pruned, /Deleted layer/, 'stage a\'s COPY layer was kept');
+  // let the RUN finish: the marker goes into the running container's root
+  const rec = (JSON.parse(c.ok(['container', 'ls', '--json'])) as { state: string; merged: string }[]).find((x) => x.state === 'running')!;
+  fs.writeFileSync(path.join(rec.merged, 'tmp', 'go'), '');
+  const r = await building;
+  t.is(r.status, 0, r.stderr);
+  t.is(c.ok(['run', '--rm', 'pruned:1', 'cat', '/b.txt']), 'copied before the prune\n');
 });

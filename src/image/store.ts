@@ -641,11 +641,35 @@ export class Store {
   }
 
   /** Deletes those of `chains` (and their blobs) whose reference count is 0; returns their IDs. */
+  /**
+   * Keeps layers that a running process uses without an image or container record (a build between
+   * its steps): they are not deleted while `pid` lives. Replaces that process's previous lease.
+   */
+  async setLease(pid: number, chains: readonly string[]): Promise<void> {
+    await this.db.put(`lease:${pid}`, { pid, chains: [...chains] });
+  }
+
+  async dropLease(pid: number): Promise<void> {
+    await this.db.del(`lease:${pid}`);
+  }
+
+  /** Chains leased by live processes (the leases of dead ones are dropped). */
+  private async leasedChains(): Promise<Set<string>> {
+    const out = new Set<string>();
+    for await (const v of this.db.values({ gt: 'lease:', lt: 'lease;' })) {
+      const lease = v as { pid: number; chains: string[] };
+      if (processAlive(lease.pid)) for (const c of lease.chains) out.add(c);
+      else await this.db.del(`lease:${lease.pid}`);
+    }
+    return out;
+  }
+
   private async deleteUnreferencedLayers(chains: readonly string[]): Promise<string[]> {
     const gone: string[] = [];
+    const leased = await this.leasedChains();
     for (const c of [...chains].reverse()) {
       const l = await this.layer(c);
-      if (!l || l.refs > 0) continue;
+      if (!l || l.refs > 0 || leased.has(c)) continue;
       // A layer that another layer sits on stays while that one exists.
       let hasChild = false;
       for await (const v of this.db.values({ gt: 'layer:', lt: 'layer;' })) {

@@ -14,7 +14,8 @@
 // The cache: each step has a key, the hash of the previous step's key and the instruction (with the
 // build arguments a RUN sees, and the checksum of the sources of a COPY or ADD); the base's key is its
 // image ID. A layer step records key -> the layer's chain ID and the time it was built; a later build
-// with the same key takes that layer if the store still has it, without running anything. Config
+// with the same key takes that layer if the store still has it, without running anything. The layers
+// a build made or took are leased in the store until it ends: `image prune` meanwhile keeps them. Config
 // steps are recomputed (they are cheap), with the time of the step before them, so a build whose
 // every step is cached gives the same image ID again.
 
@@ -113,6 +114,22 @@ function commandOf(ins: Instruction, shell: string[]): string[] {
 }
 
 export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
+  try {
+    return await buildStages(opts);
+  } finally {
+    await withStore(opts.store, (s) => s.dropLease(process.pid)).catch(() => {});
+  }
+}
+
+/** The layers this build made or took from the cache: leased (store.setLease) until the build ends. */
+const inUse = new Set<string>();
+
+async function lease(opts: BuildOptions, chain: string): Promise<void> {
+  inUse.add(chain);
+  await withStore(opts.store, (s) => s.setLease(process.pid, [...inUse]));
+}
+
+async function buildStages(opts: BuildOptions): Promise<BuildResult> {
   const log = opts.log ?? ((): void => {});
   const dockerfile = opts.dockerfile ?? join(opts.context, 'Dockerfile');
   let text: string;
@@ -326,6 +343,7 @@ async function layerStep(opts: BuildOptions, stage: Stage, ins: Instruction, key
       return entry;
     });
     if (hit) {
+      await lease(opts, hit.chain);
       log('--> Using cache');
       stage.layers.push(hit.chain);
       stage.created = hit.created;
@@ -350,8 +368,10 @@ async function layerStep(opts: BuildOptions, stage: Stage, ins: Instruction, key
         throw e;
       }), packing]);
       await s.putMeta(cacheKey, { chain: l.chainId, created });
+      await s.setLease(process.pid, [...inUse, l.chainId]);
       return l;
     });
+    inUse.add(layer.chainId);
     stage.layers.push(layer.chainId);
     stage.created = created;
     stage.key = key;
