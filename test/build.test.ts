@@ -159,6 +159,17 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   t.not(stage, id);
   const cfg = (JSON.parse(c.ok(['image', 'inspect', 'builder:1'])) as { Config: { Shell?: string[] } }[])[0]!.Config;
   t.deepEqual(cfg.Shell, ['/bin/bash', '-c']);
+
+  // A build argument that moves a COPY's destination is not answered from the cache of the other place;
+  // an image whose base set SHELL runs its RUNs with that shell.
+  const ctx2 = path.join(c.base, 'ctx2');
+  writeTree(ctx2, { 'file.txt': 'f\n', Dockerfile: 'FROM builder:1\nARG DIR=/one\nWORKDIR $DIR\nCOPY file.txt ./\nRUN echo "$0 $BASH_VERSION" | cut -c1-12 > shell.txt\n' });
+  c.ok(['build', '-t', 'dir:1', ctx2]);
+  c.ok(['build', '--build-arg', 'DIR=/two', '-t', 'dir:2', ctx2]);
+  t.is(c.ok(['run', '--rm', 'dir:1', 'cat', '/one/file.txt']), 'f\n');
+  t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/file.txt']), 'f\n');
+  t.not(c.strata(['run', '--rm', 'dir:2', 'test', '-e', '/one/file.txt']).status, 0);
+  t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/shell.txt']), '/bin/bash 5.\n');
 });
 
 test.serial('refused: sources outside the context, a failing RUN (nothing left behind), malformed Dockerfiles; a symlink of the image to a host path keeps the copy in the image', (t) => {

@@ -195,7 +195,8 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
       const base = await withStore(opts.store, (s) => s.resolveImage(fromRef));
       stage = {
         name: range.name, config: clone(base.config), layers: [...base.layers], key: base.id,
-        created: base.config.created ?? new Date(0).toISOString(), args: new Map(), shell: DEFAULT_SHELL,
+        created: base.config.created ?? new Date(0).toISOString(), args: new Map(),
+        shell: Array.isArray(base.config.config?.Shell) && (base.config.config.Shell as string[]).length > 0 ? [...(base.config.config.Shell as string[])] : DEFAULT_SHELL,
       };
       if ((base.config.config?.OnBuild as unknown[] | undefined)?.length) log('WARNING: the base image\'s ONBUILD triggers are not run');
     }
@@ -238,7 +239,8 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
   const cfg = (stage.config.config ??= {});
   const vars = varsOf(stage);
   const configStep = (): 'config' => {
-    stage.key = sha(`${stage.key}\n${ins.original}`);
+    // (the config as it came out: the values variables gave it, not only the instruction's text)
+    stage.key = sha(`${stage.key}\n${ins.original}\n${JSON.stringify(stage.config.config ?? {})}\n${stage.shell.join('\0')}`);
     history(stage, ins, true);
     return 'config';
   };
@@ -442,7 +444,8 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
     const srcCtx = fromRoot ? new BuildContext(root, null, true) : ctx;
     const rels = srcs.flatMap((s) => srcCtx.resolveSource(fromRoot ? s.replace(/^\/+/, '') : s));
     const checksum = sourceChecksum(root, rels, (r) => srcCtx.listTree(r));
-    const key = sha(`${stage.key}\n${ins.original}\n${fromRoot?.key ?? ''}\n${checksum}`);
+    // (with the words as variables made them: the same text may name other sources or another destination)
+    const key = sha(`${stage.key}\n${ins.original}\n${JSON.stringify(list)}\n${expand(ins.flags.chown ?? '', vars, esc)}\n${fromRoot?.key ?? ''}\n${checksum}`);
     return await layerStep(opts, stage, ins, key, log, async (rec) => {
       const lowerdirs = await withStore(opts.store, async (st) => stage.layers.map((l) => st.layerDir(l)).reverse());
       if (lowerdirs.length === 0) {
