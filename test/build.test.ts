@@ -129,7 +129,7 @@ test.serial('a Dockerfile gives the image podman build gives (config, files, own
   t.is(fresh.match(/Using cache|STEP/g), null);
 });
 
-test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL', (t) => {
+test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL; build arguments in keys; RUN here-documents', (t) => {
   const c = setup(t);
   const ctx = path.join(c.base, 'ctx');
   fs.mkdirSync(path.join(c.base, 'arc/d'), { recursive: true });
@@ -170,6 +170,17 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/file.txt']), 'f\n');
   t.not(c.strata(['run', '--rm', 'dir:2', 'test', '-e', '/one/file.txt']).status, 0);
   t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/shell.txt']), '/bin/bash 5.\n');
+
+  // RUN here-documents: alone, the document is the script; after a command, the shell reads it; <<- strips tabs.
+  const ctx3 = path.join(c.base, 'ctx3');
+  writeTree(ctx3, {
+    Dockerfile: ['FROM deb:l0', 'RUN <<EOT', 'set -e', 'echo "line one" > /h1.txt', 'echo "line two" >> /h1.txt', 'EOT',
+      'RUN cat <<EOF > /h2.txt && echo after >> /h2.txt', 'inside $HOME', 'EOF', "RUN <<-'X'", '\techo tabbed > /h3.txt', '\tX', 'ENV AFTER=1', ''].join('\n'),
+  });
+  c.ok(['build', '-t', 'here:1', ctx3]);
+  t.is(c.ok(['run', '--rm', 'here:1', 'sh', '-c', 'cat /h1.txt /h2.txt /h3.txt; echo $AFTER']), 'line one\nline two\ninside /root\nafter\ntabbed\n1\n');
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM deb:l0\nRUN <<EOT\necho never ends\n');
+  t.regex(c.strata(['build', ctx3]).stderr, /^strata: Dockerfile line 2: here-document EOT has no terminating line\n$/);
 });
 
 test.serial('refused: sources outside the context, a failing RUN (nothing left behind), malformed Dockerfiles; a symlink of the image to a host path keeps the copy in the image', (t) => {

@@ -71,8 +71,27 @@ export function parseDockerfile(text: string): Dockerfile {
     const cmd = m[1]!.toUpperCase();
     if (!KNOWN.has(cmd)) throw fail(start, `unknown instruction: ${m[1]}`);
     let rest = (m[3] ?? '').trim();
-    if (/<<-?["']?[A-Za-z_]/.test(rest) && (cmd === 'RUN' || cmd === 'COPY' || cmd === 'ADD')) {
-      throw fail(start, 'here-documents (<<EOF) are not supported');
+    // Here-documents (BuildKit's): RUN takes them; the lines up to each terminator belong to the
+    // instruction. RUN <<EOF alone runs the document as its script; otherwise the shell gets the
+    // command line with its documents (`RUN cat <<EOF > f`), as a shell reads them.
+    let heredocScript: string | null = null;
+    const docs = [...rest.matchAll(/<<(-?)(["']?)([A-Za-z_][A-Za-z0-9_]*)\2/g)];
+    if (docs.length > 0 && (cmd === 'COPY' || cmd === 'ADD')) throw fail(start, `${cmd} of a here-document is not supported`);
+    if (docs.length > 0 && cmd === 'RUN') {
+      const bodies: string[] = [];
+      for (const d of docs) {
+        const body: string[] = [];
+        for (;;) {
+          if (i >= lines.length) throw fail(start, `here-document ${d[3]} has no terminating line`);
+          const line = d[1] === '-' ? lines[i]!.replace(/^\t+/, '') : lines[i]!;
+          i++;
+          if (line === d[3]) break;
+          body.push(line);
+        }
+        bodies.push(body.join('\n'));
+        rest += `\n${body.join('\n')}\n${d[3]}`;
+      }
+      if (docs.length === 1 && /^<<-?(["']?)[A-Za-z_][A-Za-z0-9_]*\1$/.test((m[3] ?? '').trim())) heredocScript = bodies[0]!;
     }
     const flags: Record<string, string> = {};
     if (cmd !== 'RUN' || rest.startsWith('--')) {
@@ -84,7 +103,9 @@ export function parseDockerfile(text: string): Dockerfile {
       }
     }
     let json: string[] | null = null;
-    if (rest.startsWith('[')) {
+    if (heredocScript !== null) {
+      rest = heredocScript;
+    } else if (rest.startsWith('[')) {
       try {
         const v = JSON.parse(rest) as unknown;
         if (Array.isArray(v) && v.every((x) => typeof x === 'string')) json = v as string[];
