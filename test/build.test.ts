@@ -179,6 +179,14 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   });
   c.ok(['build', '-t', 'here:1', ctx3]);
   t.is(c.ok(['run', '--rm', 'here:1', 'sh', '-c', 'cat /h1.txt /h2.txt /h3.txt; echo $AFTER']), 'line one\nline two\ninside /root\nafter\ntabbed\n1\n');
+  // HEALTHCHECK as Docker records it (podman build --format docker writes the same object).
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM deb:l0\nHEALTHCHECK --interval=1m30s --timeout=5s --retries=3 CMD curl -f http://localhost/ || exit 1\n');
+  c.ok(['build', '-t', 'hc:1', ctx3]);
+  t.deepEqual((JSON.parse(c.ok(['image', 'inspect', 'hc:1'])) as { Config: { Healthcheck: unknown } }[])[0]!.Config.Healthcheck,
+    { Test: ['CMD-SHELL', 'curl -f http://localhost/ || exit 1'], Interval: 90_000_000_000, Timeout: 5_000_000_000, Retries: 3 });
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM hc:1\nHEALTHCHECK NONE\n');
+  c.ok(['build', '-t', 'hc:2', ctx3]);
+  t.deepEqual((JSON.parse(c.ok(['image', 'inspect', 'hc:2'])) as { Config: { Healthcheck: unknown } }[])[0]!.Config.Healthcheck, { Test: ['NONE'] });
   fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM deb:l0\nRUN <<EOT\necho never ends\n');
   t.regex(c.strata(['build', ctx3]).stderr, /^strata: Dockerfile line 2: here-document EOT has no terminating line\n$/);
 });

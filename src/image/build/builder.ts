@@ -302,8 +302,37 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
     case 'ONBUILD':
       ((cfg.OnBuild ??= []) as string[]).push(ins.rest);
       return configStep();
-    case 'HEALTHCHECK':
-      throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK is not supported`);
+    case 'HEALTHCHECK': {
+      // Docker's config.Healthcheck: Test ["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."], durations in ns.
+      if (/^NONE$/i.test(ins.rest.trim())) {
+        cfg.Healthcheck = { Test: ['NONE'] };
+        return configStep();
+      }
+      const m = /^CMD\s+([\s\S]+)$/i.exec(ins.rest.trim());
+      if (!m) throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK takes [OPTIONS] CMD command, or NONE`);
+      const body = m[1]!.trim();
+      let test: string[];
+      try {
+        const j = body.startsWith('[') ? (JSON.parse(body) as unknown) : null;
+        test = Array.isArray(j) && j.every((x) => typeof x === 'string') ? ['CMD', ...(j as string[])] : ['CMD-SHELL', body];
+      } catch {
+        test = ['CMD-SHELL', body];
+      }
+      const hc: Record<string, unknown> = { Test: test };
+      const names: Record<string, string> = { interval: 'Interval', timeout: 'Timeout', 'start-period': 'StartPeriod', 'start-interval': 'StartInterval' };
+      for (const [flag, value] of Object.entries(ins.flags)) {
+        if (flag === 'retries') {
+          if (!/^[0-9]+$/.test(value)) throw new ImageError(`Dockerfile line ${ins.line}: --retries takes a number`);
+          hc.Retries = Number(value);
+        } else if (names[flag]) {
+          hc[names[flag]!] = durationNs(value, ins.line);
+        } else {
+          throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK --${flag} is not supported`);
+        }
+      }
+      cfg.Healthcheck = hc;
+      return configStep();
+    }
     case 'RUN':
       if (stage.layers.length === 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN in an empty image (FROM scratch, nothing copied yet): there is nothing to run`);
       return layerStep(opts, stage, ins, runKey(stage, ins), log, (rec) => runInBuild(opts, stage, ins, rec));
@@ -313,6 +342,14 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
     default:
       throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} is not supported`);
   }
+}
+
+/** A Go duration ("30s", "1m30s", "500ms", "1h") in nanoseconds. */
+function durationNs(v: string, line: number): number {
+  const units: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
+  const parts = [...v.matchAll(/([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== v) throw new ImageError(`Dockerfile line ${line}: bad duration "${v}"`);
+  return Math.round(parts.reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0));
 }
 
 /** A RUN's key: the instruction and the build arguments it sees. */
