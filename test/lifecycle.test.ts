@@ -130,7 +130,7 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   t.deepEqual([r.status, r.stdout, r.stderr], [4, 'out\n', 'err\n']);
   t.deepEqual([record(c, 'fg')!.state, record(c, 'fg')!.exitCode], ['exited', 4]);
   t.is(c.ok(['logs', 'fg']), '', 'a foreground start writes no log');
-  oneLineError(t, c.strata(['create', '--pull', 'never', 'nothere:1', 'true']), 1, /no such image: nothere:1/);
+  oneLineError(t, c.strata(['create', '--pull', 'never', 'nothere:1', 'true']), 125, /no such image: nothere:1/);
   oneLineError(t, c.strata(['create', '--name', 'fg', 'base:1', 'true']), 1, /the container name "fg" is already in use/);
   oneLineError(t, c.strata(['start', 'nobody']), 1, /no such container: nobody/);
   oneLineError(t, c.strata(['stop', '-t', 'soon', 'fg']), 125, /-t takes seconds/);
@@ -149,6 +149,10 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   t.is(c.ok(['exec', '-it', 'det', 'echo', 'tty-ok']), 'tty-ok\n');
   t.is(c.ok(['run', '-it', '--rm', 'base:1', 'echo', 'run-it-ok']), 'run-it-ok\n');
   t.regex(c.ok(['ps', '-a']), /det .*running/);
+  t.regex(c.ok(['ps', '-a']), /fg .*Exited \(4\)/);
+  const running = c.ok(['ps']);
+  t.regex(running, /det .*running/);
+  t.notRegex(running, /fg /, 'ps without -a: the running containers only');
   oneLineError(t, c.strata(['run', '-d', '--rm', 'base:1', 'true']), 125, /--rm with --detach is not supported/);
   t.is(c.ok(['rm', '-f', 'det']), 'det\n');
   t.regex(c.ok(['logs', 'fg']), /^$/);

@@ -156,7 +156,7 @@ test.serial('podman pushes what strata pulls (same ID and tree as the rootfs); s
 
   // strata run pulls an image the store lacks (--pull missing), or refuses (--pull never).
   const runStore = path.join(base, 'run-store');
-  refused(t, strata(['run', '--rm', '--pull', 'never', '--store', runStore, `${reg.host}/pd/deb:1`, 'true']), 1, /no such image/);
+  refused(t, strata(['run', '--rm', '--pull', 'never', '--store', runStore, `${reg.host}/pd/deb:1`, 'true']), 125, /no such image/);
   t.is(strataOk(t, ['run', '--rm', '--store', runStore, `${reg.host}/pd/deb:1`, 'cat', '/etc/debian_version']),
     fs.readFileSync(path.join(ROOTFS_L0, 'etc/debian_version'), 'utf8'));
   t.is((JSON.parse(imageOk(t, runStore, ['ls', '--json'])) as { id: string }[])[0]!.id, pulled.id);

@@ -48,6 +48,7 @@ const CONTAINER_OPTIONS = {
   store: storeOption,
   json: { type: 'boolean', default: false, describe: 'print JSON' },
   force: { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' },
+  running: { type: 'boolean', default: false, describe: 'only the running containers (what `strata ps` lists without -a)' },
 } as const;
 
 /** The options of each command that unknownOption() checks (others: see main.ts). */
@@ -240,11 +241,11 @@ export const containerCommand: CommandModule = {
   handler: () => {},
   builder: (y: Argv) => y
     .option('store', storeOption)
-    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json),
+    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json).option('running', CONTAINER_OPTIONS.running),
       guarded(async (a) => {
-        const args = a as unknown as StoreArgs;
+        const args = a as unknown as StoreArgs & { running: boolean };
         const [{ withStore }, { isActive }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
-        const list = await withStore(await storeDirOf(args), (s) => s.listContainers());
+        const list = (await withStore(await storeDirOf(args), (s) => s.listContainers())).filter((c) => !args.running || isActive(c));
         list.sort((x, y2) => x.created.localeCompare(y2.created));
         if (args.json) {
           out(JSON.stringify(list, null, 2));

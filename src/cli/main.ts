@@ -146,7 +146,11 @@ const mountOptions = {
 function dockerAliases(argv: string[]): string[] {
   const [verb, ...rest] = argv;
   switch (verb) {
-    case 'ps': return ['container', 'ls', ...rest.filter((a) => a !== '-a' && a !== '--all')];
+    case 'ps': {
+      // docker ps: the running containers; -a: all of them
+      const all = rest.some((a) => a === '-a' || a === '--all');
+      return ['container', 'ls', ...(all ? [] : ['--running']), ...rest.filter((a) => a !== '-a' && a !== '--all')];
+    }
     case 'rm': return ['container', 'rm', ...rest];
     case 'images': return ['image', 'ls', ...rest];
     case 'rmi': return ['image', 'rm', ...rest];

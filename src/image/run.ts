@@ -239,7 +239,9 @@ export async function runContainer(opts: RunOptions): Promise<number> {
  * it will run (Entrypoint + the given command or Cmd) and its user, both checked.
  */
 export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'rm'>): Promise<ContainerRecord> {
-  const image = await s.resolveImage(opts.image);
+  // (a missing image: exit status 125, as docker run and podman run give it)
+  const image = await s.findImage(opts.image);
+  if (!image) throw new ImageError(`no such image: ${opts.image}`, 125);
   const argv = containerArgv(image.config, opts.command);
   const userSpec = opts.user ?? image.config.config?.User ?? '';
   parseUserSpec(userSpec);
