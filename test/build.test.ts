@@ -11,7 +11,7 @@ import path from 'node:path';
 import { run, runWithPipes, type RunResult, waitFor } from './helpers/exec.js';
 import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
 import { mountsUnder } from './helpers/mounts.js';
-import { processesTagged, taggedEnv } from './helpers/processes.js';
+import { taggedEnvKilledAtEnd } from './helpers/processes.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -247,16 +247,7 @@ test.serial('image prune while a build runs keeps the layers the build made so f
       'COPY --from=a /a.txt /b.txt\n',
   });
   // (the build and what it starts are tagged: killed at the end, should the test fail half way)
-  const { tag, env } = taggedEnv({ STRATA_STORE: c.store });
-  t.teardown(() => {
-    for (const p of processesTagged(tag)) {
-      try {
-        process.kill(p.pid, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    }
-  });
+  const { env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: c.store });
   const building = runWithPipes(strataBin, ['build', '-q', '-t', 'pruned:1', ctx], { env, timeoutMs: 120_000 });
   // Wait until the RUN's container runs: the COPY layer exists, referenced by nothing but the build.
   t.true(await waitFor(() => {

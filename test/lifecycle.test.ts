@@ -10,7 +10,7 @@ import { run, type RunResult, waitFor } from './helpers/exec.js';
 import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
 import { rootfsTar, testStore, type TestStore } from './helpers/images.js';
 import { mountsUnder } from './helpers/mounts.js';
-import { processesTagged, taggedEnv } from './helpers/processes.js';
+import { processesTagged, taggedEnvKilledAtEnd } from './helpers/processes.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -27,16 +27,7 @@ interface Ctx {
 function setup(t: ExecutionContext): Ctx {
   const base = tempDir(t, 'lc');
   const s = testStore(t, base);
-  const { tag, env } = taggedEnv({ STRATA_STORE: s.dir });
-  t.teardown(() => {
-    for (const p of processesTagged(tag)) {
-      try {
-        process.kill(p.pid, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    }
-  });
+  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
   const strata = (args: readonly string[], input?: string): RunResult => run(strataBin, args, { env, timeoutMs: 120_000, ...(input !== undefined ? { input } : {}) });
   const ok = (args: readonly string[]): string => {
     const r = strata(args);

@@ -6,7 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
-import { TERMINAL_OPTIONS } from './options.js';
+import { guarded, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
@@ -15,7 +15,6 @@ interface StoreArgs {
   json?: boolean;
 }
 
-const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
 
 interface OptionDef {
   type: 'string' | 'boolean';
@@ -114,26 +113,6 @@ export function splitRunArgv(argv: readonly string[], more: Record<string, Optio
     return { head: argv.slice(0, i + 1), command: argv.slice(i + 1) };
   }
   return { head: [...argv], command: [] };
-}
-
-/** A command handler whose errors end the process with one line (ImageError's own exit code, else 1). */
-function guarded<A>(fn: (a: A) => Promise<void>): (a: A) => Promise<void> {
-  return async (a: A) => {
-    try {
-      await fn(a);
-    } catch (e) {
-      const err = e as { message?: string; exitCode?: unknown };
-      fail(err.message ?? String(e), typeof err.exitCode === 'number' ? err.exitCode : 1);
-    }
-  };
-}
-
-function storeDirOf(a: StoreArgs): Promise<string> {
-  return import('../image/store.js').then((m) => m.storeDir(a.store));
-}
-
-function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
 /** `strata run`, with the container's command line split off beforehand (splitRunArgv). */

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
 import type { ArchiveFormat } from '../image/archive/model.js';
 import { ImageError } from '../image/types.js';
+import { out, storeOption } from './options.js';
 import { byteProgress } from './progress.js';
 
 export interface CommonArgs {
@@ -16,9 +17,6 @@ export interface CommonArgs {
   logLevel: string;
 }
 
-export function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
-}
 
 export function printJson(v: unknown): void {
   out(JSON.stringify(v, null, 2));
@@ -145,7 +143,7 @@ async function historyRows(store: Store, img: ImageRecord): Promise<{ id: string
 }
 
 const common = {
-  store: { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' },
+  store: storeOption,
   json: { type: 'boolean', default: false, describe: 'print JSON' },
   'log-level': { type: 'string', default: 'warn', describe: 'trace, debug, info, warn, error (JSON logs on stderr)' },
 } as const;

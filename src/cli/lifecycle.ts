@@ -5,10 +5,10 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
-import { TERMINAL_OPTIONS } from './options.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { guarded, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 
-const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
 
 export const CREATE_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
@@ -40,34 +40,6 @@ export const LOGS_OPTIONS = { store: storeOption } as const;
 
 interface StoreArgs {
   store?: string;
-}
-
-function out(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
-}
-
-function fail(e: unknown): never {
-  const err = e as { message?: string; exitCode?: number };
-  process.stderr.write(`strata: ${(err.message ?? String(e)).split('\n')[0]}\n`);
-  process.exit(typeof err.exitCode === 'number' ? err.exitCode : 1);
-}
-
-function guarded<A>(fn: (a: A) => Promise<void>): (a: A) => Promise<void> {
-  return async (a: A) => {
-    try {
-      await fn(a);
-    } catch (e) {
-      fail(e);
-    }
-  };
-}
-
-async function storeDirOf(a: StoreArgs): Promise<string> {
-  return (await import('../image/store.js')).storeDir(a.store);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 export function createCommand(containerArgs: () => string[]): CommandModule {

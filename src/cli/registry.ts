@@ -5,7 +5,8 @@
 
 import type { CommandModule } from 'yargs';
 import type { ClientOptions } from '../registry/client.js';
-import { type CommonArgs, out, printJson, withImageStore } from './image.js';
+import { type CommonArgs, printJson, withImageStore } from './image.js';
+import { guarded, out, storeOption } from './options.js';
 import { byteProgress, type Progress } from './progress.js';
 
 interface RegistryArgs extends CommonArgs {
@@ -16,7 +17,7 @@ interface RegistryArgs extends CommonArgs {
 }
 
 const common = {
-  store: { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' },
+  store: storeOption,
   json: { type: 'boolean', default: false, describe: 'print JSON' },
   'log-level': { type: 'string', default: 'warn', describe: 'trace, debug, info, warn, error (JSON logs on stderr)' },
   'tls-verify': {
@@ -160,12 +161,6 @@ export const LOGOUT_OPTIONS = {
   'log-level': common['log-level'],
 } as const;
 
-function oneLine(e: unknown): never {
-  const err = e as { message?: string; exitCode?: number };
-  process.stderr.write(`strata: ${(err.message ?? String(e)).split('\n')[0]}\n`);
-  process.exit(typeof err.exitCode === 'number' ? err.exitCode : 1);
-}
-
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin as AsyncIterable<Buffer>) chunks.push(c);
@@ -186,47 +181,39 @@ export const loginCommand: CommandModule = {
   command: 'login [registry]',
   describe: 'check credentials with a registry and keep them in the auth file (default registry: docker.io)',
   builder: (y) => y.positional('registry', { type: 'string' }).options(LOGIN_OPTIONS),
-  handler: async (argv) => {
+  handler: guarded(async (argv) => {
     const a = argv as unknown as { registry?: string; username?: string; password?: string; passwordStdin: boolean; authfile?: string; tlsVerify?: boolean };
-    try {
-      const { ImageError } = await import('../image/types.js');
-      const registry = await registryArg(a.registry);
-      if (a.passwordStdin && a.password !== undefined) throw new ImageError('give --password or --password-stdin, not both', 2);
-      if (!a.username) throw new ImageError('give the user name with -u USER (strata does not prompt)', 2);
-      const password = a.passwordStdin ? await readStdin() : a.password;
-      if (!password) throw new ImageError('give the password with --password-stdin (or -p PASSWORD)', 2);
-      const creds = { username: a.username, password };
-      const { RegistryClient } = await import('../registry/client.js');
-      await new RegistryClient({ registry, repository: '' }, null, { creds, ...(a.tlsVerify !== undefined ? { tlsVerify: a.tlsVerify } : {}) }).connect();
-      const { defaultAuthFile, storeCredentials } = await import('../registry/auth.js');
-      storeCredentials(a.authfile ?? defaultAuthFile(), registry, creds);
-      out('Login Succeeded!');
-    } catch (e) {
-      oneLine(e);
-    }
-  },
+    const { ImageError } = await import('../image/types.js');
+    const registry = await registryArg(a.registry);
+    if (a.passwordStdin && a.password !== undefined) throw new ImageError('give --password or --password-stdin, not both', 2);
+    if (!a.username) throw new ImageError('give the user name with -u USER (strata does not prompt)', 2);
+    const password = a.passwordStdin ? await readStdin() : a.password;
+    if (!password) throw new ImageError('give the password with --password-stdin (or -p PASSWORD)', 2);
+    const creds = { username: a.username, password };
+    const { RegistryClient } = await import('../registry/client.js');
+    await new RegistryClient({ registry, repository: '' }, null, { creds, ...(a.tlsVerify !== undefined ? { tlsVerify: a.tlsVerify } : {}) }).connect();
+    const { defaultAuthFile, storeCredentials } = await import('../registry/auth.js');
+    storeCredentials(a.authfile ?? defaultAuthFile(), registry, creds);
+    out('Login Succeeded!');
+  }),
 };
 
 export const logoutCommand: CommandModule = {
   command: 'logout [registry]',
   describe: 'remove a registry\'s credentials from the auth file (--all: every registry\'s)',
   builder: (y) => y.positional('registry', { type: 'string' }).options(LOGOUT_OPTIONS),
-  handler: async (argv) => {
+  handler: guarded(async (argv) => {
     const a = argv as unknown as { registry?: string; authfile?: string; all: boolean };
-    try {
-      const { defaultAuthFile, removeCredentials } = await import('../registry/auth.js');
-      const { ImageError } = await import('../image/types.js');
-      const file = a.authfile ?? defaultAuthFile();
-      if (a.all) {
-        removeCredentials(file, null);
-        out('Removed login credentials for all registries');
-        return;
-      }
-      const registry = await registryArg(a.registry);
-      if (!removeCredentials(file, registry)) throw new ImageError(`not logged into ${registry} (in ${file})`);
-      out(`Removed login credentials for ${registry}`);
-    } catch (e) {
-      oneLine(e);
+    const { defaultAuthFile, removeCredentials } = await import('../registry/auth.js');
+    const { ImageError } = await import('../image/types.js');
+    const file = a.authfile ?? defaultAuthFile();
+    if (a.all) {
+      removeCredentials(file, null);
+      out('Removed login credentials for all registries');
+      return;
     }
-  },
+    const registry = await registryArg(a.registry);
+    if (!removeCredentials(file, registry)) throw new ImageError(`not logged into ${registry} (in ${file})`);
+    out(`Removed login credentials for ${registry}`);
+  }),
 };

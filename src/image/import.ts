@@ -3,7 +3,7 @@
 
 import { createReadStream } from 'node:fs';
 import { type ImageRecord, normalizeTag, type Store } from './store.js';
-import type { ImageConfig } from './types.js';
+import { hostPlatform, type ImageConfig } from './types.js';
 
 export interface ImportOptions {
   /** History comment (`--message`). */
@@ -13,7 +13,6 @@ export interface ImportOptions {
   onBytes?: (n: number) => void;
 }
 
-const ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
 
 export async function importRootfs(store: Store, tarPath: string, tag: string, opts: ImportOptions = {}): Promise<ImageRecord> {
   normalizeTag(tag); // a bad tag is refused before the layer is read
@@ -21,7 +20,7 @@ export async function importRootfs(store: Store, tarPath: string, tag: string, o
   const created = new Date().toISOString();
   const config: ImageConfig = {
     created,
-    architecture: ARCH[process.arch] ?? process.arch,
+    architecture: hostPlatform().architecture,
     os: 'linux',
     config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], ...(opts.cmd ? { Cmd: opts.cmd } : {}) },
     rootfs: { type: 'layers', diff_ids: [layer.diffId] },

@@ -12,14 +12,15 @@
 //   diff  walks the upper against the image's layers, as podman diff reports a container's changes.
 
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { processAlive } from '../daemon/registry.js';
 import * as N from '../native/index.js';
-import { isKernelWhiteout, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '../union/whiteout.js';
-import { containerEnv } from './run.js';
+import { isKernelWhiteout, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '../union/whiteout.js';
+import { childPids, containerEnv } from './run.js';
 import type { ContainerRecord } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
 import { containerUser, parseUserSpec } from './user.js';
@@ -33,26 +34,19 @@ export function logPath(rec: ContainerRecord): string {
   return join(rec.dir, 'log');
 }
 
-/** Pid 1 of a running container's namespaces (the child of its unshare), or null if it is not running. */
+/** Pid 1 of a container's namespaces (the child of its unshare), once there is one. */
+function initOf(rec: ContainerRecord): number | null {
+  return typeof rec.unsharePid === 'number' ? childPids(rec.unsharePid)[0] ?? null : null;
+}
+
+/** Pid 1 of a running container's namespaces, or null if it is not running. */
 export function containerInit(rec: ContainerRecord): number | null {
-  if (rec.state !== 'running' || typeof rec.monitorPid !== 'number' || !processAlive(rec.monitorPid)) return null;
-  const unshare = rec.unsharePid;
-  if (typeof unshare !== 'number') return null;
-  try {
-    const kids = readFileSync(`/proc/${unshare}/task/${unshare}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-    return kids[0] ?? null;
-  } catch {
-    return null;
-  }
+  return rec.state === 'running' && isActive(rec) ? initOf(rec) : null;
 }
 
 /** Whether the container has a live monitor (starting or running). */
 export function isActive(rec: ContainerRecord): boolean {
   return (rec.state === 'running' || rec.state === 'starting') && typeof rec.monitorPid === 'number' && processAlive(rec.monitorPid);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /**
@@ -63,10 +57,10 @@ export async function stopContainer(rec: ContainerRecord, stopSignal: string | u
   if (!isActive(rec)) return;
   const monitor = rec.monitorPid as number;
   // A container still starting gets its pid 1 soon; a stop before it exists goes to the monitor, which ends the start.
-  let init = containerInit(rec);
+  let init = initOf(rec);
   for (let i = 0; init === null && rec.state === 'starting' && i < 100 && processAlive(monitor); i++) {
     await sleep(20);
-    init = containerInit({ ...rec, state: 'running' });
+    init = initOf(rec);
   }
   const sig = normalizeSignal(stopSignal);
   try {
@@ -159,21 +153,13 @@ function inLayers(layers: readonly string[], rel: string): boolean {
       if (i === parts.length - 1) return true;
       if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) break;
       next.push(layer);
-      if (isOpaque(join(dir, part))) break;
+      if (isOpaqueDir(C.AT_FDCWD, join(dir, part))) break;
     }
     if (next.length === 0) return false;
     active = next;
     prefix = prefix === '' ? part : `${prefix}/${part}`;
   }
   return true;
-}
-
-function isOpaque(path: string): boolean {
-  for (const name of ['trusted.overlay.opaque', 'user.overlay.opaque']) {
-    const v = N.lgetxattr(C.AT_FDCWD, path, name);
-    if (v !== null && v.length === 1 && v[0] === 0x79) return true;
-  }
-  return existsSync(join(path, OCI_OPAQUE));
 }
 
 /**
@@ -207,7 +193,7 @@ export function containerChanges(upper: string, layerDirs: readonly string[]): C
         continue;
       }
       const isDir = (st[ST.mode]! & C.S_IFMT) === C.S_IFDIR;
-      if (isDir && !opaque && isOpaque(join(upper, childRel))) {
+      if (isDir && !opaque && isOpaqueDir(C.AT_FDCWD, join(upper, childRel))) {
         if (inLayers(layerDirs, childRel)) out.push({ kind: 'D', path: `/${childRel}` });
         else out.push({ kind: 'A', path: `/${childRel}` });
         stack.push({ rel: childRel, opaque: true });
@@ -220,13 +206,12 @@ export function containerChanges(upper: string, layerDirs: readonly string[]): C
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
-/** The log's bytes, if the container was started detached. */
+/** The log's bytes (empty if the container was never started in the background). */
 export function readLog(rec: ContainerRecord): Buffer {
-  const p = logPath(rec);
   try {
-    statSync(p);
-  } catch {
-    return Buffer.alloc(0);
+    return readFileSync(logPath(rec));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
+    throw e;
   }
-  return readFileSync(p);
 }

@@ -111,3 +111,19 @@ export class ImageError extends Error {
 export function isGzipMediaType(mediaType: string): boolean {
   return mediaType.endsWith('+gzip') || mediaType.endsWith('.gzip');
 }
+
+/** An image's platform, as configs and index entries name it (Go's GOOS/GOARCH, and GOARM's variant). */
+export interface Platform {
+  os: string;
+  architecture: string;
+  variant?: string;
+}
+
+/** The host's platform, as Go names it (x64 is amd64; 32-bit ARM is arm/v7, 64-bit arm64/v8). */
+export function hostPlatform(): Platform {
+  const arch: Record<string, string> = {
+    x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', mips: 'mips', mipsel: 'mipsle', loong64: 'loong64',
+  };
+  const architecture = arch[process.arch] ?? process.arch;
+  return { os: 'linux', architecture, ...(architecture === 'arm' ? { variant: 'v7' } : architecture === 'arm64' ? { variant: 'v8' } : {}) };
+}

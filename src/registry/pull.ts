@@ -16,15 +16,11 @@ import { join } from 'node:path';
 import { storeImages } from '../image/archive/load.js';
 import type { SourceImage, SourceLayer } from '../image/archive/model.js';
 import type { ImageRecord, Store } from '../image/store.js';
-import { chainId, type Descriptor, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, sha256Digest } from '../image/types.js';
+import {
+  chainId, type Descriptor, hostPlatform, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, type Platform, sha256Digest,
+} from '../image/types.js';
 import { type ClientOptions, RegistryClient } from './client.js';
 import { formatReference, parseReference, repoName, type Reference } from './reference.js';
-
-export interface Platform {
-  os: string;
-  architecture: string;
-  variant?: string;
-}
 
 export interface PullProgress {
   /** One line of what is happening (podman's style: on stderr). */
@@ -58,13 +54,6 @@ const LAYER_TYPES = new Set<string>([
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
 ]);
 const MAX_CONFIG = 8 << 20;
-
-/** The host's platform, as Go names it (GOOS/GOARCH, and GOARM's variant for 32-bit ARM). */
-export function hostPlatform(): Platform {
-  const arch: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64', mips: 'mips', mipsel: 'mipsle', loong64: 'loong64' };
-  const architecture = arch[process.arch] ?? process.arch;
-  return { os: 'linux', architecture, ...(architecture === 'arm' ? { variant: 'v7' } : architecture === 'arm64' ? { variant: 'v8' } : {}) };
-}
 
 /** Parses "os/arch[/variant]" (--platform). */
 export function parsePlatform(value: string): Platform {
@@ -125,37 +114,48 @@ function pickPlatform(index: Index, want: Platform): Descriptor {
 const PARALLEL_DOWNLOADS = 3;
 
 /**
- * Downloads a blob into `file`, checking its size and digest on the way: nothing is unpacked from
- * bytes that did not come out as the manifest says.
+ * Streams a blob from the registry into `sink`, checking on the way that it is no longer than its
+ * descriptor says, and at the end its size and digest (`what` names it in messages).
  */
-async function download(client: RegistryClient, d: Descriptor, file: string, onBytes: ((n: number) => void) | undefined,
-  abort: { aborted: boolean }): Promise<void> {
+async function fetchBlob(client: RegistryClient, d: Descriptor, what: string, sink: (chunk: Buffer) => void,
+  abort?: { aborted: boolean }): Promise<void> {
   const res = await client.getBlob(d.digest);
   const hash = createHash('sha256');
   let n = 0;
+  for await (const c of res as AsyncIterable<Buffer>) {
+    if (abort?.aborted) {
+      res.destroy();
+      throw new ImageError('pull stopped');
+    }
+    n += c.length;
+    if (n > d.size) {
+      res.destroy();
+      throw new ImageError(`the ${what} ${d.digest.slice(7, 19)} is longer than its descriptor says (${d.size} bytes)`);
+    }
+    hash.update(c);
+    sink(c);
+  }
+  if (n !== d.size) throw new ImageError(`the ${what} ${d.digest.slice(7, 19)} ended after ${n} of ${d.size} bytes`);
+  const got = `sha256:${hash.digest('hex')}`;
+  if (got !== d.digest) throw new ImageError(`${what} digest mismatch: expected ${d.digest}, got ${got}`);
+}
+
+/**
+ * Downloads a layer blob into `file`, checked (fetchBlob): nothing is unpacked from bytes that did
+ * not come out as the manifest says. (No fsync: the ingest's syncfs of the store's filesystem covers
+ * the file before it is renamed into blobs/.)
+ */
+async function download(client: RegistryClient, d: Descriptor, file: string, onBytes: ((n: number) => void) | undefined,
+  abort: { aborted: boolean }): Promise<void> {
   const fd = openSync(file, 'wx', 0o600);
   try {
-    for await (const c of res as AsyncIterable<Buffer>) {
-      if (abort.aborted) {
-        res.destroy();
-        throw new ImageError('pull stopped');
-      }
-      n += c.length;
-      if (n > d.size) {
-        res.destroy();
-        throw new ImageError(`layer ${d.digest.slice(7, 19)} is longer than the manifest says (${d.size} bytes)`);
-      }
-      hash.update(c);
+    await fetchBlob(client, d, 'layer', (c) => {
       for (let off = 0; off < c.length;) off += writeSync(fd, c, off, c.length - off);
       onBytes?.(c.length);
-    }
-    // (no fsync: the ingest's syncfs of the store's filesystem covers this file before it is renamed into blobs/)
+    }, abort);
   } finally {
     closeSync(fd);
   }
-  if (n !== d.size) throw new ImageError(`layer ${d.digest.slice(7, 19)} ended after ${n} of ${d.size} bytes`);
-  const got = `sha256:${hash.digest('hex')}`;
-  if (got !== d.digest) throw new ImageError(`layer digest mismatch: expected ${d.digest}, got ${got}`);
 }
 
 /** A function that runs tasks at most `n` at a time, in the order given. */
@@ -181,21 +181,9 @@ function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
 
 async function readBlob(client: RegistryClient, d: Descriptor, limit: number, what: string): Promise<Buffer> {
   if (d.size > limit) throw new ImageError(`the ${what} is ${d.size} bytes, more than strata reads (${limit})`);
-  const res = await client.getBlob(d.digest);
   const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of res as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > d.size) {
-      res.destroy();
-      throw new ImageError(`the ${what} is longer than its descriptor says (${d.size} bytes)`);
-    }
-    chunks.push(c);
-  }
-  const bytes = Buffer.concat(chunks);
-  const digest = sha256Digest(bytes);
-  if (digest !== d.digest) throw new ImageError(`${what} digest mismatch: expected ${d.digest}, got ${digest}`);
-  return bytes;
+  await fetchBlob(client, d, what, (c) => chunks.push(c));
+  return Buffer.concat(chunks);
 }
 
 /** Resolves a reference to an image manifest (through an index if it names one). */

@@ -1,5 +1,6 @@
 // Finding the daemon that serves a mountpoint, without relying on any status command: a live
 // (non-zombie) process whose command line mentions the mountpoint.
+import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -46,6 +47,24 @@ export const TAG_VARIABLE = 'STRATA_TEST_TAG';
 export function taggedEnv(extra: NodeJS.ProcessEnv = {}): { tag: string; env: NodeJS.ProcessEnv } {
   const tag = `t${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
   return { tag, env: { ...process.env, ...extra, [TAG_VARIABLE]: tag } };
+}
+
+/**
+ * taggedEnv, with every process that carries the tag killed (SIGKILL) when the test ends: what a
+ * test started in the background cannot outlive it, even when it fails half way.
+ */
+export function taggedEnvKilledAtEnd(t: ExecutionContext, extra: NodeJS.ProcessEnv = {}): { tag: string; env: NodeJS.ProcessEnv } {
+  const tagged = taggedEnv(extra);
+  t.teardown(() => {
+    for (const p of processesTagged(tagged.tag)) {
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  });
+  return tagged;
 }
 
 /** Live processes whose initial environment carries `tag` (see taggedEnv). */

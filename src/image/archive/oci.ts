@@ -3,7 +3,7 @@
 
 import { createReadStream } from 'node:fs';
 import type { ImageRecord, Store } from '../store.js';
-import { type Descriptor, digestHex, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, sha256Digest } from '../types.js';
+import { type Descriptor, digestHex, hostPlatform, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, sha256Digest } from '../types.js';
 import { parseJson } from './docker.js';
 import type { SourceImage } from './model.js';
 import type { ArchiveFiles } from './outer_tar.js';
@@ -38,11 +38,6 @@ function tagOf(d: Descriptor): string[] {
   const ref = d.annotations?.[REF_NAME];
   if (!ref) return [];
   return [ref.includes(':') || ref.includes('/') ? ref : `${ref}:latest`];
-}
-
-function hostPlatform(): { os: string; architecture: string } {
-  const arch: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
-  return { os: 'linux', architecture: arch[process.arch] ?? process.arch };
 }
 
 /** The images of an OCI layout: one per manifest reachable from index.json (nested indexes: this platform's). */

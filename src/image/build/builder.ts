@@ -29,7 +29,7 @@ import { packTree } from '../changes.js';
 import { mountLayers, unmountIfMounted } from '../container.js';
 import { startContainer } from '../run.js';
 import { type ImageRecord, type LayerRecord, type Store, withStore } from '../store.js';
-import { type HistoryEntry, type ImageConfig, ImageError } from '../types.js';
+import { type HistoryEntry, hostPlatform, type ImageConfig, ImageError } from '../types.js';
 import { containerUser } from '../user.js';
 import { BuildContext, copyInto, ensureDir, isDirIn, sourceChecksum } from './context.js';
 import { expand, type Instruction, keyValues, parseDockerfile, words } from './dockerfile.js';
@@ -76,8 +76,7 @@ interface Stage {
 }
 
 const SCRATCH_CONFIG = (): ImageConfig => ({
-  architecture: ({ x64: 'amd64', arm64: 'arm64' } as Record<string, string>)[process.arch] ?? process.arch,
-  os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] }, history: [],
+  architecture: hostPlatform().architecture, os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] }, history: [],
 });
 
 const DEFAULT_SHELL = ['/bin/sh', '-c'];
@@ -114,9 +113,11 @@ function commandOf(ins: Instruction, shell: string[]): string[] {
 }
 
 export async function buildImage(opts: BuildOptions): Promise<BuildResult> {
+  inUse.clear();
   try {
     return await buildStages(opts);
   } finally {
+    inUse.clear();
     await withStore(opts.store, (s) => s.dropLease(process.pid)).catch(() => {});
   }
 }
@@ -508,8 +509,9 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
         for (const r of rels) {
           const abs = join(root, r);
           const st = lstatSync(abs);
-          if (ins.cmd === 'ADD' && st.isFile() && isArchive(abs)) {
-            await addArchive(abs, rec.merged, rel);
+          const kind = ins.cmd === 'ADD' && st.isFile() ? archiveKind(abs) : null;
+          if (kind) {
+            await addArchive(abs, kind, rec.merged, rel);
             continue;
           }
           if (st.isDirectory()) {
@@ -546,7 +548,8 @@ function chownOf(root: string, spec: string): { uid: number; gid: number } {
   return { uid: u.uid, gid: u.gid };
 }
 
-function isArchive(path: string): boolean {
+/** What ADD unpacks: a gzip stream (taken for a tar) or a tar (ustar magic); null for any other file. */
+function archiveKind(path: string): 'gzip' | 'tar' | null {
   const head = Buffer.alloc(512);
   const fd = N.openat(N.C.AT_FDCWD, path, N.C.O_RDONLY | N.C.O_CLOEXEC, 0);
   let n = 0;
@@ -555,8 +558,8 @@ function isArchive(path: string): boolean {
   } finally {
     N.close(fd);
   }
-  if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return true;
-  return n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
+  if (n >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  return n >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar' ? 'tar' : null;
 }
 
 /**
@@ -564,7 +567,7 @@ function isArchive(path: string): boolean {
  * store's layer unpacker, every entry resolved beneath the destination without following symlinks
  * (neither the archive's nor the image's lead out); owners, modes and times as the archive has them.
  */
-async function addArchive(archive: string, merged: string, rel: string): Promise<void> {
+async function addArchive(archive: string, kind: 'gzip' | 'tar', merged: string, rel: string): Promise<void> {
   const { LayerUnpacker } = await import('../unpack.js');
   const { createReadStream } = await import('node:fs');
   const { createGunzip } = await import('node:zlib');
@@ -577,17 +580,10 @@ async function addArchive(archive: string, merged: string, rel: string): Promise
     N.close(rootFd);
   }
   try {
-    const head = Buffer.alloc(2);
-    const fd = N.openat(N.C.AT_FDCWD, archive, N.C.O_RDONLY | N.C.O_CLOEXEC, 0);
-    try {
-      N.pread(fd, head, 0, 2, 0);
-    } finally {
-      N.close(fd);
-    }
     const unpacker = new LayerUnpacker(dfd);
     try {
       const input = createReadStream(archive);
-      if (head[0] === 0x1f && head[1] === 0x8b) await pipeline(input, createGunzip({ chunkSize: 256 << 10 }), unpacker.sink);
+      if (kind === 'gzip') await pipeline(input, createGunzip({ chunkSize: 256 << 10 }), unpacker.sink);
       else await pipeline(input, unpacker.sink);
       unpacker.finish();
     } finally {
