@@ -183,7 +183,15 @@ test('diff lists what podman diff lists for the same changes to the same image',
   pod(['run', '--name', 'd', ...PODMAN_RUN, 'localhost/deb:l0', 'sh', '-c', script]);
   const sorted = (text: string): string[] => text.trim().split('\n').filter(Boolean).sort();
   const mine = sorted(s.ok(['diff', 'd']));
-  t.deepEqual(mine, sorted(pod(['diff', 'd'])));
+  // podman diff once listed the whole root filesystem as added (every path "A") while the rest of the
+  // suite ran beside it; asked again it gave its usual answer. So a disagreement asks it once more, and
+  // strata's list must equal that second answer.
+  let theirs = sorted(pod(['diff', 'd']));
+  if (JSON.stringify(theirs) !== JSON.stringify(mine)) {
+    t.log(`podman diff disagreed (${theirs.length} lines, strata ${mine.length}); asked again`);
+    theirs = sorted(pod(['diff', 'd']));
+  }
+  t.deepEqual(mine, theirs);
   t.true(mine.includes('D /usr/share/doc/bash') && mine.includes('A /usr/share/doc/bash/new'), mine.join('\n'));
   const json = JSON.parse(s.ok(['diff', '--json', 'd'])) as { kind: string; path: string }[];
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
