@@ -53,7 +53,7 @@ static const char *background_mountpoint(int argc, char **argv) {
   static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
                                        "commit", "export", "container", "pull", "push", "login", "logout",
                                        "create", "start", "stop", "exec", "diff", "logs", "build", "ps", "rm",
-                                       "images", "rmi", NULL};
+                                       "images", "rmi", "volume", NULL};
   if (argc < 2) return NULL;
   for (int i = 0; others[i]; i++)
     if (strcmp(argv[1], others[i]) == 0) return NULL;
@@ -168,7 +168,7 @@ int main(int argc, char **argv) {
   defer_extra_ca_certs();
   const char *mountpoint = background_mountpoint(argc, argv);
   bool fork_mount = mountpoint != NULL;
-  char **nargv = calloc((size_t)argc + 7, sizeof *nargv);
+  char **nargv = calloc((size_t)argc + 8, sizeof *nargv);
   if (!nargv) return 127;
   int n = 0;
   nargv[n++] = STRATA_NODE;
@@ -184,6 +184,10 @@ int main(int argc, char **argv) {
    * 64 functions while every file of a rootfs was read; 32 ms for the merged listing alone), which the
    * caller and the daemon then waited for on two cores. */
   nargv[n++] = "--max-inlined-bytecode-size-cumulative=300";
+  /* Node 20 reads an --env-file option anywhere on its command line, even after the script (and
+   * loads that file into strata's own environment: `strata run --env-file F` did): "--" ends its
+   * options. */
+  nargv[n++] = "--";
   nargv[n++] = STRATA_MAIN;
   for (int i = 1; i < argc; i++) nargv[n++] = argv[i];
   if (fork_mount) {

@@ -144,7 +144,6 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   const running = c.ok(['ps']);
   t.regex(running, /det .*running/);
   t.notRegex(running, /fg /, 'ps without -a: the running containers only');
-  oneLineError(t, c.strata(['run', '-d', '--rm', 'base:1', 'true']), 125, /--rm with --detach is not supported/);
   t.is(c.ok(['rm', '-f', 'det']), 'det\n');
   t.regex(c.ok(['logs', 'fg']), /^$/);
   c.ok(['image', 'tag', 'base:1', 'other:2']);

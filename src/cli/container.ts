@@ -6,7 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
-import { guarded, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
+import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
@@ -27,7 +27,7 @@ export type Options = Readonly<Record<string, OptionDef>>;
 
 const RUN_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
-  rm: { type: 'boolean', default: false, describe: 'remove the container when the command ends' },
+  ...CONTAINER_CONFIG_OPTIONS,
   detach: { alias: 'd', type: 'boolean', default: false, describe: 'start it in the background and print its ID (strata start: output to its log)' },
   ...TERMINAL_OPTIONS,
   user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User: name, uid, name:group or uid:gid (names from the container\'s /etc/passwd and /etc/group)' },
@@ -124,23 +124,24 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; rm: boolean; detach: boolean; user?: string | string[] };
+      const args = a as unknown as StoreArgs & EnsureArgs & ContainerConfigArgs & { image: string; name?: string; rm: boolean; detach: boolean; user?: string | string[] };
       // Given twice: the last one counts (as with docker run).
-      const user = Array.isArray(args.user) ? args.user.at(-1) : args.user;
+      const user = last(args.user);
+      // (checked before anything is pulled or made)
+      const config = await containerConfigOf(args);
       const store = await storeDirOf(args);
       await (await import('./registry.js')).ensureImage(store, args.image, args);
+      const spec = { image: args.image, command: containerArgs(), name: args.name, user, ...config };
       if (args.detach) {
-        const { ImageError } = await import('../image/types.js');
-        if (args.rm) throw new ImageError('--rm with --detach is not supported: remove the container with strata container rm once it has ended', 125);
         const [{ withStore }, { newContainer }, { startDetached }] = await Promise.all([
           import('../image/store.js'), import('../image/run.js'), import('./lifecycle.js')]);
-        const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user }));
+        const rec = await withStore(store, (s) => newContainer(s, spec));
         await startDetached(store, rec.id);
         out(rec.id);
         process.exit(0);
       }
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store, image: args.image, command: containerArgs(), name: args.name, rm: args.rm, user });
+      const status = await runContainer({ store, ...spec, rm: args.rm });
       process.exit(status);
     }),
   };

@@ -6,12 +6,13 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { guarded, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
+import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 
 
 export const CREATE_OPTIONS = {
   name: { type: 'string', describe: 'the container\'s name (default: the first 12 digits of its ID)' },
+  ...CONTAINER_CONFIG_OPTIONS,
   user: { alias: 'u', type: 'string', describe: 'run as this user instead of the image\'s User (name, uid, name:group or uid:gid)' },
   store: storeOption,
   ...RUN_PULL_OPTIONS,
@@ -48,11 +49,12 @@ export function createCommand(containerArgs: () => string[]): CommandModule {
     describe: 'create a container of an image without starting it (prints its ID); strata\'s options end at the image name',
     builder: (y: Argv) => y.positional('image', { type: 'string', demandOption: true }).options(CREATE_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & EnsureArgs & { image: string; name?: string; user?: string };
+      const args = a as unknown as StoreArgs & EnsureArgs & ContainerConfigArgs & { image: string; name?: string; user?: string | string[] };
+      const config = await containerConfigOf(args);
       const store = await storeDirOf(args);
       await (await import('./registry.js')).ensureImage(store, args.image, args);
       const [{ withStore }, { newContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
-      const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user: args.user }));
+      const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user: last(args.user), ...config }));
       out(rec.id);
       process.exit(0);
     }),
@@ -79,7 +81,9 @@ export async function startDetached(store: string, ref: string): Promise<string>
   child.unref();
   for (let i = 0; i < 1500; i++) {
     await sleep(20);
-    const now = await withStore(store, (s) => s.getContainer(rec.id));
+    // (a --rm container whose command ended already is gone)
+    const now = await withStore(store, async (s) => ((await s.listContainers()).find((c) => c.id === rec.id)));
+    if (now === undefined) return rec.name;
     const ours = now.monitorPid === child.pid;
     if ((now.state === 'running' && ours) || (now.state === 'exited' && now.finished !== rec.finished)) return rec.name;
     if (exited && !(now.state === 'running' && ours)) {
@@ -140,7 +144,6 @@ export function execCommand(containerArgs: () => string[]): CommandModule {
     builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(EXEC_OPTIONS),
     handler: guarded(async (a) => {
       const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[] };
-      const last = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.at(-1) : v);
       const [{ withStore }, { execInContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
       const store = await storeDirOf(args);
       const { ImageError } = await import('../image/types.js');

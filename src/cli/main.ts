@@ -181,6 +181,7 @@ async function main(): Promise<void> {
   const { LOGIN_OPTIONS, LOGOUT_OPTIONS, PULL_OPTIONS, PUSH_OPTIONS, loginCommand, logoutCommand, pullCommand, pushCommand } = await import('./registry.js');
   const L = await import('./lifecycle.js');
   const { BUILD_OPTIONS, buildCommand } = await import('./build.js');
+  const { volumeCommand } = await import('./volume.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
@@ -235,6 +236,7 @@ async function main(): Promise<void> {
     .command(pushCommand)
     .command(loginCommand)
     .command(logoutCommand)
+    .command(volumeCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.

@@ -8,6 +8,53 @@ export const TERMINAL_OPTIONS = {
   tty: { alias: 't', type: 'boolean', default: false, describe: 'accepted for docker compatibility: the command runs on strata\'s own terminal' },
 } as const;
 
+/** What `run` and `create` take besides the image and the command (src/image/settings.ts). */
+export const CONTAINER_CONFIG_OPTIONS = {
+  rm: { type: 'boolean', default: false, describe: 'remove the container when its command ends (with -d too)' },
+  env: { alias: 'e', type: 'string', describe: 'KEY=VALUE in the command\'s environment, over the image\'s (repeatable; KEY alone: the host\'s value)' },
+  'env-file': { type: 'string', describe: 'a file of KEY=VALUE lines for the environment (repeatable; # comments)' },
+  workdir: { alias: 'w', type: 'string', describe: 'the working directory in the container, instead of the image\'s WorkingDir (made if missing)' },
+  entrypoint: { type: 'string', describe: 'instead of the image\'s Entrypoint (drops its Cmd): a program, a JSON array, or "" for none' },
+  hostname: { type: 'string', describe: 'the container\'s host name (default: its name)' },
+  volume: { alias: 'v', type: 'string', describe: 'HOST-PATH:PATH[:ro], NAME:PATH[:ro] (a named volume) or PATH (an anonymous one); repeatable' },
+  mount: { type: 'string', describe: 'type=bind|volume|tmpfs,source=...,target=...[,readonly] (repeatable)' },
+  tmpfs: { type: 'string', describe: 'PATH[:OPTIONS]: a tmpfs there (size=, mode=, ...; repeatable)' },
+} as const;
+
+type Many = string | string[] | undefined;
+export interface ContainerConfigArgs {
+  rm?: boolean;
+  env?: Many;
+  envFile?: Many;
+  workdir?: Many;
+  entrypoint?: Many;
+  hostname?: Many;
+  volume?: Many;
+  mount?: Many;
+  tmpfs?: Many;
+}
+
+/** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
+export const many = (v: Many): string[] => ([] as string[]).concat(v ?? []);
+export const last = (v: Many): string | undefined => (Array.isArray(v) ? v.at(-1) : v);
+
+/** The settings and entrypoint of a new container from CONTAINER_CONFIG_OPTIONS (checked). */
+export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ settings: import('../image/settings.js').ContainerSettings; entrypoint?: string[] }> {
+  const S = await import('../image/settings.js');
+  const mounts = [...many(a.volume).map(S.parseVolumeFlag), ...many(a.mount).map(S.parseMountFlag), ...many(a.tmpfs).map(S.parseTmpfsFlag)];
+  const env = S.parseEnvFlags(many(a.env), many(a.envFile));
+  const workdir = last(a.workdir);
+  const hostname = last(a.hostname);
+  const entry = last(a.entrypoint);
+  return {
+    settings: {
+      ...(env.length > 0 ? { env } : {}), ...(workdir !== undefined ? { workdir } : {}), ...(hostname !== undefined ? { hostname } : {}),
+      ...(mounts.length > 0 ? { mounts } : {}), ...(a.rm ? { autoRemove: true } : {}),
+    },
+    ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
+  };
+}
+
 export function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }

@@ -23,6 +23,7 @@ import { isKernelWhiteout, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '
 import { childPids, containerEnv } from './run.js';
 import type { ContainerRecord } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
+import { settingsOf } from './settings.js';
 import { containerUser, parseUserSpec } from './user.js';
 
 const { C, ST } = N;
@@ -109,13 +110,15 @@ export async function execInContainer(config: ImageConfig, rec: ContainerRecord,
   const userSpec = opts.user ?? (rec.user as string | undefined) ?? config.config?.User ?? '';
   parseUserSpec(userSpec);
   const user = containerUser(rec.merged, userSpec);
-  const env = containerEnv(config, rec.name, user.home);
+  const settings = settingsOf(rec);
+  // (the container's environment, -e of run or create included, then exec's own -e)
+  const env = containerEnv(config, (settings.hostname ?? rec.name).slice(0, 63), user.home, settings.env);
   for (const kv of opts.env ?? []) {
     const i = kv.indexOf('=');
     if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
     else if (process.env[kv] !== undefined) env[kv] = process.env[kv]!;
   }
-  const wd = opts.workdir ?? (config.config?.WorkingDir || '/');
+  const wd = opts.workdir ?? settings.workdir ?? (config.config?.WorkingDir || '/');
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
   const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--',

@@ -17,7 +17,7 @@
 //    A user that cannot be resolved is refused before anything runs: the container is removed.
 
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,8 @@ import { processAlive } from '../daemon/registry.js';
 import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
+import { mountPointIn } from './inroot.js';
+import { checkSettings, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -41,15 +43,22 @@ export interface RunOptions {
   rm: boolean;
   /** --user: overrides the image's User (same syntax: user, uid, user:group, uid:gid). */
   user?: string;
+  /** --entrypoint: replaces the image's Entrypoint, and drops its Cmd (as docker). */
+  entrypoint?: string[];
+  /** -e, -w, --hostname, -v, --mount, --tmpfs, --rm (src/image/settings.ts). */
+  settings?: ContainerSettings;
 }
 
 /** The program that enters the container and execs the command (scripts/run-exec.c, built by make). */
 const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
 
-/** The command line to run: Entrypoint + (the given command, else Cmd), as Docker builds it. */
-export function containerArgv(config: ImageConfig, command: readonly string[]): string[] {
-  const entry = config.config?.Entrypoint ?? [];
-  const cmd = command.length > 0 ? [...command] : (config.config?.Cmd ?? []);
+/**
+ * The command line to run: Entrypoint + (the given command, else Cmd), as Docker builds it; with
+ * `entrypoint` (--entrypoint) that one, and the image's Cmd is not used.
+ */
+export function containerArgv(config: ImageConfig, command: readonly string[], entrypoint?: readonly string[]): string[] {
+  const entry = entrypoint ?? config.config?.Entrypoint ?? [];
+  const cmd = command.length > 0 ? [...command] : entrypoint !== undefined ? [] : (config.config?.Cmd ?? []);
   const argv = [...entry, ...cmd];
   if (argv.length === 0) throw new ImageError('no command given and the image has no default command (Cmd or Entrypoint)', 2);
   return argv;
@@ -59,10 +68,11 @@ export function containerArgv(config: ImageConfig, command: readonly string[]): 
  * The environment of the command: the image's Env, PATH, HOSTNAME, HOME (the user's home directory
  * from /etc/passwd unless Env sets it) and the host's TERM.
  */
-export function containerEnv(config: ImageConfig, hostname: string, home = '/root'): Record<string, string> {
+export function containerEnv(config: ImageConfig, hostname: string, home = '/root', over: readonly string[] = []): Record<string, string> {
   const env: Record<string, string> = { PATH: DEFAULT_PATH, HOSTNAME: hostname, HOME: home };
   if (process.env.TERM) env.TERM = process.env.TERM;
-  for (const kv of config.config?.Env ?? []) {
+  // (then the container's own, from -e and --env-file: they win)
+  for (const kv of [...(config.config?.Env ?? []), ...over]) {
     const i = kv.indexOf('=');
     if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
   }
@@ -71,11 +81,15 @@ export function containerEnv(config: ImageConfig, hostname: string, home = '/roo
 
 // Runs as pid 1 of the new PID namespace, in the new mount namespace, before the chroot.
 // $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir,
-// $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups; then the command.
+// $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups, $10 = the
+// mounts (lines of KIND TAB SOURCE TAB HOST-PATH-OF-TARGET TAB OPTIONS, '-' for an empty field;
+// targets already made inside the root, see mountLines); then the command.
 const SETUP = String.raw`
 set -e
 root=$1 host=$2 resolv=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
 shift 9
+mounts=$1
+shift
 mount --make-rprivate /
 if [ -d "$root/proc" ] && [ ! -L "$root/proc" ]; then mount -t proc -o nosuid,nodev,noexec proc "$root/proc"; fi
 if [ -d "$root/sys" ] && [ ! -L "$root/sys" ]; then mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"; fi
@@ -94,6 +108,24 @@ EOF
   ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"; ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
 fi
 if [ -n "$resolv" ]; then mount --bind "$resolv" "$root/etc/resolv.conf"; fi
+if [ -n "$mounts" ]; then
+  tab=$(printf '	')
+  while IFS=$tab read -r kind src dst opts; do
+    # (a mount point under an earlier mount: made in what that mount shows)
+    [ -e "$dst" ] || [ -L "$dst" ] || mkdir -p "$dst"
+    case $kind in
+      bind) mount --rbind "$src" "$dst" ;;
+      volume)
+        # a new (empty) volume gets what the image has there, as docker fills it
+        if [ -d "$dst" ] && [ -z "$(ls -A "$src")" ]; then cp -a "$dst/." "$src/"; fi
+        mount --bind "$src" "$dst" ;;
+      tmpfs) if [ "$opts" = - ]; then o=nosuid,nodev; else o=nosuid,nodev,$opts; fi; mount -t tmpfs -o "$o" tmpfs "$dst" ;;
+    esac
+    case ,$opts, in *,ro,*) if [ "$kind" != tmpfs ]; then mount -o remount,bind,ro "$dst"; fi ;; esac
+  done <<EOF
+$mounts
+EOF
+fi
 if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
 export PATH="$cpath"
 exec "$runexec" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
@@ -181,14 +213,13 @@ export function childPids(pid: number): number[] {
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
-  user: ExecUser, onStarted?: (unsharePid: number) => void): Promise<number> {
-  const hostname = rec.name.slice(0, 63);
+  user: ExecUser, hostname: string, mounts: string, onStarted?: (unsharePid: number) => void): Promise<number> {
   // setpriv --pdeathsig: unshare (and with it, by --kill-child, the whole PID namespace) dies with
   // this process, if it is killed: no container is left running without the process that records
   // its end and unmounts it.
   const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
     '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
-    String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
+    String(user.uid), String(user.gid), user.groups.join(','), mounts, ...argv], {
     stdio: 'inherit',
     // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
     // container's, on which strata-run-exec searches the command after the chroot.
@@ -242,11 +273,44 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
   // (a missing image: exit status 125, as docker run and podman run give it)
   const image = await s.findImage(opts.image);
   if (!image) throw new ImageError(`no such image: ${opts.image}`, 125);
-  const argv = containerArgv(image.config, opts.command);
+  const argv = containerArgv(image.config, opts.command, opts.entrypoint);
   const userSpec = opts.user ?? image.config.config?.User ?? '';
   parseUserSpec(userSpec);
-  const rec = await s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argv });
-  return opts.user !== undefined ? s.updateContainer(rec.id, { user: opts.user }) : rec;
+  const given = checkSettings(opts.settings ?? {});
+  const settings: ContainerSettings = { ...given, mounts: containerMounts(given.mounts ?? [], image.config) };
+  // (named volumes are made with the container, as docker makes them)
+  for (const m of settings.mounts!) if (m.type === 'volume' && !m.anonymous) ensureVolume(s.root, m.source!);
+  return s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argv,
+    extra: { ...(opts.user !== undefined ? { user: opts.user } : {}), settings } });
+}
+
+/**
+ * The mounts of a container as SETUP reads them, their mount points made inside its root (mounted
+ * at rec.merged), shallowest first; volumes' directories made.
+ */
+function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[]): string {
+  const lines: string[] = [];
+  const depth = (t: string): number => t.split('/').length;
+  for (const m of [...mounts].sort((a, b) => depth(a.target) - depth(b.target))) {
+    let src = '-';
+    let file = false;
+    if (m.type === 'bind') {
+      let st;
+      try {
+        st = statSync(m.source!);
+      } catch (e) {
+        throw new ImageError(`the host path ${m.source!} of the mount on ${m.target} cannot be used: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 125);
+      }
+      file = !st.isDirectory();
+      src = m.source!;
+    } else if (m.type === 'volume') {
+      src = volumeDir(store, rec, m);
+      mkdirSync(src, { recursive: true, mode: 0o755 });
+    }
+    const opts = m.type === 'tmpfs' ? [m.tmpfsOptions ?? '', m.readonly ? 'ro' : ''].filter(Boolean).join(',') : m.readonly ? 'ro' : '';
+    lines.push([m.type, src, mountPointIn(rec.merged, m.target, file), opts || '-'].join('\t'));
+  }
+  return lines.join('\n');
 }
 
 export interface StartOptions {
@@ -278,6 +342,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   });
   const userSpec = (rec.user as string | undefined) ?? config.config?.User ?? '';
   const argv = rec.command ?? containerArgv(config, []);
+  const settings = settingsOf(rec);
+  const hostname = (settings.hostname ?? rec.name).slice(0, 63);
   let status = 125;
   let stub: ResolvStub | null = null;
   // Nothing ran: the user could not be resolved.
@@ -302,19 +368,20 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     const resolv = hostResolvConf();
     const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
     if (prepared !== null && prepared !== 'exists') stub = prepared;
-    const wd = config.config?.WorkingDir || '/';
+    const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
+    const mounts = mountLines(store, rec, settings.mounts ?? []);
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (stopped) {
       status = 130;
     } else {
       let recorded: Promise<unknown> = Promise.resolve();
-      const env = containerEnv(config, rec.name, user.home);
+      const env = containerEnv(config, hostname, user.home, settings.env);
       // (a build's RUN: its build arguments, in the environment only)
       for (const kv of (rec.env as string[] | undefined) ?? []) {
         const i = kv.indexOf('=');
         if (i > 0 && !(config.config?.Env ?? []).some((e) => e.startsWith(`${kv.slice(0, i)}=`))) env[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, (unsharePid) => {
+      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, hostname, mounts, (unsharePid) => {
         recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
           .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
       });
@@ -322,7 +389,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     }
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
-    await finishRun(store, rec, status, stub, (opts.rm ?? false) || (refused && (opts.removeIfRefused ?? false)));
+    await finishRun(store, rec, status, stub, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)));
   }
   return status;
 }

@@ -536,7 +536,7 @@ export class Store {
    * <store>/containers/<id>. The name defaults to the first 12 hex digits of the ID; a name
    * in use is refused.
    */
-  async createContainer(spec: { image: ImageRecord; imageRef?: string; name?: string; command?: string[] }): Promise<ContainerRecord> {
+  async createContainer(spec: { image: ImageRecord; imageRef?: string; name?: string; command?: string[]; extra?: Record<string, unknown> }): Promise<ContainerRecord> {
     const id = randomBytes(32).toString('hex');
     const name = spec.name ?? id.slice(0, 12);
     if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name)) throw new ImageError(`invalid container name "${name}"`, 2);
@@ -546,7 +546,7 @@ export class Store {
       id, name, image: spec.image.id, imageRef: spec.imageRef ?? spec.image.tags[0] ?? spec.image.id,
       layers: [...spec.image.layers], created: now(), dir,
       upper: join(dir, 'upper'), work: join(dir, 'work'), merged: join(dir, 'merged'),
-      ...(spec.command ? { command: spec.command } : {}), state: 'created', exitCode: null,
+      ...(spec.command ? { command: spec.command } : {}), state: 'created', exitCode: null, ...spec.extra,
     };
     for (const d of [rec.upper, rec.work, rec.merged]) mkdirSync(d, { recursive: true, mode: 0o755 });
     await this.db.batch([

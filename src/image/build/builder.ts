@@ -31,7 +31,8 @@ import { startContainer } from '../run.js';
 import { type ImageRecord, type LayerRecord, type Store, withStore } from '../store.js';
 import { type HistoryEntry, hostPlatform, type ImageConfig, ImageError } from '../types.js';
 import { containerUser } from '../user.js';
-import { BuildContext, copyInto, ensureDir, isDirIn, sourceChecksum } from './context.js';
+import { BuildContext, copyInto, sourceChecksum } from './context.js';
+import { ensureDir, isDirIn } from '../inroot.js';
 import { expand, type Instruction, keyValues, parseDockerfile, words } from './dockerfile.js';
 
 export interface BuildOptions {

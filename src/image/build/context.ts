@@ -8,6 +8,7 @@ import { closeSync, fstatSync, lstatSync, openSync, readdirSync, readFileSync, r
 import { join, posix } from 'node:path';
 import * as N from '../../native/index.js';
 import { ImageError } from '../types.js';
+import { IN_ROOT } from '../inroot.js';
 
 const { C } = N;
 
@@ -224,45 +225,6 @@ export interface CopyOwner {
   gid: number;
   /** --chmod: replaces the permission bits of what is copied. */
   mode?: number;
-}
-
-const IN_ROOT = C.RESOLVE_IN_ROOT | C.RESOLVE_NO_MAGICLINKS;
-
-/**
- * A directory inside the container root (made, with its missing parents, root-owned 0755). Each
- * prefix of the path is resolved from the root in one openat2 (RESOLVE_IN_ROOT), as a chrooted
- * process would resolve it: symlinks of the image, absolute or relative, and "..", stay inside.
- */
-export function ensureDir(rootFd: number, rel: string): number {
-  const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
-  const open = (p: string): number => N.openat2(rootFd, p === '' ? '.' : p, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, IN_ROOT);
-  let prefix = '';
-  for (const part of parts) {
-    const next = prefix === '' ? part : `${prefix}/${part}`;
-    try {
-      N.close(open(next));
-    } catch (e) {
-      if (!N.isErrnoError(e, 'ENOENT')) throw new ImageError(`cannot use /${rel} in the image: ${(e as Error).message}`);
-      const parent = open(prefix);
-      try {
-        N.mkdirat(parent, part, 0o755);
-      } finally {
-        N.close(parent);
-      }
-    }
-    prefix = next;
-  }
-  return open(prefix);
-}
-
-/** Whether `rel` inside the container root is a directory (symlinks followed inside the root). */
-export function isDirIn(rootFd: number, rel: string): boolean {
-  try {
-    N.close(N.openat2(rootFd, rel === '' ? '.' : rel, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, IN_ROOT));
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Seconds and nanoseconds of atime and mtime. */

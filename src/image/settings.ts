@@ -1,0 +1,271 @@
+// What `strata run` and `strata create` take besides the image and the command, as docker and
+// podman take it: environment (-e, --env-file), working directory (-w), entrypoint, hostname,
+// auto-removal (--rm), and mounts: bind mounts of host paths, volumes (named ones in the store's
+// volumes/, anonymous ones in the container's own directory) and tmpfs (-v, --mount, --tmpfs).
+// Parsed and checked when the container is created; recorded with it; applied at each start
+// (run.ts: mount points resolved inside the container root, mounts made in its mount namespace).
+
+import { randomBytes } from 'node:crypto';
+import { lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { join, posix } from 'node:path';
+import type { ContainerRecord } from './store.js';
+import { ImageError, type ImageConfig } from './types.js';
+
+export interface MountSpec {
+  type: 'bind' | 'volume' | 'tmpfs';
+  /** bind: the host path; volume: its name (absent in the CLI's spec of an anonymous volume). */
+  source?: string;
+  /** Absolute, as the container sees it. */
+  target: string;
+  readonly: boolean;
+  /** An anonymous volume: it lives and goes with its container. */
+  anonymous?: boolean;
+  /** tmpfs: size= and mode= (validated). */
+  tmpfsOptions?: string;
+}
+
+/** The settings recorded with a container (ContainerRecord.settings). */
+export interface ContainerSettings {
+  /** KEY=VALUE over the image's Env (-e, --env-file). */
+  env?: string[];
+  workdir?: string;
+  hostname?: string;
+  mounts?: MountSpec[];
+  /** --rm: removed when its command ends (also when started in the background). */
+  autoRemove?: boolean;
+}
+
+/** The settings of a container record (none for older records). */
+export function settingsOf(rec: ContainerRecord): ContainerSettings {
+  return (rec.settings as ContainerSettings | undefined) ?? {};
+}
+
+const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+function bad(message: string): never {
+  throw new ImageError(message, 125);
+}
+
+function checkTarget(target: string, what: string): string {
+  if (!target.startsWith('/')) bad(`${what}: the path in the container must be absolute: "${target}"`);
+  if (/[\n\t\0]/.test(target)) bad(`${what}: the path in the container has a tab or newline`);
+  const t = posix.normalize(target).replace(/(.)\/$/, '$1');
+  if (t === '/') bad(`${what}: cannot mount over the container's root`);
+  return t;
+}
+
+function checkSource(source: string, what: string): string {
+  if (/[\n\t\0]/.test(source)) bad(`${what}: the host path has a tab or newline`);
+  try {
+    statSync(source);
+  } catch (e) {
+    bad(`${what}: the host path ${source} cannot be used: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return posix.normalize(source);
+}
+
+/** `-v SRC:DST[:OPTS]`, `-v NAME:DST[:OPTS]`, `-v DST` (anonymous volume). OPTS: ro, rw, z, Z. */
+export function parseVolumeFlag(spec: string): MountSpec {
+  const what = `-v ${spec}`;
+  const parts = spec.split(':');
+  if (parts.length > 3 || parts.some((p) => p === '')) bad(`${what}: expected SOURCE:DESTINATION[:OPTIONS] or DESTINATION`);
+  let readonly = false;
+  if (parts.length === 3) {
+    for (const o of parts[2]!.split(',')) {
+      if (o === 'ro') readonly = true;
+      else if (o === 'rw') readonly = false;
+      else if (o !== 'z' && o !== 'Z') bad(`${what}: unsupported option "${o}" (ro, rw, z, Z)`);
+    }
+  }
+  if (parts.length === 1) return { type: 'volume', target: checkTarget(parts[0]!, what), readonly: false, anonymous: true };
+  const [src, dst] = [parts[0]!, parts[1]!];
+  if (src.startsWith('/')) return { type: 'bind', source: checkSource(src, what), target: checkTarget(dst, what), readonly };
+  if (src.startsWith('.')) bad(`${what}: a host path must be absolute`);
+  if (!NAME_RE.test(src)) bad(`${what}: "${src}" is neither an absolute host path nor a volume name`);
+  return { type: 'volume', source: src, target: checkTarget(dst, what), readonly };
+}
+
+/** `--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,tmpfs-size=N][,tmpfs-mode=M]`. */
+export function parseMountFlag(spec: string): MountSpec {
+  const what = `--mount ${spec}`;
+  const kv = new Map<string, string>();
+  for (const field of spec.split(',')) {
+    const i = field.indexOf('=');
+    const [k, v] = i < 0 ? [field, ''] : [field.slice(0, i), field.slice(i + 1)];
+    const key = ({ src: 'source', destination: 'target', dst: 'target', ro: 'readonly' } as Record<string, string>)[k] ?? k;
+    if (!['type', 'source', 'target', 'readonly', 'tmpfs-size', 'tmpfs-mode'].includes(key)) bad(`${what}: unsupported field "${k}"`);
+    if (kv.has(key)) bad(`${what}: "${k}" given twice`);
+    kv.set(key, v);
+  }
+  const type = kv.get('type') ?? 'volume';
+  if (type !== 'bind' && type !== 'volume' && type !== 'tmpfs') bad(`${what}: unsupported type "${type}" (bind, volume, tmpfs)`);
+  const target = kv.get('target');
+  if (target === undefined) bad(`${what}: give target=`);
+  const ro = kv.get('readonly');
+  if (ro !== undefined && !['', 'true', 'false', '1', '0'].includes(ro)) bad(`${what}: readonly takes true or false`);
+  const readonly = ro !== undefined && ro !== 'false' && ro !== '0';
+  const source = kv.get('source');
+  if (type !== 'tmpfs' && (kv.has('tmpfs-size') || kv.has('tmpfs-mode'))) bad(`${what}: tmpfs- fields go with type=tmpfs`);
+  if (type === 'tmpfs') {
+    if (source !== undefined) bad(`${what}: a tmpfs has no source`);
+    const opts = [kv.has('tmpfs-size') ? `size=${kv.get('tmpfs-size')}` : '', kv.has('tmpfs-mode') ? `mode=${kv.get('tmpfs-mode')}` : ''].filter(Boolean).join(',');
+    return { type, target: checkTarget(target, what), readonly, tmpfsOptions: checkTmpfsOptions(opts, what) };
+  }
+  if (type === 'bind') {
+    if (source === undefined || !source.startsWith('/')) bad(`${what}: a bind mount takes an absolute source=`);
+    return { type, source: checkSource(source, what), target: checkTarget(target, what), readonly };
+  }
+  if (source === undefined || source === '') return { type, target: checkTarget(target, what), readonly, anonymous: true };
+  if (!NAME_RE.test(source)) bad(`${what}: invalid volume name "${source}"`);
+  return { type, source, target: checkTarget(target, what), readonly };
+}
+
+function checkTmpfsOptions(opts: string, what: string): string {
+  for (const o of opts === '' ? [] : opts.split(',')) {
+    if (/^size=\d+[kmg%]?$/i.test(o) || /^mode=[0-7]{3,4}$/.test(o) || /^nr_inodes=\d+[kmg]?$/i.test(o)) continue;
+    if (['ro', 'rw', 'noexec', 'exec', 'nosuid', 'suid', 'nodev', 'dev'].includes(o)) continue;
+    bad(`${what}: unsupported tmpfs option "${o}" (size=, mode=, nr_inodes=, ro, noexec, nosuid, nodev)`);
+  }
+  return opts;
+}
+
+/** `--tmpfs DST[:OPTIONS]`. */
+export function parseTmpfsFlag(spec: string): MountSpec {
+  const what = `--tmpfs ${spec}`;
+  const i = spec.indexOf(':');
+  const [dst, opts] = i < 0 ? [spec, ''] : [spec.slice(0, i), spec.slice(i + 1)];
+  const o = checkTmpfsOptions(opts, what).split(',').filter(Boolean);
+  return { type: 'tmpfs', target: checkTarget(dst, what), readonly: o.includes('ro'), tmpfsOptions: o.filter((x) => x !== 'ro' && x !== 'rw').join(',') };
+}
+
+/**
+ * The environment given on the command line: `--env-file` files first, then each `-e` (as docker:
+ * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
+ * In a file: one per line, blank lines and lines starting with # ignored.
+ */
+export function parseEnvFlags(values: readonly string[], files: readonly string[]): string[] {
+  const envs: string[] = [];
+  const take = (entry: string, where: string): void => {
+    const i = entry.indexOf('=');
+    const key = i < 0 ? entry : entry.slice(0, i);
+    if (key === '' || /[\s\0]/.test(key)) bad(`${where}: invalid variable name in "${entry}"`);
+    if (i >= 0) envs.push(entry);
+    else if (process.env[key] !== undefined) envs.push(`${key}=${process.env[key]}`);
+  };
+  for (const f of files) {
+    let text: string;
+    try {
+      text = readFileSync(f, 'utf8');
+    } catch (e) {
+      bad(`--env-file ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    for (const line of text.split('\n')) {
+      const l = line.replace(/\r$/, '').replace(/^\s+/, '');
+      if (l === '' || l.startsWith('#')) continue;
+      take(l, `--env-file ${f}`);
+    }
+  }
+  for (const v of values) take(v, `-e ${v}`);
+  return envs;
+}
+
+/** --entrypoint: a JSON array (podman's form), else one program; "" clears the image's. */
+export function parseEntrypoint(value: string): string[] {
+  if (value.startsWith('[')) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value);
+    } catch {
+      bad(`--entrypoint ${value}: not a JSON array of strings`);
+    }
+    if (!Array.isArray(parsed) || !parsed.every((x) => typeof x === 'string')) bad(`--entrypoint ${value}: not a JSON array of strings`);
+    return parsed as string[];
+  }
+  return value === '' ? [] : [value];
+}
+
+/** Checks -w and --hostname; the settings with names given to anonymous volumes. */
+export function checkSettings(settings: ContainerSettings): ContainerSettings {
+  if (settings.workdir !== undefined && !settings.workdir.startsWith('/')) bad(`-w ${settings.workdir}: the working directory must be an absolute path`);
+  if (settings.hostname !== undefined && !/^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$/.test(settings.hostname)) bad(`--hostname ${settings.hostname}: invalid host name`);
+  const mounts = settings.mounts ?? [];
+  const seen = new Set<string>();
+  for (const m of mounts) {
+    if (seen.has(m.target)) bad(`two mounts on ${m.target}`);
+    seen.add(m.target);
+  }
+  return settings;
+}
+
+/**
+ * The mounts a new container gets: those given, then an anonymous volume for each of the image's
+ * `Volumes` that no given mount covers (as docker and podman make them). Anonymous volumes get a
+ * name here (their directory is the container's volumes/NAME).
+ */
+export function containerMounts(given: readonly MountSpec[], config: ImageConfig): MountSpec[] {
+  const mounts = [...given];
+  for (const v of Object.keys(config.config?.Volumes ?? {})) {
+    if (!v.startsWith('/')) continue;
+    const target = posix.normalize(v).replace(/(.)\/$/, '$1');
+    if (target === '/' || mounts.some((m) => m.target === target)) continue;
+    mounts.push({ type: 'volume', target, readonly: false, anonymous: true });
+  }
+  return mounts.map((m) => (m.anonymous && m.source === undefined ? { ...m, source: randomBytes(16).toString('hex') } : m));
+}
+
+/** Where a volume's files are: named ones in STORE/volumes/NAME/_data, anonymous ones in the container's dir. */
+export function volumeDir(store: string, rec: Pick<ContainerRecord, 'dir'>, m: MountSpec): string {
+  return m.anonymous ? join(rec.dir, 'volumes', m.source!) : join(store, 'volumes', m.source!, '_data');
+}
+
+// ---- named volumes (strata volume ...) -----------------------------------------------------
+
+export interface VolumeInfo {
+  name: string;
+  mountpoint: string;
+  created: string;
+}
+
+export function volumesRoot(store: string): string {
+  return join(store, 'volumes');
+}
+
+/** Makes a named volume if it does not exist; returns it. */
+export function ensureVolume(store: string, name: string): VolumeInfo {
+  if (!NAME_RE.test(name)) bad(`invalid volume name "${name}"`);
+  const data = join(volumesRoot(store), name, '_data');
+  mkdirSync(data, { recursive: true, mode: 0o755 });
+  return volumeInfo(store, name)!;
+}
+
+export function volumeInfo(store: string, name: string): VolumeInfo | null {
+  if (!NAME_RE.test(name)) return null;
+  const data = join(volumesRoot(store), name, '_data');
+  try {
+    const st = lstatSync(data);
+    if (!st.isDirectory()) return null;
+    return { name, mountpoint: data, created: st.birthtime.toISOString() };
+  } catch {
+    return null;
+  }
+}
+
+export function listVolumes(store: string): VolumeInfo[] {
+  let names: string[];
+  try {
+    names = readdirSync(volumesRoot(store));
+  } catch {
+    return [];
+  }
+  return names.sort().map((n) => volumeInfo(store, n)).filter((v): v is VolumeInfo => v !== null);
+}
+
+/** The containers that use the named volume. */
+export function volumeUsers(containers: readonly ContainerRecord[], name: string): ContainerRecord[] {
+  return containers.filter((c) => (settingsOf(c).mounts ?? []).some((m) => m.type === 'volume' && !m.anonymous && m.source === name));
+}
+
+export function removeVolume(store: string, name: string): void {
+  if (volumeInfo(store, name) === null) throw new ImageError(`no such volume: ${name}`);
+  rmSync(join(volumesRoot(store), name), { recursive: true, force: true });
+}

@@ -1,0 +1,189 @@
+// What `strata run` and `create` take besides the image and the command, as docker and podman take
+// it: -e/--env-file, -w, --entrypoint, --hostname, -v (bind mounts, named and anonymous volumes),
+// --mount, --tmpfs, --rm with -d. The same commands run under podman on the same root filesystem give
+// the same output; then what only strata can be asked (mount points that image symlinks point out
+// of the root, refusals, volumes of the image's VOLUME, strata volume), with nothing left behind.
+
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { run, type RunResult, waitFor } from './helpers/exec.js';
+import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
+import { rootfsTar, testStore } from './helpers/images.js';
+import { mountsUnder } from './helpers/mounts.js';
+import { processesTagged, taggedEnvKilledAtEnd } from './helpers/processes.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
+
+const ROOTFS_L0 = '/var/cache/strata/rootfs/l0';
+
+function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern: RegExp): void {
+  t.is(r.status, status, r.stderr);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.regex(r.stderr, pattern);
+}
+
+test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: what podman run prints for the same', (t) => {
+  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
+  const base = tempDir(t, 'ro');
+  // (-e NAME and a NAME line in an env file take the value of the caller's environment; podman's is copied from ours now)
+  process.env.HOSTVAR = 'from the host';
+  const { podman, ok: pod } = testPodman(t, base);
+  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
+  const s = testStore(t, base);
+  const { env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir, HOSTVAR: 'from the host' });
+  const tar = path.join(base, 'deb.tar');
+  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
+  s.ok(['image', 'import', tar, 'deb:l0']);
+  fs.rmSync(tar);
+
+  const host = path.join(base, 'host');
+  fs.mkdirSync(path.join(host, 'dir', 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(host, 'dir', 'sub', 'f'), 'in the host dir\n');
+  fs.writeFileSync(path.join(host, 'file'), 'a host file\n');
+  const envFile = path.join(host, 'env');
+  fs.writeFileSync(envFile, '# a comment\nFROMFILE=file value\n\n  INDENTED=x\nOVER=from the file\nHOSTVAR\n');
+
+  const show = 'for v in FOO SPACED FROMFILE INDENTED OVER HOSTVAR NOTSET HOSTNAME PATH HOME; do printf "%s=[%s] " $v "$(printenv $v)"; done; echo; pwd; hostname';
+  const cases: { name: string; args: string[]; cmd: string[] }[] = [
+    { name: 'env', args: ['-e', 'FOO=bar', '-e', 'SPACED=a  b', '--env-file', envFile, '-e', 'OVER=from -e', '-e', 'NOTSET', '-e', 'PATH=/bin:/usr/bin'], cmd: ['sh', '-c', show] },
+    { name: 'workdir', args: ['-w', '/usr/share/doc', '--hostname', 'box-1'], cmd: ['sh', '-c', show] },
+    { name: 'entrypoint', args: ['--entrypoint', '/bin/echo'], cmd: ['one', '-n', 'two'] },
+    { name: 'entrypoint json', args: ['--entrypoint', '["/bin/sh","-c","echo \\"$0|$1\\"","zero"]'], cmd: ['first'] },
+    { name: 'entrypoint none', args: ['--entrypoint', ''], cmd: ['sh', '-c', 'echo plain'] },
+    { name: 'binds', args: ['-v', `${host}/dir:/data`, '-v', `${host}/file:/etc/host-file:ro`, '-v', `${host}/dir/sub:/ro:ro`],
+      cmd: ['sh', '-c', 'cat /data/sub/f /etc/host-file /ro/f; echo written > /data/new; echo x > /ro/g || echo ro-refused; echo y >> /etc/host-file || echo file-ro-refused; ls /data'] },
+    { name: 'mount and tmpfs', args: ['--mount', `type=bind,source=${host}/dir,target=/m,readonly`, '--tmpfs', '/scratch:size=2m,mode=1777',
+      '--mount', 'type=tmpfs,target=/t2,tmpfs-size=1048576'],
+    cmd: ['sh', '-c', 'cat /m/sub/f; touch /m/x || echo ro-refused; stat -f -c %T /scratch /t2; stat -c %a /scratch; df -k /scratch /t2 | tail -2 | awk "{print \\$2}"; echo a > /scratch/a; cat /scratch/a'] },
+    { name: 'named volume, first use', args: ['-v', 'docs:/usr/share/doc/bash'], cmd: ['sh', '-c', 'ls /usr/share/doc/bash | head -5; echo mine > /usr/share/doc/bash/mine'] },
+    { name: 'named volume, second use', args: ['-v', 'docs:/elsewhere:ro'], cmd: ['sh', '-c', 'cat /elsewhere/mine; ls /elsewhere | wc -l; touch /elsewhere/z || echo ro-refused'] },
+    { name: 'anonymous volume', args: ['-v', '/usr/share/doc/dash'], cmd: ['sh', '-c', 'ls /usr/share/doc/dash; echo x > /usr/share/doc/dash/new; ls /usr/share/doc/dash | wc -l'] },
+  ];
+  // (podman: no network; strata's default host name is the container's name, podman's its ID)
+  for (const c of cases) {
+    const mine = run(strataBin, ['run', '--rm', '--name', 'r1', ...c.args, 'deb:l0', ...c.cmd], { env, timeoutMs: 120_000 });
+    const hostname = c.args.includes('--hostname') ? [] : ['--hostname', 'r1'];
+    const theirs = podman(['run', '--rm', '--name', 'r1', ...PODMAN_RUN, ...hostname, ...c.args, 'localhost/deb:l0', ...c.cmd], 120_000);
+    t.is(theirs.status, 0, `${c.name}: podman: ${theirs.stderr}`);
+    t.deepEqual({ status: mine.status, stdout: mine.stdout }, { status: theirs.status, stdout: theirs.stdout }, `${c.name}: ${mine.stderr}`);
+  }
+  // What the commands wrote went where podman's went: into the host directory, the named volume.
+  t.is(fs.readFileSync(path.join(host, 'dir', 'new'), 'utf8'), 'written\n');
+  t.is(fs.readFileSync(path.join(host, 'file'), 'utf8'), 'a host file\n');
+  t.false(fs.existsSync(path.join(host, 'dir', 'sub', 'g')));
+  t.deepEqual(JSON.parse(s.ok(['volume', 'ls', '--json'])).map((v: { name: string }) => v.name), ['docs']);
+  t.is(s.ok(['volume', 'inspect', 'docs']).includes(path.join(s.dir, 'volumes', 'docs', '_data')), true);
+  t.deepEqual(JSON.parse(s.ok(['container', 'ls', '--json'])), [], '--rm removed every container');
+  t.deepEqual(fs.readdirSync(path.join(s.dir, 'containers')), [], 'and its anonymous volume');
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
+test('run and create: settings kept by the container (exec, start again), --rm with -d, the image\'s VOLUMEs, mount points behind image symlinks, refusals, strata volume', async (t) => {
+  const base = tempDir(t, 'ro2');
+  const s = testStore(t, base);
+  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
+  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
+  const ok = (args: readonly string[]): string => {
+    const r = strata(args);
+    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  const host = path.join(base, 'host');
+  fs.mkdirSync(host);
+  fs.writeFileSync(path.join(host, 'f'), 'host file\n');
+
+  // A missing -w directory is made, as docker makes it (podman refuses it), owned by the user.
+  t.is(ok(['run', '--rm', '-u', '1000:1000', '-w', '/var/made/here', 'base:1', 'sh', '-c', 'pwd; stat -c %u:%g:%a /var/made/here /var/made']),
+    '/var/made/here\n1000:1000:755\n0:0:755\n');
+
+  // create keeps its settings: start -a, then exec into a background start, see them.
+  ok(['create', '--name', 'kept', '-e', 'K=v1', '-w', '/data', '--hostname', 'kh', '-v', `${host}:/h`, '--tmpfs', '/t', 'base:1',
+    'sh', '-c', 'echo "$K $PWD $HOSTNAME"; cat /h/f; touch /t/x; sleep 60']);
+  ok(['start', 'kept']);
+  t.true(await waitFor(() => strata(['exec', 'kept', 'sh', '-c', 'test -e /t/x']).status === 0, 10_000));
+  t.is(ok(['exec', 'kept', 'sh', '-c', 'echo "$K $PWD $HOSTNAME $(cat /proc/sys/kernel/hostname)"; cat /h/f']), 'v1 /data kh kh\nhost file\n');
+  t.is(ok(['exec', '-e', 'K=v2', '-w', '/', 'kept', 'sh', '-c', 'echo "$K $PWD"']), 'v2 /\n');
+  ok(['stop', '-t', '0', 'kept']);
+  t.is(ok(['logs', 'kept']), 'v1 /data kh\nhost file\n');
+  t.deepEqual(ok(['diff', 'kept']).trim().split('\n').sort(), ['A /h', 'A /t'], 'mount points only: the tmpfs and the bind hold the writes');
+  ok(['rm', 'kept']);
+
+  // --rm with -d: gone when its command ends, or when it is stopped.
+  ok(['run', '-d', '--rm', '--name', 'quick', 'base:1', 'true']);
+  t.true(await waitFor(() => !ok(['ps', '-a']).includes('quick'), 10_000), 'removed once it ended');
+  ok(['run', '-d', '--rm', '--name', 'slow', 'base:1', 'sleep', '60']);
+  t.regex(ok(['ps']), /slow .*running/);
+  ok(['stop', '-t', '0', 'slow']);
+  t.notRegex(ok(['ps', '-a']), /slow/);
+
+  // The image's VOLUMEs: anonymous volumes filled from the image, kept across starts of the container,
+  // not in its diff nor in a commit, gone with it.
+  const ctx = path.join(base, 'ctx');
+  fs.mkdirSync(ctx);
+  fs.writeFileSync(path.join(ctx, 'Dockerfile'), 'FROM base:1\nRUN mkdir /vol && echo seed > /vol/seed\nVOLUME /vol\n');
+  ok(['build', '-q', '-t', 'withvol:1', ctx]);
+  ok(['run', '--name', 'v', 'withvol:1', 'sh', '-c', 'cat /vol/seed; echo more > /vol/more; echo top > /top']);
+  t.is(ok(['start', '-a', 'v']), 'seed\n', 'started again: the same volume');
+  t.is(ok(['run', '--name', 'v2', 'withvol:1', 'sh', '-c', 'ls /vol']), 'seed\n', 'a new container: a new volume');
+  const vdir = (n: string): string[] => {
+    const id = (JSON.parse(ok(['container', 'ls', '--json'])) as { id: string; name: string }[]).find((c) => c.name === n)!.id;
+    const vols = path.join(s.dir, 'containers', id, 'volumes');
+    return fs.readdirSync(vols).map((v) => fs.readdirSync(path.join(vols, v)).sort().join(','));
+  };
+  t.deepEqual(vdir('v'), ['more,seed']);
+  t.deepEqual(ok(['diff', 'v']).trim().split('\n'), ['A /top']);
+  ok(['commit', 'v', 'committed:1']);
+  t.is(ok(['run', '--rm', '-v', `${host}:/vol`, 'committed:1', 'sh', '-c', 'cat /top; ls /vol']), 'top\nf\n', 'a given mount replaces the image\'s volume');
+  t.is(ok(['run', '--rm', 'committed:1', 'ls', '/vol']), 'seed\n', 'the commit has the image\'s /vol, not the volume\'s files');
+  ok(['rm', 'v', 'v2']);
+  t.deepEqual(fs.readdirSync(path.join(s.dir, 'containers')), []);
+
+  // Mount points are resolved inside the root: image symlinks to host paths (absolute or by ../) lead
+  // into the container's root, never to the host.
+  const outside = path.join(base, 'outside');
+  fs.mkdirSync(outside);
+  ok(['run', '--name', 'ln', 'base:1', 'sh', '-c',
+    `mkdir -p ${outside} && ln -s ${outside} /abs && ln -s ../../../../../../../..${outside} /data/rel && ln -s ${outside}/file /absfile`]);
+  ok(['commit', 'ln', 'links:1']);
+  ok(['rm', 'ln']);
+  t.is(ok(['run', '--rm', '-v', `${host}:/abs/in`, '-v', `${host}/f:/absfile`, '--tmpfs', '/data/rel/tmp', 'links:1', 'sh', '-c',
+    `cat ${outside}/in/f ${outside}/file; ls ${outside} | sort | tr '\\n' ' '`]), 'host file\nhost file\nfile in tmp ');
+  t.deepEqual(fs.readdirSync(outside), [], 'nothing made on the host');
+
+  // Refusals: one line, status 125, nothing made.
+  const refuse = (args: string[], pattern: RegExp): void => oneLineError(t, strata(['run', '--rm', ...args, 'base:1', 'true']), 125, pattern);
+  refuse(['-v', './rel:/x'], /-v \.\/rel:\/x: a host path must be absolute/);
+  refuse(['-v', `${base}/nothere:/x`], /cannot be used: ENOENT/);
+  refuse(['-v', `${host}:rel`], /must be absolute/);
+  refuse(['-v', `${host}:/x:bogus`], /unsupported option "bogus"/);
+  refuse(['-v', 'a:/b:ro:z'], /expected SOURCE:DESTINATION/);
+  refuse(['-v', `${host}:/`], /cannot mount over the container's root/);
+  refuse(['-v', `${host}:/x`, '--tmpfs', '/x/'], /two mounts on \/x/);
+  refuse(['--mount', 'type=overlay,target=/x'], /unsupported type "overlay"/);
+  refuse(['--mount', 'type=bind,target=/x'], /absolute source=/);
+  refuse(['--mount', 'type=tmpfs,target=/x,bogus=1'], /unsupported field "bogus"/);
+  refuse(['--tmpfs', '/x:exec;reboot'], /unsupported tmpfs option/);
+  refuse(['-w', 'rel'], /must be an absolute path/);
+  refuse(['--hostname', 'no spaces'], /invalid host name/);
+  refuse(['--entrypoint', '["sh", 1]'], /not a JSON array of strings/);
+  refuse(['--env-file', `${base}/nothere`], /--env-file .*ENOENT/);
+  refuse(['-e', '=x'], /invalid variable name/);
+  // a mount point the image makes impossible (a file where a directory must be): refused at start, the --rm container removed
+  oneLineError(t, strata(['run', '--rm', '-v', `${host}:/bin/busybox/x`, 'base:1', 'true']), 125, /cannot make the mount point \/bin\/busybox\/x/);
+  t.deepEqual(JSON.parse(ok(['container', 'ls', '--json'])), []);
+
+  // strata volume: named volumes, refused while a container uses one.
+  ok(['create', '--name', 'user', '-v', 'data:/data', 'base:1', 'true']);
+  t.is(ok(['volume', 'create', 'spare']), 'spare\n');
+  t.is(ok(['volume', 'ls', '-q']), 'data\nspare\n');
+  oneLineError(t, strata(['volume', 'rm', 'data']), 1, /volume data is in use by container user/);
+  t.is(ok(['volume', 'prune']), 'spare\n');
+  t.is(ok(['volume', 'rm', '-f', 'data']), 'data\n');
+  oneLineError(t, strata(['volume', 'rm', 'data']), 1, /no such volume: data/);
+  ok(['rm', 'user']);
+
+  t.true(await waitFor(() => processesTagged(tag).length === 0, 10_000), 'no monitor or container process left');
+  t.deepEqual(mountsUnder(s.dir), []);
+});
