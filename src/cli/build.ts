@@ -13,6 +13,7 @@ export const BUILD_OPTIONS = {
   cache: { type: 'boolean', default: true, describe: 'take steps from the build cache (--no-cache: run every step)' },
   target: { type: 'string', describe: 'the stage to build (default: the last)' },
   quiet: { alias: 'q', type: 'boolean', default: false, describe: 'print no STEP lines' },
+  secret: { type: 'string', describe: 'id=ID,src=FILE or id=ID,env=VAR: what RUN --mount=type=secret,id=ID mounts (repeatable)' },
   store: storeOption,
   pull: RUN_PULL_OPTIONS.pull,
   'tls-verify': RUN_PULL_OPTIONS['tls-verify'],
@@ -27,7 +28,10 @@ export const buildCommand: CommandModule = {
   handler: guarded(async (argv) => {
     const a = argv as unknown as EnsureArgs & {
       context: string; tag?: string | string[]; file?: string; buildArg?: string | string[]; cache: boolean; target?: string; quiet: boolean; store?: string;
+      secret?: string | string[];
     };
+    const { parseSecretFlag } = await import('../image/build/run_mounts.js');
+    const secrets = ([] as string[]).concat(a.secret ?? []).map(parseSecretFlag);
     const [{ normalizeTag }, { ImageError }, { buildImage }, { ensureImage }, { resolve }] = await Promise.all([
       import('../image/store.js'), import('../image/types.js'), import('../image/build/builder.js'), import('./registry.js'), import('node:path')]);
     const store = await storeDirOf(a);
@@ -44,6 +48,7 @@ export const buildCommand: CommandModule = {
       noCache: !a.cache, ...(a.target !== undefined ? { target: a.target } : {}),
       log: a.quiet ? () => {} : out,
       ensureImage: (ref) => ensureImage(store, ref, a),
+      secrets,
     });
     out(r.id);
     process.exit(0);

@@ -15,8 +15,9 @@ export const IN_ROOT = C.RESOLVE_IN_ROOT | C.RESOLVE_NO_MAGICLINKS;
  * prefix of the path is resolved from the root in one openat2 (RESOLVE_IN_ROOT), as a chrooted
  * process would resolve it: symlinks of the image, absolute or relative, and "..", stay inside.
  */
-export function ensureDir(rootFd: number, rel: string): number {
+export function ensureDir(rootFd: number, rel: string, made?: string[]): number {
   const parts = rel.split('/').filter((p) => p !== '' && p !== '.');
+  const rootPath = made ? hostPath(rootFd) : '';
   const open = (p: string): number => N.openat2(rootFd, p === '' ? '.' : p, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, IN_ROOT);
   let prefix = '';
   for (const part of parts) {
@@ -28,6 +29,8 @@ export function ensureDir(rootFd: number, rel: string): number {
       const parent = open(prefix);
       try {
         N.mkdirat(parent, part, 0o755);
+        // (where it really is: the path may go through symlinks of the image)
+        if (made) made.push(posix.join(hostPath(parent).slice(rootPath.length + 1), part));
       } finally {
         N.close(parent);
       }
@@ -35,6 +38,11 @@ export function ensureDir(rootFd: number, rel: string): number {
     prefix = next;
   }
   return open(prefix);
+}
+
+/** The path of what a descriptor refers to. */
+function hostPath(fd: number): string {
+  return N.readlinkat(C.AT_FDCWD, `/proc/self/fd/${fd}`);
 }
 
 /** Whether `rel` inside the container root is a directory (symlinks followed inside the root). */
@@ -52,23 +60,29 @@ export function isDirIn(rootFd: number, rel: string): boolean {
  * container sees it): a directory, or with `file` a file, made if missing (parents root-owned 0755,
  * a new file empty and 0644). Symlinks on the way are followed inside the root, so the path returned
  * is always below `root` and has no symlink in it (mount(8) may then walk it on the host).
+ * `made` gets the paths (relative to the root) of what was made, parents first.
  */
-export function mountPointIn(root: string, target: string, file: boolean): string {
+export function mountPointIn(root: string, target: string, file: boolean, made?: string[]): string {
   const rel = posix.normalize(`/${target}`).slice(1).replace(/\/$/, '');
   if (rel === '' || rel === '.') throw new ImageError(`cannot mount over the container's root: ${target}`, 125);
   const rootFd = N.openat(C.AT_FDCWD, root, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
   let fd = -1;
   try {
     if (!file) {
-      fd = ensureDir(rootFd, rel);
+      fd = ensureDir(rootFd, rel, made);
     } else {
       try {
         fd = N.openat2(rootFd, rel, C.O_PATH | C.O_CLOEXEC, 0, IN_ROOT);
       } catch (e) {
         if (!N.isErrnoError(e, 'ENOENT')) throw e;
-        N.close(ensureDir(rootFd, posix.dirname(rel)));
+        N.close(ensureDir(rootFd, posix.dirname(rel), made));
         // (from the root: a symlink to a missing file is followed inside it, the file made there)
-        N.close(N.openat2(rootFd, rel, C.O_CREAT | C.O_WRONLY | C.O_CLOEXEC, 0o644, IN_ROOT));
+        const f = N.openat2(rootFd, rel, C.O_CREAT | C.O_WRONLY | C.O_CLOEXEC, 0o644, IN_ROOT);
+        try {
+          if (made) made.push(hostPath(f).slice(hostPath(rootFd).length + 1));
+        } finally {
+          N.close(f);
+        }
         fd = N.openat2(rootFd, rel, C.O_PATH | C.O_CLOEXEC, 0, IN_ROOT);
       }
     }
@@ -81,5 +95,39 @@ export function mountPointIn(root: string, target: string, file: boolean): strin
   } finally {
     if (fd >= 0) N.close(fd);
     N.close(rootFd);
+  }
+}
+
+/**
+ * Takes the mount points a start made (mountPointIn's `made`, paths without symlinks) out of an
+ * upper directory again, deepest first, where they are still empty: a build step's mounts leave no
+ * trace in its layer. Each parent is opened beneath the upper without following any symlink.
+ */
+export function removeMountPoints(upper: string, made: readonly string[]): void {
+  const upperFd = N.openat(C.AT_FDCWD, upper, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  const st = new Float64Array(16);
+  try {
+    for (const rel of [...made].reverse()) {
+      const dir = posix.dirname(rel);
+      let pfd: number;
+      try {
+        pfd = N.openat2(upperFd, dir, C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0, C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS);
+      } catch {
+        continue;
+      }
+      try {
+        const name = posix.basename(rel);
+        if (!N.lstatMaybe(pfd, name, st)) continue;
+        const type = st[N.ST.mode]! & C.S_IFMT;
+        if (type === C.S_IFDIR) N.unlinkat(pfd, name, C.AT_REMOVEDIR);
+        else if (type === C.S_IFREG && st[N.ST.size] === 0) N.unlinkat(pfd, name, 0);
+      } catch {
+        // not empty: the command put something there; it stays
+      } finally {
+        N.close(pfd);
+      }
+    }
+  } finally {
+    N.close(upperFd);
   }
 }

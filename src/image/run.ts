@@ -288,7 +288,7 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
  * The mounts of a container as SETUP reads them, their mount points made inside its root (mounted
  * at rec.merged), shallowest first; volumes' directories made.
  */
-function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[]): string {
+function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[], made?: string[]): string {
   const lines: string[] = [];
   const depth = (t: string): number => t.split('/').length;
   for (const m of [...mounts].sort((a, b) => depth(a.target) - depth(b.target))) {
@@ -308,7 +308,7 @@ function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountS
       mkdirSync(src, { recursive: true, mode: 0o755 });
     }
     const opts = m.type === 'tmpfs' ? [m.tmpfsOptions ?? '', m.readonly ? 'ro' : ''].filter(Boolean).join(',') : m.readonly ? 'ro' : '';
-    lines.push([m.type, src, mountPointIn(rec.merged, m.target, file), opts || '-'].join('\t'));
+    lines.push([m.type, src, mountPointIn(rec.merged, m.target, file, made), opts || '-'].join('\t'));
   }
   return lines.join('\n');
 }
@@ -320,6 +320,10 @@ export interface StartOptions {
   removeIfRefused?: boolean;
   /** Called once the command runs (the container is then recorded as running). */
   onRunning?: () => void;
+  /** Called with the mounted root before the mounts are made and the command runs (a build's WORKDIR). */
+  prepare?: (merged: string) => void;
+  /** Gets the mount points the start made in the container (relative to its root, parents first). */
+  madeMountPoints?: string[];
 }
 
 /**
@@ -369,7 +373,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
     if (prepared !== null && prepared !== 'exists') stub = prepared;
     const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
-    const mounts = mountLines(store, rec, settings.mounts ?? []);
+    opts.prepare?.(rec.merged);
+    const mounts = mountLines(store, rec, settings.mounts ?? [], opts.madeMountPoints);
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (stopped) {
       status = 130;

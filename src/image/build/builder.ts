@@ -20,8 +20,10 @@
 // every step is cached gives the same image ID again.
 
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, createWriteStream, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { join, posix } from 'node:path';
 import { PassThrough } from 'node:stream';
 import * as N from '../../native/index.js';
@@ -32,7 +34,9 @@ import { type ImageRecord, type LayerRecord, type Store, withStore } from '../st
 import { type HistoryEntry, hostPlatform, type ImageConfig, ImageError } from '../types.js';
 import { containerUser } from '../user.js';
 import { BuildContext, copyInto, sourceChecksum } from './context.js';
-import { ensureDir, isDirIn } from '../inroot.js';
+import { ensureDir, isDirIn, removeMountPoints } from '../inroot.js';
+import type { ContainerSettings, MountSpec } from '../settings.js';
+import { type BuildSecret, type FromRoot, mountFrom, runMounts } from './run_mounts.js';
 import { expand, type Instruction, keyValues, parseDockerfile, words } from './dockerfile.js';
 
 export interface BuildOptions {
@@ -50,6 +54,8 @@ export interface BuildOptions {
   log?: (line: string) => void;
   /** Pulls an image the store lacks (FROM). */
   ensureImage?: (ref: string) => Promise<void>;
+  /** --secret: what RUN --mount=type=secret mounts. */
+  secrets?: BuildSecret[];
 }
 
 export interface BuildResult {
@@ -335,9 +341,19 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
       cfg.Healthcheck = hc;
       return configStep();
     }
-    case 'RUN':
+    case 'RUN': {
       if (stage.layers.length === 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN in an empty image (FROM scratch, nothing copied yet): there is nothing to run`);
-      return layerStep(opts, stage, ins, runKey(stage, ins), log, (rec) => runInBuild(opts, stage, ins, rec));
+      for (const [f] of ins.flagList) if (f !== 'mount') throw new ImageError(`Dockerfile line ${ins.line}: RUN --${f} is not supported`);
+      const workdir = cfg.WorkingDir || '/';
+      const mounts = await runMounts(ins.flagList.map(([, v]) => expand(v, vars, esc)), {
+        store: opts.store, ctx, secrets: opts.secrets ?? [], workdir, line: ins.line, source: (from) => sourceOf(opts, from, stageByName),
+      });
+      try {
+        return await layerStep(opts, stage, ins, runKey(stage, ins, mounts.key), log, (rec) => runInBuild(opts, stage, ins, rec, mounts.mounts));
+      } finally {
+        await mounts.cleanup();
+      }
+    }
     case 'COPY':
     case 'ADD':
       return copyStep(opts, ctx, esc, stage, ins, vars, stageByName, log);
@@ -354,11 +370,29 @@ function durationNs(v: string, line: number): number {
   return Math.round(parts.reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0));
 }
 
-/** A RUN's key: the instruction and the build arguments it sees. */
-function runKey(stage: Stage, ins: Instruction): string {
-  if (Object.keys(ins.flags).length > 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN --${Object.keys(ins.flags)[0]} is not supported`);
+/** A RUN's key: the instruction, the build arguments it sees, and what its bind mounts show. */
+function runKey(stage: Stage, ins: Instruction, mountKey: string): string {
   const args = [...stage.args].map(([k, v]) => `${k}=${v}`).sort().join('\n');
-  return sha(`${stage.key}\n${ins.original}\n${args}`);
+  return sha(`${stage.key}\n${ins.original}\n${args}${mountKey === '' ? '' : `\n${mountKey}`}`);
+}
+
+/** The layers of a stage or image named by --from / from= (an image is pulled if the store lacks it). */
+async function sourceOf(opts: BuildOptions, from: string, stageByName: (n: string) => Stage | undefined): Promise<{ layers: string[]; key: string }> {
+  const s = stageByName(from);
+  if (s) return { layers: s.layers, key: s.key };
+  await opts.ensureImage?.(from);
+  const img = await withStore(opts.store, (st) => st.resolveImage(from));
+  return { layers: img.layers, key: img.id };
+}
+
+/** A step's working directory, made (root's, 0755) if the image lacks it, as buildah makes WORKDIR's. */
+function makeWorkdir(merged: string, workdir: string): void {
+  const rootFd = N.openat(N.C.AT_FDCWD, merged, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
+  try {
+    N.close(ensureDir(rootFd, workdir.replace(/^\/+/, '')));
+  } finally {
+    N.close(rootFd);
+  }
 }
 
 interface BuildContainer {
@@ -425,10 +459,19 @@ async function layerStep(opts: BuildOptions, stage: Stage, ins: Instruction, key
 }
 
 /** RUN: the command in the container, as strata run runs it, with the build arguments in its environment. */
-async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, rec: BuildContainer): Promise<void> {
+async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, rec: BuildContainer, mounts: MountSpec[]): Promise<void> {
   const env = [...stage.args].map(([k, v]) => `${k}=${v}`);
-  const full = await withStore(opts.store, (s) => s.updateContainer(rec.id, { env }));
-  const status = await startContainer(opts.store, full);
+  const settings: ContainerSettings = { mounts };
+  const full = await withStore(opts.store, (s) => s.updateContainer(rec.id, { env, settings }));
+  const made: string[] = [];
+  const workdir = stage.config.config?.WorkingDir || '/';
+  let status: number;
+  try {
+    status = await startContainer(opts.store, full, { prepare: (merged) => makeWorkdir(merged, workdir), madeMountPoints: made });
+  } finally {
+    // (unmounted by now: the mount points go from the upper, which becomes the layer)
+    removeMountPoints(rec.upper, made);
+  }
   if (status !== 0) throw new ImageError(`${ins.original.slice(0, 200)}: the command returned a non-zero code: ${status}`);
 }
 
@@ -442,7 +485,11 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   if (list.length < 2) throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} takes at least one source and a destination`);
   const dest = list.at(-1)!;
   const srcs = list.slice(0, -1);
-  if (ins.cmd === 'ADD' && srcs.some((s) => /^[a-z]+:\/\//i.test(s))) throw new ImageError(`Dockerfile line ${ins.line}: ADD of a URL is not supported`);
+  const isUrl = (s: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(s);
+  const urls = srcs.filter(isUrl);
+  if (urls.length > 0 && ins.cmd === 'COPY') throw new ImageError(`Dockerfile line ${ins.line}: COPY takes no URL (ADD does)`);
+  if (urls.length > 0 && urls.length < srcs.length) throw new ImageError(`Dockerfile line ${ins.line}: ADD of URLs and local files in one instruction is not supported`);
+  if (urls.some((u) => !/^https?:\/\//i.test(u))) throw new ImageError(`Dockerfile line ${ins.line}: ADD takes http and https URLs only`);
   const from = ins.flags.from !== undefined ? expand(ins.flags.from, vars, esc) : undefined;
   if (from !== undefined && ins.cmd === 'ADD') throw new ImageError(`Dockerfile line ${ins.line}: ADD --from is not supported`);
   const chmod = ins.flags.chmod !== undefined ? parseInt(ins.flags.chmod, 8) : undefined;
@@ -452,36 +499,19 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   const destAbs = posix.normalize(posix.isAbsolute(dest) ? dest : posix.join(workdir, dest));
 
   // Where the sources are: the context, or the root of another stage (or image) mounted read-only.
-  let fromRoot: { root: string; cleanup: () => Promise<void>; key: string } | null = null;
+  let fromRoot: FromRoot | null = null;
   if (from !== undefined) {
-    const s = stageByName(from);
-    let layers: string[];
-    let key: string;
-    if (s) {
-      layers = s.layers;
-      key = s.key;
-    } else {
-      await opts.ensureImage?.(from);
-      const img = await withStore(opts.store, (st) => st.resolveImage(from));
-      layers = img.layers;
-      key = img.id;
-    }
-    const dirs = await withStore(opts.store, async (st) => layers.map((l) => st.layerDir(l)).reverse());
-    // (not in the store's tmp/, which every open of the store empties)
-    const mnt = mkdtempSync(join(tmpdir(), 'strata-from-'));
-    if (dirs.length > 0) mountLayers({ lowerdirs: dirs, mountpoint: mnt });
-    fromRoot = {
-      root: mnt, key,
-      cleanup: async () => {
-        await unmountIfMounted(mnt).catch(() => {});
-        rmSync(mnt, { recursive: true, force: true });
-      },
-    };
+    const { layers, key } = await sourceOf(opts, from, stageByName);
+    fromRoot = await mountFrom(opts.store, layers, key);
+  } else if (urls.length > 0) {
+    // (downloaded on every build, as Docker does; the key is what came)
+    fromRoot = await downloadUrls(urls, dest.endsWith('/') || urls.length > 1, ins.line);
   }
+  const downloaded = (fromRoot as (FromRoot & { names?: string[] }) | null)?.names;
   try {
     const root = fromRoot?.root ?? ctx.root;
     const srcCtx = fromRoot ? new BuildContext(root, null, true) : ctx;
-    const rels = srcs.flatMap((s) => srcCtx.resolveSource(fromRoot ? s.replace(/^\/+/, '') : s));
+    const rels = downloaded ?? srcs.flatMap((s) => srcCtx.resolveSource(fromRoot ? s.replace(/^\/+/, '') : s));
     const checksum = sourceChecksum(root, rels, (r) => srcCtx.listTree(r));
     // (with the words as variables made them: the same text may name other sources or another destination)
     const key = sha(`${stage.key}\n${ins.original}\n${JSON.stringify(list)}\n${expand(ins.flags.chown ?? '', vars, esc)}\n${fromRoot?.key ?? ''}\n${checksum}`);
@@ -493,6 +523,7 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
         N.mkdirat(N.C.AT_FDCWD, lowerdirs[0]!, 0o755);
       }
       mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
+      makeWorkdir(rec.merged, workdir);
       const rootFd = N.openat(N.C.AT_FDCWD, rec.merged, N.C.O_PATH | N.C.O_DIRECTORY | N.C.O_CLOEXEC, 0);
       try {
         const owner = ins.flags.chown !== undefined ? chownOf(rec.merged, expand(ins.flags.chown, vars, esc)) : { uid: 0, gid: 0 };
@@ -510,7 +541,8 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
         for (const r of rels) {
           const abs = join(root, r);
           const st = lstatSync(abs);
-          const kind = ins.cmd === 'ADD' && st.isFile() ? archiveKind(abs) : null;
+          // (a download is not unpacked)
+          const kind = ins.cmd === 'ADD' && urls.length === 0 && st.isFile() ? archiveKind(abs) : null;
           if (kind) {
             await addArchive(abs, kind, rec.merged, rel);
             continue;
@@ -540,6 +572,47 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
     });
   } finally {
     await fromRoot?.cleanup();
+  }
+}
+
+/**
+ * ADD's URLs, downloaded into a temporary directory as the files ADD copies: each named after the
+ * last component of its URL's path, mode 0600 and modified at the Last-Modified time the server
+ * gives (else at the epoch), as buildah makes them.
+ */
+async function downloadUrls(urls: readonly string[], named: boolean, line: number): Promise<FromRoot & { names: string[] }> {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-add-'));
+  const cleanup = async (): Promise<void> => rmSync(dir, { recursive: true, force: true });
+  const names: string[] = [];
+  try {
+    for (const url of urls) {
+      const u = new URL(url);
+      const base = decodeURIComponent(posix.basename(u.pathname));
+      if (base === '' || base === '.' || base === '..' || base.includes('\0')) {
+        if (named) throw new ImageError(`Dockerfile line ${line}: cannot tell a file name from ${url}: give the destination's file name`);
+      }
+      const name = base === '' || base === '.' || base === '..' ? 'download' : base;
+      if (existsSync(join(dir, name))) throw new ImageError(`Dockerfile line ${line}: two URLs give the file name ${name}`);
+      let res: Response;
+      try {
+        res = await fetch(url, { redirect: 'follow', signal: AbortSignal.timeout(600_000) });
+      } catch (e) {
+        throw new ImageError(`Dockerfile line ${line}: cannot download ${url}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`);
+      }
+      if (!res.ok || !res.body) throw new ImageError(`Dockerfile line ${line}: cannot download ${url}: HTTP ${res.status}`);
+      const file = join(dir, name);
+      await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), createWriteStream(file, { mode: 0o600 }));
+      chmodSync(file, 0o600);
+      // (no Last-Modified: the epoch, as buildah sets it)
+      const modified = Date.parse(res.headers.get('last-modified') ?? '');
+      const t = Number.isNaN(modified) ? 0 : modified / 1000;
+      utimesSync(file, t, t);
+      names.push(name);
+    }
+    return { root: dir, key: '', cleanup, names };
+  } catch (e) {
+    await cleanup();
+    throw e;
   }
 }
 

@@ -9,8 +9,10 @@ import { ImageError } from '../types.js';
 export interface Instruction {
   /** Upper case: FROM, RUN, COPY ... */
   cmd: string;
-  /** `--name=value` options, in order. */
+  /** `--name=value` options (a repeated one: its last value). */
   flags: Record<string, string>;
+  /** Every `--name=value` option, in order, repeats included (RUN --mount). */
+  flagList: [string, string][];
   /** The rest of the line, continuation lines joined (the escape character and newline removed). */
   rest: string;
   /** The exec form's array, when the rest is a JSON array of strings. */
@@ -94,11 +96,13 @@ export function parseDockerfile(text: string): Dockerfile {
       if (docs.length === 1 && /^<<-?(["']?)[A-Za-z_][A-Za-z0-9_]*\1$/.test((m[3] ?? '').trim())) heredocScript = bodies[0]!;
     }
     const flags: Record<string, string> = {};
+    const flagList: [string, string][] = [];
     if (cmd !== 'RUN' || rest.startsWith('--')) {
       for (;;) {
         const f = /^--([A-Za-z][A-Za-z0-9-]*)(?:=(\S*))?(\s+|$)/.exec(rest);
         if (!f || cmd === 'ENV' || cmd === 'LABEL' || cmd === 'ARG') break;
         flags[f[1]!] = f[2] ?? 'true';
+        flagList.push([f[1]!, f[2] ?? 'true']);
         rest = rest.slice(f[0].length);
       }
     }
@@ -113,7 +117,7 @@ export function parseDockerfile(text: string): Dockerfile {
         // shell form that starts with [
       }
     }
-    instructions.push({ cmd, flags, rest, json, original: `${cmd} ${Object.entries(flags).map(([k, v]) => `--${k}=${v} `).join('')}${rest}`.trim(), line: start });
+    instructions.push({ cmd, flags, flagList, rest, json, original: `${cmd} ${flagList.map(([k, v]) => `--${k}=${v} `).join('')}${rest}`.trim(), line: start });
   }
   return { escape, instructions };
 }
