@@ -314,6 +314,12 @@ test.serial('RUN --mount (cache, bind from the context and from a stage, tmpfs, 
   writeTree(ctx, { Dockerfile: 'FROM deb:l0\nRUN --mount=type=cache,target=/cache,id=c1 wc -l < /cache/count\n' });
   t.regex(c.ok(['build', '--no-cache', ctx]), /\n2\n/, 'the cache mount kept the first two builds\' lines');
 
+  // RUN --network=none (BuildKit's; podman 4.3 has no RUN flag but --mount): a network namespace of its own.
+  writeTree(ctx, { Dockerfile: 'FROM deb:l0\nRUN --network=none ls /sys/class/net\nRUN --network=host ls /sys/class/net | wc -l\n' });
+  const nets = c.ok(['build', ctx]).split('\n');
+  t.true(nets.includes('lo') && !nets.includes('eth0'), nets.join('\n'));
+  t.true(nets.includes(String(fs.readdirSync('/sys/class/net').length)), 'the host\'s interfaces with --network=host');
+
   // Secrets: a missing one is skipped unless required; refusals are one line.
   writeTree(ctx, { Dockerfile: 'FROM deb:l0\nRUN --mount=type=secret,id=none,target=/s ls /s 2>&1 | wc -l\n' });
   t.regex(c.ok(['build', ctx]), /\n1\n/);
@@ -324,7 +330,8 @@ test.serial('RUN --mount (cache, bind from the context and from a stage, tmpfs, 
     ['RUN --mount=type=bind,source=../outside,target=/x true', /outside the build context/],
     ['RUN --mount=type=bind,source=link,target=/x true', /through a symlink/],
     ['RUN --mount=type=cache true', /give target=/],
-    ['RUN --network=none true', /RUN --network is not supported/],
+    ['RUN --security=insecure true', /RUN --security is not supported/],
+    ['RUN --network=bridge true', /RUN --network takes default, host or none/],
   ];
   fs.symlinkSync('/etc', path.join(ctx, 'link'));
   for (const [line, pattern] of refusals) {

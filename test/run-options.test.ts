@@ -58,13 +58,16 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: wh
     cmd: ['sh', '-c', 'cat /m/sub/f; touch /m/x || echo ro-refused; stat -f -c %T /scratch /t2; stat -c %a /scratch; df -k /scratch /t2 | tail -2 | awk "{print \\$2}"; echo a > /scratch/a; cat /scratch/a'] },
     { name: 'named volume, first use', args: ['-v', 'docs:/usr/share/doc/bash'], cmd: ['sh', '-c', 'ls /usr/share/doc/bash | head -5; echo mine > /usr/share/doc/bash/mine'] },
     { name: 'named volume, second use', args: ['-v', 'docs:/elsewhere:ro'], cmd: ['sh', '-c', 'cat /elsewhere/mine; ls /elsewhere | wc -l; touch /elsewhere/z || echo ro-refused'] },
+    { name: 'network none', args: ['--network', 'none'], cmd: ['sh', '-c', 'ls /sys/class/net; cat /sys/class/net/lo/flags /proc/net/if_inet6 | wc -l'] },
     { name: 'anonymous volume', args: ['-v', '/usr/share/doc/dash'], cmd: ['sh', '-c', 'ls /usr/share/doc/dash; echo x > /usr/share/doc/dash/new; ls /usr/share/doc/dash | wc -l'] },
   ];
   // (podman: no network; strata's default host name is the container's name, podman's its ID)
   for (const c of cases) {
     const mine = run(strataBin, ['run', '--rm', '--name', 'r1', ...c.args, 'deb:l0', ...c.cmd], { env, timeoutMs: 120_000 });
     const hostname = c.args.includes('--hostname') ? [] : ['--hostname', 'r1'];
-    const theirs = podman(['run', '--rm', '--name', 'r1', ...PODMAN_RUN, ...hostname, ...c.args, 'localhost/deb:l0', ...c.cmd], 120_000);
+    // (PODMAN_RUN has --network none already)
+    const podArgs = c.args.join('\0') === '--network\0none' ? [] : c.args;
+    const theirs = podman(['run', '--rm', '--name', 'r1', ...PODMAN_RUN, ...hostname, ...podArgs, 'localhost/deb:l0', ...c.cmd], 120_000);
     t.is(theirs.status, 0, `${c.name}: podman: ${theirs.stderr}`);
     t.deepEqual({ status: mine.status, stdout: mine.stdout }, { status: theirs.status, stdout: theirs.stdout }, `${c.name}: ${mine.stderr}`);
   }
@@ -109,6 +112,16 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   t.is(ok(['logs', 'kept']), 'v1 /data kh\nhost file\n');
   t.deepEqual(ok(['diff', 'kept']).trim().split('\n').sort(), ['A /h', 'A /t'], 'mount points only: the tmpfs and the bind hold the writes');
   ok(['rm', 'kept']);
+
+  // --read-only: the root, not the mounts (as docker; podman adds tmpfs mounts of its own); --network none kept for exec.
+  t.is(ok(['run', '--rm', '--read-only', '--tmpfs', '/tmp', '-v', `${host}:/h`, 'base:1', 'sh', '-c',
+    'touch /x 2>/dev/null || echo ro-root; touch /tmp/y && echo tmp; echo v > /h/rw && echo host']), 'ro-root\ntmp\nhost\n');
+  t.is(fs.readFileSync(path.join(host, 'rw'), 'utf8'), 'v\n');
+  fs.rmSync(path.join(host, 'rw'));
+  ok(['run', '-d', '--name', 'isolated', '--network', 'none', 'base:1', 'sleep', '60']);
+  t.is(ok(['exec', 'isolated', 'ls', '/sys/class/net']), 'lo\n');
+  t.true(fs.readdirSync('/sys/class/net').length > 1, 'the host has more than a loopback');
+  ok(['rm', '-f', 'isolated']);
 
   // --rm with -d: gone when its command ends, or when it is stopped.
   ok(['run', '-d', '--rm', '--name', 'quick', 'base:1', 'true']);
@@ -170,6 +183,7 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   refuse(['--entrypoint', '["sh", 1]'], /not a JSON array of strings/);
   refuse(['--env-file', `${base}/nothere`], /--env-file .*ENOENT/);
   refuse(['-e', '=x'], /invalid variable name/);
+  refuse(['--network', 'bridge'], /on the host's network \(host\) or on none/);
   // a mount point the image makes impossible (a file where a directory must be): refused at start, the --rm container removed
   oneLineError(t, strata(['run', '--rm', '-v', `${host}:/bin/busybox/x`, 'base:1', 'true']), 125, /cannot make the mount point \/bin\/busybox\/x/);
   t.deepEqual(JSON.parse(ok(['container', 'ls', '--json'])), []);

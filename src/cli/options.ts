@@ -19,6 +19,8 @@ export const CONTAINER_CONFIG_OPTIONS = {
   volume: { alias: 'v', type: 'string', describe: 'HOST-PATH:PATH[:ro], NAME:PATH[:ro] (a named volume) or PATH (an anonymous one); repeatable' },
   mount: { type: 'string', describe: 'type=bind|volume|tmpfs,source=...,target=...[,readonly] (repeatable)' },
   tmpfs: { type: 'string', describe: 'PATH[:OPTIONS]: a tmpfs there (size=, mode=, ...; repeatable)' },
+  network: { alias: 'net', type: 'string', describe: 'host (the default: the host\'s network) or none (only a loopback of its own)' },
+  'read-only': { type: 'boolean', default: false, describe: 'mount the container\'s root read-only for the command (volumes and tmpfs stay writable)' },
 } as const;
 
 type Many = string | string[] | undefined;
@@ -32,6 +34,8 @@ export interface ContainerConfigArgs {
   volume?: Many;
   mount?: Many;
   tmpfs?: Many;
+  network?: Many;
+  readOnly?: boolean;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -46,10 +50,12 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const workdir = last(a.workdir);
   const hostname = last(a.hostname);
   const entry = last(a.entrypoint);
+  const network = last(a.network);
   return {
     settings: {
       ...(env.length > 0 ? { env } : {}), ...(workdir !== undefined ? { workdir } : {}), ...(hostname !== undefined ? { hostname } : {}),
       ...(mounts.length > 0 ? { mounts } : {}), ...(a.rm ? { autoRemove: true } : {}),
+      ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

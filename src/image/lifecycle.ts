@@ -121,7 +121,8 @@ export async function execInContainer(config: ImageConfig, rec: ContainerRecord,
   const wd = opts.workdir ?? settings.workdir ?? (config.config?.WorkingDir || '/');
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
-  const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--',
+  // (--net: the container's network namespace, its own or the host's)
+  const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
     RUN_EXEC, rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: 'inherit', env });
   return new Promise((resolve) => {
     child.on('error', (e) => {

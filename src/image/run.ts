@@ -83,13 +83,16 @@ export function containerEnv(config: ImageConfig, hostname: string, home = '/roo
 // $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir,
 // $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups, $10 = the
 // mounts (lines of KIND TAB SOURCE TAB HOST-PATH-OF-TARGET TAB OPTIONS, '-' for an empty field;
-// targets already made inside the root, see mountLines); then the command.
+// targets already made inside the root, see mountLines), $11 = flags (",none," for a network of its
+// own, ",ro," for a read-only root); then the command.
 const SETUP = String.raw`
 set -e
 root=$1 host=$2 resolv=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
 shift 9
-mounts=$1
-shift
+mounts=$1 flags=$2
+shift 2
+# a network namespace of its own: only its loopback, up
+case $flags in *,none,*) ip link set lo up 2>/dev/null || true ;; esac
 mount --make-rprivate /
 if [ -d "$root/proc" ] && [ ! -L "$root/proc" ]; then mount -t proc -o nosuid,nodev,noexec proc "$root/proc"; fi
 if [ -d "$root/sys" ] && [ ! -L "$root/sys" ]; then mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"; fi
@@ -126,6 +129,8 @@ if [ -n "$mounts" ]; then
 $mounts
 EOF
 fi
+# --read-only: this namespace's view of the root (not its mounts: /proc, /dev, volumes stay as they are)
+case $flags in *,ro,*) mount -o remount,bind,ro "$root" ;; esac
 if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
 export PATH="$cpath"
 exec "$runexec" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
@@ -213,13 +218,15 @@ export function childPids(pid: number): number[] {
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
-  user: ExecUser, hostname: string, mounts: string, onStarted?: (unsharePid: number) => void): Promise<number> {
+  user: ExecUser, hostname: string, mounts: string, settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
   // setpriv --pdeathsig: unshare (and with it, by --kill-child, the whole PID namespace) dies with
   // this process, if it is killed: no container is left running without the process that records
   // its end and unmounts it.
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--pid', '--uts', '--fork', '--kill-child', '--',
+  const isolated = settings.network === 'none';
+  const flags = `,${isolated ? 'none,' : ''}${settings.readOnly ? 'ro,' : ''}`;
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--pid', '--uts', ...(isolated ? ['--net'] : []), '--fork', '--kill-child', '--',
     '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
-    String(user.uid), String(user.gid), user.groups.join(','), mounts, ...argv], {
+    String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, ...argv], {
     stdio: 'inherit',
     // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
     // container's, on which strata-run-exec searches the command after the chroot.
@@ -386,7 +393,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
         const i = kv.indexOf('=');
         if (i > 0 && !(config.config?.Env ?? []).some((e) => e.startsWith(`${kv.slice(0, i)}=`))) env[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, hostname, mounts, (unsharePid) => {
+      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, hostname, mounts, settings, (unsharePid) => {
         recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
           .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
       });

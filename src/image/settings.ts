@@ -33,6 +33,10 @@ export interface ContainerSettings {
   mounts?: MountSpec[];
   /** --rm: removed when its command ends (also when started in the background). */
   autoRemove?: boolean;
+  /** --network: the host's (default), or none (a namespace of its own with only a loopback). */
+  network?: 'host' | 'none';
+  /** --read-only: the root file system is mounted read-only for the command (mounts keep theirs). */
+  readOnly?: boolean;
 }
 
 /** The settings of a container record (none for older records). */
@@ -182,6 +186,12 @@ export function parseEntrypoint(value: string): string[] {
     return parsed as string[];
   }
   return value === '' ? [] : [value];
+}
+
+/** --network: host (also docker's "default" and "bridge" spelled as host: strata has no bridge) or none. */
+export function parseNetwork(value: string): 'host' | 'none' {
+  if (value === 'host' || value === 'none') return value;
+  bad(`--network ${value}: strata runs containers on the host's network (host) or on none`);
 }
 
 /** Checks -w and --hostname; the settings with names given to anonymous volumes. */

@@ -343,13 +343,15 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
     }
     case 'RUN': {
       if (stage.layers.length === 0) throw new ImageError(`Dockerfile line ${ins.line}: RUN in an empty image (FROM scratch, nothing copied yet): there is nothing to run`);
-      for (const [f] of ins.flagList) if (f !== 'mount') throw new ImageError(`Dockerfile line ${ins.line}: RUN --${f} is not supported`);
+      for (const [f] of ins.flagList) if (f !== 'mount' && f !== 'network') throw new ImageError(`Dockerfile line ${ins.line}: RUN --${f} is not supported`);
+      const net = ins.flagList.filter(([f]) => f === 'network').map(([, v]) => v).at(-1);
+      if (net !== undefined && !['default', 'host', 'none'].includes(net)) throw new ImageError(`Dockerfile line ${ins.line}: RUN --network takes default, host or none`);
       const workdir = cfg.WorkingDir || '/';
-      const mounts = await runMounts(ins.flagList.map(([, v]) => expand(v, vars, esc)), {
+      const mounts = await runMounts(ins.flagList.filter(([f]) => f === 'mount').map(([, v]) => expand(v, vars, esc)), {
         store: opts.store, ctx, secrets: opts.secrets ?? [], workdir, line: ins.line, source: (from) => sourceOf(opts, from, stageByName),
       });
       try {
-        return await layerStep(opts, stage, ins, runKey(stage, ins, mounts.key), log, (rec) => runInBuild(opts, stage, ins, rec, mounts.mounts));
+        return await layerStep(opts, stage, ins, runKey(stage, ins, mounts.key), log, (rec) => runInBuild(opts, stage, ins, rec, mounts.mounts, net === 'none'));
       } finally {
         await mounts.cleanup();
       }
@@ -459,9 +461,9 @@ async function layerStep(opts: BuildOptions, stage: Stage, ins: Instruction, key
 }
 
 /** RUN: the command in the container, as strata run runs it, with the build arguments in its environment. */
-async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, rec: BuildContainer, mounts: MountSpec[]): Promise<void> {
+async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, rec: BuildContainer, mounts: MountSpec[], isolated: boolean): Promise<void> {
   const env = [...stage.args].map(([k, v]) => `${k}=${v}`);
-  const settings: ContainerSettings = { mounts };
+  const settings: ContainerSettings = { mounts, ...(isolated ? { network: 'none' as const } : {}) };
   const full = await withStore(opts.store, (s) => s.updateContainer(rec.id, { env, settings }));
   const made: string[] = [];
   const workdir = stage.config.config?.WorkingDir || '/';
