@@ -195,3 +195,51 @@ test('diff lists what podman diff lists for the same changes to the same image',
   const json = JSON.parse(s.ok(['diff', '--json', 'd'])) as { kind: string; path: string }[];
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
 });
+
+test('kill, wait, restart, logs -f, inspect (containers and images, --format), container prune', async (t) => {
+  const c = setup(t);
+  c.ok(['run', '-d', '--name', 'w1', 'base:1', 'sh', '-c', 'trap "echo usr1; exit 5" USR1; echo up; while true; do sleep 0.1; done']);
+  t.true(await waitFor(() => c.ok(['logs', 'w1']) === 'up\n', 10_000));
+  t.is(c.ok(['kill', '-s', 'USR1', 'w1']), 'w1\n');
+  t.is(c.ok(['wait', 'w1']), '5\n');
+  t.is(c.ok(['logs', 'w1']), 'up\nusr1\n');
+  oneLineError(t, c.strata(['kill', 'w1']), 1, /container w1 is not running/);
+  oneLineError(t, c.strata(['kill', '-s', 'NOPE', 'w1']), 125, /unknown signal "NOPE"/);
+
+  const host = path.join(c.s.dir, '..', 'h');
+  fs.mkdirSync(host);
+  c.ok(['run', '-d', '--name', 'w2', '-e', 'E=1', '-v', `${host}:/h:ro`, '--network', 'none', 'base:1', 'sleep', '6262']);
+  t.true(await waitFor(() => processesRunning(['sleep', '6262']).length === 1, 10_000), 'the command runs');
+  const view = (JSON.parse(c.ok(['inspect', 'w2'])) as Record<string, any>[])[0]!;
+  t.like(view, { Name: 'w2', Path: 'sleep', Args: ['6262'], State: { Status: 'running', Running: true }, HostConfig: { NetworkMode: 'none' },
+    Mounts: [{ Type: 'bind', Source: host, Destination: '/h', RW: false }] });
+  t.true((view.Config.Env as string[]).includes('E=1'));
+  t.true(fs.statSync(view.GraphDriver.Data.UpperDir as string).isDirectory());
+  t.deepEqual(processesRunning(['sleep', '6262']), [view.State.Pid as number], 'State.Pid is the command');
+  t.is(c.ok(['inspect', '--format', '{{.State.Status}}/{{json .Args}}/{{.Config.Hostname}}', 'w2']), 'running/["6262"]/w2\n');
+  t.is(c.ok(['container', 'inspect', '-f', '{{.Name}}', 'w2', 'w1']), 'w2\nw1\n');
+  const image = (JSON.parse(c.ok(['image', 'inspect', 'base:1'])) as { Id: string }[])[0]!.Id;
+  t.is(c.ok(['inspect', '-f', '{{.Id}} {{json .RepoTags}}', 'base:1']), `${image} ["base:1"]\n`);
+  oneLineError(t, c.strata(['inspect', '--type', 'image', 'w2']), 1, /no such image: w2/);
+  oneLineError(t, c.strata(['inspect', 'nothing']), 1, /no such object: nothing/);
+  oneLineError(t, c.strata(['inspect', '-f', '{{range .Mounts}}x{{end}}', 'w2']), 125, /only \{\{\.Field\.Path\}\}/);
+
+  // kill (SIGKILL): 137, as docker; restart: running again, a new pid 1; logs -f ends with the container.
+  t.is(c.ok(['kill', 'w2']), 'w2\n');
+  t.is(c.ok(['wait', 'w2']), '137\n');
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}} {{.State.ExitCode}} {{.State.Running}}', 'w2']), 'exited 137 false\n');
+  t.is(c.ok(['restart', '-t', '0', 'w2']), 'w2\n');
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}}', 'w2']), 'running\n');
+  t.is(c.ok(['restart', '-t', '0', 'w2']), 'w2\n', 'a running one is stopped first');
+  t.true(await waitFor(() => processesRunning(['sleep', '6262']).length === 1, 10_000));
+  c.ok(['run', '-d', '--name', 'w3', 'base:1', 'sh', '-c', 'echo a; sleep 1; echo b']);
+  t.is(c.ok(['logs', '-f', 'w3']), 'a\nb\n');
+
+  // container prune: every container that is not running.
+  const pruned = c.ok(['container', 'prune']).trim().split('\n').sort();
+  t.is(pruned.length, 2);
+  t.deepEqual((JSON.parse(c.ok(['container', 'ls', '--json'])) as { name: string }[]).map((r) => r.name), ['w2']);
+  c.ok(['rm', '-f', 'w2']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

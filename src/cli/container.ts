@@ -264,7 +264,31 @@ export const containerCommand: CommandModule = {
       }
       process.exit(0);
     }))
-    .demandCommand(1, 'give a subcommand: ls or rm'),
+    .command('inspect <names..>', 'print containers as JSON (docker inspect); --format for fields', (c) => c
+      .positional('names', { type: 'string', array: true, demandOption: true })
+      .option('format', { alias: 'f', type: 'string', describe: 'a template per container: {{.State.Pid}}, {{json .Mounts}}' }),
+    guarded(async (a) => {
+      await (await import('./inspect.js')).inspect(a as unknown as { names: string[]; format?: string; store?: string }, 'container');
+      process.exit(0);
+    }))
+    .command('prune', 'remove every container that is not running', (c) => c,
+      guarded(async (a) => {
+        const args = a as unknown as StoreArgs;
+        const [{ withStore }, { isActive }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+        await withStore(await storeDirOf(args), async (s) => {
+          for (const c of await s.listContainers()) {
+            // (a mounted one, e.g. by strata mount --image of its dirs, is refused by the store; it stays)
+            if (isActive(c)) continue;
+            try {
+              out((await s.removeContainer(c.id)).id);
+            } catch (e) {
+              process.stderr.write(`strata: ${(e as Error).message}\n`);
+            }
+          }
+        });
+        process.exit(0);
+      }))
+    .demandCommand(1, 'give a subcommand: ls, rm, inspect or prune'),
 };
 
 /** `strata mount --image NAME:TAG [--upper U --work W] MNT`: the options it adds to `mount`. */

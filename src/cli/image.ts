@@ -111,7 +111,7 @@ export async function withImageStore(a: CommonArgs, fn: (s: Store, log: Logger) 
   }
 }
 
-function inspectView(store: Store, img: ImageRecord): Record<string, unknown> {
+export function inspectView(store: Store, img: ImageRecord): Record<string, unknown> {
   const c = img.config;
   return {
     Id: img.id,

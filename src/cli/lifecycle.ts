@@ -37,7 +37,16 @@ export const DIFF_OPTIONS = {
   json: { type: 'boolean', default: false, describe: 'print JSON' },
   store: storeOption,
 } as const;
-export const LOGS_OPTIONS = { store: storeOption } as const;
+export const LOGS_OPTIONS = {
+  follow: { alias: 'f', type: 'boolean', default: false, describe: 'keep printing what it writes until the container stops' },
+  store: storeOption,
+} as const;
+export const KILL_OPTIONS = {
+  signal: { alias: 's', type: 'string', describe: 'the signal (name or number; default SIGKILL)' },
+  store: storeOption,
+} as const;
+export const WAIT_OPTIONS = { store: storeOption } as const;
+export const RESTART_OPTIONS = STOP_OPTIONS;
 
 interface StoreArgs {
   store?: string;
@@ -186,10 +195,96 @@ export const logsCommand: CommandModule = {
   describe: 'print the output (stdout and stderr) of a container started in the background',
   builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(LOGS_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string };
-    const [{ withStore }, { readLog }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
-    const rec = await withStore(await storeDirOf(args), (s) => s.getContainer(args.container));
-    process.stdout.write(readLog(rec));
+    const args = a as unknown as StoreArgs & { container: string; follow: boolean };
+    const [{ withStore }, { readLog, isActive, logPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    const rec = await withStore(store, (s) => s.getContainer(args.container));
+    const text = readLog(rec);
+    process.stdout.write(text);
+    if (args.follow) {
+      // what the log gains, until the container is no longer running (then what came last)
+      const { openSync: open, readSync, fstatSync } = await import('node:fs');
+      let fd: number;
+      try {
+        fd = open(logPath(rec), 'r');
+      } catch {
+        process.exit(0);
+      }
+      let pos = text.length;
+      const buf = Buffer.alloc(1 << 16);
+      const drain = (): void => {
+        while (fstatSync(fd).size > pos) {
+          const n = readSync(fd, buf, 0, buf.length, pos);
+          if (n <= 0) break;
+          process.stdout.write(Buffer.from(buf.subarray(0, n)));
+          pos += n;
+        }
+      };
+      for (;;) {
+        drain();
+        const now = await withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === rec.id));
+        if (!now || !isActive(now)) break;
+        await sleep(200);
+      }
+      drain();
+    }
+    process.exit(0);
+  }),
+};
+
+export const killCommand: CommandModule = {
+  command: 'kill <containers..>',
+  describe: 'send a signal to running containers\' pid 1 (SIGKILL by default)',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(KILL_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { containers: string[]; signal?: string | string[] };
+    const [{ withStore }, { killContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    for (const ref of args.containers) {
+      const rec = await withStore(store, (s) => s.getContainer(ref));
+      killContainer(rec, last(args.signal));
+      out(rec.name);
+    }
+    process.exit(0);
+  }),
+};
+
+export const waitCommand: CommandModule = {
+  command: 'wait <containers..>',
+  describe: 'wait until containers have stopped; print their exit statuses',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(WAIT_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { containers: string[] };
+    const [{ withStore }, { waitForExit }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    for (const ref of args.containers) {
+      const id = (await withStore(store, (s) => s.getContainer(ref))).id;
+      const status = await waitForExit(() => withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === id) ?? null), ref);
+      out(String(status));
+    }
+    process.exit(0);
+  }),
+};
+
+export const restartCommand: CommandModule = {
+  command: 'restart <containers..>',
+  describe: 'stop containers (if running) and start them again in the background',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(RESTART_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { containers: string[]; time?: string };
+    const { ImageError } = await import('../image/types.js');
+    const grace = args.time === undefined ? 10 : Number(args.time);
+    if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
+    const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    for (const ref of args.containers) {
+      const { rec, signal } = await withStore(store, async (s) => {
+        const r = await s.getContainer(ref);
+        return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
+      });
+      await stopContainer(rec, signal, grace);
+      out(await startDetached(store, rec.id));
+    }
     process.exit(0);
   }),
 };

@@ -182,10 +182,12 @@ async function main(): Promise<void> {
   const L = await import('./lifecycle.js');
   const { BUILD_OPTIONS, buildCommand } = await import('./build.js');
   const { volumeCommand } = await import('./volume.js');
+  const { INSPECT_OPTIONS, inspectCommand } = await import('./inspect.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
     ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS, build: BUILD_OPTIONS,
+    kill: L.KILL_OPTIONS, wait: L.WAIT_OPTIONS, restart: L.RESTART_OPTIONS, inspect: INSPECT_OPTIONS,
   }, Object.keys(withCommand));
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
@@ -237,6 +239,10 @@ async function main(): Promise<void> {
     .command(loginCommand)
     .command(logoutCommand)
     .command(volumeCommand)
+    .command(inspectCommand)
+    .command(L.killCommand)
+    .command(L.waitCommand)
+    .command(L.restartCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.

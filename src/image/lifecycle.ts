@@ -83,6 +83,40 @@ export async function stopContainer(rec: ContainerRecord, stopSignal: string | u
   }
 }
 
+/** `strata kill`: a signal (SIGKILL by default, as docker kill) to a running container's pid 1. */
+export function killContainer(rec: ContainerRecord, signal: string | undefined): void {
+  const sig = signal === undefined || signal === '' ? 'SIGKILL' : normalizeSignal(signal);
+  const init = containerInit(rec);
+  if (init === null) throw new ImageError(`container ${rec.name} is not running`);
+  try {
+    // SIGKILL to unshare, whose --kill-child takes the whole PID namespace: the monitor then sees a
+    // kill (137, as docker reports it); unshare 2.38 reports a signaled child as 1.
+    if (sig === 'SIGKILL' && typeof rec.unsharePid === 'number') process.kill(rec.unsharePid, sig);
+    else process.kill(init, sig);
+  } catch {
+    // it ended meanwhile
+  }
+}
+
+/**
+ * `strata wait`: until the container's command has ended (a created one: until it has run); its
+ * exit status. `load` reads the record again (null once the container is gone: a --rm one).
+ */
+export async function waitForExit(load: () => Promise<ContainerRecord | null>, name: string): Promise<number> {
+  let last: ContainerRecord | null = null;
+  for (;;) {
+    const rec = await load();
+    if (rec === null) {
+      if (last?.state === 'running' || last?.state === 'starting') return (last.exitCode as number | null) ?? 0;
+      throw new ImageError(`no such container: ${name}`);
+    }
+    last = rec;
+    if (rec.state === 'exited') return (rec.exitCode as number | null) ?? 0;
+    if ((rec.state === 'running' || rec.state === 'starting') && !isActive(rec)) return 137;
+    await sleep(100);
+  }
+}
+
 /** "SIGTERM", "TERM", "15" → a signal name Node knows; SIGTERM by default. */
 export function normalizeSignal(s: string | undefined): NodeJS.Signals {
   if (s === undefined || s === '') return 'SIGTERM';
