@@ -61,12 +61,17 @@ bin/strata-run-exec: scripts/run-exec.c
 	@mkdir -p bin
 	$(CC) -O2 -Wall -o $@ $<
 
+# The container's namespaces for `strata run`: pid 1 in a child, its status passed on (see scripts/run-ns.c).
+bin/strata-run-ns: scripts/run-ns.c
+	@mkdir -p bin
+	$(CC) -O2 -Wall -o $@ $<
+
 bin/mount.fuse.strata: scripts/mount.fuse.strata.sh
 	@mkdir -p bin
 	sed -e 's|@ROOT@|$(ROOT)|' scripts/mount.fuse.strata.sh > $@
 	chmod 755 $@
 
-build: native ts bin/strata bin/strata-run-exec bin/mount.fuse.strata
+build: native ts bin/strata bin/strata-run-exec bin/strata-run-ns bin/mount.fuse.strata
 
 demo: build
 	bash scripts/demo.sh

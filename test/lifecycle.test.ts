@@ -232,6 +232,12 @@ test('kill, wait, restart, logs -f, inspect (containers and images, --format), c
   t.is(c.ok(['inspect', '-f', '{{.State.Status}}', 'w2']), 'running\n');
   t.is(c.ok(['restart', '-t', '0', 'w2']), 'w2\n', 'a running one is stopped first');
   t.true(await waitFor(() => processesRunning(['sleep', '6262']).length === 1, 10_000));
+  // pid 1 killed from the host by a signal (not through strata): 128+N, as docker (util-linux unshare 2.38 gave 1)
+  const init = Number(c.ok(['inspect', '-f', '{{.State.Pid}}', 'w2']).trim());
+  t.true(init > 1);
+  process.kill(init, 'SIGKILL');
+  t.is(c.ok(['wait', 'w2']), '137\n');
+  c.ok(['start', 'w2']);
   c.ok(['run', '-d', '--name', 'w3', 'base:1', 'sh', '-c', 'echo a; sleep 1; echo b']);
   t.is(c.ok(['logs', '-f', 'w3']), 'a\nb\n');
 

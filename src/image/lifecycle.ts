@@ -3,9 +3,9 @@
 // A started container has a monitor: the process that mounted it and waits for its command (a
 // `strata start -a` or `strata run` in the foreground, or the detached `start -a` that `strata start`
 // leaves behind, writing the command's output to the container's log). The record names the monitor
-// and the unshare(1) whose child is pid 1 of the container's namespaces:
+// and the bin/strata-run-ns whose child is pid 1 of the container's namespaces (`unsharePid`):
 //   stop  sends the stop signal (the image's StopSignal, else SIGTERM) to that pid 1, and SIGKILL to
-//         unshare after the grace period (its --kill-child then ends the whole PID namespace); the
+//         strata-run-ns after the grace period (its death ends the whole PID namespace); the
 //         monitor records the exit status and unmounts;
 //   exec  enters pid 1's mount, PID and UTS namespaces (nsenter) and runs bin/strata-run-exec there:
 //         chroot into the merged view, working directory, groups, gid, uid, then the command;
@@ -35,7 +35,7 @@ export function logPath(rec: ContainerRecord): string {
   return join(rec.dir, 'log');
 }
 
-/** Pid 1 of a container's namespaces (the child of its unshare), once there is one. */
+/** Pid 1 of a container's namespaces (the child of its strata-run-ns), once there is one. */
 function initOf(rec: ContainerRecord): number | null {
   return typeof rec.unsharePid === 'number' ? childPids(rec.unsharePid)[0] ?? null : null;
 }
@@ -89,8 +89,7 @@ export function killContainer(rec: ContainerRecord, signal: string | undefined):
   const init = containerInit(rec);
   if (init === null) throw new ImageError(`container ${rec.name} is not running`);
   try {
-    // SIGKILL to unshare, whose --kill-child takes the whole PID namespace: the monitor then sees a
-    // kill (137, as docker reports it); unshare 2.38 reports a signaled child as 1.
+    // SIGKILL to the namespaces' strata-run-ns, whose death takes the whole PID namespace (137)
     if (sig === 'SIGKILL' && typeof rec.unsharePid === 'number') process.kill(rec.unsharePid, sig);
     else process.kill(init, sig);
   } catch {

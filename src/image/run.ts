@@ -6,7 +6,8 @@
 // 2. Mount the image's layers and the upper with strata at the container's merged directory.
 // 3. Resolve the user (the image's User or --user) in the container's /etc/passwd and /etc/group
 //    (src/image/user.ts): uid, gid, supplementary groups, HOME unless the image's Env sets it.
-// 4. Run the command in new mount, PID and UTS namespaces (util-linux unshare): a host shell
+// 4. Run the command in new mount, PID and UTS namespaces (bin/strata-run-ns; a network namespace
+//    too with --network none): a host shell
 //    mounts /proc, /sys (read-only), a small /dev (tmpfs with the usual nodes, its own devpts) and
 //    binds the host's resolv.conf over the container's, all inside the new mount namespace (they
 //    vanish with it); then bin/strata-run-exec (scripts/run-exec.c) chroots into the merged view,
@@ -51,6 +52,8 @@ export interface RunOptions {
 
 /** The program that enters the container and execs the command (scripts/run-exec.c, built by make). */
 const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
+/** The program that makes the container's namespaces and waits for its pid 1 (scripts/run-ns.c). */
+const RUN_NS = fileURLToPath(new URL('../../../bin/strata-run-ns', import.meta.url));
 
 /**
  * The command line to run: Entrypoint + (the given command, else Cmd), as Docker builds it; with
@@ -219,12 +222,11 @@ export function childPids(pid: number): number[] {
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
   user: ExecUser, hostname: string, mounts: string, settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
-  // setpriv --pdeathsig: unshare (and with it, by --kill-child, the whole PID namespace) dies with
-  // this process, if it is killed: no container is left running without the process that records
-  // its end and unmounts it.
+  // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
+  // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
   const flags = `,${isolated ? 'none,' : ''}${settings.readOnly ? 'ro,' : ''}`;
-  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--pid', '--uts', ...(isolated ? ['--net'] : []), '--fork', '--kill-child', '--',
+  const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
     '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
     String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, ...argv], {
     stdio: 'inherit',
@@ -232,9 +234,9 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     // container's, on which strata-run-exec searches the command after the chroot.
     env: { ...env, PATH: DEFAULT_PATH },
   });
-  // A signal to strata run goes to the command (pid 1 of the namespace: unshare itself blocks
+  // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
   // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
-  // STOP_GRACE_MS later, or at a second signal, is killed: SIGKILL to unshare, whose --kill-child
+  // STOP_GRACE_MS later, or at a second signal, is killed: SIGKILL to strata-run-ns, whose death
   // then kills pid 1 and with it the whole PID namespace.
   let killer: NodeJS.Timeout | null = null;
   const forward = (sig: NodeJS.Signals): void => {
@@ -254,7 +256,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   if (child.pid !== undefined) onStarted?.(child.pid);
   return new Promise((resolve) => {
     child.on('error', (e) => {
-      process.stderr.write(`strata: cannot start unshare: ${e.message}\n`);
+      process.stderr.write(`strata: cannot start ${RUN_NS}: ${e.message}\n`);
       resolve(127);
     });
     child.on('exit', (code, signal) => {
@@ -267,7 +269,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
 
 /** `strata run`: returns the exit status to pass on. */
 export async function runContainer(opts: RunOptions): Promise<number> {
-  if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
+  for (const p of [RUN_EXEC, RUN_NS]) if (!existsSync(p)) throw new ImageError(`${p} is missing: run make build`, 125);
   const rec = await withStore(opts.store, (s) => newContainer(s, opts));
   return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true });
 }
