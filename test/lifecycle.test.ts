@@ -249,3 +249,57 @@ test('kill, wait, restart, logs -f, inspect (containers and images, --format), c
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('cp: docker cp\'s rules both ways, for a stopped and a running container; owners root\'s or kept (-a), links as links (-L follows); image symlinks stay inside the root', async (t) => {
+  const c = setup(t);
+  const base = path.dirname(c.s.dir);
+  const src = path.join(base, 'src');
+  fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+  fs.writeFileSync(path.join(src, 'f1'), 'one\n');
+  fs.writeFileSync(path.join(src, 'sub', 's'), 'sub\n');
+  fs.symlinkSync('f1', path.join(src, 'link'));
+  fs.chownSync(path.join(src, 'f1'), 1234, 5678);
+  fs.chmodSync(path.join(src, 'f1'), 0o640);
+  const outside = path.join(base, 'outside');
+  fs.mkdirSync(outside);
+  c.ok(['run', '--name', 'mk', 'base:1', 'sh', '-c', `ln -s ${outside} /evil; mkdir -p ${outside}`]);
+  c.ok(['commit', 'mk', 'evil:1']);
+  c.ok(['create', '--name', 'cp1', 'evil:1', 'sleep', '600']);
+  // into a stopped container
+  c.ok(['cp', src, 'cp1:/data/']);
+  c.ok(['cp', `${src}/.`, 'cp1:/var/']);
+  c.ok(['cp', path.join(src, 'f1'), 'cp1:/etc/renamed']);
+  c.ok(['cp', '-a', path.join(src, 'f1'), 'cp1:/evil/']);
+  t.deepEqual(fs.readdirSync(outside), [], 'through the image symlink: inside the root');
+  oneLineError(t, c.strata(['cp', path.join(src, 'f1'), 'cp1:/nodir/']), 1, /container:\/nodir\/: no such directory/);
+  oneLineError(t, c.strata(['cp', src, 'cp1:/etc/renamed']), 1, /cannot copy a directory to the file container:\/etc\/renamed/);
+  oneLineError(t, c.strata(['cp', path.join(src, 'f1'), path.join(base, 'x')]), 125, /give CONTAINER:PATH as the source or as the destination/);
+  t.deepEqual(mountsUnder(c.s.dir), [], 'a stopped container is unmounted after the copy');
+  c.ok(['start', 'cp1']);
+  const ls = 'cd / && for p in data/src data/src/f1 data/src/link data/src/sub/s var/f1 var/sub etc/renamed; do stat -c "%n %F %a %u:%g %s" $p; done; stat -c "%u:%g %a" /evil/f1';
+  t.is(c.ok(['exec', 'cp1', 'sh', '-c', ls]), [
+    'data/src directory 755 0:0', 'data/src/f1 regular file 640 0:0 4', 'data/src/link symbolic link 777 0:0 2', 'data/src/sub/s regular file 644 0:0 4',
+    'var/f1 regular file 640 0:0 4', 'var/sub directory 755 0:0', 'etc/renamed regular file 640 0:0 4', '1234:5678 640', '',
+  ].join('\n').replace('data/src directory 755 0:0', `data/src directory 755 0:0 ${fs.statSync(src).size}`).replace('var/sub directory 755 0:0', `var/sub directory 755 0:0 ${fs.statSync(path.join(src, 'sub')).size}`));
+  // out of a running container (paused for it): files, directories, contents, links
+  const out = path.join(base, 'out');
+  fs.mkdirSync(out);
+  c.ok(['exec', 'cp1', 'sh', '-c', 'mkdir -p /made/d && echo in > /made/d/f && ln -s d/f /made/l && chown 7:8 /made/d/f']);
+  c.ok(['cp', 'cp1:/made', out]);
+  c.ok(['cp', 'cp1:/made/.', path.join(out, 'contents')]);
+  c.ok(['cp', 'cp1:/made/l', path.join(out, 'link')]);
+  c.ok(['cp', '-L', 'cp1:/made/l', path.join(out, 'followed')]);
+  c.ok(['cp', '-a', 'cp1:/made/d/f', path.join(out, 'kept')]);
+  t.deepEqual(fs.readdirSync(out).sort(), ['contents', 'followed', 'kept', 'link', 'made']);
+  t.is(fs.readFileSync(path.join(out, 'made', 'd', 'f'), 'utf8'), 'in\n');
+  t.deepEqual(fs.readdirSync(path.join(out, 'contents')).sort(), ['d', 'l']);
+  t.is(fs.readlinkSync(path.join(out, 'link')), 'd/f');
+  t.is(fs.readFileSync(path.join(out, 'followed'), 'utf8'), 'in\n');
+  t.deepEqual([fs.statSync(path.join(out, 'made', 'd', 'f')).uid, fs.statSync(path.join(out, 'kept')).uid, fs.statSync(path.join(out, 'kept')).gid], [0, 7, 8]);
+  oneLineError(t, c.strata(['cp', 'cp1:/nothere', out]), 1, /container:\/nothere: no such file or directory/);
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}}', 'cp1']), 'running\n');
+  t.is(c.ok(['exec', 'cp1', 'sh', '-c', 'grep State /proc/1/status | cut -c1-8']), 'State:\tS\n', 'continued after the copy');
+  c.ok(['rm', '-f', 'cp1', 'mk']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

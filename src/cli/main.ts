@@ -183,11 +183,12 @@ async function main(): Promise<void> {
   const { BUILD_OPTIONS, buildCommand } = await import('./build.js');
   const { volumeCommand } = await import('./volume.js');
   const { INSPECT_OPTIONS, inspectCommand } = await import('./inspect.js');
+  const { CP_OPTIONS, cpCommand } = await import('./cp.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
     ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS, build: BUILD_OPTIONS,
-    kill: L.KILL_OPTIONS, wait: L.WAIT_OPTIONS, restart: L.RESTART_OPTIONS, inspect: INSPECT_OPTIONS,
+    kill: L.KILL_OPTIONS, wait: L.WAIT_OPTIONS, restart: L.RESTART_OPTIONS, inspect: INSPECT_OPTIONS, cp: CP_OPTIONS,
   }, Object.keys(withCommand));
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
@@ -240,6 +241,7 @@ async function main(): Promise<void> {
     .command(logoutCommand)
     .command(volumeCommand)
     .command(inspectCommand)
+    .command(cpCommand)
     .command(L.killCommand)
     .command(L.waitCommand)
     .command(L.restartCommand)

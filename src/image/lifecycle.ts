@@ -12,7 +12,7 @@
 //   diff  walks the upper against the image's layers, as podman diff reports a container's changes.
 
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { constants } from 'node:os';
 import { join } from 'node:path';
@@ -113,6 +113,59 @@ export async function waitForExit(load: () => Promise<ContainerRecord | null>, n
     if (rec.state === 'exited') return (rec.exitCode as number | null) ?? 0;
     if ((rec.state === 'running' || rec.state === 'starting') && !isActive(rec)) return 137;
     await sleep(100);
+  }
+}
+
+/**
+ * Stops every process of a running container (SIGSTOP to each process of its PID namespace, until
+ * each is stopped) while `fn` runs, then continues them: what `strata cp` reads and writes in its
+ * root cannot be swapped for a symlink meanwhile (docker pauses a container for its cp too).
+ */
+export async function whilePaused<T>(rec: ContainerRecord, fn: () => Promise<T> | T): Promise<T> {
+  const init = containerInit(rec);
+  if (init === null) return fn();
+  const ns = (pid: number): string | null => {
+    try {
+      return N.readlinkat(C.AT_FDCWD, `/proc/${pid}/ns/pid`);
+    } catch {
+      return null;
+    }
+  };
+  const mine = ns(init);
+  const members = (): number[] => readdirSync('/proc').filter((d) => /^[0-9]+$/.test(d)).map(Number).filter((p) => ns(p) === mine);
+  const state = (pid: number): string => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    } catch {
+      return 'X';
+    }
+  };
+  const stopped = new Set<number>();
+  try {
+    // (again until no process is left running: a fork may have come meanwhile)
+    for (let round = 0; round < 50; round++) {
+      const running = members().filter((p) => !'TtXZ'.includes(state(p)));
+      if (running.length === 0) break;
+      for (const p of running) {
+        try {
+          process.kill(p, 'SIGSTOP');
+          stopped.add(p);
+        } catch {
+          // gone
+        }
+      }
+      await sleep(5);
+    }
+    return await fn();
+  } finally {
+    for (const p of stopped) {
+      try {
+        process.kill(p, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    }
   }
 }
 
