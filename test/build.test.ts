@@ -396,3 +396,27 @@ test.serial('ADD of URLs: the files podman build makes (name, mode 0600, Last-Mo
   t.deepEqual(JSON.parse(c.ok(['container', 'ls', '--json'])), []);
   t.deepEqual(mountsUnder(c.store), []);
 });
+
+test.serial('ONBUILD: recorded in the image; a build FROM it runs the triggers first (in its own context), and the new image has none', (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.base, 'ctx');
+  writeTree(ctx, { Dockerfile: 'FROM deb:l0\nONBUILD RUN echo triggered > /t.txt\nONBUILD COPY app.txt /app/\nCMD ["true"]\n', 'app.txt': 'base context\n' });
+  c.ok(['build', '-q', '-t', 'onbuild:1', ctx]);
+  const cfg = (id: string): Record<string, unknown> => (JSON.parse(c.ok(['image', 'inspect', id])) as { Config: Record<string, unknown> }[])[0]!.Config;
+  t.deepEqual(cfg('onbuild:1').OnBuild, ['RUN echo triggered > /t.txt', 'COPY app.txt /app/']);
+  t.is(c.strata(['run', '--rm', 'onbuild:1', 'ls', '/t.txt']).status, 2, 'not run in the image that declares them');
+  const child = path.join(c.base, 'child');
+  writeTree(child, { Dockerfile: 'FROM onbuild:1\nRUN cat /t.txt /app/app.txt > /both.txt\n', 'app.txt': 'child context\n' });
+  const out = c.ok(['build', '-t', 'child:1', child]);
+  t.regex(out, /--> Executing 2 build triggers\n--> RUN echo triggered > \/t.txt\n[\s\S]*--> COPY app.txt \/app\/\n/);
+  t.is(c.ok(['run', '--rm', 'child:1', 'cat', '/both.txt']), 'triggered\nchild context\n');
+  t.is(cfg('child:1').OnBuild, undefined, 'triggers are not inherited');
+  // a grandchild runs nothing
+  writeTree(child, { Dockerfile: 'FROM child:1\nRUN rm /t.txt\n' });
+  t.notRegex(c.ok(['build', '-t', 'grandchild:1', child]), /build trigger/);
+  // triggers ONBUILD may not hold
+  writeTree(ctx, { Dockerfile: 'FROM deb:l0\nONBUILD FROM deb:l0\n' });
+  oneLineError(t, c.strata(['build', ctx]), /Dockerfile line 2: FROM is not allowed as an ONBUILD trigger/);
+  writeTree(ctx, { Dockerfile: 'FROM deb:l0\nONBUILD onbuild RUN true\n' });
+  oneLineError(t, c.strata(['build', ctx]), /Dockerfile line 2: ONBUILD is not allowed as an ONBUILD trigger/);
+});

@@ -123,27 +123,33 @@ export const startCommand: CommandModule = {
   }),
 };
 
+/**
+ * stop and restart: each container's stop signal (its image's StopSignal, else SIGTERM), SIGKILL
+ * after -t seconds; then `then` (restart: start it again); prints what `then` returns (its name).
+ */
+async function stopEach(a: unknown, then: (store: string, rec: { id: string; name: string }) => Promise<string>): Promise<void> {
+  const args = a as StoreArgs & { containers: string[]; time?: string };
+  const { ImageError } = await import('../image/types.js');
+  const grace = args.time === undefined ? 10 : Number(args.time);
+  if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
+  const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+  const store = await storeDirOf(args);
+  for (const ref of args.containers) {
+    const { rec, signal } = await withStore(store, async (s) => {
+      const r = await s.getContainer(ref);
+      return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
+    });
+    await stopContainer(rec, signal, grace);
+    out(await then(store, rec));
+  }
+  process.exit(0);
+}
+
 export const stopCommand: CommandModule = {
   command: 'stop <containers..>',
   describe: 'stop running containers: their stop signal (StopSignal, else SIGTERM), SIGKILL after -t seconds',
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(STOP_OPTIONS),
-  handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { containers: string[]; time?: string };
-    const { ImageError } = await import('../image/types.js');
-    const grace = args.time === undefined ? 10 : Number(args.time);
-    if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
-    const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
-    const store = await storeDirOf(args);
-    for (const ref of args.containers) {
-      const { rec, signal } = await withStore(store, async (s) => {
-        const r = await s.getContainer(ref);
-        return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
-      });
-      await stopContainer(rec, signal, grace);
-      out(rec.name);
-    }
-    process.exit(0);
-  }),
+  handler: guarded((a) => stopEach(a, async (_store, rec) => rec.name)),
 };
 
 export function execCommand(containerArgs: () => string[]): CommandModule {
@@ -270,21 +276,5 @@ export const restartCommand: CommandModule = {
   command: 'restart <containers..>',
   describe: 'stop containers (if running) and start them again in the background',
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(RESTART_OPTIONS),
-  handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { containers: string[]; time?: string };
-    const { ImageError } = await import('../image/types.js');
-    const grace = args.time === undefined ? 10 : Number(args.time);
-    if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
-    const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
-    const store = await storeDirOf(args);
-    for (const ref of args.containers) {
-      const { rec, signal } = await withStore(store, async (s) => {
-        const r = await s.getContainer(ref);
-        return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
-      });
-      await stopContainer(rec, signal, grace);
-      out(await startDetached(store, rec.id));
-    }
-    process.exit(0);
-  }),
+  handler: guarded((a) => stopEach(a, (store, rec) => startDetached(store, rec.id))),
 };

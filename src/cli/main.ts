@@ -142,7 +142,10 @@ const mountOptions = {
   'cache-dir': { type: 'string', describe: 'where the cache lives (default: WORKDIR/strata-cache)' },
 } as const;
 
-/** docker's short verbs: `ps [-a]`, `rm`, `images`, `rmi`, as the commands they stand for. */
+/**
+ * docker's short verbs: `ps [-a]`, `rm`, `images`, `rmi`, `save`, `load`, `tag`, `history`, `import`,
+ * as the commands they stand for.
+ */
 function dockerAliases(argv: string[]): string[] {
   const [verb, ...rest] = argv;
   switch (verb) {
@@ -154,6 +157,7 @@ function dockerAliases(argv: string[]): string[] {
     case 'rm': return ['container', 'rm', ...rest];
     case 'images': return ['image', 'ls', ...rest];
     case 'rmi': return ['image', 'rm', ...rest];
+    case 'save': case 'load': case 'tag': case 'history': case 'import': return ['image', verb, ...rest];
     default: return argv;
   }
 }

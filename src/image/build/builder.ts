@@ -206,9 +206,20 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
         created: base.config.created ?? new Date(0).toISOString(), args: new Map(),
         shell: Array.isArray(base.config.config?.Shell) && (base.config.config.Shell as string[]).length > 0 ? [...(base.config.config.Shell as string[])] : DEFAULT_SHELL,
       };
-      if ((base.config.config?.OnBuild as unknown[] | undefined)?.length) log('WARNING: the base image\'s ONBUILD triggers are not run');
     }
     stage.globals = globalArgs;
+    // The base image's ONBUILD triggers run first, as instructions of this stage; the new image has none.
+    const triggers = ((stage.config.config?.OnBuild as string[] | null | undefined) ?? []).filter((x) => typeof x === 'string');
+    if (stage.config.config?.OnBuild !== undefined) delete stage.config.config.OnBuild;
+    if (triggers.length > 0) log(`--> Executing ${triggers.length} build trigger${triggers.length === 1 ? '' : 's'}`);
+    for (const trigger of triggers) {
+      const [ins, more] = parseDockerfile(trigger).instructions;
+      if (!ins || more || ['FROM', 'ONBUILD', 'MAINTAINER'].includes(ins.cmd)) throw new ImageError(`the base image's ONBUILD trigger "${trigger.slice(0, 100)}" is not one instruction that ONBUILD may hold`);
+      log(`--> ${ins.original}`);
+      const r = await runStep(opts, ctx, esc, stage, ins, stageByName, log);
+      if (r === 'cached') cached++;
+      else if (r === 'built') built++;
+    }
     for (const ins of range.body) {
       log(`STEP ${++step}/${total}: ${ins.original}`);
       const r = await runStep(opts, ctx, esc, stage, ins, stageByName, log);
@@ -307,9 +318,12 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
       stage.shell = ins.json;
       cfg.Shell = ins.json;
       return configStep();
-    case 'ONBUILD':
+    case 'ONBUILD': {
+      const trigger = /^(\S+)/.exec(ins.rest)?.[1]?.toUpperCase() ?? '';
+      if (['FROM', 'ONBUILD', 'MAINTAINER', ''].includes(trigger)) throw new ImageError(`Dockerfile line ${ins.line}: ${trigger || 'nothing'} is not allowed as an ONBUILD trigger`);
       ((cfg.OnBuild ??= []) as string[]).push(ins.rest);
       return configStep();
+    }
     case 'HEALTHCHECK': {
       // Docker's config.Healthcheck: Test ["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."], durations in ns.
       if (/^NONE$/i.test(ins.rest.trim())) {
