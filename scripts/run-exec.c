@@ -1,7 +1,11 @@
 /* bin/strata-run-exec: the last step of `strata run` (see src/image/run.ts), run as pid 1 of the
  * container's namespaces once /proc, /sys and /dev are mounted:
  *
- *   strata-run-exec ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *   strata-run-exec [--caps MASK] ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *
+ * With --caps, every capability whose bit is clear in MASK (hexadecimal, bit N for capability N)
+ * leaves the bounding set first: what the command (as root, or through a setuid program) can ever
+ * hold; docker's default set, or what --cap-add, --cap-drop and --privileged make of it.
  *
  * chroot(ROOT); chdir(WORKDIR) inside it, creating it when it is missing (parents root:root 0755,
  * the directory itself UID:GID 0755, as podman does for an image's WorkingDir); then the
@@ -19,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -65,8 +70,23 @@ static int make_workdir(const char *wd, uid_t uid, gid_t gid) {
 }
 
 int main(int argc, char **argv) {
+  int caps_given = 0;
+  unsigned long long keep = 0;
+  if (argc > 2 && strcmp(argv[1], "--caps") == 0) {
+    char *end;
+    errno = 0;
+    keep = strtoull(argv[2], &end, 16);
+    if (errno || *end || !*argv[2]) {
+      fprintf(stderr, "%s: bad capability mask: %s\n", prog, argv[2]);
+      return 125;
+    }
+    caps_given = 1;
+    argv[2] = argv[0];
+    argv += 2;
+    argc -= 2;
+  }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--caps MASK] ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
     return 125;
   }
   const char *root = argv[1], *wd = argv[2], *groups = argv[5];
@@ -108,6 +128,12 @@ int main(int argc, char **argv) {
   if (chdir(wd) != 0) {
     if (errno != ENOENT || make_workdir(wd, (uid_t)uid, (gid_t)gid) != 0 || chdir(wd) != 0)
       return fail(125, "cannot enter the working directory", wd);
+  }
+  if (caps_given) {
+    /* (PR_CAPBSET_READ fails past the last capability this kernel knows) */
+    for (int cap = 0; cap < 64 && prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++) {
+      if (!(keep & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return fail(125, "cannot drop a capability", NULL);
+    }
   }
   if (setgroups(ngroups, gids) != 0) return fail(125, "cannot set the supplementary groups", groups);
   if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) return fail(125, "cannot set gid", argv[4]);

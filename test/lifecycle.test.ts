@@ -303,3 +303,46 @@ test('cp: docker cp\'s rules both ways, for a stopped and a running container; o
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir, User) and takes --change, as podman commit; a running container is paused for it', async (t) => {
+  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
+  const base = tempDir(t, 'cm');
+  const { ok: pod } = testPodman(t, base);
+  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
+  const s = testStore(t, base);
+  const tar = path.join(base, 'deb.tar');
+  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
+  s.ok(['image', 'import', tar, 'deb:l0']);
+  fs.rmSync(tar);
+  const runArgs = ['-e', 'FOO=1', '-w', '/tmp', '-u', '0:0', '--entrypoint', '/bin/sh'];
+  const changes = ['--change', 'CMD ["/bin/ls", "-l"]', '--change', 'ENV A=b', '--change', 'ENV C="d e"', '--change', 'LABEL x=y', '--change', 'EXPOSE 80', '--change', 'WORKDIR /srv'];
+  s.ok(['run', '--name', 'cc', ...runArgs, 'deb:l0', '-c', 'echo hi > /x']);
+  pod(['run', '--name', 'cc', ...PODMAN_RUN, ...runArgs, 'localhost/deb:l0', '-c', 'echo hi > /x']);
+  s.ok(['commit', 'cc', 'kept:1']);
+  s.ok(['commit', ...changes, 'cc', 'changed:1']);
+  pod(['commit', '-q', 'cc', 'localhost/kept:1']);
+  pod(['commit', '-q', ...changes, 'cc', 'localhost/changed:1']);
+  // (podman adds container=podman and TERM to the environment, and PATH where the image has none)
+  const view = (c: Record<string, unknown>): Record<string, unknown> => ({
+    Env: ((c.Env as string[] | undefined) ?? []).filter((e) => !/^(container|TERM|PATH)=/.test(e)),
+    Entrypoint: c.Entrypoint ?? null, Cmd: c.Cmd ?? null, WorkingDir: c.WorkingDir ?? '', User: c.User ?? '', Labels: c.Labels ?? null,
+    ExposedPorts: c.ExposedPorts ?? null,
+  });
+  for (const tag of ['kept:1', 'changed:1']) {
+    const mine = (JSON.parse(s.ok(['image', 'inspect', tag])) as { Config: Record<string, unknown> }[])[0]!.Config;
+    const theirs = JSON.parse(pod(['image', 'inspect', `localhost/${tag}`, '--format', '{{json .Config}}'])) as Record<string, unknown>;
+    t.deepEqual(view(mine), view(theirs), tag);
+  }
+  t.is(s.ok(['run', '--rm', 'kept:1']), '', 'the committed image runs the container\'s command again');
+  oneLineError(t, s.strata(['commit', '--change', 'RUN true', 'cc', 'bad:1']), 125, /--change "RUN true": RUN is not one of CMD/);
+
+  // a running container: paused while its layer is written, running afterwards
+  s.ok(['run', '-d', '--name', 'busy', 'deb:l0', 'sh', '-c', 'i=0; while true; do i=$((i+1)); echo $i > /c.new; mv /c.new /counter; done']);
+  t.true(await waitFor(() => s.strata(['exec', 'busy', 'test', '-s', '/counter']).status === 0, 10_000));
+  s.ok(['commit', 'busy', 'snap:1']);
+  const snap = Number(s.ok(['run', '--rm', '--entrypoint', 'cat', 'snap:1', '/counter']));
+  t.true(snap > 0);
+  t.is(s.ok(['inspect', '-f', '{{.State.Status}}', 'busy']), 'running\n');
+  t.true(await waitFor(() => Number(s.ok(['exec', 'busy', 'cat', '/counter'])) > snap, 10_000), 'continued after the commit');
+  s.ok(['rm', '-f', 'busy']);
+});

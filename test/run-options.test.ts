@@ -58,6 +58,12 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: wh
     cmd: ['sh', '-c', 'cat /m/sub/f; touch /m/x || echo ro-refused; stat -f -c %T /scratch /t2; stat -c %a /scratch; df -k /scratch /t2 | tail -2 | awk "{print \\$2}"; echo a > /scratch/a; cat /scratch/a'] },
     { name: 'named volume, first use', args: ['-v', 'docs:/usr/share/doc/bash'], cmd: ['sh', '-c', 'ls /usr/share/doc/bash | head -5; echo mine > /usr/share/doc/bash/mine'] },
     { name: 'named volume, second use', args: ['-v', 'docs:/elsewhere:ro'], cmd: ['sh', '-c', 'cat /elsewhere/mine; ls /elsewhere | wc -l; touch /elsewhere/z || echo ro-refused'] },
+    // (podman's default set is docker's less MKNOD, NET_RAW and AUDIT_WRITE: strata's with those dropped must be podman's)
+    { name: 'caps', args: ['--cap-drop', 'MKNOD,NET_RAW', '--cap-drop', 'cap_audit_write'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff|Prm)" /proc/self/status'] },
+    { name: 'cap-add', args: ['--cap-drop', 'MKNOD,NET_RAW,AUDIT_WRITE', '--cap-add', 'SYS_ADMIN', '--cap-add', 'sys_ptrace'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status; mount -t tmpfs t /mnt && echo mounted'] },
+    // (podman also gives a non-root user the added capabilities; docker and strata do not)
+    { name: 'cap-drop all', args: ['--cap-drop', 'ALL', '--cap-add', 'CHOWN'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status'] },
+    { name: 'privileged', args: ['--privileged'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status; mount -t tmpfs t /mnt && echo mounted'] },
     { name: 'network none', args: ['--network', 'none'], cmd: ['sh', '-c', 'ls /sys/class/net; cat /sys/class/net/lo/flags /proc/net/if_inet6 | wc -l'] },
     { name: 'anonymous volume', args: ['-v', '/usr/share/doc/dash'], cmd: ['sh', '-c', 'ls /usr/share/doc/dash; echo x > /usr/share/doc/dash/new; ls /usr/share/doc/dash | wc -l'] },
   ];
@@ -184,6 +190,14 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   refuse(['--env-file', `${base}/nothere`], /--env-file .*ENOENT/);
   refuse(['-e', '=x'], /invalid variable name/);
   refuse(['--network', 'bridge'], /on the host's network \(host\) or on none/);
+  refuse(['--cap-add', 'SYS_NOPE'], /--cap-add SYS_NOPE: unknown capability/);
+  // docker's default set (moby oci/caps/defaults.go): 14 capabilities, not SYS_ADMIN
+  t.is(ok(['run', '--rm', 'base:1', 'sh', '-c', 'grep CapBnd /proc/self/status']), 'CapBnd:\t00000000a80425fb\n');
+  t.is(ok(['run', '--rm', '-u', '1000', '--cap-add', 'SYS_ADMIN', 'base:1', 'sh', '-c', 'grep CapEff /proc/self/status']), 'CapEff:\t0000000000000000\n');
+  const id = ok(['run', '-d', '--cap-drop', 'ALL', 'base:1', 'sleep', '60']).trim();
+  t.is(ok(['exec', id, 'sh', '-c', 'grep CapBnd /proc/self/status']), 'CapBnd:\t0000000000000000\n', 'exec: the container\'s set');
+  t.not(ok(['exec', '--privileged', id, 'sh', '-c', 'grep CapBnd /proc/self/status']), 'CapBnd:\t0000000000000000\n');
+  ok(['rm', '-f', id]);
   // a mount point the image makes impossible (a file where a directory must be): refused at start, the --rm container removed
   oneLineError(t, strata(['run', '--rm', '-v', `${host}:/bin/busybox/x`, 'base:1', 'true']), 125, /cannot make the mount point \/bin\/busybox\/x/);
   t.deepEqual(JSON.parse(ok(['container', 'ls', '--json'])), []);

@@ -37,6 +37,8 @@ const RUN_OPTIONS = {
 const COMMIT_OPTIONS = {
   message: { alias: 'm', type: 'string', describe: 'commit message (the history entry\'s comment)' },
   author: { alias: 'a', type: 'string', describe: 'author (e.g. "Name <mail>")' },
+  change: { alias: 'c', type: 'string', describe: 'a Dockerfile instruction for the new config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL (repeatable)' },
+  pause: { alias: 'p', type: 'boolean', default: true, describe: 'pause a running container during the commit (--pause=false: do not)' },
   store: storeOption,
 } as const;
 const EXPORT_OPTIONS = {
@@ -155,11 +157,17 @@ export const commitCommand: CommandModule = {
     .positional('tag', { type: 'string', demandOption: true, describe: 'NAME:TAG of the new image' })
     .options(COMMIT_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string };
-    const [{ withStore }, { commitChanges }] = await Promise.all([import('../image/store.js'), import('../image/commit.js')]);
-    const r = await withStore(await storeDirOf(args), (s) => commitChanges(s, args.container, args.tag, {
-      message: args.message, author: args.author, progress: process.stderr.isTTY ? (total) => byteProgress('commit', total) : undefined,
+    const args = a as unknown as StoreArgs & { container: string; tag: string; message?: string; author?: string; change?: string | string[]; pause: boolean };
+    const [{ withStore }, { commitChanges }, { whilePaused, isActive }] = await Promise.all([
+      import('../image/store.js'), import('../image/commit.js'), import('../image/lifecycle.js')]);
+    const store = await storeDirOf(args);
+    const commit = (): Promise<Awaited<ReturnType<typeof commitChanges>>> => withStore(store, (s) => commitChanges(s, args.container, args.tag, {
+      message: args.message, author: args.author, changes: ([] as string[]).concat(args.change ?? []),
+      progress: process.stderr.isTTY ? (total) => byteProgress('commit', total) : undefined,
     }));
+    // A running container is paused (as docker and podman pause it), so that its layer is one moment's.
+    const rec = await withStore(store, async (s) => (await s.listContainers()).find((c) => c.name === args.container || c.id === args.container));
+    const r = args.pause && rec && rec.state === 'running' && isActive(rec) ? await whilePaused(rec, commit) : await commit();
     out(r.image.id);
     process.exit(0);
   }),

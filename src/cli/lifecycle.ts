@@ -30,6 +30,7 @@ export const EXEC_OPTIONS = {
   user: { alias: 'u', type: 'string', describe: 'run as this user (default: the container\'s)' },
   workdir: { alias: 'w', type: 'string', describe: 'working directory inside the container (default: the image\'s WorkingDir)' },
   env: { alias: 'e', type: 'string', describe: 'KEY=VALUE added to the environment (repeatable; KEY alone: the host\'s value)' },
+  privileged: { type: 'boolean', default: false, describe: 'every capability (default: the container\'s set)' },
   store: storeOption,
   ...TERMINAL_OPTIONS,
 } as const;
@@ -158,7 +159,7 @@ export function execCommand(containerArgs: () => string[]): CommandModule {
     describe: 'run a command in a running container; strata\'s options end at the container name',
     builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(EXEC_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[] };
+      const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[]; privileged: boolean };
       const [{ withStore }, { execInContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
       const store = await storeDirOf(args);
       const { ImageError } = await import('../image/types.js');
@@ -173,6 +174,7 @@ export function execCommand(containerArgs: () => string[]): CommandModule {
         ...(last(args.user) !== undefined ? { user: last(args.user)! } : {}),
         ...(last(args.workdir) !== undefined ? { workdir: last(args.workdir)! } : {}),
         env: ([] as string[]).concat(args.env ?? []),
+        privileged: args.privileged,
       };
       process.exit(await execInContainer(config, rec, containerArgs(), opts));
     }),

@@ -21,6 +21,9 @@ export const CONTAINER_CONFIG_OPTIONS = {
   tmpfs: { type: 'string', describe: 'PATH[:OPTIONS]: a tmpfs there (size=, mode=, ...; repeatable)' },
   network: { alias: 'net', type: 'string', describe: 'host (the default: the host\'s network) or none (only a loopback of its own)' },
   'read-only': { type: 'boolean', default: false, describe: 'mount the container\'s root read-only for the command (volumes and tmpfs stay writable)' },
+  privileged: { type: 'boolean', default: false, describe: 'every capability (default: docker\'s set of 14)' },
+  'cap-add': { type: 'string', describe: 'a capability to add to the default set (CAP_X or X; ALL; repeatable, or comma-separated)' },
+  'cap-drop': { type: 'string', describe: 'a capability to drop from the default set (ALL: every one; repeatable, or comma-separated)' },
 } as const;
 
 type Many = string | string[] | undefined;
@@ -36,6 +39,9 @@ export interface ContainerConfigArgs {
   tmpfs?: Many;
   network?: Many;
   readOnly?: boolean;
+  privileged?: boolean;
+  capAdd?: Many;
+  capDrop?: Many;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -51,11 +57,15 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const hostname = last(a.hostname);
   const entry = last(a.entrypoint);
   const network = last(a.network);
+  const caps = (v: Many, flag: string): string[] => many(v).flatMap((x) => x.split(',')).filter(Boolean).map((x) => S.parseCap(x, flag));
+  const capAdd = caps(a.capAdd, '--cap-add');
+  const capDrop = caps(a.capDrop, '--cap-drop');
   return {
     settings: {
       ...(env.length > 0 ? { env } : {}), ...(workdir !== undefined ? { workdir } : {}), ...(hostname !== undefined ? { hostname } : {}),
       ...(mounts.length > 0 ? { mounts } : {}), ...(a.rm ? { autoRemove: true } : {}),
       ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
+      ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

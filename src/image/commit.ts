@@ -7,8 +7,9 @@
 import { PassThrough } from 'node:stream';
 import { packTree, treeBytes } from './changes.js';
 import { imageWithChain, resolveTarget } from './container.js';
-import type { ImageRecord, LayerRecord, Store } from './store.js';
-import { ImageError } from './types.js';
+import { settingsOf } from './settings.js';
+import type { ContainerRecord, ImageRecord, LayerRecord, Store } from './store.js';
+import { type ImageConfig, ImageError } from './types.js';
 
 /** What a progress bar offers (src/cli/progress.ts); the image code draws nothing itself. */
 export interface Progress {
@@ -19,6 +20,8 @@ export interface Progress {
 export interface CommitOptions {
   message?: string;
   author?: string;
+  /** --change: config instructions (CMD, ENV, ...) applied to the new image's config. */
+  changes?: string[];
   /** A progress display over `total` bytes (the upper's file sizes), ticked as the layer tar is written. */
   progress?: (total: number) => Promise<Progress>;
 }
@@ -27,6 +30,30 @@ export interface CommitResult {
   image: ImageRecord;
   layer: LayerRecord;
   parent: ImageRecord;
+}
+
+/**
+ * What a container ran with, for its commit's config, as docker and podman keep it: the environment
+ * (the image's, then -e), Entrypoint and Cmd (as the container had them), the working directory
+ * and user given to it.
+ */
+function containerRunConfig(config: ImageConfig, rec: ContainerRecord): NonNullable<ImageConfig['config']> {
+  const settings = settingsOf(rec);
+  const env = [...(config.config?.Env ?? [])];
+  for (const kv of settings.env ?? []) {
+    const i = env.findIndex((e) => e.split('=')[0] === kv.split('=')[0]);
+    if (i >= 0) env[i] = kv;
+    else env.push(kv);
+  }
+  const entrypoint = rec.entrypoint as string[] | undefined;
+  const cmd = rec.cmd as string[] | undefined;
+  return {
+    ...(env.length > 0 ? { Env: env } : {}),
+    ...(entrypoint !== undefined ? { Entrypoint: entrypoint.length > 0 ? entrypoint : null } : {}),
+    ...(cmd !== undefined ? { Cmd: cmd.length > 0 ? cmd : null } : {}),
+    ...(settings.workdir !== undefined ? { WorkingDir: settings.workdir } : {}),
+    ...(typeof rec.user === 'string' ? { User: rec.user } : {}),
+  };
 }
 
 /** Docker's form of a history entry's created_by for a run command: "/bin/sh -c ..." stays as is. */
@@ -43,6 +70,11 @@ export async function commitChanges(store: Store, ref: string, tag: string, opts
   parent ??= await imageWithChain(store, target.chain);
   if (!parent || JSON.stringify(parent.layers) !== JSON.stringify(target.chain)) {
     throw new ImageError(`the image ${target.container?.imageRef ?? ''} that ${ref} was made from is no longer in the store`.replace('  ', ' '));
+  }
+  let runConfig = target.container ? containerRunConfig(parent.config, target.container) : undefined;
+  if (opts.changes && opts.changes.length > 0) {
+    const { applyConfigChanges } = await import('./build/builder.js');
+    runConfig = await applyConfigChanges({ ...parent.config, config: { ...(parent.config.config ?? {}), ...runConfig } }, opts.changes);
   }
   const bar = opts.progress ? await opts.progress(treeBytes(target.upper)) : null;
   const pipe = new PassThrough({ highWaterMark: 1 << 20 });
@@ -73,6 +105,7 @@ export async function commitChanges(store: Store, ref: string, tag: string, opts
       ...(opts.author ? { author: opts.author } : {}),
     },
     author: opts.author,
+    ...(runConfig ? { runConfig } : {}),
     tags: [tag],
   });
   return { image, layer, parent };

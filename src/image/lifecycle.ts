@@ -23,7 +23,7 @@ import { isKernelWhiteout, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '
 import { childPids, containerEnv } from './run.js';
 import type { ContainerRecord } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
-import { settingsOf } from './settings.js';
+import { capabilityMask, settingsOf } from './settings.js';
 import { containerUser, parseUserSpec } from './user.js';
 
 const { C, ST } = N;
@@ -186,6 +186,8 @@ export interface ExecOptions {
   user?: string;
   workdir?: string;
   env?: string[];
+  /** --privileged: every capability (else the container's set). */
+  privileged?: boolean;
 }
 
 /** Runs argv inside a running container (its image's config: `config`); resolves with its exit status. */
@@ -209,7 +211,8 @@ export async function execInContainer(config: ImageConfig, rec: ContainerRecord,
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
   // (--net: the container's network namespace, its own or the host's)
   const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
-    RUN_EXEC, rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: 'inherit', env });
+    RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), rec.merged, wd,
+    String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: 'inherit', env });
   return new Promise((resolve) => {
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start nsenter: ${e.message}\n`);

@@ -30,7 +30,7 @@ import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
-import { checkSettings, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
+import { capabilityMask, checkSettings, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -87,13 +87,13 @@ export function containerEnv(config: ImageConfig, hostname: string, home = '/roo
 // $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups, $10 = the
 // mounts (lines of KIND TAB SOURCE TAB HOST-PATH-OF-TARGET TAB OPTIONS, '-' for an empty field;
 // targets already made inside the root, see mountLines), $11 = flags (",none," for a network of its
-// own, ",ro," for a read-only root); then the command.
+// own, ",ro," for a read-only root), $12 = the capabilities to keep (strata-run-exec --caps); then the command.
 const SETUP = String.raw`
 set -e
 root=$1 host=$2 resolv=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
 shift 9
-mounts=$1 flags=$2
-shift 2
+mounts=$1 flags=$2 caps=$3
+shift 3
 # a network namespace of its own: only its loopback, up
 case $flags in *,none,*) ip link set lo up 2>/dev/null || true ;; esac
 mount --make-rprivate /
@@ -136,7 +136,7 @@ fi
 case $flags in *,ro,*) mount -o remount,bind,ro "$root" ;; esac
 if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
 export PATH="$cpath"
-exec "$runexec" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
+exec "$runexec" --caps "$caps" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
 `;
 
 /** The host's resolv.conf (resolved), if there is a regular file to give the container. */
@@ -228,7 +228,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   const flags = `,${isolated ? 'none,' : ''}${settings.readOnly ? 'ro,' : ''}`;
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
     '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
-    String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, ...argv], {
+    String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, capabilityMask(settings), ...argv], {
     stdio: 'inherit',
     // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
     // container's, on which strata-run-exec searches the command after the chroot.
@@ -289,8 +289,11 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
   const settings: ContainerSettings = { ...given, mounts: containerMounts(given.mounts ?? [], image.config) };
   // (named volumes are made with the container, as docker makes them)
   for (const m of settings.mounts!) if (m.type === 'volume' && !m.anonymous) ensureVolume(s.root, m.source!);
+  // (its Entrypoint and Cmd apart, for a commit: docker's and podman's keep them in the new image)
+  const entrypoint = opts.entrypoint ?? image.config.config?.Entrypoint ?? [];
+  const cmd = opts.command.length > 0 ? [...opts.command] : opts.entrypoint !== undefined ? [] : (image.config.config?.Cmd ?? []);
   return s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argv,
-    extra: { ...(opts.user !== undefined ? { user: opts.user } : {}), settings } });
+    extra: { ...(opts.user !== undefined ? { user: opts.user } : {}), settings, entrypoint, cmd } });
 }
 
 /**

@@ -37,6 +37,48 @@ export interface ContainerSettings {
   network?: 'host' | 'none';
   /** --read-only: the root file system is mounted read-only for the command (mounts keep theirs). */
   readOnly?: boolean;
+  /** --privileged: every capability; else docker's default set with --cap-add and --cap-drop. */
+  privileged?: boolean;
+  capAdd?: string[];
+  capDrop?: string[];
+}
+
+/** Capability numbers (linux/capability.h). */
+const CAPS: readonly string[] = ['CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO',
+  'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD',
+  'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE'];
+
+/** What docker gives a container (moby's oci/caps/defaults.go). */
+const DEFAULT_CAPS = ['CHOWN', 'DAC_OVERRIDE', 'FSETID', 'FOWNER', 'MKNOD', 'NET_RAW', 'SETGID', 'SETUID', 'SETFCAP', 'SETPCAP',
+  'NET_BIND_SERVICE', 'SYS_CHROOT', 'KILL', 'AUDIT_WRITE'];
+
+/** A capability name as docker takes it (CAP_X or X, any case; ALL), normalized; refused if unknown. */
+export function parseCap(name: string, flag: string): string {
+  const n = name.toUpperCase().replace(/^CAP_/, '');
+  if (n !== 'ALL' && !CAPS.includes(n)) bad(`${flag} ${name}: unknown capability`);
+  return n;
+}
+
+/** The bounding set a container's command gets, as a mask for strata-run-exec --caps (hexadecimal). */
+export function capabilityMask(settings: ContainerSettings): string {
+  if (settings.privileged) return 'ffffffffffffffff';
+  const adds = settings.capAdd ?? [];
+  const drops = settings.capDrop ?? [];
+  // (as docker: --cap-add ALL, then the drops; --cap-drop ALL, then the adds; else the default, less the drops, plus the adds)
+  let keep: Set<string>;
+  if (adds.includes('ALL')) {
+    keep = new Set(CAPS);
+    for (const d of drops) keep.delete(d);
+  } else {
+    keep = new Set(drops.includes('ALL') ? [] : DEFAULT_CAPS);
+    for (const d of drops) keep.delete(d);
+    for (const a of adds) keep.add(a);
+  }
+  let mask = 0n;
+  for (const c of keep) mask |= 1n << BigInt(CAPS.indexOf(c));
+  return mask.toString(16);
 }
 
 /** The settings of a container record (none for older records). */

@@ -246,6 +246,28 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
   return { id: image.id, cached, built };
 }
 
+/** The instructions `commit --change` takes (docker's, and STOPSIGNAL). */
+const CHANGE_INSTRUCTIONS = new Set(['CMD', 'ENTRYPOINT', 'ENV', 'EXPOSE', 'LABEL', 'ONBUILD', 'USER', 'VOLUME', 'WORKDIR', 'STOPSIGNAL']);
+
+/**
+ * `commit --change`: Dockerfile instructions that change only the config, applied in order to
+ * `config` (an image's config with the container's settings); returns the new run config.
+ */
+export async function applyConfigChanges(config: ImageConfig, changes: readonly string[]): Promise<NonNullable<ImageConfig['config']>> {
+  const stage: Stage = {
+    // (as docker's commit: an ENTRYPOINT change drops the Cmd unless a CMD change came first)
+    name: null, config: clone(config), layers: [], key: '', created: config.created ?? '', args: new Map(), shell: DEFAULT_SHELL,
+  };
+  for (const change of changes) {
+    const { instructions, escape } = parseDockerfile(change);
+    for (const ins of instructions) {
+      if (!CHANGE_INSTRUCTIONS.has(ins.cmd)) throw new ImageError(`--change "${change}": ${ins.cmd} is not one of ${[...CHANGE_INSTRUCTIONS].join(', ')}`, 125);
+      await runStep({} as BuildOptions, {} as BuildContext, escape, stage, ins, () => undefined, () => {});
+    }
+  }
+  return stage.config.config ?? {};
+}
+
 function history(stage: Stage, ins: Instruction, empty: boolean): void {
   const h: HistoryEntry = { created: stage.created, created_by: ins.original, comment: 'strata build' };
   if (empty) h.empty_layer = true;
