@@ -214,7 +214,7 @@ test('export of a container that is not mounted (its layers merged directly) is 
 
 test('round trip: load → run → write → commit → save → load into an empty store → mount shows the same tree', (t) => {
   const { s, base } = storeWithImage(t);
-  s.ok(['run', '--name', 'rt', 'base:1', 'sh', '-c', 'mkdir -p /srv/app; echo data > /srv/app/file; ln -s file /srv/app/link; rm /etc/hostname']);
+  s.ok(['run', '--name', 'rt', 'base:1', 'sh', '-c', 'mkdir -p /srv/app; echo data > /srv/app/file; ln -s file /srv/app/link; rm /etc/app.conf']);
   s.ok(['commit', 'rt', 'app:1']);
   const archive = path.join(base, 'app.tar');
   s.ok(['image', 'save', 'app:1', '-o', archive]);
@@ -228,7 +228,7 @@ test('round trip: load → run → write → commit → save → load into an em
     // The layer roots are not in the layer tars (as in Docker's): their mtime is the unpack's.
     compareTrees(t, snapshot(m2), snapshot(m1), { label: 'loaded copy vs original', ignore: (p, f) => f === 'ctimeNs' || (p === '.' && f === 'mtimeNs') });
     t.is(fs.readFileSync(path.join(m2, 'srv/app/file'), 'utf8'), 'data\n');
-    t.false(fs.existsSync(path.join(m2, 'etc/hostname')));
+    t.false(fs.existsSync(path.join(m2, 'etc/app.conf')));
   } finally {
     strataUnmount(m1);
     strataUnmount(m2);

@@ -129,6 +129,16 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   t.true(fs.readdirSync('/sys/class/net').length > 1, 'the host has more than a loopback');
   ok(['rm', '-f', 'isolated']);
 
+  // /etc/hostname and /etc/hosts made for the container and bound over the image's (or over empty
+  // files made for the purpose, taken out again): the container's upper has none of them.
+  ok(['run', '--name', 'named', '--hostname', 'box', '--add-host', 'db:10.0.0.5', '--add-host', 'v6=fd00::1', 'base:1', 'sh', '-c',
+    'cat /etc/hostname; grep -E "^(127.0.1.1|10.0.0.5|fd00::1|127.0.0.1)\\s" /etc/hosts; grep -c . /etc/resolv.conf > /dev/null && echo resolv']);
+  t.is(ok(['logs', 'named']), '');
+  t.is(ok(['start', '-a', 'named']), 'box\n127.0.0.1\tlocalhost\n127.0.1.1\tbox\n10.0.0.5\tdb\nfd00::1\tv6\nresolv\n');
+  t.is(ok(['diff', 'named']), '', 'nothing of the binds in the upper');
+  t.is(ok(['run', '--rm', '--network', 'none', 'base:1', 'sh', '-c', 'grep -c . /etc/hosts']), '3\n', 'no network: none of the host\'s entries');
+  ok(['rm', 'named']);
+
   // --rm with -d: gone when its command ends, or when it is stopped.
   ok(['run', '-d', '--rm', '--name', 'quick', 'base:1', 'true']);
   t.true(await waitFor(() => !ok(['ps', '-a']).includes('quick'), 10_000), 'removed once it ended');
@@ -191,6 +201,8 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   refuse(['-e', '=x'], /invalid variable name/);
   refuse(['--network', 'bridge'], /on the host's network \(host\) or on none/);
   refuse(['--cap-add', 'SYS_NOPE'], /--cap-add SYS_NOPE: unknown capability/);
+  refuse(['--add-host', 'db'], /--add-host db: expected NAME:IP/);
+  refuse(['--add-host', 'db:300.1.1.1'], /expected NAME:IP/);
   // docker's default set (moby oci/caps/defaults.go): 14 capabilities, not SYS_ADMIN
   t.is(ok(['run', '--rm', 'base:1', 'sh', '-c', 'grep CapBnd /proc/self/status']), 'CapBnd:\t00000000a80425fb\n');
   t.is(ok(['run', '--rm', '-u', '1000', '--cap-add', 'SYS_ADMIN', 'base:1', 'sh', '-c', 'grep CapEff /proc/self/status']), 'CapEff:\t0000000000000000\n');

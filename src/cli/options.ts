@@ -23,6 +23,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'read-only': { type: 'boolean', default: false, describe: 'mount the container\'s root read-only for the command (volumes and tmpfs stay writable)' },
   privileged: { type: 'boolean', default: false, describe: 'every capability (default: docker\'s set of 14)' },
   'cap-add': { type: 'string', describe: 'a capability to add to the default set (CAP_X or X; ALL; repeatable, or comma-separated)' },
+  'add-host': { type: 'string', describe: 'NAME:IP for the container\'s /etc/hosts (repeatable)' },
   'cap-drop': { type: 'string', describe: 'a capability to drop from the default set (ALL: every one; repeatable, or comma-separated)' },
 } as const;
 
@@ -42,6 +43,7 @@ export interface ContainerConfigArgs {
   privileged?: boolean;
   capAdd?: Many;
   capDrop?: Many;
+  addHost?: Many;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -60,12 +62,14 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const caps = (v: Many, flag: string): string[] => many(v).flatMap((x) => x.split(',')).filter(Boolean).map((x) => S.parseCap(x, flag));
   const capAdd = caps(a.capAdd, '--cap-add');
   const capDrop = caps(a.capDrop, '--cap-drop');
+  const addHosts = many(a.addHost).map(S.parseAddHost);
   return {
     settings: {
       ...(env.length > 0 ? { env } : {}), ...(workdir !== undefined ? { workdir } : {}), ...(hostname !== undefined ? { hostname } : {}),
       ...(mounts.length > 0 ? { mounts } : {}), ...(a.rm ? { autoRemove: true } : {}),
       ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
+      ...(addHosts.length > 0 ? { addHosts } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

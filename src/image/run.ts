@@ -18,7 +18,7 @@
 //    A user that cannot be resolved is refused before anything runs: the container is removed.
 
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,14 +83,14 @@ export function containerEnv(config: ImageConfig, hostname: string, home = '/roo
 }
 
 // Runs as pid 1 of the new PID namespace, in the new mount namespace, before the chroot.
-// $1 = merged root, $2 = hostname, $3 = resolv.conf to bind ('' for none), $4 = working dir,
+// $1 = merged root, $2 = hostname, $3 = files to bind over /etc's (lines of SOURCE TAB NAME), $4 = working dir,
 // $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups, $10 = the
 // mounts (lines of KIND TAB SOURCE TAB HOST-PATH-OF-TARGET TAB OPTIONS, '-' for an empty field;
 // targets already made inside the root, see mountLines), $11 = flags (",none," for a network of its
 // own, ",ro," for a read-only root), $12 = the capabilities to keep (strata-run-exec --caps); then the command.
 const SETUP = String.raw`
 set -e
-root=$1 host=$2 resolv=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
+root=$1 host=$2 etcbinds=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
 shift 9
 mounts=$1 flags=$2 caps=$3
 shift 3
@@ -113,7 +113,12 @@ EOF
   mkdir -m 1777 "$d/shm" && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777 shm "$d/shm"
   ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"; ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
 fi
-if [ -n "$resolv" ]; then mount --bind "$resolv" "$root/etc/resolv.conf"; fi
+if [ -n "$etcbinds" ]; then
+  tab=$(printf '\t')
+  while IFS=$tab read -r src name; do mount --bind "$src" "$root/etc/$name"; done <<EOF
+$etcbinds
+EOF
+fi
 if [ -n "$mounts" ]; then
   tab=$(printf '	')
   while IFS=$tab read -r kind src dst opts; do
@@ -149,54 +154,64 @@ function hostResolvConf(): string | null {
   }
 }
 
-/** What we made in the container for the bind mount of resolv.conf, to take it out again. */
-interface ResolvStub {
-  /** The upper had no etc/ before: the file's creation copied it up. */
+/** What we made in the container's /etc for the bind mounts, to take it out again. */
+interface EtcStubs {
+  /** The files made (empty) to bind over. */
+  names: string[];
+  /** The upper had no etc/ before: the files' creation copied it up. */
   copiedUpEtc: boolean;
   /** /etc's mode and owner before (a later chmod/chown by the command must not be undone). */
   etc: { mode: number; uid: number; gid: number };
 }
 
 /**
- * Prepares /etc/resolv.conf in the merged view for the bind mount. Returns `exists` when the image
- * has one, a stub description when we created an empty one (removed afterwards with the copy-up of
- * /etc it caused, so a commit does not pick them up), or null when it cannot be provided (no /etc,
- * or a symlink that would lead the bind mount elsewhere).
+ * Prepares /etc/NAME in the merged view for each file to bind there. Returns the names that can be
+ * bound (the image has a regular file there, or an empty one was made: `stubs`, removed afterwards
+ * with the copy-up of /etc it caused, so a commit does not pick them up). None when there is no /etc,
+ * or a symlink that would lead a bind mount elsewhere.
  */
-function prepareResolvConf(merged: string, upper: string): 'exists' | ResolvStub | null {
-  const target = join(merged, 'etc/resolv.conf');
+function prepareEtcFiles(merged: string, upper: string, names: readonly string[]): { bindable: string[]; stubs: EtcStubs | null } {
   let etc;
   try {
     // Not through a symlinked /etc: the mount would resolve it on the host.
     etc = lstatSync(join(merged, 'etc'));
-    if (!etc.isDirectory()) return null;
+    if (!etc.isDirectory()) return { bindable: [], stubs: null };
   } catch {
-    return null;
-  }
-  try {
-    return lstatSync(target).isFile() ? 'exists' : null;
-  } catch {
-    // absent
+    return { bindable: [], stubs: null };
   }
   const copiedUpEtc = !existsSync(join(upper, 'etc'));
-  try {
-    closeSync(openSync(target, 'wx', 0o644));
-    return { copiedUpEtc, etc: { mode: etc.mode, uid: etc.uid, gid: etc.gid } };
-  } catch {
-    return null;
+  const bindable: string[] = [];
+  const made: string[] = [];
+  for (const name of names) {
+    const target = join(merged, 'etc', name);
+    try {
+      if (lstatSync(target).isFile()) bindable.push(name);
+      continue;
+    } catch {
+      // absent
+    }
+    try {
+      closeSync(openSync(target, 'wx', 0o644));
+      bindable.push(name);
+      made.push(name);
+    } catch {
+      // not there, and cannot be made: not bound
+    }
   }
+  return { bindable, stubs: made.length > 0 ? { names: made, copiedUpEtc, etc: { mode: etc.mode, uid: etc.uid, gid: etc.gid } } : null };
 }
 
-/** Takes out what prepareResolvConf made, unless the command changed it. */
-function removeResolvStub(upper: string, stub: ResolvStub): void {
+/** Takes out what prepareEtcFiles made, unless the command changed it. */
+function removeEtcStubs(upper: string, stubs: EtcStubs): void {
   const etc = join(upper, 'etc');
   try {
-    const f = lstatSync(join(etc, 'resolv.conf'));
-    if (!f.isFile() || f.size !== 0) return;
-    rmSync(join(etc, 'resolv.conf'));
-    if (!stub.copiedUpEtc) return;
+    for (const name of stubs.names) {
+      const f = lstatSync(join(etc, name));
+      if (f.isFile() && f.size === 0) rmSync(join(etc, name));
+    }
+    if (!stubs.copiedUpEtc) return;
     const st = lstatSync(etc);
-    const same = st.mode === stub.etc.mode && st.uid === stub.etc.uid && st.gid === stub.etc.gid;
+    const same = st.mode === stubs.etc.mode && st.uid === stubs.etc.uid && st.gid === stubs.etc.gid;
     // The copy-up gave it overlay's own xattrs (overlay.origin): they describe the copy-up, not the
     // directory, and a commit leaves them out; any other xattr is the command's.
     const own = N.llistxattr(N.C.AT_FDCWD, etc).filter((x) => !isPrivateXattr(x));
@@ -204,6 +219,34 @@ function removeResolvStub(upper: string, stub: ResolvStub): void {
   } catch {
     // the command removed or replaced them: theirs now
   }
+}
+
+/**
+ * The files bound over the container's /etc, as docker and podman bind them: the host's resolv.conf,
+ * and a hosts and a hostname made for the container in its directory (localhost, the host name on
+ * 127.0.1.1, --add-host's entries; with the host's network, the host's own entries too).
+ */
+function etcFiles(rec: ContainerRecord, hostname: string, settings: ContainerSettings): Map<string, string> {
+  const files = new Map<string, string>();
+  const resolv = hostResolvConf();
+  if (resolv) files.set('resolv.conf', resolv);
+  let hostHosts = '';
+  if (settings.network !== 'none') {
+    try {
+      hostHosts = readFileSync('/etc/hosts', 'utf8');
+    } catch {
+      // none
+    }
+  }
+  const lines = ['127.0.0.1\tlocalhost', '::1\tlocalhost ip6-localhost ip6-loopback',
+    // (the host's loopback lines are ours above; its 127.0.1.1 names the host, not the container)
+    ...hostHosts.split('\n').filter((l) => l.trim() !== '' && !l.trim().startsWith('#') && !/^\s*(127\.0\.0\.1|::1|127\.0\.1\.1)\s/.test(l)),
+    `127.0.1.1\t${hostname}`, ...(settings.addHosts ?? []).map((h) => `${h.slice(h.indexOf(':') + 1)}\t${h.slice(0, h.indexOf(':'))}`)];
+  writeFileSync(join(rec.dir, 'hosts'), `${lines.join('\n')}\n`, { mode: 0o644 });
+  writeFileSync(join(rec.dir, 'hostname'), `${hostname}\n`, { mode: 0o644 });
+  files.set('hosts', join(rec.dir, 'hosts'));
+  files.set('hostname', join(rec.dir, 'hostname'));
+  return files;
 }
 
 /** How long a command may take to end after strata run was told to stop (docker stop's default). */
@@ -220,14 +263,14 @@ export function childPids(pid: number): number[] {
 }
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
-function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, resolv: string | null,
+function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: string,
   user: ExecUser, hostname: string, mounts: string, settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
   const flags = `,${isolated ? 'none,' : ''}${settings.readOnly ? 'ro,' : ''}`;
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
-    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, resolv ?? '', wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
+    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, etcBinds, wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
     String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, capabilityMask(settings), ...argv], {
     stdio: 'inherit',
     // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
@@ -361,7 +404,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   const settings = settingsOf(rec);
   const hostname = (settings.hostname ?? rec.name).slice(0, 63);
   let status = 125;
-  let stub: ResolvStub | null = null;
+  let stubs: EtcStubs | null = null;
   // Nothing ran: the user could not be resolved.
   let refused = false;
   // A stop signal before the command runs (while mounting): do not start it, clean up.
@@ -381,9 +424,10 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       refused = true;
       throw e;
     }
-    const resolv = hostResolvConf();
-    const prepared = resolv ? prepareResolvConf(rec.merged, rec.upper) : null;
-    if (prepared !== null && prepared !== 'exists') stub = prepared;
+    const files = etcFiles(rec, hostname, settings);
+    const prepared = prepareEtcFiles(rec.merged, rec.upper, [...files.keys()]);
+    stubs = prepared.stubs;
+    const etcBinds = prepared.bindable.map((name) => `${files.get(name)!}\t${name}`).join('\n');
     const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
     opts.prepare?.(rec.merged);
     const mounts = mountLines(store, rec, settings.mounts ?? [], opts.madeMountPoints);
@@ -398,7 +442,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
         const i = kv.indexOf('=');
         if (i > 0 && !(config.config?.Env ?? []).some((e) => e.startsWith(`${kv.slice(0, i)}=`))) env[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      status = await runInNamespaces(rec, argv, env, wd, prepared === null ? null : resolv, user, hostname, mounts, settings, (unsharePid) => {
+      status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
         recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
           .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
       });
@@ -406,18 +450,18 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     }
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
-    await finishRun(store, rec, status, stub, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)));
+    await finishRun(store, rec, status, stubs, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)));
   }
   return status;
 }
 
-async function finishRun(store: string, rec: ContainerRecord, status: number, stub: ResolvStub | null, remove: boolean): Promise<void> {
+async function finishRun(store: string, rec: ContainerRecord, status: number, stubs: EtcStubs | null, remove: boolean): Promise<void> {
   try {
     await unmountIfMounted(rec.merged);
   } catch (e) {
     process.stderr.write(`strata: cannot unmount ${rec.merged}: ${(e as Error).message}\n`);
   }
-  if (stub) removeResolvStub(rec.upper, stub);
+  if (stubs) removeEtcStubs(rec.upper, stubs);
   await withStore(store, async (s) => {
     if (remove) await s.removeContainer(rec.id);
     else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined });

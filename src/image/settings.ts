@@ -7,6 +7,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, posix } from 'node:path';
 import type { ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
@@ -41,6 +42,15 @@ export interface ContainerSettings {
   privileged?: boolean;
   capAdd?: string[];
   capDrop?: string[];
+  /** --add-host: NAME:IP lines for the container's /etc/hosts. */
+  addHosts?: string[];
+}
+
+/** --add-host NAME:IP (IPv4 or IPv6; NAME=IP too, as docker 25 takes it). */
+export function parseAddHost(value: string): string {
+  const m = /^([A-Za-z0-9][A-Za-z0-9.-]*)[:=](.+)$/.exec(value);
+  if (!m || isIP(m[2]!.replace(/^\[|\]$/g, '')) === 0) bad(`--add-host ${value}: expected NAME:IP`);
+  return `${m![1]}:${m![2]!.replace(/^\[|\]$/g, '')}`;
 }
 
 /** Capability numbers (linux/capability.h). */
