@@ -407,7 +407,10 @@ test.serial('ONBUILD: recorded in the image; a build FROM it runs the triggers f
   t.is(c.strata(['run', '--rm', 'onbuild:1', 'ls', '/t.txt']).status, 2, 'not run in the image that declares them');
   const child = path.join(c.base, 'child');
   writeTree(child, { Dockerfile: 'FROM onbuild:1\nRUN cat /t.txt /app/app.txt > /both.txt\n', 'app.txt': 'child context\n' });
-  const out = c.ok(['build', '-t', 'child:1', child]);
+  const iid = path.join(c.base, 'iid');
+  const out = c.ok(['build', '--label', 'org.example=yes', '--label', 'x=', '--iidfile', iid, '-t', 'child:1', child]);
+  t.is(fs.readFileSync(iid, 'utf8'), lastLine(out));
+  t.deepEqual(cfg('child:1').Labels, { 'org.example': 'yes', x: '' });
   t.regex(out, /--> Executing 2 build triggers\n--> RUN echo triggered > \/t.txt\n[\s\S]*--> COPY app.txt \/app\/\n/);
   t.is(c.ok(['run', '--rm', 'child:1', 'cat', '/both.txt']), 'triggered\nchild context\n');
   t.is(cfg('child:1').OnBuild, undefined, 'triggers are not inherited');

@@ -346,3 +346,25 @@ test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir
   t.true(await waitFor(() => Number(s.ok(['exec', 'busy', 'cat', '/counter'])) > snap, 10_000), 'continued after the commit');
   s.ok(['rm', '-f', 'busy']);
 });
+
+test('ps -q, -aq, --format, --filter; run -p is accepted with a warning (the host\'s network)', async (t) => {
+  const c = setup(t);
+  const a = c.ok(['create', '--name', 'made', 'base:1', 'true']).trim();
+  const b = c.ok(['run', '-d', '--name', 'up', 'base:1', 'sleep', '60']).trim();
+  t.is(c.strata(['run', '--name', 'done', 'base:1', 'sh', '-c', 'exit 3']).status, 3);
+  t.is(c.ok(['ps', '-q']), `${b.slice(0, 12)}\n`);
+  t.is(c.ok(['ps', '-aq']).split('\n').filter(Boolean).length, 3);
+  t.is(c.ok(['ps', '-a', '--format', '{{.Names}}:{{.State}}:{{.Status}}']), 'made:created:created\nup:running:running\ndone:exited:Exited (3)\n');
+  t.is(c.ok(['ps', '-a', '--filter', 'status=exited', '--format', '{{.Names}}']), 'done\n');
+  t.is(c.ok(['ps', '-a', '--filter', 'status=exited', '--filter', 'status=created', '-q']), `${a.slice(0, 12)}\n${(JSON.parse(c.ok(['inspect', 'done'])) as { Id: string }[])[0]!.Id.slice(0, 12)}\n`);
+  t.is(c.ok(['ps', '-a', '--filter', 'name=on', '--filter', 'ancestor=base:1', '--format', '{{.ID}} {{.Image}}']).split(' ')[1], 'base:1\n');
+  oneLineError(t, c.strata(['ps', '--filter', 'label=x']), 125, /--filter label=x: expected status=, name=, ancestor= or id=/);
+  // docker rm -f $(docker ps -aq)
+  c.ok(['rm', '-f', ...c.ok(['ps', '-aq']).trim().split('\n')]);
+  t.is(c.ok(['ps', '-aq']), '');
+  const r = c.strata(['run', '--rm', '-p', '8080:80', 'base:1', 'echo', 'ran']);
+  t.deepEqual([r.status, r.stdout], [0, 'ran\n']);
+  t.regex(r.stderr, /WARNING: -p is ignored: containers use the host's network/);
+  oneLineError(t, c.strata(['run', '--rm', '-p', '80', '--network', 'none', 'base:1', 'true']), 125, /-p needs a network/);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+});

@@ -13,6 +13,8 @@ export const BUILD_OPTIONS = {
   cache: { type: 'boolean', default: true, describe: 'take steps from the build cache (--no-cache: run every step)' },
   target: { type: 'string', describe: 'the stage to build (default: the last)' },
   quiet: { alias: 'q', type: 'boolean', default: false, describe: 'print no STEP lines' },
+  label: { type: 'string', describe: 'KEY=VALUE for the image\'s labels (repeatable)' },
+  iidfile: { type: 'string', describe: 'write the image ID to this file' },
   secret: { type: 'string', describe: 'id=ID,src=FILE or id=ID,env=VAR: what RUN --mount=type=secret,id=ID mounts (repeatable)' },
   store: storeOption,
   pull: RUN_PULL_OPTIONS.pull,
@@ -28,12 +30,19 @@ export const buildCommand: CommandModule = {
   handler: guarded(async (argv) => {
     const a = argv as unknown as EnsureArgs & {
       context: string; tag?: string | string[]; file?: string; buildArg?: string | string[]; cache: boolean; target?: string; quiet: boolean; store?: string;
-      secret?: string | string[];
+      secret?: string | string[]; label?: string | string[]; iidfile?: string;
     };
+
     const { parseSecretFlag } = await import('../image/build/run_mounts.js');
     const secrets = ([] as string[]).concat(a.secret ?? []).map(parseSecretFlag);
     const [{ normalizeTag }, { ImageError }, { buildImage }, { ensureImage }, { resolve }] = await Promise.all([
       import('../image/store.js'), import('../image/types.js'), import('../image/build/builder.js'), import('./registry.js'), import('node:path')]);
+    const labels: Record<string, string> = {};
+    for (const kv of ([] as string[]).concat(a.label ?? [])) {
+      const i = kv.indexOf('=');
+      if (i <= 0) throw new ImageError(`--label takes KEY=VALUE, not "${kv}"`, 2);
+      labels[kv.slice(0, i)] = kv.slice(i + 1);
+    }
     const store = await storeDirOf(a);
     const buildArgs: Record<string, string> = {};
     for (const kv of ([] as string[]).concat(a.buildArg ?? [])) {
@@ -49,7 +58,9 @@ export const buildCommand: CommandModule = {
       log: a.quiet ? () => {} : out,
       ensureImage: (ref) => ensureImage(store, ref, a),
       secrets,
+      labels,
     });
+    if (a.iidfile !== undefined) (await import('node:fs')).writeFileSync(a.iidfile, r.id);
     out(r.id);
     process.exit(0);
   }),

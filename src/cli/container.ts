@@ -50,6 +50,9 @@ const CONTAINER_OPTIONS = {
   json: { type: 'boolean', default: false, describe: 'print JSON' },
   force: { alias: 'f', type: 'boolean', default: false, describe: 'unmount a mounted container first' },
   running: { type: 'boolean', default: false, describe: 'only the running containers (what `strata ps` lists without -a)' },
+  quiet: { alias: 'q', type: 'boolean', default: false, describe: 'only the IDs (12 digits)' },
+  format: { type: 'string', describe: 'a line per container: {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.Status}} {{.State}}' },
+  filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX (repeatable: one key ORs, keys AND)' },
 } as const;
 
 /** The options of each command that unknownOption() checks (others: see main.ts). */
@@ -229,27 +232,61 @@ export const containerCommand: CommandModule = {
   handler: () => {},
   builder: (y: Argv) => y
     .option('store', storeOption)
-    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json).option('running', CONTAINER_OPTIONS.running),
-      guarded(async (a) => {
-        const args = a as unknown as StoreArgs & { running: boolean };
-        const [{ withStore }, { isActive }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
-        const list = (await withStore(await storeDirOf(args), (s) => s.listContainers())).filter((c) => !args.running || isActive(c));
-        list.sort((x, y2) => x.created.localeCompare(y2.created));
-        if (args.json) {
-          out(JSON.stringify(list, null, 2));
-        } else {
-          const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
-          for (const c of list) {
-            const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
-            const status = c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : (c.state ?? 'created');
-            const cmd = (c.command ?? []).join(' ');
-            rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify(cmd.length > 30 ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), status]);
-          }
-          const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-          out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
+    .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json).option('running', CONTAINER_OPTIONS.running)
+      .option('quiet', CONTAINER_OPTIONS.quiet).option('format', CONTAINER_OPTIONS.format).option('filter', CONTAINER_OPTIONS.filter),
+    guarded(async (a) => {
+      const args = a as unknown as StoreArgs & { running: boolean; quiet: boolean; format?: string; filter?: string | string[] };
+      const [{ withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }] = await Promise.all([
+        import('../image/store.js'), import('../image/lifecycle.js'), import('./inspect.js'), import('../image/types.js')]);
+      if (args.format !== undefined) checkFormat(args.format);
+      const filters = new Map<string, string[]>();
+      for (const f of ([] as string[]).concat(args.filter ?? [])) {
+        const i = f.indexOf('=');
+        const key = f.slice(0, i);
+        if (i <= 0 || !['status', 'name', 'ancestor', 'id'].includes(key)) throw new ImageError(`--filter ${f}: expected status=, name=, ancestor= or id=`, 125);
+        filters.set(key, [...(filters.get(key) ?? []), f.slice(i + 1)]);
+      }
+      const { list, images } = await withStore(await storeDirOf(args), async (s) => {
+        const all = await s.listContainers();
+        const refs = new Map<string, string | undefined>();
+        for (const r of filters.get('ancestor') ?? []) refs.set(r, (await s.findImage(r))?.id);
+        return { list: all, images: refs };
+      });
+      const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? 'running' : c.state === 'created' ? 'created' : 'exited');
+      const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values.some((v) => {
+        if (key === 'status') return stateOf(c) === v;
+        if (key === 'name') return c.name.includes(v);
+        if (key === 'id') return c.id.startsWith(v);
+        return images.get(v) === c.image || c.imageRef === v;
+      }));
+      const shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));
+      shown.sort((x, y2) => x.created.localeCompare(y2.created));
+      const statusOf = (c: (typeof list)[number]): string => {
+        const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
+        return c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : (c.state ?? 'created');
+      };
+      if (args.json) {
+        out(JSON.stringify(shown, null, 2));
+      } else if (args.quiet) {
+        if (shown.length > 0) out(shown.map((c) => c.id.slice(0, 12)).join('\n'));
+      } else if (args.format !== undefined) {
+        if (shown.length > 0) {
+          out(shown.map((c) => applyFormat(args.format!, {
+            ID: c.id.slice(0, 12), Names: c.name, Image: c.imageRef, Command: JSON.stringify((c.command ?? []).join(' ')),
+            CreatedAt: c.created, Status: statusOf(c), State: stateOf(c),
+          })).join('\n'));
         }
-        process.exit(0);
-      }))
+      } else {
+        const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
+        for (const c of shown) {
+          const cmd = (c.command ?? []).join(' ');
+          rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify(cmd.length > 30 ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c)]);
+        }
+        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+        out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
+      }
+      process.exit(0);
+    }))
     .command('rm <containers..>', 'remove containers (their upper layers); --force stops a running one (SIGKILL) and unmounts a mounted one first', (c) => c
       .positional('containers', { type: 'string', array: true, demandOption: true })
       .option('force', CONTAINER_OPTIONS.force),

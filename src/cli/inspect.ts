@@ -67,7 +67,7 @@ export function applyFormat(format: string, value: unknown): string {
   }).replace(/\\n/g, '\n').replace(/\\t/g, '\t');
 }
 
-function checkFormat(format: string): void {
+export function checkFormat(format: string): void {
   const rest = format.replace(/\{\{\s*(json\s+)?(\.[A-Za-z0-9_.]*)\s*\}\}/g, '');
   if (rest.includes('{{') || rest.includes('}}')) {
     throw Object.assign(new Error(`--format ${format}: only {{.Field.Path}} and {{json .Field}} are supported`), { exitCode: 125 });

@@ -150,9 +150,11 @@ function dockerAliases(argv: string[]): string[] {
   const [verb, ...rest] = argv;
   switch (verb) {
     case 'ps': {
-      // docker ps: the running containers; -a: all of them
-      const all = rest.some((a) => a === '-a' || a === '--all');
-      return ['container', 'ls', ...(all ? [] : ['--running']), ...rest.filter((a) => a !== '-a' && a !== '--all')];
+      // docker ps: the running containers; -a: all of them (also in a group of short flags: -aq)
+      const isAll = (a: string): boolean => a === '--all' || /^-[a-zA-Z]*a[a-zA-Z]*$/.test(a);
+      const all = rest.some(isAll);
+      const others = rest.filter((a) => a !== '--all').map((a) => (isAll(a) ? a.replace('a', '') : a)).filter((a) => a !== '-');
+      return ['container', 'ls', ...(all ? [] : ['--running']), ...others];
     }
     case 'rm': return ['container', 'rm', ...rest];
     case 'images': return ['image', 'ls', ...rest];

@@ -23,6 +23,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'read-only': { type: 'boolean', default: false, describe: 'mount the container\'s root read-only for the command (volumes and tmpfs stay writable)' },
   privileged: { type: 'boolean', default: false, describe: 'every capability (default: docker\'s set of 14)' },
   'cap-add': { type: 'string', describe: 'a capability to add to the default set (CAP_X or X; ALL; repeatable, or comma-separated)' },
+  publish: { alias: 'p', type: 'string', describe: 'accepted, with a warning: containers use the host\'s network, so their ports are the host\'s' },
   'add-host': { type: 'string', describe: 'NAME:IP for the container\'s /etc/hosts (repeatable)' },
   'cap-drop': { type: 'string', describe: 'a capability to drop from the default set (ALL: every one; repeatable, or comma-separated)' },
 } as const;
@@ -44,6 +45,7 @@ export interface ContainerConfigArgs {
   capAdd?: Many;
   capDrop?: Many;
   addHost?: Many;
+  publish?: Many;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -63,6 +65,11 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const capAdd = caps(a.capAdd, '--cap-add');
   const capDrop = caps(a.capDrop, '--cap-drop');
   const addHosts = many(a.addHost).map(S.parseAddHost);
+  if (many(a.publish).length > 0) {
+    // (as podman with --network host: nothing to publish)
+    if (network === 'none') throw new (await import('../image/types.js')).ImageError('-p needs a network: not with --network none', 125);
+    process.stderr.write('strata: WARNING: -p is ignored: containers use the host\'s network, a port the command listens on is the host\'s\n');
+  }
   return {
     settings: {
       ...(env.length > 0 ? { env } : {}), ...(workdir !== undefined ? { workdir } : {}), ...(hostname !== undefined ? { hostname } : {}),

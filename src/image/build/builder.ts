@@ -56,6 +56,8 @@ export interface BuildOptions {
   ensureImage?: (ref: string) => Promise<void>;
   /** --secret: what RUN --mount=type=secret mounts. */
   secrets?: BuildSecret[];
+  /** --label: labels of the final image (over the Dockerfile's). */
+  labels?: Record<string, string>;
 }
 
 export interface BuildResult {
@@ -231,6 +233,10 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
 
   const final = done[last]!;
   const config = final.config;
+  if (opts.labels && Object.keys(opts.labels).length > 0) {
+    const cfg = (config.config ??= {});
+    cfg.Labels = { ...((cfg.Labels as Record<string, string> | undefined) ?? {}), ...opts.labels };
+  }
   config.created = final.created;
   const image = await withStore(opts.store, async (s) => {
     const layers: LayerRecord[] = [];
