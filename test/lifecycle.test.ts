@@ -368,3 +368,30 @@ test('ps -q, -aq, --format, --filter; run -p is accepted with a warning (the hos
   oneLineError(t, c.strata(['run', '--rm', '-p', '80', '--network', 'none', 'base:1', 'true']), 125, /-p needs a network/);
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
 });
+
+test('--restart: on-failure:N restarts a failing command N times; always restarts until stop or kill; neither after a stop', async (t) => {
+  const c = setup(t);
+  c.ok(['run', '-d', '--name', 'fails', '--restart', 'on-failure:2', 'base:1', 'sh', '-c', 'echo run; exit 4']);
+  t.true(await waitFor(() => c.ok(['inspect', '-f', '{{.State.Status}}', 'fails']) === 'exited\n', 20_000));
+  t.is(c.ok(['logs', 'fails']), 'run\nrun\nrun\n');
+  t.is(c.ok(['inspect', '-f', '{{.RestartCount}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}}', 'fails']), '2 4 on-failure\n');
+  c.ok(['run', '-d', '--name', 'ok', '--restart', 'on-failure', 'base:1', 'true']);
+  t.true(await waitFor(() => c.ok(['inspect', '-f', '{{.State.Status}}', 'ok']) === 'exited\n', 20_000));
+  t.is(c.ok(['inspect', '-f', '{{.RestartCount}}', 'ok']), '0\n', 'a success is not restarted');
+  c.ok(['run', '-d', '--name', 'always', '--restart', 'always', 'base:1', 'sh', '-c', 'echo up; sleep 0.2']);
+  t.true(await waitFor(() => Number(c.ok(['inspect', '-f', '{{.RestartCount}}', 'always'])) >= 2, 20_000), 'restarted after it ended');
+  c.ok(['stop', '-t', '1', 'always']);
+  const lines = c.ok(['logs', 'always']);
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}}', 'always']), 'exited\n');
+  await new Promise((r) => setTimeout(r, 1500));
+  t.is(c.ok(['logs', 'always']), lines, 'not started again after the stop');
+  c.ok(['start', 'always']);
+  // (between two runs, while it waits to start the command again, it has no pid 1 to kill)
+  t.true(await waitFor(() => c.strata(['kill', 'always']).status === 0, 10_000));
+  t.true(await waitFor(() => c.ok(['inspect', '-f', '{{.State.Status}}', 'always']) === 'exited\n', 10_000), 'nor after a kill');
+  oneLineError(t, c.strata(['run', '--rm', '--restart', 'always', 'base:1', 'true']), 125, /--restart and --rm do not go together/);
+  oneLineError(t, c.strata(['run', '--restart', 'sometimes', 'base:1', 'true']), 125, /--restart sometimes: expected no, always/);
+  c.ok(['rm', 'fails', 'ok', 'always']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

@@ -299,6 +299,7 @@ export const containerCommand: CommandModule = {
         const rec = await withStore(store, (s) => s.getContainer(ref));
         if (isActive(rec)) {
           if (!args.force) throw new ImageError(`container ${rec.name} is running: stop it first, or rm -f`);
+          await withStore(store, (s) => s.updateContainer(rec.id, { stopRequested: true }));
           // (the store is closed meanwhile: the monitor records the end)
           await stopContainer(rec, 'SIGKILL', 0);
         }

@@ -38,7 +38,12 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       WorkingDir: settings.workdir ?? cfg.WorkingDir ?? '',
       StopSignal: cfg.StopSignal ?? '',
     },
-    HostConfig: { AutoRemove: settings.autoRemove ?? false, NetworkMode: settings.network ?? 'host', ReadonlyRootfs: settings.readOnly ?? false },
+    RestartCount: (rec.restartCount as number | undefined) ?? 0,
+    HostConfig: {
+      AutoRemove: settings.autoRemove ?? false, NetworkMode: settings.network ?? 'host', ReadonlyRootfs: settings.readOnly ?? false,
+      RestartPolicy: { Name: settings.restart?.name ?? 'no', MaximumRetryCount: settings.restart?.max ?? 0 },
+      Privileged: settings.privileged ?? false, CapAdd: settings.capAdd ?? null, CapDrop: settings.capDrop ?? null,
+    },
     Mounts: (settings.mounts ?? []).map((m) => ({
       Type: m.type,
       ...(m.type === 'volume' ? { Name: m.source } : {}),

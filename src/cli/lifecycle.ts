@@ -137,7 +137,8 @@ async function stopEach(a: unknown, then: (store: string, rec: { id: string; nam
   const store = await storeDirOf(args);
   for (const ref of args.containers) {
     const { rec, signal } = await withStore(store, async (s) => {
-      const r = await s.getContainer(ref);
+      // (so that its monitor does not start it again: --restart)
+      const r = await s.updateContainer((await s.getContainer(ref)).id, { stopRequested: true });
       return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
     });
     await stopContainer(rec, signal, grace);
@@ -249,7 +250,8 @@ export const killCommand: CommandModule = {
     const [{ withStore }, { killContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
     const store = await storeDirOf(args);
     for (const ref of args.containers) {
-      const rec = await withStore(store, (s) => s.getContainer(ref));
+      // (a kill is a stop for --restart, as with docker)
+      const rec = await withStore(store, async (s) => s.updateContainer((await s.getContainer(ref)).id, { stopRequested: true }));
       killContainer(rec, last(args.signal));
       out(rec.name);
     }

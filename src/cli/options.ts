@@ -24,6 +24,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   privileged: { type: 'boolean', default: false, describe: 'every capability (default: docker\'s set of 14)' },
   'cap-add': { type: 'string', describe: 'a capability to add to the default set (CAP_X or X; ALL; repeatable, or comma-separated)' },
   publish: { alias: 'p', type: 'string', describe: 'accepted, with a warning: containers use the host\'s network, so their ports are the host\'s' },
+  restart: { type: 'string', describe: 'no (default), always, unless-stopped, on-failure[:N]: its monitor starts the command again when it ends (not after stop or kill)' },
   'add-host': { type: 'string', describe: 'NAME:IP for the container\'s /etc/hosts (repeatable)' },
   'cap-drop': { type: 'string', describe: 'a capability to drop from the default set (ALL: every one; repeatable, or comma-separated)' },
 } as const;
@@ -46,6 +47,7 @@ export interface ContainerConfigArgs {
   capDrop?: Many;
   addHost?: Many;
   publish?: Many;
+  restart?: Many;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -65,6 +67,9 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const capAdd = caps(a.capAdd, '--cap-add');
   const capDrop = caps(a.capDrop, '--cap-drop');
   const addHosts = many(a.addHost).map(S.parseAddHost);
+  const restartFlag = last(a.restart);
+  const restart = restartFlag !== undefined ? S.parseRestart(restartFlag) : undefined;
+  if (restart && restart.name !== 'no' && a.rm) throw new (await import('../image/types.js')).ImageError('--restart and --rm do not go together', 125);
   if (many(a.publish).length > 0) {
     // (as podman with --network host: nothing to publish)
     if (network === 'none') throw new (await import('../image/types.js')).ImageError('-p needs a network: not with --network none', 125);
@@ -76,7 +81,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(mounts.length > 0 ? { mounts } : {}), ...(a.rm ? { autoRemove: true } : {}),
       ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
-      ...(addHosts.length > 0 ? { addHosts } : {}),
+      ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

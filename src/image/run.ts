@@ -396,7 +396,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
       throw new ImageError(`container ${rec.name} is already running`, 125);
     }
-    await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid });
+    await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid, stopRequested: false });
     return { config: image.config, lowerdirs: rec.layers.map((l) => s.layerDir(l)).reverse() };
   });
   const userSpec = (rec.user as string | undefined) ?? config.config?.User ?? '';
@@ -442,11 +442,33 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
         const i = kv.indexOf('=');
         if (i > 0 && !(config.config?.Env ?? []).some((e) => e.startsWith(`${kv.slice(0, i)}=`))) env[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
-        recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString() }))
-          .then(() => opts.onRunning?.(), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
-      });
-      await recorded;
+      const policy = settings.restart;
+      let restarts = 0;
+      // (a stop signal to this process ends the restarts too, as a stop does)
+      let signalled = false;
+      const noted = (): void => void (signalled = true);
+      for (const sig of STOP_SIGNALS) process.on(sig, noted);
+      try {
+        for (;;) {
+          status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
+            recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString(), restartCount: restarts }))
+              .then(() => (restarts === 0 ? opts.onRunning?.() : undefined), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
+          });
+          await recorded;
+          // --restart: again, unless it was stopped or killed (strata stop, kill), as docker's policies
+          if (!policy || policy.name === 'no' || signalled) break;
+          if (policy.name === 'on-failure' && (status === 0 || (policy.max !== undefined && restarts >= policy.max))) break;
+          const stopRequested = async (): Promise<boolean> =>
+            (await withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === rec.id)))?.stopRequested !== false;
+          if (await stopRequested()) break;
+          restarts++;
+          // (docker's back-off: 100 ms, doubled each time)
+          await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** (restarts - 1), 10_000)));
+          if (signalled || (await stopRequested())) break;
+        }
+      } finally {
+        for (const sig of STOP_SIGNALS) process.off(sig, noted);
+      }
     }
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);

@@ -44,6 +44,21 @@ export interface ContainerSettings {
   capDrop?: string[];
   /** --add-host: NAME:IP lines for the container's /etc/hosts. */
   addHosts?: string[];
+  /** --restart: started again by its monitor when its command ends (not after a stop or kill). */
+  restart?: RestartPolicy;
+}
+
+export interface RestartPolicy {
+  name: 'no' | 'always' | 'on-failure' | 'unless-stopped';
+  /** on-failure:N: at most N restarts. */
+  max?: number;
+}
+
+/** --restart no|always|unless-stopped|on-failure[:N]. */
+export function parseRestart(value: string): RestartPolicy {
+  const m = /^(no|always|unless-stopped|on-failure)(?::([0-9]+))?$/.exec(value);
+  if (!m || (m[2] !== undefined && m[1] !== 'on-failure')) bad(`--restart ${value}: expected no, always, unless-stopped or on-failure[:N]`);
+  return { name: m![1] as RestartPolicy['name'], ...(m![2] !== undefined ? { max: Number(m![2]) } : {}) };
 }
 
 /** --add-host NAME:IP (IPv4 or IPv6; NAME=IP too, as docker 25 takes it). */
