@@ -20,6 +20,14 @@ const classicLevelBinding = {
   },
 };
 
+/** `string-width` (yargs, cliui) is scripts/string-width-lite.js: see there. */
+const stringWidthLite = {
+  name: 'string-width-lite',
+  setup(b) {
+    b.onResolve({ filter: /^string-width$/ }, () => ({ path: new URL('./string-width-lite.js', import.meta.url).pathname }));
+  },
+};
+
 await build({
   entryPoints: ['dist/src/cli/main.js'],
   bundle: true,
@@ -32,5 +40,5 @@ await build({
   define: { 'import.meta.url': 'import_meta_url' },
   outfile: 'dist/src/bundle/strata.cjs',
   logLevel: 'warning',
-  plugins: [classicLevelBinding],
+  plugins: [classicLevelBinding, stringWidthLite],
 });

@@ -200,7 +200,14 @@ async function main(): Promise<void> {
   // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
   const { head, command } = splitRunArgv(argv, withCommand);
   const { default: yargs } = await import('yargs');
-  await yargs(head)
+  const parser = yargs(head);
+  // yargs renders a command's whole help text as its handler starts, in case the handler asks for it
+  // later (cacheHelpMessage): 30-60 ms of text layout for a command with many options, which
+  // strata's handlers never use (a failure prints its own one line). Rendered on demand instead.
+  const usage = (parser as unknown as { getInternalMethods?: () => { getUsageInstance: () => { cacheHelpMessage?: () => void } } })
+    .getInternalMethods?.().getUsageInstance();
+  if (usage?.cacheHelpMessage) usage.cacheHelpMessage = (): void => {};
+  await parser
     .scriptName('strata')
     .usage('$0 <command> [options]')
     .command('mount <mountpoint>', 'mount a union of layers', (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions)

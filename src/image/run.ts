@@ -6,13 +6,14 @@
 // 2. Mount the image's layers and the upper with strata at the container's merged directory.
 // 3. Resolve the user (the image's User or --user) in the container's /etc/passwd and /etc/group
 //    (src/image/user.ts): uid, gid, supplementary groups, HOME unless the image's Env sets it.
-// 4. Run the command in new mount, PID and UTS namespaces (bin/strata-run-ns; a network namespace
-//    too with --network none): a host shell
-//    mounts /proc, /sys (read-only), a small /dev (tmpfs with the usual nodes, its own devpts) and
-//    binds the host's resolv.conf over the container's, all inside the new mount namespace (they
-//    vanish with it); then bin/strata-run-exec (scripts/run-exec.c) chroots into the merged view,
-//    enters the image's WorkingDir (made if missing, as podman does), takes the user's groups,
-//    gid and uid, and execs the command with the image's environment.
+// 4. Run the command in new mount, PID and UTS namespaces (bin/strata-run-ns, scripts/run-ns.c; a
+//    network namespace too with --network none), whose pid 1 mounts /proc, /sys (read-only), a
+//    small /dev (tmpfs with the usual nodes, its own devpts), binds the host's resolv.conf and the
+//    container's hosts and hostname over the image's, and makes the container's mounts, all inside
+//    the new mount namespace (they vanish with it); then becomes bin/strata-run-exec
+//    (scripts/run-exec.c), which chroots into the merged view, enters the working directory (made if
+//    missing, as podman does), drops the capabilities the container does not get, takes the user's
+//    groups, gid and uid, and execs the command with the container's environment.
 // 5. Whatever happens (the command fails, is killed, strata run gets SIGINT/SIGTERM), unmount the
 //    container, record its exit status (or remove it with --rm), and exit with the command's status.
 //    A user that cannot be resolved is refused before anything runs: the container is removed.
@@ -81,68 +82,6 @@ export function containerEnv(config: ImageConfig, hostname: string, home = '/roo
   }
   return env;
 }
-
-// Runs as pid 1 of the new PID namespace, in the new mount namespace, before the chroot.
-// $1 = merged root, $2 = hostname, $3 = files to bind over /etc's (lines of SOURCE TAB NAME), $4 = working dir,
-// $5 = the container's PATH, $6 = bin/strata-run-exec, $7 $8 $9 = uid, gid, groups, $10 = the
-// mounts (lines of KIND TAB SOURCE TAB HOST-PATH-OF-TARGET TAB OPTIONS, '-' for an empty field;
-// targets already made inside the root, see mountLines), $11 = flags (",none," for a network of its
-// own, ",ro," for a read-only root), $12 = the capabilities to keep (strata-run-exec --caps); then the command.
-const SETUP = String.raw`
-set -e
-root=$1 host=$2 etcbinds=$3 wd=$4 cpath=$5 runexec=$6 uid=$7 gid=$8 groups=$9
-shift 9
-mounts=$1 flags=$2 caps=$3
-shift 3
-# a network namespace of its own: only its loopback, up
-case $flags in *,none,*) ip link set lo up 2>/dev/null || true ;; esac
-mount --make-rprivate /
-if [ -d "$root/proc" ] && [ ! -L "$root/proc" ]; then mount -t proc -o nosuid,nodev,noexec proc "$root/proc"; fi
-if [ -d "$root/sys" ] && [ ! -L "$root/sys" ]; then mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"; fi
-if [ -d "$root/dev" ] && [ ! -L "$root/dev" ]; then
-  d=$root/dev
-  mount -t tmpfs -o nosuid,noexec,mode=755,size=65536k tmpfs "$d"
-  for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
-    IFS=: read -r name maj min <<EOF
-$n
-EOF
-    mknod -m 666 "$d/$name" c "$maj" "$min"
-  done
-  mkdir -m 755 "$d/pts" && mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts "$d/pts"
-  ln -s pts/ptmx "$d/ptmx"
-  mkdir -m 1777 "$d/shm" && mount -t tmpfs -o nosuid,nodev,noexec,mode=1777 shm "$d/shm"
-  ln -s /proc/self/fd "$d/fd"; ln -s /proc/self/fd/0 "$d/stdin"; ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
-fi
-if [ -n "$etcbinds" ]; then
-  tab=$(printf '\t')
-  while IFS=$tab read -r src name; do mount --bind "$src" "$root/etc/$name"; done <<EOF
-$etcbinds
-EOF
-fi
-if [ -n "$mounts" ]; then
-  tab=$(printf '	')
-  while IFS=$tab read -r kind src dst opts; do
-    # (a mount point under an earlier mount: made in what that mount shows)
-    [ -e "$dst" ] || [ -L "$dst" ] || mkdir -p "$dst"
-    case $kind in
-      bind) mount --rbind "$src" "$dst" ;;
-      volume)
-        # a new (empty) volume gets what the image has there, as docker fills it
-        if [ -d "$dst" ] && [ -z "$(ls -A "$src")" ]; then cp -a "$dst/." "$src/"; fi
-        mount --bind "$src" "$dst" ;;
-      tmpfs) if [ "$opts" = - ]; then o=nosuid,nodev; else o=nosuid,nodev,$opts; fi; mount -t tmpfs -o "$o" tmpfs "$dst" ;;
-    esac
-    case ,$opts, in *,ro,*) if [ "$kind" != tmpfs ]; then mount -o remount,bind,ro "$dst"; fi ;; esac
-  done <<EOF
-$mounts
-EOF
-fi
-# --read-only: this namespace's view of the root (not its mounts: /proc, /dev, volumes stay as they are)
-case $flags in *,ro,*) mount -o remount,bind,ro "$root" ;; esac
-if [ -w /proc/sys/kernel/hostname ]; then printf '%s' "$host" > /proc/sys/kernel/hostname; fi
-export PATH="$cpath"
-exec "$runexec" --caps "$caps" "$root" "$wd" "$uid" "$gid" "$groups" "$@"
-`;
 
 /** The host's resolv.conf (resolved), if there is a regular file to give the container. */
 function hostResolvConf(): string | null {
@@ -268,14 +207,16 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
-  const flags = `,${isolated ? 'none,' : ''}${settings.readOnly ? 'ro,' : ''}`;
+  // What pid 1 mounts before it becomes strata-run-exec (scripts/run-ns.c, STRATA_SETUP): /proc,
+  // /sys, /dev, the /etc files, the container's mounts; the container's PATH, on which
+  // strata-run-exec searches the command after the chroot.
+  const spec = [`root\t${rec.merged}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
+    ...(etcBinds === '' ? [] : etcBinds.split('\n').map((l) => `etc\t${l}`)), ...(mounts === '' ? [] : mounts.split('\n').map((l) => `mount\t${l}`)),
+    ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
-    '/bin/sh', '-c', SETUP, 'strata-run', rec.merged, hostname, etcBinds, wd, env.PATH ?? DEFAULT_PATH, RUN_EXEC,
-    String(user.uid), String(user.gid), user.groups.join(','), mounts, flags, capabilityMask(settings), ...argv], {
+    RUN_EXEC, '--caps', capabilityMask(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: 'inherit',
-    // The host tools (mount, mknod) are found on the host's PATH; the setup shell then sets the
-    // container's, on which strata-run-exec searches the command after the chroot.
-    env: { ...env, PATH: DEFAULT_PATH },
+    env: { ...env, STRATA_SETUP: spec },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
   // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
@@ -340,7 +281,7 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
 }
 
 /**
- * The mounts of a container as SETUP reads them, their mount points made inside its root (mounted
+ * The mounts of a container as strata-run-ns reads them (KIND TAB SOURCE TAB TARGET TAB OPTIONS), their mount points made inside its root (mounted
  * at rec.merged), shallowest first; volumes' directories made.
  */
 function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[], made?: string[]): string {
