@@ -14,7 +14,7 @@
 // Medians and min–max of --runs N (default 3), and the ratio strata/podman per step. --steps picks
 // the rows (e.g. --steps export): the others are then done untimed where a row needs them (the
 // container for commit and export, the commit for save) or skipped.
-// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,commit,save,export,push,pull,build] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
+// Usage: node dist/scripts/bench-images.js [--runs N] [--steps load,run,commit,save,export,push,pull,build] [--tmp DIR] [--rootfs L2:L1:L0] [--out DIR]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import fs from 'node:fs';
@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const STRATA = path.join(ROOT, 'bin', 'strata');
-const STEPS = ['load', 'commit', 'save', 'export', 'push', 'pull', 'build'] as const;
+const STEPS = ['load', 'run', 'commit', 'save', 'export', 'push', 'pull', 'build'] as const;
 type Step = (typeof STEPS)[number];
 
 function arg(name: string, fallback: string): string {
@@ -173,6 +173,8 @@ async function main(): Promise<void> {
       const env = { ...process.env, STRATA_STORE: path.join(dir, 'store') };
       const strata = (timedRun: boolean, args: string[]): number | void => (timedRun ? timed(STRATA, args, env) : sh(STRATA, args, env));
       step('load', 'strata', (tr) => strata(tr, ['image', 'load', '-q', '-i', image]));
+      // run: a container's whole life for a command that does nothing (create, mount, namespaces, unmount, rm)
+      if (want('run')) step('run', 'strata', () => timed(STRATA, ['run', '--rm', 'localhost/bench:base', 'true'], env));
       if (needContainer) sh(STRATA, ['run', '--name', 'c', 'localhost/bench:base', 'sh', '-c', WRITE_100M], env);
       if (needCommit) step('commit', 'strata', (tr) => strata(tr, ['commit', 'c', 'localhost/bench:c']));
       if (want('save')) step('save', 'strata', (tr) => strata(tr, ['image', 'save', 'localhost/bench:c', '-o', path.join(dir, 's-save.tar')]));
@@ -181,6 +183,7 @@ async function main(): Promise<void> {
       const p = podmanIn(path.join(dir, 'podman'));
       const pod = (timedRun: boolean, args: string[]): number | void => (timedRun ? podmanTimed(p, args) : podman(p, args));
       step('load', 'podman', (tr) => pod(tr, ['load', '-q', '-i', image]));
+      if (want('run')) step('run', 'podman', () => podmanTimed(p, ['run', '--rm', ...LIMITS, 'localhost/bench:base', 'true']));
       if (needContainer) podman(p, ['run', '--name', 'c', ...LIMITS, 'localhost/bench:base', 'sh', '-c', WRITE_100M]);
       if (needCommit) step('commit', 'podman', (tr) => pod(tr, ['commit', '-q', 'c', 'localhost/bench:c']));
       if (want('save')) step('save', 'podman', (tr) => pod(tr, ['save', '-o', path.join(dir, 'p-save.tar'), 'localhost/bench:c']));

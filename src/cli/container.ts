@@ -135,18 +135,17 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       // (checked before anything is pulled or made)
       const config = await containerConfigOf(args);
       const store = await storeDirOf(args);
-      await (await import('./registry.js')).ensureImage(store, args.image, args);
+      const { ensureImage } = await import('./registry.js');
       const spec = { image: args.image, command: containerArgs(), name: args.name, user, ...config };
       if (args.detach) {
-        const [{ withStore }, { newContainer }, { startDetached }] = await Promise.all([
-          import('../image/store.js'), import('../image/run.js'), import('./lifecycle.js')]);
-        const rec = await withStore(store, (s) => newContainer(s, spec));
+        const [{ newContainer }, { startDetached }] = await Promise.all([import('../image/run.js'), import('./lifecycle.js')]);
+        const rec = await ensureImage(store, args.image, args, (s) => newContainer(s, spec));
         await startDetached(store, rec.id);
         out(rec.id);
         process.exit(0);
       }
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store, ...spec, rm: args.rm });
+      const status = await runContainer({ store, ...spec, rm: args.rm }, (fn) => ensureImage(store, args.image, args, fn));
       process.exit(status);
     }),
   };

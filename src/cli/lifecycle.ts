@@ -62,9 +62,8 @@ export function createCommand(containerArgs: () => string[]): CommandModule {
       const args = a as unknown as StoreArgs & EnsureArgs & ContainerConfigArgs & { image: string; name?: string; user?: string | string[] };
       const config = await containerConfigOf(args);
       const store = await storeDirOf(args);
-      await (await import('./registry.js')).ensureImage(store, args.image, args);
-      const [{ withStore }, { newContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
-      const rec = await withStore(store, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user: last(args.user), ...config }));
+      const [{ ensureImage }, { newContainer }] = await Promise.all([import('./registry.js'), import('../image/run.js')]);
+      const rec = await ensureImage(store, args.image, args, (s) => newContainer(s, { image: args.image, command: containerArgs(), name: args.name, user: last(args.user), ...config }));
       out(rec.id);
       process.exit(0);
     }),

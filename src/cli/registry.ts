@@ -5,6 +5,7 @@
 
 import type { CommandModule } from 'yargs';
 import type { ClientOptions } from '../registry/client.js';
+import type { Store } from '../image/store.js';
 import { type CommonArgs, printJson, withImageStore } from './image.js';
 import { guarded, out, storeOption } from './options.js';
 import { byteProgress, type Progress } from './progress.js';
@@ -125,15 +126,18 @@ export interface EnsureArgs {
  * docker and podman do), always (--pull always), or never. A reference the store lacks and no
  * registry gives is "no such image", with why the pull failed.
  */
-export async function ensureImage(storeDir: string, ref: string, a: EnsureArgs): Promise<void> {
+export async function ensureImage(storeDir: string, ref: string, a: EnsureArgs): Promise<void>;
+export async function ensureImage<T>(storeDir: string, ref: string, a: EnsureArgs, then: (s: Store) => Promise<T>): Promise<T>;
+/** Pulls `ref` as --pull says; then, with the store still open, `then` (one opening for both). */
+export async function ensureImage<T>(storeDir: string, ref: string, a: EnsureArgs, then?: (s: Store) => Promise<T>): Promise<T | undefined> {
   const policy = (a.pull ?? 'missing') as PullPolicy;
   const { ImageError } = await import('../image/types.js');
   if (!['missing', 'always', 'never'].includes(policy)) throw new ImageError(`--pull takes missing, always or never, not "${policy}"`, 2);
-  if (policy === 'never') return;
   const { withStore } = await import('../image/store.js');
-  await withStore(storeDir, async (store) => {
+  if (policy === 'never') return then ? withStore(storeDir, then) : undefined;
+  return withStore(storeDir, async (store) => {
     const present = await store.findImage(ref);
-    if (present && policy === 'missing') return;
+    if (present && policy === 'missing') return then?.(store);
     const { parsePlatform, pullImage } = await import('../registry/pull.js');
     const opts = { ...(await clientOptions({ ...a, quiet: true, json: false, logLevel: 'warn' })), ...(a.platform !== undefined ? { platform: parsePlatform(a.platform) } : {}) };
     const status = statusPrinter({ quiet: false, json: false, logLevel: 'warn' });
@@ -144,6 +148,7 @@ export async function ensureImage(storeDir: string, ref: string, a: EnsureArgs):
       if (present || !(e instanceof ImageError) || e.exitCode === 2) throw e;
       throw new ImageError(`no such image: ${ref} (not in the store, and pulling it failed: ${e.message})`, 125);
     }
+    return then?.(store);
   });
 }
 

@@ -72,7 +72,8 @@ export async function unmountStrata(mountpoint: string): Promise<string> {
     how = 'busy: detached lazily (the daemon exits when the last user is gone)';
   }
   if (how === 'unmounted') {
-    for (let i = 0; i < 100 && processAlive(rec!.pid); i++) await sleep(50);
+    // (a daemon exits within a few ms of its unmount: look often at first, then every 50 ms, 5 s in all)
+    for (let i = 0; i < 140 && processAlive(rec!.pid); i++) await sleep(i < 50 ? 2 : 50);
     if (processAlive(rec!.pid)) {
       process.kill(rec!.pid, 'SIGTERM');
       how += '; the daemon had to be stopped with SIGTERM';

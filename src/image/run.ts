@@ -252,10 +252,14 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
 }
 
 /** `strata run`: returns the exit status to pass on. */
-export async function runContainer(opts: RunOptions): Promise<number> {
+export async function runContainer(opts: RunOptions, open: <T>(fn: (s: Store) => Promise<T>) => Promise<T> = (fn) => withStore(opts.store, fn)): Promise<number> {
   for (const p of [RUN_EXEC, RUN_NS]) if (!existsSync(p)) throw new ImageError(`${p} is missing: run make build`, 125);
-  const rec = await withStore(opts.store, (s) => newContainer(s, opts));
-  return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true });
+  // (one opening of the store for the container and its start: `open` may pull the image first)
+  const { rec, claimed } = await open(async (s) => {
+    const r = await newContainer(s, opts);
+    return { rec: r, claimed: await claimStart(s, r) };
+  });
+  return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true, claimed });
 }
 
 /**
@@ -320,6 +324,23 @@ export interface StartOptions {
   prepare?: (merged: string) => void;
   /** Gets the mount points the start made in the container (relative to its root, parents first). */
   madeMountPoints?: string[];
+  /** What claimStart gave, when the caller had the store open already (run). */
+  claimed?: { config: ImageConfig; lowerdirs: string[] };
+}
+
+/**
+ * A start's first step, with the store open: the container's config and layer directories; the
+ * container recorded as starting, with this process as its monitor.
+ */
+export async function claimStart(s: Store, rec: ContainerRecord): Promise<{ config: ImageConfig; lowerdirs: string[] }> {
+  // (a build's container carries the config of the step it runs: no image record for it)
+  const image = rec.config !== undefined ? { config: rec.config as ImageConfig } : await s.findImage(rec.image);
+  if (!image) throw new ImageError(`the image of container ${rec.name} is gone from the store`, 125);
+  if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
+    throw new ImageError(`container ${rec.name} is already running`, 125);
+  }
+  await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid, stopRequested: false });
+  return { config: image.config, lowerdirs: rec.layers.map((l) => s.layerDir(l)).reverse() };
 }
 
 /**
@@ -330,16 +351,7 @@ export interface StartOptions {
  */
 export async function startContainer(store: string, rec: ContainerRecord, opts: StartOptions = {}): Promise<number> {
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
-  const { config, lowerdirs } = await withStore(store, async (s) => {
-    // (a build's container carries the config of the step it runs: no image record for it)
-    const image = rec.config !== undefined ? { config: rec.config as ImageConfig } : await s.findImage(rec.image);
-    if (!image) throw new ImageError(`the image of container ${rec.name} is gone from the store`, 125);
-    if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
-      throw new ImageError(`container ${rec.name} is already running`, 125);
-    }
-    await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid, stopRequested: false });
-    return { config: image.config, lowerdirs: rec.layers.map((l) => s.layerDir(l)).reverse() };
-  });
+  const { config, lowerdirs } = opts.claimed ?? await withStore(store, (s) => claimStart(s, rec));
   const userSpec = (rec.user as string | undefined) ?? config.config?.User ?? '';
   const argv = rec.command ?? containerArgv(config, []);
   const settings = settingsOf(rec);
