@@ -126,8 +126,8 @@ async function main(): Promise<void> {
     process.exit(130);
   });
   const results: Record<'strata' | 'podman', Record<Step, number[]>> = {
-    strata: { load: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
-    podman: { load: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
+    strata: { load: [], run: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
+    podman: { load: [], run: [], commit: [], save: [], export: [], push: [], pull: [], build: [] },
   };
   try {
     // The input image, once.
