@@ -395,3 +395,30 @@ test('--restart: on-failure:N restarts a failing command N times; always restart
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('system df and system prune (-a, --volumes); image prune -a keeps what a container uses', async (t) => {
+  const c = setup(t);
+  c.ok(['image', 'tag', 'base:1', 'base:other']);
+  c.ok(['run', '--name', 'stopped', '-v', 'kept:/k', 'base:1', 'sh', '-c', 'echo x > /f']);
+  c.ok(['commit', 'stopped', 'derived:1']);
+  c.ok(['run', '-d', '--name', 'live', '-v', 'used:/u', 'derived:1', 'sleep', '60']);
+  c.ok(['volume', 'create', 'orphan']);
+  const df = c.ok(['system', 'df']);
+  t.regex(df, /^TYPE +TOTAL +ACTIVE +SIZE\nImages +2 +2 +\S+\nContainers +2 +1 +\S+\nLocal Volumes +3 +2 +\S+\nBuild Cache +0 +0 +\S+\n$/);
+  // image prune -a: nothing here (each image has a container)
+  t.notRegex(c.ok(['image', 'prune', '-a']), /Deleted image/);
+  const pruned = c.ok(['system', 'prune', '-a', '--volumes', '-f']);
+  t.regex(pruned, /Deleted container: [0-9a-f]{64}\n/);
+  t.regex(pruned, /Deleted volume: kept\nDeleted volume: orphan\n/);
+  t.regex(pruned, /Deleted image: sha256:/, 'base:1 has no container left');
+  t.deepEqual((JSON.parse(c.ok(['container', 'ls', '--json'])) as { name: string }[]).map((x) => x.name), ['live']);
+  t.is(c.ok(['volume', 'ls', '-q']), 'used\n');
+  t.regex(c.ok(['images']), /derived +1 /);
+  t.notRegex(c.ok(['images']), /base /);
+  t.is(c.ok(['exec', 'live', 'cat', '/f']), 'x\n', 'the running container and its image are untouched');
+  c.ok(['rm', '-f', 'live']);
+  t.regex(c.ok(['image', 'prune', '-a']), /Deleted image: sha256:/);
+  t.is(c.ok(['images', '-q']), '');
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

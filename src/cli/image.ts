@@ -330,10 +330,10 @@ function imageVerbs(y: Argv): Argv {
       }
     }))
     .command('prune', 'delete untagged images no container uses and every unreferenced layer', (c) => c
-      .option('all', { alias: 'a', type: 'boolean', default: false, hidden: true })
+      .option('all', { alias: 'a', type: 'boolean', default: false, describe: 'tagged images too (those no container uses and no mount shows)' })
       .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'accepted for docker compatibility (strata does not ask)' }),
     (a) => withImageStore(a as CommonArgs, async (store) => {
-      const r = await store.prune();
+      const r = await store.prune({ all: a.all as boolean });
       if (a.json) return void printJson(r);
       for (const i of r.images) out(`Deleted image: ${i}`);
       for (const l of r.layers) out(`Deleted layer: ${l}`);

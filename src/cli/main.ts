@@ -190,6 +190,7 @@ async function main(): Promise<void> {
   const { volumeCommand } = await import('./volume.js');
   const { INSPECT_OPTIONS, inspectCommand } = await import('./inspect.js');
   const { CP_OPTIONS, cpCommand } = await import('./cp.js');
+  const { systemCommand } = await import('./system.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
@@ -255,6 +256,7 @@ async function main(): Promise<void> {
     .command(volumeCommand)
     .command(inspectCommand)
     .command(cpCommand)
+    .command(systemCommand)
     .command(L.killCommand)
     .command(L.waitCommand)
     .command(L.restartCommand)

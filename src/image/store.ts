@@ -504,15 +504,26 @@ export class Store {
     return result;
   }
 
-  /** Deletes untagged images no container uses, then every layer no image or container references. */
-  async prune(): Promise<PruneResult> {
+  /**
+   * Deletes untagged images no container uses (`all`: tagged ones too, as docker image prune -a,
+   * except those a live mount shows), then every layer no image or container references.
+   */
+  async prune(opts: { all?: boolean } = {}): Promise<PruneResult> {
     const containers = await this.listContainers();
     const images: string[] = [];
     const layers: string[] = [];
     const before = dirBytes(join(this.root, 'layers'));
     for (const img of await this.listImages()) {
-      if (img.tags.length === 0 && !containers.some((c) => c.image === img.id)) {
-        const r = await this.removeImage(img.id);
+      if ((img.tags.length === 0 || opts.all) && !containers.some((c) => c.image === img.id)) {
+        let r: RemoveResult;
+        try {
+          for (const t of img.tags.slice(1)) await this.removeImage(t);
+          r = await this.removeImage(img.id);
+        } catch (e) {
+          // (a strata mount --image shows it: kept)
+          if (e instanceof ImageError && /in use/.test(e.message)) continue;
+          throw e;
+        }
         images.push(...r.deleted);
         layers.push(...r.layers);
       }
@@ -734,7 +745,7 @@ function mountsBelow(dir: string): string[] {
 }
 
 /** Bytes used below a directory (st_blocks), without following symlinks or crossing mounts. */
-function dirBytes(dir: string): number {
+export function dirBytes(dir: string): number {
   let total = 0;
   const walk = (d: string): void => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
