@@ -7,7 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, type RunResult, waitFor } from './helpers/exec.js';
-import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
+import { debianInBoth, PODMAN_RUN } from './helpers/image-store.js';
 import { rootfsTar, testStore, type TestStore } from './helpers/images.js';
 import { mountsUnder } from './helpers/mounts.js';
 import { processesTagged, taggedEnvKilledAtEnd } from './helpers/processes.js';
@@ -165,14 +165,7 @@ test('start -a runs in the foreground and passes the status on; create refuses w
 });
 
 test('diff lists what podman diff lists for the same changes to the same image', (t) => {
-  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
-  const base = tempDir(t, 'df');
-  const { ok: pod } = testPodman(t, base);
-  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
-  const s = testStore(t, base);
-  const tar = path.join(base, 'deb.tar');
-  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
-  s.ok(['image', 'import', tar, 'deb:l0']);
+  const { pod, s } = debianInBoth(t, tempDir(t, 'df'), ROOTFS_L0);
   const script = [
     'echo x > /etc/newfile', 'echo z >> /etc/debian_version', 'rm /etc/issue', 'rm -rf /usr/share/doc/bash', 'mkdir /usr/share/doc/bash',
     'touch /usr/share/doc/bash/new', 'chmod 700 /opt', 'mkdir -p /new/a/b', 'ln -s x /new/l', 'rm -rf /var/lib/dpkg/info',
@@ -182,12 +175,13 @@ test('diff lists what podman diff lists for the same changes to the same image',
   pod(['run', '--name', 'd', ...PODMAN_RUN, 'localhost/deb:l0', 'sh', '-c', script]);
   const sorted = (text: string): string[] => text.trim().split('\n').filter(Boolean).sort();
   const mine = sorted(s.ok(['diff', 'd']));
-  // podman diff once listed the whole root filesystem as added (every path "A") while the rest of the
-  // suite ran beside it; asked again it gave its usual answer. So a disagreement asks it once more, and
-  // strata's list must equal that second answer.
+  // podman diff sometimes lists the whole root filesystem as added (every path "A", /etc among them,
+  // which the image has), twice in a row once; asked again it gives its usual answer. So such an
+  // answer (and only such) is asked for again, up to four times, and strata's list must equal the
+  // first of podman's that is not one.
   let theirs = sorted(pod(['diff', 'd']));
-  if (JSON.stringify(theirs) !== JSON.stringify(mine)) {
-    t.log(`podman diff disagreed (${theirs.length} lines, strata ${mine.length}); asked again`);
+  for (let i = 0; i < 4 && theirs.includes('A /etc'); i++) {
+    t.log(`podman diff listed the whole root filesystem (${theirs.length} lines); asked again`);
     theirs = sorted(pod(['diff', 'd']));
   }
   t.deepEqual(mine, theirs);
@@ -305,15 +299,7 @@ test('cp: docker cp\'s rules both ways, for a stopped and a running container; o
 });
 
 test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir, User) and takes --change, as podman commit; a running container is paused for it', async (t) => {
-  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
-  const base = tempDir(t, 'cm');
-  const { ok: pod } = testPodman(t, base);
-  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
-  const s = testStore(t, base);
-  const tar = path.join(base, 'deb.tar');
-  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
-  s.ok(['image', 'import', tar, 'deb:l0']);
-  fs.rmSync(tar);
+  const { pod, s } = debianInBoth(t, tempDir(t, 'cm'), ROOTFS_L0);
   const runArgs = ['-e', 'FOO=1', '-w', '/tmp', '-u', '0:0', '--entrypoint', '/bin/sh'];
   const changes = ['--change', 'CMD ["/bin/ls", "-l"]', '--change', 'ENV A=b', '--change', 'ENV C="d e"', '--change', 'LABEL x=y', '--change', 'EXPOSE 80', '--change', 'WORKDIR /srv'];
   s.ok(['run', '--name', 'cc', ...runArgs, 'deb:l0', '-c', 'echo hi > /x']);

@@ -8,7 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, type RunResult, waitFor } from './helpers/exec.js';
-import { PODMAN_RUN, podmanImport, testPodman } from './helpers/image-store.js';
+import { debianInBoth, PODMAN_RUN } from './helpers/image-store.js';
 import { rootfsTar, testStore } from './helpers/images.js';
 import { mountsUnder } from './helpers/mounts.js';
 import { processesTagged, taggedEnvKilledAtEnd } from './helpers/processes.js';
@@ -24,18 +24,11 @@ function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern
 }
 
 test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: what podman run prints for the same', (t) => {
-  if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
   const base = tempDir(t, 'ro');
   // (-e NAME and a NAME line in an env file take the value of the caller's environment; podman's is copied from ours now)
   process.env.HOSTVAR = 'from the host';
-  const { podman, ok: pod } = testPodman(t, base);
-  podmanImport(pod, base, ROOTFS_L0, 'localhost/deb:l0');
-  const s = testStore(t, base);
+  const { podman, s } = debianInBoth(t, base, ROOTFS_L0);
   const { env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir, HOSTVAR: 'from the host' });
-  const tar = path.join(base, 'deb.tar');
-  run('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', ROOTFS_L0, '-cf', tar, '.']);
-  s.ok(['image', 'import', tar, 'deb:l0']);
-  fs.rmSync(tar);
 
   const host = path.join(base, 'host');
   fs.mkdirSync(path.join(host, 'dir', 'sub'), { recursive: true });

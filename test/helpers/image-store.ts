@@ -10,6 +10,7 @@ import tar from 'tar-stream';
 import { run, runOk, type RunResult } from './exec.js';
 import { strataBin } from './paths.js';
 import { tempDir } from './tmp.js';
+import { testStore, type TestStore } from './images.js';
 
 /** `strata image ARGS --store STORE`. */
 export function image(store: string, args: readonly string[], timeoutMs = 300_000): RunResult {
@@ -232,3 +233,19 @@ export async function twoLayerImage(t: ExecutionContext): Promise<Built> {
   return { base, store: path.join(base, 'store'), archive };
 }
 
+
+/**
+ * The Debian rootfs of `make rootfs` (its bottom layer) as localhost/deb:l0 in a private podman and as
+ * deb:l0 in a new strata store below `base`, for tests that compare the two.
+ */
+export function debianInBoth(t: ExecutionContext, base: string, rootfs = '/var/cache/strata/rootfs/l0'): { podman: Podman; pod: (args: readonly string[]) => string; s: TestStore } {
+  if (!fs.existsSync(rootfs)) throw new Error(`${rootfs} is missing (make rootfs builds it)`);
+  const { podman, ok: pod } = testPodman(t, base);
+  podmanImport(pod, base, rootfs, 'localhost/deb:l0');
+  const s = testStore(t, base);
+  const tar = path.join(base, 'deb.tar');
+  runOk('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', rootfs, '-cf', tar, '.']);
+  s.ok(['image', 'import', tar, 'deb:l0']);
+  fs.rmSync(tar);
+  return { podman, pod, s };
+}
