@@ -408,3 +408,37 @@ test('system df and system prune (-a, --volumes); image prune -a keeps what a co
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('pause and unpause, rename, logs --tail, exec -d', async (t) => {
+  const c = setup(t);
+  c.ok(['run', '-d', '--name', 'counter', 'base:1', 'sh', '-c', 'i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done']);
+  t.true(await waitFor(() => c.ok(['logs', 'counter']).split('\n').length > 3, 10_000));
+  t.is(c.ok(['pause', 'counter']), 'counter\n');
+  t.is(c.ok(['ps', '--format', '{{.Names}} {{.State}}']), 'counter paused\n');
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}} {{.State.Paused}}', 'counter']), 'paused true\n');
+  const frozen = c.ok(['logs', 'counter']);
+  await new Promise((r) => setTimeout(r, 400));
+  t.is(c.ok(['logs', 'counter']), frozen, 'nothing written while paused');
+  oneLineError(t, c.strata(['pause', 'counter']), 1, /already paused/);
+  t.is(c.ok(['unpause', 'counter']), 'counter\n');
+  t.true(await waitFor(() => c.ok(['logs', 'counter']) !== frozen, 10_000), 'going on after unpause');
+  oneLineError(t, c.strata(['unpause', 'counter']), 1, /is not paused/);
+  const last2 = c.ok(['logs', '--tail', '2', 'counter']).split('\n');
+  t.is(last2.length, 3);
+  t.is(Number(last2[1]) - Number(last2[0]), 1);
+  t.is(c.ok(['logs', '-n', '0', 'counter']), '');
+  oneLineError(t, c.strata(['logs', '--tail', 'x', 'counter']), 125, /--tail takes a number of lines or "all"/);
+  t.is(c.ok(['exec', '-d', 'counter', 'sh', '-c', 'sleep 0.3; echo done > /tmp/bg']), '');
+  t.true(await waitFor(() => c.strata(['exec', 'counter', 'cat', '/tmp/bg']).stdout === 'done\n', 10_000), 'exec -d ran in the background');
+  c.ok(['rename', 'counter', 'renamed']);
+  oneLineError(t, c.strata(['inspect', '--type', 'container', 'counter']), 1, /no such container: counter/);
+  t.is(c.ok(['inspect', '-f', '{{.Name}} {{.State.Status}}', 'renamed']), 'renamed running\n');
+  c.ok(['create', '--name', 'other', 'base:1', 'true']);
+  oneLineError(t, c.strata(['rename', 'renamed', 'other']), 1, /the container name "other" is already in use/);
+  c.ok(['pause', 'renamed']);
+  c.ok(['stop', '-t', '1', 'renamed']);
+  t.is(c.ok(['inspect', '-f', '{{.State.Status}} {{.State.Paused}}', 'renamed']), 'exited false\n', 'a paused container stops');
+  c.ok(['rm', 'renamed', 'other']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

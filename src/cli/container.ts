@@ -251,7 +251,7 @@ export const containerCommand: CommandModule = {
         for (const r of filters.get('ancestor') ?? []) refs.set(r, (await s.findImage(r))?.id);
         return { list: all, images: refs };
       });
-      const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? 'running' : c.state === 'created' ? 'created' : 'exited');
+      const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? (c.paused === true ? 'paused' : 'running') : c.state === 'created' ? 'created' : 'exited');
       const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values.some((v) => {
         if (key === 'status') return stateOf(c) === v;
         if (key === 'name') return c.name.includes(v);
@@ -262,7 +262,7 @@ export const containerCommand: CommandModule = {
       shown.sort((x, y2) => x.created.localeCompare(y2.created));
       const statusOf = (c: (typeof list)[number]): string => {
         const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
-        return c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : (c.state ?? 'created');
+        return c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : c.paused === true ? 'running (paused)' : (c.state ?? 'created');
       };
       if (args.json) {
         out(JSON.stringify(shown, null, 2));

@@ -21,8 +21,9 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
     Path: rec.command?.[0] ?? '',
     Args: rec.command?.slice(1) ?? [],
     State: {
-      Status: running ? 'running' : rec.state === 'starting' && isActive(rec) ? 'starting' : rec.state === 'created' ? 'created' : 'exited',
+      Status: running ? (rec.paused === true ? 'paused' : 'running') : rec.state === 'starting' && isActive(rec) ? 'starting' : rec.state === 'created' ? 'created' : 'exited',
       Running: running,
+      Paused: running && rec.paused === true,
       Pid: running ? containerInit(rec) ?? 0 : 0,
       ExitCode: rec.exitCode ?? 0,
       StartedAt: rec.started ?? '',

@@ -31,6 +31,7 @@ export const EXEC_OPTIONS = {
   workdir: { alias: 'w', type: 'string', describe: 'working directory inside the container (default: the image\'s WorkingDir)' },
   env: { alias: 'e', type: 'string', describe: 'KEY=VALUE added to the environment (repeatable; KEY alone: the host\'s value)' },
   privileged: { type: 'boolean', default: false, describe: 'every capability (default: the container\'s set)' },
+  detach: { alias: 'd', type: 'boolean', default: false, describe: 'in the background (its output dropped)' },
   store: storeOption,
   ...TERMINAL_OPTIONS,
 } as const;
@@ -40,6 +41,7 @@ export const DIFF_OPTIONS = {
 } as const;
 export const LOGS_OPTIONS = {
   follow: { alias: 'f', type: 'boolean', default: false, describe: 'keep printing what it writes until the container stops' },
+  tail: { alias: 'n', type: 'string', describe: 'only the last N lines ("all": every line)' },
   store: storeOption,
 } as const;
 export const KILL_OPTIONS = {
@@ -159,7 +161,7 @@ export function execCommand(containerArgs: () => string[]): CommandModule {
     describe: 'run a command in a running container; strata\'s options end at the container name',
     builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(EXEC_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[]; privileged: boolean };
+      const args = a as unknown as StoreArgs & { container: string; user?: string | string[]; workdir?: string | string[]; env?: string | string[]; privileged: boolean; detach: boolean };
       const [{ withStore }, { execInContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
       const store = await storeDirOf(args);
       const { ImageError } = await import('../image/types.js');
@@ -175,6 +177,7 @@ export function execCommand(containerArgs: () => string[]): CommandModule {
         ...(last(args.workdir) !== undefined ? { workdir: last(args.workdir)! } : {}),
         env: ([] as string[]).concat(args.env ?? []),
         privileged: args.privileged,
+        detach: args.detach,
       };
       process.exit(await execInContainer(config, rec, containerArgs(), opts));
     }),
@@ -203,12 +206,24 @@ export const logsCommand: CommandModule = {
   describe: 'print the output (stdout and stderr) of a container started in the background',
   builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(LOGS_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; follow: boolean };
-    const [{ withStore }, { readLog, isActive, logPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const args = a as unknown as StoreArgs & { container: string; follow: boolean; tail?: string };
+    const [{ withStore }, { readLog, isActive, logPath }, { ImageError }] = await Promise.all([
+      import('../image/store.js'), import('../image/lifecycle.js'), import('../image/types.js')]);
+    const tail = args.tail === undefined || args.tail === 'all' ? null : Number(args.tail);
+    if (tail !== null && (!Number.isInteger(tail) || tail < 0)) throw new ImageError(`--tail takes a number of lines or "all", not "${args.tail}"`, 125);
     const store = await storeDirOf(args);
     const rec = await withStore(store, (s) => s.getContainer(args.container));
     const text = readLog(rec);
-    process.stdout.write(text);
+    if (tail === null) {
+      process.stdout.write(text);
+    } else if (tail > 0) {
+      // the last `tail` lines (a last line without its newline is one)
+      let end = text.length;
+      if (end > 0 && text[end - 1] === 0x0a) end--;
+      let start = end;
+      for (let n = 0; start > 0; start--) if (text[start - 1] === 0x0a && ++n === tail) break;
+      process.stdout.write(text.subarray(start));
+    }
     if (args.follow) {
       // what the log gains, until the container is no longer running (then what came last)
       const { openSync: open, readSync, fstatSync } = await import('node:fs');
@@ -236,6 +251,45 @@ export const logsCommand: CommandModule = {
       }
       drain();
     }
+    process.exit(0);
+  }),
+};
+
+/** pause and unpause: SIGSTOP or SIGCONT to every process of running containers. */
+function pauseCommand(verb: 'pause' | 'unpause'): CommandModule {
+  return {
+    command: `${verb} <containers..>`,
+    describe: verb === 'pause' ? 'stop every process of running containers (SIGSTOP) until unpause' : 'let a paused container\'s processes go on (SIGCONT)',
+    builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(WAIT_OPTIONS),
+    handler: guarded(async (a) => {
+      const args = a as unknown as StoreArgs & { containers: string[] };
+      const [{ withStore }, { signalAll }, { ImageError }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js'), import('../image/types.js')]);
+      const store = await storeDirOf(args);
+      for (const ref of args.containers) {
+        await withStore(store, async (s) => {
+          const rec = await s.getContainer(ref);
+          if (verb === 'pause' && rec.paused === true) throw new ImageError(`container ${rec.name} is already paused`);
+          if (verb === 'unpause' && rec.paused !== true) throw new ImageError(`container ${rec.name} is not paused`);
+          signalAll(rec, verb === 'pause' ? 'SIGSTOP' : 'SIGCONT');
+          await s.updateContainer(rec.id, { paused: verb === 'pause' });
+          out(rec.name);
+        });
+      }
+      process.exit(0);
+    }),
+  };
+}
+export const pauseCommands = [pauseCommand('pause'), pauseCommand('unpause')];
+
+export const renameCommand: CommandModule = {
+  command: 'rename <container> <name>',
+  describe: 'give a container another name',
+  builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).positional('name', { type: 'string', demandOption: true })
+    .options(WAIT_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StoreArgs & { container: string; name: string };
+    const { withStore } = await import('../image/store.js');
+    await withStore(await storeDirOf(args), (s) => s.renameContainer(args.container, args.name));
     process.exit(0);
   }),
 };

@@ -64,6 +64,8 @@ export async function stopContainer(rec: ContainerRecord, stopSignal: string | u
     init = initOf(rec);
   }
   const sig = normalizeSignal(stopSignal);
+  // (a paused container goes on, to get its stop signal)
+  if (rec.paused === true && init !== null) signalAll(rec, 'SIGCONT');
   try {
     process.kill(init ?? monitor, sig);
   } catch {
@@ -88,6 +90,8 @@ export function killContainer(rec: ContainerRecord, signal: string | undefined):
   const sig = signal === undefined || signal === '' ? 'SIGKILL' : normalizeSignal(signal);
   const init = containerInit(rec);
   if (init === null) throw new ImageError(`container ${rec.name} is not running`);
+  // (a paused one gets its signal when it goes on)
+  if (rec.paused === true && sig !== 'SIGKILL') signalAll(rec, 'SIGCONT');
   try {
     // SIGKILL to the namespaces' strata-run-ns, whose death takes the whole PID namespace (137)
     if (sig === 'SIGKILL' && typeof rec.unsharePid === 'number') process.kill(rec.unsharePid, sig);
@@ -116,14 +120,8 @@ export async function waitForExit(load: () => Promise<ContainerRecord | null>, n
   }
 }
 
-/**
- * Stops every process of a running container (SIGSTOP to each process of its PID namespace, until
- * each is stopped) while `fn` runs, then continues them: what `strata cp` reads and writes in its
- * root cannot be swapped for a symlink meanwhile (docker pauses a container for its cp too).
- */
-export async function whilePaused<T>(rec: ContainerRecord, fn: () => Promise<T> | T): Promise<T> {
-  const init = containerInit(rec);
-  if (init === null) return fn();
+/** The processes of a running container's PID namespace (pid 1's and its descendants'). */
+function namespacePids(init: number): number[] {
   const ns = (pid: number): string | null => {
     try {
       return N.readlinkat(C.AT_FDCWD, `/proc/${pid}/ns/pid`);
@@ -132,7 +130,32 @@ export async function whilePaused<T>(rec: ContainerRecord, fn: () => Promise<T> 
     }
   };
   const mine = ns(init);
-  const members = (): number[] => readdirSync('/proc').filter((d) => /^[0-9]+$/.test(d)).map(Number).filter((p) => ns(p) === mine);
+  return readdirSync('/proc').filter((d) => /^[0-9]+$/.test(d)).map(Number).filter((p) => ns(p) === mine);
+}
+
+/** `strata pause` and `unpause`: SIGSTOP or SIGCONT to every process of a running container. */
+export function signalAll(rec: ContainerRecord, sig: 'SIGSTOP' | 'SIGCONT'): void {
+  const init = containerInit(rec);
+  if (init === null) throw new ImageError(`container ${rec.name} is not running`);
+  for (const p of namespacePids(init)) {
+    try {
+      process.kill(p, sig);
+    } catch {
+      // gone
+    }
+  }
+}
+
+/**
+ * Stops every process of a running container (SIGSTOP to each process of its PID namespace, until
+ * each is stopped) while `fn` runs, then continues them: what `strata cp` reads and writes in its
+ * root cannot be swapped for a symlink meanwhile (docker pauses a container for its cp too).
+ */
+export async function whilePaused<T>(rec: ContainerRecord, fn: () => Promise<T> | T): Promise<T> {
+  const init = containerInit(rec);
+  // (a paused container stays as it is)
+  if (init === null || rec.paused === true) return fn();
+  const members = (): number[] => namespacePids(init);
   const state = (pid: number): string => {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
@@ -188,6 +211,8 @@ export interface ExecOptions {
   env?: string[];
   /** --privileged: every capability (else the container's set). */
   privileged?: boolean;
+  /** -d: in the background, its output dropped; returns 0 once it is started. */
+  detach?: boolean;
 }
 
 /** Runs argv inside a running container (its image's config: `config`); resolves with its exit status. */
@@ -212,8 +237,10 @@ export async function execInContainer(config: ImageConfig, rec: ContainerRecord,
   // (--net: the container's network namespace, its own or the host's)
   const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
     RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), rec.merged, wd,
-    String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: 'inherit', env });
+    String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: opts.detach ? 'ignore' : 'inherit', env, detached: opts.detach === true });
+  if (opts.detach) child.unref();
   return new Promise((resolve) => {
+    if (opts.detach) child.once('spawn', () => resolve(0));
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start nsenter: ${e.message}\n`);
       resolve(125);

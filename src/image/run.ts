@@ -339,7 +339,7 @@ export async function claimStart(s: Store, rec: ContainerRecord): Promise<{ conf
   if (rec.state === 'running' && rec.monitorPid !== undefined && processAlive(rec.monitorPid as number)) {
     throw new ImageError(`container ${rec.name} is already running`, 125);
   }
-  await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid, stopRequested: false });
+  await s.updateContainer(rec.id, { state: 'starting', monitorPid: process.pid, stopRequested: false, paused: false });
   return { config: image.config, lowerdirs: rec.layers.map((l) => s.layerDir(l)).reverse() };
 }
 
@@ -439,6 +439,6 @@ async function finishRun(store: string, rec: ContainerRecord, status: number, st
   if (stubs) removeEtcStubs(rec.upper, stubs);
   await withStore(store, async (s) => {
     if (remove) await s.removeContainer(rec.id);
-    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined });
+    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined, paused: false });
   });
 }

@@ -588,6 +588,20 @@ export class Store {
   }
 
   /** Merges `patch` into a container's record (state, exit code ...); id, name and layers are kept. */
+  /** `strata rename`: a new name for a container (refused if in use or invalid). */
+  async renameContainer(ref: string, name: string): Promise<ContainerRecord> {
+    const rec = await this.getContainer(ref);
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name)) throw new ImageError(`invalid container name "${name}"`, 2);
+    if (await this.db.get(K.containerName(name))) throw new ImageError(`the container name "${name}" is already in use`);
+    const next = { ...rec, name };
+    await this.db.batch([
+      { type: 'del', key: K.containerName(rec.name) },
+      { type: 'put', key: K.containerName(name), value: rec.id },
+      { type: 'put', key: K.container(rec.id), value: next },
+    ]);
+    return next;
+  }
+
   async updateContainer(id: string, patch: Partial<ContainerRecord>): Promise<ContainerRecord> {
     const rec = await this.getContainer(id);
     const next = { ...rec, ...patch, id: rec.id, name: rec.name, layers: rec.layers, dir: rec.dir };
