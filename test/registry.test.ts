@@ -374,3 +374,58 @@ test.serial('Bearer tokens from the registry\'s token service, blob downloads re
   t.false(front.seen.some((s) => s.includes('with credentials')));
   sameLayers(t, built.store, 'test/two:1', store, ref);
 });
+
+test.serial('a pull holds the store only for moments: other commands run while its blobs download', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
+  const configDigest = inspect(t, built.store, 'test/two:1').Id;
+  // A front of the registry that holds the first layer download until the test lets it go.
+  let release: () => void = () => {};
+  const released = new Promise<void>((r) => (release = r));
+  let seen: () => void = () => {};
+  const held = new Promise<void>((r) => (seen = r));
+  let holding = true;
+  const front = http.createServer((req, res) => {
+    const forward = (): void => {
+      const up = http.request({ host: '127.0.0.1', port: Number(reg.host.split(':')[1]), method: req.method, path: req.url, headers: { ...req.headers, host: reg.host } }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    };
+    // (a layer's blob: not the config's, whose digest is the image ID)
+    if (holding && req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '') && !(req.url ?? '').includes(configDigest)) {
+      holding = false;
+      seen();
+      void released.then(forward);
+      return;
+    }
+    forward();
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+  t.teardown(() => {
+    release();
+    front.close();
+  });
+  const host = `127.0.0.1:${(front.address() as { port: number }).port}`;
+  const store = path.join(tempDir(t, 'pl'), 'store');
+  const pulling = runWithPipes(strataBin, ['pull', '--json', '--store', store, `${host}/t/two:1`], { timeoutMs: 120_000 });
+  let done = false;
+  void pulling.then(() => (done = true));
+  await held;
+  // (before, the pull held the store's lock until it ended: this waited for it; bounded here)
+  const during = run(strataBin, ['images', '--store', store], { timeoutMs: 30_000 });
+  t.is(during.status, 0, `images while the pull downloads: ${during.stderr}`);
+  t.regex(during.stdout, /^REPOSITORY +TAG/);
+  t.notRegex(during.stdout, /two/);
+  t.false(done, 'the pull was still downloading');
+  release();
+  const r = await pulling;
+  t.is(r.status, 0, r.stderr);
+  t.is((JSON.parse(r.stdout) as PullJson).id, inspect(t, built.store, 'test/two:1').Id);
+  t.regex(strataOk(t, ['images', '--store', store]), /two +1 /);
+  t.deepEqual(fs.readdirSync(path.join(store, 'downloads')), [], 'no download left behind');
+});

@@ -77,19 +77,20 @@ export const pullCommand: CommandModule = {
   command: 'pull <reference>',
   describe: 'pull an image from a registry into the store ([HOST[:PORT]/]NAME[:TAG][@DIGEST])',
   builder: (y) => y.positional('reference', { type: 'string', demandOption: true }).options(PULL_OPTIONS),
-  handler: (argv) => {
+  handler: guarded(async (argv) => {
     const a = argv as unknown as RegistryArgs & { reference: string; platform?: string };
-    return withImageStore(a, async (store) => {
-      const { parsePlatform, pullImage } = await import('../registry/pull.js');
-      const opts = { ...(await clientOptions(a)), ...(a.platform !== undefined ? { platform: parsePlatform(a.platform) } : {}) };
-      const bar = plannedBar('pulling', a.quiet || a.json);
-      const r = await pullImage(store, a.reference, opts, {
-        onStatus: statusPrinter(a), onPlan: (_n, bytes) => void bar.plan(bytes), onBytes: bar.tick,
-      }).finally(bar.stop);
-      if (a.json) return void printJson({ id: r.image.id, reference: r.reference, digest: r.digest, downloaded: r.downloaded, reused: r.reused });
-      out(r.image.id);
-    });
-  },
+    // (not withImageStore: the store is opened only for moments, not during the downloads)
+    const [{ parsePlatform, pullImage }, { withStore, storeDir }] = await Promise.all([import('../registry/pull.js'), import('../image/store.js')]);
+    const root = storeDir(a.store);
+    const opts = { ...(await clientOptions(a)), ...(a.platform !== undefined ? { platform: parsePlatform(a.platform) } : {}) };
+    const bar = plannedBar('pulling', a.quiet || a.json);
+    const r = await pullImage({ root, open: (fn) => withStore(root, fn) }, a.reference, opts, {
+      onStatus: statusPrinter(a), onPlan: (_n, bytes) => void bar.plan(bytes), onBytes: bar.tick,
+    }).finally(bar.stop);
+    if (a.json) printJson({ id: r.image.id, reference: r.reference, digest: r.digest, downloaded: r.downloaded, reused: r.reused });
+    else out(r.image.id);
+    process.exit(0);
+  }),
 };
 
 export const pushCommand: CommandModule = {
@@ -128,28 +129,31 @@ export interface EnsureArgs {
  */
 export async function ensureImage(storeDir: string, ref: string, a: EnsureArgs): Promise<void>;
 export async function ensureImage<T>(storeDir: string, ref: string, a: EnsureArgs, then: (s: Store) => Promise<T>): Promise<T>;
-/** Pulls `ref` as --pull says; then, with the store still open, `then` (one opening for both). */
+/** Pulls `ref` as --pull says; then `then` with the store open (with the check's opening when nothing is pulled). */
 export async function ensureImage<T>(storeDir: string, ref: string, a: EnsureArgs, then?: (s: Store) => Promise<T>): Promise<T | undefined> {
   const policy = (a.pull ?? 'missing') as PullPolicy;
   const { ImageError } = await import('../image/types.js');
   if (!['missing', 'always', 'never'].includes(policy)) throw new ImageError(`--pull takes missing, always or never, not "${policy}"`, 2);
   const { withStore } = await import('../image/store.js');
   if (policy === 'never') return then ? withStore(storeDir, then) : undefined;
-  return withStore(storeDir, async (store) => {
-    const present = await store.findImage(ref);
-    if (present && policy === 'missing') return then?.(store);
-    const { parsePlatform, pullImage } = await import('../registry/pull.js');
-    const opts = { ...(await clientOptions({ ...a, quiet: true, json: false, logLevel: 'warn' })), ...(a.platform !== undefined ? { platform: parsePlatform(a.platform) } : {}) };
-    const status = statusPrinter({ quiet: false, json: false, logLevel: 'warn' });
-    if (!present) status(`Unable to find image '${ref}' in the store`);
-    try {
-      await pullImage(store, ref, opts, { onStatus: status });
-    } catch (e) {
-      if (present || !(e instanceof ImageError) || e.exitCode === 2) throw e;
-      throw new ImageError(`no such image: ${ref} (not in the store, and pulling it failed: ${e.message})`, 125);
-    }
-    return then?.(store);
+  // (the common case, an image the store has: one opening for the check and `then`)
+  const checked = await withStore(storeDir, async (store) => {
+    const present = (await store.findImage(ref)) !== undefined;
+    return present && policy === 'missing' ? { done: true as const, value: await then?.(store) } : { done: false as const, present };
   });
+  if (checked.done) return checked.value;
+  const { present } = checked;
+  const { parsePlatform, pullImage } = await import('../registry/pull.js');
+  const opts = { ...(await clientOptions({ ...a, quiet: true, json: false, logLevel: 'warn' })), ...(a.platform !== undefined ? { platform: parsePlatform(a.platform) } : {}) };
+  const status = statusPrinter({ quiet: false, json: false, logLevel: 'warn' });
+  if (!present) status(`Unable to find image '${ref}' in the store`);
+  try {
+    await pullImage({ root: storeDir, open: (fn) => withStore(storeDir, fn) }, ref, opts, { onStatus: status });
+  } catch (e) {
+    if (present || !(e instanceof ImageError) || e.exitCode === 2) throw e;
+    throw new ImageError(`no such image: ${ref} (not in the store, and pulling it failed: ${e.message})`, 125);
+  }
+  return then ? withStore(storeDir, then) : undefined;
 }
 
 export const LOGIN_OPTIONS = {

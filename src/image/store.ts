@@ -8,6 +8,7 @@
 //                                that a save gives back the same digests (containerd's content store)
 //   containers/<id>/{upper,work,merged}
 //   tmp/                         ingest files and layers being unpacked; emptied at every open
+//   downloads/PID-X/             a pull's blobs while the store is closed; removed by an open once PID is gone
 //
 // Atomicity: a layer is unpacked into tmp/, synced and renamed into layers/ (a directory there is
 // always complete); a blob is written to tmp/, verified, synced and renamed into blobs/. Records
@@ -219,10 +220,14 @@ export class Store {
    * command left in tmp/.
    */
   static async open(root: string, opts: { waitMs?: number; onWait?: () => void } = {}): Promise<Store> {
-    for (const d of ['layers', 'blobs/sha256', 'containers', 'tmp']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
+    for (const d of ['layers', 'blobs/sha256', 'containers', 'tmp', 'downloads']) mkdirSync(join(root, d), { recursive: true, mode: 0o700 });
     const db = await openDb(join(root, 'db'), opts.waitMs ?? 600_000, opts.onWait);
     // We hold the lock: anything in tmp/ belongs to a command that died.
     for (const e of readdirSync(join(root, 'tmp'))) rmSync(join(root, 'tmp', e), { recursive: true, force: true });
+    // downloads/ is used with the store closed (a pull's blobs): only what a gone process left goes.
+    for (const e of readdirSync(join(root, 'downloads'))) {
+      if (!processAlive(parseInt(e, 10))) rmSync(join(root, 'downloads', e), { recursive: true, force: true });
+    }
     return new Store(root, db);
   }
 
@@ -724,6 +729,16 @@ export class Store {
 }
 
 /** Runs `fn` with the store open and closes it afterwards, whatever happens. */
+/**
+ * A private directory in STORE/downloads/ for a pull's blobs while the store is closed (named after
+ * this process: an open of the store removes those of processes that are gone).
+ */
+export function downloadDir(root: string): string {
+  const d = join(root, 'downloads', `${process.pid}-${randomBytes(6).toString('hex')}`);
+  mkdirSync(d, { recursive: true, mode: 0o700 });
+  return d;
+}
+
 export async function withStore<T>(root: string, fn: (s: Store) => Promise<T>): Promise<T> {
   const s = await Store.open(root);
   try {

@@ -11,11 +11,11 @@
 // this pull added, and the image is recorded only once every layer is in place.
 
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, existsSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { storeImages } from '../image/archive/load.js';
 import type { SourceImage, SourceLayer } from '../image/archive/model.js';
-import type { ImageRecord, Store } from '../image/store.js';
+import { downloadDir, type ImageRecord, type Store } from '../image/store.js';
 import {
   chainId, type Descriptor, hostPlatform, type ImageConfig, ImageError, type Index, type Manifest, MEDIA, type Platform, sha256Digest,
 } from '../image/types.js';
@@ -218,8 +218,18 @@ async function resolveManifest(client: RegistryClient, ref: Reference, platform:
   return { manifest, manifestBytes: bytes, topDigest, manifestDigest };
 }
 
+/**
+ * How a pull reaches the store: its directory, and a way to open it for a moment. The store is open
+ * only to see which layers it has, and at the end to take the downloaded blobs in: other strata
+ * commands are not held up by the downloads.
+ */
+export interface StoreAccess {
+  root: string;
+  open: <T>(fn: (s: Store) => Promise<T>) => Promise<T>;
+}
+
 /** Pulls `reference` into the store. */
-export async function pullImage(store: Store, reference: string, opts: PullOptions = {}, progress: PullProgress = {}): Promise<PullResult> {
+export async function pullImage(at: StoreAccess, reference: string, opts: PullOptions = {}, progress: PullProgress = {}): Promise<PullResult> {
   const ref = parseReference(reference);
   const status = progress.onStatus ?? ((): void => {});
   const platform = opts.platform ?? hostPlatform();
@@ -247,26 +257,29 @@ export async function pullImage(store: Store, reference: string, opts: PullOptio
   }
 
   // What is to be downloaded (for the plan and the status lines).
-  let toFetch = 0;
-  let parent: string | null = null;
-  const stored: boolean[] = [];
-  for (const [i, l] of layerDescs.entries()) {
-    const chain = chainId(parent, diffIds[i]!);
-    const have = await store.layer(chain);
-    stored.push(have !== undefined && have.digest === l.digest && store.hasBlob(l.digest));
-    if (!stored[i]) toFetch += l.size;
-    parent = chain;
-  }
+  const stored = await at.open(async (store) => {
+    const have: boolean[] = [];
+    let parent: string | null = null;
+    for (const [i, l] of layerDescs.entries()) {
+      const chain = chainId(parent, diffIds[i]!);
+      const layer = await store.layer(chain);
+      have.push(layer !== undefined && layer.digest === l.digest && store.hasBlob(l.digest));
+      parent = chain;
+    }
+    return have;
+  });
+  const toFetch = layerDescs.reduce((n, l, i) => n + (stored[i] ? 0 : l.size), 0);
   progress.onPlan?.(layerDescs.length, toFetch);
 
-  // The blobs to fetch, into tmp/ (verified there), three at a time; each layer is unpacked, bottom
-  // first, as soon as its blob is in (while the next ones download).
-  const temp = store.tempPath('pull');
-  mkdirSync(temp, { mode: 0o700 });
+  // The blobs to fetch, into the store's downloads/ (verified there) with the store closed, three at
+  // a time; then, with the store open again, the layers are unpacked bottom first and the blobs
+  // renamed into blobs/ (the store's all-or-nothing ingest).
+  const temp = downloadDir(at.root);
   const fileOf = (l: Descriptor): string => join(temp, l.digest.slice(7));
   const abort = { aborted: false };
   const downloads = new Map<string, Promise<void>>();
   let image: ImageRecord | undefined;
+  let recorded: ImageRecord | undefined;
   try {
     for (const [i, l] of layerDescs.entries()) if (stored[i]) status(`Layer already stored ${l.digest.slice(7, 19)}`);
     const limit = limiter(PARALLEL_DOWNLOADS);
@@ -289,18 +302,22 @@ export async function pullImage(store: Store, reference: string, opts: PullOptio
         diffId: diffIds[i]!, digest: l.digest, size: l.size, ...(l.mediaType !== undefined ? { mediaType: l.mediaType } : {}), trustStored: true,
         ...(!stored[i] && once ? { verifiedFile: fileOf(l) } : {}),
         ready: () => downloads.get(l.digest) ?? Promise.resolve(),
-        open: () => createReadStream(existsSync(fileOf(l)) ? fileOf(l) : store.blobPath(l.digest), { highWaterMark: 1 << 20 }),
+        open: () => createReadStream(existsSync(fileOf(l)) ? fileOf(l) : join(at.root, 'blobs', 'sha256', l.digest.slice(7)), { highWaterMark: 1 << 20 }),
       };
     });
+    // (every download first: one that fails leaves the store untouched)
+    await Promise.all(downloads.values());
     const source: SourceImage = { tags, configBytes, config, manifestBytes, layers };
-    [image] = await storeImages(store, [source]);
+    [image, recorded] = await at.open(async (store) => {
+      const [img] = await storeImages(store, [source]);
+      return [img, await store.addRepoDigest(img!.id, `${repoName(ref)}@${topDigest}`)] as const;
+    });
   } finally {
     abort.aborted = true;
     await Promise.allSettled(downloads.values());
     rmSync(temp, { recursive: true, force: true });
   }
-  const recorded = await store.addRepoDigest(image!.id, `${repoName(ref)}@${topDigest}`);
   status(`Stored image ${image!.id}`);
   const reused = stored.filter(Boolean).length;
-  return { image: recorded, reference: formatReference(ref), digest: topDigest, downloaded: stored.length - reused, reused };
+  return { image: recorded!, reference: formatReference(ref), digest: topDigest, downloaded: stored.length - reused, reused };
 }
