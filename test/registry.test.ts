@@ -375,13 +375,12 @@ test.serial('Bearer tokens from the registry\'s token service, blob downloads re
   sameLayers(t, built.store, 'test/two:1', store, ref);
 });
 
-test.serial('a pull holds the store only for moments: other commands run while its blobs download', async (t) => {
-  const reg = await startRegistry(t);
-  const built = await twoLayerImage(t);
-  imageOk(t, built.store, ['load', '-i', built.archive]);
-  push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
-  const configDigest = inspect(t, built.store, 'test/two:1').Id;
-  // A front of the registry that holds the first layer download until the test lets it go.
+/**
+ * A front of the registry on 127.0.0.1 that holds the first request `hold` matches until `release()`
+ * (the Host header kept: the registry's upload locations then name the front);
+ * `held` resolves when it came. Requests are passed on to the registry as they are.
+ */
+async function holdingFront(t: ExecutionContext, backend: string, hold: (req: http.IncomingMessage) => boolean): Promise<{ host: string; held: Promise<void>; release: () => void }> {
   let release: () => void = () => {};
   const released = new Promise<void>((r) => (release = r));
   let seen: () => void = () => {};
@@ -389,15 +388,14 @@ test.serial('a pull holds the store only for moments: other commands run while i
   let holding = true;
   const front = http.createServer((req, res) => {
     const forward = (): void => {
-      const up = http.request({ host: '127.0.0.1', port: Number(reg.host.split(':')[1]), method: req.method, path: req.url, headers: { ...req.headers, host: reg.host } }, (r) => {
+      const up = http.request({ host: '127.0.0.1', port: Number(backend.split(':')[1]), method: req.method, path: req.url, headers: req.headers }, (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
         r.pipe(res);
       });
       up.on('error', () => res.destroy());
       req.pipe(up);
     };
-    // (a layer's blob: not the config's, whose digest is the image ID)
-    if (holding && req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '') && !(req.url ?? '').includes(configDigest)) {
+    if (holding && hold(req)) {
       holding = false;
       seen();
       void released.then(forward);
@@ -410,22 +408,48 @@ test.serial('a pull holds the store only for moments: other commands run while i
     release();
     front.close();
   });
-  const host = `127.0.0.1:${(front.address() as { port: number }).port}`;
+  return { host: `127.0.0.1:${(front.address() as { port: number }).port}`, held, release };
+}
+
+test.serial('pull and push hold the store only for moments: other commands run while blobs download or upload', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
+  const configDigest = inspect(t, built.store, 'test/two:1').Id;
+  // pull: a layer's download (not the config's, whose digest is the image ID) is held
+  const pullFront = await holdingFront(t, reg.host, (req) => req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '') && !(req.url ?? '').includes(configDigest));
   const store = path.join(tempDir(t, 'pl'), 'store');
-  const pulling = runWithPipes(strataBin, ['pull', '--json', '--store', store, `${host}/t/two:1`], { timeoutMs: 120_000 });
+  const pulling = runWithPipes(strataBin, ['pull', '--json', '--store', store, `${pullFront.host}/t/two:1`], { timeoutMs: 120_000 });
   let done = false;
   void pulling.then(() => (done = true));
-  await held;
-  // (before, the pull held the store's lock until it ended: this waited for it; bounded here)
+  await pullFront.held;
+  // (before, a pull held the store's lock until it ended: this waited for it; bounded here)
   const during = run(strataBin, ['images', '--store', store], { timeoutMs: 30_000 });
   t.is(during.status, 0, `images while the pull downloads: ${during.stderr}`);
   t.regex(during.stdout, /^REPOSITORY +TAG/);
   t.notRegex(during.stdout, /two/);
   t.false(done, 'the pull was still downloading');
-  release();
+  pullFront.release();
   const r = await pulling;
   t.is(r.status, 0, r.stderr);
-  t.is((JSON.parse(r.stdout) as PullJson).id, inspect(t, built.store, 'test/two:1').Id);
+  t.is((JSON.parse(r.stdout) as PullJson).id, configDigest);
   t.regex(strataOk(t, ['images', '--store', store]), /two +1 /);
   t.deepEqual(fs.readdirSync(path.join(store, 'downloads')), [], 'no download left behind');
+
+  // push: an upload is held; meanwhile rmi and prune cannot take the layers it sends (leased)
+  const pushFront = await holdingFront(t, reg.host, (req) => req.method === 'PUT' && /\/blobs\/uploads\//.test(req.url ?? ''));
+  const pushing = runWithPipes(strataBin, ['push', '--json', '--store', built.store, 'test/two:1', `${pushFront.host}/other/two:2`], { timeoutMs: 120_000 });
+  let pushed = false;
+  void pushing.then(() => (pushed = true));
+  await pushFront.held;
+  t.is(run(strataBin, ['image', 'rm', '--store', built.store, 'test/two:1'], { timeoutMs: 30_000 }).status, 0, 'rmi while the push uploads');
+  t.is(run(strataBin, ['image', 'prune', '--store', built.store], { timeoutMs: 30_000 }).status, 0);
+  t.false(pushed, 'the push was still uploading');
+  pushFront.release();
+  const p = await pushing;
+  t.is(p.status, 0, p.stderr);
+  // what it sent is whole: a pull of it elsewhere gives the image
+  const again = path.join(tempDir(t, 'pa'), 'store');
+  t.is(pull(t, again, `${reg.host}/other/two:2`).id, configDigest);
 });

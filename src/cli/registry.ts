@@ -6,7 +6,7 @@
 import type { CommandModule } from 'yargs';
 import type { ClientOptions } from '../registry/client.js';
 import type { Store } from '../image/store.js';
-import { type CommonArgs, printJson, withImageStore } from './image.js';
+import { type CommonArgs, printJson } from './image.js';
 import { guarded, out, storeOption } from './options.js';
 import { byteProgress, type Progress } from './progress.js';
 
@@ -97,19 +97,23 @@ export const pushCommand: CommandModule = {
   command: 'push <image> [destination]',
   describe: 'push an image of the store to a registry (to DESTINATION, [HOST[:PORT]/]NAME[:TAG], or to its own name)',
   builder: (y) => y.positional('image', { type: 'string', demandOption: true }).positional('destination', { type: 'string' }).options(PUSH_OPTIONS),
-  handler: (argv) => {
+  handler: guarded(async (argv) => {
     const a = argv as unknown as RegistryArgs & { image: string; destination?: string };
-    return withImageStore(a, async (store) => {
-      const { pushImage } = await import('../registry/push.js');
-      const bar = plannedBar('pushing', a.quiet || a.json);
-      const r = await pushImage(store, a.image, a.destination, await clientOptions(a), {
-        onStatus: statusPrinter(a), onPlan: (bytes) => void bar.plan(bytes), onBytes: bar.tick,
-      }).finally(bar.stop);
-      if (a.json) return void printJson(r);
+    // (not withImageStore: the store is opened only for moments, not during the uploads)
+    const [{ pushImage }, { withStore, storeDir }] = await Promise.all([import('../registry/push.js'), import('../image/store.js')]);
+    const root = storeDir(a.store);
+    const bar = plannedBar('pushing', a.quiet || a.json);
+    const r = await pushImage((fn) => withStore(root, fn), a.image, a.destination, await clientOptions(a), {
+      onStatus: statusPrinter(a), onPlan: (bytes) => void bar.plan(bytes), onBytes: bar.tick,
+    }).finally(bar.stop);
+    if (a.json) {
+      printJson(r);
+    } else {
       const tag = r.reference.slice(r.reference.lastIndexOf(':') + 1);
       out(`${tag}: digest: ${r.digest} size: ${r.size}`);
-    });
-  },
+    }
+    process.exit(0);
+  }),
 };
 
 export type PullPolicy = 'missing' | 'always' | 'never';
