@@ -107,7 +107,14 @@ export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
     });
     opts = mkOptions(lowers, spec);
   }
-  const r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
+  let r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
+  // An upper or work directory "in use" (index=on, nfs_export=on) by an overlay unmounted a moment
+  // ago: its superblock goes once whatever briefly held that mount lets go (the full suite's other
+  // processes, or a lazy unmount's users). Up to 5 s for that, then the failure.
+  for (let i = 0; i < 20 && r.status !== 0 && /already mounted or mount point busy/.test(r.stderr); i++) {
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250);
+    r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
+  }
   if (r.status !== 0) throw new Error(`kernel overlay mount failed: ${r.command}: ${r.stderr.trim()}`);
   t.teardown(() => unmountQuietly(mnt));
   return mnt;
