@@ -168,7 +168,7 @@ export const commitCommand: CommandModule = {
       progress: process.stderr.isTTY ? (total) => byteProgress('commit', total) : undefined,
     }));
     // A running container is paused (as docker and podman pause it), so that its layer is one moment's.
-    const rec = await withStore(store, async (s) => (await s.listContainers()).find((c) => c.name === args.container || c.id === args.container));
+    const rec = await withStore(store, (s) => s.findContainer(args.container));
     const r = args.pause && rec && rec.state === 'running' && isActive(rec) ? await whilePaused(rec, commit) : await commit();
     out(r.image.id);
     process.exit(0);

@@ -93,7 +93,7 @@ export async function startDetached(store: string, ref: string): Promise<string>
   for (let i = 0; i < 1500; i++) {
     await sleep(20);
     // (a --rm container whose command ended already is gone)
-    const now = await withStore(store, async (s) => ((await s.listContainers()).find((c) => c.id === rec.id)));
+    const now = await withStore(store, (s) => s.findContainer(rec.id));
     if (now === undefined) return rec.name;
     const ours = now.monitorPid === child.pid;
     if ((now.state === 'running' && ours) || (now.state === 'exited' && now.finished !== rec.finished)) return rec.name;
@@ -245,7 +245,7 @@ export const logsCommand: CommandModule = {
       };
       for (;;) {
         drain();
-        const now = await withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === rec.id));
+        const now = await withStore(store, (s) => s.findContainer(rec.id));
         if (!now || !isActive(now)) break;
         await sleep(200);
       }
@@ -322,7 +322,7 @@ export const waitCommand: CommandModule = {
     const store = await storeDirOf(args);
     for (const ref of args.containers) {
       const id = (await withStore(store, (s) => s.getContainer(ref))).id;
-      const status = await waitForExit(() => withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === id) ?? null), ref);
+      const status = await waitForExit(() => withStore(store, async (s) => (await s.findContainer(id)) ?? null), ref);
       out(String(status));
     }
     process.exit(0);

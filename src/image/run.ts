@@ -61,11 +61,18 @@ const RUN_NS = fileURLToPath(new URL('../../../bin/strata-run-ns', import.meta.u
  * `entrypoint` (--entrypoint) that one, and the image's Cmd is not used.
  */
 export function containerArgv(config: ImageConfig, command: readonly string[], entrypoint?: readonly string[]): string[] {
-  const entry = entrypoint ?? config.config?.Entrypoint ?? [];
-  const cmd = command.length > 0 ? [...command] : entrypoint !== undefined ? [] : (config.config?.Cmd ?? []);
-  const argv = [...entry, ...cmd];
+  const parts = commandParts(config, command, entrypoint);
+  const argv = [...parts.entrypoint, ...parts.cmd];
   if (argv.length === 0) throw new ImageError('no command given and the image has no default command (Cmd or Entrypoint)', 2);
   return argv;
+}
+
+/** The Entrypoint and Cmd a container runs with (containerArgv's two halves). */
+function commandParts(config: ImageConfig, command: readonly string[], entrypoint?: readonly string[]): { entrypoint: string[]; cmd: string[] } {
+  return {
+    entrypoint: [...(entrypoint ?? config.config?.Entrypoint ?? [])],
+    cmd: command.length > 0 ? [...command] : entrypoint !== undefined ? [] : [...(config.config?.Cmd ?? [])],
+  };
 }
 
 /**
@@ -202,8 +209,8 @@ export function childPids(pid: number): number[] {
 }
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
-function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: string,
-  user: ExecUser, hostname: string, mounts: string, settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
+function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: readonly string[],
+  user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
@@ -211,7 +218,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // /sys, /dev, the /etc files, the container's mounts; the container's PATH, on which
   // strata-run-exec searches the command after the chroot.
   const spec = [`root\t${rec.merged}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
-    ...(etcBinds === '' ? [] : etcBinds.split('\n').map((l) => `etc\t${l}`)), ...(mounts === '' ? [] : mounts.split('\n').map((l) => `mount\t${l}`)),
+    ...etcBinds.map((l) => `etc\t${l}`), ...mounts.map((l) => `mount\t${l}`),
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
@@ -278,17 +285,15 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
   // (named volumes are made with the container, as docker makes them)
   for (const m of settings.mounts!) if (m.type === 'volume' && !m.anonymous) ensureVolume(s.root, m.source!);
   // (its Entrypoint and Cmd apart, for a commit: docker's and podman's keep them in the new image)
-  const entrypoint = opts.entrypoint ?? image.config.config?.Entrypoint ?? [];
-  const cmd = opts.command.length > 0 ? [...opts.command] : opts.entrypoint !== undefined ? [] : (image.config.config?.Cmd ?? []);
   return s.createContainer({ image, imageRef: opts.image, name: opts.name, command: argv,
-    extra: { ...(opts.user !== undefined ? { user: opts.user } : {}), settings, entrypoint, cmd } });
+    extra: { ...(opts.user !== undefined ? { user: opts.user } : {}), settings, ...commandParts(image.config, opts.command, opts.entrypoint) } });
 }
 
 /**
  * The mounts of a container as strata-run-ns reads them (KIND TAB SOURCE TAB TARGET TAB OPTIONS), their mount points made inside its root (mounted
  * at rec.merged), shallowest first; volumes' directories made.
  */
-function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[], made?: string[]): string {
+function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountSpec[], made?: string[]): string[] {
   const lines: string[] = [];
   const depth = (t: string): number => t.split('/').length;
   for (const m of [...mounts].sort((a, b) => depth(a.target) - depth(b.target))) {
@@ -310,7 +315,7 @@ function mountLines(store: string, rec: ContainerRecord, mounts: readonly MountS
     const opts = m.type === 'tmpfs' ? [m.tmpfsOptions ?? '', m.readonly ? 'ro' : ''].filter(Boolean).join(',') : m.readonly ? 'ro' : '';
     lines.push([m.type, src, mountPointIn(rec.merged, m.target, file, made), opts || '-'].join('\t'));
   }
-  return lines.join('\n');
+  return lines;
 }
 
 export interface StartOptions {
@@ -380,7 +385,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     const files = etcFiles(rec, hostname, settings);
     const prepared = prepareEtcFiles(rec.merged, rec.upper, [...files.keys()]);
     stubs = prepared.stubs;
-    const etcBinds = prepared.bindable.map((name) => `${files.get(name)!}\t${name}`).join('\n');
+    const etcBinds = prepared.bindable.map((name) => `${files.get(name)!}\t${name}`);
     const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
     opts.prepare?.(rec.merged);
     const mounts = mountLines(store, rec, settings.mounts ?? [], opts.madeMountPoints);
@@ -412,7 +417,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
           if (!policy || policy.name === 'no' || signalled) break;
           if (policy.name === 'on-failure' && (status === 0 || (policy.max !== undefined && restarts >= policy.max))) break;
           const stopRequested = async (): Promise<boolean> =>
-            (await withStore(store, async (s) => (await s.listContainers()).find((c) => c.id === rec.id)))?.stopRequested !== false;
+            (await withStore(store, (s) => s.findContainer(rec.id)))?.stopRequested !== false;
           if (await stopRequested()) break;
           restarts++;
           // (docker's back-off: 100 ms, doubled each time)

@@ -159,14 +159,9 @@ export function parseVolumeFlag(spec: string): MountSpec {
 /** `--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,tmpfs-size=N][,tmpfs-mode=M]`. */
 export function parseMountFlag(spec: string): MountSpec {
   const what = `--mount ${spec}`;
-  const kv = new Map<string, string>();
-  for (const field of spec.split(',')) {
-    const i = field.indexOf('=');
-    const [k, v] = i < 0 ? [field, ''] : [field.slice(0, i), field.slice(i + 1)];
-    const key = ({ src: 'source', destination: 'target', dst: 'target', ro: 'readonly' } as Record<string, string>)[k] ?? k;
-    if (!['type', 'source', 'target', 'readonly', 'tmpfs-size', 'tmpfs-mode'].includes(key)) bad(`${what}: unsupported field "${k}"`);
-    if (kv.has(key)) bad(`${what}: "${k}" given twice`);
-    kv.set(key, v);
+  const kv = mountFields(spec, (k) => bad(`${what}: "${k}" given twice`));
+  for (const key of kv.keys()) {
+    if (!['type', 'source', 'target', 'readonly', 'tmpfs-size', 'tmpfs-mode'].includes(key)) bad(`${what}: unsupported field "${key}"`);
   }
   const type = kv.get('type') ?? 'volume';
   if (type !== 'bind' && type !== 'volume' && type !== 'tmpfs') bad(`${what}: unsupported type "${type}" (bind, volume, tmpfs)`);
@@ -189,6 +184,23 @@ export function parseMountFlag(spec: string): MountSpec {
   if (source === undefined || source === '') return { type, target: checkTarget(target, what), readonly, anonymous: true };
   if (!NAME_RE.test(source)) bad(`${what}: invalid volume name "${source}"`);
   return { type, source, target: checkTarget(target, what), readonly };
+}
+
+/**
+ * The KEY[=VALUE] fields of a --mount value (run's, and build's RUN --mount), with docker's other
+ * names for some keys (src, dst, destination, ro, readwrite); a bare KEY is "true".
+ */
+export function mountFields(spec: string, twice: (key: string) => never): Map<string, string> {
+  const aliases: Record<string, string> = { src: 'source', destination: 'target', dst: 'target', ro: 'readonly', readwrite: 'rw' };
+  const kv = new Map<string, string>();
+  for (const field of spec.split(',')) {
+    const i = field.indexOf('=');
+    const [k, v] = i < 0 ? [field, 'true'] : [field.slice(0, i), field.slice(i + 1)];
+    const key = aliases[k] ?? k;
+    if (kv.has(key)) twice(k);
+    kv.set(key, v);
+  }
+  return kv;
 }
 
 function checkTmpfsOptions(opts: string, what: string): string {

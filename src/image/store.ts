@@ -575,15 +575,22 @@ export class Store {
 
   /** A container by name, full ID or unique ID prefix. */
   async getContainer(ref: string): Promise<ContainerRecord> {
+    const rec = await this.findContainer(ref);
+    if (!rec) throw new ImageError(`no such container: ${ref}`);
+    return rec;
+  }
+
+  /** A container by name, full ID or unique ID prefix; undefined when there is none (gone, or never made). */
+  async findContainer(ref: string): Promise<ContainerRecord | undefined> {
     const byName = (await this.db.get(K.containerName(ref))) as string | undefined;
     if (byName) return (await this.db.get(K.container(byName))) as ContainerRecord;
     if (/^[0-9a-f]{1,64}$/.test(ref)) {
       const matches: ContainerRecord[] = [];
       for await (const v of this.db.values({ gte: `container:${ref}`, lt: `container:${ref}~` })) matches.push(v as ContainerRecord);
       if (matches.length > 1) throw new ImageError(`ambiguous container ID prefix: ${ref}`);
-      if (matches.length === 1) return matches[0]!;
+      return matches[0];
     }
-    throw new ImageError(`no such container: ${ref}`);
+    return undefined;
   }
 
   async listContainers(): Promise<ContainerRecord[]> {

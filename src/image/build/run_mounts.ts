@@ -18,7 +18,7 @@ import { join, posix } from 'node:path';
 import * as N from '../../native/index.js';
 import { mountLayers, unmountIfMounted } from '../container.js';
 import { IN_ROOT } from '../inroot.js';
-import type { MountSpec } from '../settings.js';
+import { type MountSpec, mountFields } from '../settings.js';
 import { withStore } from '../store.js';
 import { ImageError } from '../types.js';
 import { BuildContext, copyInto, sourceChecksum } from './context.js';
@@ -114,14 +114,7 @@ export async function runMounts(values: readonly string[], env: RunMountEnv): Pr
   };
   try {
     for (const value of values) {
-      const kv = new Map<string, string>();
-      for (const field of value.split(',')) {
-        const i = field.indexOf('=');
-        const [k, v] = i < 0 ? [field, 'true'] : [field.slice(0, i), field.slice(i + 1)];
-        const key = ({ src: 'source', destination: 'target', dst: 'target', ro: 'readonly', readwrite: 'rw' } as Record<string, string>)[k] ?? k;
-        if (kv.has(key)) bad(value, `"${k}" given twice`);
-        kv.set(key, v);
-      }
+      const kv = mountFields(value, (k) => bad(value, `"${k}" given twice`));
       const type = kv.get('type') ?? 'bind';
       const allowed: Record<string, string[]> = {
         bind: ['type', 'target', 'source', 'from', 'readonly', 'rw'],
