@@ -209,6 +209,19 @@ test('strata cache verify reports a planted wrong entry; clear empties the cache
   const r = cacheCli(['verify', '--cache-dir', dir]);
   t.is(r.status, 1);
   t.regex(r.stdout, /\/d: the cached lower listing differs/);
+  // A LevelDB without the record of its layers (a daemon killed while it opened it) holds nothing
+  // to check, unless it has listings: those are reported.
+  await db.open();
+  await db.del('meta:layers');
+  await db.close();
+  const noRecord = cacheCli(['verify', '--cache-dir', dir]);
+  t.is(noRecord.status, 1);
+  t.regex(noRecord.stdout, /no layer record, yet \d+ entries/);
+  await db.open();
+  await db.clear({ gte: 'lower:', lt: 'lower:\xff' });
+  await db.close();
+  const empty = cacheCli(['verify', '--cache-dir', dir]);
+  t.is(empty.status, 0, empty.stdout + empty.stderr);
   t.is(cacheCli(['clear', '--cache-dir', dir]).status, 0);
   const after = JSON.parse(cacheCli(['stats', '--cache-dir', dir, '--json']).stdout) as { entries: { listings: number; origins: number; other: number } };
   t.deepEqual(after.entries, { listings: 0, origins: 0, other: 0 });

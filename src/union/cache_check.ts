@@ -111,7 +111,14 @@ export async function verifyCache(dir: string): Promise<string[]> {
   const problems: string[] = [];
   try {
     const layersJson = await db.get('meta:layers');
-    if (!layersJson) return ['no layer record: the cache was never used by a mount'];
+    if (!layersJson) {
+      // A daemon killed while it opened LevelDB (the first time it went idle) leaves it without the
+      // record, and a later mount that ends before it is idle never opens it: nothing to check then.
+      // Listings or file handles without the layers they describe are a fault, though.
+      const stray: string[] = [];
+      for await (const key of db.keys()) if (key.startsWith('lower:') || key.startsWith('handle:')) stray.push(key);
+      return stray.length ? [`no layer record, yet ${stray.length} entries made for some layers (${stray[0]}, ...)`] : [];
+    }
     const layers = JSON.parse(layersJson) as { path: string; upper: boolean }[];
     const upper = layers.find((l) => l.upper)?.path ?? null;
     const stack = LayerStack.open(upper, layers.filter((l) => !l.upper).map((l) => l.path));
