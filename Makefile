@@ -76,7 +76,9 @@ build: native ts bin/strata bin/strata-run-exec bin/strata-run-ns bin/mount.fuse
 demo: build
 	bash scripts/demo.sh
 
+# (the Debian rootfs first: the image tests take its bottom layer, and may start before rootfs.test.ts builds it)
 test: system-deps build
+	-@bash scripts/build-rootfs.sh >/dev/null
 	./node_modules/.bin/ava
 
 # The seeded random-operation test (with descriptors, users, the kernel over strata's upper) over many
