@@ -437,6 +437,28 @@ test.serial('pull and push hold the store only for moments: other commands run w
   t.regex(strataOk(t, ['images', '--store', store]), /two +1 /);
   t.deepEqual(fs.readdirSync(path.join(store, 'downloads')), [], 'no download left behind');
 
+  // pull onto a stored base layer: its download of the top layer is held; meanwhile the only image on
+  // that base goes and a prune runs: the base the pull took from the store is leased, not deleted
+  const baseArchive = path.join(built.base, 'base.tar');
+  dockerArchive(built.base, [{ tags: ['test/base:1'], layers: [path.join(built.base, 'l0.tar')] }], baseArchive);
+  const onBase = path.join(tempDir(t, 'pb'), 'store');
+  imageOk(t, onBase, ['load', '-i', baseArchive]);
+  const baseFront = await holdingFront(t, reg.host, (req) => req.method === 'GET' && /\/blobs\/sha256:/.test(req.url ?? '') && !(req.url ?? '').includes(configDigest));
+  const pullingOnBase = runWithPipes(strataBin, ['pull', '--json', '--store', onBase, `${baseFront.host}/t/two:1`], { timeoutMs: 120_000 });
+  await baseFront.held;
+  t.is(run(strataBin, ['image', 'rm', '--store', onBase, 'test/base:1'], { timeoutMs: 30_000 }).status, 0, 'rmi while the pull downloads');
+  t.is(run(strataBin, ['image', 'prune', '-a', '--store', onBase], { timeoutMs: 30_000 }).status, 0);
+  baseFront.release();
+  const rb = await pullingOnBase;
+  t.is(rb.status, 0, rb.stderr);
+  t.deepEqual([(JSON.parse(rb.stdout) as PullJson).downloaded, (JSON.parse(rb.stdout) as PullJson).reused], [1, 1]);
+  const onBaseDirs = (JSON.parse(strataOk(t, ['image', 'lowerdir', '--json', '--store', onBase, `${baseFront.host}/t/two:1`])) as { lowerdir: string[] }).lowerdir;
+  t.is(onBaseDirs.length, 2);
+  t.true(onBaseDirs.every((d) => fs.existsSync(d)), 'both layers of the pulled image are in the store');
+  t.is(fs.readFileSync(path.join(onBaseDirs[1]!, 'd/f'), 'utf8'), 'data\n');
+  t.is(run(strataBin, ['image', 'prune', '-a', '--store', onBase], { timeoutMs: 30_000 }).status, 0);
+  t.deepEqual(fs.readdirSync(path.join(onBase, 'layers')), [], 'the lease ended with the pull: a later prune takes the layers');
+
   // push: an upload is held; meanwhile rmi and prune cannot take the layers it sends (leased)
   const pushFront = await holdingFront(t, reg.host, (req) => req.method === 'PUT' && /\/blobs\/uploads\//.test(req.url ?? ''));
   const pushing = runWithPipes(strataBin, ['push', '--json', '--store', built.store, 'test/two:1', `${pushFront.host}/other/two:2`], { timeoutMs: 120_000 });

@@ -211,6 +211,10 @@ async function openDb(path: string, waitMs: number, onWait?: () => void): Promis
   }
 }
 
+function leaseKey(pid: number, kind: string): string {
+  return kind === '' ? `lease:${pid}` : `lease:${pid}:${kind}`;
+}
+
 export class Store {
   private constructor(readonly root: string, private readonly db: Db) {}
 
@@ -677,30 +681,31 @@ export class Store {
     return ops;
   }
 
-  /** Deletes those of `chains` (and their blobs) whose reference count is 0; returns their IDs. */
   /**
    * Keeps layers that a running process uses without an image or container record (a build between
-   * its steps): they are not deleted while `pid` lives. Replaces that process's previous lease.
+   * its steps, a pull that found them stored): they are not deleted while `pid` lives. Replaces that
+   * process's previous lease of the same `kind` (a build that pulls its base image holds two).
    */
-  async setLease(pid: number, chains: readonly string[]): Promise<void> {
-    await this.db.put(`lease:${pid}`, { pid, chains: [...chains] });
+  async setLease(pid: number, chains: readonly string[], kind = ''): Promise<void> {
+    await this.db.put(leaseKey(pid, kind), { pid, chains: [...chains] });
   }
 
-  async dropLease(pid: number): Promise<void> {
-    await this.db.del(`lease:${pid}`);
+  async dropLease(pid: number, kind = ''): Promise<void> {
+    await this.db.del(leaseKey(pid, kind));
   }
 
   /** Chains leased by live processes (the leases of dead ones are dropped). */
   private async leasedChains(): Promise<Set<string>> {
     const out = new Set<string>();
-    for await (const v of this.db.values({ gt: 'lease:', lt: 'lease;' })) {
+    for await (const [key, v] of this.db.iterator({ gt: 'lease:', lt: 'lease;' })) {
       const lease = v as { pid: number; chains: string[] };
       if (processAlive(lease.pid)) for (const c of lease.chains) out.add(c);
-      else await this.db.del(`lease:${lease.pid}`);
+      else await this.db.del(key);
     }
     return out;
   }
 
+  /** Deletes those of `chains` (and their blobs) whose reference count is 0 and no lease holds; returns their IDs. */
   private async deleteUnreferencedLayers(chains: readonly string[]): Promise<string[]> {
     const gone: string[] = [];
     const leased = await this.leasedChains();

@@ -256,16 +256,20 @@ export async function pullImage(at: StoreAccess, reference: string, opts: PullOp
     status(`WARNING: the image is for ${platformName({ os: config.os, architecture: config.architecture, variant: config.variant as string | undefined })}, not ${platformName(platform)}`);
   }
 
-  // What is to be downloaded (for the plan and the status lines).
+  // What is to be downloaded (for the plan and the status lines). The layers the store has are leased
+  // until the pull ends: an `image prune` during the downloads keeps them and their blobs.
   const stored = await at.open(async (store) => {
     const have: boolean[] = [];
+    const chains: string[] = [];
     let parent: string | null = null;
     for (const [i, l] of layerDescs.entries()) {
       const chain = chainId(parent, diffIds[i]!);
       const layer = await store.layer(chain);
       have.push(layer !== undefined && layer.digest === l.digest && store.hasBlob(l.digest));
+      if (have[i]) chains.push(chain);
       parent = chain;
     }
+    if (chains.length > 0) await store.setLease(process.pid, chains, 'pull');
     return have;
   });
   const toFetch = layerDescs.reduce((n, l, i) => n + (stored[i] ? 0 : l.size), 0);
@@ -316,6 +320,7 @@ export async function pullImage(at: StoreAccess, reference: string, opts: PullOp
     abort.aborted = true;
     await Promise.allSettled(downloads.values());
     rmSync(temp, { recursive: true, force: true });
+    if (stored.some(Boolean)) await at.open((store) => store.dropLease(process.pid, 'pull')).catch(() => {});
   }
   status(`Stored image ${image!.id}`);
   const reused = stored.filter(Boolean).length;

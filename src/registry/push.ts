@@ -55,7 +55,7 @@ export async function pushImage(open: <T>(fn: (s: Store) => Promise<T>) => Promi
         for (const b of [...om.layers, om.config]) if (!held.has(b.digest)) held.set(b.digest, repo.slice(dest.registry.length + 1));
       }
     }
-    await store.setLease(process.pid, img.layers);
+    await store.setLease(process.pid, img.layers, 'push');
     return {
       image: img, manifestBytes: mBytes, configBytes: store.readBlob(m.config.digest), holders: held,
       paths: new Map(m.layers.map((b) => [b.digest, store.blobPath(b.digest)])),
@@ -64,7 +64,7 @@ export async function pushImage(open: <T>(fn: (s: Store) => Promise<T>) => Promi
   try {
     return await upload(open, image, dest, manifestBytes, configBytes, holders, paths, opts, progress, status);
   } finally {
-    await open((store) => store.dropLease(process.pid)).catch(() => {});
+    await open((store) => store.dropLease(process.pid, 'push')).catch(() => {});
   }
 }
 
