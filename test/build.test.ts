@@ -130,7 +130,7 @@ test.serial('a Dockerfile gives the image podman build gives (config, files, own
   t.is(fresh.match(/Using cache|STEP/g), null);
 });
 
-test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL; build arguments in keys; RUN here-documents', (t) => {
+test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL; build arguments in keys; here-documents in RUN, COPY and ADD', (t) => {
   const c = setup(t);
   const ctx = path.join(c.base, 'ctx');
   fs.mkdirSync(path.join(c.base, 'arc/d'), { recursive: true });
@@ -180,6 +180,26 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   });
   c.ok(['build', '-t', 'here:1', ctx3]);
   t.is(c.ok(['run', '--rm', 'here:1', 'sh', '-c', 'cat /h1.txt /h2.txt /h3.txt; echo $AFTER']), 'line one\nline two\ninside /root\nafter\ntabbed\n1\n');
+  // COPY and ADD of here-documents (BuildKit's files: mode 0664, variables expanded unless the name
+  // is quoted, named after the document in a directory); RUN of a document with #! runs it as a program.
+  const copyDocs = (greeting: string): string => ['FROM deb:l0', 'ARG NAME=world', 'COPY <<EOF /etc/greeting', `${greeting} $NAME`, 'EOF',
+    "COPY --chmod=600 <<'RAW' /etc/raw.txt", 'keep $NAME', 'RAW', 'COPY <<A <<B /opt/docs/', 'a', 'A', 'b', 'B',
+    'ADD <<EOF /add.txt', 'added', 'EOF', 'RUN <<EOT', '#!/bin/bash', 'echo "$0 bash ${BASH_VERSION%%.*}" > /sh.txt', 'EOT', ''].join('\n');
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), copyDocs('hello'));
+  c.ok(['build', '-t', 'here:2', ctx3]);
+  const probe = 'stat -c "%n %a %u" /etc/greeting /etc/raw.txt /opt/docs/A /opt/docs/B /add.txt; cat /etc/greeting /etc/raw.txt /opt/docs/A /opt/docs/B /add.txt /sh.txt; ls -A /dev/pipes 2>&1 | wc -l';
+  t.is(c.ok(['run', '--rm', 'here:2', 'sh', '-c', probe]), [
+    '/etc/greeting 664 0', '/etc/raw.txt 600 0', '/opt/docs/A 664 0', '/opt/docs/B 664 0', '/add.txt 664 0',
+    'hello world', 'keep $NAME', 'a', 'b', 'added', '/dev/pipes/EOT bash 5', '1', ''].join('\n'));
+  const layerDirs = (JSON.parse(c.ok(['image', 'lowerdir', '--json', 'here:2'])) as { lowerdir: string[] }).lowerdir;
+  t.false(layerDirs.slice(0, 5).some((d) => fs.existsSync(path.join(d, 'dev/pipes'))), 'the document\'s mount point is in no layer');
+  const rebuilt = c.ok(['build', '-t', 'here:2', ctx3]);
+  t.is((rebuilt.match(/Using cache/g) ?? []).length, 5, rebuilt);
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), copyDocs('hi'));
+  c.ok(['build', '-t', 'here:3', ctx3]);
+  t.is(c.ok(['run', '--rm', 'here:3', 'cat', '/etc/greeting']), 'hi world\n', 'a changed document is copied again');
+  fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM deb:l0\nCOPY <<EOF file.txt /d/\nx\nEOF\n');
+  oneLineError(t, c.strata(['build', ctx3]), /^strata: Dockerfile line 2: COPY of here-documents together with other sources is not supported\n$/);
   // HEALTHCHECK as Docker records it (podman build --format docker writes the same object).
   fs.writeFileSync(path.join(ctx3, 'Dockerfile'), 'FROM deb:l0\nHEALTHCHECK --interval=1m30s --timeout=5s --retries=3 CMD curl -f http://localhost/ || exit 1\n');
   c.ok(['build', '-t', 'hc:1', ctx3]);

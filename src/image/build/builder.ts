@@ -20,7 +20,7 @@
 // every step is cached gives the same image ID again.
 
 import { createHash } from 'node:crypto';
-import { chmodSync, createWriteStream, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs';
+import { chmodSync, createWriteStream, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -392,10 +392,23 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
       const mounts = await runMounts(ins.flagList.filter(([f]) => f === 'mount').map(([, v]) => expand(v, vars, esc)), {
         store: opts.store, ctx, secrets: opts.secrets ?? [], workdir, line: ins.line, source: (from) => sourceOf(opts, from, stageByName),
       });
+      // RUN <<EOF whose document starts with #!: BuildKit runs it as a program, at /dev/pipes/EOF.
+      const doc = ins.heredocs?.length === 1 && ins.json === null && ins.rest === ins.heredocs[0]!.body.slice(0, -1) && ins.rest.startsWith('#!')
+        ? ins.heredocs[0]! : null;
+      const pipes = doc ? mkdtempSync(join(tmpdir(), 'strata-pipes-')) : null;
       try {
-        return await layerStep(opts, stage, ins, runKey(stage, ins, mounts.key), log, (rec) => runInBuild(opts, stage, ins, rec, mounts.mounts, net === 'none'));
+        let runIns = ins;
+        const runMountList = [...mounts.mounts];
+        if (doc && pipes) {
+          writeFileSync(join(pipes, doc.name), doc.body, { mode: 0o755 });
+          chmodSync(join(pipes, doc.name), 0o755);
+          runMountList.push({ type: 'bind', source: pipes, target: '/dev/pipes', readonly: true });
+          runIns = { ...ins, json: [`/dev/pipes/${doc.name}`] };
+        }
+        return await layerStep(opts, stage, runIns, runKey(stage, ins, mounts.key), log, (rec) => runInBuild(opts, stage, runIns, rec, runMountList, net === 'none'));
       } finally {
         await mounts.cleanup();
+        if (pipes) rmSync(pipes, { recursive: true, force: true });
       }
     }
     case 'COPY':
@@ -536,6 +549,10 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   if (urls.some((u) => !/^https?:\/\//i.test(u))) throw new ImageError(`Dockerfile line ${ins.line}: ADD takes http and https URLs only`);
   const from = ins.flags.from !== undefined ? expand(ins.flags.from, vars, esc) : undefined;
   if (from !== undefined && ins.cmd === 'ADD') throw new ImageError(`Dockerfile line ${ins.line}: ADD --from is not supported`);
+  const docs = ins.heredocs ?? [];
+  if (docs.length > 0 && (srcs.some((s) => !s.startsWith('<<')) || from !== undefined)) {
+    throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} of here-documents together with other sources is not supported`);
+  }
   const chmod = ins.flags.chmod !== undefined ? parseInt(ins.flags.chmod, 8) : undefined;
   if (chmod !== undefined && (!/^[0-7]{3,4}$/.test(ins.flags.chmod!) || Number.isNaN(chmod))) throw new ImageError(`Dockerfile line ${ins.line}: --chmod takes octal permission bits`);
   const workdir = stage.config.config?.WorkingDir || '/';
@@ -550,6 +567,8 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   } else if (urls.length > 0) {
     // (downloaded on every build, as Docker does; the key is what came)
     fromRoot = await downloadUrls(urls, dest.endsWith('/') || urls.length > 1, ins.line);
+  } else if (docs.length > 0) {
+    fromRoot = heredocFiles(docs, vars, esc, ins.line);
   }
   const downloaded = (fromRoot as (FromRoot & { names?: string[] }) | null)?.names;
   try {
@@ -585,8 +604,8 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
         for (const r of rels) {
           const abs = join(root, r);
           const st = lstatSync(abs);
-          // (a download is not unpacked)
-          const kind = ins.cmd === 'ADD' && urls.length === 0 && st.isFile() ? archiveKind(abs) : null;
+          // (a download or a here-document is not unpacked)
+          const kind = ins.cmd === 'ADD' && !downloaded && st.isFile() ? archiveKind(abs) : null;
           if (kind) {
             await addArchive(abs, kind, rec.merged, rel);
             continue;
@@ -617,6 +636,28 @@ async function copyStep(opts: BuildOptions, ctx: BuildContext, esc: string, stag
   } finally {
     await fromRoot?.cleanup();
   }
+}
+
+/**
+ * COPY's (and ADD's) here-documents, as the files BuildKit makes of them: named after the document,
+ * mode 0664 (--chmod applies on top), its lines with variables expanded unless the name was quoted.
+ */
+function heredocFiles(docs: NonNullable<Instruction['heredocs']>, vars: Map<string, string>, esc: string, line: number): FromRoot & { names: string[] } {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-heredoc-'));
+  const names: string[] = [];
+  try {
+    for (const d of docs) {
+      if (names.includes(d.name)) throw new ImageError(`Dockerfile line ${line}: two here-documents named ${d.name}`);
+      const file = join(dir, d.name);
+      writeFileSync(file, d.expand ? expand(d.body, vars, esc) : d.body, { mode: 0o664 });
+      chmodSync(file, 0o664);
+      names.push(d.name);
+    }
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return { root: dir, key: '', names, cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /**

@@ -21,6 +21,8 @@ export interface Instruction {
   original: string;
   /** 1-based line of the instruction's start. */
   line: number;
+  /** Its here-documents (RUN, COPY, ADD): name, content (each line ends with a newline), and whether variables expand in it (an unquoted name). */
+  heredocs?: { name: string; body: string; expand: boolean }[];
 }
 
 export interface Dockerfile {
@@ -73,13 +75,14 @@ export function parseDockerfile(text: string): Dockerfile {
     const cmd = m[1]!.toUpperCase();
     if (!KNOWN.has(cmd)) throw fail(start, `unknown instruction: ${m[1]}`);
     let rest = (m[3] ?? '').trim();
-    // Here-documents (BuildKit's): RUN takes them; the lines up to each terminator belong to the
-    // instruction. RUN <<EOF alone runs the document as its script; otherwise the shell gets the
-    // command line with its documents (`RUN cat <<EOF > f`), as a shell reads them.
+    // Here-documents (BuildKit's): RUN, COPY and ADD take them; the lines up to each terminator belong
+    // to the instruction. RUN <<EOF alone runs the document as its script; otherwise the shell gets
+    // the command line with its documents (`RUN cat <<EOF > f`), as a shell reads them. COPY <<EOF
+    // makes a file of each document (see the builder).
     let heredocScript: string | null = null;
     const docs = [...rest.matchAll(/<<(-?)(["']?)([A-Za-z_][A-Za-z0-9_]*)\2/g)];
-    if (docs.length > 0 && (cmd === 'COPY' || cmd === 'ADD')) throw fail(start, `${cmd} of a here-document is not supported`);
-    if (docs.length > 0 && cmd === 'RUN') {
+    const heredocs: { name: string; body: string; expand: boolean }[] = [];
+    if (docs.length > 0 && (cmd === 'RUN' || cmd === 'COPY' || cmd === 'ADD')) {
       const bodies: string[] = [];
       for (const d of docs) {
         const body: string[] = [];
@@ -91,9 +94,10 @@ export function parseDockerfile(text: string): Dockerfile {
           body.push(line);
         }
         bodies.push(body.join('\n'));
-        rest += `\n${body.join('\n')}\n${d[3]}`;
+        heredocs.push({ name: d[3]!, body: body.map((l) => `${l}\n`).join(''), expand: d[2] === '' });
+        if (cmd === 'RUN') rest += `\n${body.join('\n')}\n${d[3]}`;
       }
-      if (docs.length === 1 && /^<<-?(["']?)[A-Za-z_][A-Za-z0-9_]*\1$/.test((m[3] ?? '').trim())) heredocScript = bodies[0]!;
+      if (cmd === 'RUN' && docs.length === 1 && /^<<-?(["']?)[A-Za-z_][A-Za-z0-9_]*\1$/.test((m[3] ?? '').trim())) heredocScript = bodies[0]!;
     }
     const flags: Record<string, string> = {};
     const flagList: [string, string][] = [];
@@ -117,7 +121,8 @@ export function parseDockerfile(text: string): Dockerfile {
         // shell form that starts with [
       }
     }
-    instructions.push({ cmd, flags, flagList, rest, json, original: `${cmd} ${flagList.map(([k, v]) => `--${k}=${v} `).join('')}${rest}`.trim(), line: start });
+    instructions.push({ cmd, flags, flagList, rest, json, original: `${cmd} ${flagList.map(([k, v]) => `--${k}=${v} `).join('')}${rest}`.trim(), line: start,
+      ...(heredocs.length > 0 ? { heredocs } : {}) });
   }
   return { escape, instructions };
 }
