@@ -201,7 +201,7 @@ test('diff lists what podman diff lists for the same changes to the same image',
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
 });
 
-test('kill, wait, restart, logs -f, inspect (containers and images, --format), container prune', async (t) => {
+test('kill, wait (also of a --rm container), restart, logs -f, inspect (containers and images, --format), container prune', async (t) => {
   const c = setup(t);
   c.ok(['run', '-d', '--name', 'w1', 'base:1', 'sh', '-c', 'trap "echo usr1; exit 5" USR1; echo up; while true; do sleep 0.1; done']);
   t.true(await waitFor(() => c.ok(['logs', 'w1']) === 'up\n', 10_000));
@@ -245,6 +245,10 @@ test('kill, wait, restart, logs -f, inspect (containers and images, --format), c
   c.ok(['start', 'w2']);
   c.ok(['run', '-d', '--name', 'w3', 'base:1', 'sh', '-c', 'echo a; sleep 1; echo b']);
   t.is(c.ok(['logs', '-f', 'w3']), 'a\nb\n');
+  // wait on a --rm container: its status, though the container is gone when it ends; after that, no such container
+  c.ok(['run', '-d', '--rm', '--name', 'w4', 'base:1', 'sh', '-c', 'sleep 1; exit 7']);
+  t.is(c.ok(['wait', 'w4']), '7\n');
+  oneLineError(t, c.strata(['wait', 'w4']), 1, /no such container: w4/);
 
   // container prune: every container that is not running.
   const pruned = c.ok(['container', 'prune']).trim().split('\n').sort();

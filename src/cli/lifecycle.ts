@@ -322,7 +322,10 @@ export const waitCommand: CommandModule = {
     const store = await storeDirOf(args);
     for (const ref of args.containers) {
       const id = (await withStore(store, (s) => s.getContainer(ref))).id;
-      const status = await waitForExit(() => withStore(store, async (s) => (await s.findContainer(id)) ?? null), ref);
+      const status = await waitForExit(() => withStore(store, async (s) => {
+        const rec = (await s.findContainer(id)) ?? null;
+        return rec ? { rec } : { rec, removedExit: await s.removedExitCode(id) };
+      }), ref);
       out(String(status));
     }
     process.exit(0);

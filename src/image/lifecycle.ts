@@ -105,12 +105,13 @@ export function killContainer(rec: ContainerRecord, signal: string | undefined):
  * `strata wait`: until the container's command has ended (a created one: until it has run); its
  * exit status. `load` reads the record again (null once the container is gone: a --rm one).
  */
-export async function waitForExit(load: () => Promise<ContainerRecord | null>, name: string): Promise<number> {
+export async function waitForExit(load: () => Promise<{ rec: ContainerRecord | null; removedExit?: number }>, name: string): Promise<number> {
   let last: ContainerRecord | null = null;
   for (;;) {
-    const rec = await load();
+    const { rec, removedExit } = await load();
     if (rec === null) {
-      if (last?.state === 'running' || last?.state === 'starting') return (last.exitCode as number | null) ?? 0;
+      // removed as it ended (--rm): the status it left; else removed running (rm -f): killed
+      if (last !== null) return removedExit ?? 137;
       throw new ImageError(`no such container: ${name}`);
     }
     last = rec;

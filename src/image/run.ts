@@ -443,7 +443,7 @@ async function finishRun(store: string, rec: ContainerRecord, status: number, st
   }
   if (stubs) removeEtcStubs(rec.upper, stubs);
   await withStore(store, async (s) => {
-    if (remove) await s.removeContainer(rec.id);
+    if (remove) await s.removeContainer(rec.id, { exitCode: status });
     else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined, paused: false });
   });
 }

@@ -169,7 +169,12 @@ const K = {
   layer: (id: string) => `layer:${digestHex(id)}`,
   container: (id: string) => `container:${id}`,
   containerName: (name: string) => `cname:${name}`,
+  /** The exit status of a container removed as its command ended (--rm), for a `wait` that polls. */
+  removedExit: (id: string) => `rmexit:${id}`,
 };
+
+/** How long a removed container's exit status is kept for the waits that saw it run. */
+const REMOVED_EXIT_KEEP_MS = 10 * 60_000;
 
 const TAG_RE = /^[a-z0-9][a-z0-9._\-/]*(:[0-9]+)?(\/[a-z0-9._\-]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 
@@ -629,18 +634,32 @@ export class Store {
    * Deletes a container's record and directory and releases its layers. The caller unmounts it
    * first; a container with anything still mounted below its directory is refused.
    */
-  async removeContainer(ref: string): Promise<ContainerRecord> {
+  async removeContainer(ref: string, exited?: { exitCode: number }): Promise<ContainerRecord> {
     const rec = await this.getContainer(ref);
     const mounts = mountsBelow(rec.dir);
     if (mounts.length > 0) throw new ImageError(`container ${rec.name} is still mounted at ${mounts[0]}`);
+    const stale: string[] = [];
+    if (exited) {
+      for await (const [key, v] of this.db.iterator({ gt: 'rmexit:', lt: 'rmexit;' })) {
+        if (Date.now() - Date.parse((v as { at: string }).at) > REMOVED_EXIT_KEEP_MS) stale.push(key);
+      }
+    }
     await this.db.batch([
       { type: 'del', key: K.container(rec.id) },
       { type: 'del', key: K.containerName(rec.name) },
+      ...(exited ? [{ type: 'put' as const, key: K.removedExit(rec.id), value: { exitCode: exited.exitCode, at: now() } }] : []),
+      ...stale.map((key) => ({ type: 'del' as const, key })),
       ...(await this.refOps(rec.layers, -1)),
     ]);
     rmSync(rec.dir, { recursive: true, force: true });
     await this.deleteUnreferencedLayers(rec.layers);
     return rec;
+  }
+
+  /** The exit status of container `id` if it was removed as its command ended (--rm), in the last minutes. */
+  async removedExitCode(id: string): Promise<number | undefined> {
+    const v = (await this.db.get(K.removedExit(id))) as { exitCode: number } | undefined;
+    return v?.exitCode;
   }
 
   /** Deletes those of `chains` that nothing references (layers a failed load added). */
