@@ -74,13 +74,16 @@ export class LowerIndex {
   lowerFrom(dir: UnionNode): number {
     const layers = dir.dirLayers;
     if (!layers) return -1;
+    // A directory reached through a redirect (or below one) is not where its path says in the lower
+    // layers: the path cannot key its listing.
+    for (let n: UnionNode | null = dir; n; n = n.parent) if (n.redirects !== null) return -1;
     const from = layers[0]!.isUpper ? 1 : 0;
     return layers.length - from >= MIN_LOWER_LAYERS ? from : -1;
   }
 
   /**
    * The directory's path from the root: its key, kept with the node (a directory with a lower part
-   * is never renamed, nor is any directory above it: they all have a lower part).
+   * is renamed only with a redirect, and then lowerFrom refuses it and every directory below it).
    */
   private key(dir: UnionNode): string {
     let key = this.keys.get(dir);

@@ -140,6 +140,58 @@ function stackLayers(node: UnionNode): Layer[] {
 }
 
 /**
+ * The directories of an absolute redirect's path in `layer`, one at a time as the kernel's
+ * ovl_lookup_layer walks them: a missing one leaves the layer out (fd -1); a whiteout or a
+ * non-directory ends the lookup there and in every layer below (stop); an opaque one ends it in the
+ * layers below only; a redirect on one replaces the path for the layers below (name). The caller
+ * closes fd.
+ */
+function walkAbsolute(layer: Layer, path: string, oci: boolean): { fd: number; stop: boolean; name: string } {
+  const comps = path.slice(1).split('/');
+  const leaf = comps.pop()!;
+  const st = probe;
+  let name = path;
+  let stop = false;
+  let fd = N.dup(layer.fd);
+  for (let j = 0; j < comps.length; j++) {
+    const c = comps[j]!;
+    let gone = !N.lstatMaybe(fd, c, st);
+    const ends = gone ? oci && hasOciWhiteout(fd, c)
+      : isKernelWhiteout(st) || isXattrWhiteout(fd, c, st) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR;
+    if (!gone && !ends && !layer.last) {
+      const m = dirMarkers(fd, c, oci);
+      if (m.opaque === 'y') {
+        stop = true;
+      } else if (m.redirect !== null) {
+        checkRedirect(m.redirect);
+        // (the rest of the path after this directory: the same at the end of the name however its start changed)
+        const post = `/${[...comps.slice(j + 1), leaf].join('/')}`;
+        const at = name.length - post.length - c.length;
+        name = m.redirect.startsWith('/') ? m.redirect + post : name.slice(0, at) + m.redirect + post;
+      }
+    }
+    let next = -1;
+    if (!gone && !ends) {
+      try {
+        next = openBeneath(fd, c);
+      } catch (e) {
+        // (another filesystem mounted there, or gone meanwhile: nothing in this layer)
+        const code = errCode(e);
+        if (code !== 'ENOENT' && code !== 'ENOTDIR' && code !== 'ELOOP' && code !== 'EXDEV') {
+          N.close(fd);
+          throw e;
+        }
+        gone = true;
+      }
+    }
+    N.close(fd);
+    if (gone || ends) return { fd: -1, stop: stop || ends, name };
+    fd = next;
+  }
+  return { fd, stop, name };
+}
+
+/**
  * The rest of a lookup below a directory whose copy in `at` carries a redirect (the kernel renamed
  * it with redirect_dir=on; ovl_check_redirect): the layers below hold it under the redirect's name in
  * the parent's copies, or, for an absolute redirect, at that path from each lower layer's root (then
@@ -162,32 +214,35 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
     let dirfd: number;
     let leaf = cur;
     let tmp = -1;
+    /** The path walked in this layer (cur may change for the layers below). */
+    const walked = cur;
+    let stopAfter = false;
     if (!abs) {
       dirfd = parent.dirFd(layer);
     } else {
-      const slash = cur.lastIndexOf('/');
-      leaf = cur.slice(slash + 1);
-      try {
-        dirfd = tmp = openBeneath(layer.fd, cur.slice(1, slash));
-      } catch (e) {
-        // (not in this layer, or not reachable inside it: the kernel's lookup finds nothing there either)
-        const code = errCode(e);
-        if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP' || code === 'EXDEV') continue;
-        throw e;
+      leaf = cur.slice(cur.lastIndexOf('/') + 1);
+      const w = walkAbsolute(layer, cur, oci);
+      cur = w.name;
+      stopAfter = w.stop;
+      if (w.fd < 0) {
+        if (stopAfter) return hit;
+        continue;
       }
+      dirfd = tmp = w.fd;
     }
     try {
       const lastHere = k + 1 === layers.length;
       if (!N.lstatMaybe(dirfd, leaf, st)) {
         if (oci && !lastHere && hasOciWhiteout(dirfd, leaf)) return hit;
+        if (stopAfter) return hit;
         continue;
       }
       if (isKernelWhiteout(st) || isXattrWhiteout(dirfd, leaf, st)) return hit;
       // Below a directory, only directories merge.
       if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return hit;
       hit.dirLayers!.push(layer);
-      redirects.set(layer, cur);
-      if (layer.last) return hit;
+      redirects.set(layer, walked);
+      if (layer.last || stopAfter) return hit;
       let next: string | null;
       if (!lastHere) {
         const m = dirMarkers(dirfd, leaf, oci);
