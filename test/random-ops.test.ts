@@ -55,6 +55,8 @@ function parseSeeds(spec: string): number[] {
 const SEEDS = parseSeeds(process.env.STRATA_SEEDS ?? '1-4');
 /** Seeds run with the uppers on a tmpfs (see the end of this file). */
 const TMPFS_SEEDS = parseSeeds(process.env.STRATA_TMPFS_SEEDS ?? '5-6');
+/** Seeds run with redirect_dir=on on both sides: directories with lower layers are renamed with redirects. */
+const REDIRECT_SEEDS = parseSeeds(process.env.STRATA_REDIRECT_SEEDS ?? '7-8');
 const OPS = Number(process.env.STRATA_OPS ?? 300);
 if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
 
@@ -420,9 +422,13 @@ function upperNames(upper: string): string[] {
   // (opaque markers on every directory, also where no lower layer has one: the kernel's upper has them there too)
   const dirs = rels.filter((_rel, i) => types[i] === 'dir');
   const opaque = new Map(xop(dirs.map((d) => ['getxattr', path.join(upper, d), 'trusted.overlay.opaque'])).map((r, i) => [dirs[i], r]));
+  // (and redirects, which redirect_dir=on writes on renamed directories)
+  const redirect = new Map(xop(dirs.map((d) => ['getxattr', path.join(upper, d), 'trusted.overlay.redirect'])).map((r, i) => [dirs[i], r]));
   return rels.map((rel, i) => {
     const o = opaque.get(rel);
-    return `${rel} ${types[i]}${o && 'ok' in o ? ` opaque=${Buffer.from(o.ok[0] ?? '', 'hex').toString()}` : ''}`;
+    const r = redirect.get(rel);
+    return `${rel} ${types[i]}${o && 'ok' in o ? ` opaque=${Buffer.from(o.ok[0] ?? '', 'hex').toString()}` : ''}` +
+      `${r && 'ok' in r ? ` redirect=${Buffer.from(r.ok[0] ?? '', 'hex').toString('latin1')}` : ''}`;
   });
 }
 
@@ -687,7 +693,8 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 
 function reproCommand(seed: number, ops: number, po: PairOptions): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
-  const seeds = po.upperOnTmpfs ? `STRATA_SEEDS= STRATA_TMPFS_SEEDS=${seed}` : `STRATA_SEEDS=${seed} STRATA_TMPFS_SEEDS=`;
+  const seeds = po.options?.includes('redirect_dir=on') ? `STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS=${seed}`
+    : po.upperOnTmpfs ? `STRATA_SEEDS= STRATA_TMPFS_SEEDS=${seed} STRATA_REDIRECT_SEEDS=` : `STRATA_SEEDS=${seed} STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS=`;
   return `make build && ${peer}${seeds} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
 }
 
@@ -747,4 +754,10 @@ for (const seed of SEEDS) {
 for (const seed of TMPFS_SEEDS) {
   test.serial(`seed ${seed}, uppers on a tmpfs: ${OPS} random operations agree with the kernel`,
     (t) => runSeed(t, seed, OPS, { upperOnTmpfs: true }));
+}
+// The same with redirect_dir=on on both sides: renames of directories with lower layers succeed with a
+// redirect instead of EXDEV, and the uppers must agree, xattrs included.
+for (const seed of REDIRECT_SEEDS) {
+  test.serial(`seed ${seed}, redirect_dir=on: ${OPS} random operations agree with the kernel`,
+    (t) => runSeed(t, seed, OPS, { options: ['redirect_dir=on'] }));
 }

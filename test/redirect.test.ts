@@ -4,10 +4,14 @@
 // with redirect_dir=on writes such a layer (renames within a directory, into another one, of a renamed
 // directory again, of a directory inside a renamed one); then strata and the kernel (default options)
 // mount it, as the upper and as a lower layer, and must show the same trees, and take the same changes.
+// With redirect_dir=on strata writes them itself: the same renames (rename(2), not mv's copy) give the
+// upper the kernel gives, which a fresh kernel mount reads as it reads its own.
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run } from './helpers/exec.js';
+import { strataBin } from './helpers/paths.js';
+import { tempDir } from './helpers/tmp.js';
 import { buildLayer, type LayerSpec } from './helpers/ops-layers.js';
 import { Checks } from './helpers/ops-checks.js';
 import { finishPair, setupPair, unmountStrata, type Pair } from './helpers/ops-pair.js';
@@ -176,4 +180,52 @@ test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, 
   ]);
   unmountAndCompareUppers(c, pair);
   c.done();
+});
+
+/** rename(2) of each pair (no copying fallback as mv has): OK or the errno name. */
+function renames(pairs: [string, string][]): string {
+  const calls = pairs.map(([a, b]) => `r(${JSON.stringify(a)}, ${JSON.stringify(b)})`).join('; ');
+  return `python3 -c 'import os, errno\ndef r(a, b):\n  try: os.rename(a, b); print(a, "->", b, "OK")\n  except OSError as e: print(a, "->", b, errno.errorcode[e.errno])\n${calls}'`;
+}
+
+const LONG = 'n'.repeat(200);
+
+test.serial('redirect_dir=on: strata renames directories with lower layers as the kernel does (redirects, whiteouts, opaque new parents, redirect_max)', (t) => {
+  const c = new Checks(t);
+  const lower: LayerSpec = [...LOWER, { t: 'dir', p: LONG, mode: 0o755 }, { t: 'dir', p: `${LONG}/${'m'.repeat(60)}`, mode: 0o755 },
+    { t: 'file', p: `${LONG}/${'m'.repeat(60)}/f`, data: 'deep\n' }, { t: 'dir', p: 'op', mode: 0o755 }, { t: 'dir', p: 'op/sealed', mode: 0o755, opaque: true },
+    { t: 'dir', p: 'op2', mode: 0o755, opaque: true }, { t: 'dir', p: 'op2/inner', mode: 0o755 }, { t: 'file', p: 'op2/inner/top', data: 'top\n' }];
+  // (below: what the opaque directories hide, also from a redirect's path through them)
+  const below: LayerSpec = [{ t: 'dir', p: 'op', mode: 0o755 }, { t: 'dir', p: 'op/sealed', mode: 0o755 }, { t: 'file', p: 'op/sealed/under', data: 'hidden\n' },
+    { t: 'dir', p: 'op2', mode: 0o755 }, { t: 'dir', p: 'op2/inner', mode: 0o755 }, { t: 'file', p: 'op2/inner/under', data: 'hidden\n' }];
+  const pair = setupPair(t, [lower, below], { options: ['redirect_dir=on'] });
+  shellBoth(c, pair, [
+    // within a directory, into a new (opaque) one, again after a move, a directory inside a moved one,
+    // over an empty directory, out of an opaque lower directory's parent; one whose path is too long
+    { sh: `mkdir x new && ${renames([['a', 'b'], ['c', 'x/c2'], ['p/q', 'p/r'], ['d', 'x/d2'], ['x/d2', 'e'], ['b/sub', 'b/sub2'], ['keep', 'new'],
+      ['op/sealed', 'x/sealed'], ['op2/inner', 'x/inner'], [`${LONG}/${'m'.repeat(60)}`, 'x/deep']])}` },
+    { sh: 'echo added > b/added && find . | sort && cat b/f1 b/added b/sub2/g x/c2/f p/r/h e/f new/k; ls -a x/sealed; ls a c p/q d keep op 2>&1; true' },
+    { sh: 'getfattr -d -m trusted.overlay.redirect -e text --absolute-names x/c2 b p/r e b/sub2 new 2>&1 | sed "s|$PWD|.|"; true' },
+    // changes inside moved directories, and moves of them again
+    { sh: `echo more > x/c2/more && chmod 600 e/f && rm b/f1 && rm -r b/sub2 && ${renames([['b', 'x/b'], ['x/c2', 'c'], ['p', 'q']])} && find . | sort` },
+  ]);
+  // the same after both mounts start again (lookups now follow the redirects on disk)
+  pair.kernel.remount();
+  pair.strata.remount();
+  shellBoth(c, pair, [{ sh: 'find . | sort; cat c/more e/f x/b/added x/sealed/* x/inner/* 2>&1; true' }]);
+  finishPair(c, pair);
+  c.done();
+});
+
+test.serial('redirect_dir=on with userxattr is refused, as by the kernel', (t) => {
+  const base = tempDir(t, 'rd');
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
+  const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,userxattr,redirect_dir=on`;
+  const r = run(strataBin, ['mount', '-o', opts, path.join(base, 'm')]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /conflicting options: userxattr,redirect_dir=on/);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, path.join(base, 'm')]);
+  if (k.status === 0) run('umount', [path.join(base, 'm')]);
+  t.not(k.status, 0, 'the kernel refuses it too');
 });

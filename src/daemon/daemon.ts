@@ -125,6 +125,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     lowerIndex: options.cache,
     upper: work ? {
       workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr, newDirsOpaque: params.newDirsOpaque,
+      redirectDir: params.redirectDir,
     } : null,
     nfsExport: params.nfsExport,
   });

@@ -8,12 +8,13 @@ import type { RequestContext } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
 import type { InodeTable } from './inode.js';
+import type { Layer } from './layers.js';
 import { atFlags, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
 import { hasOrigin, markImpure } from './origin.js';
 import {
   hasOciWhiteout, isKernelWhiteout, isOciMetaName, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER,
-  WhiteoutMaker,
+  REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER, redirectOf, WhiteoutMaker,
 } from './whiteout.js';
 
 const { C, ST } = N;
@@ -38,6 +39,8 @@ export interface DirOptions {
    * where a whiteout was.
    */
   newDirsOpaque?: boolean;
+  /** redirect_dir=on: directories with lower layers are renamed with a redirect (MountParams.redirectDir). */
+  redirectDir?: boolean;
 }
 
 /** What to create: a regular file, directory, symlink or special file. */
@@ -466,9 +469,11 @@ export class DirOps {
       if (node.isDir && !target.isDir) throw fsError('ENOTDIR');
       if (!node.isDir && target.isDir) throw fsError('EISDIR');
     }
-    // Without redirect_dir, a directory with lower layers cannot be renamed: EXDEV makes mv copy.
-    if (node.isDir && node.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
-    if (exchange && target!.isDir && target!.dirLayers!.some((l) => !l.isUpper)) throw fsError('EXDEV');
+    // Without redirect_dir=on, a directory with lower layers cannot be renamed: EXDEV makes mv copy.
+    if (!this.redirecting) {
+      if (node.isDir && hasLower(node)) throw fsError('EXDEV');
+      if (exchange && target!.isDir && hasLower(target!)) throw fsError('EXDEV');
+    }
     if (!target || exchange || !target.isDir) return NO_ENTRIES;
     try {
       return this.checkEmpty(target);
@@ -492,13 +497,20 @@ export class DirOps {
     // The object the rename replaces stays reachable through descriptors open on it.
     if (target && !exchange) target.pinAnchor();
 
+    // redirect_dir=on: a directory with lower layers keeps them through a redirect (see redirectFor).
+    const samedir = parent === newParent;
+    const moved = node.isDir && this.redirecting && hasLower(node) ? this.redirectFor(parent, oldName, node, samedir) : null;
+    const swapped = exchange && target!.isDir && this.redirecting && hasLower(target!) ? this.redirectFor(newParent, newName, target!, samedir) : null;
+
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
       // A directory now standing where a lower layer shows the name must not merge with it.
       // A directory moved into a merged parent is made opaque, as the kernel does: it must not
       // merge with whatever a lower layer shows (or will show) under its new name.
-      if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
-      if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
+      if (moved) moved();
+      else if (node.isDir && newParent.isMerged) this.markOpaque(to, newName);
+      if (swapped) swapped();
+      else if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
       if (parent !== newParent) {
         this.markImpureFor(from, oldName);
         this.markImpureFor(to, newName);
@@ -528,7 +540,8 @@ export class DirOps {
       if (dstType === C.S_IFDIR) this.deleteWorkDir(tmp, clear);
       else tryUnlink(this.upper.workFd, tmp, 0);
     }
-    if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
+    if (moved) moved();
+    else if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
     if (this.opts.writeFormat === 'oci') {
       const dstLower = lowerShows(newParent, newName);
       N.renameat2(from, oldName, to, newName, 0);
@@ -542,16 +555,72 @@ export class DirOps {
     this.inodes.move(node, parent, oldName, newParent, newName);
   }
 
+  /** redirect_dir=on, in the kernel's format (directories with lower layers move with a redirect). */
+  private get redirecting(): boolean {
+    return this.opts.redirectDir === true && this.opts.writeFormat !== 'oci';
+  }
+
+  /**
+   * Before a directory with lower layers moves (redirect_dir=on): the redirect its upper copy gets,
+   * as the kernel's ovl_set_redirect writes it: none when it has one that still holds (a relative
+   * one within the same directory, an absolute one anywhere); within its directory its name; else
+   * the absolute path where the layers below hold it, built from the names and upper redirects of
+   * it and its ancestors (the kernel's ovl_get_redirect), EXDEV beyond redirect_max (mv then copies).
+   * The xattr is written now; the function returned, called once the node has moved, gives the node
+   * the place of its copy in each lower layer as an absolute path, reached from the layer's root.
+   */
+  private redirectFor(parent: UnionNode, name: string, node: UnionNode, samedir: boolean): () => void {
+    const xattr = this.opts.userxattr ? REDIRECT_XATTR_USER : REDIRECT_XATTR_TRUSTED;
+    const own = redirectOf(parent.dirFd(this.up), name);
+    if (!(own !== null && (samedir || own.startsWith('/')))) {
+      let value = name;
+      if (!samedir) {
+        const parts: string[] = [];
+        let n: UnionNode = node;
+        let nName = name;
+        let r: string | null = own;
+        for (;;) {
+          if (r?.startsWith('/')) {
+            parts.push(r.slice(1));
+            break;
+          }
+          parts.push(r ?? nName);
+          const up: UnionNode | null = n.parent;
+          if (!up || !up.parent) break;
+          nName = up.name;
+          r = redirectOf(up.parent.dirFd(this.up), up.name);
+          n = up;
+        }
+        value = '/' + parts.reverse().join('/');
+      }
+      if (value.length > REDIRECT_MAX) throw fsError('EXDEV'); // (names are latin1: a char per byte)
+      N.lsetxattr(parent.dirFd(this.up), name, xattr, Buffer.from(value, 'latin1'), 0);
+    }
+    const places = new Map<Layer, string>();
+    for (const layer of node.dirLayers!) if (!layer.isUpper) places.set(layer, lowerPlace(node, layer));
+    return () => {
+      node.redirects = places;
+    };
+  }
+
   /**
    * A directory renamed over `target`, a directory with entries, gets ENOTEMPTY. The kernel checks a
    * target with lower layers first; for one without (upper only, or opaque) the rename of the upper
-   * directories fails, after the source was marked opaque for a merged new parent. That mark stays:
-   * so here too, for the same upper as the kernel's.
+   * directories fails, after the source was marked opaque for a merged new parent (or, with
+   * redirect_dir=on and lower layers, copied up and given its redirect). That mark stays: so here
+   * too, for the same upper as the kernel's.
    */
   private markedBeforeFailing(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, target: UnionNode): void {
-    if (this.opts.writeFormat === 'oci' || !node.isDir || !node.layer.isUpper || !newParent.isMerged) return;
+    if (this.opts.writeFormat === 'oci' || !node.isDir) return;
     const layers = target.dirLayers!;
     if (layers.length !== 1 || !layers[0]!.isUpper) return;
+    if (this.redirecting && hasLower(node)) {
+      // (redirect_dir=on: the kernel copied the source up and gave it its redirect, then failed)
+      this.copyUp.ensure(node);
+      this.redirectFor(parent, oldName, node, parent === newParent);
+      return;
+    }
+    if (!node.layer.isUpper || !newParent.isMerged) return;
     const from = parent.dirFd(this.up);
     if (!isOpaqueDir(from, oldName, false)) this.markOpaque(from, oldName);
   }
@@ -590,6 +659,21 @@ export class DirOps {
 }
 
 const NO_ENTRIES: string[] = [];
+
+/** The kernel's default redirect_max (the overlay module's parameter): longer redirects give EXDEV. */
+const REDIRECT_MAX = 256;
+
+function hasLower(node: UnionNode): boolean {
+  return node.dirLayers!.some((l) => !l.isUpper);
+}
+
+/** Where the directory's copy in lower `layer` is, from that layer's root ("/a/b"), as dirFd finds it. */
+function lowerPlace(node: UnionNode, layer: Layer): string {
+  if (!node.parent) return '';
+  const r = node.redirects?.get(layer);
+  if (r?.startsWith('/')) return r;
+  return `${lowerPlace(node.parent, layer)}/${r ?? node.name}`;
+}
 
 function tryUnlink(dirfd: number, name: string, flags: number): void {
   try {

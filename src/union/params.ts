@@ -42,6 +42,11 @@ export interface MountParams {
   newDirsOpaque: boolean;
   /** redirect_dir=nofollow: a redirect found in a layer fails the lookup (EPERM) instead of being followed. */
   noFollowRedirects: boolean;
+  /**
+   * redirect_dir=on: a directory with lower layers is renamed as the kernel renames it, its upper copy
+   * carrying trusted.overlay.redirect (where the layers below hold it), instead of EXDEV.
+   */
+  redirectDir: boolean;
 }
 
 /** Splits on unescaped `sep`, removing the escaping backslashes. */
@@ -101,7 +106,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false,
+    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
@@ -192,7 +197,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'redirect_dir':
       case 'xino':
         features.set(key, value);
-        p.ignored.push(item);
+        if (key !== 'redirect_dir') p.ignored.push(item);
         break;
       default:
         if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
@@ -202,6 +207,11 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   // (the kernel's ovl_allow_offline_changes: redirect_dir=follow or nofollow and xino=auto still allow them)
   p.newDirsOpaque = [...features.values()].includes('on');
   p.noFollowRedirects = features.get('redirect_dir') === 'nofollow';
+  p.redirectDir = features.get('redirect_dir') === 'on';
+  // (as the kernel's ovl_fs_params_verify: unprivileged overlays neither write nor follow redirects)
+  if (p.userxattr && features.has('redirect_dir') && features.get('redirect_dir') !== 'nofollow') {
+    throw new UsageError(`conflicting options: userxattr,redirect_dir=${features.get('redirect_dir')}`);
+  }
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {
