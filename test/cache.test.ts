@@ -199,7 +199,16 @@ test('strata cache verify reports a planted wrong entry; clear empties the cache
   const dir = path.join(s.work, 'strata-cache');
   // (listings reach LevelDB once it is open: when the daemon is first idle)
   t.true(await waitFor(() => fs.existsSync(path.join(dir, 'CURRENT'))));
+  // A listed directory removed through the mount (a whiteout now): its listing still describes the lower
+  // layers there, unused; not a disagreement.
+  fs.rmSync(path.join(s.mountpoint, 'd', 'sub'), { recursive: true });
   strataUnmount(s.mountpoint);
+  const held = new Level<string, string>(dir);
+  await held.open();
+  t.not(await held.get('lower:/d/sub'), undefined, 'the listing of d/sub reached LevelDB');
+  await held.close();
+  const removed = cacheCli(['verify', '--cache-dir', dir]);
+  t.is(removed.status, 0, removed.stdout + removed.stderr);
   const db = new Level<string, string>(dir);
   await db.open();
   const listing = JSON.parse((await db.get('lower:/d'))!) as [string, { l: number; m: number; i: number; d: number[] | null }][];

@@ -122,9 +122,13 @@ export async function verifyCache(dir: string): Promise<string[]> {
     const layers = JSON.parse(layersJson) as { path: string; upper: boolean }[];
     const upper = layers.find((l) => l.upper)?.path ?? null;
     const stack = LayerStack.open(upper, layers.filter((l) => !l.upper).map((l) => l.path));
+    // A listing describes the lower layers at its path: checked against them alone. (What the upper
+    // does there does not make it wrong: a directory removed through the mount, a whiteout now, leaves
+    // its listing unused, and right again if the whiteout goes.)
+    const lowerOnly = LayerStack.open(null, layers.filter((l) => !l.upper).map((l) => l.path));
     try {
-      const inodes = new InodeTable(stack);
-      const fresh = new LowerIndex(stack, null);
+      const inodes = new InodeTable(lowerOnly);
+      const fresh = new LowerIndex(lowerOnly, null);
       for await (const [key, value] of db.iterator({ gte: 'lower:', lt: 'lower:\xff' })) {
         const path = key.slice('lower:'.length);
         const node = walk(inodes, path);
@@ -132,7 +136,10 @@ export async function verifyCache(dir: string): Promise<string[]> {
           problems.push(`${path}: the cache lists a lower directory that the layers do not merge`);
           continue;
         }
-        const stored = canonical(JSON.parse(value) as [string, LowerEntry][]);
+        // (its layer numbers count the upper, which the lower-only stack has not)
+        const off = upper !== null ? 1 : 0;
+        const stored = canonical((JSON.parse(value) as [string, LowerEntry][]).map(([n, e]): [string, LowerEntry] =>
+          [n, { ...e, l: e.l - off, d: e.d ? e.d.map((i) => i - off) : null }]));
         if (stored !== canonical(fresh.build(node))) problems.push(`${path}: the cached lower listing differs from the layers`);
       }
       if (stack.upper) {
@@ -163,6 +170,7 @@ export async function verifyCache(dir: string): Promise<string[]> {
       }
     } finally {
       stack.close();
+      lowerOnly.close();
     }
   } finally {
     await db.close();
