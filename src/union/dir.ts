@@ -555,6 +555,21 @@ export class DirOps {
     this.inodes.move(node, parent, oldName, newParent, newName);
   }
 
+  /**
+   * The kernel's rename of the upper directories that fails with ENOTEMPTY (`target` holds entries in
+   * the upper): with RENAME_WHITEOUT where a lower layer shows the old name, as the kernel's, since a
+   * filesystem may change the old directory before it fails (ext4 then sets its mtime).
+   */
+  private failingRename(parent: UnionNode, oldName: string, node: UnionNode, newParent: UnionNode, target: UnionNode): void {
+    const whiteout = !this.createdFree(node, parent, oldName) && lowerShows(parent, oldName);
+    try {
+      N.renameat2(parent.dirFd(this.up), oldName, newParent.dirFd(this.up), target.name, whiteout ? C.RENAME_WHITEOUT : 0);
+    } catch {
+      return; // (ENOTEMPTY, as checkEmpty found)
+    }
+    throw new Error(`rename of ${oldName} over a directory with entries succeeded in the upper`);
+  }
+
   /** redirect_dir=on, in the kernel's format (directories with lower layers move with a redirect). */
   private get redirecting(): boolean {
     return this.opts.redirectDir === true && this.opts.writeFormat !== 'oci';
@@ -615,14 +630,17 @@ export class DirOps {
     const layers = target.dirLayers!;
     if (layers.length !== 1 || !layers[0]!.isUpper) return;
     if (this.redirecting && hasLower(node)) {
-      // (redirect_dir=on: the kernel copied the source up and gave it its redirect, then failed)
+      // (redirect_dir=on: the kernel copied the source up and gave it its redirect, then its rename of
+      // the upper directories failed: that attempt too, for what the upper's filesystem does then)
       this.copyUp.ensure(node);
       this.redirectFor(parent, oldName, node, parent === newParent);
+      this.failingRename(parent, oldName, node, newParent, target);
       return;
     }
     if (!node.layer.isUpper || !newParent.isMerged) return;
     const from = parent.dirFd(this.up);
     if (!isOpaqueDir(from, oldName, false)) this.markOpaque(from, oldName);
+    this.failingRename(parent, oldName, node, newParent, target);
   }
 
   /**

@@ -731,7 +731,14 @@ export class UnionFs implements FileSystem {
     }
     // Names are looked up again once copy-ups in progress are done: they may have changed meanwhile.
     if (node.copying || target?.copying) return this.afterCopies<void>([node, target], () => this.rename(ctx, parent, name, newParent, newName, flags));
-    w.dirs.checkRename(p, name, node, np, newName, target, flags);
+    try {
+      w.dirs.checkRename(p, name, node, np, newName, target, flags);
+    } catch (e) {
+      // A rename over a directory with entries changes the upper before it fails, as the kernel's does
+      // (DirOps.markedBeforeFailing): the attributes the kernel keeps of those directories are stale.
+      if (errCode(e) === 'ENOTEMPTY') for (const n of [p, np, node]) if (n.lookups > 0 || n === this.inodes.root) this.opts.invalidateAttributes(n.nodeid);
+      throw e;
+    }
     const exchangeFile = target && (flags & C.RENAME_EXCHANGE) && target.type === C.S_IFREG ? target : null;
     for (const n of [node.type === C.S_IFREG ? node : null, exchangeFile]) {
       if (!n || n.layer.isUpper) continue;
