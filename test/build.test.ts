@@ -223,8 +223,10 @@ test.serial('refused: sources outside the context, a failing RUN (nothing left b
     return c.strata(['build', '-q', ctx]);
   };
   // The image's /danger points at a host directory: COPY through it writes inside the image.
-  const r = build(`FROM deb:l0\nRUN ln -s ${hostDir} /danger && mkdir -p ${hostDir}\nCOPY file.txt /danger/\nCOPY file.txt /danger/../escape.txt\n`);
+  const r = build(`FROM deb:l0\nRUN ln -s ${hostDir} /danger && mkdir -p ${hostDir} && echo noisy && echo noisy >&2\nCOPY file.txt /danger/\nCOPY file.txt /danger/../escape.txt\n`);
   t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /^sha256:[0-9a-f]{64}\n$/, '-q: the image ID alone, as docker build -q');
+  t.notRegex(r.stderr, /noisy/);
   t.deepEqual(fs.readdirSync(hostDir), [], 'nothing written on the host');
   const id = lastLine(r.stdout);
   t.is(c.ok(['run', '--rm', id, 'cat', `${hostDir}/file.txt`]), 'payload\n');
@@ -252,8 +254,8 @@ test.serial('refused: sources outside the context, a failing RUN (nothing left b
   oneLineError(t, c.strata(['build', path.join(c.base, 'nope')]), /cannot read the Dockerfile/);
   const failing = build('FROM deb:l0\nRUN echo about to fail; exit 3\n');
   t.not(failing.status, 0);
-  t.regex(failing.stderr, /RUN echo about to fail; exit 3: the command returned a non-zero code: 3/);
-  t.regex(failing.stdout, /about to fail/);
+  t.regex(failing.stderr, /^about to fail\nstrata: .*RUN echo about to fail; exit 3: the command returned a non-zero code: 3\n$/, '-q: what the failed step printed, then the error');
+  t.is(failing.stdout, '');
   t.deepEqual(JSON.parse(c.ok(['container', 'ls', '--json'])), [], 'no container left');
   t.deepEqual(mountsUnder(c.store), [], 'nothing mounted');
 });

@@ -210,7 +210,8 @@ export function childPids(pid: number): number[] {
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: readonly string[],
-  user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, onStarted?: (unsharePid: number) => void): Promise<number> {
+  user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, onStarted?: (unsharePid: number) => void,
+  outputFd?: number): Promise<number> {
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
@@ -222,7 +223,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
-    stdio: 'inherit',
+    stdio: outputFd === undefined ? 'inherit' : ['inherit', outputFd, outputFd],
     env: { ...env, STRATA_SETUP: spec },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
@@ -331,6 +332,8 @@ export interface StartOptions {
   madeMountPoints?: string[];
   /** What claimStart gave, when the caller had the store open already (run). */
   claimed?: { config: ImageConfig; lowerdirs: string[] };
+  /** A descriptor for the command's stdout and stderr (build -q), instead of strata's own. */
+  outputFd?: number;
 }
 
 /**
@@ -411,7 +414,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
           status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
             recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString(), restartCount: restarts }))
               .then(() => (restarts === 0 ? opts.onRunning?.() : undefined), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
-          });
+          }, opts.outputFd);
           await recorded;
           // --restart: again, unless it was stopped or killed (strata stop, kill), as docker's policies
           if (!policy || policy.name === 'no' || signalled) break;

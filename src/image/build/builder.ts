@@ -20,7 +20,7 @@
 // every step is cached gives the same image ID again.
 
 import { createHash } from 'node:crypto';
-import { chmodSync, createWriteStream, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, createWriteStream, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -52,6 +52,8 @@ export interface BuildOptions {
   target?: string;
   /** A line per step (Docker's "STEP n/m: ..."). */
   log?: (line: string) => void;
+  /** -q: what RUN prints is kept aside, and shown (on stderr) only when the step fails. */
+  quiet?: boolean;
   /** Pulls an image the store lacks (FROM). */
   ensureImage?: (ref: string) => Promise<void>;
   /** --secret: what RUN --mount=type=secret mounts. */
@@ -523,11 +525,23 @@ async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, re
   const made: string[] = [];
   const workdir = stage.config.config?.WorkingDir || '/';
   let status: number;
+  // (-q: the step's output in a file that goes with it, shown when it fails)
+  const outputDir = opts.quiet ? mkdtempSync(join(tmpdir(), 'strata-run-')) : null;
+  const outputFd = outputDir ? openSync(join(outputDir, 'output'), 'w+', 0o600) : undefined;
   try {
-    status = await startContainer(opts.store, full, { prepare: (merged) => makeWorkdir(merged, workdir), madeMountPoints: made });
+    try {
+      status = await startContainer(opts.store, full, { prepare: (merged) => makeWorkdir(merged, workdir), madeMountPoints: made, ...(outputFd !== undefined ? { outputFd } : {}) });
+    } finally {
+      // (unmounted by now: the mount points go from the upper, which becomes the layer)
+      removeMountPoints(rec.upper, made);
+    }
+    if (status !== 0 && outputDir) {
+      const text = readFileSync(join(outputDir, 'output'));
+      process.stderr.write(text.subarray(Math.max(0, text.length - 64 * 1024)));
+    }
   } finally {
-    // (unmounted by now: the mount points go from the upper, which becomes the layer)
-    removeMountPoints(rec.upper, made);
+    if (outputFd !== undefined) closeSync(outputFd);
+    if (outputDir) rmSync(outputDir, { recursive: true, force: true });
   }
   if (status !== 0) throw new ImageError(`${ins.original.slice(0, 200)}: the command returned a non-zero code: ${status}`);
 }
