@@ -457,3 +457,48 @@ test('pause and unpause, rename, logs --tail, exec -d', async (t) => {
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+interface Health { Status: string; FailingStreak: number; Log: { ExitCode: number; Output: string }[] }
+
+test('health checks as docker runs them: the image\'s HEALTHCHECK, --health-* over it, starting/unhealthy/healthy, a timeout, --no-healthcheck, ps', async (t) => {
+  const c = setup(t);
+  const ctx = path.join(c.s.dir, '..', 'hc-ctx');
+  fs.mkdirSync(ctx);
+  fs.writeFileSync(path.join(ctx, 'Dockerfile'), 'FROM base:1\nHEALTHCHECK --interval=200ms --retries=2 CMD test -e /tmp/ok && echo fine\n');
+  c.ok(['build', '-q', '-t', 'hc:1', ctx]);
+  const health = (name: string): Health | undefined => (JSON.parse(c.ok(['inspect', name])) as { State: { Health?: Health } }[])[0]!.State.Health;
+
+  // the image's check: failing twice in a row makes it unhealthy; once the test passes, healthy
+  c.ok(['run', '-d', '--name', 'h1', 'hc:1', 'sleep', '6363']);
+  t.is(health('h1')?.Status, 'starting', 'no check has run yet: starting');
+  t.true(await waitFor(() => health('h1')?.Status === 'unhealthy', 10_000), 'unhealthy after two failures');
+  t.true(health('h1')!.FailingStreak >= 2);
+  t.regex(c.ok(['ps']), /running \(unhealthy\)/);
+  c.ok(['exec', 'h1', 'touch', '/tmp/ok']);
+  t.true(await waitFor(() => health('h1')?.Status === 'healthy', 10_000), 'healthy once the test passes');
+  const h1 = health('h1')!;
+  t.is(h1.FailingStreak, 0);
+  t.deepEqual(h1.Log.at(-1), { ...h1.Log.at(-1)!, ExitCode: 0, Output: 'fine\n' });
+  t.true(h1.Log.length <= 5, 'the last five results');
+  t.is(c.ok(['ps', '--filter', 'health=healthy', '--format', '{{.Names}}']), 'h1\n');
+
+  // --health-* over the image's: a test that outlives its timeout fails with -1; a start period in which
+  // failures do not count (still starting); --no-healthcheck: none at all
+  c.ok(['run', '-d', '--name', 'h2', '--health-cmd', 'sleep 5', '--health-timeout', '300ms', '--health-interval', '100ms', '--health-retries', '1', 'hc:1', 'sleep', '6363']);
+  t.true(await waitFor(() => health('h2')?.Status === 'unhealthy', 10_000));
+  t.like(health('h2')!.Log[0], { ExitCode: -1, Output: 'Health check exceeded timeout (0.3s)' });
+  const cfg = (JSON.parse(c.ok(['inspect', 'h2'])) as { Config: { Healthcheck: unknown } }[])[0]!.Config.Healthcheck;
+  t.like(cfg, { Test: ['CMD-SHELL', 'sleep 5'], Interval: 100_000_000, Retries: 1, Timeout: 300_000_000 });
+  c.ok(['run', '-d', '--name', 'h3', '--health-start-period', '1h', '--health-start-interval', '100ms', 'hc:1', 'sleep', '6363']);
+  t.true(await waitFor(() => (health('h3')?.Log.length ?? 0) >= 3, 10_000), 'checks run in the start period');
+  t.like(health('h3'), { Status: 'starting', FailingStreak: 0 }, 'failures in the start period do not count');
+  c.ok(['run', '-d', '--name', 'h4', '--no-healthcheck', 'hc:1', 'sleep', '6363']);
+  t.is(health('h4'), undefined);
+  t.is(c.ok(['ps', '--filter', 'health=none', '--format', '{{.Names}}']), 'h4\n');
+  oneLineError(t, c.strata(['run', '--rm', '--health-interval', 'soon', 'hc:1', 'true']), 125, /--health-interval: bad duration "soon"/);
+
+  c.ok(['rm', '-f', 'h1', 'h2', 'h3', 'h4']);
+  t.true(await waitFor(() => processesRunning(['sleep', '6363']).length === 0 && processesRunning(['sleep', '5']).length === 0, 10_000), 'no container or check left');
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

@@ -52,7 +52,7 @@ const CONTAINER_OPTIONS = {
   running: { type: 'boolean', default: false, describe: 'only the running containers (what `strata ps` lists without -a)' },
   quiet: { alias: 'q', type: 'boolean', default: false, describe: 'only the IDs (12 digits)' },
   format: { type: 'string', describe: 'a line per container: {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.Status}} {{.State}}' },
-  filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX (repeatable: one key ORs, keys AND)' },
+  filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX, health=starting|healthy|unhealthy|none (repeatable: one key ORs, keys AND)' },
 } as const;
 
 /** The options of each command that unknownOption() checks (others: see main.ts). */
@@ -242,7 +242,7 @@ export const containerCommand: CommandModule = {
       for (const f of ([] as string[]).concat(args.filter ?? [])) {
         const i = f.indexOf('=');
         const key = f.slice(0, i);
-        if (i <= 0 || !['status', 'name', 'ancestor', 'id'].includes(key)) throw new ImageError(`--filter ${f}: expected status=, name=, ancestor= or id=`, 125);
+        if (i <= 0 || !['status', 'name', 'ancestor', 'id', 'health'].includes(key)) throw new ImageError(`--filter ${f}: expected status=, name=, ancestor=, id= or health=`, 125);
         filters.set(key, [...(filters.get(key) ?? []), f.slice(i + 1)]);
       }
       const { list, images } = await withStore(await storeDirOf(args), async (s) => {
@@ -256,13 +256,17 @@ export const containerCommand: CommandModule = {
         if (key === 'status') return stateOf(c) === v;
         if (key === 'name') return c.name.includes(v);
         if (key === 'id') return c.id.startsWith(v);
+        if (key === 'health') return ((c.health as { Status?: string } | undefined)?.Status ?? 'none') === v;
         return images.get(v) === c.image || c.imageRef === v;
       }));
       const shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));
       shown.sort((x, y2) => x.created.localeCompare(y2.created));
       const statusOf = (c: (typeof list)[number]): string => {
         const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
-        return c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : c.paused === true ? 'running (paused)' : (c.state ?? 'created');
+        const health = (c.health as { Status?: string } | undefined)?.Status;
+        const running = c.paused === true ? 'running (paused)' : c.state === 'running' && health !== undefined
+          ? `running (${health === 'starting' ? 'health: starting' : health})` : (c.state ?? 'created');
+        return c.state === 'exited' ? `Exited (${String(c.exitCode)})` : gone ? 'Exited (its monitor is gone)' : running;
       };
       if (args.json) {
         out(JSON.stringify(shown, null, 2));

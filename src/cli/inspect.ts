@@ -28,6 +28,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       ExitCode: rec.exitCode ?? 0,
       StartedAt: rec.started ?? '',
       FinishedAt: rec.finished ?? '',
+      ...(rec.health !== undefined ? { Health: rec.health } : {}),
     },
     Image: rec.image,
     ImageName: rec.imageRef,
@@ -38,6 +39,9 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       Cmd: rec.command ?? [],
       WorkingDir: settings.workdir ?? cfg.WorkingDir ?? '',
       StopSignal: cfg.StopSignal ?? '',
+      // (the image's, with run's --health-* over it)
+      ...(cfg.Healthcheck !== undefined || settings.healthcheck !== undefined
+        ? { Healthcheck: { ...((cfg.Healthcheck as object | undefined) ?? {}), ...(settings.healthcheck ?? {}) } } : {}),
     },
     RestartCount: (rec.restartCount as number | undefined) ?? 0,
     HostConfig: {

@@ -27,6 +27,13 @@ export const CONTAINER_CONFIG_OPTIONS = {
   restart: { type: 'string', describe: 'no (default), always, unless-stopped, on-failure[:N]: its monitor starts the command again when it ends (not after stop or kill)' },
   'add-host': { type: 'string', describe: 'NAME:IP for the container\'s /etc/hosts (repeatable)' },
   'cap-drop': { type: 'string', describe: 'a capability to drop from the default set (ALL: every one; repeatable, or comma-separated)' },
+  'health-cmd': { type: 'string', describe: 'the health check, run by /bin/sh -c in the container (over the image\'s HEALTHCHECK)' },
+  'health-interval': { type: 'string', describe: 'time between health checks (Go duration: 30s, 1m30s; default 30s)' },
+  'health-timeout': { type: 'string', describe: 'a health check that runs longer fails (default 30s)' },
+  'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
+  'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
+  'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  healthcheck: { type: 'boolean', default: true, describe: 'run the health check (--no-healthcheck: none, whatever the image says)' },
 } as const;
 
 type Many = string | string[] | undefined;
@@ -48,6 +55,13 @@ export interface ContainerConfigArgs {
   addHost?: Many;
   publish?: Many;
   restart?: Many;
+  healthCmd?: Many;
+  healthInterval?: Many;
+  healthTimeout?: Many;
+  healthRetries?: Many;
+  healthStartPeriod?: Many;
+  healthStartInterval?: Many;
+  healthcheck?: boolean;
 }
 
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
@@ -69,6 +83,8 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const addHosts = many(a.addHost).map(S.parseAddHost);
   const restartFlag = last(a.restart);
   const restart = restartFlag !== undefined ? S.parseRestart(restartFlag) : undefined;
+  const healthcheck = S.parseHealthFlags({ cmd: last(a.healthCmd), interval: last(a.healthInterval), timeout: last(a.healthTimeout),
+    retries: last(a.healthRetries), startPeriod: last(a.healthStartPeriod), startInterval: last(a.healthStartInterval), none: a.healthcheck === false ? true : undefined });
   if (restart && restart.name !== 'no' && a.rm) throw new (await import('../image/types.js')).ImageError('--restart and --rm do not go together', 125);
   if (many(a.publish).length > 0) {
     // (as podman with --network host: nothing to publish)
@@ -82,6 +98,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
+      ...(healthcheck ? { healthcheck } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

@@ -11,7 +11,7 @@
 //         chroot into the merged view, working directory, groups, gid, uid, then the command;
 //   diff  walks the upper against the image's layers, as podman diff reports a container's changes.
 
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn, type StdioOptions } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { constants } from 'node:os';
@@ -218,6 +218,24 @@ export interface ExecOptions {
 
 /** Runs argv inside a running container (its image's config: `config`); resolves with its exit status. */
 export async function execInContainer(config: ImageConfig, rec: ContainerRecord, argv: readonly string[], opts: ExecOptions = {}): Promise<number> {
+  const child = spawnInContainer(config, rec, argv, opts, opts.detach ? 'ignore' : 'inherit', opts.detach === true);
+  if (opts.detach) child.unref();
+  return new Promise((resolve) => {
+    if (opts.detach) child.once('spawn', () => resolve(0));
+    child.on('error', (e) => {
+      process.stderr.write(`strata: cannot start nsenter: ${e.message}\n`);
+      resolve(125);
+    });
+    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0)));
+  });
+}
+
+/**
+ * argv started in a running container's namespaces and root, as its user (or exec's -u), in its
+ * environment and working directory, with its capabilities: what exec and health checks run.
+ */
+export function spawnInContainer(config: ImageConfig, rec: ContainerRecord, argv: readonly string[], opts: ExecOptions,
+  stdio: StdioOptions, detached: boolean): ChildProcess {
   if (argv.length === 0) throw new ImageError('give the command to run in the container', 125);
   const init = containerInit(rec);
   if (init === null) throw new ImageError(`container ${rec.name} is not running`, 125);
@@ -236,18 +254,9 @@ export async function execInContainer(config: ImageConfig, rec: ContainerRecord,
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
   // (--net: the container's network namespace, its own or the host's)
-  const child = spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
+  return spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
     RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), rec.merged, wd,
-    String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio: opts.detach ? 'ignore' : 'inherit', env, detached: opts.detach === true });
-  if (opts.detach) child.unref();
-  return new Promise((resolve) => {
-    if (opts.detach) child.once('spawn', () => resolve(0));
-    child.on('error', (e) => {
-      process.stderr.write(`strata: cannot start nsenter: ${e.message}\n`);
-      resolve(125);
-    });
-    child.on('exit', (code, signal) => resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0)));
-  });
+    String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio, env, detached });
 }
 
 export interface Change {

@@ -29,6 +29,7 @@ import { mountLayers, unmountIfMounted } from './container.js';
 import { processAlive } from '../daemon/registry.js';
 import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
+import { monitorHealth } from './health.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
 import { capabilityMask, checkSettings, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
@@ -334,6 +335,8 @@ export interface StartOptions {
   claimed?: { config: ImageConfig; lowerdirs: string[] };
   /** A descriptor for the command's stdout and stderr (build -q), instead of strata's own. */
   outputFd?: number;
+  /** false: no health check (a build's RUN). */
+  healthcheck?: boolean;
 }
 
 /**
@@ -411,11 +414,17 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       for (const sig of STOP_SIGNALS) process.on(sig, noted);
       try {
         for (;;) {
+          let stopHealth = (): void => {};
           status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
             recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString(), restartCount: restarts }))
-              .then(() => (restarts === 0 ? opts.onRunning?.() : undefined), (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
+              .then(() => {
+                // (the health check runs while the command does: HEALTHCHECK, --health-*; none in a build)
+                if (opts.healthcheck !== false) stopHealth = monitorHealth(store, config, { ...rec, state: 'running', monitorPid: process.pid, unsharePid });
+                return restarts === 0 ? opts.onRunning?.() : undefined;
+              }, (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
           }, opts.outputFd);
           await recorded;
+          stopHealth();
           // --restart: again, unless it was stopped or killed (strata stop, kill), as docker's policies
           if (!policy || policy.name === 'no' || signalled) break;
           if (policy.name === 'on-failure' && (status === 0 || (policy.max !== undefined && restarts >= policy.max))) break;

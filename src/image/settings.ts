@@ -46,6 +46,45 @@ export interface ContainerSettings {
   addHosts?: string[];
   /** --restart: started again by its monitor when its command ends (not after a stop or kill). */
   restart?: RestartPolicy;
+  /** --health-* and --no-healthcheck: over the image's Healthcheck, field by field (src/image/health.ts). */
+  healthcheck?: HealthConfig;
+}
+
+/** Docker's config.Healthcheck: Test (["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."]), durations in ns. */
+export interface HealthConfig {
+  Test?: string[];
+  Interval?: number;
+  Timeout?: number;
+  StartPeriod?: number;
+  StartInterval?: number;
+  Retries?: number;
+}
+
+/** A Go duration ("30s", "1m30s", "500ms", "1h") in nanoseconds; `what` names it in the error. */
+export function durationNs(v: string, what: string, exitCode = 125): number {
+  const units: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
+  const parts = [...v.matchAll(/([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== v) throw new ImageError(`${what}: bad duration "${v}"`, exitCode);
+  return Math.round(parts.reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0));
+}
+
+/** run's and create's --health-cmd, --health-interval ... and --no-healthcheck, as docker takes them. */
+export function parseHealthFlags(f: { cmd?: string; interval?: string; timeout?: string; startPeriod?: string; startInterval?: string; retries?: string;
+  none?: boolean }): HealthConfig | undefined {
+  const h: HealthConfig = {};
+  if (f.none) {
+    if (Object.entries(f).some(([k, v]) => k !== 'none' && v !== undefined)) bad('--no-healthcheck conflicts with --health-* options');
+    return { Test: ['NONE'] };
+  }
+  if (f.cmd !== undefined) h.Test = ['CMD-SHELL', f.cmd];
+  const durations: [keyof HealthConfig, string | undefined, string][] = [['Interval', f.interval, '--health-interval'], ['Timeout', f.timeout, '--health-timeout'],
+    ['StartPeriod', f.startPeriod, '--health-start-period'], ['StartInterval', f.startInterval, '--health-start-interval']];
+  for (const [key, v, flag] of durations) if (v !== undefined) (h as Record<string, unknown>)[key] = durationNs(v, flag);
+  if (f.retries !== undefined) {
+    if (!/^[0-9]+$/.test(f.retries)) bad(`--health-retries ${f.retries}: expected a number`);
+    h.Retries = Number(f.retries);
+  }
+  return Object.keys(h).length > 0 ? h : undefined;
 }
 
 export interface RestartPolicy {

@@ -35,7 +35,7 @@ import { type HistoryEntry, hostPlatform, type ImageConfig, ImageError } from '.
 import { containerUser } from '../user.js';
 import { BuildContext, copyInto, sourceChecksum } from './context.js';
 import { ensureDir, isDirIn, removeMountPoints } from '../inroot.js';
-import type { ContainerSettings, MountSpec } from '../settings.js';
+import { type ContainerSettings, durationNs, type MountSpec } from '../settings.js';
 import { type BuildSecret, type FromRoot, mountFrom, runMounts } from './run_mounts.js';
 import { expand, type Instruction, keyValues, parseDockerfile, words } from './dockerfile.js';
 
@@ -377,7 +377,7 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
           if (!/^[0-9]+$/.test(value)) throw new ImageError(`Dockerfile line ${ins.line}: --retries takes a number`);
           hc.Retries = Number(value);
         } else if (names[flag]) {
-          hc[names[flag]!] = durationNs(value, ins.line);
+          hc[names[flag]!] = durationNs(value, `Dockerfile line ${ins.line}`, 1);
         } else {
           throw new ImageError(`Dockerfile line ${ins.line}: HEALTHCHECK --${flag} is not supported`);
         }
@@ -419,14 +419,6 @@ async function runStep(opts: BuildOptions, ctx: BuildContext, esc: string, stage
     default:
       throw new ImageError(`Dockerfile line ${ins.line}: ${ins.cmd} is not supported`);
   }
-}
-
-/** A Go duration ("30s", "1m30s", "500ms", "1h") in nanoseconds. */
-function durationNs(v: string, line: number): number {
-  const units: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
-  const parts = [...v.matchAll(/([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)/g)];
-  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== v) throw new ImageError(`Dockerfile line ${line}: bad duration "${v}"`);
-  return Math.round(parts.reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0));
 }
 
 /** A RUN's key: the instruction, the build arguments it sees, and what its bind mounts show. */
@@ -530,7 +522,7 @@ async function runInBuild(opts: BuildOptions, stage: Stage, ins: Instruction, re
   const outputFd = outputDir ? openSync(join(outputDir, 'output'), 'w+', 0o600) : undefined;
   try {
     try {
-      status = await startContainer(opts.store, full, { prepare: (merged) => makeWorkdir(merged, workdir), madeMountPoints: made, ...(outputFd !== undefined ? { outputFd } : {}) });
+      status = await startContainer(opts.store, full, { prepare: (merged) => makeWorkdir(merged, workdir), madeMountPoints: made, healthcheck: false, ...(outputFd !== undefined ? { outputFd } : {}) });
     } finally {
       // (unmounted by now: the mount points go from the upper, which becomes the layer)
       removeMountPoints(rec.upper, made);
