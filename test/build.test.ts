@@ -130,7 +130,7 @@ test.serial('a Dockerfile gives the image podman build gives (config, files, own
   t.is(fresh.match(/Using cache|STEP/g), null);
 });
 
-test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL; build arguments in keys; here-documents in RUN, COPY and ADD', (t) => {
+test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpacks a local archive; SHELL; build arguments in keys; unused stages skipped; here-documents in RUN, COPY and ADD', (t) => {
   const c = setup(t);
   const ctx = path.join(c.base, 'ctx');
   fs.mkdirSync(path.join(c.base, 'arc/d'), { recursive: true });
@@ -171,6 +171,20 @@ test.serial('multi-stage: COPY --from a stage, --target, FROM scratch; ADD unpac
   t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/file.txt']), 'f\n');
   t.not(c.strata(['run', '--rm', 'dir:2', 'test', '-e', '/one/file.txt']).status, 0);
   t.is(c.ok(['run', '--rm', 'dir:2', 'cat', '/two/shell.txt']), '/bin/bash 5.\n');
+
+  // Only the stages the target needs are built (as podman build and BuildKit): a failing stage nothing
+  // uses is skipped; stages named by COPY --from (through a build argument), RUN --mount from= and
+  // FROM are built, and what they depend on.
+  const ctx4 = path.join(c.base, 'ctx4');
+  writeTree(ctx4, {
+    Dockerfile: ['FROM deb:l0 AS broken', 'RUN exit 9', 'FROM deb:l0 AS dep', 'RUN echo dep > /dep', 'FROM dep AS viaarg', 'RUN echo arg > /arg',
+      'FROM deb:l0 AS mounted', 'RUN echo m > /m', 'FROM deb:l0', 'ARG SRC=viaarg', 'COPY --from=${SRC} /arg /dep /', 'RUN --mount=type=bind,from=mounted,target=/mm cp /mm/m /m', ''].join('\n'),
+  });
+  const staged = c.ok(['build', '-t', 'staged:1', ctx4]);
+  t.notRegex(staged, /exit 9/, 'the unused stage is not built');
+  t.is((staged.match(/^STEP /gm) ?? []).length, 10, staged);
+  t.is(c.ok(['run', '--rm', 'staged:1', 'cat', '/arg', '/dep', '/m']), 'arg\ndep\nm\n');
+  t.regex(c.strata(['build', '--target', 'broken', ctx4]).stderr, /RUN exit 9: the command returned a non-zero code: 9/, 'built when it is the target');
 
   // RUN here-documents: alone, the document is the script; after a command, the shell reads it; <<- strips tabs.
   const ctx3 = path.join(c.base, 'ctx3');

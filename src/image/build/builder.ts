@@ -118,6 +118,61 @@ function setEnv(config: ImageConfig, key: string, value: string): void {
   config.config.Env = env;
 }
 
+interface StageRange {
+  from: Instruction;
+  body: Instruction[];
+  name: string | null;
+}
+
+/**
+ * The stages stage `last` needs: itself and, transitively, the earlier stages its FROM, COPY --from
+ * and RUN --mount from= name (by name or number; variables expanded with the global ARGs and the
+ * stage's ARGs). A reference whose variables leave it empty keeps every earlier stage.
+ */
+function neededStages(ranges: readonly StageRange[], last: number, globalArgs: ReadonlyMap<string, string>, buildArgs: Record<string, string>,
+  esc: string): Set<number> {
+  const stageOf = (ref: string, before: number): number | null => {
+    for (let j = before - 1; j >= 0; j--) if (ranges[j]!.name === ref.toLowerCase()) return j;
+    return /^[0-9]+$/.test(ref) && Number(ref) < before ? Number(ref) : null;
+  };
+  const refsOf = (idx: number): number[] => {
+    const r = ranges[idx]!;
+    const out: number[] = [];
+    const add = (ref: string): void => {
+      if (ref.trim() === '') {
+        for (let j = 0; j < idx; j++) out.push(j);
+        return;
+      }
+      const j = stageOf(ref, idx);
+      if (j !== null) out.push(j);
+    };
+    add(expand(/^(\S+)/.exec(r.from.rest)![1]!, globalArgs, esc));
+    const vars = new Map<string, string>();
+    for (const ins of r.body) {
+      if (ins.cmd === 'ARG') {
+        for (const [k, v] of keyValues(ins.rest, vars, esc, false)) vars.set(k, buildArgs[k] ?? (ins.rest.includes('=') ? v : globalArgs.get(k) ?? ''));
+      } else if ((ins.cmd === 'COPY' || ins.cmd === 'ADD') && ins.flags.from !== undefined) {
+        add(expand(ins.flags.from, vars, esc));
+      } else if (ins.cmd === 'RUN') {
+        for (const [f, v] of ins.flagList) {
+          const m = f === 'mount' ? /(?:^|,)from=([^,]*)/.exec(v) : null;
+          if (m) add(expand(m[1]!, vars, esc));
+        }
+      }
+    }
+    return out;
+  };
+  const needed = new Set<number>();
+  const todo = [last];
+  while (todo.length > 0) {
+    const idx = todo.pop()!;
+    if (needed.has(idx)) continue;
+    needed.add(idx);
+    todo.push(...refsOf(idx));
+  }
+  return needed;
+}
+
 /** The exec form as given, or the shell form run by the stage's SHELL. */
 function commandOf(ins: Instruction, shell: string[]): string[] {
   return ins.json ?? [...shell, ins.rest];
@@ -166,7 +221,7 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
   }
   if (i >= df.instructions.length || df.instructions[i]!.cmd !== 'FROM') throw new ImageError('the Dockerfile must begin with FROM (after ARGs)');
   // Stages: instruction ranges.
-  const ranges: { from: Instruction; body: Instruction[]; name: string | null }[] = [];
+  const ranges: StageRange[] = [];
   for (; i < df.instructions.length; i++) {
     const ins = df.instructions[i]!;
     if (ins.cmd === 'FROM') {
@@ -182,18 +237,22 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
     last = ranges.findIndex((r) => r.name === opts.target!.toLowerCase());
     if (last < 0) throw new ImageError(`no stage named "${opts.target}" in the Dockerfile`);
   }
-  const total = ranges.slice(0, last + 1).reduce((n, r) => n + 1 + r.body.length, 0);
+  // Only the stages the target needs are built, as BuildKit and buildah do.
+  const needed = neededStages(ranges, last, globalArgs, opts.buildArgs, esc);
+  const total = ranges.reduce((n, r, idx) => n + (needed.has(idx) ? 1 + r.body.length : 0), 0);
   let step = 0;
   let cached = 0;
   let built = 0;
-  const done: Stage[] = [];
+  /** Built stages by their position in the Dockerfile. */
+  const done: (Stage | undefined)[] = [];
   const stageByName = (name: string): Stage | undefined => {
-    const byName = done.find((s) => s.name === name.toLowerCase());
+    const byName = done.find((s) => s !== undefined && s.name === name.toLowerCase());
     if (byName) return byName;
     return /^[0-9]+$/.test(name) ? done[Number(name)] : undefined;
   };
 
-  for (const range of ranges.slice(0, last + 1)) {
+  for (const [idx, range] of ranges.entries()) {
+    if (!needed.has(idx)) continue;
     const fromRef = expand(/^(\S+)/.exec(range.from.rest)![1]!, globalArgs, esc);
     log(`STEP ${++step}/${total}: FROM ${fromRef}${range.name ? ` AS ${range.name}` : ''}`);
     let stage: Stage;
@@ -230,7 +289,7 @@ async function buildStages(opts: BuildOptions): Promise<BuildResult> {
       if (r === 'cached') cached++;
       else if (r === 'built') built++;
     }
-    done.push(stage);
+    done[idx] = stage;
   }
 
   const final = done[last]!;
