@@ -201,7 +201,7 @@ test('diff lists what podman diff lists for the same changes to the same image',
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
 });
 
-test('kill, wait (also of a --rm container), restart, logs -f, inspect (containers and images, --format), container prune', async (t) => {
+test('kill, wait (also of a --rm container), restart, top, logs -f, inspect (containers and images, --format), container prune', async (t) => {
   const c = setup(t);
   c.ok(['run', '-d', '--name', 'w1', 'base:1', 'sh', '-c', 'trap "echo usr1; exit 5" USR1; echo up; while true; do sleep 0.1; done']);
   t.true(await waitFor(() => c.ok(['logs', 'w1']) === 'up\n', 10_000));
@@ -221,6 +221,12 @@ test('kill, wait (also of a --rm container), restart, logs -f, inspect (containe
   t.true((view.Config.Env as string[]).includes('E=1'));
   t.true(fs.statSync(view.GraphDriver.Data.UpperDir as string).isDirectory());
   t.deepEqual(processesRunning(['sleep', '6262']), [view.State.Pid as number], 'State.Pid is the command');
+  // top: the host's ps, only the container's processes
+  const top = c.ok(['top', 'w2']).trim().split('\n');
+  t.regex(top[0]!, /^UID +PID +PPID/);
+  t.deepEqual(top.slice(1).map((l) => l.trim().split(/\s+/).slice(7).join(' ')), ['sleep 6262']);
+  t.is(c.ok(['top', 'w2', '-o', 'pid,args']), `${'PID'.padStart(7)} COMMAND\n${String(view.State.Pid).padStart(7)} sleep 6262\n`);
+  oneLineError(t, c.strata(['top', 'w1']), 1, /container w1 is not running/);
   t.is(c.ok(['inspect', '--format', '{{.State.Status}}/{{json .Args}}/{{.Config.Hostname}}', 'w2']), 'running/["6262"]/w2\n');
   t.is(c.ok(['container', 'inspect', '-f', '{{.Name}}', 'w2', 'w1']), 'w2\nw1\n');
   const image = (JSON.parse(c.ok(['image', 'inspect', 'base:1'])) as { Id: string }[])[0]!.Id;

@@ -263,6 +263,7 @@ async function main(): Promise<void> {
     .command(L.pauseCommands[0]!)
     .command(L.pauseCommands[1]!)
     .command(L.renameCommand)
+    .command(L.topCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.

@@ -122,7 +122,7 @@ export async function waitForExit(load: () => Promise<{ rec: ContainerRecord | n
 }
 
 /** The processes of a running container's PID namespace (pid 1's and its descendants'). */
-function namespacePids(init: number): number[] {
+export function namespacePids(init: number): number[] {
   const ns = (pid: number): string | null => {
     try {
       return N.readlinkat(C.AT_FDCWD, `/proc/${pid}/ns/pid`);
