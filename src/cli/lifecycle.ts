@@ -294,13 +294,13 @@ export const renameCommand: CommandModule = {
   }),
 };
 
-export const topCommand: CommandModule = {
-  command: 'top <container> [ps-options..]',
-  describe: 'the processes of a running container, as ps shows them (default ps -ef)',
-  builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).positional('ps-options', { type: 'string', array: true })
-    .options(WAIT_OPTIONS).parserConfiguration({ 'unknown-options-as-args': true }),
+/** `strata top CONTAINER [ps options]`: what follows the container is ps's (split off beforehand: splitRunArgv). */
+export const topCommand = (psOptions: () => string[]): CommandModule => ({
+  command: 'top <container>',
+  describe: 'the processes of a running container, as ps shows them (default ps -ef); ps\'s options follow the container',
+  builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(WAIT_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; psOptions?: string[] };
+    const args = a as unknown as StoreArgs & { container: string };
     const [{ withStore }, { containerInit, namespacePids }, { spawnSync }, { ImageError }] = await Promise.all([import('../image/store.js'),
       import('../image/lifecycle.js'), import('node:child_process'), import('../image/types.js')]);
     const rec = await withStore(await storeDirOf(args), (s) => s.getContainer(args.container));
@@ -308,7 +308,8 @@ export const topCommand: CommandModule = {
     if (init === null) throw new ImageError(`container ${rec.name} is not running`, 1);
     const pids = new Set(namespacePids(init));
     // As docker top: the host's ps with those options, its lines kept for the container's processes.
-    const psArgs = args.psOptions && args.psOptions.length > 0 ? args.psOptions.map(String) : ['-ef'];
+    const given = psOptions();
+    const psArgs = given.length > 0 ? given : ['-ef'];
     const ps = spawnSync('ps', psArgs, { encoding: 'utf8' });
     if (ps.status !== 0) throw new ImageError(`ps ${psArgs.join(' ')}: ${(ps.stderr ?? '').trim() || `exit ${ps.status}`}`, 1);
     const [header, ...lines] = ps.stdout.split('\n').filter((l) => l.length > 0);
@@ -317,7 +318,7 @@ export const topCommand: CommandModule = {
     out([header!, ...lines.filter((l) => pids.has(Number(l.trim().split(/\s+/)[col])))].join('\n'));
     process.exit(0);
   }),
-};
+});
 
 export const killCommand: CommandModule = {
   command: 'kill <containers..>',
