@@ -393,7 +393,7 @@ test('--restart: on-failure:N restarts a failing command N times; always restart
   await new Promise((r) => setTimeout(r, 1500));
   t.is(c.ok(['logs', 'always']), lines, 'not started again after the stop');
   c.ok(['start', 'always']);
-  // (between two runs, while it waits to start the command again, it has no pid 1 to kill)
+  // (between two runs, while it waits to start the command again, it has no pid 1: the kill stops it all the same)
   t.true(await waitFor(() => c.strata(['kill', 'always']).status === 0, 10_000));
   t.true(await waitFor(() => c.ok(['inspect', '-f', '{{.State.Status}}', 'always']) === 'exited\n', 10_000), 'nor after a kill');
   oneLineError(t, c.strata(['run', '--rm', '--restart', 'always', 'base:1', 'true']), 125, /--restart and --rm do not go together/);

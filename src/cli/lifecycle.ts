@@ -326,12 +326,17 @@ export const killCommand: CommandModule = {
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(KILL_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { containers: string[]; signal?: string | string[] };
-    const [{ withStore }, { killContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const [{ withStore }, { containerInit, isActive, killContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
     const store = await storeDirOf(args);
+    const signal = last(args.signal);
     for (const ref of args.containers) {
       // (a kill is a stop for --restart, as with docker)
       const rec = await withStore(store, async (s) => s.updateContainer((await s.getContainer(ref)).id, { stopRequested: true }));
-      killContainer(rec, last(args.signal));
+      // Between two runs of --restart (no pid 1, its monitor waiting to start the command again), the
+      // default SIGKILL ends it all the same: the monitor sees the stop and does not start it again.
+      if (!((signal === undefined || signal === '' || /^(SIG)?KILL$|^9$/i.test(signal)) && rec.state === 'running' && isActive(rec) && containerInit(rec) === null)) {
+        killContainer(rec, signal);
+      }
       out(rec.name);
     }
     process.exit(0);
