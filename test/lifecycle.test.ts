@@ -354,7 +354,7 @@ test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir
   s.ok(['rm', '-f', 'busy']);
 });
 
-test('ps -q, -aq, --format, --filter; run -p is accepted with a warning (the host\'s network)', async (t) => {
+test('ps -q, -aq, --format, --filter, -n, -l, --no-trunc, -s; run -p is accepted with a warning (the host\'s network)', async (t) => {
   const c = setup(t);
   const a = c.ok(['create', '--name', 'made', 'base:1', 'true']).trim();
   const b = c.ok(['run', '-d', '--name', 'up', 'base:1', 'sleep', '60']).trim();
@@ -366,6 +366,16 @@ test('ps -q, -aq, --format, --filter; run -p is accepted with a warning (the hos
   t.is(c.ok(['ps', '-a', '--filter', 'status=exited', '--filter', 'status=created', '-q']), `${a.slice(0, 12)}\n${(JSON.parse(c.ok(['inspect', 'done'])) as { Id: string }[])[0]!.Id.slice(0, 12)}\n`);
   t.is(c.ok(['ps', '-a', '--filter', 'name=on', '--filter', 'ancestor=base:1', '--format', '{{.ID}} {{.Image}}']).split(' ')[1], 'base:1\n');
   oneLineError(t, c.strata(['ps', '--filter', 'label=x']), 125, /--filter label=x: expected status=, name=, ancestor=, id= or health=/);
+  // -n, -l: the last created, of every state; --no-trunc: whole IDs; -s: the upper's bytes
+  const doneId = (JSON.parse(c.ok(['inspect', 'done'])) as { Id: string }[])[0]!.Id;
+  t.is(c.ok(['ps', '-n', '2', '--format', '{{.Names}}']), 'up\ndone\n');
+  t.is(c.ok(['ps', '-lq', '--no-trunc']), `${doneId}\n`);
+  t.is(c.ok(['ps', '-n', '0', '-q']), '');
+  oneLineError(t, c.strata(['ps', '-n', 'x']), 125, /--last x: expected a number/);
+  c.ok(['exec', 'up', 'sh', '-c', 'head -c 4096 /dev/zero > /tmp/4k']);
+  const sized = c.ok(['ps', '-s']).split('\n');
+  t.regex(sized[0]!, / SIZE$/);
+  t.regex(sized[1]!, / 4\.[0-9]+kB \(virtual [0-9.]+[kMG]?B\)$/);
   // docker rm -f $(docker ps -aq)
   c.ok(['rm', '-f', ...c.ok(['ps', '-aq']).trim().split('\n')]);
   t.is(c.ok(['ps', '-aq']), '');

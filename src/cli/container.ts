@@ -4,6 +4,8 @@
 // so `run` is split before yargs sees it. The store and the container code are imported when a
 // command runs.
 
+import { lstatSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
 import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
@@ -53,7 +55,34 @@ const CONTAINER_OPTIONS = {
   quiet: { alias: 'q', type: 'boolean', default: false, describe: 'only the IDs (12 digits)' },
   format: { type: 'string', describe: 'a line per container: {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.Status}} {{.State}}' },
   filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX, health=starting|healthy|unhealthy|none (repeatable: one key ORs, keys AND)' },
+  last: { alias: 'n', type: 'string', describe: 'only the N last created containers (all states)' },
+  latest: { alias: 'l', type: 'boolean', default: false, describe: 'only the last created container (all states)' },
+  trunc: { type: 'boolean', default: true, describe: 'IDs of 12 digits, commands of 30 characters (--no-trunc: whole)' },
+  size: { alias: 's', type: 'boolean', default: false, describe: 'a SIZE column: the bytes of the container\'s upper (and with its image\'s: virtual)' },
 } as const;
+
+/** The bytes of the files and links in a tree (a container's upper: docker ps -s), without following links or leaving its filesystem. */
+function treeBytes(root: string): number {
+  let total = 0;
+  const stack = [root];
+  while (stack.length > 0) {
+    const dir = stack.pop()!;
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const n of names) {
+      const p = join(dir, n);
+      const st = lstatSync(p, { throwIfNoEntry: false });
+      if (!st) continue;
+      if (st.isDirectory()) stack.push(p);
+      else if (st.isFile() || st.isSymbolicLink()) total += st.size;
+    }
+  }
+  return total;
+}
 
 /** The options of each command that unknownOption() checks (others: see main.ts). */
 const COMMAND_OPTIONS: Record<string, Options> = { run: RUN_OPTIONS, commit: COMMIT_OPTIONS, export: EXPORT_OPTIONS, container: CONTAINER_OPTIONS };
@@ -232,9 +261,12 @@ export const containerCommand: CommandModule = {
   builder: (y: Argv) => y
     .option('store', storeOption)
     .command(['ls', 'list', 'ps'], 'list containers', (c) => c.option('json', CONTAINER_OPTIONS.json).option('running', CONTAINER_OPTIONS.running)
-      .option('quiet', CONTAINER_OPTIONS.quiet).option('format', CONTAINER_OPTIONS.format).option('filter', CONTAINER_OPTIONS.filter),
+      .option('quiet', CONTAINER_OPTIONS.quiet).option('format', CONTAINER_OPTIONS.format).option('filter', CONTAINER_OPTIONS.filter)
+      .option('last', CONTAINER_OPTIONS.last).option('latest', CONTAINER_OPTIONS.latest).option('trunc', CONTAINER_OPTIONS.trunc)
+      .option('size', CONTAINER_OPTIONS.size),
     guarded(async (a) => {
-      const args = a as unknown as StoreArgs & { running: boolean; quiet: boolean; format?: string; filter?: string | string[] };
+      const args = a as unknown as StoreArgs & { running: boolean; quiet: boolean; format?: string; filter?: string | string[]; last?: string; latest: boolean;
+        trunc: boolean; size: boolean };
       const [{ withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }] = await Promise.all([
         import('../image/store.js'), import('../image/lifecycle.js'), import('./inspect.js'), import('../image/types.js')]);
       if (args.format !== undefined) checkFormat(args.format);
@@ -245,11 +277,14 @@ export const containerCommand: CommandModule = {
         if (i <= 0 || !['status', 'name', 'ancestor', 'id', 'health'].includes(key)) throw new ImageError(`--filter ${f}: expected status=, name=, ancestor=, id= or health=`, 125);
         filters.set(key, [...(filters.get(key) ?? []), f.slice(i + 1)]);
       }
-      const { list, images } = await withStore(await storeDirOf(args), async (s) => {
+      if (args.last !== undefined && !/^[0-9]+$/.test(String(args.last))) throw new ImageError(`--last ${args.last}: expected a number`, 125);
+      const { list, images, imageSizes } = await withStore(await storeDirOf(args), async (s) => {
         const all = await s.listContainers();
         const refs = new Map<string, string | undefined>();
         for (const r of filters.get('ancestor') ?? []) refs.set(r, (await s.findImage(r))?.id);
-        return { list: all, images: refs };
+        const sizes = new Map<string, number>();
+        if (args.size) for (const i of await s.listImages()) sizes.set(i.id, i.size);
+        return { list: all, images: refs, imageSizes: sizes };
       });
       const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? (c.paused === true ? 'paused' : 'running') : c.state === 'created' ? 'created' : 'exited');
       const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values.some((v) => {
@@ -259,8 +294,12 @@ export const containerCommand: CommandModule = {
         if (key === 'health') return ((c.health as { Status?: string } | undefined)?.Status ?? 'none') === v;
         return images.get(v) === c.image || c.imageRef === v;
       }));
-      const shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));
+      let shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));
       shown.sort((x, y2) => x.created.localeCompare(y2.created));
+      // (-n, -l: the last created, of every state: ps passes no --running with them)
+      const lastN = args.latest ? 1 : args.last !== undefined ? Number(args.last) : undefined;
+      if (lastN !== undefined) shown = lastN === 0 ? [] : shown.slice(-lastN);
+      const idOf = (c: (typeof list)[number]): string => (args.trunc ? c.id.slice(0, 12) : c.id);
       const statusOf = (c: (typeof list)[number]): string => {
         const gone = (c.state === 'running' || c.state === 'starting') && !isActive(c);
         const health = (c.health as { Status?: string } | undefined)?.Status;
@@ -271,19 +310,22 @@ export const containerCommand: CommandModule = {
       if (args.json) {
         out(JSON.stringify(shown, null, 2));
       } else if (args.quiet) {
-        if (shown.length > 0) out(shown.map((c) => c.id.slice(0, 12)).join('\n'));
+        if (shown.length > 0) out(shown.map(idOf).join('\n'));
       } else if (args.format !== undefined) {
         if (shown.length > 0) {
           out(shown.map((c) => applyFormat(args.format!, {
-            ID: c.id.slice(0, 12), Names: c.name, Image: c.imageRef, Command: JSON.stringify((c.command ?? []).join(' ')),
+            ID: idOf(c), Names: c.name, Image: c.imageRef, Command: JSON.stringify((c.command ?? []).join(' ')),
             CreatedAt: c.created, Status: statusOf(c), State: stateOf(c),
           })).join('\n'));
         }
       } else {
-        const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS']];
+        const rows = [['CONTAINER ID', 'NAME', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', ...(args.size ? ['SIZE'] : [])]];
+        const { humanSize } = await import('./image.js');
         for (const c of shown) {
           const cmd = (c.command ?? []).join(' ');
-          rows.push([c.id.slice(0, 12), c.name, c.imageRef, JSON.stringify(cmd.length > 30 ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c)]);
+          const upper = args.size ? treeBytes(c.upper) : 0;
+          rows.push([idOf(c), c.name, c.imageRef, JSON.stringify(cmd.length > 30 && args.trunc ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c),
+            ...(args.size ? [`${humanSize(upper)} (virtual ${humanSize(upper + (imageSizes.get(c.image) ?? 0))})`] : [])]);
         }
         const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
         out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));

@@ -150,9 +150,10 @@ function dockerAliases(argv: string[]): string[] {
   const [verb, ...rest] = argv;
   switch (verb) {
     case 'ps': {
-      // docker ps: the running containers; -a: all of them (also in a group of short flags: -aq)
+      // docker ps: the running containers; -a: all of them (also in a group of short flags: -aq); -n N,
+      // -l (the last created): of all states too
       const isAll = (a: string): boolean => a === '--all' || /^-[a-zA-Z]*a[a-zA-Z]*$/.test(a);
-      const all = rest.some(isAll);
+      const all = rest.some(isAll) || rest.some((a) => /^(-n|--last|--latest)(=.*)?$|^-[a-zA-Z]*l[a-zA-Z]*$/.test(a));
       const others = rest.filter((a) => a !== '--all').map((a) => (isAll(a) ? a.replace('a', '') : a)).filter((a) => a !== '-');
       return ['container', 'ls', ...(all ? [] : ['--running']), ...others];
     }
