@@ -319,9 +319,9 @@ test('cp: docker cp\'s rules both ways, for a stopped and a running container; o
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
 
-test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir, User) and takes --change, as podman commit; a running container is paused for it', async (t) => {
+test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir, User, Labels) and takes --change, as podman commit; a running container is paused for it', async (t) => {
   const { pod, s } = debianInBoth(t, tempDir(t, 'cm'), ROOTFS_L0);
-  const runArgs = ['-e', 'FOO=1', '-w', '/tmp', '-u', '0:0', '--entrypoint', '/bin/sh'];
+  const runArgs = ['-e', 'FOO=1', '-w', '/tmp', '-u', '0:0', '--entrypoint', '/bin/sh', '--label', 'made=by-run'];
   const changes = ['--change', 'CMD ["/bin/ls", "-l"]', '--change', 'ENV A=b', '--change', 'ENV C="d e"', '--change', 'LABEL x=y', '--change', 'EXPOSE 80', '--change', 'WORKDIR /srv'];
   s.ok(['run', '--name', 'cc', ...runArgs, 'deb:l0', '-c', 'echo hi > /x']);
   pod(['run', '--name', 'cc', ...PODMAN_RUN, ...runArgs, 'localhost/deb:l0', '-c', 'echo hi > /x']);
@@ -354,7 +354,7 @@ test('commit keeps what the container ran with (Env, Entrypoint, Cmd, WorkingDir
   s.ok(['rm', '-f', 'busy']);
 });
 
-test('ps -q, -aq, --format, --filter, -n, -l, --no-trunc, -s; run -p is accepted with a warning (the host\'s network)', async (t) => {
+test('ps -q, -aq, --format, --filter (labels too), -n, -l, --no-trunc, -s; run -p is accepted with a warning (the host\'s network)', async (t) => {
   const c = setup(t);
   const a = c.ok(['create', '--name', 'made', 'base:1', 'true']).trim();
   const b = c.ok(['run', '-d', '--name', 'up', 'base:1', 'sleep', '60']).trim();
@@ -365,7 +365,16 @@ test('ps -q, -aq, --format, --filter, -n, -l, --no-trunc, -s; run -p is accepted
   t.is(c.ok(['ps', '-a', '--filter', 'status=exited', '--format', '{{.Names}}']), 'done\n');
   t.is(c.ok(['ps', '-a', '--filter', 'status=exited', '--filter', 'status=created', '-q']), `${a.slice(0, 12)}\n${(JSON.parse(c.ok(['inspect', 'done'])) as { Id: string }[])[0]!.Id.slice(0, 12)}\n`);
   t.is(c.ok(['ps', '-a', '--filter', 'name=on', '--filter', 'ancestor=base:1', '--format', '{{.ID}} {{.Image}}']).split(' ')[1], 'base:1\n');
-  oneLineError(t, c.strata(['ps', '--filter', 'label=x']), 125, /--filter label=x: expected status=, name=, ancestor=, id= or health=/);
+  oneLineError(t, c.strata(['ps', '--filter', 'color=x']), 125, /--filter color=x: expected status=, name=, ancestor=, id=, health= or label=/);
+  // labels (--label, -l, --label-file) over the image's; label filters AND
+  const labelFile = path.join(c.s.dir, '..', 'labels');
+  fs.writeFileSync(labelFile, '# tiers\ntier=back\n');
+  c.ok(['create', '--name', 'la', '-l', 'app=web', '--label', 'tier=front', 'base:1', 'true']);
+  c.ok(['create', '--name', 'lb', '--label', 'app=web', '--label-file', labelFile, 'base:1', 'true']);
+  t.is(c.ok(['ps', '-a', '--filter', 'label=app=web', '--format', '{{.Names}}']), 'la\nlb\n');
+  t.is(c.ok(['ps', '-a', '--filter', 'label=app', '--filter', 'label=tier=back', '--format', '{{.Names}}']), 'lb\n');
+  t.is(c.ok(['inspect', '-f', '{{json .Config.Labels}}', 'la']), '{"app":"web","tier":"front"}\n');
+  c.ok(['rm', 'la', 'lb']);
   // -n, -l: the last created, of every state; --no-trunc: whole IDs; -s: the upper's bytes
   const doneId = (JSON.parse(c.ok(['inspect', 'done'])) as { Id: string }[])[0]!.Id;
   t.is(c.ok(['ps', '-n', '2', '--format', '{{.Names}}']), 'up\ndone\n');

@@ -54,7 +54,7 @@ const CONTAINER_OPTIONS = {
   running: { type: 'boolean', default: false, describe: 'only the running containers (what `strata ps` lists without -a)' },
   quiet: { alias: 'q', type: 'boolean', default: false, describe: 'only the IDs (12 digits)' },
   format: { type: 'string', describe: 'a line per container: {{.ID}} {{.Names}} {{.Image}} {{.Command}} {{.CreatedAt}} {{.Status}} {{.State}}' },
-  filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX, health=starting|healthy|unhealthy|none (repeatable: one key ORs, keys AND)' },
+  filter: { type: 'string', describe: 'status=created|running|exited, name=TEXT, ancestor=IMAGE, id=PREFIX, health=starting|healthy|unhealthy|none, label=KEY[=VALUE] (repeatable: one key ORs, labels and keys AND)' },
   last: { alias: 'n', type: 'string', describe: 'only the N last created containers (all states)' },
   latest: { alias: 'l', type: 'boolean', default: false, describe: 'only the last created container (all states)' },
   trunc: { type: 'boolean', default: true, describe: 'IDs of 12 digits, commands of 30 characters (--no-trunc: whole)' },
@@ -274,24 +274,41 @@ export const containerCommand: CommandModule = {
       for (const f of ([] as string[]).concat(args.filter ?? [])) {
         const i = f.indexOf('=');
         const key = f.slice(0, i);
-        if (i <= 0 || !['status', 'name', 'ancestor', 'id', 'health'].includes(key)) throw new ImageError(`--filter ${f}: expected status=, name=, ancestor=, id= or health=`, 125);
+        if (i <= 0 || !['status', 'name', 'ancestor', 'id', 'health', 'label'].includes(key)) {
+          throw new ImageError(`--filter ${f}: expected status=, name=, ancestor=, id=, health= or label=`, 125);
+        }
         filters.set(key, [...(filters.get(key) ?? []), f.slice(i + 1)]);
       }
       if (args.last !== undefined && !/^[0-9]+$/.test(String(args.last))) throw new ImageError(`--last ${args.last}: expected a number`, 125);
-      const { list, images, imageSizes } = await withStore(await storeDirOf(args), async (s) => {
+      const { list, images, imageSizes, imageLabels } = await withStore(await storeDirOf(args), async (s) => {
         const all = await s.listContainers();
         const refs = new Map<string, string | undefined>();
         for (const r of filters.get('ancestor') ?? []) refs.set(r, (await s.findImage(r))?.id);
         const sizes = new Map<string, number>();
-        if (args.size) for (const i of await s.listImages()) sizes.set(i.id, i.size);
-        return { list: all, images: refs, imageSizes: sizes };
+        const imageLabels = new Map<string, Record<string, string>>();
+        if (args.size || filters.has('label')) {
+          for (const i of await s.listImages()) {
+            sizes.set(i.id, i.size);
+            imageLabels.set(i.id, (i.config.config?.Labels as Record<string, string> | null | undefined) ?? {});
+          }
+        }
+        return { list: all, images: refs, imageSizes: sizes, imageLabels };
       });
+      // (a container's labels: its image's, with its own over them)
+      const labelsOf = (c: (typeof list)[number]): Record<string, string> => ({ ...(imageLabels.get(c.image) ?? {}),
+        ...(((c.settings as { labels?: Record<string, string> } | undefined)?.labels) ?? {}) });
       const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? (c.paused === true ? 'paused' : 'running') : c.state === 'created' ? 'created' : 'exited');
-      const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values.some((v) => {
+      // (values of one key OR, but labels AND, as docker's filters)
+      const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values[key === 'label' ? 'every' : 'some']((v) => {
         if (key === 'status') return stateOf(c) === v;
         if (key === 'name') return c.name.includes(v);
         if (key === 'id') return c.id.startsWith(v);
         if (key === 'health') return ((c.health as { Status?: string } | undefined)?.Status ?? 'none') === v;
+        if (key === 'label') {
+          const eq = v.indexOf('=');
+          const labels = labelsOf(c);
+          return eq < 0 ? v in labels : labels[v.slice(0, eq)] === v.slice(eq + 1);
+        }
         return images.get(v) === c.image || c.imageRef === v;
       }));
       let shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));

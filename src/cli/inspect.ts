@@ -39,6 +39,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       Cmd: rec.command ?? [],
       WorkingDir: settings.workdir ?? cfg.WorkingDir ?? '',
       StopSignal: cfg.StopSignal ?? '',
+      Labels: { ...((cfg.Labels as Record<string, string> | null | undefined) ?? {}), ...(settings.labels ?? {}) },
       // (the image's, with run's --health-* over it)
       ...(cfg.Healthcheck !== undefined || settings.healthcheck !== undefined
         ? { Healthcheck: { ...((cfg.Healthcheck as object | undefined) ?? {}), ...(settings.healthcheck ?? {}) } } : {}),

@@ -33,6 +33,8 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
   'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
   'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  label: { alias: 'l', type: 'string', describe: 'KEY=VALUE (or KEY) among the container\'s labels, over the image\'s (repeatable)' },
+  'label-file': { type: 'string', describe: 'a file of KEY=VALUE label lines (repeatable; # comments)' },
   healthcheck: { type: 'boolean', default: true, describe: 'run the health check (--no-healthcheck: none, whatever the image says)' },
 } as const;
 
@@ -55,6 +57,8 @@ export interface ContainerConfigArgs {
   addHost?: Many;
   publish?: Many;
   restart?: Many;
+  label?: Many;
+  labelFile?: Many;
   healthCmd?: Many;
   healthInterval?: Many;
   healthTimeout?: Many;
@@ -85,6 +89,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const restart = restartFlag !== undefined ? S.parseRestart(restartFlag) : undefined;
   const healthcheck = S.parseHealthFlags({ cmd: last(a.healthCmd), interval: last(a.healthInterval), timeout: last(a.healthTimeout),
     retries: last(a.healthRetries), startPeriod: last(a.healthStartPeriod), startInterval: last(a.healthStartInterval), none: a.healthcheck === false ? true : undefined });
+  const labels = S.parseLabelFlags(many(a.label), many(a.labelFile));
   if (restart && restart.name !== 'no' && a.rm) throw new (await import('../image/types.js')).ImageError('--restart and --rm do not go together', 125);
   if (many(a.publish).length > 0) {
     // (as podman with --network host: nothing to publish)
@@ -98,7 +103,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(network !== undefined && S.parseNetwork(network) === 'none' ? { network: 'none' as const } : {}), ...(a.readOnly ? { readOnly: true } : {}),
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
-      ...(healthcheck ? { healthcheck } : {}),
+      ...(healthcheck ? { healthcheck } : {}), ...(Object.keys(labels).length > 0 ? { labels } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

@@ -34,8 +34,8 @@ export interface CommitResult {
 
 /**
  * What a container ran with, for its commit's config, as docker and podman keep it: the environment
- * (the image's, then -e), Entrypoint and Cmd (as the container had them), the working directory
- * and user given to it.
+ * (the image's, then -e), Entrypoint and Cmd (as the container had them), the working directory,
+ * user and labels given to it.
  */
 function containerRunConfig(config: ImageConfig, rec: ContainerRecord): NonNullable<ImageConfig['config']> {
   const settings = settingsOf(rec);
@@ -53,6 +53,7 @@ function containerRunConfig(config: ImageConfig, rec: ContainerRecord): NonNulla
     ...(cmd !== undefined ? { Cmd: cmd.length > 0 ? cmd : null } : {}),
     ...(settings.workdir !== undefined ? { WorkingDir: settings.workdir } : {}),
     ...(typeof rec.user === 'string' ? { User: rec.user } : {}),
+    ...(settings.labels !== undefined ? { Labels: { ...((config.config?.Labels as Record<string, string> | null | undefined) ?? {}), ...settings.labels } } : {}),
   };
 }
 

@@ -48,6 +48,8 @@ export interface ContainerSettings {
   restart?: RestartPolicy;
   /** --health-* and --no-healthcheck: over the image's Healthcheck, field by field (src/image/health.ts). */
   healthcheck?: HealthConfig;
+  /** --label, --label-file: the container's labels, over the image's. */
+  labels?: Record<string, string>;
 }
 
 /** Docker's config.Healthcheck: Test (["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."]), durations in ns. */
@@ -265,6 +267,32 @@ export function parseTmpfsFlag(spec: string): MountSpec {
  * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
  * In a file: one per line, blank lines and lines starting with # ignored.
  */
+/** run's and create's --label KEY[=VALUE] and --label-file FILE (KEY=VALUE lines, # comments), as docker takes them. */
+export function parseLabelFlags(values: readonly string[], files: readonly string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  const take = (entry: string, where: string): void => {
+    const i = entry.indexOf('=');
+    const key = i < 0 ? entry : entry.slice(0, i);
+    if (key === '' || /[\s\0]/.test(key)) bad(`${where}: invalid label "${entry}"`);
+    labels[key] = i < 0 ? '' : entry.slice(i + 1);
+  };
+  for (const f of files) {
+    let text: string;
+    try {
+      text = readFileSync(f, 'utf8');
+    } catch (e) {
+      bad(`--label-file ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    for (const line of text.split('\n')) {
+      const l = line.replace(/\r$/, '').trim();
+      if (l === '' || l.startsWith('#')) continue;
+      take(l, `--label-file ${f}`);
+    }
+  }
+  for (const v of values) take(v, `--label ${v}`);
+  return labels;
+}
+
 export function parseEnvFlags(values: readonly string[], files: readonly string[]): string[] {
   const envs: string[] = [];
   const take = (entry: string, where: string): void => {
