@@ -242,3 +242,37 @@ test('image commands refuse unknown options by name; bad references and missing 
   t.is(bad.status, 2);
   t.is(bad.stderr, 'strata: invalid reference format: "Bad:Tag:x"\n');
 });
+
+test('images: REFERENCE and --filter (dangling, reference, label, before, since), --format, --digests, --no-trunc; -q once per image', async (t) => {
+  const built = await twoLayerImage(t);
+  const store = built.store;
+  imageOk(t, store, ['load', '-i', built.archive]);
+  // (--store before the image: what follows it is the container's command)
+  const strata = (args: readonly string[]): string => runOk(strataBin, [args[0]!, '--store', store, ...args.slice(1)]);
+  imageOk(t, store, ['tag', 'test/two:1', 'test/two:2']);
+  imageOk(t, store, ['tag', 'test/two:1', 'other/x:1']);
+  const two = (JSON.parse(imageOk(t, store, ['inspect', 'test/two:1'])) as { Id: string }[])[0]!.Id;
+  // two commits under one tag: the first becomes dangling; the second carries a label
+  strata(['create', '--name', 'c', 'test/two:1', '/none']);
+  strata(['commit', 'c', 'made:1']);
+  const first = (JSON.parse(imageOk(t, store, ['inspect', 'made:1'])) as { Id: string }[])[0]!.Id;
+  strata(['commit', '--change', 'LABEL tier=db', 'c', 'made:1']);
+  const second = (JSON.parse(imageOk(t, store, ['inspect', 'made:1'])) as { Id: string }[])[0]!.Id;
+  t.not(first, second);
+  const fmt = (args: readonly string[]): string[] => imageOk(t, store, ['ls', ...args, '--format', '{{.Repository}}:{{.Tag}}']).split('\n').filter(Boolean).sort();
+  t.deepEqual(fmt(['test/two']), ['test/two:1', 'test/two:2']);
+  t.deepEqual(fmt(['test/two:2']), ['test/two:2']);
+  t.deepEqual(fmt(['--filter', 'reference=*/x']), ['other/x:1']);
+  t.deepEqual(fmt(['--filter', 'label=tier=db']), ['made:1']);
+  t.deepEqual(fmt(['--filter', 'label=tier=web']), []);
+  t.deepEqual(fmt(['-f', 'dangling=true']), ['<none>:<none>']);
+  t.deepEqual(fmt(['--filter', 'since=test/two:1']), ['<none>:<none>', 'made:1'].sort());
+  t.deepEqual(fmt(['--filter', 'before=made:1']), ['<none>:<none>', 'other/x:1', 'test/two:1', 'test/two:2'].sort());
+  t.deepEqual(imageOk(t, store, ['ls', '-q', 'test/two']).split('\n').filter(Boolean), [two.slice(7, 19)], 'one ID for two tags');
+  t.deepEqual(imageOk(t, store, ['ls', '-q', '--no-trunc', '-f', 'dangling=true']).split('\n').filter(Boolean), [first]);
+  t.regex(imageOk(t, store, ['ls', '--digests', 'made']).split('\n')[0]!, /^REPOSITORY +TAG +DIGEST +IMAGE ID +CREATED +SIZE$/);
+  const bad = image(store, ['ls', '-f', 'color=x']);
+  t.is(bad.status, 125);
+  t.regex(bad.stderr, /--filter color=x: expected dangling=/);
+  strata(['rm', 'c']);
+});

@@ -50,6 +50,65 @@ export function ago(iso: string | undefined): string {
   return iso;
 }
 
+interface ListArgs {
+  reference?: string;
+  filter?: string | string[];
+}
+
+interface ImageRow {
+  image: ImageRecord;
+  repository: string;
+  tag: string;
+  digest: string;
+}
+
+/** docker's reference patterns: * and ? within a path component, the tag optional. */
+function referenceMatches(pattern: string, repository: string, tag: string): boolean {
+  const re = (p: string): RegExp => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]')}$`);
+  const colon = pattern.lastIndexOf(':');
+  const [repo, t] = colon > pattern.lastIndexOf('/') ? [pattern.slice(0, colon), pattern.slice(colon + 1)] : [pattern, null];
+  return re(repo).test(repository) && (t === null || re(t).test(tag));
+}
+
+/** The rows of `images ls`: one per tag (<none> for an untagged image), filtered as docker filters them. */
+async function imageRows(store: Store, images: readonly ImageRecord[], a: ListArgs): Promise<ImageRow[]> {
+  const filters: [string, string][] = ([] as string[]).concat(a.filter ?? []).map((f) => {
+    const i = f.indexOf('=');
+    const key = f.slice(0, i);
+    if (i <= 0 || !['dangling', 'reference', 'label', 'before', 'since'].includes(key)) {
+      throw new ImageError(`--filter ${f}: expected dangling=, reference=, label=, before= or since=`, 125);
+    }
+    if (key === 'dangling' && !['true', 'false'].includes(f.slice(i + 1))) throw new ImageError(`--filter ${f}: dangling takes true or false`, 125);
+    return [key, f.slice(i + 1)];
+  });
+  if (a.reference !== undefined) filters.push(['reference', a.reference]);
+  const created = async (ref: string): Promise<string> => (await store.resolveImage(ref)).config.created ?? '';
+  const bounds: [string, string][] = [];
+  for (const [k, v] of filters) if (k === 'before' || k === 'since') bounds.push([k, await created(v)]);
+  const rows: ImageRow[] = [];
+  for (const image of images) {
+    const when = image.config.created ?? '';
+    if (bounds.some(([k, t]) => (k === 'before' ? !(when < t) : !(when > t)))) continue;
+    const labels = (image.config.config?.Labels as Record<string, string> | null | undefined) ?? {};
+    const labelled = filters.filter(([k]) => k === 'label').every(([, v]) => {
+      const eq = v.indexOf('=');
+      return eq < 0 ? v in labels : labels[v.slice(0, eq)] === v.slice(eq + 1);
+    });
+    const dangling = filters.find(([k]) => k === 'dangling')?.[1];
+    if (!labelled || (dangling === 'true' && image.tags.length > 0) || (dangling === 'false' && image.tags.length === 0)) continue;
+    const refs = image.tags.length > 0 ? image.tags : ['<none>:<none>'];
+    for (const t of refs) {
+      const colon = t.lastIndexOf(':');
+      const [repository, tag] = [t.slice(0, colon), t.slice(colon + 1)];
+      const patterns = filters.filter(([k]) => k === 'reference');
+      if (patterns.length > 0 && (image.tags.length === 0 || !patterns.some(([, p]) => referenceMatches(p, repository, tag)))) continue;
+      const digest = (image.repoDigests ?? []).find((r) => r.slice(0, r.lastIndexOf('@')) === repository)?.split('@')[1] ?? '<none>';
+      rows.push({ image, repository, tag, digest });
+    }
+  }
+  return rows;
+}
+
 function shortId(id: string): string {
   return id.slice(7, 19);
 }
@@ -262,23 +321,34 @@ function imageVerbs(y: Argv): Argv {
       if (a.json) printJson({ id: img.id, tags: img.tags });
       else out(img.id);
     }))
-    .command(['ls', 'list'], 'list images', (c) => c
-      .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print image IDs only' }),
+    .command(['ls [reference]', 'list [reference]'], 'list images (REFERENCE: only those of that repository or NAME:TAG; * matches within a path component)', (c) => c
+      .positional('reference', { type: 'string' })
+      .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print image IDs only' })
+      .option('filter', { alias: 'f', type: 'string', describe: 'dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, since=IMAGE (repeatable)' })
+      .option('format', { type: 'string', describe: 'a line per row: {{.ID}} {{.Repository}} {{.Tag}} {{.Digest}} {{.CreatedAt}} {{.CreatedSince}} {{.Size}}' })
+      .option('digests', { type: 'boolean', default: false, describe: 'a DIGEST column (the manifest digest an image was pulled or pushed with)' })
+      .option('trunc', { type: 'boolean', default: true, describe: 'IDs of 12 digits (--no-trunc: whole)' }),
     (a) => withImageStore(a as CommonArgs, async (store) => {
       const images = (await store.listImages()).sort((x, y) => (y.config.created ?? '').localeCompare(x.config.created ?? ''));
       if (a.json) {
         return printJson(images.map((i) => ({ id: i.id, tags: i.tags, created: i.config.created ?? null, size: i.size, layers: i.layers.length })));
       }
-      if (a.quiet) return void images.forEach((i) => out(shortId(i.id)));
-      const rows = [['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE']];
-      for (const i of images) {
-        const refs = i.tags.length > 0 ? i.tags : ['<none>:<none>'];
-        for (const t of refs) {
-          const colon = t.lastIndexOf(':');
-          rows.push([t.slice(0, colon), t.slice(colon + 1), shortId(i.id), ago(i.config.created), humanSize(i.size)]);
+      const rows = await imageRows(store, images, a as unknown as ListArgs);
+      const idOf = (i: ImageRecord): string => (a.trunc ? shortId(i.id) : i.id);
+      if (a.quiet) return void [...new Set(rows.map((r) => idOf(r.image)))].forEach((id) => out(id));
+      if (a.format !== undefined) {
+        const { applyFormat, checkFormat } = await import('./inspect.js');
+        checkFormat(a.format);
+        for (const r of rows) {
+          out(applyFormat(a.format, {
+            ID: idOf(r.image), Repository: r.repository, Tag: r.tag, Digest: r.digest, CreatedAt: r.image.config.created ?? '',
+            CreatedSince: ago(r.image.config.created), Size: humanSize(r.image.size),
+          }));
         }
+        return;
       }
-      out(table(rows));
+      const head = ['REPOSITORY', 'TAG', ...(a.digests ? ['DIGEST'] : []), 'IMAGE ID', 'CREATED', 'SIZE'];
+      out(table([head, ...rows.map((r) => [r.repository, r.tag, ...(a.digests ? [r.digest] : []), idOf(r.image), ago(r.image.config.created), humanSize(r.image.size)])]));
     }))
     .command('tag <source> <target>', 'give an image another NAME:TAG', (c) => c
       .positional('source', { type: 'string', demandOption: true })
