@@ -201,7 +201,7 @@ test('diff lists what podman diff lists for the same changes to the same image',
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
 });
 
-test('kill, wait (also of a --rm container), restart, top, logs -f, inspect (containers and images, --format), container prune', async (t) => {
+test('kill, wait (also of a --rm container), --stop-signal, --stop-timeout, restart, top, logs -f, inspect (containers and images, --format), container prune', async (t) => {
   const c = setup(t);
   c.ok(['run', '-d', '--name', 'w1', 'base:1', 'sh', '-c', 'trap "echo usr1; exit 5" USR1; echo up; while true; do sleep 0.1; done']);
   t.true(await waitFor(() => c.ok(['logs', 'w1']) === 'up\n', 10_000));
@@ -251,6 +251,18 @@ test('kill, wait (also of a --rm container), restart, top, logs -f, inspect (con
   c.ok(['start', 'w2']);
   c.ok(['run', '-d', '--name', 'w3', 'base:1', 'sh', '-c', 'echo a; sleep 1; echo b']);
   t.is(c.ok(['logs', '-f', 'w3']), 'a\nb\n');
+  // --stop-signal over the image's, --stop-timeout as stop's default -t
+  c.ok(['run', '-d', '--name', 'w5', '--stop-signal', 'USR1', 'base:1', 'sh', '-c', 'trap "exit 7" USR1; echo up; while true; do sleep 0.1; done']);
+  t.true(await waitFor(() => c.ok(['logs', 'w5']) === 'up\n', 10_000));
+  t.is(c.ok(['inspect', '-f', '{{.Config.StopSignal}}', 'w5']), 'SIGUSR1\n');
+  c.ok(['stop', 'w5']);
+  t.is(c.ok(['wait', 'w5']), '7\n', 'stopped by its own stop signal');
+  c.ok(['run', '-d', '--name', 'w6', '--stop-timeout', '1', 'base:1', 'sh', '-c', 'trap "" TERM; echo up; while true; do sleep 0.1; done']);
+  t.true(await waitFor(() => c.ok(['logs', 'w6']) === 'up\n', 10_000));
+  t.is(c.ok(['inspect', '-f', '{{.Config.StopTimeout}}', 'w6']), '1\n');
+  c.ok(['stop', 'w6']);
+  t.is(c.ok(['wait', 'w6']), '137\n', 'killed once its stop timeout passed');
+  oneLineError(t, c.strata(['run', '--rm', '--stop-timeout', 'soon', 'base:1', 'true']), 125, /--stop-timeout soon: expected whole seconds/);
   // wait on a --rm container: its status, though the container is gone when it ends; after that, no such container
   c.ok(['run', '-d', '--rm', '--name', 'w4', 'base:1', 'sh', '-c', 'sleep 1; exit 7']);
   t.is(c.ok(['wait', 'w4']), '7\n');
@@ -258,7 +270,7 @@ test('kill, wait (also of a --rm container), restart, top, logs -f, inspect (con
 
   // container prune: every container that is not running.
   const pruned = c.ok(['container', 'prune']).trim().split('\n').sort();
-  t.is(pruned.length, 2);
+  t.is(pruned.length, 4, 'w1, w3, w5, w6');
   t.deepEqual((JSON.parse(c.ok(['container', 'ls', '--json'])) as { name: string }[]).map((r) => r.name), ['w2']);
   c.ok(['rm', '-f', 'w2']);
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));

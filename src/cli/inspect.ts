@@ -38,7 +38,8 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       Env: env,
       Cmd: rec.command ?? [],
       WorkingDir: settings.workdir ?? cfg.WorkingDir ?? '',
-      StopSignal: cfg.StopSignal ?? '',
+      StopSignal: settings.stopSignal ?? cfg.StopSignal ?? '',
+      ...(settings.stopTimeout !== undefined ? { StopTimeout: settings.stopTimeout } : {}),
       Labels: { ...((cfg.Labels as Record<string, string> | null | undefined) ?? {}), ...(settings.labels ?? {}) },
       // (the image's, with run's --health-* over it)
       ...(cfg.Healthcheck !== undefined || settings.healthcheck !== undefined

@@ -23,7 +23,7 @@ export const START_OPTIONS = {
   store: storeOption,
 } as const;
 export const STOP_OPTIONS = {
-  time: { alias: 't', type: 'string', describe: 'seconds to wait for the command to end before killing it (default 10)' },
+  time: { alias: 't', type: 'string', describe: 'seconds to wait for the command to end before killing it (default: the container\'s --stop-timeout, else 10)' },
   store: storeOption,
 } as const;
 export const EXEC_OPTIONS = {
@@ -132,17 +132,19 @@ export const startCommand: CommandModule = {
 async function stopEach(a: unknown, then: (store: string, rec: { id: string; name: string }) => Promise<string>): Promise<void> {
   const args = a as StoreArgs & { containers: string[]; time?: string };
   const { ImageError } = await import('../image/types.js');
-  const grace = args.time === undefined ? 10 : Number(args.time);
-  if (!Number.isFinite(grace) || grace < 0) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
-  const [{ withStore }, { stopContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+  const given = args.time === undefined ? undefined : Number(args.time);
+  if (given !== undefined && (!Number.isFinite(given) || given < 0)) throw new ImageError(`-t takes seconds, not "${args.time}"`, 125);
+  const [{ withStore }, { stopContainer }, { settingsOf }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js'),
+    import('../image/settings.js')]);
   const store = await storeDirOf(args);
   for (const ref of args.containers) {
     const { rec, signal } = await withStore(store, async (s) => {
       // (so that its monitor does not start it again: --restart)
       const r = await s.updateContainer((await s.getContainer(ref)).id, { stopRequested: true });
-      return { rec: r, signal: (await s.findImage(r.image))?.config.config?.StopSignal };
+      return { rec: r, signal: settingsOf(r).stopSignal ?? (await s.findImage(r.image))?.config.config?.StopSignal };
     });
-    await stopContainer(rec, signal, grace);
+    // (-t, else the container's --stop-timeout, else 10 s)
+    await stopContainer(rec, signal, given ?? settingsOf(rec).stopTimeout ?? 10);
     out(await then(store, rec));
   }
   process.exit(0);

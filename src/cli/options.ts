@@ -33,6 +33,8 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
   'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
   'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
+  'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
   label: { alias: 'l', type: 'string', describe: 'KEY=VALUE (or KEY) among the container\'s labels, over the image\'s (repeatable)' },
   'label-file': { type: 'string', describe: 'a file of KEY=VALUE label lines (repeatable; # comments)' },
   healthcheck: { type: 'boolean', default: true, describe: 'run the health check (--no-healthcheck: none, whatever the image says)' },
@@ -59,6 +61,8 @@ export interface ContainerConfigArgs {
   restart?: Many;
   label?: Many;
   labelFile?: Many;
+  stopSignal?: Many;
+  stopTimeout?: Many;
   healthCmd?: Many;
   healthInterval?: Many;
   healthTimeout?: Many;
@@ -90,6 +94,12 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const healthcheck = S.parseHealthFlags({ cmd: last(a.healthCmd), interval: last(a.healthInterval), timeout: last(a.healthTimeout),
     retries: last(a.healthRetries), startPeriod: last(a.healthStartPeriod), startInterval: last(a.healthStartInterval), none: a.healthcheck === false ? true : undefined });
   const labels = S.parseLabelFlags(many(a.label), many(a.labelFile));
+  const stopSignalFlag = last(a.stopSignal);
+  const stopSignal = stopSignalFlag !== undefined ? (await import('../image/lifecycle.js')).normalizeSignal(stopSignalFlag) : undefined;
+  const stopTimeoutFlag = last(a.stopTimeout);
+  if (stopTimeoutFlag !== undefined && !/^[0-9]+$/.test(stopTimeoutFlag)) {
+    throw new (await import('../image/types.js')).ImageError(`--stop-timeout ${stopTimeoutFlag}: expected whole seconds`, 125);
+  }
   if (restart && restart.name !== 'no' && a.rm) throw new (await import('../image/types.js')).ImageError('--restart and --rm do not go together', 125);
   if (many(a.publish).length > 0) {
     // (as podman with --network host: nothing to publish)
@@ -104,6 +114,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
       ...(healthcheck ? { healthcheck } : {}), ...(Object.keys(labels).length > 0 ? { labels } : {}),
+      ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),
   };

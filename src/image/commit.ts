@@ -53,6 +53,7 @@ function containerRunConfig(config: ImageConfig, rec: ContainerRecord): NonNulla
     ...(cmd !== undefined ? { Cmd: cmd.length > 0 ? cmd : null } : {}),
     ...(settings.workdir !== undefined ? { WorkingDir: settings.workdir } : {}),
     ...(typeof rec.user === 'string' ? { User: rec.user } : {}),
+    ...(settings.stopSignal !== undefined ? { StopSignal: settings.stopSignal } : {}),
     ...(settings.labels !== undefined ? { Labels: { ...((config.config?.Labels as Record<string, string> | null | undefined) ?? {}), ...settings.labels } } : {}),
   };
 }

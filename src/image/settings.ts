@@ -50,6 +50,9 @@ export interface ContainerSettings {
   healthcheck?: HealthConfig;
   /** --label, --label-file: the container's labels, over the image's. */
   labels?: Record<string, string>;
+  /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
+  stopSignal?: string;
+  stopTimeout?: number;
 }
 
 /** Docker's config.Healthcheck: Test (["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."]), durations in ns. */
