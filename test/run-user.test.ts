@@ -87,6 +87,13 @@ test('the image\'s User and --user/-u give the ids, groups, HOME and working dir
     const expected = spec?.startsWith('4242') ? theirs.stdout.replace('HOME=/srv/work/deep ', 'HOME=/ ') : theirs.stdout;
     t.is(mine(spec), expected, `--user ${String(spec)}`);
   }
+  // --group-add: more supplementary groups, by name or GID, as podman adds them
+  for (const args of [['--group-add', 'devs'], ['--user', 'bob', '--group-add', '4000', '--group-add', 'staff'], ['--user', '4242:50', '--group-add', 'devs,3000']]) {
+    const theirs = podman(['run', '--rm', ...PODMAN_RUN, ...args, 'localhost/users:1', 'id', '-G']);
+    t.is(theirs.status, 0, theirs.stderr);
+    t.is(s.ok(['run', '--rm', ...args, 'users:1', 'id', '-G']).split(' ').map(Number).sort().join(' '),
+      theirs.stdout.split(' ').map(Number).sort().join(' '), args.join(' '));
+  }
   // -u is --user; the last one given counts; after the image name, -u is the command's.
   t.is(s.ok(['run', '--rm', '-u', 'bob', 'users:1', 'id', '-u']), '1002\n');
   t.is(s.ok(['run', '--rm', '-u', 'bob', '--user', '4242:50', 'users:1', 'id', '-u']), '4242\n');
@@ -111,6 +118,8 @@ test('an unknown user or group: one line, exit 125, no container left, as podman
     t.not(theirs.status, 0);
     t.true(theirs.stderr.includes(message), theirs.stderr);
   }
+  const noGroup = s.strata(['run', '--name', 'x', '--group-add', 'nogroup', 'users:1', 'true']);
+  t.deepEqual([noGroup.status, noGroup.stderr], [125, 'strata: unable to find group nogroup: no matching entries in group file\n']);
   const bad = s.strata(['run', '--user', '99999999999', 'users:1', 'true']);
   t.is(bad.status, 125);
   t.is(bad.stderr, 'strata: invalid user in "99999999999": ids must be in the range 0-2147483647\n');

@@ -33,6 +33,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
   'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
   'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
   'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
   label: { alias: 'l', type: 'string', describe: 'KEY=VALUE (or KEY) among the container\'s labels, over the image\'s (repeatable)' },
@@ -63,6 +64,7 @@ export interface ContainerConfigArgs {
   labelFile?: Many;
   stopSignal?: Many;
   stopTimeout?: Many;
+  groupAdd?: Many;
   healthCmd?: Many;
   healthInterval?: Many;
   healthTimeout?: Many;
@@ -114,6 +116,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
       ...(healthcheck ? { healthcheck } : {}), ...(Object.keys(labels).length > 0 ? { labels } : {}),
+      ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),

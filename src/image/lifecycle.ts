@@ -241,7 +241,7 @@ export function spawnInContainer(config: ImageConfig, rec: ContainerRecord, argv
   if (init === null) throw new ImageError(`container ${rec.name} is not running`, 125);
   const userSpec = opts.user ?? (rec.user as string | undefined) ?? config.config?.User ?? '';
   parseUserSpec(userSpec);
-  const user = containerUser(rec.merged, userSpec);
+  const user = containerUser(rec.merged, userSpec, settingsOf(rec).groupAdd);
   const settings = settingsOf(rec);
   // (the container's environment, -e of run or create included, then exec's own -e)
   const env = containerEnv(config, (settings.hostname ?? rec.name).slice(0, 63), user.home, settings.env);

@@ -383,7 +383,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
     let user: ExecUser;
     try {
-      user = containerUser(rec.merged, userSpec);
+      user = containerUser(rec.merged, userSpec, settings.groupAdd);
     } catch (e) {
       refused = true;
       throw e;

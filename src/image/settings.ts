@@ -50,6 +50,8 @@ export interface ContainerSettings {
   healthcheck?: HealthConfig;
   /** --label, --label-file: the container's labels, over the image's. */
   labels?: Record<string, string>;
+  /** --group-add: more supplementary groups (names in the container's /etc/group, or GIDs). */
+  groupAdd?: string[];
   /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
   stopSignal?: string;
   stopTimeout?: number;

@@ -139,7 +139,17 @@ export function readInRoot(root: string, path: string): string | null {
   }
 }
 
-/** The user for a spec in the container whose root is `root`. */
-export function containerUser(root: string, spec: string): ExecUser {
-  return resolveUser(spec, readInRoot(root, 'etc/passwd'), readInRoot(root, 'etc/group'));
+/** The user for a spec in the container whose root is `root`, with the groups of --group-add (names or GIDs). */
+export function containerUser(root: string, spec: string, groupAdd: readonly string[] = []): ExecUser {
+  const group = readInRoot(root, 'etc/group');
+  const user = resolveUser(spec, readInRoot(root, 'etc/passwd'), group);
+  if (groupAdd.length === 0) return user;
+  const known = group === null ? [] : parseGroup(group);
+  const extra = groupAdd.map((g) => {
+    if (/^[0-9]+$/.test(g)) return Number(g);
+    const found = known.find((k) => k.name === g);
+    if (!found) throw new ImageError(`unable to find group ${g}: no matching entries in group file`, 125);
+    return found.gid;
+  });
+  return { ...user, groups: [...new Set([...user.groups, ...extra])] };
 }
