@@ -1,7 +1,10 @@
 /* bin/strata-run-exec: the last step of `strata run` (see src/image/run.ts), run as pid 1 of the
  * container's namespaces once /proc, /sys and /dev are mounted:
  *
- *   strata-run-exec [--caps MASK] ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *   strata-run-exec [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *
+ * Each --rlimit sets a resource limit (RESOURCE: the RLIMIT_ number; -1: unlimited) before anything
+ * else, while the process may still raise hard limits: docker run's --ulimit.
  *
  * With --caps, every capability whose bit is clear in MASK (hexadecimal, bit N for capability N)
  * leaves the bounding set first: what the command (as root, or through a setuid program) can ever
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -69,24 +73,55 @@ static int make_workdir(const char *wd, uid_t uid, gid_t gid) {
   return 0;
 }
 
+/* "RESOURCE:SOFT:HARD" (decimal; -1: unlimited) applied with setrlimit; -1 when it is malformed or refused. */
+static int apply_rlimit(const char *spec) {
+  char *end;
+  errno = 0;
+  long res = strtol(spec, &end, 10);
+  if (errno || *end != ':' || res < 0 || res >= RLIM_NLIMITS) return -1;
+  rlim_t v[2];
+  for (int i = 0; i < 2; i++) {
+    const char *p = end + 1;
+    if (strncmp(p, "-1", 2) == 0 && (p[2] == ':' || p[2] == '\0')) {
+      v[i] = RLIM_INFINITY;
+      end = (char *)p + 2;
+    } else {
+      errno = 0;
+      unsigned long long n = strtoull(p, &end, 10);
+      if (errno || end == p) return -1;
+      v[i] = (rlim_t)n;
+    }
+    if (*end != (i == 0 ? ':' : '\0')) return -1;
+  }
+  struct rlimit rl = {v[0], v[1]};
+  return setrlimit((int)res, &rl);
+}
+
 int main(int argc, char **argv) {
   int caps_given = 0;
   unsigned long long keep = 0;
-  if (argc > 2 && strcmp(argv[1], "--caps") == 0) {
-    char *end;
-    errno = 0;
-    keep = strtoull(argv[2], &end, 16);
-    if (errno || *end || !*argv[2]) {
-      fprintf(stderr, "%s: bad capability mask: %s\n", prog, argv[2]);
-      return 125;
+  while (argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0)) {
+    if (strcmp(argv[1], "--rlimit") == 0) {
+      if (apply_rlimit(argv[2]) != 0) {
+        fprintf(stderr, "%s: cannot set the resource limit %s: %s\n", prog, argv[2], errno ? strerror(errno) : "malformed");
+        return 125;
+      }
+    } else {
+      char *end;
+      errno = 0;
+      keep = strtoull(argv[2], &end, 16);
+      if (errno || *end || !*argv[2]) {
+        fprintf(stderr, "%s: bad capability mask: %s\n", prog, argv[2]);
+        return 125;
+      }
+      caps_given = 1;
     }
-    caps_given = 1;
     argv[2] = argv[0];
     argv += 2;
     argc -= 2;
   }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s [--caps MASK] ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
     return 125;
   }
   const char *root = argv[1], *wd = argv[2], *groups = argv[5];

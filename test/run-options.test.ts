@@ -23,7 +23,7 @@ function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern
   t.regex(r.stderr, pattern);
 }
 
-test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: what podman run prints for the same', (t) => {
+test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs, --cap-*, --ulimit: what podman run prints for the same', (t) => {
   const base = tempDir(t, 'ro');
   // (-e NAME and a NAME line in an env file take the value of the caller's environment; podman's is copied from ours now)
   process.env.HOSTVAR = 'from the host';
@@ -58,6 +58,8 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs: wh
     { name: 'cap-drop all', args: ['--cap-drop', 'ALL', '--cap-add', 'CHOWN'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status'] },
     { name: 'privileged', args: ['--privileged'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status; mount -t tmpfs t /mnt && echo mounted'] },
     { name: 'network none', args: ['--network', 'none'], cmd: ['sh', '-c', 'ls /sys/class/net; cat /sys/class/net/lo/flags /proc/net/if_inet6 | wc -l'] },
+    { name: 'ulimit', args: ['--ulimit', 'nofile=1024:2048', '--ulimit', 'core=-1', '--ulimit', 'nproc=500'],
+      cmd: ['sh', '-c', 'grep -E "^Max (open files|core file size|processes) " /proc/self/limits'] },
     { name: 'anonymous volume', args: ['-v', '/usr/share/doc/dash'], cmd: ['sh', '-c', 'ls /usr/share/doc/dash; echo x > /usr/share/doc/dash/new; ls /usr/share/doc/dash | wc -l'] },
   ];
   // (podman: no network; strata's default host name is the container's name, podman's its ID)

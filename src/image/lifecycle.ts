@@ -23,7 +23,7 @@ import { isKernelWhiteout, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '
 import { childPids, containerEnv } from './run.js';
 import type { ContainerRecord } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
-import { capabilityMask, settingsOf } from './settings.js';
+import { capabilityMask, rlimitArgs, settingsOf } from './settings.js';
 import { containerUser, parseUserSpec } from './user.js';
 
 const { C, ST } = N;
@@ -255,7 +255,7 @@ export function spawnInContainer(config: ImageConfig, rec: ContainerRecord, argv
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
   // (--net: the container's network namespace, its own or the host's)
   return spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
-    RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), rec.merged, wd,
+    RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd,
     String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio, env, detached });
 }
 

@@ -32,7 +32,7 @@ import { ImageError, type ImageConfig } from './types.js';
 import { monitorHealth } from './health.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
-import { capabilityMask, checkSettings, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
+import { capabilityMask, checkSettings, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -223,7 +223,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     ...etcBinds.map((l) => `etc\t${l}`), ...mounts.map((l) => `mount\t${l}`),
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
-    RUN_EXEC, '--caps', capabilityMask(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
+    RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: outputFd === undefined ? 'inherit' : ['inherit', outputFd, outputFd],
     env: { ...env, STRATA_SETUP: spec },
   });

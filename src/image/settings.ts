@@ -50,6 +50,8 @@ export interface ContainerSettings {
   healthcheck?: HealthConfig;
   /** --label, --label-file: the container's labels, over the image's. */
   labels?: Record<string, string>;
+  /** --ulimit NAME=SOFT[:HARD]: resource limits of the command (-1: unlimited). */
+  ulimits?: { name: string; soft: number; hard: number }[];
   /** --group-add: more supplementary groups (names in the container's /etc/group, or GIDs). */
   groupAdd?: string[];
   /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
@@ -272,6 +274,27 @@ export function parseTmpfsFlag(spec: string): MountSpec {
  * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
  * In a file: one per line, blank lines and lines starting with # ignored.
  */
+/** docker's --ulimit names and their RLIMIT_ numbers (Linux). */
+const RLIMITS: Record<string, number> = {
+  cpu: 0, fsize: 1, data: 2, stack: 3, core: 4, rss: 5, nproc: 6, nofile: 7, memlock: 8, as: 9, locks: 10, sigpending: 11, msgqueue: 12,
+  nice: 13, rtprio: 14, rttime: 15,
+};
+
+/** --ulimit NAME=SOFT[:HARD] (HARD defaults to SOFT; -1: unlimited), as docker run takes it. */
+export function parseUlimit(spec: string): { name: string; soft: number; hard: number } {
+  const m = /^([a-z]+)=(-1|[0-9]+)(?::(-1|[0-9]+))?$/.exec(spec);
+  if (!m || RLIMITS[m[1]!] === undefined) bad(`--ulimit ${spec}: expected NAME=SOFT[:HARD] with NAME one of ${Object.keys(RLIMITS).join(', ')}`);
+  const soft = Number(m![2]);
+  const hard = m![3] !== undefined ? Number(m![3]) : soft;
+  if (hard !== -1 && (soft === -1 || soft > hard)) bad(`--ulimit ${spec}: the soft limit is above the hard one`);
+  return { name: m![1]!, soft, hard };
+}
+
+/** strata-run-exec's --rlimit arguments for the container's --ulimit settings. */
+export function rlimitArgs(settings: ContainerSettings): string[] {
+  return (settings.ulimits ?? []).flatMap((u) => ['--rlimit', `${RLIMITS[u.name]}:${u.soft}:${u.hard}`]);
+}
+
 /** run's and create's --label KEY[=VALUE] and --label-file FILE (KEY=VALUE lines, # comments), as docker takes them. */
 export function parseLabelFlags(values: readonly string[], files: readonly string[]): Record<string, string> {
   const labels: Record<string, string> = {};
