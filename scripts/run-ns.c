@@ -1,7 +1,11 @@
 /* bin/strata-run-ns: the namespaces of a `strata run` container (see src/image/run.ts), in place of
  * util-linux's `setpriv --pdeathsig KILL unshare --mount --pid --uts [--net] --fork --kill-child`:
  *
- *   strata-run-ns [--net] -- COMMAND [ARG...]
+ *   strata-run-ns [--net] [--init] -- COMMAND [ARG...]
+ *
+ * With --init, pid 1 stays a small init after the setup (docker run --init, as tini): COMMAND runs as
+ * its child; it passes on every signal it gets, reaps the orphans the namespace hands it, and ends
+ * with COMMAND's status when COMMAND ends.
  *
  * New mount, PID and UTS namespaces (and a network namespace with --net); COMMAND runs as their
  * pid 1 in a child, and this process waits for it and exits with its status: its exit code, or
@@ -226,18 +230,54 @@ static int setup(char *spec) {
   return 0;
 }
 
+/* pid 1 as an init (--init): COMMAND in a child; signals passed on to it, orphans reaped; its status. */
+static void run_as_init(char **cmd, const sigset_t *cmd_mask) {
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, NULL);
+  pid_t c = fork();
+  if (c < 0) {
+    fprintf(stderr, "strata: cannot start the command under the init: %s\n", strerror(errno));
+    _exit(125);
+  }
+  if (c == 0) {
+    sigprocmask(SIG_SETMASK, cmd_mask, NULL);
+    execvp(cmd[0], cmd);
+    fprintf(stderr, "strata: cannot run %s: %s\n", cmd[0], strerror(errno));
+    _exit(errno == ENOENT ? 127 : 126);
+  }
+  for (;;) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&all, &si);
+    if (sig < 0) continue;
+    if (sig != SIGCHLD) {
+      kill(c, sig);
+      continue;
+    }
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (p != c) continue;
+      if (WIFEXITED(st)) _exit(WEXITSTATUS(st));
+      _exit(WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 125);
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS;
+  int init = 0;
   int i = 1;
   for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
     if (strcmp(argv[i], "--net") == 0) flags |= CLONE_NEWNET;
+    else if (strcmp(argv[i], "--init") == 0) init = 1;
     else {
       fprintf(stderr, "strata-run-ns: unknown option %s\n", argv[i]);
       return 125;
     }
   }
   if (i + 1 >= argc) {
-    fprintf(stderr, "usage: strata-run-ns [--net] -- COMMAND [ARG...]\n");
+    fprintf(stderr, "usage: strata-run-ns [--net] [--init] -- COMMAND [ARG...]\n");
     return 125;
   }
   char **cmd = argv + i + 1;
@@ -268,6 +308,7 @@ int main(int argc, char **argv) {
       unsetenv("STRATA_SETUP");
       if (!spec || setup(spec) != 0) _exit(125);
     }
+    if (init) run_as_init(cmd, &old);
     execvp(cmd[0], cmd);
     fprintf(stderr, "strata: cannot run %s: %s\n", cmd[0], strerror(errno));
     _exit(errno == ENOENT ? 127 : 126);

@@ -201,7 +201,7 @@ test('diff lists what podman diff lists for the same changes to the same image',
   t.deepEqual(json.map((x) => `${x.kind} ${x.path}`).sort(), mine);
 });
 
-test('kill, wait (also of a --rm container), --stop-signal, --stop-timeout, restart, top, logs -f, inspect (containers and images, --format), container prune', async (t) => {
+test('kill, wait (also of a --rm container), --stop-signal, --stop-timeout, --init, restart, top, logs -f, inspect (containers and images, --format), container prune', async (t) => {
   const c = setup(t);
   c.ok(['run', '-d', '--name', 'w1', 'base:1', 'sh', '-c', 'trap "echo usr1; exit 5" USR1; echo up; while true; do sleep 0.1; done']);
   t.true(await waitFor(() => c.ok(['logs', 'w1']) === 'up\n', 10_000));
@@ -263,6 +263,15 @@ test('kill, wait (also of a --rm container), --stop-signal, --stop-timeout, rest
   c.ok(['stop', 'w6']);
   t.is(c.ok(['wait', 'w6']), '137\n', 'killed once its stop timeout passed');
   oneLineError(t, c.strata(['run', '--rm', '--stop-timeout', 'soon', 'base:1', 'true']), 125, /--stop-timeout soon: expected whole seconds/);
+  // --init: pid 1 passes stop's SIGTERM on to a command that, as pid 1, would not get it (sleep has no
+  // handler), and reaps orphans; the command is pid 2
+  c.ok(['run', '-d', '--name', 'w7', '--init', 'base:1', 'sleep', '6464']);
+  t.true(await waitFor(() => processesRunning(['sleep', '6464']).length === 1, 10_000));
+  t.is(c.ok(['inspect', '-f', '{{.HostConfig.Init}}', 'w7']), 'true\n');
+  t.is(c.ok(['exec', 'w7', 'sh', '-c', 'sh -c "sleep 0.1 &"; sleep 0.5; for p in /proc/[0-9]*; do s=$(cut -d" " -f3 $p/stat 2>/dev/null); [ "$s" = Z ] && echo zombie; done; cat /proc/2/cmdline | tr "\\0" " "']), 'sleep 6464 ');
+  c.ok(['stop', '-t', '60', 'w7']);
+  t.is(c.ok(['wait', 'w7']), '143\n', 'ended by the SIGTERM its init passed on, not killed after 60 s');
+  t.is(c.strata(['run', '--rm', '--init', 'base:1', 'sh', '-c', 'exit 6']).status, 6);
   // wait on a --rm container: its status, though the container is gone when it ends; after that, no such container
   c.ok(['run', '-d', '--rm', '--name', 'w4', 'base:1', 'sh', '-c', 'sleep 1; exit 7']);
   t.is(c.ok(['wait', 'w4']), '7\n');
@@ -270,7 +279,7 @@ test('kill, wait (also of a --rm container), --stop-signal, --stop-timeout, rest
 
   // container prune: every container that is not running.
   const pruned = c.ok(['container', 'prune']).trim().split('\n').sort();
-  t.is(pruned.length, 4, 'w1, w3, w5, w6');
+  t.is(pruned.length, 5, 'w1, w3, w5, w6, w7');
   t.deepEqual((JSON.parse(c.ok(['container', 'ls', '--json'])) as { name: string }[]).map((r) => r.name), ['w2']);
   c.ok(['rm', '-f', 'w2']);
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));

@@ -49,7 +49,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
     HostConfig: {
       AutoRemove: settings.autoRemove ?? false, NetworkMode: settings.network ?? 'host', ReadonlyRootfs: settings.readOnly ?? false,
       RestartPolicy: { Name: settings.restart?.name ?? 'no', MaximumRetryCount: settings.restart?.max ?? 0 },
-      Privileged: settings.privileged ?? false, CapAdd: settings.capAdd ?? null, CapDrop: settings.capDrop ?? null,
+      Privileged: settings.privileged ?? false, CapAdd: settings.capAdd ?? null, CapDrop: settings.capDrop ?? null, Init: settings.init ?? false,
     },
     Mounts: (settings.mounts ?? []).map((m) => ({
       Type: m.type,

@@ -33,6 +33,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
   'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
   'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  init: { type: 'boolean', default: false, describe: 'pid 1 is a small init (signals passed on, orphans reaped), the command its child' },
   ulimit: { type: 'string', describe: 'NAME=SOFT[:HARD]: a resource limit of the command (nofile, nproc, core, stack, ...; -1: unlimited; repeatable)' },
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
@@ -67,6 +68,7 @@ export interface ContainerConfigArgs {
   stopTimeout?: Many;
   groupAdd?: Many;
   ulimit?: Many;
+  init?: boolean;
   healthCmd?: Many;
   healthInterval?: Many;
   healthTimeout?: Many;
@@ -118,6 +120,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(a.privileged ? { privileged: true } : {}), ...(capAdd.length > 0 ? { capAdd } : {}), ...(capDrop.length > 0 ? { capDrop } : {}),
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
       ...(healthcheck ? { healthcheck } : {}), ...(Object.keys(labels).length > 0 ? { labels } : {}),
+      ...(a.init ? { init: true } : {}),
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),

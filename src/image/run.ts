@@ -222,7 +222,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   const spec = [`root\t${rec.merged}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
     ...etcBinds.map((l) => `etc\t${l}`), ...mounts.map((l) => `mount\t${l}`),
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
-  const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), '--',
+  const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: outputFd === undefined ? 'inherit' : ['inherit', outputFd, outputFd],
     env: { ...env, STRATA_SETUP: spec },

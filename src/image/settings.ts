@@ -50,6 +50,8 @@ export interface ContainerSettings {
   healthcheck?: HealthConfig;
   /** --label, --label-file: the container's labels, over the image's. */
   labels?: Record<string, string>;
+  /** --init: pid 1 is a small init that passes signals on and reaps orphans; the command its child. */
+  init?: boolean;
   /** --ulimit NAME=SOFT[:HARD]: resource limits of the command (-1: unlimited). */
   ulimits?: { name: string; soft: number; hard: number }[];
   /** --group-add: more supplementary groups (names in the container's /etc/group, or GIDs). */
