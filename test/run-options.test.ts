@@ -83,7 +83,7 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs, --
   t.deepEqual(mountsUnder(s.dir), []);
 });
 
-test('run and create: settings kept by the container (exec, start again), --rm with -d, the image\'s VOLUMEs, mount points behind image symlinks, refusals, strata volume', async (t) => {
+test('run and create: settings kept by the container (exec, start again), --dns*, --rm with -d, the image\'s VOLUMEs, mount points behind image symlinks, refusals, strata volume', async (t) => {
   const base = tempDir(t, 'ro2');
   const s = testStore(t, base);
   const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
@@ -97,6 +97,14 @@ test('run and create: settings kept by the container (exec, start again), --rm w
   const host = path.join(base, 'host');
   fs.mkdirSync(host);
   fs.writeFileSync(path.join(host, 'f'), 'host file\n');
+  // --dns, --dns-search, --dns-option: those lines of the container's resolv.conf replaced, the rest the host's
+  const resolv = ok(['run', '--rm', '--dns', '192.0.2.53', '--dns', '2001:db8::53', '--dns-search', 'example.com', '--dns-option', 'ndots:2', 'base:1', 'cat', '/etc/resolv.conf']);
+  t.deepEqual(resolv.split('\n').filter((l) => /^(nameserver|search|domain|options)\s/.test(l)),
+    ['nameserver 192.0.2.53', 'nameserver 2001:db8::53', 'search example.com', 'options ndots:2']);
+  const hostServers = (fs.existsSync('/etc/resolv.conf') ? fs.readFileSync('/etc/resolv.conf', 'utf8') : '').split('\n').filter((l) => /^nameserver\s/.test(l));
+  t.deepEqual(ok(['run', '--rm', '--dns-option', 'ndots:3', 'base:1', 'cat', '/etc/resolv.conf']).split('\n').filter((l) => /^(nameserver|options)\s/.test(l)),
+    [...hostServers, 'options ndots:3'], 'the host\'s name servers kept');
+  t.regex(strata(['run', '--rm', '--dns', 'nope', 'base:1', 'true']).stderr, /^strata: --dns nope: expected an IP address\n$/);
 
   // A missing -w directory is made, as docker makes it (podman refuses it), owned by the user.
   t.is(ok(['run', '--rm', '-u', '1000:1000', '-w', '/var/made/here', 'base:1', 'sh', '-c', 'pwd; stat -c %u:%g:%a /var/made/here /var/made']),

@@ -33,6 +33,9 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'health-retries': { type: 'string', describe: 'failures in a row that make the container unhealthy (default 3)' },
   'health-start-period': { type: 'string', describe: 'time after the start in which failures do not count (default 0s)' },
   'health-start-interval': { type: 'string', describe: 'time between health checks in the start period (default 5s)' },
+  dns: { type: 'string', describe: 'a name server for the container\'s resolv.conf, instead of the host\'s (repeatable)' },
+  'dns-search': { type: 'string', describe: 'a search domain instead of the host\'s ("." for none; repeatable)' },
+  'dns-option': { type: 'string', describe: 'a resolv.conf option instead of the host\'s (ndots:2, ...; repeatable)' },
   init: { type: 'boolean', default: false, describe: 'pid 1 is a small init (signals passed on, orphans reaped), the command its child' },
   ulimit: { type: 'string', describe: 'NAME=SOFT[:HARD]: a resource limit of the command (nofile, nproc, core, stack, ...; -1: unlimited; repeatable)' },
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
@@ -69,6 +72,9 @@ export interface ContainerConfigArgs {
   groupAdd?: Many;
   ulimit?: Many;
   init?: boolean;
+  dns?: Many;
+  dnsSearch?: Many;
+  dnsOption?: Many;
   healthCmd?: Many;
   healthInterval?: Many;
   healthTimeout?: Many;
@@ -121,6 +127,9 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(addHosts.length > 0 ? { addHosts } : {}), ...(restart && restart.name !== 'no' ? { restart } : {}),
       ...(healthcheck ? { healthcheck } : {}), ...(Object.keys(labels).length > 0 ? { labels } : {}),
       ...(a.init ? { init: true } : {}),
+      ...(many(a.dns).length > 0 ? { dns: many(a.dns).map(S.parseDns) } : {}),
+      ...(many(a.dnsSearch).length > 0 ? { dnsSearch: many(a.dnsSearch) } : {}),
+      ...(many(a.dnsOption).length > 0 ? { dnsOptions: many(a.dnsOption) } : {}),
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),

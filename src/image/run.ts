@@ -176,7 +176,24 @@ function removeEtcStubs(upper: string, stubs: EtcStubs): void {
 function etcFiles(rec: ContainerRecord, hostname: string, settings: ContainerSettings): Map<string, string> {
   const files = new Map<string, string>();
   const resolv = hostResolvConf();
-  if (resolv) files.set('resolv.conf', resolv);
+  if (settings.dns || settings.dnsSearch || settings.dnsOptions) {
+    // --dns, --dns-search, --dns-option: each kind of line the host's resolv.conf has, replaced
+    let lines: string[] = [];
+    try {
+      if (resolv) lines = readFileSync(resolv, 'utf8').split('\n');
+    } catch {
+      // none
+    }
+    const drop = [...(settings.dns ? ['nameserver'] : []), ...(settings.dnsSearch ? ['search', 'domain'] : []), ...(settings.dnsOptions ? ['options'] : [])];
+    const search = (settings.dnsSearch ?? []).filter((d) => d !== '.');
+    const out = [...lines.filter((l) => l.trim() !== '' && !drop.includes(l.trim().split(/\s+/)[0]!)),
+      ...(settings.dns ?? []).map((n) => `nameserver ${n}`), ...(search.length > 0 ? [`search ${search.join(' ')}`] : []),
+      ...(settings.dnsOptions ? [`options ${settings.dnsOptions.join(' ')}`] : [])];
+    writeFileSync(join(rec.dir, 'resolv.conf'), `${out.join('\n')}\n`, { mode: 0o644 });
+    files.set('resolv.conf', join(rec.dir, 'resolv.conf'));
+  } else if (resolv) {
+    files.set('resolv.conf', resolv);
+  }
   let hostHosts = '';
   if (settings.network !== 'none') {
     try {

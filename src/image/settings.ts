@@ -50,6 +50,10 @@ export interface ContainerSettings {
   healthcheck?: HealthConfig;
   /** --label, --label-file: the container's labels, over the image's. */
   labels?: Record<string, string>;
+  /** --dns, --dns-search, --dns-option: the container's resolv.conf has these instead of the host's of each kind. */
+  dns?: string[];
+  dnsSearch?: string[];
+  dnsOptions?: string[];
   /** --init: pid 1 is a small init that passes signals on and reaps orphans; the command its child. */
   init?: boolean;
   /** --ulimit NAME=SOFT[:HARD]: resource limits of the command (-1: unlimited). */
@@ -276,6 +280,12 @@ export function parseTmpfsFlag(spec: string): MountSpec {
  * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
  * In a file: one per line, blank lines and lines starting with # ignored.
  */
+/** --dns IP: an IPv4 or IPv6 address. */
+export function parseDns(value: string): string {
+  if (isIP(value) === 0) bad(`--dns ${value}: expected an IP address`);
+  return value;
+}
+
 /** docker's --ulimit names and their RLIMIT_ numbers (Linux). */
 const RLIMITS: Record<string, number> = {
   cpu: 0, fsize: 1, data: 2, stack: 3, core: 4, rss: 5, nproc: 6, nofile: 7, memlock: 8, as: 9, locks: 10, sigpending: 11, msgqueue: 12,
