@@ -307,6 +307,17 @@ export function rlimitArgs(settings: ContainerSettings): string[] {
   return (settings.ulimits ?? []).flatMap((u) => ['--rlimit', `${RLIMITS[u.name]}:${u.soft}:${u.hard}`]);
 }
 
+/** The entries of an --env-file or --label-file: its lines without leading blanks, but for empty and # comment lines. */
+function fileEntries(file: string, flag: string): string[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    bad(`${flag} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return text.split('\n').map((line) => line.replace(/\r$/, '').replace(/^\s+/, '')).filter((l) => l !== '' && !l.startsWith('#'));
+}
+
 /** run's and create's --label KEY[=VALUE] and --label-file FILE (KEY=VALUE lines, # comments), as docker takes them. */
 export function parseLabelFlags(values: readonly string[], files: readonly string[]): Record<string, string> {
   const labels: Record<string, string> = {};
@@ -316,19 +327,7 @@ export function parseLabelFlags(values: readonly string[], files: readonly strin
     if (key === '' || /[\s\0]/.test(key)) bad(`${where}: invalid label "${entry}"`);
     labels[key] = i < 0 ? '' : entry.slice(i + 1);
   };
-  for (const f of files) {
-    let text: string;
-    try {
-      text = readFileSync(f, 'utf8');
-    } catch (e) {
-      bad(`--label-file ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-    for (const line of text.split('\n')) {
-      const l = line.replace(/\r$/, '').trim();
-      if (l === '' || l.startsWith('#')) continue;
-      take(l, `--label-file ${f}`);
-    }
-  }
+  for (const f of files) for (const l of fileEntries(f, '--label-file')) take(l.trimEnd(), `--label-file ${f}`);
   for (const v of values) take(v, `--label ${v}`);
   return labels;
 }
@@ -342,19 +341,7 @@ export function parseEnvFlags(values: readonly string[], files: readonly string[
     if (i >= 0) envs.push(entry);
     else if (process.env[key] !== undefined) envs.push(`${key}=${process.env[key]}`);
   };
-  for (const f of files) {
-    let text: string;
-    try {
-      text = readFileSync(f, 'utf8');
-    } catch (e) {
-      bad(`--env-file ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-    for (const line of text.split('\n')) {
-      const l = line.replace(/\r$/, '').replace(/^\s+/, '');
-      if (l === '' || l.startsWith('#')) continue;
-      take(l, `--env-file ${f}`);
-    }
-  }
+  for (const f of files) for (const l of fileEntries(f, '--env-file')) take(l, `--env-file ${f}`);
   for (const v of values) take(v, `-e ${v}`);
   return envs;
 }
