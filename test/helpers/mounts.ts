@@ -53,7 +53,13 @@ export function mountAt(target: string): MountEntry | undefined {
 /** umount, then a lazy umount as last resort. Never throws. */
 export function unmountQuietly(target: string): void {
   if (!mountAt(target)) return;
-  if (run('umount', [target], { timeoutMs: 20_000 }).status === 0 && !mountAt(target)) return;
+  // (busy for a moment, as when another process walks through it: a few tries before a lazy unmount,
+  // which would keep the superblock, and with index=on the upper "in use", while anything holds it)
+  for (let i = 0; i < 10; i++) {
+    if (run('umount', [target], { timeoutMs: 20_000 }).status === 0 && !mountAt(target)) return;
+    if (!mountAt(target)) return;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+  }
   run('umount', ['-l', target], { timeoutMs: 20_000 });
 }
 
@@ -110,8 +116,8 @@ export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
   let r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
   // An upper or work directory "in use" (index=on, nfs_export=on) by an overlay unmounted a moment
   // ago: its superblock goes once whatever briefly held that mount lets go (the full suite's other
-  // processes, or a lazy unmount's users). Up to 5 s for that, then the failure.
-  for (let i = 0; i < 20 && r.status !== 0 && /already mounted or mount point busy/.test(r.stderr); i++) {
+  // processes, or a lazy unmount's users). Up to 20 s for that, then the failure.
+  for (let i = 0; i < 80 && r.status !== 0 && /already mounted or mount point busy/.test(r.stderr); i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250);
     r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
   }
