@@ -4,8 +4,6 @@
 // so `run` is split before yargs sees it. The store and the container code are imported when a
 // command runs.
 
-import { lstatSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
 import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
@@ -58,31 +56,8 @@ const CONTAINER_OPTIONS = {
   last: { alias: 'n', type: 'string', describe: 'only the N last created containers (all states)' },
   latest: { alias: 'l', type: 'boolean', default: false, describe: 'only the last created container (all states)' },
   trunc: { type: 'boolean', default: true, describe: 'IDs of 12 digits, commands of 30 characters (--no-trunc: whole)' },
-  size: { alias: 's', type: 'boolean', default: false, describe: 'a SIZE column: the bytes of the container\'s upper (and with its image\'s: virtual)' },
+  size: { alias: 's', type: 'boolean', default: false, describe: 'a SIZE column: the bytes the container\'s upper uses, as system df counts them (and with its image\'s: virtual)' },
 } as const;
-
-/** The bytes of the files and links in a tree (a container's upper: docker ps -s), without following links or leaving its filesystem. */
-function treeBytes(root: string): number {
-  let total = 0;
-  const stack = [root];
-  while (stack.length > 0) {
-    const dir = stack.pop()!;
-    let names: string[];
-    try {
-      names = readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const n of names) {
-      const p = join(dir, n);
-      const st = lstatSync(p, { throwIfNoEntry: false });
-      if (!st) continue;
-      if (st.isDirectory()) stack.push(p);
-      else if (st.isFile() || st.isSymbolicLink()) total += st.size;
-    }
-  }
-  return total;
-}
 
 /** The options of each command that unknownOption() checks (others: see main.ts). */
 const COMMAND_OPTIONS: Record<string, Options> = { run: RUN_OPTIONS, commit: COMMIT_OPTIONS, export: EXPORT_OPTIONS, container: CONTAINER_OPTIONS };
@@ -267,7 +242,7 @@ export const containerCommand: CommandModule = {
     guarded(async (a) => {
       const args = a as unknown as StoreArgs & { running: boolean; quiet: boolean; format?: string; filter?: string | string[]; last?: string; latest: boolean;
         trunc: boolean; size: boolean };
-      const [{ withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }] = await Promise.all([
+      const [{ dirBytes, withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }] = await Promise.all([
         import('../image/store.js'), import('../image/lifecycle.js'), import('./inspect.js'), import('../image/types.js')]);
       if (args.format !== undefined) checkFormat(args.format);
       const filters = new Map<string, string[]>();
@@ -340,7 +315,8 @@ export const containerCommand: CommandModule = {
         const { humanSize } = await import('./image.js');
         for (const c of shown) {
           const cmd = (c.command ?? []).join(' ');
-          const upper = args.size ? treeBytes(c.upper) : 0;
+          // (as system df counts a container's upper)
+          const upper = args.size ? dirBytes(c.upper) : 0;
           rows.push([idOf(c), c.name, c.imageRef, JSON.stringify(cmd.length > 30 && args.trunc ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c),
             ...(args.size ? [`${humanSize(upper)} (virtual ${humanSize(upper + (imageSizes.get(c.image) ?? 0))})`] : [])]);
         }

@@ -74,11 +74,12 @@ export class LowerIndex {
   lowerFrom(dir: UnionNode): number {
     const layers = dir.dirLayers;
     if (!layers) return -1;
-    // A directory reached through a redirect (or below one) is not where its path says in the lower
-    // layers: the path cannot key its listing.
-    for (let n: UnionNode | null = dir; n; n = n.parent) if (n.redirects !== null) return -1;
     const from = layers[0]!.isUpper ? 1 : 0;
-    return layers.length - from >= MIN_LOWER_LAYERS ? from : -1;
+    if (layers.length - from < MIN_LOWER_LAYERS) return -1;
+    // A directory reached through a redirect (or below one) is not where its path says in the lower
+    // layers: the path cannot key its listing. (Walked only for the deep stacks the index serves.)
+    for (let n: UnionNode | null = dir; n; n = n.parent) if (n.redirects !== null) return -1;
+    return from;
   }
 
   /**
