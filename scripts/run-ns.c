@@ -18,9 +18,9 @@
  * With STRATA_SETUP in the environment (taken out of it before COMMAND runs), pid 1 first makes the
  * container's mounts, in its own mount and PID namespaces, before it execs COMMAND: lines of
  * tab-separated fields,
- *   root ROOT          the container's root (mounted): /proc (of the new PID namespace), /sys
+ *   root ROOT [SHM]    the container's root (mounted): /proc (of the new PID namespace), /sys
  *                      (read-only), a small /dev (tmpfs: null, zero, full, random, urandom, tty, its
- *                      own devpts, shm, the fd links) when the image has those directories
+ *                      own devpts, shm of SHM bytes, the fd links) when the image has those directories
  *   host NAME          the host name
  *   path PATH          the PATH COMMAND is searched on
  *   lo                 bring the loopback up (a network namespace of its own)
@@ -114,8 +114,8 @@ static unsigned long mount_flags(const char *opts, char *data, size_t size) {
   return flags;
 }
 
-static int dev_setup(const char *root) {
-  char d[4096], p[4200];
+static int dev_setup(const char *root, const char *shm_bytes) {
+  char d[4096], p[4200], shm_opts[64];
   snprintf(d, sizeof d, "%s/dev", root);
   if (!is_dir_not_link(d)) return 0;
   if (mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k") != 0) return fail("mount a tmpfs on", d);
@@ -130,7 +130,8 @@ static int dev_setup(const char *root) {
   snprintf(p, sizeof p, "%s/ptmx", d);
   if (symlink("pts/ptmx", p) != 0) return fail("make", p);
   snprintf(p, sizeof p, "%s/shm", d);
-  if (mkdir(p, 01777) != 0 || chmod(p, 01777) != 0 || mount("shm", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777") != 0) return fail("mount a tmpfs on", p);
+  snprintf(shm_opts, sizeof shm_opts, "mode=1777%s%s", shm_bytes ? ",size=" : "", shm_bytes ? shm_bytes : "");
+  if (mkdir(p, 01777) != 0 || chmod(p, 01777) != 0 || mount("shm", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, shm_opts) != 0) return fail("mount a tmpfs on", p);
   static const char *const links[][2] = {{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}};
   for (size_t i = 0; i < 4; i++) {
     snprintf(p, sizeof p, "%s/%s", d, links[i][1]);
@@ -195,7 +196,7 @@ static int setup(char *spec) {
       if (is_dir_not_link(p) && mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) return fail("mount /proc on", p);
       snprintf(p, sizeof p, "%s/sys", root);
       if (is_dir_not_link(p) && mount("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) return fail("mount /sys on", p);
-      if (dev_setup(root) != 0) return -1;
+      if (dev_setup(root, n >= 3 ? f[2] : NULL) != 0) return -1;
     } else if (!strcmp(f[0], "host") && n >= 2) {
       if (sethostname(f[1], strlen(f[1])) != 0) return fail("set the host name", f[1]);
     } else if (!strcmp(f[0], "path") && n >= 2) {

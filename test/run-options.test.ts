@@ -57,6 +57,8 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs, --
     // (podman also gives a non-root user the added capabilities; docker and strata do not)
     { name: 'cap-drop all', args: ['--cap-drop', 'ALL', '--cap-add', 'CHOWN'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status'] },
     { name: 'privileged', args: ['--privileged'], cmd: ['sh', '-c', 'grep -E "^Cap(Bnd|Eff)" /proc/self/status; mount -t tmpfs t /mnt && echo mounted'] },
+    { name: 'shm-size', args: ['--shm-size', '128m'], cmd: ['sh', '-c', 'df -k /dev/shm | tail -1 | awk "{print \\$2}"; stat -c %a /dev/shm'] },
+    { name: 'shm-size bytes', args: ['--shm-size', '1048576'], cmd: ['sh', '-c', 'df -k /dev/shm | tail -1 | awk "{print \\$2}"'] },
     { name: 'network none', args: ['--network', 'none'], cmd: ['sh', '-c', 'ls /sys/class/net; cat /sys/class/net/lo/flags /proc/net/if_inet6 | wc -l'] },
     { name: 'ulimit', args: ['--ulimit', 'nofile=1024:2048', '--ulimit', 'core=-1', '--ulimit', 'nproc=500'],
       cmd: ['sh', '-c', 'grep -E "^Max (open files|core file size|processes) " /proc/self/limits'] },
@@ -206,6 +208,18 @@ test('run and create: settings kept by the container (exec, start again), --dns*
   refuse(['--cap-add', 'SYS_NOPE'], /--cap-add SYS_NOPE: unknown capability/);
   refuse(['--add-host', 'db'], /--add-host db: expected NAME:IP/);
   refuse(['--add-host', 'db:300.1.1.1'], /expected NAME:IP/);
+  refuse(['--shm-size', '64x'], /--shm-size 64x: expected a size in bytes/);
+  refuse(['--shm-size', '-1'], /--shm-size -1: expected a size/);
+  // /dev/shm's size is kept by the container (start again) and shown as docker shows it
+  const shm = ok(['create', '--shm-size', '3m', 'base:1', 'sh', '-c', 'df -k /dev/shm | tail -1']).trim();
+  t.regex(ok(['start', '-a', shm]), /\s3072\s/);
+  t.is(ok(['inspect', '--format', '{{.HostConfig.ShmSize}}', shm]).trim(), '3145728');
+  ok(['rm', shm]);
+  // without --shm-size, docker's 64 MiB (podman 4.3 makes it 64000 KiB)
+  const plain = ok(['create', 'base:1', 'sh', '-c', 'df -k /dev/shm | tail -1']).trim();
+  t.regex(ok(['start', '-a', plain]), /\s65536\s/);
+  t.is(ok(['inspect', '--format', '{{.HostConfig.ShmSize}}', plain]).trim(), '67108864');
+  ok(['rm', plain]);
   // docker's default set (moby oci/caps/defaults.go): 14 capabilities, not SYS_ADMIN
   t.is(ok(['run', '--rm', 'base:1', 'sh', '-c', 'grep CapBnd /proc/self/status']), 'CapBnd:\t00000000a80425fb\n');
   t.is(ok(['run', '--rm', '-u', '1000', '--cap-add', 'SYS_ADMIN', 'base:1', 'sh', '-c', 'grep CapEff /proc/self/status']), 'CapEff:\t0000000000000000\n');

@@ -8,7 +8,7 @@ import { guarded, out, storeDirOf, storeOption } from './options.js';
 
 /** docker inspect's view of a container: state, config, mounts, the overlay directories. */
 export async function containerView(store: Store, rec: ContainerRecord): Promise<Record<string, unknown>> {
-  const [{ isActive, containerInit }, { settingsOf, volumeDir }] = await Promise.all([import('../image/lifecycle.js'), import('../image/settings.js')]);
+  const [{ isActive, containerInit }, { settingsOf, volumeDir, SHM_SIZE_DEFAULT }] = await Promise.all([import('../image/lifecycle.js'), import('../image/settings.js')]);
   const settings = settingsOf(rec);
   const image = await store.findImage(rec.image);
   const cfg = image?.config.config ?? {};
@@ -50,6 +50,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       AutoRemove: settings.autoRemove ?? false, NetworkMode: settings.network ?? 'host', ReadonlyRootfs: settings.readOnly ?? false,
       RestartPolicy: { Name: settings.restart?.name ?? 'no', MaximumRetryCount: settings.restart?.max ?? 0 },
       Privileged: settings.privileged ?? false, CapAdd: settings.capAdd ?? null, CapDrop: settings.capDrop ?? null, Init: settings.init ?? false,
+      ShmSize: settings.shmSize ?? SHM_SIZE_DEFAULT,
     },
     Mounts: (settings.mounts ?? []).map((m) => ({
       Type: m.type,

@@ -38,6 +38,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'dns-option': { type: 'string', describe: 'a resolv.conf option instead of the host\'s (ndots:2, ...; repeatable)' },
   init: { type: 'boolean', default: false, describe: 'pid 1 is a small init (signals passed on, orphans reaped), the command its child' },
   ulimit: { type: 'string', describe: 'NAME=SOFT[:HARD]: a resource limit of the command (nofile, nproc, core, stack, ...; -1: unlimited; repeatable)' },
+  'shm-size': { type: 'string', describe: 'the size of the container\'s /dev/shm (bytes, or with a unit: 128m, 1g; default 64m)' },
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
   'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
@@ -70,6 +71,7 @@ export interface ContainerConfigArgs {
   stopSignal?: Many;
   stopTimeout?: Many;
   groupAdd?: Many;
+  shmSize?: Many;
   ulimit?: Many;
   init?: boolean;
   dns?: Many;
@@ -108,6 +110,8 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const labels = S.parseLabelFlags(many(a.label), many(a.labelFile));
   const stopSignalFlag = last(a.stopSignal);
   const stopSignal = stopSignalFlag !== undefined ? (await import('../image/lifecycle.js')).normalizeSignal(stopSignalFlag) : undefined;
+  const shmSizeFlag = last(a.shmSize);
+  const shmSize = shmSizeFlag !== undefined ? S.parseShmSize(shmSizeFlag) : undefined;
   const stopTimeoutFlag = last(a.stopTimeout);
   if (stopTimeoutFlag !== undefined && !/^[0-9]+$/.test(stopTimeoutFlag)) {
     throw new (await import('../image/types.js')).ImageError(`--stop-timeout ${stopTimeoutFlag}: expected whole seconds`, 125);
@@ -132,6 +136,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(many(a.dnsOption).length > 0 ? { dnsOptions: many(a.dnsOption) } : {}),
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
+      ...(shmSize !== undefined ? { shmSize } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),

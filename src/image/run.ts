@@ -32,7 +32,7 @@ import { ImageError, type ImageConfig } from './types.js';
 import { monitorHealth } from './health.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
-import { capabilityMask, checkSettings, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
+import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -236,7 +236,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // What pid 1 mounts before it becomes strata-run-exec (scripts/run-ns.c, STRATA_SETUP): /proc,
   // /sys, /dev, the /etc files, the container's mounts; the container's PATH, on which
   // strata-run-exec searches the command after the chroot.
-  const spec = [`root\t${rec.merged}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
+  const spec = [`root\t${rec.merged}\t${settings.shmSize ?? SHM_SIZE_DEFAULT}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
     ...etcBinds.map((l) => `etc\t${l}`), ...mounts.map((l) => `mount\t${l}`),
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',

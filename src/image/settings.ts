@@ -63,6 +63,23 @@ export interface ContainerSettings {
   /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
   stopSignal?: string;
   stopTimeout?: number;
+  /** --shm-size: bytes of the container's /dev/shm (default SHM_SIZE_DEFAULT). */
+  shmSize?: number;
+}
+
+/** The size of a container's /dev/shm without --shm-size: docker's and podman's 64 MiB. */
+export const SHM_SIZE_DEFAULT = 64 * 1024 * 1024;
+
+/**
+ * --shm-size as docker reads it (go-units' RAMInBytes): a number of bytes, or with a unit k, m, g, t
+ * or p (powers of 1024; an "i" and a "b" may follow, "512MiB", "1gb"). Docker's 0 means its default.
+ */
+export function parseShmSize(v: string): number {
+  const m = /^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$/.exec(v);
+  if (!m) bad(`--shm-size ${v}: expected a size in bytes, or with a unit (64m, 1g)`);
+  const n = Math.floor(Number(m[1]) * 1024 ** (m[2] ? 'kmgtp'.indexOf(m[2].toLowerCase()) + 1 : 0));
+  if (!Number.isSafeInteger(n)) bad(`--shm-size ${v}: too large`);
+  return n === 0 ? SHM_SIZE_DEFAULT : n;
 }
 
 /** Docker's config.Healthcheck: Test (["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."]), durations in ns. */
