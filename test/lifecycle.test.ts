@@ -548,3 +548,35 @@ test('health checks as docker runs them: the image\'s HEALTHCHECK, --health-* ov
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('logs: stdout and stderr each on its own descriptor, -t, --since, --until, lines written in parts, -f of both', async (t) => {
+  const c = setup(t);
+  // a line in two writes 0.5 s apart (a partial record between them), stderr between the lines of stdout, a last line without its newline
+  const script = 'echo one; echo err1 >&2; printf "two-"; sleep 0.5; echo "halves"; sleep 1.2; echo three; printf "no newline"';
+  c.ok(['run', '-d', '--name', 'talk', 'base:1', 'sh', '-c', script]);
+  t.is(c.ok(['wait', 'talk']), '0\n');
+  const all = c.strata(['logs', 'talk']);
+  t.is(all.stdout, 'one\ntwo-halves\nthree\nno newline');
+  t.is(all.stderr, 'err1\n');
+  const stamped = c.strata(['logs', '-t', 'talk']);
+  const lines = stamped.stdout.split('\n');
+  t.is(lines.length, 4);
+  for (const l of lines) t.regex(l, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (one|two-halves|three|no newline)$/);
+  t.regex(stamped.stderr, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z err1\n$/);
+  // the time of "three" splits the log: --since keeps it and what came after, --until what came before
+  const threeAt = lines[2]!.split(' ')[0]!;
+  t.is(c.ok(['logs', '--since', threeAt, 'talk']), 'three\nno newline');
+  t.is(c.ok(['logs', '--until', threeAt, 'talk']), 'one\ntwo-halves\n');
+  t.is(c.ok(['logs', '--since', '10m', '--tail', '1', 'talk']), 'no newline');
+  t.is(c.ok(['logs', '--until', '2000-01-01', 'talk']), '');
+  t.is(c.ok(['logs', '--since', String(Math.floor(Date.now() / 1000) + 3600), 'talk']), '');
+  oneLineError(t, c.strata(['logs', '--since', 'yesterday', 'talk']), 125, /--since yesterday: expected a time/);
+  // -f: both streams as they come, until the container ends
+  c.ok(['run', '-d', '--name', 'follow', 'base:1', 'sh', '-c', 'for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.3; done']);
+  const followed = c.strata(['logs', '-f', 'follow']);
+  t.is(followed.stdout, 'out1\nout2\nout3\n');
+  t.is(followed.stderr, 'err1\nerr2\nerr3\n');
+  c.ok(['rm', 'talk', 'follow']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});

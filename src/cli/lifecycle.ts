@@ -3,7 +3,7 @@
 // is the command line, options included. The engine is src/image/run.ts and lifecycle.ts.
 
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
@@ -20,6 +20,8 @@ export const CREATE_OPTIONS = {
 } as const;
 export const START_OPTIONS = {
   attach: { alias: 'a', type: 'boolean', default: false, describe: 'run in the foreground: its output here, its exit status passed on' },
+  // (a background start's monitor: the command's output goes to the container's log, as records)
+  'log-to': { type: 'string', hidden: true },
   store: storeOption,
 } as const;
 export const STOP_OPTIONS = {
@@ -42,6 +44,9 @@ export const DIFF_OPTIONS = {
 export const LOGS_OPTIONS = {
   follow: { alias: 'f', type: 'boolean', default: false, describe: 'keep printing what it writes until the container stops' },
   tail: { alias: 'n', type: 'string', describe: 'only the last N lines ("all": every line)' },
+  timestamps: { alias: 't', type: 'boolean', default: false, describe: 'each line after the time it was written (RFC 3339, nanoseconds)' },
+  since: { type: 'string', describe: 'only lines written since then (2006-01-02T15:04:05Z, Unix seconds, or a duration before now: 10m)' },
+  until: { type: 'string', describe: 'only lines written before then (as --since)' },
   store: storeOption,
 } as const;
 export const KILL_OPTIONS = {
@@ -78,15 +83,16 @@ export function createCommand(containerArgs: () => string[]): CommandModule {
  * ended). Returns the container's name.
  */
 export async function startDetached(store: string, ref: string): Promise<string> {
-  const [{ withStore }, { isActive, logPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+  const [{ withStore }, { isActive, logPath, monitorLogPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
   const { ImageError } = await import('../image/types.js');
   const rec = await withStore(store, (s) => s.getContainer(ref));
   if (isActive(rec)) return rec.name; // as docker start: already running is fine
-  const log = openSync(logPath(rec), 'a', 0o640);
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'start', '--attach', '--store', store, rec.id], {
-    detached: true, stdio: ['ignore', log, log],
+  // (the monitor's own messages go to a file of their own; the command's output, to the log)
+  const monitorLog = openSync(monitorLogPath(rec), 'w', 0o640);
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'start', '--attach', '--log-to', logPath(rec), '--store', store, rec.id], {
+    detached: true, stdio: ['ignore', monitorLog, monitorLog],
   });
-  closeSync(log);
+  closeSync(monitorLog);
   let exited = false;
   child.once('exit', () => void (exited = true));
   child.unref();
@@ -98,8 +104,14 @@ export async function startDetached(store: string, ref: string): Promise<string>
     const ours = now.monitorPid === child.pid;
     if ((now.state === 'running' && ours) || (now.state === 'exited' && now.finished !== rec.finished)) return rec.name;
     if (exited && !(now.state === 'running' && ours)) {
-      const { readLog } = await import('../image/lifecycle.js');
-      const tail = readLog(now).toString('utf8').trim().split('\n').filter((l) => l.startsWith('strata: ')).at(-1);
+      const { readFileSync } = await import('node:fs');
+      let said = '';
+      try {
+        said = readFileSync(monitorLogPath(now), 'utf8');
+      } catch {
+        // none
+      }
+      const tail = said.trim().split('\n').filter((l) => l.startsWith('strata: ')).at(-1);
       throw new ImageError(tail ? tail.slice('strata: '.length) : `container ${rec.name} did not start`, 125);
     }
   }
@@ -111,14 +123,14 @@ export const startCommand: CommandModule = {
   describe: 'start created or stopped containers in the background (-a: one, in the foreground)',
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(START_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { containers: string[]; attach: boolean };
+    const args = a as unknown as StoreArgs & { containers: string[]; attach: boolean; logTo?: string };
     const store = await storeDirOf(args);
     if (args.attach) {
       const { ImageError } = await import('../image/types.js');
       if (args.containers.length !== 1) throw new ImageError('start --attach takes one container', 125);
       const [{ withStore }, { startContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
       const rec = await withStore(store, (s) => s.getContainer(args.containers[0]!));
-      process.exit(await startContainer(store, rec));
+      process.exit(await startContainer(store, rec, args.logTo !== undefined ? { log: args.logTo } : {}));
     }
     for (const ref of args.containers) out(await startDetached(store, ref));
     process.exit(0);
@@ -205,28 +217,35 @@ export const diffCommand: CommandModule = {
 
 export const logsCommand: CommandModule = {
   command: 'logs <container>',
-  describe: 'print the output (stdout and stderr) of a container started in the background',
+  describe: 'print the output of a container started in the background (its stdout here on stdout, its stderr on stderr)',
   builder: (y: Argv) => y.positional('container', { type: 'string', demandOption: true }).options(LOGS_OPTIONS),
   handler: guarded(async (a) => {
-    const args = a as unknown as StoreArgs & { container: string; follow: boolean; tail?: string };
-    const [{ withStore }, { readLog, isActive, logPath }, { ImageError }] = await Promise.all([
-      import('../image/store.js'), import('../image/lifecycle.js'), import('../image/types.js')]);
+    const args = a as unknown as StoreArgs & { container: string; follow: boolean; tail?: string; timestamps: boolean; since?: string; until?: string };
+    const [{ withStore }, { readLog, isActive, logPath }, { ImageError }, L] = await Promise.all([
+      import('../image/store.js'), import('../image/lifecycle.js'), import('../image/types.js'), import('../image/logs.js')]);
     const tail = args.tail === undefined || args.tail === 'all' ? null : Number(args.tail);
     if (tail !== null && (!Number.isInteger(tail) || tail < 0)) throw new ImageError(`--tail takes a number of lines or "all", not "${args.tail}"`, 125);
+    const since = args.since !== undefined ? L.parseLogTime(args.since, '--since') : null;
+    const until = args.until !== undefined ? L.parseLogTime(args.until, '--until') : null;
     const store = await storeDirOf(args);
     const rec = await withStore(store, (s) => s.getContainer(args.container));
+    // (a line of a log from before the record format has no time: --since and --until keep it)
+    const wanted = (l: import('../image/logs.js').LogLine): boolean => l.time === '' ||
+      ((since === null || L.lineTimeNs(l.time) >= since) && (until === null || L.lineTimeNs(l.time) < until));
+    const print = (lines: import('../image/logs.js').LogLine[]): void => {
+      for (const l of lines) {
+        if (!wanted(l)) continue;
+        const data = args.timestamps ? Buffer.concat([Buffer.from(`${l.time || '-'} `), l.data]) : l.data;
+        writeAll(l.stream === 'stderr' ? 2 : 1, data);
+      }
+    };
+    const parser = new L.LogParser();
     const text = readLog(rec);
-    if (tail === null) {
-      process.stdout.write(text);
-    } else if (tail > 0) {
-      // the last `tail` lines (a last line without its newline is one)
-      let end = text.length;
-      if (end > 0 && text[end - 1] === 0x0a) end--;
-      let start = end;
-      for (let n = 0; start > 0; start--) if (text[start - 1] === 0x0a && ++n === tail) break;
-      process.stdout.write(text.subarray(start));
-    }
-    if (args.follow) {
+    let lines = parser.feed(text);
+    if (!args.follow || !isActive(rec)) lines = [...lines, ...parser.end()];
+    const shown = lines.filter(wanted);
+    print(tail === null ? shown : tail === 0 ? [] : shown.slice(-tail));
+    if (args.follow && isActive(rec)) {
       // what the log gains, until the container is no longer running (then what came last)
       const { openSync: open, readSync, fstatSync } = await import('node:fs');
       let fd: number;
@@ -241,7 +260,7 @@ export const logsCommand: CommandModule = {
         while (fstatSync(fd).size > pos) {
           const n = readSync(fd, buf, 0, buf.length, pos);
           if (n <= 0) break;
-          process.stdout.write(Buffer.from(buf.subarray(0, n)));
+          print(parser.feed(Buffer.from(buf.subarray(0, n))));
           pos += n;
         }
       };
@@ -249,13 +268,26 @@ export const logsCommand: CommandModule = {
         drain();
         const now = await withStore(store, (s) => s.findContainer(rec.id));
         if (!now || !isActive(now)) break;
+        if (until !== null && BigInt(Date.now()) * 1_000_000n >= until) break;
         await sleep(200);
       }
       drain();
+      print(parser.end());
     }
     process.exit(0);
   }),
 };
+
+/** Writes all of `data` to descriptor `fd` (stdout, stderr: a pipe may take it in parts). */
+function writeAll(fd: number, data: Buffer): void {
+  for (let off = 0; off < data.length;) {
+    try {
+      off += writeSync(fd, data, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+    }
+  }
+}
 
 /** pause and unpause: SIGSTOP or SIGCONT to every process of running containers. */
 function pauseCommand(verb: 'pause' | 'unpause'): CommandModule {

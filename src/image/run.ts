@@ -30,6 +30,7 @@ import { processAlive } from '../daemon/registry.js';
 import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 import { monitorHealth } from './health.js';
+import { LogWriter } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
 import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
@@ -229,7 +230,7 @@ export function childPids(pid: number): number[] {
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: readonly string[],
   user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, onStarted?: (unsharePid: number) => void,
-  outputFd?: number): Promise<number> {
+  output?: number | LogWriter): Promise<number> {
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
@@ -241,7 +242,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
-    stdio: outputFd === undefined ? 'inherit' : ['inherit', outputFd, outputFd],
+    stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output] : ['ignore', 'pipe', 'pipe'],
     env: { ...env, STRATA_SETUP: spec },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
@@ -264,12 +265,19 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   };
   for (const sig of STOP_SIGNALS) process.on(sig, forward);
   if (child.pid !== undefined) onStarted?.(child.pid);
+  // (a background container's output: a record a line in its log, each stream apart, see logs.ts)
+  if (output instanceof LogWriter) {
+    child.stdout!.on('data', (c: Buffer) => output.write('stdout', c));
+    child.stderr!.on('data', (c: Buffer) => output.write('stderr', c));
+  }
   return new Promise((resolve) => {
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start ${RUN_NS}: ${e.message}\n`);
       resolve(127);
     });
-    child.on('exit', (code, signal) => {
+    // ('close': after the output pipes are read to their end)
+    child.on(output instanceof LogWriter ? 'close' : 'exit', (code, signal) => {
+      if (output instanceof LogWriter) output.close();
       for (const sig of STOP_SIGNALS) process.off(sig, forward);
       if (killer) clearTimeout(killer);
       resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0));
@@ -352,6 +360,8 @@ export interface StartOptions {
   claimed?: { config: ImageConfig; lowerdirs: string[] };
   /** A descriptor for the command's stdout and stderr (build -q), instead of strata's own. */
   outputFd?: number;
+  /** The container's log (a background start's monitor): its output goes there as records (logs.ts). */
+  log?: string;
   /** false: no health check (a build's RUN). */
   healthcheck?: boolean;
 }
@@ -386,6 +396,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   const hostname = (settings.hostname ?? rec.name).slice(0, 63);
   let status = 125;
   let stubs: EtcStubs | null = null;
+  let logFd: number | null = null;
   // Nothing ran: the user could not be resolved.
   let refused = false;
   // A stop signal before the command runs (while mounting): do not start it, clean up.
@@ -425,6 +436,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       }
       const policy = settings.restart;
       let restarts = 0;
+      if (opts.log !== undefined) logFd = openSync(opts.log, 'a', 0o640);
+      const logWriter = logFd !== null ? new LogWriter(logFd) : undefined;
       // (a stop signal to this process ends the restarts too, as a stop does)
       let signalled = false;
       const noted = (): void => void (signalled = true);
@@ -439,7 +452,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
                 if (opts.healthcheck !== false) stopHealth = monitorHealth(store, config, { ...rec, state: 'running', monitorPid: process.pid, unsharePid });
                 return restarts === 0 ? opts.onRunning?.() : undefined;
               }, (e: unknown) => process.stderr.write(`strata: cannot record the container as running: ${(e as Error).message}\n`));
-          }, opts.outputFd);
+          }, logWriter ?? opts.outputFd);
           await recorded;
           stopHealth();
           // --restart: again, unless it was stopped or killed (strata stop, kill), as docker's policies
@@ -459,6 +472,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     }
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
+    if (logFd !== null) closeSync(logFd);
     await finishRun(store, rec, status, stubs, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)));
   }
   return status;
