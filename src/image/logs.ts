@@ -21,6 +21,8 @@ export interface LogLine {
   data: Buffer;
 }
 
+const NL = Buffer.from('\n');
+
 /** A partial line is written as a record of its own once this much waits, or after PARTIAL_MS. */
 const PARTIAL_BYTES = 16 * 1024;
 const PARTIAL_MS = 200;
@@ -45,16 +47,19 @@ export class LogWriter {
 
   constructor(private readonly fd: number) {}
 
-  /** Output of the command on `stream`. */
+  /** Output of the command on `stream`: its whole lines written as records in one write. */
   write(stream: Stream, chunk: Buffer): void {
     let start = 0;
+    const out: Buffer[] = [];
     for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
       const parts = this.pending[stream];
       parts.push(chunk.subarray(start, nl));
-      this.record(stream, 'F', Buffer.concat(parts));
+      if (parts.length === 1) this.recordInto(out, stream, 'F', parts[0]!);
+      else this.recordInto(out, stream, 'F', Buffer.concat(parts));
       parts.length = 0;
       start = nl + 1;
     }
+    if (out.length > 0) this.put(Buffer.concat(out));
     if (start < chunk.length) {
       const parts = this.pending[stream];
       parts.push(Buffer.from(chunk.subarray(start)));
@@ -80,8 +85,17 @@ export class LogWriter {
   }
 
   private record(stream: Stream, tag: 'F' | 'P', data: Buffer): void {
-    const line = Buffer.concat([Buffer.from(`${this.clock.now()} ${stream} ${tag} `), data, Buffer.from('\n')]);
-    for (let off = 0; off < line.length;) off += writeSync(this.fd, line, off);
+    const out: Buffer[] = [];
+    this.recordInto(out, stream, tag, data);
+    this.put(Buffer.concat(out));
+  }
+
+  private recordInto(out: Buffer[], stream: Stream, tag: 'F' | 'P', data: Buffer): void {
+    out.push(Buffer.from(`${this.clock.now()} ${stream} ${tag} `), data, NL);
+  }
+
+  private put(bytes: Buffer): void {
+    for (let off = 0; off < bytes.length;) off += writeSync(this.fd, bytes, off);
   }
 }
 
@@ -141,7 +155,6 @@ export class LogParser {
     delete this.open[stream];
   }
 }
-const NL = Buffer.from('\n');
 
 /** Every line of a whole log. */
 export function parseLog(text: Buffer): LogLine[] {
