@@ -121,7 +121,16 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   const r = c.strata(['start', '-a', 'fg']);
   t.deepEqual([r.status, r.stdout, r.stderr], [4, 'out\n', 'err\n']);
   t.deepEqual([record(c, 'fg')!.state, record(c, 'fg')!.exitCode], ['exited', 4]);
-  t.is(c.ok(['logs', 'fg']), '', 'a foreground start writes no log');
+  // a foreground start's output is logged too, as docker's and podman's
+  const fgLogs = c.strata(['logs', 'fg']);
+  t.deepEqual([fgLogs.stdout, fgLogs.stderr], ['out\n', 'err\n']);
+  // so is a foreground run's, unless it runs on the terminal (-t)
+  c.ok(['run', '--name', 'fgrun', 'base:1', 'sh', '-c', 'echo ran; echo ran-err >&2']);
+  const runLogs = c.strata(['logs', 'fgrun']);
+  t.deepEqual([runLogs.stdout, runLogs.stderr], ['ran\n', 'ran-err\n']);
+  c.ok(['run', '-t', '--name', 'ttyrun', 'base:1', 'echo', 'on the terminal']);
+  t.is(c.ok(['logs', 'ttyrun']), '');
+  c.ok(['rm', 'fgrun', 'ttyrun']);
   oneLineError(t, c.strata(['create', '--pull', 'never', 'nothere:1', 'true']), 125, /no such image: nothere:1/);
   oneLineError(t, c.strata(['create', '--name', 'fg', 'base:1', 'true']), 1, /the container name "fg" is already in use/);
   oneLineError(t, c.strata(['start', 'nobody']), 1, /no such container: nobody/);
@@ -146,7 +155,7 @@ test('start -a runs in the foreground and passes the status on; create refuses w
   t.regex(running, /det .*running/);
   t.notRegex(running, /fg /, 'ps without -a: the running containers only');
   t.is(c.ok(['rm', '-f', 'det']), 'det\n');
-  t.regex(c.ok(['logs', 'fg']), /^$/);
+  t.is(c.ok(['logs', 'fg']), 'out\n', 'the log kept (stderr apart)');
   c.ok(['image', 'tag', 'base:1', 'other:2']);
   t.regex(c.ok(['images']), /other +2 /);
   t.is(c.ok(['rmi', 'other:2']), 'Untagged: other:2\n');

@@ -133,7 +133,7 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
       .positional('image', { type: 'string', demandOption: true, describe: 'NAME:TAG or image ID; then the command and its arguments' })
       .options(RUN_OPTIONS),
     handler: guarded(async (a) => {
-      const args = a as unknown as StoreArgs & EnsureArgs & ContainerConfigArgs & { image: string; name?: string; rm: boolean; detach: boolean; user?: string | string[] };
+      const args = a as unknown as StoreArgs & EnsureArgs & ContainerConfigArgs & { image: string; name?: string; rm: boolean; detach: boolean; tty?: boolean; user?: string | string[] };
       // Given twice: the last one counts (as with docker run).
       const user = last(args.user);
       // (checked before anything is pulled or made)
@@ -149,7 +149,7 @@ export function runCommand(containerArgs: () => string[]): CommandModule {
         process.exit(0);
       }
       const { runContainer } = await import('../image/run.js');
-      const status = await runContainer({ store, ...spec, rm: args.rm }, (fn) => ensureImage(store, args.image, args, fn));
+      const status = await runContainer({ store, ...spec, rm: args.rm, tty: args.tty === true }, (fn) => ensureImage(store, args.image, args, fn));
       process.exit(status);
     }),
   };

@@ -3,7 +3,7 @@
 // is the command line, options included. The engine is src/image/run.ts and lifecycle.ts.
 
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
@@ -128,9 +128,10 @@ export const startCommand: CommandModule = {
     if (args.attach) {
       const { ImageError } = await import('../image/types.js');
       if (args.containers.length !== 1) throw new ImageError('start --attach takes one container', 125);
-      const [{ withStore }, { startContainer }] = await Promise.all([import('../image/store.js'), import('../image/run.js')]);
+      const [{ withStore }, { startContainer }, { logPath }] = await Promise.all([import('../image/store.js'), import('../image/run.js'), import('../image/lifecycle.js')]);
       const rec = await withStore(store, (s) => s.getContainer(args.containers[0]!));
-      process.exit(await startContainer(store, rec, args.logTo !== undefined ? { log: args.logTo } : {}));
+      // (in the foreground its output is also logged, as docker's and podman's; the background monitor's only logged)
+      process.exit(await startContainer(store, rec, args.logTo !== undefined ? { log: args.logTo } : { log: logPath(rec), echo: true }));
     }
     for (const ref of args.containers) out(await startDetached(store, ref));
     process.exit(0);
@@ -236,7 +237,7 @@ export const logsCommand: CommandModule = {
       for (const l of lines) {
         if (!wanted(l)) continue;
         const data = args.timestamps ? Buffer.concat([Buffer.from(`${l.time || '-'} `), l.data]) : l.data;
-        writeAll(l.stream === 'stderr' ? 2 : 1, data);
+        L.writeAll(l.stream === 'stderr' ? 2 : 1, data);
       }
     };
     const parser = new L.LogParser();
@@ -277,17 +278,6 @@ export const logsCommand: CommandModule = {
     process.exit(0);
   }),
 };
-
-/** Writes all of `data` to descriptor `fd` (stdout, stderr: a pipe may take it in parts). */
-function writeAll(fd: number, data: Buffer): void {
-  for (let off = 0; off < data.length;) {
-    try {
-      off += writeSync(fd, data, off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
-    }
-  }
-}
 
 /** pause and unpause: SIGSTOP or SIGCONT to every process of running containers. */
 function pauseCommand(verb: 'pause' | 'unpause'): CommandModule {

@@ -2,10 +2,11 @@
 
 export const storeOption = { type: 'string', describe: 'the store directory (default $STRATA_STORE or /var/lib/strata)' } as const;
 
-/** docker's -i and -t: the command gets strata's own standard input and terminal anyway. */
+/** docker's -i and -t: the command gets strata's own standard input anyway; -t gives it strata's terminal too. */
 export const TERMINAL_OPTIONS = {
   interactive: { alias: 'i', type: 'boolean', default: false, describe: 'accepted for docker compatibility: the command always gets strata\'s stdin' },
-  tty: { alias: 't', type: 'boolean', default: false, describe: 'accepted for docker compatibility: the command runs on strata\'s own terminal' },
+  tty: { alias: 't', type: 'boolean', default: false, describe: 'the command runs on strata\'s own terminal (its output is then not logged); '
+    + 'without it, its stdout and stderr are pipes through strata, into the container\'s log too, as docker\'s' },
 } as const;
 
 /** What `run` and `create` take besides the image and the command (src/image/settings.ts). */

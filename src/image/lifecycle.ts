@@ -30,15 +30,8 @@ const { C, ST } = N;
 const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
 const osSignals = constants.signals as Record<string, number>;
 
-/** The log of a detached container's command (stdout and stderr, a record a line: logs.ts). */
-export function logPath(rec: ContainerRecord): string {
-  return join(rec.dir, 'log');
-}
-
-/** What the monitor of a detached container said itself (its errors: why a start failed). */
-export function monitorLogPath(rec: ContainerRecord): string {
-  return join(rec.dir, 'monitor.log');
-}
+export { logPath, monitorLogPath } from './logs.js';
+import { logPath } from './logs.js';
 
 /** Pid 1 of a container's namespaces (the child of its strata-run-ns), once there is one. */
 function initOf(rec: ContainerRecord): number | null {

@@ -9,7 +9,18 @@
 // before this format (raw bytes) reads as stdout lines without times.
 
 import { writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { ImageError } from './types.js';
+
+/** The log of a container's command (stdout and stderr, a record a line). */
+export function logPath(rec: { dir: string }): string {
+  return join(rec.dir, 'log');
+}
+
+/** What the monitor of a detached container said itself (its errors: why a start failed). */
+export function monitorLogPath(rec: { dir: string }): string {
+  return join(rec.dir, 'monitor.log');
+}
 
 export type Stream = 'stdout' | 'stderr';
 
@@ -45,10 +56,12 @@ export class LogWriter {
   private readonly pending: Record<Stream, Buffer[]> = { stdout: [], stderr: [] };
   private readonly timers: Record<Stream, NodeJS.Timeout | null> = { stdout: null, stderr: null };
 
-  constructor(private readonly fd: number) {}
+  /** `echo`: the output also goes on to this process's stdout and stderr (a foreground run). */
+  constructor(private readonly fd: number, readonly echo = false) {}
 
   /** Output of the command on `stream`: its whole lines written as records in one write. */
   write(stream: Stream, chunk: Buffer): void {
+    if (this.echo) writeAll(stream === 'stdout' ? 1 : 2, chunk);
     let start = 0;
     const out: Buffer[] = [];
     for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
@@ -96,6 +109,19 @@ export class LogWriter {
 
   private put(bytes: Buffer): void {
     for (let off = 0; off < bytes.length;) off += writeSync(this.fd, bytes, off);
+  }
+}
+
+/** Writes all of `data` to descriptor `fd` (a pipe or a terminal may take it in parts, or not at once). */
+export function writeAll(fd: number, data: Buffer): void {
+  for (let off = 0; off < data.length;) {
+    try {
+      off += writeSync(fd, data, off);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EPIPE') return; // (the reader is gone: as a command writing to a closed pipe, the rest is lost)
+      if (code !== 'EAGAIN') throw e;
+    }
   }
 }
 

@@ -30,7 +30,7 @@ import { processAlive } from '../daemon/registry.js';
 import { type Store, withStore, type ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 import { monitorHealth } from './health.js';
-import { LogWriter } from './logs.js';
+import { LogWriter, logPath } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
 import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
@@ -51,6 +51,8 @@ export interface RunOptions {
   entrypoint?: string[];
   /** -e, -w, --hostname, -v, --mount, --tmpfs, --rm (src/image/settings.ts). */
   settings?: ContainerSettings;
+  /** -t: the command runs on strata's own terminal (its output is not logged). */
+  tty?: boolean;
 }
 
 /** The program that enters the container and execs the command (scripts/run-exec.c, built by make). */
@@ -242,7 +244,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
-    stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output] : ['ignore', 'pipe', 'pipe'],
+    stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output] : [output.echo ? 'inherit' : 'ignore', 'pipe', 'pipe'],
     env: { ...env, STRATA_SETUP: spec },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
@@ -293,7 +295,8 @@ export async function runContainer(opts: RunOptions, open: <T>(fn: (s: Store) =>
     const r = await newContainer(s, opts);
     return { rec: r, claimed: await claimStart(s, r) };
   });
-  return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true, claimed });
+  // (its output logged too, as docker's and podman's, unless it runs on this terminal: -t)
+  return startContainer(opts.store, rec, { rm: opts.rm, removeIfRefused: true, claimed, ...(opts.tty ? {} : { log: logPath(rec), echo: true }) });
 }
 
 /**
@@ -360,8 +363,9 @@ export interface StartOptions {
   claimed?: { config: ImageConfig; lowerdirs: string[] };
   /** A descriptor for the command's stdout and stderr (build -q), instead of strata's own. */
   outputFd?: number;
-  /** The container's log (a background start's monitor): its output goes there as records (logs.ts). */
+  /** The container's log: its output goes there as records (logs.ts), and with `echo` on to strata's own stdout and stderr too. */
   log?: string;
+  echo?: boolean;
   /** false: no health check (a build's RUN). */
   healthcheck?: boolean;
 }
@@ -437,7 +441,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       const policy = settings.restart;
       let restarts = 0;
       if (opts.log !== undefined) logFd = openSync(opts.log, 'a', 0o640);
-      const logWriter = logFd !== null ? new LogWriter(logFd) : undefined;
+      const logWriter = logFd !== null ? new LogWriter(logFd, opts.echo === true) : undefined;
       // (a stop signal to this process ends the restarts too, as a stop does)
       let signalled = false;
       const noted = (): void => void (signalled = true);
