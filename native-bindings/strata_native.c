@@ -556,6 +556,21 @@ static napi_value fn_dup2(napi_env env, napi_callback_info info) {
   return ret_count(env, dup2(oldfd, newfd), "dup2", NULL);
 }
 
+/* pipe(): [readFd, writeFd], both O_CLOEXEC (a real pipe: its writer gets SIGPIPE once the reader is
+   gone, where the socketpair of node's stdio 'pipe' can give ECONNRESET instead) */
+static napi_value fn_pipe(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return throw_sys(env, errno, "pipe2", NULL);
+  napi_value arr, r, w;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_create_int32(env, fds[0], &r);
+  napi_create_int32(env, fds[1], &w);
+  napi_set_element(env, arr, 0, r);
+  napi_set_element(env, arr, 1, w);
+  return arr;
+}
+
 /* readlinkat(dirfd, path): string */
 static napi_value fn_readlinkat(napi_env env, napi_callback_info info) {
   ARGS(2);
@@ -2052,7 +2067,7 @@ static const struct {
   napi_callback cb;
 } k_functions[] = {
     FN(fstatat), FN(fstat), FN(statx), FN(lstatMaybe),
-    FN(openat), FN(openat2), FN(close), FN(dup), FN(dup2), FN(readlinkat), FN(readdir),
+    FN(openat), FN(openat2), FN(close), FN(dup), FN(dup2), FN(pipe), FN(readlinkat), FN(readdir),
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(truncateFile), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),

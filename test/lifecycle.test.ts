@@ -19,6 +19,7 @@ const ROOTFS_L0 = '/var/cache/strata/rootfs/l0';
 
 interface Ctx {
   s: TestStore;
+  env: NodeJS.ProcessEnv;
   strata: (args: readonly string[], input?: string) => RunResult;
   ok: (args: readonly string[]) => string;
   tag: string;
@@ -36,7 +37,7 @@ function setup(t: ExecutionContext): Ctx {
     return r.stdout;
   };
   ok(['image', 'import', rootfsTar(t, base), 'base:1']);
-  return { s, strata, ok, tag };
+  return { s, env, strata, ok, tag };
 }
 
 interface Rec { id: string; name: string; state: string; exitCode: number | null }
@@ -586,6 +587,10 @@ test('logs: stdout and stderr each on its own descriptor, -t, --since, --until, 
   t.is(followed.stdout, 'out1\nout2\nout3\n');
   t.is(followed.stderr, 'err1\nerr2\nerr3\n');
   c.ok(['rm', 'talk', 'follow']);
+  // a reader that goes away: the command's next write fails as if it had written to that reader itself
+  // (cat dies of SIGPIPE; pid 1 of the namespace, the shell, ignores it as under docker, but ends with cat)
+  const piped = run('sh', ['-c', `'${strataBin}' run --rm base:1 sh -c "while true; do echo y; done | cat" | head -2; '${strataBin}' logs nothere 2>&1 | head -1`], { env: c.env, timeoutMs: 60_000 });
+  t.is(piped.stdout, 'y\ny\nstrata: no such container: nothere\n');
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });

@@ -138,8 +138,9 @@ test('run and create: settings kept by the container (exec, start again), --dns*
   // files made for the purpose, taken out again): the container's upper has none of them.
   ok(['run', '--name', 'named', '--hostname', 'box', '--add-host', 'db:10.0.0.5', '--add-host', 'v6=fd00::1', 'base:1', 'sh', '-c',
     'cat /etc/hostname; grep -E "^(127.0.1.1|10.0.0.5|fd00::1|127.0.0.1)\\s" /etc/hosts; grep -c . /etc/resolv.conf > /dev/null && echo resolv']);
-  t.is(ok(['logs', 'named']), '');
-  t.is(ok(['start', '-a', 'named']), 'box\n127.0.0.1\tlocalhost\n127.0.1.1\tbox\n10.0.0.5\tdb\nfd00::1\tv6\nresolv\n');
+  const seen = 'box\n127.0.0.1\tlocalhost\n127.0.1.1\tbox\n10.0.0.5\tdb\nfd00::1\tv6\nresolv\n';
+  t.is(ok(['logs', 'named']), seen, 'a foreground run is logged too');
+  t.is(ok(['start', '-a', 'named']), seen);
   t.is(ok(['diff', 'named']), '', 'nothing of the binds in the upper');
   t.is(ok(['run', '--rm', '--network', 'none', 'base:1', 'sh', '-c', 'grep -c . /etc/hosts']), '3\n', 'no network: none of the host\'s entries');
   ok(['rm', 'named']);

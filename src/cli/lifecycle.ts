@@ -237,7 +237,7 @@ export const logsCommand: CommandModule = {
       for (const l of lines) {
         if (!wanted(l)) continue;
         const data = args.timestamps ? Buffer.concat([Buffer.from(`${l.time || '-'} `), l.data]) : l.data;
-        L.writeAll(l.stream === 'stderr' ? 2 : 1, data);
+        if (!L.writeAll(l.stream === 'stderr' ? 2 : 1, data)) process.exit(0); // (the reader is gone: as docker logs | head)
       }
     };
     const parser = new L.LogParser();

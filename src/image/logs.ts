@@ -59,9 +59,14 @@ export class LogWriter {
   /** `echo`: the output also goes on to this process's stdout and stderr (a foreground run). */
   constructor(private readonly fd: number, readonly echo = false) {}
 
-  /** Output of the command on `stream`: its whole lines written as records in one write. */
-  write(stream: Stream, chunk: Buffer): void {
-    if (this.echo) writeAll(stream === 'stdout' ? 1 : 2, chunk);
+  /**
+   * Output of the command on `stream`: its whole lines written as records in one write. False when
+   * it could not be passed on (echo) because the reader of this process's stdout or stderr is gone:
+   * the caller then closes that pipe, and the command's next write there fails (SIGPIPE), as if it
+   * had written to that reader itself (`strata run IMAGE yes | head -1` ends).
+   */
+  write(stream: Stream, chunk: Buffer): boolean {
+    const passed = !this.echo || writeAll(stream === 'stdout' ? 1 : 2, chunk);
     let start = 0;
     const out: Buffer[] = [];
     for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
@@ -79,6 +84,7 @@ export class LogWriter {
       if (parts.reduce((n, b) => n + b.length, 0) >= PARTIAL_BYTES) this.flush(stream);
       else this.timers[stream] ??= setTimeout(() => this.flush(stream), PARTIAL_MS);
     }
+    return passed;
   }
 
   /** What waits of a line without its newline, as a partial record (at the end of the stream too). */
@@ -112,17 +118,21 @@ export class LogWriter {
   }
 }
 
-/** Writes all of `data` to descriptor `fd` (a pipe or a terminal may take it in parts, or not at once). */
-export function writeAll(fd: number, data: Buffer): void {
+/**
+ * Writes all of `data` to descriptor `fd` (a pipe or a terminal may take it in parts, or not at
+ * once); false if the reader of a pipe is gone (EPIPE).
+ */
+export function writeAll(fd: number, data: Buffer): boolean {
   for (let off = 0; off < data.length;) {
     try {
       off += writeSync(fd, data, off);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EPIPE') return; // (the reader is gone: as a command writing to a closed pipe, the rest is lost)
+      if (code === 'EPIPE') return false;
       if (code !== 'EAGAIN') throw e;
     }
   }
+  return true;
 }
 
 const RECORD = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) (stdout|stderr) ([FP]) /;

@@ -19,6 +19,7 @@
 //    A user that cannot be resolved is refused before anything runs: the container is removed.
 
 import { spawn } from 'node:child_process';
+import { Socket } from 'node:net';
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { join } from 'node:path';
@@ -242,9 +243,13 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   const spec = [`root\t${rec.merged}\t${settings.shmSize ?? SHM_SIZE_DEFAULT}`, `host\t${hostname}`, `path\t${env.PATH ?? DEFAULT_PATH}`, ...(isolated ? ['lo'] : []),
     ...etcBinds.map((l) => `etc\t${l}`), ...mounts.map((l) => `mount\t${l}`),
     ...(settings.readOnly ? ['ro'] : [])].join('\n');
+  // (a logged command writes into real pipes: once a reader of strata's own output is gone, its next
+  // write there gets SIGPIPE, as without strata between; node's stdio pipes are socketpairs)
+  const pipes = output instanceof LogWriter ? [N.pipe(), N.pipe()] : null;
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
     RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
-    stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output] : [output.echo ? 'inherit' : 'ignore', 'pipe', 'pipe'],
+    stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output]
+      : [output.echo ? 'inherit' : 'ignore', pipes![0]![1], pipes![1]![1]],
     env: { ...env, STRATA_SETUP: spec },
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
@@ -267,22 +272,45 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   };
   for (const sig of STOP_SIGNALS) process.on(sig, forward);
   if (child.pid !== undefined) onStarted?.(child.pid);
-  // (a background container's output: a record a line in its log, each stream apart, see logs.ts)
-  if (output instanceof LogWriter) {
-    child.stdout!.on('data', (c: Buffer) => output.write('stdout', c));
-    child.stderr!.on('data', (c: Buffer) => output.write('stderr', c));
+  // (a logged command's output: a record a line in its log, each stream apart, see logs.ts; its status
+  // is given once both pipes are read to their end, which is when its namespace is gone)
+  const log = output instanceof LogWriter ? output : null;
+  let reading = 0;
+  let exited: number | null = null;
+  let settle = (_status: number): void => {};
+  const done = (): void => {
+    if (exited === null || reading > 0) return;
+    log?.close();
+    settle(exited);
+  };
+  if (log) {
+    for (const [i, stream] of [[0, 'stdout'], [1, 'stderr']] as const) {
+      const [readFd, writeFd] = pipes![i]!;
+      N.close(writeFd);
+      const pipe = new Socket({ fd: readFd, readable: true, writable: false });
+      reading++;
+      pipe.on('data', (c: Buffer) => {
+        if (!log.write(stream, c)) pipe.destroy();
+      });
+      pipe.on('error', () => pipe.destroy());
+      pipe.on('close', () => {
+        reading--;
+        done();
+      });
+    }
   }
   return new Promise((resolve) => {
+    settle = resolve;
     child.on('error', (e) => {
       process.stderr.write(`strata: cannot start ${RUN_NS}: ${e.message}\n`);
-      resolve(127);
+      exited = 127;
+      done();
     });
-    // ('close': after the output pipes are read to their end)
-    child.on(output instanceof LogWriter ? 'close' : 'exit', (code, signal) => {
-      if (output instanceof LogWriter) output.close();
+    child.on('exit', (code, signal) => {
       for (const sig of STOP_SIGNALS) process.off(sig, forward);
       if (killer) clearTimeout(killer);
-      resolve(code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0));
+      exited = code ?? 128 + (signal ? (osSignals[signal] ?? 0) : 0);
+      done();
     });
   });
 }

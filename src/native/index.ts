@@ -101,6 +101,7 @@ interface NativeBinding {
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
   close(fd: number): void;
   dup(fd: number): number;
+  pipe(): [readFd: number, writeFd: number];
   dup2(oldfd: number, newfd: number): number;
   readlinkat(dirfd: number, path: string): string;
   readdir(dirfd: number): [names: string, types: Uint8Array, inos: Float64Array];
@@ -282,6 +283,8 @@ export const openat2: (dirfd: number, path: string, flags: number, mode: number,
 export const close: (fd: number) => void = native.close;
 /** dup(2) with O_CLOEXEC on the new fd. */
 export const dup: (fd: number) => number = native.dup;
+/** pipe2(2) with O_CLOEXEC on both ends: [read end, write end]. */
+export const pipe: () => [readFd: number, writeFd: number] = native.pipe;
 /** dup2(2): makes `newfd` a copy of `oldfd`. */
 export const dup2: (oldfd: number, newfd: number) => number = native.dup2;
 export const readlinkat: (dirfd: number, path: string) => string = native.readlinkat;
