@@ -116,8 +116,10 @@ export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
   let r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
   // An upper or work directory "in use" (index=on, nfs_export=on) by an overlay unmounted a moment
   // ago: its superblock goes once whatever briefly held that mount lets go (the full suite's other
-  // processes, or a lazy unmount's users). Up to 20 s for that, then the failure.
-  for (let i = 0; i < 80 && r.status !== 0 && /already mounted or mount point busy/.test(r.stderr); i++) {
+  // processes, or a lazy unmount's users). Up to 20 s for that, then the failure. (mount(8) words
+  // the EBUSY as "already mounted or mount point busy", or as "overlay already mounted on" whatever
+  // overlay it finds in the mount table, another test's.)
+  for (let i = 0; i < 80 && r.status !== 0 && /already mounted|mount point busy/.test(r.stderr); i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 250);
     r = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, mnt]);
   }
