@@ -120,16 +120,15 @@ export class LogWriter {
 
 /**
  * Writes all of `data` to descriptor `fd` (a pipe or a terminal may take it in parts, or not at
- * once); false if the reader of a pipe is gone (EPIPE).
+ * once); false if it cannot take more: the reader of a pipe is gone (EPIPE), or the descriptor is
+ * closed or fails (EBADF, EIO).
  */
 export function writeAll(fd: number, data: Buffer): boolean {
   for (let off = 0; off < data.length;) {
     try {
       off += writeSync(fd, data, off);
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EPIPE') return false;
-      if (code !== 'EAGAIN') throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return false;
     }
   }
   return true;
