@@ -6,7 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
-import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
+import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, parseFilterFlags, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
@@ -242,36 +242,21 @@ export const containerCommand: CommandModule = {
     guarded(async (a) => {
       const args = a as unknown as StoreArgs & { running: boolean; quiet: boolean; format?: string; filter?: string | string[]; last?: string; latest: boolean;
         trunc: boolean; size: boolean };
-      const [{ dirBytes, withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }] = await Promise.all([
-        import('../image/store.js'), import('../image/lifecycle.js'), import('./inspect.js'), import('../image/types.js')]);
+      const [{ dirBytes, withStore }, { isActive }, { applyFormat, checkFormat }, { ImageError }, { containerLabels, labelMatches, settingsOf }] = await Promise.all([
+        import('../image/store.js'), import('../image/lifecycle.js'), import('./inspect.js'), import('../image/types.js'), import('../image/settings.js')]);
       if (args.format !== undefined) checkFormat(args.format);
       const filters = new Map<string, string[]>();
-      for (const f of ([] as string[]).concat(args.filter ?? [])) {
-        const i = f.indexOf('=');
-        const key = f.slice(0, i);
-        if (i <= 0 || !['status', 'name', 'ancestor', 'id', 'health', 'label'].includes(key)) {
-          throw new ImageError(`--filter ${f}: expected status=, name=, ancestor=, id=, health= or label=`, 125);
-        }
-        filters.set(key, [...(filters.get(key) ?? []), f.slice(i + 1)]);
+      for (const [key, value] of await parseFilterFlags(args.filter, ['status', 'name', 'ancestor', 'id', 'health', 'label'])) {
+        filters.set(key, [...(filters.get(key) ?? []), value]);
       }
       if (args.last !== undefined && !/^[0-9]+$/.test(String(args.last))) throw new ImageError(`--last ${args.last}: expected a number`, 125);
-      const { list, images, imageSizes, imageLabels } = await withStore(await storeDirOf(args), async (s) => {
+      const { list, images, imageRecords } = await withStore(await storeDirOf(args), async (s) => {
         const all = await s.listContainers();
         const refs = new Map<string, string | undefined>();
         for (const r of filters.get('ancestor') ?? []) refs.set(r, (await s.findImage(r))?.id);
-        const sizes = new Map<string, number>();
-        const imageLabels = new Map<string, Record<string, string>>();
-        if (args.size || filters.has('label')) {
-          for (const i of await s.listImages()) {
-            sizes.set(i.id, i.size);
-            imageLabels.set(i.id, (i.config.config?.Labels as Record<string, string> | null | undefined) ?? {});
-          }
-        }
-        return { list: all, images: refs, imageSizes: sizes, imageLabels };
+        const records = args.size || filters.has('label') ? await s.listImages() : [];
+        return { list: all, images: refs, imageRecords: new Map(records.map((i) => [i.id, i])) };
       });
-      // (a container's labels: its image's, with its own over them)
-      const labelsOf = (c: (typeof list)[number]): Record<string, string> => ({ ...(imageLabels.get(c.image) ?? {}),
-        ...(((c.settings as { labels?: Record<string, string> } | undefined)?.labels) ?? {}) });
       const stateOf = (c: (typeof list)[number]): string => (isActive(c) ? (c.paused === true ? 'paused' : 'running') : c.state === 'created' ? 'created' : 'exited');
       // (values of one key OR, but labels AND, as docker's filters)
       const keep = (c: (typeof list)[number]): boolean => [...filters].every(([key, values]) => values[key === 'label' ? 'every' : 'some']((v) => {
@@ -279,11 +264,7 @@ export const containerCommand: CommandModule = {
         if (key === 'name') return c.name.includes(v);
         if (key === 'id') return c.id.startsWith(v);
         if (key === 'health') return ((c.health as { Status?: string } | undefined)?.Status ?? 'none') === v;
-        if (key === 'label') {
-          const eq = v.indexOf('=');
-          const labels = labelsOf(c);
-          return eq < 0 ? v in labels : labels[v.slice(0, eq)] === v.slice(eq + 1);
-        }
+        if (key === 'label') return labelMatches(containerLabels(imageRecords.get(c.image)?.config, settingsOf(c)), v);
         return images.get(v) === c.image || c.imageRef === v;
       }));
       let shown = list.filter((c) => (!args.running || isActive(c)) && keep(c));
@@ -318,7 +299,7 @@ export const containerCommand: CommandModule = {
           // (as system df counts a container's upper)
           const upper = args.size ? dirBytes(c.upper) : 0;
           rows.push([idOf(c), c.name, c.imageRef, JSON.stringify(cmd.length > 30 && args.trunc ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c),
-            ...(args.size ? [`${humanSize(upper)} (virtual ${humanSize(upper + (imageSizes.get(c.image) ?? 0))})`] : [])]);
+            ...(args.size ? [`${humanSize(upper)} (virtual ${humanSize(upper + (imageRecords.get(c.image)?.size ?? 0))})`] : [])]);
         }
         const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
         out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
 import type { ArchiveFormat } from '../image/archive/model.js';
 import { ImageError } from '../image/types.js';
-import { out, storeOption } from './options.js';
+import { out, parseFilterFlags, storeOption } from './options.js';
 import { byteProgress } from './progress.js';
 
 export interface CommonArgs {
@@ -72,16 +72,12 @@ function referenceMatches(pattern: string, repository: string, tag: string): boo
 
 /** The rows of `images ls`: one per tag (<none> for an untagged image), filtered as docker filters them. */
 async function imageRows(store: Store, images: readonly ImageRecord[], a: ListArgs): Promise<ImageRow[]> {
-  const filters: [string, string][] = ([] as string[]).concat(a.filter ?? []).map((f) => {
-    const i = f.indexOf('=');
-    const key = f.slice(0, i);
-    if (i <= 0 || !['dangling', 'reference', 'label', 'before', 'since'].includes(key)) {
-      throw new ImageError(`--filter ${f}: expected dangling=, reference=, label=, before= or since=`, 125);
-    }
-    if (key === 'dangling' && !['true', 'false'].includes(f.slice(i + 1))) throw new ImageError(`--filter ${f}: dangling takes true or false`, 125);
-    return [key, f.slice(i + 1)];
-  });
+  const filters = await parseFilterFlags(a.filter, ['dangling', 'reference', 'label', 'before', 'since']);
+  for (const [key, value] of filters) {
+    if (key === 'dangling' && !['true', 'false'].includes(value)) throw new ImageError(`--filter ${key}=${value}: dangling takes true or false`, 125);
+  }
   if (a.reference !== undefined) filters.push(['reference', a.reference]);
+  const { labelMatches } = await import('../image/settings.js');
   const created = async (ref: string): Promise<string> => (await store.resolveImage(ref)).config.created ?? '';
   const bounds: [string, string][] = [];
   for (const [k, v] of filters) if (k === 'before' || k === 'since') bounds.push([k, await created(v)]);
@@ -90,10 +86,7 @@ async function imageRows(store: Store, images: readonly ImageRecord[], a: ListAr
     const when = image.config.created ?? '';
     if (bounds.some(([k, t]) => (k === 'before' ? !(when < t) : !(when > t)))) continue;
     const labels = (image.config.config?.Labels as Record<string, string> | null | undefined) ?? {};
-    const labelled = filters.filter(([k]) => k === 'label').every(([, v]) => {
-      const eq = v.indexOf('=');
-      return eq < 0 ? v in labels : labels[v.slice(0, eq)] === v.slice(eq + 1);
-    });
+    const labelled = filters.filter(([k]) => k === 'label').every(([, v]) => labelMatches(labels, v));
     const dangling = filters.find(([k]) => k === 'dangling')?.[1];
     if (!labelled || (dangling === 'true' && image.tags.length > 0) || (dangling === 'false' && image.tags.length === 0)) continue;
     const refs = image.tags.length > 0 ? image.tags : ['<none>:<none>'];

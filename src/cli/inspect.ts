@@ -8,7 +8,7 @@ import { guarded, out, storeDirOf, storeOption } from './options.js';
 
 /** docker inspect's view of a container: state, config, mounts, the overlay directories. */
 export async function containerView(store: Store, rec: ContainerRecord): Promise<Record<string, unknown>> {
-  const [{ isActive, containerInit }, { settingsOf, volumeDir, SHM_SIZE_DEFAULT }] = await Promise.all([import('../image/lifecycle.js'), import('../image/settings.js')]);
+  const [{ isActive, containerInit }, { containerLabels, settingsOf, volumeDir, SHM_SIZE_DEFAULT }] = await Promise.all([import('../image/lifecycle.js'), import('../image/settings.js')]);
   const settings = settingsOf(rec);
   const image = await store.findImage(rec.image);
   const cfg = image?.config.config ?? {};
@@ -40,7 +40,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       WorkingDir: settings.workdir ?? cfg.WorkingDir ?? '',
       StopSignal: settings.stopSignal ?? cfg.StopSignal ?? '',
       ...(settings.stopTimeout !== undefined ? { StopTimeout: settings.stopTimeout } : {}),
-      Labels: { ...((cfg.Labels as Record<string, string> | null | undefined) ?? {}), ...(settings.labels ?? {}) },
+      Labels: containerLabels(image?.config, settings),
       // (the image's, with run's --health-* over it)
       ...(cfg.Healthcheck !== undefined || settings.healthcheck !== undefined
         ? { Healthcheck: { ...((cfg.Healthcheck as object | undefined) ?? {}), ...(settings.healthcheck ?? {}) } } : {}),

@@ -83,7 +83,7 @@ export function createCommand(containerArgs: () => string[]): CommandModule {
  * ended). Returns the container's name.
  */
 export async function startDetached(store: string, ref: string): Promise<string> {
-  const [{ withStore }, { isActive, logPath, monitorLogPath }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+  const [{ withStore }, { isActive, logPath, monitorLogPath, readLog }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
   const { ImageError } = await import('../image/types.js');
   const rec = await withStore(store, (s) => s.getContainer(ref));
   if (isActive(rec)) return rec.name; // as docker start: already running is fine
@@ -104,14 +104,7 @@ export async function startDetached(store: string, ref: string): Promise<string>
     const ours = now.monitorPid === child.pid;
     if ((now.state === 'running' && ours) || (now.state === 'exited' && now.finished !== rec.finished)) return rec.name;
     if (exited && !(now.state === 'running' && ours)) {
-      const { readFileSync } = await import('node:fs');
-      let said = '';
-      try {
-        said = readFileSync(monitorLogPath(now), 'utf8');
-      } catch {
-        // none
-      }
-      const tail = said.trim().split('\n').filter((l) => l.startsWith('strata: ')).at(-1);
+      const tail = readLog(now, monitorLogPath).toString('utf8').trim().split('\n').filter((l) => l.startsWith('strata: ')).at(-1);
       throw new ImageError(tail ? tail.slice('strata: '.length) : `container ${rec.name} did not start`, 125);
     }
   }
@@ -350,15 +343,16 @@ export const killCommand: CommandModule = {
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true, demandOption: true }).options(KILL_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as StoreArgs & { containers: string[]; signal?: string | string[] };
-    const [{ withStore }, { containerInit, isActive, killContainer }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
+    const [{ withStore }, { containerInit, isActive, killContainer, killSignal }] = await Promise.all([import('../image/store.js'), import('../image/lifecycle.js')]);
     const store = await storeDirOf(args);
     const signal = last(args.signal);
+    const sig = killSignal(signal);
     for (const ref of args.containers) {
       // (a kill is a stop for --restart, as with docker)
       const rec = await withStore(store, async (s) => s.updateContainer((await s.getContainer(ref)).id, { stopRequested: true }));
       // Between two runs of --restart (no pid 1, its monitor waiting to start the command again), the
       // default SIGKILL ends it all the same: the monitor sees the stop and does not start it again.
-      if (!((signal === undefined || signal === '' || /^(SIG)?KILL$|^9$/i.test(signal)) && rec.state === 'running' && isActive(rec) && containerInit(rec) === null)) {
+      if (!(sig === 'SIGKILL' && rec.state === 'running' && isActive(rec) && containerInit(rec) === null)) {
         killContainer(rec, signal);
       }
       out(rec.name);

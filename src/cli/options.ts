@@ -87,6 +87,18 @@ export interface ContainerConfigArgs {
   healthcheck?: boolean;
 }
 
+/** --filter KEY=VALUE flags (docker's ps and images), each [KEY, VALUE]; a KEY not in `keys` is refused. */
+export async function parseFilterFlags(v: Many, keys: readonly string[]): Promise<[string, string][]> {
+  const { ImageError } = await import('../image/types.js');
+  return many(v).map((f) => {
+    const i = f.indexOf('=');
+    if (i <= 0 || !keys.includes(f.slice(0, i))) {
+      throw new ImageError(`--filter ${f}: expected ${keys.slice(0, -1).map((k) => `${k}=`).join(', ')} or ${keys.at(-1)}=`, 125);
+    }
+    return [f.slice(0, i), f.slice(i + 1)];
+  });
+}
+
 /** A repeatable option's values; a single-valued one's last (given twice, the last counts, as with docker). */
 export const many = (v: Many): string[] => ([] as string[]).concat(v ?? []);
 export const last = (v: Many): string | undefined => (Array.isArray(v) ? v.at(-1) : v);

@@ -7,7 +7,7 @@
 import { PassThrough } from 'node:stream';
 import { packTree, treeBytes } from './changes.js';
 import { imageWithChain, resolveTarget } from './container.js';
-import { settingsOf } from './settings.js';
+import { containerLabels, settingsOf } from './settings.js';
 import type { ContainerRecord, ImageRecord, LayerRecord, Store } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
 
@@ -54,7 +54,7 @@ function containerRunConfig(config: ImageConfig, rec: ContainerRecord): NonNulla
     ...(settings.workdir !== undefined ? { WorkingDir: settings.workdir } : {}),
     ...(typeof rec.user === 'string' ? { User: rec.user } : {}),
     ...(settings.stopSignal !== undefined ? { StopSignal: settings.stopSignal } : {}),
-    ...(settings.labels !== undefined ? { Labels: { ...((config.config?.Labels as Record<string, string> | null | undefined) ?? {}), ...settings.labels } } : {}),
+    ...(settings.labels !== undefined ? { Labels: containerLabels(config, settings) } : {}),
   };
 }
 

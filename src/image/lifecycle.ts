@@ -30,8 +30,7 @@ const { C, ST } = N;
 const RUN_EXEC = fileURLToPath(new URL('../../../bin/strata-run-exec', import.meta.url));
 const osSignals = constants.signals as Record<string, number>;
 
-export { logPath, monitorLogPath } from './logs.js';
-import { logPath } from './logs.js';
+export { logPath, monitorLogPath, readLog } from './logs.js';
 
 /** Pid 1 of a container's namespaces (the child of its strata-run-ns), once there is one. */
 function initOf(rec: ContainerRecord): number | null {
@@ -84,8 +83,13 @@ export async function stopContainer(rec: ContainerRecord, stopSignal: string | u
 }
 
 /** `strata kill`: a signal (SIGKILL by default, as docker kill) to a running container's pid 1. */
+/** kill's signal: SIGKILL unless one is given. */
+export function killSignal(signal: string | undefined): NodeJS.Signals {
+  return signal === undefined || signal === '' ? 'SIGKILL' : normalizeSignal(signal);
+}
+
 export function killContainer(rec: ContainerRecord, signal: string | undefined): void {
-  const sig = signal === undefined || signal === '' ? 'SIGKILL' : normalizeSignal(signal);
+  const sig = killSignal(signal);
   const init = containerInit(rec);
   if (init === null) throw new ImageError(`container ${rec.name} is not running`);
   // (a paused one gets its signal when it goes on)
@@ -332,14 +336,4 @@ export function containerChanges(upper: string, layerDirs: readonly string[]): C
     }
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-}
-
-/** The log's bytes (empty if the container was never started in the background). */
-export function readLog(rec: ContainerRecord): Buffer {
-  try {
-    return readFileSync(logPath(rec));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
-    throw e;
-  }
 }

@@ -8,8 +8,9 @@
 // line (-t) and keep to a time range (--since, --until), as docker and podman logs do. A log written
 // before this format (raw bytes) reads as stdout lines without times.
 
-import { writeSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { durationNs } from './settings.js';
 import { ImageError } from './types.js';
 
 /** The log of a container's command (stdout and stderr, a record a line). */
@@ -20,6 +21,16 @@ export function logPath(rec: { dir: string }): string {
 /** What the monitor of a detached container said itself (its errors: why a start failed). */
 export function monitorLogPath(rec: { dir: string }): string {
   return join(rec.dir, 'monitor.log');
+}
+
+/** A log's bytes: `path` of logPath or monitorLogPath (empty if the container never ran with one). */
+export function readLog(rec: { dir: string }, path: (rec: { dir: string }) => string = logPath): Buffer {
+  try {
+    return readFileSync(path(rec));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
+    throw e;
+  }
 }
 
 export type Stream = 'stdout' | 'stderr';
@@ -39,7 +50,7 @@ const PARTIAL_BYTES = 16 * 1024;
 const PARTIAL_MS = 200;
 
 /** The wall clock in nanoseconds, as RFC 3339 (Date has milliseconds; the monotonic clock adds the rest). */
-export class NanoClock {
+class NanoClock {
   private readonly wall0 = BigInt(Date.now()) * 1_000_000n;
   private readonly mono0 = process.hrtime.bigint();
 
@@ -191,12 +202,6 @@ export class LogParser {
   }
 }
 
-/** Every line of a whole log. */
-export function parseLog(text: Buffer): LogLine[] {
-  const p = new LogParser();
-  return [...p.feed(text), ...p.end()];
-}
-
 /**
  * --since and --until as docker takes them: an RFC 3339 time (date, date and time, with or without
  * a zone: local time without one), Unix seconds (with a fraction), or a Go duration before now
@@ -207,12 +212,7 @@ export function parseLogTime(v: string, flag: string, nowMs = Date.now()): bigin
     const [s, f = ''] = v.split('.');
     return BigInt(s!) * 1_000_000_000n + BigInt(f.padEnd(9, '0'));
   }
-  const dur = /^((\d+(\.\d+)?)(ns|us|µs|ms|s|m|h))+$/.test(v);
-  if (dur) {
-    const units: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1e3, m: 60e3, h: 3600e3 };
-    const ms = [...v.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)].reduce((n, p) => n + Number(p[1]) * units[p[2]!]!, 0);
-    return BigInt(Math.round(nowMs - ms)) * 1_000_000n;
-  }
+  if (/^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$/.test(v)) return BigInt(nowMs) * 1_000_000n - BigInt(durationNs(v, flag));
   const m = /^(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d(?:\.(\d{1,9}))?)?))?(Z|[+-]\d\d:?\d\d)?$/.exec(v);
   if (m) {
     const time = m[2] ?? '00:00:00';

@@ -292,11 +292,6 @@ export function parseTmpfsFlag(spec: string): MountSpec {
   return { type: 'tmpfs', target: checkTarget(dst, what), readonly: o.includes('ro'), tmpfsOptions: o.filter((x) => x !== 'ro' && x !== 'rw').join(',') };
 }
 
-/**
- * The environment given on the command line: `--env-file` files first, then each `-e` (as docker:
- * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
- * In a file: one per line, blank lines and lines starting with # ignored.
- */
 /** --dns IP: an IPv4 or IPv6 address. */
 export function parseDns(value: string): string {
   if (isIP(value) === 0) bad(`--dns ${value}: expected an IP address`);
@@ -335,6 +330,17 @@ function fileEntries(file: string, flag: string): string[] {
   return text.split('\n').map((line) => line.replace(/\r$/, '').replace(/^\s+/, '')).filter((l) => l !== '' && !l.startsWith('#'));
 }
 
+/** A container's labels: its image's, with its own (--label) over them. */
+export function containerLabels(imageConfig: ImageConfig | undefined, settings: ContainerSettings): Record<string, string> {
+  return { ...((imageConfig?.config?.Labels as Record<string, string> | null | undefined) ?? {}), ...(settings.labels ?? {}) };
+}
+
+/** docker's label filter (ps, images --filter label=): KEY is there, or KEY=VALUE is. */
+export function labelMatches(labels: Record<string, string>, filter: string): boolean {
+  const eq = filter.indexOf('=');
+  return eq < 0 ? filter in labels : labels[filter.slice(0, eq)] === filter.slice(eq + 1);
+}
+
 /** run's and create's --label KEY[=VALUE] and --label-file FILE (KEY=VALUE lines, # comments), as docker takes them. */
 export function parseLabelFlags(values: readonly string[], files: readonly string[]): Record<string, string> {
   const labels: Record<string, string> = {};
@@ -349,6 +355,11 @@ export function parseLabelFlags(values: readonly string[], files: readonly strin
   return labels;
 }
 
+/**
+ * The environment given on the command line: `--env-file` files first, then each `-e` (as docker:
+ * later ones win). `KEY=VALUE`, or `KEY` alone for the host's value (left out when the host has none).
+ * In a file: one per line, blank lines and lines starting with # ignored.
+ */
 export function parseEnvFlags(values: readonly string[], files: readonly string[]): string[] {
   const envs: string[] = [];
   const take = (entry: string, where: string): void => {
