@@ -1,7 +1,16 @@
 /* bin/strata-run-exec: the last step of `strata run` (see src/image/run.ts), run as pid 1 of the
  * container's namespaces once /proc, /sys and /dev are mounted:
  *
- *   strata-run-exec [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *   strata-run-exec [--pivot | --enter PID] [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *
+ * The root: with --pivot (`strata run`, pid 1 of the container's own mount namespace), ROOT becomes
+ * the namespace's root by pivot_root and the old root, with the copy of every host mount the new
+ * namespace was born with, is detached: as runc does, so that a host filesystem unmounted while the
+ * container runs is really gone (a chroot would keep all of them alive until the container ends).
+ * Where pivot_root cannot work (EINVAL: the host's own root is not a mount, as in an initramfs or a
+ * chroot) it is a chroot(ROOT). With --enter PID (`strata exec`, after nsenter has joined PID's other
+ * namespaces), the process first joins PID's mount namespace, whose root is ROOT after a pivot;
+ * otherwise (the chroot case) it chroots to ROOT inside it. Without either, chroot(ROOT).
  *
  * Each --rlimit sets a resource limit (RESOURCE: the RLIMIT_ number; -1: unlimited) before anything
  * else, while the process may still raise hard limits: docker run's --ulimit.
@@ -10,7 +19,7 @@
  * leaves the bounding set first: what the command (as root, or through a setuid program) can ever
  * hold; docker's default set, or what --cap-add, --cap-drop and --privileged make of it.
  *
- * chroot(ROOT); chdir(WORKDIR) inside it, creating it when it is missing (parents root:root 0755,
+ * Then chdir(WORKDIR) inside the root, creating it when it is missing (parents root:root 0755,
  * the directory itself UID:GID 0755, as podman does for an image's WorkingDir); then the
  * supplementary groups (GROUPS: comma-separated gids, may be empty), the gid and the uid; then
  * exec COMMAND, searched on the container's PATH (the environment is the container's). The ids
@@ -26,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -97,11 +110,66 @@ static int apply_rlimit(const char *spec) {
   return setrlimit((int)res, &rl);
 }
 
+/* pivot_root into ROOT and detach the old root with everything mounted under it (runc's way: the
+ * old root ends up stacked on the new one, entered through a descriptor of it, then detached). */
+static int pivot_into(const char *root) {
+  int old = open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+  if (old < 0) return fail(125, "cannot open", "/");
+  if (chdir(root) != 0) return fail(125, "cannot enter", root);
+  if (syscall(SYS_pivot_root, ".", ".") != 0) {
+    int e = errno;
+    close(old);
+    if (e != EINVAL) {
+      errno = e;
+      return fail(125, "cannot pivot_root to", root);
+    }
+    /* the host's root is not a mount of its own: a chroot, as before */
+    if (chroot(".") != 0) return fail(125, "cannot chroot to", root);
+    return chdir("/") != 0 ? fail(125, "cannot enter", root) : 0;
+  }
+  if (fchdir(old) != 0) return fail(125, "cannot enter the old root of", root);
+  close(old);
+  if (umount2(".", MNT_DETACH) != 0) return fail(125, "cannot detach the host's mounts from", root);
+  return chdir("/") != 0 ? fail(125, "cannot enter", root) : 0;
+}
+
+/* Joins the mount namespace of PID (pid 1 of a running container): its root is ROOT when the
+ * container's start could pivot_root; else ROOT is chrooted to there. */
+static int enter_root(const char *pid, const char *root) {
+  char p[64];
+  struct stat want, got;
+  if (stat(root, &want) != 0) return fail(125, "cannot find the container's root", root);
+  snprintf(p, sizeof p, "/proc/%s/ns/mnt", pid);
+  int ns = open(p, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return fail(125, "cannot open", p);
+  if (setns(ns, CLONE_NEWNS) != 0) return fail(125, "cannot enter the mount namespace of", p);
+  close(ns);
+  if (stat("/", &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino) return chdir("/") != 0 ? fail(125, "cannot enter", "/") : 0;
+  if (chroot(root) != 0) return fail(125, "cannot chroot to", root);
+  return chdir("/") != 0 ? fail(125, "cannot enter", root) : 0;
+}
+
 int main(int argc, char **argv) {
-  int caps_given = 0;
+  int caps_given = 0, pivot = 0;
+  const char *enter = NULL;
   unsigned long long keep = 0;
-  while (argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0)) {
-    if (strcmp(argv[1], "--rlimit") == 0) {
+  for (;;) {
+    if (argc > 1 && strcmp(argv[1], "--pivot") == 0) {
+      pivot = 1;
+      argv[1] = argv[0];
+      argv++;
+      argc--;
+      continue;
+    }
+    if (!(argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0 || strcmp(argv[1], "--enter") == 0))) break;
+    if (strcmp(argv[1], "--enter") == 0) {
+      unsigned long v;
+      if (parse_id(argv[2], &v)) {
+        fprintf(stderr, "%s: bad pid: %s\n", prog, argv[2]);
+        return 125;
+      }
+      enter = argv[2];
+    } else if (strcmp(argv[1], "--rlimit") == 0) {
       if (apply_rlimit(argv[2]) != 0) {
         fprintf(stderr, "%s: cannot set the resource limit %s: %s\n", prog, argv[2], errno ? strerror(errno) : "malformed");
         return 125;
@@ -121,7 +189,7 @@ int main(int argc, char **argv) {
     argc -= 2;
   }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--pivot | --enter PID] [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
     return 125;
   }
   const char *root = argv[1], *wd = argv[2], *groups = argv[5];
@@ -152,8 +220,16 @@ int main(int argc, char **argv) {
     g += n + (comma ? 1 : 0);
   }
 
-  if (chroot(root) != 0) return fail(125, "cannot chroot to", root);
-  if (chdir("/") != 0) return fail(125, "cannot enter", root);
+  if (pivot) {
+    int r = pivot_into(root);
+    if (r) return r;
+  } else if (enter) {
+    int r = enter_root(enter, root);
+    if (r) return r;
+  } else {
+    if (chroot(root) != 0) return fail(125, "cannot chroot to", root);
+    if (chdir("/") != 0) return fail(125, "cannot enter", root);
+  }
   if (wd[0] != '/') {
     fprintf(stderr, "%s: the working directory must be absolute: %s\n", prog, wd);
     return 125;

@@ -104,6 +104,77 @@ test('create, start, exec, stop, logs, start again: states, namespaces, signals,
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
 
+/** Every process under `pids` (themselves included). */
+function descendants(pids: readonly number[]): number[] {
+  const out: number[] = [];
+  const todo = [...pids];
+  while (todo.length > 0) {
+    const p = todo.pop()!;
+    out.push(p);
+    try {
+      todo.push(...fs.readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+test('a running container holds none of the host\'s mounts: one unmounted on the host is gone (a kernel overlay\'s upper can be mounted again); exec still enters its root, with --init too', async (t) => {
+  const c = setup(t);
+  // A kernel overlay with index=on marks its upper and work directories in use for as long as any
+  // mount namespace holds a copy of the mount.
+  const dir = tempDir(t, 'pin');
+  for (const d of ['lower', 'upper', 'work', 'k']) fs.mkdirSync(path.join(dir, d));
+  fs.writeFileSync(path.join(dir, 'lower', 'f'), 'x');
+  const k = path.join(dir, 'k');
+  const overlay = ['-t', 'overlay', 'overlay', '-o', `lowerdir=${dir}/lower,upperdir=${dir}/upper,workdir=${dir}/work,index=on`, k];
+  t.is(run('mount', overlay).status, 0);
+  t.teardown(() => run('umount', ['-l', k]));
+
+  c.ok(['create', '--name', 'plain', 'base:1', 'sh', '-c', 'while true; do sleep 0.1; done']);
+  c.ok(['create', '--name', 'inited', '--init', 'base:1', 'sh', '-c', 'while true; do sleep 0.1; done']);
+  c.ok(['start', 'plain']);
+  c.ok(['start', 'inited']);
+  for (const name of ['plain', 'inited']) {
+    t.is(c.ok(['exec', name, 'cat', '/data/a']), 'shared inode\n', `${name}: exec sees the container's files`);
+    t.is(c.ok(['exec', '-w', '/etc', name, 'sh', '-c', 'echo $PWD; test -e /data/a-link && echo ok']), '/etc\nok\n');
+  }
+  // Every process of both containers: strata-run-ns (in the new mount namespace too) and what it runs.
+  const hostNs = fs.readlinkSync('/proc/self/ns/mnt');
+  const nsOf = (p: number): string => {
+    try {
+      return fs.readlinkSync(`/proc/${p}/ns/mnt`);
+    } catch {
+      return hostNs;
+    }
+  };
+  const inside = descendants(processesTagged(c.tag).map((p) => p.pid)).filter((p) => nsOf(p) !== hostNs);
+  t.true(inside.length >= 4, `the containers' processes: ${inside.join(' ')}`);
+  for (const p of inside) {
+    let info = '';
+    try {
+      info = fs.readFileSync(`/proc/${p}/mountinfo`, 'utf8');
+    } catch {
+      continue;
+    }
+    // (the fifth field: where it is mounted, as that process sees it)
+    const points = info.trim().split('\n').map((l) => l.split(' ')[4]!);
+    const what = fs.readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0')[0];
+    t.false(points.some((m) => m.startsWith(dir) || m.startsWith(c.s.dir)), `process ${p} (${what}) holds host mounts: ${points.join(' ')}`);
+    t.true(points.includes('/') && points.includes('/proc'), `process ${p}: ${points.join(' ')}`);
+  }
+  // Unmounted on the host (not lazily: nothing on the host uses it), the overlay is gone: its upper
+  // can be mounted again (EBUSY while a copy of the old mount lives).
+  t.is(run('umount', [k]).status, 0);
+  const again = run('mount', overlay);
+  t.is(again.status, 0, again.stderr);
+  t.is(fs.readFileSync(path.join(k, 'f'), 'utf8'), 'x');
+  c.ok(['container', 'rm', '-f', 'plain', 'inited']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000), 'no monitor or container process left');
+  t.deepEqual(mountsUnder(c.s.dir), []);
+});
+
 /** Live processes whose command line is exactly `argv`. */
 function processesRunning(argv: readonly string[]): number[] {
   const want = `${argv.join('\0')}\0`;

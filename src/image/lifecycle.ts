@@ -7,8 +7,9 @@
 //   stop  sends the stop signal (the image's StopSignal, else SIGTERM) to that pid 1, and SIGKILL to
 //         strata-run-ns after the grace period (its death ends the whole PID namespace); the
 //         monitor records the exit status and unmounts;
-//   exec  enters pid 1's mount, PID and UTS namespaces (nsenter) and runs bin/strata-run-exec there:
-//         chroot into the merged view, working directory, groups, gid, uid, then the command;
+//   exec  enters pid 1's PID, UTS and network namespaces (nsenter) and runs bin/strata-run-exec
+//         there: its mount namespace (whose root is the merged view), working directory, groups,
+//         gid, uid, then the command;
 //   diff  walks the upper against the image's layers, as podman diff reports a container's changes.
 
 import { type ChildProcess, spawn, type StdioOptions } from 'node:child_process';
@@ -256,8 +257,10 @@ export function spawnInContainer(config: ImageConfig, rec: ContainerRecord, argv
   if (!existsSync(RUN_EXEC)) throw new ImageError(`${RUN_EXEC} is missing: run make build`, 125);
   // The host's nsenter runs with the host's PATH; strata-run-exec looks the command up on the container's.
   // (--net: the container's network namespace, its own or the host's)
-  return spawn('nsenter', ['--target', String(init), '--mount', '--pid', '--uts', '--net', '--',
-    RUN_EXEC, '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd,
+  // strata-run-exec joins the mount namespace itself (--enter): once nsenter is in it, the host's
+  // programs are out of reach (the container's root is that namespace's root).
+  return spawn('nsenter', ['--target', String(init), '--pid', '--uts', '--net', '--',
+    RUN_EXEC, '--enter', String(init), '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd,
     String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio, env, detached });
 }
 

@@ -1,4 +1,4 @@
-// `strata run`: a container from an image, its command run chrooted into the merged view.
+// `strata run`: a container from an image, its command run with the merged view as its root.
 //
 // 1. With the store open: resolve the image, create the container record (new upper and work
 //    directories in the store). The store is closed again: LevelDB admits one process, and the
@@ -11,7 +11,8 @@
 //    small /dev (tmpfs with the usual nodes, its own devpts), binds the host's resolv.conf and the
 //    container's hosts and hostname over the image's, and makes the container's mounts, all inside
 //    the new mount namespace (they vanish with it); then becomes bin/strata-run-exec
-//    (scripts/run-exec.c), which chroots into the merged view, enters the working directory (made if
+//    (scripts/run-exec.c), which makes the merged view the namespace's root (pivot_root, the host's
+//    mounts detached: the container holds none of them), enters the working directory (made if
 //    missing, as podman does), drops the capabilities the container does not get, takes the user's
 //    groups, gid and uid, and execs the command with the container's environment.
 // 5. Whatever happens (the command fails, is killed, strata run gets SIGINT/SIGTERM), unmount the
@@ -247,7 +248,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // write there gets SIGPIPE, as without strata between; node's stdio pipes are socketpairs)
   const pipes = output instanceof LogWriter ? [N.pipe(), N.pipe()] : null;
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
-    RUN_EXEC, '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
+    RUN_EXEC, '--pivot', '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output]
       : [output.echo ? 'inherit' : 'ignore', pipes![0]![1], pipes![1]![1]],
     env: { ...env, STRATA_SETUP: spec },
