@@ -46,3 +46,31 @@ test('strata umount of a mount whose daemon hangs aborts the connection and kill
   t.not(code, 'still blocked', 'the blocked reader was released');
   t.not(code, 0, 'with an error');
 });
+
+test('a background daemon leaves the directory it was started in: the filesystem there can be unmounted; relative paths still work', (t) => {
+  const dir = tempDir(t, 'cwd');
+  const elsewhere = path.join(dir, 'elsewhere');
+  for (const d of ['l', 'u', 'w', 'm', 'elsewhere']) fs.mkdirSync(path.join(dir, d));
+  fs.writeFileSync(path.join(dir, 'l', 'f'), 'data\n');
+  // strata started from inside a tmpfs, with every path relative to it
+  const r0 = spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', elsewhere]);
+  t.is(r0.status, 0);
+  t.teardown(() => void spawnSync('umount', ['-l', elsewhere]));
+  const m = path.join(dir, 'm');
+  const r = spawnSync(strataBin, ['mount', '-o', 'lowerdir=../l,upperdir=../u,workdir=../w', '--log-file', '../daemon.log', '--cache-dir', '../cache', '--pid-file', '../daemon.pid', '../m'],
+    { cwd: elsewhere, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.teardown(() => void spawnSync(strataBin, ['umount', m]));
+  t.is(fs.readFileSync(path.join(m, 'f'), 'utf8'), 'data\n');
+  const pid = Number(fs.readFileSync(path.join(dir, 'daemon.pid'), 'utf8'));
+  t.is(fs.readlinkSync(`/proc/${pid}/cwd`), '/');
+  t.true(fs.existsSync(path.join(dir, 'daemon.log')), 'the log file is where it was named, relative to where strata started');
+  t.true(fs.existsSync(path.join(dir, 'cache')), 'so is the cache directory');
+  // The tmpfs is not busy: it unmounts (not lazily) while the mount serves on.
+  const u = spawnSync('umount', [elsewhere], { encoding: 'utf8' });
+  t.is(u.status, 0, u.stderr);
+  fs.writeFileSync(path.join(m, 'g'), 'new\n');
+  t.is(fs.readFileSync(path.join(dir, 'u', 'g'), 'utf8'), 'new\n');
+  process.kill(pid, 'SIGHUP'); // the log reopened by its absolute path
+  t.is(spawnSync(strataBin, ['umount', m]).status, 0);
+});

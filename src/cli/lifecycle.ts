@@ -90,7 +90,7 @@ export async function startDetached(store: string, ref: string): Promise<string>
   // (the monitor's own messages go to a file of their own; the command's output, to the log)
   const monitorLog = openSync(monitorLogPath(rec), 'w', 0o640);
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'start', '--attach', '--log-to', logPath(rec), '--store', store, rec.id], {
-    detached: true, stdio: ['ignore', monitorLog, monitorLog],
+    detached: true, stdio: ['ignore', monitorLog, monitorLog], cwd: '/',
   });
   closeSync(monitorLog);
   let exited = false;

@@ -140,19 +140,23 @@ async function buildConfig(args: MountArgs, params: MountParams): Promise<Daemon
   const options: DaemonOptions = {
     passthrough: args.passthrough as DaemonOptions['passthrough'],
     logLevel: args.logLevel,
-    logFile: args.logFile ?? null,
+    logFile: args.logFile ? resolve(args.logFile) : null,
     pidFile: args.pidFile ? resolve(args.pidFile) : null,
     cacheTimeout: 86400,
     writeFormat: args.writeFormat as DaemonOptions['writeFormat'],
     force: args.force,
     cache: args.cache,
-    cacheDir: args.cacheDir ?? null,
+    cacheDir: args.cacheDir ? resolve(args.cacheDir) : null,
   };
   return { layout, params, options };
 }
 
 /** Runs the daemon in this process; `notify` reports to the waiting launcher. */
 async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) | null): Promise<never> {
+  // A background daemon leaves the directory it was started in (as libfuse's fuse_daemonize): its
+  // working directory would keep the filesystem there busy, an `umount` of it refused, for as long
+  // as the mount lives. (Every path of the configuration is absolute.)
+  if (notify) process.chdir('/');
   const { makeLogger, startMount } = await import('../daemon/daemon.js');
   const logger = makeLogger(config.options);
   let m;

@@ -252,6 +252,9 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
     stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output]
       : [output.echo ? 'inherit' : 'ignore', pipes![0]![1], pipes![1]![1]],
     env: { ...env, STRATA_SETUP: spec },
+    // (strata-run-ns stays in the new mount namespace: a working directory of strata's own there
+    // would keep the host's mount it lies on alive once the old root is detached)
+    cwd: '/',
   });
   // A signal to strata run goes to the command (pid 1 of the namespace: strata-run-ns itself blocks
   // SIGINT and SIGTERM while it waits). Like `docker stop`, a command that has not ended
