@@ -1942,6 +1942,104 @@ static napi_value fn_stopReader(napi_env env, napi_callback_info info) {
 /* process credentials / limits                                        */
 /* ------------------------------------------------------------------ */
 
+/* warmTree(fd, maxDirs): on the thread pool, walks the tree below the directory `fd` depth first (as
+ * find -xdev does: not into other filesystems, and symlinks are not followed), reading each directory
+ * and lstat'ing its entries, until maxDirs directories are read:
+ * read-ahead of a tree for a walk that comes after, nothing more (what it reads is not kept). Takes
+ * `fd` (closes it; O_PATH will do). Resolves with the number of directories read. */
+struct warm_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int max_dirs;
+  int dirs;
+  dev_t dev;
+};
+
+enum { WARM_BUF = 32 * 1024, WARM_DEPTH = 48 };
+
+/* Reads the directory `dir` (closed here) and, below it, its subdirectories, depth first. */
+static void warm_walk(struct warm_job *j, int dir, int depth) {
+  char *buf = malloc(WARM_BUF);
+  j->dirs++;
+  for (;;) {
+    if (!buf) break;
+    ssize_t n = NOINTR(getdents64(dir, buf, WARM_BUF));
+    if (n <= 0) break;
+    for (ssize_t pos = 0; pos < n;) {
+      struct dirent64 *d = (struct dirent64 *)(buf + pos);
+      pos += d->d_reclen;
+      const char *nm = d->d_name;
+      if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0))) continue;
+      struct stat st;
+      if (fstatat(dir, nm, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) || st.st_dev != j->dev) continue;
+      if (depth + 1 >= WARM_DEPTH || j->dirs >= j->max_dirs) continue;
+      int sub = NOINTR(openat(dir, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (sub >= 0) warm_walk(j, sub, depth + 1);
+    }
+  }
+  free(buf);
+  close(dir);
+}
+
+static void warm_execute(napi_env env, void *data) {
+  (void)env;
+  struct warm_job *j = data;
+  /* (the descriptor given may be O_PATH: the directory is opened for reading through it) */
+  int dir = NOINTR(openat(j->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  close(j->fd);
+  if (dir < 0) return;
+  struct stat st;
+  if (fstat(dir, &st) != 0) {
+    close(dir);
+    return;
+  }
+  j->dev = st.st_dev;
+  warm_walk(j, dir, 0);
+}
+
+static void warm_complete(napi_env env, napi_status status, void *data) {
+  struct warm_job *j = data;
+  napi_value v;
+  napi_create_int32(env, status == napi_ok ? j->dirs : -1, &v);
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value fn_warmTree(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd, max_dirs;
+  TRY(arg_i32(env, argv[0], &fd));
+  TRY(arg_i32(env, argv[1], &max_dirs));
+  struct warm_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    close(fd);
+    return throw_sys(env, ENOMEM, "warmTree", NULL);
+  }
+  j->fd = fd;
+  j->max_dirs = max_dirs;
+  napi_value promise, name;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "strata:warmTree", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, warm_execute, warm_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    close(fd);
+    free(j);
+    return throw_sys(env, ENOMEM, "warmTree", NULL);
+  }
+  return promise;
+}
+
+/* threadInblock(): blocks this thread has had read from a disk (getrusage RUSAGE_THREAD ru_inblock):
+ * it moves when a system call had to wait for the disk, never for what a cache served. */
+static napi_value fn_threadInblock(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) != 0) return throw_sys(env, errno, "getrusage", NULL);
+  return ret_num(env, (double)ru.ru_inblock);
+}
+
 /* setNofileLimit(n): soft limit now in effect */
 static napi_value fn_setNofileLimit(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -2079,7 +2177,7 @@ static const struct {
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),
-    FN(setNofileLimit), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
+    FN(setNofileLimit), FN(warmTree), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
     FN(setfsuid), FN(setfsgid), FN(lowMemory),
 };
 

@@ -1101,3 +1101,41 @@ test.serial('lowMemory collects the garbage and gives the freed heap back', (t) 
   t.true(after.total_heap_size < held, `committed ${after.total_heap_size} after, ${held} used before`);
   t.is(junk.length, 0);
 });
+
+test('warmTree reads the tree below a directory, depth first, up to maxDirs directories; symlinks are not followed; the descriptor is taken', async (t) => {
+  const { dir, dfd } = tmp(t);
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-native-out-'));
+  t.teardown(() => fs.rmSync(outside, { recursive: true, force: true }));
+  for (let i = 0; i < 5; i++) fs.mkdirSync(path.join(outside, `o${i}`));
+  for (const d of ['a', 'a/b', 'a/b/c', 'd']) fs.mkdirSync(path.join(dir, 't', d), { recursive: true });
+  fs.writeFileSync(path.join(dir, 't', 'a', 'f'), 'x');
+  fs.symlinkSync(outside, path.join(dir, 't', 'out'));
+  fs.symlinkSync(outside, path.join(dir, 't', 'a', 'out'));
+  // (the descriptors given are closed: /proc/self/fd no longer names them, or names something else,
+  // as other tests of this file run meanwhile)
+  const given: [number, string][] = [];
+  const open2 = (name: string, flags: number): number => {
+    const fd = N.openat(dfd, name, flags | C.O_CLOEXEC, 0);
+    given.push([fd, path.join(dir, name)]);
+    return fd;
+  };
+  const target = (fd: number): string | null => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      return null;
+    }
+  };
+  // (an O_PATH descriptor, as the daemon's layer directories are)
+  t.is(await N.warmTree(open2('t', C.O_PATH | C.O_DIRECTORY), 100), 5, 't, a, a/b, a/b/c, d: not what the links lead to');
+  t.is(await N.warmTree(open2('t', C.O_RDONLY | C.O_DIRECTORY), 3), 3);
+  t.is(await N.warmTree(open2('t/a/f', C.O_PATH), 100), 0, 'not a directory: nothing read');
+  for (const [fd, p] of given) t.not(target(fd), p, `descriptor ${fd} (${p}) is closed`);
+  // Another filesystem mounted inside: not entered (as find -xdev).
+  const d = path.join(dir, 't', 'd');
+  t.is(spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', d]).status, 0);
+  t.teardown(() => void spawnSync('umount', ['-l', d]));
+  fs.mkdirSync(path.join(d, 'x', 'y'), { recursive: true });
+  t.is(await N.warmTree(N.openat(dfd, 't', C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0), 100), 4, 't, a, a/b, a/b/c');
+  t.is(spawnSync('umount', [d]).status, 0);
+});

@@ -105,6 +105,8 @@ interface NativeBinding {
   dup2(oldfd: number, newfd: number): number;
   readlinkat(dirfd: number, path: string): string;
   readdir(dirfd: number): [names: string, types: Uint8Array, inos: Float64Array];
+  warmTree(fd: number, maxDirs: number): Promise<number>;
+  threadInblock(): number;
   mkdirat(dirfd: number, path: string, mode: number): void;
   mknodat(dirfd: number, path: string, mode: number, dev: number): void;
   symlinkat(target: string, dirfd: number, path: string): void;
@@ -283,6 +285,15 @@ export const openat2: (dirfd: number, path: string, flags: number, mode: number,
 export const close: (fd: number) => void = native.close;
 /** dup(2) with O_CLOEXEC on the new fd. */
 export const dup: (fd: number) => number = native.dup;
+/**
+ * Read-ahead of a directory tree, on the thread pool: the tree below the directory `fd` is walked
+ * depth first (each directory read, its entries lstat'ed) until `maxDirs` directories are read, so
+ * that a walk finds their blocks and inodes cached. Takes `fd` (closes it; O_PATH will do).
+ * Resolves with the number of directories read.
+ */
+export const warmTree: (fd: number, maxDirs: number) => Promise<number> = native.warmTree;
+/** Blocks the calling thread has had read from a disk (RUSAGE_THREAD's ru_inblock): what caches served does not count. */
+export const threadInblock: () => number = native.threadInblock;
 /** pipe2(2) with O_CLOEXEC on both ends: [read end, write end]. */
 export const pipe: () => [readFd: number, writeFd: number] = native.pipe;
 /** dup2(2): makes `newfd` a copy of `oldfd`. */

@@ -11,6 +11,7 @@ import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
 import { lookupLayers, refuseMetacopy, searchLayers, type LayerHit } from './namei.js';
+import { listLowerDir } from './readdir.js';
 import { dirMarkers, isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, xwhiteoutsIn } from './whiteout.js';
 
 const { C, ST } = N;
@@ -159,7 +160,7 @@ export class LowerIndex {
       const layer = layers[i]!;
       const below = i + 1 < layers.length;
       const dirfd = dir.dirFd(layer);
-      const { names, types, inos } = N.listDir(dirfd);
+      const { names, types, inos } = listLowerDir(dirfd);
       const ociHidden: string[] = [];
       const xw = xwhiteoutsIn(dir, layer, dirfd);
       for (let k = 0; k < names.length; k++) {

@@ -37,6 +37,7 @@ class NodeRare {
   handles: Set<FileHandle> | null = null;
   generation = 0;
   stored = false;
+  warmedAt = 0;
 }
 
 export class UnionNode {
@@ -89,6 +90,14 @@ export class UnionNode {
   }
   set unlinked(v: boolean) {
     if (this.rare !== null || v) this.r().unlinked = v;
+  }
+
+  /** When the tree below this directory was last read ahead (ms; Infinity while it is; see UnionFs.readAhead). */
+  get warmedAt(): number {
+    return this.rare === null ? 0 : this.rare.warmedAt;
+  }
+  set warmedAt(v: number) {
+    if (this.rare !== null || v !== 0) this.r().warmedAt = v;
   }
 
   /** Further names of an upper hard link made through the mount (the primary is parent/name). */

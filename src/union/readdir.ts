@@ -28,6 +28,18 @@ function dtFromMode(mode: number): number {
   return (mode & C.S_IFMT) >> 12;
 }
 
+/** Lower layer directories read, and those of them the disk had to serve (see listLowerDir). */
+export const lowerListings = { read: 0, cold: 0 };
+
+/** N.listDir of a lower layer's directory, counting those read from the disk (UnionFs.readAhead follows them). */
+export function listLowerDir(dirfd: number): N.DirListing {
+  const before = N.threadInblock();
+  const listing = N.listDir(dirfd);
+  lowerListings.read++;
+  if (N.threadInblock() !== before) lowerListings.cold++;
+  return listing;
+}
+
 /**
  * Keeps the names of a lower layer directory for lookups (see UnionNode.lowerNames), in a directory
  * merged from several layers. A directory in one layer only is searched in that layer alone, one
@@ -53,7 +65,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
   for (const layer of layers) {
     const dirfd = dir.dirFd(layer);
     const ociHidden: string[] = [];
-    const { names, types, inos } = N.listDir(dirfd);
+    const { names, types, inos } = layer.isUpper ? N.listDir(dirfd) : listLowerDir(dirfd);
     if (!layer.isUpper) rememberNames(dir, layer, names);
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.

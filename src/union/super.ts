@@ -19,7 +19,7 @@ import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
 import { checkName, lookupLayers, NAME_MAX } from './namei.js';
-import { mergedListing, type DirEntry } from './readdir.js';
+import { lowerListings, mergedListing, type DirEntry } from './readdir.js';
 import { checkRemovable, getXattr, listXattrs, OverlayXattrs, removeXattr, setXattr, settableName } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
 import { ExportTable } from './export.js';
@@ -73,12 +73,22 @@ function inMemory(fd: number): boolean {
 }
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;
+/** Directories a read-ahead of a tree reads at most (see readAhead). */
+const WARM_DIRS = 4096;
+/** A tree read ahead is not read ahead again for this long. */
+const WARM_AGAIN_MS = 30_000;
+/** Read-aheads at a time (of the thread pool's 4 threads). */
+const WARM_JOBS = 2;
 
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
   readonly handles: HandleTable;
   /** The listings directory readers are in (see readdir). */
   readonly listings = new ListingStore();
+  /** Read-aheads under way (see readAhead). */
+  private warming = 0;
+  /** Trees read ahead (one per lower layer), and the directories they read. */
+  readonly readAheads = { trees: 0, dirs: 0 };
   private passthrough = false;
   /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
   private posixAcl = false;
@@ -413,8 +423,10 @@ export class UnionFs implements FileSystem {
     if (!entries) {
       // A fresh reader, or one whose listing is gone (then it goes on by position in a new one).
       const parent = dir.parent ?? dir;
+      const cold = lowerListings.cold;
       entries = [{ name: '.', type: C.DT_DIR, ino: dir.ino }, { name: '..', type: C.DT_DIR, ino: parent.ino }, ...this.listing(dir)];
       gen = this.listings.add(nodeid, entries);
+      if (lowerListings.cold !== cold) this.readAhead(dir);
     }
     const base = gen * LISTING_SPAN;
     for (let i = start; i < entries.length; i++) {
@@ -458,6 +470,42 @@ export class UnionFs implements FileSystem {
    */
   private kernelHolds(node: UnionNode): boolean {
     return node.lookups > 0 && !node.successor && !node.unlinked;
+  }
+
+  /**
+   * A walk of a tree the disk holds waits for each directory's blocks and its entries' inodes in
+   * turn, while the daemon's own work per entry waits for nothing. A listing that came from the
+   * disk starts a read-ahead of the tree below it on the thread pool (each lower layer's: they do
+   * not change), in the order a walk takes, which overlaps the two: the walk then finds what it
+   * needs cached. Not again below a tree read ahead in the last WARM_AGAIN_MS. Nothing is kept but
+   * the kernel's caches.
+   */
+  private readAhead(dir: UnionNode): void {
+    const now = performance.now();
+    for (let n: UnionNode | null = dir; n; n = n.parent) if (n.warmedAt !== 0 && now - n.warmedAt < WARM_AGAIN_MS) return;
+    let jobs = 0;
+    const done = (dirs: number): void => {
+      this.warming--;
+      this.readAheads.dirs += Math.max(0, dirs);
+      if (--jobs === 0) dir.warmedAt = performance.now();
+    };
+    // (bottom layer first: a base image's holds most of a tree; the thread pool's other users keep threads)
+    const layers = dir.dirLayers!;
+    for (let i = layers.length - 1; i >= 0 && this.warming < WARM_JOBS; i--) {
+      const layer = layers[i]!;
+      if (layer.isUpper) continue;
+      let fd: number;
+      try {
+        fd = N.dup(dir.dirFd(layer));
+      } catch {
+        continue;
+      }
+      jobs++;
+      this.warming++;
+      this.readAheads.trees++;
+      N.warmTree(fd, WARM_DIRS).then(done, () => done(0));
+    }
+    if (jobs > 0) dir.warmedAt = Infinity;
   }
 
   /** The merged listing, with the lower part from the index when it applies. */
