@@ -1957,6 +1957,8 @@ struct warm_job {
 };
 
 enum { WARM_BUF = 32 * 1024, WARM_DEPTH = 48 };
+/* Set by warmCancel: read-aheads under way stop at their next directory (the daemon is ending). */
+static _Atomic int warm_cancelled;
 
 /* Reads the directory `dir` (closed here) and, below it, its subdirectories, depth first. */
 static void warm_walk(struct warm_job *j, int dir, int depth) {
@@ -1973,7 +1975,7 @@ static void warm_walk(struct warm_job *j, int dir, int depth) {
       if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0))) continue;
       struct stat st;
       if (fstatat(dir, nm, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) || st.st_dev != j->dev) continue;
-      if (depth + 1 >= WARM_DEPTH || j->dirs >= j->max_dirs) continue;
+      if (depth + 1 >= WARM_DEPTH || j->dirs >= j->max_dirs || warm_cancelled) continue;
       int sub = NOINTR(openat(dir, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       if (sub >= 0) warm_walk(j, sub, depth + 1);
     }
@@ -2005,6 +2007,13 @@ static void warm_complete(napi_env env, napi_status status, void *data) {
   napi_resolve_deferred(env, j->deferred, v);
   napi_delete_async_work(env, j->work);
   free(j);
+}
+
+/* warmCancel(): stops every read-ahead under way, and any started later, at its next directory. */
+static napi_value fn_warmCancel(napi_env env, napi_callback_info info) {
+  (void)info;
+  warm_cancelled = 1;
+  return ret_undef(env);
 }
 
 static napi_value fn_warmTree(napi_env env, napi_callback_info info) {
@@ -2177,7 +2186,7 @@ static const struct {
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader),
-    FN(setNofileLimit), FN(warmTree), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
+    FN(setNofileLimit), FN(warmTree), FN(warmCancel), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
     FN(setfsuid), FN(setfsgid), FN(lowMemory),
 };
 

@@ -180,6 +180,8 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     // The kernel may end the session (umount) while a request is still being worked on: let it
     // finish, so a copy-up completes (its reply has nowhere to go) before the layers are closed.
     await s.idle(STOP_GRACE_MS);
+    // (a read-ahead of a cold tree would keep the process for as long as its walk takes)
+    N.warmCancel();
     if (!params.volatile) syncUpper(stack, logger);
     const cacheStats = fs.cacheStats();
     if (cacheStats) logger.info({ cache: cacheStats }, 'metadata cache');

@@ -107,6 +107,7 @@ interface NativeBinding {
   readdir(dirfd: number): [names: string, types: Uint8Array, inos: Float64Array];
   warmTree(fd: number, maxDirs: number): Promise<number>;
   threadInblock(): number;
+  warmCancel(): void;
   mkdirat(dirfd: number, path: string, mode: number): void;
   mknodat(dirfd: number, path: string, mode: number, dev: number): void;
   symlinkat(target: string, dirfd: number, path: string): void;
@@ -292,6 +293,8 @@ export const dup: (fd: number) => number = native.dup;
  * Resolves with the number of directories read.
  */
 export const warmTree: (fd: number, maxDirs: number) => Promise<number> = native.warmTree;
+/** Stops the read-aheads under way (and any started later) at their next directory: the process is ending. */
+export const warmCancel: () => void = native.warmCancel;
 /** Blocks the calling thread has had read from a disk (RUSAGE_THREAD's ru_inblock): what caches served does not count. */
 export const threadInblock: () => number = native.threadInblock;
 /** pipe2(2) with O_CLOEXEC on both ends: [read end, write end]. */
