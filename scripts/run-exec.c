@@ -1,7 +1,10 @@
 /* bin/strata-run-exec: the last step of `strata run` (see src/image/run.ts), run as pid 1 of the
  * container's namespaces once /proc, /sys and /dev are mounted:
  *
- *   strata-run-exec [--pivot | --enter PID] [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *   strata-run-exec [--pivot | --enter PID] [--cgroup DIR]... [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]
+ *
+ * Each --cgroup DIR: the process joins that control group first (an exec's command is in its
+ * container's group, under its limits, as with docker exec).
  *
  * The root: with --pivot (`strata run`, pid 1 of the container's own mount namespace), ROOT becomes
  * the namespace's root by pivot_root and the old root, with the copy of every host mount the new
@@ -110,6 +113,18 @@ static int apply_rlimit(const char *spec) {
   return setrlimit((int)res, &rl);
 }
 
+/* Moves this process into the control group `dir`. */
+static int join_cgroup(const char *dir) {
+  char p[4200], pid[32];
+  snprintf(p, sizeof p, "%s/cgroup.procs", dir);
+  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  FILE *f = fopen(p, "w");
+  if (!f) return fail(125, "cannot open", p);
+  int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;
+  if (fclose(f) != 0 || !ok) return fail(125, "cannot join the control group", dir);
+  return 0;
+}
+
 /* pivot_root into ROOT and detach the old root with everything mounted under it (runc's way: the
  * old root ends up stacked on the new one, entered through a descriptor of it, then detached). */
 static int pivot_into(const char *root) {
@@ -161,8 +176,12 @@ int main(int argc, char **argv) {
       argc--;
       continue;
     }
-    if (!(argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0 || strcmp(argv[1], "--enter") == 0))) break;
-    if (strcmp(argv[1], "--enter") == 0) {
+    if (!(argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0 || strcmp(argv[1], "--enter") == 0 ||
+                          strcmp(argv[1], "--cgroup") == 0))) break;
+    if (strcmp(argv[1], "--cgroup") == 0) {
+      int r = join_cgroup(argv[2]);
+      if (r) return r;
+    } else if (strcmp(argv[1], "--enter") == 0) {
       unsigned long v;
       if (parse_id(argv[2], &v)) {
         fprintf(stderr, "%s: bad pid: %s\n", prog, argv[2]);
@@ -189,7 +208,7 @@ int main(int argc, char **argv) {
     argc -= 2;
   }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s [--pivot | --enter PID] [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--pivot | --enter PID] [--cgroup DIR]... [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
     return 125;
   }
   const char *root = argv[1], *wd = argv[2], *groups = argv[5];

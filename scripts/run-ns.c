@@ -1,7 +1,10 @@
 /* bin/strata-run-ns: the namespaces of a `strata run` container (see src/image/run.ts), in place of
  * util-linux's `setpriv --pdeathsig KILL unshare --mount --pid --uts [--net] --fork --kill-child`:
  *
- *   strata-run-ns [--net] [--init] -- COMMAND [ARG...]
+ *   strata-run-ns [--net] [--init] [--cgroup DIR]... -- COMMAND [ARG...]
+ *
+ * With --cgroup, this process first joins the control group DIR (writes its pid to DIR/cgroup.procs;
+ * one per v1 hierarchy): pid 1 and whatever it starts are then in it (src/image/cgroups.ts).
  *
  * With --init, pid 1 stays a small init after the setup (docker run --init, as tini): COMMAND runs as
  * its child; it passes on every signal it gets, reaps the orphans the namespace hands it, and ends
@@ -51,6 +54,18 @@
 static int fail(const char *what, const char *arg) {
   fprintf(stderr, "strata: cannot %s %s: %s\n", what, arg, strerror(errno));
   return -1;
+}
+
+/* Moves this process into the control group `dir`. */
+static int join_cgroup(const char *dir) {
+  char p[4200], pid[32];
+  snprintf(p, sizeof p, "%s/cgroup.procs", dir);
+  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  FILE *f = fopen(p, "w");
+  if (!f) return fail("open", p);
+  int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;
+  if (fclose(f) != 0 || !ok) return fail("join the control group", dir);
+  return 0;
 }
 
 static int is_dir_not_link(const char *p) {
@@ -272,13 +287,16 @@ int main(int argc, char **argv) {
   for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
     if (strcmp(argv[i], "--net") == 0) flags |= CLONE_NEWNET;
     else if (strcmp(argv[i], "--init") == 0) init = 1;
+    else if (strcmp(argv[i], "--cgroup") == 0 && i + 1 < argc) {
+      if (join_cgroup(argv[++i]) != 0) return 125;
+    }
     else {
       fprintf(stderr, "strata-run-ns: unknown option %s\n", argv[i]);
       return 125;
     }
   }
   if (i + 1 >= argc) {
-    fprintf(stderr, "usage: strata-run-ns [--net] [--init] -- COMMAND [ARG...]\n");
+    fprintf(stderr, "usage: strata-run-ns [--net] [--init] [--cgroup DIR]... -- COMMAND [ARG...]\n");
     return 125;
   }
   char **cmd = argv + i + 1;

@@ -245,3 +245,92 @@ test('run and create: settings kept by the container (exec, start again), --dns*
   t.true(await waitFor(() => processesTagged(tag).length === 0, 10_000), 'no monitor or container process left');
   t.deepEqual(mountsUnder(s.dir), []);
 });
+
+test('--memory, --memory-swap, --cpus, --cpu-shares, --pids-limit: a control group of the container\'s own (exec joins it), limits the kernel enforces, OOMKilled; docker\'s refusals', async (t) => {
+  const base = tempDir(t, 'cg');
+  const s = testStore(t, base);
+  // (run after the processes are killed, before the store goes: the groups of containers whose
+  // monitor did not get to remove them, when the test fails halfway)
+  t.teardown(() => {
+    const ids = fs.existsSync(path.join(s.dir, 'containers')) ? fs.readdirSync(path.join(s.dir, 'containers')) : [];
+    for (const id of ids) {
+      for (const c of ['memory', 'cpu', 'pids', '']) {
+        try {
+          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
+        } catch {
+          // not there
+        }
+      }
+    }
+  });
+  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
+  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
+  const ok = (args: readonly string[]): string => {
+    const r = strata(args);
+    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  const inspect = (name: string): Record<string, any> => (JSON.parse(ok(['inspect', name])) as Record<string, any>[])[0]!;
+
+  // Over its memory limit the command is killed (137), and inspect says why; under a larger one the same runs.
+  const grow = 'x=a; i=0; while [ $i -lt 26 ]; do x="$x$x"; i=$((i+1)); done; echo ${#x}';
+  const killed = strata(['run', '--name', 'small', '--memory', '32m', 'base:1', 'sh', '-c', grow]);
+  t.is(killed.status, 137, killed.stderr);
+  t.is(inspect('small').State.OOMKilled, true);
+  t.deepEqual([inspect('small').HostConfig.Memory, inspect('small').HostConfig.MemorySwap], [32 * 2 ** 20, 64 * 2 ** 20], 'swap: twice the memory, as docker sets it');
+  const roomy = strata(['run', '--name', 'roomy', '-m', '512m', '--memory-swap', '-1', 'base:1', 'sh', '-c', grow]);
+  t.is(roomy.stdout, `${2 ** 26}\n`, roomy.stderr);
+  t.is(inspect('roomy').State.OOMKilled, false);
+
+  // Processes: fork fails past the limit.
+  const forks = 'i=0; while [ $i -lt 12 ]; do sleep 1 & i=$((i+1)); done; wait; echo forked';
+  const limited = strata(['run', '--rm', '--pids-limit', '6', 'base:1', 'sh', '-c', forks]);
+  t.regex(limited.stderr, /can't fork/);
+  const free = strata(['run', '--rm', '--pids-limit', '-1', 'base:1', 'sh', '-c', forks]);
+  t.is(free.stdout, 'forked\n', free.stderr);
+  t.notRegex(free.stderr, /fork/);
+
+  // A running container: its pid 1 and what exec starts are in its group, which has the limits.
+  const id = ok(['create', '--name', 'lim', '--cpus', '0.5', '--cpu-shares', '512', '--memory', '64m', '--pids-limit', '50', 'base:1', 'sh', '-c', 'sleep 60']).trim();
+  ok(['start', 'lim']);
+  const host = inspect('lim');
+  t.like(host.HostConfig, { NanoCpus: 5e8, CpuShares: 512, Memory: 64 * 2 ** 20, MemorySwap: 128 * 2 ** 20, PidsLimit: 50 });
+  // (the memory, cpu and pids lines of v1 hierarchies; on a v2-only host, the unified one)
+  const v2 = fs.existsSync('/sys/fs/cgroup/cgroup.controllers');
+  const groups = (text: string): string[] => text.trim().split('\n').map((l) => l.split(':'))
+    .filter(([n, ctrl]) => (v2 ? n === '0' : ctrl!.split(',').some((c) => ['memory', 'cpu', 'pids'].includes(c))))
+    .map((f) => f.slice(1).join(':')).sort();
+  const ofInit = groups(fs.readFileSync(`/proc/${host.State.Pid}/cgroup`, 'utf8'));
+  t.true(ofInit.length > 0 && ofInit.every((l) => l.endsWith(`/strata/${id}`)), ofInit.join(' | '));
+  t.deepEqual(groups(ok(['exec', 'lim', 'cat', '/proc/self/cgroup'])), ofInit, 'exec joins the container\'s group');
+  const read = (controller: string, file: string): string =>
+    fs.readFileSync(v2 ? `/sys/fs/cgroup/strata/${id}/${file}` : `/sys/fs/cgroup/${controller}/strata/${id}/${file}`, 'utf8').trim();
+  if (v2) {
+    t.deepEqual([read('', 'cpu.max'), read('', 'memory.max'), read('', 'pids.max'), read('', 'cpu.weight')], ['50000 100000', String(64 * 2 ** 20), '50', '20']);
+  } else {
+    t.deepEqual([read('cpu', 'cpu.cfs_quota_us'), read('cpu', 'cpu.cfs_period_us'), read('cpu', 'cpu.shares'), read('memory', 'memory.limit_in_bytes'),
+      read('pids', 'pids.max')], ['50000', '100000', '512', String(64 * 2 ** 20), '50']);
+  }
+  ok(['stop', '-t', '1', 'lim']);
+  const left = ['memory', 'cpu', 'pids', ''].map((c) => path.join('/sys/fs/cgroup', c, 'strata', id)).filter((d) => fs.existsSync(d));
+  t.deepEqual(left, [], 'the group is removed when the command ends');
+
+  // docker's refusals, one line each, nothing created
+  for (const [args, pattern] of [
+    [['--memory', '1k'], /minimum memory limit is 6MB/],
+    [['--memory-swap', '100m'], /--memory-swap needs --memory/],
+    [['--memory', '100m', '--memory-swap', '50m'], /below the memory limit/],
+    [['--cpus', '9999'], /range of CPUs is from 0.01/],
+    [['--cpus', 'lots'], /expected a number of CPUs/],
+    [['--pids-limit', 'x'], /expected a whole number/],
+  ] as const) {
+    const r = strata(['run', '--rm', ...args, 'base:1', 'true']);
+    t.is(r.status, 125, r.stderr);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, pattern);
+  }
+  ok(['container', 'rm', '-f', 'small', 'roomy', 'lim']);
+  t.true(await waitFor(() => processesTagged(tag).length === 0, 10_000));
+  t.deepEqual(mountsUnder(s.dir), []);
+});

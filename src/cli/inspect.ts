@@ -26,6 +26,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       Paused: running && rec.paused === true,
       Pid: running ? containerInit(rec) ?? 0 : 0,
       ExitCode: rec.exitCode ?? 0,
+      OOMKilled: !running && rec.oomKilled === true,
       StartedAt: rec.started ?? '',
       FinishedAt: rec.finished ?? '',
       ...(rec.health !== undefined ? { Health: rec.health } : {}),
@@ -51,6 +52,10 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       RestartPolicy: { Name: settings.restart?.name ?? 'no', MaximumRetryCount: settings.restart?.max ?? 0 },
       Privileged: settings.privileged ?? false, CapAdd: settings.capAdd ?? null, CapDrop: settings.capDrop ?? null, Init: settings.init ?? false,
       ShmSize: settings.shmSize ?? SHM_SIZE_DEFAULT,
+      // (docker's: 0 where there is no limit)
+      Memory: settings.resources?.memory ?? 0, MemorySwap: settings.resources?.memorySwap ?? 0,
+      NanoCpus: settings.resources?.nanoCpus ?? 0, CpuShares: settings.resources?.cpuShares ?? 0,
+      PidsLimit: settings.resources?.pidsLimit ?? 0,
     },
     Mounts: (settings.mounts ?? []).map((m) => ({
       Type: m.type,

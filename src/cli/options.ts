@@ -40,6 +40,11 @@ export const CONTAINER_CONFIG_OPTIONS = {
   init: { type: 'boolean', default: false, describe: 'pid 1 is a small init (signals passed on, orphans reaped), the command its child' },
   ulimit: { type: 'string', describe: 'NAME=SOFT[:HARD]: a resource limit of the command (nofile, nproc, core, stack, ...; -1: unlimited; repeatable)' },
   'shm-size': { type: 'string', describe: 'the size of the container\'s /dev/shm (bytes, or with a unit: 128m, 1g; default 64m)' },
+  memory: { alias: 'm', type: 'string', describe: 'a memory limit (bytes, or with a unit: 512m, 1g; at least 6m): past it, the kernel reclaims, then kills (exit 137, OOMKilled)' },
+  'memory-swap': { type: 'string', describe: 'memory and swap together (-1: unlimited swap; default twice --memory)' },
+  cpus: { type: 'string', describe: 'CPUs the container may use in all (1.5: one and a half; a CFS quota)' },
+  'cpu-shares': { type: 'string', describe: 'a relative CPU weight against other groups (default 1024)' },
+  'pids-limit': { type: 'string', describe: 'processes and threads at most (-1: no limit)' },
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
   'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
@@ -73,6 +78,11 @@ export interface ContainerConfigArgs {
   stopTimeout?: Many;
   groupAdd?: Many;
   shmSize?: Many;
+  memory?: Many;
+  memorySwap?: Many;
+  cpus?: Many;
+  cpuShares?: Many;
+  pidsLimit?: Many;
   ulimit?: Many;
   init?: boolean;
   dns?: Many;
@@ -125,6 +135,8 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const stopSignal = stopSignalFlag !== undefined ? (await import('../image/lifecycle.js')).normalizeSignal(stopSignalFlag) : undefined;
   const shmSizeFlag = last(a.shmSize);
   const shmSize = shmSizeFlag !== undefined ? S.parseShmSize(shmSizeFlag) : undefined;
+  const resources = S.parseResources({ memory: last(a.memory), memorySwap: last(a.memorySwap), cpus: last(a.cpus), cpuShares: last(a.cpuShares),
+    pidsLimit: last(a.pidsLimit) }, (await import('node:os')).availableParallelism());
   const stopTimeoutFlag = last(a.stopTimeout);
   if (stopTimeoutFlag !== undefined && !/^[0-9]+$/.test(stopTimeoutFlag)) {
     throw new (await import('../image/types.js')).ImageError(`--stop-timeout ${stopTimeoutFlag}: expected whole seconds`, 125);
@@ -149,7 +161,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(many(a.dnsOption).length > 0 ? { dnsOptions: many(a.dnsOption) } : {}),
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
-      ...(shmSize !== undefined ? { shmSize } : {}),
+      ...(shmSize !== undefined ? { shmSize } : {}), ...(resources ? { resources } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),

@@ -22,6 +22,7 @@ import { processAlive } from '../daemon/registry.js';
 import * as N from '../native/index.js';
 import { isKernelWhiteout, isOpaqueDir, OCI_OPAQUE, OCI_WHITEOUT_PREFIX } from '../union/whiteout.js';
 import { childPids, containerEnv } from './run.js';
+import { cgroupDirs } from './cgroups.js';
 import type { ContainerRecord } from './store.js';
 import { type ImageConfig, ImageError } from './types.js';
 import { capabilityMask, rlimitArgs, settingsOf } from './settings.js';
@@ -260,7 +261,7 @@ export function spawnInContainer(config: ImageConfig, rec: ContainerRecord, argv
   // strata-run-exec joins the mount namespace itself (--enter): once nsenter is in it, the host's
   // programs are out of reach (the container's root is that namespace's root).
   return spawn('nsenter', ['--target', String(init), '--pid', '--uts', '--net', '--',
-    RUN_EXEC, '--enter', String(init), '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd,
+    RUN_EXEC, '--enter', String(init), ...cgroupDirs(rec.id).flatMap((d) => ['--cgroup', d]), '--caps', opts.privileged ? capabilityMask({ privileged: true }) : capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd,
     String(user.uid), String(user.gid), user.groups.join(','), ...argv], { stdio, env, detached });
 }
 

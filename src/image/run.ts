@@ -35,6 +35,7 @@ import { monitorHealth } from './health.js';
 import { LogWriter, logPath } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
+import { createCgroup, hasLimits, oomKilled, removeCgroup } from './cgroups.js';
 import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
@@ -233,8 +234,8 @@ export function childPids(pid: number): number[] {
 
 /** Runs argv in the container's namespaces; resolves with the exit status (128+n for a signal). */
 function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<string, string>, wd: string, etcBinds: readonly string[],
-  user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, onStarted?: (unsharePid: number) => void,
-  output?: number | LogWriter): Promise<number> {
+  user: ExecUser, hostname: string, mounts: readonly string[], settings: ContainerSettings, cgroups: readonly string[],
+  onStarted?: (unsharePid: number) => void, output?: number | LogWriter): Promise<number> {
   // bin/strata-run-ns (and with it the whole PID namespace) dies with this process, if it is
   // killed: no container is left running without the process that records its end and unmounts it.
   const isolated = settings.network === 'none';
@@ -247,7 +248,7 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // (a logged command writes into real pipes: once a reader of strata's own output is gone, its next
   // write there gets SIGPIPE, as without strata between; node's stdio pipes are socketpairs)
   const pipes = output instanceof LogWriter ? [N.pipe(), N.pipe()] : null;
-  const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), '--',
+  const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), ...cgroups.flatMap((d) => ['--cgroup', d]), '--',
     RUN_EXEC, '--pivot', '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output]
       : [output.echo ? 'inherit' : 'ignore', pipes![0]![1], pipes![1]![1]],
@@ -433,6 +434,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   let status = 125;
   let stubs: EtcStubs | null = null;
   let logFd: number | null = null;
+  let cgroups: string[] = [];
   // Nothing ran: the user could not be resolved.
   let refused = false;
   // A stop signal before the command runs (while mounting): do not start it, clean up.
@@ -459,6 +461,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
     opts.prepare?.(rec.merged);
     const mounts = mountLines(store, rec, settings.mounts ?? [], opts.madeMountPoints);
+    // (--memory, --cpus, --pids-limit, ...: a control group of its own; removed at the end)
+    if (hasLimits(settings.resources)) cgroups = createCgroup(rec.id, settings.resources);
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (stopped) {
       status = 130;
@@ -481,7 +485,7 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
       try {
         for (;;) {
           let stopHealth = (): void => {};
-          status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, (unsharePid) => {
+          status = await runInNamespaces(rec, argv, env, wd, etcBinds, user, hostname, mounts, settings, cgroups, (unsharePid) => {
             recorded = withStore(store, (s) => s.updateContainer(rec.id, { state: 'running', unsharePid, started: new Date().toISOString(), restartCount: restarts }))
               .then(() => {
                 // (the health check runs while the command does: HEALTHCHECK, --health-*; none in a build)
@@ -509,20 +513,23 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   } finally {
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (logFd !== null) closeSync(logFd);
-    await finishRun(store, rec, status, stubs, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)));
+    await finishRun(store, rec, status, stubs, (opts.rm ?? false) || (settings.autoRemove ?? false) || (refused && (opts.removeIfRefused ?? false)), cgroups);
   }
   return status;
 }
 
-async function finishRun(store: string, rec: ContainerRecord, status: number, stubs: EtcStubs | null, remove: boolean): Promise<void> {
+async function finishRun(store: string, rec: ContainerRecord, status: number, stubs: EtcStubs | null, remove: boolean, cgroups: readonly string[]): Promise<void> {
   try {
     await unmountIfMounted(rec.merged);
   } catch (e) {
     process.stderr.write(`strata: cannot unmount ${rec.merged}: ${(e as Error).message}\n`);
   }
   if (stubs) removeEtcStubs(rec.upper, stubs);
+  // (docker's State.OOMKilled: the kernel killed a process of the container for want of memory)
+  const oom = oomKilled(cgroups);
+  await removeCgroup(cgroups);
   await withStore(store, async (s) => {
     if (remove) await s.removeContainer(rec.id, { exitCode: status });
-    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined, paused: false });
+    else await s.updateContainer(rec.id, { state: 'exited', exitCode: status, finished: new Date().toISOString(), monitorPid: undefined, unsharePid: undefined, paused: false, oomKilled: oom });
   });
 }

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, posix } from 'node:path';
+import type { Resources } from './cgroups.js';
 import type { ContainerRecord } from './store.js';
 import { ImageError, type ImageConfig } from './types.js';
 
@@ -65,6 +66,8 @@ export interface ContainerSettings {
   stopTimeout?: number;
   /** --shm-size: bytes of the container's /dev/shm (default SHM_SIZE_DEFAULT). */
   shmSize?: number;
+  /** --memory, --memory-swap, --cpus, --cpu-shares, --pids-limit: the container's control group (cgroups.ts). */
+  resources?: Resources;
 }
 
 /** The size of a container's /dev/shm without --shm-size: docker's and podman's 64 MiB. */
@@ -75,11 +78,59 @@ export const SHM_SIZE_DEFAULT = 64 * 1024 * 1024;
  * or p (powers of 1024; an "i" and a "b" may follow, "512MiB", "1gb"). Docker's 0 means its default.
  */
 export function parseShmSize(v: string): number {
-  const m = /^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$/.exec(v);
-  if (!m) bad(`--shm-size ${v}: expected a size in bytes, or with a unit (64m, 1g)`);
-  const n = Math.floor(Number(m[1]) * 1024 ** (m[2] ? 'kmgtp'.indexOf(m[2].toLowerCase()) + 1 : 0));
-  if (!Number.isSafeInteger(n)) bad(`--shm-size ${v}: too large`);
+  const n = ramInBytes('--shm-size', v);
   return n === 0 ? SHM_SIZE_DEFAULT : n;
+}
+
+/** go-units' RAMInBytes (see parseShmSize), for `flag`. */
+function ramInBytes(flag: string, v: string): number {
+  const m = /^(\d+(?:\.\d+)?) ?([kKmMgGtTpP])?[iI]?[bB]?$/.exec(v);
+  if (!m) bad(`${flag} ${v}: expected a size in bytes, or with a unit (64m, 1g)`);
+  const n = Math.floor(Number(m[1]) * 1024 ** (m[2] ? 'kmgtp'.indexOf(m[2].toLowerCase()) + 1 : 0));
+  if (!Number.isSafeInteger(n)) bad(`${flag} ${v}: too large`);
+  return n;
+}
+
+/**
+ * --memory, --memory-swap, --cpus, --cpu-shares and --pids-limit, checked as docker checks them: a
+ * memory limit of 6 MiB at least; a swap limit (memory and swap together; -1: unlimited) only with
+ * a memory limit and not below it, twice the memory when not given; from 0.01 CPUs to as many as
+ * the host has; shares of 2 or more; a process limit above 0 (0 or -1: none).
+ */
+export function parseResources(f: { memory?: string; memorySwap?: string; cpus?: string; cpuShares?: string; pidsLimit?: string }, hostCpus: number): Resources | undefined {
+  const r: Resources = {};
+  if (f.memory !== undefined) {
+    const memory = ramInBytes('--memory', f.memory);
+    if (memory > 0) {
+      if (memory < 6 * 1024 * 1024) bad(`--memory ${f.memory}: the minimum memory limit is 6MB`);
+      r.memory = memory;
+    }
+  }
+  if (f.memorySwap !== undefined) {
+    const swap = f.memorySwap === '-1' ? -1 : ramInBytes('--memory-swap', f.memorySwap);
+    if (r.memory === undefined && swap !== 0) bad('--memory-swap needs --memory: set the memory limit too');
+    if (swap > 0 && swap < r.memory!) bad(`--memory-swap ${f.memorySwap}: below the memory limit (it is memory and swap together)`);
+    if (swap !== 0) r.memorySwap = swap;
+  }
+  if (r.memory !== undefined && r.memorySwap === undefined) r.memorySwap = 2 * r.memory;
+  if (f.cpus !== undefined) {
+    const cpus = Number(f.cpus);
+    if (!/^\d*\.?\d+$/.test(f.cpus) || !Number.isFinite(cpus)) bad(`--cpus ${f.cpus}: expected a number of CPUs (1.5)`);
+    if (cpus > 0) {
+      if (cpus < 0.01 || cpus > hostCpus) bad(`--cpus ${f.cpus}: the range of CPUs is from 0.01 to ${hostCpus.toFixed(2)}, as there are only ${hostCpus} CPUs available`);
+      r.nanoCpus = Math.round(cpus * 1e9);
+    }
+  }
+  if (f.cpuShares !== undefined) {
+    if (!/^\d+$/.test(f.cpuShares)) bad(`--cpu-shares ${f.cpuShares}: expected a whole number`);
+    const shares = Number(f.cpuShares);
+    if (shares > 0) r.cpuShares = Math.min(262144, Math.max(2, shares));
+  }
+  if (f.pidsLimit !== undefined) {
+    if (!/^-?\d+$/.test(f.pidsLimit)) bad(`--pids-limit ${f.pidsLimit}: expected a whole number (-1: no limit)`);
+    if (Number(f.pidsLimit) > 0) r.pidsLimit = Number(f.pidsLimit);
+  }
+  return Object.keys(r).length > 0 ? r : undefined;
 }
 
 /** Docker's config.Healthcheck: Test (["NONE"], ["CMD", ...] or ["CMD-SHELL", "..."]), durations in ns. */

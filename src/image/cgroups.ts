@@ -1,0 +1,166 @@
+// A container's resource limits (docker run's --memory, --memory-swap, --cpus, --cpu-shares,
+// --pids-limit) as a control group of its own, `strata/<id>` at the root of the hierarchy (as
+// docker's and podman's cgroupfs drivers place theirs: /docker/<id>, /libpod_parent/libpod-<id>).
+// Both kinds of hierarchy: cgroup v2 (one unified tree: memory.max, memory.swap.max, cpu.max,
+// cpu.weight, pids.max) and v1 (a tree per controller: memory.limit_in_bytes,
+// memory.memsw.limit_in_bytes, cpu.cfs_quota_us, cpu.shares, pids.max). strata-run-ns joins the
+// group before it makes the container's namespaces (so pid 1 and everything it starts are in it),
+// strata-run-exec before an exec's command runs; the monitor removes it when the command has ended,
+// after reading whether the kernel killed something there for want of memory (docker's OOMKilled).
+
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ImageError } from './types.js';
+
+/** The limits (docker's HostConfig fields; absent: none). */
+export interface Resources {
+  /** --memory: bytes. */
+  memory?: number;
+  /** --memory-swap: memory and swap together, bytes; -1 unlimited swap. Docker's default with --memory: twice the memory. */
+  memorySwap?: number;
+  /** --cpus, in billionths of a CPU (docker's NanoCpus). */
+  nanoCpus?: number;
+  /** --cpu-shares: a relative weight (1024 by default). */
+  cpuShares?: number;
+  /** --pids-limit: processes and threads at most. */
+  pidsLimit?: number;
+}
+
+const ROOT = '/sys/fs/cgroup';
+const GROUP = 'strata';
+/** cpu.cfs_period_us / cpu.max's period: docker's 100 ms. */
+const CPU_PERIOD_US = 100_000;
+
+type Hierarchy = { v2: string } | { v1: Map<string, string> };
+
+/** Where the controllers are: the unified tree (v2), or each v1 controller's mount point. */
+function hierarchy(): Hierarchy {
+  if (existsSync(join(ROOT, 'cgroup.controllers'))) return { v2: ROOT };
+  const v1 = new Map<string, string>();
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [pre, post] = line.split(' - ');
+    if (!pre || !post) continue;
+    const [fstype, , superOpts] = post.split(' ');
+    if (fstype !== 'cgroup') continue;
+    const mountPoint = pre.split(' ')[4]!;
+    for (const opt of (superOpts ?? '').split(',')) if (['memory', 'cpu', 'pids'].includes(opt) && !v1.has(opt)) v1.set(opt, mountPoint);
+  }
+  return { v1 };
+}
+
+/** The controllers the limits need. */
+function controllers(r: Resources): string[] {
+  return [
+    ...(r.memory !== undefined || r.memorySwap !== undefined ? ['memory'] : []),
+    ...(r.nanoCpus !== undefined || r.cpuShares !== undefined ? ['cpu'] : []),
+    ...(r.pidsLimit !== undefined ? ['pids'] : []),
+  ];
+}
+
+export function hasLimits(r: Resources | undefined): r is Resources {
+  return r !== undefined && controllers(r).length > 0;
+}
+
+function write(dir: string, file: string, value: string): void {
+  try {
+    writeFileSync(join(dir, file), value);
+  } catch (e) {
+    throw new ImageError(`cannot set ${file} of the container's control group to ${value}: ${(e as Error).message}`, 125);
+  }
+}
+
+/** The container's control group directories that exist (one, or one per v1 controller). */
+export function cgroupDirs(id: string): string[] {
+  let h: Hierarchy;
+  try {
+    h = hierarchy();
+  } catch {
+    return [];
+  }
+  const dirs = 'v2' in h ? [join(h.v2, GROUP, id)] : [...new Set(h.v1.values())].map((m) => join(m, GROUP, id));
+  return dirs.filter((d) => existsSync(d));
+}
+
+/**
+ * Makes the container's control group with its limits; returns the directories to join (their
+ * cgroup.procs). A group left by a monitor that was killed is used again.
+ */
+export function createCgroup(id: string, r: Resources): string[] {
+  const need = controllers(r);
+  const h = hierarchy();
+  if ('v2' in h) {
+    const available = readFileSync(join(h.v2, 'cgroup.controllers'), 'utf8').trim().split(/\s+/);
+    const missing = need.filter((c) => !available.includes(c));
+    if (missing.length > 0) throw new ImageError(`this host's control groups have no ${missing.join(', ')} controller: the container's limits cannot be set`, 125);
+    // (each level hands the controllers down to the next)
+    const enable = need.map((c) => `+${c}`).join(' ');
+    write(h.v2, 'cgroup.subtree_control', enable);
+    const parent = join(h.v2, GROUP);
+    mkdirSync(parent, { recursive: true });
+    write(parent, 'cgroup.subtree_control', enable);
+    const dir = join(parent, id);
+    mkdirSync(dir, { recursive: true });
+    if (r.memory !== undefined) write(dir, 'memory.max', String(r.memory));
+    if (r.memorySwap !== undefined && existsSync(join(dir, 'memory.swap.max'))) {
+      write(dir, 'memory.swap.max', r.memorySwap < 0 ? 'max' : String(r.memorySwap - (r.memory ?? 0)));
+    }
+    if (r.nanoCpus !== undefined) write(dir, 'cpu.max', `${Math.round((r.nanoCpus / 1e9) * CPU_PERIOD_US)} ${CPU_PERIOD_US}`);
+    // (runc's conversion of shares, 2..262144, to a weight, 1..10000)
+    if (r.cpuShares !== undefined) write(dir, 'cpu.weight', String(1 + Math.floor(((r.cpuShares - 2) * 9999) / 262142)));
+    if (r.pidsLimit !== undefined) write(dir, 'pids.max', String(r.pidsLimit));
+    return [dir];
+  }
+  const dirs = new Map<string, string>();
+  for (const c of need) {
+    const mount = h.v1.get(c);
+    if (!mount) throw new ImageError(`this host's control groups have no ${c} controller: the container's limits cannot be set`, 125);
+    const dir = join(mount, GROUP, id);
+    mkdirSync(dir, { recursive: true });
+    dirs.set(c, dir);
+  }
+  const mem = dirs.get('memory');
+  if (mem) {
+    if (r.memory !== undefined) write(mem, 'memory.limit_in_bytes', String(r.memory));
+    // (memsw exists where the kernel accounts swap; it must not be below the memory limit)
+    if (r.memorySwap !== undefined && existsSync(join(mem, 'memory.memsw.limit_in_bytes'))) write(mem, 'memory.memsw.limit_in_bytes', String(r.memorySwap));
+  }
+  const cpu = dirs.get('cpu');
+  if (cpu) {
+    if (r.nanoCpus !== undefined) {
+      write(cpu, 'cpu.cfs_period_us', String(CPU_PERIOD_US));
+      write(cpu, 'cpu.cfs_quota_us', String(Math.round((r.nanoCpus / 1e9) * CPU_PERIOD_US)));
+    }
+    if (r.cpuShares !== undefined) write(cpu, 'cpu.shares', String(r.cpuShares));
+  }
+  const pids = dirs.get('pids');
+  if (pids && r.pidsLimit !== undefined) write(pids, 'pids.max', String(r.pidsLimit));
+  return [...new Set(dirs.values())];
+}
+
+/** Did the kernel kill a process of the group for want of memory (memory.events or memory.oom_control's oom_kill)? */
+export function oomKilled(dirs: readonly string[]): boolean {
+  for (const dir of dirs) {
+    for (const file of ['memory.events', 'memory.oom_control']) {
+      try {
+        const m = /^oom_kill (\d+)$/m.exec(readFileSync(join(dir, file), 'utf8'));
+        if (m && Number(m[1]) > 0) return true;
+      } catch {
+        // not this kind of hierarchy, or not this controller
+      }
+    }
+  }
+  return false;
+}
+
+/** Removes the group (once its processes are gone: a few tries while the last ones exit). */
+export async function removeCgroup(dirs: readonly string[]): Promise<void> {
+  for (const dir of dirs) {
+    for (let i = 0; i < 50 && existsSync(dir); i++) {
+      try {
+        rmdirSync(dir);
+      } catch {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+}
