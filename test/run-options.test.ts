@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { run, type RunResult, waitFor } from './helpers/exec.js';
 import { debianInBoth, PODMAN_RUN } from './helpers/image-store.js';
-import { rootfsTar, testStore } from './helpers/images.js';
+import { rootfsTar, testStore, type TestStore } from './helpers/images.js';
 import { mountsUnder } from './helpers/mounts.js';
 import { processesTagged, taggedEnvKilledAtEnd } from './helpers/processes.js';
 import { strataBin } from './helpers/paths.js';
@@ -21,6 +21,37 @@ function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern
   t.is(r.status, status, r.stderr);
   t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.regex(r.stderr, pattern);
+}
+
+/**
+ * A store with the busybox test image as base:1, and strata run against it; every process the test
+ * starts is tagged and killed at its end, and the control groups its containers' monitors did not
+ * get to remove (a test failing halfway) are removed after that, before the store goes.
+ */
+function busyboxStore(t: ExecutionContext, prefix: string): { base: string; s: TestStore; tag: string; strata: (args: readonly string[]) => RunResult; ok: (args: readonly string[]) => string } {
+  const base = tempDir(t, prefix);
+  const s = testStore(t, base);
+  t.teardown(() => {
+    const ids = fs.existsSync(path.join(s.dir, 'containers')) ? fs.readdirSync(path.join(s.dir, 'containers')) : [];
+    for (const id of ids) {
+      for (const c of ['memory', 'cpu', 'pids', '']) {
+        try {
+          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
+        } catch {
+          // not there
+        }
+      }
+    }
+  });
+  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
+  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
+  const ok = (args: readonly string[]): string => {
+    const r = strata(args);
+    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
+    return r.stdout;
+  };
+  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  return { base, s, tag, strata, ok };
 }
 
 test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs, --cap-*, --ulimit: what podman run prints for the same', (t) => {
@@ -86,16 +117,7 @@ test('run -e, --env-file, -w, --entrypoint, --hostname, -v, --mount, --tmpfs, --
 });
 
 test('run and create: settings kept by the container (exec, start again), --dns*, --rm with -d, the image\'s VOLUMEs, mount points behind image symlinks, refusals, strata volume', async (t) => {
-  const base = tempDir(t, 'ro2');
-  const s = testStore(t, base);
-  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
-  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
-  const ok = (args: readonly string[]): string => {
-    const r = strata(args);
-    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
-    return r.stdout;
-  };
-  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  const { base, s, tag, strata, ok } = busyboxStore(t, 'ro2');
   const host = path.join(base, 'host');
   fs.mkdirSync(host);
   fs.writeFileSync(path.join(host, 'f'), 'host file\n');
@@ -247,30 +269,7 @@ test('run and create: settings kept by the container (exec, start again), --dns*
 });
 
 test('--memory, --memory-swap, --cpus, --cpu-shares, --pids-limit: a control group of the container\'s own (exec joins it), limits the kernel enforces, OOMKilled; docker\'s refusals', async (t) => {
-  const base = tempDir(t, 'cg');
-  const s = testStore(t, base);
-  // (run after the processes are killed, before the store goes: the groups of containers whose
-  // monitor did not get to remove them, when the test fails halfway)
-  t.teardown(() => {
-    const ids = fs.existsSync(path.join(s.dir, 'containers')) ? fs.readdirSync(path.join(s.dir, 'containers')) : [];
-    for (const id of ids) {
-      for (const c of ['memory', 'cpu', 'pids', '']) {
-        try {
-          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
-        } catch {
-          // not there
-        }
-      }
-    }
-  });
-  const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
-  const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
-  const ok = (args: readonly string[]): string => {
-    const r = strata(args);
-    if (r.status !== 0) t.fail(`strata ${args.join(' ')}: exit ${r.status}: ${r.stderr.trim()}`);
-    return r.stdout;
-  };
-  ok(['image', 'import', rootfsTar(t, base), 'base:1']);
+  const { s, tag, strata, ok } = busyboxStore(t, 'cg');
   const inspect = (name: string): Record<string, any> => (JSON.parse(ok(['inspect', name])) as Record<string, any>[])[0]!;
 
   // Over its memory limit the command is killed (137), and inspect says why; under a larger one the same runs.
