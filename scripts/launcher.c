@@ -53,7 +53,7 @@ static const char *background_mountpoint(int argc, char **argv) {
   static const char *const others[] = {"umount", "unmount", "status", "cache", "bench", "help", "image", "run",
                                        "commit", "export", "container", "pull", "push", "login", "logout",
                                        "create", "start", "stop", "exec", "diff", "logs", "build", "ps", "rm",
-                                       "images", "rmi", "volume", "inspect", "kill", "wait", "restart", "cp", "save", "load", "tag", "history", "import", "system", "pause", "unpause", "rename", "top", NULL};
+                                       "images", "rmi", "volume", "inspect", "kill", "wait", "restart", "cp", "save", "load", "tag", "history", "import", "system", "pause", "unpause", "rename", "top", "stats", NULL};
   if (argc < 2) return NULL;
   for (int i = 0; others[i]; i++)
     if (strcmp(argv[1], others[i]) == 0) return NULL;

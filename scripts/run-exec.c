@@ -117,7 +117,8 @@ static int apply_rlimit(const char *spec) {
 static int join_cgroup(const char *dir) {
   char p[4200], pid[32];
   snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  /* ("0": the writer itself, whatever its pid namespace) */
+  int n = snprintf(pid, sizeof pid, "0\n");
   FILE *f = fopen(p, "w");
   if (!f) return fail(125, "cannot open", p);
   int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;

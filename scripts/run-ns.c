@@ -3,8 +3,8 @@
  *
  *   strata-run-ns [--net] [--init] [--cgroup DIR]... -- COMMAND [ARG...]
  *
- * With --cgroup, this process first joins the control group DIR (writes its pid to DIR/cgroup.procs;
- * one per v1 hierarchy): pid 1 and whatever it starts are then in it (src/image/cgroups.ts).
+ * With --cgroup, pid 1 joins the control group DIR first (one per v1 hierarchy): it and whatever it
+ * starts are in it, this process not (src/image/cgroups.ts).
  *
  * With --init, pid 1 stays a small init after the setup (docker run --init, as tini): COMMAND runs as
  * its child; it passes on every signal it gets, reaps the orphans the namespace hands it, and ends
@@ -60,7 +60,8 @@ static int fail(const char *what, const char *arg) {
 static int join_cgroup(const char *dir) {
   char p[4200], pid[32];
   snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  /* ("0": the writer itself, whatever its pid namespace) */
+  int n = snprintf(pid, sizeof pid, "0\n");
   FILE *f = fopen(p, "w");
   if (!f) return fail("open", p);
   int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;
@@ -283,13 +284,13 @@ static void run_as_init(char **cmd, const sigset_t *cmd_mask) {
 int main(int argc, char **argv) {
   int flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS;
   int init = 0;
+  const char *cgroups[8];
+  int ncgroups = 0;
   int i = 1;
   for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
     if (strcmp(argv[i], "--net") == 0) flags |= CLONE_NEWNET;
     else if (strcmp(argv[i], "--init") == 0) init = 1;
-    else if (strcmp(argv[i], "--cgroup") == 0 && i + 1 < argc) {
-      if (join_cgroup(argv[++i]) != 0) return 125;
-    }
+    else if (strcmp(argv[i], "--cgroup") == 0 && i + 1 < argc && ncgroups < 8) cgroups[ncgroups++] = argv[++i];
     else {
       fprintf(stderr, "strata-run-ns: unknown option %s\n", argv[i]);
       return 125;
@@ -321,6 +322,8 @@ int main(int argc, char **argv) {
     /* pid 1 of the new PID namespace: dies with this process, as unshare's --kill-child */
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) _exit(125);
+    for (int k = 0; k < ncgroups; k++)
+      if (join_cgroup(cgroups[k]) != 0) _exit(125);
     char *spec = getenv("STRATA_SETUP");
     if (spec) {
       spec = strdup(spec);

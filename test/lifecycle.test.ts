@@ -665,3 +665,39 @@ test('logs: stdout and stderr each on its own descriptor, -t, --since, --until, 
   t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
   t.deepEqual(mountsUnder(c.s.dir), []);
 });
+
+test('stats: CPU %, memory against its limit and processes of running containers, as docker stats; --no-stream, --format, -a', async (t) => {
+  const c = setup(t);
+  // A container that holds 20 MB, one that spins under --cpus 0.5, one that is not running.
+  c.ok(['create', '--name', 'holder', '--memory', '64m', 'base:1', 'sh', '-c', 'x=a; i=0; while [ $i -lt 24 ]; do x="$x$x"; i=$((i+1)); done; sleep 60; echo ${#x}']);
+  c.ok(['create', '--name', 'spin', '--cpus', '0.5', 'base:1', 'sh', '-c', 'while :; do :; done']);
+  c.ok(['create', '--name', 'idle', 'base:1', 'true']);
+  c.ok(['start', 'holder', 'spin']);
+  await new Promise((r) => setTimeout(r, 1500));
+  const text = c.ok(['stats', '--no-stream']);
+  const [header, ...lines] = text.trim().split('\n');
+  t.regex(header!, /^CONTAINER ID\s+NAME\s+CPU %\s+MEM USAGE \/ LIMIT\s+MEM %\s+NET I\/O\s+BLOCK I\/O\s+PIDS$/);
+  t.deepEqual(lines.map((l) => l.split(/\s+/)[1]).sort(), ['holder', 'spin'], 'the running ones');
+  const fields = (name: string): string[] => c.ok(['stats', '--no-stream', '--format', '{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.MemPerc}}|{{.PIDs}}', name]).trim().split('|');
+  const [, , holderMem, holderPerc, holderPids] = fields('holder');
+  // (the shell's 16 MiB string, kept while it waits for its sleep; under its 64 MiB limit)
+  const [used, limit] = holderMem!.split(' / ');
+  const mib = (v: string): number => Number(/^([\d.]+)MiB$/.exec(v)?.[1] ?? NaN);
+  t.true(mib(used!) >= 16 && mib(used!) < 64, holderMem);
+  t.is(limit, '64MiB');
+  t.is(Number(holderPerc!.replace('%', '')).toFixed(0), ((100 * mib(used!)) / 64).toFixed(0));
+  t.is(holderPids, '2', 'sh and its sleep');
+  const [, spinCpu, spinMem] = fields('spin');
+  const cpu = Number(spinCpu!.replace('%', ''));
+  t.true(cpu > 0 && cpu <= 60, `a busy loop under --cpus 0.5: ${spinCpu}`);
+  t.regex(spinMem!, / \/ [\d.]+GiB$/, 'no memory limit: the host\'s memory');
+  // -a adds the others, with no figures; a table format has docker's header
+  const all = c.ok(['stats', '-a', '--no-stream', '--format', 'table {{.Name}}\t{{.PIDs}}']).trim().split('\n');
+  t.deepEqual(all[0]!.split(/\s+/), ['NAME', 'PIDS']);
+  t.deepEqual(all.slice(1).map((l) => l.split(/\s+/)).sort(), [['holder', '2'], ['idle', '--'], ['spin', '1']]);
+  const bad = c.strata(['stats', '--no-stream', '--format', '{{.Nope}}']);
+  t.is(bad.status, 125);
+  t.regex(bad.stderr, /no field \.Nope/);
+  c.ok(['container', 'rm', '-f', 'holder', 'spin', 'idle']);
+  t.true(await waitFor(() => processesTagged(c.tag).length === 0, 10_000));
+});

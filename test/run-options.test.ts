@@ -25,24 +25,11 @@ function oneLineError(t: ExecutionContext, r: RunResult, status: number, pattern
 
 /**
  * A store with the busybox test image as base:1, and strata run against it; every process the test
- * starts is tagged and killed at its end, and the control groups its containers' monitors did not
- * get to remove (a test failing halfway) are removed after that, before the store goes.
+ * starts is tagged and killed at its end (then testStore removes the control groups left).
  */
 function busyboxStore(t: ExecutionContext, prefix: string): { base: string; s: TestStore; tag: string; strata: (args: readonly string[]) => RunResult; ok: (args: readonly string[]) => string } {
   const base = tempDir(t, prefix);
   const s = testStore(t, base);
-  t.teardown(() => {
-    const ids = fs.existsSync(path.join(s.dir, 'containers')) ? fs.readdirSync(path.join(s.dir, 'containers')) : [];
-    for (const id of ids) {
-      for (const c of ['memory', 'cpu', 'pids', '']) {
-        try {
-          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
-        } catch {
-          // not there
-        }
-      }
-    }
-  });
   const { tag, env } = taggedEnvKilledAtEnd(t, { STRATA_STORE: s.dir });
   const strata = (args: readonly string[]): RunResult => run(strataBin, args, { env, timeoutMs: 120_000 });
   const ok = (args: readonly string[]): string => {

@@ -192,11 +192,13 @@ async function main(): Promise<void> {
   const { INSPECT_OPTIONS, inspectCommand } = await import('./inspect.js');
   const { CP_OPTIONS, cpCommand } = await import('./cp.js');
   const { systemCommand } = await import('./system.js');
+  const { STATS_OPTIONS, statsCommand } = await import('./stats.js');
   const withCommand = { create: L.CREATE_OPTIONS, exec: L.EXEC_OPTIONS, top: L.WAIT_OPTIONS };
   const unknown = unknownOption(argv, {
     mount: { ...mountOptions, ...imageMountOptions }, pull: PULL_OPTIONS, push: PUSH_OPTIONS, login: LOGIN_OPTIONS, logout: LOGOUT_OPTIONS,
     ...withCommand, start: L.START_OPTIONS, stop: L.STOP_OPTIONS, diff: L.DIFF_OPTIONS, logs: L.LOGS_OPTIONS, build: BUILD_OPTIONS,
     kill: L.KILL_OPTIONS, wait: L.WAIT_OPTIONS, pause: L.WAIT_OPTIONS, unpause: L.WAIT_OPTIONS, rename: L.WAIT_OPTIONS, restart: L.RESTART_OPTIONS, inspect: INSPECT_OPTIONS, cp: CP_OPTIONS,
+    stats: STATS_OPTIONS,
   }, Object.keys(withCommand));
   if (unknown) fail(`unknown option ${unknown}`, 2);
   // `strata run IMAGE CMD...` (create IMAGE CMD..., exec CONTAINER CMD...): CMD is the container's, options and all.
@@ -265,6 +267,7 @@ async function main(): Promise<void> {
     .command(L.pauseCommands[1]!)
     .command(L.renameCommand)
     .command(L.topCommand(() => command))
+    .command(statsCommand)
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.

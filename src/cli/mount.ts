@@ -68,7 +68,7 @@ const BOOLEAN_OPTIONS: Record<string, 'foreground' | 'force' | 'cache'> = { fore
 // (every verb, as scripts/launcher.c lists them: `strata top C -o pid,args` is not a mount of C)
 const COMMANDS = new Set(['mount', 'umount', 'unmount', 'status', 'cache', 'bench', 'image', 'run', 'commit', 'export', 'container', 'help', 'pull',
   'push', 'login', 'logout', 'create', 'start', 'stop', 'exec', 'diff', 'logs', 'build', 'ps', 'rm', 'images', 'rmi', 'volume', 'inspect', 'kill',
-  'wait', 'restart', 'cp', 'save', 'load', 'tag', 'history', 'import', 'system', 'pause', 'unpause', 'rename', 'top']);
+  'wait', 'restart', 'cp', 'save', 'load', 'tag', 'history', 'import', 'system', 'pause', 'unpause', 'rename', 'top', 'stats']);
 
 /**
  * The arguments of `mount MOUNTPOINT [options]` or `[SOURCE] MOUNTPOINT -o ... [options]` in

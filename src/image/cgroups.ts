@@ -1,5 +1,5 @@
-// A container's resource limits (docker run's --memory, --memory-swap, --cpus, --cpu-shares,
-// --pids-limit) as a control group of its own, `strata/<id>` at the root of the hierarchy (as
+// A container's control group, with its resource limits (docker run's --memory, --memory-swap,
+// --cpus, --cpu-shares, --pids-limit) and what `strata stats` reads: a group of its own, `strata/<id>` at the root of the hierarchy (as
 // docker's and podman's cgroupfs drivers place theirs: /docker/<id>, /libpod_parent/libpod-<id>).
 // Both kinds of hierarchy: cgroup v2 (one unified tree: memory.max, memory.swap.max, cpu.max,
 // cpu.weight, pids.max) and v1 (a tree per controller: memory.limit_in_bytes,
@@ -43,10 +43,13 @@ function hierarchy(): Hierarchy {
     const [fstype, , superOpts] = post.split(' ');
     if (fstype !== 'cgroup') continue;
     const mountPoint = pre.split(' ')[4]!;
-    for (const opt of (superOpts ?? '').split(',')) if (['memory', 'cpu', 'pids'].includes(opt) && !v1.has(opt)) v1.set(opt, mountPoint);
+    for (const opt of (superOpts ?? '').split(',')) if (STATS_CONTROLLERS.includes(opt) && !v1.has(opt)) v1.set(opt, mountPoint);
   }
   return { v1 };
 }
+
+/** What `strata stats` reads, in every container's group: memory, CPU time, processes (cpuacct: v1's CPU time). */
+const STATS_CONTROLLERS = ['memory', 'cpu', 'cpuacct', 'pids'];
 
 /** The controllers the limits need. */
 function controllers(r: Resources): string[] {
@@ -82,18 +85,31 @@ export function cgroupDirs(id: string): string[] {
 }
 
 /**
- * Makes the container's control group with its limits; returns the directories to join (their
- * cgroup.procs). A group left by a monitor that was killed is used again.
+ * Makes the container's control group with its limits (a group is made for every container, as
+ * docker does, for `strata stats`); returns the directories to join (their cgroup.procs). A group left
+ * by a monitor that was killed is used again. Without limits, a host where groups cannot be made
+ * (no controllers, a read-only hierarchy) gives none: the container runs in strata's own.
  */
-export function createCgroup(id: string, r: Resources): string[] {
+export function createCgroup(id: string, r: Resources | undefined): string[] {
+  if (!hasLimits(r)) {
+    try {
+      return makeCgroup(id, {});
+    } catch {
+      return [];
+    }
+  }
+  return makeCgroup(id, r);
+}
+
+function makeCgroup(id: string, r: Resources): string[] {
   const need = controllers(r);
   const h = hierarchy();
   if ('v2' in h) {
     const available = readFileSync(join(h.v2, 'cgroup.controllers'), 'utf8').trim().split(/\s+/);
     const missing = need.filter((c) => !available.includes(c));
     if (missing.length > 0) throw new ImageError(`this host's control groups have no ${missing.join(', ')} controller: the container's limits cannot be set`, 125);
-    // (each level hands the controllers down to the next)
-    const enable = need.map((c) => `+${c}`).join(' ');
+    // (each level hands the controllers down to the next: those the limits need, and those stats reads where there are)
+    const enable = [...new Set([...need, ...STATS_CONTROLLERS.filter((c) => available.includes(c))])].map((c) => `+${c}`).join(' ');
     write(h.v2, 'cgroup.subtree_control', enable);
     const parent = join(h.v2, GROUP);
     mkdirSync(parent, { recursive: true });
@@ -110,10 +126,11 @@ export function createCgroup(id: string, r: Resources): string[] {
     if (r.pidsLimit !== undefined) write(dir, 'pids.max', String(r.pidsLimit));
     return [dir];
   }
-  const dirs = new Map<string, string>();
   for (const c of need) {
-    const mount = h.v1.get(c);
-    if (!mount) throw new ImageError(`this host's control groups have no ${c} controller: the container's limits cannot be set`, 125);
+    if (!h.v1.has(c)) throw new ImageError(`this host's control groups have no ${c} controller: the container's limits cannot be set`, 125);
+  }
+  const dirs = new Map<string, string>();
+  for (const [c, mount] of h.v1) {
     const dir = join(mount, GROUP, id);
     mkdirSync(dir, { recursive: true });
     dirs.set(c, dir);
@@ -135,6 +152,65 @@ export function createCgroup(id: string, r: Resources): string[] {
   const pids = dirs.get('pids');
   if (pids && r.pidsLimit !== undefined) write(pids, 'pids.max', String(r.pidsLimit));
   return [...new Set(dirs.values())];
+}
+
+/** A sample of a container's group: CPU time used (ns), memory in use and its limit (bytes), processes. */
+export interface CgroupSample {
+  cpuNs: number;
+  memory: number;
+  memoryLimit: number;
+  pids: number;
+}
+
+/** A number from a file of the group (undefined: no such file, or "max"). */
+function readNumber(dir: string, file: string): number | undefined {
+  try {
+    const v = readFileSync(join(dir, file), 'utf8').trim();
+    return /^\d+$/.test(v) ? Number(v) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A KEY VALUE line of a stat file of the group. */
+function readStat(dir: string, file: string, key: string): number | undefined {
+  try {
+    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(readFileSync(join(dir, file), 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What the container's group uses now, or null when it has none. Memory as docker counts it: what
+ * the group is charged for, less its inactive file pages (page cache the kernel takes back first).
+ */
+export function sampleCgroup(id: string, hostMemory: number): CgroupSample | null {
+  const dirs = cgroupDirs(id);
+  if (dirs.length === 0) return null;
+  const h = hierarchy();
+  const at = (c: string): string => ('v2' in h ? dirs[0]! : join(h.v1.get(c) ?? '/nonexistent', GROUP, id));
+  if ('v2' in h) {
+    const dir = at('');
+    const used = readNumber(dir, 'memory.current') ?? 0;
+    const limit = readNumber(dir, 'memory.max');
+    return {
+      cpuNs: (readStat(dir, 'cpu.stat', 'usage_usec') ?? 0) * 1000,
+      memory: Math.max(0, used - (readStat(dir, 'memory.stat', 'inactive_file') ?? 0)),
+      memoryLimit: limit !== undefined && limit < hostMemory ? limit : hostMemory,
+      pids: readNumber(dir, 'pids.current') ?? 0,
+    };
+  }
+  const mem = at('memory');
+  const used = readNumber(mem, 'memory.usage_in_bytes') ?? 0;
+  const limit = readNumber(mem, 'memory.limit_in_bytes');
+  return {
+    cpuNs: readNumber(at('cpuacct'), 'cpuacct.usage') ?? 0,
+    memory: Math.max(0, used - (readStat(mem, 'memory.stat', 'total_inactive_file') ?? 0)),
+    memoryLimit: limit !== undefined && limit < hostMemory ? limit : hostMemory,
+    pids: readNumber(at('pids'), 'pids.current') ?? 0,
+  };
 }
 
 /** Did the kernel kill a process of the group for want of memory (memory.events or memory.oom_control's oom_kill)? */

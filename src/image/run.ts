@@ -35,7 +35,7 @@ import { monitorHealth } from './health.js';
 import { LogWriter, logPath } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
-import { createCgroup, hasLimits, oomKilled, removeCgroup } from './cgroups.js';
+import { createCgroup, oomKilled, removeCgroup } from './cgroups.js';
 import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
@@ -461,8 +461,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
     const wd = settings.workdir ?? (config.config?.WorkingDir || '/');
     opts.prepare?.(rec.merged);
     const mounts = mountLines(store, rec, settings.mounts ?? [], opts.madeMountPoints);
-    // (--memory, --cpus, --pids-limit, ...: a control group of its own; removed at the end)
-    if (hasLimits(settings.resources)) cgroups = createCgroup(rec.id, settings.resources);
+    // (a control group of its own, with --memory, --cpus, --pids-limit, ...; removed at the end)
+    cgroups = createCgroup(rec.id, settings.resources);
     for (const sig of STOP_SIGNALS) process.off(sig, early);
     if (stopped) {
       status = 130;

@@ -20,6 +20,20 @@ export interface TestStore {
 /** A fresh store below a temp dir; at teardown, mounts below it are detached by tempDir's removal. */
 export function testStore(t: ExecutionContext, base = tempDir(t, 'st')): TestStore {
   const dir = path.join(base, 'store');
+  // (run after the test's processes are killed, before the store goes: the control groups of
+  // containers whose monitor did not get to remove them, killed by the test or failing halfway)
+  t.teardown(() => {
+    const ids = fs.existsSync(path.join(dir, 'containers')) ? fs.readdirSync(path.join(dir, 'containers')) : [];
+    for (const id of ids) {
+      for (const c of ['memory', 'cpu', 'cpuacct', 'pids', '']) {
+        try {
+          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
+        } catch {
+          // not there
+        }
+      }
+    }
+  });
   const env = { ...process.env, STRATA_STORE: dir };
   const strata = (args: readonly string[], timeoutMs = 300_000): RunResult => run(strataBin, args, { env, timeoutMs });
   const ok = (args: readonly string[], timeoutMs?: number): string => {

@@ -1,0 +1,134 @@
+// `strata stats [CONTAINER...]`: what running containers use, as `docker stats` shows it: CPU % (of
+// one CPU, over the last interval), memory in use against its limit (the container's --memory, else
+// the host's memory), processes; read from each container's control group (src/image/cgroups.ts).
+// It refreshes every second until interrupted; --no-stream prints one table (two samples, a second
+// apart, as docker needs them for CPU %). --format takes docker's fields: {{.Container}} {{.ID}}
+// {{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.MemPerc}} {{.NetIO}} {{.BlockIO}} {{.PIDs}}, with an
+// optional "table " prefix for a header. Network and block I/O are not counted ("--"): containers
+// use the host's network, and strata makes no block I/O group.
+
+import type { Argv, CommandModule } from 'yargs';
+import { guarded, out, storeDirOf, storeOption } from './options.js';
+
+export const STATS_OPTIONS = {
+  store: storeOption,
+  all: { alias: 'a', type: 'boolean', default: false, describe: 'all containers (default: the running ones)' },
+  stream: { type: 'boolean', default: true, describe: 'refresh every second (--no-stream: print one table and end)' },
+  trunc: { type: 'boolean', default: true, describe: 'IDs of 12 digits (--no-trunc: whole)' },
+  format: { type: 'string', describe: 'a template per container: {{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.MemPerc}} {{.PIDs}} ...; "table TEMPLATE" adds a header' },
+} as const;
+
+interface StatsArgs {
+  store?: string;
+  containers?: string[];
+  all: boolean;
+  stream: boolean;
+  trunc: boolean;
+  format?: string;
+}
+
+/** docker's fields of a row. */
+interface Row {
+  Container: string;
+  ID: string;
+  Name: string;
+  CPUPerc: string;
+  MemUsage: string;
+  MemPerc: string;
+  NetIO: string;
+  BlockIO: string;
+  PIDs: string;
+}
+
+const HEADERS: Record<keyof Row, string> = {
+  Container: 'CONTAINER', ID: 'CONTAINER ID', Name: 'NAME', CPUPerc: 'CPU %', MemUsage: 'MEM USAGE / LIMIT', MemPerc: 'MEM %',
+  NetIO: 'NET I/O', BlockIO: 'BLOCK I/O', PIDs: 'PIDS',
+};
+const DEFAULT_FORMAT = 'table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}';
+const FIELD = /\{\{\s*\.([A-Za-z]+)\s*\}\}/g;
+
+/** go-units' BytesSize: 4 significant digits and a binary unit ("1.234MiB", "64MiB"). */
+export function bytesSize(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${Number(n.toPrecision(4))}${units[i]}`;
+}
+
+function render(format: string, row: Row): string {
+  return format.replace(FIELD, (_m, f: string) => (f in row ? row[f as keyof Row] : '<no value>')).replace(/\\t/g, '\t').replace(/\\n/g, '\n');
+}
+
+/** Tab-separated cells in columns three spaces apart, as docker's tables. */
+function columns(lines: string[][]): string {
+  const widths: number[] = [];
+  for (const l of lines) l.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  return lines.map((l) => l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('')).join('\n');
+}
+
+export const statsCommand: CommandModule = {
+  command: 'stats [containers..]',
+  describe: 'what running containers use (CPU %, memory, processes), as docker stats; every second until interrupted, or once (--no-stream)',
+  builder: (y: Argv) => y.positional('containers', { type: 'string', array: true }).options(STATS_OPTIONS),
+  handler: guarded(async (a) => {
+    const args = a as unknown as StatsArgs;
+    const [{ withStore }, { isActive }, { sampleCgroup }, { ImageError }, os] = await Promise.all([import('../image/store.js'),
+      import('../image/lifecycle.js'), import('../image/cgroups.js'), import('../image/types.js'), import('node:os')]);
+    const format = args.format ?? DEFAULT_FORMAT;
+    const unknownField = [...format.matchAll(FIELD)].map((m) => m[1]!).find((f) => !(f in HEADERS));
+    if (unknownField !== undefined) throw new ImageError(`--format: no field .${unknownField} (${Object.keys(HEADERS).map((k) => `.${k}`).join(' ')})`, 125);
+    const store = await storeDirOf(args);
+    const named = args.containers ?? [];
+    // The containers (named ones must exist; without names, the running ones, or all with -a).
+    const pick = (): Promise<{ id: string; name: string; running: boolean }[]> => withStore(store, async (s) => {
+      const recs = named.length > 0 ? await Promise.all(named.map((n) => s.getContainer(n))) : await s.listContainers();
+      return recs.map((r) => ({ id: r.id, name: r.name, running: (r.state === 'running' || r.state === 'starting') && isActive(r) }))
+        .filter((r) => named.length > 0 || args.all || r.running);
+    });
+    const hostMemory = os.totalmem();
+    const cpus = os.availableParallelism();
+    let previous = new Map<string, { cpuNs: number; at: bigint }>();
+    const sample = (list: { id: string }[]): Map<string, { cpuNs: number; at: bigint; memory: number; memoryLimit: number; pids: number } | null> =>
+      new Map(list.map((c) => {
+        const s = sampleCgroup(c.id, hostMemory);
+        return [c.id, s ? { ...s, at: process.hrtime.bigint() } : null];
+      }));
+    const table = (list: { id: string; name: string; running: boolean }[], now: ReturnType<typeof sample>): string => {
+      const rows: Row[] = list.map((c) => {
+        const s = c.running ? now.get(c.id) : null;
+        const before = previous.get(c.id);
+        // (CPU time over wall time, in % of one CPU: 200% is two CPUs busy, as docker counts it)
+        const cpu = s && before && s.at > before.at ? Math.min(100 * cpus, (100 * (s.cpuNs - before.cpuNs)) / Number(s.at - before.at)) : 0;
+        return {
+          Container: args.trunc ? c.name : c.id, ID: args.trunc ? c.id.slice(0, 12) : c.id, Name: c.name,
+          CPUPerc: s ? `${Math.max(0, cpu).toFixed(2)}%` : '--',
+          MemUsage: s ? `${bytesSize(s.memory)} / ${bytesSize(s.memoryLimit)}` : '-- / --',
+          MemPerc: s ? `${((100 * s.memory) / s.memoryLimit).toFixed(2)}%` : '--',
+          NetIO: '--', BlockIO: '--', PIDs: s ? String(s.pids) : '--',
+        };
+      });
+      if (!format.startsWith('table')) return rows.map((r) => render(format, r)).join('\n');
+      const body = format.replace(/^table\s*/, '');
+      const header = body.replace(FIELD, (_m, f: string) => HEADERS[f as keyof Row]);
+      return columns([header, ...rows.map((r) => render(body, r))].map((l) => l.replace(/\\t/g, '\t').split('\t')));
+    };
+    let list = await pick();
+    previous = new Map([...sample(list)].flatMap(([id, s]) => (s ? [[id, s] as const] : [])));
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const now = sample(list);
+      const text = table(list, now);
+      if (!args.stream) {
+        if (text.length > 0) out(text);
+        process.exit(0);
+      }
+      // (the screen cleared and the table at its top, as docker's)
+      process.stdout.write(`\x1b[2J\x1b[H${text}\n`);
+      previous = new Map([...now].flatMap(([id, s]) => (s ? [[id, s] as const] : [])));
+      if (named.length === 0) list = await pick();
+    }
+  }),
+};
