@@ -108,12 +108,17 @@ function makeCgroup(id: string, r: Resources): string[] {
     const available = readFileSync(join(h.v2, 'cgroup.controllers'), 'utf8').trim().split(/\s+/);
     const missing = need.filter((c) => !available.includes(c));
     if (missing.length > 0) throw new ImageError(`this host's control groups have no ${missing.join(', ')} controller: the container's limits cannot be set`, 125);
-    // (each level hands the controllers down to the next: those the limits need, and those stats reads where there are)
-    const enable = [...new Set([...need, ...STATS_CONTROLLERS.filter((c) => available.includes(c))])].map((c) => `+${c}`).join(' ');
-    write(h.v2, 'cgroup.subtree_control', enable);
+    // (each level hands the controllers down to the next: those the limits need, and those stats
+    // reads where the host lets them be enabled)
     const parent = join(h.v2, GROUP);
     mkdirSync(parent, { recursive: true });
-    write(parent, 'cgroup.subtree_control', enable);
+    for (const c of new Set([...need, ...STATS_CONTROLLERS.filter((x) => available.includes(x))])) {
+      try {
+        for (const level of [h.v2, parent]) write(level, 'cgroup.subtree_control', `+${c}`);
+      } catch (e) {
+        if (need.includes(c)) throw e;
+      }
+    }
     const dir = join(parent, id);
     mkdirSync(dir, { recursive: true });
     if (r.memory !== undefined) write(dir, 'memory.max', String(r.memory));
