@@ -33,9 +33,12 @@ const CPU_PERIOD_US = 100_000;
 
 type Hierarchy = { v2: string } | { v1: Map<string, string> };
 
-/** Where the controllers are: the unified tree (v2), or each v1 controller's mount point. */
-function hierarchy(): Hierarchy {
-  if (existsSync(join(ROOT, 'cgroup.controllers'))) return { v2: ROOT };
+/**
+ * Where the controllers are: the unified tree (v2), or each v1 controller's mount point. (`root`:
+ * where the host mounts its cgroup filesystem; another only in tests.)
+ */
+function hierarchy(root: string): Hierarchy {
+  if (existsSync(join(root, 'cgroup.controllers'))) return { v2: root };
   const v1 = new Map<string, string>();
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const [pre, post] = line.split(' - ');
@@ -73,10 +76,10 @@ function write(dir: string, file: string, value: string): void {
 }
 
 /** The container's control group directories that exist (one, or one per v1 controller). */
-export function cgroupDirs(id: string): string[] {
+export function cgroupDirs(id: string, root = ROOT): string[] {
   let h: Hierarchy;
   try {
-    h = hierarchy();
+    h = hierarchy(root);
   } catch {
     return [];
   }
@@ -90,20 +93,20 @@ export function cgroupDirs(id: string): string[] {
  * by a monitor that was killed is used again. Without limits, a host where groups cannot be made
  * (no controllers, a read-only hierarchy) gives none: the container runs in strata's own.
  */
-export function createCgroup(id: string, r: Resources | undefined): string[] {
+export function createCgroup(id: string, r: Resources | undefined, root = ROOT): string[] {
   if (!hasLimits(r)) {
     try {
-      return makeCgroup(id, {});
+      return makeCgroup(id, {}, root);
     } catch {
       return [];
     }
   }
-  return makeCgroup(id, r);
+  return makeCgroup(id, r, root);
 }
 
-function makeCgroup(id: string, r: Resources): string[] {
+function makeCgroup(id: string, r: Resources, root: string): string[] {
   const need = controllers(r);
-  const h = hierarchy();
+  const h = hierarchy(root);
   if ('v2' in h) {
     const available = readFileSync(join(h.v2, 'cgroup.controllers'), 'utf8').trim().split(/\s+/);
     const missing = need.filter((c) => !available.includes(c));
@@ -191,10 +194,10 @@ function readStat(dir: string, file: string, key: string): number | undefined {
  * What the container's group uses now, or null when it has none. Memory as docker counts it: what
  * the group is charged for, less its inactive file pages (page cache the kernel takes back first).
  */
-export function sampleCgroup(id: string, hostMemory: number): CgroupSample | null {
-  const dirs = cgroupDirs(id);
+export function sampleCgroup(id: string, hostMemory: number, root = ROOT): CgroupSample | null {
+  const dirs = cgroupDirs(id, root);
   if (dirs.length === 0) return null;
-  const h = hierarchy();
+  const h = hierarchy(root);
   const at = (c: string): string => ('v2' in h ? dirs[0]! : join(h.v1.get(c) ?? '/nonexistent', GROUP, id));
   if ('v2' in h) {
     const dir = at('');
