@@ -258,13 +258,26 @@ export const logsCommand: CommandModule = {
           pos += n;
         }
       };
+      // (woken by inotify when the log grows; the container runs as long as its monitor does, which
+      // is checked at least every second without opening the store)
+      const { watch } = await import('node:fs');
+      let wake: (() => void) | null = null;
+      const watcher = watch(logPath(rec), () => wake?.());
+      watcher.on('error', () => wake?.());
       for (;;) {
         drain();
-        const now = await withStore(store, (s) => s.findContainer(rec.id));
-        if (!now || !isActive(now)) break;
+        if (!isActive(rec)) break;
         if (until !== null && BigInt(Date.now()) * 1_000_000n >= until) break;
-        await sleep(200);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 1000);
+          wake = (): void => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = null;
       }
+      watcher.close();
       drain();
       print(parser.end());
     }
