@@ -678,6 +678,7 @@ test('stats: CPU %, memory against its limit and processes of running containers
   const [header, ...lines] = text.trim().split('\n');
   t.regex(header!, /^CONTAINER ID\s+NAME\s+CPU %\s+MEM USAGE \/ LIMIT\s+MEM %\s+NET I\/O\s+BLOCK I\/O\s+PIDS$/);
   t.deepEqual(lines.map((l) => l.split(/\s+/)[1]).sort(), ['holder', 'spin'], 'the running ones');
+  t.deepEqual(lines.map((l) => l.split(/\s{3,}/).slice(5, 7)), [['0B / 0B', '--'], ['0B / 0B', '--']], 'NET I/O as docker shows it on the host\'s network; BLOCK I/O not counted');
   const fields = (name: string): string[] => c.ok(['stats', '--no-stream', '--format', '{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.MemPerc}}|{{.PIDs}}', name]).trim().split('|');
   const [, , holderMem, holderPerc, holderPids] = fields('holder');
   // (the shell's 16 MiB string, kept while it waits for its sleep; under its 64 MiB limit)

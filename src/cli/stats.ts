@@ -4,8 +4,9 @@
 // It refreshes every second until interrupted; --no-stream prints one table (two samples, a second
 // apart, as docker needs them for CPU %). --format takes docker's fields: {{.Container}} {{.ID}}
 // {{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.MemPerc}} {{.NetIO}} {{.BlockIO}} {{.PIDs}}, with an
-// optional "table " prefix for a header. Network and block I/O are not counted ("--"): containers
-// use the host's network, and strata makes no block I/O group.
+// optional "table " prefix for a header. NET I/O is 0B / 0B, as docker shows it for containers on the
+// host's network or none (it counts a container's own interfaces); block I/O is not counted ("--"): a
+// container's file I/O is done by its mount's daemon, outside its group.
 
 import type { Argv, CommandModule } from 'yargs';
 import { guarded, out, storeDirOf, storeOption } from './options.js';
@@ -107,7 +108,8 @@ export const statsCommand: CommandModule = {
           CPUPerc: s ? `${Math.max(0, cpu).toFixed(2)}%` : '--',
           MemUsage: s ? `${bytesSize(s.memory)} / ${bytesSize(s.memoryLimit)}` : '-- / --',
           MemPerc: s ? `${((100 * s.memory) / s.memoryLimit).toFixed(2)}%` : '--',
-          NetIO: '--', BlockIO: '--', PIDs: s ? String(s.pids) : '--',
+          // (docker counts a container's own interfaces: with the host's network or none there are none)
+          NetIO: s ? '0B / 0B' : '--', BlockIO: '--', PIDs: s ? String(s.pids) : '--',
         };
       });
       if (!format.startsWith('table')) return rows.map((r) => render(format, r)).join('\n');
