@@ -6,7 +6,7 @@
 
 import type { Argv, CommandModule } from 'yargs';
 import { ago } from './image.js';
-import { CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, parseFilterFlags, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
+import { columns, CONTAINER_CONFIG_OPTIONS, type ContainerConfigArgs, containerConfigOf, guarded, last, out, parseFilterFlags, storeDirOf, storeOption, TERMINAL_OPTIONS } from './options.js';
 import { type EnsureArgs, RUN_PULL_OPTIONS } from './registry.js';
 import { byteProgress } from './progress.js';
 
@@ -301,8 +301,7 @@ export const containerCommand: CommandModule = {
           rows.push([idOf(c), c.name, c.imageRef, JSON.stringify(cmd.length > 30 && args.trunc ? `${cmd.slice(0, 29)}…` : cmd), ago(c.created), statusOf(c),
             ...(args.size ? [`${humanSize(upper)} (virtual ${humanSize(upper + (imageRecords.get(c.image)?.size ?? 0))})`] : [])]);
         }
-        const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-        out(rows.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
+        out(columns(rows));
       }
       process.exit(0);
     }))

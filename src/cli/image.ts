@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { ImageRecord, Store } from '../image/store.js';
 import type { ArchiveFormat } from '../image/archive/model.js';
 import { ImageError } from '../image/types.js';
-import { out, parseFilterFlags, storeOption } from './options.js';
+import { columns, out, parseFilterFlags, storeOption } from './options.js';
 import { byteProgress } from './progress.js';
 
 export interface CommonArgs {
@@ -106,10 +106,6 @@ function shortId(id: string): string {
   return id.slice(7, 19);
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
-}
 
 const QUIET_LEVELS = new Set(['warn', 'error', 'fatal', 'silent']);
 
@@ -341,7 +337,7 @@ function imageVerbs(y: Argv): Argv {
         return;
       }
       const head = ['REPOSITORY', 'TAG', ...(a.digests ? ['DIGEST'] : []), 'IMAGE ID', 'CREATED', 'SIZE'];
-      out(table([head, ...rows.map((r) => [r.repository, r.tag, ...(a.digests ? [r.digest] : []), idOf(r.image), ago(r.image.config.created), humanSize(r.image.size)])]));
+      out(columns([head, ...rows.map((r) => [r.repository, r.tag, ...(a.digests ? [r.digest] : []), idOf(r.image), ago(r.image.config.created), humanSize(r.image.size)])]));
     }))
     .command('tag <source> <target>', 'give an image another NAME:TAG', (c) => c
       .positional('source', { type: 'string', demandOption: true })
@@ -363,7 +359,7 @@ function imageVerbs(y: Argv): Argv {
       const rows = await historyRows(store, await store.resolveImage(a.name));
       if (a.json) return void printJson(rows);
       const trunc = (s: string): string => (!a.trunc || s.length <= 45 ? s : `${s.slice(0, 44)}…`);
-      out(table([['IMAGE', 'CREATED', 'CREATED BY', 'SIZE', 'COMMENT'],
+      out(columns([['IMAGE', 'CREATED', 'CREATED BY', 'SIZE', 'COMMENT'],
         ...rows.map((r) => [r.id === '<missing>' ? r.id : shortId(r.id), ago(r.created), trunc(r.createdBy), humanSize(r.size), r.comment])]));
     }))
     .command('save <names..>', 'write images to an archive (docker-archive by default)', (c) => c

@@ -9,7 +9,8 @@
 // container's file I/O is done by its mount's daemon, outside its group.
 
 import type { Argv, CommandModule } from 'yargs';
-import { guarded, out, storeDirOf, storeOption } from './options.js';
+import { applyFormat } from './inspect.js';
+import { columns, guarded, out, storeDirOf, storeOption } from './options.js';
 
 export const STATS_OPTIONS = {
   store: storeOption,
@@ -59,17 +60,6 @@ export function bytesSize(n: number): string {
   return `${Number(n.toPrecision(4))}${units[i]}`;
 }
 
-function render(format: string, row: Row): string {
-  return format.replace(FIELD, (_m, f: string) => (f in row ? row[f as keyof Row] : '<no value>')).replace(/\\t/g, '\t').replace(/\\n/g, '\n');
-}
-
-/** Tab-separated cells in columns three spaces apart, as docker's tables. */
-function columns(lines: string[][]): string {
-  const widths: number[] = [];
-  for (const l of lines) l.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
-  return lines.map((l) => l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('')).join('\n');
-}
-
 export const statsCommand: CommandModule = {
   command: 'stats [containers..]',
   describe: 'what running containers use (CPU %, memory, processes), as docker stats; every second until interrupted, or once (--no-stream)',
@@ -112,10 +102,9 @@ export const statsCommand: CommandModule = {
           NetIO: s ? '0B / 0B' : '--', BlockIO: '--', PIDs: s ? String(s.pids) : '--',
         };
       });
-      if (!format.startsWith('table')) return rows.map((r) => render(format, r)).join('\n');
+      if (!format.startsWith('table')) return rows.map((r) => applyFormat(format, r)).join('\n');
       const body = format.replace(/^table\s*/, '');
-      const header = body.replace(FIELD, (_m, f: string) => HEADERS[f as keyof Row]);
-      return columns([header, ...rows.map((r) => render(body, r))].map((l) => l.replace(/\\t/g, '\t').split('\t')));
+      return columns([HEADERS, ...rows].map((r) => applyFormat(body, r).split('\t')));
     };
     let list = await pick();
     previous = new Map([...sample(list)].flatMap(([id, s]) => (s ? [[id, s] as const] : [])));

@@ -3,7 +3,7 @@
 // --volumes).
 
 import type { Argv, CommandModule } from 'yargs';
-import { guarded, out, storeDirOf, storeOption } from './options.js';
+import { columns, guarded, out, storeDirOf, storeOption } from './options.js';
 
 interface Args {
   store?: string;
@@ -34,8 +34,7 @@ export const systemCommand: CommandModule = {
           ] as [string, number, number, number][];
         });
         const table = [['TYPE', 'TOTAL', 'ACTIVE', 'SIZE'], ...rows.map(([t, n, act, b]) => [t, String(n), String(act), humanSize(b)])];
-        const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-        out(table.map((r) => r.map((v, i) => (i === r.length - 1 ? v : v.padEnd(widths[i]! + 3))).join('')).join('\n'));
+        out(columns(table));
         process.exit(0);
       }))
     .command('prune', 'remove stopped containers, images no container uses (-a: tagged ones too), build cache mounts; --volumes: unused volumes', (c) => c
