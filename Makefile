@@ -57,12 +57,12 @@ bin/strata: scripts/launcher.c Makefile
 
 # What `strata run` execs as the container's pid 1: chroot, working directory, groups, gid, uid,
 # then the command (see scripts/run-exec.c).
-bin/strata-run-exec: scripts/run-exec.c
+bin/strata-run-exec: scripts/run-exec.c scripts/join_cgroup.h
 	@mkdir -p bin
 	$(CC) -O2 -Wall -o $@ $<
 
 # The container's namespaces for `strata run`: pid 1 in a child, its status passed on (see scripts/run-ns.c).
-bin/strata-run-ns: scripts/run-ns.c
+bin/strata-run-ns: scripts/run-ns.c scripts/join_cgroup.h
 	@mkdir -p bin
 	$(CC) -O2 -Wall -o $@ $<
 

@@ -47,6 +47,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "join_cgroup.h"
+
 static const char *prog = "strata";
 
 static int fail(int status, const char *what, const char *arg) {
@@ -113,19 +115,6 @@ static int apply_rlimit(const char *spec) {
   return setrlimit((int)res, &rl);
 }
 
-/* Moves this process into the control group `dir`. */
-static int join_cgroup(const char *dir) {
-  char p[4200], pid[32];
-  snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-  /* ("0": the writer itself, whatever its pid namespace) */
-  int n = snprintf(pid, sizeof pid, "0\n");
-  FILE *f = fopen(p, "w");
-  if (!f) return fail(125, "cannot open", p);
-  int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;
-  if (fclose(f) != 0 || !ok) return fail(125, "cannot join the control group", dir);
-  return 0;
-}
-
 /* pivot_root into ROOT and detach the old root with everything mounted under it (runc's way: the
  * old root ends up stacked on the new one, entered through a descriptor of it, then detached). */
 static int pivot_into(const char *root) {
@@ -180,8 +169,7 @@ int main(int argc, char **argv) {
     if (!(argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0 || strcmp(argv[1], "--enter") == 0 ||
                           strcmp(argv[1], "--cgroup") == 0))) break;
     if (strcmp(argv[1], "--cgroup") == 0) {
-      int r = join_cgroup(argv[2]);
-      if (r) return r;
+      if (join_cgroup(argv[2]) != 0) return 125;
     } else if (strcmp(argv[1], "--enter") == 0) {
       unsigned long v;
       if (parse_id(argv[2], &v)) {

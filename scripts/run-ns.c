@@ -51,22 +51,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "join_cgroup.h"
+
 static int fail(const char *what, const char *arg) {
   fprintf(stderr, "strata: cannot %s %s: %s\n", what, arg, strerror(errno));
   return -1;
-}
-
-/* Moves this process into the control group `dir`. */
-static int join_cgroup(const char *dir) {
-  char p[4200], pid[32];
-  snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-  /* ("0": the writer itself, whatever its pid namespace) */
-  int n = snprintf(pid, sizeof pid, "0\n");
-  FILE *f = fopen(p, "w");
-  if (!f) return fail("open", p);
-  int ok = fwrite(pid, 1, (size_t)n, f) == (size_t)n;
-  if (fclose(f) != 0 || !ok) return fail("join the control group", dir);
-  return 0;
 }
 
 static int is_dir_not_link(const char *p) {

@@ -63,7 +63,7 @@ function controllers(r: Resources): string[] {
   ];
 }
 
-export function hasLimits(r: Resources | undefined): r is Resources {
+function hasLimits(r: Resources | undefined): r is Resources {
   return r !== undefined && controllers(r).length > 0;
 }
 
@@ -195,28 +195,29 @@ function readStat(dir: string, file: string, key: string): number | undefined {
  * the group is charged for, less its inactive file pages (page cache the kernel takes back first).
  */
 export function sampleCgroup(id: string, hostMemory: number, root = ROOT): CgroupSample | null {
-  const dirs = cgroupDirs(id, root);
-  if (dirs.length === 0) return null;
-  const h = hierarchy(root);
-  const at = (c: string): string => ('v2' in h ? dirs[0]! : join(h.v1.get(c) ?? '/nonexistent', GROUP, id));
+  let h: Hierarchy;
+  try {
+    h = hierarchy(root);
+  } catch {
+    return null;
+  }
+  const at = (c: string): string => ('v2' in h ? join(h.v2, GROUP, id) : join(h.v1.get(c) ?? '/nonexistent', GROUP, id));
+  if (!STATS_CONTROLLERS.some((c) => existsSync(at(c)))) return null;
+  const limitOf = (limit: number | undefined): number => (limit !== undefined && limit < hostMemory ? limit : hostMemory);
   if ('v2' in h) {
     const dir = at('');
-    const used = readNumber(dir, 'memory.current') ?? 0;
-    const limit = readNumber(dir, 'memory.max');
     return {
       cpuNs: (readStat(dir, 'cpu.stat', 'usage_usec') ?? 0) * 1000,
-      memory: Math.max(0, used - (readStat(dir, 'memory.stat', 'inactive_file') ?? 0)),
-      memoryLimit: limit !== undefined && limit < hostMemory ? limit : hostMemory,
+      memory: Math.max(0, (readNumber(dir, 'memory.current') ?? 0) - (readStat(dir, 'memory.stat', 'inactive_file') ?? 0)),
+      memoryLimit: limitOf(readNumber(dir, 'memory.max')),
       pids: readNumber(dir, 'pids.current') ?? 0,
     };
   }
   const mem = at('memory');
-  const used = readNumber(mem, 'memory.usage_in_bytes') ?? 0;
-  const limit = readNumber(mem, 'memory.limit_in_bytes');
   return {
     cpuNs: readNumber(at('cpuacct'), 'cpuacct.usage') ?? 0,
-    memory: Math.max(0, used - (readStat(mem, 'memory.stat', 'total_inactive_file') ?? 0)),
-    memoryLimit: limit !== undefined && limit < hostMemory ? limit : hostMemory,
+    memory: Math.max(0, (readNumber(mem, 'memory.usage_in_bytes') ?? 0) - (readStat(mem, 'memory.stat', 'total_inactive_file') ?? 0)),
+    memoryLimit: limitOf(readNumber(mem, 'memory.limit_in_bytes')),
     pids: readNumber(at('pids'), 'pids.current') ?? 0,
   };
 }
@@ -236,14 +237,14 @@ export function oomKilled(dirs: readonly string[]): boolean {
   return false;
 }
 
-/** Removes the group (once its processes are gone: a few tries while the last ones exit). */
-export async function removeCgroup(dirs: readonly string[]): Promise<void> {
+/** Removes the group once its processes are gone (`tries` 20 ms apart while the last ones exit). */
+export async function removeCgroup(dirs: readonly string[], tries = 50): Promise<void> {
   for (const dir of dirs) {
-    for (let i = 0; i < 50 && existsSync(dir); i++) {
+    for (let i = 0; i < tries && existsSync(dir); i++) {
       try {
         rmdirSync(dir);
       } catch {
-        await new Promise((r) => setTimeout(r, 20));
+        if (i + 1 < tries) await new Promise((r) => setTimeout(r, 20));
       }
     }
   }

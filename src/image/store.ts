@@ -27,8 +27,8 @@
 // referenced; `prune` deletes untagged unused images and every unreferenced layer.
 
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cgroupDirs } from './cgroups.js';
+import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cgroupDirs, removeCgroup } from './cgroups.js';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Level } from 'level';
@@ -653,14 +653,8 @@ export class Store {
       ...(await this.refOps(rec.layers, -1)),
     ]);
     rmSync(rec.dir, { recursive: true, force: true });
-    // (a control group its monitor did not remove: the monitor was killed)
-    for (const d of cgroupDirs(rec.id)) {
-      try {
-        rmdirSync(d);
-      } catch {
-        // still in use, or gone meanwhile
-      }
-    }
+    // (a control group its monitor did not remove: the monitor was killed; one try, it may still be busy)
+    await removeCgroup(cgroupDirs(rec.id), 1);
     await this.deleteUnreferencedLayers(rec.layers);
     return rec;
   }

@@ -4,6 +4,7 @@
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
+import { cgroupDirs } from '../../src/image/cgroups.js';
 import { run, runOk, type RunResult } from './exec.js';
 import { examplesDir, strataBin } from './paths.js';
 import { tempDir } from './tmp.js';
@@ -24,13 +25,11 @@ export function testStore(t: ExecutionContext, base = tempDir(t, 'st')): TestSto
   // containers whose monitor did not get to remove them, killed by the test or failing halfway)
   t.teardown(() => {
     const ids = fs.existsSync(path.join(dir, 'containers')) ? fs.readdirSync(path.join(dir, 'containers')) : [];
-    for (const id of ids) {
-      for (const c of ['memory', 'cpu', 'cpuacct', 'pids', '']) {
-        try {
-          fs.rmdirSync(path.join('/sys/fs/cgroup', c, 'strata', id));
-        } catch {
-          // not there
-        }
+    for (const d of ids.flatMap((id) => cgroupDirs(id))) {
+      try {
+        fs.rmdirSync(d);
+      } catch {
+        // still in use: a test's process the kill missed
       }
     }
   });
