@@ -1964,8 +1964,7 @@ static _Atomic int warm_cancelled;
 static void warm_walk(struct warm_job *j, int dir, int depth) {
   char *buf = malloc(WARM_BUF);
   j->dirs++;
-  for (;;) {
-    if (!buf) break;
+  while (buf) {
     ssize_t n = NOINTR(getdents64(dir, buf, WARM_BUF));
     if (n <= 0) break;
     for (ssize_t pos = 0; pos < n;) {

@@ -84,12 +84,12 @@ export async function stopContainer(rec: ContainerRecord, stopSignal: string | u
   }
 }
 
-/** `strata kill`: a signal (SIGKILL by default, as docker kill) to a running container's pid 1. */
 /** kill's signal: SIGKILL unless one is given. */
 export function killSignal(signal: string | undefined): NodeJS.Signals {
   return signal === undefined || signal === '' ? 'SIGKILL' : normalizeSignal(signal);
 }
 
+/** `strata kill`: a signal (SIGKILL by default, as docker kill) to a running container's pid 1. */
 export function killContainer(rec: ContainerRecord, signal: string | undefined): void {
   const sig = killSignal(signal);
   const init = containerInit(rec);

@@ -28,14 +28,13 @@ function dtFromMode(mode: number): number {
   return (mode & C.S_IFMT) >> 12;
 }
 
-/** Lower layer directories read, and those of them the disk had to serve (see listLowerDir). */
-export const lowerListings = { read: 0, cold: 0 };
+/** Lower layer directories whose listing the disk had to serve (see listLowerDir). */
+export const lowerListings = { cold: 0 };
 
 /** N.listDir of a lower layer's directory, counting those read from the disk (UnionFs.readAhead follows them). */
 export function listLowerDir(dirfd: number): N.DirListing {
   const before = N.threadInblock();
   const listing = N.listDir(dirfd);
-  lowerListings.read++;
   if (N.threadInblock() !== before) lowerListings.cold++;
   return listing;
 }
