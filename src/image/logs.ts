@@ -140,10 +140,14 @@ export function writeAll(fd: number, data: Buffer): boolean {
       off += writeSync(fd, data, off);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return false;
+      // A non-blocking pipe that is full: its reader is slow. Waits a millisecond rather than
+      // spinning on the CPU the reader needs.
+      Atomics.wait(pause, 0, 0, 1);
     }
   }
   return true;
 }
+const pause = new Int32Array(new SharedArrayBuffer(4));
 
 const RECORD = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) (stdout|stderr) ([FP]) /;
 
