@@ -1614,10 +1614,14 @@ typedef struct reader reader_t;
 
 /* Opcodes whose spins are tracked one by one (FUSE's are below 64; others share slot 0). */
 #define READER_SPIN_OPS 64
+/* Gaps remembered per opcode (a power of 2). */
+#define READER_GAPS 8
 
-/* Owned by the JS handle (napi external); points at the reader while live. */
+/* Owned by the JS handle (napi external); points at the reader while live. Keeps the reader's
+ * spins (see reader_spin_ns): how many, how many caught a request, and their time. */
 typedef struct {
   reader_t *r;
+  double spins, caught, spin_ns;
 } reader_box;
 
 struct reader {
@@ -1632,10 +1636,15 @@ struct reader {
   bool stopped;   /* no more reads / callbacks */
   bool torn_down; /* refs released, uv_close issued */
   bool in_poll;   /* inside on_poll: defer teardown */
-  /* Per opcode of the last request of a batch: whether the last 16 spins after it caught a request
-   * (bit set), and how many times in a row it was not spun after (see reader_should_spin). */
-  uint16_t spin_hist[READER_SPIN_OPS];
+  /* Per opcode of the last request of a batch: the last READER_GAPS gaps between the end of such a
+   * batch and the next request (ns), where the next is written, and how many batch ends in a row
+   * were not spun after (see reader_spin_ns). */
+  uint32_t gaps[READER_SPIN_OPS][READER_GAPS];
+  uint8_t gap_next[READER_SPIN_OPS];
   uint8_t spin_skipped[READER_SPIN_OPS];
+  /* When the last batch ended (its replies out; 0: its gap is recorded) and its last opcode's slot. */
+  long long batch_end;
+  unsigned end_op;
 };
 
 static void reader_cleanup_hook(void *arg);
@@ -1723,36 +1732,56 @@ static void call_js(napi_env env, napi_value fn, size_t argc, napi_value *args,
   }
 }
 
-/* How long the reader keeps reading /dev/fuse without blocking after the last request (a caller
- * in a loop of system calls sends its next request within a few microseconds: catching it here
- * saves the cross-CPU wakeup of a sleeping thread), and how long one poll callback may serve before
- * it lets the event loop run timers, I/O completions and immediates. 15 us keeps that (a loop of
- * 20000 uncached statx: 17-20 us a round trip, against 18-22 us with 50 us and 23-32 us without
- * spinning) while a caller that works between requests (open, read, close of small files) no longer
- * costs 50 us of spinning per gap: a cold `cat` of 5000 small files took 360 ms of the daemon's
- * main-thread CPU instead of 520 ms. */
-#define READER_SPIN_NS 15000L
+/* How long one poll callback may serve before it lets the event loop run timers, I/O completions
+ * and immediates. */
 #define READER_SLICE_NS 2000000L
 
-/* A spin after a batch pays when the caller's next request comes within it; when it does not, it
- * is CPU for nothing (a `cat` of cold small files: after each OPEN the caller waits for the disk).
- * What follows a request depends mostly on what the request was: after the opcode that ended the
- * batch, the reader spins while at least READER_SPIN_MIN_HITS of the last 16 spins after that
- * opcode caught a request, and otherwise only every READER_SPIN_PROBE-th time, to notice when the
- * caller's pattern changes. */
-#define READER_SPIN_MIN_HITS 4
+/* After a batch of requests, the reader keeps reading /dev/fuse without blocking for a while: a
+ * caller in a loop of system calls sends its next request soon, and catching it there saves the
+ * wakeup of a sleeping thread (on this project's VMs an idle vCPU halts, and waking it costs
+ * 30-60 us; a loop of uncached statx: 17-20 us a round trip with a spin, 23-32 us without). How
+ * soon depends on the caller: a C loop of statx comes back within 5 us, python's os.stat loop
+ * within 20-60 us (its own vCPU was halted while it waited for the reply, and waking it takes that
+ * long), and after the OPEN of a cold file the caller waits for the disk, where a spin is CPU for
+ * nothing (a cold `cat` of 5000 small files: 360 ms of the daemon's CPU with 15 us spins, 520 ms
+ * with 50 us). What follows a request depends mostly on what the request was, so per opcode that
+ * ended a batch the reader keeps the last READER_GAPS gaps to the next request, and spins for the
+ * step that pays best on them: each gap it would catch saves a wakeup (READER_WAKE_NS), each it
+ * would not costs the whole step; where no step pays, it does not spin, except every
+ * READER_SPIN_PROBE-th time for the longest step (a gap measured without a spin includes the
+ * reader's own wakeup: a probe sees it as it is). */
+static const long k_spin_steps[] = {15000L, 30000L, 50000L, 75000L, 100000L};
+#define READER_SPIN_STEPS ((int)(sizeof k_spin_steps / sizeof k_spin_steps[0]))
+#define READER_WAKE_NS 50000L
 #define READER_SPIN_PROBE 16
 
-static bool reader_should_spin(reader_t *r, unsigned op) {
-  if (__builtin_popcount(r->spin_hist[op]) >= READER_SPIN_MIN_HITS) return true;
-  if (++r->spin_skipped[op] < READER_SPIN_PROBE) return false;
+/* How long to spin after a batch that ended with opcode slot `op` (0: not at all). */
+static long reader_spin_ns(reader_t *r, unsigned op) {
+  const uint32_t *g = r->gaps[op];
+  long best = 0, best_gain = 0;
+  for (int s = 0; s < READER_SPIN_STEPS; s++) {
+    long step = k_spin_steps[s], caught = 0;
+    for (int i = 0; i < READER_GAPS; i++) caught += g[i] <= step;
+    long gain = caught * READER_WAKE_NS - (READER_GAPS - caught) * step;
+    if (gain > best_gain) {
+      best_gain = gain;
+      best = step;
+    }
+  }
+  if (best != 0) {
+    r->spin_skipped[op] = 0;
+    return best;
+  }
+  if (++r->spin_skipped[op] < READER_SPIN_PROBE) return 0;
   r->spin_skipped[op] = 0;
-  return true;
+  return k_spin_steps[READER_SPIN_STEPS - 1];
 }
 
-static void reader_spun(reader_t *r, unsigned op, bool caught) {
-  r->spin_hist[op] = (uint16_t)((r->spin_hist[op] << 1) | (caught ? 1 : 0));
-  if (caught) r->spin_skipped[op] = 0;
+/* A request was read at `now`: the gap since the last batch ended, for that batch's opcode. */
+static void reader_gap(reader_t *r, long long now) {
+  long long gap = now - r->batch_end;
+  r->gaps[r->end_op][r->gap_next[r->end_op]++ & (READER_GAPS - 1)] = gap > (long long)UINT32_MAX ? UINT32_MAX : (uint32_t)gap;
+  r->batch_end = 0;
 }
 
 static long long mono_ns(void) {
@@ -1797,18 +1826,25 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
   bool ended = false;
   int end_errno = 0;
   const char *end_syscall = "read";
-  long long start = mono_ns(), spin_until = 0;
+  long long start = mono_ns(), spin_until = 0, spin_start = 0;
   int served = 0;
-  unsigned last_op = 0; /* opcode of the last request read (its spin slot) */
+  unsigned last_op = 0; /* opcode of the last request read (its gaps' slot) */
   /* Even on a poll error (libuv has then stopped the handle) drain with
    * read(): a disconnected /dev/fuse reports EPOLLERR, and only read()
    * tells an unmount (ENODEV) from a real failure.
    * Drain until EAGAIN; then, if requests were served, run the microtasks (their replies go
-   * out) and keep reading for READER_SPIN_NS before going back to the poll. */
+   * out) and keep reading for a while (reader_spin_ns) before going back to the poll. */
   while (!r->stopped) {
     ssize_t n = read(r->fd, r->data, r->size);
     if (n > 0) {
-      if (spin_until != 0) reader_spun(r, last_op, true);
+      if (r->batch_end != 0) {
+        long long now = mono_ns();
+        if (spin_until != 0) {
+          r->box->caught++;
+          r->box->spin_ns += (double)(now - spin_start);
+        }
+        reader_gap(r, now);
+      }
       uint32_t op = n >= 8 ? *(uint32_t *)(r->data + 4) : 0;
       last_op = op < READER_SPIN_OPS ? op : 0;
       reader_deliver(r, on_req, n);
@@ -1834,10 +1870,16 @@ static void reader_on_poll(uv_poll_t *h, int status, int events) {
        * microtask defers the teardown, so the async context stays valid). */
       reader_close_scope(r, cs);
       napi_open_callback_scope(env, resource, r->actx, &cs);
-      if (r->stopped || !reader_should_spin(r, last_op)) break;
-      spin_until = now + READER_SPIN_NS;
+      if (r->stopped) break;
+      r->batch_end = now = mono_ns();
+      r->end_op = last_op;
+      long spin = reader_spin_ns(r, last_op);
+      if (spin == 0) break;
+      spin_start = now;
+      spin_until = now + spin;
+      r->box->spins++;
     } else if (now >= spin_until) {
-      reader_spun(r, last_op, false);
+      r->box->spin_ns += (double)(now - spin_start);
       break;
     }
   }
@@ -1886,7 +1928,7 @@ static napi_value fn_startReader(napi_env env, napi_callback_info info) {
     return NULL;
   }
   reader_t *r = calloc(1, sizeof *r);
-  if (r) for (int i = 0; i < READER_SPIN_OPS; i++) r->spin_hist[i] = 0xffff; /* spin until shown useless */
+  /* (the gaps start at 0: the shortest spin, until the callers show theirs) */
   reader_box *box = calloc(1, sizeof *box);
   if (!r || !box) {
     free(r);
@@ -1923,6 +1965,25 @@ static napi_value fn_startReader(napi_env env, napi_callback_info info) {
     return throw_sys(env, -rc, "uv_poll_start", NULL);
   }
   return handle;
+}
+
+/* readerSpins(handle): [spins, spins that caught a request, milliseconds spun] */
+static napi_value fn_readerSpins(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  napi_valuetype t;
+  void *p;
+  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
+      napi_get_value_external(env, argv[0], &p) != napi_ok)
+    return type_error(env, "expected a reader handle"), NULL;
+  reader_box *box = p;
+  napi_value arr, v;
+  napi_create_array_with_length(env, 3, &arr);
+  double vals[3] = {box->spins, box->caught, box->spin_ns / 1e6};
+  for (uint32_t i = 0; i < 3; i++) {
+    napi_create_double(env, vals[i], &v);
+    napi_set_element(env, arr, i, v);
+  }
+  return arr;
 }
 
 /* stopReader(handle): idempotent */
@@ -2184,7 +2245,7 @@ static const struct {
     FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime), FN(statxAttributes),
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
-    FN(startReader), FN(stopReader),
+    FN(startReader), FN(stopReader), FN(readerSpins),
     FN(setNofileLimit), FN(warmTree), FN(warmCancel), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
     FN(setfsuid), FN(setfsgid), FN(lowMemory),
 };

@@ -837,6 +837,31 @@ test('startReader delivers reads, survives a throwing callback, ends on EOF', as
   t.is(calls, 2);
 });
 
+test('the reader stops spinning after requests whose caller does not come back soon, and probes every 16th time', async (t) => {
+  // (the policy of reader_spin_ns: a spin after a batch pays when the next request comes within it)
+  const { rfd, wfd } = fifo(t);
+  const buf = Buffer.alloc(64);
+  let calls = 0;
+  const h = N.startReader(rfd, buf, () => calls++, () => {});
+  t.teardown(() => {
+    N.stopReader(h);
+    N.close(rfd);
+    N.close(wfd);
+  });
+  t.deepEqual(N.readerSpins(h), [0, 0, 0]);
+  // 30 requests, each 20 ms after the last one was served: no spin can catch the next. The gaps
+  // start at 0 (a spin of 15 us pays on them); it stops paying once 7 of the last 8 gaps were long.
+  for (let i = 1; i <= 30; i++) {
+    N.writeReply(wfd, Buffer.from(`r${i}`));
+    await until(() => calls === i);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const [spins, caught, ms] = N.readerSpins(h);
+  t.is(caught, 0);
+  t.is(spins, 7 + 1, 'after the first seven batches, only the probe at the 16th batch end not spun after');
+  t.true(ms > 0 && ms < 1000);
+});
+
 test('stopReader stops delivery and is idempotent (also from inside onRequest)', async (t) => {
   const { rfd, wfd } = fifo(t);
   t.teardown(() => {

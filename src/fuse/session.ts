@@ -232,6 +232,17 @@ export class FuseSession {
     });
   }
 
+  /**
+   * The reader's spins after batches of requests (see reader_spin_ns in the addon), as it stopped:
+   * how many, how many caught the next request, and the milliseconds they took. For the log.
+   */
+  spins(): { spins: number; caught: number; ms: number } | null {
+    if (!this.reader) return this.stoppedSpins;
+    const [spins, caught, ms] = N.readerSpins(this.reader);
+    return { spins, caught, ms: Math.round(ms) };
+  }
+  private stoppedSpins: { spins: number; caught: number; ms: number } | null = null;
+
   /** Request counts by opcode name (for logs and `strata status`). */
   requestsByOp(): Record<string, number> {
     const out: Record<string, number> = {};
@@ -275,6 +286,7 @@ export class FuseSession {
   /** Stops reading and closes the device (the kernel then fails pending requests with ENOTCONN). */
   stop(): void {
     if (this.reader) {
+      this.stoppedSpins = this.spins();
       N.stopReader(this.reader);
       this.reader = null;
     }
@@ -286,6 +298,7 @@ export class FuseSession {
   }
 
   private onEnd(err: Error | null): void {
+    if (this.reader) this.stoppedSpins = this.spins();
     this.reader = null;
     // After an unmount the device may report an error on poll instead of ENODEV on read.
     if (err && this.initialized && ['EBADF', 'ENODEV', 'ECONNABORTED'].includes(errCode(err) ?? '')) err = null;

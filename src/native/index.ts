@@ -164,6 +164,7 @@ interface NativeBinding {
   startReader(fd: number, buf: Buffer, onRequest: (len: number) => void,
     onEnd: (err: Error | null) => void): ReaderHandle;
   stopReader(handle: ReaderHandle): void;
+  readerSpins(handle: ReaderHandle): [number, number, number];
   setNofileLimit(n: number): number;
   getuid(): number;
   getgid(): number;
@@ -458,6 +459,8 @@ export const startReader: (fd: number, buf: Buffer, onRequest: (len: number) => 
   onEnd: (err: Error | null) => void) => ReaderHandle = native.startReader;
 /** Stop a reader (idempotent; safe from inside its callbacks). onEnd is not called. */
 export const stopReader: (handle: ReaderHandle) => void = native.stopReader;
+/** The reader's spins after batches of requests: [spins, spins that caught a request, milliseconds spun]. */
+export const readerSpins: (handle: ReaderHandle) => [number, number, number] = native.readerSpins;
 
 // --- process -----------------------------------------------------------------
 /** Raise RLIMIT_NOFILE (hard too when root) towards n; returns the soft limit set. */
