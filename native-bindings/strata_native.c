@@ -1967,15 +1967,21 @@ static napi_value fn_startReader(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+/* The reader box behind a handle of startReader; NULL (a TypeError thrown) for anything else. */
+static reader_box *arg_reader(napi_env env, napi_value v) {
+  napi_valuetype t;
+  void *p;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external ||
+      napi_get_value_external(env, v, &p) != napi_ok)
+    return type_error(env, "expected a reader handle"), NULL;
+  return p;
+}
+
 /* readerSpins(handle): [spins, spins that caught a request, milliseconds spun] */
 static napi_value fn_readerSpins(napi_env env, napi_callback_info info) {
   ARGS(1);
-  napi_valuetype t;
-  void *p;
-  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
-      napi_get_value_external(env, argv[0], &p) != napi_ok)
-    return type_error(env, "expected a reader handle"), NULL;
-  reader_box *box = p;
+  reader_box *box = arg_reader(env, argv[0]);
+  if (!box) return NULL;
   napi_value arr, v;
   napi_create_array_with_length(env, 3, &arr);
   double vals[3] = {box->spins, box->caught, box->spin_ns / 1e6};
@@ -1989,12 +1995,8 @@ static napi_value fn_readerSpins(napi_env env, napi_callback_info info) {
 /* stopReader(handle): idempotent */
 static napi_value fn_stopReader(napi_env env, napi_callback_info info) {
   ARGS(1);
-  napi_valuetype t;
-  void *p;
-  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
-      napi_get_value_external(env, argv[0], &p) != napi_ok)
-    return type_error(env, "expected a reader handle"), NULL;
-  reader_box *box = p;
+  reader_box *box = arg_reader(env, argv[0]);
+  if (!box) return NULL;
   if (box->r) reader_stop(box->r);
   return ret_undef(env);
 }

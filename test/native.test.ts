@@ -849,6 +849,7 @@ test('the reader stops spinning after requests whose caller does not come back s
     N.close(wfd);
   });
   t.deepEqual(N.readerSpins(h), [0, 0, 0]);
+  t.throws(() => N.readerSpins({} as N.ReaderHandle), { instanceOf: TypeError });
   // 30 requests, each 20 ms after the last one was served: no spin can catch the next. The gaps
   // start at 0 (a spin of 15 us pays on them); it stops paying once 7 of the last 8 gaps were long.
   for (let i = 1; i <= 30; i++) {
