@@ -4,15 +4,10 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run, waitFor } from './helpers/exec.js';
+import { run, runOk, waitFor } from './helpers/exec.js';
 import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
 import { dropCachedPages } from './helpers/page-cache.js';
 import { tempDir } from './helpers/tmp.js';
-
-function ok(cmd: string, args: string[]): void {
-  const r = run(cmd, args);
-  if (r.status !== 0) throw new Error(`${r.command}: ${r.stderr.trim()}`);
-}
 
 /** `find` of a tree as lines (path, type, size, mode, link target), sorted. */
 function listing(root: string): string[] {
@@ -25,9 +20,9 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   const img = path.join(dir, 'img');
   const disk = path.join(dir, 'disk');
   fs.mkdirSync(disk);
-  ok('truncate', ['-s', '64M', img]);
-  ok('mkfs.ext4', ['-q', '-F', img]);
-  ok('mount', ['-o', 'loop', img, disk]);
+  runOk('truncate', ['-s', '64M', img]);
+  runOk('mkfs.ext4', ['-q', '-F', img]);
+  runOk('mount', ['-o', 'loop', img, disk]);
   t.teardown(() => void run('umount', ['-l', disk]));
   // The layer: a root of 3000 files (its listing is several directory blocks), 20 directories two
   // deep, a whiteout's neighbour, links that lead out of the layer.
@@ -44,19 +39,23 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   fs.mkdirSync(path.join(top, 'd3'), { recursive: true });
   fs.writeFileSync(path.join(top, 'd3', 'new'), 'top\n');
   // Mounted again with nothing of it cached: the loop device's pages and the image file's dropped.
-  ok('umount', [disk]);
+  runOk('umount', [disk]);
   dropCachedPages(img);
-  ok('mount', ['-o', 'loop,ro', img, disk]);
+  runOk('mount', ['-o', 'loop,ro', img, disk]);
 
   const log = path.join(dir, 'strata.log');
+  const newDir = (name: string): string => {
+    fs.mkdirSync(path.join(dir, name));
+    return path.join(dir, name);
+  };
   const spec = { lowers: [top, lower], upper: path.join(dir, 'u'), work: path.join(dir, 'w') };
   for (const d of [spec.upper, spec.work]) fs.mkdirSync(d);
-  const mnt = strataMount(t, { ...spec, mountpoint: fs.mkdirSync(path.join(dir, 'm')) ?? path.join(dir, 'm'), extraArgs: ['--log-file', log] });
+  const mnt = strataMount(t, { ...spec, mountpoint: newDir('m'), extraArgs: ['--log-file', log] });
   const seen = listing(mnt);
   // Once the walk's listings are cached, a second mount's first listing comes from memory: no read-ahead.
-  const mnt2 = strataMount(t, { lowers: [top, lower], mountpoint: fs.mkdirSync(path.join(dir, 'm2')) ?? path.join(dir, 'm2'), extraArgs: ['--log-file', `${log}2`] });
+  const mnt2 = strataMount(t, { lowers: [top, lower], mountpoint: newDir('m2'), extraArgs: ['--log-file', `${log}2`] });
   t.deepEqual(listing(mnt2), seen);
-  const k = kernelOverlay(t, { lowers: [top, lower], mountpoint: fs.mkdirSync(path.join(dir, 'k')) ?? path.join(dir, 'k') });
+  const k = kernelOverlay(t, { lowers: [top, lower], mountpoint: newDir('k') });
   t.deepEqual(seen, listing(k), 'the same tree as the kernel\'s overlay');
   t.is(seen.length, 1 + 3000 + 20 * 3 + 2 + 1);
 

@@ -106,7 +106,6 @@ function shortId(id: string): string {
   return id.slice(7, 19);
 }
 
-
 const QUIET_LEVELS = new Set(['warn', 'error', 'fatal', 'silent']);
 
 async function logger(a: CommonArgs): Promise<Logger> {

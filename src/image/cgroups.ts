@@ -31,6 +31,11 @@ const GROUP = 'strata';
 /** cpu.cfs_period_us / cpu.max's period: docker's 100 ms. */
 const CPU_PERIOD_US = 100_000;
 
+/** The CFS quota per period of --cpus (NanoCpus). */
+function cpuQuotaUs(nanoCpus: number): number {
+  return Math.round((nanoCpus / 1e9) * CPU_PERIOD_US);
+}
+
 type Hierarchy = { v2: string } | { v1: Map<string, string> };
 
 /**
@@ -128,7 +133,7 @@ function makeCgroup(id: string, r: Resources, root: string): string[] {
     if (r.memorySwap !== undefined && existsSync(join(dir, 'memory.swap.max'))) {
       write(dir, 'memory.swap.max', r.memorySwap < 0 ? 'max' : String(r.memorySwap - (r.memory ?? 0)));
     }
-    if (r.nanoCpus !== undefined) write(dir, 'cpu.max', `${Math.round((r.nanoCpus / 1e9) * CPU_PERIOD_US)} ${CPU_PERIOD_US}`);
+    if (r.nanoCpus !== undefined) write(dir, 'cpu.max', `${cpuQuotaUs(r.nanoCpus)} ${CPU_PERIOD_US}`);
     // (runc's conversion of shares, 2..262144, to a weight, 1..10000)
     if (r.cpuShares !== undefined) write(dir, 'cpu.weight', String(1 + Math.floor(((r.cpuShares - 2) * 9999) / 262142)));
     if (r.pidsLimit !== undefined) write(dir, 'pids.max', String(r.pidsLimit));
@@ -153,7 +158,7 @@ function makeCgroup(id: string, r: Resources, root: string): string[] {
   if (cpu) {
     if (r.nanoCpus !== undefined) {
       write(cpu, 'cpu.cfs_period_us', String(CPU_PERIOD_US));
-      write(cpu, 'cpu.cfs_quota_us', String(Math.round((r.nanoCpus / 1e9) * CPU_PERIOD_US)));
+      write(cpu, 'cpu.cfs_quota_us', String(cpuQuotaUs(r.nanoCpus)));
     }
     if (r.cpuShares !== undefined) write(cpu, 'cpu.shares', String(r.cpuShares));
   }

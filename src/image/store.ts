@@ -28,11 +28,11 @@
 
 import { randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { cgroupDirs, removeCgroup } from './cgroups.js';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Level } from 'level';
 import { allRecords, processAlive } from '../daemon/registry.js';
+import { cgroupDirs, removeCgroup } from './cgroups.js';
 import {
   chainId, digestHex, type HistoryEntry, type ImageConfig, ImageError, type Manifest, MEDIA, sha256Digest,
 } from './types.js';

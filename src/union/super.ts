@@ -77,6 +77,8 @@ const RAMFS_MAGIC = 0x858458f6;
 const WARM_DIRS = 4096;
 /** A tree read ahead is not read ahead again for this long. */
 const WARM_AGAIN_MS = 30_000;
+/** Read-aheads at a time (of the thread pool's 4 threads). */
+const WARM_JOBS = 2;
 /**
  * Milliseconds of a monotonic clock. (Not `performance.now()`: the first use of Node's `performance`
  * global loads perf_hooks, 6 ms of the thread that serves requests, in the middle of a listing.)
@@ -85,8 +87,6 @@ function monotonicMs(): number {
   const [s, ns] = process.hrtime();
   return s * 1e3 + ns / 1e6;
 }
-/** Read-aheads at a time (of the thread pool's 4 threads). */
-const WARM_JOBS = 2;
 
 export class UnionFs implements FileSystem {
   readonly inodes: InodeTable;
