@@ -7,6 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { formatG, humanSize } from '../src/cli/image.js';
 import { Store } from '../src/image/store.js';
 import { compareTrees } from './helpers/compare.js';
 import { runOk, runWithPipes, waitFor } from './helpers/exec.js';
@@ -275,4 +276,15 @@ test('images: REFERENCE and --filter (dangling, reference, label, before, since)
   t.is(bad.status, 125);
   t.regex(bad.stderr, /--filter color=x: expected dangling=/);
   strata(['rm', 'c']);
+});
+
+test('sizes print as docker prints them (Go\'s %.3g of decimal units)', (t) => {
+  const cases: [number, string][] = [
+    [0, '0B'], [5, '5B'], [999, '999B'], [1000, '1kB'], [1234, '1.23kB'], [1_000_000, '1MB'], [77_800_000, '77.8MB'],
+    [123_456_789, '123MB'], [999_999, '1e+03kB'], [1.5e9, '1.5GB'], [2e12, '2TB'],
+  ];
+  for (const [n, s] of cases) t.is(humanSize(n), s, String(n));
+  t.is(formatG(0.0001234, 3), '0.000123');
+  t.is(formatG(0.00001234, 3), '1.23e-05');
+  t.is(formatG(100, 3), '100');
 });

@@ -24,14 +24,27 @@ export function printJson(v: unknown): void {
 
 /** Docker's sizes: decimal units, three significant digits. */
 export function humanSize(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
   let v = n;
   let u = 0;
   while (v >= 1000 && u < units.length - 1) {
     v /= 1000;
     u++;
   }
-  return `${u === 0 ? v : v.toPrecision(3)}${units[u]}`;
+  return `${formatG(v, 3)}${units[u]}`;
+}
+
+/**
+ * A number as Go's `%.{precision}g` prints it (docker's sizes: "1MB", "77.8MB", "1.23kB", and
+ * its "1e+03kB" for 999,999 bytes): the shortest of fixed and exponent notation, trailing zeros dropped.
+ */
+export function formatG(v: number, precision: number): string {
+  if (v === 0 || !Number.isFinite(v)) return String(v);
+  const [mantissa, exp] = v.toExponential(precision - 1).split('e') as [string, string];
+  const e = Number(exp);
+  const trim = (s: string): string => (s.includes('.') ? s.replace(/0+$/, '').replace(/\.$/, '') : s);
+  if (e < -4 || e >= precision) return `${trim(mantissa)}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  return trim(v.toFixed(Math.max(0, precision - 1 - e)));
 }
 
 /** "5 minutes ago", as docker prints times. */
