@@ -5,10 +5,14 @@
 // apart, as docker needs them for CPU %). --format takes docker's fields: {{.Container}} {{.ID}}
 // {{.Name}} {{.CPUPerc}} {{.MemUsage}} {{.MemPerc}} {{.NetIO}} {{.BlockIO}} {{.PIDs}}, with an
 // optional "table " prefix for a header. NET I/O is 0B / 0B, as docker shows it for containers on the
-// host's network or none (it counts a container's own interfaces); block I/O is not counted ("--"): a
-// container's file I/O is done by its mount's daemon, outside its group.
+// host's network or none (it counts a container's own interfaces). BLOCK I/O is what the kernel
+// charged the group for reads and writes of block devices, as docker shows it: the I/O a container's
+// processes issue themselves (reads and writes of files that the mount passes through to the upper and
+// lower files, O_DIRECT), not what the mount's daemon does for them (copy-ups, small files it serves)
+// nor, on a v1 hierarchy, the writeback of their page cache.
 
 import type { Argv, CommandModule } from 'yargs';
+import type { CgroupSample } from '../image/cgroups.js';
 import { applyFormat } from './inspect.js';
 import { columns, guarded, out, storeDirOf, storeOption } from './options.js';
 
@@ -66,8 +70,8 @@ export const statsCommand: CommandModule = {
   builder: (y: Argv) => y.positional('containers', { type: 'string', array: true }).options(STATS_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as StatsArgs;
-    const [{ withStore }, { isActive }, { sampleCgroup }, { ImageError }, os] = await Promise.all([import('../image/store.js'),
-      import('../image/lifecycle.js'), import('../image/cgroups.js'), import('../image/types.js'), import('node:os')]);
+    const [{ withStore }, { isActive }, { sampleCgroup }, { ImageError }, os, { humanSize }] = await Promise.all([import('../image/store.js'),
+      import('../image/lifecycle.js'), import('../image/cgroups.js'), import('../image/types.js'), import('node:os'), import('./image.js')]);
     const format = args.format ?? DEFAULT_FORMAT;
     const unknownField = [...format.matchAll(FIELD)].map((m) => m[1]!).find((f) => !(f in HEADERS));
     if (unknownField !== undefined) throw new ImageError(`--format: no field .${unknownField} (${Object.keys(HEADERS).map((k) => `.${k}`).join(' ')})`, 125);
@@ -82,7 +86,7 @@ export const statsCommand: CommandModule = {
     const hostMemory = os.totalmem();
     const cpus = os.availableParallelism();
     let previous = new Map<string, { cpuNs: number; at: bigint }>();
-    const sample = (list: { id: string }[]): Map<string, { cpuNs: number; at: bigint; memory: number; memoryLimit: number; pids: number } | null> =>
+    const sample = (list: { id: string }[]): Map<string, (CgroupSample & { at: bigint }) | null> =>
       new Map(list.map((c) => {
         const s = sampleCgroup(c.id, hostMemory);
         return [c.id, s ? { ...s, at: process.hrtime.bigint() } : null];
@@ -99,7 +103,8 @@ export const statsCommand: CommandModule = {
           MemUsage: s ? `${bytesSize(s.memory)} / ${bytesSize(s.memoryLimit)}` : '-- / --',
           MemPerc: s ? `${((100 * s.memory) / s.memoryLimit).toFixed(2)}%` : '--',
           // (docker counts a container's own interfaces: with the host's network or none there are none)
-          NetIO: s ? '0B / 0B' : '--', BlockIO: '--', PIDs: s ? String(s.pids) : '--',
+          NetIO: s ? '0B / 0B' : '--', BlockIO: s ? `${humanSize(s.blockRead)} / ${humanSize(s.blockWrite)}` : '--',
+          PIDs: s ? String(s.pids) : '--',
         };
       });
       if (!format.startsWith('table')) return rows.map((r) => applyFormat(format, r)).join('\n');

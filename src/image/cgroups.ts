@@ -56,8 +56,11 @@ function hierarchy(root: string): Hierarchy {
   return { v1 };
 }
 
-/** What `strata stats` reads, in every container's group: memory, CPU time, processes (cpuacct: v1's CPU time). */
-const STATS_CONTROLLERS = ['memory', 'cpu', 'cpuacct', 'pids'];
+/**
+ * What `strata stats` reads, in every container's group: memory, CPU time, processes, block I/O
+ * (cpuacct: v1's CPU time; io is v2's block I/O controller, blkio v1's).
+ */
+const STATS_CONTROLLERS = ['memory', 'cpu', 'cpuacct', 'pids', 'io', 'blkio'];
 
 /** The controllers the limits need. */
 function controllers(r: Resources): string[] {
@@ -167,12 +170,17 @@ function makeCgroup(id: string, r: Resources, root: string): string[] {
   return [...new Set(dirs.values())];
 }
 
-/** A sample of a container's group: CPU time used (ns), memory in use and its limit (bytes), processes. */
+/**
+ * A sample of a container's group: CPU time used (ns), memory in use and its limit (bytes),
+ * processes, bytes read from and written to block devices.
+ */
 export interface CgroupSample {
   cpuNs: number;
   memory: number;
   memoryLimit: number;
   pids: number;
+  blockRead: number;
+  blockWrite: number;
 }
 
 /** A number from a file of the group (undefined: no such file, or "max"). */
@@ -196,6 +204,37 @@ function readStat(dir: string, file: string, key: string): number | undefined {
 }
 
 /**
+ * Bytes read and written, summed over the devices: v2's io.stat ("MAJ:MIN rbytes=N wbytes=N ..."), or
+ * v1's blkio.throttle.io_service_bytes_recursive ("MAJ:MIN Read N", "MAJ:MIN Write N", ...), as docker
+ * sums them. Zero where the file is missing (no such controller). (Recent kernels count in v1's file
+ * only the I/O that a throttling rule applied to, so without rules it stays at 0, under docker too.)
+ */
+function blockIo(dir: string, v2: boolean): { blockRead: number; blockWrite: number } {
+  try {
+    return parseBlockIo(readFileSync(join(dir, v2 ? 'io.stat' : 'blkio.throttle.io_service_bytes_recursive'), 'utf8'), v2);
+  } catch {
+    return { blockRead: 0, blockWrite: 0 };
+  }
+}
+
+/** The sums of blockIo, from the text of io.stat (v2) or of blkio.throttle.io_service_bytes_recursive (v1). */
+export function parseBlockIo(text: string, v2: boolean): { blockRead: number; blockWrite: number } {
+  let blockRead = 0;
+  let blockWrite = 0;
+  for (const line of text.split('\n')) {
+    if (v2) {
+      blockRead += Number(/\brbytes=(\d+)/.exec(line)?.[1] ?? 0);
+      blockWrite += Number(/\bwbytes=(\d+)/.exec(line)?.[1] ?? 0);
+    } else {
+      const m = /^\d+:\d+ (\w+) (\d+)$/.exec(line.trim());
+      if (m?.[1]!.toLowerCase() === 'read') blockRead += Number(m[2]);
+      else if (m?.[1]!.toLowerCase() === 'write') blockWrite += Number(m[2]);
+    }
+  }
+  return { blockRead, blockWrite };
+}
+
+/**
  * What the container's group uses now, or null when it has none. Memory as docker counts it: what
  * the group is charged for, less its inactive file pages (page cache the kernel takes back first).
  */
@@ -216,6 +255,7 @@ export function sampleCgroup(id: string, hostMemory: number, root = ROOT): Cgrou
       memory: Math.max(0, (readNumber(dir, 'memory.current') ?? 0) - (readStat(dir, 'memory.stat', 'inactive_file') ?? 0)),
       memoryLimit: limitOf(readNumber(dir, 'memory.max')),
       pids: readNumber(dir, 'pids.current') ?? 0,
+      ...blockIo(dir, true),
     };
   }
   const mem = at('memory');
@@ -224,6 +264,7 @@ export function sampleCgroup(id: string, hostMemory: number, root = ROOT): Cgrou
     memory: Math.max(0, (readNumber(mem, 'memory.usage_in_bytes') ?? 0) - (readStat(mem, 'memory.stat', 'total_inactive_file') ?? 0)),
     memoryLimit: limitOf(readNumber(mem, 'memory.limit_in_bytes')),
     pids: readNumber(at('pids'), 'pids.current') ?? 0,
+    ...blockIo(at('blkio'), false),
   };
 }
 
