@@ -24,6 +24,14 @@ const path = require('node:path');
 const vm = require('node:vm');
 const Module = require('node:module');
 
+// The threads node started before any of our code runs: V8's helpers (a daemon lowers their
+// priority, see lowerHelperThreads in src/cli/mount.ts). The thread pool does not exist yet.
+try {
+  globalThis.__strataStartThreads = fs.readdirSync('/proc/self/task').map(Number);
+} catch {
+  // no /proc: nothing is lowered
+}
+
 const file = path.join(__dirname, 'strata.cjs');
 const cacheFile = `${file}.v8cache`;
 // Bytecode that has not run for a while is normally dropped by the garbage collector: kept, the
