@@ -28,6 +28,7 @@
 #include <sys/mount.h>
 #include <sys/fsuid.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -1033,6 +1034,22 @@ static napi_value fn_copyFileRange(napi_env env, napi_callback_info info) {
   if (len < 0) return throw_sys(env, EINVAL, "copy_file_range", NULL);
   return ret_count(env, NOINTR(copy_file_range(fdin, poffin, fdout, poffout, (size_t)len, flags)),
                    "copy_file_range", NULL);
+}
+
+/* sendfile(fdOut, fdIn, offIn, len): bytes copied from fdIn at offIn (its file offset untouched) to
+ * fdOut at fdOut's file offset, which it advances: the kernel's copy between page caches, for files
+ * whose filesystems copy_file_range will not join. */
+static napi_value fn_sendfile(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fdout, fdin;
+  int64_t offin, len;
+  TRY(arg_i32(env, argv[0], &fdout));
+  TRY(arg_i32(env, argv[1], &fdin));
+  TRY(arg_i64(env, argv[2], &offin));
+  TRY(arg_i64(env, argv[3], &len));
+  if (len < 0 || offin < 0) return throw_sys(env, EINVAL, "sendfile", NULL);
+  off_t off = (off_t)offin;
+  return ret_count(env, NOINTR(sendfile(fdout, fdin, &off, (size_t)len)), "sendfile", NULL);
 }
 
 /* fadvise(fd, offset, len, advice): posix_fadvise(2) (it returns the error number itself). */
@@ -2240,7 +2257,7 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(truncateFile), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(preadCached), FN(pwrite), FN(copyFileRange), FN(fadvise), FN(ficlone), FN(ioctlBuf),
+    FN(pread), FN(preadCached), FN(pwrite), FN(copyFileRange), FN(sendfile), FN(fadvise), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},

@@ -1,8 +1,9 @@
 // Copy-up into an upper on another filesystem than the lower (a tmpfs upper over a lower on the
 // temporary directory's filesystem, as in the bench's tmpfs runs). FICLONE and copy_file_range cannot
-// copy across filesystems, so the data is read and written: every byte arrives, holes stay holes,
-// and the refused calls are not made again for that lower filesystem (each refusal cost an exception,
-// more than the copy of a small file). The daemon's system calls are read with strace.
+// copy across filesystems, so the data goes by sendfile (data extents of 64 KiB or more: one copy in
+// the kernel) or is read and written: every byte arrives, holes stay holes, and the refused calls are
+// not made again for that lower filesystem (each refusal cost an exception, more than the copy of a
+// small file). The daemon's system calls are read with strace.
 import test from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -15,7 +16,7 @@ import { readRecord } from '../src/daemon/registry.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-test.serial('copy-up from a lower on another filesystem: all data, holes kept, FICLONE and copy_file_range tried once', async (t) => {
+test.serial('copy-up from a lower on another filesystem: all data, holes kept, FICLONE and copy_file_range tried once, sendfile for large extents', async (t) => {
   const dir = tempDir(t, 'cux');
   const L = path.join(dir, 'l');
   fs.mkdirSync(L);
@@ -37,7 +38,7 @@ test.serial('copy-up from a lower on another filesystem: all data, holes kept, F
 
   const mnt = strataMount(t, { lowers: [L], upper: U, work: W });
   const pid = readRecord(mnt)!.pid;
-  const strace = await attachStrace(t, pid, ['ioctl', 'copy_file_range'], path.join(dir, 'strace.out'));
+  const strace = await attachStrace(t, pid, ['ioctl', 'copy_file_range', 'sendfile'], path.join(dir, 'strace.out'));
   t.true(strace.attached, 'strace attached');
 
   for (const name of names) fs.chmodSync(path.join(mnt, name), 0o600); // a copy-up each, with the data
@@ -55,4 +56,7 @@ test.serial('copy-up from a lower on another filesystem: all data, holes kept, F
   const ranges = lines.filter((l) => /copy_file_range\(/.test(l));
   t.is(clones.length, 1, `FICLONE calls:\n${clones.join('\n')}`);
   t.is(ranges.length, 1, `copy_file_range calls:\n${ranges.join('\n')}`);
+  // edge, edge1 and big whole, each in one call (the sparse file's extents and the small files are read and written)
+  const sent = lines.filter((l) => /sendfile\(/.test(l)).map((l) => Number(/\) = (\d+)/.exec(l)?.[1]));
+  t.deepEqual(sent.sort((a, b) => a - b), [64 * KiB, 64 * KiB + 1, 2 * MiB + 3], `sendfile calls:\n${lines.filter((l) => /sendfile/.test(l)).join('\n')}`);
 });

@@ -135,6 +135,7 @@ interface NativeBinding {
   fadvise(fd: number, offset: number, len: number, advice: number): void;
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
     len: number, flags: number): number;
+  sendfile(fdOut: number, fdIn: number, offIn: number, len: number): number;
   ficlone(destFd: number, srcFd: number): void;
   ioctlBuf(fd: number, request: number, buf: Buffer): number;
   lgetxattr(dirfd: number, path: string, name: string): Buffer | null;
@@ -381,6 +382,8 @@ export const pwrite: (fd: number, buf: Uint8Array, bufOffset: number, length: nu
 /** copy_file_range(2); a null offset uses (and advances) that fd's file offset. */
 export const copyFileRange: (fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
   len: number, flags: number) => number = native.copyFileRange;
+/** sendfile(2) from fdIn at offIn (its offset untouched) to fdOut at fdOut's file offset (advanced): bytes copied. */
+export const sendfile: (fdOut: number, fdIn: number, offIn: number, len: number) => number = native.sendfile;
 /** posix_fadvise(2), e.g. POSIX_FADV_WILLNEED: start reading [offset, offset+len) into the page cache (len 0: to the end). */
 export const fadvise: (fd: number, offset: number, len: number, advice: number) => void = native.fadvise;
 /** ioctl(destFd, FICLONE, srcFd): reflink the whole file. */

@@ -57,6 +57,14 @@ let reflinks = true;
  */
 const noCloneFrom = new Set<number>();
 const noRangeCopyFrom = new Set<number>();
+/** Source filesystems whose files sendfile refused (EINVAL: no splice from them): read and written instead. */
+const noSendfileFrom = new Set<number>();
+/**
+ * Data extents at least this long go by sendfile where copy_file_range cannot: one copy in the kernel
+ * instead of two through a buffer, 18% faster from 1 MiB up (ext4 to a tmpfs), the same from 4 to
+ * 64 KiB, a microsecond slower for 100 bytes (the offset to set first).
+ */
+const SENDFILE_MIN = 64 * 1024;
 /**
  * The buffer of copies by read/write, kept from one to the next: a fresh 1 MiB buffer per copy cost
  * more than the copy of a small file (its pages are touched only as far as copies use them).
@@ -86,6 +94,9 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
   // does from a data offset (its SEEK_DATA finds 0 and it copies whole chunks).
   let sparse = !dense;
   let useCfr = !noRangeCopyFrom.has(srcDev);
+  let useSendfile = !noSendfileFrom.has(srcDev);
+  /** Where dst's file offset is (sendfile writes there): -1 unknown. */
+  let dstPos = -1;
   while (pos < size) {
     let start = pos;
     let end = size;
@@ -113,6 +124,21 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
             const code = errCode(e);
             if (code === 'EXDEV' || code === 'EOPNOTSUPP' || code === 'ENOSYS') noRangeCopyFrom.add(srcDev);
             useCfr = false;
+            continue;
+          }
+        } else if (useSendfile && end - off >= SENDFILE_MIN) {
+          // Between filesystems that copy_file_range will not join (a lower on ext4, the upper on a
+          // tmpfs): the kernel copies from page cache to page cache, as the kernel's overlay does
+          // (measured, 1 GiB from ext4 to a tmpfs: 499 ms by read and write, 1.23x the kernel's).
+          try {
+            if (dstPos !== off) dstPos = N.lseek(dst, off, C.SEEK_SET);
+            n = N.sendfile(dst, src, off, Math.min(stepEnd - off, 64 * COPY_CHUNK));
+            dstPos += n;
+          } catch (e) {
+            const code = errCode(e);
+            if (code === 'EINVAL' || code === 'ENOSYS' || code === 'EOPNOTSUPP') noSendfileFrom.add(srcDev);
+            else throw e;
+            useSendfile = false;
             continue;
           }
         } else {
