@@ -278,12 +278,16 @@ test('images: REFERENCE and --filter (dangling, reference, label, before, since)
   strata(['rm', 'c']);
 });
 
-test('sizes print as docker prints them (Go\'s %.3g of decimal units)', (t) => {
+test('sizes print as docker prints them (Go\'s %.3g of decimal units; %.4g in system df and a prune\'s total)', (t) => {
   const cases: [number, string][] = [
     [0, '0B'], [5, '5B'], [999, '999B'], [1000, '1kB'], [1234, '1.23kB'], [1_000_000, '1MB'], [77_800_000, '77.8MB'],
     [123_456_789, '123MB'], [999_999, '1e+03kB'], [1.5e9, '1.5GB'], [2e12, '2TB'],
   ];
   for (const [n, s] of cases) t.is(humanSize(n), s, String(n));
+  // system df and a prune's total: four digits (go-units' HumanSize)
+  t.is(humanSize(1_234_567_890, 4), '1.235GB');
+  t.is(humanSize(77_800_000, 4), '77.8MB');
+  t.is(humanSize(0, 4), '0B');
   t.is(formatG(0.0001234, 3), '0.000123');
   t.is(formatG(0.00001234, 3), '1.23e-05');
   t.is(formatG(100, 3), '100');

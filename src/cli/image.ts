@@ -22,8 +22,12 @@ export function printJson(v: unknown): void {
   out(JSON.stringify(v, null, 2));
 }
 
-/** Docker's sizes: decimal units, three significant digits. */
-export function humanSize(n: number): string {
+/**
+ * Docker's sizes: decimal units, three significant digits as `docker images`, `ps --size`, `history`
+ * and `stats` print them (go-units' HumanSizeWithPrecision(n, 3)); four for `system df` and the total a
+ * prune reclaimed (HumanSize).
+ */
+export function humanSize(n: number, precision = 3): string {
   const units = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
   let v = n;
   let u = 0;
@@ -31,7 +35,7 @@ export function humanSize(n: number): string {
     v /= 1000;
     u++;
   }
-  return `${formatG(v, 3)}${units[u]}`;
+  return `${formatG(v, precision)}${units[u]}`;
 }
 
 /**
@@ -408,7 +412,7 @@ function imageVerbs(y: Argv): Argv {
       if (a.json) return void printJson(r);
       for (const i of r.images) out(`Deleted image: ${i}`);
       for (const l of r.layers) out(`Deleted layer: ${l}`);
-      out(`Total reclaimed space: ${humanSize(r.bytes)}`);
+      out(`Total reclaimed space: ${humanSize(r.bytes, 4)}`);
     }))
     .command('lowerdir <name>', 'print the image\'s layers as an overlay lowerdir= value (top first)', (c) => c
       .positional('name', { type: 'string', demandOption: true }),

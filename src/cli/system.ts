@@ -33,7 +33,7 @@ export const systemCommand: CommandModule = {
             ['Build Cache', 0, 0, dirBytes(join(s.root, 'build-mounts'))],
           ] as [string, number, number, number][];
         });
-        const table = [['TYPE', 'TOTAL', 'ACTIVE', 'SIZE'], ...rows.map(([t, n, act, b]) => [t, String(n), String(act), humanSize(b)])];
+        const table = [['TYPE', 'TOTAL', 'ACTIVE', 'SIZE'], ...rows.map(([t, n, act, b]) => [t, String(n), String(act), humanSize(b, 4)])];
         out(columns(table));
         process.exit(0);
       }))
@@ -67,7 +67,7 @@ export const systemCommand: CommandModule = {
         for (const l of r.layers) out(`Deleted layer: ${l}`);
         // (RUN --mount=type=cache directories; the layer cache goes with the layers it names)
         rmSync(join(s.root, 'build-mounts'), { recursive: true, force: true });
-        out(`Total reclaimed space: ${humanSize(r.bytes)}`);
+        out(`Total reclaimed space: ${humanSize(r.bytes, 4)}`);
       });
       process.exit(0);
     }))
