@@ -3,6 +3,7 @@
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
+import { cgroupDirs, removeCgroup } from '../../src/image/cgroups.js';
 
 export interface ProcessInfo {
   pid: number;
@@ -51,11 +52,13 @@ export function taggedEnv(extra: NodeJS.ProcessEnv = {}): { tag: string; env: No
 
 /**
  * taggedEnv, with every process that carries the tag killed (SIGKILL) when the test ends: what a
- * test started in the background cannot outlive it, even when it fails half way.
+ * test started in the background cannot outlive it, even when it fails half way. With a store
+ * (STRATA_STORE), the control groups of its containers go too: a container's monitor removes its
+ * group when the container ends, but not when it is killed here, before `strata rm` ran.
  */
 export function taggedEnvKilledAtEnd(t: ExecutionContext, extra: NodeJS.ProcessEnv = {}): { tag: string; env: NodeJS.ProcessEnv } {
   const tagged = taggedEnv(extra);
-  t.teardown(() => {
+  t.teardown(async () => {
     for (const p of processesTagged(tagged.tag)) {
       try {
         process.kill(p.pid, 'SIGKILL');
@@ -63,6 +66,16 @@ export function taggedEnvKilledAtEnd(t: ExecutionContext, extra: NodeJS.ProcessE
         // gone already
       }
     }
+    const store = extra.STRATA_STORE;
+    if (!store) return;
+    let ids: string[] = [];
+    try {
+      ids = fs.readdirSync(path.join(store, 'containers')).filter((d) => /^[0-9a-f]{64}$/.test(d));
+    } catch {
+      return; // no container was made
+    }
+    // (the killed processes leave their groups as they exit: removeCgroup waits for that)
+    for (const id of ids) await removeCgroup(cgroupDirs(id));
   });
   return tagged;
 }
