@@ -240,19 +240,15 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
 }
 
 /**
- * Asks the loader of the bundled command (scripts/load.cjs) to write V8's code cache when there is
- * none usable (it also writes one at every exit when it came out larger). A daemon run from the
- * modules (tests that import them, node dist/src/cli/main.js) has no loader.
- */
-/**
  * V8's helper threads (its optimising compiler, the garbage collector's helpers: the threads node
- * started before our code ran, listed by load.cjs) run at the lowest priority, nice 19. On two CPUs
- * a compile of the request path's functions otherwise holds the CPU that the program waiting for a
- * reply, or the daemon's own thread, is woken on: `perf sched` showed a 2.2 ms stat at the bottom of
- * a deep stack, its caller runnable behind a compile job. Fresh mounts, 10 interleaved runs against the
- * build before, medians (tmpfs upper): untar 710 -> 608 ms, first stats at the bottom of 40 layers 23.7
- * -> 18.7 ms; python's start-up and `dpkg -l` in a chroot unchanged within the noise. The daemon's
- * thread and the thread pool (made later, by the daemon's thread: nice 0) keep their priority.
+ * started before our code ran, listed by load.cjs; none without the loader) run at the lowest
+ * priority, nice 19. On two CPUs a compile of the request path's functions otherwise holds the CPU
+ * that the program waiting for a reply, or the daemon's own thread, is woken on: `perf sched` showed
+ * a 2.2 ms stat at the bottom of a deep stack, its caller runnable behind a compile job. Fresh
+ * mounts, 10 interleaved runs against the build before, medians (tmpfs upper): untar 710 -> 608 ms,
+ * first stats at the bottom of 40 layers 23.7 -> 18.7 ms; python's start-up and `dpkg -l` in a chroot
+ * unchanged within the noise. The daemon's thread and the thread pool (made later, by the daemon's
+ * thread: nice 0) keep their priority.
  */
 function lowerHelperThreads(): void {
   for (const tid of (globalThis as { __strataStartThreads?: number[] }).__strataStartThreads ?? []) {
@@ -265,6 +261,11 @@ function lowerHelperThreads(): void {
   }
 }
 
+/**
+ * Asks the loader of the bundled command (scripts/load.cjs) to write V8's code cache when there is
+ * none usable (it also writes one at every exit when it came out larger). A daemon run from the
+ * modules (tests that import them, node dist/src/cli/main.js) has no loader.
+ */
 function writeCodeCache(): void {
   (globalThis as { __strataWriteCodeCache?: (atExit: boolean) => void }).__strataWriteCodeCache?.(false);
 }

@@ -226,9 +226,9 @@ export function parseBlockIo(text: string, v2: boolean): { blockRead: number; bl
       blockRead += Number(/\brbytes=(\d+)/.exec(line)?.[1] ?? 0);
       blockWrite += Number(/\bwbytes=(\d+)/.exec(line)?.[1] ?? 0);
     } else {
-      const m = /^\d+:\d+ (\w+) (\d+)$/.exec(line.trim());
-      if (m?.[1]!.toLowerCase() === 'read') blockRead += Number(m[2]);
-      else if (m?.[1]!.toLowerCase() === 'write') blockWrite += Number(m[2]);
+      const [, op, bytes] = /^\d+:\d+ (\w+) (\d+)$/.exec(line.trim()) ?? [];
+      if (op?.toLowerCase() === 'read') blockRead += Number(bytes);
+      else if (op?.toLowerCase() === 'write') blockWrite += Number(bytes);
     }
   }
   return { blockRead, blockWrite };

@@ -129,7 +129,8 @@ function* copySteps(src: number, srcDev: number, dst: number, size: number, step
         } else if (useSendfile && end - off >= SENDFILE_MIN) {
           // Between filesystems that copy_file_range will not join (a lower on ext4, the upper on a
           // tmpfs): the kernel copies from page cache to page cache, as the kernel's overlay does
-          // (measured, 1 GiB from ext4 to a tmpfs: 499 ms by read and write, 1.23x the kernel's).
+          // (copy-ups of 1 MiB / 16 MiB / 256 MiB to a tmpfs: 1.26 / 8.3 / 113 ms by read and write,
+          // 0.69 / 7.1 / 101 ms so).
           try {
             if (dstPos !== off) dstPos = N.lseek(dst, off, C.SEEK_SET);
             n = N.sendfile(dst, src, off, Math.min(stepEnd - off, 64 * COPY_CHUNK));
