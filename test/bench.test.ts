@@ -14,7 +14,7 @@ import { formatRatio, formatSeconds, formatSize, median, ratio, summarize } from
 import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
 import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
 import { hostLine, stealShares, type Results } from '../src/bench/report.js';
-import { damonPageout, hostTicks, pageFaultMicros, parseProcStat } from '../src/bench/host.js';
+import { damonPageout, hostTicks, pageFaultMicros, parseProcStat, wakeupNote, wakeupTuning } from '../src/bench/host.js';
 
 test('statistics: medians, spreads, ratios, formats', (t) => {
   t.is(median([3, 1, 2]), 2);
@@ -104,6 +104,7 @@ test.serial('smoke run: every workload, tiny sizes, one run; results.json, repor
   const timed = res.samples.filter((x) => !x.workload.startsWith('mount'));
   t.true(timed.length > 0 && timed.every((x) => x.hostTicks! >= 0 && x.stealTicks! >= 0 && x.stealTicks! <= x.hostTicks!), 'steal and total ticks');
   t.true(Array.isArray(res.machine.damon));
+  t.deepEqual(res.machine.wakeups, wakeupTuning(), 'the wakeup settings recorded');
   for (const k of ['pageFaultUsStart', 'pageFaultUsEnd'] as const) t.true(typeof res.machine[k] === 'number' && (res.machine[k] as number) > 0, k);
   // The daemons' memory after the walk of the wide layer (not the kernel's: it has no daemon).
   for (const s of systems) {
@@ -196,4 +197,33 @@ test('host facts: /proc/stat parsed, DAMON pageout schemes found, steal shares p
   t.deepEqual(stealShares(res), [{ workload: 'a', share: 0.05 }, { workload: 'cu', share: 0.5 }]);
   t.is(hostLine(res), 'The host took 27.5% of the CPU time during the measurements (steal, mean over the workloads; most during cu 50.0%, a 5.0%). ' +
     'A fresh page of memory took 3.5 µs to fault in at the start and 12.25 µs at the end (a process start touches thousands). DAMON runs here (pageout of memory (nearly) untouched for 60 s or more): page cache left alone that long may be read from disk again.');
+});
+
+test('host facts: how callers are woken (haltpoll, the FUSE module\'s wake_here) read from sysfs and told in the report', (t) => {
+  const sys = tempDir(t, 'sys');
+  const put = (p: string, v: string): void => {
+    fs.mkdirSync(path.dirname(path.join(sys, p)), { recursive: true });
+    fs.writeFileSync(path.join(sys, p), `${v}\n`);
+  };
+  const none = wakeupTuning(sys);
+  t.deepEqual(none, { idleDriver: null, haltPollNs: null, fuseWakeHere: null, fuseUring: null }, 'nothing there');
+  t.is(wakeupNote(none), '');
+  t.is(wakeupNote(undefined), '', 'results of an older strata');
+  put('devices/system/cpu/cpuidle/current_driver', 'haltpoll');
+  put('module/haltpoll/parameters/guest_halt_poll_ns', '0');
+  put('module/fuse/parameters/wake_here', 'N');
+  put('module/fuse/parameters/enable_uring', 'Y');
+  const w = wakeupTuning(sys);
+  t.deepEqual(w, { idleDriver: 'haltpoll', haltPollNs: 0, fuseWakeHere: false, fuseUring: true });
+  t.is(wakeupNote(w), "Wakeups: idle vCPUs halt at once (haltpoll, guest_halt_poll_ns 0); the FUSE module's wake_here is N " +
+    "(a reply wakes its caller where the scheduler puts it); both move every FUSE row, strata's and fuse-overlayfs's alike.");
+  put('module/haltpoll/parameters/guest_halt_poll_ns', '200000');
+  put('module/fuse/parameters/wake_here', 'Y');
+  t.regex(wakeupNote(wakeupTuning(sys)), /poll 200000 ns before they halt.*wake_here is Y \(a reply wakes its caller on the replying CPU\)/);
+  const res = { workloads: [], samples: [], machine: { wakeups: w } } as unknown as Results;
+  t.true(hostLine(res).startsWith('Wakeups: idle vCPUs halt at once'), 'in the report\'s host line');
+  // this machine: whatever it has, the live reading is well-formed
+  const live = wakeupTuning();
+  t.true(live.fuseWakeHere === null || typeof live.fuseWakeHere === 'boolean');
+  t.true(live.haltPollNs === null || Number.isInteger(live.haltPollNs));
 });

@@ -84,3 +84,44 @@ export function damonPageout(root = '/sys/kernel/mm/damon/admin'): string[] {
   }
   return out;
 }
+
+/** What decides the cost of waking a thread that waits for a FUSE reply (see wakeupNote). */
+export interface WakeupTuning {
+  /** The cpuidle driver ("haltpoll" on KVM guests), or null. */
+  idleDriver: string | null;
+  /** haltpoll's guest_halt_poll_ns: how long an idle vCPU polls before it halts (0: it halts at once). */
+  haltPollNs: number | null;
+  /**
+   * The FUSE module's `wake_here` (a parameter of this machine kind's kernel, not of upstream Linux): Y
+   * wakes the caller waiting for a reply on the CPU that wrote the reply. null where the kernel has no such parameter.
+   */
+  fuseWakeHere: boolean | null;
+  /** The FUSE module's enable_uring. */
+  fuseUring: boolean | null;
+}
+
+const yes = (v: string | null): boolean | null => (v === null ? null : v === 'Y' || v === '1');
+
+/** The wakeup settings of this machine; `sys`: the sysfs root. */
+export function wakeupTuning(sys = '/sys'): WakeupTuning {
+  const ns = read(join(sys, 'module/haltpoll/parameters/guest_halt_poll_ns'));
+  return {
+    idleDriver: read(join(sys, 'devices/system/cpu/cpuidle/current_driver')),
+    haltPollNs: ns === null || !Number.isFinite(Number(ns)) ? null : Number(ns),
+    fuseWakeHere: yes(read(join(sys, 'module/fuse/parameters/wake_here'))),
+    fuseUring: yes(read(join(sys, 'module/fuse/parameters/enable_uring'))),
+  };
+}
+
+/** One sentence on the settings that move every FUSE row (the kernel's overlay makes no round trip). */
+export function wakeupNote(w: Partial<WakeupTuning> | undefined): string {
+  if (!w) return '';
+  const parts: string[] = [];
+  if (w.idleDriver === 'haltpoll' && w.haltPollNs !== null && w.haltPollNs !== undefined) {
+    parts.push(w.haltPollNs === 0 ? 'idle vCPUs halt at once (haltpoll, guest_halt_poll_ns 0)' : `idle vCPUs poll ${w.haltPollNs} ns before they halt (haltpoll)`);
+  }
+  if (w.fuseWakeHere === true || w.fuseWakeHere === false) {
+    parts.push(`the FUSE module's wake_here is ${w.fuseWakeHere ? 'Y (a reply wakes its caller on the replying CPU)' : 'N (a reply wakes its caller where the scheduler puts it)'}`);
+  }
+  return parts.length ? `Wakeups: ${parts.join('; ')}; both move every FUSE row, strata's and fuse-overlayfs's alike.` : '';
+}

@@ -7,6 +7,7 @@ import { formatRatio, formatSeconds, formatSize, ratio, summarize, type Summary 
 import type { SystemName } from './systems.js';
 import type { Sizes } from './gen.js';
 import type { Workload } from './workloads.js';
+import { wakeupNote, type WakeupTuning } from './host.js';
 
 export interface Sample {
   workload: string;
@@ -157,7 +158,7 @@ export function stealShares(r: Results): { workload: string; share: number }[] {
   return out;
 }
 
-/** One line on what the machine did to the numbers: the host's steal, DAMON paging out. */
+/** One line on what the machine did to the numbers: the host's steal, DAMON paging out, how callers are woken. */
 export function hostLine(r: Results): string {
   const shares = stealShares(r);
   const parts: string[] = [];
@@ -175,6 +176,8 @@ export function hostLine(r: Results): string {
   if (Array.isArray(damon) && damon.length) {
     parts.push(`DAMON runs here (${damon.join('; ')}): page cache left alone that long may be read from disk again.`);
   }
+  const wake = wakeupNote(r.machine.wakeups as Partial<WakeupTuning> | undefined);
+  if (wake) parts.push(wake);
   return parts.join(' ');
 }
 

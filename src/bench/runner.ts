@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, generateWide, type Sizes } from './gen.js';
 import { charts, cpuTable, formatTable, hostLine, markdown, memoryTable, summaries, table, type Results } from './report.js';
 import { residentBytes } from '../daemon/registry.js';
-import { damonPageout, hostTicks, pageFaultMicros } from './host.js';
+import { damonPageout, hostTicks, pageFaultMicros, wakeupTuning } from './host.js';
 import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
@@ -87,6 +87,7 @@ function machine(tmp: string, upperTmp: string | null): Record<string, unknown> 
     upperFs: upperTmp === null ? df : fsType(upperTmp),
     loadStart: os.loadavg().map((x) => x.toFixed(2)).join(' '),
     damon: damonPageout(),
+    wakeups: wakeupTuning(),
     pageFaultUsStart: Number(pageFaultMicros().toFixed(2)),
   };
 }
