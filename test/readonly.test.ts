@@ -421,9 +421,33 @@ test('user.overlay.* markers (oracle: the kernel with userxattr)', (t) => {
       { path: 'gone', kind: 'file', content: '' },
     ],
   ];
-  const { strata } = compareWithKernel(t, { lowers: materializeLayers(tempDir(t), layers), kernelOptions: ['userxattr'] });
-  t.deepEqual(strata.listings.get('opq'), ['top file']);
-  t.deepEqual(Object.keys(strata.nodes.get('f')!.xattrs), ['user.shown']);
+  // strata reads them on any mount (semantics.md, rule 4), the kernel with userxattr only; and strata with it.
+  const lowers = materializeLayers(tempDir(t), layers);
+  for (const strataArgs of [[], ['-o', 'userxattr']]) {
+    const { strata } = compareWithKernel(t, { lowers, kernelOptions: ['userxattr'], strataArgs });
+    t.deepEqual(strata.listings.get('opq'), ['top file']);
+    t.deepEqual(Object.keys(strata.nodes.get('f')!.xattrs), ['user.shown']);
+  }
+});
+
+test('trusted.overlay.* markers on a userxattr mount are plain attributes, as on the kernel', (t) => {
+  const layers: Layer[] = [
+    [
+      { path: 'opq', kind: 'dir', xattrs: { 'trusted.overlay.opaque': 'y' } },
+      { path: 'opq/top', kind: 'file', content: '' },
+      { path: 'xw', kind: 'dir', xattrs: { 'trusted.overlay.opaque': 'x' } },
+      { path: 'xw/hidden', kind: 'file', content: '', xattrs: { 'trusted.overlay.whiteout': '' } },
+      { path: 'meta', kind: 'file', content: 'm', xattrs: { 'trusted.overlay.metacopy': '' } },
+    ],
+    [
+      { path: 'opq/low', kind: 'file', content: '' },
+      { path: 'xw/hidden', kind: 'file', content: 'below' },
+    ],
+  ];
+  const { strata } = compareWithKernel(t, { lowers: materializeLayers(tempDir(t), layers), kernelOptions: ['userxattr'], strataArgs: ['-o', 'userxattr'] });
+  t.deepEqual(strata.listings.get('opq'), ['low file', 'top file'], 'not opaque');
+  t.deepEqual(Object.keys(strata.nodes.get('opq')!.xattrs), ['trusted.overlay.opaque'], 'shown as a plain trusted.* attribute to root');
+  t.true(strata.nodes.has('meta'), 'no metacopy refusal');
 });
 
 test('the examples/ layers merge as examples/README.md describes', (t) => {

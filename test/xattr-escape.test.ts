@@ -14,7 +14,15 @@ const USER: User = { uid: 3000, gid: 3000, groups: [3000] };
 
 /** The layers (top first) for an own namespace `ns` ("trusted" or "user"). */
 function layers(ns: string): LayerSpec[] {
+  // With userxattr, trusted.overlay.* is a plain attribute, as on the kernel (no marker is read there).
+  // (Without it, strata reads markers in user.overlay.* too and keeps that namespace private: README.)
+  const other: LayerSpec = ns !== 'user' ? [] : [
+    { t: 'file', p: 'other', data: 'o\n', mode: 0o644, xattrs: { 'trusted.overlay.low': 'O', 'trusted.overlay.opaque': 'y' } },
+    { t: 'file', p: 'plain2', data: 'p\n', mode: 0o644 },
+    { t: 'file', p: 'odir/below', data: 'b\n', mode: 0o644 },
+  ];
   const lower: LayerSpec = [
+    ...other,
     { t: 'file', p: 'up', data: 'u\n', mode: 0o644 },
     { t: 'file', p: 'esc', data: 'e\n', mode: 0o644, xattrs: { [`${ns}.overlay.overlay.low`]: 'L', 'user.plain': 'P' } },
     { t: 'file', p: 'esc2', data: 'e\n', mode: 0o644, xattrs: { [`${ns}.overlay.overlay.low`]: 'L2' } },
@@ -25,7 +33,9 @@ function layers(ns: string): LayerSpec[] {
     { t: 'dir', p: 'marked', mode: 0o755, xattrs: { [`${ns}.overlay.overlay.opaque`]: 'y' } },
     { t: 'file', p: 'marked/in', data: 'i\n', mode: 0o644 },
   ];
-  return [[{ t: 'dir', p: 'marked', mode: 0o755 }, { t: 'file', p: 'marked/top', data: 't\n', mode: 0o644 }], lower];
+  const otherTop: LayerSpec = ns !== 'user' ? [] : [
+    { t: 'dir', p: 'odir', mode: 0o755, xattrs: { 'trusted.overlay.opaque': 'y' } }, { t: 'file', p: 'odir/top', data: 't\n', mode: 0o644 }];
+  return [[{ t: 'dir', p: 'marked', mode: 0o755 }, { t: 'file', p: 'marked/top', data: 't\n', mode: 0o644 }, ...otherTop], lower];
 }
 
 /** Every xattr the mount lists, with values, sorted (the order of listxattr is the filesystem's). */
@@ -61,6 +71,13 @@ function steps(ns: string): ShellStep[] {
     { as: USER, sh: `${DUMP} trusted; getfattr -n trusted.t1 trusted 2>&1; true` },
     { sh: `${NO_SYS_ADMIN} getfattr -d -m - --absolute-names trusted | sort; ${NO_SYS_ADMIN} getfattr -n trusted.t1 trusted 2>&1; true` },
     { as: USER, sh: `${DUMP} esc up; true` },
+    // with userxattr, trusted.overlay.*: shown, set, removed and copied up as plain attributes; its
+    // opaque marker does not hide the layers below
+    ...(ns !== 'user' ? [] : [
+      { sh: `${DUMP} other; getfattr -n trusted.overlay.low --only-values other; echo; chmod 600 other; ${DUMP} other` },
+      { sh: `setfattr -n trusted.overlay.set -v s plain2; ${DUMP} plain2; setfattr -x trusted.overlay.set plain2; ${DUMP} plain2` },
+      { sh: `setfattr -n trusted.overlay.opaque -v y dir; ls dir; ls odir; ${DUMP} odir` },
+    ]),
     // a whiteout's shape is not made through the mount; other devices are
     { sh: 'mknod wh c 0 0 2>&1; ls -a | grep -c "^wh$"; mknod null c 1 3 && stat -c "%F %t:%T" null' },
   ];

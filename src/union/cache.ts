@@ -257,9 +257,11 @@ export class MetadataCache implements OriginStore, HandleStore {
       await db.open();
     }
     // The layers it describes; a lower's root change time is part of it (a layer rebuilt in place).
-    // Listings built with oci_whiteouts=off differ (`.wh.` files are names then): that is part of it too.
+    // Listings built with oci_whiteouts=off differ (`.wh.` files are names then), and so do those built with
+    // userxattr (markers read in user.overlay.*): both are part of it too.
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
-      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }) })));
+      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }),
+      ...(l.markerNs === 'user' ? { ns: 'user' } : {}) })));
     try {
       if (this.legacy) await this.moveLegacyOrigins(db);
       const recorded = await db.get(LAYERS_KEY);

@@ -6,6 +6,7 @@ import { Level } from 'level';
 import * as N from '../native/index.js';
 import { InodeTable, type UnionNode } from './inode.js';
 import { LayerStack } from './layers.js';
+import { LOWER_ATIME } from './layer_mount.js';
 import { LowerIndex, type LowerEntry } from './lower_index.js';
 import { lookupLayers } from './namei.js';
 import { JOURNAL, readRecords, SNAPSHOT } from './origin_file.js';
@@ -119,13 +120,15 @@ export async function verifyCache(dir: string): Promise<string[]> {
       for await (const key of db.keys()) if (key.startsWith('lower:') || key.startsWith('handle:')) stray.push(key);
       return stray.length ? [`no layer record, yet ${stray.length} entries made for some layers (${stray[0]}, ...)`] : [];
     }
-    const layers = JSON.parse(layersJson) as { path: string; upper: boolean }[];
+    const layers = JSON.parse(layersJson) as { path: string; upper: boolean; oci?: false; ns?: 'user' }[];
     const upper = layers.find((l) => l.upper)?.path ?? null;
-    const stack = LayerStack.open(upper, layers.filter((l) => !l.upper).map((l) => l.path));
+    // (read as the mount that wrote them read its layers)
+    const opts = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: !layers.some((l) => l.oci === false), userxattr: layers.some((l) => l.ns === 'user') };
+    const stack = LayerStack.open(upper, layers.filter((l) => !l.upper).map((l) => l.path), opts);
     // A listing describes the lower layers at its path: checked against them alone. (What the upper
     // does there does not make it wrong: a directory removed through the mount, a whiteout now, leaves
     // its listing unused, and right again if the whiteout goes.)
-    const lowerOnly = LayerStack.open(null, layers.filter((l) => !l.upper).map((l) => l.path));
+    const lowerOnly = LayerStack.open(null, layers.filter((l) => !l.upper).map((l) => l.path), opts);
     try {
       const inodes = new InodeTable(lowerOnly);
       const fresh = new LowerIndex(lowerOnly, null);

@@ -11,7 +11,7 @@ import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
 import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
-import { isCopiedXattr } from './whiteout.js';
+import { isCopiedXattr, type MarkerNs } from './whiteout.js';
 import { copyFileFlags } from './fsflags.js';
 
 const { C, ST } = N;
@@ -183,19 +183,19 @@ async function copyDataAsync(src: number, srcDev: number, dst: number, size: num
   }
 }
 
-/** Copies every xattr of (srcDir, srcName) onto (dstDir, dstName), except the overlay's own markers. */
-export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstName: string): void {
-  copyXattrsWith(srcDir, srcName, (name, v) => N.lsetxattr(dstDir, dstName, name, v, 0));
+/** Copies every xattr of (srcDir, srcName) onto (dstDir, dstName), except the overlay's own markers (in `ns`). */
+export function copyXattrs(srcDir: number, srcName: string, dstDir: number, dstName: string, ns: MarkerNs): void {
+  copyXattrsWith(srcDir, srcName, ns, (name, v) => N.lsetxattr(dstDir, dstName, name, v, 0));
 }
 
 /** As copyXattrs, onto an open file. */
-export function copyXattrsToFd(srcDir: number, srcName: string, fd: number): void {
-  copyXattrsWith(srcDir, srcName, (name, v) => N.fsetxattr(fd, name, v, 0));
+export function copyXattrsToFd(srcDir: number, srcName: string, fd: number, ns: MarkerNs): void {
+  copyXattrsWith(srcDir, srcName, ns, (name, v) => N.fsetxattr(fd, name, v, 0));
 }
 
-function copyXattrsWith(srcDir: number, srcName: string, set: (name: string, value: Buffer) => void): void {
+function copyXattrsWith(srcDir: number, srcName: string, ns: MarkerNs, set: (name: string, value: Buffer) => void): void {
   for (const name of N.llistxattr(srcDir, srcName)) {
-    if (!isCopiedXattr(name)) continue;
+    if (!isCopiedXattr(name, ns)) continue;
     const v = N.lgetxattr(srcDir, srcName, name);
     if (v === null) continue;
     try {
@@ -444,7 +444,7 @@ export class CopyUp {
       const chown = this.ust[ST.uid] !== st[ST.uid] || this.ust[ST.gid] !== st[ST.gid];
       if (chown) N.fchown(out, st[ST.uid]!, st[ST.gid]!);
       if (chown || (this.ust[ST.mode]! & 0o7777) !== (st[ST.mode]! & 0o7777)) N.fchmod(out, st[ST.mode]! & 0o7777);
-      copyXattrsToFd(srcDir, srcName, out);
+      copyXattrsToFd(srcDir, srcName, out, this.upper.layer.markerNs);
       copyFileFlags(src, C.S_IFREG, job.src, { fd: out }, this.upper.protattr);
       if (job.src >= 0) N.close(job.src);
       job.src = -1;
@@ -525,6 +525,8 @@ export class CopyUp {
     // A directory's copy is synced before it is renamed into place, as a file's (see setFileAttrs):
     // opened while its mode is still the 0700 it was made with.
     let syncFd = -1;
+    /** The origin went on the copy, or is not needed to keep st_ino (see setOrigin). */
+    let originKept = true;
     try {
       if (type === C.S_IFDIR && !this.upper.skipFsync) syncFd = N.openat(work, tmp, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
       // The lower location again: a copy in steps must not keep a directory descriptor across turns.
@@ -532,10 +534,10 @@ export class CopyUp {
       const [srcDir, srcName] = src;
       // Owner first (chown drops security.capability and setuid bits), then mode, xattrs, flags, times.
       copyAttrs(work, tmp, st, type === C.S_IFLNK, () => {
-        copyXattrs(srcDir, srcName, work, tmp);
+        copyXattrs(srcDir, srcName, work, tmp, this.upper.layer.markerNs);
         copyFileFlags(src, type, -1, { dirfd: work, name: tmp }, this.upper.protattr);
       });
-      if (job.origin) setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
+      if (job.origin) originKept = setOrigin((name, v) => N.lsetxattr(work, tmp, name, v, 0), job.origin, this.upper.markers === 'user');
       if (syncFd >= 0) N.fsync(syncFd);
     } catch (e) {
       this.abort(job);
@@ -549,7 +551,8 @@ export class CopyUp {
     N.fstatat(work, tmp, C.AT_SYMLINK_NOFOLLOW, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
-    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
+    // (a copy without the origin it should carry keeps st_ino for this mount only, as the kernel's inode does)
+    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null && originKept, originKept);
     const upperParent = this.prepareParent(parent);
     // The directory a replacing copy takes the name from: operations through the kernel's references
     // to it reach it where it goes (removed, as on the kernel, whose dentries for it stay too).

@@ -586,7 +586,7 @@ export class DirOps {
    */
   private redirectFor(parent: UnionNode, name: string, node: UnionNode, samedir: boolean): () => void {
     const xattr = this.opts.userxattr ? REDIRECT_XATTR_USER : REDIRECT_XATTR_TRUSTED;
-    const own = redirectOf(parent.dirFd(this.up), name);
+    const own = redirectOf(parent.dirFd(this.up), name, this.up.markerNs);
     if (!(own !== null && (samedir || own.startsWith('/')))) {
       let value = name;
       if (!samedir) {
@@ -603,7 +603,7 @@ export class DirOps {
           const up: UnionNode | null = n.parent;
           if (!up || !up.parent) break;
           nName = up.name;
-          r = redirectOf(up.parent.dirFd(this.up), up.name);
+          r = redirectOf(up.parent.dirFd(this.up), up.name, this.up.markerNs);
           n = up;
         }
         value = '/' + parts.reverse().join('/');
@@ -639,7 +639,7 @@ export class DirOps {
     }
     if (!node.layer.isUpper || !newParent.isMerged) return;
     const from = parent.dirFd(this.up);
-    if (!isOpaqueDir(from, oldName, false)) this.markOpaque(from, oldName);
+    if (!isOpaqueDir(from, oldName, false, this.up.markerNs)) this.markOpaque(from, oldName);
     this.failingRename(parent, oldName, node, newParent, target);
   }
 
@@ -672,7 +672,7 @@ export class DirOps {
    * kernel's rename and link do: readdir there must look its entries up for their d_ino.
    */
   private markImpureFor(dirfd: number, name: string): void {
-    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name)) markImpure(dirfd, this.opts.userxattr);
+    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name, this.up.markerNs)) markImpure(dirfd, this.opts.userxattr);
   }
 }
 

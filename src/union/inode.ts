@@ -248,12 +248,13 @@ export class InodeTable {
   /**
    * A copy-up keeps the object's st_ino: remember it for the upper copy. `hasOriginXattr`: the copy
    * carries overlay.origin, which gives the same st_ino after a crash (no journal line needed).
+   * `persist` false: for this mount only (a copy the kernel could not give an origin, see setOrigin).
    */
-  recordOrigin(upperIno: number, ino: number, hasOriginXattr = false): void {
+  recordOrigin(upperIno: number, ino: number, hasOriginXattr = false, persist = true): void {
     const upper = this.stack.upper!;
     if (upperIno === ino) return;
     this.origins.set(`${upper.index}:${upperIno}`, ino);
-    this.originStore?.set(upper, upperIno, ino, !hasOriginXattr);
+    if (persist) this.originStore?.set(upper, upperIno, ino, !hasOriginXattr);
   }
 
   /** The object now shows st_ino `ino` (a lower hard link copied up gets its own). */

@@ -32,6 +32,12 @@ export interface Layer {
   last?: boolean;
   /** redirect_dir=nofollow: a redirect in this stack fails the lookup with EPERM (the kernel's way). */
   readonly noFollowRedirects?: boolean;
+  /**
+   * Where its overlay markers (opaque, redirect, metacopy, xattr whiteouts, origin, impure) are read:
+   * on a mount with userxattr user.overlay.* only, as the kernel; else trusted.overlay.* and
+   * user.overlay.* both (the project's rules: semantics.md 4-5; the kernel reads trusted.overlay.* only).
+   */
+  readonly markerNs: 'both' | 'user';
 }
 
 const XINO_SHIFT = 2 ** 44;
@@ -60,9 +66,10 @@ export class LayerStack {
    * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
    */
   static open(upper: string | null, lowers: string[],
-    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean } =
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean } =
       { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
+    const markerNs = opts.userxattr === true ? 'user' : 'both';
     const devs: number[] = [];
     const st = new Float64Array(16);
     const layers: Layer[] = [];
@@ -83,12 +90,12 @@ export class LayerStack {
       paths.forEach((path, index) => {
         const isUpper = upper !== null && index === 0;
         const fd = openRoot(path, isUpper);
-        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0, ociWhiteouts: opts.ociWhiteouts });
+        layers.push({ index, path, fd, dev: 0, ino: 0, isUpper: false, fsIndex: 0, ociWhiteouts: opts.ociWhiteouts, markerNs });
         N.fstat(fd, st);
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
-          noFollowRedirects: opts.noFollowRedirects === true };
+          noFollowRedirects: opts.noFollowRedirects === true, markerNs };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

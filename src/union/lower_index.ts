@@ -185,7 +185,7 @@ export class LowerIndex {
           ino = st[ST.ino]!;
           statted = true;
         }
-        if (xw && type === C.S_IFREG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st)) {
+        if (xw && type === C.S_IFREG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st, layer.markerNs)) {
           done.add(name);
           continue;
         }
@@ -205,7 +205,7 @@ export class LowerIndex {
           cur.d!.push(layer.index);
         }
         if (below) {
-          const m = dirMarkers(dirfd, name, oci);
+          const m = dirMarkers(dirfd, name, oci, layer.markerNs);
           if (m.opaque === 'y') done.add(name);
           else if (m.opaque === 'x') layer.xwhiteouts = true;
           if (m.redirect !== null) {
@@ -270,7 +270,7 @@ export class LowerIndex {
       this.drop(dir);
       return lookupLayers(dir, name);
     }
-    if (e.m === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name);
+    if (e.m === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name, undefined, layer.markerNs);
     return { layer, st: N.statCopy(st), dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
   }
 

@@ -12,7 +12,7 @@ import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
 import { openBeneath } from './node.js';
-import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
+import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf, type MarkerNs } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -76,11 +76,11 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       const isDir = type === C.S_IFDIR;
       // (one listxattr serves an empty lower file's whiteout check and the metacopy check below)
       let xnames: string[] | undefined;
-      if (type === C.S_IFREG && !layer.isUpper && st[ST.size] === 0 && hasXwhiteoutXattr((xnames = N.llistxattr(dirfd, name)))) {
+      if (type === C.S_IFREG && !layer.isUpper && st[ST.size] === 0 && hasXwhiteoutXattr((xnames = N.llistxattr(dirfd, name)), layer.markerNs)) {
         return { hit, stopped: true };
       }
       if (!hit) {
-        if (type === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name, xnames);
+        if (type === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name, xnames, layer.markerNs);
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
         hit = { layer, st: N.statCopy(st), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
@@ -92,7 +92,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       // Opaque: the layers below are hidden. Only worth asking when there is a layer below (as the
       // kernel, which reads no marker in the last layer either).
       if (i + 1 < layers.length) {
-        const m = dirMarkers(dirfd, name, oci);
+        const m = dirMarkers(dirfd, name, oci, layer.markerNs);
         if (m.opaque === 'y') return { hit, stopped: true };
         if (m.opaque === 'x' && !layer.isUpper) layer.xwhiteouts = true;
         if (m.redirect !== null) {
@@ -102,7 +102,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
       } else if (!layer.last && isDir && !layer.noFollowRedirects) {
         // The directory's own last layer, with layers below in the stack: only an absolute redirect
         // can lead further down (the kernel, which follows redirects, reads it in every layer but the last).
-        const r = redirectOf(dirfd, name);
+        const r = redirectOf(dirfd, name, layer.markerNs);
         if (r !== null) return { hit: followRedirect(parent, hit!, layer, r, oci), stopped: true };
       }
     }
@@ -116,8 +116,8 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
  * refuses it without metacopy=on ("refusing to follow metacopy origin"): strata does not read the
  * data it leaves below, and the file's own (empty) data would show in its place.
  */
-export function refuseMetacopy(dirfd: number, name: string, names?: string[]): void {
-  if (isMetacopy(dirfd, name, names)) throw fsError('EPERM');
+export function refuseMetacopy(dirfd: number, name: string, names: string[] | undefined, ns: MarkerNs): void {
+  if (isMetacopy(dirfd, name, names, ns)) throw fsError('EPERM');
 }
 
 /**
@@ -157,9 +157,9 @@ function walkAbsolute(layer: Layer, path: string, oci: boolean): { fd: number; s
     const c = comps[j]!;
     let gone = !N.lstatMaybe(fd, c, st);
     const ends = gone ? oci && hasOciWhiteout(fd, c)
-      : isKernelWhiteout(st) || isXattrWhiteout(fd, c, st) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR;
+      : isKernelWhiteout(st) || isXattrWhiteout(fd, c, st, layer.markerNs) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR;
     if (!gone && !ends && !layer.last) {
-      const m = dirMarkers(fd, c, oci);
+      const m = dirMarkers(fd, c, oci, layer.markerNs);
       if (m.opaque === 'y') {
         stop = true;
       } else if (m.redirect !== null) {
@@ -237,7 +237,7 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
         if (stopAfter) return hit;
         continue;
       }
-      if (isKernelWhiteout(st) || isXattrWhiteout(dirfd, leaf, st)) return hit;
+      if (isKernelWhiteout(st) || isXattrWhiteout(dirfd, leaf, st, layer.markerNs)) return hit;
       // Below a directory, only directories merge.
       if ((st[ST.mode]! & C.S_IFMT) !== C.S_IFDIR) return hit;
       hit.dirLayers!.push(layer);
@@ -245,14 +245,14 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
       if (layer.last || stopAfter) return hit;
       let next: string | null;
       if (!lastHere) {
-        const m = dirMarkers(dirfd, leaf, oci);
+        const m = dirMarkers(dirfd, leaf, oci, layer.markerNs);
         if (m.opaque === 'y') return hit;
         if (m.opaque === 'x') layer.xwhiteouts = true;
         if (oci && hasOciWhiteout(dirfd, leaf)) return hit;
         next = m.redirect;
       } else {
         // (the parent's last layer: only an absolute redirect leads further down)
-        next = redirectOf(dirfd, leaf);
+        next = redirectOf(dirfd, leaf, layer.markerNs);
         if (next === null || !next.startsWith('/')) return hit;
       }
       if (next !== null) {

@@ -143,13 +143,17 @@ function isNoXattrs(e: unknown): boolean {
 
 /**
  * Sets the origin value on an upper object being built. As the kernel, ignores an upper without
- * xattrs, and "user." refused on symlinks and devices (EPERM).
+ * xattrs, and "user." refused on symlinks and devices (EPERM). False for the latter: the kernel's
+ * copy then has no origin, and shows its own st_ino once its inode is evicted (a remount).
  */
-export function setOrigin(set: (name: string, v: Buffer) => void, value: Buffer, userxattr: boolean): void {
+export function setOrigin(set: (name: string, v: Buffer) => void, value: Buffer, userxattr: boolean): boolean {
   try {
     set(originXattrName(userxattr), value);
+    return true;
   } catch (e) {
     if (!isNoXattrs(e) && ((e as N.ErrnoError).code !== 'EPERM' || !userxattr)) throw e;
+    // user.* on a symlink or a device is EPERM: the kernel's copy has no origin either
+    return !userxattr || (e as N.ErrnoError).code !== 'EPERM';
   }
 }
 
@@ -165,10 +169,10 @@ export function markImpure(dirfd: number, userxattr: boolean): void {
   }
 }
 
-/** Is the upper directory `dirfd` marked impure (in either namespace)? */
-export function isImpureDir(dirfd: number): boolean {
+/** Is the upper directory `dirfd` marked impure (in `ns`: both namespaces, trusted first, or user.* alone)? */
+export function isImpureDir(dirfd: number, ns: 'both' | 'user'): boolean {
   try {
-    const v = N.lgetxattr(dirfd, '', IMPURE_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, '', IMPURE_XATTR_USER);
+    const v = (ns === 'user' ? null : N.lgetxattr(dirfd, '', IMPURE_XATTR_TRUSTED)) ?? N.lgetxattr(dirfd, '', IMPURE_XATTR_USER);
     return v !== null && v.length === 1 && v[0] === 0x79;
   } catch (e) {
     if (isNoXattrs(e)) return false;
@@ -176,10 +180,10 @@ export function isImpureDir(dirfd: number): boolean {
   }
 }
 
-/** The origin xattr of (dirfd, name), in either namespace (trusted first); null without one or without xattrs. */
-function originValue(dirfd: number, name: string): Buffer | null {
+/** The origin xattr of (dirfd, name) in `ns` (both: trusted first); null without one or without xattrs. */
+function originValue(dirfd: number, name: string, ns: 'both' | 'user'): Buffer | null {
   try {
-    return N.lgetxattr(dirfd, name, ORIGIN_XATTR_TRUSTED) ?? N.lgetxattr(dirfd, name, ORIGIN_XATTR_USER);
+    return (ns === 'user' ? null : N.lgetxattr(dirfd, name, ORIGIN_XATTR_TRUSTED)) ?? N.lgetxattr(dirfd, name, ORIGIN_XATTR_USER);
   } catch (e) {
     if (isNoXattrs(e)) return null;
     throw e;
@@ -187,8 +191,8 @@ function originValue(dirfd: number, name: string): Buffer | null {
 }
 
 /** Does the upper object (dirfd, name) carry a (known) origin? */
-export function hasOrigin(dirfd: number, name: string): boolean {
-  const v = originValue(dirfd, name);
+export function hasOrigin(dirfd: number, name: string, ns: 'both' | 'user'): boolean {
+  const v = originValue(dirfd, name, ns);
   return v !== null && v.length > 0;
 }
 
@@ -220,7 +224,7 @@ function ambiguousUuid(stack: LayerStack, layer: Layer): boolean {
  * it names an object of another type. Both xattr namespaces are read (trusted first).
  */
 export function readOrigin(stack: LayerStack, dirfd: number, name = ''): Origin | null {
-  const v = originValue(dirfd, name);
+  const v = originValue(dirfd, name, stack.layers[0]?.markerNs ?? 'both');
   if (v === null || v.length === 0) return null;
   const fh = decodeOrigin(v);
   if (!fh) return null;

@@ -68,7 +68,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     if (!layer.isUpper) rememberNames(dir, layer, names);
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
-    const withOrigins = layer.isUpper && isImpureDir(dirfd);
+    const withOrigins = layer.isUpper && isImpureDir(dirfd, layer.markerNs);
     const xw = xwhiteoutsIn(dir, layer, dirfd);
     for (let k = 0; k < names.length; k++) {
       const name = names[k]!;
@@ -91,7 +91,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         type = dtFromMode(st[N.ST.mode]!);
         statted = true;
       }
-      if (xw && type === C.DT_REG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st)) {
+      if (xw && type === C.DT_REG && (statted || N.lstatMaybe(dirfd, name, st)) && isXattrWhiteout(dirfd, name, st, layer.markerNs)) {
         hidden.add(name);
         continue;
       }

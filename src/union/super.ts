@@ -121,8 +121,10 @@ export class UnionFs implements FileSystem {
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     if (opts.nfsExport) this.inodes.useExports(new ExportTable(opts.cache));
-    this.fsflags = new FileFlags(opts.upper?.userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
-    this.xattrNames = new OverlayXattrs(opts.upper?.userxattr === true);
+    // (the mount's own namespace: userxattr applies to a mount without an upper too, as the kernel's)
+    const userxattr = stack.layers[0]?.markerNs === 'user';
+    this.fsflags = new FileFlags(userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
+    this.xattrNames = new OverlayXattrs(userxattr);
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
     this.fileEnv = {

@@ -23,6 +23,18 @@ export const REDIRECT_XATTR_USER = 'user.overlay.redirect';
 export const XWHITEOUT_XATTR_TRUSTED = 'trusted.overlay.whiteout';
 export const XWHITEOUT_XATTR_USER = 'user.overlay.whiteout';
 
+/**
+ * Where a layer's overlay markers are read: both namespaces, trusted.overlay.* first (a mount without
+ * userxattr, as the project's rules say, and the image code, which reads uppers written either way);
+ * user.overlay.* alone (a mount with userxattr, as the kernel's ovl_xattr); trusted.overlay.* alone.
+ */
+export type MarkerNs = 'trusted' | 'user' | 'both';
+
+/** The namespace(s) of `ns` as xattr name prefixes, trusted first. */
+function markerNames(trusted: string, user: string, ns: MarkerNs): readonly string[] {
+  return ns === 'trusted' ? [trusted] : ns === 'user' ? [user] : [trusted, user];
+}
+
 /** A kernel-format whiteout: a character device with device number 0/0. */
 export function isKernelWhiteout(st: Float64Array): boolean {
   return (st[N.ST.mode]! & C.S_IFMT) === C.S_IFCHR && st[N.ST.rdev] === 0;
@@ -59,8 +71,8 @@ function markerValue(v: Buffer | null): 'y' | 'x' | null {
  * opaque (hiding the layers below it), "x" when it holds xattr whiteouts, else null. Reads both xattr
  * namespaces and, with `oci`, the OCI marker file.
  */
-export function opaqueState(dirfd: number, name: string, oci = true): 'y' | 'x' | null {
-  return dirMarkers(dirfd, name, oci).opaque;
+export function opaqueState(dirfd: number, name: string, oci = true, ns: MarkerNs = 'both'): 'y' | 'x' | null {
+  return dirMarkers(dirfd, name, oci, ns).opaque;
 }
 
 /** What a directory's xattrs say about the layers below it (see dirMarkers). */
@@ -73,21 +85,21 @@ export interface DirMarkers {
 
 /**
  * The markers of the directory `name` inside `dirfd`, as a lookup reads them: the opaque marker as
- * opaqueState (both namespaces, then the OCI marker file) and the redirect the kernel writes when
+ * opaqueState (the xattr in `ns`, then the OCI marker file) and the redirect the kernel writes when
  * it renames a merged directory with redirect_dir=on. One listxattr, then only the values present.
  */
-export function dirMarkers(dirfd: number, name: string, oci = true): DirMarkers {
+export function dirMarkers(dirfd: number, name: string, oci = true, ns: MarkerNs = 'both'): DirMarkers {
   let opaque: 'y' | 'x' | null = null;
   let redirect: string | null = null;
   const names = N.llistxattr(dirfd, name);
   if (names.length > 0) {
-    for (const x of [OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER]) {
+    for (const x of markerNames(OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER, ns)) {
       if (!names.includes(x)) continue;
       const v = markerValue(N.lgetxattr(dirfd, name, x));
       if (v === 'y') return { opaque: 'y', redirect: null };
       opaque ??= v;
     }
-    for (const x of [REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER]) {
+    for (const x of markerNames(REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER, ns)) {
       if (!names.includes(x)) continue;
       const v = N.lgetxattr(dirfd, name, x);
       if (v !== null) {
@@ -107,14 +119,14 @@ export const METACOPY_XATTR_USER = 'user.overlay.metacopy';
  * Is the regular file `name` inside `dirfd` a metacopy (the kernel's metacopy=on copy-up: the
  * attributes only, its data left in a layer below)? One listxattr.
  */
-export function isMetacopy(dirfd: number, name: string, names = N.llistxattr(dirfd, name)): boolean {
-  return names.length > 0 && (names.includes(METACOPY_XATTR_TRUSTED) || names.includes(METACOPY_XATTR_USER));
+export function isMetacopy(dirfd: number, name: string, names = N.llistxattr(dirfd, name), ns: MarkerNs = 'both'): boolean {
+  return names.length > 0 && markerNames(METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER, ns).some((x) => names.includes(x));
 }
 
 /** The redirect of the directory `name` inside `dirfd` alone (see dirMarkers), or null. */
-export function redirectOf(dirfd: number, name: string): string | null {
+export function redirectOf(dirfd: number, name: string, ns: MarkerNs = 'both'): string | null {
   const names = N.llistxattr(dirfd, name);
-  for (const x of [REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER]) {
+  for (const x of markerNames(REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER, ns)) {
     if (!names.includes(x)) continue;
     const v = N.lgetxattr(dirfd, name, x);
     if (v !== null) return v.toString('latin1');
@@ -123,8 +135,8 @@ export function redirectOf(dirfd: number, name: string): string | null {
 }
 
 /** Is the directory `name` inside `dirfd` opaque (see opaqueState)? */
-export function isOpaqueDir(dirfd: number, name: string, oci = true): boolean {
-  return opaqueState(dirfd, name, oci) === 'y';
+export function isOpaqueDir(dirfd: number, name: string, oci = true, ns: MarkerNs = 'both'): boolean {
+  return opaqueState(dirfd, name, oci, ns) === 'y';
 }
 
 /**
@@ -133,22 +145,22 @@ export function isOpaqueDir(dirfd: number, name: string, oci = true): boolean {
  * has_xwhiteouts: layers without one cost nothing), and not at the root (the kernel marks no root).
  */
 export function xwhiteoutsIn(dir: { parent: unknown }, layer: Layer, dirfd: number): boolean {
-  return layer.xwhiteouts === true && !layer.isUpper && dir.parent !== null && opaqueState(dirfd, '', false) === 'x';
+  return layer.xwhiteouts === true && !layer.isUpper && dir.parent !== null && opaqueState(dirfd, '', false, layer.markerNs) === 'x';
 }
 
 /**
  * Is the object at (dirfd, name), whose stat is `st`, an xattr whiteout: an empty regular file with
- * overlay.whiteout (in either namespace)? As the kernel's lookup (ovl_path_is_whiteout), whatever its
+ * overlay.whiteout (in `ns`)? As the kernel's lookup (ovl_path_is_whiteout), whatever its
  * directory's marker; readdir looks for them only in directories marked "x".
  */
-export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array): boolean {
+export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array, ns: MarkerNs = 'both'): boolean {
   if ((st[N.ST.mode]! & C.S_IFMT) !== C.S_IFREG || st[N.ST.size] !== 0) return false;
-  return hasXwhiteoutXattr(N.llistxattr(dirfd, name));
+  return hasXwhiteoutXattr(N.llistxattr(dirfd, name), ns);
 }
 
-/** Do these xattr names hold overlay.whiteout (either namespace)? */
-export function hasXwhiteoutXattr(names: string[]): boolean {
-  return names.length > 0 && (names.includes(XWHITEOUT_XATTR_TRUSTED) || names.includes(XWHITEOUT_XATTR_USER));
+/** Do these xattr names hold overlay.whiteout (in `ns`)? */
+export function hasXwhiteoutXattr(names: string[], ns: MarkerNs = 'both'): boolean {
+  return names.length > 0 && markerNames(XWHITEOUT_XATTR_TRUSTED, XWHITEOUT_XATTR_USER, ns).some((x) => names.includes(x));
 }
 
 /**
@@ -257,16 +269,20 @@ export class WhiteoutMaker {
   }
 }
 
-/** Private xattrs of overlayfs: never shown, never settable through the mount (see xattr.ts for escaped names). */
-export function isPrivateXattr(name: string): boolean {
-  return name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.');
+/**
+ * Private xattrs of overlayfs: never shown, never settable through the mount (see xattr.ts for escaped
+ * names). In `ns`: both namespaces (a mount without userxattr, and the image code), or user.overlay.*
+ * alone (with userxattr: as the kernel's ovl_is_private_xattr, trusted.overlay.* is a plain attribute).
+ */
+export function isPrivateXattr(name: string, ns: MarkerNs = 'both'): boolean {
+  return (ns !== 'user' && name.startsWith('trusted.overlay.')) || (ns !== 'trusted' && name.startsWith('user.overlay.'));
 }
 
 /**
- * Does copy-up carry this xattr of the lower object? Everything but the overlay's own markers: names
- * escaped for a nested overlay ("trusted.overlay.overlay.X", set through a mount as "trusted.overlay.X")
- * are the user's, and the kernel copies them up too.
+ * Does copy-up carry this xattr of the lower object? Everything but the overlay's own markers (in `ns`,
+ * as isPrivateXattr): names escaped for a nested overlay ("trusted.overlay.overlay.X", set through a
+ * mount as "trusted.overlay.X") are the user's, and the kernel copies them up too.
  */
-export function isCopiedXattr(name: string): boolean {
-  return !isPrivateXattr(name) || name.startsWith('trusted.overlay.overlay.') || name.startsWith('user.overlay.overlay.');
+export function isCopiedXattr(name: string, ns: MarkerNs = 'both'): boolean {
+  return !isPrivateXattr(name, ns) || name.startsWith('trusted.overlay.overlay.') || name.startsWith('user.overlay.overlay.');
 }

@@ -6,9 +6,10 @@
 // Linux 6.7 and later, so that an overlay can live inside another (a container running podman on a
 // strata mount): "trusted.overlay.X" set through the mount is "trusted.overlay.overlay.X" on the
 // layer object, and such escaped names are shown unescaped; the unescaped private names (opaque,
-// origin, impure, ...) are never shown. The other overlay namespace (user.overlay.* on a trusted
-// mount, and the reverse) stays out of reach: strata reads opaque markers from both namespaces, so a
-// value set there would change the merge (the kernel passes it through as a plain attribute).
+// origin, impure, ...) are never shown. The other overlay namespace: on a mount without userxattr,
+// user.overlay.* stays out of reach (strata reads markers there too, as the project's rules say:
+// a value set there would change the merge; the kernel passes it through as a plain attribute); with
+// userxattr, trusted.overlay.* is a plain attribute, as on the kernel (strata reads no marker there).
 
 import { fsError } from '../fuse/errors.js';
 import type { RequestContext } from '../fuse/types.js';
@@ -28,15 +29,19 @@ export class OverlayXattrs {
   readonly own: string;
   /** The own prefix followed by the escape: names under it are the user's, escaped. */
   readonly escaped: string;
+  /** Where the private names are: both namespaces (a mount without userxattr), or user.overlay.* alone. */
+  private readonly ns: 'both' | 'user';
 
   constructor(userxattr: boolean) {
+    this.ns = userxattr ? 'user' : 'both';
     this.own = userxattr ? 'user.overlay.' : 'trusted.overlay.';
     this.escaped = this.own + ESCAPE;
   }
 
   /**
    * The name on the layer object for `name` as used through the mount: the own namespace escaped
-   * (EOPNOTSUPP when that is longer than an xattr name may be), null for the other overlay namespace.
+   * (EOPNOTSUPP when that is longer than an xattr name may be), null for a private name of the other
+   * namespace (see above); any other name as it is.
    */
   real(name: string): string | null {
     if (name.startsWith(this.own)) {
@@ -44,13 +49,13 @@ export class OverlayXattrs {
       if (Buffer.byteLength(real) > NAME_MAX) throw fsError('EOPNOTSUPP');
       return real;
     }
-    return isPrivateXattr(name) ? null : name;
+    return isPrivateXattr(name, this.ns) ? null : name;
   }
 
-  /** The name `real` (on a layer object) shows through the mount: unescaped, or null (never shown). */
+  /** The name `real` (on a layer object) shows through the mount: unescaped, or null (private: never shown). */
   shown(real: string): string | null {
     if (real.startsWith(this.escaped)) return this.own + real.slice(this.escaped.length);
-    return isPrivateXattr(real) ? null : real;
+    return isPrivateXattr(real, this.ns) ? null : real;
   }
 }
 
@@ -77,7 +82,7 @@ export function listXattrs(names: OverlayXattrs, node: UnionNode, ctx: RequestCo
   return shown.filter((n) => !n.startsWith('trusted.'));
 }
 
-/** The name to set or remove on the layer object; the other overlay namespace is refused before any copy-up. */
+/** The name to set or remove on the layer object; a private name of the other namespace is refused before any copy-up. */
 export function settableName(names: OverlayXattrs, name: string): string {
   const real = names.real(name);
   if (real === null) throw fsError('EPERM');

@@ -74,13 +74,15 @@ export function inodeView(mnt: string, inodes: Map<string, string>): InodeView {
 }
 
 /**
- * Mounts `stack` with the kernel's overlay (a fresh work dir under `scratch`), returns its inode view, unmounts.
+ * Mounts `stack` with the kernel's overlay (a fresh work dir under `scratch`, the mount options
+ * `extra` as well: those the upper was written with), returns its inode view, unmounts.
  */
-export function kernelInodeView(t: ExecutionContext, stack: LayerStack, scratch: string, inodes = layerInodes(stack)): InodeView {
+export function kernelInodeView(t: ExecutionContext, stack: LayerStack, scratch: string, inodes = layerInodes(stack), extra: readonly string[] = []): InodeView {
   fs.mkdirSync(scratch, { recursive: true });
   // The work directory goes on the upper's filesystem (a tmpfs of its own with upperOnTmpfs, ops-pair.ts).
-  const options = crossFsOptions(stack.upper, stack.lowers[0]!);
-  const work = fs.mkdtempSync(options ? path.join(path.dirname(stack.upper), 'rw') : path.join(scratch, 'w'));
+  const cross = crossFsOptions(stack.upper, stack.lowers[0]!);
+  const options = cross || extra.length ? [...extra, ...(cross ?? [])] : undefined;
+  const work = fs.mkdtempSync(cross ? path.join(path.dirname(stack.upper), 'rw') : path.join(scratch, 'w'));
   const mnt = fs.mkdtempSync(path.join(scratch, 'm'));
   try {
     kernelOverlay(t, { lowers: stack.lowers, upper: stack.upper, work, mountpoint: mnt, options });
@@ -94,9 +96,9 @@ export function kernelInodeView(t: ExecutionContext, stack: LayerStack, scratch:
  * Case 8 of issue 10: the kernel over strata's upper against the kernel over its own upper (both
  * unmounted by their writers already): same layer object behind every st_ino, d_ino = st_ino.
  */
-export function compareUpperRemounts(c: Checks, kernel: LayerStack, strata: LayerStack, scratch: string, who = 'strata'): void {
-  const k = kernelInodeView(c.t, kernel, path.join(scratch, 'k'));
-  const s = kernelInodeView(c.t, strata, path.join(scratch, 's'));
+export function compareUpperRemounts(c: Checks, kernel: LayerStack, strata: LayerStack, scratch: string, who = 'strata', options: readonly string[] = []): void {
+  const k = kernelInodeView(c.t, kernel, path.join(scratch, 'k'), undefined, options);
+  const s = kernelInodeView(c.t, strata, path.join(scratch, 's'), undefined, options);
   c.none(k.dinoProblems, "the kernel over its own upper: readdir d_ino differs from st_ino (the oracle itself)");
   c.none(s.dinoProblems, `the kernel over ${who}'s upper: readdir d_ino differs from st_ino`);
   const diffs = [...new Set([...Object.keys(k.objects), ...Object.keys(s.objects)])]
