@@ -5,6 +5,10 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { materializeLayer, type Layer } from './helpers/layers.js';
+import { Checks } from './helpers/ops-checks.js';
+import type { LayerSpec } from './helpers/ops-layers.js';
+import { finishPair, setupPair } from './helpers/ops-pair.js';
+import { shellBoth } from './helpers/shell-pair.js';
 import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { runOk } from './helpers/exec.js';
@@ -392,4 +396,22 @@ test('after a copy-up that changes st_ino, the next listing shows the new d_ino 
   const bad = JSON.parse(runOk(PYTHON, ["-c", DINO, mnt])) as string[];
   strataUnmount(mnt);
   t.deepEqual(bad, []);
+});
+
+test.serial('userxattr: a symlink or FIFO, which cannot carry user.overlay.origin, keeps st_ino under the names it had, a new hard link shows the copy\'s own, as on the kernel', (t) => {
+  const c = new Checks(t);
+  const lower: LayerSpec = [
+    { t: 'symlink', p: 'sl', target: 'f' },
+    { t: 'fifo', p: 'ff', mode: 0o644 },
+    { t: 'file', p: 'f', data: 'f\n', mode: 0o644 },
+  ];
+  const pair = setupPair(t, [lower], { options: ['userxattr'] });
+  const same = (a: string, b: string): string => `[ "$(stat -c %i ${a})" = "$(stat -c %i ${b})" ] && echo "${a} ${b}: one st_ino" || echo "${a} ${b}: two"`;
+  shellBoth(c, pair, [
+    { sh: `ls -i sl ff f > before; chown -h 5:5 sl ff f; ls -i sl ff f | diff before - && echo kept; rm before` },
+    { sh: `ln sl sl.2; ln ff ff.2; ln f f.2; ${same('sl', 'sl.2')}; ${same('ff', 'ff.2')}; ${same('f', 'f.2')}; stat -c '%n %h %u' sl sl.2 ff ff.2 f f.2` },
+    { sh: `chmod 600 ff.2; stat -c '%n %a %h' ff ff.2; rm sl.2 ff; stat -c '%n %h' sl ff.2` },
+  ]);
+  finishPair(c, pair);
+  c.done();
 });

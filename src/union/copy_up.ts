@@ -551,8 +551,8 @@ export class CopyUp {
     N.fstatat(work, tmp, C.AT_SYMLINK_NOFOLLOW, this.ust);
     const upperIno = this.ust[ST.ino]!;
     const keepsIno = type === C.S_IFDIR || st[ST.nlink] === 1;
-    // (a copy without the origin it should carry keeps st_ino for this mount only, as the kernel's inode does)
-    if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null && originKept, originKept);
+    // (a copy without the origin it should carry keeps st_ino while its node lives, as the kernel's inode does)
+    if (keepsIno && originKept) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
     const upperParent = this.prepareParent(parent);
     // The directory a replacing copy takes the name from: operations through the kernel's references
     // to it reach it where it goes (removed, as on the kernel, whose dentries for it stay too).
@@ -570,6 +570,7 @@ export class CopyUp {
       throw e;
     }
     if (job.replace) this.replaced(parent, node, replaced);
+    if (keepsIno && !originKept) node.inoPinned = true;
     this.linked(parent, node, keepsIno ? null : upperIno, type);
   }
 }

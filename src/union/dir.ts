@@ -228,8 +228,8 @@ export class DirOps {
     }
   }
 
-  /** link(2): the source is copied up, then linked in the upper. */
-  link(node: UnionNode, parent: UnionNode, name: string): void {
+  /** link(2): the source is copied up, then linked in the upper. Returns the node of the new name. */
+  link(node: UnionNode, parent: UnionNode, name: string): UnionNode {
     checkName(name);
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
@@ -251,9 +251,18 @@ export class DirOps {
       N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
     this.markImpureFor(upperParent, name);
+    if (node.inoPinned) {
+      // A copy without an origin (see setOrigin) keeps its st_ino for the names it knew; as on the
+      // kernel, whose new name gets the upper file's inode, the new name is a node of its own, with the
+      // copy's own st_ino (hard-linked nodes' attributes are not cached: see UnionFs.attrTimeout).
+      const st = new Float64Array(16);
+      N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
+      return this.inodes.create(parent, name, node.type, this.up, null, st[ST.ino]!, undefined, true, st[ST.nlink]!);
+    }
     this.inodes.addAlias(node, parent, name);
     // An O_TMPFILE now has a name (it was linked through its anchor).
     if (this.tmpfiles.delete(node)) node.unlinked = false;
+    return node;
   }
 
   /** Nodes of O_TMPFILE files not linked yet: linkat may name them (other unlinked files not). */

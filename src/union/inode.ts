@@ -248,13 +248,12 @@ export class InodeTable {
   /**
    * A copy-up keeps the object's st_ino: remember it for the upper copy. `hasOriginXattr`: the copy
    * carries overlay.origin, which gives the same st_ino after a crash (no journal line needed).
-   * `persist` false: for this mount only (a copy the kernel could not give an origin, see setOrigin).
    */
-  recordOrigin(upperIno: number, ino: number, hasOriginXattr = false, persist = true): void {
+  recordOrigin(upperIno: number, ino: number, hasOriginXattr = false): void {
     const upper = this.stack.upper!;
     if (upperIno === ino) return;
     this.origins.set(`${upper.index}:${upperIno}`, ino);
-    if (persist) this.originStore?.set(upper, upperIno, ino, !hasOriginXattr);
+    this.originStore?.set(upper, upperIno, ino, !hasOriginXattr);
   }
 
   /** The object now shows st_ino `ino` (a lower hard link copied up gets its own). */
@@ -442,7 +441,7 @@ export class InodeTable {
   /** Builds the merged attributes from a layer object's stat. */
   attrFrom(node: UnionNode, st: N.StatValues): Attr {
     const layer = node.layer;
-    const ino = node.unlinked || !node.parent ? node.ino
+    const ino = node.unlinked || !node.parent || node.inoPinned ? node.ino
       : layer.isUpper ? this.inoFor(layer, st[ST.ino]!, () => node.location()) : this.stack.inoOf(layer, st[ST.ino]!);
     if (node.ino !== ino) {
       node.ino = ino;

@@ -38,6 +38,7 @@ class NodeRare {
   generation = 0;
   stored = false;
   warmedAt = 0;
+  inoPinned = false;
 }
 
 export class UnionNode {
@@ -90,6 +91,17 @@ export class UnionNode {
   }
   set unlinked(v: boolean) {
     if (this.rare !== null || v) this.r().unlinked = v;
+  }
+
+  /**
+   * st_ino stays `ino` while this node lives, whatever its layer object says: a copy-up that could not
+   * give the copy an origin (see setOrigin) keeps it so, as the kernel's inode, until the kernel forgets it.
+   */
+  get inoPinned(): boolean {
+    return this.rare === null ? false : this.rare.inoPinned;
+  }
+  set inoPinned(v: boolean) {
+    if (this.rare !== null || v) this.r().inoPinned = v;
   }
 
   /** When the tree below this directory was last read ahead (ms; Infinity while it is; see UnionFs.readAhead). */

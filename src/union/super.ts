@@ -825,8 +825,11 @@ export class UnionFs implements FileSystem {
       if (copied) return copied.then(() => this.link(ctx, nodeid, newParent, newName));
     }
     const live = node.live;
-    w.dirs.link(live, p, newName);
-    return this.entry(live);
+    const named = w.dirs.link(live, p, newName);
+    // A new node for the name (see DirOps.link): the kernel updates only the inode of the reply, so the
+    // source's cached attributes (st_nlink) are dropped.
+    if (named !== live) this.opts.invalidateAttributes(live.nodeid);
+    return this.entry(named);
   }
 
   write(ctx: RequestContext, nodeid: number, fh: number, offset: number, data: Buffer, writeFlags = 0): number {
