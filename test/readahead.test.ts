@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk, waitFor } from './helpers/exec.js';
 import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
-import { dropCachedPages } from './helpers/page-cache.js';
+import { dropCachedPages, holdPageCacheLock } from './helpers/page-cache.js';
 import { tempDir } from './helpers/tmp.js';
 
 /** `find` of a tree as lines (path, type, size, mode, link target), sorted. */
@@ -39,6 +39,10 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   fs.mkdirSync(path.join(top, 'd3'), { recursive: true });
   fs.writeFileSync(path.join(top, 'd3', 'new'), 'top\n');
   // Mounted again with nothing of it cached: the loop device's pages and the image file's dropped.
+  // (No other test file drops the machine's caches from here on: the second mount must find the
+  // first one's reads cached.)
+  const release = await holdPageCacheLock('exclusive');
+  t.teardown(release);
   runOk('umount', [disk]);
   dropCachedPages(img);
   runOk('mount', ['-o', 'loop,ro', img, disk]);
@@ -55,6 +59,7 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   // Once the walk's listings are cached, a second mount's first listing comes from memory: no read-ahead.
   const mnt2 = strataMount(t, { lowers: [top, lower], mountpoint: newDir('m2'), extraArgs: ['--log-file', `${log}2`] });
   t.deepEqual(listing(mnt2), seen);
+  release();
   const k = kernelOverlay(t, { lowers: [top, lower], mountpoint: newDir('k') });
   t.deepEqual(seen, listing(k), 'the same tree as the kernel\'s overlay');
   t.is(seen.length, 1 + 3000 + 20 * 3 + 2 + 1);

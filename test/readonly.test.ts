@@ -16,6 +16,7 @@ import { ociToKernel } from './helpers/oci.js';
 import { compareWithKernel, lookup } from './helpers/oracle.js';
 import { examplesDir } from './helpers/paths.js';
 import { AT, SEEK, python } from './helpers/python.js';
+import { holdPageCacheLock } from './helpers/page-cache.js';
 import { snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 
@@ -721,6 +722,8 @@ test('parallel readers while the kernel keeps evicting its caches read what the 
   // sha256 of every regular file, 8 readers at a time, in a stable order
   const script = 'find . -type f -print0 | xargs -0 -P 8 -n 100 sha256sum | sort -k2';
   const sums = async (mnt: string, evict: boolean): Promise<string> => {
+    // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
+    const release = evict ? await holdPageCacheLock('shared') : () => {};
     const timer = evict ? setInterval(() => fs.writeFileSync('/proc/sys/vm/drop_caches', '3'), 100) : undefined;
     try {
       const r = await runWithPipes('bash', ['-c', script], { cwd: mnt, timeoutMs: 120_000 });
@@ -728,6 +731,7 @@ test('parallel readers while the kernel keeps evicting its caches read what the 
       return r.stdout;
     } finally {
       clearInterval(timer);
+      release();
     }
   };
   const expected = await sums(kernelOverlay(t, { lowers }), false);

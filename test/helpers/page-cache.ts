@@ -2,7 +2,9 @@
 // posix_fadvise(POSIX_FADV_DONTNEED) may leave a page that someone else holds at that moment (the
 // drop_caches loop of another test file, a DAMON scan of the host): it is repeated until fincore(1)
 // counts no resident byte.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as N from '../../src/native/index.js';
 import { run } from './exec.js';
 import { sleepMs } from './fifo-channel.js';
@@ -31,4 +33,25 @@ export function dropCachedPages(file: string): void {
     fs.closeSync(fd);
   }
   throw new Error(`${file}: its pages stay in the page cache after 100 POSIX_FADV_DONTNEED`);
+}
+
+/** The lock's file: this module's own, always there (nothing to make or remove). */
+const LOCK = fileURLToPath(import.meta.url);
+
+/**
+ * Holds a lock that test files running at once share over the page cache, until the returned function
+ * is called (or this process ends): "shared" by a test that drops every cache of the machine
+ * (drop_caches) while it runs, "exclusive" by one that needs what it read to stay cached meanwhile.
+ * flock(1) holds it in a child that waits on its standard input.
+ */
+export async function holdPageCacheLock(mode: 'shared' | 'exclusive'): Promise<() => void> {
+  const child = spawn('flock', [mode === 'shared' ? '-s' : '-x', LOCK, 'sh', '-c', 'echo held; exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.once('data', () => resolve());
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`flock ${LOCK} ended (${code}) before holding the lock`)));
+  });
+  return () => {
+    child.stdin.end();
+  };
 }
