@@ -255,7 +255,6 @@ export class DirOps {
       // A copy without an origin (see setOrigin) keeps its st_ino for the names it knew; as on the
       // kernel, whose new name gets the upper file's inode, the new name is a node of its own, with the
       // copy's own st_ino (hard-linked nodes' attributes are not cached: see UnionFs.attrTimeout).
-      const st = new Float64Array(16);
       N.fstatat(upperParent, name, C.AT_SYMLINK_NOFOLLOW, st);
       return this.inodes.create(parent, name, node.type, this.up, null, st[ST.ino]!, undefined, true, st[ST.nlink]!);
     }

@@ -151,9 +151,10 @@ export function setOrigin(set: (name: string, v: Buffer) => void, value: Buffer,
     set(originXattrName(userxattr), value);
     return true;
   } catch (e) {
-    if (!isNoXattrs(e) && ((e as N.ErrnoError).code !== 'EPERM' || !userxattr)) throw e;
+    if (isNoXattrs(e)) return true;
     // user.* on a symlink or a device is EPERM: the kernel's copy has no origin either
-    return !userxattr || (e as N.ErrnoError).code !== 'EPERM';
+    if ((e as N.ErrnoError).code === 'EPERM' && userxattr) return false;
+    throw e;
   }
 }
 

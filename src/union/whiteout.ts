@@ -30,10 +30,21 @@ export const XWHITEOUT_XATTR_USER = 'user.overlay.whiteout';
  */
 export type MarkerNs = 'trusted' | 'user' | 'both';
 
-/** The namespace(s) of `ns` as xattr name prefixes, trusted first. */
-function markerNames(trusted: string, user: string, ns: MarkerNs): readonly string[] {
-  return ns === 'trusted' ? [trusted] : ns === 'user' ? [user] : [trusted, user];
+/** A marker's xattr names for each MarkerNs, trusted first: made once, as lookups ask for every name. */
+type MarkerNames = Readonly<Record<MarkerNs, readonly string[]>>;
+function markerNames(trusted: string, user: string): MarkerNames {
+  return { trusted: [trusted], user: [user], both: [trusted, user] };
 }
+
+/** Does the list of an object's xattr names hold one of `wanted`? */
+function holdsAny(names: readonly string[], wanted: readonly string[]): boolean {
+  for (const x of wanted) if (names.includes(x)) return true;
+  return false;
+}
+
+const OPAQUE_NAMES = markerNames(OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER);
+const REDIRECT_NAMES = markerNames(REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER);
+const XWHITEOUT_NAMES = markerNames(XWHITEOUT_XATTR_TRUSTED, XWHITEOUT_XATTR_USER);
 
 /** A kernel-format whiteout: a character device with device number 0/0. */
 export function isKernelWhiteout(st: Float64Array): boolean {
@@ -93,13 +104,13 @@ export function dirMarkers(dirfd: number, name: string, oci = true, ns: MarkerNs
   let redirect: string | null = null;
   const names = N.llistxattr(dirfd, name);
   if (names.length > 0) {
-    for (const x of markerNames(OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER, ns)) {
+    for (const x of OPAQUE_NAMES[ns]) {
       if (!names.includes(x)) continue;
       const v = markerValue(N.lgetxattr(dirfd, name, x));
       if (v === 'y') return { opaque: 'y', redirect: null };
       opaque ??= v;
     }
-    for (const x of markerNames(REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER, ns)) {
+    for (const x of REDIRECT_NAMES[ns]) {
       if (!names.includes(x)) continue;
       const v = N.lgetxattr(dirfd, name, x);
       if (v !== null) {
@@ -114,19 +125,20 @@ export function dirMarkers(dirfd: number, name: string, oci = true, ns: MarkerNs
 
 export const METACOPY_XATTR_TRUSTED = 'trusted.overlay.metacopy';
 export const METACOPY_XATTR_USER = 'user.overlay.metacopy';
+const METACOPY_NAMES = markerNames(METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER);
 
 /**
  * Is the regular file `name` inside `dirfd` a metacopy (the kernel's metacopy=on copy-up: the
  * attributes only, its data left in a layer below)? One listxattr.
  */
 export function isMetacopy(dirfd: number, name: string, names = N.llistxattr(dirfd, name), ns: MarkerNs = 'both'): boolean {
-  return names.length > 0 && markerNames(METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER, ns).some((x) => names.includes(x));
+  return names.length > 0 && holdsAny(names, METACOPY_NAMES[ns]);
 }
 
 /** The redirect of the directory `name` inside `dirfd` alone (see dirMarkers), or null. */
 export function redirectOf(dirfd: number, name: string, ns: MarkerNs = 'both'): string | null {
   const names = N.llistxattr(dirfd, name);
-  for (const x of markerNames(REDIRECT_XATTR_TRUSTED, REDIRECT_XATTR_USER, ns)) {
+  for (const x of REDIRECT_NAMES[ns]) {
     if (!names.includes(x)) continue;
     const v = N.lgetxattr(dirfd, name, x);
     if (v !== null) return v.toString('latin1');
@@ -160,7 +172,7 @@ export function isXattrWhiteout(dirfd: number, name: string, st: Float64Array, n
 
 /** Do these xattr names hold overlay.whiteout (in `ns`)? */
 export function hasXwhiteoutXattr(names: string[], ns: MarkerNs = 'both'): boolean {
-  return names.length > 0 && markerNames(XWHITEOUT_XATTR_TRUSTED, XWHITEOUT_XATTR_USER, ns).some((x) => names.includes(x));
+  return names.length > 0 && holdsAny(names, XWHITEOUT_NAMES[ns]);
 }
 
 /**
