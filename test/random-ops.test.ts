@@ -31,6 +31,7 @@ import { materializeLayer, type Layer } from './helpers/layers.js';
 import { Checks } from './helpers/ops-checks.js';
 import { finishPair, setupPair, type LowerSource, type Pair, type PairOptions, type Side } from './helpers/ops-pair.js';
 import { strataUnmount } from './helpers/mounts.js';
+import { run as runCmd } from './helpers/exec.js';
 import { repoRoot } from './helpers/paths.js';
 import { removeTree } from './helpers/tmp.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, showOp, type Op, type Runner } from './helpers/ops-runner.js';
@@ -64,6 +65,14 @@ const REDIRECT_SEEDS = parseSeeds(process.env.STRATA_REDIRECT_SEEDS ?? '7-8');
  * "Inode numbers".)
  */
 const USERXATTR_SEEDS = parseSeeds(process.env.STRATA_USERXATTR_SEEDS ?? '9');
+/**
+ * Seeds run with metacopy=on on both sides, over an upper that a kernel overlay with metacopy=on wrote
+ * first (metadata-only copies of lower files, some renamed or linked: their data below, found through
+ * redirects): strata reads those files and fills in their data before a change, as the kernel does.
+ * The uppers then hold the same tree in two forms (the kernel keeps making metadata-only copies):
+ * they are compared through fresh kernel mounts only.
+ */
+const METACOPY_SEEDS = parseSeeds(process.env.STRATA_METACOPY_SEEDS ?? '10');
 const OPS = Number(process.env.STRATA_OPS ?? 300);
 if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
 
@@ -700,9 +709,10 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 
 function reproCommand(seed: number, ops: number, po: PairOptions): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
-  const only = (v: string): string => ['STRATA_SEEDS', 'STRATA_TMPFS_SEEDS', 'STRATA_REDIRECT_SEEDS', 'STRATA_USERXATTR_SEEDS']
+  const only = (v: string): string => ['STRATA_SEEDS', 'STRATA_TMPFS_SEEDS', 'STRATA_REDIRECT_SEEDS', 'STRATA_USERXATTR_SEEDS', 'STRATA_METACOPY_SEEDS']
     .map((k) => `${k}=${k === v ? seed : ''}`).join(' ');
-  const seeds = po.options?.includes('redirect_dir=on') ? only('STRATA_REDIRECT_SEEDS') : po.options?.includes('userxattr') ? only('STRATA_USERXATTR_SEEDS')
+  const seeds = po.options?.includes('metacopy=on') ? only('STRATA_METACOPY_SEEDS')
+    : po.options?.includes('redirect_dir=on') ? only('STRATA_REDIRECT_SEEDS') : po.options?.includes('userxattr') ? only('STRATA_USERXATTR_SEEDS')
     : po.upperOnTmpfs ? only('STRATA_TMPFS_SEEDS') : only('STRATA_SEEDS');
   return `make build && ${peer}${seeds} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
 }
@@ -774,4 +784,49 @@ for (const seed of REDIRECT_SEEDS) {
 for (const seed of USERXATTR_SEEDS) {
   test.serial(`seed ${seed}, userxattr: ${OPS} random operations agree with the kernel`,
     (t) => runSeed(t, seed, OPS, { options: ['userxattr'] }));
+}
+// The same with metacopy=on on both sides, over a kernel-written upper of metadata-only copies (see METACOPY_SEEDS).
+for (const seed of METACOPY_SEEDS) {
+  test.serial(`seed ${seed}, metacopy=on over the kernel's metadata-only copies: ${OPS} random operations agree with the kernel`,
+    (t) => runSeed(t, seed, OPS, { options: ['metacopy=on'], upperFrom: kernelMetacopies(seed) }));
+}
+
+/**
+ * Writes an upper through a kernel overlay with metacopy=on: chmod, chown, utimes (metadata-only copies
+ * of lower files), renames within and across directories (redirects), and hard links of some of them,
+ * chosen by `seed` among the merged tree's regular files (the same choices for both sides' copies).
+ */
+function kernelMetacopies(seed: number): (upper: string, lowers: string[]) => void {
+  return (upper, lowers) => {
+    const gen = fs.mkdtempSync(path.join(path.dirname(upper), 'mc'));
+    const mnt = path.join(gen, 'm');
+    fs.mkdirSync(path.join(gen, 'w'));
+    fs.mkdirSync(mnt);
+    const m = runCmd('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${upper},workdir=${gen}/w,metacopy=on`, mnt]);
+    if (m.status !== 0) throw new Error(`kernel overlay with metacopy=on: ${m.stderr.trim()}`);
+    try {
+      const r = rng(seed * 7919 + 1);
+      const files = walk(mnt).slice(1).filter((p) => fs.lstatSync(path.join(mnt, p)).isFile()).sort();
+      const dirs = ['', ...walk(mnt).slice(1).filter((p) => fs.lstatSync(path.join(mnt, p)).isDirectory()).sort()];
+      let n = 0;
+      for (const f of files) {
+        const x = r();
+        if (x > 0.6) continue;
+        const p = path.join(mnt, f);
+        try {
+          fs.chmodSync(p, [0o600, 0o640, 0o755, 0o4755, 0o444][Math.floor(r() * 5)]!);
+          if (x < 0.3) fs.chownSync(p, 1000 + Math.floor(r() * 3), 1000);
+          if (x < 0.2) fs.utimesSync(p, 1_000_000 + n, 2_000_000 + n);
+          if (x < 0.15) fs.renameSync(p, path.join(mnt, dirs[Math.floor(r() * dirs.length)]!, `mc-moved-${n}`));
+          else if (x < 0.25) fs.linkSync(p, path.join(mnt, path.dirname(f), `mc-link-${n}`));
+        } catch {
+          // (whatever the kernel refuses here, it refuses on both sides' copies alike)
+        }
+        n++;
+      }
+    } finally {
+      runCmd('umount', [mnt]);
+    }
+    fs.rmSync(gen, { recursive: true, force: true });
+  };
 }

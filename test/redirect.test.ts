@@ -171,6 +171,49 @@ test.serial('the same with those files in a lower layer above three more (lookup
   c.done();
 });
 
+/** As kernelMetacopy, and more: a file in a subdirectory chowned, one moved to another directory (an absolute redirect). */
+function kernelMetacopyMore(upper: string, lowers: string[]): void {
+  throughKernel(upper, lowers, 'metacopy=on', 'chmod 600 a/f1 && mv c/f c/g && chown 1000:1000 a/sub/g && mv d/f keep/moved && echo data > keep/new',
+    ['keep/moved', 'trusted.overlay.redirect', '/d/f']);
+}
+
+/** LOWER and a file above the size that is copied up in steps between other requests (6 MiB). */
+const LOWER_BIG: LayerSpec = [...LOWER, { t: 'file', p: 'big', data: 'b'.repeat(6 << 20) }];
+
+/**
+ * Reads, then metadata changes, data changes, renames and links of the metacopy files, then removals;
+ * a large file copied up metadata only by each side (by strata too) and then written while a descriptor
+ * reads it.
+ */
+const METACOPY_ON_STEPS: ShellStep[] = [
+  { sh: 'chmod 600 big && stat -c "%n %s %a" big && exec 3< big && head -c 5 <&3 && echo tail >> big && head -c 5 <&3 && tail -c 9 big && md5sum big' },
+  { sh: 'for f in a/f1 c/g a/sub/g keep/moved keep/new; do stat -c "%n %s %a %u %h" $f; cat $f; done; ls -a a c d keep; true' },
+  { sh: 'chmod 640 a/f1 && chown 7:7 c/g && touch -d @1000000000 a/sub/g && stat -c "%n %a %u %Y" a/f1 c/g a/sub/g && cat a/f1 c/g a/sub/g' },
+  { sh: 'echo more >> c/g && cat c/g && truncate -s 1 a/sub/g && cat a/sub/g && echo && stat -c "%n %s %a %u" c/g a/sub/g' },
+  { sh: 'mv keep/moved keep/moved2 && cat keep/moved2 && ln a/f1 a/f1link && cat a/f1link && stat -c "%n %h" a/f1 a/f1link && mv a/f1 top && cat top && ls a keep' },
+  { sh: 'exec 3< keep/moved2; chmod 600 keep/moved2; echo new >> keep/moved2; cat <&3; cat keep/moved2; exec 3<&-; true' },
+  { sh: 'rm top a/f1link keep/moved2 && ls -a a keep && cat c/g' },
+];
+
+test.serial('metacopy=on: the files the kernel copied up metadata only are read and changed as on the kernel (their data below, through redirects)', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER_BIG], { upperFrom: kernelMetacopyMore, options: ['metacopy=on'] });
+  shellBoth(c, pair, METACOPY_ON_STEPS);
+  finishPair(c, pair);
+  c.done();
+});
+
+test.serial('metacopy=on: the same with those files in a lower layer, above none and above three more (lookups through the lower index)', (t) => {
+  for (const pad of [0, 3]) {
+    const c = new Checks(t);
+    const padding: LayerSpec[] = Array.from({ length: pad }, () => ['a', 'c', 'keep'].map((p) => ({ t: 'dir' as const, p, mode: 0o755 })));
+    const pair = setupPair(t, [kernelLayer(kernelMetacopyMore), ...padding, LOWER_BIG], { options: ['metacopy=on'] });
+    shellBoth(c, pair, [{ sh: 'ls a c keep >/dev/null' }, ...METACOPY_ON_STEPS]);
+    finishPair(c, pair);
+    c.done();
+  }
+});
+
 test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
   const c = new Checks(t);
   const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames, options: ['redirect_dir=nofollow'] });
@@ -217,15 +260,18 @@ test.serial('redirect_dir=on: strata renames directories with lower layers as th
   c.done();
 });
 
-test.serial('redirect_dir=on with userxattr is refused, as by the kernel', (t) => {
+test.serial('redirect_dir=on or metacopy=on with userxattr, metacopy=on with redirect_dir other than on: refused, as by the kernel', (t) => {
   const base = tempDir(t, 'rd');
   for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
-  const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,userxattr,redirect_dir=on`;
-  const r = run(strataBin, ['mount', '-o', opts, path.join(base, 'm')]);
-  t.not(r.status, 0);
-  t.regex(r.stderr, /conflicting options: userxattr,redirect_dir=on/);
-  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
-  const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, path.join(base, 'm')]);
-  if (k.status === 0) run('umount', [path.join(base, 'm')]);
-  t.not(k.status, 0, 'the kernel refuses it too');
+  for (const [extra, message] of [['userxattr,redirect_dir=on', 'userxattr,redirect_dir=on'], ['userxattr,metacopy=on', 'userxattr,metacopy=on'],
+    ['metacopy=on,redirect_dir=nofollow', 'metacopy=on,redirect_dir=nofollow'], ['redirect_dir=follow,metacopy=on', 'metacopy=on,redirect_dir=follow']]) {
+    const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,${extra}`;
+    const r = run(strataBin, ['mount', '-o', opts, path.join(base, 'm')]);
+    t.not(r.status, 0, extra);
+    t.true(r.stderr.includes(`conflicting options: ${message}`), r.stderr);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, path.join(base, 'm')]);
+    if (k.status === 0) run('umount', [path.join(base, 'm')]);
+    t.not(k.status, 0, `the kernel refuses ${extra} too`);
+  }
 });

@@ -11,7 +11,7 @@ import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
 import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
-import { isCopiedXattr, type MarkerNs } from './whiteout.js';
+import { isCopiedXattr, METACOPY_NAMES, METACOPY_XATTR_TRUSTED, type MarkerNs } from './whiteout.js';
 import { copyFileFlags } from './fsflags.js';
 
 const { C, ST } = N;
@@ -235,6 +235,14 @@ interface CopyJob {
   origin: Buffer | null;
   /** The copy of a removed directory replaces the empty directory now at its name (see nameGone). */
   replace: boolean;
+  /**
+   * A metadata-only copy (metacopy=on): the copy gets the size and the metacopy marker, not the data,
+   * which stays in `dataLayer`'s file, open as `dataFd` (O_PATH; -1 where the object already reads
+   * its data from below: a metacopy file in a lower layer).
+   */
+  meta: boolean;
+  dataLayer: Layer | null;
+  dataFd: number;
 }
 
 export class CopyUp {
@@ -264,7 +272,8 @@ export class CopyUp {
    * Makes sure `node` (and its ancestors) exist in the upper layer, in one go. Callers wait for a
    * copy-up already in progress on the node first (`node.copying`).
    */
-  ensure(node: UnionNode, opts: { data?: boolean } = {}): void {
+  ensure(node: UnionNode, opts: { data?: boolean; meta?: boolean } = {}): void {
+    // (an upper metacopy file stays one: a rename or a link gives it a redirect, see DirOps)
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
     if (!parent) return; // the root of the upper always exists
@@ -274,7 +283,7 @@ export class CopyUp {
       return;
     }
     this.ensure(parent);
-    this.copyNow(this.begin(parent, node, opts.data !== false));
+    this.copyNow(this.begin(parent, node, opts.data !== false, opts.meta === true));
   }
 
   /**
@@ -348,12 +357,15 @@ export class CopyUp {
    * steps between other requests: the result is then a promise, kept in `node.copying` until the copy
    * is in place, so that every other change to the node waits for it.
    */
-  ensureAsync(node: UnionNode, opts: { data?: boolean } = {}): void | Promise<void> {
+  ensureAsync(node: UnionNode, opts: { data?: boolean; fill?: boolean; meta?: boolean } = {}): void | Promise<void> {
     if (node.copying) {
       const again = (): void | Promise<void> => this.ensureAsync(node, opts);
       return node.copying.then(again, again);
     }
-    if (node.layer === this.upper.layer) return;
+    if (node.layer === this.upper.layer) {
+      if (node.metacopy && opts.fill === true) return this.fillData(node);
+      return;
+    }
     const parent = node.parent;
     if (!parent) return;
     if (node.unlinked) {
@@ -361,7 +373,7 @@ export class CopyUp {
       return;
     }
     this.ensure(parent);
-    const job = this.begin(parent, node, opts.data !== false);
+    const job = this.begin(parent, node, opts.data !== false, opts.meta === true);
     const size = job.st[ST.size]!;
     if (job.src < 0 || size <= ASYNC_COPY_THRESHOLD) {
       this.copyNow(job);
@@ -380,15 +392,76 @@ export class CopyUp {
     return copying;
   }
 
+  /**
+   * The data of an upper metacopy file (the kernel's metacopy=on copy-up left it below) copied into
+   * it before a change of its data, as the kernel's ovl_copy_up_meta_inode_data: in place, then synced,
+   * then the metacopy marker removed, so that a crash before that leaves the file reading its data from
+   * below still. The copy moves its times, as the kernel's does; security.capability (which a write
+   * drops) is put back.
+   */
+  private fillData(node: UnionNode): void | Promise<void> {
+    const loc = node.location();
+    statObject(loc, this.sst);
+    const st = N.statCopy(this.sst);
+    const caps = N.lgetxattr(loc[0], loc[1], 'security.capability');
+    const out = openObject(loc, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+    let src = -1;
+    const done = (): void => {
+      try {
+        if (caps !== null) N.fsetxattr(out, 'security.capability', caps, 0);
+        if (!this.upper.skipFsync) N.fsync(out);
+        for (const name of METACOPY_NAMES[this.upper.layer.markerNs]) {
+          try {
+            N.fremovexattr(out, name);
+          } catch (e) {
+            if (errCode(e) !== 'ENODATA') throw e;
+          }
+        }
+      } finally {
+        N.close(out);
+        if (src >= 0) N.close(src);
+      }
+      node.clearData();
+      this.attributesChanged(node);
+    };
+    let dev: number;
+    let dense: boolean;
+    try {
+      src = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+      N.fstat(src, this.ust);
+      dev = this.ust[ST.dev]!;
+      dense = isDense(this.ust);
+      if (st[ST.size]! <= ASYNC_COPY_THRESHOLD) copyData(src, dev, out, st[ST.size]!, dense);
+    } catch (e) {
+      N.close(out);
+      if (src >= 0) N.close(src);
+      throw e;
+    }
+    if (st[ST.size]! <= ASYNC_COPY_THRESHOLD) {
+      done();
+      return;
+    }
+    // (a large file in steps between other requests, as any copy-up: changes to it wait for `copying`)
+    const copying = copyDataAsync(src, dev, out, st[ST.size]!).then(done, (e: unknown) => {
+      N.close(out);
+      N.close(src);
+      throw e;
+    }).finally(() => {
+      node.copying = null;
+    });
+    node.copying = copying;
+    return copying;
+  }
+
   /** Creates the copy in the work directory (for a regular file: empty, open, with its source open). */
-  private begin(parent: UnionNode, node: UnionNode, withData: boolean): CopyJob {
+  private begin(parent: UnionNode, node: UnionNode, withData: boolean, meta = false): CopyJob {
     const work = this.upper.workFd;
     const src = node.location();
     const [srcDir, srcName] = src;
     statObject(src, this.sst);
     const st = N.statCopy(this.sst);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false, meta: false, dataLayer: null, dataFd: -1 };
     try {
       if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName, st);
       if (type === C.S_IFREG) {
@@ -398,7 +471,20 @@ export class CopyUp {
         // it also has the object's owner, neither chown nor chmod is needed (setFileAttrs).
         job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, st[ST.mode]! & 0o777);
         job.tmp = '';
-        if (withData && st[ST.size]! > 0) job.src = openObject(src, C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+        if (meta && this.writesMetacopy) {
+          // A change that needs no data (chmod, chown, utimes, xattrs, rename, link), with metacopy=on:
+          // the size only, as the kernel's ovl_need_meta_copy_up decides (set first: a later truncate
+          // would drop security.capability).
+          job.meta = true;
+          if (!node.metacopy) {
+            job.dataLayer = node.layer;
+            job.dataFd = srcName === '' ? N.dup(srcDir) : N.openat(srcDir, srcName, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
+          }
+          if (st[ST.size]! > 0) N.ftruncate(job.out, st[ST.size]!);
+        } else if (withData && st[ST.size]! > 0) {
+          // (a metacopy file's data is its data file's)
+          job.src = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+        }
       } else if (type === C.S_IFDIR) {
         N.mkdirat(work, job.tmp, 0o700);
       } else if (type === C.S_IFLNK) {
@@ -416,7 +502,13 @@ export class CopyUp {
   private closeFiles(job: CopyJob): void {
     if (job.src >= 0) N.close(job.src);
     if (job.out >= 0) N.close(job.out);
-    job.src = job.out = -1;
+    if (job.dataFd >= 0) N.close(job.dataFd);
+    job.src = job.out = job.dataFd = -1;
+  }
+
+  /** metacopy=on, and an upper whose markers the kernel reads: metadata-only copies are made. */
+  private get writesMetacopy(): boolean {
+    return this.upper.layer.metacopy === true && this.upper.markers === 'trusted';
   }
 
   private abort(job: CopyJob): void {
@@ -445,12 +537,14 @@ export class CopyUp {
       if (chown) N.fchown(out, st[ST.uid]!, st[ST.gid]!);
       if (chown || (this.ust[ST.mode]! & 0o7777) !== (st[ST.mode]! & 0o7777)) N.fchmod(out, st[ST.mode]! & 0o7777);
       copyXattrsToFd(srcDir, srcName, out, this.upper.layer.markerNs);
-      copyFileFlags(src, C.S_IFREG, job.src, { fd: out }, this.upper.protattr);
+      copyFileFlags(src, C.S_IFREG, node.metacopy ? -1 : job.src, { fd: out }, this.upper.protattr);
       if (job.src >= 0) N.close(job.src);
       job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
+      if (job.meta) N.fsetxattr(out, METACOPY_XATTR_TRUSTED, Buffer.alloc(0), 0);
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
-      if (!this.upper.skipFsync) N.fsync(out);
+      // (a metadata-only copy is not synced: the kernel syncs only copies with data)
+      if (!this.upper.skipFsync && !job.meta) N.fsync(out);
     } catch (e) {
       this.abort(job);
       throw e;
@@ -466,16 +560,20 @@ export class CopyUp {
     const keepsIno = st[ST.nlink] === 1;
     if (keepsIno) this.inodes.recordOrigin(upperIno, node.ino, job.origin !== null);
     const upperParent = this.prepareParent(parent);
+    // (a metadata-only copy's data: the lower file, taken over by the node below)
+    const data = job.dataLayer !== null ? { layer: job.dataLayer, fd: job.dataFd } : null;
     try {
       // linkat fails with EEXIST if the name exists: as RENAME_NOREPLACE.
       N.linkat(out, '', upperParent, node.name, C.AT_EMPTY_PATH);
+      job.dataFd = -1;
     } catch (e) {
       if (keepsIno) this.inodes.forgetOrigin(upperIno);
       throw e;
     } finally {
       this.closeFiles(job);
     }
-    this.linked(parent, node, keepsIno ? null : upperIno, C.S_IFREG);
+    this.linked(parent, node, keepsIno ? null : upperIno, C.S_IFREG, job.meta);
+    if (data) node.setData(data.layer, data.fd);
   }
 
   /**
@@ -496,7 +594,7 @@ export class CopyUp {
    * The copy is in place: the parent's times are put back, the kernel told what changed. `newIno`:
    * the copy's own inode number when it does not keep st_ino (a lower hard link), else null.
    */
-  private linked(parent: UnionNode, node: UnionNode, newIno: number | null, type: number): void {
+  private linked(parent: UnionNode, node: UnionNode, newIno: number | null, type: number, meta = false): void {
     const upper = this.upper.layer;
     const upperParent = parent.dirFd(upper);
     // Linking the copy into the parent moved the parent's times: put them back (its ctime moves).
@@ -511,6 +609,8 @@ export class CopyUp {
       this.attributesChanged(node);
     } else {
       node.layer = upper;
+      // (a metadata-only copy of a lower metacopy file reads the data that one read)
+      if (!meta) node.clearData();
     }
   }
 

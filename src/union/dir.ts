@@ -234,6 +234,9 @@ export class DirOps {
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
+    // metacopy=on: the new name of a metadata-only copy finds its data through an absolute redirect on
+    // the (shared) upper file, as the kernel's ovl_set_link_redirect gives it
+    if (node.metacopy && node.parent && !node.unlinked) this.setRedirect(node.parent, node.name, node, false);
     const src = node.location();
     const [srcDir, srcName] = src;
     const linkFlags = atFlags(src, 0);
@@ -509,6 +512,10 @@ export class DirOps {
     const samedir = parent === newParent;
     const moved = node.isDir && this.redirecting && hasLower(node) ? this.redirectFor(parent, oldName, node, samedir) : null;
     const swapped = exchange && target!.isDir && this.redirecting && hasLower(target!) ? this.redirectFor(newParent, newName, target!, samedir) : null;
+    // metacopy=on: a metadata-only copy (the kernel's) goes on finding its data below through a redirect,
+    // as the kernel's ovl_rename gives it one (its data is not copied up for a rename)
+    if (node.metacopy) this.setRedirect(parent, oldName, node, samedir);
+    if (exchange && target!.metacopy) this.setRedirect(newParent, newName, target!, samedir);
 
     if (exchange) {
       N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
@@ -593,6 +600,20 @@ export class DirOps {
    * the place of its copy in each lower layer as an absolute path, reached from the layer's root.
    */
   private redirectFor(parent: UnionNode, name: string, node: UnionNode, samedir: boolean): () => void {
+    this.setRedirect(parent, name, node, samedir);
+    const places = new Map<Layer, string>();
+    for (const layer of node.dirLayers!) if (!layer.isUpper) places.set(layer, lowerPlace(node, layer));
+    return () => {
+      node.redirects = places;
+    };
+  }
+
+  /**
+   * The redirect the kernel's ovl_set_redirect gives the upper object parent/name before it moves: its
+   * name where it stays in its directory, else the absolute path where the layers below hold it (the
+   * redirects of its ancestors followed); one it has that still holds is kept.
+   */
+  private setRedirect(parent: UnionNode, name: string, node: UnionNode, samedir: boolean): void {
     const xattr = this.opts.userxattr ? REDIRECT_XATTR_USER : REDIRECT_XATTR_TRUSTED;
     const own = redirectOf(parent.dirFd(this.up), name, this.up.markerNs);
     if (!(own !== null && (samedir || own.startsWith('/')))) {
@@ -619,11 +640,6 @@ export class DirOps {
       if (value.length > REDIRECT_MAX) throw fsError('EXDEV'); // (names are latin1: a char per byte)
       N.lsetxattr(parent.dirFd(this.up), name, xattr, Buffer.from(value, 'latin1'), 0);
     }
-    const places = new Map<Layer, string>();
-    for (const layer of node.dirLayers!) if (!layer.isUpper) places.set(layer, lowerPlace(node, layer));
-    return () => {
-      node.redirects = places;
-    };
   }
 
   /**

@@ -85,14 +85,15 @@ export class HandleTable {
   /** Is `node` bound to a passthrough backing of a lower file (opens the kernel reads the lower file for)? */
   boundToLower(node: UnionNode): boolean {
     const b = this.backings.get(node);
-    return b !== undefined && !b.layer.isUpper;
+    // (a metadata-only copy still reads the lower file: its backing stays right)
+    return b !== undefined && !b.layer.isUpper && b.layer !== node.dataLayer;
   }
 
   /** Registers (or shares) the node's passthrough backing for `fd` (which stays the caller's). */
   backingFor(node: UnionNode, fd: number): Backing {
     let b = this.backings.get(node);
     if (!b) {
-      b = { id: this.registry.open(fd), layer: node.layer, refs: 0 };
+      b = { id: this.registry.open(fd), layer: node.dataLayer, refs: 0 };
       this.backings.set(node, b);
     }
     b.refs++;
@@ -140,10 +141,11 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
   if (node.successor) throw fsError('ESTALE');
   let fd: number;
   let writable = false;
-  if (node.layer.isUpper && node.type === C.S_IFREG) {
+  if (node.layer.isUpper && node.type === C.S_IFREG && !node.metacopy) {
     ({ fd, writable } = openUpperFile(node, flags & C.O_TRUNC));
   } else {
-    fd = openObject(node.location(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+    // (a metacopy file is read from its data below: a change copies the data up first)
+    fd = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
   }
   return openReply(env, node, fd, flags, writable);
 }
@@ -198,7 +200,7 @@ function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: numb
   if (node.type !== C.S_IFREG) return false;
   if (env.handles.backings.has(node)) return env.passthrough;
   if (hasDaemonOpens(node)) return false;
-  const lowerRead = !node.layer.isUpper && (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0;
+  const lowerRead = !node.dataLayer.isUpper && (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0;
   if (lowerRead && fillPageCache(env, node, fd)) return false;
   return env.passthrough;
 }
@@ -236,17 +238,17 @@ function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
 
 /** Registers an open layer file and decides how the kernel does its I/O. */
 export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: number, writable: boolean): OpenReply {
-  const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.layer.isUpper, writable };
+  const h: FileHandle = { kind: 'file', node, fd, flags, backing: null, onLower: !node.dataLayer.isUpper, writable };
   // The page cache of the inode is kept from one open to the next when every write to the file
   // reaches it: without passthrough, or for a lower file (which nothing writes). An upper file
   // served by the daemon while passthrough is on (its backing refused) may have been written by
   // passthrough since: the kernel drops its pages at this open.
-  let openFlags = !env.passthrough || !node.layer.isUpper ? FOPEN_KEEP_CACHE : 0;
+  let openFlags = !env.passthrough || !node.dataLayer.isUpper ? FOPEN_KEEP_CACHE : 0;
   let backingId: number | undefined;
   if (wantsPassthrough(env, node, fd, flags)) {
     const existing = env.handles.backings.get(node);
     // Every open of an inode shares its backing: one of another layer cannot serve this open.
-    if (existing && existing.layer !== node.layer) {
+    if (existing && existing.layer !== node.dataLayer) {
       N.close(fd);
       throw fsError('ESTALE');
     }
@@ -267,7 +269,8 @@ export function openReply(env: FileEnv, node: UnionNode, fd: number, flags: numb
 export function reopenHandles(node: UnionNode): void {
   for (const h of node.handles ?? []) {
     // A backing handle: the kernel reads the lower file directly, and it is kept as it is.
-    if (h.backing || !h.onLower) continue;
+    // (a metadata-only copy's data is still the lower file's: not before its data is copied up)
+    if (h.backing || !h.onLower || node.live.metacopy) continue;
     const { fd, writable } = openUpperFile(node.live, 0);
     N.close(h.fd);
     h.fd = fd;

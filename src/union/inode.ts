@@ -10,7 +10,7 @@ import type { Attr, SetattrRequest } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { OriginStore } from './cache.js';
 import type { FileHandle } from './file.js';
-import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
+import { atFlags, chmodObject, openObject, ROOT_NODEID, statObject, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
 import type { LayerHit } from './namei.js';
 import { originIno, readOrigin } from './origin.js';
@@ -67,6 +67,8 @@ export class InodeTable {
   /** By nodeid: dense while this table names nodes, a Map when the export table does (nfs_export). */
   private nodes: DenseNodes | Map<number, UnionNode> = new DenseNodes();
   private readonly st = new Float64Array(16);
+  /** The stat of a metacopy file's data (attrFrom). */
+  private readonly dataSt = new Float64Array(16);
   /**
    * st_ino kept by copied-up objects: "layer index:real inode number" -> the st_ino shown before
    * copy-up. Recorded and read for the upper only: once an upper is reused as a lower, the kernel
@@ -136,8 +138,19 @@ export class InodeTable {
   /** The node for a lookup's result (see create), with the places a redirect gave its layers. */
   fromHit(parent: UnionNode, name: string, hit: LayerHit, want?: number): UnionNode {
     const type = hit.st[N.ST.mode]! & C.S_IFMT;
-    const node = this.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[N.ST.ino]!, want, false, hit.st[N.ST.nlink]!);
+    let node: UnionNode;
+    try {
+      node = this.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[N.ST.ino]!, want, false, hit.st[N.ST.nlink]!);
+    } catch (e) {
+      if (hit.data) N.close(hit.data.fd);
+      throw e;
+    }
     if (hit.redirects) node.redirects = hit.redirects;
+    if (hit.data) {
+      // (a node found again keeps the data it has)
+      if (node.metacopy || node.layer !== hit.layer) N.close(hit.data.fd);
+      else node.setData(hit.data.layer, hit.data.fd);
+    }
     return node;
   }
 
@@ -447,7 +460,14 @@ export class InodeTable {
       node.ino = ino;
       this.exports?.note(node);
     }
-    return attrOf(node, st, ino);
+    const a = attrOf(node, st, ino);
+    // (a metacopy file's blocks are those of its data, as the kernel's ovl_getattr reports them)
+    if (node.metacopy) {
+      const d = this.dataSt;
+      statObject(node.dataLocation(), d);
+      a.blocks = d[ST.blocks]!;
+    }
+    return a;
   }
 }
 

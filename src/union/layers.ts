@@ -32,6 +32,8 @@ export interface Layer {
   last?: boolean;
   /** redirect_dir=nofollow: a redirect in this stack fails the lookup with EPERM (the kernel's way). */
   readonly noFollowRedirects?: boolean;
+  /** metacopy=on: a metacopy file in this stack is read, its data found below (else EPERM, as the kernel). */
+  readonly metacopy?: boolean;
   /**
    * Where its overlay markers (opaque, redirect, metacopy, xattr whiteouts, origin, impure) are read:
    * on a mount with userxattr user.overlay.* only, as the kernel; else trusted.overlay.* and
@@ -66,7 +68,7 @@ export class LayerStack {
    * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
    */
   static open(upper: string | null, lowers: string[],
-    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean } =
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean } =
       { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const paths = upper ? [upper, ...lowers] : lowers;
     const markerNs = opts.userxattr === true ? 'user' : 'both';
@@ -95,7 +97,7 @@ export class LayerStack {
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
-          noFollowRedirects: opts.noFollowRedirects === true, markerNs };
+          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

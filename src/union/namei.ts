@@ -12,7 +12,7 @@ import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
 import { openBeneath } from './node.js';
-import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf, type MarkerNs } from './whiteout.js';
+import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
 const { C, ST } = N;
 
@@ -28,6 +28,8 @@ export interface LayerHit {
   dirLayers: Layer[] | null;
   /** For a directory reached below a redirect: where each of those layers holds it (see UnionNode.redirects). */
   redirects?: Map<Layer, string>;
+  /** For a metacopy file (metacopy=on): the layer below holding its data, and an O_PATH descriptor of that file. */
+  data?: { layer: Layer; fd: number };
 }
 
 export function checkName(name: string): void {
@@ -38,7 +40,10 @@ export function checkName(name: string): void {
 export function lowerShows(parent: UnionNode, name: string): boolean {
   const layers = parent.dirLayers!;
   const from = layers[0]!.isUpper ? 1 : 0;
-  return from < layers.length && lookupLayers(parent, name, from) !== null;
+  if (from >= layers.length) return false;
+  const hit = lookupLayers(parent, name, from);
+  if (hit?.data) N.close(hit.data.fd); // (a metacopy file's data: not wanted here)
+  return hit !== null;
 }
 
 /**
@@ -80,7 +85,9 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
         return { hit, stopped: true };
       }
       if (!hit) {
-        if (type === C.S_IFREG && !layer.last) refuseMetacopy(dirfd, name, xnames, layer.markerNs);
+        if (type === C.S_IFREG && !layer.last && isMetacopy(dirfd, name, xnames, layer.markerNs)) {
+          return { hit: metacopyHit(parent, layer, dirfd, name, st), stopped: true };
+        }
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
         hit = { layer, st: N.statCopy(st), dirLayers: isDir ? [layer] : null };
         if (!isDir) return { hit, stopped: true };
@@ -112,12 +119,79 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
 }
 
 /**
- * A metacopy file (written by the kernel with metacopy=on) is refused with EPERM, as the kernel
- * refuses it without metacopy=on ("refusing to follow metacopy origin"): strata does not read the
- * data it leaves below, and the file's own (empty) data would show in its place.
+ * The hit for a metacopy file: its metadata here, its data found below (see findData). Refused with
+ * EPERM without metacopy=on, as the kernel refuses it ("refusing to follow metacopy origin").
  */
-export function refuseMetacopy(dirfd: number, name: string, names: string[] | undefined, ns: MarkerNs): void {
-  if (isMetacopy(dirfd, name, names, ns)) throw fsError('EPERM');
+export function metacopyHit(parent: UnionNode, layer: Layer, dirfd: number, name: string, st: Float64Array): LayerHit {
+  if (!layer.metacopy) throw fsError('EPERM');
+  return { layer, st: N.statCopy(st), dirLayers: null, data: findData(parent, layer, dirfd, name) };
+}
+
+/**
+ * Where the data of the metacopy file `name` (in `parent`'s copy in `at`, open as `dirfd`) is, as the
+ * kernel's ovl_lookup goes on below a metacopy file: the same name in the parent's layers below, or
+ * where its redirect leads (a name in the parent, or an absolute path from each lower layer's root,
+ * walked as for a directory); a metacopy file found there leads further down (its own redirect too);
+ * the first regular file that is not one holds the data. A whiteout, anything but a regular file, or
+ * nothing at all below: "metacopy with no lower data found", EIO.
+ */
+function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { layer: Layer; fd: number } {
+  const oci = parent.dirLayers![0]?.ociWhiteouts ?? true;
+  const st = probe;
+  let cur = name;
+  let redirect = redirectOf(dirfd, name, at.markerNs);
+  let layers = parent.dirLayers!;
+  /** The layer searched last (the loop goes on below it). */
+  let k = layers.indexOf(at);
+  const follow = (r: string | null, from: Layer): void => {
+    if (r === null) return;
+    checkRedirect(r);
+    if (r.startsWith('/')) {
+      if (!cur.startsWith('/')) layers = stackLayers(parent);
+      cur = r;
+      k = layers.indexOf(from);
+    } else {
+      cur = cur.startsWith('/') ? cur.slice(0, cur.lastIndexOf('/') + 1) + r : r;
+    }
+  };
+  follow(redirect, at);
+  for (k++; k < layers.length; k++) {
+    const layer = layers[k]!;
+    let dir: number;
+    let leaf = cur;
+    let tmp = -1;
+    let stopAfter = false;
+    if (!cur.startsWith('/')) {
+      dir = parent.dirFd(layer);
+    } else {
+      leaf = cur.slice(cur.lastIndexOf('/') + 1);
+      const w = walkAbsolute(layer, cur, oci);
+      cur = w.name;
+      stopAfter = w.stop;
+      if (w.fd < 0) {
+        if (stopAfter) break;
+        continue;
+      }
+      dir = tmp = w.fd;
+    }
+    try {
+      if (!N.lstatMaybe(dir, leaf, st)) {
+        if ((oci && hasOciWhiteout(dir, leaf)) || stopAfter) break;
+        continue;
+      }
+      if (isKernelWhiteout(st) || isXattrWhiteout(dir, leaf, st, layer.markerNs) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFREG) break;
+      if (!layer.last && isMetacopy(dir, leaf, undefined, layer.markerNs)) {
+        if (stopAfter) break;
+        redirect = redirectOf(dir, leaf, layer.markerNs);
+        follow(redirect, layer);
+        continue;
+      }
+      return { layer, fd: N.openat(dir, leaf, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0) };
+    } finally {
+      if (tmp >= 0) N.close(tmp);
+    }
+  }
+  throw fsError('EIO');
 }
 
 /**

@@ -39,6 +39,9 @@ class NodeRare {
   stored = false;
   warmedAt = 0;
   inoPinned = false;
+  /** A metacopy file's data: the layer below that holds it, and an O_PATH descriptor of it. */
+  dataLayer: Layer | null = null;
+  dataFd = -1;
 }
 
 export class UnionNode {
@@ -255,6 +258,42 @@ export class UnionNode {
     this.anchor = N.openat(this.parent.dirFd(this.layer), this.name, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
   }
 
+  /**
+   * A metacopy file (the kernel's metacopy=on copy-up: metadata in `layer`, data left below): true
+   * while its data is read from the layer below (setData), until a copy-up fills it in (clearData).
+   */
+  get metacopy(): boolean {
+    return this.rare !== null && this.rare.dataLayer !== null;
+  }
+
+  /** The layer whose file holds the data: `layer`, or for a metacopy file the one below. */
+  get dataLayer(): Layer {
+    return this.rare?.dataLayer ?? this.layer;
+  }
+
+  /** Where the data is read: location(), or for a metacopy file its data file's descriptor. */
+  dataLocation(): [number, string] {
+    const rare = this.rare;
+    return rare !== null && rare.dataLayer !== null ? [rare.dataFd, ''] : this.location();
+  }
+
+  /** Makes the node a metacopy file whose data is the file open (O_PATH) as `fd` in `layer`; takes `fd`. */
+  setData(layer: Layer, fd: number): void {
+    this.clearData();
+    const rare = this.r();
+    rare.dataLayer = layer;
+    rare.dataFd = fd;
+  }
+
+  /** The data is the node's own again (copied up, or the node replaced). */
+  clearData(): void {
+    const rare = this.rare;
+    if (rare === null || rare.dataLayer === null) return;
+    N.close(rare.dataFd);
+    rare.dataFd = -1;
+    rare.dataLayer = null;
+  }
+
   /** O_PATH descriptor of this directory in `layer` (which must be one of dirLayers). */
   dirFd(layer: Layer): number {
     const layers = this.dirLayers;
@@ -296,6 +335,7 @@ export class UnionNode {
   closeFds(): void {
     this.closeDirFds();
     this.releaseAnchor();
+    this.clearData();
   }
 
   /** Closes the anchor (the name reaches the object again, or the node is dropped). */

@@ -47,6 +47,12 @@ export interface MountParams {
    * carrying trusted.overlay.redirect (where the layers below hold it), instead of EXDEV.
    */
   redirectDir: boolean;
+  /**
+   * metacopy=on: regular files the kernel copied up metadata only (trusted.overlay.metacopy, their
+   * data left in a layer below) are read, their data found below as the kernel finds it; without
+   * it a lookup meeting one fails with EPERM, as on the kernel. strata itself copies data up whole.
+   */
+  metacopy: boolean;
 }
 
 /** Splits on unescaped `sep`, removing the escaping backslashes. */
@@ -106,7 +112,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false,
+    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
@@ -197,7 +203,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'redirect_dir':
       case 'xino':
         features.set(key, value);
-        if (key !== 'redirect_dir') p.ignored.push(item);
+        if (key !== 'redirect_dir' && key !== 'metacopy') p.ignored.push(item);
         break;
       default:
         if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
@@ -212,6 +218,13 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   if (p.userxattr && features.has('redirect_dir') && features.get('redirect_dir') !== 'nofollow') {
     throw new UsageError(`conflicting options: userxattr,redirect_dir=${features.get('redirect_dir')}`);
   }
+  // (and metacopy=on needs redirect_dir=on, which it turns on unless redirect_dir= says otherwise)
+  p.metacopy = features.get('metacopy') === 'on';
+  if (p.metacopy && p.userxattr) throw new UsageError('conflicting options: userxattr,metacopy=on');
+  if (p.metacopy && features.has('redirect_dir') && !p.redirectDir) {
+    throw new UsageError(`conflicting options: metacopy=on,redirect_dir=${features.get('redirect_dir')}`);
+  }
+  if (p.metacopy) p.redirectDir = true;
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {

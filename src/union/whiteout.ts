@@ -125,7 +125,7 @@ export function dirMarkers(dirfd: number, name: string, oci = true, ns: MarkerNs
 
 export const METACOPY_XATTR_TRUSTED = 'trusted.overlay.metacopy';
 export const METACOPY_XATTR_USER = 'user.overlay.metacopy';
-const METACOPY_NAMES = markerNames(METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER);
+export const METACOPY_NAMES = markerNames(METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER);
 
 /**
  * Is the regular file `name` inside `dirfd` a metacopy (the kernel's metacopy=on copy-up: the
