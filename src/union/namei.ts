@@ -157,22 +157,12 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
   follow(redirect, at);
   for (k++; k < layers.length; k++) {
     const layer = layers[k]!;
-    let dir: number;
-    let leaf = cur;
-    let tmp = -1;
-    let stopAfter = false;
-    if (!cur.startsWith('/')) {
-      dir = parent.dirFd(layer);
-    } else {
-      leaf = cur.slice(cur.lastIndexOf('/') + 1);
-      const w = walkAbsolute(layer, cur, oci);
-      cur = w.name;
-      stopAfter = w.stop;
-      if (w.fd < 0) {
-        if (stopAfter) break;
-        continue;
-      }
-      dir = tmp = w.fd;
+    const at = placeIn(parent, layer, cur, oci);
+    cur = at.name;
+    const { dir, leaf, stop: stopAfter } = at;
+    if (dir < 0) {
+      if (stopAfter) break;
+      continue;
     }
     try {
       if (!N.lstatMaybe(dir, leaf, st)) {
@@ -188,10 +178,22 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
       }
       return { layer, fd: N.openat(dir, leaf, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0) };
     } finally {
-      if (tmp >= 0) N.close(tmp);
+      if (at.own) N.close(dir);
     }
   }
   throw fsError('EIO');
+}
+
+/**
+ * Where a search that follows redirects looks for `cur` (a name in `parent`, or an absolute path from
+ * the layer's root, walked by walkAbsolute) in `layer`: the directory (dir; -1 where the layer has
+ * none, `own` when the caller closes it), the name in it, the path for the layers below (name), and
+ * whether the walk ended the search below this layer (stop).
+ */
+function placeIn(parent: UnionNode, layer: Layer, cur: string, oci: boolean): { dir: number; own: boolean; leaf: string; name: string; stop: boolean } {
+  if (!cur.startsWith('/')) return { dir: parent.dirFd(layer), own: false, leaf: cur, name: cur, stop: false };
+  const w = walkAbsolute(layer, cur, oci);
+  return { dir: w.fd, own: w.fd >= 0, leaf: cur.slice(cur.lastIndexOf('/') + 1), name: w.name, stop: w.stop };
 }
 
 /**
@@ -285,24 +287,15 @@ function followRedirect(parent: UnionNode, hit: LayerHit, at: Layer, redirect: s
   for (; k < layers.length; k++) {
     const layer = layers[k]!;
     const abs = cur.startsWith('/');
-    let dirfd: number;
-    let leaf = cur;
-    let tmp = -1;
     /** The path walked in this layer (cur may change for the layers below). */
     const walked = cur;
-    let stopAfter = false;
-    if (!abs) {
-      dirfd = parent.dirFd(layer);
-    } else {
-      leaf = cur.slice(cur.lastIndexOf('/') + 1);
-      const w = walkAbsolute(layer, cur, oci);
-      cur = w.name;
-      stopAfter = w.stop;
-      if (w.fd < 0) {
-        if (stopAfter) return hit;
-        continue;
-      }
-      dirfd = tmp = w.fd;
+    const at = placeIn(parent, layer, cur, oci);
+    cur = at.name;
+    const { dir: dirfd, leaf, stop: stopAfter } = at;
+    const tmp = at.own ? dirfd : -1;
+    if (dirfd < 0) {
+      if (stopAfter) return hit;
+      continue;
     }
     try {
       const lastHere = k + 1 === layers.length;
