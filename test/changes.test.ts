@@ -99,3 +99,16 @@ test('the same upper gives the same tar (entries in name order); the store unpac
   t.regex(conf, /user\.kept="yes"/);
   t.notRegex(conf, /trusted\.overlay\.origin/);
 });
+
+test('a metadata-only copy (overlay metacopy) in an upper is refused with a one-line error, not stored as zeros', async (t) => {
+  const dir = tempDir(t, 'mc');
+  const upper = path.join(dir, 'upper');
+  fs.mkdirSync(upper);
+  fs.writeFileSync(path.join(upper, 'plain'), 'data\n');
+  fs.writeFileSync(path.join(upper, 'meta'), '');
+  fs.truncateSync(path.join(upper, 'meta'), 4096);
+  runOk('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '""', path.join(upper, 'meta')]);
+  const e = await t.throwsAsync(packTree(upper, fs.createWriteStream(path.join(dir, 'l.tar')), { layer: true, gzip: false }));
+  t.regex(e!.message, /^meta: a metadata-only copy \(overlay metacopy\)/);
+  t.false(e!.message.includes('\n'));
+});

@@ -21,8 +21,9 @@
 import fs from 'node:fs';
 import type { Writable } from 'node:stream';
 import * as N from '../native/index.js';
-import { isKernelWhiteout, isOpaqueDir, isPrivateXattr, OCI_OPAQUE, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget } from '../union/whiteout.js';
+import { isKernelWhiteout, isOpaqueDir, isPrivateXattr, METACOPY_XATTR_TRUSTED, METACOPY_XATTR_USER, OCI_OPAQUE, OPAQUE_XATTR_TRUSTED, OPAQUE_XATTR_USER, OCI_WHITEOUT_PREFIX, ociWhiteoutTarget } from '../union/whiteout.js';
 import { FdTarWriter, TarWriter, type EntryType, type FileData, type TarDigests, type TarEntry } from './tar_pack.js';
+import { ImageError } from './types.js';
 
 const { C, ST } = N;
 
@@ -155,11 +156,14 @@ class TreeWalker {
   private readonly links = new Map<string, Buffer>();
   private readonly st = N.newStatBuf();
   entries = 0;
+  /** The last xattrs() met an overlay.metacopy marker. */
+  private metacopy = false;
 
   constructor(private readonly opts: { layer: boolean }) {}
 
   private xattrs(dirfd: number, name: string): [string, Buffer][] {
     const out: [string, Buffer][] = [];
+    this.metacopy = false;
     let names: string[];
     try {
       names = N.llistxattr(dirfd, name);
@@ -168,6 +172,7 @@ class TreeWalker {
       throw e;
     }
     for (const k of names.sort()) {
+      if (k === METACOPY_XATTR_TRUSTED || k === METACOPY_XATTR_USER) this.metacopy = true;
       if (isPrivateXattr(k)) continue;
       const v = N.lgetxattr(dirfd, name, k);
       if (v !== null) out.push([k, v]);
@@ -217,6 +222,11 @@ class TreeWalker {
       return;
     }
     const xattrs = this.xattrs(dirfd, name);
+    // A metadata-only copy (overlayfs metacopy=on) holds no data: its data is in a layer below, which
+    // the tar would not have. Refused rather than stored as a file of zeros.
+    if (this.metacopy && type === 'file') {
+      throw new ImageError(`${path.toString('latin1')}: a metadata-only copy (overlay metacopy): its data is in a lower layer; copy its data up first (open it for writing)`);
+    }
     if (type === 'directory') {
       const opaque = this.opts.layer && (isOpaqueMarker(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED)) || isOpaqueMarker(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER)));
       const dirEntry = this.entry(path, 'directory', st, { xattrs });
