@@ -214,6 +214,32 @@ test.serial('metacopy=on: the same with those files in a lower layer, above none
   }
 });
 
+test.serial('metacopy=on in a containers-storage layer (diff beside link, under l/): metadata-only copies read, but data copied up whole, for its native diff', (t) => {
+  const base = tempDir(t, 'cs');
+  const lower = path.join(base, 'l', 'LOWERLINK');
+  const layer = path.join(base, 'ID');
+  for (const d of [lower, path.join(layer, 'diff'), path.join(layer, 'work'), path.join(layer, 'merged')]) fs.mkdirSync(d, { recursive: true });
+  fs.writeFileSync(path.join(layer, 'link'), 'ID');
+  fs.writeFileSync(path.join(lower, 'f'), 'lower data\n');
+  fs.writeFileSync(path.join(lower, 'g'), 'lower g\n');
+  // a metadata-only copy of g, as the kernel leaves one (podman switched from the kernel's overlay)
+  fs.writeFileSync(path.join(layer, 'diff', 'g'), '');
+  fs.truncateSync(path.join(layer, 'diff', 'g'), 8);
+  fs.chmodSync(path.join(layer, 'diff', 'g'), 0o600);
+  run('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '""', path.join(layer, 'diff', 'g')]);
+  const mnt = path.join(layer, 'merged');
+  const m = run(strataBin, ['mount', '-o', `lowerdir=${lower},upperdir=${layer}/diff,workdir=${layer}/work,nodev,metacopy=on`, mnt]);
+  t.is(m.status, 0, m.stderr);
+  try {
+    t.is(fs.readFileSync(path.join(mnt, 'g'), 'utf8'), 'lower g\n', 'the metadata-only copy reads its data below');
+    fs.chmodSync(path.join(mnt, 'f'), 0o600);
+    t.is(fs.readFileSync(path.join(layer, 'diff', 'f'), 'utf8'), 'lower data\n', 'the chmod copied the data up');
+    t.is(run('getfattr', ['-n', 'trusted.overlay.metacopy', path.join(layer, 'diff', 'f')]).status, 1, 'no metacopy marker');
+  } finally {
+    run(strataBin, ['umount', mnt]);
+  }
+});
+
 test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
   const c = new Checks(t);
   const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames, options: ['redirect_dir=nofollow'] });

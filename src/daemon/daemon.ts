@@ -2,7 +2,7 @@
 // mount goes away (umount, `strata umount`, SIGTERM/SIGINT), then exits cleanly.
 
 import { existsSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { FuseSession, type PassthroughMode } from '../fuse/session.js';
 import * as N from '../native/index.js';
@@ -94,6 +94,19 @@ function syncUpper(stack: LayerStack, logger: Logger): void {
   }
 }
 
+/**
+ * Is `upper` a layer of containers-storage's overlay driver (podman, buildah, CRI-O): a `diff`
+ * directory beside the layer's `link` file, under a driver home with its `l` directory of links? With
+ * a mount program that driver reads uppers as plain trees (its native diff takes no metadata-only copy
+ * into account: fuse-overlayfs never writes one), though it passes on its `mountopt`, whose default on
+ * Fedora is "nodev,metacopy=on". There strata reads metadata-only copies but writes whole ones.
+ */
+export function containersStorageLayer(upper: string | null): boolean {
+  if (upper === null || basename(upper) !== 'diff') return false;
+  const layer = dirname(upper);
+  return existsSync(join(layer, 'link')) && existsSync(join(dirname(layer), 'l'));
+}
+
 export async function startMount(config: DaemonConfig, log: DaemonLogger): Promise<RunningMount> {
   const { layout, params, options } = config;
   const logger = log.asLogger();
@@ -125,7 +138,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     lowerIndex: options.cache,
     upper: work ? {
       workFd, volatile: params.volatile, writeFormat: options.writeFormat, userxattr: params.userxattr, newDirsOpaque: params.newDirsOpaque,
-      redirectDir: params.redirectDir,
+      redirectDir: params.redirectDir, metacopy: params.metacopy && !containersStorageLayer(layout.upperdir),
     } : null,
     nfsExport: params.nfsExport,
   });

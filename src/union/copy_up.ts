@@ -34,6 +34,8 @@ export interface UpperDir {
   markers?: 'trusted' | 'user';
   /** The xattr that holds immutable and append-only of upper objects (overlay.protattr). */
   protattr: string;
+  /** Metadata-only copies are made (metacopy=on where it writes them: DirOptions.metacopy). */
+  metacopy?: boolean;
 }
 
 let tmpCounter = 0;
@@ -506,9 +508,9 @@ export class CopyUp {
     job.src = job.out = job.dataFd = -1;
   }
 
-  /** metacopy=on, and an upper whose markers the kernel reads: metadata-only copies are made. */
+  /** metacopy=on where it writes, and an upper whose markers the kernel reads: metadata-only copies are made. */
   private get writesMetacopy(): boolean {
-    return this.upper.layer.metacopy === true && this.upper.markers === 'trusted';
+    return this.upper.metacopy === true && this.upper.markers === 'trusted';
   }
 
   private abort(job: CopyJob): void {

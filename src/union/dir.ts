@@ -41,6 +41,11 @@ export interface DirOptions {
   newDirsOpaque?: boolean;
   /** redirect_dir=on: directories with lower layers are renamed with a redirect (MountParams.redirectDir). */
   redirectDir?: boolean;
+  /**
+   * metacopy=on, where it writes metadata-only copies (see metacopyWrites in the daemon): a change
+   * that needs no data copies a lower regular file up without it (CopyUp.begin).
+   */
+  metacopy?: boolean;
 }
 
 /** What to create: a regular file, directory, symlink or special file. */

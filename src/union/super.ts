@@ -135,7 +135,7 @@ export class UnionFs implements FileSystem {
       const markers = opts.upper.writeFormat === 'oci' ? undefined : opts.upper.userxattr ? 'user' : 'trusted';
       const upper: UpperDir = {
         layer: stack.upper, workFd: opts.upper.workFd, skipFsync: opts.upper.volatile || inMemory(stack.upper.fd), markers,
-        protattr: this.fsflags.protattrName,
+        protattr: this.fsflags.protattrName, metacopy: opts.upper.metacopy === true,
       };
       const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
         (dir) => opts.invalidateListing(dir.nodeid));
