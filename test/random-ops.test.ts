@@ -806,8 +806,10 @@ function kernelMetacopies(seed: number): (upper: string, lowers: string[]) => vo
     if (m.status !== 0) throw new Error(`kernel overlay with metacopy=on: ${m.stderr.trim()}`);
     try {
       const r = rng(seed * 7919 + 1);
-      const files = walk(mnt).slice(1).filter((p) => fs.lstatSync(path.join(mnt, p)).isFile()).sort();
-      const dirs = ['', ...walk(mnt).slice(1).filter((p) => fs.lstatSync(path.join(mnt, p)).isDirectory()).sort()];
+      // (names the kernel lists but cannot look up, its phantom whiteouts, are left out)
+      const kinds = walk(mnt).slice(1).map((p) => [p, fs.lstatSync(path.join(mnt, p), { throwIfNoEntry: false })] as const);
+      const files = kinds.filter(([, st]) => st?.isFile()).map(([p]) => p).sort();
+      const dirs = ['', ...kinds.filter(([, st]) => st?.isDirectory()).map(([p]) => p).sort()];
       let n = 0;
       for (const f of files) {
         const x = r();

@@ -178,7 +178,8 @@ function kernelMetacopyMore(upper: string, lowers: string[]): void {
 }
 
 /** LOWER and a file above the size that is copied up in steps between other requests (6 MiB). */
-const LOWER_BIG: LayerSpec = [...LOWER, { t: 'file', p: 'big', data: 'b'.repeat(6 << 20) }];
+const LOWER_BIG: LayerSpec = [...LOWER, { t: 'file', p: 'big', data: 'b'.repeat(6 << 20) }, { t: 'file', p: 'keep/h1', data: 'linked\n' },
+  { t: 'link', p: 'keep/h2', to: 'keep/h1' }];
 
 /**
  * Reads, then metadata changes, data changes, renames and links of the metacopy files, then removals;
@@ -193,6 +194,8 @@ const METACOPY_ON_STEPS: ShellStep[] = [
   { sh: 'mv keep/moved keep/moved2 && cat keep/moved2 && ln a/f1 a/f1link && cat a/f1link && stat -c "%n %h" a/f1 a/f1link && mv a/f1 top && cat top && ls a keep' },
   { sh: 'exec 3< keep/moved2; chmod 600 keep/moved2; echo new >> keep/moved2; cat <&3; cat keep/moved2; exec 3<&-; true' },
   { sh: 'rm top a/f1link keep/moved2 && ls -a a keep && cat c/g' },
+  // (a lower hard link renamed within its directory gets an absolute redirect, as on the kernel)
+  { sh: 'chmod 600 keep/h1 && mv keep/h1 keep/h1b && cat keep/h1b keep/h2 && stat -c "%n %a %h" keep/h1b keep/h2' },
 ];
 
 test.serial('metacopy=on: the files the kernel copied up metadata only are read and changed as on the kernel (their data below, through redirects)', (t) => {

@@ -9,7 +9,7 @@ import * as N from '../native/index.js';
 import { removeWorkEntry, workName, type CopyUp, type UpperDir } from './copy_up.js';
 import type { InodeTable } from './inode.js';
 import type { Layer } from './layers.js';
-import { atFlags, type UnionNode } from './node.js';
+import { atFlags, statObject, type UnionNode } from './node.js';
 import { checkName, lowerShows } from './namei.js';
 import { hasOrigin, markImpure } from './origin.js';
 import {
@@ -621,9 +621,16 @@ export class DirOps {
   private setRedirect(parent: UnionNode, name: string, node: UnionNode, samedir: boolean): void {
     const xattr = this.opts.userxattr ? REDIRECT_XATTR_USER : REDIRECT_XATTR_TRUSTED;
     const own = redirectOf(parent.dirFd(this.up), name, this.up.markerNs);
-    if (!(own !== null && (samedir || own.startsWith('/')))) {
+    // (as the kernel's ovl_need_absolute_redirect: a file whose lower object has other names gets an
+    // absolute redirect even within its directory, as its upper names may come to be in other ones)
+    let absolute = !samedir;
+    if (!absolute && node.metacopy) {
+      statObject(node.dataLocation(), st);
+      absolute = st[N.ST.nlink]! > 1;
+    }
+    if (!(own !== null && (!absolute || own.startsWith('/')))) {
       let value = name;
-      if (!samedir) {
+      if (absolute) {
         const parts: string[] = [];
         let n: UnionNode = node;
         let nName = name;
