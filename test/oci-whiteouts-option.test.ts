@@ -40,6 +40,38 @@ test('oci_whiteouts=on (the default) reads them as whiteouts', (t) => {
   }
 });
 
+test('oci_whiteouts=on: names made through the mount cannot be OCI whiteouts (EINVAL, as fuse-overlayfs); with off they are plain names', (t) => {
+  const root = tempDir(t, 'ow');
+  const lowers = exampleLayers(root);
+  for (const oci of ['on', 'off']) {
+    const upper = fs.mkdtempSync(path.join(root, 'u'));
+    const work = fs.mkdtempSync(path.join(root, 'w'));
+    const mnt = strataMount(t, { lowers, upper, work, extraArgs: ['-o', `oci_whiteouts=${oci}`] });
+    const py = [
+      'import os, errno, sys',
+      'def r(f):',
+      '  try: f(); return "ok"',
+      '  except OSError as e: return errno.errorcode[e.errno]',
+      'm = sys.argv[1]',
+      'print(r(lambda: os.close(os.open(m + "/etc/.wh.hostname", os.O_CREAT | os.O_WRONLY, 0o644))),',
+      '  r(lambda: os.mkdir(m + "/.wh.etc")), r(lambda: os.symlink("x", m + "/etc/.wh..wh..opq")),',
+      '  r(lambda: os.link(m + "/etc/hostname", m + "/etc/.wh.l")), r(lambda: os.mknod(m + "/etc/.wh.n", 0o10644)),',
+      '  r(lambda: os.rename(m + "/etc/hostname", m + "/etc/.wh.moved")))',
+    ].join('\n');
+    const out = runOk('python3', ['-c', py, mnt]).trim();
+    if (oci === 'on') {
+      t.is(out, 'EINVAL EINVAL EINVAL EINVAL EINVAL EINVAL');
+      t.true(fs.existsSync(path.join(mnt, 'etc/hostname')), 'nothing was hidden');
+      t.true(fs.existsSync(path.join(mnt, 'etc')));
+      t.deepEqual(fs.readdirSync(upper).filter((n) => n.startsWith('.wh.')), []);
+    } else {
+      t.is(out, 'ok ok ok ok ok ok');
+      t.true(fs.existsSync(path.join(mnt, 'etc/.wh.moved')));
+    }
+    runOk(strataBin, ['umount', mnt]);
+  }
+});
+
 test('a cached lower index built with OCI whiteouts read is not reused with oci_whiteouts=off', (t) => {
   const root = tempDir(t, 'ow');
   // Directories merged from four lower layers or more, so that the lower index serves them.

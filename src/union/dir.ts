@@ -57,6 +57,16 @@ export type NewObject =
 
 const st = new Float64Array(16);
 
+/**
+ * A name a create, link or rename is to give. Where the layers' `.wh.` files are OCI whiteouts
+ * (oci_whiteouts=on), such a name is refused with EINVAL, as fuse-overlayfs refuses it: an object made
+ * under it would never show, and would hide the name it whites out in the layers below.
+ */
+function checkNewName(parent: UnionNode, name: string): void {
+  checkName(name);
+  if (isOciMetaName(name) && parent.dirLayers?.[0]?.ociWhiteouts !== false) throw fsError('EINVAL');
+}
+
 export class DirOps {
   /** Kernel-format whiteouts: links of one whiteout in the work directory, as the kernel makes them. */
   private readonly whiteouts: WhiteoutMaker;
@@ -133,7 +143,7 @@ export class DirOps {
    */
   create(ctx: RequestContext, parent: UnionNode, name: string, obj: NewObject, at: NewAt = 'unknown'):
   { node: UnionNode; fd: number; st: Float64Array } {
-    checkName(name);
+    checkNewName(parent, name);
     this.copyUp.ensure(parent);
     const upperParent = parent.dirFd(this.up);
     const { gid, setgid } = this.ownership(ctx, parent);
@@ -235,7 +245,7 @@ export class DirOps {
 
   /** link(2): the source is copied up, then linked in the upper. Returns the node of the new name. */
   link(node: UnionNode, parent: UnionNode, name: string): UnionNode {
-    checkName(name);
+    checkNewName(parent, name);
     if (node.isDir) throw fsError('EPERM');
     this.copyUp.ensure(node);
     this.copyUp.ensure(parent);
@@ -477,7 +487,7 @@ export class DirOps {
     flags: number): string[] {
     // RENAME_WHITEOUT (and any flag but these two) is refused, as by the kernel's ovl_rename.
     if (flags & ~(C.RENAME_EXCHANGE | C.RENAME_NOREPLACE)) throw fsError('EINVAL');
-    checkName(newName);
+    checkNewName(newParent, newName);
     const exchange = (flags & C.RENAME_EXCHANGE) !== 0;
     if ((flags & C.RENAME_NOREPLACE) && target) throw fsError('EEXIST');
     if (exchange && !target) throw fsError('ENOENT');
@@ -548,7 +558,7 @@ export class DirOps {
     let dstUpper = false;
     let dstType = 0;
     let dstIsWhiteout = false;
-    if (node.isDir || isOciMetaName(newName) || (target !== null && (target.isDir || target.layer.isUpper))) {
+    if (node.isDir || (target !== null && (target.isDir || target.layer.isUpper))) {
       dstUpper = N.lstatMaybe(to, newName, st);
       dstType = st[ST.mode]! & C.S_IFMT;
       dstIsWhiteout = dstUpper && isKernelWhiteout(st);
