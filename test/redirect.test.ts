@@ -243,6 +243,76 @@ test.serial('metacopy=on in a containers-storage layer (diff beside link, under 
   }
 });
 
+/** Sets an xattr with setfattr (a test's layer files). */
+function setx(file: string, name: string, value: string): void {
+  const r = run('setfattr', ['-n', name, '-v', value, file]);
+  if (r.status !== 0) throw new Error(`setfattr ${name} ${file}: ${r.stderr.trim()}`);
+}
+
+test.serial('data-only lower layers (lowerdir=A:B::D, datadir+=D): metacopy files reach their data there by absolute redirects, as on the kernel', (t) => {
+  const base = tempDir(t, 'do');
+  const [l1, l2, d] = ['l1', 'l2', 'data'].map((n) => path.join(base, n)) as [string, string, string];
+  for (const dir of [path.join(l1, 'sub'), l2, path.join(d, 'blob'), path.join(d, 'hidden')]) fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(d, 'blob', 'data1'), 'x'.repeat(5000) + 'end\n');
+  fs.writeFileSync(path.join(d, 'blob', 'data2'), 'two\n');
+  fs.writeFileSync(path.join(d, 'hidden', 'never'), 'not in the tree\n');
+  fs.writeFileSync(path.join(l2, 'reg'), 'regular\n');
+  // metacopy files of the top lower layer: data in the data-only layer (absolute redirects), or below in l2
+  const meta = (rel: string, size: number, redirect: string | null, mode: number): void => {
+    const f = path.join(l1, rel);
+    fs.writeFileSync(f, '');
+    fs.truncateSync(f, size);
+    fs.chmodSync(f, mode);
+    setx(f, 'trusted.overlay.metacopy', '""');
+    if (redirect) setx(f, 'trusted.overlay.redirect', redirect);
+  };
+  meta('f', 5004, '/blob/data1', 0o600);
+  meta('sub/g', 4, '/blob/data2', 0o640);
+  meta('reg', 8, null, 0o604);
+  meta('nodata', 3, '/blob/none', 0o644);
+  const script = [
+    'ls -a . sub; stat -c "%n %s %b" nodata; md5sum f; cat sub/g reg; stat -c "%n %s %a" f sub/g reg; cat nodata 2>&1; ls blob hidden 2>&1',
+    'chmod 700 f && echo more >> sub/g && cat sub/g && stat -c "%n %s %a" f sub/g && mv f sub/f2 && md5sum sub/f2',
+  ];
+  for (const opts of [`lowerdir=${l1}:${l2}::${d}`, `lowerdir+=${l1},lowerdir+=${l2},datadir+=${d}`]) {
+    const outs: string[][] = [];
+    const uppers: string[] = [];
+    for (const side of ['kernel', 'strata']) {
+      const dir = fs.mkdtempSync(path.join(base, side));
+      const [u, w, m] = ['u', 'w', 'm'].map((n) => path.join(dir, n)) as [string, string, string];
+      for (const x of [u, w, m]) fs.mkdirSync(x);
+      const all = `${opts},upperdir=${u},workdir=${w},metacopy=on`;
+      const r = side === 'kernel' ? run('mount', ['-t', 'overlay', 'overlay', '-o', all, m]) : run(strataBin, ['mount', '-o', all, m]);
+      t.is(r.status, 0, `${side}: ${r.stderr}`);
+      try {
+        outs.push(script.map((sh) => { const x = run('sh', ['-c', sh], { cwd: m }); return x.stdout + x.stderr; }));
+      } finally {
+        if (side === 'kernel') unmountQuietly(m);
+        else run(strataBin, ['umount', m]);
+      }
+      uppers.push(u);
+    }
+    t.deepEqual(outs[1], outs[0], `${opts}: strata as the kernel`);
+    t.regex(outs[0]![0]!, /regular/);
+    t.deepEqual(diffSnapshots(snapshot(uppers[0]!, 'upper'), snapshot(uppers[1]!, 'upper')), [], `${opts}: the uppers`);
+  }
+  // without metacopy=on, refused as by this kernel (EPERM); lowerdir+= after lowerdir= refused
+  const m = fs.mkdtempSync(path.join(base, 'm'));
+  const r = run(strataBin, ['mount', '-o', `lowerdir=${l1}:${l2}::${d}`, m]);
+  t.is(r.status, 0, r.stderr);
+  try {
+    t.regex(run('cat', [path.join(m, 'f')]).stderr, /Operation not permitted/);
+  } finally {
+    run(strataBin, ['umount', m]);
+  }
+  for (const bad of [`lowerdir=${l1},datadir+=${d}`, `lowerdir=${l1}::${d}:${l2}`, `lowerdir=${l1}:::${d}`, `datadir+=${d},lowerdir+=${l1}`]) {
+    const x = run(strataBin, ['mount', '-o', bad, m]);
+    t.not(x.status, 0, bad);
+    t.is(x.stderr.trim().split('\n').length, 1, x.stderr);
+    t.not(run('mount', ['-t', 'overlay', 'overlay', '-o', bad, m]).status, 0, `the kernel refuses ${bad} too`);
+  }
+});
+
 test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
   const c = new Checks(t);
   const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames, options: ['redirect_dir=nofollow'] });

@@ -12,6 +12,8 @@ export class SetupError extends Error {
 export interface ResolvedLayout {
   mountpoint: string;
   lowerdirs: string[];
+  /** Data-only lower layers (MountParams.datadirs), resolved. */
+  datadirs: string[];
   upperdir: string | null;
   workdir: string | null;
 }
@@ -63,11 +65,13 @@ export function mountedPaths(): Set<string> {
 export function validateLayout(params: MountParams, mountpointArg: string): ResolvedLayout {
   const [mountpoint] = resolveDir('mount point', mountpointArg);
   const lowers = params.lowerdirs.map((d) => resolveDir('lower directory', d));
+  const datas = params.datadirs.map((d) => resolveDir('data-only lower directory', d));
   const upper = params.upperdir ? resolveDir('upper directory', params.upperdir) : null;
   const work = params.workdir ? resolveDir('work directory', params.workdir) : null;
 
   const layers: [string, string, Stats][] = lowers.map(([p, st], i) => [`lower directory ${i + 1} "${params.lowerdirs[i]}"`, p, st]);
   if (upper) layers.unshift([`upper directory "${params.upperdir}"`, upper[0], upper[1]]);
+  layers.push(...datas.map(([p, st], i): [string, string, Stats] => [`data-only lower directory ${i + 1} "${params.datadirs[i]}"`, p, st]));
 
   for (let i = 0; i < layers.length; i++) {
     for (let j = i + 1; j < layers.length; j++) {
@@ -92,5 +96,5 @@ export function validateLayout(params: MountParams, mountpointArg: string): Reso
     }
   }
   if (mountedPaths().has(mountpoint)) throw new SetupError(`"${mountpointArg}" is already a mount point`);
-  return { mountpoint, lowerdirs: lowers.map(([p]) => p), upperdir: upper?.[0] ?? null, workdir: work?.[0] ?? null };
+  return { mountpoint, lowerdirs: lowers.map(([p]) => p), datadirs: datas.map(([p]) => p), upperdir: upper?.[0] ?? null, workdir: work?.[0] ?? null };
 }

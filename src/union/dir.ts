@@ -634,7 +634,7 @@ export class DirOps {
     // (as the kernel's ovl_need_absolute_redirect: a file whose lower object has other names gets an
     // absolute redirect even within its directory, as its upper names may come to be in other ones)
     let absolute = !samedir;
-    if (!absolute && node.metacopy) {
+    if (!absolute && node.metacopy && !node.dataMissing) {
       statObject(node.dataLocation(), st);
       absolute = st[N.ST.nlink]! > 1;
     }

@@ -142,13 +142,15 @@ export class InodeTable {
     try {
       node = this.create(parent, name, type, hit.layer, hit.dirLayers, hit.st[N.ST.ino]!, want, false, hit.st[N.ST.nlink]!);
     } catch (e) {
-      if (hit.data) N.close(hit.data.fd);
+      if (hit.data && hit.data.fd >= 0) N.close(hit.data.fd);
       throw e;
     }
     if (hit.redirects) node.redirects = hit.redirects;
     if (hit.data) {
       // (a node found again keeps the data it has)
-      if (node.metacopy || node.layer !== hit.layer) N.close(hit.data.fd);
+      if (node.metacopy || node.layer !== hit.layer) {
+        if (hit.data.fd >= 0) N.close(hit.data.fd);
+      }
       else node.setData(hit.data.layer, hit.data.fd);
     }
     return node;
@@ -462,7 +464,11 @@ export class InodeTable {
     }
     const a = attrOf(node, st, ino);
     // (a metacopy file's blocks are those of its data, as the kernel's ovl_getattr reports them)
-    if (node.metacopy) {
+    if (node.dataMissing) {
+      // (the kernel's guess before its lazy lookup of data in a data-only layer)
+      const bs = a.blksize || 4096;
+      a.blocks = (Math.ceil(a.size / bs) * bs) / 512;
+    } else if (node.metacopy) {
       const d = this.dataSt;
       statObject(node.dataLocation(), d);
       a.blocks = d[ST.blocks]!;

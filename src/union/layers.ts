@@ -35,6 +35,13 @@ export interface Layer {
   /** metacopy=on: a metacopy file in this stack is read, its data found below (else EPERM, as the kernel). */
   readonly metacopy?: boolean;
   /**
+   * The stack's data-only lower layers (below every lower one; lowerdir=...::D, datadir+=D): on a
+   * lower layer, where a metacopy file's absolute redirect may lead for its data. Empty for none.
+   */
+  dataLayers?: Layer[];
+  /** A data-only layer: never part of a directory, only searched for the data of metacopy files. */
+  readonly dataOnly?: boolean;
+  /**
    * Where its overlay markers (opaque, redirect, metacopy, xattr whiteouts, origin, impure) are read:
    * on a mount with userxattr user.overlay.* only, as the kernel; else trusted.overlay.* and
    * user.overlay.* both (the project's rules: semantics.md 4-5; the kernel reads trusted.overlay.* only).
@@ -48,6 +55,8 @@ export class LayerStack {
   readonly layers: Layer[];
   readonly upper: Layer | null;
   readonly lowers: Layer[];
+  /** Data-only lower layers (see Layer.dataLayers), not in `layers`. */
+  readonly dataLayers: Layer[];
   /** True when every layer is on one filesystem: real inode numbers are used as they are. */
   readonly sameFs: boolean;
 
@@ -56,11 +65,12 @@ export class LayerStack {
   /** Private mounts to release at close (their descriptors). */
   private readonly mountFds: number[] = [];
 
-  private constructor(layers: Layer[]) {
+  private constructor(layers: Layer[], dataLayers: Layer[]) {
     this.layers = layers;
+    this.dataLayers = dataLayers;
     this.upper = layers[0]?.isUpper ? layers[0] : null;
     this.lowers = layers.filter((l) => !l.isUpper);
-    this.sameFs = new Set(layers.map((l) => l.dev)).size === 1;
+    this.sameFs = new Set([...layers, ...dataLayers].map((l) => l.dev)).size === 1;
   }
 
   /**
@@ -68,9 +78,10 @@ export class LayerStack {
    * policy and on one mount with `workdir`. Paths must already be resolved (realpath) and validated.
    */
   static open(upper: string | null, lowers: string[],
-    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean } =
-      { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
-    const paths = upper ? [upper, ...lowers] : lowers;
+    opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean;
+      dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
+    const regular = (upper ? 1 : 0) + lowers.length;
+    const paths = [...(upper ? [upper] : []), ...lowers, ...(opts.dataDirs ?? [])];
     const markerNs = opts.userxattr === true ? 'user' : 'both';
     const devs: number[] = [];
     const st = new Float64Array(16);
@@ -97,15 +108,19 @@ export class LayerStack {
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
-          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs };
+          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs, dataOnly: index >= regular };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);
       for (const fd of mountFds) N.close(fd);
       throw e;
     }
+    const data = layers.splice(regular);
     if (layers.length > 0) layers[layers.length - 1]!.last = true;
-    const stack = new LayerStack(layers);
+    // (no marker is read in a data-only layer: only the data of files is taken from there)
+    for (const l of data) l.last = true;
+    if (data.length > 0) for (const l of layers) l.dataLayers = data;
+    const stack = new LayerStack(layers, data);
     stack.upperMount = upperMount;
     stack.mountFds.push(...mountFds);
     return stack;
@@ -123,7 +138,7 @@ export class LayerStack {
   }
 
   close(): void {
-    for (const l of this.layers) N.close(l.fd);
+    for (const l of [...this.layers, ...this.dataLayers]) N.close(l.fd);
     for (const fd of this.mountFds.splice(0)) N.close(fd);
   }
 

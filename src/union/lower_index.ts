@@ -10,7 +10,7 @@ import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import type { UnionNode } from './inode.js';
 import type { LayerStack } from './layers.js';
-import { lookupLayers, metacopyHit, searchLayers, type LayerHit } from './namei.js';
+import { lookupLayers, mayBeMetacopy, metacopyHit, searchLayers, type LayerHit } from './namei.js';
 import { listLowerDir } from './readdir.js';
 import { dirMarkers, isKernelWhiteout, isMetacopy, isXattrWhiteout, ociWhiteoutTarget, OCI_WHITEOUT_PREFIX, xwhiteoutsIn } from './whiteout.js';
 
@@ -270,7 +270,7 @@ export class LowerIndex {
       this.drop(dir);
       return lookupLayers(dir, name);
     }
-    if (e.m === C.S_IFREG && !layer.last && isMetacopy(dirfd, name, undefined, layer.markerNs)) return metacopyHit(dir, layer, dirfd, name, st);
+    if (e.m === C.S_IFREG && mayBeMetacopy(layer) && isMetacopy(dirfd, name, undefined, layer.markerNs)) return metacopyHit(dir, layer, dirfd, name, st);
     return { layer, st: N.statCopy(st), dirLayers: e.d ? e.d.map((i) => layers[i]!) : null };
   }
 

@@ -42,7 +42,7 @@ export function lowerShows(parent: UnionNode, name: string): boolean {
   const from = layers[0]!.isUpper ? 1 : 0;
   if (from >= layers.length) return false;
   const hit = lookupLayers(parent, name, from);
-  if (hit?.data) N.close(hit.data.fd); // (a metacopy file's data: not wanted here)
+  if (hit?.data && hit.data.fd >= 0) N.close(hit.data.fd); // (a metacopy file's data: not wanted here)
   return hit !== null;
 }
 
@@ -85,7 +85,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
         return { hit, stopped: true };
       }
       if (!hit) {
-        if (type === C.S_IFREG && !layer.last && isMetacopy(dirfd, name, xnames, layer.markerNs)) {
+        if (type === C.S_IFREG && mayBeMetacopy(layer) && isMetacopy(dirfd, name, xnames, layer.markerNs)) {
           return { hit: metacopyHit(parent, layer, dirfd, name, st), stopped: true };
         }
         // (the hit keeps its own copy of the stat: the probe buffer is reused)
@@ -123,8 +123,19 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
  * EPERM without metacopy=on, as the kernel refuses it ("refusing to follow metacopy origin").
  */
 export function metacopyHit(parent: UnionNode, layer: Layer, dirfd: number, name: string, st: Float64Array): LayerHit {
+  // (data-only layers too are reached only with metacopy=on, as on this kernel (6.18))
   if (!layer.metacopy) throw fsError('EPERM');
-  return { layer, st: N.statCopy(st), dirLayers: null, data: findData(parent, layer, dirfd, name) };
+  // (the stat first: findData's probes reuse the buffer it may be)
+  const own = N.statCopy(st);
+  return { layer, st: own, dirLayers: null, data: findData(parent, layer, dirfd, name) };
+}
+
+/**
+ * Can a regular file of this layer be a metacopy file (is there a layer below for its data)? Not in
+ * the bottom layer, unless data-only layers are below it; never in a data-only layer.
+ */
+export function mayBeMetacopy(layer: Layer): boolean {
+  return !layer.last || layer.dataLayers !== undefined;
 }
 
 /**
@@ -147,7 +158,8 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
     if (r === null) return;
     checkRedirect(r);
     if (r.startsWith('/')) {
-      if (!cur.startsWith('/')) layers = stackLayers(parent);
+      // (an absolute path leads into the data-only layers too, after the lower ones)
+      if (!cur.startsWith('/')) layers = [...stackLayers(parent), ...(at.dataLayers ?? [])];
       cur = r;
       k = layers.indexOf(from);
     } else {
@@ -170,7 +182,7 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
         continue;
       }
       if (isKernelWhiteout(st) || isXattrWhiteout(dir, leaf, st, layer.markerNs) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFREG) break;
-      if (!layer.last && isMetacopy(dir, leaf, undefined, layer.markerNs)) {
+      if (mayBeMetacopy(layer) && isMetacopy(dir, leaf, undefined, layer.markerNs)) {
         if (stopAfter) break;
         redirect = redirectOf(dir, leaf, layer.markerNs);
         follow(redirect, layer);
@@ -181,6 +193,10 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
       if (at.own) N.close(dir);
     }
   }
+  // Searched to the end of the data-only layers by an absolute path: the kernel looks there only when
+  // the data is read (a lazy lookup), so the file shows, and opening it fails (ENOENT). Stopped before,
+  // or never reaching them: EIO at once.
+  if (k >= layers.length && cur.startsWith('/') && at.dataLayers !== undefined) return { layer: at.dataLayers[0]!, fd: -1 };
   throw fsError('EIO');
 }
 

@@ -274,10 +274,21 @@ export class UnionNode {
   /** Where the data is read: location(), or for a metacopy file its data file's descriptor. */
   dataLocation(): [number, string] {
     const rare = this.rare;
-    return rare !== null && rare.dataLayer !== null ? [rare.dataFd, ''] : this.location();
+    if (rare === null || rare.dataLayer === null) return this.location();
+    // (data a data-only layer should hold and does not: the kernel's lazy lookup fails the same way)
+    if (rare.dataFd < 0) throw Object.assign(new Error('metacopy data not found'), { code: 'ENOENT' });
+    return [rare.dataFd, ''];
   }
 
-  /** Makes the node a metacopy file whose data is the file open (O_PATH) as `fd` in `layer`; takes `fd`. */
+  /** A metacopy file whose data its absolute redirect should find in a data-only layer, and does not. */
+  get dataMissing(): boolean {
+    return this.rare !== null && this.rare.dataLayer !== null && this.rare.dataFd < 0;
+  }
+
+  /**
+   * Makes the node a metacopy file whose data is the file open (O_PATH) as `fd` in `layer`; takes `fd`
+   * (-1: missing from the data-only layer `layer`, see dataMissing).
+   */
   setData(layer: Layer, fd: number): void {
     this.clearData();
     const rare = this.r();
@@ -289,7 +300,7 @@ export class UnionNode {
   clearData(): void {
     const rare = this.rare;
     if (rare === null || rare.dataLayer === null) return;
-    N.close(rare.dataFd);
+    if (rare.dataFd >= 0) N.close(rare.dataFd);
     rare.dataFd = -1;
     rare.dataLayer = null;
   }

@@ -10,6 +10,11 @@ export class UsageError extends Error {
 
 export interface MountParams {
   lowerdirs: string[];
+  /**
+   * Data-only lower layers (lowerdir=...::D, datadir+=D), below the lower ones: never seen in the merged
+   * tree; they hold the data of metacopy files that reach them by an absolute redirect.
+   */
+  datadirs: string[];
   upperdir: string | null;
   workdir: string | null;
   readOnly: boolean;
@@ -53,6 +58,38 @@ export interface MountParams {
    * it a lookup meeting one fails with EPERM, as on the kernel. strata itself copies data up whole.
    */
   metacopy: boolean;
+}
+
+/**
+ * lowerdir=A:B::C::D as the kernel reads it: lower layers top first, then after a double colon the
+ * data-only layers (each after a double colon; a normal layer below a data-only one is refused).
+ */
+function splitLowerdir(value: string): [string[], string[]] {
+  const items = splitEscaped(value, ':');
+  const lowers: string[] = [];
+  const data: string[] = [];
+  for (let i = 0; i < items.length; i++) {
+    const d = items[i]!;
+    if (d !== '') {
+      if (data.length > 0) throw new UsageError(`lowerdir: a normal lower layer below a data-only one (after "::"): "${value}"`);
+      lowers.push(d);
+      continue;
+    }
+    // "::" then a data-only layer
+    const next = items[i + 1];
+    if (lowers.length === 0 || next === undefined || next === '') throw new UsageError(`lowerdir has an empty layer: "${value}"`);
+    data.push(next);
+    i++;
+    // (each further data-only layer follows a "::" too)
+    while (i + 1 < items.length && items[i + 1] === '') {
+      const more = items[i + 2];
+      if (more === undefined || more === '') throw new UsageError(`lowerdir has an empty layer: "${value}"`);
+      data.push(more);
+      i += 2;
+    }
+    if (i + 1 < items.length) throw new UsageError(`lowerdir: a normal lower layer below a data-only one (after "::"): "${value}"`);
+  }
+  return [lowers, data];
 }
 
 /** Splits on unescaped `sep`, removing the escaping backslashes. */
@@ -112,12 +149,13 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false,
+    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false,
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
   /** The last value of each of index, metacopy, redirect_dir and xino. */
   const features = new Map<string, string>();
+  let lowerdirGiven = false;
   for (const item of optionStrings.flatMap(splitOptions)) {
     const eq = item.indexOf('=');
     const key = eq < 0 ? item : item.slice(0, eq);
@@ -125,13 +163,21 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
     switch (key) {
       case 'lowerdir': {
         if (value === '') throw new UsageError('lowerdir= needs at least one directory');
-        const dirs = splitEscaped(value, ':');
-        if (dirs.some((d) => d === '')) throw new UsageError(`lowerdir has an empty layer: "${value}"`);
-        p.lowerdirs = dirs;
+        [p.lowerdirs, p.datadirs] = splitLowerdir(value);
+        lowerdirGiven = true;
         break;
       }
       case 'lowerdir+':
+        // (as the kernel: "lowerdir+ and datadir+ cannot follow lowerdir")
+        if (lowerdirGiven) throw new UsageError('lowerdir+= and datadir+= cannot follow lowerdir=');
+        if (p.datadirs.length > 0) throw new UsageError('lowerdir+= after datadir+=: a normal lower layer cannot be below a data-only one');
         p.lowerdirs.push(splitEscaped(value, ',').join(','));
+        break;
+      case 'datadir+':
+        if (lowerdirGiven) throw new UsageError('lowerdir+= and datadir+= cannot follow lowerdir=');
+        if (value === '') throw new UsageError('datadir+= needs a directory');
+        if (p.lowerdirs.length === 0) throw new UsageError('datadir+= before any lower layer: data-only layers go below the lower ones');
+        p.datadirs.push(splitEscaped(value, ',').join(','));
         break;
       case 'upperdir':
         p.upperdir = splitEscaped(value, ',').join(',');
