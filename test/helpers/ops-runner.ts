@@ -263,9 +263,10 @@ export class Runner {
         const r = run('chattr', [op[2], P(op[1])]);
         if (r.status === 0) return 'ok';
         // chattr prints strerror: the errno name back from the text ("chattr: <strerror> while setting
-        // flags on <path>" when the filesystem refuses, else "<path>: <strerror>")
+        // flags on <path>" when the filesystem refuses, "... while trying to stat <path>" for a missing
+        // one, else "<path>: <strerror>"), never the path (each side's mount point is in it)
         const line = r.stderr.trim().split('\n').pop() ?? '';
-        const text = /: (.+?) while (?:setting|reading) flags on /.exec(line)?.[1] ?? line.split(': ').pop() ?? '';
+        const text = /: (.+?) while (?:setting flags on|reading flags on|trying to stat) /.exec(line)?.[1] ?? line.split(': ').pop() ?? '';
         return { err: STRERROR_CODES[text] ?? text };
       }
       case 'as':
