@@ -143,8 +143,9 @@ export function mayBeMetacopy(layer: Layer): boolean {
  * kernel's ovl_lookup goes on below a metacopy file: the same name in the parent's layers below, or
  * where its redirect leads (a name in the parent, or an absolute path from each lower layer's root,
  * walked as for a directory); a metacopy file found there leads further down (its own redirect too);
- * the first regular file that is not one holds the data. A whiteout, anything but a regular file, or
- * nothing at all below: "metacopy with no lower data found", EIO.
+ * the first regular file that is not one holds the data; an absolute path goes on into the data-only
+ * layers. A whiteout, anything but a regular file, or nothing at all below: "metacopy with no lower
+ * data found", EIO (but see the end for data-only layers).
  */
 function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { layer: Layer; fd: number } {
   const oci = parent.dirLayers![0]?.ociWhiteouts ?? true;
@@ -169,9 +170,9 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
   follow(redirect, at);
   for (k++; k < layers.length; k++) {
     const layer = layers[k]!;
-    const at = placeIn(parent, layer, cur, oci);
-    cur = at.name;
-    const { dir, leaf, stop: stopAfter } = at;
+    const place = placeIn(parent, layer, cur, oci);
+    cur = place.name;
+    const { dir, leaf, stop: stopAfter } = place;
     if (dir < 0) {
       if (stopAfter) break;
       continue;
@@ -190,7 +191,7 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
       }
       return { layer, fd: N.openat(dir, leaf, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0) };
     } finally {
-      if (at.own) N.close(dir);
+      if (place.own) N.close(dir);
     }
   }
   // Searched to the end of the data-only layers by an absolute path: the kernel looks there only when
