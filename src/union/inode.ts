@@ -10,7 +10,7 @@ import type { Attr, SetattrRequest } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { OriginStore } from './cache.js';
 import type { FileHandle } from './file.js';
-import { atFlags, chmodObject, openObject, ROOT_NODEID, statObject, UnionNode } from './node.js';
+import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
 import type { LayerHit } from './namei.js';
 import { originIno, readOrigin } from './origin.js';
@@ -469,9 +469,7 @@ export class InodeTable {
       const bs = a.blksize || 4096;
       a.blocks = (Math.ceil(a.size / bs) * bs) / 512;
     } else if (node.metacopy) {
-      const d = this.dataSt;
-      statObject(node.dataLocation(), d);
-      a.blocks = d[ST.blocks]!;
+      a.blocks = node.dataBlocks(this.dataSt);
     }
     return a;
   }

@@ -42,6 +42,8 @@ class NodeRare {
   /** A metacopy file's data: the layer below that holds it, and an O_PATH descriptor of it. */
   dataLayer: Layer | null = null;
   dataFd = -1;
+  /** st_blocks of the data file, once asked (a lower file: it does not change). */
+  dataBlocks = -1;
 }
 
 export class UnionNode {
@@ -280,6 +282,16 @@ export class UnionNode {
     return [rare.dataFd, ''];
   }
 
+  /** st_blocks of a metacopy file's data file (stat once: a lower file does not change). */
+  dataBlocks(st: Float64Array): number {
+    const rare = this.rare!;
+    if (rare.dataBlocks < 0) {
+      statObject(this.dataLocation(), st);
+      rare.dataBlocks = st[N.ST.blocks]!;
+    }
+    return rare.dataBlocks;
+  }
+
   /** A metacopy file whose data its absolute redirect should find in a data-only layer, and does not. */
   get dataMissing(): boolean {
     return this.rare !== null && this.rare.dataLayer !== null && this.rare.dataFd < 0;
@@ -294,6 +306,7 @@ export class UnionNode {
     const rare = this.r();
     rare.dataLayer = layer;
     rare.dataFd = fd;
+    rare.dataBlocks = -1;
   }
 
   /** The data is the node's own again (copied up, or the node replaced). */
