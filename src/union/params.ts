@@ -270,6 +270,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   if (p.metacopy && features.has('redirect_dir') && !p.redirectDir) {
     throw new UsageError(`conflicting options: metacopy=on,redirect_dir=${features.get('redirect_dir')}`);
   }
+  if (p.metacopy && p.nfsExport) throw new UsageError('conflicting options: nfs_export=on,metacopy=on');
   if (p.metacopy) p.redirectDir = true;
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
