@@ -9,7 +9,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run } from './helpers/exec.js';
+import { run, runOk } from './helpers/exec.js';
 import { strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
 import { buildLayer, type LayerSpec } from './helpers/ops-layers.js';
@@ -229,7 +229,7 @@ test.serial('metacopy=on in a containers-storage layer (diff beside link, under 
   fs.writeFileSync(path.join(layer, 'diff', 'g'), '');
   fs.truncateSync(path.join(layer, 'diff', 'g'), 8);
   fs.chmodSync(path.join(layer, 'diff', 'g'), 0o600);
-  run('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '""', path.join(layer, 'diff', 'g')]);
+  runOk('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '""', path.join(layer, 'diff', 'g')]);
   const mnt = path.join(layer, 'merged');
   const m = run(strataBin, ['mount', '-o', `lowerdir=${lower},upperdir=${layer}/diff,workdir=${layer}/work,nodev,metacopy=on`, mnt]);
   t.is(m.status, 0, m.stderr);
@@ -242,12 +242,6 @@ test.serial('metacopy=on in a containers-storage layer (diff beside link, under 
     run(strataBin, ['umount', mnt]);
   }
 });
-
-/** Sets an xattr with setfattr (a test's layer files). */
-function setx(file: string, name: string, value: string): void {
-  const r = run('setfattr', ['-n', name, '-v', value, file]);
-  if (r.status !== 0) throw new Error(`setfattr ${name} ${file}: ${r.stderr.trim()}`);
-}
 
 test.serial('data-only lower layers (lowerdir=A:B::D, datadir+=D): metacopy files reach their data there by absolute redirects, as on the kernel', (t) => {
   const base = tempDir(t, 'do');
@@ -263,8 +257,8 @@ test.serial('data-only lower layers (lowerdir=A:B::D, datadir+=D): metacopy file
     fs.writeFileSync(f, '');
     fs.truncateSync(f, size);
     fs.chmodSync(f, mode);
-    setx(f, 'trusted.overlay.metacopy', '""');
-    if (redirect) setx(f, 'trusted.overlay.redirect', redirect);
+    runOk('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '""', f]);
+    if (redirect) runOk('setfattr', ['-n', 'trusted.overlay.redirect', '-v', redirect, f]);
   };
   meta('f', 5004, '/blob/data1', 0o600);
   meta('sub/g', 4, '/blob/data2', 0o640);

@@ -156,14 +156,16 @@ class TreeWalker {
   private readonly links = new Map<string, Buffer>();
   private readonly st = N.newStatBuf();
   entries = 0;
-  /** The last xattrs() met an overlay.metacopy marker. */
-  private metacopy = false;
 
   constructor(private readonly opts: { layer: boolean }) {}
 
-  private xattrs(dirfd: number, name: string): [string, Buffer][] {
+  /**
+   * The xattrs of `name` that go into the tar (overlayfs's private ones left out). A regular file's
+   * metadata-only copy (overlay metacopy) is refused: its data is in a layer below, which the tar would
+   * not have, so it would be stored as a file of zeros.
+   */
+  private xattrs(dirfd: number, name: string, path: Buffer, regular: boolean): [string, Buffer][] {
     const out: [string, Buffer][] = [];
-    this.metacopy = false;
     let names: string[];
     try {
       names = N.llistxattr(dirfd, name);
@@ -172,7 +174,9 @@ class TreeWalker {
       throw e;
     }
     for (const k of names.sort()) {
-      if (k === METACOPY_XATTR_TRUSTED || k === METACOPY_XATTR_USER) this.metacopy = true;
+      if (regular && (k === METACOPY_XATTR_TRUSTED || k === METACOPY_XATTR_USER)) {
+        throw new ImageError(`${path.toString('latin1')}: a metadata-only copy (overlay metacopy): its data is in a lower layer; copy its data up first (open it for writing)`);
+      }
       if (isPrivateXattr(k)) continue;
       const v = N.lgetxattr(dirfd, name, k);
       if (v !== null) out.push([k, v]);
@@ -221,12 +225,7 @@ class TreeWalker {
       yield { e: this.entry(wh, 'file', st, { mode: 0o600 }) };
       return;
     }
-    const xattrs = this.xattrs(dirfd, name);
-    // A metadata-only copy (overlayfs metacopy=on) holds no data: its data is in a layer below, which
-    // the tar would not have. Refused rather than stored as a file of zeros.
-    if (this.metacopy && type === 'file') {
-      throw new ImageError(`${path.toString('latin1')}: a metadata-only copy (overlay metacopy): its data is in a lower layer; copy its data up first (open it for writing)`);
-    }
+    const xattrs = this.xattrs(dirfd, name, path, type === 'file');
     if (type === 'directory') {
       const opaque = this.opts.layer && (isOpaqueMarker(N.lgetxattr(dirfd, name, OPAQUE_XATTR_TRUSTED)) || isOpaqueMarker(N.lgetxattr(dirfd, name, OPAQUE_XATTR_USER)));
       const dirEntry = this.entry(path, 'directory', st, { xattrs });

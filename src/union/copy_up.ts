@@ -274,7 +274,7 @@ export class CopyUp {
    * Makes sure `node` (and its ancestors) exist in the upper layer, in one go. Callers wait for a
    * copy-up already in progress on the node first (`node.copying`).
    */
-  ensure(node: UnionNode, opts: { data?: boolean; meta?: boolean } = {}): void {
+  ensure(node: UnionNode, opts: { data?: boolean } = {}): void {
     // (an upper metacopy file stays one: a rename or a link gives it a redirect, see DirOps)
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
@@ -285,7 +285,7 @@ export class CopyUp {
       return;
     }
     this.ensure(parent);
-    this.copyNow(this.begin(parent, node, opts.data !== false, opts.meta === true));
+    this.copyNow(this.begin(parent, node, opts.data !== false));
   }
 
   /**
@@ -356,16 +356,17 @@ export class CopyUp {
 
   /**
    * As `ensure`, but a regular file with more than ASYNC_COPY_THRESHOLD bytes of data is copied in
-   * steps between other requests: the result is then a promise, kept in `node.copying` until the copy
-   * is in place, so that every other change to the node waits for it.
+   * steps between other requests (see copyThen). `metaOnly`: the change needs no data (chmod, chown,
+   * utimes, xattrs, chattr, rename, link): with metacopy=on a metadata-only copy is made, and an upper
+   * metacopy file stays one; any other change has the data of an upper metacopy file copied in first.
    */
-  ensureAsync(node: UnionNode, opts: { data?: boolean; fill?: boolean; meta?: boolean } = {}): void | Promise<void> {
+  ensureAsync(node: UnionNode, opts: { data?: boolean; metaOnly?: boolean } = {}): void | Promise<void> {
     if (node.copying) {
       const again = (): void | Promise<void> => this.ensureAsync(node, opts);
       return node.copying.then(again, again);
     }
     if (node.layer === this.upper.layer) {
-      if (node.metacopy && opts.fill === true) return this.fillData(node);
+      if (node.metacopy && opts.metaOnly !== true) return this.fillData(node);
       return;
     }
     const parent = node.parent;
@@ -375,19 +376,36 @@ export class CopyUp {
       return;
     }
     this.ensure(parent);
-    const job = this.begin(parent, node, opts.data !== false, opts.meta === true);
-    const size = job.st[ST.size]!;
-    if (job.src < 0 || size <= ASYNC_COPY_THRESHOLD) {
-      this.copyNow(job);
+    const job = this.begin(parent, node, opts.data !== false, opts.metaOnly === true);
+    if (job.src < 0) {
+      this.finish(job);
       return;
     }
-    const copying = copyDataAsync(job.src, job.st[ST.dev]!, job.out, size).then(
-      () => this.finish(job),
-      (e: unknown) => {
-        this.abort(job);
+    return this.copyThen(node, job.src, job.st[ST.dev]!, job.out, job.st[ST.size]!, isDense(job.st), () => this.finish(job), () => this.abort(job));
+  }
+
+  /**
+   * Copies `size` bytes of `src` (on filesystem `srcDev`) into `out`, then runs `done`; `fail` cleans up
+   * after an error. Up to ASYNC_COPY_THRESHOLD bytes in one go; more in steps between other requests,
+   * the promise kept in `node.copying` until `done` has run, so that every other change to the node
+   * waits for it.
+   */
+  private copyThen(node: UnionNode, src: number, srcDev: number, out: number, size: number, dense: boolean,
+    done: () => void, fail: () => void): void | Promise<void> {
+    if (size <= ASYNC_COPY_THRESHOLD) {
+      try {
+        copyData(src, srcDev, out, size, dense);
+      } catch (e) {
+        fail();
         throw e;
-      },
-    ).finally(() => {
+      }
+      done();
+      return;
+    }
+    const copying = copyDataAsync(src, srcDev, out, size).then(done, (e: unknown) => {
+      fail();
+      throw e;
+    }).finally(() => {
       node.copying = null;
     });
     node.copying = copying;
@@ -404,10 +422,21 @@ export class CopyUp {
   private fillData(node: UnionNode): void | Promise<void> {
     const loc = node.location();
     statObject(loc, this.sst);
-    const st = N.statCopy(this.sst);
+    const size = this.sst[ST.size]!;
     const caps = N.lgetxattr(loc[0], loc[1], 'security.capability');
     const out = openObject(loc, C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
     let src = -1;
+    const close = (): void => {
+      N.close(out);
+      if (src >= 0) N.close(src);
+    };
+    try {
+      src = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
+      N.fstat(src, this.ust);
+    } catch (e) {
+      close();
+      throw e;
+    }
     const done = (): void => {
       try {
         if (caps !== null) N.fsetxattr(out, 'security.capability', caps, 0);
@@ -420,39 +449,12 @@ export class CopyUp {
           }
         }
       } finally {
-        N.close(out);
-        if (src >= 0) N.close(src);
+        close();
       }
       node.clearData();
       this.attributesChanged(node);
     };
-    let dev: number;
-    let dense: boolean;
-    try {
-      src = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
-      N.fstat(src, this.ust);
-      dev = this.ust[ST.dev]!;
-      dense = isDense(this.ust);
-      if (st[ST.size]! <= ASYNC_COPY_THRESHOLD) copyData(src, dev, out, st[ST.size]!, dense);
-    } catch (e) {
-      N.close(out);
-      if (src >= 0) N.close(src);
-      throw e;
-    }
-    if (st[ST.size]! <= ASYNC_COPY_THRESHOLD) {
-      done();
-      return;
-    }
-    // (a large file in steps between other requests, as any copy-up: changes to it wait for `copying`)
-    const copying = copyDataAsync(src, dev, out, st[ST.size]!).then(done, (e: unknown) => {
-      N.close(out);
-      N.close(src);
-      throw e;
-    }).finally(() => {
-      node.copying = null;
-    });
-    node.copying = copying;
-    return copying;
+    return this.copyThen(node, src, this.ust[ST.dev]!, out, size, isDense(this.ust), done, close);
   }
 
   /** Creates the copy in the work directory (for a regular file: empty, open, with its source open). */

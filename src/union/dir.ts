@@ -42,7 +42,8 @@ export interface DirOptions {
   /** redirect_dir=on: directories with lower layers are renamed with a redirect (MountParams.redirectDir). */
   redirectDir?: boolean;
   /**
-   * metacopy=on, where it writes metadata-only copies (see metacopyWrites in the daemon): a change
+   * metacopy=on, where it writes metadata-only copies (not in a containers-storage layer: see
+   * containersStorageLayer in the daemon): a change
    * that needs no data copies a lower regular file up without it (CopyUp.begin).
    */
   metacopy?: boolean;

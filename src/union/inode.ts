@@ -67,8 +67,6 @@ export class InodeTable {
   /** By nodeid: dense while this table names nodes, a Map when the export table does (nfs_export). */
   private nodes: DenseNodes | Map<number, UnionNode> = new DenseNodes();
   private readonly st = new Float64Array(16);
-  /** The stat of a metacopy file's data (attrFrom). */
-  private readonly dataSt = new Float64Array(16);
   /**
    * st_ino kept by copied-up objects: "layer index:real inode number" -> the st_ino shown before
    * copy-up. Recorded and read for the upper only: once an upper is reused as a lower, the kernel
@@ -146,13 +144,9 @@ export class InodeTable {
       throw e;
     }
     if (hit.redirects) node.redirects = hit.redirects;
-    if (hit.data) {
-      // (a node found again keeps the data it has)
-      if (node.metacopy || node.layer !== hit.layer) {
-        if (hit.data.fd >= 0) N.close(hit.data.fd);
-      }
-      else node.setData(hit.data.layer, hit.data.fd);
-    }
+    // (a node found again keeps the data it has)
+    if (hit.data && !node.metacopy && node.layer === hit.layer) node.setData(hit.data.layer, hit.data.fd);
+    else if (hit.data && hit.data.fd >= 0) N.close(hit.data.fd);
     return node;
   }
 
@@ -469,7 +463,7 @@ export class InodeTable {
       const bs = a.blksize || 4096;
       a.blocks = (Math.ceil(a.size / bs) * bs) / 512;
     } else if (node.metacopy) {
-      a.blocks = node.dataBlocks(this.dataSt);
+      a.blocks = node.dataBlocks(this.st); // (`st` was read into `a` already)
     }
     return a;
   }

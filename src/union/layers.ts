@@ -39,8 +39,6 @@ export interface Layer {
    * lower layer, where a metacopy file's absolute redirect may lead for its data. Empty for none.
    */
   dataLayers?: Layer[];
-  /** A data-only layer: never part of a directory, only searched for the data of metacopy files. */
-  readonly dataOnly?: boolean;
   /**
    * Where its overlay markers (opaque, redirect, metacopy, xattr whiteouts, origin, impure) are read:
    * on a mount with userxattr user.overlay.* only, as the kernel; else trusted.overlay.* and
@@ -108,7 +106,7 @@ export class LayerStack {
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
-          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs, dataOnly: index >= regular };
+          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

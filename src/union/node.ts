@@ -7,6 +7,7 @@
 // once its name can no longer reach it (unlinked, or replaced by another object) the node keeps an
 // anchor, a descriptor of the object itself, and every operation on the node goes through that.
 
+import { fsError } from '../fuse/errors.js';
 import * as N from '../native/index.js';
 import type { FileHandle } from './file.js';
 import type { Layer } from './layers.js';
@@ -278,7 +279,7 @@ export class UnionNode {
     const rare = this.rare;
     if (rare === null || rare.dataLayer === null) return this.location();
     // (data a data-only layer should hold and does not: the kernel's lazy lookup fails the same way)
-    if (rare.dataFd < 0) throw Object.assign(new Error('metacopy data not found'), { code: 'ENOENT' });
+    if (rare.dataFd < 0) throw fsError('ENOENT');
     return [rare.dataFd, ''];
   }
 

@@ -66,29 +66,18 @@ export interface MountParams {
  */
 function splitLowerdir(value: string): [string[], string[]] {
   const items = splitEscaped(value, ':');
-  const lowers: string[] = [];
+  const first = items.indexOf('');
+  const lowers = first < 0 ? items : items.slice(0, first);
+  // (what follows the first "::": "", D1, "", D2, ...)
+  const rest = first < 0 ? [] : items.slice(first);
   const data: string[] = [];
-  for (let i = 0; i < items.length; i++) {
-    const d = items[i]!;
-    if (d !== '') {
-      if (data.length > 0) throw new UsageError(`lowerdir: a normal lower layer below a data-only one (after "::"): "${value}"`);
-      lowers.push(d);
-      continue;
-    }
-    // "::" then a data-only layer
-    const next = items[i + 1];
-    if (lowers.length === 0 || next === undefined || next === '') throw new UsageError(`lowerdir has an empty layer: "${value}"`);
-    data.push(next);
-    i++;
-    // (each further data-only layer follows a "::" too)
-    while (i + 1 < items.length && items[i + 1] === '') {
-      const more = items[i + 2];
-      if (more === undefined || more === '') throw new UsageError(`lowerdir has an empty layer: "${value}"`);
-      data.push(more);
-      i += 2;
-    }
-    if (i + 1 < items.length) throw new UsageError(`lowerdir: a normal lower layer below a data-only one (after "::"): "${value}"`);
+  for (let i = 0; i < rest.length; i += 2) {
+    if (rest[i] !== '') throw new UsageError(`lowerdir: a normal lower layer below a data-only one (after "::"): "${value}"`);
+    const d = rest[i + 1];
+    if (d === undefined || d === '') throw new UsageError(`lowerdir has an empty layer: "${value}"`);
+    data.push(d);
   }
+  if (lowers.length === 0) throw new UsageError(`lowerdir has an empty layer: "${value}"`);
   return [lowers, data];
 }
 

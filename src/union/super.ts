@@ -333,7 +333,7 @@ export class UnionFs implements FileSystem {
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      return this.afterCopyUp(node, !truncate, () => this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null), true);
+      return this.afterCopyUp(node, !truncate, () => this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null));
     }
     return this.opened(openFile(this.files, node, flags), null);
   }
@@ -544,12 +544,13 @@ export class UnionFs implements FileSystem {
   /**
    * Copies `node` up (if needed), then runs `then` on the node that now holds the object (see
    * afterCopied). A large file is copied in steps between other requests: the result is then a promise.
+   * `metaOnly`: the change needs no data (see CopyUp.ensureAsync: metadata-only copies with metacopy=on).
    */
-  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, fill = false, meta = false): T | Promise<T> {
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, metaOnly = false): T | Promise<T> {
     const w = this.w;
     const n = node.live;
-    if (n.layer.isUpper && !n.copying && !(fill && n.metacopy)) return this.through(node, n, then);
-    const copied = w.copyUp.ensureAsync(n, { data, fill, meta });
+    if (n.layer.isUpper && !n.copying && (metaOnly || !n.metacopy)) return this.through(node, n, then);
+    const copied = w.copyUp.ensureAsync(n, { data, metaOnly });
     if (copied) {
       return copied.then(() => {
         this.afterCopied(n);
@@ -596,7 +597,7 @@ export class UnionFs implements FileSystem {
   /** Copies `node` up if needed; a promise while a large file is copied. */
   private copyUpNode(node: UnionNode): void | Promise<void> {
     // (for a rename or a link: with metacopy=on a metadata-only copy, as the kernel's)
-    return this.afterCopyUp<void>(node, true, () => undefined, false, true);
+    return this.afterCopyUp<void>(node, true, () => undefined, true);
   }
 
   /** Runs `then` once no copy-up is in progress on any of `nodes` (changes to a node wait for it). */
@@ -623,7 +624,7 @@ export class UnionFs implements FileSystem {
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       const attr = this.inodes.attr(live);
       return { attr, attrTimeout: this.attrTimeout(attr, node) };
-    }, (req.valid & FATTR_SIZE) !== 0, (req.valid & FATTR_SIZE) === 0); // (metacopy=on: see CopyUp.fillData, CopyUp.begin)
+    }, (req.valid & FATTR_SIZE) === 0); // (metaOnly without a size: see CopyUp.ensureAsync)
   }
 
   /**
@@ -871,7 +872,7 @@ export class UnionFs implements FileSystem {
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
       if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
-    }, false, true);
+    }, true);
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
@@ -882,7 +883,7 @@ export class UnionFs implements FileSystem {
     return this.afterCopyUp(node, true, (live) => {
       removeXattr(live, real);
       if (isAclName(name)) this.acls.forget(live.ino);
-    }, false, true);
+    }, true);
   }
 
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
@@ -903,7 +904,7 @@ export class UnionFs implements FileSystem {
       this.fsflags.set(live, cmd, input);
       this.opts.invalidateAttributes(live.nodeid); // its ctime
       return Buffer.alloc(0);
-    }, false, true);
+    }, true);
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,
