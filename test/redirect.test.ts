@@ -267,6 +267,8 @@ test.serial('data-only lower layers (lowerdir=A:B::D, datadir+=D): metacopy file
   const script = [
     'ls -a . sub; stat -c "%n %s %b" nodata; md5sum f; cat sub/g reg; stat -c "%n %s %a" f sub/g reg; cat nodata 2>&1; ls blob hidden 2>&1',
     'chmod 700 f && echo more >> sub/g && cat sub/g && stat -c "%n %s %a" f sub/g && mv f sub/f2 && md5sum sub/f2',
+    // (a change that copies up the file whose data is missing: the kernel's lazy lookup fails it first)
+    'chmod 600 nodata; touch nodata; ln nodata n2; mv nodata n3; setfattr -n user.a -v 1 nodata; ls; true',
   ];
   for (const opts of [`lowerdir=${l1}:${l2}::${d}`, `lowerdir+=${l1},lowerdir+=${l2},datadir+=${d}`]) {
     const outs: string[][] = [];
@@ -305,6 +307,47 @@ test.serial('data-only lower layers (lowerdir=A:B::D, datadir+=D): metacopy file
     t.is(x.stderr.trim().split('\n').length, 1, x.stderr);
     t.not(run('mount', ['-t', 'overlay', 'overlay', '-o', bad, m]).status, 0, `the kernel refuses ${bad} too`);
   }
+});
+
+/** A digest (SHA-256 by its algorithm number) in a metacopy marker: this kernel has no fs-verity, so no data file matches it. */
+const DIGEST = '0x00240001' + '07'.repeat(32);
+
+/**
+ * As kernelMetacopy, for verity=: metadata-only copies the kernel made, then digests written into some
+ * of their markers (d*), and one marker with a digest of a version the kernel does not know (bad).
+ */
+function kernelMetacopyDigests(upper: string, lowers: string[]): void {
+  throughKernel(upper, lowers, 'metacopy=on', 'chmod 600 a/f1 c/f d/f keep/k && mv a/sub/g a/sub/d-g', ['a/sub/d-g', 'trusted.overlay.metacopy', null]);
+  for (const f of ['c/f', 'a/sub/d-g']) runOk('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', DIGEST, path.join(upper, f)]);
+  runOk('setfattr', ['-n', 'trusted.overlay.metacopy', '-v', '0x01240001' + '07'.repeat(32), path.join(upper, 'keep/k')]);
+}
+
+/** Every use of the data (reads, opens for write, truncate) and every change that copies up (chmod, chown, utimes, rename, link; xattrs only below the upper). */
+const VERITY_STEPS: ShellStep[] = [
+  { sh: 'for f in a/f1 c/f a/sub/d-g d/f keep/k; do stat -c "%n %s %a" $f; cat $f; done 2>&1; true' },
+  { sh: 'chmod 640 a/f1 c/f 2>&1; chown 7 d/f a/sub/d-g 2>&1; touch -d @5 keep/k 2>&1; setfattr -n user.x -v 1 c/f a/f1 2>&1; stat -c "%n %a %u %Y" a/f1 c/f d/f keep/k a/sub/d-g; true' },
+  { sh: 'mv c/f c/f2 2>&1; ln a/sub/d-g a/sub/l 2>&1; ln d/f d/l 2>&1; echo x >> a/f1 2>&1; truncate -s 1 c/f 2>&1; ls a a/sub c d; cat a/f1; true' },
+  { sh: 'chmod 600 keep/k2 2>&1; stat -c "%n %s %a" keep/k2; cat keep/k2; true' },
+];
+
+test.serial('verity=on and verity=require: the digests of metacopy files are checked before their data is used or copied, as on the kernel', (t) => {
+  // (the kernel's verity needs fs-verity in the data's filesystem, which this kernel lacks: where a digest
+  // is recorded, no data file matches it and both answer EIO; require refuses metacopy files without
+  // one, and makes no metadata-only copies: the chmod of keep/k2 copies its data)
+  const lower: LayerSpec = [...LOWER, { t: 'file', p: 'keep/k2', data: 'k2\n' }];
+  for (const mode of ['on', 'require']) {
+    const c = new Checks(t);
+    const pair = setupPair(t, [lower], { upperFrom: kernelMetacopyDigests, options: ['metacopy=on', `verity=${mode}`] });
+    shellBoth(c, pair, VERITY_STEPS);
+    unmountAndCompareUppers(c, pair);
+    c.done();
+  }
+  // and in a lower layer (the marker read there: the topmost metacopy file of the name)
+  const c = new Checks(t);
+  const pair = setupPair(t, [kernelLayer(kernelMetacopyDigests), LOWER], { options: ['metacopy=on', 'verity=on'] });
+  shellBoth(c, pair, VERITY_STEPS);
+  unmountAndCompareUppers(c, pair);
+  c.done();
 });
 
 test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
@@ -367,5 +410,23 @@ test.serial('redirect_dir=on or metacopy=on with userxattr, metacopy=on with red
     const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, path.join(base, 'm')]);
     if (k.status === 0) run('umount', [path.join(base, 'm')]);
     t.not(k.status, 0, `the kernel refuses ${extra} too`);
+  }
+});
+
+test.serial('verity= takes off, on or require, as the kernel: anything else is refused with one line', (t) => {
+  const base = tempDir(t, 'vy');
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
+  const m = path.join(base, 'm');
+  for (const value of ['off', 'on', 'require', 'yes', '']) {
+    const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,verity${value === '' ? '' : `=${value}`}`;
+    const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, m]);
+    if (k.status === 0) unmountQuietly(m);
+    const r = run(strataBin, ['mount', '-o', opts, m]);
+    if (r.status === 0) run(strataBin, ['umount', m]);
+    t.is(r.status === 0, k.status === 0, `verity=${value}: strata as the kernel (${r.stderr.trim()})`);
+    if (r.status !== 0) {
+      t.regex(r.stderr, /bad value for 'verity'/);
+      t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    }
   }
 });

@@ -113,7 +113,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
   const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, {
-    atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects, userxattr: params.userxattr, metacopy: params.metacopy,
+    atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects, userxattr: params.userxattr, metacopy: params.metacopy, verity: params.verity,
     dataDirs: layout.datadirs,
   });
   const workFd = work ? stack.openBesideUpper(work) : -1;

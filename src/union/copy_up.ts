@@ -13,6 +13,7 @@ import { openObject, statObject, type UnionNode } from './node.js';
 import { markImpure, originXattrFor, setOrigin } from './origin.js';
 import { isCopiedXattr, METACOPY_NAMES, METACOPY_XATTR_TRUSTED, type MarkerNs } from './whiteout.js';
 import { copyFileFlags } from './fsflags.js';
+import { markerFor, verifyData } from './verity.js';
 
 const { C, ST } = N;
 
@@ -45,6 +46,7 @@ export function workName(): string {
 }
 
 const COPY_CHUNK = 1 << 20;
+const EMPTY = Buffer.alloc(0);
 /** Data copied per step of an asynchronous copy-up; other requests are served between steps. */
 const ASYNC_STEP = 16 * COPY_CHUNK;
 /** Files with more data than this are copied up asynchronously. */
@@ -243,6 +245,8 @@ interface CopyJob {
    * its data from below: a metacopy file in a lower layer).
    */
   meta: boolean;
+  /** The metacopy marker of a metadata-only copy (see verity.ts markerFor). */
+  marker: Buffer;
   dataLayer: Layer | null;
   dataFd: number;
 }
@@ -275,6 +279,8 @@ export class CopyUp {
    * copy-up already in progress on the node first (`node.copying`).
    */
   ensure(node: UnionNode, opts: { data?: boolean } = {}): void {
+    // (as any copy-up of the kernel's, this one too checks a metacopy file's data first)
+    verifyData(node);
     // (an upper metacopy file stays one: a rename or a link gives it a redirect, see DirOps)
     if (node.layer === this.upper.layer) return;
     const parent = node.parent;
@@ -365,6 +371,7 @@ export class CopyUp {
       const again = (): void | Promise<void> => this.ensureAsync(node, opts);
       return node.copying.then(again, again);
     }
+    verifyData(node);
     if (node.layer === this.upper.layer) {
       if (node.metacopy && opts.metaOnly !== true) return this.fillData(node);
       return;
@@ -465,7 +472,7 @@ export class CopyUp {
     statObject(src, this.sst);
     const st = N.statCopy(this.sst);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false, meta: false, dataLayer: null, dataFd: -1 };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false, meta: false, marker: EMPTY, dataLayer: null, dataFd: -1 };
     try {
       if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName, st);
       if (type === C.S_IFREG) {
@@ -475,11 +482,14 @@ export class CopyUp {
         // it also has the object's owner, neither chown nor chmod is needed (setFileAttrs).
         job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, st[ST.mode]! & 0o777);
         job.tmp = '';
-        if (meta && this.writesMetacopy) {
+        // (verity=require: only of data with fs-verity, whose digest the marker records)
+        const marker = meta && this.writesMetacopy ? markerFor(node, node.dataLocation()) : null;
+        if (marker !== null) {
           // A change that needs no data (chmod, chown, utimes, xattrs, rename, link), with metacopy=on:
           // the size only, as the kernel's ovl_need_meta_copy_up decides (set first: a later truncate
           // would drop security.capability).
           job.meta = true;
+          job.marker = marker;
           if (!node.metacopy) {
             job.dataLayer = node.layer;
             job.dataFd = srcName === '' ? N.dup(srcDir) : N.openat(srcDir, srcName, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
@@ -545,7 +555,7 @@ export class CopyUp {
       if (job.src >= 0) N.close(job.src);
       job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
-      if (job.meta) N.fsetxattr(out, METACOPY_XATTR_TRUSTED, Buffer.alloc(0), 0);
+      if (job.meta) N.fsetxattr(out, METACOPY_XATTR_TRUSTED, job.marker, 0);
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
       // (a metadata-only copy is not synced: the kernel syncs only copies with data)
       if (!this.upper.skipFsync && !job.meta) N.fsync(out);

@@ -34,6 +34,8 @@ export interface Layer {
   readonly noFollowRedirects?: boolean;
   /** metacopy=on: a metacopy file in this stack is read, its data found below (else EPERM, as the kernel). */
   readonly metacopy?: boolean;
+  /** verity=on or require (see MountParams.verity); absent for off. */
+  readonly verity?: 'on' | 'require';
   /**
    * The stack's data-only lower layers (below every lower one; lowerdir=...::D, datadir+=D): on a
    * lower layer, where a metacopy file's absolute redirect may lead for its data. Empty for none.
@@ -77,7 +79,7 @@ export class LayerStack {
    */
   static open(upper: string | null, lowers: string[],
     opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean;
-      dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
+      verity?: 'off' | 'on' | 'require'; dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const regular = (upper ? 1 : 0) + lowers.length;
     const paths = [...(upper ? [upper] : []), ...lowers, ...(opts.dataDirs ?? [])];
     const markerNs = opts.userxattr === true ? 'user' : 'both';
@@ -106,7 +108,8 @@ export class LayerStack {
         const dev = st[N.ST.dev]!;
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
-          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs };
+          noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs,
+          ...(opts.verity === 'on' || opts.verity === 'require' ? { verity: opts.verity } : {}) };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

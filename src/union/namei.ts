@@ -12,6 +12,7 @@ import * as N from '../native/index.js';
 import type { Layer } from './layers.js';
 import type { UnionNode } from './inode.js';
 import { openBeneath } from './node.js';
+import { checkMetacopyMarker } from './verity.js';
 import { dirMarkers, hasOciWhiteout, hasXwhiteoutXattr, isKernelWhiteout, isMetacopy, isOciMetaName, isXattrWhiteout, OCI_WHITEOUT_PREFIX, redirectOf } from './whiteout.js';
 
 const { C, ST } = N;
@@ -125,6 +126,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
 export function metacopyHit(parent: UnionNode, layer: Layer, dirfd: number, name: string, st: Float64Array): LayerHit {
   // (data-only layers too are reached only with metacopy=on, as on this kernel (6.18))
   if (!layer.metacopy) throw fsError('EPERM');
+  checkMetacopyMarker(dirfd, name, layer.markerNs);
   // (the stat first: findData's probes reuse the buffer it may be)
   const own = N.statCopy(st);
   return { layer, st: own, dirLayers: null, data: findData(parent, layer, dirfd, name) };
@@ -184,6 +186,7 @@ function findData(parent: UnionNode, at: Layer, dirfd: number, name: string): { 
       }
       if (isKernelWhiteout(st) || isXattrWhiteout(dir, leaf, st, layer.markerNs) || (st[ST.mode]! & C.S_IFMT) !== C.S_IFREG) break;
       if (mayBeMetacopy(layer) && isMetacopy(dir, leaf, undefined, layer.markerNs)) {
+        checkMetacopyMarker(dir, leaf, layer.markerNs);
         if (stopAfter) break;
         redirect = redirectOf(dir, leaf, layer.markerNs);
         follow(redirect, layer);

@@ -45,6 +45,8 @@ class NodeRare {
   dataFd = -1;
   /** st_blocks of the data file, once asked (a lower file: it does not change). */
   dataBlocks = -1;
+  /** The data file passed the checks of verity= (see verifyData). */
+  dataVerified = false;
 }
 
 export class UnionNode {
@@ -293,6 +295,15 @@ export class UnionNode {
     return rare.dataBlocks;
   }
 
+  /** The data file passed the checks of verity= (verity.ts verifyData); reset when the data moves. */
+  get dataVerified(): boolean {
+    return this.rare?.dataVerified === true;
+  }
+
+  set dataVerified(v: boolean) {
+    this.r().dataVerified = v;
+  }
+
   /** A metacopy file whose data its absolute redirect should find in a data-only layer, and does not. */
   get dataMissing(): boolean {
     return this.rare !== null && this.rare.dataLayer !== null && this.rare.dataFd < 0;
@@ -308,6 +319,7 @@ export class UnionNode {
     rare.dataLayer = layer;
     rare.dataFd = fd;
     rare.dataBlocks = -1;
+    rare.dataVerified = false;
   }
 
   /** The data is the node's own again (copied up, or the node replaced). */
@@ -317,6 +329,7 @@ export class UnionNode {
     if (rare.dataFd >= 0) N.close(rare.dataFd);
     rare.dataFd = -1;
     rare.dataLayer = null;
+    rare.dataVerified = false;
   }
 
   /** O_PATH descriptor of this directory in `layer` (which must be one of dirLayers). */

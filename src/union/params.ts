@@ -55,10 +55,20 @@ export interface MountParams {
   /**
    * metacopy=on: regular files the kernel copied up metadata only (trusted.overlay.metacopy, their
    * data left in a layer below) are read, their data found below as the kernel finds it; without
-   * it a lookup meeting one fails with EPERM, as on the kernel. strata itself copies data up whole.
+   * it a lookup meeting one fails with EPERM, as on the kernel. strata writes them too, where the
+   * kernel's copy-up would (see CopyUp).
    */
   metacopy: boolean;
+  /**
+   * verity=on|require: the fs-verity digest a metacopy file records for its data is checked before the
+   * data is used (open, copy-up), as the kernel's; with require a metacopy file without one is refused
+   * (EIO) and metadata-only copies are made only of data with fs-verity. 'off' (the default): digests
+   * are neither checked nor written.
+   */
+  verity: VerityMode;
 }
+
+export type VerityMode = 'off' | 'on' | 'require';
 
 /**
  * lowerdir=A:B::C::D as the kernel reads it: lower layers top first, then after a double colon the
@@ -127,7 +137,7 @@ const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsy
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
 const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext',
-  'uuid', 'verity', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
+  'uuid', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
   // FUSE's own mount data, which mount(8) passes back on a remount
   'user_id', 'group_id', 'rootmode', 'fd']);
@@ -138,7 +148,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false,
+    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false, verity: 'off',
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
@@ -233,6 +243,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         // fuse-overlayfs maps owners for user namespaces with these; mounting without the mapping
         // would show wrong owners, so it is refused rather than ignored.
         throw new UsageError(`${key}= (owner mapping for user namespaces) is not supported by strata; use podman without --uidmap/--userns, or the kernel's idmapped mounts`);
+      case 'verity':
+        if (value !== 'off' && value !== 'on' && value !== 'require') throw new UsageError(`bad value for 'verity': "${value}" (off, on or require)`);
+        p.verity = value;
+        break;
       case 'index':
       case 'metacopy':
       case 'redirect_dir':

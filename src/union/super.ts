@@ -28,6 +28,7 @@ import { creationTime } from './btime.js';
 import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
 import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
 import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
+import { verifyData } from './verity.js';
 
 const { C, ST } = N;
 
@@ -329,6 +330,8 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid);
     // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one.
     if (node.successor) throw fsError('ESTALE');
+    // (a metacopy file's data: found, and with verity= checked, before any open, as the kernel's ovl_open)
+    verifyData(node);
     this.fsflags.refuseOpen(node, flags);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
@@ -545,11 +548,16 @@ export class UnionFs implements FileSystem {
    * Copies `node` up (if needed), then runs `then` on the node that now holds the object (see
    * afterCopied). A large file is copied in steps between other requests: the result is then a promise.
    * `metaOnly`: the change needs no data (see CopyUp.ensureAsync: metadata-only copies with metacopy=on).
+   * `xattr`: a change of xattrs, which copies up only what is not upper yet: the rest (as every
+   * copy-up of the kernel's) has a metacopy file's data checked even where it is upper (verifyData).
    */
-  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, metaOnly = false): T | Promise<T> {
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, metaOnly = false, xattr = false): T | Promise<T> {
     const w = this.w;
     const n = node.live;
-    if (n.layer.isUpper && !n.copying && (metaOnly || !n.metacopy)) return this.through(node, n, then);
+    if (n.layer.isUpper && !n.copying && (metaOnly || !n.metacopy)) {
+      if (!xattr) verifyData(n);
+      return this.through(node, n, then);
+    }
     const copied = w.copyUp.ensureAsync(n, { data, metaOnly });
     if (copied) {
       return copied.then(() => {
@@ -872,7 +880,7 @@ export class UnionFs implements FileSystem {
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
       if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
-    }, true);
+    }, true, true);
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
@@ -883,7 +891,7 @@ export class UnionFs implements FileSystem {
     return this.afterCopyUp(node, true, (live) => {
       removeXattr(live, real);
       if (isAclName(name)) this.acls.forget(live.ino);
-    }, true);
+    }, true, true);
   }
 
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
