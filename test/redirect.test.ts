@@ -396,12 +396,12 @@ test.serial('redirect_dir=on: strata renames directories with lower layers as th
   c.done();
 });
 
-test.serial('redirect_dir=on or metacopy=on with userxattr, metacopy=on with redirect_dir other than on or with nfs_export=on: refused, as by the kernel', (t) => {
+test.serial('redirect_dir=on or metacopy=on with userxattr, metacopy=on with redirect_dir other than on or with nfs_export=on, nfs_export=on with index=off: refused, as by the kernel', (t) => {
   const base = tempDir(t, 'rd');
   for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
   for (const [extra, message] of [['userxattr,redirect_dir=on', 'userxattr,redirect_dir=on'], ['userxattr,metacopy=on', 'userxattr,metacopy=on'],
     ['metacopy=on,redirect_dir=nofollow', 'metacopy=on,redirect_dir=nofollow'], ['redirect_dir=follow,metacopy=on', 'metacopy=on,redirect_dir=follow'],
-    ['metacopy=on,nfs_export=on', 'nfs_export=on,metacopy=on']]) {
+    ['metacopy=on,nfs_export=on', 'nfs_export=on,metacopy=on'], ['index=off,nfs_export=on', 'nfs_export=on,index=off']]) {
     const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,${extra}`;
     const r = run(strataBin, ['mount', '-o', opts, path.join(base, 'm')]);
     t.not(r.status, 0, extra);

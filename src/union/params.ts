@@ -274,6 +274,8 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
     throw new UsageError(`conflicting options: metacopy=on,redirect_dir=${features.get('redirect_dir')}`);
   }
   if (p.metacopy && p.nfsExport) throw new UsageError('conflicting options: nfs_export=on,metacopy=on');
+  // (the kernel's nfs_export needs its inode index; strata's needs none, but refuses what the kernel refuses)
+  if (p.nfsExport && features.get('index') === 'off') throw new UsageError('conflicting options: nfs_export=on,index=off');
   if (p.metacopy) p.redirectDir = true;
   if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
