@@ -217,6 +217,21 @@ test.serial('metacopy=on: the same with those files in a lower layer, above none
   }
 });
 
+test.serial('metacopy=on: a hard-linked metadata-only copy filled while a descriptor reads its data below keeps every name', (t) => {
+  // (the fill supersedes the node the reader's passthrough is bound to: the other names must follow it)
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER_BIG], {
+    upperFrom: (upper, lowers) => throughKernel(upper, lowers, 'metacopy=on', 'chmod 600 big && ln big keep/big-link', ['big', 'trusted.overlay.metacopy', null]),
+    options: ['metacopy=on'],
+  });
+  shellBoth(c, pair, [
+    { sh: 'stat -c "%n %h" keep/big-link big; exec 3< keep/big-link; exec 4<> keep/big-link; exec 4>&-; rm keep/big-link; ls . keep; ' +
+      'stat -c "%n %h %s" big; md5sum < big; head -c 5 <&3; exec 3<&-; ls .' },
+  ]);
+  finishPair(c, pair);
+  c.done();
+});
+
 test.serial('metacopy=on in a containers-storage layer (diff beside link, under l/): metadata-only copies read, but data copied up whole, for its native diff', (t) => {
   const base = tempDir(t, 'cs');
   const lower = path.join(base, 'l', 'LOWERLINK');

@@ -304,7 +304,8 @@ export class InodeTable {
   /**
    * Gives the name of `node` a new node for the same object, with the same st_ino, after a copy-up:
    * `node` keeps its open handles (bound to the lower file) and forwards everything else to the new
-   * node, which the name leads to from now on.
+   * node, which the name leads to from now on, as do the other names of a hard-linked one (an upper
+   * metacopy file's data filled in while a passthrough descriptor reads it below).
    */
   supersede(node: UnionNode): UnionNode {
     const parent = node.parent!;
@@ -316,6 +317,14 @@ export class InodeTable {
     // The name leads to the new node (counted once as a child, whether the old node still held it or not).
     if (parent.children.get(node.name) !== node) parent.childCount++;
     parent.children.set(node.name, next);
+    const aliases = node.aliases;
+    if (aliases) {
+      node.aliases = null;
+      const kept = aliases.filter(([p, name]) => p.children.get(name) === node);
+      for (const [p, name] of kept) p.children.set(name, next);
+      if (kept.length > 0) next.aliases = kept;
+    }
+    if (this.links.get(node.ino) === node) this.links.set(node.ino, next);
     return next;
   }
 
