@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -164,6 +165,31 @@ static void defer_extra_ca_certs(void) {
   if (setenv("STRATA_NODE_EXTRA_CA_CERTS", certs, 1) == 0) unsetenv("NODE_EXTRA_CA_CERTS");
 }
 
+/* Descriptor slots a daemon's table gets before node starts (see grow_fd_table). */
+#define FD_TABLE_SLOTS 65536
+
+/* A daemon holds many descriptors (a directory's in each of its layers, open files). The kernel
+ * doubles a process's descriptor table as it fills (256, 512, 1024, ... slots), and where the table
+ * is shared by threads, as node's is, each growth waits for an RCU grace period (expand_fdtable's
+ * synchronize_rcu): 7-16 ms on this machine kind, while the daemon answers nothing (a stat at the
+ * bottom of a 40-layer stack took 20 ms when its directory's descriptors crossed 256). Grown here to
+ * FD_TABLE_SLOTS in one step, single-threaded, where that wait does not happen; exec keeps the table
+ * of a process that does not share it. The soft limit of open files is left as it was. */
+static void grow_fd_table(void) {
+  struct rlimit was, rl;
+  if (getrlimit(RLIMIT_NOFILE, &was) != 0) return;
+  rl = was;
+  if (rl.rlim_cur < FD_TABLE_SLOTS) rl.rlim_cur = rl.rlim_max < FD_TABLE_SLOTS ? rl.rlim_max : FD_TABLE_SLOTS;
+  if (rl.rlim_cur != was.rlim_cur && setrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (nul >= 0) {
+    int top = (int)rl.rlim_cur - 1;
+    if (top > nul && dup3(nul, top, O_CLOEXEC) == top) close(top);
+    close(nul);
+  }
+  if (rl.rlim_cur != was.rlim_cur) setrlimit(RLIMIT_NOFILE, &was);
+}
+
 int main(int argc, char **argv) {
   defer_extra_ca_certs();
   const char *mountpoint = background_mountpoint(argc, argv);
@@ -196,6 +222,8 @@ int main(int argc, char **argv) {
   }
   nargv[n] = NULL;
   if (!fork_mount) {
+    /* (a mount in the foreground: this process becomes its daemon) */
+    if (argc > 1 && strcmp(argv[1], "mount") == 0) grow_fd_table();
     execv(STRATA_NODE, nargv);
     fprintf(stderr, "strata: cannot run %s: %s\n", STRATA_NODE, strerror(errno));
     return 127;
@@ -220,6 +248,7 @@ int main(int argc, char **argv) {
     dup2(er[1], 2);
     /* Nothing else the caller left open (a daemon must not hold its callers' pipes). */
     close_range(4, ~0U, 0);
+    grow_fd_table();
     execv(STRATA_NODE, nargv);
     dprintf(2, "cannot run %s: %s\n", STRATA_NODE, strerror(errno));
     _exit(127);

@@ -4,7 +4,8 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run } from './helpers/exec.js';
+import { spawn } from 'node:child_process';
+import { run, waitFor } from './helpers/exec.js';
 import { mountAt, strataUnmount } from './helpers/mounts.js';
 import { repoRoot, strataBin } from './helpers/paths.js';
 import { tempDir } from './helpers/tmp.js';
@@ -66,4 +67,32 @@ test('the loader puts NODE_EXTRA_CA_CERTS back for the processes strata starts',
   delete env.STRATA_NODE_EXTRA_CA_CERTS;
   const plain = run(process.execPath, ['--require', probe, loader, '--version'], { env });
   t.deepEqual(JSON.parse(/^PROBE (.*)$/m.exec(plain.stderr)![1]!), [null, null]);
+});
+
+/** A process's descriptor table size (slots), and the hard limit of open files of this one. */
+const fdSize = (pid: number): number => Number(/^FDSize:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+const hardNofile = (): number => Number(/^Max open files\s+\S+\s+(\S+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))![1]);
+
+test('a mount\'s daemon starts with its descriptor table grown: filling it never waits for an RCU grace period', async (t) => {
+  // (node's threads share the table: each doubling as descriptors are opened waited 7-16 ms, the daemon
+  // answering nothing; the launcher grows it before node starts, to 65536 slots or the hard limit)
+  const want = Math.min(65536, hardNofile());
+  const dir = tempDir(t, 'fdt');
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(dir, d));
+  const mnt = path.join(dir, 'm');
+  t.teardown(() => strataUnmount(mnt));
+  const opts = `lowerdir=${dir}/l,upperdir=${dir}/u,workdir=${dir}/w`;
+  const r = run(strataBin, ['mount', '-o', opts, mnt], { timeoutMs: 30_000 });
+  t.is(r.status, 0, r.stderr);
+  const pid = readRecord(mnt)!.pid;
+  t.true(fdSize(pid) >= want, `background daemon: FDSize ${fdSize(pid)}, want ${want} or more`);
+  t.true(fdSize(pid) < 4 * 65536, 'not beyond what was asked');
+  strataUnmount(mnt);
+  // the same for a mount in the foreground, whose command becomes the daemon
+  const fg = spawn(strataBin, ['mount', '-f', '-o', opts, mnt], { stdio: 'ignore' });
+  t.teardown(() => fg.kill('SIGKILL'));
+  t.true(await waitFor(() => mountAt(mnt)?.fstype === 'fuse.strata', 30_000), 'the foreground mount went live');
+  t.true(fdSize(fg.pid!) >= want, `foreground daemon: FDSize ${fdSize(fg.pid!)}, want ${want} or more`);
+  strataUnmount(mnt);
+  await waitFor(() => fg.exitCode !== null, 10_000);
 });
