@@ -330,9 +330,10 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid);
     // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one.
     if (node.successor) throw fsError('ESTALE');
-    // (a metacopy file's data: found, and with verity= checked, before any open, as the kernel's ovl_open)
-    verifyData(node);
     this.fsflags.refuseOpen(node, flags);
+    // (then a metacopy file's data: found, and with verity= checked, as the kernel's ovl_open does
+    // after the VFS's checks of the flags)
+    verifyData(node);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
       // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
