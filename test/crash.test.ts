@@ -254,9 +254,8 @@ function pickChanges(r: () => number, mnt: string, files: Map<string, FileState>
  * with metacopy=on, so that chmod and utimes make metadata-only copies and appends fill them in place.
  */
 async function crashLoop(t: ExecutionContext, iterations: number, metacopy: boolean): Promise<void> {
-  const ITERATIONS = iterations;
   t.timeout(600_000);
-  t.log(`seed ${SEED} (CRASH_SEED=${SEED} repeats it), ${ITERATIONS} iterations${metacopy ? ', metacopy=on' : ''}`);
+  t.log(`seed ${SEED} (CRASH_SEED=${SEED} repeats it), ${iterations} iterations${metacopy ? ', metacopy=on' : ''}`);
   const r = rng(SEED);
   const base = tempDir(t, 'c');
   const [L, U, W, M, K] = ['L', 'U', 'W', 'M', 'K'].map((n) => path.join(base, n)) as [string, string, string, string, string];
@@ -284,8 +283,8 @@ async function crashLoop(t: ExecutionContext, iterations: number, metacopy: bool
   let metaCopies = 0;
   let fillsCut = 0;
 
-  for (let i = 0; i <= ITERATIONS; i++) {
-    const last = i === ITERATIONS;
+  for (let i = 0; i <= iterations; i++) {
+    const last = i === iterations;
     const problems: string[] = [];
     // The crash's own leftovers, plus planted ones (a file and a tree) so that cleaning is always tested.
     if (fs.existsSync(work)) {

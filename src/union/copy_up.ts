@@ -46,7 +46,6 @@ export function workName(): string {
 }
 
 const COPY_CHUNK = 1 << 20;
-const EMPTY = Buffer.alloc(0);
 /** Data copied per step of an asynchronous copy-up; other requests are served between steps. */
 const ASYNC_STEP = 16 * COPY_CHUNK;
 /** Files with more data than this are copied up asynchronously. */
@@ -240,13 +239,12 @@ interface CopyJob {
   /** The copy of a removed directory replaces the empty directory now at its name (see nameGone). */
   replace: boolean;
   /**
-   * A metadata-only copy (metacopy=on): the copy gets the size and the metacopy marker, not the data,
-   * which stays in `dataLayer`'s file, open as `dataFd` (O_PATH; -1 where the object already reads
-   * its data from below: a metacopy file in a lower layer).
+   * For a metadata-only copy (metacopy=on), its metacopy marker (see verity.ts markerFor), else null:
+   * the copy gets the size and the marker, not the data, which stays in `dataLayer`'s file, open as
+   * `dataFd` (O_PATH; -1 where the object already reads its data from below: a metacopy file in a
+   * lower layer).
    */
-  meta: boolean;
-  /** The metacopy marker of a metadata-only copy (see verity.ts markerFor). */
-  marker: Buffer;
+  marker: Buffer | null;
   dataLayer: Layer | null;
   dataFd: number;
 }
@@ -472,7 +470,7 @@ export class CopyUp {
     statObject(src, this.sst);
     const st = N.statCopy(this.sst);
     const type = st[ST.mode]! & C.S_IFMT;
-    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false, meta: false, marker: EMPTY, dataLayer: null, dataFd: -1 };
+    const job: CopyJob = { parent, node, st, type, tmp: workName(), out: -1, src: -1, origin: null, replace: false, marker: null, dataLayer: null, dataFd: -1 };
     try {
       if (this.upper.markers) job.origin = originXattrFor(node.layer, srcDir, srcName, st);
       if (type === C.S_IFREG) {
@@ -483,13 +481,11 @@ export class CopyUp {
         job.out = N.openat(work, '.', C.O_TMPFILE | C.O_WRONLY | C.O_CLOEXEC, st[ST.mode]! & 0o777);
         job.tmp = '';
         // (verity=require: only of data with fs-verity, whose digest the marker records)
-        const marker = meta && this.writesMetacopy ? markerFor(node, node.dataLocation()) : null;
-        if (marker !== null) {
+        job.marker = meta && this.writesMetacopy ? markerFor(node, node.dataLocation()) : null;
+        if (job.marker !== null) {
           // A change that needs no data (chmod, chown, utimes, xattrs, rename, link), with metacopy=on:
           // the size only, as the kernel's ovl_need_meta_copy_up decides (set first: a later truncate
           // would drop security.capability).
-          job.meta = true;
-          job.marker = marker;
           if (!node.metacopy) {
             job.dataLayer = node.layer;
             job.dataFd = srcName === '' ? N.dup(srcDir) : N.openat(srcDir, srcName, C.O_PATH | C.O_NOFOLLOW | C.O_CLOEXEC, 0);
@@ -555,10 +551,10 @@ export class CopyUp {
       if (job.src >= 0) N.close(job.src);
       job.src = -1;
       if (job.origin) setOrigin((name, v) => N.fsetxattr(out, name, v, 0), job.origin, this.upper.markers === 'user');
-      if (job.meta) N.fsetxattr(out, METACOPY_XATTR_TRUSTED, job.marker, 0);
+      if (job.marker !== null) N.fsetxattr(out, METACOPY_XATTR_TRUSTED, job.marker, 0);
       N.futimens(out, st[ST.atimeSec]!, st[ST.atimeNsec]!, st[ST.mtimeSec]!, st[ST.mtimeNsec]!);
       // (a metadata-only copy is not synced: the kernel syncs only copies with data)
-      if (!this.upper.skipFsync && !job.meta) N.fsync(out);
+      if (!this.upper.skipFsync && job.marker === null) N.fsync(out);
     } catch (e) {
       this.abort(job);
       throw e;
@@ -586,7 +582,7 @@ export class CopyUp {
     } finally {
       this.closeFiles(job);
     }
-    this.linked(parent, node, keepsIno ? null : upperIno, C.S_IFREG, job.meta);
+    this.linked(parent, node, keepsIno ? null : upperIno, C.S_IFREG, job.marker !== null);
     if (data) node.setData(data.layer, data.fd);
   }
 

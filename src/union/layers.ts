@@ -6,6 +6,7 @@
 // the real st_ino is unique already; otherwise the layer's filesystem index goes into the high bits.
 
 import * as N from '../native/index.js';
+import type { VerityMode } from './params.js';
 import { clonePrivate, commonDir, LOWER_ATIME, openOnPrivate, setAtime, type AtimePolicy, type PrivateMount } from './layer_mount.js';
 
 const { C } = N;
@@ -35,7 +36,7 @@ export interface Layer {
   /** metacopy=on: a metacopy file in this stack is read, its data found below (else EPERM, as the kernel). */
   readonly metacopy?: boolean;
   /** verity=on or require (see MountParams.verity); absent for off. */
-  readonly verity?: 'on' | 'require';
+  readonly verity?: Exclude<VerityMode, 'off'>;
   /**
    * The stack's data-only lower layers (below every lower one; lowerdir=...::D, datadir+=D): on a
    * lower layer, where a metacopy file's absolute redirect may lead for its data. Empty for none.
@@ -79,7 +80,7 @@ export class LayerStack {
    */
   static open(upper: string | null, lowers: string[],
     opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean;
-      verity?: 'off' | 'on' | 'require'; dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
+      verity?: VerityMode; dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const regular = (upper ? 1 : 0) + lowers.length;
     const paths = [...(upper ? [upper] : []), ...lowers, ...(opts.dataDirs ?? [])];
     const markerNs = opts.userxattr === true ? 'user' : 'both';
@@ -109,7 +110,7 @@ export class LayerStack {
         if (!devs.includes(dev)) devs.push(dev);
         layers[index] = { index, path, fd, dev, ino: st[N.ST.ino]!, isUpper, fsIndex: devs.indexOf(dev), ociWhiteouts: opts.ociWhiteouts,
           noFollowRedirects: opts.noFollowRedirects === true, metacopy: opts.metacopy === true, markerNs,
-          ...(opts.verity === 'on' || opts.verity === 'require' ? { verity: opts.verity } : {}) };
+          ...(opts.verity !== undefined && opts.verity !== 'off' ? { verity: opts.verity } : {}) };
       });
     } catch (e) {
       for (const l of layers) N.close(l.fd);

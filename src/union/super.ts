@@ -32,6 +32,15 @@ import { verifyData } from './verity.js';
 
 const { C, ST } = N;
 
+/**
+ * What a change through afterCopyUp needs of a copy-up: the data (writes, truncates); only the
+ * metadata (chmod, chown, utimes, chattr, rename, link: with metacopy=on a metadata-only copy, and an
+ * upper metacopy file stays one, see CopyUp.ensureAsync); or, for xattrs, a copy-up only of what is not
+ * upper yet, as the kernel's ovl_xattr_set (every other change, as every copy-up of the kernel's, has
+ * a metacopy file's data checked even where it is upper: verifyData).
+ */
+type Change = 'data' | 'metadata' | 'xattr';
+
 export interface UnionOptions {
   /** No upper layer, or mounted read-only: every change answers EROFS. */
   readOnly: boolean;
@@ -548,15 +557,14 @@ export class UnionFs implements FileSystem {
   /**
    * Copies `node` up (if needed), then runs `then` on the node that now holds the object (see
    * afterCopied). A large file is copied in steps between other requests: the result is then a promise.
-   * `metaOnly`: the change needs no data (see CopyUp.ensureAsync: metadata-only copies with metacopy=on).
-   * `xattr`: a change of xattrs, which copies up only what is not upper yet: the rest (as every
-   * copy-up of the kernel's) has a metacopy file's data checked even where it is upper (verifyData).
+   * `change` says what the change needs (see Change).
    */
-  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, metaOnly = false, xattr = false): T | Promise<T> {
+  private afterCopyUp<T>(node: UnionNode, data: boolean, then: (live: UnionNode) => T | Promise<T>, change: Change = 'data'): T | Promise<T> {
     const w = this.w;
     const n = node.live;
+    const metaOnly = change !== 'data';
     if (n.layer.isUpper && !n.copying && (metaOnly || !n.metacopy)) {
-      if (!xattr) verifyData(n);
+      if (change !== 'xattr') verifyData(n);
       return this.through(node, n, then);
     }
     const copied = w.copyUp.ensureAsync(n, { data, metaOnly });
@@ -606,7 +614,7 @@ export class UnionFs implements FileSystem {
   /** Copies `node` up if needed; a promise while a large file is copied. */
   private copyUpNode(node: UnionNode): void | Promise<void> {
     // (for a rename or a link: with metacopy=on a metadata-only copy, as the kernel's)
-    return this.afterCopyUp<void>(node, true, () => undefined, true);
+    return this.afterCopyUp<void>(node, true, () => undefined, 'metadata');
   }
 
   /** Runs `then` once no copy-up is in progress on any of `nodes` (changes to a node wait for it). */
@@ -633,7 +641,7 @@ export class UnionFs implements FileSystem {
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       const attr = this.inodes.attr(live);
       return { attr, attrTimeout: this.attrTimeout(attr, node) };
-    }, (req.valid & FATTR_SIZE) === 0); // (metaOnly without a size: see CopyUp.ensureAsync)
+    }, (req.valid & FATTR_SIZE) === 0 ? 'metadata' : 'data');
   }
 
   /**
@@ -881,7 +889,7 @@ export class UnionFs implements FileSystem {
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
       if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
-    }, true, true);
+    }, 'xattr');
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
@@ -892,7 +900,7 @@ export class UnionFs implements FileSystem {
     return this.afterCopyUp(node, true, (live) => {
       removeXattr(live, real);
       if (isAclName(name)) this.acls.forget(live.ino);
-    }, true, true);
+    }, 'xattr');
   }
 
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
@@ -913,7 +921,7 @@ export class UnionFs implements FileSystem {
       this.fsflags.set(live, cmd, input);
       this.opts.invalidateAttributes(live.nodeid); // its ctime
       return Buffer.alloc(0);
-    }, true);
+    }, 'metadata');
   }
 
   copyFileRange(_ctx: RequestContext, _nodeIn: number, fhIn: number, offIn: number, _nodeOut: number, fhOut: number,

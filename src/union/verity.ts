@@ -24,7 +24,7 @@ const MAX_DIGEST = 64;
 const FS_IOC_MEASURE_VERITY = 0xc0046686;
 
 /** The metacopy marker's value (the first of the mount's names present), or null for none. */
-export function metacopyValue(dirfd: number, name: string, ns: MarkerNs): Buffer | null {
+function metacopyValue(dirfd: number, name: string, ns: MarkerNs): Buffer | null {
   for (const x of METACOPY_NAMES[ns]) {
     const v = N.lgetxattr(dirfd, name, x);
     if (v !== null) return v;
@@ -42,7 +42,7 @@ export function checkMetacopyMarker(dirfd: number, name: string, ns: MarkerNs): 
 }
 
 /** The fs-verity digest of the open file `fd`, or null where it has none (or its filesystem none). */
-export function measureVerity(fd: number): { algorithm: number; digest: Buffer } | null {
+function measureVerity(fd: number): { algorithm: number; digest: Buffer } | null {
   const b = Buffer.alloc(HEADER + MAX_DIGEST);
   b.writeUInt16LE(MAX_DIGEST, 2);
   try {
