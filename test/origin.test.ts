@@ -415,3 +415,35 @@ test.serial('userxattr: a symlink or FIFO, which cannot carry user.overlay.origi
   finishPair(c, pair);
   c.done();
 });
+
+/** The impure marks of `dirs` in an upper, as `dir: value` lines (`-` for none). */
+function impureMarks(upper: string, dirs: readonly string[], name = 'trusted.overlay.impure'): string {
+  return dirs.map((d) => {
+    const v = N.lgetxattr(N.C.AT_FDCWD, path.join(upper, d), name);
+    return `${d}: ${v === null ? '-' : v.toString()}`;
+  }).join('\n');
+}
+
+for (const userxattr of [false, true]) {
+  test.serial(`a listing of an upper directory whose copied-up entries are gone removes its impure mark, as the kernel's${userxattr ? ' (userxattr)' : ''}`, (t) => {
+    const c = new Checks(t);
+    const pair = setupPair(t, [(dir) => materializeLayer(dir, LOWER, 1)], userxattr ? { options: ['userxattr'] } : {});
+    const name = userxattr ? 'user.overlay.impure' : 'trusted.overlay.impure';
+    shellBoth(c, pair, [
+      // ix: its only copied-up entry moves away again; iy keeps one; iz loses its one by unlink
+      { sh: 'mkdir ix iy iz && mv d/f ix/f && touch ix/plain && mv ix/f d2/f && mv d/sub/g iy/g && touch iy/p && mv keep/k iz/k && rm iz/k; echo $?' },
+    ]);
+    c.eq(impureMarks(pair.strata.upper, ['ix', 'iy', 'iz', 'd2'], name), impureMarks(pair.kernel.upper, ['ix', 'iy', 'iz', 'd2'], name), 'marks before a listing');
+    // (a listing that removes the mark moves the directory's ctime, seen through the mount at once)
+    const moved = 'for d in ix iy; do a=$(stat -c %z $d); ls $d > /dev/null; b=$(stat -c %z $d); [ "$a" = "$b" ] && echo "$d same" || echo "$d moved"; done; ls iz d2';
+    const k = shellBoth(c, pair, [{ sh: moved }]);
+    c.ok(k[0]!.startsWith('ix moved\niy same\n'), `the kernel's listing moved ix's ctime, not iy's (${k[0]})`);
+    c.eq(impureMarks(pair.strata.upper, ['ix', 'iy', 'iz', 'd2'], name), impureMarks(pair.kernel.upper, ['ix', 'iy', 'iz', 'd2'], name), 'marks after a listing');
+    c.eq(impureMarks(pair.kernel.upper, ['ix', 'iy', 'iz'], name), 'ix: -\niy: y\niz: -', 'the kernel\'s marks (the scenario)');
+    // A copy-up into ix after its mark went marks it again.
+    shellBoth(c, pair, [{ sh: 'chmod 600 top && mv top ix/top && ls ix' }]);
+    c.eq(impureMarks(pair.strata.upper, ['ix'], name), impureMarks(pair.kernel.upper, ['ix'], name), 'marks after a second copy-up');
+    finishPair(c, pair);
+    c.done();
+  });
+}

@@ -586,6 +586,11 @@ export class CopyUp {
     if (data) node.setData(data.layer, data.fd);
   }
 
+  /** The impure mark of `dir` was removed (see mergedListing): the next copy-up into it sets it again. */
+  forgetImpure(dir: UnionNode): void {
+    this.impure.delete(dir);
+  }
+
   /**
    * The upper parent's descriptor, its times kept in `pst` (to put back once the copy is linked in),
    * marked impure as the kernel does: it now holds a copied-up entry, whose d_ino readdir must look up.

@@ -170,6 +170,20 @@ export function markImpure(dirfd: number, userxattr: boolean): void {
   }
 }
 
+/**
+ * Removes the impure mark of upper directory `dirfd` (in the mount's own namespace), as the kernel's
+ * readdir does where the mark is no longer needed (ovl_cache_get_impure). False if it had none there.
+ */
+export function clearImpure(dirfd: number, ns: 'both' | 'user'): boolean {
+  try {
+    N.lremovexattr(dirfd, '', impureXattrName(ns === 'user'));
+    return true;
+  } catch (e) {
+    if (isNoXattrs(e) || (e as N.ErrnoError).code === 'ENODATA') return false;
+    throw e;
+  }
+}
+
 /** Is the upper directory `dirfd` marked impure (in `ns`: both namespaces, trusted first, or user.* alone)? */
 export function isImpureDir(dirfd: number, ns: 'both' | 'user'): boolean {
   try {

@@ -9,7 +9,7 @@ import * as N from '../native/index.js';
 import type { InodeTable, UnionNode } from './inode.js';
 import type { Layer } from './layers.js';
 import type { LowerListing } from './lower_index.js';
-import { isImpureDir } from './origin.js';
+import { clearImpure, isImpureDir } from './origin.js';
 import { isKernelWhiteout, isXattrWhiteout, ociWhiteoutTarget, OCI_OPAQUE, xwhiteoutsIn } from './whiteout.js';
 
 const { C } = N;
@@ -54,8 +54,10 @@ function rememberNames(dir: UnionNode, layer: Layer, names: string[]): void {
 /**
  * The merged listing of directory `dir`, without "." and "..". With `lower`, the layers from
  * position `lower.from` on are not read: their merged listing comes from the lower index.
+ * `impureCleared` is told when the listing removed the directory's impure mark (see dropImpure).
  */
-export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from: number; listing: LowerListing }): DirEntry[] {
+export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from: number; listing: LowerListing },
+  impureCleared?: (dir: UnionNode) => void): DirEntry[] {
   const layers = lower ? dir.dirLayers!.slice(0, lower.from) : dir.dirLayers!;
   const out: DirEntry[] = [];
   const seen = new Set<string>();
@@ -69,6 +71,8 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
     const withOrigins = layer.isUpper && isImpureDir(dirfd, layer.markerNs);
+    // (whether an entry's d_ino is not its real inode number: one that keeps the mark needed)
+    let remapped = false;
     const xw = xwhiteoutsIn(dir, layer, dirfd);
     for (let k = 0; k < names.length; k++) {
       const name = names[k]!;
@@ -96,8 +100,11 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         continue;
       }
       seen.add(name);
-      out.push({ name, type, ino: inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined) });
+      const ino = inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined);
+      if (withOrigins && ino !== inodes.stack.inoOf(layer, inos[k]!)) remapped = true;
+      out.push({ name, type, ino });
     }
+    if (withOrigins && !remapped && layers.length === 1 && !lower && impureCleared) dropImpure(inodes, dir, layer, dirfd, impureCleared);
     for (const name of ociHidden) hidden.add(name);
   }
   if (lower) {
@@ -108,4 +115,15 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     }
   }
   return out;
+}
+
+/**
+ * An impure upper directory that is not merged, none of whose entries has a d_ino other than its
+ * real inode number any more (the copied-up ones were removed or moved away): its mark goes, as the
+ * kernel's readdir removes it then (ovl_cache_get_impure), which moves the directory's ctime. Only
+ * where every layer shares one filesystem: elsewhere the kernel remaps every d_ino (xino) or none.
+ */
+function dropImpure(inodes: InodeTable, dir: UnionNode, layer: Layer, dirfd: number, cleared: (dir: UnionNode) => void): void {
+  if (!inodes.stack.sameFs) return;
+  if (clearImpure(dirfd, layer.markerNs)) cleared(dir);
 }

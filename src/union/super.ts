@@ -531,10 +531,17 @@ export class UnionFs implements FileSystem {
     if (jobs > 0) dir.warmedAt = Infinity;
   }
 
+  /** A listing removed a directory's impure mark: a later copy-up into it marks it again; its ctime moved. */
+  private readonly impureCleared = (dir: UnionNode): void => {
+    this.writable!.copyUp.forgetImpure(dir);
+    if (dir.lookups > 0 || dir === this.inodes.root) this.opts.invalidateAttributes(dir.nodeid);
+  };
+
   /** The merged listing, with the lower part from the index when it applies. */
   private listing(dir: UnionNode): DirEntry[] {
     const from = this.index ? this.index.lowerFrom(dir) : -1;
-    if (from < 0) return mergedListing(this.inodes, dir);
+    // (an impure mark no longer needed is removed only where changes may be made, as the kernel's)
+    if (from < 0) return mergedListing(this.inodes, dir, undefined, this.writable && !this.opts.readOnly ? this.impureCleared : undefined);
     return mergedListing(this.inodes, dir, { from, listing: this.index!.listing(dir) });
   }
 
