@@ -30,8 +30,11 @@ export interface NodeInfo {
 
 export type Snapshot = Record<string, NodeInfo>;
 
-/** Kernel-internal overlay xattrs that strata need not write (origin file handles, impure/nlink/uuid caches). */
-const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(origin|impure|nlink|uuid|upper|protattr)$/;
+/**
+ * Kernel-internal overlay xattrs whose values strata need not write alike (origin file handles, nlink/uuid
+ * caches, protattr). The impure mark is compared: strata sets and removes it where the kernel does.
+ */
+const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(origin|nlink|uuid|upper|protattr)$/;
 
 export type SnapshotMode =
   /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
