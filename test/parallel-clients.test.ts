@@ -6,9 +6,9 @@
 // them in, the layers it leaves must be a valid overlay of that state. The kernel then mounts the
 // same layers and must show exactly the tree strata showed before its unmount: types, modes,
 // owners, sizes, contents, link counts, times, xattrs, symlink targets, and the same st_ino and
-// d_ino for every name. No client may meet an error that only a broken daemon gives (ENOSYS,
-// ENOTCONN, EBADF through a descriptor opened for that access; EIO or ESTALE from a read or a
-// listing), and no copy in progress may be left in the work directory.
+// d_ino for every name; and so must strata mounting them again. No client may meet an error that
+// only a broken daemon gives (ENOSYS, ENOTCONN, EBADF through a descriptor opened for that access;
+// EIO or ESTALE from a read or a listing), and no copy in progress may be left in the work directory.
 //
 // STRATA_PARALLEL_SEEDS=1,2 (default) picks the seeds; each runs with the default options,
 // metacopy=on and redirect_dir=on.
@@ -16,7 +16,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runWithPipes } from './helpers/exec.js';
-import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
+import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { snapshot, type Snapshot } from './helpers/snapshot.js';
 import { compareTrees, diffSnapshots, inodeProblems } from './helpers/compare.js';
@@ -149,6 +149,13 @@ function filesIn(dir: string): string[] {
   return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => !e.isCharacterDevice()).map((e) => e.name);
 }
 
+/** Paths whose st_ino differs between two views. */
+function inodeDiffs(a: Snapshot, b: Snapshot): string[] {
+  return [...new Set([...a.inodes.keys(), ...b.inodes.keys()])]
+    .filter((p) => a.inodes.get(p) !== b.inodes.get(p))
+    .map((p) => `${p}: st_ino ${a.inodes.get(p)} and ${b.inodes.get(p)}`);
+}
+
 async function runClients(t: ExecutionContext, mnt: string, seed: number): Promise<void> {
   const results = await Promise.all(Array.from({ length: WORKERS }, (_, k) =>
     runWithPipes(PYTHON, ['-c', CLIENT, mnt, String(seed), String(k), String(OPS), BROKEN.join(',')], { timeoutMs: 240_000 })));
@@ -190,11 +197,13 @@ for (const seed of seeds) {
           t.log(`${p} in the upper before the unmount: ${JSON.stringify(upperSeen.nodes.get(p))}`);
         }
       }
-      const inodeDiffs = [...new Set([...seen.inodes.keys(), ...kernel.inodes.keys()])]
-        .filter((p) => seen.inodes.get(p) !== kernel.inodes.get(p))
-        .map((p) => `${p}: st_ino ${seen.inodes.get(p)} on strata, ${kernel.inodes.get(p)} on the kernel`);
-      t.deepEqual(inodeDiffs, []);
+      t.deepEqual(inodeDiffs(seen, kernel), [], 'st_ino: strata before its unmount vs the kernel');
       t.deepEqual(inodeProblems(seen), [], 'strata: d_ino and st_ino');
+      // strata mounting the same layers again (its metadata cache kept) shows the kernel's view too.
+      unmountQuietly(kmnt);
+      const again = snapshot(strataMount(t, { lowers, upper, work, options }));
+      compareTrees(t, again, kernel, { label: `strata mounting the layers again vs the kernel (${title})` });
+      t.deepEqual(inodeDiffs(again, kernel), [], 'st_ino: strata mounting the layers again vs the kernel');
       t.true(seen.nodes.size >= 5, `only ${seen.nodes.size} entries left: the clients removed nearly everything`);
     });
   }
