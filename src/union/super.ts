@@ -646,9 +646,20 @@ export class UnionFs implements FileSystem {
       if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
       setAttributes(live, emptied ? { ...req, valid: req.valid | FATTR_MTIME_NOW } : req, handle);
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
+      this.ctimeMoved(live);
       const attr = this.inodes.attr(live);
       return { attr, attrTimeout: this.attrTimeout(attr, node) };
     }, (req.valid & FATTR_SIZE) === 0 ? 'metadata' : 'data');
+  }
+
+  /**
+   * A change that moved only the ctime of `node` (attributes, xattrs). A directory's next listing must
+   * reach the daemon: its read moves atime where the atime options say (relatime: atime not after
+   * ctime), as the kernel's overlay does at every listing, and the kernel's cache of the listing, kept
+   * while the directory's entries do not change, would serve it without a word to the daemon.
+   */
+  private ctimeMoved(node: UnionNode): void {
+    if (node.isDir) this.opts.invalidateListing(node.nodeid);
   }
 
   /**
@@ -892,6 +903,7 @@ export class UnionFs implements FileSystem {
     this.fsflags.refuseChange(node.live);
     return this.afterCopyUp(node, true, (live) => {
       setXattr(live, real, value, flags);
+      this.ctimeMoved(live);
       if (!isAclName(name)) return;
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
@@ -906,6 +918,7 @@ export class UnionFs implements FileSystem {
     if (!node.layer.isUpper) checkRemovable(node, real);
     return this.afterCopyUp(node, true, (live) => {
       removeXattr(live, real);
+      this.ctimeMoved(live);
       if (isAclName(name)) this.acls.forget(live.ino);
     }, 'xattr');
   }
@@ -927,6 +940,7 @@ export class UnionFs implements FileSystem {
     return this.afterCopyUp(node, true, (live) => {
       this.fsflags.set(live, cmd, input);
       this.opts.invalidateAttributes(live.nodeid); // its ctime
+      this.ctimeMoved(live);
       return Buffer.alloc(0);
     }, 'metadata');
   }
