@@ -5,10 +5,11 @@
 // races, so no step can be compared with a kernel run; what can: whatever order the daemon served
 // them in, the layers it leaves must be a valid overlay of that state. The kernel then mounts the
 // same layers and must show exactly the tree strata showed before its unmount: types, modes,
-// owners, sizes, contents, link counts, times, xattrs, symlink targets, and the same st_ino and
-// d_ino for every name; and so must strata mounting them again. No client may meet an error that
-// only a broken daemon gives (ENOSYS, ENOTCONN, EBADF through a descriptor opened for that access;
-// EIO or ESTALE from a read or a listing), and no copy in progress may be left in the work directory.
+// owners, sizes, contents, link counts, times (files' atime too), xattrs, symlink targets, and the
+// same st_ino and d_ino for every name; and so must strata mounting them again. No client may meet
+// an error that only a broken daemon gives (ENOSYS, ENOTCONN, EBADF through a descriptor opened for
+// that access; EIO or ESTALE from a read or a listing), and no copy in progress may be left in the
+// work directory.
 //
 // STRATA_PARALLEL_SEEDS=1,2 (default) picks the seeds; each runs with the default options,
 // metacopy=on and redirect_dir=on.
@@ -149,6 +150,30 @@ function filesIn(dir: string): string[] {
   return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => !e.isCharacterDevice()).map((e) => e.name);
 }
 
+/**
+ * st_atime of every regular file below `root`. (Directories are left out: a listing the kernel
+ * serves from its cache times nothing, where the kernel's overlay may time it by relatime when the
+ * atime and ctime fell in one clock tick; symlinks too (README: a symlink's target is read once).)
+ */
+function atimes(root: string): Map<string, bigint> {
+  const out = new Map<string, bigint>();
+  const walk = (rel: string): void => {
+    for (const name of fs.readdirSync(path.join(root, rel))) {
+      const p = rel ? `${rel}/${name}` : name;
+      const st = fs.lstatSync(path.join(root, p), { bigint: true });
+      if (st.isFile()) out.set(p, st.atimeNs);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk('');
+  return out;
+}
+
+/** Paths whose value differs between two maps. */
+function mapDiffs(a: Map<string, bigint>, b: Map<string, bigint>): string[] {
+  return [...new Set([...a.keys(), ...b.keys()])].filter((p) => a.get(p) !== b.get(p)).map((p) => `${p}: ${a.get(p)} and ${b.get(p)}`);
+}
+
 /** Paths whose st_ino differs between two views. */
 function inodeDiffs(a: Snapshot, b: Snapshot): string[] {
   return [...new Set([...a.inodes.keys(), ...b.inodes.keys()])]
@@ -186,11 +211,15 @@ for (const seed of seeds) {
       // those directories' ctime, as the kernel's does at its first listing)
       snapshot(mnt);
       const seen: Snapshot = snapshot(mnt);
+      const seenAtimes = atimes(mnt);
       const upperSeen = snapshot(upper);
       strataUnmount(mnt);
       t.deepEqual(filesIn(path.join(work, 'work')), [], 'copies left in the work directory');
       const kmnt = kernelOverlay(t, { lowers, upper, work, options });
       const kernel = snapshot(kmnt);
+      // (reads of a file whose data is still below, metacopy, leave its atime alone: README)
+      const metacopy = (p: string): boolean => Object.keys(upperSeen.nodes.get(p)?.xattrs ?? {}).some((x) => x.endsWith('overlay.metacopy'));
+      t.deepEqual(mapDiffs(seenAtimes, atimes(kmnt)).filter((d) => !metacopy(d.split(':')[0]!)), [], 'atime: strata before its unmount vs the kernel');
       if (compareTrees(t, seen, kernel, { label: `strata before its unmount vs the kernel on the same layers (${title})` }) > 0) {
         for (const d of diffSnapshots(seen, kernel)) {
           const p = d.split(':')[0]!;

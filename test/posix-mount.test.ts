@@ -258,6 +258,18 @@ function atimeScenario(mnt: string, now: bigint): unknown[] {
     fs.readdirSync(p('ud'));
     log.push([`list upper dir after a ${what}`, atime('ud') === before ? 'same' : 'changed']);
   }
+  // The same after a rename of the directory, and after a copy-up into it (whose link moves its ctime;
+  // its mtime is put back).
+  for (const [what, dir, change] of [['rename', 'ud2', () => fs.renameSync(p('ud'), p('ud2'))], ['copy-up into it', 'ld', () => fs.chmodSync(p('ld/y'), 0o600)]] as const) {
+    fs.readdirSync(p(what === 'rename' ? 'ud' : dir));
+    const before = atime(what === 'rename' ? 'ud' : dir);
+    settle();
+    change();
+    settle();
+    fs.readdirSync(p(dir));
+    log.push([`list dir after a ${what}`, atime(dir) === before ? 'same' : 'changed']);
+  }
+  fs.renameSync(p('ud2'), p('ud'));
   // After a write (mtime newer than atime) relatime updates at the next read, also by another user.
   fs.appendFileSync(p('uf'), 'more');
   settle();
@@ -290,6 +302,7 @@ for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
     if (option === 'relatime') {
       t.deepEqual(k[0], ['read upper file', 'new', 'same'], 'the scenario sees relatime at work');
       t.deepEqual(k[6], ['list upper dir after a chmod', 'changed'], 'the kernel lists after a chmod with relatime');
+      t.deepEqual(k.slice(8, 10), [['list dir after a rename', 'changed'], ['list dir after a copy-up into it', 'changed']], 'the kernel lists after a rename and a copy-up with relatime');
     }
     if (option === 'noatime') t.not((k[0] as string[])[1], 'new', 'noatime: no update');
   });

@@ -125,5 +125,9 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
  */
 function dropImpure(inodes: InodeTable, dir: UnionNode, layer: Layer, dirfd: number, cleared: (dir: UnionNode) => void): void {
   if (!inodes.stack.sameFs) return;
-  if (clearImpure(dirfd, layer.markerNs)) cleared(dir);
+  if (!clearImpure(dirfd, layer.markerNs)) return;
+  // The kernel's overlay times the listing after it removed the mark (atime after the new ctime):
+  // a second read of the directory lets the upper filesystem apply the atime options to it again.
+  N.listDir(dirfd);
+  cleared(dir);
 }

@@ -147,7 +147,8 @@ export class UnionFs implements FileSystem {
         layer: stack.upper, workFd: opts.upper.workFd, skipFsync: opts.upper.volatile || inMemory(stack.upper.fd), markers,
         protattr: this.fsflags.protattrName, metacopy: opts.upper.metacopy === true,
       };
-      const copyUp = new CopyUp(upper, this.inodes, (node) => opts.invalidateAttributes(node.nodeid),
+      // (a directory whose times a copy-up moved: its cached listing goes too, see ctimeMoved)
+      const copyUp = new CopyUp(upper, this.inodes, (node) => (node.isDir ? opts.invalidateListing(node.nodeid) : opts.invalidateAttributes(node.nodeid)),
         (dir) => opts.invalidateListing(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
     } else {
@@ -843,6 +844,9 @@ export class UnionFs implements FileSystem {
       return this.renameKnowing(ctx, parent, name, newParent, newName, flags, n === target ? undefined : target);
     }
     w.dirs.rename(p, name, node, np, newName, target, flags);
+    // (a directory moved: its ctime moved, and with RENAME_EXCHANGE the other one's)
+    this.ctimeMoved(node);
+    if (target && flags & C.RENAME_EXCHANGE) this.ctimeMoved(target);
     if (target) this.acls.forget(target.ino);
   }
 
