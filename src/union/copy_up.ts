@@ -302,7 +302,11 @@ export class CopyUp {
    */
   private replaceName(parent: UnionNode, node: UnionNode): void {
     const err = this.nameGone(parent, node);
-    if (err) throw err;
+    if (err) {
+      // (the kernel's copy-up marks the parent impure before its link or rename fails)
+      if (!parent.unlinked) this.prepareParent(parent);
+      throw err;
+    }
     const job = this.begin(parent, node, false);
     job.replace = true;
     this.finish(job);
