@@ -31,10 +31,12 @@ export interface NodeInfo {
 export type Snapshot = Record<string, NodeInfo>;
 
 /**
- * Kernel-internal overlay xattrs whose values strata need not write alike (origin file handles, nlink/uuid
- * caches, protattr). The impure mark is compared: strata sets and removes it where the kernel does.
+ * Kernel-internal overlay xattrs that strata need not write alike (origin file handles, impure/nlink/uuid
+ * caches, protattr). (Impure marks agree in the random operations, but the kernel also writes an origin
+ * and an impure mark at the lookup of a merged directory whose upper has no origin, which strata does
+ * not: README, "What differs".)
  */
-const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(origin|nlink|uuid|upper|protattr)$/;
+const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(origin|impure|nlink|uuid|upper|protattr)$/;
 
 export type SnapshotMode =
   /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
