@@ -654,10 +654,11 @@ export class UnionFs implements FileSystem {
   }
 
   /**
-   * A change that moved only the ctime of `node` (attributes, xattrs). A directory's next listing must
-   * reach the daemon: its read moves atime where the atime options say (relatime: atime not after
-   * ctime), as the kernel's overlay does at every listing, and the kernel's cache of the listing, kept
-   * while the directory's entries do not change, would serve it without a word to the daemon.
+   * A change that moved the ctime of `node` and left its entries alone (attributes, xattrs, flags, a
+   * rename of it). A directory's next listing must reach the daemon: its read moves atime where the
+   * atime options say (relatime: atime not after ctime), as the kernel's overlay does at every listing,
+   * and the kernel's cache of the listing, kept while the directory's entries do not change, would
+   * serve it without a word to the daemon.
    */
   private ctimeMoved(node: UnionNode): void {
     if (node.isDir) this.opts.invalidateListing(node.nodeid);
