@@ -1,6 +1,7 @@
 // Several clients at once: four processes (root twice, and two unprivileged users with their own
-// groups and umasks) run seeded random operations on one strata mount at the same time, over the
-// same few names, holding descriptors across renames, unlinks and copy-ups (files of 6 MiB are
+// groups and umasks) run seeded random operations on one strata mount at the same time (access ACLs
+// and FIFOs among them; every open non-blocking), over the same few names, holding descriptors
+// across renames, unlinks and copy-ups (files of 6 MiB are
 // copied up in steps between other requests, so changes meet copies in progress). What they do
 // races, so no step can be compared with a kernel run; what can: whatever order the daemon served
 // them in, the layers it leaves must be a valid overlay of that state. The kernel then mounts the
@@ -65,7 +66,7 @@ for i, l in enumerate(lowers):
 // One client: argv mnt seed k ops broken-errnos. Prints the errors it met, by name, and the first few
 // operations that met one of the broken ones.
 const CLIENT = String.raw`
-import ctypes, errno, json, os, random, sys
+import ctypes, errno, json, os, random, subprocess, sys
 mnt, seed, k, nops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 USERS = [None, (1001, 1001, [1001, 100], 0o077), None, (1003, 100, [100], 0o002)]
 if USERS[k]:
@@ -85,14 +86,18 @@ odd = []  # the first few ops that met one of BROKEN
 BROKEN = sys.argv[5].split(',')
 OPS = ['write', 'append', 'truncate', 'unlink', 'rmdir', 'mkdir', 'rename', 'noreplace', 'exchange', 'chmod',
        'chown', 'link', 'symlink', 'setxattr', 'removexattr', 'open', 'open', 'fdwrite', 'fdread', 'fdtruncate',
-       'fdchmod', 'fdsync', 'close', 'listdir', 'read', 'utime', 'rmtree']
+       'fdchmod', 'fdsync', 'close', 'listdir', 'read', 'utime', 'rmtree', 'mkfifo', 'acl']
 for _ in range(nops):
     op, p, q = r.choice(OPS), rpath(), rpath()
     try:
         if op == 'write':
-            with open(p, 'wb') as f: f.write(r.randbytes(r.choice([1, 100, 70000])))
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
+            try: os.write(fd, r.randbytes(r.choice([1, 100, 70000])))
+            finally: os.close(fd)
         elif op == 'append':
-            with open(p, 'ab') as f: f.write(b'appended')
+            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+            try: os.write(fd, b'appended')
+            finally: os.close(fd)
         elif op == 'truncate': os.truncate(p, r.choice([0, 5, 100000]))
         elif op == 'unlink': os.unlink(p)
         elif op == 'rmdir': os.rmdir(p)
@@ -107,7 +112,7 @@ for _ in range(nops):
         elif op == 'setxattr': os.setxattr(p, 'user.k', r.randbytes(4), follow_symlinks=False)
         elif op == 'removexattr': os.removexattr(p, 'user.k', follow_symlinks=False)
         elif op == 'open':
-            flags = r.choice([os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREAT, os.O_RDONLY | os.O_DIRECTORY])
+            flags = r.choice([os.O_RDONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND, os.O_RDWR | os.O_CREAT, os.O_RDONLY | os.O_DIRECTORY]) | os.O_NONBLOCK
             acc = flags & 3
             fds.append([os.open(p, flags, 0o640), acc != os.O_WRONLY and not flags & os.O_DIRECTORY, acc != os.O_RDONLY])
         elif op == 'close':
@@ -122,11 +127,17 @@ for _ in range(nops):
                 elif op == 'fdchmod': os.fchmod(fd, r.choice([0o600, 0o644, 0o777]))
                 elif op == 'fdsync': os.fsync(fd)
         elif op == 'listdir': os.listdir(p)
+        elif op == 'mkfifo': os.mkfifo(p, 0o640)
+        elif op == 'acl':
+            # (an access ACL: the kernel checks it, and it sets the group bits of the mode)
+            if subprocess.run(['setfacl', '-m', 'u:%d:rw,g:100:r' % r.choice([1001, 1003]), p], stderr=subprocess.DEVNULL).returncode: raise OSError(errno.EPERM, 'setfacl')
         elif op == 'read':
-            with open(p, 'rb') as f: f.read()
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+            try: os.read(fd, 1 << 24)
+            finally: os.close(fd)
         elif op == 'utime': os.utime(p, ns=(r.randrange(1 << 40), r.randrange(1 << 40)), follow_symlinks=False)
         elif op == 'rmtree' and r.random() < 0.15:
-            os.system('rm -rf ' + p + ' 2>/dev/null')
+            subprocess.run(['rm', '-rf', p], stderr=subprocess.DEVNULL)
     except OSError as e:
         name = errno.errorcode.get(e.errno, str(e.errno))
         errors[name] = errors.get(name, 0) + 1
