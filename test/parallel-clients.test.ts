@@ -1,10 +1,10 @@
 // Several clients at once: four processes (root twice, and two unprivileged users with their own
 // groups and umasks) run seeded random operations on one strata mount at the same time (access ACLs
 // and FIFOs among them; every open non-blocking), over the same few names, holding descriptors
-// across renames, unlinks and copy-ups (files of 6 MiB are
-// copied up in steps between other requests, so changes meet copies in progress). What they do
-// races, so no step can be compared with a kernel run; what can: whatever order the daemon served
-// them in, the layers it leaves must be a valid overlay of that state. The kernel then mounts the
+// across renames, unlinks and copy-ups (files of 6 MiB are copied up in steps between other
+// requests, so changes meet copies in progress). What they do races, so no step can be compared
+// with a kernel run; what can: whatever order the daemon served them in, the layers it leaves must
+// be a valid overlay of that state. The kernel then mounts the
 // same layers and must show exactly the tree strata showed before its unmount: types, modes,
 // owners, sizes, contents, link counts, times (files' atime too), xattrs, symlink targets, and the
 // same st_ino and d_ino for every name; and so must strata mounting them again. No client may meet
