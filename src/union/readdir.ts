@@ -104,7 +104,8 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
       if (withOrigins && ino !== inodes.stack.inoOf(layer, inos[k]!)) remapped = true;
       out.push({ name, type, ino });
     }
-    if (withOrigins && !remapped && layers.length === 1 && !lower && impureCleared) dropImpure(inodes, dir, layer, dirfd, impureCleared);
+    // (only in a directory that is not merged)
+    if (withOrigins && !remapped && dir.dirLayers!.length === 1 && impureCleared) dropImpure(inodes, dir, layer, dirfd, impureCleared);
     for (const name of ociHidden) hidden.add(name);
   }
   if (lower) {

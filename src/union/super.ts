@@ -147,9 +147,7 @@ export class UnionFs implements FileSystem {
         layer: stack.upper, workFd: opts.upper.workFd, skipFsync: opts.upper.volatile || inMemory(stack.upper.fd), markers,
         protattr: this.fsflags.protattrName, metacopy: opts.upper.metacopy === true,
       };
-      // (a directory whose times a copy-up moved: its cached listing goes too, see ctimeMoved)
-      const copyUp = new CopyUp(upper, this.inodes, (node) => (node.isDir ? opts.invalidateListing(node.nodeid) : opts.invalidateAttributes(node.nodeid)),
-        (dir) => opts.invalidateListing(dir.nodeid));
+      const copyUp = new CopyUp(upper, this.inodes, (node) => this.changedBehind(node), (dir) => opts.invalidateListing(dir.nodeid));
       this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
     } else {
       this.writable = null;
@@ -665,6 +663,15 @@ export class UnionFs implements FileSystem {
   }
 
   /**
+   * The attributes of `node` changed where no reply tells the kernel (a copy-up, chattr): they are
+   * dropped, and a directory's cached listing with them (see ctimeMoved).
+   */
+  private changedBehind(node: UnionNode): void {
+    if (node.isDir) this.opts.invalidateListing(node.nodeid);
+    else this.opts.invalidateAttributes(node.nodeid);
+  }
+
+  /**
    * A new entry `name` of `p` must be a name the union does not show (else EEXIST): says where it goes
    * (see NewAt). A directory only in the upper shows just what that holds: an in-place create answers
    * EEXIST for anything there, so it is not looked up. An immutable directory's EPERM comes after EEXIST.
@@ -944,8 +951,7 @@ export class UnionFs implements FileSystem {
     if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC_FSGETXATTR) return this.fsflags.get(node.live, cmd);
     return this.afterCopyUp(node, true, (live) => {
       this.fsflags.set(live, cmd, input);
-      this.opts.invalidateAttributes(live.nodeid); // its ctime
-      this.ctimeMoved(live);
+      this.changedBehind(live); // its ctime
       return Buffer.alloc(0);
     }, 'metadata');
   }
