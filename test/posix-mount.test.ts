@@ -260,14 +260,14 @@ function atimeScenario(mnt: string, now: bigint): unknown[] {
   }
   // The same after a rename of the directory, and after a copy-up into it (whose link moves its ctime;
   // its mtime is put back).
-  for (const [what, dir, change] of [['rename', 'ud2', () => fs.renameSync(p('ud'), p('ud2'))], ['copy-up into it', 'ld', () => fs.chmodSync(p('ld/y'), 0o600)]] as const) {
-    fs.readdirSync(p(what === 'rename' ? 'ud' : dir));
-    const before = atime(what === 'rename' ? 'ud' : dir);
+  for (const [what, from, to, change] of [['rename', 'ud', 'ud2', () => fs.renameSync(p('ud'), p('ud2'))], ['copy-up into it', 'ld', 'ld', () => fs.chmodSync(p('ld/y'), 0o600)]] as const) {
+    fs.readdirSync(p(from));
+    const before = atime(from);
     settle();
     change();
     settle();
-    fs.readdirSync(p(dir));
-    log.push([`list dir after a ${what}`, atime(dir) === before ? 'same' : 'changed']);
+    fs.readdirSync(p(to));
+    log.push([`list dir after a ${what}`, atime(to) === before ? 'same' : 'changed']);
   }
   fs.renameSync(p('ud2'), p('ud'));
   // After a write (mtime newer than atime) relatime updates at the next read, also by another user.
