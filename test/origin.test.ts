@@ -447,3 +447,27 @@ for (const userxattr of [false, true]) {
     c.done();
   });
 }
+
+// A copy-up that fails because the name is gone marks the parent impure first, as the kernel's
+// ovl_do_copy_up does before its link fails: fchmod through a descriptor of an unlinked lower file.
+const FCHMOD_UNLINKED = String.raw`
+import os, sys
+d = sys.argv[1]
+fd = os.open(os.path.join(d, 'top'), os.O_RDONLY)
+os.unlink(os.path.join(d, 'top'))
+try:
+    os.fchmod(fd, 0o600); print('ok')
+except OSError as e:
+    print(e.strerror)
+`;
+
+test.serial('a copy-up through a descriptor of an unlinked lower file fails and marks the parent impure, as the kernel\'s', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [(dir) => materializeLayer(dir, LOWER, 1)]);
+  const answers = [pair.kernel, pair.strata].map((side) => runOk(PYTHON, ['-c', FCHMOD_UNLINKED, side.mnt]).trim());
+  c.eq(answers[1], answers[0], 'fchmod\'s answer');
+  c.eq(impureMarks(pair.kernel.upper, ['.']), '.: y', 'the kernel marks the parent');
+  c.eq(impureMarks(pair.strata.upper, ['.']), impureMarks(pair.kernel.upper, ['.']), 'the parent\'s mark');
+  finishPair(c, pair);
+  c.done();
+});
