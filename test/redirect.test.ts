@@ -18,6 +18,7 @@ import { finishPair, setupPair, unmountStrata, type Pair } from './helpers/ops-p
 import { unmountQuietly } from './helpers/mounts.js';
 import { diffSnapshots, snapshot } from './helpers/ops-tree.js';
 import { shellBoth, type ShellStep } from './helpers/shell-pair.js';
+import * as N from '../src/native/index.js';
 
 const LOWER: LayerSpec = [
   { t: 'dir', p: 'a', mode: 0o755 },
@@ -365,16 +366,34 @@ test.serial('verity=on and verity=require: the digests of metacopy files are che
   c.done();
 });
 
-test.serial('with redirect_dir=nofollow a redirect fails the lookup with EPERM, as on the kernel', (t) => {
-  const c = new Checks(t);
-  const pair = setupPair(t, [LOWER], { upperFrom: kernelRenames, options: ['redirect_dir=nofollow'] });
-  shellBoth(c, pair, [
-    { sh: 'for d in b e p/r b/sub2 x x/c2 keep; do stat -c "%n %F" $d 2>&1; done; cat keep/k b/added 2>&1; true' },
-    { sh: 'echo n > keep/n && ls keep; rm -r b 2>&1; true' },
-  ]);
-  unmountAndCompareUppers(c, pair);
-  c.done();
-});
+/** The overlay's trusted.overlay.* markers of every object under `upper` moved to user.overlay.*. */
+function toUserMarkers(upper: string): void {
+  for (const rel of ['.', ...(fs.readdirSync(upper, { recursive: true }) as string[])]) {
+    const p = path.join(upper, rel);
+    for (const name of N.llistxattr(N.C.AT_FDCWD, p)) {
+      if (!name.startsWith('trusted.overlay.')) continue;
+      const v = N.lgetxattr(N.C.AT_FDCWD, p, name)!;
+      N.lsetxattr(N.C.AT_FDCWD, p, `user.${name.slice('trusted.'.length)}`, v, 0);
+      N.lremovexattr(N.C.AT_FDCWD, p, name);
+    }
+  }
+}
+
+// (userxattr implies nofollow on the kernel: its redirects, in user.overlay.*, are refused the same way)
+for (const option of ['redirect_dir=nofollow', 'userxattr']) {
+  test.serial(`with ${option} a redirect fails the lookup with EPERM, as on the kernel`, (t) => {
+    const c = new Checks(t);
+    const upperFrom = option === 'userxattr' ? (upper: string, lowers: string[]) => { kernelRenames(upper, lowers); toUserMarkers(upper); } : kernelRenames;
+    const pair = setupPair(t, [LOWER], { upperFrom, options: [option] });
+    const out = shellBoth(c, pair, [
+      { sh: 'for d in b e p/r b/sub2 x x/c2 keep; do stat -c "%n %F" $d 2>&1; done; cat keep/k b/added 2>&1; true' },
+      { sh: 'echo n > keep/n && ls keep; rm -r b 2>&1; true' },
+    ]);
+    c.ok(out[0]!.includes('Operation not permitted'), `the kernel refuses a redirect (${out[0]})`);
+    unmountAndCompareUppers(c, pair);
+    c.done();
+  });
+}
 
 /** rename(2) of each pair (no copying fallback as mv has): OK or the errno name. */
 function renames(pairs: [string, string][]): string {

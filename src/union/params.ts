@@ -261,7 +261,8 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   }
   // (the kernel's ovl_allow_offline_changes: redirect_dir=follow or nofollow and xino=auto still allow them)
   p.newDirsOpaque = [...features.values()].includes('on');
-  p.noFollowRedirects = features.get('redirect_dir') === 'nofollow';
+  // (userxattr implies nofollow, as the kernel's ovl_fs_params_verify: a redirect then fails its lookup)
+  p.noFollowRedirects = features.get('redirect_dir') === 'nofollow' || p.userxattr;
   p.redirectDir = features.get('redirect_dir') === 'on';
   // (as the kernel's ovl_fs_params_verify: unprivileged overlays neither write nor follow redirects)
   if (p.userxattr && features.has('redirect_dir') && features.get('redirect_dir') !== 'nofollow') {
