@@ -249,6 +249,11 @@ export class InodeTable {
     return this.stack.inoOf(layer, realIno);
   }
 
+  /** The upper object with inode number `realIno` was given an origin: its st_ino is read again. */
+  originWritten(realIno: number): void {
+    this.upperOrigins.delete(realIno);
+  }
+
   private noteUpperOrigin(realIno: number, ino: number | null): void {
     if (this.upperOrigins.size >= UPPER_ORIGINS_MAX) this.upperOrigins.clear();
     this.upperOrigins.set(realIno, ino);

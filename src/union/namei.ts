@@ -55,6 +55,22 @@ export function lookupLayers(parent: UnionNode, name: string, from = 0): LayerHi
   return searchLayers(parent, name, from, parent.dirLayers?.length ?? 0).hit;
 }
 
+/**
+ * Calls `fn` with where the directory `name` that a lookup in `parent` found (`hit`) is in `layer`,
+ * one of hit.dirLayers: a directory descriptor and a name in it (as UnionNode.dirFd opens it,
+ * following the hit's redirects), before any node exists for it.
+ */
+export function atLayerPart<T>(parent: UnionNode, name: string, hit: LayerHit, layer: Layer, fn: (dirfd: number, name: string) => T): T {
+  const r = hit.redirects?.get(layer);
+  if (!r?.startsWith('/')) return fn(parent.dirFd(layer), r ?? name);
+  const fd = openBeneath(layer.fd, r.slice(1));
+  try {
+    return fn(fd, '');
+  } finally {
+    N.close(fd);
+  }
+}
+
 /** The stat buffer of searchLayers' probes (a miss allocates nothing). */
 const probe = new Float64Array(16);
 

@@ -158,16 +158,54 @@ export function setOrigin(set: (name: string, v: Buffer) => void, value: Buffer,
   }
 }
 
-/** Marks an upper directory impure (it holds copied-up entries) unless it is already. */
-export function markImpure(dirfd: number, userxattr: boolean): void {
+/** Marks an upper directory impure (it holds copied-up entries) unless it is already; true if this set the mark. */
+export function markImpure(dirfd: number, userxattr: boolean): boolean {
   const name = impureXattrName(userxattr);
   try {
     const v = N.lgetxattr(dirfd, '', name);
-    if (v !== null && v.length === 1 && v[0] === 0x79) return;
+    if (v !== null && v.length === 1 && v[0] === 0x79) return false;
     N.lsetxattr(dirfd, '', name, Buffer.from('y'), 0);
+    return true;
   } catch (e) {
     if (!isNoXattrs(e)) throw e;
+    return false;
   }
+}
+
+/**
+ * Does the upper directory (upperDir, name) lack an overlay.origin in the mount's own namespace (the
+ * only one the kernel's ovl_check_origin_xattr reads)? An empty value is an origin ("unknown"). An
+ * upper without xattrs lacks nothing.
+ */
+export function lacksOrigin(upperDir: number, name: string, userxattr: boolean): boolean {
+  try {
+    return N.lgetxattr(upperDir, name, originXattrName(userxattr)) === null;
+  } catch (e) {
+    if (isNoXattrs(e)) return false;
+    throw e;
+  }
+}
+
+/**
+ * The kernel's ovl_fix_origin, for the upper part (upperDir, name) of a merged directory that
+ * lacks an origin (see lacksOrigin), whose topmost lower part is (lowerDir, lowerName) in `lower`:
+ * an upper directory made by hand or by another tool has none, and the kernel's first lookup of it
+ * writes its lower part's there, then marks the upper parent impure (a later readdir there looks
+ * its entries up for their d_ino). Says what it changed: `origin` (the directory's ctime moved),
+ * `impure` (the parent's did).
+ */
+export function fixOrigin(upperDir: number, name: string, lower: Layer, lowerDir: number, lowerName: string,
+  userxattr: boolean): { origin: boolean; impure: boolean } {
+  const value = originXattrFor(lower, lowerDir, lowerName);
+  if (value === null) return { origin: false, impure: false }; // (a directory always has one)
+  try {
+    N.lsetxattr(upperDir, name, originXattrName(userxattr), value, 0);
+  } catch (e) {
+    // (an upper that cannot take it: the directory shows as it did)
+    if (isNoXattrs(e) || (e as N.ErrnoError).code === 'EROFS') return { origin: false, impure: false };
+    throw e;
+  }
+  return { origin: true, impure: markImpure(upperDir, userxattr) };
 }
 
 /**

@@ -55,9 +55,10 @@ function rememberNames(dir: UnionNode, layer: Layer, names: string[]): void {
  * The merged listing of directory `dir`, without "." and "..". With `lower`, the layers from
  * position `lower.from` on are not read: their merged listing comes from the lower index.
  * `impureCleared` is told when the listing removed the directory's impure mark (see dropImpure).
+ * `lookedUp` gives the st_ino of an upper directory entry of an impure merged directory by a lookup.
  */
 export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from: number; listing: LowerListing },
-  impureCleared?: (dir: UnionNode) => void): DirEntry[] {
+  impureCleared?: (dir: UnionNode) => void, lookedUp?: (dir: UnionNode, name: string) => number | null): DirEntry[] {
   const layers = lower ? dir.dirLayers!.slice(0, lower.from) : dir.dirLayers!;
   const out: DirEntry[] = [];
   const seen = new Set<string>();
@@ -71,6 +72,8 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
     // As the kernel, entries' origins are looked at only in an impure upper directory (one that copy-up,
     // rename or link put an object with an origin in): elsewhere d_ino is the real inode number.
     const withOrigins = layer.isUpper && isImpureDir(dirfd, layer.markerNs);
+    // (there the kernel looks each entry up: a directory merged with a lower one gets its origin then)
+    const lookUpDirs = withOrigins && lookedUp !== undefined && dir.dirLayers!.length > 1;
     // (whether an entry's d_ino is not its real inode number: one that keeps the mark needed)
     let remapped = false;
     const xw = xwhiteoutsIn(dir, layer, dirfd);
@@ -100,7 +103,8 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         continue;
       }
       seen.add(name);
-      const ino = inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined);
+      const ino = (lookUpDirs && type === C.DT_DIR ? lookedUp(dir, name) : null)
+        ?? inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined);
       if (withOrigins && ino !== inodes.stack.inoOf(layer, inos[k]!)) remapped = true;
       out.push({ name, type, ino });
     }

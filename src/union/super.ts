@@ -18,7 +18,8 @@ import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type Fil
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
 import type { LayerStack } from './layers.js';
-import { checkName, lookupLayers, NAME_MAX } from './namei.js';
+import { atLayerPart, checkName, lookupLayers, NAME_MAX, type LayerHit } from './namei.js';
+import { fixOrigin, lacksOrigin } from './origin.js';
 import { lowerListings, mergedListing, type DirEntry } from './readdir.js';
 import { checkRemovable, getXattr, listXattrs, OverlayXattrs, removeXattr, setXattr, settableName } from './xattr.js';
 import { LowerIndex } from './lower_index.js';
@@ -195,13 +196,48 @@ export class UnionFs implements FileSystem {
    * The child node `name` of `parent`, looked up through the layers if not known yet (a new node
    * gets the nodeid `want` when a file handle names it).
    */
-  child(parent: UnionNode, name: string, want?: number): [UnionNode, N.StatValues | null] | null {
+  child(parent: UnionNode, name: string, want?: number, listing = false): [UnionNode, N.StatValues | null] | null {
     const known = parent.children.get(name);
     if (known) return [known, null];
     let hit = this.index ? this.index.lookup(parent, name) : undefined;
     if (hit === undefined) hit = lookupLayers(parent, name);
     if (!hit) return null;
+    if (this.lacksOrigin(parent, name, hit)) {
+      // (a plain listing does not look its entries up on the kernel's overlay: the lookup comes later)
+      if (listing) return null;
+      this.fixOrigin(parent, name, hit);
+    }
     return [this.inodes.fromHit(parent, name, hit, want), hit.st];
+  }
+
+  /**
+   * Is `hit` a merged directory whose upper part has no overlay.origin (see origin.ts, fixOrigin)?
+   * Not asked with nfs_export=on: the kernel, which then verifies such origins against its index,
+   * shows the upper part's st_ino for a directory it did not index, and strata keeps no index.
+   */
+  private lacksOrigin(parent: UnionNode, name: string, hit: LayerHit): boolean {
+    const markers = this.writable?.upper.markers;
+    if (!markers || this.opts.nfsExport || !hit.layer.isUpper || hit.dirLayers === null || hit.dirLayers.length < 2) return false;
+    return lacksOrigin(parent.dirFd(hit.layer), name, markers === 'user');
+  }
+
+  /**
+   * The kernel's lookup gives such a directory its topmost lower part's origin (ovl_fix_origin, also
+   * on a read-only mount): its st_ino is then that part's. Both changes move a ctime: the
+   * directory's is read again for the reply, the parent's is told to the kernel.
+   */
+  private fixOrigin(parent: UnionNode, name: string, hit: LayerHit): void {
+    const userxattr = this.writable!.upper.markers === 'user';
+    const upperDir = parent.dirFd(hit.layer);
+    const lower = hit.dirLayers![1]!;
+    const done = atLayerPart(parent, name, hit, lower, (dirfd, lowerName) => fixOrigin(upperDir, name, lower, dirfd, lowerName, userxattr));
+    if (done.origin) {
+      this.inodes.originWritten(hit.st[N.ST.ino]!);
+      const st = new Float64Array(16);
+      N.fstatat(upperDir, name, C.AT_SYMLINK_NOFOLLOW, st);
+      hit.st = st;
+    }
+    if (done.impure && (parent.lookups > 0 || parent === this.inodes.root)) this.changedBehind(parent);
   }
 
   private dirNode(nodeid: number): UnionNode {
@@ -464,14 +500,15 @@ export class UnionFs implements FileSystem {
       if (!sink.fits(e.name)) break;
       let found: ReturnType<UnionFs['child']>;
       try {
-        found = this.child(dir, e.name);
+        found = this.child(dir, e.name, undefined, true);
       } catch (err) {
         // A name whose lookup fails (a layer's redirect the kernel would refuse too): listed, as getdents
         // lists it on the kernel's overlay, without attributes; a lookup of it then gets the error.
         if (errCode(err) === undefined) throw err;
         found = null;
       }
-      // Removed since the listing was taken: still listed (as the kernel's cached listing does), without attributes.
+      // Removed since the listing was taken: still listed (as the kernel's cached listing does), without
+      // attributes; so is a directory whose lookup would change it (see child).
       let entry: EntryReply | null = null;
       if (found) {
         const [node, st] = found;
@@ -536,12 +573,20 @@ export class UnionFs implements FileSystem {
     if (dir.lookups > 0 || dir === this.inodes.root) this.opts.invalidateAttributes(dir.nodeid);
   };
 
+  /**
+   * The st_ino of `dir`'s entry `name`, looked up as the kernel's readdir of an impure merged
+   * directory looks up its upper directories (which fixes their origins, see child). As there, a
+   * lookup's error (a redirect refused) fails the listing.
+   */
+  private readonly lookedUp = (dir: UnionNode, name: string): number | null => this.child(dir, name)?.[0].ino ?? null;
+
   /** The merged listing, with the lower part from the index when it applies. */
   private listing(dir: UnionNode): DirEntry[] {
     const from = this.index ? this.index.lowerFrom(dir) : -1;
+    const lookedUp = this.writable?.upper.markers && !this.opts.nfsExport ? this.lookedUp : undefined;
     // (an impure mark no longer needed is removed only where changes may be made, as the kernel's)
-    if (from < 0) return mergedListing(this.inodes, dir, undefined, this.writable && !this.opts.readOnly ? this.impureCleared : undefined);
-    return mergedListing(this.inodes, dir, { from, listing: this.index!.listing(dir) });
+    if (from < 0) return mergedListing(this.inodes, dir, undefined, this.writable && !this.opts.readOnly ? this.impureCleared : undefined, lookedUp);
+    return mergedListing(this.inodes, dir, { from, listing: this.index!.listing(dir) }, undefined, lookedUp);
   }
 
   /** Counters for the cache's record of this mount. */
