@@ -11,7 +11,8 @@ import { finishPair, setupPair } from './helpers/ops-pair.js';
 import { shellBoth } from './helpers/shell-pair.js';
 import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
-import { runOk } from './helpers/exec.js';
+import { run, runOk } from './helpers/exec.js';
+import { strataBin } from './helpers/paths.js';
 import { snapshot, type Snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 import * as N from '../src/native/index.js';
@@ -542,3 +543,34 @@ for (const options of [[], ['userxattr'], ['ro'], ['redirect_dir=on']]) {
     c.done();
   });
 }
+
+test.serial('index=on: the upper root gets the origin of the first lower layer\'s root at mount, and a mount over another first lower is refused, as by the kernel', (t) => {
+  const base = tempDir(t);
+  const [l1, l2] = ['l1', 'l2'].map((n) => {
+    const d = path.join(base, n);
+    fs.mkdirSync(path.join(d, n), { recursive: true });
+    return d;
+  }) as [string, string];
+  const k = upperDirs(base, 'k');
+  const s = upperDirs(base, 's');
+  unmountQuietly(kernelOverlay(t, { lowers: [l1], upper: k.upper, work: k.work, options: ['index=on'] }));
+  strataUnmount(strataMount(t, { lowers: [l1], upper: s.upper, work: s.work, options: ['index=on'] }));
+  const origin = (upper: string): string | undefined => N.lgetxattr(N.C.AT_FDCWD, upper, 'trusted.overlay.origin')?.toString('hex');
+  t.truthy(origin(k.upper), 'the kernel marks its upper root');
+  t.is(origin(s.upper), origin(k.upper), 'the same handle of the same lower root');
+  // another first lower: refused by both; without index=on, both mount it
+  const opts = (lower: string, d: { upper: string; work: string }, extra: string): string => `${extra}lowerdir=${lower},upperdir=${d.upper},workdir=${d.work}`;
+  const km = path.join(base, 'km');
+  const sm = path.join(base, 'sm');
+  fs.mkdirSync(km);
+  fs.mkdirSync(sm);
+  const kr = run('mount', ['-t', 'overlay', 'overlay', '-o', opts(l2, k, 'index=on,'), km]);
+  if (kr.status === 0) unmountQuietly(km);
+  t.not(kr.status, 0, 'the kernel refuses the mount');
+  const sr = run(strataBin, ['mount', '-o', opts(l2, s, 'index=on,'), sm]);
+  if (sr.status === 0) strataUnmount(sm);
+  t.not(sr.status, 0, 'strata refuses it');
+  t.regex(sr.stderr.trim(), /^[^\n]*index=on[^\n]*$/, 'with one line naming the option');
+  strataUnmount(strataMount(t, { lowers: [l2], upper: s.upper, work: s.work, mountpoint: sm }));
+  t.is(origin(s.upper), origin(k.upper), 'a mount without index=on leaves the mark');
+});

@@ -209,6 +209,30 @@ export function fixOrigin(upperDir: number, name: string, lower: Layer, lowerDir
 }
 
 /**
+ * index=on: at mount the kernel records the root of the first lower layer as the upper root's origin
+ * (ovl_verify_origin with set, from ovl_get_indexdir), and refuses the mount where the upper root's
+ * origin names anything else. 'written', 'same', 'other', or 'none' where the lower filesystem cannot
+ * encode handles or the upper takes no xattrs (the kernel then turns index off).
+ */
+export function rootOrigin(stack: LayerStack, userxattr: boolean): 'written' | 'same' | 'other' | 'none' {
+  const upper = stack.upper;
+  const lower = stack.lowers[0];
+  if (!upper || !lower) return 'none';
+  const want = originXattrFor(lower, lower.fd, '');
+  if (want === null || want.length === 0) return 'none';
+  const name = originXattrName(userxattr);
+  try {
+    const have = N.lgetxattr(upper.fd, '', name);
+    if (have !== null) return have.equals(want) ? 'same' : 'other';
+    N.lsetxattr(upper.fd, '', name, want, 0);
+    return 'written';
+  } catch (e) {
+    if (isNoXattrs(e)) return 'none';
+    throw e;
+  }
+}
+
+/**
  * Removes the impure mark of upper directory `dirfd` (in the mount's own namespace), as the kernel's
  * readdir does where the mark is no longer needed (ovl_cache_get_impure). False if it had none there.
  */

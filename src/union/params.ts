@@ -26,6 +26,8 @@ export interface MountParams {
   volatile: boolean;
   /** File handles (name_to_handle_at/open_by_handle_at, NFS export) that survive FORGET and remount. */
   nfsExport: boolean;
+  /** index=on: only its mark on the upper root is made (see rootOrigin); strata keeps no inode index. */
+  index: boolean;
   nodev: boolean;
   nosuid: boolean;
   noexec: boolean;
@@ -148,7 +150,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, redirectDir: false, metacopy: false, verity: 'off',
+    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, index: false, redirectDir: false, metacopy: false, verity: 'off',
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
@@ -264,6 +266,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   // (userxattr implies nofollow, as the kernel's ovl_fs_params_verify: a redirect then fails its lookup)
   p.noFollowRedirects = features.get('redirect_dir') === 'nofollow' || p.userxattr;
   p.redirectDir = features.get('redirect_dir') === 'on';
+  p.index = features.get('index') === 'on' || p.nfsExport; // (nfs_export=on turns index on, as the kernel's)
   // (as the kernel's ovl_fs_params_verify: unprivileged overlays neither write nor follow redirects)
   if (p.userxattr && features.has('redirect_dir') && features.get('redirect_dir') !== 'nofollow') {
     throw new UsageError(`conflicting options: userxattr,redirect_dir=${features.get('redirect_dir')}`);
