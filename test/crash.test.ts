@@ -282,6 +282,12 @@ async function crashLoop(t: ExecutionContext, iterations: number, metacopy: bool
   /** metacopy=on: metadata-only copies seen in the upper, and fills of them cut short by a kill */
   let metaCopies = 0;
   let fillsCut = 0;
+  /**
+   * The longest delay before the kill: MAX_DELAY_MS at first, shorter after a kill that came when every
+   * change had finished, longer after one that cut changes short. On a machine whose disk syncs fast
+   * the copy-ups take less than the delays assumed, and kills that all land after them test little.
+   */
+  let span = MAX_DELAY_MS;
 
   for (let i = 0; i <= iterations; i++) {
     const last = i === iterations;
@@ -330,10 +336,13 @@ async function crashLoop(t: ExecutionContext, iterations: number, metacopy: bool
     // Start changes on two files still in the lower and one already copied up, then kill.
     const wasMeta = new Set([...files.values()].filter((f) => f.meta).map((f) => f.rel));
     const changes = pickChanges(r, M, files, i, metacopy);
-    const delay = Math.floor(r() * (MAX_DELAY_MS + 1));
+    const delay = Math.floor(r() * (span + 1));
     const child = startChanges(t, changes);
     if (!(await child.started)) problems.push('the process making the changes did not start');
+    let finished = false;
+    void child.done.then(() => (finished = true));
     await sleep(delay);
+    span = finished ? Math.max(20, Math.round(span * 0.7)) : Math.min(MAX_DELAY_MS, Math.round(span * 1.3));
     const killed = await killDaemon(m.pid);
     if (!killed) problems.push(`daemon ${m.pid} still alive 10 s after SIGKILL`);
     const exits = await child.done;
