@@ -31,12 +31,12 @@ export interface NodeInfo {
 export type Snapshot = Record<string, NodeInfo>;
 
 /**
- * Kernel-internal overlay xattrs that strata need not write alike (origin file handles, impure/nlink/uuid
- * caches, protattr). (Impure marks agree in the random operations, but the kernel also writes an origin
- * and an impure mark at the lookup of a merged directory whose upper has no origin, which strata does
- * not: README, "What differs".)
+ * Kernel-internal overlay xattrs whose values strata need not write alike (nlink/uuid caches, protattr).
+ * The impure mark is compared: strata sets and removes it where the kernel does. So is an origin, by
+ * whether there is one and whether it is empty (its file handle names each side's own lower copy).
  */
-const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(origin|impure|nlink|uuid|upper|protattr)$/;
+const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|uuid|upper|protattr)$/;
+const ORIGIN = /^(trusted|user)\.overlay\.origin$/;
 
 export type SnapshotMode =
   /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
@@ -183,7 +183,8 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
         const [k, v] = kv.split(':') as [string, string];
         const key = Buffer.from(k, 'hex').toString('utf8');
         if (mode === 'upper' && KERNEL_INTERNAL.test(key)) continue;
-        info.xattrs[key] = v.startsWith('ERR') ? v : printable(Buffer.from(v, 'hex'));
+        if (mode === 'upper' && ORIGIN.test(key) && !v.startsWith('ERR')) info.xattrs[key] = v === '' ? '(unknown)' : '(a handle)';
+        else info.xattrs[key] = v.startsWith('ERR') ? v : printable(Buffer.from(v, 'hex'));
       }
       // listxattr order is the filesystem's business
       info.xattrs = Object.fromEntries(Object.entries(info.xattrs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
