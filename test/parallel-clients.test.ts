@@ -164,7 +164,9 @@ function filesIn(dir: string): string[] {
 /**
  * st_atime of every regular file below `root`. (Directories are left out: a listing the kernel
  * serves from its cache times nothing, where the kernel's overlay may time it by relatime when the
- * atime and ctime fell in one clock tick; symlinks too (README: a symlink's target is read once).)
+ * atime and ctime fell in one clock tick. Symlinks too: a link(2) to one moves its ctime, which the
+ * kernel's overlay does not see until it reads the inode again (its next follow moves no atime, as
+ * strata's, which keeps serving the cached target), where the kernel mounting the layers afresh does.)
  */
 function atimes(root: string): Map<string, bigint> {
   const out = new Map<string, bigint>();

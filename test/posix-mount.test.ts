@@ -281,12 +281,34 @@ function atimeScenario(mnt: string, now: bigint): unknown[] {
     fs.readSync(fd, Buffer.alloc(4), 0, 4, 0);
     fs.closeSync(fd);
   });
+  // A symlink's target, once read, is kept by the kernel's FUSE cache: a change of the link (its ctime
+  // moved) must drop it, for the next follow moves its atime on the kernel's overlay (relatime).
+  fs.symlinkSync('uf', p('ul'));
+  settle();
+  const latime = (rel: string): bigint => fs.lstatSync(p(rel), { bigint: true }).atimeNs;
+  const changes: [string, string, () => void][] = [
+    ['chown', 'ul', () => fs.lchownSync(p('ul'), 1000, 1000)],
+    ['utimes', 'ul', () => fs.lutimesSync(p('ul'), 1_500_000_000, 1_600_000_000)],
+    ['rename', 'ul2', () => fs.renameSync(p('ul'), p('ul2'))],
+    ['copy-up by chown', 'ls', () => fs.lchownSync(p('ls'), 1000, 1000)],
+  ];
+  for (const [what, rel, change] of changes) {
+    const before = rel === 'ul2' ? latime('ul') : latime(rel);
+    fs.readFileSync(p(rel === 'ul2' ? 'ul' : rel)); // (followed once before the change: its target cached)
+    settle();
+    const followed = rel === 'ul2' ? latime('ul') : latime(rel);
+    change();
+    settle();
+    fs.readFileSync(p(rel));
+    log.push([`follow symlink after a ${what}`, followed === before ? 'same' : 'changed', latime(rel) === followed ? 'same' : 'changed']);
+  }
   return log;
 }
 
 for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
   test(`atime with -o ${option}: reads, exec and listings update it as on the kernel overlay`, (t) => {
-    const layer = [{ t: 'file', p: 'lf', data: 'lower', mode: 0o644 }, { t: 'dir', p: 'ld' }, { t: 'file', p: 'ld/y', data: 'y' }] as const;
+    const layer = [{ t: 'file', p: 'lf', data: 'lower', mode: 0o644 }, { t: 'dir', p: 'ld' }, { t: 'file', p: 'ld/y', data: 'y' },
+      { t: 'symlink', p: 'ls', target: 'lf' }] as const;
     const pair = setupPair(t, [layer], { options: option === 'relatime' ? [] : [option] });
     const now = BigInt(Date.now()) * 1_000_000n;
     // Lower atimes older than their mtimes, set in the layers themselves: a read would update them.
@@ -303,6 +325,7 @@ for (const option of ['relatime', 'noatime', 'strictatime', 'nodiratime']) {
       t.deepEqual(k[0], ['read upper file', 'new', 'same'], 'the scenario sees relatime at work');
       t.deepEqual(k[6], ['list upper dir after a chmod', 'changed'], 'the kernel lists after a chmod with relatime');
       t.deepEqual(k.slice(8, 10), [['list dir after a rename', 'changed'], ['list dir after a copy-up into it', 'changed']], 'the kernel lists after a rename and a copy-up with relatime');
+      t.deepEqual(k.slice(-4).map((r) => (r as string[])[2]), ['changed', 'changed', 'changed', 'changed'], 'the kernel follows symlinks after changes with relatime');
     }
     if (option === 'noatime') t.not((k[0] as string[])[1], 'new', 'noatime: no update');
   });

@@ -139,6 +139,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     },
     invalidateAttributes: (nodeid) => session?.invalidateAttributes(nodeid),
     invalidateListing: (nodeid) => session?.invalidateListing(nodeid),
+    invalidateLinkTarget: (nodeid) => session?.invalidateLinkTarget(nodeid),
     storeData: (nodeid, offset, data) => session?.storeData(nodeid, offset, data) ?? false,
     cache,
     lowerIndex: options.cache,

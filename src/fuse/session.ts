@@ -2,6 +2,7 @@
 // request decoding and reply encoding. It dispatches decoded requests to a FileSystem and knows
 // nothing about what that filesystem is.
 
+import { close as closeAsync, write as writeAsync } from 'node:fs';
 import type { Logger } from 'pino';
 import * as N from '../native/index.js';
 import { errCode, errnoOf, isExpectedErrno } from './errors.js';
@@ -344,6 +345,40 @@ export class FuseSession {
    */
   invalidateListing(nodeid: number): void {
     this.invalidateInode(nodeid, 0);
+  }
+
+  /**
+   * Drops the kernel's cached target of symlink `nodeid` (FUSE_CACHE_SYMLINKS keeps it in the page
+   * cache), so that its next follow asks the daemon, whose read of the layer's link moves that link's
+   * atime where the atime options say, as every follow does on the kernel's overlay. The kernel locks
+   * that page while a READLINK of it waits for the daemon: the notice is written from the thread
+   * pool, never from this thread, which must stay free to answer that READLINK. (Through a descriptor
+   * of its own: the session may close the device meanwhile, and its number be reused.) Resolves when
+   * the kernel has dropped it (or could not).
+   */
+  invalidateLinkTarget(nodeid: number): Promise<void> {
+    if (this.devFd < 0 || !this.initialized) return Promise.resolve();
+    const b = Buffer.alloc(OUT_HEADER_SIZE + 24);
+    notifyHeader(b, FUSE_NOTIFY_INVAL_INODE, b.length);
+    putU64(b, OUT_HEADER_SIZE, nodeid);
+    putI64(b, OUT_HEADER_SIZE + 8, 0);
+    putI64(b, OUT_HEADER_SIZE + 16, 0);
+    let fd: number;
+    try {
+      fd = N.dup(this.devFd);
+    } catch (e) {
+      this.opts.logger.warn({ err: e, nodeid }, 'symlink invalidation failed');
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      writeAsync(fd, b, (err) => {
+        closeAsync(fd, () => {});
+        // ENOENT: the kernel no longer knows the inode; ENODEV: unmounted meanwhile.
+        const code = err ? errCode(err) : undefined;
+        if (err && code !== 'ENOENT' && code !== 'ENODEV') this.opts.logger.warn({ err, nodeid }, 'symlink invalidation failed');
+        resolve();
+      });
+    });
   }
 
   private invalidateInode(nodeid: number, offset: number): void {

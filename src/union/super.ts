@@ -60,6 +60,8 @@ export interface UnionOptions {
   invalidateAttributes: (nodeid: number) => void;
   /** Tells the kernel a directory's listing changed behind its back (before the current reply). */
   invalidateListing: (nodeid: number) => void;
+  /** The kernel's cached target of a symlink is dropped (see FuseSession.invalidateLinkTarget); resolves when done. */
+  invalidateLinkTarget?: (nodeid: number) => Promise<void> | undefined;
   /**
    * Puts a regular file's data into the kernel's page cache of its inode (FUSE_NOTIFY_STORE); false
    * where it could not. Absent: never.
@@ -686,25 +688,42 @@ export class UnionFs implements FileSystem {
     // truncate). Through a descriptor, ftruncate moves them anyway (setAttributes).
     const emptied = truncatingToZero && !handle && !node.live.layer.isUpper && (req.valid & (FATTR_MTIME | FATTR_MTIME_NOW)) === 0 &&
       this.inodes.attr(node.live).size > 0;
-    return this.afterCopyUp(node, !truncatingToZero, (live) => {
+    return this.afterLinkDrop(this.afterCopyUp(node, !truncatingToZero, (live) => {
       if (live.type === C.S_IFREG && setattrKillsPrivs(req.valid)) killSuidSgidAt(ctx, live.location());
       setAttributes(live, emptied ? { ...req, valid: req.valid | FATTR_MTIME_NOW } : req, handle);
       if (req.valid & FATTR_MODE) this.acls.forget(live.ino); // chmod rewrites the ACL's owner, mask and other entries
       this.ctimeMoved(live);
       const attr = this.inodes.attr(live);
       return { attr, attrTimeout: this.attrTimeout(attr, node) };
-    }, (req.valid & FATTR_SIZE) === 0 ? 'metadata' : 'data');
+    }, (req.valid & FATTR_SIZE) === 0 ? 'metadata' : 'data'));
   }
 
   /**
    * A change that moved the ctime of `node` and left its entries alone (attributes, xattrs, flags, a
-   * rename of it). A directory's next listing must reach the daemon: its read moves atime where the
+   * rename of it). A directory's next listing, and a symlink's next follow, must reach the daemon: its read moves atime where the
    * atime options say (relatime: atime not after ctime), as the kernel's overlay does at every listing,
    * and the kernel's cache of the listing, kept while the directory's entries do not change, would
    * serve it without a word to the daemon.
    */
   private ctimeMoved(node: UnionNode): void {
     if (node.isDir) this.opts.invalidateListing(node.nodeid);
+    // (so is a symlink's next follow: the kernel keeps its target, and the overlay moves its atime then)
+    else if (node.type === C.S_IFLNK && node.lookups > 0) this.linkDrop = this.opts.invalidateLinkTarget?.(node.nodeid) ?? null;
+  }
+
+  /** A symlink's cached target being dropped by this request (see ctimeMoved), or null. */
+  private linkDrop: Promise<void> | null = null;
+
+  /**
+   * The reply of a request that changed a symlink waits until the kernel dropped its cached target:
+   * a follow the caller makes next then reaches the daemon. (A symlink is changed in the turn its
+   * request arrives: it is never copied up in steps.)
+   */
+  private afterLinkDrop<T>(r: T | Promise<T>): T | Promise<T> {
+    const drop = this.linkDrop;
+    if (drop === null) return r;
+    this.linkDrop = null;
+    return drop.then(() => r);
   }
 
   /**
@@ -851,7 +870,7 @@ export class UnionFs implements FileSystem {
   }
 
   rename(ctx: RequestContext, parent: number, name: string, newParent: number, newName: string, flags: number): void | Promise<void> {
-    return this.renameKnowing(ctx, parent, name, newParent, newName, flags, undefined);
+    return this.afterLinkDrop(this.renameKnowing(ctx, parent, name, newParent, newName, flags, undefined));
   }
 
   /**
@@ -958,14 +977,14 @@ export class UnionFs implements FileSystem {
     const real = settableName(this.xattrNames, name);
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseChange(node.live);
-    return this.afterCopyUp(node, true, (live) => {
+    return this.afterLinkDrop(this.afterCopyUp(node, true, (live) => {
       setXattr(live, real, value, flags);
       this.ctimeMoved(live);
       if (!isAclName(name)) return;
       // The upper filesystem set the mode bits from the ACL (keeping setgid: the daemon may).
       this.acls.forget(live.ino);
       if (setxattrFlags & FUSE_SETXATTR_ACL_KILL_SGID) dropSgidAt(live.location());
-    }, 'xattr');
+    }, 'xattr'));
   }
 
   removexattr(_ctx: RequestContext, nodeid: number, name: string): void | Promise<void> {
@@ -973,11 +992,11 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid).live;
     this.fsflags.refuseChange(node);
     if (!node.layer.isUpper) checkRemovable(node, real);
-    return this.afterCopyUp(node, true, (live) => {
+    return this.afterLinkDrop(this.afterCopyUp(node, true, (live) => {
       removeXattr(live, real);
       this.ctimeMoved(live);
       if (isAclName(name)) this.acls.forget(live.ino);
-    }, 'xattr');
+    }, 'xattr'));
   }
 
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): void {
