@@ -109,7 +109,7 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
       out.push({ name, type, ino });
     }
     // (only in a directory that is not merged)
-    if (withOrigins && !remapped && dir.dirLayers!.length === 1 && impureCleared) dropImpure(inodes, dir, layer, dirfd, impureCleared);
+    if (withOrigins && !remapped && dir.dirLayers!.length === 1 && impureCleared) dropImpure(dir, layer, dirfd, impureCleared);
     for (const name of ociHidden) hidden.add(name);
   }
   if (lower) {
@@ -125,11 +125,12 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
 /**
  * An impure upper directory that is not merged, none of whose entries has a d_ino other than its
  * real inode number any more (the copied-up ones were removed or moved away): its mark goes, as the
- * kernel's readdir removes it then (ovl_cache_get_impure), which moves the directory's ctime. Only
- * where every layer shares one filesystem: elsewhere the kernel remaps every d_ino (xino) or none.
+ * kernel's readdir removes it then (ovl_cache_get_impure), which moves the directory's ctime. The
+ * kernel does so where every layer shares one filesystem, and with xino bits (layers on several,
+ * whose upper objects keep their real numbers): strata numbers inodes that way wherever the layers
+ * are on several filesystems (LayerStack.inoOf).
  */
-function dropImpure(inodes: InodeTable, dir: UnionNode, layer: Layer, dirfd: number, cleared: (dir: UnionNode) => void): void {
-  if (!inodes.stack.sameFs) return;
+function dropImpure(dir: UnionNode, layer: Layer, dirfd: number, cleared: (dir: UnionNode) => void): void {
   if (!clearImpure(dirfd, layer.markerNs)) return;
   // The kernel's overlay times the listing after it removed the mark (atime after the new ctime):
   // a second read of the directory lets the upper filesystem apply the atime options to it again.
