@@ -72,17 +72,12 @@ for d, dirs, files in os.walk(root):
 print(json.dumps(out, sort_keys=True))
 `;
 
-/**
- * The overlay.* xattrs of every object of an upper, hex. Without the upper root's overlay.uuid: the
- * kernel (uuid=auto) stamps every upper it mounts with one, strata does not (no NFS export).
- */
+/** The overlay.* xattrs of every object of an upper, hex; the upper root's overlay.uuid (random) by its length. */
 function overlayXattrs(upper: string): Record<string, Record<string, string>> {
   const dump = JSON.parse(runOk(PYTHON, ['-c', XATTR_DUMP, upper])) as Record<string, Record<string, string>>;
   const root = dump['.'];
   if (root) {
-    delete root['trusted.overlay.uuid'];
-    delete root['user.overlay.uuid'];
-    if (Object.keys(root).length === 0) delete dump['.'];
+    for (const name of ['trusted.overlay.uuid', 'user.overlay.uuid']) if (root[name] !== undefined) root[name] = `(${root[name]!.length / 2} bytes)`;
   }
   return dump;
 }
@@ -575,3 +570,34 @@ test.serial('index=on: the upper root gets the origin of the first lower layer\'
   strataUnmount(strataMount(t, { lowers: [l2], upper: s.upper, work: s.work, mountpoint: sm }));
   t.is(origin(s.upper), origin(k.upper), 'a mount without index=on leaves the mark');
 });
+
+// uuid=: the kernel stamps a new upper's root with overlay.uuid (auto, on; not auto over a root marked
+// impure already; also on a read-only mount), and with uuid=off writes origins with a null UUID. All
+// layers on one tmpfs, whose UUID is random (this machine's ext4 reports a null one).
+for (const [label, options, impureRoot] of [['default', [], false], ['uuid=on', ['uuid=on'], false], ['uuid=null', ['uuid=null'], false],
+  ['uuid=off', ['uuid=off'], false], ['ro', ['ro'], false], ['default over an impure root', [], true], ['uuid=on over an impure root', ['uuid=on'], true],
+  ['userxattr', ['userxattr'], false]] as const) {
+  test.serial(`uuid: the upper root's overlay.uuid and the UUID in origins, as the kernel's (${label})`, (t) => {
+    const fsRoot = tmpfsDir(t, tempDir(t));
+    const lower = path.join(fsRoot, 'l');
+    fs.mkdirSync(path.join(lower, 'd'), { recursive: true });
+    fs.writeFileSync(path.join(lower, 'd/f'), 'f');
+    const ns = options.includes('userxattr' as never) ? 'user' : 'trusted';
+    const result = (side: 'k' | 's'): string[] => {
+      const d = upperDirs(fsRoot, side);
+      if (impureRoot) N.lsetxattr(N.C.AT_FDCWD, d.upper, `${ns}.overlay.impure`, Buffer.from('y'), 0);
+      const spec = { lowers: [lower], upper: d.upper, work: d.work, options };
+      const mnt = side === 'k' ? kernelOverlay(t, spec) : strataMount(t, spec);
+      if (!options.includes('ro' as never)) fs.chmodSync(path.join(mnt, 'd/f'), 0o600);
+      if (side === 'k') unmountQuietly(mnt);
+      else strataUnmount(mnt);
+      const uuid = N.lgetxattr(N.C.AT_FDCWD, d.upper, `${ns}.overlay.uuid`);
+      const copy = path.join(d.upper, 'd/f');
+      const origin = fs.existsSync(copy) ? N.lgetxattr(N.C.AT_FDCWD, copy, `${ns}.overlay.origin`) : null;
+      return [uuid === null ? 'no uuid' : `uuid of ${uuid.length} bytes`, origin === null ? 'no origin' : `origin UUID ${decodeOrigin(origin)?.uuid.equals(Buffer.alloc(16)) ? 'null' : 'of the tmpfs'}`];
+    };
+    const k = result('k');
+    t.deepEqual(result('s'), k);
+    t.log(k.join(', '));
+  });
+}

@@ -12,7 +12,7 @@ import type { MountParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
 import { SetupError, type ResolvedLayout } from './validate.js';
-import { rootOrigin } from '../union/origin.js';
+import { rootOrigin, stampUuid, useNullUuids } from '../union/origin.js';
 import { mountFlags, type VfsFlagParams } from './mount_flags.js';
 import { DaemonLogger } from './log.js';
 import { errCode } from '../fuse/errors.js';
@@ -117,10 +117,13 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects, userxattr: params.userxattr, metacopy: params.metacopy, verity: params.verity,
     dataDirs: layout.datadirs,
   });
+  // (uuid=off needs one filesystem, as the kernel's: elsewhere it falls back to null)
+  if (params.uuid === 'off' && stack.sameFs) useNullUuids(stack);
   if (params.index && work && options.writeFormat !== 'oci' && rootOrigin(stack, params.userxattr) === 'other') {
     stack.close();
     throw new SetupError('index=on: the upper root\'s overlay.origin names another lower layer than the first one given (the kernel refuses this mount too: "failed to verify upper root origin")');
   }
+  if ((params.uuid === 'auto' || params.uuid === 'on') && work && options.writeFormat !== 'oci') stampUuid(stack, params.userxattr, params.uuid);
   const workFd = work ? stack.openBesideUpper(work) : -1;
   const cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   // The inode origins are read now; LevelDB opens in the background later (see live(); requests

@@ -15,6 +15,7 @@
 // directory, and for a non-directory when the origin has one link. That is what keeps st_ino across
 // copy-up and across remounts, and what `readOrigin` gives back to strata.
 
+import { closeSync, openSync, readSync } from 'node:fs';
 import os from 'node:os';
 import * as N from '../native/index.js';
 import type { Layer, LayerStack } from './layers.js';
@@ -206,6 +207,52 @@ export function fixOrigin(upperDir: number, name: string, lower: Layer, lowerDir
     throw e;
   }
   return { origin: true, impure: markImpure(upperDir, userxattr) };
+}
+
+/**
+ * uuid=off (layers on one filesystem): the kernel writes origins with a null UUID and decodes only
+ * those (ovl_origin_uuid); so does strata from now on, for this stack's layers.
+ */
+export function useNullUuids(stack: LayerStack): void {
+  for (const layer of [...stack.layers, ...stack.dataLayers]) uuids.set(layer, NULL_UUID);
+}
+
+/** 16 random bytes as a version 4 UUID (as uuid_gen). (Not node:crypto: its import costs a mount about 9 ms.) */
+function randomUuid(): Buffer {
+  const b = Buffer.alloc(16);
+  const fd = openSync('/dev/urandom', 'r');
+  try {
+    readSync(fd, b, 0, 16, null);
+  } finally {
+    closeSync(fd);
+  }
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  return b;
+}
+
+export const UUID_XATTR_TRUSTED = 'trusted.overlay.uuid';
+export const UUID_XATTR_USER = 'user.overlay.uuid';
+
+/**
+ * uuid=auto (the default) or on: at mount the kernel gives the upper root an overlay.uuid of its own (16
+ * random bytes, its instance's UUID) where it has none, but for uuid=auto on an upper whose root is
+ * marked impure already (an overlay mounted before uuids existed): ovl_init_uuid_xattr. On a read-only
+ * mount too. 'written', or 'none' where it has one, needs none or cannot take it.
+ */
+export function stampUuid(stack: LayerStack, userxattr: boolean, mode: 'auto' | 'on'): 'written' | 'none' {
+  const upper = stack.upper;
+  if (!upper) return 'none';
+  const name = userxattr ? UUID_XATTR_USER : UUID_XATTR_TRUSTED;
+  try {
+    if (N.lgetxattr(upper.fd, '', name) !== null) return 'none';
+    if (mode === 'auto' && N.lgetxattr(upper.fd, '', impureXattrName(userxattr)) !== null) return 'none';
+    N.lsetxattr(upper.fd, '', name, randomUuid(), 0);
+    return 'written';
+  } catch (e) {
+    if (isNoXattrs(e) || (e as N.ErrnoError).code === 'EROFS') return 'none';
+    throw e;
+  }
 }
 
 /**

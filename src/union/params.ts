@@ -28,6 +28,11 @@ export interface MountParams {
   nfsExport: boolean;
   /** index=on: only its mark on the upper root is made (see rootOrigin); strata keeps no inode index. */
   index: boolean;
+  /**
+   * uuid=: auto (default) and on stamp a new upper's root with overlay.uuid (see stampUuid); off
+   * writes origins with a null filesystem UUID (one filesystem only, else as null); null does neither.
+   */
+  uuid: 'auto' | 'on' | 'null' | 'off';
   nodev: boolean;
   nosuid: boolean;
   noexec: boolean;
@@ -139,7 +144,7 @@ const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsy
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
 const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext',
-  'uuid', 'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
+  'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
   // FUSE's own mount data, which mount(8) passes back on a remount
   'user_id', 'group_id', 'rootmode', 'fd']);
@@ -150,7 +155,7 @@ const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext
  */
 export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
-    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, index: false, redirectDir: false, metacopy: false, verity: 'off',
+    lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, index: false, uuid: 'auto', redirectDir: false, metacopy: false, verity: 'off',
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
     newDirsOpaque: false, noFollowRedirects: false,
   };
@@ -245,6 +250,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         // fuse-overlayfs maps owners for user namespaces with these; mounting without the mapping
         // would show wrong owners, so it is refused rather than ignored.
         throw new UsageError(`${key}= (owner mapping for user namespaces) is not supported by strata; use podman without --uidmap/--userns, or the kernel's idmapped mounts`);
+      case 'uuid':
+        if (value !== 'auto' && value !== 'on' && value !== 'null' && value !== 'off') throw new UsageError(`bad value for 'uuid': "${value}" (auto, on, null or off)`);
+        p.uuid = value;
+        break;
       case 'verity':
         if (value !== 'off' && value !== 'on' && value !== 'require') throw new UsageError(`bad value for 'verity': "${value}" (off, on or require)`);
         p.verity = value;

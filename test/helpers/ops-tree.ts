@@ -31,12 +31,13 @@ export interface NodeInfo {
 export type Snapshot = Record<string, NodeInfo>;
 
 /**
- * Kernel-internal overlay xattrs whose values strata need not write alike (nlink/uuid caches, protattr).
+ * Kernel-internal overlay xattrs whose values strata need not write alike (nlink caches, protattr).
  * The impure mark is compared: strata sets and removes it where the kernel does. So is an origin, by
- * whether there is one and whether it is empty (its file handle names each side's own lower copy).
+ * whether there is one and whether it is empty (its file handle names each side's own lower copy),
+ * and the upper root's uuid by whether there is one (random).
  */
-const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|uuid|upper|protattr)$/;
-const ORIGIN = /^(trusted|user)\.overlay\.origin$/;
+const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|upper|protattr)$/;
+const ORIGIN = /^(trusted|user)\.overlay\.(origin|uuid)$/;
 
 export type SnapshotMode =
   /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
@@ -183,7 +184,7 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
         const [k, v] = kv.split(':') as [string, string];
         const key = Buffer.from(k, 'hex').toString('utf8');
         if (mode === 'upper' && KERNEL_INTERNAL.test(key)) continue;
-        if (mode === 'upper' && ORIGIN.test(key) && !v.startsWith('ERR')) info.xattrs[key] = v === '' ? '(unknown)' : '(a handle)';
+        if (mode === 'upper' && ORIGIN.test(key) && !v.startsWith('ERR')) info.xattrs[key] = v === '' ? '(empty)' : '(a value)';
         else info.xattrs[key] = v.startsWith('ERR') ? v : printable(Buffer.from(v, 'hex'));
       }
       // listxattr order is the filesystem's business
