@@ -207,13 +207,13 @@ export class UnionFs implements FileSystem {
     if (this.lacksOrigin(parent, name, hit)) {
       // (a plain listing does not look its entries up on the kernel's overlay: the lookup comes later)
       if (listing) return null;
-      this.fixOrigin(parent, name, hit);
+      this.fixDirOrigin(parent, name, hit);
     }
     return [this.inodes.fromHit(parent, name, hit, want), hit.st];
   }
 
   /**
-   * Is `hit` a merged directory whose upper part has no overlay.origin (see origin.ts, fixOrigin)?
+   * Is `hit` a merged directory whose upper part has no overlay.origin (see fixDirOrigin)?
    * Not asked with nfs_export=on: the kernel, which then verifies such origins against its index,
    * shows the upper part's st_ino for a directory it did not index, and strata keeps no index.
    */
@@ -228,7 +228,7 @@ export class UnionFs implements FileSystem {
    * on a read-only mount): its st_ino is then that part's. Both changes move a ctime: the
    * directory's is read again for the reply, the parent's is told to the kernel.
    */
-  private fixOrigin(parent: UnionNode, name: string, hit: LayerHit): void {
+  private fixDirOrigin(parent: UnionNode, name: string, hit: LayerHit): void {
     const userxattr = this.writable!.upper.markers === 'user';
     const upperDir = parent.dirFd(hit.layer);
     const lower = hit.dirLayers![1]!;
@@ -700,14 +700,13 @@ export class UnionFs implements FileSystem {
 
   /**
    * A change that moved the ctime of `node` and left its entries alone (attributes, xattrs, flags, a
-   * rename of it). A directory's next listing, and a symlink's next follow, must reach the daemon: its read moves atime where the
-   * atime options say (relatime: atime not after ctime), as the kernel's overlay does at every listing,
-   * and the kernel's cache of the listing, kept while the directory's entries do not change, would
-   * serve it without a word to the daemon.
+   * rename of it). A directory's next listing, and a symlink's next follow, must reach the daemon:
+   * that read moves atime where the atime options say (relatime: atime not after ctime), as the
+   * kernel's overlay does at every listing and follow, and the kernel's cache of the listing (kept
+   * while the directory's entries do not change) or of the target would serve it without a word.
    */
   private ctimeMoved(node: UnionNode): void {
     if (node.isDir) this.opts.invalidateListing(node.nodeid);
-    // (so is a symlink's next follow: the kernel keeps its target, and the overlay moves its atime then)
     else if (node.type === C.S_IFLNK && node.lookups > 0) this.linkDrop = this.opts.invalidateLinkTarget?.(node.nodeid) ?? null;
   }
 
