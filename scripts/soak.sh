@@ -8,7 +8,8 @@
 # NO_BUILD=1 (skip `make build`), KEEP_GOING=0 (stop at the first failing batch), TMPFS=1 (the seeds run
 # with each upper on a tmpfs of its own, as random-ops' STRATA_TMPFS_SEEDS), REDIRECT=1 (with
 # redirect_dir=on on both sides, as STRATA_REDIRECT_SEEDS), USERXATTR=1 (with userxattr on both sides, as
-# STRATA_USERXATTR_SEEDS), METACOPY=1 (with metacopy=on over a kernel-written upper, as STRATA_METACOPY_SEEDS).
+# STRATA_USERXATTR_SEEDS), METACOPY=1 (with metacopy=on over a kernel-written upper, as STRATA_METACOPY_SEEDS),
+# HANDMADE=1 (over an upper made by hand, as STRATA_HANDMADE_SEEDS).
 # Each batch's output goes to .cache/soak/seeds-A-B.log; the failing seeds and their repro
 # commands are listed at the end. Exit status: 0 if every seed passed.
 set -euo pipefail
@@ -32,11 +33,12 @@ for ((a = first; a <= last; a += batch)); do
   log="$logdir/seeds-$a-$b.log"
   printf 'soak: seeds %d-%d (%d ops each) ... ' "$a" "$b" "$STRATA_OPS"
   # a seed of 1000 ops can take minutes: more than ava's default of 5 without a result
-  if [[ ${METACOPY:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS="$a-$b")
-  elif [[ ${REDIRECT:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS="$a-$b" STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS=)
-  elif [[ ${USERXATTR:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS="$a-$b" STRATA_METACOPY_SEEDS=)
-  elif [[ ${TMPFS:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS="$a-$b" STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS=)
-  else seeds=(STRATA_SEEDS="$a-$b" STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS=); fi
+  if [[ ${HANDMADE:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS="$a-$b")
+  elif [[ ${METACOPY:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS="$a-$b" STRATA_HANDMADE_SEEDS=)
+  elif [[ ${REDIRECT:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS="$a-$b" STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS=)
+  elif [[ ${USERXATTR:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS="$a-$b" STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS=)
+  elif [[ ${TMPFS:-0} == 1 ]]; then seeds=(STRATA_SEEDS= STRATA_TMPFS_SEEDS="$a-$b" STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS=)
+  else seeds=(STRATA_SEEDS="$a-$b" STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS=); fi
   if env "${seeds[@]}" ./node_modules/.bin/ava --timeout=60m dist/test/random-ops.test.js >"$log" 2>&1; then
     echo ok
   else
@@ -51,11 +53,12 @@ echo "soak: $((first))..$((last)) in $(($(date +%s) - start)) s, logs in $logdir
 if ((${#failed[@]})); then
   echo "soak: failing seeds: ${failed[*]}"
   for s in "${failed[@]}"; do
-    if [[ ${METACOPY:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS=$s"
-    elif [[ ${REDIRECT:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS=$s STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS="
-    elif [[ ${USERXATTR:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS=$s STRATA_METACOPY_SEEDS="
-    elif [[ ${TMPFS:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS=$s STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS="
-    else seeds="STRATA_SEEDS=$s STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS="; fi
+    if [[ ${HANDMADE:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS=$s"
+    elif [[ ${METACOPY:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS=$s STRATA_HANDMADE_SEEDS="
+    elif [[ ${REDIRECT:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS=$s STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS="
+    elif [[ ${USERXATTR:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS=$s STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS="
+    elif [[ ${TMPFS:-0} == 1 ]]; then seeds="STRATA_SEEDS= STRATA_TMPFS_SEEDS=$s STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS="
+    else seeds="STRATA_SEEDS=$s STRATA_TMPFS_SEEDS= STRATA_REDIRECT_SEEDS= STRATA_USERXATTR_SEEDS= STRATA_METACOPY_SEEDS= STRATA_HANDMADE_SEEDS="; fi
     echo "  repro: $seeds STRATA_OPS=$STRATA_OPS ./node_modules/.bin/ava --timeout=60m dist/test/random-ops.test.js"
   done
   exit 1

@@ -73,6 +73,11 @@ const USERXATTR_SEEDS = parseSeeds(process.env.STRATA_USERXATTR_SEEDS ?? '9');
  * they are compared through fresh kernel mounts only.
  */
 const METACOPY_SEEDS = parseSeeds(process.env.STRATA_METACOPY_SEEDS ?? '10');
+/**
+ * Seeds run over an upper made by hand (see handMadeUpper): directories over lower ones without an
+ * overlay.origin, which the kernel's first lookup of each gives one (ovl_fix_origin).
+ */
+const HANDMADE_SEEDS = parseSeeds(process.env.STRATA_HANDMADE_SEEDS ?? '11');
 const OPS = Number(process.env.STRATA_OPS ?? 300);
 if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
 
@@ -709,9 +714,9 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 
 function reproCommand(seed: number, ops: number, po: PairOptions): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
-  const only = (v: string): string => ['STRATA_SEEDS', 'STRATA_TMPFS_SEEDS', 'STRATA_REDIRECT_SEEDS', 'STRATA_USERXATTR_SEEDS', 'STRATA_METACOPY_SEEDS']
-    .map((k) => `${k}=${k === v ? seed : ''}`).join(' ');
-  const seeds = po.options?.includes('metacopy=on') ? only('STRATA_METACOPY_SEEDS')
+  const only = (v: string): string => ['STRATA_SEEDS', 'STRATA_TMPFS_SEEDS', 'STRATA_REDIRECT_SEEDS', 'STRATA_USERXATTR_SEEDS', 'STRATA_METACOPY_SEEDS',
+    'STRATA_HANDMADE_SEEDS'].map((k) => `${k}=${k === v ? seed : ''}`).join(' ');
+  const seeds = po.options?.includes('metacopy=on') ? only('STRATA_METACOPY_SEEDS') : po.upperFrom ? only('STRATA_HANDMADE_SEEDS')
     : po.options?.includes('redirect_dir=on') ? only('STRATA_REDIRECT_SEEDS') : po.options?.includes('userxattr') ? only('STRATA_USERXATTR_SEEDS')
     : po.upperOnTmpfs ? only('STRATA_TMPFS_SEEDS') : only('STRATA_SEEDS');
   return `make build && ${peer}${seeds} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
@@ -728,11 +733,14 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOption
   const { pair } = run;
   const replay = process.env.STRATA_REPLAY ? (JSON.parse(fs.readFileSync(process.env.STRATA_REPLAY, 'utf8')) as Op[]) : undefined;
   const gen = new OpGenerator(rng(seed ^ 0x5eed5eed), layerNames(layers));
+  const handMade = po.upperFrom !== undefined && !po.options?.includes('metacopy=on');
   const done: Op[] = [];
   const total = replay?.length ?? nOps;
   let closing: Op[] | undefined;
   for (let i = 0; i < total || (!replay && (closing ??= gen.fd.closeAll()).length); i++) {
     const op = replay ? replay[i]! : i < total ? gen.next(list(pair.kernel.mnt)) : closing!.shift()!;
+    // (over an upper made by hand a lookup may change it, as the walk above did the kernel's: the same walk here)
+    if (handMade && !replay && i < total) list(pair.strata.mnt);
     done.push(op);
     const { kernel, mismatch: m } = runStep(run, op, i);
     gen.fd.observe(op, kernel.result);
@@ -789,6 +797,35 @@ for (const seed of USERXATTR_SEEDS) {
 for (const seed of METACOPY_SEEDS) {
   test.serial(`seed ${seed}, metacopy=on over the kernel's metadata-only copies: ${OPS} random operations agree with the kernel`,
     (t) => runSeed(t, seed, OPS, { options: ['metacopy=on'], upperFrom: kernelMetacopies(seed) }));
+}
+
+// The same over an upper made by hand (see HANDMADE_SEEDS).
+for (const seed of HANDMADE_SEEDS) {
+  test.serial(`seed ${seed}, over an upper made by hand: ${OPS} random operations agree with the kernel`,
+    (t) => runSeed(t, seed, OPS, { upperFrom: handMadeUpper(seed) }));
+}
+
+/**
+ * An upper as a tool other than an overlay makes one: about half the directories the lowers hold, made
+ * again in the upper with mkdir (no overlay.origin; their parents too), some with a new file, chosen by
+ * `seed` (the same for both sides' copies).
+ */
+function handMadeUpper(seed: number): (upper: string, lowers: string[]) => void {
+  return (upper, lowers) => {
+    const r = rng(seed * 104729 + 3);
+    const dirs = new Set<string>();
+    for (const lower of lowers) for (const p of walk(lower).slice(1)) if (fs.lstatSync(path.join(lower, p)).isDirectory()) dirs.add(p);
+    let n = 0;
+    for (const d of [...dirs].sort()) {
+      if (r() < 0.5) continue;
+      try {
+        fs.mkdirSync(path.join(upper, d), { recursive: true, mode: 0o755 });
+        if (r() < 0.3) fs.writeFileSync(path.join(upper, d, `hm-${n++}`), 'hand made\n');
+      } catch {
+        // (a name a non-directory holds in the upper already)
+      }
+    }
+  };
 }
 
 /**
