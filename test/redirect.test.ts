@@ -464,3 +464,11 @@ test.serial('verity= takes off, on or require, as the kernel: anything else is r
     }
   }
 });
+
+test.serial('redirect_dir=on: a rename of a lower directory over a new non-empty one in another directory fails with ENOTEMPTY after the kernel\'s changes: source copied up with its redirect, new parent marked impure', (t) => {
+  const c = new Checks(t);
+  const pair = setupPair(t, [LOWER], { options: ['redirect_dir=on'] });
+  shellBoth(c, pair, [{ sh: `mkdir keep/data keep/data/y && ${renames([['a', 'keep/data'], ['c', 'p/q']])}` }]);
+  unmountAndCompareUppers(c, pair);
+  c.done();
+});

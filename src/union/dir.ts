@@ -681,6 +681,11 @@ export class DirOps {
       // the upper directories failed: that attempt too, for what the upper's filesystem does then)
       this.copyUp.ensure(node);
       this.redirectFor(parent, oldName, node, parent === newParent);
+      // (and marked the new parent impure, the source having an origin now, as ovl_rename does first)
+      if (parent !== newParent && hasOrigin(parent.dirFd(this.up), oldName, this.up.markerNs)) {
+        this.copyUp.ensure(newParent);
+        markImpure(newParent.dirFd(this.up), this.opts.userxattr);
+      }
       this.failingRename(parent, oldName, node, newParent, target);
       return;
     }
