@@ -249,6 +249,11 @@ export class InodeTable {
     return this.stack.inoOf(layer, realIno);
   }
 
+  /** Has the upper object with inode number `realIno` been seen with an origin that decodes (no read)? */
+  knowsOrigin(realIno: number): boolean {
+    return (this.upperOrigins.get(realIno) ?? null) !== null;
+  }
+
   /** The upper object with inode number `realIno` was given an origin: its st_ino is read again. */
   originWritten(realIno: number): void {
     this.upperOrigins.delete(realIno);

@@ -231,26 +231,25 @@ function randomUuid(): Buffer {
   return b;
 }
 
-export const UUID_XATTR_TRUSTED = 'trusted.overlay.uuid';
-export const UUID_XATTR_USER = 'user.overlay.uuid';
+const UUID_XATTR_TRUSTED = 'trusted.overlay.uuid';
+const UUID_XATTR_USER = 'user.overlay.uuid';
 
 /**
  * uuid=auto (the default) or on: at mount the kernel gives the upper root an overlay.uuid of its own (16
  * random bytes, its instance's UUID) where it has none, but for uuid=auto on an upper whose root is
  * marked impure already (an overlay mounted before uuids existed): ovl_init_uuid_xattr. On a read-only
- * mount too. 'written', or 'none' where it has one, needs none or cannot take it.
+ * mount too. Nothing where it has one, needs none or cannot take it.
  */
-export function stampUuid(stack: LayerStack, userxattr: boolean, mode: 'auto' | 'on'): 'written' | 'none' {
+export function stampUuid(stack: LayerStack, userxattr: boolean, mode: 'auto' | 'on'): void {
   const upper = stack.upper;
-  if (!upper) return 'none';
+  if (!upper) return;
   const name = userxattr ? UUID_XATTR_USER : UUID_XATTR_TRUSTED;
   try {
-    if (N.lgetxattr(upper.fd, '', name) !== null) return 'none';
-    if (mode === 'auto' && N.lgetxattr(upper.fd, '', impureXattrName(userxattr)) !== null) return 'none';
+    if (N.lgetxattr(upper.fd, '', name) !== null) return;
+    if (mode === 'auto' && N.lgetxattr(upper.fd, '', impureXattrName(userxattr)) !== null) return;
     N.lsetxattr(upper.fd, '', name, randomUuid(), 0);
-    return 'written';
   } catch (e) {
-    if (isNoXattrs(e) || (e as N.ErrnoError).code === 'EROFS') return 'none';
+    if (isNoXattrs(e) || (e as N.ErrnoError).code === 'EROFS') return;
     throw e;
   }
 }

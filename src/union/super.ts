@@ -220,6 +220,8 @@ export class UnionFs implements FileSystem {
   private lacksOrigin(parent: UnionNode, name: string, hit: LayerHit): boolean {
     const markers = this.writable?.upper.markers;
     if (!markers || this.opts.nfsExport || !hit.layer.isUpper || hit.dirLayers === null || hit.dirLayers.length < 2) return false;
+    // (an origin read before, by an earlier lookup or a listing, is not read again)
+    if (this.inodes.knowsOrigin(hit.st[N.ST.ino]!)) return false;
     return lacksOrigin(parent.dirFd(hit.layer), name, markers === 'user');
   }
 
