@@ -85,6 +85,11 @@ export class DirOps {
     private readonly inodes: InodeTable,
     private readonly copyUp: CopyUp,
     private readonly opts: DirOptions,
+    /**
+     * Called for a directory changed where no reply tells the kernel (a failing rename's marks): its
+     * cached attributes and listing are dropped, so that the next listing reaches the daemon.
+     */
+    private readonly changedBehind: (node: UnionNode) => void,
   ) {
     this.whiteouts = new WhiteoutMaker(upper.workFd, workName);
   }
@@ -684,7 +689,8 @@ export class DirOps {
       // (and marked the new parent impure, the source having an origin now, as ovl_rename does first)
       if (parent !== newParent && hasOrigin(parent.dirFd(this.up), oldName, this.up.markerNs)) {
         this.copyUp.ensure(newParent);
-        markImpure(newParent.dirFd(this.up), this.opts.userxattr);
+        // (its ctime moved, and the kernel's next listing of it may drop the mark again: see readdir)
+        if (markImpure(newParent.dirFd(this.up), this.opts.userxattr)) this.changedBehind(newParent);
       }
       this.failingRename(parent, oldName, node, newParent, target);
       return;

@@ -151,7 +151,7 @@ export class UnionFs implements FileSystem {
         protattr: this.fsflags.protattrName, metacopy: opts.upper.metacopy === true,
       };
       const copyUp = new CopyUp(upper, this.inodes, (node) => this.changedBehind(node), (dir) => opts.invalidateListing(dir.nodeid));
-      this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper) };
+      this.writable = { upper, copyUp, dirs: new DirOps(upper, this.inodes, copyUp, opts.upper, (node) => this.changedBehind(node)) };
     } else {
       this.writable = null;
     }
