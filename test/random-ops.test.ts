@@ -675,11 +675,23 @@ function opensFifo(root: string, op: Op): boolean {
   }
 }
 
-/** Greedy delta debugging: drops chunks of ops as long as the failure stays (see trial). */
+/** Greedy delta debugging: drops chunks of ops as long as the failure stays (see trial), after cutting a failure of the final comparisons to its shortest failing prefix. */
 function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final: boolean, budgetMs: number, po: PairOptions): { ops: Op[]; trials: number } {
   const end = Date.now() + budgetMs;
   let cur = ops;
   let trials = 0;
+  if (final) {
+    // A failure the final comparisons find may come from an early op: first the shortest failing
+    // prefix, by bisection (cheaper than dropping chunks of a long run one trial at a time).
+    let lo = 0;
+    while (cur.length - lo > 1 && Date.now() < end) {
+      const mid = (lo + cur.length) >> 1;
+      trials++;
+      const m = trial(t, layers, cur.slice(0, mid), true, po);
+      if (m) cur = cur.slice(0, m.index + 1);
+      else lo = mid;
+    }
+  }
   for (let chunk = Math.max(1, Math.floor(cur.length / 2)); chunk >= 1 && Date.now() < end; chunk = Math.floor(chunk / 2)) {
     for (let at = 0; at < cur.length && Date.now() < end; ) {
       const cand = [...cur.slice(0, at), ...cur.slice(at + chunk)];
