@@ -11,6 +11,7 @@ import path from 'node:path';
 import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { setupPair, type Pair, type Side } from './helpers/ops-pair.js';
 import { python } from './helpers/python.js';
+import { holdPageCacheLock } from './helpers/page-cache.js';
 
 /**
  * Runs handle commands in one process, in order; prints one answer per command:
@@ -73,6 +74,14 @@ print(json.dumps(out))
 type Cmd = [string, ...string[]];
 
 const OPTIONS = ['index=on', 'nfs_export=on'];
+
+// The "drop" steps drop the machine's caches: not while a test of another file needs its reads to stay
+// cached (see holdPageCacheLock), so this file holds the lock shared while it runs.
+let releaseCacheLock = (): void => {};
+test.before(async () => {
+  releaseCacheLock = await holdPageCacheLock('shared');
+});
+test.after.always(() => releaseCacheLock());
 
 function handles(side: Side, cmds: readonly Cmd[]): unknown[] {
   const abs = cmds.map((c): Cmd => (c[0] === 'save' ? ['save', path.join(side.mnt, c[1]!), c[2]!] : c[0] === 'open' ? ['open', side.mnt, c[1]!, c[2] ?? ''] : ['drop', side.mnt]));

@@ -479,7 +479,7 @@ test('the examples/ layers merge as examples/README.md describes', (t) => {
 // ---------------------------------------------------------------------------------------------
 // Identity and listing
 
-test('st_ino is unique, equals d_ino, and survives cache eviction and remounts', (t) => {
+test('st_ino is unique, equals d_ino, and survives cache eviction and remounts', async (t) => {
   const root = tempDir(t);
   const lowers = materializeLayers(root, randomLayers(7));
   const inos = (mnt: string): Map<string, bigint> => snapshot(mnt, { noContent: true }).inodes;
@@ -490,7 +490,13 @@ test('st_ino is unique, equals d_ino, and survives cache eviction and remounts',
   ] as const) {
     const mnt = mount();
     const first = inos(mnt);
-    fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
+    // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
+    const release = await holdPageCacheLock('shared');
+    try {
+      fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
+    } finally {
+      release();
+    }
     const evicted = inos(mnt);
     if (name === 'kernel') unmountQuietly(mnt);
     else strataUnmount(mnt);
