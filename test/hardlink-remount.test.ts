@@ -5,7 +5,7 @@
 import test from 'ava';
 import { runOk } from './helpers/exec.js';
 import { setupPair } from './helpers/ops-pair.js';
-import { holdPageCacheLock } from './helpers/page-cache.js';
+import { dropMachineCaches } from './helpers/page-cache.js';
 
 const MAKE = `
 import os
@@ -43,15 +43,7 @@ for (const how of ['remount', 'drop_caches'] as const) {
     for (const side of [pair.kernel, pair.strata]) {
       runOk('python3', ['-c', MAKE], { cwd: side.mnt });
       if (how === 'remount') side.remount();
-      else {
-        // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
-        const release = await holdPageCacheLock('shared');
-        try {
-          runOk('sh', ['-c', 'echo 2 > /proc/sys/vm/drop_caches']);
-        } finally {
-          release();
-        }
-      }
+      else await dropMachineCaches(2);
       out[side.name] = runOk('python3', ['-c', CHANGE], { cwd: side.mnt });
     }
     t.regex(out.kernel!, /after uid=1000 size=70004/);

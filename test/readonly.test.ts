@@ -16,7 +16,7 @@ import { ociToKernel } from './helpers/oci.js';
 import { compareWithKernel, lookup } from './helpers/oracle.js';
 import { examplesDir } from './helpers/paths.js';
 import { AT, SEEK, python } from './helpers/python.js';
-import { holdPageCacheLock } from './helpers/page-cache.js';
+import { dropMachineCaches, holdPageCacheLock } from './helpers/page-cache.js';
 import { snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 
@@ -490,13 +490,7 @@ test('st_ino is unique, equals d_ino, and survives cache eviction and remounts',
   ] as const) {
     const mnt = mount();
     const first = inos(mnt);
-    // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
-    const release = await holdPageCacheLock('shared');
-    try {
-      fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
-    } finally {
-      release();
-    }
+    await dropMachineCaches(2);
     const evicted = inos(mnt);
     if (name === 'kernel') unmountQuietly(mnt);
     else strataUnmount(mnt);

@@ -26,6 +26,8 @@ export const ORIGIN_XATTR_TRUSTED = 'trusted.overlay.origin';
 export const ORIGIN_XATTR_USER = 'user.overlay.origin';
 export const IMPURE_XATTR_TRUSTED = 'trusted.overlay.impure';
 export const IMPURE_XATTR_USER = 'user.overlay.impure';
+const UUID_XATTR_TRUSTED = 'trusted.overlay.uuid';
+const UUID_XATTR_USER = 'user.overlay.uuid';
 
 const OVL_FH_VERSION = 0;
 const OVL_FH_MAGIC = 0xfb;
@@ -230,9 +232,6 @@ function randomUuid(): Buffer {
   b[8] = (b[8]! & 0x3f) | 0x80;
   return b;
 }
-
-const UUID_XATTR_TRUSTED = 'trusted.overlay.uuid';
-const UUID_XATTR_USER = 'user.overlay.uuid';
 
 /**
  * uuid=auto (the default) or on: at mount the kernel gives the upper root an overlay.uuid of its own (16

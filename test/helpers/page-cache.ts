@@ -55,3 +55,14 @@ export async function holdPageCacheLock(mode: 'shared' | 'exclusive'): Promise<(
     child.stdin.end();
   };
 }
+
+/** Drops the machine's caches (`level` as /proc/sys/vm/drop_caches takes it) while holding the lock shared. */
+export async function dropMachineCaches(level: 1 | 2 | 3): Promise<void> {
+  // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
+  const release = await holdPageCacheLock('shared');
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', String(level));
+  } finally {
+    release();
+  }
+}
