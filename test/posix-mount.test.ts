@@ -31,10 +31,19 @@ function mountFlags(mnt: string): string {
 
 /** Why remounts were refused (logged by the test, to tell an expected refusal from a broken one). */
 const refusals: string[] = [];
+/**
+ * After each remount: the mount's whole mountinfo line (per-mount and superblock options) and
+ * statvfs's read-only bit, logged when the scenario's sides differ (a rare EROFS on strata's side
+ * once followed a remount that mountinfo showed read-write).
+ */
+const trail: string[] = [];
 
 function remount(mnt: string, opts: string): string {
   const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 30_000 });
   if (r.status !== 0) refusals.push(`remount,${opts} of ${mnt}: ${r.stderr.trim()}`);
+  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === mnt).at(-1);
+  const ro = python<boolean>('import os, sys, json; print(json.dumps(bool(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)))', null, [mnt]);
+  trail.push(`remount,${opts} -> ${r.status}; statvfs ro ${ro}; ${line ?? 'not mounted'}`);
   return r.status === 0 ? 'ok' : 'refused';
 }
 
@@ -83,10 +92,15 @@ function lowerLayer(dir: string): void {
 
 test('mount -o remount,ro and remount,rw through mount(8): EROFS while read-only, flags as the kernel', (t) => {
   installHelper(t);
-  const pair = setupPair(t, [lowerLayer]);
+  const log = path.join(tempDir(t, 'rlog'), 'daemon.log');
+  const pair = setupPair(t, [lowerLayer], { strataArgs: ['--log-file', log] });
   const k = remountScenario(pair.kernel.mnt);
   const s = remountScenario(pair.strata.mnt);
   for (const r of refusals) t.log(r);
+  if (JSON.stringify(s) !== JSON.stringify(k)) {
+    for (const l of trail) t.log(l);
+    t.log(fs.readFileSync(log, 'utf8').split('\n').filter((l) => /remount|error|warn/i.test(l)).join('\n'));
+  }
   t.deepEqual(s, k);
   // The scenario does what it claims: writes were refused while read-only, and allowed after.
   t.is((k[2] as [string, Record<string, string>])[1].create, 'EROFS');

@@ -227,6 +227,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
       N.mount(null, layout.mountpoint, null, newFlags, null);
     } catch (e) {
       fs.opts.readOnly = before;
+      logger.info({ mountpoint: layout.mountpoint, readOnly: ro, flags: vfs, code: (e as { code?: string }).code }, 'remount refused by the kernel');
       throw e;
     }
     fs.opts.readOnly = ro;
