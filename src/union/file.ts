@@ -193,14 +193,17 @@ function smallSize(fd: number): number {
  * Should this open be served by passthrough? The kernel puts an inode in one I/O mode while it has
  * opens: cached (served by the daemon) or passthrough (one backing file); an open answered in the
  * other mode fails with EIO. So the node's current opens decide. With none, passthrough, except for
- * a small lower file opened read-only, not for exec, whose data the kernel's page cache of the inode
- * holds or is given now (fillPageCache).
+ * a small lower file opened read-only, not for exec nor O_DIRECT, whose data the kernel's page cache
+ * of the inode holds or is given now (fillPageCache). An O_DIRECT open goes by passthrough, whose
+ * backing file the kernel opens with the caller's flags: the layer's filesystem then judges it
+ * (EINVAL where it has no direct I/O, or for a buffer, offset or size out of its alignment), as it does
+ * on the kernel's overlay; the daemon's reads would accept any.
  */
 function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: number): boolean {
   if (node.type !== C.S_IFREG) return false;
   if (env.handles.backings.has(node)) return env.passthrough;
   if (hasDaemonOpens(node)) return false;
-  const lowerRead = !node.dataLayer.isUpper && (flags & 3) === C.O_RDONLY && (flags & FMODE_EXEC) === 0;
+  const lowerRead = !node.dataLayer.isUpper && (flags & 3) === C.O_RDONLY && (flags & (FMODE_EXEC | C.O_DIRECT)) === 0;
   if (lowerRead && fillPageCache(env, node, fd)) return false;
   return env.passthrough;
 }
