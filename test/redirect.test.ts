@@ -447,20 +447,39 @@ test.serial('redirect_dir=on or metacopy=on with userxattr, metacopy=on with red
   }
 });
 
-test.serial('verity= takes off, on or require, as the kernel: anything else is refused with one line', (t) => {
+test.serial('option values are taken as the kernel takes them (verity, uuid, index, metacopy, redirect_dir, xino, fsync): anything else is refused with one line', (t) => {
   const base = tempDir(t, 'vy');
-  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
+  for (const d of ['l', 'l2', 'u', 'w', 'm']) fs.mkdirSync(path.join(base, d));
   const m = path.join(base, 'm');
-  for (const value of ['off', 'on', 'require', 'yes', '']) {
-    const opts = `lowerdir=${base}/l,upperdir=${base}/u,workdir=${base}/w,verity${value === '' ? '' : `=${value}`}`;
-    const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, m]);
-    if (k.status === 0) unmountQuietly(m);
-    const r = run(strataBin, ['mount', '-o', opts, m]);
-    if (r.status === 0) run(strataBin, ['umount', m]);
-    t.is(r.status === 0, k.status === 0, `verity=${value}: strata as the kernel (${r.stderr.trim()})`);
-    if (r.status !== 0) {
-      t.regex(r.stderr, /bad value for 'verity'/);
-      t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  const values: Record<string, string[]> = {
+    verity: ['off', 'on', 'require', 'yes', ''],
+    uuid: ['on', 'off', 'null', 'auto', 'yes'],
+    index: ['on', 'off', 'yes', ''],
+    metacopy: ['on', 'off', 'yes'],
+    redirect_dir: ['on', 'follow', 'nofollow', 'off', 'bogus'],
+    xino: ['on', 'off', 'auto', 'bogus'],
+    fsync: ['auto', 'strict', 'volatile', 'bogus'],
+  };
+  for (const [key, vals] of Object.entries(values)) {
+    for (const value of vals) {
+      const opts = `lowerdir=${base}/l:${base}/l2,upperdir=${base}/u,workdir=${base}/w,${key}${value === '' ? '' : `=${value}`}`;
+      // (a fresh work directory for each mount: fsync=volatile leaves the volatile mark, which a next
+      // mount refuses until it is removed)
+      const freshWork = (): void => {
+        fs.rmSync(path.join(base, 'w'), { recursive: true, force: true });
+        fs.mkdirSync(path.join(base, 'w'));
+      };
+      const k = run('mount', ['-t', 'overlay', 'overlay', '-o', opts, m]);
+      if (k.status === 0) unmountQuietly(m);
+      freshWork();
+      const r = run(strataBin, ['mount', '-o', opts, m]);
+      if (r.status === 0) run(strataBin, ['umount', m]);
+      freshWork();
+      t.is(r.status === 0, k.status === 0, `${key}=${value}: strata as the kernel (${r.stderr.trim()})`);
+      if (r.status !== 0) {
+        t.regex(r.stderr, new RegExp(`bad value for '${key}'`));
+        t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+      }
     }
   }
 });

@@ -143,6 +143,14 @@ function splitOptions(s: string): string[] {
 const GENERIC_FLAGS = new Set(['lazytime', 'nolazytime', 'async', 'sync', 'dirsync', 'auto', 'noauto', 'user', 'nouser', 'users', 'defaults', '_netdev',
   'nofail', 'silent', 'loud', 'allow_other', 'allow_root', 'default_permissions', 'suppress_dev', 'nonempty',
   'noacl', 'acl', 'posix_acl', 'fast_ino', 'plugins', 'static_nlink', 'debug', 'threaded']);
+/** The values the kernel's overlay takes for these options (anything else: "bad value", the mount refused). */
+const FEATURE_VALUES: Record<string, readonly string[]> = {
+  index: ['on', 'off'],
+  metacopy: ['on', 'off'],
+  redirect_dir: ['on', 'follow', 'nofollow', 'off'],
+  xino: ['on', 'off', 'auto'],
+};
+const FSYNC_VALUES = ['auto', 'strict', 'volatile', '0', '1'];
 const IGNORED_KEYS = new Set(['context', 'fscontext', 'defcontext', 'rootcontext',
   'max_idle_threads', 'timeout', 'noxattrs', 'xattr_permissions', 'x-systemd.requires',
   'x-systemd.automount', 'comment', 'source', 'subtype', 'max_read', 'blksize',
@@ -217,7 +225,10 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         p.nfsExport = value === 'on';
         break;
       case 'fsync':
-        p.volatile = value === '0';
+        // the kernel's auto, strict and volatile (volatile as the option of that name), and
+        // fuse-overlayfs's 0 (no fsync, as volatile) and 1
+        if (!FSYNC_VALUES.includes(value)) throw new UsageError(`bad value for 'fsync': "${value}" (${FSYNC_VALUES.join(', ')})`);
+        if (value === '0' || value === 'volatile') p.volatile = true;
         break;
       case 'nodev':
       case 'nosuid':
@@ -262,6 +273,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
       case 'metacopy':
       case 'redirect_dir':
       case 'xino':
+        if (!FEATURE_VALUES[key]!.includes(value)) throw new UsageError(`bad value for '${key}': "${value}" (${FEATURE_VALUES[key]!.join(', ')})`);
         features.set(key, value);
         if (key !== 'redirect_dir' && key !== 'metacopy') p.ignored.push(item);
         break;
