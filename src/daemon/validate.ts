@@ -1,6 +1,6 @@
 // Checks made before anything is created or mounted (the kernel's ovl_get_layers and friends):
-// every layer is an existing directory, no layer is given twice, the mount point is neither a
-// layer nor inside one, the work directory shares the upper's filesystem and subtree rules.
+// every layer is an existing directory, no layer is given twice, the work directory shares the
+// upper's filesystem and subtree rules.
 
 import { realpathSync, statSync, readFileSync, type Stats } from 'node:fs';
 import { UsageError, type MountParams } from '../union/params.js';
@@ -30,7 +30,8 @@ function resolveDir(what: string, path: string): [string, Stats] {
   return [real, st];
 }
 
-function inside(child: string, parent: string): boolean {
+/** Is path `child` the path `parent` or below it (both absolute, resolved)? */
+export function inside(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith('/') ? parent : parent + '/');
 }
 
@@ -80,10 +81,9 @@ export function validateLayout(params: MountParams, mountpointArg: string): Reso
       if (pa === pb || (sa.dev === sb.dev && sa.ino === sb.ino)) throw new UsageError(`${na} and ${nb} are the same directory`);
     }
   }
-  for (const [name, path] of layers) {
-    if (inside(mountpoint, path)) throw new UsageError(`the mount point "${mountpointArg}" is inside ${name}`);
-    if (inside(path, mountpoint)) throw new UsageError(`${name} is inside the mount point "${mountpointArg}"`);
-  }
+  // The mount point may be a layer, lie inside one or hold one, as on the kernel's overlay (an overlay
+  // over its own lower directory makes it writable in place): the daemon reaches every layer through
+  // descriptors and private mounts taken before the mount covers them (see startMount).
   if (upper && work) {
     if (upper[1].dev !== work[1].dev) {
       throw new UsageError(`work directory "${params.workdir}" is on another filesystem than upper directory "${params.upperdir}"`);

@@ -9,10 +9,11 @@
 // upper, a recreated directory), the stale part is dropped with one log line. A cache that cannot
 // be opened is set aside and rebuilt, never trusted and never fatal.
 
-import { chmodSync, closeSync, constants, existsSync, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Level } from 'level';
+import * as N from '../native/index.js';
 import type { Layer, LayerStack } from './layers.js';
 import type { HandleRecord, HandleStore } from './export.js';
 import { applyLines, JOURNAL, readRecords, writeSnapshot, type OriginRecords } from './origin_file.js';
@@ -36,6 +37,16 @@ export interface OriginStore {
  * Origins are kept per layer directory (its device and root inode), not per mount: they stay
  * valid when the stack changes, e.g. when an upper is reused as a lower with the same cache.
  */
+/**
+ * A lower layer's root change time in ms, as fs.Stats's ctimeMs gives it, through the layer's own
+ * descriptor: its path may be under the mount by now (a mount over its own lower layer).
+ */
+function rootCtimeMs(layer: Layer): number {
+  const st = new Float64Array(N.ST_LENGTH);
+  N.fstat(layer.fd, st);
+  return st[N.ST.ctimeSec]! * 1e3 + st[N.ST.ctimeNsec]! / 1e6;
+}
+
 function originPrefix(layer: { dev: number; ino: number }): string {
   return `${ORIGIN}${layer.dev}.${layer.ino}:`;
 }
@@ -260,7 +271,7 @@ export class MetadataCache implements OriginStore, HandleStore {
     // Listings built with oci_whiteouts=off differ (`.wh.` files are names then), and so do those built with
     // userxattr (markers read in user.overlay.*): both are part of it too.
     const identity = JSON.stringify(stack.layers.map((l) => ({ path: l.path, dev: l.dev, ino: l.ino, upper: l.isUpper,
-      ctime: l.isUpper ? undefined : statSync(l.path).ctimeMs, ...(l.ociWhiteouts ? {} : { oci: false }),
+      ctime: l.isUpper ? undefined : rootCtimeMs(l), ...(l.ociWhiteouts ? {} : { oci: false }),
       ...(l.markerNs === 'user' ? { ns: 'user' } : {}) })));
     try {
       if (this.legacy) await this.moveLegacyOrigins(db);
