@@ -298,6 +298,13 @@ interface Refusal {
 
 const REFUSALS: Refusal[] = [
   {
+    // (the fuse-overlayfs form, strata -o ... MOUNTPOINT, always has -o: a word alone is no mount point)
+    name: 'an unknown command',
+    args: () => ['frobnicate', 'now'],
+    mentions: () => ['unknown command "frobnicate"'],
+    status: 2,
+  },
+  {
     name: 'a lower layer that does not exist',
     args: (f) => ['mount', '-o', `lowerdir=${f.a}:${f.root}/missing`, f.mnt],
     mentions: (f) => [`${f.root}/missing`],

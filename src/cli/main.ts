@@ -271,7 +271,11 @@ async function main(): Promise<void> {
     .command('$0 [source] <mountpoint>', 'fuse-overlayfs form: strata -o lowerdir=...,upperdir=...,workdir=... MOUNTPOINT', (y) =>
       y.positional('source', { type: 'string' }).positional('mountpoint', { type: 'string', demandOption: true }).options(mountOptions),
     // yargs fills the demanded positional first: with two arguments they arrive swapped.
-    (a) => mountCommand({ ...(a as unknown as MountArgs), ...(a.source !== undefined ? { source: a.mountpoint, mountpoint: a.source } : {}) }))
+    (a) => {
+      // The form always has -o: a word without it is a command strata does not know, not a mount point.
+      if (a.o === undefined) fail(`unknown command "${String(a.mountpoint)}" (strata --help lists them)`, 2);
+      return mountCommand({ ...(a as unknown as MountArgs), ...(a.source !== undefined ? { source: a.mountpoint, mountpoint: a.source } : {}) });
+    })
     .strict()
     .help()
     .version(packageVersion())
