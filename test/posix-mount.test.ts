@@ -82,6 +82,8 @@ function remountScenario(mnt: string): unknown[] {
   log.push(['remount,suid,dev,exec,strictatime,nodiratime', remount(mnt, 'suid,dev,exec,strictatime,nodiratime'), mountFlags(mnt)]);
   log.push(['remount,relatime,diratime,ro', remount(mnt, 'relatime,diratime,ro'), mountFlags(mnt), changes()]);
   log.push(['remount,rw', remount(mnt, 'rw'), readUpdatesAtime(p('lower'))]);
+  // The overlay's own options and unknown ones are ignored by a remount, malformed or not (as the kernel's)
+  log.push(['remount,bogus,redirect_dir=on,xino=bogus,lowerdir=/nonexistent,noexec', remount(mnt, 'bogus,redirect_dir=on,xino=bogus,lowerdir=/nonexistent,noexec'), mountFlags(mnt), changes()]);
   return log;
 }
 

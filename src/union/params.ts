@@ -170,7 +170,8 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   /** The last value of each of index, metacopy, redirect_dir and xino. */
   const features = new Map<string, string>();
   let lowerdirGiven = false;
-  for (const item of optionStrings.flatMap(splitOptions)) {
+  const items = optionStrings.flatMap(splitOptions);
+  const apply = (item: string): void => {
     const eq = item.indexOf('=');
     const key = eq < 0 ? item : item.slice(0, eq);
     const value = eq < 0 ? '' : item.slice(eq + 1);
@@ -281,7 +282,21 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         if (GENERIC_FLAGS.has(key) || IGNORED_KEYS.has(key) || key.startsWith('x-')) p.ignored.push(item);
         else throw new UsageError(`unknown mount option "${item}"`);
     }
+  };
+  // A remount changes the mount's flags only. The kernel's overlay ignores every other option given to a
+  // remount, malformed or not (ovl_parse_param, for mount(2)'s remount): so does strata.
+  if (items.includes('remount')) {
+    for (const item of items) {
+      try {
+        apply(item);
+      } catch (e) {
+        if (!(e instanceof UsageError)) throw e;
+        p.ignored.push(item);
+      }
+    }
+    return p;
   }
+  for (const item of items) apply(item);
   // (the kernel's ovl_allow_offline_changes: redirect_dir=follow or nofollow and xino=auto still allow them)
   p.newDirsOpaque = [...features.values()].includes('on');
   // (userxattr implies nofollow, as the kernel's ovl_fs_params_verify: a redirect then fails its lookup)
@@ -302,7 +317,6 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   // (the kernel's nfs_export needs its inode index; strata's needs none, but refuses what the kernel refuses)
   if (p.nfsExport && features.get('index') === 'off') throw new UsageError('conflicting options: nfs_export=on,index=off');
   if (p.metacopy) p.redirectDir = true;
-  if (p.remount) return p;
   if (p.lowerdirs.length === 0) throw new UsageError('missing lowerdir= (at least one lower directory is needed)');
   if ((p.upperdir === null) !== (p.workdir === null)) {
     throw new UsageError('upperdir= and workdir= go together: give both or neither');
