@@ -555,16 +555,18 @@ out['sub'] = sorted(os.listdir(os.path.join(m, 'sub')))
 out['after'] = sorted(os.listdir(m))
 print(json.dumps(out))
 `;
-  const cases: Array<[string, (b: string) => string]> = [
+  // (with a pid file and a log file under the mount point, which strata opens before the mount covers them)
+  const underMount = (b: string): string[] => ['--pid-file', `${b}/strata.pid`, '--log-file', `${b}/strata.log`];
+  const cases: Array<[string, (b: string) => string, ((b: string) => string[])?]> = [
     ['the lower layer', (b) => `${b}/l1`],
     ['inside the lower layer', (b) => `${b}/l1/sub`],
     ['the upper directory', (b) => `${b}/u`],
     // (strata's metadata cache, in the work directory by default, is left out: reached through the mount it
     // would land in the union)
     ['the work directory', (b) => `${b}/w`],
-    ['above every layer and the work directory', (b) => b],
+    ['above every layer and the work directory', (b) => b, underMount],
   ];
-  for (const [what, mountpointOf] of cases) {
+  for (const [what, mountpointOf, strataArgsOf] of cases) {
     const seen: Record<string, unknown> = {};
     const uppers: Record<string, string> = {};
     for (const side of ['kernel', 'strata'] as const) {
@@ -574,7 +576,7 @@ print(json.dumps(out))
       fs.writeFileSync(path.join(b, 'l1', 'gone'), 'g');
       fs.writeFileSync(path.join(b, 'l2', 'b'), 'lower b');
       const spec = { lowers: [`${b}/l1`, `${b}/l2`], upper: `${b}/u`, work: `${b}/w`, mountpoint: mountpointOf(b) };
-      const mnt = side === 'kernel' ? kernelOverlay(t, spec) : strataMount(t, spec);
+      const mnt = side === 'kernel' ? kernelOverlay(t, spec) : strataMount(t, { ...spec, extraArgs: strataArgsOf?.(b) });
       seen[side] = python<unknown>(scenario, null, [mnt]);
       // Once the mount is idle (250 ms without requests) strata opens its metadata cache: a second look after
       // that (a cache reached through the mount hung the daemon there).
@@ -586,6 +588,10 @@ print(json.dumps(out))
       t.is(mountAt(mnt), undefined, `${what}: ${side} unmounted`);
       uppers[side] = run('sh', ['-c', `cd ${b}/u && find . -printf '%p %y %s\\n' | sort && cat a made/f`]).stdout;
       t.is(fs.readFileSync(path.join(b, 'l1', 'a'), 'utf8'), 'lower a', `${what}: ${side}: the lower layer is untouched`);
+      if (side === 'strata' && strataArgsOf) {
+        t.regex(fs.readFileSync(path.join(b, 'strata.log'), 'utf8'), /"msg":"mounted"/, `${what}: the daemon's log under the mount point`);
+        t.false(fs.existsSync(path.join(b, 'strata.pid')), `${what}: the pid file is removed at exit`);
+      }
     }
     t.deepEqual(seen.strata, seen.kernel, what);
     t.is(uppers.strata, uppers.kernel, `${what}: the uppers`);

@@ -16,6 +16,7 @@
 // memory), no LevelDB (the metadata cache opens while the first requests wait).
 
 import { setPriority } from 'node:os';
+import { rmSync, writeSync } from 'node:fs';
 import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
 import * as N from '../native/index.js';
 import { parseMountOptions, UsageError, type MountParams } from '../union/params.js';
@@ -162,9 +163,22 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const { makeLogger, startMount } = await import('../daemon/daemon.js');
   const logger = makeLogger(config.options);
   let m;
+  // The pid file is opened before the mount, which may cover it (a mount over its own lower
+  // directory): written by name once the mount is live, it would be written through the mount
+  // itself, by the thread that serves it.
+  const pidFile = config.options.pidFile;
+  let pidFd = -1;
   try {
+    if (pidFile) pidFd = N.openat(N.C.AT_FDCWD, pidFile, N.C.O_WRONLY | N.C.O_CREAT | N.C.O_TRUNC | N.C.O_CLOEXEC, 0o644);
+    // (so is a log file under the mount point, which pino, loaded once the mount is live, would open by name)
+    const { inside } = await import('../daemon/validate.js');
+    if (config.options.logFile !== null && inside(config.options.logFile, config.layout.mountpoint)) logger.openFileNow();
     m = await startMount(config, logger);
   } catch (e) {
+    if (pidFd >= 0) {
+      N.close(pidFd);
+      rmSync(pidFile!, { force: true });
+    }
     logger.error({ err: e }, 'mount failed');
     await logger.ready();
     const msg = describe(e);
@@ -172,15 +186,16 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     else process.stderr.write(`strata: ${msg}\n`);
     process.exit(1);
   }
-  const { writeFileSync, rmSync } = await import('node:fs');
   const { removeRecord, writeRecord } = await import('../daemon/registry.js');
   const mountpoint = config.layout.mountpoint;
   const record = { pid: process.pid, mountpoint, lowerdirs: config.layout.lowerdirs, upperdir: config.layout.upperdir,
     workdir: config.layout.workdir, started: new Date().toISOString(), logFile: config.options.logFile };
   writeRecord(record);
   // Written before the launcher returns, as a service manager expects of a forking service.
-  const pidFile = config.options.pidFile;
-  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  if (pidFd >= 0) {
+    writeSync(pidFd, `${process.pid}\n`);
+    N.close(pidFd);
+  }
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.on(sig, () => {
       logger.info({ signal: sig }, 'unmounting on signal');

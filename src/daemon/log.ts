@@ -2,6 +2,8 @@
 // a mount). Lines logged before that wait in memory with their time and are written, in order,
 // when it is loaded; a daemon that fails to mount loads it before it exits.
 
+import { constants, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { UsageError } from '../union/params.js';
 
@@ -30,6 +32,8 @@ export class DaemonLogger {
   /** The time of the line being replayed (pino's timestamp reads it). */
   private replayTime: number | null = null;
   private threshold: number;
+  /** The log file, opened already (see openFileNow), or -1. */
+  private fileFd = -1;
 
   constructor(private readonly options: LogOptions) {
     checkLevel(options.logLevel);
@@ -72,7 +76,8 @@ export class DaemonLogger {
     this.loading ??= (async () => {
       const { default: pino } = await import('pino');
       const o = this.options;
-      const destination = o.logFile ? pino.destination({ dest: o.logFile, sync: true, mkdir: true }) : pino.destination(2);
+      const destination = this.fileFd >= 0 ? pino.destination({ fd: this.fileFd, sync: true })
+        : o.logFile ? pino.destination({ dest: o.logFile, sync: true, mkdir: true }) : pino.destination(2);
       this.destination = destination;
       const real = pino({
         level: o.logLevel,
@@ -97,8 +102,24 @@ export class DaemonLogger {
     return Promise.resolve();
   }
 
+  /**
+   * Opens the log file now rather than when pino loads: a file the mount will cover (under its mount
+   * point) is then written through this descriptor, not by its name through the mount, whose
+   * requests this same thread serves. Such a file is not reopened on SIGHUP.
+   */
+  openFileNow(): void {
+    const file = this.options.logFile;
+    if (!file || this.fileFd >= 0) return;
+    mkdirSync(dirname(file), { recursive: true });
+    this.fileFd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND, 0o644);
+  }
+
   /** SIGHUP: reopen the log file (after logrotate moved it). */
   reopen(): void {
+    if (this.fileFd >= 0) {
+      this.warn({ logFile: this.options.logFile }, 'SIGHUP: the log file lies under the mount point: not reopened');
+      return;
+    }
     this.destination?.reopen();
   }
 
