@@ -77,3 +77,27 @@ test('a background daemon leaves the directory it was started in: the filesystem
   t.is(spawnSync(strataBin, ['umount', m]).status, 0);
   t.true(await waitFor(() => fs.readFileSync(path.join(dir, 'daemon.log'), 'utf8').includes('"unmounted"'), 10_000), 'the unmount logged in the reopened log');
 });
+
+test('strata umount leaves other filesystems\' mounts alone: a kernel overlay, and a tmpfs mounted over a strata mount', (t) => {
+  const dir = tempDir(t, 'other');
+  for (const d of ['l', 'l2', 'u', 'w', 'k', 'm']) fs.mkdirSync(path.join(dir, d));
+  fs.writeFileSync(path.join(dir, 'l', 'f'), 'data\n');
+  const k = path.join(dir, 'k');
+  t.is(spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${dir}/l:${dir}/l2`, k]).status, 0);
+  t.teardown(() => void spawnSync('umount', ['-l', k]));
+  const r = spawnSync(strataBin, ['umount', k], { encoding: 'utf8' });
+  t.is(r.status, 1);
+  t.regex(r.stderr, /is not a strata mount \(overlay is mounted there\)/);
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.is(mountAt(k)?.fstype, 'overlay', 'the kernel overlay is still mounted');
+  // a tmpfs stacked over a strata mount: strata umount does not take the tmpfs off
+  const m = strataMount(t, { lowers: [path.join(dir, 'l')], mountpoint: path.join(dir, 'm') });
+  t.is(spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', m]).status, 0);
+  t.teardown(() => void spawnSync('umount', ['-l', m]));
+  const r2 = spawnSync(strataBin, ['umount', m], { encoding: 'utf8' });
+  t.is(r2.status, 1, r2.stderr);
+  t.is(mountAt(m)?.fstype, 'tmpfs');
+  t.is(spawnSync('umount', [m]).status, 0);
+  t.is(mountAt(m)?.fstype, 'fuse.strata', 'the strata mount below it');
+  t.is(spawnSync(strataBin, ['umount', m]).status, 0);
+});

@@ -13,6 +13,8 @@ import { mountinfo, type MountinfoEntry } from './validate.js';
 import { errCode } from '../fuse/errors.js';
 
 const FUSECTL = '/sys/fs/fuse/connections';
+/** The type mountinfo gives strata's mounts (FUSE with the subtype the session mounts with). */
+const STRATA_FSTYPE = 'fuse.strata';
 
 /** The topmost mount at `mountpoint` (its device and type), or null. */
 function mountEntry(mountpoint: string): MountinfoEntry | null {
@@ -53,6 +55,10 @@ export async function unmountStrata(mountpoint: string): Promise<string> {
   if (!entry) {
     if (rec && !processAlive(rec.pid)) removeRecord(mountpoint, rec.pid);
     throw Object.assign(new Error(`"${mountpoint}" is not mounted`), { code: 'ENOTMOUNTED' });
+  }
+  // Another filesystem's mount (a kernel overlay, a mount stacked over strata's) is not strata's to end.
+  if (entry.fstype !== STRATA_FSTYPE) {
+    throw Object.assign(new Error(`"${mountpoint}" is not a strata mount (${entry.fstype} is mounted there): unmount it with umount(8)`), { code: 'ENOTSTRATA' });
   }
   const alive = rec !== null && processAlive(rec.pid);
   if (!alive || !answers(mountpoint, 3000)) {
