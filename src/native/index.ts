@@ -282,9 +282,22 @@ export const lstatMaybe: (dirfd: number, path: string, out: Float64Array) => boo
 
 // --- open / directories / links --------------------------------------------
 export const openat: (dirfd: number, path: string, flags: number, mode: number) => number = native.openat;
-/** openat2(2); `mode` is ignored unless flags contain O_CREAT or O_TMPFILE. */
-export const openat2: (dirfd: number, path: string, flags: number, mode: number, resolve: number) => number =
-  native.openat2;
+/** How often openat2 is tried when it keeps answering EAGAIN (each race is a rename elsewhere: rare). */
+const OPENAT2_TRIES = 100;
+/**
+ * openat2(2); `mode` is ignored unless flags contain O_CREAT or O_TMPFILE. With RESOLVE_IN_ROOT or
+ * RESOLVE_BENEATH the kernel answers EAGAIN when a rename or mount anywhere on the machine raced with a
+ * ".." of the path (it cannot then prove the walk stayed inside): tried again, as openat2(2) advises.
+ */
+export function openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): number {
+  for (let tries = 1; ; tries++) {
+    try {
+      return native.openat2(dirfd, path, flags, mode, resolve);
+    } catch (e) {
+      if ((e as ErrnoError).code !== 'EAGAIN' || tries >= OPENAT2_TRIES) throw e;
+    }
+  }
+}
 export const close: (fd: number) => void = native.close;
 /** dup(2) with O_CLOEXEC on the new fd. */
 export const dup: (fd: number) => number = native.dup;
