@@ -674,12 +674,13 @@ test('stats: CPU %, memory against its limit, block I/O and processes of running
   const c = setup(t);
   // A container that holds 20 MB, one that spins under --cpus 0.5, one that writes 8 MiB with O_DIRECT
   // (passed through to the upper file: I/O its own process issues), one that is not running.
-  c.ok(['create', '--name', 'holder', '--memory', '64m', 'base:1', 'sh', '-c', 'x=a; i=0; while [ $i -lt 24 ]; do x="$x$x"; i=$((i+1)); done; sleep 60; echo ${#x}']);
+  c.ok(['create', '--name', 'holder', '--memory', '64m', 'base:1', 'sh', '-c', 'x=a; i=0; while [ $i -lt 24 ]; do x="$x$x"; i=$((i+1)); done; sleep 600; echo ${#x}']);
   c.ok(['create', '--name', 'spin', '--cpus', '0.5', 'base:1', 'sh', '-c', 'while :; do :; done']);
-  c.ok(['create', '--name', 'writer', 'base:1', 'sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=8 oflag=direct 2>/dev/null; sleep 60']);
+  c.ok(['create', '--name', 'writer', 'base:1', 'sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=8 oflag=direct 2>/dev/null; sleep 600']);
   c.ok(['create', '--name', 'idle', 'base:1', 'true']);
   c.ok(['start', 'holder', 'spin', 'writer']);
-  // (recorded running by their monitors, which on a loaded machine can take a while; then 1.5 s of use)
+  // (recorded running by their monitors, which on a loaded machine can take a while; then 1.5 s of use. The
+  // commands sleep 600 s: during a full test run this test took over a minute, and a sleep of 60 s ended first)
   const isRunning = (): boolean => (JSON.parse(c.ok(['container', 'ls', '--json'])) as Rec[])
     .filter((r) => ['holder', 'spin', 'writer'].includes(r.name) && r.state === 'running').length === 3;
   t.true(await waitFor(isRunning, 30_000), c.strata(['container', 'ls', '-a']).stdout);
