@@ -38,11 +38,16 @@ const refusals: string[] = [];
  */
 const trail: string[] = [];
 
+/** statvfs's read-only bit (a mount of lower layers only is read-only in its superblock, not its flags). */
+function statvfsReadOnly(mnt: string): boolean {
+  return python<boolean>('import os, sys, json; print(json.dumps(bool(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)))', null, [mnt]);
+}
+
 function remount(mnt: string, opts: string): string {
   const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 30_000 });
   if (r.status !== 0) refusals.push(`remount,${opts} of ${mnt}: ${r.stderr.trim()}`);
   const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === mnt).at(-1);
-  const ro = python<boolean>('import os, sys, json; print(json.dumps(bool(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)))', null, [mnt]);
+  const ro = statvfsReadOnly(mnt);
   trail.push(`remount,${opts} -> ${r.status}; statvfs ro ${ro}; ${line ?? 'not mounted'}`);
   return r.status === 0 ? 'ok' : 'refused';
 }
@@ -117,9 +122,8 @@ test('remount,rw of a mount without an upper layer is refused, as the kernel ref
   fs.mkdirSync(lower);
   lowerLayer(lower);
   // The kernel's mount of lower layers only is read-only in its superblock (statvfs ST_RDONLY), not in its mount flags.
-  const readOnly = (mnt: string): boolean => python<boolean>('import os, sys, json; print(json.dumps(bool(os.statvfs(sys.argv[1]).f_flag & os.ST_RDONLY)))', null, [mnt]);
-  const seen = (mnt: string): unknown[] => [readOnly(mnt), remount(mnt, 'rw'), readOnly(mnt),
-    attempt(() => fs.writeFileSync(path.join(mnt, 'x'), 'x')), remount(mnt, 'ro,noexec'), readOnly(mnt), mountFlags(mnt).includes('noexec')];
+  const seen = (mnt: string): unknown[] => [statvfsReadOnly(mnt), remount(mnt, 'rw'), statvfsReadOnly(mnt),
+    attempt(() => fs.writeFileSync(path.join(mnt, 'x'), 'x')), remount(mnt, 'ro,noexec'), statvfsReadOnly(mnt), mountFlags(mnt).includes('noexec')];
   const k = seen(kernelOverlay(t, { lowers: [lower, mkLower(base)] }));
   const s = seen(strataMount(t, { lowers: [lower, mkLower(base)] }));
   t.deepEqual(s, k);

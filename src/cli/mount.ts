@@ -16,7 +16,7 @@
 // memory), no LevelDB (the metadata cache opens while the first requests wait).
 
 import { setPriority } from 'node:os';
-import { rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import type { DaemonConfig, DaemonOptions } from '../daemon/daemon.js';
 import * as N from '../native/index.js';
 import { parseMountOptions, UsageError, type MountParams } from '../union/params.js';
@@ -169,14 +169,14 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const pidFile = config.options.pidFile;
   let pidFd = -1;
   try {
-    if (pidFile) pidFd = N.openat(N.C.AT_FDCWD, pidFile, N.C.O_WRONLY | N.C.O_CREAT | N.C.O_TRUNC | N.C.O_CLOEXEC, 0o644);
+    if (pidFile) pidFd = openSync(pidFile, 'w', 0o644);
     // (so is a log file under the mount point, which pino, loaded once the mount is live, would open by name)
     const { inside } = await import('../daemon/validate.js');
     if (config.options.logFile !== null && inside(config.options.logFile, config.layout.mountpoint)) logger.openFileNow();
     m = await startMount(config, logger);
   } catch (e) {
     if (pidFd >= 0) {
-      N.close(pidFd);
+      closeSync(pidFd);
       rmSync(pidFile!, { force: true });
     }
     logger.error({ err: e }, 'mount failed');
@@ -194,7 +194,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   // Written before the launcher returns, as a service manager expects of a forking service.
   if (pidFd >= 0) {
     writeSync(pidFd, `${process.pid}\n`);
-    N.close(pidFd);
+    closeSync(pidFd);
   }
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.on(sig, () => {

@@ -13,7 +13,7 @@ import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
 import { inside, SetupError, type ResolvedLayout } from './validate.js';
 import { rootOrigin, stampUuid, useNullUuids } from '../union/origin.js';
-import { mountFlags, type VfsFlagParams } from './mount_flags.js';
+import { FUSE_SUBTYPE, mountFlags, type VfsFlagParams } from './mount_flags.js';
 import { DaemonLogger } from './log.js';
 import { errCode } from '../fuse/errors.js';
 
@@ -164,7 +164,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     mountOptions: N.getuid() === 0 ? ['allow_other', 'default_permissions'] : ['default_permissions'],
     mountFlags: flags,
     source: params.fsname ?? 'strata',
-    subtype: 'strata',
+    subtype: FUSE_SUBTYPE,
     logger,
     posixAcl: true,
     exportSupport: params.nfsExport,

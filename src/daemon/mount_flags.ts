@@ -5,6 +5,9 @@
 import * as N from '../native/index.js';
 import type { MountParams } from '../union/params.js';
 
+/** The FUSE subtype strata mounts with: mountinfo shows its mounts as type fuse.strata. */
+export const FUSE_SUBTYPE = 'strata';
+
 export type VfsFlagParams = Pick<MountParams, 'nodev' | 'nosuid' | 'noexec' | 'atime' | 'nodiratime'>;
 
 export function mountFlags(p: VfsFlagParams, readOnly: boolean): number {

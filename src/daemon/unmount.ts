@@ -9,12 +9,13 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as N from '../native/index.js';
 import { processAlive, readRecord, removeRecord } from './registry.js';
+import { FUSE_SUBTYPE } from './mount_flags.js';
 import { mountinfo, type MountinfoEntry } from './validate.js';
 import { errCode } from '../fuse/errors.js';
 
 const FUSECTL = '/sys/fs/fuse/connections';
-/** The type mountinfo gives strata's mounts (FUSE with the subtype the session mounts with). */
-const STRATA_FSTYPE = 'fuse.strata';
+/** The type mountinfo gives strata's mounts. */
+const STRATA_FSTYPE = `fuse.${FUSE_SUBTYPE}`;
 
 /** The topmost mount at `mountpoint` (its device and type), or null. */
 function mountEntry(mountpoint: string): MountinfoEntry | null {
@@ -62,7 +63,7 @@ export async function unmountStrata(mountpoint: string): Promise<string> {
   }
   const alive = rec !== null && processAlive(rec.pid);
   if (!alive || !answers(mountpoint, 3000)) {
-    const aborted = entry.fstype.startsWith('fuse') && abortConnection(entry.dev);
+    const aborted = abortConnection(entry.dev);
     if (alive) process.kill(rec!.pid, 'SIGKILL');
     detach(mountpoint);
     if (rec) removeRecord(mountpoint, rec.pid);

@@ -37,6 +37,10 @@ export interface OriginStore {
  * Origins are kept per layer directory (its device and root inode), not per mount: they stay
  * valid when the stack changes, e.g. when an upper is reused as a lower with the same cache.
  */
+function originPrefix(layer: { dev: number; ino: number }): string {
+  return `${ORIGIN}${layer.dev}.${layer.ino}:`;
+}
+
 /**
  * A lower layer's root change time in ms, as fs.Stats's ctimeMs gives it, through the layer's own
  * descriptor: its path may be under the mount by now (a mount over its own lower layer).
@@ -45,10 +49,6 @@ function rootCtimeMs(layer: Layer): number {
   const st = new Float64Array(N.ST_LENGTH);
   N.fstat(layer.fd, st);
   return st[N.ST.ctimeSec]! * 1e3 + st[N.ST.ctimeNsec]! / 1e6;
-}
-
-function originPrefix(layer: { dev: number; ino: number }): string {
-  return `${ORIGIN}${layer.dev}.${layer.ino}:`;
 }
 
 /** A value may be computed when the batch is written (a listing's JSON: not on the request path). */
