@@ -614,6 +614,36 @@ test.serial('5l: copy_file_range from a read-only descriptor opened before the c
   });
 });
 
+// An open through /proc/self/fd/N looks no name up: it reaches the FUSE inode of that descriptor, which a
+// copy-up leaves bound to the lower file while passthrough opens hold it (README). Read-only, such an
+// open works (before the copy-up, after it and after an unlink), as on the kernel.
+test.serial('5m: read-only opens through /proc/self/fd of a descriptor that passthrough keeps on the lower file, after copy-up and unlink', (t) => {
+  const big = 'lower data '.repeat(10_000);
+  fdScenario(t, {
+    lowers: [[file('f', big), file('g', big)]],
+    steps: [
+      expect(['open', 'A', 'f', 'O_RDONLY'], OK),
+      expect(['pread', 'A', 11, 0], { ok: { len: 11, sha: sha12('lower data '), head: 'lower data ' } }),
+      expect(['reopen', 'A', 'B', 'O_RDONLY'], OK),
+      expect(['chmod', 'f', 0o600], OK),
+      expect(['reopen', 'A', 'C', 'O_RDONLY'], OK),
+      ['pread', 'C', 100, 50_000],
+      ['fstat', 'C'],
+      expect(['rename', 'f', 'h'], OK),
+      expect(['reopen', 'B', 'D', 'O_RDONLY'], OK),
+      expect(['unlink', 'h'], OK),
+      expect(['reopen', 'A', 'E', 'O_RDONLY'], OK),
+      ['pread', 'E', 100, 109_000],
+      ['fstat', 'E'],
+      expect(['open', 'G', 'g', 'O_RDONLY'], OK),
+      expect(['rename', 'g', 'f'], OK),
+      expect(['reopen', 'G', 'H', 'O_RDONLY'], OK),
+      ['pread', 'H', 20, 0],
+      ['stat', 'f'],
+    ],
+  });
+});
+
 test.serial('6: a read through a descriptor opened before the copy-up, with the daemon serving reads (--passthrough off)', (t) => {
   fdScenario(t, {
     lowers: [[file('g', DATA100)]],

@@ -138,7 +138,7 @@ export function openUpperFile(node: UnionNode, extra: number): { fd: number; wri
  * copy-up superseded answers ESTALE: the kernel then looks the name up again and opens the new node.
  */
 export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenReply {
-  if (node.successor) throw fsError('ESTALE');
+  if (node.successor) return openSuperseded(env, node, flags);
   let fd: number;
   let writable = false;
   if (node.layer.isUpper && node.type === C.S_IFREG && !node.metacopy) {
@@ -148,6 +148,22 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
     fd = openObject(node.dataLocation(), C.O_RDONLY | C.O_NOFOLLOW | C.O_CLOEXEC);
   }
   return openReply(env, node, fd, flags, writable);
+}
+
+/**
+ * An open of a node a copy-up superseded while the kernel read it by passthrough from the lower file.
+ * A name leads to the new node (the kernel looks it up again after ESTALE), but an open through
+ * /proc/PID/fd/N of one of the old opens reaches the old FUSE inode with no lookup to retry. Read-only,
+ * it is served as the old opens are: by passthrough from the same lower file (every open of the inode
+ * must share that backing). For writing, or once no old open holds that backing, ESTALE.
+ */
+function openSuperseded(env: FileEnv, node: UnionNode, flags: number): OpenReply {
+  const b = env.handles.backings.get(node);
+  const old = b && env.passthrough && (flags & 3) === C.O_RDONLY && (flags & C.O_TRUNC) === 0 ? [...node.handles ?? []].find((h) => h.backing === b) : undefined;
+  if (!b || !old) throw fsError('ESTALE');
+  const fd = N.dup(old.fd);
+  const h: FileHandle = { kind: 'file', node, fd, flags, backing: env.handles.backingFor(node, fd), onLower: old.onLower, writable: false };
+  return { fh: env.handles.add(h), openFlags: FOPEN_PASSTHROUGH | FOPEN_NOFLUSH, backingId: b.id };
 }
 
 /**

@@ -376,8 +376,9 @@ export class UnionFs implements FileSystem {
 
   open(ctx: RequestContext, nodeid: number, flags: number, killSuidgid = false): OpenReply | Promise<OpenReply> {
     const node = this.inodes.get(nodeid);
-    // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one.
-    if (node.successor) throw fsError('ESTALE');
+    // A node a copy-up superseded: the kernel looks the name up again (ESTALE) and opens the new one,
+    // or, through /proc/PID/fd/N, reaches it with nothing to look up (see openSuperseded).
+    if (node.successor) return this.opened(openFile(this.files, node, flags), null);
     this.fsflags.refuseOpen(node, flags);
     // (then a metacopy file's data: found, and with verity= checked, as the kernel's ovl_open does
     // after the VFS's checks of the flags)

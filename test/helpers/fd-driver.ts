@@ -74,6 +74,11 @@ def one(c):
         fd = fds.pop(c[1], None)
         if fd is None: raise OSError(errno.EBADF, 'no such label')
         os.close(fd); return 'ok'
+    if k == 'reopen':
+        # an open through /proc/self/fd/N of an open descriptor (no name is looked up)
+        src = fds.get(c[1])
+        if src is None: raise OSError(errno.EBADF, 'no such label')
+        fds[c[2]] = os.open('/proc/self/fd/%d' % src, flags(c[3])); return 'ok'
     if k == 'spawn':
         procs[c[1]] = subprocess.Popen(c[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); return 'ok'
     if k == 'kill':
@@ -104,6 +109,14 @@ def one(c):
     if k == 'fsync': os.fsync(fd); return 'ok'
     if k == 'fdatasync': os.fdatasync(fd); return 'ok'
     if k == 'getdents': return sorted(os.listdir(fd))
+    # names relative to a directory descriptor (its directory may have moved or gone since)
+    if k == 'openat':
+        fds[c[3]] = os.open(c[2], flags(c[4]), c[5], dir_fd=fd); return 'ok'
+    if k == 'fstatat': return st(os.stat(c[2], dir_fd=fd, follow_symlinks=False))
+    if k == 'mkdirat': os.mkdir(c[2], c[3], dir_fd=fd); return 'ok'
+    if k == 'unlinkat': os.rmdir(c[2], dir_fd=fd) if c[3] else os.unlink(c[2], dir_fd=fd); return 'ok'
+    if k == 'renameat': chk(libc.renameat2(fd, c[2].encode(), fd, c[3].encode(), c[4])); return 'ok'
+    if k == 'symlinkat': os.symlink(c[3], c[2], dir_fd=fd); return 'ok'
     if k == 'copy_file_range':
         dst = fds.get(c[2])
         if dst is None: raise OSError(errno.EBADF, 'no such label')

@@ -4,7 +4,8 @@
 // EXCHANGE, unlink, rmdir, re-creation, copy-up), and act through the old descriptors: fchmod,
 // fchown, futimens, ftruncate, fallocate, fsetxattr/fgetxattr/fremovexattr/flistxattr, fstat,
 // read/pread past the end, write with and without O_APPEND, lseek SEEK_DATA/SEEK_HOLE, fsync,
-// copy_file_range between two of them.
+// copy_file_range between two of them, read-only opens through /proc/self/fd, and openat, mkdirat,
+// unlinkat, renameat, symlinkat, fstatat relative to directory descriptors.
 import { ROOT, USER1, USER2, type FdCmd, type FdUser } from './fd-driver.js';
 import { RENAME_EXCHANGE, RENAME_NOREPLACE, type Op } from './ops-runner.js';
 
@@ -58,9 +59,12 @@ export class FdOpGenerator {
     const [, who, cmd] = op;
     const label = String(cmd[1]);
     if (cmd[0] === 'close') this.open.delete(label);
-    if (cmd[0] !== 'open') return;
     const a = kernelAnswer as { r?: { ok?: unknown } };
-    if (a.r && 'ok' in a.r) this.open.set(label, { who, dir: String(cmd[3]).includes('O_DIRECTORY'), path: String(cmd[2]) });
+    if (!a.r || !('ok' in a.r)) return;
+    if (cmd[0] === 'open') this.open.set(label, { who, dir: String(cmd[3]).includes('O_DIRECTORY'), path: String(cmd[2]) });
+    if (cmd[0] === 'reopen') this.open.set(String(cmd[2]), { ...this.open.get(label)!, who });
+    // (a file opened below a directory descriptor: its path is not known, name ops leave it alone)
+    if (cmd[0] === 'openat') this.open.set(String(cmd[3]), { who, dir: String(cmd[4]).includes('O_DIRECTORY'), path: '' });
   }
 
   /** Descriptors still open at the end: close them (the mounts must unmount). */
@@ -89,13 +93,16 @@ export class FdOpGenerator {
     if (free.length === 0) return undefined;
     const label = pick(r, free);
     const who = pick(r, FD_USERS).name;
+    // (an open through /proc/self/fd of an open file: read-only, see the README on passthrough and copy-up)
+    const files = [...this.open].filter(([, f]) => !f.dir && f.who === who);
+    if (files.length && r() < 0.15) return ['fd', who, ['reopen', pick(r, files)[0], label, 'O_RDONLY']];
     if (r() < 0.25) {
       const dirs = l.entries.filter(([, t]) => t === 'dir');
       if (dirs.length) return ['fd', who, ['open', label, pick(r, dirs)[0], 'O_RDONLY|O_DIRECTORY']];
     }
-    const files = l.entries.filter(([, t]) => t === 'file');
+    const names = l.entries.filter(([, t]) => t === 'file');
     const flags = pick(r, FILE_FLAGS);
-    const p = flags.includes('O_CREAT') && (r() < 0.6 || !files.length) ? this.newPath(l) : files.length ? pick(r, files)[0] : undefined;
+    const p = flags.includes('O_CREAT') && (r() < 0.6 || !names.length) ? this.newPath(l) : names.length ? pick(r, names)[0] : undefined;
     // A new name may be an existing symlink: O_CREAT without O_EXCL would open (and O_TRUNC empty) its target, anywhere.
     if (p === undefined || l.entries.some(([q, t]) => q === p && t === 'symlink')) return undefined;
     return ['fd', who, ['open', label, p, flags, pick(r, FILE_MODES)]];
@@ -111,6 +118,7 @@ export class FdOpGenerator {
   private nameOp(l: FdListing, fd: OpenFd): Op | undefined {
     const r = this.r;
     const p = fd.path;
+    if (p === '') return undefined; // opened below a directory descriptor
     const types = new Map(l.entries);
     const parts = p.split('/');
     for (let i = 1; i < parts.length; i++) if (types.get(parts.slice(0, i).join('/')) !== 'dir') return undefined;
@@ -176,7 +184,29 @@ export class FdOpGenerator {
   }
 
   private dirCmd(label: string, fd: OpenFd): FdCmd {
-    return this.common(label, fd) ?? ['getdents', label];
+    const r = this.r;
+    if (r() < 0.5) return this.common(label, fd) ?? ['getdents', label];
+    const names = ['f', 'g', 'sub', 'n0', 'x'];
+    const name = (): string => pick(r, names);
+    const free = LABELS.filter((x) => !this.open.has(x));
+    switch (int(r, 7)) {
+      case 0:
+        // (O_NOFOLLOW: a name there may be one of the layers' symlinks, which point anywhere)
+        if (free.length) return ['openat', label, name(), pick(r, free), pick(r, ['O_RDONLY', 'O_RDWR|O_CREAT', 'O_WRONLY|O_CREAT|O_EXCL', 'O_RDONLY|O_DIRECTORY']) + '|O_NOFOLLOW', pick(r, FILE_MODES)];
+        return ['fstatat', label, name()];
+      case 1:
+        return ['fstatat', label, name()];
+      case 2:
+        return ['mkdirat', label, name(), pick(r, DIR_MODES)];
+      case 3:
+        return ['unlinkat', label, name(), r() < 0.3 ? 1 : 0];
+      case 4:
+        return ['renameat', label, name(), name(), pick(r, [0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])];
+      case 5:
+        return ['symlinkat', label, name(), pick(r, ['f', '../g', 'nowhere'])];
+      default:
+        return ['getdents', label];
+    }
   }
 
   private fileCmd(label: string, fd: OpenFd): FdCmd {
