@@ -79,7 +79,7 @@ demo: build
 # (the Debian rootfs first: the image tests take its bottom layer, and may start before rootfs.test.ts builds it)
 test: system-deps build
 	-@bash scripts/build-rootfs.sh >/dev/null
-	./node_modules/.bin/ava
+	bash scripts/test-run.sh
 
 # The seeded random-operation test (with descriptors, users, the kernel over strata's upper) over many
 # seeds: 200 seeds x 1000 ops by default (hours), e.g. make soak SOAK_LAST=20 SOAK_OPS=300.

@@ -6,6 +6,7 @@
 // program is recorded and must have been accepted; nothing is left mounted or running.
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { run, type RunResult } from './helpers/exec.js';
 import { readMounts } from './helpers/mounts.js';
@@ -83,7 +84,7 @@ test.before(() => {
     if (run('sh', ['-c', `command -v ${cmd}`]).status !== 0) throw new Error(`${cmd} is not installed (make system-deps installs it)`);
   }
   if (!fs.existsSync('/bin/busybox')) throw new Error('/bin/busybox is missing (package busybox-static; make system-deps installs it)');
-  base = fs.mkdtempSync('/tmp/pdm');
+  base = fs.mkdtempSync(path.join(os.tmpdir(), 'pdm'));
   // A busybox root filesystem as an image tarball.
   const img = path.join(base, 'img');
   for (const d of ['bin', 'etc', 'tmp', 'data']) fs.mkdirSync(path.join(img, d), { recursive: true });

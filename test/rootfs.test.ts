@@ -7,6 +7,7 @@
 // and the kernel, mounting strata's upper over the same layers, must show the same installed tree.
 import test from 'ava';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { run, type RunResult } from './helpers/exec.js';
 import { mountAt, unmountQuietly } from './helpers/mounts.js';
@@ -63,7 +64,7 @@ test.before((t) => {
   const b = run('bash', [path.join(repoRoot, 'scripts', 'build-rootfs.sh')], { timeoutMs: 40 * 60_000 });
   if (b.status !== 0) throw new Error(`building the Debian rootfs failed:\n${b.stderr.trim().split('\n').slice(-8).join('\n')}`);
   lowers = b.stdout.trim().split('\n').at(-1)!.split(':');
-  root = fs.mkdtempSync('/tmp/rfs');
+  root = fs.mkdtempSync(path.join(os.tmpdir(), 'rfs'));
   for (const name of ['strata', 'kernel'] as const) {
     const s: Side = { name, mnt: path.join(root, name), upper: path.join(root, `${name}-upper`), work: path.join(root, `${name}-work`) };
     for (const d of [s.mnt, s.upper, s.work]) fs.mkdirSync(d);

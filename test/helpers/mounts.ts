@@ -2,6 +2,7 @@
 // (the oracle) and strata. Each mount helper registers its own unmount in t.teardown.
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { run } from './exec.js';
 import { strataBin } from './paths.js';
@@ -105,7 +106,7 @@ export function kernelOverlay(t: ExecutionContext, spec: OverlaySpec): string {
   let lowers = spec.lowers;
   let opts = mkOptions(lowers, spec);
   if (opts.length > 3500) {
-    const short = fs.mkdtempSync('/tmp/o');
+    const short = fs.mkdtempSync(path.join(os.tmpdir(), 'o'));
     t.teardown(() => fs.rmSync(short, { recursive: true, force: true }));
     lowers = spec.lowers.map((l, i) => {
       fs.symlinkSync(path.resolve(l), path.join(short, String(i)));
