@@ -561,7 +561,12 @@ print(json.dumps(out))
 `;
   // (with a pid file and a log file under the mount point, which strata opens before the mount covers them)
   const underMount = (b: string): string[] => ['--pid-file', `${b}/strata.pid`, '--log-file', `${b}/strata.log`];
-  const cases: Array<[string, (b: string) => string, ((b: string) => string[])?]> = [
+  // (the same through a symlink to the mount point: strata resolves the names before it mounts)
+  const throughLink = (b: string): string[] => {
+    fs.symlinkSync(`${b}/w`, `${b}/lnk`);
+    return ['--cache-dir', `${b}/lnk/cache`, '--log-file', `${b}/lnk/strata.log`];
+  };
+  const cases: Array<[string, (b: string) => string, ((b: string) => string[])?, string?]> = [
     ['the lower layer', (b) => `${b}/l1`],
     ['inside the lower layer', (b) => `${b}/l1/sub`],
     ['the upper directory', (b) => `${b}/u`],
@@ -569,8 +574,9 @@ print(json.dumps(out))
     // would land in the union)
     ['the work directory', (b) => `${b}/w`],
     ['above every layer and the work directory', (b) => b, underMount],
+    ['the work directory, with the cache and log named through a symlink to it', (b) => `${b}/w`, throughLink, 'w/strata.log'],
   ];
-  for (const [what, mountpointOf, strataArgsOf] of cases) {
+  for (const [what, mountpointOf, strataArgsOf, logAt = 'strata.log'] of cases) {
     const seen: Record<string, unknown> = {};
     const uppers: Record<string, string> = {};
     for (const side of ['kernel', 'strata'] as const) {
@@ -593,7 +599,7 @@ print(json.dumps(out))
       uppers[side] = run('sh', ['-c', `cd ${b}/u && find . -printf '%p %y %s\\n' | sort && cat a made/f`]).stdout;
       t.is(fs.readFileSync(path.join(b, 'l1', 'a'), 'utf8'), 'lower a', `${what}: ${side}: the lower layer is untouched`);
       if (side === 'strata' && strataArgsOf) {
-        t.regex(fs.readFileSync(path.join(b, 'strata.log'), 'utf8'), /"msg":"mounted"/, `${what}: the daemon's log under the mount point`);
+        t.regex(fs.readFileSync(path.join(b, logAt), 'utf8'), /"msg":"mounted"/, `${what}: the daemon's log under the mount point`);
         t.false(fs.existsSync(path.join(b, 'strata.pid')), `${what}: the pid file is removed at exit`);
       }
     }

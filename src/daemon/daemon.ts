@@ -2,7 +2,7 @@
 // mount goes away (umount, `strata umount`, SIGTERM/SIGINT), then exits cleanly.
 
 import { existsSync, mkdirSync, rmSync, readdirSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { FuseSession, type PassthroughMode } from '../fuse/session.js';
 import * as N from '../native/index.js';
@@ -11,7 +11,7 @@ import { LayerStack } from '../union/layers.js';
 import type { MountParams } from '../union/params.js';
 import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
-import { inside, SetupError, type ResolvedLayout } from './validate.js';
+import { inside, resolveExisting, SetupError, type ResolvedLayout } from './validate.js';
 import { rootOrigin, stampUuid, useNullUuids } from '../union/origin.js';
 import { FUSE_SUBTYPE, mountFlags, type VfsFlagParams } from './mount_flags.js';
 import { DaemonLogger } from './log.js';
@@ -128,7 +128,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   let cacheDir = options.cacheDir ?? (layout.workdir ? join(layout.workdir, 'strata-cache') : null);
   // A cache the mount would cover (the mount point at or above the work directory, as the kernel allows)
   // would be reached through the mount itself once it is live: the mount goes without one.
-  if (cacheDir !== null && inside(resolve(cacheDir), layout.mountpoint)) {
+  if (cacheDir !== null && inside(resolveExisting(cacheDir), layout.mountpoint)) {
     logger.info({ cacheDir, mountpoint: layout.mountpoint }, 'the metadata cache would lie inside the mount point: mounting without it');
     cacheDir = null;
   }

@@ -3,6 +3,7 @@
 // upper's filesystem and subtree rules.
 
 import { realpathSync, statSync, readFileSync, type Stats } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { UsageError, type MountParams } from '../union/params.js';
 
 export class SetupError extends Error {
@@ -33,6 +34,26 @@ function resolveDir(what: string, path: string): [string, Stats] {
 /** Is path `child` the path `parent` or below it (both absolute, resolved)? */
 export function inside(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith('/') ? parent : parent + '/');
+}
+
+/**
+ * `path` made absolute with its symlinks resolved as far as it exists; the part that does not exist
+ * yet follows as given. (A file the daemon would create through a symlink into its own mount point must
+ * be seen to lie inside it.)
+ */
+export function resolveExisting(path: string): string {
+  let head = resolve(path);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return join(realpathSync(head), ...rest);
+    } catch {
+      const up = dirname(head);
+      if (up === head) return resolve(path);
+      rest.unshift(basename(head));
+      head = up;
+    }
+  }
 }
 
 /** Decodes the octal escapes of /proc/self/mountinfo fields. */
