@@ -159,6 +159,35 @@ for (const c of [
   });
 }
 
+for (const c of [
+  { name: 'throws', code: 'throw new Error("injected failure after the mount");' },
+  { name: 'rejects a promise nobody awaits', code: 'void Promise.reject(new Error("injected failure after the mount"));' },
+]) {
+  test(`a daemon that ${c.name} once its mount is live: the error is in its log and in strata status, strata umount detaches the mount`, async (t) => {
+    const f = fixture(t);
+    const inject = path.join(f.root, 'inject.mjs');
+    // (the flag file starts it: the daemon's first second, when the mount comes up, stays out of it)
+    const go = path.join(f.root, 'go');
+    fs.writeFileSync(inject, `if (process.argv.includes('__daemon')) { const fs = await import('node:fs');
+      const timer = setInterval(() => { if (fs.existsSync(${JSON.stringify(go)})) { clearInterval(timer); ${c.code} } }, 50); }\n`);
+    const { tag, env } = tagged(t, f.mnt, { NODE_OPTIONS: `--import=${inject}` });
+    const log = path.join(f.root, 'daemon.log');
+    const r = await runWithPipes(strataBin, ['mount', '--log-file', log, '-o', `lowerdir=${f.a}:${f.b}`, f.mnt], { env });
+    t.is(r.status, 0, r.stderr);
+    t.is(view(f.mnt), EXPECTED_VIEW);
+    fs.writeFileSync(go, '');
+    t.true(await waitFor(() => processesTagged(tag).length === 0, 10_000), 'the daemon ended');
+    const line = fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('"level":60'));
+    t.truthy(line, 'a fatal line in the log');
+    t.regex(line ?? '', /"message":"injected failure after the mount".*"msg":"the daemon failed/);
+    const status = run(strataBin, ['status', f.mnt]);
+    t.is(status.status, 0, status.stderr);
+    t.regex(status.stdout, /: daemon failed at \S+: Error: injected failure after the mount \(strata umount clears it\)\n/);
+    t.is(run(strataBin, ['umount', f.mnt]).status, 0);
+    t.is(mountAt(f.mnt), undefined);
+  });
+}
+
 test('after a lazy umount the daemon serves open files until they are closed, then exits', async (t) => {
   const f = fixture(t);
   const { tag } = await mountFixture(t, f);

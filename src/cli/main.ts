@@ -49,7 +49,8 @@ function statusCommand(mountpointArg: string | undefined, json: boolean): never 
     process.stdout.write('no strata mounts\n');
   } else {
     for (const r of rows) {
-      const state = r.alive && r.mounted ? 'running' : r.mounted ? 'daemon gone (strata umount clears it)' : 'not mounted';
+      const gone = r.failed ? `daemon failed at ${r.failed.at}: ${r.failed.error.split('\n')[0]}` : 'daemon gone';
+      const state = r.alive && r.mounted ? 'running' : r.mounted ? `${gone} (strata umount clears it)` : 'not mounted';
       process.stdout.write([
         `${r.mountpoint}: ${state}`,
         `  pid ${r.pid}, up ${r.uptimeSeconds}s, ${r.residentBytes ? `${(r.residentBytes / 2 ** 20).toFixed(1)} MiB resident, ` : ''}` +

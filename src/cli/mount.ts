@@ -171,8 +171,8 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   try {
     if (pidFile) pidFd = openSync(pidFile, 'w', 0o644);
     // (so is a log file under the mount point, which pino, loaded once the mount is live, would open by name)
-    const { inside } = await import('../daemon/validate.js');
-    if (config.options.logFile !== null && inside(config.options.logFile, config.layout.mountpoint)) logger.openFileNow();
+    const { inside, resolveExisting } = await import('../daemon/validate.js');
+    if (config.options.logFile !== null && inside(resolveExisting(config.options.logFile), config.layout.mountpoint)) logger.openFileNow();
     m = await startMount(config, logger);
   } catch (e) {
     if (pidFd >= 0) {
@@ -203,6 +203,25 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
     });
   }
   process.on('SIGHUP', () => logger.reopen());
+  // An error nothing caught (outside the requests, which answer theirs) ends the daemon, as node would,
+  // but not silently: stderr is /dev/null by now, so the error goes into the mount's record, where
+  // `strata status` shows it, and into the log.
+  let failing = false;
+  const failed = (err: unknown): void => {
+    if (failing) process.exit(70);
+    failing = true;
+    const text = err instanceof Error ? (err.stack ?? String(err)) : String(err);
+    try {
+      writeRecord({ ...record, failed: { at: new Date().toISOString(), error: text.slice(0, 4000) } });
+    } catch {
+      // (the record is for status only)
+    }
+    logger.fatal({ err }, 'the daemon failed: its mount is left without it (strata umount detaches it)');
+    setTimeout(() => process.exit(70), 2000).unref();
+    void logger.ready().finally(() => process.exit(70));
+  };
+  process.on('uncaughtException', failed);
+  process.on('unhandledRejection', failed);
   if (notify) {
     notify(`ok ${mountpoint}`);
     // The launcher stops reading our output once the mount is live: from now on it goes nowhere
@@ -237,6 +256,7 @@ async function runDaemon(config: DaemonConfig, notify: ((msg: string) => void) |
   const logged = notify && !config.options.logFile ? logger.discard() : logger.ready();
   const collect = idleCollector();
   const refresh = setInterval(() => {
+    if (failing) return;
     const { requests, errors } = m.session.stats;
     writeRecord({ ...record, requests, errors, byOp: m.session.requestsByOp(), updated: new Date().toISOString() });
     collect(requests);

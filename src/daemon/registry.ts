@@ -20,6 +20,8 @@ export interface MountRecord {
   /** Requests by opcode name. */
   byOp?: Record<string, number>;
   updated?: string;
+  /** Set by a daemon that an error ended (see mountCommand). */
+  failed?: { at: string; error: string };
 }
 
 function recordPath(mountpoint: string): string {
