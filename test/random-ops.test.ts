@@ -29,7 +29,7 @@ import path from 'node:path';
 import { randomLayers, rng } from './helpers/generators.js';
 import { materializeLayer, type Layer } from './helpers/layers.js';
 import { Checks } from './helpers/ops-checks.js';
-import { finishPair, setupPair, type LowerSource, type Pair, type PairOptions, type Side } from './helpers/ops-pair.js';
+import { daemonTrouble, finishPair, setupPair, type LowerSource, type Pair, type PairOptions, type Side } from './helpers/ops-pair.js';
 import { strataUnmount } from './helpers/mounts.js';
 import { run as runCmd } from './helpers/exec.js';
 import { repoRoot } from './helpers/paths.js';
@@ -779,6 +779,8 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOption
     t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
     closeDrivers(run);
     strataUnmount(pair.strata.mnt);
+    const trouble = daemonTrouble(pair);
+    if (trouble) t.log(`seed ${seed}: the daemon logged:\n${trouble}`);
     const note = saveFailure(t, seed, layers, done, false, po);
     c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
       `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
@@ -788,7 +790,11 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOption
   t.log(`seed ${seed}: ${done.length} steps agree; ops by kind: ${summary(done)}`);
   closeDrivers(run);
   finishRun(c, pair);
-  if (c.failures.length) c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true, po)}`);
+  if (c.failures.length) {
+    const trouble = daemonTrouble(pair);
+    if (trouble) t.log(`seed ${seed}: the daemon logged:\n${trouble}`);
+    c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true, po)}`);
+  }
   c.done();
 }
 

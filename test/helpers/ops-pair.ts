@@ -29,6 +29,8 @@ export interface Side {
   lowerBefore: Snapshot[];
   /** Unmounts this side and mounts the same layers, upper and work directory at the same place again. */
   remount(): void;
+  /** strata's log file (strata only). */
+  log?: string;
 }
 
 export interface Pair {
@@ -97,7 +99,10 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const xino = crossFsOptions(k.upper, k.lowers[0]!);
   const options = xino ? [...(opts.options ?? []), ...xino] : opts.options;
   const kspec = { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options };
-  const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs: opts.strataArgs };
+  // (strata's log beside its layers: errors and warnings in it are shown with a failure, see daemonTrouble)
+  const log = underTest().name === 'strata' ? path.join(s.base, 'daemon.log') : undefined;
+  const extraArgs = log ? ['--log-file', log, ...(opts.strataArgs ?? [])] : opts.strataArgs;
+  const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs };
   const kmnt = kernelOverlay(t, kspec);
   const smnt = strataMount(t, sspec);
   // (no lazy unmount here: a second mount of the same upper and work directory must not meet the first)
@@ -115,8 +120,25 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
     base,
     options: opts.options,
     kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt), remount: remountKernel },
-    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt), remount: remountStrata },
+    strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt), remount: remountStrata, log },
   };
+}
+
+/** The errors and warnings strata's daemon logged (a daemon that failed says why there), or ''. */
+export function daemonTrouble(pair: Pair): string {
+  const file = pair.strata.log;
+  if (!file || !fs.existsSync(file)) return '';
+  const out: string[] = [];
+  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+    if (!line) continue;
+    try {
+      const j = JSON.parse(line) as { level: number; msg?: string; err?: { stack?: string; message?: string } };
+      if (j.level >= 40) out.push(`${j.level >= 50 ? 'error' : 'warn'}: ${j.msg ?? ''}${j.err ? `\n${j.err.stack ?? j.err.message ?? ''}` : ''}`);
+    } catch {
+      out.push(line);
+    }
+  }
+  return out.join('\n');
 }
 
 export interface StepLog {
