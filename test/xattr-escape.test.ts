@@ -41,6 +41,16 @@ function layers(ns: string): LayerSpec[] {
 /** Every xattr the mount lists, with values, sorted (the order of listxattr is the filesystem's). */
 const DUMP = 'd() { getfattr -d -m - --absolute-names "$@" | sort; }; d';
 const LONG = 'a'.repeat(231);
+/** llistxattr(2) of each argument: a size probe, then buffers of 1 byte, the probed size less one, and the probed size. */
+const PROBE_LIST = [
+  'import ctypes, os, sys',
+  'c = ctypes.CDLL(None, use_errno=True)',
+  'def l(p, n):',
+  '  b = ctypes.create_string_buffer(max(n, 1)); r = c.llistxattr(p.encode(), b if n else None, n)',
+  '  return os.strerror(ctypes.get_errno()) if r < 0 else sorted(b.raw[:r].split(bytes(1))) if n else r',
+  'for p in sys.argv[1:]:',
+  '  n = l(p, 0); print(p, n, *[l(p, k) for k in sorted({1, max(n - 1, 1), max(n, 1)})] if isinstance(n, int) else [])',
+].join('\n');
 /** root without CAP_SYS_ADMIN (as in a container). */
 const NO_SYS_ADMIN = 'setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin';
 
@@ -78,6 +88,10 @@ function steps(ns: string): ShellStep[] {
       { sh: `setfattr -n trusted.overlay.set -v s plain2; ${DUMP} plain2; setfattr -x trusted.overlay.set plain2; ${DUMP} plain2` },
       { sh: `setfattr -n trusted.overlay.opaque -v y dir; ls dir; ls odir; ${DUMP} odir` },
     ]),
+    // listxattr's size probe (size 0) is answered with the size of the layer object's own list, markers
+    // and escapes included; a buffer smaller than that gets ERANGE (ovl_listxattr)
+    { sh: `python3 -c '${PROBE_LIST}' up esc esc2 trusted plain dir marked fresh` },
+    { as: USER, sh: `python3 -c '${PROBE_LIST}' up esc trusted plain` },
     // a whiteout's shape is not made through the mount; other devices are
     { sh: 'mknod wh c 0 0 2>&1; ls -a | grep -c "^wh$"; mknod null c 1 3 && stat -c "%F %t:%T" null' },
   ];

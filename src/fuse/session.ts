@@ -888,8 +888,12 @@ export class FuseSession {
   private opListxattr(ctx: RequestContext, nodeid: number, p: number): void {
     const size = this.inBuf.readUInt32LE(p);
     const u = ctx.unique;
-    this.settle(Op.LISTXATTR, u, this.fs.listxattr(ctx, nodeid), (names) =>
-      this.replyXattr(u, Buffer.from(names.map((n) => n + '\0').join(''), 'latin1'), size));
+    this.settle(Op.LISTXATTR, u, this.fs.listxattr(ctx, nodeid), (list) => {
+      const value = Buffer.from(list.names.map((n) => n + '\0').join(''), 'latin1');
+      if (size === 0) this.replyU32(u, Math.max(list.size, value.length), GETXATTR_OUT_SIZE);
+      else if (size < list.size) this.replyError(u, errno.ERANGE);
+      else this.replyXattr(u, value, size);
+    });
   }
 
   private opRemovexattr(ctx: RequestContext, nodeid: number, p: number, end: number): void {

@@ -168,7 +168,7 @@ export interface FileSystem {
    * answers size probes and ERANGE.
    */
   getxattr(ctx: RequestContext, nodeid: number, name: string): R<Buffer | null>;
-  listxattr(ctx: RequestContext, nodeid: number): R<string[]>;
+  listxattr(ctx: RequestContext, nodeid: number): R<XattrList>;
   removexattr(ctx: RequestContext, nodeid: number, name: string): R<void>;
   access(ctx: RequestContext, nodeid: number, mask: number): R<void>;
   fallocate(ctx: RequestContext, nodeid: number, fh: number, offset: number, length: number, mode: number): R<void>;
@@ -179,4 +179,15 @@ export interface FileSystem {
   ioctl?(ctx: RequestContext, nodeid: number, fh: number, cmd: number, input: Buffer, outSize: number): R<Buffer>;
   lseek(ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): R<number>;
   copyFileRange(ctx: RequestContext, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number): R<number>;
+}
+
+/** The names LISTXATTR answers, and the size a size probe (size 0) is answered with. */
+export interface XattrList {
+  names: string[];
+  /**
+   * Bytes of the list a probe is told, at least that of `names` (the kernel's overlay answers a probe
+   * with the size of the layer object's own list, private names included, and a buffer smaller than
+   * that with ERANGE).
+   */
+  size: number;
 }

@@ -8,7 +8,7 @@ import { errCode, fsError } from '../fuse/errors.js';
 import { FATTR_FH, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
-  StatfsReply, StatxReply,
+  StatfsReply, StatxReply, XattrList,
 } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
@@ -364,7 +364,7 @@ export class UnionFs implements FileSystem {
     return this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
   }
 
-  listxattr(ctx: RequestContext, nodeid: number): string[] {
+  listxattr(ctx: RequestContext, nodeid: number): XattrList {
     return listXattrs(this.xattrNames, this.inodes.get(nodeid).live, ctx);
   }
 

@@ -12,7 +12,7 @@
 // userxattr, trusted.overlay.* is a plain attribute, as on the kernel (strata reads no marker there).
 
 import { fsError } from '../fuse/errors.js';
-import type { RequestContext } from '../fuse/types.js';
+import type { RequestContext, XattrList } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import { callerCreds } from './killpriv.js';
 import type { UnionNode } from './node.js';
@@ -68,18 +68,21 @@ export function getXattr(names: OverlayXattrs, node: UnionNode, name: string): B
 }
 
 /** The names as the mount shows them: trusted.* only to callers with CAP_SYS_ADMIN (ovl_can_list). */
-export function listXattrs(names: OverlayXattrs, node: UnionNode, ctx: RequestContext): string[] {
+export function listXattrs(names: OverlayXattrs, node: UnionNode, ctx: RequestContext): XattrList {
   const [dirfd, fname] = node.location();
   const shown: string[] = [];
   let trusted = false;
+  // (a size probe is told the size of the layer object's own list, as by the kernel's ovl_listxattr)
+  let size = 0;
   for (const real of N.llistxattr(dirfd, fname)) {
+    size += Buffer.byteLength(real, 'latin1') + 1;
     const name = names.shown(real);
     if (name === null) continue;
     shown.push(name);
     if (name.startsWith('trusted.')) trusted = true;
   }
-  if (!trusted || callerCreds(ctx).sysAdmin) return shown;
-  return shown.filter((n) => !n.startsWith('trusted.'));
+  if (!trusted || callerCreds(ctx).sysAdmin) return { names: shown, size };
+  return { names: shown.filter((n) => !n.startsWith('trusted.')), size };
 }
 
 /** The name to set or remove on the layer object; a private name of the other namespace is refused before any copy-up. */
