@@ -385,8 +385,15 @@ export class UnionFs implements FileSystem {
     verifyData(node);
     const truncate = (flags & C.O_TRUNC) !== 0;
     if ((flags & 3) !== C.O_RDONLY || truncate) {
-      // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway).
-      return this.afterCopyUp(node, !truncate, () => this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null));
+      // Open for write or with O_TRUNC: copy up first (without the data when it is truncated anyway). The
+      // copy has a ctime of its own (st_blocks too), and an OPEN reply carries no attributes: the kernel
+      // is told to drop the lower file's that it holds (an O_TRUNC open drops them itself).
+      const copies = !truncate && (!node.live.layer.isUpper || node.live.metacopy);
+      return this.afterCopyUp(node, !truncate, () => {
+        const reply = this.opened(openFile(this.files, node, flags), killSuidgid && truncate ? ctx : null);
+        if (copies && node.lookups > 0) this.opts.invalidateAttributes(node.nodeid);
+        return reply;
+      });
     }
     return this.opened(openFile(this.files, node, flags), null);
   }
