@@ -188,6 +188,33 @@ for (const c of [
   });
 }
 
+// The union core answers some errors with shared frozen error objects; pino's serializer cannot mark
+// those, and the request that logged one went unanswered (with a log file, or in the foreground).
+test('with a log file, a request answered with EIO is answered and logged', async (t) => {
+  const root = tempDir(t, 'c');
+  for (const d of ['l/d2/s', 'u', 'w', 'm']) fs.mkdirSync(path.join(root, d), { recursive: true });
+  const mnt = path.join(root, 'm');
+  const log = path.join(root, 'daemon.log');
+  const { env } = tagged(t, mnt);
+  const r = await runWithPipes(strataBin, ['mount', '--log-file', log, '-o', `lowerdir=${root}/l,upperdir=${root}/u,workdir=${root}/w`, mnt], { env });
+  t.is(r.status, 0, r.stderr);
+  // (a removed lower directory whose parent was removed too: a change through its descriptor is EIO, as on the kernel)
+  const py = run('python3', ['-c', `
+import errno, os, signal, sys
+signal.alarm(20)
+os.chdir(sys.argv[1])
+s = os.open('d2/s', os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir('d2/s'); os.rmdir('d2'); os.mkdir('d2')
+try:
+    os.fchmod(s, 0o700); print('ok')
+except OSError as e:
+    print(errno.errorcode[e.errno])
+`, mnt], { timeoutMs: 30_000 });
+  t.is(py.stdout.trim(), 'EIO', py.stderr);
+  t.regex(fs.readFileSync(log, 'utf8'), /"code":"EIO".*"op":"SETATTR","msg":"request failed"/);
+  t.is(run(strataBin, ['umount', mnt]).status, 0);
+});
+
 test('after a lazy umount the daemon serves open files until they are closed, then exits', async (t) => {
   const f = fixture(t);
   const { tag } = await mountFixture(t, f);

@@ -63,11 +63,25 @@ export class DaemonLogger {
     this.log('fatal', args);
   }
 
+  /**
+   * Never throws: a line that cannot be written is lost, not the request that logged it. pino's error
+   * serializer marks the error it is given, which the shared frozen errors of the request path
+   * (fsError) refuse: those are logged as a plain copy.
+   */
   private log(method: Method, args: unknown[]): void {
-    if (this.real) {
-      (this.real[method] as (...a: unknown[]) => void).apply(this.real, args);
-    } else if (LEVELS[method]! >= this.threshold) {
+    if (!this.real && LEVELS[method]! < this.threshold) return;
+    const first = args[0] as { err?: unknown } | null;
+    if (first && typeof first === 'object' && first.err && typeof first.err === 'object' && !Object.isExtensible(first.err)) {
+      args = [{ ...first, err: plainError(first.err) }, ...args.slice(1)];
+    }
+    if (!this.real) {
       this.pending.push({ method, time: Date.now(), args });
+      return;
+    }
+    try {
+      (this.real[method] as (...a: unknown[]) => void).apply(this.real, args);
+    } catch {
+      // (see above)
     }
   }
 
@@ -134,4 +148,13 @@ export class DaemonLogger {
   asLogger(): Logger {
     return this as unknown as Logger;
   }
+}
+
+/** A copy of a frozen error that pino can mark: same class name, message, stack and own properties. */
+function plainError(err: object): Error {
+  const e = err as { name?: unknown; message?: unknown; stack?: unknown };
+  const copy = Object.assign(new Error(String(e.message ?? '')), err);
+  Object.defineProperty(copy, 'name', { value: err.constructor?.name ?? 'Error' });
+  copy.stack = typeof e.stack === 'string' ? e.stack : copy.stack;
+  return copy;
 }

@@ -613,12 +613,13 @@ export class FuseSession {
     }
   }
 
+  /** Answers a request with the errno of `err`, then logs it (the answer goes out whatever the log does). */
   private fail(opcode: number, unique: number, err: unknown): void {
     const e = errnoOf(err);
     this.stats.errors++;
+    this.replyError(unique, e);
     if (!isExpectedErrno(e)) this.opts.logger.error({ err, op: opName(opcode) }, 'request failed');
     else if (this.trace) this.opts.logger.trace({ op: opName(opcode), errno: e }, 'request error');
-    this.replyError(unique, e);
   }
 
   /** Requests whose handler returned a promise that has not settled yet. */
