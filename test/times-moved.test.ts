@@ -21,6 +21,10 @@ const LOWER: LayerSpec = [
   { t: 'file', p: 'd/x', data: 'lower x\n' },
   { t: 'dir', p: 'e' },
   { t: 'file', p: 'e/f', data: 'lower f\n' },
+  { t: 'dir', p: 'f' },
+  { t: 'file', p: 'f/k', data: 'lower k\n' },
+  { t: 'dir', p: 'g' },
+  { t: 'file', p: 'g/i', data: 'lower i\n' },
 ];
 
 /** Each step: a name, the code (run in the mount), and the paths whose times are compared. */
@@ -52,6 +56,16 @@ STEPS = [
     ('removexattr of a missing name', lambda: os.removexattr('e/f', 'user.none'), ['e/f', 'e']),
     ('rename within the directory', lambda: os.rename('e/f', 'e/g'), ['e/f', 'e/g', 'e']),
     ('link', lambda: os.link('e/g', 'e/h'), ['e/g', 'e']),
+    ('unlink of one of two names', lambda: os.unlink('e/h'), ['e/g', 'e']),
+    ('rename to another directory', lambda: os.rename('d/z', 'e/z'), ['d', 'e', 'e/z']),
+    ('rename over a lower file', lambda: os.rename('e/z', 'd/x'), ['d', 'e', 'd/x']),
+    ('mkdir in a lower directory', lambda: os.mkdir('f/new'), ['f', 'f/k']),
+    ('symlink', lambda: os.symlink('k', 'f/ln'), ['f', 'f/k']),
+    ('mknod of a fifo', lambda: os.mkfifo('f/p'), ['f']),
+    ('rmdir', lambda: os.rmdir('f/new'), ['f']),
+    ('chown of a lower directory', lambda: os.chown('g', 1000, 1000), ['g', '.']),
+    ('write through a new descriptor', lambda: opened('f/k', os.O_WRONLY, b'new'), ['f/k', 'f']),
+    ('truncate by name', lambda: os.truncate('f/k', 1), ['f/k', 'f']),
 ]
 def times(paths):
     out = {}
