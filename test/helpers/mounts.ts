@@ -167,9 +167,19 @@ export function strataMount(t: ExecutionContext, spec: StrataSpec): string {
   [...spec.lowers, ...(spec.upper ? [spec.upper] : []), ...(spec.work ? [spec.work] : [])].forEach(checkLayerPath);
   const mnt = spec.mountpoint ?? newMountpoint(path.dirname(spec.lowers[0]!), 'm');
   const prog = underTest();
+  // strata logs to a file of its own unless the test gives one: the daemon's logging then runs as in
+  // production (with none and no terminal it logs nothing, and an error its logger threw went unseen)
+  let logDir: string | undefined;
+  if (prog.name === 'strata' && !spec.extraArgs?.includes('--log-file')) {
+    logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'slog'));
+    spec = { ...spec, extraArgs: [...(spec.extraArgs ?? []), '--log-file', path.join(logDir, 'daemon.log')] };
+  }
   const [cmd, args] = prog.command(spec, mkOptions(spec.lowers, spec), mnt);
   const r = run(cmd, args, { timeoutMs: 30_000 });
-  t.teardown(() => strataUnmount(mnt));
+  t.teardown(() => {
+    strataUnmount(mnt);
+    if (logDir) fs.rmSync(logDir, { recursive: true, force: true });
+  });
   if (r.status !== 0) throw new Error(`${prog.name} mount failed: ${r.command}: status ${r.status}: ${r.stderr.trim()}`);
   const m = mountAt(mnt);
   if (!m || m.fstype !== prog.fstype) {

@@ -100,8 +100,9 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   const options = xino ? [...(opts.options ?? []), ...xino] : opts.options;
   const kspec = { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options };
   // (strata's log beside its layers: errors and warnings in it are shown with a failure, see daemonTrouble)
-  const log = underTest().name === 'strata' ? path.join(s.base, 'daemon.log') : undefined;
-  const extraArgs = log ? ['--log-file', log, ...(opts.strataArgs ?? [])] : opts.strataArgs;
+  const given = opts.strataArgs?.indexOf('--log-file') ?? -1;
+  const log = underTest().name !== 'strata' ? undefined : given >= 0 ? opts.strataArgs![given + 1] : path.join(s.base, 'daemon.log');
+  const extraArgs = log && given < 0 ? ['--log-file', log, ...(opts.strataArgs ?? [])] : opts.strataArgs;
   const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs };
   const kmnt = kernelOverlay(t, kspec);
   const smnt = strataMount(t, sspec);
