@@ -45,7 +45,7 @@ libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_l
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 AT_FDCWD = -100
 FLAGS = {k: getattr(os, k) for k in ['O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_CREAT', 'O_EXCL', 'O_TRUNC', 'O_APPEND',
-                                     'O_DIRECTORY', 'O_NOFOLLOW', 'O_NONBLOCK']}
+                                     'O_DIRECTORY', 'O_NOFOLLOW', 'O_NONBLOCK', 'O_NOATIME', 'O_PATH', 'O_SYNC', 'O_DSYNC']}
 fds = {}
 procs = {}
 class Timeout(Exception): pass

@@ -16,7 +16,10 @@ const int = (r: Rand, n: number): number => Math.floor(r() * n);
 const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)]!;
 
 const LABELS = ['F0', 'F1', 'F2', 'F3', 'F4', 'F5', 'F6', 'F7'];
-const FILE_FLAGS = ['O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_RDWR|O_APPEND', 'O_WRONLY|O_APPEND', 'O_RDWR|O_CREAT', 'O_WRONLY|O_CREAT|O_TRUNC', 'O_RDWR|O_CREAT|O_EXCL'];
+// (O_NOATIME: EPERM for a caller who does not own the file; O_PATH: a descriptor most operations refuse
+// with EBADF, which fstat, *at calls and a reopen through /proc take)
+const FILE_FLAGS = ['O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_RDWR|O_APPEND', 'O_WRONLY|O_APPEND', 'O_RDWR|O_CREAT', 'O_WRONLY|O_CREAT|O_TRUNC',
+  'O_RDWR|O_CREAT|O_EXCL', 'O_RDONLY|O_NOATIME', 'O_PATH', 'O_RDWR|O_SYNC', 'O_WRONLY|O_DSYNC|O_APPEND'];
 const FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o2755, 0o444, 0o666, 0o1444];
 const DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555];
 const SIZES = [0, 1, 10, 100, 4096, 70_000, 1 << 20];
@@ -95,7 +98,7 @@ export class FdOpGenerator {
     const who = pick(r, FD_USERS).name;
     // (an open through /proc/self/fd of an open file: read-only, see the README on passthrough and copy-up)
     const files = [...this.open].filter(([, f]) => !f.dir && f.who === who);
-    if (files.length && r() < 0.15) return ['fd', who, ['reopen', pick(r, files)[0], label, 'O_RDONLY']];
+    if (files.length && r() < 0.15) return ['fd', who, ['reopen', pick(r, files)[0], label, pick(r, ['O_RDONLY', 'O_RDONLY', 'O_PATH'])]];
     if (r() < 0.25) {
       const dirs = l.entries.filter(([, t]) => t === 'dir');
       if (dirs.length) return ['fd', who, ['open', label, pick(r, dirs)[0], 'O_RDONLY|O_DIRECTORY']];
