@@ -412,6 +412,29 @@ test.serial('userxattr: a symlink or FIFO, which cannot carry user.overlay.origi
   c.done();
 });
 
+// The kernel marks a directory impure by the origin its inode holds in memory, also for a copy that could
+// not store one (a symlink with userxattr): a link or rename of such a copy into another directory marks it.
+test.serial('userxattr: a lower symlink or FIFO linked or renamed into another directory marks that directory impure, as on the kernel', (t) => {
+  const c = new Checks(t);
+  const lower: LayerSpec = [
+    { t: 'dir', p: 'a' },
+    { t: 'symlink', p: 'a/sl', target: 'f' },
+    { t: 'symlink', p: 'a/sl2', target: 'g' },
+    { t: 'fifo', p: 'a/ff', mode: 0o644 },
+    { t: 'dir', p: 'to-link' },
+    { t: 'dir', p: 'to-rename' },
+    { t: 'dir', p: 'to-rename-fifo' },
+  ];
+  const pair = setupPair(t, [lower], { options: ['userxattr'] });
+  shellBoth(c, pair, [
+    { sh: 'ln a/sl to-link/sl && mv a/sl2 to-rename/ && mv a/ff to-rename-fifo/ && ls -a to-link to-rename to-rename-fifo' },
+  ]);
+  t.is(impureMarks(pair.strata.upper, ['to-link', 'to-rename', 'to-rename-fifo'], 'user.overlay.impure'),
+    impureMarks(pair.kernel.upper, ['to-link', 'to-rename', 'to-rename-fifo'], 'user.overlay.impure'));
+  finishPair(c, pair);
+  c.done();
+});
+
 /** The impure marks of `dirs` in an upper, as `dir: value` lines (`-` for none). */
 function impureMarks(upper: string, dirs: readonly string[], name = 'trusted.overlay.impure'): string {
   return dirs.map((d) => {

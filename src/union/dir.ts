@@ -274,7 +274,7 @@ export class DirOps {
     } else {
       N.linkat(srcDir, srcName, upperParent, name, linkFlags);
     }
-    this.markImpureFor(upperParent, name);
+    this.markImpureFor(upperParent, name, node);
     if (node.inoPinned) {
       // A copy without an origin (see setOrigin) keeps its st_ino for the names it knew; as on the
       // kernel, whose new name gets the upper file's inode, the new name is a node of its own, with the
@@ -548,8 +548,8 @@ export class DirOps {
       if (swapped) swapped();
       else if (target!.isDir && parent.isMerged) this.markOpaque(from, oldName);
       if (parent !== newParent) {
-        this.markImpureFor(from, oldName);
-        this.markImpureFor(to, newName);
+        this.markImpureFor(from, oldName, target);
+        this.markImpureFor(to, newName, node);
       }
       this.inodes.exchange(parent, oldName, newParent, newName);
       return;
@@ -586,7 +586,7 @@ export class DirOps {
     } else if (!(srcNeedsWhiteout && !node.isDir && !dstUpper && newParent.isMerged && this.swapWithWhiteout(from, oldName, to, newName))) {
       N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
-    if (parent !== newParent) this.markImpureFor(to, newName);
+    if (parent !== newParent) this.markImpureFor(to, newName, node);
     if (target) this.inodes.removeName(target, newParent, newName);
     this.inodes.move(node, parent, oldName, newParent, newName);
   }
@@ -727,10 +727,13 @@ export class DirOps {
 
   /**
    * An object with a copy-up origin moved or linked into a directory (dirfd) makes it impure, as the
-   * kernel's rename and link do: readdir there must look its entries up for their d_ino.
+   * kernel's rename and link do: readdir there must look its entries up for their d_ino. The kernel
+   * goes by the origin its inode holds in memory, also where the upper could not store it (a symlink
+   * copied up with userxattr, which user.* attributes cannot be set on): `node` (inoPinned) says so.
    */
-  private markImpureFor(dirfd: number, name: string): void {
-    if (this.opts.writeFormat !== 'oci' && hasOrigin(dirfd, name, this.up.markerNs)) markImpure(dirfd, this.opts.userxattr);
+  private markImpureFor(dirfd: number, name: string, node: UnionNode | null): void {
+    if (this.opts.writeFormat === 'oci') return;
+    if (node?.inoPinned || hasOrigin(dirfd, name, this.up.markerNs)) markImpure(dirfd, this.opts.userxattr);
   }
 }
 
