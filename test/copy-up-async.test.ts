@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runWithPipes, waitFor } from './helpers/exec.js';
-import { kernelOverlay, mountAt, strataMount, strataUnmount } from './helpers/mounts.js';
+import { daemonLogLines, kernelOverlay, mountAt, strataMount, strataUnmount } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
 import { sha256File, snapshot, type Snapshot } from './helpers/snapshot.js';
@@ -188,8 +188,7 @@ except OSError as e:
   const upperData = fs.readFileSync(path.join(upper, 'big')).subarray(0, BIG_MIB << 20);
   t.true(lowerHead.equals(upperData), 'the upper copy holds the lower data');
   // The daemon stopped cleanly: nothing in its log at warning level or above (a failed syncfs would be).
-  const problems = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string })
-    .filter((l) => l.level >= 40);
+  const problems = daemonLogLines(log).filter((l) => l.level >= 40);
   t.deepEqual(problems, []);
   t.true(fs.readFileSync(log, 'utf8').includes('"msg":"unmounted"'));
   // The next mount finds a clean work directory and the copied file.

@@ -779,8 +779,7 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOption
     t.log(`seed ${seed}: ops up to the first mismatch:\n${listing(done)}`);
     closeDrivers(run);
     strataUnmount(pair.strata.mnt);
-    const trouble = daemonTrouble(pair);
-    if (trouble) t.log(`seed ${seed}: the daemon logged:\n${trouble}`);
+    logTrouble(t, seed, pair);
     const note = saveFailure(t, seed, layers, done, false, po);
     c.eq(stepDiff(m.strata, m.kernel), stepDiff(m.kernel, m.strata),
       `seed ${seed}, step ${i}: ${showOp(op)}: ${pair.strata.name} (actual) differs from the kernel (expected)\n${note}`);
@@ -791,11 +790,16 @@ function runSeed(t: ExecutionContext, seed: number, nOps: number, po: PairOption
   closeDrivers(run);
   finishRun(c, pair);
   if (c.failures.length) {
-    const trouble = daemonTrouble(pair);
-    if (trouble) t.log(`seed ${seed}: the daemon logged:\n${trouble}`);
+    logTrouble(t, seed, pair);
     c.t.log(`seed ${seed}: the final comparisons failed\n${saveFailure(t, seed, layers, done, true, po)}`);
   }
   c.done();
+}
+
+/** Shows, with a failure, the warnings and errors strata's daemon logged (a daemon that failed says why there). */
+function logTrouble(t: ExecutionContext, seed: number, pair: Pair): void {
+  const trouble = daemonTrouble(pair);
+  if (trouble) t.log(`seed ${seed}: the daemon logged:\n${trouble}`);
 }
 
 function summary(ops: readonly Op[]): string {

@@ -4,7 +4,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { onKernelAndStrata } from './helpers/mounts.js';
+import { daemonLogLines, onKernelAndStrata } from './helpers/mounts.js';
 import { runOk } from './helpers/exec.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
 
@@ -21,8 +21,7 @@ test('a walk of a directory of many getdents64 chunks sends no LOOKUP per name a
   const results = onKernelAndStrata(t, root, [lower], ['--log-file', log, '--log-level', 'info'],
     (mnt) => walk(mnt).split('\n').filter((l) => !l.startsWith('. ')).join('\n'));
   t.is(results.strata, results.kernel);
-  const line = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg?: string; byOp?: Record<string, number> })
-    .find((l) => l.msg === 'unmounted');
+  const line = daemonLogLines(log).find((l) => l.msg === 'unmounted');
   t.truthy(line?.byOp, 'the daemon logs its request counts when unmounted');
   t.true((line!.byOp!.READDIRPLUS ?? 0) > 1, JSON.stringify(line!.byOp));
   t.true((line!.byOp!.LOOKUP ?? 0) <= 2, `LOOKUPs during the walk: ${JSON.stringify(line!.byOp)}`);

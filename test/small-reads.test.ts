@@ -5,7 +5,7 @@ import test from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { onKernelAndStrata } from './helpers/mounts.js';
+import { daemonLogLines, onKernelAndStrata } from './helpers/mounts.js';
 import { runOk } from './helpers/exec.js';
 import { tempDir } from './helpers/tmp.js';
 
@@ -46,8 +46,7 @@ print('\\n'.join(out))
     (mnt) => runOk('python3', ['-c', script], { cwd: mnt }));
   t.is(results.strata, results.kernel);
   t.false(results.strata.includes('False'), results.strata);
-  const line = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg?: string; byOp?: Record<string, number> })
-    .find((l) => l.msg === 'unmounted');
+  const line = daemonLogLines(log).find((l) => l.msg === 'unmounted');
   t.truthy(line?.byOp, 'the daemon logs its request counts when unmounted');
   const files = SIZES.length * 3 + 1;
   t.true((line!.byOp!.OPEN ?? 0) >= 3 * files, JSON.stringify(line!.byOp));

@@ -6,7 +6,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { mountSide, strataUnmount } from './helpers/mounts.js';
+import { daemonLogLines, mountSide, strataUnmount } from './helpers/mounts.js';
 import { tempDir } from './helpers/tmp.js';
 
 /**
@@ -66,8 +66,7 @@ print([[m for _, m in r] for r in masks], open('other').read().strip())
   }
   t.is(results.strata, results.kernel);
   t.regex(results.strata!, /still served afterwards/);
-  const line = fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg?: string; byOp?: Record<string, number> })
-    .find((l) => l.msg === 'unmounted');
+  const line = daemonLogLines(log).find((l) => l.msg === 'unmounted');
   // the request did reach the daemon, once: the kernel stopped asking after the ENOSYS
   t.is(line?.byOp?.POLL, 1, JSON.stringify(line?.byOp));
 });

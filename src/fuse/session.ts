@@ -569,12 +569,16 @@ export class FuseSession {
   }
 
   /** Answers an xattr get/list: ENODATA for no value (null), a size probe (size 0), ERANGE when too small, or the bytes. */
-  private replyXattr(unique: number, value: Buffer | null, size: number): void {
+  /**
+   * Answers a GETXATTR or LISTXATTR of `size` bytes: a probe (size 0) with `probe`, a buffer smaller than
+   * that with ERANGE, else the value.
+   */
+  private replyXattr(unique: number, value: Buffer | null, size: number, probe = value?.length ?? 0): void {
     if (value === null) {
       this.stats.errors++;
       this.replyError(unique, errno.ENODATA);
-    } else if (size === 0) this.replyU32(unique, value.length, GETXATTR_OUT_SIZE);
-    else if (value.length > size) this.replyError(unique, errno.ERANGE);
+    } else if (size === 0) this.replyU32(unique, probe, GETXATTR_OUT_SIZE);
+    else if (probe > size) this.replyError(unique, errno.ERANGE);
     else this.sendData(unique, value);
   }
 
@@ -891,9 +895,7 @@ export class FuseSession {
     const u = ctx.unique;
     this.settle(Op.LISTXATTR, u, this.fs.listxattr(ctx, nodeid), (list) => {
       const value = Buffer.from(list.names.map((n) => n + '\0').join(''), 'latin1');
-      if (size === 0) this.replyU32(u, Math.max(list.size, value.length), GETXATTR_OUT_SIZE);
-      else if (size < list.size) this.replyError(u, errno.ERANGE);
-      else this.replyXattr(u, value, size);
+      this.replyXattr(u, value, size, Math.max(list.size, value.length));
     });
   }
 

@@ -159,7 +159,9 @@ export function openFile(env: FileEnv, node: UnionNode, flags: number): OpenRepl
  */
 function openSuperseded(env: FileEnv, node: UnionNode, flags: number): OpenReply {
   const b = env.handles.backings.get(node);
-  const old = b && env.passthrough && (flags & 3) === C.O_RDONLY && (flags & C.O_TRUNC) === 0 ? [...node.handles ?? []].find((h) => h.backing === b) : undefined;
+  const readOnly = (flags & 3) === C.O_RDONLY && (flags & C.O_TRUNC) === 0;
+  let old: FileHandle | undefined;
+  if (b && env.passthrough && readOnly) for (const h of node.handles ?? []) if (h.backing === b) old = h;
   if (!b || !old) throw fsError('ESTALE');
   const fd = N.dup(old.fd);
   const h: FileHandle = { kind: 'file', node, fd, flags, backing: env.handles.backingFor(node, fd), onLower: old.onLower, writable: false };

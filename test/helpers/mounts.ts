@@ -188,6 +188,25 @@ export function strataMount(t: ExecutionContext, spec: StrataSpec): string {
   return mnt;
 }
 
+/** A line of strata's JSON log (a line that is not JSON comes back as an error line holding it). */
+export interface DaemonLogLine {
+  level: number;
+  msg?: string;
+  err?: { message?: string; stack?: string };
+  byOp?: Record<string, number>;
+}
+
+/** The lines of strata's log file `file`. */
+export function daemonLogLines(file: string): DaemonLogLine[] {
+  return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => {
+    try {
+      return JSON.parse(l) as DaemonLogLine;
+    } catch {
+      return { level: 50, msg: l };
+    }
+  });
+}
+
 /** `strata umount`, then plain umount, then a lazy one. Never throws. */
 export function strataUnmount(mnt: string): void {
   if (!mountAt(mnt)) return;

@@ -5,7 +5,7 @@
 import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { crossFsOptions, kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
+import { crossFsOptions, daemonLogLines, kernelOverlay, mountAt, strataMount, strataUnmount, underTest, unmountQuietly } from './mounts.js';
 import { tempDir, tmpfsDir } from './tmp.js';
 import { run } from './exec.js';
 import { strataBin } from './paths.js';
@@ -129,17 +129,8 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
 export function daemonTrouble(pair: Pair): string {
   const file = pair.strata.log;
   if (!file || !fs.existsSync(file)) return '';
-  const out: string[] = [];
-  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
-    if (!line) continue;
-    try {
-      const j = JSON.parse(line) as { level: number; msg?: string; err?: { stack?: string; message?: string } };
-      if (j.level >= 40) out.push(`${j.level >= 50 ? 'error' : 'warn'}: ${j.msg ?? ''}${j.err ? `\n${j.err.stack ?? j.err.message ?? ''}` : ''}`);
-    } catch {
-      out.push(line);
-    }
-  }
-  return out.join('\n');
+  return daemonLogLines(file).filter((j) => j.level >= 40)
+    .map((j) => `${j.level >= 50 ? 'error' : 'warn'}: ${j.msg ?? ''}${j.err ? `\n${j.err.stack ?? j.err.message ?? ''}` : ''}`).join('\n');
 }
 
 export interface StepLog {
