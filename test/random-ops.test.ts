@@ -15,6 +15,10 @@
 // descriptor of a lower file keeps reading the lower data after the file is copied up (the README's
 // passthrough note), checked byte for byte against that data.
 //
+// 1% of the ops remount both sides (after closing every descriptor), and 1% make the kernel forget
+// every dentry and inode that nothing holds (drop_caches): strata gets FORGETs while descriptors stay
+// open, and objects are looked up afresh; the merged trees, with their st_ino, are compared after each.
+//
 // STRATA_SEEDS=1-4 (default) or 7,9,20-30 picks the seeds; STRATA_OPS=300 (default) the ops per
 // seed. `make soak` (scripts/soak.sh) runs 200 seeds x 1000 ops. A failing seed writes its ops to
 // .cache/random-ops-seed<N>.json, and STRATA_REPLAY=<that file> runs exactly those ops; with
@@ -40,6 +44,7 @@ import { xop, type XCmd, type XResult } from './helpers/ops-xop.js';
 import { FdSide } from './helpers/fd-side.js';
 import { FD_USERS, FdOpGenerator } from './helpers/ops-fd.js';
 import { compareUpperRemounts } from './helpers/upper-remount.js';
+import { dropMachineCachesSync } from './helpers/page-cache.js';
 
 function parseSeeds(spec: string): number[] {
   const out: number[] = [];
@@ -144,6 +149,9 @@ const FD_SHARE = 0.4;
 /** The share of ops that unmount and mount both sides again (after closing every descriptor). */
 const REMOUNT_SHARE = 0.01;
 
+/** The share of ops after which the kernel forgets what nobody holds (drop_caches, see dropStep). */
+const FORGET_SHARE = 0.01;
+
 class OpGenerator {
   readonly fd: FdOpGenerator;
   /** Ops decided together (the closes before a remount), handed out one by one. */
@@ -195,6 +203,7 @@ class OpGenerator {
       this.queued = [...this.fd.closeAll(), ['remount']];
       return this.queued.shift()!;
     }
+    if (r() < FORGET_SHARE) return ['dropCaches'];
     if (r() < FD_SHARE) {
       const op = this.fd.next(l);
       if (op) return op;
@@ -598,6 +607,17 @@ function remountStep(run: Run): Record<string, unknown>[] {
   return records;
 }
 
+/**
+ * ['dropCaches']: the kernel forgets the dentries and inodes of both mounts that no descriptor holds
+ * (strata gets FORGETs, the kernel's overlay drops its inodes); then the merged trees are walked, with
+ * the inode labels of the run so far, so that an object whose st_ino changed where the other side's
+ * did not shows (as after a remount, but with descriptors still open).
+ */
+function dropStep(run: Run): Record<string, unknown>[] {
+  dropMachineCachesSync(2);
+  return [run.pair.kernel, run.pair.strata].map((x) => ({ result: 'dropped', after: treeIds(x, x === run.pair.kernel) }));
+}
+
 /** Ends the descriptor drivers (before unmounting: they hold files open). */
 function closeDrivers(run: Run): void {
   run.k.close();
@@ -610,8 +630,8 @@ function runStep(run: Run, op: Op, index: number): { kernel: Record<string, unkn
   // the size it last saw through that descriptor (README), and the destination would then differ for
   // good. Both sides run an fstat of the source instead.
   if (op[0] === 'fd' && op[2][0] === 'copy_file_range' && run.lowerRO.has(`${op[1]} ${String(op[2][1])}`)) op = ['fd', op[1], ['fstat', op[2][1]]];
-  if (op[0] === 'remount') {
-    const [k, s] = remountStep(run) as [Record<string, unknown>, Record<string, unknown>];
+  if (op[0] === 'remount' || op[0] === 'dropCaches') {
+    const [k, s] = (op[0] === 'remount' ? remountStep(run) : dropStep(run)) as [Record<string, unknown>, Record<string, unknown>];
     return { kernel: k, mismatch: JSON.stringify(k) === JSON.stringify(s) ? undefined : { index, kernel: k, strata: s } };
   }
   const kernel = step(run.pair.kernel.runner, run.pair.kernel, run.k, op, true);

@@ -81,7 +81,12 @@ export type Op =
   /** A command of the descriptor driver of one user (fd-driver.ts), run through an FdSide. */
   | ['fd', string, FdCmd]
   /** Unmount, then mount the same layers again (random-ops: every descriptor closed first). */
-  | ['remount'];
+  | ['remount']
+  /**
+   * The kernel forgets the dentries and inodes nobody holds (drop_caches 2; on both sides at once):
+   * objects are looked up afresh, while those that descriptors hold stay.
+   */
+  | ['dropCaches'];
 
 export type Result = unknown;
 
