@@ -15,6 +15,9 @@
 // descriptor of a lower file keeps reading the lower data after the file is copied up (the README's
 // passthrough note), checked byte for byte against that data.
 //
+// One seed in four has three files of 5 MiB at the bottom: changes to it copy it up in steps between
+// requests (the asynchronous copy-up), the rest of the run going on through the other names.
+//
 // 1% of the ops remount both sides (after closing every descriptor), and 1% make the kernel forget
 // every dentry and inode that nothing holds (drop_caches): strata gets FORGETs while descriptors stay
 // open, and objects are looked up afresh; the merged trees, with their st_ino, are compared after each.
@@ -654,8 +657,19 @@ function lowerSources(layers: readonly Layer[]): LowerSource[] {
   return layers.map((layer) => (dir: string, i: number) => materializeLayer(dir, layer, i));
 }
 
+/** Files of more than 4 MiB are copied up in steps between requests (ASYNC_COPY_THRESHOLD): one seed in four has three at the bottom. */
+const BIG_FILE_BYTES = (5 << 20) + 4321;
+
 function seedLayers(seed: number): Layer[] {
-  return randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
+  const layers = randomLayers(seed, { layers: 2 + (seed % 3), opsPerLayer: 14 });
+  if (seed % 4 === 1) {
+    for (const [k, name] of ['big', 'big2', 'bigdir/big3'].entries()) {
+      const content = Buffer.alloc(BIG_FILE_BYTES + k);
+      for (let i = 0; i < content.length; i++) content[i] = 33 + ((i * 7 + seed + k) % 90);
+      layers.at(-1)!.push({ path: name, kind: 'file', content, mode: 0o644, xattrs: { 'user.big': 'kept' } });
+    }
+  }
+  return layers;
 }
 
 /**
