@@ -621,6 +621,13 @@ function dropStep(run: Run): Record<string, unknown>[] {
   return [run.pair.kernel, run.pair.strata].map((x) => ({ result: 'dropped', after: treeIds(x, x === run.pair.kernel) }));
 }
 
+/** Is descriptor `label` of user `who` open on a directory (asked through fstat, which changes nothing)? */
+function isDirFd(side: FdSide, who: string, label: string): boolean {
+  const a = side.driver(who).call(['fstat', label]);
+  const st = 'ok' in a ? (a.ok as { mode?: number }) : undefined;
+  return typeof st?.mode === 'number' && (st.mode & 0o170000) === 0o040000;
+}
+
 /** Ends the descriptor drivers (before unmounting: they hold files open). */
 function closeDrivers(run: Run): void {
   run.k.close();
@@ -633,6 +640,13 @@ function runStep(run: Run, op: Op, index: number): { kernel: Record<string, unkn
   // the size it last saw through that descriptor (README), and the destination would then differ for
   // good. Both sides run an fstat of the source instead.
   if (op[0] === 'fd' && op[2][0] === 'copy_file_range' && run.lowerRO.has(`${op[1]} ${String(op[2][1])}`)) op = ['fd', op[1], ['fstat', op[2][1]]];
+  // lseek of a directory with SEEK_END, SEEK_DATA or SEEK_HOLE: the FUSE module answers it from the
+  // directory's size without asking strata, where the kernel's overlay refuses it on a merged directory
+  // (README, "Impossible through FUSE"). (A descriptor opened without O_DIRECTORY may be a directory's.)
+  // Both sides run an fstat instead.
+  if (op[0] === 'fd' && op[2][0] === 'lseek' && [2, 3, 4].includes(Number(op[2][3])) && isDirFd(run.k, op[1], String(op[2][1]))) {
+    op = ['fd', op[1], ['fstat', op[2][1]]];
+  }
   if (op[0] === 'remount' || op[0] === 'dropCaches') {
     const [k, s] = (op[0] === 'remount' ? remountStep(run) : dropStep(run)) as [Record<string, unknown>, Record<string, unknown>];
     return { kernel: k, mismatch: JSON.stringify(k) === JSON.stringify(s) ? undefined : { index, kernel: k, strata: s } };
