@@ -15,6 +15,7 @@ import { run, runOk } from './helpers/exec.js';
 import { strataBin } from './helpers/paths.js';
 import { snapshot, type Snapshot } from './helpers/snapshot.js';
 import { tempDir, tmpfsDir } from './helpers/tmp.js';
+import { dropMachineCachesSync } from './helpers/page-cache.js';
 import * as N from '../src/native/index.js';
 import { LayerStack, type Layer as UnionLayer } from '../src/union/layers.js';
 import { decodeOrigin, encodeOrigin, layerUuid, originIno, originXattrFor, readOrigin } from '../src/union/origin.js';
@@ -434,6 +435,47 @@ test.serial('userxattr: a lower symlink or FIFO linked or renamed into another d
   finishPair(c, pair);
   c.done();
 });
+
+// Such a copy keeps the lower st_ino only while the kernel holds its inode. Once the kernel forgets it
+// (here drop_caches, with the directory still held through a descriptor of another entry, so that the
+// kernel keeps its cached listing), the name shows the copy's own st_ino, and so must the d_ino its
+// directory lists: found by the random ops' drop_caches step (seed 39000, userxattr).
+test.serial('userxattr: once the kernel forgets such a copy, its directory lists the d_ino its name now shows, as on the kernel', (t) => {
+  const lower: LayerSpec = [
+    { t: 'dir', p: 'd' },
+    { t: 'file', p: 'd/README', data: 'r\n', mode: 0o644 },
+    { t: 'symlink', p: 'd/c', target: 'x' },
+    { t: 'fifo', p: 'd/ff', mode: 0o644 },
+  ];
+  const pair = setupPair(t, [lower], { options: ['userxattr'] });
+  const seen: Record<string, string[]> = {};
+  for (const side of [pair.kernel, pair.strata]) {
+    const d = path.join(side.mnt, 'd');
+    const inos = (): string => ['c', 'ff'].map((n) => {
+      const dIno = direntIno(d, n);
+      const st = fs.lstatSync(path.join(d, n)).ino;
+      return `${n}: d_ino ${dIno === st ? '= st_ino' : `${dIno} != st_ino ${st}`}, ${st === lowerIno.get(`${side.name} ${n}`) ? 'lower' : 'own'}`;
+    }).join('; ');
+    const lowerIno = new Map(['c', 'ff'].map((n) => [`${side.name} ${n}`, fs.lstatSync(path.join(d, n)).ino]));
+    const fd = fs.openSync(path.join(d, 'README'), 'r+'); // copies README up (marks d impure) and holds d
+    try {
+      fs.lutimesSync(path.join(d, 'c'), 1_500_000_000, 1_500_000_000);
+      fs.utimesSync(path.join(d, 'ff'), 1_500_000_000, 1_500_000_000);
+      const before = inos();
+      dropMachineCachesSync(2);
+      seen[side.name] = [before, inos(), inos()];
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  t.deepEqual(seen.kernel, ['c: d_ino = st_ino, lower; ff: d_ino = st_ino, lower', 'c: d_ino = st_ino, own; ff: d_ino = st_ino, own', 'c: d_ino = st_ino, own; ff: d_ino = st_ino, own']);
+  t.deepEqual(seen.strata, seen.kernel);
+});
+
+/** The d_ino that getdents gives `name` in `dir` (Node's Dirent has none: python's scandir does). */
+function direntIno(dir: string, name: string): number {
+  return Number(runOk(PYTHON, ['-c', 'import os, sys; print({e.name: e.inode() for e in os.scandir(sys.argv[1])}[sys.argv[2]])', dir, name]).trim());
+}
 
 /** The impure marks of `dirs` in an upper, as `dir: value` lines (`-` for none). */
 function impureMarks(upper: string, dirs: readonly string[], name = 'trusted.overlay.impure'): string {

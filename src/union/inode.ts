@@ -83,6 +83,12 @@ export class InodeTable {
   private readonly links = new Map<number, UnionNode>();
   /** nfs_export=on: nodeids that name one object for good, and where each was last seen (export.ts). */
   exports: ExportTable | null = null;
+  /**
+   * Called when a node whose st_ino was pinned (inoPinned: a copy without the origin that would keep
+   * it) is dropped while its name still leads to it: from now on the name shows the copy's own st_ino,
+   * as on the kernel's overlay once it evicts the inode, so the d_ino its parent lists changes too.
+   */
+  onPinnedDrop: ((parent: UnionNode) => void) | null = null;
   private readonly taken = (id: number): boolean => this.nodes.has(id);
 
   /** Nodeids come from `table` from now on (nfs_export=on; called before the first lookup). */
@@ -450,6 +456,7 @@ export class InodeTable {
       }
       const parent: UnionNode | null = n.parent;
       if (parent && parent.children.get(n.name) === n) {
+        if (n.inoPinned && !n.unlinked) this.onPinnedDrop?.(parent);
         parent.children.delete(n.name);
         parent.childCount--;
         n = parent;

@@ -134,6 +134,11 @@ export class UnionFs implements FileSystem {
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
     if (opts.nfsExport) this.inodes.useExports(new ExportTable(opts.cache));
+    // (the kernel's listing of that parent, cached with the pinned d_ino, is dropped: a parent the
+    // kernel no longer holds has no cached listing)
+    this.inodes.onPinnedDrop = (parent) => {
+      if (parent.lookups > 0 || parent === this.inodes.root) opts.invalidateListing(parent.nodeid);
+    };
     // (the mount's own namespace: userxattr applies to a mount without an upper too, as the kernel's)
     const userxattr = stack.layers[0]?.markerNs === 'user';
     this.fsflags = new FileFlags(userxattr ? 'user.overlay.protattr' : 'trusted.overlay.protattr');
