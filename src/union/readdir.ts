@@ -103,7 +103,11 @@ export function mergedListing(inodes: InodeTable, dir: UnionNode, lower?: { from
         continue;
       }
       seen.add(name);
-      const ino = (lookUpDirs && type === C.DT_DIR ? lookedUp(dir, name) : null)
+      // (a copy whose st_ino its node pins, having no origin on disk to keep it: a symlink or FIFO copied
+      // up with userxattr; the kernel's lookup of the name gives the inode it holds, with that st_ino)
+      const known = withOrigins ? dir.children.get(name) : undefined;
+      const ino = (known?.inoPinned && known.layer === layer ? known.ino : null)
+        ?? (lookUpDirs && type === C.DT_DIR ? lookedUp(dir, name) : null)
         ?? inodes.inoFor(layer, inos[k]!, withOrigins ? () => [dirfd, name] : undefined);
       if (withOrigins && ino !== inodes.stack.inoOf(layer, inos[k]!)) remapped = true;
       out.push({ name, type, ino });
