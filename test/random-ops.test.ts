@@ -727,7 +727,13 @@ function opensFifo(root: string, op: Op): boolean {
 function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final: boolean, budgetMs: number, po: PairOptions): { ops: Op[]; trials: number } {
   const end = Date.now() + budgetMs;
   let cur = ops;
-  let trials = 0;
+  let trials = 1;
+  // Only subsets that fail the same way are kept: a subset may fail otherwise (a descriptor's command
+  // left on another kind of object, or a check that the original run passed), which is no repro of it.
+  const first = trial(t, layers, cur, final, po);
+  if (!first) return { ops: cur, trials };
+  const want = failureKind(cur, first);
+  const sameFailure = (cand: readonly Op[], m: Mismatch | undefined): m is Mismatch => m !== undefined && failureKind(cand, m) === want;
   if (final) {
     // A failure the final comparisons find may come from an early op: first the shortest failing
     // prefix, by bisection (cheaper than dropping chunks of a long run one trial at a time).
@@ -735,8 +741,9 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final:
     while (cur.length - lo > 1 && Date.now() < end) {
       const mid = (lo + cur.length) >> 1;
       trials++;
-      const m = trial(t, layers, cur.slice(0, mid), true, po);
-      if (m) cur = cur.slice(0, m.index + 1);
+      const cand = cur.slice(0, mid);
+      const m = trial(t, layers, cand, true, po);
+      if (sameFailure(cand, m)) cur = cand.slice(0, m.index + 1);
       else lo = mid;
     }
   }
@@ -745,12 +752,26 @@ function shrink(t: ExecutionContext, layers: readonly Layer[], ops: Op[], final:
       const cand = [...cur.slice(0, at), ...cur.slice(at + chunk)];
       trials++;
       const m = cand.length ? trial(t, layers, cand, final, po) : undefined;
-      if (m) cur = cand.slice(0, m.index + 1);
+      if (sameFailure(cand, m)) cur = cand.slice(0, m.index + 1);
       else at += chunk;
     }
     if (chunk === 1) break;
   }
   return { ops: cur, trials };
+}
+
+/**
+ * What kind of failure a trial of `ops` met: at a step, the kind of op there (a descriptor's command,
+ * an op run as a user); in the final comparisons, the headlines of the checks that failed.
+ */
+function failureKind(ops: readonly Op[], m: Mismatch): string {
+  if (m.kernel === 'final comparisons pass' && Array.isArray(m.strata)) {
+    return `final: ${(m.strata as unknown[]).map((f) => String(f).split('\n')[0]!.replace(/\s*\(\d+\):?$/, '')).sort().join('; ')}`;
+  }
+  const op = ops[m.index];
+  if (!op) return 'step';
+  const inner = op[0] === 'fd' ? `fd:${String(op[2][0])}` : op[0] === 'as' ? `as:${op[3][0]}` : op[0];
+  return `step: ${inner}`;
 }
 
 /** Writes the ops of a failing seed for STRATA_REPLAY (shrunk first with STRATA_SHRINK=1); returns the note to print. */
