@@ -15,7 +15,7 @@
 // descriptor of a lower file keeps reading the lower data after the file is copied up (the README's
 // passthrough note), checked byte for byte against that data.
 //
-// One seed in four has three files of 5 MiB at the bottom: changes to it copy it up in steps between
+// One seed in four has three files of 5 MiB at the bottom: changes to them copy them up in steps between
 // requests (the asynchronous copy-up), the rest of the run going on through the other names.
 //
 // 1% of the ops remount both sides (after closing every descriptor), and 1% make the kernel forget

@@ -57,21 +57,16 @@ export async function holdPageCacheLock(mode: 'shared' | 'exclusive'): Promise<(
 }
 
 /**
- * As dropMachineCaches, for synchronous callers: flock(1) holds the lock shared while a shell writes
- * drop_caches.
+ * Drops the machine's caches (`level` as /proc/sys/vm/drop_caches takes it) while holding the lock
+ * shared (not while a test of another file needs its reads to stay cached: see holdPageCacheLock).
+ * flock(1) holds it while a shell writes drop_caches.
  */
 export function dropMachineCachesSync(level: 1 | 2 | 3): void {
   const r = run('flock', ['-s', LOCK, 'sh', '-c', `echo ${level} > /proc/sys/vm/drop_caches`]);
   if (r.status !== 0) throw new Error(`drop_caches ${level}: ${r.stderr.trim()}`);
 }
 
-/** Drops the machine's caches (`level` as /proc/sys/vm/drop_caches takes it) while holding the lock shared. */
+/** As dropMachineCachesSync, for the async tests that call it. */
 export async function dropMachineCaches(level: 1 | 2 | 3): Promise<void> {
-  // (not while a test of another file needs its reads to stay cached: see holdPageCacheLock)
-  const release = await holdPageCacheLock('shared');
-  try {
-    fs.writeFileSync('/proc/sys/vm/drop_caches', String(level));
-  } finally {
-    release();
-  }
+  dropMachineCachesSync(level);
 }
