@@ -1452,6 +1452,31 @@ static napi_value fn_mountSetattr(napi_env env, napi_callback_info info) {
                   "mount_setattr", path);
 }
 
+#ifndef SYS_open_tree_attr
+#define SYS_open_tree_attr 467 /* Linux 6.15 (one number on every architecture) */
+#endif
+#ifndef MOUNT_ATTR_IDMAP
+#define MOUNT_ATTR_IDMAP 0x00100000
+#endif
+
+/* openTreeAttr(dirfd, path, flags, attrSet, attrClr, usernsFd): open_tree_attr(2), a detached copy of
+   the mount at path with attributes set (an idmapping from usernsFd when attrSet has MOUNT_ATTR_IDMAP) */
+static napi_value fn_openTreeAttr(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  int32_t dirfd, flags, userns;
+  int64_t set, clr;
+  char path[PATHBUF];
+  TRY(arg_i32(env, argv[0], &dirfd));
+  TRY(arg_path(env, argv[1], path, "open_tree_attr"));
+  TRY(arg_i32(env, argv[2], &flags));
+  TRY(arg_i64(env, argv[3], &set));
+  TRY(arg_i64(env, argv[4], &clr));
+  TRY(arg_i32(env, argv[5], &userns));
+  struct mount_attr attr = {.attr_set = (uint64_t)set, .attr_clr = (uint64_t)clr, .userns_fd = (uint64_t)(uint32_t)userns};
+  return ret_count(env, NOINTR(syscall(SYS_open_tree_attr, dirfd, path, (unsigned)flags, &attr, sizeof attr)),
+                   "open_tree_attr", path);
+}
+
 /* ------------------------------------------------------------------ */
 /* file handles and filesystem identity (overlayfs' origin xattr)      */
 /* ------------------------------------------------------------------ */
@@ -2213,7 +2238,7 @@ static const constant k_constants[] = {
     K(MS_RDONLY), K(MS_NOSUID), K(MS_NODEV), K(MS_NOEXEC), K(MS_NOATIME), K(MS_BIND),
     K(MS_REMOUNT), K(MS_RELATIME), K(MS_STRICTATIME), K(MS_NODIRATIME),
     K(OPEN_TREE_CLONE), K(OPEN_TREE_CLOEXEC), K(MOUNT_ATTR__ATIME), K(MOUNT_ATTR_RELATIME),
-    K(MOUNT_ATTR_NOATIME), K(MOUNT_ATTR_STRICTATIME), K(MOUNT_ATTR_NODIRATIME),
+    K(MOUNT_ATTR_NOATIME), K(MOUNT_ATTR_STRICTATIME), K(MOUNT_ATTR_NODIRATIME), K(MOUNT_ATTR_IDMAP),
     K(MNT_DETACH), K(MNT_FORCE), K(UMOUNT_NOFOLLOW),
     K(DT_UNKNOWN), K(DT_FIFO), K(DT_CHR), K(DT_DIR), K(DT_BLK), K(DT_REG),
     K(DT_LNK), K(DT_SOCK),
@@ -2261,7 +2286,7 @@ static const struct {
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},
-    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(mountSetattr), FN(statxBtime), FN(statxAttributes),
+    FN(fstatfs), FN(mount), FN(umount2), FN(openTree), FN(openTreeAttr), FN(mountSetattr), FN(statxBtime), FN(statxAttributes),
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader), FN(readerSpins),

@@ -436,9 +436,15 @@ const REFUSALS: Refusal[] = [
     status: 2,
   },
   {
-    name: 'owner mapping (uidmapping=, as fuse-overlayfs takes for user namespaces): not silently ignored',
-    args: (f) => ['-o', `lowerdir=${f.a},uidmapping=0:100000:65536,gidmapping=0:100000:65536`, f.mnt],
-    mentions: () => ['uidmapping', 'not supported'],
+    name: 'an owner mapping that is not triples of ids (usage error)',
+    args: (f) => ['-o', `lowerdir=${f.a},uidmapping=0:100000,gidmapping=0:100000:65536`, f.mnt],
+    mentions: () => ['uidmapping', '0:100000'],
+    status: 2,
+  },
+  {
+    name: 'a squash_to_uid= that is not an id (usage error)',
+    args: (f) => ['-o', `lowerdir=${f.a},squash_to_uid=root`, f.mnt],
+    mentions: () => ['squash_to_uid', 'root'],
     status: 2,
   },
   {

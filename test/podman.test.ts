@@ -188,3 +188,32 @@ test.serial('podman with strata as mount_program: build, run, diff, commit, seve
   t.true(calls.some((c) => /volatile/.test(c)), 'volatile');
   t.true(calls.some((c) => /^-o lowerdir=[^,]+ \//.test(c)), 'a read-only mount with lowerdir= only');
 });
+
+test.serial('podman run --uidmap with strata as mount_program: the container sees the image\'s owners, and commit stores its ids', (t) => {
+  // containers/storage passes the mapping to its mount program (uidmapping=, gidmapping=); podman 4
+  // also hands it idmapped lower layers. Without strata's owner mapping the mount was refused; the
+  // oracle is the same container run without a mapping, whose view must be the same.
+  const s = stores.find((x) => x.name === 'strata')!;
+  const script = 'echo hi > /data/new; mkdir /data/d; chown 5:6 /data/new; echo x >> /data/one; rm /etc/app.conf; ' +
+    'id; stat -c "%u:%g %a %n" /data /data/one /data/new /data/d /etc /bin/busybox; ls -ln /data /etc | grep -v -e hostname -e hosts -e resolv';
+  const mapped = ['--uidmap', '0:100000:65536', '--gidmap', '0:100000:65536'];
+  const before = fs.existsSync(s.argvLog) ? fs.readFileSync(s.argvLog, 'utf8').length : 0;
+  const plain = ok(t, s, ['run', '--name', 'plainc', ...LIMITS, 'localhost/bb:app', 'sh', '-c', script]);
+  const withMap = ok(t, s, ['run', '--name', 'mapc', ...LIMITS, ...mapped, 'localhost/bb:app', 'sh', '-c', script]);
+  t.is(withMap, plain, 'the same owners, inside the container, with the mapping as without');
+  t.regex(withMap, /^5:6 644 \/data\/new$/m);
+  t.regex(fs.readFileSync(s.argvLog, 'utf8').slice(before), /uidmapping=:?0:100000:65536/, 'podman passed the mapping to strata');
+  t.is(ok(t, s, ['diff', 'mapc']).split('\n').sort().join('\n'), ok(t, s, ['diff', 'plainc']).split('\n').sort().join('\n'), 'podman diff');
+  // the committed layer holds the container's ids (0, 5:6), not the host's (100000, 100005:100006)
+  for (const c of ['plainc', 'mapc']) ok(t, s, ['commit', '-q', c, `localhost/bb:${c}`]);
+  const look = 'stat -c "%u:%g %a %n" /data/new /data/d /data/one';
+  const fromPlain = ok(t, s, ['run', '--rm', ...LIMITS, 'localhost/bb:plainc', 'sh', '-c', look]);
+  t.is(ok(t, s, ['run', '--rm', ...LIMITS, 'localhost/bb:mapc', 'sh', '-c', look]), fromPlain, 'the committed images agree');
+  t.regex(fromPlain, /^5:6 644 \/data\/new$/m);
+  t.is(ok(t, s, ['run', '--rm', ...LIMITS, ...['--uidmap', '0:200000:65536', '--gidmap', '0:200000:65536'], 'localhost/bb:mapc', 'sh', '-c', look]), fromPlain,
+    'and a container of it under another mapping sees them too');
+  ok(t, s, ['rm', '-f', '-t', '0', 'plainc', 'mapc']);
+  ok(t, s, ['rmi', '-f', 'localhost/bb:plainc', 'localhost/bb:mapc']);
+  t.deepEqual(readMounts().filter((m) => m.fstype === 'fuse.strata' && m.target.startsWith(s.root + '/')).map((m) => m.target), [], 'no strata mount left');
+  t.deepEqual(daemonsUnder(s.root), [], 'no strata daemon left');
+});

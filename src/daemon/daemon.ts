@@ -8,7 +8,9 @@ import { FuseSession, type PassthroughMode } from '../fuse/session.js';
 import * as N from '../native/index.js';
 import { MetadataCache } from '../union/cache.js';
 import { LayerStack } from '../union/layers.js';
-import type { MountParams } from '../union/params.js';
+import { hasIdMapping, type MountParams } from '../union/params.js';
+import { IdMap } from '../union/idmap.js';
+import { commonDir, identityUserns, onIdmappedMount } from '../union/layer_mount.js';
 import { UnionFs } from '../union/super.js';
 import type { WriteFormat } from '../union/dir.js';
 import { inside, resolveExisting, SetupError, type ResolvedLayout } from './validate.js';
@@ -113,10 +115,18 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const logger = log.asLogger();
   N.setNofileLimit(1 << 20);
   const work = layout.workdir ? prepareWorkDir(layout.workdir, params.volatile, options.force) : null;
-  const stack = LayerStack.open(layout.upperdir, layout.lowerdirs, {
-    atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects, userxattr: params.userxattr, metacopy: params.metacopy, verity: params.verity,
-    dataDirs: layout.datadirs,
-  });
+  // (with an owner mapping, layers on idmapped mounts are read with the ids they store: see clonePrivate)
+  const layerPaths = [...(layout.upperdir ? [work ? commonDir([layout.upperdir, work]) : layout.upperdir] : []), ...layout.lowerdirs, ...layout.datadirs];
+  const storedIds = hasIdMapping(params.ids) && layerPaths.some(onIdmappedMount) ? await identityUserns() : null;
+  let stack: LayerStack;
+  try {
+    stack = LayerStack.open(layout.upperdir, layout.lowerdirs, {
+      atime: params, workdir: work, ociWhiteouts: params.ociWhiteouts, noFollowRedirects: params.noFollowRedirects, userxattr: params.userxattr, metacopy: params.metacopy, verity: params.verity,
+      dataDirs: layout.datadirs, storedIds,
+    });
+  } finally {
+    if (storedIds !== null) N.close(storedIds);
+  }
   // (uuid=off needs one filesystem, as the kernel's: elsewhere it falls back to null)
   if (params.uuid === 'off' && stack.sameFs) useNullUuids(stack);
   if (params.index && work && options.writeFormat !== 'oci' && rootOrigin(stack, params.userxattr) === 'other') {
@@ -137,6 +147,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
   const cache = options.cache && cacheDir ? MetadataCache.start(cacheDir, stack, logger, { handles: params.nfsExport }) : null;
   const readOnly = params.readOnly || layout.upperdir === null;
   let session: FuseSession | null = null;
+  const ids = hasIdMapping(params.ids) ? new IdMap(params.ids) : null;
   const fs = new UnionFs(stack, {
     readOnly,
     cacheTimeout: options.cacheTimeout,
@@ -157,6 +168,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
       redirectDir: params.redirectDir, metacopy: params.metacopy && !containersStorageLayer(layout.upperdir),
     } : null,
     nfsExport: params.nfsExport,
+    ids,
   });
   const flags = mountFlags(params, readOnly);
   session = new FuseSession(fs, layout.mountpoint, {
@@ -168,6 +180,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     logger,
     posixAcl: true,
     exportSupport: params.nfsExport,
+    callerIds: ids,
   });
   try {
     await session.mount(cache?.identityReady);

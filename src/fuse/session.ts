@@ -13,7 +13,7 @@ import {
   STATX_BASIC_STATS, STATX_BTIME, STATX_OUT_SIZE, WRITE_OUT_SIZE, IOCTL_OUT_SIZE, opName,
 } from './protocol.js';
 import type {
-  AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
+  AttrReply, BackingRegistry, CallerIds, CreateReply, DirSink, EntryReply, FileSystem, OpenReply, RequestContext, SetattrRequest, StatfsReply,
   StatxReply,
 } from './types.js';
 
@@ -40,6 +40,8 @@ export interface SessionOptions {
   posixAcl?: boolean;
   /** FUSE_EXPORT_SUPPORT: file handles the daemon resolves with LOOKUP "." and ".." (nfs_export=on). */
   exportSupport?: boolean;
+  /** An owner mapping: each request's uid and gid are given to the filesystem as it stores them. */
+  callerIds?: CallerIds | null;
 }
 
 export interface SessionStats {
@@ -213,6 +215,8 @@ export class FuseSession {
   private readonly outHead = this.outBuf.subarray(0, OUT_HEADER_SIZE);
   private readonly dirBuf = new DirBuffer(this.outBuf, this.out32);
   private readonly trace: boolean;
+  /** The mount's owner mapping (SessionOptions.callerIds), or null. */
+  private readonly callerIds: CallerIds | null;
   private readyResolve!: () => void;
   private readyReject!: (e: Error) => void;
   /** Resolves after the INIT handshake. */
@@ -224,6 +228,7 @@ export class FuseSession {
 
   constructor(private readonly fs: FileSystem, readonly mountpoint: string, private readonly opts: SessionOptions) {
     this.trace = opts.logger.isLevelEnabled('trace');
+    this.callerIds = opts.callerIds ?? null;
     this.ready = new Promise((res, rej) => {
       this.readyResolve = res;
       this.readyReject = rej;
@@ -602,7 +607,9 @@ export class FuseSession {
     const opcode = b.readUInt32LE(4);
     const unique = u64(b, 8);
     const nodeid = u64(b, 16);
-    const ctx: RequestContext = { unique, uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) };
+    const ids = this.callerIds;
+    const ctx: RequestContext = ids === null ? { unique, uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) }
+      : { unique, uid: ids.uidIn(b.readUInt32LE(24)), gid: ids.gidIn(b.readUInt32LE(28)), pid: b.readUInt32LE(32), ids };
     const extlen = b.readUInt16LE(36) * 8;
     const end = len - extlen;
     this.stats.requests++;

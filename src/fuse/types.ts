@@ -5,9 +5,21 @@
 
 export interface RequestContext {
   readonly unique: number;
+  /** The caller's fsuid and fsgid, as the filesystem stores owners (see CallerIds). */
   readonly uid: number;
   readonly gid: number;
   readonly pid: number;
+  /** The mount's owner mapping, when it has one (the caller's supplementary groups need it too). */
+  readonly ids?: CallerIds;
+}
+
+/**
+ * A mount's owner mapping, from the ids callers have (the request header's, /proc's) to the ids the
+ * filesystem stores (fuse-overlayfs's uidmapping=, gidmapping=).
+ */
+export interface CallerIds {
+  uidIn(id: number): number;
+  gidIn(id: number): number;
 }
 
 export interface Attr {

@@ -72,7 +72,7 @@ const CONSTANT_NAMES = [
   'MS_RDONLY', 'MS_NOSUID', 'MS_NODEV', 'MS_NOEXEC', 'MS_NOATIME', 'MS_BIND',
   'MS_REMOUNT', 'MS_RELATIME', 'MS_STRICTATIME', 'MS_NODIRATIME',
   'OPEN_TREE_CLONE', 'OPEN_TREE_CLOEXEC', 'MOUNT_ATTR__ATIME', 'MOUNT_ATTR_RELATIME', 'MOUNT_ATTR_NOATIME',
-  'MOUNT_ATTR_STRICTATIME', 'MOUNT_ATTR_NODIRATIME',
+  'MOUNT_ATTR_STRICTATIME', 'MOUNT_ATTR_NODIRATIME', 'MOUNT_ATTR_IDMAP',
   'MNT_DETACH', 'MNT_FORCE', 'UMOUNT_NOFOLLOW',
   'DT_UNKNOWN', 'DT_FIFO', 'DT_CHR', 'DT_DIR', 'DT_BLK', 'DT_REG', 'DT_LNK', 'DT_SOCK',
   'STATX_BASIC_STATS', 'MAX_HANDLE_SZ',
@@ -157,6 +157,7 @@ interface NativeBinding {
   statxBtime(dirfd: number, path: string, flags: number): [number, number] | null;
   statxAttributes(dirfd: number, path: string, flags: number): number;
   mountSetattr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number): void;
+  openTreeAttr(dirfd: number, path: string, flags: number, attrSet: number, attrClr: number, usernsFd: number): number;
   openFuseDevice(): number;
   ioctlClone(newFd: number, oldFd: number): void;
   backingOpen(devFd: number, fd: number): number;
@@ -433,6 +434,13 @@ export const umount2: (target: string, flags: number) => void = native.umount2;
 /** open_tree(2): with OPEN_TREE_CLONE, an O_PATH fd of a detached copy of the mount at path (CAP_SYS_ADMIN). */
 export const openTree: (dirfd: number, path: string, flags: number) => number = native.openTree;
 /** mount_setattr(2) of the mount whose root `path` (or dirfd with AT_EMPTY_PATH) is: MOUNT_ATTR_* set and cleared. */
+/**
+ * open_tree_attr(2) (Linux 6.15): a detached copy of the mount at path with MOUNT_ATTR_* set and
+ * cleared; MOUNT_ATTR_IDMAP in attrSet gives it the idmapping of user namespace `usernsFd`, replacing
+ * one the mount has.
+ */
+export const openTreeAttr: (dirfd: number, path: string, flags: number, attrSet: number, attrClr: number, usernsFd: number) => number =
+  native.openTreeAttr;
 export const mountSetattr: (dirfd: number, path: string, flags: number, attrSet: number, attrClr: number) => void =
   native.mountSetattr;
 /**

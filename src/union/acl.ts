@@ -27,6 +27,21 @@ export function isAclName(name: string): boolean {
 }
 
 /**
+ * A copy of an ACL (xattr form) with the ids of its named-user and named-group entries mapped (an
+ * owner mapping, see idmap.ts); a malformed one is returned as it is, for the caller to judge.
+ */
+export function mapAclIds(acl: Buffer, uid: (id: number) => number, gid: (id: number) => number): Buffer {
+  if (acl.length < HEADER || (acl.length - HEADER) % ENTRY !== 0 || acl.readUInt32LE(0) !== ACL_XATTR_VERSION) return acl;
+  const out = Buffer.from(acl);
+  for (let o = HEADER; o < out.length; o += ENTRY) {
+    const tag = out.readUInt16LE(o);
+    if (tag === ACL_USER) out.writeUInt32LE(uid(out.readUInt32LE(o + 4)), o + 4);
+    else if (tag === ACL_GROUP) out.writeUInt32LE(gid(out.readUInt32LE(o + 4)), o + 4);
+  }
+  return out;
+}
+
+/**
  * posix_acl_create_masq: the ACL a new object inherits from its directory's default ACL `def`
  * (xattr form) under the mode it was created with. Returns the object's mode bits and its access
  * ACL, or null when the ACL says no more than the mode.

@@ -10,6 +10,7 @@ import type { Attr, SetattrRequest } from '../fuse/types.js';
 import * as N from '../native/index.js';
 import type { OriginStore } from './cache.js';
 import type { FileHandle } from './file.js';
+import type { IdMap } from './idmap.js';
 import { atFlags, chmodObject, openObject, ROOT_NODEID, UnionNode } from './node.js';
 import type { Layer, LayerStack } from './layers.js';
 import type { LayerHit } from './namei.js';
@@ -89,6 +90,8 @@ export class InodeTable {
    * as on the kernel's overlay once it evicts the inode, so the d_ino its parent lists changes too.
    */
   onPinnedDrop: ((parent: UnionNode) => void) | null = null;
+  /** The mount's owner mapping (uidmapping= ...): attributes show owners through it. */
+  ids: IdMap | null = null;
   private readonly taken = (id: number): boolean => this.nodes.has(id);
 
   /** Nodeids come from `table` from now on (nfs_export=on; called before the first lookup). */
@@ -483,6 +486,10 @@ export class InodeTable {
       this.exports?.note(node);
     }
     const a = attrOf(node, st, ino);
+    if (this.ids !== null) {
+      a.uid = this.ids.uidOut(a.uid);
+      a.gid = this.ids.gidOut(a.gid);
+    }
     // (a metacopy file's blocks are those of its data, as the kernel's ovl_getattr reports them)
     if (node.dataMissing) {
       // (the kernel's guess before its lazy lookup of data in a data-only layer)

@@ -31,7 +31,9 @@ export interface CallerCreds {
 export function callerCreds(ctx: RequestContext): CallerCreds {
   try {
     const status = fs.readFileSync(`/proc/${ctx.pid}/status`, 'latin1');
-    const groups = /^Groups:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).filter(Boolean).map(Number) ?? [];
+    const shown = /^Groups:\s*(.*)$/m.exec(status)?.[1]?.trim().split(/\s+/).filter(Boolean).map(Number) ?? [];
+    const ids = ctx.ids;
+    const groups = ids ? shown.map((g) => ids.gidIn(g)) : shown;
     const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
     const caps = capEff === undefined ? 0 : parseInt(capEff.slice(-8), 16);
     return { groups, fsetid: (caps & (1 << CAP_FSETID)) !== 0, sysAdmin: (caps & (1 << CAP_SYS_ADMIN)) !== 0 };

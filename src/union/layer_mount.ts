@@ -7,6 +7,8 @@
 // The upper and the work directory share one private mount (a copy-up links or renames from one
 // into the other, which the kernel refuses across mounts), cloned at their closest common directory.
 
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, relative } from 'node:path';
 import * as N from '../native/index.js';
 import type { AtimeMode } from './params.js';
@@ -38,9 +40,25 @@ export function setAtime(m: PrivateMount, p: AtimePolicy): void {
   N.mountSetattr(m.fd, '', C.AT_EMPTY_PATH, attrOf(p), C.MOUNT_ATTR__ATIME | C.MOUNT_ATTR_NODIRATIME);
 }
 
-/** Clones the mount at `root` with `policy`; null when the kernel does not allow it (no CAP_SYS_ADMIN, a locked mount). */
-export function clonePrivate(root: string, policy: AtimePolicy): PrivateMount | null {
+/**
+ * Clones the mount at `root` with `policy`; null when the kernel does not allow it (no CAP_SYS_ADMIN, a
+ * locked mount). With `storedIds` (a user namespace whose mapping is the identity, see identityUserns),
+ * a mount that is idmapped is cloned without its idmapping: the daemon then sees the ids the layer
+ * stores. So it must, when it maps owners itself (uidmapping=): podman 4 (containers/storage before
+ * 1.47) both idmaps the lower layers it gives its mount program and passes the mapping to it, which
+ * would shift every lower owner twice.
+ */
+export function clonePrivate(root: string, policy: AtimePolicy, storedIds: number | null = null): PrivateMount | null {
   let fd: number;
+  if (storedIds !== null && onIdmappedMount(root)) {
+    try {
+      fd = N.openTreeAttr(C.AT_FDCWD, root, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC, C.MOUNT_ATTR_IDMAP | attrOf(policy),
+        C.MOUNT_ATTR__ATIME | C.MOUNT_ATTR_NODIRATIME, storedIds);
+    } catch (e) {
+      throw new Error(`${root} is on an idmapped mount, and its stored owners cannot be read with the owner mapping given (open_tree_attr, Linux 6.15: ${errCode(e) ?? String(e)})`);
+    }
+    return { fd, root };
+  }
   try {
     fd = N.openTree(C.AT_FDCWD, root, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC);
   } catch (e) {
@@ -77,6 +95,44 @@ export function openOnPrivate(m: PrivateMount, path: string): number | null {
 }
 
 /** The closest directory that holds all of `paths` (resolved absolute paths). */
+/** Whether `path` is on an idmapped mount (mount_setattr MOUNT_ATTR_IDMAP): its options in /proc/self/mountinfo. */
+export function onIdmappedMount(path: string): boolean {
+  const fd = N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_CLOEXEC, 0);
+  let mntId: string | undefined;
+  try {
+    mntId = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'))?.[1];
+  } finally {
+    N.close(fd);
+  }
+  for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
+    const f = line.split(' ');
+    if (f[0] === mntId) return (f[5] ?? '').split(',').includes('idmapped');
+  }
+  return false;
+}
+
+/**
+ * A descriptor of a new user namespace whose uid and gid maps are the identity (0 0 4294967295), for
+ * clonePrivate: an idmapping through it shows the ids a filesystem stores. Made by a child process
+ * (`unshare --user`; a process with threads cannot unshare itself), ended once the namespace is open.
+ */
+export async function identityUserns(): Promise<number> {
+  const child = spawn('unshare', ['--user', '--', 'sh', '-c', 'echo; read x'], { stdio: ['pipe', 'pipe', 'ignore'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`unshare --user exited with ${code}`)));
+      child.stdout!.once('data', () => resolve());
+    });
+    const pid = child.pid!;
+    for (const map of ['uid_map', 'gid_map']) writeFileSync(`/proc/${pid}/${map}`, '0 0 4294967295\n');
+    return N.openat(C.AT_FDCWD, `/proc/${pid}/ns/user`, C.O_RDONLY | C.O_CLOEXEC, 0);
+  } finally {
+    child.stdin!.end();
+    child.kill();
+  }
+}
+
 export function commonDir(paths: string[]): string {
   let dir = paths[0]!;
   while (!paths.every((p) => p === dir || p.startsWith(dir === '/' ? '/' : dir + '/'))) dir = dirname(dir);

@@ -80,7 +80,7 @@ export class LayerStack {
    */
   static open(upper: string | null, lowers: string[],
     opts: { atime: AtimePolicy; workdir: string | null; ociWhiteouts: boolean; noFollowRedirects?: boolean; userxattr?: boolean; metacopy?: boolean;
-      verity?: VerityMode; dataDirs?: string[] } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
+      verity?: VerityMode; dataDirs?: string[]; storedIds?: number | null } = { atime: LOWER_ATIME, workdir: null, ociWhiteouts: true }): LayerStack {
     const regular = (upper ? 1 : 0) + lowers.length;
     const paths = [...(upper ? [upper] : []), ...lowers, ...(opts.dataDirs ?? [])];
     const markerNs = opts.userxattr === true ? 'user' : 'both';
@@ -90,7 +90,7 @@ export class LayerStack {
     const mountFds: number[] = [];
     let upperMount: PrivateMount | null = null;
     const openRoot = (path: string, isUpper: boolean): number => {
-      const m = clonePrivate(isUpper && opts.workdir ? commonDir([path, opts.workdir]) : path, isUpper ? opts.atime : LOWER_ATIME);
+      const m = clonePrivate(isUpper && opts.workdir ? commonDir([path, opts.workdir]) : path, isUpper ? opts.atime : LOWER_ATIME, opts.storedIds ?? null);
       const fd = m ? openOnPrivate(m, path) : null;
       if (m && fd !== null) {
         mountFds.push(m.fd);

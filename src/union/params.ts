@@ -8,6 +8,54 @@ export class UsageError extends Error {
   readonly exitCode = 2;
 }
 
+export interface IdRange {
+  /** First id as the layers store it. */
+  stored: number;
+  /** First id as the mount shows it. */
+  shown: number;
+  count: number;
+}
+
+/** The owner mapping options of one mount, as parsed (see parseRanges). */
+export interface IdMapOptions {
+  uids: IdRange[];
+  gids: IdRange[];
+  /** squash_to_root: every object shows as owned by 0:0 (squash_to_uid= and squash_to_gid= come first). */
+  squashRoot: boolean;
+  squashUid: number | null;
+  squashGid: number | null;
+}
+
+export function hasIdMapping(o: IdMapOptions): boolean {
+  return o.uids.length > 0 || o.gids.length > 0 || o.squashRoot || o.squashUid !== null || o.squashGid !== null;
+}
+
+const MAX_ID = 0xffffffff;
+
+/** Parses a uidmapping= or gidmapping= value ("0:100000:65536" or ":0:1000:1:1:100000:65536"). */
+export function parseRanges(key: string, value: string): IdRange[] {
+  const parts = value.split(':').filter((s) => s !== '');
+  const bad = (why: string): UsageError => new UsageError(`bad value for '${key}': "${value}" (${why})`);
+  if (parts.length === 0 || parts.length % 3 !== 0) throw bad('triples STORED:SHOWN:COUNT joined by colons');
+  const nums = parts.map((s) => {
+    if (!/^\d+$/.test(s) || Number(s) > MAX_ID) throw bad(`"${s}" is not an id`);
+    return Number(s);
+  });
+  const out: IdRange[] = [];
+  for (let i = 0; i < nums.length; i += 3) {
+    const [stored, shown, count] = [nums[i]!, nums[i + 1]!, nums[i + 2]!];
+    if (count === 0 || stored + count - 1 > MAX_ID || shown + count - 1 > MAX_ID) throw bad(`the range ${stored}:${shown}:${count} is empty or too long`);
+    out.push({ stored, shown, count });
+  }
+  return out;
+}
+
+/** A squash_to_uid= or squash_to_gid= value. */
+export function parseId(key: string, value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) > MAX_ID) throw new UsageError(`bad value for '${key}': "${value}" (an id)`);
+  return Number(value);
+}
+
 export interface MountParams {
   lowerdirs: string[];
   /**
@@ -46,6 +94,8 @@ export interface MountParams {
   remount: boolean;
   /** Options accepted for compatibility but without effect here. */
   ignored: string[];
+  /** uidmapping=, gidmapping=, squash_to_*: owners shown shifted from the layers' (see idmap.ts). */
+  ids: IdMapOptions;
   /**
    * index, metacopy, redirect_dir or xino is on: strata implements none of them, but with any of them
    * the kernel's overlay stops allowing changes to the layers while unmounted, and then marks every
@@ -165,7 +215,7 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
   const p: MountParams = {
     lowerdirs: [], datadirs: [], upperdir: null, workdir: null, readOnly: false, userxattr: false, ociWhiteouts: true, volatile: false, nfsExport: false, index: false, uuid: 'auto', redirectDir: false, metacopy: false, verity: 'off',
     nodev: false, nosuid: false, noexec: false, atime: 'relatime', nodiratime: false, fsname: null, remount: false, ignored: [],
-    newDirsOpaque: false, noFollowRedirects: false,
+    ids: { uids: [], gids: [], squashRoot: false, squashUid: null, squashGid: null }, newDirsOpaque: false, noFollowRedirects: false,
   };
   /** The last value of each of index, metacopy, redirect_dir and xino. */
   const features = new Map<string, string>();
@@ -256,12 +306,20 @@ export function parseMountOptions(optionStrings: string[]): MountParams {
         break;
       case 'uidmapping':
       case 'gidmapping':
+        // (repeated, the ranges add up: some callers pass one triple an option)
+        if (key === 'uidmapping') p.ids.uids.push(...parseRanges(key, value));
+        else p.ids.gids.push(...parseRanges(key, value));
+        break;
       case 'squash_to_uid':
+        p.ids.squashUid = parseId(key, value);
+        break;
       case 'squash_to_gid':
+        p.ids.squashGid = parseId(key, value);
+        break;
       case 'squash_to_root':
-        // fuse-overlayfs maps owners for user namespaces with these; mounting without the mapping
-        // would show wrong owners, so it is refused rather than ignored.
-        throw new UsageError(`${key}= (owner mapping for user namespaces) is not supported by strata; use podman without --uidmap/--userns, or the kernel's idmapped mounts`);
+        // (squash_to_uid= and squash_to_gid= take precedence, whatever their order)
+        p.ids.squashRoot = true;
+        break;
       case 'uuid':
         if (value !== 'auto' && value !== 'on' && value !== 'null' && value !== 'off') throw new UsageError(`bad value for 'uuid': "${value}" (auto, on, null or off)`);
         p.uuid = value;

@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { errCode, fsError } from '../fuse/errors.js';
-import { FATTR_FH, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID } from '../fuse/protocol.js';
+import { FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FUSE_SETXATTR_ACL_KILL_SGID, FUSE_WRITE_KILL_SUIDGID, FATTR_UID } from '../fuse/protocol.js';
 import type {
   Attr, AttrReply, BackingRegistry, CreateReply, DirSink, EntryReply, FileSystem, InitInfo, OpenReply, RequestContext, SetattrRequest,
   StatfsReply, StatxReply, XattrList,
@@ -28,7 +28,8 @@ import { ListingStore, SPAN as LISTING_SPAN } from './listing_store.js';
 import { creationTime } from './btime.js';
 import { dropSgidAt, killSuidSgid, killSuidSgidAt, setattrKillsPrivs } from './killpriv.js';
 import { FileFlags, FS_IOC_FSGETXATTR, FS_IOC_GETFLAGS, isFileAttrIoctl } from './fsflags.js';
-import { AclCache, ACL_DEFAULT, isAclName, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
+import { AclCache, ACL_DEFAULT, isAclName, mapAclIds, newObjectAcl, readAcl, writeNewAcl, type NewAcl } from './acl.js';
+import type { IdMap } from './idmap.js';
 import { verifyData } from './verity.js';
 
 const { C, ST } = N;
@@ -71,6 +72,11 @@ export interface UnionOptions {
   upper: (DirOptions & { workFd: number; volatile: boolean }) | null;
   /** nfs_export=on: nodeids that file handles can name after FORGET and remount (export.ts). */
   nfsExport?: boolean;
+  /**
+   * uidmapping=, gidmapping=, squash_to_*: owners shown shifted from the layers' (idmap.ts). The
+   * requests' ids come mapped already (SessionOptions.callerIds); attributes, chown and ACLs here.
+   */
+  ids?: IdMap | null;
 }
 
 interface Writable {
@@ -133,6 +139,7 @@ export class UnionFs implements FileSystem {
 
   constructor(readonly stack: LayerStack, readonly opts: UnionOptions) {
     this.inodes = new InodeTable(stack, opts.cache, opts.cache?.origins);
+    this.inodes.ids = opts.ids ?? null;
     if (opts.nfsExport) this.inodes.useExports(new ExportTable(opts.cache));
     // (the kernel's listing of that parent, cached with the pinned d_ino, is dropped: a parent the
     // kernel no longer holds has no cached listing)
@@ -366,7 +373,9 @@ export class UnionFs implements FileSystem {
     const node = this.inodes.get(nodeid).live;
     if (!isAclName(name)) return getXattr(this.xattrNames, node, name);
     const [dirfd, fname] = node.location();
-    return this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
+    const acl = this.acls.get(node.ino, name, () => readAcl(dirfd, fname, name));
+    const ids = this.opts.ids;
+    return acl && ids ? mapAclIds(acl, (id) => ids.uidOut(id), (id) => ids.gidOut(id)) : acl;
   }
 
   listxattr(ctx: RequestContext, nodeid: number): XattrList {
@@ -693,6 +702,8 @@ export class UnionFs implements FileSystem {
   }
 
   setattr(ctx: RequestContext, nodeid: number, req: SetattrRequest): AttrReply | Promise<AttrReply> {
+    const ids = this.opts.ids;
+    if (ids && req.valid & (FATTR_UID | FATTR_GID)) req = { ...req, uid: ids.uidIn(req.uid), gid: ids.gidIn(req.gid) };
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseSetattr(node.live, req.valid);
     const truncatingToZero = (req.valid & FATTR_SIZE) !== 0 && req.size === 0;
@@ -991,6 +1002,8 @@ export class UnionFs implements FileSystem {
     const real = settableName(this.xattrNames, name);
     const node = this.inodes.get(nodeid);
     this.fsflags.refuseChange(node.live);
+    const ids = this.opts.ids;
+    if (ids && isAclName(name)) value = mapAclIds(value, (id) => ids.uidIn(id), (id) => ids.gidIn(id));
     return this.afterLinkDrop(this.afterCopyUp(node, true, (live) => {
       setXattr(live, real, value, flags);
       this.ctimeMoved(live);
