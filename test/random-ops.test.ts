@@ -86,6 +86,12 @@ const METACOPY_SEEDS = parseSeeds(process.env.STRATA_METACOPY_SEEDS ?? '10');
  * overlay.origin, which the kernel's first lookup of each gives one (ovl_fix_origin).
  */
 const HANDMADE_SEEDS = parseSeeds(process.env.STRATA_HANDMADE_SEEDS ?? '11');
+/**
+ * Seeds run with an owner mapping: the layers' ids stored 100000 up, strata mounting them with
+ * uidmapping=/gidmapping=100000:0:65536, the kernel's overlay over an idmapped mount of them (see
+ * PairOptions.idmapShift). Callers, owners and ACL entries are those of the other seeds.
+ */
+const IDMAP_SEEDS = parseSeeds(process.env.STRATA_IDMAP_SEEDS ?? '12');
 const OPS = Number(process.env.STRATA_OPS ?? 300);
 if (!Number.isInteger(OPS) || OPS < 1) throw new Error(`STRATA_OPS must be a positive integer, not ${process.env.STRATA_OPS}`);
 
@@ -815,8 +821,8 @@ function stepDiff(a: unknown, b: unknown): Record<string, unknown> {
 function reproCommand(seed: number, ops: number, po: PairOptions): string {
   const peer = process.env.STRATA_TEST_PEER ? `STRATA_TEST_PEER=${process.env.STRATA_TEST_PEER} ` : '';
   const only = (v: string): string => ['STRATA_SEEDS', 'STRATA_TMPFS_SEEDS', 'STRATA_REDIRECT_SEEDS', 'STRATA_USERXATTR_SEEDS', 'STRATA_METACOPY_SEEDS',
-    'STRATA_HANDMADE_SEEDS'].map((k) => `${k}=${k === v ? seed : ''}`).join(' ');
-  const seeds = po.options?.includes('metacopy=on') ? only('STRATA_METACOPY_SEEDS') : po.upperFrom ? only('STRATA_HANDMADE_SEEDS')
+    'STRATA_HANDMADE_SEEDS', 'STRATA_IDMAP_SEEDS'].map((k) => `${k}=${k === v ? seed : ''}`).join(' ');
+  const seeds = po.idmapShift !== undefined ? only('STRATA_IDMAP_SEEDS') : po.options?.includes('metacopy=on') ? only('STRATA_METACOPY_SEEDS') : po.upperFrom ? only('STRATA_HANDMADE_SEEDS')
     : po.options?.includes('redirect_dir=on') ? only('STRATA_REDIRECT_SEEDS') : po.options?.includes('userxattr') ? only('STRATA_USERXATTR_SEEDS')
     : po.upperOnTmpfs ? only('STRATA_TMPFS_SEEDS') : only('STRATA_SEEDS');
   return `make build && ${peer}${seeds} STRATA_OPS=${ops} npx ava --timeout=60m dist/test/random-ops.test.js`;
@@ -907,6 +913,12 @@ for (const seed of USERXATTR_SEEDS) {
 for (const seed of METACOPY_SEEDS) {
   test.serial(`seed ${seed}, metacopy=on over the kernel's metadata-only copies: ${OPS} random operations agree with the kernel`,
     (t) => runSeed(t, seed, OPS, { options: ['metacopy=on'], upperFrom: kernelMetacopies(seed) }));
+}
+
+// The same with an owner mapping (see IDMAP_SEEDS).
+for (const seed of IDMAP_SEEDS) {
+  test.serial(`seed ${seed}, uidmapping= (the kernel over idmapped layers): ${OPS} random operations agree with the kernel`,
+    (t) => runSeed(t, seed, OPS, { idmapShift: 100000 }));
 }
 
 // The same over an upper made by hand (see HANDMADE_SEEDS).

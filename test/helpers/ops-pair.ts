@@ -9,6 +9,7 @@ import { crossFsOptions, daemonLogLines, kernelOverlay, mountAt, strataMount, st
 import { tempDir, tmpfsDir } from './tmp.js';
 import { run } from './exec.js';
 import { strataBin } from './paths.js';
+import { PYTHON } from './python.js';
 import { buildLayer, type LayerSpec } from './ops-layers.js';
 import { Runner, showOp, type Op, type Result } from './ops-runner.js';
 import { diffSnapshots, snapshot, type Snapshot } from './ops-tree.js';
@@ -39,6 +40,8 @@ export interface Pair {
   strata: Side;
   /** The mount options both sides were given (the kernel's remounts of the uppers get them too). */
   options?: string[];
+  /** PairOptions.idmapShift, when given. */
+  idmapShift?: number;
 }
 
 export interface PairOptions {
@@ -56,7 +59,66 @@ export interface PairOptions {
    * Default: the environment's STRATA_UPPER_TMPFS=1.
    */
   upperOnTmpfs?: boolean;
+  /**
+   * Owner mapping: every id the layers hold is stored shifted up by `shift` (owners and ACL entries,
+   * after the layers are built), strata mounts them with uidmapping= and gidmapping= that shift them back
+   * down (STORED:SHOWN:COUNT = shift:0:65536), and the kernel's overlay reads them through an idmapped
+   * mount of the side's directory with the same mapping (its creator, root, maps to `shift`).
+   */
+  idmapShift?: number;
 }
+
+/** Python: shifts every owner and ACL id below `dir` (the root included) up by `shift`, modes kept. */
+const SHIFT_IDS = String.raw`
+import os, stat, struct, sys
+top, shift = sys.argv[1], int(sys.argv[2])
+def acl(v):
+    out = bytearray(v)
+    for o in range(4, len(v) - 7, 8):
+        tag, = struct.unpack_from('<H', v, o)
+        if tag in (2, 8): struct.pack_into('<I', out, o + 4, struct.unpack_from('<I', v, o + 4)[0] + shift)
+    return bytes(out)
+seen = set()
+def one(p):
+    st = os.lstat(p)
+    if (st.st_dev, st.st_ino) in seen: return  # (a hard link's other name)
+    seen.add((st.st_dev, st.st_ino))
+    os.lchown(p, st.st_uid + shift, st.st_gid + shift)
+    if stat.S_ISLNK(st.st_mode): return
+    os.chmod(p, stat.S_IMODE(st.st_mode))  # (chown cleared setuid and setgid)
+    for n in ('system.posix_acl_access', 'system.posix_acl_default'):
+        try: v = os.getxattr(p, n, follow_symlinks=False)
+        except OSError: continue
+        os.setxattr(p, n, acl(v), follow_symlinks=False)
+one(top)
+for d, dirs, files in os.walk(top):
+    for n in dirs + files: one(os.path.join(d, n))
+`;
+
+/** The same mapping as the idmapShift option: an idmapped bind mount of `src` at `dst` (the kernel's side). */
+const IDMAP_MOUNT = String.raw`
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def chk(r):
+    if r < 0:
+        e = ctypes.get_errno(); raise OSError(e, os.strerror(e))
+    return r
+src, dst, shift = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w); chk(libc.unshare(0x10000000)); os.read(r, 1); os._exit(0)
+os.close(r)
+while os.readlink('/proc/%d/ns/user' % pid) == os.readlink('/proc/self/ns/user'): time.sleep(0.001)
+for f in ('uid_map', 'gid_map'):
+    with open('/proc/%d/%s' % (pid, f), 'w') as fh: fh.write('%d 0 65536\n' % shift)
+ns = os.open('/proc/%d/ns/user' % pid, os.O_RDONLY)
+os.write(w, b'x'); os.waitpid(pid, 0)
+fd = chk(libc.syscall(428, -100, src.encode(), 1 | 0o2000000))  # open_tree(OPEN_TREE_CLONE)
+attr = struct.pack('QQQQ', 0x00100000, 0, 0, ns)                  # MOUNT_ATTR_IDMAP
+chk(libc.syscall(442, fd, b'', 0x1000, attr, len(attr)))          # mount_setattr(AT_EMPTY_PATH)
+chk(libc.syscall(429, fd, b'', -100, dst.encode(), 4))            # move_mount(F_EMPTY_PATH)
+`;
 
 function mkdir(p: string): string {
   fs.mkdirSync(p, { mode: 0o755 });
@@ -85,6 +147,12 @@ function buildSide(t: ExecutionContext, base: string, name: string, layers: read
   if (opts.upperFrom) opts.upperFrom(upper, lowers);
   const work = mkdir(path.join(upperFs, 'w'));
   mkdir(path.join(dir, 'm'));
+  if (opts.idmapShift !== undefined) {
+    for (const d of [...lowers, upper, work]) {
+      const r = run(PYTHON, ['-c', SHIFT_IDS, d, String(opts.idmapShift)]);
+      if (r.status !== 0) throw new Error(`shifting the owners of ${d}: ${r.stderr.trim()}`);
+    }
+  }
   return { name, base: dir, lowers, upper, work, lowerBefore: lowers.map((l) => snapshot(l, 'lower')) };
 }
 
@@ -98,12 +166,25 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   // always does, README "Inode numbers").
   const xino = crossFsOptions(k.upper, k.lowers[0]!);
   const options = xino ? [...(opts.options ?? []), ...xino] : opts.options;
-  const kspec = { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options };
+  let kspec = { lowers: k.lowers, upper: k.upper, work: k.work, mountpoint: path.join(k.base, 'm'), options };
+  let soptions = options;
+  if (opts.idmapShift !== undefined) {
+    if (upperOnTmpfs(opts)) throw new Error('idmapShift: the side\'s directory is idmapped as one mount, an upper on a tmpfs of its own is not');
+    // the kernel: its side's directory (lowers, upper, work) through one idmapped mount
+    const idm = mkdir(path.join(base, 'k-idm'));
+    const r = run(PYTHON, ['-c', IDMAP_MOUNT, k.base, idm, String(opts.idmapShift)]);
+    if (r.status !== 0) throw new Error(`idmapped mount of ${k.base}: ${r.stderr.trim()}`);
+    t.teardown(() => unmountQuietly(idm));
+    const through = (p: string): string => path.join(idm, path.relative(k.base, p));
+    kspec = { ...kspec, lowers: k.lowers.map(through), upper: through(k.upper), work: through(k.work) };
+    const m = `${opts.idmapShift}:0:65536`;
+    soptions = [...(options ?? []), `uidmapping=${m}`, `gidmapping=${m}`];
+  }
   // (strata's log beside its layers: errors and warnings in it are shown with a failure, see daemonTrouble)
   const given = opts.strataArgs?.indexOf('--log-file') ?? -1;
   const log = underTest().name !== 'strata' ? undefined : given >= 0 ? opts.strataArgs![given + 1] : path.join(s.base, 'daemon.log');
   const extraArgs = log && given < 0 ? ['--log-file', log, ...(opts.strataArgs ?? [])] : opts.strataArgs;
-  const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options, extraArgs };
+  const sspec = { lowers: s.lowers, upper: s.upper, work: s.work, mountpoint: path.join(s.base, 'm'), options: soptions, extraArgs };
   const kmnt = kernelOverlay(t, kspec);
   const smnt = strataMount(t, sspec);
   // (no lazy unmount here: a second mount of the same upper and work directory must not meet the first)
@@ -120,6 +201,7 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   return {
     base,
     options: opts.options,
+    idmapShift: opts.idmapShift,
     kernel: { ...k, name: 'kernel', mnt: kmnt, runner: new Runner(kmnt), remount: remountKernel },
     strata: { ...s, name: underTest().name, mnt: smnt, runner: new Runner(smnt), remount: remountStrata, log },
   };
@@ -203,6 +285,9 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
   unmountStrata(c, s);
   unmountQuietly(k.mnt);
 
+  // (with an owner mapping the kernel makes its whiteouts as its creator, root, whose stored id is the
+  // shift; strata makes them as the daemon, root stored as 0 (README, "Owner mapping"): not compared)
+  if (pair.idmapShift !== undefined) for (const side of [k, s]) ownWhiteoutsByRoot(side.upper);
   const uk = snapshot(k.upper, 'upper', opts);
   const us = snapshot(s.upper, 'upper', opts);
   c.none(diffSnapshots(uk, us, ['kernel', s.name]), 'upper dirs differ');
@@ -220,6 +305,14 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
   const mx = kernelRemount(c, pair, s, 'x', opts);
   c.none(diffSnapshots(mkx, mx, ['kernel', `kernel on ${s.name}'s upper`]), `the kernel reads ${s.name}'s upper differently`);
   if (diffSnapshots(mk, mkx, ['live', 'again']).length > 0) c.t.log('the kernel\'s live merged tree differs from a fresh mount of its upper');
+}
+
+function ownWhiteoutsByRoot(dir: string): void {
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) ownWhiteoutsByRoot(p);
+    else if (e.isCharacterDevice() && fs.lstatSync(p).rdev === 0) fs.lchownSync(p, 0, 0);
+  }
 }
 
 /** The merged tree of a fresh kernel overlay mount of `side`'s layers and upper. */
