@@ -11,6 +11,8 @@ import { run } from './helpers/exec.js';
 import { strataMount } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
+import { IdMap } from '../src/union/idmap.js';
+import { parseMountOptions, UsageError } from '../src/union/params.js';
 
 const MAP = '0:100000:65536';
 
@@ -187,4 +189,20 @@ test.serial('squash_to_uid= and squash_to_gid= show one owner; what callers crea
   // squash_to_root
   const root = strataMount(t, { lowers: [lower], options: ['squash_to_root'], mountpoint: path.join(dir, 'r') });
   t.deepEqual([...new Set(must(run('find', ['.', '-printf', '%U:%G\n'], { cwd: root })).split('\n').filter(Boolean))], ['0:0']);
+});
+
+test('the mapping options as fuse-overlayfs reads them: triples, a leading colon, repeated options adding ranges; the lookups both ways', (t) => {
+  const p = parseMountOptions(['lowerdir=/a,uidmapping=:0:100000:1:1:200001:10,uidmapping=500:0:1', 'gidmapping=0:100000:65536,squash_to_gid=7']);
+  t.deepEqual(p.ids.uids, [{ stored: 0, shown: 100000, count: 1 }, { stored: 1, shown: 200001, count: 10 }, { stored: 500, shown: 0, count: 1 }]);
+  const m = new IdMap(p.ids);
+  const overflow = Number(fs.readFileSync('/proc/sys/kernel/overflowuid', 'latin1'));
+  t.deepEqual([0, 1, 10, 11, 500].map((id) => m.uidOut(id)), [100000, 200001, 200010, overflow, 0]);
+  t.deepEqual([100000, 200005, 0, 5].map((id) => m.uidIn(id)), [0, 5, 500, overflow]);
+  t.is(m.gidOut(3), 7, 'squash_to_gid shows one group');
+  t.is(m.gidIn(100003), 3, 'and what is written is still mapped back');
+  t.is(new IdMap(parseMountOptions(['lowerdir=/a,squash_to_root']).ids).uidOut(1234), 0);
+  t.is(new IdMap(parseMountOptions(['lowerdir=/a,squash_to_root']).ids).uidIn(1234), 1234, 'no mapping: what is written keeps the caller\'s id');
+  for (const bad of ['uidmapping=0:1', 'uidmapping=0:1:0', 'uidmapping=a:1:2', 'gidmapping=4294967295:0:2', 'squash_to_uid=-1']) {
+    t.throws(() => parseMountOptions([`lowerdir=/a,${bad}`]), { instanceOf: UsageError }, bad);
+  }
 });
