@@ -7,7 +7,7 @@ ROOT := $(abspath .)
 ADDON := native-bindings/build/Release/strata_native.node
 # Node's own headers (installed with node): node-gyp then needs no download.
 NODE_PREFIX := $(shell $(NODE) -p "require('path').resolve(process.execPath, '../..')")
-APT_PACKAGES := attr acl e2fsprogs fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci strace util-linux-extra docker-registry apache2-utils
+APT_PACKAGES := attr acl e2fsprogs zstd fuse3 python3 python3-venv git kmod podman runc busybox-static debootstrap skopeo umoci strace util-linux-extra docker-registry apache2-utils
 
 .PHONY: all deps system-deps build native ts demo test soak bench bench-cache bench-images longrun rootfs install uninstall clean
 
@@ -22,7 +22,7 @@ deps: node_modules/.package-lock.json
 # Debian packages the tests use (setfattr/getfattr for fixtures, fusermount3, python3 for readdir checks,
 # git and python3-venv for the real-program tests, podman/runc/busybox-static for the podman test,
 # debootstrap for the Debian rootfs, strace to see when a copy-up syncs, fincore (util-linux-extra)
-# to see what the page cache holds).
+# to see what the page cache holds), zstd for zstd-compressed image layers).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \

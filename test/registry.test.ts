@@ -140,6 +140,47 @@ test.serial('push, then pull into an empty store: same image ID, manifest digest
   t.regex(shown.stdout, /Trying to pull [^\n]*\n[\s\S]*Layer already stored [0-9a-f]{12}/);
 });
 
+test.serial('zstd-compressed layers (skopeo --dest-compress-format zstd): pulled and loaded as the gzip image, saved for docker as plain tars, pushed as they came', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const src = inspect(t, built.store, 'test/two:1');
+  push(t, built.store, 'test/two:1', `${reg.host}/t/two:1`);
+  const zref = `${reg.host}/t/zst:1`;
+  skopeo(t, ['copy', '-q', '--dest-compress', '--dest-compress-format', 'zstd', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${reg.host}/t/two:1`, `docker://${zref}`]);
+  const raw = skopeo(t, ['inspect', '--raw', '--tls-verify=false', `docker://${zref}`]);
+  t.true((JSON.parse(raw) as { layers: { mediaType: string }[] }).layers.every((l) => l.mediaType.endsWith('+zstd')), 'skopeo wrote zstd layers');
+  // pulled: the same image (its config names the same diff IDs) and the same layer trees
+  const other = path.join(tempDir(t, 'st'), 'store');
+  const pulled = pull(t, other, zref);
+  t.deepEqual([pulled.id, pulled.digest, pulled.downloaded], [src.Id, `sha256:${sha256Hex(raw)}`, 2]);
+  sameLayers(t, built.store, 'test/two:1', other, zref);
+  // pushed again: the blobs and the manifest as they came
+  const back = push(t, other, zref, `${reg.host}/t/zst-back:1`);
+  t.is(back.digest, pulled.digest);
+  // a docker archive holds plain tars: a fresh store loads it as the same image
+  const dir = tempDir(t, 'za');
+  imageOk(t, other, ['save', zref, '-o', path.join(dir, 'docker.tar')]);
+  imageOk(t, path.join(dir, 's1'), ['load', '-i', path.join(dir, 'docker.tar')]);
+  t.is(inspect(t, path.join(dir, 's1'), zref).Id, src.Id);
+  // an OCI layout skopeo wrote with zstd layers loads too
+  skopeo(t, ['copy', '-q', '--src-tls-verify=false', `docker://${zref}`, `oci:${path.join(dir, 'layout')}:t/zst:1`]);
+  imageOk(t, path.join(dir, 's2'), ['load', '-i', path.join(dir, 'layout')]);
+  sameLayers(t, built.store, 'test/two:1', path.join(dir, 's2'), 't/zst:1');
+  // a blob that is not zstd after its magic number: one line, nothing stored
+  const bad = path.join(dir, 'bad');
+  fs.cpSync(path.join(dir, 'layout'), bad, { recursive: true });
+  const idx = JSON.parse(fs.readFileSync(path.join(bad, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+  const man = JSON.parse(fs.readFileSync(path.join(bad, 'blobs/sha256', idx.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+  const blob = path.join(bad, 'blobs/sha256', man.layers[0]!.digest.slice(7));
+  const bytes = fs.readFileSync(blob);
+  bytes.fill(0x55, 8, Math.min(bytes.length, 200));
+  fs.writeFileSync(blob, bytes);
+  const s3 = path.join(dir, 's3');
+  refused(t, strata(['load', '-i', bad, '--store', s3]), 1, /zstd/);
+  t.deepEqual(JSON.parse(imageOk(t, s3, ['ls', '--json'])), [], 'nothing stored');
+});
+
 test.serial('podman pushes what strata pulls (same ID and tree as the rootfs); strata pushes what podman pulls and runs', async (t) => {
   if (!fs.existsSync(ROOTFS_L0)) throw new Error(`${ROOTFS_L0} is missing (make rootfs builds it)`);
   const reg = await startRegistry(t);

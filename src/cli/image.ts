@@ -313,7 +313,7 @@ function imageVerbs(y: Argv): Argv {
       .option('input', { alias: 'i', type: 'string', default: '-', describe: 'the archive file or OCI layout directory (default: standard input)' })
       .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print only the loaded references' }),
     (a) => loadHandler(a as unknown as LoadArgs))
-    .command('import <file> <reference>', 'make a one-layer image from a root filesystem tar (plain or gzip)', (c) => c
+    .command('import <file> <reference>', 'make a one-layer image from a root filesystem tar (plain, gzip or zstd)', (c) => c
       .positional('file', { type: 'string', demandOption: true })
       .positional('reference', { type: 'string', demandOption: true, describe: 'NAME[:TAG]' })
       .option('message', { alias: 'm', type: 'string', describe: 'comment of the history entry' }),

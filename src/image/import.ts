@@ -1,4 +1,4 @@
-// `image import ROOTFS.tar NAME:TAG`: a one-layer image from a root filesystem tar (plain or gzip),
+// `image import ROOTFS.tar NAME:TAG`: a one-layer image from a root filesystem tar (plain, gzip or zstd),
 // with a fresh config for this machine's platform and one history entry.
 
 import { createReadStream } from 'node:fs';

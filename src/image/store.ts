@@ -110,7 +110,7 @@ export interface ContainerRecord {
 }
 
 export interface AddLayerOptions {
-  /** Media type of the blob; default: detected (gzip or plain tar). */
+  /** Media type of the blob; default: detected (gzip, zstd or plain tar). */
   mediaType?: string;
   /** Expected blob digest / diff ID / blob size: checked while streaming, a mismatch is refused. */
   expectDigest?: string;
@@ -287,7 +287,7 @@ export class Store {
   }
 
   /**
-   * Adds a layer from a tar stream (plain or gzip) on top of the chain `parent` (null: a base
+   * Adds a layer from a tar stream (plain, gzip or zstd) on top of the chain `parent` (null: a base
    * layer). The blob is stored, the tar unpacked into a temp dir, synced and renamed into place;
    * if that chain is already there, the existing copy is kept and returned. Digests given in
    * `opts` are verified while streaming. Refuses unsafe entries (see unpack.ts).

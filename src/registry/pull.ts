@@ -49,8 +49,9 @@ const MANIFEST_TYPES = [MEDIA.ociManifest, MEDIA.dockerManifest];
 const INDEX_TYPES = [MEDIA.ociIndex, MEDIA.dockerManifestList];
 const CONFIG_TYPES = new Set<string>([MEDIA.ociConfig, MEDIA.dockerConfig]);
 const LAYER_TYPES = new Set<string>([
-  MEDIA.ociLayer, MEDIA.ociLayerGzip, MEDIA.dockerLayer, MEDIA.dockerLayerGzip,
+  MEDIA.ociLayer, MEDIA.ociLayerGzip, MEDIA.ociLayerZstd, MEDIA.dockerLayer, MEDIA.dockerLayerGzip,
   'application/vnd.oci.image.layer.nondistributable.v1.tar', 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd',
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
 ]);
 const MAX_CONFIG = 8 << 20;
@@ -243,7 +244,6 @@ export async function pullImage(at: StoreAccess, reference: string, opts: PullOp
   }
   const layerDescs = manifest.layers.map((l, i) => checkDescriptor(l, `layer ${i + 1}`));
   for (const l of layerDescs) {
-    if (l.mediaType?.includes('zstd')) throw new ImageError(`layer ${l.digest.slice(7, 19)} is zstd-compressed, which strata does not read (gzip and plain tar only)`);
     if (l.mediaType !== undefined && !LAYER_TYPES.has(l.mediaType)) throw new ImageError(`unsupported layer media type ${l.mediaType}`);
   }
   const configBytes = await readBlob(client, configDesc, MAX_CONFIG, 'config');

@@ -6,6 +6,7 @@ import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
 import type { ImageRecord, Store } from '../store.js';
 import { digestHex, type ImageConfig, ImageError, isGzipMediaType, sha256Digest } from '../types.js';
+import { isZstdMediaType, ZstdDecompress } from '../zstd.js';
 import type { SourceImage } from './model.js';
 import type { ArchiveFiles } from './outer_tar.js';
 import type { ArchiveSink } from './sink.js';
@@ -86,7 +87,10 @@ export async function writeDockerArchive(store: Store, images: readonly { image:
       if (written.has(name)) continue;
       written.add(name);
       const blob = createReadStream(store.blobPath(l.digest));
-      await sink.addStream(name, l.diffSize, isGzipMediaType(l.mediaType) ? blob.pipe(createGunzip({ chunkSize: 256 << 10 })) : blob);
+      // (a docker archive holds its layers as plain tars)
+      const tar = isGzipMediaType(l.mediaType) ? blob.pipe(createGunzip({ chunkSize: 256 << 10 }))
+        : isZstdMediaType(l.mediaType) ? blob.pipe(new ZstdDecompress()) : blob;
+      await sink.addStream(name, l.diffSize, tar);
     }
     manifest.push({ Config: configName, RepoTags: tags, Layers: layers });
   }
