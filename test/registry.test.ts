@@ -14,6 +14,7 @@ import {
   dockerArchive, imageOk, makeTar, PODMAN_RUN, podmanImport, sha256Hex, storeState, testPodman, twoLayerImage,
 } from './helpers/image-store.js';
 import { strataBin } from './helpers/paths.js';
+import { startProxy } from './helpers/proxy.js';
 import { startRegistry, startTokenFront } from './helpers/registry.js';
 import { type NodeInfo, snapshot } from './helpers/snapshot.js';
 import { tempDir } from './helpers/tmp.js';
@@ -179,6 +180,41 @@ test.serial('zstd-compressed layers (skopeo --dest-compress-format zstd): pulled
   const s3 = path.join(dir, 's3');
   refused(t, strata(['load', '-i', bad, '--store', s3]), 1, /zstd/);
   t.deepEqual(JSON.parse(imageOk(t, s3, ['ls', '--json'])), [], 'nothing stored');
+});
+
+test.serial('through an HTTP proxy from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, the proxy\'s Basic credentials), as podman takes it; loopback registries directly', async (t) => {
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  // a name that resolves nowhere: only the proxy reaches the registry under it
+  const name = `registry.invalid:${reg.host.split(':')[1]}`;
+  const proxy = await startProxy(t, { [name]: reg.host }, 'pu:p w');
+  const withCreds = (pw: string): string => proxy.url.replace('//', `//pu:${encodeURIComponent(pw)}@`);
+  const env = (more: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({ ...process.env, HTTPS_PROXY: withCreds('p w'), http_proxy: withCreds('p w'), NO_PROXY: '', ...more });
+  // (the proxy serves from this process: the commands run without blocking it)
+  const strataAsync = (args: string[], e: NodeJS.ProcessEnv) => runWithPipes(strataBin, args, { env: e, timeoutMs: 180_000 });
+  const pushed = await strataAsync(['push', 'test/two:1', `${name}/t/p:1`, '--store', built.store, '--tls-verify=false', '--json'], env());
+  t.is(pushed.status, 0, pushed.stderr);
+  t.true(proxy.seen.some((l) => l === `CONNECT ${name}`), 'https tried first, through a tunnel');
+  t.true(proxy.seen.some((l) => l === `PUT http://${name}/v2/t/p/manifests/1`), 'then http: the manifest went through the proxy');
+  const other = path.join(tempDir(t, 'st'), 'store');
+  const pulled = await strataAsync(['pull', `${name}/t/p:1`, '--store', other, '--tls-verify=false', '--json'], env());
+  t.is(pulled.status, 0, pulled.stderr);
+  t.is((JSON.parse(pulled.stdout) as PullJson).downloaded, 2);
+  sameLayers(t, built.store, 'test/two:1', other, `${name}/t/p:1`);
+  // NO_PROXY names it (a domain's subdomains): reached directly, where it resolves nowhere
+  const direct = await strataAsync(['pull', `${name}/t/p:1`, '--store', other, '--tls-verify=false'], env({ NO_PROXY: 'example.com, .invalid' }));
+  t.is(direct.status, 1);
+  t.regex(direct.stderr, /^strata: cannot reach the registry registry\.invalid:\d+: no such host\n$/);
+  // the proxy's credentials refused: one line that says so
+  const wrong = await strataAsync(['pull', `${name}/t/p:1`, '--store', other, '--tls-verify=false'], env({ HTTPS_PROXY: withCreds('bad'), http_proxy: withCreds('bad') }));
+  t.is(wrong.status, 1);
+  t.regex(wrong.stderr, /^strata: [^\n]*proxy authentication required[^\n]*\n$/);
+  // a loopback registry is reached directly
+  const seen = proxy.seen.length;
+  const loop = await strataAsync(['pull', `${reg.host}/t/p:1`, '--store', other, '--json'], env());
+  t.is(loop.status, 0, loop.stderr);
+  t.is(proxy.seen.length, seen, 'the proxy saw nothing of it');
 });
 
 test.serial('podman pushes what strata pulls (same ID and tree as the rootfs); strata pushes what podman pulls and runs', async (t) => {

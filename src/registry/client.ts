@@ -5,13 +5,17 @@
 // Transport: HTTPS with verified certificates. A registry on a loopback address, or any registry
 // with --tls-verify=false, is also tried over HTTPS without verification and then plain HTTP, as
 // Docker does for its insecure registries. Blob downloads follow redirects (registries hand blobs
-// to a storage service); credentials are sent only to the registry's own host.
+// to a storage service); credentials are sent only to the registry's own host. HTTP proxies come
+// from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY: proxy.ts).
 
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
+import tls from 'node:tls';
 import type { Readable } from 'node:stream';
 import { ImageError } from '../image/types.js';
 import { basicHeader, type Challenge, type Credentials, findCredentials, parseChallenge } from './auth.js';
+import { proxyFor, tunnel } from './proxy.js';
 import { apiHost, isLoopback, type Reference } from './reference.js';
 
 export interface ClientOptions {
@@ -217,15 +221,31 @@ export class RegistryClient {
     const body = spec.body;
     if (body !== undefined) headers['content-length'] = String(body.length);
     else if (spec.method === 'PUT' || spec.method === 'POST' || spec.method === 'PATCH') headers['content-length'] = '0';
-    const mod = url.protocol === 'https:' ? https : http;
-    return new Promise((resolve, reject) => {
-      const req = mod.request(url, {
-        method: spec.method, headers, timeout: CONNECT_TIMEOUT_MS,
-        ...(url.protocol === 'https:' ? { rejectUnauthorized: verify } : {}),
-      }, (res) => {
+    const secure = url.protocol === 'https:';
+    const proxy = proxyFor(url);
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const tunneled = proxy && secure ? tunnel(proxy, host, Number(url.port || 443), CONNECT_TIMEOUT_MS) : Promise.resolve(null);
+    return tunneled.then((socket) => new Promise((resolve, reject) => {
+      const common = { method: spec.method, timeout: CONNECT_TIMEOUT_MS };
+      const onResponse = (res: IncomingMessage): void => {
+        if (res.statusCode === 407 && proxy && !socket) {
+          res.resume();
+          reject(new ImageError(`the proxy ${proxy.name} refused the request: HTTP 407 (proxy authentication required)`));
+          return;
+        }
         res.setTimeout(IDLE_TIMEOUT_MS, () => res.destroy(new Error('the registry stopped sending (timed out)')));
         resolve(res);
-      });
+      };
+      // https through a proxy: TLS inside its tunnel; http through a proxy: the request in absolute form
+      const req = socket ? https.request(url, {
+        ...common, headers,
+        createConnection: () => tls.connect({ socket, servername: net.isIP(host) ? undefined : host, rejectUnauthorized: verify }),
+      }, onResponse)
+        : proxy ? http.request({
+          ...common, host: proxy.host, port: proxy.port, path: url.href,
+          headers: { ...headers, host: url.host, ...(proxy.authorization ? { 'proxy-authorization': proxy.authorization } : {}) },
+        }, onResponse)
+        : (secure ? https : http).request(url, { ...common, headers, ...(secure ? { rejectUnauthorized: verify } : {}) }, onResponse);
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
       req.on('error', reject);
       if (body === undefined) req.end();
@@ -235,7 +255,7 @@ export class RegistryClient {
         src.on('error', (e) => req.destroy(e));
         src.pipe(req);
       }
-    });
+    }));
   }
 
   // --- the API ------------------------------------------------------------------------------
