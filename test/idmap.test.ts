@@ -8,6 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run } from './helpers/exec.js';
+import { idmapMount } from './helpers/idmap-mount.js';
 import { strataMount } from './helpers/mounts.js';
 import { PYTHON } from './helpers/python.js';
 import { tempDir } from './helpers/tmp.js';
@@ -15,32 +16,6 @@ import { IdMap } from '../src/union/idmap.js';
 import { parseMountOptions, UsageError } from '../src/union/params.js';
 
 const MAP = '0:100000:65536';
-
-// Python: bind-mounts SRC at DST with an idmapping (a child's new user namespace with MAP as its
-// uid and gid maps), as util-linux's X-mount.idmap= does.
-const IDMAP_MOUNT = String.raw`
-import ctypes, os, struct, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-def chk(r):
-    if r < 0:
-        e = ctypes.get_errno(); raise OSError(e, os.strerror(e))
-    return r
-src, dst, m = sys.argv[1:4]
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.close(w); chk(libc.unshare(0x10000000)); os.read(r, 1); os._exit(0)
-os.close(r)
-while os.readlink('/proc/%d/ns/user' % pid) == os.readlink('/proc/self/ns/user'): time.sleep(0.001)
-for f in ('uid_map', 'gid_map'):
-    with open('/proc/%d/%s' % (pid, f), 'w') as fh: fh.write(m.replace(':', ' ') + '\n')
-ns = os.open('/proc/%d/ns/user' % pid, os.O_RDONLY)
-os.write(w, b'x'); os.waitpid(pid, 0)
-fd = chk(libc.syscall(428, -100, src.encode(), 1 | 0o2000000))  # open_tree(OPEN_TREE_CLONE)
-attr = struct.pack('QQQQ', 0x00100000, 0, 0, ns)                  # MOUNT_ATTR_IDMAP
-chk(libc.syscall(442, fd, b'', 0x1000, attr, len(attr)))          # mount_setattr(AT_EMPTY_PATH)
-chk(libc.syscall(429, fd, b'', -100, dst.encode(), 4))            # move_mount(F_EMPTY_PATH)
-`;
 
 // Python: mounts a kernel overlay as uid and gid UID keeping every capability (the container's root
 // as the host sees it): the overlay's creator must be inside the mapping of its idmapped upper.
@@ -57,12 +32,6 @@ if libc.mount(b'overlay', sys.argv[2].encode(), b'overlay', 0, sys.argv[3].encod
 function must(r: ReturnType<typeof run>): string {
   if (r.status !== 0) throw new Error(`${r.command}: ${r.status}: ${r.stderr.trim()}`);
   return r.stdout;
-}
-
-function idmapMount(t: ExecutionContext, src: string, dst: string): void {
-  fs.mkdirSync(dst, { recursive: true });
-  must(run(PYTHON, ['-c', IDMAP_MOUNT, src, dst, MAP]));
-  t.teardown(() => run('umount', ['-l', dst]));
 }
 
 /** The lower layer: owners inside and outside the mapping, a setgid and a sticky directory, ACLs. */
@@ -132,8 +101,8 @@ test.serial('uidmapping= and gidmapping=: owners, creates, chown, setgid, sticky
   // the kernel: the lower and the upper's parent idmapped; the overlay's creator must be inside the mapping
   const kroot = path.join(dir, 'kroot');
   for (const d of ['upper', 'work']) fs.mkdirSync(path.join(kroot, d), { recursive: true });
-  idmapMount(t, lower, path.join(dir, 'klower'));
-  idmapMount(t, kroot, path.join(dir, 'kidm'));
+  idmapMount(t, lower, path.join(dir, 'klower'), MAP);
+  idmapMount(t, kroot, path.join(dir, 'kidm'), MAP);
   const kmnt = path.join(dir, 'k');
   fs.mkdirSync(kmnt);
   must(run(PYTHON, ['-c', MOUNT_AS, '100000', kmnt,
@@ -158,7 +127,7 @@ test.serial('a lower layer on an idmapped mount is read with the ids it stores w
   const lower = path.join(dir, 'lower');
   fs.mkdirSync(lower);
   makeLower(lower);
-  idmapMount(t, lower, path.join(dir, 'idmapped'));
+  idmapMount(t, lower, path.join(dir, 'idmapped'), MAP);
   for (const m of ['a', 'b', 'c']) fs.mkdirSync(path.join(dir, m));
   const opts = [`uidmapping=${MAP}`, `gidmapping=${MAP}`];
   const plain = strataMount(t, { lowers: [lower], options: opts, mountpoint: path.join(dir, 'a') });

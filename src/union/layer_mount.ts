@@ -94,7 +94,6 @@ export function openOnPrivate(m: PrivateMount, path: string): number | null {
   return null;
 }
 
-/** The closest directory that holds all of `paths` (resolved absolute paths). */
 /** Whether `path` is on an idmapped mount (mount_setattr MOUNT_ATTR_IDMAP): its options in /proc/self/mountinfo. */
 export function onIdmappedMount(path: string): boolean {
   const fd = N.openat(C.AT_FDCWD, path, C.O_PATH | C.O_CLOEXEC, 0);
@@ -133,6 +132,7 @@ export async function identityUserns(): Promise<number> {
   }
 }
 
+/** The closest directory that holds all of `paths` (resolved absolute paths). */
 export function commonDir(paths: string[]): string {
   let dir = paths[0]!;
   while (!paths.every((p) => p === dir || p.startsWith(dir === '/' ? '/' : dir + '/'))) dir = dirname(dir);

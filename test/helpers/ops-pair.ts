@@ -10,6 +10,7 @@ import { tempDir, tmpfsDir } from './tmp.js';
 import { run } from './exec.js';
 import { strataBin } from './paths.js';
 import { PYTHON } from './python.js';
+import { idmapMount } from './idmap-mount.js';
 import { buildLayer, type LayerSpec } from './ops-layers.js';
 import { Runner, showOp, type Op, type Result } from './ops-runner.js';
 import { diffSnapshots, snapshot, type Snapshot } from './ops-tree.js';
@@ -95,30 +96,6 @@ for d, dirs, files in os.walk(top):
     for n in dirs + files: one(os.path.join(d, n))
 `;
 
-/** The same mapping as the idmapShift option: an idmapped bind mount of `src` at `dst` (the kernel's side). */
-const IDMAP_MOUNT = String.raw`
-import ctypes, os, struct, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-def chk(r):
-    if r < 0:
-        e = ctypes.get_errno(); raise OSError(e, os.strerror(e))
-    return r
-src, dst, shift = sys.argv[1], sys.argv[2], int(sys.argv[3])
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    os.close(w); chk(libc.unshare(0x10000000)); os.read(r, 1); os._exit(0)
-os.close(r)
-while os.readlink('/proc/%d/ns/user' % pid) == os.readlink('/proc/self/ns/user'): time.sleep(0.001)
-for f in ('uid_map', 'gid_map'):
-    with open('/proc/%d/%s' % (pid, f), 'w') as fh: fh.write('%d 0 65536\n' % shift)
-ns = os.open('/proc/%d/ns/user' % pid, os.O_RDONLY)
-os.write(w, b'x'); os.waitpid(pid, 0)
-fd = chk(libc.syscall(428, -100, src.encode(), 1 | 0o2000000))  # open_tree(OPEN_TREE_CLONE)
-attr = struct.pack('QQQQ', 0x00100000, 0, 0, ns)                  # MOUNT_ATTR_IDMAP
-chk(libc.syscall(442, fd, b'', 0x1000, attr, len(attr)))          # mount_setattr(AT_EMPTY_PATH)
-chk(libc.syscall(429, fd, b'', -100, dst.encode(), 4))            # move_mount(F_EMPTY_PATH)
-`;
 
 function mkdir(p: string): string {
   fs.mkdirSync(p, { mode: 0o755 });
@@ -171,10 +148,8 @@ export function setupPair(t: ExecutionContext, layers: readonly LowerSource[], o
   if (opts.idmapShift !== undefined) {
     if (upperOnTmpfs(opts)) throw new Error('idmapShift: the side\'s directory is idmapped as one mount, an upper on a tmpfs of its own is not');
     // the kernel: its side's directory (lowers, upper, work) through one idmapped mount
-    const idm = mkdir(path.join(base, 'k-idm'));
-    const r = run(PYTHON, ['-c', IDMAP_MOUNT, k.base, idm, String(opts.idmapShift)]);
-    if (r.status !== 0) throw new Error(`idmapped mount of ${k.base}: ${r.stderr.trim()}`);
-    t.teardown(() => unmountQuietly(idm));
+    const idm = path.join(base, 'k-idm');
+    idmapMount(t, k.base, idm, `${opts.idmapShift}:0:65536`);
     const through = (p: string): string => path.join(idm, path.relative(k.base, p));
     kspec = { ...kspec, lowers: k.lowers.map(through), upper: through(k.upper), work: through(k.work) };
     const m = `${opts.idmapShift}:0:65536`;
