@@ -155,7 +155,7 @@ for (const c of [
     t.deepEqual(stderrLines(r).length, 1, r.stderr);
     t.regex(r.stderr.trim(), c.expect);
     t.is(mountAt(f.mnt), undefined);
-    t.true(await waitFor(() => processesTagged(tag).length === 0, 5_000));
+    t.true(await waitFor(() => processesTagged(tag).length === 0, 30_000));
   });
 }
 
@@ -232,7 +232,7 @@ test('after the daemon is killed (SIGKILL), strata umount removes the dead mount
   const f = fixture(t);
   const { tag, daemons } = await mountFixture(t, f);
   process.kill(daemons[0]!, 'SIGKILL');
-  t.true(await waitFor(() => processesTagged(tag).length === 0, 5_000));
+  t.true(await waitFor(() => processesTagged(tag).length === 0, 30_000));
   // ENOTCONN once the daemon's /dev/fuse is closed; ECONNABORTED if the connection was also aborted
   const dead = t.throws(() => fs.readdirSync(f.mnt)) as NodeJS.ErrnoException | undefined;
   t.true(['ENOTCONN', 'ECONNABORTED'].includes(dead?.code ?? ''), `reading the dead mount: ${dead?.code}`);
@@ -475,7 +475,7 @@ for (const c of REFUSALS) {
 
     t.deepEqual(mountAt(mnt), mountedBefore, 'nothing (new) mounted');
     if (viewBefore) t.is(view(mnt), viewBefore, 'the existing mount still serves');
-    t.true(await waitFor(() => processesTagged(tag).length === 0, 5_000), 'no process left running');
+    t.true(await waitFor(() => processesTagged(tag).length === 0, 30_000), 'no process left running');
     for (const p of mustNotExist) t.false(fs.existsSync(p), `${p} was created`);
     t.deepEqual(diffSnapshots(snapshot(f.root), before).slice(0, 10), [], 'nothing changed under the test directory');
   });

@@ -444,7 +444,7 @@ test.serial('volatile leaves work/incompat/volatile; the next mount refuses unti
   t.is(lines.length, 1, `stderr is not one line:\n${refused.result.stderr}`);
   t.regex(lines[0] ?? '', /volatile/, 'the refusal does not say why');
   t.false(isMounted(M), 'mounted although it refused');
-  t.true(await waitFor(() => processesTagged(refused.tag).length === 0, 5_000), 'a process of the refused mount is still running');
+  t.true(await waitFor(() => processesTagged(refused.tag).length === 0, 30_000), 'a process of the refused mount is still running');
   t.true(fs.existsSync(marker), 'the refused mount removed the marker');
 
   // The kernel reads the same marker and refuses too.

@@ -790,11 +790,15 @@ test('writeReply: single write, a buffer\'s first bytes, and writev', (t) => {
   t.is(errOf(() => N.writeReply(-1, Buffer.alloc(1))).code, 'EBADF');
 });
 
-/** Resolve once cond() holds (checked every 5 ms), reject after timeoutMs. */
-async function until(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const start = Date.now();
+/**
+ * Resolve once cond() holds (checked every 5 ms), reject after timeoutMs. (The bound is long, on the
+ * monotonic clock: CI once stalled this process for over 5 s while other test files ran, and a step of
+ * the wall clock must not end the wait.)
+ */
+async function until(cond: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const start = performance.now();
   while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error('timed out waiting for condition');
+    if (performance.now() - start > timeoutMs) throw new Error('timed out waiting for condition');
     await new Promise((r) => setTimeout(r, 5));
   }
 }

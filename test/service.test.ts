@@ -74,7 +74,7 @@ test('the systemd unit: start, reload and stop, run as systemd runs them', async
   fs.renameSync(logFile, logFile + '.1');
   const reload = argv(key('ExecReload').replace('$MAINPID', String(pid)));
   t.is(run(reload[0]!, reload.slice(1)).status, 0);
-  t.true(await waitFor(() => fs.existsSync(logFile), 5_000), 'the log file is reopened');
+  t.true(await waitFor(() => fs.existsSync(logFile), 30_000), 'the log file is reopened');
 
   const stop = argv(key('ExecStop'));
   const s = run(stop[0]!, stop.slice(1), { timeoutMs: 30_000 });
@@ -88,7 +88,7 @@ test('the systemd unit: start, reload and stop, run as systemd runs them', async
   t.is(run(start[0]!, start.slice(1), { timeoutMs: 30_000 }).status, 0);
   const pid2 = Number(fs.readFileSync(pidFile, 'utf8').trim());
   process.kill(pid2, 'SIGKILL');
-  t.true(await waitFor(() => !isAlive(pid2), 5_000));
+  t.true(await waitFor(() => !isAlive(pid2), 30_000));
   t.not(run(start[0]!, start.slice(1), { timeoutMs: 30_000 }).status, 0, 'a dead mount is in the way');
   t.is(run(argv(pre.slice(1))[0]!, argv(pre.slice(1)).slice(1), { timeoutMs: 30_000 }).status, 0);
   const again = run(start[0]!, start.slice(1), { timeoutMs: 30_000 });

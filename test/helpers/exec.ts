@@ -148,10 +148,10 @@ export function sleep(ms: number): Promise<void> {
 
 /** Polls `check` until it returns true or `timeoutMs` passes; returns the last result. */
 export async function waitFor(check: () => boolean, timeoutMs = 10_000, stepMs = 50): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
+  const end = performance.now() + timeoutMs;
   for (;;) {
     if (check()) return true;
-    if (Date.now() > end) return false;
+    if (performance.now() > end) return false;
     await sleep(stepMs);
   }
 }
