@@ -155,10 +155,10 @@ static int fail_crashed(int status, char *errbuf) {
 
 /* Node 20 reads NODE_EXTRA_CA_CERTS as it starts and builds its whole store of root certificates
  * there and then: with the variable set, as on our machine type, `node -e 0` took 100-120 ms instead
- * of 30 ms, and that was most of a mount's time. No strata command checks a TLS peer today, so node
- * gets the value under another name, and scripts/load.cjs puts it back into process.env before the
- * command runs: what strata starts sees the variable as the user set it (a TLS client in strata
- * must add those certificates itself, see load.cjs). */
+ * of 30 ms, and that was most of a mount's time. So node gets the value under another name, and
+ * scripts/load.cjs puts it back into process.env before the command runs: what strata starts sees the
+ * variable as the user set it, and strata's registry client adds those certificates to its own TLS
+ * contexts (src/registry/trust.ts), when it needs them. */
 static void defer_extra_ca_certs(void) {
   const char *certs = getenv("NODE_EXTRA_CA_CERTS");
   if (!certs) return;

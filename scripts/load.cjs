@@ -13,8 +13,8 @@
 // make build starts without one.
 // bin/strata hands NODE_EXTRA_CA_CERTS over as STRATA_NODE_EXTRA_CA_CERTS (node would build its
 // certificate store at start-up for it, 70-90 ms): back under its name, for the processes strata
-// starts. This process's TLS does not use those certificates; a TLS client in strata passes them
-// itself (tls.rootCertificates plus the file's, as the `ca` option).
+// starts. This process's default TLS context does not have those certificates; the registry client
+// adds them to its own (src/registry/trust.ts).
 if (process.env.STRATA_NODE_EXTRA_CA_CERTS !== undefined) {
   process.env.NODE_EXTRA_CA_CERTS = process.env.STRATA_NODE_EXTRA_CA_CERTS;
   delete process.env.STRATA_NODE_EXTRA_CA_CERTS;

@@ -14,7 +14,8 @@ import {
   dockerArchive, imageOk, makeTar, PODMAN_RUN, podmanImport, sha256Hex, storeState, testPodman, twoLayerImage,
 } from './helpers/image-store.js';
 import { strataBin } from './helpers/paths.js';
-import { startProxy } from './helpers/proxy.js';
+import { makeCerts } from './helpers/certs.js';
+import { startProxy, startSocksProxy } from './helpers/proxy.js';
 import { startRegistry, startTokenFront } from './helpers/registry.js';
 import { type NodeInfo, snapshot } from './helpers/snapshot.js';
 import { tempDir } from './helpers/tmp.js';
@@ -215,6 +216,102 @@ test.serial('through an HTTP proxy from the environment (HTTPS_PROXY, HTTP_PROXY
   const loop = await strataAsync(['pull', `${reg.host}/t/p:1`, '--store', other, '--json'], env());
   t.is(loop.status, 0, loop.stderr);
   t.is(proxy.seen.length, seen, 'the proxy saw nothing of it');
+});
+
+test.serial('through an https:// proxy (its authority from NODE_EXTRA_CA_CERTS) and a SOCKS5 proxy (socks5h://, a user and password); one line when either refuses', async (t) => {
+  const certs = makeCerts(t);
+  const reg = await startRegistry(t);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const name = `registry.invalid:${reg.host.split(':')[1]}`;
+  const hp = await startProxy(t, { [name]: reg.host }, 'pu:pw', { cert: certs.serverCert, key: certs.serverKey });
+  const sp = await startSocksProxy(t, { [name]: reg.host }, { user: 'su', password: 's p' });
+  const strataAsync = (args: string[], e: NodeJS.ProcessEnv) => runWithPipes(strataBin, args, { env: { ...process.env, NO_PROXY: '', ...e }, timeoutMs: 180_000 });
+  const viaHttps = (more: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => {
+    const url = hp.url.replace('//', '//pu:pw@');
+    return { HTTPS_PROXY: url, HTTP_PROXY: url, NODE_EXTRA_CA_CERTS: certs.ca, ...more };
+  };
+  const pushed = await strataAsync(['push', 'test/two:1', `${name}/t/p:1`, '--store', built.store, '--tls-verify=false', '--json'], viaHttps());
+  t.is(pushed.status, 0, pushed.stderr);
+  t.true(hp.seen.includes(`CONNECT ${name}`), 'https tried first, through a tunnel inside TLS to the proxy');
+  t.true(hp.seen.includes(`PUT http://${name}/v2/t/p/manifests/1`), 'then http, in absolute form inside TLS to the proxy');
+  // without the proxy's authority: its certificate is refused, in one line
+  const untrusted = await strataAsync(['pull', `${name}/t/p:1`, '--store', path.join(tempDir(t, 'st'), 'store'), '--tls-verify=false'],
+    viaHttps({ NODE_EXTRA_CA_CERTS: '' }));
+  t.is(untrusted.status, 1);
+  t.regex(untrusted.stderr, /^strata: cannot reach the registry registry\.invalid:\d+: cannot reach the proxy https:\/\/127\.0\.0\.1:\d+: [^\n]*certificate[^\n]*\n$/);
+  // SOCKS5, the name resolved by the proxy
+  const socks = (password: string): NodeJS.ProcessEnv => {
+    const url = sp.url.replace('socks5://', `socks5h://su:${encodeURIComponent(password)}@`);
+    return { https_proxy: url, http_proxy: url };
+  };
+  const other = path.join(tempDir(t, 'st'), 'store');
+  const pulled = await strataAsync(['pull', `${name}/t/p:1`, '--store', other, '--tls-verify=false', '--json'], socks('s p'));
+  t.is(pulled.status, 0, pulled.stderr);
+  t.is((JSON.parse(pulled.stdout) as PullJson).downloaded, 2);
+  sameLayers(t, built.store, 'test/two:1', other, `${name}/t/p:1`);
+  t.true(sp.seen.includes('AUTH ok') && sp.seen.includes(`CONNECT ${name}`), sp.seen.join(', '));
+  const wrong = await strataAsync(['pull', `${name}/t/p:1`, '--store', other, '--tls-verify=false'], socks('bad'));
+  t.is(wrong.status, 1);
+  t.regex(wrong.stderr, /^strata: [^\n]*the proxy socks5h:\/\/127\.0\.0\.1:\d+ refused the connection to registry\.invalid:\d+: wrong user name or password\n$/);
+  const nowhere = await strataAsync(['pull', 'elsewhere.invalid/t/p:1', '--store', other], socks('s p'));
+  t.is(nowhere.status, 1);
+  t.regex(nowhere.stderr, /^strata: [^\n]*refused the connection to elsewhere\.invalid:443: host unreachable\n$/);
+});
+
+test.serial('a registry with TLS: its authority from --cert-dir, certs.d, NODE_EXTRA_CA_CERTS or SSL_CERT_FILE, as podman and skopeo take it; one line when none has it', async (t) => {
+  const certs = makeCerts(t);
+  const reg = await startRegistry(t, { tls: { cert: certs.serverCert, key: certs.serverKey } });
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${reg.host}/t/tls:1`;
+  // (a loopback registry: --tls-verify asks for the check that strata, as podman, skips there by default)
+  refused(t, strata(['push', 'test/two:1', ref, '--store', built.store, '--tls-verify']), 1,
+    /cannot reach the registry 127\.0\.0\.1:\d+: its certificate is not trusted \([^)]*\): put its authority in \/etc\/containers\/certs\.d\/127\.0\.0\.1:\d+\/ca\.crt/);
+  const dir = tempDir(t, 'certdir');
+  fs.copyFileSync(certs.ca, path.join(dir, 'ca.crt'));
+  const pushed = push(t, built.store, 'test/two:1', ref, ['--tls-verify', '--cert-dir', dir]);
+  // skopeo, given the same directory, reads what strata pushed
+  t.is(`sha256:${sha256Hex(skopeo(t, ['inspect', '--raw', '--cert-dir', dir, `docker://${ref}`]))}`, pushed.digest);
+  // podman's place for it, /etc/containers/certs.d/HOST:PORT (this registry's port: nothing else uses it)
+  const certsD = `/etc/containers/certs.d/${reg.host}`;
+  fs.mkdirSync(certsD, { recursive: true });
+  t.teardown(() => fs.rmSync(certsD, { recursive: true, force: true }));
+  fs.copyFileSync(certs.ca, path.join(certsD, 'test-ca.crt'));
+  const s1 = path.join(tempDir(t, 'st'), 'store');
+  t.is(pull(t, s1, ref, ['--tls-verify']).downloaded, 2);
+  sameLayers(t, built.store, 'test/two:1', s1, ref);
+  fs.rmSync(certsD, { recursive: true, force: true });
+  // the authority from the environment, as Go (SSL_CERT_FILE) and node (NODE_EXTRA_CA_CERTS) take it
+  for (const v of ['NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE']) {
+    const s = path.join(tempDir(t, 'st'), 'store');
+    t.is((JSON.parse(strataOk(t, ['pull', ref, '--store', s, '--tls-verify', '--json'], { [v]: certs.ca })) as PullJson).downloaded, 2, v);
+  }
+  refused(t, strata(['pull', ref, '--store', s1, '--cert-dir', path.join(dir, 'nope')]), 2, /--cert-dir .*nope: not a directory/);
+});
+
+test.serial('a registry that wants a client certificate: NAME.cert and NAME.key from the certificate directory; one line without them', async (t) => {
+  const certs = makeCerts(t);
+  const reg = await startRegistry(t, { tls: { cert: certs.serverCert, key: certs.serverKey, clientCa: certs.ca } });
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${reg.host}/t/mtls:1`;
+  const dir = tempDir(t, 'certdir');
+  fs.copyFileSync(certs.ca, path.join(dir, 'ca.crt'));
+  refused(t, strata(['push', 'test/two:1', ref, '--store', built.store, '--tls-verify', '--cert-dir', dir]), 1,
+    /it refused the TLS connection \([^)]*\): it wants a client certificate it trusts/);
+  fs.copyFileSync(certs.clientCert, path.join(dir, 'client.cert'));
+  fs.copyFileSync(certs.clientKey, path.join(dir, 'client.key'));
+  push(t, built.store, 'test/two:1', ref, ['--tls-verify', '--cert-dir', dir]);
+  // (also where strata skips the server's check: the client certificate is still shown)
+  const s1 = path.join(tempDir(t, 'st'), 'store');
+  t.is(pull(t, s1, ref, ['--cert-dir', dir]).downloaded, 2);
+  sameLayers(t, built.store, 'test/two:1', s1, ref);
+  t.is(JSON.parse(skopeo(t, ['inspect', '--cert-dir', dir, `docker://${ref}`])).Name, `${reg.host}/t/mtls`);
+  // a key without its certificate, as containers/image refuses it
+  const half = tempDir(t, 'half');
+  fs.copyFileSync(certs.clientKey, path.join(half, 'client.key'));
+  refused(t, strata(['pull', ref, '--store', s1, '--cert-dir', half]), 1, /missing client certificate client\.cert for the key .*client\.key/);
 });
 
 test.serial('podman pushes what strata pulls (same ID and tree as the rootfs); strata pushes what podman pulls and runs', async (t) => {

@@ -19,6 +19,7 @@ export const BUILD_OPTIONS = {
   store: storeOption,
   pull: RUN_PULL_OPTIONS.pull,
   'tls-verify': RUN_PULL_OPTIONS['tls-verify'],
+  'cert-dir': RUN_PULL_OPTIONS['cert-dir'],
   creds: RUN_PULL_OPTIONS.creds,
   authfile: RUN_PULL_OPTIONS.authfile,
 } as const;

@@ -12,6 +12,7 @@ import { byteProgress, type Progress } from './progress.js';
 
 interface RegistryArgs extends CommonArgs {
   tlsVerify?: boolean;
+  certDir?: string;
   creds?: string;
   authfile?: string;
   quiet: boolean;
@@ -24,6 +25,10 @@ const common = {
   'tls-verify': {
     type: 'boolean',
     describe: 'require HTTPS with a verified certificate (default: yes, except for loopback registries; --tls-verify=false also tries plain HTTP)',
+  },
+  'cert-dir': {
+    type: 'string',
+    describe: 'the registry\'s certificates: *.crt authorities, NAME.cert + NAME.key a client certificate (default: certs.d, see README)',
   },
   creds: { type: 'string', describe: 'USER:PASSWORD for the registry (default: from the auth files, see README)' },
   authfile: { type: 'string', describe: 'the auth file with credentials (podman\'s auth.json or docker\'s config.json format)' },
@@ -40,6 +45,7 @@ export const PUSH_OPTIONS = common;
 export const RUN_PULL_OPTIONS = {
   pull: { type: 'string', describe: 'pull the image: missing (when the store lacks it; the default), always, never' },
   'tls-verify': common['tls-verify'],
+  'cert-dir': common['cert-dir'],
   creds: common.creds,
   authfile: common.authfile,
   platform: PULL_OPTIONS.platform,
@@ -49,6 +55,7 @@ async function clientOptions(a: RegistryArgs): Promise<ClientOptions> {
   const { parseCreds } = await import('../registry/auth.js');
   return {
     ...(a.tlsVerify !== undefined ? { tlsVerify: a.tlsVerify } : {}),
+    ...(a.certDir !== undefined ? { certDir: a.certDir } : {}),
     ...(a.creds !== undefined ? { creds: parseCreds(a.creds) } : {}),
     ...(a.authfile !== undefined ? { authfile: a.authfile } : {}),
   };
@@ -121,6 +128,7 @@ export type PullPolicy = 'missing' | 'always' | 'never';
 export interface EnsureArgs {
   pull?: string;
   tlsVerify?: boolean;
+  certDir?: string;
   creds?: string;
   authfile?: string;
   platform?: string;
@@ -166,6 +174,7 @@ export const LOGIN_OPTIONS = {
   'password-stdin': { type: 'boolean', default: false, describe: 'read the password from standard input' },
   authfile: { type: 'string', describe: 'the auth file to write (default $REGISTRY_AUTH_FILE, else podman\'s: $XDG_RUNTIME_DIR/containers/auth.json or /run/containers/UID/auth.json)' },
   'tls-verify': common['tls-verify'],
+  'cert-dir': common['cert-dir'],
   'log-level': common['log-level'],
 } as const;
 export const LOGOUT_OPTIONS = {
@@ -195,7 +204,7 @@ export const loginCommand: CommandModule = {
   describe: 'check credentials with a registry and keep them in the auth file (default registry: docker.io)',
   builder: (y) => y.positional('registry', { type: 'string' }).options(LOGIN_OPTIONS),
   handler: guarded(async (argv) => {
-    const a = argv as unknown as { registry?: string; username?: string; password?: string; passwordStdin: boolean; authfile?: string; tlsVerify?: boolean };
+    const a = argv as unknown as { registry?: string; username?: string; password?: string; passwordStdin: boolean; authfile?: string; tlsVerify?: boolean; certDir?: string };
     const { ImageError } = await import('../image/types.js');
     const registry = await registryArg(a.registry);
     if (a.passwordStdin && a.password !== undefined) throw new ImageError('give --password or --password-stdin, not both', 2);
@@ -204,7 +213,9 @@ export const loginCommand: CommandModule = {
     if (!password) throw new ImageError('give the password with --password-stdin (or -p PASSWORD)', 2);
     const creds = { username: a.username, password };
     const { RegistryClient } = await import('../registry/client.js');
-    await new RegistryClient({ registry, repository: '' }, null, { creds, ...(a.tlsVerify !== undefined ? { tlsVerify: a.tlsVerify } : {}) }).connect();
+    await new RegistryClient({ registry, repository: '' }, null, {
+      creds, ...(a.tlsVerify !== undefined ? { tlsVerify: a.tlsVerify } : {}), ...(a.certDir !== undefined ? { certDir: a.certDir } : {}),
+    }).connect();
     const { defaultAuthFile, storeCredentials } = await import('../registry/auth.js');
     storeCredentials(a.authfile ?? defaultAuthFile(), registry, creds);
     out('Login Succeeded!');

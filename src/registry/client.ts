@@ -5,8 +5,8 @@
 // Transport: HTTPS with verified certificates. A registry on a loopback address, or any registry
 // with --tls-verify=false, is also tried over HTTPS without verification and then plain HTTP, as
 // Docker does for its insecure registries. Blob downloads follow redirects (registries hand blobs
-// to a storage service); credentials are sent only to the registry's own host. HTTP proxies come
-// from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY: proxy.ts).
+// to a storage service); credentials are sent only to the registry's own host. Proxies (http://,
+// https://, socks5://) come from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY: proxy.ts).
 
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
@@ -15,7 +15,8 @@ import tls from 'node:tls';
 import type { Readable } from 'node:stream';
 import { ImageError } from '../image/types.js';
 import { basicHeader, type Challenge, type Credentials, findCredentials, parseChallenge } from './auth.js';
-import { proxyFor, tunnel } from './proxy.js';
+import { proxyFor, proxyRequest, tunnel, unreachable } from './proxy.js';
+import { secureContextFor } from './trust.js';
 import { apiHost, isLoopback, type Reference } from './reference.js';
 
 export interface ClientOptions {
@@ -23,6 +24,8 @@ export interface ClientOptions {
   tlsVerify?: boolean;
   creds?: Credentials;
   authfile?: string;
+  /** --cert-dir: the registry's certificates (authorities, a client certificate) instead of certs.d's (trust.ts). */
+  certDir?: string;
 }
 
 export interface Response {
@@ -62,10 +65,23 @@ function registryMessage(body: Buffer): string | undefined {
   return undefined;
 }
 
+/** Certificate checks that fail where the registry's authority is not among those trusted. */
+const UNTRUSTED = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED']);
+/** TLS alerts of a server that wants a client certificate it trusts. */
+const CLIENT_CERT_REFUSED = new Set(['ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN']);
+
 function networkError(host: string, e: unknown): ImageError {
   const err = e as NodeJS.ErrnoException;
-  const what = err.code === 'ECONNREFUSED' ? 'connection refused' : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN' ? 'no such host'
-    : err.code === 'ETIMEDOUT' ? 'timed out' : (err.message ?? String(e)).split('\n')[0];
+  const code = err.code ?? '';
+  const what = code === 'ECONNREFUSED' ? 'connection refused' : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'no such host'
+    : code === 'ETIMEDOUT' ? 'timed out'
+    : UNTRUSTED.has(code) ? `its certificate is not trusted (${err.message}): put its authority in /etc/containers/certs.d/${host}/ca.crt, ` +
+      'give --cert-dir, or --tls-verify=false'
+    : CLIENT_CERT_REFUSED.has(code) ? `it refused the TLS connection (${code.replace(/^ERR_SSL_/, '').toLowerCase()}): it wants a client ` +
+      `certificate it trusts (NAME.cert and NAME.key in /etc/containers/certs.d/${host}/, or --cert-dir)`
+    : (err.message ?? String(e)).split('\n')[0];
   return new ImageError(`cannot reach the registry ${host}: ${what}`);
 }
 
@@ -94,6 +110,8 @@ export class RegistryClient {
     if (this.origin !== null) return;
     const insecure = this.opts.tlsVerify === false || (this.opts.tlsVerify === undefined && isLoopback(this.ref.registry));
     const attempts: [string, boolean][] = insecure ? [[`https://${this.host}`, false], [`http://${this.host}`, false]] : [[`https://${this.host}`, true]];
+    // (a certificate directory that cannot be used is said at once, not taken for a registry without TLS)
+    secureContextFor(this.ref.registry, this.opts.certDir);
     let lastError: unknown;
     for (const [origin, verify] of attempts) {
       let r: Response;
@@ -222,9 +240,14 @@ export class RegistryClient {
     if (body !== undefined) headers['content-length'] = String(body.length);
     else if (spec.method === 'PUT' || spec.method === 'POST' || spec.method === 'PATCH') headers['content-length'] = '0';
     const secure = url.protocol === 'https:';
+    // (every connection of this client, to the registry, its token service or where it redirects,
+    // with the registry's authorities and client certificate, as podman's one transport per registry)
+    const secureContext = secure ? secureContextFor(this.ref.registry, this.opts.certDir) : undefined;
     const proxy = proxyFor(url);
     const host = url.hostname.replace(/^\[|\]$/g, '');
-    const tunneled = proxy && secure ? tunnel(proxy, host, Number(url.port || 443), CONNECT_TIMEOUT_MS) : Promise.resolve(null);
+    // Through a proxy: https in a tunnel (CONNECT, or SOCKS), http in absolute form to an HTTP proxy
+    // or over a SOCKS connection.
+    const tunneled = proxy && (secure || proxy.kind === 'socks5') ? tunnel(proxy, host, Number(url.port || (secure ? 443 : 80)), CONNECT_TIMEOUT_MS) : Promise.resolve(null);
     return tunneled.then((socket) => new Promise((resolve, reject) => {
       const common = { method: spec.method, timeout: CONNECT_TIMEOUT_MS };
       const onResponse = (res: IncomingMessage): void => {
@@ -236,18 +259,19 @@ export class RegistryClient {
         res.setTimeout(IDLE_TIMEOUT_MS, () => res.destroy(new Error('the registry stopped sending (timed out)')));
         resolve(res);
       };
-      // https through a proxy: TLS inside its tunnel; http through a proxy: the request in absolute form
-      const req = socket ? https.request(url, {
+      const req = socket && secure ? https.request(url, {
         ...common, headers,
-        createConnection: () => tls.connect({ socket, servername: net.isIP(host) ? undefined : host, rejectUnauthorized: verify }),
+        createConnection: () => tls.connect({ socket, servername: net.isIP(host) ? undefined : host, rejectUnauthorized: verify, secureContext }),
       }, onResponse)
-        : proxy ? http.request({
-          ...common, host: proxy.host, port: proxy.port, path: url.href,
+        : socket ? http.request(url, { ...common, headers, createConnection: () => socket }, onResponse)
+        : proxy ? proxyRequest(proxy, {
+          ...common, path: url.href,
           headers: { ...headers, host: url.host, ...(proxy.authorization ? { 'proxy-authorization': proxy.authorization } : {}) },
         }, onResponse)
-        : (secure ? https : http).request(url, { ...common, headers, ...(secure ? { rejectUnauthorized: verify } : {}) }, onResponse);
+        : (secure ? https : http).request(url, { ...common, headers, ...(secure ? { rejectUnauthorized: verify, secureContext } : {}) }, onResponse);
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', reject);
+      // (a request in absolute form fails at the proxy's connection)
+      req.on('error', (e) => reject(proxy && !socket ? unreachable(proxy, e) : e));
       if (body === undefined) req.end();
       else if (Buffer.isBuffer(body)) req.end(body);
       else {

@@ -1,9 +1,13 @@
-// An HTTP proxy for the tests, on 127.0.0.1: CONNECT tunnels and absolute-form requests, each to a
-// host the test names (`routes`: "name:port" -> "127.0.0.1:port"; any other target is refused with
-// 502, so that nothing reaches the outside), optionally asking for Basic credentials (407 without).
-// It records what it was asked; it is closed when the test ends.
+// Proxies for the tests, on 127.0.0.1, each reaching only the hosts the test names (`routes`:
+// "name:port" -> "127.0.0.1:port"; any other target is refused, so that nothing reaches the
+// outside), recording what they were asked, closed when the test ends:
+// - an HTTP proxy (startProxy; inside TLS with `tls`, an https:// proxy): CONNECT tunnels and
+//   absolute-form requests, optionally asking for Basic credentials (407 without);
+// - a SOCKS5 proxy (startSocksProxy, RFC 1928), optionally asking for a user and password (RFC 1929).
 import type { ExecutionContext } from 'ava';
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 
 export interface TestProxy {
@@ -12,12 +16,13 @@ export interface TestProxy {
   seen: string[];
 }
 
-export async function startProxy(t: ExecutionContext, routes: Record<string, string>, credentials?: string): Promise<TestProxy> {
+export async function startProxy(t: ExecutionContext, routes: Record<string, string>, credentials?: string,
+  tls?: { cert: string; key: string }): Promise<TestProxy> {
   const seen: string[] = [];
   const sockets = new Set<net.Socket>();
   const authorized = (h: http.IncomingHttpHeaders): boolean =>
     credentials === undefined || h['proxy-authorization'] === `Basic ${Buffer.from(credentials).toString('base64')}`;
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     seen.push(`${req.method} ${req.url}`);
     if (!authorized(req.headers)) {
       res.writeHead(407, { 'proxy-authenticate': 'Basic realm="test"' }).end();
@@ -44,7 +49,8 @@ export async function startProxy(t: ExecutionContext, routes: Record<string, str
     });
     up.on('error', () => res.destroy());
     req.pipe(up);
-  });
+  };
+  const server = tls ? https.createServer({ cert: fs.readFileSync(tls.cert), key: fs.readFileSync(tls.key) }, handler) : http.createServer(handler);
   server.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
     seen.push(`CONNECT ${req.url}`);
     sockets.add(client);
@@ -75,5 +81,72 @@ export async function startProxy(t: ExecutionContext, routes: Record<string, str
     for (const s of sockets) s.destroy();
     server.close(() => resolve());
   }));
-  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen };
+  return { url: `${tls ? 'https' : 'http'}://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen };
+}
+
+/** A SOCKS5 proxy; `seen` gets "CONNECT host:port" per connection asked for (and "AUTH ok|refused"). */
+export async function startSocksProxy(t: ExecutionContext, routes: Record<string, string>, credentials?: { user: string; password: string }): Promise<TestProxy> {
+  const seen: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => undefined);
+    let got = Buffer.alloc(0);
+    let step: 'hello' | 'auth' | 'request' = 'hello';
+    const onData = (chunk: Buffer): void => {
+      got = Buffer.concat([got, chunk]);
+      if (step === 'hello') {
+        if (got.length < 2 || got.length < 2 + got[1]!) return;
+        const methods = [...got.subarray(2, 2 + got[1]!)];
+        got = got.subarray(2 + got[1]!);
+        const want = credentials ? 2 : 0;
+        if (!methods.includes(want)) return void client.end(Buffer.from([5, 0xff]));
+        client.write(Buffer.from([5, want]));
+        step = credentials ? 'auth' : 'request';
+      }
+      if (step === 'auth') {
+        if (got.length < 2) return;
+        const ulen = got[1]!;
+        if (got.length < 3 + ulen || got.length < 3 + ulen + got[2 + ulen]!) return;
+        const user = got.subarray(2, 2 + ulen).toString();
+        const password = got.subarray(3 + ulen, 3 + ulen + got[2 + ulen]!).toString();
+        got = got.subarray(3 + ulen + got[2 + ulen]!);
+        const ok = user === credentials!.user && password === credentials!.password;
+        seen.push(`AUTH ${ok ? 'ok' : 'refused'}`);
+        if (!ok) return void client.end(Buffer.from([1, 1]));
+        client.write(Buffer.from([1, 0]));
+        step = 'request';
+      }
+      if (got.length < 5) return;
+      const atyp = got[3];
+      const addrLen = atyp === 1 ? 4 : atyp === 4 ? 16 : 1 + got[4]!;
+      if (got.length < 4 + addrLen + 2) return;
+      const addr = atyp === 1 ? [...got.subarray(4, 8)].join('.') : atyp === 3 ? got.subarray(5, 5 + got[4]!).toString() : 'ipv6';
+      const port = got.readUInt16BE(4 + addrLen);
+      const rest = got.subarray(4 + addrLen + 2);
+      client.off('data', onData);
+      seen.push(`CONNECT ${addr}:${port}`);
+      const reply = (rep: number): Buffer => Buffer.from([5, rep, 0, 1, 0, 0, 0, 0, 0, 0]);
+      const to = routes[`${addr}:${port}`];
+      if (!to) return void client.end(reply(4)); // host unreachable
+      const [host, p] = to.split(':');
+      const up = net.connect(Number(p), host, () => {
+        client.write(reply(0));
+        if (rest.length) up.write(rest);
+        up.pipe(client);
+        client.pipe(up);
+      });
+      sockets.add(up);
+      up.on('close', () => sockets.delete(up));
+      up.on('error', () => client.destroy());
+    };
+    client.on('data', onData);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    for (const s of sockets) s.destroy();
+    server.close(() => resolve());
+  }));
+  return { url: `socks5://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen };
 }

@@ -47,8 +47,12 @@ async function answers(url: string): Promise<number | null> {
   });
 }
 
-/** Starts docker-registry; with `users`, it asks for Basic authentication (htpasswd, bcrypt). */
-export async function startRegistry(t: ExecutionContext, opts: { users?: Record<string, string> } = {}): Promise<TestRegistry> {
+/**
+ * Starts docker-registry; with `users`, it asks for Basic authentication (htpasswd, bcrypt); with `tls`,
+ * it speaks HTTPS only, with that certificate, and with `clientCa` it wants a client certificate
+ * signed by that authority.
+ */
+export async function startRegistry(t: ExecutionContext, opts: { users?: Record<string, string>; tls?: { cert: string; key: string; clientCa?: string } } = {}): Promise<TestRegistry> {
   const dir = tempDir(t, 'reg');
   const storage = path.join(dir, 'data');
   fs.mkdirSync(storage);
@@ -58,11 +62,13 @@ export async function startRegistry(t: ExecutionContext, opts: { users?: Record<
     fs.writeFileSync(file, Object.entries(opts.users).map(([u, p]) => runOk('htpasswd', ['-Bbn', u, p]).trim()).join('\n') + '\n');
     auth = `auth:\n  htpasswd:\n    realm: strata-test\n    path: ${file}\n`;
   }
+  const tls = !opts.tls ? '' : `  tls:\n    certificate: ${opts.tls.cert}\n    key: ${opts.tls.key}\n` +
+    (opts.tls.clientCa ? `    clientcas:\n      - ${opts.tls.clientCa}\n` : '');
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
     const config = path.join(dir, 'config.yml');
     fs.writeFileSync(config, `version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${storage}\n` +
-      `  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${auth}`);
+      `  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n${tls}${auth}`);
     const log = fs.openSync(path.join(dir, 'registry.log'), 'a');
     // python sets the parent-death signal, then becomes the registry.
     const child: ChildProcess = spawn('python3', ['-c',
