@@ -132,13 +132,17 @@ test.serial('a non-root user gets EACCES on root-owned files exactly as on the k
   t.regex(r.stdout, /mine\n$/);
 });
 
-/** A package built in the chroot (conffile, five files), for dpkg's own writes: database, diversions, alternatives. */
+/**
+ * A package built in the chroot (conffile, five files), for dpkg's own writes: database, diversions,
+ * alternatives. (Its timestamps fixed: the compressed members of a .deb built a second later can have
+ * another size, and the uppers are compared.)
+ */
 const LOCAL_PACKAGE = String.raw`
 mkdir -p /tmp/pkg/DEBIAN /tmp/pkg/usr/share/strata-t /tmp/pkg/etc
 printf 'Package: strata-t\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n' > /tmp/pkg/DEBIAN/control
 echo conf > /tmp/pkg/etc/strata-t.conf; echo /etc/strata-t.conf > /tmp/pkg/DEBIAN/conffiles
 for i in 1 2 3 4 5; do echo $i > /tmp/pkg/usr/share/strata-t/f$i; done
-dpkg-deb --root-owner-group -b /tmp/pkg /tmp/t.deb >/dev/null; echo "built $?"
+SOURCE_DATE_EPOCH=1600000000 dpkg-deb --root-owner-group -b /tmp/pkg /tmp/t.deb >/dev/null; echo "built $?"
 dpkg -i /tmp/t.deb >/dev/null; echo "installed $?"; dpkg -s strata-t | grep Status; dpkg -L strata-t | wc -l
 echo changed >> /etc/strata-t.conf
 dpkg -r strata-t >/dev/null; echo "removed $?"; dpkg -s strata-t | grep Status; cat /etc/strata-t.conf
