@@ -18,6 +18,13 @@
  * Each --rlimit sets a resource limit (RESOURCE: the RLIMIT_ number; -1: unlimited) before anything
  * else, while the process may still raise hard limits: docker run's --ulimit.
  *
+ * With --uidmap MAP --gidmap MAP (MAP: CONTAINER:HOST:COUNT triples, comma-separated; `strata run
+ * --uidmap`), once the root is set up (pivot_root needs the host's capabilities) the process makes a
+ * user namespace of its own with those maps and becomes its root: the container's ids are the
+ * namespace's, its root has no power over what the host's ids own. A helper child left in the host's
+ * namespace writes the maps (only there may a process map more ids than its own). With --enter PID,
+ * PID's user namespace, when it has one of its own, is joined after its mount namespace.
+ *
  * With --caps, every capability whose bit is clear in MASK (hexadecimal, bit N for capability N)
  * leaves the bounding set first: what the command (as root, or through a setuid program) can ever
  * hold; docker's default set, or what --cap-add, --cap-drop and --privileged make of it.
@@ -45,6 +52,7 @@
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "join_cgroup.h"
@@ -138,6 +146,68 @@ static int pivot_into(const char *root) {
   return chdir("/") != 0 ? fail(125, "cannot enter", root) : 0;
 }
 
+/* MAP (CONTAINER:HOST:COUNT,...) as /proc/PID/uid_map takes it, written there. */
+static int write_map(pid_t pid, const char *file, const char *map) {
+  char path[64], lines[2048];
+  size_t n = 0;
+  for (const char *m = map; *m && n + 40 < sizeof lines;) {
+    unsigned long c, h, k;
+    int used = 0;
+    if (sscanf(m, "%lu:%lu:%lu%n", &c, &h, &k, &used) != 3) return -1;
+    n += (size_t)snprintf(lines + n, sizeof lines - n, "%lu %lu %lu\n", c, h, k);
+    m += used;
+    if (*m == ',') m++;
+    else if (*m) return -1;
+  }
+  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t w = write(fd, lines, n);
+  close(fd);
+  return w == (ssize_t)n ? 0 : -1;
+}
+
+/* Root of the user namespace just entered (ids 0 there; the capabilities stay). */
+static int become_ns_root(void) {
+  if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) return fail(125, "cannot become root in the container's user namespace", NULL);
+  return 0;
+}
+
+/* A user namespace of its own with these maps (see the header). */
+static int new_userns(const char *uidmap, const char *gidmap) {
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) return fail(125, "cannot make a pipe", NULL);
+  pid_t self = getpid();
+  pid_t helper = fork();
+  if (helper < 0) return fail(125, "cannot fork", NULL);
+  if (helper == 0) {
+    char c;
+    close(go[1]);
+    if (read(go[0], &c, 1) != 1) _exit(1);
+    if (write_map(self, "uid_map", uidmap) != 0) {
+      fprintf(stderr, "%s: cannot map the container's uids %s: %s\n", prog, uidmap, strerror(errno));
+      _exit(1);
+    }
+    if (write_map(self, "gid_map", gidmap) != 0) {
+      fprintf(stderr, "%s: cannot map the container's gids %s: %s\n", prog, gidmap, strerror(errno));
+      _exit(1);
+    }
+    _exit(0);
+  }
+  close(go[0]);
+  int made = unshare(CLONE_NEWUSER), e = errno;
+  if (made == 0 && write(go[1], "x", 1) != 1) made = -1;
+  close(go[1]);
+  int st = 0;
+  while (waitpid(helper, &st, 0) < 0 && errno == EINTR) {}
+  if (made != 0) {
+    errno = e;
+    return fail(125, "cannot make the container's user namespace", NULL);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return 125;
+  return become_ns_root();
+}
+
 /* Joins the mount namespace of PID (pid 1 of a running container): its root is ROOT when the
  * container's start could pivot_root; else ROOT is chrooted to there. */
 static int enter_root(const char *pid, const char *root) {
@@ -155,8 +225,10 @@ static int enter_root(const char *pid, const char *root) {
 }
 
 int main(int argc, char **argv) {
-  int caps_given = 0, pivot = 0;
-  const char *enter = NULL;
+  int caps_given = 0, pivot = 0, deathsig = 0;
+  /* (pid 1 of a container's namespaces dies with strata-run-ns: see the end) */
+  if (prctl(PR_GET_PDEATHSIG, &deathsig, 0, 0, 0) != 0) deathsig = 0;
+  const char *enter = NULL, *uidmap = NULL, *gidmap = NULL;
   unsigned long long keep = 0;
   for (;;) {
     if (argc > 1 && strcmp(argv[1], "--pivot") == 0) {
@@ -167,8 +239,12 @@ int main(int argc, char **argv) {
       continue;
     }
     if (!(argc > 2 && (strcmp(argv[1], "--caps") == 0 || strcmp(argv[1], "--rlimit") == 0 || strcmp(argv[1], "--enter") == 0 ||
-                          strcmp(argv[1], "--cgroup") == 0))) break;
-    if (strcmp(argv[1], "--cgroup") == 0) {
+                          strcmp(argv[1], "--cgroup") == 0 || strcmp(argv[1], "--uidmap") == 0 || strcmp(argv[1], "--gidmap") == 0))) break;
+    if (strcmp(argv[1], "--uidmap") == 0) {
+      uidmap = argv[2];
+    } else if (strcmp(argv[1], "--gidmap") == 0) {
+      gidmap = argv[2];
+    } else if (strcmp(argv[1], "--cgroup") == 0) {
       if (join_cgroup(argv[2]) != 0) return 125;
     } else if (strcmp(argv[1], "--enter") == 0) {
       unsigned long v;
@@ -197,7 +273,7 @@ int main(int argc, char **argv) {
     argc -= 2;
   }
   if (argc < 7) {
-    fprintf(stderr, "usage: %s [--pivot | --enter PID] [--cgroup DIR]... [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--pivot | --enter PID] [--cgroup DIR]... [--caps MASK] [--rlimit RESOURCE:SOFT:HARD]... [--uidmap MAP --gidmap MAP] ROOT WORKDIR UID GID GROUPS COMMAND [ARG...]\n", argv[0]);
     return 125;
   }
   const char *root = argv[1], *wd = argv[2], *groups = argv[5];
@@ -228,12 +304,48 @@ int main(int argc, char **argv) {
     g += n + (comma ? 1 : 0);
   }
 
+  if ((uidmap == NULL) != (gidmap == NULL)) {
+    fprintf(stderr, "%s: --uidmap and --gidmap go together\n", prog);
+    return 125;
+  }
+  /* (exec: the container's user namespace, if it has one, opened before its mount namespace hides
+   * the host's /proc) */
+  int userns = -1;
+  if (enter) {
+    /* (with --init, PID is the init, which stays in the host's: then its first child's, the command's) */
+    char p[96], kids[64] = "";
+    snprintf(p, sizeof p, "/proc/%s/task/%s/children", enter, enter);
+    FILE *f = fopen(p, "re");
+    if (f) {
+      if (!fgets(kids, sizeof kids, f)) kids[0] = '\0';
+      fclose(f);
+    }
+    kids[strcspn(kids, " \n")] = '\0';
+    const char *cands[2] = {enter, kids[0] ? kids : NULL};
+    for (int i = 0; i < 2 && cands[i] && userns < 0; i++) {
+      struct stat theirs, mine;
+      snprintf(p, sizeof p, "/proc/%s/ns/user", cands[i]);
+      int fd = open(p, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        if (i == 0) return fail(125, "cannot open", p);
+        continue;
+      }
+      if (fstat(fd, &theirs) == 0 && stat("/proc/self/ns/user", &mine) == 0 && theirs.st_ino == mine.st_ino && theirs.st_dev == mine.st_dev) close(fd);
+      else userns = fd;
+    }
+  }
   if (pivot) {
     int r = pivot_into(root);
     if (r) return r;
+    if (uidmap && (r = new_userns(uidmap, gidmap)) != 0) return r;
   } else if (enter) {
     int r = enter_root(enter, root);
     if (r) return r;
+    if (userns >= 0) {
+      if (setns(userns, CLONE_NEWUSER) != 0) return fail(125, "cannot enter the user namespace of", enter);
+      close(userns);
+      if ((r = become_ns_root()) != 0) return r;
+    }
   } else {
     if (chroot(root) != 0) return fail(125, "cannot chroot to", root);
     if (chdir("/") != 0) return fail(125, "cannot enter", root);
@@ -257,6 +369,10 @@ int main(int argc, char **argv) {
   if (setgroups(ngroups, gids) != 0) return fail(125, "cannot set the supplementary groups", groups);
   if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0) return fail(125, "cannot set gid", argv[4]);
   if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return fail(125, "cannot set uid", argv[3]);
+  /* A change of ids (another user, a user namespace) clears the parent-death signal that
+   * strata-run-ns gave pid 1: set again, or a stop's SIGKILL to strata-run-ns would leave the
+   * container running. */
+  if (deathsig != 0 && prctl(PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0) return fail(125, "cannot set the parent-death signal", NULL);
   execvp(argv[6], argv + 6);
   return fail(errno == ENOENT ? 127 : 126, "cannot run", argv[6]);
 }

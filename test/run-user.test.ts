@@ -7,7 +7,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { run, runOk } from './helpers/exec.js';
+import { run, runOk, waitFor } from './helpers/exec.js';
 import { PODMAN_RUN, type Podman, privatePodman, resetPodman, tarDir } from './helpers/image-store.js';
 import { buildRootfs, testStore, type TestStore } from './helpers/images.js';
 import { mountsUnder } from './helpers/mounts.js';
@@ -103,6 +103,85 @@ test('the image\'s User and --user/-u give the ids, groups, HOME and working dir
   const rec = (JSON.parse(s.ok(['container', 'ls', '--json'])) as { upper: string }[])[0]!;
   const st = fs.lstatSync(path.join(rec.upper, 'tmp/by-bob'));
   t.deepEqual([st.uid, st.gid], [1002, 1002]);
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
+/** Is the process there and not a zombie? */
+function running(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]![0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** A process's real, effective, saved and filesystem uids, as the host sees them. */
+function hostUids(pid: number): string {
+  return /^Uid:\s+(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]!.split(/\s+/).join(' ');
+}
+
+test('--uidmap/--gidmap: a user namespace of its own, as podman\'s: the same ids and owners inside, the host\'s mapped ids outside, the container\'s ids stored; exec joins it; stop ends it', async (t) => {
+  const { s, podman } = fixture(t);
+  const map = ['--uidmap', '0:100000:65536', '--gidmap', '0:200000:65536'];
+  // Inside, everything as without the namespace (the working directory made by alice, in it)
+  t.is(s.ok(['run', '--rm', ...map, 'users:1', 'sh', '-c', PROBE]), s.ok(['run', '--rm', 'users:1', 'sh', '-c', PROBE]));
+  const maps = 'cat /proc/self/uid_map /proc/self/gid_map | tr -s " " | sed "s/^ //"';
+  t.is(s.ok(['run', '--rm', ...map, 'users:1', 'sh', '-c', maps]), '0 100000 65536\n0 200000 65536\n');
+  // podman makes the same namespace for the same flags
+  const theirs = podman(['run', '--rm', ...PODMAN_RUN, ...map, 'localhost/users:1', 'sh', '-c', maps]);
+  t.is(theirs.status, 0, theirs.stderr);
+  t.is(theirs.stdout, '0 100000 65536\n0 200000 65536\n');
+  // A running one: its processes are the host's 100000+ ids; a host directory the host's root owns is out of
+  // its root's reach; exec enters the namespace; what it makes is stored with the container's ids.
+  const vol = tempDir(t, 'vol');
+  fs.chmodSync(vol, 0o755);
+  s.ok(['run', '-d', '--name', 'm', ...map, '-u', '0', '-v', `${vol}:/vol`, 'users:1', 'sh', '-c', 'touch /tmp/by-run; exec sleep 1000']);
+  const pid = (JSON.parse(s.ok(['inspect', 'm'])) as { State: { Pid: number }; HostConfig: { UsernsMode: string; IDMappings: unknown } }[])[0]!;
+  t.is(hostUids(pid.State.Pid), '100000 100000 100000 100000');
+  t.deepEqual([pid.HostConfig.UsernsMode, pid.HostConfig.IDMappings], ['private', { UidMap: ['0:100000:65536'], GidMap: ['0:200000:65536'] }]);
+  const inside = s.strata(['exec', 'm', 'sh', '-c', `${maps}; id -u; touch /tmp/by-exec; touch /vol/x`]);
+  t.is(inside.stdout, '0 100000 65536\n0 200000 65536\n0\n');
+  t.regex(inside.stderr, /\/vol\/x: Permission denied/);
+  t.false(fs.existsSync(path.join(vol, 'x')));
+  t.is(s.ok(['exec', '-u', 'alice', 'm', 'id', '-u']), '1000\n');
+  const rec = (JSON.parse(s.ok(['container', 'ls', '--json'])) as { name: string; upper: string }[]).find((c) => c.name === 'm')!;
+  for (const f of ['tmp/by-run', 'tmp/by-exec']) {
+    const st = fs.lstatSync(path.join(rec.upper, f));
+    t.deepEqual([st.uid, st.gid], [0, 0], f);
+  }
+  // (cp through the mapped mount of a running container would store the overflow id: refused)
+  t.regex(s.strata(['cp', path.join(vol, '..'), 'm:/tmp/']).stderr, /^strata: m runs with --uidmap: stop it to copy/);
+  s.ok(['stop', '-t', '1', 'm']);
+  t.regex(s.ok(['ps', '-a', '--filter', 'name=m']), /Exited \(137\)/);
+  // (the SIGKILL that ends pid 1 comes as strata-run-ns dies, which is when stop has its status)
+  t.true(await waitFor(() => !running(pid.State.Pid), 30_000), 'no process of it is left');
+  // stopped: its layers are copied to and from as they store them
+  fs.writeFileSync(path.join(vol, 'in'), 'x');
+  s.ok(['cp', path.join(vol, 'in'), 'm:/tmp/in']);
+  t.deepEqual([fs.lstatSync(path.join(rec.upper, 'tmp/in')).uid, fs.lstatSync(path.join(rec.upper, 'tmp/in')).gid], [0, 0]);
+  s.ok(['commit', 'm', 'users:mapped']);
+  t.is(s.ok(['run', '--rm', '-u', '0', 'users:mapped', 'stat', '-c', '%u:%g %n', '/tmp/by-run', '/tmp/by-exec', '/tmp/in']), '0:0 /tmp/by-run\n0:0 /tmp/by-exec\n0:0 /tmp/in\n');
+  // maps that leave the container's root out, or overlap, are refused in one line
+  for (const [bad, why] of [[['--uidmap', '1:100000:10'], /the container's root \(0\) must be mapped/], [['--uidmap', '0:100000:10', '--uidmap', '5:300000:10'], /overlap/],
+    [['--gidmap', '0:1:0'], /expected CONTAINER:HOST:COUNT/]] as const) {
+    const r = s.strata(['run', '--rm', ...bad, 'users:1', 'true']);
+    t.is(r.status, 125, r.stderr);
+    t.regex(r.stderr, why);
+    t.is(r.stderr.trim().split('\n').length, 1);
+  }
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
+test('stop ends a container whose command runs as another user: its change of ids no longer keeps pid 1 alive after strata-run-ns', async (t) => {
+  // (the parent-death signal that takes pid 1 along is cleared when a process changes its ids)
+  const { s } = fixture(t);
+  for (const user of ['bob', '0']) {
+    s.ok(['run', '-d', '--name', `u${user}`, '-u', user, 'users:1', 'sleep', '1000']);
+    const pid = (JSON.parse(s.ok(['inspect', `u${user}`])) as { State: { Pid: number } }[])[0]!.State.Pid;
+    s.ok(['stop', '-t', '1', `u${user}`]);
+    t.regex(s.ok(['ps', '-a', '--filter', `name=u${user}`]), /Exited \(137\)/, user);
+    t.true(await waitFor(() => !running(pid), 30_000), `no process of the container of ${user} is left`);
+  }
   t.deepEqual(mountsUnder(s.dir), []);
 });
 

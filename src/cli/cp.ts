@@ -23,8 +23,9 @@ export const cpCommand: CommandModule = {
   builder: (y: Argv) => y.positional('src', { type: 'string', demandOption: true }).positional('dest', { type: 'string', demandOption: true }).options(CP_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as { src: string; dest: string; archive: boolean; followLink: boolean; store?: string };
-    const [{ withStore }, { ImageError }, { copyPaths }, { isActive, whilePaused }, { mountLayers, unmountIfMounted }, { resolve }] = await Promise.all([
-      import('../image/store.js'), import('../image/types.js'), import('../image/cp.js'), import('../image/lifecycle.js'), import('../image/container.js'), import('node:path')]);
+    const [{ withStore }, { ImageError }, { copyPaths }, { isActive, whilePaused }, { mountLayers, unmountIfMounted }, { resolve }, { settingsOf }] = await Promise.all([
+      import('../image/store.js'), import('../image/types.js'), import('../image/cp.js'), import('../image/lifecycle.js'), import('../image/container.js'), import('node:path'),
+      import('../image/settings.js')]);
     const from = containerSide(args.src);
     const to = containerSide(args.dest);
     if ((from === null) === (to === null)) throw new ImageError('give CONTAINER:PATH as the source or as the destination (not both, not neither)', 125);
@@ -44,6 +45,9 @@ export const cpCommand: CommandModule = {
       copyPaths(from ? c : h, from ? h : c, { archive: args.archive, followLink: args.followLink });
     };
     if (rec.state === 'running' && isActive(rec)) {
+      // (its mount shows the host's ids that the container's user namespace maps to: what strata writes
+      // there as the host's root would be stored as the overflow id)
+      if (settingsOf(rec).userns) throw new ImageError(`${rec.name} runs with --uidmap: stop it to copy to or from it`, 125);
       await whilePaused(rec, copy);
     } else {
       mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });

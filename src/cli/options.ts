@@ -46,6 +46,8 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'cpu-shares': { type: 'string', describe: 'a relative CPU weight against other groups (default 1024)' },
   'pids-limit': { type: 'string', describe: 'processes and threads at most (-1: no limit)' },
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
+  uidmap: { type: 'string', describe: 'CONTAINER:HOST:COUNT: run in a user namespace with these container uids on these host uids (repeatable; podman\'s)' },
+  gidmap: { type: 'string', describe: 'CONTAINER:HOST:COUNT for the gids (default: as --uidmap; repeatable)' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
   'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
   label: { alias: 'l', type: 'string', describe: 'KEY=VALUE (or KEY) among the container\'s labels, over the image\'s (repeatable)' },
@@ -77,6 +79,8 @@ export interface ContainerConfigArgs {
   stopSignal?: Many;
   stopTimeout?: Many;
   groupAdd?: Many;
+  uidmap?: Many;
+  gidmap?: Many;
   shmSize?: Many;
   memory?: Many;
   memorySwap?: Many;
@@ -131,6 +135,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
   const healthcheck = S.parseHealthFlags({ cmd: last(a.healthCmd), interval: last(a.healthInterval), timeout: last(a.healthTimeout),
     retries: last(a.healthRetries), startPeriod: last(a.healthStartPeriod), startInterval: last(a.healthStartInterval), none: a.healthcheck === false ? true : undefined });
   const labels = S.parseLabelFlags(many(a.label), many(a.labelFile));
+  const userns = S.parseIdMaps(many(a.uidmap), many(a.gidmap));
   const stopSignalFlag = last(a.stopSignal);
   const stopSignal = stopSignalFlag !== undefined ? (await import('../image/lifecycle.js')).normalizeSignal(stopSignalFlag) : undefined;
   const shmSizeFlag = last(a.shmSize);
@@ -161,7 +166,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(many(a.dnsOption).length > 0 ? { dnsOptions: many(a.dnsOption) } : {}),
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
-      ...(shmSize !== undefined ? { shmSize } : {}), ...(resources ? { resources } : {}),
+      ...(shmSize !== undefined ? { shmSize } : {}), ...(resources ? { resources } : {}), ...(userns ? { userns } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),

@@ -25,12 +25,17 @@ export interface MountSpec {
   upper?: string;
   work?: string;
   mountpoint: string;
+  /** An owner mapping (a container with --uidmap): [container, host, count] ranges. */
+  idMap?: { uidMap: readonly (readonly number[])[]; gidMap: readonly (readonly number[])[] };
 }
 
 /** The -o value of a mount of these layers. */
 export function mountOptionString(spec: Omit<MountSpec, 'mountpoint'>): string {
   const o = [`lowerdir=${spec.lowerdirs.map((d) => escapeOption(d, true)).join(':')}`];
   if (spec.upper) o.push(`upperdir=${escapeOption(spec.upper, false)}`, `workdir=${escapeOption(spec.work!, false)}`);
+  if (spec.idMap) {
+    o.push(`uidmapping=${spec.idMap.uidMap.map((r) => r.join(':')).join(':')}`, `gidmapping=${spec.idMap.gidMap.map((r) => r.join(':')).join(':')}`);
+  }
   return o.join(',');
 }
 

@@ -36,7 +36,7 @@ import { LogWriter, logPath } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
 import { createCgroup, oomKilled, removeCgroup } from './cgroups.js';
-import { capabilityMask, checkSettings, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
+import { capabilityMask, checkSettings, idMapArg, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -249,7 +249,9 @@ function runInNamespaces(rec: ContainerRecord, argv: string[], env: Record<strin
   // write there gets SIGPIPE, as without strata between; node's stdio pipes are socketpairs)
   const pipes = output instanceof LogWriter ? [N.pipe(), N.pipe()] : null;
   const child = spawn(RUN_NS, [...(isolated ? ['--net'] : []), ...(settings.init ? ['--init'] : []), ...cgroups.flatMap((d) => ['--cgroup', d]), '--',
-    RUN_EXEC, '--pivot', '--caps', capabilityMask(settings), ...rlimitArgs(settings), rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
+    RUN_EXEC, '--pivot', '--caps', capabilityMask(settings), ...rlimitArgs(settings),
+    ...(settings.userns ? ['--uidmap', idMapArg(settings.userns.uidMap), '--gidmap', idMapArg(settings.userns.gidMap)] : []),
+    rec.merged, wd, String(user.uid), String(user.gid), user.groups.join(','), ...argv], {
     stdio: output === undefined ? 'inherit' : typeof output === 'number' ? ['inherit', output, output]
       : [output.echo ? 'inherit' : 'ignore', pipes![0]![1], pipes![1]![1]],
     env: { ...env, STRATA_SETUP: spec },
@@ -446,7 +448,8 @@ export async function startContainer(store: string, rec: ContainerRecord, opts: 
   try {
     // (a monitor that was killed left its mount behind)
     if (rec.state === 'running' || rec.state === 'starting') await unmountIfMounted(rec.merged);
-    mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });
+    // (with --uidmap, the mount shows the container's ids as the host's that its user namespace maps them to)
+    mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged, ...(settings.userns ? { idMap: settings.userns } : {}) });
     let user: ExecUser;
     try {
       user = containerUser(rec.merged, userSpec, settings.groupAdd);

@@ -61,6 +61,11 @@ export interface ContainerSettings {
   ulimits?: { name: string; soft: number; hard: number }[];
   /** --group-add: more supplementary groups (names in the container's /etc/group, or GIDs). */
   groupAdd?: string[];
+  /**
+   * --uidmap, --gidmap: the command runs in a user namespace of its own with these maps
+   * ([container, host, count] ranges), its root mounted with the same owner mapping.
+   */
+  userns?: { uidMap: IdRange[]; gidMap: IdRange[] };
   /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
   stopSignal?: string;
   stopTimeout?: number;
@@ -530,4 +535,38 @@ export function volumeUsers(containers: readonly ContainerRecord[], name: string
 export function removeVolume(store: string, name: string): void {
   if (volumeInfo(store, name) === null) throw new ImageError(`no such volume: ${name}`);
   rmSync(join(volumesRoot(store), name), { recursive: true, force: true });
+}
+
+/** [first container id, first host id, how many]. */
+export type IdRange = [number, number, number];
+
+/** The ranges of --uidmap / --gidmap flags (CONTAINER:HOST:COUNT each); either alone serves for both. */
+export function parseIdMaps(uid: readonly string[], gid: readonly string[]): { uidMap: IdRange[]; gidMap: IdRange[] } | undefined {
+  if (uid.length === 0 && gid.length === 0) return undefined;
+  const parse = (flag: string, values: readonly string[]): IdRange[] => {
+    const out: IdRange[] = [];
+    for (const v of values.flatMap((x) => x.split(',')).filter(Boolean)) {
+      const m = /^([0-9]+):([0-9]+):([0-9]+)$/.exec(v);
+      const r = m ? ([Number(m[1]), Number(m[2]), Number(m[3])] as IdRange) : null;
+      if (!r || r[2] === 0 || r[0] + r[2] > 2 ** 32 - 1 || r[1] + r[2] > 2 ** 32 - 1) {
+        throw new ImageError(`${flag} ${v}: expected CONTAINER:HOST:COUNT (ids, a count above 0)`, 125);
+      }
+      for (const o of out) {
+        if (r[0] < o[0] + o[2] && o[0] < r[0] + r[2]) throw new ImageError(`${flag} ${v}: its container ids overlap another range`, 125);
+        if (r[1] < o[1] + o[2] && o[1] < r[1] + r[2]) throw new ImageError(`${flag} ${v}: its host ids overlap another range`, 125);
+      }
+      out.push(r);
+    }
+    // (the namespace's root: strata-run-exec becomes it before it changes to the command's user)
+    if (!out.some((o) => o[0] === 0)) throw new ImageError(`${flag}: the container's root (0) must be mapped`, 125);
+    return out;
+  };
+  const uidMap = parse('--uidmap', uid.length > 0 ? uid : gid);
+  const gidMap = parse('--gidmap', gid.length > 0 ? gid : uid);
+  return { uidMap, gidMap };
+}
+
+/** Ranges as strata-run-exec's --uidmap takes them, and as the mount's uidmapping= (CONTAINER:HOST:COUNT,...). */
+export function idMapArg(ranges: readonly IdRange[]): string {
+  return ranges.map((r) => r.join(':')).join(',');
 }
