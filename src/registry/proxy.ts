@@ -245,6 +245,7 @@ function socks5(proxy: Proxy, host: string, port: number, timeoutMs: number): Pr
       socket.removeAllListeners('data');
       socket.removeAllListeners('close');
       socket.removeAllListeners('error');
+      socket.removeAllListeners('timeout');
       socket.on('error', () => undefined); // (what uses the connection listens for its own errors)
       socket.setTimeout(0);
       const rest = got.subarray(len);
