@@ -172,6 +172,46 @@ test('--uidmap/--gidmap: a user namespace of its own, as podman\'s: the same ids
   t.deepEqual(mountsUnder(s.dir), []);
 });
 
+test('--userns=auto: ranges of /etc/subuid\'s and /etc/subgid\'s "containers" that no other container of the store has, as podman takes them', (t) => {
+  const { s } = fixture(t);
+  // (the host's files stay as they are: the commands run in a mount namespace where test files cover them)
+  const dir = tempDir(t, 'sub');
+  fs.writeFileSync(path.join(dir, 'subuid'), 'someone:100000:65536\ncontainers:300000:200000\n');
+  fs.writeFileSync(path.join(dir, 'subgid'), 'containers:600000:200000\n');
+  const script = `set -e
+mount --bind ${dir}/subuid /etc/subuid; mount --bind ${dir}/subgid /etc/subgid
+strata() { "$STRATA" "$@"; }
+maps() { strata exec "$1" cat /proc/self/uid_map /proc/self/gid_map | tr -s ' ' | sed 's/^ //'; }
+strata run -d --name a1 --userns=auto users:1 sleep 1000 >/dev/null
+strata run -d --name a2 --userns=auto:size=3000 users:1 sleep 1000 >/dev/null
+maps a1; maps a2
+strata inspect --format '{{.HostConfig.UsernsMode}}' a1
+strata rm -f a1 >/dev/null
+echo "after rm:"; strata run --rm --userns=auto:size=100000 users:1 cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'
+strata run --rm --userns=auto:size=150000 users:1 true 2>&1 || echo "exit $?"
+strata run --rm -u 0 --userns=auto users:1 sh -c 'touch /tmp/x; stat -c "%u:%g" /tmp/x'
+strata rm -f a2 >/dev/null
+`;
+  const env = { ...s.env, STRATA: path.resolve('bin/strata') };
+  const r = run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], { env, timeoutMs: 240_000 });
+  t.is(r.status, 0, r.stderr);
+  // (alice, the image's user, is 1000, in the group 2000: inside both)
+  t.is(r.stdout, '0 300000 65536\n0 600000 65536\n0 365536 3000\n0 665536 3000\nauto\n' +
+    // (a1's ids free again: a block that does not fit there goes after a2's)
+    'after rm:\n0 368536 100000\n' +
+    'strata: --userns=auto: no 150000 free ids left in the ranges of "containers" in /etc/subuid\nexit 125\n' +
+    '0:0\n');
+  // without ranges for "containers": one line
+  const none = run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `mount --bind /dev/null /etc/subuid; "$STRATA" run --rm --userns=auto users:1 true`], { env });
+  t.is(none.status, 125);
+  t.regex(none.stderr, /^strata: --userns=auto: no ranges for the user "containers" in \/etc\/subuid \(add a line such as containers:\d+:\d+\)\n$/);
+  const bad = s.strata(['run', '--rm', '--userns', 'keep-id', 'users:1', 'true']);
+  t.is(bad.status, 125);
+  t.regex(bad.stderr, /^strata: --userns keep-id: strata takes host, or auto\[:size=N\]/);
+  t.is(s.strata(['run', '--rm', '--userns=auto', '--uidmap', '0:1:1', 'users:1', 'true']).status, 125);
+  t.deepEqual(mountsUnder(s.dir), []);
+});
+
 test('stop ends a container whose command runs as another user: its change of ids no longer keeps pid 1 alive after strata-run-ns', async (t) => {
   // (the parent-death signal that takes pid 1 along is cleared when a process changes its ids)
   const { s } = fixture(t);

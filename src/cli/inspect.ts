@@ -57,7 +57,7 @@ export async function containerView(store: Store, rec: ContainerRecord): Promise
       NanoCpus: settings.resources?.nanoCpus ?? 0, CpuShares: settings.resources?.cpuShares ?? 0,
       PidsLimit: settings.resources?.pidsLimit ?? 0,
       // (podman's: "private" and the ranges with --uidmap, else the host's)
-      UsernsMode: settings.userns ? 'private' : '',
+      UsernsMode: settings.userns ? (settings.userns.auto ? 'auto' : 'private') : '',
       IDMappings: settings.userns ? { UidMap: settings.userns.uidMap.map((r) => r.join(':')), GidMap: settings.userns.gidMap.map((r) => r.join(':')) } : {},
     },
     Mounts: (settings.mounts ?? []).map((m) => ({

@@ -48,6 +48,7 @@ export const CONTAINER_CONFIG_OPTIONS = {
   'group-add': { type: 'string', describe: 'a supplementary group for the command (a name in the container\'s /etc/group, or a GID; repeatable)' },
   uidmap: { type: 'string', describe: 'CONTAINER:HOST:COUNT: run in a user namespace with these container uids on these host uids (repeatable; podman\'s)' },
   gidmap: { type: 'string', describe: 'CONTAINER:HOST:COUNT for the gids (default: as --uidmap; repeatable)' },
+  userns: { type: 'string', describe: 'host (the default), or auto[:size=N]: a user namespace with ids of /etc/subuid\'s "containers" no other container has' },
   'stop-signal': { type: 'string', describe: 'the signal stop sends first (over the image\'s STOPSIGNAL; default SIGTERM)' },
   'stop-timeout': { type: 'string', describe: 'seconds stop waits before SIGKILL when not given -t (default 10)' },
   label: { alias: 'l', type: 'string', describe: 'KEY=VALUE (or KEY) among the container\'s labels, over the image\'s (repeatable)' },
@@ -81,6 +82,7 @@ export interface ContainerConfigArgs {
   groupAdd?: Many;
   uidmap?: Many;
   gidmap?: Many;
+  userns?: Many;
   shmSize?: Many;
   memory?: Many;
   memorySwap?: Many;
@@ -136,6 +138,9 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
     retries: last(a.healthRetries), startPeriod: last(a.healthStartPeriod), startInterval: last(a.healthStartInterval), none: a.healthcheck === false ? true : undefined });
   const labels = S.parseLabelFlags(many(a.label), many(a.labelFile));
   const userns = S.parseIdMaps(many(a.uidmap), many(a.gidmap));
+  const usernsFlag = last(a.userns);
+  const usernsAuto = usernsFlag !== undefined ? S.parseUsernsFlag(usernsFlag) : null;
+  if (usernsAuto && userns) throw new (await import('../image/types.js')).ImageError('--userns=auto and --uidmap/--gidmap do not go together', 125);
   const stopSignalFlag = last(a.stopSignal);
   const stopSignal = stopSignalFlag !== undefined ? (await import('../image/lifecycle.js')).normalizeSignal(stopSignalFlag) : undefined;
   const shmSizeFlag = last(a.shmSize);
@@ -167,6 +172,7 @@ export async function containerConfigOf(a: ContainerConfigArgs): Promise<{ setti
       ...(many(a.ulimit).length > 0 ? { ulimits: many(a.ulimit).map(S.parseUlimit) } : {}),
       ...(many(a.groupAdd).length > 0 ? { groupAdd: many(a.groupAdd).flatMap((g) => g.split(',')).filter(Boolean) } : {}),
       ...(shmSize !== undefined ? { shmSize } : {}), ...(resources ? { resources } : {}), ...(userns ? { userns } : {}),
+      ...(usernsAuto ? { usernsAuto } : {}),
       ...(stopSignal !== undefined ? { stopSignal } : {}), ...(stopTimeoutFlag !== undefined ? { stopTimeout: Number(stopTimeoutFlag) } : {}),
     },
     ...(entry !== undefined ? { entrypoint: S.parseEntrypoint(entry) } : {}),

@@ -36,7 +36,7 @@ import { LogWriter, logPath } from './logs.js';
 import { containerUser, parseUserSpec, type ExecUser } from './user.js';
 import { mountPointIn } from './inroot.js';
 import { createCgroup, oomKilled, removeCgroup } from './cgroups.js';
-import { capabilityMask, checkSettings, idMapArg, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
+import { allocateIds, capabilityMask, checkSettings, idMapArg, subordinateRanges, SHM_SIZE_DEFAULT, rlimitArgs, containerMounts, type ContainerSettings, ensureVolume, type MountSpec, settingsOf, volumeDir } from './settings.js';
 
 const osSignals = constants.signals as Record<string, number>;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -345,8 +345,16 @@ export async function newContainer(s: Store, opts: Omit<RunOptions, 'store' | 'r
   const argv = containerArgv(image.config, opts.command, opts.entrypoint);
   const userSpec = opts.user ?? image.config.config?.User ?? '';
   parseUserSpec(userSpec);
-  const given = checkSettings(opts.settings ?? {});
+  const { usernsAuto, ...given } = checkSettings(opts.settings ?? {});
   const settings: ContainerSettings = { ...given, mounts: containerMounts(given.mounts ?? [], image.config) };
+  if (usernsAuto) {
+    // (in the store's lock: no other container can take the same ids meanwhile)
+    const others = (await s.listContainers()).map((c) => settingsOf(c).userns).filter((u) => u !== undefined);
+    const size = usernsAuto.size;
+    const uid = allocateIds(subordinateRanges('/etc/subuid', 'containers'), others.flatMap((u) => u.uidMap), size, '/etc/subuid');
+    const gid = allocateIds(subordinateRanges('/etc/subgid', 'containers'), others.flatMap((u) => u.gidMap), size, '/etc/subgid');
+    settings.userns = { uidMap: [[0, uid, size]], gidMap: [[0, gid, size]], auto: true };
+  }
   // (named volumes are made with the container, as docker makes them)
   for (const m of settings.mounts!) if (m.type === 'volume' && !m.anonymous) ensureVolume(s.root, m.source!);
   // (its Entrypoint and Cmd apart, for a commit: docker's and podman's keep them in the new image)

@@ -65,7 +65,9 @@ export interface ContainerSettings {
    * --uidmap, --gidmap: the command runs in a user namespace of its own with these maps
    * ([container, host, count] ranges), its root mounted with the same owner mapping.
    */
-  userns?: { uidMap: IdRange[]; gidMap: IdRange[] };
+  userns?: { uidMap: IdRange[]; gidMap: IdRange[]; auto?: boolean };
+  /** --userns=auto[:size=N], until the container is made (then `userns`, with ranges of its own: allocateUserns). */
+  usernsAuto?: { size: number };
   /** --stop-signal (over the image's StopSignal) and --stop-timeout (seconds; stop's default -t). */
   stopSignal?: string;
   stopTimeout?: number;
@@ -569,4 +571,53 @@ export function parseIdMaps(uid: readonly string[], gid: readonly string[]): { u
 /** Ranges as strata-run-exec's --uidmap takes them, and as the mount's uidmapping= (CONTAINER:HOST:COUNT,...). */
 export function idMapArg(ranges: readonly IdRange[]): string {
   return ranges.map((r) => r.join(':')).join(',');
+}
+
+/** --userns: host (the default: none of its own), or auto[:size=N] (podman's: ranges of /etc/subuid's "containers" no other container has). */
+export function parseUsernsFlag(v: string): { size: number } | null {
+  if (v === '' || v === 'host') return null;
+  const m = /^auto(?::size=([0-9]+))?$/.exec(v);
+  if (!m) throw new ImageError(`--userns ${v}: strata takes host, or auto[:size=N] (ranges of "containers" in /etc/subuid and /etc/subgid)`, 125);
+  const size = m[1] === undefined ? AUTO_USERNS_SIZE : Number(m[1]);
+  if (size < 1 || size > 2 ** 32 - 2) throw new ImageError(`--userns ${v}: a size from 1 up`, 125);
+  return { size };
+}
+
+/** The size of an automatic user namespace, without size= (ids 0-65535, as a container image uses them). */
+export const AUTO_USERNS_SIZE = 65536;
+
+/** The subordinate ranges of /etc/subuid or /etc/subgid for `user` ([first, count]). */
+export function subordinateRanges(file: string, user: string): [number, number][] {
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: [number, number][] = [];
+  for (const line of text.split('\n')) {
+    const [name, start, count] = line.trim().split(':');
+    if (name === user && /^[0-9]+$/.test(start ?? '') && /^[0-9]+$/.test(count ?? '')) out.push([Number(start), Number(count)]);
+  }
+  return out;
+}
+
+/**
+ * Host ids for an automatic user namespace of `size` ids: the first block of the subordinate ranges
+ * that no range of `taken` overlaps (podman's --userns=auto, which takes them from the user
+ * "containers" too).
+ */
+export function allocateIds(subordinate: readonly [number, number][], taken: readonly IdRange[], size: number, what: string): number {
+  const used = taken.map((r) => [r[1], r[1] + r[2]] as const).sort((a, b) => a[0] - b[0]);
+  for (const [first, count] of subordinate) {
+    let at = first;
+    for (const [a, b] of used) {
+      if (b <= at) continue;
+      if (a >= at + size) break;
+      at = b;
+    }
+    if (at + size <= first + count) return at;
+  }
+  if (subordinate.length === 0) throw new ImageError(`--userns=auto: no ranges for the user "containers" in ${what} (add a line such as containers:2147483647:2147483648)`, 125);
+  throw new ImageError(`--userns=auto: no ${size} free ids left in the ranges of "containers" in ${what}`, 125);
 }
