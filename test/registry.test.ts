@@ -524,6 +524,50 @@ test.serial('Basic authentication: refused without credentials and with wrong on
   refused(t, strata(['pull', ref, '--store', path.join(dir, 's4'), '--authfile', mine]), 1, /authentication required/);
 });
 
+test.serial('credential helpers named in auth files (credHelpers, credsStore): docker-credential-NAME get, as Docker and podman run them; failures are one line', async (t) => {
+  const password = 'h:elp er';
+  const reg = await startRegistry(t, { users: { carol: password } });
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${reg.host}/h/two:1`;
+  const dir = tempDir(t, 'helpers');
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin);
+  const asked = path.join(dir, 'asked');
+  // a helper that knows this registry (and logs what it was asked), one that knows nothing, one that breaks
+  const helper = (name: string, body: string): void => {
+    fs.writeFileSync(path.join(bin, `docker-credential-${name}`), `#!/bin/sh\n[ "$1" = get ] || exit 2\nread -r server\necho "${name} $server" >> ${asked}\n${body}\n`, { mode: 0o755 });
+  };
+  helper('good', `[ "$server" = "${reg.host}" ] || { echo "credentials not found in native keychain"; exit 1; }\nprintf '{"ServerURL":"%s","Username":"carol","Secret":"${password}"}' "$server"`);
+  helper('none', 'echo "credentials not found in native keychain"; exit 1');
+  helper('broken', 'echo "the keyring is locked" >&2; exit 3');
+  const env = { PATH: `${bin}:${process.env.PATH}` };
+  const file = (content: object): string => {
+    const f = path.join(dir, `auth-${Math.random().toString(36).slice(2)}.json`);
+    fs.writeFileSync(f, JSON.stringify(content));
+    return f;
+  };
+  push(t, built.store, 'test/two:1', ref, ['--creds', `carol:${password}`]);
+  // credHelpers: the registry's helper
+  const s1 = path.join(dir, 's1');
+  t.is((JSON.parse(strataOk(t, ['pull', ref, '--store', s1, '--json', '--authfile', file({ credHelpers: { [reg.host]: 'good' } })], env)) as PullJson).downloaded, 2);
+  t.regex(fs.readFileSync(asked, 'utf8'), new RegExp(`^good ${reg.host.replace(/\./g, '\\.')}$`, 'm'));
+  sameLayers(t, built.store, 'test/two:1', s1, ref);
+  // credsStore (Docker's, for every registry), with an empty auths entry as Docker leaves it
+  const s2 = path.join(dir, 's2');
+  t.is((JSON.parse(strataOk(t, ['pull', ref, '--store', s2, '--json', '--authfile', file({ auths: { [reg.host]: {} }, credsStore: 'good' })], env)) as PullJson).downloaded, 2, 'credsStore');
+  // a helper without credentials for it: as none (the registry then asks for them)
+  refused(t, strata(['pull', ref, '--store', path.join(dir, 's3'), '--authfile', file({ credHelpers: { [reg.host]: 'none' } })], env), 1, /authentication required/);
+  // a broken or missing helper: one line that names it
+  refused(t, strata(['pull', ref, '--store', path.join(dir, 's3'), '--authfile', file({ credHelpers: { [reg.host]: 'broken' } })], env), 1,
+    /the credential helper docker-credential-broken failed for 127\.0\.0\.1:\d+: the keyring is locked/);
+  refused(t, strata(['pull', ref, '--store', path.join(dir, 's3'), '--authfile', file({ credHelpers: { [reg.host]: 'gone' } })], env), 1,
+    /the credential helper docker-credential-gone \(named in .*\) cannot run: not found on PATH/);
+  // a store that is not installed is passed over (podman reads no credsStore): the auths entry serves
+  const s4 = path.join(dir, 's4');
+  t.is(pull(t, s4, ref, ['--authfile', file({ auths: { [reg.host]: { auth: Buffer.from(`carol:${password}`).toString('base64') } }, credsStore: 'gone' })]).downloaded, 2);
+});
+
 test.serial('Bearer tokens from the registry\'s token service, blob downloads redirected to a storage host that gets no credentials', async (t) => {
   const reg = await startRegistry(t);
   const creds = { user: 'bob', password: 'hunter2' };

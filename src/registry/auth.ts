@@ -4,13 +4,17 @@
 // --authfile, $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
 // ~/.config/containers/auth.json (podman's), ~/.docker/config.json (Docker's). Their "auths"
 // entries hold base64("user:password") under "auth" (or "username" and "password"), keyed by the
-// registry host, a URL of it, or "https://index.docker.io/v1/" for Docker Hub. Credential helpers
-// are not run.
+// registry host, a URL of it, or "https://index.docker.io/v1/" for Docker Hub. A file's
+// "credHelpers" (per registry) and "credsStore" (Docker's, for the others) name credential helpers:
+// `docker-credential-NAME get`, given the registry on stdin, prints {"Username","Secret"} (Docker's
+// credential-helper protocol). In each file: the registry's helper, then its "auths" entry, then
+// the store.
 //
 // A registry that answers 401 says how to authenticate in WWW-Authenticate: "Basic realm=..." (send
 // the credentials) or "Bearer realm=URL,service=S,scope=S" (ask URL for a token, with the credentials
 // if there are any, and send that). (RFC 7235; distribution's docs/spec/auth/token.md.)
 
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -77,11 +81,20 @@ export function findCredentials(registry: string, repository: string, authfile?:
       if (authfile !== undefined) throw new ImageError(`cannot read the auth file ${file}: ${(e as Error).message}`, 2);
       continue;
     }
-    let auths: Record<string, AuthEntry>;
+    let parsed: { auths?: Record<string, AuthEntry>; credHelpers?: Record<string, string>; credsStore?: string };
     try {
-      auths = ((JSON.parse(text) as { auths?: Record<string, AuthEntry> }).auths) ?? {};
+      parsed = JSON.parse(text) as typeof parsed;
     } catch {
       throw new ImageError(`the auth file ${file} is not valid JSON`, 2);
+    }
+    const auths = parsed.auths ?? {};
+    for (const key of keysFor(registry)) {
+      const helper = parsed.credHelpers?.[key];
+      if (typeof helper === 'string' && helper !== '') {
+        const c = fromHelper(helper, helperServer(registry), file);
+        if (c) return c;
+        break;
+      }
     }
     // Most specific first: "host/a/b", "host/a", then the host's own keys.
     const parts = repository.split('/');
@@ -98,8 +111,45 @@ export function findCredentials(registry: string, repository: string, authfile?:
         if (i > 0) return { username: decoded.slice(0, i), password: decoded.slice(i + 1) };
       }
     }
+    if (typeof parsed.credsStore === 'string' && parsed.credsStore !== '') {
+      // (a store that is not installed is passed over: podman does not read credsStore at all)
+      const c = fromHelper(parsed.credsStore, helperServer(registry), file, true);
+      if (c) return c;
+    }
   }
   return undefined;
+}
+
+/** The server a credential helper is asked about (Docker's name for Docker Hub). */
+function helperServer(registry: string): string {
+  return registry === DOCKER_HUB ? 'https://index.docker.io/v1/' : registry;
+}
+
+/** `docker-credential-NAME get` for `server`: its credentials, or null where it has none (or, `optional`, is not installed). */
+function fromHelper(name: string, server: string, file: string, optional = false): Credentials | null {
+  const program = `docker-credential-${name}`;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) throw new ImageError(`the auth file ${file} names a credential helper that is not a name: "${name}"`, 2);
+  const r = spawnSync(program, ['get'], { input: server, encoding: 'utf8', timeout: 60_000, stdio: ['pipe', 'pipe', 'pipe'] });
+  if (r.error) {
+    const code = (r.error as NodeJS.ErrnoException).code;
+    if (optional && code === 'ENOENT') return null;
+    throw new ImageError(`the credential helper ${program} (named in ${file}) cannot run: ${code === 'ENOENT' ? 'not found on PATH' : code ?? r.error.message}`);
+  }
+  const said = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+  if (r.status !== 0) {
+    // (the protocol's answer for a server it knows nothing of)
+    if (/credentials not found/i.test(said)) return null;
+    throw new ImageError(`the credential helper ${program} failed for ${server}: ${said.split('\n')[0] || `exit status ${r.status}`}`);
+  }
+  let j: { Username?: unknown; Secret?: unknown };
+  try {
+    j = JSON.parse(r.stdout) as typeof j;
+  } catch {
+    throw new ImageError(`the credential helper ${program} answered for ${server} with something that is not JSON`);
+  }
+  if (typeof j.Secret !== 'string' || j.Secret === '') return null;
+  if (j.Username === '<token>') throw new ImageError(`the credential helper ${program} gives an identity token for ${server}, which strata does not use (log in with a password)`);
+  return { username: typeof j.Username === 'string' ? j.Username : '', password: j.Secret };
 }
 
 export function basicHeader(c: Credentials): string {
