@@ -54,6 +54,32 @@ print('\\n'.join(out))
   t.is(line!.byOp!.READ ?? 0, 0, `READs: ${JSON.stringify(line!.byOp)}`);
 });
 
+// The data of a small lower file that is not in the lower filesystem's page cache is read by the daemon
+// at the open too (it was opened by passthrough, and such a read-only open kept reading the lower file
+// after a copy-up: what it read depended on the page cache). Caches dropped before each open.
+test('a read-only descriptor of a small lower file, opened cold, reads what a copy-up wrote, as on the kernel', (t) => {
+  const root = tempDir(t, 'cold');
+  const lower = path.join(root, 'lower');
+  fs.mkdirSync(lower);
+  for (const size of [1, 100, 4096, 65536]) fs.writeFileSync(path.join(lower, `f${size}`), crypto.randomBytes(size));
+  const script = `
+import os, hashlib
+out = []
+for n in sorted(os.listdir('.')):
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as d: d.write('3')
+    r = os.open(n, os.O_RDONLY)
+    with open(n, 'ab') as w: w.write(b'appended')
+    data = os.pread(r, 1 << 20, 0)
+    os.close(r)
+    out.append('%s %d %s' % (n, len(data), hashlib.sha256(data).hexdigest()[:16]))
+print('\\n'.join(out))
+`;
+  const results = onKernelAndStrata(t, root, [lower], [], (mnt) => runOk('python3', ['-c', script], { cwd: mnt }));
+  t.is(results.strata, results.kernel);
+  t.regex(results.kernel, /^f1 9 /m, 'the kernel reads the copy');
+});
+
 // README, "what differs": a small lower file is served by the daemon, so a read-only mapping of it made
 // before a copy-up shows what is written to the copy afterwards; the kernel's overlay keeps such a
 // mapping on the lower file. (A program opened for exec stays on passthrough and keeps its lower file.)

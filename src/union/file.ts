@@ -233,10 +233,10 @@ function wantsPassthrough(env: FileEnv, node: UnionNode, fd: number, flags: numb
  * that a READ's atime change costs the next stat), and FOPEN_KEEP_CACHE keeps it for later opens,
  * which need not look at the file again (a lower file never changes). The kernel locks the pages it
  * fills: safe only while no open of the inode can be waiting for a READ, hence only with no other
- * open. Only data already in the lower filesystem's page cache is taken (RWF_NOWAIT): a file that
- * must come from disk is read by passthrough instead, by the kernel in the reader's own context.
- * True when the daemon is to serve the open (a small file, its data stored now or before); pages the
- * kernel drops later are read again by READ.
+ * open. Data not in the lower filesystem's page cache is read from the disk here, on this thread (a
+ * small file: one read); it was read by passthrough instead, but then an open's view after a copy-up
+ * depended on the page cache (see above). True when the daemon is to serve the open (a small file,
+ * its data stored now or before); pages the kernel drops later are read again by READ.
  */
 function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
   if (node.dataStored) return true;
@@ -249,6 +249,11 @@ function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
   let n: number;
   try {
     n = N.preadCached(fd, storeBuf, 0, size, 0);
+    // Not all in the lower filesystem's page cache: read now, from the disk. (An open the daemon serves
+    // follows a copy-up of the file, as the kernel's overlay re-points its opens; one by passthrough
+    // would keep reading the lower file: whether the file happened to be cached would decide what a
+    // reader sees after a copy-up.)
+    if (n !== size) n = N.pread(fd, storeBuf, 0, size, 0);
   } catch {
     return false; // an error reading the layer: the kernel meets it by passthrough, or at its READ
   }
