@@ -64,13 +64,14 @@ test('auth files: Docker\'s and podman\'s keys, most specific first; storing and
       'quay.io/team': { auth: b64('team:x') },
       'https://reg.example:5000': { username: 'u', password: 'p' },
     },
-    credHelpers: { 'gcr.io': 'gcloud' },
+    // (a helper that no machine has: registry.test runs real ones)
+    credHelpers: { 'gcr.io': 'strata-test-missing' },
   }));
   t.deepEqual(findCredentials('docker.io', 'library/debian', file), { username: 'hub', password: 'pw' });
   t.deepEqual(findCredentials('quay.io', 'other/x', file), { username: 'q', password: 'pw:with:colons' });
   t.deepEqual(findCredentials('quay.io', 'team/app', file), { username: 'team', password: 'x' });
   t.deepEqual(findCredentials('reg.example:5000', 'a', file), { username: 'u', password: 'p' });
-  t.is(findCredentials('gcr.io', 'a', file), undefined);
+  t.throws(() => findCredentials('gcr.io', 'a', file), { message: /docker-credential-strata-test-missing \(named in .*\) cannot run: not found on PATH/ });
   storeCredentials(file, '127.0.0.1:5000', { username: 'me', password: 'secret' });
   t.deepEqual(findCredentials('127.0.0.1:5000', 'a/b', file), { username: 'me', password: 'secret' });
   t.is(fs.statSync(file).mode & 0o777, 0o600);
@@ -79,7 +80,7 @@ test('auth files: Docker\'s and podman\'s keys, most specific first; storing and
   t.false(removeCredentials(file, 'quay.io'));
   const left = JSON.parse(fs.readFileSync(file, 'utf8')) as { auths: Record<string, unknown>; credHelpers: unknown };
   t.deepEqual(Object.keys(left.auths).sort(), ['127.0.0.1:5000', 'https://index.docker.io/v1/', 'https://reg.example:5000']);
-  t.deepEqual(left.credHelpers, { 'gcr.io': 'gcloud' });
+  t.deepEqual(left.credHelpers, { 'gcr.io': 'strata-test-missing' });
   t.throws(() => findCredentials('x', 'y', path.join(dir, 'missing.json')), { message: /cannot read the auth file/ });
   fs.writeFileSync(file, '{not json');
   t.throws(() => findCredentials('x', 'y', file), { message: /is not valid JSON/ });
