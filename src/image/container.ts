@@ -10,6 +10,7 @@ import { readRecord } from '../daemon/registry.js';
 import { unmountStrata } from '../daemon/unmount.js';
 import { mountedPaths } from '../daemon/validate.js';
 import type { ContainerRecord, ImageRecord, Store } from './store.js';
+import type { IdRange } from './settings.js';
 import { digestHex, ImageError } from './types.js';
 import { errCode } from '../fuse/errors.js';
 
@@ -26,7 +27,7 @@ export interface MountSpec {
   work?: string;
   mountpoint: string;
   /** An owner mapping (a container with --uidmap): [container, host, count] ranges. */
-  idMap?: { uidMap: readonly (readonly number[])[]; gidMap: readonly (readonly number[])[] };
+  idMap?: { uidMap: readonly IdRange[]; gidMap: readonly IdRange[] };
 }
 
 /** The -o value of a mount of these layers. */

@@ -16,7 +16,7 @@ import type { Readable } from 'node:stream';
 import { ImageError } from '../image/types.js';
 import { basicHeader, type Challenge, type Credentials, findCredentials, parseChallenge } from './auth.js';
 import { proxyFor, proxyRequest, tunnel, unreachable } from './proxy.js';
-import { secureContextFor } from './trust.js';
+import { secureContextFor, untrustedCertificate } from './trust.js';
 import { apiHost, isLoopback, type Reference } from './reference.js';
 
 export interface ClientOptions {
@@ -65,9 +65,6 @@ function registryMessage(body: Buffer): string | undefined {
   return undefined;
 }
 
-/** Certificate checks that fail where the registry's authority is not among those trusted. */
-const UNTRUSTED = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED']);
 /** TLS alerts of a server that wants a client certificate it trusts. */
 const CLIENT_CERT_REFUSED = new Set(['ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
   'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN']);
@@ -77,7 +74,7 @@ function networkError(host: string, e: unknown): ImageError {
   const code = err.code ?? '';
   const what = code === 'ECONNREFUSED' ? 'connection refused' : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'no such host'
     : code === 'ETIMEDOUT' ? 'timed out'
-    : UNTRUSTED.has(code) ? `its certificate is not trusted (${err.message}): put its authority in /etc/containers/certs.d/${host}/ca.crt, ` +
+    : untrustedCertificate(err) ? `its certificate is not trusted (${err.message}): put its authority in /etc/containers/certs.d/${host}/ca.crt, ` +
       'give --cert-dir, or --tls-verify=false'
     : CLIENT_CERT_REFUSED.has(code) ? `it refused the TLS connection (${code.replace(/^ERR_SSL_/, '').toLowerCase()}): it wants a client ` +
       `certificate it trusts (NAME.cert and NAME.key in /etc/containers/certs.d/${host}/, or --cert-dir)`

@@ -17,7 +17,7 @@ import https from 'node:https';
 import net from 'node:net';
 import type tls from 'node:tls';
 import { ImageError } from '../image/types.js';
-import { secureContextFor } from './trust.js';
+import { secureContextFor, untrustedCertificate } from './trust.js';
 
 export interface Proxy {
   kind: 'http' | 'https' | 'socks5';
@@ -116,12 +116,13 @@ function hostPort(host: string, port: number): string {
 
 /** What a failure to reach the proxy itself says. */
 export function unreachable(proxy: Proxy, e: Error): ImageError {
-  const code = (e as NodeJS.ErrnoException).code ?? '';
-  if (/CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(code)) {
+  if (untrustedCertificate(e)) {
     return new ImageError(`cannot reach the proxy ${proxy.name}: ${e.message} (its certificate's authority is taken from the system's ` +
       'store, SSL_CERT_FILE, SSL_CERT_DIR and NODE_EXTRA_CA_CERTS)');
   }
-  return new ImageError(`cannot reach the proxy ${proxy.name}: ${code || e.message.split('\n')[0]}`);
+  // (an errno's name, else what TLS said: a name the certificate does not hold, ...)
+  const code = (e as NodeJS.ErrnoException).code ?? '';
+  return new ImageError(`cannot reach the proxy ${proxy.name}: ${/^E[A-Z]+$/.test(code) ? code : e.message.split('\n')[0]}`);
 }
 
 /**

@@ -48,8 +48,12 @@ let nodeRoots: Set<string> | null = null;
  */
 function moreRoots(env: NodeJS.ProcessEnv): string[] {
   const texts: string[] = [];
-  const bundle = env.SSL_CERT_FILE ? readIfThere(env.SSL_CERT_FILE) : SYSTEM_BUNDLES.map(readIfThere).find((t) => t !== null) ?? null;
-  if (bundle !== null) texts.push(bundle);
+  for (const file of env.SSL_CERT_FILE ? [env.SSL_CERT_FILE] : SYSTEM_BUNDLES) {
+    const bundle = readIfThere(file);
+    if (bundle === null) continue;
+    texts.push(bundle);
+    break;
+  }
   for (const dir of (env.SSL_CERT_DIR ?? '').split(':').filter(Boolean)) {
     let names: string[];
     try {
@@ -62,11 +66,9 @@ function moreRoots(env: NodeJS.ProcessEnv): string[] {
       if (text !== null) texts.push(text);
     }
   }
-  const extra = env.NODE_EXTRA_CA_CERTS ?? env.STRATA_NODE_EXTRA_CA_CERTS;
-  if (extra) {
-    const text = readIfThere(extra);
-    if (text !== null) texts.push(text);
-  }
+  // (bin/strata's loader has put the variable back by now, see scripts/load.cjs)
+  const extra = env.NODE_EXTRA_CA_CERTS ? readIfThere(env.NODE_EXTRA_CA_CERTS) : null;
+  if (extra !== null) texts.push(extra);
   nodeRoots ??= new Set(tls.rootCertificates.map(body));
   const seen = new Set<string>();
   const out: string[] = [];
@@ -82,7 +84,7 @@ function moreRoots(env: NodeJS.ProcessEnv): string[] {
 }
 
 /** The certificate directory of registry `hostPort` ("host" or "host:port"), or null. */
-export function certDirFor(hostPort: string, certDir: string | undefined, env: NodeJS.ProcessEnv = process.env): string | null {
+function certDirFor(hostPort: string, certDir: string | undefined, env: NodeJS.ProcessEnv = process.env): string | null {
   if (certDir !== undefined) {
     if (!existsSync(certDir) || !statSync(certDir).isDirectory()) throw new ImageError(`--cert-dir ${certDir}: not a directory`, 2);
     return certDir;
@@ -95,7 +97,7 @@ export function certDirFor(hostPort: string, certDir: string | undefined, env: N
   return null;
 }
 
-export interface HostTrust {
+interface HostTrust {
   /** More authorities (PEM texts). */
   ca: string[];
   /** A client certificate and its key (PEM), when the directory holds one. */
@@ -104,7 +106,7 @@ export interface HostTrust {
 }
 
 /** What a certificate directory holds, read as containers/image reads it. */
-export function readCertDir(dir: string): HostTrust {
+function readCertDir(dir: string): HostTrust {
   const names = readdirSync(dir).sort();
   const out: HostTrust = { ca: [] };
   const read = (n: string): string => {
@@ -128,6 +130,15 @@ export function readCertDir(dir: string): HostTrust {
     }
   }
   return out;
+}
+
+/** The verification failures of a peer whose authority is not among those trusted (node's error codes). */
+const UNTRUSTED = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED']);
+
+/** Did a TLS connection fail because the peer's certificate has no authority strata trusts? */
+export function untrustedCertificate(e: unknown): boolean {
+  return UNTRUSTED.has((e as NodeJS.ErrnoException | undefined)?.code ?? '');
 }
 
 const contexts = new Map<string, tls.SecureContext>();

@@ -65,23 +65,33 @@ export async function startProxy(t: ExecutionContext, routes: Record<string, str
       client.end('HTTP/1.1 502 Bad Gateway\r\n\r\n');
       return;
     }
-    const [host, port] = to.split(':');
-    const up = net.connect(Number(port), host, () => {
-      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-      if (head.length) up.write(head);
-      up.pipe(client);
-      client.pipe(up);
-    });
-    sockets.add(up);
-    up.on('close', () => sockets.delete(up));
-    up.on('error', () => client.destroy());
+    splice(client, to, 'HTTP/1.1 200 Connection Established\r\n\r\n', head, sockets);
   });
+  return { url: `${tls ? 'https' : 'http'}://127.0.0.1:${await listen(t, server, sockets)}`, seen };
+}
+
+/** Connects to `to` ("host:port"), then answers `client` with `ready` and joins the two (`head` sent on first). */
+function splice(client: net.Socket, to: string, ready: string | Buffer, head: Buffer, sockets: Set<net.Socket>): void {
+  const [host, port] = to.split(':');
+  const up = net.connect(Number(port), host, () => {
+    client.write(ready);
+    if (head.length) up.write(head);
+    up.pipe(client);
+    client.pipe(up);
+  });
+  sockets.add(up);
+  up.on('close', () => sockets.delete(up));
+  up.on('error', () => client.destroy());
+}
+
+/** Listens on 127.0.0.1 (its port); the test's end closes it and the connections it still has. */
+async function listen(t: ExecutionContext, server: net.Server, sockets: Set<net.Socket>): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => {
     for (const s of sockets) s.destroy();
     server.close(() => resolve());
   }));
-  return { url: `${tls ? 'https' : 'http'}://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen };
+  return (server.address() as net.AddressInfo).port;
 }
 
 /** A SOCKS5 proxy; `seen` gets "CONNECT host:port" per connection asked for (and "AUTH ok|refused"). */
@@ -130,23 +140,9 @@ export async function startSocksProxy(t: ExecutionContext, routes: Record<string
       const reply = (rep: number): Buffer => Buffer.from([5, rep, 0, 1, 0, 0, 0, 0, 0, 0]);
       const to = routes[`${addr}:${port}`];
       if (!to) return void client.end(reply(4)); // host unreachable
-      const [host, p] = to.split(':');
-      const up = net.connect(Number(p), host, () => {
-        client.write(reply(0));
-        if (rest.length) up.write(rest);
-        up.pipe(client);
-        client.pipe(up);
-      });
-      sockets.add(up);
-      up.on('close', () => sockets.delete(up));
-      up.on('error', () => client.destroy());
+      splice(client, to, reply(0), rest, sockets);
     };
     client.on('data', onData);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => new Promise<void>((resolve) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => resolve());
-  }));
-  return { url: `socks5://127.0.0.1:${(server.address() as net.AddressInfo).port}`, seen };
+  return { url: `socks5://127.0.0.1:${await listen(t, server, sockets)}`, seen };
 }
