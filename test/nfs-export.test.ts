@@ -11,7 +11,7 @@ import path from 'node:path';
 import { kernelOverlay, strataMount, strataUnmount, unmountQuietly } from './helpers/mounts.js';
 import { setupPair, type Pair, type Side } from './helpers/ops-pair.js';
 import { python } from './helpers/python.js';
-import { holdPageCacheLock } from './helpers/page-cache.js';
+import { DROP_LOCK, holdPageCacheLock } from './helpers/page-cache.js';
 
 /**
  * Runs handle commands in one process, in order; prints one answer per command:
@@ -23,7 +23,7 @@ import { holdPageCacheLock } from './helpers/page-cache.js';
  * Handles are kept in a JSON file (argv[1]) between runs, so they outlive a remount.
  */
 const FH = String.raw`
-import ctypes, errno, json, os, sys
+import ctypes, errno, fcntl, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 class FH(ctypes.Structure):
     _fields_ = [('handle_bytes', ctypes.c_uint), ('handle_type', ctypes.c_int), ('f_handle', ctypes.c_ubyte * 128)]
@@ -65,7 +65,10 @@ for cmd in json.loads(sys.argv[2]):
     elif cmd[0] == 'drop':
         fd = os.open(cmd[1], os.O_RDONLY)
         libc.syncfs(fd); os.close(fd)
+        lk = os.open(sys.argv[3], os.O_RDONLY)  # no other drop at once (page-cache.ts DROP_LOCK)
+        fcntl.flock(lk, fcntl.LOCK_EX)
         with open('/proc/sys/vm/drop_caches', 'w') as f: f.write('2')
+        os.close(lk)
         out.append('dropped')
 json.dump(handles, open(store, 'w'))
 print(json.dumps(out))
@@ -85,7 +88,7 @@ test.after.always(() => releaseCacheLock());
 
 function handles(side: Side, cmds: readonly Cmd[]): unknown[] {
   const abs = cmds.map((c): Cmd => (c[0] === 'save' ? ['save', path.join(side.mnt, c[1]!), c[2]!] : c[0] === 'open' ? ['open', side.mnt, c[1]!, c[2] ?? ''] : ['drop', side.mnt]));
-  return python(FH, null, [path.join(side.base, 'handles.json'), JSON.stringify(abs)]) as unknown[];
+  return python(FH, null, [path.join(side.base, 'handles.json'), JSON.stringify(abs), DROP_LOCK]) as unknown[];
 }
 
 /** Runs the steps on both sides: handle commands, or a function given the mount point. */

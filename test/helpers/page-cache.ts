@@ -4,6 +4,7 @@
 // counts no resident byte.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as N from '../../src/native/index.js';
 import { run } from './exec.js';
@@ -57,12 +58,20 @@ export async function holdPageCacheLock(mode: 'shared' | 'exclusive'): Promise<(
 }
 
 /**
+ * Drops of the machine's caches are made one at a time (a lock of their own, the helpers' directory):
+ * a drop_caches that runs beside another returns as soon as it has walked the caches, while objects
+ * the other one took off them are still being freed, so a FUSE inode's FORGET could reach a daemon
+ * after the caller's next request.
+ */
+export const DROP_LOCK = path.dirname(LOCK);
+
+/**
  * Drops the machine's caches (`level` as /proc/sys/vm/drop_caches takes it) while holding the lock
- * shared (not while a test of another file needs its reads to stay cached: see holdPageCacheLock).
- * flock(1) holds it while a shell writes drop_caches.
+ * shared (not while a test of another file needs its reads to stay cached: see holdPageCacheLock), and
+ * no other drop runs (DROP_LOCK). flock(1) holds the locks while a shell writes drop_caches.
  */
 export function dropMachineCachesSync(level: 1 | 2 | 3): void {
-  const r = run('flock', ['-s', LOCK, 'sh', '-c', `echo ${level} > /proc/sys/vm/drop_caches`]);
+  const r = run('flock', ['-s', LOCK, 'flock', '-x', DROP_LOCK, 'sh', '-c', `echo ${level} > /proc/sys/vm/drop_caches`]);
   if (r.status !== 0) throw new Error(`drop_caches ${level}: ${r.stderr.trim()}`);
 }
 
