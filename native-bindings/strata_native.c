@@ -940,7 +940,7 @@ static napi_value fn_lseek(napi_env env, napi_callback_info info) {
   return ret_count(env, lseek(fd, off, whence), "lseek", NULL);
 }
 
-/* The arguments of pread, preadCached and pwrite: (fd, buf, bufOffset, length, position). */
+/* The arguments of pread and pwrite: (fd, buf, bufOffset, length, position). */
 typedef struct {
   int32_t fd;
   char *p;
@@ -967,42 +967,6 @@ static napi_value rw_call(napi_env env, napi_callback_info info, bool write_) {
 /* pread(fd, buf, bufOffset, length, position): bytes read. */
 static napi_value fn_pread(napi_env env, napi_callback_info info) {
   return rw_call(env, info, false);
-}
-
-#ifndef __NR_cachestat
-#define __NR_cachestat 451 /* the same number on every architecture (Linux 6.5) */
-#endif
-struct strata_cachestat_range {
-  uint64_t off, len;
-};
-struct strata_cachestat {
-  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-};
-
-/* Does the page cache hold no page of [pos, pos + len) of fd, below its end? cachestat(2) looks
- * without reading; false where it cannot tell (before Linux 6.5). */
-static bool none_cached(int fd, int64_t pos, size_t len) {
-  struct strata_cachestat_range range = {(uint64_t)pos, len};
-  struct strata_cachestat cs;
-  if (syscall(__NR_cachestat, fd, &range, &cs, 0) != 0 || cs.nr_cache != 0) return false;
-  struct stat st;
-  return fstat(fd, &st) == 0 && pos < st.st_size;
-}
-
-/* preadCached(fd, buf, bufOffset, length, position): bytes read, or -1 where the data is not all in
- * the page cache: nothing waits for the disk. A range the page cache holds none of is not read at
- * all (cachestat(2)): preadv2 with RWF_NOWAIT answers EAGAIN there too, but only after starting
- * the readahead that the sequence's next read would find (and a fast disk may even finish it first,
- * on a preempted CPU: the answer would depend on timing). Else RWF_NOWAIT decides. */
-static napi_value fn_preadCached(napi_env env, napi_callback_info info) {
-  ARGS(5);
-  io_args a;
-  TRY(arg_io(env, argv, &a));
-  if (a.len > 0 && a.pos >= 0 && none_cached(a.fd, a.pos, a.len)) return ret_num(env, -1);
-  struct iovec iov = {a.p, a.len};
-  ssize_t n = NOINTR(preadv2(a.fd, &iov, 1, a.pos, RWF_NOWAIT));
-  if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) return ret_num(env, -1);
-  return ret_count(env, n, "preadv2", NULL);
 }
 
 /* pwrite(fd, buf, bufOffset, length, position): bytes written. */
@@ -2282,7 +2246,7 @@ static const struct {
     FN(mkdirat), FN(mknodat), FN(symlinkat), FN(linkat), FN(unlinkat), FN(renameat2),
     FN(fchownat), FN(fchown), FN(fchmod), FN(fchmodat), FN(utimensat), FN(futimens),
     FN(ftruncate), FN(truncateFile), FN(fsync), FN(fdatasync), FN(syncfs), FN(fallocate), FN(lseek),
-    FN(pread), FN(preadCached), FN(pwrite), FN(copyFileRange), FN(sendfile), FN(fadvise), FN(ficlone), FN(ioctlBuf),
+    FN(pread), FN(pwrite), FN(copyFileRange), FN(sendfile), FN(fadvise), FN(ficlone), FN(ioctlBuf),
     FN(lgetxattr), FN(lsetxattr), FN(llistxattr), FN(lremovexattr),
     FN(fgetxattr), FN(fsetxattr), FN(flistxattr), FN(fremovexattr),
     {"_forceXattrFallback", fn_forceXattrFallback},

@@ -6,7 +6,6 @@ import * as path from 'node:path';
 import v8 from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import * as N from '../src/native/index.js';
-import { cachedBytes, dropCachedPages } from './helpers/page-cache.js';
 
 const { C, ST } = N;
 const E = C.errno;
@@ -157,27 +156,6 @@ test('errors carry code, errno, syscall, path and a latin1 message', (t) => {
   t.throws(() => N.fstatat(dfd, 1 as unknown as string, 0, N.newStatBuf()), { instanceOf: TypeError });
   t.throws(() => (N.close as unknown as () => void)(), { instanceOf: TypeError });
   t.is(errOf(() => N.lstatMaybe(dfd, 'x'.repeat(5000), N.newStatBuf())).code, 'ENAMETOOLONG');
-});
-
-test('preadCached reads what the page cache holds and answers -1 where the data is on disk only, without reading it', (t) => {
-  const { dir, dfd } = tmp(t);
-  const fd = open(t, dfd, 'f', C.O_RDWR | C.O_CREAT | C.O_EXCL, 0o600);
-  const data = Buffer.from('cached bytes '.repeat(1000));
-  t.is(N.pwrite(fd, data, 0, data.length, 0), data.length);
-  const buf = Buffer.alloc(data.length + 10);
-  t.is(N.preadCached(fd, buf, 5, data.length, 0), data.length);
-  t.true(buf.subarray(5, 5 + data.length).equals(data));
-  t.is(N.preadCached(fd, buf, 0, 10, data.length), 0); // EOF
-  // clean pages dropped: nothing comes without waiting for the disk (a tmpfs keeps them: skip there)
-  if (N.fstatfs(fd).type !== 0x01021994) {
-    dropCachedPages(path.join(dir, 'f'));
-    t.is(N.preadCached(fd, buf, 0, data.length, 0), -1);
-    t.is(cachedBytes(path.join(dir, 'f')), 0, 'no readahead started');
-  }
-  t.is(N.pread(fd, buf, 0, data.length, 0), data.length);
-  t.is(N.preadCached(fd, buf, 0, data.length, 0), data.length);
-  t.throws(() => N.preadCached(fd, buf, 4, buf.length, 0), { instanceOf: RangeError });
-  t.is(errOf(() => N.preadCached(-1, buf, 0, 1, 0)).code, 'EBADF');
 });
 
 test('openat / close / dup / pread / pwrite', (t) => {

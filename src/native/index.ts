@@ -130,7 +130,6 @@ interface NativeBinding {
   fallocate(fd: number, mode: number, offset: number, len: number): void;
   lseek(fd: number, offset: number, whence: number): number;
   pread(fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number): number;
-  preadCached(fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number): number;
   pwrite(fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number): number;
   fadvise(fd: number, offset: number, len: number, advice: number): void;
   copyFileRange(fdIn: number, offIn: number | null, fdOut: number, offOut: number | null,
@@ -388,8 +387,6 @@ export const pread: (fd: number, buf: Uint8Array, bufOffset: number, length: num
  * pread at `position` that takes only what is in the page cache (preadv2 with RWF_NOWAIT): the bytes
  * read (short where the cached data ends), or -1 where the first of them would have to come from disk.
  */
-export const preadCached: (fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number) => number =
-  native.preadCached;
 /** pwrite(2) from buf[bufOffset, bufOffset+length); a negative position uses the file offset. */
 export const pwrite: (fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number) => number =
   native.pwrite;

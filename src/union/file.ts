@@ -248,12 +248,11 @@ function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
   }
   let n: number;
   try {
-    n = N.preadCached(fd, storeBuf, 0, size, 0);
-    // Not all in the lower filesystem's page cache: read now, from the disk. (An open the daemon serves
-    // follows a copy-up of the file, as the kernel's overlay re-points its opens; one by passthrough
-    // would keep reading the lower file: whether the file happened to be cached would decide what a
-    // reader sees after a copy-up.)
-    if (n !== size) n = N.pread(fd, storeBuf, 0, size, 0);
+    // (from the disk if the lower filesystem's page cache lacks it: an open the daemon serves follows a
+    // copy-up of the file, as the kernel's overlay re-points its opens; one by passthrough would keep
+    // reading the lower file, so whether the file happened to be cached would decide what a reader sees
+    // after a copy-up)
+    n = N.pread(fd, storeBuf, 0, size, 0);
   } catch {
     return false; // an error reading the layer: the kernel meets it by passthrough, or at its READ
   }
