@@ -593,6 +593,49 @@ test.serial('Bearer tokens from the registry\'s token service, blob downloads re
   sameLayers(t, built.store, 'test/two:1', store, ref);
 });
 
+test.serial('identity tokens (an auth file\'s identitytoken, a credential helper\'s "<token>") are exchanged at the token service by OAuth2\'s refresh_token grant, as Docker and podman do', async (t) => {
+  const reg = await startRegistry(t);
+  const refresh = `refresh-${process.pid}`;
+  const front = await startTokenFront(t, reg.host, { user: 'bob', password: 'hunter2' }, refresh);
+  const built = await twoLayerImage(t);
+  imageOk(t, built.store, ['load', '-i', built.archive]);
+  const ref = `${front.host}/i/two:1`;
+  const dir = tempDir(t, 'idtoken');
+  const run = (args: readonly string[], env?: NodeJS.ProcessEnv): Promise<RunResult> => runWithPipes(strataBin, args, { timeoutMs: 120_000, env: { ...process.env, ...env } });
+  const file = (content: object): string => {
+    const f = path.join(dir, `auth-${Math.random().toString(36).slice(2)}.json`);
+    fs.writeFileSync(f, JSON.stringify(content));
+    return f;
+  };
+  // Docker's entry for an identity token: the (nil) username in "auth" with no password, the token beside it
+  const entry = (tok: string): object => ({ auths: { [front.host]: { auth: Buffer.from('00000000-0000-0000-0000-000000000000:').toString('base64'), identitytoken: tok } } });
+  const pushed = await run(['push', 'test/two:1', ref, '--store', built.store, '--authfile', file(entry(refresh))]);
+  t.is(pushed.status, 0, pushed.stderr);
+  t.true(front.seen.includes('token form: refresh_token strata-test repository:i/two:pull,push'), front.seen.join('\n'));
+  t.false(front.seen.some((x) => x.startsWith('GET /token')), 'no password asked for');
+  front.seen.length = 0;
+  const s1 = path.join(dir, 's1');
+  const pulled = await run(['pull', ref, '--store', s1, '--json', '--authfile', file(entry(refresh))]);
+  t.is(pulled.status, 0, pulled.stderr);
+  t.is((JSON.parse(pulled.stdout) as PullJson).downloaded, 2);
+  t.true(front.seen.includes('token form: refresh_token strata-test repository:i/two:pull'), front.seen.join('\n'));
+  sameLayers(t, built.store, 'test/two:1', s1, ref);
+  // from a credential helper, which says "<token>" for the username
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin);
+  fs.writeFileSync(path.join(bin, 'docker-credential-tok'), `#!/bin/sh\nread -r server\nprintf '{"ServerURL":"%s","Username":"<token>","Secret":"${refresh}"}' "$server"\n`, { mode: 0o755 });
+  const s2 = path.join(dir, 's2');
+  const helped = await run(['pull', ref, '--store', s2, '--json', '--authfile', file({ credHelpers: { [front.host]: 'tok' } })], { PATH: `${bin}:${process.env.PATH}` });
+  t.is(helped.status, 0, helped.stderr);
+  t.is((JSON.parse(helped.stdout) as PullJson).downloaded, 2);
+  // a token the service does not take (OAuth2's invalid_grant), and one offered to a registry that wants a password
+  refused(t, await run(['pull', ref, '--store', path.join(dir, 's3'), '--authfile', file(entry('stale'))]), 1, /the identity token was refused/);
+  const basic = await startRegistry(t, { users: { carol: 'pw' } });
+  const basicEntry = { auths: { [basic.host]: { identitytoken: refresh } } };
+  refused(t, await run(['pull', `${basic.host}/i/two:1`, '--store', path.join(dir, 's4'), '--authfile', file(basicEntry)]), 1,
+    /the credentials are an identity token, which needs a token service, and the registry asks for a password \(Basic\)/);
+});
+
 /**
  * A front of the registry on 127.0.0.1 that holds the first request `hold` matches until `release()`
  * (the Host header kept: the registry's upload locations then name the front);

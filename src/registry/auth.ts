@@ -8,7 +8,8 @@
 // "credHelpers" (per registry) and "credsStore" (Docker's, for the others) name credential helpers:
 // `docker-credential-NAME get`, given the registry on stdin, prints {"Username","Secret"} (Docker's
 // credential-helper protocol). In each file: the registry's helper, then its "auths" entry, then
-// the store.
+// the store. An identity token (an entry's "identitytoken", or a helper's Secret under the Username
+// "<token>") is an OAuth2 refresh token: it is exchanged at the token service (client.ts).
 //
 // A registry that answers 401 says how to authenticate in WWW-Authenticate: "Basic realm=..." (send
 // the credentials) or "Bearer realm=URL,service=S,scope=S" (ask URL for a token, with the credentials
@@ -24,6 +25,12 @@ import { DOCKER_HUB } from './reference.js';
 export interface Credentials {
   username: string;
   password: string;
+  /**
+   * An identity token (an OAuth2 refresh token: an auth file's "identitytoken", a credential helper's
+   * Secret under the Username "<token>"), exchanged at the registry's token service for access tokens
+   * instead of sending the username and password.
+   */
+  identityToken?: string;
 }
 
 export interface Challenge {
@@ -58,6 +65,7 @@ interface AuthEntry {
   auth?: string;
   username?: string;
   password?: string;
+  identitytoken?: string;
 }
 
 /** The keys an auth file may file the registry under. */
@@ -104,6 +112,11 @@ export function findCredentials(registry: string, repository: string, authfile?:
     for (const key of candidates) {
       const entry = auths[key];
       if (!entry) continue;
+      // (Docker writes the username, if any, beside an identity token in "auth", with an empty password)
+      if (typeof entry.identitytoken === 'string' && entry.identitytoken !== '') {
+        const user = entry.auth ? Buffer.from(entry.auth, 'base64').toString('utf8').split(':')[0]! : entry.username ?? '';
+        return { username: user, password: '', identityToken: entry.identitytoken };
+      }
       if (entry.username !== undefined && entry.password !== undefined) return { username: entry.username, password: entry.password };
       if (entry.auth) {
         const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
@@ -148,7 +161,7 @@ function fromHelper(name: string, server: string, file: string, optional = false
     throw new ImageError(`the credential helper ${program} answered for ${server} with something that is not JSON`);
   }
   if (typeof j.Secret !== 'string' || j.Secret === '') return null;
-  if (j.Username === '<token>') throw new ImageError(`the credential helper ${program} gives an identity token for ${server}, which strata does not use (log in with a password)`);
+  if (j.Username === '<token>') return { username: '', password: '', identityToken: j.Secret };
   return { username: typeof j.Username === 'string' ? j.Username : '', password: j.Secret };
 }
 

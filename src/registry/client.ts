@@ -142,6 +142,7 @@ export class RegistryClient {
     if (!c) throw new ImageError(`${this.ref.registry} refused the request (HTTP 401) without saying how to authenticate`);
     if (c.scheme === 'basic') {
       if (!this.creds) throw new ImageError(`${this.ref.registry}: authentication required (give --creds USER:PASSWORD or log in with podman/docker)`);
+      if (this.creds.identityToken !== undefined) throw new ImageError(`${this.ref.registry}: the credentials are an identity token, which needs a token service, and the registry asks for a password (Basic)`);
       this.authorization = basicHeader(this.creds);
       return;
     }
@@ -152,21 +153,34 @@ export class RegistryClient {
     } catch {
       throw new ImageError(`${this.ref.registry}: the token service's address is not a URL: ${c.params.realm.slice(0, 100)}`);
     }
-    if (c.params.service) realm.searchParams.set('service', c.params.service);
     const scopes = new Set<string>(this.actions === null ? [] : [`repository:${this.ref.repository}:${this.actions}`]);
     if (scopeHint) scopes.add(scopeHint);
-    for (const s of scopes) realm.searchParams.append('scope', s);
-    const headers: Record<string, string> = this.creds ? { authorization: basicHeader(this.creds) } : {};
+    const identityToken = this.creds?.identityToken;
+    let spec: RequestSpec;
+    if (identityToken !== undefined) {
+      // An identity token is a refresh token: POSTed as a form for an access token (OAuth2's
+      // refresh_token grant; distribution's docs/spec/auth/oauth.md), the scopes in one list.
+      const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: identityToken, client_id: USER_AGENT });
+      if (c.params.service) form.set('service', c.params.service);
+      if (scopes.size > 0) form.set('scope', [...scopes].join(' '));
+      spec = { method: 'POST', path: realm.href, headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: Buffer.from(form.toString()) };
+    } else {
+      if (c.params.service) realm.searchParams.set('service', c.params.service);
+      for (const s of scopes) realm.searchParams.append('scope', s);
+      spec = { method: 'GET', path: realm.href, headers: this.creds ? { authorization: basicHeader(this.creds) } : {} };
+    }
     let r: Response;
     try {
       // (a token service on the registry's host is trusted as the registry is)
       const verify = realm.host === this.host ? this.verify : true;
-      r = await readWhole(await this.send(realm, verify, { method: 'GET', path: realm.href, headers }, undefined), SMALL_BODY);
+      r = await readWhole(await this.send(realm, verify, spec, undefined), SMALL_BODY);
     } catch (e) {
       throw e instanceof ImageError ? e : networkError(realm.host, e);
     }
-    if (r.status === 401 || r.status === 403) {
-      throw new ImageError(`${this.ref.registry}: ${this.creds ? 'the credentials were refused' : 'authentication required (give --creds USER:PASSWORD or log in with podman/docker)'}`);
+    if (r.status === 401 || r.status === 403 || (identityToken !== undefined && r.status === 400)) {
+      // (OAuth2 answers a refresh token it does not take with 400 invalid_grant)
+      const why = identityToken !== undefined ? 'the identity token was refused' : this.creds ? 'the credentials were refused' : 'authentication required (give --creds USER:PASSWORD or log in with podman/docker)';
+      throw new ImageError(`${this.ref.registry}: ${why}`);
     }
     if (r.status !== 200) throw new ImageError(`${this.ref.registry}: the token service answered HTTP ${r.status}`);
     let token: string | undefined;

@@ -109,11 +109,13 @@ export interface TokenFront {
 
 /**
  * A registry front on another port: /v2/ asks for a Bearer token from its /token service (which
- * wants Basic `user:password` when given one), checks the token on every request, forwards to
- * `backend`, and answers blob GETs with a 307 to a second server (a "storage host") that must
- * get no credentials.
+ * wants Basic `user:password` when given one, on a GET; and, with `identityToken`, takes that refresh
+ * token on a POST of OAuth2's refresh_token grant, recording "grant service scope" in `seen`), checks the
+ * token on every request, forwards to `backend`, and answers blob GETs with a 307 to a second server
+ * (a "storage host") that must get no credentials.
  */
-export async function startTokenFront(t: ExecutionContext, backend: string, creds?: { user: string; password: string }): Promise<TokenFront> {
+export async function startTokenFront(t: ExecutionContext, backend: string, creds?: { user: string; password: string },
+  identityToken?: string): Promise<TokenFront> {
   const seen: string[] = [];
   const token = `tok-${process.pid}-${Date.now()}`;
   const storage = http.createServer((req, res) => {
@@ -135,6 +137,20 @@ export async function startTokenFront(t: ExecutionContext, backend: string, cred
     const a = req.headers.authorization ?? '';
     seen.push(`${req.method} ${req.url?.split('?')[0]} ${a.startsWith('Bearer') ? 'bearer' : a.startsWith('Basic') ? 'basic' : 'none'}`);
     const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/token' && req.method === 'POST') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+        seen.push(`token form: ${form.get('grant_type')} ${form.get('service')} ${form.get('scope')}`);
+        if (identityToken === undefined || form.get('grant_type') !== 'refresh_token' || form.get('refresh_token') !== identityToken) {
+          res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"invalid_grant"}');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ access_token: token, expires_in: 300 }));
+      });
+      return;
+    }
     if (url.pathname === '/token') {
       const want = creds ? `Basic ${Buffer.from(`${creds.user}:${creds.password}`).toString('base64')}` : null;
       if (want !== null && a !== want) {
