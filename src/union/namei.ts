@@ -86,11 +86,13 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
   if (oci && isOciMetaName(name)) return { hit: null, stopped: true };
   let hit: LayerHit | null = null;
   const st = probe;
+  // (made once: a name made in the loop would be built and hashed again for each of 40 layers)
+  const ociName = oci ? OCI_WHITEOUT_PREFIX + name : '';
   for (let i = from; i < to; i++) {
     const layer = layers[i]!;
     // A lower layer whose listing is known and holds neither the name nor its OCI whiteout: nothing to ask.
     const known = parent.lowerNames?.get(layer);
-    if (known && !known.has(name) && !known.has(OCI_WHITEOUT_PREFIX + name)) continue;
+    if (known && !known.has(name) && (!oci || !known.has(ociName))) continue;
     const dirfd = parent.dirFd(layer);
     if ((!known || known.has(name)) && N.lstatMaybe(dirfd, name, st)) {
       if (isKernelWhiteout(st)) return { hit, stopped: true };
@@ -130,7 +132,7 @@ export function searchLayers(parent: UnionNode, name: string, from: number, to: 
         if (r !== null) return { hit: followRedirect(parent, hit!, layer, r, oci), stopped: true };
       }
     }
-    if (oci && i + 1 < layers.length && (!known || known.has(OCI_WHITEOUT_PREFIX + name)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
+    if (oci && i + 1 < layers.length && (!known || known.has(ociName)) && hasOciWhiteout(dirfd, name)) return { hit, stopped: true };
   }
   return { hit, stopped: false };
 }
