@@ -383,10 +383,6 @@ export const lseek: (fd: number, offset: number, whence: number) => number = nat
 /** pread(2) into buf[bufOffset, bufOffset+length); a negative position uses the file offset. */
 export const pread: (fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number) => number =
   native.pread;
-/**
- * pread at `position` that takes only what is in the page cache (preadv2 with RWF_NOWAIT): the bytes
- * read (short where the cached data ends), or -1 where the first of them would have to come from disk.
- */
 /** pwrite(2) from buf[bufOffset, bufOffset+length); a negative position uses the file offset. */
 export const pwrite: (fd: number, buf: Uint8Array, bufOffset: number, length: number, position: number) => number =
   native.pwrite;
