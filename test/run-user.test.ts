@@ -149,8 +149,28 @@ test('--uidmap/--gidmap: a user namespace of its own, as podman\'s: the same ids
     const st = fs.lstatSync(path.join(rec.upper, f));
     t.deepEqual([st.uid, st.gid], [0, 0], f);
   }
-  // (cp through the mapped mount of a running container would store the overflow id: refused)
-  t.regex(s.strata(['cp', path.join(vol, '..'), 'm:/tmp/']).stderr, /^strata: m runs with --uidmap: stop it to copy/);
+  // cp while it runs: into it, what the host's root copies is the container's root's (with -a, the source's
+  // ids as the container's ids); out of it with -a, the container's ids, as from its stopped layers
+  fs.writeFileSync(path.join(vol, 'run-in'), 'r');
+  fs.chownSync(path.join(vol, 'run-in'), 1234, 1235);
+  s.ok(['cp', path.join(vol, 'run-in'), 'm:/tmp/run-in']);
+  s.ok(['cp', '-a', path.join(vol, 'run-in'), 'm:/tmp/run-in-a']);
+  t.is(s.ok(['exec', 'm', 'stat', '-c', '%u:%g %n', '/tmp/run-in', '/tmp/run-in-a']), '0:0 /tmp/run-in\n1234:1235 /tmp/run-in-a\n');
+  for (const [f, ids] of [['tmp/run-in', [0, 0]], ['tmp/run-in-a', [1234, 1235]]] as const) {
+    const st = fs.lstatSync(path.join(rec.upper, f));
+    t.deepEqual([st.uid, st.gid], ids, `${f} as the upper stores it`);
+  }
+  s.ok(['exec', '-u', 'alice', 'm', 'touch', '/tmp/by-alice']);
+  const out = tempDir(t, 'cp-out');
+  s.ok(['cp', '-a', 'm:/tmp/by-alice', path.join(out, 'a')]);
+  s.ok(['cp', 'm:/tmp/by-alice', path.join(out, 'b')]);
+  t.deepEqual(['a', 'b'].map((n) => `${fs.lstatSync(path.join(out, n)).uid}:${fs.lstatSync(path.join(out, n)).gid}`), ['1000:1001', '0:0']); // (alice: 1000:1001)
+  // an id the container's map leaves out has no owner there: one line
+  fs.chownSync(path.join(vol, 'run-in'), 70000, 70000);
+  const unmapped = s.strata(['cp', '-a', path.join(vol, 'run-in'), 'm:/tmp/run-in-b']);
+  t.is(unmapped.status, 125, unmapped.stderr);
+  t.regex(unmapped.stderr, /^strata: uid 70000 is not mapped into the user namespace of m \(its --uidmap\)\n$/);
+  t.is(s.strata(['exec', 'm', 'sh', '-c', '[ -e /tmp/run-in-b ]']).status, 1, 'nothing copied');
   s.ok(['stop', '-t', '1', 'm']);
   t.regex(s.ok(['ps', '-a', '--filter', 'name=m']), /Exited \(137\)/);
   // (the SIGKILL that ends pid 1 comes as strata-run-ns dies, which is when stop has its status)

@@ -1,5 +1,6 @@
 // `strata cp [-a] [-L] SRC DEST`: docker cp; one of SRC and DEST is CONTAINER:PATH (src/image/cp.ts).
-// A running container is paused for the copy; one that is not is mounted for it.
+// A running container is paused for the copy; one that is not is mounted for it. (Owners in a running
+// container with a user namespace of its own: see the handler.)
 
 import type { Argv, CommandModule } from 'yargs';
 import { guarded, storeDirOf, storeOption } from './options.js';
@@ -36,18 +37,29 @@ export const cpCommand: CommandModule = {
       const r = await s.getContainer(name);
       return { rec: r, lowerdirs: r.layers.map((l) => s.layerDir(l)).reverse() };
     });
+    // A running container with a user namespace of its own (--uidmap, --userns=auto) has its root
+    // mounted with its owner mapping: the mount shows (and takes) the host's ids its ids map to. A copy
+    // into it gets the ids the container would give it (its root's, or with -a the source's as the
+    // container's ids), shown as the host's; one out of it with -a gets the container's ids back, as from
+    // a stopped container's layers.
+    const userns = rec.state === 'running' && isActive(rec) ? settingsOf(rec).userns : undefined;
+    let mapOwner: ((o: { uid: number; gid: number }) => { uid: number; gid: number }) | undefined;
+    if (userns) {
+      const { mapId } = await import('../image/settings.js');
+      const into = to !== null;
+      if (into || args.archive) {
+        mapOwner = (o) => ({ uid: mapId(userns.uidMap, o.uid, into, 'uid', rec.name), gid: mapId(userns.gidMap, o.gid, into, 'gid', rec.name) });
+      }
+    }
     const copy = (): void => {
       const c = { root: rec.merged, path: inside };
       // (resolved, keeping what the trailing characters say: "SRC/." its contents, "DEST/" a directory)
       const hostArg = from ? args.dest : args.src;
       const suffix = from ? (hostArg.endsWith('/') ? '/' : '') : (/\/\.$/.test(hostArg) ? '/.' : '');
       const h = { root: null, path: resolve(hostArg) + (resolve(hostArg) === '/' ? suffix.slice(1) : suffix) };
-      copyPaths(from ? c : h, from ? h : c, { archive: args.archive, followLink: args.followLink });
+      copyPaths(from ? c : h, from ? h : c, { archive: args.archive, followLink: args.followLink, mapOwner });
     };
     if (rec.state === 'running' && isActive(rec)) {
-      // (its mount shows the host's ids that the container's user namespace maps to: what strata writes
-      // there as the host's root would be stored as the overflow id)
-      if (settingsOf(rec).userns) throw new ImageError(`${rec.name} runs with --uidmap: stop it to copy to or from it`, 125);
       await whilePaused(rec, copy);
     } else {
       mountLayers({ lowerdirs, upper: rec.upper, work: rec.work, mountpoint: rec.merged });

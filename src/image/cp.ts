@@ -30,6 +30,11 @@ export interface CpEnd {
 export interface CpOptions {
   archive?: boolean;
   followLink?: boolean;
+  /**
+   * The owner each copy gets, from the one it would get (the source's with `archive`, else root's): the
+   * ids a running container's mapped mount shows for them (see cli/cp.ts).
+   */
+  mapOwner?: (o: { uid: number; gid: number }) => { uid: number; gid: number };
 }
 
 const bad = (msg: string): never => {
@@ -76,11 +81,14 @@ export function copyPaths(src: CpEnd, dest: CpEnd, opts: CpOptions = {}): void {
   }
   const st = lstatSync(srcReal);
   if (!st.isDirectory() && !st.isFile() && !st.isSymbolicLink()) bad(`${describe(src, src.path)}: not a file, directory or symlink`);
+  const map = opts.mapOwner ?? ((o) => o);
   const owner = (p: string): { uid: number; gid: number } => {
-    if (!opts.archive) return { uid: 0, gid: 0 };
+    if (!opts.archive) return map({ uid: 0, gid: 0 });
     const s = lstatSync(p);
-    return { uid: s.uid, gid: s.gid };
+    return map({ uid: s.uid, gid: s.gid });
   };
+  // (an owner the map has no id for is said before anything is copied)
+  if (opts.mapOwner) walkOwners(srcReal, owner, contentsOnly);
   const destFd = openEnd(dest, dest.path, true);
   const intoDir = destFd !== null && (() => {
     try {
@@ -119,6 +127,13 @@ export function copyPaths(src: CpEnd, dest: CpEnd, opts: CpOptions = {}): void {
   } finally {
     N.close(dirFd);
   }
+}
+
+/** Asks `owner` for every object of the tree at `abs` (its root too, unless only its contents are copied). */
+function walkOwners(abs: string, owner: (p: string) => unknown, contentsOnly: boolean): void {
+  if (!contentsOnly) owner(abs);
+  if (!lstatSync(abs).isDirectory()) return;
+  for (const child of readdirSync(abs)) walkOwners(join(abs, child), owner, false);
 }
 
 /** copyInto with each object's owner from `owner` (the source's with -a). */

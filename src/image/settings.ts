@@ -542,6 +542,18 @@ export function removeVolume(store: string, name: string): void {
 /** [first container id, first host id, how many]. */
 export type IdRange = [number, number, number];
 
+/**
+ * An id through a container's map: a container id to the host's (`toHost`), or back. An id the map
+ * leaves out has no owner to give: one line.
+ */
+export function mapId(ranges: readonly IdRange[], id: number, toHost: boolean, kind: 'uid' | 'gid', container: string): number {
+  for (const [inside, host, count] of ranges) {
+    const [from, to] = toHost ? [inside, host] : [host, inside];
+    if (id >= from && id < from + count) return to + (id - from);
+  }
+  throw new ImageError(`${kind} ${id} is not mapped ${toHost ? 'into' : 'out of'} the user namespace of ${container} (its --${kind}map)`, 125);
+}
+
 /** The ranges of --uidmap / --gidmap flags (CONTAINER:HOST:COUNT each); either alone serves for both. */
 export function parseIdMaps(uid: readonly string[], gid: readonly string[]): { uidMap: IdRange[]; gidMap: IdRange[] } | undefined {
   if (uid.length === 0 && gid.length === 0) return undefined;
