@@ -215,7 +215,7 @@ export function markdown(r: Results, rows: Row[], workloads: Workload[], charts:
     '',
     markdownTable(table(rows, systems)),
     '',
-    ...(cpuTable(r, rows).length ? ['CPU time of the daemon during each measurement (from /proc/PID/stat, 10 ms ticks), medians:', '',
+    ...(cpuTable(r, rows).length ? ["CPU time of the daemon during each measurement (its threads' schedstat, in ns; /proc/PID/stat's 10 ms ticks where a thread ended meanwhile), medians:", '',
       markdownTable(cpuTable(r, rows)), ''] : []),
     ...(memoryTable(r, rows).length ? [`Resident memory of the daemon (VmRSS), right after the measurement and after ${(r.options.sizes as Sizes).settleMs / 1000} s without requests, medians:`, '',
       markdownTable(memoryTable(r, rows)), ''] : []),

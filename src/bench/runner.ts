@@ -9,7 +9,7 @@ import { FULL, QUICK, generateDeepStack, generateImage, generateTarSource, gener
 import { charts, cpuTable, formatTable, hostLine, markdown, memoryTable, summaries, table, type Results } from './report.js';
 import { residentBytes } from '../daemon/registry.js';
 import { damonPageout, hostTicks, pageFaultMicros, wakeupTuning } from './host.js';
-import { cpuSeconds, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
+import { cpuBetween, cpuSample, forceUnmount, SYSTEM_NAMES, SYSTEMS, type System, type SystemName } from './systems.js';
 import { describeImage, WORKLOAD_NAMES, WORKLOADS, type Context, type Workload } from './workloads.js';
 
 export class BenchUsageError extends Error {}
@@ -208,12 +208,12 @@ export async function runBench(o: BenchOptions, log: (s: string) => void = (s) =
             } else {
               w.setup?.(ctx);
               const pid = sys.daemonPid(l.mnt);
-              const cpu0 = pid === null ? NaN : cpuSeconds(pid);
+              const cpu0 = pid === null ? null : cpuSample(pid);
               const host0 = hostTicks();
               const v = w.measure(ctx);
               const host1 = hostTicks();
               const host = host0 && host1 ? { hostTicks: host1.total - host0.total, stealTicks: host1.steal - host0.steal } : {};
-              const cpu = pid === null ? undefined : cpuSeconds(pid) - cpu0;
+              const cpu = pid === null || cpu0 === null ? undefined : cpuBetween(cpu0, cpuSample(pid));
               const daemonCpu = cpu !== undefined && Number.isFinite(cpu) ? cpu : undefined;
               const memory = w.memory && pid !== null ? settledMemory(pid, sizes.settleMs) : {};
               if (typeof v === 'number') results.samples.push({ workload: w.name, system: sys.name, run, seconds: v, daemonCpu, ...memory, ...host });

@@ -38,6 +38,45 @@ export function cpuSeconds(pid: number): number {
     return NaN;
   }
 }
+
+/** A process's CPU time so far: /proc/PID/stat's (in 10 ms ticks, with threads that ended) and each live thread's in ns. */
+export interface CpuSample {
+  seconds: number;
+  threads: Map<string, number>;
+}
+
+export function cpuSample(pid: number): CpuSample {
+  const threads = new Map<string, number>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        threads.set(tid, Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'latin1').split(' ')[0]));
+      } catch {
+        // (ended meanwhile: the tick count below has it)
+      }
+    }
+  } catch {
+    // gone
+  }
+  return { seconds: cpuSeconds(pid), threads };
+}
+
+/**
+ * The CPU time between two samples, in seconds: from the threads' own nanosecond counts
+ * (schedstat) when every thread of the first sample is still there, else (a thread ended between
+ * them, its time lost to a per-thread count) from /proc/PID/stat's 10 ms ticks. NaN when gone.
+ */
+export function cpuBetween(a: CpuSample, b: CpuSample): number {
+  if (!Number.isFinite(a.seconds) || !Number.isFinite(b.seconds)) return NaN;
+  let ns = 0;
+  for (const [tid, t0] of a.threads) {
+    const t1 = b.threads.get(tid);
+    if (t1 === undefined || !Number.isFinite(t0) || !Number.isFinite(t1)) return b.seconds - a.seconds;
+    ns += t1 - t0;
+  }
+  for (const [tid, t1] of b.threads) if (!a.threads.has(tid) && Number.isFinite(t1)) ns += t1;
+  return ns / 1e9;
+}
 /** USER_HZ: 100 on every Linux architecture that strata runs on. */
 const CLOCK_TICKS = 100;
 
