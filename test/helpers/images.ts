@@ -21,10 +21,12 @@ export interface TestStore {
 /** A fresh store below a temp dir; at teardown, mounts below it are detached by tempDir's removal. */
 export function testStore(t: ExecutionContext, base = tempDir(t, 'st')): TestStore {
   const dir = path.join(base, 'store');
-  // (run after the test's processes are killed, before the store goes: the control groups of
-  // containers whose monitor did not get to remove them, killed by the test or failing halfway)
+  // (run before the store goes: containers a failing test left running are removed, with their
+  // monitors, which would write into the store again when their command ends, after the test's
+  // directory is gone; then the control groups of containers whose monitor did not get to remove them)
   t.teardown(() => {
     const ids = fs.existsSync(path.join(dir, 'containers')) ? fs.readdirSync(path.join(dir, 'containers')) : [];
+    if (ids.length > 0) run(strataBin, ['rm', '-f', '--store', dir, ...ids], { timeoutMs: 120_000 });
     for (const d of ids.flatMap((id) => cgroupDirs(id))) {
       try {
         fs.rmdirSync(d);
