@@ -15,6 +15,7 @@ import { generateDeepStack, generateImage, QUICK } from '../src/bench/gen.js';
 import { WORKLOAD_NAMES } from '../src/bench/workloads.js';
 import { hostLine, stealShares, type Results } from '../src/bench/report.js';
 import { damonPageout, hostTicks, pageFaultMicros, parseProcStat, wakeupNote, wakeupTuning } from '../src/bench/host.js';
+import { cpuBetween, cpuSample } from '../src/bench/systems.js';
 
 test('statistics: medians, spreads, ratios, formats', (t) => {
   t.is(median([3, 1, 2]), 2);
@@ -31,6 +32,23 @@ test('statistics: medians, spreads, ratios, formats', (t) => {
   t.is(formatRatio(NaN), '-');
   t.is(formatSize(4096), '4 KiB');
   t.is(formatSize(1 << 30), '1 GiB');
+});
+
+test('daemon CPU: the threads\' schedstat nanoseconds, or /proc/PID/stat\'s ticks where a thread ended between the samples', (t) => {
+  const at = (seconds: number, threads: [string, number][]) => ({ seconds, threads: new Map(threads) });
+  // every thread still there (and one new): the nanosecond counts, not the ticks
+  t.is(cpuBetween(at(1, [['1', 5e6], ['2', 1e6]]), at(1.01, [['1', 7.5e6], ['2', 1.5e6], ['3', 2e6]])), 0.005);
+  // a thread ended between them: its time is only in the ticks
+  t.is(cpuBetween(at(1, [['1', 5e6], ['2', 1e6]]), at(1.02, [['1', 6e6]])), 1.02 - 1);
+  // the process gone
+  t.true(Number.isNaN(cpuBetween(at(1, [['1', 5e6]]), at(NaN, []))));
+  // this process: its own thread among them, and the time spent between two samples counted
+  const a = cpuSample(process.pid);
+  t.true(a.threads.has(String(process.pid)));
+  // (20 ms of this process's CPU, however long a loaded machine takes to give them)
+  const used0 = process.cpuUsage();
+  while (process.cpuUsage(used0).user + process.cpuUsage(used0).system < 20_000) { /* spin */ }
+  t.true(cpuBetween(a, cpuSample(process.pid)) >= 0.019);
 });
 
 /** Every entry of a tree: path, type, mode, size, content hash, rdev, xattrs (not times). */

@@ -24,7 +24,7 @@ export const cpCommand: CommandModule = {
   builder: (y: Argv) => y.positional('src', { type: 'string', demandOption: true }).positional('dest', { type: 'string', demandOption: true }).options(CP_OPTIONS),
   handler: guarded(async (a) => {
     const args = a as unknown as { src: string; dest: string; archive: boolean; followLink: boolean; store?: string };
-    const [{ withStore }, { ImageError }, { copyPaths }, { isActive, whilePaused }, { mountLayers, unmountIfMounted }, { resolve }, { settingsOf }] = await Promise.all([
+    const [{ withStore }, { ImageError }, { copyPaths }, { isActive, whilePaused }, { mountLayers, unmountIfMounted }, { resolve }, { mapId, settingsOf }] = await Promise.all([
       import('../image/store.js'), import('../image/types.js'), import('../image/cp.js'), import('../image/lifecycle.js'), import('../image/container.js'), import('node:path'),
       import('../image/settings.js')]);
     const from = containerSide(args.src);
@@ -43,14 +43,10 @@ export const cpCommand: CommandModule = {
     // container's ids), shown as the host's; one out of it with -a gets the container's ids back, as from
     // a stopped container's layers.
     const userns = rec.state === 'running' && isActive(rec) ? settingsOf(rec).userns : undefined;
-    let mapOwner: ((o: { uid: number; gid: number }) => { uid: number; gid: number }) | undefined;
-    if (userns) {
-      const { mapId } = await import('../image/settings.js');
-      const into = to !== null;
-      if (into || args.archive) {
-        mapOwner = (o) => ({ uid: mapId(userns.uidMap, o.uid, into, 'uid', rec.name), gid: mapId(userns.gidMap, o.gid, into, 'gid', rec.name) });
-      }
-    }
+    const into = to !== null;
+    const mapOwner = userns && (into || args.archive)
+      ? (o: { uid: number; gid: number }) => ({ uid: mapId(userns.uidMap, o.uid, into, 'uid', rec.name), gid: mapId(userns.gidMap, o.gid, into, 'gid', rec.name) })
+      : undefined;
     const copy = (): void => {
       const c = { root: rec.merged, path: inside };
       // (resolved, keeping what the trailing characters say: "SRC/." its contents, "DEST/" a directory)

@@ -82,13 +82,16 @@ export function copyPaths(src: CpEnd, dest: CpEnd, opts: CpOptions = {}): void {
   const st = lstatSync(srcReal);
   if (!st.isDirectory() && !st.isFile() && !st.isSymbolicLink()) bad(`${describe(src, src.path)}: not a file, directory or symlink`);
   const map = opts.mapOwner ?? ((o) => o);
-  const owner = (p: string): { uid: number; gid: number } => {
+  const ownerOf = (p: string): { uid: number; gid: number } => {
     if (!opts.archive) return map({ uid: 0, gid: 0 });
     const s = lstatSync(p);
     return map({ uid: s.uid, gid: s.gid });
   };
-  // (an owner the map has no id for is said before anything is copied)
-  if (opts.mapOwner) walkOwners(srcReal, owner, contentsOnly);
+  // With a map, every owner is found before anything is copied (an id the map has none for is said
+  // while nothing is written yet), and kept for the copy.
+  const owners = new Map<string, { uid: number; gid: number }>();
+  const owner = (p: string): { uid: number; gid: number } => owners.get(p) ?? ownerOf(p);
+  if (opts.mapOwner) walkOwners(srcReal, (p) => owners.set(p, ownerOf(p)), contentsOnly);
   const destFd = openEnd(dest, dest.path, true);
   const intoDir = destFd !== null && (() => {
     try {
@@ -129,11 +132,11 @@ export function copyPaths(src: CpEnd, dest: CpEnd, opts: CpOptions = {}): void {
   }
 }
 
-/** Asks `owner` for every object of the tree at `abs` (its root too, unless only its contents are copied). */
-function walkOwners(abs: string, owner: (p: string) => unknown, contentsOnly: boolean): void {
-  if (!contentsOnly) owner(abs);
+/** Calls `visit` for every object of the tree at `abs` (its root too, unless only its contents are copied). */
+function walkOwners(abs: string, visit: (p: string) => unknown, contentsOnly: boolean): void {
+  if (!contentsOnly) visit(abs);
   if (!lstatSync(abs).isDirectory()) return;
-  for (const child of readdirSync(abs)) walkOwners(join(abs, child), owner, false);
+  for (const child of readdirSync(abs)) walkOwners(join(abs, child), visit, false);
 }
 
 /** copyInto with each object's owner from `owner` (the source's with -a). */
