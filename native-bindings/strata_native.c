@@ -2108,6 +2108,104 @@ static napi_value fn_warmTree(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* readAheadFiles(fd, after, maxFiles, maxBytes, maxSize): on the thread pool, starts the disk reads
+ * (readahead(2), which does not wait for them) of the regular files of the directory `fd` that come
+ * after the entry `after` in its listing order (all of them for ""), each of 1 to maxSize bytes, until
+ * maxFiles files or maxBytes bytes: read-ahead of the files a reader of the directory opens next
+ * (nothing is kept but the page cache). Symlinks are not followed, only regular files are opened.
+ * Takes `fd` (closes it; O_PATH will do). Resolves with the number of files read ahead. */
+struct files_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  char *after;
+  int max_files;
+  int64_t max_bytes;
+  int64_t max_size;
+  int files;
+};
+
+static void files_execute(napi_env env, void *data) {
+  (void)env;
+  struct files_job *j = data;
+  int dir = NOINTR(openat(j->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  close(j->fd);
+  if (dir < 0) return;
+  char *buf = malloc(WARM_BUF);
+  int started = j->after[0] == 0;
+  int64_t bytes = 0;
+  while (buf && j->files < j->max_files && bytes < j->max_bytes && !warm_cancelled) {
+    ssize_t n = NOINTR(getdents64(dir, buf, WARM_BUF));
+    if (n <= 0) break;
+    for (ssize_t pos = 0; pos < n && j->files < j->max_files && bytes < j->max_bytes;) {
+      struct dirent64 *d = (struct dirent64 *)(buf + pos);
+      pos += d->d_reclen;
+      if (!started) {
+        started = strcmp(d->d_name, j->after) == 0;
+        continue;
+      }
+      if (d->d_type != DT_REG && d->d_type != DT_UNKNOWN) continue;
+      int f = NOINTR(openat(dir, d->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+      if (f < 0) continue;
+      struct stat st;
+      if (fstat(f, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && st.st_size <= j->max_size) {
+        readahead(f, 0, (size_t)st.st_size);
+        j->files++;
+        bytes += st.st_size;
+      }
+      close(f);
+    }
+  }
+  free(buf);
+  close(dir);
+}
+
+static void files_complete(napi_env env, napi_status status, void *data) {
+  struct files_job *j = data;
+  napi_value v;
+  napi_create_int32(env, status == napi_ok ? j->files : -1, &v);
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j->after);
+  free(j);
+}
+
+static napi_value fn_readAheadFiles(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t fd, max_files;
+  int64_t max_bytes, max_size;
+  char name_buf[NAMEBUF];
+  TRY(arg_i32(env, argv[0], &fd));
+  if (!arg_name(env, argv[1], name_buf, "readAheadFiles") || !arg_i32(env, argv[2], &max_files) ||
+      !arg_i64(env, argv[3], &max_bytes) || !arg_i64(env, argv[4], &max_size)) {
+    close(fd);
+    return NULL;
+  }
+  char *after = strdup(name_buf);
+  struct files_job *j = after ? calloc(1, sizeof *j) : NULL;
+  if (!j) {
+    close(fd);
+    free(after);
+    return throw_sys(env, ENOMEM, "readAheadFiles", NULL);
+  }
+  j->fd = fd;
+  j->after = after;
+  j->max_files = max_files;
+  j->max_bytes = max_bytes;
+  j->max_size = max_size;
+  napi_value promise, name;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "strata:readAheadFiles", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, files_execute, files_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    close(fd);
+    free(after);
+    free(j);
+    return throw_sys(env, ENOMEM, "readAheadFiles", NULL);
+  }
+  return promise;
+}
+
 /* threadInblock(): blocks this thread has had read from a disk (getrusage RUSAGE_THREAD ru_inblock):
  * it moves when a system call had to wait for the disk, never for what a cache served. */
 static napi_value fn_threadInblock(napi_env env, napi_callback_info info) {
@@ -2254,7 +2352,7 @@ static const struct {
     FN(nameToHandleAt), FN(openByHandleAt), FN(fsUuid),
     FN(openFuseDevice), FN(ioctlClone), FN(backingOpen), FN(backingClose), FN(writeReply),
     FN(startReader), FN(stopReader), FN(readerSpins),
-    FN(setNofileLimit), FN(warmTree), FN(warmCancel), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
+    FN(setNofileLimit), FN(warmTree), FN(readAheadFiles), FN(warmCancel), FN(threadInblock), FN(getuid), FN(getgid), FN(geteuid), FN(umask),
     FN(setfsuid), FN(setfsgid), FN(lowMemory),
 };
 

@@ -1149,6 +1149,45 @@ test('warmTree reads the tree below a directory, depth first, up to maxDirs dire
   t.is(spawnSync('umount', [d]).status, 0);
 });
 
+test('readAheadFiles reads ahead the regular files of 1..maxSize bytes after a name, in the listing\'s order, up to maxFiles and maxBytes; the descriptor is taken', async (t) => {
+  const { dir, dfd } = tmp(t);
+  const d = path.join(dir, 'r');
+  fs.mkdirSync(d);
+  const outside = path.join(os.tmpdir(), `strata-native-ra-${process.pid}`);
+  fs.writeFileSync(outside, 'outside');
+  t.teardown(() => fs.rmSync(outside, { force: true }));
+  const eligible = new Set<string>();
+  for (let i = 0; i < 12; i++) {
+    fs.writeFileSync(path.join(d, `f${i}`), 'x'.repeat(16));
+    eligible.add(`f${i}`);
+  }
+  fs.writeFileSync(path.join(d, 'empty'), '');
+  fs.writeFileSync(path.join(d, 'big'), 'x'.repeat(2000));
+  fs.symlinkSync(outside, path.join(d, 'link'));
+  fs.mkdirSync(path.join(d, 'sub'));
+  t.is(spawnSync('mkfifo', [path.join(d, 'fifo')]).status, 0);
+  // (the listing's order: getdents', as ls -U gives it)
+  const order = spawnSync('ls', ['-U', d], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  t.is(order.length, 17);
+  const after = (name: string): number => order.slice(order.indexOf(name) + 1).filter((n) => eligible.has(n)).length;
+  const fd = (): number => N.openat(dfd, 'r', C.O_PATH | C.O_DIRECTORY | C.O_CLOEXEC, 0);
+  t.is(await N.readAheadFiles(fd(), '', 100, 1 << 20, 1000), 12, 'not empty, big, the link, the directory, the FIFO');
+  for (const name of [order[0]!, order[8]!, order[16]!]) t.is(await N.readAheadFiles(fd(), name, 100, 1 << 20, 1000), after(name), `after ${name}`);
+  t.is(await N.readAheadFiles(fd(), 'missing', 100, 1 << 20, 1000), 0, 'a name not listed: nothing');
+  t.is(await N.readAheadFiles(fd(), '', 3, 1 << 20, 1000), 3);
+  t.is(await N.readAheadFiles(fd(), '', 100, 25, 1000), 2, 'stops once maxBytes are read (16 bytes each)');
+  t.is(await N.readAheadFiles(fd(), '', 100, 1 << 20, 2000), 13, 'big is within maxSize');
+  const given = fd();
+  await N.readAheadFiles(given, '', 1, 1, 1000);
+  let target: string | null = null;
+  try {
+    target = fs.readlinkSync(`/proc/self/fd/${given}`);
+  } catch {
+    // closed
+  }
+  t.not(target, d, 'the descriptor given is closed');
+});
+
 // openat2 with RESOLVE_IN_ROOT answers EAGAIN when a rename anywhere races with a ".." of the path (the
 // kernel cannot prove the walk stayed inside); strata's openat2 tries again. Under a loop of renames, a
 // few hundred of two million bare calls got EAGAIN (a container's mount point behind an image symlink

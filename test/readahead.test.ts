@@ -75,3 +75,60 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   t.deepEqual(await readAhead(log, mnt), { trees: 2, dirs: 43 });
   t.deepEqual(await readAhead(`${log}2`, mnt2), { trees: 0, dirs: 0 });
 });
+
+test('a reader of a directory\'s small lower files one after the other gets the next ones read ahead, and reads what the kernel reads', async (t) => {
+  const dir = tempDir(t, 'raf');
+  const img = path.join(dir, 'img');
+  const disk = path.join(dir, 'disk');
+  fs.mkdirSync(disk);
+  runOk('truncate', ['-s', '64M', img]);
+  runOk('mkfs.ext4', ['-q', '-F', img]);
+  runOk('mount', ['-o', 'loop', img, disk]);
+  t.teardown(() => void run('umount', ['-l', disk]));
+  // 200 small files of distinct contents, and beside them what is not read ahead: empty files, files
+  // above 64 KiB, a FIFO (an open of it for reading would wait for a writer), symlinks to files.
+  const lower = path.join(disk, 'lower');
+  const s = path.join(lower, 's');
+  fs.mkdirSync(s, { recursive: true });
+  let eligible = 0;
+  for (let i = 0; i < 240; i++) {
+    const name = path.join(s, `f${i}`);
+    if (i % 40 === 7) fs.writeFileSync(name, '');
+    else if (i % 40 === 13) fs.writeFileSync(name, Buffer.alloc(70_000, i));
+    else if (i % 40 === 21) runOk('mkfifo', [name]);
+    else if (i % 40 === 33) fs.symlinkSync('f0', name);
+    else {
+      fs.writeFileSync(name, `file ${i} `.repeat(1 + (i % 50)));
+      eligible++;
+    }
+  }
+  const release = await holdPageCacheLock('exclusive');
+  t.teardown(release);
+  runOk('umount', [disk]);
+  dropCachedPages(img);
+  runOk('mount', ['-o', 'loop,ro', img, disk]);
+
+  const log = path.join(dir, 'strata.log');
+  const mnt = path.join(dir, 'm');
+  fs.mkdirSync(mnt);
+  strataMount(t, { lowers: [lower], mountpoint: mnt, extraArgs: ['--log-file', log] });
+  // (in the listing's order, as find gives them; not the FIFO)
+  const read = (root: string): string => runOk('sh', ['-c', `find '${root}/s' -type f -exec sha256sum {} + | sed 's|${root}||'`]);
+  const seen = read(mnt);
+  strataUnmount(mnt);
+  t.true(await waitFor(() => fs.existsSync(log) && fs.readFileSync(log, 'utf8').includes('"unmounted"'), 20_000));
+  const line = fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('"unmounted"'))!;
+  const { jobs, files } = (JSON.parse(line) as { fileReadAhead: { jobs: number; files: number } }).fileReadAhead;
+  // The first two files came from the disk, then batches of at most 64 files: all but those the
+  // reader reached before a batch did.
+  t.true(jobs >= 3, `${jobs} read-aheads`);
+  t.true(files > eligible - 3 * jobs && files <= eligible, `${files} files read ahead of ${eligible}`);
+  release();
+  fs.mkdirSync(path.join(dir, 'k'));
+  const top = path.join(dir, 'top');
+  fs.mkdirSync(top);
+  // (the kernel's overlay needs two layers without an upper)
+  const k = kernelOverlay(t, { lowers: [top, lower], mountpoint: path.join(dir, 'k') });
+  t.is(seen, read(k));
+  t.is(seen.split('\n').filter(Boolean).length, 240 - 6 - 6);
+});

@@ -232,7 +232,7 @@ export async function startMount(config: DaemonConfig, log: DaemonLogger): Promi
     stack.close();
     if (workFd >= 0) N.close(workFd);
     const st = s.stats;
-    logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors, byOp: s.requestsByOp(), readAhead: fs.readAheads, spins: s.spins() }, 'unmounted');
+    logger.info({ mountpoint: layout.mountpoint, requests: st.requests, errors: st.errors, byOp: s.requestsByOp(), readAhead: fs.readAheads, fileReadAhead: fs.fileReadAheads, spins: s.spins() }, 'unmounted');
   });
   const remount = (ro: boolean, vfs: VfsFlagParams): void => {
     // As the kernel's ovl_reconfigure: read-write needs a writable upper layer.

@@ -106,6 +106,7 @@ interface NativeBinding {
   readlinkat(dirfd: number, path: string): string;
   readdir(dirfd: number): [names: string, types: Uint8Array, inos: Float64Array];
   warmTree(fd: number, maxDirs: number): Promise<number>;
+  readAheadFiles(fd: number, after: string, maxFiles: number, maxBytes: number, maxSize: number): Promise<number>;
   threadInblock(): number;
   warmCancel(): void;
   mkdirat(dirfd: number, path: string, mode: number): void;
@@ -308,6 +309,13 @@ export const dup: (fd: number) => number = native.dup;
  * Resolves with the number of directories read.
  */
 export const warmTree: (fd: number, maxDirs: number) => Promise<number> = native.warmTree;
+/**
+ * Starts, on the thread pool, the disk reads (readahead(2)) of the regular files of 1 to `maxSize` bytes
+ * of the directory `fd` that follow the entry `after` in its listing order (all for ""), until `maxFiles`
+ * files or `maxBytes` bytes. Takes `fd` (closes it). Resolves with the number of files read ahead.
+ */
+export const readAheadFiles: (fd: number, after: string, maxFiles: number, maxBytes: number, maxSize: number) => Promise<number> =
+  native.readAheadFiles;
 /** Stops the read-aheads under way (and any started later) at their next directory: the process is ending. */
 export const warmCancel: () => void = native.warmCancel;
 /** Blocks the calling thread has had read from a disk (RUSAGE_THREAD's ru_inblock): what caches served does not count. */

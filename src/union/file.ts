@@ -115,6 +115,8 @@ export interface FileEnv {
   onBackingRefused: (err: unknown) => void;
   /** Puts a file's data into the kernel's page cache of its inode (see fillPageCache). */
   storeData?: (nodeid: number, offset: number, data: Uint8Array) => boolean;
+  /** Told of a small lower file whose data came from the disk at its open (see UnionFs.readAheadFiles). */
+  coldRead?: (node: UnionNode) => void;
 }
 
 /**
@@ -252,7 +254,9 @@ function fillPageCache(env: FileEnv, node: UnionNode, fd: number): boolean {
     // copy-up of the file, as the kernel's overlay re-points its opens; one by passthrough would keep
     // reading the lower file, so whether the file happened to be cached would decide what a reader sees
     // after a copy-up)
+    const inblock = N.threadInblock();
     n = N.pread(fd, storeBuf, 0, size, 0);
+    if (N.threadInblock() !== inblock) env.coldRead?.(node);
   } catch {
     return false; // an error reading the layer: the kernel meets it by passthrough, or at its READ
   }

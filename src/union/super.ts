@@ -14,10 +14,10 @@ import * as N from '../native/index.js';
 import type { MetadataCache } from './cache.js';
 import { CopyUp, type UpperDir } from './copy_up.js';
 import { DirOps, type DirOptions, type NewAt, type NewObject } from './dir.js';
-import { HandleTable, openFile, openReply, reopenHandles, type FileEnv, type FileHandle } from './file.js';
+import { HandleTable, openFile, openReply, reopenHandles, SMALL_READ_ONLY, type FileEnv, type FileHandle } from './file.js';
 import { InodeTable, setAttributes, type UnionNode } from './inode.js';
 import { openObject } from './node.js';
-import type { LayerStack } from './layers.js';
+import type { Layer, LayerStack } from './layers.js';
 import { atLayerPart, checkName, lookupLayers, NAME_MAX, type LayerHit } from './namei.js';
 import { fixOrigin, lacksOrigin } from './origin.js';
 import { lowerListings, mergedListing, type DirEntry } from './readdir.js';
@@ -98,6 +98,9 @@ const WARM_DIRS = 4096;
 const WARM_AGAIN_MS = 30_000;
 /** Read-aheads at a time (of the thread pool's 4 threads). */
 const WARM_JOBS = 2;
+/** Files, and bytes, one read-ahead of a directory's small files reads at most (see readAheadFiles). */
+const FILES_AHEAD = 64;
+const FILES_AHEAD_BYTES = 2 << 20;
 /**
  * Milliseconds of a monotonic clock. (Not `performance.now()`: the first use of Node's `performance`
  * global loads perf_hooks, 6 ms of the thread that serves requests, in the middle of a listing.)
@@ -116,6 +119,13 @@ export class UnionFs implements FileSystem {
   private warming = 0;
   /** Trees read ahead (one per lower layer), and the directories they read. */
   readonly readAheads = { trees: 0, dirs: 0 };
+  /** Read-aheads of a directory's small files (see readAheadFiles), and the files they read. */
+  readonly fileReadAheads = { jobs: 0, files: 0 };
+  /** Where the last small lower file read from the disk at its open was: its directory and layer. */
+  private coldDir: UnionNode | null = null;
+  private coldLayer: Layer | null = null;
+  /** A read-ahead of small files is under way. */
+  private readingFiles = false;
   private passthrough = false;
   /** FUSE_POSIX_ACL: the kernel enforces ACLs; new objects inherit default ACLs here. */
   private posixAcl = false;
@@ -153,7 +163,7 @@ export class UnionFs implements FileSystem {
     this.index = opts.lowerIndex ? new LowerIndex(stack, opts.cache) : null;
     this.handles = new HandleTable(opts.backings);
     this.fileEnv = {
-      handles: this.handles, passthrough: false, storeData: opts.storeData,
+      handles: this.handles, passthrough: false, storeData: opts.storeData, coldRead: (node) => this.readAheadFiles(node),
       onBackingRefused: (err) => opts.logger.debug({ err }, 'passthrough backing refused; serving I/O through the daemon'),
     };
     if (stack.upper && opts.upper) {
@@ -591,6 +601,37 @@ export class UnionFs implements FileSystem {
       N.warmTree(fd, WARM_DIRS).then(done, () => done(0));
     }
     if (jobs > 0) dir.warmedAt = Infinity;
+  }
+
+  /**
+   * A reader that opens a directory's small lower files one after the other (`cat *`, `tar c`, `cp -r`,
+   * `grep -r`, in the listing's order) waits for the disk at each open, since the daemon reads such a
+   * file's data then (see fillPageCache). When two in a row came from the disk, both in one layer's
+   * directory, the files that follow the second in that directory's listing order are read ahead on
+   * the thread pool (at most FILES_AHEAD files, FILES_AHEAD_BYTES bytes), so the next opens find them
+   * cached; a later open still read from the disk starts the next batch. One at a time. Nothing is kept
+   * but the lower filesystem's page cache.
+   */
+  private readAheadFiles(node: UnionNode): void {
+    const dir = node.parent;
+    const layer = node.layer;
+    const sequel = dir !== null && this.coldDir === dir && this.coldLayer === layer;
+    this.coldDir = dir;
+    this.coldLayer = layer;
+    if (!sequel || this.readingFiles || layer.isUpper || node.dataLayer !== layer) return;
+    let fd: number;
+    try {
+      fd = N.dup(dir.dirFd(layer));
+    } catch {
+      return;
+    }
+    this.readingFiles = true;
+    this.fileReadAheads.jobs++;
+    const done = (files: number): void => {
+      this.readingFiles = false;
+      this.fileReadAheads.files += Math.max(0, files);
+    };
+    N.readAheadFiles(fd, node.name, FILES_AHEAD, FILES_AHEAD_BYTES, SMALL_READ_ONLY).then(done, () => done(0));
   }
 
   /** A listing removed a directory's impure mark: a later copy-up into it marks it again; its ctime moved. */
