@@ -39,7 +39,7 @@ const cacheFile = `${file}.v8cache`;
 // (loading node:v8 to set them costs 2-4 ms); V8 accepts a cache only under the flags it was made
 // with, so a process started otherwise sets them too (the semi-space size then only for the key:
 // the heap is already made).
-const FLAGS = ['--no-flush-bytecode', '--max-semi-space-size=2', '--max-inlined-bytecode-size-cumulative=300'];
+const FLAGS = ['--no-flush-bytecode', '--max-semi-space-size=2', '--max-inlined-bytecode-size-cumulative=300', '--no-parallel-scavenge'];
 for (const flag of FLAGS) if (!process.execArgv.includes(flag)) require('node:v8').setFlagsFromString(flag);
 
 const fd = fs.openSync(file, 'r');
