@@ -471,6 +471,10 @@ test.serial('userxattr: once the kernel forgets such a copy, its directory lists
       fs.lutimesSync(path.join(d, 'c'), 1_500_000_000, 1_500_000_000);
       fs.utimesSync(path.join(d, 'ff'), 1_500_000_000, 1_500_000_000);
       const before = inos();
+      // (twice: a pass of the shrinkers that frees few objects ends the drop, and can leave a dentry it
+      // found recently used, which a second pass frees; the suite failed so once in a few runs, the
+      // kernel still holding the strata side's symlink after one)
+      dropMachineCachesSync(2);
       dropMachineCachesSync(2);
       seen[side.name] = [before, inos(), inos()];
     } finally {
