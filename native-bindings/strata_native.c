@@ -2145,6 +2145,10 @@ static void files_execute(napi_env env, void *data) {
         continue;
       }
       if (d->d_type != DT_REG && d->d_type != DT_UNKNOWN) continue;
+      /* (a filesystem that does not give types: nothing but a regular file is opened, since the open of a
+       * device node can act on the device) */
+      struct stat lst;
+      if (d->d_type == DT_UNKNOWN && (fstatat(dir, d->d_name, &lst, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(lst.st_mode))) continue;
       int f = NOINTR(openat(dir, d->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
       if (f < 0) continue;
       struct stat st;
