@@ -44,7 +44,10 @@ function statvfsReadOnly(mnt: string): boolean {
 }
 
 function remount(mnt: string, opts: string): string {
-  const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 30_000 });
+  // (a remount read-only syncs the upper layer's filesystem first, on both sides: beside the rest of the
+  // suite writing to the same disk that took over 30 s once, and mount(8) was killed while the helper it
+  // had started went on and made the mount read-only after the step that expected a refusal)
+  const r = run('mount', ['-o', `remount,${opts}`, mnt], { timeoutMs: 180_000 });
   if (r.status !== 0) refusals.push(`remount,${opts} of ${mnt}: ${r.stderr.trim()}`);
   const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === mnt).at(-1);
   const ro = statvfsReadOnly(mnt);
