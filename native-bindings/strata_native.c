@@ -2084,6 +2084,18 @@ static napi_value fn_warmCancel(napi_env env, napi_callback_info info) {
   return ret_undef(env);
 }
 
+/* Queues `execute` (on the thread pool) and `complete` for `data`, whose async work and deferred are
+ * `work` and `deferred`; *promise is what `complete` resolves. False when nothing could be queued. */
+static bool queue_job(napi_env env, const char *name, napi_async_execute_callback execute,
+                      napi_async_complete_callback complete, void *data, napi_async_work *work,
+                      napi_deferred *deferred, napi_value *promise) {
+  napi_value resource;
+  napi_create_promise(env, deferred, promise);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  return napi_create_async_work(env, NULL, resource, execute, complete, data, work) == napi_ok &&
+         napi_queue_async_work(env, *work) == napi_ok;
+}
+
 static napi_value fn_warmTree(napi_env env, napi_callback_info info) {
   ARGS(2);
   int32_t fd, max_dirs;
@@ -2096,11 +2108,8 @@ static napi_value fn_warmTree(napi_env env, napi_callback_info info) {
   }
   j->fd = fd;
   j->max_dirs = max_dirs;
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "strata:warmTree", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, warm_execute, warm_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  napi_value promise;
+  if (!queue_job(env, "strata:warmTree", warm_execute, warm_complete, j, &j->work, &j->deferred, &promise)) {
     close(fd);
     free(j);
     return throw_sys(env, ENOMEM, "warmTree", NULL);
@@ -2197,11 +2206,8 @@ static napi_value fn_readAheadFiles(napi_env env, napi_callback_info info) {
   j->max_files = max_files;
   j->max_bytes = max_bytes;
   j->max_size = max_size;
-  napi_value promise, name;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "strata:readAheadFiles", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, files_execute, files_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  napi_value promise;
+  if (!queue_job(env, "strata:readAheadFiles", files_execute, files_complete, j, &j->work, &j->deferred, &promise)) {
     close(fd);
     free(after);
     free(j);

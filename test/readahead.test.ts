@@ -1,7 +1,7 @@
 // Read-ahead of a lower tree: a listing the disk had to serve starts a read of the tree below it on
 // the thread pool (src/union/super.ts, readAhead). It changes what is cached, never what is seen.
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk, waitFor } from './helpers/exec.js';
@@ -15,8 +15,8 @@ function listing(root: string): string[] {
   return r.stdout.split('\n').filter(Boolean).sort();
 }
 
-test('a walk of a lower layer the disk holds reads the tree ahead (once), and shows what the kernel shows', async (t) => {
-  const dir = tempDir(t, 'ra');
+/** A fresh ext4 filesystem in an image file under `dir`, loop-mounted at dir/disk (unmounted after the test). */
+function loopDisk(t: ExecutionContext, dir: string): { img: string; disk: string } {
   const img = path.join(dir, 'img');
   const disk = path.join(dir, 'disk');
   fs.mkdirSync(disk);
@@ -24,6 +24,26 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   runOk('mkfs.ext4', ['-q', '-F', img]);
   runOk('mount', ['-o', 'loop', img, disk]);
   t.teardown(() => void run('umount', ['-l', disk]));
+  return { img, disk };
+}
+
+/**
+ * Mounts the loop disk again read-only with nothing of it cached (the loop device's pages and the image
+ * file's dropped), holding the page-cache lock exclusively (no other test file drops the machine's caches
+ * meanwhile); returns its release.
+ */
+async function remountCold(t: ExecutionContext, img: string, disk: string): Promise<() => void> {
+  const release = await holdPageCacheLock('exclusive');
+  t.teardown(release);
+  runOk('umount', [disk]);
+  dropCachedPages(img);
+  runOk('mount', ['-o', 'loop,ro', img, disk]);
+  return release;
+}
+
+test('a walk of a lower layer the disk holds reads the tree ahead (once), and shows what the kernel shows', async (t) => {
+  const dir = tempDir(t, 'ra');
+  const { img, disk } = loopDisk(t, dir);
   // The layer: a root of 3000 files (its listing is several directory blocks), 20 directories two
   // deep, a whiteout's neighbour, links that lead out of the layer.
   const lower = path.join(disk, 'lower');
@@ -41,11 +61,7 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
   // Mounted again with nothing of it cached: the loop device's pages and the image file's dropped.
   // (No other test file drops the machine's caches from here on: the second mount must find the
   // first one's reads cached.)
-  const release = await holdPageCacheLock('exclusive');
-  t.teardown(release);
-  runOk('umount', [disk]);
-  dropCachedPages(img);
-  runOk('mount', ['-o', 'loop,ro', img, disk]);
+  const release = await remountCold(t, img, disk);
 
   const log = path.join(dir, 'strata.log');
   const newDir = (name: string): string => {
@@ -78,13 +94,7 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
 
 test('a reader of a directory\'s small lower files one after the other gets the next ones read ahead, and reads what the kernel reads', async (t) => {
   const dir = tempDir(t, 'raf');
-  const img = path.join(dir, 'img');
-  const disk = path.join(dir, 'disk');
-  fs.mkdirSync(disk);
-  runOk('truncate', ['-s', '64M', img]);
-  runOk('mkfs.ext4', ['-q', '-F', img]);
-  runOk('mount', ['-o', 'loop', img, disk]);
-  t.teardown(() => void run('umount', ['-l', disk]));
+  const { img, disk } = loopDisk(t, dir);
   // 200 small files of distinct contents, and beside them what is not read ahead: empty files, files
   // above 64 KiB, a FIFO (an open of it for reading would wait for a writer), symlinks to files.
   const lower = path.join(disk, 'lower');
@@ -102,11 +112,7 @@ test('a reader of a directory\'s small lower files one after the other gets the 
       eligible++;
     }
   }
-  const release = await holdPageCacheLock('exclusive');
-  t.teardown(release);
-  runOk('umount', [disk]);
-  dropCachedPages(img);
-  runOk('mount', ['-o', 'loop,ro', img, disk]);
+  const release = await remountCold(t, img, disk);
 
   const log = path.join(dir, 'strata.log');
   const mnt = path.join(dir, 'm');
