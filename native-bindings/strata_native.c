@@ -2052,12 +2052,17 @@ static void warm_walk(struct warm_job *j, int dir, int depth) {
   close(dir);
 }
 
+/* The directory `fd` (which may be O_PATH) opened for reading; `fd` is closed. -1 when it cannot be. */
+static int open_dir_through(int fd) {
+  int dir = NOINTR(openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  close(fd);
+  return dir;
+}
+
 static void warm_execute(napi_env env, void *data) {
   (void)env;
   struct warm_job *j = data;
-  /* (the descriptor given may be O_PATH: the directory is opened for reading through it) */
-  int dir = NOINTR(openat(j->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  close(j->fd);
+  int dir = open_dir_through(j->fd);
   if (dir < 0) return;
   struct stat st;
   if (fstat(dir, &st) != 0) {
@@ -2137,8 +2142,7 @@ struct files_job {
 static void files_execute(napi_env env, void *data) {
   (void)env;
   struct files_job *j = data;
-  int dir = NOINTR(openat(j->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  close(j->fd);
+  int dir = open_dir_through(j->fd);
   if (dir < 0) return;
   char *buf = malloc(WARM_BUF);
   int started = j->after[0] == 0;
