@@ -561,16 +561,22 @@ export class DirOps {
     // or over a whiteout needs the old entry out of the way first (rename(2) cannot replace them).
     // A non-directory replaces a whiteout or nothing alike: where the union shows nothing at the new
     // name, or a lower object (the upper then holds nothing), what the upper holds does not matter.
+    // Where the source leaves a whiteout, one at the new name matters too (see switchWhiteouts).
+    const kernelFormat = this.opts.writeFormat !== 'oci';
     let dstUpper = false;
     let dstType = 0;
     let dstIsWhiteout = false;
-    if (node.isDir || (target !== null && (target.isDir || target.layer.isUpper))) {
+    if (node.isDir || (target !== null && (target.isDir || target.layer.isUpper)) || (target === null && srcNeedsWhiteout && kernelFormat)) {
       dstUpper = N.lstatMaybe(to, newName, st);
       dstType = st[ST.mode]! & C.S_IFMT;
       dstIsWhiteout = dstUpper && isKernelWhiteout(st);
       if (dstUpper && !dstIsWhiteout && (dstType === C.S_IFDIR || st[ST.nlink]! <= 1)) this.inodes.forgetOrigin(st[ST.ino]!);
     }
-    if (dstUpper && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) {
+    // The source leaves a whiteout where a whiteout holds the new name: the two swap places
+    // (RENAME_EXCHANGE), as the kernel's ovl_rename switches them, so the old name gets the whiteout
+    // the new one had (a link of the shared one, or one of its own) and no whiteout is made.
+    const switchWhiteouts = srcNeedsWhiteout && dstIsWhiteout && kernelFormat;
+    if (dstUpper && !switchWhiteouts && (dstType === C.S_IFDIR || (dstIsWhiteout && node.isDir))) {
       const tmp = workName();
       N.renameat2(to, newName, this.upper.workFd, tmp, 0);
       if (dstType === C.S_IFDIR) this.deleteWorkDir(tmp, clear);
@@ -578,13 +584,16 @@ export class DirOps {
     }
     if (moved) moved();
     else if (node.isDir && newParent.isMerged) this.markOpaque(from, oldName);
-    if (this.opts.writeFormat === 'oci') {
+    if (!kernelFormat) {
       const dstLower = lowerShows(newParent, newName);
       N.renameat2(from, oldName, to, newName, 0);
       if (srcNeedsWhiteout) N.close(N.openat(from, OCI_WHITEOUT_PREFIX + oldName, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (dstLower) tryUnlink(to, OCI_WHITEOUT_PREFIX + newName, 0);
-    } else if (!(srcNeedsWhiteout && !node.isDir && !dstUpper && newParent.isMerged && this.swapWithWhiteout(from, oldName, to, newName))) {
-      N.renameat2(from, oldName, to, newName, srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
+    } else {
+      // (else RENAME_WHITEOUT: a whiteout inode of its own at the old name, as the kernel's, not a link
+      // of the shared one, which unlink and rmdir use; the uppers are then alike down to the whiteouts'
+      // link counts)
+      N.renameat2(from, oldName, to, newName, switchWhiteouts ? C.RENAME_EXCHANGE : srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
     if (parent !== newParent) this.markImpureFor(to, newName, node);
     if (target) this.inodes.removeName(target, newParent, newName);
@@ -699,30 +708,6 @@ export class DirOps {
     const from = parent.dirFd(this.up);
     if (!isOpaqueDir(from, oldName, false, this.up.markerNs)) this.markOpaque(from, oldName);
     this.failingRename(parent, oldName, node, newParent, target);
-  }
-
-  /**
-   * rename(2) of a non-directory that leaves a whiteout at its old name, where the upper holds nothing
-   * or a whiteout at the new name: a link of the shared whiteout put at the new name (hidden in a
-   * merged directory, as any whiteout there), then swapped with the source in one step. RENAME_WHITEOUT
-   * (what the kernel uses) makes a whiteout inode of its own each time: 1.3-2.5x the time on ext4 with
-   * cold caches. False (nothing done) when something else holds the new name.
-   */
-  private swapWithWhiteout(from: number, oldName: string, to: number, newName: string): boolean {
-    let made = true;
-    try {
-      this.whiteouts.make(to, newName);
-    } catch (e) {
-      if (errCode(e) !== 'EEXIST' || !N.lstatMaybe(to, newName, st) || !isKernelWhiteout(st)) return false;
-      made = false; // a whiteout there already
-    }
-    try {
-      N.renameat2(from, oldName, to, newName, C.RENAME_EXCHANGE);
-    } catch (e) {
-      if (made) tryUnlink(to, newName, 0);
-      throw e;
-    }
-    return true;
   }
 
   /**

@@ -138,8 +138,10 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       }
     }
     if (mode === 'upper' && type === 'whiteout') {
-      // The kernel shares one whiteout inode between many names; only the type counts.
-      snap[name] = { type, perm: '', uid: 0, gid: 0, xattrs: {} };
+      // Its link count too: a whiteout that unlink or rmdir left is a link of the one the mount shares
+      // (its work directory holds one more), a rename's has an inode of its own. No size or xattrs.
+      // (With an owner mapping the kernel's whiteouts are its creator's: finishPair evens the owners out.)
+      snap[name] = { type, perm: (Number(st.mode) & 0o7777).toString(8), uid: Number(st.uid), gid: Number(st.gid), xattrs: {}, nlink: Number(st.nlink) };
       return;
     }
     const info: NodeInfo = {
