@@ -31,18 +31,19 @@ export interface NodeInfo {
 export type Snapshot = Record<string, NodeInfo>;
 
 /**
- * Kernel-internal overlay xattrs whose values strata need not write alike (nlink caches, protattr).
- * The impure mark is compared: strata sets and removes it where the kernel does. So is an origin, by
+ * Kernel-internal overlay xattrs that only the kernel's index=on writes (nlink caches, index entries'
+ * upper). The impure mark and protattr are compared: strata sets and removes them where the kernel
+ * does. So is an origin, by
  * whether there is one and whether it is empty (its file handle names each side's own lower copy),
  * and the upper root's uuid by whether there is one (random).
  */
-const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|upper|protattr)$/;
+const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|upper)$/;
 const ORIGIN = /^(trusted|user)\.overlay\.(origin|uuid)$/;
 
 export type SnapshotMode =
   /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
   | 'merged'
-  /** An upper dir: whiteouts reduced to their type, kernel-internal xattrs left out, times normalised. */
+  /** An upper dir: link counts and directory sizes included (a tmpfs's count entries, whiteouts too), origins by presence, times normalised. */
   | 'upper'
   /** A lower layer, to prove it unchanged: everything exact, ctime and inode numbers included. */
   | 'lower';
@@ -151,8 +152,8 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       gid: Number(st.gid),
       xattrs: {},
     };
-    if (type !== 'dir' || mode !== 'upper') info.nlink = Number(st.nlink);
-    if (type === 'file' || type === 'symlink' || mode === 'lower') info.size = Number(st.size);
+    info.nlink = Number(st.nlink);
+    if (type === 'file' || type === 'symlink' || mode !== 'merged') info.size = Number(st.size);
     if (type === 'file') {
       try {
         info.sha = hashFile(p);
