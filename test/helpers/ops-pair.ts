@@ -245,10 +245,10 @@ export function finishPair(c: Checks, pair: Pair, opts: FinishOptions = {}): voi
     compareDiff(fs_, fk, {
       skipPaths: opts.exclude,
       ignore: (_p, f, info) => {
-        // times made during the test differ between the runs (ctime always); directory sizes and
-        // block counts are the upper filesystem's business
+        // times made during the test differ between the runs (ctime always); block counts are the
+        // upper filesystem's business (directory sizes are compared: the merged view shows the
+        // upper's or the lower's, as the kernel's overlay)
         if (f === 'mtimeNs') return BigInt(info.mtimeNs) >= RECENT_NS;
-        if (f === 'size') return info.type === 'dir';
         return !COMPARED_FIELDS.has(f);
       },
     }),

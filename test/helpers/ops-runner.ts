@@ -124,7 +124,7 @@ export class Runner {
       ino: this.inoLabel(st.ino),
       mtime: normTime(st.mtimeNs),
     };
-    if (type !== 'dir') r.size = Number(st.size);
+    r.size = Number(st.size);
     if (type === 'chr' || type === 'blk') r.rdev = st.rdev.toString();
     if (opts.atime) r.atime = normTime(st.atimeNs);
     if (opts.blocks) r.allocatedMiB = Math.ceil(Number(st.blocks * 512n) / (1 << 20));

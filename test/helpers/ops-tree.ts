@@ -41,7 +41,7 @@ const KERNEL_INTERNAL = /^(trusted|user)\.overlay\.(nlink|upper)$/;
 const ORIGIN = /^(trusted|user)\.overlay\.(origin|uuid)$/;
 
 export type SnapshotMode =
-  /** A mounted union: dir nlink included, sizes of dirs left out, times normalised. */
+  /** A mounted union: dir nlink and sizes included, times normalised. */
   | 'merged'
   /** An upper dir: link counts and directory sizes included (a tmpfs's count entries, whiteouts too), origins by presence, times normalised. */
   | 'upper'
@@ -153,7 +153,7 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       xattrs: {},
     };
     info.nlink = Number(st.nlink);
-    if (type === 'file' || type === 'symlink' || mode !== 'merged') info.size = Number(st.size);
+    info.size = Number(st.size);
     if (type === 'file') {
       try {
         info.sha = hashFile(p);
