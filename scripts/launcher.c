@@ -190,30 +190,37 @@ static void grow_fd_table(void) {
   if (rl.rlim_cur != was.rlim_cur) setrlimit(RLIMIT_NOFILE, &was);
 }
 
+/* node's flags, for every command (scripts/load.cjs sets the same ones when node runs it directly: V8
+ * accepts a code cache only under the flags it was made with; code-cache.test checks they agree). */
+static const char *const NODE_FLAGS[] = {
+    /* V8 keeps bytecode that has not run lately: the code cache a daemon writes at its exit then still
+     * holds the start-up code. */
+    "--no-flush-bytecode",
+    /* The young generation at most 2 MiB per semi-space instead of 16: a daemon's requests leave little
+     * garbage that lives, and the default grew to 48 MiB of resident memory during a walk. */
+    "--max-semi-space-size=2",
+    /* TurboFan inlines less into each function it optimizes (300 bytes of bytecode in all, not 920):
+     * its compiles on the second CPU were a third of a daemon's CPU time in a short workload (284 ms for
+     * 64 functions while every file of a rootfs was read; 32 ms for the merged listing alone), which the
+     * caller and the daemon then waited for on two cores. */
+    "--max-inlined-bytecode-size-cumulative=300",
+    /* Young-generation collections on this thread alone, without helper threads: with a 2 MiB young
+     * generation they come often and are short, and each parallel one woke a helper onto the other CPU,
+     * the caller's, on two cores (walks, untar, creates: 8-20% faster without; see BENCHMARKS.md). */
+    "--no-parallel-scavenge",
+};
+#define N_NODE_FLAGS (sizeof NODE_FLAGS / sizeof NODE_FLAGS[0])
+
 int main(int argc, char **argv) {
   defer_extra_ca_certs();
   const char *mountpoint = background_mountpoint(argc, argv);
   bool fork_mount = mountpoint != NULL;
-  char **nargv = calloc((size_t)argc + 9, sizeof *nargv);
+  /* node, its flags, "--", the script, the arguments, "__daemon" and the mount point, NULL */
+  char **nargv = calloc((size_t)argc + N_NODE_FLAGS + 5, sizeof *nargv);
   if (!nargv) return 127;
   int n = 0;
   nargv[n++] = STRATA_NODE;
-  /* V8 keeps bytecode that has not run lately: the code cache a daemon writes at its exit then still
-   * holds the start-up code (see scripts/load.cjs, which sets it itself when run otherwise). */
-  nargv[n++] = "--no-flush-bytecode";
-  /* The young generation at most 2 MiB per semi-space instead of 16: a daemon's requests leave little
-   * garbage that lives, and the default grew to 48 MiB of resident memory during a walk. Every command
-   * gets it: V8 accepts a code cache only under the flags it was made with (scripts/load.cjs). */
-  nargv[n++] = "--max-semi-space-size=2";
-  /* TurboFan inlines less into each function it optimizes (300 bytes of bytecode in all, not 920):
-   * its compiles on the second CPU were a third of a daemon's CPU time in a short workload (284 ms for
-   * 64 functions while every file of a rootfs was read; 32 ms for the merged listing alone), which the
-   * caller and the daemon then waited for on two cores. */
-  nargv[n++] = "--max-inlined-bytecode-size-cumulative=300";
-  /* Young-generation collections on this thread alone, without helper threads: with a 2 MiB young
-   * generation they come often and are short, and each parallel one woke a helper onto the other CPU,
-   * the caller's, on two cores (walks, untar, creates: 8-20% faster without; see BENCHMARKS.md). */
-  nargv[n++] = "--no-parallel-scavenge";
+  for (size_t i = 0; i < N_NODE_FLAGS; i++) nargv[n++] = (char *)NODE_FLAGS[i];
   /* Node 20 reads an --env-file option anywhere on its command line, even after the script (and
    * loads that file into strata's own environment: `strata run --env-file F` did): "--" ends its
    * options. */

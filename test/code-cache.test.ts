@@ -27,6 +27,18 @@ function accepted(cache: Buffer): boolean {
   return !new vm.Script(Module.wrap(source), { filename: bundle, cachedData: cache }).cachedDataRejected;
 }
 
+// bin/strata (scripts/launcher.c) starts node with its flags, the loader sets them when node runs it
+// directly: the two lists must be the same, or a cache one made would be refused by the other.
+test.serial('bin/strata runs node (a daemon too) under the flags the loader sets, in the same order', (t) => {
+  const dir = tempDir(t, 'codeflags');
+  for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(dir, d));
+  const pidFile = path.join(dir, 'pid');
+  strataMount(t, { lowers: [path.join(dir, 'l')], upper: path.join(dir, 'u'), work: path.join(dir, 'w'), mountpoint: path.join(dir, 'm'), extraArgs: ['--pid-file', pidFile] });
+  const argv = fs.readFileSync(`/proc/${fs.readFileSync(pidFile, 'utf8').trim()}/cmdline`, 'utf8').split('\0');
+  t.deepEqual(argv.slice(1, argv.indexOf('--')), loaderFlags);
+  t.true(loaderFlags.length >= 4, loaderFlags.join(' '));
+});
+
 test.serial('a daemon leaves a code cache that V8 accepts for the bundle', async (t) => {
   const dir = tempDir(t, 'codecache');
   for (const d of ['l', 'u', 'w', 'm']) fs.mkdirSync(path.join(dir, d));
