@@ -560,8 +560,8 @@ export class DirOps {
     // The source takes the name, so no whiteout is needed there: a directory over a directory
     // or over a whiteout needs the old entry out of the way first (rename(2) cannot replace them).
     // A non-directory replaces a whiteout or nothing alike: where the union shows nothing at the new
-    // name, or a lower object (the upper then holds nothing), what the upper holds does not matter.
-    // Where the source leaves a whiteout, one at the new name matters too (see switchWhiteouts).
+    // name, or a lower object (the upper then holds nothing), what the upper holds does not matter,
+    // unless the source leaves a whiteout (see switchWhiteouts).
     const kernelFormat = this.opts.writeFormat !== 'oci';
     let dstUpper = false;
     let dstType = 0;
@@ -590,9 +590,8 @@ export class DirOps {
       if (srcNeedsWhiteout) N.close(N.openat(from, OCI_WHITEOUT_PREFIX + oldName, C.O_CREAT | C.O_WRONLY | C.O_NOFOLLOW | C.O_CLOEXEC, 0o644));
       if (dstLower) tryUnlink(to, OCI_WHITEOUT_PREFIX + newName, 0);
     } else {
-      // (else RENAME_WHITEOUT: a whiteout inode of its own at the old name, as the kernel's, not a link
-      // of the shared one, which unlink and rmdir use; the uppers are then alike down to the whiteouts'
-      // link counts)
+      // A whiteout left otherwise is RENAME_WHITEOUT's, an inode of its own, as the kernel's (not a link
+      // of the shared one, which unlink and rmdir use): the uppers are alike down to the link counts.
       N.renameat2(from, oldName, to, newName, switchWhiteouts ? C.RENAME_EXCHANGE : srcNeedsWhiteout ? C.RENAME_WHITEOUT : 0);
     }
     if (parent !== newParent) this.markImpureFor(to, newName, node);
