@@ -43,7 +43,11 @@ const ORIGIN = /^(trusted|user)\.overlay\.(origin|uuid)$/;
 export type SnapshotMode =
   /** A mounted union: dir nlink and sizes included, times normalised. */
   | 'merged'
-  /** An upper dir: link counts and directory sizes included (a tmpfs's count entries, whiteouts too), origins by presence, times normalised. */
+  /**
+   * An upper dir: link counts and directory sizes included (a tmpfs's count entries, whiteouts too);
+   * whiteouts as any object, so which of them share an inode (unlink's and rmdir's are links of the one
+   * the mount shares, a rename's has its own) is compared; origins by presence, times normalised.
+   */
   | 'upper'
   /** A lower layer, to prove it unchanged: everything exact, ctime and inode numbers included. */
   | 'lower';
@@ -137,13 +141,6 @@ export function snapshot(root: string, mode: SnapshotMode, opts: SnapshotOptions
       } catch (e) {
         snap[name + '/'] = { type: `readdir error ${errCode(e)}` as Kind, perm: '', uid: -1, gid: -1, xattrs: {} };
       }
-    }
-    if (mode === 'upper' && type === 'whiteout') {
-      // Its link count too: a whiteout that unlink or rmdir left is a link of the one the mount shares
-      // (its work directory holds one more), a rename's has an inode of its own. No size or xattrs.
-      // (With an owner mapping the kernel's whiteouts are its creator's: finishPair evens the owners out.)
-      snap[name] = { type, perm: (Number(st.mode) & 0o7777).toString(8), uid: Number(st.uid), gid: Number(st.gid), xattrs: {}, nlink: Number(st.nlink) };
-      return;
     }
     const info: NodeInfo = {
       type,
