@@ -11,7 +11,7 @@ import { isKernelWhiteout, WhiteoutMaker } from '../src/union/whiteout.js';
 import { compareTrees } from './helpers/compare.js';
 import { sideBySide } from './helpers/mounts.js';
 import { snapshot } from './helpers/snapshot.js';
-import { tempDir, tmpfsDir } from './helpers/tmp.js';
+import { ext4Disk, tempDir, tmpfsDir } from './helpers/tmp.js';
 
 const { C, ST } = N;
 
@@ -215,3 +215,60 @@ test('the shared whiteout: another filesystem falls back to mknod; a lost one is
   t.is(statOf(upperFd, 'e')[ST.nlink], 1);
   t.deepEqual(fs.readdirSync(work), []);
 });
+
+test('the shared whiteout at the link limit is handed out itself and a new one started, as on the kernel', (t) => {
+  const dir = tempDir(t, 'dopl');
+  // ext4: 65000 links at most (a filesystem of its own: the machine's may differ)
+  const { disk } = ext4Disk(t, dir);
+  const sides = sideBySide(t, disk, (l) => {
+    for (const n of ['x0', 'x1', 'x2', 'x3']) fs.writeFileSync(path.join(l, n), `${n}\n`);
+  });
+  const look = (m: string, dirs: { upper: string; work: string }, fill: string): Record<string, unknown> => {
+    const stat = (p: string): fs.BigIntStats => fs.lstatSync(p, { bigint: true });
+    /** The whiteouts in the work directory (the kernel's and strata's: WORKDIR/work). */
+    const inWork = (): string[] => fs.readdirSync(path.join(dirs.work, 'work')).filter((n) => isKernelWhiteout(statArray(path.join(dirs.work, 'work', n))));
+    fs.rmSync(path.join(m, 'x0'));
+    const shared = inWork();
+    t.is(shared.length, 1, `${m}: ${shared.join(' ')}`);
+    // Links of the shared whiteout up to the limit, from outside the mount (on the same filesystem).
+    fs.mkdirSync(fill);
+    let links = 0;
+    for (;;) {
+      try {
+        fs.linkSync(path.join(dirs.work, 'work', shared[0]!), path.join(fill, `l${links}`));
+        links++;
+      } catch (e) {
+        t.is((e as { code?: string }).code, 'EMLINK');
+        break;
+      }
+    }
+    const x0 = stat(path.join(dirs.upper, 'x0'));
+    fs.rmSync(path.join(m, 'x1'));
+    const x1 = stat(path.join(dirs.upper, 'x1'));
+    const workAfterX1 = inWork().length;
+    fs.rmSync(path.join(m, 'x2'));
+    fs.rmSync(path.join(m, 'x3'));
+    const [x2, x3] = ['x2', 'x3'].map((n) => stat(path.join(dirs.upper, n)));
+    return {
+      links: links + 2, // and the first whiteout's, and the work directory's
+      x1: { whiteout: isKernelWhiteout(statArray(path.join(dirs.upper, 'x1'))), sameInode: x1.ino === x0.ino, nlink: Number(x1.nlink) },
+      workAfterX1,
+      x2x3: { sameInode: x2!.ino === x3!.ino, newInode: x2!.ino !== x0.ino, nlink: Number(x2!.nlink) },
+      workAfter: inWork().length,
+      listing: fs.readdirSync(m).sort(),
+    };
+  };
+  const kernel = look(sides.kernel, sides.kernelDirs, path.join(disk, 'fill-k'));
+  const strata = look(sides.strata, sides.strataDirs, path.join(disk, 'fill-s'));
+  t.deepEqual(strata, kernel);
+  // What the kernel does (ovl_whiteout): at EMLINK its shared whiteout becomes the new whiteout (the
+  // work directory's link moves to x1), and the next whiteouts share a new one.
+  t.like(kernel, { links: 65000, x1: { whiteout: true, sameInode: true, nlink: 65000 }, workAfterX1: 0, x2x3: { sameInode: true, newInode: true, nlink: 3 }, workAfter: 1 });
+  t.deepEqual(kernel.listing, []);
+});
+
+function statArray(p: string): Float64Array {
+  const st = new Float64Array(16);
+  N.fstatat(C.AT_FDCWD, p, C.AT_SYMLINK_NOFOLLOW, st);
+  return st;
+}

@@ -7,24 +7,12 @@ import path from 'node:path';
 import { run, runOk, waitFor } from './helpers/exec.js';
 import { kernelOverlay, strataMount, strataUnmount } from './helpers/mounts.js';
 import { dropCachedPages, holdPageCacheLock } from './helpers/page-cache.js';
-import { tempDir } from './helpers/tmp.js';
+import { ext4Disk, tempDir } from './helpers/tmp.js';
 
 /** `find` of a tree as lines (path, type, size, mode, link target), sorted. */
 function listing(root: string): string[] {
   const r = run('find', [root, '-printf', '%P %y %s %m %l\n']);
   return r.stdout.split('\n').filter(Boolean).sort();
-}
-
-/** A fresh ext4 filesystem in an image file under `dir`, loop-mounted at dir/disk (unmounted after the test). */
-function loopDisk(t: ExecutionContext, dir: string): { img: string; disk: string } {
-  const img = path.join(dir, 'img');
-  const disk = path.join(dir, 'disk');
-  fs.mkdirSync(disk);
-  runOk('truncate', ['-s', '64M', img]);
-  runOk('mkfs.ext4', ['-q', '-F', img]);
-  runOk('mount', ['-o', 'loop', img, disk]);
-  t.teardown(() => void run('umount', ['-l', disk]));
-  return { img, disk };
 }
 
 /**
@@ -43,7 +31,7 @@ async function remountCold(t: ExecutionContext, img: string, disk: string): Prom
 
 test('a walk of a lower layer the disk holds reads the tree ahead (once), and shows what the kernel shows', async (t) => {
   const dir = tempDir(t, 'ra');
-  const { img, disk } = loopDisk(t, dir);
+  const { img, disk } = ext4Disk(t, dir);
   // The layer: a root of 3000 files (its listing is several directory blocks), 20 directories two
   // deep, a whiteout's neighbour, links that lead out of the layer.
   const lower = path.join(disk, 'lower');
@@ -94,7 +82,7 @@ test('a walk of a lower layer the disk holds reads the tree ahead (once), and sh
 
 test('a reader of a directory\'s small lower files one after the other gets the next ones read ahead, and reads what the kernel reads', async (t) => {
   const dir = tempDir(t, 'raf');
-  const { img, disk } = loopDisk(t, dir);
+  const { img, disk } = ext4Disk(t, dir);
   // 200 small files of distinct contents, and beside them what is not read ahead: empty files, files
   // above 64 KiB, a FIFO (an open of it for reading would wait for a writer), symlinks to files.
   const lower = path.join(disk, 'lower');

@@ -182,7 +182,9 @@ export function hasXwhiteoutXattr(names: string[], ns: MarkerNs = 'both'): boole
  * cold caches). The kernel's whiteouts look the same in the upper (char 0/0, mode 0, owned by the
  * mounter, st_nlink > 1); the shared one stays in the work directory, which the next mount empties.
  * When the filesystem cannot link it (no hard links), each whiteout is made with mknod, as the
- * kernel then does (no_shared_whiteout); after EMLINK a new shared whiteout is started.
+ * kernel then does (no_shared_whiteout). At the filesystem's link limit (EMLINK) the shared whiteout
+ * itself is renamed into place and the next whiteout starts a new one, as the kernel hands its shared
+ * whiteout out then: the link counts stay the kernel's.
  */
 export class WhiteoutMaker {
   private name: string | null = null;
@@ -206,9 +208,13 @@ export class WhiteoutMaker {
       } catch (e) {
         const code = errCode(e);
         if (code === 'EEXIST') throw e;
-        // Too many links, or the shared whiteout is gone (ENOENT may also mean that `dirfd` was
-        // removed: the second attempt, then mknod, answer that): start a new one.
-        if (code === 'EMLINK' || code === 'ENOENT') {
+        if (code === 'EMLINK') {
+          if (this.handOut(dirfd, name)) return;
+          continue;
+        }
+        // The shared whiteout is gone (ENOENT may also mean that `dirfd` was removed: the second
+        // attempt, then mknod, answer that): start a new one.
+        if (code === 'ENOENT') {
           this.retire();
           continue;
         }
@@ -260,6 +266,22 @@ export class WhiteoutMaker {
     this.name = name;
     this.dev = this.st[N.ST.dev]!;
     this.ino = this.st[N.ST.ino]!;
+    return true;
+  }
+
+  /**
+   * The shared whiteout has as many links as its filesystem allows: it becomes the whiteout `name` in
+   * `dirfd` itself (false if it could not be moved: then it is dropped, and the caller starts anew).
+   */
+  private handOut(dirfd: number, name: string): boolean {
+    try {
+      N.renameat2(this.workFd, this.name!, dirfd, name, C.RENAME_NOREPLACE);
+    } catch (e) {
+      if (errCode(e) === 'EEXIST') throw e;
+      this.retire();
+      return false;
+    }
+    this.close();
     return true;
   }
 

@@ -4,7 +4,7 @@ import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { run } from './exec.js';
+import { run, runOk } from './exec.js';
 import { mountsUnder, unmountQuietly } from './mounts.js';
 
 /**
@@ -32,4 +32,16 @@ export function tmpfsDir(t: ExecutionContext, parent: string, name = 'tmpfs', si
   if (r.status !== 0) throw new Error(`cannot mount tmpfs at ${dir}: ${r.stderr.trim()}`);
   t.teardown(() => unmountQuietly(dir));
   return dir;
+}
+
+/** A fresh ext4 filesystem in an image file under `dir`, loop-mounted at dir/disk (unmounted after the test). */
+export function ext4Disk(t: ExecutionContext, dir: string, sizeMiB = 64): { img: string; disk: string } {
+  const img = path.join(dir, 'img');
+  const disk = path.join(dir, 'disk');
+  fs.mkdirSync(disk);
+  runOk('truncate', ['-s', `${sizeMiB}M`, img]);
+  runOk('mkfs.ext4', ['-q', '-F', img]);
+  runOk('mount', ['-o', 'loop', img, disk]);
+  t.teardown(() => void run('umount', ['-l', disk]));
+  return { img, disk };
 }
