@@ -224,37 +224,36 @@ test('the shared whiteout at the link limit is handed out itself and a new one s
     for (const n of ['x0', 'x1', 'x2', 'x3']) fs.writeFileSync(path.join(l, n), `${n}\n`);
   });
   const look = (m: string, dirs: { upper: string; work: string }, fill: string): Record<string, unknown> => {
-    const stat = (p: string): fs.BigIntStats => fs.lstatSync(p, { bigint: true });
     /** The whiteouts in the work directory (the kernel's and strata's: WORKDIR/work). */
-    const inWork = (): string[] => fs.readdirSync(path.join(dirs.work, 'work')).filter((n) => isKernelWhiteout(statArray(path.join(dirs.work, 'work', n))));
+    const work = path.join(dirs.work, 'work');
+    const at = (name: string): ReturnType<typeof whiteouts>[number] | undefined => whiteouts(dirs.upper).find((w) => w.rel === name);
     fs.rmSync(path.join(m, 'x0'));
-    const shared = inWork();
-    t.is(shared.length, 1, `${m}: ${shared.join(' ')}`);
+    const shared = whiteouts(work);
+    t.is(shared.length, 1, `${m}: ${shared.map((w) => w.rel).join(' ')}`);
     // Links of the shared whiteout up to the limit, from outside the mount (on the same filesystem).
     fs.mkdirSync(fill);
     let links = 0;
     for (;;) {
       try {
-        fs.linkSync(path.join(dirs.work, 'work', shared[0]!), path.join(fill, `l${links}`));
+        fs.linkSync(path.join(work, shared[0]!.rel), path.join(fill, `l${links}`));
         links++;
       } catch (e) {
         t.is((e as { code?: string }).code, 'EMLINK');
         break;
       }
     }
-    const x0 = stat(path.join(dirs.upper, 'x0'));
     fs.rmSync(path.join(m, 'x1'));
-    const x1 = stat(path.join(dirs.upper, 'x1'));
-    const workAfterX1 = inWork().length;
+    const [x0, x1] = [at('x0')!, at('x1')];
+    const workAfterX1 = whiteouts(work).length;
     fs.rmSync(path.join(m, 'x2'));
     fs.rmSync(path.join(m, 'x3'));
-    const [x2, x3] = ['x2', 'x3'].map((n) => stat(path.join(dirs.upper, n)));
+    const [x2, x3] = [at('x2')!, at('x3')!];
     return {
       links: links + 2, // and the first whiteout's, and the work directory's
-      x1: { whiteout: isKernelWhiteout(statArray(path.join(dirs.upper, 'x1'))), sameInode: x1.ino === x0.ino, nlink: Number(x1.nlink) },
+      x1: { whiteout: x1 !== undefined, sameInode: x1?.ino === x0.ino, nlink: Number(x1?.nlink) },
       workAfterX1,
-      x2x3: { sameInode: x2!.ino === x3!.ino, newInode: x2!.ino !== x0.ino, nlink: Number(x2!.nlink) },
-      workAfter: inWork().length,
+      x2x3: { sameInode: x2.ino === x3.ino, newInode: x2.ino !== x0.ino, nlink: Number(x2.nlink) },
+      workAfter: whiteouts(work).length,
       listing: fs.readdirSync(m).sort(),
     };
   };
@@ -266,9 +265,3 @@ test('the shared whiteout at the link limit is handed out itself and a new one s
   t.like(kernel, { links: 65000, x1: { whiteout: true, sameInode: true, nlink: 65000 }, workAfterX1: 0, x2x3: { sameInode: true, newInode: true, nlink: 3 }, workAfter: 1 });
   t.deepEqual(kernel.listing, []);
 });
-
-function statArray(p: string): Float64Array {
-  const st = new Float64Array(16);
-  N.fstatat(C.AT_FDCWD, p, C.AT_SYMLINK_NOFOLLOW, st);
-  return st;
-}
